@@ -1,1 +1,25 @@
-"""Agent."""
+"""The container side: what runs inside (or beside) one container."""
+
+from ._config import Config
+from ._container import Container, ContainerSettings, Hooks
+from ._health import CheckKind
+from ._profile import TrackedLock, TrackedRLock
+from ._serve import BackgroundServer, run, serve, serve_in_background
+from ._state import TRANSITIONS, Command, State
+
+__all__ = [
+    "TRANSITIONS",
+    "BackgroundServer",
+    "CheckKind",
+    "Command",
+    "Config",
+    "Container",
+    "ContainerSettings",
+    "Hooks",
+    "State",
+    "TrackedLock",
+    "TrackedRLock",
+    "run",
+    "serve",
+    "serve_in_background",
+]

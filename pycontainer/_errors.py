@@ -1,0 +1,79 @@
+"""Request errors that carry a gRPC status, with google.rpc rich details.
+
+Library code raises :class:`RequestError` (usually through :func:`invalid_argument`
+and friends); the servicer faces turn it into a status with ``BadRequest`` /
+``PreconditionFailure`` / ``QuotaFailure`` details (grpcio-status), so every
+client sees which field to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+@dataclass
+class RequestError(Exception):
+    """A request that cannot be served as asked, and why."""
+
+    code: grpc.StatusCode
+    message: str
+    # The request field at fault (for INVALID_ARGUMENT / NOT_FOUND), dotted path.
+    field: str = ""
+    details: list[any_pb2.Any] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_status(self) -> grpc.Status:
+        """The grpc.Status to abort with, rich details included."""
+        details = list(self.details)
+        if self.field and self.code == grpc.StatusCode.INVALID_ARGUMENT:
+            bad = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=self.field, description=self.message
+                    )
+                ]
+            )
+            packed = any_pb2.Any()
+            packed.Pack(bad)
+            details.append(packed)
+        status = status_pb2.Status(
+            code=_CODE_NUMBERS[self.code], message=self.message, details=details
+        )
+        return rpc_status.to_status(status)
+
+
+_CODE_NUMBERS: dict[grpc.StatusCode, int] = {
+    code: code.value[0] for code in grpc.StatusCode
+}
+assert _CODE_NUMBERS[grpc.StatusCode.INVALID_ARGUMENT] == code_pb2.INVALID_ARGUMENT
+
+
+def invalid_argument(field: str, message: str) -> RequestError:
+    """INVALID_ARGUMENT naming the field: ``field: message``."""
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", field)
+
+
+def not_found(field: str, message: str) -> RequestError:
+    """NOT_FOUND for the thing a field names."""
+    return RequestError(grpc.StatusCode.NOT_FOUND, f"{field}: {message}", field)
+
+
+def failed_precondition(message: str) -> RequestError:
+    """FAILED_PRECONDITION: the request is valid but not in the current state."""
+    return RequestError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+def resource_exhausted(message: str) -> RequestError:
+    """RESOURCE_EXHAUSTED: a limit was reached; the message says which."""
+    return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)

@@ -1,0 +1,428 @@
+"""Container: one managed object with identity, hooks, checks and telemetry,
+hosted on the app's own gRPC server (sync or aio) or on one of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import platform
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import psutil
+from google.protobuf import duration_pb2, timestamp_pb2
+from opentelemetry import trace
+
+from .. import __version__
+from .._errors import RequestError
+from ..v1 import container_pb2, management_pb2, profile_pb2
+from . import _health, _reflection
+from ._config import Config
+from ._health import CheckFunc, CheckKind, HealthState
+from ._logs import LogBuffer, install, uninstall
+from ._metrics import AppMetrics, MetricsWatch, RpcStats
+from ._observe import AioServerInterceptor, Observer, ServerInterceptor, StreamSlots
+from ._profile import DEFAULT_LOCK_REGISTRY, DEFAULT_LOOP_REGISTRY
+from ._service import (
+    LONG_RUNNING,
+    SERVICE,
+    AsyncManagementServicer,
+    ManagementCore,
+    ManagementServicer,
+    method_handlers,
+)
+from ._state import Command, State, transition
+
+_log = logging.getLogger("pycontainer")
+
+Hook = Callable[..., Any]
+
+
+@dataclass
+class Hooks:
+    """App-defined lifecycle hooks; each may be a plain or an async function."""
+
+    on_create: Hook | None = None
+    on_start: Hook | None = None
+    on_pause: Hook | None = None
+    on_resume: Hook | None = None
+    # on_stop(reason: str, deadline: float) — deadline as time.monotonic().
+    on_stop: Hook | None = None
+    # on_checkpoint() -> bytes
+    on_checkpoint: Hook | None = None
+    # on_restore(state: bytes)
+    on_restore: Hook | None = None
+    # on_replicate(count: int) -> bytes (seed state)
+    on_replicate: Hook | None = None
+
+
+@dataclass
+class ContainerSettings:
+    """Who a container is and how it behaves."""
+
+    name: str
+    # Unique id; empty means NAME-<random>.
+    id: str = ""
+    version: str = "0.0.0"
+    labels: dict[str, str] = field(default_factory=dict)
+    priority: int = 0
+    cpu_millis: int = 0
+    memory_bytes: int = 0
+    # Default grace period of a stop, as in Kubernetes.
+    grace_period: float = 30.0
+    # Log entries kept for StreamLogs (a ring: older ones are overwritten).
+    log_capacity: int = 10_000
+    # Capture Python logging (root logger) at this level; None disables it.
+    log_level: int | None = logging.INFO
+    # Long-lived Management streams (logs, metrics, profiles) open at once on a
+    # sync server; they run in pycontainer's own threads, never the app's.
+    stream_limit: int = 16
+    # Install an OpenTelemetry SDK MeterProvider globally if none is set, so
+    # that app metrics written through the OTel API are served.
+    install_meter_provider: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("ContainerSettings.name must not be empty")
+        if not self.id:
+            self.id = f"{self.name}-{secrets.token_hex(4)}"
+        if self.grace_period < 0:
+            raise ValueError("ContainerSettings.grace_period must be >= 0")
+
+
+def _ts(ns: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+
+
+def _dur(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+class Container:
+    """A process (or part of one) as a managed object."""
+
+    def __init__(
+        self,
+        settings: ContainerSettings | str,
+        *,
+        hooks: Hooks | None = None,
+        config: Config | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        metric_reader: Any = None,
+    ) -> None:
+        self.settings = settings if isinstance(settings, ContainerSettings) else (
+            ContainerSettings(name=settings))
+        self.hooks = hooks or Hooks()
+        self.config = config or Config()
+        self.health = HealthState()
+        self.logs = LogBuffer(capacity=self.settings.log_capacity)
+        # Process-wide: TrackedLock() and loops register there by default.
+        self.locks = DEFAULT_LOCK_REGISTRY
+        self.loops = DEFAULT_LOOP_REGISTRY
+        self.rpc_stats = RpcStats()
+        self.app_metrics = AppMetrics(reader=metric_reader)
+        if metric_reader is None and self.settings.install_meter_provider:
+            self.app_metrics.install_global()
+        self._process = psutil.Process()
+        self._start_ns = int(self._process.create_time() * 1e9)
+        self._tracer = trace.get_tracer("pycontainer", __version__, tracer_provider)
+        self._observer = Observer(self.rpc_stats, self._tracer)
+        self._core = ManagementCore(self)
+        self._slots: StreamSlots | None = None
+        self._endpoints: list[container_pb2.Endpoint] = []
+        self._services: set[str] = set()
+        self._lock = threading.Lock()
+        self._state = State.CREATED
+        self._error = ""
+        if self.settings.log_level is not None:
+            install(self.logs, self.settings.log_level)
+        self._run_sync_hook("on_create")
+
+    # -- identity ---------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self.settings.id
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def identity(self) -> container_pb2.ContainerIdentity:
+        s = self.settings
+        return container_pb2.ContainerIdentity(
+            id=s.id, name=s.name, version=s.version, labels=s.labels, priority=s.priority,
+            resources=container_pb2.ResourceRequirements(
+                cpu_millis=s.cpu_millis, memory_bytes=s.memory_bytes),
+            endpoints=self._endpoints, grace_period=_dur(s.grace_period),
+        )
+
+    def add_endpoint(self, name: str, address: str, kind: int = container_pb2.ENDPOINT_KIND_GRPC
+                     ) -> None:
+        """Advertise an endpoint in GetInfo (the Management one is added by serve)."""
+        self._endpoints.append(container_pb2.Endpoint(name=name, kind=kind, address=address))
+
+    def info(self) -> management_pb2.GetInfoResponse:
+        now = time.time_ns()
+        return management_pb2.GetInfoResponse(
+            identity=self.identity(), pid=os.getpid(), hostname=socket.gethostname(),
+            start_time=_ts(self._start_ns), uptime=_dur((now - self._start_ns) / 1e9),
+            state=int(self._state), pycontainer_version=__version__,
+            runtime=f"{platform.python_implementation()} {platform.python_version()}",
+            error=self._error,
+        )
+
+    # -- health -----------------------------------------------------------------
+    def add_check(self, name: str, func: CheckFunc | None = None, *,
+                  kind: CheckKind = CheckKind.READINESS, period: float = 5.0) -> None:
+        """Add a named health check (see HealthState.add_check)."""
+        self.health.add_check(name, func, kind=kind, period=period)
+
+    def set_check(self, name: str, serving: bool, message: str = "") -> None:
+        """Report a pushed check's result."""
+        self.health.set_check(name, serving, message)
+
+    # -- metrics ----------------------------------------------------------------
+    def metrics_watch(self, request: management_pb2.WatchMetricsRequest) -> MetricsWatch:
+        return MetricsWatch.from_request(
+            request, rpc_stats=self.rpc_stats, app_metrics=self.app_metrics, process=self._process)
+
+    def rpc_message_stats(self) -> list[profile_pb2.RpcMessageStats]:
+        out = []
+        for m in self.rpc_stats.figures():
+            out.append(profile_pb2.RpcMessageStats(
+                method=m.method, messages_received=m.messages_received,
+                messages_sent=m.messages_sent, bytes_received=m.bytes_received,
+                bytes_sent=m.bytes_sent,
+                mean_message_received_bytes=m.bytes_received / max(1, m.messages_received),
+                mean_message_sent_bytes=m.bytes_sent / max(1, m.messages_sent)))
+        return out
+
+    def server_interceptor(self) -> ServerInterceptor:
+        """Pass to grpc.server(interceptors=[...]) to count the app's own RPCs."""
+        return ServerInterceptor(self._observer)
+
+    def aio_server_interceptor(self) -> AioServerInterceptor:
+        """Pass to grpc.aio.server(interceptors=[...]) to count the app's own RPCs."""
+        return AioServerInterceptor(self._observer)
+
+    # -- hosting ----------------------------------------------------------------
+    def add_to_server(self, server: grpc.Server | grpc.aio.Server, *,
+                      services: Iterable[str] = ()) -> None:
+        """Add Management, grpc.health.v1 and reflection (v1 and v1alpha) to the
+        app's own server. Reflection lists every service added to the server
+        after this call, plus ``services`` (for ones added before it)."""
+        aio = isinstance(server, grpc.aio.Server)
+        self._services.update(services)
+        self._track_services(server)
+        if aio:
+            loop = _current_loop()
+            self.loops.register(loop)
+            servicer: Any = AsyncManagementServicer(self._core)
+            health_servicer: Any = _health.AioHealthServicer(loop)
+            self.health.attach(health_servicer.set_nowait)
+        else:
+            if self._slots is None:
+                self._slots = StreamSlots(self.settings.stream_limit)
+            servicer = ManagementServicer(self._core)
+            health_servicer = _health.SyncHealthServicer()
+            self.health.attach(health_servicer.set)
+        handlers = {
+            name: self._observer.wrap(
+                f"/{SERVICE}/{name}", handler, aio=aio, traced=True,
+                slots=self._slots if (not aio and name in LONG_RUNNING) else None)
+            for name, handler in method_handlers(servicer).items()
+        }
+        list_request, list_response = _reflection.health_list_messages()
+
+        def health_list() -> Any:
+            response = list_response()
+            for service, status in health_servicer.list_statuses().items():
+                response.statuses[service].status = status
+            return response
+
+        groups = {
+            SERVICE: handlers,
+            _reflection.HEALTH: _health.health_handlers(
+                health_servicer, health_list, list_response.SerializeToString,
+                list_request.FromString),
+            **_reflection.reflection_handlers(self.service_names, aio=aio),
+        }
+        for service, group in groups.items():
+            _register(server, service, group)
+
+    def service_names(self) -> list[str]:
+        """Every service reflection lists."""
+        return sorted(self._services)
+
+    def _track_services(self, server: Any) -> None:
+        """Learn the services registered on ``server`` (now, where grpcio lets us
+        read them, and from now on by observing its registration calls)."""
+        state = getattr(server, "_state", None)  # sync server internals, best effort
+        for handler in getattr(state, "generic_handlers", ()):
+            if isinstance(handler, grpc.ServiceRpcHandler):
+                self._services.add(handler.service_name())
+        for method in getattr(state, "registered_method_handlers", {}):
+            self._services.add(method.lstrip("/").split("/")[0])
+        if getattr(server, "_pycontainer_tracked", None) is not None:
+            server._pycontainer_tracked.add(self)
+            return
+        server._pycontainer_tracked = {self}
+        add_generic = server.add_generic_rpc_handlers
+        add_registered = getattr(server, "add_registered_method_handlers", None)
+        tracked = server._pycontainer_tracked
+
+        def add_generic_rpc_handlers(generic_handlers: Any) -> None:
+            for handler in generic_handlers:
+                if isinstance(handler, grpc.ServiceRpcHandler):
+                    for c in tracked:
+                        c._services.add(handler.service_name())
+            add_generic(generic_handlers)
+
+        server.add_generic_rpc_handlers = add_generic_rpc_handlers
+        if add_registered is not None:
+            def add_registered_method_handlers(service_name: str, method_handlers: Any) -> None:
+                for c in tracked:
+                    c._services.add(service_name)
+                add_registered(service_name, method_handlers)
+
+            server.add_registered_method_handlers = add_registered_method_handlers
+
+    # -- lifecycle ----------------------------------------------------------------
+    def _set_state(self, state: State, error: str = "") -> None:
+        with self._lock:
+            previous, self._state = self._state, state
+            if error:
+                self._error = error
+        self.health.set_state(state)
+        if previous != state:
+            _log.info("container %s: %s -> %s%s", self.id, previous.name, state.name,
+                      f" ({error})" if error else "")
+
+    def _hook(self, name: str) -> Hook | None:
+        hook: Hook | None = getattr(self.hooks, name)
+        return hook
+
+    def _run_sync_hook(self, name: str, *args: Any) -> Any:
+        hook = self._hook(name)
+        if hook is None:
+            return None
+        with self._tracer.start_as_current_span(f"pycontainer.hook {name}"):
+            result = hook(*args)
+            if inspect.isawaitable(result):
+                result = _run_awaitable(result)
+            return result
+
+    async def _run_async_hook(self, name: str, *args: Any) -> Any:
+        hook = self._hook(name)
+        if hook is None:
+            return None
+        with self._tracer.start_as_current_span(f"pycontainer.hook {name}"):
+            if inspect.iscoroutinefunction(hook):
+                return await hook(*args)
+            # A plain hook may block: run it off the event loop so the
+            # container keeps answering (health, logs) while it runs.
+            result = await asyncio.to_thread(hook, *args)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+    def _begin(self, command: Command) -> State:
+        with self._lock:
+            t = transition(self._state, command)
+        if t.during is not None:
+            self._set_state(t.during)
+        return t.after
+
+    def _fail(self, hook: str, exc: BaseException) -> RequestError:
+        message = f"{hook} raised {type(exc).__name__}: {exc}"
+        self._set_state(State.FAILED, message)
+        return RequestError(grpc.StatusCode.INTERNAL, message)
+
+    def start(self) -> None:
+        """Run on_start and enter RUNNING (health turns SERVING when checks pass)."""
+        after = self._begin(Command.START)
+        self.health.run_checks_now()
+        try:
+            self._run_sync_hook("on_start")
+        except Exception as exc:
+            raise self._fail("on_start", exc) from exc
+        self._set_state(after)
+
+    async def astart(self) -> None:
+        """start() for asyncio apps; async hooks are awaited on the running loop."""
+        self.loops.register(asyncio.get_running_loop())
+        after = self._begin(Command.START)
+        await asyncio.to_thread(self.health.run_checks_now)
+        try:
+            await self._run_async_hook("on_start")
+        except Exception as exc:
+            raise self._fail("on_start", exc) from exc
+        self._set_state(after)
+
+    def stop(self, grace_period: float | None = None, reason: str = "requested") -> None:
+        """Graceful stop: NOT_SERVING at once, then on_stop with the deadline."""
+        grace = self.settings.grace_period if grace_period is None else grace_period
+        after = self._begin(Command.STOP)
+        try:
+            self._run_sync_hook("on_stop", reason, time.monotonic() + grace)
+        except Exception as exc:
+            raise self._fail("on_stop", exc) from exc
+        finally:
+            self._release()
+        self._set_state(after)
+
+    async def astop(self, grace_period: float | None = None, reason: str = "requested") -> None:
+        """stop() for asyncio apps; an on_stop that overruns the grace period is
+        cancelled and the container FAILS."""
+        grace = self.settings.grace_period if grace_period is None else grace_period
+        after = self._begin(Command.STOP)
+        try:
+            await asyncio.wait_for(
+                self._run_async_hook("on_stop", reason, time.monotonic() + grace), grace or None)
+        except Exception as exc:
+            raise self._fail("on_stop", exc) from exc
+        finally:
+            self._release()
+        self._set_state(after)
+
+    def _release(self) -> None:
+        self.health.close()
+
+    def close(self) -> None:
+        """Release what the container holds in the process (logging capture,
+        threads). Call once the servers hosting it have stopped."""
+        uninstall(self.logs)
+        self.health.close()
+        if self._slots is not None:
+            self._slots.close()
+
+
+def _register(server: Any, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    if hasattr(server, "add_registered_method_handlers"):
+        server.add_registered_method_handlers(service, handlers)
+
+
+def _current_loop() -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.get_event_loop_policy().get_event_loop()
+
+
+def _run_awaitable(awaitable: Awaitable[Any]) -> Any:
+    """Run an async hook from sync code (no loop running in this thread)."""
+    async def wrapper() -> Any:
+        return await awaitable
+
+    return asyncio.run(wrapper())

@@ -1,0 +1,383 @@
+"""Health: named checks and the lifecycle state, served two ways.
+
+``HealthState`` is the one source of truth. It feeds the detailed
+``Management.GetHealth`` report and the standard ``grpc.health.v1.Health``
+service (grpcio-health-checking's servicers, sync and aio, plus ``List``).
+
+Service names in grpc.health.v1 (documented in the README):
+- ``""`` overall: SERVING only while RUNNING and every check serves;
+- ``"liveness"``: SERVING unless the container FAILED or STOPPED, or a liveness
+  check fails (a graceful stop is not a reason to restart);
+- ``"readiness"``: SERVING only while RUNNING and every readiness check serves;
+- ``"pycontainer.v1.Management"``: the same as overall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+from grpc_health.v1 import health, health_pb2
+
+from .._errors import not_found
+from ..v1 import health_pb2 as pc_health_pb2
+from ..v1 import management_pb2
+from ._state import State
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+OVERALL = ""
+LIVENESS = "liveness"
+READINESS = "readiness"
+MANAGEMENT_SERVICE = "pycontainer.v1.Management"
+
+
+class CheckKind(enum.IntEnum):
+    """Which probe a check feeds (pycontainer.v1.CheckKind)."""
+
+    LIVENESS = 1
+    READINESS = 2
+
+
+# A pull check returns True/False, or (bool, message); raising means failing.
+CheckFunc = Callable[[], "bool | tuple[bool, str]"]
+
+
+@dataclass
+class _Check:
+    name: str
+    kind: CheckKind
+    func: CheckFunc | None
+    period: float
+    # None until the check first reports.
+    serving: bool | None = None
+    message: str = "not checked yet"
+    last_transition_ns: int = 0
+    last_check_ns: int = 0
+    next_run: float = 0.0
+
+
+def _timestamp(ns: int) -> timestamp_pb2.Timestamp | None:
+    if not ns:
+        return None
+    return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+
+
+@dataclass
+class _Publisher:
+    """Pushes statuses into one grpc.health.v1 servicer, changes only (the
+    sync servicer sends every set() to its watchers, changed or not)."""
+
+    push: Callable[[str, int], None]
+    last: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class HealthState:
+    """Checks plus lifecycle state, published to every attached health servicer."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._checks: dict[str, _Check] = {}
+        self._state = State.CREATED
+        self._extra_services: dict[str, bool] = {}
+        self._publishers: list[_Publisher] = []
+        self._poller: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._closed = False
+
+    # -- checks ---------------------------------------------------------------
+    def add_check(
+        self,
+        name: str,
+        func: CheckFunc | None = None,
+        *,
+        kind: CheckKind = CheckKind.READINESS,
+        period: float = 5.0,
+    ) -> None:
+        """Add a named check: pulled every ``period`` seconds when ``func`` is
+        given, else pushed with :meth:`set_check`."""
+        if not name or name in self._checks:
+            raise ValueError(f"check name {name!r} is empty or already used")
+        with self._lock:
+            self._checks[name] = _Check(name, kind, func, period)
+        if func is not None:
+            self._ensure_poller()
+        self._publish()
+
+    def set_check(self, name: str, serving: bool, message: str = "") -> None:
+        """Report the result of a pushed (or pulled) check."""
+        with self._lock:
+            check = self._checks.get(name)
+            if check is None:
+                raise KeyError(f"no health check named {name!r}; add it with add_check()")
+            now = time.time_ns()
+            if check.serving != serving:
+                check.last_transition_ns = now
+            check.serving, check.message, check.last_check_ns = serving, message, now
+        self._publish()
+
+    def set_service(self, service: str, serving: bool) -> None:
+        """Status of one of the app's own services in grpc.health.v1 (ANDed with
+        overall health, so a stopping container serves nothing)."""
+        with self._lock:
+            self._extra_services[service] = serving
+        self._publish()
+
+    def run_checks_now(self) -> None:
+        """Run every pull check once, now (used at start)."""
+        for check in list(self._checks.values()):
+            if check.func is not None:
+                self._run(check)
+        self._publish()
+
+    def _run(self, check: _Check) -> None:
+        assert check.func is not None
+        try:
+            result = check.func()
+            serving, message = result if isinstance(result, tuple) else (bool(result), "")
+        except Exception as exc:  # a failing check is a status, not a crash
+            serving, message = False, f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            now = time.time_ns()
+            if check.serving != serving:
+                check.last_transition_ns = now
+            check.serving, check.message, check.last_check_ns = serving, message, now
+            check.next_run = time.monotonic() + check.period
+
+    def _ensure_poller(self) -> None:
+        if self._poller is None:
+            self._poller = threading.Thread(
+                target=self._poll, name="pycontainer-health", daemon=True
+            )
+            self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._closed:
+            due = [
+                c for c in list(self._checks.values())
+                if c.func is not None and c.next_run <= time.monotonic()
+            ]
+            for check in due:
+                self._run(check)
+            if due:
+                self._publish()
+            upcoming = [c.next_run for c in self._checks.values() if c.func is not None]
+            delay = max(0.05, min(upcoming, default=time.monotonic() + 1) - time.monotonic())
+            self._wake.wait(delay)
+            self._wake.clear()
+
+    def close(self) -> None:
+        """Stop the poller."""
+        self._closed = True
+        self._wake.set()
+
+    # -- lifecycle ------------------------------------------------------------
+    def set_state(self, state: State) -> None:
+        """Follow the lifecycle: health is derived from it."""
+        with self._lock:
+            self._state = state
+        self._publish()
+
+    # -- derived statuses ------------------------------------------------------
+    def _kind_ok(self, kind: CheckKind) -> bool:
+        return all(c.serving for c in self._checks.values() if c.kind == kind)
+
+    def statuses(self) -> dict[str, bool]:
+        """Every grpc.health.v1 service name and whether it serves."""
+        with self._lock:
+            state = self._state
+            live = state not in (State.FAILED, State.STOPPED) and self._kind_ok(
+                CheckKind.LIVENESS
+            )
+            ready = state == State.RUNNING and self._kind_ok(CheckKind.READINESS)
+            overall = live and ready
+            result = {OVERALL: overall, LIVENESS: live, READINESS: ready, MANAGEMENT_SERVICE: overall}
+            for service, serving in self._extra_services.items():
+                result[service] = overall and serving
+            return result
+
+    def report(self, names: Iterable[str]) -> management_pb2.GetHealthResponse:
+        """The GetHealth response; unknown check names are NOT_FOUND."""
+        wanted = list(names)
+        with self._lock:
+            unknown = [n for n in wanted if n not in self._checks]
+            if unknown:
+                raise not_found(
+                    "check_names",
+                    f"no health check named {', '.join(map(repr, unknown))}; "
+                    f"known: {', '.join(sorted(self._checks)) or '(none)'}",
+                )
+            chosen = [self._checks[n] for n in wanted] if wanted else list(self._checks.values())
+            checks = [
+                pc_health_pb2.HealthCheckResult(
+                    name=c.name,
+                    kind=int(c.kind),
+                    status=_pc_status(c.serving),
+                    message=c.message,
+                    last_transition_time=_timestamp(c.last_transition_ns),
+                    last_check_time=_timestamp(c.last_check_ns),
+                )
+                for c in chosen
+            ]
+            state = self._state
+        statuses = self.statuses()
+        return management_pb2.GetHealthResponse(
+            status=_pc_status(statuses[OVERALL]),
+            liveness=_pc_status(statuses[LIVENESS]),
+            readiness=_pc_status(statuses[READINESS]),
+            checks=checks,
+            state=int(state),
+        )
+
+    # -- publishing to grpc.health.v1 -------------------------------------------
+    def attach(self, push: Callable[[str, int], None]) -> None:
+        """Publish statuses into a servicer now and on every change."""
+        self._publishers.append(_Publisher(push))
+        self._publish()
+
+    def _publish(self) -> None:
+        statuses = self.statuses()
+        for publisher in self._publishers:
+            with publisher.lock:
+                for service, serving in statuses.items():
+                    status = _SERVING if serving else _NOT_SERVING
+                    if publisher.last.get(service) != status:
+                        publisher.last[service] = status
+                        publisher.push(service, status)
+
+
+def _pc_status(serving: bool | None) -> int:
+    if serving is None:
+        return pc_health_pb2.HEALTH_STATUS_UNSPECIFIED
+    return pc_health_pb2.HEALTH_STATUS_SERVING if serving else pc_health_pb2.HEALTH_STATUS_NOT_SERVING
+
+
+class SyncHealthServicer(health.HealthServicer):  # type: ignore[misc]
+    """grpcio-health-checking's servicer, NOT_SERVING until told otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # The stock servicer starts out SERVING; a container is not serving
+        # before it has started.
+        self.set(OVERALL, _NOT_SERVING)
+
+    def list_statuses(self) -> dict[str, int]:
+        """Every known service and its status, for Health.List."""
+        with self._lock:
+            return dict(self._server_status)
+
+
+class AioHealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
+    """grpcio-health-checking's asyncio servicer, NOT_SERVING until told
+    otherwise, settable from any thread, with a Watch that survives other
+    watchers of the same service leaving (the stock one drops their condition)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._loop = loop
+        self._server_status[OVERALL] = _NOT_SERVING
+        self._watcher_counts: collections.Counter[str] = collections.Counter()
+
+    def set_nowait(self, service: str, status: int) -> None:
+        """Set a status from any thread: visible to Check at once, pushed to
+        watchers by the loop."""
+        self._server_status[service] = status
+        if self._watcher_counts.get(service):
+            try:
+                self._loop.call_soon_threadsafe(self._notify, service)
+            except RuntimeError:  # loop closed: nobody is watching any more
+                pass
+
+    def _notify(self, service: str) -> None:
+        condition = self._server_watchers.get(service)
+        if condition is not None:
+            asyncio.ensure_future(self._notify_all(condition))
+
+    @staticmethod
+    async def _notify_all(condition: asyncio.Condition) -> None:
+        async with condition:
+            condition.notify_all()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:  # noqa: N802
+        service = request.service
+        condition = self._server_watchers[service]
+        self._watcher_counts[service] += 1
+        last: int | None = None
+        try:
+            async with condition:
+                while True:
+                    status = self._server_status.get(
+                        service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+                    )
+                    if status != last:
+                        await context.write(health_pb2.HealthCheckResponse(status=status))
+                    last = status
+                    await condition.wait()
+        finally:
+            self._watcher_counts[service] -= 1
+            if self._watcher_counts[service] <= 0:
+                del self._watcher_counts[service]
+                self._server_watchers.pop(service, None)
+
+    def list_statuses(self) -> dict[str, int]:
+        """Every known service and its status, for Health.List."""
+        return dict(self._server_status)
+
+
+def health_handlers(
+    servicer: SyncHealthServicer | AioHealthServicer,
+    list_response: Callable[[], Any],
+    list_serializer: Callable[[Any], bytes],
+    list_deserializer: Callable[[bytes], Any],
+) -> dict[str, grpc.RpcMethodHandler]:
+    """Check and Watch from the stock servicer, plus List."""
+    is_aio = isinstance(servicer, AioHealthServicer)
+
+    if is_aio:
+        async def list_behavior(request: Any, context: Any) -> Any:
+            return list_response()
+    else:
+        def list_behavior(request: Any, context: Any) -> Any:  # type: ignore[misc]
+            return list_response()
+
+    return {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            servicer.Check,
+            request_deserializer=health_pb2.HealthCheckRequest.FromString,
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        ),
+        "Watch": grpc.unary_stream_rpc_method_handler(
+            servicer.Watch,
+            request_deserializer=health_pb2.HealthCheckRequest.FromString,
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        ),
+        "List": grpc.unary_unary_rpc_method_handler(
+            list_behavior,
+            request_deserializer=list_deserializer,
+            response_serializer=list_serializer,
+        ),
+    }
+
+
+__all__ = [
+    "LIVENESS",
+    "MANAGEMENT_SERVICE",
+    "OVERALL",
+    "READINESS",
+    "AioHealthServicer",
+    "CheckFunc",
+    "CheckKind",
+    "HealthState",
+    "SyncHealthServicer",
+    "health_handlers",
+]

@@ -1,0 +1,330 @@
+"""Per-call observation of RPC handlers: statistics, a server span, and the
+mapping of :class:`RequestError` to a rich gRPC status.
+
+pycontainer adds its services to a server the app already built, so it
+cannot install server interceptors there; instead it wraps its own method
+handlers. The same wrapping is offered as sync and aio server interceptors
+for the app's own services. (opentelemetry-instrumentation-grpc's
+interceptors have open bugs with streams and cannot be applied to handlers
+alone; this wrapper uses only the OpenTelemetry API.)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from .._errors import RequestError, resource_exhausted
+from ._metrics import RpcStats
+
+_OK = grpc.StatusCode.OK
+# Marks behaviours this module made, so that they are never wrapped twice.
+_OBSERVED = "_pycontainer_observed"
+
+
+class StreamSlots:
+    """Admission of long-lived streams on a sync server, whose handlers run in
+    pycontainer's own thread pool (grpcio's experimental_thread_pool) so that
+    watchers never take threads from the app's pool."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pool = futures.ThreadPoolExecutor(
+            # A few spare threads so that refusals are answered at once.
+            max_workers=limit + 4,
+            thread_name_prefix="pycontainer-stream",
+        )
+        self._lock = threading.Lock()
+        self._active = 0
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._active >= self.limit:
+                raise resource_exhausted(
+                    f"too many open pycontainer streams ({self.limit}); close a log or "
+                    "metrics watcher, or raise stream_limit in ContainerSettings"
+                )
+            self._active += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Metadata:
+    """Carrier getter over gRPC invocation metadata."""
+
+    @staticmethod
+    def get(carrier: Any, key: str) -> list[str] | None:
+        values = [v for k, v in carrier if k == key]
+        return [v if isinstance(v, str) else v.decode() for v in values] or None
+
+    @staticmethod
+    def keys(carrier: Any) -> list[str]:
+        return [k for k, _ in carrier]
+
+
+_GETTER = _Metadata()
+
+
+class Observer:
+    """Wraps method handlers; shared by every server a container is added to."""
+
+    def __init__(self, stats: RpcStats, tracer: trace.Tracer) -> None:
+        self.stats = stats
+        self.tracer = tracer
+
+    def _span(self, method: str, context: Any) -> trace.Span:
+        carrier = context.invocation_metadata() or ()
+        parent = propagate.extract(carrier, getter=_GETTER)  # type: ignore[arg-type]
+        service, _, name = method.lstrip("/").partition("/")
+        return self.tracer.start_span(
+            method.lstrip("/"),
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        )
+
+    def _finish(self, method: str, span: trace.Span | None, code: grpc.StatusCode,
+                started: float, error: BaseException | None = None) -> None:
+        self.stats.call_finished(method, code, time.perf_counter() - started)
+        if span is not None:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code != _OK:
+                span.set_status(Status(StatusCode.ERROR, str(error) if error else code.name))
+                if error is not None and not isinstance(error, RequestError):
+                    span.record_exception(error)
+            span.end()
+
+    def wrap(
+        self,
+        method: str,
+        handler: grpc.RpcMethodHandler,
+        *,
+        aio: bool,
+        traced: bool,
+        slots: StreamSlots | None = None,
+    ) -> grpc.RpcMethodHandler:
+        """A handler that observes ``handler``'s calls."""
+        behavior_of = (handler.unary_unary or handler.unary_stream
+                       or handler.stream_unary or handler.stream_stream)
+        if getattr(behavior_of, "experimental_non_blocking", False) or getattr(
+                behavior_of, _OBSERVED, False):
+            # Already observed (pycontainer's own handlers seen again by the
+            # interceptor), or a callback-style handler whose signature differs.
+            return handler
+        stats = self.stats
+
+        def deserialize(data: bytes) -> Any:
+            stats.message_received(method, len(data))
+            return handler.request_deserializer(data) if handler.request_deserializer else data
+
+        def serialize(message: Any) -> bytes:
+            data: bytes = (
+                handler.response_serializer(message) if handler.response_serializer else message
+            )
+            stats.message_sent(method, len(data))
+            return data
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+            behavior = (self._aio_unary(method, inner_uu, traced) if aio
+                        else self._sync_unary(method, inner_uu, traced, slots))
+            setattr(behavior, _OBSERVED, True)
+            return grpc.unary_unary_rpc_method_handler(behavior, deserialize, serialize)
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+            stream_behavior = (self._aio_stream(method, inner_us, traced) if aio
+                               else self._sync_stream(method, inner_us, traced, slots))
+            setattr(stream_behavior, _OBSERVED, True)
+            return grpc.unary_stream_rpc_method_handler(stream_behavior, deserialize, serialize)
+        # Client and bidirectional streams: count calls, leave the rest alone.
+        return handler
+
+    def _sync_unary(self, method: str, inner: Callable[..., Any], traced: bool,
+                    slots: StreamSlots | None = None
+                    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+            self.stats.call_started(method)
+            started = time.perf_counter()
+            span = self._span(method, context) if traced else None
+            token = otel_context.attach(trace.set_span_in_context(span)) if span else None
+            code, error = _OK, None
+            admitted = False
+            try:
+                if slots is not None:
+                    slots.acquire()
+                    admitted = True
+                return inner(request, context)
+            except RequestError as exc:
+                code, error = exc.code, exc
+                context.abort_with_status(exc.to_status())
+            except Exception as exc:
+                code, error = _code_of(context, grpc.StatusCode.UNKNOWN), exc
+                raise
+            finally:
+                if admitted and slots is not None:
+                    slots.release()
+                if token is not None:
+                    otel_context.detach(token)
+                self._finish(method, span, code, started, error)
+
+        if slots is not None:  # a long call (a CPU profile): run it in our pool
+            behavior.experimental_thread_pool = slots.pool  # type: ignore[attr-defined]
+        return behavior
+
+    def _sync_stream(self, method: str, inner: Callable[..., Any], traced: bool,
+                     slots: StreamSlots | None) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            self.stats.call_started(method)
+            started = time.perf_counter()
+            span = self._span(method, context) if traced else None
+            code, error = _OK, None
+            admitted = False
+            try:
+                if slots is not None:
+                    slots.acquire()
+                    admitted = True
+                with trace.use_span(span, end_on_exit=False) if span else _nothing():
+                    yield from inner(request, context)
+                if not context.is_active():
+                    code = grpc.StatusCode.CANCELLED
+            except RequestError as exc:
+                code, error = exc.code, exc
+                context.abort_with_status(exc.to_status())
+            except GeneratorExit:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code, error = _code_of(context, grpc.StatusCode.UNKNOWN), exc
+                raise
+            finally:
+                if admitted and slots is not None:
+                    slots.release()
+                self._finish(method, span, code, started, error)
+
+        if slots is not None:
+            # grpcio's sync server runs this behaviour in our pool, not the app's.
+            behavior.experimental_thread_pool = slots.pool  # type: ignore[attr-defined]
+        return behavior
+
+    def _aio_unary(self, method: str, inner: Callable[..., Awaitable[Any]], traced: bool
+                   ) -> Callable[[Any, Any], Awaitable[Any]]:
+        async def behavior(request: Any, context: Any) -> Any:
+            self.stats.call_started(method)
+            started = time.perf_counter()
+            span = self._span(method, context) if traced else None
+            code, error = _OK, None
+            try:
+                with trace.use_span(span, end_on_exit=False) if span else _nothing():
+                    return await inner(request, context)
+            except RequestError as exc:
+                code, error = exc.code, exc
+                await _aio_abort(context, exc)
+            except Exception as exc:
+                code, error = _code_of(context, grpc.StatusCode.UNKNOWN), exc
+                raise
+            finally:
+                self._finish(method, span, code, started, error)
+        return behavior
+
+    def _aio_stream(self, method: str, inner: Callable[..., AsyncIterator[Any]], traced: bool
+                    ) -> Callable[[Any, Any], AsyncIterator[Any]]:
+        async def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
+            self.stats.call_started(method)
+            started = time.perf_counter()
+            span = self._span(method, context) if traced else None
+            code, error = _OK, None
+            try:
+                with trace.use_span(span, end_on_exit=False) if span else _nothing():
+                    result = inner(request, context)
+                    if hasattr(result, "__aiter__"):
+                        async for item in result:
+                            yield item
+                    else:  # a handler that writes with context.write()
+                        await result
+            except RequestError as exc:
+                code, error = exc.code, exc
+                await _aio_abort(context, exc)
+            except BaseException as exc:
+                import asyncio
+
+                if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                    code = grpc.StatusCode.CANCELLED
+                else:
+                    code, error = _code_of(context, grpc.StatusCode.UNKNOWN), exc
+                raise
+            finally:
+                self._finish(method, span, code, started, error)
+        return behavior
+
+
+async def _aio_abort(context: Any, exc: RequestError) -> None:
+    status = exc.to_status()
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _code_of(context: Any, default: grpc.StatusCode) -> grpc.StatusCode:
+    """The code an abort set on the context, else ``default``."""
+    try:
+        code = context.code()
+    except Exception:  # older grpcio without ServicerContext.code()
+        return default
+    if isinstance(code, grpc.StatusCode) and code != _OK:
+        return code
+    return default
+
+
+class _nothing:  # noqa: N801 - a null context manager that types cleanly
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class ServerInterceptor(grpc.ServerInterceptor):
+    """Counts the app's own RPCs (sync server) into the container's metrics."""
+
+    def __init__(self, observer: Observer) -> None:
+        self._observer = observer
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        return self._observer.wrap(method, handler, aio=False, traced=False)
+
+
+class AioServerInterceptor(grpc.aio.ServerInterceptor):
+    """Counts the app's own RPCs (grpc.aio server) into the container's metrics."""
+
+    def __init__(self, observer: Observer) -> None:
+        self._observer = observer
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        return self._observer.wrap(method, handler, aio=True, traced=False)

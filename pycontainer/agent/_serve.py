@@ -1,0 +1,130 @@
+"""Standalone hosting: pycontainer runs a grpc.aio server for apps that have
+none of their own, in the foreground (``serve``/``run``) or on a background
+thread (``serve_in_background``, for sync apps)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from ..v1 import container_pb2
+from ._container import Container
+
+_log = logging.getLogger("pycontainer")
+
+# Options of every server pycontainer builds. Keepalive lets a dead watcher's
+# stream be noticed; the pending-call limits are raised past grpc-core's small
+# default so a burst of probes is queued rather than refused.
+SERVER_OPTIONS: Sequence[tuple[str, int]] = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
+
+async def _start_server(container: Container, listen: str) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    container.add_to_server(server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen!r}")
+    host = listen.rsplit(":", 1)[0] or "127.0.0.1"
+    if host in ("[::]", "0.0.0.0", ""):
+        host = "127.0.0.1"
+    container.add_endpoint("management", f"{host}:{port}", container_pb2.ENDPOINT_KIND_MANAGEMENT)
+    await server.start()
+    return server, port
+
+
+async def serve(
+    container: Container,
+    listen: str = "127.0.0.1:0",
+    *,
+    on_ready: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+) -> None:
+    """Serve the container until SIGTERM/SIGINT (or ``stop``), then stop it
+    gracefully through its lifecycle and shut the server down."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    server, port = await _start_server(container, listen)
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
+    try:
+        await container.astart()
+        if on_ready is not None:
+            on_ready(port)
+        await stop.wait()
+        _log.info("container %s: stopping (grace %.1fs)", container.id,
+                  container.settings.grace_period)
+        if not container.state.terminal:
+            with contextlib.suppress(Exception):
+                await container.astop(reason="signal")
+    finally:
+        await server.stop(grace=2.0)
+        container.close()
+
+
+def run(container: Container, listen: str = "127.0.0.1:0",
+        on_ready: Callable[[int], None] | None = None) -> None:
+    """serve() in a new event loop: the whole main function of a standalone app."""
+    asyncio.run(serve(container, listen, on_ready=on_ready))
+
+
+@dataclass
+class BackgroundServer:
+    """A Management server on its own thread and event loop."""
+
+    port: int
+    _loop: asyncio.AbstractEventLoop
+    _server: grpc.aio.Server
+    _thread: threading.Thread
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Shut the server down and join its thread."""
+        if self._loop.is_closed():
+            return
+        future = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
+        future.result(timeout=grace + 5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+
+def serve_in_background(container: Container, listen: str = "127.0.0.1:0") -> BackgroundServer:
+    """Host the Management API on a grpc.aio server in a daemon thread, so that a
+    sync app's own server and threads are untouched. The app still drives the
+    lifecycle (container.start() / container.stop())."""
+    loop = asyncio.new_event_loop()
+    started: dict[str, object] = {}
+    ready = threading.Event()
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            started["server"], started["port"] = loop.run_until_complete(
+                _start_server(container, listen))
+        except BaseException as exc:  # reported to the caller below
+            started["error"] = exc
+            ready.set()
+            return
+        ready.set()
+        loop.run_forever()
+        loop.close()
+
+    thread = threading.Thread(target=main, name="pycontainer-server", daemon=True)
+    thread.start()
+    ready.wait()
+    if "error" in started:
+        raise started["error"]  # type: ignore[misc]
+    return BackgroundServer(started["port"], loop, started["server"], thread)  # type: ignore[arg-type]

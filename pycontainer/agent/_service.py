@@ -1,0 +1,147 @@
+"""The Management servicer: one core, a thin sync face and a thin aio face.
+
+The core turns requests into responses using the container's parts; the
+faces only adapt blocking vs. awaitable calls. Long or blocking work (a CPU
+profile) runs in a thread on the aio face.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from ..v1 import management_pb2, management_pb2_grpc
+from ._config import Config
+from ._logs import LogQuery
+from ._metrics import MetricsWatch
+from ._profile import ProfileRequest, build_profile
+
+if TYPE_CHECKING:
+    from ._container import Container
+
+SERVICE = "pycontainer.v1.Management"
+
+
+class ManagementCore:
+    """Answers Management requests from a container's parts."""
+
+    def __init__(self, container: Container) -> None:
+        self._c = container
+
+    def get_info(self, request: management_pb2.GetInfoRequest) -> management_pb2.GetInfoResponse:
+        return self._c.info()
+
+    def get_health(self, request: management_pb2.GetHealthRequest) -> management_pb2.GetHealthResponse:
+        return self._c.health.report(request.check_names)
+
+    def get_config(self, request: management_pb2.GetConfigRequest) -> management_pb2.GetConfigResponse:
+        config: Config = self._c.config
+        return management_pb2.GetConfigResponse(entries=config.entries(request.prefix))
+
+    def profile_request(self, request: management_pb2.GetProfileRequest) -> ProfileRequest:
+        return ProfileRequest.from_request(request)
+
+    def get_profile(self, request: ProfileRequest, stop: threading.Event | None
+                    ) -> management_pb2.GetProfileResponse:
+        response = build_profile(request, locks=self._c.locks, loops=self._c.loops, stop=stop)
+        response.rpc_messages.extend(self._c.rpc_message_stats())
+        return response
+
+    def logs(self, request: management_pb2.StreamLogsRequest) -> Any:
+        return self._c.logs.reader(LogQuery.from_request(request))
+
+    def metrics(self, request: management_pb2.WatchMetricsRequest) -> MetricsWatch:
+        return self._c.metrics_watch(request)
+
+
+class ManagementServicer(management_pb2_grpc.ManagementServicer):
+    """The sync (grpc.server) face."""
+
+    def __init__(self, core: ManagementCore) -> None:
+        self._core = core
+
+    def GetInfo(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._core.get_info(request)
+
+    def GetHealth(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._core.get_health(request)
+
+    def GetConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._core.get_config(request)
+
+    def GetProfile(self, request: Any, context: Any) -> Any:  # noqa: N802
+        parsed = self._core.profile_request(request)
+        stop = threading.Event()
+        context.add_callback(stop.set)  # a cancelled call ends the sampling early
+        return self._core.get_profile(parsed, stop)
+
+    def StreamLogs(self, request: Any, context: Any) -> Iterator[Any]:  # noqa: N802
+        reader = self._core.logs(request)
+        yield from reader.iter_responses(context.is_active)
+
+    def WatchMetrics(self, request: Any, context: Any) -> Iterator[Any]:  # noqa: N802
+        watch = self._core.metrics(request)
+        yield from watch.iter_responses(context.is_active)
+
+
+class AsyncManagementServicer(management_pb2_grpc.ManagementServicer):
+    """The asyncio (grpc.aio.server) face."""
+
+    def __init__(self, core: ManagementCore) -> None:
+        self._core = core
+
+    async def GetInfo(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._core.get_info(request)
+
+    async def GetHealth(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._core.get_health(request)
+
+    async def GetConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._core.get_config(request)
+
+    async def GetProfile(self, request: Any, context: Any) -> Any:  # noqa: N802
+        parsed = self._core.profile_request(request)
+        stop = threading.Event()
+        try:
+            return await asyncio.to_thread(self._core.get_profile, parsed, stop)
+        finally:
+            stop.set()  # also when the call is cancelled
+
+    async def StreamLogs(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+        reader = self._core.logs(request)
+        async for response in reader.aiter_responses():
+            yield response
+
+    async def WatchMetrics(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+        watch = self._core.metrics(request)
+        async for response in watch.aiter_responses():
+            yield response
+
+
+# Methods that hold a stream open (or run long) and so, on a sync server, run
+# in pycontainer's own thread pool rather than the app's.
+LONG_RUNNING = frozenset({"StreamLogs", "WatchMetrics", "GetProfile"})
+
+
+def method_handlers(servicer: ManagementServicer | AsyncManagementServicer
+                    ) -> dict[str, grpc.RpcMethodHandler]:
+    """Unwrapped handlers by method name, built from the generated code's own
+    registration so that serializers and arities always match the protos."""
+    captured: dict[str, grpc.RpcMethodHandler] = {}
+
+    class _Capture:
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            for handler in handlers:
+                captured.update(
+                    {k.rsplit("/", 1)[-1]: v for k, v in handler._method_handlers.items()}
+                )
+
+        def add_registered_method_handlers(self, name: str, handlers: Any) -> None:
+            captured.update(handlers)
+
+    management_pb2_grpc.add_ManagementServicer_to_server(servicer, _Capture())
+    return captured

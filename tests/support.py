@@ -1,0 +1,147 @@
+"""Test support: real app servers (sync and aio) embedding a container, on
+ephemeral loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+
+import pycontainer
+from pycontainer.v1 import management_pb2_grpc
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_tool(name: str) -> str:
+    """The path of a system tool; a skip locally, a failure in CI."""
+    path = shutil.which(name)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is required in CI but was not found on PATH")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+@dataclass
+class Host:
+    """A container embedded in a real app server."""
+
+    kind: str
+    container: pycontainer.Container
+    target: str
+    channel: grpc.Channel
+    stop: Callable[[], None]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def management(self) -> management_pb2_grpc.ManagementStub:
+        return management_pb2_grpc.ManagementStub(self.channel)
+
+
+def _echo_handler(aio: bool) -> grpc.GenericRpcHandler:
+    """An app's own service, to show it keeps being served."""
+    if aio:
+        async def echo(request: bytes, context: Any) -> bytes:
+            return request
+    else:
+        def echo(request: bytes, context: Any) -> bytes:  # type: ignore[misc]
+            return request
+    return grpc.method_handlers_generic_handler(
+        "demo.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+
+
+def start_sync_host(container: pycontainer.Container, workers: int = 8) -> Host:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers),
+        interceptors=[container.server_interceptor()],
+    )
+    container.add_to_server(server)
+    server.add_generic_rpc_handlers((_echo_handler(aio=False),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    target = f"127.0.0.1:{port}"
+    channel = grpc.insecure_channel(target)
+
+    def stop() -> None:
+        channel.close()
+        server.stop(None)
+        container.close()
+
+    return Host("sync", container, target, channel, stop, {"server": server})
+
+
+def start_aio_host(container: pycontainer.Container) -> Host:
+    """An asyncio app on its own thread, as an aio app would run."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        server = grpc.aio.server(interceptors=[container.aio_server_interceptor()])
+        container.add_to_server(server)
+        server.add_generic_rpc_handlers((_echo_handler(aio=True),))
+        box["port"] = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        box["server"] = server
+        ready.set()
+
+    def thread_main() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main())
+        loop.run_forever()
+
+    thread = threading.Thread(target=thread_main, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    target = f"127.0.0.1:{box['port']}"
+    channel = grpc.insecure_channel(target)
+
+    def stop() -> None:
+        channel.close()
+        asyncio.run_coroutine_threadsafe(box["server"].stop(None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        container.close()
+
+    host = Host("aio", container, target, channel, stop, {"loop": loop})
+    return host
+
+
+def run_in_host_loop(host: Host, coro_fn: Callable[[], Any]) -> Any:
+    """Run a coroutine on an aio host's loop (e.g. container.astart())."""
+    return asyncio.run_coroutine_threadsafe(coro_fn(), host.extra["loop"]).result(30)
+
+
+def start_container(host: Host) -> None:
+    if host.kind == "aio":
+        run_in_host_loop(host, host.container.astart)
+    else:
+        host.container.start()
+
+
+def stop_container(host: Host, grace: float = 5.0) -> None:
+    if host.kind == "aio":
+        run_in_host_loop(host, lambda: host.container.astop(grace))
+    else:
+        host.container.stop(grace)
+
+
+def make_container(name: str = "test", **kwargs: Any) -> pycontainer.Container:
+    hooks = kwargs.pop("hooks", None)
+    config = kwargs.pop("config", None)
+    tracer_provider = kwargs.pop("tracer_provider", None)
+    settings = pycontainer.ContainerSettings(name=name, version="1.2.3",
+                                             labels={"app": name}, **kwargs)
+    return pycontainer.Container(settings, hooks=hooks, config=config,
+                                 tracer_provider=tracer_provider)
+
+
