@@ -9,7 +9,7 @@ Embed in an existing server::
 
 __version__ = "0.1.0"
 
-from .agent import (  # noqa: E402 - __version__ first: agent modules read it
+from .agent import (  # after __version__: agent modules read it
     TRANSITIONS,
     BackgroundServer,
     CheckKind,

@@ -53,9 +53,7 @@ class RequestError(Exception):
         return rpc_status.to_status(status)
 
 
-_CODE_NUMBERS: dict[grpc.StatusCode, int] = {
-    code: code.value[0] for code in grpc.StatusCode
-}
+_CODE_NUMBERS: dict[grpc.StatusCode, int] = {code: code.value[0] for code in grpc.StatusCode}
 assert _CODE_NUMBERS[grpc.StatusCode.INVALID_ARGUMENT] == code_pb2.INVALID_ARGUMENT
 
 

@@ -28,8 +28,7 @@ def new_host(request: pytest.FixtureRequest) -> Iterator[Callable[..., Host]]:
     hosts: list[Host] = []
 
     def factory(container: pycontainer.Container) -> Host:
-        h = (start_sync_host(container) if request.param == "sync"
-             else start_aio_host(container))
+        h = start_sync_host(container) if request.param == "sync" else start_aio_host(container)
         hosts.append(h)
         return h
 

@@ -7,7 +7,7 @@ import asyncio
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,14 +49,17 @@ class Host:
 
 def _echo_handler(aio: bool) -> grpc.GenericRpcHandler:
     """An app's own service, to show it keeps being served."""
-    if aio:
-        async def echo(request: bytes, context: Any) -> bytes:
-            return request
-    else:
-        def echo(request: bytes, context: Any) -> bytes:  # type: ignore[misc]
-            return request
+
+    async def aio_echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    def sync_echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    echo: Callable[[bytes, Any], Any] = aio_echo if aio else sync_echo
     return grpc.method_handlers_generic_handler(
-        "demo.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+        "demo.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    )
 
 
 def start_sync_host(container: pycontainer.Container, workers: int = 8) -> Host:
@@ -139,9 +142,9 @@ def make_container(name: str = "test", **kwargs: Any) -> pycontainer.Container:
     hooks = kwargs.pop("hooks", None)
     config = kwargs.pop("config", None)
     tracer_provider = kwargs.pop("tracer_provider", None)
-    settings = pycontainer.ContainerSettings(name=name, version="1.2.3",
-                                             labels={"app": name}, **kwargs)
-    return pycontainer.Container(settings, hooks=hooks, config=config,
-                                 tracer_provider=tracer_provider)
-
-
+    settings = pycontainer.ContainerSettings(
+        name=name, version="1.2.3", labels={"app": name}, **kwargs
+    )
+    return pycontainer.Container(
+        settings, hooks=hooks, config=config, tracer_provider=tracer_provider
+    )

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 from pathlib import Path
 
 import grpc
 import pytest
-from pycontainer.v1 import config_pb2, management_pb2
 
 from pycontainer._errors import RequestError
 from pycontainer.agent._config import REDACTED, Config, parse_duration
+from pycontainer.v1 import config_pb2, management_pb2
 
 DEFAULT = config_pb2.CONFIG_SOURCE_DEFAULT
 FILE = config_pb2.CONFIG_SOURCE_FILE
@@ -184,17 +183,9 @@ def test_toml_values_render_as_text(tmp_path: Path) -> None:
     }
 
 
-@pytest.mark.skipif(importlib.util.find_spec("yaml") is None, reason="PyYAML not installed")
 def test_yaml_file(tmp_path: Path) -> None:
     path = write(tmp_path, "c.yaml", "server:\n  port: 8080\n")
     assert Config(files=[path]).get("server.port") == 8080
-
-
-@pytest.mark.skipif(importlib.util.find_spec("yaml") is not None, reason="PyYAML installed")
-def test_yaml_without_pyyaml_says_so(tmp_path: Path) -> None:
-    path = write(tmp_path, "c.yml", "a: 1\n")
-    with pytest.raises(ValueError, match="YAML needs PyYAML"):
-        Config(files=[path])
 
 
 @pytest.mark.parametrize(

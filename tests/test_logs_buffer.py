@@ -20,7 +20,6 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.sdk.trace import TracerProvider
-from pycontainer.v1 import logs_pb2, management_pb2
 
 from pycontainer._errors import RequestError
 from pycontainer.agent._logs import (
@@ -32,6 +31,7 @@ from pycontainer.agent._logs import (
     severity_from_level,
     uninstall,
 )
+from pycontainer.v1 import logs_pb2, management_pb2
 
 _names = itertools.count()
 

@@ -18,7 +18,6 @@ from opentelemetry.metrics import CallbackOptions, NoOpMeterProvider, Observatio
 from opentelemetry.metrics import _internal as otel_metrics_internal
 from opentelemetry.sdk.metrics import Meter, MeterProvider
 from opentelemetry.util._once import Once
-from pycontainer.v1 import management_pb2, metrics_pb2
 
 from pycontainer._errors import RequestError
 from pycontainer.agent._metrics import (
@@ -29,6 +28,7 @@ from pycontainer.agent._metrics import (
     RpcStats,
     process_metrics,
 )
+from pycontainer.v1 import management_pb2, metrics_pb2
 
 # --------------------------------------------------------------------------
 # fixtures

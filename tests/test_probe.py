@@ -42,7 +42,18 @@ def test_connection_failed_and_bad_usage() -> None:
 
 def test_console_script_runs_as_a_process() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pycontainer.cli", "health", f"127.0.0.1:{_free_port()}",
-         "--connect-timeout", "0.2"], capture_output=True, text=True, timeout=30)
+        [
+            sys.executable,
+            "-m",
+            "pycontainer.cli",
+            "health",
+            f"127.0.0.1:{_free_port()}",
+            "--connect-timeout",
+            "0.2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert "failed to connect" in result.stderr

@@ -17,7 +17,6 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from pycontainer.v1 import management_pb2, profile_pb2
 
 from pycontainer._errors import RequestError
 from pycontainer.agent import _profile
@@ -29,6 +28,7 @@ from pycontainer.agent._profile import (
     TrackedLock,
     TrackedRLock,
 )
+from pycontainer.v1 import management_pb2, profile_pb2
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -35,8 +35,9 @@ class ReflectionClient:
         )
 
     def ask(self, **request: Any) -> reflection_pb2.ServerReflectionResponse:
-        responses = list(self._call(iter([reflection_pb2.ServerReflectionRequest(**request)]),
-                                    timeout=10))
+        responses = list(
+            self._call(iter([reflection_pb2.ServerReflectionRequest(**request)]), timeout=10)
+        )
         assert len(responses) == 1
         return responses[0]
 
@@ -60,8 +61,10 @@ class ReflectionClient:
                 if dep not in files:
                     by_name = self.ask(file_by_filename=dep)
                     assert by_name.WhichOneof("message_response") == "file_descriptor_response", dep
-                    pending.extend(descriptor_pb2.FileDescriptorProto.FromString(raw)
-                                   for raw in by_name.file_descriptor_response.file_descriptor_proto)
+                    pending.extend(
+                        descriptor_pb2.FileDescriptorProto.FromString(raw)
+                        for raw in by_name.file_descriptor_response.file_descriptor_proto
+                    )
         pool = descriptor_pool.DescriptorPool()
         added: set[str] = set()
 
@@ -97,8 +100,14 @@ def test_list_and_describe_everything(host: Host, version: str) -> None:
 
     management = client.pool_for("pycontainer.v1.Management")
     methods = {m.name for m in management.FindServiceByName("pycontainer.v1.Management").methods}
-    assert methods == {"GetInfo", "GetHealth", "WatchMetrics", "StreamLogs", "GetProfile",
-                       "GetConfig"}
+    assert methods == {
+        "GetInfo",
+        "GetHealth",
+        "WatchMetrics",
+        "StreamLogs",
+        "GetProfile",
+        "GetConfig",
+    }
     info = management.FindMessageTypeByName("pycontainer.v1.GetInfoResponse")
     assert info.fields_by_name["uptime"].message_type.full_name == "google.protobuf.Duration"
     health = client.pool_for("grpc.health.v1.Health").FindServiceByName("grpc.health.v1.Health")
@@ -118,5 +127,9 @@ def test_stock_v1alpha_client_database(host: Host) -> None:
     for name in ("pycontainer.v1.Management", "grpc.health.v1.Health"):
         assert pool.FindServiceByName(name).methods
     stream_logs = pool.FindMethodByName("pycontainer.v1.Management.StreamLogs")
-    assert stream_logs.output_type.fields_by_name["entries"].message_type.fields_by_name[
-        "time"].message_type.full_name == "google.protobuf.Timestamp"
+    assert (
+        stream_logs.output_type.fields_by_name["entries"]
+        .message_type.fields_by_name["time"]
+        .message_type.full_name
+        == "google.protobuf.Timestamp"
+    )

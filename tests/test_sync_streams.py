@@ -35,11 +35,15 @@ def test_app_rpcs_served_while_watchers_hold_streams() -> None:
     try:
         for i in range(6):
             if i % 2:
-                stream = host.management.WatchMetrics(management_pb2.WatchMetricsRequest(
-                    interval=duration_pb2.Duration(nanos=200_000_000)))
+                stream = host.management.WatchMetrics(
+                    management_pb2.WatchMetricsRequest(
+                        interval=duration_pb2.Duration(nanos=200_000_000)
+                    )
+                )
             else:
                 stream = host.management.StreamLogs(
-                    management_pb2.StreamLogsRequest(follow=True, tail=0))
+                    management_pb2.StreamLogsRequest(follow=True, tail=0)
+                )
             streams.append(stream)
             t = threading.Thread(target=_drain, args=(stream, errors), daemon=True)
             t.start()
@@ -62,8 +66,10 @@ def test_stream_limit_answers_resource_exhausted() -> None:
     container = make_container("limited", stream_limit=2)
     host = start_sync_host(container, workers=2)
     start_container(host)
-    opened = [host.management.StreamLogs(management_pb2.StreamLogsRequest(follow=True, tail=0))
-              for _ in range(2)]
+    opened = [
+        host.management.StreamLogs(management_pb2.StreamLogsRequest(follow=True, tail=0))
+        for _ in range(2)
+    ]
     try:
         # Log until each open stream has received a line: then both are admitted.
         stop = threading.Event()
@@ -79,8 +85,9 @@ def test_stream_limit_answers_resource_exhausted() -> None:
         finally:
             stop.set()
             logger_thread.join(5)
-        third = host.management.StreamLogs(management_pb2.StreamLogsRequest(follow=True, tail=0),
-                                           timeout=10)
+        third = host.management.StreamLogs(
+            management_pb2.StreamLogsRequest(follow=True, tail=0), timeout=10
+        )
         with pytest.raises(grpc.RpcError) as info:
             list(third)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -3,8 +3,6 @@ caller's trace context; health checks are not traced."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -19,8 +17,8 @@ from pycontainer.v1 import management_pb2
 
 
 @pytest.fixture
-def exporter() -> Iterator[InMemorySpanExporter]:
-    yield InMemorySpanExporter()
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
 
 
 def test_management_calls_are_traced_health_is_not(

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
+import yaml
+
 from pycontainer._errors import invalid_argument
 from pycontainer.v1 import config_pb2, management_pb2
 
@@ -306,10 +308,6 @@ def _load_file(path: Path) -> Mapping[str, object]:
 
 
 def _load_yaml(path: Path) -> object:
-    try:
-        import yaml  # type: ignore[import-not-found, import-untyped, unused-ignore]
-    except ImportError:
-        raise ValueError("YAML needs PyYAML, which is not installed") from None
     with path.open("rb") as f:
         try:
             return yaml.safe_load(f)

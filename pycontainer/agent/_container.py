@@ -39,7 +39,7 @@ from ._service import (
     ManagementServicer,
     method_handlers,
 )
-from ._state import Command, State, transition
+from ._state import Command, State, state_proto, transition
 
 _log = logging.getLogger("pycontainer")
 
@@ -120,8 +120,11 @@ class Container:
         tracer_provider: trace.TracerProvider | None = None,
         metric_reader: Any = None,
     ) -> None:
-        self.settings = settings if isinstance(settings, ContainerSettings) else (
-            ContainerSettings(name=settings))
+        self.settings = (
+            settings
+            if isinstance(settings, ContainerSettings)
+            else ContainerSettings(name=settings)
+        )
         self.hooks = hooks or Hooks()
         self.config = config or Config()
         self.health = HealthState()
@@ -160,30 +163,52 @@ class Container:
     def identity(self) -> container_pb2.ContainerIdentity:
         s = self.settings
         return container_pb2.ContainerIdentity(
-            id=s.id, name=s.name, version=s.version, labels=s.labels, priority=s.priority,
+            id=s.id,
+            name=s.name,
+            version=s.version,
+            labels=s.labels,
+            priority=s.priority,
             resources=container_pb2.ResourceRequirements(
-                cpu_millis=s.cpu_millis, memory_bytes=s.memory_bytes),
-            endpoints=self._endpoints, grace_period=_dur(s.grace_period),
+                cpu_millis=s.cpu_millis, memory_bytes=s.memory_bytes
+            ),
+            endpoints=self._endpoints,
+            grace_period=_dur(s.grace_period),
         )
 
-    def add_endpoint(self, name: str, address: str, kind: int = container_pb2.ENDPOINT_KIND_GRPC
-                     ) -> None:
-        """Advertise an endpoint in GetInfo (the Management one is added by serve)."""
-        self._endpoints.append(container_pb2.Endpoint(name=name, kind=kind, address=address))
+    def add_endpoint(self, name: str, address: str, kind: str = "grpc") -> None:
+        """Advertise an endpoint in GetInfo; kind is "management", "grpc",
+        "http" or "other" (serve() adds the Management one itself)."""
+        try:
+            proto_kind = _ENDPOINT_KINDS[kind]
+        except KeyError:
+            raise ValueError(
+                f"endpoint kind {kind!r} is not one of {', '.join(_ENDPOINT_KINDS)}"
+            ) from None
+        self._endpoints.append(container_pb2.Endpoint(name=name, kind=proto_kind, address=address))
 
     def info(self) -> management_pb2.GetInfoResponse:
         now = time.time_ns()
         return management_pb2.GetInfoResponse(
-            identity=self.identity(), pid=os.getpid(), hostname=socket.gethostname(),
-            start_time=_ts(self._start_ns), uptime=_dur((now - self._start_ns) / 1e9),
-            state=int(self._state), pycontainer_version=__version__,
+            identity=self.identity(),
+            pid=os.getpid(),
+            hostname=socket.gethostname(),
+            start_time=_ts(self._start_ns),
+            uptime=_dur((now - self._start_ns) / 1e9),
+            state=state_proto(self._state),
+            pycontainer_version=__version__,
             runtime=f"{platform.python_implementation()} {platform.python_version()}",
             error=self._error,
         )
 
     # -- health -----------------------------------------------------------------
-    def add_check(self, name: str, func: CheckFunc | None = None, *,
-                  kind: CheckKind = CheckKind.READINESS, period: float = 5.0) -> None:
+    def add_check(
+        self,
+        name: str,
+        func: CheckFunc | None = None,
+        *,
+        kind: CheckKind = CheckKind.READINESS,
+        period: float = 5.0,
+    ) -> None:
         """Add a named health check (see HealthState.add_check)."""
         self.health.add_check(name, func, kind=kind, period=period)
 
@@ -194,17 +219,23 @@ class Container:
     # -- metrics ----------------------------------------------------------------
     def metrics_watch(self, request: management_pb2.WatchMetricsRequest) -> MetricsWatch:
         return MetricsWatch.from_request(
-            request, rpc_stats=self.rpc_stats, app_metrics=self.app_metrics, process=self._process)
+            request, rpc_stats=self.rpc_stats, app_metrics=self.app_metrics, process=self._process
+        )
 
     def rpc_message_stats(self) -> list[profile_pb2.RpcMessageStats]:
         out = []
         for m in self.rpc_stats.figures():
-            out.append(profile_pb2.RpcMessageStats(
-                method=m.method, messages_received=m.messages_received,
-                messages_sent=m.messages_sent, bytes_received=m.bytes_received,
-                bytes_sent=m.bytes_sent,
-                mean_message_received_bytes=m.bytes_received / max(1, m.messages_received),
-                mean_message_sent_bytes=m.bytes_sent / max(1, m.messages_sent)))
+            out.append(
+                profile_pb2.RpcMessageStats(
+                    method=m.method,
+                    messages_received=m.messages_received,
+                    messages_sent=m.messages_sent,
+                    bytes_received=m.bytes_received,
+                    bytes_sent=m.bytes_sent,
+                    mean_message_received_bytes=m.bytes_received / max(1, m.messages_received),
+                    mean_message_sent_bytes=m.bytes_sent / max(1, m.messages_sent),
+                )
+            )
         return out
 
     def server_interceptor(self) -> ServerInterceptor:
@@ -216,8 +247,9 @@ class Container:
         return AioServerInterceptor(self._observer)
 
     # -- hosting ----------------------------------------------------------------
-    def add_to_server(self, server: grpc.Server | grpc.aio.Server, *,
-                      services: Iterable[str] = ()) -> None:
+    def add_to_server(
+        self, server: grpc.Server | grpc.aio.Server, *, services: Iterable[str] = ()
+    ) -> None:
         """Add Management, grpc.health.v1 and reflection (v1 and v1alpha) to the
         app's own server. Reflection lists every service added to the server
         after this call, plus ``services`` (for ones added before it)."""
@@ -238,8 +270,12 @@ class Container:
             self.health.attach(health_servicer.set)
         handlers = {
             name: self._observer.wrap(
-                f"/{SERVICE}/{name}", handler, aio=aio, traced=True,
-                slots=self._slots if (not aio and name in LONG_RUNNING) else None)
+                f"/{SERVICE}/{name}",
+                handler,
+                aio=aio,
+                traced=True,
+                slots=self._slots if (not aio and name in LONG_RUNNING) else None,
+            )
             for name, handler in method_handlers(servicer).items()
         }
         list_request, list_response = _reflection.health_list_messages()
@@ -253,8 +289,11 @@ class Container:
         groups = {
             SERVICE: handlers,
             _reflection.HEALTH: _health.health_handlers(
-                health_servicer, health_list, list_response.SerializeToString,
-                list_request.FromString),
+                health_servicer,
+                health_list,
+                list_response.SerializeToString,
+                list_request.FromString,
+            ),
             **_reflection.reflection_handlers(self.service_names, aio=aio),
         }
         for service, group in groups.items():
@@ -290,6 +329,7 @@ class Container:
 
         server.add_generic_rpc_handlers = add_generic_rpc_handlers
         if add_registered is not None:
+
             def add_registered_method_handlers(service_name: str, method_handlers: Any) -> None:
                 for c in tracked:
                     c._services.add(service_name)
@@ -305,8 +345,13 @@ class Container:
                 self._error = error
         self.health.set_state(state)
         if previous != state:
-            _log.info("container %s: %s -> %s%s", self.id, previous.name, state.name,
-                      f" ({error})" if error else "")
+            _log.info(
+                "container %s: %s -> %s%s",
+                self.id,
+                previous.name,
+                state.name,
+                f" ({error})" if error else "",
+            )
 
     def _hook(self, name: str) -> Hook | None:
         hook: Hook | None = getattr(self.hooks, name)
@@ -388,7 +433,8 @@ class Container:
         after = self._begin(Command.STOP)
         try:
             await asyncio.wait_for(
-                self._run_async_hook("on_stop", reason, time.monotonic() + grace), grace or None)
+                self._run_async_hook("on_stop", reason, time.monotonic() + grace), grace or None
+            )
         except Exception as exc:
             raise self._fail("on_stop", exc) from exc
         finally:
@@ -407,7 +453,17 @@ class Container:
             self._slots.close()
 
 
-def _register(server: Any, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+_ENDPOINT_KINDS = {
+    "management": container_pb2.ENDPOINT_KIND_MANAGEMENT,
+    "grpc": container_pb2.ENDPOINT_KIND_GRPC,
+    "http": container_pb2.ENDPOINT_KIND_HTTP,
+    "other": container_pb2.ENDPOINT_KIND_OTHER,
+}
+
+
+def _register(
+    server: Any, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     if hasattr(server, "add_registered_method_handlers"):
         server.add_registered_method_handlers(service, handlers)
@@ -422,6 +478,7 @@ def _current_loop() -> asyncio.AbstractEventLoop:
 
 def _run_awaitable(awaitable: Awaitable[Any]) -> Any:
     """Run an async hook from sync code (no loop running in this thread)."""
+
     async def wrapper() -> Any:
         return await awaitable
 

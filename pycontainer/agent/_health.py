@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import threading
 import time
@@ -30,7 +31,7 @@ from grpc_health.v1 import health, health_pb2
 from .._errors import not_found
 from ..v1 import health_pb2 as pc_health_pb2
 from ..v1 import management_pb2
-from ._state import State
+from ._state import State, state_proto
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -164,7 +165,8 @@ class HealthState:
     def _poll(self) -> None:
         while not self._closed:
             due = [
-                c for c in list(self._checks.values())
+                c
+                for c in list(self._checks.values())
                 if c.func is not None and c.next_run <= time.monotonic()
             ]
             for check in due:
@@ -196,12 +198,15 @@ class HealthState:
         """Every grpc.health.v1 service name and whether it serves."""
         with self._lock:
             state = self._state
-            live = state not in (State.FAILED, State.STOPPED) and self._kind_ok(
-                CheckKind.LIVENESS
-            )
+            live = state not in (State.FAILED, State.STOPPED) and self._kind_ok(CheckKind.LIVENESS)
             ready = state == State.RUNNING and self._kind_ok(CheckKind.READINESS)
             overall = live and ready
-            result = {OVERALL: overall, LIVENESS: live, READINESS: ready, MANAGEMENT_SERVICE: overall}
+            result = {
+                OVERALL: overall,
+                LIVENESS: live,
+                READINESS: ready,
+                MANAGEMENT_SERVICE: overall,
+            }
             for service, serving in self._extra_services.items():
                 result[service] = overall and serving
             return result
@@ -221,7 +226,7 @@ class HealthState:
             checks = [
                 pc_health_pb2.HealthCheckResult(
                     name=c.name,
-                    kind=int(c.kind),
+                    kind=_pc_kind(c.kind),
                     status=_pc_status(c.serving),
                     message=c.message,
                     last_transition_time=_timestamp(c.last_transition_ns),
@@ -236,7 +241,7 @@ class HealthState:
             liveness=_pc_status(statuses[LIVENESS]),
             readiness=_pc_status(statuses[READINESS]),
             checks=checks,
-            state=int(state),
+            state=state_proto(state),
         )
 
     # -- publishing to grpc.health.v1 -------------------------------------------
@@ -256,13 +261,19 @@ class HealthState:
                         publisher.push(service, status)
 
 
-def _pc_status(serving: bool | None) -> int:
+def _pc_kind(kind: CheckKind) -> pc_health_pb2.CheckKind.ValueType:
+    return pc_health_pb2.CheckKind.ValueType(int(kind))
+
+
+def _pc_status(serving: bool | None) -> pc_health_pb2.HealthStatus.ValueType:
     if serving is None:
         return pc_health_pb2.HEALTH_STATUS_UNSPECIFIED
-    return pc_health_pb2.HEALTH_STATUS_SERVING if serving else pc_health_pb2.HEALTH_STATUS_NOT_SERVING
+    return (
+        pc_health_pb2.HEALTH_STATUS_SERVING if serving else pc_health_pb2.HEALTH_STATUS_NOT_SERVING
+    )
 
 
-class SyncHealthServicer(health.HealthServicer):  # type: ignore[misc]
+class SyncHealthServicer(health.HealthServicer):
     """grpcio-health-checking's servicer, NOT_SERVING until told otherwise."""
 
     def __init__(self) -> None:
@@ -277,7 +288,8 @@ class SyncHealthServicer(health.HealthServicer):  # type: ignore[misc]
             return dict(self._server_status)
 
 
-class AioHealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
+# grpc-stubs' health.pyi lacks the asyncio servicer (health.aio, from _async).
+class AioHealthServicer(health.aio.HealthServicer):  # type: ignore[name-defined,misc]
     """grpcio-health-checking's asyncio servicer, NOT_SERVING until told
     otherwise, settable from any thread, with a Watch that survives other
     watchers of the same service leaving (the stock one drops their condition)."""
@@ -287,28 +299,31 @@ class AioHealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
         self._loop = loop
         self._server_status[OVERALL] = _NOT_SERVING
         self._watcher_counts: collections.Counter[str] = collections.Counter()
+        # Notifications in flight, held so that they are not collected early.
+        self._notifying: set[asyncio.Task[None]] = set()
 
     def set_nowait(self, service: str, status: int) -> None:
         """Set a status from any thread: visible to Check at once, pushed to
         watchers by the loop."""
         self._server_status[service] = status
         if self._watcher_counts.get(service):
-            try:
+            # A closed loop raises RuntimeError: nobody is watching any more.
+            with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._notify, service)
-            except RuntimeError:  # loop closed: nobody is watching any more
-                pass
 
     def _notify(self, service: str) -> None:
         condition = self._server_watchers.get(service)
         if condition is not None:
-            asyncio.ensure_future(self._notify_all(condition))
+            task = asyncio.ensure_future(self._notify_all(condition))
+            self._notifying.add(task)
+            task.add_done_callback(self._notifying.discard)
 
     @staticmethod
     async def _notify_all(condition: asyncio.Condition) -> None:
         async with condition:
             condition.notify_all()
 
-    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:  # noqa: N802
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
         service = request.service
         condition = self._server_watchers[service]
         self._watcher_counts[service] += 1
@@ -339,16 +354,17 @@ def health_handlers(
     list_response: Callable[[], Any],
     list_serializer: Callable[[Any], bytes],
     list_deserializer: Callable[[bytes], Any],
-) -> dict[str, grpc.RpcMethodHandler]:
+) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
     """Check and Watch from the stock servicer, plus List."""
     is_aio = isinstance(servicer, AioHealthServicer)
 
-    if is_aio:
-        async def list_behavior(request: Any, context: Any) -> Any:
-            return list_response()
-    else:
-        def list_behavior(request: Any, context: Any) -> Any:  # type: ignore[misc]
-            return list_response()
+    async def aio_list(request: Any, context: Any) -> Any:
+        return list_response()
+
+    def sync_list(request: Any, context: Any) -> Any:
+        return list_response()
+
+    list_behavior: Callable[[Any, Any], Any] = aio_list if is_aio else sync_list
 
     return {
         "Check": grpc.unary_unary_rpc_method_handler(

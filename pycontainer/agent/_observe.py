@@ -15,11 +15,12 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent import futures
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .._errors import RequestError, resource_exhausted
@@ -28,6 +29,14 @@ from ._metrics import RpcStats
 _OK = grpc.StatusCode.OK
 # Marks behaviours this module made, so that they are never wrapped twice.
 _OBSERVED = "_pycontainer_observed"
+
+if TYPE_CHECKING:
+    # grpc-stubs makes the interceptor bases generic; grpcio's are not, at run time.
+    _SyncInterceptorBase = grpc.ServerInterceptor[Any, Any]
+    _AioInterceptorBase = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _SyncInterceptorBase = grpc.ServerInterceptor
+    _AioInterceptorBase = grpc.aio.ServerInterceptor
 
 
 class StreamSlots:
@@ -62,7 +71,7 @@ class StreamSlots:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-class _Metadata:
+class _Metadata(Getter[Any]):
     """Carrier getter over gRPC invocation metadata."""
 
     @staticmethod
@@ -87,7 +96,7 @@ class Observer:
 
     def _span(self, method: str, context: Any) -> trace.Span:
         carrier = context.invocation_metadata() or ()
-        parent = propagate.extract(carrier, getter=_GETTER)  # type: ignore[arg-type]
+        parent = propagate.extract(carrier, getter=_GETTER)
         service, _, name = method.lstrip("/").partition("/")
         return self.tracer.start_span(
             method.lstrip("/"),
@@ -96,8 +105,14 @@ class Observer:
             attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
         )
 
-    def _finish(self, method: str, span: trace.Span | None, code: grpc.StatusCode,
-                started: float, error: BaseException | None = None) -> None:
+    def _finish(
+        self,
+        method: str,
+        span: trace.Span | None,
+        code: grpc.StatusCode,
+        started: float,
+        error: BaseException | None = None,
+    ) -> None:
         self.stats.call_finished(method, code, time.perf_counter() - started)
         if span is not None:
             span.set_attribute("rpc.grpc.status_code", code.value[0])
@@ -110,17 +125,22 @@ class Observer:
     def wrap(
         self,
         method: str,
-        handler: grpc.RpcMethodHandler,
+        handler: grpc.RpcMethodHandler[Any, Any],
         *,
         aio: bool,
         traced: bool,
         slots: StreamSlots | None = None,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         """A handler that observes ``handler``'s calls."""
-        behavior_of = (handler.unary_unary or handler.unary_stream
-                       or handler.stream_unary or handler.stream_stream)
+        behavior_of = (
+            handler.unary_unary
+            or handler.unary_stream
+            or handler.stream_unary
+            or handler.stream_stream
+        )
         if getattr(behavior_of, "experimental_non_blocking", False) or getattr(
-                behavior_of, _OBSERVED, False):
+            behavior_of, _OBSERVED, False
+        ):
             # Already observed (pycontainer's own handlers seen again by the
             # interceptor), or a callback-style handler whose signature differs.
             return handler
@@ -139,28 +159,35 @@ class Observer:
 
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
-            behavior = (self._aio_unary(method, inner_uu, traced) if aio
-                        else self._sync_unary(method, inner_uu, traced, slots))
+            behavior = (
+                self._aio_unary(method, inner_uu, traced)
+                if aio
+                else self._sync_unary(method, inner_uu, traced, slots)
+            )
             setattr(behavior, _OBSERVED, True)
             return grpc.unary_unary_rpc_method_handler(behavior, deserialize, serialize)
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
-            stream_behavior = (self._aio_stream(method, inner_us, traced) if aio
-                               else self._sync_stream(method, inner_us, traced, slots))
+            stream_behavior = (
+                self._aio_stream(method, inner_us, traced)
+                if aio
+                else self._sync_stream(method, inner_us, traced, slots)
+            )
             setattr(stream_behavior, _OBSERVED, True)
             return grpc.unary_stream_rpc_method_handler(stream_behavior, deserialize, serialize)
         # Client and bidirectional streams: count calls, leave the rest alone.
         return handler
 
-    def _sync_unary(self, method: str, inner: Callable[..., Any], traced: bool,
-                    slots: StreamSlots | None = None
-                    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def _sync_unary(
+        self, method: str, inner: Callable[..., Any], traced: bool, slots: StreamSlots | None = None
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
             self.stats.call_started(method)
             started = time.perf_counter()
             span = self._span(method, context) if traced else None
             token = otel_context.attach(trace.set_span_in_context(span)) if span else None
-            code, error = _OK, None
+            code: grpc.StatusCode = _OK
+            error: BaseException | None = None
             admitted = False
             try:
                 if slots is not None:
@@ -184,13 +211,15 @@ class Observer:
             behavior.experimental_thread_pool = slots.pool  # type: ignore[attr-defined]
         return behavior
 
-    def _sync_stream(self, method: str, inner: Callable[..., Any], traced: bool,
-                     slots: StreamSlots | None) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def _sync_stream(
+        self, method: str, inner: Callable[..., Any], traced: bool, slots: StreamSlots | None
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
         def behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             self.stats.call_started(method)
             started = time.perf_counter()
             span = self._span(method, context) if traced else None
-            code, error = _OK, None
+            code: grpc.StatusCode = _OK
+            error: BaseException | None = None
             admitted = False
             try:
                 if slots is not None:
@@ -219,13 +248,15 @@ class Observer:
             behavior.experimental_thread_pool = slots.pool  # type: ignore[attr-defined]
         return behavior
 
-    def _aio_unary(self, method: str, inner: Callable[..., Awaitable[Any]], traced: bool
-                   ) -> Callable[[Any, Any], Awaitable[Any]]:
+    def _aio_unary(
+        self, method: str, inner: Callable[..., Awaitable[Any]], traced: bool
+    ) -> Callable[[Any, Any], Awaitable[Any]]:
         async def behavior(request: Any, context: Any) -> Any:
             self.stats.call_started(method)
             started = time.perf_counter()
             span = self._span(method, context) if traced else None
-            code, error = _OK, None
+            code: grpc.StatusCode = _OK
+            error: BaseException | None = None
             try:
                 with trace.use_span(span, end_on_exit=False) if span else _nothing():
                     return await inner(request, context)
@@ -237,15 +268,23 @@ class Observer:
                 raise
             finally:
                 self._finish(method, span, code, started, error)
+
         return behavior
 
-    def _aio_stream(self, method: str, inner: Callable[..., AsyncIterator[Any]], traced: bool
-                    ) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    def _aio_stream(
+        self,
+        method: str,
+        # An async generator, or a coroutine that writes with context.write()
+        # (grpc-stubs types every handler behaviour as a sync one).
+        inner: Callable[..., Any],
+        traced: bool,
+    ) -> Callable[[Any, Any], AsyncIterator[Any]]:
         async def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
             self.stats.call_started(method)
             started = time.perf_counter()
             span = self._span(method, context) if traced else None
-            code, error = _OK, None
+            code: grpc.StatusCode = _OK
+            error: BaseException | None = None
             try:
                 with trace.use_span(span, end_on_exit=False) if span else _nothing():
                     result = inner(request, context)
@@ -267,6 +306,7 @@ class Observer:
                 raise
             finally:
                 self._finish(method, span, code, started, error)
+
         return behavior
 
 
@@ -286,7 +326,7 @@ def _code_of(context: Any, default: grpc.StatusCode) -> grpc.StatusCode:
     return default
 
 
-class _nothing:  # noqa: N801 - a null context manager that types cleanly
+class _nothing:  # lower-case: a null context manager that types cleanly
     def __enter__(self) -> None:
         return None
 
@@ -294,7 +334,7 @@ class _nothing:  # noqa: N801 - a null context manager that types cleanly
         return None
 
 
-class ServerInterceptor(grpc.ServerInterceptor):
+class ServerInterceptor(_SyncInterceptorBase):
     """Counts the app's own RPCs (sync server) into the container's metrics."""
 
     def __init__(self, observer: Observer) -> None:
@@ -302,17 +342,17 @@ class ServerInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         return self._observer.wrap(method, handler, aio=False, traced=False)
 
 
-class AioServerInterceptor(grpc.aio.ServerInterceptor):
+class AioServerInterceptor(_AioInterceptorBase):
     """Counts the app's own RPCs (grpc.aio server) into the container's metrics."""
 
     def __init__(self, observer: Observer) -> None:
@@ -320,11 +360,13 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         return self._observer.wrap(method, handler, aio=True, traced=False)

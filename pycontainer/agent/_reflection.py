@@ -52,18 +52,27 @@ def _health_with_list() -> descriptor_pb2.FileDescriptorProto:
     entry = response.nested_type.add(name="StatusesEntry")
     entry.options.map_entry = True
     entry.field.add(
-        name="key", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-        label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL, json_name="key",
+        name="key",
+        number=1,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+        json_name="key",
     )
     entry.field.add(
-        name="value", number=2, type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+        name="value",
+        number=2,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
         label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
-        type_name=".grpc.health.v1.HealthCheckResponse", json_name="value",
+        type_name=".grpc.health.v1.HealthCheckResponse",
+        json_name="value",
     )
     response.field.add(
-        name="statuses", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+        name="statuses",
+        number=1,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
         label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
-        type_name=".grpc.health.v1.HealthListResponse.StatusesEntry", json_name="statuses",
+        type_name=".grpc.health.v1.HealthListResponse.StatusesEntry",
+        json_name="statuses",
     )
     service.method.add(
         name="List",
@@ -80,7 +89,9 @@ def _reflection_v1() -> descriptor_pb2.FileDescriptorProto:
     for message in proto.message_type:
         for f in message.field:
             if f.HasField("type_name"):
-                f.type_name = f.type_name.replace(".grpc.reflection.v1alpha.", ".grpc.reflection.v1.")
+                f.type_name = f.type_name.replace(
+                    ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+                )
     for method in proto.service[0].method:
         method.input_type = method.input_type.replace("v1alpha", "v1")
         method.output_type = method.output_type.replace("v1alpha", "v1")
@@ -106,21 +117,23 @@ class _Database:
             for e in p.enum_type:
                 self._symbols[prefix + e.name] = p.name
 
-    def FindFileByName(self, name: str) -> descriptor_pb2.FileDescriptorProto:  # noqa: N802
+    def FindFileByName(self, name: str) -> descriptor_pb2.FileDescriptorProto:
         if name in self._files:
             return self._files[name]
         return _file_proto(self._default.FindFileByName(name))
 
-    def FindFileContainingSymbol(self, symbol: str) -> descriptor_pb2.FileDescriptorProto:  # noqa: N802
+    def FindFileContainingSymbol(self, symbol: str) -> descriptor_pb2.FileDescriptorProto:
         if symbol in self._symbols:
             return self._files[self._symbols[symbol]]
         return _file_proto(self._default.FindFileContainingSymbol(symbol))
 
-    def FindFileContainingExtension(self, extendee: str, number: int) -> Any:  # noqa: N802
-        return _file_proto(self._default.FindExtensionByNumber(
-            self._default.FindMessageTypeByName(extendee), number).file)
+    def FindFileContainingExtension(self, extendee: str, number: int) -> Any:
+        message = self._default.FindMessageTypeByName(extendee)
+        extension = self._default.FindExtensionByNumber(message, number)
+        # types-protobuf's FieldDescriptor omits ``file``, which protobuf sets.
+        return _file_proto(extension.file)  # type: ignore[attr-defined]
 
-    def FindAllExtensionNumbers(self, extendee: str) -> list[int]:  # noqa: N802
+    def FindAllExtensionNumbers(self, extendee: str) -> list[int]:
         message = self._default.FindMessageTypeByName(extendee)
         return [e.number for e in self._default.FindAllExtensions(message)]
 
@@ -142,15 +155,19 @@ def health_list_messages() -> tuple[type[Any], type[Any]]:
     """HealthListRequest and HealthListResponse classes from the amended file."""
     pool = reflection_pool()
     return (
-        message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.health.v1.HealthListRequest")),
-        message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.health.v1.HealthListResponse")),
+        message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("grpc.health.v1.HealthListRequest")
+        ),
+        message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("grpc.health.v1.HealthListResponse")
+        ),
     )
 
 
 def _dynamic_services(base: type[Any]) -> type[Any]:
     """A reflection servicer whose service list is read at call time."""
 
-    class Servicer(base):  # type: ignore[valid-type,misc]
+    class Servicer(base):  # type: ignore[misc]  # base is type[Any]: either servicer
         def __init__(self, names: Callable[[], Iterable[str]]) -> None:
             super().__init__((), pool=reflection_pool())
             self._names = names
@@ -164,7 +181,7 @@ def _dynamic_services(base: type[Any]) -> type[Any]:
 
 def reflection_handlers(
     names: Callable[[], Iterable[str]], *, aio: bool
-) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
+) -> dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]]:
     """Handlers of both reflection services, by service name."""
     base = _AioReflectionServicer if aio else reflection_sync.ReflectionServicer
     servicer = _dynamic_services(base)(names)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import grpc
 
-from ..v1 import container_pb2
 from ._container import Container
 
 _log = logging.getLogger("pycontainer")
@@ -39,7 +38,7 @@ async def _start_server(container: Container, listen: str) -> tuple[grpc.aio.Ser
     host = listen.rsplit(":", 1)[0] or "127.0.0.1"
     if host in ("[::]", "0.0.0.0", ""):
         host = "127.0.0.1"
-    container.add_endpoint("management", f"{host}:{port}", container_pb2.ENDPOINT_KIND_MANAGEMENT)
+    container.add_endpoint("management", f"{host}:{port}", kind="management")
     await server.start()
     return server, port
 
@@ -66,8 +65,9 @@ async def serve(
         if on_ready is not None:
             on_ready(port)
         await stop.wait()
-        _log.info("container %s: stopping (grace %.1fs)", container.id,
-                  container.settings.grace_period)
+        _log.info(
+            "container %s: stopping (grace %.1fs)", container.id, container.settings.grace_period
+        )
         if not container.state.terminal:
             with contextlib.suppress(Exception):
                 await container.astop(reason="signal")
@@ -76,8 +76,9 @@ async def serve(
         container.close()
 
 
-def run(container: Container, listen: str = "127.0.0.1:0",
-        on_ready: Callable[[int], None] | None = None) -> None:
+def run(
+    container: Container, listen: str = "127.0.0.1:0", on_ready: Callable[[int], None] | None = None
+) -> None:
     """serve() in a new event loop: the whole main function of a standalone app."""
     asyncio.run(serve(container, listen, on_ready=on_ready))
 
@@ -113,7 +114,8 @@ def serve_in_background(container: Container, listen: str = "127.0.0.1:0") -> Ba
         asyncio.set_event_loop(loop)
         try:
             started["server"], started["port"] = loop.run_until_complete(
-                _start_server(container, listen))
+                _start_server(container, listen)
+            )
         except BaseException as exc:  # reported to the caller below
             started["error"] = exc
             ready.set()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import grpc
 
@@ -35,18 +35,23 @@ class ManagementCore:
     def get_info(self, request: management_pb2.GetInfoRequest) -> management_pb2.GetInfoResponse:
         return self._c.info()
 
-    def get_health(self, request: management_pb2.GetHealthRequest) -> management_pb2.GetHealthResponse:
+    def get_health(
+        self, request: management_pb2.GetHealthRequest
+    ) -> management_pb2.GetHealthResponse:
         return self._c.health.report(request.check_names)
 
-    def get_config(self, request: management_pb2.GetConfigRequest) -> management_pb2.GetConfigResponse:
+    def get_config(
+        self, request: management_pb2.GetConfigRequest
+    ) -> management_pb2.GetConfigResponse:
         config: Config = self._c.config
         return management_pb2.GetConfigResponse(entries=config.entries(request.prefix))
 
     def profile_request(self, request: management_pb2.GetProfileRequest) -> ProfileRequest:
         return ProfileRequest.from_request(request)
 
-    def get_profile(self, request: ProfileRequest, stop: threading.Event | None
-                    ) -> management_pb2.GetProfileResponse:
+    def get_profile(
+        self, request: ProfileRequest, stop: threading.Event | None
+    ) -> management_pb2.GetProfileResponse:
         response = build_profile(request, locks=self._c.locks, loops=self._c.loops, stop=stop)
         response.rpc_messages.extend(self._c.rpc_message_stats())
         return response
@@ -64,26 +69,26 @@ class ManagementServicer(management_pb2_grpc.ManagementServicer):
     def __init__(self, core: ManagementCore) -> None:
         self._core = core
 
-    def GetInfo(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def GetInfo(self, request: Any, context: Any) -> Any:
         return self._core.get_info(request)
 
-    def GetHealth(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def GetHealth(self, request: Any, context: Any) -> Any:
         return self._core.get_health(request)
 
-    def GetConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def GetConfig(self, request: Any, context: Any) -> Any:
         return self._core.get_config(request)
 
-    def GetProfile(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def GetProfile(self, request: Any, context: Any) -> Any:
         parsed = self._core.profile_request(request)
         stop = threading.Event()
         context.add_callback(stop.set)  # a cancelled call ends the sampling early
         return self._core.get_profile(parsed, stop)
 
-    def StreamLogs(self, request: Any, context: Any) -> Iterator[Any]:  # noqa: N802
+    def StreamLogs(self, request: Any, context: Any) -> Iterator[Any]:
         reader = self._core.logs(request)
         yield from reader.iter_responses(context.is_active)
 
-    def WatchMetrics(self, request: Any, context: Any) -> Iterator[Any]:  # noqa: N802
+    def WatchMetrics(self, request: Any, context: Any) -> Iterator[Any]:
         watch = self._core.metrics(request)
         yield from watch.iter_responses(context.is_active)
 
@@ -94,16 +99,16 @@ class AsyncManagementServicer(management_pb2_grpc.ManagementServicer):
     def __init__(self, core: ManagementCore) -> None:
         self._core = core
 
-    async def GetInfo(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def GetInfo(self, request: Any, context: Any) -> Any:
         return self._core.get_info(request)
 
-    async def GetHealth(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def GetHealth(self, request: Any, context: Any) -> Any:
         return self._core.get_health(request)
 
-    async def GetConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def GetConfig(self, request: Any, context: Any) -> Any:
         return self._core.get_config(request)
 
-    async def GetProfile(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def GetProfile(self, request: Any, context: Any) -> Any:
         parsed = self._core.profile_request(request)
         stop = threading.Event()
         try:
@@ -111,12 +116,12 @@ class AsyncManagementServicer(management_pb2_grpc.ManagementServicer):
         finally:
             stop.set()  # also when the call is cancelled
 
-    async def StreamLogs(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+    async def StreamLogs(self, request: Any, context: Any) -> AsyncIterator[Any]:
         reader = self._core.logs(request)
         async for response in reader.aiter_responses():
             yield response
 
-    async def WatchMetrics(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+    async def WatchMetrics(self, request: Any, context: Any) -> AsyncIterator[Any]:
         watch = self._core.metrics(request)
         async for response in watch.aiter_responses():
             yield response
@@ -127,21 +132,37 @@ class AsyncManagementServicer(management_pb2_grpc.ManagementServicer):
 LONG_RUNNING = frozenset({"StreamLogs", "WatchMetrics", "GetProfile"})
 
 
-def method_handlers(servicer: ManagementServicer | AsyncManagementServicer
-                    ) -> dict[str, grpc.RpcMethodHandler]:
+class _Registrar(Protocol):
+    """The part of a server that generated ``add_*_to_server`` functions call."""
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[Any]) -> None: ...
+
+    def add_registered_method_handlers(
+        self, name: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None: ...
+
+
+def method_handlers(
+    servicer: ManagementServicer | AsyncManagementServicer,
+) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
     """Unwrapped handlers by method name, built from the generated code's own
     registration so that serializers and arities always match the protos."""
-    captured: dict[str, grpc.RpcMethodHandler] = {}
+    captured: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     class _Capture:
-        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        def add_generic_rpc_handlers(self, handlers: Iterable[Any]) -> None:
             for handler in handlers:
                 captured.update(
                     {k.rsplit("/", 1)[-1]: v for k, v in handler._method_handlers.items()}
                 )
 
-        def add_registered_method_handlers(self, name: str, handlers: Any) -> None:
+        def add_registered_method_handlers(
+            self, name: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+        ) -> None:
             captured.update(handlers)
 
-    management_pb2_grpc.add_ManagementServicer_to_server(servicer, _Capture())
+    capture: _Registrar = _Capture()
+    # The generated signature asks for a real server; registration uses only
+    # the two methods of _Registrar.
+    management_pb2_grpc.add_ManagementServicer_to_server(servicer, cast("grpc.Server", capture))
     return captured

@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass
 
 from .._errors import RequestError, failed_precondition
+from ..v1 import container_pb2
 
 
 class State(enum.IntEnum):
@@ -43,6 +44,11 @@ class Command(enum.StrEnum):
     CHECKPOINT = "checkpoint"
     RESTORE = "restore"
     REPLICATE = "replicate"
+
+
+def state_proto(state: State) -> container_pb2.LifecycleState.ValueType:
+    """``state`` as a pycontainer.v1.LifecycleState value (the numbers are the same)."""
+    return container_pb2.LifecycleState.ValueType(int(state))
 
 
 @dataclass(frozen=True)
@@ -94,8 +100,7 @@ def forbidden(state: State, command: Command) -> RequestError:
     """The error for a command the table forbids in a state."""
     allowed = ", ".join(c.value for c in allowed_commands(state)) or "nothing (terminal state)"
     return failed_precondition(
-        f"cannot {command.value} a container in state {state.name}; "
-        f"{state.name} allows: {allowed}"
+        f"cannot {command.value} a container in state {state.name}; {state.name} allows: {allowed}"
     )
 
 

@@ -13,7 +13,8 @@ __all__ = ["main"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pycontainer", description="Manage containers through their gRPC interface.")
+        prog="pycontainer", description="Manage containers through their gRPC interface."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _health.add_parser(subparsers)
     return parser
