@@ -78,11 +78,13 @@ pytest: venv node-deps
 
 test: check-generated lint typecheck pytest test-floor
 
-# The tests that exercise the contract, run against the floor versions.
+# The tests that exercise the contract, run against the floor versions and a
+# regular (non-editable) install: the wheel must carry generated/ and protos.
 test-floor: $(FLOOR)/.installed
 	$(FLOOR)/bin/pip install $(PIP_FLAGS) --no-deps --force-reinstall .
-	cd tests && ../$(FLOOR)/bin/pytest -p no:cacheprovider -o addopts="--import-mode=importlib" -q \
-		test_embed.py test_reflection.py
+	$(FLOOR)/bin/python -P -c 'import pycontainer, sys; sys.exit("site-packages" not in pycontainer.__file__)'
+	$(FLOOR)/bin/pytest -p no:cacheprovider -q tests/test_embed.py tests/test_reflection.py \
+		tests/test_node_client.py
 
 run: venv
 	$(BIN)/python -m pycontainer.demo

@@ -336,7 +336,7 @@ def _counter_value(snapshot: Any, name: str, region: str) -> int | None:
 
 
 def test_get_profile_threads_and_lock(host: Host) -> None:
-    lock = pycontainer.TrackedLock("orders.inventory")
+    lock = pycontainer.TrackedLock(f"orders.inventory.{host.kind}")
     holding, done = threading.Event(), threading.Event()
 
     def holder() -> None:
@@ -361,11 +361,11 @@ def test_get_profile_threads_and_lock(host: Host) -> None:
         t1.join(5)
         t2.join(5)
     threads = {t.name: t for t in profile.threads}
-    assert threads["blocked-waiter"].waiting_for_lock == "orders.inventory"
+    assert threads["blocked-waiter"].waiting_for_lock == f"orders.inventory.{host.kind}"
     assert any(f.function == "blocked_waiter" for f in threads["blocked-waiter"].frames)
     locks = {lk.name: lk for lk in profile.locks}
-    assert locks["orders.inventory"].contentions >= 1
-    assert locks["orders.inventory"].holder == "holder"
+    assert locks[f"orders.inventory.{host.kind}"].contentions >= 1
+    assert locks[f"orders.inventory.{host.kind}"].holder == "holder"
     assert not profile.HasField("cpu_profile")
 
 

@@ -20,6 +20,7 @@ from opentelemetry.sdk.metrics import Meter, MeterProvider
 from opentelemetry.util._once import Once
 
 from pycontainer._errors import RequestError
+from pycontainer.agent import _metrics as metrics_module
 from pycontainer.agent._metrics import (
     LATENCY_BOUNDS,
     AppMetrics,
@@ -57,6 +58,8 @@ def fresh_global_meter_provider() -> Iterator[None]:
         otel_metrics_internal._METER_PROVIDER,
         otel_metrics_internal._PROXY_METER_PROVIDER,
     )
+    saved_installed = metrics_module._INSTALLED
+    metrics_module._INSTALLED = None
     otel_metrics_internal._METER_PROVIDER_SET_ONCE = Once()
     otel_metrics_internal._METER_PROVIDER = None
     otel_metrics_internal._PROXY_METER_PROVIDER = otel_metrics_internal._ProxyMeterProvider()
@@ -71,6 +74,7 @@ def fresh_global_meter_provider() -> Iterator[None]:
             otel_metrics_internal._METER_PROVIDER,
             otel_metrics_internal._PROXY_METER_PROVIDER,
         ) = saved
+        metrics_module._INSTALLED = saved_installed
 
 
 def by_name(metrics: list[metrics_pb2.Metric]) -> dict[str, metrics_pb2.Metric]:

@@ -286,6 +286,11 @@ def _cumulative_reader() -> InMemoryMetricReader:
     )
 
 
+# The provider and reader pycontainer installed globally, shared by every
+# container of the process.
+_INSTALLED: tuple[MeterProvider, InMemoryMetricReader] | None = None
+
+
 class AppMetrics:
     """The application's OpenTelemetry metrics, read through an in-memory reader.
 
@@ -321,10 +326,16 @@ class AppMetrics:
         SDK provider where the SDK allows it. Returns whether the reader is
         now registered; logs a warning when it is not.
         """
+        global _INSTALLED
         with _INSTALL_LOCK:
             if _is_registered(self.reader):
                 return True
             current = otel_metrics.get_meter_provider()
+            if _INSTALLED is not None and current is _INSTALLED[0]:
+                # Another container of this process installed it: the metrics
+                # are process-wide, so share its reader (works on every SDK).
+                self.provider, self.reader = _INSTALLED
+                return True
             if _is_unset(current):
                 provider = MeterProvider(
                     metric_readers=[self.reader], resource=resource, views=list(views)
@@ -333,6 +344,7 @@ class AppMetrics:
                 current = otel_metrics.get_meter_provider()
                 if current is provider:
                     self.provider = provider
+                    _INSTALLED = (provider, self.reader)
                     return True
                 # The application set one at the same moment: it wins, and
                 # the reader is now spoken for by the provider made here.
