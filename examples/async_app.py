@@ -22,6 +22,7 @@ import grpc
 from opentelemetry import metrics
 
 import pycontainer
+from pycontainer.telemetry import configure_tracing
 
 log = logging.getLogger("examples.async_app")
 
@@ -85,6 +86,7 @@ async def main() -> None:
     parser.add_argument("--grace", type=float, default=10.0, help="grace period, seconds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    tracer_provider = configure_tracing(args.name)  # OTEL_TRACES_EXPORTER etc.
 
     pipeline = Pipeline(workers=3)
     container = pycontainer.Container(
@@ -115,6 +117,8 @@ async def main() -> None:
     await container.astop(reason="signal")
     await server.stop(grace=5)
     container.close()
+    if tracer_provider is not None:
+        tracer_provider.shutdown()  # flush the spans still batched
     print("stopped", flush=True)
 
 

@@ -25,6 +25,7 @@ import grpc
 from opentelemetry import metrics
 
 import pycontainer
+from pycontainer.telemetry import configure_tracing
 
 log = logging.getLogger("examples.sync_app")
 
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--grace", type=float, default=10.0, help="grace period, seconds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    tracer_provider = configure_tracing(args.name)  # OTEL_TRACES_EXPORTER etc.
 
     config = pycontainer.Config(
         defaults={
@@ -124,6 +126,8 @@ def main() -> None:
     container.stop(reason="signal")
     server.stop(grace=5).wait()
     container.close()
+    if tracer_provider is not None:
+        tracer_provider.shutdown()  # flush the spans still batched
     print("stopped", flush=True)
 
 

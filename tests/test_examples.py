@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import signal
 import subprocess
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Example:
-    def __init__(self, script: str) -> None:
+    def __init__(self, script: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -37,11 +38,18 @@ class Example:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.match(r"serving on (\S+)", line)
-        assert match, f"unexpected first line {line!r}; stderr: {self._stderr()}"
+        # Spans printed by a console exporter may come before the ready line.
+        self.early = ""
+        while True:
+            line = self.proc.stdout.readline()
+            match = re.match(r"serving on (\S+)", line)
+            if match or not line:
+                break
+            self.early += line
+        assert match, f"no ready line; stdout: {self.early!r}; stderr: {self._stderr()}"
         self.address = match.group(1)
         self.channel = grpc.insecure_channel(self.address)
         self.stub = management_pb2_grpc.ManagementStub(self.channel)
@@ -162,3 +170,26 @@ def test_readme_grpcurl_commands_work() -> None:
     finally:
         code, _, err = ex.terminate()
     assert code == 0, err
+
+
+def test_example_exports_spans_from_otel_environment() -> None:
+    """OTEL_TRACES_EXPORTER=console: the Management call's server span, child
+    of the caller's traceparent, and the on_stop hook's span are printed."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "traced-example"}
+    ex = Example("sync_app.py", env=env)
+    try:
+        ex.stub.GetInfo(
+            management_pb2.GetInfoRequest(),
+            metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),),
+            timeout=10,
+        )
+    finally:
+        code, out, err = ex.terminate()
+    assert code == 0, err
+    out = ex.early + out
+    assert '"name": "pycontainer.v1.Management/GetInfo"' in out
+    assert f'"trace_id": "0x{trace_id}"' in out
+    assert '"parent_id": "0x00f067aa0ba902b7"' in out
+    assert '"name": "pycontainer.hook on_stop"' in out
+    assert '"service.name": "traced-example"' in out

@@ -1,0 +1,82 @@
+"""OpenTelemetry tracing set up from the standard OTEL_* variables.
+
+Libraries use only the OpenTelemetry API; this is for programs (the examples,
+standalone containers) that own their process and want spans exported:
+
+- ``OTEL_TRACES_EXPORTER``: ``otlp``, ``console`` or ``none`` (comma-separated);
+  unset means ``otlp`` when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or its traces
+  variant) is set, else ``none``;
+- ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``
+  and the ``OTEL_EXPORTER_OTLP_*`` settings are read by the SDK itself;
+- ``OTEL_SDK_DISABLED=true`` turns it all off.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+)
+
+__all__ = ["configure_tracing"]
+
+
+def _exporter_names(environ: Mapping[str, str]) -> list[str]:
+    configured = environ.get("OTEL_TRACES_EXPORTER", "").strip()
+    if not configured:
+        endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        configured = "otlp" if endpoint else "none"
+    return [name.strip().lower() for name in configured.split(",") if name.strip()]
+
+
+def _processor(name: str) -> SpanProcessor | None:
+    if name == "none":
+        return None
+    if name == "console":
+        # Simple, not batched: a console is for watching spans as they end.
+        return SimpleSpanProcessor(ConsoleSpanExporter())
+    if name == "otlp":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter,
+            )
+        except ImportError:
+            raise ValueError(
+                "OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter: pip install 'pycontainer[otlp]'"
+            ) from None
+        return BatchSpanProcessor(OTLPSpanExporter())
+    raise ValueError(f"OTEL_TRACES_EXPORTER: unknown exporter {name!r}; use otlp, console or none")
+
+
+def configure_tracing(
+    service_name: str | None = None, *, environ: Mapping[str, str] | None = None
+) -> TracerProvider | None:
+    """Make an SDK TracerProvider from the environment and set it globally.
+
+    ``service_name`` is used unless OTEL_SERVICE_NAME is set. Returns the
+    provider (call ``shutdown()`` on exit to flush), or None when tracing is
+    disabled or no exporter is configured.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    processors = [p for p in map(_processor, _exporter_names(env)) if p is not None]
+    if not processors:
+        return None
+    attributes = {}
+    if service_name and not env.get("OTEL_SERVICE_NAME"):
+        attributes[SERVICE_NAME] = service_name
+    provider = TracerProvider(resource=Resource.create(attributes))
+    for processor in processors:
+        provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)
+    return provider
