@@ -86,8 +86,11 @@ test-floor: $(FLOOR)/.installed
 	$(FLOOR)/bin/pytest -p no:cacheprovider -q tests/test_embed.py tests/test_reflection.py \
 		tests/test_node_client.py
 
+# The example container on 127.0.0.1:50051 (try the README's grpcurl lines);
+# Ctrl-C stops it gracefully through its lifecycle.
+RUN_LISTEN ?= 127.0.0.1:50051
 run: venv
-	$(BIN)/python -m pycontainer.demo
+	$(BIN)/python examples/sync_app.py --listen $(RUN_LISTEN)
 
 bench: venv
 	$(BIN)/python bench/run.py
