@@ -4,15 +4,13 @@ hosted on the app's own gRPC server (sync or aio) or on one of its own."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import platform
 import secrets
 import socket
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +20,11 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from opentelemetry import trace
 
 from .. import __version__
-from .._errors import RequestError
 from ..v1 import container_pb2, management_pb2, profile_pb2
 from . import _health, _reflection
 from ._config import Config
 from ._health import CheckFunc, CheckKind, HealthState
+from ._lifecycle import Lifecycle, Request, StateListener, resolve_hook_result
 from ._logs import LogBuffer, install, uninstall
 from ._metrics import AppMetrics, MetricsWatch, RpcStats
 from ._observe import AioServerInterceptor, Observer, ServerInterceptor, StreamSlots
@@ -39,7 +37,7 @@ from ._service import (
     ManagementServicer,
     method_handlers,
 )
-from ._state import Command, State, state_proto, transition
+from ._state import Command, State, state_proto
 
 _log = logging.getLogger("pycontainer")
 
@@ -144,12 +142,13 @@ class Container:
         self._slots: StreamSlots | None = None
         self._endpoints: list[container_pb2.Endpoint] = []
         self._services: set[str] = set()
-        self._lock = threading.Lock()
-        self._state = State.CREATED
-        self._error = ""
+        self._listeners: list[StateListener] = []
+        self._lifecycle = Lifecycle(self.hooks, self._tracer, self._on_change, self.settings.id)
         if self.settings.log_level is not None:
             install(self.logs, self.settings.log_level)
-        self._run_sync_hook("on_create")
+        if self.hooks.on_create is not None:
+            with self._tracer.start_as_current_span("pycontainer.hook on_create"):
+                resolve_hook_result(self.hooks.on_create())
 
     # -- identity ---------------------------------------------------------------
     @property
@@ -158,7 +157,7 @@ class Container:
 
     @property
     def state(self) -> State:
-        return self._state
+        return self._lifecycle.state
 
     def identity(self) -> container_pb2.ContainerIdentity:
         s = self.settings
@@ -194,10 +193,10 @@ class Container:
             hostname=socket.gethostname(),
             start_time=_ts(self._start_ns),
             uptime=_dur((now - self._start_ns) / 1e9),
-            state=state_proto(self._state),
+            state=state_proto(self._lifecycle.state),
             pycontainer_version=__version__,
             runtime=f"{platform.python_implementation()} {platform.python_version()}",
-            error=self._error,
+            error=self._lifecycle.error,
         )
 
     # -- health -----------------------------------------------------------------
@@ -338,111 +337,76 @@ class Container:
             server.add_registered_method_handlers = add_registered_method_handlers
 
     # -- lifecycle ----------------------------------------------------------------
-    def _set_state(self, state: State, error: str = "") -> None:
-        with self._lock:
-            previous, self._state = self._state, state
-            if error:
-                self._error = error
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """The state machine and hook runner (for connectors and runtimes)."""
+        return self._lifecycle
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        """Call ``listener(from, to, command_id, message)`` on every transition."""
+        self._listeners.append(listener)
+
+    def _on_change(self, previous: State, state: State, command_id: str, message: str) -> None:
         self.health.set_state(state)
-        if previous != state:
-            _log.info(
-                "container %s: %s -> %s%s",
-                self.id,
-                previous.name,
-                state.name,
-                f" ({error})" if error else "",
-            )
+        _log.info(
+            "container %s: %s -> %s%s",
+            self.id,
+            previous.name,
+            state.name,
+            f" ({message})" if message else "",
+        )
+        for listener in list(self._listeners):
+            listener(previous, state, command_id, message)
 
-    def _hook(self, name: str) -> Hook | None:
-        hook: Hook | None = getattr(self.hooks, name)
-        return hook
-
-    def _run_sync_hook(self, name: str, *args: Any) -> Any:
-        hook = self._hook(name)
-        if hook is None:
-            return None
-        with self._tracer.start_as_current_span(f"pycontainer.hook {name}"):
-            result = hook(*args)
-            if inspect.isawaitable(result):
-                result = _run_awaitable(result)
-            return result
-
-    async def _run_async_hook(self, name: str, *args: Any) -> Any:
-        hook = self._hook(name)
-        if hook is None:
-            return None
-        with self._tracer.start_as_current_span(f"pycontainer.hook {name}"):
-            if inspect.iscoroutinefunction(hook):
-                return await hook(*args)
-            # A plain hook may block: run it off the event loop so the
-            # container keeps answering (health, logs) while it runs.
-            result = await asyncio.to_thread(hook, *args)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
-
-    def _begin(self, command: Command) -> State:
-        with self._lock:
-            t = transition(self._state, command)
-        if t.during is not None:
-            self._set_state(t.during)
-        return t.after
-
-    def _fail(self, hook: str, exc: BaseException) -> RequestError:
-        message = f"{hook} raised {type(exc).__name__}: {exc}"
-        self._set_state(State.FAILED, message)
-        return RequestError(grpc.StatusCode.INTERNAL, message)
+    def _grace(self, grace_period: float | None) -> float:
+        return self.settings.grace_period if grace_period is None else grace_period
 
     def start(self) -> None:
         """Run on_start and enter RUNNING (health turns SERVING when checks pass)."""
-        after = self._begin(Command.START)
         self.health.run_checks_now()
-        try:
-            self._run_sync_hook("on_start")
-        except Exception as exc:
-            raise self._fail("on_start", exc) from exc
-        self._set_state(after)
+        self._lifecycle.run(Request(Command.START))
 
     async def astart(self) -> None:
         """start() for asyncio apps; async hooks are awaited on the running loop."""
         self.loops.register(asyncio.get_running_loop())
-        after = self._begin(Command.START)
         await asyncio.to_thread(self.health.run_checks_now)
-        try:
-            await self._run_async_hook("on_start")
-        except Exception as exc:
-            raise self._fail("on_start", exc) from exc
-        self._set_state(after)
+        await self._lifecycle.arun(Request(Command.START))
 
     def stop(self, grace_period: float | None = None, reason: str = "requested") -> None:
-        """Graceful stop: NOT_SERVING at once, then on_stop with the deadline."""
-        grace = self.settings.grace_period if grace_period is None else grace_period
-        after = self._begin(Command.STOP)
-        try:
-            self._run_sync_hook("on_stop", reason, time.monotonic() + grace)
-        except Exception as exc:
-            raise self._fail("on_stop", exc) from exc
-        finally:
-            self._release()
-        self._set_state(after)
+        """Graceful stop: NOT_SERVING at once, then on_stop(reason, deadline);
+        an on_stop still running at the deadline FAILS the container."""
+        self._lifecycle.run(Request(Command.STOP, grace=self._grace(grace_period), reason=reason))
 
     async def astop(self, grace_period: float | None = None, reason: str = "requested") -> None:
-        """stop() for asyncio apps; an on_stop that overruns the grace period is
-        cancelled and the container FAILS."""
-        grace = self.settings.grace_period if grace_period is None else grace_period
-        after = self._begin(Command.STOP)
-        try:
-            await asyncio.wait_for(
-                self._run_async_hook("on_stop", reason, time.monotonic() + grace), grace or None
-            )
-        except Exception as exc:
-            raise self._fail("on_stop", exc) from exc
-        finally:
-            self._release()
-        self._set_state(after)
+        """stop() for asyncio apps (an async on_stop past its deadline is cancelled)."""
+        await self._lifecycle.arun(
+            Request(Command.STOP, grace=self._grace(grace_period), reason=reason)
+        )
 
-    def _release(self) -> None:
-        self.health.close()
+    def pause(self) -> None:
+        """Run on_pause and enter PAUSED (not ready while paused)."""
+        self._lifecycle.run(Request(Command.PAUSE))
+
+    def resume(self) -> None:
+        """Run on_resume and enter RUNNING again."""
+        self._lifecycle.run(Request(Command.RESUME))
+
+    def checkpoint(self) -> bytes:
+        """The state on_checkpoint returns."""
+        return self._lifecycle.run(Request(Command.CHECKPOINT)).data
+
+    def restore(self, state: bytes) -> None:
+        """Give a checkpoint's state to on_restore."""
+        self._lifecycle.run(Request(Command.RESTORE, state=state))
+
+    def replicate(self, count: int) -> bytes:
+        """The seed state on_replicate returns for ``count`` new replicas."""
+        return self._lifecycle.run(Request(Command.REPLICATE, count=count)).data
+
+    def request_grace_extension(self, seconds: float, reason: str = "") -> float:
+        """From on_stop: ask the manager for more time; returns the seconds
+        granted (0 without a manager, or past its cap)."""
+        return self._lifecycle.extend_grace(seconds, reason)
 
     def close(self) -> None:
         """Release what the container holds in the process (logging capture,
@@ -474,12 +438,3 @@ def _current_loop() -> asyncio.AbstractEventLoop:
         return asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.get_event_loop_policy().get_event_loop()
-
-
-def _run_awaitable(awaitable: Awaitable[Any]) -> Any:
-    """Run an async hook from sync code (no loop running in this thread)."""
-
-    async def wrapper() -> Any:
-        return await awaitable
-
-    return asyncio.run(wrapper())
