@@ -95,7 +95,7 @@ def test_unknown_check_is_not_found(host: Host) -> None:
 
 
 def test_health_list(host: Host) -> None:
-    from pycontainer.agent._reflection import health_list_messages
+    from pycontainer._reflection import health_list_messages
 
     request_cls, response_cls = health_list_messages()
     list_call = host.channel.unary_unary(

@@ -19,10 +19,11 @@ import psutil
 from google.protobuf import duration_pb2, timestamp_pb2
 from opentelemetry import trace
 
-from .. import __version__
+from .. import __version__, _reflection
 from ..v1 import container_pb2, management_pb2, profile_pb2
-from . import _health, _reflection
+from . import _health
 from ._config import Config
+from ._connector import ManagerConnection
 from ._health import CheckFunc, CheckKind, HealthState
 from ._lifecycle import Lifecycle, Request, StateListener, resolve_hook_result
 from ._logs import LogBuffer, install, uninstall
@@ -91,7 +92,10 @@ class ContainerSettings:
         if not self.name:
             raise ValueError("ContainerSettings.name must not be empty")
         if not self.id:
-            self.id = f"{self.name}-{secrets.token_hex(4)}"
+            # A container the manager launched has its id in the environment.
+            self.id = os.environ.get("PYCONTAINER_CONTAINER_ID") or (
+                f"{self.name}-{secrets.token_hex(4)}"
+            )
         if self.grace_period < 0:
             raise ValueError("ContainerSettings.grace_period must be >= 0")
 
@@ -143,6 +147,8 @@ class Container:
         self._endpoints: list[container_pb2.Endpoint] = []
         self._services: set[str] = set()
         self._listeners: list[StateListener] = []
+        self._app_loop: asyncio.AbstractEventLoop | None = None
+        self._connection: ManagerConnection | None = None
         self._lifecycle = Lifecycle(self.hooks, self._tracer, self._on_change, self.settings.id)
         if self.settings.log_level is not None:
             install(self.logs, self.settings.log_level)
@@ -257,6 +263,7 @@ class Container:
         self._track_services(server)
         if aio:
             loop = _current_loop()
+            self._app_loop = self._app_loop or loop
             self.loops.register(loop)
             servicer: Any = AsyncManagementServicer(self._core)
             health_servicer: Any = _health.AioHealthServicer(loop)
@@ -368,7 +375,8 @@ class Container:
 
     async def astart(self) -> None:
         """start() for asyncio apps; async hooks are awaited on the running loop."""
-        self.loops.register(asyncio.get_running_loop())
+        self._app_loop = asyncio.get_running_loop()
+        self.loops.register(self._app_loop)
         await asyncio.to_thread(self.health.run_checks_now)
         await self._lifecycle.arun(Request(Command.START))
 
@@ -403,6 +411,26 @@ class Container:
         """The seed state on_replicate returns for ``count`` new replicas."""
         return self._lifecycle.run(Request(Command.REPLICATE, count=count)).data
 
+    @property
+    def app_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The app's event loop, where commands from a manager run its hooks."""
+        return self._app_loop
+
+    def use_event_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the hooks of manager commands on ``loop`` (an asyncio app that
+        lets the manager start it calls this instead of astart())."""
+        self._app_loop = loop
+        self.loops.register(loop)
+
+    def connect(self, manager: str) -> ManagerConnection:
+        """Hold a Lifecycle session with the manager at ``manager`` (HOST:PORT):
+        register, report every transition, run its commands; reconnects with
+        backoff until close(). Returns at once."""
+        if self._connection is not None:
+            raise RuntimeError(f"already connected to {self._connection.target}")
+        self._connection = ManagerConnection(self, manager)
+        return self._connection
+
     def request_grace_extension(self, seconds: float, reason: str = "") -> float:
         """From on_stop: ask the manager for more time; returns the seconds
         granted (0 without a manager, or past its cap)."""
@@ -410,7 +438,10 @@ class Container:
 
     def close(self) -> None:
         """Release what the container holds in the process (logging capture,
-        threads). Call once the servers hosting it have stopped."""
+        threads, the manager session). Call once its servers have stopped."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
         uninstall(self.logs)
         self.health.close()
         if self._slots is not None:

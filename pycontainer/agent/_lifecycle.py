@@ -192,9 +192,11 @@ class Lifecycle:
                 with self._span(planned.hook, request):
                     result = self._call_sync(hook, request)
                 return self._outcome(request, planned, result)
-            except RequestError:
-                raise
             except Exception as exc:
+                if self._state == State.FAILED:  # on_stop overran: _overran failed it
+                    raise
+                # Anything else a hook raises fails the container, a
+                # RequestError included (else it would stay in `during`).
                 raise self._failed(request, planned.hook, exc) from exc
             finally:
                 self._deadline = None
@@ -244,9 +246,11 @@ class Lifecycle:
                 with self._span(planned.hook, request):
                     result = await self._call_async(hook, request)
                 return self._outcome(request, planned, result)
-            except RequestError:
-                raise
             except Exception as exc:
+                if self._state == State.FAILED:  # on_stop overran: _overran failed it
+                    raise
+                # Anything else a hook raises fails the container, a
+                # RequestError included (else it would stay in `during`).
                 raise self._failed(request, planned.hook, exc) from exc
             finally:
                 self._deadline = None
@@ -273,14 +277,32 @@ class Lifecycle:
 
 
 def resolve_hook_result(result: Any) -> Any:
-    """The value of a hook's result, running a coroutine in a loop of its own."""
+    """The value of a hook's result, running a coroutine in a loop of its own
+    (on a thread of its own when this thread already runs a loop)."""
     if inspect.isawaitable(result):
         awaitable = result
 
         async def wait() -> Any:
             return await awaitable
 
-        return asyncio.run(wait())
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(wait())
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["result"] = asyncio.run(wait())
+            except BaseException as exc:  # re-raised in the calling thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=target, name="pycontainer-hook-loop", daemon=True)
+        worker.start()
+        worker.join()
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
     return result
 
 

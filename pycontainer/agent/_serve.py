@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import grpc
 
 from ._container import Container
+from ._state import State
 
 _log = logging.getLogger("pycontainer")
 
@@ -50,30 +52,60 @@ async def serve(
     on_ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
+    manager: str | None = None,
+    exit_hard_on_overrun: bool = True,
 ) -> None:
     """Serve the container until SIGTERM/SIGINT (or ``stop``), then stop it
-    gracefully through its lifecycle and shut the server down."""
+    gracefully through its lifecycle and shut the server down.
+
+    With a manager (``manager`` or $PYCONTAINER_MANAGER, which the manager's
+    process runtime sets), the container registers and waits for the
+    manager to start it; it also ends when the manager stops it. An on_stop
+    that overruns its grace period ends the process at once (exit status 137,
+    as SIGKILL would) unless ``exit_hard_on_overrun`` is False.
+    """
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
+    manager = manager or os.environ.get("PYCONTAINER_MANAGER") or None
+    if exit_hard_on_overrun:
+        container.lifecycle.kill = _exit_hard
     server, port = await _start_server(container, listen)
     if handle_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stop.set)
+
+    def on_change(previous: State, state: State, command_id: str, message: str) -> None:
+        if state.terminal:  # stopped by the manager (or failed): the process ends
+            loop.call_soon_threadsafe(stop.set)
+
+    container.add_state_listener(on_change)
     try:
-        await container.astart()
+        if manager:
+            container.use_event_loop(loop)
+            container.connect(manager)
+        else:
+            await container.astart()
         if on_ready is not None:
             on_ready(port)
         await stop.wait()
-        _log.info(
-            "container %s: stopping (grace %.1fs)", container.id, container.settings.grace_period
-        )
         if not container.state.terminal:
+            _log.info(
+                "container %s: stopping (grace %.1fs)",
+                container.id,
+                container.settings.grace_period,
+            )
             with contextlib.suppress(Exception):
                 await container.astop(reason="signal")
     finally:
         await server.stop(grace=2.0)
         container.close()
+
+
+def _exit_hard(message: str) -> None:
+    _log.error("%s: exiting now", message)
+    logging.shutdown()
+    os._exit(137)
 
 
 def run(

@@ -1,0 +1,333 @@
+"""The container's side of Lifecycle.Connect: register, report every
+transition, execute commands exactly once, keep the session alive, and
+reconnect with jittered exponential backoff while the container keeps running.
+
+The session runs on its own thread and event loop, so it works the same for
+sync and asyncio apps; commands run where the app's hooks expect them: on the
+app's event loop when the container was started with astart(), else in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from .._errors import RequestError
+from ..v1 import container_pb2, lifecycle_pb2, lifecycle_pb2_grpc
+from ._lifecycle import Outcome, Request
+from ._state import Command, State, state_proto
+
+if TYPE_CHECKING:
+    from ._container import Container
+
+_log = logging.getLogger("pycontainer.connector")
+
+_CHANNEL_OPTIONS = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+# Results of this many past commands are kept to answer a resent command id.
+_REMEMBERED_RESULTS = 1000
+
+_REASONS = {
+    container_pb2.STOP_REASON_REQUESTED: "requested",
+    container_pb2.STOP_REASON_EVICTED: "evicted",
+    container_pb2.STOP_REASON_SIGNAL: "signal",
+    container_pb2.STOP_REASON_SCALED_DOWN: "scaled down",
+    container_pb2.STOP_REASON_SHUTDOWN: "manager shutdown",
+    container_pb2.STOP_REASON_UNHEALTHY: "unhealthy",
+}
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+class ManagerConnection:
+    """One container's session with a manager, kept up until close()."""
+
+    def __init__(
+        self,
+        container: Container,
+        target: str,
+        *,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 10.0,
+    ) -> None:
+        self._container = container
+        self.target = target
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._loop = asyncio.new_event_loop()
+        self._outbox: asyncio.Queue[lifecycle_pb2.ConnectRequest] | None = None
+        self._results: collections.OrderedDict[str, lifecycle_pb2.CommandResult] = (
+            collections.OrderedDict()
+        )
+        self._running: set[str] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._extensions: dict[str, asyncio.Future[float]] = {}
+        self._current_stop_id = ""
+        self._heartbeat = 5.0
+        self.connected = threading.Event()
+        self.sessions = 0  # sessions established so far (reconnects + 1)
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._main, name="pycontainer-connector", daemon=True
+        )
+        container.add_state_listener(self._on_change)
+        container.lifecycle.extension_requester = self._request_extension
+        self._thread.start()
+
+    # -- thread and reconnection ---------------------------------------------------
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        with contextlib.suppress(asyncio.CancelledError):
+            self._loop.run_until_complete(self._run())
+        self._loop.close()
+
+    async def _run(self) -> None:
+        backoff = self._backoff_initial
+        while not self._closed:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _log.info("manager session with %s ended: %s", self.target, _describe(exc))
+            self.connected.clear()
+            if self._closed:
+                return
+            if time.monotonic() - started > 10:
+                backoff = self._backoff_initial  # the session was healthy: start over
+            # Full jitter, so that containers of a restarted manager do not
+            # all reconnect in the same instant.
+            await asyncio.sleep(random.uniform(0, backoff))
+            backoff = min(self._backoff_max, backoff * 2)
+
+    def close(self) -> None:
+        """End the session and stop reconnecting."""
+        self._closed = True
+        if self._loop.is_running():
+            for task in asyncio.all_tasks(self._loop):
+                self._loop.call_soon_threadsafe(task.cancel)
+        self._thread.join(5)
+
+    # -- one session -------------------------------------------------------------------
+    def _registration(self) -> lifecycle_pb2.ConnectRequest:
+        c = self._container
+        info = c.info()
+        return lifecycle_pb2.ConnectRequest(
+            register=lifecycle_pb2.Registration(
+                identity=c.identity(),
+                state=state_proto(c.state),
+                pid=os.getpid(),
+                completed_command_ids=list(self._results),
+                start_time=info.start_time,
+                error=c.lifecycle.error,
+            )
+        )
+
+    async def _session(self) -> None:
+        outbox: asyncio.Queue[lifecycle_pb2.ConnectRequest] = asyncio.Queue()
+        outbox.put_nowait(self._registration())
+        self._outbox = outbox
+
+        async def requests() -> AsyncIterator[lifecycle_pb2.ConnectRequest]:
+            while True:
+                yield await outbox.get()
+
+        async with grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS) as channel:
+            call = lifecycle_pb2_grpc.LifecycleStub(channel).Connect(requests())
+            heartbeats = asyncio.ensure_future(self._heartbeats(outbox))
+            try:
+                async for response in call:
+                    await self._handle(response, outbox)
+            finally:
+                heartbeats.cancel()
+                self._outbox = None
+                for future in self._extensions.values():
+                    if not future.done():
+                        future.set_result(0.0)
+
+    async def _heartbeats(self, outbox: asyncio.Queue[lifecycle_pb2.ConnectRequest]) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            outbox.put_nowait(
+                lifecycle_pb2.ConnectRequest(heartbeat=lifecycle_pb2.Heartbeat(time=_now()))
+            )
+
+    async def _handle(
+        self,
+        response: lifecycle_pb2.ConnectResponse,
+        outbox: asyncio.Queue[lifecycle_pb2.ConnectRequest],
+    ) -> None:
+        kind = response.WhichOneof("message")
+        if kind == "registered":
+            ack = response.registered
+            if ack.heartbeat_interval.ToNanoseconds() > 0:
+                self._heartbeat = ack.heartbeat_interval.ToNanoseconds() / 1e9
+            self.sessions += 1
+            self.connected.set()
+            _log.info("registered with manager %s (session %s)", self.target, ack.session_id)
+        elif kind == "command":
+            command = response.command
+            if command.id in self._results:  # already done: answer again, never rerun
+                outbox.put_nowait(
+                    lifecycle_pb2.ConnectRequest(command_result=self._results[command.id])
+                )
+            elif command.id not in self._running:
+                self._running.add(command.id)
+                task = asyncio.ensure_future(self._execute(command))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        elif kind == "grace_extension":
+            future = self._extensions.pop(response.grace_extension.command_id, None)
+            if future is not None and not future.done():
+                future.set_result(response.grace_extension.granted.ToNanoseconds() / 1e9)
+
+    # -- commands -----------------------------------------------------------------------
+    async def _execute(self, command: lifecycle_pb2.Command) -> None:
+        result = lifecycle_pb2.CommandResult(command_id=command.id)
+        try:
+            data = await self._perform(command)
+            if command.WhichOneof("action") in ("checkpoint", "evict"):
+                result.checkpoint = data
+            elif command.WhichOneof("action") == "replicate":
+                result.seed_state = data
+        except RequestError as exc:
+            result.code = exc.code.value[0]
+            result.message = exc.message
+        except Exception as exc:  # a bug of ours: still answer the manager
+            _log.exception("command %s failed", command.id)
+            result.code = grpc.StatusCode.INTERNAL.value[0]
+            result.message = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._running.discard(command.id)
+        result.state = state_proto(self._container.state)
+        self._results[command.id] = result
+        while len(self._results) > _REMEMBERED_RESULTS:
+            self._results.popitem(last=False)
+        if self._outbox is not None:
+            self._outbox.put_nowait(lifecycle_pb2.ConnectRequest(command_result=result))
+
+    async def _perform(self, command: lifecycle_pb2.Command) -> bytes:
+        """Run one command; the bytes a checkpoint or replicate returned."""
+        context = dict(command.trace_context)
+        action = command.WhichOneof("action")
+        default_grace = self._container.settings.grace_period
+
+        async def do(cmd: Command, **kw: Any) -> bytes:
+            request = Request(cmd, command_id=command.id, trace_context=context, **kw)
+            outcome: Outcome = await self._run_request(request)
+            return outcome.data
+
+        if action == "evict":
+            evict = command.evict
+            data = b""
+            if evict.checkpoint_first and self._container.hooks.on_checkpoint is not None:
+                data = await do(Command.CHECKPOINT)
+            self._current_stop_id = command.id
+            grace = _seconds(evict.grace_period, default_grace)
+            await do(Command.STOP, grace=grace, reason="evicted")
+            return data
+        if action == "stop":
+            self._current_stop_id = command.id
+            grace = _seconds(command.stop.grace_period, default_grace)
+            return await do(
+                Command.STOP, grace=grace, reason=_REASONS.get(command.stop.reason, "requested")
+            )
+        if action == "restore":
+            return await do(Command.RESTORE, state=command.restore.state)
+        if action == "replicate":
+            return await do(Command.REPLICATE, count=command.replicate.count)
+        simple = {
+            "start": Command.START,
+            "pause": Command.PAUSE,
+            "resume": Command.RESUME,
+            "checkpoint": Command.CHECKPOINT,
+        }
+        if action not in simple:
+            raise RequestError(grpc.StatusCode.UNIMPLEMENTED, f"unknown command {action!r}")
+        return await do(simple[action])
+
+    async def _run_request(self, request: Request) -> Outcome:
+        """Run on the app's loop if it has one, else in a worker thread."""
+        app_loop = self._container.app_loop
+        if app_loop is not None and app_loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(
+                self._container.lifecycle.arun(request), app_loop
+            )
+            return await asyncio.wrap_future(future)
+        return await asyncio.to_thread(self._container.lifecycle.run, request)
+
+    # -- reports from the container -------------------------------------------------------
+    def _on_change(self, previous: State, state: State, command_id: str, message: str) -> None:
+        change = lifecycle_pb2.ConnectRequest(
+            state_change=lifecycle_pb2.StateChange(
+                from_state=state_proto(previous),
+                to_state=state_proto(state),
+                time=_now(),
+                command_id=command_id,
+                message=message,
+            )
+        )
+        with contextlib.suppress(RuntimeError):  # loop closed: the manager will resync
+            self._loop.call_soon_threadsafe(self._post, change)
+
+    def _post(self, message: lifecycle_pb2.ConnectRequest) -> None:
+        if self._outbox is not None:
+            self._outbox.put_nowait(message)
+
+    def _request_extension(self, seconds: float, reason: str) -> float:
+        """Called from on_stop (any thread but this connector's loop)."""
+        if not self.connected.is_set():
+            return 0.0
+        command_id = self._current_stop_id
+
+        async def ask() -> float:
+            future: asyncio.Future[float] = self._loop.create_future()
+            self._extensions[command_id] = future
+            extension = duration_pb2.Duration()
+            extension.FromNanoseconds(int(seconds * 1e9))
+            self._post(
+                lifecycle_pb2.ConnectRequest(
+                    grace_extension=lifecycle_pb2.GraceExtensionRequest(
+                        command_id=command_id, extension=extension, reason=reason
+                    )
+                )
+            )
+            return await asyncio.wait_for(future, 5.0)
+
+        try:
+            return asyncio.run_coroutine_threadsafe(ask(), self._loop).result(6.0)
+        except Exception:  # no answer: no extension
+            return 0.0
+
+
+def _seconds(duration: duration_pb2.Duration, default: float) -> float:
+    if duration.seconds == 0 and duration.nanos == 0:
+        return default
+    return duration.ToNanoseconds() / 1e9
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"

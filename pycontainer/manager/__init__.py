@@ -1,0 +1,21 @@
+"""The central manager: Lifecycle sessions with every container, the
+operator API, admission with priorities and eviction, checkpoints."""
+
+from ._manager import Manager, ManagerSettings
+from ._runtime import InProcessRuntime, Launch, ProcessRuntime, Runtime
+from ._scheduler import Resources, parse_cpu, parse_memory
+from ._store import SQLiteStore, StateStore
+
+__all__ = [
+    "InProcessRuntime",
+    "Launch",
+    "Manager",
+    "ManagerSettings",
+    "ProcessRuntime",
+    "Resources",
+    "Runtime",
+    "SQLiteStore",
+    "StateStore",
+    "parse_cpu",
+    "parse_memory",
+]

@@ -1,0 +1,70 @@
+"""The manager's event stream: a bounded history and live subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator
+
+from google.protobuf import timestamp_pb2
+
+from ..v1 import container_pb2, manager_pb2
+
+# A watcher that falls this far behind loses its oldest events (and is told).
+_SUBSCRIBER_BUFFER = 10_000
+
+
+class EventBus:
+    """Publishes events to WatchEvents streams; keeps the recent ones."""
+
+    def __init__(self, history: int = 1000) -> None:
+        self._history: collections.deque[manager_pb2.Event] = collections.deque(maxlen=history)
+        self._subscribers: set[asyncio.Queue[manager_pb2.Event]] = set()
+        self._sequence = 0
+
+    def publish(
+        self,
+        type_: manager_pb2.EventType.ValueType,
+        container_id: str,
+        container_name: str,
+        message: str,
+        *,
+        state: container_pb2.LifecycleState.ValueType = container_pb2.LIFECYCLE_STATE_UNSPECIFIED,
+        command_id: str = "",
+    ) -> manager_pb2.Event:
+        """Record an event and hand it to every watcher (call on the loop)."""
+        self._sequence += 1
+        now = time.time_ns()
+        event = manager_pb2.Event(
+            sequence=self._sequence,
+            time=timestamp_pb2.Timestamp(seconds=now // 10**9, nanos=now % 10**9),
+            type=type_,
+            container_id=container_id,
+            container_name=container_name,
+            message=message,
+            state=state,
+            command_id=command_id,
+        )
+        self._history.append(event)
+        for queue in self._subscribers:
+            if queue.full():
+                queue.get_nowait()  # drop the oldest for a watcher that lags
+            queue.put_nowait(event)
+        return event
+
+    def history(self) -> list[manager_pb2.Event]:
+        return list(self._history)
+
+    async def subscribe(self, include_history: bool) -> AsyncIterator[manager_pb2.Event]:
+        """Events as they come, after the retained ones when asked."""
+        queue: asyncio.Queue[manager_pb2.Event] = asyncio.Queue(_SUBSCRIBER_BUFFER)
+        self._subscribers.add(queue)
+        try:
+            if include_history:
+                for event in list(self._history):
+                    yield event
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(queue)

@@ -1,0 +1,212 @@
+"""The manager's view of each container and of its live session."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from google.protobuf import timestamp_pb2
+
+from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
+from ._scheduler import Claim, Resources
+from ._store import ContainerRecord
+
+_TERMINAL = (container_pb2.LIFECYCLE_STATE_STOPPED, container_pb2.LIFECYCLE_STATE_FAILED)
+
+
+def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    ns = int(seconds * 1e9)
+    return timestamp_pb2.Timestamp(seconds=ns // 10**9, nanos=ns % 10**9)
+
+
+class Session:
+    """One live Lifecycle.Connect stream of a container."""
+
+    def __init__(self) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.outbox: asyncio.Queue[lifecycle_pb2.ConnectResponse | None] = asyncio.Queue()
+        self.last_seen = time.monotonic()
+
+    def send(self, message: lifecycle_pb2.ConnectResponse) -> None:
+        self.outbox.put_nowait(message)
+
+    def close(self) -> None:
+        """End the stream from the manager's side."""
+        self.outbox.put_nowait(None)
+
+
+@dataclass
+class PendingCommand:
+    """A command sent and not answered yet; resent after a reconnect."""
+
+    command: lifecycle_pb2.Command
+    result: asyncio.Future[lifecycle_pb2.CommandResult]
+
+
+@dataclass
+class Entry:
+    """One container known to the manager."""
+
+    id: str
+    name: str
+    identity: container_pb2.ContainerIdentity
+    spec: spec_pb2.ContainerSpec | None = None
+    state: container_pb2.LifecycleState.ValueType = container_pb2.LIFECYCLE_STATE_CREATED
+    pid: int = 0
+    session: Session | None = None
+    create_time: float = field(default_factory=time.time)
+    start_time: float | None = None
+    restarts: int = 0
+    error: str = ""
+    exit_code: int | None = None
+    last_checkpoint_id: str = ""
+    desired: bool = True
+    # Admitted against capacity (running, or being started).
+    admitted: bool = False
+    # A seed or checkpoint to restore before the first start.
+    restore_state: bytes | None = None
+    pending: dict[str, PendingCommand] = field(default_factory=dict)
+    # Set whenever the container reports a state, for waiters.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def connected(self) -> bool:
+        return self.session is not None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in _TERMINAL
+
+    @property
+    def priority(self) -> int:
+        return self.identity.priority
+
+    def resources(self) -> Resources:
+        r = self.identity.resources
+        return Resources(cpu_millis=r.cpu_millis, memory_bytes=r.memory_bytes)
+
+    def claim(self) -> Claim:
+        return Claim(
+            id=self.id,
+            name=self.name,
+            priority=self.priority,
+            resources=self.resources(),
+            start_time=self.start_time or self.create_time,
+        )
+
+    def management_address(self) -> str:
+        for endpoint in self.identity.endpoints:
+            if endpoint.kind == container_pb2.ENDPOINT_KIND_MANAGEMENT:
+                return endpoint.address
+        return ""
+
+    def matches(self, selector: list[tuple[str, str, str | None]]) -> bool:
+        """A parsed label selector: (key, op, value) with op in =, !=, exists, !exists."""
+        labels = self.identity.labels
+        for key, op, value in selector:
+            if op == "=" and labels.get(key) != value:
+                return False
+            if op == "!=" and labels.get(key) == value:
+                return False
+            if op == "exists" and key not in labels:
+                return False
+            if op == "!exists" and key in labels:
+                return False
+        return True
+
+    def to_proto(self) -> manager_pb2.Container:
+        container = manager_pb2.Container(
+            identity=self.identity,
+            spec=self.spec,
+            state=self.state,
+            pid=self.pid,
+            connected=self.connected,
+            create_time=_ts(self.create_time),
+            start_time=_ts(self.start_time),
+            restarts=self.restarts,
+            error=self.error,
+            last_checkpoint_id=self.last_checkpoint_id,
+        )
+        if self.exit_code is not None:
+            container.exit_code = self.exit_code
+        return container
+
+    def to_record(self) -> ContainerRecord:
+        r = self.identity.resources
+        return ContainerRecord(
+            id=self.id,
+            name=self.name,
+            spec=self.spec.SerializeToString() if self.spec is not None else b"",
+            labels=dict(self.identity.labels),
+            priority=self.priority,
+            cpu_millis=r.cpu_millis,
+            memory_bytes=r.memory_bytes,
+            state=int(self.state),
+            create_time=self.create_time,
+            start_time=self.start_time,
+            restarts=self.restarts,
+            error=self.error,
+            exit_code=self.exit_code,
+            last_checkpoint_id=self.last_checkpoint_id,
+            desired=self.desired,
+        )
+
+    @classmethod
+    def from_record(cls, record: ContainerRecord) -> Entry:
+        spec = spec_pb2.ContainerSpec.FromString(record.spec) if record.spec else None
+        identity = container_pb2.ContainerIdentity(
+            id=record.id,
+            name=record.name,
+            labels=record.labels,
+            priority=record.priority,
+            resources=container_pb2.ResourceRequirements(
+                cpu_millis=record.cpu_millis, memory_bytes=record.memory_bytes
+            ),
+        )
+        return cls(
+            id=record.id,
+            name=record.name,
+            identity=identity,
+            spec=spec,
+            state=container_pb2.LifecycleState.ValueType(record.state),
+            create_time=record.create_time,
+            start_time=record.start_time,
+            restarts=record.restarts,
+            error=record.error,
+            exit_code=record.exit_code,
+            last_checkpoint_id=record.last_checkpoint_id,
+            desired=record.desired,
+            admitted=record.state
+            in (
+                container_pb2.LIFECYCLE_STATE_RUNNING,
+                container_pb2.LIFECYCLE_STATE_PAUSED,
+                container_pb2.LIFECYCLE_STATE_STARTING,
+            ),
+        )
+
+
+def parse_selector(text: str) -> list[tuple[str, str, str | None]]:
+    """Kubernetes equality-based selector: "a=b,c!=d,e,!f". ValueError if malformed."""
+    out: list[tuple[str, str, str | None]] = []
+    for raw in text.split(","):
+        part = raw.strip()
+        if not part:
+            continue
+        if "!=" in part:
+            key, value = (s.strip() for s in part.split("!=", 1))
+            op = "!="
+        elif "==" in part or "=" in part:
+            key, value = (s.strip() for s in part.replace("==", "=").split("=", 1))
+            op = "="
+        elif part.startswith("!"):
+            key, value, op = part[1:].strip(), "", "!exists"
+        else:
+            key, value, op = part, "", "exists"
+        if not key or any(c.isspace() for c in key):
+            raise ValueError(f"bad requirement {raw!r} (use key=value, key!=value, key or !key)")
+        out.append((key, op, value if op in ("=", "!=") else None))
+    return out

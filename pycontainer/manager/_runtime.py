@@ -1,0 +1,129 @@
+"""How the manager starts containers. A runtime knows how to start and signal
+a process (or object), nothing about priorities or policy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..v1 import spec_pb2
+
+# Called by a runtime when a launched container's process ends: (id, exit code).
+ExitListener = Callable[[str, int], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What the manager tells a runtime to start."""
+
+    container_id: str
+    spec: spec_pb2.ContainerSpec
+    # The manager's Lifecycle endpoint, which the container dials.
+    manager_address: str
+
+
+class Runtime(Protocol):
+    """Starts containers that then dial the manager with their id."""
+
+    async def launch(self, launch: Launch) -> int:
+        """Start it; the pid (0 when not a process of its own)."""
+        ...
+
+    async def kill(self, container_id: str) -> None:
+        """End it now (SIGKILL), past its grace period."""
+        ...
+
+    async def close(self) -> None:
+        """Kill what is left (the manager is shutting down)."""
+        ...
+
+
+# An in-process container factory: builds a container object for the spec,
+# connects it to the manager, and returns something with close().
+Factory = Callable[[Launch], Any]
+
+
+class InProcessRuntime:
+    """Containers as objects in the manager's own process (tests, embedding)."""
+
+    def __init__(self, factory: Factory) -> None:
+        self._factory = factory
+        self._objects: dict[str, Any] = {}
+
+    async def launch(self, launch: Launch) -> int:
+        self._objects[launch.container_id] = await asyncio.to_thread(self._factory, launch)
+        return os.getpid()
+
+    async def kill(self, container_id: str) -> None:
+        obj = self._objects.pop(container_id, None)
+        if obj is not None:
+            await asyncio.to_thread(obj.close)
+
+    async def close(self) -> None:
+        for container_id in list(self._objects):
+            await self.kill(container_id)
+
+
+class ProcessRuntime:
+    """Local processes: the spec's command, with PYCONTAINER_* variables that
+    tell an embedded pycontainer which manager to dial and which id it has."""
+
+    def __init__(self, on_exit: ExitListener | None = None) -> None:
+        self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        self.on_exit = on_exit
+
+    async def launch(self, launch: Launch) -> int:
+        spec = launch.spec
+        if not spec.command:
+            raise ValueError("spec.command is empty: give the program and its arguments")
+        env = {
+            **os.environ,
+            **dict(spec.env),
+            "PYCONTAINER_MANAGER": launch.manager_address,
+            "PYCONTAINER_CONTAINER_ID": launch.container_id,
+            "PYCONTAINER_NAME": spec.name,
+        }
+        command = list(spec.command)
+        if command[0] == "python":  # the manager's own interpreter, as users expect
+            command[0] = sys.executable
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            cwd=spec.working_dir or None,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # signals to the group reach its children
+        )
+        self._processes[launch.container_id] = process
+        watcher = asyncio.ensure_future(self._watch(launch.container_id, process))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        return process.pid
+
+    async def _watch(self, container_id: str, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        self._processes.pop(container_id, None)
+        if self.on_exit is not None:
+            await self.on_exit(container_id, code)
+
+    def pid(self, container_id: str) -> int | None:
+        process = self._processes.get(container_id)
+        return process.pid if process is not None else None
+
+    async def kill(self, container_id: str) -> None:
+        process = self._processes.get(container_id)
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+    async def close(self) -> None:
+        for container_id in list(self._processes):
+            await self.kill(container_id)
+        if self._watchers:
+            await asyncio.wait(self._watchers, timeout=5)

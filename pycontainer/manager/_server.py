@@ -1,0 +1,303 @@
+"""The manager's grpc.aio server: Lifecycle, Manager, health and reflection.
+
+A sync server would spend one thread per live stream; the manager holds one
+Lifecycle stream per container, so it is asyncio. Unary operator calls are
+traced with opentelemetry-instrumentation-grpc's aio interceptor; streams are
+left out of it (its stream handling has open bugs) and the Lifecycle session
+carries trace context inside each command instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
+from .. import _reflection
+from .._errors import RequestError, invalid_argument
+from ..v1 import (
+    lifecycle_pb2_grpc,
+    management_pb2,
+    management_pb2_grpc,
+    manager_pb2,
+    manager_pb2_grpc,
+)
+
+if TYPE_CHECKING:
+    from ._manager import Manager
+
+T = TypeVar("T")
+
+SERVER_OPTIONS = (
+    # A burst of new streams (every container reconnecting to a restarted
+    # manager) must queue, not fail with "Internal error from Core".
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 40_000),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_concurrent_streams", 100_000),
+)
+
+
+def _unary(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """RequestError -> a rich gRPC status."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: Any) -> T:
+        try:
+            return await fn(self, request, context)
+        except RequestError as exc:
+            status = exc.to_status()
+            await context.abort(status.code, status.details, status.trailing_metadata)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def _stream(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[T]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except RequestError as exc:
+            status = exc.to_status()
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+    return wrapper
+
+
+def _seconds(duration: Any) -> float | None:
+    if duration.seconds == 0 and duration.nanos == 0:
+        return None
+    if duration.seconds < 0 or duration.nanos < 0:
+        raise invalid_argument("grace_period", "must not be negative")
+    return float(duration.ToNanoseconds() / 1e9)
+
+
+class LifecycleServicer(lifecycle_pb2_grpc.LifecycleServicer):
+    """Containers dial in here."""
+
+    def __init__(self, manager: Manager) -> None:
+        self._m = manager
+
+    async def Connect(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            async for response in self._m.connect(request_iterator, context):
+                yield response
+        except RequestError as exc:
+            status = exc.to_status()
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+class ManagerServicer(manager_pb2_grpc.ManagerServicer):
+    """The operator API."""
+
+    def __init__(self, manager: Manager) -> None:
+        self._m = manager
+
+    @_unary
+    async def ListContainers(self, request: Any, context: Any) -> Any:
+        entries = self._m.select(request.label_selector, request.states)
+        return manager_pb2.ListContainersResponse(containers=[e.to_proto() for e in entries])
+
+    @_unary
+    async def GetContainer(self, request: Any, context: Any) -> Any:
+        return manager_pb2.GetContainerResponse(
+            container=self._m.resolve(request.container).to_proto()
+        )
+
+    @_stream
+    async def WatchEvents(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        only = request.container
+        async for event in self._m.events.subscribe(request.include_history):
+            if only and only not in (event.container_id, event.container_name):
+                continue
+            yield manager_pb2.WatchEventsResponse(event=event)
+
+    @_unary
+    async def RunContainer(self, request: Any, context: Any) -> Any:
+        entries = await self._m.run(request.spec)
+        return manager_pb2.RunContainerResponse(containers=[e.to_proto() for e in entries])
+
+    @_unary
+    async def StopContainer(self, request: Any, context: Any) -> Any:
+        entry = await self._m.stop_container(
+            request.container, _seconds(request.grace_period), request.message
+        )
+        return manager_pb2.StopContainerResponse(container=entry.to_proto())
+
+    @_unary
+    async def PauseContainer(self, request: Any, context: Any) -> Any:
+        entry = await self._m.simple(request.container, "pause")
+        return manager_pb2.PauseContainerResponse(container=entry.to_proto())
+
+    @_unary
+    async def ResumeContainer(self, request: Any, context: Any) -> Any:
+        entry = await self._m.simple(request.container, "resume")
+        return manager_pb2.ResumeContainerResponse(container=entry.to_proto())
+
+    @_unary
+    async def CheckpointContainer(self, request: Any, context: Any) -> Any:
+        return await self._m.checkpoint(request.container)
+
+    @_unary
+    async def RestoreContainer(self, request: Any, context: Any) -> Any:
+        entry = await self._m.restore(request.container, request.checkpoint_id)
+        return manager_pb2.RestoreContainerResponse(container=entry.to_proto())
+
+    @_unary
+    async def EvictContainer(self, request: Any, context: Any) -> Any:
+        entry = self._m.resolve(request.container)
+        await self._m.evict(
+            entry, _seconds(request.grace_period), request.message or "evicted by an operator"
+        )
+        return manager_pb2.EvictContainerResponse(container=entry.to_proto())
+
+    @_unary
+    async def ScaleContainer(self, request: Any, context: Any) -> Any:
+        entries = await self._m.scale(request.container, request.replicas)
+        return manager_pb2.ScaleContainerResponse(containers=[e.to_proto() for e in entries])
+
+    def _targets(self, names: Any, selector: str) -> list[Any]:
+        if names:
+            return [self._m.resolve(n) for n in names]
+        return [e for e in self._m.select(selector, []) if e.connected]
+
+    @_stream
+    async def StreamLogs(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        f = request.filter
+        upstream = management_pb2.StreamLogsRequest(
+            follow=f.follow,
+            since=f.since,
+            min_severity=f.min_severity,
+            contains=f.contains,
+            pattern=f.pattern,
+            logger=f.logger,
+        )
+        if f.HasField("tail"):
+            upstream.tail = f.tail
+
+        def convert(entry: Any, response: Any) -> Any:
+            for log in response.entries:
+                log.container_id = entry.id
+            return manager_pb2.ManagerStreamLogsResponse(
+                entries=response.entries, missed=response.missed
+            )
+
+        async for item in _merge(
+            self._targets(request.containers, request.label_selector),
+            lambda stub: stub.StreamLogs(upstream),
+            convert,
+        ):
+            yield item
+
+    @_stream
+    async def WatchMetrics(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        upstream = management_pb2.WatchMetricsRequest(
+            interval=request.interval, metric_filters=request.metric_filters
+        )
+
+        def convert(entry: Any, response: Any) -> Any:
+            response.snapshot.container_id = entry.id
+            return manager_pb2.ManagerWatchMetricsResponse(snapshot=response.snapshot)
+
+        async for item in _merge(
+            self._targets(request.containers, request.label_selector),
+            lambda stub: stub.WatchMetrics(upstream),
+            convert,
+        ):
+            yield item
+
+
+async def _merge(
+    entries: list[Any],
+    open_stream: Callable[[Any], Any],
+    convert: Callable[[Any, Any], Any],
+) -> AsyncIterator[Any]:
+    """Interleave one Management stream per container, as they arrive."""
+    if not entries:
+        return
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+    done = object()
+    channels = []
+
+    async def pump(entry: Any) -> None:
+        address = entry.management_address()
+        if not address:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"container {entry.id} advertises no Management endpoint",
+            )
+        channel = grpc.aio.insecure_channel(address)
+        channels.append(channel)
+        try:
+            async for response in open_stream(management_pb2_grpc.ManagementStub(channel)):
+                await queue.put(convert(entry, response))
+        except grpc.aio.AioRpcError as exc:
+            await queue.put(RequestError(exc.code(), f"{entry.id}: {exc.details()}"))
+        finally:
+            await queue.put(done)
+
+    tasks = [asyncio.ensure_future(pump(e)) for e in entries]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, RequestError):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        for channel in channels:
+            with contextlib.suppress(Exception):
+                await channel.close(None)
+
+
+def build_server(manager: Manager) -> grpc.aio.Server:
+    """The server with every manager service on it."""
+    traced = filters.negate(
+        filters.any_of(
+            filters.service_name("pycontainer.v1.Lifecycle"),
+            filters.service_name("grpc.health.v1.Health"),
+            filters.service_prefix("grpc.reflection"),
+            filters.method_name("WatchEvents"),
+            filters.method_name("StreamLogs"),
+            filters.method_name("WatchMetrics"),
+        )
+    )
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS,
+        interceptors=[
+            aio_server_interceptor(  # type: ignore[no-untyped-call]
+                tracer_provider=manager._tracer_provider, filter_=traced
+            )
+        ],
+    )
+    lifecycle_pb2_grpc.add_LifecycleServicer_to_server(LifecycleServicer(manager), server)
+    manager_pb2_grpc.add_ManagerServicer_to_server(ManagerServicer(manager), server)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [
+        "pycontainer.v1.Lifecycle",
+        "pycontainer.v1.Manager",
+        "grpc.health.v1.Health",
+        _reflection.REFLECTION_V1,
+        _reflection.REFLECTION_V1ALPHA,
+    ]
+    for service, group in _reflection.reflection_handlers(lambda: names, aio=True).items():
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, group),))
+    _ = health_pb2
+    return server

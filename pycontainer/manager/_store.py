@@ -1,0 +1,407 @@
+"""The manager's durable state: container records and checkpoints.
+
+:class:`StateStore` is the interface the manager uses; it speaks records, not
+SQL, so that a distributed store (etcd) can replace :class:`SQLiteStore`
+without the manager noticing. Everything written survives a manager restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from .._errors import RequestError, not_found, resource_exhausted
+from ._scheduler import format_memory
+
+__all__ = [
+    "CHECKPOINTS_KEPT",
+    "CheckpointInfo",
+    "ContainerRecord",
+    "SQLiteStore",
+    "StateStore",
+    "StoreError",
+]
+
+# Newest checkpoints kept per container name; older ones are deleted.
+CHECKPOINTS_KEPT = 5
+_MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    """What the manager remembers about one container."""
+
+    id: str
+    name: str
+    # The serialized ContainerSpec, opaque here; empty for a container that
+    # dialled in on its own.
+    spec: bytes
+    labels: dict[str, str]
+    priority: int
+    cpu_millis: int
+    memory_bytes: int
+    # A LifecycleState number.
+    state: int
+    create_time: float
+    start_time: float | None = None
+    restarts: int = 0
+    error: str = ""
+    exit_code: int | None = None
+    last_checkpoint_id: str = ""
+    # False once the operator stopped or removed it: do not restart it.
+    desired: bool = True
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A stored checkpoint, without its data."""
+
+    id: str
+    container_id: str
+    # Checkpoints belong to a name, so that a replacement restores from them.
+    container_name: str
+    size_bytes: int
+    # SHA-256 of the data, hex.
+    sha256: str
+    create_time: float
+
+
+class StateStore(Protocol):
+    """Durable records of containers and checkpoints; every write is atomic."""
+
+    def put_container(self, record: ContainerRecord) -> None:
+        """Insert or replace the record with ``record.id``."""
+        ...
+
+    def get_container(self, container_id: str) -> ContainerRecord | None:
+        """The record with this id, or None."""
+        ...
+
+    def list_containers(self) -> list[ContainerRecord]:
+        """Every record, sorted by name then id."""
+        ...
+
+    def delete_container(self, container_id: str) -> None:
+        """Forget a record (its checkpoints stay with its name); no-op if absent."""
+        ...
+
+    def put_checkpoint(self, container_id: str, container_name: str, data: bytes) -> CheckpointInfo:
+        """Store a checkpoint, keeping only the newest few per name.
+
+        Raises RequestError RESOURCE_EXHAUSTED when ``data`` is over the size limit.
+        """
+        ...
+
+    def get_checkpoint(self, checkpoint_id: str) -> tuple[CheckpointInfo, bytes]:
+        """A checkpoint and its data, checksum verified.
+
+        Raises RequestError NOT_FOUND for an unknown id, DATA_LOSS for corrupt data.
+        """
+        ...
+
+    def latest_checkpoint(self, container_name: str) -> CheckpointInfo | None:
+        """The newest checkpoint of any container of this name, or None."""
+        ...
+
+    def close(self) -> None:
+        """Release the store; idempotent."""
+        ...
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used (corrupt, unreadable, too new, closed)."""
+
+
+SCHEMA_VERSION = 1
+
+# One statement each: executescript() would commit on its own, and the schema
+# must appear all at once or not at all.
+_SCHEMA = (
+    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+    """CREATE TABLE containers (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        spec BLOB NOT NULL,
+        labels TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        cpu_millis INTEGER NOT NULL,
+        memory_bytes INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        create_time REAL NOT NULL,
+        start_time REAL,
+        restarts INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        exit_code INTEGER,
+        last_checkpoint_id TEXT NOT NULL,
+        desired INTEGER NOT NULL
+    )""",
+    # seq is AUTOINCREMENT, never reused, so it orders checkpoints even when
+    # create_time ties or the clock steps back. data comes last so that reading
+    # the other columns does not read the blob's pages.
+    """CREATE TABLE checkpoints (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        container_id TEXT NOT NULL,
+        container_name TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        create_time REAL NOT NULL,
+        data BLOB NOT NULL
+    )""",
+    "CREATE INDEX checkpoints_by_name ON checkpoints (container_name, seq)",
+)
+
+_CONTAINER_COLUMNS = (
+    "id, name, spec, labels, priority, cpu_millis, memory_bytes, state, create_time, "
+    "start_time, restarts, error, exit_code, last_checkpoint_id, desired"
+)
+_CHECKPOINT_COLUMNS = "id, container_id, container_name, size_bytes, sha256, create_time"
+
+
+class SQLiteStore:
+    """A :class:`StateStore` in one SQLite file (WAL, synchronous=FULL).
+
+    Safe to call from several threads: one connection, one lock.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_checkpoint_bytes: int = 64 * _MiB,
+        checkpoints_kept: int = CHECKPOINTS_KEPT,
+    ) -> None:
+        self._path = os.fspath(path)
+        self._max_checkpoint_bytes = max_checkpoint_bytes
+        self._checkpoints_kept = checkpoints_kept
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so that each
+            # write is exactly one transaction.
+            self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open state store {self._path}: {e}") from e
+        try:
+            self._open()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
+        """Set the durability pragmas, then create the schema or check its version."""
+        try:
+            # The first statement to read the file: a file that is not a
+            # database fails here.
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            # FULL: a commit is on disk before it returns, so an acknowledged
+            # write survives a power cut, not only a crash.
+            self._db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open state store {self._path}: {e}") from e
+        if mode != "wal" and self._path != ":memory:":
+            raise StoreError(f"state store {self._path}: cannot use WAL mode (got {mode!r})")
+        with self._transaction() as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "schema_version" not in tables:
+                if tables - {"sqlite_sequence"}:
+                    raise StoreError(f"{self._path} is an SQLite database but not a state store")
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+                return
+            row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+            if row[0] != SCHEMA_VERSION:
+                raise StoreError(
+                    f"state store {self._path} has schema version {row[0]}; "
+                    f"this pycontainer reads version {SCHEMA_VERSION}"
+                )
+
+    @contextlib.contextmanager
+    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One atomic transaction under the lock; SQLite errors become StoreError naming
+        the file."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"state store {self._path} is closed")
+            try:
+                # IMMEDIATE takes the write lock up front, so a write never fails
+                # half-way for want of it.
+                self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield self._db
+                except BaseException:
+                    # SQLite itself rolls back on some errors (disk full, I/O).
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as e:
+                raise StoreError(f"state store {self._path}: {e}") from e
+
+    def put_container(self, record: ContainerRecord) -> None:
+        """Insert or replace the record with ``record.id``."""
+        with self._transaction() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO containers ({_CONTAINER_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.name,
+                    record.spec,
+                    json.dumps(record.labels, sort_keys=True),
+                    record.priority,
+                    record.cpu_millis,
+                    record.memory_bytes,
+                    record.state,
+                    record.create_time,
+                    record.start_time,
+                    record.restarts,
+                    record.error,
+                    record.exit_code,
+                    record.last_checkpoint_id,
+                    record.desired,
+                ),
+            )
+
+    def get_container(self, container_id: str) -> ContainerRecord | None:
+        """The record with this id, or None."""
+        with self._transaction(write=False) as db:
+            row = db.execute(
+                f"SELECT {_CONTAINER_COLUMNS} FROM containers WHERE id = ?", (container_id,)
+            ).fetchone()
+        return None if row is None else _container(row)
+
+    def list_containers(self) -> list[ContainerRecord]:
+        """Every record, sorted by name then id."""
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                f"SELECT {_CONTAINER_COLUMNS} FROM containers ORDER BY name, id"
+            ).fetchall()
+        return [_container(row) for row in rows]
+
+    def delete_container(self, container_id: str) -> None:
+        """Forget a record (its checkpoints stay with its name); no-op if absent."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+
+    def put_checkpoint(self, container_id: str, container_name: str, data: bytes) -> CheckpointInfo:
+        """Store a checkpoint, keeping only the newest few per name.
+
+        Raises RequestError RESOURCE_EXHAUSTED when ``data`` is over the size limit.
+        """
+        size, limit = len(data), self._max_checkpoint_bytes
+        if size > limit:
+            raise resource_exhausted(
+                f"checkpoint of {container_name} is {size} bytes ({format_memory(size)}), "
+                f"over the limit of {limit} bytes ({format_memory(limit)})"
+            )
+        info = CheckpointInfo(
+            id=f"ckpt-{uuid.uuid4().hex}",
+            container_id=container_id,
+            container_name=container_name,
+            size_bytes=size,
+            sha256=hashlib.sha256(data).hexdigest(),
+            create_time=time.time(),
+        )
+        with self._transaction() as db:
+            db.execute(
+                f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*_checkpoint_row(info), data),
+            )
+            # In the same transaction: a crash never leaves more than the kept number.
+            db.execute(
+                "DELETE FROM checkpoints WHERE container_name = ? AND seq NOT IN "
+                "(SELECT seq FROM checkpoints WHERE container_name = ? ORDER BY seq DESC LIMIT ?)",
+                (container_name, container_name, self._checkpoints_kept),
+            )
+        return info
+
+    def get_checkpoint(self, checkpoint_id: str) -> tuple[CheckpointInfo, bytes]:
+        """A checkpoint and its data, checksum verified.
+
+        Raises RequestError NOT_FOUND for an unknown id, DATA_LOSS for corrupt data.
+        """
+        with self._transaction(write=False) as db:
+            row = db.execute(
+                f"SELECT {_CHECKPOINT_COLUMNS}, data FROM checkpoints WHERE id = ?",
+                (checkpoint_id,),
+            ).fetchone()
+        if row is None:
+            raise not_found("checkpoint_id", f"no checkpoint {checkpoint_id!r}")
+        info, data = _checkpoint(row[:-1]), bytes(row[-1])
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != info.sha256 or len(data) != info.size_bytes:
+            raise RequestError(
+                grpc.StatusCode.DATA_LOSS,
+                f"checkpoint {checkpoint_id} of {info.container_name} is corrupt: "
+                f"{len(data)} bytes with sha256 {actual}, "
+                f"stored as {info.size_bytes} bytes with sha256 {info.sha256}",
+            )
+        return info, data
+
+    def latest_checkpoint(self, container_name: str) -> CheckpointInfo | None:
+        """The newest checkpoint of any container of this name, or None."""
+        with self._transaction(write=False) as db:
+            row = db.execute(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE container_name = ? "
+                "ORDER BY seq DESC LIMIT 1",
+                (container_name,),
+            ).fetchone()
+        return None if row is None else _checkpoint(row)
+
+    def close(self) -> None:
+        """Close the file; idempotent. Later calls raise StoreError."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+
+def _container(row: tuple[Any, ...]) -> ContainerRecord:
+    (id_, name, spec, labels, priority, cpu, memory, state, created, started) = row[:10]
+    (restarts, error, exit_code, last_checkpoint_id, desired) = row[10:]
+    return ContainerRecord(
+        id=id_,
+        name=name,
+        spec=bytes(spec),
+        labels=json.loads(labels),
+        priority=priority,
+        cpu_millis=cpu,
+        memory_bytes=memory,
+        state=state,
+        create_time=created,
+        start_time=started,
+        restarts=restarts,
+        error=error,
+        exit_code=exit_code,
+        last_checkpoint_id=last_checkpoint_id,
+        desired=bool(desired),
+    )
+
+
+def _checkpoint_row(info: CheckpointInfo) -> tuple[Any, ...]:
+    return (
+        info.id,
+        info.container_id,
+        info.container_name,
+        info.size_bytes,
+        info.sha256,
+        info.create_time,
+    )
+
+
+def _checkpoint(row: tuple[Any, ...]) -> CheckpointInfo:
+    return CheckpointInfo(*row)

@@ -1,0 +1,286 @@
+"""Tests of pycontainer.manager._store: durable records and checkpoints in real SQLite files."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from pycontainer._errors import RequestError
+from pycontainer.manager._store import (
+    CHECKPOINTS_KEPT,
+    ContainerRecord,
+    SQLiteStore,
+    StateStore,
+    StoreError,
+)
+
+
+def record(id: str = "web-1", **changes: object) -> ContainerRecord:
+    """A container record with every field set to something non-default."""
+    base = ContainerRecord(
+        id=id,
+        name="web",
+        spec=b"\x0a\x03web\x00\xff",
+        labels={"app": "web", "tier": "front", "note": "ünïcode"},
+        priority=7,
+        cpu_millis=1500,
+        memory_bytes=512 * 1024 * 1024,
+        state=3,
+        create_time=1700000000.25,
+        start_time=1700000001.5,
+        restarts=2,
+        error="exit status 1",
+        exit_code=-9,
+        last_checkpoint_id="ckpt-x",
+        desired=False,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+@pytest.fixture
+def store(path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(path)
+    yield s
+    s.close()
+
+
+def test_is_a_state_store(store: SQLiteStore) -> None:
+    # Type-checked: the manager holds a StateStore, not an SQLiteStore.
+    s: StateStore = store
+    assert s.list_containers() == []
+
+
+def test_container_round_trip(store: SQLiteStore) -> None:
+    r = record()
+    store.put_container(r)
+    assert store.get_container("web-1") == r
+    assert store.get_container("nope") is None
+
+    # Upsert, and the None/default fields survive too.
+    r2 = dataclasses.replace(
+        r, state=6, start_time=None, exit_code=None, labels={}, desired=True, spec=b""
+    )
+    store.put_container(r2)
+    assert store.get_container("web-1") == r2
+    assert store.list_containers() == [r2]
+
+    store.delete_container("web-1")
+    store.delete_container("web-1")  # absent: no-op
+    assert store.get_container("web-1") is None
+
+
+def test_list_is_sorted_by_name_then_id(store: SQLiteStore) -> None:
+    for id, name in [("b-2", "b"), ("a-1", "a"), ("b-1", "b"), ("c-1", "c")]:
+        store.put_container(record(id, name=name))
+    assert [(r.name, r.id) for r in store.list_containers()] == [
+        ("a", "a-1"),
+        ("b", "b-1"),
+        ("b", "b-2"),
+        ("c", "c-1"),
+    ]
+
+
+def test_checkpoint_round_trip(store: SQLiteStore) -> None:
+    assert store.latest_checkpoint("web") is None
+    data = bytes(range(256)) * 10
+    info = store.put_checkpoint("web-1", "web", data)
+    assert info.size_bytes == len(data)
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    assert (info.container_id, info.container_name) == ("web-1", "web")
+    assert store.get_checkpoint(info.id) == (info, data)
+    assert store.latest_checkpoint("web") == info
+    assert store.latest_checkpoint("db") is None
+
+    empty = store.put_checkpoint("web-1", "web", b"")
+    assert store.get_checkpoint(empty.id) == (empty, b"")
+    assert store.latest_checkpoint("web") == empty
+
+
+def test_unknown_checkpoint_is_not_found(store: SQLiteStore) -> None:
+    with pytest.raises(RequestError) as caught:
+        store.get_checkpoint("ckpt-nope")
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert caught.value.field == "checkpoint_id"
+    assert "ckpt-nope" in caught.value.message
+
+
+def test_reopen_sees_everything(path: Path) -> None:
+    """A manager restart: a new store on the same file sees what the old one wrote."""
+    first = SQLiteStore(path)
+    records = [record(f"web-{i}", restarts=i) for i in range(3)]
+    for r in records:
+        first.put_container(r)
+    first.delete_container("web-2")
+    infos = [first.put_checkpoint("web-0", "web", f"state {i}".encode()) for i in range(3)]
+    first.close()
+    first.close()  # idempotent
+
+    second = SQLiteStore(path)
+    try:
+        assert second.list_containers() == records[:2]
+        assert second.latest_checkpoint("web") == infos[-1]
+        for i, info in enumerate(infos):
+            assert second.get_checkpoint(info.id) == (info, f"state {i}".encode())
+        # Retention counts across restarts: the file's checkpoints, not the session's.
+        for i in range(CHECKPOINTS_KEPT):
+            second.put_checkpoint("web-0", "web", b"more %d" % i)
+        with pytest.raises(RequestError):
+            second.get_checkpoint(infos[-1].id)
+    finally:
+        second.close()
+
+
+def test_file_is_wal(path: Path, store: SQLiteStore) -> None:
+    store.put_container(record())
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+
+
+def test_corrupt_checkpoint_is_data_loss(path: Path, store: SQLiteStore) -> None:
+    info = store.put_checkpoint("web-1", "web", b"the real state")
+    good = store.put_checkpoint("web-1", "web", b"another state")
+    # Flip the blob behind the store's back, same length.
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE checkpoints SET data = ? WHERE id = ?", (b"the fake state", info.id))
+
+    with pytest.raises(RequestError) as caught:
+        store.get_checkpoint(info.id)
+    assert caught.value.code == grpc.StatusCode.DATA_LOSS
+    assert info.id in caught.value.message
+    assert info.sha256 in caught.value.message
+    assert store.get_checkpoint(good.id)[1] == b"another state"
+
+    # And after a restart, too.
+    store.close()
+    reopened = SQLiteStore(path)
+    try:
+        with pytest.raises(RequestError) as caught:
+            reopened.get_checkpoint(info.id)
+        assert caught.value.code == grpc.StatusCode.DATA_LOSS
+    finally:
+        reopened.close()
+
+
+def test_size_limit_is_resource_exhausted(path: Path) -> None:
+    store = SQLiteStore(path, max_checkpoint_bytes=1024)
+    try:
+        store.put_checkpoint("web-1", "web", b"x" * 1024)  # exactly the limit: fine
+        with pytest.raises(RequestError) as caught:
+            store.put_checkpoint("web-1", "web", b"x" * 1025)
+        assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "1025" in caught.value.message
+        assert "1024" in caught.value.message
+        assert store.latest_checkpoint("web") is not None
+        assert store.latest_checkpoint("web").size_bytes == 1024  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+def test_default_size_limit_names_mebibytes(store: SQLiteStore) -> None:
+    with pytest.raises(RequestError) as caught:
+        store.put_checkpoint("web-1", "web", bytes(64 * 1024 * 1024 + 1))
+    assert "64Mi" in caught.value.message
+    assert str(64 * 1024 * 1024 + 1) in caught.value.message
+
+
+def test_keeps_newest_five_per_name(store: SQLiteStore) -> None:
+    web = [store.put_checkpoint("web-1", "web", b"web %d" % i) for i in range(7)]
+    db = [store.put_checkpoint("db-1", "db", b"db %d" % i) for i in range(2)]
+    # Replicas share a name, so they share the retention window.
+    web.append(store.put_checkpoint("web-2", "web", b"web 7"))
+
+    for old in web[:3]:
+        with pytest.raises(RequestError) as caught:
+            store.get_checkpoint(old.id)
+        assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    for i, kept in enumerate(web[3:], start=3):
+        assert store.get_checkpoint(kept.id)[1] == b"web %d" % i
+    for i, kept in enumerate(db):
+        assert store.get_checkpoint(kept.id)[1] == b"db %d" % i
+    assert store.latest_checkpoint("web") == web[-1]
+    assert store.latest_checkpoint("db") == db[-1]
+
+
+def test_concurrent_writers(path: Path, store: SQLiteStore) -> None:
+    threads, each = 8, 40
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def work(t: int) -> None:
+        try:
+            start.wait()
+            for i in range(each):
+                store.put_container(record(f"c-{t}-{i}", name=f"n{t}", restarts=i))
+                if i % 8 == 0:
+                    store.put_checkpoint(f"c-{t}-{i}", f"n{t}", b"%d/%d" % (t, i))
+                store.get_container(f"c-{t}-{i}")
+                store.list_containers()
+        except BaseException as e:
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    assert len(store.list_containers()) == threads * each
+    for t in range(threads):
+        latest = store.latest_checkpoint(f"n{t}")
+        assert latest is not None
+        assert store.get_checkpoint(latest.id)[1] == b"%d/%d" % (t, 32)
+
+    store.close()
+    reopened = SQLiteStore(path)
+    try:
+        assert len(reopened.list_containers()) == threads * each
+    finally:
+        reopened.close()
+
+
+def test_garbage_file_names_the_path(path: Path) -> None:
+    path.write_bytes(b"this is not an sqlite database, just some bytes" * 100)
+    with pytest.raises(StoreError, match=re.escape(str(path))):
+        SQLiteStore(path)
+
+
+def test_unopenable_path_names_it(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "state.db"
+    with pytest.raises(StoreError, match=re.escape(str(missing))):
+        SQLiteStore(missing)
+
+
+def test_foreign_database_is_refused(path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE something_else (x)")
+    with pytest.raises(StoreError, match="not a state store"):
+        SQLiteStore(path)
+
+
+def test_newer_schema_is_refused(path: Path) -> None:
+    SQLiteStore(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(StoreError, match="schema version 99"):
+        SQLiteStore(path)
+
+
+def test_closed_store_raises(store: SQLiteStore) -> None:
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.list_containers()
