@@ -75,7 +75,8 @@ class ManagerConnection:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._loop = asyncio.new_event_loop()
-        self._outbox: asyncio.Queue[lifecycle_pb2.ConnectRequest] | None = None
+        self._outbox: asyncio.Queue[lifecycle_pb2.ConnectRequest | None] | None = None
+        self._main_task: asyncio.Task[None]
         self._results: collections.OrderedDict[str, lifecycle_pb2.CommandResult] = (
             collections.OrderedDict()
         )
@@ -97,8 +98,9 @@ class ManagerConnection:
     # -- thread and reconnection ---------------------------------------------------
     def _main(self) -> None:
         asyncio.set_event_loop(self._loop)
+        self._main_task = self._loop.create_task(self._run())
         with contextlib.suppress(asyncio.CancelledError):
-            self._loop.run_until_complete(self._run())
+            self._loop.run_until_complete(self._main_task)
         self._loop.close()
 
     async def _run(self) -> None:
@@ -121,13 +123,28 @@ class ManagerConnection:
             await asyncio.sleep(random.uniform(0, backoff))
             backoff = min(self._backoff_max, backoff * 2)
 
-    def close(self) -> None:
-        """End the session and stop reconnecting."""
+    def close(self, drain: float = 3.0) -> None:
+        """End the session and stop reconnecting: commands in flight finish and
+        their results reach the manager first (up to ``drain`` seconds)."""
+        if self._closed:
+            return
         self._closed = True
         if self._loop.is_running():
-            for task in asyncio.all_tasks(self._loop):
-                self._loop.call_soon_threadsafe(task.cancel)
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._drain(drain), self._loop).result(drain + 1)
+            # The manager ends the session once our half is closed; then the
+            # reconnect loop sees _closed and returns.
+            self._thread.join(2.0)
+            if self._thread.is_alive():
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._main_task.cancel)
         self._thread.join(5)
+
+    async def _drain(self, seconds: float) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=seconds)
+        if self._outbox is not None:
+            self._outbox.put_nowait(None)  # half-close: the manager ends the session
 
     # -- one session -------------------------------------------------------------------
     def _registration(self) -> lifecycle_pb2.ConnectRequest:
@@ -145,13 +162,13 @@ class ManagerConnection:
         )
 
     async def _session(self) -> None:
-        outbox: asyncio.Queue[lifecycle_pb2.ConnectRequest] = asyncio.Queue()
+        outbox: asyncio.Queue[lifecycle_pb2.ConnectRequest | None] = asyncio.Queue()
         outbox.put_nowait(self._registration())
         self._outbox = outbox
 
         async def requests() -> AsyncIterator[lifecycle_pb2.ConnectRequest]:
-            while True:
-                yield await outbox.get()
+            while (message := await outbox.get()) is not None:
+                yield message
 
         async with grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS) as channel:
             call = lifecycle_pb2_grpc.LifecycleStub(channel).Connect(requests())
@@ -166,7 +183,7 @@ class ManagerConnection:
                     if not future.done():
                         future.set_result(0.0)
 
-    async def _heartbeats(self, outbox: asyncio.Queue[lifecycle_pb2.ConnectRequest]) -> None:
+    async def _heartbeats(self, outbox: asyncio.Queue[lifecycle_pb2.ConnectRequest | None]) -> None:
         while True:
             await asyncio.sleep(self._heartbeat)
             outbox.put_nowait(
@@ -176,7 +193,7 @@ class ManagerConnection:
     async def _handle(
         self,
         response: lifecycle_pb2.ConnectResponse,
-        outbox: asyncio.Queue[lifecycle_pb2.ConnectRequest],
+        outbox: asyncio.Queue[lifecycle_pb2.ConnectRequest | None],
     ) -> None:
         kind = response.WhichOneof("message")
         if kind == "registered":

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import _health
+from . import _health, _manager
 
 __all__ = ["main"]
 
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pycontainer", description="Manage containers through their gRPC interface."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _manager.add_parser(subparsers)
     _health.add_parser(subparsers)
     return parser
 

@@ -650,9 +650,25 @@ class Manager:
             entry.error = f"process exited with status {code}"
         entry.admitted = False
         self._event(E.EVENT_TYPE_EXITED, entry, f"process exited with status {code}")
+        self._end_pending(entry, f"its process exited with status {code}")
         self._persist(entry)
         entry.changed.set()
         await self._admit_waiting()
+
+    def _end_pending(self, entry: Entry, why: str) -> None:
+        """Answer the commands a container that is gone can no longer answer: a
+        stop that reached STOPPED succeeded, anything else is ABORTED (rather
+        than leaving the caller waiting out the command's whole time limit)."""
+        for command_id, pending in list(entry.pending.items()):
+            del entry.pending[command_id]
+            if pending.result.done():
+                continue
+            action = pending.command.WhichOneof("action")
+            result = lifecycle_pb2.CommandResult(command_id=command_id, state=entry.state)
+            if action not in ("stop", "evict") or entry.state != S.LIFECYCLE_STATE_STOPPED:
+                result.code = grpc.StatusCode.ABORTED.value[0]
+                result.message = f"container {entry.id} did not finish {action}: {why}"
+            pending.result.set_result(result)
 
     async def wait_for(self, entry: Entry, predicate: Any, seconds: float) -> bool:
         """Wait until predicate(entry) holds, at most ``seconds``."""
