@@ -94,6 +94,7 @@ run: venv
 
 bench: venv
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/manager_bench.py
 
 clean:
 	rm -rf $(VENV) $(FLOOR) $(NODE_DIR)/node_modules build *.egg-info

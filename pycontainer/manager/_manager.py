@@ -519,9 +519,13 @@ class Manager:
             if e.admitted and not e.terminal and e is not exclude
         ]
 
-    async def admit(self, entry: Entry) -> None:
-        """Make room for ``entry`` (evicting lower priorities) or refuse."""
+    async def admit(self, entry: Entry) -> bool:
+        """Make room for ``entry`` (evicting lower priorities) or refuse. False
+        when a concurrent admission (say, _admit_waiting's while this one was
+        evicting) got it in first: that one starts it."""
         async with self._admission:
+            if entry.admitted:
+                return False
             plan = plan_admission(self.capacity, self._claims(entry), entry.claim())
             if not plan.admitted:
                 self._event(E.EVENT_TYPE_REFUSED, entry, plan.reason)
@@ -535,10 +539,12 @@ class Manager:
                     f"{victim_entry.priority})",
                 )
             entry.admitted = True
+            return True
 
     async def _admit_and_start(self, entry: Entry) -> None:
         try:
-            await self.admit(entry)
+            if not await self.admit(entry):
+                return
             if entry.restore_state is not None:
                 await self.command(
                     entry, "restore", lifecycle_pb2.RestoreCommand(state=entry.restore_state)
@@ -645,6 +651,14 @@ class Manager:
         if entry is None:
             return
         entry.exit_code = code
+        session = entry.session
+        if session is not None and not entry.terminal:
+            # Its stream's end may not have been seen yet: the session died with
+            # the process, so report it LOST now, as connect() would have (once
+            # the state below is FAILED it would call it a plain close).
+            entry.session = None
+            session.close()
+            self._event(E.EVENT_TYPE_LOST, entry, "session lost")
         if not entry.terminal:
             entry.state = S.LIFECYCLE_STATE_FAILED
             entry.error = f"process exited with status {code}"

@@ -1,0 +1,823 @@
+"""Spec files: the containers to launch, written as Kubernetes-flavoured YAML
+(or TOML, by the file's extension) and read into ``ContainerSpec`` messages.
+
+A file holds one or more containers: a YAML stream of documents, one container
+each, or a top-level ``containers:`` list (TOML: ``[[containers]]``)::
+
+    containers:
+      - name: web
+        command: [python, app.py, --listen, 127.0.0.1:0]
+        labels: {app: web}
+        priority: 10
+        resources: {cpu: 500m, memory: 256Mi}
+        gracePeriod: 30s
+        restartPolicy: OnFailure
+        replicas: 2
+
+:func:`load_specs` checks everything before anything is launched and reports
+every mistake at once, each with where it is (``demo.yaml:12:
+containers[1].resources.cpu: "lots" is not a CPU quantity (use 500m or 2)``),
+by raising :class:`SpecError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import shlex
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import duration_pb2
+
+from .cli._duration import format_duration, parse_duration
+from .manager._scheduler import format_cpu, format_memory, parse_cpu, parse_memory
+from .v1 import spec_pb2
+
+__all__ = ["SpecError", "load_specs", "parse_specs", "spec_to_dict"]
+
+SpecPath = tuple[str | int, ...]
+
+_INT32_MAX = 2**31 - 1
+_UINT32_MAX = 2**32 - 1
+
+RUNTIMES: dict[str, spec_pb2.RuntimeKind.ValueType] = {
+    "process": spec_pb2.RUNTIME_KIND_PROCESS,
+    "runc": spec_pb2.RUNTIME_KIND_RUNC,
+    "in-process": spec_pb2.RUNTIME_KIND_IN_PROCESS,
+}
+RESTART_POLICIES: dict[str, spec_pb2.RestartPolicy.ValueType] = {
+    "Always": spec_pb2.RESTART_POLICY_ALWAYS,
+    "OnFailure": spec_pb2.RESTART_POLICY_ON_FAILURE,
+    "Never": spec_pb2.RESTART_POLICY_NEVER,
+}
+CHECKPOINT_POLICIES: dict[str, spec_pb2.CheckpointPolicy.ValueType] = {
+    "Manual": spec_pb2.CHECKPOINT_POLICY_MANUAL,
+    "OnStop": spec_pb2.CHECKPOINT_POLICY_ON_STOP,
+}
+
+_CONTAINER_KEYS = (
+    "name",
+    "labels",
+    "runtime",
+    "command",
+    "env",
+    "workingDir",
+    "oci",
+    "priority",
+    "resources",
+    "gracePeriod",
+    "restartPolicy",
+    "restartBackoff",
+    "checkpointPolicy",
+    "replicas",
+    "livenessProbe",
+    "readinessProbe",
+    "hooks",
+    "sidecar",
+)
+_FLAT = "pycontainer specs are flat: name, labels, command and the rest at the top of each container"
+_CONTAINER_HINTS = {
+    "image": "pycontainer runs programs, not images: give command (and oci.rootfs for runc)",
+    "args": "put the arguments in command, after the program",
+    "cwd": 'did you mean "workingDir"?',
+    "terminationGracePeriodSeconds": 'did you mean "gracePeriod" (such as 30s)?',
+    "apiVersion": _FLAT,
+    "kind": _FLAT,
+    "metadata": _FLAT,
+    "spec": _FLAT,
+}
+_RESOURCE_HINTS = {
+    "requests": "write cpu and memory directly under resources",
+    "limits": "write cpu and memory directly under resources (they are requests)",
+}
+_PROBE_HANDLERS = ("exec", "http", "tcp", "grpc")
+_PROBE_KEYS = (*_PROBE_HANDLERS, "period", "timeout", "failureThreshold", "initialDelay")
+
+# The id the manager makes is NAME-xxxxxxxx, in the ids' alphabet.
+_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?")
+_NAME_MAX = 63
+# Kubernetes label syntax: [prefix/]name, and values of the same shape.
+_LABEL_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"(?:[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?/)?{_LABEL_NAME}")
+_LABEL_VALUE = re.compile(rf"(?:{_LABEL_NAME})?")
+_ENV_NAME = re.compile(r"[^=\0]+")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+class SpecError(ValueError):
+    """A spec file with mistakes; ``errors`` has one line per mistake."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+def load_specs(path: str | os.PathLike[str]) -> list[spec_pb2.ContainerSpec]:
+    """The containers a spec file describes, checked; SpecError with every mistake.
+
+    ``.toml`` files are TOML; anything else is YAML (JSON included).
+    """
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError([f"{source}: cannot read it: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    kind = "toml" if Path(source).suffix.lower() == ".toml" else "yaml"
+    return parse_specs(text, source=source, kind=kind)
+
+
+def parse_specs(
+    text: str, *, source: str = "<spec>", kind: str = "yaml"
+) -> list[spec_pb2.ContainerSpec]:
+    """The containers in spec text (``kind`` "yaml" or "toml"), checked;
+    SpecError with every mistake, each prefixed by ``source``."""
+    if kind == "toml":
+        try:
+            documents = [_Document(tomllib.loads(text), {}, [])]
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError([f"{source}: invalid TOML: {exc}"]) from None
+    elif kind == "yaml":
+        documents = _read_yaml(text, source)
+    else:
+        raise ValueError(f"kind must be 'yaml' or 'toml', got {kind!r}")
+
+    checker = _Checker()
+    specs: list[tuple[SpecPath, spec_pb2.ContainerSpec]] = []
+    several = sum(d.data is not None for d in documents) > 1
+    for number, document in enumerate(documents):
+        base: SpecPath = ("documents", number) if several else ()
+        for path, line in document.lines.items():
+            checker.lines[base + path] = line
+        for path in document.duplicates:
+            checker.error(base + path, "duplicate key (the later value would win)")
+        data = document.data
+        if data is None:
+            continue  # an empty document, such as after a trailing ---
+        if not isinstance(data, dict):
+            checker.error(
+                base,
+                f"expected a container (a mapping) or containers: [...], got {_describe(data)}",
+            )
+            continue
+        if "containers" in data:
+            for key in data:
+                if key != "containers":
+                    checker.error(
+                        (*base, key),
+                        "unknown key beside containers (container settings go inside each "
+                        "item of containers)",
+                    )
+            items = data["containers"]
+            if not isinstance(items, list):
+                checker.error(
+                    (*base, "containers"), f"must be a list of containers, got {_describe(items)}"
+                )
+                continue
+            for index, item in enumerate(items):
+                path = (*base, "containers", index)
+                spec = checker.container(item, path)
+                if spec is not None:
+                    specs.append((path, spec))
+        else:
+            spec = checker.container(data, base)
+            if spec is not None:
+                specs.append((base, spec))
+
+    first: dict[str, SpecPath] = {}
+    for path, spec in specs:
+        if not spec.name:
+            continue
+        if spec.name in first:
+            checker.error(
+                (*path, "name"),
+                f"duplicate name {json.dumps(spec.name)} (also at {_render(first[spec.name])})",
+            )
+        else:
+            first[spec.name] = path
+    if not specs and not checker.errors:
+        checker.error((), "no containers: give a container, or containers: [...]")
+    if checker.errors:
+        raise SpecError(checker.render(source))
+    return [spec for _, spec in specs]
+
+
+# -- YAML with positions ---------------------------------------------------------------------
+class _Document:
+    def __init__(self, data: Any, lines: dict[SpecPath, int], duplicates: list[SpecPath]) -> None:
+        self.data = data
+        self.lines = lines
+        self.duplicates = duplicates
+
+
+def _read_yaml(text: str, source: str) -> list[_Document]:
+    """Each document's data, the line of every key and item, and duplicate keys."""
+    loader = yaml.SafeLoader(text)
+    documents = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            lines: dict[SpecPath, int] = {}
+            duplicates: list[SpecPath] = []
+            _index(node, (), lines, duplicates)
+            documents.append(_Document(loader.construct_document(node), lines, duplicates))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        what = "; ".join(part for part in (exc.context, exc.problem) if part)
+        raise SpecError([f"{where}: invalid YAML: {what or exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([f"{source}: invalid YAML: {exc}"]) from None
+    finally:
+        loader.dispose()  # type: ignore[no-untyped-call]
+    return documents
+
+
+def _index(
+    node: yaml.Node, path: SpecPath, lines: dict[SpecPath, int], duplicates: list[SpecPath]
+) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = str(key_node.value)
+            child = (*path, key)
+            if key in seen and key != "<<":
+                duplicates.append(child)
+            seen.add(key)
+            lines[child] = key_node.start_mark.line + 1
+            _index(value_node, child, lines, duplicates)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _index(item, (*path, index), lines, duplicates)
+
+
+# -- checking --------------------------------------------------------------------------------
+def _render(path: SpecPath) -> str:
+    """containers[1].resources.cpu; odd keys quoted: labels["app.kubernetes.io/name"]."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _IDENTIFIER.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part)}]"
+    return out
+
+
+def _describe(value: Any) -> str:
+    """What a wrong value is: 'integer 8080', 'a list', 'null'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {json.dumps(value)}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"number {value}"
+    if isinstance(value, str):
+        return f"string {json.dumps(value)}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"{type(value).__name__} {value}"
+
+
+def _shown(value: Any) -> str:
+    """A value as the file would show it, for messages: "lots", 12, true."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return json.dumps(value)
+    return str(value)
+
+
+def _suggest(key: str, allowed: Sequence[str]) -> str | None:
+    """The allowed key ``key`` is most likely a typo of."""
+
+    def norm(text: str) -> str:
+        return text.lower().replace("_", "").replace("-", "")
+
+    for candidate in allowed:
+        if norm(candidate) == norm(key):
+            return candidate
+    lowered = {candidate.lower(): candidate for candidate in allowed}
+    close = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
+
+
+class _Checker:
+    """Builds messages from parsed data, collecting every mistake with its path."""
+
+    def __init__(self) -> None:
+        self.errors: list[tuple[SpecPath, str]] = []
+        self.lines: dict[SpecPath, int] = {}
+
+    def error(self, path: SpecPath, message: str) -> None:
+        self.errors.append((path, message))
+
+    def line(self, path: SpecPath) -> int | None:
+        for end in range(len(path), -1, -1):
+            found = self.lines.get(path[:end])
+            if found is not None:
+                return found
+        return None
+
+    def render(self, source: str) -> list[str]:
+        """One line per mistake, top of the file first."""
+        out = []
+        ordered = sorted(self.errors, key=lambda e: self.line(e[0]) or 0)
+        for path, message in ordered:
+            line = self.line(path)
+            where = f"{source}:{line}" if line is not None else source
+            out.append(f"{where}: {_render(path)}: {message}" if path else f"{where}: {message}")
+        return out
+
+    # -- shapes ----------------------------------------------------------------------------
+    def mapping(
+        self,
+        value: Any,
+        path: SpecPath,
+        allowed: Sequence[str],
+        hints: Mapping[str, str] | None = None,
+    ) -> dict[str, Any] | None:
+        """``value`` if it is a mapping; every unknown key reported."""
+        if not isinstance(value, dict):
+            self.error(path, f"must be a mapping, got {_describe(value)}")
+            return None
+        known: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                self.error(path, f"key {_shown(key)} must be a string")
+                continue
+            if key in allowed:
+                known[key] = item
+                continue
+            hint = (hints or {}).get(key)
+            suggestion = _suggest(key, allowed)
+            if hint is not None:
+                self.error((*path, key), f"unknown key ({hint})")
+            elif suggestion is not None:
+                self.error((*path, key), f"unknown key (did you mean {json.dumps(suggestion)}?)")
+            else:
+                self.error((*path, key), f"unknown key (expected one of: {', '.join(allowed)})")
+        return known
+
+    def string(self, value: Any, path: SpecPath, *, empty_ok: bool = True) -> str | None:
+        if not isinstance(value, str):
+            self.error(path, f"must be a string, got {_describe(value)}{_quote_hint(value)}")
+            return None
+        if not empty_ok and not value.strip():
+            self.error(path, "must not be empty")
+            return None
+        return value
+
+    def strings(self, value: Any, path: SpecPath, example: str) -> list[str] | None:
+        """A non-empty list of strings (an argument vector)."""
+        if isinstance(value, str):
+            try:
+                words = shlex.split(value)
+            except ValueError:
+                words = []
+            hint = f" (did you mean {json.dumps(words)}?)" if words else ""
+            self.error(path, f"must be a list, such as {example}{hint}")
+            return None
+        if not isinstance(value, list):
+            self.error(path, f"must be a list, such as {example}, got {_describe(value)}")
+            return None
+        if not value:
+            self.error(path, f"must not be empty: give the program and its arguments ({example})")
+            return None
+        out = []
+        for index, item in enumerate(value):
+            text = self.string(item, (*path, index))
+            if text is not None:
+                out.append(text)
+        return out if len(out) == len(value) else None
+
+    def string_map(
+        self, value: Any, path: SpecPath, check_key: Callable[[str, SpecPath], None]
+    ) -> dict[str, str] | None:
+        if isinstance(value, list):
+            self.error(path, f"must be a mapping (KEY: value), got {_describe(value)}")
+            return None
+        if not isinstance(value, dict):
+            self.error(path, f"must be a mapping, got {_describe(value)}")
+            return None
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                self.error(path, f"key {_shown(key)} must be a string")
+                continue
+            check_key(key, (*path, key))
+            text = self.string(item, (*path, key))
+            if text is not None:
+                out[key] = text
+        return out
+
+    def integer(
+        self, value: Any, path: SpecPath, *, minimum: int, maximum: int, why: str = ""
+    ) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error(path, f"must be a whole number, got {_describe(value)}")
+            return None
+        if value < minimum:
+            self.error(path, why or f"must be {minimum} or more, got {value}")
+            return None
+        if value > maximum:
+            self.error(path, f"must be at most {maximum}, got {value}")
+            return None
+        return value
+
+    def boolean(self, value: Any, path: SpecPath) -> bool | None:
+        if not isinstance(value, bool):
+            self.error(path, f"must be true or false, got {_describe(value)}")
+            return None
+        return value
+
+    def duration(self, value: Any, path: SpecPath) -> duration_pb2.Duration | None:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if value == 0:
+                return duration_pb2.Duration()
+            self.error(path, f"{_shown(value)} has no unit: write {json.dumps(f'{value}s')}")
+            return None
+        if not isinstance(value, str):
+            self.error(path, f"must be a duration such as 30s, got {_describe(value)}")
+            return None
+        try:
+            ns = parse_duration(value)
+        except ValueError as exc:
+            self.error(path, str(exc))
+            return None
+        out = duration_pb2.Duration()
+        out.FromNanoseconds(ns)
+        return out
+
+    def choice(self, value: Any, path: SpecPath, choices: Mapping[str, int]) -> int | None:
+        if isinstance(value, str) and value in choices:
+            return choices[value]
+        names = ", ".join(choices)
+        suggestion = _suggest(value, list(choices)) if isinstance(value, str) else None
+        if suggestion is not None:
+            self.error(path, f"{_shown(value)} is not one of {names} (did you mean {suggestion}?)")
+        else:
+            self.error(path, f"{_shown(value)} is not one of {names}")
+        return None
+
+    def port(self, value: Any, path: SpecPath) -> int | None:
+        return self.integer(value, path, minimum=1, maximum=65535)
+
+    # -- a container -----------------------------------------------------------------------
+    def container(self, value: Any, path: SpecPath) -> spec_pb2.ContainerSpec | None:
+        """The spec, None when not even a mapping; mistakes go to errors."""
+        fields = self.mapping(value, path, _CONTAINER_KEYS, _CONTAINER_HINTS)
+        if fields is None:
+            return None
+        spec = spec_pb2.ContainerSpec()
+
+        if "name" not in fields:
+            self.error(path, 'missing "name"')
+        else:
+            name = self.string(fields["name"], (*path, "name"), empty_ok=False)
+            if name is not None:
+                if len(name) > _NAME_MAX:
+                    self.error((*path, "name"), f"must be at most {_NAME_MAX} characters")
+                elif not _NAME.fullmatch(name):
+                    self.error(
+                        (*path, "name"),
+                        f"{json.dumps(name)} is not a valid name (lower-case letters, digits "
+                        "and '-', starting and ending with a letter or digit)",
+                    )
+                else:
+                    spec.name = name
+
+        if "labels" in fields:
+            labels = self.string_map(fields["labels"], (*path, "labels"), self._label_key)
+            if labels is not None:
+                for key, text in labels.items():
+                    if len(text) > 63 or not _LABEL_VALUE.fullmatch(text):
+                        self.error(
+                            (*path, "labels", key),
+                            f"{json.dumps(text)} is not a valid label value (at most 63 "
+                            "letters, digits, '-', '_' or '.', starting and ending with a "
+                            "letter or digit)",
+                        )
+                spec.labels.update(labels)
+
+        if "runtime" in fields:
+            runtime = self.choice(fields["runtime"], (*path, "runtime"), RUNTIMES)
+            if runtime is not None:
+                spec.runtime = runtime  # type: ignore[assignment]
+
+        if "oci" in fields:
+            oci = self.mapping(fields["oci"], (*path, "oci"), ("rootfs", "bundle", "hostname"))
+            for key, item in (oci or {}).items():
+                text = self.string(item, (*path, "oci", key))
+                if text is not None:
+                    setattr(spec.oci, key, text)
+
+        if "command" in fields:
+            command = self.strings(
+                fields["command"], (*path, "command"), "[python, app.py, --port, '8080']"
+            )
+            if command is not None:
+                spec.command.extend(command)
+        elif spec.runtime != spec_pb2.RUNTIME_KIND_IN_PROCESS and not spec.oci.bundle:
+            self.error(
+                path, 'missing "command" (the program and its arguments, such as [python, app.py])'
+            )
+
+        if "env" in fields:
+            env = self.string_map(fields["env"], (*path, "env"), self._env_key)
+            if env is not None:
+                spec.env.update(env)
+
+        if "workingDir" in fields:
+            working_dir = self.string(fields["workingDir"], (*path, "workingDir"))
+            if working_dir is not None:
+                spec.working_dir = working_dir
+
+        if "priority" in fields:
+            priority = self.integer(
+                fields["priority"], (*path, "priority"), minimum=-_INT32_MAX - 1, maximum=_INT32_MAX
+            )
+            if priority is not None:
+                spec.priority = priority
+
+        if "resources" in fields:
+            self._resources(fields["resources"], (*path, "resources"), spec)
+
+        for key, target in (("gracePeriod", "grace_period"), ("restartBackoff", "restart_backoff")):
+            if key in fields:
+                duration = self.duration(fields[key], (*path, key))
+                if duration is not None:
+                    getattr(spec, target).CopyFrom(duration)
+
+        if "restartPolicy" in fields:
+            restart = self.choice(
+                fields["restartPolicy"], (*path, "restartPolicy"), RESTART_POLICIES
+            )
+            if restart is not None:
+                spec.restart_policy = restart  # type: ignore[assignment]
+
+        if "checkpointPolicy" in fields:
+            checkpoint = self.choice(
+                fields["checkpointPolicy"], (*path, "checkpointPolicy"), CHECKPOINT_POLICIES
+            )
+            if checkpoint is not None:
+                spec.checkpoint_policy = checkpoint  # type: ignore[assignment]
+
+        if "replicas" in fields:
+            replicas = self.integer(
+                fields["replicas"],
+                (*path, "replicas"),
+                minimum=1,
+                maximum=_INT32_MAX,
+                why=(
+                    f"must be 1 or more, got {fields['replicas']} "
+                    "(to run none, leave the container out or scale it to 0)"
+                ),
+            )
+            if replicas is not None:
+                spec.replicas = replicas
+
+        for key, target in (("livenessProbe", "liveness_probe"), ("readinessProbe", "readiness_probe")):
+            if key in fields:
+                probe = self._probe(fields[key], (*path, key))
+                if probe is not None:
+                    getattr(spec, target).CopyFrom(probe)
+
+        if "hooks" in fields:
+            hooks = self.mapping(
+                fields["hooks"], (*path, "hooks"), ("preStop", "checkpoint", "restore")
+            )
+            for key, item in (hooks or {}).items():
+                command = self.strings(item, (*path, "hooks", key), "[sh, -c, 'kill -USR1 1']")
+                if command is not None:
+                    target = {"preStop": "pre_stop"}.get(key, key)
+                    getattr(spec.hooks, target).extend(command)
+
+        if "sidecar" in fields:
+            sidecar = self.boolean(fields["sidecar"], (*path, "sidecar"))
+            if sidecar is not None:
+                spec.sidecar = sidecar
+        return spec
+
+    def _label_key(self, key: str, path: SpecPath) -> None:
+        if len(key) > 253 or not _LABEL_KEY.fullmatch(key):
+            self.error(
+                path,
+                "not a valid label key (such as app or example.com/tier: letters, digits, "
+                "'-', '_' and '.', with an optional DNS prefix and '/')",
+            )
+
+    def _env_key(self, key: str, path: SpecPath) -> None:
+        if not _ENV_NAME.fullmatch(key):
+            self.error(path, "not a valid environment variable name (no '=' and not empty)")
+
+    def _resources(self, value: Any, path: SpecPath, spec: spec_pb2.ContainerSpec) -> None:
+        fields = self.mapping(value, path, ("cpu", "memory"), _RESOURCE_HINTS)
+        if fields is None:
+            return
+        if "cpu" in fields:
+            cpu = fields["cpu"]
+            try:
+                if isinstance(cpu, bool) or not isinstance(cpu, str | int | float):
+                    raise ValueError
+                spec.resources.cpu_millis = parse_cpu(cpu)
+            except ValueError as exc:
+                too_large = "too large" in str(exc)
+                self.error(
+                    (*path, "cpu"),
+                    f"{_shown(cpu)} is too large"
+                    if too_large
+                    else f"{_shown(cpu)} is not a CPU quantity (use 500m or 2)",
+                )
+        if "memory" in fields:
+            memory = fields["memory"]
+            try:
+                if isinstance(memory, bool) or not isinstance(memory, str | int | float):
+                    raise ValueError
+                spec.resources.memory_bytes = parse_memory(memory)
+            except ValueError as exc:
+                if "too large" in str(exc):
+                    message = f"{_shown(memory)} is too large"
+                else:
+                    message = f"{_shown(memory)} is not a memory quantity (use 256Mi or 1Gi)"
+                    if isinstance(memory, str) and memory.strip().endswith("m"):
+                        message += "; 'm' means thousandths: did you mean 'M' or 'Mi'?"
+                self.error((*path, "memory"), message)
+
+    def _probe(self, value: Any, path: SpecPath) -> spec_pb2.Probe | None:
+        fields = self.mapping(value, path, _PROBE_KEYS)
+        if fields is None:
+            return None
+        probe = spec_pb2.Probe()
+        handlers = [key for key in _PROBE_HANDLERS if key in fields]
+        if not handlers:
+            self.error(path, "needs one of exec, http, tcp or grpc")
+        elif len(handlers) > 1:
+            self.error(path, f"has {' and '.join(handlers)}: give only one")
+        if "exec" in fields:
+            exec_fields = self.mapping(fields["exec"], (*path, "exec"), ("command",))
+            if exec_fields is not None:
+                if "command" not in exec_fields:
+                    self.error((*path, "exec"), 'missing "command"')
+                else:
+                    command = self.strings(
+                        exec_fields["command"], (*path, "exec", "command"), "[test, -f, /tmp/ok]"
+                    )
+                    if command is not None:
+                        probe.exec.command.extend(command)
+        for kind, extra in (("http", ("path",)), ("tcp", ()), ("grpc", ("service",))):
+            if kind not in fields:
+                continue
+            sub = self.mapping(fields[kind], (*path, kind), ("host", "port", *extra))
+            if sub is None:
+                continue
+            target = getattr(probe, kind)
+            target.SetInParent()
+            if "port" not in sub:
+                self.error((*path, kind), 'missing "port"')
+            else:
+                port = self.port(sub["port"], (*path, kind, "port"))
+                if port is not None:
+                    target.port = port
+            for key in ("host", *extra):
+                if key in sub:
+                    text = self.string(sub[key], (*path, kind, key))
+                    if text is not None:
+                        if key == "path" and not text.startswith("/"):
+                            self.error((*path, kind, key), 'must start with "/"')
+                        setattr(target, key, text)
+        for key, target_name in (
+            ("period", "period"),
+            ("timeout", "timeout"),
+            ("initialDelay", "initial_delay"),
+        ):
+            if key in fields:
+                duration = self.duration(fields[key], (*path, key))
+                if duration is not None:
+                    getattr(probe, target_name).CopyFrom(duration)
+        if "failureThreshold" in fields:
+            threshold = self.integer(
+                fields["failureThreshold"],
+                (*path, "failureThreshold"),
+                minimum=1,
+                maximum=_UINT32_MAX,
+            )
+            if threshold is not None:
+                probe.failure_threshold = threshold
+        return probe
+
+
+def _quote_hint(value: Any) -> str:
+    """For a number or boolean where text belongs: how to write it as text."""
+    if isinstance(value, float):
+        return " (quote it: YAML reads numbers such as 1.10 as 1.1)"
+    if isinstance(value, bool | int):
+        return f" (quote it: {json.dumps(json.dumps(value))})"
+    return ""
+
+
+# -- back to the file format -------------------------------------------------------------------
+def _duration_text(duration: duration_pb2.Duration) -> str:
+    return format_duration(duration.ToNanoseconds())
+
+
+def _memory_text(n: int) -> str | int:
+    text = format_memory(n)
+    try:
+        return text if parse_memory(text) == n else n
+    except ValueError:
+        return n
+
+
+def _probe_dict(probe: spec_pb2.Probe) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    handler = probe.WhichOneof("handler")
+    if handler == "exec":
+        out["exec"] = {"command": list(probe.exec.command)}
+    elif handler is not None:
+        message = getattr(probe, handler)
+        sub: dict[str, Any] = {}
+        if message.host:
+            sub["host"] = message.host
+        sub["port"] = message.port
+        for key in ("path", "service"):
+            if getattr(message, key, ""):
+                sub[key] = getattr(message, key)
+        out[handler] = sub
+    if probe.HasField("period"):
+        out["period"] = _duration_text(probe.period)
+    if probe.HasField("timeout"):
+        out["timeout"] = _duration_text(probe.timeout)
+    if probe.failure_threshold:
+        out["failureThreshold"] = probe.failure_threshold
+    if probe.HasField("initial_delay"):
+        out["initialDelay"] = _duration_text(probe.initial_delay)
+    return out
+
+
+def spec_to_dict(spec: spec_pb2.ContainerSpec) -> dict[str, Any]:
+    """A spec in the file format (camelCase keys, 500m, 256Mi, 30s), leaving out
+    what is unset; parse_specs() reads it back to an equal message."""
+    out: dict[str, Any] = {"name": spec.name}
+    if spec.labels:
+        out["labels"] = dict(sorted(spec.labels.items()))
+    if spec.runtime:
+        names = {number: name for name, number in RUNTIMES.items()}
+        out["runtime"] = names.get(spec.runtime, str(spec.runtime))
+    if spec.command:
+        out["command"] = list(spec.command)
+    if spec.env:
+        out["env"] = dict(sorted(spec.env.items()))
+    if spec.working_dir:
+        out["workingDir"] = spec.working_dir
+    oci = {key: getattr(spec.oci, key) for key in ("rootfs", "bundle", "hostname")}
+    if any(oci.values()):
+        out["oci"] = {key: text for key, text in oci.items() if text}
+    if spec.priority:
+        out["priority"] = spec.priority
+    resources: dict[str, Any] = {}
+    if spec.resources.cpu_millis:
+        resources["cpu"] = format_cpu(spec.resources.cpu_millis)
+    if spec.resources.memory_bytes:
+        resources["memory"] = _memory_text(spec.resources.memory_bytes)
+    if resources:
+        out["resources"] = resources
+    if spec.HasField("grace_period"):
+        out["gracePeriod"] = _duration_text(spec.grace_period)
+    if spec.restart_policy:
+        names = {number: name for name, number in RESTART_POLICIES.items()}
+        out["restartPolicy"] = names.get(spec.restart_policy, str(spec.restart_policy))
+    if spec.HasField("restart_backoff"):
+        out["restartBackoff"] = _duration_text(spec.restart_backoff)
+    if spec.checkpoint_policy:
+        names = {number: name for name, number in CHECKPOINT_POLICIES.items()}
+        out["checkpointPolicy"] = names.get(spec.checkpoint_policy, str(spec.checkpoint_policy))
+    if spec.replicas:
+        out["replicas"] = spec.replicas
+    if spec.HasField("liveness_probe"):
+        out["livenessProbe"] = _probe_dict(spec.liveness_probe)
+    if spec.HasField("readiness_probe"):
+        out["readinessProbe"] = _probe_dict(spec.readiness_probe)
+    hooks = {
+        key: list(getattr(spec.hooks, name))
+        for key, name in (("preStop", "pre_stop"), ("checkpoint", "checkpoint"), ("restore", "restore"))
+        if getattr(spec.hooks, name)
+    }
+    if hooks:
+        out["hooks"] = hooks
+    if spec.sidecar:
+        out["sidecar"] = True
+    return out

@@ -1,0 +1,44 @@
+"""A manager in a process of its own, for tests that kill it.
+
+    python tests/apps/run_manager.py --listen 127.0.0.1:PORT --state-dir DIR
+
+Serves until SIGTERM or SIGINT; prints "serving HOST:PORT" once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from pycontainer.manager import Manager, ManagerSettings
+
+
+async def amain(args: argparse.Namespace) -> None:
+    settings = ManagerSettings(
+        listen=args.listen, state_dir=args.state_dir, heartbeat_interval=args.heartbeat
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Manager(settings) as manager:
+        print(f"serving {manager.address}", flush=True)
+        await stop.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--heartbeat", type=float, default=0.5)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    asyncio.run(amain(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
