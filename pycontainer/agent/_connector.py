@@ -140,6 +140,21 @@ class ManagerConnection:
                     self._loop.call_soon_threadsafe(self._main_task.cancel)
         self._thread.join(5)
 
+    def flush(self, seconds: float = 0.5) -> None:
+        """Give reports already queued (say, a FAILED state) up to ``seconds``
+        to reach the manager; for a process about to exit hard."""
+        if not self._loop.is_running():
+            return
+
+        async def wait() -> None:
+            # asyncio.Queue tells nobody when it empties: poll, briefly.
+            while self._outbox is not None and not self._outbox.empty():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # the last message leaves the socket
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(wait(), self._loop).result(seconds)
+
     async def _drain(self, seconds: float) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=seconds)

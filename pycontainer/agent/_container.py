@@ -431,6 +431,11 @@ class Container:
         self._connection = ManagerConnection(self, manager)
         return self._connection
 
+    def flush_reports(self, seconds: float = 0.5) -> None:
+        """Let queued reports reach the manager before the process exits hard."""
+        if self._connection is not None:
+            self._connection.flush(seconds)
+
     def request_grace_extension(self, seconds: float, reason: str = "") -> float:
         """From on_stop: ask the manager for more time; returns the seconds
         granted (0 without a manager, or past its cap)."""

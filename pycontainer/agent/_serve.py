@@ -68,7 +68,12 @@ async def serve(
     stop = stop or asyncio.Event()
     manager = manager or os.environ.get("PYCONTAINER_MANAGER") or None
     if exit_hard_on_overrun:
-        container.lifecycle.kill = _exit_hard
+
+        def kill(message: str) -> None:
+            container.flush_reports(0.5)  # the manager learns it FAILED, and why
+            _exit_hard(message)
+
+        container.lifecycle.kill = kill
     server, port = await _start_server(container, listen)
     if handle_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):

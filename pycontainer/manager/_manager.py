@@ -101,6 +101,7 @@ class Manager:
         self._tracer_provider = tracer_provider
         self._admission = asyncio.Lock()
         self._granted: dict[str, float] = {}
+        self._restarting: set[str] = set()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -262,7 +263,7 @@ class Manager:
         if not identity.id or not identity.name:
             raise invalid_argument("register.identity", "id and name are required")
         entry = self.entries.get(identity.id)
-        reconnect = entry is not None
+        reconnect = entry is not None and entry.sessions > 0
         if entry is None:
             entry = Entry(id=identity.id, name=identity.name, identity=identity)
             self.entries[entry.id] = entry
@@ -271,6 +272,7 @@ class Manager:
             entry.identity = identity
             if spec_resources is not None and not identity.HasField("resources"):
                 entry.identity.resources.CopyFrom(spec_resources)
+        entry.sessions += 1
         entry.state = reg.state or S.LIFECYCLE_STATE_CREATED
         entry.pid = reg.pid
         entry.error = reg.error
@@ -337,7 +339,13 @@ class Manager:
         )
         if entry.terminal:
             entry.admitted = False
+            if change.to_state == S.LIFECYCLE_STATE_FAILED:
+                # A FAILED container answers no more commands (an on_stop that
+                # overran exits hard before it can): do not leave callers waiting.
+                self._end_pending(entry, change.message or "it FAILED")
             self._spawn(self._admit_waiting())
+            if not isinstance(self._runtime_of(entry), ProcessRuntime):
+                self._maybe_restart(entry)  # a process restarts when it has exited
         self._persist(entry)
         entry.changed.set()
 
@@ -509,6 +517,7 @@ class Manager:
         if result.checkpoint:
             self._store_checkpoint(entry, result.checkpoint)
         entry.admitted = False
+        entry.evicted = True
         return entry
 
     # -- admission ---------------------------------------------------------------------
@@ -623,7 +632,17 @@ class Manager:
     async def scale(self, name_or_id: str, replicas: int) -> list[Entry]:
         if replicas < 0:
             raise invalid_argument("replicas", f"must be 0 or more, got {replicas}")
-        entry = self.resolve(name_or_id)
+        try:
+            entry = self.resolve(name_or_id)
+        except RequestError:
+            # A name shared by replicas names the group: scale from its oldest.
+            named = sorted(
+                (e for e in self.entries.values() if e.name == name_or_id and not e.terminal),
+                key=lambda e: e.create_time,
+            )
+            if not named:
+                raise
+            entry = named[0]
         group = sorted(
             (e for e in self.entries.values() if e.name == entry.name and not e.terminal),
             key=lambda e: e.create_time,
@@ -668,6 +687,60 @@ class Manager:
         self._persist(entry)
         entry.changed.set()
         await self._admit_waiting()
+        self._maybe_restart(entry)
+
+    # -- restarts ------------------------------------------------------------------------
+    def _runtime_of(self, entry: Entry) -> Runtime | None:
+        return self.runtimes.get(entry.spec.runtime) if entry.spec is not None else None
+
+    def _maybe_restart(self, entry: Entry) -> None:
+        """Replace a container that ended, as its spec's restart policy says:
+        Always, or OnFailure after a failure or an eviction (not the
+        container's choice). An operator's stop or scale-down never restarts."""
+        spec = entry.spec
+        if spec is None or not entry.desired or entry.id in self._restarting:
+            return
+        policy = spec.restart_policy
+        failed = entry.state == S.LIFECYCLE_STATE_FAILED or (entry.exit_code or 0) != 0
+        if not (
+            policy == spec_pb2.RESTART_POLICY_ALWAYS
+            or (policy == spec_pb2.RESTART_POLICY_ON_FAILURE and (failed or entry.evicted))
+        ):
+            return
+        base = spec.restart_backoff.ToNanoseconds() / 1e9 or 1.0
+        delay = min(300.0, base * 2 ** min(entry.restarts, 16))
+        self._restarting.add(entry.id)
+        self._spawn(self._restart_later(entry, delay))
+
+    async def _restart_later(self, entry: Entry, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+            runtime = self._runtime_of(entry)
+            if runtime is None or entry.spec is None or not entry.desired:
+                return
+            await runtime.kill(entry.id)  # what is left of the old one
+            entry.restarts += 1
+            entry.state = S.LIFECYCLE_STATE_CREATED
+            entry.admitted = entry.evicted = False
+            entry.exit_code = None
+            entry.restore_state = None
+            if entry.spec.checkpoint_policy == spec_pb2.CHECKPOINT_POLICY_ON_STOP:
+                latest = self.store.latest_checkpoint(entry.name)
+                if latest is not None:
+                    entry.restore_state = self.store.get_checkpoint(latest.id)[1]
+            entry.pid = await runtime.launch(Launch(entry.id, entry.spec, self.address))
+            self._event(
+                E.EVENT_TYPE_RESTARTED,
+                entry,
+                f"restart {entry.restarts} after {delay:g}s (pid {entry.pid})"
+                + (", restoring its last checkpoint" if entry.restore_state else ""),
+            )
+            self._persist(entry)
+        except (OSError, ValueError) as exc:
+            entry.error = f"restart failed: {exc}"
+            self._persist(entry)
+        finally:
+            self._restarting.discard(entry.id)
 
     def _end_pending(self, entry: Entry, why: str) -> None:
         """Answer the commands a container that is gone can no longer answer: a

@@ -67,6 +67,11 @@ class Entry:
     desired: bool = True
     # Admitted against capacity (running, or being started).
     admitted: bool = False
+    # Stopped by an eviction (restarted under OnFailure, like a failure).
+    evicted: bool = False
+    # Sessions it has opened (reconnects + 1); a container known from the
+    # state store had one with an earlier manager.
+    sessions: int = 0
     # A seed or checkpoint to restore before the first start.
     restore_state: bytes | None = None
     pending: dict[str, PendingCommand] = field(default_factory=dict)
@@ -180,6 +185,7 @@ class Entry:
             exit_code=record.exit_code,
             last_checkpoint_id=record.last_checkpoint_id,
             desired=record.desired,
+            sessions=1,
             admitted=record.state
             in (
                 container_pb2.LIFECYCLE_STATE_RUNNING,

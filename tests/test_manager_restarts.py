@@ -1,0 +1,106 @@
+"""Restart policies: a container that ends is replaced as its spec says, and
+restored from its last checkpoint when the spec asks for it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import ManagerHost, wait_until
+
+from pycontainer.v1 import container_pb2, manager_pb2, spec_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "tests" / "apps" / "connected_app.py")
+S = container_pb2
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[ManagerHost]:
+    host = ManagerHost(str(tmp_path / "state"))
+    yield host
+    host.call(host.manager.shutdown_containers)
+    host.stop()
+
+
+def _get(manager: ManagerHost, name: str) -> manager_pb2.Container:
+    return manager.stub.GetContainer(
+        manager_pb2.GetContainerRequest(container=name), timeout=5
+    ).container
+
+
+def _events(manager: ManagerHost, name: str) -> list[manager_pb2.Event]:
+    return [e for e in manager.manager.events.history() if e.container_name == name]
+
+
+def test_crashed_process_is_restarted_and_restored(manager: ManagerHost, tmp_path: Path) -> None:
+    spec = spec_pb2.ContainerSpec(
+        name="phoenix",
+        runtime=spec_pb2.RUNTIME_KIND_PROCESS,
+        command=["python", APP, "--state-file", str(tmp_path / "phoenix.json")],
+        working_dir=str(ROOT),
+        restart_policy=spec_pb2.RESTART_POLICY_ON_FAILURE,
+        checkpoint_policy=spec_pb2.CHECKPOINT_POLICY_ON_STOP,
+    )
+    spec.restart_backoff.FromMilliseconds(100)
+    [launched] = manager.stub.RunContainer(
+        manager_pb2.RunContainerRequest(spec=spec), timeout=30
+    ).containers
+    wait_until(lambda: _get(manager, "phoenix").state == S.LIFECYCLE_STATE_RUNNING, 20, "start")
+    saved = manager.stub.CheckpointContainer(
+        manager_pb2.CheckpointContainerRequest(container="phoenix"), timeout=10
+    )
+    assert saved.size_bytes > 0
+    first_pid = _get(manager, "phoenix").pid
+    os.kill(first_pid, signal.SIGKILL)  # a crash
+    wait_until(
+        lambda: (
+            _get(manager, "phoenix").restarts == 1
+            and _get(manager, "phoenix").state == S.LIFECYCLE_STATE_RUNNING
+            and _get(manager, "phoenix").connected
+        ),
+        30,
+        "the replacement to run",
+    )
+    again = _get(manager, "phoenix")
+    assert again.identity.id == launched.identity.id
+    assert again.pid != first_pid
+    kinds = [e.type for e in _events(manager, "phoenix")]
+    assert manager_pb2.EVENT_TYPE_RESTARTED in kinds
+    restarted = next(
+        e for e in _events(manager, "phoenix") if e.type == manager_pb2.EVENT_TYPE_RESTARTED
+    )
+    assert "restoring its last checkpoint" in restarted.message
+    # The replacement got the checkpoint's state through on_restore.
+    import json
+
+    state = json.loads((tmp_path / "phoenix.json").read_text())
+    assert state["calls"].get("restore") == 1
+    assert state["counter"] >= int(saved.size_bytes and 1)
+
+
+def test_operator_stop_is_not_restarted(manager: ManagerHost) -> None:
+    spec = spec_pb2.ContainerSpec(
+        name="steady",
+        runtime=spec_pb2.RUNTIME_KIND_PROCESS,
+        command=["python", APP],
+        working_dir=str(ROOT),
+        restart_policy=spec_pb2.RESTART_POLICY_ALWAYS,
+    )
+    spec.restart_backoff.FromMilliseconds(100)
+    manager.stub.RunContainer(manager_pb2.RunContainerRequest(spec=spec), timeout=30)
+    wait_until(lambda: _get(manager, "steady").state == S.LIFECYCLE_STATE_RUNNING, 20, "start")
+    manager.stub.StopContainer(manager_pb2.StopContainerRequest(container="steady"), timeout=30)
+    wait_until(lambda: _get(manager, "steady").HasField("exit_code"), 20, "the process to exit")
+    import time
+
+    time.sleep(0.5)  # several backoffs: a restart would have happened by now
+    got = _get(manager, "steady")
+    assert got.restarts == 0
+    assert got.state == S.LIFECYCLE_STATE_STOPPED
+    assert got.exit_code == 0
+    assert sys.executable  # the app ran with this interpreter
