@@ -11,7 +11,7 @@ FLOOR := .venv-floor
 FLOOR_PINS := grpcio==1.72.1 grpcio-tools==1.72.1 grpcio-health-checking==1.72.1 \
 	grpcio-reflection==1.72.1 grpcio-status==1.72.1 grpcio-channelz==1.72.1 protobuf==6.30.0 \
 	mypy-protobuf==3.7.0 opentelemetry-api==1.30.0 opentelemetry-sdk==1.30.0 \
-	opentelemetry-instrumentation-grpc==0.51b0 psutil==5.9.8 pyyaml==6.0.1
+	opentelemetry-instrumentation-grpc==0.51b0 psutil==5.9.8 pyyaml==6.0.1 rich==13.7.0
 PROTOS := $(sort $(wildcard protos/pycontainer/v1/*.proto))
 NODE_DIR := tests/node
 PIP_FLAGS := --disable-pip-version-check -q

@@ -104,3 +104,32 @@ def test_operator_stop_is_not_restarted(manager: ManagerHost) -> None:
     assert got.state == S.LIFECYCLE_STATE_STOPPED
     assert got.exit_code == 0
     assert sys.executable  # the app ran with this interpreter
+
+
+def test_a_hung_process_is_killed_at_the_end_of_its_grace(manager: ManagerHost) -> None:
+    """A process that answers nothing (SIGSTOPped) gets SIGKILL from its
+    runtime once the grace period and a short margin are over."""
+    import time
+
+    import grpc
+
+    spec = spec_pb2.ContainerSpec(
+        name="frozen",
+        runtime=spec_pb2.RUNTIME_KIND_PROCESS,
+        command=["python", APP],
+        working_dir=str(ROOT),
+    )
+    manager.stub.RunContainer(manager_pb2.RunContainerRequest(spec=spec), timeout=30)
+    wait_until(lambda: _get(manager, "frozen").state == S.LIFECYCLE_STATE_RUNNING, 20, "start")
+    os.kill(_get(manager, "frozen").pid, signal.SIGSTOP)
+    request = manager_pb2.StopContainerRequest(container="frozen")
+    request.grace_period.FromMilliseconds(500)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as info:
+        manager.stub.StopContainer(request, timeout=60)
+    assert info.value.code() == grpc.StatusCode.ABORTED
+    assert "status -9" in (info.value.details() or "")
+    assert time.monotonic() - started < 20  # grace 0.5 s + margin, not the 70 s limit
+    got = _get(manager, "frozen")
+    assert got.exit_code == -9
+    assert got.state == S.LIFECYCLE_STATE_FAILED

@@ -36,6 +36,8 @@ from ._store import SQLiteStore, StateStore
 _log = logging.getLogger("pycontainer.manager")
 
 E = manager_pb2  # event type names, short
+# A launched process still alive this long past its grace period is killed.
+_KILL_MARGIN = 2.0
 S = container_pb2
 
 
@@ -384,7 +386,13 @@ class Manager:
 
     # -- commands ----------------------------------------------------------------------
     async def command(
-        self, entry: Entry, name: str, action: Any, *, limit: float | None = None
+        self,
+        entry: Entry,
+        name: str,
+        action: Any,
+        *,
+        limit: float | None = None,
+        command_id: str = "",
     ) -> lifecycle_pb2.CommandResult:
         """Send one command (``name`` is its oneof field, ``action`` the message)
         down the container's stream and wait at most ``limit`` s for its result."""
@@ -400,7 +408,10 @@ class Manager:
         deadline = timestamp_pb2.Timestamp()
         deadline.FromNanoseconds(int((time.time() + timeout) * 1e9))
         command = lifecycle_pb2.Command(
-            id=uuid.uuid4().hex, deadline=deadline, trace_context=carrier, **{name: action}
+            id=command_id or uuid.uuid4().hex,
+            deadline=deadline,
+            trace_context=carrier,
+            **{name: action},
         )
         future: asyncio.Future[lifecycle_pb2.CommandResult] = (
             asyncio.get_running_loop().create_future()
@@ -449,10 +460,32 @@ class Manager:
             reason=S.StopReason.ValueType(reason),
             message=message,
         )
-        await self.command(
-            entry, "stop", stop, limit=seconds + self.settings.max_grace_extension + 10
-        )
+        await self._stopping(entry, "stop", stop, seconds)
         return entry
+
+    async def _stopping(
+        self, entry: Entry, name: str, action: Any, seconds: float
+    ) -> lifecycle_pb2.CommandResult:
+        """A stop or evict; a process still alive past its grace period (plus
+        the extensions granted, plus a margin) is SIGKILLed by its runtime."""
+        command_id = uuid.uuid4().hex
+        limit = seconds + self.settings.max_grace_extension + 10
+        work = asyncio.ensure_future(
+            self.command(entry, name, action, limit=limit, command_id=command_id)
+        )
+        runtime = self._runtime_of(entry)
+        started = time.monotonic()
+        while not work.done():
+            allowed = seconds + self._granted.get(command_id, 0.0) + _KILL_MARGIN
+            remaining = allowed - (time.monotonic() - started)
+            if remaining <= 0 and runtime is not None and entry.spec is not None:
+                _log.warning("container %s overran its grace period: killing it", entry.id)
+                self._event(E.EVENT_TYPE_STATE_CHANGED, entry, "grace period over: SIGKILL")
+                await runtime.kill(entry.id)
+                remaining = limit  # the exit resolves the command
+            await asyncio.wait({work}, timeout=max(0.05, min(remaining, 0.5)))
+        self._granted.pop(command_id, None)
+        return work.result()
 
     async def simple(self, name_or_id: str, action: str) -> Entry:
         entry = self.resolve(name_or_id)
@@ -511,9 +544,7 @@ class Manager:
         evict = lifecycle_pb2.EvictCommand(
             grace_period=_duration(seconds), message=message, checkpoint_first=checkpoint_first
         )
-        result = await self.command(
-            entry, "evict", evict, limit=seconds + self.settings.max_grace_extension + 10
-        )
+        result = await self._stopping(entry, "evict", evict, seconds)
         if result.checkpoint:
             self._store_checkpoint(entry, result.checkpoint)
         entry.admitted = False
