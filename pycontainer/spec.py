@@ -81,7 +81,9 @@ _CONTAINER_KEYS = (
     "hooks",
     "sidecar",
 )
-_FLAT = "pycontainer specs are flat: name, labels, command and the rest at the top of each container"
+_FLAT = (
+    "pycontainer specs are flat: name, labels, command and the rest at the top of each container"
+)
 _CONTAINER_HINTS = {
     "image": "pycontainer runs programs, not images: give command (and oci.rootfs for runc)",
     "args": "put the arguments in command, after the program",
@@ -224,6 +226,8 @@ def _read_yaml(text: str, source: str) -> list[_Document]:
     try:
         while loader.check_node():
             node = loader.get_node()
+            if node is None:
+                break
             lines: dict[SpecPath, int] = {}
             duplicates: list[SpecPath] = []
             _index(node, (), lines, duplicates)
@@ -236,7 +240,7 @@ def _read_yaml(text: str, source: str) -> list[_Document]:
     except yaml.YAMLError as exc:
         raise SpecError([f"{source}: invalid YAML: {exc}"]) from None
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        loader.dispose()
     return documents
 
 
@@ -521,9 +525,9 @@ class _Checker:
         if "oci" in fields:
             oci = self.mapping(fields["oci"], (*path, "oci"), ("rootfs", "bundle", "hostname"))
             for key, item in (oci or {}).items():
-                text = self.string(item, (*path, "oci", key))
-                if text is not None:
-                    setattr(spec.oci, key, text)
+                oci_text = self.string(item, (*path, "oci", key))
+                if oci_text is not None:
+                    setattr(spec.oci, key, oci_text)
 
         if "command" in fields:
             command = self.strings(
@@ -590,7 +594,10 @@ class _Checker:
             if replicas is not None:
                 spec.replicas = replicas
 
-        for key, target in (("livenessProbe", "liveness_probe"), ("readinessProbe", "readiness_probe")):
+        for key, target in (
+            ("livenessProbe", "liveness_probe"),
+            ("readinessProbe", "readiness_probe"),
+        ):
             if key in fields:
                 probe = self._probe(fields[key], (*path, key))
                 if probe is not None:
@@ -768,6 +775,14 @@ def _probe_dict(probe: spec_pb2.Probe) -> dict[str, Any]:
     return out
 
 
+def _name_of(choices: Mapping[str, int], number: int) -> str:
+    """The file's name of an enum value (its number for one the file has no name for)."""
+    for name, value in choices.items():
+        if value == number:
+            return name
+    return str(number)
+
+
 def spec_to_dict(spec: spec_pb2.ContainerSpec) -> dict[str, Any]:
     """A spec in the file format (camelCase keys, 500m, 256Mi, 30s), leaving out
     what is unset; parse_specs() reads it back to an equal message."""
@@ -775,8 +790,7 @@ def spec_to_dict(spec: spec_pb2.ContainerSpec) -> dict[str, Any]:
     if spec.labels:
         out["labels"] = dict(sorted(spec.labels.items()))
     if spec.runtime:
-        names = {number: name for name, number in RUNTIMES.items()}
-        out["runtime"] = names.get(spec.runtime, str(spec.runtime))
+        out["runtime"] = _name_of(RUNTIMES, spec.runtime)
     if spec.command:
         out["command"] = list(spec.command)
     if spec.env:
@@ -798,13 +812,11 @@ def spec_to_dict(spec: spec_pb2.ContainerSpec) -> dict[str, Any]:
     if spec.HasField("grace_period"):
         out["gracePeriod"] = _duration_text(spec.grace_period)
     if spec.restart_policy:
-        names = {number: name for name, number in RESTART_POLICIES.items()}
-        out["restartPolicy"] = names.get(spec.restart_policy, str(spec.restart_policy))
+        out["restartPolicy"] = _name_of(RESTART_POLICIES, spec.restart_policy)
     if spec.HasField("restart_backoff"):
         out["restartBackoff"] = _duration_text(spec.restart_backoff)
     if spec.checkpoint_policy:
-        names = {number: name for name, number in CHECKPOINT_POLICIES.items()}
-        out["checkpointPolicy"] = names.get(spec.checkpoint_policy, str(spec.checkpoint_policy))
+        out["checkpointPolicy"] = _name_of(CHECKPOINT_POLICIES, spec.checkpoint_policy)
     if spec.replicas:
         out["replicas"] = spec.replicas
     if spec.HasField("liveness_probe"):
@@ -813,7 +825,11 @@ def spec_to_dict(spec: spec_pb2.ContainerSpec) -> dict[str, Any]:
         out["readinessProbe"] = _probe_dict(spec.readiness_probe)
     hooks = {
         key: list(getattr(spec.hooks, name))
-        for key, name in (("preStop", "pre_stop"), ("checkpoint", "checkpoint"), ("restore", "restore"))
+        for key, name in (
+            ("preStop", "pre_stop"),
+            ("checkpoint", "checkpoint"),
+            ("restore", "restore"),
+        )
         if getattr(spec.hooks, name)
     }
     if hooks:

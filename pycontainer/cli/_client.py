@@ -15,7 +15,7 @@ import grpc
 import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from rich.console import Console
+from rich.console import Console, RenderableType
 
 from ..v1 import manager_pb2_grpc
 
@@ -32,6 +32,7 @@ __all__ = [
     "error_console",
     "message_dict",
     "print_data",
+    "show",
     "stdout_console",
 ]
 
@@ -143,18 +144,25 @@ class ManagerClient:
             call.cancel()
 
 
-def rpc_error(exc: grpc.RpcError, address: str, what: str = "") -> CliError:
+def _key(metadatum: Any) -> str:
+    """A trailing metadata item's key (a (key, value) named tuple)."""
+    return str(metadatum[0])
+
+
+def rpc_error(
+    exc: grpc.RpcError, address: str, what: str = "", server: str = "the manager"
+) -> CliError:
     """Exit 2 and "cannot reach the manager at ADDR: ..." when the call never
-    got an answer from the manager (its own errors always carry rich status
-    details); exit 1 and "CODE: details" otherwise."""
+    got an answer from the server (pycontainer's own errors always carry rich
+    status details); exit 1 and "CODE: details" otherwise."""
     code: grpc.StatusCode = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details: str = (exc.details() if hasattr(exc, "details") else "") or ""
     trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
-    answered = any(key == _STATUS_DETAILS_KEY for key, _ in (trailing or ()))
+    answered = any(_key(item) == _STATUS_DETAILS_KEY for item in trailing or ())
     if not answered and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         reason = "timed out" if code == grpc.StatusCode.DEADLINE_EXCEEDED else ""
         return CliError(
-            f"cannot reach the manager at {address}: {reason or _short_reason(details)}",
+            f"cannot reach {server} at {address}: {reason or _short_reason(details)}",
             EXIT_UNREACHABLE,
         )
     prefix = f"{what}: " if what else ""
@@ -179,6 +187,19 @@ def stdout_console(no_color: bool = False) -> Console:
         soft_wrap=not terminal,
         width=None if terminal else 10_000,
     )
+
+
+def show(console: Console, *renderables: RenderableType) -> None:
+    """Print tables and grids; off a terminal, without the spaces that pad
+    their lines to the column widths (as kubectl's output has none)."""
+    if console.is_terminal and sys.stdout.isatty():
+        console.print(*renderables)
+        return
+    with console.capture() as captured:
+        console.print(*renderables)
+    text = "\n".join(line.rstrip() for line in captured.get().splitlines())
+    console.file.write(text + "\n")
+    console.file.flush()
 
 
 def error_console() -> Console:

@@ -15,7 +15,6 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from ..manager._scheduler import format_memory
 from ..v1 import container_pb2, manager_pb2
 from ._client import (
     EXIT_FAILED,
@@ -28,6 +27,7 @@ from ._client import (
     error_console,
     message_dict,
     print_data,
+    show,
     spinner,
     stdout_console,
 )
@@ -36,6 +36,7 @@ from ._render import (
     STATE_NAMES,
     age,
     container_table,
+    human_bytes,
     local_time,
     parse_state,
     resources_text,
@@ -43,8 +44,6 @@ from ._render import (
     state_name,
     state_text,
 )
-
-Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 # Time a command other than a stop may take on the manager (30s), and some.
 _COMMAND_TIMEOUT = 60.0
@@ -69,7 +68,7 @@ def _replicas(text: str) -> int:
     return value
 
 
-def add_parsers(subparsers: Subparsers) -> None:
+def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ps = subparsers.add_parser(
         "ps",
         help="list containers",
@@ -207,7 +206,7 @@ def run_ps(args: argparse.Namespace) -> int:
     elif not response.containers:
         error_console().print("no containers")
     else:
-        stdout_console().print(container_table(response.containers, show_labels=args.show_labels))
+        show(stdout_console(), container_table(response.containers, show_labels=args.show_labels))
     return 0
 
 
@@ -269,26 +268,26 @@ def describe(console: Console, c: manager_pb2.Container) -> None:
     ]
     for key, value in rows:
         grid.add_row(key, value)
-    console.print(grid)
+    show(console, grid)
     if identity.endpoints:
-        console.print(Text("Endpoints:", style="bold"))
+        show(console, Text("Endpoints:", style="bold"))
         table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
         for header in ("NAME", "KIND", "ADDRESS"):
             table.add_column(header, no_wrap=True)
         for endpoint in identity.endpoints:
             kind = short_enum(container_pb2.EndpointKind.Name(endpoint.kind))
             table.add_row(endpoint.name, kind, endpoint.address)
-        console.print(Padding(table, (0, 0, 0, 2)))
+        show(console, Padding(table, (0, 0, 0, 2), expand=False))
     else:
-        console.print(Text("Endpoints:", style="bold"), "-")
+        show(console, Text("Endpoints:", style="bold"), "-")
     if c.HasField("spec") and c.spec.name:
         from ..spec import spec_to_dict
 
-        console.print(Text("Spec:", style="bold"))
+        show(console, Text("Spec:", style="bold"))
         text = yaml.safe_dump(spec_to_dict(c.spec), sort_keys=False, allow_unicode=True)
-        console.print(Padding(Text(text.rstrip("\n")), (0, 0, 0, 2)))
+        show(console, Padding(Text(text.rstrip("\n")), (0, 0, 0, 2), expand=False))
     else:
-        console.print(Text("Spec:", style="bold"), "- (it dialled in on its own)")
+        show(console, Text("Spec:", style="bold"), "- (it dialled in on its own)")
 
 
 # -- commands on several containers ----------------------------------------------------------
@@ -313,7 +312,7 @@ def _each(
         except CliError as exc:
             return exc
 
-    with spinner(f"{doing} {', '.join(names)}"), ThreadPoolExecutor(len(names)) as pool:
+    with spinner(f"{doing} {', '.join(names)}"), ThreadPoolExecutor(min(len(names), 32)) as pool:
         results = list(pool.map(attempt, names))
     unreachable = [r for r in results if isinstance(r, CliError) and r.code == EXIT_UNREACHABLE]
     if unreachable:
@@ -409,12 +408,12 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     grid.add_column()
     size = f"{response.size_bytes} bytes"
     if response.size_bytes >= 1024:
-        size += f" ({format_memory(response.size_bytes)})"
+        size += f" ({human_bytes(response.size_bytes)})"
     grid.add_row("Checkpoint:", response.checkpoint_id)
     grid.add_row("Size:", size)
     grid.add_row("SHA-256:", response.sha256)
     grid.add_row("Created:", local_time(response.create_time, date=True))
-    stdout_console().print(grid)
+    show(stdout_console(), grid)
     return 0
 
 
@@ -445,5 +444,5 @@ def run_scale(args: argparse.Namespace) -> int:
     elif not response.containers:
         print(f"{args.container}: scaled to 0 replicas")
     else:
-        stdout_console().print(container_table(response.containers))
+        show(stdout_console(), container_table(response.containers))
     return 0

@@ -32,7 +32,7 @@ STATE_NAMES: dict[str, int] = {
     if number != container_pb2.LIFECYCLE_STATE_UNSPECIFIED
 }
 
-_STATE_STYLES = {
+_STATE_STYLES: dict[int, str] = {
     container_pb2.LIFECYCLE_STATE_RUNNING: "green",
     container_pb2.LIFECYCLE_STATE_PAUSED: "yellow",
     container_pb2.LIFECYCLE_STATE_FAILED: "bold red",
@@ -111,6 +111,16 @@ def resources_text(resources: container_pb2.ResourceRequirements) -> tuple[str, 
     cpu = format_cpu(resources.cpu_millis) if resources.cpu_millis else "-"
     memory = format_memory(resources.memory_bytes) if resources.memory_bytes else "-"
     return cpu, memory
+
+
+def human_bytes(n: int) -> str:
+    """A size to read at a glance: 812B, 4.0Ki, 68.9Mi, 1.2Gi."""
+    size = float(n)
+    for unit in ("B", "Ki", "Mi", "Gi", "Ti"):
+        if size < 1024 or unit == "Ti":
+            return f"{int(size)}B" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
 
 
 def container_table(

@@ -1,0 +1,294 @@
+"""`pycontainer top`: a live table of every container's figures, from the
+manager's WatchMetrics proxy (one stream per container, so that one that
+went away leaves the others on screen)."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+from rich.console import Group
+from rich.live import Live
+from rich.text import Text
+
+from ..v1 import container_pb2, manager_pb2, metrics_pb2
+from ._client import (
+    ManagerClient,
+    add_manager_option,
+    add_output_option,
+    connect,
+    error_console,
+    message_dict,
+    print_data,
+    show,
+    stdout_console,
+)
+from ._duration import DURATION_HELP, duration_arg, format_duration, to_proto
+from ._render import human_bytes, plain_table, state_text
+
+S = container_pb2
+_LIVE_STATES = (
+    S.LIFECYCLE_STATE_CREATED,
+    S.LIFECYCLE_STATE_STARTING,
+    S.LIFECYCLE_STATE_RUNNING,
+    S.LIFECYCLE_STATE_PAUSED,
+    S.LIFECYCLE_STATE_PAUSING,
+    S.LIFECYCLE_STATE_RESUMING,
+    S.LIFECYCLE_STATE_STOPPING,
+)
+_SORT_KEYS = ("cpu", "memory", "rpc", "name")
+_MIN_INTERVAL_NS = 100_000_000
+_MAX_INTERVAL_NS = 3_600_000_000_000
+
+
+def _interval(text: str) -> int:
+    ns = duration_arg(text)
+    if not _MIN_INTERVAL_NS <= ns <= _MAX_INTERVAL_NS:
+        raise argparse.ArgumentTypeError(f"must be from 100ms to 1h, got {text!r}")
+    return ns
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "top",
+        help="live figures of containers: CPU, memory, threads, RPCs",
+        description="A live table of every live, connected container (or those named or "
+        "selected): CPU % of one core, resident memory, threads, open files, RPC calls "
+        "per second and uptime, from the manager's WatchMetrics proxy. Ctrl-C ends it.",
+    )
+    parser.add_argument("containers", nargs="*", metavar="ID", help="only these (ids or names)")
+    parser.add_argument(
+        "-l", "--selector", default="", metavar="SELECTOR", help="only containers matching"
+    )
+    parser.add_argument(
+        "--interval",
+        type=_interval,
+        default=1_000_000_000,
+        metavar="DURATION",
+        help=f"time between updates, {DURATION_HELP} (100ms to 1h; default: 1s)",
+    )
+    parser.add_argument(
+        "--sort",
+        choices=_SORT_KEYS,
+        default="cpu",
+        help="order of rows: busiest CPU, largest memory, most RPCs, or by name (default: cpu)",
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="print one table and exit (for scripts and tests)"
+    )
+    add_output_option(parser, formats=("table", "json", "yaml"))
+    add_manager_option(parser)
+    parser.set_defaults(func=run)
+
+
+@dataclass
+class _Target:
+    container: manager_pb2.Container
+    snapshot: metrics_pb2.MetricsSnapshot | None = None
+    error: str = ""
+    call: grpc.CallIterator[manager_pb2.ManagerWatchMetricsResponse] | None = None
+
+
+class Feed:
+    """One WatchMetrics stream per container, each on a thread; the latest
+    snapshot (or error) of each."""
+
+    def __init__(self, client: ManagerClient, interval_ns: int) -> None:
+        self._client = client
+        self._interval = to_proto(interval_ns)
+        self._lock = threading.Lock()
+        self.targets: dict[str, _Target] = {}
+        self._threads: list[threading.Thread] = []
+
+    def update(self, containers: list[manager_pb2.Container]) -> None:
+        """Follow these containers: new ones get a stream, gone ones lose theirs."""
+        wanted = {c.identity.id: c for c in containers}
+        with self._lock:
+            for container_id in list(self.targets):
+                if container_id not in wanted:
+                    gone = self.targets.pop(container_id)
+                    if gone.call is not None:
+                        gone.call.cancel()  # type: ignore[no-untyped-call]
+            for container_id, container in wanted.items():
+                target = self.targets.get(container_id)
+                if target is not None:
+                    target.container = container
+                    continue
+                target = _Target(container)
+                self.targets[container_id] = target
+                thread = threading.Thread(
+                    target=self._follow, args=(target,), name=f"top-{container_id}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+
+    def _follow(self, target: _Target) -> None:
+        request = manager_pb2.ManagerWatchMetricsRequest(
+            containers=[target.container.identity.id], interval=self._interval
+        )
+        call = self._client.stub.WatchMetrics(request)
+        with self._lock:
+            target.call = call
+        try:
+            for response in call:
+                with self._lock:
+                    target.snapshot = response.snapshot
+                    target.error = ""
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                with self._lock:
+                    target.error = self._client.error(exc).message
+
+    def ready(self) -> bool:
+        """Every container has a snapshot or an error."""
+        with self._lock:
+            return all(t.snapshot is not None or t.error for t in self.targets.values())
+
+    def rows(self) -> list[_Target]:
+        with self._lock:
+            return [_Target(t.container, t.snapshot, t.error, None) for t in self.targets.values()]
+
+    def close(self) -> None:
+        with self._lock:
+            calls = [t.call for t in self.targets.values() if t.call is not None]
+        for call in calls:
+            call.cancel()  # type: ignore[no-untyped-call]
+        for thread in self._threads:
+            thread.join(2)
+
+
+def _rpc_rate(snapshot: metrics_pb2.MetricsSnapshot) -> float:
+    return sum(m.calls_per_second for m in snapshot.rpc_methods)
+
+
+def _figure(snapshot: metrics_pb2.MetricsSnapshot, key: str) -> float:
+    if key == "cpu":
+        return snapshot.process.cpu_percent
+    if key == "memory":
+        return float(snapshot.process.rss_bytes)
+    return _rpc_rate(snapshot)
+
+
+def _sort(rows: list[_Target], key: str) -> list[_Target]:
+    """By name, or biggest figure first (containers still without one last)."""
+    if key == "name":
+        return sorted(rows, key=lambda t: (t.container.identity.name, t.container.identity.id))
+    return sorted(
+        rows,
+        key=lambda t: (
+            t.snapshot is None,
+            -_figure(t.snapshot, key) if t.snapshot is not None else 0.0,
+            t.container.identity.name,
+            t.container.identity.id,
+        ),
+    )
+
+
+def render(rows: list[_Target], sort: str) -> Group:
+    """The table, and a line per container whose figures could not be had."""
+    table = plain_table(
+        "NAME", "ID", "STATE", "CPU%", "MEMORY", "THREADS", "FILES", "RPC/S", "UPTIME"
+    )
+    for column in table.columns[3:]:
+        column.justify = "right"
+    errors: list[Text] = []
+    for t in _sort(rows, sort):
+        identity = t.container.identity
+        s = t.snapshot
+        if s is None:
+            figures = ["-"] * 6
+            if t.error:
+                errors.append(Text(f"{identity.id}: {t.error}", style="red"))
+        else:
+            p = s.process
+            figures = [
+                f"{p.cpu_percent:.1f}",
+                human_bytes(p.rss_bytes) if p.rss_bytes else "-",
+                str(p.threads),
+                str(p.open_fds),
+                f"{_rpc_rate(s):.1f}",
+                format_duration(p.uptime.seconds * 1_000_000_000) if p.HasField("uptime") else "-",
+            ]
+        table.add_row(identity.name, identity.id, state_text(t.container.state), *figures)
+    return Group(table, *errors)
+
+
+def _select(client: ManagerClient, args: argparse.Namespace) -> list[manager_pb2.Container]:
+    """The live, connected containers to show."""
+    response = client.call(
+        client.stub.ListContainers,
+        manager_pb2.ListContainersRequest(label_selector=args.selector, states=_LIVE_STATES),
+    )
+    chosen = [c for c in response.containers if c.connected]
+    if args.containers:
+        wanted = set(args.containers)
+        chosen = [c for c in chosen if wanted & {c.identity.id, c.identity.name}]
+    return chosen
+
+
+def run(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        if args.containers:  # an unknown name is an error, not an empty table
+            for name in args.containers:
+                client.call(
+                    client.stub.GetContainer, manager_pb2.GetContainerRequest(container=name)
+                )
+        feed = Feed(client, args.interval)
+        try:
+            if args.once:
+                return _once(client, feed, args)
+            return _live(client, feed, args)
+        finally:
+            feed.close()
+
+
+def _once(client: ManagerClient, feed: Feed, args: argparse.Namespace) -> int:
+    feed.update(_select(client, args))
+    deadline = time.monotonic() + 10 + args.interval / 1e9
+    while not feed.ready() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    rows = feed.rows()
+    if args.output in ("json", "yaml"):
+        data = [
+            {
+                "container": message_dict(t.container.identity),
+                "state": S.LifecycleState.Name(t.container.state),
+                "snapshot": message_dict(t.snapshot) if t.snapshot is not None else None,
+                "error": t.error,
+            }
+            for t in _sort(rows, args.sort)
+        ]
+        print_data({"containers": data}, args.output)
+        return 0
+    if not rows:
+        error_console().print("no live containers")
+        return 0
+    show(stdout_console(), render(rows, args.sort))
+    return 0
+
+
+def _live(client: ManagerClient, feed: Feed, args: argparse.Namespace) -> int:
+    console = stdout_console()
+    interval = args.interval / 1e9
+    refresh_every = max(interval, 2.0)  # new and departed containers
+    next_refresh = 0.0
+    try:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            while True:
+                now = time.monotonic()
+                if now >= next_refresh:
+                    feed.update(_select(client, args))
+                    next_refresh = now + refresh_every
+                header = Text(
+                    f"pycontainer top: {client.address}, every {format_duration(args.interval)}"
+                    f" (Ctrl-C to quit)",
+                    style="dim",
+                )
+                live.update(Group(header, render(feed.rows(), args.sort)))
+                time.sleep(min(0.25, interval))
+    except KeyboardInterrupt:
+        pass
+    return 0
