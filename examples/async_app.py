@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import random
 import signal
 import time
@@ -106,15 +107,25 @@ async def main() -> None:
     host = args.listen.rsplit(":", 1)[0]
     container.add_endpoint("management", f"{host}:{port}", kind="management")
     await server.start()
-    await container.astart()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Stopped through the manager (or failed): the process ends.
+    container.add_state_listener(
+        lambda _old, new, *_: new.terminal and loop.call_soon_threadsafe(stop.set)
+    )
+    manager = os.environ.get("PYCONTAINER_MANAGER")
+    if manager:  # launched by a manager: it starts us once admitted
+        container.use_event_loop(loop)
+        container.connect(manager)
+    else:
+        await container.astart()
     print(f"serving on {host}:{port}", flush=True)
     await stop.wait()
-    await container.astop(reason="signal")
+    if not container.state.terminal:
+        await container.astop(reason="signal")
     await server.stop(grace=5)
     container.close()
     if tracer_provider is not None:

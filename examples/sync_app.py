@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import signal
 import threading
@@ -115,15 +116,22 @@ def main() -> None:
     host = args.listen.rsplit(":", 1)[0]
     container.add_endpoint("management", f"{host}:{port}", kind="management")
     server.start()
-    container.start()
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # Stopped through the manager (or failed): the process ends.
+    container.add_state_listener(lambda _old, new, *_: new.terminal and stop.set())
+    manager = os.environ.get("PYCONTAINER_MANAGER")
+    if manager:  # launched by a manager: it starts us once admitted
+        container.connect(manager)
+    else:
+        container.start()
     print(f"serving on {host}:{port}", flush=True)
     while not stop.wait(0.5):
         pass
-    container.stop(reason="signal")
+    if not container.state.terminal:
+        container.stop(reason="signal")
     server.stop(grace=5).wait()
     container.close()
     if tracer_provider is not None:

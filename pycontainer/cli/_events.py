@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import sys
-import threading
-import time
 
 import grpc
 import yaml
@@ -26,10 +23,8 @@ from ._client import (
 )
 from ._render import local_time, plain_table, short_enum
 
-# WatchEvents has no end of history: the retained events come in one burst,
-# so a pause this long ends it (and a busy manager's stream ends after _LIMIT).
-_IDLE = 0.5
-_LIMIT = 5.0
+# The longest a history read may take.
+_LIMIT = 10.0
 
 _TYPE_STYLES: dict[int, str] = {
     manager_pb2.EVENT_TYPE_LOST: "red",
@@ -64,44 +59,11 @@ def _type_text(event: manager_pb2.Event) -> Text:
 
 def history(client: ManagerClient, container: str = "") -> list[manager_pb2.Event]:
     """The events the manager retains (those of ``container`` when given)."""
-    call = client.stub.WatchEvents(
-        manager_pb2.WatchEventsRequest(include_history=True, container=container)
-    )
-    items: queue.Queue[manager_pb2.Event | grpc.RpcError | None] = queue.Queue()
-
-    def pump() -> None:
-        try:
-            for response in call:
-                items.put(response.event)
-        except grpc.RpcError as exc:
-            items.put(exc)
-        finally:
-            items.put(None)
-
-    thread = threading.Thread(target=pump, name="events-history", daemon=True)
-    thread.start()
-    events: list[manager_pb2.Event] = []
-    start = time.monotonic()
+    request = manager_pb2.WatchEventsRequest(history_only=True, container=container)
     try:
-        while True:
-            wait = min(_IDLE, start + _LIMIT - time.monotonic())
-            if wait <= 0:
-                break
-            try:
-                item = items.get(timeout=wait)
-            except queue.Empty:
-                break
-            if item is None:
-                break
-            if isinstance(item, grpc.RpcError):
-                if item.code() == grpc.StatusCode.CANCELLED:
-                    break
-                raise client.error(item)
-            events.append(item)
-    finally:
-        call.cancel()  # type: ignore[no-untyped-call]
-        thread.join(2)
-    return events
+        return [r.event for r in client.stub.WatchEvents(request, timeout=_LIMIT)]
+    except grpc.RpcError as exc:
+        raise client.error(exc) from None
 
 
 def run(args: argparse.Namespace) -> int:

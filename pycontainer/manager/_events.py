@@ -56,8 +56,15 @@ class EventBus:
     def history(self) -> list[manager_pb2.Event]:
         return list(self._history)
 
-    async def subscribe(self, include_history: bool) -> AsyncIterator[manager_pb2.Event]:
-        """Events as they come, after the retained ones when asked."""
+    async def subscribe(
+        self, include_history: bool, history_only: bool = False
+    ) -> AsyncIterator[manager_pb2.Event]:
+        """Events as they come, after the retained ones when asked (and only
+        those with ``history_only``)."""
+        if history_only:
+            for event in list(self._history):
+                yield event
+            return
         queue: asyncio.Queue[manager_pb2.Event] = asyncio.Queue(_SUBSCRIBER_BUFFER)
         self._subscribers.add(queue)
         try:

@@ -270,10 +270,7 @@ class Manager:
             entry = Entry(id=identity.id, name=identity.name, identity=identity)
             self.entries[entry.id] = entry
         else:
-            spec_resources = entry.identity.resources if entry.spec is not None else None
-            entry.identity = identity
-            if spec_resources is not None and not identity.HasField("resources"):
-                entry.identity.resources.CopyFrom(spec_resources)
+            entry.identity = _with_spec(identity, entry.spec)
         entry.sessions += 1
         entry.state = reg.state or S.LIFECYCLE_STATE_CREATED
         entry.pid = reg.pid
@@ -799,6 +796,26 @@ class Manager:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(entry.changed.wait(), remaining)
         return True
+
+
+def _with_spec(
+    identity: container_pb2.ContainerIdentity, spec: spec_pb2.ContainerSpec | None
+) -> container_pb2.ContainerIdentity:
+    """A launched container's identity: what it says of itself, with its spec's
+    name, labels, priority, resources and grace period winning (the operator
+    asked for those; admission and selectors must see them)."""
+    if spec is None:
+        return identity
+    merged = container_pb2.ContainerIdentity()
+    merged.CopyFrom(identity)
+    merged.name = spec.name or identity.name
+    merged.labels.update(spec.labels)
+    merged.priority = spec.priority
+    if spec.resources.cpu_millis or spec.resources.memory_bytes:
+        merged.resources.CopyFrom(spec.resources)
+    if spec.HasField("grace_period"):
+        merged.grace_period.CopyFrom(spec.grace_period)
+    return merged
 
 
 def _code(number: int) -> grpc.StatusCode:

@@ -118,7 +118,9 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     @_stream
     async def WatchEvents(self, request: Any, context: Any) -> AsyncIterator[Any]:
         only = request.container
-        async for event in self._m.events.subscribe(request.include_history):
+        async for event in self._m.events.subscribe(
+            request.include_history or request.history_only, request.history_only
+        ):
             if only and only not in (event.container_id, event.container_name):
                 continue
             yield manager_pb2.WatchEventsResponse(event=event)
@@ -202,9 +204,9 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
 
     @_stream
     async def WatchMetrics(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        upstream = management_pb2.WatchMetricsRequest(
-            interval=request.interval, metric_filters=request.metric_filters
-        )
+        upstream = management_pb2.WatchMetricsRequest(metric_filters=request.metric_filters)
+        if request.HasField("interval"):
+            upstream.interval.CopyFrom(request.interval)
 
         def convert(entry: Any, response: Any) -> Any:
             response.snapshot.container_id = entry.id

@@ -295,17 +295,23 @@ class WatchEventsRequest(google.protobuf.message.Message):
 
     INCLUDE_HISTORY_FIELD_NUMBER: builtins.int
     CONTAINER_FIELD_NUMBER: builtins.int
+    HISTORY_ONLY_FIELD_NUMBER: builtins.int
     include_history: builtins.bool
     """Send the retained recent events first."""
     container: builtins.str
     """Only events of this container (id or name); empty means all."""
+    history_only: builtins.bool
+    """End the stream after the retained events instead of following (with
+    include_history; `pycontainer events` without -w).
+    """
     def __init__(
         self,
         *,
         include_history: builtins.bool = ...,
         container: builtins.str = ...,
+        history_only: builtins.bool = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["container", b"container", "include_history", b"include_history"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["container", b"container", "history_only", b"history_only", "include_history", b"include_history"]) -> None: ...
 
 Global___WatchEventsRequest: typing_extensions.TypeAlias = WatchEventsRequest
 
