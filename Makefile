@@ -16,7 +16,7 @@ PROTOS := $(sort $(wildcard protos/pycontainer/v1/*.proto))
 NODE_DIR := tests/node
 PIP_FLAGS := --disable-pip-version-check -q
 
-.PHONY: all venv generate check-generated lint buf-lint typecheck pytest test test-floor run bench clean node-deps
+.PHONY: system-deps all venv generate check-generated lint buf-lint typecheck pytest test test-floor run bench clean node-deps
 
 all: test
 
@@ -27,6 +27,10 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 venv: $(BIN)/.installed
+
+# runc (for the OCI runtime) when missing and we may install it.
+system-deps:
+	@command -v runc >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq runc >/dev/null) || echo "note: runc is not installed; runc containers are skipped"; }
 
 $(FLOOR)/.installed: Makefile
 	test -x $(FLOOR)/bin/python || $(PYTHON) -m venv $(FLOOR)
@@ -86,11 +90,11 @@ test-floor: $(FLOOR)/.installed
 	$(FLOOR)/bin/pytest -p no:cacheprovider -q tests/test_embed.py tests/test_reflection.py \
 		tests/test_node_client.py
 
-# The example container on 127.0.0.1:50051 (try the README's grpcurl lines);
-# Ctrl-C stops it gracefully through its lifecycle.
-RUN_LISTEN ?= 127.0.0.1:50051
-run: venv
-	$(BIN)/python examples/sync_app.py --listen $(RUN_LISTEN)
+# A manager with embedded defaults on 127.0.0.1:50050, the example spec
+# applied, and a live view; Ctrl-C stops everything gracefully.
+RUN_SPEC ?= examples/demo.yaml
+run: venv system-deps
+	$(BIN)/pycontainer up -f $(RUN_SPEC) --state-dir state
 
 bench: venv
 	$(BIN)/python bench/run.py

@@ -8,7 +8,9 @@ standalone containers) that own their process and want spans exported:
   variant) is set, else ``none``;
 - ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``
   and the ``OTEL_EXPORTER_OTLP_*`` settings are read by the SDK itself;
-- ``OTEL_SDK_DISABLED=true`` turns it all off.
+- ``OTEL_SDK_DISABLED=true`` turns it all off;
+- ``PYCONTAINER_TRACES_FILE``: with no exporter configured, spans are appended
+  to this file as JSON lines (``pycontainer up`` sets it for its containers).
 """
 
 from __future__ import annotations
@@ -28,19 +30,25 @@ from opentelemetry.sdk.trace.export import (
 __all__ = ["configure_tracing"]
 
 
-def _exporter_names(environ: Mapping[str, str]) -> list[str]:
+def _exporter_names(environ: Mapping[str, str], default: str = "none") -> list[str]:
     configured = environ.get("OTEL_TRACES_EXPORTER", "").strip()
     if not configured:
         endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
             "OTEL_EXPORTER_OTLP_ENDPOINT"
         )
-        configured = "otlp" if endpoint else "none"
+        configured = "otlp" if endpoint else default
     return [name.strip().lower() for name in configured.split(",") if name.strip()]
 
 
-def _processor(name: str) -> SpanProcessor | None:
+def _processor(name: str, file: str | None = None) -> SpanProcessor | None:
     if name == "none":
         return None
+    if name == "file" and file:
+        # One JSON object per span, appended (ConsoleSpanExporter's format).
+        out = open(file, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the exporter
+        return BatchSpanProcessor(
+            ConsoleSpanExporter(out=out, formatter=lambda span: span.to_json(indent=None) + "\n")
+        )
     if name == "console":
         # Simple, not batched: a console is for watching spans as they end.
         return SimpleSpanProcessor(ConsoleSpanExporter())
@@ -58,18 +66,25 @@ def _processor(name: str) -> SpanProcessor | None:
 
 
 def configure_tracing(
-    service_name: str | None = None, *, environ: Mapping[str, str] | None = None
+    service_name: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    default_file: str | None = None,
 ) -> TracerProvider | None:
     """Make an SDK TracerProvider from the environment and set it globally.
 
-    ``service_name`` is used unless OTEL_SERVICE_NAME is set. Returns the
-    provider (call ``shutdown()`` on exit to flush), or None when tracing is
-    disabled or no exporter is configured.
+    ``service_name`` is used unless OTEL_SERVICE_NAME is set. With
+    ``default_file`` and no exporter configured, spans go to that file as JSON
+    lines. Returns the provider (call ``shutdown()`` on exit to flush), or None
+    when tracing is disabled or no exporter is configured.
     """
     env = os.environ if environ is None else environ
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
-    processors = [p for p in map(_processor, _exporter_names(env)) if p is not None]
+    # `pycontainer up` names one file for itself and every container it launches.
+    default_file = default_file or env.get("PYCONTAINER_TRACES_FILE") or None
+    names = _exporter_names(env, "file" if default_file else "none")
+    processors = [p for p in (_processor(n, default_file) for n in names) if p is not None]
     if not processors:
         return None
     attributes = {}

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import _apply, _containers, _events, _health, _logs, _manager, _profile, _top
+from . import _apply, _containers, _events, _health, _logs, _manager, _profile, _top, _up
 from ._client import DEFAULT_MANAGER, MANAGER_ENV, CliError
 
 __all__ = ["main"]
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _top.add_parser(subparsers)
     _events.add_parser(subparsers)
     _profile.add_parser(subparsers)
+    _up.add_parser(subparsers)
     _manager.add_parser(subparsers)
     _health.add_parser(subparsers)
     return parser

@@ -153,9 +153,18 @@ class Manager:
         """Stop every container gracefully (make run's Ctrl-C)."""
         live = [e for e in self.entries.values() if e.connected and not e.terminal]
         await asyncio.gather(
-            *(self.stop_container(e.id, grace, "manager shutdown") for e in live),
+            *(
+                self.stop_container(e.id, grace, "manager shutdown", S.STOP_REASON_SHUTDOWN)
+                for e in live
+            ),
             return_exceptions=True,
         )
+
+    async def close_runtimes(self) -> None:
+        """Kill what the runtimes launched and is still there (after a graceful
+        shutdown_containers(), only what overran)."""
+        for runtime in {id(r): r for r in self.runtimes.values()}.values():
+            await runtime.close()
 
     async def __aenter__(self) -> Manager:
         await self.start()
