@@ -30,7 +30,10 @@ venv: $(BIN)/.installed
 
 # runc (for the OCI runtime) when missing and we may install it.
 system-deps:
-	@command -v runc >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq runc >/dev/null) || echo "note: runc is not installed; runc containers are skipped"; }
+	@if ! command -v runc >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq runc >/dev/null; \
+		else echo "note: runc is not installed (not root): runc tests are skipped"; fi; \
+	fi
 
 $(FLOOR)/.installed: Makefile
 	test -x $(FLOOR)/bin/python || $(PYTHON) -m venv $(FLOOR)
@@ -77,7 +80,7 @@ lint: venv buf-lint
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv node-deps
+pytest: venv node-deps system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: check-generated lint typecheck pytest test-floor

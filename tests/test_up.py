@@ -5,9 +5,12 @@ the lifecycle."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from support import IN_CI
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +40,10 @@ def test_demo_spec_applied_headless_and_torn_down(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    for name in ("sync-worker", "async-pipeline"):
+    names = ["sync-worker", "async-pipeline", "ticker"]  # ticker: a shell loop, sidecar
+    if shutil.which("runc") or IN_CI:
+        names.append("oci-worker")  # runc, which CI installs
+    for name in names:
         started = [
             line
             for line in out.splitlines()
@@ -58,5 +64,5 @@ def test_demo_spec_applied_headless_and_torn_down(tmp_path: Path) -> None:
     [stop_all] = [s for s in spans if s["name"] == "pycontainer up: stop all"]
     trace_id = stop_all["context"]["trace_id"]
     hooks = [s for s in spans if s["name"] == "pycontainer.hook on_stop"]
-    assert len(hooks) >= 3  # sync-worker and both async-pipeline replicas
+    assert len(hooks) >= 4  # sync-worker, both async-pipeline replicas, the sidecar
     assert all(h["context"]["trace_id"] == trace_id for h in hooks)

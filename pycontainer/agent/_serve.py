@@ -84,12 +84,14 @@ async def serve(
         if state.terminal:  # stopped by the manager (or failed): the process ends
             loop.call_soon_threadsafe(stop.set)
 
-    container.add_state_listener(on_change)
     try:
         if manager:
             container.use_event_loop(loop)
             container.connect(manager)
-        else:
+        # After connect(): the connector hears of a final state before this
+        # listener starts closing the session, so the last report gets out.
+        container.add_state_listener(on_change)
+        if not manager:
             await container.astart()
         if on_ready is not None:
             on_ready(port)

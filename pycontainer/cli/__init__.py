@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import _apply, _containers, _events, _health, _logs, _manager, _profile, _top, _up
+from . import _apply, _containers, _events, _health, _logs, _manager, _profile, _run, _top, _up
 from ._client import DEFAULT_MANAGER, MANAGER_ENV, CliError
 
 __all__ = ["main"]
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _events.add_parser(subparsers)
     _profile.add_parser(subparsers)
     _up.add_parser(subparsers)
+    _run.add_parser(subparsers)
     _manager.add_parser(subparsers)
     _health.add_parser(subparsers)
     return parser

@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import time
@@ -103,6 +104,9 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> 
     )
     failures = 0
     for spec in specs:
+        if spec.runtime == spec_pb2.RUNTIME_KIND_RUNC and shutil.which("runc") is None:
+            print(f"note: skipping {spec.name}: runc is not installed", file=sys.stderr)
+            continue
         try:
             await manager.run(spec)
         except Exception as exc:  # one bad spec must not hide the others

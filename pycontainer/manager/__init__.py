@@ -2,6 +2,7 @@
 operator API, admission with priorities and eviction, checkpoints."""
 
 from ._manager import Manager, ManagerSettings
+from ._runc import RuncRuntime
 from ._runtime import InProcessRuntime, Launch, ProcessRuntime, Runtime
 from ._scheduler import Resources, parse_cpu, parse_memory
 from ._store import SQLiteStore, StateStore
@@ -13,6 +14,7 @@ __all__ = [
     "ManagerSettings",
     "ProcessRuntime",
     "Resources",
+    "RuncRuntime",
     "Runtime",
     "SQLiteStore",
     "StateStore",

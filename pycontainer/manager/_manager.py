@@ -29,6 +29,7 @@ from .._errors import (
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._events import EventBus
 from ._registry import Entry, PendingCommand, Session, parse_selector
+from ._runc import RuncRuntime
 from ._runtime import InProcessRuntime, Launch, ProcessRuntime, Runtime
 from ._scheduler import Resources, format_cpu, format_memory, machine_capacity, plan_admission
 from ._store import SQLiteStore, StateStore
@@ -98,7 +99,15 @@ class Manager:
             spec_pb2.RUNTIME_KIND_UNSPECIFIED: self._processes,
             spec_pb2.RUNTIME_KIND_PROCESS: self._processes,
         }
+        self._runc = RuncRuntime(
+            Path(self.settings.state_dir) / "runc", on_exit=self._on_process_exit
+        )
+        self.runtimes[spec_pb2.RUNTIME_KIND_RUNC] = self._runc
         self.runtimes.update(runtimes or {})
+        for runtime in self.runtimes.values():
+            # Runtimes given without an exit callback report exits here too.
+            if getattr(runtime, "on_exit", False) is None:
+                runtime.on_exit = self._on_process_exit  # type: ignore[attr-defined]
         self.tracer = trace.get_tracer("pycontainer.manager", tracer_provider=tracer_provider)
         self._tracer_provider = tracer_provider
         self._admission = asyncio.Lock()
@@ -352,7 +361,7 @@ class Manager:
                 # overran exits hard before it can): do not leave callers waiting.
                 self._end_pending(entry, change.message or "it FAILED")
             self._spawn(self._admit_waiting())
-            if not isinstance(self._runtime_of(entry), ProcessRuntime):
+            if not isinstance(self._runtime_of(entry), ProcessRuntime | RuncRuntime):
                 self._maybe_restart(entry)  # a process restarts when it has exited
         self._persist(entry)
         entry.changed.set()

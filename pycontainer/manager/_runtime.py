@@ -93,6 +93,12 @@ class ProcessRuntime:
         command = list(spec.command)
         if command[0] == "python":  # the manager's own interpreter, as users expect
             command[0] = sys.executable
+        if spec.sidecar:
+            # A program that does not embed pycontainer: the sidecar hosts the
+            # Management API for it and maps the lifecycle onto signals.
+            from ..sidecar import sidecar_command
+
+            command = sidecar_command(spec)
         process = await asyncio.create_subprocess_exec(
             *command,
             cwd=spec.working_dir or None,
