@@ -389,7 +389,12 @@ def test_apply_reports_every_spec_mistake_and_launches_nothing(
 
     dry = cli(capsys, manager, "apply", "--dry-run", "-f", str(REPO / "examples" / "demo.yaml"))
     assert dry.code == 0, dry.err
-    assert [line.split(":")[0] for line in dry.lines] == ["sync-worker", "async-pipeline", "ticker"]
+    assert [line.split(":")[0] for line in dry.lines] == [
+        "sync-worker",
+        "async-pipeline",
+        "ticker",
+        "oci-worker",
+    ]
     assert not manager.stub.ListContainers(manager_pb2.ListContainersRequest()).containers
 
 

@@ -105,9 +105,9 @@ def test_a_yaml_stream_of_documents_and_toml_read_alike(tmp_path: Path) -> None:
 
 def test_the_demo_spec_is_valid() -> None:
     specs = load_specs(REPO / "examples" / "demo.yaml")
-    assert [s.name for s in specs] == ["sync-worker", "async-pipeline", "ticker"]
+    assert [s.name for s in specs] == ["sync-worker", "async-pipeline", "ticker", "oci-worker"]
     priorities = [s.priority for s in specs]
-    assert len(set(priorities)) == 3
+    assert len(set(priorities)) == 4
     assert specs[0].command[:2] == ["python", "examples/sync_app.py"]
     assert specs[2].sidecar
 
