@@ -14,6 +14,7 @@ finish their current job (on_stop), then the server shuts down.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import random
@@ -40,6 +41,7 @@ class Workers:
         self.stop_event = threading.Event()
         self.inventory = pycontainer.TrackedLock("inventory")
         self.threads: list[threading.Thread] = []
+        self.done = 0  # jobs processed: the state a checkpoint keeps
         meter = metrics.get_meter("examples.sync_app")
         self.jobs = meter.create_counter("jobs.processed", unit="1", description="Jobs done")
         self.duration = meter.create_histogram(
@@ -67,11 +69,23 @@ class Workers:
             elapsed_ms = (time.perf_counter() - started) * 1000
             self.in_progress.add(-1)
             self.jobs.add(1, {"kind": kind})
+            with self.inventory:
+                self.done += 1
             self.duration.record(elapsed_ms, {"kind": kind})
             if elapsed_ms > 9:
                 log.warning("slow %s job took %.1f ms", kind, elapsed_ms)
             else:
                 log.info("%s job done", kind, extra={"job.kind": kind})
+
+    def checkpoint(self) -> bytes:
+        """The state to keep: how many jobs were done."""
+        with self.inventory:
+            return json.dumps({"done": self.done}).encode()
+
+    def restore(self, state: bytes) -> None:
+        with self.inventory:
+            self.done = int(json.loads(state or b"{}").get("done", 0))
+        log.info("restored: %d jobs done before", self.done)
 
     def stop(self, reason: str, deadline: float) -> None:
         log.info("stopping workers (%s), %.1fs left", reason, deadline - time.monotonic())
@@ -103,7 +117,12 @@ def main() -> None:
         pycontainer.ContainerSettings(
             name=args.name, version="1.0.0", labels={"example": "sync"}, grace_period=args.grace
         ),
-        hooks=pycontainer.Hooks(on_start=workers.start, on_stop=workers.stop),
+        hooks=pycontainer.Hooks(
+            on_start=workers.start,
+            on_stop=workers.stop,
+            on_checkpoint=workers.checkpoint,
+            on_restore=workers.restore,
+        ),
         config=config,
     )
     container.add_check("workers", lambda: (not workers.stop_event.is_set(), "workers running"))
