@@ -111,3 +111,27 @@ def test_readme_cli_commands(tmp_path: Path) -> None:
         log.close()
         Path("/tmp/sync-worker.pb.gz").unlink(missing_ok=True)
     assert up.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]
+
+
+def test_readme_manager_command_serves_until_sigterm(tmp_path: Path) -> None:
+    """The README's `pycontainer manager` line (on a free port), as typed."""
+    [line] = [c for c in _commands() if c.startswith(".venv/bin/pycontainer manager")]
+    address = _free_address()
+    argv = shlex.split(line.replace("127.0.0.1:50050", address))
+    argv[0] = str(ROOT / argv[0])
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == f"manager serving on {address}"
+        ps = subprocess.run(
+            [str(PYCONTAINER), "--manager", address, "ps"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert ps.returncode == 0, ps.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0
+    assert (tmp_path / "state" / "manager.db").exists()
