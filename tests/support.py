@@ -225,3 +225,55 @@ def connected_container(
     container.add_endpoint("management", host.target, kind="management")
     container.connect(manager.address)
     return container, host
+
+
+def get_container(stub: Any, container: str) -> Any:
+    """The manager's view of a container, or None while it is unknown (or the
+    manager is down)."""
+    from pycontainer.v1 import manager_pb2
+
+    try:
+        return stub.GetContainer(
+            manager_pb2.GetContainerRequest(container=container), timeout=5
+        ).container
+    except grpc.RpcError as exc:
+        if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
+            return None
+        raise
+
+
+def wait_container(
+    stub: Any,
+    container: str,
+    predicate: Callable[[Any], bool],
+    what: str,
+    timeout: float = 20.0,
+) -> Any:
+    """Poll GetContainer until predicate(container) holds; the container."""
+    box: dict[str, Any] = {}
+
+    def check() -> bool:
+        got = get_container(stub, container)
+        if got is not None and predicate(got):
+            box["c"] = got
+            return True
+        return False
+
+    wait_until(check, timeout=timeout, what=f"{container}: {what}")
+    return box["c"]
+
+
+def running_and_connected(c: Any) -> bool:
+    from pycontainer.v1 import container_pb2
+
+    return bool(c.state == container_pb2.LIFECYCLE_STATE_RUNNING and c.connected)
+
+
+def free_address() -> str:
+    """A loopback address with a port nobody listens on (for a fixed-address
+    process such as a manager that must be restarted on the same address)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"

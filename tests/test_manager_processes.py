@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,9 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 from support import ManagerHost, make_container, start_sync_host, wait_until
+from support import free_address as _free_address
+from support import running_and_connected as _running_and_connected
+from support import wait_container as _wait_container
 
 import pycontainer
 from pycontainer.v1 import (
@@ -89,41 +91,6 @@ def _kill_pid(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _get(stub: manager_pb2_grpc.ManagerStub, container: str) -> manager_pb2.Container | None:
-    try:
-        return stub.GetContainer(
-            manager_pb2.GetContainerRequest(container=container), timeout=5
-        ).container
-    except grpc.RpcError as exc:
-        if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
-            return None
-        raise
-
-
-def _wait_container(
-    stub: manager_pb2_grpc.ManagerStub,
-    container: str,
-    predicate: Callable[[manager_pb2.Container], bool],
-    what: str,
-    timeout: float = 20.0,
-) -> manager_pb2.Container:
-    box: dict[str, manager_pb2.Container] = {}
-
-    def check() -> bool:
-        got = _get(stub, container)
-        if got is not None and predicate(got):
-            box["c"] = got
-            return True
-        return False
-
-    wait_until(check, timeout=timeout, what=f"{container}: {what}")
-    return box["c"]
-
-
-def _running_and_connected(c: manager_pb2.Container) -> bool:
-    return c.state == S.LIFECYCLE_STATE_RUNNING and c.connected
-
-
 def _event(
     stub: manager_pb2_grpc.ManagerStub,
     predicate: Callable[[manager_pb2.Event], bool],
@@ -165,12 +132,6 @@ def _spec(name: str, *args: str) -> spec_pb2.ContainerSpec:
         command=["python", APP, "--name", name, *args],
         working_dir=str(REPO),
     )
-
-
-def _free_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 # -- 1. separate processes -----------------------------------------------------------------

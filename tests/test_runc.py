@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 from support import IN_CI, ManagerHost, require_tool, wait_until
+from support import running_and_connected as _running_and_connected
+from support import wait_container as _wait_container
 
 from pycontainer.manager import Launch
 from pycontainer.manager._runc import (
@@ -30,7 +32,7 @@ from pycontainer.manager._runc import (
     cgroup_limits_support,
     make_host_root,
 )
-from pycontainer.v1 import container_pb2, manager_pb2, manager_pb2_grpc, spec_pb2
+from pycontainer.v1 import container_pb2, manager_pb2, spec_pb2
 
 S = container_pb2
 E = manager_pb2
@@ -67,41 +69,6 @@ def _runc(runtime: RuncRuntime, *args: str) -> subprocess.CompletedProcess[str]:
 def _runc_state(runtime: RuncRuntime, runc_id: str) -> dict[str, Any] | None:
     done = _runc(runtime, "state", runc_id)
     return dict(json.loads(done.stdout)) if done.returncode == 0 else None
-
-
-def _get(stub: manager_pb2_grpc.ManagerStub, container: str) -> manager_pb2.Container | None:
-    try:
-        return stub.GetContainer(
-            manager_pb2.GetContainerRequest(container=container), timeout=5
-        ).container
-    except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.NOT_FOUND:
-            return None
-        raise
-
-
-def _wait_container(
-    stub: manager_pb2_grpc.ManagerStub,
-    container: str,
-    predicate: Callable[[manager_pb2.Container], bool],
-    what: str,
-    timeout: float = 20.0,
-) -> manager_pb2.Container:
-    box: dict[str, manager_pb2.Container] = {}
-
-    def check() -> bool:
-        got = _get(stub, container)
-        if got is not None and predicate(got):
-            box["c"] = got
-            return True
-        return False
-
-    wait_until(check, timeout=timeout, what=f"{container}: {what}")
-    return box["c"]
-
-
-def _running_and_connected(c: manager_pb2.Container) -> bool:
-    return c.state == S.LIFECYCLE_STATE_RUNNING and c.connected
 
 
 def _app_spec(name: str, *args: str, replicas: int = 1) -> spec_pb2.ContainerSpec:
