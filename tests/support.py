@@ -277,3 +277,17 @@ def free_address() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def stop_and_wait_exit(stub: Any, container: str, grace: float = 10.0) -> Any:
+    """StopContainer with a grace period, checked STOPPED; then the container
+    once its process has exited (exit_code set)."""
+    from pycontainer.v1 import container_pb2, manager_pb2
+
+    request = manager_pb2.StopContainerRequest(container=container)
+    request.grace_period.FromMilliseconds(int(grace * 1000))
+    stopped = stub.StopContainer(request, timeout=30)
+    assert stopped.container.state == container_pb2.LIFECYCLE_STATE_STOPPED
+    return wait_container(
+        stub, container, lambda c: c.HasField("exit_code"), "exit status", timeout=15
+    )

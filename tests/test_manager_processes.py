@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import duration_pb2
-from support import ManagerHost, make_container, start_sync_host, wait_until
+from support import ManagerHost, make_container, start_sync_host, stop_and_wait_exit, wait_until
 from support import free_address as _free_address
 from support import running_and_connected as _running_and_connected
 from support import wait_container as _wait_container
@@ -186,14 +186,7 @@ def test_process_launched_by_run_container_starts_and_exits_zero(
     got = _wait_container(manager.stub, cid, _running_and_connected, "running")
     assert got.pid == launched.pid  # the id came through $PYCONTAINER_CONTAINER_ID
     assert got.identity.name == "launched"
-    stopped = manager.stub.StopContainer(
-        manager_pb2.StopContainerRequest(container=cid, grace_period=_seconds(10)),
-        timeout=30,
-    )
-    assert stopped.container.state == S.LIFECYCLE_STATE_STOPPED
-    exited = _wait_container(
-        manager.stub, cid, lambda c: c.HasField("exit_code"), "exit status", timeout=15
-    )
+    exited = stop_and_wait_exit(manager.stub, cid)
     assert exited.exit_code == 0
     assert exited.state == S.LIFECYCLE_STATE_STOPPED
     _event(

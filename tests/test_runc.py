@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import duration_pb2
-from support import IN_CI, ManagerHost, require_tool, wait_until
+from support import IN_CI, ManagerHost, require_tool, stop_and_wait_exit, wait_until
 from support import running_and_connected as _running_and_connected
 from support import wait_container as _wait_container
 
@@ -159,14 +159,7 @@ def test_runc_containers_run_listed_and_stop_within_grace(
         assert Path(f"/proc/{host_pid}/root/etc/os-release").exists()  # the host's /etc, ro
 
     first, second = sorted(launched)
-    stopped = manager.stub.StopContainer(
-        manager_pb2.StopContainerRequest(container=first, grace_period=_seconds(10)),
-        timeout=30,
-    )
-    assert stopped.container.state == S.LIFECYCLE_STATE_STOPPED
-    exited = _wait_container(
-        manager.stub, first, lambda c: c.HasField("exit_code"), "exit status", timeout=15
-    )
+    exited = stop_and_wait_exit(manager.stub, first)
     assert exited.exit_code == 0
     assert exited.state == S.LIFECYCLE_STATE_STOPPED
     run = runtime.container(first)

@@ -30,7 +30,7 @@ from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._events import EventBus
 from ._registry import Entry, PendingCommand, Session, parse_selector
 from ._runc import RuncRuntime
-from ._runtime import InProcessRuntime, Launch, ProcessRuntime, Runtime
+from ._runtime import Launch, ProcessRuntime, Runtime
 from ._scheduler import Resources, format_cpu, format_memory, machine_capacity, plan_admission
 from ._store import SQLiteStore, StateStore
 
@@ -153,9 +153,8 @@ class Manager:
                 entry.session.close()
         if self._server is not None:
             await self._server.stop(grace)
-        for runtime in {id(r): r for r in self.runtimes.values()}.values():
-            if isinstance(runtime, InProcessRuntime | ProcessRuntime):
-                pass  # containers outlive the manager; see shutdown() to end them
+        # Containers outlive the manager (they reconnect to the next one);
+        # shutdown_containers() and close_runtimes() end them on purpose.
         self.store.close()
 
     async def shutdown_containers(self, grace: float | None = None) -> None:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from .. import _reflection
@@ -301,5 +301,4 @@ def build_server(manager: Manager) -> grpc.aio.Server:
     ]
     for service, group in _reflection.reflection_handlers(lambda: names, aio=True).items():
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, group),))
-    _ = health_pb2
     return server
