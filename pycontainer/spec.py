@@ -36,7 +36,7 @@ import yaml
 from google.protobuf import duration_pb2
 
 from .cli._duration import format_duration, parse_duration
-from .manager._scheduler import format_cpu, format_memory, parse_cpu, parse_memory
+from .units import format_cpu, format_memory, parse_cpu, parse_memory
 from .v1 import spec_pb2
 
 __all__ = ["SpecError", "load_specs", "parse_specs", "spec_to_dict"]

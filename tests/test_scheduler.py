@@ -11,14 +11,11 @@ from pycontainer.manager._scheduler import (
     Claim,
     Resources,
     eviction_order,
-    format_cpu,
-    format_memory,
     machine_capacity,
-    parse_cpu,
-    parse_memory,
     plan_admission,
     total,
 )
+from pycontainer.units import format_cpu, format_memory, parse_cpu, parse_memory
 
 Mi = 1024**2
 Gi = 1024**3

@@ -10,7 +10,7 @@ from google.protobuf import timestamp_pb2
 from rich.table import Table
 from rich.text import Text
 
-from ..manager._scheduler import format_cpu, format_memory
+from ..units import format_cpu, format_memory
 from ..v1 import container_pb2, logs_pb2, manager_pb2
 
 __all__ = [

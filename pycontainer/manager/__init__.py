@@ -1,10 +1,11 @@
 """The central manager: Lifecycle sessions with every container, the
 operator API, admission with priorities and eviction, checkpoints."""
 
+from ..units import parse_cpu, parse_memory
 from ._manager import Manager, ManagerSettings
 from ._runc import RuncRuntime
 from ._runtime import InProcessRuntime, Launch, ProcessRuntime, Runtime
-from ._scheduler import Resources, parse_cpu, parse_memory
+from ._scheduler import Resources
 from ._store import SQLiteStore, StateStore
 
 __all__ = [

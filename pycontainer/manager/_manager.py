@@ -26,12 +26,13 @@ from .._errors import (
     not_found,
     resource_exhausted,
 )
+from ..units import format_cpu, format_memory
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._events import EventBus
 from ._registry import Entry, PendingCommand, Session, parse_selector
 from ._runc import RuncRuntime
 from ._runtime import Launch, ProcessRuntime, Runtime
-from ._scheduler import Resources, format_cpu, format_memory, machine_capacity, plan_admission
+from ._scheduler import Resources, machine_capacity, plan_admission
 from ._store import SQLiteStore, StateStore
 
 _log = logging.getLogger("pycontainer.manager")

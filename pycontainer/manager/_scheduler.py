@@ -3,30 +3,25 @@
 Pure logic: :func:`plan_admission` decides whether a container may start and
 which lower-priority containers must be evicted to make room; the manager
 carries the plan out. Quantities use Kubernetes syntax (``500m`` cpu,
-``256Mi`` memory) through :func:`parse_cpu` and :func:`parse_memory`.
+``256Mi`` memory) through :mod:`pycontainer.units`.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 
 import psutil
+
+from ..units import format_cpu, format_memory
 
 __all__ = [
     "Admission",
     "Claim",
     "Resources",
     "eviction_order",
-    "format_cpu",
-    "format_memory",
     "machine_capacity",
-    "parse_cpu",
-    "parse_memory",
     "plan_admission",
     "total",
 ]
@@ -194,85 +189,3 @@ def _free_phrase(free: Resources) -> str:
     return text
 
 
-# --- Quantities ---------------------------------------------------------------------------
-
-_INT64_MAX = 2**63 - 1
-_QUANTITY = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?P<suffix>[a-zA-Z]*)")
-_CPU_SUFFIXES: Mapping[str, Fraction] = {"": Fraction(1), "m": Fraction(1, 1000)}
-_MEMORY_SUFFIXES: Mapping[str, Fraction] = {
-    "": Fraction(1),
-    **{s: Fraction(1000**i) for i, s in enumerate("kMGTPE", start=1)},
-    **{f"{s}i": Fraction(1024**i) for i, s in enumerate("KMGTPE", start=1)},
-}
-_CPU_EXPECTED = "cores such as '2' or '0.5', or millicores such as '500m'"
-_MEMORY_EXPECTED = (
-    "bytes such as '1024', or a quantity such as '256Mi' or '1G' "
-    "(suffixes k M G T P E, Ki Mi Gi Ti Pi Ei)"
-)
-
-
-def parse_cpu(value: str | int | float) -> int:
-    """Millicores from a Kubernetes cpu quantity: ``"500m"``, ``"2"``, ``"0.5"`` or a number
-    of cores; fractions of a millicore round up. Raises ValueError on anything else."""
-    return _parse("cpu", value, _CPU_SUFFIXES, 1000, _CPU_EXPECTED)
-
-
-def parse_memory(value: str | int | float) -> int:
-    """Bytes from a Kubernetes memory quantity: ``"256Mi"``, ``"1G"``, ``"1024"`` or a number
-    of bytes; fractions of a byte round up. Raises ValueError on anything else."""
-    if isinstance(value, str) and value.strip().endswith("m"):
-        # Kubernetes reads "m" as milli even for memory; nobody means millibytes.
-        raise ValueError(
-            f"memory: expected {_MEMORY_EXPECTED}; got {value!r} "
-            "('m' means thousandths: did you mean 'M' or 'Mi'?)"
-        )
-    return _parse("memory", value, _MEMORY_SUFFIXES, 1, _MEMORY_EXPECTED)
-
-
-def _parse(
-    what: str,
-    value: str | int | float,
-    suffixes: Mapping[str, Fraction],
-    scale: int,
-    expected: str,
-) -> int:
-    """``value`` times its suffix's multiplier times ``scale``, rounded up."""
-    amount: Fraction | None = None
-    # bool is an int, but True cores is a mistake, not one core.
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if math.isfinite(value):
-            # str() first: Fraction(0.1) is the binary float, a hair above 1/10.
-            amount = Fraction(str(value))
-    elif isinstance(value, str):
-        match = _QUANTITY.fullmatch(value.strip())
-        if match and match["suffix"] in suffixes:
-            amount = Fraction(match["number"]) * suffixes[match["suffix"]]
-    if amount is None or amount < 0:
-        raise ValueError(f"{what}: expected {expected}; got {value!r}")
-    result = math.ceil(amount * scale)
-    if result > _INT64_MAX:
-        raise ValueError(f"{what}: {value!r} is too large")
-    return result
-
-
-def format_cpu(millis: int) -> str:
-    """A cpu amount as Kubernetes writes it: whole cores as ``"2"``, else ``"1500m"``."""
-    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
-
-
-_BINARY_UNITS = [(f"{s}i", 1024**i) for i, s in reversed(list(enumerate("KMGTPE", start=1)))]
-
-
-def format_memory(n: int) -> str:
-    """A memory amount in the largest binary unit: ``"512Mi"``, ``"2Gi"``.
-
-    Exact (and parsed back by :func:`parse_memory`) when a whole number of some
-    unit; otherwise rounded to one decimal (``"1.5Gi"``), and under 1Ki plain bytes.
-    """
-    for unit, size in _BINARY_UNITS:
-        if abs(n) >= size and n % size == 0:
-            return f"{n // size}{unit}"
-    for unit, size in _BINARY_UNITS:
-        if abs(n) >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import grpc
 
 from .._errors import RequestError, not_found, resource_exhausted
-from ._scheduler import format_memory
+from ..units import format_memory
 
 __all__ = [
     "CHECKPOINTS_KEPT",

@@ -17,8 +17,8 @@ from dataclasses import replace
 from typing import Any
 
 from ..cli._duration import DURATION_HELP, format_duration, parse_duration
-from ..manager._scheduler import parse_cpu, parse_memory
 from ..telemetry import configure_tracing
+from ..units import parse_cpu, parse_memory
 from ..v1 import spec_pb2
 from ._probes import (
     DEFAULT_FAILURE_THRESHOLD,
