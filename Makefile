@@ -23,10 +23,18 @@ all: test
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) -U pip
+	$(call drop_old_distribution,$(BIN))
 	$(BIN)/pip install $(PIP_FLAGS) -e '.[dev]'
 	touch $@
 
 venv: $(BIN)/.installed
+
+# The distribution was named "pycontainer" before it became pycontainer-grpc
+# (that name on PyPI is an unrelated project). A venv made before the rename
+# holds both, owning the same files: uninstall the old one first.
+define drop_old_distribution
+$(1)/pip uninstall $(PIP_FLAGS) -y pycontainer 2>/dev/null || true
+endef
 
 # runc (for the OCI runtime) when missing and we may install it.
 system-deps:
@@ -88,6 +96,8 @@ test: check-generated lint typecheck pytest test-floor
 # The tests that exercise the contract, run against the floor versions and a
 # regular (non-editable) install: the wheel must carry generated/ and protos.
 test-floor: $(FLOOR)/.installed
+	$(call drop_old_distribution,$(FLOOR)/bin)
+	rm -rf build  # setuptools would pack files left there by an older build
 	$(FLOOR)/bin/pip install $(PIP_FLAGS) --no-deps --force-reinstall .
 	$(FLOOR)/bin/python -P -c 'import pycontainer, sys; sys.exit("site-packages" not in pycontainer.__file__)'
 	$(FLOOR)/bin/pytest -p no:cacheprovider -q tests/test_embed.py tests/test_reflection.py \
