@@ -6,12 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The oldest versions the dependency floor allows. generated/ is made with
 # them (generated code stamps its protobuf version as a runtime minimum), and
-# `make test-floor` runs the tests against them.
+# `make test-floor` runs the tests against them. Only the base install's
+# dependencies (the container side): none of the `cli` or `manager` extras,
+# so the floor tests also show that embedding needs no more.
 FLOOR := .venv-floor
 FLOOR_PINS := grpcio==1.72.1 grpcio-tools==1.72.1 grpcio-health-checking==1.72.1 \
 	grpcio-reflection==1.72.1 grpcio-status==1.72.1 grpcio-channelz==1.72.1 protobuf==6.30.0 \
 	mypy-protobuf==3.7.0 opentelemetry-api==1.30.0 opentelemetry-sdk==1.30.0 \
-	opentelemetry-instrumentation-grpc==0.51b0 psutil==5.9.8 pyyaml==6.0.1 rich==13.7.0
+	psutil==5.9.8 pyyaml==6.0.1
 PROTOS := $(sort $(wildcard protos/pycontainer/v1/*.proto))
 NODE_DIR := tests/node
 PIP_FLAGS := --disable-pip-version-check -q
@@ -94,9 +96,11 @@ pytest: venv node-deps system-deps
 test: check-generated lint typecheck pytest test-floor
 
 # The tests that exercise the contract, run against the floor versions and a
-# regular (non-editable) install: the wheel must carry generated/ and protos.
+# regular (non-editable) install of the base distribution: the wheel must
+# carry generated/ and protos, and the container side must need no extra.
 test-floor: $(FLOOR)/.installed
 	$(call drop_old_distribution,$(FLOOR)/bin)
+	$(FLOOR)/bin/pip uninstall $(PIP_FLAGS) -y rich opentelemetry-instrumentation-grpc 2>/dev/null || true
 	rm -rf build  # setuptools would pack files left there by an older build
 	$(FLOOR)/bin/pip install $(PIP_FLAGS) --no-deps --force-reinstall .
 	$(FLOOR)/bin/python -P -c 'import pycontainer, sys; sys.exit("site-packages" not in pycontainer.__file__)'
