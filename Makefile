@@ -33,9 +33,10 @@ venv: $(BIN)/.installed
 
 # The distribution was named "pycontainer" before it became pycontainer-grpc
 # (that name on PyPI is an unrelated project). A venv made before the rename
-# holds both, owning the same files: uninstall the old one first.
+# holds both, owning the same files: uninstall the old one (and its metadata
+# left in the clone) first.
 define drop_old_distribution
-$(1)/pip uninstall $(PIP_FLAGS) -y pycontainer 2>/dev/null || true
+$(1)/pip uninstall $(PIP_FLAGS) -y pycontainer 2>/dev/null || true; rm -rf pycontainer.egg-info
 endef
 
 # runc (for the OCI runtime) when missing and we may install it.
