@@ -24,6 +24,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .._errors import RequestError, resource_exhausted
+from .._errors import abort as _aio_abort
 from ._metrics import RpcStats
 
 _OK = grpc.StatusCode.OK
@@ -308,11 +309,6 @@ class Observer:
                 self._finish(method, span, code, started, error)
 
         return behavior
-
-
-async def _aio_abort(context: Any, exc: RequestError) -> None:
-    status = exc.to_status()
-    await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 def _code_of(context: Any, default: grpc.StatusCode) -> grpc.StatusCode:

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._runtime import ExitListener, Launch
+from ._runtime import ExitListener, ExitListeners, Launch
 
 _log = logging.getLogger("pycontainer.manager.runc")
 
@@ -486,7 +486,7 @@ class RuncContainer:
         return self.run_dir / "stderr.log"
 
 
-class RuncRuntime:
+class RuncRuntime(ExitListeners):
     """Containers as OCI containers run by runc; see the module's docstring."""
 
     def __init__(
@@ -502,10 +502,12 @@ class RuncRuntime:
         """``state_dir`` holds run directories and runc's state (--root);
         ``cgroup_limits`` None detects whether limits can be set;
         ``host_paths`` are more host directories for host-mode containers."""
+        super().__init__()
+        if on_exit is not None:
+            self.add_exit_listener(on_exit)
         self.state_dir = Path(state_dir).resolve()
         self.root = self.state_dir / "root"
         self.runs_dir = self.state_dir / "runs"
-        self.on_exit = on_exit
         self._runc = runc
         self._cgroup_limits = cgroup_limits
         self.cgroup_note = "" if cgroup_limits is None else "set by the caller"
@@ -767,8 +769,8 @@ class RuncRuntime:
         run.exit_code = code
         run.done.set()
         _log.info("runc: %s (%s) exited with status %d", run.container_id, run.runc_id, code)
-        if self._containers.get(run.container_id) is run and self.on_exit is not None:
-            await self.on_exit(run.container_id, code)
+        if self._containers.get(run.container_id) is run:
+            await self._exited(run.container_id, code)
 
     async def _lost_shim(self, run: RuncContainer) -> int:
         """The shim ended without an exit status (killed?): wait for the
