@@ -25,7 +25,7 @@ from support import running_and_connected as _running_and_connected
 from support import wait_container as _wait_container
 
 from pycontainer.manager import Launch
-from pycontainer.manager._runc import (
+from pycontainer.manager.runc import (
     NAMESPACES,
     RuncRuntime,
     build_config,

@@ -22,7 +22,6 @@ from ._admission import Admission
 from ._checkpoints import Checkpoints
 from ._events import EventBus
 from ._registry import Entry, Registry
-from ._runc import RuncRuntime
 from ._runtime import ProcessRuntime, Runtime
 from ._scheduler import machine_capacity
 from ._sessions import Sessions
@@ -30,6 +29,7 @@ from ._settings import ManagerSettings
 from ._stopping import Stopper
 from ._store import SQLiteStore, StateStore
 from ._supervision import Supervisor
+from .runc import RuncRuntime
 
 _log = logging.getLogger("pycontainer.manager")
 
