@@ -23,7 +23,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .._errors import RequestError, resource_exhausted
+from .._errors import RequestError, code_number, resource_exhausted
 from .._errors import abort as _aio_abort
 from ._metrics import RpcStats
 
@@ -116,7 +116,7 @@ class Observer:
     ) -> None:
         self.stats.call_finished(method, code, time.perf_counter() - started)
         if span is not None:
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            span.set_attribute("rpc.grpc.status_code", code_number(code))
             if code != _OK:
                 span.set_status(Status(StatusCode.ERROR, str(error) if error else code.name))
                 if error is not None and not isinstance(error, RequestError):

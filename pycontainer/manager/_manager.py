@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
+from .._errors import failed_precondition
 from ..units import format_cpu, format_memory
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._admission import Admission
@@ -215,6 +216,18 @@ class Manager:
             "resume": lifecycle_pb2.ResumeCommand(),
         }
         await self.sessions.command(entry, action, kinds[action])
+        return entry
+
+    async def delete_container(self, name_or_id: str) -> Entry:
+        """Forget a stopped or failed container: its record goes from the
+        state store (its checkpoints stay, for its name's next replicas). A
+        stream it still has stays open, unlisted, until it ends."""
+        entry = self.resolve(name_or_id)
+        if not entry.terminal:
+            raise failed_precondition(
+                f"container {entry.id} is {S.LifecycleState.Name(entry.state)}: stop it first"
+            )
+        self.registry.delete(entry)
         return entry
 
     async def checkpoint(self, name_or_id: str) -> manager_pb2.CheckpointContainerResponse:

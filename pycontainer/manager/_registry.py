@@ -239,7 +239,9 @@ class Registry:
         self.persist(entry)
 
     def persist(self, entry: Entry) -> None:
-        self.store.put_container(entry.to_record())
+        # A deleted container's late news (its stream ending) is not written back.
+        if self.entries.get(entry.id) is entry:
+            self.store.put_container(entry.to_record())
 
     def delete(self, entry: Entry) -> None:
         """Forget a container (its record too); its checkpoints stay."""
