@@ -100,6 +100,20 @@ def test_errors_name_what_to_fix(manager: ManagerHost) -> None:
     assert status.details[0].Unpack(bad)
     assert [v.field for v in bad.field_violations] == ["label_selector"]
 
+    # The project's own server interceptor (the one containers use) counted
+    # both failures (a call is counted once its handler has returned, just
+    # after the client has its status).
+    def failed() -> dict[str, tuple[int, int]]:
+        return {
+            f.method.rsplit("/", 1)[-1]: (f.calls_started, f.calls_failed)
+            for f in manager.manager.rpc_stats.figures()
+        }
+
+    wait_until(
+        lambda: failed() == {"GetContainer": (1, 1), "ListContainers": (1, 1)},
+        what="both failures counted by the interceptor",
+    )
+
 
 def test_a_stopped_container_is_deleted_for_good(tmp_path: Path) -> None:
     state = str(tmp_path / "state")

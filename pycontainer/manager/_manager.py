@@ -17,6 +17,7 @@ import grpc
 from opentelemetry import trace
 
 from .._errors import failed_precondition
+from ..agent._metrics import RpcStats
 from ..units import format_cpu, format_memory
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._admission import Admission
@@ -67,6 +68,8 @@ class Manager:
         self.runtimes.update(runtimes or {})
         self.tracer = trace.get_tracer("pycontainer.manager", tracer_provider=tracer_provider)
         self._tracer_provider = tracer_provider
+        # Per-method call statistics of the manager's server (its interceptor's).
+        self.rpc_stats = RpcStats()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._server: grpc.aio.Server | None = None
         self.port = 0

@@ -19,12 +19,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health, health_pb2_grpc
-from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from .. import _reflection
 from .._errors import RequestError, abort, invalid_argument
-from ..agent._metrics import RpcStats
 from ..agent._observe import AioServerInterceptor, Observer
 from ..v1 import (
     lifecycle_pb2,
@@ -287,7 +285,7 @@ def build_server(manager: Manager) -> grpc.aio.Server:
             filters.method_name("WatchMetrics"),
         )
     )
-    observer = Observer(RpcStats(), trace.get_tracer("pycontainer.manager"))
+    observer = Observer(manager.rpc_stats, manager.tracer)
     server = grpc.aio.server(
         options=SERVER_OPTIONS,
         interceptors=[
