@@ -27,6 +27,7 @@ _log = logging.getLogger("pycontainer.manager")
 E = manager_pb2
 S = container_pb2
 
+# Runs a background task the manager owns (cancelled when it stops).
 Spawn = Callable[[Coroutine[Any, Any, None]], object]
 
 

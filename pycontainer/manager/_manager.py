@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from opentelemetry import trace
 
 from .._errors import failed_precondition
@@ -195,7 +196,7 @@ class Manager:
         self,
         entry: Entry,
         name: str,
-        action: Any,
+        action: Message,
         *,
         limit: float | None = None,
         command_id: str = "",

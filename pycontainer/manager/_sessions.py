@@ -10,10 +10,10 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
 from opentelemetry import propagate
 
 from .._errors import RequestError, code_number, invalid_argument, status_code
@@ -246,7 +246,7 @@ class Sessions:
         self,
         entry: Entry,
         name: str,
-        action: Any,
+        action: Message,
         *,
         limit: float | None = None,
         command_id: str = "",
@@ -268,8 +268,10 @@ class Sessions:
             id=command_id or uuid.uuid4().hex,
             deadline=deadline,
             trace_context=carrier,
-            **{name: action},
         )
+        field = getattr(command, name)  # the oneof member ``name`` names
+        field.SetInParent()  # an empty action (StartCommand()) is still the one set
+        field.MergeFrom(action)
         future: asyncio.Future[lifecycle_pb2.CommandResult] = (
             asyncio.get_running_loop().create_future()
         )

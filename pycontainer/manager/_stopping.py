@@ -9,7 +9,8 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+
+from google.protobuf.message import Message
 
 from ..units import DEFAULT_GRACE_PERIOD
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2
@@ -65,7 +66,7 @@ class Stopper:
         return entry
 
     async def stopping(
-        self, entry: Entry, name: str, action: Any, seconds: float
+        self, entry: Entry, name: str, action: Message, seconds: float
     ) -> lifecycle_pb2.CommandResult:
         """A stop or evict (``name`` and ``action`` as for Sessions.command)."""
         command_id = uuid.uuid4().hex

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
 
 from .._errors import RequestError, failed_precondition, invalid_argument
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
-from ._admission import Admission
+from ._admission import Admission, Spawn
 from ._checkpoints import Checkpoints
 from ._registry import Entry, Registry
 from ._runtime import Launch, Runtime
@@ -21,7 +20,6 @@ from ._stopping import Stopper
 E = manager_pb2
 S = container_pb2
 
-Spawn = Callable[[Coroutine[Any, Any, None]], object]
 # The longest wait before a restart, however many came before.
 _MAX_BACKOFF = 300.0
 
