@@ -3,9 +3,8 @@ state store, and handed back to it (or to its replacements) on restore."""
 
 from __future__ import annotations
 
-from google.protobuf import timestamp_pb2
-
 from .._errors import failed_precondition
+from ..units import timestamp_to_proto
 from ..v1 import lifecycle_pb2, manager_pb2
 from ._registry import Entry, Registry
 from ._sessions import Sessions
@@ -36,13 +35,11 @@ class Checkpoints:
         self._registry.event(
             E.EVENT_TYPE_CHECKPOINTED, entry, f"checkpoint {info.id} ({info.size_bytes} bytes)"
         )
-        created = timestamp_pb2.Timestamp()
-        created.FromNanoseconds(int(info.create_time * 1e9))
         return manager_pb2.CheckpointContainerResponse(
             checkpoint_id=info.id,
             size_bytes=info.size_bytes,
             sha256=info.sha256,
-            create_time=created,
+            create_time=timestamp_to_proto(info.create_time),
         )
 
     def latest(self, name: str) -> bytes | None:

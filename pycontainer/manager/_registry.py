@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from google.protobuf import timestamp_pb2
 
 from .._errors import invalid_argument, not_found
+from ..units import timestamp_to_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._events import EventBus
 from ._scheduler import Claim, Resources
@@ -21,10 +22,7 @@ _TERMINAL = (container_pb2.LIFECYCLE_STATE_STOPPED, container_pb2.LIFECYCLE_STAT
 
 
 def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
-    if seconds is None:
-        return None
-    ns = int(seconds * 1e9)
-    return timestamp_pb2.Timestamp(seconds=ns // 10**9, nanos=ns % 10**9)
+    return None if seconds is None else timestamp_to_proto(seconds)
 
 
 class Session:

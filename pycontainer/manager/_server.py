@@ -24,6 +24,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from .. import _reflection
 from .._errors import RequestError, abort, invalid_argument
 from ..agent._observe import AioServerInterceptor, Observer
+from ..units import duration_from_proto
 from ..v1 import (
     lifecycle_pb2,
     lifecycle_pb2_grpc,
@@ -61,7 +62,7 @@ def _seconds(duration: duration_pb2.Duration) -> float | None:
         return None
     if duration.seconds < 0 or duration.nanos < 0:
         raise invalid_argument("grace_period", "must not be negative")
-    return float(duration.ToNanoseconds() / 1e9)
+    return duration_from_proto(duration).total_seconds()
 
 
 class LifecycleServicer(lifecycle_pb2_grpc.LifecycleServicer):

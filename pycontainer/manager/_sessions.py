@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from opentelemetry import propagate
 
 from .._errors import RequestError, code_number, invalid_argument, status_code
+from ..units import duration_from_proto, duration_to_proto, timestamp_to_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._registry import Entry, PendingCommand, Registry, Session
 from ._settings import ManagerSettings
@@ -31,9 +33,8 @@ EntryHook = Callable[[Entry], None]
 
 
 def duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
+    """A Duration of ``seconds`` (the manager's settings are float seconds)."""
+    return duration_to_proto(datetime.timedelta(seconds=seconds))
 
 
 class Sessions:
@@ -146,8 +147,7 @@ class Sessions:
                     if pending is not None and not pending.result.done():
                         pending.result.set_result(request.command_result)
                 elif kind == "heartbeat":
-                    now = timestamp_pb2.Timestamp()
-                    now.GetCurrentTime()
+                    now = timestamp_to_proto(time.time())
                     session.send(
                         lifecycle_pb2.ConnectResponse(heartbeat=lifecycle_pb2.Heartbeat(time=now))
                     )
@@ -189,7 +189,7 @@ class Sessions:
         self, entry: Entry, ask: lifecycle_pb2.GraceExtensionRequest
     ) -> lifecycle_pb2.ConnectResponse:
         used = self._granted.get(ask.command_id, 0.0)
-        wanted = ask.extension.ToNanoseconds() / 1e9
+        wanted = duration_from_proto(ask.extension).total_seconds()
         granted = max(0.0, min(wanted, self._settings.max_grace_extension - used))
         self._granted[ask.command_id] = used + granted
         self._registry.event(
@@ -262,8 +262,7 @@ class Sessions:
         timeout = limit or self._settings.command_timeout
         carrier: dict[str, str] = {}
         propagate.inject(carrier)  # the operator's trace continues in the hooks
-        deadline = timestamp_pb2.Timestamp()
-        deadline.FromNanoseconds(int((time.time() + timeout) * 1e9))
+        deadline = timestamp_to_proto(time.time() + timeout)
         command = lifecycle_pb2.Command(
             id=command_id or uuid.uuid4().hex,
             deadline=deadline,

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from google.protobuf.message import Message
 
-from ..units import DEFAULT_GRACE_PERIOD
+from ..units import DEFAULT_GRACE_PERIOD, duration_from_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2
 from ._registry import Entry, Registry
 from ._runtime import Runtime
@@ -51,7 +51,7 @@ class Stopper:
         if grace is not None:
             return grace
         if entry.identity.HasField("grace_period"):
-            return entry.identity.grace_period.ToNanoseconds() / 1e9
+            return duration_from_proto(entry.identity.grace_period).total_seconds()
         return DEFAULT_GRACE_PERIOD.total_seconds()
 
     async def stop(self, entry: Entry, grace: float | None, message: str, reason: int) -> Entry:

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Mapping
 
 from .._errors import RequestError, failed_precondition, invalid_argument
+from ..units import duration_from_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._admission import Admission, Spawn
 from ._checkpoints import Checkpoints
@@ -165,7 +166,7 @@ class Supervisor:
             or (policy == spec_pb2.RESTART_POLICY_ON_FAILURE and (failed or entry.evicted))
         ):
             return
-        base = spec.restart_backoff.ToNanoseconds() / 1e9 or 1.0
+        base = duration_from_proto(spec.restart_backoff).total_seconds() or 1.0
         delay = min(_MAX_BACKOFF, base * 2 ** min(entry.restarts, 16))
         self._restarting.add(entry.id)
         self._spawn(self._restart_later(entry, delay))
