@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import platform
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -221,6 +222,52 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
             convert,
         ):
             yield item
+
+    async def GetVersion(
+        self, request: manager_pb2.GetVersionRequest, context: Context
+    ) -> manager_pb2.GetVersionResponse:
+        return version_response()
+
+    # The verbs below are wired by the manager's supervision work (issue 7,
+    # section 3); until then they say so instead of pretending.
+    async def RestartContainer(
+        self, request: manager_pb2.RestartContainerRequest, context: Context
+    ) -> manager_pb2.RestartContainerResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "RestartContainer: not yet")
+        raise AssertionError("unreachable")
+
+    async def KillContainer(
+        self, request: manager_pb2.KillContainerRequest, context: Context
+    ) -> manager_pb2.KillContainerResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "KillContainer: not yet")
+        raise AssertionError("unreachable")
+
+    async def DeleteContainer(
+        self, request: manager_pb2.DeleteContainerRequest, context: Context
+    ) -> manager_pb2.DeleteContainerResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "DeleteContainer: not yet")
+        raise AssertionError("unreachable")
+
+    async def ApplySpecs(
+        self, request: manager_pb2.ApplySpecsRequest, context: Context
+    ) -> manager_pb2.ApplySpecsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ApplySpecs: not yet")
+        raise AssertionError("unreachable")
+
+
+def version_response() -> manager_pb2.GetVersionResponse:
+    """This process's versions: pycontainer, Python, grpcio and protobuf (with its backend)."""
+    from google.protobuf import __version__ as protobuf_version
+    from google.protobuf.internal import api_implementation
+
+    from .. import __version__
+
+    return manager_pb2.GetVersionResponse(
+        version=__version__,
+        python_version=platform.python_version(),
+        grpc_version=grpc.__version__,
+        protobuf_version=f"{protobuf_version} {api_implementation.Type()}",
+    )
 
 
 async def _merge(
