@@ -58,7 +58,9 @@ __all__ = [
     "MAX_PROBE_DURATION",
     "MAX_REPLICAS",
     "MAX_RESTART_BACKOFF",
+    "MAX_START_TIMEOUT",
     "MIN_RESTART_BACKOFF",
+    "MIN_START_TIMEOUT",
     "SPEC_ENV",
     "SpecError",
     "decode_spec",
@@ -89,6 +91,11 @@ MIN_RESTART_BACKOFF = datetime.timedelta(milliseconds=100)
 #: delay longer than that reads as a mistake.
 MAX_RESTART_BACKOFF = datetime.timedelta(minutes=5)
 
+#: How long a launched program may take to register with the manager: under a
+#: second no interpreter has even imported its modules; past an hour a program
+#: that never registers goes unreported for too long.
+MIN_START_TIMEOUT = datetime.timedelta(seconds=1)
+MAX_START_TIMEOUT = datetime.timedelta(hours=1)
 #: A probe's period, timeout or initial delay: past an hour it says nothing
 #: about the program's health any more.
 MAX_PROBE_DURATION = datetime.timedelta(hours=1)
@@ -131,6 +138,7 @@ _CONTAINER_KEYS = (
     "readinessProbe",
     "hooks",
     "sidecar",
+    "startTimeout",
 )
 _FLAT = (
     "pycontainer specs are flat: name, labels, command and the rest at the top of each container"
@@ -684,6 +692,16 @@ class _Checker:
             )
             if backoff is not None:
                 spec.restart_backoff.CopyFrom(backoff)
+        if "startTimeout" in fields:
+            start_timeout = self.duration(
+                fields["startTimeout"],
+                (*path, "startTimeout"),
+                minimum=MIN_START_TIMEOUT,
+                maximum=MAX_START_TIMEOUT,
+                why="how long the program may take to register with the manager",
+            )
+            if start_timeout is not None:
+                spec.start_timeout.CopyFrom(start_timeout)
 
         if "restartPolicy" in fields:
             restart = self.choice(
@@ -963,4 +981,6 @@ def spec_to_dict(spec: spec_pb2.ContainerSpec) -> dict[str, Any]:
         out["hooks"] = hooks
     if spec.sidecar:
         out["sidecar"] = True
+    if spec.HasField("start_timeout"):
+        out["startTimeout"] = _duration_text(spec.start_timeout)
     return out

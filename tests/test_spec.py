@@ -40,6 +40,7 @@ containers:
     restartBackoff: 500ms
     checkpointPolicy: OnStop
     replicas: 3
+    startTimeout: 45s
     livenessProbe:
       http: {port: 8080, path: /healthz}
       period: 5s
@@ -78,6 +79,8 @@ def test_every_field_maps_onto_the_spec() -> None:
     assert web.restart_backoff.ToMilliseconds() == 500
     assert web.checkpoint_policy == spec_pb2.CHECKPOINT_POLICY_ON_STOP
     assert web.replicas == 3
+    assert duration_field(web, "start_timeout") == datetime.timedelta(seconds=45)
+    assert not box.HasField("start_timeout")  # unset: the manager's default
     probe = web.liveness_probe
     assert probe.WhichOneof("handler") == "http"
     assert (probe.http.port, probe.http.path) == (8080, "/healthz")
@@ -267,6 +270,8 @@ def test_spec_to_dict_reads_back_to_the_same_spec() -> None:
         ("restartBackoff: 0s", 'restartBackoff: "0s" is too short: must be at least 100ms'),
         ("restartBackoff: 99ms", "must be at least 100ms"),
         ("restartBackoff: 6m", 'restartBackoff: "6m" is too long: must be at most 5m'),
+        ("startTimeout: 500ms", 'startTimeout: "500ms" is too short: must be at least 1s'),
+        ("startTimeout: 2h", 'startTimeout: "2h" is too long: must be at most 1h'),
         ("livenessProbe: {tcp: {port: 1}, period: 0s}", 'period: "0s" is too short'),
         ("readinessProbe: {tcp: {port: 1}, timeout: 0}", "timeout: 0 is too short"),
         ("readinessProbe: {tcp: {port: 1}, initialDelay: 2h}", 'initialDelay: "2h" is too long'),
