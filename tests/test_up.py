@@ -27,7 +27,7 @@ def test_demo_spec_applied_headless_and_torn_down(tmp_path: Path) -> None:
             "examples/demo.yaml",
             "--headless",
             "--duration",
-            "8",
+            "8s",
             "--listen",
             "127.0.0.1:0",
             "--state-dir",
@@ -47,12 +47,12 @@ def test_demo_spec_applied_headless_and_torn_down(tmp_path: Path) -> None:
         started = [
             line
             for line in out.splitlines()
-            if name in line and "-> LIFECYCLE_STATE_RUNNING" in line
+            if name in line and "-> RUNNING" in line
         ]
         stopped = [
             line
             for line in out.splitlines()
-            if name in line and "-> LIFECYCLE_STATE_STOPPED" in line
+            if name in line and "-> STOPPED" in line
         ]
         assert started, out
         assert len(stopped) == len(started), out  # every one stopped gracefully
