@@ -127,13 +127,21 @@ class InProcessLauncher:
 
 class ManagerHost:
     """A real manager on its own thread and event loop, on an ephemeral port;
-    ``client`` (a :class:`ManagerClient`) and ``stub`` talk to it."""
+    ``client`` (a :class:`ManagerClient`) and ``stub`` talk to it. With
+    ``in_process`` (and no ``runtimes`` given), specs of RUNTIME_KIND_IN_PROCESS
+    run as in-process containers, served by ``launcher``."""
 
-    def __init__(self, state_dir: str | PathLike[str], **settings: Any) -> None:
-        from ..manager import Manager, ManagerSettings
+    def __init__(
+        self, state_dir: str | PathLike[str], *, in_process: bool = True, **settings: Any
+    ) -> None:
+        from ..manager import InProcessRuntime, Manager, ManagerSettings
+        from ..v1 import spec_pb2
 
         self.loop = asyncio.new_event_loop()
+        self.launcher = InProcessLauncher()
         runtimes = settings.pop("runtimes", None)
+        if runtimes is None and in_process:
+            runtimes = {spec_pb2.RUNTIME_KIND_IN_PROCESS: InProcessRuntime(self.launcher)}
         tracer_provider = settings.pop("tracer_provider", None)
         settings.setdefault("heartbeat_interval", _TEST_HEARTBEAT)
         self.settings = ManagerSettings(listen="127.0.0.1:0", state_dir=str(state_dir), **settings)
@@ -189,25 +197,21 @@ class ManagerHost:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
 
+    def close(self) -> None:
+        """Kill what it launched, stop it, and close the in-process containers."""
+        self.kill_launched()
+        self.stop()
+        self.launcher.close_all()
+
 
 @contextlib.contextmanager
 def manager_host(
     state_dir: str | PathLike[str], *, in_process: bool = True, **settings: Any
 ) -> Iterator[ManagerHost]:
     """A running :class:`ManagerHost`; on exit, everything it launched is killed
-    and it stops. With ``in_process`` (the default) specs of RUNTIME_KIND_IN_PROCESS
-    run as in-process containers (``host.launcher.hosts``)."""
-    launcher = InProcessLauncher()
-    if in_process and "runtimes" not in settings:
-        from ..manager import InProcessRuntime
-        from ..v1 import spec_pb2
-
-        settings["runtimes"] = {spec_pb2.RUNTIME_KIND_IN_PROCESS: InProcessRuntime(launcher)}
-    host = ManagerHost(state_dir, **settings)
-    host.launcher = launcher  # type: ignore[attr-defined]
+    and it stops."""
+    host = ManagerHost(state_dir, in_process=in_process, **settings)
     try:
         yield host
     finally:
-        host.kill_launched()
-        host.stop()
-        launcher.close_all()
+        host.close()
