@@ -4,12 +4,18 @@ Library code raises :class:`RequestError` (usually through :func:`invalid_argume
 and friends); the servicer faces turn it into a status with ``BadRequest`` /
 ``PreconditionFailure`` / ``QuotaFailure`` details (grpcio-status), so every
 client sees which field to fix.
+
+This is the one mapping between request errors and gRPC statuses, for the
+container side and the manager alike: :meth:`RequestError.to_status` and
+:func:`abort` on the way out of a servicer, :func:`code_number` /
+:func:`status_code` for the codes a Lifecycle ``CommandResult`` carries.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -48,13 +54,31 @@ class RequestError(Exception):
             packed.Pack(bad)
             details.append(packed)
         status = status_pb2.Status(
-            code=_CODE_NUMBERS[self.code], message=self.message, details=details
+            code=code_number(self.code), message=self.message, details=details
         )
         return rpc_status.to_status(status)
 
 
 _CODE_NUMBERS: dict[grpc.StatusCode, int] = {code: code.value[0] for code in grpc.StatusCode}
+_CODES: dict[int, grpc.StatusCode] = {number: code for code, number in _CODE_NUMBERS.items()}
 assert _CODE_NUMBERS[grpc.StatusCode.INVALID_ARGUMENT] == code_pb2.INVALID_ARGUMENT
+
+
+def code_number(code: grpc.StatusCode) -> int:
+    """The wire number of a status code (google.rpc.Code)."""
+    return _CODE_NUMBERS[code]
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    """The status code a wire number means; UNKNOWN for a number gRPC lacks."""
+    return _CODES.get(number, grpc.StatusCode.UNKNOWN)
+
+
+async def abort(context: Any, exc: RequestError) -> None:
+    """End a grpc.aio call with the error's rich status (raises, as abort does).
+    ``context`` is a grpc.aio.ServicerContext of any request/response types."""
+    status = exc.to_status()
+    await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 def invalid_argument(field: str, message: str) -> RequestError:

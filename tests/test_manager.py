@@ -3,11 +3,16 @@ through the operator API, events, label selectors, errors."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from support import connected_container, wait_until
 
 import pycontainer
+from pycontainer._errors import RequestError
 from pycontainer.testing import ManagerHost
 from pycontainer.v1 import container_pb2, manager_pb2
 
@@ -81,6 +86,53 @@ def test_errors_name_what_to_fix(manager: ManagerHost) -> None:
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "label_selector" in info.value.details()
+    # The rich status the container side sends too (pycontainer._errors).
+    status = rpc_status.from_call(info.value)  # type: ignore[arg-type]
+    assert status is not None
+    bad = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad)
+    assert [v.field for v in bad.field_violations] == ["label_selector"]
+
+    # The project's own server interceptor (the one containers use) counted
+    # both failures (a call is counted once its handler has returned, just
+    # after the client has its status).
+    def failed() -> dict[str, tuple[int, int]]:
+        return {
+            f.method.rsplit("/", 1)[-1]: (f.calls_started, f.calls_failed)
+            for f in manager.manager.rpc_stats.figures()
+        }
+
+    wait_until(
+        lambda: failed() == {"GetContainer": (1, 1), "ListContainers": (1, 1)},
+        what="both failures counted by the interceptor",
+    )
+
+
+def test_a_stopped_container_is_deleted_for_good(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    manager = ManagerHost(state)
+    container, host = connected_container(manager, "web")
+    try:
+        wait_until(lambda: container.state == pycontainer.State.RUNNING, what="auto start")
+        with pytest.raises(RequestError) as info:
+            manager.call(lambda: manager.manager.delete_container("web"))
+        assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "stop it first" in info.value.message
+        manager.stub.StopContainer(manager_pb2.StopContainerRequest(container="web"), timeout=10)
+        wait_until(lambda: _state(manager, "web") == S.LIFECYCLE_STATE_STOPPED, what="stopped")
+        manager.call(lambda: manager.manager.delete_container("web"))
+        with pytest.raises(grpc.RpcError) as gone:
+            manager.stub.GetContainer(manager_pb2.GetContainerRequest(container="web"), timeout=5)
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        host.stop()
+        manager.stop()
+    again = ManagerHost(state)  # the record went from the state store too
+    try:
+        listed = again.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=5)
+        assert list(listed.containers) == []
+    finally:
+        again.stop()
 
 
 def test_label_selector_and_state_filter(manager: ManagerHost) -> None:

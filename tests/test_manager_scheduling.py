@@ -268,6 +268,65 @@ def test_admission_evicts_lowest_priority_then_youngest_and_refuses_what_cannot_
         manager.stop()
 
 
+def test_an_admission_proceeds_while_an_eviction_waits_out_its_grace_period(
+    tmp_path: Path, journal: Journal
+) -> None:
+    """An eviction waiting for its victim's on_stop holds nothing another
+    admission needs: a newcomer that fits starts meanwhile (the manager once
+    held its admission lock across the eviction, so it waited)."""
+    capacity = Resources(cpu_millis=1000, memory_bytes=1 << 30)
+    manager = ManagerHost(str(tmp_path / "state"), capacity=capacity)
+    release = threading.Event()
+    hosts: list[Host] = []
+    containers: dict[str, pycontainer.Container] = {}
+
+    def slow_stop(reason: str, deadline: float) -> None:
+        journal.add("low", "stop", reason)
+        release.wait(20)  # until the newcomer below has started
+
+    def connect(
+        name: str, priority: int, cpu: int, hooks: pycontainer.Hooks | None = None
+    ) -> pycontainer.Container:
+        container = make_container(
+            name,
+            priority=priority,
+            cpu_millis=cpu,
+            memory_bytes=64 * MiB,
+            hooks=hooks or _journal_hooks(journal, name),
+        )
+        hosts.append(start_sync_host(container))
+        container.connect(manager.address)
+        containers[name] = container
+        return container
+
+    def in_state(name: str, state: pycontainer.State) -> Callable[[], bool]:
+        return lambda: containers[name].state == state
+
+    try:
+        connect("low", 1, 600, pycontainer.Hooks(on_stop=slow_stop))
+        wait_until(in_state("low", pycontainer.State.RUNNING), "low running")
+        # 600m free is not enough for high: low is evicted, and takes its time.
+        connect("high", 10, 600)
+        wait_until(lambda: ("stop", "evicted") in journal.of("low"), "low asked to stop")
+        assert containers["low"].state == pycontainer.State.STOPPING
+        # 400m is left beside high's reserved 600m: small fits, and starts
+        # while the eviction still waits.
+        connect("small", 1, 300)
+        wait_until(in_state("small", pycontainer.State.RUNNING), "small running", timeout=10)
+        assert containers["low"].state == pycontainer.State.STOPPING
+        assert containers["high"].state == pycontainer.State.CREATED
+        release.set()
+        wait_until(in_state("high", pycontainer.State.RUNNING), "high running")
+        assert containers["low"].state == pycontainer.State.STOPPED
+        assert containers["small"].state == pycontainer.State.RUNNING
+        assert journal.hooks("start").count(("high", None)) == 1
+    finally:
+        release.set()
+        for host in hosts:
+            host.stop()
+        manager.stop()
+
+
 # -- 6. checkpoints across a manager restart -----------------------------------------------
 def test_checkpoint_outlives_the_manager_and_restores_into_replacements(
     tmp_path: Path, journal: Journal, factory: Factory

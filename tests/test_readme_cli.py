@@ -3,22 +3,35 @@ against `pycontainer up` running the demo spec (what `make run` runs)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import re
 import shlex
 import signal
 import socket
+import struct
 import subprocess
 import sys
-import time
+import termios
+import threading
 from pathlib import Path
+from typing import IO
 
 from support import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PYCONTAINER = ROOT / ".venv" / "bin" / "pycontainer"
-# Verbs that follow until interrupted: run briefly, then Ctrl-C them.
-LIVE = ("logs -f", "top", "events -w", "pycontainer run ")
+# Verbs that follow until interrupted (a pattern of the command line), and
+# what they show once they work: Ctrl-C them then.
+LIVE = {
+    r"pycontainer logs .*-f\b": r"(sync-worker|async-pipeline|oci-worker).*WARN",
+    r"pycontainer top\b": r"RUNNING",
+    r"pycontainer events .*-w\b": r"sync-worker",
+    r"pycontainer run\b": r"tick",
+}
+# Terminal control sequences (colours, cursor moves), not text.
+ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07|[()][A-Z0-9])")
 
 
 def _commands() -> list[str]:
@@ -35,6 +48,72 @@ def _free_address() -> str:
         return f"127.0.0.1:{s.getsockname()[1]}"
 
 
+class _Reader:
+    """What a process writes on one stream (a pipe, or a terminal's master
+    side), read as it comes: a stream nobody reads would fill and block it."""
+
+    def __init__(self, stream: IO[str] | int) -> None:
+        self.chunks: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str] | int) -> None:
+        if isinstance(stream, int):  # a pty master: EIO once the process closed it
+            while True:
+                try:
+                    data = os.read(stream, 65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                self.chunks.append(data.decode(errors="replace"))
+            os.close(stream)
+            return
+        for line in stream:
+            self.chunks.append(line)
+
+    def text(self) -> str:
+        self._thread.join(30)  # after the process ended: until end of file
+        return "".join(self.chunks)
+
+
+def _terminal() -> tuple[int, int]:
+    """A pseudo-terminal of 40x120 (master, slave): `top` draws its live table
+    on a terminal only, as it does for a user."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    return master, slave
+
+
+def _interrupt_once_it_shows(
+    argv: list[str], expected: str, cwd: Path, env: dict[str, str]
+) -> None:
+    """Run a following verb on a terminal until it shows ``expected`` (a
+    regular expression), then Ctrl-C it."""
+    command = shlex.join(argv)
+    master, slave = _terminal()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=slave, stderr=subprocess.PIPE, text=True)
+    os.close(slave)
+    assert proc.stderr is not None
+    out, err = _Reader(master), _Reader(proc.stderr)
+    try:
+
+        def shown() -> bool:
+            return bool(re.search(expected, ANSI.sub("", "".join(out.chunks))))
+
+        wait_until(lambda: shown() or proc.poll() is not None, 30, f"{expected} from {command}")
+        assert proc.poll() is None, (command, out.text(), err.text())
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    # 143: the sidecar exits with its program's status (stopped by SIGTERM).
+    assert proc.returncode in (0, 130, -2, 143), (command, err.text())
+    assert "Traceback" not in err.text(), command
+
+
 def test_readme_cli_commands(tmp_path: Path) -> None:
     # `manager` and `health` run against other servers: tests/test_examples.py.
     commands = [
@@ -45,8 +124,12 @@ def test_readme_cli_commands(tmp_path: Path) -> None:
     assert len(commands) >= 15
     address = _free_address()
     env = {**os.environ, "PYCONTAINER_MANAGER": address}
+    # The commands run in a directory of their own (`profile -o` writes there)
+    # that has the clone's examples/ (`apply -f examples/demo.yaml`).
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "examples").symlink_to(ROOT / "examples")
     log = (tmp_path / "up.log").open("w")  # a pipe nobody reads would fill and block up
-    log = (tmp_path / "up.log").open("w")  # a pipe nobody reads would fill and stall up
     up = subprocess.Popen(
         [
             sys.executable,
@@ -82,34 +165,23 @@ def test_readme_cli_commands(tmp_path: Path) -> None:
 
         wait_until(running, 60, "the demo containers to run")
         for command in commands:
-            argv = shlex.split(command)
+            # `run --listen` on a free port instead of the README's fixed one.
+            argv = shlex.split(re.sub(r"127\.0\.0\.1:50060\b", _free_address(), command))
             argv[0] = str(ROOT / argv[0])
-            if any(live in command for live in LIVE):
-                proc = subprocess.Popen(
-                    argv,
-                    cwd=ROOT,
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-                time.sleep(3)
-                proc.send_signal(signal.SIGINT)
-                out, err = proc.communicate(timeout=30)
-                # 143: the sidecar exits with its program's status (stopped by SIGTERM).
-                assert proc.returncode in (0, 130, -2, 143), (command, err)
-                assert out.strip() or err.strip(), command
+            live = [expected for verb, expected in LIVE.items() if re.search(verb, command)]
+            if live:
+                _interrupt_once_it_shows(argv, live[0], work, env)
                 continue
             result = subprocess.run(
-                argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+                argv, cwd=work, env=env, capture_output=True, text=True, timeout=60
             )
             assert result.returncode == 0, (command, result.stdout, result.stderr)
             assert "Traceback" not in result.stderr, command
+        assert (work / "sync-worker.pb.gz").stat().st_size > 0  # `profile -o` wrote it
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(60)
         log.close()
-        Path("/tmp/sync-worker.pb.gz").unlink(missing_ok=True)
     assert up.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]
 
 

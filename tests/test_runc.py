@@ -25,7 +25,7 @@ from support import running_and_connected as _running_and_connected
 from support import wait_container as _wait_container
 
 from pycontainer.manager import Launch
-from pycontainer.manager._runc import (
+from pycontainer.manager.runc import (
     NAMESPACES,
     RuncRuntime,
     build_config,
@@ -108,7 +108,6 @@ def runc_manager(tmp_path: Path) -> Iterator[tuple[ManagerHost, RuncRuntime]]:
     _require_runc()
     runtime = RuncRuntime(tmp_path / "runc")
     host = ManagerHost(str(tmp_path / "state"), runtimes={spec_pb2.RUNTIME_KIND_RUNC: runtime})
-    runtime.on_exit = host.manager._on_process_exit  # as the manager wires its own
     try:
         yield host, runtime
     finally:

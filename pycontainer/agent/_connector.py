@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from .._errors import RequestError
+from .._errors import RequestError, code_number
 from ..v1 import container_pb2, lifecycle_pb2, lifecycle_pb2_grpc
 from ._lifecycle import Outcome, Request
 from ._state import Command, State, state_proto
@@ -244,11 +244,11 @@ class ManagerConnection:
             elif command.WhichOneof("action") == "replicate":
                 result.seed_state = data
         except RequestError as exc:
-            result.code = exc.code.value[0]
+            result.code = code_number(exc.code)
             result.message = exc.message
         except Exception as exc:  # a bug of ours: still answer the manager
             _log.exception("command %s failed", command.id)
-            result.code = grpc.StatusCode.INTERNAL.value[0]
+            result.code = code_number(grpc.StatusCode.INTERNAL)
             result.message = f"{type(exc).__name__}: {exc}"
         finally:
             self._running.discard(command.id)

@@ -23,7 +23,8 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .._errors import RequestError, resource_exhausted
+from .._errors import RequestError, code_number, resource_exhausted
+from .._errors import abort as _aio_abort
 from ._metrics import RpcStats
 
 _OK = grpc.StatusCode.OK
@@ -115,7 +116,7 @@ class Observer:
     ) -> None:
         self.stats.call_finished(method, code, time.perf_counter() - started)
         if span is not None:
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            span.set_attribute("rpc.grpc.status_code", code_number(code))
             if code != _OK:
                 span.set_status(Status(StatusCode.ERROR, str(error) if error else code.name))
                 if error is not None and not isinstance(error, RequestError):
@@ -308,11 +309,6 @@ class Observer:
                 self._finish(method, span, code, started, error)
 
         return behavior
-
-
-async def _aio_abort(context: Any, exc: RequestError) -> None:
-    status = exc.to_status()
-    await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 def _code_of(context: Any, default: grpc.StatusCode) -> grpc.StatusCode:

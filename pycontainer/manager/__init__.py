@@ -3,10 +3,10 @@ operator API, admission with priorities and eviction, checkpoints."""
 
 from ..units import parse_cpu, parse_memory
 from ._manager import Manager, ManagerSettings
-from ._runc import RuncRuntime
 from ._runtime import InProcessRuntime, Launch, ProcessRuntime, Runtime
 from ._scheduler import Resources
 from ._store import SQLiteStore, StateStore
+from .runc import RuncRuntime
 
 __all__ = [
     "InProcessRuntime",

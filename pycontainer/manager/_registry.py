@@ -1,26 +1,28 @@
-"""The manager's view of each container and of its live session."""
+"""The manager's view of each container and of its live session, and the
+registry that holds them: lookups, persistence in the state store, deletion."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
 
+from .._errors import invalid_argument, not_found
+from ..units import timestamp_to_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
+from ._events import EventBus
 from ._scheduler import Claim, Resources
-from ._store import ContainerRecord
+from ._store import ContainerRecord, StateStore
 
 _TERMINAL = (container_pb2.LIFECYCLE_STATE_STOPPED, container_pb2.LIFECYCLE_STATE_FAILED)
 
 
 def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
-    if seconds is None:
-        return None
-    ns = int(seconds * 1e9)
-    return timestamp_pb2.Timestamp(seconds=ns // 10**9, nanos=ns % 10**9)
+    return None if seconds is None else timestamp_to_proto(seconds)
 
 
 class Session:
@@ -216,3 +218,87 @@ def parse_selector(text: str) -> list[tuple[str, str, str | None]]:
             raise ValueError(f"bad requirement {raw!r} (use key=value, key!=value, key or !key)")
         out.append((key, op, value if op in ("=", "!=") else None))
     return out
+
+
+class Registry:
+    """Every container the manager knows, kept in the state store: what
+    lookups, selectors, admission and the operator API see."""
+
+    def __init__(self, store: StateStore, events: EventBus) -> None:
+        self.store = store
+        self.events = events
+        self.entries: dict[str, Entry] = {}
+        for record in store.list_containers():
+            entry = Entry.from_record(record)
+            self.entries[entry.id] = entry
+
+    def add(self, entry: Entry) -> None:
+        self.entries[entry.id] = entry
+        self.persist(entry)
+
+    def persist(self, entry: Entry) -> None:
+        # A deleted container's late news (its stream ending) is not written back.
+        if self.entries.get(entry.id) is entry:
+            self.store.put_container(entry.to_record())
+
+    def delete(self, entry: Entry) -> None:
+        """Forget a container (its record too); its checkpoints stay."""
+        self.entries.pop(entry.id, None)
+        self.store.delete_container(entry.id)
+
+    def event(
+        self,
+        type_: manager_pb2.EventType.ValueType,
+        entry: Entry,
+        message: str,
+        command_id: str = "",
+    ) -> None:
+        self.events.publish(
+            type_, entry.id, entry.name, message, state=entry.state, command_id=command_id
+        )
+
+    def get(self, container_id: str) -> Entry | None:
+        return self.entries.get(container_id)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(list(self.entries.values()))
+
+    def resolve(self, name_or_id: str) -> Entry:
+        """A container by id, or by a name only one live container has."""
+        if not name_or_id:
+            raise invalid_argument("container", "give a container id or name")
+        if name_or_id in self.entries:
+            return self.entries[name_or_id]
+        named = [e for e in self.entries.values() if e.name == name_or_id]
+        live = [e for e in named if not e.terminal] or named
+        if not live:
+            raise not_found("container", f"no container with id or name {name_or_id!r}")
+        if len(live) > 1:
+            ids = ", ".join(sorted(e.id for e in live))
+            raise invalid_argument(
+                "container",
+                f"name {name_or_id!r} matches {len(live)} containers ({ids}): use an id",
+            )
+        return live[0]
+
+    def select(self, selector: str, states: Iterable[int]) -> list[Entry]:
+        try:
+            parsed = parse_selector(selector)
+        except ValueError as exc:
+            raise invalid_argument("label_selector", str(exc)) from None
+        wanted = set(states)
+        return sorted(
+            (
+                e
+                for e in self.entries.values()
+                if e.matches(parsed) and (not wanted or e.state in wanted)
+            ),
+            key=lambda e: (e.name, e.create_time),
+        )
+
+    def live_group(self, name: str) -> list[Entry]:
+        """The live replicas called ``name``, oldest first."""
+        return sorted(
+            (e for e in self.entries.values() if e.name == name and not e.terminal),
+            key=lambda e: e.create_time,
+        )

@@ -31,6 +31,16 @@ class Launch:
 class Runtime(Protocol):
     """Starts containers that then dial the manager with their id."""
 
+    @property
+    def reports_exits(self) -> bool:
+        """Whether the runtime tells its exit listeners when a launched
+        container's process ends (a runtime without processes cannot)."""
+        ...
+
+    def add_exit_listener(self, listener: ExitListener) -> None:
+        """Call ``listener(id, exit code)`` whenever a launched container ends."""
+        ...
+
     async def launch(self, launch: Launch) -> int:
         """Start it; the pid (0 when not a process of its own)."""
         ...
@@ -44,6 +54,22 @@ class Runtime(Protocol):
         ...
 
 
+class ExitListeners:
+    """The exit listeners of a runtime that reports exits."""
+
+    reports_exits = True
+
+    def __init__(self) -> None:
+        self._exit_listeners: list[ExitListener] = []
+
+    def add_exit_listener(self, listener: ExitListener) -> None:
+        self._exit_listeners.append(listener)
+
+    async def _exited(self, container_id: str, code: int) -> None:
+        for listener in list(self._exit_listeners):
+            await listener(container_id, code)
+
+
 # An in-process container factory: builds a container object for the spec,
 # connects it to the manager, and returns something with close().
 Factory = Callable[[Launch], Any]
@@ -55,6 +81,12 @@ class InProcessRuntime:
     def __init__(self, factory: Factory) -> None:
         self._factory = factory
         self._objects: dict[str, Any] = {}
+
+    # Its containers share the manager's process: none exits on its own.
+    reports_exits = False
+
+    def add_exit_listener(self, listener: ExitListener) -> None:
+        """Nothing to report (see reports_exits)."""
 
     async def launch(self, launch: Launch) -> int:
         self._objects[launch.container_id] = await asyncio.to_thread(self._factory, launch)
@@ -70,14 +102,14 @@ class InProcessRuntime:
             await self.kill(container_id)
 
 
-class ProcessRuntime:
+class ProcessRuntime(ExitListeners):
     """Local processes: the spec's command, with PYCONTAINER_* variables that
     tell an embedded pycontainer which manager to dial and which id it has."""
 
-    def __init__(self, on_exit: ExitListener | None = None) -> None:
+    def __init__(self) -> None:
+        super().__init__()
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._watchers: set[asyncio.Task[None]] = set()
-        self.on_exit = on_exit
 
     async def launch(self, launch: Launch) -> int:
         spec = launch.spec
@@ -115,8 +147,7 @@ class ProcessRuntime:
     async def _watch(self, container_id: str, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
         self._processes.pop(container_id, None)
-        if self.on_exit is not None:
-            await self.on_exit(container_id, code)
+        await self._exited(container_id, code)
 
     def pid(self, container_id: str) -> int | None:
         process = self._processes.get(container_id)

@@ -187,5 +187,3 @@ def _free_phrase(free: Resources) -> str:
         # a manager restart); say so rather than print negative free amounts.
         text += f" (running containers already exceed capacity by {_amounts(over)})"
     return text
-
-

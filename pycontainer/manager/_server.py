@@ -4,35 +4,46 @@ A sync server would spend one thread per live stream; the manager holds one
 Lifecycle stream per container, so it is asyncio. Unary operator calls are
 traced with opentelemetry-instrumentation-grpc's aio interceptor; streams are
 left out of it (its stream handling has open bugs) and the Lifecycle session
-carries trace context inside each command instead.
+carries trace context inside each command instead. The project's own server
+interceptor (pycontainer.agent's, as containers use it) counts every call and
+turns a RequestError into its rich status (pycontainer._errors).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+import platform
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from google.protobuf import duration_pb2
 from grpc_health.v1 import health, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from .. import _reflection
-from .._errors import RequestError, invalid_argument
+from .._errors import RequestError, abort, invalid_argument
+from ..agent._observe import AioServerInterceptor, Observer
+from ..units import duration_from_proto
 from ..v1 import (
+    lifecycle_pb2,
     lifecycle_pb2_grpc,
     management_pb2,
     management_pb2_grpc,
     manager_pb2,
     manager_pb2_grpc,
 )
+from ._registry import Entry
 
 if TYPE_CHECKING:
     from ._manager import Manager
 
+    # What the generated servicers' _ServicerContext is (grpc-stubs makes it generic).
+    Context = grpc.aio.ServicerContext[Any, Any]
+
 T = TypeVar("T")
+R = TypeVar("R")
 
 SERVER_OPTIONS = (
     # A burst of new streams (every container reconnecting to a restarted
@@ -47,40 +58,12 @@ SERVER_OPTIONS = (
 )
 
 
-def _unary(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """RequestError -> a rich gRPC status."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: Any) -> T:
-        try:
-            return await fn(self, request, context)
-        except RequestError as exc:
-            status = exc.to_status()
-            await context.abort(status.code, status.details, status.trailing_metadata)
-            raise  # unreachable: abort raises
-
-    return wrapper
-
-
-def _stream(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]:
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[T]:
-        try:
-            async for item in fn(self, request, context):
-                yield item
-        except RequestError as exc:
-            status = exc.to_status()
-            await context.abort(status.code, status.details, status.trailing_metadata)
-
-    return wrapper
-
-
-def _seconds(duration: Any) -> float | None:
+def _seconds(duration: duration_pb2.Duration) -> float | None:
     if duration.seconds == 0 and duration.nanos == 0:
         return None
     if duration.seconds < 0 or duration.nanos < 0:
         raise invalid_argument("grace_period", "must not be negative")
-    return float(duration.ToNanoseconds() / 1e9)
+    return duration_from_proto(duration).total_seconds()
 
 
 class LifecycleServicer(lifecycle_pb2_grpc.LifecycleServicer):
@@ -89,13 +72,17 @@ class LifecycleServicer(lifecycle_pb2_grpc.LifecycleServicer):
     def __init__(self, manager: Manager) -> None:
         self._m = manager
 
-    async def Connect(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[lifecycle_pb2.ConnectRequest],
+        context: Context,
+    ) -> AsyncIterator[lifecycle_pb2.ConnectResponse]:
+        # A bidirectional stream: the interceptor leaves it alone.
         try:
-            async for response in self._m.connect(request_iterator, context):
+            async for response in self._m.connect(request_iterator):
                 yield response
         except RequestError as exc:
-            status = exc.to_status()
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            await abort(context, exc)
 
 
 class ManagerServicer(manager_pb2_grpc.ManagerServicer):
@@ -104,19 +91,22 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     def __init__(self, manager: Manager) -> None:
         self._m = manager
 
-    @_unary
-    async def ListContainers(self, request: Any, context: Any) -> Any:
+    async def ListContainers(
+        self, request: manager_pb2.ListContainersRequest, context: Context
+    ) -> manager_pb2.ListContainersResponse:
         entries = self._m.select(request.label_selector, request.states)
         return manager_pb2.ListContainersResponse(containers=[e.to_proto() for e in entries])
 
-    @_unary
-    async def GetContainer(self, request: Any, context: Any) -> Any:
+    async def GetContainer(
+        self, request: manager_pb2.GetContainerRequest, context: Context
+    ) -> manager_pb2.GetContainerResponse:
         return manager_pb2.GetContainerResponse(
             container=self._m.resolve(request.container).to_proto()
         )
 
-    @_stream
-    async def WatchEvents(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def WatchEvents(
+        self, request: manager_pb2.WatchEventsRequest, context: Context
+    ) -> AsyncIterator[manager_pb2.WatchEventsResponse]:
         only = request.container
         async for event in self._m.events.subscribe(
             request.include_history or request.history_only, request.history_only
@@ -125,57 +115,66 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
                 continue
             yield manager_pb2.WatchEventsResponse(event=event)
 
-    @_unary
-    async def RunContainer(self, request: Any, context: Any) -> Any:
+    async def RunContainer(
+        self, request: manager_pb2.RunContainerRequest, context: Context
+    ) -> manager_pb2.RunContainerResponse:
         entries = await self._m.run(request.spec)
         return manager_pb2.RunContainerResponse(containers=[e.to_proto() for e in entries])
 
-    @_unary
-    async def StopContainer(self, request: Any, context: Any) -> Any:
+    async def StopContainer(
+        self, request: manager_pb2.StopContainerRequest, context: Context
+    ) -> manager_pb2.StopContainerResponse:
         entry = await self._m.stop_container(
             request.container, _seconds(request.grace_period), request.message
         )
         return manager_pb2.StopContainerResponse(container=entry.to_proto())
 
-    @_unary
-    async def PauseContainer(self, request: Any, context: Any) -> Any:
+    async def PauseContainer(
+        self, request: manager_pb2.PauseContainerRequest, context: Context
+    ) -> manager_pb2.PauseContainerResponse:
         entry = await self._m.simple(request.container, "pause")
         return manager_pb2.PauseContainerResponse(container=entry.to_proto())
 
-    @_unary
-    async def ResumeContainer(self, request: Any, context: Any) -> Any:
+    async def ResumeContainer(
+        self, request: manager_pb2.ResumeContainerRequest, context: Context
+    ) -> manager_pb2.ResumeContainerResponse:
         entry = await self._m.simple(request.container, "resume")
         return manager_pb2.ResumeContainerResponse(container=entry.to_proto())
 
-    @_unary
-    async def CheckpointContainer(self, request: Any, context: Any) -> Any:
+    async def CheckpointContainer(
+        self, request: manager_pb2.CheckpointContainerRequest, context: Context
+    ) -> manager_pb2.CheckpointContainerResponse:
         return await self._m.checkpoint(request.container)
 
-    @_unary
-    async def RestoreContainer(self, request: Any, context: Any) -> Any:
+    async def RestoreContainer(
+        self, request: manager_pb2.RestoreContainerRequest, context: Context
+    ) -> manager_pb2.RestoreContainerResponse:
         entry = await self._m.restore(request.container, request.checkpoint_id)
         return manager_pb2.RestoreContainerResponse(container=entry.to_proto())
 
-    @_unary
-    async def EvictContainer(self, request: Any, context: Any) -> Any:
+    async def EvictContainer(
+        self, request: manager_pb2.EvictContainerRequest, context: Context
+    ) -> manager_pb2.EvictContainerResponse:
         entry = self._m.resolve(request.container)
         await self._m.evict(
             entry, _seconds(request.grace_period), request.message or "evicted by an operator"
         )
         return manager_pb2.EvictContainerResponse(container=entry.to_proto())
 
-    @_unary
-    async def ScaleContainer(self, request: Any, context: Any) -> Any:
+    async def ScaleContainer(
+        self, request: manager_pb2.ScaleContainerRequest, context: Context
+    ) -> manager_pb2.ScaleContainerResponse:
         entries = await self._m.scale(request.container, request.replicas)
         return manager_pb2.ScaleContainerResponse(containers=[e.to_proto() for e in entries])
 
-    def _targets(self, names: Any, selector: str) -> list[Any]:
+    def _targets(self, names: Iterable[str], selector: str) -> list[Entry]:
         if names:
             return [self._m.resolve(n) for n in names]
         return [e for e in self._m.select(selector, []) if e.connected]
 
-    @_stream
-    async def StreamLogs(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def StreamLogs(
+        self, request: manager_pb2.ManagerStreamLogsRequest, context: Context
+    ) -> AsyncIterator[manager_pb2.ManagerStreamLogsResponse]:
         f = request.filter
         upstream = management_pb2.StreamLogsRequest(
             follow=f.follow,
@@ -188,7 +187,9 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
         if f.HasField("tail"):
             upstream.tail = f.tail
 
-        def convert(entry: Any, response: Any) -> Any:
+        def convert(
+            entry: Entry, response: management_pb2.StreamLogsResponse
+        ) -> manager_pb2.ManagerStreamLogsResponse:
             for log in response.entries:
                 log.container_id = entry.id
             return manager_pb2.ManagerStreamLogsResponse(
@@ -202,13 +203,16 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
         ):
             yield item
 
-    @_stream
-    async def WatchMetrics(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def WatchMetrics(
+        self, request: manager_pb2.ManagerWatchMetricsRequest, context: Context
+    ) -> AsyncIterator[manager_pb2.ManagerWatchMetricsResponse]:
         upstream = management_pb2.WatchMetricsRequest(metric_filters=request.metric_filters)
         if request.HasField("interval"):
             upstream.interval.CopyFrom(request.interval)
 
-        def convert(entry: Any, response: Any) -> Any:
+        def convert(
+            entry: Entry, response: management_pb2.WatchMetricsResponse
+        ) -> manager_pb2.ManagerWatchMetricsResponse:
             response.snapshot.container_id = entry.id
             return manager_pb2.ManagerWatchMetricsResponse(snapshot=response.snapshot)
 
@@ -219,20 +223,66 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
         ):
             yield item
 
+    async def GetVersion(
+        self, request: manager_pb2.GetVersionRequest, context: Context
+    ) -> manager_pb2.GetVersionResponse:
+        return version_response()
+
+    # The verbs below are wired by the manager's supervision work (issue 7,
+    # section 3); until then they say so instead of pretending.
+    async def RestartContainer(
+        self, request: manager_pb2.RestartContainerRequest, context: Context
+    ) -> manager_pb2.RestartContainerResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "RestartContainer: not yet")
+        raise AssertionError("unreachable")
+
+    async def KillContainer(
+        self, request: manager_pb2.KillContainerRequest, context: Context
+    ) -> manager_pb2.KillContainerResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "KillContainer: not yet")
+        raise AssertionError("unreachable")
+
+    async def DeleteContainer(
+        self, request: manager_pb2.DeleteContainerRequest, context: Context
+    ) -> manager_pb2.DeleteContainerResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "DeleteContainer: not yet")
+        raise AssertionError("unreachable")
+
+    async def ApplySpecs(
+        self, request: manager_pb2.ApplySpecsRequest, context: Context
+    ) -> manager_pb2.ApplySpecsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ApplySpecs: not yet")
+        raise AssertionError("unreachable")
+
+
+def version_response() -> manager_pb2.GetVersionResponse:
+    """This process's versions: pycontainer, Python, grpcio and protobuf (with its backend)."""
+    from google.protobuf import __version__ as protobuf_version
+    from google.protobuf.internal import api_implementation
+
+    from .. import __version__
+
+    return manager_pb2.GetVersionResponse(
+        version=__version__,
+        python_version=platform.python_version(),
+        grpc_version=grpc.__version__,
+        protobuf_version=f"{protobuf_version} {api_implementation.Type()}",
+    )
+
 
 async def _merge(
-    entries: list[Any],
-    open_stream: Callable[[Any], Any],
-    convert: Callable[[Any, Any], Any],
-) -> AsyncIterator[Any]:
+    entries: list[Entry],
+    open_stream: Callable[[management_pb2_grpc.ManagementAsyncStub], AsyncIterable[T]],
+    convert: Callable[[Entry, T], R],
+) -> AsyncIterator[R]:
     """Interleave one Management stream per container, as they arrive."""
     if not entries:
         return
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
-    done = object()
-    channels = []
+    # Items, a pump's error, or None when a pump is done.
+    queue: asyncio.Queue[R | RequestError | None] = asyncio.Queue(maxsize=64)
+    channels: list[grpc.aio.Channel] = []
 
-    async def pump(entry: Any) -> None:
+    async def pump(entry: Entry) -> None:
         address = entry.management_address()
         if not address:
             raise RequestError(
@@ -242,19 +292,22 @@ async def _merge(
         channel = grpc.aio.insecure_channel(address)
         channels.append(channel)
         try:
-            async for response in open_stream(management_pb2_grpc.ManagementStub(channel)):
+            stub: management_pb2_grpc.ManagementAsyncStub = management_pb2_grpc.ManagementStub(
+                channel
+            )
+            async for response in open_stream(stub):
                 await queue.put(convert(entry, response))
         except grpc.aio.AioRpcError as exc:
             await queue.put(RequestError(exc.code(), f"{entry.id}: {exc.details()}"))
         finally:
-            await queue.put(done)
+            await queue.put(None)
 
     tasks = [asyncio.ensure_future(pump(e)) for e in entries]
     try:
         remaining = len(tasks)
         while remaining:
             item = await queue.get()
-            if item is done:
+            if item is None:
                 remaining -= 1
             elif isinstance(item, RequestError):
                 raise item
@@ -280,12 +333,14 @@ def build_server(manager: Manager) -> grpc.aio.Server:
             filters.method_name("WatchMetrics"),
         )
     )
+    observer = Observer(manager.rpc_stats, manager.tracer)
     server = grpc.aio.server(
         options=SERVER_OPTIONS,
         interceptors=[
             aio_server_interceptor(  # type: ignore[no-untyped-call]
                 tracer_provider=manager._tracer_provider, filter_=traced
-            )
+            ),
+            AioServerInterceptor(observer),
         ],
     )
     lifecycle_pb2_grpc.add_LifecycleServicer_to_server(LifecycleServicer(manager), server)

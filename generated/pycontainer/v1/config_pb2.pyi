@@ -3,26 +3,26 @@
 isort:skip_file
 """
 
-import builtins
-import google.protobuf.descriptor
-import google.protobuf.internal.enum_type_wrapper
-import google.protobuf.message
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+import builtins as _builtins
 import sys
-import typing
+import typing as _typing
 
-if sys.version_info >= (3, 10):
-    import typing as typing_extensions
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    import typing_extensions
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
-DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
+DESCRIPTOR: _descriptor.FileDescriptor
 
 class _ConfigSource:
-    ValueType = typing.NewType("ValueType", builtins.int)
-    V: typing_extensions.TypeAlias = ValueType
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
 
-class _ConfigSourceEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_ConfigSource.ValueType], builtins.type):
-    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+class _ConfigSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConfigSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
     CONFIG_SOURCE_UNSPECIFIED: _ConfigSource.ValueType  # 0
     """Not known."""
     CONFIG_SOURCE_DEFAULT: _ConfigSource.ValueType  # 1
@@ -51,38 +51,42 @@ CONFIG_SOURCE_FLAG: ConfigSource.ValueType  # 4
 """A command-line flag."""
 CONFIG_SOURCE_RUNTIME: ConfigSource.ValueType  # 5
 """Set in code at run time."""
-Global___ConfigSource: typing_extensions.TypeAlias = ConfigSource
+Global___ConfigSource: _TypeAlias = ConfigSource  # noqa: Y015
 
-@typing.final
-class ConfigEntry(google.protobuf.message.Message):
+@_typing.final
+class ConfigEntry(_message.Message):
     """One effective configuration value."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    KEY_FIELD_NUMBER: builtins.int
-    VALUE_FIELD_NUMBER: builtins.int
-    SOURCE_FIELD_NUMBER: builtins.int
-    SOURCE_DETAIL_FIELD_NUMBER: builtins.int
-    REDACTED_FIELD_NUMBER: builtins.int
-    key: builtins.str
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SOURCE_DETAIL_FIELD_NUMBER: _builtins.int
+    REDACTED_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
     """Dotted key, such as "server.port"."""
-    value: builtins.str
+    value: _builtins.str
     """The value as text; "<redacted>" for a secret."""
     source: Global___ConfigSource.ValueType
     """The source that won."""
-    source_detail: builtins.str
+    source_detail: _builtins.str
     """Where exactly: the file path, the variable name or the flag."""
-    redacted: builtins.bool
+    redacted: _builtins.bool
     """True when the value is a secret and was redacted."""
     def __init__(
         self,
         *,
-        key: builtins.str = ...,
-        value: builtins.str = ...,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
         source: Global___ConfigSource.ValueType = ...,
-        source_detail: builtins.str = ...,
-        redacted: builtins.bool = ...,
+        source_detail: _builtins.str = ...,
+        redacted: _builtins.bool = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["key", b"key", "redacted", b"redacted", "source", b"source", "source_detail", b"source_detail", "value", b"value"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "redacted", b"redacted", "source", b"source", "source_detail", b"source_detail", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ConfigEntry: typing_extensions.TypeAlias = ConfigEntry
+Global___ConfigEntry: _TypeAlias = ConfigEntry  # noqa: Y015

@@ -3,29 +3,29 @@
 isort:skip_file
 """
 
-import builtins
-import collections.abc
-import google.protobuf.descriptor
-import google.protobuf.duration_pb2
-import google.protobuf.internal.containers
-import google.protobuf.internal.enum_type_wrapper
-import google.protobuf.message
+from collections import abc as _abc
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+import builtins as _builtins
 import sys
-import typing
+import typing as _typing
 
-if sys.version_info >= (3, 10):
-    import typing as typing_extensions
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    import typing_extensions
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
-DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
+DESCRIPTOR: _descriptor.FileDescriptor
 
 class _LifecycleState:
-    ValueType = typing.NewType("ValueType", builtins.int)
-    V: typing_extensions.TypeAlias = ValueType
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
 
-class _LifecycleStateEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_LifecycleState.ValueType], builtins.type):
-    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+class _LifecycleStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LifecycleState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
     LIFECYCLE_STATE_UNSPECIFIED: _LifecycleState.ValueType  # 0
     """Not set; never reported by a live container."""
     LIFECYCLE_STATE_CREATED: _LifecycleState.ValueType  # 1
@@ -73,14 +73,14 @@ LIFECYCLE_STATE_PAUSING: LifecycleState.ValueType  # 8
 """A pause or resume hook is running."""
 LIFECYCLE_STATE_RESUMING: LifecycleState.ValueType  # 9
 """on_resume is running."""
-Global___LifecycleState: typing_extensions.TypeAlias = LifecycleState
+Global___LifecycleState: _TypeAlias = LifecycleState  # noqa: Y015
 
 class _StopReason:
-    ValueType = typing.NewType("ValueType", builtins.int)
-    V: typing_extensions.TypeAlias = ValueType
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
 
-class _StopReasonEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_StopReason.ValueType], builtins.type):
-    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+class _StopReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StopReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
     STOP_REASON_UNSPECIFIED: _StopReason.ValueType  # 0
     """Not given."""
     STOP_REASON_REQUESTED: _StopReason.ValueType  # 1
@@ -113,14 +113,14 @@ STOP_REASON_SHUTDOWN: StopReason.ValueType  # 5
 """The manager is shutting down."""
 STOP_REASON_UNHEALTHY: StopReason.ValueType  # 6
 """A liveness probe failed."""
-Global___StopReason: typing_extensions.TypeAlias = StopReason
+Global___StopReason: _TypeAlias = StopReason  # noqa: Y015
 
 class _EndpointKind:
-    ValueType = typing.NewType("ValueType", builtins.int)
-    V: typing_extensions.TypeAlias = ValueType
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
 
-class _EndpointKindEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_EndpointKind.ValueType], builtins.type):
-    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+class _EndpointKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EndpointKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
     ENDPOINT_KIND_UNSPECIFIED: _EndpointKind.ValueType  # 0
     """Not given."""
     ENDPOINT_KIND_MANAGEMENT: _EndpointKind.ValueType  # 1
@@ -145,129 +145,144 @@ ENDPOINT_KIND_HTTP: EndpointKind.ValueType  # 3
 """An HTTP endpoint of the application."""
 ENDPOINT_KIND_OTHER: EndpointKind.ValueType  # 4
 """Something else, described by the name."""
-Global___EndpointKind: typing_extensions.TypeAlias = EndpointKind
+Global___EndpointKind: _TypeAlias = EndpointKind  # noqa: Y015
 
-@typing.final
-class ResourceRequirements(google.protobuf.message.Message):
+@_typing.final
+class ResourceRequirements(_message.Message):
     """Compute resources a container asks for. The manager admits a container only
     while the sum of requests fits its capacity.
     """
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CPU_MILLIS_FIELD_NUMBER: builtins.int
-    MEMORY_BYTES_FIELD_NUMBER: builtins.int
-    cpu_millis: builtins.int
+    CPU_MILLIS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    cpu_millis: _builtins.int
     """CPU in thousandths of a core (1000 = one core), as Kubernetes' "m" unit."""
-    memory_bytes: builtins.int
+    memory_bytes: _builtins.int
     """Memory in bytes."""
     def __init__(
         self,
         *,
-        cpu_millis: builtins.int = ...,
-        memory_bytes: builtins.int = ...,
+        cpu_millis: _builtins.int = ...,
+        memory_bytes: _builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["cpu_millis", b"cpu_millis", "memory_bytes", b"memory_bytes"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_millis", b"cpu_millis", "memory_bytes", b"memory_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ResourceRequirements: typing_extensions.TypeAlias = ResourceRequirements
+Global___ResourceRequirements: _TypeAlias = ResourceRequirements  # noqa: Y015
 
-@typing.final
-class Endpoint(google.protobuf.message.Message):
+@_typing.final
+class Endpoint(_message.Message):
     """One network endpoint served by a container."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    NAME_FIELD_NUMBER: builtins.int
-    KIND_FIELD_NUMBER: builtins.int
-    ADDRESS_FIELD_NUMBER: builtins.int
-    name: builtins.str
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
     """A short name, such as "management" or "http"."""
     kind: Global___EndpointKind.ValueType
     """What is served there."""
-    address: builtins.str
+    address: _builtins.str
     """A gRPC target or URL, such as "127.0.0.1:50051" or "unix:///run/app.sock"."""
     def __init__(
         self,
         *,
-        name: builtins.str = ...,
+        name: _builtins.str = ...,
         kind: Global___EndpointKind.ValueType = ...,
-        address: builtins.str = ...,
+        address: _builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["address", b"address", "kind", b"kind", "name", b"name"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "kind", b"kind", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Endpoint: typing_extensions.TypeAlias = Endpoint
+Global___Endpoint: _TypeAlias = Endpoint  # noqa: Y015
 
-@typing.final
-class ContainerIdentity(google.protobuf.message.Message):
+@_typing.final
+class ContainerIdentity(_message.Message):
     """What a container tells the manager about itself when it registers, and what
     GetInfo returns. The id is stable for the life of the container.
     """
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    @typing.final
-    class LabelsEntry(google.protobuf.message.Message):
-        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
 
-        KEY_FIELD_NUMBER: builtins.int
-        VALUE_FIELD_NUMBER: builtins.int
-        key: builtins.str
-        value: builtins.str
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
         def __init__(
             self,
             *,
-            key: builtins.str = ...,
-            value: builtins.str = ...,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
         ) -> None: ...
-        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-    ID_FIELD_NUMBER: builtins.int
-    NAME_FIELD_NUMBER: builtins.int
-    VERSION_FIELD_NUMBER: builtins.int
-    LABELS_FIELD_NUMBER: builtins.int
-    PRIORITY_FIELD_NUMBER: builtins.int
-    RESOURCES_FIELD_NUMBER: builtins.int
-    ENDPOINTS_FIELD_NUMBER: builtins.int
-    GRACE_PERIOD_FIELD_NUMBER: builtins.int
-    id: builtins.str
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
     """Unique id, chosen by whoever created the container (the manager, or the
     container itself when started by hand). Lower-case letters, digits, '-'.
     """
-    name: builtins.str
+    name: _builtins.str
     """Human-readable name; need not be unique across replicas."""
-    version: builtins.str
+    version: _builtins.str
     """The application's version string."""
-    priority: builtins.int
+    priority: _builtins.int
     """Priority: higher wins when the machine is oversubscribed."""
-    @property
-    def labels(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels, used by label selectors (Kubernetes label syntax)."""
 
-    @property
+    @_builtins.property
     def resources(self) -> Global___ResourceRequirements:
         """Resources the container asks for."""
 
-    @property
-    def endpoints(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Endpoint]:
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Endpoint]:
         """Endpoints the container serves; the Management endpoint among them."""
 
-    @property
-    def grace_period(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def grace_period(self) -> _duration_pb2.Duration:
         """The default grace period of a stop that does not give one."""
 
     def __init__(
         self,
         *,
-        id: builtins.str = ...,
-        name: builtins.str = ...,
-        version: builtins.str = ...,
-        labels: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
-        priority: builtins.int = ...,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        priority: _builtins.int = ...,
         resources: Global___ResourceRequirements | None = ...,
-        endpoints: collections.abc.Iterable[Global___Endpoint] | None = ...,
-        grace_period: google.protobuf.duration_pb2.Duration | None = ...,
+        endpoints: _abc.Iterable[Global___Endpoint] | None = ...,
+        grace_period: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["grace_period", b"grace_period", "resources", b"resources"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["endpoints", b"endpoints", "grace_period", b"grace_period", "id", b"id", "labels", b"labels", "name", b"name", "priority", b"priority", "resources", b"resources", "version", b"version"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "resources", b"resources"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "grace_period", b"grace_period", "id", b"id", "labels", b"labels", "name", b"name", "priority", b"priority", "resources", b"resources", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ContainerIdentity: typing_extensions.TypeAlias = ContainerIdentity
+Global___ContainerIdentity: _TypeAlias = ContainerIdentity  # noqa: Y015

@@ -3,27 +3,27 @@
 isort:skip_file
 """
 
-import builtins
-import google.protobuf.descriptor
-import google.protobuf.internal.enum_type_wrapper
-import google.protobuf.message
-import google.protobuf.timestamp_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+import builtins as _builtins
 import sys
-import typing
+import typing as _typing
 
-if sys.version_info >= (3, 10):
-    import typing as typing_extensions
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    import typing_extensions
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
-DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
+DESCRIPTOR: _descriptor.FileDescriptor
 
 class _HealthStatus:
-    ValueType = typing.NewType("ValueType", builtins.int)
-    V: typing_extensions.TypeAlias = ValueType
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
 
-class _HealthStatusEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_HealthStatus.ValueType], builtins.type):
-    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+class _HealthStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HealthStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
     HEALTH_STATUS_UNSPECIFIED: _HealthStatus.ValueType  # 0
     """Not known yet (the check has never run)."""
     HEALTH_STATUS_SERVING: _HealthStatus.ValueType  # 1
@@ -40,14 +40,14 @@ HEALTH_STATUS_SERVING: HealthStatus.ValueType  # 1
 """Healthy."""
 HEALTH_STATUS_NOT_SERVING: HealthStatus.ValueType  # 2
 """Unhealthy or not ready."""
-Global___HealthStatus: typing_extensions.TypeAlias = HealthStatus
+Global___HealthStatus: _TypeAlias = HealthStatus  # noqa: Y015
 
 class _CheckKind:
-    ValueType = typing.NewType("ValueType", builtins.int)
-    V: typing_extensions.TypeAlias = ValueType
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
 
-class _CheckKindEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_CheckKind.ValueType], builtins.type):
-    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+class _CheckKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CheckKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
     CHECK_KIND_UNSPECIFIED: _CheckKind.ValueType  # 0
     """Not given; treated as readiness."""
     CHECK_KIND_LIVENESS: _CheckKind.ValueType  # 1
@@ -64,47 +64,50 @@ CHECK_KIND_LIVENESS: CheckKind.ValueType  # 1
 """Failing means the container should be restarted."""
 CHECK_KIND_READINESS: CheckKind.ValueType  # 2
 """Failing means the container should get no traffic."""
-Global___CheckKind: typing_extensions.TypeAlias = CheckKind
+Global___CheckKind: _TypeAlias = CheckKind  # noqa: Y015
 
-@typing.final
-class HealthCheckResult(google.protobuf.message.Message):
+@_typing.final
+class HealthCheckResult(_message.Message):
     """The last result of one named health check."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    NAME_FIELD_NUMBER: builtins.int
-    KIND_FIELD_NUMBER: builtins.int
-    STATUS_FIELD_NUMBER: builtins.int
-    MESSAGE_FIELD_NUMBER: builtins.int
-    LAST_TRANSITION_TIME_FIELD_NUMBER: builtins.int
-    LAST_CHECK_TIME_FIELD_NUMBER: builtins.int
-    name: builtins.str
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    LAST_TRANSITION_TIME_FIELD_NUMBER: _builtins.int
+    LAST_CHECK_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
     """The check's name, unique within the container."""
     kind: Global___CheckKind.ValueType
     """Liveness or readiness."""
     status: Global___HealthStatus.ValueType
     """The last status."""
-    message: builtins.str
+    message: _builtins.str
     """A human-readable explanation of the status; empty when serving."""
-    @property
-    def last_transition_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def last_transition_time(self) -> _timestamp_pb2.Timestamp:
         """When the status last changed."""
 
-    @property
-    def last_check_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def last_check_time(self) -> _timestamp_pb2.Timestamp:
         """When the check last ran."""
 
     def __init__(
         self,
         *,
-        name: builtins.str = ...,
+        name: _builtins.str = ...,
         kind: Global___CheckKind.ValueType = ...,
         status: Global___HealthStatus.ValueType = ...,
-        message: builtins.str = ...,
-        last_transition_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
-        last_check_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        message: _builtins.str = ...,
+        last_transition_time: _timestamp_pb2.Timestamp | None = ...,
+        last_check_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["last_check_time", b"last_check_time", "last_transition_time", b"last_transition_time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["kind", b"kind", "last_check_time", b"last_check_time", "last_transition_time", b"last_transition_time", "message", b"message", "name", b"name", "status", b"status"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_check_time", b"last_check_time", "last_transition_time", b"last_transition_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "last_check_time", b"last_check_time", "last_transition_time", b"last_transition_time", "message", b"message", "name", b"name", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___HealthCheckResult: typing_extensions.TypeAlias = HealthCheckResult
+Global___HealthCheckResult: _TypeAlias = HealthCheckResult  # noqa: Y015

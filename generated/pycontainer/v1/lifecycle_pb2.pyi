@@ -3,52 +3,52 @@
 isort:skip_file
 """
 
-import builtins
-import collections.abc
-import google.protobuf.descriptor
-import google.protobuf.duration_pb2
-import google.protobuf.internal.containers
-import google.protobuf.message
-import google.protobuf.timestamp_pb2
-import pycontainer.v1.container_pb2
+from collections import abc as _abc
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from pycontainer.v1 import container_pb2 as _container_pb2
+import builtins as _builtins
 import sys
-import typing
+import typing as _typing
 
-if sys.version_info >= (3, 10):
-    import typing as typing_extensions
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    import typing_extensions
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
-DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
+DESCRIPTOR: _descriptor.FileDescriptor
 
-@typing.final
-class ConnectRequest(google.protobuf.message.Message):
+@_typing.final
+class ConnectRequest(_message.Message):
     """A message from a container to the manager."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    REGISTER_FIELD_NUMBER: builtins.int
-    STATE_CHANGE_FIELD_NUMBER: builtins.int
-    COMMAND_RESULT_FIELD_NUMBER: builtins.int
-    HEARTBEAT_FIELD_NUMBER: builtins.int
-    GRACE_EXTENSION_FIELD_NUMBER: builtins.int
-    @property
+    REGISTER_FIELD_NUMBER: _builtins.int
+    STATE_CHANGE_FIELD_NUMBER: _builtins.int
+    COMMAND_RESULT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    GRACE_EXTENSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
     def register(self) -> Global___Registration:
         """First message of every session: who the container is."""
 
-    @property
+    @_builtins.property
     def state_change(self) -> Global___StateChange:
         """The container's state changed."""
 
-    @property
+    @_builtins.property
     def command_result(self) -> Global___CommandResult:
         """A command finished."""
 
-    @property
+    @_builtins.property
     def heartbeat(self) -> Global___Heartbeat:
         """Liveness of the session when nothing else is sent."""
 
-    @property
+    @_builtins.property
     def grace_extension(self) -> Global___GraceExtensionRequest:
         """A stop hook asks for more time."""
 
@@ -61,35 +61,39 @@ class ConnectRequest(google.protobuf.message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         grace_extension: Global___GraceExtensionRequest | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["command_result", b"command_result", "grace_extension", b"grace_extension", "heartbeat", b"heartbeat", "message", b"message", "register", b"register", "state_change", b"state_change"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["command_result", b"command_result", "grace_extension", b"grace_extension", "heartbeat", b"heartbeat", "message", b"message", "register", b"register", "state_change", b"state_change"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["message", b"message"]) -> typing.Literal["register", "state_change", "command_result", "heartbeat", "grace_extension"] | None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command_result", b"command_result", "grace_extension", b"grace_extension", "heartbeat", b"heartbeat", "message", b"message", "register", b"register", "state_change", b"state_change"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_result", b"command_result", "grace_extension", b"grace_extension", "heartbeat", b"heartbeat", "message", b"message", "register", b"register", "state_change", b"state_change"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "state_change", "command_result", "heartbeat", "grace_extension"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
-Global___ConnectRequest: typing_extensions.TypeAlias = ConnectRequest
+Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
 
-@typing.final
-class ConnectResponse(google.protobuf.message.Message):
+@_typing.final
+class ConnectResponse(_message.Message):
     """A message from the manager to a container."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    REGISTERED_FIELD_NUMBER: builtins.int
-    COMMAND_FIELD_NUMBER: builtins.int
-    HEARTBEAT_FIELD_NUMBER: builtins.int
-    GRACE_EXTENSION_FIELD_NUMBER: builtins.int
-    @property
+    REGISTERED_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    GRACE_EXTENSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
     def registered(self) -> Global___RegistrationAck:
         """Answer to the registration."""
 
-    @property
+    @_builtins.property
     def command(self) -> Global___Command:
         """A command to execute."""
 
-    @property
+    @_builtins.property
     def heartbeat(self) -> Global___Heartbeat:
         """Answer to a heartbeat."""
 
-    @property
+    @_builtins.property
     def grace_extension(self) -> Global___GraceExtensionResponse:
         """Answer to a grace extension request."""
 
@@ -101,441 +105,501 @@ class ConnectResponse(google.protobuf.message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         grace_extension: Global___GraceExtensionResponse | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["command", b"command", "grace_extension", b"grace_extension", "heartbeat", b"heartbeat", "message", b"message", "registered", b"registered"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["command", b"command", "grace_extension", b"grace_extension", "heartbeat", b"heartbeat", "message", b"message", "registered", b"registered"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["message", b"message"]) -> typing.Literal["registered", "command", "heartbeat", "grace_extension"] | None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "grace_extension", b"grace_extension", "heartbeat", b"heartbeat", "message", b"message", "registered", b"registered"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "grace_extension", b"grace_extension", "heartbeat", b"heartbeat", "message", b"message", "registered", b"registered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "command", "heartbeat", "grace_extension"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
-Global___ConnectResponse: typing_extensions.TypeAlias = ConnectResponse
+Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
 
-@typing.final
-class Registration(google.protobuf.message.Message):
+@_typing.final
+class Registration(_message.Message):
     """Who a container is and where it stands, sent first on every session
     (including after a reconnect).
     """
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    IDENTITY_FIELD_NUMBER: builtins.int
-    STATE_FIELD_NUMBER: builtins.int
-    PID_FIELD_NUMBER: builtins.int
-    COMPLETED_COMMAND_IDS_FIELD_NUMBER: builtins.int
-    START_TIME_FIELD_NUMBER: builtins.int
-    ERROR_FIELD_NUMBER: builtins.int
-    state: pycontainer.v1.container_pb2.LifecycleState.ValueType
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    COMPLETED_COMMAND_IDS_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    state: _container_pb2.LifecycleState.ValueType
     """Current state; lets the manager resync after a reconnect."""
-    pid: builtins.int
+    pid: _builtins.int
     """Process id."""
-    error: builtins.str
+    error: _builtins.str
     """Set when state is FAILED: what went wrong."""
-    @property
-    def identity(self) -> pycontainer.v1.container_pb2.ContainerIdentity:
+    @_builtins.property
+    def identity(self) -> _container_pb2.ContainerIdentity:
         """Identity, labels, priority, resources and endpoints."""
 
-    @property
-    def completed_command_ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+    @_builtins.property
+    def completed_command_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the commands this container already executed in this process, so
         that the manager never sends one twice.
         """
 
-    @property
-    def start_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
         """When the container process started."""
 
     def __init__(
         self,
         *,
-        identity: pycontainer.v1.container_pb2.ContainerIdentity | None = ...,
-        state: pycontainer.v1.container_pb2.LifecycleState.ValueType = ...,
-        pid: builtins.int = ...,
-        completed_command_ids: collections.abc.Iterable[builtins.str] | None = ...,
-        start_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
-        error: builtins.str = ...,
+        identity: _container_pb2.ContainerIdentity | None = ...,
+        state: _container_pb2.LifecycleState.ValueType = ...,
+        pid: _builtins.int = ...,
+        completed_command_ids: _abc.Iterable[_builtins.str] | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["identity", b"identity", "start_time", b"start_time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["completed_command_ids", b"completed_command_ids", "error", b"error", "identity", b"identity", "pid", b"pid", "start_time", b"start_time", "state", b"state"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_command_ids", b"completed_command_ids", "error", b"error", "identity", b"identity", "pid", b"pid", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Registration: typing_extensions.TypeAlias = Registration
+Global___Registration: _TypeAlias = Registration  # noqa: Y015
 
-@typing.final
-class RegistrationAck(google.protobuf.message.Message):
+@_typing.final
+class RegistrationAck(_message.Message):
     """The manager's answer to a registration."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    SESSION_ID_FIELD_NUMBER: builtins.int
-    HEARTBEAT_INTERVAL_FIELD_NUMBER: builtins.int
-    MAX_GRACE_EXTENSION_FIELD_NUMBER: builtins.int
-    session_id: builtins.str
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    MAX_GRACE_EXTENSION_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
     """Session id, for logs."""
-    @property
-    def heartbeat_interval(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def heartbeat_interval(self) -> _duration_pb2.Duration:
         """How often the container should send a heartbeat when idle."""
 
-    @property
-    def max_grace_extension(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def max_grace_extension(self) -> _duration_pb2.Duration:
         """The longest extension of a grace period the manager will grant in total."""
 
     def __init__(
         self,
         *,
-        session_id: builtins.str = ...,
-        heartbeat_interval: google.protobuf.duration_pb2.Duration | None = ...,
-        max_grace_extension: google.protobuf.duration_pb2.Duration | None = ...,
+        session_id: _builtins.str = ...,
+        heartbeat_interval: _duration_pb2.Duration | None = ...,
+        max_grace_extension: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["heartbeat_interval", b"heartbeat_interval", "max_grace_extension", b"max_grace_extension"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["heartbeat_interval", b"heartbeat_interval", "max_grace_extension", b"max_grace_extension", "session_id", b"session_id"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "max_grace_extension", b"max_grace_extension"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "max_grace_extension", b"max_grace_extension", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RegistrationAck: typing_extensions.TypeAlias = RegistrationAck
+Global___RegistrationAck: _TypeAlias = RegistrationAck  # noqa: Y015
 
-@typing.final
-class StateChange(google.protobuf.message.Message):
+@_typing.final
+class StateChange(_message.Message):
     """A lifecycle transition of the container."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    FROM_STATE_FIELD_NUMBER: builtins.int
-    TO_STATE_FIELD_NUMBER: builtins.int
-    TIME_FIELD_NUMBER: builtins.int
-    COMMAND_ID_FIELD_NUMBER: builtins.int
-    MESSAGE_FIELD_NUMBER: builtins.int
-    from_state: pycontainer.v1.container_pb2.LifecycleState.ValueType
+    FROM_STATE_FIELD_NUMBER: _builtins.int
+    TO_STATE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    from_state: _container_pb2.LifecycleState.ValueType
     """State before."""
-    to_state: pycontainer.v1.container_pb2.LifecycleState.ValueType
+    to_state: _container_pb2.LifecycleState.ValueType
     """State after."""
-    command_id: builtins.str
+    command_id: _builtins.str
     """The command that caused it; empty for a change the container made itself."""
-    message: builtins.str
+    message: _builtins.str
     """Why: the stop reason, the error of a hook that raised, ..."""
-    @property
-    def time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
         """When it changed."""
 
     def __init__(
         self,
         *,
-        from_state: pycontainer.v1.container_pb2.LifecycleState.ValueType = ...,
-        to_state: pycontainer.v1.container_pb2.LifecycleState.ValueType = ...,
-        time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
-        command_id: builtins.str = ...,
-        message: builtins.str = ...,
+        from_state: _container_pb2.LifecycleState.ValueType = ...,
+        to_state: _container_pb2.LifecycleState.ValueType = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        command_id: _builtins.str = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["time", b"time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["command_id", b"command_id", "from_state", b"from_state", "message", b"message", "time", b"time", "to_state", b"to_state"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "from_state", b"from_state", "message", b"message", "time", b"time", "to_state", b"to_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___StateChange: typing_extensions.TypeAlias = StateChange
+Global___StateChange: _TypeAlias = StateChange  # noqa: Y015
 
-@typing.final
-class Heartbeat(google.protobuf.message.Message):
+@_typing.final
+class Heartbeat(_message.Message):
     """Keep-alive message, sent both ways."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    TIME_FIELD_NUMBER: builtins.int
-    @property
-    def time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
         """When it was sent."""
 
     def __init__(
         self,
         *,
-        time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["time", b"time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["time", b"time"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Heartbeat: typing_extensions.TypeAlias = Heartbeat
+Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
 
-@typing.final
-class GraceExtensionRequest(google.protobuf.message.Message):
+@_typing.final
+class GraceExtensionRequest(_message.Message):
     """A stop hook asks for more time before the hard kill."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    COMMAND_ID_FIELD_NUMBER: builtins.int
-    EXTENSION_FIELD_NUMBER: builtins.int
-    REASON_FIELD_NUMBER: builtins.int
-    command_id: builtins.str
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    EXTENSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    command_id: _builtins.str
     """The stop command whose deadline should move."""
-    reason: builtins.str
+    reason: _builtins.str
     """Why, for the operator."""
-    @property
-    def extension(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def extension(self) -> _duration_pb2.Duration:
         """How much more time is asked for."""
 
     def __init__(
         self,
         *,
-        command_id: builtins.str = ...,
-        extension: google.protobuf.duration_pb2.Duration | None = ...,
-        reason: builtins.str = ...,
+        command_id: _builtins.str = ...,
+        extension: _duration_pb2.Duration | None = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["extension", b"extension"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["command_id", b"command_id", "extension", b"extension", "reason", b"reason"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["extension", b"extension"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "extension", b"extension", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GraceExtensionRequest: typing_extensions.TypeAlias = GraceExtensionRequest
+Global___GraceExtensionRequest: _TypeAlias = GraceExtensionRequest  # noqa: Y015
 
-@typing.final
-class GraceExtensionResponse(google.protobuf.message.Message):
+@_typing.final
+class GraceExtensionResponse(_message.Message):
     """The manager's answer to a grace extension request."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    COMMAND_ID_FIELD_NUMBER: builtins.int
-    GRANTED_FIELD_NUMBER: builtins.int
-    DEADLINE_FIELD_NUMBER: builtins.int
-    command_id: builtins.str
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    GRANTED_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    command_id: _builtins.str
     """The stop command concerned."""
-    @property
-    def granted(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def granted(self) -> _duration_pb2.Duration:
         """How much was granted; may be less than asked, or zero."""
 
-    @property
-    def deadline(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
         """The new deadline of the stop."""
 
     def __init__(
         self,
         *,
-        command_id: builtins.str = ...,
-        granted: google.protobuf.duration_pb2.Duration | None = ...,
-        deadline: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        command_id: _builtins.str = ...,
+        granted: _duration_pb2.Duration | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["deadline", b"deadline", "granted", b"granted"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["command_id", b"command_id", "deadline", b"deadline", "granted", b"granted"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "granted", b"granted"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "deadline", b"deadline", "granted", b"granted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GraceExtensionResponse: typing_extensions.TypeAlias = GraceExtensionResponse
+Global___GraceExtensionResponse: _TypeAlias = GraceExtensionResponse  # noqa: Y015
 
-@typing.final
-class StartCommand(google.protobuf.message.Message):
+@_typing.final
+class StartCommand(_message.Message):
     """Start the container: run on_start and enter RUNNING."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
         self,
     ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___StartCommand: typing_extensions.TypeAlias = StartCommand
+Global___StartCommand: _TypeAlias = StartCommand  # noqa: Y015
 
-@typing.final
-class PauseCommand(google.protobuf.message.Message):
+@_typing.final
+class PauseCommand(_message.Message):
     """Pause the container: run on_pause and enter PAUSED."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
         self,
     ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PauseCommand: typing_extensions.TypeAlias = PauseCommand
+Global___PauseCommand: _TypeAlias = PauseCommand  # noqa: Y015
 
-@typing.final
-class ResumeCommand(google.protobuf.message.Message):
+@_typing.final
+class ResumeCommand(_message.Message):
     """Resume a paused container: run on_resume and enter RUNNING."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
         self,
     ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ResumeCommand: typing_extensions.TypeAlias = ResumeCommand
+Global___ResumeCommand: _TypeAlias = ResumeCommand  # noqa: Y015
 
-@typing.final
-class StopCommand(google.protobuf.message.Message):
+@_typing.final
+class StopCommand(_message.Message):
     """Stop the container gracefully: health goes NOT_SERVING at once, on_stop
     runs, and the container is killed when the grace period runs out.
     """
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    GRACE_PERIOD_FIELD_NUMBER: builtins.int
-    REASON_FIELD_NUMBER: builtins.int
-    MESSAGE_FIELD_NUMBER: builtins.int
-    reason: pycontainer.v1.container_pb2.StopReason.ValueType
+    GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    reason: _container_pb2.StopReason.ValueType
     """Why."""
-    message: builtins.str
+    message: _builtins.str
     """Free text for the operator and the hook."""
-    @property
-    def grace_period(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def grace_period(self) -> _duration_pb2.Duration:
         """Time on_stop may take; unset means the container's default (30s)."""
 
     def __init__(
         self,
         *,
-        grace_period: google.protobuf.duration_pb2.Duration | None = ...,
-        reason: pycontainer.v1.container_pb2.StopReason.ValueType = ...,
-        message: builtins.str = ...,
+        grace_period: _duration_pb2.Duration | None = ...,
+        reason: _container_pb2.StopReason.ValueType = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["grace_period", b"grace_period"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["grace_period", b"grace_period", "message", b"message", "reason", b"reason"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___StopCommand: typing_extensions.TypeAlias = StopCommand
+Global___StopCommand: _TypeAlias = StopCommand  # noqa: Y015
 
-@typing.final
-class CheckpointCommand(google.protobuf.message.Message):
+@_typing.final
+class CheckpointCommand(_message.Message):
     """Ask on_checkpoint for the container's state."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
         self,
     ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CheckpointCommand: typing_extensions.TypeAlias = CheckpointCommand
+Global___CheckpointCommand: _TypeAlias = CheckpointCommand  # noqa: Y015
 
-@typing.final
-class RestoreCommand(google.protobuf.message.Message):
+@_typing.final
+class RestoreCommand(_message.Message):
     """Give a saved state back to on_restore."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    STATE_FIELD_NUMBER: builtins.int
-    CHECKPOINT_ID_FIELD_NUMBER: builtins.int
-    state: builtins.bytes
+    STATE_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    state: _builtins.bytes
     """The state, as a checkpoint returned it."""
-    checkpoint_id: builtins.str
+    checkpoint_id: _builtins.str
     """Id of the checkpoint the state came from."""
     def __init__(
         self,
         *,
-        state: builtins.bytes = ...,
-        checkpoint_id: builtins.str = ...,
+        state: _builtins.bytes = ...,
+        checkpoint_id: _builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["checkpoint_id", b"checkpoint_id", "state", b"state"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RestoreCommand: typing_extensions.TypeAlias = RestoreCommand
+Global___RestoreCommand: _TypeAlias = RestoreCommand  # noqa: Y015
 
-@typing.final
-class ReplicateCommand(google.protobuf.message.Message):
+@_typing.final
+class ReplicateCommand(_message.Message):
     """Ask on_replicate for the seed state of new replicas."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    COUNT_FIELD_NUMBER: builtins.int
-    count: builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
     """How many replicas will be made."""
     def __init__(
         self,
         *,
-        count: builtins.int = ...,
+        count: _builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["count", b"count"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ReplicateCommand: typing_extensions.TypeAlias = ReplicateCommand
+Global___ReplicateCommand: _TypeAlias = ReplicateCommand  # noqa: Y015
 
-@typing.final
-class EvictCommand(google.protobuf.message.Message):
+@_typing.final
+class EvictCommand(_message.Message):
     """Evict the container: a stop with reason EVICTED, after a checkpoint when
     asked.
     """
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    GRACE_PERIOD_FIELD_NUMBER: builtins.int
-    MESSAGE_FIELD_NUMBER: builtins.int
-    CHECKPOINT_FIRST_FIELD_NUMBER: builtins.int
-    message: builtins.str
+    GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIRST_FIELD_NUMBER: _builtins.int
+    message: _builtins.str
     """Why, for the operator and the hook."""
-    checkpoint_first: builtins.bool
+    checkpoint_first: _builtins.bool
     """Take a checkpoint before stopping."""
-    @property
-    def grace_period(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def grace_period(self) -> _duration_pb2.Duration:
         """Time on_stop may take."""
 
     def __init__(
         self,
         *,
-        grace_period: google.protobuf.duration_pb2.Duration | None = ...,
-        message: builtins.str = ...,
-        checkpoint_first: builtins.bool = ...,
+        grace_period: _duration_pb2.Duration | None = ...,
+        message: _builtins.str = ...,
+        checkpoint_first: _builtins.bool = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["grace_period", b"grace_period"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["checkpoint_first", b"checkpoint_first", "grace_period", b"grace_period", "message", b"message"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_first", b"checkpoint_first", "grace_period", b"grace_period", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___EvictCommand: typing_extensions.TypeAlias = EvictCommand
+Global___EvictCommand: _TypeAlias = EvictCommand  # noqa: Y015
 
-@typing.final
-class Command(google.protobuf.message.Message):
+@_typing.final
+class Command(_message.Message):
     """One command from the manager."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    @typing.final
-    class TraceContextEntry(google.protobuf.message.Message):
-        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
 
-        KEY_FIELD_NUMBER: builtins.int
-        VALUE_FIELD_NUMBER: builtins.int
-        key: builtins.str
-        value: builtins.str
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
         def __init__(
             self,
             *,
-            key: builtins.str = ...,
-            value: builtins.str = ...,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
         ) -> None: ...
-        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-    ID_FIELD_NUMBER: builtins.int
-    DEADLINE_FIELD_NUMBER: builtins.int
-    TRACE_CONTEXT_FIELD_NUMBER: builtins.int
-    START_FIELD_NUMBER: builtins.int
-    PAUSE_FIELD_NUMBER: builtins.int
-    RESUME_FIELD_NUMBER: builtins.int
-    STOP_FIELD_NUMBER: builtins.int
-    CHECKPOINT_FIELD_NUMBER: builtins.int
-    RESTORE_FIELD_NUMBER: builtins.int
-    REPLICATE_FIELD_NUMBER: builtins.int
-    EVICT_FIELD_NUMBER: builtins.int
-    id: builtins.str
+    ID_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    PAUSE_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    RESTORE_FIELD_NUMBER: _builtins.int
+    REPLICATE_FIELD_NUMBER: _builtins.int
+    EVICT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
     """Unique id; a container executes each id at most once."""
-    @property
-    def deadline(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
         """When the manager stops waiting for the result."""
 
-    @property
-    def trace_context(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """W3C trace context of the caller: "traceparent" and "tracestate"."""
 
-    @property
+    @_builtins.property
     def start(self) -> Global___StartCommand:
         """Start."""
 
-    @property
+    @_builtins.property
     def pause(self) -> Global___PauseCommand:
         """Pause."""
 
-    @property
+    @_builtins.property
     def resume(self) -> Global___ResumeCommand:
         """Resume."""
 
-    @property
+    @_builtins.property
     def stop(self) -> Global___StopCommand:
         """Stop."""
 
-    @property
+    @_builtins.property
     def checkpoint(self) -> Global___CheckpointCommand:
         """Checkpoint."""
 
-    @property
+    @_builtins.property
     def restore(self) -> Global___RestoreCommand:
         """Restore."""
 
-    @property
+    @_builtins.property
     def replicate(self) -> Global___ReplicateCommand:
         """Replicate."""
 
-    @property
+    @_builtins.property
     def evict(self) -> Global___EvictCommand:
         """Evict."""
 
     def __init__(
         self,
         *,
-        id: builtins.str = ...,
-        deadline: google.protobuf.timestamp_pb2.Timestamp | None = ...,
-        trace_context: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
+        id: _builtins.str = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         start: Global___StartCommand | None = ...,
         pause: Global___PauseCommand | None = ...,
         resume: Global___ResumeCommand | None = ...,
@@ -545,48 +609,56 @@ class Command(google.protobuf.message.Message):
         replicate: Global___ReplicateCommand | None = ...,
         evict: Global___EvictCommand | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["action", b"action", "checkpoint", b"checkpoint", "deadline", b"deadline", "evict", b"evict", "pause", b"pause", "replicate", b"replicate", "restore", b"restore", "resume", b"resume", "start", b"start", "stop", b"stop"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["action", b"action", "checkpoint", b"checkpoint", "deadline", b"deadline", "evict", b"evict", "id", b"id", "pause", b"pause", "replicate", b"replicate", "restore", b"restore", "resume", b"resume", "start", b"start", "stop", b"stop", "trace_context", b"trace_context"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["action", b"action"]) -> typing.Literal["start", "pause", "resume", "stop", "checkpoint", "restore", "replicate", "evict"] | None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "checkpoint", b"checkpoint", "deadline", b"deadline", "evict", b"evict", "pause", b"pause", "replicate", b"replicate", "restore", b"restore", "resume", b"resume", "start", b"start", "stop", b"stop"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "checkpoint", b"checkpoint", "deadline", b"deadline", "evict", b"evict", "id", b"id", "pause", b"pause", "replicate", b"replicate", "restore", b"restore", "resume", b"resume", "start", b"start", "stop", b"stop", "trace_context", b"trace_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["start", "pause", "resume", "stop", "checkpoint", "restore", "replicate", "evict"]  # noqa: Y015
+    _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
-Global___Command: typing_extensions.TypeAlias = Command
+Global___Command: _TypeAlias = Command  # noqa: Y015
 
-@typing.final
-class CommandResult(google.protobuf.message.Message):
+@_typing.final
+class CommandResult(_message.Message):
     """The outcome of one command."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    COMMAND_ID_FIELD_NUMBER: builtins.int
-    CODE_FIELD_NUMBER: builtins.int
-    MESSAGE_FIELD_NUMBER: builtins.int
-    STATE_FIELD_NUMBER: builtins.int
-    CHECKPOINT_FIELD_NUMBER: builtins.int
-    SEED_STATE_FIELD_NUMBER: builtins.int
-    command_id: builtins.str
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    SEED_STATE_FIELD_NUMBER: _builtins.int
+    command_id: _builtins.str
     """The command's id."""
-    code: builtins.int
+    code: _builtins.int
     """gRPC status code of the outcome (0 = OK), as google.rpc.Code."""
-    message: builtins.str
+    message: _builtins.str
     """Error message when code is not OK."""
-    state: pycontainer.v1.container_pb2.LifecycleState.ValueType
+    state: _container_pb2.LifecycleState.ValueType
     """State after the command."""
-    checkpoint: builtins.bytes
+    checkpoint: _builtins.bytes
     """Checkpoint: the state returned by on_checkpoint (and by an evict with
     checkpoint_first).
     """
-    seed_state: builtins.bytes
+    seed_state: _builtins.bytes
     """Replicate: the seed state returned by on_replicate."""
     def __init__(
         self,
         *,
-        command_id: builtins.str = ...,
-        code: builtins.int = ...,
-        message: builtins.str = ...,
-        state: pycontainer.v1.container_pb2.LifecycleState.ValueType = ...,
-        checkpoint: builtins.bytes = ...,
-        seed_state: builtins.bytes = ...,
+        command_id: _builtins.str = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        state: _container_pb2.LifecycleState.ValueType = ...,
+        checkpoint: _builtins.bytes = ...,
+        seed_state: _builtins.bytes = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["checkpoint", b"checkpoint", "code", b"code", "command_id", b"command_id", "message", b"message", "seed_state", b"seed_state", "state", b"state"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "code", b"code", "command_id", b"command_id", "message", b"message", "seed_state", b"seed_state", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CommandResult: typing_extensions.TypeAlias = CommandResult
+Global___CommandResult: _TypeAlias = CommandResult  # noqa: Y015

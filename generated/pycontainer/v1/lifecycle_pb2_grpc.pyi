@@ -3,45 +3,30 @@
 isort:skip_file
 """
 
-import abc
-import collections.abc
-import grpc
-import grpc.aio
-import pycontainer.v1.lifecycle_pb2
+from collections import abc as _abc
+from grpc import aio as _aio
+from pycontainer.v1 import lifecycle_pb2 as _lifecycle_pb2
+import abc as _abc_1
+import grpc as _grpc
 import sys
-import typing
+import typing as _typing
 
-if sys.version_info >= (3, 13):
-    import typing as typing_extensions
+if sys.version_info >= (3, 11):
+    from typing import Self as _Self
 else:
-    import typing_extensions
+    from typing_extensions import Self as _Self
 
-_T = typing.TypeVar("_T")
+_T = _typing.TypeVar("_T")
 
-class _MaybeAsyncIterator(collections.abc.AsyncIterator[_T], collections.abc.Iterator[_T], metaclass=abc.ABCMeta): ...
+class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
 
-class _ServicerContext(grpc.ServicerContext, grpc.aio.ServicerContext):  # type: ignore[misc, type-arg]
+class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
     ...
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
-_LifecycleConnectType = typing_extensions.TypeVar(
-    '_LifecycleConnectType',
-    grpc.StreamStreamMultiCallable[
-        pycontainer.v1.lifecycle_pb2.ConnectRequest,
-        pycontainer.v1.lifecycle_pb2.ConnectResponse,
-    ],
-    grpc.aio.StreamStreamMultiCallable[
-        pycontainer.v1.lifecycle_pb2.ConnectRequest,
-        pycontainer.v1.lifecycle_pb2.ConnectResponse,
-    ],
-    default=grpc.StreamStreamMultiCallable[
-        pycontainer.v1.lifecycle_pb2.ConnectRequest,
-        pycontainer.v1.lifecycle_pb2.ConnectResponse,
-    ],
-)
 
-class LifecycleStub(typing.Generic[_LifecycleConnectType]):
+class LifecycleStub:
     """The downward API: the manager hosts it and every container dials in with
     one long-lived bidirectional stream. The container registers, then reports
     state changes and command results; the manager sends commands. Messages on
@@ -49,33 +34,15 @@ class LifecycleStub(typing.Generic[_LifecycleConnectType]):
     deadline and W3C trace context.
     """
 
-    @typing.overload
-    def __init__(self: LifecycleStub[
-        grpc.StreamStreamMultiCallable[
-            pycontainer.v1.lifecycle_pb2.ConnectRequest,
-            pycontainer.v1.lifecycle_pb2.ConnectResponse,
-        ],
-    ], channel: grpc.Channel) -> None: ...
-
-    @typing.overload
-    def __init__(self: LifecycleStub[
-        grpc.aio.StreamStreamMultiCallable[
-            pycontainer.v1.lifecycle_pb2.ConnectRequest,
-            pycontainer.v1.lifecycle_pb2.ConnectResponse,
-        ],
-    ], channel: grpc.aio.Channel) -> None: ...
-
-    Connect: _LifecycleConnectType
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> LifecycleAsyncStub: ...
+    Connect: _grpc.StreamStreamMultiCallable[_lifecycle_pb2.ConnectRequest, _lifecycle_pb2.ConnectResponse]
     """The session of one container with the manager."""
 
-LifecycleAsyncStub: typing_extensions.TypeAlias = LifecycleStub[
-    grpc.aio.StreamStreamMultiCallable[
-        pycontainer.v1.lifecycle_pb2.ConnectRequest,
-        pycontainer.v1.lifecycle_pb2.ConnectResponse,
-    ],
-]
-
-class LifecycleServicer(metaclass=abc.ABCMeta):
+@_typing.type_check_only
+class LifecycleAsyncStub(LifecycleStub):
     """The downward API: the manager hosts it and every container dials in with
     one long-lived bidirectional stream. The container registers, then reports
     state changes and command results; the manager sends commands. Messages on
@@ -83,12 +50,24 @@ class LifecycleServicer(metaclass=abc.ABCMeta):
     deadline and W3C trace context.
     """
 
-    @abc.abstractmethod
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Connect: _aio.StreamStreamMultiCallable[_lifecycle_pb2.ConnectRequest, _lifecycle_pb2.ConnectResponse]  # type: ignore[assignment]
+    """The session of one container with the manager."""
+
+class LifecycleServicer(metaclass=_abc_1.ABCMeta):
+    """The downward API: the manager hosts it and every container dials in with
+    one long-lived bidirectional stream. The container registers, then reports
+    state changes and command results; the manager sends commands. Messages on
+    the stream are not RPCs of their own, so each command carries its own
+    deadline and W3C trace context.
+    """
+
+    @_abc_1.abstractmethod
     def Connect(
         self,
-        request_iterator: _MaybeAsyncIterator[pycontainer.v1.lifecycle_pb2.ConnectRequest],
+        request_iterator: _MaybeAsyncIterator[_lifecycle_pb2.ConnectRequest],
         context: _ServicerContext,
-    ) -> typing.Union[collections.abc.Iterator[pycontainer.v1.lifecycle_pb2.ConnectResponse], collections.abc.AsyncIterator[pycontainer.v1.lifecycle_pb2.ConnectResponse]]:
+    ) -> _typing.Union[_abc.Iterator[_lifecycle_pb2.ConnectResponse], _abc.AsyncIterator[_lifecycle_pb2.ConnectResponse]]:
         """The session of one container with the manager."""
 
-def add_LifecycleServicer_to_server(servicer: LifecycleServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...
+def add_LifecycleServicer_to_server(servicer: LifecycleServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

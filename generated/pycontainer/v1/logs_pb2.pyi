@@ -3,29 +3,29 @@
 isort:skip_file
 """
 
-import builtins
-import collections.abc
-import google.protobuf.descriptor
-import google.protobuf.internal.containers
-import google.protobuf.internal.enum_type_wrapper
-import google.protobuf.message
-import google.protobuf.timestamp_pb2
+from collections import abc as _abc
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+import builtins as _builtins
 import sys
-import typing
+import typing as _typing
 
-if sys.version_info >= (3, 10):
-    import typing as typing_extensions
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    import typing_extensions
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
-DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
+DESCRIPTOR: _descriptor.FileDescriptor
 
 class _Severity:
-    ValueType = typing.NewType("ValueType", builtins.int)
-    V: typing_extensions.TypeAlias = ValueType
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
 
-class _SeverityEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_Severity.ValueType], builtins.type):
-    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+class _SeverityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Severity.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
     SEVERITY_UNSPECIFIED: _Severity.ValueType  # 0
     """Not given."""
     SEVERITY_TRACE: _Severity.ValueType  # 1
@@ -132,83 +132,90 @@ SEVERITY_FATAL3: Severity.ValueType  # 23
 """Fatal, level 3."""
 SEVERITY_FATAL4: Severity.ValueType  # 24
 """Fatal, level 4."""
-Global___Severity: typing_extensions.TypeAlias = Severity
+Global___Severity: _TypeAlias = Severity  # noqa: Y015
 
-@typing.final
-class LogEntry(google.protobuf.message.Message):
+@_typing.final
+class LogEntry(_message.Message):
     """One log record."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    @typing.final
-    class AttributesEntry(google.protobuf.message.Message):
-        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    @_typing.final
+    class AttributesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
 
-        KEY_FIELD_NUMBER: builtins.int
-        VALUE_FIELD_NUMBER: builtins.int
-        key: builtins.str
-        value: builtins.str
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
         def __init__(
             self,
             *,
-            key: builtins.str = ...,
-            value: builtins.str = ...,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
         ) -> None: ...
-        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-    SEQUENCE_FIELD_NUMBER: builtins.int
-    TIME_FIELD_NUMBER: builtins.int
-    SEVERITY_FIELD_NUMBER: builtins.int
-    SEVERITY_TEXT_FIELD_NUMBER: builtins.int
-    LOGGER_FIELD_NUMBER: builtins.int
-    MESSAGE_FIELD_NUMBER: builtins.int
-    ATTRIBUTES_FIELD_NUMBER: builtins.int
-    TRACE_ID_FIELD_NUMBER: builtins.int
-    SPAN_ID_FIELD_NUMBER: builtins.int
-    CONTAINER_ID_FIELD_NUMBER: builtins.int
-    sequence: builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    SEVERITY_TEXT_FIELD_NUMBER: _builtins.int
+    LOGGER_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
+    SPAN_ID_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
     """Position in the container's log, increasing by one per entry; a gap seen
     by a reader means entries it did not receive.
     """
     severity: Global___Severity.ValueType
     """OpenTelemetry severity number."""
-    severity_text: builtins.str
+    severity_text: _builtins.str
     """Severity as text, such as "INFO" or "WARNING" (the source's own name)."""
-    logger: builtins.str
+    logger: _builtins.str
     """The logger's name, such as "app.worker"; "stdout"/"stderr" for a
     supervised program's streams.
     """
-    message: builtins.str
+    message: _builtins.str
     """The formatted message."""
-    trace_id: builtins.str
+    trace_id: _builtins.str
     """W3C trace id (32 hex digits) when logged inside a span; empty otherwise."""
-    span_id: builtins.str
+    span_id: _builtins.str
     """W3C span id (16 hex digits) when logged inside a span; empty otherwise."""
-    container_id: builtins.str
+    container_id: _builtins.str
     """The id of the container that logged it (set when proxied by the manager)."""
-    @property
-    def time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
         """When the record was made."""
 
-    @property
-    def attributes(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
+    @_builtins.property
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Structured attributes: the record's extra fields, exception text, thread."""
 
     def __init__(
         self,
         *,
-        sequence: builtins.int = ...,
-        time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        sequence: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
         severity: Global___Severity.ValueType = ...,
-        severity_text: builtins.str = ...,
-        logger: builtins.str = ...,
-        message: builtins.str = ...,
-        attributes: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
-        trace_id: builtins.str = ...,
-        span_id: builtins.str = ...,
-        container_id: builtins.str = ...,
+        severity_text: _builtins.str = ...,
+        logger: _builtins.str = ...,
+        message: _builtins.str = ...,
+        attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        trace_id: _builtins.str = ...,
+        span_id: _builtins.str = ...,
+        container_id: _builtins.str = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["time", b"time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["attributes", b"attributes", "container_id", b"container_id", "logger", b"logger", "message", b"message", "sequence", b"sequence", "severity", b"severity", "severity_text", b"severity_text", "span_id", b"span_id", "time", b"time", "trace_id", b"trace_id"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "container_id", b"container_id", "logger", b"logger", "message", b"message", "sequence", b"sequence", "severity", b"severity", "severity_text", b"severity_text", "span_id", b"span_id", "time", b"time", "trace_id", b"trace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___LogEntry: typing_extensions.TypeAlias = LogEntry
+Global___LogEntry: _TypeAlias = LogEntry  # noqa: Y015

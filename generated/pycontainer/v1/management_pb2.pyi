@@ -3,168 +3,184 @@
 isort:skip_file
 """
 
-import builtins
-import collections.abc
-import google.protobuf.descriptor
-import google.protobuf.duration_pb2
-import google.protobuf.internal.containers
-import google.protobuf.message
-import google.protobuf.timestamp_pb2
-import pycontainer.v1.config_pb2
-import pycontainer.v1.container_pb2
-import pycontainer.v1.health_pb2
-import pycontainer.v1.logs_pb2
-import pycontainer.v1.metrics_pb2
-import pycontainer.v1.profile_pb2
+from collections import abc as _abc
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from pycontainer.v1 import config_pb2 as _config_pb2
+from pycontainer.v1 import container_pb2 as _container_pb2
+from pycontainer.v1 import health_pb2 as _health_pb2
+from pycontainer.v1 import logs_pb2 as _logs_pb2
+from pycontainer.v1 import metrics_pb2 as _metrics_pb2
+from pycontainer.v1 import profile_pb2 as _profile_pb2
+import builtins as _builtins
 import sys
-import typing
+import typing as _typing
 
-if sys.version_info >= (3, 10):
-    import typing as typing_extensions
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    import typing_extensions
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
-DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
+DESCRIPTOR: _descriptor.FileDescriptor
 
-@typing.final
-class GetInfoRequest(google.protobuf.message.Message):
+@_typing.final
+class GetInfoRequest(_message.Message):
     """Request of Management.GetInfo."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
         self,
     ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetInfoRequest: typing_extensions.TypeAlias = GetInfoRequest
+Global___GetInfoRequest: _TypeAlias = GetInfoRequest  # noqa: Y015
 
-@typing.final
-class GetInfoResponse(google.protobuf.message.Message):
+@_typing.final
+class GetInfoResponse(_message.Message):
     """Response of Management.GetInfo."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    IDENTITY_FIELD_NUMBER: builtins.int
-    PID_FIELD_NUMBER: builtins.int
-    HOSTNAME_FIELD_NUMBER: builtins.int
-    START_TIME_FIELD_NUMBER: builtins.int
-    UPTIME_FIELD_NUMBER: builtins.int
-    STATE_FIELD_NUMBER: builtins.int
-    PYCONTAINER_VERSION_FIELD_NUMBER: builtins.int
-    RUNTIME_FIELD_NUMBER: builtins.int
-    ERROR_FIELD_NUMBER: builtins.int
-    pid: builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    UPTIME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PYCONTAINER_VERSION_FIELD_NUMBER: _builtins.int
+    RUNTIME_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    pid: _builtins.int
     """Process id."""
-    hostname: builtins.str
+    hostname: _builtins.str
     """Host name."""
-    state: pycontainer.v1.container_pb2.LifecycleState.ValueType
+    state: _container_pb2.LifecycleState.ValueType
     """Current lifecycle state."""
-    pycontainer_version: builtins.str
+    pycontainer_version: _builtins.str
     """The pycontainer library version."""
-    runtime: builtins.str
+    runtime: _builtins.str
     """The language runtime, such as "CPython 3.11.7"."""
-    error: builtins.str
+    error: _builtins.str
     """Set when state is FAILED: what went wrong."""
-    @property
-    def identity(self) -> pycontainer.v1.container_pb2.ContainerIdentity:
+    @_builtins.property
+    def identity(self) -> _container_pb2.ContainerIdentity:
         """Who the container is."""
 
-    @property
-    def start_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
         """When the container process started."""
 
-    @property
-    def uptime(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def uptime(self) -> _duration_pb2.Duration:
         """Time since start_time."""
 
     def __init__(
         self,
         *,
-        identity: pycontainer.v1.container_pb2.ContainerIdentity | None = ...,
-        pid: builtins.int = ...,
-        hostname: builtins.str = ...,
-        start_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
-        uptime: google.protobuf.duration_pb2.Duration | None = ...,
-        state: pycontainer.v1.container_pb2.LifecycleState.ValueType = ...,
-        pycontainer_version: builtins.str = ...,
-        runtime: builtins.str = ...,
-        error: builtins.str = ...,
+        identity: _container_pb2.ContainerIdentity | None = ...,
+        pid: _builtins.int = ...,
+        hostname: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        uptime: _duration_pb2.Duration | None = ...,
+        state: _container_pb2.LifecycleState.ValueType = ...,
+        pycontainer_version: _builtins.str = ...,
+        runtime: _builtins.str = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["identity", b"identity", "start_time", b"start_time", "uptime", b"uptime"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["error", b"error", "hostname", b"hostname", "identity", b"identity", "pid", b"pid", "pycontainer_version", b"pycontainer_version", "runtime", b"runtime", "start_time", b"start_time", "state", b"state", "uptime", b"uptime"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "start_time", b"start_time", "uptime", b"uptime"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "hostname", b"hostname", "identity", b"identity", "pid", b"pid", "pycontainer_version", b"pycontainer_version", "runtime", b"runtime", "start_time", b"start_time", "state", b"state", "uptime", b"uptime"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetInfoResponse: typing_extensions.TypeAlias = GetInfoResponse
+Global___GetInfoResponse: _TypeAlias = GetInfoResponse  # noqa: Y015
 
-@typing.final
-class GetHealthRequest(google.protobuf.message.Message):
+@_typing.final
+class GetHealthRequest(_message.Message):
     """Request of Management.GetHealth."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CHECK_NAMES_FIELD_NUMBER: builtins.int
-    @property
-    def check_names(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+    CHECK_NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def check_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only these checks; empty means all. An unknown name is NOT_FOUND."""
 
     def __init__(
         self,
         *,
-        check_names: collections.abc.Iterable[builtins.str] | None = ...,
+        check_names: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["check_names", b"check_names"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_names", b"check_names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetHealthRequest: typing_extensions.TypeAlias = GetHealthRequest
+Global___GetHealthRequest: _TypeAlias = GetHealthRequest  # noqa: Y015
 
-@typing.final
-class GetHealthResponse(google.protobuf.message.Message):
+@_typing.final
+class GetHealthResponse(_message.Message):
     """Response of Management.GetHealth."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    STATUS_FIELD_NUMBER: builtins.int
-    LIVENESS_FIELD_NUMBER: builtins.int
-    READINESS_FIELD_NUMBER: builtins.int
-    CHECKS_FIELD_NUMBER: builtins.int
-    STATE_FIELD_NUMBER: builtins.int
-    status: pycontainer.v1.health_pb2.HealthStatus.ValueType
+    STATUS_FIELD_NUMBER: _builtins.int
+    LIVENESS_FIELD_NUMBER: _builtins.int
+    READINESS_FIELD_NUMBER: _builtins.int
+    CHECKS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    status: _health_pb2.HealthStatus.ValueType
     """Overall: serving only when running and every check serves."""
-    liveness: pycontainer.v1.health_pb2.HealthStatus.ValueType
+    liveness: _health_pb2.HealthStatus.ValueType
     """Liveness: every liveness check serves and the container did not fail."""
-    readiness: pycontainer.v1.health_pb2.HealthStatus.ValueType
+    readiness: _health_pb2.HealthStatus.ValueType
     """Readiness: running and every readiness check serves."""
-    state: pycontainer.v1.container_pb2.LifecycleState.ValueType
+    state: _container_pb2.LifecycleState.ValueType
     """Lifecycle state, which health follows."""
-    @property
-    def checks(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[pycontainer.v1.health_pb2.HealthCheckResult]:
+    @_builtins.property
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[_health_pb2.HealthCheckResult]:
         """The checks asked for."""
 
     def __init__(
         self,
         *,
-        status: pycontainer.v1.health_pb2.HealthStatus.ValueType = ...,
-        liveness: pycontainer.v1.health_pb2.HealthStatus.ValueType = ...,
-        readiness: pycontainer.v1.health_pb2.HealthStatus.ValueType = ...,
-        checks: collections.abc.Iterable[pycontainer.v1.health_pb2.HealthCheckResult] | None = ...,
-        state: pycontainer.v1.container_pb2.LifecycleState.ValueType = ...,
+        status: _health_pb2.HealthStatus.ValueType = ...,
+        liveness: _health_pb2.HealthStatus.ValueType = ...,
+        readiness: _health_pb2.HealthStatus.ValueType = ...,
+        checks: _abc.Iterable[_health_pb2.HealthCheckResult] | None = ...,
+        state: _container_pb2.LifecycleState.ValueType = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["checks", b"checks", "liveness", b"liveness", "readiness", b"readiness", "state", b"state", "status", b"status"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "liveness", b"liveness", "readiness", b"readiness", "state", b"state", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetHealthResponse: typing_extensions.TypeAlias = GetHealthResponse
+Global___GetHealthResponse: _TypeAlias = GetHealthResponse  # noqa: Y015
 
-@typing.final
-class WatchMetricsRequest(google.protobuf.message.Message):
+@_typing.final
+class WatchMetricsRequest(_message.Message):
     """Request of Management.WatchMetrics."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    INTERVAL_FIELD_NUMBER: builtins.int
-    METRIC_FILTERS_FIELD_NUMBER: builtins.int
-    @property
-    def interval(self) -> google.protobuf.duration_pb2.Duration:
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    METRIC_FILTERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration:
         """Time between snapshots, from 100ms to 1h. Unset means 1s."""
 
-    @property
-    def metric_filters(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+    @_builtins.property
+    def metric_filters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Which application metrics and RPC methods to include: glob patterns
         ("app.*", "/pycontainer.v1.Management/*") or regular expressions with a
         "re:" prefix. Empty means everything. Process figures are always sent.
@@ -173,132 +189,146 @@ class WatchMetricsRequest(google.protobuf.message.Message):
     def __init__(
         self,
         *,
-        interval: google.protobuf.duration_pb2.Duration | None = ...,
-        metric_filters: collections.abc.Iterable[builtins.str] | None = ...,
+        interval: _duration_pb2.Duration | None = ...,
+        metric_filters: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["interval", b"interval"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["interval", b"interval", "metric_filters", b"metric_filters"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "metric_filters", b"metric_filters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___WatchMetricsRequest: typing_extensions.TypeAlias = WatchMetricsRequest
+Global___WatchMetricsRequest: _TypeAlias = WatchMetricsRequest  # noqa: Y015
 
-@typing.final
-class WatchMetricsResponse(google.protobuf.message.Message):
+@_typing.final
+class WatchMetricsResponse(_message.Message):
     """Response of Management.WatchMetrics: one snapshot."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    SNAPSHOT_FIELD_NUMBER: builtins.int
-    @property
-    def snapshot(self) -> pycontainer.v1.metrics_pb2.MetricsSnapshot:
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> _metrics_pb2.MetricsSnapshot:
         """The snapshot."""
 
     def __init__(
         self,
         *,
-        snapshot: pycontainer.v1.metrics_pb2.MetricsSnapshot | None = ...,
+        snapshot: _metrics_pb2.MetricsSnapshot | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["snapshot", b"snapshot"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["snapshot", b"snapshot"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___WatchMetricsResponse: typing_extensions.TypeAlias = WatchMetricsResponse
+Global___WatchMetricsResponse: _TypeAlias = WatchMetricsResponse  # noqa: Y015
 
-@typing.final
-class StreamLogsRequest(google.protobuf.message.Message):
+@_typing.final
+class StreamLogsRequest(_message.Message):
     """Request of Management.StreamLogs."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    TAIL_FIELD_NUMBER: builtins.int
-    FOLLOW_FIELD_NUMBER: builtins.int
-    SINCE_FIELD_NUMBER: builtins.int
-    MIN_SEVERITY_FIELD_NUMBER: builtins.int
-    CONTAINS_FIELD_NUMBER: builtins.int
-    PATTERN_FIELD_NUMBER: builtins.int
-    LOGGER_FIELD_NUMBER: builtins.int
-    MAX_BATCH_SIZE_FIELD_NUMBER: builtins.int
-    tail: builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    MIN_SEVERITY_FIELD_NUMBER: _builtins.int
+    CONTAINS_FIELD_NUMBER: _builtins.int
+    PATTERN_FIELD_NUMBER: _builtins.int
+    LOGGER_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    tail: _builtins.int
     """Send at most this many of the newest retained entries that pass the
     filters before following. Unset means all retained; negative is invalid.
     """
-    follow: builtins.bool
+    follow: _builtins.bool
     """Keep the stream open and send new entries as they are logged."""
-    min_severity: pycontainer.v1.logs_pb2.Severity.ValueType
+    min_severity: _logs_pb2.Severity.ValueType
     """Only entries at or above this severity."""
-    contains: builtins.str
+    contains: _builtins.str
     """Only entries whose message contains this text (case-sensitive)."""
-    pattern: builtins.str
+    pattern: _builtins.str
     """Only entries whose message matches this regular expression (Python re
     syntax, searched, not anchored).
     """
-    logger: builtins.str
+    logger: _builtins.str
     """Only entries of loggers with this name or a child of it ("app" matches
     "app" and "app.db").
     """
-    max_batch_size: builtins.int
+    max_batch_size: _builtins.int
     """Most entries in one response message; unset means 1000, at most 10000."""
-    @property
-    def since(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
         """Only entries logged at or after this time."""
 
     def __init__(
         self,
         *,
-        tail: builtins.int | None = ...,
-        follow: builtins.bool = ...,
-        since: google.protobuf.timestamp_pb2.Timestamp | None = ...,
-        min_severity: pycontainer.v1.logs_pb2.Severity.ValueType = ...,
-        contains: builtins.str = ...,
-        pattern: builtins.str = ...,
-        logger: builtins.str = ...,
-        max_batch_size: builtins.int = ...,
+        tail: _builtins.int | None = ...,
+        follow: _builtins.bool = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        min_severity: _logs_pb2.Severity.ValueType = ...,
+        contains: _builtins.str = ...,
+        pattern: _builtins.str = ...,
+        logger: _builtins.str = ...,
+        max_batch_size: _builtins.int = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["_tail", b"_tail", "since", b"since", "tail", b"tail"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["_tail", b"_tail", "contains", b"contains", "follow", b"follow", "logger", b"logger", "max_batch_size", b"max_batch_size", "min_severity", b"min_severity", "pattern", b"pattern", "since", b"since", "tail", b"tail"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["_tail", b"_tail"]) -> typing.Literal["tail"] | None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tail", b"_tail", "since", b"since", "tail", b"tail"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tail", b"_tail", "contains", b"contains", "follow", b"follow", "logger", b"logger", "max_batch_size", b"max_batch_size", "min_severity", b"min_severity", "pattern", b"pattern", "since", b"since", "tail", b"tail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__tail: _TypeAlias = _typing.Literal["tail"]  # noqa: Y015
+    _WhichOneofArgType__tail: _TypeAlias = _typing.Literal["_tail", b"_tail"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tail) -> _WhichOneofReturnType__tail | None: ...
 
-Global___StreamLogsRequest: typing_extensions.TypeAlias = StreamLogsRequest
+Global___StreamLogsRequest: _TypeAlias = StreamLogsRequest  # noqa: Y015
 
-@typing.final
-class StreamLogsResponse(google.protobuf.message.Message):
+@_typing.final
+class StreamLogsResponse(_message.Message):
     """Response of Management.StreamLogs: one batch."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    ENTRIES_FIELD_NUMBER: builtins.int
-    MISSED_FIELD_NUMBER: builtins.int
-    missed: builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    MISSED_FIELD_NUMBER: _builtins.int
+    missed: _builtins.int
     """Entries this reader lost since the previous batch because it read more
     slowly than the container logged (the buffer is bounded).
     """
-    @property
-    def entries(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[pycontainer.v1.logs_pb2.LogEntry]:
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[_logs_pb2.LogEntry]:
         """Entries, oldest first."""
 
     def __init__(
         self,
         *,
-        entries: collections.abc.Iterable[pycontainer.v1.logs_pb2.LogEntry] | None = ...,
-        missed: builtins.int = ...,
+        entries: _abc.Iterable[_logs_pb2.LogEntry] | None = ...,
+        missed: _builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["entries", b"entries", "missed", b"missed"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "missed", b"missed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___StreamLogsResponse: typing_extensions.TypeAlias = StreamLogsResponse
+Global___StreamLogsResponse: _TypeAlias = StreamLogsResponse  # noqa: Y015
 
-@typing.final
-class GetProfileRequest(google.protobuf.message.Message):
+@_typing.final
+class GetProfileRequest(_message.Message):
     """Request of Management.GetProfile."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CPU_DURATION_FIELD_NUMBER: builtins.int
-    CPU_SAMPLE_HZ_FIELD_NUMBER: builtins.int
-    CPU_FORMAT_FIELD_NUMBER: builtins.int
-    cpu_sample_hz: builtins.int
+    CPU_DURATION_FIELD_NUMBER: _builtins.int
+    CPU_SAMPLE_HZ_FIELD_NUMBER: _builtins.int
+    CPU_FORMAT_FIELD_NUMBER: _builtins.int
+    cpu_sample_hz: _builtins.int
     """Sampling rate in Hz; unset means 100, at most 1000."""
-    cpu_format: pycontainer.v1.profile_pb2.CpuProfileFormat.ValueType
+    cpu_format: _profile_pb2.CpuProfileFormat.ValueType
     """Format of the CPU profile."""
-    @property
-    def cpu_duration(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def cpu_duration(self) -> _duration_pb2.Duration:
         """Sample the CPU for this long before answering; unset or zero means no
         CPU profile. At most 5m.
         """
@@ -306,106 +336,120 @@ class GetProfileRequest(google.protobuf.message.Message):
     def __init__(
         self,
         *,
-        cpu_duration: google.protobuf.duration_pb2.Duration | None = ...,
-        cpu_sample_hz: builtins.int = ...,
-        cpu_format: pycontainer.v1.profile_pb2.CpuProfileFormat.ValueType = ...,
+        cpu_duration: _duration_pb2.Duration | None = ...,
+        cpu_sample_hz: _builtins.int = ...,
+        cpu_format: _profile_pb2.CpuProfileFormat.ValueType = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["cpu_duration", b"cpu_duration"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["cpu_duration", b"cpu_duration", "cpu_format", b"cpu_format", "cpu_sample_hz", b"cpu_sample_hz"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cpu_duration", b"cpu_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_duration", b"cpu_duration", "cpu_format", b"cpu_format", "cpu_sample_hz", b"cpu_sample_hz"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetProfileRequest: typing_extensions.TypeAlias = GetProfileRequest
+Global___GetProfileRequest: _TypeAlias = GetProfileRequest  # noqa: Y015
 
-@typing.final
-class GetProfileResponse(google.protobuf.message.Message):
+@_typing.final
+class GetProfileResponse(_message.Message):
     """Response of Management.GetProfile."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    TIME_FIELD_NUMBER: builtins.int
-    THREADS_FIELD_NUMBER: builtins.int
-    TASKS_FIELD_NUMBER: builtins.int
-    LOCKS_FIELD_NUMBER: builtins.int
-    RPC_MESSAGES_FIELD_NUMBER: builtins.int
-    SOCKETS_FIELD_NUMBER: builtins.int
-    CPU_PROFILE_FIELD_NUMBER: builtins.int
-    @property
-    def time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    TIME_FIELD_NUMBER: _builtins.int
+    THREADS_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    LOCKS_FIELD_NUMBER: _builtins.int
+    RPC_MESSAGES_FIELD_NUMBER: _builtins.int
+    SOCKETS_FIELD_NUMBER: _builtins.int
+    CPU_PROFILE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
         """When the snapshot of threads was taken."""
 
-    @property
-    def threads(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[pycontainer.v1.profile_pb2.ThreadStack]:
+    @_builtins.property
+    def threads(self) -> _containers.RepeatedCompositeFieldContainer[_profile_pb2.ThreadStack]:
         """Every thread and its stack."""
 
-    @property
-    def tasks(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[pycontainer.v1.profile_pb2.TaskStack]:
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_profile_pb2.TaskStack]:
         """Every asyncio task of every loop pycontainer knows, and its stack."""
 
-    @property
-    def locks(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[pycontainer.v1.profile_pb2.LockContention]:
+    @_builtins.property
+    def locks(self) -> _containers.RepeatedCompositeFieldContainer[_profile_pb2.LockContention]:
         """Contention of tracked locks."""
 
-    @property
-    def rpc_messages(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[pycontainer.v1.profile_pb2.RpcMessageStats]:
+    @_builtins.property
+    def rpc_messages(self) -> _containers.RepeatedCompositeFieldContainer[_profile_pb2.RpcMessageStats]:
         """Message statistics per RPC method."""
 
-    @property
-    def sockets(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[pycontainer.v1.profile_pb2.SocketStats]:
+    @_builtins.property
+    def sockets(self) -> _containers.RepeatedCompositeFieldContainer[_profile_pb2.SocketStats]:
         """Per-connection statistics from gRPC channelz (empty when channelz is off)."""
 
-    @property
-    def cpu_profile(self) -> pycontainer.v1.profile_pb2.CpuProfile:
+    @_builtins.property
+    def cpu_profile(self) -> _profile_pb2.CpuProfile:
         """The CPU profile, when asked for."""
 
     def __init__(
         self,
         *,
-        time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
-        threads: collections.abc.Iterable[pycontainer.v1.profile_pb2.ThreadStack] | None = ...,
-        tasks: collections.abc.Iterable[pycontainer.v1.profile_pb2.TaskStack] | None = ...,
-        locks: collections.abc.Iterable[pycontainer.v1.profile_pb2.LockContention] | None = ...,
-        rpc_messages: collections.abc.Iterable[pycontainer.v1.profile_pb2.RpcMessageStats] | None = ...,
-        sockets: collections.abc.Iterable[pycontainer.v1.profile_pb2.SocketStats] | None = ...,
-        cpu_profile: pycontainer.v1.profile_pb2.CpuProfile | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        threads: _abc.Iterable[_profile_pb2.ThreadStack] | None = ...,
+        tasks: _abc.Iterable[_profile_pb2.TaskStack] | None = ...,
+        locks: _abc.Iterable[_profile_pb2.LockContention] | None = ...,
+        rpc_messages: _abc.Iterable[_profile_pb2.RpcMessageStats] | None = ...,
+        sockets: _abc.Iterable[_profile_pb2.SocketStats] | None = ...,
+        cpu_profile: _profile_pb2.CpuProfile | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["cpu_profile", b"cpu_profile", "time", b"time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["cpu_profile", b"cpu_profile", "locks", b"locks", "rpc_messages", b"rpc_messages", "sockets", b"sockets", "tasks", b"tasks", "threads", b"threads", "time", b"time"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cpu_profile", b"cpu_profile", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_profile", b"cpu_profile", "locks", b"locks", "rpc_messages", b"rpc_messages", "sockets", b"sockets", "tasks", b"tasks", "threads", b"threads", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetProfileResponse: typing_extensions.TypeAlias = GetProfileResponse
+Global___GetProfileResponse: _TypeAlias = GetProfileResponse  # noqa: Y015
 
-@typing.final
-class GetConfigRequest(google.protobuf.message.Message):
+@_typing.final
+class GetConfigRequest(_message.Message):
     """Request of Management.GetConfig."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    PREFIX_FIELD_NUMBER: builtins.int
-    prefix: builtins.str
+    PREFIX_FIELD_NUMBER: _builtins.int
+    prefix: _builtins.str
     """Only keys starting with this prefix; empty means all."""
     def __init__(
         self,
         *,
-        prefix: builtins.str = ...,
+        prefix: _builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["prefix", b"prefix"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetConfigRequest: typing_extensions.TypeAlias = GetConfigRequest
+Global___GetConfigRequest: _TypeAlias = GetConfigRequest  # noqa: Y015
 
-@typing.final
-class GetConfigResponse(google.protobuf.message.Message):
+@_typing.final
+class GetConfigResponse(_message.Message):
     """Response of Management.GetConfig."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    ENTRIES_FIELD_NUMBER: builtins.int
-    @property
-    def entries(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[pycontainer.v1.config_pb2.ConfigEntry]:
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[_config_pb2.ConfigEntry]:
         """Entries sorted by key."""
 
     def __init__(
         self,
         *,
-        entries: collections.abc.Iterable[pycontainer.v1.config_pb2.ConfigEntry] | None = ...,
+        entries: _abc.Iterable[_config_pb2.ConfigEntry] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["entries", b"entries"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetConfigResponse: typing_extensions.TypeAlias = GetConfigResponse
+Global___GetConfigResponse: _TypeAlias = GetConfigResponse  # noqa: Y015

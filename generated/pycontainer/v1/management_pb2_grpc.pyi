@@ -3,125 +3,30 @@
 isort:skip_file
 """
 
-import abc
-import collections.abc
-import grpc
-import grpc.aio
-import pycontainer.v1.management_pb2
+from collections import abc as _abc
+from grpc import aio as _aio
+from pycontainer.v1 import management_pb2 as _management_pb2
+import abc as _abc_1
+import grpc as _grpc
 import sys
-import typing
+import typing as _typing
 
-if sys.version_info >= (3, 13):
-    import typing as typing_extensions
+if sys.version_info >= (3, 11):
+    from typing import Self as _Self
 else:
-    import typing_extensions
+    from typing_extensions import Self as _Self
 
-_T = typing.TypeVar("_T")
+_T = _typing.TypeVar("_T")
 
-class _MaybeAsyncIterator(collections.abc.AsyncIterator[_T], collections.abc.Iterator[_T], metaclass=abc.ABCMeta): ...
+class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
 
-class _ServicerContext(grpc.ServicerContext, grpc.aio.ServicerContext):  # type: ignore[misc, type-arg]
+class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
     ...
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
-_ManagementGetInfoType = typing_extensions.TypeVar(
-    '_ManagementGetInfoType',
-    grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.management_pb2.GetInfoRequest,
-        pycontainer.v1.management_pb2.GetInfoResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.management_pb2.GetInfoRequest,
-        pycontainer.v1.management_pb2.GetInfoResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.management_pb2.GetInfoRequest,
-        pycontainer.v1.management_pb2.GetInfoResponse,
-    ],
-)
 
-_ManagementGetHealthType = typing_extensions.TypeVar(
-    '_ManagementGetHealthType',
-    grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.management_pb2.GetHealthRequest,
-        pycontainer.v1.management_pb2.GetHealthResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.management_pb2.GetHealthRequest,
-        pycontainer.v1.management_pb2.GetHealthResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.management_pb2.GetHealthRequest,
-        pycontainer.v1.management_pb2.GetHealthResponse,
-    ],
-)
-
-_ManagementWatchMetricsType = typing_extensions.TypeVar(
-    '_ManagementWatchMetricsType',
-    grpc.UnaryStreamMultiCallable[
-        pycontainer.v1.management_pb2.WatchMetricsRequest,
-        pycontainer.v1.management_pb2.WatchMetricsResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        pycontainer.v1.management_pb2.WatchMetricsRequest,
-        pycontainer.v1.management_pb2.WatchMetricsResponse,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        pycontainer.v1.management_pb2.WatchMetricsRequest,
-        pycontainer.v1.management_pb2.WatchMetricsResponse,
-    ],
-)
-
-_ManagementStreamLogsType = typing_extensions.TypeVar(
-    '_ManagementStreamLogsType',
-    grpc.UnaryStreamMultiCallable[
-        pycontainer.v1.management_pb2.StreamLogsRequest,
-        pycontainer.v1.management_pb2.StreamLogsResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        pycontainer.v1.management_pb2.StreamLogsRequest,
-        pycontainer.v1.management_pb2.StreamLogsResponse,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        pycontainer.v1.management_pb2.StreamLogsRequest,
-        pycontainer.v1.management_pb2.StreamLogsResponse,
-    ],
-)
-
-_ManagementGetProfileType = typing_extensions.TypeVar(
-    '_ManagementGetProfileType',
-    grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.management_pb2.GetProfileRequest,
-        pycontainer.v1.management_pb2.GetProfileResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.management_pb2.GetProfileRequest,
-        pycontainer.v1.management_pb2.GetProfileResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.management_pb2.GetProfileRequest,
-        pycontainer.v1.management_pb2.GetProfileResponse,
-    ],
-)
-
-_ManagementGetConfigType = typing_extensions.TypeVar(
-    '_ManagementGetConfigType',
-    grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.management_pb2.GetConfigRequest,
-        pycontainer.v1.management_pb2.GetConfigResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.management_pb2.GetConfigRequest,
-        pycontainer.v1.management_pb2.GetConfigResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.management_pb2.GetConfigRequest,
-        pycontainer.v1.management_pb2.GetConfigResponse,
-    ],
-)
-
-class ManagementStub(typing.Generic[_ManagementGetInfoType, _ManagementGetHealthType, _ManagementWatchMetricsType, _ManagementStreamLogsType, _ManagementGetProfileType, _ManagementGetConfigType]):
+class ManagementStub:
     """The upward management API that every container hosts beside its own
     services: who it is, how healthy it is, what it measures, what it logs,
     where its time goes and how it is configured. The standard
@@ -129,112 +34,29 @@ class ManagementStub(typing.Generic[_ManagementGetInfoType, _ManagementGetHealth
     service "" is overall health, "liveness" and "readiness" are the two probes.
     """
 
-    @typing.overload
-    def __init__(self: ManagementStub[
-        grpc.UnaryUnaryMultiCallable[
-            pycontainer.v1.management_pb2.GetInfoRequest,
-            pycontainer.v1.management_pb2.GetInfoResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            pycontainer.v1.management_pb2.GetHealthRequest,
-            pycontainer.v1.management_pb2.GetHealthResponse,
-        ],
-        grpc.UnaryStreamMultiCallable[
-            pycontainer.v1.management_pb2.WatchMetricsRequest,
-            pycontainer.v1.management_pb2.WatchMetricsResponse,
-        ],
-        grpc.UnaryStreamMultiCallable[
-            pycontainer.v1.management_pb2.StreamLogsRequest,
-            pycontainer.v1.management_pb2.StreamLogsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            pycontainer.v1.management_pb2.GetProfileRequest,
-            pycontainer.v1.management_pb2.GetProfileResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            pycontainer.v1.management_pb2.GetConfigRequest,
-            pycontainer.v1.management_pb2.GetConfigResponse,
-        ],
-    ], channel: grpc.Channel) -> None: ...
-
-    @typing.overload
-    def __init__(self: ManagementStub[
-        grpc.aio.UnaryUnaryMultiCallable[
-            pycontainer.v1.management_pb2.GetInfoRequest,
-            pycontainer.v1.management_pb2.GetInfoResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            pycontainer.v1.management_pb2.GetHealthRequest,
-            pycontainer.v1.management_pb2.GetHealthResponse,
-        ],
-        grpc.aio.UnaryStreamMultiCallable[
-            pycontainer.v1.management_pb2.WatchMetricsRequest,
-            pycontainer.v1.management_pb2.WatchMetricsResponse,
-        ],
-        grpc.aio.UnaryStreamMultiCallable[
-            pycontainer.v1.management_pb2.StreamLogsRequest,
-            pycontainer.v1.management_pb2.StreamLogsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            pycontainer.v1.management_pb2.GetProfileRequest,
-            pycontainer.v1.management_pb2.GetProfileResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            pycontainer.v1.management_pb2.GetConfigRequest,
-            pycontainer.v1.management_pb2.GetConfigResponse,
-        ],
-    ], channel: grpc.aio.Channel) -> None: ...
-
-    GetInfo: _ManagementGetInfoType
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ManagementAsyncStub: ...
+    GetInfo: _grpc.UnaryUnaryMultiCallable[_management_pb2.GetInfoRequest, _management_pb2.GetInfoResponse]
     """Identity, process and lifecycle state of the container."""
-
-    GetHealth: _ManagementGetHealthType
+    GetHealth: _grpc.UnaryUnaryMultiCallable[_management_pb2.GetHealthRequest, _management_pb2.GetHealthResponse]
     """A detailed health report: overall status and every named check."""
-
-    WatchMetrics: _ManagementWatchMetricsType
+    WatchMetrics: _grpc.UnaryStreamMultiCallable[_management_pb2.WatchMetricsRequest, _management_pb2.WatchMetricsResponse]
     """One metrics snapshot at once, then one every interval until cancelled."""
-
-    StreamLogs: _ManagementStreamLogsType
+    StreamLogs: _grpc.UnaryStreamMultiCallable[_management_pb2.StreamLogsRequest, _management_pb2.StreamLogsResponse]
     """Log entries in batches: the retained tail, then new entries when
     following. Filters apply at the source.
     """
-
-    GetProfile: _ManagementGetProfileType
+    GetProfile: _grpc.UnaryUnaryMultiCallable[_management_pb2.GetProfileRequest, _management_pb2.GetProfileResponse]
     """Threads, asyncio tasks, lock contention, message statistics and an
     optional sampled CPU profile.
     """
-
-    GetConfig: _ManagementGetConfigType
+    GetConfig: _grpc.UnaryUnaryMultiCallable[_management_pb2.GetConfigRequest, _management_pb2.GetConfigResponse]
     """The effective configuration with the source of every value."""
 
-ManagementAsyncStub: typing_extensions.TypeAlias = ManagementStub[
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.management_pb2.GetInfoRequest,
-        pycontainer.v1.management_pb2.GetInfoResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.management_pb2.GetHealthRequest,
-        pycontainer.v1.management_pb2.GetHealthResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        pycontainer.v1.management_pb2.WatchMetricsRequest,
-        pycontainer.v1.management_pb2.WatchMetricsResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        pycontainer.v1.management_pb2.StreamLogsRequest,
-        pycontainer.v1.management_pb2.StreamLogsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.management_pb2.GetProfileRequest,
-        pycontainer.v1.management_pb2.GetProfileResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.management_pb2.GetConfigRequest,
-        pycontainer.v1.management_pb2.GetConfigResponse,
-    ],
-]
-
-class ManagementServicer(metaclass=abc.ABCMeta):
+@_typing.type_check_only
+class ManagementAsyncStub(ManagementStub):
     """The upward management API that every container hosts beside its own
     services: who it is, how healthy it is, what it measures, what it logs,
     where its time goes and how it is configured. The standard
@@ -242,56 +64,82 @@ class ManagementServicer(metaclass=abc.ABCMeta):
     service "" is overall health, "liveness" and "readiness" are the two probes.
     """
 
-    @abc.abstractmethod
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetInfo: _aio.UnaryUnaryMultiCallable[_management_pb2.GetInfoRequest, _management_pb2.GetInfoResponse]  # type: ignore[assignment]
+    """Identity, process and lifecycle state of the container."""
+    GetHealth: _aio.UnaryUnaryMultiCallable[_management_pb2.GetHealthRequest, _management_pb2.GetHealthResponse]  # type: ignore[assignment]
+    """A detailed health report: overall status and every named check."""
+    WatchMetrics: _aio.UnaryStreamMultiCallable[_management_pb2.WatchMetricsRequest, _management_pb2.WatchMetricsResponse]  # type: ignore[assignment]
+    """One metrics snapshot at once, then one every interval until cancelled."""
+    StreamLogs: _aio.UnaryStreamMultiCallable[_management_pb2.StreamLogsRequest, _management_pb2.StreamLogsResponse]  # type: ignore[assignment]
+    """Log entries in batches: the retained tail, then new entries when
+    following. Filters apply at the source.
+    """
+    GetProfile: _aio.UnaryUnaryMultiCallable[_management_pb2.GetProfileRequest, _management_pb2.GetProfileResponse]  # type: ignore[assignment]
+    """Threads, asyncio tasks, lock contention, message statistics and an
+    optional sampled CPU profile.
+    """
+    GetConfig: _aio.UnaryUnaryMultiCallable[_management_pb2.GetConfigRequest, _management_pb2.GetConfigResponse]  # type: ignore[assignment]
+    """The effective configuration with the source of every value."""
+
+class ManagementServicer(metaclass=_abc_1.ABCMeta):
+    """The upward management API that every container hosts beside its own
+    services: who it is, how healthy it is, what it measures, what it logs,
+    where its time goes and how it is configured. The standard
+    grpc.health.v1.Health service is served beside it from the same checks:
+    service "" is overall health, "liveness" and "readiness" are the two probes.
+    """
+
+    @_abc_1.abstractmethod
     def GetInfo(
         self,
-        request: pycontainer.v1.management_pb2.GetInfoRequest,
+        request: _management_pb2.GetInfoRequest,
         context: _ServicerContext,
-    ) -> typing.Union[pycontainer.v1.management_pb2.GetInfoResponse, collections.abc.Awaitable[pycontainer.v1.management_pb2.GetInfoResponse]]:
+    ) -> _typing.Union[_management_pb2.GetInfoResponse, _abc.Awaitable[_management_pb2.GetInfoResponse]]:
         """Identity, process and lifecycle state of the container."""
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def GetHealth(
         self,
-        request: pycontainer.v1.management_pb2.GetHealthRequest,
+        request: _management_pb2.GetHealthRequest,
         context: _ServicerContext,
-    ) -> typing.Union[pycontainer.v1.management_pb2.GetHealthResponse, collections.abc.Awaitable[pycontainer.v1.management_pb2.GetHealthResponse]]:
+    ) -> _typing.Union[_management_pb2.GetHealthResponse, _abc.Awaitable[_management_pb2.GetHealthResponse]]:
         """A detailed health report: overall status and every named check."""
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def WatchMetrics(
         self,
-        request: pycontainer.v1.management_pb2.WatchMetricsRequest,
+        request: _management_pb2.WatchMetricsRequest,
         context: _ServicerContext,
-    ) -> typing.Union[collections.abc.Iterator[pycontainer.v1.management_pb2.WatchMetricsResponse], collections.abc.AsyncIterator[pycontainer.v1.management_pb2.WatchMetricsResponse]]:
+    ) -> _typing.Union[_abc.Iterator[_management_pb2.WatchMetricsResponse], _abc.AsyncIterator[_management_pb2.WatchMetricsResponse]]:
         """One metrics snapshot at once, then one every interval until cancelled."""
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def StreamLogs(
         self,
-        request: pycontainer.v1.management_pb2.StreamLogsRequest,
+        request: _management_pb2.StreamLogsRequest,
         context: _ServicerContext,
-    ) -> typing.Union[collections.abc.Iterator[pycontainer.v1.management_pb2.StreamLogsResponse], collections.abc.AsyncIterator[pycontainer.v1.management_pb2.StreamLogsResponse]]:
+    ) -> _typing.Union[_abc.Iterator[_management_pb2.StreamLogsResponse], _abc.AsyncIterator[_management_pb2.StreamLogsResponse]]:
         """Log entries in batches: the retained tail, then new entries when
         following. Filters apply at the source.
         """
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def GetProfile(
         self,
-        request: pycontainer.v1.management_pb2.GetProfileRequest,
+        request: _management_pb2.GetProfileRequest,
         context: _ServicerContext,
-    ) -> typing.Union[pycontainer.v1.management_pb2.GetProfileResponse, collections.abc.Awaitable[pycontainer.v1.management_pb2.GetProfileResponse]]:
+    ) -> _typing.Union[_management_pb2.GetProfileResponse, _abc.Awaitable[_management_pb2.GetProfileResponse]]:
         """Threads, asyncio tasks, lock contention, message statistics and an
         optional sampled CPU profile.
         """
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def GetConfig(
         self,
-        request: pycontainer.v1.management_pb2.GetConfigRequest,
+        request: _management_pb2.GetConfigRequest,
         context: _ServicerContext,
-    ) -> typing.Union[pycontainer.v1.management_pb2.GetConfigResponse, collections.abc.Awaitable[pycontainer.v1.management_pb2.GetConfigResponse]]:
+    ) -> _typing.Union[_management_pb2.GetConfigResponse, _abc.Awaitable[_management_pb2.GetConfigResponse]]:
         """The effective configuration with the source of every value."""
 
-def add_ManagementServicer_to_server(servicer: ManagementServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...
+def add_ManagementServicer_to_server(servicer: ManagementServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

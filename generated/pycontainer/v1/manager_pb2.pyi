@@ -3,34 +3,34 @@
 isort:skip_file
 """
 
-import builtins
-import collections.abc
-import google.protobuf.descriptor
-import google.protobuf.duration_pb2
-import google.protobuf.internal.containers
-import google.protobuf.internal.enum_type_wrapper
-import google.protobuf.message
-import google.protobuf.timestamp_pb2
-import pycontainer.v1.container_pb2
-import pycontainer.v1.logs_pb2
-import pycontainer.v1.metrics_pb2
-import pycontainer.v1.spec_pb2
+from collections import abc as _abc
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from pycontainer.v1 import container_pb2 as _container_pb2
+from pycontainer.v1 import logs_pb2 as _logs_pb2
+from pycontainer.v1 import metrics_pb2 as _metrics_pb2
+from pycontainer.v1 import spec_pb2 as _spec_pb2
+import builtins as _builtins
 import sys
-import typing
+import typing as _typing
 
-if sys.version_info >= (3, 10):
-    import typing as typing_extensions
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    import typing_extensions
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
-DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
+DESCRIPTOR: _descriptor.FileDescriptor
 
 class _EventType:
-    ValueType = typing.NewType("ValueType", builtins.int)
-    V: typing_extensions.TypeAlias = ValueType
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
 
-class _EventTypeEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_EventType.ValueType], builtins.type):
-    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
     EVENT_TYPE_UNSPECIFIED: _EventType.ValueType  # 0
     """Not given."""
     EVENT_TYPE_REGISTERED: _EventType.ValueType  # 1
@@ -83,148 +83,219 @@ EVENT_TYPE_CHECKPOINTED: EventType.ValueType  # 10
 """A checkpoint was stored."""
 EVENT_TYPE_REFUSED: EventType.ValueType  # 11
 """A request was refused (no capacity, forbidden transition)."""
-Global___EventType: typing_extensions.TypeAlias = EventType
+Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
-@typing.final
-class Container(google.protobuf.message.Message):
+class _ApplyAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ApplyActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApplyAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    APPLY_ACTION_UNSPECIFIED: _ApplyAction.ValueType  # 0
+    """Not given."""
+    APPLY_ACTION_UNCHANGED: _ApplyAction.ValueType  # 1
+    """Nothing: the running set already matches."""
+    APPLY_ACTION_CREATED: _ApplyAction.ValueType  # 2
+    """Created: no container of this name existed."""
+    APPLY_ACTION_SCALED: _ApplyAction.ValueType  # 3
+    """Replicas added or removed; the spec is otherwise the same."""
+    APPLY_ACTION_REPLACED: _ApplyAction.ValueType  # 4
+    """The spec changed: replicas replaced one at a time."""
+    APPLY_ACTION_PRUNED: _ApplyAction.ValueType  # 5
+    """Removed by prune."""
+
+class ApplyAction(_ApplyAction, metaclass=_ApplyActionEnumTypeWrapper):
+    """What apply does to one spec."""
+
+APPLY_ACTION_UNSPECIFIED: ApplyAction.ValueType  # 0
+"""Not given."""
+APPLY_ACTION_UNCHANGED: ApplyAction.ValueType  # 1
+"""Nothing: the running set already matches."""
+APPLY_ACTION_CREATED: ApplyAction.ValueType  # 2
+"""Created: no container of this name existed."""
+APPLY_ACTION_SCALED: ApplyAction.ValueType  # 3
+"""Replicas added or removed; the spec is otherwise the same."""
+APPLY_ACTION_REPLACED: ApplyAction.ValueType  # 4
+"""The spec changed: replicas replaced one at a time."""
+APPLY_ACTION_PRUNED: ApplyAction.ValueType  # 5
+"""Removed by prune."""
+Global___ApplyAction: _TypeAlias = ApplyAction  # noqa: Y015
+
+@_typing.final
+class Container(_message.Message):
     """A container as the manager sees it."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    IDENTITY_FIELD_NUMBER: builtins.int
-    SPEC_FIELD_NUMBER: builtins.int
-    STATE_FIELD_NUMBER: builtins.int
-    PID_FIELD_NUMBER: builtins.int
-    CONNECTED_FIELD_NUMBER: builtins.int
-    CREATE_TIME_FIELD_NUMBER: builtins.int
-    START_TIME_FIELD_NUMBER: builtins.int
-    RESTARTS_FIELD_NUMBER: builtins.int
-    ERROR_FIELD_NUMBER: builtins.int
-    EXIT_CODE_FIELD_NUMBER: builtins.int
-    LAST_CHECKPOINT_ID_FIELD_NUMBER: builtins.int
-    state: pycontainer.v1.container_pb2.LifecycleState.ValueType
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    RESTARTS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    LAST_CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FINISH_TIME_FIELD_NUMBER: _builtins.int
+    LAUNCHED_FIELD_NUMBER: _builtins.int
+    state: _container_pb2.LifecycleState.ValueType
     """Current state."""
-    pid: builtins.int
+    pid: _builtins.int
     """Process id (on the manager's host)."""
-    connected: builtins.bool
+    connected: _builtins.bool
     """True while its Lifecycle session is connected."""
-    restarts: builtins.int
+    restarts: _builtins.int
     """How many times it was restarted."""
-    error: builtins.str
+    error: _builtins.str
     """The last error (a hook that raised, an exit status, a lost session)."""
-    exit_code: builtins.int
+    exit_code: _builtins.int
     """Exit status of its process, once it ended; -N for signal N."""
-    last_checkpoint_id: builtins.str
+    last_checkpoint_id: _builtins.str
     """Id of its newest stored checkpoint."""
-    @property
-    def identity(self) -> pycontainer.v1.container_pb2.ContainerIdentity:
+    reason: _builtins.str
+    """Why it is in its state, in a few words ("killed after its 30s grace
+    period", "not registered 30s after launch"); empty when there is nothing
+    to say.
+    """
+    launched: _builtins.bool
+    """True when the manager launched it (through a runtime) and so can stop and
+    kill it even while it is not connected.
+    """
+    @_builtins.property
+    def identity(self) -> _container_pb2.ContainerIdentity:
         """Identity, as registered."""
 
-    @property
-    def spec(self) -> pycontainer.v1.spec_pb2.ContainerSpec:
+    @_builtins.property
+    def spec(self) -> _spec_pb2.ContainerSpec:
         """The spec it was launched from; empty for a container that dialled in on
         its own.
         """
 
-    @property
-    def create_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
 
-    @property
-    def start_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
         """When it last started."""
+
+    @_builtins.property
+    def finish_time(self) -> _timestamp_pb2.Timestamp:
+        """When it last ended (stopped, failed or exited)."""
 
     def __init__(
         self,
         *,
-        identity: pycontainer.v1.container_pb2.ContainerIdentity | None = ...,
-        spec: pycontainer.v1.spec_pb2.ContainerSpec | None = ...,
-        state: pycontainer.v1.container_pb2.LifecycleState.ValueType = ...,
-        pid: builtins.int = ...,
-        connected: builtins.bool = ...,
-        create_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
-        start_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
-        restarts: builtins.int = ...,
-        error: builtins.str = ...,
-        exit_code: builtins.int | None = ...,
-        last_checkpoint_id: builtins.str = ...,
+        identity: _container_pb2.ContainerIdentity | None = ...,
+        spec: _spec_pb2.ContainerSpec | None = ...,
+        state: _container_pb2.LifecycleState.ValueType = ...,
+        pid: _builtins.int = ...,
+        connected: _builtins.bool = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        restarts: _builtins.int = ...,
+        error: _builtins.str = ...,
+        exit_code: _builtins.int | None = ...,
+        last_checkpoint_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        finish_time: _timestamp_pb2.Timestamp | None = ...,
+        launched: _builtins.bool = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["_exit_code", b"_exit_code", "create_time", b"create_time", "exit_code", b"exit_code", "identity", b"identity", "spec", b"spec", "start_time", b"start_time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["_exit_code", b"_exit_code", "connected", b"connected", "create_time", b"create_time", "error", b"error", "exit_code", b"exit_code", "identity", b"identity", "last_checkpoint_id", b"last_checkpoint_id", "pid", b"pid", "restarts", b"restarts", "spec", b"spec", "start_time", b"start_time", "state", b"state"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["_exit_code", b"_exit_code"]) -> typing.Literal["exit_code"] | None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "create_time", b"create_time", "exit_code", b"exit_code", "finish_time", b"finish_time", "identity", b"identity", "spec", b"spec", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "connected", b"connected", "create_time", b"create_time", "error", b"error", "exit_code", b"exit_code", "finish_time", b"finish_time", "identity", b"identity", "last_checkpoint_id", b"last_checkpoint_id", "launched", b"launched", "pid", b"pid", "reason", b"reason", "restarts", b"restarts", "spec", b"spec", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
+    _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__exit_code) -> _WhichOneofReturnType__exit_code | None: ...
 
-Global___Container: typing_extensions.TypeAlias = Container
+Global___Container: _TypeAlias = Container  # noqa: Y015
 
-@typing.final
-class ListContainersRequest(google.protobuf.message.Message):
+@_typing.final
+class ListContainersRequest(_message.Message):
     """Request of Manager.ListContainers."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    LABEL_SELECTOR_FIELD_NUMBER: builtins.int
-    STATES_FIELD_NUMBER: builtins.int
-    label_selector: builtins.str
+    LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    label_selector: _builtins.str
     """Kubernetes-style label selector ("app=web,tier!=db,env"); empty matches all."""
-    @property
-    def states(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[pycontainer.v1.container_pb2.LifecycleState.ValueType]:
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_container_pb2.LifecycleState.ValueType]:
         """Only containers in these states; empty means all."""
 
     def __init__(
         self,
         *,
-        label_selector: builtins.str = ...,
-        states: collections.abc.Iterable[pycontainer.v1.container_pb2.LifecycleState.ValueType] | None = ...,
+        label_selector: _builtins.str = ...,
+        states: _abc.Iterable[_container_pb2.LifecycleState.ValueType] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["label_selector", b"label_selector", "states", b"states"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label_selector", b"label_selector", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ListContainersRequest: typing_extensions.TypeAlias = ListContainersRequest
+Global___ListContainersRequest: _TypeAlias = ListContainersRequest  # noqa: Y015
 
-@typing.final
-class ListContainersResponse(google.protobuf.message.Message):
+@_typing.final
+class ListContainersResponse(_message.Message):
     """Response of Manager.ListContainers."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINERS_FIELD_NUMBER: builtins.int
-    @property
-    def containers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Container]:
+    CONTAINERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def containers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Container]:
         """Matching containers, sorted by name."""
 
     def __init__(
         self,
         *,
-        containers: collections.abc.Iterable[Global___Container] | None = ...,
+        containers: _abc.Iterable[Global___Container] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["containers", b"containers"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ListContainersResponse: typing_extensions.TypeAlias = ListContainersResponse
+Global___ListContainersResponse: _TypeAlias = ListContainersResponse  # noqa: Y015
 
-@typing.final
-class GetContainerRequest(google.protobuf.message.Message):
+@_typing.final
+class GetContainerRequest(_message.Message):
     """Request of Manager.GetContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINER_FIELD_NUMBER: builtins.int
-    container: builtins.str
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    container: _builtins.str
     """Container id or name."""
     def __init__(
         self,
         *,
-        container: builtins.str = ...,
+        container: _builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["container", b"container"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetContainerRequest: typing_extensions.TypeAlias = GetContainerRequest
+Global___GetContainerRequest: _TypeAlias = GetContainerRequest  # noqa: Y015
 
-@typing.final
-class GetContainerResponse(google.protobuf.message.Message):
+@_typing.final
+class GetContainerResponse(_message.Message):
     """Response of Manager.GetContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINER_FIELD_NUMBER: builtins.int
-    @property
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
     def container(self) -> Global___Container:
         """The container."""
 
@@ -233,96 +304,106 @@ class GetContainerResponse(google.protobuf.message.Message):
         *,
         container: Global___Container | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["container", b"container"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["container", b"container"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetContainerResponse: typing_extensions.TypeAlias = GetContainerResponse
+Global___GetContainerResponse: _TypeAlias = GetContainerResponse  # noqa: Y015
 
-@typing.final
-class Event(google.protobuf.message.Message):
+@_typing.final
+class Event(_message.Message):
     """One thing that happened."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    SEQUENCE_FIELD_NUMBER: builtins.int
-    TIME_FIELD_NUMBER: builtins.int
-    TYPE_FIELD_NUMBER: builtins.int
-    CONTAINER_ID_FIELD_NUMBER: builtins.int
-    CONTAINER_NAME_FIELD_NUMBER: builtins.int
-    MESSAGE_FIELD_NUMBER: builtins.int
-    STATE_FIELD_NUMBER: builtins.int
-    COMMAND_ID_FIELD_NUMBER: builtins.int
-    sequence: builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    CONTAINER_NAME_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
     """Increasing number of the event in this manager."""
     type: Global___EventType.ValueType
     """What happened."""
-    container_id: builtins.str
+    container_id: _builtins.str
     """The container concerned."""
-    container_name: builtins.str
+    container_name: _builtins.str
     """Its name."""
-    message: builtins.str
+    message: _builtins.str
     """Human-readable details."""
-    state: pycontainer.v1.container_pb2.LifecycleState.ValueType
+    state: _container_pb2.LifecycleState.ValueType
     """State after the event, when it concerns state."""
-    command_id: builtins.str
+    command_id: _builtins.str
     """The command concerned, if any."""
-    @property
-    def time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
 
     def __init__(
         self,
         *,
-        sequence: builtins.int = ...,
-        time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        sequence: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
         type: Global___EventType.ValueType = ...,
-        container_id: builtins.str = ...,
-        container_name: builtins.str = ...,
-        message: builtins.str = ...,
-        state: pycontainer.v1.container_pb2.LifecycleState.ValueType = ...,
-        command_id: builtins.str = ...,
+        container_id: _builtins.str = ...,
+        container_name: _builtins.str = ...,
+        message: _builtins.str = ...,
+        state: _container_pb2.LifecycleState.ValueType = ...,
+        command_id: _builtins.str = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["time", b"time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["command_id", b"command_id", "container_id", b"container_id", "container_name", b"container_name", "message", b"message", "sequence", b"sequence", "state", b"state", "time", b"time", "type", b"type"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "container_id", b"container_id", "container_name", b"container_name", "message", b"message", "sequence", b"sequence", "state", b"state", "time", b"time", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Event: typing_extensions.TypeAlias = Event
+Global___Event: _TypeAlias = Event  # noqa: Y015
 
-@typing.final
-class WatchEventsRequest(google.protobuf.message.Message):
+@_typing.final
+class WatchEventsRequest(_message.Message):
     """Request of Manager.WatchEvents."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    INCLUDE_HISTORY_FIELD_NUMBER: builtins.int
-    CONTAINER_FIELD_NUMBER: builtins.int
-    HISTORY_ONLY_FIELD_NUMBER: builtins.int
-    include_history: builtins.bool
+    INCLUDE_HISTORY_FIELD_NUMBER: _builtins.int
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    HISTORY_ONLY_FIELD_NUMBER: _builtins.int
+    include_history: _builtins.bool
     """Send the retained recent events first."""
-    container: builtins.str
+    container: _builtins.str
     """Only events of this container (id or name); empty means all."""
-    history_only: builtins.bool
+    history_only: _builtins.bool
     """End the stream after the retained events instead of following (with
     include_history; `pycontainer events` without -w).
     """
     def __init__(
         self,
         *,
-        include_history: builtins.bool = ...,
-        container: builtins.str = ...,
-        history_only: builtins.bool = ...,
+        include_history: _builtins.bool = ...,
+        container: _builtins.str = ...,
+        history_only: _builtins.bool = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["container", b"container", "history_only", b"history_only", "include_history", b"include_history"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "history_only", b"history_only", "include_history", b"include_history"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___WatchEventsRequest: typing_extensions.TypeAlias = WatchEventsRequest
+Global___WatchEventsRequest: _TypeAlias = WatchEventsRequest  # noqa: Y015
 
-@typing.final
-class WatchEventsResponse(google.protobuf.message.Message):
+@_typing.final
+class WatchEventsResponse(_message.Message):
     """Response of Manager.WatchEvents."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    EVENT_FIELD_NUMBER: builtins.int
-    @property
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
     def event(self) -> Global___Event:
         """The event."""
 
@@ -331,89 +412,107 @@ class WatchEventsResponse(google.protobuf.message.Message):
         *,
         event: Global___Event | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["event", b"event"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["event", b"event"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___WatchEventsResponse: typing_extensions.TypeAlias = WatchEventsResponse
+Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015
 
-@typing.final
-class RunContainerRequest(google.protobuf.message.Message):
+@_typing.final
+class RunContainerRequest(_message.Message):
     """Request of Manager.RunContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    SPEC_FIELD_NUMBER: builtins.int
-    @property
-    def spec(self) -> pycontainer.v1.spec_pb2.ContainerSpec:
+    SPEC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spec(self) -> _spec_pb2.ContainerSpec:
         """What to launch."""
 
     def __init__(
         self,
         *,
-        spec: pycontainer.v1.spec_pb2.ContainerSpec | None = ...,
+        spec: _spec_pb2.ContainerSpec | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["spec", b"spec"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["spec", b"spec"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RunContainerRequest: typing_extensions.TypeAlias = RunContainerRequest
+Global___RunContainerRequest: _TypeAlias = RunContainerRequest  # noqa: Y015
 
-@typing.final
-class RunContainerResponse(google.protobuf.message.Message):
+@_typing.final
+class RunContainerResponse(_message.Message):
     """Response of Manager.RunContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINERS_FIELD_NUMBER: builtins.int
-    @property
-    def containers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Container]:
+    CONTAINERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def containers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Container]:
         """The containers launched, one per replica."""
 
     def __init__(
         self,
         *,
-        containers: collections.abc.Iterable[Global___Container] | None = ...,
+        containers: _abc.Iterable[Global___Container] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["containers", b"containers"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RunContainerResponse: typing_extensions.TypeAlias = RunContainerResponse
+Global___RunContainerResponse: _TypeAlias = RunContainerResponse  # noqa: Y015
 
-@typing.final
-class StopContainerRequest(google.protobuf.message.Message):
+@_typing.final
+class StopContainerRequest(_message.Message):
     """Request of Manager.StopContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINER_FIELD_NUMBER: builtins.int
-    GRACE_PERIOD_FIELD_NUMBER: builtins.int
-    MESSAGE_FIELD_NUMBER: builtins.int
-    container: builtins.str
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    container: _builtins.str
     """Container id or name."""
-    message: builtins.str
+    message: _builtins.str
     """Why, for the hook and the events."""
-    @property
-    def grace_period(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def grace_period(self) -> _duration_pb2.Duration:
         """Grace period; unset means the container's own (30s by default)."""
 
     def __init__(
         self,
         *,
-        container: builtins.str = ...,
-        grace_period: google.protobuf.duration_pb2.Duration | None = ...,
-        message: builtins.str = ...,
+        container: _builtins.str = ...,
+        grace_period: _duration_pb2.Duration | None = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["grace_period", b"grace_period"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["container", b"container", "grace_period", b"grace_period", "message", b"message"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "grace_period", b"grace_period", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___StopContainerRequest: typing_extensions.TypeAlias = StopContainerRequest
+Global___StopContainerRequest: _TypeAlias = StopContainerRequest  # noqa: Y015
 
-@typing.final
-class StopContainerResponse(google.protobuf.message.Message):
+@_typing.final
+class StopContainerResponse(_message.Message):
     """Response of Manager.StopContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINER_FIELD_NUMBER: builtins.int
-    @property
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    KILLED_FIELD_NUMBER: _builtins.int
+    killed: _builtins.bool
+    """True when the program did not end within its grace period and was
+    killed (SIGKILL); the stop still succeeded, as with `docker stop`.
+    """
+    @_builtins.property
     def container(self) -> Global___Container:
         """The container after the stop."""
 
@@ -421,38 +520,46 @@ class StopContainerResponse(google.protobuf.message.Message):
         self,
         *,
         container: Global___Container | None = ...,
+        killed: _builtins.bool = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["container", b"container"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["container", b"container"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "killed", b"killed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___StopContainerResponse: typing_extensions.TypeAlias = StopContainerResponse
+Global___StopContainerResponse: _TypeAlias = StopContainerResponse  # noqa: Y015
 
-@typing.final
-class PauseContainerRequest(google.protobuf.message.Message):
+@_typing.final
+class PauseContainerRequest(_message.Message):
     """Request of Manager.PauseContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINER_FIELD_NUMBER: builtins.int
-    container: builtins.str
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    container: _builtins.str
     """Container id or name."""
     def __init__(
         self,
         *,
-        container: builtins.str = ...,
+        container: _builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["container", b"container"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PauseContainerRequest: typing_extensions.TypeAlias = PauseContainerRequest
+Global___PauseContainerRequest: _TypeAlias = PauseContainerRequest  # noqa: Y015
 
-@typing.final
-class PauseContainerResponse(google.protobuf.message.Message):
+@_typing.final
+class PauseContainerResponse(_message.Message):
     """Response of Manager.PauseContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINER_FIELD_NUMBER: builtins.int
-    @property
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
     def container(self) -> Global___Container:
         """The container after the pause."""
 
@@ -461,37 +568,44 @@ class PauseContainerResponse(google.protobuf.message.Message):
         *,
         container: Global___Container | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["container", b"container"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["container", b"container"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PauseContainerResponse: typing_extensions.TypeAlias = PauseContainerResponse
+Global___PauseContainerResponse: _TypeAlias = PauseContainerResponse  # noqa: Y015
 
-@typing.final
-class ResumeContainerRequest(google.protobuf.message.Message):
+@_typing.final
+class ResumeContainerRequest(_message.Message):
     """Request of Manager.ResumeContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINER_FIELD_NUMBER: builtins.int
-    container: builtins.str
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    container: _builtins.str
     """Container id or name."""
     def __init__(
         self,
         *,
-        container: builtins.str = ...,
+        container: _builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["container", b"container"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ResumeContainerRequest: typing_extensions.TypeAlias = ResumeContainerRequest
+Global___ResumeContainerRequest: _TypeAlias = ResumeContainerRequest  # noqa: Y015
 
-@typing.final
-class ResumeContainerResponse(google.protobuf.message.Message):
+@_typing.final
+class ResumeContainerResponse(_message.Message):
     """Response of Manager.ResumeContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINER_FIELD_NUMBER: builtins.int
-    @property
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
     def container(self) -> Global___Container:
         """The container after the resume."""
 
@@ -500,92 +614,106 @@ class ResumeContainerResponse(google.protobuf.message.Message):
         *,
         container: Global___Container | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["container", b"container"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["container", b"container"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ResumeContainerResponse: typing_extensions.TypeAlias = ResumeContainerResponse
+Global___ResumeContainerResponse: _TypeAlias = ResumeContainerResponse  # noqa: Y015
 
-@typing.final
-class CheckpointContainerRequest(google.protobuf.message.Message):
+@_typing.final
+class CheckpointContainerRequest(_message.Message):
     """Request of Manager.CheckpointContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINER_FIELD_NUMBER: builtins.int
-    container: builtins.str
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    container: _builtins.str
     """Container id or name."""
     def __init__(
         self,
         *,
-        container: builtins.str = ...,
+        container: _builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["container", b"container"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CheckpointContainerRequest: typing_extensions.TypeAlias = CheckpointContainerRequest
+Global___CheckpointContainerRequest: _TypeAlias = CheckpointContainerRequest  # noqa: Y015
 
-@typing.final
-class CheckpointContainerResponse(google.protobuf.message.Message):
+@_typing.final
+class CheckpointContainerResponse(_message.Message):
     """Response of Manager.CheckpointContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CHECKPOINT_ID_FIELD_NUMBER: builtins.int
-    SIZE_BYTES_FIELD_NUMBER: builtins.int
-    SHA256_FIELD_NUMBER: builtins.int
-    CREATE_TIME_FIELD_NUMBER: builtins.int
-    checkpoint_id: builtins.str
+    CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    checkpoint_id: _builtins.str
     """Id of the stored checkpoint."""
-    size_bytes: builtins.int
+    size_bytes: _builtins.int
     """Size of the state in bytes."""
-    sha256: builtins.str
+    sha256: _builtins.str
     """SHA-256 of the state, hex."""
-    @property
-    def create_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was taken."""
 
     def __init__(
         self,
         *,
-        checkpoint_id: builtins.str = ...,
-        size_bytes: builtins.int = ...,
-        sha256: builtins.str = ...,
-        create_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        checkpoint_id: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["create_time", b"create_time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["checkpoint_id", b"checkpoint_id", "create_time", b"create_time", "sha256", b"sha256", "size_bytes", b"size_bytes"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "create_time", b"create_time", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CheckpointContainerResponse: typing_extensions.TypeAlias = CheckpointContainerResponse
+Global___CheckpointContainerResponse: _TypeAlias = CheckpointContainerResponse  # noqa: Y015
 
-@typing.final
-class RestoreContainerRequest(google.protobuf.message.Message):
+@_typing.final
+class RestoreContainerRequest(_message.Message):
     """Request of Manager.RestoreContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINER_FIELD_NUMBER: builtins.int
-    CHECKPOINT_ID_FIELD_NUMBER: builtins.int
-    container: builtins.str
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    container: _builtins.str
     """Container id or name."""
-    checkpoint_id: builtins.str
+    checkpoint_id: _builtins.str
     """Checkpoint to restore; empty means the container's newest."""
     def __init__(
         self,
         *,
-        container: builtins.str = ...,
-        checkpoint_id: builtins.str = ...,
+        container: _builtins.str = ...,
+        checkpoint_id: _builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["checkpoint_id", b"checkpoint_id", "container", b"container"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "container", b"container"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RestoreContainerRequest: typing_extensions.TypeAlias = RestoreContainerRequest
+Global___RestoreContainerRequest: _TypeAlias = RestoreContainerRequest  # noqa: Y015
 
-@typing.final
-class RestoreContainerResponse(google.protobuf.message.Message):
+@_typing.final
+class RestoreContainerResponse(_message.Message):
     """Response of Manager.RestoreContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINER_FIELD_NUMBER: builtins.int
-    @property
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
     def container(self) -> Global___Container:
         """The container after the restore."""
 
@@ -594,48 +722,54 @@ class RestoreContainerResponse(google.protobuf.message.Message):
         *,
         container: Global___Container | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["container", b"container"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["container", b"container"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RestoreContainerResponse: typing_extensions.TypeAlias = RestoreContainerResponse
+Global___RestoreContainerResponse: _TypeAlias = RestoreContainerResponse  # noqa: Y015
 
-@typing.final
-class EvictContainerRequest(google.protobuf.message.Message):
+@_typing.final
+class EvictContainerRequest(_message.Message):
     """Request of Manager.EvictContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINER_FIELD_NUMBER: builtins.int
-    GRACE_PERIOD_FIELD_NUMBER: builtins.int
-    MESSAGE_FIELD_NUMBER: builtins.int
-    container: builtins.str
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    container: _builtins.str
     """Container id or name."""
-    message: builtins.str
+    message: _builtins.str
     """Why."""
-    @property
-    def grace_period(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def grace_period(self) -> _duration_pb2.Duration:
         """Grace period; unset means the container's own."""
 
     def __init__(
         self,
         *,
-        container: builtins.str = ...,
-        grace_period: google.protobuf.duration_pb2.Duration | None = ...,
-        message: builtins.str = ...,
+        container: _builtins.str = ...,
+        grace_period: _duration_pb2.Duration | None = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["grace_period", b"grace_period"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["container", b"container", "grace_period", b"grace_period", "message", b"message"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "grace_period", b"grace_period", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___EvictContainerRequest: typing_extensions.TypeAlias = EvictContainerRequest
+Global___EvictContainerRequest: _TypeAlias = EvictContainerRequest  # noqa: Y015
 
-@typing.final
-class EvictContainerResponse(google.protobuf.message.Message):
+@_typing.final
+class EvictContainerResponse(_message.Message):
     """Response of Manager.EvictContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINER_FIELD_NUMBER: builtins.int
-    @property
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
     def container(self) -> Global___Container:
         """The container after the eviction."""
 
@@ -644,208 +778,575 @@ class EvictContainerResponse(google.protobuf.message.Message):
         *,
         container: Global___Container | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["container", b"container"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["container", b"container"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___EvictContainerResponse: typing_extensions.TypeAlias = EvictContainerResponse
+Global___EvictContainerResponse: _TypeAlias = EvictContainerResponse  # noqa: Y015
 
-@typing.final
-class ScaleContainerRequest(google.protobuf.message.Message):
+@_typing.final
+class ScaleContainerRequest(_message.Message):
     """Request of Manager.ScaleContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINER_FIELD_NUMBER: builtins.int
-    REPLICAS_FIELD_NUMBER: builtins.int
-    container: builtins.str
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    container: _builtins.str
     """Container id or name whose spec is scaled."""
-    replicas: builtins.int
+    replicas: _builtins.int
     """Desired number of replicas, 0 or more."""
     def __init__(
         self,
         *,
-        container: builtins.str = ...,
-        replicas: builtins.int = ...,
+        container: _builtins.str = ...,
+        replicas: _builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["container", b"container", "replicas", b"replicas"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "replicas", b"replicas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ScaleContainerRequest: typing_extensions.TypeAlias = ScaleContainerRequest
+Global___ScaleContainerRequest: _TypeAlias = ScaleContainerRequest  # noqa: Y015
 
-@typing.final
-class ScaleContainerResponse(google.protobuf.message.Message):
+@_typing.final
+class ScaleContainerResponse(_message.Message):
     """Response of Manager.ScaleContainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINERS_FIELD_NUMBER: builtins.int
-    @property
-    def containers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Container]:
+    CONTAINERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def containers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Container]:
         """Every replica after scaling."""
 
     def __init__(
         self,
         *,
-        containers: collections.abc.Iterable[Global___Container] | None = ...,
+        containers: _abc.Iterable[Global___Container] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["containers", b"containers"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ScaleContainerResponse: typing_extensions.TypeAlias = ScaleContainerResponse
+Global___ScaleContainerResponse: _TypeAlias = ScaleContainerResponse  # noqa: Y015
 
-@typing.final
-class ManagerStreamLogsRequest(google.protobuf.message.Message):
+@_typing.final
+class ManagerStreamLogsRequest(_message.Message):
     """Request of Manager.StreamLogs."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINERS_FIELD_NUMBER: builtins.int
-    LABEL_SELECTOR_FIELD_NUMBER: builtins.int
-    FILTER_FIELD_NUMBER: builtins.int
-    label_selector: builtins.str
+    CONTAINERS_FIELD_NUMBER: _builtins.int
+    LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    label_selector: _builtins.str
     """Label selector choosing containers, as in ListContainers."""
-    @property
-    def containers(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+    @_builtins.property
+    def containers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Container ids or names; empty with a selector means all that match."""
 
-    @property
+    @_builtins.property
     def filter(self) -> Global___StreamLogsFilter:
         """The filters, as Management.StreamLogs takes them."""
 
     def __init__(
         self,
         *,
-        containers: collections.abc.Iterable[builtins.str] | None = ...,
-        label_selector: builtins.str = ...,
+        containers: _abc.Iterable[_builtins.str] | None = ...,
+        label_selector: _builtins.str = ...,
         filter: Global___StreamLogsFilter | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["containers", b"containers", "filter", b"filter", "label_selector", b"label_selector"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "filter", b"filter", "label_selector", b"label_selector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ManagerStreamLogsRequest: typing_extensions.TypeAlias = ManagerStreamLogsRequest
+Global___ManagerStreamLogsRequest: _TypeAlias = ManagerStreamLogsRequest  # noqa: Y015
 
-@typing.final
-class StreamLogsFilter(google.protobuf.message.Message):
+@_typing.final
+class StreamLogsFilter(_message.Message):
     """The filters of a proxied log stream."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    TAIL_FIELD_NUMBER: builtins.int
-    FOLLOW_FIELD_NUMBER: builtins.int
-    SINCE_FIELD_NUMBER: builtins.int
-    MIN_SEVERITY_FIELD_NUMBER: builtins.int
-    CONTAINS_FIELD_NUMBER: builtins.int
-    PATTERN_FIELD_NUMBER: builtins.int
-    LOGGER_FIELD_NUMBER: builtins.int
-    tail: builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    MIN_SEVERITY_FIELD_NUMBER: _builtins.int
+    CONTAINS_FIELD_NUMBER: _builtins.int
+    PATTERN_FIELD_NUMBER: _builtins.int
+    LOGGER_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    tail: _builtins.int
     """Newest entries per container before following; unset means all."""
-    follow: builtins.bool
+    follow: _builtins.bool
     """Keep following."""
-    min_severity: pycontainer.v1.logs_pb2.Severity.ValueType
+    min_severity: _logs_pb2.Severity.ValueType
     """Only entries at or above this severity."""
-    contains: builtins.str
+    contains: _builtins.str
     """Only messages containing this text."""
-    pattern: builtins.str
+    pattern: _builtins.str
     """Only messages matching this regular expression."""
-    logger: builtins.str
+    logger: _builtins.str
     """Only this logger and its children."""
-    @property
-    def since(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    previous: _builtins.bool
+    """The run before the last restart instead of the current one (kubectl logs
+    --previous); read from what the manager retained.
+    """
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
         """Only entries at or after this time."""
 
     def __init__(
         self,
         *,
-        tail: builtins.int | None = ...,
-        follow: builtins.bool = ...,
-        since: google.protobuf.timestamp_pb2.Timestamp | None = ...,
-        min_severity: pycontainer.v1.logs_pb2.Severity.ValueType = ...,
-        contains: builtins.str = ...,
-        pattern: builtins.str = ...,
-        logger: builtins.str = ...,
+        tail: _builtins.int | None = ...,
+        follow: _builtins.bool = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        min_severity: _logs_pb2.Severity.ValueType = ...,
+        contains: _builtins.str = ...,
+        pattern: _builtins.str = ...,
+        logger: _builtins.str = ...,
+        previous: _builtins.bool = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["_tail", b"_tail", "since", b"since", "tail", b"tail"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["_tail", b"_tail", "contains", b"contains", "follow", b"follow", "logger", b"logger", "min_severity", b"min_severity", "pattern", b"pattern", "since", b"since", "tail", b"tail"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["_tail", b"_tail"]) -> typing.Literal["tail"] | None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tail", b"_tail", "since", b"since", "tail", b"tail"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tail", b"_tail", "contains", b"contains", "follow", b"follow", "logger", b"logger", "min_severity", b"min_severity", "pattern", b"pattern", "previous", b"previous", "since", b"since", "tail", b"tail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__tail: _TypeAlias = _typing.Literal["tail"]  # noqa: Y015
+    _WhichOneofArgType__tail: _TypeAlias = _typing.Literal["_tail", b"_tail"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tail) -> _WhichOneofReturnType__tail | None: ...
 
-Global___StreamLogsFilter: typing_extensions.TypeAlias = StreamLogsFilter
+Global___StreamLogsFilter: _TypeAlias = StreamLogsFilter  # noqa: Y015
 
-@typing.final
-class ManagerStreamLogsResponse(google.protobuf.message.Message):
+@_typing.final
+class ManagerStreamLogsResponse(_message.Message):
     """Response of Manager.StreamLogs."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    ENTRIES_FIELD_NUMBER: builtins.int
-    MISSED_FIELD_NUMBER: builtins.int
-    missed: builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    MISSED_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    missed: _builtins.int
     """Entries lost by slow reading, summed over containers."""
-    @property
-    def entries(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[pycontainer.v1.logs_pb2.LogEntry]:
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[_logs_pb2.LogEntry]:
         """Entries, each with its container_id set."""
+
+    @_builtins.property
+    def ended(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogStreamEnd]:
+        """Containers whose part of a followed stream ended in this response (the
+        container stopped or exited); the others go on.
+        """
 
     def __init__(
         self,
         *,
-        entries: collections.abc.Iterable[pycontainer.v1.logs_pb2.LogEntry] | None = ...,
-        missed: builtins.int = ...,
+        entries: _abc.Iterable[_logs_pb2.LogEntry] | None = ...,
+        missed: _builtins.int = ...,
+        ended: _abc.Iterable[Global___LogStreamEnd] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["entries", b"entries", "missed", b"missed"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended", b"ended", "entries", b"entries", "missed", b"missed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ManagerStreamLogsResponse: typing_extensions.TypeAlias = ManagerStreamLogsResponse
+Global___ManagerStreamLogsResponse: _TypeAlias = ManagerStreamLogsResponse  # noqa: Y015
 
-@typing.final
-class ManagerWatchMetricsRequest(google.protobuf.message.Message):
+@_typing.final
+class LogStreamEnd(_message.Message):
+    """The end of one container's part of a followed log stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    CONTAINER_NAME_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    container_id: _builtins.str
+    """The container."""
+    container_name: _builtins.str
+    """Its name."""
+    message: _builtins.str
+    """Why it ended, such as "container stopped (exit status 0)"."""
+    def __init__(
+        self,
+        *,
+        container_id: _builtins.str = ...,
+        container_name: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "container_name", b"container_name", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogStreamEnd: _TypeAlias = LogStreamEnd  # noqa: Y015
+
+@_typing.final
+class ManagerWatchMetricsRequest(_message.Message):
     """Request of Manager.WatchMetrics."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    CONTAINERS_FIELD_NUMBER: builtins.int
-    LABEL_SELECTOR_FIELD_NUMBER: builtins.int
-    INTERVAL_FIELD_NUMBER: builtins.int
-    METRIC_FILTERS_FIELD_NUMBER: builtins.int
-    label_selector: builtins.str
+    CONTAINERS_FIELD_NUMBER: _builtins.int
+    LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    METRIC_FILTERS_FIELD_NUMBER: _builtins.int
+    label_selector: _builtins.str
     """Label selector choosing containers."""
-    @property
-    def containers(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+    @_builtins.property
+    def containers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Container ids or names; empty with a selector means all that match."""
 
-    @property
-    def interval(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration:
         """Time between snapshots, from 100ms to 1h; unset means 1s."""
 
-    @property
-    def metric_filters(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+    @_builtins.property
+    def metric_filters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Metric filters, as Management.WatchMetrics takes them."""
 
     def __init__(
         self,
         *,
-        containers: collections.abc.Iterable[builtins.str] | None = ...,
-        label_selector: builtins.str = ...,
-        interval: google.protobuf.duration_pb2.Duration | None = ...,
-        metric_filters: collections.abc.Iterable[builtins.str] | None = ...,
+        containers: _abc.Iterable[_builtins.str] | None = ...,
+        label_selector: _builtins.str = ...,
+        interval: _duration_pb2.Duration | None = ...,
+        metric_filters: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["interval", b"interval"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["containers", b"containers", "interval", b"interval", "label_selector", b"label_selector", "metric_filters", b"metric_filters"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "interval", b"interval", "label_selector", b"label_selector", "metric_filters", b"metric_filters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ManagerWatchMetricsRequest: typing_extensions.TypeAlias = ManagerWatchMetricsRequest
+Global___ManagerWatchMetricsRequest: _TypeAlias = ManagerWatchMetricsRequest  # noqa: Y015
 
-@typing.final
-class ManagerWatchMetricsResponse(google.protobuf.message.Message):
+@_typing.final
+class ManagerWatchMetricsResponse(_message.Message):
     """Response of Manager.WatchMetrics."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    SNAPSHOT_FIELD_NUMBER: builtins.int
-    @property
-    def snapshot(self) -> pycontainer.v1.metrics_pb2.MetricsSnapshot:
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> _metrics_pb2.MetricsSnapshot:
         """One snapshot of one container, with container_id set."""
 
     def __init__(
         self,
         *,
-        snapshot: pycontainer.v1.metrics_pb2.MetricsSnapshot | None = ...,
+        snapshot: _metrics_pb2.MetricsSnapshot | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["snapshot", b"snapshot"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["snapshot", b"snapshot"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ManagerWatchMetricsResponse: typing_extensions.TypeAlias = ManagerWatchMetricsResponse
+Global___ManagerWatchMetricsResponse: _TypeAlias = ManagerWatchMetricsResponse  # noqa: Y015
+
+@_typing.final
+class RestartContainerRequest(_message.Message):
+    """Request of Manager.RestartContainer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    container: _builtins.str
+    """Container id or name."""
+    @_builtins.property
+    def grace_period(self) -> _duration_pb2.Duration:
+        """Grace period of the stop; unset means the container's own."""
+
+    def __init__(
+        self,
+        *,
+        container: _builtins.str = ...,
+        grace_period: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "grace_period", b"grace_period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartContainerRequest: _TypeAlias = RestartContainerRequest  # noqa: Y015
+
+@_typing.final
+class RestartContainerResponse(_message.Message):
+    """Response of Manager.RestartContainer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def container(self) -> Global___Container:
+        """The container after it started again."""
+
+    def __init__(
+        self,
+        *,
+        container: Global___Container | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartContainerResponse: _TypeAlias = RestartContainerResponse  # noqa: Y015
+
+@_typing.final
+class KillContainerRequest(_message.Message):
+    """Request of Manager.KillContainer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    container: _builtins.str
+    """Container id or name."""
+    signal: _builtins.str
+    """Signal name ("KILL", "SIGTERM", "INT") or number; empty means KILL."""
+    def __init__(
+        self,
+        *,
+        container: _builtins.str = ...,
+        signal: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "signal", b"signal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KillContainerRequest: _TypeAlias = KillContainerRequest  # noqa: Y015
+
+@_typing.final
+class KillContainerResponse(_message.Message):
+    """Response of Manager.KillContainer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def container(self) -> Global___Container:
+        """The container after the signal was sent."""
+
+    def __init__(
+        self,
+        *,
+        container: Global___Container | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KillContainerResponse: _TypeAlias = KillContainerResponse  # noqa: Y015
+
+@_typing.final
+class DeleteContainerRequest(_message.Message):
+    """Request of Manager.DeleteContainer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    PURGE_FIELD_NUMBER: _builtins.int
+    container: _builtins.str
+    """Container id or name; it must have ended (STOPPED or FAILED, or exited)."""
+    purge: _builtins.bool
+    """Also remove its retained logs and stored checkpoints."""
+    def __init__(
+        self,
+        *,
+        container: _builtins.str = ...,
+        purge: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "purge", b"purge"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteContainerRequest: _TypeAlias = DeleteContainerRequest  # noqa: Y015
+
+@_typing.final
+class DeleteContainerResponse(_message.Message):
+    """Response of Manager.DeleteContainer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def container(self) -> Global___Container:
+        """The record as it was when removed."""
+
+    def __init__(
+        self,
+        *,
+        container: Global___Container | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteContainerResponse: _TypeAlias = DeleteContainerResponse  # noqa: Y015
+
+@_typing.final
+class ApplySpecsRequest(_message.Message):
+    """Request of Manager.ApplySpecs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPECS_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    PRUNE_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    """Who owns this set (the file's owner label value); prune removes only
+    containers carrying this owner. Empty means "default".
+    """
+    prune: _builtins.bool
+    """Remove containers of this owner whose spec is no longer listed."""
+    dry_run: _builtins.bool
+    """Only say what would change (pycontainer diff); change nothing."""
+    @_builtins.property
+    def specs(self) -> _containers.RepeatedCompositeFieldContainer[_spec_pb2.ContainerSpec]:
+        """The desired specs, as in one spec file."""
+
+    def __init__(
+        self,
+        *,
+        specs: _abc.Iterable[_spec_pb2.ContainerSpec] | None = ...,
+        owner: _builtins.str = ...,
+        prune: _builtins.bool = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "owner", b"owner", "prune", b"prune", "specs", b"specs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplySpecsRequest: _TypeAlias = ApplySpecsRequest  # noqa: Y015
+
+@_typing.final
+class ApplyChange(_message.Message):
+    """One spec's change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The spec's name."""
+    action: Global___ApplyAction.ValueType
+    """What apply does (or, with dry_run, would do)."""
+    detail: _builtins.str
+    """Details: the fields that differ, the replica counts."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        action: Global___ApplyAction.ValueType = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "detail", b"detail", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyChange: _TypeAlias = ApplyChange  # noqa: Y015
+
+@_typing.final
+class ApplySpecsResponse(_message.Message):
+    """Response of Manager.ApplySpecs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApplyChange]:
+        """One change per spec in the request, then one per pruned name."""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___ApplyChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplySpecsResponse: _TypeAlias = ApplySpecsResponse  # noqa: Y015
+
+@_typing.final
+class GetVersionRequest(_message.Message):
+    """Request of Manager.GetVersion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVersionRequest: _TypeAlias = GetVersionRequest  # noqa: Y015
+
+@_typing.final
+class GetVersionResponse(_message.Message):
+    """Response of Manager.GetVersion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    PYTHON_VERSION_FIELD_NUMBER: _builtins.int
+    GRPC_VERSION_FIELD_NUMBER: _builtins.int
+    PROTOBUF_VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """pycontainer's version."""
+    python_version: _builtins.str
+    """The Python version the manager runs on."""
+    grpc_version: _builtins.str
+    """The grpcio version."""
+    protobuf_version: _builtins.str
+    """The protobuf version and backend ("6.31.1 upb")."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        python_version: _builtins.str = ...,
+        grpc_version: _builtins.str = ...,
+        protobuf_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grpc_version", b"grpc_version", "protobuf_version", b"protobuf_version", "python_version", b"python_version", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVersionResponse: _TypeAlias = GetVersionResponse  # noqa: Y015

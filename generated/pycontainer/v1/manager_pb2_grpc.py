@@ -102,6 +102,31 @@ class ManagerStub(object):
                 request_serializer=pycontainer_dot_v1_dot_manager__pb2.ManagerWatchMetricsRequest.SerializeToString,
                 response_deserializer=pycontainer_dot_v1_dot_manager__pb2.ManagerWatchMetricsResponse.FromString,
                 _registered_method=True)
+        self.RestartContainer = channel.unary_unary(
+                '/pycontainer.v1.Manager/RestartContainer',
+                request_serializer=pycontainer_dot_v1_dot_manager__pb2.RestartContainerRequest.SerializeToString,
+                response_deserializer=pycontainer_dot_v1_dot_manager__pb2.RestartContainerResponse.FromString,
+                _registered_method=True)
+        self.KillContainer = channel.unary_unary(
+                '/pycontainer.v1.Manager/KillContainer',
+                request_serializer=pycontainer_dot_v1_dot_manager__pb2.KillContainerRequest.SerializeToString,
+                response_deserializer=pycontainer_dot_v1_dot_manager__pb2.KillContainerResponse.FromString,
+                _registered_method=True)
+        self.DeleteContainer = channel.unary_unary(
+                '/pycontainer.v1.Manager/DeleteContainer',
+                request_serializer=pycontainer_dot_v1_dot_manager__pb2.DeleteContainerRequest.SerializeToString,
+                response_deserializer=pycontainer_dot_v1_dot_manager__pb2.DeleteContainerResponse.FromString,
+                _registered_method=True)
+        self.ApplySpecs = channel.unary_unary(
+                '/pycontainer.v1.Manager/ApplySpecs',
+                request_serializer=pycontainer_dot_v1_dot_manager__pb2.ApplySpecsRequest.SerializeToString,
+                response_deserializer=pycontainer_dot_v1_dot_manager__pb2.ApplySpecsResponse.FromString,
+                _registered_method=True)
+        self.GetVersion = channel.unary_unary(
+                '/pycontainer.v1.Manager/GetVersion',
+                request_serializer=pycontainer_dot_v1_dot_manager__pb2.GetVersionRequest.SerializeToString,
+                response_deserializer=pycontainer_dot_v1_dot_manager__pb2.GetVersionResponse.FromString,
+                _registered_method=True)
 
 
 class ManagerServicer(object):
@@ -201,6 +226,45 @@ class ManagerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestartContainer(self, request, context):
+        """Stop a container gracefully, then start it again (a new run of the same
+        record; its restart count goes up).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KillContainer(self, request, context):
+        """Send a signal to a container's process now, without a grace period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteContainer(self, request, context):
+        """Remove the record of a container that has ended; with purge, also its
+        retained logs and checkpoints.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplySpecs(self, request, context):
+        """Make the running set match a list of specs (kubectl apply): create what is
+        missing, reconcile replicas, replace changed containers one replica at a
+        time, and with prune remove what the owner no longer lists.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVersion(self, request, context):
+        """The manager's version and the versions of what it runs on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -268,6 +332,31 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.WatchMetrics,
                     request_deserializer=pycontainer_dot_v1_dot_manager__pb2.ManagerWatchMetricsRequest.FromString,
                     response_serializer=pycontainer_dot_v1_dot_manager__pb2.ManagerWatchMetricsResponse.SerializeToString,
+            ),
+            'RestartContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestartContainer,
+                    request_deserializer=pycontainer_dot_v1_dot_manager__pb2.RestartContainerRequest.FromString,
+                    response_serializer=pycontainer_dot_v1_dot_manager__pb2.RestartContainerResponse.SerializeToString,
+            ),
+            'KillContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.KillContainer,
+                    request_deserializer=pycontainer_dot_v1_dot_manager__pb2.KillContainerRequest.FromString,
+                    response_serializer=pycontainer_dot_v1_dot_manager__pb2.KillContainerResponse.SerializeToString,
+            ),
+            'DeleteContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteContainer,
+                    request_deserializer=pycontainer_dot_v1_dot_manager__pb2.DeleteContainerRequest.FromString,
+                    response_serializer=pycontainer_dot_v1_dot_manager__pb2.DeleteContainerResponse.SerializeToString,
+            ),
+            'ApplySpecs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplySpecs,
+                    request_deserializer=pycontainer_dot_v1_dot_manager__pb2.ApplySpecsRequest.FromString,
+                    response_serializer=pycontainer_dot_v1_dot_manager__pb2.ApplySpecsResponse.SerializeToString,
+            ),
+            'GetVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVersion,
+                    request_deserializer=pycontainer_dot_v1_dot_manager__pb2.GetVersionRequest.FromString,
+                    response_serializer=pycontainer_dot_v1_dot_manager__pb2.GetVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -624,6 +713,141 @@ class Manager(object):
             '/pycontainer.v1.Manager/WatchMetrics',
             pycontainer_dot_v1_dot_manager__pb2.ManagerWatchMetricsRequest.SerializeToString,
             pycontainer_dot_v1_dot_manager__pb2.ManagerWatchMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestartContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pycontainer.v1.Manager/RestartContainer',
+            pycontainer_dot_v1_dot_manager__pb2.RestartContainerRequest.SerializeToString,
+            pycontainer_dot_v1_dot_manager__pb2.RestartContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KillContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pycontainer.v1.Manager/KillContainer',
+            pycontainer_dot_v1_dot_manager__pb2.KillContainerRequest.SerializeToString,
+            pycontainer_dot_v1_dot_manager__pb2.KillContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pycontainer.v1.Manager/DeleteContainer',
+            pycontainer_dot_v1_dot_manager__pb2.DeleteContainerRequest.SerializeToString,
+            pycontainer_dot_v1_dot_manager__pb2.DeleteContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplySpecs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pycontainer.v1.Manager/ApplySpecs',
+            pycontainer_dot_v1_dot_manager__pb2.ApplySpecsRequest.SerializeToString,
+            pycontainer_dot_v1_dot_manager__pb2.ApplySpecsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pycontainer.v1.Manager/GetVersion',
+            pycontainer_dot_v1_dot_manager__pb2.GetVersionRequest.SerializeToString,
+            pycontainer_dot_v1_dot_manager__pb2.GetVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

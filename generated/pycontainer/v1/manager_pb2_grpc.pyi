@@ -3,556 +3,290 @@
 isort:skip_file
 """
 
-import abc
-import collections.abc
-import grpc
-import grpc.aio
-import pycontainer.v1.manager_pb2
+from collections import abc as _abc
+from grpc import aio as _aio
+from pycontainer.v1 import manager_pb2 as _manager_pb2
+import abc as _abc_1
+import grpc as _grpc
 import sys
-import typing
+import typing as _typing
 
-if sys.version_info >= (3, 13):
-    import typing as typing_extensions
+if sys.version_info >= (3, 11):
+    from typing import Self as _Self
 else:
-    import typing_extensions
+    from typing_extensions import Self as _Self
 
-_T = typing.TypeVar("_T")
+_T = _typing.TypeVar("_T")
 
-class _MaybeAsyncIterator(collections.abc.AsyncIterator[_T], collections.abc.Iterator[_T], metaclass=abc.ABCMeta): ...
+class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
 
-class _ServicerContext(grpc.ServicerContext, grpc.aio.ServicerContext):  # type: ignore[misc, type-arg]
+class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
     ...
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
-_ManagerListContainersType = typing_extensions.TypeVar(
-    '_ManagerListContainersType',
-    grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.ListContainersRequest,
-        pycontainer.v1.manager_pb2.ListContainersResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.ListContainersRequest,
-        pycontainer.v1.manager_pb2.ListContainersResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.ListContainersRequest,
-        pycontainer.v1.manager_pb2.ListContainersResponse,
-    ],
-)
 
-_ManagerGetContainerType = typing_extensions.TypeVar(
-    '_ManagerGetContainerType',
-    grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.GetContainerRequest,
-        pycontainer.v1.manager_pb2.GetContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.GetContainerRequest,
-        pycontainer.v1.manager_pb2.GetContainerResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.GetContainerRequest,
-        pycontainer.v1.manager_pb2.GetContainerResponse,
-    ],
-)
-
-_ManagerWatchEventsType = typing_extensions.TypeVar(
-    '_ManagerWatchEventsType',
-    grpc.UnaryStreamMultiCallable[
-        pycontainer.v1.manager_pb2.WatchEventsRequest,
-        pycontainer.v1.manager_pb2.WatchEventsResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        pycontainer.v1.manager_pb2.WatchEventsRequest,
-        pycontainer.v1.manager_pb2.WatchEventsResponse,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        pycontainer.v1.manager_pb2.WatchEventsRequest,
-        pycontainer.v1.manager_pb2.WatchEventsResponse,
-    ],
-)
-
-_ManagerRunContainerType = typing_extensions.TypeVar(
-    '_ManagerRunContainerType',
-    grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.RunContainerRequest,
-        pycontainer.v1.manager_pb2.RunContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.RunContainerRequest,
-        pycontainer.v1.manager_pb2.RunContainerResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.RunContainerRequest,
-        pycontainer.v1.manager_pb2.RunContainerResponse,
-    ],
-)
-
-_ManagerStopContainerType = typing_extensions.TypeVar(
-    '_ManagerStopContainerType',
-    grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.StopContainerRequest,
-        pycontainer.v1.manager_pb2.StopContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.StopContainerRequest,
-        pycontainer.v1.manager_pb2.StopContainerResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.StopContainerRequest,
-        pycontainer.v1.manager_pb2.StopContainerResponse,
-    ],
-)
-
-_ManagerPauseContainerType = typing_extensions.TypeVar(
-    '_ManagerPauseContainerType',
-    grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.PauseContainerRequest,
-        pycontainer.v1.manager_pb2.PauseContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.PauseContainerRequest,
-        pycontainer.v1.manager_pb2.PauseContainerResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.PauseContainerRequest,
-        pycontainer.v1.manager_pb2.PauseContainerResponse,
-    ],
-)
-
-_ManagerResumeContainerType = typing_extensions.TypeVar(
-    '_ManagerResumeContainerType',
-    grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.ResumeContainerRequest,
-        pycontainer.v1.manager_pb2.ResumeContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.ResumeContainerRequest,
-        pycontainer.v1.manager_pb2.ResumeContainerResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.ResumeContainerRequest,
-        pycontainer.v1.manager_pb2.ResumeContainerResponse,
-    ],
-)
-
-_ManagerCheckpointContainerType = typing_extensions.TypeVar(
-    '_ManagerCheckpointContainerType',
-    grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.CheckpointContainerRequest,
-        pycontainer.v1.manager_pb2.CheckpointContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.CheckpointContainerRequest,
-        pycontainer.v1.manager_pb2.CheckpointContainerResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.CheckpointContainerRequest,
-        pycontainer.v1.manager_pb2.CheckpointContainerResponse,
-    ],
-)
-
-_ManagerRestoreContainerType = typing_extensions.TypeVar(
-    '_ManagerRestoreContainerType',
-    grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.RestoreContainerRequest,
-        pycontainer.v1.manager_pb2.RestoreContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.RestoreContainerRequest,
-        pycontainer.v1.manager_pb2.RestoreContainerResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.RestoreContainerRequest,
-        pycontainer.v1.manager_pb2.RestoreContainerResponse,
-    ],
-)
-
-_ManagerEvictContainerType = typing_extensions.TypeVar(
-    '_ManagerEvictContainerType',
-    grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.EvictContainerRequest,
-        pycontainer.v1.manager_pb2.EvictContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.EvictContainerRequest,
-        pycontainer.v1.manager_pb2.EvictContainerResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.EvictContainerRequest,
-        pycontainer.v1.manager_pb2.EvictContainerResponse,
-    ],
-)
-
-_ManagerScaleContainerType = typing_extensions.TypeVar(
-    '_ManagerScaleContainerType',
-    grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.ScaleContainerRequest,
-        pycontainer.v1.manager_pb2.ScaleContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.ScaleContainerRequest,
-        pycontainer.v1.manager_pb2.ScaleContainerResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.ScaleContainerRequest,
-        pycontainer.v1.manager_pb2.ScaleContainerResponse,
-    ],
-)
-
-_ManagerStreamLogsType = typing_extensions.TypeVar(
-    '_ManagerStreamLogsType',
-    grpc.UnaryStreamMultiCallable[
-        pycontainer.v1.manager_pb2.ManagerStreamLogsRequest,
-        pycontainer.v1.manager_pb2.ManagerStreamLogsResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        pycontainer.v1.manager_pb2.ManagerStreamLogsRequest,
-        pycontainer.v1.manager_pb2.ManagerStreamLogsResponse,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        pycontainer.v1.manager_pb2.ManagerStreamLogsRequest,
-        pycontainer.v1.manager_pb2.ManagerStreamLogsResponse,
-    ],
-)
-
-_ManagerWatchMetricsType = typing_extensions.TypeVar(
-    '_ManagerWatchMetricsType',
-    grpc.UnaryStreamMultiCallable[
-        pycontainer.v1.manager_pb2.ManagerWatchMetricsRequest,
-        pycontainer.v1.manager_pb2.ManagerWatchMetricsResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        pycontainer.v1.manager_pb2.ManagerWatchMetricsRequest,
-        pycontainer.v1.manager_pb2.ManagerWatchMetricsResponse,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        pycontainer.v1.manager_pb2.ManagerWatchMetricsRequest,
-        pycontainer.v1.manager_pb2.ManagerWatchMetricsResponse,
-    ],
-)
-
-class ManagerStub(typing.Generic[_ManagerListContainersType, _ManagerGetContainerType, _ManagerWatchEventsType, _ManagerRunContainerType, _ManagerStopContainerType, _ManagerPauseContainerType, _ManagerResumeContainerType, _ManagerCheckpointContainerType, _ManagerRestoreContainerType, _ManagerEvictContainerType, _ManagerScaleContainerType, _ManagerStreamLogsType, _ManagerWatchMetricsType]):
+class ManagerStub:
     """The operator API of the manager: list, inspect and command containers,
     watch what happens, and read any container's logs and metrics through the
     manager.
     """
 
-    @typing.overload
-    def __init__(self: ManagerStub[
-        grpc.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.ListContainersRequest,
-            pycontainer.v1.manager_pb2.ListContainersResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.GetContainerRequest,
-            pycontainer.v1.manager_pb2.GetContainerResponse,
-        ],
-        grpc.UnaryStreamMultiCallable[
-            pycontainer.v1.manager_pb2.WatchEventsRequest,
-            pycontainer.v1.manager_pb2.WatchEventsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.RunContainerRequest,
-            pycontainer.v1.manager_pb2.RunContainerResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.StopContainerRequest,
-            pycontainer.v1.manager_pb2.StopContainerResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.PauseContainerRequest,
-            pycontainer.v1.manager_pb2.PauseContainerResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.ResumeContainerRequest,
-            pycontainer.v1.manager_pb2.ResumeContainerResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.CheckpointContainerRequest,
-            pycontainer.v1.manager_pb2.CheckpointContainerResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.RestoreContainerRequest,
-            pycontainer.v1.manager_pb2.RestoreContainerResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.EvictContainerRequest,
-            pycontainer.v1.manager_pb2.EvictContainerResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.ScaleContainerRequest,
-            pycontainer.v1.manager_pb2.ScaleContainerResponse,
-        ],
-        grpc.UnaryStreamMultiCallable[
-            pycontainer.v1.manager_pb2.ManagerStreamLogsRequest,
-            pycontainer.v1.manager_pb2.ManagerStreamLogsResponse,
-        ],
-        grpc.UnaryStreamMultiCallable[
-            pycontainer.v1.manager_pb2.ManagerWatchMetricsRequest,
-            pycontainer.v1.manager_pb2.ManagerWatchMetricsResponse,
-        ],
-    ], channel: grpc.Channel) -> None: ...
-
-    @typing.overload
-    def __init__(self: ManagerStub[
-        grpc.aio.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.ListContainersRequest,
-            pycontainer.v1.manager_pb2.ListContainersResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.GetContainerRequest,
-            pycontainer.v1.manager_pb2.GetContainerResponse,
-        ],
-        grpc.aio.UnaryStreamMultiCallable[
-            pycontainer.v1.manager_pb2.WatchEventsRequest,
-            pycontainer.v1.manager_pb2.WatchEventsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.RunContainerRequest,
-            pycontainer.v1.manager_pb2.RunContainerResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.StopContainerRequest,
-            pycontainer.v1.manager_pb2.StopContainerResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.PauseContainerRequest,
-            pycontainer.v1.manager_pb2.PauseContainerResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.ResumeContainerRequest,
-            pycontainer.v1.manager_pb2.ResumeContainerResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.CheckpointContainerRequest,
-            pycontainer.v1.manager_pb2.CheckpointContainerResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.RestoreContainerRequest,
-            pycontainer.v1.manager_pb2.RestoreContainerResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.EvictContainerRequest,
-            pycontainer.v1.manager_pb2.EvictContainerResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            pycontainer.v1.manager_pb2.ScaleContainerRequest,
-            pycontainer.v1.manager_pb2.ScaleContainerResponse,
-        ],
-        grpc.aio.UnaryStreamMultiCallable[
-            pycontainer.v1.manager_pb2.ManagerStreamLogsRequest,
-            pycontainer.v1.manager_pb2.ManagerStreamLogsResponse,
-        ],
-        grpc.aio.UnaryStreamMultiCallable[
-            pycontainer.v1.manager_pb2.ManagerWatchMetricsRequest,
-            pycontainer.v1.manager_pb2.ManagerWatchMetricsResponse,
-        ],
-    ], channel: grpc.aio.Channel) -> None: ...
-
-    ListContainers: _ManagerListContainersType
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ManagerAsyncStub: ...
+    ListContainers: _grpc.UnaryUnaryMultiCallable[_manager_pb2.ListContainersRequest, _manager_pb2.ListContainersResponse]
     """Containers matching a label selector and state filter."""
-
-    GetContainer: _ManagerGetContainerType
+    GetContainer: _grpc.UnaryUnaryMultiCallable[_manager_pb2.GetContainerRequest, _manager_pb2.GetContainerResponse]
     """One container by id or name."""
-
-    WatchEvents: _ManagerWatchEventsType
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_manager_pb2.WatchEventsRequest, _manager_pb2.WatchEventsResponse]
     """Events as they happen, after the retained recent ones when asked."""
-
-    RunContainer: _ManagerRunContainerType
+    RunContainer: _grpc.UnaryUnaryMultiCallable[_manager_pb2.RunContainerRequest, _manager_pb2.RunContainerResponse]
     """Launch containers from a spec (one per replica)."""
-
-    StopContainer: _ManagerStopContainerType
+    StopContainer: _grpc.UnaryUnaryMultiCallable[_manager_pb2.StopContainerRequest, _manager_pb2.StopContainerResponse]
     """Stop a container gracefully."""
-
-    PauseContainer: _ManagerPauseContainerType
+    PauseContainer: _grpc.UnaryUnaryMultiCallable[_manager_pb2.PauseContainerRequest, _manager_pb2.PauseContainerResponse]
     """Pause a running container."""
-
-    ResumeContainer: _ManagerResumeContainerType
+    ResumeContainer: _grpc.UnaryUnaryMultiCallable[_manager_pb2.ResumeContainerRequest, _manager_pb2.ResumeContainerResponse]
     """Resume a paused container."""
-
-    CheckpointContainer: _ManagerCheckpointContainerType
+    CheckpointContainer: _grpc.UnaryUnaryMultiCallable[_manager_pb2.CheckpointContainerRequest, _manager_pb2.CheckpointContainerResponse]
     """Take a checkpoint and store it."""
-
-    RestoreContainer: _ManagerRestoreContainerType
+    RestoreContainer: _grpc.UnaryUnaryMultiCallable[_manager_pb2.RestoreContainerRequest, _manager_pb2.RestoreContainerResponse]
     """Give a stored checkpoint back to a container."""
-
-    EvictContainer: _ManagerEvictContainerType
+    EvictContainer: _grpc.UnaryUnaryMultiCallable[_manager_pb2.EvictContainerRequest, _manager_pb2.EvictContainerResponse]
     """Evict a container as the scheduler would."""
-
-    ScaleContainer: _ManagerScaleContainerType
+    ScaleContainer: _grpc.UnaryUnaryMultiCallable[_manager_pb2.ScaleContainerRequest, _manager_pb2.ScaleContainerResponse]
     """Change the number of replicas of a container."""
-
-    StreamLogs: _ManagerStreamLogsType
+    StreamLogs: _grpc.UnaryStreamMultiCallable[_manager_pb2.ManagerStreamLogsRequest, _manager_pb2.ManagerStreamLogsResponse]
     """A container's logs, proxied from its Management API."""
-
-    WatchMetrics: _ManagerWatchMetricsType
+    WatchMetrics: _grpc.UnaryStreamMultiCallable[_manager_pb2.ManagerWatchMetricsRequest, _manager_pb2.ManagerWatchMetricsResponse]
     """A container's metrics, proxied from its Management API."""
+    RestartContainer: _grpc.UnaryUnaryMultiCallable[_manager_pb2.RestartContainerRequest, _manager_pb2.RestartContainerResponse]
+    """Stop a container gracefully, then start it again (a new run of the same
+    record; its restart count goes up).
+    """
+    KillContainer: _grpc.UnaryUnaryMultiCallable[_manager_pb2.KillContainerRequest, _manager_pb2.KillContainerResponse]
+    """Send a signal to a container's process now, without a grace period."""
+    DeleteContainer: _grpc.UnaryUnaryMultiCallable[_manager_pb2.DeleteContainerRequest, _manager_pb2.DeleteContainerResponse]
+    """Remove the record of a container that has ended; with purge, also its
+    retained logs and checkpoints.
+    """
+    ApplySpecs: _grpc.UnaryUnaryMultiCallable[_manager_pb2.ApplySpecsRequest, _manager_pb2.ApplySpecsResponse]
+    """Make the running set match a list of specs (kubectl apply): create what is
+    missing, reconcile replicas, replace changed containers one replica at a
+    time, and with prune remove what the owner no longer lists.
+    """
+    GetVersion: _grpc.UnaryUnaryMultiCallable[_manager_pb2.GetVersionRequest, _manager_pb2.GetVersionResponse]
+    """The manager's version and the versions of what it runs on."""
 
-ManagerAsyncStub: typing_extensions.TypeAlias = ManagerStub[
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.ListContainersRequest,
-        pycontainer.v1.manager_pb2.ListContainersResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.GetContainerRequest,
-        pycontainer.v1.manager_pb2.GetContainerResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        pycontainer.v1.manager_pb2.WatchEventsRequest,
-        pycontainer.v1.manager_pb2.WatchEventsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.RunContainerRequest,
-        pycontainer.v1.manager_pb2.RunContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.StopContainerRequest,
-        pycontainer.v1.manager_pb2.StopContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.PauseContainerRequest,
-        pycontainer.v1.manager_pb2.PauseContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.ResumeContainerRequest,
-        pycontainer.v1.manager_pb2.ResumeContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.CheckpointContainerRequest,
-        pycontainer.v1.manager_pb2.CheckpointContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.RestoreContainerRequest,
-        pycontainer.v1.manager_pb2.RestoreContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.EvictContainerRequest,
-        pycontainer.v1.manager_pb2.EvictContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        pycontainer.v1.manager_pb2.ScaleContainerRequest,
-        pycontainer.v1.manager_pb2.ScaleContainerResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        pycontainer.v1.manager_pb2.ManagerStreamLogsRequest,
-        pycontainer.v1.manager_pb2.ManagerStreamLogsResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        pycontainer.v1.manager_pb2.ManagerWatchMetricsRequest,
-        pycontainer.v1.manager_pb2.ManagerWatchMetricsResponse,
-    ],
-]
-
-class ManagerServicer(metaclass=abc.ABCMeta):
+@_typing.type_check_only
+class ManagerAsyncStub(ManagerStub):
     """The operator API of the manager: list, inspect and command containers,
     watch what happens, and read any container's logs and metrics through the
     manager.
     """
 
-    @abc.abstractmethod
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ListContainers: _aio.UnaryUnaryMultiCallable[_manager_pb2.ListContainersRequest, _manager_pb2.ListContainersResponse]  # type: ignore[assignment]
+    """Containers matching a label selector and state filter."""
+    GetContainer: _aio.UnaryUnaryMultiCallable[_manager_pb2.GetContainerRequest, _manager_pb2.GetContainerResponse]  # type: ignore[assignment]
+    """One container by id or name."""
+    WatchEvents: _aio.UnaryStreamMultiCallable[_manager_pb2.WatchEventsRequest, _manager_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """Events as they happen, after the retained recent ones when asked."""
+    RunContainer: _aio.UnaryUnaryMultiCallable[_manager_pb2.RunContainerRequest, _manager_pb2.RunContainerResponse]  # type: ignore[assignment]
+    """Launch containers from a spec (one per replica)."""
+    StopContainer: _aio.UnaryUnaryMultiCallable[_manager_pb2.StopContainerRequest, _manager_pb2.StopContainerResponse]  # type: ignore[assignment]
+    """Stop a container gracefully."""
+    PauseContainer: _aio.UnaryUnaryMultiCallable[_manager_pb2.PauseContainerRequest, _manager_pb2.PauseContainerResponse]  # type: ignore[assignment]
+    """Pause a running container."""
+    ResumeContainer: _aio.UnaryUnaryMultiCallable[_manager_pb2.ResumeContainerRequest, _manager_pb2.ResumeContainerResponse]  # type: ignore[assignment]
+    """Resume a paused container."""
+    CheckpointContainer: _aio.UnaryUnaryMultiCallable[_manager_pb2.CheckpointContainerRequest, _manager_pb2.CheckpointContainerResponse]  # type: ignore[assignment]
+    """Take a checkpoint and store it."""
+    RestoreContainer: _aio.UnaryUnaryMultiCallable[_manager_pb2.RestoreContainerRequest, _manager_pb2.RestoreContainerResponse]  # type: ignore[assignment]
+    """Give a stored checkpoint back to a container."""
+    EvictContainer: _aio.UnaryUnaryMultiCallable[_manager_pb2.EvictContainerRequest, _manager_pb2.EvictContainerResponse]  # type: ignore[assignment]
+    """Evict a container as the scheduler would."""
+    ScaleContainer: _aio.UnaryUnaryMultiCallable[_manager_pb2.ScaleContainerRequest, _manager_pb2.ScaleContainerResponse]  # type: ignore[assignment]
+    """Change the number of replicas of a container."""
+    StreamLogs: _aio.UnaryStreamMultiCallable[_manager_pb2.ManagerStreamLogsRequest, _manager_pb2.ManagerStreamLogsResponse]  # type: ignore[assignment]
+    """A container's logs, proxied from its Management API."""
+    WatchMetrics: _aio.UnaryStreamMultiCallable[_manager_pb2.ManagerWatchMetricsRequest, _manager_pb2.ManagerWatchMetricsResponse]  # type: ignore[assignment]
+    """A container's metrics, proxied from its Management API."""
+    RestartContainer: _aio.UnaryUnaryMultiCallable[_manager_pb2.RestartContainerRequest, _manager_pb2.RestartContainerResponse]  # type: ignore[assignment]
+    """Stop a container gracefully, then start it again (a new run of the same
+    record; its restart count goes up).
+    """
+    KillContainer: _aio.UnaryUnaryMultiCallable[_manager_pb2.KillContainerRequest, _manager_pb2.KillContainerResponse]  # type: ignore[assignment]
+    """Send a signal to a container's process now, without a grace period."""
+    DeleteContainer: _aio.UnaryUnaryMultiCallable[_manager_pb2.DeleteContainerRequest, _manager_pb2.DeleteContainerResponse]  # type: ignore[assignment]
+    """Remove the record of a container that has ended; with purge, also its
+    retained logs and checkpoints.
+    """
+    ApplySpecs: _aio.UnaryUnaryMultiCallable[_manager_pb2.ApplySpecsRequest, _manager_pb2.ApplySpecsResponse]  # type: ignore[assignment]
+    """Make the running set match a list of specs (kubectl apply): create what is
+    missing, reconcile replicas, replace changed containers one replica at a
+    time, and with prune remove what the owner no longer lists.
+    """
+    GetVersion: _aio.UnaryUnaryMultiCallable[_manager_pb2.GetVersionRequest, _manager_pb2.GetVersionResponse]  # type: ignore[assignment]
+    """The manager's version and the versions of what it runs on."""
+
+class ManagerServicer(metaclass=_abc_1.ABCMeta):
+    """The operator API of the manager: list, inspect and command containers,
+    watch what happens, and read any container's logs and metrics through the
+    manager.
+    """
+
+    @_abc_1.abstractmethod
     def ListContainers(
         self,
-        request: pycontainer.v1.manager_pb2.ListContainersRequest,
+        request: _manager_pb2.ListContainersRequest,
         context: _ServicerContext,
-    ) -> typing.Union[pycontainer.v1.manager_pb2.ListContainersResponse, collections.abc.Awaitable[pycontainer.v1.manager_pb2.ListContainersResponse]]:
+    ) -> _typing.Union[_manager_pb2.ListContainersResponse, _abc.Awaitable[_manager_pb2.ListContainersResponse]]:
         """Containers matching a label selector and state filter."""
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def GetContainer(
         self,
-        request: pycontainer.v1.manager_pb2.GetContainerRequest,
+        request: _manager_pb2.GetContainerRequest,
         context: _ServicerContext,
-    ) -> typing.Union[pycontainer.v1.manager_pb2.GetContainerResponse, collections.abc.Awaitable[pycontainer.v1.manager_pb2.GetContainerResponse]]:
+    ) -> _typing.Union[_manager_pb2.GetContainerResponse, _abc.Awaitable[_manager_pb2.GetContainerResponse]]:
         """One container by id or name."""
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def WatchEvents(
         self,
-        request: pycontainer.v1.manager_pb2.WatchEventsRequest,
+        request: _manager_pb2.WatchEventsRequest,
         context: _ServicerContext,
-    ) -> typing.Union[collections.abc.Iterator[pycontainer.v1.manager_pb2.WatchEventsResponse], collections.abc.AsyncIterator[pycontainer.v1.manager_pb2.WatchEventsResponse]]:
+    ) -> _typing.Union[_abc.Iterator[_manager_pb2.WatchEventsResponse], _abc.AsyncIterator[_manager_pb2.WatchEventsResponse]]:
         """Events as they happen, after the retained recent ones when asked."""
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def RunContainer(
         self,
-        request: pycontainer.v1.manager_pb2.RunContainerRequest,
+        request: _manager_pb2.RunContainerRequest,
         context: _ServicerContext,
-    ) -> typing.Union[pycontainer.v1.manager_pb2.RunContainerResponse, collections.abc.Awaitable[pycontainer.v1.manager_pb2.RunContainerResponse]]:
+    ) -> _typing.Union[_manager_pb2.RunContainerResponse, _abc.Awaitable[_manager_pb2.RunContainerResponse]]:
         """Launch containers from a spec (one per replica)."""
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def StopContainer(
         self,
-        request: pycontainer.v1.manager_pb2.StopContainerRequest,
+        request: _manager_pb2.StopContainerRequest,
         context: _ServicerContext,
-    ) -> typing.Union[pycontainer.v1.manager_pb2.StopContainerResponse, collections.abc.Awaitable[pycontainer.v1.manager_pb2.StopContainerResponse]]:
+    ) -> _typing.Union[_manager_pb2.StopContainerResponse, _abc.Awaitable[_manager_pb2.StopContainerResponse]]:
         """Stop a container gracefully."""
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def PauseContainer(
         self,
-        request: pycontainer.v1.manager_pb2.PauseContainerRequest,
+        request: _manager_pb2.PauseContainerRequest,
         context: _ServicerContext,
-    ) -> typing.Union[pycontainer.v1.manager_pb2.PauseContainerResponse, collections.abc.Awaitable[pycontainer.v1.manager_pb2.PauseContainerResponse]]:
+    ) -> _typing.Union[_manager_pb2.PauseContainerResponse, _abc.Awaitable[_manager_pb2.PauseContainerResponse]]:
         """Pause a running container."""
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def ResumeContainer(
         self,
-        request: pycontainer.v1.manager_pb2.ResumeContainerRequest,
+        request: _manager_pb2.ResumeContainerRequest,
         context: _ServicerContext,
-    ) -> typing.Union[pycontainer.v1.manager_pb2.ResumeContainerResponse, collections.abc.Awaitable[pycontainer.v1.manager_pb2.ResumeContainerResponse]]:
+    ) -> _typing.Union[_manager_pb2.ResumeContainerResponse, _abc.Awaitable[_manager_pb2.ResumeContainerResponse]]:
         """Resume a paused container."""
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def CheckpointContainer(
         self,
-        request: pycontainer.v1.manager_pb2.CheckpointContainerRequest,
+        request: _manager_pb2.CheckpointContainerRequest,
         context: _ServicerContext,
-    ) -> typing.Union[pycontainer.v1.manager_pb2.CheckpointContainerResponse, collections.abc.Awaitable[pycontainer.v1.manager_pb2.CheckpointContainerResponse]]:
+    ) -> _typing.Union[_manager_pb2.CheckpointContainerResponse, _abc.Awaitable[_manager_pb2.CheckpointContainerResponse]]:
         """Take a checkpoint and store it."""
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def RestoreContainer(
         self,
-        request: pycontainer.v1.manager_pb2.RestoreContainerRequest,
+        request: _manager_pb2.RestoreContainerRequest,
         context: _ServicerContext,
-    ) -> typing.Union[pycontainer.v1.manager_pb2.RestoreContainerResponse, collections.abc.Awaitable[pycontainer.v1.manager_pb2.RestoreContainerResponse]]:
+    ) -> _typing.Union[_manager_pb2.RestoreContainerResponse, _abc.Awaitable[_manager_pb2.RestoreContainerResponse]]:
         """Give a stored checkpoint back to a container."""
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def EvictContainer(
         self,
-        request: pycontainer.v1.manager_pb2.EvictContainerRequest,
+        request: _manager_pb2.EvictContainerRequest,
         context: _ServicerContext,
-    ) -> typing.Union[pycontainer.v1.manager_pb2.EvictContainerResponse, collections.abc.Awaitable[pycontainer.v1.manager_pb2.EvictContainerResponse]]:
+    ) -> _typing.Union[_manager_pb2.EvictContainerResponse, _abc.Awaitable[_manager_pb2.EvictContainerResponse]]:
         """Evict a container as the scheduler would."""
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def ScaleContainer(
         self,
-        request: pycontainer.v1.manager_pb2.ScaleContainerRequest,
+        request: _manager_pb2.ScaleContainerRequest,
         context: _ServicerContext,
-    ) -> typing.Union[pycontainer.v1.manager_pb2.ScaleContainerResponse, collections.abc.Awaitable[pycontainer.v1.manager_pb2.ScaleContainerResponse]]:
+    ) -> _typing.Union[_manager_pb2.ScaleContainerResponse, _abc.Awaitable[_manager_pb2.ScaleContainerResponse]]:
         """Change the number of replicas of a container."""
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def StreamLogs(
         self,
-        request: pycontainer.v1.manager_pb2.ManagerStreamLogsRequest,
+        request: _manager_pb2.ManagerStreamLogsRequest,
         context: _ServicerContext,
-    ) -> typing.Union[collections.abc.Iterator[pycontainer.v1.manager_pb2.ManagerStreamLogsResponse], collections.abc.AsyncIterator[pycontainer.v1.manager_pb2.ManagerStreamLogsResponse]]:
+    ) -> _typing.Union[_abc.Iterator[_manager_pb2.ManagerStreamLogsResponse], _abc.AsyncIterator[_manager_pb2.ManagerStreamLogsResponse]]:
         """A container's logs, proxied from its Management API."""
 
-    @abc.abstractmethod
+    @_abc_1.abstractmethod
     def WatchMetrics(
         self,
-        request: pycontainer.v1.manager_pb2.ManagerWatchMetricsRequest,
+        request: _manager_pb2.ManagerWatchMetricsRequest,
         context: _ServicerContext,
-    ) -> typing.Union[collections.abc.Iterator[pycontainer.v1.manager_pb2.ManagerWatchMetricsResponse], collections.abc.AsyncIterator[pycontainer.v1.manager_pb2.ManagerWatchMetricsResponse]]:
+    ) -> _typing.Union[_abc.Iterator[_manager_pb2.ManagerWatchMetricsResponse], _abc.AsyncIterator[_manager_pb2.ManagerWatchMetricsResponse]]:
         """A container's metrics, proxied from its Management API."""
 
-def add_ManagerServicer_to_server(servicer: ManagerServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...
+    @_abc_1.abstractmethod
+    def RestartContainer(
+        self,
+        request: _manager_pb2.RestartContainerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.RestartContainerResponse, _abc.Awaitable[_manager_pb2.RestartContainerResponse]]:
+        """Stop a container gracefully, then start it again (a new run of the same
+        record; its restart count goes up).
+        """
+
+    @_abc_1.abstractmethod
+    def KillContainer(
+        self,
+        request: _manager_pb2.KillContainerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.KillContainerResponse, _abc.Awaitable[_manager_pb2.KillContainerResponse]]:
+        """Send a signal to a container's process now, without a grace period."""
+
+    @_abc_1.abstractmethod
+    def DeleteContainer(
+        self,
+        request: _manager_pb2.DeleteContainerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.DeleteContainerResponse, _abc.Awaitable[_manager_pb2.DeleteContainerResponse]]:
+        """Remove the record of a container that has ended; with purge, also its
+        retained logs and checkpoints.
+        """
+
+    @_abc_1.abstractmethod
+    def ApplySpecs(
+        self,
+        request: _manager_pb2.ApplySpecsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.ApplySpecsResponse, _abc.Awaitable[_manager_pb2.ApplySpecsResponse]]:
+        """Make the running set match a list of specs (kubectl apply): create what is
+        missing, reconcile replicas, replace changed containers one replica at a
+        time, and with prune remove what the owner no longer lists.
+        """
+
+    @_abc_1.abstractmethod
+    def GetVersion(
+        self,
+        request: _manager_pb2.GetVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.GetVersionResponse, _abc.Awaitable[_manager_pb2.GetVersionResponse]]:
+        """The manager's version and the versions of what it runs on."""
+
+def add_ManagerServicer_to_server(servicer: ManagerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

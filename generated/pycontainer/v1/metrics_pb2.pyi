@@ -3,30 +3,30 @@
 isort:skip_file
 """
 
-import builtins
-import collections.abc
-import google.protobuf.descriptor
-import google.protobuf.duration_pb2
-import google.protobuf.internal.containers
-import google.protobuf.internal.enum_type_wrapper
-import google.protobuf.message
-import google.protobuf.timestamp_pb2
+from collections import abc as _abc
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+import builtins as _builtins
 import sys
-import typing
+import typing as _typing
 
-if sys.version_info >= (3, 10):
-    import typing as typing_extensions
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    import typing_extensions
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
-DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
+DESCRIPTOR: _descriptor.FileDescriptor
 
 class _MetricKind:
-    ValueType = typing.NewType("ValueType", builtins.int)
-    V: typing_extensions.TypeAlias = ValueType
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
 
-class _MetricKindEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_MetricKind.ValueType], builtins.type):
-    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+class _MetricKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MetricKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
     METRIC_KIND_UNSPECIFIED: _MetricKind.ValueType  # 0
     """Not given."""
     METRIC_KIND_COUNTER: _MetricKind.ValueType  # 1
@@ -51,341 +51,370 @@ METRIC_KIND_GAUGE: MetricKind.ValueType  # 3
 """Last value (Gauge, ObservableGauge)."""
 METRIC_KIND_HISTOGRAM: MetricKind.ValueType  # 4
 """Distribution (Histogram)."""
-Global___MetricKind: typing_extensions.TypeAlias = MetricKind
+Global___MetricKind: _TypeAlias = MetricKind  # noqa: Y015
 
-@typing.final
-class Histogram(google.protobuf.message.Message):
+@_typing.final
+class Histogram(_message.Message):
     """An explicit-bucket histogram, as OpenTelemetry's."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    COUNT_FIELD_NUMBER: builtins.int
-    SUM_FIELD_NUMBER: builtins.int
-    EXPLICIT_BOUNDS_FIELD_NUMBER: builtins.int
-    BUCKET_COUNTS_FIELD_NUMBER: builtins.int
-    MIN_FIELD_NUMBER: builtins.int
-    MAX_FIELD_NUMBER: builtins.int
-    count: builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    SUM_FIELD_NUMBER: _builtins.int
+    EXPLICIT_BOUNDS_FIELD_NUMBER: _builtins.int
+    BUCKET_COUNTS_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
     """Number of recorded values."""
-    sum: builtins.float
+    sum: _builtins.float
     """Sum of recorded values."""
-    min: builtins.float
+    min: _builtins.float
     """Smallest recorded value; 0 when count is 0."""
-    max: builtins.float
+    max: _builtins.float
     """Largest recorded value; 0 when count is 0."""
-    @property
-    def explicit_bounds(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.float]:
+    @_builtins.property
+    def explicit_bounds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Upper bounds of the buckets (exclusive of the last, overflow bucket)."""
 
-    @property
-    def bucket_counts(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
+    @_builtins.property
+    def bucket_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Counts per bucket; one more entry than explicit_bounds."""
 
     def __init__(
         self,
         *,
-        count: builtins.int = ...,
-        sum: builtins.float = ...,
-        explicit_bounds: collections.abc.Iterable[builtins.float] | None = ...,
-        bucket_counts: collections.abc.Iterable[builtins.int] | None = ...,
-        min: builtins.float = ...,
-        max: builtins.float = ...,
+        count: _builtins.int = ...,
+        sum: _builtins.float = ...,
+        explicit_bounds: _abc.Iterable[_builtins.float] | None = ...,
+        bucket_counts: _abc.Iterable[_builtins.int] | None = ...,
+        min: _builtins.float = ...,
+        max: _builtins.float = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["bucket_counts", b"bucket_counts", "count", b"count", "explicit_bounds", b"explicit_bounds", "max", b"max", "min", b"min", "sum", b"sum"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_counts", b"bucket_counts", "count", b"count", "explicit_bounds", b"explicit_bounds", "max", b"max", "min", b"min", "sum", b"sum"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Histogram: typing_extensions.TypeAlias = Histogram
+Global___Histogram: _TypeAlias = Histogram  # noqa: Y015
 
-@typing.final
-class ProcessMetrics(google.protobuf.message.Message):
+@_typing.final
+class ProcessMetrics(_message.Message):
     """Figures about the container's process, read with psutil."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    PID_FIELD_NUMBER: builtins.int
-    CPU_USER_SECONDS_FIELD_NUMBER: builtins.int
-    CPU_SYSTEM_SECONDS_FIELD_NUMBER: builtins.int
-    CPU_PERCENT_FIELD_NUMBER: builtins.int
-    RSS_BYTES_FIELD_NUMBER: builtins.int
-    VMS_BYTES_FIELD_NUMBER: builtins.int
-    THREADS_FIELD_NUMBER: builtins.int
-    OPEN_FDS_FIELD_NUMBER: builtins.int
-    CONTEXT_SWITCHES_FIELD_NUMBER: builtins.int
-    UPTIME_FIELD_NUMBER: builtins.int
-    pid: builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    CPU_USER_SECONDS_FIELD_NUMBER: _builtins.int
+    CPU_SYSTEM_SECONDS_FIELD_NUMBER: _builtins.int
+    CPU_PERCENT_FIELD_NUMBER: _builtins.int
+    RSS_BYTES_FIELD_NUMBER: _builtins.int
+    VMS_BYTES_FIELD_NUMBER: _builtins.int
+    THREADS_FIELD_NUMBER: _builtins.int
+    OPEN_FDS_FIELD_NUMBER: _builtins.int
+    CONTEXT_SWITCHES_FIELD_NUMBER: _builtins.int
+    UPTIME_FIELD_NUMBER: _builtins.int
+    pid: _builtins.int
     """Process id."""
-    cpu_user_seconds: builtins.float
+    cpu_user_seconds: _builtins.float
     """User-mode CPU time since the process started, in seconds."""
-    cpu_system_seconds: builtins.float
+    cpu_system_seconds: _builtins.float
     """Kernel-mode CPU time since the process started, in seconds."""
-    cpu_percent: builtins.float
+    cpu_percent: _builtins.float
     """CPU use over the last interval, in percent of one core."""
-    rss_bytes: builtins.int
+    rss_bytes: _builtins.int
     """Resident set size in bytes."""
-    vms_bytes: builtins.int
+    vms_bytes: _builtins.int
     """Virtual memory size in bytes."""
-    threads: builtins.int
+    threads: _builtins.int
     """Number of OS threads."""
-    open_fds: builtins.int
+    open_fds: _builtins.int
     """Number of open file descriptors."""
-    context_switches: builtins.int
+    context_switches: _builtins.int
     """Voluntary plus involuntary context switches since start."""
-    @property
-    def uptime(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def uptime(self) -> _duration_pb2.Duration:
         """Time since the process started."""
 
     def __init__(
         self,
         *,
-        pid: builtins.int = ...,
-        cpu_user_seconds: builtins.float = ...,
-        cpu_system_seconds: builtins.float = ...,
-        cpu_percent: builtins.float = ...,
-        rss_bytes: builtins.int = ...,
-        vms_bytes: builtins.int = ...,
-        threads: builtins.int = ...,
-        open_fds: builtins.int = ...,
-        context_switches: builtins.int = ...,
-        uptime: google.protobuf.duration_pb2.Duration | None = ...,
+        pid: _builtins.int = ...,
+        cpu_user_seconds: _builtins.float = ...,
+        cpu_system_seconds: _builtins.float = ...,
+        cpu_percent: _builtins.float = ...,
+        rss_bytes: _builtins.int = ...,
+        vms_bytes: _builtins.int = ...,
+        threads: _builtins.int = ...,
+        open_fds: _builtins.int = ...,
+        context_switches: _builtins.int = ...,
+        uptime: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["uptime", b"uptime"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["context_switches", b"context_switches", "cpu_percent", b"cpu_percent", "cpu_system_seconds", b"cpu_system_seconds", "cpu_user_seconds", b"cpu_user_seconds", "open_fds", b"open_fds", "pid", b"pid", "rss_bytes", b"rss_bytes", "threads", b"threads", "uptime", b"uptime", "vms_bytes", b"vms_bytes"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["uptime", b"uptime"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_switches", b"context_switches", "cpu_percent", b"cpu_percent", "cpu_system_seconds", b"cpu_system_seconds", "cpu_user_seconds", b"cpu_user_seconds", "open_fds", b"open_fds", "pid", b"pid", "rss_bytes", b"rss_bytes", "threads", b"threads", "uptime", b"uptime", "vms_bytes", b"vms_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ProcessMetrics: typing_extensions.TypeAlias = ProcessMetrics
+Global___ProcessMetrics: _TypeAlias = ProcessMetrics  # noqa: Y015
 
-@typing.final
-class RpcMethodMetrics(google.protobuf.message.Message):
+@_typing.final
+class RpcMethodMetrics(_message.Message):
     """Figures for one gRPC method served by the container, since it started and
     over the last interval.
     """
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    @typing.final
-    class StatusCodesEntry(google.protobuf.message.Message):
-        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    @_typing.final
+    class StatusCodesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
 
-        KEY_FIELD_NUMBER: builtins.int
-        VALUE_FIELD_NUMBER: builtins.int
-        key: builtins.str
-        value: builtins.int
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
         def __init__(
             self,
             *,
-            key: builtins.str = ...,
-            value: builtins.int = ...,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
         ) -> None: ...
-        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-    METHOD_FIELD_NUMBER: builtins.int
-    CALLS_STARTED_FIELD_NUMBER: builtins.int
-    CALLS_OK_FIELD_NUMBER: builtins.int
-    CALLS_FAILED_FIELD_NUMBER: builtins.int
-    CALLS_IN_FLIGHT_FIELD_NUMBER: builtins.int
-    CALLS_PER_SECOND_FIELD_NUMBER: builtins.int
-    LATENCY_SECONDS_FIELD_NUMBER: builtins.int
-    MESSAGES_RECEIVED_FIELD_NUMBER: builtins.int
-    MESSAGES_SENT_FIELD_NUMBER: builtins.int
-    BYTES_RECEIVED_FIELD_NUMBER: builtins.int
-    BYTES_SENT_FIELD_NUMBER: builtins.int
-    STATUS_CODES_FIELD_NUMBER: builtins.int
-    method: builtins.str
+    METHOD_FIELD_NUMBER: _builtins.int
+    CALLS_STARTED_FIELD_NUMBER: _builtins.int
+    CALLS_OK_FIELD_NUMBER: _builtins.int
+    CALLS_FAILED_FIELD_NUMBER: _builtins.int
+    CALLS_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    CALLS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    LATENCY_SECONDS_FIELD_NUMBER: _builtins.int
+    MESSAGES_RECEIVED_FIELD_NUMBER: _builtins.int
+    MESSAGES_SENT_FIELD_NUMBER: _builtins.int
+    BYTES_RECEIVED_FIELD_NUMBER: _builtins.int
+    BYTES_SENT_FIELD_NUMBER: _builtins.int
+    STATUS_CODES_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
     """Full method name, such as "/pycontainer.v1.Management/GetInfo"."""
-    calls_started: builtins.int
+    calls_started: _builtins.int
     """Calls started."""
-    calls_ok: builtins.int
+    calls_ok: _builtins.int
     """Calls that ended with status OK."""
-    calls_failed: builtins.int
+    calls_failed: _builtins.int
     """Calls that ended with any other status."""
-    calls_in_flight: builtins.int
+    calls_in_flight: _builtins.int
     """Calls in flight now."""
-    calls_per_second: builtins.float
+    calls_per_second: _builtins.float
     """Calls started per second over the last interval."""
-    messages_received: builtins.int
+    messages_received: _builtins.int
     """Messages received from clients."""
-    messages_sent: builtins.int
+    messages_sent: _builtins.int
     """Messages sent to clients."""
-    bytes_received: builtins.int
+    bytes_received: _builtins.int
     """Serialized bytes received."""
-    bytes_sent: builtins.int
+    bytes_sent: _builtins.int
     """Serialized bytes sent."""
-    @property
+    @_builtins.property
     def latency_seconds(self) -> Global___Histogram:
         """Call latency in seconds, since start."""
 
-    @property
-    def status_codes(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.int]:
+    @_builtins.property
+    def status_codes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Finished calls by status code name, such as "OK" or "NOT_FOUND"."""
 
     def __init__(
         self,
         *,
-        method: builtins.str = ...,
-        calls_started: builtins.int = ...,
-        calls_ok: builtins.int = ...,
-        calls_failed: builtins.int = ...,
-        calls_in_flight: builtins.int = ...,
-        calls_per_second: builtins.float = ...,
+        method: _builtins.str = ...,
+        calls_started: _builtins.int = ...,
+        calls_ok: _builtins.int = ...,
+        calls_failed: _builtins.int = ...,
+        calls_in_flight: _builtins.int = ...,
+        calls_per_second: _builtins.float = ...,
         latency_seconds: Global___Histogram | None = ...,
-        messages_received: builtins.int = ...,
-        messages_sent: builtins.int = ...,
-        bytes_received: builtins.int = ...,
-        bytes_sent: builtins.int = ...,
-        status_codes: collections.abc.Mapping[builtins.str, builtins.int] | None = ...,
+        messages_received: _builtins.int = ...,
+        messages_sent: _builtins.int = ...,
+        bytes_received: _builtins.int = ...,
+        bytes_sent: _builtins.int = ...,
+        status_codes: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["latency_seconds", b"latency_seconds"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "calls_failed", b"calls_failed", "calls_in_flight", b"calls_in_flight", "calls_ok", b"calls_ok", "calls_per_second", b"calls_per_second", "calls_started", b"calls_started", "latency_seconds", b"latency_seconds", "messages_received", b"messages_received", "messages_sent", b"messages_sent", "method", b"method", "status_codes", b"status_codes"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency_seconds", b"latency_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "calls_failed", b"calls_failed", "calls_in_flight", b"calls_in_flight", "calls_ok", b"calls_ok", "calls_per_second", b"calls_per_second", "calls_started", b"calls_started", "latency_seconds", b"latency_seconds", "messages_received", b"messages_received", "messages_sent", b"messages_sent", "method", b"method", "status_codes", b"status_codes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RpcMethodMetrics: typing_extensions.TypeAlias = RpcMethodMetrics
+Global___RpcMethodMetrics: _TypeAlias = RpcMethodMetrics  # noqa: Y015
 
-@typing.final
-class MetricPoint(google.protobuf.message.Message):
+@_typing.final
+class MetricPoint(_message.Message):
     """One data point of an application metric: one combination of attributes."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    @typing.final
-    class AttributesEntry(google.protobuf.message.Message):
-        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    @_typing.final
+    class AttributesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
 
-        KEY_FIELD_NUMBER: builtins.int
-        VALUE_FIELD_NUMBER: builtins.int
-        key: builtins.str
-        value: builtins.str
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
         def __init__(
             self,
             *,
-            key: builtins.str = ...,
-            value: builtins.str = ...,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
         ) -> None: ...
-        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-    ATTRIBUTES_FIELD_NUMBER: builtins.int
-    AS_INT_FIELD_NUMBER: builtins.int
-    AS_DOUBLE_FIELD_NUMBER: builtins.int
-    HISTOGRAM_FIELD_NUMBER: builtins.int
-    START_TIME_FIELD_NUMBER: builtins.int
-    TIME_FIELD_NUMBER: builtins.int
-    as_int: builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    AS_INT_FIELD_NUMBER: _builtins.int
+    AS_DOUBLE_FIELD_NUMBER: _builtins.int
+    HISTOGRAM_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    as_int: _builtins.int
     """Integer sums and gauges."""
-    as_double: builtins.float
+    as_double: _builtins.float
     """Floating-point sums and gauges."""
-    @property
-    def attributes(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
+    @_builtins.property
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The point's attributes, rendered as text."""
 
-    @property
+    @_builtins.property
     def histogram(self) -> Global___Histogram:
         """Histograms."""
 
-    @property
-    def start_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
         """Start of the cumulative period."""
 
-    @property
-    def time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
         """When the value was read."""
 
     def __init__(
         self,
         *,
-        attributes: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
-        as_int: builtins.int = ...,
-        as_double: builtins.float = ...,
+        attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        as_int: _builtins.int = ...,
+        as_double: _builtins.float = ...,
         histogram: Global___Histogram | None = ...,
-        start_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
-        time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["as_double", b"as_double", "as_int", b"as_int", "histogram", b"histogram", "start_time", b"start_time", "time", b"time", "value", b"value"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["as_double", b"as_double", "as_int", b"as_int", "attributes", b"attributes", "histogram", b"histogram", "start_time", b"start_time", "time", b"time", "value", b"value"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["value", b"value"]) -> typing.Literal["as_int", "as_double", "histogram"] | None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_double", b"as_double", "as_int", b"as_int", "histogram", b"histogram", "start_time", b"start_time", "time", b"time", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_double", b"as_double", "as_int", b"as_int", "attributes", b"attributes", "histogram", b"histogram", "start_time", b"start_time", "time", b"time", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["as_int", "as_double", "histogram"]  # noqa: Y015
+    _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_value) -> _WhichOneofReturnType_value | None: ...
 
-Global___MetricPoint: typing_extensions.TypeAlias = MetricPoint
+Global___MetricPoint: _TypeAlias = MetricPoint  # noqa: Y015
 
-@typing.final
-class Metric(google.protobuf.message.Message):
+@_typing.final
+class Metric(_message.Message):
     """One application metric recorded through the OpenTelemetry metrics API."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    NAME_FIELD_NUMBER: builtins.int
-    DESCRIPTION_FIELD_NUMBER: builtins.int
-    UNIT_FIELD_NUMBER: builtins.int
-    KIND_FIELD_NUMBER: builtins.int
-    SCOPE_FIELD_NUMBER: builtins.int
-    POINTS_FIELD_NUMBER: builtins.int
-    name: builtins.str
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
     """Instrument name, such as "app.requests"."""
-    description: builtins.str
+    description: _builtins.str
     """Instrument description."""
-    unit: builtins.str
+    unit: _builtins.str
     """Unit, UCUM style, such as "ms" or "By"."""
     kind: Global___MetricKind.ValueType
     """Instrument kind."""
-    scope: builtins.str
+    scope: _builtins.str
     """The meter (instrumentation scope) that made the instrument."""
-    @property
-    def points(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___MetricPoint]:
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricPoint]:
         """Data points, one per attribute set."""
 
     def __init__(
         self,
         *,
-        name: builtins.str = ...,
-        description: builtins.str = ...,
-        unit: builtins.str = ...,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        unit: _builtins.str = ...,
         kind: Global___MetricKind.ValueType = ...,
-        scope: builtins.str = ...,
-        points: collections.abc.Iterable[Global___MetricPoint] | None = ...,
+        scope: _builtins.str = ...,
+        points: _abc.Iterable[Global___MetricPoint] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["description", b"description", "kind", b"kind", "name", b"name", "points", b"points", "scope", b"scope", "unit", b"unit"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "kind", b"kind", "name", b"name", "points", b"points", "scope", b"scope", "unit", b"unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Metric: typing_extensions.TypeAlias = Metric
+Global___Metric: _TypeAlias = Metric  # noqa: Y015
 
-@typing.final
-class MetricsSnapshot(google.protobuf.message.Message):
+@_typing.final
+class MetricsSnapshot(_message.Message):
     """Everything measured at one moment."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    TIME_FIELD_NUMBER: builtins.int
-    INTERVAL_FIELD_NUMBER: builtins.int
-    PROCESS_FIELD_NUMBER: builtins.int
-    RPC_METHODS_FIELD_NUMBER: builtins.int
-    METRICS_FIELD_NUMBER: builtins.int
-    CONTAINER_ID_FIELD_NUMBER: builtins.int
-    container_id: builtins.str
+    TIME_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    PROCESS_FIELD_NUMBER: _builtins.int
+    RPC_METHODS_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    container_id: _builtins.str
     """The id of the container measured (set when proxied by the manager)."""
-    @property
-    def time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
         """When the snapshot was taken."""
 
-    @property
-    def interval(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration:
         """The time covered by the rates in this snapshot (since the previous one)."""
 
-    @property
+    @_builtins.property
     def process(self) -> Global___ProcessMetrics:
         """Process figures."""
 
-    @property
-    def rpc_methods(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___RpcMethodMetrics]:
+    @_builtins.property
+    def rpc_methods(self) -> _containers.RepeatedCompositeFieldContainer[Global___RpcMethodMetrics]:
         """Per-method RPC figures of the container's gRPC server."""
 
-    @property
-    def metrics(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Metric]:
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___Metric]:
         """Application metrics."""
 
     def __init__(
         self,
         *,
-        time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
-        interval: google.protobuf.duration_pb2.Duration | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        interval: _duration_pb2.Duration | None = ...,
         process: Global___ProcessMetrics | None = ...,
-        rpc_methods: collections.abc.Iterable[Global___RpcMethodMetrics] | None = ...,
-        metrics: collections.abc.Iterable[Global___Metric] | None = ...,
-        container_id: builtins.str = ...,
+        rpc_methods: _abc.Iterable[Global___RpcMethodMetrics] | None = ...,
+        metrics: _abc.Iterable[Global___Metric] | None = ...,
+        container_id: _builtins.str = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["interval", b"interval", "process", b"process", "time", b"time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["container_id", b"container_id", "interval", b"interval", "metrics", b"metrics", "process", b"process", "rpc_methods", b"rpc_methods", "time", b"time"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "process", b"process", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "interval", b"interval", "metrics", b"metrics", "process", b"process", "rpc_methods", b"rpc_methods", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___MetricsSnapshot: typing_extensions.TypeAlias = MetricsSnapshot
+Global___MetricsSnapshot: _TypeAlias = MetricsSnapshot  # noqa: Y015

@@ -3,30 +3,30 @@
 isort:skip_file
 """
 
-import builtins
-import collections.abc
-import google.protobuf.descriptor
-import google.protobuf.duration_pb2
-import google.protobuf.internal.containers
-import google.protobuf.internal.enum_type_wrapper
-import google.protobuf.message
-import google.protobuf.timestamp_pb2
+from collections import abc as _abc
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+import builtins as _builtins
 import sys
-import typing
+import typing as _typing
 
-if sys.version_info >= (3, 10):
-    import typing as typing_extensions
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    import typing_extensions
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
-DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
+DESCRIPTOR: _descriptor.FileDescriptor
 
 class _CpuProfileFormat:
-    ValueType = typing.NewType("ValueType", builtins.int)
-    V: typing_extensions.TypeAlias = ValueType
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
 
-class _CpuProfileFormatEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_CpuProfileFormat.ValueType], builtins.type):
-    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+class _CpuProfileFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CpuProfileFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
     CPU_PROFILE_FORMAT_UNSPECIFIED: _CpuProfileFormat.ValueType  # 0
     """Not given: pprof."""
     CPU_PROFILE_FORMAT_PPROF: _CpuProfileFormat.ValueType  # 1
@@ -43,302 +43,326 @@ CPU_PROFILE_FORMAT_PPROF: CpuProfileFormat.ValueType  # 1
 """Gzipped pprof profile.proto, as "go tool pprof" and speedscope read."""
 CPU_PROFILE_FORMAT_COLLAPSED: CpuProfileFormat.ValueType  # 2
 """Collapsed stacks ("a;b;c 12" per line), as flamegraph.pl reads."""
-Global___CpuProfileFormat: typing_extensions.TypeAlias = CpuProfileFormat
+Global___CpuProfileFormat: _TypeAlias = CpuProfileFormat  # noqa: Y015
 
-@typing.final
-class StackFrame(google.protobuf.message.Message):
+@_typing.final
+class StackFrame(_message.Message):
     """One frame of a stack, innermost last."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    FUNCTION_FIELD_NUMBER: builtins.int
-    FILE_FIELD_NUMBER: builtins.int
-    LINE_FIELD_NUMBER: builtins.int
-    function: builtins.str
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
+    function: _builtins.str
     """Function (code object) name."""
-    file: builtins.str
+    file: _builtins.str
     """Source file."""
-    line: builtins.int
+    line: _builtins.int
     """Line number being executed."""
     def __init__(
         self,
         *,
-        function: builtins.str = ...,
-        file: builtins.str = ...,
-        line: builtins.int = ...,
+        function: _builtins.str = ...,
+        file: _builtins.str = ...,
+        line: _builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["file", b"file", "function", b"function", "line", b"line"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "function", b"function", "line", b"line"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___StackFrame: typing_extensions.TypeAlias = StackFrame
+Global___StackFrame: _TypeAlias = StackFrame  # noqa: Y015
 
-@typing.final
-class ThreadStack(google.protobuf.message.Message):
+@_typing.final
+class ThreadStack(_message.Message):
     """One OS thread of the process and its Python stack."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    IDENT_FIELD_NUMBER: builtins.int
-    NATIVE_ID_FIELD_NUMBER: builtins.int
-    NAME_FIELD_NUMBER: builtins.int
-    DAEMON_FIELD_NUMBER: builtins.int
-    FRAMES_FIELD_NUMBER: builtins.int
-    WAITING_FOR_LOCK_FIELD_NUMBER: builtins.int
-    WAITING_FOR_FIELD_NUMBER: builtins.int
-    ident: builtins.int
+    IDENT_FIELD_NUMBER: _builtins.int
+    NATIVE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DAEMON_FIELD_NUMBER: _builtins.int
+    FRAMES_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_LOCK_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_FIELD_NUMBER: _builtins.int
+    ident: _builtins.int
     """Python thread identifier (threading.get_ident())."""
-    native_id: builtins.int
+    native_id: _builtins.int
     """OS thread id."""
-    name: builtins.str
+    name: _builtins.str
     """Thread name."""
-    daemon: builtins.bool
+    daemon: _builtins.bool
     """True for a daemon thread."""
-    waiting_for_lock: builtins.str
+    waiting_for_lock: _builtins.str
     """The lock this thread waits for, when it waits on a tracked lock."""
-    @property
-    def frames(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___StackFrame]:
+    @_builtins.property
+    def frames(self) -> _containers.RepeatedCompositeFieldContainer[Global___StackFrame]:
         """Frames, outermost first."""
 
-    @property
-    def waiting_for(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def waiting_for(self) -> _duration_pb2.Duration:
         """How long it has been waiting for that lock."""
 
     def __init__(
         self,
         *,
-        ident: builtins.int = ...,
-        native_id: builtins.int = ...,
-        name: builtins.str = ...,
-        daemon: builtins.bool = ...,
-        frames: collections.abc.Iterable[Global___StackFrame] | None = ...,
-        waiting_for_lock: builtins.str = ...,
-        waiting_for: google.protobuf.duration_pb2.Duration | None = ...,
+        ident: _builtins.int = ...,
+        native_id: _builtins.int = ...,
+        name: _builtins.str = ...,
+        daemon: _builtins.bool = ...,
+        frames: _abc.Iterable[Global___StackFrame] | None = ...,
+        waiting_for_lock: _builtins.str = ...,
+        waiting_for: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["waiting_for", b"waiting_for"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["daemon", b"daemon", "frames", b"frames", "ident", b"ident", "name", b"name", "native_id", b"native_id", "waiting_for", b"waiting_for", "waiting_for_lock", b"waiting_for_lock"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["waiting_for", b"waiting_for"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["daemon", b"daemon", "frames", b"frames", "ident", b"ident", "name", b"name", "native_id", b"native_id", "waiting_for", b"waiting_for", "waiting_for_lock", b"waiting_for_lock"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ThreadStack: typing_extensions.TypeAlias = ThreadStack
+Global___ThreadStack: _TypeAlias = ThreadStack  # noqa: Y015
 
-@typing.final
-class TaskStack(google.protobuf.message.Message):
+@_typing.final
+class TaskStack(_message.Message):
     """One asyncio task and its coroutine stack."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    NAME_FIELD_NUMBER: builtins.int
-    COROUTINE_FIELD_NUMBER: builtins.int
-    DONE_FIELD_NUMBER: builtins.int
-    FRAMES_FIELD_NUMBER: builtins.int
-    THREAD_NAME_FIELD_NUMBER: builtins.int
-    name: builtins.str
+    NAME_FIELD_NUMBER: _builtins.int
+    COROUTINE_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    FRAMES_FIELD_NUMBER: _builtins.int
+    THREAD_NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
     """Task name."""
-    coroutine: builtins.str
+    coroutine: _builtins.str
     """The coroutine's qualified name."""
-    done: builtins.bool
+    done: _builtins.bool
     """True when the task finished."""
-    thread_name: builtins.str
+    thread_name: _builtins.str
     """Name of the thread whose event loop runs the task."""
-    @property
-    def frames(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___StackFrame]:
+    @_builtins.property
+    def frames(self) -> _containers.RepeatedCompositeFieldContainer[Global___StackFrame]:
         """Frames, outermost first."""
 
     def __init__(
         self,
         *,
-        name: builtins.str = ...,
-        coroutine: builtins.str = ...,
-        done: builtins.bool = ...,
-        frames: collections.abc.Iterable[Global___StackFrame] | None = ...,
-        thread_name: builtins.str = ...,
+        name: _builtins.str = ...,
+        coroutine: _builtins.str = ...,
+        done: _builtins.bool = ...,
+        frames: _abc.Iterable[Global___StackFrame] | None = ...,
+        thread_name: _builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["coroutine", b"coroutine", "done", b"done", "frames", b"frames", "name", b"name", "thread_name", b"thread_name"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coroutine", b"coroutine", "done", b"done", "frames", b"frames", "name", b"name", "thread_name", b"thread_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___TaskStack: typing_extensions.TypeAlias = TaskStack
+Global___TaskStack: _TypeAlias = TaskStack  # noqa: Y015
 
-@typing.final
-class LockContention(google.protobuf.message.Message):
+@_typing.final
+class LockContention(_message.Message):
     """Contention figures of one tracked lock since the process started."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    NAME_FIELD_NUMBER: builtins.int
-    ACQUISITIONS_FIELD_NUMBER: builtins.int
-    CONTENTIONS_FIELD_NUMBER: builtins.int
-    TOTAL_WAIT_FIELD_NUMBER: builtins.int
-    MAX_WAIT_FIELD_NUMBER: builtins.int
-    HOLDER_FIELD_NUMBER: builtins.int
-    WAITERS_FIELD_NUMBER: builtins.int
-    name: builtins.str
+    NAME_FIELD_NUMBER: _builtins.int
+    ACQUISITIONS_FIELD_NUMBER: _builtins.int
+    CONTENTIONS_FIELD_NUMBER: _builtins.int
+    TOTAL_WAIT_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    WAITERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
     """Lock name given when it was made (or its creation site)."""
-    acquisitions: builtins.int
+    acquisitions: _builtins.int
     """Successful acquisitions."""
-    contentions: builtins.int
+    contentions: _builtins.int
     """Acquisitions that had to wait because the lock was held."""
-    holder: builtins.str
+    holder: _builtins.str
     """Name of the thread that holds it now; empty when free."""
-    waiters: builtins.int
+    waiters: _builtins.int
     """Threads waiting for it now."""
-    @property
-    def total_wait(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def total_wait(self) -> _duration_pb2.Duration:
         """Total time spent waiting."""
 
-    @property
-    def max_wait(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def max_wait(self) -> _duration_pb2.Duration:
         """Longest single wait."""
 
     def __init__(
         self,
         *,
-        name: builtins.str = ...,
-        acquisitions: builtins.int = ...,
-        contentions: builtins.int = ...,
-        total_wait: google.protobuf.duration_pb2.Duration | None = ...,
-        max_wait: google.protobuf.duration_pb2.Duration | None = ...,
-        holder: builtins.str = ...,
-        waiters: builtins.int = ...,
+        name: _builtins.str = ...,
+        acquisitions: _builtins.int = ...,
+        contentions: _builtins.int = ...,
+        total_wait: _duration_pb2.Duration | None = ...,
+        max_wait: _duration_pb2.Duration | None = ...,
+        holder: _builtins.str = ...,
+        waiters: _builtins.int = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["max_wait", b"max_wait", "total_wait", b"total_wait"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["acquisitions", b"acquisitions", "contentions", b"contentions", "holder", b"holder", "max_wait", b"max_wait", "name", b"name", "total_wait", b"total_wait", "waiters", b"waiters"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_wait", b"max_wait", "total_wait", b"total_wait"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquisitions", b"acquisitions", "contentions", b"contentions", "holder", b"holder", "max_wait", b"max_wait", "name", b"name", "total_wait", b"total_wait", "waiters", b"waiters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___LockContention: typing_extensions.TypeAlias = LockContention
+Global___LockContention: _TypeAlias = LockContention  # noqa: Y015
 
-@typing.final
-class SocketStats(google.protobuf.message.Message):
+@_typing.final
+class SocketStats(_message.Message):
     """Network message statistics of one connection of the container's gRPC
     server, from gRPC channelz.
     """
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    REMOTE_FIELD_NUMBER: builtins.int
-    LOCAL_FIELD_NUMBER: builtins.int
-    STREAMS_STARTED_FIELD_NUMBER: builtins.int
-    STREAMS_SUCCEEDED_FIELD_NUMBER: builtins.int
-    STREAMS_FAILED_FIELD_NUMBER: builtins.int
-    MESSAGES_SENT_FIELD_NUMBER: builtins.int
-    MESSAGES_RECEIVED_FIELD_NUMBER: builtins.int
-    KEEPALIVES_SENT_FIELD_NUMBER: builtins.int
-    LAST_MESSAGE_SENT_TIME_FIELD_NUMBER: builtins.int
-    LAST_MESSAGE_RECEIVED_TIME_FIELD_NUMBER: builtins.int
-    remote: builtins.str
+    REMOTE_FIELD_NUMBER: _builtins.int
+    LOCAL_FIELD_NUMBER: _builtins.int
+    STREAMS_STARTED_FIELD_NUMBER: _builtins.int
+    STREAMS_SUCCEEDED_FIELD_NUMBER: _builtins.int
+    STREAMS_FAILED_FIELD_NUMBER: _builtins.int
+    MESSAGES_SENT_FIELD_NUMBER: _builtins.int
+    MESSAGES_RECEIVED_FIELD_NUMBER: _builtins.int
+    KEEPALIVES_SENT_FIELD_NUMBER: _builtins.int
+    LAST_MESSAGE_SENT_TIME_FIELD_NUMBER: _builtins.int
+    LAST_MESSAGE_RECEIVED_TIME_FIELD_NUMBER: _builtins.int
+    remote: _builtins.str
     """Remote address."""
-    local: builtins.str
+    local: _builtins.str
     """Local address."""
-    streams_started: builtins.int
+    streams_started: _builtins.int
     """Streams started on the connection."""
-    streams_succeeded: builtins.int
+    streams_succeeded: _builtins.int
     """Streams that ended successfully."""
-    streams_failed: builtins.int
+    streams_failed: _builtins.int
     """Streams that ended with an error."""
-    messages_sent: builtins.int
+    messages_sent: _builtins.int
     """Messages sent."""
-    messages_received: builtins.int
+    messages_received: _builtins.int
     """Messages received."""
-    keepalives_sent: builtins.int
+    keepalives_sent: _builtins.int
     """Keepalive pings sent."""
-    @property
-    def last_message_sent_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def last_message_sent_time(self) -> _timestamp_pb2.Timestamp:
         """When the last message was sent."""
 
-    @property
-    def last_message_received_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+    @_builtins.property
+    def last_message_received_time(self) -> _timestamp_pb2.Timestamp:
         """When the last message was received."""
 
     def __init__(
         self,
         *,
-        remote: builtins.str = ...,
-        local: builtins.str = ...,
-        streams_started: builtins.int = ...,
-        streams_succeeded: builtins.int = ...,
-        streams_failed: builtins.int = ...,
-        messages_sent: builtins.int = ...,
-        messages_received: builtins.int = ...,
-        keepalives_sent: builtins.int = ...,
-        last_message_sent_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
-        last_message_received_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        remote: _builtins.str = ...,
+        local: _builtins.str = ...,
+        streams_started: _builtins.int = ...,
+        streams_succeeded: _builtins.int = ...,
+        streams_failed: _builtins.int = ...,
+        messages_sent: _builtins.int = ...,
+        messages_received: _builtins.int = ...,
+        keepalives_sent: _builtins.int = ...,
+        last_message_sent_time: _timestamp_pb2.Timestamp | None = ...,
+        last_message_received_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["last_message_received_time", b"last_message_received_time", "last_message_sent_time", b"last_message_sent_time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["keepalives_sent", b"keepalives_sent", "last_message_received_time", b"last_message_received_time", "last_message_sent_time", b"last_message_sent_time", "local", b"local", "messages_received", b"messages_received", "messages_sent", b"messages_sent", "remote", b"remote", "streams_failed", b"streams_failed", "streams_started", b"streams_started", "streams_succeeded", b"streams_succeeded"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_message_received_time", b"last_message_received_time", "last_message_sent_time", b"last_message_sent_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keepalives_sent", b"keepalives_sent", "last_message_received_time", b"last_message_received_time", "last_message_sent_time", b"last_message_sent_time", "local", b"local", "messages_received", b"messages_received", "messages_sent", b"messages_sent", "remote", b"remote", "streams_failed", b"streams_failed", "streams_started", b"streams_started", "streams_succeeded", b"streams_succeeded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SocketStats: typing_extensions.TypeAlias = SocketStats
+Global___SocketStats: _TypeAlias = SocketStats  # noqa: Y015
 
-@typing.final
-class RpcMessageStats(google.protobuf.message.Message):
+@_typing.final
+class RpcMessageStats(_message.Message):
     """Per-method message statistics (see RpcMethodMetrics for call counts)."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    METHOD_FIELD_NUMBER: builtins.int
-    MESSAGES_RECEIVED_FIELD_NUMBER: builtins.int
-    MESSAGES_SENT_FIELD_NUMBER: builtins.int
-    BYTES_RECEIVED_FIELD_NUMBER: builtins.int
-    BYTES_SENT_FIELD_NUMBER: builtins.int
-    MEAN_MESSAGE_RECEIVED_BYTES_FIELD_NUMBER: builtins.int
-    MEAN_MESSAGE_SENT_BYTES_FIELD_NUMBER: builtins.int
-    method: builtins.str
+    METHOD_FIELD_NUMBER: _builtins.int
+    MESSAGES_RECEIVED_FIELD_NUMBER: _builtins.int
+    MESSAGES_SENT_FIELD_NUMBER: _builtins.int
+    BYTES_RECEIVED_FIELD_NUMBER: _builtins.int
+    BYTES_SENT_FIELD_NUMBER: _builtins.int
+    MEAN_MESSAGE_RECEIVED_BYTES_FIELD_NUMBER: _builtins.int
+    MEAN_MESSAGE_SENT_BYTES_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
     """Full method name."""
-    messages_received: builtins.int
+    messages_received: _builtins.int
     """Messages received."""
-    messages_sent: builtins.int
+    messages_sent: _builtins.int
     """Messages sent."""
-    bytes_received: builtins.int
+    bytes_received: _builtins.int
     """Bytes received."""
-    bytes_sent: builtins.int
+    bytes_sent: _builtins.int
     """Bytes sent."""
-    mean_message_received_bytes: builtins.float
+    mean_message_received_bytes: _builtins.float
     """Mean size of a received message in bytes."""
-    mean_message_sent_bytes: builtins.float
+    mean_message_sent_bytes: _builtins.float
     """Mean size of a sent message in bytes."""
     def __init__(
         self,
         *,
-        method: builtins.str = ...,
-        messages_received: builtins.int = ...,
-        messages_sent: builtins.int = ...,
-        bytes_received: builtins.int = ...,
-        bytes_sent: builtins.int = ...,
-        mean_message_received_bytes: builtins.float = ...,
-        mean_message_sent_bytes: builtins.float = ...,
+        method: _builtins.str = ...,
+        messages_received: _builtins.int = ...,
+        messages_sent: _builtins.int = ...,
+        bytes_received: _builtins.int = ...,
+        bytes_sent: _builtins.int = ...,
+        mean_message_received_bytes: _builtins.float = ...,
+        mean_message_sent_bytes: _builtins.float = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "mean_message_received_bytes", b"mean_message_received_bytes", "mean_message_sent_bytes", b"mean_message_sent_bytes", "messages_received", b"messages_received", "messages_sent", b"messages_sent", "method", b"method"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "mean_message_received_bytes", b"mean_message_received_bytes", "mean_message_sent_bytes", b"mean_message_sent_bytes", "messages_received", b"messages_received", "messages_sent", b"messages_sent", "method", b"method"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RpcMessageStats: typing_extensions.TypeAlias = RpcMessageStats
+Global___RpcMessageStats: _TypeAlias = RpcMessageStats  # noqa: Y015
 
-@typing.final
-class CpuProfile(google.protobuf.message.Message):
+@_typing.final
+class CpuProfile(_message.Message):
     """A sampled CPU profile."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    FORMAT_FIELD_NUMBER: builtins.int
-    DATA_FIELD_NUMBER: builtins.int
-    DURATION_FIELD_NUMBER: builtins.int
-    SAMPLE_PERIOD_FIELD_NUMBER: builtins.int
-    SAMPLES_FIELD_NUMBER: builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    SAMPLE_PERIOD_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
     format: Global___CpuProfileFormat.ValueType
     """Format of data."""
-    data: builtins.bytes
+    data: _builtins.bytes
     """The profile."""
-    samples: builtins.int
+    samples: _builtins.int
     """Number of stack samples taken (one per thread per tick)."""
-    @property
-    def duration(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
         """How long sampling ran."""
 
-    @property
-    def sample_period(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def sample_period(self) -> _duration_pb2.Duration:
         """Time between samples."""
 
     def __init__(
         self,
         *,
         format: Global___CpuProfileFormat.ValueType = ...,
-        data: builtins.bytes = ...,
-        duration: google.protobuf.duration_pb2.Duration | None = ...,
-        sample_period: google.protobuf.duration_pb2.Duration | None = ...,
-        samples: builtins.int = ...,
+        data: _builtins.bytes = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        sample_period: _duration_pb2.Duration | None = ...,
+        samples: _builtins.int = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["duration", b"duration", "sample_period", b"sample_period"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["data", b"data", "duration", b"duration", "format", b"format", "sample_period", b"sample_period", "samples", b"samples"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "sample_period", b"sample_period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "duration", b"duration", "format", b"format", "sample_period", b"sample_period", "samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CpuProfile: typing_extensions.TypeAlias = CpuProfile
+Global___CpuProfile: _TypeAlias = CpuProfile  # noqa: Y015

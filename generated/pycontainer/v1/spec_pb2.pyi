@@ -3,30 +3,30 @@
 isort:skip_file
 """
 
-import builtins
-import collections.abc
-import google.protobuf.descriptor
-import google.protobuf.duration_pb2
-import google.protobuf.internal.containers
-import google.protobuf.internal.enum_type_wrapper
-import google.protobuf.message
-import pycontainer.v1.container_pb2
+from collections import abc as _abc
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from pycontainer.v1 import container_pb2 as _container_pb2
+import builtins as _builtins
 import sys
-import typing
+import typing as _typing
 
-if sys.version_info >= (3, 10):
-    import typing as typing_extensions
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    import typing_extensions
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
-DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
+DESCRIPTOR: _descriptor.FileDescriptor
 
 class _RuntimeKind:
-    ValueType = typing.NewType("ValueType", builtins.int)
-    V: typing_extensions.TypeAlias = ValueType
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
 
-class _RuntimeKindEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_RuntimeKind.ValueType], builtins.type):
-    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+class _RuntimeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RuntimeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
     RUNTIME_KIND_UNSPECIFIED: _RuntimeKind.ValueType  # 0
     """Not given: a local process."""
     RUNTIME_KIND_PROCESS: _RuntimeKind.ValueType  # 1
@@ -47,14 +47,14 @@ RUNTIME_KIND_RUNC: RuntimeKind.ValueType  # 2
 """An OCI container run with runc."""
 RUNTIME_KIND_IN_PROCESS: RuntimeKind.ValueType  # 3
 """A container object inside the manager's own process (tests, embedding)."""
-Global___RuntimeKind: typing_extensions.TypeAlias = RuntimeKind
+Global___RuntimeKind: _TypeAlias = RuntimeKind  # noqa: Y015
 
 class _RestartPolicy:
-    ValueType = typing.NewType("ValueType", builtins.int)
-    V: typing_extensions.TypeAlias = ValueType
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
 
-class _RestartPolicyEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_RestartPolicy.ValueType], builtins.type):
-    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+class _RestartPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RestartPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
     RESTART_POLICY_UNSPECIFIED: _RestartPolicy.ValueType  # 0
     """Not given: never."""
     RESTART_POLICY_ALWAYS: _RestartPolicy.ValueType  # 1
@@ -75,14 +75,14 @@ RESTART_POLICY_ON_FAILURE: RestartPolicy.ValueType  # 2
 """Only when it failed (non-zero exit, FAILED state, lost)."""
 RESTART_POLICY_NEVER: RestartPolicy.ValueType  # 3
 """Never."""
-Global___RestartPolicy: typing_extensions.TypeAlias = RestartPolicy
+Global___RestartPolicy: _TypeAlias = RestartPolicy  # noqa: Y015
 
 class _CheckpointPolicy:
-    ValueType = typing.NewType("ValueType", builtins.int)
-    V: typing_extensions.TypeAlias = ValueType
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
 
-class _CheckpointPolicyEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_CheckpointPolicy.ValueType], builtins.type):
-    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+class _CheckpointPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CheckpointPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
     CHECKPOINT_POLICY_UNSPECIFIED: _CheckpointPolicy.ValueType  # 0
     """Not given: only when asked."""
     CHECKPOINT_POLICY_MANUAL: _CheckpointPolicy.ValueType  # 1
@@ -99,50 +99,50 @@ CHECKPOINT_POLICY_MANUAL: CheckpointPolicy.ValueType  # 1
 """Only when an operator asks."""
 CHECKPOINT_POLICY_ON_STOP: CheckpointPolicy.ValueType  # 2
 """Before an eviction or a stop, and restore the replacement from it."""
-Global___CheckpointPolicy: typing_extensions.TypeAlias = CheckpointPolicy
+Global___CheckpointPolicy: _TypeAlias = CheckpointPolicy  # noqa: Y015
 
-@typing.final
-class Probe(google.protobuf.message.Message):
+@_typing.final
+class Probe(_message.Message):
     """A probe of a container that does not embed pycontainer."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    EXEC_FIELD_NUMBER: builtins.int
-    HTTP_FIELD_NUMBER: builtins.int
-    TCP_FIELD_NUMBER: builtins.int
-    GRPC_FIELD_NUMBER: builtins.int
-    PERIOD_FIELD_NUMBER: builtins.int
-    TIMEOUT_FIELD_NUMBER: builtins.int
-    FAILURE_THRESHOLD_FIELD_NUMBER: builtins.int
-    INITIAL_DELAY_FIELD_NUMBER: builtins.int
-    failure_threshold: builtins.int
+    EXEC_FIELD_NUMBER: _builtins.int
+    HTTP_FIELD_NUMBER: _builtins.int
+    TCP_FIELD_NUMBER: _builtins.int
+    GRPC_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    FAILURE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    INITIAL_DELAY_FIELD_NUMBER: _builtins.int
+    failure_threshold: _builtins.int
     """Consecutive failures before the check turns NOT_SERVING; unset means 3."""
-    @property
+    @_builtins.property
     def exec(self) -> Global___ExecProbe:
         """Run a command; exit status 0 means healthy."""
 
-    @property
+    @_builtins.property
     def http(self) -> Global___HttpProbe:
         """HTTP GET; a 2xx or 3xx status means healthy."""
 
-    @property
+    @_builtins.property
     def tcp(self) -> Global___TcpProbe:
         """TCP connect; success means healthy."""
 
-    @property
+    @_builtins.property
     def grpc(self) -> Global___GrpcProbe:
         """grpc.health.v1 Check; SERVING means healthy."""
 
-    @property
-    def period(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def period(self) -> _duration_pb2.Duration:
         """Time between probes; unset means 10s."""
 
-    @property
-    def timeout(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
         """Time one probe may take; unset means 1s."""
 
-    @property
-    def initial_delay(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def initial_delay(self) -> _duration_pb2.Duration:
         """Delay before the first probe."""
 
     def __init__(
@@ -152,310 +152,357 @@ class Probe(google.protobuf.message.Message):
         http: Global___HttpProbe | None = ...,
         tcp: Global___TcpProbe | None = ...,
         grpc: Global___GrpcProbe | None = ...,
-        period: google.protobuf.duration_pb2.Duration | None = ...,
-        timeout: google.protobuf.duration_pb2.Duration | None = ...,
-        failure_threshold: builtins.int = ...,
-        initial_delay: google.protobuf.duration_pb2.Duration | None = ...,
+        period: _duration_pb2.Duration | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        failure_threshold: _builtins.int = ...,
+        initial_delay: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["exec", b"exec", "grpc", b"grpc", "handler", b"handler", "http", b"http", "initial_delay", b"initial_delay", "period", b"period", "tcp", b"tcp", "timeout", b"timeout"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["exec", b"exec", "failure_threshold", b"failure_threshold", "grpc", b"grpc", "handler", b"handler", "http", b"http", "initial_delay", b"initial_delay", "period", b"period", "tcp", b"tcp", "timeout", b"timeout"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["handler", b"handler"]) -> typing.Literal["exec", "http", "tcp", "grpc"] | None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exec", b"exec", "grpc", b"grpc", "handler", b"handler", "http", b"http", "initial_delay", b"initial_delay", "period", b"period", "tcp", b"tcp", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exec", b"exec", "failure_threshold", b"failure_threshold", "grpc", b"grpc", "handler", b"handler", "http", b"http", "initial_delay", b"initial_delay", "period", b"period", "tcp", b"tcp", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_handler: _TypeAlias = _typing.Literal["exec", "http", "tcp", "grpc"]  # noqa: Y015
+    _WhichOneofArgType_handler: _TypeAlias = _typing.Literal["handler", b"handler"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_handler) -> _WhichOneofReturnType_handler | None: ...
 
-Global___Probe: typing_extensions.TypeAlias = Probe
+Global___Probe: _TypeAlias = Probe  # noqa: Y015
 
-@typing.final
-class ExecProbe(google.protobuf.message.Message):
+@_typing.final
+class ExecProbe(_message.Message):
     """A command probe."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    COMMAND_FIELD_NUMBER: builtins.int
-    @property
-    def command(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Argument vector."""
 
     def __init__(
         self,
         *,
-        command: collections.abc.Iterable[builtins.str] | None = ...,
+        command: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["command", b"command"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ExecProbe: typing_extensions.TypeAlias = ExecProbe
+Global___ExecProbe: _TypeAlias = ExecProbe  # noqa: Y015
 
-@typing.final
-class HttpProbe(google.protobuf.message.Message):
+@_typing.final
+class HttpProbe(_message.Message):
     """An HTTP GET probe."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    HOST_FIELD_NUMBER: builtins.int
-    PORT_FIELD_NUMBER: builtins.int
-    PATH_FIELD_NUMBER: builtins.int
-    host: builtins.str
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
     """Host; unset means 127.0.0.1."""
-    port: builtins.int
+    port: _builtins.int
     """Port."""
-    path: builtins.str
+    path: _builtins.str
     """Path, such as "/healthz"."""
     def __init__(
         self,
         *,
-        host: builtins.str = ...,
-        port: builtins.int = ...,
-        path: builtins.str = ...,
+        host: _builtins.str = ...,
+        port: _builtins.int = ...,
+        path: _builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["host", b"host", "path", b"path", "port", b"port"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "path", b"path", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___HttpProbe: typing_extensions.TypeAlias = HttpProbe
+Global___HttpProbe: _TypeAlias = HttpProbe  # noqa: Y015
 
-@typing.final
-class TcpProbe(google.protobuf.message.Message):
+@_typing.final
+class TcpProbe(_message.Message):
     """A TCP connect probe."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    HOST_FIELD_NUMBER: builtins.int
-    PORT_FIELD_NUMBER: builtins.int
-    host: builtins.str
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
     """Host; unset means 127.0.0.1."""
-    port: builtins.int
+    port: _builtins.int
     """Port."""
     def __init__(
         self,
         *,
-        host: builtins.str = ...,
-        port: builtins.int = ...,
+        host: _builtins.str = ...,
+        port: _builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["host", b"host", "port", b"port"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___TcpProbe: typing_extensions.TypeAlias = TcpProbe
+Global___TcpProbe: _TypeAlias = TcpProbe  # noqa: Y015
 
-@typing.final
-class GrpcProbe(google.protobuf.message.Message):
+@_typing.final
+class GrpcProbe(_message.Message):
     """A gRPC health probe."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    HOST_FIELD_NUMBER: builtins.int
-    PORT_FIELD_NUMBER: builtins.int
-    SERVICE_FIELD_NUMBER: builtins.int
-    host: builtins.str
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
     """Host; unset means 127.0.0.1."""
-    port: builtins.int
+    port: _builtins.int
     """Port."""
-    service: builtins.str
+    service: _builtins.str
     """Service name for the Check; empty means overall."""
     def __init__(
         self,
         *,
-        host: builtins.str = ...,
-        port: builtins.int = ...,
-        service: builtins.str = ...,
+        host: _builtins.str = ...,
+        port: _builtins.int = ...,
+        service: _builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["host", b"host", "port", b"port", "service", b"service"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "port", b"port", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GrpcProbe: typing_extensions.TypeAlias = GrpcProbe
+Global___GrpcProbe: _TypeAlias = GrpcProbe  # noqa: Y015
 
-@typing.final
-class HookCommands(google.protobuf.message.Message):
+@_typing.final
+class HookCommands(_message.Message):
     """Commands run on lifecycle events of a program that does not embed
     pycontainer (the sidecar's hooks).
     """
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    PRE_STOP_FIELD_NUMBER: builtins.int
-    CHECKPOINT_FIELD_NUMBER: builtins.int
-    RESTORE_FIELD_NUMBER: builtins.int
-    @property
-    def pre_stop(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+    PRE_STOP_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    RESTORE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pre_stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Run before the stop signal is sent."""
 
-    @property
-    def checkpoint(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+    @_builtins.property
+    def checkpoint(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Run on checkpoint; its standard output is the state."""
 
-    @property
-    def restore(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+    @_builtins.property
+    def restore(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Run on restore; the state is on its standard input."""
 
     def __init__(
         self,
         *,
-        pre_stop: collections.abc.Iterable[builtins.str] | None = ...,
-        checkpoint: collections.abc.Iterable[builtins.str] | None = ...,
-        restore: collections.abc.Iterable[builtins.str] | None = ...,
+        pre_stop: _abc.Iterable[_builtins.str] | None = ...,
+        checkpoint: _abc.Iterable[_builtins.str] | None = ...,
+        restore: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["checkpoint", b"checkpoint", "pre_stop", b"pre_stop", "restore", b"restore"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "pre_stop", b"pre_stop", "restore", b"restore"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___HookCommands: typing_extensions.TypeAlias = HookCommands
+Global___HookCommands: _TypeAlias = HookCommands  # noqa: Y015
 
-@typing.final
-class OciSpec(google.protobuf.message.Message):
+@_typing.final
+class OciSpec(_message.Message):
     """What an OCI container (RUNTIME_KIND_RUNC) runs in."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    ROOTFS_FIELD_NUMBER: builtins.int
-    BUNDLE_FIELD_NUMBER: builtins.int
-    HOSTNAME_FIELD_NUMBER: builtins.int
-    rootfs: builtins.str
+    ROOTFS_FIELD_NUMBER: _builtins.int
+    BUNDLE_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    rootfs: _builtins.str
     """Root file system directory; empty means the host's directories mounted
     read-only.
     """
-    bundle: builtins.str
+    bundle: _builtins.str
     """An existing OCI bundle directory to run instead of generating one."""
-    hostname: builtins.str
+    hostname: _builtins.str
     """Host name inside the container."""
     def __init__(
         self,
         *,
-        rootfs: builtins.str = ...,
-        bundle: builtins.str = ...,
-        hostname: builtins.str = ...,
+        rootfs: _builtins.str = ...,
+        bundle: _builtins.str = ...,
+        hostname: _builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["bundle", b"bundle", "hostname", b"hostname", "rootfs", b"rootfs"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "hostname", b"hostname", "rootfs", b"rootfs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___OciSpec: typing_extensions.TypeAlias = OciSpec
+Global___OciSpec: _TypeAlias = OciSpec  # noqa: Y015
 
-@typing.final
-class ContainerSpec(google.protobuf.message.Message):
+@_typing.final
+class ContainerSpec(_message.Message):
     """Everything needed to launch a container, as in a spec file."""
 
-    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    DESCRIPTOR: _descriptor.Descriptor
 
-    @typing.final
-    class LabelsEntry(google.protobuf.message.Message):
-        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
 
-        KEY_FIELD_NUMBER: builtins.int
-        VALUE_FIELD_NUMBER: builtins.int
-        key: builtins.str
-        value: builtins.str
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
         def __init__(
             self,
             *,
-            key: builtins.str = ...,
-            value: builtins.str = ...,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
         ) -> None: ...
-        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-    @typing.final
-    class EnvEntry(google.protobuf.message.Message):
-        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
 
-        KEY_FIELD_NUMBER: builtins.int
-        VALUE_FIELD_NUMBER: builtins.int
-        key: builtins.str
-        value: builtins.str
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
         def __init__(
             self,
             *,
-            key: builtins.str = ...,
-            value: builtins.str = ...,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
         ) -> None: ...
-        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-    NAME_FIELD_NUMBER: builtins.int
-    LABELS_FIELD_NUMBER: builtins.int
-    RUNTIME_FIELD_NUMBER: builtins.int
-    COMMAND_FIELD_NUMBER: builtins.int
-    ENV_FIELD_NUMBER: builtins.int
-    WORKING_DIR_FIELD_NUMBER: builtins.int
-    OCI_FIELD_NUMBER: builtins.int
-    PRIORITY_FIELD_NUMBER: builtins.int
-    RESOURCES_FIELD_NUMBER: builtins.int
-    GRACE_PERIOD_FIELD_NUMBER: builtins.int
-    RESTART_POLICY_FIELD_NUMBER: builtins.int
-    RESTART_BACKOFF_FIELD_NUMBER: builtins.int
-    CHECKPOINT_POLICY_FIELD_NUMBER: builtins.int
-    REPLICAS_FIELD_NUMBER: builtins.int
-    LIVENESS_PROBE_FIELD_NUMBER: builtins.int
-    READINESS_PROBE_FIELD_NUMBER: builtins.int
-    HOOKS_FIELD_NUMBER: builtins.int
-    SIDECAR_FIELD_NUMBER: builtins.int
-    name: builtins.str
+    NAME_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    RUNTIME_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    WORKING_DIR_FIELD_NUMBER: _builtins.int
+    OCI_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    RESTART_POLICY_FIELD_NUMBER: _builtins.int
+    RESTART_BACKOFF_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_POLICY_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    LIVENESS_PROBE_FIELD_NUMBER: _builtins.int
+    READINESS_PROBE_FIELD_NUMBER: _builtins.int
+    HOOKS_FIELD_NUMBER: _builtins.int
+    SIDECAR_FIELD_NUMBER: _builtins.int
+    START_TIMEOUT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
     """Name; unique among the manager's containers (replicas get a suffix)."""
     runtime: Global___RuntimeKind.ValueType
     """How it is launched."""
-    working_dir: builtins.str
+    working_dir: _builtins.str
     """Working directory."""
-    priority: builtins.int
+    priority: _builtins.int
     """Priority: higher wins when the machine is oversubscribed."""
     restart_policy: Global___RestartPolicy.ValueType
     """Restart policy."""
     checkpoint_policy: Global___CheckpointPolicy.ValueType
     """Checkpoint policy."""
-    replicas: builtins.int
+    replicas: _builtins.int
     """Number of replicas; unset means 1."""
-    sidecar: builtins.bool
+    sidecar: _builtins.bool
     """Run the program under the pycontainer sidecar, which hosts the
     Management API for it. Set for programs that do not embed pycontainer.
     """
-    @property
-    def labels(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels."""
 
-    @property
-    def command(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+    @_builtins.property
+    def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Argument vector of the program."""
 
-    @property
-    def env(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Environment variables added to the manager's."""
 
-    @property
+    @_builtins.property
     def oci(self) -> Global___OciSpec:
         """OCI settings for the runc runtime."""
 
-    @property
-    def resources(self) -> pycontainer.v1.container_pb2.ResourceRequirements:
+    @_builtins.property
+    def resources(self) -> _container_pb2.ResourceRequirements:
         """Resources asked for."""
 
-    @property
-    def grace_period(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def grace_period(self) -> _duration_pb2.Duration:
         """Grace period of a stop; unset means 30s."""
 
-    @property
-    def restart_backoff(self) -> google.protobuf.duration_pb2.Duration:
+    @_builtins.property
+    def restart_backoff(self) -> _duration_pb2.Duration:
         """First delay between restarts, doubled each time; unset means 1s."""
 
-    @property
+    @_builtins.property
     def liveness_probe(self) -> Global___Probe:
         """Liveness probe (for programs that do not embed pycontainer)."""
 
-    @property
+    @_builtins.property
     def readiness_probe(self) -> Global___Probe:
         """Readiness probe (for programs that do not embed pycontainer)."""
 
-    @property
+    @_builtins.property
     def hooks(self) -> Global___HookCommands:
         """Hook commands (for programs that do not embed pycontainer)."""
+
+    @_builtins.property
+    def start_timeout(self) -> _duration_pb2.Duration:
+        """How long a launched program may take to register with the manager before
+        it is reported as not registered; unset means 30s.
+        """
 
     def __init__(
         self,
         *,
-        name: builtins.str = ...,
-        labels: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
+        name: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         runtime: Global___RuntimeKind.ValueType = ...,
-        command: collections.abc.Iterable[builtins.str] | None = ...,
-        env: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
-        working_dir: builtins.str = ...,
+        command: _abc.Iterable[_builtins.str] | None = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        working_dir: _builtins.str = ...,
         oci: Global___OciSpec | None = ...,
-        priority: builtins.int = ...,
-        resources: pycontainer.v1.container_pb2.ResourceRequirements | None = ...,
-        grace_period: google.protobuf.duration_pb2.Duration | None = ...,
+        priority: _builtins.int = ...,
+        resources: _container_pb2.ResourceRequirements | None = ...,
+        grace_period: _duration_pb2.Duration | None = ...,
         restart_policy: Global___RestartPolicy.ValueType = ...,
-        restart_backoff: google.protobuf.duration_pb2.Duration | None = ...,
+        restart_backoff: _duration_pb2.Duration | None = ...,
         checkpoint_policy: Global___CheckpointPolicy.ValueType = ...,
-        replicas: builtins.int = ...,
+        replicas: _builtins.int = ...,
         liveness_probe: Global___Probe | None = ...,
         readiness_probe: Global___Probe | None = ...,
         hooks: Global___HookCommands | None = ...,
-        sidecar: builtins.bool = ...,
+        sidecar: _builtins.bool = ...,
+        start_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["grace_period", b"grace_period", "hooks", b"hooks", "liveness_probe", b"liveness_probe", "oci", b"oci", "readiness_probe", b"readiness_probe", "resources", b"resources", "restart_backoff", b"restart_backoff"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["checkpoint_policy", b"checkpoint_policy", "command", b"command", "env", b"env", "grace_period", b"grace_period", "hooks", b"hooks", "labels", b"labels", "liveness_probe", b"liveness_probe", "name", b"name", "oci", b"oci", "priority", b"priority", "readiness_probe", b"readiness_probe", "replicas", b"replicas", "resources", b"resources", "restart_backoff", b"restart_backoff", "restart_policy", b"restart_policy", "runtime", b"runtime", "sidecar", b"sidecar", "working_dir", b"working_dir"]) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "hooks", b"hooks", "liveness_probe", b"liveness_probe", "oci", b"oci", "readiness_probe", b"readiness_probe", "resources", b"resources", "restart_backoff", b"restart_backoff", "start_timeout", b"start_timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_policy", b"checkpoint_policy", "command", b"command", "env", b"env", "grace_period", b"grace_period", "hooks", b"hooks", "labels", b"labels", "liveness_probe", b"liveness_probe", "name", b"name", "oci", b"oci", "priority", b"priority", "readiness_probe", b"readiness_probe", "replicas", b"replicas", "resources", b"resources", "restart_backoff", b"restart_backoff", "restart_policy", b"restart_policy", "runtime", b"runtime", "sidecar", b"sidecar", "start_timeout", b"start_timeout", "working_dir", b"working_dir"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ContainerSpec: typing_extensions.TypeAlias = ContainerSpec
+Global___ContainerSpec: _TypeAlias = ContainerSpec  # noqa: Y015

@@ -1,0 +1,157 @@
+"""Admission: whether a container may run on the capacity left, from the
+pure plan of pycontainer.manager._scheduler, and the evictions that make
+room for a higher priority.
+
+The plan and the bookkeeping that follows it (the newcomer's room reserved,
+the victims' room promised to it) run with no await in between, so no
+other admission can interleave with them; the evictions, which wait out
+grace periods over the network, run after, and hold nothing that another
+admission needs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from .._errors import RequestError, resource_exhausted
+from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
+from ._checkpoints import Checkpoints
+from ._registry import Entry, Registry
+from ._scheduler import Claim, Resources, plan_admission
+from ._sessions import Sessions, duration
+from ._stopping import Stopper
+
+_log = logging.getLogger("pycontainer.manager")
+
+E = manager_pb2
+S = container_pb2
+
+# Runs a background task the manager owns (cancelled when it stops).
+Spawn = Callable[[Coroutine[Any, Any, None]], object]
+
+
+class Admission:
+    """Admits containers against a capacity, evicting lower priorities."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        sessions: Sessions,
+        checkpoints: Checkpoints,
+        stopper: Stopper,
+        capacity: Resources,
+        *,
+        auto_start: bool,
+        spawn: Spawn,
+    ) -> None:
+        self._registry = registry
+        self._sessions = sessions
+        self._checkpoints = checkpoints
+        self._stopper = stopper
+        self.capacity = capacity
+        self._auto_start = auto_start
+        self._spawn = spawn
+
+    def _claims(self, exclude: Entry) -> list[Claim]:
+        return [
+            e.claim() for e in self._registry if e.admitted and not e.terminal and e is not exclude
+        ]
+
+    def refuse_unless_fits(self, entry: Entry, verb: str) -> None:
+        """RESOURCE_EXHAUSTED, before anything starts, for what would not fit."""
+        plan = plan_admission(self.capacity, self._claims(entry), entry.claim())
+        if not plan.admitted:
+            self._registry.event(E.EVENT_TYPE_REFUSED, entry, plan.reason)
+            raise resource_exhausted(f"cannot {verb} {entry.name!r}: {plan.reason}")
+
+    async def admit(self, entry: Entry) -> bool:
+        """Make room for ``entry`` (evicting lower priorities) or refuse. False
+        when a concurrent admission (say, admit_waiting's while this one was
+        evicting) got it in first: that one starts it."""
+        if entry.admitted:
+            return False
+        plan = plan_admission(self.capacity, self._claims(entry), entry.claim())
+        if not plan.admitted:
+            self._registry.event(E.EVENT_TYPE_REFUSED, entry, plan.reason)
+            raise resource_exhausted(f"cannot admit {entry.name!r}: {plan.reason}")
+        victims = [self._registry.entries[victim.id] for victim in plan.victims]
+        # From here on its room is reserved and the victims' room is promised
+        # to it: admissions planned while the evictions below wait see that.
+        entry.admitted = True
+        for victim in victims:
+            victim.admitted = False
+        evicted: list[Entry] = []
+        try:
+            for victim in victims:
+                await self.evict(
+                    victim,
+                    None,
+                    f"evicted to admit {entry.name!r} (priority {entry.priority} > "
+                    f"{victim.priority})",
+                )
+                evicted.append(victim)
+        except BaseException:
+            entry.admitted = False
+            for victim in victims:
+                if victim not in evicted and not victim.terminal:
+                    victim.admitted = True  # it still runs and holds its room
+            raise
+        return True
+
+    async def evict(self, entry: Entry, grace: float | None, message: str) -> Entry:
+        """Stop with reason EVICTED, checkpointing first when the spec asks."""
+        seconds = self._stopper.grace(entry, grace)
+        checkpoint_first = bool(
+            entry.spec is not None
+            and entry.spec.checkpoint_policy == spec_pb2.CHECKPOINT_POLICY_ON_STOP
+        )
+        self._registry.event(E.EVENT_TYPE_EVICTED, entry, message)
+        evict = lifecycle_pb2.EvictCommand(
+            grace_period=duration(seconds), message=message, checkpoint_first=checkpoint_first
+        )
+        result = await self._stopper.stopping(entry, "evict", evict, seconds)
+        if result.checkpoint:
+            self._checkpoints.keep(entry, result.checkpoint)
+        entry.admitted = False
+        entry.evicted = True
+        return entry
+
+    def start_if_waiting(self, entry: Entry) -> None:
+        """A container registered in CREATED: admit and start it (auto_start)."""
+        if (
+            self._auto_start
+            and entry.desired
+            and entry.state == S.LIFECYCLE_STATE_CREATED
+            and not entry.admitted
+        ):
+            self._spawn(self.admit_and_start(entry))
+
+    async def admit_and_start(self, entry: Entry) -> None:
+        try:
+            if not await self.admit(entry):
+                return
+            if entry.restore_state is not None:
+                await self._sessions.command(
+                    entry, "restore", lifecycle_pb2.RestoreCommand(state=entry.restore_state)
+                )
+                entry.restore_state = None
+            await self._sessions.command(entry, "start", lifecycle_pb2.StartCommand())
+        except RequestError as exc:
+            _log.info("container %s not started: %s", entry.id, exc.message)
+
+    async def admit_waiting(self) -> None:
+        """Capacity was released: start what waits, highest priority first."""
+        waiting = sorted(
+            (
+                e
+                for e in self._registry
+                if e.connected
+                and e.desired
+                and not e.admitted
+                and e.state == S.LIFECYCLE_STATE_CREATED
+            ),
+            key=lambda e: (-e.priority, e.create_time),
+        )
+        for entry in waiting:
+            await self.admit_and_start(entry)

@@ -1,0 +1,61 @@
+"""Checkpoints: a container's state taken through its session and kept in the
+state store, and handed back to it (or to its replacements) on restore."""
+
+from __future__ import annotations
+
+from .._errors import failed_precondition
+from ..units import timestamp_to_proto
+from ..v1 import lifecycle_pb2, manager_pb2
+from ._registry import Entry, Registry
+from ._sessions import Sessions
+from ._store import StateStore
+
+E = manager_pb2
+
+
+class Checkpoints:
+    """Store and restore container state."""
+
+    def __init__(self, registry: Registry, sessions: Sessions, store: StateStore) -> None:
+        self._registry = registry
+        self._sessions = sessions
+        self._store = store
+
+    async def take(self, entry: Entry) -> manager_pb2.CheckpointContainerResponse:
+        result = await self._sessions.command(
+            entry, "checkpoint", lifecycle_pb2.CheckpointCommand()
+        )
+        return self.keep(entry, result.checkpoint)
+
+    def keep(self, entry: Entry, data: bytes) -> manager_pb2.CheckpointContainerResponse:
+        """Store a checkpoint the container gave (asked for, or with a stop)."""
+        info = self._store.put_checkpoint(entry.id, entry.name, data)
+        entry.last_checkpoint_id = info.id
+        self._registry.persist(entry)
+        self._registry.event(
+            E.EVENT_TYPE_CHECKPOINTED, entry, f"checkpoint {info.id} ({info.size_bytes} bytes)"
+        )
+        return manager_pb2.CheckpointContainerResponse(
+            checkpoint_id=info.id,
+            size_bytes=info.size_bytes,
+            sha256=info.sha256,
+            create_time=timestamp_to_proto(info.create_time),
+        )
+
+    def latest(self, name: str) -> bytes | None:
+        """The newest state stored for containers called ``name``."""
+        info = self._store.latest_checkpoint(name)
+        return None if info is None else self._store.get_checkpoint(info.id)[1]
+
+    async def restore(self, entry: Entry, checkpoint_id: str) -> Entry:
+        """Hand a stored checkpoint (the newest of its name when no id) to a container."""
+        if not checkpoint_id:
+            latest = self._store.latest_checkpoint(entry.name)
+            if latest is None:
+                raise failed_precondition(f"no checkpoint stored for {entry.name!r}")
+            checkpoint_id = latest.id
+        _, data = self._store.get_checkpoint(checkpoint_id)
+        await self._sessions.command(
+            entry, "restore", lifecycle_pb2.RestoreCommand(state=data, checkpoint_id=checkpoint_id)
+        )
+        return entry

@@ -1,0 +1,345 @@
+"""Lifecycle sessions: each container's Connect stream, the commands routed
+down it (with the operator's trace context) and their results, heartbeats,
+grace extensions and the watchdog that declares silent containers lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
+from opentelemetry import propagate
+
+from .._errors import RequestError, code_number, invalid_argument, status_code
+from ..units import duration_from_proto, duration_to_proto, timestamp_to_proto
+from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
+from ._registry import Entry, PendingCommand, Registry, Session
+from ._settings import ManagerSettings
+
+_log = logging.getLogger("pycontainer.manager")
+
+E = manager_pb2  # event type names, short
+S = container_pb2
+
+# Told of a container that registered, and of one that reached a terminal state.
+EntryHook = Callable[[Entry], None]
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """A Duration of ``seconds`` (the manager's settings are float seconds)."""
+    return duration_to_proto(datetime.timedelta(seconds=seconds))
+
+
+class Sessions:
+    """The Lifecycle side of the manager."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        settings: ManagerSettings,
+        *,
+        on_registered: EntryHook,
+        on_ended: EntryHook,
+    ) -> None:
+        self._registry = registry
+        self._settings = settings
+        self._on_registered = on_registered
+        self._on_ended = on_ended
+        # Grace extensions granted so far, by command id.
+        self._granted: dict[str, float] = {}
+
+    # -- streams -------------------------------------------------------------------------
+    async def connect(
+        self, requests: AsyncIterator[lifecycle_pb2.ConnectRequest]
+    ) -> AsyncIterator[lifecycle_pb2.ConnectResponse]:
+        first = await anext(aiter(requests), None)
+        if first is None or first.WhichOneof("message") != "register":
+            raise invalid_argument("register", "the first message of a session must be register")
+        entry = self._register(first.register)
+        session = Session()
+        if entry.session is not None:
+            entry.session.close()  # a newer session replaces a stale one
+        entry.session = session
+        session.send(
+            lifecycle_pb2.ConnectResponse(
+                registered=lifecycle_pb2.RegistrationAck(
+                    session_id=session.id,
+                    heartbeat_interval=duration(self._settings.heartbeat_interval),
+                    max_grace_extension=duration(self._settings.max_grace_extension),
+                )
+            )
+        )
+        for pending in entry.pending.values():  # unanswered before the reconnect
+            session.send(lifecycle_pb2.ConnectResponse(command=pending.command))
+        reader = asyncio.ensure_future(self._read(entry, session, requests))
+        self._on_registered(entry)
+        try:
+            while True:
+                message = await session.outbox.get()
+                if message is None:
+                    break
+                yield message
+        finally:
+            reader.cancel()
+            if entry.session is session:
+                entry.session = None
+                kind = E.EVENT_TYPE_LOST if not entry.terminal else E.EVENT_TYPE_STATE_CHANGED
+                self._registry.event(
+                    kind, entry, "session closed" if entry.terminal else "session lost"
+                )
+                if not entry.terminal:
+                    entry.error = "lost contact with the container"
+                self._registry.persist(entry)
+                entry.changed.set()
+
+    def _register(self, reg: lifecycle_pb2.Registration) -> Entry:
+        identity = reg.identity
+        if not identity.id or not identity.name:
+            raise invalid_argument("register.identity", "id and name are required")
+        entry = self._registry.get(identity.id)
+        reconnect = entry is not None and entry.sessions > 0
+        if entry is None:
+            entry = Entry(id=identity.id, name=identity.name, identity=identity)
+            self._registry.entries[entry.id] = entry
+        else:
+            entry.identity = _with_spec(identity, entry.spec)
+        entry.sessions += 1
+        entry.state = reg.state or S.LIFECYCLE_STATE_CREATED
+        entry.pid = reg.pid
+        entry.error = reg.error
+        if entry.state in (S.LIFECYCLE_STATE_RUNNING, S.LIFECYCLE_STATE_PAUSED):
+            entry.admitted = True
+            if entry.start_time is None:
+                entry.start_time = time.time()
+        # Commands the container already ran: its result comes again when we
+        # resend them, so they run at most once.
+        self._registry.persist(entry)
+        self._registry.event(
+            E.EVENT_TYPE_REGISTERED,
+            entry,
+            f"{'reconnected' if reconnect else 'registered'} in state "
+            f"{S.LifecycleState.Name(entry.state)} (pid {entry.pid})",
+        )
+        entry.changed.set()
+        return entry
+
+    async def _read(
+        self,
+        entry: Entry,
+        session: Session,
+        requests: AsyncIterator[lifecycle_pb2.ConnectRequest],
+    ) -> None:
+        try:
+            async for request in requests:
+                session.last_seen = time.monotonic()
+                kind = request.WhichOneof("message")
+                if kind == "state_change":
+                    self._on_state(entry, request.state_change)
+                elif kind == "command_result":
+                    pending = entry.pending.pop(request.command_result.command_id, None)
+                    if pending is not None and not pending.result.done():
+                        pending.result.set_result(request.command_result)
+                elif kind == "heartbeat":
+                    now = timestamp_to_proto(time.time())
+                    session.send(
+                        lifecycle_pb2.ConnectResponse(heartbeat=lifecycle_pb2.Heartbeat(time=now))
+                    )
+                elif kind == "grace_extension":
+                    session.send(self._grant(entry, request.grace_extension))
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        finally:
+            session.close()
+
+    def _on_state(self, entry: Entry, change: lifecycle_pb2.StateChange) -> None:
+        entry.state = change.to_state
+        if change.to_state == S.LIFECYCLE_STATE_RUNNING and change.from_state in (
+            S.LIFECYCLE_STATE_STARTING,
+        ):
+            entry.start_time = time.time()
+        if change.to_state == S.LIFECYCLE_STATE_FAILED:
+            entry.error = change.message
+        self._registry.event(
+            E.EVENT_TYPE_STATE_CHANGED,
+            entry,
+            f"{S.LifecycleState.Name(change.from_state)} -> "
+            f"{S.LifecycleState.Name(change.to_state)}"
+            + (f": {change.message}" if change.message else ""),
+            change.command_id,
+        )
+        if entry.terminal:
+            entry.admitted = False
+            if change.to_state == S.LIFECYCLE_STATE_FAILED:
+                # A FAILED container answers no more commands (an on_stop that
+                # overran exits hard before it can): do not leave callers waiting.
+                self.end_pending(entry, change.message or "it FAILED")
+            self._on_ended(entry)
+        self._registry.persist(entry)
+        entry.changed.set()
+
+    # -- grace extensions ----------------------------------------------------------------
+    def _grant(
+        self, entry: Entry, ask: lifecycle_pb2.GraceExtensionRequest
+    ) -> lifecycle_pb2.ConnectResponse:
+        used = self._granted.get(ask.command_id, 0.0)
+        wanted = duration_from_proto(ask.extension).total_seconds()
+        granted = max(0.0, min(wanted, self._settings.max_grace_extension - used))
+        self._granted[ask.command_id] = used + granted
+        self._registry.event(
+            E.EVENT_TYPE_COMMAND_FINISHED,
+            entry,
+            f"grace extension of {wanted:g}s asked ({ask.reason or 'no reason'}): "
+            f"granted {granted:g}s",
+            ask.command_id,
+        )
+        return lifecycle_pb2.ConnectResponse(
+            grace_extension=lifecycle_pb2.GraceExtensionResponse(
+                command_id=ask.command_id, granted=duration(granted)
+            )
+        )
+
+    def granted(self, command_id: str) -> float:
+        """Seconds of grace extension granted to a command so far."""
+        return self._granted.get(command_id, 0.0)
+
+    def forget_grant(self, command_id: str) -> None:
+        self._granted.pop(command_id, None)
+
+    # -- liveness ------------------------------------------------------------------------
+    async def watchdog(self) -> None:
+        """Close sessions that went silent: a bounded time to detect a lost container."""
+        interval = self._settings.heartbeat_interval
+        limit = interval * self._settings.lost_after_heartbeats
+        while True:
+            await asyncio.sleep(interval / 2)
+            now = time.monotonic()
+            for entry in self._registry:
+                session = entry.session
+                if session is not None and now - session.last_seen > limit:
+                    _log.warning("container %s silent for %.1fs: lost", entry.id, limit)
+                    session.close()
+
+    def close_all(self) -> None:
+        for entry in self._registry:
+            if entry.session is not None:
+                entry.session.close()
+
+    def lost(self, entry: Entry) -> None:
+        """The container's process is gone: its session died with it. Report
+        it LOST now, as connect() would have when its stream's end is seen
+        (once the container is FAILED it would call it a plain close)."""
+        session = entry.session
+        if session is not None and not entry.terminal:
+            entry.session = None
+            session.close()
+            self._registry.event(E.EVENT_TYPE_LOST, entry, "session lost")
+
+    # -- commands ------------------------------------------------------------------------
+    async def command(
+        self,
+        entry: Entry,
+        name: str,
+        action: Message,
+        *,
+        limit: float | None = None,
+        command_id: str = "",
+    ) -> lifecycle_pb2.CommandResult:
+        """Send one command (``name`` is its oneof field, ``action`` the message)
+        down the container's stream and wait at most ``limit`` s for its result."""
+        if entry.session is None:
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"container {entry.id} is not connected to the manager (state "
+                f"{S.LifecycleState.Name(entry.state)}); retry when it reconnects",
+            )
+        timeout = limit or self._settings.command_timeout
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)  # the operator's trace continues in the hooks
+        deadline = timestamp_to_proto(time.time() + timeout)
+        command = lifecycle_pb2.Command(
+            id=command_id or uuid.uuid4().hex,
+            deadline=deadline,
+            trace_context=carrier,
+        )
+        field = getattr(command, name)  # the oneof member ``name`` names
+        field.SetInParent()  # an empty action (StartCommand()) is still the one set
+        field.MergeFrom(action)
+        future: asyncio.Future[lifecycle_pb2.CommandResult] = (
+            asyncio.get_running_loop().create_future()
+        )
+        entry.pending[command.id] = PendingCommand(command, future)
+        self._registry.event(E.EVENT_TYPE_COMMAND_SENT, entry, name, command.id)
+        entry.session.send(lifecycle_pb2.ConnectResponse(command=command))
+        try:
+            result = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            entry.pending.pop(command.id, None)
+            raise RequestError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"container {entry.id} did not finish {name} within {timeout:g}s",
+            ) from None
+        code = status_code(result.code)
+        self._registry.event(
+            E.EVENT_TYPE_COMMAND_FINISHED,
+            entry,
+            f"{name}: {code.name}" + (f": {result.message}" if result.message else ""),
+            command.id,
+        )
+        if code != grpc.StatusCode.OK:
+            raise RequestError(code, result.message)
+        return result
+
+    def end_pending(self, entry: Entry, why: str) -> None:
+        """Answer the commands a container that is gone can no longer answer: a
+        stop that reached STOPPED succeeded, anything else is ABORTED (rather
+        than leaving the caller waiting out the command's whole time limit)."""
+        for command_id, pending in list(entry.pending.items()):
+            del entry.pending[command_id]
+            if pending.result.done():
+                continue
+            action = pending.command.WhichOneof("action")
+            result = lifecycle_pb2.CommandResult(command_id=command_id, state=entry.state)
+            if action not in ("stop", "evict") or entry.state != S.LIFECYCLE_STATE_STOPPED:
+                result.code = code_number(grpc.StatusCode.ABORTED)
+                result.message = f"container {entry.id} did not finish {action}: {why}"
+            pending.result.set_result(result)
+
+    @staticmethod
+    async def wait_for(entry: Entry, predicate: Callable[[Entry], bool], seconds: float) -> bool:
+        """Wait until predicate(entry) holds, at most ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while not predicate(entry):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            entry.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(entry.changed.wait(), remaining)
+        return True
+
+
+def _with_spec(
+    identity: container_pb2.ContainerIdentity, spec: spec_pb2.ContainerSpec | None
+) -> container_pb2.ContainerIdentity:
+    """A launched container's identity: what it says of itself, with its spec's
+    name, labels, priority, resources and grace period winning (the operator
+    asked for those; admission and selectors must see them)."""
+    if spec is None:
+        return identity
+    merged = container_pb2.ContainerIdentity()
+    merged.CopyFrom(identity)
+    merged.name = spec.name or identity.name
+    merged.labels.update(spec.labels)
+    merged.priority = spec.priority
+    if spec.resources.cpu_millis or spec.resources.memory_bytes:
+        merged.resources.CopyFrom(spec.resources)
+    if spec.HasField("grace_period"):
+        merged.grace_period.CopyFrom(spec.grace_period)
+    return merged
