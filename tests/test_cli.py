@@ -803,6 +803,28 @@ def test_refusals_and_usage_errors(
     assert "PYCONTAINER_MANAGER" in capsys.readouterr().out
 
 
+def test_version_of_the_command_and_of_the_manager(manager: ManagerHost) -> None:
+    import grpc as grpc_module
+
+    run = cli(manager, "version")
+    assert run.code == 0, run.err
+    client, served = run.lines
+    assert client.startswith(f"Client Version: {pycontainer.__version__} (Python ")
+    assert f"grpcio {grpc_module.__version__}" in client
+    assert served.startswith(f"Manager Version: {pycontainer.__version__} (Python ")
+    data = json.loads(cli(manager, "version", "-o", "json").out)
+    assert data["client"]["version"] == data["manager"]["version"] == pycontainer.__version__
+
+    # --client needs no manager; without it an unreachable one is the usual line, after ours.
+    address = f"127.0.0.1:{_free_port()}"
+    alone = cli(address, "version", "--client")
+    assert (alone.code, alone.lines) == (0, [client])
+    gone = cli(address, "version")
+    assert gone.code == 2
+    assert gone.lines == [client]
+    assert gone.err.startswith(f"error: cannot reach the manager at {address}: ")
+
+
 def test_the_command_as_a_subprocess(manager: ManagerHost, hosts: list[Host]) -> None:
     web = _start(manager, hosts, "web")
 
@@ -841,11 +863,12 @@ def test_help_everywhere_and_specs_on_stdin(
 ) -> None:
     verbs = ["apply", "ps", "describe", "stop", "pause", "resume", "checkpoint", "restore"]
     verbs += ["evict", "scale", "logs", "top", "events", "profile", "manager", "health"]
+    verbs += ["restart", "kill", "rm", "version", "completion"]
     for verb in verbs:
         assert main([verb, "--help"]) == 0, verb
         text = capsys.readouterr().out
         assert text.startswith(f"usage: pycontainer {verb}")
-        if verb not in ("manager", "health"):
+        if verb not in ("manager", "health", "completion"):
             assert "$PYCONTAINER_MANAGER, else 127.0.0.1:50050" in " ".join(text.split())
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("name: piped\ncommand: [python, x.py]\n"))

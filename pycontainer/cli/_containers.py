@@ -133,6 +133,9 @@ def describe(out: Console, c: manager_pb2.Container) -> None:
         ("Grace period:", grace),
         ("Created:", _when(c.create_time)),
         ("Started:", _when(c.start_time)),
+        ("Finished:", _when(c.finish_time)),
+        ("Reason:", c.reason or "-"),
+        ("Launched:", "yes (by the manager)" if c.launched else "no (it dialled in)"),
         ("Restarts:", str(c.restarts)),
         ("Exit code:", str(c.exit_code) if c.HasField("exit_code") else "-"),
         ("Error:", Text(c.error, style="red") if c.error else "-"),
@@ -172,8 +175,16 @@ def _label(c: manager_pb2.Container) -> str:
     return identity.id if identity.name == identity.id else f"{identity.name} ({identity.id})"
 
 
-def _targets(client: ManagerClient, args: argparse.Namespace) -> list[str]:
-    """The containers a verb acts on: those named, or the live ones -l or --all select."""
+_ENDED_STATES = (container_pb2.LIFECYCLE_STATE_STOPPED, container_pb2.LIFECYCLE_STATE_FAILED)
+
+
+def _targets(
+    client: ManagerClient,
+    args: argparse.Namespace,
+    states: Sequence[container_pb2.LifecycleState.ValueType] = LIVE_STATES,
+) -> list[str]:
+    """The containers a verb acts on: those named, or those in ``states`` that
+    -l or --all select."""
     chosen = bool(args.selector) or args.all_containers
     if args.containers and chosen:
         raise CliError("give container ids or names, or -l SELECTOR / --all, not both")
@@ -182,7 +193,7 @@ def _targets(client: ManagerClient, args: argparse.Namespace) -> list[str]:
     if not chosen:
         raise CliError(f"{args.command}: give container ids or names, -l SELECTOR or --all")
     response = client.list_containers(
-        manager_pb2.ListContainersRequest(label_selector=args.selector, states=LIVE_STATES)
+        manager_pb2.ListContainersRequest(label_selector=args.selector, states=states)
     )
     return [c.identity.id for c in sorted(response.containers, key=lambda c: c.identity.name)]
 
@@ -243,7 +254,8 @@ def run_stop(args: argparse.Namespace, ctx: Context) -> int:
                 container=name, message=args.reason, grace_period=_grace_proto(args.grace)
             )
             response = client.stop_container(request, timeout=_grace_timeout(args.grace))
-            return f"{_label(response.container)}: {state_name(response.container.state)}"
+            killed = " (killed at the end of its grace period)" if response.killed else ""
+            return f"{_label(response.container)}: {state_name(response.container.state)}{killed}"
 
         grace = f" (grace {format_duration(args.grace)})" if args.grace is not None else ""
         return _each(ctx, _targets(client, args), stop, f"stopping{grace}")
@@ -271,6 +283,43 @@ def run_resume(args: argparse.Namespace, ctx: Context) -> int:
             return f"{_label(response.container)}: {state_name(response.container.state)}"
 
         return _each(ctx, _targets(client, args), resume, "resuming")
+
+
+def run_restart(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.manager(args) as client:
+
+        def restart(name: str) -> str:
+            request = manager_pb2.RestartContainerRequest(
+                container=name, grace_period=_grace_proto(args.grace)
+            )
+            timeout = _grace_timeout(args.grace or DEFAULT_GRACE_PERIOD)
+            c = client.restart_container(request, timeout=timeout).container
+            return f"{_label(c)}: {state_name(c.state)} (restarted)"
+
+        return _each(ctx, _targets(client, args), restart, "restarting")
+
+
+def run_kill(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.manager(args) as client:
+
+        def kill(name: str) -> str:
+            request = manager_pb2.KillContainerRequest(container=name, signal=args.signal)
+            c = client.kill_container(request, timeout=_COMMAND_TIMEOUT).container
+            return f"{_label(c)}: {state_name(c.state)} (sent {args.signal.upper()})"
+
+        return _each(ctx, _targets(client, args), kill, f"sending {args.signal} to")
+
+
+def run_rm(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.manager(args) as client:
+
+        def rm(name: str) -> str:
+            request = manager_pb2.DeleteContainerRequest(container=name, purge=args.purge)
+            c = client.delete_container(request, timeout=_COMMAND_TIMEOUT).container
+            purged = " with its logs and checkpoints" if args.purge else ""
+            return f"{_label(c)}: removed{purged}"
+
+        return _each(ctx, _targets(client, args, _ENDED_STATES), rm, "removing")
 
 
 def run_evict(args: argparse.Namespace, ctx: Context) -> int:

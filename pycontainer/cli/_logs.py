@@ -150,6 +150,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         contains=args.contains,
         pattern=args.grep,
         logger=args.logger,
+        previous=args.previous,
     )
     if args.level is not None:
         log_filter.min_severity = args.level

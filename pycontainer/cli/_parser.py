@@ -67,18 +67,19 @@ def _output_option(parser: argparse.ArgumentParser, *formats: str, help: str = "
     )
 
 
-def _selection(parser: argparse.ArgumentParser, what: str) -> None:
-    """IDs, or -l SELECTOR, or --all: the containers a verb acts on."""
+def _selection(parser: argparse.ArgumentParser, what: str, which: str = "live") -> None:
+    """IDs, or -l SELECTOR, or --all: the containers a verb acts on (of the
+    ``which`` ones: live, or ended for rm)."""
     parser.add_argument("containers", nargs="*", metavar="ID", help="container ids or names")
     parser.add_argument(
         "-l",
         "--selector",
         default="",
         metavar="SELECTOR",
-        help=f"{what} every live container matching this label selector (such as app=web)",
+        help=f"{what} every {which} container matching this label selector (such as app=web)",
     )
     parser.add_argument(
-        "--all", action="store_true", dest="all_containers", help=f"{what} every live container"
+        "--all", action="store_true", dest="all_containers", help=f"{what} every {which} container"
     )
 
 
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run(subparsers)
     _manager(subparsers)
     _health(subparsers)
+    _version(subparsers)
     _completion(subparsers)
     return parser
 
@@ -233,6 +235,47 @@ def _containers(subparsers: Subparsers) -> None:
         _selection(parser, name)
         _manager_option(parser)
 
+    restart = _verb(
+        subparsers,
+        "restart",
+        "_containers:run_restart",
+        "stop containers gracefully and start them again",
+        "Stop containers gracefully (as stop does) and start them again from their "
+        "spec, under the same name.",
+    )
+    _selection(restart, "restart")
+    _grace_option(restart, "the container's own, 30s unless set")
+    _manager_option(restart)
+
+    kill = _verb(
+        subparsers,
+        "kill",
+        "_containers:run_kill",
+        "send a signal to containers now, without a grace period",
+        "Send a signal to containers' processes at once (docker kill): no hook, no grace period.",
+    )
+    _selection(kill, "kill")
+    kill.add_argument(
+        "-s",
+        "--signal",
+        default="KILL",
+        metavar="SIGNAL",
+        help="signal name (KILL, TERM, INT, SIGHUP, ...) or number (default: KILL)",
+    )
+    _manager_option(kill)
+
+    rm = _verb(
+        subparsers,
+        "rm",
+        "_containers:run_rm",
+        "remove the records of containers that have ended",
+        "Remove the manager's records of stopped or failed containers (stop them "
+        "first); --purge also removes their retained logs and stored checkpoints.",
+    )
+    _selection(rm, "remove", which="ended")
+    rm.add_argument("--purge", action="store_true", help="also remove their logs and checkpoints")
+    _manager_option(rm)
+
     checkpoint = _verb(
         subparsers,
         "checkpoint",
@@ -315,6 +358,12 @@ def _logs(subparsers: Subparsers) -> None:
         help="every connected container matching this label selector (such as app=web)",
     )
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new entries")
+    parser.add_argument(
+        "-p",
+        "--previous",
+        action="store_true",
+        help="the run before the last restart (from what the manager retained)",
+    )
     parser.add_argument(
         "--since",
         type=duration_arg,
@@ -572,3 +621,17 @@ def _completion(subparsers: Subparsers) -> None:
         "source <(pycontainer completion zsh).",
     )
     parser.add_argument("shell", choices=("bash", "zsh"), help="the shell")
+
+
+def _version(subparsers: Subparsers) -> None:
+    parser = _verb(
+        subparsers,
+        "version",
+        "_version:run",
+        "print the client's and the manager's versions",
+        "Print this command's version and the manager's (with the Python, grpcio and "
+        "protobuf each runs on); --client for this command's alone.",
+    )
+    parser.add_argument("--client", action="store_true", help="only this command's version")
+    _output_option(parser, "table", "json", "yaml")
+    _manager_option(parser)

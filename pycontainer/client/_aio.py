@@ -193,6 +193,41 @@ class AsyncManagerClient(_AsyncClient):
         """A container's metrics, proxied from its Management API."""
         return self._stream(self._stub.WatchMetrics, request, timeout, "WatchMetrics")
 
+    async def restart_container(
+        self, request: manager_pb2.RestartContainerRequest, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.RestartContainerResponse:
+        """Stop a container gracefully and start it again."""
+        return await self._unary(self._stub.RestartContainer, request, timeout, "RestartContainer")
+
+    async def kill_container(
+        self, request: manager_pb2.KillContainerRequest, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.KillContainerResponse:
+        """Send a signal to a container's process now."""
+        return await self._unary(self._stub.KillContainer, request, timeout, "KillContainer")
+
+    async def delete_container(
+        self, request: manager_pb2.DeleteContainerRequest, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.DeleteContainerResponse:
+        """Remove the record of a container that has ended."""
+        return await self._unary(self._stub.DeleteContainer, request, timeout, "DeleteContainer")
+
+    async def apply_specs(
+        self, request: manager_pb2.ApplySpecsRequest, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.ApplySpecsResponse:
+        """Make the running set match a list of specs."""
+        return await self._unary(self._stub.ApplySpecs, request, timeout, "ApplySpecs")
+
+    async def get_version(
+        self, request: manager_pb2.GetVersionRequest | None = None, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.GetVersionResponse:
+        """The manager's version and those of what it runs on."""
+        return await self._unary(
+            self._stub.GetVersion,
+            request if request is not None else manager_pb2.GetVersionRequest(),
+            timeout,
+            "GetVersion",
+        )
+
 
 class AsyncManagementClient(_AsyncClient):
     """A client of one container's Management API, at the address it

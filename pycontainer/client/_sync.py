@@ -198,6 +198,41 @@ class ManagerClient(_Client):
         """A container's metrics, proxied from its Management API."""
         return self._stream(self._stub.WatchMetrics, request, timeout, "WatchMetrics")
 
+    def restart_container(
+        self, request: manager_pb2.RestartContainerRequest, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.RestartContainerResponse:
+        """Stop a container gracefully and start it again."""
+        return self._unary(self._stub.RestartContainer, request, timeout, "RestartContainer")
+
+    def kill_container(
+        self, request: manager_pb2.KillContainerRequest, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.KillContainerResponse:
+        """Send a signal to a container's process now."""
+        return self._unary(self._stub.KillContainer, request, timeout, "KillContainer")
+
+    def delete_container(
+        self, request: manager_pb2.DeleteContainerRequest, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.DeleteContainerResponse:
+        """Remove the record of a container that has ended."""
+        return self._unary(self._stub.DeleteContainer, request, timeout, "DeleteContainer")
+
+    def apply_specs(
+        self, request: manager_pb2.ApplySpecsRequest, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.ApplySpecsResponse:
+        """Make the running set match a list of specs."""
+        return self._unary(self._stub.ApplySpecs, request, timeout, "ApplySpecs")
+
+    def get_version(
+        self, request: manager_pb2.GetVersionRequest | None = None, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.GetVersionResponse:
+        """The manager's version and those of what it runs on."""
+        return self._unary(
+            self._stub.GetVersion,
+            request if request is not None else manager_pb2.GetVersionRequest(),
+            timeout,
+            "GetVersion",
+        )
+
 
 class ManagementClient(_Client):
     """A client of one container's Management API, at the address it
