@@ -137,8 +137,9 @@ def test_ps_and_describe_in_table_json_and_yaml(manager: ManagerHost, hosts: lis
     assert f"note: web ({web.id}) has no spec (it dialled in on its own)" in specs.err
     assert cli(manager, "ps", "-o", "name").lines == ["api", "web"]
     wide_header, *wide_rows = cli(manager, "ps", "-o", "wide").lines
-    assert wide_header.split()[-3:] == ["VERSION", "MANAGEMENT", "LABELS"]
-    assert wide_rows[1].split()[-3:] == ["1.2.3", hosts[0].target, "app=web"]
+    assert wide_header.split()[-4:] == ["VERSION", "MANAGEMENT", "REASON", "LABELS"]
+    reason = _get(manager, "web").reason or "-"
+    assert re.split(r"\s{2,}", wide_rows[1])[-4:] == ["1.2.3", hosts[0].target, reason, "app=web"]
 
     assert cli(manager, "ps", "-l", "app=web", "-o", "id").lines == [web.id]
     assert cli(manager, "ps", "-l", "app!=web", "-o", "id").lines == [api.id]

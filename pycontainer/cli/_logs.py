@@ -175,6 +175,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 out.file.flush()
                 if response.missed:
                     ctx.err(f"note: {response.missed} entries missed (reading too slowly)")
+                for end in response.ended:
+                    # One container's part of a followed stream ended; the others go on.
+                    why = end.message or "its stream ended"
+                    ctx.err(f"note: {printer.label(end.container_id)}: {why}")
         except KeyboardInterrupt:
             if not args.follow:
                 raise

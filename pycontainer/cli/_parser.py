@@ -197,7 +197,7 @@ def _containers(subparsers: Subparsers) -> None:
         "id",
         "json",
         "yaml",
-        help="table; wide (with version, Management address and labels); name or id (one "
+        help="table; wide (with version, Management address, reason and labels); name or id (one "
         "a line); json (the API's messages); yaml (the specs, as a spec file)",
     )
     _manager_option(ps)

@@ -155,11 +155,12 @@ def container_table(
     show_labels: bool = False,
     wide: bool = False,
 ) -> Table:
-    """The ps listing; ``wide`` adds the version, the Management address and the labels."""
+    """The ps listing; ``wide`` adds the version, the Management address, the
+    reason for the state and the labels."""
     headers = ["NAME", "ID", "STATE", "CONNECTED", "PRIORITY", "CPU", "MEMORY", "PID"]
     headers += ["RESTARTS", "AGE"]
     if wide:
-        headers += ["VERSION", "MANAGEMENT"]
+        headers += ["VERSION", "MANAGEMENT", "REASON"]
     show_labels = show_labels or wide
     if show_labels:
         headers.append("LABELS")
@@ -180,7 +181,7 @@ def container_table(
             age(c.create_time, now),
         ]
         if wide:
-            row += [c.identity.version or "-", management_address(c) or "-"]
+            row += [c.identity.version or "-", management_address(c) or "-", c.reason or "-"]
         if show_labels:
             row.append(",".join(f"{k}={v}" for k, v in sorted(c.identity.labels.items())) or "-")
         table.add_row(*row)
