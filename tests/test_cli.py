@@ -804,6 +804,23 @@ def test_refusals_and_usage_errors(
     assert "PYCONTAINER_MANAGER" in capsys.readouterr().out
 
 
+def test_a_verb_runs_with_an_injected_client_and_streams(
+    manager: ManagerHost, hosts: list[Host]
+) -> None:
+    """What an embedder (or a test) does: the verb's run, a client, StringIO."""
+    from pycontainer.cli import Context
+    from pycontainer.cli._containers import run_ps
+    from pycontainer.cli._parser import build_parser
+
+    web = _start(manager, hosts, "web")
+    out, err = io.StringIO(), io.StringIO()
+    args = build_parser().parse_args(["ps", "-o", "id"])
+    assert run_ps(args, Context(stdout=out, stderr=err, client=manager.client)) == 0
+    assert (out.getvalue(), err.getvalue()) == (f"{web.id}\n", "")
+    # The client was lent, not given: it still works.
+    assert manager.client.get_container(manager_pb2.GetContainerRequest(container="web"))
+
+
 def test_version_of_the_command_and_of_the_manager(manager: ManagerHost) -> None:
     import grpc as grpc_module
 

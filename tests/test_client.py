@@ -9,6 +9,7 @@ import asyncio
 import datetime
 import socket
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -192,3 +193,15 @@ def test_testing_context_managers_run_in_process_specs(tmp_path: Path) -> None:
     with ManagerClient(host.address) as client, pytest.raises(CallError) as caught:
         client.list_containers(timeout=datetime.timedelta(seconds=2))
     assert caught.value.reached is False
+
+
+def test_the_pytest_fixtures(manager: ManagerHost, container_factory: Any) -> None:
+    """pycontainer.testing.pytest_plugin's fixtures, as a user's conftest enables them."""
+    first = container_factory(pycontainer.ContainerSettings(name="one"), manager=manager)
+    second = container_factory(pycontainer.ContainerSettings(name="two"), start=True)
+    wait_container(manager.stub, "one", running_and_connected, "running")
+    assert second.container.state == pycontainer.State.RUNNING  # started, on its own
+    assert second.management.get_info().identity.name == "two"
+    names = [c.identity.name for c in manager.client.list_containers().containers]
+    assert names == ["one"]  # the second never dialled a manager
+    assert first.address != second.address

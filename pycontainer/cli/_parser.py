@@ -219,8 +219,9 @@ def _containers(subparsers: Subparsers) -> None:
         "stop",
         "_containers:run_stop",
         "stop containers gracefully",
-        "Stop containers gracefully: health turns NOT_SERVING, on_stop runs "
-        "with the grace period, and a container still stopping after it fails.",
+        "Stop containers gracefully: health turns NOT_SERVING and on_stop runs "
+        "with the grace period; a program still running at its end is killed, and the "
+        "stop still succeeds (as docker stop). --grace 0 means no grace at all.",
     )
     _selection(stop, "stop")
     _grace_option(stop, "the container's own, 30s unless set")
