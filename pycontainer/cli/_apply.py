@@ -3,65 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 import time
 from collections import Counter
 
+from ..client import CallError, ManagerClient
+from ..units import format_duration
 from ..v1 import container_pb2, manager_pb2, spec_pb2
-from ._client import (
-    EXIT_FAILED,
-    EXIT_UNREACHABLE,
-    CliError,
-    ManagerClient,
-    add_manager_option,
-    add_output_option,
-    connect,
-    message_dict,
-    print_data,
-    spinner,
-)
-from ._duration import DURATION_HELP, duration_arg, format_duration
+from ._context import Context
+from ._errors import EXIT_FAILED, EXIT_UNREACHABLE, CliError, from_call
+from ._output import message_dict, print_data, spinner
 from ._render import state_name
 
 S = container_pb2
 _TERMINAL = (S.LIFECYCLE_STATE_STOPPED, S.LIFECYCLE_STATE_FAILED)
-
-
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "apply",
-        help="launch the containers of spec files",
-        description="Launch the containers spec files describe (YAML, or TOML by the .toml "
-        "extension; '-' reads YAML from stdin), through the manager's RunContainer. Every "
-        "file is checked first and every mistake reported, each with its place in the "
-        "file; nothing is launched then. A name that already has live containers is "
-        "skipped (stop them to relaunch, or scale them).",
-    )
-    parser.add_argument(
-        "-f",
-        "--filename",
-        dest="files",
-        action="append",
-        required=True,
-        metavar="SPEC",
-        help="spec file (repeat for several)",
-    )
-    parser.add_argument(
-        "--dry-run", action="store_true", help="check the files and show what would run"
-    )
-    parser.add_argument(
-        "--wait", action="store_true", help="wait until every launched container is RUNNING"
-    )
-    parser.add_argument(
-        "--timeout",
-        type=duration_arg,
-        default=60_000_000_000,
-        metavar="DURATION",
-        help=f"how long --wait waits, {DURATION_HELP} (default: 60s)",
-    )
-    add_output_option(parser, formats=("table", "json", "yaml"))
-    add_manager_option(parser)
-    parser.set_defaults(func=run)
 
 
 def load(files: list[str]) -> list[spec_pb2.ContainerSpec]:
@@ -102,82 +58,78 @@ def _summary(spec: spec_pb2.ContainerSpec) -> str:
     return ", ".join(parts)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, ctx: Context) -> int:
     try:
         specs = load(args.files)
     except CliError as exc:
         for line in exc.message.splitlines():
-            print(line, file=sys.stderr)
+            ctx.err(line)
         return EXIT_FAILED
     if args.dry_run:
         if args.output in ("json", "yaml"):
             from ..spec import spec_to_dict
 
-            print_data({"containers": [spec_to_dict(s) for s in specs]}, args.output)
+            print_data(ctx, {"containers": [spec_to_dict(s) for s in specs]}, args.output)
         else:
             for spec in specs:
-                print(f"{spec.name}: valid ({_summary(spec)}); not launched (--dry-run)")
+                ctx.out(f"{spec.name}: valid ({_summary(spec)}); not launched (--dry-run)")
         return 0
 
     code = 0
     launched: list[manager_pb2.Container] = []
-    with connect(args) as client:
+    with ctx.manager(args) as client:
         live = Counter(
-            c.identity.name
-            for c in client.call(
-                client.stub.ListContainers, manager_pb2.ListContainersRequest()
-            ).containers
-            if c.state not in _TERMINAL
+            c.identity.name for c in client.list_containers().containers if c.state not in _TERMINAL
         )
         for number, spec in enumerate(specs, start=1):
             if live[spec.name]:
                 count = live[spec.name]
-                print(
+                ctx.err(
                     f"{spec.name}: skipped, {count} live container"
-                    f"{' has' if count == 1 else 's have'} this name (stop to relaunch, or scale)",
-                    file=sys.stderr,
+                    f"{' has' if count == 1 else 's have'} this name (stop to relaunch, or scale)"
                 )
                 continue
             try:
-                with spinner(f"launching {spec.name} ({number}/{len(specs)})"):
-                    response = client.call(
-                        client.stub.RunContainer,
-                        manager_pb2.RunContainerRequest(spec=spec),
-                        timeout=None,
-                        what=spec.name,
+                with spinner(ctx, f"launching {spec.name} ({number}/{len(specs)})"):
+                    response = client.run_container(
+                        manager_pb2.RunContainerRequest(spec=spec), timeout=None
                     )
-            except CliError as exc:
-                if exc.code == EXIT_UNREACHABLE:
-                    raise
-                print(f"error: {exc.message}", file=sys.stderr)
+            except CallError as exc:
+                error = from_call(exc, spec.name)
+                if error.code == EXIT_UNREACHABLE:
+                    raise error from None
+                ctx.err(f"error: {error.message}")
                 code = EXIT_FAILED
                 continue
             launched.extend(response.containers)
             if args.output == "table":
                 for c in response.containers:
                     pid = f" (pid {c.pid})" if c.pid else ""
-                    print(f"{c.identity.id}: launched{pid}", flush=True)
+                    ctx.out(f"{c.identity.id}: launched{pid}")
+                ctx.stdout.flush()
         if args.wait and launched:
-            launched, failed = _wait(client, launched, args.timeout)
+            launched, failed = _wait(ctx, client, launched, args.timeout)
             code = code or failed
     if args.output in ("json", "yaml"):
-        print_data({"containers": [message_dict(c) for c in launched]}, args.output)
+        print_data(ctx, {"containers": [message_dict(c) for c in launched]}, args.output)
     return code
 
 
 def _wait(
-    client: ManagerClient, launched: list[manager_pb2.Container], timeout_ns: int
+    ctx: Context,
+    client: ManagerClient,
+    launched: list[manager_pb2.Container],
+    timeout: datetime.timedelta,
 ) -> tuple[list[manager_pb2.Container], int]:
     """Poll until every container is RUNNING, one ended, or the time is up."""
-    deadline = time.monotonic() + timeout_ns / 1e9
+    deadline = time.monotonic() + timeout.total_seconds()
     latest = {c.identity.id: c for c in launched}
     pending = set(latest)
-    with spinner(f"waiting for {len(pending)} container(s) to run"):
+    with spinner(ctx, f"waiting for {len(pending)} container(s) to run"):
         while pending and time.monotonic() < deadline:
             for container_id in sorted(pending):
-                got = client.call(
-                    client.stub.GetContainer,
-                    manager_pb2.GetContainerRequest(container=container_id),
+                got = client.get_container(
+                    manager_pb2.GetContainerRequest(container=container_id)
                 ).container
                 latest[container_id] = got
                 if got.state == S.LIFECYCLE_STATE_RUNNING or got.state in _TERMINAL:
@@ -187,16 +139,16 @@ def _wait(
     failed = 0
     for container_id, c in latest.items():
         if c.state == S.LIFECYCLE_STATE_RUNNING:
-            print(f"{container_id}: RUNNING", flush=True)
+            ctx.out(f"{container_id}: RUNNING")
             continue
         failed = EXIT_FAILED
         if c.state in _TERMINAL:
             why = f": {c.error}" if c.error else ""
-            print(f"error: {container_id}: {state_name(c.state)}{why}", file=sys.stderr)
+            ctx.err(f"error: {container_id}: {state_name(c.state)}{why}")
         else:
-            print(
+            ctx.err(
                 f"error: {container_id}: still {state_name(c.state)} after "
-                f"{format_duration(timeout_ns)}",
-                file=sys.stderr,
+                f"{format_duration(timeout)}"
             )
+    ctx.stdout.flush()
     return list(latest.values()), failed
