@@ -1,0 +1,119 @@
+"""Identities, a certificate authority, mutual TLS credentials, bootstrap tokens and roles.
+
+The building blocks of pycontainer's trust model (issue 8, sections 1 and 2):
+
+- :class:`CertificateAuthority`: the manager's CA (created on first use in its
+  state directory) or an external one; issues short-lived leaves naming a
+  SPIFFE identity and signs CSRs for the identity it is told.
+- :class:`CredentialFiles`: a peer's key+certificate file and trust bundle,
+  written atomically for rotation; :func:`server_credentials` (mTLS, reloaded
+  on change), :func:`channel_credentials`, :func:`server_name_options`,
+  :func:`plaintext_warning`.
+- :class:`TokenStore`: single-use or bounded bootstrap tokens, stored hashed.
+- :func:`peer_identity`: who the peer of a call is, from its certificate.
+- :class:`Authorizer`, :class:`Bindings`, :func:`required_role`, and the
+  interceptors :class:`AuthorizationInterceptor` / :class:`AioAuthorizationInterceptor`.
+"""
+
+from pycontainer.security._ca import (
+    CA_CERT_FILE,
+    CA_KEY_FILE,
+    CA_TTL,
+    DEFAULT_LEAF_TTL,
+    LOOPBACK_HOSTS,
+    CertificateAuthority,
+    IssuedCertificate,
+)
+from pycontainer.security._credentials import (
+    channel_credentials,
+    is_loopback,
+    plaintext_warning,
+    server_credentials,
+    server_name_options,
+)
+from pycontainer.security._errors import SecurityError
+from pycontainer.security._identity import (
+    MANAGER,
+    TRUST_DOMAIN,
+    Identity,
+    container,
+    parse_identity,
+    user,
+)
+from pycontainer.security._interceptor import (
+    AioAuthorizationInterceptor,
+    AuthorizationInterceptor,
+)
+from pycontainer.security._leaf import (
+    LEAF_FILE,
+    TRUST_FILE,
+    CredentialFiles,
+    Leaf,
+    read_leaf,
+    renewal_due,
+    write_leaf,
+)
+from pycontainer.security._peer import identity_from_auth_context, peer_identity
+from pycontainer.security._roles import (
+    DEFAULT_BINDINGS,
+    METHOD_ROLES,
+    Authorizer,
+    Bindings,
+    Denial,
+    Role,
+    required_role,
+)
+from pycontainer.security._tokens import (
+    DEFAULT_TOKEN_TTL,
+    MAX_TOKEN_TTL,
+    TOKENS_FILE,
+    Grant,
+    TokenError,
+    TokenStore,
+)
+
+__all__ = [
+    "CA_CERT_FILE",
+    "CA_KEY_FILE",
+    "CA_TTL",
+    "DEFAULT_BINDINGS",
+    "DEFAULT_LEAF_TTL",
+    "DEFAULT_TOKEN_TTL",
+    "LEAF_FILE",
+    "LOOPBACK_HOSTS",
+    "MANAGER",
+    "MAX_TOKEN_TTL",
+    "METHOD_ROLES",
+    "TOKENS_FILE",
+    "TRUST_DOMAIN",
+    "TRUST_FILE",
+    "AioAuthorizationInterceptor",
+    "AuthorizationInterceptor",
+    "Authorizer",
+    "Bindings",
+    "CertificateAuthority",
+    "CredentialFiles",
+    "Denial",
+    "Grant",
+    "Identity",
+    "IssuedCertificate",
+    "Leaf",
+    "Role",
+    "SecurityError",
+    "TokenError",
+    "TokenStore",
+    "channel_credentials",
+    "container",
+    "identity_from_auth_context",
+    "is_loopback",
+    "parse_identity",
+    "peer_identity",
+    "plaintext_warning",
+    "read_leaf",
+    "renewal_due",
+    "required_role",
+    "server_credentials",
+    "server_name_options",
+    "user",
+    "write_leaf",
+]

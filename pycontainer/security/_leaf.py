@@ -1,0 +1,119 @@
+"""A peer's TLS material on disk: its key and certificate in one file, the CA in another.
+
+The key and certificate share one file (``tls.pem``) so that a rotation,
+which replaces the file atomically, can never be read as a new certificate
+with the old key. The trust bundle (``ca.pem``) is the CA certificate(s) the
+peer verifies others against. A runtime writes both where the container reads
+them; servers built by :mod:`pycontainer.security._credentials` reread them on
+change, without a restart.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from pycontainer.security._ca import IssuedCertificate
+from pycontainer.security._errors import SecurityError
+from pycontainer.security._files import read_private, read_public, write_atomic
+
+LEAF_FILE = "tls.pem"
+TRUST_FILE = "ca.pem"
+
+# How far into its lifetime a leaf is renewed: at two thirds, a day's
+# certificate has 8 hours left for the renewal to succeed.
+RENEW_AT_FRACTION = 2 / 3
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A private key and the certificate chain for it, PEM-encoded."""
+
+    private_key_pem: bytes
+    certificate_chain_pem: bytes
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        """The leaf certificate itself (the first of the chain)."""
+        return x509.load_pem_x509_certificate(self.certificate_chain_pem)
+
+
+@dataclass(frozen=True)
+class CredentialFiles:
+    """Where one peer's TLS material is: its leaf file and its trust bundle."""
+
+    leaf: Path
+    trust: Path
+
+    @classmethod
+    def in_directory(cls, directory: Path | str) -> CredentialFiles:
+        """The conventional names (``tls.pem``, ``ca.pem``) in ``directory``."""
+        directory = Path(directory)
+        return cls(directory / LEAF_FILE, directory / TRUST_FILE)
+
+    def write(self, issued: IssuedCertificate, trust_pem: bytes) -> None:
+        """Store a leaf the CA issued (with its key) and the trust bundle, each atomically."""
+        if issued.private_key_pem is None:
+            raise SecurityError(
+                "this certificate was signed from a CSR; its key is the requester's, so "
+                "write it with write_leaf(path, Leaf(key, certificate)) where the key is"
+            )
+        self.leaf.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(self.trust, trust_pem, mode=0o644)
+        write_leaf(self.leaf, Leaf(issued.private_key_pem, issued.certificate_pem))
+
+    def read(self) -> tuple[Leaf, bytes]:
+        """The leaf and the trust bundle, as they are now."""
+        return read_leaf(self.leaf), read_public(self.trust, "trust bundle")
+
+
+def write_leaf(path: Path, leaf: Leaf) -> None:
+    """Replace the leaf file at ``path`` (mode 0600) so readers see the old one or the new one."""
+    write_atomic(path, leaf.private_key_pem.rstrip(b"\n") + b"\n" + leaf.certificate_chain_pem)
+
+
+def read_leaf(path: Path) -> Leaf:
+    """The key and certificate chain from a leaf file, checked to belong together."""
+    data = read_private(path, "TLS key and certificate file")
+    keys: list[bytes] = []
+    certificates: list[bytes] = []
+    for block in _PEM_BLOCK.finditer(data):
+        label = block.group(1)
+        if label.endswith(b"PRIVATE KEY"):
+            keys.append(block.group(0))
+        elif label == b"CERTIFICATE":
+            certificates.append(block.group(0))
+    if len(keys) != 1 or not certificates:
+        raise SecurityError(
+            f"{path} must hold one PEM private key and its certificate chain "
+            f"(found {len(keys)} key(s) and {len(certificates)} certificate(s))"
+        )
+    leaf = Leaf(keys[0], b"".join(certificates))
+    try:
+        key = serialization.load_pem_private_key(leaf.private_key_pem, password=None)
+        certificate = leaf.certificate
+    except (ValueError, TypeError) as error:
+        raise SecurityError(f"{path} cannot be read as a key and a certificate: {error}") from None
+    if key.public_key() != certificate.public_key():
+        raise SecurityError(f"{path}: the private key is not the certificate's")
+    return leaf
+
+
+def renewal_due(
+    certificate_pem: bytes,
+    *,
+    now: datetime.datetime | None = None,
+    fraction: float = RENEW_AT_FRACTION,
+) -> bool:
+    """Whether a leaf has lived ``fraction`` of its lifetime and should be replaced."""
+    certificate = x509.load_pem_x509_certificate(certificate_pem)
+    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    when = now or datetime.datetime.now(datetime.UTC)
+    return when >= start + (end - start) * fraction
