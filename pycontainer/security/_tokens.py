@@ -80,9 +80,14 @@ class TokenStore:
         self._lock = threading.Lock()
 
     @classmethod
-    def in_directory(cls, directory: Path | str) -> TokenStore:
+    def in_directory(
+        cls,
+        directory: Path | str,
+        *,
+        clock: Callable[[], datetime.datetime] = _utcnow,
+    ) -> TokenStore:
         """The store at ``tokens.json`` in the manager's state directory."""
-        return cls(Path(directory) / TOKENS_FILE)
+        return cls(Path(directory) / TOKENS_FILE, clock=clock)
 
     # -- the file ----------------------------------------------------------
 
