@@ -9,6 +9,8 @@ The building blocks of pycontainer's trust model (issue 8, sections 1 and 2):
   written atomically for rotation; :func:`server_credentials` (mTLS, reloaded
   on change), :func:`channel_credentials`, :func:`server_name_options`,
   :func:`plaintext_warning`.
+- :func:`ensure_leaf`: issue a peer's leaf file when missing, reissue it before expiry.
+- :func:`certificate_request`: the joining side's key and CSR (bootstrap with a token).
 - :class:`TokenStore`: single-use or bounded bootstrap tokens, stored hashed.
 - :func:`peer_identity`: who the peer of a call is, from its certificate.
 - :class:`Authorizer`, :class:`Bindings`, :func:`required_role`, and the
@@ -49,11 +51,13 @@ from pycontainer.security._leaf import (
     TRUST_FILE,
     CredentialFiles,
     Leaf,
+    certificate_identity,
     read_leaf,
     renewal_due,
     write_leaf,
 )
 from pycontainer.security._peer import identity_from_auth_context, peer_identity
+from pycontainer.security._request import CertificateRequest, certificate_request
 from pycontainer.security._roles import (
     DEFAULT_BINDINGS,
     METHOD_ROLES,
@@ -63,6 +67,7 @@ from pycontainer.security._roles import (
     Role,
     required_role,
 )
+from pycontainer.security._rotation import ensure_leaf
 from pycontainer.security._tokens import (
     DEFAULT_TOKEN_TTL,
     MAX_TOKEN_TTL,
@@ -92,6 +97,7 @@ __all__ = [
     "Authorizer",
     "Bindings",
     "CertificateAuthority",
+    "CertificateRequest",
     "CredentialFiles",
     "Denial",
     "Grant",
@@ -102,8 +108,11 @@ __all__ = [
     "SecurityError",
     "TokenError",
     "TokenStore",
+    "certificate_identity",
+    "certificate_request",
     "channel_credentials",
     "container",
+    "ensure_leaf",
     "identity_from_auth_context",
     "is_loopback",
     "parse_identity",

@@ -168,8 +168,11 @@ class CertificateAuthority:
             raise SecurityError(
                 f"CA certificate {cert_path} is not a PEM certificate: {error}"
             ) from None
-        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
-        if not constraints.value.ca:
+        try:
+            is_ca = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if not is_ca:
             raise SecurityError(f"{cert_path} is not a CA certificate (basicConstraints CA:FALSE)")
         try:
             return cls(certificate, cls._read_key(key_path))
@@ -269,7 +272,16 @@ class CertificateAuthority:
             hosts = (*LOOPBACK_HOSTS, *hosts)
         now = _now()
         not_after = min(now + ttl, self._certificate.not_valid_after_utc)
-        ca_ski = self._certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        try:
+            ski = self._certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+            authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                ski.value
+            )
+        except x509.ExtensionNotFound:
+            # An external CA certificate without one: derive it from the CA's key.
+            authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                self._key.public_key()
+            )
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.uri[-64:])]))
@@ -307,10 +319,7 @@ class CertificateAuthority:
                 x509.SubjectKeyIdentifier.from_public_key(public_key),
                 critical=False,
             )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski.value),
-                critical=False,
-            )
+            .add_extension(authority_key_id, critical=False)
         )
         try:
             return builder.sign(self._key, _signing_hash(self._key))

@@ -30,28 +30,24 @@ else:
 Identify = Callable[[HasAuthContext], Identity | None]
 
 _Behaviour = Callable[[Any, Any], Any]
-_FACTORIES: dict[tuple[bool, bool], Callable[..., _Handler]] = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
+# (request_streaming, response_streaming) -> the handler's behaviour field, its factory.
+_KINDS: dict[tuple[bool, bool], tuple[str, Callable[..., _Handler]]] = {
+    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
 }
 
 
 def _behaviour(handler: _Handler) -> _Behaviour:
-    streaming = (handler.request_streaming, handler.response_streaming)
-    name = {
-        (False, False): "unary_unary",
-        (False, True): "unary_stream",
-        (True, False): "stream_unary",
-        (True, True): "stream_stream",
-    }[streaming]
+    name, _ = _KINDS[(handler.request_streaming, handler.response_streaming)]
     behaviour: _Behaviour = getattr(handler, name)
     return behaviour
 
 
 def _rebuild(handler: _Handler, behaviour: _Behaviour) -> _Handler:
-    factory = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
+    """The same method handler with another behaviour (same (de)serializers)."""
+    _, factory = _KINDS[(handler.request_streaming, handler.response_streaming)]
     return factory(
         behaviour,
         request_deserializer=handler.request_deserializer,

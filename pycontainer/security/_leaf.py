@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from pycontainer.security._ca import IssuedCertificate
 from pycontainer.security._errors import SecurityError
 from pycontainer.security._files import read_private, read_public, write_atomic
+from pycontainer.security._identity import Identity, parse_identity
 
 LEAF_FILE = "tls.pem"
 TRUST_FILE = "ca.pem"
@@ -43,6 +44,26 @@ class Leaf:
     def certificate(self) -> x509.Certificate:
         """The leaf certificate itself (the first of the chain)."""
         return x509.load_pem_x509_certificate(self.certificate_chain_pem)
+
+    @property
+    def identity(self) -> Identity | None:
+        """The identity the leaf certificate names."""
+        return certificate_identity(self.certificate)
+
+
+def certificate_identity(certificate: x509.Certificate) -> Identity | None:
+    """The one pycontainer identity a certificate's URI SANs name, or None."""
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    found: set[Identity] = set()
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+        try:
+            found.add(parse_identity(uri))
+        except SecurityError:
+            continue
+    return found.pop() if len(found) == 1 else None
 
 
 @dataclass(frozen=True)

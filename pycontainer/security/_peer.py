@@ -4,7 +4,8 @@ gRPC puts what the handshake verified into the call's auth context: with
 mutual TLS (:func:`pycontainer.security.server_credentials`), a client
 certificate is only there if the trust bundle's CA signed it. Its SPIFFE ID
 (``peer_spiffe_id``, set by gRPC when the certificate has exactly one URI SAN;
-else the URI SANs in ``peer_uri``) is the identity. A plaintext call, or a
+else the URI SANs in ``peer_uri``, else the certificate in ``x509_pem_cert``)
+is the identity. A plaintext call, or a
 certificate naming nothing in ``pycontainer.local``, has no identity.
 """
 
@@ -13,8 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
+from cryptography import x509
+
 from pycontainer.security._errors import SecurityError
 from pycontainer.security._identity import Identity, parse_identity
+from pycontainer.security._leaf import certificate_identity
 
 
 class HasAuthContext(Protocol):
@@ -37,6 +41,12 @@ def identity_from_auth_context(auth: Mapping[str, Iterable[bytes]]) -> Identity 
                 return parse_identity(uri)
             except SecurityError:
                 continue
+    # gRPC versions or certificates without those properties: read the certificate itself.
+    for pem in auth.get("x509_pem_cert", ()):
+        try:
+            return certificate_identity(x509.load_pem_x509_certificate(bytes(pem)))
+        except ValueError:
+            return None
     return None
 
 
