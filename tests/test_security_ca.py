@@ -100,6 +100,13 @@ def test_a_ca_key_readable_by_others_is_refused_with_the_fix(tmp_path: Path) -> 
     CertificateAuthority.open(tmp_path)
 
 
+def test_a_state_directory_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state directory should be")
+    with pytest.raises(SecurityError, match=f"cannot create the CA in {blocker}"):
+        CertificateAuthority.open(blocker)
+
+
 def test_a_start_that_died_after_the_key_gets_a_ca_certificate_for_that_key(
     tmp_path: Path,
 ) -> None:

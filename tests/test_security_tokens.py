@@ -164,3 +164,10 @@ def test_processes_racing_to_redeem_a_single_use_token_get_one_grant(tmp_path: P
         assert process.returncode == 0, err
         outcomes.append(out.split()[0])
     assert sorted(outcomes) == ["granted", "refused", "refused", "refused"]
+
+
+def test_a_token_store_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state directory should be")
+    with pytest.raises(SecurityError, match=f"cannot use the token store {blocker}"):
+        TokenStore.in_directory(blocker).create()

@@ -134,28 +134,36 @@ class CertificateAuthority:
     def open(cls, directory: Path | str) -> CertificateAuthority:
         """The CA kept in ``directory``: loaded if it is there, created on first use."""
         directory = Path(directory)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         cert_path, key_path = directory / CA_CERT_FILE, directory / CA_KEY_FILE
-        with _locked(directory):
-            if not key_path.exists():
-                key = _new_key()
-                # Exclusive: never replaces a key that something may have signed with.
-                create_exclusive(key_path, _key_pem(key))
-                write_atomic(
-                    cert_path,
-                    _self_signed(key).public_bytes(serialization.Encoding.PEM),
-                    mode=0o644,
-                )
-            elif not cert_path.exists():
-                # A start that died between the two files: the key signed nothing
-                # yet, so a CA certificate for it can be made now.
-                loaded = cls._read_key(key_path)
-                write_atomic(
-                    cert_path,
-                    _self_signed(loaded).public_bytes(serialization.Encoding.PEM),
-                    mode=0o644,
-                )
+        if cert_path.exists() and key_path.exists():
+            # Loading needs no lock (and works in a read-only state directory).
             return cls.load(cert_path, key_path)
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with _locked(directory):
+                cls._create_missing(cert_path, key_path)
+        except OSError as error:
+            raise SecurityError(
+                f"cannot create the CA in {directory}: {error.strerror or error}; make the "
+                "directory writable by this user, or give an external CA's certificate and key"
+            ) from None
+        return cls.load(cert_path, key_path)
+
+    @classmethod
+    def _create_missing(cls, cert_path: Path, key_path: Path) -> None:
+        """Under the directory's lock: the key and certificate that are not there yet."""
+        if not key_path.exists():
+            key = _new_key()
+            # Exclusive: never replaces a key that something may have signed with.
+            create_exclusive(key_path, _key_pem(key))
+            certificate = _self_signed(key)
+        elif not cert_path.exists():
+            # A start that died between the two files: the key signed nothing
+            # yet, so a CA certificate for it can be made now.
+            certificate = _self_signed(cls._read_key(key_path))
+        else:
+            return  # another process made both while this one waited for the lock
+        write_atomic(cert_path, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
     @classmethod
     def load(cls, cert_path: Path | str, key_path: Path | str) -> CertificateAuthority:

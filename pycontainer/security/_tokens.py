@@ -94,19 +94,34 @@ class TokenStore:
     @contextmanager
     def _transaction(self) -> Iterator[dict[str, dict[str, Any]]]:
         """The records, locked against other threads and processes; written back on success."""
-        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_path = self._path.with_name(self._path.name + ".lock")
-        with self._lock, lock_path.open("a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        with self._lock:
             try:
-                records = self._read()
-                before = json.dumps(records, sort_keys=True)
-                yield records
-                if json.dumps(records, sort_keys=True) != before:
-                    data = json.dumps({"version": _VERSION, "tokens": records}, indent=2)
-                    write_atomic(self._path, data.encode() + b"\n")
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+                self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                lock = lock_path.open("a")
+            except OSError as error:
+                raise SecurityError(
+                    f"cannot use the token store {self._path}: {error.strerror or error}"
+                ) from None
+            with lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+                try:
+                    records = self._read()
+                    before = json.dumps(records, sort_keys=True)
+                    yield records
+                    if json.dumps(records, sort_keys=True) != before:
+                        self._write(records)
+                finally:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def _write(self, records: dict[str, dict[str, Any]]) -> None:
+        data = json.dumps({"version": _VERSION, "tokens": records}, indent=2).encode() + b"\n"
+        try:
+            write_atomic(self._path, data)
+        except OSError as error:
+            raise SecurityError(
+                f"cannot write the token store {self._path}: {error.strerror or error}"
+            ) from None
 
     def _read(self) -> dict[str, dict[str, Any]]:
         if not self._path.exists():
