@@ -25,6 +25,7 @@ from pycontainer.security import (
     Role,
     SecurityError,
     channel_credentials,
+    check_registration,
     container,
     peer_identity,
     required_role,
@@ -148,6 +149,25 @@ def test_check_names_the_role_needed_and_the_roles_held() -> None:
     assert anonymous.code == grpc.StatusCode.UNAUTHENTICATED
     assert "needs the operate role" in anonymous.message
     assert Authorizer(public_methods=frozenset({stop})).check(None, stop) is None
+
+
+def test_a_container_registers_only_as_itself() -> None:
+    assert check_registration(container("web-1"), "web-1") is None
+    posing = check_registration(container("web-2"), "web-1")
+    assert posing is not None
+    assert posing.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "certificate names spiffe://pycontainer.local/container/web-2" in posing.message
+    assert "claims container/web-1" in posing.message
+    admin = check_registration(user("admin"), "web-1")
+    assert admin is not None
+    assert admin.code == grpc.StatusCode.PERMISSION_DENIED
+    anonymous = check_registration(None, "web-1")
+    assert anonymous is not None
+    assert anonymous.code == grpc.StatusCode.UNAUTHENTICATED
+    # A huge claimed id is not echoed whole (the trailer limit).
+    huge = check_registration(container("a"), "x" * 100_000)
+    assert huge is not None
+    assert len(huge.message) < 400
 
 
 # -- the interceptors on real servers -----------------------------------------

@@ -65,6 +65,7 @@ from pycontainer.security._roles import (
     Bindings,
     Denial,
     Role,
+    check_registration,
     required_role,
 )
 from pycontainer.security._rotation import ensure_leaf
@@ -111,6 +112,7 @@ __all__ = [
     "certificate_identity",
     "certificate_request",
     "channel_credentials",
+    "check_registration",
     "container",
     "ensure_leaf",
     "identity_from_auth_context",

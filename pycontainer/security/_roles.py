@@ -212,6 +212,29 @@ class Authorizer:
         )
 
 
+def check_registration(identity: Identity | None, container_id: str) -> Denial | None:
+    """None if the peer ``identity`` may register (or act) as container ``container_id``.
+
+    A container holds its session only as itself: the id in its
+    ``Lifecycle.Connect`` registration must be the one its certificate names.
+    """
+    claimed = f"container/{container_id[:80]}"
+    if identity is None:
+        return Denial(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"registering as {claimed} needs a client certificate naming that container: "
+            "connect with mutual TLS (the manager issues one to the containers it launches; "
+            "others join with a bootstrap token)",
+        )
+    if identity.kind == "container" and identity.name == container_id:
+        return None
+    return Denial(
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"a container registers only as itself: this connection's certificate names "
+        f"{identity}, the registration claims {claimed}",
+    )
+
+
 def _top_roles(roles: Iterable[Role]) -> set[str]:
     """The roles worth naming: those not merely included in another one held."""
     held = set(roles)
