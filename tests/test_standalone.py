@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import threading
 
 import grpc
@@ -68,7 +69,7 @@ def test_serve_in_background_for_a_sync_app() -> None:
             stub = management_pb2_grpc.ManagementStub(channel)
             info = stub.GetInfo(management_pb2.GetInfoRequest(), timeout=5)
             assert info.state == container_pb2.LIFECYCLE_STATE_RUNNING
-            container.stop(grace_period=1)
+            container.stop(grace_period=datetime.timedelta(seconds=1))
             info = stub.GetInfo(management_pb2.GetInfoRequest(), timeout=5)
             assert info.state == container_pb2.LIFECYCLE_STATE_STOPPED
     finally:

@@ -4,22 +4,21 @@ hosted on the app's own gRPC server (sync or aio) or on one of its own."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import platform
 import secrets
 import socket
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import psutil
-from google.protobuf import duration_pb2, timestamp_pb2
 from opentelemetry import trace
 
-from .. import __version__, _reflection
+from .. import __version__, _reflection, units
 from ..v1 import container_pb2, management_pb2, profile_pb2
 from . import _health
 from ._config import Config
@@ -76,7 +75,7 @@ class ContainerSettings:
     cpu_millis: int = 0
     memory_bytes: int = 0
     # Default grace period of a stop, as in Kubernetes.
-    grace_period: float = 30.0
+    grace_period: datetime.timedelta = units.DEFAULT_GRACE_PERIOD
     # Log entries kept for StreamLogs (a ring: older ones are overwritten).
     log_capacity: int = 10_000
     # Capture Python logging (root logger) at this level; None disables it.
@@ -96,18 +95,13 @@ class ContainerSettings:
             self.id = os.environ.get("PYCONTAINER_CONTAINER_ID") or (
                 f"{self.name}-{secrets.token_hex(4)}"
             )
-        if self.grace_period < 0:
-            raise ValueError("ContainerSettings.grace_period must be >= 0")
-
-
-def _ts(ns: int) -> timestamp_pb2.Timestamp:
-    return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
-
-
-def _dur(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
+        if not isinstance(self.grace_period, datetime.timedelta):
+            raise TypeError(
+                "ContainerSettings.grace_period must be a datetime.timedelta, "
+                f"not {type(self.grace_period).__name__}"
+            )
+        if self.grace_period < datetime.timedelta(0):
+            raise ValueError("ContainerSettings.grace_period must not be negative")
 
 
 class Container:
@@ -139,7 +133,9 @@ class Container:
         if metric_reader is None and self.settings.install_meter_provider:
             self.app_metrics.install_global()
         self._process = psutil.Process()
-        self._start_ns = int(self._process.create_time() * 1e9)
+        self._started_at = datetime.datetime.fromtimestamp(
+            self._process.create_time(), tz=datetime.UTC
+        )
         self._tracer = trace.get_tracer("pycontainer", __version__, tracer_provider)
         self._observer = Observer(self.rpc_stats, self._tracer)
         self._core = ManagementCore(self)
@@ -177,7 +173,7 @@ class Container:
                 cpu_millis=s.cpu_millis, memory_bytes=s.memory_bytes
             ),
             endpoints=self._endpoints,
-            grace_period=_dur(s.grace_period),
+            grace_period=units.duration_to_proto(s.grace_period),
         )
 
     def add_endpoint(self, name: str, address: str, kind: str = "grpc") -> None:
@@ -192,13 +188,13 @@ class Container:
         self._endpoints.append(container_pb2.Endpoint(name=name, kind=proto_kind, address=address))
 
     def info(self) -> management_pb2.GetInfoResponse:
-        now = time.time_ns()
+        now = datetime.datetime.now(datetime.UTC)
         return management_pb2.GetInfoResponse(
             identity=self.identity(),
             pid=os.getpid(),
             hostname=socket.gethostname(),
-            start_time=_ts(self._start_ns),
-            uptime=_dur((now - self._start_ns) / 1e9),
+            start_time=units.timestamp_to_proto(self._started_at),
+            uptime=units.duration_to_proto(max(now - self._started_at, datetime.timedelta(0))),
             state=state_proto(self._lifecycle.state),
             pycontainer_version=__version__,
             runtime=f"{platform.python_implementation()} {platform.python_version()}",
@@ -365,7 +361,7 @@ class Container:
         for listener in list(self._listeners):
             listener(previous, state, command_id, message)
 
-    def _grace(self, grace_period: float | None) -> float:
+    def _grace(self, grace_period: datetime.timedelta | None) -> datetime.timedelta:
         return self.settings.grace_period if grace_period is None else grace_period
 
     def start(self) -> None:
@@ -380,12 +376,16 @@ class Container:
         await asyncio.to_thread(self.health.run_checks_now)
         await self._lifecycle.arun(Request(Command.START))
 
-    def stop(self, grace_period: float | None = None, reason: str = "requested") -> None:
+    def stop(
+        self, grace_period: datetime.timedelta | None = None, reason: str = "requested"
+    ) -> None:
         """Graceful stop: NOT_SERVING at once, then on_stop(reason, deadline);
         an on_stop still running at the deadline FAILS the container."""
         self._lifecycle.run(Request(Command.STOP, grace=self._grace(grace_period), reason=reason))
 
-    async def astop(self, grace_period: float | None = None, reason: str = "requested") -> None:
+    async def astop(
+        self, grace_period: datetime.timedelta | None = None, reason: str = "requested"
+    ) -> None:
         """stop() for asyncio apps (an async on_stop past its deadline is cancelled)."""
         await self._lifecycle.arun(
             Request(Command.STOP, grace=self._grace(grace_period), reason=reason)

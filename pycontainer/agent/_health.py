@@ -28,6 +28,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2
 
+from .. import units
 from .._errors import not_found
 from ..v1 import health_pb2 as pc_health_pb2
 from ..v1 import management_pb2
@@ -68,9 +69,10 @@ class _Check:
 
 
 def _timestamp(ns: int) -> timestamp_pb2.Timestamp | None:
+    """The time ``ns`` (Unix nanoseconds), or None for 0: not yet."""
     if not ns:
         return None
-    return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+    return units.timestamp_to_proto(ns / 1e9)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import datetime
 import logging
 import os
 import shlex
@@ -226,7 +227,7 @@ class Sidecar:
                 priority=s.priority,
                 cpu_millis=s.cpu_millis,
                 memory_bytes=s.memory_bytes,
-                grace_period=s.grace_period,
+                grace_period=datetime.timedelta(seconds=s.grace_period),
                 log_capacity=s.log_capacity,
             ),
             hooks=Hooks(
