@@ -118,7 +118,10 @@ def main() -> None:
     workers = Workers(config)
     container = pycontainer.Container(
         pycontainer.ContainerSettings(
-            name=args.name, version="1.0.0", labels={"example": "sync"}, grace_period=args.grace
+            name=args.name,
+            version="1.0.0",
+            labels={"example": "sync"},
+            grace_period=datetime.timedelta(seconds=args.grace),
         ),
         hooks=pycontainer.Hooks(
             on_start=workers.start,

@@ -10,6 +10,7 @@ import os
 import platform
 import secrets
 import socket
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,6 +146,9 @@ class Container:
         self._listeners: list[StateListener] = []
         self._app_loop: asyncio.AbstractEventLoop | None = None
         self._connection: ManagerConnection | None = None
+        # Set once stopped (or closed): followed logs and metric watches end,
+        # so that a server shutting down need not cancel them.
+        self._streams_end = threading.Event()
         self._lifecycle = Lifecycle(self.hooks, self._tracer, self._on_change, self.settings.id)
         if self.settings.log_level is not None:
             install(self.logs, self.settings.log_level)
@@ -349,6 +353,15 @@ class Container:
         """Call ``listener(from, to, command_id, message)`` on every transition."""
         self._listeners.append(listener)
 
+    def streams_ended(self) -> bool:
+        """Whether long-lived Management streams (followed logs, metric
+        watches) end: true once the container stopped, failed or was closed."""
+        return self._streams_end.is_set()
+
+    def _end_streams(self) -> None:
+        self._streams_end.set()
+        self.logs.wake_all()
+
     def _on_change(self, previous: State, state: State, command_id: str, message: str) -> None:
         self.health.set_state(state)
         _log.info(
@@ -358,6 +371,8 @@ class Container:
             state.name,
             f" ({message})" if message else "",
         )
+        if state.terminal:  # after the line above, so that followers get it
+            self._end_streams()
         for listener in list(self._listeners):
             listener(previous, state, command_id, message)
 
@@ -447,6 +462,7 @@ class Container:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+        self._end_streams()
         uninstall(self.logs)
         self.health.close()
         if self._slots is not None:

@@ -683,14 +683,19 @@ class MetricsWatch:
                 time.sleep(min(remaining, _POLL))
 
     async def aiter_responses(
-        self,
+        self, ended: Callable[[], bool] = lambda: False
     ) -> AsyncGenerator[management_pb2.WatchMetricsResponse, None]:
-        """Snapshots for grpc.aio: one at once, then one per interval, until cancelled."""
+        """Snapshots for grpc.aio: one at once, then one per interval, until
+        cancelled or ``ended()`` turns true (checked at least every 0.25 s;
+        the stream then ends normally, so a server stops without cancelling it)."""
         loop = asyncio.get_running_loop()
         due = loop.time()
-        while True:
+        while not ended():
             # OTel collect and psutil reads are short but blocking: keep them
             # off the event loop.
             yield await asyncio.to_thread(self.snapshot)
             due = max(due + self.interval, loop.time())
-            await asyncio.sleep(due - loop.time())
+            while (remaining := due - loop.time()) > 0:
+                if ended():
+                    return
+                await asyncio.sleep(min(remaining, _POLL))

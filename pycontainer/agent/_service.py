@@ -16,7 +16,7 @@ import grpc
 
 from ..v1 import management_pb2, management_pb2_grpc
 from ._config import Config
-from ._logs import LogQuery
+from ._logs import LogQuery, LogReader
 from ._metrics import MetricsWatch
 from ._profile import ProfileRequest, build_profile
 
@@ -56,8 +56,12 @@ class ManagementCore:
         response.rpc_messages.extend(self._c.rpc_message_stats())
         return response
 
-    def logs(self, request: management_pb2.StreamLogsRequest) -> Any:
-        return self._c.logs.reader(LogQuery.from_request(request))
+    def logs(self, request: management_pb2.StreamLogsRequest) -> LogReader:
+        return LogReader(self._c.logs, LogQuery.from_request(request))
+
+    def streams_ended(self) -> bool:
+        """Whether long-lived streams should end: the container stopped or closed."""
+        return self._c.streams_ended()
 
     def metrics(self, request: management_pb2.WatchMetricsRequest) -> MetricsWatch:
         return self._c.metrics_watch(request)
@@ -86,11 +90,12 @@ class ManagementServicer(management_pb2_grpc.ManagementServicer):
 
     def StreamLogs(self, request: Any, context: Any) -> Iterator[Any]:
         reader = self._core.logs(request)
-        yield from reader.iter_responses(context.is_active)
+        yield from reader.iter_responses(context.is_active, self._core.streams_ended)
 
     def WatchMetrics(self, request: Any, context: Any) -> Iterator[Any]:
         watch = self._core.metrics(request)
-        yield from watch.iter_responses(context.is_active)
+        core = self._core
+        yield from watch.iter_responses(lambda: context.is_active() and not core.streams_ended())
 
 
 class AsyncManagementServicer(management_pb2_grpc.ManagementServicer):
@@ -118,12 +123,12 @@ class AsyncManagementServicer(management_pb2_grpc.ManagementServicer):
 
     async def StreamLogs(self, request: Any, context: Any) -> AsyncIterator[Any]:
         reader = self._core.logs(request)
-        async for response in reader.aiter_responses():
+        async for response in reader.aiter_responses(self._core.streams_ended):
             yield response
 
     async def WatchMetrics(self, request: Any, context: Any) -> AsyncIterator[Any]:
         watch = self._core.metrics(request)
-        async for response in watch.aiter_responses():
+        async for response in watch.aiter_responses(self._core.streams_ended):
             yield response
 
 
