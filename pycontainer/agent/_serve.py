@@ -225,6 +225,7 @@ def serve_in_background(container: Container, listen: str = "127.0.0.1:0") -> Ba
             )
         except BaseException as exc:  # reported to the caller below
             started["error"] = exc
+            loop.close()
             ready.set()
             return
         ready.set()
