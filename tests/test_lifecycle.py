@@ -7,6 +7,7 @@ sequences."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,11 +21,12 @@ from hypothesis import strategies as st
 from support import make_container, start_sync_host
 
 import pycontainer
+from pycontainer import units
 from pycontainer._errors import RequestError, invalid_argument
 from pycontainer.agent._health import LIVENESS, OVERALL, READINESS
 from pycontainer.agent._lifecycle import Request
 from pycontainer.agent._state import TRANSITIONS, Command, State, allowed_commands
-from pycontainer.v1 import container_pb2, management_pb2
+from pycontainer.v1 import container_pb2, lifecycle_pb2, management_pb2
 
 STABLE = (State.CREATED, State.RUNNING, State.PAUSED, State.STOPPED, State.FAILED)
 TRANSITIONAL = (State.STARTING, State.PAUSING, State.RESUMING, State.STOPPING)
@@ -787,6 +789,35 @@ def test_default_grace_comes_from_settings(
     container.start()
     container.stop()
     assert 5.0 < got[0] <= 7.0
+
+
+@pytest.mark.parametrize(("grace", "expected"), [(td(0), td(0)), (None, td(seconds=60))])
+def test_a_manager_stop_with_a_zero_grace_means_zero(
+    containers: Callable[..., pycontainer.Container], grace: td | None, expected: td
+) -> None:
+    """A StopCommand's grace period is read with presence: a zero that was
+    set is no grace at all, only an unset one means the container's default."""
+    remaining: list[float] = []
+    done = threading.Event()
+
+    def on_stop(reason: str, deadline: float) -> None:
+        remaining.append(deadline - time.monotonic())
+        done.set()
+
+    container = containers(pycontainer.Hooks(on_stop=on_stop), grace_period=td(seconds=60))
+    container.start()
+    # A manager that is not there: the session retries in the background while
+    # the connector runs the command it would have sent.
+    connection = container.connect("127.0.0.1:1")
+    stop = lifecycle_pb2.StopCommand()
+    if grace is not None:
+        stop.grace_period.CopyFrom(units.duration_to_proto(grace))
+    command = lifecycle_pb2.Command(id="stop-1", stop=stop)
+    future = asyncio.run_coroutine_threadsafe(connection._perform(command), connection._loop)
+    with contextlib.suppress(RequestError):  # no grace: on_stop may overrun at once
+        future.result(SLACK)
+    assert done.wait(SLACK)
+    assert expected.total_seconds() - SLACK < remaining[0] <= expected.total_seconds()
 
 
 # -- 6. grace extension ---------------------------------------------------------
