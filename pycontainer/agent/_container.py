@@ -79,13 +79,15 @@ class ContainerSettings:
     grace_period: datetime.timedelta = units.DEFAULT_GRACE_PERIOD
     # Log entries kept for StreamLogs (a ring: older ones are overwritten).
     log_capacity: int = 10_000
-    # Capture Python logging (root logger) at this level; None disables it.
+    # Capture Python logging (root logger) at this level, from when the
+    # container is hosted, connected or started until close(); None disables it.
     log_level: int | None = logging.INFO
     # Long-lived Management streams (logs, metrics, profiles) open at once on a
     # sync server; they run in pycontainer's own threads, never the app's.
     stream_limit: int = 16
-    # Install an OpenTelemetry SDK MeterProvider globally if none is set, so
-    # that app metrics written through the OTel API are served.
+    # Install an OpenTelemetry SDK MeterProvider globally if none is set (when
+    # the container is hosted, connected or started), so that app metrics
+    # written through the OTel API are served.
     install_meter_provider: bool = True
 
     def __post_init__(self) -> None:
@@ -131,8 +133,12 @@ class Container:
         self.loops = DEFAULT_LOOP_REGISTRY
         self.rpc_stats = RpcStats()
         self.app_metrics = AppMetrics(reader=metric_reader)
-        if metric_reader is None and self.settings.install_meter_provider:
-            self.app_metrics.install_global()
+        self._install_meter_provider = (
+            metric_reader is None and self.settings.install_meter_provider
+        )
+        # Process-wide hooks (root log handler, global MeterProvider) are put in
+        # place when the container is put to use, not when it is made.
+        self._active = False
         self._process = psutil.Process()
         self._started_at = datetime.datetime.fromtimestamp(
             self._process.create_time(), tz=datetime.UTC
@@ -150,8 +156,6 @@ class Container:
         # so that a server shutting down need not cancel them.
         self._streams_end = threading.Event()
         self._lifecycle = Lifecycle(self.hooks, self._tracer, self._on_change, self.settings.id)
-        if self.settings.log_level is not None:
-            install(self.logs, self.settings.log_level)
         if self.hooks.on_create is not None:
             with self._tracer.start_as_current_span("pycontainer.hook on_create"):
                 resolve_hook_result(self.hooks.on_create())
@@ -258,6 +262,7 @@ class Container:
         """Add Management, grpc.health.v1 and reflection (v1 and v1alpha) to the
         app's own server. Reflection lists every service added to the server
         after this call, plus ``services`` (for ones added before it)."""
+        self._activate()
         aio = isinstance(server, grpc.aio.Server)
         self._services.update(services)
         self._track_services(server)
@@ -379,13 +384,27 @@ class Container:
     def _grace(self, grace_period: datetime.timedelta | None) -> datetime.timedelta:
         return self.settings.grace_period if grace_period is None else grace_period
 
+    def _activate(self) -> None:
+        """Capture logging and feed app metrics from the global MeterProvider
+        (see ContainerSettings): once, when the container is hosted, connected
+        or started; close() takes them back."""
+        if self._active:
+            return
+        self._active = True
+        if self._install_meter_provider:
+            self.app_metrics.install_global()
+        if self.settings.log_level is not None:
+            install(self.logs, self.settings.log_level)
+
     def start(self) -> None:
         """Run on_start and enter RUNNING (health turns SERVING when checks pass)."""
+        self._activate()
         self.health.run_checks_now()
         self._lifecycle.run(Request(Command.START))
 
     async def astart(self) -> None:
         """start() for asyncio apps; async hooks are awaited on the running loop."""
+        self._activate()
         self._app_loop = asyncio.get_running_loop()
         self.loops.register(self._app_loop)
         await asyncio.to_thread(self.health.run_checks_now)
@@ -443,6 +462,7 @@ class Container:
         backoff until close(). Returns at once."""
         if self._connection is not None:
             raise RuntimeError(f"already connected to {self._connection.target}")
+        self._activate()
         self._connection = ManagerConnection(self, manager)
         return self._connection
 
@@ -458,12 +478,18 @@ class Container:
 
     def close(self) -> None:
         """Release what the container holds in the process (logging capture,
-        threads, the manager session). Call once its servers have stopped."""
+        threads, the manager session) and put back the root logger and an
+        application's own MeterProvider as they were (a global MeterProvider
+        it set stays: OpenTelemetry sets one per process). Call once its
+        servers have stopped."""
         if self._connection is not None:
             self._connection.close()
             self._connection = None
         self._end_streams()
-        uninstall(self.logs)
+        if self._active:
+            self._active = False
+            uninstall(self.logs)
+            self.app_metrics.uninstall()
         self.health.close()
         if self._slots is not None:
             self._slots.close()

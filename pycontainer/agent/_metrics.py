@@ -315,6 +315,8 @@ class AppMetrics:
         self.reader: InMemoryMetricReader = reader if reader is not None else _cumulative_reader()
         self.provider: MeterProvider | None = None
         """The MeterProvider :meth:`install_global` made, if it made one."""
+        # The application's own provider install_global added the reader to.
+        self._added_to: MeterProvider | None = None
 
     def install_global(
         self, *, resource: Resource | None = None, views: Sequence[View] = ()
@@ -352,8 +354,21 @@ class AppMetrics:
             add_reader = getattr(current, "add_metric_reader", None)
             if isinstance(current, MeterProvider) and add_reader is not None:
                 add_reader(self.reader)
+                self._added_to = current
                 return True
             return self._warn_not_registered(current)
+
+    def uninstall(self) -> None:
+        """Undo what :meth:`install_global` can undo: take the reader back out
+        of the application's own provider. A global provider it set stays
+        (OpenTelemetry sets the global provider once per process); it keeps
+        serving the containers of this process that install later."""
+        with _INSTALL_LOCK:
+            provider, self._added_to = self._added_to, None
+        if provider is not None:
+            remove_reader = getattr(provider, "remove_metric_reader", None)
+            if remove_reader is not None:
+                remove_reader(self.reader)
 
     @staticmethod
     def _warn_not_registered(current: otel_metrics.MeterProvider) -> bool:
