@@ -20,19 +20,17 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import timestamp_pb2
 
 from .. import units
 from .._errors import RequestError
-from ..v1 import container_pb2, lifecycle_pb2, lifecycle_pb2_grpc
-from ._lifecycle import Outcome, Request
+from ..v1 import container_pb2, lifecycle_pb2, lifecycle_pb2_grpc, management_pb2
+from ._lifecycle import Lifecycle, Outcome, Request, StateListener
+from ._settings import ContainerSettings, Hooks
 from ._state import Command, State, state_proto
-
-if TYPE_CHECKING:
-    from ._container import Container
 
 _log = logging.getLogger("pycontainer.connector")
 
@@ -59,12 +57,31 @@ def _now() -> timestamp_pb2.Timestamp:
     return units.timestamp_to_proto(datetime.datetime.now(datetime.UTC))
 
 
+class Connectable(Protocol):
+    """What a manager session needs of its container (a Container is one);
+    declared here so that this module does not depend on the container's."""
+
+    @property
+    def settings(self) -> ContainerSettings: ...
+    @property
+    def hooks(self) -> Hooks: ...
+    @property
+    def state(self) -> State: ...
+    @property
+    def lifecycle(self) -> Lifecycle: ...
+    @property
+    def app_loop(self) -> asyncio.AbstractEventLoop | None: ...
+    def identity(self) -> container_pb2.ContainerIdentity: ...
+    def info(self) -> management_pb2.GetInfoResponse: ...
+    def add_state_listener(self, listener: StateListener) -> None: ...
+
+
 class ManagerConnection:
     """One container's session with a manager, kept up until close()."""
 
     def __init__(
         self,
-        container: Container,
+        container: Connectable,
         target: str,
         *,
         backoff_initial: float = 0.2,

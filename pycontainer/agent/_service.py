@@ -10,26 +10,44 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 import grpc
 
-from ..v1 import management_pb2, management_pb2_grpc
+from ..v1 import management_pb2, management_pb2_grpc, profile_pb2
 from ._config import Config
-from ._logs import LogQuery, LogReader
+from ._health import HealthState
+from ._logs import LogBuffer, LogQuery, LogReader
 from ._metrics import MetricsWatch
-from ._profile import ProfileRequest, build_profile
-
-if TYPE_CHECKING:
-    from ._container import Container
+from ._profile import LockRegistry, LoopRegistry, ProfileRequest, build_profile
 
 SERVICE = "pycontainer.v1.Management"
+
+
+class ManagedParts(Protocol):
+    """What the Management API reads of a container (a Container is one);
+    declared here so that this module does not depend on the container's."""
+
+    @property
+    def health(self) -> HealthState: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def logs(self) -> LogBuffer: ...
+    @property
+    def locks(self) -> LockRegistry: ...
+    @property
+    def loops(self) -> LoopRegistry: ...
+    def info(self) -> management_pb2.GetInfoResponse: ...
+    def rpc_message_stats(self) -> list[profile_pb2.RpcMessageStats]: ...
+    def metrics_watch(self, request: management_pb2.WatchMetricsRequest) -> MetricsWatch: ...
+    def streams_ended(self) -> bool: ...
 
 
 class ManagementCore:
     """Answers Management requests from a container's parts."""
 
-    def __init__(self, container: Container) -> None:
+    def __init__(self, container: ManagedParts) -> None:
         self._c = container
 
     def get_info(self, request: management_pb2.GetInfoRequest) -> management_pb2.GetInfoResponse:
@@ -43,8 +61,7 @@ class ManagementCore:
     def get_config(
         self, request: management_pb2.GetConfigRequest
     ) -> management_pb2.GetConfigResponse:
-        config: Config = self._c.config
-        return management_pb2.GetConfigResponse(entries=config.entries(request.prefix))
+        return management_pb2.GetConfigResponse(entries=self._c.config.entries(request.prefix))
 
     def profile_request(self, request: management_pb2.GetProfileRequest) -> ProfileRequest:
         return ProfileRequest.from_request(request)
