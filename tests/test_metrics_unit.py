@@ -22,7 +22,6 @@ from opentelemetry.util._once import Once
 
 import pycontainer
 from pycontainer._errors import RequestError
-from pycontainer.agent import _metrics as metrics_module
 from pycontainer.agent._logs import LogBufferHandler
 from pycontainer.agent._metrics import (
     LATENCY_BOUNDS,
@@ -32,6 +31,7 @@ from pycontainer.agent._metrics import (
     RpcStats,
     process_metrics,
 )
+from pycontainer.agent._metrics import _otel as metrics_module
 from pycontainer.v1 import management_pb2, metrics_pb2
 
 # --------------------------------------------------------------------------
