@@ -22,7 +22,7 @@ from ..v1 import container_pb2, management_pb2, profile_pb2
 from . import _health
 from ._config import Config
 from ._connector import ManagerConnection
-from ._health import CheckFunc, CheckKind, HealthState
+from ._health import DEFAULT_CHECK_PERIOD, CheckFunc, CheckKind, HealthState
 from ._lifecycle import Lifecycle, Request, StateListener, resolve_hook_result
 from ._logs import LogBuffer, install, uninstall
 from ._metrics import AppMetrics, MetricsWatch, RpcStats
@@ -42,6 +42,7 @@ from ._state import Command, State, state_proto
 __all__ = ["Container", "ContainerSettings", "Hooks"]
 
 _log = logging.getLogger("pycontainer")
+
 
 class Container:
     """A process (or part of one) as a managed object."""
@@ -152,7 +153,7 @@ class Container:
         func: CheckFunc | None = None,
         *,
         kind: CheckKind = CheckKind.READINESS,
-        period: float = 5.0,
+        period: datetime.timedelta = DEFAULT_CHECK_PERIOD,
     ) -> None:
         """Add a named health check (see HealthState.add_check)."""
         self.health.add_check(name, func, kind=kind, period=period)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime
 import enum
 import threading
 import time
@@ -68,6 +69,10 @@ class _Check:
     next_run: float = 0.0
 
 
+#: How often a pulled check runs unless told otherwise.
+DEFAULT_CHECK_PERIOD = datetime.timedelta(seconds=5)
+
+
 def _timestamp(ns: int) -> timestamp_pb2.Timestamp | None:
     """The time ``ns`` (Unix nanoseconds), or None for 0: not yet."""
     if not ns:
@@ -105,14 +110,16 @@ class HealthState:
         func: CheckFunc | None = None,
         *,
         kind: CheckKind = CheckKind.READINESS,
-        period: float = 5.0,
+        period: datetime.timedelta = DEFAULT_CHECK_PERIOD,
     ) -> None:
-        """Add a named check: pulled every ``period`` seconds when ``func`` is
-        given, else pushed with :meth:`set_check`."""
+        """Add a named check: pulled every ``period`` when ``func`` is given,
+        else pushed with :meth:`set_check`."""
         if not name or name in self._checks:
             raise ValueError(f"check name {name!r} is empty or already used")
+        if period <= datetime.timedelta(0):
+            raise ValueError(f"check {name!r}: period must be positive, got {period}")
         with self._lock:
-            self._checks[name] = _Check(name, kind, func, period)
+            self._checks[name] = _Check(name, kind, func, period.total_seconds())
         if func is not None:
             self._ensure_poller()
         self._publish()
