@@ -426,6 +426,34 @@ async def test_cancelled_mid_transition_fails_and_answers_the_next(
     assert_forbidden(info.value, State.FAILED)
 
 
+async def test_a_cancelled_stop_cancels_its_on_stop(
+    containers: Callable[..., pycontainer.Container],
+) -> None:
+    """A stop cancelled while on_stop runs takes on_stop with it (it does not
+    run on unseen), and the container FAILS saying the stop was cut short."""
+    entered = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def on_stop(reason: str, deadline: float) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    container = containers(pycontainer.Hooks(on_stop=on_stop))
+    await container.astart()
+    task = asyncio.ensure_future(container.astop(td(seconds=30)))
+    await asyncio.wait_for(entered.wait(), SLACK)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(cancelled.wait(), SLACK)
+    assert container.state == State.FAILED
+    assert container.lifecycle.error == "on_stop was cancelled before it finished"
+
+
 # -- 3. sync and async hooks on sync and async paths ---------------------------
 
 

@@ -315,12 +315,16 @@ class Lifecycle:
             task = asyncio.ensure_future(asyncio.to_thread(_call_and_resolve, hook, args))
         if request.command != Command.STOP:
             return await task
-        while not task.done():
-            remaining = (self._deadline or 0) - time.monotonic()
-            if remaining <= 0:
-                task.cancel()
-                raise self._overran(request)
-            await asyncio.wait({task}, timeout=min(remaining, _DEADLINE_POLL))
+        try:
+            while not task.done():
+                remaining = (self._deadline or 0) - time.monotonic()
+                if remaining <= 0:
+                    task.cancel()
+                    raise self._overran(request)
+                await asyncio.wait({task}, timeout=min(remaining, _DEADLINE_POLL))
+        except asyncio.CancelledError:
+            task.cancel()  # the stop was cancelled: so is its on_stop
+            raise
         return task.result()
 
 
