@@ -4,6 +4,7 @@ the snapshots that put RPC stats, app metrics and the process together."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import fnmatch
 import re
 import time
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from pycontainer import units
 from pycontainer._errors import invalid_argument
 from pycontainer.v1 import management_pb2, metrics_pb2
 
@@ -68,12 +70,12 @@ def process_metrics(
         open_fds=fds,
         context_switches=switches,
     )
-    out.uptime.FromNanoseconds(int(uptime * 1e9))
+    out.uptime.CopyFrom(units.duration_to_proto(datetime.timedelta(seconds=uptime)))
     busy = cpu.user + cpu.system
     elapsed = uptime
     if previous is not None:
         busy -= previous.cpu_user_seconds + previous.cpu_system_seconds
-        elapsed -= previous.uptime.ToNanoseconds() / 1e9
+        elapsed -= units.duration_from_proto(previous.uptime).total_seconds()
     # A wall-clock step can make elapsed <= 0; report 0 rather than nonsense.
     out.cpu_percent = max(0.0, busy) / elapsed * 100.0 if elapsed > 0 else 0.0
     return out
@@ -206,8 +208,9 @@ class MetricsWatch:
     ) -> MetricsWatch:
         """Validate ``req``; raises INVALID_ARGUMENT on ``interval`` or ``metric_filters[i]``."""
         interval = DEFAULT_INTERVAL
-        if req.HasField("interval"):
-            interval = req.interval.seconds + req.interval.nanos / 1e9
+        asked = units.duration_field(req, "interval")
+        if asked is not None:
+            interval = asked.total_seconds()
             if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
                 raise invalid_argument("interval", f"must be from 100ms to 1h, got {interval:.9g}s")
         metric_filter = MetricFilter.from_patterns(req.metric_filters)
@@ -218,14 +221,16 @@ class MetricsWatch:
         now = time.monotonic()
         response = management_pb2.WatchMetricsResponse()
         snap = response.snapshot
-        snap.time.GetCurrentTime()
+        snap.time.CopyFrom(units.timestamp_to_proto(datetime.datetime.now(datetime.UTC)))
         process = process_metrics(self._process, self._last_process)
         snap.process.CopyFrom(process)
         if self._last_time is None:
-            elapsed = process.uptime.ToNanoseconds() / 1e9
+            elapsed = units.duration_from_proto(process.uptime).total_seconds()
         else:
             elapsed = now - self._last_time
-        snap.interval.FromNanoseconds(int(elapsed * 1e9))
+        snap.interval.CopyFrom(
+            units.duration_to_proto(datetime.timedelta(seconds=max(0.0, elapsed)))
+        )
         include = self.metric_filter.matches
         if self._rpc_stats is not None:
             methods = self._rpc_stats.figures(include)
