@@ -70,9 +70,11 @@ def process_metrics(
         open_fds=fds,
         context_switches=switches,
     )
-    out.uptime.CopyFrom(units.duration_to_proto(datetime.timedelta(seconds=uptime)))
+    # Rates are computed over the durations as reported (to the microsecond).
+    reported = datetime.timedelta(seconds=uptime)
+    out.uptime.CopyFrom(units.duration_to_proto(reported))
     busy = cpu.user + cpu.system
-    elapsed = uptime
+    elapsed = reported.total_seconds()
     if previous is not None:
         busy -= previous.cpu_user_seconds + previous.cpu_system_seconds
         elapsed -= units.duration_from_proto(previous.uptime).total_seconds()
@@ -228,9 +230,10 @@ class MetricsWatch:
             elapsed = units.duration_from_proto(process.uptime).total_seconds()
         else:
             elapsed = now - self._last_time
-        snap.interval.CopyFrom(
-            units.duration_to_proto(datetime.timedelta(seconds=max(0.0, elapsed)))
-        )
+        # The rates below cover the interval as reported (to the microsecond).
+        interval = datetime.timedelta(seconds=max(0.0, elapsed))
+        snap.interval.CopyFrom(units.duration_to_proto(interval))
+        elapsed = interval.total_seconds()
         include = self.metric_filter.matches
         if self._rpc_stats is not None:
             methods = self._rpc_stats.figures(include)
