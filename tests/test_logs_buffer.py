@@ -606,8 +606,11 @@ async def test_follow_async_batches_pending_entries() -> None:
     await responses.aclose()
 
 
-def test_many_entries_arrive_in_few_responses(logger: logging.Logger, buf: LogBuffer) -> None:
+def test_many_entries_arrive_in_few_responses() -> None:
     produced = 5000
+    # Room for all of them: a reader descheduled on a loaded machine must not
+    # lose entries here (losing them is tested with the slow readers below).
+    buf = LogBuffer(capacity=produced)
     reader = LogReader(buf, LogQuery(follow=True))
     sizes: list[int] = []
     stop = threading.Event()
@@ -621,8 +624,9 @@ def test_many_entries_arrive_in_few_responses(logger: logging.Logger, buf: LogBu
     thread = threading.Thread(target=follow)
     thread.start()
     try:
-        for i in range(produced):
-            logger.info("entry %d", i)
+        with private_logger(buf) as logger:
+            for i in range(produced):
+                logger.info("entry %d", i)
         thread.join(timeout=30)
     finally:
         stop.set()
