@@ -23,6 +23,7 @@ from . import _health
 from ._config import Config
 from ._connector import ManagerConnection
 from ._health import DEFAULT_CHECK_PERIOD, CheckFunc, CheckKind, HealthState
+from ._hosting import ServiceNames, current_loop, register
 from ._lifecycle import Lifecycle, Request, StateListener, resolve_hook_result
 from ._logs import LogBuffer, install, uninstall
 from ._metrics import AppMetrics, MetricsWatch, RpcStats
@@ -85,7 +86,7 @@ class Container:
         self._core = ManagementCore(self)
         self._slots: StreamSlots | None = None
         self._endpoints: list[container_pb2.Endpoint] = []
-        self._services: set[str] = set()
+        self._services = ServiceNames()
         self._listeners: list[StateListener] = []
         self._app_loop: asyncio.AbstractEventLoop | None = None
         self._connection: ManagerConnection | None = None
@@ -201,10 +202,10 @@ class Container:
         after this call, plus ``services`` (for ones added before it)."""
         self._activate()
         aio = isinstance(server, grpc.aio.Server)
-        self._services.update(services)
-        self._track_services(server)
+        self._services.add(services)
+        self._services.track(server)
         if aio:
-            loop = _current_loop()
+            loop = current_loop()
             self._app_loop = self._app_loop or loop
             self.loops.register(loop)
             servicer: Any = AsyncManagementServicer(self._core)
@@ -245,45 +246,11 @@ class Container:
             **_reflection.reflection_handlers(self.service_names, aio=aio),
         }
         for service, group in groups.items():
-            _register(server, service, group)
+            register(server, service, group)
 
     def service_names(self) -> list[str]:
         """Every service reflection lists."""
-        return sorted(self._services)
-
-    def _track_services(self, server: Any) -> None:
-        """Learn the services registered on ``server`` (now, where grpcio lets us
-        read them, and from now on by observing its registration calls)."""
-        state = getattr(server, "_state", None)  # sync server internals, best effort
-        for handler in getattr(state, "generic_handlers", ()):
-            if isinstance(handler, grpc.ServiceRpcHandler):
-                self._services.add(handler.service_name())
-        for method in getattr(state, "registered_method_handlers", {}):
-            self._services.add(method.lstrip("/").split("/")[0])
-        if getattr(server, "_pycontainer_tracked", None) is not None:
-            server._pycontainer_tracked.add(self)
-            return
-        server._pycontainer_tracked = {self}
-        add_generic = server.add_generic_rpc_handlers
-        add_registered = getattr(server, "add_registered_method_handlers", None)
-        tracked = server._pycontainer_tracked
-
-        def add_generic_rpc_handlers(generic_handlers: Any) -> None:
-            for handler in generic_handlers:
-                if isinstance(handler, grpc.ServiceRpcHandler):
-                    for c in tracked:
-                        c._services.add(handler.service_name())
-            add_generic(generic_handlers)
-
-        server.add_generic_rpc_handlers = add_generic_rpc_handlers
-        if add_registered is not None:
-
-            def add_registered_method_handlers(service_name: str, method_handlers: Any) -> None:
-                for c in tracked:
-                    c._services.add(service_name)
-                add_registered(service_name, method_handlers)
-
-            server.add_registered_method_handlers = add_registered_method_handlers
+        return self._services.sorted()
 
     # -- lifecycle ----------------------------------------------------------------
     @property
@@ -438,18 +405,3 @@ _ENDPOINT_KINDS = {
     "http": container_pb2.ENDPOINT_KIND_HTTP,
     "other": container_pb2.ENDPOINT_KIND_OTHER,
 }
-
-
-def _register(
-    server: Any, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
-) -> None:
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    if hasattr(server, "add_registered_method_handlers"):
-        server.add_registered_method_handlers(service, handlers)
-
-
-def _current_loop() -> asyncio.AbstractEventLoop:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.get_event_loop_policy().get_event_loop()
