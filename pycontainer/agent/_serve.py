@@ -96,8 +96,8 @@ def _refuse_if_in_use(host: str, port: int, listen: str) -> None:
 
 async def _start_server(container: Container, listen: str) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(options=SERVER_OPTIONS)
+    port = listen_on(server, listen)  # first: a refused address leaves the container untouched
     container.add_to_server(server)
-    port = listen_on(server, listen)
     host = listen.rsplit(":", 1)[0] or "127.0.0.1"
     if host in ("[::]", "0.0.0.0", ""):
         host = "127.0.0.1"
