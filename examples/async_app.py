@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import logging
 import os
 import random
@@ -92,7 +93,10 @@ async def main() -> None:
     pipeline = Pipeline(workers=3)
     container = pycontainer.Container(
         pycontainer.ContainerSettings(
-            name=args.name, version="1.0.0", labels={"example": "async"}, grace_period=args.grace
+            name=args.name,
+            version="1.0.0",
+            labels={"example": "async"},
+            grace_period=datetime.timedelta(seconds=args.grace),
         ),
         hooks=pycontainer.Hooks(on_start=pipeline.on_start, on_stop=pipeline.on_stop),
         config=pycontainer.Config(

@@ -14,6 +14,7 @@ finish their current job (on_stop), then the server shuts down.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import os
@@ -36,7 +37,9 @@ class Workers:
     """Threads that take jobs, with app metrics and a contended lock."""
 
     def __init__(self, config: pycontainer.Config) -> None:
-        self.interval = config.get_duration("worker.interval", 0.2)
+        self.interval = config.get_duration(
+            "worker.interval", datetime.timedelta(milliseconds=200)
+        ).total_seconds()
         self.count = config.get_int("worker.threads", 2)
         self.stop_event = threading.Event()
         self.inventory = pycontainer.TrackedLock("inventory")
@@ -115,7 +118,10 @@ def main() -> None:
     workers = Workers(config)
     container = pycontainer.Container(
         pycontainer.ContainerSettings(
-            name=args.name, version="1.0.0", labels={"example": "sync"}, grace_period=args.grace
+            name=args.name,
+            version="1.0.0",
+            labels={"example": "sync"},
+            grace_period=datetime.timedelta(seconds=args.grace),
         ),
         hooks=pycontainer.Hooks(
             on_start=workers.start,

@@ -4,6 +4,7 @@ ephemeral loopback ports."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import shutil
 import threading
@@ -131,7 +132,7 @@ def start_container(host: Host) -> None:
         host.container.start()
 
 
-def stop_container(host: Host, grace: float = 5.0) -> None:
+def stop_container(host: Host, grace: datetime.timedelta = datetime.timedelta(seconds=5)) -> None:
     if host.kind == "aio":
         run_in_host_loop(host, lambda: host.container.astop(grace))
     else:

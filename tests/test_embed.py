@@ -3,6 +3,7 @@ on an ephemeral port, for both a sync and an asyncio host."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
@@ -15,7 +16,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from opentelemetry import metrics
-from support import Host, make_container, start_container, stop_container
+from support import Host, make_container, start_container, stop_container, wait_until
 
 import pycontainer
 from pycontainer.v1 import (
@@ -81,6 +82,24 @@ def test_get_health_and_standard_health(host: Host) -> None:
     assert health.Check(health_pb2.HealthCheckRequest(service="readiness")).status == (
         health_pb2.HealthCheckResponse.SERVING
     )
+
+
+def test_a_pulled_check_runs_every_period(host: Host) -> None:
+    """``period`` is a timedelta; the check is pulled again within it."""
+    healthy = {"ok": True}
+    host.container.add_check(
+        "flag", lambda: (healthy["ok"], "flag"), period=datetime.timedelta(milliseconds=50)
+    )
+
+    def status() -> int:
+        report = host.management.GetHealth(management_pb2.GetHealthRequest(), timeout=5)
+        return report.readiness
+
+    wait_until(lambda: status() == pc_health_pb2.HEALTH_STATUS_SERVING, what="serving")
+    healthy["ok"] = False
+    wait_until(lambda: status() == pc_health_pb2.HEALTH_STATUS_NOT_SERVING, what="pulled again")
+    with pytest.raises(ValueError, match="period must be positive"):
+        host.container.add_check("never", lambda: (True, ""), period=datetime.timedelta(0))
 
 
 def test_unknown_check_is_not_found(host: Host) -> None:

@@ -7,9 +7,11 @@ sequences."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta as td
 from typing import Any
 
 import grpc
@@ -19,11 +21,12 @@ from hypothesis import strategies as st
 from support import make_container, start_sync_host
 
 import pycontainer
+from pycontainer import units
 from pycontainer._errors import RequestError, invalid_argument
 from pycontainer.agent._health import LIVENESS, OVERALL, READINESS
 from pycontainer.agent._lifecycle import Request
 from pycontainer.agent._state import TRANSITIONS, Command, State, allowed_commands
-from pycontainer.v1 import container_pb2, management_pb2
+from pycontainer.v1 import container_pb2, lifecycle_pb2, management_pb2
 
 STABLE = (State.CREATED, State.RUNNING, State.PAUSED, State.STOPPED, State.FAILED)
 TRANSITIONAL = (State.STARTING, State.PAUSING, State.RESUMING, State.STOPPING)
@@ -125,7 +128,7 @@ def apply(container: pycontainer.Container, command: Command, *, grace: float = 
     if command == Command.RESUME:
         return container.resume()
     if command == Command.STOP:
-        return container.stop(grace)
+        return container.stop(td(seconds=grace))
     if command == Command.CHECKPOINT:
         return container.checkpoint()
     if command == Command.RESTORE:
@@ -139,7 +142,7 @@ async def aapply(container: pycontainer.Container, command: Command) -> Any:
     if command == Command.START:
         return await container.astart()
     if command == Command.STOP:
-        return await container.astop(5.0)
+        return await container.astop(td(seconds=5.0))
     request = Request(command, state=b"restored-state", count=3)
     return (await container.lifecycle.arun(request)).data
 
@@ -155,7 +158,7 @@ def drive(container: pycontainer.Container, rec: Recorder, target: State) -> Non
         container.pause()
     elif target == State.STOPPED:
         container.start()
-        container.stop(5.0)
+        container.stop(td(seconds=5.0))
     else:
         assert target == State.FAILED
         container.start()
@@ -242,7 +245,7 @@ def test_forbidden_message_is_precise(containers: Callable[..., pycontainer.Cont
         "cannot pause a container in state CREATED; CREATED allows: start, restore, stop"
     )
     container.start()
-    container.stop(5.0)
+    container.stop(td(seconds=5.0))
     with pytest.raises(RequestError) as info:
         container.start()
     assert info.value.message == (
@@ -258,7 +261,7 @@ def test_hooks_and_listener_in_order(containers: Callable[..., pycontainer.Conta
     seen = listen(container)
     container.start()
     container.pause()
-    container.stop(5.0, reason="scale down")
+    container.stop(td(seconds=5.0), reason="scale down")
     assert rec.calls == ["on_start", "on_pause", "on_stop"]
     assert rec.states == [State.STARTING, State.PAUSING, State.STOPPING]
     assert [(a, b) for a, b, _, _ in seen] == [
@@ -280,7 +283,7 @@ def test_listener_gets_command_ids(containers: Callable[..., pycontainer.Contain
     container, _ = recorded(containers)
     seen = listen(container)
     container.lifecycle.run(Request(Command.START, command_id="cmd-1"))
-    container.lifecycle.run(Request(Command.STOP, command_id="cmd-2", grace=5.0))
+    container.lifecycle.run(Request(Command.STOP, command_id="cmd-2", grace=td(seconds=5)))
     assert [(a, b, cid) for a, b, cid, _ in seen] == [
         (State.CREATED, State.STARTING, "cmd-1"),
         (State.STARTING, State.RUNNING, "cmd-1"),
@@ -297,7 +300,7 @@ def test_full_tour(containers: Callable[..., pycontainer.Container]) -> None:
     container.resume()
     container.restore(b"x")
     assert container.replicate(2) == b"seed"
-    container.stop(5.0)
+    container.stop(td(seconds=5.0))
     assert rec.calls == [
         "on_start",
         "on_pause",
@@ -321,7 +324,7 @@ def test_one_command_at_a_time(containers: Callable[..., pycontainer.Container])
 
     container = containers(pycontainer.Hooks(on_stop=on_stop))
     container.start()
-    stopper = threading.Thread(target=container.stop, args=(10.0,))
+    stopper = threading.Thread(target=container.stop, args=(td(seconds=10),))
     stopper.start()
     try:
         assert entered.wait(5)
@@ -345,6 +348,110 @@ def test_one_command_at_a_time(containers: Callable[..., pycontainer.Container])
     err = box["error"]
     assert isinstance(err, RequestError)
     assert_forbidden(err, State.STOPPED)
+
+
+async def test_cancelled_waiting_command_leaves_no_lock(
+    containers: Callable[..., pycontainer.Container],
+) -> None:
+    """A command cancelled while it waits for the one before it does not keep
+    the command lock once it frees: the next command runs (it hung before)."""
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def on_checkpoint() -> bytes:
+        entered.set()
+        await release.wait()
+        return b"state"
+
+    container = containers(pycontainer.Hooks(on_checkpoint=on_checkpoint))
+    await container.astart()
+    first = asyncio.ensure_future(container.lifecycle.arun(Request(Command.CHECKPOINT)))
+    await asyncio.wait_for(entered.wait(), SLACK)
+    waiting = asyncio.ensure_future(container.lifecycle.arun(Request(Command.PAUSE)))
+    await asyncio.sleep(0)  # let it run up to its wait for the lock
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    release.set()
+    assert (await asyncio.wait_for(first, SLACK)).data == b"state"
+    await asyncio.wait_for(container.lifecycle.arun(Request(Command.PAUSE)), SLACK)
+    assert container.state == State.PAUSED
+
+
+async def test_cancelled_mid_hook_keeps_a_stable_state(
+    containers: Callable[..., pycontainer.Container],
+) -> None:
+    """A command that keeps the state (a checkpoint) cancelled in its hook
+    leaves the state as it was, and the next command runs."""
+    entered = asyncio.Event()
+
+    async def on_checkpoint() -> bytes:
+        entered.set()
+        await asyncio.Event().wait()  # until cancelled
+        return b""
+
+    container = containers(pycontainer.Hooks(on_checkpoint=on_checkpoint))
+    await container.astart()
+    task = asyncio.ensure_future(container.lifecycle.arun(Request(Command.CHECKPOINT)))
+    await asyncio.wait_for(entered.wait(), SLACK)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert container.state == State.RUNNING
+    await asyncio.wait_for(container.astop(td(seconds=5)), SLACK)
+    assert container.state == State.STOPPED
+
+
+async def test_cancelled_mid_transition_fails_and_answers_the_next(
+    containers: Callable[..., pycontainer.Container],
+) -> None:
+    """A start cancelled in on_start is half done: the container FAILS saying
+    so, and the next command gets its answer at once instead of hanging."""
+    entered = asyncio.Event()
+
+    async def on_start() -> None:
+        entered.set()
+        await asyncio.Event().wait()  # until cancelled
+
+    container = containers(pycontainer.Hooks(on_start=on_start))
+    task = asyncio.ensure_future(container.astart())
+    await asyncio.wait_for(entered.wait(), SLACK)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert container.state == State.FAILED
+    assert container.lifecycle.error == "on_start was cancelled before it finished"
+    with pytest.raises(RequestError) as info:
+        await asyncio.wait_for(container.astop(td(seconds=5)), SLACK)
+    assert_forbidden(info.value, State.FAILED)
+
+
+async def test_a_cancelled_stop_cancels_its_on_stop(
+    containers: Callable[..., pycontainer.Container],
+) -> None:
+    """A stop cancelled while on_stop runs takes on_stop with it (it does not
+    run on unseen), and the container FAILS saying the stop was cut short."""
+    entered = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def on_stop(reason: str, deadline: float) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    container = containers(pycontainer.Hooks(on_stop=on_stop))
+    await container.astart()
+    task = asyncio.ensure_future(container.astop(td(seconds=30)))
+    await asyncio.wait_for(entered.wait(), SLACK)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(cancelled.wait(), SLACK)
+    assert container.state == State.FAILED
+    assert container.lifecycle.error == "on_stop was cancelled before it finished"
 
 
 # -- 3. sync and async hooks on sync and async paths ---------------------------
@@ -444,7 +551,7 @@ async def test_sync_path_inside_a_running_loop(
 
     container = containers(pycontainer.Hooks(on_create=hook, on_start=hook, on_stop=hook))
     container.start()
-    container.stop(5.0)
+    container.stop(td(seconds=5.0))
     assert container.state == State.STOPPED
     assert len(loops) == 3
     assert all(loop is not asyncio.get_running_loop() for loop in loops)
@@ -513,7 +620,7 @@ def test_hook_raising_request_error_fails(
     assert "on_start raised RequestError" in container.lifecycle.error
     assert "config.port: out of range" in container.lifecycle.error
     with pytest.raises(RequestError) as info:
-        container.stop(1.0)
+        container.stop(td(seconds=1.0))
     assert_forbidden(info.value, State.FAILED)
 
 
@@ -526,7 +633,7 @@ async def test_async_hook_raising_request_error_fails(
     container = containers(pycontainer.Hooks(on_stop=on_stop))
     await container.astart()
     with pytest.raises(RequestError) as info:
-        await container.astop(5.0)
+        await container.astop(td(seconds=5.0))
     assert info.value.code == grpc.StatusCode.INTERNAL
     assert container.state == State.FAILED
     assert "on_stop raised RequestError" in container.lifecycle.error
@@ -572,7 +679,7 @@ def test_sync_on_stop_overruns(containers: Callable[..., pycontainer.Container])
     began = time.monotonic()
     try:
         with pytest.raises(RequestError) as info:
-            container.stop(0.3)
+            container.stop(td(seconds=0.3))
         took = time.monotonic() - began
     finally:
         release.set()
@@ -580,11 +687,11 @@ def test_sync_on_stop_overruns(containers: Callable[..., pycontainer.Container])
     assert took < SLACK
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert container.state == State.FAILED
-    assert kills == ["on_stop overran its grace period of 0.3s"]
+    assert kills == ["on_stop overran its grace period of 300ms"]
     assert container.lifecycle.error == kills[0]
     assert container.lifecycle.deadline() is None
     with pytest.raises(RequestError) as info:
-        container.stop(1.0)
+        container.stop(td(seconds=1.0))
     assert_forbidden(info.value, State.FAILED)
 
 
@@ -606,7 +713,7 @@ def test_sync_path_async_on_stop_overruns(
     began = time.monotonic()
     try:
         with pytest.raises(RequestError) as info:
-            container.stop(0.3)
+            container.stop(td(seconds=0.3))
         took = time.monotonic() - began
     finally:
         release.set()
@@ -614,7 +721,7 @@ def test_sync_path_async_on_stop_overruns(
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert container.state == State.FAILED
     assert len(kills) == 1
-    assert "grace period of 0.3s" in kills[0]
+    assert "grace period of 300ms" in kills[0]
 
 
 async def test_async_on_stop_overruns_and_is_cancelled(
@@ -635,11 +742,11 @@ async def test_async_on_stop_overruns_and_is_cancelled(
     await container.astart()
     began = time.monotonic()
     with pytest.raises(RequestError) as info:
-        await container.astop(0.3)
+        await container.astop(td(seconds=0.3))
     assert time.monotonic() - began < SLACK
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert container.state == State.FAILED
-    assert kills == ["on_stop overran its grace period of 0.3s"]
+    assert kills == ["on_stop overran its grace period of 300ms"]
     assert container.lifecycle.error == kills[0]
     await asyncio.wait_for(cancelled.wait(), SLACK)
 
@@ -659,7 +766,7 @@ async def test_async_path_sync_on_stop_overruns(
     began = time.monotonic()
     try:
         with pytest.raises(RequestError) as info:
-            await container.astop(0.3)
+            await container.astop(td(seconds=0.3))
         took = time.monotonic() - began
     finally:
         release.set()
@@ -667,7 +774,7 @@ async def test_async_path_sync_on_stop_overruns(
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert container.state == State.FAILED
     assert len(kills) == 1
-    assert "grace period of 0.3s" in kills[0]
+    assert "grace period of 300ms" in kills[0]
 
 
 def test_overrun_without_kill_callback(containers: Callable[..., pycontainer.Container]) -> None:
@@ -676,7 +783,7 @@ def test_overrun_without_kill_callback(containers: Callable[..., pycontainer.Con
     container.start()
     try:
         with pytest.raises(RequestError) as info:
-            container.stop(0.2)
+            container.stop(td(seconds=0.2))
     finally:
         release.set()
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -692,7 +799,7 @@ def test_on_stop_gets_its_deadline(containers: Callable[..., pycontainer.Contain
 
     container.hooks.on_stop = on_stop
     container.start()
-    container.stop(2.0)
+    container.stop(td(seconds=2.0))
     ((remaining, engine_deadline),) = got
     assert 0 < remaining <= 2.0
     assert engine_deadline is not None
@@ -705,11 +812,40 @@ def test_default_grace_comes_from_settings(
     got: list[float] = []
     container = containers(
         pycontainer.Hooks(on_stop=lambda reason, deadline: got.append(deadline - time.monotonic())),
-        grace_period=7.0,
+        grace_period=td(seconds=7),
     )
     container.start()
     container.stop()
     assert 5.0 < got[0] <= 7.0
+
+
+@pytest.mark.parametrize(("grace", "expected"), [(td(0), td(0)), (None, td(seconds=60))])
+def test_a_manager_stop_with_a_zero_grace_means_zero(
+    containers: Callable[..., pycontainer.Container], grace: td | None, expected: td
+) -> None:
+    """A StopCommand's grace period is read with presence: a zero that was
+    set is no grace at all, only an unset one means the container's default."""
+    remaining: list[float] = []
+    done = threading.Event()
+
+    def on_stop(reason: str, deadline: float) -> None:
+        remaining.append(deadline - time.monotonic())
+        done.set()
+
+    container = containers(pycontainer.Hooks(on_stop=on_stop), grace_period=td(seconds=60))
+    container.start()
+    # A manager that is not there: the session retries in the background while
+    # the connector runs the command it would have sent.
+    connection = container.connect("127.0.0.1:1")
+    stop = lifecycle_pb2.StopCommand()
+    if grace is not None:
+        stop.grace_period.CopyFrom(units.duration_to_proto(grace))
+    command = lifecycle_pb2.Command(id="stop-1", stop=stop)
+    future = asyncio.run_coroutine_threadsafe(connection._perform(command), connection._loop)
+    with contextlib.suppress(RequestError):  # no grace: on_stop may overrun at once
+        future.result(SLACK)
+    assert done.wait(SLACK)
+    assert expected.total_seconds() - SLACK < remaining[0] <= expected.total_seconds()
 
 
 # -- 6. grace extension ---------------------------------------------------------
@@ -753,7 +889,7 @@ def test_grace_extension_lets_on_stop_finish(
 ) -> None:
     container, asked, granted, kills = _extending_container(containers, ask=2.0)
     container.start()
-    container.stop(0.4)
+    container.stop(td(seconds=0.4))
     assert container.state == State.STOPPED
     assert asked == [(2.0, "flushing")]
     assert granted == [1.0]
@@ -764,7 +900,7 @@ def test_no_extension_fails(containers: Callable[..., pycontainer.Container]) ->
     container, asked, granted, kills = _extending_container(containers, ask=0.0)
     container.start()
     with pytest.raises(RequestError) as info:
-        container.stop(0.4)
+        container.stop(td(seconds=0.4))
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert container.state == State.FAILED
     assert asked == []
@@ -775,7 +911,7 @@ def test_no_extension_fails(containers: Callable[..., pycontainer.Container]) ->
 async def test_async_grace_extension(containers: Callable[..., pycontainer.Container]) -> None:
     container, asked, granted, kills = _extending_container(containers, ask=2.0, use_async=True)
     await container.astart()
-    await container.astop(0.4)
+    await container.astop(td(seconds=0.4))
     assert container.state == State.STOPPED
     assert asked == [(2.0, "flushing")]
     assert granted == [1.0]
@@ -786,7 +922,7 @@ async def test_async_no_extension_fails(containers: Callable[..., pycontainer.Co
     container, _, _, kills = _extending_container(containers, ask=0.0, use_async=True)
     await container.astart()
     with pytest.raises(RequestError) as info:
-        await container.astop(0.4)
+        await container.astop(td(seconds=0.4))
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert container.state == State.FAILED
     assert len(kills) == 1
@@ -801,7 +937,7 @@ def test_extension_without_requester_is_zero(
         container.request_grace_extension(2.0, "flushing")
     )
     container.start()
-    container.stop(5.0)
+    container.stop(td(seconds=5.0))
     assert granted == [0.0]
     assert container.state == State.STOPPED
 
@@ -839,7 +975,7 @@ def test_extension_refused_or_nonpositive(
 
     container.hooks.on_stop = on_stop
     container.start()
-    container.stop(5.0)
+    container.stop(td(seconds=5.0))
     assert got == [0.0, 0.0, 0.0]
     assert container.state == State.STOPPED
 
@@ -871,7 +1007,7 @@ def test_health_follows_the_state(containers: Callable[..., pycontainer.Containe
     assert _health(container) == (False, True, False)
     container.resume()
     assert _health(container) == (True, True, True)
-    container.stop(5.0)
+    container.stop(td(seconds=5.0))
     assert _health(container) == (False, False, False)
     assert inside == [
         (State.STARTING, (False, True, False)),
@@ -899,7 +1035,7 @@ def test_health_after_stop_from_paused(containers: Callable[..., pycontainer.Con
     container = containers()
     container.start()
     container.pause()
-    container.stop(5.0)
+    container.stop(td(seconds=5.0))
     assert _health(container) == (False, False, False)
 
 

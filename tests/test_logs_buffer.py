@@ -25,7 +25,9 @@ from pycontainer._errors import RequestError
 from pycontainer.agent._logs import (
     BufferedEntry,
     LogBuffer,
+    LogBufferHandler,
     LogQuery,
+    LogReader,
     entry_to_proto,
     install,
     severity_from_level,
@@ -47,7 +49,7 @@ def private_logger(buffer: LogBuffer) -> Iterator[logging.Logger]:
     log = logging.getLogger(f"test_logs.private{next(_names)}")
     log.propagate = False
     log.setLevel(logging.DEBUG)
-    handler = buffer.handler()
+    handler = LogBufferHandler(buffer)
     log.addHandler(handler)
     try:
         yield log
@@ -86,7 +88,7 @@ def bare_root(level: int = logging.WARNING) -> Iterator[logging.Logger]:
 def read_all(buffer: LogBuffer, **request: Any) -> list[management_pb2.StreamLogsResponse]:
     """Every response of a non-following StreamLogs request."""
     query = LogQuery.from_request(management_pb2.StreamLogsRequest(**request))
-    return list(buffer.reader(query).iter_responses(lambda: True))
+    return list(LogReader(buffer, query).iter_responses(lambda: True))
 
 
 def messages(responses: list[management_pb2.StreamLogsResponse]) -> list[str]:
@@ -514,7 +516,7 @@ def test_history_is_what_was_retained_when_the_reader_was_made() -> None:
     buffer = LogBuffer(capacity=10)
     for i in range(25):
         buffer.append(9, "INFO", "app", f"m{i}")
-    reader = buffer.reader(LogQuery())
+    reader = LogReader(buffer, LogQuery())
     buffer.append(9, "INFO", "app", "later")
 
     assert messages(list(reader.iter_responses(lambda: True))) == [f"m{i}" for i in range(16, 25)]
@@ -524,7 +526,7 @@ def test_follow_sends_pending_entries_in_full_batches() -> None:
     buffer = LogBuffer()
     for i in range(10):
         buffer.append(9, "INFO", "app", f"old{i}")
-    reader = buffer.reader(LogQuery(tail=0, follow=True, max_batch_size=1000))
+    reader = LogReader(buffer, LogQuery(tail=0, follow=True, max_batch_size=1000))
     responses = reader.iter_responses(lambda: True)
     for i in range(2500):
         buffer.append(9, "INFO", "app", f"new{i}")
@@ -540,7 +542,7 @@ def test_follow_in_a_thread_gets_new_entries_and_stops_when_inactive(
     buf: LogBuffer, logger: logging.Logger
 ) -> None:
     logger.info("before")
-    reader = buf.reader(LogQuery(follow=True))
+    reader = LogReader(buf, LogQuery(follow=True))
     got: queue.Queue[str] = queue.Queue()
     stop = threading.Event()
 
@@ -561,13 +563,13 @@ def test_follow_in_a_thread_gets_new_entries_and_stops_when_inactive(
         # A cancelled client frees the thread: is_active() is checked every 0.25 s.
         thread.join(timeout=5)
     assert not thread.is_alive()
-    assert buf._waiters == []
+    assert buf.waiting == 0
 
 
 async def test_follow_async_gets_new_entries_and_cleans_up_on_cancel(
     buf: LogBuffer, logger: logging.Logger
 ) -> None:
-    reader = buf.reader(LogQuery(follow=True, logger=logger.name))
+    reader = LogReader(buf, LogQuery(follow=True, logger=logger.name))
     got: asyncio.Queue[str] = asyncio.Queue()
 
     async def follow() -> None:
@@ -587,7 +589,7 @@ async def test_follow_async_gets_new_entries_and_cleans_up_on_cancel(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert buf._waiters == []
+    assert buf.waiting == 0
     # Appending after the reader left wakes nobody and does not fail.
     logger.info("after")
     assert buf.last_sequence == 3
@@ -595,7 +597,7 @@ async def test_follow_async_gets_new_entries_and_cleans_up_on_cancel(
 
 async def test_follow_async_batches_pending_entries() -> None:
     buffer = LogBuffer()
-    reader = buffer.reader(LogQuery(follow=True, max_batch_size=1000))
+    reader = LogReader(buffer, LogQuery(follow=True, max_batch_size=1000))
     for i in range(2500):
         buffer.append(9, "INFO", "app", f"m{i}")
     responses = reader.aiter_responses()
@@ -604,9 +606,12 @@ async def test_follow_async_batches_pending_entries() -> None:
     await responses.aclose()
 
 
-def test_many_entries_arrive_in_few_responses(logger: logging.Logger, buf: LogBuffer) -> None:
+def test_many_entries_arrive_in_few_responses() -> None:
     produced = 5000
-    reader = buf.reader(LogQuery(follow=True))
+    # Room for all of them: a reader descheduled on a loaded machine must not
+    # lose entries here (losing them is tested with the slow readers below).
+    buf = LogBuffer(capacity=produced)
+    reader = LogReader(buf, LogQuery(follow=True))
     sizes: list[int] = []
     stop = threading.Event()
 
@@ -619,8 +624,9 @@ def test_many_entries_arrive_in_few_responses(logger: logging.Logger, buf: LogBu
     thread = threading.Thread(target=follow)
     thread.start()
     try:
-        for i in range(produced):
-            logger.info("entry %d", i)
+        with private_logger(buf) as logger:
+            for i in range(produced):
+                logger.info("entry %d", i)
         thread.join(timeout=30)
     finally:
         stop.set()
@@ -644,7 +650,7 @@ def _account(response: management_pb2.StreamLogsResponse, last_seen: int) -> tup
 def test_slow_reader_gets_missed_counts_that_add_up() -> None:
     capacity = 16
     buffer = LogBuffer(capacity=capacity)
-    reader = buffer.reader(LogQuery(follow=True, max_batch_size=4))
+    reader = LogReader(buffer, LogQuery(follow=True, max_batch_size=4))
     responses = reader.iter_responses(lambda: True)
     rng = random.Random(7)
     produced = received = missed = gaps = last_seen = 0
@@ -677,7 +683,7 @@ def test_slow_reader_gets_missed_counts_that_add_up() -> None:
 
 def test_missed_is_sent_even_when_no_entry_passes_the_filter() -> None:
     buffer = LogBuffer(capacity=4)
-    reader = buffer.reader(LogQuery(follow=True, contains="wanted"))
+    reader = LogReader(buffer, LogQuery(follow=True, contains="wanted"))
     responses = reader.iter_responses(lambda: True)
     for i in range(10):
         buffer.append(9, "INFO", "app", f"other {i}")
@@ -690,7 +696,7 @@ def test_missed_is_sent_even_when_no_entry_passes_the_filter() -> None:
 def test_slow_reader_against_a_fast_thread_stays_bounded() -> None:
     capacity, produced = 64, 20_000
     buffer = LogBuffer(capacity=capacity)
-    reader = buffer.reader(LogQuery(follow=True, max_batch_size=8))
+    reader = LogReader(buffer, LogQuery(follow=True, max_batch_size=8))
     responses = reader.iter_responses(lambda: True)
     received = missed = gaps = last_seen = 0
     tracemalloc.start()

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pathlib
+import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
 
+import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from pprof import function_samples, parse_pprof
@@ -20,7 +25,7 @@ from support import (
     start_container,
 )
 
-from pycontainer.v1 import logs_pb2, management_pb2, profile_pb2
+from pycontainer.v1 import logs_pb2, management_pb2, management_pb2_grpc, profile_pb2
 
 LOG = logging.getLogger("streams.test")
 
@@ -186,3 +191,42 @@ def test_asyncio_tasks_in_profile() -> None:
     assert "waits_for_orders" in tasks["order-poller"].coroutine
     assert any(f.function == "waits_for_orders" for f in tasks["order-poller"].frames)
     assert not task.cancelled()
+
+
+# -- followers end cleanly when their container stops -----------------------------
+
+
+def test_async_example_stops_cleanly_with_a_follower(tmp_path: Any) -> None:
+    """`logs -f` attached while the asyncio example stops: the follow stream
+    ends normally with the last lines (STOPPED included), the server stops
+    without waiting out its grace for it, and nothing is printed about a
+    cancelled StreamLogs handler."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "examples" / "async_app.py"), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()
+        assert ready.startswith("serving on "), ready
+        with grpc.insecure_channel(ready.split()[-1]) as channel:
+            stub = management_pb2_grpc.ManagementStub(channel)
+            stream = stub.StreamLogs(management_pb2.StreamLogsRequest(follow=True, tail=1))
+            next(stream)  # attached
+            proc.send_signal(signal.SIGTERM)
+            messages = [e.message for response in stream for e in response.entries]
+            assert stream.code() == grpc.StatusCode.OK
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "stopped" in out
+    assert any(m.endswith("STOPPING -> STOPPED") for m in messages), messages[-5:]
+    for bad in ("Exception not handled", "CancelledError", "Traceback"):
+        assert bad not in err, err

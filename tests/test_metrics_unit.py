@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 
 import grpc
 import psutil
@@ -19,8 +20,9 @@ from opentelemetry.metrics import _internal as otel_metrics_internal
 from opentelemetry.sdk.metrics import Meter, MeterProvider
 from opentelemetry.util._once import Once
 
+import pycontainer
 from pycontainer._errors import RequestError
-from pycontainer.agent import _metrics as metrics_module
+from pycontainer.agent._logs import LogBufferHandler
 from pycontainer.agent._metrics import (
     LATENCY_BOUNDS,
     AppMetrics,
@@ -29,6 +31,7 @@ from pycontainer.agent._metrics import (
     RpcStats,
     process_metrics,
 )
+from pycontainer.agent._metrics import _otel as metrics_module
 from pycontainer.v1 import management_pb2, metrics_pb2
 
 # --------------------------------------------------------------------------
@@ -544,3 +547,46 @@ async def test_aiter_responses_paces_and_cancels() -> None:
     assert len(got) == 2
     assert got[0] < 0.15
     assert got[1] >= 0.19
+
+
+# --------------------------------------------------------------------------
+# A Container changes nothing process-wide until it is put to use
+
+
+def _root_logging() -> tuple[list[logging.Handler], int]:
+    return list(logging.root.handlers), logging.root.level
+
+
+@pytest.mark.usefixtures("fresh_global_meter_provider")
+def test_constructing_a_container_has_no_side_effects() -> None:
+    before = _root_logging()
+    container = pycontainer.Container(pycontainer.ContainerSettings(name="quiet"))
+    try:
+        assert _root_logging() == before
+        assert metrics_module._is_unset(otel_metrics.get_meter_provider())
+        container.start()
+        handlers, level = _root_logging()
+        assert [h for h in handlers if isinstance(h, LogBufferHandler)] != []
+        assert level <= logging.INFO
+        assert otel_metrics.get_meter_provider() is container.app_metrics.provider
+        logging.getLogger("quiet.app").info("captured once started")
+        assert container.logs.snapshot()[-1].message == "captured once started"
+    finally:
+        container.stop()
+        container.close()
+    assert _root_logging() == before
+
+
+@pytest.mark.usefixtures("fresh_global_meter_provider")
+def test_close_takes_the_reader_out_of_the_apps_own_provider() -> None:
+    own = MeterProvider()
+    otel_metrics.set_meter_provider(own)
+    counter = otel_metrics.get_meter("my.app").create_counter("app.jobs")
+    container = pycontainer.Container(pycontainer.ContainerSettings(name="borrower"))
+    container.add_to_server(grpc.server(futures.ThreadPoolExecutor(max_workers=1)))
+    counter.add(2)
+    assert "app.jobs" in by_name(container.app_metrics.collect())
+    container.close()
+    assert container.app_metrics.collect() == []
+    counter.add(1)  # the app's provider goes on without the reader, quietly
+    own.shutdown()

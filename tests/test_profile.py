@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import gzip
 import re
 import threading
 import time
@@ -16,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from pprof import pprof_types
+from pprof import parse_pprof
 
 from pycontainer._errors import RequestError
 from pycontainer.agent import _profile
@@ -289,9 +288,7 @@ def cpu_samples() -> Iterator[CpuSamples]:
 
 
 def test_pprof_profile_of_a_busy_thread(cpu_samples: CpuSamples) -> None:
-    data = _profile.to_pprof(cpu_samples)
-    profile = pprof_types()["Profile"]()
-    profile.ParseFromString(gzip.decompress(data))
+    profile = parse_pprof(_profile.to_pprof(cpu_samples))
 
     strings = list(profile.string_table)
     assert strings[0] == ""
@@ -396,8 +393,7 @@ def test_sampling_stops_early() -> None:
     assert time.monotonic() - start < 5
     assert samples.duration_ns < 5 * 10**9
     # Even a profile without samples is a valid pprof file.
-    profile = pprof_types()["Profile"]()
-    profile.ParseFromString(gzip.decompress(_profile.to_pprof(CpuSamples(period_ns=10))))
+    profile = parse_pprof(_profile.to_pprof(CpuSamples(period_ns=10)))
     assert profile.string_table[0] == ""
     assert profile.period == 10
     assert len(profile.sample_type) == 2

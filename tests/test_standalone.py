@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import socket
+import subprocess
+import sys
 import threading
+from concurrent import futures
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import make_container
 
 import pycontainer
+from pycontainer.agent._serve import ListenError
 from pycontainer.v1 import container_pb2, management_pb2, management_pb2_grpc
 
 
@@ -68,9 +75,87 @@ def test_serve_in_background_for_a_sync_app() -> None:
             stub = management_pb2_grpc.ManagementStub(channel)
             info = stub.GetInfo(management_pb2.GetInfoRequest(), timeout=5)
             assert info.state == container_pb2.LIFECYCLE_STATE_RUNNING
-            container.stop(grace_period=1)
+            container.stop(grace_period=datetime.timedelta(seconds=1))
             info = stub.GetInfo(management_pb2.GetInfoRequest(), timeout=5)
             assert info.state == container_pb2.LIFECYCLE_STATE_STOPPED
     finally:
         server.stop()
         container.close()
+
+
+# -- one server per port --------------------------------------------------------------
+
+
+def test_a_second_server_on_a_port_in_use_is_refused() -> None:
+    """grpc-core shares ports (SO_REUSEPORT) by default; pycontainer's servers
+    bind exclusively, and a port in use is one error naming the address."""
+    first = make_container("first")
+    second = make_container("second")
+    background = pycontainer.serve_in_background(first)
+    try:
+        address = f"127.0.0.1:{background.port}"
+        with pytest.raises(ListenError) as info:
+            pycontainer.serve_in_background(second, address)
+        assert info.value.strerror == (
+            f"cannot listen on {address}: the address is in use "
+            "(is another server already running there?)"
+        )
+        # Nor can an app's own server (grpc's default options) share it.
+        app_server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+        with pytest.raises(RuntimeError):
+            app_server.add_insecure_port(address)
+    finally:
+        background.stop()
+        first.close()
+        second.close()
+
+
+def test_an_app_server_on_the_port_is_refused_too() -> None:
+    """The first server is the app's own, with grpc's defaults (port sharing on)."""
+    app_server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = app_server.add_insecure_port("127.0.0.1:0")
+    app_server.start()
+    container = make_container("late")
+    try:
+        with pytest.raises(ListenError, match=rf"cannot listen on 127\.0\.0\.1:{port}: .* in use"):
+            pycontainer.serve_in_background(container, f"127.0.0.1:{port}")
+    finally:
+        app_server.stop(None)
+        container.close()
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "127.0.0.1", "127.0.0.1:http"])
+def test_a_port_out_of_range_is_refused(listen: str) -> None:
+    container = make_container("bad-port")
+    try:
+        with pytest.raises(ListenError, match="write HOST:PORT with a port from 0 to 65535"):
+            pycontainer.serve_in_background(container, listen)
+    finally:
+        container.close()
+
+
+def test_run_on_a_port_in_use_says_so_in_one_line() -> None:
+    """run() is a standalone app's main: one line and exit status 1, no traceback."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import pycontainer; "
+                f"pycontainer.run(pycontainer.Container('busy'), '127.0.0.1:{port}')",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        holder.close()
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: the address is in use "
+        "(is another server already running there?)"
+    ]

@@ -4,10 +4,19 @@ from ._config import Config
 from ._container import Container, ContainerSettings, Hooks
 from ._health import CheckKind
 from ._profile import TrackedLock, TrackedRLock
-from ._serve import BackgroundServer, run, serve, serve_in_background
+from ._serve import (
+    EXCLUSIVE_PORT,
+    BackgroundServer,
+    ListenError,
+    listen_on,
+    run,
+    serve,
+    serve_in_background,
+)
 from ._state import TRANSITIONS, Command, State
 
 __all__ = [
+    "EXCLUSIVE_PORT",
     "TRANSITIONS",
     "BackgroundServer",
     "CheckKind",
@@ -16,9 +25,11 @@ __all__ = [
     "Container",
     "ContainerSettings",
     "Hooks",
+    "ListenError",
     "State",
     "TrackedLock",
     "TrackedRLock",
+    "listen_on",
     "run",
     "serve",
     "serve_in_background",

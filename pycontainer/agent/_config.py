@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
 import yaml
 
+from pycontainer import units
 from pycontainer._errors import invalid_argument
 from pycontainer.v1 import config_pb2, management_pb2
 
@@ -30,7 +31,6 @@ __all__ = [
     "DEFAULT_SECRET_KEYS",
     "REDACTED",
     "Config",
-    "parse_duration",
 ]
 
 DEFAULT_SECRET_KEYS: tuple[str, ...] = (
@@ -194,29 +194,34 @@ class Config:
         raise self._bad(key, found, "a boolean (true/false, yes/no, on/off, 1/0)")
 
     @overload
-    def get_duration(self, key: str) -> float | None: ...
+    def get_duration(self, key: str) -> datetime.timedelta | None: ...
     @overload
-    def get_duration(self, key: str, default: float) -> float: ...
-    def get_duration(self, key: str, default: float | None = None) -> float | None:
-        """``key`` as a duration in seconds.
+    def get_duration(self, key: str, default: datetime.timedelta) -> datetime.timedelta: ...
+    def get_duration(
+        self, key: str, default: datetime.timedelta | None = None
+    ) -> datetime.timedelta | None:
+        """``key`` as a duration.
 
         Text needs units (``"30s"``, ``"2m"``, ``"1h30m"``, ``"250ms"``, see
-        :func:`parse_duration`); plain numbers from files or defaults are
-        seconds, and a ``datetime.timedelta`` is taken as is.
+        :func:`pycontainer.units.parse_duration`); plain numbers from files or
+        defaults are seconds, and a ``datetime.timedelta`` is taken as is.
         """
         found = self._effective.get(key)
         if found is None:
             return default
         value = found.value
-        if isinstance(value, datetime.timedelta):
-            return value.total_seconds()
+        if isinstance(value, datetime.timedelta) and value >= datetime.timedelta(0):
+            return value
         if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-            return float(value)
+            try:
+                return datetime.timedelta(seconds=value)
+            except OverflowError:
+                pass
         if isinstance(value, str):
             try:
-                return parse_duration(value)
-            except ValueError:
-                pass
+                return units.parse_duration(value)
+            except ValueError as exc:
+                raise self._bad(key, found, f"a duration ({exc})") from None
         raise self._bad(key, found, _DURATION_EXPECTED)
 
     def _bad(self, key: str, found: _Value, expected: str) -> ValueError:
@@ -358,36 +363,7 @@ def _flag_layer(flags: argparse.Namespace | Mapping[str, object] | None) -> dict
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 
-_DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-}
-# Longer units first, so "ms" is not read as "m" then "s".
-_UNIT = "|".join(sorted(_DURATION_UNITS, key=len, reverse=True))
-_PART = re.compile(rf"(\d+(?:\.\d*)?|\.\d+)({_UNIT})")
-_DURATION_EXPECTED = (
-    "a duration with units, such as '30s', '2m', '1h30m' or '250ms' (units ns, us, ms, s, m, h, d)"
-)
-_DURATION = re.compile(rf"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:{_UNIT}))+")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a duration such as ``"30s"``, ``"2m"``, ``"1h30m"``, ``"250ms"``, ``"1.5h"``.
-
-    Units: ns, us, ms, s, m, h, d. ``"0"`` needs none. Raises ValueError.
-    """
-    stripped = text.strip()
-    if stripped == "0":
-        return 0.0
-    if not _DURATION.fullmatch(stripped):
-        raise ValueError(f"expected {_DURATION_EXPECTED}, got {text!r}")
-    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _PART.findall(stripped))
+_DURATION_EXPECTED = f"a duration {units.DURATION_HELP}"
 
 
 def _text(value: object) -> str:

@@ -13,24 +13,24 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime
 import logging
 import os
 import random
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
+from .. import units
 from .._errors import RequestError, code_number
-from ..v1 import container_pb2, lifecycle_pb2, lifecycle_pb2_grpc
-from ._lifecycle import Outcome, Request
+from ..v1 import container_pb2, lifecycle_pb2, lifecycle_pb2_grpc, management_pb2
+from ._lifecycle import Lifecycle, Outcome, Request, StateListener
+from ._settings import ContainerSettings, Hooks
 from ._state import Command, State, state_proto
-
-if TYPE_CHECKING:
-    from ._container import Container
 
 _log = logging.getLogger("pycontainer.connector")
 
@@ -54,9 +54,26 @@ _REASONS = {
 
 
 def _now() -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.GetCurrentTime()
-    return ts
+    return units.timestamp_to_proto(datetime.datetime.now(datetime.UTC))
+
+
+class Connectable(Protocol):
+    """What a manager session needs of its container (a Container is one);
+    declared here so that this module does not depend on the container's."""
+
+    @property
+    def settings(self) -> ContainerSettings: ...
+    @property
+    def hooks(self) -> Hooks: ...
+    @property
+    def state(self) -> State: ...
+    @property
+    def lifecycle(self) -> Lifecycle: ...
+    @property
+    def app_loop(self) -> asyncio.AbstractEventLoop | None: ...
+    def identity(self) -> container_pb2.ContainerIdentity: ...
+    def info(self) -> management_pb2.GetInfoResponse: ...
+    def add_state_listener(self, listener: StateListener) -> None: ...
 
 
 class ManagerConnection:
@@ -64,7 +81,7 @@ class ManagerConnection:
 
     def __init__(
         self,
-        container: Container,
+        container: Connectable,
         target: str,
         *,
         backoff_initial: float = 0.2,
@@ -213,8 +230,9 @@ class ManagerConnection:
         kind = response.WhichOneof("message")
         if kind == "registered":
             ack = response.registered
-            if ack.heartbeat_interval.ToNanoseconds() > 0:
-                self._heartbeat = ack.heartbeat_interval.ToNanoseconds() / 1e9
+            interval = units.duration_field(ack, "heartbeat_interval")
+            if interval:  # unset or zero: the manager leaves it to us
+                self._heartbeat = interval.total_seconds()
             self.sessions += 1
             self.connected.set()
             _log.info("registered with manager %s (session %s)", self.target, ack.session_id)
@@ -232,7 +250,8 @@ class ManagerConnection:
         elif kind == "grace_extension":
             future = self._extensions.pop(response.grace_extension.command_id, None)
             if future is not None and not future.done():
-                future.set_result(response.grace_extension.granted.ToNanoseconds() / 1e9)
+                granted = units.duration_field(response.grace_extension, "granted")
+                future.set_result(granted.total_seconds() if granted is not None else 0.0)
 
     # -- commands -----------------------------------------------------------------------
     async def _execute(self, command: lifecycle_pb2.Command) -> None:
@@ -276,12 +295,12 @@ class ManagerConnection:
             if evict.checkpoint_first and self._container.hooks.on_checkpoint is not None:
                 data = await do(Command.CHECKPOINT)
             self._current_stop_id = command.id
-            grace = _seconds(evict.grace_period, default_grace)
+            grace = _or_default(units.duration_field(evict, "grace_period"), default_grace)
             await do(Command.STOP, grace=grace, reason="evicted")
             return data
         if action == "stop":
             self._current_stop_id = command.id
-            grace = _seconds(command.stop.grace_period, default_grace)
+            grace = _or_default(units.duration_field(command.stop, "grace_period"), default_grace)
             return await do(
                 Command.STOP, grace=grace, reason=_REASONS.get(command.stop.reason, "requested")
             )
@@ -336,8 +355,7 @@ class ManagerConnection:
         async def ask() -> float:
             future: asyncio.Future[float] = self._loop.create_future()
             self._extensions[command_id] = future
-            extension = duration_pb2.Duration()
-            extension.FromNanoseconds(int(seconds * 1e9))
+            extension = units.duration_to_proto(datetime.timedelta(seconds=seconds))
             self._post(
                 lifecycle_pb2.ConnectRequest(
                     grace_extension=lifecycle_pb2.GraceExtensionRequest(
@@ -353,10 +371,11 @@ class ManagerConnection:
             return 0.0
 
 
-def _seconds(duration: duration_pb2.Duration, default: float) -> float:
-    if duration.seconds == 0 and duration.nanos == 0:
-        return default
-    return duration.ToNanoseconds() / 1e9
+def _or_default(
+    grace: datetime.timedelta | None, default: datetime.timedelta
+) -> datetime.timedelta:
+    """The grace period a command gave (zero included: no grace), else the default."""
+    return default if grace is None else grace
 
 
 def _describe(exc: BaseException) -> str:

@@ -4,27 +4,26 @@ hosted on the app's own gRPC server (sync or aio) or on one of its own."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import platform
-import secrets
 import socket
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
 import psutil
-from google.protobuf import duration_pb2, timestamp_pb2
 from opentelemetry import trace
 
-from .. import __version__, _reflection
+from .. import __version__, _reflection, units
 from ..v1 import container_pb2, management_pb2, profile_pb2
 from . import _health
 from ._config import Config
 from ._connector import ManagerConnection
-from ._health import CheckFunc, CheckKind, HealthState
+from ._health import DEFAULT_CHECK_PERIOD, CheckFunc, CheckKind, HealthState
+from ._hosting import ServiceNames, current_loop, register
 from ._lifecycle import Lifecycle, Request, StateListener, resolve_hook_result
 from ._logs import LogBuffer, install, uninstall
 from ._metrics import AppMetrics, MetricsWatch, RpcStats
@@ -38,76 +37,12 @@ from ._service import (
     ManagementServicer,
     method_handlers,
 )
+from ._settings import ContainerSettings, Hooks
 from ._state import Command, State, state_proto
 
+__all__ = ["Container", "ContainerSettings", "Hooks"]
+
 _log = logging.getLogger("pycontainer")
-
-Hook = Callable[..., Any]
-
-
-@dataclass
-class Hooks:
-    """App-defined lifecycle hooks; each may be a plain or an async function."""
-
-    on_create: Hook | None = None
-    on_start: Hook | None = None
-    on_pause: Hook | None = None
-    on_resume: Hook | None = None
-    # on_stop(reason: str, deadline: float) — deadline as time.monotonic().
-    on_stop: Hook | None = None
-    # on_checkpoint() -> bytes
-    on_checkpoint: Hook | None = None
-    # on_restore(state: bytes)
-    on_restore: Hook | None = None
-    # on_replicate(count: int) -> bytes (seed state)
-    on_replicate: Hook | None = None
-
-
-@dataclass
-class ContainerSettings:
-    """Who a container is and how it behaves."""
-
-    name: str
-    # Unique id; empty means NAME-<random>.
-    id: str = ""
-    version: str = "0.0.0"
-    labels: dict[str, str] = field(default_factory=dict)
-    priority: int = 0
-    cpu_millis: int = 0
-    memory_bytes: int = 0
-    # Default grace period of a stop, as in Kubernetes.
-    grace_period: float = 30.0
-    # Log entries kept for StreamLogs (a ring: older ones are overwritten).
-    log_capacity: int = 10_000
-    # Capture Python logging (root logger) at this level; None disables it.
-    log_level: int | None = logging.INFO
-    # Long-lived Management streams (logs, metrics, profiles) open at once on a
-    # sync server; they run in pycontainer's own threads, never the app's.
-    stream_limit: int = 16
-    # Install an OpenTelemetry SDK MeterProvider globally if none is set, so
-    # that app metrics written through the OTel API are served.
-    install_meter_provider: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("ContainerSettings.name must not be empty")
-        if not self.id:
-            # A container the manager launched has its id in the environment.
-            self.id = os.environ.get("PYCONTAINER_CONTAINER_ID") or (
-                f"{self.name}-{secrets.token_hex(4)}"
-            )
-        if self.grace_period < 0:
-            raise ValueError("ContainerSettings.grace_period must be >= 0")
-
-
-def _ts(ns: int) -> timestamp_pb2.Timestamp:
-    return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
-
-
-def _dur(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
 
 
 class Container:
@@ -136,22 +71,29 @@ class Container:
         self.loops = DEFAULT_LOOP_REGISTRY
         self.rpc_stats = RpcStats()
         self.app_metrics = AppMetrics(reader=metric_reader)
-        if metric_reader is None and self.settings.install_meter_provider:
-            self.app_metrics.install_global()
+        self._install_meter_provider = (
+            metric_reader is None and self.settings.install_meter_provider
+        )
+        # Process-wide hooks (root log handler, global MeterProvider) are put in
+        # place when the container is put to use, not when it is made.
+        self._active = False
         self._process = psutil.Process()
-        self._start_ns = int(self._process.create_time() * 1e9)
+        self._started_at = datetime.datetime.fromtimestamp(
+            self._process.create_time(), tz=datetime.UTC
+        )
         self._tracer = trace.get_tracer("pycontainer", __version__, tracer_provider)
         self._observer = Observer(self.rpc_stats, self._tracer)
         self._core = ManagementCore(self)
         self._slots: StreamSlots | None = None
         self._endpoints: list[container_pb2.Endpoint] = []
-        self._services: set[str] = set()
+        self._services = ServiceNames()
         self._listeners: list[StateListener] = []
         self._app_loop: asyncio.AbstractEventLoop | None = None
         self._connection: ManagerConnection | None = None
+        # Set once stopped (or closed): followed logs and metric watches end,
+        # so that a server shutting down need not cancel them.
+        self._streams_end = threading.Event()
         self._lifecycle = Lifecycle(self.hooks, self._tracer, self._on_change, self.settings.id)
-        if self.settings.log_level is not None:
-            install(self.logs, self.settings.log_level)
         if self.hooks.on_create is not None:
             with self._tracer.start_as_current_span("pycontainer.hook on_create"):
                 resolve_hook_result(self.hooks.on_create())
@@ -177,7 +119,7 @@ class Container:
                 cpu_millis=s.cpu_millis, memory_bytes=s.memory_bytes
             ),
             endpoints=self._endpoints,
-            grace_period=_dur(s.grace_period),
+            grace_period=units.duration_to_proto(s.grace_period),
         )
 
     def add_endpoint(self, name: str, address: str, kind: str = "grpc") -> None:
@@ -192,13 +134,13 @@ class Container:
         self._endpoints.append(container_pb2.Endpoint(name=name, kind=proto_kind, address=address))
 
     def info(self) -> management_pb2.GetInfoResponse:
-        now = time.time_ns()
+        now = datetime.datetime.now(datetime.UTC)
         return management_pb2.GetInfoResponse(
             identity=self.identity(),
             pid=os.getpid(),
             hostname=socket.gethostname(),
-            start_time=_ts(self._start_ns),
-            uptime=_dur((now - self._start_ns) / 1e9),
+            start_time=units.timestamp_to_proto(self._started_at),
+            uptime=units.duration_to_proto(max(now - self._started_at, datetime.timedelta(0))),
             state=state_proto(self._lifecycle.state),
             pycontainer_version=__version__,
             runtime=f"{platform.python_implementation()} {platform.python_version()}",
@@ -212,7 +154,7 @@ class Container:
         func: CheckFunc | None = None,
         *,
         kind: CheckKind = CheckKind.READINESS,
-        period: float = 5.0,
+        period: datetime.timedelta = DEFAULT_CHECK_PERIOD,
     ) -> None:
         """Add a named health check (see HealthState.add_check)."""
         self.health.add_check(name, func, kind=kind, period=period)
@@ -258,11 +200,12 @@ class Container:
         """Add Management, grpc.health.v1 and reflection (v1 and v1alpha) to the
         app's own server. Reflection lists every service added to the server
         after this call, plus ``services`` (for ones added before it)."""
+        self._activate()
         aio = isinstance(server, grpc.aio.Server)
-        self._services.update(services)
-        self._track_services(server)
+        self._services.add(services)
+        self._services.track(server)
         if aio:
-            loop = _current_loop()
+            loop = current_loop()
             self._app_loop = self._app_loop or loop
             self.loops.register(loop)
             servicer: Any = AsyncManagementServicer(self._core)
@@ -303,45 +246,11 @@ class Container:
             **_reflection.reflection_handlers(self.service_names, aio=aio),
         }
         for service, group in groups.items():
-            _register(server, service, group)
+            register(server, service, group)
 
     def service_names(self) -> list[str]:
         """Every service reflection lists."""
-        return sorted(self._services)
-
-    def _track_services(self, server: Any) -> None:
-        """Learn the services registered on ``server`` (now, where grpcio lets us
-        read them, and from now on by observing its registration calls)."""
-        state = getattr(server, "_state", None)  # sync server internals, best effort
-        for handler in getattr(state, "generic_handlers", ()):
-            if isinstance(handler, grpc.ServiceRpcHandler):
-                self._services.add(handler.service_name())
-        for method in getattr(state, "registered_method_handlers", {}):
-            self._services.add(method.lstrip("/").split("/")[0])
-        if getattr(server, "_pycontainer_tracked", None) is not None:
-            server._pycontainer_tracked.add(self)
-            return
-        server._pycontainer_tracked = {self}
-        add_generic = server.add_generic_rpc_handlers
-        add_registered = getattr(server, "add_registered_method_handlers", None)
-        tracked = server._pycontainer_tracked
-
-        def add_generic_rpc_handlers(generic_handlers: Any) -> None:
-            for handler in generic_handlers:
-                if isinstance(handler, grpc.ServiceRpcHandler):
-                    for c in tracked:
-                        c._services.add(handler.service_name())
-            add_generic(generic_handlers)
-
-        server.add_generic_rpc_handlers = add_generic_rpc_handlers
-        if add_registered is not None:
-
-            def add_registered_method_handlers(service_name: str, method_handlers: Any) -> None:
-                for c in tracked:
-                    c._services.add(service_name)
-                add_registered(service_name, method_handlers)
-
-            server.add_registered_method_handlers = add_registered_method_handlers
+        return self._services.sorted()
 
     # -- lifecycle ----------------------------------------------------------------
     @property
@@ -353,6 +262,15 @@ class Container:
         """Call ``listener(from, to, command_id, message)`` on every transition."""
         self._listeners.append(listener)
 
+    def streams_ended(self) -> bool:
+        """Whether long-lived Management streams (followed logs, metric
+        watches) end: true once the container stopped, failed or was closed."""
+        return self._streams_end.is_set()
+
+    def _end_streams(self) -> None:
+        self._streams_end.set()
+        self.logs.wake_all()
+
     def _on_change(self, previous: State, state: State, command_id: str, message: str) -> None:
         self.health.set_state(state)
         _log.info(
@@ -362,30 +280,50 @@ class Container:
             state.name,
             f" ({message})" if message else "",
         )
+        if state.terminal:  # after the line above, so that followers get it
+            self._end_streams()
         for listener in list(self._listeners):
             listener(previous, state, command_id, message)
 
-    def _grace(self, grace_period: float | None) -> float:
+    def _grace(self, grace_period: datetime.timedelta | None) -> datetime.timedelta:
         return self.settings.grace_period if grace_period is None else grace_period
+
+    def _activate(self) -> None:
+        """Capture logging and feed app metrics from the global MeterProvider
+        (see ContainerSettings): once, when the container is hosted, connected
+        or started; close() takes them back."""
+        if self._active:
+            return
+        self._active = True
+        if self._install_meter_provider:
+            self.app_metrics.install_global()
+        if self.settings.log_level is not None:
+            install(self.logs, self.settings.log_level)
 
     def start(self) -> None:
         """Run on_start and enter RUNNING (health turns SERVING when checks pass)."""
+        self._activate()
         self.health.run_checks_now()
         self._lifecycle.run(Request(Command.START))
 
     async def astart(self) -> None:
         """start() for asyncio apps; async hooks are awaited on the running loop."""
+        self._activate()
         self._app_loop = asyncio.get_running_loop()
         self.loops.register(self._app_loop)
         await asyncio.to_thread(self.health.run_checks_now)
         await self._lifecycle.arun(Request(Command.START))
 
-    def stop(self, grace_period: float | None = None, reason: str = "requested") -> None:
+    def stop(
+        self, grace_period: datetime.timedelta | None = None, reason: str = "requested"
+    ) -> None:
         """Graceful stop: NOT_SERVING at once, then on_stop(reason, deadline);
         an on_stop still running at the deadline FAILS the container."""
         self._lifecycle.run(Request(Command.STOP, grace=self._grace(grace_period), reason=reason))
 
-    async def astop(self, grace_period: float | None = None, reason: str = "requested") -> None:
+    async def astop(
+        self, grace_period: datetime.timedelta | None = None, reason: str = "requested"
+    ) -> None:
         """stop() for asyncio apps (an async on_stop past its deadline is cancelled)."""
         await self._lifecycle.arun(
             Request(Command.STOP, grace=self._grace(grace_period), reason=reason)
@@ -428,6 +366,7 @@ class Container:
         backoff until close(). Returns at once."""
         if self._connection is not None:
             raise RuntimeError(f"already connected to {self._connection.target}")
+        self._activate()
         self._connection = ManagerConnection(self, manager)
         return self._connection
 
@@ -443,11 +382,18 @@ class Container:
 
     def close(self) -> None:
         """Release what the container holds in the process (logging capture,
-        threads, the manager session). Call once its servers have stopped."""
+        threads, the manager session) and put back the root logger and an
+        application's own MeterProvider as they were (a global MeterProvider
+        it set stays: OpenTelemetry sets one per process). Call once its
+        servers have stopped."""
         if self._connection is not None:
             self._connection.close()
             self._connection = None
-        uninstall(self.logs)
+        self._end_streams()
+        if self._active:
+            self._active = False
+            uninstall(self.logs)
+            self.app_metrics.uninstall()
         self.health.close()
         if self._slots is not None:
             self._slots.close()
@@ -459,18 +405,3 @@ _ENDPOINT_KINDS = {
     "http": container_pb2.ENDPOINT_KIND_HTTP,
     "other": container_pb2.ENDPOINT_KIND_OTHER,
 }
-
-
-def _register(
-    server: Any, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
-) -> None:
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    if hasattr(server, "add_registered_method_handlers"):
-        server.add_registered_method_handlers(service, handlers)
-
-
-def _current_loop() -> asyncio.AbstractEventLoop:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.get_event_loop_policy().get_event_loop()

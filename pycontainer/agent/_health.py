@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime
 import enum
 import threading
 import time
@@ -28,6 +29,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2
 
+from .. import units
 from .._errors import not_found
 from ..v1 import health_pb2 as pc_health_pb2
 from ..v1 import management_pb2
@@ -67,10 +69,15 @@ class _Check:
     next_run: float = 0.0
 
 
+#: How often a pulled check runs unless told otherwise.
+DEFAULT_CHECK_PERIOD = datetime.timedelta(seconds=5)
+
+
 def _timestamp(ns: int) -> timestamp_pb2.Timestamp | None:
+    """The time ``ns`` (Unix nanoseconds), or None for 0: not yet."""
     if not ns:
         return None
-    return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+    return units.timestamp_to_proto(ns / 1e9)
 
 
 @dataclass
@@ -103,14 +110,16 @@ class HealthState:
         func: CheckFunc | None = None,
         *,
         kind: CheckKind = CheckKind.READINESS,
-        period: float = 5.0,
+        period: datetime.timedelta = DEFAULT_CHECK_PERIOD,
     ) -> None:
-        """Add a named check: pulled every ``period`` seconds when ``func`` is
-        given, else pushed with :meth:`set_check`."""
+        """Add a named check: pulled every ``period`` when ``func`` is given,
+        else pushed with :meth:`set_check`."""
         if not name or name in self._checks:
             raise ValueError(f"check name {name!r} is empty or already used")
+        if period <= datetime.timedelta(0):
+            raise ValueError(f"check {name!r}: period must be positive, got {period}")
         with self._lock:
-            self._checks[name] = _Check(name, kind, func, period)
+            self._checks[name] = _Check(name, kind, func, period.total_seconds())
         if func is not None:
             self._ensure_poller()
         self._publish()

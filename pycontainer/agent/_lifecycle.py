@@ -11,6 +11,7 @@ command's W3C trace context when one is given.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import inspect
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import grpc
 from opentelemetry import propagate, trace
 
+from .. import units
 from .._errors import RequestError, failed_precondition
 from ._state import Command, State, Transition, transition
 
@@ -46,8 +48,8 @@ class Request:
 
     command: Command
     command_id: str = ""
-    # STOP: the grace period in seconds and the reason given to on_stop.
-    grace: float = 30.0
+    # STOP: the grace period and the reason given to on_stop.
+    grace: datetime.timedelta = units.DEFAULT_GRACE_PERIOD
     reason: str = "requested"
     # RESTORE: the state. REPLICATE: unused.
     state: bytes = b""
@@ -131,7 +133,7 @@ class Lifecycle:
         return RequestError(grpc.StatusCode.INTERNAL, message)
 
     def _overran(self, request: Request) -> RequestError:
-        message = f"on_stop overran its grace period of {request.grace:g}s"
+        message = f"on_stop overran its grace period of {units.format_duration(request.grace)}"
         self._set(State.FAILED, request.command_id, message)
         if self.kill is not None:
             self.kill(message)
@@ -173,7 +175,7 @@ class Lifecycle:
     def _begin(self, request: Request) -> Transition:
         planned = self._plan(request)
         if request.command == Command.STOP:
-            self._deadline = time.monotonic() + request.grace
+            self._deadline = time.monotonic() + request.grace.total_seconds()
         if planned.during is not None:
             self._set(
                 planned.during,
@@ -237,8 +239,15 @@ class Lifecycle:
     # -- async -------------------------------------------------------------------
     async def arun(self, request: Request) -> Outcome:
         """Run a command on the running loop: async hooks are awaited, plain
-        ones run in a thread so the loop keeps serving."""
-        await asyncio.to_thread(self._busy.acquire)
+        ones run in a thread so the loop keeps serving.
+
+        A command cancelled while it waits for the one before it leaves no
+        trace; one cancelled in its hook did not finish: a command with a
+        transitional state FAILS the container (it is half-way, as when the
+        hook raises), one that keeps the state keeps it. Either way the next
+        command runs.
+        """
+        await self._acquire_busy()
         try:
             planned = self._begin(request)
             hook = getattr(self._hooks, planned.hook, None)
@@ -246,6 +255,14 @@ class Lifecycle:
                 with self._span(planned.hook, request):
                     result = await self._call_async(hook, request)
                 return self._outcome(request, planned, result)
+            except asyncio.CancelledError:
+                if planned.during is not None and self._state == planned.during:
+                    self._set(
+                        State.FAILED,
+                        request.command_id,
+                        f"{planned.hook} was cancelled before it finished",
+                    )
+                raise
             except Exception as exc:
                 if self._state == State.FAILED:  # on_stop overran: _overran failed it
                     raise
@@ -257,6 +274,37 @@ class Lifecycle:
         finally:
             self._busy.release()
 
+    async def _acquire_busy(self) -> None:
+        """Take the one-command-at-a-time lock without blocking the loop.
+
+        The waiting happens on a thread, which cannot be cancelled: when the
+        awaiting command is cancelled first, the thread hands the lock back as
+        soon as it gets it, so no lock is ever left held by a command that is gone.
+        """
+        if self._busy.acquire(blocking=False):
+            return
+        guard = threading.Lock()
+        abandoned = False
+        taken = False
+
+        def take() -> None:
+            nonlocal taken
+            self._busy.acquire()
+            with guard:
+                if abandoned:
+                    self._busy.release()
+                else:
+                    taken = True
+
+        try:
+            await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(take)))
+        except BaseException:
+            with guard:
+                abandoned = True
+                if taken:  # got it just as we were cancelled: give it back
+                    self._busy.release()
+            raise
+
     async def _call_async(self, hook: Hook | None, request: Request) -> Any:
         if hook is None:
             return None
@@ -267,12 +315,16 @@ class Lifecycle:
             task = asyncio.ensure_future(asyncio.to_thread(_call_and_resolve, hook, args))
         if request.command != Command.STOP:
             return await task
-        while not task.done():
-            remaining = (self._deadline or 0) - time.monotonic()
-            if remaining <= 0:
-                task.cancel()
-                raise self._overran(request)
-            await asyncio.wait({task}, timeout=min(remaining, _DEADLINE_POLL))
+        try:
+            while not task.done():
+                remaining = (self._deadline or 0) - time.monotonic()
+                if remaining <= 0:
+                    task.cancel()
+                    raise self._overran(request)
+                await asyncio.wait({task}, timeout=min(remaining, _DEADLINE_POLL))
+        except asyncio.CancelledError:
+            task.cancel()  # the stop was cancelled: so is its on_stop
+            raise
         return task.result()
 
 

@@ -6,24 +6,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
 
+from .. import units
 from ._container import Container
 from ._state import State
 
 _log = logging.getLogger("pycontainer")
 
-# Options of every server pycontainer builds. Keepalive lets a dead watcher's
-# stream be noticed; the pending-call limits are raised past grpc-core's small
-# default so a burst of probes is queued rather than refused.
+#: grpc-core sets SO_REUSEPORT by default, so a second server on a port in use
+#: starts "fine" and the kernel splits the connections between the two. Every
+#: server pycontainer runs binds exclusively; give this to the app's own too.
+EXCLUSIVE_PORT: tuple[str, int] = ("grpc.so_reuseport", 0)
+
+# Options of every server pycontainer builds. Exclusive binding (see above);
+# keepalive lets a dead watcher's stream be noticed.
 SERVER_OPTIONS: Sequence[tuple[str, int]] = (
+    EXCLUSIVE_PORT,
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -31,12 +39,65 @@ SERVER_OPTIONS: Sequence[tuple[str, int]] = (
 )
 
 
+class ListenError(OSError):
+    """A server could not listen where it was told (the message says why)."""
+
+
+def listen_on(server: grpc.Server | grpc.aio.Server, listen: str) -> int:
+    """Bind ``server`` (built with :data:`EXCLUSIVE_PORT`) to ``listen``
+    (HOST:PORT, port 0 for any free one); returns the port.
+
+    Raises :class:`ListenError` naming the address when the port is out of
+    range or already in use, rather than grpc-core's generic failure.
+    """
+    host, _, port_text = listen.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ListenError(
+            errno.EINVAL,
+            f"cannot listen on {listen!r}: write HOST:PORT with a port from 0 to 65535",
+        )
+    if int(port_text) != 0:
+        _refuse_if_in_use(host.strip("[]"), int(port_text), listen)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise ListenError(
+            errno.EADDRINUSE,
+            f"cannot listen on {listen}: the address is in use or not available here",
+        )
+    return port
+
+
+def _refuse_if_in_use(host: str, port: int, listen: str) -> None:
+    """Fail with a clear message when something already listens on host:port
+    (grpc-core's own report of it is a line of C++ logging and a generic error)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(errno.EINVAL, f"cannot listen on {listen}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ListenError(
+                    errno.EADDRINUSE,
+                    f"cannot listen on {listen}: the address is in use "
+                    "(is another server already running there?)",
+                ) from None
+            raise ListenError(
+                exc.errno or errno.EINVAL, f"cannot listen on {listen}: {exc.strerror}"
+            ) from None
+
+
 async def _start_server(container: Container, listen: str) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(options=SERVER_OPTIONS)
+    port = listen_on(server, listen)  # first: a refused address leaves the container untouched
     container.add_to_server(server)
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {listen!r}")
     host = listen.rsplit(":", 1)[0] or "127.0.0.1"
     if host in ("[::]", "0.0.0.0", ""):
         host = "127.0.0.1"
@@ -98,9 +159,9 @@ async def serve(
         await stop.wait()
         if not container.state.terminal:
             _log.info(
-                "container %s: stopping (grace %.1fs)",
+                "container %s: stopping (grace %s)",
                 container.id,
-                container.settings.grace_period,
+                units.format_duration(container.settings.grace_period),
             )
             with contextlib.suppress(Exception):
                 await container.astop(reason="signal")
@@ -118,8 +179,15 @@ def _exit_hard(message: str) -> None:
 def run(
     container: Container, listen: str = "127.0.0.1:0", on_ready: Callable[[int], None] | None = None
 ) -> None:
-    """serve() in a new event loop: the whole main function of a standalone app."""
-    asyncio.run(serve(container, listen, on_ready=on_ready))
+    """serve() in a new event loop: the whole main function of a standalone app.
+
+    An address it cannot listen on ends the process with one line saying so
+    (exit status 1), not a traceback.
+    """
+    try:
+        asyncio.run(serve(container, listen, on_ready=on_ready))
+    except ListenError as exc:
+        raise SystemExit(f"error: {exc.strerror}") from None
 
 
 @dataclass
@@ -157,6 +225,7 @@ def serve_in_background(container: Container, listen: str = "127.0.0.1:0") -> Ba
             )
         except BaseException as exc:  # reported to the caller below
             started["error"] = exc
+            loop.close()
             ready.set()
             return
         ready.set()

@@ -10,26 +10,44 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 import grpc
 
-from ..v1 import management_pb2, management_pb2_grpc
+from ..v1 import management_pb2, management_pb2_grpc, profile_pb2
 from ._config import Config
-from ._logs import LogQuery
+from ._health import HealthState
+from ._logs import LogBuffer, LogQuery, LogReader
 from ._metrics import MetricsWatch
-from ._profile import ProfileRequest, build_profile
-
-if TYPE_CHECKING:
-    from ._container import Container
+from ._profile import LockRegistry, LoopRegistry, ProfileRequest, build_profile
 
 SERVICE = "pycontainer.v1.Management"
+
+
+class ManagedParts(Protocol):
+    """What the Management API reads of a container (a Container is one);
+    declared here so that this module does not depend on the container's."""
+
+    @property
+    def health(self) -> HealthState: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def logs(self) -> LogBuffer: ...
+    @property
+    def locks(self) -> LockRegistry: ...
+    @property
+    def loops(self) -> LoopRegistry: ...
+    def info(self) -> management_pb2.GetInfoResponse: ...
+    def rpc_message_stats(self) -> list[profile_pb2.RpcMessageStats]: ...
+    def metrics_watch(self, request: management_pb2.WatchMetricsRequest) -> MetricsWatch: ...
+    def streams_ended(self) -> bool: ...
 
 
 class ManagementCore:
     """Answers Management requests from a container's parts."""
 
-    def __init__(self, container: Container) -> None:
+    def __init__(self, container: ManagedParts) -> None:
         self._c = container
 
     def get_info(self, request: management_pb2.GetInfoRequest) -> management_pb2.GetInfoResponse:
@@ -43,8 +61,7 @@ class ManagementCore:
     def get_config(
         self, request: management_pb2.GetConfigRequest
     ) -> management_pb2.GetConfigResponse:
-        config: Config = self._c.config
-        return management_pb2.GetConfigResponse(entries=config.entries(request.prefix))
+        return management_pb2.GetConfigResponse(entries=self._c.config.entries(request.prefix))
 
     def profile_request(self, request: management_pb2.GetProfileRequest) -> ProfileRequest:
         return ProfileRequest.from_request(request)
@@ -56,8 +73,12 @@ class ManagementCore:
         response.rpc_messages.extend(self._c.rpc_message_stats())
         return response
 
-    def logs(self, request: management_pb2.StreamLogsRequest) -> Any:
-        return self._c.logs.reader(LogQuery.from_request(request))
+    def logs(self, request: management_pb2.StreamLogsRequest) -> LogReader:
+        return LogReader(self._c.logs, LogQuery.from_request(request))
+
+    def streams_ended(self) -> bool:
+        """Whether long-lived streams should end: the container stopped or closed."""
+        return self._c.streams_ended()
 
     def metrics(self, request: management_pb2.WatchMetricsRequest) -> MetricsWatch:
         return self._c.metrics_watch(request)
@@ -86,11 +107,12 @@ class ManagementServicer(management_pb2_grpc.ManagementServicer):
 
     def StreamLogs(self, request: Any, context: Any) -> Iterator[Any]:
         reader = self._core.logs(request)
-        yield from reader.iter_responses(context.is_active)
+        yield from reader.iter_responses(context.is_active, self._core.streams_ended)
 
     def WatchMetrics(self, request: Any, context: Any) -> Iterator[Any]:
         watch = self._core.metrics(request)
-        yield from watch.iter_responses(context.is_active)
+        core = self._core
+        yield from watch.iter_responses(lambda: context.is_active() and not core.streams_ended())
 
 
 class AsyncManagementServicer(management_pb2_grpc.ManagementServicer):
@@ -118,12 +140,12 @@ class AsyncManagementServicer(management_pb2_grpc.ManagementServicer):
 
     async def StreamLogs(self, request: Any, context: Any) -> AsyncIterator[Any]:
         reader = self._core.logs(request)
-        async for response in reader.aiter_responses():
+        async for response in reader.aiter_responses(self._core.streams_ended):
             yield response
 
     async def WatchMetrics(self, request: Any, context: Any) -> AsyncIterator[Any]:
         watch = self._core.metrics(request)
-        async for response in watch.aiter_responses():
+        async for response in watch.aiter_responses(self._core.streams_ended):
             yield response
 
 

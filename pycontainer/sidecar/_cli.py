@@ -413,7 +413,7 @@ def settings_from_spec(
         priority=spec.priority,
         cpu_millis=spec.resources.cpu_millis,
         memory_bytes=spec.resources.memory_bytes,
-        grace_period=(grace if grace is not None else DEFAULT_GRACE_PERIOD).total_seconds(),
+        grace_period=grace if grace is not None else DEFAULT_GRACE_PERIOD,
     )
     return SidecarSettings(
         container=container,

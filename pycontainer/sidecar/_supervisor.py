@@ -127,8 +127,8 @@ class SidecarSettings:
 
     @property
     def grace_period(self) -> datetime.timedelta:
-        """The container's grace period (ContainerSettings holds seconds)."""
-        return datetime.timedelta(seconds=self.container.grace_period)
+        """The container's grace period."""
+        return self.container.grace_period
 
 
 def _program_text(command: Sequence[str]) -> str:

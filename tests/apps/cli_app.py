@@ -11,6 +11,7 @@ digits, and exits when the manager stops it.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import sys
@@ -38,7 +39,8 @@ def main() -> int:
 
     container = pycontainer.Container(
         pycontainer.ContainerSettings(
-            name=os.environ.get("PYCONTAINER_NAME", "cli-app"), grace_period=5.0
+            name=os.environ.get("PYCONTAINER_NAME", "cli-app"),
+            grace_period=datetime.timedelta(seconds=5),
         ),
         hooks=pycontainer.Hooks(
             on_start=on_start, on_checkpoint=on_checkpoint, on_restore=on_restore

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         priority=args.priority,
         cpu_millis=args.cpu_millis,
         memory_bytes=args.memory_bytes,
-        grace_period=args.grace,
+        grace_period=datetime.timedelta(seconds=args.grace),
     )
     hooks = pycontainer.Hooks(
         on_start=app.on_start,

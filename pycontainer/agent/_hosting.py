@@ -1,0 +1,82 @@
+"""Putting a container's services on a server: registering handler groups,
+and learning which services the server carries, for reflection to list."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+
+__all__ = ["ServiceNames", "current_loop", "register"]
+
+
+def register(
+    server: Any, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+) -> None:
+    """Add one service's handlers to a sync or aio server (both registration
+    paths, so that servers with registered-method lookup find them too)."""
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    if hasattr(server, "add_registered_method_handlers"):
+        server.add_registered_method_handlers(service, handlers)
+
+
+def current_loop() -> asyncio.AbstractEventLoop:
+    """The running loop, else the one this thread would get."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.get_event_loop_policy().get_event_loop()
+
+
+class ServiceNames:
+    """The services one container's reflection lists: those named to it, and
+    those of the servers it is on (registered before, as far as grpcio lets
+    them be read, and after, by observing the servers' registration calls)."""
+
+    def __init__(self) -> None:
+        self._names: set[str] = set()
+
+    def add(self, names: Iterable[str]) -> None:
+        self._names.update(names)
+
+    def sorted(self) -> list[str]:
+        return sorted(self._names)
+
+    def track(self, server: Any) -> None:
+        """Learn the services of ``server`` now and from now on."""
+        state = getattr(server, "_state", None)  # sync server internals, best effort
+        for handler in getattr(state, "generic_handlers", ()):
+            if isinstance(handler, grpc.ServiceRpcHandler):
+                self._names.add(handler.service_name())
+        for method in getattr(state, "registered_method_handlers", {}):
+            self._names.add(method.lstrip("/").split("/")[0])
+        tracked: weakref.WeakSet[ServiceNames] | None = getattr(
+            server, "_pycontainer_tracked", None
+        )
+        if tracked is not None:  # its calls are observed already: join in
+            tracked.add(self)
+            return
+        tracked = weakref.WeakSet([self])
+        server._pycontainer_tracked = tracked
+        add_generic = server.add_generic_rpc_handlers
+        add_registered = getattr(server, "add_registered_method_handlers", None)
+
+        def add_generic_rpc_handlers(generic_handlers: Any) -> None:
+            for handler in generic_handlers:
+                if isinstance(handler, grpc.ServiceRpcHandler):
+                    for names in tracked:
+                        names.add((handler.service_name(),))
+            add_generic(generic_handlers)
+
+        server.add_generic_rpc_handlers = add_generic_rpc_handlers
+        if add_registered is not None:
+
+            def add_registered_method_handlers(service_name: str, method_handlers: Any) -> None:
+                for names in tracked:
+                    names.add((service_name,))
+                add_registered(service_name, method_handlers)
+
+            server.add_registered_method_handlers = add_registered_method_handlers

@@ -1,0 +1,242 @@
+"""The ring of retained log entries: appends never wait, readers hold a cursor.
+
+Everything a reader needs is public here (``read``, ``wait``, ``wait_async``,
+``wake_all``), so that serving entries never reaches into the ring's lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import NamedTuple, cast
+
+__all__ = ["BufferedEntry", "LogBuffer"]
+
+_NEVER = sys.maxsize
+_NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
+
+
+class BufferedEntry(NamedTuple):
+    """One retained log entry (converted to ``logs_pb2.LogEntry`` only when sent)."""
+
+    sequence: int
+    time_ns: int
+    severity: int
+    severity_text: str
+    logger: str
+    message: str
+    attributes: Mapping[str, str]
+    trace_id: str = ""
+    span_id: str = ""
+
+
+class _Waiter:
+    """A reader waiting until the buffer's newest sequence reaches ``target``."""
+
+    __slots__ = ("cond", "event", "loop", "target")
+
+    def __init__(
+        self,
+        target: int,
+        cond: threading.Condition | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        event: asyncio.Event | None = None,
+    ) -> None:
+        self.target = target
+        self.cond = cond
+        self.loop = loop
+        self.event = event
+
+
+class LogBuffer:
+    """The newest ``capacity`` log entries, numbered from 1.
+
+    Appending is O(1) and never waits for readers; a reader holds only a
+    cursor, so a slow one loses the oldest entries instead of holding memory.
+    """
+
+    def __init__(self, capacity: int = 10_000, max_message_chars: int = 16_384) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        if max_message_chars < 1:
+            raise ValueError(f"max_message_chars must be at least 1, got {max_message_chars}")
+        self._capacity = capacity
+        self._max_chars = max_message_chars
+        self._ring: list[BufferedEntry | None] = [None] * capacity
+        self._last = 0  # sequence of the newest entry; 0 when empty
+        self._lock = threading.Lock()
+        self._waiters: list[_Waiter] = []
+        # min(w.target for w in _waiters): append compares one int when no
+        # reader waits, or none waits for this entry yet.
+        self._wake_at = _NEVER
+
+    @property
+    def capacity(self) -> int:
+        """Most entries retained."""
+        return self._capacity
+
+    @property
+    def max_message_chars(self) -> int:
+        """Longer messages (and attribute values) are truncated to this."""
+        return self._max_chars
+
+    @property
+    def last_sequence(self) -> int:
+        """Sequence number of the newest entry; 0 when nothing was logged."""
+        return self._last
+
+    @property
+    def oldest_sequence(self) -> int:
+        """Sequence number of the oldest entry still retained (1 when empty)."""
+        return max(1, self._last - self._capacity + 1)
+
+    @property
+    def waiting(self) -> int:
+        """How many readers are waiting for new entries now."""
+        with self._lock:
+            return len(self._waiters)
+
+    def __len__(self) -> int:
+        return min(self._last, self._capacity)
+
+    def snapshot(self) -> list[BufferedEntry]:
+        """The retained entries, oldest first."""
+        with self._lock:
+            last = self._last
+        return self.read(max(1, last - self._capacity + 1), last, self._capacity)[0]
+
+    def append(
+        self,
+        severity: int,
+        severity_text: str,
+        logger: str,
+        message: str,
+        attributes: Mapping[str, str] | None = None,
+        *,
+        time_ns: int | None = None,
+        trace_id: str = "",
+        span_id: str = "",
+    ) -> int:
+        """Add one entry (the oldest is dropped when full); returns its sequence.
+
+        ``attributes`` is kept as given, not copied: do not change it afterwards.
+        """
+        if time_ns is None:
+            time_ns = time.time_ns()
+        if len(message) > self._max_chars:
+            message = self.truncate(message)
+        attrs = _NO_ATTRIBUTES if attributes is None else attributes
+        ready: list[_Waiter] | None = None
+        with self._lock:
+            seq = self._last + 1
+            self._ring[seq % self._capacity] = BufferedEntry(
+                seq, time_ns, severity, severity_text, logger, message, attrs, trace_id, span_id
+            )
+            self._last = seq
+            if seq >= self._wake_at:
+                ready = self._fire(seq)
+        if ready:
+            _wake_async(ready)
+        return seq
+
+    def truncate(self, text: str) -> str:
+        """``text`` cut to :attr:`max_message_chars`, saying how much was cut."""
+        if len(text) <= self._max_chars:
+            return text
+        cut = len(text) - self._max_chars
+        return f"{text[: self._max_chars]}... [truncated {cut} chars]"
+
+    def read(self, start: int, stop: int, limit: int) -> tuple[list[BufferedEntry], int, int]:
+        """Entries from ``start`` up to ``stop`` (inclusive), at most ``limit``.
+
+        Returns the entries, how many in the range were already overwritten
+        (skipped), and the sequence to read next.
+        """
+        cap = self._capacity
+        with self._lock:
+            oldest = max(1, self._last - cap + 1)
+            lost = 0
+            if start < oldest:
+                skip_to = min(oldest, stop + 1)
+                lost = skip_to - start
+                start = skip_to
+            end = min(stop, self._last, start + limit - 1)
+            if end < start:
+                return [], lost, start
+            i, j = start % cap, end % cap + 1
+            chunk = self._ring[i:j] if i < j else self._ring[i:] + self._ring[:j]
+        return cast(list[BufferedEntry], chunk), lost, end + 1
+
+    def wait(self, target: int, timeout: float) -> None:
+        """Block until the newest sequence reaches ``target``, ``timeout``
+        passes, or :meth:`wake_all` is called."""
+        with self._lock:
+            if self._last >= target:
+                return
+            waiter = _Waiter(target, cond=threading.Condition(self._lock))
+            self._add_waiter(waiter)
+            try:
+                assert waiter.cond is not None
+                waiter.cond.wait(timeout)
+            finally:
+                self._remove_waiter(waiter)
+
+    async def wait_async(self, target: int) -> None:
+        """Await the newest sequence reaching ``target`` (or :meth:`wake_all`)."""
+        event = asyncio.Event()
+        waiter = _Waiter(target, loop=asyncio.get_running_loop(), event=event)
+        with self._lock:
+            if self._last >= target:
+                return
+            self._add_waiter(waiter)
+        try:
+            await event.wait()
+        finally:
+            # Also on cancellation: a waiter left behind would be woken forever.
+            with self._lock:
+                self._remove_waiter(waiter)
+
+    def wake_all(self) -> None:
+        """Wake every waiting reader now, whatever it waits for (readers
+        that should end, say because their container stopped, then see so)."""
+        with self._lock:
+            ready = self._fire(_NEVER)
+        _wake_async(ready)
+
+    def _fire(self, seq: int) -> list[_Waiter]:
+        """Under the lock: notify sync waiters reached by ``seq``; return async ones."""
+        ready: list[_Waiter] = []
+        keep: list[_Waiter] = []
+        for w in self._waiters:
+            if w.target > seq:
+                keep.append(w)
+            elif w.cond is not None:
+                w.cond.notify()
+            else:
+                ready.append(w)
+        self._waiters = keep
+        self._wake_at = min((w.target for w in keep), default=_NEVER)
+        return ready
+
+    def _add_waiter(self, waiter: _Waiter) -> None:
+        self._waiters.append(waiter)
+        self._wake_at = min(self._wake_at, waiter.target)
+
+    def _remove_waiter(self, waiter: _Waiter) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+            self._wake_at = min((w.target for w in self._waiters), default=_NEVER)
+
+
+def _wake_async(ready: list[_Waiter]) -> None:
+    """Outside the lock (waking a loop writes to its self-pipe): set each waiter's event."""
+    for w in ready:
+        loop, event = cast(asyncio.AbstractEventLoop, w.loop), cast(asyncio.Event, w.event)
+        # RuntimeError: the reader's loop is closed, nobody to wake.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(event.set)

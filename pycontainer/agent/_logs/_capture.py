@@ -1,0 +1,287 @@
+"""Capture of Python ``logging`` into a :class:`LogBuffer`.
+
+:class:`LogBufferHandler` turns each record into an OpenTelemetry-shaped entry;
+:func:`install` hooks a buffer to the root logger without changing what the
+application prints, and :func:`uninstall` puts the root logger back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from dataclasses import dataclass
+
+from opentelemetry import trace
+
+from pycontainer.v1 import logs_pb2
+
+from ._buffer import LogBuffer
+
+__all__ = ["LogBufferHandler", "install", "severity_from_level", "uninstall"]
+
+_NS = 1_000_000_000
+
+# -- severity -----------------------------------------------------------------------
+
+
+def _severity_table() -> tuple[int, ...]:
+    # As OpenTelemetry's own logging handler: each Python band of ten maps to
+    # an OTel band of four (DEBUG=5, INFO=9, WARN=13, ERROR=17, FATAL=21), and
+    # levels in between to the band's finer numbers (21 -> INFO2, 25 -> INFO4).
+    # Below DEBUG (custom TRACE levels) is TRACE.
+    table = [int(logs_pb2.SEVERITY_TRACE)] * 10
+    for level in range(10, 60):
+        band, step = divmod(level, 10)
+        table.append(1 + 4 * band + min(step, 3))
+    return tuple(table)
+
+
+_SEVERITY_BY_LEVEL = _severity_table()
+
+
+def severity_from_level(levelno: int) -> int:
+    """OpenTelemetry severity number of a Python logging level."""
+    if levelno < 0:
+        return int(logs_pb2.SEVERITY_TRACE)
+    if levelno >= len(_SEVERITY_BY_LEVEL):
+        return int(logs_pb2.SEVERITY_FATAL4)
+    return _SEVERITY_BY_LEVEL[levelno]
+
+
+# -- logging handler ------------------------------------------------------------------
+
+# Attributes every LogRecord has; anything else on a record came from `extra`.
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None)))
+_STANDARD_ATTRS = _RECORD_ATTRS | {
+    "message",
+    "asctime",
+    "taskName",
+    # Set by opentelemetry-instrumentation-logging; the entry has its own ids.
+    "otelSpanID",
+    "otelTraceID",
+    "otelTraceSampled",
+    "otelServiceName",
+}
+
+
+def _text(value: object) -> str:
+    try:
+        return value if isinstance(value, str) else str(value)
+    except Exception as exc:  # a broken __str__ must not lose the entry
+        return f"<unprintable {type(value).__name__}: {exc!r}>"
+
+
+def _type_name(exc_type: type[BaseException]) -> str:
+    module = exc_type.__module__
+    name = exc_type.__qualname__
+    return name if module in ("builtins", "__main__") else f"{module}.{name}"
+
+
+class LogBufferHandler(logging.Handler):
+    """Appends each record to a :class:`LogBuffer` as an OTel-shaped entry."""
+
+    def __init__(self, buffer: LogBuffer, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.buffer = buffer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._append(record)
+        except Exception:
+            self.handleError(record)
+
+    def _append(self, record: logging.LogRecord) -> None:
+        buf = self.buffer
+        try:
+            message = record.getMessage()
+        except Exception as exc:
+            # As logging itself would: keep the entry, say what went wrong.
+            args = _text(record.args)
+            message = f"{_text(record.msg)} (formatting failed: {exc!r}; args: {args})"
+        attrs: dict[str, str] = {
+            "thread.name": record.threadName or "",
+            "code.filepath": record.pathname,
+            "code.lineno": str(record.lineno),
+            "code.function": record.funcName or "",
+        }
+        limit = buf.max_message_chars
+        rec = record.__dict__
+        # Most records have no extras: skip the set difference for them.
+        extras = rec.keys() - _STANDARD_ATTRS if len(rec) > len(_RECORD_ATTRS) else ()
+        for key in extras:
+            value = _text(rec[key])
+            attrs[_text(key)] = value if len(value) <= limit else buf.truncate(value)
+        exc_info = record.exc_info
+        if exc_info and exc_info[0] is not None:
+            exc_type, exc_value, tb = exc_info
+            attrs["exception.type"] = _type_name(exc_type)
+            attrs["exception.message"] = _text(exc_value)
+            # A formatter that ran first may have cached the text.
+            stack = record.exc_text or "".join(traceback.format_exception(exc_type, exc_value, tb))
+            attrs["exception.stacktrace"] = stack if len(stack) <= limit else buf.truncate(stack)
+        if record.stack_info:
+            attrs["code.stacktrace"] = record.stack_info
+        trace_id = span_id = ""
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            trace_id = format(ctx.trace_id, "032x")
+            span_id = format(ctx.span_id, "016x")
+        buf.append(
+            severity_from_level(record.levelno),
+            record.levelname,
+            record.name,
+            message,
+            attrs,
+            time_ns=int(record.created * _NS),
+            trace_id=trace_id,
+            span_id=span_id,
+        )
+
+
+# -- root logger installation ------------------------------------------------------------
+
+
+def _level_before(name: str, root_level: int) -> int:
+    """The effective level logger ``name`` had when the root's level was ``root_level``."""
+    node = logging.root.manager.loggerDict.get(name)
+    logger = node if isinstance(node, logging.Logger) else None
+    while logger is not None and logger is not logging.root:
+        if logger.level:
+            return logger.level
+        logger = logger.parent
+    return root_level
+
+
+class _AsBefore(logging.Filter):
+    """On the root's own handlers: pass only records that would have been made
+    before the root level was lowered, so the app's output does not change."""
+
+    def __init__(self, root_level: int) -> None:
+        super().__init__()
+        self.root_level = root_level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= _level_before(record.name, self.root_level)
+
+
+class _LastResortStandIn(logging.Handler):
+    """Does what ``logging.lastResort`` did before our handler stopped it firing:
+    print records that no handler of the application handles."""
+
+    def __init__(self, as_before: _AsBefore) -> None:
+        last = logging.lastResort
+        super().__init__(last.level if last is not None else logging.WARNING)
+        self._as_before = as_before
+        # Root handlers of ours; any other means the app now handles records.
+        self.ours: list[logging.Handler] = [self]
+
+    def emit(self, record: logging.LogRecord) -> None:
+        last = logging.lastResort
+        if last is None or record.levelno < last.level:
+            return
+        if not self._as_before.filter(record):
+            return  # the record would not have been made
+        if any(h not in self.ours for h in logging.root.handlers):
+            return  # the app has added root handlers since
+        node = logging.root.manager.loggerDict.get(record.name)
+        logger = node if isinstance(node, logging.Logger) else None
+        while logger is not None and logger is not logging.root:
+            if logger.handlers:
+                return  # handled on the way up: lastResort would not fire
+            logger = logger.parent
+        last.handle(record)
+
+
+@dataclass
+class _Saved:
+    """What :func:`install` changed on the root logger, to put back."""
+
+    root_level: int
+    set_level: int
+    as_before: _AsBefore
+    filtered: list[logging.Handler]
+    stand_in: _LastResortStandIn | None
+
+
+_install_lock = threading.Lock()
+_handlers: dict[LogBuffer, LogBufferHandler] = {}
+_saved: _Saved | None = None
+
+
+def install(buffer: LogBuffer, level: int = logging.INFO) -> LogBufferHandler:
+    """Capture records at ``level`` and above, from every logger, into ``buffer``.
+
+    Attaches a handler to the root logger. The root's level is lowered to
+    ``level`` if needed (its default, WARNING, would drop INFO records before
+    any handler sees them); the root's existing handlers get a filter so they
+    print just what they printed before, and if the root had no handlers a
+    stand-in keeps ``logging.lastResort``'s output to stderr. Installing a
+    buffer again only updates its level; several buffers may be installed.
+    """
+    global _saved
+    root = logging.root
+    with _install_lock:
+        saved = _saved
+        if saved is None:
+            saved = _saved = _take_over_root()
+        handler = _handlers.get(buffer)
+        if handler is None:
+            handler = _handlers[buffer] = LogBufferHandler(buffer, level)
+            if saved.stand_in is not None:
+                saved.stand_in.ours.append(handler)
+            root.addHandler(handler)
+        handler.setLevel(level)
+        _set_root_level(saved)
+    return handler
+
+
+def _take_over_root() -> _Saved:
+    """Filter the root's handlers and stand in for lastResort (see install)."""
+    root = logging.root
+    as_before = _AsBefore(root.level)
+    filtered = [h for h in root.handlers if not isinstance(h, LogBufferHandler)]
+    for h in filtered:
+        h.addFilter(as_before)
+    stand_in = None
+    if not root.handlers and logging.lastResort is not None:
+        stand_in = _LastResortStandIn(as_before)
+        root.addHandler(stand_in)
+    return _Saved(root.level, root.level, as_before, filtered, stand_in)
+
+
+def uninstall(buffer: LogBuffer | None = None) -> None:
+    """Stop capturing into ``buffer`` (every buffer when None); when none is left,
+    put the root logger back as it was. Does nothing if not installed."""
+    global _saved
+    root = logging.root
+    with _install_lock:
+        buffers = list(_handlers) if buffer is None else [buffer]
+        for b in buffers:
+            handler = _handlers.pop(b, None)
+            if handler is not None:
+                root.removeHandler(handler)
+                if _saved is not None and _saved.stand_in is not None:
+                    _saved.stand_in.ours.remove(handler)
+        saved = _saved
+        if saved is None:
+            return
+        if _handlers:
+            _set_root_level(saved)
+            return
+        for h in saved.filtered:
+            h.removeFilter(saved.as_before)
+        if saved.stand_in is not None:
+            root.removeHandler(saved.stand_in)
+        if root.level == saved.set_level:  # unless the app has set it since
+            root.setLevel(saved.root_level)
+        _saved = None
+
+
+def _set_root_level(saved: _Saved) -> None:
+    """Lower the root level to the lowest capture level (never raise it above
+    the app's own), unless the app has set a level of its own since."""
+    wanted = min([saved.root_level, *(h.level for h in _handlers.values())])
+    if logging.root.level == saved.set_level and wanted != saved.set_level:
+        logging.root.setLevel(wanted)
+        saved.set_level = wanted

@@ -1,0 +1,18 @@
+"""Metrics of the container: gRPC server figures (:mod:`._rpc_stats`),
+OpenTelemetry app metrics (:mod:`._otel`), and the WatchMetrics stream that
+puts them together with process figures (:mod:`._watch`)."""
+
+from ._otel import AppMetrics
+from ._rpc_stats import LATENCY_BOUNDS, RpcStats
+from ._watch import MAX_INTERVAL, MIN_INTERVAL, MetricFilter, MetricsWatch, process_metrics
+
+__all__ = [
+    "LATENCY_BOUNDS",
+    "MAX_INTERVAL",
+    "MIN_INTERVAL",
+    "AppMetrics",
+    "MetricFilter",
+    "MetricsWatch",
+    "RpcStats",
+    "process_metrics",
+]
