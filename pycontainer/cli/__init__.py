@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _apply.add_parser(subparsers)
+    _apply.add_diff_parser(subparsers)
     _containers.add_parsers(subparsers)
     _logs.add_parser(subparsers)
     _top.add_parser(subparsers)

@@ -255,8 +255,9 @@ class Reconciler:
         if spec.replicas < 0:
             raise invalid_argument(f"{where}.replicas", f"must be 0 or more, got {spec.replicas}")
         if spec.runtime not in self._runtimes:
+            known = spec_pb2.RuntimeKind.DESCRIPTOR.values_by_number.get(spec.runtime)
             raise failed_precondition(
-                f"{spec.name}: runtime {spec_pb2.RuntimeKind.Name(spec.runtime)} is not "
+                f"{spec.name}: runtime {known.name if known else spec.runtime} is not "
                 "available on this manager"
             )
         out = spec_pb2.ContainerSpec()
@@ -298,7 +299,7 @@ class Reconciler:
             if len(members) != wanted:
                 differences.append(f"replicas {len(members)} -> {wanted}")
             plan.action = E.APPLY_ACTION_REPLACED
-            plan.detail = "; ".join(differences)
+            plan.detail = "\n".join(differences)
         elif len(current) != wanted:
             plan.action = E.APPLY_ACTION_SCALED
             plan.detail = f"replicas {len(current)} -> {wanted}"
@@ -311,6 +312,8 @@ class Reconciler:
         plans = []
         for name in sorted((applied | owned) - listed):
             doomed = [e for e in self._members(name) if e.identity.labels.get(OWNER_LABEL) == owner]
+            if not doomed and name not in applied:
+                continue  # only ended containers of that name are left
             plan = _Plan(name, E.APPLY_ACTION_PRUNED, f"{_replicas(len(doomed))} stopped", None, 0)
             plan.outdated = doomed
             plan.forget = name in applied
