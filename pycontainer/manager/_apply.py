@@ -46,6 +46,7 @@ from ..v1 import (
     manager_pb2,
     spec_pb2,
 )
+from ._admission import Spawn
 from ._checkpoints import Checkpoints
 from ._registry import Entry, Registry
 from ._runtime import Runtime
@@ -191,6 +192,7 @@ class Reconciler:
         runtimes: Mapping[int, Runtime],
         *,
         reconnect_window: timedelta,
+        spawn: Spawn,
     ) -> None:
         self._registry = registry
         self._store = store
@@ -200,6 +202,7 @@ class Reconciler:
         self._supervisor = supervisor
         self._runtimes = runtimes
         self._reconnect_window = reconnect_window
+        self._spawn = spawn
         # One apply at a time: two would each plan against the other's half.
         self._lock = asyncio.Lock()
         # The containers an earlier manager left in the state store: until
@@ -220,13 +223,42 @@ class Reconciler:
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise invalid_argument(f"specs[{i}].name", f"{name!r} is listed twice")
+        if request.dry_run:  # no lock: a diff need not wait for a rollout
+            return self._response(self._plans(desired, owner, request.prune))
+        # The work goes on when the caller goes away (Ctrl-C on a long
+        # rollout): it is the manager's, like a Deployment's controller.
+        result: asyncio.Future[manager_pb2.ApplySpecsResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
+        result.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+
+        async def work() -> None:
+            try:
+                result.set_result(await self._apply_now(desired, owner, request.prune))
+            except asyncio.CancelledError:
+                result.cancel()
+                raise
+            except Exception as exc:
+                result.set_exception(exc)
+
+        self._spawn(work())
+        return await asyncio.shield(result)
+
+    def _plans(self, desired: list[spec_pb2.ContainerSpec], owner: str, prune: bool) -> list[_Plan]:
+        plans = [self._plan(spec) for spec in desired]
+        if prune:
+            plans.extend(self._prunes(owner, {spec.name for spec in desired}))
+        return plans
+
+    @staticmethod
+    def _response(plans: list[_Plan]) -> manager_pb2.ApplySpecsResponse:
+        return manager_pb2.ApplySpecsResponse(changes=[p.change() for p in plans])
+
+    async def _apply_now(
+        self, desired: list[spec_pb2.ContainerSpec], owner: str, prune: bool
+    ) -> manager_pb2.ApplySpecsResponse:
         async with self._lock:
-            plans = [self._plan(spec) for spec in desired]
-            if request.prune:
-                plans.extend(self._prunes(owner, set(names)))
-            response = manager_pb2.ApplySpecsResponse(changes=[p.change() for p in plans])
-            if request.dry_run:
-                return response
+            plans = self._plans(desired, owner, prune)
             now = time.time()
             for spec in desired:
                 # Kept before acting: a manager that dies half-way through
@@ -243,7 +275,7 @@ class Reconciler:
             for plan in plans:
                 _log.info("apply %s: %s %s", plan.name, _ACTION_WORDS[plan.action], plan.detail)
                 await self._execute(plan)
-            return response
+            return self._response(plans)
 
     def _desired(
         self, index: int, spec: spec_pb2.ContainerSpec, owner: str

@@ -114,6 +114,7 @@ class Manager:
             self.supervisor,
             self.runtimes,
             reconnect_window=self.settings.reconnect_window,
+            spawn=self._spawn,
         )
 
     @property
