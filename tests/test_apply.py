@@ -428,3 +428,94 @@ def test_a_restarted_manager_brings_the_applied_replicas_back(
             second.call(second.manager.shutdown_containers)
         second.stop()
         _kill(pids)
+
+
+def test_a_replacement_that_never_runs_leaves_the_old_replica_running(
+    manager: ManagerHost, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "app.yaml"
+    spec = write(path, _app_spec("steady", tmp_path / "steady.json"))
+    assert cli(capsys, manager.address, "apply", "-f", spec, "--wait", "--timeout", "60s").code == 0
+    [old] = live(manager, "steady")
+    write(path, "name: steady\ncommand: [python, -c, 'raise SystemExit(3)']\n")
+    run = cli(capsys, manager.address, "apply", "-f", spec)
+    assert run.code == 1
+    [line] = run.err.splitlines()
+    assert line.startswith("error: FAILED_PRECONDITION: steady: the new replica steady-")
+    assert "ended LIFECYCLE_STATE_FAILED: process exited with status 3" in line
+    assert line.endswith(
+        "the replicas it was to replace keep running (apply again once it is fixed)"
+    )
+    assert [(c.identity.id, c.state) for c in live(manager, "steady")] == [
+        (old.identity.id, S.LIFECYCLE_STATE_RUNNING)
+    ]
+
+
+def test_a_replica_waiting_out_its_restart_backoff_counts_as_present(
+    manager: ManagerHost, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    spec = write(
+        tmp_path / "app.yaml",
+        f"name: phoenix\ncommand: [python, {json.dumps(str(APP))}]\n"
+        f"workingDir: {json.dumps(str(ROOT))}\nrestartPolicy: Always\nrestartBackoff: 3s\n",
+    )
+    assert cli(capsys, manager.address, "apply", "-f", spec, "--wait", "--timeout", "60s").code == 0
+    [first] = live(manager, "phoenix")
+    os.killpg(first.pid, signal.SIGKILL)
+
+    def restarting() -> bool:
+        entry = manager.manager.registry.get(first.identity.id)
+        return entry is not None and manager.manager.supervisor.restarting(entry)
+
+    wait_until(restarting, 20, "the crash to be seen and its restart on its way")
+    # Its restart policy brings it back: apply does not launch another.
+    run = cli(capsys, manager.address, "apply", "-f", spec)
+    assert (run.code, run.lines) == (0, ["phoenix: unchanged (1 replica)"]), run.err
+    wait_until(
+        lambda: (
+            [(c.identity.id, c.restarts) for c in running(manager, "phoenix")]
+            == [(first.identity.id, 1)]
+        ),
+        30,
+        "the restart",
+    )
+    listed = manager.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=5)
+    assert [c.identity.id for c in listed.containers] == [first.identity.id]
+
+
+def test_a_rollout_goes_on_when_its_caller_goes_away(
+    manager: ManagerHost, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    def spec(greeting: str) -> spec_pb2.ContainerSpec:
+        return spec_pb2.ContainerSpec(
+            name="slow",
+            command=["python", str(APP), "--stop-seconds", "1"],
+            working_dir=str(ROOT),
+            env={"GREETING": greeting},
+            replicas=2,
+        )
+
+    def apply(greeting: str) -> manager_pb2.ApplySpecsRequest:
+        return manager_pb2.ApplySpecsRequest(specs=[spec(greeting)], owner="slow")
+
+    manager.stub.ApplySpecs(apply("hi"), timeout=60)
+    wait_until(lambda: len(running(manager, "slow")) == 2, 60, "two replicas")
+    old = {c.identity.id for c in live(manager, "slow")}
+    call = manager.stub.ApplySpecs.future(apply("hello"), timeout=120)
+    wait_until(
+        lambda: any(c.state == S.LIFECYCLE_STATE_STOPPING for c in live(manager, "slow")),
+        60,
+        "the first old replica stopping",
+    )
+    call.cancel()  # the operator's Ctrl-C
+
+    def done() -> bool:
+        now = live(manager, "slow")
+        return len(now) == 2 and all(
+            c.spec.env["GREETING"] == "hello" and c.state == S.LIFECYCLE_STATE_RUNNING for c in now
+        )
+
+    wait_until(done, 60, "the rollout to finish without its caller")
+    assert not old & {c.identity.id for c in live(manager, "slow")}
+    changes = manager.stub.ApplySpecs(apply("hello"), timeout=60).changes
+    assert [(c.name, c.action) for c in changes] == [("slow", E.APPLY_ACTION_UNCHANGED)]
