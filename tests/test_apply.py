@@ -18,6 +18,7 @@ import grpc
 import pytest
 from support import Host, ManagerHost, free_address, make_container, start_sync_host, wait_until
 
+import pycontainer
 from pycontainer.cli import main
 from pycontainer.cli._apply import OWNER_LABEL, derive_owner
 from pycontainer.manager import InProcessRuntime, Launch
@@ -38,9 +39,14 @@ class Factory:
 
     def __init__(self) -> None:
         self.hosts: list[Host] = []
+        self.containers: dict[str, pycontainer.Container] = {}
 
     def __call__(self, launch: Launch) -> Host:
         container = make_container(launch.spec.name, id=launch.container_id)
+        if launch.spec.env.get("READY_LATER"):
+            # Not ready until the test says so (a pushed readiness check).
+            container.add_check("warm", kind=pycontainer.CheckKind.READINESS)
+        self.containers[launch.container_id] = container
         host = start_sync_host(container)
         self.hosts.append(host)
         container.add_endpoint("management", host.target, kind="management")
@@ -55,8 +61,14 @@ class Factory:
 
 
 @pytest.fixture
-def manager(tmp_path: Path) -> Iterator[ManagerHost]:
-    factory = Factory()
+def factory() -> Iterator[Factory]:
+    made = Factory()
+    yield made
+    made.stop_all()
+
+
+@pytest.fixture
+def manager(tmp_path: Path, factory: Factory) -> Iterator[ManagerHost]:
     runtimes = {spec_pb2.RUNTIME_KIND_IN_PROCESS: InProcessRuntime(factory)}
     host = ManagerHost(str(tmp_path / "state"), runtimes=runtimes)
     try:
@@ -65,7 +77,6 @@ def manager(tmp_path: Path) -> Iterator[ManagerHost]:
         with contextlib.suppress(Exception):
             host.call(host.manager.runtimes[spec_pb2.RUNTIME_KIND_PROCESS].close)
         host.stop()
-        factory.stop_all()
 
 
 @dataclass
@@ -519,3 +530,32 @@ def test_a_rollout_goes_on_when_its_caller_goes_away(
     assert not old & {c.identity.id for c in live(manager, "slow")}
     changes = manager.stub.ApplySpecs(apply("hello"), timeout=60).changes
     assert [(c.name, c.action) for c in changes] == [("slow", E.APPLY_ACTION_UNCHANGED)]
+
+
+def test_an_old_replica_stops_only_once_its_successor_is_ready(
+    manager: ManagerHost, factory: Factory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "kv.yaml"
+    spec = write(path, KV.format(replicas=1, greeting="hi"))
+    assert cli(capsys, manager.address, "apply", "-f", spec, "--wait").code == 0
+    [old] = live(manager, "kv")
+    write(path, "name: kv\nruntime: in-process\nenv: {GREETING: hi, READY_LATER: '1'}\n")
+    request = manager_pb2.ApplySpecsRequest(
+        specs=pycontainer_specs(path), owner=derive_owner([spec])
+    )
+    call = manager.stub.ApplySpecs.future(request, timeout=60)
+    wait_until(lambda: len(running(manager, "kv")) == 2, 20, "the new replica RUNNING")
+    [new] = [c for c in live(manager, "kv") if c.identity.id != old.identity.id]
+    # RUNNING, not ready: the old one keeps serving.
+    assert not call.done()
+    assert [c.identity.id for c in running(manager, "kv")] == [old.identity.id, new.identity.id]
+    factory.containers[new.identity.id].set_check("warm", True)
+    changes = call.result(30).changes
+    assert [(c.name, c.action) for c in changes] == [("kv", E.APPLY_ACTION_REPLACED)]
+    assert [c.identity.id for c in live(manager, "kv")] == [new.identity.id]
+
+
+def pycontainer_specs(path: Path) -> list[spec_pb2.ContainerSpec]:
+    from pycontainer.spec import load_specs
+
+    return load_specs(str(path))
