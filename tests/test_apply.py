@@ -253,11 +253,11 @@ def test_prune_stops_only_what_the_owner_no_longer_lists(
     diff = cli(capsys, manager.address, "diff", "-f", spec, "--owner", "team", "--prune")
     assert (diff.code, diff.lines) == (
         1,
-        ["a: unchanged (1 replica)", "b: would be pruned (1 replica stopped)"],
+        ["a: unchanged (1 replica)", "b: would be pruned (1 replica)"],
     )
     run = cli(capsys, manager.address, "apply", "-f", spec, "--owner", "team", "--prune")
     assert run.code == 0, run.err
-    assert run.lines == ["a: unchanged (1 replica)", "b: pruned (1 replica stopped)"]
+    assert run.lines == ["a: unchanged (1 replica)", "b: pruned (1 replica)"]
     assert live(manager, "b") == []
     assert len(live(manager, "a")) == 1
     assert len(live(manager, "c")) == 1

@@ -346,7 +346,7 @@ class Reconciler:
             doomed = [e for e in self._members(name) if e.identity.labels.get(OWNER_LABEL) == owner]
             if not doomed and name not in applied:
                 continue  # only ended containers of that name are left
-            plan = _Plan(name, E.APPLY_ACTION_PRUNED, f"{_replicas(len(doomed))} stopped", None, 0)
+            plan = _Plan(name, E.APPLY_ACTION_PRUNED, _replicas(len(doomed)), None, 0)
             plan.outdated = doomed
             plan.forget = name in applied
             plans.append(plan)
