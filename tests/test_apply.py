@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -346,6 +347,25 @@ def test_applied_specs_survive_reopening_the_store(tmp_path: Path) -> None:
     again = SQLiteStore(tmp_path / "manager.db")
     assert again.list_applied_specs() == [AppliedSpec("a", "p", b"\x0a\x01a", "h3", 3.0)]
     again.close()
+
+
+def test_a_store_from_before_apply_gains_its_table(tmp_path: Path) -> None:
+    SQLiteStore(tmp_path / "manager.db").close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "manager.db")) as db:
+        db.execute("DROP TABLE applied_specs")  # as version 1 wrote it before apply
+        db.commit()
+    store = SQLiteStore(tmp_path / "manager.db")
+    assert store.list_applied_specs() == []
+    store.put_applied_spec(AppliedSpec("a", "o", b"", "h", 1.0))
+    assert [a.name for a in store.list_applied_specs()] == ["a"]
+    store.close()
+
+
+def test_diff_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["diff", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage: pycontainer diff")
+    assert "0 no change, 1 changes, 2 or more when it could not tell" in text
 
 
 # -- processes: checkpoint handover and a restarted manager ------------------------------------
