@@ -177,7 +177,7 @@ def held_sessions(sessions: int, agents: int, bare: bool) -> tuple[float, float]
                     "--state-dir",
                     state,
                     "--heartbeat",
-                    "60",
+                    "60s",
                 ],
                 stdout=subprocess.PIPE,
                 text=True,

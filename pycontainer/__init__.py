@@ -9,22 +9,25 @@ Embed in an existing server::
 
 __version__ = "0.1.0"
 
-from .agent import (  # after __version__: agent modules read it
-    TRANSITIONS,
-    BackgroundServer,
-    CheckKind,
-    Command,
-    Config,
-    Container,
-    ContainerSettings,
-    Hooks,
-    State,
-    TrackedLock,
-    TrackedRLock,
-    run,
-    serve,
-    serve_in_background,
-)
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .agent import (
+        TRANSITIONS,
+        BackgroundServer,
+        CheckKind,
+        Command,
+        Config,
+        Container,
+        ContainerSettings,
+        Hooks,
+        State,
+        TrackedLock,
+        TrackedRLock,
+        run,
+        serve,
+        serve_in_background,
+    )
 
 __all__ = [
     "TRANSITIONS",
@@ -43,3 +46,13 @@ __all__ = [
     "serve",
     "serve_in_background",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The container side (grpc, OpenTelemetry) is imported when first used:
+    # `pycontainer --help` and the client need none of it.
+    if name in __all__ and name != "__version__":
+        from . import agent
+
+        return getattr(agent, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

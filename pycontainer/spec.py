@@ -22,6 +22,9 @@ by raising :class:`SpecError`.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import datetime
 import difflib
 import json
 import os
@@ -30,21 +33,76 @@ import shlex
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from google.protobuf import duration_pb2
+from google.protobuf.message import DecodeError
 
-from .cli._duration import format_duration, parse_duration
-from .units import format_cpu, format_memory, parse_cpu, parse_memory
+from .units import (
+    duration_from_proto,
+    duration_to_proto,
+    format_cpu,
+    format_duration,
+    format_memory,
+    parse_cpu,
+    parse_duration,
+    parse_memory,
+)
 from .v1 import spec_pb2
 
-__all__ = ["SpecError", "load_specs", "parse_specs", "spec_to_dict"]
+if TYPE_CHECKING:
+    import yaml  # imported when a YAML file is read: the wire helpers below do not need it
+
+__all__ = [
+    "MAX_GRACE_PERIOD",
+    "MAX_PROBE_DURATION",
+    "MAX_REPLICAS",
+    "MAX_RESTART_BACKOFF",
+    "MAX_START_TIMEOUT",
+    "MIN_RESTART_BACKOFF",
+    "MIN_START_TIMEOUT",
+    "SPEC_ENV",
+    "SpecError",
+    "decode_spec",
+    "encode_spec",
+    "load_specs",
+    "parse_specs",
+    "spec_to_dict",
+]
 
 SpecPath = tuple[str | int, ...]
 
 _INT32_MAX = 2**31 - 1
 _UINT32_MAX = 2**32 - 1
+
+# Bounds that catch a slip of the keyboard before it reaches the machine.
+#: One manager runs its containers as processes of one machine; Kubernetes
+#: allows 110 pods per node by default. 1000 leaves room for small programs,
+#: while a typed 100000 would fork until the machine gives out.
+MAX_REPLICAS = 1000
+#: A stop (and an eviction making room) waits this long for the program; an
+#: operator's `pycontainer stop` should not wait longer than an hour. A program
+#: that needs longer to drain should checkpoint instead.
+MAX_GRACE_PERIOD = datetime.timedelta(hours=1)
+#: The first delay between restarts (then doubled): a crash loop restarting
+#: faster than this burns a core and floods the logs (the kubelet starts at 10s).
+MIN_RESTART_BACKOFF = datetime.timedelta(milliseconds=100)
+#: The kubelet's CrashLoopBackOff never waits more than 5 minutes; a first
+#: delay longer than that reads as a mistake.
+MAX_RESTART_BACKOFF = datetime.timedelta(minutes=5)
+
+#: How long a launched program may take to register with the manager: under a
+#: second no interpreter has even imported its modules; past an hour a program
+#: that never registers goes unreported for too long.
+MIN_START_TIMEOUT = datetime.timedelta(seconds=1)
+MAX_START_TIMEOUT = datetime.timedelta(hours=1)
+#: A probe's period, timeout or initial delay: past an hour it says nothing
+#: about the program's health any more.
+MAX_PROBE_DURATION = datetime.timedelta(hours=1)
+
+#: The environment variable a launcher hands a sidecar its ContainerSpec in
+#: (:func:`encode_spec`): the one launch description, never re-spelt as flags.
+SPEC_ENV = "PYCONTAINER_SPEC"
 
 RUNTIMES: dict[str, spec_pb2.RuntimeKind.ValueType] = {
     "process": spec_pb2.RUNTIME_KIND_PROCESS,
@@ -80,6 +138,7 @@ _CONTAINER_KEYS = (
     "readinessProbe",
     "hooks",
     "sidecar",
+    "startTimeout",
 )
 _FLAT = (
     "pycontainer specs are flat: name, labels, command and the rest at the top of each container"
@@ -110,6 +169,8 @@ _LABEL_KEY = re.compile(rf"(?:[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?/)?{_LABEL_NAME}")
 _LABEL_VALUE = re.compile(rf"(?:{_LABEL_NAME})?")
 _ENV_NAME = re.compile(r"[^=\0]+")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+# The smallest duration there is (timedelta's resolution): "at least this" is "more than 0".
+_TINY = datetime.timedelta(microseconds=1)
 
 
 class SpecError(ValueError):
@@ -118,6 +179,27 @@ class SpecError(ValueError):
     def __init__(self, errors: Sequence[str]) -> None:
         self.errors = list(errors)
         super().__init__("\n".join(self.errors))
+
+
+def encode_spec(spec: spec_pb2.ContainerSpec) -> str:
+    """``spec`` as the value of :data:`SPEC_ENV`: base64 of its wire form."""
+    return base64.b64encode(spec.SerializeToString(deterministic=True)).decode("ascii")
+
+
+def decode_spec(text: str) -> spec_pb2.ContainerSpec:
+    """The spec :func:`encode_spec` wrote; ValueError naming what is wrong."""
+    try:
+        data = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(
+            f"${SPEC_ENV} is not base64: it holds a ContainerSpec as encode_spec() writes it"
+        ) from None
+    spec = spec_pb2.ContainerSpec()
+    try:
+        spec.ParseFromString(data)
+    except DecodeError:
+        raise ValueError(f"${SPEC_ENV} does not hold a ContainerSpec (not its wire form)") from None
+    return spec
 
 
 def load_specs(path: str | os.PathLike[str]) -> list[spec_pb2.ContainerSpec]:
@@ -221,6 +303,8 @@ class _Document:
 
 def _read_yaml(text: str, source: str) -> list[_Document]:
     """Each document's data, the line of every key and item, and duplicate keys."""
+    import yaml
+
     loader = yaml.SafeLoader(text)
     documents = []
     try:
@@ -247,6 +331,8 @@ def _read_yaml(text: str, source: str) -> list[_Document]:
 def _index(
     node: yaml.Node, path: SpecPath, lines: dict[SpecPath, int], duplicates: list[SpecPath]
 ) -> None:
+    import yaml
+
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -429,7 +515,14 @@ class _Checker:
         return out
 
     def integer(
-        self, value: Any, path: SpecPath, *, minimum: int, maximum: int, why: str = ""
+        self,
+        value: Any,
+        path: SpecPath,
+        *,
+        minimum: int,
+        maximum: int,
+        why: str = "",
+        why_max: str = "",
     ) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int):
             self.error(path, f"must be a whole number, got {_describe(value)}")
@@ -438,7 +531,7 @@ class _Checker:
             self.error(path, why or f"must be {minimum} or more, got {value}")
             return None
         if value > maximum:
-            self.error(path, f"must be at most {maximum}, got {value}")
+            self.error(path, why_max or f"must be at most {maximum}, got {value}")
             return None
         return value
 
@@ -448,23 +541,42 @@ class _Checker:
             return None
         return value
 
-    def duration(self, value: Any, path: SpecPath) -> duration_pb2.Duration | None:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if value == 0:
-                return duration_pb2.Duration()
+    def duration(
+        self,
+        value: Any,
+        path: SpecPath,
+        *,
+        minimum: datetime.timedelta = datetime.timedelta(0),
+        maximum: datetime.timedelta | None = None,
+        why: str = "",
+    ) -> duration_pb2.Duration | None:
+        """A duration within [minimum, maximum]; ``why`` follows a bound's message."""
+        if isinstance(value, int | float) and not isinstance(value, bool) and value != 0:
             self.error(path, f"{_shown(value)} has no unit: write {json.dumps(f'{value}s')}")
             return None
-        if not isinstance(value, str):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            duration = datetime.timedelta(0)
+        elif isinstance(value, str):
+            try:
+                duration = parse_duration(value)
+            except ValueError as exc:
+                self.error(path, str(exc))
+                return None
+        else:
             self.error(path, f"must be a duration such as 30s, got {_describe(value)}")
             return None
-        try:
-            ns = parse_duration(value)
-        except ValueError as exc:
-            self.error(path, str(exc))
+        shown = _shown(value)
+        reason = f" ({why})" if why else ""
+        if duration < minimum:
+            wanted = "more than 0s" if minimum <= _TINY else f"at least {format_duration(minimum)}"
+            self.error(path, f"{shown} is too short: must be {wanted}{reason}")
             return None
-        out = duration_pb2.Duration()
-        out.FromNanoseconds(ns)
-        return out
+        if maximum is not None and duration > maximum:
+            self.error(
+                path, f"{shown} is too long: must be at most {format_duration(maximum)}{reason}"
+            )
+            return None
+        return duration_to_proto(duration)
 
     def choice(self, value: Any, path: SpecPath, choices: Mapping[str, int]) -> int | None:
         if isinstance(value, str) and value in choices:
@@ -560,11 +672,36 @@ class _Checker:
         if "resources" in fields:
             self._resources(fields["resources"], (*path, "resources"), spec)
 
-        for key, target in (("gracePeriod", "grace_period"), ("restartBackoff", "restart_backoff")):
-            if key in fields:
-                duration = self.duration(fields[key], (*path, key))
-                if duration is not None:
-                    getattr(spec, target).CopyFrom(duration)
+        if "gracePeriod" in fields:
+            grace = self.duration(
+                fields["gracePeriod"],
+                (*path, "gracePeriod"),
+                maximum=MAX_GRACE_PERIOD,
+                why="a stop waits this long for the program; checkpoint a program that needs "
+                "longer",
+            )
+            if grace is not None:
+                spec.grace_period.CopyFrom(grace)
+        if "restartBackoff" in fields:
+            backoff = self.duration(
+                fields["restartBackoff"],
+                (*path, "restartBackoff"),
+                minimum=MIN_RESTART_BACKOFF,
+                maximum=MAX_RESTART_BACKOFF,
+                why="the first delay between restarts, doubled after each",
+            )
+            if backoff is not None:
+                spec.restart_backoff.CopyFrom(backoff)
+        if "startTimeout" in fields:
+            start_timeout = self.duration(
+                fields["startTimeout"],
+                (*path, "startTimeout"),
+                minimum=MIN_START_TIMEOUT,
+                maximum=MAX_START_TIMEOUT,
+                why="how long the program may take to register with the manager",
+            )
+            if start_timeout is not None:
+                spec.start_timeout.CopyFrom(start_timeout)
 
         if "restartPolicy" in fields:
             restart = self.choice(
@@ -585,11 +722,13 @@ class _Checker:
                 fields["replicas"],
                 (*path, "replicas"),
                 minimum=1,
-                maximum=_INT32_MAX,
+                maximum=MAX_REPLICAS,
                 why=(
                     f"must be 1 or more, got {fields['replicas']} "
                     "(to run none, leave the container out or scale it to 0)"
                 ),
+                why_max=f"must be at most {MAX_REPLICAS}, got {fields['replicas']} "
+                "(one manager runs its replicas on one machine)",
             )
             if replicas is not None:
                 spec.replicas = replicas
@@ -712,7 +851,13 @@ class _Checker:
             ("initialDelay", "initial_delay"),
         ):
             if key in fields:
-                duration = self.duration(fields[key], (*path, key))
+                duration = self.duration(
+                    fields[key],
+                    (*path, key),
+                    # A period or timeout of 0 would probe without pause or never succeed.
+                    minimum=_TINY if key != "initialDelay" else datetime.timedelta(0),
+                    maximum=MAX_PROBE_DURATION,
+                )
                 if duration is not None:
                     getattr(probe, target_name).CopyFrom(duration)
         if "failureThreshold" in fields:
@@ -738,7 +883,7 @@ def _quote_hint(value: Any) -> str:
 
 # -- back to the file format -------------------------------------------------------------------
 def _duration_text(duration: duration_pb2.Duration) -> str:
-    return format_duration(duration.ToNanoseconds())
+    return format_duration(duration_from_proto(duration))
 
 
 def _memory_text(n: int) -> str | int:
@@ -836,4 +981,6 @@ def spec_to_dict(spec: spec_pb2.ContainerSpec) -> dict[str, Any]:
         out["hooks"] = hooks
     if spec.sidecar:
         out["sidecar"] = True
+    if spec.HasField("start_timeout"):
+        out["startTimeout"] = _duration_text(spec.start_timeout)
     return out

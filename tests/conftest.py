@@ -35,3 +35,7 @@ def new_host(request: pytest.FixtureRequest) -> Iterator[Callable[..., Host]]:
     yield factory
     for h in hosts:
         h.stop()
+
+
+# pycontainer.testing's fixtures (`manager`, `container_factory`), as users enable them.
+pytest_plugins = ["pycontainer.testing.pytest_plugin"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from support import Host, ManagerHost, free_address, make_container, start_sync_host, wait_until
 
 import pycontainer
@@ -157,6 +158,20 @@ def test_apply_creates_then_says_unchanged(
     assert json.loads(as_json.out) == {
         "changes": [{"name": "kv", "action": "unchanged", "detail": ["1 replica"]}]
     }
+
+
+def test_what_ps_prints_applies_again_unchanged(
+    manager: ManagerHost, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    spec = write(tmp_path / "kv.yaml", KV.format(replicas=2, greeting="hi"))
+    assert cli(capsys, manager.address, "apply", "-f", spec, "--wait").code == 0
+    printed = cli(capsys, manager.address, "ps", "-o", "yaml")
+    assert printed.code == 0, printed.err
+    # One document per name, with the owner label: the same owner's apply.
+    again = write(tmp_path / "printed.yaml", printed.out)
+    assert yaml.safe_load(printed.out)["labels"][OWNER_LABEL] == derive_owner([spec])
+    run = cli(capsys, manager.address, "apply", "-f", again)
+    assert (run.code, run.lines) == (0, ["kv: unchanged (2 replicas)"]), run.err
 
 
 def test_replicas_are_reconciled_up_and_down(

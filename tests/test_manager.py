@@ -3,27 +3,20 @@ through the operator API, events, label selectors, errors."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from support import ManagerHost, connected_container, wait_until
+from support import connected_container, wait_until
 
 import pycontainer
 from pycontainer._errors import RequestError
+from pycontainer.testing import ManagerHost
 from pycontainer.v1 import container_pb2, manager_pb2
 
 S = container_pb2
-
-
-@pytest.fixture
-def manager(tmp_path: Path) -> Iterator[ManagerHost]:
-    host = ManagerHost(str(tmp_path / "state"))
-    yield host
-    host.stop()
 
 
 def _state(manager: ManagerHost, name: str) -> int:

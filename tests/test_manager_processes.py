@@ -13,19 +13,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2
-from support import ManagerHost, make_container, start_sync_host, stop_and_wait_exit, wait_until
 from support import free_address as _free_address
+from support import make_container, start_sync_host, stop_and_wait_exit, wait_until
 from support import running_and_connected as _running_and_connected
 from support import wait_container as _wait_container
 
 import pycontainer
+from pycontainer.testing import ManagerHost
 from pycontainer.v1 import (
     container_pb2,
     management_pb2,
@@ -43,18 +44,6 @@ RUN_MANAGER = "tests/apps/run_manager.py"
 
 
 # -- helpers -------------------------------------------------------------------------------
-@pytest.fixture
-def manager(tmp_path: Path) -> Iterator[ManagerHost]:
-    host = ManagerHost(str(tmp_path / "state"))
-    try:
-        yield host
-    finally:
-        # Whatever the process runtime launched and is still alive: SIGKILL.
-        with contextlib.suppress(Exception):
-            host.call(host.manager.runtimes[spec_pb2.RUNTIME_KIND_PROCESS].close)
-        host.stop()
-
-
 def _seconds(value: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromNanoseconds(int(value * 1e9))

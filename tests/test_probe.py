@@ -36,7 +36,7 @@ def test_exit_codes_follow_the_lifecycle(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_connection_failed_and_bad_usage() -> None:
-    assert main(["health", f"127.0.0.1:{_free_port()}", "--connect-timeout", "0.3"]) == 2
+    assert main(["health", f"127.0.0.1:{_free_port()}", "--connect-timeout", "300ms"]) == 2
     assert main(["health"]) == 1
 
 
@@ -49,7 +49,7 @@ def test_console_script_runs_as_a_process() -> None:
             "health",
             f"127.0.0.1:{_free_port()}",
             "--connect-timeout",
-            "0.2",
+            "200ms",
         ],
         capture_output=True,
         text=True,

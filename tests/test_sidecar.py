@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import datetime
 import http.server
 import os
 import re
@@ -19,6 +21,7 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
@@ -28,17 +31,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from support import ManagerHost, wait_until
 
 from pycontainer.cli import _run
+from pycontainer.manager._runtime import sidecar_launch
 from pycontainer.sidecar import (
     Prober,
-    ProbeSpec,
     Severities,
-    build_parser,
+    SidecarSettings,
     parse_probe,
     parse_rule,
     run_probe,
     settings_from_args,
-    sidecar_command,
+    settings_from_spec,
+    spec_from_args,
 )
+from pycontainer.spec import SPEC_ENV, encode_spec
+from pycontainer.units import DEFAULT_GRACE_PERIOD
 from pycontainer.v1 import (
     container_pb2,
     logs_pb2,
@@ -446,23 +452,35 @@ def test_a_manager_sees_a_stop_while_paused_and_a_program_that_failed(
         manager.stop()
 
 
-def test_launched_by_the_managers_process_runtime_from_a_spec(tmp_path: Path) -> None:
+def test_a_sidecar_spec_launched_by_the_manager_from_a_directory_with_a_decoy_package(
+    tmp_path: Path,
+) -> None:
+    """`sidecar: true`: the manager hands the sidecar the spec itself, and the
+    working directory (here holding a `pycontainer/` of its own, as a source
+    checkout does) cannot shadow the installed package."""
+    workdir = tmp_path / "checkout"
+    decoy = workdir / "pycontainer"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy pycontainer was imported')\n")
     manager = ManagerHost(str(tmp_path / "state"))
     try:
-        program = spec_pb2.ContainerSpec(
+        spec = spec_pb2.ContainerSpec(
             name="scripted",
-            command=["bash", APP],
+            labels={"lang": "bash"},
+            runtime=spec_pb2.RUNTIME_KIND_PROCESS,
+            command=[
+                "bash",
+                "-c",
+                'echo "spec=${PYCONTAINER_SPEC:-none} test=$SIDECAR_TEST cwd=$PWD"; exec bash "$0"',
+                APP,
+            ],
             grace_period=_seconds(10),
             readiness_probe=spec_pb2.Probe(
                 exec=spec_pb2.ExecProbe(command=["true"]), period=_seconds(0.2)
             ),
-        )
-        spec = spec_pb2.ContainerSpec(
-            name="scripted",
-            runtime=spec_pb2.RUNTIME_KIND_PROCESS,
-            command=sidecar_command(program, python=sys.executable),
-            working_dir=str(REPO),
+            working_dir=str(workdir),
             env={"SIDECAR_TEST": "1"},
+            sidecar=True,
         )
         [launched] = manager.stub.RunContainer(
             manager_pb2.RunContainerRequest(spec=spec), timeout=30
@@ -478,6 +496,8 @@ def test_launched_by_the_managers_process_runtime_from_a_spec(tmp_path: Path) ->
         assert got is not None
         assert got.pid == launched.pid  # registered under the id the runtime gave it
         assert got.identity.name == "scripted"
+        assert got.identity.labels["lang"] == "bash"
+        assert got.identity.grace_period.seconds == 10
         [endpoint] = got.identity.endpoints
         with grpc.insecure_channel(endpoint.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -487,11 +507,16 @@ def test_launched_by_the_managers_process_runtime_from_a_spec(tmp_path: Path) ->
             )
             management = management_pb2_grpc.ManagementStub(channel)
 
-            def ticked() -> bool:  # the script has set its TERM trap
-                request = management_pb2.StreamLogsRequest(logger="stdout", contains="tick")
-                return any(r.entries for r in management.StreamLogs(request, timeout=5))
+            def lines() -> list[str]:
+                request = management_pb2.StreamLogsRequest(logger="stdout")
+                return [
+                    e.message for r in management.StreamLogs(request, timeout=5) for e in r.entries
+                ]
 
-            wait_until(ticked, what="the program's output")
+            wait_until(lambda: "tick 1" in lines(), what="the program's output")
+            # The program runs in the spec's directory with the spec's
+            # environment; the spec was for the sidecar alone.
+            assert f"spec=none test=1 cwd={workdir}" in lines()
         stopped = manager.stub.StopContainer(
             manager_pb2.StopContainerRequest(container=cid, grace_period=_seconds(10)),
             timeout=30,
@@ -510,6 +535,43 @@ def test_launched_by_the_managers_process_runtime_from_a_spec(tmp_path: Path) ->
         with contextlib.suppress(Exception):
             manager.call(manager.manager.runtimes[spec_pb2.RUNTIME_KIND_PROCESS].close)
         manager.stop()
+
+
+def test_the_sidecar_launch_is_the_spec_not_flags() -> None:
+    spec = spec_pb2.ContainerSpec(
+        name="web",
+        command=["python", "-m", "http.server"],
+        working_dir="relative/dir",
+        sidecar=True,
+    )
+    command, env = sidecar_launch(spec)
+    assert command == [sys.executable, "-P", "-m", "pycontainer.sidecar"]
+    assert set(env) == {SPEC_ENV}
+    resolved = spec_pb2.ContainerSpec()
+    resolved.CopyFrom(spec)
+    resolved.command[0] = sys.executable  # "python" is the manager's interpreter
+    resolved.working_dir = os.path.abspath("relative/dir")  # where the sidecar starts
+    assert env[SPEC_ENV] == encode_spec(resolved)
+
+
+def test_a_spec_in_the_environment_runs_standalone(sidecars: list[SidecarProcess]) -> None:
+    spec = spec_pb2.ContainerSpec(
+        name="from-env", command=["bash", "-c", "echo from the spec; exit 4"]
+    )
+    sidecar = SidecarProcess(env={SPEC_ENV: encode_spec(spec)})
+    sidecars.append(sidecar)
+    assert sidecar.wait(15) == 4, sidecar.err_text()
+    assert "from the spec" in sidecar.stdout
+    assert "pycontainer-sidecar[from-env]" in sidecar.err_text()
+
+    mixed = SidecarProcess("--name", "x", "--", "true", env={SPEC_ENV: encode_spec(spec)})
+    sidecars.append(mixed)
+    assert mixed.wait(15) == 2
+    assert "PYCONTAINER_SPEC describes the container: drop --name, a command" in mixed.err_text()
+    broken = SidecarProcess(env={SPEC_ENV: "%%%"})
+    sidecars.append(broken)
+    assert broken.wait(15) == 2
+    assert "PYCONTAINER_SPEC is not base64" in broken.err_text()
 
 
 # -- the end of the program --------------------------------------------------------------------
@@ -539,11 +601,15 @@ def test_a_program_ignoring_term_is_killed_at_the_grace_deadline(
 def test_a_program_exiting_by_itself_ends_the_sidecar_with_its_status(
     sidecars: list[SidecarProcess],
 ) -> None:
-    sidecar = SidecarProcess("--name", "short", "--", "bash", "-c", "echo bye; sleep 0.3; exit 3")
+    sidecar = SidecarProcess(
+        "--name", "short", "--", "bash", "-c", "echo bye; sleep 0.3; exit 3", "--token=s3cret"
+    )
     sidecars.append(sidecar)
     assert sidecar.wait(15) == 3
     assert "bye" in sidecar.stdout
     err = sidecar.err_text()
+    assert "started bash (3 arguments)" in err
+    assert "s3cret" not in err
     assert "exited with status 3" in err
     assert "-> FAILED" in err  # the container FAILED, the status kept as its error
 
@@ -552,7 +618,9 @@ def test_a_program_that_cannot_run_exits_127(sidecars: list[SidecarProcess]) -> 
     sidecar = SidecarProcess("--name", "missing", "--", "/nonexistent/program", "--flag")
     sidecars.append(sidecar)
     assert sidecar.wait(15) == 127
-    assert "cannot run /nonexistent/program --flag" in sidecar.err_text()
+    err = sidecar.err_text()
+    assert "cannot run /nonexistent/program (1 argument)" in err
+    assert "--flag" not in err  # arguments may hold secrets: counted, never logged
 
 
 def test_the_program_dies_with_a_killed_sidecar(sidecars: list[SidecarProcess]) -> None:
@@ -601,7 +669,11 @@ def test_http_tcp_grpc_and_exec_probes() -> None:
             assert "NOT_SERVING" in message
             assert run_probe(parse_probe("exec", "true"))[0]
             assert not run_probe(parse_probe("exec", "false"))[0]
-            ok, message = run_probe(ProbeSpec("exec", command=("sleep", "5"), timeout=0.2))
+            ok, message = run_probe(
+                spec_pb2.Probe(
+                    exec=spec_pb2.ExecProbe(command=["sleep", "5"]), timeout=_seconds(0.2)
+                )
+            )
             assert not ok
             assert "timed out" in message
             ok, message = run_probe(parse_probe("exec", "/nonexistent/probe"))
@@ -616,7 +688,7 @@ def test_prober_counts_failures_against_the_threshold() -> None:
     reports: list[tuple[bool, str]] = []
     prober = Prober(
         "readiness",
-        ProbeSpec("exec", command=("true",), failure_threshold=2),
+        spec_pb2.Probe(exec=spec_pb2.ExecProbe(command=["true"]), failure_threshold=2),
         lambda serving, message: reports.append((serving, message)),
         initial=False,
     )
@@ -654,16 +726,39 @@ def test_severity_rules() -> None:
         parse_rule("nolevel")
 
 
-def test_arguments_and_sidecar_command_from_a_spec() -> None:
-    spec = spec_pb2.ContainerSpec(
+def _run_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="pycontainer")
+    _run.add_parser(parser.add_subparsers(dest="command_name"))
+    return parser.parse_args(["run", *argv])
+
+
+def test_run_flags_build_a_container_spec_and_take_the_specs_path() -> None:
+    args = _run_args(
+        *("--name", "web", "--label", "tier=front", "--priority", "4"),
+        *("--cpu", "500m", "--memory", "256Mi", "--grace", "20s"),
+        *("--liveness-tcp", "8000", "--liveness-period", "2s"),
+        *("--liveness-failure-threshold", "5", "--probe-timeout", "500ms"),
+        *("--readiness-exec", "sh -c 'test -f /tmp/ready file'"),
+        *("--pre-stop", "sh -c 'kill -USR1 $PYCONTAINER_CHILD_PID'"),
+        *("--checkpoint-cmd", "cat 'state file'", "--restore-cmd", "tee out"),
+        *("--workdir", "/srv", "--listen", "127.0.0.1:0", "--stop-signal", "INT"),
+        *("--", "./server", "--port", "8080"),
+    )
+    assert args.func is _run.run
+    spec = spec_from_args(args)
+    assert spec == spec_pb2.ContainerSpec(
         name="web",
         labels={"tier": "front"},
-        command=["python", "-m", "http.server", "--bind", "127.0.0.1"],
+        command=["./server", "--port", "8080"],
+        working_dir="/srv",
         priority=4,
         resources=container_pb2.ResourceRequirements(cpu_millis=500, memory_bytes=256 << 20),
         grace_period=_seconds(20),
         liveness_probe=spec_pb2.Probe(
-            tcp=spec_pb2.TcpProbe(port=8000), period=_seconds(2), failure_threshold=5
+            tcp=spec_pb2.TcpProbe(host="127.0.0.1", port=8000),
+            period=_seconds(2),
+            timeout=_seconds(0.5),
+            failure_threshold=5,
         ),
         readiness_probe=spec_pb2.Probe(
             exec=spec_pb2.ExecProbe(command=["sh", "-c", "test -f /tmp/ready file"]),
@@ -674,49 +769,65 @@ def test_arguments_and_sidecar_command_from_a_spec() -> None:
             checkpoint=["cat", "state file"],
             restore=["tee", "out"],
         ),
+        sidecar=True,
     )
-    argv = sidecar_command(spec, python="/py")
-    assert argv[:3] == ["/py", "-m", "pycontainer.sidecar"]
-    args = build_parser().parse_args(argv[3:])
-    settings = settings_from_args(args)
-    assert settings.command == ["/py", "-m", "http.server", "--bind", "127.0.0.1"]
-    assert settings.name == "web"
-    assert settings.labels == {"tier": "front"}
-    assert (settings.priority, settings.cpu_millis, settings.memory_bytes) == (4, 500, 256 << 20)
-    assert settings.grace_period == 20
-    assert settings.liveness == ProbeSpec("tcp", port=8000, period=2.0, failure_threshold=5)
-    assert settings.readiness == ProbeSpec(
-        "exec", command=("sh", "-c", "test -f /tmp/ready file"), timeout=0.5
-    )
-    assert settings.pre_stop == ("sh", "-c", "kill -USR1 $PYCONTAINER_CHILD_PID")
-    assert settings.checkpoint == ("cat", "state file")
-    assert settings.restore == ("tee", "out")
-
-    # `pycontainer run` takes the same arguments.
-    parser = argparse.ArgumentParser(prog="pycontainer")
-    _run.add_parser(parser.add_subparsers(dest="command_name"))
-    args = parser.parse_args(
-        [
-            "run",
-            *("--listen", "127.0.0.1:0", "--stop-signal", "INT", "--grace", "1m30s"),
-            *("--readiness-http", "localhost:8080/ready", "--readiness-period", "500ms"),
-            *("--probe-period", "3s", "--liveness-grpc", "9000/svc"),
-            *("--severity-rule", "^x=warn", "--cpu", "250m", "--memory", "64Mi"),
-            *("--", "./server", "--port", "8080"),
-        ]
-    )
-    assert args.func is _run.run
-    settings = settings_from_args(args)
+    settings = settings_from_args(args, environ={})
+    container = settings.container
+    assert (container.name, container.labels, container.priority) == ("web", {"tier": "front"}, 4)
+    assert (container.cpu_millis, container.memory_bytes) == (500, 256 << 20)
+    assert settings.grace_period == datetime.timedelta(seconds=20)
     assert settings.command == ["./server", "--port", "8080"]
-    assert settings.name == "server"
+    assert settings.liveness == spec.liveness_probe
+    assert settings.readiness == spec.readiness_probe
+    assert settings.pre_stop == ("sh", "-c", "kill -USR1 $PYCONTAINER_CHILD_PID")
+    assert (settings.checkpoint, settings.restore) == (("cat", "state file"), ("tee", "out"))
+    assert settings.cwd == "/srv"
     assert settings.stop_signal == signal.SIGINT
-    assert settings.grace_period == 90
-    assert settings.readiness == ProbeSpec(
-        "http", host="localhost", port=8080, path="/ready", period=0.5
+
+    # The same spec handed over in the environment: the same settings.
+    from_env = settings_from_args(
+        _run_args("--stop-signal", "INT"), environ={SPEC_ENV: encode_spec(spec)}
     )
-    assert settings.liveness == ProbeSpec("grpc", port=9000, service="svc", period=3.0)
-    assert (settings.cpu_millis, settings.memory_bytes) == (250, 64 << 20)
+    assert _without_id(from_env) == _without_id(settings)
+    with pytest.raises(ValueError, match="drop --grace, --liveness-exec/http/tcp/grpc, a command"):
+        settings_from_args(
+            _run_args("--grace", "1s", "--liveness-tcp", "1", "--", "x"),
+            environ={SPEC_ENV: encode_spec(spec)},
+        )
+
+    # Unset stays unset: the default grace period, no probes.
+    bare = settings_from_args(_run_args("--", "/bin/prog"), environ={})
+    assert bare.container.name == "prog"
+    assert bare.grace_period == DEFAULT_GRACE_PERIOD
+    assert (bare.liveness, bare.readiness) == (None, None)
+    named = settings_from_spec(
+        spec_pb2.ContainerSpec(command=["x"]), environ={"PYCONTAINER_NAME": "given"}
+    )
+    assert named.container.name == "given"
+
+
+def _without_id(settings: SidecarSettings) -> dict[str, Any]:
+    """The settings as a dict, less the container's id (random when not given)."""
+    fields = dataclasses.asdict(settings)
+    fields["container"].pop("id")
+    return fields
+
+
+def test_bad_run_flags_say_what_to_fix() -> None:
     with pytest.raises(SystemExit):
-        parser.parse_args(["run", "--liveness-tcp", "1", "--liveness-exec", "true", "--", "x"])
+        _run_args("--liveness-tcp", "1", "--liveness-exec", "true", "--", "x")
+    with pytest.raises(SystemExit):
+        _run_args("--probe-period", "0s", "--", "x")
+    with pytest.raises(SystemExit):
+        _run_args("--liveness-tcp", "99999", "--", "x")
     with pytest.raises(ValueError, match="no program to run"):
-        settings_from_args(parser.parse_args(["run", "--name", "x"]))
+        settings_from_args(_run_args("--name", "x"), environ={})
+    with pytest.raises(ValueError, match="the readiness probe's period must be more than 0s"):
+        settings_from_spec(
+            spec_pb2.ContainerSpec(
+                command=["x"],
+                readiness_probe=spec_pb2.Probe(
+                    tcp=spec_pb2.TcpProbe(port=1), period=duration_pb2.Duration()
+                ),
+            )
+        )

@@ -3,13 +3,24 @@ ContainerSpec; every mistake reported at once with its place; back again."""
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pycontainer.cli._duration import format_duration, parse_duration
-from pycontainer.spec import SpecError, load_specs, parse_specs, spec_to_dict
+from pycontainer.spec import (
+    MAX_GRACE_PERIOD,
+    MAX_REPLICAS,
+    MIN_RESTART_BACKOFF,
+    SpecError,
+    decode_spec,
+    encode_spec,
+    load_specs,
+    parse_specs,
+    spec_to_dict,
+)
+from pycontainer.units import duration_field, format_duration
 from pycontainer.v1 import spec_pb2
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +40,7 @@ containers:
     restartBackoff: 500ms
     checkpointPolicy: OnStop
     replicas: 3
+    startTimeout: 45s
     livenessProbe:
       http: {port: 8080, path: /healthz}
       period: 5s
@@ -67,6 +79,8 @@ def test_every_field_maps_onto_the_spec() -> None:
     assert web.restart_backoff.ToMilliseconds() == 500
     assert web.checkpoint_policy == spec_pb2.CHECKPOINT_POLICY_ON_STOP
     assert web.replicas == 3
+    assert duration_field(web, "start_timeout") == datetime.timedelta(seconds=45)
+    assert not box.HasField("start_timeout")  # unset: the manager's default
     probe = web.liveness_probe
     assert probe.WhichOneof("handler") == "http"
     assert (probe.http.port, probe.http.path) == (8080, "/healthz")
@@ -249,34 +263,51 @@ def test_spec_to_dict_reads_back_to_the_same_spec() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "ns"),
+    ("line", "message"),
     [
-        ("30s", 30 * 10**9),
-        ("2m", 120 * 10**9),
-        ("1h30m", 5400 * 10**9),
-        ("500ms", 500 * 10**6),
-        ("1.5s", 1_500_000_000),
-        ("0", 0),
-        ("250us", 250_000),
-        (" 1d ", 86400 * 10**9),
+        ("replicas: 100000", "replicas: must be at most 1000, got 100000"),
+        ("gracePeriod: 1000000h", 'gracePeriod: "1000000h" is too long: must be at most 1h'),
+        ("restartBackoff: 0s", 'restartBackoff: "0s" is too short: must be at least 100ms'),
+        ("restartBackoff: 99ms", "must be at least 100ms"),
+        ("restartBackoff: 6m", 'restartBackoff: "6m" is too long: must be at most 5m'),
+        ("startTimeout: 500ms", 'startTimeout: "500ms" is too short: must be at least 1s'),
+        ("startTimeout: 2h", 'startTimeout: "2h" is too long: must be at most 1h'),
+        ("livenessProbe: {tcp: {port: 1}, period: 0s}", 'period: "0s" is too short'),
+        ("readinessProbe: {tcp: {port: 1}, timeout: 0}", "timeout: 0 is too short"),
+        ("readinessProbe: {tcp: {port: 1}, initialDelay: 2h}", 'initialDelay: "2h" is too long'),
     ],
 )
-def test_durations(text: str, ns: int) -> None:
-    assert parse_duration(text) == ns
-    assert parse_duration(format_duration(ns)) == ns
+def test_bounds_are_stated_in_the_message(line: str, message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_specs(f"name: a\ncommand: [x]\n{line}\n", source="s.yaml")
+    [error] = info.value.errors
+    assert error.startswith("s.yaml:3: "), error
+    assert message in error, error
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("30", "has no unit: write 30s"),
-        ("", "empty duration"),
-        ("-1s", "negative"),
-        ("10x", "is not a duration"),
-        ("1h 30m", "is not a duration"),
-        ("s", "is not a duration"),
-    ],
-)
-def test_bad_durations(text: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        parse_duration(text)
+def test_values_at_the_bounds_pass() -> None:
+    [spec] = parse_specs(
+        f"name: a\ncommand: [x]\nreplicas: {MAX_REPLICAS}\n"
+        f"gracePeriod: {format_duration(MAX_GRACE_PERIOD)}\n"
+        f"restartBackoff: {format_duration(MIN_RESTART_BACKOFF)}\n"
+        "readinessProbe: {tcp: {port: 1}, initialDelay: 0s}\n"
+    )
+    assert spec.replicas == MAX_REPLICAS
+    assert duration_field(spec, "grace_period") == MAX_GRACE_PERIOD
+    assert duration_field(spec, "restart_backoff") == MIN_RESTART_BACKOFF
+    # gracePeriod 0 is no grace at all, not "unset".
+    [zero] = parse_specs("name: a\ncommand: [x]\ngracePeriod: 0\n")
+    assert duration_field(zero, "grace_period") == datetime.timedelta(0)
+
+
+def test_a_spec_travels_in_the_environment_as_its_wire_form() -> None:
+    specs = parse_specs(FULL)
+    for spec in specs:
+        text = encode_spec(spec)
+        assert text.isascii()
+        assert "\n" not in text
+        assert decode_spec(text) == spec
+    with pytest.raises(ValueError, match="PYCONTAINER_SPEC is not base64"):
+        decode_spec("not base64!")
+    with pytest.raises(ValueError, match="does not hold a ContainerSpec"):
+        decode_spec("//79/A==")

@@ -27,7 +27,7 @@ def test_demo_spec_applied_headless_and_torn_down(tmp_path: Path) -> None:
             "examples/demo.yaml",
             "--headless",
             "--duration",
-            "8",
+            "8s",
             "--listen",
             "127.0.0.1:0",
             "--state-dir",
@@ -44,16 +44,8 @@ def test_demo_spec_applied_headless_and_torn_down(tmp_path: Path) -> None:
     if shutil.which("runc") or IN_CI:
         names.append("oci-worker")  # runc, which CI installs
     for name in names:
-        started = [
-            line
-            for line in out.splitlines()
-            if name in line and "-> LIFECYCLE_STATE_RUNNING" in line
-        ]
-        stopped = [
-            line
-            for line in out.splitlines()
-            if name in line and "-> LIFECYCLE_STATE_STOPPED" in line
-        ]
+        started = [line for line in out.splitlines() if name in line and "-> RUNNING" in line]
+        stopped = [line for line in out.splitlines() if name in line and "-> STOPPED" in line]
         assert started, out
         assert len(stopped) == len(started), out  # every one stopped gracefully
     assert "manager shutdown" in out

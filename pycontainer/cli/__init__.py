@@ -1,69 +1,89 @@
-"""The `pycontainer` command."""
+"""The `pycontainer` command.
+
+``main(argv)`` runs it; ``main(argv, client=..., stdout=..., stderr=...)``
+runs a verb with a given manager client and output streams (as tests and
+embedders do). The grammar (``_parser``) is built without grpc or rich; each
+verb's module is imported when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, TextIO
 
-from . import _apply, _containers, _events, _health, _logs, _manager, _profile, _run, _top, _up
-from ._client import DEFAULT_MANAGER, MANAGER_ENV, CliError
+from ._context import Context
+from ._errors import CliError, from_call
+from ._parser import build_parser
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from ..client import ManagerClient
 
-_EPILOG = f"""\
-The client verbs find the manager through --manager HOST:PORT, else
-${MANAGER_ENV}, else {DEFAULT_MANAGER}. Durations are written like 30s, 2m,
-1h30m or 500ms. Exit status: 0 done, 1 refused or failed (error: CODE: details),
-2 manager unreachable. `pycontainer VERB --help` tells more.
-"""
+__all__ = ["Context", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pycontainer",
-        description="Manage containers through their gRPC interface.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--manager",
-        dest="global_manager",
-        metavar="ADDR",
-        help=f"HOST:PORT of the manager, for every client verb (default: ${MANAGER_ENV}, "
-        f"else {DEFAULT_MANAGER})",
-    )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _apply.add_parser(subparsers)
-    _apply.add_diff_parser(subparsers)
-    _containers.add_parsers(subparsers)
-    _logs.add_parser(subparsers)
-    _top.add_parser(subparsers)
-    _events.add_parser(subparsers)
-    _profile.add_parser(subparsers)
-    _up.add_parser(subparsers)
-    _run.add_parser(subparsers)
-    _manager.add_parser(subparsers)
-    _health.add_parser(subparsers)
-    return parser
+def _sidecar_argv(argv: list[str]) -> tuple[str | None, list[str]] | None:
+    """For ``[--manager ADDR] run ARGS...``: (the global --manager, ARGS);
+    None for every other verb. The sidecar's parser reads ARGS itself (argparse
+    cannot hand options through a subcommand untouched)."""
+    manager: str | None = None
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--manager" and index + 1 < len(argv):
+            manager = argv[index + 1]
+            index += 2
+        elif arg.startswith("--manager="):
+            manager = arg.split("=", 1)[1]
+            index += 1
+        elif arg == "run":
+            return manager, argv[index + 1 :]
+        else:
+            return None
+    return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def _parse(argv: list[str], ctx: Context) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit status of --help or a usage error."""
+    sidecar = _sidecar_argv(argv)
+    if sidecar is not None:
+        manager, rest = sidecar
+        if manager is not None and not any(a.split("=")[0] == "--manager" for a in rest):
+            rest = ["--manager", manager, *rest]
+        return argparse.Namespace(runs="_run:run", argv=rest)
+    with contextlib.redirect_stdout(ctx.stdout), contextlib.redirect_stderr(ctx.stderr):
+        try:
+            return build_parser().parse_args(argv)
+        except SystemExit as exc:  # argparse: 2 on bad usage; probes expect 1
+            return int(exc.code or 0) and 1
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    client: ManagerClient | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run ``pycontainer ARGV``; its exit status."""
+    ctx = Context(stdout or sys.stdout, stderr or sys.stderr, client)
+    parsed = _parse(list(sys.argv[1:] if argv is None else argv), ctx)
+    if isinstance(parsed, int):
+        return parsed
+    module, function = parsed.runs.split(":")
+    verb = getattr(importlib.import_module(f"{__name__}.{module}"), function)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: 2 on bad usage; probes expect 1
-        return int(exc.code or 0) and 1
-    try:
-        code: int = args.func(args)
+        code: int = verb(parsed, ctx)
     except CliError as exc:
         for line in exc.message.splitlines() or [""]:
-            print(f"error: {line}", file=sys.stderr)
+            ctx.err(f"error: {line}")
         return exc.code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        ctx.err("interrupted")
         return 130
     except BrokenPipeError:
         # The reader went away (| head): not an error; keep Python's final
@@ -71,6 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:
+        from ..client import CallError
+
+        if not isinstance(exc, CallError):
+            raise
+        error = from_call(exc)
+        ctx.err(f"error: {error.message}")
+        return error.code
     return code
 
 

@@ -3,40 +3,38 @@ set match spec files (kubectl apply), or show what that would change
 (kubectl diff), through the manager's ApplySpecs.
 
 Every spec applied carries the owner label ``pycontainer.dev/owner``: the value
-of ``--owner``, else one derived from the files (the first file's name and a
-short hash of the files' absolute paths, such as ``demo-3f2a1b9c``; ``stdin``
-for ``-``), so that applying the same file again, from any directory, is the
-same owner, and ``--prune`` removes only what that file launched.
+of ``--owner``; else the one the specs carry already (a file ``ps -o yaml``
+printed); else one derived from the files (the first file's name and a short
+hash of the files' absolute paths, such as ``demo-3f2a1b9c``; ``stdin`` for
+``-``), so that applying the same file again, from any directory, is the same
+owner, and ``--prune`` removes only what that file launched.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import os
 import re
 import sys
 import time
 from collections.abc import Iterable
-from datetime import timedelta
+from typing import TYPE_CHECKING
 
-from ..units import DURATION_HELP, duration_arg, format_duration
+from ..units import format_duration
 from ..v1 import container_pb2, manager_pb2, spec_pb2
-from ._client import (
-    EXIT_FAILED,
-    EXIT_UNREACHABLE,
-    CliError,
-    ManagerClient,
-    add_manager_option,
-    add_output_option,
-    connect,
-    print_data,
-    spinner,
-)
+from ._context import Context
+from ._errors import EXIT_FAILED, EXIT_UNREACHABLE, CliError, from_call
+from ._output import print_data, spinner
+
+if TYPE_CHECKING:
+    from ..client import ManagerClient
+
+__all__ = ["OWNER_LABEL", "derive_owner", "load", "run", "run_diff"]
 
 S = container_pb2
 E = manager_pb2
-_TERMINAL = (S.LIFECYCLE_STATE_STOPPED, S.LIFECYCLE_STATE_FAILED)
 # The label the manager puts on every container it applies (its
 # pycontainer.manager._apply.OWNER_LABEL; the CLI does not import the manager).
 OWNER_LABEL = "pycontainer.dev/owner"
@@ -54,82 +52,6 @@ _WOULD = {
     E.APPLY_ACTION_REPLACED: "would be replaced",
     E.APPLY_ACTION_PRUNED: "would be pruned",
 }
-_OWNER_HELP = (
-    "owner label value (pycontainer.dev/owner) of what this apply launches; prune removes "
-    "only this owner's containers (default: the first file's name and a short hash of the "
-    "files' absolute paths, such as demo-3f2a1b9c; 'stdin' for -)"
-)
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-f",
-        "--filename",
-        dest="files",
-        action="append",
-        required=True,
-        metavar="SPEC",
-        help="spec file (repeat for several; '-' reads YAML from stdin)",
-    )
-    parser.add_argument("--owner", metavar="NAME", help=_OWNER_HELP)
-    parser.add_argument(
-        "--prune",
-        action="store_true",
-        help="also stop the owner's containers whose name the files no longer list",
-    )
-
-
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "apply",
-        help="make the running containers match spec files",
-        description="Make the running containers match spec files (YAML, or TOML by the "
-        ".toml extension; '-' reads YAML from stdin), as kubectl apply does: a container "
-        "that is missing is created, replicas are scaled up or down, and a container whose "
-        "spec changed is replaced one replica at a time (the new one started and ready "
-        "before an old one stops with its grace period; restored from the old one's "
-        "checkpoint when checkpointPolicy is OnStop). Applying the same files again "
-        "changes nothing. Every file is checked first and every mistake reported, each "
-        "with its place in the file; nothing changes then. The manager keeps what was "
-        "applied, and a restarted manager brings the replicas back to it.",
-    )
-    _add_common(parser)
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="only check the files, without the manager (see `pycontainer diff` for what "
-        "would change)",
-    )
-    parser.add_argument(
-        "--wait",
-        action="store_true",
-        help="then wait until every replica of the files is RUNNING",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=duration_arg,
-        default=timedelta(seconds=60),
-        metavar="DURATION",
-        help=f"how long --wait waits, {DURATION_HELP} (default: 60s)",
-    )
-    add_output_option(parser, formats=("table", "json", "yaml"))
-    add_manager_option(parser)
-    parser.set_defaults(func=run)
-
-
-def add_diff_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "diff",
-        help="show what apply would change",
-        description="Show what `pycontainer apply` would do with spec files, per spec: "
-        "unchanged, or the action and the fields that differ. Changes nothing. Exit "
-        "status, as kubectl diff's: 0 no change, 1 changes, 2 or more when it could not "
-        "tell (a mistake in a file, a refusal, an unreachable manager).",
-    )
-    _add_common(parser)
-    add_output_option(parser, formats=("table", "json", "yaml"))
-    add_manager_option(parser)
-    parser.set_defaults(func=run_diff)
 
 
 def load(files: list[str]) -> list[spec_pb2.ContainerSpec]:
@@ -173,7 +95,10 @@ def derive_owner(files: Iterable[str]) -> str:
 
 def _request(args: argparse.Namespace, *, dry_run: bool) -> manager_pb2.ApplySpecsRequest:
     specs = load(args.files)
-    owner = args.owner or derive_owner(args.files)
+    # A file that `ps -o yaml` printed names its owner already: applying it
+    # again is the same owner's apply.
+    carried = {spec.labels.get(OWNER_LABEL, "") for spec in specs}
+    owner = args.owner or (carried.pop() if len(carried) == 1 else "") or derive_owner(args.files)
     for spec in specs:
         spec.labels[OWNER_LABEL] = owner
     return manager_pb2.ApplySpecsRequest(
@@ -201,84 +126,92 @@ def _summary(spec: spec_pb2.ContainerSpec) -> str:
     return ", ".join(parts)
 
 
-def _check_only(args: argparse.Namespace) -> int:
+def _check_only(args: argparse.Namespace, ctx: Context) -> int:
     """apply --dry-run: the files checked, nothing asked of the manager."""
     specs = load(args.files)
     if args.output in ("json", "yaml"):
         from ..spec import spec_to_dict
 
-        print_data({"containers": [spec_to_dict(s) for s in specs]}, args.output)
+        print_data(ctx, {"containers": [spec_to_dict(s) for s in specs]}, args.output)
     else:
         for spec in specs:
-            print(f"{spec.name}: valid ({_summary(spec)}); not launched (--dry-run)")
+            ctx.out(f"{spec.name}: valid ({_summary(spec)}); not launched (--dry-run)")
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    from ..client import CallError
+
     try:
         if args.dry_run:
-            return _check_only(args)
+            return _check_only(args, ctx)
         request = _request(args, dry_run=False)
     except CliError as exc:
         for line in exc.message.splitlines():
-            print(line, file=sys.stderr)
+            ctx.err(line)
         return EXIT_FAILED
-    with connect(args) as client:
-        with spinner(f"applying {len(request.specs)} spec(s)"):
-            response = client.call(client.stub.ApplySpecs, request, timeout=None)
+    code = 0
+    with ctx.manager(args) as client:
+        try:
+            with spinner(ctx, f"applying {len(request.specs)} spec(s)"):
+                # A rollout takes as long as its replicas take to be ready.
+                response = client.apply_specs(request, timeout=None)
+        except CallError as exc:
+            raise from_call(exc) from None
         if args.output == "table":
             for change in response.changes:
                 detail = "; ".join(change.detail.splitlines())
-                print(
+                ctx.out(
                     f"{change.name}: {_WORDS.get(change.action, '?')}"
-                    + (f" ({detail})" if detail else ""),
-                    flush=True,
+                    + (f" ({detail})" if detail else "")
                 )
-        code = 0
+            ctx.stdout.flush()
         if args.wait:
-            code = _wait(client, request, args.timeout, quiet=args.output != "table")
+            code = _wait(ctx, client, request, args.timeout, quiet=args.output != "table")
     if args.output in ("json", "yaml"):
-        print_data({"changes": [_change_dict(c) for c in response.changes]}, args.output)
+        print_data(ctx, {"changes": [_change_dict(c) for c in response.changes]}, args.output)
     return code
 
 
-def run_diff(args: argparse.Namespace) -> int:
+def run_diff(args: argparse.Namespace, ctx: Context) -> int:
+    from ..client import CallError
+
     try:
         request = _request(args, dry_run=True)
     except CliError as exc:
         for line in exc.message.splitlines():
-            print(line, file=sys.stderr)
+            ctx.err(line)
         return EXIT_UNREACHABLE
     try:
-        with connect(args) as client:
-            response = client.call(client.stub.ApplySpecs, request)
-    except CliError as exc:
-        for line in exc.message.splitlines():
-            print(f"error: {line}", file=sys.stderr)
+        with ctx.manager(args) as client:
+            response = client.apply_specs(request)
+    except (CallError, CliError) as exc:
+        error = from_call(exc) if isinstance(exc, CallError) else exc
+        for line in error.message.splitlines():
+            ctx.err(f"error: {line}")
         # 1 means "there are changes" here: a failure is 2 or more.
-        return max(exc.code, EXIT_UNREACHABLE)
+        return max(error.code, EXIT_UNREACHABLE)
     changed = any(c.action != E.APPLY_ACTION_UNCHANGED for c in response.changes)
     if args.output in ("json", "yaml"):
-        print_data({"changes": [_change_dict(c) for c in response.changes]}, args.output)
-    else:
-        for change in response.changes:
-            if change.action == E.APPLY_ACTION_UNCHANGED:
-                print(f"{change.name}: unchanged ({change.detail})")
-                continue
-            lines = change.detail.splitlines()
-            if change.action == E.APPLY_ACTION_REPLACED:
-                print(f"{change.name}: {_WOULD[change.action]}")
-                for line in lines:
-                    print(f"  {line}")
-            else:
-                print(f"{change.name}: {_WOULD.get(change.action, '?')} ({'; '.join(lines)})")
+        print_data(ctx, {"changes": [_change_dict(c) for c in response.changes]}, args.output)
+        return 1 if changed else 0
+    for change in response.changes:
+        lines = change.detail.splitlines()
+        if change.action == E.APPLY_ACTION_REPLACED:
+            ctx.out(f"{change.name}: {_WOULD[change.action]}")
+            for line in lines:
+                ctx.out(f"  {line}")
+        else:
+            ctx.out(f"{change.name}: {_WOULD.get(change.action, '?')} ({'; '.join(lines)})")
+    ctx.stdout.flush()
     return 1 if changed else 0
 
 
 def _wait(
+    ctx: Context,
     client: ManagerClient,
     request: manager_pb2.ApplySpecsRequest,
-    timeout: timedelta,
+    timeout: datetime.timedelta,
     *,
     quiet: bool,
 ) -> int:
@@ -288,14 +221,13 @@ def _wait(
     selector = manager_pb2.ListContainersRequest(label_selector=f"{OWNER_LABEL}={request.owner}")
 
     def running() -> dict[str, list[manager_pb2.Container]]:
-        listed = client.call(client.stub.ListContainers, selector).containers
         out: dict[str, list[manager_pb2.Container]] = {name: [] for name in wanted}
-        for c in listed:
+        for c in client.list_containers(selector).containers:
             if c.identity.name in out and c.state == S.LIFECYCLE_STATE_RUNNING:
                 out[c.identity.name].append(c)
         return out
 
-    with spinner(f"waiting for {sum(wanted.values())} replica(s) to run"):
+    with spinner(ctx, f"waiting for {sum(wanted.values())} replica(s) to run"):
         now = running()
         while any(len(now[n]) < k for n, k in wanted.items()) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -305,15 +237,12 @@ def _wait(
         if len(now[name]) >= count:
             if not quiet:
                 for c in now[name]:
-                    print(f"{c.identity.id}: RUNNING", flush=True)
+                    ctx.out(f"{c.identity.id}: RUNNING")
             continue
         code = EXIT_FAILED
-        print(
+        ctx.err(
             f"error: {name}: {len(now[name])} of {count} replica(s) RUNNING after "
-            f"{format_duration(timeout)}",
-            file=sys.stderr,
+            f"{format_duration(timeout)}"
         )
+    ctx.stdout.flush()
     return code
-
-
-__all__ = ["OWNER_LABEL", "add_diff_parser", "add_parser", "derive_owner", "load"]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import enum
-import sys
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ..units import format_duration
+from ._context import Context
 
 
 class ProbeExit(enum.IntEnum):
@@ -20,21 +23,27 @@ class ProbeExit(enum.IntEnum):
     NOT_SERVING = 4
 
 
+_SECOND = datetime.timedelta(seconds=1)
+
+
 def probe(
-    address: str, service: str = "", timeout: float = 1.0, connect_timeout: float = 1.0
+    address: str,
+    service: str = "",
+    timeout: datetime.timedelta = _SECOND,
+    connect_timeout: datetime.timedelta = _SECOND,
 ) -> tuple[ProbeExit, str]:
     """Check one service's health; the exit code and a line for the operator."""
     with grpc.insecure_channel(address) as channel:
         try:
-            grpc.channel_ready_future(channel).result(timeout=connect_timeout)
+            grpc.channel_ready_future(channel).result(timeout=connect_timeout.total_seconds())
         except grpc.FutureTimeoutError:
             return ProbeExit.CONNECTION_FAILED, (
                 f"error: failed to connect service at {address!r}: timed out after "
-                f"{connect_timeout:g}s"
+                f"{format_duration(connect_timeout)}"
             )
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout.total_seconds()
             )
         except grpc.RpcError as exc:
             code = exc.code()
@@ -45,27 +54,7 @@ def probe(
     return ProbeExit.SERVING, f"status: {status}"
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "health",
-        help="probe a container's grpc.health.v1 service",
-        description=(
-            "Exit 0 serving, 2 connection failed, 3 RPC failed, 4 not serving "
-            "(grpc_health_probe's codes)."
-        ),
-    )
-    parser.add_argument("address", help="HOST:PORT of the container")
-    parser.add_argument(
-        "--service", default="", help='service name: "" (overall), "liveness" or "readiness"'
-    )
-    parser.add_argument("--timeout", type=float, default=1.0, help="RPC timeout in seconds")
-    parser.add_argument(
-        "--connect-timeout", type=float, default=1.0, help="connection timeout in seconds"
-    )
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, ctx: Context) -> int:
     code, line = probe(args.address, args.service, args.timeout, args.connect_timeout)
-    print(line, file=sys.stdout if code == ProbeExit.SERVING else sys.stderr)
+    (ctx.out if code == ProbeExit.SERVING else ctx.err)(line)
     return int(code)

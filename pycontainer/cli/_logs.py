@@ -4,29 +4,22 @@ several interleaved with a coloured name prefix (a stable colour per name)."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import re
-import sys
-import time
 import zlib
 from collections import Counter
 from collections.abc import Collection, Iterable
 
-from google.protobuf import timestamp_pb2
 from rich.console import Console
 from rich.text import Text
 
+from ..client import ManagerClient
+from ..units import timestamp_to_proto
 from ..v1 import logs_pb2, manager_pb2
-from ._client import (
-    CliError,
-    ManagerClient,
-    add_manager_option,
-    connect,
-    message_dict,
-    stdout_console,
-)
-from ._duration import DURATION_HELP, duration_arg
-from ._render import SEVERITY_CHOICES, local_time, parse_severity
+from ._context import Context
+from ._errors import CliError
+from ._output import console, message_dict
+from ._render import local_time
 
 # Prefix colours, as stern and kubetail cycle through them; red is left for errors.
 PALETTE = (
@@ -63,86 +56,6 @@ def _severity_style(severity: int) -> str:
     if 0 < severity < logs_pb2.SEVERITY_INFO:
         return "dim"
     return ""
-
-
-def _level(text: str) -> int:
-    try:
-        return parse_severity(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _pattern(text: str) -> str:
-    try:
-        re.compile(text)
-    except re.error as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression: {exc}") from None
-    return text
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "logs",
-        help="print (and follow) containers' logs",
-        description="Print containers' logs through the manager. Several containers are "
-        "interleaved as their entries arrive, each line prefixed by the container's name "
-        "in a colour of its own. Colour is off when stdout is not a terminal, with "
-        "--no-color, or with $NO_COLOR. Filters apply at the source.",
-    )
-    parser.add_argument("containers", nargs="*", metavar="ID", help="container ids or names")
-    parser.add_argument(
-        "-l",
-        "--selector",
-        default="",
-        metavar="SELECTOR",
-        help="every connected container matching this label selector (such as app=web)",
-    )
-    parser.add_argument("-f", "--follow", action="store_true", help="keep printing new entries")
-    parser.add_argument(
-        "--since",
-        type=duration_arg,
-        metavar="DURATION",
-        help=f"only entries newer than this, {DURATION_HELP}",
-    )
-    parser.add_argument(
-        "--level",
-        type=_level,
-        metavar="LEVEL",
-        help=f"only entries at or above this level: {', '.join(SEVERITY_CHOICES)}",
-    )
-    parser.add_argument(
-        "--grep", type=_pattern, default="", metavar="RE", help="only messages matching RE"
-    )
-    parser.add_argument("--contains", default="", metavar="TEXT", help="only messages with TEXT")
-    parser.add_argument("--logger", default="", help="only this logger and its children")
-    parser.add_argument(
-        "--tail", type=_count, metavar="N", help="only the newest N entries of each container"
-    )
-    parser.add_argument(
-        "--prefix",
-        action="store_true",
-        help="prefix lines with the container's name even for one container",
-    )
-    parser.add_argument("--no-color", action="store_true", help="no colour, even on a terminal")
-    parser.add_argument(
-        "-o",
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text lines, or one JSON object per entry (default: text)",
-    )
-    add_manager_option(parser)
-    parser.set_defaults(func=run)
 
 
 class LogPrinter:
@@ -209,18 +122,15 @@ def display_labels(
 ) -> tuple[dict[str, str], list[str]]:
     """Container id -> the name to show (its name, or its id where several
     containers share that name), and the labels of the containers asked for."""
-    containers = client.call(
-        client.stub.ListContainers, manager_pb2.ListContainersRequest()
-    ).containers
+    containers = client.list_containers().containers
     names = Counter(c.identity.name for c in containers)
     labels = {
         c.identity.id: c.identity.name if names[c.identity.name] == 1 else c.identity.id
         for c in containers
     }
     if selector:
-        chosen = client.call(
-            client.stub.ListContainers,
-            manager_pb2.ListContainersRequest(label_selector=selector),
+        chosen = client.list_containers(
+            manager_pb2.ListContainersRequest(label_selector=selector)
         ).containers
         expected = [labels[c.identity.id] for c in chosen if c.connected]
     else:
@@ -232,7 +142,7 @@ def display_labels(
     return labels, expected
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, ctx: Context) -> int:
     if not args.containers and not args.selector:
         raise CliError("give container ids or names, or -l SELECTOR")
     log_filter = manager_pb2.StreamLogsFilter(
@@ -240,34 +150,35 @@ def run(args: argparse.Namespace) -> int:
         contains=args.contains,
         pattern=args.grep,
         logger=args.logger,
+        previous=args.previous,
     )
     if args.level is not None:
         log_filter.min_severity = args.level
     if args.tail is not None:
         log_filter.tail = args.tail
     if args.since is not None:
-        since = timestamp_pb2.Timestamp()
-        since.FromNanoseconds(time.time_ns() - args.since)
-        log_filter.since.CopyFrom(since)
+        now = datetime.datetime.now(datetime.UTC)
+        log_filter.since.CopyFrom(timestamp_to_proto(now - args.since))
     request = manager_pb2.ManagerStreamLogsRequest(
         containers=args.containers, label_selector=args.selector, filter=log_filter
     )
-    console = stdout_console(no_color=args.no_color)
-    with connect(args) as client:
+    out = console(ctx, no_color=args.no_color)
+    with ctx.manager(args) as client:
         labels, expected = display_labels(client, args.containers, args.selector)
         prefix = args.prefix or bool(args.selector) or len(args.containers) > 1
-        printer = LogPrinter(console, labels, prefix, args.output)
+        printer = LogPrinter(out, labels, prefix, args.output)
         printer.expect(expected)
         try:
-            for response in client.stream(client.stub.StreamLogs, request):
+            for response in client.stream_logs(request):
                 for entry in response.entries:
                     printer.print(entry)
-                console.file.flush()
+                out.file.flush()
                 if response.missed:
-                    print(
-                        f"note: {response.missed} entries missed (reading too slowly)",
-                        file=sys.stderr,
-                    )
+                    ctx.err(f"note: {response.missed} entries missed (reading too slowly)")
+                for end in response.ended:
+                    # One container's part of a followed stream ended; the others go on.
+                    why = end.message or "its stream ended"
+                    ctx.err(f"note: {printer.label(end.container_id)}: {why}")
         except KeyboardInterrupt:
             if not args.follow:
                 raise

@@ -9,32 +9,10 @@ import signal
 
 from ..manager import Manager, ManagerSettings, Resources, parse_cpu, parse_memory
 from ..telemetry import configure_tracing
+from ._context import Context
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "manager",
-        help="serve the central manager",
-        description="Serve the Lifecycle and Manager APIs. Containers dial in; operators "
-        "use the other verbs. Ctrl-C or SIGTERM stops serving (containers keep running "
-        "and reconnect to the next manager on the same address and state directory).",
-    )
-    parser.add_argument("--listen", default="127.0.0.1:50050", help="HOST:PORT to serve on")
-    parser.add_argument("--state-dir", default="state", help="where the SQLite state lives")
-    parser.add_argument("--cpu", help="capacity in cpus (e.g. 4 or 3500m); default: this machine")
-    parser.add_argument("--memory", help="capacity in bytes (e.g. 8Gi); default: this machine")
-    parser.add_argument(
-        "--heartbeat", type=float, default=5.0, help="heartbeat interval of sessions, seconds"
-    )
-    parser.add_argument(
-        "--stop-containers",
-        action="store_true",
-        help="on Ctrl-C, stop every container gracefully before exiting",
-    )
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, ctx: Context) -> int:
     capacity = None
     if args.cpu or args.memory:
         from ..manager._scheduler import machine_capacity
@@ -48,18 +26,18 @@ def run(args: argparse.Namespace) -> int:
         listen=args.listen,
         state_dir=args.state_dir,
         capacity=capacity,
-        heartbeat_interval=args.heartbeat,
+        heartbeat_interval=args.heartbeat.total_seconds(),
     )
     provider = configure_tracing("pycontainer-manager")
     try:
-        asyncio.run(_serve(settings, args.stop_containers))
+        asyncio.run(_serve(settings, args.stop_containers, ctx))
     finally:
         if provider is not None:
             provider.shutdown()
     return 0
 
 
-async def _serve(settings: ManagerSettings, stop_containers: bool) -> None:
+async def _serve(settings: ManagerSettings, stop_containers: bool, ctx: Context) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -67,7 +45,8 @@ async def _serve(settings: ManagerSettings, stop_containers: bool) -> None:
             loop.add_signal_handler(sig, stop.set)
     manager = Manager(settings)
     await manager.start()
-    print(f"manager serving on {manager.address}", flush=True)
+    ctx.out(f"manager serving on {manager.address}")
+    ctx.stdout.flush()
     await stop.wait()
     if stop_containers:
         await manager.shutdown_containers()

@@ -5,151 +5,96 @@ through the manager)."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
-import sys
 from pathlib import Path
 
-import grpc
+from google.protobuf import duration_pb2
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..v1 import container_pb2, management_pb2, management_pb2_grpc, manager_pb2, profile_pb2
-from ._client import (
-    CliError,
-    add_manager_option,
-    connect,
-    rpc_error,
-    show,
-    spinner,
-    stdout_console,
-)
-from ._duration import DURATION_HELP, duration_arg, format_duration, to_proto
-from ._render import local_time, plain_table
+from ..client import CallError, ManagementClient
+from ..units import duration_from_proto, duration_to_proto, format_duration
+from ..v1 import management_pb2, manager_pb2, profile_pb2
+from ._context import Context
+from ._errors import CliError, from_call
+from ._output import console, show, spinner
+from ._render import local_time, management_address, plain_table
 
 _FORMATS = {
     "pprof": profile_pb2.CPU_PROFILE_FORMAT_PPROF,
     "collapsed": profile_pb2.CPU_PROFILE_FORMAT_COLLAPSED,
 }
 _EXTENSIONS = {"pprof": ".cpu.pb.gz", "collapsed": ".cpu.folded"}
-_DEFAULT_CPU_NS = 10_000_000_000
-_MAX_CPU_NS = 300_000_000_000
+_DEFAULT_CPU = datetime.timedelta(seconds=10)
+# Time a profile takes beyond its CPU sampling.
+_PROFILE_TIMEOUT = datetime.timedelta(seconds=30)
 
 
-def _cpu(text: str) -> int:
-    ns = duration_arg(text)
-    if not 0 < ns <= _MAX_CPU_NS:
-        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 5m, got {text!r}")
-    return ns
-
-
-def _hz(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"must be from 1 to 1000, got {value}")
-    return value
-
-
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "profile",
-        help="threads, tasks, locks and a CPU profile of a container",
-        description="Ask a container's Management endpoint (found through the manager) for "
-        "its threads and their stacks, asyncio tasks and tracked-lock contention, and, "
-        "with --cpu or -o, sample its CPU and write the profile to a file (pprof, as "
-        "'go tool pprof' and speedscope read, or collapsed stacks for flamegraph.pl).",
-    )
-    parser.add_argument("container", metavar="ID", help="container id or name")
-    parser.add_argument(
-        "--cpu",
-        type=_cpu,
-        metavar="DURATION",
-        help=f"sample the CPU this long, {DURATION_HELP} (at most 5m; default with -o: 10s)",
-    )
-    parser.add_argument(
-        "--hz", type=_hz, default=0, help="samples per second (default 100, at most 1000)"
-    )
-    parser.add_argument(
-        "-o",
-        "--out",
-        metavar="FILE",
-        help="where to write the CPU profile ('-' for stdout; default with --cpu: "
-        "ID.cpu.pb.gz or ID.cpu.folded)",
-    )
-    parser.add_argument(
-        "--format",
-        choices=tuple(_FORMATS),
-        default="pprof",
-        help="CPU profile format (default: pprof)",
-    )
-    parser.add_argument("--stacks", action="store_true", help="print every thread's stack")
-    add_manager_option(parser)
-    parser.set_defaults(func=run)
-
-
-def management_address(container: manager_pb2.Container) -> str:
+def endpoint_of(container: manager_pb2.Container) -> str:
     """The address of the container's Management endpoint; CliError without one."""
-    for endpoint in container.identity.endpoints:
-        if endpoint.kind == container_pb2.ENDPOINT_KIND_MANAGEMENT:
-            return endpoint.address
-    raise CliError(f"container {container.identity.id} advertises no Management endpoint")
-
-
-def run(args: argparse.Namespace) -> int:
-    cpu_ns: int | None = args.cpu
-    if cpu_ns is None and args.out:
-        cpu_ns = _DEFAULT_CPU_NS
-    with connect(args) as client:
-        container = client.call(
-            client.stub.GetContainer, manager_pb2.GetContainerRequest(container=args.container)
-        ).container
     address = management_address(container)
+    if not address:
+        raise CliError(f"container {container.identity.id} advertises no Management endpoint")
+    return address
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    cpu: datetime.timedelta | None = args.cpu
+    if cpu is None and args.out:
+        cpu = _DEFAULT_CPU
+    with ctx.manager(args) as client:
+        container = client.get_container(
+            manager_pb2.GetContainerRequest(container=args.container)
+        ).container
+    address = endpoint_of(container)
     request = management_pb2.GetProfileRequest(cpu_sample_hz=args.hz)
-    if cpu_ns:
-        request.cpu_duration.CopyFrom(to_proto(cpu_ns))
+    if cpu:
+        request.cpu_duration.CopyFrom(duration_to_proto(cpu))
         request.cpu_format = _FORMATS[args.format]
-    timeout = 30.0 + (cpu_ns or 0) / 1e9
+    timeout = _PROFILE_TIMEOUT + (cpu or datetime.timedelta(0))
     doing = (
-        f"sampling the CPU of {container.identity.id} for {format_duration(cpu_ns)}"
-        if cpu_ns
+        f"sampling the CPU of {container.identity.id} for {format_duration(cpu)}"
+        if cpu
         else f"profiling {container.identity.id}"
     )
-    with grpc.insecure_channel(address) as channel, spinner(doing):
-        stub = management_pb2_grpc.ManagementStub(channel)
+    with ManagementClient(address) as management, spinner(ctx, doing):
         try:
-            profile = stub.GetProfile(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise rpc_error(
-                exc, address, server=f"the Management endpoint of {container.identity.id}"
+            profile = management.get_profile(request, timeout=timeout)
+        except CallError as exc:
+            raise from_call(
+                exc, server=f"the Management endpoint of {container.identity.id}"
             ) from None
 
     if args.out == "-":
-        sys.stdout.buffer.write(profile.cpu_profile.data)
-        sys.stdout.flush()
+        ctx.stdout.flush()
+        buffer = getattr(ctx.stdout, "buffer", None)
+        if buffer is None:
+            raise CliError("-o -: stdout takes no bytes here")
+        buffer.write(profile.cpu_profile.data)
+        buffer.flush()
         return 0
-    console = stdout_console()
-    summarize(console, container, address, profile, stacks=args.stacks)
-    if cpu_ns:
-        out = Path(args.out or f"{container.identity.id}{_EXTENSIONS[args.format]}")
-        write_file(out, profile.cpu_profile.data)
-        cpu = profile.cpu_profile
-        period = _ms(cpu.sample_period.ToNanoseconds())
+    out = console(ctx)
+    summarize(out, container, address, profile, stacks=args.stacks)
+    if cpu:
+        path = Path(args.out or f"{container.identity.id}{_EXTENSIONS[args.format]}")
+        write_file(path, profile.cpu_profile.data)
+        cpu_profile = profile.cpu_profile
         line = Text("CPU profile:", style="bold")
         line.append(
-            f"  {cpu.samples} samples over {_ms(cpu.duration.ToNanoseconds())} "
-            f"(every {period}), {args.format}, written to {out}"
+            f"  {cpu_profile.samples} samples over {_ms(cpu_profile.duration)} "
+            f"(every {_ms(cpu_profile.sample_period)}), {args.format}, written to {path}"
         )
-        show(console, Text(""))
-        show(console, line)
+        show(out, Text(""))
+        show(out, line)
     return 0
 
 
-def _ms(ns: int) -> str:
+def _ms(duration: duration_pb2.Duration) -> str:
     """A duration to the millisecond, for reading."""
-    return format_duration(round(ns, -6))
+    value = duration_from_proto(duration)
+    return format_duration(datetime.timedelta(milliseconds=round(value.total_seconds() * 1000)))
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -171,7 +116,7 @@ def _where(frames: list[profile_pb2.StackFrame]) -> str:
 
 
 def summarize(
-    console: Console,
+    out: Console,
     container: manager_pb2.Container,
     address: str,
     profile: management_pb2.GetProfileResponse,
@@ -195,22 +140,22 @@ def summarize(
     grid.add_row("Tasks:", f"{len(profile.tasks)} asyncio tasks ({done} done)")
     contended = sum(1 for lock in profile.locks if lock.contentions)
     grid.add_row("Locks:", f"{len(profile.locks)} tracked ({contended} contended)")
-    show(console, grid)
+    show(out, grid)
 
     threads = plain_table("THREAD", "NATIVE ID", "DAEMON", "WAITING FOR", "WHERE")
     for t in sorted(profile.threads, key=lambda t: t.name):
         wait = "-"
         if t.waiting_for_lock:
-            wait = f"{t.waiting_for_lock} ({_ms(t.waiting_for.ToNanoseconds())})"
+            wait = f"{t.waiting_for_lock} ({_ms(t.waiting_for)})"
         threads.add_row(
             t.name, str(t.native_id), "yes" if t.daemon else "no", wait, _where(list(t.frames))
         )
-    show(console, Text(""), threads)
+    show(out, Text(""), threads)
     if stacks:
         for t in profile.threads:
-            show(console, Text(f"  {t.name}:", style="bold"))
+            show(out, Text(f"  {t.name}:", style="bold"))
             for frame in t.frames:
-                show(console, Text(f"    {frame.file}:{frame.line} in {frame.function}"))
+                show(out, Text(f"    {frame.file}:{frame.line} in {frame.function}"))
 
     if profile.tasks:
         tasks = plain_table("TASK", "COROUTINE", "THREAD", "DONE", "WHERE")
@@ -222,20 +167,20 @@ def summarize(
                 "yes" if task.done else "no",
                 _where(list(task.frames)),
             )
-        show(console, Text(""), tasks)
+        show(out, Text(""), tasks)
 
     if profile.locks:
         locks = plain_table(
             "LOCK", "ACQUIRED", "CONTENDED", "TOTAL WAIT", "MAX WAIT", "HOLDER", "WAITERS"
         )
-        for lock in sorted(profile.locks, key=lambda lock: -lock.total_wait.ToNanoseconds()):
+        for lock in sorted(profile.locks, key=lambda lock: -duration_from_proto(lock.total_wait)):
             locks.add_row(
                 lock.name,
                 str(lock.acquisitions),
                 str(lock.contentions),
-                _ms(lock.total_wait.ToNanoseconds()),
-                _ms(lock.max_wait.ToNanoseconds()),
+                _ms(lock.total_wait),
+                _ms(lock.max_wait),
                 lock.holder or "-",
                 str(lock.waiters),
             )
-        show(console, Text(""), locks)
+        show(out, Text(""), locks)

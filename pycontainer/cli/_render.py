@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 import time
 from collections.abc import Iterable
 
@@ -11,26 +12,26 @@ from rich.table import Table
 from rich.text import Text
 
 from ..units import format_cpu, format_memory
-from ..v1 import container_pb2, logs_pb2, manager_pb2
+from ..v1 import container_pb2, manager_pb2
+from ._args import STATE_NAMES, parse_state
 
 __all__ = [
     "STATE_NAMES",
     "age",
     "container_table",
+    "event_message",
+    "event_subject",
     "local_time",
+    "management_address",
     "parse_state",
     "plain_table",
     "short_enum",
+    "short_id",
     "state_name",
     "state_text",
 ]
 
 _STATE_PREFIX = "LIFECYCLE_STATE_"
-STATE_NAMES: dict[str, int] = {
-    name.removeprefix(_STATE_PREFIX).lower(): number
-    for name, number in container_pb2.LifecycleState.items()
-    if number != container_pb2.LIFECYCLE_STATE_UNSPECIFIED
-}
 
 _STATE_STYLES: dict[int, str] = {
     container_pb2.LIFECYCLE_STATE_RUNNING: "green",
@@ -40,19 +41,36 @@ _STATE_STYLES: dict[int, str] = {
 }
 
 
-def parse_state(text: str) -> int:
-    """A LifecycleState from ``running`` (or ``RUNNING``, ``LIFECYCLE_STATE_RUNNING``)."""
-    key = text.strip().lower().removeprefix(_STATE_PREFIX.lower())
-    if key not in STATE_NAMES:
-        raise ValueError(f"unknown state {text!r}: use one of {', '.join(STATE_NAMES)}")
-    return STATE_NAMES[key]
-
-
 def state_name(state: int) -> str:
     """``RUNNING`` for LIFECYCLE_STATE_RUNNING."""
     if state == container_pb2.LIFECYCLE_STATE_UNSPECIFIED:
         return "UNKNOWN"
     return short_enum(container_pb2.LifecycleState.Name(state))  # type: ignore[arg-type]
+
+
+def short_id(container_id: str) -> str:
+    """The id as events and tables abbreviate it: its last 8 characters
+    (ids are NAME-RANDOM, so the tail tells replicas apart)."""
+    return container_id[-8:] if len(container_id) > 8 else container_id
+
+
+def event_subject(name: str, container_id: str) -> str:
+    """How an event names its container: ``NAME/SHORT-ID`` (two replicas of a
+    name are told apart), or the one of them that is known."""
+    if not container_id or container_id == name:
+        return name or container_id
+    if not name:
+        return short_id(container_id)
+    return f"{name}/{short_id(container_id)}"
+
+
+_STATE_WORD = re.compile(r"\bLIFECYCLE_STATE_([A-Z_]+)\b")
+
+
+def event_message(text: str) -> str:
+    """An event's message with the state words the tables use (RUNNING, not
+    LIFECYCLE_STATE_RUNNING)."""
+    return _STATE_WORD.sub(lambda m: m.group(1), text)
 
 
 def state_text(state: int) -> Text:
@@ -123,12 +141,27 @@ def human_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def management_address(c: manager_pb2.Container) -> str:
+    """The address of a container's Management endpoint ("" without one)."""
+    for endpoint in c.identity.endpoints:
+        if endpoint.kind == container_pb2.ENDPOINT_KIND_MANAGEMENT:
+            return endpoint.address
+    return ""
+
+
 def container_table(
-    containers: Iterable[manager_pb2.Container], *, show_labels: bool = False
+    containers: Iterable[manager_pb2.Container],
+    *,
+    show_labels: bool = False,
+    wide: bool = False,
 ) -> Table:
-    """The ps listing."""
+    """The ps listing; ``wide`` adds the version, the Management address, the
+    reason for the state and the labels."""
     headers = ["NAME", "ID", "STATE", "CONNECTED", "PRIORITY", "CPU", "MEMORY", "PID"]
     headers += ["RESTARTS", "AGE"]
+    if wide:
+        headers += ["VERSION", "MANAGEMENT", "REASON"]
+    show_labels = show_labels or wide
     if show_labels:
         headers.append("LABELS")
     table = plain_table(*headers)
@@ -147,28 +180,9 @@ def container_table(
             str(c.restarts),
             age(c.create_time, now),
         ]
+        if wide:
+            row += [c.identity.version or "-", management_address(c) or "-", c.reason or "-"]
         if show_labels:
             row.append(",".join(f"{k}={v}" for k, v in sorted(c.identity.labels.items())) or "-")
         table.add_row(*row)
     return table
-
-
-_SEVERITY_NAMES = {
-    "trace": logs_pb2.SEVERITY_TRACE,
-    "debug": logs_pb2.SEVERITY_DEBUG,
-    "info": logs_pb2.SEVERITY_INFO,
-    "warn": logs_pb2.SEVERITY_WARN,
-    "warning": logs_pb2.SEVERITY_WARN,
-    "error": logs_pb2.SEVERITY_ERROR,
-    "fatal": logs_pb2.SEVERITY_FATAL,
-    "critical": logs_pb2.SEVERITY_FATAL,
-}
-SEVERITY_CHOICES = ("trace", "debug", "info", "warn", "error", "fatal")
-
-
-def parse_severity(text: str) -> int:
-    """A Severity from ``warn`` (or warning, WARN, error, critical, ...)."""
-    key = text.strip().lower()
-    if key not in _SEVERITY_NAMES:
-        raise ValueError(f"unknown level {text!r}: use one of {', '.join(SEVERITY_CHOICES)}")
-    return _SEVERITY_NAMES[key]

@@ -5,6 +5,7 @@ went away leaves the others on screen)."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import threading
 import time
 from dataclasses import dataclass
@@ -14,74 +15,16 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from ..v1 import container_pb2, manager_pb2, metrics_pb2
-from ._client import (
-    ManagerClient,
-    add_manager_option,
-    add_output_option,
-    connect,
-    error_console,
-    message_dict,
-    print_data,
-    show,
-    stdout_console,
-)
-from ._duration import DURATION_HELP, duration_arg, format_duration, to_proto
+from ..client import CallError, ManagerClient
+from ..units import duration_from_proto, duration_to_proto, format_duration
+from ..v1 import container_pb2, manager_pb2, manager_pb2_grpc, metrics_pb2
+from ._args import LIVE_STATES
+from ._context import Context
+from ._errors import from_call
+from ._output import console, error_console, message_dict, print_data, show
 from ._render import human_bytes, plain_table, state_text
 
 S = container_pb2
-_LIVE_STATES = (
-    S.LIFECYCLE_STATE_CREATED,
-    S.LIFECYCLE_STATE_STARTING,
-    S.LIFECYCLE_STATE_RUNNING,
-    S.LIFECYCLE_STATE_PAUSED,
-    S.LIFECYCLE_STATE_PAUSING,
-    S.LIFECYCLE_STATE_RESUMING,
-    S.LIFECYCLE_STATE_STOPPING,
-)
-_SORT_KEYS = ("cpu", "memory", "rpc", "name")
-_MIN_INTERVAL_NS = 100_000_000
-_MAX_INTERVAL_NS = 3_600_000_000_000
-
-
-def _interval(text: str) -> int:
-    ns = duration_arg(text)
-    if not _MIN_INTERVAL_NS <= ns <= _MAX_INTERVAL_NS:
-        raise argparse.ArgumentTypeError(f"must be from 100ms to 1h, got {text!r}")
-    return ns
-
-
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "top",
-        help="live figures of containers: CPU, memory, threads, RPCs",
-        description="A live table of every live, connected container (or those named or "
-        "selected): CPU % of one core, resident memory, threads, open files, RPC calls "
-        "per second and uptime, from the manager's WatchMetrics proxy. Ctrl-C ends it.",
-    )
-    parser.add_argument("containers", nargs="*", metavar="ID", help="only these (ids or names)")
-    parser.add_argument(
-        "-l", "--selector", default="", metavar="SELECTOR", help="only containers matching"
-    )
-    parser.add_argument(
-        "--interval",
-        type=_interval,
-        default=1_000_000_000,
-        metavar="DURATION",
-        help=f"time between updates, {DURATION_HELP} (100ms to 1h; default: 1s)",
-    )
-    parser.add_argument(
-        "--sort",
-        choices=_SORT_KEYS,
-        default="cpu",
-        help="order of rows: busiest CPU, largest memory, most RPCs, or by name (default: cpu)",
-    )
-    parser.add_argument(
-        "--once", action="store_true", help="print one table and exit (for scripts and tests)"
-    )
-    add_output_option(parser, formats=("table", "json", "yaml"))
-    add_manager_option(parser)
-    parser.set_defaults(func=run)
 
 
 @dataclass
@@ -96,9 +39,12 @@ class Feed:
     """One WatchMetrics stream per container, each on a thread; the latest
     snapshot (or error) of each."""
 
-    def __init__(self, client: ManagerClient, interval_ns: int) -> None:
+    def __init__(self, client: ManagerClient, interval: datetime.timedelta) -> None:
         self._client = client
-        self._interval = to_proto(interval_ns)
+        # The raw stub: each stream is cancelled from the main thread (a
+        # generator cannot be closed from another thread while it runs).
+        self._stub = manager_pb2_grpc.ManagerStub(client.channel)
+        self._interval = duration_to_proto(interval)
         self._lock = threading.Lock()
         self.targets: dict[str, _Target] = {}
         self._threads: list[threading.Thread] = []
@@ -129,7 +75,7 @@ class Feed:
         request = manager_pb2.ManagerWatchMetricsRequest(
             containers=[target.container.identity.id], interval=self._interval
         )
-        call = self._client.stub.WatchMetrics(request)
+        call = self._stub.WatchMetrics(request)
         with self._lock:
             target.call = call
         try:
@@ -140,7 +86,8 @@ class Feed:
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 with self._lock:
-                    target.error = self._client.error(exc).message
+                    error = CallError.from_rpc_error(exc, self._client.target, "WatchMetrics")
+                    target.error = from_call(error).message
 
     def ready(self) -> bool:
         """Every container has a snapshot or an error."""
@@ -210,7 +157,9 @@ def render(rows: list[_Target], sort: str) -> Group:
                 str(p.threads),
                 str(p.open_fds),
                 f"{_rpc_rate(s):.1f}",
-                format_duration(p.uptime.seconds * 1_000_000_000) if p.HasField("uptime") else "-",
+                format_duration(datetime.timedelta(seconds=duration_from_proto(p.uptime).seconds))
+                if p.HasField("uptime")
+                else "-",
             ]
         table.add_row(identity.name, identity.id, state_text(t.container.state), *figures)
     return Group(table, *errors)
@@ -218,9 +167,8 @@ def render(rows: list[_Target], sort: str) -> Group:
 
 def _select(client: ManagerClient, args: argparse.Namespace) -> list[manager_pb2.Container]:
     """The live, connected containers to show."""
-    response = client.call(
-        client.stub.ListContainers,
-        manager_pb2.ListContainersRequest(label_selector=args.selector, states=_LIVE_STATES),
+    response = client.list_containers(
+        manager_pb2.ListContainersRequest(label_selector=args.selector, states=LIVE_STATES)
     )
     chosen = [c for c in response.containers if c.connected]
     if args.containers:
@@ -229,25 +177,23 @@ def _select(client: ManagerClient, args: argparse.Namespace) -> list[manager_pb2
     return chosen
 
 
-def run(args: argparse.Namespace) -> int:
-    with connect(args) as client:
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.manager(args) as client:
         if args.containers:  # an unknown name is an error, not an empty table
             for name in args.containers:
-                client.call(
-                    client.stub.GetContainer, manager_pb2.GetContainerRequest(container=name)
-                )
+                client.get_container(manager_pb2.GetContainerRequest(container=name))
         feed = Feed(client, args.interval)
         try:
             if args.once:
-                return _once(client, feed, args)
-            return _live(client, feed, args)
+                return _once(ctx, client, feed, args)
+            return _live(ctx, client, feed, args)
         finally:
             feed.close()
 
 
-def _once(client: ManagerClient, feed: Feed, args: argparse.Namespace) -> int:
+def _once(ctx: Context, client: ManagerClient, feed: Feed, args: argparse.Namespace) -> int:
     feed.update(_select(client, args))
-    deadline = time.monotonic() + 10 + args.interval / 1e9
+    deadline = time.monotonic() + 10 + args.interval.total_seconds()
     while not feed.ready() and time.monotonic() < deadline:
         time.sleep(0.02)
     rows = feed.rows()
@@ -261,29 +207,29 @@ def _once(client: ManagerClient, feed: Feed, args: argparse.Namespace) -> int:
             }
             for t in _sort(rows, args.sort)
         ]
-        print_data({"containers": data}, args.output)
+        print_data(ctx, {"containers": data}, args.output)
         return 0
     if not rows:
-        error_console().print("no live containers")
+        error_console(ctx).print("no live containers")
         return 0
-    show(stdout_console(), render(rows, args.sort))
+    show(console(ctx), render(rows, args.sort))
     return 0
 
 
-def _live(client: ManagerClient, feed: Feed, args: argparse.Namespace) -> int:
-    console = stdout_console()
-    interval = args.interval / 1e9
+def _live(ctx: Context, client: ManagerClient, feed: Feed, args: argparse.Namespace) -> int:
+    out = console(ctx)
+    interval = args.interval.total_seconds()
     refresh_every = max(interval, 2.0)  # new and departed containers
     next_refresh = 0.0
     try:
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
+        with Live(console=out, refresh_per_second=4, transient=False) as live:
             while True:
                 now = time.monotonic()
                 if now >= next_refresh:
                     feed.update(_select(client, args))
                     next_refresh = now + refresh_every
                 header = Text(
-                    f"pycontainer top: {client.address}, every {format_duration(args.interval)}"
+                    f"pycontainer top: {client.target}, every {format_duration(args.interval)}"
                     f" (Ctrl-C to quit)",
                     style="dim",
                 )

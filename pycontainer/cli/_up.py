@@ -22,48 +22,15 @@ from rich.text import Text
 from ..manager import Manager, ManagerSettings
 from ..spec import SpecError, load_specs
 from ..telemetry import configure_tracing
-from ..v1 import spec_pb2
-from ._render import container_table, local_time
+from ..units import format_duration
+from ..v1 import manager_pb2, spec_pb2
+from ._context import Context
+from ._render import container_table, event_message, event_subject, local_time
 
 _EVENTS_SHOWN = 8
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "up",
-        help="run a manager, apply a spec and watch it live (make run)",
-        description="Start a manager with embedded defaults, launch what the spec files "
-        "describe, and show a live view of containers and events. Ctrl-C (or SIGTERM) "
-        "stops every container gracefully, then the manager. Traces go to "
-        "STATE_DIR/traces.jsonl, or as the OTEL_* variables say (OTLP when "
-        "OTEL_EXPORTER_OTLP_ENDPOINT is set).",
-    )
-    parser.add_argument(
-        "-f",
-        "--filename",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="spec file to apply (repeatable; default examples/demo.yaml)",
-    )
-    parser.add_argument("--listen", default="127.0.0.1:50050", help="manager address")
-    parser.add_argument("--state-dir", default="state", help="manager state directory")
-    parser.add_argument(
-        "--headless",
-        action="store_true",
-        help="no live view: print events as lines (for scripts and CI)",
-    )
-    parser.add_argument(
-        "--duration",
-        type=float,
-        default=0.0,
-        help="stop everything after this many seconds (0 = until Ctrl-C)",
-    )
-    parser.add_argument("--grace", type=float, default=10.0, help="grace period on Ctrl-C (s)")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, ctx: Context) -> int:
     files = args.filename or ["examples/demo.yaml"]
     specs = []
     try:
@@ -112,7 +79,7 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> 
         except Exception as exc:  # one bad spec must not hide the others
             failures += 1
             print(f"error: {spec.name}: {exc}", file=sys.stderr, flush=True)
-    deadline = time.monotonic() + args.duration if args.duration else None
+    deadline = time.monotonic() + args.duration.total_seconds() if args.duration else None
     printed = 0
     if args.headless:
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
@@ -125,10 +92,10 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> 
                 live.update(_view(manager))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
-    print(f"stopping every container (grace {args.grace:.0f}s)...", flush=True)
+    print(f"stopping every container (grace {format_duration(args.grace)})...", flush=True)
     # One trace: this span -> each stop command -> each container's on_stop.
     with trace.get_tracer("pycontainer.cli").start_as_current_span("pycontainer up: stop all"):
-        await manager.shutdown_containers(args.grace)
+        await manager.shutdown_containers(args.grace.total_seconds())
     _print_events(manager, printed if args.headless else len(manager.events.history()))
     await asyncio.sleep(0.5)  # let the processes exit and report
     await manager.close_runtimes()
@@ -140,15 +107,21 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> 
 def _print_events(manager: Manager, printed: int) -> int:
     history = manager.events.history()
     for event in history[printed:]:
-        print(f"{local_time(event.time)}  {event.container_name:<22} {event.message}", flush=True)
+        print(_event_line(event), flush=True)
     return len(history)
+
+
+def _event_line(event: manager_pb2.Event) -> str:
+    """An event as the events verb words it: NAME/SHORT-ID and the table's state words."""
+    subject = event_subject(event.container_name, event.container_id)
+    return f"{local_time(event.time)}  {subject:<24} {event_message(event.message)}"
 
 
 def _view(manager: Manager) -> Group:
     containers = [e.to_proto() for e in sorted(manager.entries.values(), key=lambda e: e.name)]
     lines = [Text("recent events", style="bold")]
     for event in manager.events.history()[-_EVENTS_SHOWN:]:
-        lines.append(Text(f"{local_time(event.time)}  {event.container_name:<22} {event.message}"))
+        lines.append(Text(_event_line(event)))
     title = Text(
         f"pycontainer manager on {manager.address} — Ctrl-C stops everything gracefully",
         style="bold cyan",

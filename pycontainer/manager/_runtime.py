@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..spec import SPEC_ENV, encode_spec
 from ..v1 import spec_pb2
 
 # Called by a runtime when a launched container's process ends: (id, exit code).
@@ -128,9 +129,8 @@ class ProcessRuntime(ExitListeners):
         if spec.sidecar:
             # A program that does not embed pycontainer: the sidecar hosts the
             # Management API for it and maps the lifecycle onto signals.
-            from ..sidecar import sidecar_command
-
-            command = sidecar_command(spec)
+            command, sidecar_env = sidecar_launch(spec)
+            env.update(sidecar_env)
         process = await asyncio.create_subprocess_exec(
             *command,
             cwd=spec.working_dir or None,
@@ -164,3 +164,21 @@ class ProcessRuntime(ExitListeners):
             await self.kill(container_id)
         if self._watchers:
             await asyncio.wait(self._watchers, timeout=5)
+
+
+def sidecar_launch(spec: spec_pb2.ContainerSpec) -> tuple[list[str], dict[str, str]]:
+    """The command and the environment that run ``spec``'s program under the
+    sidecar. The sidecar gets the spec itself in $PYCONTAINER_SPEC, resolved
+    as this runtime resolves a command: ``python`` is the manager's own
+    interpreter, and the working directory (where the sidecar is started)
+    absolute, so that the sidecar giving it to the program changes nothing.
+    ``-P``: the working directory must not shadow the installed pycontainer
+    (``-I`` would also drop PYTHONPATH and the user's site-packages)."""
+    resolved = spec_pb2.ContainerSpec()
+    resolved.CopyFrom(spec)
+    if resolved.command and resolved.command[0] == "python":
+        resolved.command[0] = sys.executable
+    if resolved.working_dir:
+        resolved.working_dir = os.path.abspath(resolved.working_dir)
+    command = [sys.executable, "-P", "-m", "pycontainer.sidecar"]
+    return command, {SPEC_ENV: encode_spec(resolved)}

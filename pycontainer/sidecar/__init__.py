@@ -6,13 +6,38 @@ it: the program's output as logs, its process figures as metrics, health from
 an exec/HTTP/TCP/gRPC probe, and the lifecycle mapped onto signals and hook
 commands. The same from Python::
 
-    sidecar = Sidecar(SidecarSettings(command=["./server"], name="web"))
-    status = asyncio.run(sidecar.serve())
+    settings = SidecarSettings(ContainerSettings("web"), command=["./server"])
+    status = asyncio.run(Sidecar(settings).serve())
+
+or from the one launch description, a ``ContainerSpec``::
+
+    settings = settings_from_spec(ContainerSpec(name="web", command=["./server"]))
+
+A launcher hands the sidecar its spec in ``$PYCONTAINER_SPEC``
+(:func:`pycontainer.spec.encode_spec`) and runs ``python -P -m
+pycontainer.sidecar``.
 """
 
 from ._child import ChildProcess, describe_status, exit_status
-from ._cli import add_arguments, build_parser, main, run, settings_from_args, sidecar_command
-from ._probes import Prober, ProbeSpec, parse_probe, run_probe
+from ._cli import (
+    add_arguments,
+    build_parser,
+    main,
+    run,
+    settings_from_args,
+    settings_from_spec,
+    spec_from_args,
+)
+from ._probes import (
+    Prober,
+    ProbeTiming,
+    check_probe,
+    describe_probe,
+    parse_probe,
+    probe_timing,
+    run_probe,
+    with_timing,
+)
 from ._severity import Level, Severities, SeverityRule, parse_level, parse_rule
 from ._supervisor import (
     HookCommandError,
@@ -27,7 +52,7 @@ __all__ = [
     "ChildProcess",
     "HookCommandError",
     "Level",
-    "ProbeSpec",
+    "ProbeTiming",
     "Prober",
     "ProgramExited",
     "ProgramKilled",
@@ -38,14 +63,19 @@ __all__ = [
     "SidecarSettings",
     "add_arguments",
     "build_parser",
+    "check_probe",
+    "describe_probe",
     "describe_status",
     "exit_status",
     "main",
     "parse_level",
     "parse_probe",
     "parse_rule",
+    "probe_timing",
     "run",
     "run_probe",
     "settings_from_args",
-    "sidecar_command",
+    "settings_from_spec",
+    "spec_from_args",
+    "with_timing",
 ]

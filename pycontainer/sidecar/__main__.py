@@ -1,6 +1,8 @@
 """``python -m pycontainer.sidecar [OPTIONS] -- CMD ARGS...``: the sidecar, as
-``pycontainer run`` (for launchers that run a module, such as the manager's
-process runtime)."""
+``pycontainer run``. Launchers that run a module (the manager's process
+runtime) give the container as a ContainerSpec in ``$PYCONTAINER_SPEC``
+instead of a command, and run it with ``python -P`` so that their working
+directory cannot shadow the installed pycontainer."""
 
 import sys
 

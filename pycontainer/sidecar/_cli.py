@@ -1,37 +1,59 @@
 """The sidecar's command line: ``pycontainer run ... -- CMD ARGS...`` and
-``python -m pycontainer.sidecar ... -- CMD ARGS...`` (the same arguments), and
-:func:`sidecar_command`, the argument vector that runs a spec's program under
-the sidecar."""
+``python -m pycontainer.sidecar ... -- CMD ARGS...`` (the same arguments).
+
+The flags that describe the container build a ``ContainerSpec``
+(:func:`spec_from_args`), the one launch description; a launcher such as the
+manager's process runtime hands the sidecar that spec itself in
+``$PYCONTAINER_SPEC`` instead. Either way :func:`settings_from_spec` makes the
+sidecar's settings from it."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import datetime
 import logging
 import os
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..cli._duration import DURATION_HELP, format_duration, parse_duration
+from ..agent._container import ContainerSettings
+from ..spec import SPEC_ENV, decode_spec
 from ..telemetry import configure_tracing
-from ..units import parse_cpu, parse_memory
+from ..units import (
+    DEFAULT_GRACE_PERIOD,
+    DURATION_HELP,
+    duration_arg,
+    duration_field,
+    duration_to_proto,
+    format_duration,
+    parse_cpu,
+    parse_memory,
+)
 from ..v1 import spec_pb2
 from ._probes import (
     DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_PERIOD,
     DEFAULT_TIMEOUT,
     ProbeKind,
-    ProbeSpec,
     parse_probe,
+    with_timing,
 )
 from ._severity import SeverityRule, parse_rule
-from ._supervisor import Sidecar, SidecarSettings
+from ._supervisor import DEFAULT_HOOK_TIMEOUT, Sidecar, SidecarSettings
 
-__all__ = ["add_arguments", "main", "run", "settings_from_args", "sidecar_command"]
+__all__ = [
+    "add_arguments",
+    "main",
+    "run",
+    "settings_from_args",
+    "settings_from_spec",
+    "spec_from_args",
+]
 
 _log = logging.getLogger("pycontainer.sidecar")
 
@@ -57,7 +79,9 @@ metrics (process.child.*), its health from a probe (or: healthy while it
 runs), and the lifecycle mapped onto signals (pause: SIGSTOP, resume: SIGCONT,
 stop: pre-stop command, stop signal, SIGKILL at the end of the grace period).
 With --manager (or $PYCONTAINER_MANAGER) it registers and waits for the
-manager to start it; otherwise the program starts at once.
+manager to start it; otherwise the program starts at once. With
+$PYCONTAINER_SPEC (a ContainerSpec, as the manager launches a spec with
+sidecar: true) the container is that spec: give no command then.
 """
 
 EPILOG = """\
@@ -86,10 +110,6 @@ def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
-def _seconds(text: str) -> float:
-    return parse_duration(text) / 1e9
-
-
 def _signal(text: str) -> int:
     word = text.strip().upper()
     if word.isdigit():
@@ -108,6 +128,17 @@ def _label(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise ValueError(f"{text!r} is not KEY=VALUE")
     return key, value
+
+
+def _positive_duration(text: str) -> datetime.timedelta:
+    value = datetime.timedelta(0)
+    try:
+        value = duration_arg(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(str(exc)) from None
+    if value <= datetime.timedelta(0):
+        raise ValueError(f"{text!r}: must be more than 0s")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -137,7 +168,8 @@ def _probe_type(kind: ProbeKind) -> Callable[[str], Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sidecar's arguments (the same for ``pycontainer run`` and
     ``python -m pycontainer.sidecar``)."""
-    seconds = _typed(_seconds)
+    # Flags describing the container default to None: a spec from
+    # $PYCONTAINER_SPEC excludes them, and unset stays unset in the spec.
     parser.add_argument(
         "--manager",
         metavar="ADDR",
@@ -162,17 +194,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a label (repeatable)",
     )
-    parser.add_argument("--priority", type=int, default=0, help="priority (higher wins)")
-    parser.add_argument("--cpu", type=_typed(parse_cpu), default=0, help="cpu asked for: 500m, 2")
-    parser.add_argument(
-        "--memory", type=_typed(parse_memory), default=0, help="memory asked for: 256Mi, 1G"
-    )
+    parser.add_argument("--priority", type=int, help="priority (higher wins; default: 0)")
+    parser.add_argument("--cpu", type=_typed(parse_cpu), help="cpu asked for: 500m, 2")
+    parser.add_argument("--memory", type=_typed(parse_memory), help="memory asked for: 256Mi, 1G")
     parser.add_argument(
         "--grace",
-        type=seconds,
-        default=30.0,
+        type=duration_arg,
         metavar="DURATION",
-        help=f"grace period of a stop, {DURATION_HELP} (default: 30s)",
+        help=f"grace period of a stop, {DURATION_HELP} "
+        f"(default: {format_duration(DEFAULT_GRACE_PERIOD)})",
     )
     for probe in ("liveness", "readiness"):
         group = parser.add_mutually_exclusive_group()
@@ -186,38 +216,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             )
     parser.add_argument(
         "--probe-period",
-        type=seconds,
-        default=DEFAULT_PERIOD,
+        type=_typed(_positive_duration),
         metavar="DURATION",
-        help="time between probes (default: 10s)",
+        help=f"time between probes (default: {format_duration(DEFAULT_PERIOD)})",
     )
     parser.add_argument(
         "--probe-timeout",
-        type=seconds,
-        default=DEFAULT_TIMEOUT,
+        type=_typed(_positive_duration),
         metavar="DURATION",
-        help="time one probe may take (default: 1s)",
+        help=f"time one probe may take (default: {format_duration(DEFAULT_TIMEOUT)})",
     )
     parser.add_argument(
         "--probe-failure-threshold",
         type=_typed(_positive_int),
-        default=DEFAULT_FAILURE_THRESHOLD,
         metavar="N",
-        help="failures in a row before NOT_SERVING (default: 3)",
+        help=f"failures in a row before NOT_SERVING (default: {DEFAULT_FAILURE_THRESHOLD})",
     )
     parser.add_argument(
         "--probe-initial-delay",
-        type=seconds,
-        default=0.0,
+        type=duration_arg,
         metavar="DURATION",
         help="delay before the first probe (default: 0s)",
     )
     for probe in ("liveness", "readiness"):
         for what, convert in (
-            ("period", seconds),
-            ("timeout", seconds),
+            ("period", _typed(_positive_duration)),
+            ("timeout", _typed(_positive_duration)),
             ("failure-threshold", _typed(_positive_int)),
-            ("initial-delay", seconds),
+            ("initial-delay", duration_arg),
         ):
             parser.add_argument(
                 f"--{probe}-{what}",
@@ -246,10 +272,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--hook-timeout",
-        type=seconds,
-        default=60.0,
+        type=_typed(_positive_duration),
+        default=DEFAULT_HOOK_TIMEOUT,
         metavar="DURATION",
-        help="most time a checkpoint or restore command may take (default: 60s)",
+        help="most time a checkpoint or restore command may take "
+        f"(default: {format_duration(DEFAULT_HOOK_TIMEOUT)})",
     )
     parser.add_argument(
         "--stop-signal",
@@ -286,17 +313,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _probe(args: argparse.Namespace, which: str) -> ProbeSpec | None:
-    spec: ProbeSpec | None = getattr(args, f"{which}_probe")
-    if spec is None:
+# Flags that describe the container (dest names): with $PYCONTAINER_SPEC the spec does.
+_SPEC_FLAGS = (
+    "name",
+    "label",
+    "priority",
+    "cpu",
+    "memory",
+    "grace",
+    "liveness_probe",
+    "readiness_probe",
+    *(
+        f"{which}_{what}"
+        for which in ("probe", "liveness", "readiness")
+        for what in ("period", "timeout", "failure_threshold", "initial_delay")
+    ),
+    "pre_stop",
+    "checkpoint_cmd",
+    "restore_cmd",
+    "workdir",
+)
+
+
+def _flag_text(dest: str) -> str:
+    """The flag a parsed argument came from, as the user wrote it."""
+    if dest.endswith("_probe"):
+        return f"--{dest.removesuffix('_probe')}-{'/'.join(_PROBE_KINDS)}"
+    return "--" + dest.replace("_", "-")
+
+
+def _command_of(args: argparse.Namespace) -> list[str]:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    return command
+
+
+def _probe_from_args(args: argparse.Namespace, which: str) -> spec_pb2.Probe | None:
+    probe: spec_pb2.Probe | None = getattr(args, f"{which}_probe")
+    if probe is None:
         return None
 
     def pick(what: str) -> Any:
         own = getattr(args, f"{which}_{what}")
         return own if own is not None else getattr(args, f"probe_{what}")
 
-    return replace(
-        spec,
+    return with_timing(
+        probe,
         period=pick("period"),
         timeout=pick("timeout"),
         failure_threshold=pick("failure_threshold"),
@@ -304,40 +367,100 @@ def _probe(args: argparse.Namespace, which: str) -> ProbeSpec | None:
     )
 
 
-def settings_from_args(args: argparse.Namespace) -> SidecarSettings:
-    """SidecarSettings from parsed arguments; ValueError saying what is wrong."""
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
+def spec_from_args(args: argparse.Namespace) -> spec_pb2.ContainerSpec:
+    """The ContainerSpec the flags describe (what is not given stays unset)."""
+    spec = spec_pb2.ContainerSpec(command=_command_of(args), sidecar=True)
+    if args.name:
+        spec.name = args.name
+    spec.labels.update(dict(args.label))
+    if args.priority is not None:
+        spec.priority = args.priority
+    if args.cpu is not None:
+        spec.resources.cpu_millis = args.cpu
+    if args.memory is not None:
+        spec.resources.memory_bytes = args.memory
+    if args.grace is not None:
+        spec.grace_period.CopyFrom(duration_to_proto(args.grace))
+    for which, target in (("liveness", spec.liveness_probe), ("readiness", spec.readiness_probe)):
+        probe = _probe_from_args(args, which)
+        if probe is not None:
+            target.CopyFrom(probe)
+    for flag, hook in (
+        (args.pre_stop, spec.hooks.pre_stop),
+        (args.checkpoint_cmd, spec.hooks.checkpoint),
+        (args.restore_cmd, spec.hooks.restore),
+    ):
+        hook.extend(flag or ())
+    if args.workdir:
+        spec.working_dir = args.workdir
+    return spec
+
+
+def settings_from_spec(
+    spec: spec_pb2.ContainerSpec, environ: Mapping[str, str] = os.environ
+) -> SidecarSettings:
+    """The sidecar's settings for ``spec`` (how the program is presented and
+    driven), with the sidecar's own options at their defaults; ValueError
+    saying what is wrong. The name is the spec's, else $PYCONTAINER_NAME,
+    else the program's."""
+    command = list(spec.command)
     if not command:
         raise ValueError("no program to run: end the options with -- CMD ARGS...")
-    name = args.name or os.environ.get("PYCONTAINER_NAME") or os.path.basename(command[0])
-    for which in ("period", "timeout"):
-        if getattr(args, f"probe_{which}") <= 0:
-            raise ValueError(f"--probe-{which} must be more than 0")
-    manager = args.manager or getattr(args, "global_manager", None)
+    grace = duration_field(spec, "grace_period")
+    container = ContainerSettings(
+        name=spec.name or environ.get("PYCONTAINER_NAME") or os.path.basename(command[0]),
+        labels=dict(spec.labels),
+        priority=spec.priority,
+        cpu_millis=spec.resources.cpu_millis,
+        memory_bytes=spec.resources.memory_bytes,
+        grace_period=(grace if grace is not None else DEFAULT_GRACE_PERIOD).total_seconds(),
+    )
     return SidecarSettings(
+        container=container,
         command=command,
-        name=name,
+        liveness=spec.liveness_probe if spec.HasField("liveness_probe") else None,
+        readiness=spec.readiness_probe if spec.HasField("readiness_probe") else None,
+        pre_stop=tuple(spec.hooks.pre_stop),
+        checkpoint=tuple(spec.hooks.checkpoint),
+        restore=tuple(spec.hooks.restore),
+        cwd=spec.working_dir or None,
+        env=dict(spec.env),
+    )
+
+
+def _launch_spec(args: argparse.Namespace, environ: Mapping[str, str]) -> spec_pb2.ContainerSpec:
+    """The spec in $PYCONTAINER_SPEC (then no flag may describe the container), else the flags'."""
+    encoded = environ.get(SPEC_ENV)
+    if encoded is None:
+        return spec_from_args(args)
+    given = [
+        _flag_text(dest) for dest in _SPEC_FLAGS if getattr(args, dest, None) not in (None, [])
+    ]
+    if _command_of(args):
+        given.append("a command")
+    if given:
+        raise ValueError(
+            f"${SPEC_ENV} describes the container: drop {', '.join(given)} (or unset {SPEC_ENV})"
+        )
+    return decode_spec(encoded)
+
+
+def settings_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> SidecarSettings:
+    """SidecarSettings from parsed arguments (and $PYCONTAINER_SPEC); ValueError
+    saying what is wrong."""
+    settings = settings_from_spec(_launch_spec(args, environ), environ)
+    settings.container.version = args.app_version
+    return dataclasses.replace(
+        settings,
         listen=args.listen,
-        manager=manager,
-        version=args.app_version,
-        labels=dict(args.label),
-        priority=args.priority,
-        cpu_millis=args.cpu,
-        memory_bytes=args.memory,
-        grace_period=args.grace,
-        liveness=_probe(args, "liveness"),
-        readiness=_probe(args, "readiness"),
-        pre_stop=args.pre_stop or (),
-        checkpoint=args.checkpoint_cmd or (),
-        restore=args.restore_cmd or (),
+        manager=args.manager or getattr(args, "global_manager", None),
         hook_timeout=args.hook_timeout,
         stop_signal=args.stop_signal,
         severity_rules=list[SeverityRule](args.severity_rule),
         default_severity_rules=not args.no_default_severity_rules,
         echo=not args.no_echo,
-        cwd=args.workdir,
     )
 
 
@@ -402,61 +525,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pycontainer.sidecar [OPTIONS] -- CMD ARGS...``."""
     args = build_parser().parse_args(argv)
     return run(args)
-
-
-# -- from a spec -------------------------------------------------------------------------------
-
-
-def _duration_text(duration: Any) -> str:
-    return format_duration(duration.ToNanoseconds())
-
-
-def sidecar_command(
-    spec: spec_pb2.ContainerSpec,
-    *,
-    python: str = sys.executable,
-    listen: str = "127.0.0.1:0",
-) -> list[str]:
-    """The argument vector that runs ``spec``'s program under the sidecar
-    (name, labels, priority, resources, grace period, probes, hook commands).
-    Environment and working directory are the launcher's to give: the
-    program inherits the sidecar's. A program named ``python`` is this
-    interpreter, as the manager's process runtime has it."""
-    if not spec.command:
-        raise ValueError("spec.command is empty: give the program and its arguments")
-    argv = [python, "-m", "pycontainer.sidecar", f"--name={spec.name}", f"--listen={listen}"]
-    argv += [f"--label={key}={value}" for key, value in sorted(spec.labels.items())]
-    if spec.priority:
-        argv.append(f"--priority={spec.priority}")
-    if spec.resources.cpu_millis:
-        argv.append(f"--cpu={spec.resources.cpu_millis}m")
-    if spec.resources.memory_bytes:
-        argv.append(f"--memory={spec.resources.memory_bytes}")
-    if spec.HasField("grace_period"):
-        argv.append(f"--grace={_duration_text(spec.grace_period)}")
-    for which, probe in (("liveness", spec.liveness_probe), ("readiness", spec.readiness_probe)):
-        if not probe.WhichOneof("handler"):
-            continue
-        parsed = ProbeSpec.from_proto(probe)
-        argv.append(f"--{which}-{parsed.kind}={parsed.target_text()}")
-        for field_name, flag in (
-            ("period", "period"),
-            ("timeout", "timeout"),
-            ("initial_delay", "initial-delay"),
-        ):
-            if probe.HasField(field_name):  # type: ignore[arg-type]
-                argv.append(f"--{which}-{flag}={_duration_text(getattr(probe, field_name))}")
-        if probe.failure_threshold:
-            argv.append(f"--{which}-failure-threshold={probe.failure_threshold}")
-    for field_name, flag in (
-        ("pre_stop", "pre-stop"),
-        ("checkpoint", "checkpoint-cmd"),
-        ("restore", "restore-cmd"),
-    ):
-        command = list(getattr(spec.hooks, field_name))
-        if command:
-            argv.append(f"--{flag}={shlex.join(command)}")
-    program = list(spec.command)
-    if program[0] == "python":
-        program[0] = python
-    return [*argv, "--", *program]

@@ -6,6 +6,7 @@ failures in a row and SERVING again at the first success."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.client
 import os
 import shlex
@@ -15,168 +16,178 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ..units import duration_field, duration_to_proto, format_duration
 from ..v1 import spec_pb2
 
-__all__ = ["ProbeKind", "ProbeSpec", "Prober", "parse_probe", "run_probe"]
+__all__ = [
+    "ProbeKind",
+    "ProbeTiming",
+    "Prober",
+    "check_probe",
+    "describe_probe",
+    "parse_probe",
+    "probe_timing",
+    "run_probe",
+    "with_timing",
+]
 
 ProbeKind = Literal["exec", "http", "tcp", "grpc"]
 
-DEFAULT_PERIOD = 10.0
-DEFAULT_TIMEOUT = 1.0
+# The kubelet's defaults (periodSeconds, timeoutSeconds, failureThreshold).
+DEFAULT_PERIOD = datetime.timedelta(seconds=10)
+DEFAULT_TIMEOUT = datetime.timedelta(seconds=1)
 DEFAULT_FAILURE_THRESHOLD = 3
+_DEFAULT_HOST = "127.0.0.1"
 # Most output of an exec probe kept for the check's message.
 _MESSAGE_CHARS = 200
 
+# One description of a probe: the spec's Probe message. The command line
+# (parse_probe) and the spec file both build one; the probers run one.
+
 
 @dataclass(frozen=True)
-class ProbeSpec:
-    """One probe: what to ask and how often."""
+class ProbeTiming:
+    """A probe's timing with the defaults filled in."""
 
-    kind: ProbeKind
-    # exec: the argument vector (no shell).
-    command: tuple[str, ...] = ()
-    # http, tcp, grpc.
-    host: str = "127.0.0.1"
-    port: int = 0
-    # http: the path of the GET.
-    path: str = "/"
-    # grpc: the service of the Check ("" is overall).
-    service: str = ""
-    period: float = DEFAULT_PERIOD
-    timeout: float = DEFAULT_TIMEOUT
+    period: datetime.timedelta = DEFAULT_PERIOD
+    timeout: datetime.timedelta = DEFAULT_TIMEOUT
     failure_threshold: int = DEFAULT_FAILURE_THRESHOLD
-    initial_delay: float = 0.0
-    # exec: extra environment (the sidecar adds the program's pid).
-    env: Mapping[str, str] = field(default_factory=dict, compare=False)
+    initial_delay: datetime.timedelta = datetime.timedelta(0)
 
-    def __post_init__(self) -> None:
-        if self.kind == "exec" and not self.command:
-            raise ValueError("an exec probe needs a command")
-        if self.kind != "exec" and not 0 < self.port < 65536:
-            raise ValueError(f"port {self.port} is not 1-65535")
-        if self.period <= 0 or self.timeout <= 0:
-            raise ValueError("a probe's period and timeout must be positive")
-        if self.failure_threshold < 1:
-            raise ValueError("a probe's failure threshold must be at least 1")
 
-    def describe(self) -> str:
-        """The probe as an operator would write it."""
-        if self.kind == "exec":
-            return f"exec {shlex.join(self.command)}"
-        if self.kind == "http":
-            return f"http GET http://{_hostport(self.host, self.port)}{self.path}"
-        if self.kind == "tcp":
-            return f"tcp {_hostport(self.host, self.port)}"
-        return f"grpc {_hostport(self.host, self.port)} service {self.service!r}"
+def probe_timing(probe: spec_pb2.Probe) -> ProbeTiming:
+    """The probe's timing: what it sets, else the kubelet's defaults."""
+    return ProbeTiming(
+        period=duration_field(probe, "period") or DEFAULT_PERIOD,
+        timeout=duration_field(probe, "timeout") or DEFAULT_TIMEOUT,
+        failure_threshold=probe.failure_threshold or DEFAULT_FAILURE_THRESHOLD,
+        initial_delay=duration_field(probe, "initial_delay") or datetime.timedelta(0),
+    )
 
-    def target_text(self) -> str:
-        """The argument of --liveness-KIND / --readiness-KIND that gives this probe."""
-        if self.kind == "exec":
-            return shlex.join(self.command)
-        address = (
-            str(self.port) if self.host == "127.0.0.1" else f"{_hostport(self.host, self.port)}"
-        )
-        if self.kind == "http":
-            return f"{address}{self.path}"
-        if self.kind == "grpc" and self.service:
-            return f"{address}/{self.service}"
-        return address
 
-    @classmethod
-    def from_proto(cls, probe: spec_pb2.Probe) -> ProbeSpec:
-        """The spec file's Probe message as a ProbeSpec."""
-        handler = probe.WhichOneof("handler")
-        if handler is None:
-            raise ValueError("the probe has no exec, http, tcp or grpc handler")
-        timing: dict[str, float | int] = {}
-        if probe.HasField("period"):
-            timing["period"] = probe.period.ToNanoseconds() / 1e9
-        if probe.HasField("timeout"):
-            timing["timeout"] = probe.timeout.ToNanoseconds() / 1e9
-        if probe.failure_threshold:
-            timing["failure_threshold"] = probe.failure_threshold
-        if probe.HasField("initial_delay"):
-            timing["initial_delay"] = probe.initial_delay.ToNanoseconds() / 1e9
-        if handler == "exec":
-            return cls("exec", command=tuple(probe.exec.command), **timing)  # type: ignore[arg-type]
-        message = getattr(probe, handler)
-        host = message.host or "127.0.0.1"
-        if handler == "http":
-            return cls(
-                "http",
-                host=host,
-                port=message.port,
-                path=message.path or "/",
-                **timing,  # type: ignore[arg-type]
-            )
-        if handler == "tcp":
-            return cls("tcp", host=host, port=message.port, **timing)  # type: ignore[arg-type]
-        return cls(
-            "grpc",
-            host=host,
-            port=message.port,
-            service=message.service,
-            **timing,  # type: ignore[arg-type]
-        )
+def check_probe(probe: spec_pb2.Probe, which: str = "probe") -> None:
+    """ValueError saying what to fix in a probe that cannot run."""
+    handler = probe.WhichOneof("handler")
+    if handler is None:
+        raise ValueError(f"the {which} has no exec, http, tcp or grpc handler")
+    if handler == "exec" and not probe.exec.command:
+        raise ValueError(f"the {which}'s exec handler needs a command")
+    if handler != "exec" and not 0 < getattr(probe, handler).port < 65536:
+        raise ValueError(f"the {which}'s port {getattr(probe, handler).port} is not 1-65535")
+    for field in ("period", "timeout"):
+        if duration_field(probe, field) == datetime.timedelta(0):
+            raise ValueError(f"the {which}'s {field} must be more than 0s")
+
+
+def describe_probe(probe: spec_pb2.Probe) -> str:
+    """The probe as an operator would write it."""
+    handler = probe.WhichOneof("handler")
+    if handler == "exec":
+        return f"exec {shlex.join(probe.exec.command)}"
+    if handler == "http":
+        return f"http GET http://{_address(probe.http)}{probe.http.path or '/'}"
+    if handler == "tcp":
+        return f"tcp {_address(probe.tcp)}"
+    if handler == "grpc":
+        return f"grpc {_address(probe.grpc)} service {probe.grpc.service!r}"
+    return "no probe"
 
 
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _address(target: spec_pb2.HttpProbe | spec_pb2.TcpProbe | spec_pb2.GrpcProbe) -> str:
+    return _hostport(target.host or _DEFAULT_HOST, target.port)
+
+
 def _split_address(text: str) -> tuple[str, int]:
     """``PORT`` or ``HOST:PORT`` (``[V6]:PORT``)."""
     host, sep, port = text.rpartition(":")
     if not sep:
-        host = "127.0.0.1"
-    host = host.strip("[]") or "127.0.0.1"
+        host = _DEFAULT_HOST
+    host = host.strip("[]") or _DEFAULT_HOST
     if not port.isdigit():
         raise ValueError(f"{text!r} is not PORT or HOST:PORT")
     return host, int(port)
 
 
-def parse_probe(kind: ProbeKind, text: str) -> ProbeSpec:
+def parse_probe(kind: ProbeKind, text: str) -> spec_pb2.Probe:
     """A probe from the command line: exec ``CMD`` (split like a shell would,
     run without one), http ``[HOST:]PORT[/PATH]``, tcp ``[HOST:]PORT``, grpc
-    ``[HOST:]PORT[/SERVICE]``. Timing is left at the defaults."""
+    ``[HOST:]PORT[/SERVICE]``. Timing is left unset (the defaults)."""
     if kind == "exec":
         try:
-            command = tuple(shlex.split(text))
+            command = shlex.split(text)
         except ValueError as exc:
             raise ValueError(f"cannot split {text!r}: {exc}") from None
-        return ProbeSpec("exec", command=command)
-    address, slash, rest = text.partition("/")
-    host, port = _split_address(address)
-    if kind == "http":
-        return ProbeSpec("http", host=host, port=port, path="/" + rest if slash else "/")
-    if kind == "tcp":
-        if slash:
-            raise ValueError(f"{text!r}: a tcp probe takes [HOST:]PORT, no path")
-        return ProbeSpec("tcp", host=host, port=port)
-    return ProbeSpec("grpc", host=host, port=port, service=rest)
+        probe = spec_pb2.Probe(exec=spec_pb2.ExecProbe(command=command))
+    else:
+        address, slash, rest = text.partition("/")
+        host, port = _split_address(address)
+        if kind == "http":
+            probe = spec_pb2.Probe(
+                http=spec_pb2.HttpProbe(host=host, port=port, path="/" + rest if slash else "/")
+            )
+        elif kind == "tcp":
+            if slash:
+                raise ValueError(f"{text!r}: a tcp probe takes [HOST:]PORT, no path")
+            probe = spec_pb2.Probe(tcp=spec_pb2.TcpProbe(host=host, port=port))
+        else:
+            probe = spec_pb2.Probe(grpc=spec_pb2.GrpcProbe(host=host, port=port, service=rest))
+    check_probe(probe, f"{kind} probe {text!r}")
+    return probe
+
+
+def with_timing(
+    probe: spec_pb2.Probe,
+    *,
+    period: datetime.timedelta | None = None,
+    timeout: datetime.timedelta | None = None,
+    failure_threshold: int | None = None,
+    initial_delay: datetime.timedelta | None = None,
+) -> spec_pb2.Probe:
+    """A copy of ``probe`` with the timing given (None: left as it is)."""
+    out = spec_pb2.Probe()
+    out.CopyFrom(probe)
+    for field, value in (
+        ("period", period),
+        ("timeout", timeout),
+        ("initial_delay", initial_delay),
+    ):
+        if value is not None:
+            getattr(out, field).CopyFrom(duration_to_proto(value))
+    if failure_threshold is not None:
+        out.failure_threshold = failure_threshold
+    return out
 
 
 # -- one probe ---------------------------------------------------------------------------
 
 
-def run_probe(spec: ProbeSpec) -> tuple[bool, str]:
-    """Probe once: whether it succeeded and a line saying why."""
+def run_probe(probe: spec_pb2.Probe, env: Mapping[str, str] | None = None) -> tuple[bool, str]:
+    """Probe once: whether it succeeded and a line saying why. ``env`` is
+    added to an exec probe's environment."""
+    timeout = probe_timing(probe).timeout.total_seconds()
+    handler = probe.WhichOneof("handler")
     try:
-        if spec.kind == "exec":
-            return _exec(spec)
-        if spec.kind == "http":
-            return _http(spec)
-        if spec.kind == "tcp":
-            return _tcp(spec)
-        return _grpc(spec)
+        if handler == "exec":
+            return _exec(list(probe.exec.command), timeout, env)
+        if handler == "http":
+            return _http(probe.http, timeout)
+        if handler == "tcp":
+            return _tcp(probe.tcp, timeout)
+        if handler == "grpc":
+            return _grpc(probe.grpc, timeout)
+        return False, "the probe has no exec, http, tcp or grpc handler"
     except Exception as exc:  # a probe that breaks is a failed probe
-        return False, f"{spec.kind} probe error: {type(exc).__name__}: {exc}"
+        return False, f"{handler} probe error: {type(exc).__name__}: {exc}"
 
 
 def _tail(data: bytes) -> str:
@@ -184,11 +195,13 @@ def _tail(data: bytes) -> str:
     return text if len(text) <= _MESSAGE_CHARS else "..." + text[-_MESSAGE_CHARS:]
 
 
-def _exec(spec: ProbeSpec) -> tuple[bool, str]:
-    env = {**os.environ, **spec.env} if spec.env else None
+def _exec(
+    command: list[str], timeout: float, extra_env: Mapping[str, str] | None
+) -> tuple[bool, str]:
+    env = {**os.environ, **extra_env} if extra_env else None
     try:
         proc = subprocess.Popen(
-            spec.command,
+            command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -196,14 +209,16 @@ def _exec(spec: ProbeSpec) -> tuple[bool, str]:
             start_new_session=True,  # a timeout ends the command and what it started
         )
     except OSError as exc:
-        return False, f"exec probe could not run {spec.command[0]!r}: {exc.strerror or exc}"
+        return False, f"exec probe could not run {command[0]!r}: {exc.strerror or exc}"
     try:
-        output, _ = proc.communicate(timeout=spec.timeout)
+        output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        return False, f"exec probe timed out after {spec.timeout:g}s"
+        return False, (
+            f"exec probe timed out after {format_duration(datetime.timedelta(seconds=timeout))}"
+        )
     finally:
         # Whatever the command left behind in its group.
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -215,37 +230,40 @@ def _exec(spec: ProbeSpec) -> tuple[bool, str]:
     return False, f"exec probe failed with status {proc.returncode}{said}"
 
 
-def _http(spec: ProbeSpec) -> tuple[bool, str]:
-    connection = http.client.HTTPConnection(spec.host, spec.port, timeout=spec.timeout)
+def _http(target: spec_pb2.HttpProbe, timeout: float) -> tuple[bool, str]:
+    path = target.path or "/"
+    connection = http.client.HTTPConnection(
+        target.host or _DEFAULT_HOST, target.port, timeout=timeout
+    )
     try:
-        connection.request("GET", spec.path, headers={"User-Agent": "pycontainer-probe"})
+        connection.request("GET", path, headers={"User-Agent": "pycontainer-probe"})
         response = connection.getresponse()
         response.read(64 * 1024)
     except (OSError, http.client.HTTPException) as exc:
-        return False, f"http probe GET {spec.path} failed: {exc or type(exc).__name__}"
+        return False, f"http probe GET {path} failed: {exc or type(exc).__name__}"
     finally:
         connection.close()
-    what = f"http probe GET {spec.path}: {response.status} {response.reason}"
+    what = f"http probe GET {path}: {response.status} {response.reason}"
     return 200 <= response.status < 400, what
 
 
-def _tcp(spec: ProbeSpec) -> tuple[bool, str]:
-    address = _hostport(spec.host, spec.port)
+def _tcp(target: spec_pb2.TcpProbe, timeout: float) -> tuple[bool, str]:
+    address = _address(target)
     try:
-        with socket.create_connection((spec.host, spec.port), timeout=spec.timeout):
+        with socket.create_connection((target.host or _DEFAULT_HOST, target.port), timeout=timeout):
             pass
     except OSError as exc:
         return False, f"tcp probe of {address} failed: {exc.strerror or exc}"
     return True, f"tcp probe of {address} connected"
 
 
-def _grpc(spec: ProbeSpec) -> tuple[bool, str]:
-    address = _hostport(spec.host, spec.port)
+def _grpc(target: spec_pb2.GrpcProbe, timeout: float) -> tuple[bool, str]:
+    address = _address(target)
     with grpc.insecure_channel(address) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=spec.service),
-                timeout=spec.timeout,
+                health_pb2.HealthCheckRequest(service=target.service),
+                timeout=timeout,
                 wait_for_ready=True,  # connecting is part of the probe's time
             )
         except grpc.RpcError as exc:
@@ -256,7 +274,7 @@ def _grpc(spec: ProbeSpec) -> tuple[bool, str]:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     return (
         response.status == health_pb2.HealthCheckResponse.SERVING,
-        f"grpc probe of {address} service {spec.service!r}: {status}",
+        f"grpc probe of {address} service {target.service!r}: {status}",
     )
 
 
@@ -277,18 +295,21 @@ class Prober:
     def __init__(
         self,
         name: str,
-        spec: ProbeSpec,
+        probe: spec_pb2.Probe,
         report: Report,
         *,
         initial: bool = False,
         skip: Callable[[], bool] = lambda: False,
-        probe: Callable[[ProbeSpec], tuple[bool, str]] = run_probe,
+        run: Callable[[spec_pb2.Probe, Mapping[str, str]], tuple[bool, str]] = run_probe,
     ) -> None:
+        check_probe(probe, f"{name} probe")
         self.name = name
-        self.spec = spec
+        self.probe = probe
+        self.timing = probe_timing(probe)
+        self._env: dict[str, str] = {}
         self._report = report
         self._skip = skip
-        self._probe = probe
+        self._run_probe = run
         self._initial = initial
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -297,7 +318,7 @@ class Prober:
 
     def with_env(self, env: Mapping[str, str]) -> None:
         """Give an exec probe extra environment (before start())."""
-        self.spec = replace(self.spec, env={**self.spec.env, **env})
+        self._env.update(env)
 
     def start(self) -> None:
         if self._thread is None:
@@ -314,13 +335,14 @@ class Prober:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        if self._stop.wait(self.spec.initial_delay):
+        if self._stop.wait(self.timing.initial_delay.total_seconds()):
             return
+        period = self.timing.period.total_seconds()
         due = time.monotonic()
         while not self._stop.is_set():
             if not self._skip():
-                self.observe(*self._probe(self.spec))
-            due = max(due + self.spec.period, time.monotonic())
+                self.observe(*self._run_probe(self.probe, self._env))
+            due = max(due + period, time.monotonic())
             if self._stop.wait(due - time.monotonic()):
                 return
 
@@ -334,7 +356,7 @@ class Prober:
             self._report(True, message)
             return
         self.failures += 1
-        threshold = self.spec.failure_threshold
+        threshold = self.timing.failure_threshold
         if self.failures >= threshold:
             self.serving = False
             self._report(False, f"{message} ({self.failures} in a row, threshold {threshold})")

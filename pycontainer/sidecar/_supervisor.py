@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import datetime
 import logging
 import os
 import shlex
@@ -38,8 +39,10 @@ from ..agent._container import Container, ContainerSettings, Hooks
 from ..agent._health import CheckKind
 from ..agent._serve import serve
 from ..agent._state import State
+from ..spec import SPEC_ENV
+from ..v1 import spec_pb2
 from ._child import ChildProcess, describe_status, exit_status
-from ._probes import Prober, ProbeSpec
+from ._probes import Prober, check_probe, describe_probe
 from ._severity import STDERR_DEFAULT, STDOUT_DEFAULT, Severities, SeverityRule
 
 __all__ = [
@@ -55,9 +58,11 @@ _log = logging.getLogger("pycontainer.sidecar")
 
 LIVENESS = "liveness"
 READINESS = "readiness"
-# Environment a pycontainer-embedding program would take as its own identity:
-# the program is not that container, the sidecar is.
-_NOT_FOR_THE_PROGRAM = ("PYCONTAINER_MANAGER", "PYCONTAINER_CONTAINER_ID")
+# Environment a pycontainer-embedding program would take as its own identity
+# (or launch description): the program is not that container, the sidecar is.
+_NOT_FOR_THE_PROGRAM = ("PYCONTAINER_MANAGER", "PYCONTAINER_CONTAINER_ID", SPEC_ENV)
+#: Most time a checkpoint or restore command may take, unless the settings say.
+DEFAULT_HOOK_TIMEOUT = datetime.timedelta(seconds=60)
 # Exit statuses when the program could not be run, as a shell's.
 _NOT_FOUND = 127
 _NOT_EXECUTABLE = 126
@@ -81,39 +86,56 @@ class ProgramKilled(RuntimeError):
 
 @dataclass
 class SidecarSettings:
-    """What to run and how to present it."""
+    """What to run and how to present it: ``container`` is who the container
+    is (name, labels, priority, resources, grace period), the rest is the
+    program and how the sidecar drives it."""
 
+    container: ContainerSettings
     command: Sequence[str]
-    name: str
     listen: str = "127.0.0.1:0"
     # HOST:PORT of a manager; None means $PYCONTAINER_MANAGER, else none.
     manager: str | None = None
-    version: str = "0.0.0"
-    labels: dict[str, str] = field(default_factory=dict)
-    priority: int = 0
-    cpu_millis: int = 0
-    memory_bytes: int = 0
-    grace_period: float = 30.0
-    liveness: ProbeSpec | None = None
-    readiness: ProbeSpec | None = None
+    liveness: spec_pb2.Probe | None = None
+    readiness: spec_pb2.Probe | None = None
     pre_stop: Sequence[str] = ()
     checkpoint: Sequence[str] = ()
     restore: Sequence[str] = ()
     # Most time a checkpoint or restore command may take.
-    hook_timeout: float = 60.0
+    hook_timeout: datetime.timedelta = DEFAULT_HOOK_TIMEOUT
     stop_signal: int = signal.SIGTERM
     severity_rules: Sequence[SeverityRule] = ()
     default_severity_rules: bool = True
     # Echo the program's output on the sidecar's own stdout/stderr.
     echo: bool = True
+    # Working directory of the program and its hook commands; None: the sidecar's.
     cwd: str | None = None
-    log_capacity: int = 10_000
+    # Added to the program's environment (the sidecar's own, less its identity).
+    env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.command:
             raise ValueError("no program to run: give its command after --")
-        if self.grace_period < 0:
-            raise ValueError("the grace period must be 0 or more")
+        for which, probe in (("liveness", self.liveness), ("readiness", self.readiness)):
+            if probe is not None:
+                check_probe(probe, f"{which} probe")
+        if self.hook_timeout <= datetime.timedelta(0):
+            raise ValueError("the hook timeout must be more than 0s")
+
+    @property
+    def name(self) -> str:
+        return self.container.name
+
+    @property
+    def grace_period(self) -> datetime.timedelta:
+        """The container's grace period (ContainerSettings holds seconds)."""
+        return datetime.timedelta(seconds=self.container.grace_period)
+
+
+def _program_text(command: Sequence[str]) -> str:
+    """The program as logs name it: its argv[0] and how many arguments follow,
+    never the arguments themselves (they may hold secrets)."""
+    count = len(command) - 1
+    return f"{command[0]} ({count} argument{'' if count == 1 else 's'})"
 
 
 # -- metrics of the program ------------------------------------------------------------------
@@ -219,16 +241,7 @@ class Sidecar:
         self.settings = settings
         s = settings
         self.container = Container(
-            ContainerSettings(
-                name=s.name,
-                version=s.version,
-                labels=dict(s.labels),
-                priority=s.priority,
-                cpu_millis=s.cpu_millis,
-                memory_bytes=s.memory_bytes,
-                grace_period=s.grace_period,
-                log_capacity=s.log_capacity,
-            ),
+            s.container,
             hooks=Hooks(
                 on_start=self._on_start,
                 on_pause=self._on_pause,
@@ -248,26 +261,26 @@ class Sidecar:
         self._stopped: concurrent.futures.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probers: list[Prober] = []
-        for name, kind, spec in (
+        for name, kind, probe in (
             (LIVENESS, CheckKind.LIVENESS, s.liveness),
             (READINESS, CheckKind.READINESS, s.readiness),
         ):
             self.container.add_check(name, kind=kind)
             # Before the first probe, as the kubelet: alive, not ready.
             initial = kind == CheckKind.LIVENESS
-            if spec is None:
+            if probe is None:
                 self.container.set_check(name, initial, "no probe: healthy while the program runs")
                 continue
             self._probers.append(
                 Prober(
                     name,
-                    spec,
+                    probe,
                     self._reporter(name),
                     initial=initial,
                     skip=lambda: self._paused,
                 )
             )
-            self.container.set_check(name, initial, f"{spec.describe()}: not probed yet")
+            self.container.set_check(name, initial, f"{describe_probe(probe)}: not probed yet")
         _ensure_instruments()
 
     def _reporter(self, name: str) -> Callable[[bool, str], None]:
@@ -290,6 +303,7 @@ class Sidecar:
     # -- environment of the program and its hook commands ------------------------------------
     def _environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _NOT_FOR_THE_PROGRAM}
+        env.update(self.settings.env)
         env["PYCONTAINER_NAME"] = self.settings.name
         return env
 
@@ -317,10 +331,10 @@ class Sidecar:
         except OSError as exc:
             self.spawn_error = exc
             raise ProgramNotStarted(
-                f"cannot run {shlex.join(self.settings.command)}: {exc.strerror or exc}"
+                f"cannot run {_program_text(self.settings.command)}: {exc.strerror or exc}"
             ) from exc
         _CHILDREN.add(child)
-        _log.info("started %s (pid %d)", shlex.join(self.settings.command), pid)
+        _log.info("started %s (pid %d)", _program_text(self.settings.command), pid)
         probed = {prober.name for prober in self._probers}
         for name in (LIVENESS, READINESS):
             if name not in probed:
@@ -399,12 +413,17 @@ class Sidecar:
 
     def _on_checkpoint(self) -> bytes:
         return self._run_hook(
-            "checkpoint", self.settings.checkpoint, timeout=self.settings.hook_timeout
+            "checkpoint",
+            self.settings.checkpoint,
+            timeout=self.settings.hook_timeout.total_seconds(),
         )
 
     def _on_restore(self, state: bytes) -> None:
         self._run_hook(
-            "restore", self.settings.restore, stdin=state, timeout=self.settings.hook_timeout
+            "restore",
+            self.settings.restore,
+            stdin=state,
+            timeout=self.settings.hook_timeout.total_seconds(),
         )
 
     # -- the program ended -------------------------------------------------------------------
@@ -573,7 +592,7 @@ class Sidecar:
         child = self.child
         if child is not None and child.running:
             self._stopping.set()
-            grace = self.settings.grace_period
+            grace = self.settings.grace_period.total_seconds()
             _log.info("the container ended with the program running: stopping it")
             child.signal(self.settings.stop_signal)
             child.signal(signal.SIGCONT)

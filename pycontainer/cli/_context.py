@@ -1,0 +1,56 @@
+"""What a verb runs with, given from outside (as kubectl's IOStreams and
+client factory): the output streams and the manager client. ``main()`` builds
+one from the command line; tests and embedders give their own (a client of an
+in-process manager and StringIO streams)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TextIO
+
+from ._errors import CliError
+
+if TYPE_CHECKING:
+    from ..client import ManagerClient
+
+__all__ = ["Context"]
+
+
+@dataclass
+class Context:
+    """Streams and clients of one run of a verb."""
+
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    #: A client to use instead of dialling --manager (it stays open: its owner closes it).
+    client: ManagerClient | None = None
+
+    @contextlib.contextmanager
+    def manager(self, args: argparse.Namespace) -> Iterator[ManagerClient]:
+        """The manager client: the given one, else one dialling --manager
+        (else $PYCONTAINER_MANAGER, else 127.0.0.1:50050), closed after."""
+        if self.client is not None:
+            yield self.client
+            return
+        from ..client import ManagerClient, TargetError
+
+        given: str | None = getattr(args, "manager", None) or getattr(args, "global_manager", None)
+        try:
+            client = ManagerClient(given)
+        except TargetError as exc:
+            raise CliError(f"--manager: {exc}") from None
+        with client:
+            yield client
+
+    def out(self, text: str = "") -> None:
+        """A line on stdout."""
+        self.stdout.write(text + "\n")
+
+    def err(self, text: str) -> None:
+        """A line on stderr."""
+        self.stderr.write(text + "\n")
+        self.stderr.flush()

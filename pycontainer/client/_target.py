@@ -1,0 +1,115 @@
+"""Where a client connects and a server listens: ``HOST:PORT`` checked before any
+channel exists, so that a mistake gets a sentence saying what to write instead
+of a connection that never succeeds (or, for a server, a port picked at random)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+__all__ = [
+    "DEFAULT_MANAGER",
+    "MANAGER_ENV",
+    "TargetError",
+    "listen_arg",
+    "manager_target",
+    "parse_listen",
+    "parse_target",
+    "target_arg",
+]
+
+#: Where the manager listens unless told otherwise, and where clients look for it.
+DEFAULT_MANAGER = "127.0.0.1:50050"
+#: The environment variable that names the manager for every client.
+MANAGER_ENV = "PYCONTAINER_MANAGER"
+
+_EXAMPLE = "write HOST:PORT such as 127.0.0.1:50050"
+# gRPC target schemes passed through as they are (grpc's own name resolvers).
+_GRPC_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:")
+
+
+class TargetError(ValueError):
+    """An address that cannot be dialled or served on; the message says what to write."""
+
+
+def _split(text: str, *, listen: bool) -> tuple[str, int]:
+    stripped = text.strip()
+    if not stripped:
+        raise TargetError(f"empty address: {_EXAMPLE}")
+    if "://" in stripped:
+        scheme = stripped.split("://", 1)[0]
+        rest = stripped.split("://", 1)[1].rstrip("/")
+        raise TargetError(
+            f"{text!r} has a scheme ({scheme}://): gRPC addresses have none; "
+            f"{_EXAMPLE}" + (f" (here: {rest})" if ":" in rest else "")
+        )
+    if stripped.startswith("["):
+        host, bracket, tail = stripped[1:].partition("]")
+        if not bracket or not host:
+            raise TargetError(f"{text!r}: an IPv6 address goes in brackets, such as [::1]:50050")
+        if not tail.startswith(":"):
+            raise TargetError(f"{text!r} has no port: write [{host}]:PORT such as [{host}]:50050")
+        port_text = tail[1:]
+        host = f"[{host}]"
+    else:
+        host, colon, port_text = stripped.rpartition(":")
+        if not colon:
+            raise TargetError(
+                f"{text!r} has no port: write {stripped}:PORT such as {stripped}:50050"
+            )
+        if ":" in host:
+            raise TargetError(f"{text!r}: an IPv6 address goes in brackets, such as [::1]:50050")
+        if not host:
+            raise TargetError(f"{text!r} has no host: {_EXAMPLE}")
+    if not port_text.isdigit():
+        raise TargetError(f"{text!r}: the port {port_text!r} is not a number; {_EXAMPLE}")
+    port = int(port_text)
+    low = 0 if listen else 1
+    if not low <= port <= 65535:
+        allowed = "0 (any free port) to 65535" if listen else "1 to 65535"
+        raise TargetError(f"{text!r}: port {port} is out of range ({allowed})")
+    return host, port
+
+
+def parse_target(text: str) -> str:
+    """The gRPC target to dial for ``text`` (``HOST:PORT``, ``[V6]:PORT`` or a
+    gRPC scheme such as ``unix:PATH``); TargetError saying what to write."""
+    stripped = text.strip()
+    if stripped.startswith(_GRPC_SCHEMES) and "://" not in stripped.replace(":///", ""):
+        return stripped
+    host, port = _split(text, listen=False)
+    return f"{host}:{port}"
+
+
+def parse_listen(text: str) -> str:
+    """The address to serve on: ``HOST:PORT`` with a port from 0 (any free
+    one) to 65535; TargetError otherwise (grpc would silently pick a port)."""
+    host, port = _split(text, listen=True)
+    return f"{host}:{port}"
+
+
+def manager_target(given: str | None = None) -> str:
+    """The manager to dial: ``given``, else $PYCONTAINER_MANAGER, else 127.0.0.1:50050."""
+    text = given or os.environ.get(MANAGER_ENV) or DEFAULT_MANAGER
+    try:
+        return parse_target(text)
+    except TargetError as exc:
+        if not given and os.environ.get(MANAGER_ENV):
+            raise TargetError(f"${MANAGER_ENV}: {exc}") from None
+        raise
+
+
+def target_arg(text: str) -> str:
+    """argparse ``type=`` for an address to dial."""
+    try:
+        return parse_target(text)
+    except TargetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def listen_arg(text: str) -> str:
+    """argparse ``type=`` for an address to serve on."""
+    try:
+        return parse_listen(text)
+    except TargetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

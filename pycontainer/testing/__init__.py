@@ -1,0 +1,217 @@
+"""In-process managers and containers for tests (yours and pycontainer's own).
+
+Everything here is real: a real manager serving on an ephemeral loopback port
+on its own thread and event loop, real containers embedded in real gRPC
+servers. Context managers for any test framework::
+
+    from pycontainer.testing import manager_host, container_host
+
+    with manager_host(tmp_path / "state") as manager, container_host(
+        pycontainer.ContainerSettings(name="web"), manager=manager
+    ) as web:
+        assert manager.client.get_container(
+            manager_pb2.GetContainerRequest(container="web")
+        ).container.identity.name == "web"
+
+and pytest fixtures (``manager``, ``container_factory``) with
+``pytest_plugins = ["pycontainer.testing.pytest_plugin"]`` in a conftest.py.
+A spec launched with ``runtime: in-process`` (RUNTIME_KIND_IN_PROCESS) runs as
+an in-process container served on its own port, dialled in to the manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent import futures
+from os import PathLike
+from typing import Any, TypeVar
+
+import grpc
+
+from ..agent import Container, ContainerSettings, Hooks
+from ..client import ManagementClient, ManagerClient
+
+__all__ = [
+    "ContainerHost",
+    "InProcessLauncher",
+    "ManagerHost",
+    "container_host",
+    "manager_host",
+]
+
+T = TypeVar("T")
+
+# Fast enough that a test sees a lost session in about a second.
+_TEST_HEARTBEAT = 0.5
+_START_TIMEOUT = 15.0
+
+
+class ContainerHost:
+    """A container embedded in a real sync gRPC server on 127.0.0.1 (an ephemeral
+    port), advertising it as its Management endpoint; dialled in to a manager
+    when one is given."""
+
+    def __init__(self, container: Container, *, manager_address: str | None = None) -> None:
+        self.container = container
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=8),
+            interceptors=[container.server_interceptor()],
+        )
+        container.add_to_server(self.server)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.address = f"127.0.0.1:{port}"
+        container.add_endpoint("management", self.address, kind="management")
+        self.management = ManagementClient(self.address)
+        if manager_address is not None:
+            container.connect(manager_address)
+
+    def close(self) -> None:
+        """Stop serving and close the container (its session ends with it)."""
+        self.management.close()
+        self.server.stop(None)
+        self.container.close()
+
+
+@contextlib.contextmanager
+def container_host(
+    settings: ContainerSettings,
+    *,
+    manager: ManagerHost | str | None = None,
+    hooks: Hooks | None = None,
+    start: bool = False,
+) -> Iterator[ContainerHost]:
+    """A served container (started at once with ``start``, else when the manager says)."""
+    address = manager.address if isinstance(manager, ManagerHost) else manager
+    host = ContainerHost(Container(settings, hooks=hooks), manager_address=address)
+    try:
+        if start:
+            host.container.start()
+        yield host
+    finally:
+        host.close()
+
+
+class InProcessLauncher:
+    """The factory of an InProcessRuntime: one :class:`ContainerHost` per launch,
+    named and labelled by the spec, with the id the manager chose."""
+
+    def __init__(self, make_settings: Callable[[Any], ContainerSettings] | None = None) -> None:
+        self._make_settings = make_settings
+        self.hosts: list[ContainerHost] = []
+
+    def settings(self, launch: Any) -> ContainerSettings:
+        if self._make_settings is not None:
+            return self._make_settings(launch)
+        spec = launch.spec
+        return ContainerSettings(
+            name=spec.name, id=launch.container_id, version="1.2.3", labels=dict(spec.labels)
+        )
+
+    def __call__(self, launch: Any) -> ContainerHost:
+        host = ContainerHost(
+            Container(self.settings(launch)), manager_address=launch.manager_address
+        )
+        self.hosts.append(host)
+        return host
+
+    def close_all(self) -> None:
+        for host in self.hosts:
+            with contextlib.suppress(Exception):
+                host.close()
+        self.hosts.clear()
+
+
+class ManagerHost:
+    """A real manager on its own thread and event loop, on an ephemeral port;
+    ``client`` (a :class:`ManagerClient`) and ``stub`` talk to it. With
+    ``in_process`` (and no ``runtimes`` given), specs of RUNTIME_KIND_IN_PROCESS
+    run as in-process containers, served by ``launcher``."""
+
+    def __init__(
+        self, state_dir: str | PathLike[str], *, in_process: bool = True, **settings: Any
+    ) -> None:
+        from ..manager import InProcessRuntime, Manager, ManagerSettings
+        from ..v1 import spec_pb2
+
+        self.loop = asyncio.new_event_loop()
+        self.launcher = InProcessLauncher()
+        runtimes = settings.pop("runtimes", None)
+        if runtimes is None and in_process:
+            runtimes = {spec_pb2.RUNTIME_KIND_IN_PROCESS: InProcessRuntime(self.launcher)}
+        tracer_provider = settings.pop("tracer_provider", None)
+        settings.setdefault("heartbeat_interval", _TEST_HEARTBEAT)
+        self.settings = ManagerSettings(listen="127.0.0.1:0", state_dir=str(state_dir), **settings)
+        ready = threading.Event()
+        box: dict[str, Any] = {}
+
+        async def main() -> None:
+            box["manager"] = manager = Manager(
+                self.settings, runtimes=runtimes, tracer_provider=tracer_provider
+            )
+            await manager.start()
+            ready.set()
+
+        def thread_main() -> None:
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.loop.run_until_complete(main())
+            except BaseException as exc:
+                box["error"] = exc
+                ready.set()
+                return
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=thread_main, name="manager", daemon=True)
+        self._thread.start()
+        if not ready.wait(_START_TIMEOUT):
+            raise TimeoutError(f"the manager did not start within {_START_TIMEOUT:g}s")
+        if "error" in box:
+            raise box["error"]
+        self.manager: Manager = box["manager"]
+        self.address: str = self.manager.address
+        self.client = ManagerClient(self.address)
+        self.channel = self.client.channel
+        from ..v1 import manager_pb2_grpc
+
+        self.stub = manager_pb2_grpc.ManagerStub(self.channel)
+
+    def call(self, coro_fn: Callable[[], Coroutine[Any, Any, T]], timeout: float = 30) -> T:
+        """Run ``coro_fn()`` on the manager's loop; its result."""
+        return asyncio.run_coroutine_threadsafe(coro_fn(), self.loop).result(timeout)
+
+    def kill_launched(self) -> None:
+        """SIGKILL whatever the manager's runtimes launched and is still alive."""
+        for runtime in list(self.manager.runtimes.values()):
+            with contextlib.suppress(Exception):
+                self.call(runtime.close)
+
+    def stop(self) -> None:
+        """Stop serving (containers keep running, as with a real manager's exit)."""
+        self.client.close()
+        if not self.loop.is_closed() and self._thread.is_alive():
+            self.call(self.manager.stop)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+
+    def close(self) -> None:
+        """Kill what it launched, stop it, and close the in-process containers."""
+        self.kill_launched()
+        self.stop()
+        self.launcher.close_all()
+
+
+@contextlib.contextmanager
+def manager_host(
+    state_dir: str | PathLike[str], *, in_process: bool = True, **settings: Any
+) -> Iterator[ManagerHost]:
+    """A running :class:`ManagerHost`; on exit, everything it launched is killed
+    and it stops."""
+    host = ManagerHost(state_dir, in_process=in_process, **settings)
+    try:
+        yield host
+    finally:
+        host.close()
