@@ -160,8 +160,9 @@ class ManagerHost:
         self.loop = asyncio.new_event_loop()
         runtimes = settings.pop("runtimes", None)
         tracer_provider = settings.pop("tracer_provider", None)
+        listen = settings.pop("listen", "127.0.0.1:0")  # a fixed one to restart on
         self._settings = ManagerSettings(
-            listen="127.0.0.1:0", state_dir=state_dir, heartbeat_interval=0.5, **settings
+            listen=listen, state_dir=state_dir, heartbeat_interval=0.5, **settings
         )
         ready = threading.Event()
         box: dict[str, Any] = {}

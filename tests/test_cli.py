@@ -331,15 +331,15 @@ def test_apply_and_scale_in_process_containers(manager: ManagerHost, tmp_path: P
     spec.write_text("name: kv\nruntime: in-process\npriority: 4\nlabels: {app: kv}\n")
     run = cli(manager, "apply", "-f", str(spec), "--wait", "--timeout", "20s")
     assert run.code == 0, run.err
-    launched, running = run.lines
-    cid = launched.split(":")[0]
-    assert launched.startswith("kv-")
-    assert launched.endswith(f"launched (pid {os.getpid()})")
+    created, running = run.lines
+    assert created == "kv: created (1 replica)"
+    cid = running.split(":")[0]
+    assert cid.startswith("kv-")
     assert running == f"{cid}: RUNNING"
+    assert _get(manager, cid).pid == os.getpid()
 
-    skipped = cli(manager, "apply", "-f", str(spec))
-    assert skipped.code == 0
-    assert "kv: skipped, 1 live container has this name" in skipped.err
+    again = cli(manager, "apply", "-f", str(spec))
+    assert (again.code, again.lines) == (0, ["kv: unchanged (1 replica)"]), again.err
 
     run = cli(manager, "scale", "kv", "--replicas", "3")
     assert run.code == 0, run.err
@@ -382,11 +382,8 @@ resources: {{cpu: 10m, memory: 1Mi}}
     )
     run = cli(manager, "apply", "-f", str(spec), "--wait", "--timeout", "60s")
     assert run.code == 0, run.err
-    assert sorted(line.split(":")[1].strip() for line in run.lines) == [
-        "RUNNING",
-        "RUNNING",
-        *sorted(line.split(":", 1)[1].strip() for line in run.lines if "launched" in line),
-    ]
+    assert run.lines[:2] == ["cli-app: created (1 replica)", "other: created (1 replica)"]
+    assert [line.split(":")[1].strip() for line in run.lines[2:]] == ["RUNNING", "RUNNING"]
     app = _get(manager, "cli-app")
     assert app.state == S.LIFECYCLE_STATE_RUNNING
     assert app.connected

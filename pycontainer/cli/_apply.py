@@ -1,23 +1,57 @@
-"""`pycontainer apply -f SPEC`: launch what spec files describe."""
+"""`pycontainer apply -f SPEC` and `pycontainer diff -f SPEC`: make the running
+set match spec files (kubectl apply), or show what that would change
+(kubectl diff), through the manager's ApplySpecs.
+
+Every spec applied carries the owner label ``pycontainer.dev/owner``: the value
+of ``--owner``; else the one the specs carry already (a file ``ps -o yaml``
+printed); else one derived from the files (the first file's name and a short
+hash of the files' absolute paths, such as ``demo-3f2a1b9c``; ``stdin`` for
+``-``), so that applying the same file again, from any directory, is the same
+owner, and ``--prune`` removes only what that file launched.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
+import os
+import re
 import sys
 import time
-from collections import Counter
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from ..client import CallError, ManagerClient
 from ..units import format_duration
 from ..v1 import container_pb2, manager_pb2, spec_pb2
 from ._context import Context
 from ._errors import EXIT_FAILED, EXIT_UNREACHABLE, CliError, from_call
-from ._output import message_dict, print_data, spinner
-from ._render import state_name
+from ._output import print_data, spinner
+
+if TYPE_CHECKING:
+    from ..client import ManagerClient
+
+__all__ = ["OWNER_LABEL", "derive_owner", "load", "run", "run_diff"]
 
 S = container_pb2
-_TERMINAL = (S.LIFECYCLE_STATE_STOPPED, S.LIFECYCLE_STATE_FAILED)
+E = manager_pb2
+# The label the manager puts on every container it applies (its
+# pycontainer.manager._apply.OWNER_LABEL; the CLI does not import the manager).
+OWNER_LABEL = "pycontainer.dev/owner"
+_WORDS = {
+    E.APPLY_ACTION_UNCHANGED: "unchanged",
+    E.APPLY_ACTION_CREATED: "created",
+    E.APPLY_ACTION_SCALED: "scaled",
+    E.APPLY_ACTION_REPLACED: "replaced",
+    E.APPLY_ACTION_PRUNED: "pruned",
+}
+_WOULD = {
+    E.APPLY_ACTION_UNCHANGED: "unchanged",
+    E.APPLY_ACTION_CREATED: "would be created",
+    E.APPLY_ACTION_SCALED: "would be scaled",
+    E.APPLY_ACTION_REPLACED: "would be replaced",
+    E.APPLY_ACTION_PRUNED: "would be pruned",
+}
 
 
 def load(files: list[str]) -> list[spec_pb2.ContainerSpec]:
@@ -46,6 +80,40 @@ def load(files: list[str]) -> list[spec_pb2.ContainerSpec]:
     return specs
 
 
+def derive_owner(files: Iterable[str]) -> str:
+    """The default owner of what files launch: the first file's name and a
+    hash of every file's absolute path ("stdin" for standard input)."""
+    names = list(files)
+    if names == ["-"]:
+        return "stdin"
+    paths = sorted("-" if n == "-" else os.path.abspath(n) for n in names)
+    stem = os.path.splitext(os.path.basename(names[0]))[0] if names[0] != "-" else "stdin"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-_.")[:40] or "specs"
+    digest = hashlib.sha256("\0".join(paths).encode()).hexdigest()[:8]
+    return f"{stem}-{digest}"
+
+
+def _request(args: argparse.Namespace, *, dry_run: bool) -> manager_pb2.ApplySpecsRequest:
+    specs = load(args.files)
+    # A file that `ps -o yaml` printed names its owner already: applying it
+    # again is the same owner's apply.
+    carried = {spec.labels.get(OWNER_LABEL, "") for spec in specs}
+    owner = args.owner or (carried.pop() if len(carried) == 1 else "") or derive_owner(args.files)
+    for spec in specs:
+        spec.labels[OWNER_LABEL] = owner
+    return manager_pb2.ApplySpecsRequest(
+        specs=specs, owner=owner, prune=args.prune, dry_run=dry_run
+    )
+
+
+def _change_dict(change: manager_pb2.ApplyChange) -> dict[str, object]:
+    return {
+        "name": change.name,
+        "action": _WORDS.get(change.action, "unspecified"),
+        "detail": change.detail.splitlines(),
+    }
+
+
 def _summary(spec: spec_pb2.ContainerSpec) -> str:
     runtime = spec_pb2.RuntimeKind.Name(spec.runtime).removeprefix("RUNTIME_KIND_").lower()
     parts = [
@@ -58,97 +126,123 @@ def _summary(spec: spec_pb2.ContainerSpec) -> str:
     return ", ".join(parts)
 
 
+def _check_only(args: argparse.Namespace, ctx: Context) -> int:
+    """apply --dry-run: the files checked, nothing asked of the manager."""
+    specs = load(args.files)
+    if args.output in ("json", "yaml"):
+        from ..spec import spec_to_dict
+
+        print_data(ctx, {"containers": [spec_to_dict(s) for s in specs]}, args.output)
+    else:
+        for spec in specs:
+            ctx.out(f"{spec.name}: valid ({_summary(spec)}); not launched (--dry-run)")
+    return 0
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    from ..client import CallError
+
     try:
-        specs = load(args.files)
+        if args.dry_run:
+            return _check_only(args, ctx)
+        request = _request(args, dry_run=False)
     except CliError as exc:
         for line in exc.message.splitlines():
             ctx.err(line)
         return EXIT_FAILED
-    if args.dry_run:
-        if args.output in ("json", "yaml"):
-            from ..spec import spec_to_dict
-
-            print_data(ctx, {"containers": [spec_to_dict(s) for s in specs]}, args.output)
-        else:
-            for spec in specs:
-                ctx.out(f"{spec.name}: valid ({_summary(spec)}); not launched (--dry-run)")
-        return 0
-
     code = 0
-    launched: list[manager_pb2.Container] = []
     with ctx.manager(args) as client:
-        live = Counter(
-            c.identity.name for c in client.list_containers().containers if c.state not in _TERMINAL
-        )
-        for number, spec in enumerate(specs, start=1):
-            if live[spec.name]:
-                count = live[spec.name]
-                ctx.err(
-                    f"{spec.name}: skipped, {count} live container"
-                    f"{' has' if count == 1 else 's have'} this name (stop to relaunch, or scale)"
+        try:
+            with spinner(ctx, f"applying {len(request.specs)} spec(s)"):
+                # A rollout takes as long as its replicas take to be ready.
+                response = client.apply_specs(request, timeout=None)
+        except CallError as exc:
+            raise from_call(exc) from None
+        if args.output == "table":
+            for change in response.changes:
+                detail = "; ".join(change.detail.splitlines())
+                ctx.out(
+                    f"{change.name}: {_WORDS.get(change.action, '?')}"
+                    + (f" ({detail})" if detail else "")
                 )
-                continue
-            try:
-                with spinner(ctx, f"launching {spec.name} ({number}/{len(specs)})"):
-                    response = client.run_container(
-                        manager_pb2.RunContainerRequest(spec=spec), timeout=None
-                    )
-            except CallError as exc:
-                error = from_call(exc, spec.name)
-                if error.code == EXIT_UNREACHABLE:
-                    raise error from None
-                ctx.err(f"error: {error.message}")
-                code = EXIT_FAILED
-                continue
-            launched.extend(response.containers)
-            if args.output == "table":
-                for c in response.containers:
-                    pid = f" (pid {c.pid})" if c.pid else ""
-                    ctx.out(f"{c.identity.id}: launched{pid}")
-                ctx.stdout.flush()
-        if args.wait and launched:
-            launched, failed = _wait(ctx, client, launched, args.timeout)
-            code = code or failed
+            ctx.stdout.flush()
+        if args.wait:
+            code = _wait(ctx, client, request, args.timeout, quiet=args.output != "table")
     if args.output in ("json", "yaml"):
-        print_data(ctx, {"containers": [message_dict(c) for c in launched]}, args.output)
+        print_data(ctx, {"changes": [_change_dict(c) for c in response.changes]}, args.output)
     return code
+
+
+def run_diff(args: argparse.Namespace, ctx: Context) -> int:
+    from ..client import CallError
+
+    try:
+        request = _request(args, dry_run=True)
+    except CliError as exc:
+        for line in exc.message.splitlines():
+            ctx.err(line)
+        return EXIT_UNREACHABLE
+    try:
+        with ctx.manager(args) as client:
+            response = client.apply_specs(request)
+    except (CallError, CliError) as exc:
+        error = from_call(exc) if isinstance(exc, CallError) else exc
+        for line in error.message.splitlines():
+            ctx.err(f"error: {line}")
+        # 1 means "there are changes" here: a failure is 2 or more.
+        return max(error.code, EXIT_UNREACHABLE)
+    changed = any(c.action != E.APPLY_ACTION_UNCHANGED for c in response.changes)
+    if args.output in ("json", "yaml"):
+        print_data(ctx, {"changes": [_change_dict(c) for c in response.changes]}, args.output)
+        return 1 if changed else 0
+    for change in response.changes:
+        lines = change.detail.splitlines()
+        if change.action == E.APPLY_ACTION_REPLACED:
+            ctx.out(f"{change.name}: {_WOULD[change.action]}")
+            for line in lines:
+                ctx.out(f"  {line}")
+        else:
+            ctx.out(f"{change.name}: {_WOULD.get(change.action, '?')} ({'; '.join(lines)})")
+    ctx.stdout.flush()
+    return 1 if changed else 0
 
 
 def _wait(
     ctx: Context,
     client: ManagerClient,
-    launched: list[manager_pb2.Container],
+    request: manager_pb2.ApplySpecsRequest,
     timeout: datetime.timedelta,
-) -> tuple[list[manager_pb2.Container], int]:
-    """Poll until every container is RUNNING, one ended, or the time is up."""
+    *,
+    quiet: bool,
+) -> int:
+    """Poll until every spec has its replicas RUNNING, or the time is up."""
+    wanted = {spec.name: spec.replicas or 1 for spec in request.specs}
     deadline = time.monotonic() + timeout.total_seconds()
-    latest = {c.identity.id: c for c in launched}
-    pending = set(latest)
-    with spinner(ctx, f"waiting for {len(pending)} container(s) to run"):
-        while pending and time.monotonic() < deadline:
-            for container_id in sorted(pending):
-                got = client.get_container(
-                    manager_pb2.GetContainerRequest(container=container_id)
-                ).container
-                latest[container_id] = got
-                if got.state == S.LIFECYCLE_STATE_RUNNING or got.state in _TERMINAL:
-                    pending.discard(container_id)
-            if pending:
-                time.sleep(0.2)
-    failed = 0
-    for container_id, c in latest.items():
-        if c.state == S.LIFECYCLE_STATE_RUNNING:
-            ctx.out(f"{container_id}: RUNNING")
+    selector = manager_pb2.ListContainersRequest(label_selector=f"{OWNER_LABEL}={request.owner}")
+
+    def running() -> dict[str, list[manager_pb2.Container]]:
+        out: dict[str, list[manager_pb2.Container]] = {name: [] for name in wanted}
+        for c in client.list_containers(selector).containers:
+            if c.identity.name in out and c.state == S.LIFECYCLE_STATE_RUNNING:
+                out[c.identity.name].append(c)
+        return out
+
+    with spinner(ctx, f"waiting for {sum(wanted.values())} replica(s) to run"):
+        now = running()
+        while any(len(now[n]) < k for n, k in wanted.items()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = running()
+    code = 0
+    for name, count in wanted.items():
+        if len(now[name]) >= count:
+            if not quiet:
+                for c in now[name]:
+                    ctx.out(f"{c.identity.id}: RUNNING")
             continue
-        failed = EXIT_FAILED
-        if c.state in _TERMINAL:
-            why = f": {c.error}" if c.error else ""
-            ctx.err(f"error: {container_id}: {state_name(c.state)}{why}")
-        else:
-            ctx.err(
-                f"error: {container_id}: still {state_name(c.state)} after "
-                f"{format_duration(timeout)}"
-            )
+        code = EXIT_FAILED
+        ctx.err(
+            f"error: {name}: {len(now[name])} of {count} replica(s) RUNNING after "
+            f"{format_duration(timeout)}"
+        )
     ctx.stdout.flush()
-    return list(latest.values()), failed
+    return code

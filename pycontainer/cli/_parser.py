@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _apply(subparsers)
+    _diff(subparsers)
     _containers(subparsers)
     _logs(subparsers)
     _top(subparsers)
@@ -123,18 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _apply(subparsers: Subparsers) -> None:
-    parser = _verb(
-        subparsers,
-        "apply",
-        "_apply:run",
-        "launch the containers of spec files",
-        "Launch the containers spec files describe (YAML, or TOML by the .toml "
-        "extension; '-' reads YAML from stdin), through the manager's RunContainer. Every "
-        "file is checked first and every mistake reported, each with its place in the "
-        "file; nothing is launched then. A name that already has live containers is "
-        "skipped (stop them to relaunch, or scale them).",
-    )
+_OWNER_HELP = (
+    "owner label value (pycontainer.dev/owner) of what this apply launches; prune removes "
+    "only this owner's containers (default: the owner label the specs carry, as ps -o yaml "
+    "prints it; else the first file's name and a short hash of the files' absolute paths, "
+    "such as demo-3f2a1b9c; 'stdin' for -)"
+)
+
+
+def _apply_arguments(parser: argparse.ArgumentParser) -> None:
+    """What apply and diff share: the files, the owner, prune."""
     parser.add_argument(
         "-f",
         "--filename",
@@ -142,13 +141,41 @@ def _apply(subparsers: Subparsers) -> None:
         action="append",
         required=True,
         metavar="SPEC",
-        help="spec file (repeat for several)",
+        help="spec file (repeat for several; '-' reads YAML from stdin)",
+    )
+    parser.add_argument("--owner", metavar="NAME", help=_OWNER_HELP)
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="also stop the owner's containers whose name the files no longer list",
+    )
+
+
+def _apply(subparsers: Subparsers) -> None:
+    parser = _verb(
+        subparsers,
+        "apply",
+        "_apply:run",
+        "make the running containers match spec files",
+        "Make the running containers match spec files (YAML, or TOML by the .toml "
+        "extension; '-' reads YAML from stdin), as kubectl apply does: a container that "
+        "is missing is created, replicas are scaled up or down, and a container whose spec "
+        "changed is replaced one replica at a time (the new one started and ready before "
+        "an old one stops with its grace period; restored from the old one's checkpoint "
+        "when checkpointPolicy is OnStop). Applying the same files again changes nothing. "
+        "Every file is checked first and every mistake reported, each with its place in "
+        "the file; nothing changes then. The manager keeps what was applied, and a "
+        "restarted manager brings the replicas back to it.",
+    )
+    _apply_arguments(parser)
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only check the files, without the manager (see `pycontainer diff` for what "
+        "would change)",
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="check the files and show what would run"
-    )
-    parser.add_argument(
-        "--wait", action="store_true", help="wait until every launched container is RUNNING"
+        "--wait", action="store_true", help="then wait until every replica of the files is RUNNING"
     )
     parser.add_argument(
         "--timeout",
@@ -157,6 +184,22 @@ def _apply(subparsers: Subparsers) -> None:
         metavar="DURATION",
         help=f"how long --wait waits, {DURATION_HELP} (default: 60s)",
     )
+    _output_option(parser, "table", "json", "yaml")
+    _manager_option(parser)
+
+
+def _diff(subparsers: Subparsers) -> None:
+    parser = _verb(
+        subparsers,
+        "diff",
+        "_apply:run_diff",
+        "show what apply would change",
+        "Show what `pycontainer apply` would do with spec files, per spec: unchanged, or "
+        "the action and the fields that differ. Changes nothing. Exit status, as kubectl "
+        "diff's: 0 no change, 1 changes, 2 or more when it could not tell (a mistake in a "
+        "file, a refusal, an unreachable manager).",
+    )
+    _apply_arguments(parser)
     _output_option(parser, "table", "json", "yaml")
     _manager_option(parser)
 

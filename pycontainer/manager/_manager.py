@@ -1,8 +1,9 @@
 """The manager: a thin facade over its collaborators, each with one reason to
 change — the registry (_registry), Lifecycle sessions and command routing
 (_sessions), stops with a deadline (_stopping), admission and eviction
-(_admission), supervision of what it launched (_supervision) and checkpoints
-(_checkpoints). The servers (_server) and the CLI talk to this facade."""
+(_admission), supervision of what it launched (_supervision), checkpoints
+(_checkpoints) and declarative apply (_apply). The servers (_server) and the
+CLI talk to this facade."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..agent._metrics import RpcStats
 from ..units import format_cpu, format_memory
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._admission import Admission
+from ._apply import Reconciler
 from ._checkpoints import Checkpoints
 from ._events import EventBus
 from ._registry import Entry, Registry
@@ -103,6 +105,17 @@ class Manager:
             manager_address=lambda: self.address,
             spawn=self._spawn,
         )
+        self.reconciler = Reconciler(
+            self.registry,
+            store,
+            self.sessions,
+            self.checkpoints,
+            self.stopper,
+            self.supervisor,
+            self.runtimes,
+            reconnect_window=self.settings.reconnect_window,
+            spawn=self._spawn,
+        )
 
     @property
     def entries(self) -> dict[str, Entry]:
@@ -126,6 +139,7 @@ class Manager:
             raise OSError(f"cannot listen on {self.settings.listen!r}")
         await self._server.start()
         self._spawn(self.sessions.watchdog())
+        self._spawn(self.reconciler.resume())
         # Long-lived objects made so far never become garbage: keep the cyclic
         # collector from walking them (half-second pauses at 10,000 sessions).
         gc.freeze()
@@ -250,6 +264,10 @@ class Manager:
     async def run(self, spec: spec_pb2.ContainerSpec) -> list[Entry]:
         """Launch a spec's replicas through its runtime (admission first)."""
         return await self.supervisor.run(spec)
+
+    async def apply(self, request: manager_pb2.ApplySpecsRequest) -> manager_pb2.ApplySpecsResponse:
+        """Make the running set match the request's specs (kubectl apply)."""
+        return await self.reconciler.apply(request)
 
     async def scale(self, name_or_id: str, replicas: int) -> list[Entry]:
         return await self.supervisor.scale(name_or_id, replicas)

@@ -223,6 +223,11 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
         ):
             yield item
 
+    async def ApplySpecs(
+        self, request: manager_pb2.ApplySpecsRequest, context: Context
+    ) -> manager_pb2.ApplySpecsResponse:
+        return await self._m.apply(request)
+
     async def GetVersion(
         self, request: manager_pb2.GetVersionRequest, context: Context
     ) -> manager_pb2.GetVersionResponse:
@@ -246,12 +251,6 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
         self, request: manager_pb2.DeleteContainerRequest, context: Context
     ) -> manager_pb2.DeleteContainerResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "DeleteContainer: not yet")
-        raise AssertionError("unreachable")
-
-    async def ApplySpecs(
-        self, request: manager_pb2.ApplySpecsRequest, context: Context
-    ) -> manager_pb2.ApplySpecsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ApplySpecs: not yet")
         raise AssertionError("unreachable")
 
 

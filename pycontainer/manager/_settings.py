@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from ._scheduler import Resources
@@ -29,4 +30,8 @@ class ManagerSettings:
     max_checkpoint_bytes: int = 64 << 20
     # Start containers that register in CREATED (after admission).
     auto_start: bool = True
+    # After a start, how long containers of the previous manager have to dial
+    # back in (their reconnect backoff is at most 10 s) before apply's
+    # reconciliation takes an applied spec's silent replicas for gone.
+    reconnect_window: timedelta = timedelta(seconds=15)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,4 +1,5 @@
-"""The manager's durable state: container records and checkpoints.
+"""The manager's durable state: container records, checkpoints and the specs
+``apply`` set.
 
 :class:`StateStore` is the interface the manager uses; it speaks records, not
 SQL, so that a distributed store (etcd) can replace :class:`SQLiteStore`
@@ -26,6 +27,7 @@ from ..units import format_memory
 
 __all__ = [
     "CHECKPOINTS_KEPT",
+    "AppliedSpec",
     "CheckpointInfo",
     "ContainerRecord",
     "SQLiteStore",
@@ -77,6 +79,21 @@ class CheckpointInfo:
     create_time: float
 
 
+@dataclass(frozen=True)
+class AppliedSpec:
+    """A spec as ``apply`` last set it: the desired state of its name, which a
+    restarted manager reconciles to."""
+
+    name: str
+    # Who applied it (the owner label's value); prune removes only its own.
+    owner: str
+    # The serialized ContainerSpec, replicas and the manager's labels included.
+    spec: bytes
+    # The spec's hash without replicas (as the spec-hash label carries it).
+    spec_hash: str
+    applied_time: float
+
+
 class StateStore(Protocol):
     """Durable records of containers and checkpoints; every write is atomic."""
 
@@ -112,6 +129,18 @@ class StateStore(Protocol):
 
     def latest_checkpoint(self, container_name: str) -> CheckpointInfo | None:
         """The newest checkpoint of any container of this name, or None."""
+        ...
+
+    def put_applied_spec(self, applied: AppliedSpec) -> None:
+        """Insert or replace the applied spec of ``applied.name``."""
+        ...
+
+    def list_applied_specs(self) -> list[AppliedSpec]:
+        """Every applied spec, sorted by name."""
+        ...
+
+    def delete_applied_spec(self, name: str) -> None:
+        """Forget the applied spec of ``name``; no-op if absent."""
         ...
 
     def close(self) -> None:
@@ -161,6 +190,17 @@ _SCHEMA = (
     )""",
     "CREATE INDEX checkpoints_by_name ON checkpoints (container_name, seq)",
 )
+
+# Added after version 1 shipped, without a version bump: a store without it
+# gets it when opened (IF NOT EXISTS), and older readers ignore the table.
+_APPLIED_SPECS = """CREATE TABLE IF NOT EXISTS applied_specs (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    spec BLOB NOT NULL,
+    spec_hash TEXT NOT NULL,
+    applied_time REAL NOT NULL
+)"""
+_APPLIED_COLUMNS = "name, owner, spec, spec_hash, applied_time"
 
 _CONTAINER_COLUMNS = (
     "id, name, spec, labels, priority, cpu_millis, memory_bytes, state, create_time, "
@@ -220,6 +260,7 @@ class SQLiteStore:
                 for statement in _SCHEMA:
                     db.execute(statement)
                 db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+                db.execute(_APPLIED_SPECS)
                 return
             row = db.execute("SELECT max(version) FROM schema_version").fetchone()
             if row[0] != SCHEMA_VERSION:
@@ -227,6 +268,7 @@ class SQLiteStore:
                     f"state store {self._path} has schema version {row[0]}; "
                     f"this pycontainer reads version {SCHEMA_VERSION}"
                 )
+            db.execute(_APPLIED_SPECS)
 
     @contextlib.contextmanager
     def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
@@ -361,6 +403,36 @@ class SQLiteStore:
                 (container_name,),
             ).fetchone()
         return None if row is None else _checkpoint(row)
+
+    def put_applied_spec(self, applied: AppliedSpec) -> None:
+        """Insert or replace the applied spec of ``applied.name``."""
+        with self._transaction() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO applied_specs ({_APPLIED_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                (
+                    applied.name,
+                    applied.owner,
+                    applied.spec,
+                    applied.spec_hash,
+                    applied.applied_time,
+                ),
+            )
+
+    def list_applied_specs(self) -> list[AppliedSpec]:
+        """Every applied spec, sorted by name."""
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                f"SELECT {_APPLIED_COLUMNS} FROM applied_specs ORDER BY name"
+            ).fetchall()
+        return [
+            AppliedSpec(name=n, owner=o, spec=bytes(s), spec_hash=h, applied_time=t)
+            for n, o, s, h, t in rows
+        ]
+
+    def delete_applied_spec(self, name: str) -> None:
+        """Forget the applied spec of ``name``; no-op if absent."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM applied_specs WHERE name = ?", (name,))
 
     def close(self) -> None:
         """Close the file; idempotent. Later calls raise StoreError."""

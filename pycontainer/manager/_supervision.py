@@ -54,8 +54,9 @@ class Supervisor:
             runtime.add_exit_listener(self.on_exit)
 
     # -- launching -----------------------------------------------------------------------
-    async def run(self, spec: spec_pb2.ContainerSpec) -> list[Entry]:
-        """Launch a spec's replicas through its runtime (admission first)."""
+    async def run(self, spec: spec_pb2.ContainerSpec, count: int | None = None) -> list[Entry]:
+        """Launch a spec's replicas through its runtime (admission first);
+        ``count`` of them instead of the spec's number (apply's steps)."""
         if not spec.name:
             raise invalid_argument("spec.name", "a container needs a name")
         if spec.replicas < 0:
@@ -68,7 +69,8 @@ class Supervisor:
         restore = None
         if spec.checkpoint_policy == spec_pb2.CHECKPOINT_POLICY_ON_STOP:
             restore = self._checkpoints.latest(spec.name)
-        return [await self._launch(spec, runtime, restore) for _ in range(spec.replicas or 1)]
+        count = (spec.replicas or 1) if count is None else count
+        return [await self._launch(spec, runtime, restore) for _ in range(count)]
 
     async def _launch(
         self, spec: spec_pb2.ContainerSpec, runtime: Runtime, restore: bytes | None
@@ -144,6 +146,11 @@ class Supervisor:
         entry.changed.set()
         await self._admission.admit_waiting()
         self.maybe_restart(entry)
+
+    def restarting(self, entry: Entry) -> bool:
+        """Whether a restart of this ended container is on its way (its
+        restart policy's; apply counts it as present)."""
+        return entry.id in self._restarting
 
     def ended(self, entry: Entry) -> None:
         """A container reached a terminal state. One whose runtime reports

@@ -1,0 +1,86 @@
+"""What "the spec changed" means for apply, and how a change reads: specs
+compared without replicas (scaling is not a change) and without what the
+manager adds (the hash label; the default runtime spelled out), hashed for the
+``pycontainer.dev/spec-hash`` label, and their differences listed in the spec
+file's camelCase keys."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from google.protobuf.message import Message
+
+from ..units import duration_from_proto, format_duration
+from ..v1 import spec_pb2
+
+__all__ = ["SPEC_HASH_LABEL", "spec_differences", "spec_hash"]
+
+SPEC_HASH_LABEL = "pycontainer.dev/spec-hash"
+
+
+def _comparable(spec: spec_pb2.ContainerSpec) -> spec_pb2.ContainerSpec:
+    """The spec as "changed" sees it: without replicas (scaling is not a
+    change), without the hash label the manager adds, and with the default
+    runtime spelled out."""
+    out = spec_pb2.ContainerSpec()
+    out.CopyFrom(spec)
+    out.ClearField("replicas")
+    out.labels.pop(SPEC_HASH_LABEL, None)
+    if out.runtime == spec_pb2.RUNTIME_KIND_UNSPECIFIED:
+        out.runtime = spec_pb2.RUNTIME_KIND_PROCESS
+    return out
+
+
+def spec_hash(spec: spec_pb2.ContainerSpec) -> str:
+    """A short, stable hash of what a spec launches (replicas aside)."""
+    data = _comparable(spec).SerializeToString(deterministic=True)
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _fields(message: Message, prefix: str = "") -> dict[str, str]:
+    """Every set field of a message, flattened to "path: value" text (the
+    file's camelCase keys; map entries as key.name)."""
+    out: dict[str, str] = {}
+    for fd, value in message.ListFields():
+        key = prefix + fd.json_name
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            value_field = fd.message_type.fields_by_name["value"]
+            for name, item in sorted(value.items()):
+                out[f"{key}.{name}"] = _text(value_field, item)
+        elif fd.is_repeated:
+            out[key] = "[" + ", ".join(_text(fd, item) for item in value) + "]"
+        elif (
+            fd.message_type is not None and fd.message_type.full_name != "google.protobuf.Duration"
+        ):
+            out.update(_fields(value, key + "."))
+        else:
+            out[key] = _text(fd, value)
+    return out
+
+
+def _text(fd: Any, value: Any) -> str:
+    if fd.message_type is not None and fd.message_type.full_name == "google.protobuf.Duration":
+        return format_duration(duration_from_proto(value))
+    if fd.message_type is not None:
+        return json.dumps(_fields(value), sort_keys=True)
+    if fd.enum_type is not None:
+        known = fd.enum_type.values_by_number.get(value)
+        return known.name if known is not None else str(value)
+    return json.dumps(value)
+
+
+def spec_differences(old: spec_pb2.ContainerSpec, new: spec_pb2.ContainerSpec) -> list[str]:
+    """What differs between two specs, replicas aside: "env.GREETING: "hi" ->
+    "hello"", "+workingDir: "/srv"" (added), "-env.DEBUG" (removed)."""
+    before, after = _fields(_comparable(old)), _fields(_comparable(new))
+    out: list[str] = []
+    for key in sorted(before.keys() | after.keys()):
+        if key not in after:
+            out.append(f"-{key}")
+        elif key not in before:
+            out.append(f"+{key}: {after[key]}")
+        elif before[key] != after[key]:
+            out.append(f"{key}: {before[key]} -> {after[key]}")
+    return out
