@@ -114,6 +114,10 @@ class StateStore(Protocol):
         """The newest checkpoint of any container of this name, or None."""
         ...
 
+    def delete_checkpoints(self, container_id: str) -> int:
+        """Delete the checkpoints this container took (a purge); how many."""
+        ...
+
     def close(self) -> None:
         """Release the store; idempotent."""
         ...
@@ -361,6 +365,12 @@ class SQLiteStore:
                 (container_name,),
             ).fetchone()
         return None if row is None else _checkpoint(row)
+
+    def delete_checkpoints(self, container_id: str) -> int:
+        """Delete the checkpoints this container took (a purge); how many."""
+        with self._transaction() as db:
+            cursor = db.execute("DELETE FROM checkpoints WHERE container_id = ?", (container_id,))
+        return cursor.rowcount
 
     def close(self) -> None:
         """Close the file; idempotent. Later calls raise StoreError."""

@@ -93,6 +93,9 @@ class RuncContainer:
 class RuncRuntime(ExitListeners):
     """Containers as OCI containers run by runc; see the module's docstring."""
 
+    # Each container has its pid namespace: it registers as pid 1.
+    own_pid_namespace = True
+
     def __init__(
         self,
         state_dir: str | os.PathLike[str],
@@ -147,6 +150,9 @@ class RuncRuntime(ExitListeners):
         """The host pid of a running container's init."""
         run = self._containers.get(container_id)
         return run.pid if run is not None and not run.done.is_set() else None
+
+    def running(self, container_id: str) -> bool:
+        return self.pid(container_id) is not None
 
     def config_for(self, launch: Launch) -> dict[str, Any]:
         """The config.json this runtime generates for a launch (no bundle given)."""
@@ -235,17 +241,22 @@ class RuncRuntime(ExitListeners):
         )
         return run.pid
 
-    async def send_signal(self, container_id: str, signum: int | str = "TERM") -> None:
-        """``runc kill ID SIGNAL`` to a running container's init."""
+    async def send_signal(self, container_id: str, signum: int | str = "TERM") -> bool:
+        """``runc kill ID SIGNAL`` to a running container's init; whether runc
+        delivered it."""
         run = self._containers.get(container_id)
         if run is None or run.done.is_set():
-            return
+            return False
         name = (
             signal.Signals(signum).name.removeprefix("SIG") if isinstance(signum, int) else signum
         )
         code, _, err = await self.run_command("kill", run.runc_id, name, check=False)
         if code != 0 and not run.done.is_set():
             _log.info("runc kill %s %s: %s", run.runc_id, name, err.strip())
+        return code == 0
+
+    async def signal(self, container_id: str, signum: int) -> bool:
+        return await self.send_signal(container_id, signum)
 
     async def kill(self, container_id: str) -> None:
         await self.send_signal(container_id, "KILL")
