@@ -112,7 +112,6 @@ def test_a_hung_process_is_killed_at_the_end_of_its_grace(manager: ManagerHost) 
     worked (as docker stop reports it), STOPPED with the runtime's -9."""
     import time
 
-
     spec = spec_pb2.ContainerSpec(
         name="frozen",
         runtime=spec_pb2.RUNTIME_KIND_PROCESS,

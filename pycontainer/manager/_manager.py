@@ -81,7 +81,7 @@ class Manager:
         self.port = 0
         self._purgers: list[Purger] = []
 
-        self.registry = Registry(store, self.events)
+        self.registry = Registry(store, self.events, max_ended=self.settings.max_ended_containers)
         self.sessions = Sessions(
             self.registry,
             self.settings,

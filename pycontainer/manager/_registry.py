@@ -7,7 +7,7 @@ import asyncio
 import datetime
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
@@ -257,6 +257,8 @@ class Registry:
         self.store = store
         self.events = events
         self.max_ended = max_ended
+        # Ended containers that must stay anyway (a restart is on its way).
+        self.pinned: Callable[[Entry], bool] = lambda entry: False
         self.entries: dict[str, Entry] = {}
         for record in store.list_containers():
             entry = Entry.from_record(record)
@@ -288,8 +290,13 @@ class Registry:
     def _forget_oldest_ended(self) -> None:
         """Keep at most ``max_ended`` ended containers: the longest ended go
         first (a record from an earlier manager has no finish time: its last
-        start or creation stands in). One still connected or stopping stays."""
-        ended = [e for e in self.entries.values() if e.terminal and not e.connected and not e.stop]
+        start or creation stands in). One still connected, stopping or about to
+        be restarted stays."""
+        ended = [
+            e
+            for e in self.entries.values()
+            if e.terminal and not e.connected and e.stop is None and not self.pinned(e)
+        ]
         excess = len(ended) - self.max_ended
         if excess <= 0:
             return

@@ -54,6 +54,8 @@ class ManagerSettings:
     max_checkpoint_bytes: int = 64 << 20
     # Start containers that register in CREATED (after admission).
     auto_start: bool = True
+    # Ended containers remembered (see MAX_ENDED_CONTAINERS).
+    max_ended_containers: int = MAX_ENDED_CONTAINERS
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -83,6 +83,7 @@ class Supervisor:
         self._manager_address = manager_address
         self._spawn = spawn
         self._restarting: set[str] = set()
+        registry.pinned = lambda entry: entry.id in self._restarting
         # Each runtime once (one may serve several kinds).
         for runtime in {id(r): r for r in runtimes.values()}.values():
             runtime.add_exit_listener(self.on_exit)
@@ -223,11 +224,15 @@ class Supervisor:
         """The state and reason an exit leaves: STOPPED when a stop or the
         operator's kill ended it (killed at the end of its grace period, by
         the runtime's SIGKILL or by itself: 137), FAILED when it ended on its
-        own before reaching a final state."""
+        own before reaching a final state with a non-zero status (STOPPED
+        with 0, as a program that ran to its end)."""
         stop = entry.stop
-        killed_by_deadline = code in (-signal.SIGKILL, 128 + signal.SIGKILL)
-        if stop is not None and (stop.killed or killed_by_deadline):
-            stop.killed = True
+        if stop is not None:
+            # SIGKILL's status (or the 137 of an app ending itself at its
+            # deadline); one that ended of SIGTERM just as the SIGKILL went
+            # out was not killed.
+            stop.killed = code in (-signal.SIGKILL, 128 + signal.SIGKILL)
+        if stop is not None and stop.killed:
             entry.state = S.LIFECYCLE_STATE_STOPPED
             entry.reason = killed_reason(stop.grace)
         elif stop is not None and not entry.terminal:
@@ -237,6 +242,9 @@ class Supervisor:
             entry.state = S.LIFECYCLE_STATE_STOPPED
             entry.reason = f"killed by {signal.Signals(entry.kill_signal).name}"
             entry.desired = False  # the operator ended it: not restarted
+        elif not entry.terminal and code == 0:  # a program that ran to its end
+            entry.state = S.LIFECYCLE_STATE_STOPPED
+            entry.reason = "exited with status 0"
         elif not entry.terminal:
             entry.state = S.LIFECYCLE_STATE_FAILED
             entry.error = f"process exited with status {code}"
