@@ -298,6 +298,14 @@ def test_an_unregistered_runc_program_is_reported_stopped_and_killed_through_run
     assert response.container.state == S.LIFECYCLE_STATE_STOPPED
     assert response.container.reason == "killed after its 500ms grace period"
     assert runtime.pid(cid) is None
+    run = runtime.container(cid)
+    assert run is not None
+    assert run.run_dir.is_dir()
+    # Deleted with purge: its run directory (its output) goes too.
+    manager.stub.DeleteContainer(
+        manager_pb2.DeleteContainerRequest(container=cid, purge=True), timeout=10
+    )
+    assert not run.run_dir.exists()
 
 
 def test_runc_launch_errors_are_failed_precondition(tmp_path: Path) -> None:

@@ -269,6 +269,9 @@ class Manager:
         self.registry.delete(entry)
         if purge:
             self.store.delete_checkpoints(entry.id)
+            runtime = self.stopper.runtime_of(entry)
+            if runtime is not None:
+                runtime.forget(entry.id)
             for purger in self._purgers:
                 purger(entry.id)
         return entry

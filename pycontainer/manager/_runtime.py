@@ -71,6 +71,11 @@ class Runtime(Protocol):
         """End it now (SIGKILL), past its grace period."""
         ...
 
+    def forget(self, container_id: str) -> None:
+        """Remove what it keeps of an ended container (run directories, the
+        output they hold): the container's record is purged."""
+        ...
+
     async def close(self) -> None:
         """Kill what is left (the manager is shutting down)."""
         ...
@@ -133,6 +138,9 @@ class InProcessRuntime:
         obj = self._objects.pop(container_id, None)
         if obj is not None:
             await asyncio.to_thread(obj.close)
+
+    def forget(self, container_id: str) -> None:
+        """Nothing kept."""
 
     async def close(self) -> None:
         for container_id in list(self._objects):
@@ -213,6 +221,9 @@ class ProcessRuntime(ExitListeners):
 
     async def kill(self, container_id: str) -> None:
         await self.signal(container_id, signal.SIGKILL)
+
+    def forget(self, container_id: str) -> None:
+        """Nothing kept (its output is not captured here)."""
 
     async def close(self) -> None:
         for container_id in list(self._processes):

@@ -139,9 +139,9 @@ class Stopper:
         self, entry: Entry, name: str, action: Message, grace: datetime.timedelta
     ) -> Stopped:
         runtime = self.process_of(entry)
+        if entry.terminal and runtime is None:  # already ended: nothing to do
+            return Stopped(entry, lifecycle_pb2.CommandResult(state=entry.state), False)
         if not entry.connected and runtime is None:
-            if entry.terminal:  # already ended: nothing to do
-                return Stopped(entry, lifecycle_pb2.CommandResult(state=entry.state), False)
             raise RequestError(
                 grpc.StatusCode.UNAVAILABLE,
                 f"container {entry.id} is not connected to the manager (state "
@@ -150,7 +150,8 @@ class Stopper:
             )
         stop = entry.stop = StopInProgress(grace)
         try:
-            if entry.connected:
+            # One that ended but whose process lingers is seen to its end.
+            if entry.connected and not entry.terminal:
                 result = await self._by_command(entry, name, action, grace)
             else:
                 assert runtime is not None

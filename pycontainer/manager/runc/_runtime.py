@@ -38,6 +38,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -54,6 +55,7 @@ from ._config import (
     make_host_root,
     python_host_paths,
     runc_id_for,
+    runc_id_for_prefix,
 )
 
 _log = logging.getLogger("pycontainer.manager.runc")
@@ -260,6 +262,18 @@ class RuncRuntime(ExitListeners):
 
     async def kill(self, container_id: str) -> None:
         await self.send_signal(container_id, "KILL")
+
+    def forget(self, container_id: str) -> None:
+        """Delete the run directories of every ended launch of this id (their
+        stdout.log, stderr.log, exit_status and generated bundle)."""
+        if self.running(container_id):
+            return
+        self._containers.pop(container_id, None)
+        launch = re.compile(re.escape(runc_id_for_prefix(container_id)) + r"-[0-9a-f]{6}")
+        with contextlib.suppress(FileNotFoundError):
+            for run_dir in self.runs_dir.iterdir():
+                if launch.fullmatch(run_dir.name):
+                    shutil.rmtree(run_dir, ignore_errors=True)
 
     async def close(self) -> None:
         """Kill every container still running, wait for their ends, and delete
