@@ -164,6 +164,15 @@ def test_scale_to_zero_stops_unregistered_replicas(manager: ManagerHost) -> None
         wait_until(lambda c=container: not _alive(c.pid), 5, "replica gone")
 
 
+def test_evict_stops_an_unregistered_program(manager: ManagerHost) -> None:
+    launched = _run(manager, _plain("squatter", "sleep 1000", start_timeout=30))
+    request = manager_pb2.EvictContainerRequest(container=launched.identity.id)
+    request.grace_period.CopyFrom(_duration(2))
+    evicted = manager.stub.EvictContainer(request, timeout=30).container
+    assert evicted.state == S.LIFECYCLE_STATE_STOPPED
+    wait_until(lambda: not _alive(launched.pid), 5, "the process gone")
+
+
 # -- 2 and 3. grace periods ---------------------------------------------------------------
 def test_stop_grace_zero_of_a_connected_app_kills_it_at_once(manager: ManagerHost) -> None:
     launched = _run(manager, _app("slowstop", "--stop-seconds", "20"))
