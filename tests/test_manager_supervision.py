@@ -371,3 +371,21 @@ async def _settle() -> None:
 
     gc.collect()
     await asyncio.sleep(0.1)
+
+
+def test_cli_stop_killed_at_the_deadline_succeeds_and_says_so(
+    manager: ManagerHost, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pycontainer.cli import main
+
+    trapped = tmp_path / "trapped"
+    launched = _run(
+        manager, _plain("deaf", f"trap '' TERM; touch {trapped}; sleep 1000", start_timeout=30)
+    )
+    wait_until(trapped.exists, 10, "the trap set")
+    capsys.readouterr()
+    code = main(["stop", "--grace", "0", launched.identity.id, "--manager", manager.address])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.strip().endswith("STOPPED (killed after its grace period)"), out
+    assert not _alive(launched.pid)

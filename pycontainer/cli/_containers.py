@@ -342,7 +342,8 @@ def run_stop(args: argparse.Namespace) -> int:
             response = client.call(
                 client.stub.StopContainer, request, timeout=_grace_timeout(args.grace)
             )
-            return f"{_label(response.container)}: {state_name(response.container.state)}"
+            killed = " (killed after its grace period)" if response.killed else ""
+            return f"{_label(response.container)}: {state_name(response.container.state)}{killed}"
 
         grace = f" (grace {format_duration(args.grace)})" if args.grace is not None else ""
         return _each(client, args.containers, stop, f"stopping{grace}")

@@ -7,6 +7,10 @@ program that never registered, a lost session) gets SIGTERM from its
 runtime, then SIGKILL at the deadline. Either way a stop that ends in the
 kill is a stop that worked, as ``docker stop`` reports it: the container is
 STOPPED, its reason says it was killed, and the caller is told so (killed).
+Its exit status is the runtime's, as Container.exit_code documents it: -9
+when the runtime's SIGKILL ended it, 137 when a pycontainer app ended itself
+at its deadline (as SIGKILL would; docker shows 137 for both). FAILED stays
+for a hook that raised.
 
 A stop runs as a task the manager owns: a caller that gives up waiting
 (Ctrl-C on ``pycontainer stop``) does not call off the kill at the deadline.
