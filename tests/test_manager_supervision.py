@@ -333,6 +333,8 @@ def test_delete_without_purge_keeps_the_checkpoints_of_its_name(manager: Manager
 # -- 5. bounded memory ---------------------------------------------------------------------
 def test_ended_records_are_bounded_oldest_ended_first(tmp_path: Path) -> None:
     manager = ManagerHost(str(tmp_path / "state"), max_ended_containers=3)
+    purged: list[str] = []
+    manager.manager.add_purger(purged.append)
     try:
         ids = []
         for n in range(5):
@@ -342,8 +344,16 @@ def test_ended_records_are_bounded_oldest_ended_first(tmp_path: Path) -> None:
         listed = manager.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=10)
         assert sorted(c.identity.id for c in listed.containers) == sorted(ids[2:])
         assert sorted(r.id for r in manager.manager.store.list_containers()) == sorted(ids[2:])
+        assert purged == ids[:2]  # what they left (retained logs) goes with them
     finally:
         manager.stop()
+    # A manager with a smaller bound forgets the excess of what it finds.
+    successor = ManagerHost(str(tmp_path / "state"), max_ended_containers=1)
+    try:
+        listed = successor.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=10)
+        assert [c.identity.id for c in listed.containers] == [ids[-1]]
+    finally:
+        successor.stop()
 
 
 # -- 7. a client that gives up waiting ------------------------------------------------------

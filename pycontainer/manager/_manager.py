@@ -88,6 +88,9 @@ class Manager:
             on_registered=self._registered,
             on_ended=self._ended,
         )
+        # The records forgotten for the bound on ended ones: what they left
+        # goes with them (their checkpoints stay with their name).
+        self.registry.forgotten = self._purge_leftovers
         self.checkpoints = Checkpoints(self.registry, self.sessions, store)
         self.stopper = Stopper(
             self.registry, self.sessions, self.runtimes, self.settings, spawn=self._spawn
@@ -111,6 +114,7 @@ class Manager:
             manager_address=lambda: self.address,
             spawn=self._spawn,
         )
+        self.registry.forget_oldest_ended()  # of what an earlier manager left
 
     @property
     def entries(self) -> dict[str, Entry]:
@@ -269,12 +273,20 @@ class Manager:
         self.registry.delete(entry)
         if purge:
             self.store.delete_checkpoints(entry.id)
-            runtime = self.stopper.runtime_of(entry)
-            if runtime is not None:
-                runtime.forget(entry.id)
-            for purger in self._purgers:
-                purger(entry.id)
+            self._purge_leftovers(entry)
         return entry
+
+    def _purge_leftovers(self, entry: Entry) -> None:
+        """What a forgotten container left outside its record: its runtime's
+        run directories and what the purgers keep (its retained logs)."""
+        runtime = self.stopper.runtime_of(entry)
+        if runtime is not None:
+            runtime.forget(entry.id)
+        for purger in self._purgers:
+            try:
+                purger(entry.id)
+            except OSError as exc:
+                _log.warning("cannot purge what %s left: %s", entry.id, exc)
 
     async def checkpoint(self, name_or_id: str) -> manager_pb2.CheckpointContainerResponse:
         return await self.checkpoints.take(self.resolve(name_or_id))

@@ -259,12 +259,14 @@ class Registry:
         self.max_ended = max_ended
         # Ended containers that must stay anyway (a restart is on its way).
         self.pinned: Callable[[Entry], bool] = lambda entry: False
+        # Told of each container forgotten for the bound (what else it left
+        # behind goes too: run directories, retained logs).
+        self.forgotten: Callable[[Entry], None] = lambda entry: None
         self.entries: dict[str, Entry] = {}
         for record in store.list_containers():
             entry = Entry.from_record(record)
             entry.ended = entry.terminal
             self.entries[entry.id] = entry
-        self._forget_oldest_ended()
 
     def add(self, entry: Entry) -> None:
         self.entries[entry.id] = entry
@@ -280,14 +282,14 @@ class Registry:
             entry.finish_time = time.time()
         self.store.put_container(entry.to_record())
         if newly_ended:
-            self._forget_oldest_ended()
+            self.forget_oldest_ended()
 
     def delete(self, entry: Entry) -> None:
         """Forget a container (its record too); its checkpoints stay."""
         self.entries.pop(entry.id, None)
         self.store.delete_container(entry.id)
 
-    def _forget_oldest_ended(self) -> None:
+    def forget_oldest_ended(self) -> None:
         """Keep at most ``max_ended`` ended containers: the longest ended go
         first (a record from an earlier manager has no finish time: its last
         start or creation stands in). One still connected, stopping or about to
@@ -303,6 +305,7 @@ class Registry:
         ended.sort(key=lambda e: e.finish_time or e.start_time or e.create_time)
         for entry in ended[:excess]:
             self.delete(entry)
+            self.forgotten(entry)
 
     def event(
         self,
