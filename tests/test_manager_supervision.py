@@ -217,6 +217,26 @@ def test_a_grace_period_out_of_bounds_is_refused(
         assert expected in (info.value.details() or "")
 
 
+@pytest.mark.parametrize(
+    ("field", "seconds", "expected"),
+    [
+        ("grace_period", 7200, "spec.grace_period: must be from 0s to 1h, got 2h"),
+        ("start_timeout", 0.5, "spec.start_timeout: must be from 1s to 1h, got 500ms"),
+    ],
+)
+def test_a_spec_with_durations_out_of_bounds_is_refused(
+    manager: ManagerHost, field: str, seconds: float, expected: str
+) -> None:
+    spec = _plain("unbounded", "sleep 1000")
+    getattr(spec, field).CopyFrom(_duration(seconds))
+    with pytest.raises(grpc.RpcError) as info:
+        manager.stub.RunContainer(manager_pb2.RunContainerRequest(spec=spec), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == expected
+    listed = manager.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=10)
+    assert list(listed.containers) == []
+
+
 # -- 4. restart, kill, delete --------------------------------------------------------------
 def test_restart_stops_gracefully_and_starts_again(manager: ManagerHost) -> None:
     launched = _run(manager, _app("phoenix"))

@@ -16,6 +16,12 @@ DEFAULT_START_TIMEOUT = datetime.timedelta(seconds=30)
 #: spec files have (pycontainer.spec's gracePeriod bound), for the API too.
 MAX_GRACE_PERIOD = datetime.timedelta(hours=1)
 
+#: The bounds of a spec's start timeout, as spec files have them: under a
+#: second no interpreter has imported its modules; past an hour a program that
+#: never registers goes unreported too long.
+MIN_START_TIMEOUT = datetime.timedelta(seconds=1)
+MAX_START_TIMEOUT = datetime.timedelta(hours=1)
+
 #: Ended containers (stopped, failed) remembered, records and all; past this
 #: the longest-ended are forgotten first. Each run of a demo leaves its
 #: replicas behind: without a bound the registry and `ps -a` grow forever.

@@ -20,7 +20,12 @@ from ._checkpoints import Checkpoints
 from ._registry import Entry, Registry
 from ._runtime import Launch, Runtime
 from ._sessions import Sessions
-from ._settings import DEFAULT_START_TIMEOUT
+from ._settings import (
+    DEFAULT_START_TIMEOUT,
+    MAX_GRACE_PERIOD,
+    MAX_START_TIMEOUT,
+    MIN_START_TIMEOUT,
+)
 from ._stopping import Stopper, killed_reason
 
 E = manager_pb2
@@ -59,6 +64,22 @@ def start_timeout(spec: spec_pb2.ContainerSpec) -> datetime.timedelta:
     return duration_field(spec, "start_timeout") or DEFAULT_START_TIMEOUT
 
 
+def _check_durations(spec: spec_pb2.ContainerSpec) -> None:
+    """The spec's grace period and start timeout within their bounds (a spec
+    file is checked when read; one sent to the API is checked here)."""
+    for name, low, high in (
+        ("grace_period", datetime.timedelta(0), MAX_GRACE_PERIOD),
+        ("start_timeout", MIN_START_TIMEOUT, MAX_START_TIMEOUT),
+    ):
+        value = duration_field(spec, name)
+        if value is not None and not low <= value <= high:
+            raise invalid_argument(
+                f"spec.{name}",
+                f"must be from {format_duration(low)} to {format_duration(high)}, "
+                f"got {format_duration(value)}",
+            )
+
+
 class Supervisor:
     """Starts what the operator asks for and keeps it running."""
 
@@ -95,6 +116,7 @@ class Supervisor:
             raise invalid_argument("spec.name", "a container needs a name")
         if spec.replicas < 0:
             raise invalid_argument("spec.replicas", f"must be 0 or more, got {spec.replicas}")
+        _check_durations(spec)
         runtime = self._runtimes.get(spec.runtime)
         if runtime is None:
             raise failed_precondition(
