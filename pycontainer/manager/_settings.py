@@ -66,5 +66,5 @@ class ManagerSettings:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if f.type in ("datetime.timedelta",):
+            if isinstance(f.default, datetime.timedelta):
                 setattr(self, f.name, _timedelta(getattr(self, f.name)))

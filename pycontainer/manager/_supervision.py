@@ -104,7 +104,7 @@ class Supervisor:
         self._manager_address = manager_address
         self._spawn = spawn
         self._restarting: set[str] = set()
-        registry.pinned = lambda entry: entry.id in self._restarting
+        registry.pinned = self.restarting
         # Each runtime once (one may serve several kinds).
         for runtime in {id(r): r for r in runtimes.values()}.values():
             runtime.add_exit_listener(self.on_exit)
@@ -272,6 +272,11 @@ class Supervisor:
             entry.error = f"process exited with status {code}"
             entry.reason = f"exited with status {code}"
         entry.kill_signal = 0
+
+    def restarting(self, entry: Entry) -> bool:
+        """Whether a restart of this ended container is on its way (its
+        restart policy's)."""
+        return entry.id in self._restarting
 
     def ended(self, entry: Entry) -> None:
         """A container reached a terminal state. One whose runtime reports
