@@ -417,5 +417,5 @@ def test_cli_stop_killed_at_the_deadline_succeeds_and_says_so(
     code = main(["stop", "--grace", "0", launched.identity.id, "--manager", manager.address])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert out.strip().endswith("STOPPED (killed after its grace period)"), out
+    assert out.strip().endswith("STOPPED (killed at the end of its grace period)"), out
     assert not _alive(launched.pid)

@@ -342,7 +342,7 @@ def run_stop(args: argparse.Namespace) -> int:
             response = client.call(
                 client.stub.StopContainer, request, timeout=_grace_timeout(args.grace)
             )
-            killed = " (killed after its grace period)" if response.killed else ""
+            killed = " (killed at the end of its grace period)" if response.killed else ""
             return f"{_label(response.container)}: {state_name(response.container.state)}{killed}"
 
         grace = f" (grace {format_duration(args.grace)})" if args.grace is not None else ""
