@@ -309,10 +309,6 @@ def test_ps_o_yaml_is_a_spec_file_to_apply_again(manager: ManagerHost, tmp_path:
     assert live.spec == applied
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the manager still reads a set zero grace_period as unset (30s); the CLI sends it set",
-)
 def test_stop_grace_0_means_no_grace(manager: ManagerHost, hosts: list[Host]) -> None:
     deadlines: list[float] = []
 

@@ -202,23 +202,21 @@ def test_on_stop_overrunning_grace_ends_the_process_with_137(
     cid = launched.identity.id
     _wait_container(manager.stub, cid, _running_and_connected, "running")
     began = time.monotonic()
-    with pytest.raises(grpc.RpcError) as info:
-        manager.stub.StopContainer(
-            manager_pb2.StopContainerRequest(container=cid, grace_period=_seconds(0.5)),
-            timeout=30,
-        )
-    # Answered when the process ended, not after the stop's whole time limit.
-    assert info.value.code() == grpc.StatusCode.ABORTED, info.value
-    details = info.value.details() or ""
-    # The container reports why before it exits hard; else the exit status shows.
-    assert "overran its grace period" in details or "status 137" in details
+    # Ended at the deadline (by itself, 137, as SIGKILL would): a stop that
+    # worked, answered when the process ended, not after the stop's time limit.
+    response = manager.stub.StopContainer(
+        manager_pb2.StopContainerRequest(container=cid, grace_period=_seconds(0.5)),
+        timeout=30,
+    )
+    assert response.killed
     exited = _wait_container(
         manager.stub, cid, lambda c: c.HasField("exit_code"), "exit status", timeout=15
     )
     assert time.monotonic() - began < 20
     assert exited.exit_code == 137
-    assert exited.state == S.LIFECYCLE_STATE_FAILED
-    assert "137" in exited.error or "overran" in exited.error
+    assert exited.state == S.LIFECYCLE_STATE_STOPPED
+    assert exited.reason == "killed after its 500ms grace period"
+    assert "overran" in exited.error
     _event(
         manager.stub,
         lambda e: e.type == E.EVENT_TYPE_EXITED and "status 137" in e.message,

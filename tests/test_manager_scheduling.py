@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -470,7 +471,7 @@ def test_scale_up_seeds_new_replicas_and_scale_down_stops_the_youngest(
 
 # -- 8. grace extensions -------------------------------------------------------------------
 def test_on_stop_gets_grace_extensions_up_to_the_managers_cap(tmp_path: Path) -> None:
-    manager = ManagerHost(str(tmp_path / "state"), max_grace_extension=2.0)
+    manager = ManagerHost(str(tmp_path / "state"), max_grace_extension=timedelta(seconds=2))
     granted: list[float] = []
     done: list[str] = []
     box: dict[str, pycontainer.Container] = {}

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from typing import Any
 
 from .._errors import RequestError, resource_exhausted
+from ..units import duration_to_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._checkpoints import Checkpoints
 from ._registry import Entry, Registry
 from ._scheduler import Claim, Resources, plan_admission
-from ._sessions import Sessions, duration
+from ._sessions import Sessions
 from ._stopping import Stopper
 
 _log = logging.getLogger("pycontainer.manager")
@@ -99,18 +101,20 @@ class Admission:
             raise
         return True
 
-    async def evict(self, entry: Entry, grace: float | None, message: str) -> Entry:
+    async def evict(self, entry: Entry, grace: timedelta | None, message: str) -> Entry:
         """Stop with reason EVICTED, checkpointing first when the spec asks."""
-        seconds = self._stopper.grace(entry, grace)
+        period = self._stopper.grace(entry, grace)
         checkpoint_first = bool(
             entry.spec is not None
             and entry.spec.checkpoint_policy == spec_pb2.CHECKPOINT_POLICY_ON_STOP
         )
         self._registry.event(E.EVENT_TYPE_EVICTED, entry, message)
         evict = lifecycle_pb2.EvictCommand(
-            grace_period=duration(seconds), message=message, checkpoint_first=checkpoint_first
+            grace_period=duration_to_proto(period),
+            message=message,
+            checkpoint_first=checkpoint_first,
         )
-        result = await self._stopper.stopping(entry, "evict", evict, seconds)
+        result = (await self._stopper.stopping(entry, "evict", evict, period)).result
         if result.checkpoint:
             self._checkpoints.keep(entry, result.checkpoint)
         entry.admitted = False

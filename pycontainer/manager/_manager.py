@@ -8,6 +8,7 @@ CLI talk to this facade."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
@@ -18,7 +19,7 @@ import grpc
 from google.protobuf.message import Message
 from opentelemetry import trace
 
-from .._errors import failed_precondition
+from .._errors import RequestError, failed_precondition
 from ..agent._metrics import RpcStats
 from ..units import format_cpu, format_memory
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
@@ -30,8 +31,8 @@ from ._registry import Entry, Registry
 from ._runtime import ProcessRuntime, Runtime
 from ._scheduler import machine_capacity
 from ._sessions import Sessions
-from ._settings import ManagerSettings
-from ._stopping import Stopper
+from ._settings import EVENT_HISTORY, ManagerSettings
+from ._stopping import Stopped, Stopper
 from ._store import SQLiteStore, StateStore
 from ._supervision import Supervisor
 from .runc import RuncRuntime
@@ -39,6 +40,10 @@ from .runc import RuncRuntime
 _log = logging.getLogger("pycontainer.manager")
 
 S = container_pb2
+
+# Told a container's id when its record is purged: removes what it left
+# elsewhere (the retained logs of the log store, a runtime's run directory).
+Purger = Callable[[str], None]
 
 
 class Manager:
@@ -61,7 +66,7 @@ class Manager:
             )
         self.store = store
         self.capacity = self.settings.capacity or machine_capacity()
-        self.events = EventBus()
+        self.events = EventBus(history=EVENT_HISTORY)
         processes = ProcessRuntime()
         self.runtimes: dict[int, Runtime] = {
             spec_pb2.RUNTIME_KIND_UNSPECIFIED: processes,
@@ -76,16 +81,22 @@ class Manager:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._server: grpc.aio.Server | None = None
         self.port = 0
+        self._purgers: list[Purger] = []
 
-        self.registry = Registry(store, self.events)
+        self.registry = Registry(store, self.events, max_ended=self.settings.max_ended_containers)
         self.sessions = Sessions(
             self.registry,
             self.settings,
-            on_registered=lambda entry: self.admission.start_if_waiting(entry),
+            on_registered=self._registered,
             on_ended=self._ended,
         )
+        # The records forgotten for the bound on ended ones: what they left
+        # goes with them (their checkpoints stay with their name).
+        self.registry.forgotten = self._purge_leftovers
         self.checkpoints = Checkpoints(self.registry, self.sessions, store)
-        self.stopper = Stopper(self.registry, self.sessions, self.runtimes, self.settings)
+        self.stopper = Stopper(
+            self.registry, self.sessions, self.runtimes, self.settings, spawn=self._spawn
+        )
         self.admission = Admission(
             self.registry,
             self.sessions,
@@ -105,6 +116,7 @@ class Manager:
             manager_address=lambda: self.address,
             spawn=self._spawn,
         )
+        self.registry.forget_oldest_ended()  # of what an earlier manager left
         self.reconciler = Reconciler(
             self.registry,
             store,
@@ -157,9 +169,16 @@ class Manager:
         # shutdown_containers() and close_runtimes() end them on purpose.
         self.store.close()
 
-    async def shutdown_containers(self, grace: float | None = None) -> None:
-        """Stop every container gracefully (make run's Ctrl-C)."""
-        live = [e for e in self.registry if e.connected and not e.terminal]
+    async def shutdown_containers(self, grace: datetime.timedelta | float | None = None) -> None:
+        """Stop every container gracefully (make run's Ctrl-C), connected or
+        launched by this manager."""
+        if isinstance(grace, int | float):
+            grace = datetime.timedelta(seconds=grace)
+        live = [
+            e
+            for e in self.registry
+            if not e.terminal and (e.connected or self.stopper.process_of(e) is not None)
+        ]
         await asyncio.gather(
             *(
                 self.stop_container(e.id, grace, "manager shutdown", S.STOP_REASON_SHUTDOWN)
@@ -181,11 +200,20 @@ class Manager:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Future[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         task: asyncio.Future[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
         return task
+
+    def _registered(self, entry: Entry) -> None:
+        self.supervisor.registered(entry)
+        self.admission.start_if_waiting(entry)
+
+    def add_purger(self, purger: Purger) -> None:
+        """Have ``purger(container_id)`` called when a record is deleted with purge."""
+        self._purgers.append(purger)
 
     def _ended(self, entry: Entry) -> None:
         """A container reached a terminal state: its room is free."""
@@ -220,11 +248,17 @@ class Manager:
     async def stop_container(
         self,
         name_or_id: str,
-        grace: float | None,
+        grace: datetime.timedelta | None,
         message: str,
         reason: int = S.STOP_REASON_REQUESTED,
-    ) -> Entry:
+    ) -> Stopped:
         return await self.stopper.stop(self.resolve(name_or_id), grace, message, reason)
+
+    async def restart_container(self, name_or_id: str, grace: datetime.timedelta | None) -> Entry:
+        return await self.supervisor.restart(self.resolve(name_or_id), grace)
+
+    async def kill_container(self, name_or_id: str, signal: str) -> Entry:
+        return await self.supervisor.kill(self.resolve(name_or_id), signal)
 
     async def simple(self, name_or_id: str, action: str) -> Entry:
         entry = self.resolve(name_or_id)
@@ -236,17 +270,37 @@ class Manager:
         await self.sessions.command(entry, action, kinds[action])
         return entry
 
-    async def delete_container(self, name_or_id: str) -> Entry:
-        """Forget a stopped or failed container: its record goes from the
-        state store (its checkpoints stay, for its name's next replicas). A
-        stream it still has stays open, unlisted, until it ends."""
+    async def delete_container(self, name_or_id: str, purge: bool = False) -> Entry:
+        """Forget a container that has ended: its record goes from the state
+        store; with ``purge`` also the checkpoints it took and what the
+        purgers keep of it (its retained logs). Without, its checkpoints stay
+        for its name's next replicas. A stream it still has stays open,
+        unlisted, until it ends."""
         entry = self.resolve(name_or_id)
-        if not entry.terminal:
+        if not entry.terminal or self.stopper.process_of(entry) is not None:
+            state = S.LifecycleState.Name(entry.state)
             raise failed_precondition(
-                f"container {entry.id} is {S.LifecycleState.Name(entry.state)}: stop it first"
+                f"container {entry.id} is {state}"
+                + (" and its process still runs" if entry.terminal else "")
+                + f": stop it first (pycontainer stop {entry.id})"
             )
         self.registry.delete(entry)
+        if purge:
+            self.store.delete_checkpoints(entry.id)
+            self._purge_leftovers(entry)
         return entry
+
+    def _purge_leftovers(self, entry: Entry) -> None:
+        """What a forgotten container left outside its record: its runtime's
+        run directories and what the purgers keep (its retained logs)."""
+        runtime = self.stopper.runtime_of(entry)
+        if runtime is not None:
+            runtime.forget(entry.id)
+        for purger in self._purgers:
+            try:
+                purger(entry.id)
+            except OSError as exc:
+                _log.warning("cannot purge what %s left: %s", entry.id, exc)
 
     async def checkpoint(self, name_or_id: str) -> manager_pb2.CheckpointContainerResponse:
         return await self.checkpoints.take(self.resolve(name_or_id))
@@ -254,7 +308,7 @@ class Manager:
     async def restore(self, name_or_id: str, checkpoint_id: str) -> Entry:
         return await self.checkpoints.restore(self.resolve(name_or_id), checkpoint_id)
 
-    async def evict(self, entry: Entry, grace: float | None, message: str) -> Entry:
+    async def evict(self, entry: Entry, grace: datetime.timedelta | None, message: str) -> Entry:
         """Stop with reason EVICTED, checkpointing first when the spec asks."""
         return await self.admission.evict(entry, grace, message)
 
@@ -277,6 +331,18 @@ class Manager:
     ) -> bool:
         """Wait until predicate(entry) holds, at most ``seconds``."""
         return await self.sessions.wait_for(entry, predicate, seconds)
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    """A background task's failure, in one line (never "Task exception was
+    never retrieved" with a traceback: a stop whose caller gave up is one)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if isinstance(exc, RequestError):
+        _log.info("%s", exc.message)
+    elif exc is not None:
+        _log.error("background task failed: %s: %s", type(exc).__name__, exc)
 
 
 __all__ = ["Manager", "ManagerSettings", "format_cpu", "format_memory"]

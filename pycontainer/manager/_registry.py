@@ -4,9 +4,10 @@ registry that holds them: lookups, persistence in the state store, deletion."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
@@ -16,6 +17,7 @@ from ..units import timestamp_to_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._events import EventBus
 from ._scheduler import Claim, Resources
+from ._settings import MAX_ENDED_CONTAINERS
 from ._store import ContainerRecord, StateStore
 
 _TERMINAL = (container_pb2.LIFECYCLE_STATE_STOPPED, container_pb2.LIFECYCLE_STATE_FAILED)
@@ -50,6 +52,15 @@ class PendingCommand:
 
 
 @dataclass
+class StopInProgress:
+    """A stop or eviction under way: what the exit of its process means."""
+
+    grace: datetime.timedelta
+    # Set once the runtime SIGKILLed it at the end of its grace period.
+    killed: bool = False
+
+
+@dataclass
 class Entry:
     """One container known to the manager."""
 
@@ -79,6 +90,19 @@ class Entry:
     pending: dict[str, PendingCommand] = field(default_factory=dict)
     # Set whenever the container reports a state, for waiters.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Why it is in its state, in a few words (Container.reason).
+    reason: str = ""
+    # When it last ended (Unix seconds); kept in memory only.
+    finish_time: float | None = None
+    # Launched by this manager's runtime (which can signal it while it is not
+    # connected); a record from an earlier manager has no process here.
+    launched: bool = False
+    # The stop or eviction under way, if any.
+    stop: StopInProgress | None = None
+    # The signal an operator's kill sent last: an exit of it is their doing.
+    kill_signal: int = 0
+    # Its end was noted (finish_time): set while it stays ended.
+    ended: bool = False
 
     @property
     def connected(self) -> bool:
@@ -137,6 +161,9 @@ class Entry:
             restarts=self.restarts,
             error=self.error,
             last_checkpoint_id=self.last_checkpoint_id,
+            reason=self.reason,
+            finish_time=_ts(self.finish_time),
+            launched=self.launched,
         )
         if self.exit_code is not None:
             container.exit_code = self.exit_code
@@ -224,12 +251,21 @@ class Registry:
     """Every container the manager knows, kept in the state store: what
     lookups, selectors, admission and the operator API see."""
 
-    def __init__(self, store: StateStore, events: EventBus) -> None:
+    def __init__(
+        self, store: StateStore, events: EventBus, *, max_ended: int = MAX_ENDED_CONTAINERS
+    ) -> None:
         self.store = store
         self.events = events
+        self.max_ended = max_ended
+        # Ended containers that must stay anyway (a restart is on its way).
+        self.pinned: Callable[[Entry], bool] = lambda entry: False
+        # Told of each container forgotten for the bound (what else it left
+        # behind goes too: run directories, retained logs).
+        self.forgotten: Callable[[Entry], None] = lambda entry: None
         self.entries: dict[str, Entry] = {}
         for record in store.list_containers():
             entry = Entry.from_record(record)
+            entry.ended = entry.terminal
             self.entries[entry.id] = entry
 
     def add(self, entry: Entry) -> None:
@@ -238,13 +274,38 @@ class Registry:
 
     def persist(self, entry: Entry) -> None:
         # A deleted container's late news (its stream ending) is not written back.
-        if self.entries.get(entry.id) is entry:
-            self.store.put_container(entry.to_record())
+        if self.entries.get(entry.id) is not entry:
+            return
+        newly_ended = entry.terminal and not entry.ended
+        entry.ended = entry.terminal
+        if newly_ended:
+            entry.finish_time = time.time()
+        self.store.put_container(entry.to_record())
+        if newly_ended:
+            self.forget_oldest_ended()
 
     def delete(self, entry: Entry) -> None:
         """Forget a container (its record too); its checkpoints stay."""
         self.entries.pop(entry.id, None)
         self.store.delete_container(entry.id)
+
+    def forget_oldest_ended(self) -> None:
+        """Keep at most ``max_ended`` ended containers: the longest ended go
+        first (a record from an earlier manager has no finish time: its last
+        start or creation stands in). One still connected, stopping or about to
+        be restarted stays."""
+        ended = [
+            e
+            for e in self.entries.values()
+            if e.terminal and not e.connected and e.stop is None and not self.pinned(e)
+        ]
+        excess = len(ended) - self.max_ended
+        if excess <= 0:
+            return
+        ended.sort(key=lambda e: e.finish_time or e.start_time or e.create_time)
+        for entry in ended[:excess]:
+            self.delete(entry)
+            self.forgotten(entry)
 
     def event(
         self,

@@ -4,7 +4,6 @@ a process (or object), nothing about priorities or policy."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -17,6 +16,9 @@ from ..v1 import spec_pb2
 
 # Called by a runtime when a launched container's process ends: (id, exit code).
 ExitListener = Callable[[str, int], Awaitable[None]]
+
+# Signals whose default action ends a process.
+_ENDING_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,33 @@ class Runtime(Protocol):
         """Start it; the pid (0 when not a process of its own)."""
         ...
 
+    @property
+    def own_pid_namespace(self) -> bool:
+        """Whether its containers see pids of a namespace of their own (runc's
+        pid 1): the pid they register with says nothing on the host, so the
+        manager shows the host pid the runtime launched instead."""
+        ...
+
+    def running(self, container_id: str) -> bool:
+        """Whether what it launched for this id is still there."""
+        ...
+
+    def pid(self, container_id: str) -> int | None:
+        """The host pid of a running container (None when not running)."""
+        ...
+
+    async def signal(self, container_id: str, signum: int) -> bool:
+        """Send ``signum`` to a running container now; False when there was
+        nothing running to send it to."""
+        ...
+
     async def kill(self, container_id: str) -> None:
         """End it now (SIGKILL), past its grace period."""
+        ...
+
+    def forget(self, container_id: str) -> None:
+        """Remove what it keeps of an ended container (run directories, the
+        output they hold): the container's record is purged."""
         ...
 
     async def close(self) -> None:
@@ -85,9 +112,24 @@ class InProcessRuntime:
 
     # Its containers share the manager's process: none exits on its own.
     reports_exits = False
+    own_pid_namespace = False
 
     def add_exit_listener(self, listener: ExitListener) -> None:
         """Nothing to report (see reports_exits)."""
+
+    def running(self, container_id: str) -> bool:
+        return container_id in self._objects
+
+    def pid(self, container_id: str) -> int | None:
+        return os.getpid() if container_id in self._objects else None
+
+    async def signal(self, container_id: str, signum: int) -> bool:
+        """An object has no process of its own: a signal that would end one
+        closes it; any other cannot be delivered."""
+        if container_id not in self._objects or signum not in _ENDING_SIGNALS:
+            return False
+        await self.kill(container_id)
+        return True
 
     async def launch(self, launch: Launch) -> int:
         self._objects[launch.container_id] = await asyncio.to_thread(self._factory, launch)
@@ -98,6 +140,9 @@ class InProcessRuntime:
         if obj is not None:
             await asyncio.to_thread(obj.close)
 
+    def forget(self, container_id: str) -> None:
+        """Nothing kept."""
+
     async def close(self) -> None:
         for container_id in list(self._objects):
             await self.kill(container_id)
@@ -106,6 +151,8 @@ class InProcessRuntime:
 class ProcessRuntime(ExitListeners):
     """Local processes: the spec's command, with PYCONTAINER_* variables that
     tell an embedded pycontainer which manager to dial and which id it has."""
+
+    own_pid_namespace = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -146,18 +193,37 @@ class ProcessRuntime(ExitListeners):
 
     async def _watch(self, container_id: str, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
-        self._processes.pop(container_id, None)
-        await self._exited(container_id, code)
+        # Only the latest launch of an id speaks for it: the end of one a
+        # restart replaced is not the new one's exit.
+        if self._processes.get(container_id) is process:
+            del self._processes[container_id]
+            await self._exited(container_id, code)
+
+    def running(self, container_id: str) -> bool:
+        process = self._processes.get(container_id)
+        return process is not None and process.returncode is None
 
     def pid(self, container_id: str) -> int | None:
         process = self._processes.get(container_id)
         return process.pid if process is not None else None
 
-    async def kill(self, container_id: str) -> None:
+    async def signal(self, container_id: str, signum: int) -> bool:
+        """To the process group it was started as (start_new_session), as a
+        terminal's Ctrl-C reaches a shell's children too."""
         process = self._processes.get(container_id)
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+        if process is None or process.returncode is not None:
+            return False
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    async def kill(self, container_id: str) -> None:
+        await self.signal(container_id, signal.SIGKILL)
+
+    def forget(self, container_id: str) -> None:
+        """Nothing kept (its output is not captured here)."""
 
     async def close(self) -> None:
         for container_id in list(self._processes):

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import platform
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-from google.protobuf import duration_pb2
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from .. import _reflection
 from .._errors import RequestError, abort, invalid_argument
 from ..agent._observe import AioServerInterceptor, Observer
-from ..units import duration_from_proto
+from ..spec import MAX_GRACE_PERIOD
+from ..units import duration_field, format_duration
 from ..v1 import (
     lifecycle_pb2,
     lifecycle_pb2_grpc,
@@ -58,12 +60,22 @@ SERVER_OPTIONS = (
 )
 
 
-def _seconds(duration: duration_pb2.Duration) -> float | None:
-    if duration.seconds == 0 and duration.nanos == 0:
+def _grace(request: Message) -> datetime.timedelta | None:
+    """A request's grace_period: None when unset (the container's own), a set
+    zero is zero (kill at once); INVALID_ARGUMENT outside 0..MAX_GRACE_PERIOD."""
+    grace = duration_field(request, "grace_period")
+    if grace is None:
         return None
-    if duration.seconds < 0 or duration.nanos < 0:
-        raise invalid_argument("grace_period", "must not be negative")
-    return duration_from_proto(duration).total_seconds()
+    bound = format_duration(MAX_GRACE_PERIOD)
+    if grace < datetime.timedelta(0):
+        raise invalid_argument(
+            "grace_period", f"must be 0 or more (at most {bound}), got {format_duration(grace)}"
+        )
+    if grace > MAX_GRACE_PERIOD:
+        raise invalid_argument(
+            "grace_period", f"must be at most {bound}, got {format_duration(grace)}"
+        )
+    return grace
 
 
 class LifecycleServicer(lifecycle_pb2_grpc.LifecycleServicer):
@@ -124,10 +136,10 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def StopContainer(
         self, request: manager_pb2.StopContainerRequest, context: Context
     ) -> manager_pb2.StopContainerResponse:
-        entry = await self._m.stop_container(
-            request.container, _seconds(request.grace_period), request.message
+        stopped = await self._m.stop_container(request.container, _grace(request), request.message)
+        return manager_pb2.StopContainerResponse(
+            container=stopped.entry.to_proto(), killed=stopped.killed
         )
-        return manager_pb2.StopContainerResponse(container=entry.to_proto())
 
     async def PauseContainer(
         self, request: manager_pb2.PauseContainerRequest, context: Context
@@ -156,9 +168,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
         self, request: manager_pb2.EvictContainerRequest, context: Context
     ) -> manager_pb2.EvictContainerResponse:
         entry = self._m.resolve(request.container)
-        await self._m.evict(
-            entry, _seconds(request.grace_period), request.message or "evicted by an operator"
-        )
+        await self._m.evict(entry, _grace(request), request.message or "evicted by an operator")
         return manager_pb2.EvictContainerResponse(container=entry.to_proto())
 
     async def ScaleContainer(
@@ -233,25 +243,23 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     ) -> manager_pb2.GetVersionResponse:
         return version_response()
 
-    # The verbs below are wired by the manager's supervision work (issue 7,
-    # section 3); until then they say so instead of pretending.
     async def RestartContainer(
         self, request: manager_pb2.RestartContainerRequest, context: Context
     ) -> manager_pb2.RestartContainerResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "RestartContainer: not yet")
-        raise AssertionError("unreachable")
+        entry = await self._m.restart_container(request.container, _grace(request))
+        return manager_pb2.RestartContainerResponse(container=entry.to_proto())
 
     async def KillContainer(
         self, request: manager_pb2.KillContainerRequest, context: Context
     ) -> manager_pb2.KillContainerResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "KillContainer: not yet")
-        raise AssertionError("unreachable")
+        entry = await self._m.kill_container(request.container, request.signal)
+        return manager_pb2.KillContainerResponse(container=entry.to_proto())
 
     async def DeleteContainer(
         self, request: manager_pb2.DeleteContainerRequest, context: Context
     ) -> manager_pb2.DeleteContainerResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "DeleteContainer: not yet")
-        raise AssertionError("unreachable")
+        entry = await self._m.delete_container(request.container, purge=request.purge)
+        return manager_pb2.DeleteContainerResponse(container=entry.to_proto())
 
 
 def version_response() -> manager_pb2.GetVersionResponse:

@@ -71,8 +71,8 @@ class Sessions:
             lifecycle_pb2.ConnectResponse(
                 registered=lifecycle_pb2.RegistrationAck(
                     session_id=session.id,
-                    heartbeat_interval=duration(self._settings.heartbeat_interval),
-                    max_grace_extension=duration(self._settings.max_grace_extension),
+                    heartbeat_interval=duration_to_proto(self._settings.heartbeat_interval),
+                    max_grace_extension=duration_to_proto(self._settings.max_grace_extension),
                 )
             )
         )
@@ -190,7 +190,8 @@ class Sessions:
     ) -> lifecycle_pb2.ConnectResponse:
         used = self._granted.get(ask.command_id, 0.0)
         wanted = duration_from_proto(ask.extension).total_seconds()
-        granted = max(0.0, min(wanted, self._settings.max_grace_extension - used))
+        cap = self._settings.max_grace_extension.total_seconds()
+        granted = max(0.0, min(wanted, cap - used))
         self._granted[ask.command_id] = used + granted
         self._registry.event(
             E.EVENT_TYPE_COMMAND_FINISHED,
@@ -215,7 +216,7 @@ class Sessions:
     # -- liveness ------------------------------------------------------------------------
     async def watchdog(self) -> None:
         """Close sessions that went silent: a bounded time to detect a lost container."""
-        interval = self._settings.heartbeat_interval
+        interval = self._settings.heartbeat_interval.total_seconds()
         limit = interval * self._settings.lost_after_heartbeats
         while True:
             await asyncio.sleep(interval / 2)
@@ -259,7 +260,7 @@ class Sessions:
                 f"container {entry.id} is not connected to the manager (state "
                 f"{S.LifecycleState.Name(entry.state)}); retry when it reconnects",
             )
-        timeout = limit or self._settings.command_timeout
+        timeout = limit or self._settings.command_timeout.total_seconds()
         carrier: dict[str, str] = {}
         propagate.inject(carrier)  # the operator's trace continues in the hooks
         deadline = timestamp_to_proto(time.time() + timeout)

@@ -1,17 +1,41 @@
-"""How the manager runs."""
+"""How the manager runs, and the bounds and defaults of its supervision."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import datetime
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
 from ._scheduler import Resources
 
+#: How long a launched program may take to dial the manager before it is
+#: reported as not registered (ContainerSpec.start_timeout when unset).
+DEFAULT_START_TIMEOUT = datetime.timedelta(seconds=30)
+
+# The bounds of a grace period and a start timeout are spec files' own: the
+# API checks requests against the same constants (one home, pycontainer.spec).
+
+#: Ended containers (stopped, failed) remembered, records and all; past this
+#: the longest-ended are forgotten first. Each run of a demo leaves its
+#: replicas behind: without a bound the registry and `ps -a` grow forever.
+MAX_ENDED_CONTAINERS = 100
+
+#: Events kept for `events` and WatchEvents(include_history) (a deque: the
+#: oldest go first).
+EVENT_HISTORY = 1000
+
+
+def _timedelta(value: datetime.timedelta | float) -> datetime.timedelta:
+    if isinstance(value, datetime.timedelta):
+        return value
+    return datetime.timedelta(seconds=value)
+
 
 @dataclass
 class ManagerSettings:
-    """How the manager runs."""
+    """How the manager runs. Durations are timedelta (a number is read as
+    seconds, for callers written before)."""
 
     listen: str = "127.0.0.1:50050"
     # SQLite state (registry, specs, checkpoints) lives here.
@@ -19,13 +43,13 @@ class ManagerSettings:
     # Capacity admitted containers share; None means this machine's.
     capacity: Resources | None = None
     # Containers send a heartbeat this often when idle...
-    heartbeat_interval: float = 5.0
+    heartbeat_interval: datetime.timedelta = datetime.timedelta(seconds=5)
     # ...and are declared lost after this many silent intervals.
     lost_after_heartbeats: int = 3
     # Total extension of a stop's grace period the manager grants on request.
-    max_grace_extension: float = 60.0
+    max_grace_extension: datetime.timedelta = datetime.timedelta(seconds=60)
     # How long a command other than a stop may take.
-    command_timeout: float = 30.0
+    command_timeout: datetime.timedelta = datetime.timedelta(seconds=30)
     # Largest checkpoint stored.
     max_checkpoint_bytes: int = 64 << 20
     # Start containers that register in CREATED (after admission).
@@ -34,4 +58,11 @@ class ManagerSettings:
     # back in (their reconnect backoff is at most 10 s) before apply's
     # reconciliation takes an applied spec's silent replicas for gone.
     reconnect_window: timedelta = timedelta(seconds=15)
+    # Ended containers remembered (see MAX_ENDED_CONTAINERS).
+    max_ended_containers: int = MAX_ENDED_CONTAINERS
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if isinstance(f.default, datetime.timedelta):
+                setattr(self, f.name, _timedelta(getattr(self, f.name)))

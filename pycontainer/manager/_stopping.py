@@ -1,22 +1,42 @@
-"""Stops and evictions as commands with a deadline: a process still alive
+"""Stops and evictions with a deadline, of everything the manager launched.
+
+A connected container is sent the command; a launched process still alive
 past its grace period (plus the extensions granted, plus a margin) is
-SIGKILLed by its runtime."""
+SIGKILLed by its runtime. A launched process that is not connected (a
+program that never registered, a lost session) gets SIGTERM from its
+runtime, then SIGKILL at the deadline. Either way a stop that ends in the
+kill is a stop that worked, as ``docker stop`` reports it: the container is
+STOPPED, its reason says it was killed, and the caller is told so (killed).
+Its exit status is the runtime's, as Container.exit_code documents it: -9
+when the runtime's SIGKILL ended it, 137 when a pycontainer app ended itself
+at its deadline (as SIGKILL would; docker shows 137 for both). FAILED stays
+for a hook that raised.
+
+A stop runs as a task the manager owns: a caller that gives up waiting
+(Ctrl-C on ``pycontainer stop``) does not call off the kill at the deadline.
+Concurrent stops of one container share it."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
+import signal
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
 
+import grpc
 from google.protobuf.message import Message
 
-from ..units import DEFAULT_GRACE_PERIOD, duration_from_proto
+from .._errors import RequestError
+from ..units import DEFAULT_GRACE_PERIOD, duration_from_proto, duration_to_proto, format_duration
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2
-from ._registry import Entry, Registry
+from ._registry import Entry, Registry, StopInProgress
 from ._runtime import Runtime
-from ._sessions import Sessions, duration
+from ._sessions import Sessions
 from ._settings import ManagerSettings
 
 _log = logging.getLogger("pycontainer.manager")
@@ -24,7 +44,30 @@ _log = logging.getLogger("pycontainer.manager")
 E = manager_pb2
 S = container_pb2
 # A launched process still alive this long past its grace period is killed.
-_KILL_MARGIN = 2.0
+_KILL_MARGIN = datetime.timedelta(seconds=2)
+# How long a SIGKILLed process may take to be reported gone.
+_KILL_PATIENCE = 10.0
+# Polling step while a stop waits for a process (its exit also wakes it).
+_STEP = 0.1
+
+# Runs a background task the manager owns; returns it.
+SpawnTask = Callable[[Coroutine[Any, Any, Any]], "asyncio.Future[Any]"]
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """How a stop or eviction ended."""
+
+    entry: Entry
+    # The container's answer (its checkpoint, for an eviction that asked).
+    result: lifecycle_pb2.CommandResult
+    # The program did not end within its grace period and was killed (by the
+    # runtime, or by itself at its deadline).
+    killed: bool
+
+
+def killed_reason(grace: datetime.timedelta) -> str:
+    return f"killed after its {format_duration(grace)} grace period"
 
 
 class Stopper:
@@ -36,56 +79,181 @@ class Stopper:
         sessions: Sessions,
         runtimes: Mapping[int, Runtime],
         settings: ManagerSettings,
+        *,
+        spawn: SpawnTask,
     ) -> None:
         self._registry = registry
         self._sessions = sessions
         self._runtimes = runtimes
         self._settings = settings
+        self._spawn = spawn
+        # The stop under way of each container, shared by concurrent callers.
+        self._under_way: dict[str, asyncio.Future[Any]] = {}
 
     def runtime_of(self, entry: Entry) -> Runtime | None:
         """The runtime that launched it (None for a container that dialled in)."""
         return self._runtimes.get(entry.spec.runtime) if entry.spec is not None else None
 
+    def process_of(self, entry: Entry) -> Runtime | None:
+        """The runtime of this manager running its process now, if any."""
+        runtime = self.runtime_of(entry)
+        if entry.launched and runtime is not None and runtime.running(entry.id):
+            return runtime
+        return None
+
     @staticmethod
-    def grace(entry: Entry, grace: float | None) -> float:
+    def grace(entry: Entry, grace: datetime.timedelta | None) -> datetime.timedelta:
         if grace is not None:
             return grace
         if entry.identity.HasField("grace_period"):
-            return duration_from_proto(entry.identity.grace_period).total_seconds()
-        return DEFAULT_GRACE_PERIOD.total_seconds()
+            return duration_from_proto(entry.identity.grace_period)
+        return DEFAULT_GRACE_PERIOD
 
-    async def stop(self, entry: Entry, grace: float | None, message: str, reason: int) -> Entry:
-        seconds = self.grace(entry, grace)
+    async def stop(
+        self, entry: Entry, grace: datetime.timedelta | None, message: str, reason: int
+    ) -> Stopped:
+        period = self.grace(entry, grace)
         entry.desired = False
         stop = lifecycle_pb2.StopCommand(
-            grace_period=duration(seconds),
+            grace_period=duration_to_proto(period),
             reason=S.StopReason.ValueType(reason),
             message=message,
         )
-        await self.stopping(entry, "stop", stop, seconds)
-        return entry
+        return await self.stopping(entry, "stop", stop, period)
 
     async def stopping(
-        self, entry: Entry, name: str, action: Message, seconds: float
+        self, entry: Entry, name: str, action: Message, grace: datetime.timedelta
+    ) -> Stopped:
+        """A stop or evict (``name`` and ``action`` as for Sessions.command),
+        run by the manager; the caller waits for it (a second caller waits for
+        the one under way)."""
+        task = self._under_way.get(entry.id)
+        if task is None or task.done():
+            task = self._spawn(self._run(entry, name, action, grace))
+            self._under_way[entry.id] = task
+            task.add_done_callback(lambda _: self._forget(entry.id, task))
+        stopped: Stopped = await asyncio.shield(task)
+        return stopped
+
+    def _forget(self, container_id: str, task: asyncio.Future[Any]) -> None:
+        if self._under_way.get(container_id) is task:
+            del self._under_way[container_id]
+
+    async def _run(
+        self, entry: Entry, name: str, action: Message, grace: datetime.timedelta
+    ) -> Stopped:
+        runtime = self.process_of(entry)
+        if entry.terminal and runtime is None:  # already ended: nothing to do
+            return Stopped(entry, lifecycle_pb2.CommandResult(state=entry.state), False)
+        if not entry.connected and runtime is None:
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"container {entry.id} is not connected to the manager (state "
+                f"{S.LifecycleState.Name(entry.state)}) and has no process this manager "
+                "launched; retry when it reconnects",
+            )
+        stop = entry.stop = StopInProgress(grace)
+        try:
+            # One that ended but whose process lingers is seen to its end.
+            if entry.connected and not entry.terminal:
+                result = await self._by_command(entry, name, action, grace)
+            else:
+                assert runtime is not None
+                result = await self._by_signal(entry, runtime, grace)
+        finally:
+            entry.stop = None
+        return Stopped(entry, result, stop.killed)
+
+    async def _by_command(
+        self, entry: Entry, name: str, action: Message, grace: datetime.timedelta
     ) -> lifecycle_pb2.CommandResult:
-        """A stop or evict (``name`` and ``action`` as for Sessions.command)."""
         command_id = uuid.uuid4().hex
-        limit = seconds + self._settings.max_grace_extension + 10
+        grace_s = grace.total_seconds()
+        limit = grace_s + self._settings.max_grace_extension.total_seconds() + 10
         work = asyncio.ensure_future(
             self._sessions.command(entry, name, action, limit=limit, command_id=command_id)
         )
-        runtime = self.runtime_of(entry)
+        work.add_done_callback(_retrieved)
         started = time.monotonic()
-        while not work.done():
-            allowed = seconds + self._sessions.granted(command_id) + _KILL_MARGIN
-            remaining = allowed - (time.monotonic() - started)
-            if remaining <= 0 and runtime is not None and entry.spec is not None:
-                _log.warning("container %s overran its grace period: killing it", entry.id)
-                self._registry.event(
-                    E.EVENT_TYPE_STATE_CHANGED, entry, "grace period over: SIGKILL"
-                )
-                await runtime.kill(entry.id)
-                remaining = limit  # the exit resolves the command
-            await asyncio.wait({work}, timeout=max(0.05, min(remaining, 0.5)))
-        self._sessions.forget_grant(command_id)
-        return work.result()
+        try:
+            while True:
+                runtime = self.process_of(entry)
+                if work.done() and (runtime is None or not _waits_for_exit(work)):
+                    break
+                allowed = grace_s + self._sessions.granted(command_id)
+                remaining = allowed + _KILL_MARGIN.total_seconds() - (time.monotonic() - started)
+                if remaining <= 0 and runtime is not None and entry.stop and not entry.stop.killed:
+                    await self._kill(entry, runtime, grace)
+                await asyncio.wait({work}, timeout=max(_STEP, min(remaining, 0.5)))
+                if work.done():
+                    await asyncio.sleep(_STEP)  # a process on its way out
+        finally:
+            self._sessions.forget_grant(command_id)
+        if work.exception() is None:
+            return work.result()
+        if entry.state == S.LIFECYCLE_STATE_STOPPED:
+            # It failed the command on its way out, but its process ended
+            # stopped (killed at its deadline): the stop worked.
+            return lifecycle_pb2.CommandResult(state=entry.state)
+        failure = work.exception()
+        assert failure is not None
+        raise failure
+
+    async def _by_signal(
+        self, entry: Entry, runtime: Runtime, grace: datetime.timedelta
+    ) -> lifecycle_pb2.CommandResult:
+        """A launched process with no session: SIGTERM, SIGKILL at the deadline."""
+        self._registry.event(
+            E.EVENT_TYPE_COMMAND_SENT,
+            entry,
+            f"not connected: SIGTERM, SIGKILL after {format_duration(grace)}",
+        )
+        await runtime.signal(entry.id, signal.SIGTERM)
+        deadline = time.monotonic() + grace.total_seconds()
+        while runtime.running(entry.id) and time.monotonic() < deadline:
+            await self._sessions.wait_for(
+                entry,
+                lambda e: not runtime.running(e.id),
+                min(_STEP * 5, max(0.0, deadline - time.monotonic())),
+            )
+        if runtime.running(entry.id):
+            await self._kill(entry, runtime, grace)
+        gone = time.monotonic() + _KILL_PATIENCE
+        while runtime.running(entry.id) and time.monotonic() < gone:
+            await self._sessions.wait_for(entry, lambda e: not runtime.running(e.id), _STEP * 5)
+        if runtime.running(entry.id):
+            raise RequestError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"container {entry.id} still runs {_KILL_PATIENCE:g}s after SIGKILL",
+            )
+        return lifecycle_pb2.CommandResult(state=entry.state)
+
+    async def _kill(self, entry: Entry, runtime: Runtime, grace: datetime.timedelta) -> None:
+        assert entry.stop is not None
+        _log.warning("container %s overran its grace period: killing it", entry.id)
+        self._registry.event(
+            E.EVENT_TYPE_STATE_CHANGED,
+            entry,
+            f"grace period of {format_duration(grace)} over: SIGKILL",
+        )
+        entry.stop.killed = True
+        await runtime.kill(entry.id)
+
+
+def _waits_for_exit(work: asyncio.Future[lifecycle_pb2.CommandResult]) -> bool:
+    """Whether a stop command that ended so should be followed by waiting for
+    the process: it was cut short (ABORTED: the container failed or went
+    away) or overran (DEADLINE_EXCEEDED); not when a hook raised (INTERNAL)
+    or the stop was refused."""
+    exc = work.exception()
+    return isinstance(exc, RequestError) and exc.code in (
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    )
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Read a command's outcome so that one nobody awaits any more (the stop
+    was cancelled with the manager) is not reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()

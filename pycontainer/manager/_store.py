@@ -143,6 +143,10 @@ class StateStore(Protocol):
         """Forget the applied spec of ``name``; no-op if absent."""
         ...
 
+    def delete_checkpoints(self, container_id: str) -> int:
+        """Delete the checkpoints this container took (a purge); how many."""
+        ...
+
     def close(self) -> None:
         """Release the store; idempotent."""
         ...
@@ -433,6 +437,12 @@ class SQLiteStore:
         """Forget the applied spec of ``name``; no-op if absent."""
         with self._transaction() as db:
             db.execute("DELETE FROM applied_specs WHERE name = ?", (name,))
+
+    def delete_checkpoints(self, container_id: str) -> int:
+        """Delete the checkpoints this container took (a purge); how many."""
+        with self._transaction() as db:
+            cursor = db.execute("DELETE FROM checkpoints WHERE container_id = ?", (container_id,))
+        return cursor.rowcount
 
     def close(self) -> None:
         """Close the file; idempotent. Later calls raise StoreError."""

@@ -1,28 +1,79 @@
 """Supervision: launching specs through their runtime, scaling, the exits
-the runtimes report, and restarts with exponential backoff as the spec's
-restart policy says."""
+the runtimes report, restarts with exponential backoff as the spec's
+restart policy says, and the operator's restart and kill. A launched program
+that does not register within its start timeout is reported, not left
+silent."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import signal
 import uuid
 from collections.abc import Callable, Mapping
 
 from .._errors import RequestError, failed_precondition, invalid_argument
-from ..units import duration_from_proto
+from ..spec import MAX_GRACE_PERIOD, MAX_START_TIMEOUT, MIN_START_TIMEOUT
+from ..units import duration_field, duration_from_proto, format_duration
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._admission import Admission, Spawn
 from ._checkpoints import Checkpoints
 from ._registry import Entry, Registry
 from ._runtime import Launch, Runtime
 from ._sessions import Sessions
-from ._stopping import Stopper
+from ._settings import DEFAULT_START_TIMEOUT
+from ._stopping import Stopper, killed_reason
 
 E = manager_pb2
 S = container_pb2
 
 # The longest wait before a restart, however many came before.
 _MAX_BACKOFF = 300.0
+# What the reason of a launched program that never dialled in starts with.
+_NOT_REGISTERED = "not registered"
+
+
+# Signal names an operator gives (the real-time ones are numbers).
+_SIGNAL_NAMES = frozenset(
+    s.name.removeprefix("SIG") for s in signal.Signals if not s.name.startswith("SIGRT")
+)
+
+
+def parse_signal(text: str) -> signal.Signals:
+    """A signal by name ("KILL", "SIGTERM", "int") or number; empty is KILL.
+    RequestError INVALID_ARGUMENT listing the valid names otherwise."""
+    word = text.strip().upper()
+    if not word:
+        return signal.SIGKILL
+    try:
+        if word.isdigit():
+            return signal.Signals(int(word))
+        return signal.Signals["SIG" + word.removeprefix("SIG")]
+    except (KeyError, ValueError):
+        names = ", ".join(sorted(_SIGNAL_NAMES))
+        raise invalid_argument(
+            "signal", f"{text!r} is not a signal: give a name ({names}) or a number"
+        ) from None
+
+
+def start_timeout(spec: spec_pb2.ContainerSpec) -> datetime.timedelta:
+    return duration_field(spec, "start_timeout") or DEFAULT_START_TIMEOUT
+
+
+def _check_durations(spec: spec_pb2.ContainerSpec) -> None:
+    """The spec's grace period and start timeout within their bounds (a spec
+    file is checked when read; one sent to the API is checked here)."""
+    for name, low, high in (
+        ("grace_period", datetime.timedelta(0), MAX_GRACE_PERIOD),
+        ("start_timeout", MIN_START_TIMEOUT, MAX_START_TIMEOUT),
+    ):
+        value = duration_field(spec, name)
+        if value is not None and not low <= value <= high:
+            raise invalid_argument(
+                f"spec.{name}",
+                f"must be from {format_duration(low)} to {format_duration(high)}, "
+                f"got {format_duration(value)}",
+            )
 
 
 class Supervisor:
@@ -49,6 +100,7 @@ class Supervisor:
         self._manager_address = manager_address
         self._spawn = spawn
         self._restarting: set[str] = set()
+        registry.pinned = self.restarting
         # Each runtime once (one may serve several kinds).
         for runtime in {id(r): r for r in runtimes.values()}.values():
             runtime.add_exit_listener(self.on_exit)
@@ -61,6 +113,7 @@ class Supervisor:
             raise invalid_argument("spec.name", "a container needs a name")
         if spec.replicas < 0:
             raise invalid_argument("spec.replicas", f"must be 0 or more, got {spec.replicas}")
+        _check_durations(spec)
         runtime = self._runtimes.get(spec.runtime)
         if runtime is None:
             raise failed_precondition(
@@ -82,21 +135,62 @@ class Supervisor:
             labels=spec.labels,
             priority=spec.priority,
             resources=spec.resources,
-            grace_period=spec.grace_period,
         )
+        if spec.HasField("grace_period"):  # unset stays unset: the default applies
+            identity.grace_period.CopyFrom(spec.grace_period)
         entry = Entry(id=container_id, name=spec.name, identity=identity, spec=spec)
         entry.restore_state = restore
         self._admission.refuse_unless_fits(entry, "run")
         self._registry.add(entry)
         try:
-            entry.pid = await runtime.launch(Launch(container_id, spec, self._manager_address()))
+            await self._start_process(entry, runtime)
         except (OSError, ValueError) as exc:
             entry.state = S.LIFECYCLE_STATE_FAILED
             entry.error = f"launch failed: {exc}"
+            entry.reason = "launch failed"
             self._registry.persist(entry)
             raise failed_precondition(f"cannot launch {spec.name!r}: {exc}") from exc
         self._registry.event(E.EVENT_TYPE_LAUNCHED, entry, f"launched (pid {entry.pid})")
         return entry
+
+    async def _start_process(self, entry: Entry, runtime: Runtime) -> None:
+        """Launch the entry's spec and watch that it registers in time."""
+        assert entry.spec is not None
+        entry.pid = await runtime.launch(Launch(entry.id, entry.spec, self._manager_address()))
+        entry.launched = True
+        self._spawn(self._expect_registration(entry, runtime, entry.sessions, entry.restarts))
+
+    async def _expect_registration(
+        self, entry: Entry, runtime: Runtime, sessions: int, run: int
+    ) -> None:
+        """Report a launched program that has not dialled in within its start
+        timeout (its state stays CREATED; its reason says why)."""
+        assert entry.spec is not None
+        timeout = start_timeout(entry.spec)
+        if await self._sessions.wait_for(
+            entry,
+            lambda e: e.sessions > sessions or e.restarts != run or not runtime.running(e.id),
+            timeout.total_seconds(),
+        ):
+            return
+        if entry.spec.sidecar:
+            hint = "the sidecar did not dial the manager: see its output"
+        else:
+            hint = "is it a pycontainer app? set sidecar: true to run any program"
+        entry.reason = f"{_NOT_REGISTERED} {format_duration(timeout)} after launch: {hint}"
+        self._registry.event(E.EVENT_TYPE_STATE_CHANGED, entry, entry.reason)
+        self._registry.persist(entry)
+        entry.changed.set()
+
+    def registered(self, entry: Entry) -> None:
+        """A container opened a session: a launched one registered after all,
+        and one in a pid namespace of its own is shown with its host pid."""
+        if entry.reason.startswith(_NOT_REGISTERED):
+            entry.reason = ""
+        runtime = self._stopper.process_of(entry)
+        if runtime is not None and runtime.own_pid_namespace:
+            entry.pid = runtime.pid(entry.id) or entry.pid
+            self._registry.persist(entry)
 
     async def scale(self, name_or_id: str, replicas: int) -> list[Entry]:
         if replicas < 0:
@@ -136,9 +230,7 @@ class Supervisor:
             return
         entry.exit_code = code
         self._sessions.lost(entry)
-        if not entry.terminal:
-            entry.state = S.LIFECYCLE_STATE_FAILED
-            entry.error = f"process exited with status {code}"
+        self._settle_exit(entry, code)
         entry.admitted = False
         self._registry.event(E.EVENT_TYPE_EXITED, entry, f"process exited with status {code}")
         self._sessions.end_pending(entry, f"its process exited with status {code}")
@@ -146,6 +238,38 @@ class Supervisor:
         entry.changed.set()
         await self._admission.admit_waiting()
         self.maybe_restart(entry)
+
+    @staticmethod
+    def _settle_exit(entry: Entry, code: int) -> None:
+        """The state and reason an exit leaves: STOPPED when a stop or the
+        operator's kill ended it (killed at the end of its grace period, by
+        the runtime's SIGKILL or by itself: 137), FAILED when it ended on its
+        own before reaching a final state with a non-zero status (STOPPED
+        with 0, as a program that ran to its end)."""
+        stop = entry.stop
+        if stop is not None:
+            # SIGKILL's status (or the 137 of an app ending itself at its
+            # deadline); one that ended of SIGTERM just as the SIGKILL went
+            # out was not killed.
+            stop.killed = code in (-signal.SIGKILL, 128 + signal.SIGKILL)
+        if stop is not None and stop.killed:
+            entry.state = S.LIFECYCLE_STATE_STOPPED
+            entry.reason = killed_reason(stop.grace)
+        elif stop is not None and not entry.terminal:
+            entry.state = S.LIFECYCLE_STATE_STOPPED
+            entry.reason = f"stopped (exit status {code})"
+        elif entry.kill_signal and code in (-entry.kill_signal, 128 + entry.kill_signal):
+            entry.state = S.LIFECYCLE_STATE_STOPPED
+            entry.reason = f"killed by {signal.Signals(entry.kill_signal).name}"
+            entry.desired = False  # the operator ended it: not restarted
+        elif not entry.terminal and code == 0:  # a program that ran to its end
+            entry.state = S.LIFECYCLE_STATE_STOPPED
+            entry.reason = "exited with status 0"
+        elif not entry.terminal:
+            entry.state = S.LIFECYCLE_STATE_FAILED
+            entry.error = f"process exited with status {code}"
+            entry.reason = f"exited with status {code}"
+        entry.kill_signal = 0
 
     def restarting(self, entry: Entry) -> bool:
         """Whether a restart of this ended container is on its way (its
@@ -176,32 +300,97 @@ class Supervisor:
         base = duration_from_proto(spec.restart_backoff).total_seconds() or 1.0
         delay = min(_MAX_BACKOFF, base * 2 ** min(entry.restarts, 16))
         self._restarting.add(entry.id)
-        self._spawn(self._restart_later(entry, delay))
+        self._spawn(self._restart_later(entry, delay, entry.restarts))
 
-    async def _restart_later(self, entry: Entry, delay: float) -> None:
+    async def _restart_later(self, entry: Entry, delay: float, run: int) -> None:
         try:
             await asyncio.sleep(delay)
             runtime = self._stopper.runtime_of(entry)
-            if runtime is None or entry.spec is None or not entry.desired:
+            # Not when it was removed, stopped or restarted by hand meanwhile.
+            if (
+                runtime is None
+                or entry.spec is None
+                or not entry.desired
+                or entry.restarts != run
+                or self._registry.get(entry.id) is not entry
+            ):
                 return
             await runtime.kill(entry.id)  # what is left of the old one
-            entry.restarts += 1
-            entry.state = S.LIFECYCLE_STATE_CREATED
-            entry.admitted = entry.evicted = False
-            entry.exit_code = None
-            entry.restore_state = None
-            if entry.spec.checkpoint_policy == spec_pb2.CHECKPOINT_POLICY_ON_STOP:
-                entry.restore_state = self._checkpoints.latest(entry.name)
-            entry.pid = await runtime.launch(Launch(entry.id, entry.spec, self._manager_address()))
-            self._registry.event(
-                E.EVENT_TYPE_RESTARTED,
-                entry,
-                f"restart {entry.restarts} after {delay:g}s (pid {entry.pid})"
-                + (", restoring its last checkpoint" if entry.restore_state else ""),
-            )
-            self._registry.persist(entry)
+            await self._relaunch(entry, runtime, f"restart {run + 1} after {delay:g}s")
         except (OSError, ValueError) as exc:
             entry.error = f"restart failed: {exc}"
+            entry.reason = "restart failed"
             self._registry.persist(entry)
         finally:
             self._restarting.discard(entry.id)
+
+    async def _relaunch(self, entry: Entry, runtime: Runtime, why: str) -> None:
+        """A new run of the same record: same id, restart count up."""
+        assert entry.spec is not None
+        entry.restarts += 1
+        entry.state = S.LIFECYCLE_STATE_CREATED
+        entry.admitted = entry.evicted = False
+        entry.desired = True
+        entry.exit_code = None
+        entry.reason = ""
+        entry.restore_state = None
+        if entry.spec.checkpoint_policy == spec_pb2.CHECKPOINT_POLICY_ON_STOP:
+            entry.restore_state = self._checkpoints.latest(entry.name)
+        await self._start_process(entry, runtime)
+        self._registry.event(
+            E.EVENT_TYPE_RESTARTED,
+            entry,
+            f"{why} (pid {entry.pid})"
+            + (", restoring its last checkpoint" if entry.restore_state else ""),
+        )
+        self._registry.persist(entry)
+
+    # -- the operator's restart and kill -----------------------------------------------------
+    async def restart(self, entry: Entry, grace: datetime.timedelta | None) -> Entry:
+        """Stop gracefully (when it still runs), then start it again; returns
+        once it runs again, or its start timeout is over."""
+        runtime = self._stopper.runtime_of(entry)
+        if entry.spec is None or runtime is None:
+            raise failed_precondition(
+                f"container {entry.id} was not launched by this manager: restart it where it runs"
+            )
+        if not entry.terminal or self._stopper.process_of(entry) is not None:
+            await self._stopper.stop(entry, grace, "restart", S.STOP_REASON_REQUESTED)
+        # The old process is gone (its exit seen) before the new one starts.
+        if not await self._sessions.wait_for(entry, lambda e: not runtime.running(e.id), 15):
+            await runtime.kill(entry.id)
+        try:
+            await self._relaunch(entry, runtime, "restarted by the operator")
+        except (OSError, ValueError) as exc:
+            entry.state = S.LIFECYCLE_STATE_FAILED
+            entry.error = f"restart failed: {exc}"
+            entry.reason = "restart failed"
+            self._registry.persist(entry)
+            raise failed_precondition(f"cannot restart {entry.id}: {exc}") from exc
+        await self._sessions.wait_for(
+            entry,
+            lambda e: (
+                e.state not in (S.LIFECYCLE_STATE_CREATED, S.LIFECYCLE_STATE_STARTING)
+                or bool(e.reason)
+            ),
+            start_timeout(entry.spec).total_seconds(),
+        )
+        return entry
+
+    async def kill(self, entry: Entry, signal_text: str) -> Entry:
+        """Send a signal to its process now, no grace (default SIGKILL)."""
+        signum = parse_signal(signal_text)
+        runtime = self._stopper.process_of(entry)
+        if runtime is None:
+            why = (
+                "it was not launched by this manager"
+                if not entry.launched
+                else f"its process has ended ({S.LifecycleState.Name(entry.state)})"
+            )
+            raise failed_precondition(f"cannot signal container {entry.id}: {why}")
+        entry.kill_signal = signum
+        if not await runtime.signal(entry.id, signum):
+            entry.kill_signal = 0
+            raise failed_precondition(f"cannot signal container {entry.id}: it has just ended")
+        self._registry.event(E.EVENT_TYPE_COMMAND_SENT, entry, f"kill: {signum.name}")
+        return entry

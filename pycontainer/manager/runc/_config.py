@@ -113,8 +113,12 @@ def cgroup_limits_support(
 # -- bundles -----------------------------------------------------------------------------------
 def runc_id_for(container_id: str) -> str:
     """A runc container id (^[\\w+.-]+$), unique per launch."""
-    safe = re.sub(r"[^\w+.-]", "-", container_id)[:48].strip(".") or "container"
-    return f"{safe}-{uuid.uuid4().hex[:6]}"
+    return f"{runc_id_for_prefix(container_id)}-{uuid.uuid4().hex[:6]}"
+
+
+def runc_id_for_prefix(container_id: str) -> str:
+    """What every runc id of this container's launches starts with."""
+    return re.sub(r"[^\w+.-]", "-", container_id)[:48].strip(".") or "container"
 
 
 def _hostname(name: str) -> str:

@@ -38,6 +38,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -54,6 +55,7 @@ from ._config import (
     make_host_root,
     python_host_paths,
     runc_id_for,
+    runc_id_for_prefix,
 )
 
 _log = logging.getLogger("pycontainer.manager.runc")
@@ -92,6 +94,9 @@ class RuncContainer:
 
 class RuncRuntime(ExitListeners):
     """Containers as OCI containers run by runc; see the module's docstring."""
+
+    # Each container has its pid namespace: it registers as pid 1.
+    own_pid_namespace = True
 
     def __init__(
         self,
@@ -147,6 +152,9 @@ class RuncRuntime(ExitListeners):
         """The host pid of a running container's init."""
         run = self._containers.get(container_id)
         return run.pid if run is not None and not run.done.is_set() else None
+
+    def running(self, container_id: str) -> bool:
+        return self.pid(container_id) is not None
 
     def config_for(self, launch: Launch) -> dict[str, Any]:
         """The config.json this runtime generates for a launch (no bundle given)."""
@@ -235,20 +243,37 @@ class RuncRuntime(ExitListeners):
         )
         return run.pid
 
-    async def send_signal(self, container_id: str, signum: int | str = "TERM") -> None:
-        """``runc kill ID SIGNAL`` to a running container's init."""
+    async def send_signal(self, container_id: str, signum: int | str = "TERM") -> bool:
+        """``runc kill ID SIGNAL`` to a running container's init; whether runc
+        delivered it."""
         run = self._containers.get(container_id)
         if run is None or run.done.is_set():
-            return
+            return False
         name = (
             signal.Signals(signum).name.removeprefix("SIG") if isinstance(signum, int) else signum
         )
         code, _, err = await self.run_command("kill", run.runc_id, name, check=False)
         if code != 0 and not run.done.is_set():
             _log.info("runc kill %s %s: %s", run.runc_id, name, err.strip())
+        return code == 0
+
+    async def signal(self, container_id: str, signum: int) -> bool:
+        return await self.send_signal(container_id, signum)
 
     async def kill(self, container_id: str) -> None:
         await self.send_signal(container_id, "KILL")
+
+    def forget(self, container_id: str) -> None:
+        """Delete the run directories of every ended launch of this id (their
+        stdout.log, stderr.log, exit_status and generated bundle)."""
+        if self.running(container_id):
+            return
+        self._containers.pop(container_id, None)
+        launch = re.compile(re.escape(runc_id_for_prefix(container_id)) + r"-[0-9a-f]{6}")
+        with contextlib.suppress(FileNotFoundError):
+            for run_dir in self.runs_dir.iterdir():
+                if launch.fullmatch(run_dir.name):
+                    shutil.rmtree(run_dir, ignore_errors=True)
 
     async def close(self) -> None:
         """Kill every container still running, wait for their ends, and delete
