@@ -7,8 +7,16 @@ import asyncio
 import contextlib
 import signal
 
-from ..manager import Manager, ManagerSettings, Resources, parse_cpu, parse_memory
+from ..manager import (
+    Manager,
+    ManagerSettings,
+    Resources,
+    StartRefused,
+    parse_cpu,
+    parse_memory,
+)
 from ..telemetry import configure_tracing
+from ._client import CliError
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     provider = configure_tracing("pycontainer-manager")
     try:
         asyncio.run(_serve(settings, args.stop_containers))
+    except StartRefused as exc:  # another manager has the address or the state
+        raise CliError(str(exc)) from None
     finally:
         if provider is not None:
             provider.shutdown()

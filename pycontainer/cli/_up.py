@@ -19,10 +19,11 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from ..manager import Manager, ManagerSettings
+from ..manager import Manager, ManagerSettings, StartRefused
 from ..spec import SpecError, load_specs
 from ..telemetry import configure_tracing
 from ..v1 import spec_pb2
+from ._client import CliError
 from ._render import container_table, local_time
 
 _EVENTS_SHOWN = 8
@@ -84,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     provider = configure_tracing("pycontainer-up")
     try:
         return asyncio.run(_up(args, specs))
+    except StartRefused as exc:  # another manager has the address or the state
+        raise CliError(str(exc)) from None
     finally:
         if provider is not None:
             provider.shutdown()

@@ -11,7 +11,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import Message
@@ -24,6 +24,8 @@ from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._admission import Admission
 from ._checkpoints import Checkpoints
 from ._events import EventBus
+from ._exclusive import StartRefused, StateLock, bind
+from ._logstore import LogStore
 from ._registry import Entry, Registry
 from ._runtime import ProcessRuntime, Runtime
 from ._scheduler import machine_capacity
@@ -33,6 +35,9 @@ from ._stopping import Stopper
 from ._store import SQLiteStore, StateStore
 from ._supervision import Supervisor
 from .runc import RuncRuntime
+
+if TYPE_CHECKING:
+    from ._server import ManagerHealth
 
 _log = logging.getLogger("pycontainer.manager")
 
@@ -60,7 +65,9 @@ class Manager:
         self.store = store
         self.capacity = self.settings.capacity or machine_capacity()
         self.events = EventBus()
-        processes = ProcessRuntime()
+        # What launched programs print (kept in the state directory).
+        self.logs = LogStore(Path(self.settings.state_dir) / "logs")
+        processes = ProcessRuntime(self.logs)
         self.runtimes: dict[int, Runtime] = {
             spec_pb2.RUNTIME_KIND_UNSPECIFIED: processes,
             spec_pb2.RUNTIME_KIND_PROCESS: processes,
@@ -73,6 +80,8 @@ class Manager:
         self.rpc_stats = RpcStats()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._server: grpc.aio.Server | None = None
+        self._health: ManagerHealth | None = None
+        self._state_lock: StateLock | None = None
         self.port = 0
 
         self.registry = Registry(store, self.events)
@@ -117,14 +126,20 @@ class Manager:
         return f"{host}:{self.port}"
 
     async def start(self) -> int:
-        """Serve the Lifecycle and Manager APIs; returns the port."""
+        """Serve the Lifecycle and Manager APIs; returns the port. StartRefused
+        when another manager has the state directory or the address."""
         from ._server import build_server
 
-        self._server = build_server(self)
-        self.port = self._server.add_insecure_port(self.settings.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.listen!r}")
+        self._state_lock = StateLock(self.settings.state_dir)
+        try:
+            server, health = build_server(self)
+            self.port = bind(server, self.settings.listen)
+        except BaseException:
+            self._state_lock.release()
+            raise
+        self._server, self._health = server, health
         await self._server.start()
+        health.serving()
         self._spawn(self.sessions.watchdog())
         # Long-lived objects made so far never become garbage: keep the cyclic
         # collector from walking them (half-second pauses at 10,000 sessions).
@@ -134,11 +149,15 @@ class Manager:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop serving; containers keep running and will reconnect later."""
+        if self._health is not None:
+            self._health.shutting_down()
         for task in list(self._tasks):
             task.cancel()
         self.sessions.close_all()
         if self._server is not None:
             await self._server.stop(grace)
+        if self._state_lock is not None:
+            self._state_lock.release()
         # Containers outlive the manager (they reconnect to the next one);
         # shutdown_containers() and close_runtimes() end them on purpose.
         self.store.close()
@@ -261,4 +280,4 @@ class Manager:
         return await self.sessions.wait_for(entry, predicate, seconds)
 
 
-__all__ = ["Manager", "ManagerSettings", "format_cpu", "format_memory"]
+__all__ = ["Manager", "ManagerSettings", "StartRefused", "format_cpu", "format_memory"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..v1 import spec_pb2
+from ._logstore import LogStore
 
 # Called by a runtime when a launched container's process ends: (id, exit code).
 ExitListener = Callable[[str, int], Awaitable[None]]
@@ -104,10 +105,15 @@ class InProcessRuntime:
 
 class ProcessRuntime(ExitListeners):
     """Local processes: the spec's command, with PYCONTAINER_* variables that
-    tell an embedded pycontainer which manager to dial and which id it has."""
+    tell an embedded pycontainer which manager to dial and which id it has.
 
-    def __init__(self) -> None:
+    A program's stdout and stderr go to ``logs`` (a relay per run writes
+    them into the log store), or nowhere without one: never to the
+    manager's own terminal."""
+
+    def __init__(self, logs: LogStore | None = None) -> None:
         super().__init__()
+        self._logs = logs
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -131,13 +137,24 @@ class ProcessRuntime(ExitListeners):
             from ..sidecar import sidecar_command
 
             command = sidecar_command(spec)
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            cwd=spec.working_dir or None,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            start_new_session=True,  # signals to the group reach its children
-        )
+        if self._logs is not None:
+            out, err = await self._logs.open_run(launch.container_id)
+        else:
+            out = err = os.open(os.devnull, os.O_WRONLY)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                cwd=spec.working_dir or None,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # signals to the group reach its children
+            )
+        finally:
+            # The program has its copies; the relay sees EOF when they close.
+            for fd in {out, err}:
+                os.close(fd)
         self._processes[launch.container_id] = process
         watcher = asyncio.ensure_future(self._watch(launch.container_id, process))
         self._watchers.add(watcher)

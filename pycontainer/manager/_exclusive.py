@@ -1,0 +1,103 @@
+"""One manager per address and per state directory.
+
+grpc-core sets SO_REUSEPORT on its listening sockets by default, so a second
+server on a port in use binds too and the kernel shares the connections
+between them; every server the manager runs is built with SERVER_OPTIONS'
+``grpc.so_reuseport`` 0 and so binds alone. Two managers on one state
+directory would share its SQLite state and its containers' logs: the first
+holds an exclusive lock on ``manager.lock`` there for its life (the kernel
+lets go of it when the process ends, however it ends).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+import grpc
+
+LOCK_FILE = "manager.lock"
+
+# Part of every server's options: bind alone (see the module's docstring).
+EXCLUSIVE_BIND = ("grpc.so_reuseport", 0)
+
+
+class StartRefused(OSError):
+    """The manager cannot start; the message says why in one line."""
+
+
+class StateLock:
+    """The exclusive lock on a state directory, held until release()."""
+
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+        directory = Path(state_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / LOCK_FILE
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            by = f" (pid {holder})" if holder.isdigit() else ""
+            raise StartRefused(
+                f"state directory {str(directory.resolve())!r} is in use by another "
+                f"manager{by}: stop that one, or give this one another --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor releases the lock
+            self._fd = None
+
+
+def _in_use(listen: str) -> bool:
+    """Whether something already listens on ``listen`` (HOST:PORT), found by
+    binding as grpc-core does (SO_REUSEADDR, without SO_REUSEPORT)."""
+    name, _, port = listen.rpartition(":")
+    host = name.strip("[]") or None
+    if not port.isdigit() or int(port) == 0:
+        return False
+    try:
+        addresses = socket.getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, UnicodeError):
+        return False
+    for family, kind, proto, _, address in addresses:
+        with contextlib.closing(socket.socket(family, kind, proto)) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
+
+
+def bind(server: grpc.aio.Server, listen: str) -> int:
+    """Add ``listen`` to ``server``; its port. StartRefused, in one line, when
+    the address is in use or cannot be served."""
+    if _in_use(listen):
+        # Said before grpc-core tries, which would log its own lines about it.
+        raise StartRefused(
+            f"cannot listen on {listen}: the address is already in use "
+            "(another manager?): stop that one, or give this one another --listen"
+        )
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise StartRefused(f"cannot listen on {listen}: give a free HOST:PORT to --listen")
+    return port
+
+
+__all__ = ["EXCLUSIVE_BIND", "LOCK_FILE", "StartRefused", "StateLock", "bind"]
