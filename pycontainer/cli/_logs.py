@@ -4,18 +4,18 @@ several interleaved with a coloured name prefix (a stable colour per name)."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import re
 import sys
-import time
 import zlib
 from collections import Counter
 from collections.abc import Collection, Iterable
 
-from google.protobuf import timestamp_pb2
 from rich.console import Console
 from rich.text import Text
 
+from ..units import DURATION_HELP, duration_arg, timestamp_to_proto
 from ..v1 import logs_pb2, manager_pb2
 from ._client import (
     CliError,
@@ -25,8 +25,10 @@ from ._client import (
     message_dict,
     stdout_console,
 )
-from ._duration import DURATION_HELP, duration_arg
 from ._render import SEVERITY_CHOICES, local_time, parse_severity
+
+# The default --tail with a selector, as kubectl's.
+SELECTOR_TAIL = 10
 
 # Prefix colours, as stern and kubetail cycle through them; red is left for errors.
 PALETTE = (
@@ -97,7 +99,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Print containers' logs through the manager. Several containers are "
         "interleaved as their entries arrive, each line prefixed by the container's name "
         "in a colour of its own. Colour is off when stdout is not a terminal, with "
-        "--no-color, or with $NO_COLOR. Filters apply at the source.",
+        "--no-color, or with $NO_COLOR. Filters apply at the source. A container that "
+        "has exited still has the output the manager retained of it; a followed "
+        "container that stops ends with a line saying so.",
     )
     parser.add_argument("containers", nargs="*", metavar="ID", help="container ids or names")
     parser.add_argument(
@@ -126,7 +130,22 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--contains", default="", metavar="TEXT", help="only messages with TEXT")
     parser.add_argument("--logger", default="", help="only this logger and its children")
     parser.add_argument(
-        "--tail", type=_count, metavar="N", help="only the newest N entries of each container"
+        "--tail",
+        type=_count,
+        metavar="N",
+        help="only the newest N entries of each container "
+        f"(default: all, or {SELECTOR_TAIL} with -l)",
+    )
+    parser.add_argument(
+        "-p",
+        "--previous",
+        action="store_true",
+        help="the run before the container's last restart (what the manager retained)",
+    )
+    parser.add_argument(
+        "--timestamps",
+        action="store_true",
+        help="prefix each line with its time in RFC 3339 (UTC, to the nanosecond)",
     )
     parser.add_argument(
         "--prefix",
@@ -149,12 +168,18 @@ class LogPrinter:
     """Formats entries: ``name | 12:00:01.123 WARNING app.worker: message``."""
 
     def __init__(
-        self, console: Console, labels: dict[str, str], prefix: bool, output: str = "text"
+        self,
+        console: Console,
+        labels: dict[str, str],
+        prefix: bool,
+        output: str = "text",
+        timestamps: bool = False,
     ) -> None:
         self.console = console
         self.labels = labels
         self.prefix = prefix
         self.output = output
+        self.timestamps = timestamps
         self.width = 0
         self.colours: dict[str, str] = {}
 
@@ -186,7 +211,10 @@ class LogPrinter:
             head.append(label.ljust(self.width), style=self.colour(label))
             head.append(" | ")
         line = head.copy()
-        line.append(local_time(entry.time))
+        if self.timestamps:
+            line.append(entry.time.ToJsonString())  # RFC 3339, as kubectl --timestamps
+        else:
+            line.append(local_time(entry.time))
         line.append(" ")
         level = entry.severity_text or logs_pb2.Severity.Name(entry.severity).removeprefix(
             "SEVERITY_"
@@ -202,6 +230,18 @@ class LogPrinter:
             more = head.copy()
             more.append(text, style="red")
             self.console.print(more, soft_wrap=True, crop=False)
+
+    def ended(self, end: manager_pb2.LogStreamEnd) -> None:
+        """A container's part ended: ``[name] container stopped (exit status 0)``."""
+        label = self.labels.get(end.container_id, end.container_name or end.container_id)
+        if self.output == "json":
+            data = {"containerId": end.container_id, "containerName": label, "ended": end.message}
+            self.console.file.write(json.dumps(data, ensure_ascii=False) + "\n")
+            return
+        line = Text()
+        line.append(f"[{label}]", style=self.colour(label))
+        line.append(f" {end.message}", style="dim")
+        self.console.print(line, soft_wrap=True, crop=False)
 
 
 def display_labels(
@@ -240,15 +280,17 @@ def run(args: argparse.Namespace) -> int:
         contains=args.contains,
         pattern=args.grep,
         logger=args.logger,
+        previous=args.previous,
     )
     if args.level is not None:
         log_filter.min_severity = args.level
     if args.tail is not None:
         log_filter.tail = args.tail
+    elif args.selector and not args.containers:
+        log_filter.tail = SELECTOR_TAIL
     if args.since is not None:
-        since = timestamp_pb2.Timestamp()
-        since.FromNanoseconds(time.time_ns() - args.since)
-        log_filter.since.CopyFrom(since)
+        now = datetime.datetime.now(datetime.UTC)
+        log_filter.since.CopyFrom(timestamp_to_proto(now - args.since))
     request = manager_pb2.ManagerStreamLogsRequest(
         containers=args.containers, label_selector=args.selector, filter=log_filter
     )
@@ -256,12 +298,14 @@ def run(args: argparse.Namespace) -> int:
     with connect(args) as client:
         labels, expected = display_labels(client, args.containers, args.selector)
         prefix = args.prefix or bool(args.selector) or len(args.containers) > 1
-        printer = LogPrinter(console, labels, prefix, args.output)
+        printer = LogPrinter(console, labels, prefix, args.output, args.timestamps)
         printer.expect(expected)
         try:
             for response in client.stream(client.stub.StreamLogs, request):
                 for entry in response.entries:
                     printer.print(entry)
+                for end in response.ended:
+                    printer.ended(end)
                 console.file.flush()
                 if response.missed:
                     print(

@@ -117,6 +117,7 @@ class LogStore:
         for old, new in ((CURRENT, PREVIOUS), (rotated(CURRENT), rotated(PREVIOUS))):
             with contextlib.suppress(FileNotFoundError):
                 (directory / old).rename(directory / new)
+        (directory / CURRENT).touch()  # the run is there from its launch on
         return directory
 
     async def open_run(self, container_id: str) -> tuple[int, int]:

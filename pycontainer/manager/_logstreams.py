@@ -149,13 +149,12 @@ class LogStreams:
         if request.containers:
             parts = [self._source(self._m.resolve(n), f.previous) for n in request.containers]
         else:
-            # A selector: the containers that are there now (as kubectl's
-            # pods) and have logs to read.
+            # A selector: every container the manager lists (ended ones too,
+            # as kubectl's completed pods) that has logs to read.
             parts = []
             for e in self._m.select(request.label_selector, []):
-                if e.connected or not _gone(e):
-                    with contextlib.suppress(RequestError):
-                        parts.append(self._source(e, f.previous))
+                with contextlib.suppress(RequestError):
+                    parts.append(self._source(e, f.previous))
         if not parts:
             return
         started_ns = _now_ns()
