@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -46,10 +47,9 @@ def _program(tmp_path: Path, name: str, source: str) -> list[str]:
 def _run(
     manager: ManagerHost, name: str, command: list[str], **spec: object
 ) -> manager_pb2.Container:
+    spec.setdefault("runtime", spec_pb2.RUNTIME_KIND_PROCESS)
     request = manager_pb2.RunContainerRequest(
-        spec=spec_pb2.ContainerSpec(
-            name=name, runtime=spec_pb2.RUNTIME_KIND_PROCESS, command=command, **spec
-        )
+        spec=spec_pb2.ContainerSpec(name=name, command=command, **spec)  # type: ignore[arg-type]
     )
     [container] = manager.stub.RunContainer(request, timeout=30).containers
     return container
@@ -482,3 +482,40 @@ def test_logs_of_a_program_are_kept_after_the_manager_restarts(tmp_path: Path) -
         assert os.path.isdir(Path(state) / "logs")
     finally:
         second.stop()
+
+
+# -- runc containers go to the same store ---------------------------------------------------
+def _require_runc() -> None:
+    if shutil.which("runc") is None or os.geteuid() != 0:
+        pytest.skip("the runc runtime needs runc and root")
+
+
+def test_a_runc_containers_output_is_retained(manager: ManagerHost) -> None:
+    _require_runc()
+    script = "echo from-runc; echo err-runc >&2; exit 2"
+    _run(
+        manager,
+        "boxed",
+        ["/bin/sh", "-c", script],
+        runtime=spec_pb2.RUNTIME_KIND_RUNC,
+    )
+    _exited(manager, "boxed")
+    entries = [e for r in _logs(manager, "boxed") for e in r.entries]
+    assert sorted((e.logger, e.message) for e in entries) == [
+        ("stderr", "err-runc"),
+        ("stdout", "from-runc"),
+    ]
+
+
+async def test_runcs_own_errors_come_back_through_the_store(tmp_path: Path) -> None:
+    _require_runc()
+    from pycontainer.manager import Launch, RuncRuntime
+
+    store = LogStore(tmp_path / "logs")
+    runtime = RuncRuntime(tmp_path / "runc", logs=store)
+    spec = spec_pb2.ContainerSpec(name="x", command=["/no-such-program"])
+    try:
+        with pytest.raises(OSError, match="no-such-program"):
+            await runtime.launch(Launch("x-1", spec, "127.0.0.1:1"))
+    finally:
+        await runtime.close()

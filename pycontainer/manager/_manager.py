@@ -71,7 +71,9 @@ class Manager:
         self.runtimes: dict[int, Runtime] = {
             spec_pb2.RUNTIME_KIND_UNSPECIFIED: processes,
             spec_pb2.RUNTIME_KIND_PROCESS: processes,
-            spec_pb2.RUNTIME_KIND_RUNC: RuncRuntime(Path(self.settings.state_dir) / "runc"),
+            spec_pb2.RUNTIME_KIND_RUNC: RuncRuntime(
+                Path(self.settings.state_dir) / "runc", logs=self.logs
+            ),
         }
         self.runtimes.update(runtimes or {})
         self.tracer = trace.get_tracer("pycontainer.manager", tracer_provider=tracer_provider)
