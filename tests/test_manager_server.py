@@ -18,7 +18,8 @@ from support import ManagerHost, wait_until
 from pycontainer import _reflection
 
 ROOT = Path(__file__).resolve().parent.parent
-MANAGER = [sys.executable, "-m", "pycontainer.cli", "manager"]
+CLI = [sys.executable, "-m", "pycontainer.cli"]
+MANAGER = [*CLI, "manager"]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -147,3 +148,42 @@ def _check_health(manager: ManagerHost) -> None:
         watcher.join(15)
     assert seen["readiness"] == [SERVING, NOT_SERVING]
     assert seen["liveness"] == [SERVING]
+
+
+def test_up_on_a_port_in_use_is_refused_in_one_line(
+    first: tuple[str, Path], tmp_path: Path
+) -> None:
+    address, _ = first
+    spec = tmp_path / "one.yaml"
+    spec.write_text("containers:\n  - name: one\n    command: [python, -c, 'print(1)']\n")
+    state = str(tmp_path / "up-state")
+    up = subprocess.run(
+        [*CLI, "up", "-f", str(spec), "--headless", "--listen", address, "--state-dir", state],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert up.returncode != 0
+    lines = up.stderr.splitlines()
+    assert len(lines) == 1, up.stderr
+    assert lines[0].startswith("error: cannot listen on " + address)
+
+
+@pytest.mark.parametrize(
+    ("listen", "says"),
+    [
+        ("127.0.0.1:99999", "port from 0 to 65535"),
+        ("127.0.0.1", "port from 0 to 65535"),
+        ("no-such-host.invalid:5000", "cannot resolve"),
+    ],
+)
+def test_an_address_that_cannot_be_served_is_one_line(
+    tmp_path: Path, listen: str, says: str
+) -> None:
+    second = _second("--listen", listen, "--state-dir", str(tmp_path / "state"))
+    assert second.returncode != 0
+    lines = second.stderr.splitlines()
+    assert len(lines) == 1, second.stderr
+    assert says in lines[0]

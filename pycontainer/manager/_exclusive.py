@@ -58,39 +58,47 @@ class StateLock:
             self._fd = None
 
 
-def _in_use(listen: str) -> bool:
-    """Whether something already listens on ``listen`` (HOST:PORT), found by
-    binding as grpc-core does (SO_REUSEADDR, without SO_REUSEPORT)."""
-    name, _, port = listen.rpartition(":")
+def _check_address(listen: str) -> None:
+    """StartRefused unless ``listen`` is a HOST:PORT that can be served now:
+    said before grpc-core tries, which would log lines of its own about it
+    (and take a port past 65535 modulo 65536)."""
+    name, colon, port = listen.rpartition(":")
+    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise StartRefused(
+            f"cannot listen on {listen!r}: give HOST:PORT with a port from 0 to 65535 "
+            "(0 picks a free one), such as 127.0.0.1:50050"
+        )
     host = name.strip("[]") or None
-    if not port.isdigit() or int(port) == 0:
-        return False
     try:
         addresses = socket.getaddrinfo(
             host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
-    except (OSError, UnicodeError):
-        return False
+    except (OSError, UnicodeError) as exc:
+        raise StartRefused(f"cannot listen on {listen}: cannot resolve {name!r} ({exc})") from None
+    if int(port) == 0:
+        return
     for family, kind, proto, _, address in addresses:
+        # Bound as grpc-core binds (SO_REUSEADDR, without SO_REUSEPORT).
         with contextlib.closing(socket.socket(family, kind, proto)) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(address)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
-                    return True
-    return False
+                    raise StartRefused(
+                        f"cannot listen on {listen}: the address is already in use "
+                        "(another manager?): stop that one, or give this one another --listen"
+                    ) from None
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise StartRefused(
+                        f"cannot listen on {listen}: {name!r} is not an address of this machine"
+                    ) from None
 
 
 def bind(server: grpc.aio.Server, listen: str) -> int:
     """Add ``listen`` to ``server``; its port. StartRefused, in one line, when
     the address is in use or cannot be served."""
-    if _in_use(listen):
-        # Said before grpc-core tries, which would log its own lines about it.
-        raise StartRefused(
-            f"cannot listen on {listen}: the address is already in use "
-            "(another manager?): stop that one, or give this one another --listen"
-        )
+    _check_address(listen)
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError:
