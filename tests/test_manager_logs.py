@@ -519,3 +519,21 @@ async def test_runcs_own_errors_come_back_through_the_store(tmp_path: Path) -> N
             await runtime.launch(Launch("x-1", spec, "127.0.0.1:1"))
     finally:
         await runtime.close()
+
+
+def test_logs_of_an_embedded_app_after_it_stopped(
+    manager: ManagerHost, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = str(ROOT / "tests" / "apps" / "connected_app.py")
+    _run(manager, "embedded", ["python", app, "--name", "embedded"], working_dir=str(ROOT))
+    wait_until(
+        lambda: _get(manager, "embedded").state == RUNNING and _get(manager, "embedded").connected,
+        20,
+        "running",
+    )
+    manager.stub.StopContainer(manager_pb2.StopContainerRequest(container="embedded"), timeout=30)
+    _exited(manager, "embedded")
+    # Its Management API is gone with it; what it printed is still there.
+    assert "on_stop done" in _messages(_logs(manager, "embedded"))
+    assert main(["logs", "embedded", "--manager", manager.address]) == 0
+    assert "stdout: on_stop done" in capsys.readouterr().out

@@ -67,15 +67,16 @@ def upstream_request(f: manager_pb2.StreamLogsFilter) -> management_pb2.StreamLo
 
 def end_message(entry: Entry) -> str:
     """Why a container's part ended, such as "container stopped (exit status 0)"."""
-    words = {
-        container_pb2.LIFECYCLE_STATE_STOPPED: "container stopped",
-        container_pb2.LIFECYCLE_STATE_FAILED: "container failed",
-    }
-    text = words.get(entry.state, "container exited")
+    if entry.state == container_pb2.LIFECYCLE_STATE_STOPPED:
+        text = "container stopped"
+    elif entry.exit_code is not None:
+        text = "container exited"
+    elif entry.state == container_pb2.LIFECYCLE_STATE_FAILED:
+        text = "container failed" + (f": {entry.error}" if entry.error else "")
+    else:
+        text = "container ended"
     if entry.exit_code is not None:
         text += f" (exit status {entry.exit_code})"
-    elif entry.state == container_pb2.LIFECYCLE_STATE_FAILED and entry.error:
-        text += f": {entry.error}"
     return text
 
 
@@ -187,7 +188,20 @@ class LogStreams:
                         log.container_id = part.entry.id
                     part.history.extend(response.entries)
             except grpc.aio.AioRpcError as exc:
-                raise RequestError(exc.code(), f"{part.entry.id}: {exc.details()}") from None
+                error = RequestError(exc.code(), f"{part.entry.id}: {exc.details()}")
+            else:
+                return
+        # Its server is gone: a container on its way out (the manager has not
+        # heard yet) is read from what was retained, if anything was.
+        if (
+            error.code == grpc.StatusCode.UNAVAILABLE
+            and self._store.has_run(part.entry.id)
+            and await self._m.wait_for(part.entry, _gone, _SETTLE_SECONDS)
+        ):
+            part.retained, part.history = True, []
+            await self._history(part, query, f)
+            return
+        raise error
 
     # -- following -------------------------------------------------------------------
     async def _follow(

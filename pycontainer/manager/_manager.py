@@ -165,7 +165,10 @@ class Manager:
         self.store.close()
 
     async def shutdown_containers(self, grace: float | None = None) -> None:
-        """Stop every container gracefully (make run's Ctrl-C)."""
+        """Stop every container gracefully (make run's Ctrl-C): the manager's
+        shutdown has begun (it is not ready any more)."""
+        if self._health is not None:
+            self._health.shutting_down()
         live = [e for e in self.registry if e.connected and not e.terminal]
         await asyncio.gather(
             *(
