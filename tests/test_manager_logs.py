@@ -109,6 +109,7 @@ def test_an_exited_programs_output_is_served_with_the_filters(
         "stderr": ["trouble on stderr"],
     }
     assert {e.container_id for e in entries} == {launched.identity.id}
+    assert manager.manager.logs.ended(launched.identity.id)  # the relay wrote it all
     [err] = [e for e in entries if e.logger == "stderr"]
     assert err.severity == logs_pb2.SEVERITY_WARN
     assert entries[0].severity == logs_pb2.SEVERITY_INFO
@@ -441,16 +442,29 @@ def test_launched_programs_never_write_to_the_managers_terminal(
     assert "SHOUT" not in text, text
 
 
+MANY = """
+import os, sys, time
+count = sys.argv[1]
+first = not os.path.exists(count)
+open(count, "w").close()
+for i in range(15):
+    print(f"n{i}", flush=True)
+if first:
+    sys.exit(1)  # restarted once; the second run stays
+time.sleep(60)
+"""
+
+
 def test_cli_logs_previous_and_the_selector_default_tail(
     manager: ManagerHost, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    many = "import sys\nfor i in range(15):\n    print(f'n{i}')\nsys.exit(1)\n"
+    many = MANY
     spec = spec_pb2.ContainerSpec()
     spec.restart_backoff.FromMilliseconds(50)
     _run(
         manager,
         "many",
-        _program(tmp_path, "many", many),
+        [*_program(tmp_path, "many", many), str(tmp_path / "many-count")],
         labels={"tier": "many"},
         restart_policy=spec_pb2.RESTART_POLICY_ON_FAILURE,
         restart_backoff=spec.restart_backoff,

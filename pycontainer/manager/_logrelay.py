@@ -2,8 +2,9 @@
 
 The manager starts one relay per launch, beside the program (not its parent):
 the program's stdout and stderr are pipes whose read ends only the relay
-holds (their fd numbers are its arguments). The relay stamps each line with the time it arrived and
-appends it to ``current.log`` as one JSON object per line::
+holds (their fd numbers are its arguments). The relay stamps each line with
+the time it arrived and appends it to ``current.log`` as one JSON object per
+line::
 
     {"seq": 1, "time_ns": 1764576000000000000, "stream": "stdout", "text": "hello"}
 
@@ -11,7 +12,8 @@ A file that reaches MAX_FILE_BYTES is rotated to ``current.log.1`` (the one
 rotated before it is dropped), so a run keeps at most two files. The relay,
 like the program, outlives the manager (a program writing to a pipe nobody
 reads would get EPIPE); it ends when both pipes are closed, that is when the
-program and whatever it left running have exited.
+program and whatever it left running have exited, and then makes
+``current.ended`` so that a reader knows it has the run's last words.
 
 The manager runs this file with ``python -I -S`` (argv: the log directory,
 the stdout fd, the stderr fd), so it uses the standard library only and
@@ -31,6 +33,8 @@ import time
 
 CURRENT = "current.log"
 PREVIOUS = "previous.log"
+# Made by the relay when the current run's output is all written.
+ENDED = "current.ended"
 # A run's file is rotated once this big; a run keeps this and one rotated file.
 MAX_FILE_BYTES = 4 << 20
 # A line longer than this is cut into several entries.
@@ -72,6 +76,15 @@ class RunLog:
     def close(self) -> None:
         self._file.close()
 
+    def mark_ended(self) -> None:
+        """Say the run is all written (unless a new run has taken its place)."""
+        directory = os.path.dirname(self.path)
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self._file.fileno()).st_ino:
+                open(os.path.join(directory, ENDED), "w").close()
+        except (OSError, ValueError):
+            pass
+
 
 def relay(directory: str, streams: dict[int, str]) -> None:
     """Copy lines from each fd in ``streams`` (fd -> stream name) until all close."""
@@ -100,6 +113,7 @@ def relay(directory: str, streams: dict[int, str]) -> None:
                 for line in lines:
                     log.write(streams[fd], line)
                 pending[fd] = rest
+        log.mark_ended()
     finally:
         log.close()
 

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -24,7 +25,7 @@ from types import MappingProxyType
 from ..agent._logs import BufferedEntry
 from ..v1 import logs_pb2
 from . import _logrelay
-from ._logrelay import CURRENT, PREVIOUS, rotated
+from ._logrelay import CURRENT, ENDED, PREVIOUS, rotated
 
 _RELAY = Path(_logrelay.__file__)
 # The severity of a line a program printed, by stream (as the sidecar's defaults).
@@ -111,7 +112,7 @@ class LogStore:
         (the one before it is dropped). Returns the container's directory."""
         directory = self.directory(container_id)
         directory.mkdir(parents=True, exist_ok=True)
-        for name in (PREVIOUS, rotated(PREVIOUS)):
+        for name in (PREVIOUS, rotated(PREVIOUS), ENDED):
             with contextlib.suppress(FileNotFoundError):
                 (directory / name).unlink()
         for old, new in ((CURRENT, PREVIOUS), (rotated(CURRENT), rotated(PREVIOUS))):
@@ -160,6 +161,20 @@ class LogStore:
         directory = self.directory(container_id)
         name = PREVIOUS if previous else CURRENT
         return (directory / name).exists() or (directory / rotated(name)).exists()
+
+    def ended(self, container_id: str) -> bool:
+        """Whether the current run's relay has written everything (its
+        program and what it left running have closed their output)."""
+        return (self.directory(container_id) / ENDED).exists()
+
+    async def wait_ended(self, container_id: str, seconds: float) -> bool:
+        """Wait, at most ``seconds``, for ended()."""
+        deadline = time.monotonic() + seconds
+        while not self.ended(container_id):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     def read(self, container_id: str, previous: bool = False) -> tuple[list[BufferedEntry], Tail]:
         """A run's entries, oldest first, and a cursor at their end."""

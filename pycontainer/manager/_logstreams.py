@@ -174,6 +174,9 @@ class LogStreams:
     # -- history ---------------------------------------------------------------------
     async def _history(self, part: _Part, query: LogQuery, f: manager_pb2.StreamLogsFilter) -> None:
         if part.retained:
+            if not f.previous and _gone(part.entry):
+                # Its process has exited: give the relay its last lines.
+                await self._store.wait_ended(part.entry.id, _SETTLE_SECONDS)
             entries, part.tail = await asyncio.to_thread(
                 self._store.read, part.entry.id, f.previous
             )
@@ -268,7 +271,7 @@ class LogStreams:
             await self._m.wait_for(entry, _gone, POLL_SECONDS)
             if _gone(entry):
                 ended = True
-                await asyncio.sleep(POLL_SECONDS)
+                await self._store.wait_ended(entry.id, _SETTLE_SECONDS)
 
     async def _follow_management(
         self,
