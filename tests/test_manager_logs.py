@@ -229,12 +229,17 @@ def test_previous_without_a_restart_says_so(manager: ManagerHost, tmp_path: Path
 
 PING = """
 import os, sys, time
-me, lines = sys.argv[1], sys.argv[2:]
+logs, me, lines = sys.argv[1], sys.argv[2], sys.argv[3:]
+mine = os.path.join(logs, os.environ["PYCONTAINER_CONTAINER_ID"], "current.log")
 for line in lines:
     wait, say, then = line.split(":")
     while wait and not os.path.exists(wait):
         time.sleep(0.01)
     print(f"{me} {say}", flush=True)
+    # The relay stamps a line when it reads it: the next one is printed
+    # once this one is stamped (in the log store).
+    while f"{me} {say}" not in open(mine).read():
+        time.sleep(0.01)
     if then:
         open(then, "w").close()
 time.sleep(60)
@@ -243,7 +248,7 @@ time.sleep(60)
 
 def test_a_selector_merges_containers_by_time(manager: ManagerHost, tmp_path: Path) -> None:
     a, b, c = (str(tmp_path / n) for n in ("a", "b", "c"))
-    program = _program(tmp_path, "ping", PING)
+    program = [*_program(tmp_path, "ping", PING), str(tmp_path / "state" / "logs")]
     labels = {"app": "pingpong"}
     # ping 1, pong 1, ping 2, pong 2: each waits for the other's file.
     _run(manager, "ping", [*program, "ping", f":1:{a}", f"{b}:2:{c}"], labels=labels)
