@@ -7,6 +7,10 @@ left out of it (its stream handling has open bugs) and the Lifecycle session
 carries trace context inside each command instead. The project's own server
 interceptor (pycontainer.agent's, as containers use it) counts every call and
 turns a RequestError into its rich status (pycontainer._errors).
+
+It binds its port alone (_exclusive), serves grpc.health.v1 in the model
+containers serve (ManagerHealth: "", "liveness", "readiness"; Check, Watch and
+List), and StreamLogs from wherever a container's logs are (_logstreams).
 """
 
 from __future__ import annotations
