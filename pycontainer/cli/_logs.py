@@ -109,7 +109,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--selector",
         default="",
         metavar="SELECTOR",
-        help="every connected container matching this label selector (such as app=web)",
+        help="every container matching this label selector (such as app=web) that has "
+        f"logs; the last {SELECTOR_TAIL} entries of each unless --tail says",
     )
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new entries")
     parser.add_argument(
@@ -262,7 +263,7 @@ def display_labels(
             client.stub.ListContainers,
             manager_pb2.ListContainersRequest(label_selector=selector),
         ).containers
-        expected = [labels[c.identity.id] for c in chosen if c.connected]
+        expected = [labels[c.identity.id] for c in chosen]
     else:
         expected = [
             labels[c.identity.id]
