@@ -123,8 +123,8 @@ class LogStreams:
         if previous:
             if not retained:
                 raise failed_precondition(
-                    f"container {entry.id} has no previous run retained "
-                    f"(it has been restarted {entry.restarts} times by this manager)"
+                    f"container {entry.id} has no previous run retained: it has not been "
+                    "restarted since it was launched (or its logs were purged)"
                 )
             return _Part(entry, retained=True)
         if entry.connected and entry.management_address():
@@ -159,7 +159,12 @@ class LogStreams:
         if not parts:
             return
         started_ns = _now_ns()
-        await asyncio.gather(*(self._history(p, query, f) for p in parts))
+        outcomes = await asyncio.gather(
+            *(self._history(p, query, f) for p in parts), return_exceptions=True
+        )
+        for outcome in outcomes:  # every one awaited; the first failure fails the call
+            if isinstance(outcome, BaseException):
+                raise outcome
         merged = list(heapq.merge(*(p.history for p in parts), key=_time_key))
         for start in range(0, len(merged), _BATCH):
             yield manager_pb2.ManagerStreamLogsResponse(entries=merged[start : start + _BATCH])
