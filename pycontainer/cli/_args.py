@@ -11,8 +11,12 @@ import re
 from ..units import duration_arg, format_duration
 from ..v1 import container_pb2, logs_pb2
 
+#: The default `logs --tail` with a selector, as kubectl's.
+SELECTOR_TAIL = 10
+
 __all__ = [
     "LIVE_STATES",
+    "SELECTOR_TAIL",
     "SEVERITY_CHOICES",
     "STATE_NAMES",
     "bounded_duration",

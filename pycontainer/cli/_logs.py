@@ -16,6 +16,7 @@ from rich.text import Text
 from ..client import ManagerClient
 from ..units import timestamp_to_proto
 from ..v1 import logs_pb2, manager_pb2
+from ._args import SELECTOR_TAIL
 from ._context import Context
 from ._errors import CliError
 from ._output import console, message_dict
@@ -62,12 +63,18 @@ class LogPrinter:
     """Formats entries: ``name | 12:00:01.123 WARNING app.worker: message``."""
 
     def __init__(
-        self, console: Console, labels: dict[str, str], prefix: bool, output: str = "text"
+        self,
+        console: Console,
+        labels: dict[str, str],
+        prefix: bool,
+        output: str = "text",
+        timestamps: bool = False,
     ) -> None:
         self.console = console
         self.labels = labels
         self.prefix = prefix
         self.output = output
+        self.timestamps = timestamps
         self.width = 0
         self.colours: dict[str, str] = {}
 
@@ -99,7 +106,10 @@ class LogPrinter:
             head.append(label.ljust(self.width), style=self.colour(label))
             head.append(" | ")
         line = head.copy()
-        line.append(local_time(entry.time))
+        if self.timestamps:
+            line.append(entry.time.ToJsonString())  # RFC 3339, as kubectl --timestamps
+        else:
+            line.append(local_time(entry.time))
         line.append(" ")
         level = entry.severity_text or logs_pb2.Severity.Name(entry.severity).removeprefix(
             "SEVERITY_"
@@ -115,6 +125,18 @@ class LogPrinter:
             more = head.copy()
             more.append(text, style="red")
             self.console.print(more, soft_wrap=True, crop=False)
+
+    def ended(self, end: manager_pb2.LogStreamEnd) -> None:
+        """A container's part ended: ``[name] container stopped (exit status 0)``."""
+        label = self.labels.get(end.container_id, end.container_name or end.container_id)
+        if self.output == "json":
+            data = {"containerId": end.container_id, "containerName": label, "ended": end.message}
+            self.console.file.write(json.dumps(data, ensure_ascii=False) + "\n")
+            return
+        line = Text()
+        line.append(f"[{label}]", style=self.colour(label))
+        line.append(f" {end.message or 'its stream ended'}", style="dim")
+        self.console.print(line, soft_wrap=True, crop=False)
 
 
 def display_labels(
@@ -132,7 +154,7 @@ def display_labels(
         chosen = client.list_containers(
             manager_pb2.ListContainersRequest(label_selector=selector)
         ).containers
-        expected = [labels[c.identity.id] for c in chosen if c.connected]
+        expected = [labels[c.identity.id] for c in chosen]
     else:
         expected = [
             labels[c.identity.id]
@@ -156,6 +178,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         log_filter.min_severity = args.level
     if args.tail is not None:
         log_filter.tail = args.tail
+    elif args.selector and not args.containers:
+        log_filter.tail = SELECTOR_TAIL
     if args.since is not None:
         now = datetime.datetime.now(datetime.UTC)
         log_filter.since.CopyFrom(timestamp_to_proto(now - args.since))
@@ -166,7 +190,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     with ctx.manager(args) as client:
         labels, expected = display_labels(client, args.containers, args.selector)
         prefix = args.prefix or bool(args.selector) or len(args.containers) > 1
-        printer = LogPrinter(out, labels, prefix, args.output)
+        printer = LogPrinter(out, labels, prefix, args.output, args.timestamps)
         printer.expect(expected)
         try:
             for response in client.stream_logs(request):
@@ -177,8 +201,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                     ctx.err(f"note: {response.missed} entries missed (reading too slowly)")
                 for end in response.ended:
                     # One container's part of a followed stream ended; the others go on.
-                    why = end.message or "its stream ended"
-                    ctx.err(f"note: {printer.label(end.container_id)}: {why}")
+                    printer.ended(end)
+                out.file.flush()
         except KeyboardInterrupt:
             if not args.follow:
                 raise

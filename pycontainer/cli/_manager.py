@@ -7,9 +7,17 @@ import asyncio
 import contextlib
 import signal
 
-from ..manager import Manager, ManagerSettings, Resources, parse_cpu, parse_memory
+from ..manager import (
+    Manager,
+    ManagerSettings,
+    Resources,
+    StartRefused,
+    parse_cpu,
+    parse_memory,
+)
 from ..telemetry import configure_tracing
 from ._context import Context
+from ._errors import CliError
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -31,6 +39,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     provider = configure_tracing("pycontainer-manager")
     try:
         asyncio.run(_serve(settings, args.stop_containers, ctx))
+    except StartRefused as exc:  # another manager has the address or the state
+        raise CliError(str(exc)) from None
     finally:
         if provider is not None:
             provider.shutdown()

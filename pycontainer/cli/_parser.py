@@ -391,7 +391,9 @@ def _logs(subparsers: Subparsers) -> None:
         "Print containers' logs through the manager. Several containers are "
         "interleaved as their entries arrive, each line prefixed by the container's name "
         "in a colour of its own. Colour is off when stdout is not a terminal, with "
-        "--no-color, or with $NO_COLOR. Filters apply at the source.",
+        "--no-color, or with $NO_COLOR. Filters apply at the source. A container that "
+        "has exited still has the output the manager retained of it; a followed "
+        "container that stops ends with a line saying so.",
     )
     parser.add_argument("containers", nargs="*", metavar="ID", help="container ids or names")
     parser.add_argument(
@@ -399,7 +401,8 @@ def _logs(subparsers: Subparsers) -> None:
         "--selector",
         default="",
         metavar="SELECTOR",
-        help="every connected container matching this label selector (such as app=web)",
+        help="every container matching this label selector (such as app=web) that has "
+        f"logs; the last {_args.SELECTOR_TAIL} entries of each unless --tail says",
     )
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new entries")
     parser.add_argument(
@@ -426,7 +429,16 @@ def _logs(subparsers: Subparsers) -> None:
     parser.add_argument("--contains", default="", metavar="TEXT", help="only messages with TEXT")
     parser.add_argument("--logger", default="", help="only this logger and its children")
     parser.add_argument(
-        "--tail", type=_args.count, metavar="N", help="only the newest N entries of each container"
+        "--tail",
+        type=_args.count,
+        metavar="N",
+        help="only the newest N entries of each container "
+        f"(default: all, or {_args.SELECTOR_TAIL} with -l)",
+    )
+    parser.add_argument(
+        "--timestamps",
+        action="store_true",
+        help="prefix each line with its time in RFC 3339 (UTC, to the nanosecond)",
     )
     parser.add_argument(
         "--prefix",

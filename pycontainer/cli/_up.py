@@ -19,12 +19,13 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from ..manager import Manager, ManagerSettings
+from ..manager import Manager, ManagerSettings, StartRefused
 from ..spec import SpecError, load_specs
 from ..telemetry import configure_tracing
 from ..units import format_duration
 from ..v1 import manager_pb2, spec_pb2
 from ._context import Context
+from ._errors import CliError
 from ._render import container_table, event_message, event_subject, local_time
 
 _EVENTS_SHOWN = 8
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     provider = configure_tracing("pycontainer-up")
     try:
         return asyncio.run(_up(args, specs))
+    except StartRefused as exc:  # another manager has the address or the state
+        raise CliError(str(exc)) from None
     finally:
         if provider is not None:
             provider.shutdown()

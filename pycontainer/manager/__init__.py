@@ -2,6 +2,8 @@
 operator API, admission with priorities and eviction, checkpoints."""
 
 from ..units import parse_cpu, parse_memory
+from ._exclusive import StartRefused
+from ._logstore import LogStore
 from ._manager import Manager, ManagerSettings
 from ._runtime import InProcessRuntime, Launch, ProcessRuntime, Runtime
 from ._scheduler import Resources
@@ -11,6 +13,7 @@ from .runc import RuncRuntime
 __all__ = [
     "InProcessRuntime",
     "Launch",
+    "LogStore",
     "Manager",
     "ManagerSettings",
     "ProcessRuntime",
@@ -18,6 +21,7 @@ __all__ = [
     "RuncRuntime",
     "Runtime",
     "SQLiteStore",
+    "StartRefused",
     "StateStore",
     "parse_cpu",
     "parse_memory",

@@ -13,7 +13,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import Message
@@ -27,6 +27,8 @@ from ._admission import Admission
 from ._apply import Reconciler
 from ._checkpoints import Checkpoints
 from ._events import EventBus
+from ._exclusive import StartRefused, StateLock, bind
+from ._logstore import LogStore
 from ._registry import Entry, Registry
 from ._runtime import ProcessRuntime, Runtime
 from ._scheduler import machine_capacity
@@ -36,6 +38,9 @@ from ._stopping import Stopped, Stopper
 from ._store import SQLiteStore, StateStore
 from ._supervision import Supervisor
 from .runc import RuncRuntime
+
+if TYPE_CHECKING:
+    from ._server import ManagerHealth
 
 _log = logging.getLogger("pycontainer.manager")
 
@@ -67,11 +72,15 @@ class Manager:
         self.store = store
         self.capacity = self.settings.capacity or machine_capacity()
         self.events = EventBus(history=EVENT_HISTORY)
-        processes = ProcessRuntime()
+        # What launched programs print (kept in the state directory).
+        self.logs = LogStore(Path(self.settings.state_dir) / "logs")
+        processes = ProcessRuntime(self.logs)
         self.runtimes: dict[int, Runtime] = {
             spec_pb2.RUNTIME_KIND_UNSPECIFIED: processes,
             spec_pb2.RUNTIME_KIND_PROCESS: processes,
-            spec_pb2.RUNTIME_KIND_RUNC: RuncRuntime(Path(self.settings.state_dir) / "runc"),
+            spec_pb2.RUNTIME_KIND_RUNC: RuncRuntime(
+                Path(self.settings.state_dir) / "runc", logs=self.logs
+            ),
         }
         self.runtimes.update(runtimes or {})
         self.tracer = trace.get_tracer("pycontainer.manager", tracer_provider=tracer_provider)
@@ -80,8 +89,11 @@ class Manager:
         self.rpc_stats = RpcStats()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._server: grpc.aio.Server | None = None
+        self._health: ManagerHealth | None = None
+        self._state_lock: StateLock | None = None
         self.port = 0
-        self._purgers: list[Purger] = []
+        # What else a purged record leaves behind: its retained logs.
+        self._purgers: list[Purger] = [self.logs.purge]
 
         self.registry = Registry(store, self.events, max_ended=self.settings.max_ended_containers)
         self.sessions = Sessions(
@@ -142,14 +154,20 @@ class Manager:
         return f"{host}:{self.port}"
 
     async def start(self) -> int:
-        """Serve the Lifecycle and Manager APIs; returns the port."""
+        """Serve the Lifecycle and Manager APIs; returns the port. StartRefused
+        when another manager has the state directory or the address."""
         from ._server import build_server
 
-        self._server = build_server(self)
-        self.port = self._server.add_insecure_port(self.settings.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.listen!r}")
+        self._state_lock = StateLock(self.settings.state_dir)
+        try:
+            server, health = build_server(self)
+            self.port = bind(server, self.settings.listen)
+        except BaseException:
+            self._state_lock.release()
+            raise
+        self._server, self._health = server, health
         await self._server.start()
+        health.serving()
         self._spawn(self.sessions.watchdog())
         self._spawn(self.reconciler.resume())
         # Long-lived objects made so far never become garbage: keep the cyclic
@@ -160,18 +178,25 @@ class Manager:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop serving; containers keep running and will reconnect later."""
+        if self._health is not None:
+            self._health.shutting_down()
         for task in list(self._tasks):
             task.cancel()
         self.sessions.close_all()
         if self._server is not None:
             await self._server.stop(grace)
+        if self._state_lock is not None:
+            self._state_lock.release()
         # Containers outlive the manager (they reconnect to the next one);
         # shutdown_containers() and close_runtimes() end them on purpose.
         self.store.close()
 
     async def shutdown_containers(self, grace: datetime.timedelta | float | None = None) -> None:
         """Stop every container gracefully (make run's Ctrl-C), connected or
-        launched by this manager."""
+        launched by this manager: the manager's shutdown has begun (it is not
+        ready any more)."""
+        if self._health is not None:
+            self._health.shutting_down()
         if isinstance(grace, int | float):
             grace = datetime.timedelta(seconds=grace)
         live = [
@@ -345,4 +370,4 @@ def _log_failure(task: asyncio.Future[Any]) -> None:
         _log.error("background task failed: %s: %s", type(exc).__name__, exc)
 
 
-__all__ = ["Manager", "ManagerSettings", "format_cpu", "format_memory"]
+__all__ = ["Manager", "ManagerSettings", "StartRefused", "format_cpu", "format_memory"]

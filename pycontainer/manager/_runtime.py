@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from ..spec import SPEC_ENV, encode_spec
 from ..v1 import spec_pb2
+from ._logstore import LogStore
 
 # Called by a runtime when a launched container's process ends: (id, exit code).
 ExitListener = Callable[[str, int], Awaitable[None]]
@@ -150,12 +151,17 @@ class InProcessRuntime:
 
 class ProcessRuntime(ExitListeners):
     """Local processes: the spec's command, with PYCONTAINER_* variables that
-    tell an embedded pycontainer which manager to dial and which id it has."""
+    tell an embedded pycontainer which manager to dial and which id it has.
+
+    A program's stdout and stderr go to ``logs`` (a relay per run writes
+    them into the log store), or nowhere without one: never to the
+    manager's own terminal."""
 
     own_pid_namespace = False
 
-    def __init__(self) -> None:
+    def __init__(self, logs: LogStore | None = None) -> None:
         super().__init__()
+        self._logs = logs
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -178,13 +184,24 @@ class ProcessRuntime(ExitListeners):
             # Management API for it and maps the lifecycle onto signals.
             command, sidecar_env = sidecar_launch(spec)
             env.update(sidecar_env)
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            cwd=spec.working_dir or None,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            start_new_session=True,  # signals to the group reach its children
-        )
+        if self._logs is not None:
+            out, err = await self._logs.open_run(launch.container_id)
+        else:
+            out = err = os.open(os.devnull, os.O_WRONLY)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                cwd=spec.working_dir or None,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # signals to the group reach its children
+            )
+        finally:
+            # The program has its copies; the relay sees EOF when they close.
+            for fd in {out, err}:
+                os.close(fd)
         self._processes[launch.container_id] = process
         watcher = asyncio.ensure_future(self._watch(launch.container_id, process))
         self._watchers.add(watcher)

@@ -7,6 +7,10 @@ left out of it (its stream handling has open bugs) and the Lifecycle session
 carries trace context inside each command instead. The project's own server
 interceptor (pycontainer.agent's, as containers use it) counts every call and
 turns a RequestError into its rich status (pycontainer._errors).
+
+It binds its port alone (_exclusive), serves grpc.health.v1 in the model
+containers serve (ManagerHealth: "", "liveness", "readiness"; Check, Watch and
+List), and StreamLogs from wherever a container's logs are (_logstreams).
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from grpc_health.v1 import health, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from .. import _reflection
 from .._errors import RequestError, abort, invalid_argument
+from ..agent._health import LIVENESS, OVERALL, READINESS, AioHealthServicer, health_handlers
 from ..agent._observe import AioServerInterceptor, Observer
+from ..agent._serve import EXCLUSIVE_PORT
 from ..spec import MAX_GRACE_PERIOD
 from ..units import duration_field, format_duration
 from ..v1 import (
@@ -36,6 +42,7 @@ from ..v1 import (
     manager_pb2,
     manager_pb2_grpc,
 )
+from ._logstreams import LogStreams
 from ._registry import Entry
 
 if TYPE_CHECKING:
@@ -48,6 +55,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 SERVER_OPTIONS = (
+    # One server per port (grpc-core shares a port by default; _exclusive).
+    EXCLUSIVE_PORT,
     # A burst of new streams (every container reconnecting to a restarted
     # manager) must queue, not fail with "Internal error from Core".
     ("grpc.server.max_pending_requests", 20_000),
@@ -102,6 +111,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
 
     def __init__(self, manager: Manager) -> None:
         self._m = manager
+        self._logs = LogStreams(manager, manager.logs)
 
     async def ListContainers(
         self, request: manager_pb2.ListContainersRequest, context: Context
@@ -185,33 +195,8 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def StreamLogs(
         self, request: manager_pb2.ManagerStreamLogsRequest, context: Context
     ) -> AsyncIterator[manager_pb2.ManagerStreamLogsResponse]:
-        f = request.filter
-        upstream = management_pb2.StreamLogsRequest(
-            follow=f.follow,
-            since=f.since,
-            min_severity=f.min_severity,
-            contains=f.contains,
-            pattern=f.pattern,
-            logger=f.logger,
-        )
-        if f.HasField("tail"):
-            upstream.tail = f.tail
-
-        def convert(
-            entry: Entry, response: management_pb2.StreamLogsResponse
-        ) -> manager_pb2.ManagerStreamLogsResponse:
-            for log in response.entries:
-                log.container_id = entry.id
-            return manager_pb2.ManagerStreamLogsResponse(
-                entries=response.entries, missed=response.missed
-            )
-
-        async for item in _merge(
-            self._targets(request.containers, request.label_selector),
-            lambda stub: stub.StreamLogs(upstream),
-            convert,
-        ):
-            yield item
+        async for response in self._logs.stream(request):
+            yield response
 
     async def WatchMetrics(
         self, request: manager_pb2.ManagerWatchMetricsRequest, context: Context
@@ -285,18 +270,19 @@ async def _merge(
     """Interleave one Management stream per container, as they arrive."""
     if not entries:
         return
+    for entry in entries:  # before any stream opens: fail at once, not hang
+        if not entry.management_address():
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"container {entry.id} advertises no Management endpoint: add one to the "
+                "app (container.add_endpoint(..., kind='management'))",
+            )
     # Items, a pump's error, or None when a pump is done.
     queue: asyncio.Queue[R | RequestError | None] = asyncio.Queue(maxsize=64)
     channels: list[grpc.aio.Channel] = []
 
     async def pump(entry: Entry) -> None:
-        address = entry.management_address()
-        if not address:
-            raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"container {entry.id} advertises no Management endpoint",
-            )
-        channel = grpc.aio.insecure_channel(address)
+        channel = grpc.aio.insecure_channel(entry.management_address())
         channels.append(channel)
         try:
             stub: management_pb2_grpc.ManagementAsyncStub = management_pb2_grpc.ManagementStub(
@@ -328,8 +314,52 @@ async def _merge(
                 await channel.close(None)
 
 
-def build_server(manager: Manager) -> grpc.aio.Server:
-    """The server with every manager service on it."""
+class ManagerHealth:
+    """The manager's own grpc.health.v1 statuses, in the model containers
+    serve: "" (overall) and "readiness" SERVING while it serves and
+    NOT_SERVING from the start of its shutdown; "liveness" SERVING for as
+    long as it answers; its services' names as overall."""
+
+    SERVICES = ("pycontainer.v1.Manager", "pycontainer.v1.Lifecycle")
+
+    def __init__(self) -> None:
+        self.servicer = AioHealthServicer(asyncio.get_running_loop())
+        self._set(live=False, ready=False)
+
+    def _set(self, *, live: bool, ready: bool) -> None:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        statuses = {OVERALL: ready, LIVENESS: live, READINESS: ready}
+        statuses.update(dict.fromkeys(self.SERVICES, ready))
+        for service, ok in statuses.items():
+            self.servicer.set_nowait(service, serving if ok else not_serving)
+
+    def serving(self) -> None:
+        """The manager serves: everything SERVING."""
+        self._set(live=True, ready=True)
+
+    def shutting_down(self) -> None:
+        """The manager is stopping: not ready any more, still alive."""
+        self._set(live=True, ready=False)
+
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """Check, Watch and List."""
+        list_request, list_response = _reflection.health_list_messages()
+
+        def health_list() -> Any:
+            response = list_response()
+            for service, status in self.servicer.list_statuses().items():
+                response.statuses[service].status = status
+            return response
+
+        return health_handlers(
+            self.servicer, health_list, list_response.SerializeToString, list_request.FromString
+        )
+
+
+def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
+    """The server with every manager service on it, and its health (NOT_SERVING
+    until told otherwise)."""
     traced = filters.negate(
         filters.any_of(
             filters.service_name("pycontainer.v1.Lifecycle"),
@@ -352,8 +382,10 @@ def build_server(manager: Manager) -> grpc.aio.Server:
     )
     lifecycle_pb2_grpc.add_LifecycleServicer_to_server(LifecycleServicer(manager), server)
     manager_pb2_grpc.add_ManagerServicer_to_server(ManagerServicer(manager), server)
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    manager_health = ManagerHealth()
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(_reflection.HEALTH, manager_health.handlers()),)
+    )
     names = [
         "pycontainer.v1.Lifecycle",
         "pycontainer.v1.Manager",
@@ -363,4 +395,4 @@ def build_server(manager: Manager) -> grpc.aio.Server:
     ]
     for service, group in _reflection.reflection_handlers(lambda: names, aio=True).items():
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, group),))
-    return server
+    return server, manager_health

@@ -2,7 +2,8 @@
 
 Each launch gets a run directory under the runtime's state directory, holding
 the bundle (config.json, and an empty root for host mode), the container's
-stdout.log and stderr.log, and its exit_status. The container has its own
+stdout.log and stderr.log (unless a log store keeps what it prints), and its
+exit_status. The container has its own
 pid, mount, UTS and IPC namespaces; it shares the host's network namespace,
 so that it dials the manager on loopback ($PYCONTAINER_MANAGER).
 
@@ -48,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._logstore import LogStore
 from .._runtime import ExitListener, ExitListeners, Launch
 from ._config import (
     build_config,
@@ -107,11 +109,15 @@ class RuncRuntime(ExitListeners):
         cgroup_limits: bool | None = None,
         host_paths: Sequence[str] = (),
         start_timeout: float = 30.0,
+        logs: LogStore | None = None,
     ) -> None:
         """``state_dir`` holds run directories and runc's state (--root);
         ``cgroup_limits`` None detects whether limits can be set;
-        ``host_paths`` are more host directories for host-mode containers."""
+        ``host_paths`` are more host directories for host-mode containers;
+        ``logs`` keeps what containers print (else their run directory's
+        stdout.log and stderr.log)."""
         super().__init__()
+        self._logs = logs
         if on_exit is not None:
             self.add_exit_listener(on_exit)
         self.state_dir = Path(state_dir).resolve()
@@ -292,26 +298,35 @@ class RuncRuntime(ExitListeners):
         """A new run directory and bundle, and the shim that runs it."""
         runc_id = runc_id_for(launch.container_id)
         run_dir, bundle, limited = await asyncio.to_thread(self._prepare, launch, runc_id)
-        shim = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-I",
-            "-S",
-            str(_SHIM),
-            runc,
-            str(self.root),
-            runc_id,
-            str(bundle),
-            str(run_dir),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,  # the shim writes shim.log
-            start_new_session=True,  # the manager's signals are not the container's
-        )
+        stdio: tuple[int, ...] = ()
+        if self._logs is not None:
+            stdio = await self._logs.open_run(launch.container_id)
+        try:
+            shim = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-I",
+                "-S",
+                str(_SHIM),
+                runc,
+                str(self.root),
+                runc_id,
+                str(bundle),
+                str(run_dir),
+                *map(str, stdio),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,  # the shim writes shim.log
+                start_new_session=True,  # the manager's signals are not the container's
+                pass_fds=stdio,
+            )
+        finally:
+            for fd in stdio:  # the shim has them (and hands them to the container)
+                os.close(fd)
         run = RuncContainer(launch.container_id, runc_id, run_dir, bundle, shim)
         first = await self._first_line(run)
         if not first.startswith("pid "):
             await self._reap_failed(run)
-            why = self._why(run, first)
+            why = self._why(run, first, self._logged(launch.container_id))
             if limited and "cgroup" in why:
                 raise _LimitsRefused(why)
             raise OSError(f"runc could not start {launch.container_id}: {why}")
@@ -370,10 +385,17 @@ class RuncRuntime(ExitListeners):
             await asyncio.wait_for(run.shim.wait(), 5)
         await self.run_command("delete", "--force", run.runc_id, check=False)
 
+    def _logged(self, container_id: str) -> str:
+        """What the current run printed (runc's errors), as the log store has it."""
+        if self._logs is None:
+            return ""
+        entries = self._logs.read(container_id)[0]
+        return "\n".join(e.message for e in entries)
+
     @staticmethod
-    def _why(run: RuncContainer, first: str) -> str:
+    def _why(run: RuncContainer, first: str, logged: str = "") -> str:
         """The shim's complaint with the tail of runc's error output."""
-        details = []
+        details = [logged[-1500:]] if logged.strip() else []
         for path in (run.stderr_path, run.run_dir / "shim.log"):
             with contextlib.suppress(OSError):
                 text = path.read_text(errors="replace").strip()

@@ -7,8 +7,9 @@ writing CODE to ``exit_status`` and running ``runc delete``. It, like the
 container, outlives the manager.
 
 The runtime runs this file with ``python -I -S`` (argv: runc, root, runc id,
-bundle, run dir), so it uses the standard library only and imports nothing of
-pycontainer.
+bundle, run dir, and optionally the fds that the container's stdout and
+stderr go to; else stdout.log and stderr.log in the run dir), so it uses the
+standard library only and imports nothing of pycontainer.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 from types import FrameType
 
 _PR_SET_CHILD_SUBREAPER = 36
+_APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 
 
 def _say(line: str) -> None:
@@ -67,10 +69,14 @@ def main(argv: list[str]) -> int:
         _say(f"error cannot become a child subreaper (errno {ctypes.get_errno()})")
         return 1
     pid_file = os.path.join(run_dir, "init.pid")
-    with (
-        open(os.path.join(run_dir, "stdout.log"), "ab") as out,
-        open(os.path.join(run_dir, "stderr.log"), "ab") as err,
-    ):
+    if len(argv) >= 7:
+        # The write ends of the manager's log relay pipes (see _logrelay).
+        out, err = int(argv[5]), int(argv[6])
+    else:
+        out = os.open(os.path.join(run_dir, "stdout.log"), _APPEND, 0o644)
+        err = os.open(os.path.join(run_dir, "stderr.log"), _APPEND, 0o644)
+    try:
+        # runc and then the container (detached, no terminal) write to these.
         rc = subprocess.call(
             [
                 *(runc, "--root", root, "run", "--detach"),
@@ -80,6 +86,10 @@ def main(argv: list[str]) -> int:
             stdout=out,
             stderr=err,
         )
+    finally:
+        # The container has its copies: a relay sees the end when they close.
+        os.close(out)
+        os.close(err)
     if rc != 0:
         _say(f"error runc run exited with status {rc}")
         return 1

@@ -1,0 +1,378 @@
+"""Manager.StreamLogs: the logs of one or several containers, from wherever
+they are.
+
+Each container's part comes from one source: its Management API while it is
+connected and advertises one (what the app logged, as it logged it), else
+what the manager retained of its stdout and stderr (_logstore: also after
+its process has exited, and ``previous`` for the run before its last
+restart). Which source, and whether there is one, is settled for every
+container before anything is sent, so a container without one fails the
+call at once (FAILED_PRECONDITION) instead of leaving it hanging.
+
+The history (``tail`` per container) of every container is merged by time
+and sent first; when following, new entries are sent as they come, and a
+container that stops ends its part with a LogStreamEnd in the response
+("container stopped (exit status 0)") while the others go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import grpc
+
+from .._errors import RequestError, failed_precondition
+from ..agent._logs import BufferedEntry, LogQuery, entry_to_proto
+from ..v1 import container_pb2, logs_pb2, management_pb2, management_pb2_grpc, manager_pb2
+from ._logstore import LogStore, Tail
+from ._registry import Entry
+
+if TYPE_CHECKING:
+    from ._manager import Manager
+
+# How often a followed retained log is read for what was appended.
+POLL_SECONDS = 0.2
+# How long a stream that ended is given to be explained by its container's
+# state (the Management server goes before the manager hears of the stop).
+_SETTLE_SECONDS = 3.0
+# A followed stream's wait for its container's end has no deadline.
+_FOREVER = 10 * 365 * 86400.0
+# Entries per response.
+_BATCH = 500
+
+_NS = 1_000_000_000
+
+
+def upstream_request(f: manager_pb2.StreamLogsFilter) -> management_pb2.StreamLogsRequest:
+    """The filter as Management.StreamLogs takes it."""
+    request = management_pb2.StreamLogsRequest(
+        follow=f.follow,
+        min_severity=f.min_severity,
+        contains=f.contains,
+        pattern=f.pattern,
+        logger=f.logger,
+    )
+    if f.HasField("since"):
+        request.since.CopyFrom(f.since)
+    if f.HasField("tail"):
+        request.tail = f.tail
+    return request
+
+
+def end_message(entry: Entry) -> str:
+    """Why a container's part ended, such as "container stopped (exit status 0)"."""
+    if entry.state == container_pb2.LIFECYCLE_STATE_STOPPED:
+        text = "container stopped"
+    elif entry.exit_code is not None:
+        text = "container exited"
+    elif entry.state == container_pb2.LIFECYCLE_STATE_FAILED:
+        text = "container failed" + (f": {entry.error}" if entry.error else "")
+    else:
+        text = "container ended"
+    if entry.exit_code is not None:
+        text += f" (exit status {entry.exit_code})"
+    return text
+
+
+def _gone(entry: Entry) -> bool:
+    """Whether a container has ended (so its followed part ends too)."""
+    return entry.terminal or entry.exit_code is not None
+
+
+def _sequence_ok(after: int) -> Callable[[logs_pb2.LogEntry], bool]:
+    return lambda e: e.sequence > after
+
+
+@dataclass
+class _Part:
+    """One container's part of the stream."""
+
+    entry: Entry
+    retained: bool
+    history: list[logs_pb2.LogEntry] = field(default_factory=list)
+    tail: Tail | None = None
+
+    def end(self) -> manager_pb2.ManagerStreamLogsResponse:
+        return manager_pb2.ManagerStreamLogsResponse(
+            ended=[
+                manager_pb2.LogStreamEnd(
+                    container_id=self.entry.id,
+                    container_name=self.entry.name,
+                    message=end_message(self.entry),
+                )
+            ]
+        )
+
+
+class LogStreams:
+    """Serves Manager.StreamLogs for a manager."""
+
+    def __init__(self, manager: Manager, store: LogStore) -> None:
+        self._m = manager
+        self._store = store
+
+    def _source(self, entry: Entry, previous: bool) -> _Part:
+        """Where a container's part comes from; FAILED_PRECONDITION when nowhere."""
+        retained = self._store.has_run(entry.id, previous)
+        if previous:
+            if not retained:
+                raise failed_precondition(
+                    f"container {entry.id} has no previous run retained: it has not been "
+                    "restarted since it was launched (or its logs were purged)"
+                )
+            return _Part(entry, retained=True)
+        if entry.connected and entry.management_address():
+            return _Part(entry, retained=False)
+        if retained:
+            return _Part(entry, retained=True)
+        if entry.connected:
+            raise failed_precondition(
+                f"container {entry.id} advertises no Management endpoint and the manager "
+                "retained no output of it: add a management endpoint to the app "
+                "(container.add_endpoint(..., kind='management')) to read its logs"
+            )
+        raise failed_precondition(
+            f"container {entry.id} is not connected and the manager retained no logs of "
+            "it (only what the manager launched is retained)"
+        )
+
+    async def stream(
+        self, request: manager_pb2.ManagerStreamLogsRequest
+    ) -> AsyncIterator[manager_pb2.ManagerStreamLogsResponse]:
+        f = request.filter
+        query = LogQuery.from_request(upstream_request(f))  # INVALID_ARGUMENT first
+        if request.containers:
+            parts = [self._source(self._m.resolve(n), f.previous) for n in request.containers]
+        else:
+            # A selector: every container the manager lists (ended ones too,
+            # as kubectl's completed pods) that has logs to read.
+            parts = []
+            for e in self._m.select(request.label_selector, []):
+                with contextlib.suppress(RequestError):
+                    parts.append(self._source(e, f.previous))
+        if not parts:
+            return
+        started_ns = _now_ns()
+        outcomes = await asyncio.gather(
+            *(self._history(p, query, f) for p in parts), return_exceptions=True
+        )
+        for outcome in outcomes:  # every one awaited; the first failure fails the call
+            if isinstance(outcome, BaseException):
+                raise outcome
+        merged = list(heapq.merge(*(p.history for p in parts), key=_time_key))
+        for start in range(0, len(merged), _BATCH):
+            yield manager_pb2.ManagerStreamLogsResponse(entries=merged[start : start + _BATCH])
+        if not f.follow:
+            return
+        if f.previous:
+            # A previous run is over: nothing follows it.
+            return
+        async for response in self._follow(parts, query, f, started_ns):
+            yield response
+
+    # -- history ---------------------------------------------------------------------
+    async def _history(self, part: _Part, query: LogQuery, f: manager_pb2.StreamLogsFilter) -> None:
+        if part.retained:
+            if not f.previous and _gone(part.entry):
+                # Its process has exited: give the relay its last lines.
+                await self._store.wait_ended(part.entry.id, _SETTLE_SECONDS)
+            entries, part.tail = await asyncio.to_thread(
+                self._store.read, part.entry.id, f.previous
+            )
+            part.history = _select(entries, query, part.entry.id)
+            return
+        upstream = upstream_request(f)
+        upstream.follow = False
+        async with _management(part.entry) as stub:
+            try:
+                async for response in stub.StreamLogs(upstream):
+                    for log in response.entries:
+                        log.container_id = part.entry.id
+                    part.history.extend(response.entries)
+            except grpc.aio.AioRpcError as exc:
+                error = RequestError(exc.code(), f"{part.entry.id}: {exc.details()}")
+            else:
+                return
+        # Its server is gone: a container on its way out (the manager has not
+        # heard yet) is read from what was retained, if anything was.
+        if (
+            error.code == grpc.StatusCode.UNAVAILABLE
+            and self._store.has_run(part.entry.id)
+            and await self._m.wait_for(part.entry, _gone, _SETTLE_SECONDS)
+        ):
+            part.retained, part.history = True, []
+            await self._history(part, query, f)
+            return
+        raise error
+
+    # -- following -------------------------------------------------------------------
+    async def _follow(
+        self,
+        parts: list[_Part],
+        query: LogQuery,
+        f: manager_pb2.StreamLogsFilter,
+        started_ns: int,
+    ) -> AsyncIterator[manager_pb2.ManagerStreamLogsResponse]:
+        queue: asyncio.Queue[manager_pb2.ManagerStreamLogsResponse | RequestError | None] = (
+            asyncio.Queue(maxsize=64)
+        )
+
+        async def pump(part: _Part) -> None:
+            try:
+                if part.retained:
+                    await self._follow_retained(part, query, queue)
+                else:
+                    await self._follow_management(part, f, started_ns, queue)
+            except RequestError as exc:
+                await queue.put(exc)
+            finally:
+                await queue.put(None)
+
+        tasks = [asyncio.ensure_future(pump(p)) for p in parts]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, RequestError):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _follow_retained(
+        self,
+        part: _Part,
+        query: LogQuery,
+        queue: asyncio.Queue[manager_pb2.ManagerStreamLogsResponse | RequestError | None],
+    ) -> None:
+        assert part.tail is not None
+        entry = part.entry
+        ended = _gone(entry)
+        while True:
+            entries = await asyncio.to_thread(part.tail.read)
+            if entries:
+                chosen = _select(entries, query, entry.id, tail=False)
+                for start in range(0, len(chosen), _BATCH):
+                    await queue.put(
+                        manager_pb2.ManagerStreamLogsResponse(
+                            entries=chosen[start : start + _BATCH]
+                        )
+                    )
+            if ended:
+                # One more read after the end: the relay's last lines.
+                await queue.put(part.end())
+                return
+            await self._m.wait_for(entry, _gone, POLL_SECONDS)
+            if _gone(entry):
+                ended = True
+                await self._store.wait_ended(entry.id, _SETTLE_SECONDS)
+
+    async def _follow_management(
+        self,
+        part: _Part,
+        f: manager_pb2.StreamLogsFilter,
+        started_ns: int,
+        queue: asyncio.Queue[manager_pb2.ManagerStreamLogsResponse | RequestError | None],
+    ) -> None:
+        entry = part.entry
+        upstream = upstream_request(f)
+        upstream.ClearField("tail")
+        # From the last entry of the history on (or from when it was asked
+        # for), dropping what the history already had.
+        last = part.history[-1] if part.history else None
+        since_ns = _time_ns(last) if last is not None else started_ns
+        if f.HasField("since"):
+            since_ns = max(since_ns, f.since.seconds * _NS + f.since.nanos)
+        upstream.since.FromNanoseconds(since_ns)
+        fresh = _sequence_ok(last.sequence if last is not None else 0)
+
+        async def forward() -> None:
+            async with _management(entry) as stub:
+                async for response in stub.StreamLogs(upstream):
+                    new = [e for e in response.entries if fresh(e)]
+                    for log in new:
+                        log.container_id = entry.id
+                    if new or response.missed:
+                        await queue.put(
+                            manager_pb2.ManagerStreamLogsResponse(
+                                entries=new, missed=response.missed
+                            )
+                        )
+
+        streaming = asyncio.ensure_future(forward())
+        stopping = asyncio.ensure_future(self._m.wait_for(entry, _gone, _FOREVER))
+        try:
+            await asyncio.wait({streaming, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping.done():
+                # Its last words, while its server is still there.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(streaming), POLL_SECONDS * 2)
+            else:
+                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+                    streaming.result()
+                error = streaming.exception() if not streaming.cancelled() else None
+                if not await self._m.wait_for(entry, _gone, _SETTLE_SECONDS):
+                    if isinstance(error, grpc.aio.AioRpcError):
+                        raise RequestError(error.code(), f"{entry.id}: {error.details()}")
+                    raise RequestError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"{entry.id}: its Management stream ended while it is "
+                        f"{container_pb2.LifecycleState.Name(entry.state)}",
+                    )
+        finally:
+            for task in (streaming, stopping):
+                task.cancel()
+            await asyncio.gather(streaming, stopping, return_exceptions=True)
+        await queue.put(part.end())
+
+
+@contextlib.asynccontextmanager
+async def _management(entry: Entry) -> AsyncIterator[management_pb2_grpc.ManagementAsyncStub]:
+    channel = grpc.aio.insecure_channel(entry.management_address())
+    try:
+        stub: management_pb2_grpc.ManagementAsyncStub = management_pb2_grpc.ManagementStub(channel)
+        yield stub
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close(None)
+
+
+def _select(
+    entries: list[BufferedEntry], query: LogQuery, container_id: str, *, tail: bool = True
+) -> list[logs_pb2.LogEntry]:
+    """The entries that pass the query's filters (its tail too, unless not)."""
+    chosen = [e for e in entries if query.matches(e)] if query.has_filters else entries
+    if tail and query.tail is not None:
+        chosen = chosen[len(chosen) - query.tail :] if query.tail else []
+    out = []
+    for e in chosen:
+        proto = entry_to_proto(e)
+        proto.container_id = container_id
+        out.append(proto)
+    return out
+
+
+def _time_ns(entry: logs_pb2.LogEntry) -> int:
+    return entry.time.seconds * _NS + entry.time.nanos
+
+
+def _time_key(entry: logs_pb2.LogEntry) -> tuple[int, int]:
+    return (_time_ns(entry), entry.sequence)
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+__all__ = ["POLL_SECONDS", "LogStreams", "end_message", "upstream_request"]
