@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from support import IN_CI
+from support import IN_CI, free_address, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,3 +60,70 @@ def test_demo_spec_applied_headless_and_torn_down(tmp_path: Path) -> None:
     hooks = [s for s in spans if s["name"] == "pycontainer.hook on_stop"]
     assert len(hooks) >= 4  # sync-worker, both async-pipeline replicas, the sidecar
     assert all(h["context"]["trace_id"] == trace_id for h in hooks)
+
+
+def _pycontainer(*argv: str, address: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pycontainer.cli", "--manager", address, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_apply_after_up_finds_every_spec_unchanged(tmp_path: Path) -> None:
+    """The README's `apply -f examples/demo.yaml` after `make run`: up applied
+    the file as that owner, so nothing is created or replaced."""
+    address = free_address()
+    log = (tmp_path / "up.log").open("w")  # a pipe nobody reads would fill and block up
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pycontainer.cli",
+            "up",
+            "-f",
+            "examples/demo.yaml",
+            "--headless",
+            "--listen",
+            address,
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        specs = 4 if shutil.which("runc") else 3
+        replicas = specs + 1  # async-pipeline has two
+
+        def containers() -> list[dict[str, Any]]:
+            ps = _pycontainer("ps", "-o", "json", address=address)
+            if ps.returncode != 0:
+                return []
+            listed: list[dict[str, Any]] = json.loads(ps.stdout)["containers"]
+            return listed
+
+        def all_running() -> bool:
+            listed = containers()
+            running = [c for c in listed if c["state"] == "LIFECYCLE_STATE_RUNNING"]
+            return len(running) >= replicas
+
+        wait_until(all_running, 90, "the demo containers to run")
+        before = sorted(c["identity"]["id"] for c in containers())
+        applied = _pycontainer("apply", "-f", "examples/demo.yaml", address=address)
+        assert applied.returncode == 0, applied.stderr
+        lines = applied.stdout.splitlines()
+        assert len(lines) == specs, applied.stdout
+        assert all(": unchanged" in line for line in lines), applied.stdout
+        diff = _pycontainer("diff", "-f", "examples/demo.yaml", address=address)
+        assert diff.returncode == 0, diff.stdout + diff.stderr
+        assert sorted(c["identity"]["id"] for c in containers()) == before
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(60)
+        log.close()
+    assert up.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]

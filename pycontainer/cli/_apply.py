@@ -31,14 +31,14 @@ from ._output import print_data, spinner
 if TYPE_CHECKING:
     from ..client import ManagerClient
 
-__all__ = ["OWNER_LABEL", "derive_owner", "load", "run", "run_diff"]
+__all__ = ["ACTION_WORDS", "OWNER_LABEL", "derive_owner", "load", "owner_of", "run", "run_diff"]
 
 S = container_pb2
 E = manager_pb2
 # The label the manager puts on every container it applies (its
 # pycontainer.manager._apply.OWNER_LABEL; the CLI does not import the manager).
 OWNER_LABEL = "pycontainer.dev/owner"
-_WORDS = {
+ACTION_WORDS = {
     E.APPLY_ACTION_UNCHANGED: "unchanged",
     E.APPLY_ACTION_CREATED: "created",
     E.APPLY_ACTION_SCALED: "scaled",
@@ -93,12 +93,18 @@ def derive_owner(files: Iterable[str]) -> str:
     return f"{stem}-{digest}"
 
 
-def _request(args: argparse.Namespace, *, dry_run: bool) -> manager_pb2.ApplySpecsRequest:
-    specs = load(args.files)
+def owner_of(specs: list[spec_pb2.ContainerSpec], files: list[str], given: str = "") -> str:
+    """The owner an apply of ``specs`` (loaded from ``files``) uses: ``given``
+    (--owner), else the one the specs carry, else derive_owner(files)."""
     # A file that `ps -o yaml` printed names its owner already: applying it
     # again is the same owner's apply.
     carried = {spec.labels.get(OWNER_LABEL, "") for spec in specs}
-    owner = args.owner or (carried.pop() if len(carried) == 1 else "") or derive_owner(args.files)
+    return given or (carried.pop() if len(carried) == 1 else "") or derive_owner(files)
+
+
+def _request(args: argparse.Namespace, *, dry_run: bool) -> manager_pb2.ApplySpecsRequest:
+    specs = load(args.files)
+    owner = owner_of(specs, args.files, args.owner)
     for spec in specs:
         spec.labels[OWNER_LABEL] = owner
     return manager_pb2.ApplySpecsRequest(
@@ -109,7 +115,7 @@ def _request(args: argparse.Namespace, *, dry_run: bool) -> manager_pb2.ApplySpe
 def _change_dict(change: manager_pb2.ApplyChange) -> dict[str, object]:
     return {
         "name": change.name,
-        "action": _WORDS.get(change.action, "unspecified"),
+        "action": ACTION_WORDS.get(change.action, "unspecified"),
         "detail": change.detail.splitlines(),
     }
 
@@ -162,7 +168,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             for change in response.changes:
                 detail = "; ".join(change.detail.splitlines())
                 ctx.out(
-                    f"{change.name}: {_WORDS.get(change.action, '?')}"
+                    f"{change.name}: {ACTION_WORDS.get(change.action, '?')}"
                     + (f" ({detail})" if detail else "")
                 )
             ctx.stdout.flush()

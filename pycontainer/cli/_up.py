@@ -1,6 +1,10 @@
 """`pycontainer up`: a manager with embedded defaults, a spec applied, and a
 live view until Ctrl-C, which stops every container through its lifecycle.
-This is what `make run` runs."""
+This is what `make run` runs.
+
+The specs are applied (ApplySpecs) as `pycontainer apply -f FILE` applies
+them, with the same owner label, so that `apply -f FILE` afterwards finds
+every container unchanged instead of replacing them."""
 
 from __future__ import annotations
 
@@ -20,10 +24,10 @@ from rich.live import Live
 from rich.text import Text
 
 from ..manager import Manager, ManagerSettings, StartRefused
-from ..spec import SpecError, load_specs
 from ..telemetry import configure_tracing
 from ..units import format_duration
 from ..v1 import manager_pb2, spec_pb2
+from ._apply import ACTION_WORDS, OWNER_LABEL, load, owner_of
 from ._context import Context
 from ._errors import CliError
 from ._render import container_table, event_message, event_subject, local_time
@@ -33,17 +37,14 @@ _EVENTS_SHOWN = 8
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     files = args.filename or ["examples/demo.yaml"]
-    specs = []
     try:
-        for name in files:
-            specs.extend(load_specs(name))
-    except SpecError as exc:
-        for error in exc.errors:
-            print(error, file=sys.stderr)
+        specs = load(files)
+    except CliError as exc:  # one line per mistake, as apply reports them
+        print(exc.message, file=sys.stderr)
         return 1
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    owner = owner_of(specs, files)
+    for spec in specs:
+        spec.labels[OWNER_LABEL] = owner
     Path(args.state_dir).mkdir(parents=True, exist_ok=True)
     # The containers launched below inherit it: one trace file for everything.
     os.environ.setdefault(
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     )
     provider = configure_tracing("pycontainer-up")
     try:
-        return asyncio.run(_up(args, specs))
+        return asyncio.run(_up(args, specs, owner))
     except StartRefused as exc:  # another manager has the address or the state
         raise CliError(str(exc)) from None
     finally:
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             provider.shutdown()
 
 
-async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> int:
+async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec], owner: str) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -78,10 +79,18 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> 
             print(f"note: skipping {spec.name}: runc is not installed", file=sys.stderr)
             continue
         try:
-            await manager.run(spec)
-        except Exception as exc:  # one bad spec must not hide the others
+            # One spec per apply, without prune: one bad spec must not hide
+            # the others, and nothing else the owner has is touched.
+            response = await manager.apply(manager_pb2.ApplySpecsRequest(specs=[spec], owner=owner))
+        except Exception as exc:
             failures += 1
             print(f"error: {spec.name}: {exc}", file=sys.stderr, flush=True)
+            continue
+        for change in response.changes:
+            print(
+                f"{change.name}: {ACTION_WORDS.get(change.action, '?')} ({change.detail})",
+                flush=True,
+            )
     deadline = time.monotonic() + args.duration.total_seconds() if args.duration else None
     printed = 0
     if args.headless:
