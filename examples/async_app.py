@@ -24,6 +24,7 @@ import grpc
 from opentelemetry import metrics
 
 import pycontainer
+from pycontainer.agent import EXCLUSIVE_PORT, ListenError, listen_on
 from pycontainer.telemetry import configure_tracing
 
 log = logging.getLogger("examples.async_app")
@@ -105,9 +106,16 @@ async def main() -> None:
             flags={"listen": args.listen},
         ),
     )
-    server = grpc.aio.server(interceptors=[container.aio_server_interceptor()])
+    # EXCLUSIVE_PORT: grpc-core shares ports by default, so a second copy on
+    # this port would start "fine" and get half the connections.
+    server = grpc.aio.server(
+        interceptors=[container.aio_server_interceptor()], options=[EXCLUSIVE_PORT]
+    )
     container.add_to_server(server)
-    port = server.add_insecure_port(args.listen)
+    try:
+        port = listen_on(server, args.listen)  # a port in use: one clear line
+    except ListenError as exc:
+        raise SystemExit(f"error: {exc.strerror}") from None
     host = args.listen.rsplit(":", 1)[0]
     container.add_endpoint("management", f"{host}:{port}", kind="management")
     await server.start()

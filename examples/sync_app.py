@@ -28,6 +28,7 @@ import grpc
 from opentelemetry import metrics
 
 import pycontainer
+from pycontainer.agent import EXCLUSIVE_PORT, ListenError, listen_on
 from pycontainer.telemetry import configure_tracing
 
 log = logging.getLogger("examples.sync_app")
@@ -133,11 +134,18 @@ def main() -> None:
     )
     container.add_check("workers", lambda: (not workers.stop_event.is_set(), "workers running"))
 
+    # EXCLUSIVE_PORT: grpc-core shares ports by default, so a second copy on
+    # this port would start "fine" and get half the connections.
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=8), interceptors=[container.server_interceptor()]
+        futures.ThreadPoolExecutor(max_workers=8),
+        interceptors=[container.server_interceptor()],
+        options=[EXCLUSIVE_PORT],
     )
     container.add_to_server(server)
-    port = server.add_insecure_port(args.listen)
+    try:
+        port = listen_on(server, args.listen)  # a port in use: one clear line
+    except ListenError as exc:
+        raise SystemExit(f"error: {exc.strerror}") from None
     host = args.listen.rsplit(":", 1)[0]
     container.add_endpoint("management", f"{host}:{port}", kind="management")
     server.start()

@@ -305,3 +305,22 @@ def test_readme_embedding_snippet_runs_under_a_manager(tmp_path: Path) -> None:
         wait_container(manager.stub, "orders", lambda c: not c.connected, "disconnected")
     finally:
         manager.stop()
+
+
+def test_second_copy_of_an_example_on_its_port_fails_clearly(example: Example) -> None:
+    """The examples bind exclusively (pycontainer.agent.EXCLUSIVE_PORT): a
+    second copy on the first one's port is one clear line and exit 1, not a
+    second server sharing the port."""
+    script = Path(example.proc.args[1]).name  # type: ignore[index]
+    second = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), "--listen", example.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1, (second.stdout, second.stderr)
+    assert f"error: cannot listen on {example.address}" in second.stderr, second.stderr
+    assert "in use" in second.stderr
+    assert "Traceback" not in second.stderr
+    # The first copy still serves.
+    example.stub.GetInfo(management_pb2.GetInfoRequest(), timeout=10)
