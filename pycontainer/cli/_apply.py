@@ -82,11 +82,12 @@ def load(files: list[str]) -> list[spec_pb2.ContainerSpec]:
 
 def derive_owner(files: Iterable[str]) -> str:
     """The default owner of what files launch: the first file's name and a
-    hash of every file's absolute path ("stdin" for standard input)."""
+    hash of every file's real path ("stdin" for standard input)."""
     names = list(files)
     if names == ["-"]:
         return "stdin"
-    paths = sorted("-" if n == "-" else os.path.abspath(n) for n in names)
+    # Real paths: the same file through a symlinked directory is the same owner.
+    paths = sorted("-" if n == "-" else os.path.realpath(n) for n in names)
     stem = os.path.splitext(os.path.basename(names[0]))[0] if names[0] != "-" else "stdin"
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-_.")[:40] or "specs"
     digest = hashlib.sha256("\0".join(paths).encode()).hexdigest()[:8]
