@@ -200,20 +200,18 @@ def test_readme_grpcurl_commands_work() -> None:
                 assert " job done" not in output
             if "WatchMetrics" in command:
                 assert '"jobs.processed"' in output
+        # The README's health line, as typed (on the example's port).
+        [line] = [
+            line
+            for line in README.read_text().splitlines()
+            if line.startswith(".venv/bin/pycontainer health ")
+        ]
+        argv = shlex.split(line.replace("localhost:50051", ex.address))
+        assert "--timeout" in argv  # a duration flag, as the README shows it
         health = subprocess.run(
-            [
-                str(PYCONTAINER),
-                "health",
-                ex.address,
-                "--service",
-                "readiness",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
+            [str(ROOT / argv[0]), *argv[1:]], capture_output=True, text=True, timeout=30
         )
         assert health.returncode == 0, health.stderr
-        assert ".venv/bin/pycontainer health localhost:50051" in README.read_text()
     finally:
         code, _, err = ex.terminate()
     assert code == 0, err

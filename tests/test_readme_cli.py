@@ -21,6 +21,9 @@ from typing import IO
 
 from support import wait_until
 
+import pycontainer
+from pycontainer.testing import container_host, manager_host
+
 ROOT = Path(__file__).resolve().parent.parent
 PYCONTAINER = ROOT / ".venv" / "bin" / "pycontainer"
 # Verbs that follow until interrupted (a pattern of the command line), and
@@ -257,3 +260,57 @@ def test_readme_completion_line_registers_completion() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith(" pycontainer"), result.stdout
+
+
+def _python_blocks(heading: str) -> list[str]:
+    """The ```python blocks of the README section under ``heading``."""
+    section = (ROOT / "README.md").read_text().split(f"\n## {heading}\n", 1)[1]
+    return re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+
+
+def test_readme_client_snippet_runs_against_a_manager(tmp_path: Path) -> None:
+    """The README's pycontainer.client block, as written (the manager's
+    address made a free port), against a real manager with one container."""
+    [code] = _python_blocks("From Python: `pycontainer.client`")
+    dial = 'ManagerClient("127.0.0.1:50050")'
+    assert dial in code
+    with (
+        manager_host(tmp_path / "state") as manager,
+        container_host(pycontainer.ContainerSettings(name="web"), manager=manager) as web,
+    ):
+        wait_until(
+            lambda: web.container.state == pycontainer.State.RUNNING, 15, "web to be started"
+        )
+        script = tmp_path / "client.py"
+        script.write_text(code.replace(dial, f'ManagerClient("{manager.address}")'))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYCONTAINER_")}
+        result = subprocess.run(
+            [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 0, result.stderr
+    listed, failed = result.stdout.splitlines()
+    assert re.fullmatch(r"web web-\S+ LIFECYCLE_STATE_RUNNING", listed), listed
+    assert failed.startswith("NOT_FOUND "), failed
+    assert "no-such" in failed, failed
+
+
+def test_readme_testing_snippets_run_as_a_pytest_file(tmp_path: Path) -> None:
+    """The README's pycontainer.testing blocks: the conftest line and the test,
+    as files of a project of their own, run by pytest in a subprocess."""
+    conftest, test = _python_blocks("In your tests: `pycontainer.testing`")
+    assert conftest.strip() == 'pytest_plugins = ["pycontainer.testing.pytest_plugin"]'
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "conftest.py").write_text(conftest)
+    (project / "test_web.py").write_text(test)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYCONTAINER_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(project)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "1 passed" in result.stdout, result.stdout
