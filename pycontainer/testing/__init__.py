@@ -164,6 +164,7 @@ class ManagerHost:
 
         self.loop = asyncio.new_event_loop()
         self.launcher = InProcessLauncher()
+        self._closed = False
         if runtimes is None and in_process:
             runtimes = {spec_pb2.RUNTIME_KIND_IN_PROCESS: InProcessRuntime(self.launcher)}
         settings.setdefault("heartbeat_interval", TEST_HEARTBEAT)
@@ -231,7 +232,10 @@ class ManagerHost:
     def close(self, *, graceful: bool = False) -> None:
         """Kill what it launched, stop it, and close the in-process containers;
         ``graceful`` stops every container first (:meth:`shutdown_containers`),
-        so only what overran its grace period is killed."""
+        so only what overran its grace period is killed. Closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         if graceful:
             with contextlib.suppress(Exception):
                 self.shutdown_containers()
