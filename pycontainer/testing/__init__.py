@@ -140,8 +140,8 @@ class ManagerHost:
     :class:`ManagerClient`) and ``stub`` talk to it at ``address``.
 
     ``listen`` is where it serves: an ephemeral loopback port unless a test
-    needs a fixed one (say, to restart a manager where its containers dial
-    back; ``free_address()`` style). ``runtimes`` replace or add to the
+    needs a fixed one, say to start a second manager on the same state
+    directory where the first one's containers dial back. ``runtimes`` replace or add to the
     manager's own (process, runc); with ``in_process`` and no ``runtimes``,
     specs of RUNTIME_KIND_IN_PROCESS run as in-process containers served by
     ``launcher``. ``settings`` are further :class:`ManagerSettings` fields
