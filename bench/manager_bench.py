@@ -1,6 +1,7 @@
 """Manager benchmarks, each against bare grpcio measured in the same run.
 
     .venv/bin/python bench/manager_bench.py [--stops 200] [--sessions 2000]
+    .venv/bin/python bench/manager_bench.py --stops 20 --sessions 200 --agents 2  # quick
 
 1. StopContainer -> on_stop latency (p50, p99): an operator's StopContainer
    until the container's on_stop hook runs (two hops: operator -> manager,
@@ -14,26 +15,24 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from support import ManagerHost, connected_container, wait_until  # noqa: E402
+import pycontainer
+from pycontainer.testing import container_host, manager_host
+from pycontainer.v1 import manager_pb2
 
-import pycontainer  # noqa: E402
-from pycontainer.v1 import (  # noqa: E402
-    manager_pb2,
-)
+_STOP_TIMEOUT = datetime.timedelta(seconds=10)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -65,30 +64,32 @@ def bare_unary_latency(n: int) -> list[float]:
     return out
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {predicate}")
+        time.sleep(0.01)
+
+
 def stop_latency(n: int) -> list[float]:
-    with tempfile.TemporaryDirectory() as state:
-        manager = ManagerHost(state)
-        latencies = []
-        try:
-            for i in range(n):
-                hit: list[float] = []
-                hooks = pycontainer.Hooks(
-                    on_stop=lambda reason, deadline, hit=hit: hit.append(time.perf_counter())
+    latencies = []
+    with tempfile.TemporaryDirectory() as state, manager_host(state) as manager:
+        for i in range(n):
+            hit: list[float] = []
+            hooks = pycontainer.Hooks(
+                on_stop=lambda reason, deadline, hit=hit: hit.append(time.perf_counter())
+            )
+            settings = pycontainer.ContainerSettings(name=f"stop-{i}", log_level=None)
+            with container_host(settings, manager=manager, hooks=hooks) as host:
+                container = host.container
+                wait_until(lambda c=container: c.state == pycontainer.State.RUNNING)
+                t0 = time.perf_counter()
+                manager.client.stop_container(
+                    manager_pb2.StopContainerRequest(container=container.id),
+                    timeout=_STOP_TIMEOUT,
                 )
-                container, host = connected_container(
-                    manager, f"stop-{i}", hooks=hooks, log_level=None
-                )
-                try:
-                    wait_until(lambda c=container: c.state == pycontainer.State.RUNNING)
-                    t0 = time.perf_counter()
-                    manager.stub.StopContainer(
-                        manager_pb2.StopContainerRequest(container=container.id), timeout=10
-                    )
-                    latencies.append(hit[0] - t0)
-                finally:
-                    host.stop()
-        finally:
-            manager.stop()
+                latencies.append(hit[0] - t0)
     return latencies
 
 

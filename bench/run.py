@@ -2,6 +2,7 @@
 measured in the same run (the machine is shared and noisy).
 
     make bench            # or: .venv/bin/python bench/run.py [--seconds 3]
+    .venv/bin/python bench/run.py --seconds 0.6     # a quick run (about 15 s)
 
 1. health Check calls/s through a pycontainer-hosted server / a bare grpcio
    health servicer (sync and aio), sequential on one channel;
@@ -18,27 +19,31 @@ import argparse
 import asyncio
 import functools
 import logging
-import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
-from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support import make_container
+import pycontainer
+from pycontainer.client import ManagementClient
+from pycontainer.v1 import management_pb2
 
-from pycontainer.v1 import management_pb2, management_pb2_grpc
+# The streams of a benchmark carry up to 64 MiB messages (10,000 entries a batch).
+_LARGE_MESSAGES = [("grpc.max_receive_message_length", 64 << 20)]
 
 LINE = (
     b"2026-11-28T03:00:00.000Z INFO worker-7 processed request id=123456 "
     b"path=/api/v1/items status=200 dur_ms=12.3\n"
 )
+
+
+def make_container(name: str, **settings: Any) -> pycontainer.Container:
+    return pycontainer.Container(pycontainer.ContainerSettings(name=name, **settings))
 
 
 def alternate(calls: list[Callable[[], Any]], seconds: float, rounds: int = 3) -> list[float]:
@@ -160,15 +165,12 @@ def stream_logs_follow(total: int = 300_000) -> tuple[float, int, float]:
     server.start()
     container.start()
     buffer = container.logs
-    with grpc.insecure_channel(
-        f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)]
-    ) as ch:
-        stub = management_pb2_grpc.ManagementStub(ch)
+    with ManagementClient(f"127.0.0.1:{port}", options=_LARGE_MESSAGES) as client:
         seen = missed = batches = 0
         attrs = {"path": "/api/v1/items", "status": "200"}
         # The stream is live once the retained warm-up entry comes back.
         buffer.append(9, "INFO", "bench.worker", "warm-up", attrs)
-        stream = stub.StreamLogs(
+        stream = client.stream_logs(
             management_pb2.StreamLogsRequest(follow=True, tail=1, max_batch_size=10_000)
         )
 
@@ -187,7 +189,7 @@ def stream_logs_follow(total: int = 300_000) -> tuple[float, int, float]:
             if seen + missed >= total:
                 break
         elapsed = time.perf_counter() - t0
-        stream.cancel()
+        stream.close()  # cancels the call
         producer.join()
     server.stop(None)
     container.close()
@@ -222,40 +224,40 @@ def watchers_vs_app(seconds: float) -> tuple[float, float]:
     server.start()
     container.start()
     results = []
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    target = f"127.0.0.1:{port}"
+    with grpc.insecure_channel(target) as ch:
         echo = ch.unary_unary("/demo.Echo/Echo")
         results.append(rate(lambda: echo(b"x", timeout=5), seconds))
-        stub = management_pb2_grpc.ManagementStub(ch)
-        streams = []
+        # The watchers are another client (as `pycontainer logs -f` / `top` are).
+        watchers = ManagementClient(target)
+        streams: list[Iterator[Any]] = []
         for i in range(6):
             if i % 2:
                 streams.append(
-                    stub.WatchMetrics(
+                    watchers.watch_metrics(
                         management_pb2.WatchMetricsRequest(
                             interval=duration_pb2.Duration(nanos=100_000_000)
                         )
                     )
                 )
             else:
-                streams.append(stub.StreamLogs(management_pb2.StreamLogsRequest(follow=True)))
+                streams.append(watchers.stream_logs(management_pb2.StreamLogsRequest(follow=True)))
         drainers = [threading.Thread(target=_drain, args=(s,), daemon=True) for s in streams]
         for t in drainers:
             t.start()
         logging.getLogger("bench").warning("watchers are open")
         time.sleep(0.5)
         results.append(rate(lambda: echo(b"x", timeout=5), seconds))
-        for s in streams:
-            s.cancel()
+        watchers.close()  # cancels their streams: each drainer ends
+        for t in drainers:
+            t.join(5)
     server.stop(None)
     container.close()
     return results[0], results[1]
 
 
-def _drain(stream: Any) -> None:
-    try:
-        for _ in stream:
-            pass
-    except grpc.RpcError:
+def _drain(stream: Iterator[Any]) -> None:
+    for _ in stream:  # a cancelled stream just ends (pycontainer.client)
         pass
 
 

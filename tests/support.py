@@ -17,6 +17,10 @@ import grpc
 import pytest
 
 import pycontainer
+
+# The one in-process manager is the public one; tests import it from here or
+# from there alike.
+from pycontainer.testing import ManagerHost as ManagerHost
 from pycontainer.v1 import management_pb2_grpc
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -149,62 +153,6 @@ def make_container(name: str = "test", **kwargs: Any) -> pycontainer.Container:
     return pycontainer.Container(
         settings, hooks=hooks, config=config, tracer_provider=tracer_provider
     )
-
-
-class ManagerHost:
-    """A real manager on its own thread and event loop, on an ephemeral port."""
-
-    def __init__(self, state_dir: str, **settings: Any) -> None:
-        from pycontainer.manager import Manager, ManagerSettings
-
-        self.loop = asyncio.new_event_loop()
-        runtimes = settings.pop("runtimes", None)
-        tracer_provider = settings.pop("tracer_provider", None)
-        listen = settings.pop("listen", "127.0.0.1:0")  # a fixed one to restart on
-        self._settings = ManagerSettings(
-            listen=listen, state_dir=state_dir, heartbeat_interval=0.5, **settings
-        )
-        ready = threading.Event()
-        box: dict[str, Any] = {}
-
-        async def main() -> None:
-            box["manager"] = manager = Manager(
-                self._settings, runtimes=runtimes, tracer_provider=tracer_provider
-            )
-            await manager.start()
-            ready.set()
-
-        def thread_main() -> None:
-            asyncio.set_event_loop(self.loop)
-            try:
-                self.loop.run_until_complete(main())
-            except BaseException as exc:
-                box["error"] = exc
-                ready.set()
-                return
-            self.loop.run_forever()
-
-        self._thread = threading.Thread(target=thread_main, daemon=True)
-        self._thread.start()
-        assert ready.wait(15)
-        if "error" in box:
-            raise box["error"]
-        self.manager = box["manager"]
-        self.address = self.manager.address
-        self.channel = grpc.insecure_channel(self.address)
-        from pycontainer.v1 import manager_pb2_grpc
-
-        self.stub = manager_pb2_grpc.ManagerStub(self.channel)
-
-    def call(self, coro_fn: Callable[[], Any], timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro_fn(), self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.channel.close()
-        if not self.loop.is_closed():
-            self.call(self.manager.stop)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(10)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:

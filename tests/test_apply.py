@@ -27,6 +27,7 @@ from pycontainer.manager import InProcessRuntime, Launch
 from pycontainer.manager._apply import OWNER_LABEL as MANAGER_OWNER_LABEL
 from pycontainer.manager._specdiff import SPEC_HASH_LABEL, spec_differences
 from pycontainer.manager._store import AppliedSpec, SQLiteStore
+from pycontainer.testing import manager_host
 from pycontainer.v1 import container_pb2, manager_pb2, spec_pb2
 
 S = container_pb2
@@ -72,13 +73,8 @@ def factory() -> Iterator[Factory]:
 @pytest.fixture
 def manager(tmp_path: Path, factory: Factory) -> Iterator[ManagerHost]:
     runtimes = {spec_pb2.RUNTIME_KIND_IN_PROCESS: InProcessRuntime(factory)}
-    host = ManagerHost(str(tmp_path / "state"), runtimes=runtimes)
-    try:
+    with manager_host(tmp_path / "state", runtimes=runtimes) as host:
         yield host
-    finally:
-        with contextlib.suppress(Exception):
-            host.call(host.manager.runtimes[spec_pb2.RUNTIME_KIND_PROCESS].close)
-        host.stop()
 
 
 @dataclass

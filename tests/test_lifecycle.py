@@ -853,9 +853,9 @@ def test_a_manager_stop_with_a_zero_grace_means_zero(
 
 def _extending_container(
     factory: Callable[..., pycontainer.Container], *, ask: float, use_async: bool = False
-) -> tuple[pycontainer.Container, list[tuple[float, str]], list[float], list[str]]:
+) -> tuple[pycontainer.Container, list[tuple[float, str]], list[td], list[str]]:
     asked: list[tuple[float, str]] = []
-    granted: list[float] = []
+    granted: list[td] = []
     kills: list[str] = []
     container = factory()
 
@@ -867,7 +867,7 @@ def _extending_container(
 
         async def async_on_stop(reason: str, deadline: float) -> None:
             if ask:
-                granted.append(container.request_grace_extension(ask, "flushing"))
+                granted.append(container.request_grace_extension(td(seconds=ask), "flushing"))
             await asyncio.sleep(0.8)
 
         container.hooks.on_stop = async_on_stop
@@ -875,7 +875,7 @@ def _extending_container(
 
         def on_stop(reason: str, deadline: float) -> None:
             if ask:
-                granted.append(container.request_grace_extension(ask, "flushing"))
+                granted.append(container.request_grace_extension(td(seconds=ask), "flushing"))
             time.sleep(0.8)
 
         container.hooks.on_stop = on_stop
@@ -892,7 +892,7 @@ def test_grace_extension_lets_on_stop_finish(
     container.stop(td(seconds=0.4))
     assert container.state == State.STOPPED
     assert asked == [(2.0, "flushing")]
-    assert granted == [1.0]
+    assert granted == [td(seconds=1)]
     assert kills == []
 
 
@@ -914,7 +914,7 @@ async def test_async_grace_extension(containers: Callable[..., pycontainer.Conta
     await container.astop(td(seconds=0.4))
     assert container.state == State.STOPPED
     assert asked == [(2.0, "flushing")]
-    assert granted == [1.0]
+    assert granted == [td(seconds=1)]
     assert kills == []
 
 
@@ -931,14 +931,14 @@ async def test_async_no_extension_fails(containers: Callable[..., pycontainer.Co
 def test_extension_without_requester_is_zero(
     containers: Callable[..., pycontainer.Container],
 ) -> None:
-    granted: list[float] = []
+    granted: list[td] = []
     container = containers()
     container.hooks.on_stop = lambda reason, deadline: granted.append(
-        container.request_grace_extension(2.0, "flushing")
+        container.request_grace_extension(td(seconds=2), "flushing")
     )
     container.start()
     container.stop(td(seconds=5.0))
-    assert granted == [0.0]
+    assert granted == [td(0)]
     assert container.state == State.STOPPED
 
 
@@ -953,30 +953,30 @@ def test_extension_outside_a_stop_is_zero(
         return 1.0
 
     container.lifecycle.extension_requester = requester
-    assert container.request_grace_extension(2.0, "early") == 0.0
+    assert container.request_grace_extension(td(seconds=2), "early") == td(0)
     container.start()
-    assert container.request_grace_extension(2.0, "running") == 0.0
+    assert container.request_grace_extension(td(seconds=2), "running") == td(0)
     assert asked == []
 
 
 def test_extension_refused_or_nonpositive(
     containers: Callable[..., pycontainer.Container],
 ) -> None:
-    got: list[float] = []
+    got: list[td] = []
     container = containers()
     container.lifecycle.extension_requester = lambda seconds, reason: -5.0
 
     def on_stop(reason: str, deadline: float) -> None:
         before = container.lifecycle.deadline()
-        got.append(container.request_grace_extension(1.0, "please"))
-        got.append(container.request_grace_extension(0.0, "nothing"))
-        got.append(container.request_grace_extension(-1.0, "less"))
+        got.append(container.request_grace_extension(td(seconds=1), "please"))
+        got.append(container.request_grace_extension(td(0), "nothing"))
+        got.append(container.request_grace_extension(td(seconds=-1), "less"))
         assert container.lifecycle.deadline() == before
 
     container.hooks.on_stop = on_stop
     container.start()
     container.stop(td(seconds=5.0))
-    assert got == [0.0, 0.0, 0.0]
+    assert got == [td(0), td(0), td(0)]
     assert container.state == State.STOPPED
 
 

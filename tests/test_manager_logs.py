@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -28,14 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 S = container_pb2
 RUNNING = S.LIFECYCLE_STATE_RUNNING
 MANAGER = [sys.executable, "-m", "pycontainer.cli", "manager"]
-
-
-@pytest.fixture
-def manager(tmp_path: Path) -> Iterator[ManagerHost]:
-    host = ManagerHost(str(tmp_path / "state"))
-    yield host
-    host.call(host.manager.close_runtimes)
-    host.stop()
 
 
 def _program(tmp_path: Path, name: str, source: str) -> list[str]:

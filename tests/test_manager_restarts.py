@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from support import ManagerHost, wait_until
 
+from pycontainer.testing import manager_host
 from pycontainer.v1 import container_pb2, manager_pb2, spec_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,10 +22,10 @@ S = container_pb2
 
 @pytest.fixture
 def manager(tmp_path: Path) -> Iterator[ManagerHost]:
-    host = ManagerHost(str(tmp_path / "state"))
-    yield host
-    host.call(host.manager.shutdown_containers)
-    host.stop()
+    # Stopped as a manager's shutdown stops them, or their restart policy
+    # would replace what a kill ended.
+    with manager_host(tmp_path / "state", graceful=True) as host:
+        yield host
 
 
 def _get(manager: ManagerHost, name: str) -> manager_pb2.Container:

@@ -472,14 +472,14 @@ def test_scale_up_seeds_new_replicas_and_scale_down_stops_the_youngest(
 # -- 8. grace extensions -------------------------------------------------------------------
 def test_on_stop_gets_grace_extensions_up_to_the_managers_cap(tmp_path: Path) -> None:
     manager = ManagerHost(str(tmp_path / "state"), max_grace_extension=timedelta(seconds=2))
-    granted: list[float] = []
+    granted: list[timedelta] = []
     done: list[str] = []
     box: dict[str, pycontainer.Container] = {}
 
     def on_stop(reason: str, deadline: float) -> None:
         container = box["c"]
-        granted.append(container.request_grace_extension(10.0, "flushing"))
-        granted.append(container.request_grace_extension(5.0, "still flushing"))
+        granted.append(container.request_grace_extension(timedelta(seconds=10), "flushing"))
+        granted.append(container.request_grace_extension(timedelta(seconds=5), "still flushing"))
         time.sleep(1.5)  # past the 0.5 s grace, within 0.5 + 2 s
         done.append(reason)
 
@@ -495,7 +495,7 @@ def test_on_stop_gets_grace_extensions_up_to_the_managers_cap(tmp_path: Path) ->
         )
         assert stopped.container.state == S.LIFECYCLE_STATE_STOPPED
         assert container.state == pycontainer.State.STOPPED
-        assert granted == [2.0, 0.0]  # the cap is for the whole stop
+        assert granted == [timedelta(seconds=2), timedelta(0)]  # the cap is for the whole stop
         assert done == ["requested"]
         grants = [
             e.message

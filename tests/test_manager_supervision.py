@@ -11,7 +11,6 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -27,17 +26,6 @@ S = container_pb2
 E = manager_pb2
 REPO = Path(__file__).resolve().parent.parent
 APP = "tests/apps/connected_app.py"
-
-
-@pytest.fixture
-def manager(tmp_path: Path) -> Iterator[ManagerHost]:
-    host = ManagerHost(str(tmp_path / "state"))
-    try:
-        yield host
-    finally:
-        with contextlib.suppress(Exception):
-            host.call(host.manager.runtimes[spec_pb2.RUNTIME_KIND_PROCESS].close)
-        host.stop()
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

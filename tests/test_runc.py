@@ -6,7 +6,6 @@ directly; the config.json it generates. Real runc: skipped locally without it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ from pycontainer.manager.runc import (
     cgroup_limits_support,
     make_host_root,
 )
+from pycontainer.testing import manager_host
 from pycontainer.v1 import container_pb2, manager_pb2, spec_pb2
 
 S = container_pb2
@@ -107,13 +107,8 @@ def _logs(runtime: RuncRuntime, container_id: str) -> str:
 def runc_manager(tmp_path: Path) -> Iterator[tuple[ManagerHost, RuncRuntime]]:
     _require_runc()
     runtime = RuncRuntime(tmp_path / "runc")
-    host = ManagerHost(str(tmp_path / "state"), runtimes={spec_pb2.RUNTIME_KIND_RUNC: runtime})
-    try:
+    with manager_host(tmp_path / "state", runtimes={spec_pb2.RUNTIME_KIND_RUNC: runtime}) as host:
         yield host, runtime
-    finally:
-        with contextlib.suppress(Exception):
-            host.call(runtime.close)
-        host.stop()
 
 
 # -- through the manager -------------------------------------------------------------------

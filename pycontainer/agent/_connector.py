@@ -118,6 +118,14 @@ class ManagerConnection:
         self._main_task = self._loop.create_task(self._run())
         with contextlib.suppress(asyncio.CancelledError):
             self._loop.run_until_complete(self._main_task)
+        # What grpc left behind (the request iterator of a session the manager
+        # ended) is cancelled and let finish, as asyncio.run does, instead of
+        # "Task was destroyed but it is pending!" when the loop closes.
+        leftover = asyncio.all_tasks(self._loop)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            self._loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
         self._loop.close()
 
     async def _run(self) -> None:

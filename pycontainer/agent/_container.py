@@ -375,10 +375,24 @@ class Container:
         if self._connection is not None:
             self._connection.flush(seconds)
 
-    def request_grace_extension(self, seconds: float, reason: str = "") -> float:
-        """From on_stop: ask the manager for more time; returns the seconds
-        granted (0 without a manager, or past its cap)."""
-        return self._lifecycle.extend_grace(seconds, reason)
+    def request_grace_extension(
+        self, extension: datetime.timedelta, reason: str = ""
+    ) -> datetime.timedelta:
+        """From on_stop: ask the manager for ``extension`` more time; returns
+        the time granted (zero without a manager, outside a stop, or past the
+        manager's cap), which the stop's deadline has moved by."""
+        if not isinstance(extension, datetime.timedelta):
+            raise TypeError(
+                "request_grace_extension takes a datetime.timedelta, "
+                f"not {type(extension).__name__}"
+                + (
+                    f" (write timedelta(seconds={extension!r}))"
+                    if isinstance(extension, int | float)
+                    else ""
+                )
+            )
+        granted = self._lifecycle.extend_grace(extension.total_seconds(), reason)
+        return datetime.timedelta(seconds=granted)
 
     def close(self) -> None:
         """Release what the container holds in the process (logging capture,

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         listen=args.listen,
         state_dir=args.state_dir,
         capacity=capacity,
-        heartbeat_interval=args.heartbeat.total_seconds(),
+        heartbeat_interval=args.heartbeat,
     )
     provider = configure_tracing("pycontainer-manager")
     try:

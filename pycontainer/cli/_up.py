@@ -107,7 +107,7 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec], own
     print(f"stopping every container (grace {format_duration(args.grace)})...", flush=True)
     # One trace: this span -> each stop command -> each container's on_stop.
     with trace.get_tracer("pycontainer.cli").start_as_current_span("pycontainer up: stop all"):
-        await manager.shutdown_containers(args.grace.total_seconds())
+        await manager.shutdown_containers(args.grace)
     _print_events(manager, printed if args.headless else len(manager.events.history()))
     await asyncio.sleep(0.5)  # let the processes exit and report
     await manager.close_runtimes()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field, fields
-from datetime import timedelta
 from typing import Any
 
 from ._scheduler import Resources
@@ -26,16 +25,10 @@ MAX_ENDED_CONTAINERS = 100
 EVENT_HISTORY = 1000
 
 
-def _timedelta(value: datetime.timedelta | float) -> datetime.timedelta:
-    if isinstance(value, datetime.timedelta):
-        return value
-    return datetime.timedelta(seconds=value)
-
-
 @dataclass
 class ManagerSettings:
-    """How the manager runs. Durations are timedelta (a number is read as
-    seconds, for callers written before)."""
+    """How the manager runs. Durations are ``datetime.timedelta`` (a number is
+    a TypeError: its unit would be a guess)."""
 
     listen: str = "127.0.0.1:50050"
     # SQLite state (registry, specs, checkpoints) lives here.
@@ -57,12 +50,25 @@ class ManagerSettings:
     # After a start, how long containers of the previous manager have to dial
     # back in (their reconnect backoff is at most 10 s) before apply's
     # reconciliation takes an applied spec's silent replicas for gone.
-    reconnect_window: timedelta = timedelta(seconds=15)
+    reconnect_window: datetime.timedelta = datetime.timedelta(seconds=15)
     # Ended containers remembered (see MAX_ENDED_CONTAINERS).
     max_ended_containers: int = MAX_ENDED_CONTAINERS
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if isinstance(f.default, datetime.timedelta):
-                setattr(self, f.name, _timedelta(getattr(self, f.name)))
+            if not isinstance(f.default, datetime.timedelta):
+                continue
+            value = getattr(self, f.name)
+            if not isinstance(value, datetime.timedelta):
+                hint = (
+                    f" (write timedelta(seconds={value!r}))"
+                    if isinstance(value, int | float)
+                    else ""
+                )
+                raise TypeError(
+                    f"ManagerSettings.{f.name} must be a datetime.timedelta, "
+                    f"not {type(value).__name__}{hint}"
+                )
+            if value < datetime.timedelta(0):
+                raise ValueError(f"ManagerSettings.{f.name} must not be negative")

@@ -23,18 +23,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from concurrent import futures
 from os import PathLike
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from ..agent import Container, ContainerSettings, Hooks
 from ..client import ManagementClient, ManagerClient
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+    from ..manager import Manager, Runtime
+
 __all__ = [
+    "TEST_HEARTBEAT",
     "ContainerHost",
     "InProcessLauncher",
     "ManagerHost",
@@ -44,9 +51,12 @@ __all__ = [
 
 T = TypeVar("T")
 
-# Fast enough that a test sees a lost session in about a second.
-_TEST_HEARTBEAT = 0.5
+#: The heartbeat of a ManagerHost's sessions unless a test says otherwise:
+#: fast enough that a lost session shows in about a second.
+TEST_HEARTBEAT = datetime.timedelta(milliseconds=500)
 _START_TIMEOUT = 15.0
+# A graceful shutdown waits out each container's grace period at most.
+_SHUTDOWN_TIMEOUT = 120.0
 
 
 class ContainerHost:
@@ -126,31 +136,47 @@ class InProcessLauncher:
 
 
 class ManagerHost:
-    """A real manager on its own thread and event loop, on an ephemeral port;
-    ``client`` (a :class:`ManagerClient`) and ``stub`` talk to it. With
-    ``in_process`` (and no ``runtimes`` given), specs of RUNTIME_KIND_IN_PROCESS
-    run as in-process containers, served by ``launcher``."""
+    """A real manager on its own thread and event loop; ``client`` (a
+    :class:`ManagerClient`) and ``stub`` talk to it at ``address``.
+
+    ``listen`` is where it serves: an ephemeral loopback port unless a test
+    needs a fixed one, say to start a second manager on the same state
+    directory where the first one's containers dial back. ``runtimes`` replace or add to the
+    manager's own (process, runc); with ``in_process`` and no ``runtimes``,
+    specs of RUNTIME_KIND_IN_PROCESS run as in-process containers served by
+    ``launcher``. ``settings`` are further :class:`ManagerSettings` fields
+    (durations as ``timedelta``); the heartbeat defaults to half a second so
+    that a test sees a lost session quickly.
+    """
 
     def __init__(
-        self, state_dir: str | PathLike[str], *, in_process: bool = True, **settings: Any
+        self,
+        state_dir: str | PathLike[str],
+        *,
+        listen: str = "127.0.0.1:0",
+        in_process: bool = True,
+        runtimes: Mapping[int, Runtime] | None = None,
+        tracer_provider: TracerProvider | None = None,
+        **settings: Any,
     ) -> None:
         from ..manager import InProcessRuntime, Manager, ManagerSettings
         from ..v1 import spec_pb2
 
         self.loop = asyncio.new_event_loop()
         self.launcher = InProcessLauncher()
-        runtimes = settings.pop("runtimes", None)
+        self._closed = False
         if runtimes is None and in_process:
             runtimes = {spec_pb2.RUNTIME_KIND_IN_PROCESS: InProcessRuntime(self.launcher)}
-        tracer_provider = settings.pop("tracer_provider", None)
-        settings.setdefault("heartbeat_interval", _TEST_HEARTBEAT)
-        self.settings = ManagerSettings(listen="127.0.0.1:0", state_dir=str(state_dir), **settings)
+        settings.setdefault("heartbeat_interval", TEST_HEARTBEAT)
+        self.settings = ManagerSettings(listen=listen, state_dir=str(state_dir), **settings)
         ready = threading.Event()
         box: dict[str, Any] = {}
 
         async def main() -> None:
             box["manager"] = manager = Manager(
-                self.settings, runtimes=runtimes, tracer_provider=tracer_provider
+                self.settings,
+                runtimes=dict(runtimes) if runtimes is not None else None,
+                tracer_provider=tracer_provider,
             )
             await manager.start()
             ready.set()
@@ -170,6 +196,7 @@ class ManagerHost:
         if not ready.wait(_START_TIMEOUT):
             raise TimeoutError(f"the manager did not start within {_START_TIMEOUT:g}s")
         if "error" in box:
+            self.loop.close()
             raise box["error"]
         self.manager: Manager = box["manager"]
         self.address: str = self.manager.address
@@ -183,9 +210,14 @@ class ManagerHost:
         """Run ``coro_fn()`` on the manager's loop; its result."""
         return asyncio.run_coroutine_threadsafe(coro_fn(), self.loop).result(timeout)
 
+    def shutdown_containers(self, grace: datetime.timedelta | None = None) -> None:
+        """Stop every container as a manager's shutdown does (``grace``, else
+        each one's own): no restart policy replaces them."""
+        self.call(lambda: self.manager.shutdown_containers(grace), timeout=_SHUTDOWN_TIMEOUT)
+
     def kill_launched(self) -> None:
         """SIGKILL whatever the manager's runtimes launched and is still alive."""
-        for runtime in list(self.manager.runtimes.values()):
+        for runtime in {id(r): r for r in self.manager.runtimes.values()}.values():
             with contextlib.suppress(Exception):
                 self.call(runtime.close)
 
@@ -197,8 +229,16 @@ class ManagerHost:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
 
-    def close(self) -> None:
-        """Kill what it launched, stop it, and close the in-process containers."""
+    def close(self, *, graceful: bool = False) -> None:
+        """Kill what it launched, stop it, and close the in-process containers;
+        ``graceful`` stops every container first (:meth:`shutdown_containers`),
+        so only what overran its grace period is killed. Closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if graceful:
+            with contextlib.suppress(Exception):
+                self.shutdown_containers()
         self.kill_launched()
         self.stop()
         self.launcher.close_all()
@@ -206,12 +246,13 @@ class ManagerHost:
 
 @contextlib.contextmanager
 def manager_host(
-    state_dir: str | PathLike[str], *, in_process: bool = True, **settings: Any
+    state_dir: str | PathLike[str], *, graceful: bool = False, **options: Any
 ) -> Iterator[ManagerHost]:
-    """A running :class:`ManagerHost`; on exit, everything it launched is killed
-    and it stops."""
-    host = ManagerHost(state_dir, in_process=in_process, **settings)
+    """A running :class:`ManagerHost` (``options`` as its constructor takes);
+    on exit everything it launched is killed (after a graceful stop of every
+    container with ``graceful``) and it stops."""
+    host = ManagerHost(state_dir, **options)
     try:
         yield host
     finally:
-        host.close()
+        host.close(graceful=graceful)

@@ -14,6 +14,7 @@ import signal
 import sys
 
 from pycontainer.manager import Manager, ManagerSettings
+from pycontainer.units import duration_arg
 
 
 async def amain(args: argparse.Namespace) -> None:
@@ -33,7 +34,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", required=True)
     parser.add_argument("--state-dir", required=True)
-    parser.add_argument("--heartbeat", type=float, default=0.5)
+    parser.add_argument("--heartbeat", type=duration_arg, default="500ms")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     asyncio.run(amain(args))
