@@ -477,9 +477,9 @@ class Tally:
     seconds: float = 0.0
     broke: bool = False  # an input froze or killed the server
 
-    def add(self, outcome: Outcome) -> None:
+    def add(self, outcome: Outcome, note: str = "") -> None:
         self.inputs[outcome.input.kind] = self.inputs.get(outcome.input.kind, 0) + 1
-        name = outcome.code.name + ("(cancelled by us)" if outcome.cancelled_by_us else "")
+        name = outcome.code.name + ("(cancelled by us)" if outcome.cancelled_by_us else "") + note
         self.codes[name] = self.codes.get(name, 0) + 1
 
     @property

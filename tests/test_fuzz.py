@@ -49,7 +49,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 APP = Path(__file__).parent / "apps" / "fuzz_server.py"
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
 COUNTS = {
-    kind: max(1, int(n * SCALE)) for kind, n in {"random": 40, "mutated": 60, "extreme": 30}.items()
+    kind: max(1, int(n * SCALE)) for kind, n in {"random": 30, "mutated": 50, "extreme": 30}.items()
 }
 # Calls in flight at once: unary ones within a sync server's 8 workers;
 # streams (most of which wait out their deadline) run in pycontainer's own
@@ -151,6 +151,8 @@ class FuzzServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         self._stderr.close()
 
 
@@ -260,6 +262,22 @@ def _cases() -> list[Any]:
     return cases
 
 
+# Error messages that echo a large input (a 70 KB container name) make a
+# trailer past gRPC's 16 KiB metadata limit: the client sees RESOURCE_EXHAUSTED
+# "received metadata size exceeds hard limit" instead of the server's status.
+# Branch limits cuts every error message in one place; until it lands these
+# are counted (the summary's "metadata limit") rather than failed, and
+# test_error_messages_fit_in_metadata is a strict xfail.
+OVERSIZED_ERRORS_KNOWN = True
+
+
+def _oversized_error(outcome: Outcome) -> bool:
+    return (
+        outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and "metadata size exceeds" in outcome.details
+    )
+
+
 def _problem(outcome: Outcome) -> str | None:
     """Why an outcome is a failure, or None."""
     code = outcome.code
@@ -274,6 +292,8 @@ def _problem(outcome: Outcome) -> str | None:
     limit = LIMITS.stream_deadline if outcome.method.server_streaming else LIMITS.unary_deadline
     if outcome.seconds > limit + 3:
         return f"the call took {outcome.seconds:.1f}s, past its {limit}s deadline"
+    if _oversized_error(outcome) and not OVERSIZED_ERRORS_KNOWN:
+        return "the error's message is past gRPC's 16 KiB metadata limit"
     if code == grpc.StatusCode.INTERNAL and "deserializ" not in outcome.details.lower():
         # grpcio's own answer to bytes that do not decode is INTERNAL
         # ("Exception deserializing request!"); any other INTERNAL is ours.
@@ -305,7 +325,7 @@ def test_fuzz_method(
     tally.seconds = time.monotonic() - start
     problems: list[str] = []
     for outcome in outcomes:
-        tally.add(outcome)
+        tally.add(outcome, "(metadata limit)" if _oversized_error(outcome) else "")
         why = _problem(outcome)
         if why is not None:
             problems.append(f"{why}: {outcome.describe()}")
@@ -397,3 +417,36 @@ def test_undecodable_requests_do_not_grow_a_sync_server(servers: Servers) -> Non
     grown = server.rss() - before
     # The leak would be ~56 MB here.
     assert grown < 15 * 2**20, f"3000 undecodable requests grew the sync server by {grown} bytes"
+
+
+@pytest.mark.xfail(
+    OVERSIZED_ERRORS_KNOWN,
+    strict=True,
+    reason="error messages echo the whole input; branch limits cuts them in one place",
+)
+@pytest.mark.parametrize(
+    ("kind", "path", "request_bytes"),
+    [
+        (
+            "manager",
+            "/pycontainer.v1.Manager/GetContainer",
+            b"\x0a\xf0\xa2\x04" + b"a" * 70_000,  # container: 70,000 bytes
+        ),
+        (
+            "sync",
+            "/pycontainer.v1.Management/GetHealth",
+            b"\x0a\xf0\xa2\x04" + b"a" * 70_000,  # check_names: [70,000 bytes]
+        ),
+    ],
+    ids=["manager-GetContainer", "sync-GetHealth"],
+)
+def test_error_messages_fit_in_metadata(
+    kind: str, path: str, request_bytes: bytes, servers: Servers
+) -> None:
+    """A large input that is not found gets NOT_FOUND, its message cut short
+    enough to travel (not the client's RESOURCE_EXHAUSTED for the trailer)."""
+    with pytest.raises(grpc.RpcError) as info:
+        servers.get(kind).channel.unary_unary(path)(request_bytes, timeout=5)
+    error = info.value
+    assert isinstance(error, grpc.Call)
+    assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
