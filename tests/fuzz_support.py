@@ -246,27 +246,44 @@ def _well_known(msg: Message, rng: random.Random, extreme: bool) -> bool:
     return True
 
 
-def build_request(desc: Descriptor, rng: random.Random, *, extreme: bool) -> bytes:
+def build_request(
+    desc: Descriptor, rng: random.Random, *, extreme: bool, opening: bool = False
+) -> bytes:
     """A serialized message of type ``desc`` of at most MESSAGE_BUDGET bytes."""
     for _ in range(3):
-        data = build(desc, rng, extreme=extreme).SerializeToString()
+        data = build(desc, rng, extreme=extreme, opening=opening).SerializeToString()
         if len(data) <= MESSAGE_BUDGET:
             return data
     return build(desc, rng, extreme=False).SerializeToString()
 
 
-def build(desc: Descriptor, rng: random.Random, *, extreme: bool, depth: int = 0) -> Message:
+def build(
+    desc: Descriptor, rng: random.Random, *, extreme: bool, depth: int = 0, opening: bool = False
+) -> Message:
     """A valid message of type ``desc``: plausible values, or extreme ones."""
     msg: Message = message_factory.GetMessageClass(desc)()
     if _well_known(msg, rng, extreme):
         return msg
-    fill(msg, rng, extreme=extreme, depth=depth)
+    fill(msg, rng, extreme=extreme, depth=depth, opening=opening)
     return msg
 
 
-def fill(msg: Message, rng: random.Random, *, extreme: bool, depth: int = 0) -> None:
+def fill(
+    msg: Message, rng: random.Random, *, extreme: bool, depth: int = 0, opening: bool = False
+) -> None:
+    """Set some of ``msg``'s fields; of each oneof, one member (the first
+    declared for a stream's ``opening`` message: a session's registration)."""
+    chosen = {
+        oneof.name: (oneof.fields[0] if opening else rng.choice(oneof.fields))
+        for oneof in msg.DESCRIPTOR.oneofs
+        if oneof.fields and not _synthetic(oneof)
+    }
     for f in msg.DESCRIPTOR.fields:
-        if rng.random() < 0.35:
+        oneof = f.containing_oneof
+        if oneof is not None and not _synthetic(oneof):
+            if chosen[oneof.name] is not f:
+                continue
+        elif rng.random() < 0.35:
             continue
         if f.label == FieldDescriptor.LABEL_REPEATED:
             _fill_repeated(msg, f, rng, extreme=extreme, depth=depth)
@@ -278,6 +295,11 @@ def fill(msg: Message, rng: random.Random, *, extreme: bool, depth: int = 0) -> 
             )
         else:
             setattr(msg, f.name, _scalar(f, rng, extreme))
+
+
+def _synthetic(oneof: Any) -> bool:
+    """The oneof protobuf makes for a proto3 ``optional`` field (one member, named _field)."""
+    return len(oneof.fields) == 1 and oneof.name == f"_{oneof.fields[0].name}"
 
 
 def _count(rng: random.Random, extreme: bool, scalar: bool) -> int:
@@ -362,17 +384,28 @@ def inputs(method: Method, counts: dict[str, int]) -> Iterator[Input]:
     stream = method.client_streaming
 
     def messages(make: Any) -> list[bytes]:
-        return [make() for _ in range(rng.randint(1, 3) if stream else 1)]
+        """One message, or a client stream's one to three (``make(index)``)."""
+        return [make(i) for i in range(rng.randint(1, 3) if stream else 1)]
+
+    def seeds(opening: bool) -> list[bytes]:
+        made = [build_request(method.input, rng, extreme=False, opening=opening) for _ in range(8)]
+        made += [build_request(method.input, rng, extreme=True, opening=opening) for _ in range(2)]
+        return [s[: 64 * 1024] for s in made]
 
     for _ in range(counts.get("random", 0)):
-        yield Input("random", messages(lambda: random_bytes(rng)))
-    seeds = [build_request(method.input, rng, extreme=False) for _ in range(8)]
-    seeds += [build_request(method.input, rng, extreme=True) for _ in range(2)]
-    seeds = [s[: 64 * 1024] if len(s) > 64 * 1024 else s for s in seeds]
+        yield Input("random", messages(lambda i: random_bytes(rng)))
+    # A stream's first message opens it (a session's registration), the
+    # others are anything.
+    first, later = seeds(opening=stream), seeds(opening=False)
     for _ in range(counts.get("mutated", 0)):
-        yield Input("mutated", messages(lambda: mutate(rng.choice(seeds), rng)))
+        yield Input("mutated", messages(lambda i: mutate(rng.choice(later if i else first), rng)))
     for _ in range(counts.get("extreme", 0)):
-        yield Input("extreme", messages(lambda: build_request(method.input, rng, extreme=True)))
+        yield Input(
+            "extreme",
+            messages(
+                lambda i: build_request(method.input, rng, extreme=True, opening=stream and i == 0)
+            ),
+        )
 
 
 def asks_to_wait(method: Method, payload: bytes, limit: float) -> bool:

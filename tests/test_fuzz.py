@@ -86,6 +86,10 @@ KNOWN: dict[tuple[str, str], str] = {
         "deadline or a cancel (its close callback and Watch wait on each other): the "
         "server stops answering; pycontainer's own sync Watch replaces it on branch hardening"
     ),
+    ("manager", "/pycontainer.v1.Lifecycle/Connect"): (
+        "the registration is not validated: state=-1, 10 or 2^31-1 is UNKNOWN (ValueError "
+        "from LifecycleState.Name); registration validation comes with branch limits"
+    ),
     ("manager", "/pycontainer.v1.Manager/RunContainer"): (
         "the spec is not validated: runtime=99 is UNKNOWN (ValueError), replicas=2^31-1 "
         "launches replicas in a loop that never yields (the manager stops answering); "
@@ -163,6 +167,7 @@ class Servers:
         self._root = root
         self._servers: dict[str, FuzzServer] = {}
         self.restarts: dict[str, int] = {}
+        self.throwaways = 0
 
     def get(self, kind: str) -> FuzzServer:
         """The server of that kind; a new one when an earlier input broke it."""
@@ -177,6 +182,11 @@ class Servers:
             server = self._servers[kind] = FuzzServer(kind, self._root / name)
             server.baseline_rss = server.rss()
         return server
+
+    def throwaway(self, kind: str) -> FuzzServer:
+        """A new server of that kind for one test (the caller closes it)."""
+        self.throwaways += 1
+        return FuzzServer(kind, self._root / f"{kind}-throwaway-{self.throwaways}")
 
     def rss_report(self) -> dict[str, tuple[int, int]]:
         """Each live server's RSS at its start and now."""
@@ -305,7 +315,21 @@ def _problem(outcome: Outcome) -> str | None:
 def test_fuzz_method(
     kind: str, method: Method, servers: Servers, summary: dict[tuple[str, str], Tally]
 ) -> None:
-    server = servers.get(kind)
+    known = (kind, method.path) in KNOWN
+    # A method known to break its server (or to leave records that break
+    # others: an unvalidated registration) is fuzzed on a server of its own.
+    server = servers.throwaway(kind) if known else servers.get(kind)
+    try:
+        _fuzz(kind, method, server, summary)
+    finally:
+        if known:
+            server.process.kill()
+            server.close()
+
+
+def _fuzz(
+    kind: str, method: Method, server: FuzzServer, summary: dict[tuple[str, str], Tally]
+) -> None:
     tally = summary.setdefault((kind, method.path), Tally())
     start = time.monotonic()
     given = list(inputs(method, COUNTS))
