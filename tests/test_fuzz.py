@@ -254,7 +254,9 @@ def test_every_served_service_is_fuzzed(kind: str, servers: Servers, summary: An
     """The parametrization below covers what the server really serves, and
     every such service comes from the generated descriptors."""
     served = _served(servers.get(kind).channel)
-    assert served == SERVED[kind]
+    assert served == SERVED[kind], (
+        f"the {kind} server serves {served}: list every service in SERVED so that it is fuzzed"
+    )
     assert set(served) <= generated_services()
 
 
