@@ -153,8 +153,16 @@ def duration_to_proto(duration: datetime.timedelta) -> duration_pb2.Duration:
 
 
 def duration_from_proto(message: duration_pb2.Duration) -> datetime.timedelta:
-    """The timedelta a Duration message holds (to the microsecond)."""
-    return datetime.timedelta(seconds=message.seconds, microseconds=message.nanos // 1_000)
+    """The timedelta a Duration message holds (to the microsecond).
+
+    One past timedelta's range (±999,999,999 days, far beyond protobuf's own
+    ±10,000 years, so never a valid Duration) saturates to timedelta.max or
+    .min: every bound check then rejects it as too long, instead of an
+    OverflowError reaching the caller as UNKNOWN."""
+    try:
+        return datetime.timedelta(seconds=message.seconds, microseconds=message.nanos // 1_000)
+    except OverflowError:
+        return datetime.timedelta.max if message.seconds > 0 else datetime.timedelta.min
 
 
 def duration_field(message: Message, field: str) -> datetime.timedelta | None:

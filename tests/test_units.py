@@ -94,3 +94,23 @@ def test_timestamp_round_trip_and_presence() -> None:
 
 def test_default_grace_period_is_kubernetes() -> None:
     assert td(seconds=30) == units.DEFAULT_GRACE_PERIOD
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        (2**63 - 1, datetime.timedelta.max),
+        (2**62, datetime.timedelta.max),
+        (-(2**63), datetime.timedelta.min),
+    ],
+)
+def test_duration_past_timedeltas_range_saturates(
+    seconds: int, expected: datetime.timedelta
+) -> None:
+    """A Duration no timedelta holds (found by fuzzing: a grace period of 2^62 s
+    was an OverflowError, hence UNKNOWN) is the longest timedelta of its sign,
+    which every bound check rejects."""
+    from google.protobuf import duration_pb2
+
+    message = duration_pb2.Duration(seconds=seconds, nanos=999_999_999)
+    assert units.duration_from_proto(message) == expected

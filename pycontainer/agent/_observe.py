@@ -31,6 +31,34 @@ _OK = grpc.StatusCode.OK
 # Marks behaviours this module made, so that they are never wrapped twice.
 _OBSERVED = "_pycontainer_observed"
 
+
+class _Undecodable:
+    """A request message that did not decode: the behaviour answers it with
+    INVALID_ARGUMENT. (Left to grpcio, a deserializer's exception is UNKNOWN on
+    a grpc.aio server and INTERNAL on a sync one, and the sync server's path
+    for it keeps memory per call: issue 8's fuzzing.)"""
+
+    def __init__(self, deserializer: Callable[[bytes], Any], error: Exception) -> None:
+        owner = getattr(deserializer, "__self__", None)
+        descriptor = getattr(owner, "DESCRIPTOR", None)
+        self.type_name: str = getattr(descriptor, "full_name", "the request type")
+        self.error = error
+
+    def request_error(self) -> RequestError:
+        return RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request is not a valid serialized {self.type_name} "
+            f"({type(self.error).__name__}): send one encoded by that message's schema",
+        )
+
+
+def _decoded(request: Any) -> Any:
+    """``request``, or the INVALID_ARGUMENT of one that did not decode."""
+    if isinstance(request, _Undecodable):
+        raise request.request_error()
+    return request
+
+
 if TYPE_CHECKING:
     # grpc-stubs makes the interceptor bases generic; grpcio's are not, at run time.
     _SyncInterceptorBase = grpc.ServerInterceptor[Any, Any]
@@ -149,7 +177,12 @@ class Observer:
 
         def deserialize(data: bytes) -> Any:
             stats.message_received(method, len(data))
-            return handler.request_deserializer(data) if handler.request_deserializer else data
+            if handler.request_deserializer is None:
+                return data
+            try:
+                return handler.request_deserializer(data)
+            except Exception as exc:  # DecodeError, or a custom deserializer's
+                return _Undecodable(handler.request_deserializer, exc)
 
         def serialize(message: Any) -> bytes:
             data: bytes = (
@@ -176,7 +209,13 @@ class Observer:
             )
             setattr(stream_behavior, _OBSERVED, True)
             return grpc.unary_stream_rpc_method_handler(stream_behavior, deserialize, serialize)
-        # Client and bidirectional streams: count calls, leave the rest alone.
+        if handler.stream_stream is not None:
+            # Bidirectional streams: only undecodable requests are seen to.
+            inner_ss = handler.stream_stream
+            bidi = _aio_bidi(inner_ss) if aio else _sync_bidi(inner_ss)
+            setattr(bidi, _OBSERVED, True)
+            return grpc.stream_stream_rpc_method_handler(bidi, deserialize, serialize)
+        # Client streams: left alone.
         return handler
 
     def _sync_unary(
@@ -194,7 +233,7 @@ class Observer:
                 if slots is not None:
                     slots.acquire()
                     admitted = True
-                return inner(request, context)
+                return inner(_decoded(request), context)
             except RequestError as exc:
                 code, error = exc.code, exc
                 context.abort_with_status(exc.to_status())
@@ -227,7 +266,7 @@ class Observer:
                     slots.acquire()
                     admitted = True
                 with trace.use_span(span, end_on_exit=False) if span else _nothing():
-                    yield from inner(request, context)
+                    yield from inner(_decoded(request), context)
                 if not context.is_active():
                     code = grpc.StatusCode.CANCELLED
             except RequestError as exc:
@@ -260,7 +299,7 @@ class Observer:
             error: BaseException | None = None
             try:
                 with trace.use_span(span, end_on_exit=False) if span else _nothing():
-                    return await inner(request, context)
+                    return await inner(_decoded(request), context)
             except RequestError as exc:
                 code, error = exc.code, exc
                 await _aio_abort(context, exc)
@@ -288,7 +327,7 @@ class Observer:
             error: BaseException | None = None
             try:
                 with trace.use_span(span, end_on_exit=False) if span else _nothing():
-                    result = inner(request, context)
+                    result = inner(_decoded(request), context)
                     if hasattr(result, "__aiter__"):
                         async for item in result:
                             yield item
@@ -309,6 +348,35 @@ class Observer:
                 self._finish(method, span, code, started, error)
 
         return behavior
+
+
+def _sync_bidi(inner: Callable[..., Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def behavior(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from inner((_decoded(r) for r in requests), context)
+        except RequestError as exc:
+            context.abort_with_status(exc.to_status())
+
+    return behavior
+
+
+def _aio_bidi(inner: Callable[..., Any]) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    async def decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            yield _decoded(request)
+
+    async def behavior(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        try:
+            result = inner(decoded(requests), context)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            else:  # a handler that writes with context.write()
+                await result
+        except RequestError as exc:
+            await _aio_abort(context, exc)
+
+    return behavior
 
 
 def _code_of(context: Any, default: grpc.StatusCode) -> grpc.StatusCode:
