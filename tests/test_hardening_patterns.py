@@ -157,3 +157,15 @@ def test_cli_grep_checks_with_re2() -> None:
     assert _args.pattern(r"disk \d+") == r"disk \d+"
     with pytest.raises(Exception, match="lookaround"):
         _args.pattern(r"x(?=y)")
+
+
+def test_sidecar_severity_rules_are_re2() -> None:
+    from pycontainer.sidecar._severity import INFO, Severities, parse_rule
+
+    rule = parse_rule(CATASTROPHIC + "=error")
+    started = time.monotonic()
+    assert rule.match("a" * 5000) is None
+    assert time.monotonic() - started < 1
+    assert Severities([rule]).classify("a" * 40 + "z", INFO).text == "ERROR"
+    with pytest.raises(ValueError, match="lookaround"):
+        parse_rule(r"x(?=y)=error")

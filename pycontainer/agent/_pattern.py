@@ -11,7 +11,7 @@ the memory a compiled pattern may take.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import re2
 
@@ -22,14 +22,20 @@ MAX_PATTERN_LENGTH = 1024
 _MAX_MEMORY = 8 << 20
 
 
+class Match(Protocol):
+    """What is read of a match: a group's text."""
+
+    def group(self, group: str, /) -> str | Any: ...
+
+
 class Pattern(Protocol):
-    """A compiled pattern: :meth:`search` finds it anywhere in ``text`` (a
-    match, or None); re's patterns are ones too."""
+    """A compiled pattern: :meth:`search` finds it anywhere in ``text``;
+    re's patterns are ones too."""
 
     @property
     def pattern(self) -> str: ...
 
-    def search(self, text: str, /) -> object: ...
+    def search(self, text: str, /) -> Match | None: ...
 
 
 class PatternError(ValueError):
@@ -68,4 +74,4 @@ def compile_pattern(pattern: str) -> Pattern:
     return compiled
 
 
-__all__ = ["MAX_PATTERN_LENGTH", "Pattern", "PatternError", "compile_pattern"]
+__all__ = ["MAX_PATTERN_LENGTH", "Match", "Pattern", "PatternError", "compile_pattern"]
