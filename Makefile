@@ -13,7 +13,7 @@ FLOOR := .venv-floor
 FLOOR_PINS := grpcio==1.72.1 grpcio-health-checking==1.72.1 \
 	grpcio-reflection==1.72.1 grpcio-status==1.72.1 grpcio-channelz==1.72.1 protobuf==6.30.0 \
 	opentelemetry-api==1.30.0 opentelemetry-sdk==1.30.0 \
-	psutil==5.9.8 pyyaml==6.0.1 cryptography==42.0.0
+	psutil==5.9.8 pyyaml==6.0.1 cryptography==42.0.0 google-re2==1.1
 # The code generator: the floor's grpcio-tools (its protoc stamps protobuf
 # 6.30.0 into generated/ as the runtime minimum) with mypy-protobuf 5, whose
 # separate sync and async stub classes keep mypy fast. mypy-protobuf 3.7's one

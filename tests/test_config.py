@@ -234,7 +234,11 @@ def test_secrets_are_redacted_in_entries_only() -> None:
 
 
 def test_secret_keys_are_configurable() -> None:
-    config = Config(defaults={"db.password": "p", "session.cookie": "c"}, secret_keys=["*cookie*"])
+    config = Config(
+        defaults={"db.password": "p", "session.cookie": "c"},
+        secret_keys=["*cookie*"],
+        secret_words=(),
+    )
     assert not entry(config, "db.password").redacted
     assert entry(config, "session.cookie").value == REDACTED
 

@@ -29,8 +29,10 @@ from pycontainer.v1 import config_pb2, management_pb2
 
 __all__ = [
     "DEFAULT_SECRET_KEYS",
+    "DEFAULT_SECRET_WORDS",
     "REDACTED",
     "Config",
+    "mask_url_passwords",
 ]
 
 DEFAULT_SECRET_KEYS: tuple[str, ...] = (
@@ -41,7 +43,40 @@ DEFAULT_SECRET_KEYS: tuple[str, ...] = (
     "*credential*",
     "*private_key*",
 )
-"""Globs (case-insensitive, '-' read as '_') of keys whose values are redacted."""
+"""Globs (case-insensitive, '-' read as '_') of keys whose values are redacted,
+on top of :data:`DEFAULT_SECRET_WORDS`."""
+
+DEFAULT_SECRET_WORDS: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "apikey",
+    "privatekey",
+    "accesskey",
+    "secretkey",
+    "credential",
+    "authorization",
+    "bearer",
+    "cookie",
+    "signature",
+    "session",
+    "auth",
+    "pwd",
+)
+"""Words that make a key a secret, found in the key with its separators taken
+out: lower-cased, split on ``.``, ``_``, ``-`` and joined, so ``apiKey``,
+``api_key``, ``API-KEY`` and ``aws.access_key_id`` all read as holding one.
+Words of :data:`_SHORT_WORDS` must be a whole part of the key instead (``auth``
+in ``auth.bearer``, not in ``author``)."""
+
+# Too short to be searched for inside other words.
+_SHORT_WORDS = frozenset({"auth", "pwd"})
+_KEY_SEPARATORS = re.compile(r"[._\-\s]+")
+# The password of a URL's userinfo (scheme://user:PASSWORD@host): masked in
+# every value, whatever its key, since a DSN is often kept under "database.url".
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/?#@\s:]*:)[^/?#@\s]*(?=@)")
 
 REDACTED = "<redacted>"
 
@@ -69,6 +104,9 @@ class Config:
       ``--server.port`` (dest ``server.port``) and ``--server--port`` (dest
       ``server__port``) both set ``"server.port"``.
     * ``secret_keys``: globs of keys whose values :meth:`entries` redacts.
+    * ``secret_words``: words that make a key secret (see
+      :data:`DEFAULT_SECRET_WORDS`); passwords in URLs (``scheme://user:pw@``)
+      are masked in every value.
     * ``environ``: the environment to read (default ``os.environ``).
     """
 
@@ -80,10 +118,14 @@ class Config:
         flags: argparse.Namespace | Mapping[str, object] | None = None,
         secret_keys: Iterable[str] = DEFAULT_SECRET_KEYS,
         *,
+        secret_words: Iterable[str] = DEFAULT_SECRET_WORDS,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._secret_keys = tuple(p.lower().replace("-", "_") for p in secret_keys)
+        words = {_KEY_SEPARATORS.sub("", w.lower()) for w in secret_words} - {""}
+        self._short_words = frozenset(words & _SHORT_WORDS)
+        self._secret_words = tuple(sorted(words - _SHORT_WORDS))
         # One layer per source, applied in this order.
         self._layers: list[dict[str, _Value]] = []
         default = config_pb2.CONFIG_SOURCE_DEFAULT
@@ -226,13 +268,19 @@ class Config:
 
     def _bad(self, key: str, found: _Value, expected: str) -> ValueError:
         """The error of a typed read; a secret's value stays out of it."""
-        got = REDACTED if self.is_secret(key) else repr(found.value)
+        got = REDACTED if self.is_secret(key) else mask_url_passwords(repr(found.value))
         return ValueError(f"config key {key!r} ({_where(found)}): expected {expected}, got {got}")
 
     def is_secret(self, key: str) -> bool:
         """Whether ``key``'s value is redacted in reports."""
         normal = key.lower().replace("-", "_")
-        return any(fnmatch.fnmatchcase(normal, p) for p in self._secret_keys)
+        if any(fnmatch.fnmatchcase(normal, p) for p in self._secret_keys):
+            return True
+        parts = [p for p in _KEY_SEPARATORS.split(key.lower()) if p]
+        joined = "".join(parts)
+        return any(w in joined for w in self._secret_words) or any(
+            p in self._short_words for p in parts
+        )
 
     def entries(self, prefix: str = "") -> list[config_pb2.ConfigEntry]:
         """Effective entries of keys starting with ``prefix``, sorted by key, secrets redacted.
@@ -248,13 +296,15 @@ class Config:
             if not key.startswith(prefix):
                 continue
             secret = self.is_secret(key)
+            text = REDACTED if secret else _text(found.value)
+            masked = text if secret else mask_url_passwords(text)
             out.append(
                 config_pb2.ConfigEntry(
                     key=key,
-                    value=REDACTED if secret else _text(found.value),
+                    value=masked,
                     source=found.source,
                     source_detail=found.detail,
-                    redacted=secret,
+                    redacted=secret or masked != text,
                 )
             )
         return out
@@ -268,6 +318,12 @@ class Config:
     def __repr__(self) -> str:
         # No values: they may be secrets.
         return f"<Config {len(self._effective)} keys>"
+
+
+def mask_url_passwords(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` in it
+    replaced by :data:`REDACTED`."""
+    return _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)
 
 
 # --------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 ``HealthState`` is the one source of truth. It feeds the detailed
 ``Management.GetHealth`` report and the standard ``grpc.health.v1.Health``
-service (grpcio-health-checking's servicers, sync and aio, plus ``List``).
+service (grpcio-health-checking's servicers, sync and aio, plus ``List``; the
+sync ``Watch`` is ours, since the stock one can deadlock the server).
 
 Service names in grpc.health.v1 (documented in the README):
 - ``""`` overall: SERVING only while RUNNING and every check serves;
@@ -282,14 +283,120 @@ def _pc_status(serving: bool | None) -> pc_health_pb2.HealthStatus.ValueType:
     )
 
 
+@dataclass(eq=False)
+class _SyncWatcher:
+    """One sync Watch call: how to send to it and what it was sent last."""
+
+    service: str
+    send: Callable[[health_pb2.HealthCheckResponse], None]
+    sent: int | None = None
+    queued: bool = False
+    closed: bool = False
+
+
 class SyncHealthServicer(health.HealthServicer):
-    """grpcio-health-checking's servicer, NOT_SERVING until told otherwise."""
+    """grpcio-health-checking's Check, NOT_SERVING until told otherwise, with a
+    Watch of ours that cannot deadlock.
+
+    The stock sync Watch holds the servicer's lock while it sends, and a send
+    waits for grpc's poll thread; that thread runs the close callback of an
+    ended Watch, which takes the same lock: two clients whose Watch calls end
+    by short deadlines wedge the whole server for good. Here no lock of ours is
+    held while grpc runs (sends, ``add_callback``), and the close callback only
+    marks the watcher closed. Sends happen on one thread of ours, which lives
+    while there are watchers; each watcher is sent the service's latest status
+    (a status that changed back before it could be sent is not sent twice).
+    """
 
     def __init__(self) -> None:
+        # Guards the watchers and the send queue; never held while grpc runs.
+        self._watch_lock = threading.Condition(threading.Lock())
+        self._watchers: dict[str, set[_SyncWatcher]] = {}
+        self._due: collections.deque[_SyncWatcher] = collections.deque()
+        self._sender: threading.Thread | None = None
         super().__init__()
         # The stock servicer starts out SERVING; a container is not serving
         # before it has started.
         self.set(OVERALL, _NOT_SERVING)
+
+    def set(self, service: str, status: int) -> None:
+        """Set a status: visible to Check at once, sent to watchers by our sender."""
+        with self._lock:
+            if self._gracefully_shutting_down:
+                return
+            self._server_status[service] = status
+        with self._watch_lock:
+            for watcher in self._watchers.get(service, ()):
+                self._queue(watcher)
+
+    def Watch(
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.ServicerContext,
+        send_response_callback: Callable[[health_pb2.HealthCheckResponse], None] | None = None,
+    ) -> None:
+        if send_response_callback is None:
+            # grpc passes it to behaviours marked experimental_non_blocking.
+            raise RuntimeError("Health.Watch needs grpc's non-blocking stream handling")
+        watcher = _SyncWatcher(request.service, send_response_callback)
+        with self._watch_lock:
+            self._watchers.setdefault(watcher.service, set()).add(watcher)
+            self._queue(watcher)
+        if not context.add_callback(lambda: self._forget(watcher)):
+            self._forget(watcher)  # the call already ended
+
+    # Served without a thread of the pool held for the call's lifetime.
+    Watch.experimental_non_blocking = True  # type: ignore[attr-defined]
+    Watch.experimental_thread_pool = None  # type: ignore[attr-defined]
+
+    def _queue(self, watcher: _SyncWatcher) -> None:
+        # Caller holds _watch_lock.
+        if watcher.closed or watcher.queued:
+            return
+        watcher.queued = True
+        self._due.append(watcher)
+        if self._sender is None:
+            self._sender = threading.Thread(
+                target=self._send_loop, name="pycontainer-health-watch", daemon=True
+            )
+            self._sender.start()
+        self._watch_lock.notify()
+
+    def _forget(self, watcher: _SyncWatcher) -> None:
+        # On grpc's poll thread when a call ends: it must never wait.
+        with self._watch_lock:
+            watcher.closed = True
+            watchers = self._watchers.get(watcher.service)
+            if watchers is not None:
+                watchers.discard(watcher)
+                if not watchers:
+                    del self._watchers[watcher.service]
+            self._watch_lock.notify()
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._watch_lock:
+                while not self._due and self._watchers:
+                    self._watch_lock.wait()
+                if not self._due:
+                    # Nobody is watching: end; the next Watch starts a sender.
+                    self._sender = None
+                    return
+                watcher = self._due.popleft()
+                watcher.queued = False
+                if watcher.closed:
+                    continue
+            status = self._server_status.get(
+                watcher.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            )
+            if status == watcher.sent:
+                continue
+            watcher.sent = status
+            try:
+                # Returns once sent, or at once for a call that has ended.
+                watcher.send(health_pb2.HealthCheckResponse(status=status))
+            except Exception:  # a call that cannot be sent to is over
+                self._forget(watcher)
 
     def list_statuses(self) -> dict[str, int]:
         """Every known service and its status, for Health.List."""

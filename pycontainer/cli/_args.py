@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import re
 
 from ..units import duration_arg, format_duration
 from ..v1 import container_pb2, logs_pb2
@@ -136,9 +135,12 @@ def level(text: str) -> int:
 
 
 def pattern(text: str) -> str:
-    """A regular expression that compiles."""
+    """A regular expression the container accepts (RE2 syntax)."""
+    # Here, not at the top: the grammar module stays cheap to import.
+    from ..agent._pattern import PatternError, compile_pattern
+
     try:
-        re.compile(text)
-    except re.error as exc:
+        compile_pattern(text)
+    except PatternError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression: {exc}") from None
     return text

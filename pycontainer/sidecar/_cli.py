@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..agent._config import mask_url_passwords
 from ..agent._container import ContainerSettings
 from ..spec import SPEC_ENV, decode_spec
 from ..telemetry import configure_tracing
@@ -483,14 +484,14 @@ def run_settings(settings: SidecarSettings) -> int:
         host = settings.listen.rsplit(":", 1)[0] or "127.0.0.1"
         if host in ("[::]", "0.0.0.0", ""):
             host = "127.0.0.1"
+        manager = settings.manager or os.environ.get("PYCONTAINER_MANAGER")
         _log.info(
             "container %s: Management API on %s:%d%s",
             sidecar.container.id,
             host,
             port,
-            f", manager {settings.manager or os.environ.get('PYCONTAINER_MANAGER')}"
-            if settings.manager or os.environ.get("PYCONTAINER_MANAGER")
-            else "",
+            # An address may carry userinfo (user:password@host): never logged.
+            f", manager {mask_url_passwords(manager)}" if manager else "",
         )
 
     try:

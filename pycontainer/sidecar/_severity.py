@@ -1,8 +1,8 @@
 """Severity of a line a program printed: the stream's default (INFO for
 stdout, WARN for stderr) unless a rule's regular expression matches the line.
 
-Rules are tried in order, the operator's (``--severity-rule REGEX=LEVEL``)
-before the built-in ones, which read a leading level word (``ERROR ...``,
+Rules are tried in order, the operator's (``--severity-rule REGEX=LEVEL``, RE2
+syntax) before the built-in ones, which read a leading level word (``ERROR ...``,
 ``[warn] ...``, ``2024-05-01 12:00:00 DEBUG ...``) or a logfmt ``level=...``.
 """
 
@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..agent._pattern import Pattern, PatternError, compile_pattern
 from ..v1 import logs_pb2
 
 __all__ = [
@@ -83,7 +84,7 @@ class SeverityRule:
     """Lines in which ``pattern`` is found (re.search) get ``level``; with a
     ``level`` named group in the pattern, that group's word decides instead."""
 
-    pattern: re.Pattern[str]
+    pattern: Pattern
     level: Level | None = None
 
     def match(self, line: str) -> Level | None:
@@ -100,9 +101,12 @@ def parse_rule(text: str) -> SeverityRule:
     regex, sep, level = text.rpartition("=")
     if not sep or not regex:
         raise ValueError(f"{text!r} is not REGEX=LEVEL (such as '^panic:=fatal')")
+    # The operator's rules run on every line the program prints: RE2 (linear
+    # time), as every pattern from outside is. The built-in rules below need
+    # lookahead, and are re's.
     try:
-        pattern = re.compile(regex)
-    except re.error as exc:
+        pattern = compile_pattern(regex)
+    except PatternError as exc:
         raise ValueError(f"invalid regular expression {regex!r}: {exc}") from None
     return SeverityRule(pattern, parse_level(level))
 

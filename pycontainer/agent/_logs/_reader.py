@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import cast
@@ -20,6 +19,7 @@ from typing import cast
 from pycontainer._errors import invalid_argument
 from pycontainer.v1 import logs_pb2, management_pb2
 
+from .._pattern import Pattern, PatternError, compile_pattern
 from ._buffer import BufferedEntry, LogBuffer
 
 __all__ = [
@@ -99,7 +99,7 @@ class LogQuery:
     since_ns: int | None = None
     min_severity: int = 0
     contains: str = ""
-    pattern: re.Pattern[str] | None = None
+    pattern: Pattern | None = None
     logger: str = ""
     max_batch_size: int = DEFAULT_BATCH_SIZE
 
@@ -122,14 +122,14 @@ class LogQuery:
             raise invalid_argument(
                 "min_severity", f"unknown severity {req.min_severity}; use a Severity value"
             )
-        pattern: re.Pattern[str] | None = None
+        pattern: Pattern | None = None
         if req.pattern:
+            # Untrusted: RE2 (linear time), never the backtracking re.
             try:
-                pattern = re.compile(req.pattern)
-            except (re.error, RecursionError, OverflowError, ValueError) as exc:
-                raise invalid_argument(
-                    "pattern", f"not a valid regular expression: {exc}"
-                ) from None
+                pattern = compile_pattern(req.pattern)
+            except PatternError as exc:
+                message = f"not a valid regular expression: {exc}"
+                raise invalid_argument("pattern", message) from None
         if req.max_batch_size > MAX_BATCH_SIZE:
             raise invalid_argument(
                 "max_batch_size", f"must be at most {MAX_BATCH_SIZE}, got {req.max_batch_size}"

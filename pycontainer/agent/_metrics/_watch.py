@@ -17,6 +17,7 @@ from pycontainer import units
 from pycontainer._errors import invalid_argument
 from pycontainer.v1 import management_pb2, metrics_pb2
 
+from .._pattern import MAX_PATTERN_LENGTH, Pattern, PatternError, compile_pattern
 from ._otel import AppMetrics
 from ._rpc_stats import RpcStats
 
@@ -104,7 +105,7 @@ class MetricFilter:
     anchor). No patterns means everything.
     """
 
-    patterns: tuple[re.Pattern[str], ...] = ()
+    patterns: tuple[Pattern, ...] = ()
 
     @classmethod
     def from_patterns(cls, patterns: Sequence[str]) -> MetricFilter:
@@ -119,18 +120,23 @@ class MetricFilter:
 _PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*:")
 
 
-def _compile(index: int, pattern: str) -> re.Pattern[str]:
+def _compile(index: int, pattern: str) -> Pattern:
     field = f"metric_filters[{index}]"
     if not pattern:
         raise invalid_argument(field, "empty pattern")
+    if len(pattern) > MAX_PATTERN_LENGTH + len("re:"):
+        raise invalid_argument(
+            field, f"too long: {len(pattern)} characters, at most {MAX_PATTERN_LENGTH} are accepted"
+        )
     if pattern.startswith("re:"):
         regex = pattern[3:]
         if not regex:
             raise invalid_argument(field, "empty regular expression after 're:'")
+        # Untrusted: RE2 (linear time), never the backtracking re.
         try:
-            return re.compile(regex)
-        except re.error as e:
-            raise invalid_argument(field, f"invalid regular expression {regex!r}: {e}") from e
+            return compile_pattern(regex)
+        except PatternError as e:
+            raise invalid_argument(field, f"invalid regular expression {regex!r}: {e}") from None
     prefix = _PREFIX.match(pattern)
     if prefix:
         # Metric and method names have no ':', so this is a mistyped prefix.
@@ -141,6 +147,9 @@ def _compile(index: int, pattern: str) -> re.Pattern[str]:
         )
     _check_glob(field, pattern)
     # Anchored at the start as well: matches() searches, and a glob is whole-name.
+    # fnmatch's translation (bounded in length above) does not backtrack
+    # catastrophically: runs of '*' become atomic lookahead groups, which is why
+    # it is compiled by re (RE2 has no lookahead).
     return re.compile(r"\A" + fnmatch.translate(pattern))
 
 

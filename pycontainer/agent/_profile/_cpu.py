@@ -8,10 +8,10 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Final
 
-from ._frames import Stack, walk
+from ._frames import Stack
+from ._threads import StackReader
 
 __all__ = ["CpuSamples", "sample_cpu"]
 
@@ -63,24 +63,29 @@ def _check_tid_clocks() -> bool:
 
 _TID_CLOCKS: Final = _check_tid_clocks()
 
-# Innermost Python frames of threads blocked in C (wall-clock fallback only).
+# Innermost Python frames of threads blocked in C (wall-clock fallback only),
+# by qualified name and by plain name (stacks read by faulthandler have those).
 _IDLE_FRAMES: Final = frozenset(
     {
         ("threading.py", "Condition.wait"),
+        ("threading.py", "wait"),
         ("threading.py", "Thread._wait_for_tstate_lock"),
+        ("threading.py", "_wait_for_tstate_lock"),
         ("selectors.py", "EpollSelector.select"),
         ("selectors.py", "PollSelector.select"),
         ("selectors.py", "SelectSelector.select"),
         ("selectors.py", "KqueueSelector.select"),
+        ("selectors.py", "select"),
         ("socket.py", "socket.accept"),
+        ("socket.py", "accept"),
         ("thread.py", "_worker"),
     }
 )
 
 
-def _looks_idle(frame: FrameType) -> bool:
-    code = frame.f_code
-    return (os.path.basename(code.co_filename), code.co_qualname) in _IDLE_FRAMES
+def _looks_idle(stack: Stack) -> bool:
+    name, file, _line = stack[-1]
+    return (os.path.basename(file), name) in _IDLE_FRAMES
 
 
 def _thread_cpu_ns(tid: int) -> int | None:
@@ -96,9 +101,11 @@ def sample_cpu(duration_s: float, hz: int, stop: threading.Event | None = None) 
     Blocks for duration_s (or until stop is set). At each tick a thread counts
     when its CPU clock advanced since the previous tick; without per-thread CPU
     clocks every thread not visibly blocked counts. The calling thread is left
-    out. Behind CPU-bound Python threads a tick can wait for the GIL up to
-    ``sys.getswitchinterval()``; ticks missed that way are skipped, so high
-    rates may be reached only in part (CpuSamples.ticks says how many ran).
+    out. Stacks are read by :class:`StackReader` (safe on every CPython; see
+    there for what it reports before 3.12). Behind CPU-bound Python threads a
+    tick can wait for the GIL up to ``sys.getswitchinterval()``; ticks missed
+    that way are skipped, so high rates may be reached only in part
+    (CpuSamples.ticks says how many ran).
     """
     if hz <= 0:
         raise ValueError("hz must be positive")
@@ -118,26 +125,27 @@ def sample_cpu(duration_s: float, hz: int, stop: threading.Event | None = None) 
     deadline = start + int(duration_s * _NS)
     next_tick = start + period_ns
     now = start
-    while next_tick <= deadline:
-        delay = (next_tick - now) / _NS
-        if stop is not None:
-            if stop.wait(delay):
-                break
-        elif delay > 0:
-            time.sleep(delay)
-        _tick(samples, me, last_cpu)
-        now = time.monotonic_ns()
-        # Skip ticks missed while descheduled rather than sampling in a burst.
-        next_tick += period_ns * max(1, (now - next_tick) // period_ns + 1)
+    with StackReader(qualified=True) as reader:
+        while next_tick <= deadline:
+            delay = (next_tick - now) / _NS
+            if stop is not None:
+                if stop.wait(delay):
+                    break
+            elif delay > 0:
+                time.sleep(delay)
+            _tick(samples, me, last_cpu, reader)
+            now = time.monotonic_ns()
+            # Skip ticks missed while descheduled rather than sampling in a burst.
+            next_tick += period_ns * max(1, (now - next_tick) // period_ns + 1)
     samples.duration_ns = time.monotonic_ns() - start
     return samples
 
 
-def _tick(samples: CpuSamples, me: int, last_cpu: dict[int, int]) -> None:
-    frames = sys._current_frames()
+def _tick(samples: CpuSamples, me: int, last_cpu: dict[int, int], reader: StackReader) -> None:
+    stacks = reader.read()
     threads = {t.ident: t for t in threading.enumerate()}
     samples.ticks += 1
-    for ident, frame in frames.items():
+    for ident, stack in stacks.items():
         if ident == me:
             continue
         thread = threads.get(ident)
@@ -154,8 +162,8 @@ def _tick(samples: CpuSamples, me: int, last_cpu: dict[int, int]) -> None:
             used = cpu - prev if cpu >= prev else cpu
             if used <= 0:
                 continue
-        elif _looks_idle(frame):
+        elif _looks_idle(stack):
             continue
-        key = (thread.name if thread is not None else f"thread {ident}", walk(frame, True))
+        key = (thread.name if thread is not None else f"thread {ident}", stack)
         samples.counts[key] += 1
         samples.cpu_ns[key] += used if used is not None else samples.period_ns

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import sys
 import threading
 import time
 import weakref
@@ -15,15 +14,17 @@ from typing import Any, Final
 from pycontainer import units
 from pycontainer.v1 import profile_pb2
 
-from ._frames import Stack, frame_of, frame_pbs, thread_names, walk
+from ._frames import Stack, frame_of, frame_pbs, thread_names
 from ._locks import DEFAULT_LOCK_REGISTRY, LockRegistry
+from ._threads import StackReader
 
 __all__ = ["DEFAULT_LOOP_REGISTRY", "LoopRegistry", "task_stacks", "thread_stacks"]
 
 
 def thread_stacks(registry: LockRegistry = DEFAULT_LOCK_REGISTRY) -> list[profile_pb2.ThreadStack]:
     """Every thread with Python frames and its stack, marking tracked-lock waits."""
-    frames = sys._current_frames()
+    with StackReader() as reader:
+        frames = reader.read()
     now = time.monotonic_ns()
     waiting: dict[int, tuple[str, int]] = {}
     for lock in registry.locks():
@@ -41,7 +42,7 @@ def thread_stacks(registry: LockRegistry = DEFAULT_LOCK_REGISTRY) -> list[profil
             native_id=(thread.native_id or 0) if thread else 0,
             name=thread.name if thread else f"thread {ident}",
             daemon=thread.daemon if thread else False,
-            frames=frame_pbs(walk(frames[ident])),
+            frames=frame_pbs(frames[ident]),
         )
         if ident in waiting:
             name, since = waiting[ident]
