@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
 
+from .. import limits
 from .._errors import invalid_argument, not_found
 from ..units import timestamp_to_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
@@ -19,6 +21,8 @@ from ._events import EventBus
 from ._scheduler import Claim, Resources
 from ._settings import MAX_ENDED_CONTAINERS
 from ._store import ContainerRecord, StateStore
+
+_log = logging.getLogger("pycontainer.manager")
 
 _TERMINAL = (container_pb2.LIFECYCLE_STATE_STOPPED, container_pb2.LIFECYCLE_STATE_FAILED)
 
@@ -28,19 +32,55 @@ def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
 
 
 class Session:
-    """One live Lifecycle.Connect stream of a container."""
+    """One live Lifecycle.Connect stream of a container.
 
-    def __init__(self) -> None:
+    Its outbox is bounded (pycontainer.limits): heartbeat replies past
+    SESSION_OUTBOX_SOFT unread messages are dropped (the next says the same),
+    and past SESSION_OUTBOX_HARD the session is closed at once, with a reason,
+    so that a peer that stops reading cannot grow the manager's memory."""
+
+    def __init__(self, container_id: str = "") -> None:
         self.id = uuid.uuid4().hex[:12]
+        self.container_id = container_id
         self.outbox: asyncio.Queue[lifecycle_pb2.ConnectResponse | None] = asyncio.Queue()
         self.last_seen = time.monotonic()
+        # Why the manager ended it (empty while open, or for an ordinary end).
+        self.closed_reason = ""
+        # The task serving the stream: cancelled to end a session whose
+        # writes are stuck on a peer that does not read.
+        self.task: asyncio.Task[object] | None = None
 
     def send(self, message: lifecycle_pb2.ConnectResponse) -> None:
+        if self.closed_reason:
+            return
+        if self.outbox.qsize() >= limits.SESSION_OUTBOX_HARD:
+            self.abort(
+                f"the container read none of {limits.SESSION_OUTBOX_HARD} queued messages "
+                "(pycontainer.limits.SESSION_OUTBOX_HARD): session closed"
+            )
+            return
         self.outbox.put_nowait(message)
+
+    def send_heartbeat(self, message: lifecycle_pb2.ConnectResponse) -> None:
+        """A heartbeat reply, unless the peer already has enough unread."""
+        if self.outbox.qsize() < limits.SESSION_OUTBOX_SOFT:
+            self.send(message)
 
     def close(self) -> None:
         """End the stream from the manager's side."""
         self.outbox.put_nowait(None)
+
+    def abort(self, reason: str) -> None:
+        """End the stream now (without draining what is queued), saying why."""
+        if self.closed_reason:
+            return
+        self.closed_reason = reason
+        _log.warning("container %s: %s", self.container_id or "?", reason)
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.outbox.put_nowait(None)
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
 
 
 @dataclass

@@ -17,11 +17,20 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from opentelemetry import propagate
 
-from .._errors import RequestError, code_number, invalid_argument, status_code
+from .. import limits
+from .._errors import (
+    RequestError,
+    code_number,
+    invalid_argument,
+    resource_exhausted,
+    status_code,
+)
 from ..units import duration_from_proto, duration_to_proto, timestamp_to_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._registry import Entry, PendingCommand, Registry, Session
+from ._scheduler import Resources, total
 from ._settings import ManagerSettings
+from ._validation import check_registration
 
 _log = logging.getLogger("pycontainer.manager")
 
@@ -52,8 +61,16 @@ class Sessions:
         self._settings = settings
         self._on_registered = on_registered
         self._on_ended = on_ended
-        # Grace extensions granted so far, by command id.
+        # Grace extensions granted so far, by command id (of stops in flight
+        # only: the stopper forgets each when its stop ends).
         self._granted: dict[str, float] = {}
+        # What admitted containers share: a registration's claim to be
+        # running is checked against it (the manager sets it).
+        self.capacity: Resources | None = None
+        # Told when a container's hold on capacity was released (its session
+        # lost for the heartbeat timeout): what waits may now be admitted.
+        self.on_released: EntryHook = lambda entry: None
+        self._releases: set[asyncio.Future[None]] = set()
 
     # -- streams -------------------------------------------------------------------------
     async def connect(
@@ -62,11 +79,13 @@ class Sessions:
         first = await anext(aiter(requests), None)
         if first is None or first.WhichOneof("message") != "register":
             raise invalid_argument("register", "the first message of a session must be register")
+        check_registration(first.register)
         entry = self._register(first.register)
-        session = Session()
+        session = Session(entry.id)
         if entry.session is not None:
             entry.session.close()  # a newer session replaces a stale one
         entry.session = session
+        session.task = asyncio.current_task()
         session.send(
             lifecycle_pb2.ConnectResponse(
                 registered=lifecycle_pb2.RegistrationAck(
@@ -95,26 +114,31 @@ class Sessions:
                     kind, entry, "session closed" if entry.terminal else "session lost"
                 )
                 if not entry.terminal:
-                    entry.error = "lost contact with the container"
+                    entry.error = session.closed_reason or "lost contact with the container"
+                    self._release_later(entry)
                 self._registry.persist(entry)
                 entry.changed.set()
 
     def _register(self, reg: lifecycle_pb2.Registration) -> Entry:
         identity = reg.identity
-        if not identity.id or not identity.name:
-            raise invalid_argument("register.identity", "id and name are required")
         entry = self._registry.get(identity.id)
         reconnect = entry is not None and entry.sessions > 0
+        state = reg.state or S.LIFECYCLE_STATE_CREATED
         if entry is None:
             entry = Entry(id=identity.id, name=identity.name, identity=identity)
+            if _claims_running(state):
+                self._admit_claim(entry, state)
             self._registry.entries[entry.id] = entry
         else:
-            entry.identity = _with_spec(identity, entry.spec)
+            claimed = _with_spec(identity, entry.spec)
+            if _claims_running(state) and not entry.admitted:
+                self._admit_claim(entry, state, claimed)
+            entry.identity = claimed
         entry.sessions += 1
-        entry.state = reg.state or S.LIFECYCLE_STATE_CREATED
+        entry.state = state
         entry.pid = reg.pid
         entry.error = reg.error
-        if entry.state in (S.LIFECYCLE_STATE_RUNNING, S.LIFECYCLE_STATE_PAUSED):
+        if _claims_running(entry.state):
             entry.admitted = True
             if entry.start_time is None:
                 entry.start_time = time.time()
@@ -130,6 +154,68 @@ class Sessions:
         entry.changed.set()
         return entry
 
+    # -- capacity held by registrations ---------------------------------------------------
+    def _admit_claim(
+        self,
+        entry: Entry,
+        state: int,
+        identity: container_pb2.ContainerIdentity | None = None,
+    ) -> None:
+        """A registration that says it is RUNNING (or PAUSED) claims capacity
+        like a start does: RESOURCE_EXHAUSTED when its resources do not fit in
+        what admitted containers leave. It evicts nobody (a claim is not an
+        admission the manager planned: a priority it states of itself must
+        not push a real container out)."""
+        if self.capacity is None:
+            return
+        wanted = identity.resources if identity is not None else entry.identity.resources
+        claim = Resources(cpu_millis=wanted.cpu_millis, memory_bytes=wanted.memory_bytes)
+        held = total(
+            e.resources()
+            for e in self._registry
+            if e.admitted and not e.terminal and e is not entry
+        )
+        free = self.capacity - held
+        if not claim.fits_in(free):
+            short = claim.shortfall(free)
+            raise resource_exhausted(
+                f"container {entry.id} registered as {S.LifecycleState.Name(state)}"  # type: ignore[arg-type]
+                f" but its resources do not fit: short by {short.cpu_millis}m cpu and "
+                f"{short.memory_bytes} bytes of memory (capacity is ManagerSettings.capacity)"
+            )
+
+    def _release_later(self, entry: Entry) -> None:
+        """The rule for capacity after a lost session: a container the manager
+        did not launch (or whose process the runtime no longer tracks) holds
+        its room until the heartbeat timeout passes without a new session,
+        then releases it; one it launched keeps it while its process runs
+        (the runtime's exit releases it). A release is not a stop: a
+        container that comes back RUNNING claims its room again."""
+        if entry.launched or not entry.admitted:
+            return
+        sessions = entry.sessions
+        wait = self._settings.heartbeat_interval * self._settings.lost_after_heartbeats
+
+        async def release() -> None:
+            await asyncio.sleep(wait.total_seconds())
+            if entry.sessions != sessions or entry.connected or not entry.admitted:
+                return
+            if self._registry.get(entry.id) is not entry or entry.launched:
+                return
+            entry.admitted = False
+            self._registry.event(
+                E.EVENT_TYPE_STATE_CHANGED,
+                entry,
+                f"capacity released: no session for {wait.total_seconds():g}s "
+                "(the heartbeat timeout)",
+            )
+            entry.changed.set()
+            self.on_released(entry)
+
+        task = asyncio.ensure_future(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
     async def _read(
         self,
         entry: Entry,
@@ -141,14 +227,15 @@ class Sessions:
                 session.last_seen = time.monotonic()
                 kind = request.WhichOneof("message")
                 if kind == "state_change":
-                    self._on_state(entry, request.state_change)
+                    if _known_states(request.state_change):
+                        self._on_state(entry, request.state_change)
                 elif kind == "command_result":
                     pending = entry.pending.pop(request.command_result.command_id, None)
                     if pending is not None and not pending.result.done():
                         pending.result.set_result(request.command_result)
                 elif kind == "heartbeat":
                     now = timestamp_to_proto(time.time())
-                    session.send(
+                    session.send_heartbeat(
                         lifecycle_pb2.ConnectResponse(heartbeat=lifecycle_pb2.Heartbeat(time=now))
                     )
                 elif kind == "grace_extension":
@@ -159,6 +246,8 @@ class Sessions:
             session.close()
 
     def _on_state(self, entry: Entry, change: lifecycle_pb2.StateChange) -> None:
+        # What the container says of itself is shown and kept: bounded.
+        change.message = _cut(change.message, limits.MAX_ERROR_LENGTH)
         entry.state = change.to_state
         if change.to_state == S.LIFECYCLE_STATE_RUNNING and change.from_state in (
             S.LIFECYCLE_STATE_STARTING,
@@ -189,14 +278,24 @@ class Sessions:
         self, entry: Entry, ask: lifecycle_pb2.GraceExtensionRequest
     ) -> lifecycle_pb2.ConnectResponse:
         used = self._granted.get(ask.command_id, 0.0)
-        wanted = duration_from_proto(ask.extension).total_seconds()
+        try:
+            wanted = duration_from_proto(ask.extension).total_seconds()
+        except OverflowError:
+            wanted = float("inf")
         cap = self._settings.max_grace_extension.total_seconds()
         granted = max(0.0, min(wanted, cap - used))
-        self._granted[ask.command_id] = used + granted
+        pending = entry.pending.get(ask.command_id)
+        if pending is None or pending.command.WhichOneof("action") not in ("stop", "evict"):
+            # Only a stop in flight has a grace period to extend; recording
+            # others would keep ids nobody frees.
+            granted = 0.0
+        else:
+            self._granted[ask.command_id] = used + granted
         self._registry.event(
             E.EVENT_TYPE_COMMAND_FINISHED,
             entry,
-            f"grace extension of {wanted:g}s asked ({ask.reason or 'no reason'}): "
+            f"grace extension of {wanted:g}s asked "
+            f"({_cut(ask.reason or 'no reason', limits.MAX_ECHOED_CHARS)}): "
             f"granted {granted:g}s",
             ask.command_id,
         )
@@ -228,6 +327,8 @@ class Sessions:
                     session.close()
 
     def close_all(self) -> None:
+        for task in list(self._releases):
+            task.cancel()
         for entry in self._registry:
             if entry.session is not None:
                 entry.session.close()
@@ -324,6 +425,24 @@ class Sessions:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(entry.changed.wait(), remaining)
         return True
+
+
+def _known_states(change: lifecycle_pb2.StateChange) -> bool:
+    """Both states of a report are LifecycleStates; one that is not is
+    dropped (logged) rather than kept as the container's state."""
+    for state in (change.from_state, change.to_state):
+        if state not in S.LifecycleState.values():
+            _log.warning("state change to unknown LifecycleState %d ignored", state)
+            return False
+    return True
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text.encode())} bytes)"
+
+
+def _claims_running(state: int) -> bool:
+    return state in (S.LIFECYCLE_STATE_RUNNING, S.LIFECYCLE_STATE_PAUSED)
 
 
 def _with_spec(
