@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from google.protobuf import timestamp_pb2
 
 from .. import limits
-from .._errors import invalid_argument, not_found
+from .._errors import echo, invalid_argument, not_found
 from ..units import timestamp_to_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._events import EventBus
@@ -373,12 +373,12 @@ class Registry:
         named = [e for e in self.entries.values() if e.name == name_or_id]
         live = [e for e in named if not e.terminal] or named
         if not live:
-            raise not_found("container", f"no container with id or name {name_or_id!r}")
+            raise not_found("container", f"no container with id or name {echo(name_or_id)}")
         if len(live) > 1:
             ids = ", ".join(sorted(e.id for e in live))
             raise invalid_argument(
                 "container",
-                f"name {name_or_id!r} matches {len(live)} containers ({ids}): use an id",
+                f"name {echo(name_or_id)} matches {len(live)} containers ({ids}): use an id",
             )
         return live[0]
 
