@@ -457,3 +457,36 @@ def test_a_lost_registrations_capacity_goes_to_what_waits(tmp_path: Path) -> Non
         if waiting is not None:
             waiting.close()
         manager.stop()
+
+
+def test_a_record_from_an_earlier_manager_that_never_returns_releases_its_room(
+    tmp_path: Path,
+) -> None:
+    state_dir = str(tmp_path / "state")
+    capacity = Resources(1000, 1 << 30)
+    first = ManagerHost(state_dir, capacity=capacity)
+    holder = RawSession(
+        first.address,
+        lifecycle_pb2.Registration(
+            identity=_identity("gone-1", "gone", resources=S.ResourceRequirements(cpu_millis=800)),
+            state=S.LIFECYCLE_STATE_RUNNING,
+        ),
+    )
+    try:
+        assert holder.first().WhichOneof("message") == "registered"
+    finally:
+        holder.close()
+        first.stop()
+    second = ManagerHost(state_dir, capacity=capacity)
+    waiting = host = None
+    try:
+        assert second.manager.registry.get("gone-1").admitted  # as the record says
+        waiting, host = connected_container(second, "after", cpu_millis=500)
+        wait_until(lambda: waiting.state == pycontainer.State.RUNNING, 20, "admitted once released")
+        assert not second.manager.registry.get("gone-1").admitted
+    finally:
+        if host is not None:
+            host.stop()
+        if waiting is not None:
+            waiting.close()
+        second.stop()

@@ -244,7 +244,7 @@ class Manager:
         """Have ``purger(container_id)`` called when a record is deleted with purge."""
         self._purgers.append(purger)
 
-    def _released(self, entry: Entry) -> None:
+    def _released(self) -> None:
         self._spawn(self.admission.admit_waiting())
 
     def _ended(self, entry: Entry) -> None:

@@ -143,6 +143,9 @@ class Entry:
     kill_signal: int = 0
     # Its end was noted (finish_time): set while it stays ended.
     ended: bool = False
+    # When (time.monotonic()) it was last seen without a session: its room
+    # is released a heartbeat timeout later (Sessions.release_unclaimed).
+    disconnected_at: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -306,6 +309,7 @@ class Registry:
         for record in store.list_containers():
             entry = Entry.from_record(record)
             entry.ended = entry.terminal
+            entry.disconnected_at = time.monotonic()  # no session with this manager yet
             self.entries[entry.id] = entry
 
     def add(self, entry: Entry) -> None:

@@ -25,7 +25,7 @@ from .._errors import (
     resource_exhausted,
     status_code,
 )
-from ..units import duration_from_proto, duration_to_proto, timestamp_to_proto
+from ..units import duration_from_proto, duration_to_proto, format_duration, timestamp_to_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._registry import Entry, PendingCommand, Registry, Session
 from ._scheduler import Resources, total
@@ -67,10 +67,9 @@ class Sessions:
         # What admitted containers share: a registration's claim to be
         # running is checked against it (the manager sets it).
         self.capacity: Resources | None = None
-        # Told when a container's hold on capacity was released (its session
-        # lost for the heartbeat timeout): what waits may now be admitted.
-        self.on_released: EntryHook = lambda entry: None
-        self._releases: set[asyncio.Future[None]] = set()
+        # Told when containers' hold on capacity was released (no session
+        # for the heartbeat timeout): what waits may now be admitted.
+        self.on_released: Callable[[], None] = lambda: None
 
     # -- streams -------------------------------------------------------------------------
     async def connect(
@@ -109,13 +108,13 @@ class Sessions:
             reader.cancel()
             if entry.session is session:
                 entry.session = None
+                entry.disconnected_at = time.monotonic()
                 kind = E.EVENT_TYPE_LOST if not entry.terminal else E.EVENT_TYPE_STATE_CHANGED
                 self._registry.event(
                     kind, entry, "session closed" if entry.terminal else "session lost"
                 )
                 if not entry.terminal:
                     entry.error = session.closed_reason or "lost contact with the container"
-                    self._release_later(entry)
                 self._registry.persist(entry)
                 entry.changed.set()
 
@@ -184,37 +183,32 @@ class Sessions:
                 f"{short.memory_bytes} bytes of memory (capacity is ManagerSettings.capacity)"
             )
 
-    def _release_later(self, entry: Entry) -> None:
-        """The rule for capacity after a lost session: a container the manager
-        did not launch (or whose process the runtime no longer tracks) holds
-        its room until the heartbeat timeout passes without a new session,
-        then releases it; one it launched keeps it while its process runs
-        (the runtime's exit releases it). A release is not a stop: a
-        container that comes back RUNNING claims its room again."""
-        if entry.launched or not entry.admitted:
-            return
-        sessions = entry.sessions
-        wait = self._settings.heartbeat_interval * self._settings.lost_after_heartbeats
-
-        async def release() -> None:
-            await asyncio.sleep(wait.total_seconds())
-            if entry.sessions != sessions or entry.connected or not entry.admitted:
-                return
-            if self._registry.get(entry.id) is not entry or entry.launched:
-                return
+    def release_unclaimed(self, now: float) -> None:
+        """The rule for capacity without a session: a container the manager
+        did not launch here (one that dialled in itself, or a record from an
+        earlier manager) holds its room until the heartbeat timeout passes
+        without a session, then releases it; one launched here keeps it while
+        its process runs (the runtime's exit releases it). A release is not a
+        stop: one that comes back RUNNING claims its room again (_admit_claim)."""
+        timeout = self._settings.heartbeat_interval * self._settings.lost_after_heartbeats
+        silent_for = timeout.total_seconds()
+        released = False
+        for entry in self._registry:
+            if entry.connected or entry.launched or not entry.admitted or entry.terminal:
+                continue
+            if entry.disconnected_at is None or now - entry.disconnected_at < silent_for:
+                continue
             entry.admitted = False
+            released = True
             self._registry.event(
                 E.EVENT_TYPE_STATE_CHANGED,
                 entry,
-                f"capacity released: no session for {wait.total_seconds():g}s "
+                f"capacity released: no session for {format_duration(timeout)} "
                 "(the heartbeat timeout)",
             )
             entry.changed.set()
-            self.on_released(entry)
-
-        task = asyncio.ensure_future(release())
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
+        if released:
+            self.on_released()
 
     async def _read(
         self,
@@ -320,6 +314,7 @@ class Sessions:
         while True:
             await asyncio.sleep(interval / 2)
             now = time.monotonic()
+            self.release_unclaimed(now)
             for entry in self._registry:
                 session = entry.session
                 if session is not None and now - session.last_seen > limit:
@@ -327,8 +322,6 @@ class Sessions:
                     session.close()
 
     def close_all(self) -> None:
-        for task in list(self._releases):
-            task.cancel()
         for entry in self._registry:
             if entry.session is not None:
                 entry.session.close()
