@@ -285,7 +285,9 @@ def parse_selector(text: str) -> list[tuple[str, str, str | None]]:
         else:
             key, value, op = part, "", "exists"
         if not key or any(c.isspace() for c in key):
-            raise ValueError(f"bad requirement {raw!r} (use key=value, key!=value, key or !key)")
+            raise ValueError(
+                f"bad requirement {echo(raw)} (use key=value, key!=value, key or !key)"
+            )
         out.append((key, op, value if op in ("=", "!=") else None))
     return out
 

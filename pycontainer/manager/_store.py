@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from .._errors import RequestError, not_found, resource_exhausted
+from .._errors import RequestError, echo, not_found, resource_exhausted
 from ..limits import MAX_CHECKPOINT_BYTES
 from ..units import format_memory
 
@@ -388,7 +388,7 @@ class SQLiteStore:
                 (checkpoint_id,),
             ).fetchone()
         if row is None:
-            raise not_found("checkpoint_id", f"no checkpoint {checkpoint_id!r}")
+            raise not_found("checkpoint_id", f"no checkpoint {echo(checkpoint_id)}")
         info, data = _checkpoint(row[:-1]), bytes(row[-1])
         actual = hashlib.sha256(data).hexdigest()
         if actual != info.sha256 or len(data) != info.size_bytes:
