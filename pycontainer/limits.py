@@ -47,6 +47,11 @@ MAX_LABEL_VALUE_LENGTH = 63
 #: real use and keeps one record small.
 MAX_LABELS = 64
 
+#: Containers the manager keeps (live ones and the ended it remembers): each
+#: holds a record, a session and its queues. Far above what one machine runs;
+#: past it a new registration or launch is RESOURCE_EXHAUSTED.
+MAX_CONTAINERS = 10_000
+
 #: Endpoints one container advertises (management, its services, metrics...).
 MAX_ENDPOINTS = 32
 #: An endpoint's address (host:port, a unix: path or a URL) and its name.

@@ -490,3 +490,70 @@ def test_a_record_from_an_earlier_manager_that_never_returns_releases_its_room(
         if waiting is not None:
             waiting.close()
         second.stop()
+
+
+def test_a_stored_record_past_the_bounds_is_not_served_but_kept(tmp_path: Path) -> None:
+    from pycontainer.manager import SQLiteStore
+    from pycontainer.manager._store import ContainerRecord
+
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    store = SQLiteStore(state_dir / "manager.db")
+    for cid, name in (("huge-1", "n" * 1_300_000), ("fine-1", "fine")):
+        store.put_container(
+            ContainerRecord(
+                id=cid,
+                name=name,
+                spec=b"",
+                labels={},
+                priority=0,
+                cpu_millis=0,
+                memory_bytes=0,
+                state=S.LIFECYCLE_STATE_STOPPED,
+                create_time=1.0,
+            )
+        )
+    store.close()
+    manager = ManagerHost(str(state_dir))
+    try:
+        assert _ids(manager) == ["fine-1"]  # a default client's listing works
+        assert manager.manager.store.get_container("huge-1") is not None  # nothing lost
+    finally:
+        manager.stop()
+
+
+def test_containers_past_max_containers_are_resource_exhausted(
+    manager: ManagerHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "MAX_CONTAINERS", 2)
+    sessions = [
+        RawSession(manager.address, lifecycle_pb2.Registration(identity=_identity(f"c-{i}", "c")))
+        for i in range(2)
+    ]
+    try:
+        for session in sessions:
+            assert session.first().WhichOneof("message") == "registered"
+        error = _register(manager.address, lifecycle_pb2.Registration(identity=_identity("c-2")))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "MAX_CONTAINERS" in (error.details() or "")
+        # An ended one makes room: the longest ended is forgotten for the newcomer.
+        sessions[0].send(
+            lifecycle_pb2.ConnectRequest(
+                state_change=lifecycle_pb2.StateChange(
+                    from_state=S.LIFECYCLE_STATE_CREATED, to_state=S.LIFECYCLE_STATE_STOPPED
+                )
+            )
+        )
+        ended = manager.manager.registry.get("c-0")
+        wait_until(lambda: ended.state == S.LIFECYCLE_STATE_STOPPED, 10, "c-0 stopped")
+        sessions[0].close()
+        wait_until(lambda: not _connected(manager, "c-0"), 10, "c-0 disconnected")
+        newcomer = RawSession(
+            manager.address, lifecycle_pb2.Registration(identity=_identity("c-2"))
+        )
+        sessions.append(newcomer)
+        assert newcomer.first().WhichOneof("message") == "registered"
+        assert sorted(_ids(manager)) == ["c-1", "c-2"]
+    finally:
+        for session in sessions:
+            session.close()

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from google.protobuf import timestamp_pb2
 
 from .. import limits
-from .._errors import echo, invalid_argument, not_found
+from .._errors import RequestError, echo, invalid_argument, not_found, resource_exhausted
 from ..units import timestamp_to_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._events import EventBus
 from ._scheduler import Claim, Resources
 from ._settings import MAX_ENDED_CONTAINERS
 from ._store import ContainerRecord, StateStore
+from ._validation import check_labels, check_name
 
 _log = logging.getLogger("pycontainer.manager")
 
@@ -267,6 +268,20 @@ class Entry:
         )
 
 
+def _within_bounds(record: ContainerRecord) -> bool:
+    """A stored record within today's bounds on names and labels. One kept
+    before them (a megabyte name would make every listing fail) stays in the
+    store, untouched, but is not served: a warning names it."""
+    try:
+        check_name(record.id, "id")
+        check_name(record.name, "name")
+        check_labels(record.labels, "labels")
+    except RequestError as exc:
+        _log.warning("stored container %s not loaded (kept in the store): %s", echo(record.id), exc)
+        return False
+    return True
+
+
 def parse_selector(text: str) -> list[tuple[str, str, str | None]]:
     """Kubernetes equality-based selector: "a=b,c!=d,e,!f". ValueError if malformed."""
     out: list[tuple[str, str, str | None]] = []
@@ -309,14 +324,30 @@ class Registry:
         self.forgotten: Callable[[Entry], None] = lambda entry: None
         self.entries: dict[str, Entry] = {}
         for record in store.list_containers():
+            if not _within_bounds(record):
+                continue
             entry = Entry.from_record(record)
             entry.ended = entry.terminal
             entry.disconnected_at = time.monotonic()  # no session with this manager yet
             self.entries[entry.id] = entry
 
     def add(self, entry: Entry) -> None:
+        self.make_room_for(entry.id)
         self.entries[entry.id] = entry
         self.persist(entry)
+
+    def make_room_for(self, container_id: str) -> None:
+        """RESOURCE_EXHAUSTED for a new container past MAX_CONTAINERS (the
+        longest-ended are forgotten first, as for their own bound)."""
+        if container_id in self.entries or len(self.entries) < limits.MAX_CONTAINERS:
+            return
+        self.forget_oldest_ended(at_least=len(self.entries) - limits.MAX_CONTAINERS + 1)
+        if len(self.entries) >= limits.MAX_CONTAINERS:
+            raise resource_exhausted(
+                f"the manager keeps {len(self.entries)} containers, its limit "
+                f"(pycontainer.limits.MAX_CONTAINERS = {limits.MAX_CONTAINERS}): "
+                "delete ended ones (pycontainer rm) or stop some"
+            )
 
     def persist(self, entry: Entry) -> None:
         # A deleted container's late news (its stream ending) is not written back.
@@ -335,17 +366,18 @@ class Registry:
         self.entries.pop(entry.id, None)
         self.store.delete_container(entry.id)
 
-    def forget_oldest_ended(self) -> None:
+    def forget_oldest_ended(self, at_least: int = 0) -> None:
         """Keep at most ``max_ended`` ended containers: the longest ended go
         first (a record from an earlier manager has no finish time: its last
-        start or creation stands in). One still connected, stopping or about to
-        be restarted stays."""
+        start or creation stands in), and at least ``at_least`` of them when
+        room is needed. One still connected, stopping or about to be restarted
+        stays."""
         ended = [
             e
             for e in self.entries.values()
             if e.terminal and not e.connected and e.stop is None and not self.pinned(e)
         ]
-        excess = len(ended) - self.max_ended
+        excess = max(len(ended) - self.max_ended, min(at_least, len(ended)))
         if excess <= 0:
             return
         ended.sort(key=lambda e: e.finish_time or e.start_time or e.create_time)

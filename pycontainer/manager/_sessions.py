@@ -124,6 +124,7 @@ class Sessions:
         reconnect = entry is not None and entry.sessions > 0
         state = reg.state or S.LIFECYCLE_STATE_CREATED
         if entry is None:
+            self._registry.make_room_for(identity.id)
             entry = Entry(id=identity.id, name=identity.name, identity=identity)
             if _claims_running(state):
                 self._admit_claim(entry, state)
