@@ -34,6 +34,9 @@ MAX_LIFECYCLE_MESSAGE_BYTES = MAX_CHECKPOINT_BYTES + MESSAGE_OVERHEAD_BYTES
 #: object names), so names fit in hostnames, label values of other tools and
 #: file names, and a listing of many stays far below gRPC's 4 MiB default.
 MAX_NAME_LENGTH = 253
+#: A spec's name, shorter by the suffix the manager adds to make each
+#: replica's id (NAME-xxxxxxxx), so that the id is a valid name too.
+MAX_SPEC_NAME_LENGTH = MAX_NAME_LENGTH - len("-xxxxxxxx")
 #: What a name or id may contain: DNS-subdomain-ish, with '_' (Python apps'
 #: names) and upper case (ids some runtimes make) allowed.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?")

@@ -250,6 +250,8 @@ def test_run_container_checks_enums_resources_and_priority(manager: ManagerHost)
         ),
         (spec_pb2.ContainerSpec(name="a", priority=-2_000_000_000), "spec.priority", "MIN"),
         (spec_pb2.ContainerSpec(name="a", replicas=10**6), "spec.replicas", "MAX_REPLICAS"),
+        # Its replicas' ids (NAME-xxxxxxxx) must be valid names too.
+        (spec_pb2.ContainerSpec(name="a" * 250), "spec.name", "MAX_SPEC_NAME_LENGTH"),
         (
             spec_pb2.ContainerSpec(name="a", grace_period=duration_pb2.Duration(seconds=2**62)),
             "spec.grace_period",

@@ -234,7 +234,9 @@ class Sessions:
                         lifecycle_pb2.ConnectResponse(heartbeat=lifecycle_pb2.Heartbeat(time=now))
                     )
                 elif kind == "grace_extension":
-                    session.send(self._grant(entry, request.grace_extension))
+                    answer = self._grant(entry, request.grace_extension)
+                    if answer is not None:
+                        session.send(answer)
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         finally:
@@ -271,7 +273,19 @@ class Sessions:
     # -- grace extensions ----------------------------------------------------------------
     def _grant(
         self, entry: Entry, ask: lifecycle_pb2.GraceExtensionRequest
-    ) -> lifecycle_pb2.ConnectResponse:
+    ) -> lifecycle_pb2.ConnectResponse | None:
+        """The answer to a grace extension request: what the cap leaves, for
+        a stop in flight; nothing granted (nor kept, nor an event) for any
+        other id, and no answer at all for an id no command could have."""
+        pending = entry.pending.get(ask.command_id)
+        if pending is None or pending.command.WhichOneof("action") not in ("stop", "evict"):
+            if len(ask.command_id) > limits.MAX_NAME_LENGTH:
+                return None
+            return lifecycle_pb2.ConnectResponse(
+                grace_extension=lifecycle_pb2.GraceExtensionResponse(
+                    command_id=ask.command_id, granted=duration(0)
+                )
+            )
         used = self._granted.get(ask.command_id, 0.0)
         try:
             wanted = duration_from_proto(ask.extension).total_seconds()
@@ -279,13 +293,8 @@ class Sessions:
             wanted = float("inf")
         cap = self._settings.max_grace_extension.total_seconds()
         granted = max(0.0, min(wanted, cap - used))
-        pending = entry.pending.get(ask.command_id)
-        if pending is None or pending.command.WhichOneof("action") not in ("stop", "evict"):
-            # Only a stop in flight has a grace period to extend; recording
-            # others would keep ids nobody frees.
-            granted = 0.0
-        else:
-            self._granted[ask.command_id] = used + granted
+        # Kept until the stop ends (the stopper forgets it).
+        self._granted[ask.command_id] = used + granted
         self._registry.event(
             E.EVENT_TYPE_COMMAND_FINISHED,
             entry,
@@ -382,6 +391,8 @@ class Sessions:
                 f"container {entry.id} did not finish {name} within {timeout:g}s",
             ) from None
         code = status_code(result.code)
+        # The container's words go into events and errors: bounded.
+        result.message = _cut(result.message, limits.MAX_ERROR_LENGTH)
         self._registry.event(
             E.EVENT_TYPE_COMMAND_FINISHED,
             entry,

@@ -66,15 +66,20 @@ def check_message(message: Message, path: str) -> None:
                 check_message(item, f"{where}[{index}]" if len(items) != 1 else where)
 
 
-def check_name(value: str, field: str) -> None:
+def check_name(
+    value: str,
+    field: str,
+    limit: int = limits.MAX_NAME_LENGTH,
+    constant: str = "MAX_NAME_LENGTH",
+) -> None:
     """A container name or id: 1..MAX_NAME_LENGTH characters of NAME_PATTERN."""
     if not value:
         raise invalid_argument(field, "is required")
-    if len(value) > limits.MAX_NAME_LENGTH:
+    if len(value) > limit:
         raise invalid_argument(
             field,
-            f"is {len(value)} characters, over the limit of {limits.MAX_NAME_LENGTH} "
-            "(pycontainer.limits.MAX_NAME_LENGTH, a DNS subdomain's): use a shorter one",
+            f"is {len(value)} characters, over the limit of {limit} "
+            f"(pycontainer.limits.{constant}): use a shorter one",
         )
     if not limits.NAME_PATTERN.fullmatch(value):
         raise invalid_argument(
@@ -180,7 +185,7 @@ def check_spec(spec: spec_pb2.ContainerSpec, field: str) -> None:
     """A ContainerSpec as the API receives it (RunContainer, ApplySpecs)."""
     check_message(spec, field)
     if spec.name:  # a missing name is the launcher's to report, as before
-        check_name(spec.name, f"{field}.name")
+        check_name(spec.name, f"{field}.name", limits.MAX_SPEC_NAME_LENGTH, "MAX_SPEC_NAME_LENGTH")
     check_labels(spec.labels, f"{field}.labels")
     check_priority(spec.priority, f"{field}.priority")
     check_resources(spec.resources, f"{field}.resources")
