@@ -559,3 +559,16 @@ def test_containers_past_max_containers_are_resource_exhausted(
     finally:
         for session in sessions:
             session.close()
+
+
+def test_list_and_watch_requests_are_checked_too(manager: ManagerHost) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        manager.stub.ListContainers(manager_pb2.ListContainersRequest(states=[99]), timeout=5)  # type: ignore[list-item]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "states: unknown LifecycleState 99" in (caught.value.details() or "")
+    request = manager_pb2.ManagerWatchMetricsRequest()
+    request.interval.seconds = 2**62
+    with pytest.raises(grpc.RpcError) as caught:
+        next(iter(manager.stub.WatchMetrics(request, timeout=5)))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "interval" in (caught.value.details() or "")

@@ -125,6 +125,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def ListContainers(
         self, request: manager_pb2.ListContainersRequest, context: Context
     ) -> manager_pb2.ListContainersResponse:
+        check_message(request, "")  # states: LifecycleStates only
         entries = self._m.select(request.label_selector, request.states)
         return manager_pb2.ListContainersResponse(containers=[e.to_proto() for e in entries])
 
@@ -206,12 +207,14 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def StreamLogs(
         self, request: manager_pb2.ManagerStreamLogsRequest, context: Context
     ) -> AsyncIterator[manager_pb2.ManagerStreamLogsResponse]:
+        check_message(request, "")
         async for response in self._logs.stream(request):
             yield response
 
     async def WatchMetrics(
         self, request: manager_pb2.ManagerWatchMetricsRequest, context: Context
     ) -> AsyncIterator[manager_pb2.ManagerWatchMetricsResponse]:
+        check_message(request, "")  # an interval a timedelta holds
         upstream = management_pb2.WatchMetricsRequest(metric_filters=request.metric_filters)
         if request.HasField("interval"):
             upstream.interval.CopyFrom(request.interval)
