@@ -22,6 +22,29 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from .limits import MAX_ECHOED_CHARS, MAX_ERROR_MESSAGE_CHARS
+
+
+def echo(value: object, limit: int = MAX_ECHOED_CHARS) -> str:
+    """A client's value as an error message shows it: ``repr`` for a string,
+    cut to ``limit`` characters with how long it was ("… (N bytes)"), so that
+    an error about a huge input stays small enough for gRPC's trailers."""
+    text = repr(value) if isinstance(value, str | bytes) else str(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, bytes):
+        size = len(value)
+    else:
+        size = len((value if isinstance(value, str) else text).encode())
+    return f"{text[:limit]}… ({size} bytes)"
+
+
+def _bounded(message: str) -> str:
+    """The one bound on every error message (whatever was echoed into it)."""
+    if len(message) <= MAX_ERROR_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_ERROR_MESSAGE_CHARS]}… ({len(message.encode())} bytes)"
+
 
 @dataclass
 class RequestError(Exception):
@@ -34,6 +57,8 @@ class RequestError(Exception):
     details: list[any_pb2.Any] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.message = _bounded(self.message)
+        self.field = _bounded(self.field)
         super().__init__(self.message)
 
     def __str__(self) -> str:

@@ -313,8 +313,9 @@ def test_apply_specs_refuses_bad_requests(manager: ManagerHost) -> None:
             manager_pb2.ApplySpecsRequest(
                 specs=[spec_pb2.ContainerSpec(name="y", runtime=spec_pb2.RuntimeKind.ValueType(9))]
             ),
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "y: runtime 9 is not available",
+            # Not a RuntimeKind at all (pycontainer.manager._validation).
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "specs[0].runtime: unknown RuntimeKind 9",
         ),
     ]
     for request, code, message in cases:

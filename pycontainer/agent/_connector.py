@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf import timestamp_pb2
 
-from .. import units
+from .. import limits, units
 from .._errors import RequestError, code_number
 from ..v1 import container_pb2, lifecycle_pb2, lifecycle_pb2_grpc, management_pb2
 from ._lifecycle import Lifecycle, Outcome, Request, StateListener
@@ -39,6 +39,10 @@ _CHANNEL_OPTIONS = (
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # Checkpoints and restore states travel in one message each way: sized as
+    # the manager's server is (pycontainer.limits), not gRPC's 4 MiB default.
+    ("grpc.max_receive_message_length", limits.MAX_LIFECYCLE_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", limits.MAX_LIFECYCLE_MESSAGE_BYTES),
 )
 # Results of this many past commands are kept to answer a resent command id.
 _REMEMBERED_RESULTS = 1000
@@ -266,6 +270,7 @@ class ManagerConnection:
         result = lifecycle_pb2.CommandResult(command_id=command.id)
         try:
             data = await self._perform(command)
+            _check_state_size(command.WhichOneof("action"), data)
             if command.WhichOneof("action") in ("checkpoint", "evict"):
                 result.checkpoint = data
             elif command.WhichOneof("action") == "replicate":
@@ -377,6 +382,21 @@ class ManagerConnection:
             return asyncio.run_coroutine_threadsafe(ask(), self._loop).result(6.0)
         except Exception:  # no answer: no extension
             return 0.0
+
+
+def _check_state_size(action: str | None, data: bytes) -> None:
+    """State past the Lifecycle session's limit is refused here, as the
+    command's RESOURCE_EXHAUSTED: sent, it would end the session (gRPC's
+    message limit) and the command's resend would end the next one too."""
+    if action in ("checkpoint", "evict", "replicate") and len(data) > limits.MAX_CHECKPOINT_BYTES:
+        raise RequestError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{action} state is {len(data)} bytes ({units.format_memory(len(data))}), over the "
+            f"limit of {limits.MAX_CHECKPOINT_BYTES} bytes "
+            f"({units.format_memory(limits.MAX_CHECKPOINT_BYTES)}, "
+            "pycontainer.limits.MAX_CHECKPOINT_BYTES, fixed): keep large state outside "
+            "(a file or object store) and checkpoint a reference to it",
+        )
 
 
 def _or_default(

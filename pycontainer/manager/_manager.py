@@ -102,6 +102,10 @@ class Manager:
             on_registered=self._registered,
             on_ended=self._ended,
         )
+        # A registration claiming to run is admitted against the capacity; a
+        # lost one's room, released after the heartbeat timeout, goes to what waits.
+        self.sessions.capacity = self.capacity
+        self.sessions.on_released = self._released
         # The records forgotten for the bound on ended ones: what they left
         # goes with them (their checkpoints stay with their name).
         self.registry.forgotten = self._purge_leftovers
@@ -239,6 +243,9 @@ class Manager:
     def add_purger(self, purger: Purger) -> None:
         """Have ``purger(container_id)`` called when a record is deleted with purge."""
         self._purgers.append(purger)
+
+    def _released(self) -> None:
+        self._spawn(self.admission.admit_waiting())
 
     def _ended(self, entry: Entry) -> None:
         """A container reached a terminal state: its room is free."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -12,13 +13,17 @@ from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
 
-from .._errors import invalid_argument, not_found
+from .. import limits
+from .._errors import RequestError, echo, invalid_argument, not_found, resource_exhausted
 from ..units import timestamp_to_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._events import EventBus
 from ._scheduler import Claim, Resources
 from ._settings import MAX_ENDED_CONTAINERS
 from ._store import ContainerRecord, StateStore
+from ._validation import check_labels, check_name
+
+_log = logging.getLogger("pycontainer.manager")
 
 _TERMINAL = (container_pb2.LIFECYCLE_STATE_STOPPED, container_pb2.LIFECYCLE_STATE_FAILED)
 
@@ -28,19 +33,55 @@ def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
 
 
 class Session:
-    """One live Lifecycle.Connect stream of a container."""
+    """One live Lifecycle.Connect stream of a container.
 
-    def __init__(self) -> None:
+    Its outbox is bounded (pycontainer.limits): heartbeat replies past
+    SESSION_OUTBOX_SOFT unread messages are dropped (the next says the same),
+    and past SESSION_OUTBOX_HARD the session is closed at once, with a reason,
+    so that a peer that stops reading cannot grow the manager's memory."""
+
+    def __init__(self, container_id: str = "") -> None:
         self.id = uuid.uuid4().hex[:12]
+        self.container_id = container_id
         self.outbox: asyncio.Queue[lifecycle_pb2.ConnectResponse | None] = asyncio.Queue()
         self.last_seen = time.monotonic()
+        # Why the manager ended it (empty while open, or for an ordinary end).
+        self.closed_reason = ""
+        # The task serving the stream: cancelled to end a session whose
+        # writes are stuck on a peer that does not read.
+        self.task: asyncio.Task[object] | None = None
 
     def send(self, message: lifecycle_pb2.ConnectResponse) -> None:
+        if self.closed_reason:
+            return
+        if self.outbox.qsize() >= limits.SESSION_OUTBOX_HARD:
+            self.abort(
+                f"the container read none of {limits.SESSION_OUTBOX_HARD} queued messages "
+                "(pycontainer.limits.SESSION_OUTBOX_HARD): session closed"
+            )
+            return
         self.outbox.put_nowait(message)
+
+    def send_heartbeat(self, message: lifecycle_pb2.ConnectResponse) -> None:
+        """A heartbeat reply, unless the peer already has enough unread."""
+        if self.outbox.qsize() < limits.SESSION_OUTBOX_SOFT:
+            self.send(message)
 
     def close(self) -> None:
         """End the stream from the manager's side."""
         self.outbox.put_nowait(None)
+
+    def abort(self, reason: str) -> None:
+        """End the stream now (without draining what is queued), saying why."""
+        if self.closed_reason:
+            return
+        self.closed_reason = reason
+        _log.warning("container %s: %s", self.container_id or "?", reason)
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.outbox.put_nowait(None)
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
 
 
 @dataclass
@@ -103,6 +144,9 @@ class Entry:
     kill_signal: int = 0
     # Its end was noted (finish_time): set while it stays ended.
     ended: bool = False
+    # When (time.monotonic()) it was last seen without a session: its room
+    # is released a heartbeat timeout later (Sessions.release_unclaimed).
+    disconnected_at: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -224,6 +268,20 @@ class Entry:
         )
 
 
+def _within_bounds(record: ContainerRecord) -> bool:
+    """A stored record within today's bounds on names and labels. One kept
+    before them (a megabyte name would make every listing fail) stays in the
+    store, untouched, but is not served: a warning names it."""
+    try:
+        check_name(record.id, "id")
+        check_name(record.name, "name")
+        check_labels(record.labels, "labels")
+    except RequestError as exc:
+        _log.warning("stored container %s not loaded (kept in the store): %s", echo(record.id), exc)
+        return False
+    return True
+
+
 def parse_selector(text: str) -> list[tuple[str, str, str | None]]:
     """Kubernetes equality-based selector: "a=b,c!=d,e,!f". ValueError if malformed."""
     out: list[tuple[str, str, str | None]] = []
@@ -242,7 +300,9 @@ def parse_selector(text: str) -> list[tuple[str, str, str | None]]:
         else:
             key, value, op = part, "", "exists"
         if not key or any(c.isspace() for c in key):
-            raise ValueError(f"bad requirement {raw!r} (use key=value, key!=value, key or !key)")
+            raise ValueError(
+                f"bad requirement {echo(raw)} (use key=value, key!=value, key or !key)"
+            )
         out.append((key, op, value if op in ("=", "!=") else None))
     return out
 
@@ -264,13 +324,30 @@ class Registry:
         self.forgotten: Callable[[Entry], None] = lambda entry: None
         self.entries: dict[str, Entry] = {}
         for record in store.list_containers():
+            if not _within_bounds(record):
+                continue
             entry = Entry.from_record(record)
             entry.ended = entry.terminal
+            entry.disconnected_at = time.monotonic()  # no session with this manager yet
             self.entries[entry.id] = entry
 
     def add(self, entry: Entry) -> None:
+        self.make_room_for(entry.id)
         self.entries[entry.id] = entry
         self.persist(entry)
+
+    def make_room_for(self, container_id: str) -> None:
+        """RESOURCE_EXHAUSTED for a new container past MAX_CONTAINERS (the
+        longest-ended are forgotten first, as for their own bound)."""
+        if container_id in self.entries or len(self.entries) < limits.MAX_CONTAINERS:
+            return
+        self.forget_oldest_ended(at_least=len(self.entries) - limits.MAX_CONTAINERS + 1)
+        if len(self.entries) >= limits.MAX_CONTAINERS:
+            raise resource_exhausted(
+                f"the manager keeps {len(self.entries)} containers, its limit "
+                f"(pycontainer.limits.MAX_CONTAINERS = {limits.MAX_CONTAINERS}): "
+                "delete ended ones (pycontainer rm) or stop some"
+            )
 
     def persist(self, entry: Entry) -> None:
         # A deleted container's late news (its stream ending) is not written back.
@@ -289,17 +366,18 @@ class Registry:
         self.entries.pop(entry.id, None)
         self.store.delete_container(entry.id)
 
-    def forget_oldest_ended(self) -> None:
+    def forget_oldest_ended(self, at_least: int = 0) -> None:
         """Keep at most ``max_ended`` ended containers: the longest ended go
         first (a record from an earlier manager has no finish time: its last
-        start or creation stands in). One still connected, stopping or about to
-        be restarted stays."""
+        start or creation stands in), and at least ``at_least`` of them when
+        room is needed. One still connected, stopping or about to be restarted
+        stays."""
         ended = [
             e
             for e in self.entries.values()
             if e.terminal and not e.connected and e.stop is None and not self.pinned(e)
         ]
-        excess = len(ended) - self.max_ended
+        excess = max(len(ended) - self.max_ended, min(at_least, len(ended)))
         if excess <= 0:
             return
         ended.sort(key=lambda e: e.finish_time or e.start_time or e.create_time)
@@ -333,12 +411,12 @@ class Registry:
         named = [e for e in self.entries.values() if e.name == name_or_id]
         live = [e for e in named if not e.terminal] or named
         if not live:
-            raise not_found("container", f"no container with id or name {name_or_id!r}")
+            raise not_found("container", f"no container with id or name {echo(name_or_id)}")
         if len(live) > 1:
             ids = ", ".join(sorted(e.id for e in live))
             raise invalid_argument(
                 "container",
-                f"name {name_or_id!r} matches {len(live)} containers ({ids}): use an id",
+                f"name {echo(name_or_id)} matches {len(live)} containers ({ids}): use an id",
             )
         return live[0]
 

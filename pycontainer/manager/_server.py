@@ -32,6 +32,7 @@ from .._errors import RequestError, abort, invalid_argument
 from ..agent._health import LIVENESS, OVERALL, READINESS, AioHealthServicer, health_handlers
 from ..agent._observe import AioServerInterceptor, Observer
 from ..agent._serve import EXCLUSIVE_PORT
+from ..limits import MAX_LIFECYCLE_MESSAGE_BYTES
 from ..spec import MAX_GRACE_PERIOD
 from ..units import duration_field, format_duration
 from ..v1 import (
@@ -44,6 +45,7 @@ from ..v1 import (
 )
 from ._logstreams import LogStreams
 from ._registry import Entry
+from ._validation import check_message, check_replicas, check_spec
 
 if TYPE_CHECKING:
     from ._manager import Manager
@@ -66,12 +68,19 @@ SERVER_OPTIONS = (
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_concurrent_streams", 100_000),
+    # A checkpoint (or a restore's state) travels in one Lifecycle message:
+    # gRPC's default 4 MiB receive limit would end the session on any bigger
+    # one, again at each resend. Sized from the checkpoint limit, as the
+    # containers' channels are (pycontainer.limits).
+    ("grpc.max_receive_message_length", MAX_LIFECYCLE_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_LIFECYCLE_MESSAGE_BYTES),
 )
 
 
 def _grace(request: Message) -> datetime.timedelta | None:
     """A request's grace_period: None when unset (the container's own), a set
     zero is zero (kill at once); INVALID_ARGUMENT outside 0..MAX_GRACE_PERIOD."""
+    check_message(request, "")  # a Duration past timedelta's range, too
     grace = duration_field(request, "grace_period")
     if grace is None:
         return None
@@ -116,6 +125,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def ListContainers(
         self, request: manager_pb2.ListContainersRequest, context: Context
     ) -> manager_pb2.ListContainersResponse:
+        check_message(request, "")  # states: LifecycleStates only
         entries = self._m.select(request.label_selector, request.states)
         return manager_pb2.ListContainersResponse(containers=[e.to_proto() for e in entries])
 
@@ -140,6 +150,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def RunContainer(
         self, request: manager_pb2.RunContainerRequest, context: Context
     ) -> manager_pb2.RunContainerResponse:
+        check_spec(request.spec, "spec")
         entries = await self._m.run(request.spec)
         return manager_pb2.RunContainerResponse(containers=[e.to_proto() for e in entries])
 
@@ -184,6 +195,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def ScaleContainer(
         self, request: manager_pb2.ScaleContainerRequest, context: Context
     ) -> manager_pb2.ScaleContainerResponse:
+        check_replicas(request.replicas, "replicas")
         entries = await self._m.scale(request.container, request.replicas)
         return manager_pb2.ScaleContainerResponse(containers=[e.to_proto() for e in entries])
 
@@ -195,12 +207,14 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def StreamLogs(
         self, request: manager_pb2.ManagerStreamLogsRequest, context: Context
     ) -> AsyncIterator[manager_pb2.ManagerStreamLogsResponse]:
+        check_message(request, "")
         async for response in self._logs.stream(request):
             yield response
 
     async def WatchMetrics(
         self, request: manager_pb2.ManagerWatchMetricsRequest, context: Context
     ) -> AsyncIterator[manager_pb2.ManagerWatchMetricsResponse]:
+        check_message(request, "")  # an interval a timedelta holds
         upstream = management_pb2.WatchMetricsRequest(metric_filters=request.metric_filters)
         if request.HasField("interval"):
             upstream.interval.CopyFrom(request.interval)
@@ -221,6 +235,8 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def ApplySpecs(
         self, request: manager_pb2.ApplySpecsRequest, context: Context
     ) -> manager_pb2.ApplySpecsResponse:
+        for index, spec in enumerate(request.specs):
+            check_spec(spec, f"specs[{index}]")
         return await self._m.apply(request)
 
     async def GetVersion(

@@ -17,11 +17,20 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from opentelemetry import propagate
 
-from .._errors import RequestError, code_number, invalid_argument, status_code
-from ..units import duration_from_proto, duration_to_proto, timestamp_to_proto
+from .. import limits
+from .._errors import (
+    RequestError,
+    code_number,
+    invalid_argument,
+    resource_exhausted,
+    status_code,
+)
+from ..units import duration_from_proto, duration_to_proto, format_duration, timestamp_to_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._registry import Entry, PendingCommand, Registry, Session
+from ._scheduler import Resources, total
 from ._settings import ManagerSettings
+from ._validation import check_registration
 
 _log = logging.getLogger("pycontainer.manager")
 
@@ -52,8 +61,15 @@ class Sessions:
         self._settings = settings
         self._on_registered = on_registered
         self._on_ended = on_ended
-        # Grace extensions granted so far, by command id.
+        # Grace extensions granted so far, by command id (of stops in flight
+        # only: the stopper forgets each when its stop ends).
         self._granted: dict[str, float] = {}
+        # What admitted containers share: a registration's claim to be
+        # running is checked against it (the manager sets it).
+        self.capacity: Resources | None = None
+        # Told when containers' hold on capacity was released (no session
+        # for the heartbeat timeout): what waits may now be admitted.
+        self.on_released: Callable[[], None] = lambda: None
 
     # -- streams -------------------------------------------------------------------------
     async def connect(
@@ -62,11 +78,13 @@ class Sessions:
         first = await anext(aiter(requests), None)
         if first is None or first.WhichOneof("message") != "register":
             raise invalid_argument("register", "the first message of a session must be register")
+        check_registration(first.register)
         entry = self._register(first.register)
-        session = Session()
+        session = Session(entry.id)
         if entry.session is not None:
             entry.session.close()  # a newer session replaces a stale one
         entry.session = session
+        session.task = asyncio.current_task()
         session.send(
             lifecycle_pb2.ConnectResponse(
                 registered=lifecycle_pb2.RegistrationAck(
@@ -90,31 +108,37 @@ class Sessions:
             reader.cancel()
             if entry.session is session:
                 entry.session = None
+                entry.disconnected_at = time.monotonic()
                 kind = E.EVENT_TYPE_LOST if not entry.terminal else E.EVENT_TYPE_STATE_CHANGED
                 self._registry.event(
                     kind, entry, "session closed" if entry.terminal else "session lost"
                 )
                 if not entry.terminal:
-                    entry.error = "lost contact with the container"
+                    entry.error = session.closed_reason or "lost contact with the container"
                 self._registry.persist(entry)
                 entry.changed.set()
 
     def _register(self, reg: lifecycle_pb2.Registration) -> Entry:
         identity = reg.identity
-        if not identity.id or not identity.name:
-            raise invalid_argument("register.identity", "id and name are required")
         entry = self._registry.get(identity.id)
         reconnect = entry is not None and entry.sessions > 0
+        state = reg.state or S.LIFECYCLE_STATE_CREATED
         if entry is None:
+            self._registry.make_room_for(identity.id)
             entry = Entry(id=identity.id, name=identity.name, identity=identity)
+            if _claims_running(state):
+                self._admit_claim(entry, state)
             self._registry.entries[entry.id] = entry
         else:
-            entry.identity = _with_spec(identity, entry.spec)
+            claimed = _with_spec(identity, entry.spec)
+            if _claims_running(state) and not entry.admitted:
+                self._admit_claim(entry, state, claimed)
+            entry.identity = claimed
         entry.sessions += 1
-        entry.state = reg.state or S.LIFECYCLE_STATE_CREATED
+        entry.state = state
         entry.pid = reg.pid
         entry.error = reg.error
-        if entry.state in (S.LIFECYCLE_STATE_RUNNING, S.LIFECYCLE_STATE_PAUSED):
+        if _claims_running(entry.state):
             entry.admitted = True
             if entry.start_time is None:
                 entry.start_time = time.time()
@@ -130,6 +154,63 @@ class Sessions:
         entry.changed.set()
         return entry
 
+    # -- capacity held by registrations ---------------------------------------------------
+    def _admit_claim(
+        self,
+        entry: Entry,
+        state: int,
+        identity: container_pb2.ContainerIdentity | None = None,
+    ) -> None:
+        """A registration that says it is RUNNING (or PAUSED) claims capacity
+        like a start does: RESOURCE_EXHAUSTED when its resources do not fit in
+        what admitted containers leave. It evicts nobody (a claim is not an
+        admission the manager planned: a priority it states of itself must
+        not push a real container out)."""
+        if self.capacity is None:
+            return
+        wanted = identity.resources if identity is not None else entry.identity.resources
+        claim = Resources(cpu_millis=wanted.cpu_millis, memory_bytes=wanted.memory_bytes)
+        held = total(
+            e.resources()
+            for e in self._registry
+            if e.admitted and not e.terminal and e is not entry
+        )
+        free = self.capacity - held
+        if not claim.fits_in(free):
+            short = claim.shortfall(free)
+            raise resource_exhausted(
+                f"container {entry.id} registered as {S.LifecycleState.Name(state)}"  # type: ignore[arg-type]
+                f" but its resources do not fit: short by {short.cpu_millis}m cpu and "
+                f"{short.memory_bytes} bytes of memory (capacity is ManagerSettings.capacity)"
+            )
+
+    def release_unclaimed(self, now: float) -> None:
+        """The rule for capacity without a session: a container the manager
+        did not launch here (one that dialled in itself, or a record from an
+        earlier manager) holds its room until the heartbeat timeout passes
+        without a session, then releases it; one launched here keeps it while
+        its process runs (the runtime's exit releases it). A release is not a
+        stop: one that comes back RUNNING claims its room again (_admit_claim)."""
+        timeout = self._settings.heartbeat_interval * self._settings.lost_after_heartbeats
+        silent_for = timeout.total_seconds()
+        released = False
+        for entry in self._registry:
+            if entry.connected or entry.launched or not entry.admitted or entry.terminal:
+                continue
+            if entry.disconnected_at is None or now - entry.disconnected_at < silent_for:
+                continue
+            entry.admitted = False
+            released = True
+            self._registry.event(
+                E.EVENT_TYPE_STATE_CHANGED,
+                entry,
+                f"capacity released: no session for {format_duration(timeout)} "
+                "(the heartbeat timeout)",
+            )
+            entry.changed.set()
+        if released:
+            self.on_released()
+
     async def _read(
         self,
         entry: Entry,
@@ -141,24 +222,29 @@ class Sessions:
                 session.last_seen = time.monotonic()
                 kind = request.WhichOneof("message")
                 if kind == "state_change":
-                    self._on_state(entry, request.state_change)
+                    if _known_states(request.state_change):
+                        self._on_state(entry, request.state_change)
                 elif kind == "command_result":
                     pending = entry.pending.pop(request.command_result.command_id, None)
                     if pending is not None and not pending.result.done():
                         pending.result.set_result(request.command_result)
                 elif kind == "heartbeat":
                     now = timestamp_to_proto(time.time())
-                    session.send(
+                    session.send_heartbeat(
                         lifecycle_pb2.ConnectResponse(heartbeat=lifecycle_pb2.Heartbeat(time=now))
                     )
                 elif kind == "grace_extension":
-                    session.send(self._grant(entry, request.grace_extension))
+                    answer = self._grant(entry, request.grace_extension)
+                    if answer is not None:
+                        session.send(answer)
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         finally:
             session.close()
 
     def _on_state(self, entry: Entry, change: lifecycle_pb2.StateChange) -> None:
+        # What the container says of itself is shown and kept: bounded.
+        change.message = _cut(change.message, limits.MAX_ERROR_LENGTH)
         entry.state = change.to_state
         if change.to_state == S.LIFECYCLE_STATE_RUNNING and change.from_state in (
             S.LIFECYCLE_STATE_STARTING,
@@ -187,16 +273,33 @@ class Sessions:
     # -- grace extensions ----------------------------------------------------------------
     def _grant(
         self, entry: Entry, ask: lifecycle_pb2.GraceExtensionRequest
-    ) -> lifecycle_pb2.ConnectResponse:
+    ) -> lifecycle_pb2.ConnectResponse | None:
+        """The answer to a grace extension request: what the cap leaves, for
+        a stop in flight; nothing granted (nor kept, nor an event) for any
+        other id, and no answer at all for an id no command could have."""
+        pending = entry.pending.get(ask.command_id)
+        if pending is None or pending.command.WhichOneof("action") not in ("stop", "evict"):
+            if len(ask.command_id) > limits.MAX_NAME_LENGTH:
+                return None
+            return lifecycle_pb2.ConnectResponse(
+                grace_extension=lifecycle_pb2.GraceExtensionResponse(
+                    command_id=ask.command_id, granted=duration(0)
+                )
+            )
         used = self._granted.get(ask.command_id, 0.0)
-        wanted = duration_from_proto(ask.extension).total_seconds()
+        try:
+            wanted = duration_from_proto(ask.extension).total_seconds()
+        except OverflowError:
+            wanted = float("inf")
         cap = self._settings.max_grace_extension.total_seconds()
         granted = max(0.0, min(wanted, cap - used))
+        # Kept until the stop ends (the stopper forgets it).
         self._granted[ask.command_id] = used + granted
         self._registry.event(
             E.EVENT_TYPE_COMMAND_FINISHED,
             entry,
-            f"grace extension of {wanted:g}s asked ({ask.reason or 'no reason'}): "
+            f"grace extension of {wanted:g}s asked "
+            f"({_cut(ask.reason or 'no reason', limits.MAX_ECHOED_CHARS)}): "
             f"granted {granted:g}s",
             ask.command_id,
         )
@@ -221,6 +324,7 @@ class Sessions:
         while True:
             await asyncio.sleep(interval / 2)
             now = time.monotonic()
+            self.release_unclaimed(now)
             for entry in self._registry:
                 session = entry.session
                 if session is not None and now - session.last_seen > limit:
@@ -287,6 +391,8 @@ class Sessions:
                 f"container {entry.id} did not finish {name} within {timeout:g}s",
             ) from None
         code = status_code(result.code)
+        # The container's words go into events and errors: bounded.
+        result.message = _cut(result.message, limits.MAX_ERROR_LENGTH)
         self._registry.event(
             E.EVENT_TYPE_COMMAND_FINISHED,
             entry,
@@ -324,6 +430,24 @@ class Sessions:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(entry.changed.wait(), remaining)
         return True
+
+
+def _known_states(change: lifecycle_pb2.StateChange) -> bool:
+    """Both states of a report are LifecycleStates; one that is not is
+    dropped (logged) rather than kept as the container's state."""
+    for state in (change.from_state, change.to_state):
+        if state not in S.LifecycleState.values():
+            _log.warning("state change to unknown LifecycleState %d ignored", state)
+            return False
+    return True
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text.encode())} bytes)"
+
+
+def _claims_running(state: int) -> bool:
+    return state in (S.LIFECYCLE_STATE_RUNNING, S.LIFECYCLE_STATE_PAUSED)
 
 
 def _with_spec(

@@ -22,7 +22,8 @@ from typing import Any, Protocol
 
 import grpc
 
-from .._errors import RequestError, not_found, resource_exhausted
+from .._errors import RequestError, echo, not_found, resource_exhausted
+from ..limits import MAX_CHECKPOINT_BYTES
 from ..units import format_memory
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
 
 # Newest checkpoints kept per container name; older ones are deleted.
 CHECKPOINTS_KEPT = 5
-_MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ class SQLiteStore:
         self,
         path: str | os.PathLike[str],
         *,
-        max_checkpoint_bytes: int = 64 * _MiB,
+        max_checkpoint_bytes: int = MAX_CHECKPOINT_BYTES,
         checkpoints_kept: int = CHECKPOINTS_KEPT,
     ) -> None:
         self._path = os.fspath(path)
@@ -351,7 +351,9 @@ class SQLiteStore:
         if size > limit:
             raise resource_exhausted(
                 f"checkpoint of {container_name} is {size} bytes ({format_memory(size)}), "
-                f"over the limit of {limit} bytes ({format_memory(limit)})"
+                f"over the limit of {limit} bytes ({format_memory(limit)}; "
+                "ManagerSettings.max_checkpoint_bytes, at most "
+                f"{format_memory(MAX_CHECKPOINT_BYTES)}, pycontainer.limits.MAX_CHECKPOINT_BYTES)"
             )
         info = CheckpointInfo(
             id=f"ckpt-{uuid.uuid4().hex}",
@@ -386,7 +388,7 @@ class SQLiteStore:
                 (checkpoint_id,),
             ).fetchone()
         if row is None:
-            raise not_found("checkpoint_id", f"no checkpoint {checkpoint_id!r}")
+            raise not_found("checkpoint_id", f"no checkpoint {echo(checkpoint_id)}")
         info, data = _checkpoint(row[:-1]), bytes(row[-1])
         actual = hashlib.sha256(data).hexdigest()
         if actual != info.sha256 or len(data) != info.size_bytes:

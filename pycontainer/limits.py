@@ -1,0 +1,89 @@
+"""The bounds of what pycontainer accepts from the network, in one place.
+
+Every limit a request or a Lifecycle session can hit is a constant here, with
+why it is that number; the errors that enforce them name the constant, so an
+operator who meets one knows what to change. The container side (agent) and
+the manager import the same numbers: both ends of a stream agree.
+"""
+
+from __future__ import annotations
+
+import re
+
+_KiB = 1024
+_MiB = 1024 * _KiB
+
+#: The largest checkpoint (and restore state, and replicate seed) a Lifecycle
+#: session carries: the README's documented limit. A checkpoint is one gRPC
+#: message, held whole in memory on both sides and in one SQLite blob; state
+#: bigger than this belongs in a file or object store, checkpointed by
+#: reference. ManagerSettings.max_checkpoint_bytes may lower it, not raise it
+#: past this (the containers' channels are sized from this constant).
+MAX_CHECKPOINT_BYTES = 64 * _MiB
+
+#: Room for everything else in a message that carries a checkpoint (ids,
+#: trace context, a result message): generous, since it costs nothing unused.
+MESSAGE_OVERHEAD_BYTES = 1 * _MiB
+
+#: gRPC max send/receive message length of the Lifecycle session, on the
+#: manager's server and on each container's channel (gRPC's default receive
+#: limit, 4 MiB, would kill the session on any checkpoint over it).
+MAX_LIFECYCLE_MESSAGE_BYTES = MAX_CHECKPOINT_BYTES + MESSAGE_OVERHEAD_BYTES
+
+#: Longest container name or id: a DNS subdomain (RFC 1123, as Kubernetes
+#: object names), so names fit in hostnames, label values of other tools and
+#: file names, and a listing of many stays far below gRPC's 4 MiB default.
+MAX_NAME_LENGTH = 253
+#: A spec's name, shorter by the suffix the manager adds to make each
+#: replica's id (NAME-xxxxxxxx), so that the id is a valid name too.
+MAX_SPEC_NAME_LENGTH = MAX_NAME_LENGTH - len("-xxxxxxxx")
+#: What a name or id may contain: DNS-subdomain-ish, with '_' (Python apps'
+#: names) and upper case (ids some runtimes make) allowed.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?")
+
+#: Label keys ([prefix/]name) and values, as Kubernetes bounds them: a prefix
+#: of at most 253 (a DNS subdomain) plus '/' plus a name of at most 63; a value
+#: of at most 63.
+MAX_LABEL_KEY_LENGTH = 253 + 1 + 63
+MAX_LABEL_VALUE_LENGTH = 63
+#: Labels on one container: selectors need a handful; 64 is far above any
+#: real use and keeps one record small.
+MAX_LABELS = 64
+
+#: Containers the manager keeps (live ones and the ended it remembers): each
+#: holds a record, a session and its queues. Far above what one machine runs;
+#: past it a new registration or launch is RESOURCE_EXHAUSTED.
+MAX_CONTAINERS = 10_000
+
+#: Endpoints one container advertises (management, its services, metrics...).
+MAX_ENDPOINTS = 32
+#: An endpoint's address (host:port, a unix: path or a URL) and its name.
+MAX_ADDRESS_LENGTH = 1024
+MAX_ENDPOINT_NAME_LENGTH = 253
+
+#: A version string (semver with build metadata is far shorter).
+MAX_VERSION_LENGTH = 128
+
+#: A registration's free-text error (why it FAILED): shown in `ps` and events.
+MAX_ERROR_LENGTH = 4 * _KiB
+
+#: Priorities, as Kubernetes bounds user-defined PriorityClasses: a registration
+#: or spec past these is a mistake or an attempt to outrank everything.
+MIN_PRIORITY = -1_000_000_000
+MAX_PRIORITY = 1_000_000_000
+
+#: Messages queued for one Lifecycle session that its container has not read
+#: yet. Heartbeat replies past SOFT are dropped (a newer one says the same);
+#: past HARD (commands and all) the session is closed: a peer that reads
+#: nothing cannot make the manager's memory grow. A command is a few hundred
+#: bytes, so HARD bounds one session's queue to about a megabyte (a few
+#: checkpoint-sized restores aside, which are sent one per command).
+SESSION_OUTBOX_SOFT = 64
+SESSION_OUTBOX_HARD = 4096
+
+#: How much of a client's input an error message echoes back: gRPC's trailers
+#: (where the message travels) are limited to 16 KiB by default, and an error
+#: that echoes a megabyte becomes a metadata error instead of the answer.
+MAX_ECHOED_CHARS = 80
+#: The longest error message sent at all (everything echoed included).
+MAX_ERROR_MESSAGE_CHARS = 4 * _KiB
