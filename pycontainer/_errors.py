@@ -22,7 +22,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from .limits import MAX_ECHOED_CHARS, MAX_ERROR_MESSAGE_CHARS
+from .limits import MAX_ECHOED_CHARS, MAX_ERROR_FIELD_BYTES, MAX_ERROR_MESSAGE_BYTES
 
 
 def echo(value: object, limit: int = MAX_ECHOED_CHARS) -> str:
@@ -39,11 +39,14 @@ def echo(value: object, limit: int = MAX_ECHOED_CHARS) -> str:
     return f"{text[:limit]}… ({size} bytes)"
 
 
-def _bounded(message: str) -> str:
-    """The one bound on every error message (whatever was echoed into it)."""
-    if len(message) <= MAX_ERROR_MESSAGE_CHARS:
+def _bounded(message: str, limit: int = MAX_ERROR_MESSAGE_BYTES) -> str:
+    """The one bound on every error message (whatever was echoed into it), in
+    UTF-8 bytes, cut on a character boundary."""
+    encoded = message.encode()
+    if len(encoded) <= limit:
         return message
-    return f"{message[:MAX_ERROR_MESSAGE_CHARS]}… ({len(message.encode())} bytes)"
+    kept = encoded[: limit - 32].decode(errors="ignore")
+    return f"{kept}… ({len(encoded)} bytes)"
 
 
 @dataclass
@@ -58,7 +61,7 @@ class RequestError(Exception):
 
     def __post_init__(self) -> None:
         self.message = _bounded(self.message)
-        self.field = _bounded(self.field)
+        self.field = _bounded(self.field, MAX_ERROR_FIELD_BYTES)
         super().__init__(self.message)
 
     def __str__(self) -> str:

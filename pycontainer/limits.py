@@ -85,5 +85,11 @@ SESSION_OUTBOX_HARD = 4096
 #: (where the message travels) are limited to 16 KiB by default, and an error
 #: that echoes a megabyte becomes a metadata error instead of the answer.
 MAX_ECHOED_CHARS = 80
-#: The longest error message sent at all (everything echoed included).
-MAX_ERROR_MESSAGE_CHARS = 4 * _KiB
+#: The longest error message sent at all (everything echoed included), in
+#: UTF-8 bytes: the trailers carry it percent-encoded (up to 3 bytes a byte) in
+#: grpc-message and again, base64'd, in grpc-status-details-bin (twice for a
+#: BadRequest), and grpc-core starts refusing trailers past its 8 KiB soft
+#: limit. 1 KiB keeps the worst case near 6 KiB.
+MAX_ERROR_MESSAGE_BYTES = _KiB
+#: The longest field path an error names.
+MAX_ERROR_FIELD_BYTES = 256

@@ -84,21 +84,7 @@ SERVED = {
 }
 # Failures fuzzing found that need more than a small fix: (kind, path) -> why
 # (with the default FUZZ_SEED; they are strict xfails).
-KNOWN: dict[tuple[str, str], str] = {
-    ("sync", "/grpc.health.v1.Health/Watch"): (
-        "grpcio-health-checking's sync servicer deadlocks when Watch calls end by their "
-        "deadline or a cancel (its close callback and Watch wait on each other): the "
-        "server stops answering; pycontainer's own sync Watch replaces it on branch hardening"
-    ),
-    ("manager", "/pycontainer.v1.Lifecycle/Connect"): (
-        "the registration is not validated: state=-1, 10 or 2^31-1 is UNKNOWN (ValueError "
-        "from LifecycleState.Name); registration validation comes with branch limits"
-    ),
-    ("manager", "/pycontainer.v1.Manager/RunContainer"): (
-        "the spec is not validated: runtime=99 is UNKNOWN (ValueError from "
-        "RuntimeKind.Name); spec validation comes with branch limits"
-    ),
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 class FuzzServer:
@@ -277,13 +263,11 @@ def _cases() -> list[Any]:
     return cases
 
 
-# Error messages that echo a large input (a 70 KB container name) make a
-# trailer past gRPC's 16 KiB metadata limit: the client sees RESOURCE_EXHAUSTED
-# "received metadata size exceeds hard limit" instead of the server's status.
-# Branch limits cuts every error message in one place; until it lands these
-# are counted (the summary's "metadata limit") rather than failed, and
-# test_error_messages_fit_in_metadata is a strict xfail.
-OVERSIZED_ERRORS_KNOWN = True
+# Error messages that echo a large input (a 70 KB container name) would make a
+# trailer past gRPC's 16 KiB metadata limit: the client would see
+# RESOURCE_EXHAUSTED "received metadata size exceeds hard limit" instead of the
+# server's status. pycontainer._errors cuts every message, so such an outcome
+# is a failure.
 
 
 def _oversized_error(outcome: Outcome) -> bool:
@@ -307,7 +291,7 @@ def _problem(outcome: Outcome) -> str | None:
     limit = LIMITS.stream_deadline if outcome.method.server_streaming else LIMITS.unary_deadline
     if outcome.seconds > limit + 3:
         return f"the call took {outcome.seconds:.1f}s, past its {limit}s deadline"
-    if _oversized_error(outcome) and not OVERSIZED_ERRORS_KNOWN:
+    if _oversized_error(outcome):
         return "the error's message is past gRPC's 16 KiB metadata limit"
     if code == grpc.StatusCode.INTERNAL and "deserializ" not in outcome.details.lower():
         # grpcio's own answer to bytes that do not decode is INTERNAL
@@ -448,11 +432,6 @@ def test_undecodable_requests_do_not_grow_a_sync_server(servers: Servers) -> Non
     assert grown < 15 * 2**20, f"3000 undecodable requests grew the sync server by {grown} bytes"
 
 
-@pytest.mark.xfail(
-    OVERSIZED_ERRORS_KNOWN,
-    strict=True,
-    reason="error messages echo the whole input; branch limits cuts them in one place",
-)
 @pytest.mark.parametrize(
     ("kind", "path", "request_bytes"),
     [
@@ -481,10 +460,6 @@ def test_error_messages_fit_in_metadata(
     assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="replicas is not capped on the API (MAX_REPLICAS comes with branch limits)",
-)
 def test_run_container_with_huge_replicas_is_refused(servers: Servers) -> None:
     """What fuzzing found: RunContainer with replicas=2^31-1 launches in a loop
     that never yields to the manager's event loop (here with a runtime that

@@ -231,7 +231,7 @@ def test_a_registration_past_a_bound_is_invalid_argument_naming_it(
     assert field in details
     assert limit in details
     # Short enough for the trailers, whatever the input's size.
-    assert len(details) < 2 * limits.MAX_ERROR_MESSAGE_CHARS
+    assert len(details.encode()) < 2 * limits.MAX_ERROR_MESSAGE_BYTES
     assert _ids(manager) == []
 
 
@@ -311,7 +311,7 @@ def test_error_messages_echo_at_most_a_bounded_prefix() -> None:
     assert len(cut) < limits.MAX_ECHOED_CHARS + 20
     assert echo(b"\x00" * 10_000).endswith("(10000 bytes)")
     error = invalid_argument("field", "x" * 100_000)
-    assert len(error.message) < limits.MAX_ERROR_MESSAGE_CHARS + 40
+    assert len(error.message.encode()) <= limits.MAX_ERROR_MESSAGE_BYTES
     assert isinstance(error, RequestError)
     assert error.message.endswith("(100007 bytes)")
 

@@ -179,6 +179,10 @@ def _index_code() -> dict[tuple[str, str], list[tuple[str, frozenset[int]]]]:
     index: dict[tuple[str, str], list[tuple[str, frozenset[int]]]] = {}
     seen: set[int] = set()
     todo = [obj.__code__ for obj in gc.get_objects() if isinstance(obj, types.FunctionType)]
+    # gc.get_objects() leaves out what gc.freeze() moved to the permanent
+    # generation (a manager in the same process freezes its start-up objects):
+    # modules' functions and classes' methods are found through sys.modules too.
+    todo.extend(_module_code())
     while todo:
         code = todo.pop()
         if id(code) in seen:
@@ -188,3 +192,21 @@ def _index_code() -> dict[tuple[str, str], list[tuple[str, frozenset[int]]]]:
         index.setdefault((code.co_filename, code.co_name), []).append((code.co_qualname, lines))
         todo.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
     return index
+
+
+def _module_code() -> list[types.CodeType]:
+    """The code objects of every loaded module's functions and its classes' methods."""
+    found: list[types.CodeType] = []
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for value in list(namespace.values()):
+            if isinstance(value, types.FunctionType):
+                found.append(value.__code__)
+            elif isinstance(value, type):
+                for member in list(vars(value).values()):
+                    function = getattr(member, "__func__", member)  # static/class methods
+                    if isinstance(function, types.FunctionType):
+                        found.append(function.__code__)
+    return found
