@@ -161,6 +161,7 @@ class ManagerHost:
         runtimes = settings.pop("runtimes", None)
         tracer_provider = settings.pop("tracer_provider", None)
         listen = settings.pop("listen", "127.0.0.1:0")  # a fixed one to restart on
+        settings.setdefault("insecure", True)  # mutual TLS has its own tests (test_mtls)
         self._settings = ManagerSettings(
             listen=listen, state_dir=state_dir, heartbeat_interval=0.5, **settings
         )

@@ -122,16 +122,22 @@ class Container:
             grace_period=units.duration_to_proto(s.grace_period),
         )
 
-    def add_endpoint(self, name: str, address: str, kind: str = "grpc") -> None:
+    def add_endpoint(
+        self, name: str, address: str, kind: str = "grpc", *, tls: bool = False
+    ) -> None:
         """Advertise an endpoint in GetInfo; kind is "management", "grpc",
-        "http" or "other" (serve() adds the Management one itself)."""
+        "http" or "other" (serve() adds the Management one itself); ``tls``
+        when it serves mutual TLS with the container's certificate
+        (``listen_on(..., tls_dir=...)``)."""
         try:
             proto_kind = _ENDPOINT_KINDS[kind]
         except KeyError:
             raise ValueError(
                 f"endpoint kind {kind!r} is not one of {', '.join(_ENDPOINT_KINDS)}"
             ) from None
-        self._endpoints.append(container_pb2.Endpoint(name=name, kind=proto_kind, address=address))
+        self._endpoints.append(
+            container_pb2.Endpoint(name=name, kind=proto_kind, address=address, tls=tls)
+        )
 
     def info(self) -> management_pb2.GetInfoResponse:
         now = datetime.datetime.now(datetime.UTC)

@@ -27,7 +27,7 @@ from ._admission import Admission
 from ._apply import Reconciler
 from ._checkpoints import Checkpoints
 from ._events import EventBus
-from ._exclusive import StartRefused, StateLock, bind
+from ._exclusive import StartRefused, StateLock
 from ._logstore import LogStore
 from ._registry import Entry, Registry
 from ._runtime import ProcessRuntime, Runtime
@@ -37,6 +37,7 @@ from ._settings import EVENT_HISTORY, ManagerSettings
 from ._stopping import Stopped, Stopper
 from ._store import SQLiteStore, StateStore
 from ._supervision import Supervisor
+from ._trust import Trust
 from .runc import RuncRuntime
 
 if TYPE_CHECKING:
@@ -87,13 +88,15 @@ class Manager:
         self._tracer_provider = tracer_provider
         # Per-method call statistics of the manager's server (its interceptor's).
         self.rpc_stats = RpcStats()
+        # Its CA, the certificates it issues and who may call what (_trust).
+        self.trust = Trust(self.settings)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._server: grpc.aio.Server | None = None
         self._health: ManagerHealth | None = None
         self._state_lock: StateLock | None = None
         self.port = 0
         # What else a purged record leaves behind: its retained logs.
-        self._purgers: list[Purger] = [self.logs.purge]
+        self._purgers: list[Purger] = [self.logs.purge, self.trust.forget]
 
         self.registry = Registry(store, self.events, max_ended=self.settings.max_ended_containers)
         self.sessions = Sessions(
@@ -127,6 +130,7 @@ class Manager:
             self.runtimes,
             manager_address=lambda: self.address,
             spawn=self._spawn,
+            issue_credentials=self._issue_credentials,
         )
         self.registry.forget_oldest_ended()  # of what an earlier manager left
         self.reconciler = Reconciler(
@@ -139,6 +143,7 @@ class Manager:
             self.runtimes,
             reconnect_window=self.settings.reconnect_window,
             spawn=self._spawn,
+            dial=self.trust.container_channel,
         )
 
     @property
@@ -160,8 +165,9 @@ class Manager:
 
         self._state_lock = StateLock(self.settings.state_dir)
         try:
+            self.trust.open()
             server, health = build_server(self)
-            self.port = bind(server, self.settings.listen)
+            self.port = self.trust.bind(server, self.settings.listen)
         except BaseException:
             self._state_lock.release()
             raise
@@ -170,6 +176,7 @@ class Manager:
         health.serving()
         self._spawn(self.sessions.watchdog())
         self._spawn(self.reconciler.resume())
+        self._spawn(self.trust.renewals())
         # Long-lived objects made so far never become garbage: keep the cyclic
         # collector from walking them (half-second pauses at 10,000 sessions).
         gc.freeze()
@@ -231,6 +238,10 @@ class Manager:
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_failure)
         return task
+
+    async def _issue_credentials(self, container_id: str) -> str:
+        """The TLS directory of a container about to launch ("" when insecure)."""
+        return await asyncio.to_thread(self.trust.issue_container, container_id)
 
     def _registered(self, entry: Entry) -> None:
         self.supervisor.registered(entry)

@@ -60,6 +60,19 @@ class ManagerSettings:
     reconnect_window: timedelta = timedelta(seconds=15)
     # Ended containers remembered (see MAX_ENDED_CONTAINERS).
     max_ended_containers: int = MAX_ENDED_CONTAINERS
+    # Serve plaintext and let every call through (no certificates, no roles):
+    # only when asked for (--insecure); off, the manager serves mutual TLS.
+    insecure: bool = False
+    # An external CA (PEM certificate and key files) instead of the one the
+    # manager creates in its state directory; both or neither.
+    ca_cert: str | None = None
+    ca_key: str | None = None
+    # Identities and their roles on top of pycontainer.security's defaults,
+    # such as {"user/alice": "operate"}.
+    role_bindings: dict[str, str | list[str]] = field(default_factory=dict)
+    # How long the certificates it issues live, and how often it renews them.
+    certificate_ttl: timedelta = timedelta(hours=24)
+    certificate_renewal_check: timedelta = timedelta(minutes=5)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -27,12 +27,13 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent import futures
 from os import PathLike
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
 from ..agent import Container, ContainerSettings, Hooks
-from ..client import ManagementClient, ManagerClient
+from ..client import PLAINTEXT, ManagementClient, ManagerClient, Transport
 
 __all__ = [
     "ContainerHost",
@@ -144,6 +145,9 @@ class ManagerHost:
             runtimes = {spec_pb2.RUNTIME_KIND_IN_PROCESS: InProcessRuntime(self.launcher)}
         tracer_provider = settings.pop("tracer_provider", None)
         settings.setdefault("heartbeat_interval", _TEST_HEARTBEAT)
+        # Plaintext unless asked for (insecure=False): then ``client`` uses the
+        # admin certificate the manager issues in its state directory.
+        settings.setdefault("insecure", True)
         self.settings = ManagerSettings(listen="127.0.0.1:0", state_dir=str(state_dir), **settings)
         ready = threading.Event()
         box: dict[str, Any] = {}
@@ -173,11 +177,19 @@ class ManagerHost:
             raise box["error"]
         self.manager: Manager = box["manager"]
         self.address: str = self.manager.address
-        self.client = ManagerClient(self.address)
+        self.client = ManagerClient(self.address, transport=self._transport())
         self.channel = self.client.channel
         from ..v1 import manager_pb2_grpc
 
         self.stub = manager_pb2_grpc.ManagerStub(self.channel)
+
+    def _transport(self) -> Transport:
+        if self.settings.insecure:
+            return PLAINTEXT
+        from ..manager._trust import ADMIN_DIR
+        from ..security import MANAGER
+
+        return Transport(Path(self.settings.state_dir) / ADMIN_DIR, MANAGER)
 
     def call(self, coro_fn: Callable[[], Coroutine[Any, Any, T]], timeout: float = 30) -> T:
         """Run ``coro_fn()`` on the manager's loop; its result."""
