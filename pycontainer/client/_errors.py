@@ -18,6 +18,8 @@ _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 def _short_reason(details: str) -> str:
     """The useful tail of a connection failure: "Connection refused" rather than
     gRPC's "failed to connect to all addresses; last error: UNKNOWN: ipv4:...: ..."."""
+    if "andshake failed" in details:  # grpc-core: "Ssl handshake failed", "Tls handshake failed"
+        return "the TLS handshake failed"
     if "last error:" in details:
         tail = details.rsplit(": ", 1)[-1].strip()
         if tail:

@@ -99,9 +99,8 @@ class Transport:
             return ""
         if self.secure:
             return (
-                f"the TLS handshake with the client certificate in {self.cert_dir} failed "
-                "or the server is down; check that it is from this manager's CA "
-                "(STATE_DIR/admin), or pass --insecure for a manager started with --insecure"
+                f"with the client certificate in {self.cert_dir}: pass --cert-dir with this "
+                "manager's STATE_DIR/admin, or --insecure for a manager started with --insecure"
             )
         return (
             "dialled without TLS; if the manager serves mutual TLS (its default), pass "
