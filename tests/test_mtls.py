@@ -222,7 +222,7 @@ def test_a_launched_container_registers_and_is_dialled_back_over_mutual_tls(
         e for e in got.identity.endpoints if e.kind == container_pb2.ENDPOINT_KIND_MANAGEMENT
     ]
     assert endpoint.tls
-    tls_dir = Path(secure.settings.state_dir) / "tls" / launched.identity.id
+    tls_dir = Path(secure.settings.state_dir) / "tls" / "containers" / launched.identity.id
     assert (tls_dir / "tls.pem").stat().st_mode & 0o777 == 0o600
     # Its Management endpoint speaks mutual TLS only...
     with ManagementClient(endpoint.address) as plain, pytest.raises(CallError) as refused:
@@ -328,3 +328,54 @@ def test_up_serves_mutual_tls_and_the_readme_cli_lines_work_as_typed(tmp_path: P
     finally:
         up.terminate()
         up.communicate(timeout=60)
+
+
+def test_runc_mounts_the_certificate_read_only_where_the_environment_says(tmp_path: Path) -> None:
+    from pycontainer.manager import Launch
+    from pycontainer.manager.runc import build_config
+
+    spec = spec_pb2.ContainerSpec(name="boxed", command=["python", "app.py"])
+    tls_dir = str(tmp_path / "tls" / "containers" / "boxed-1")
+    config = build_config(Launch("boxed-1", spec, "127.0.0.1:1", tls_dir=tls_dir))
+    assert f"{TLS_DIR_ENV}={tls_dir}" in config["process"]["env"]
+    [mount] = [m for m in config["mounts"] if m["destination"] == tls_dir]
+    assert mount["source"] == tls_dir
+    assert "ro" in mount["options"]
+    # Without one, none (not even the manager's own environment's).
+    plain = build_config(Launch("boxed-1", spec, "127.0.0.1:1"))
+    assert not any(e.startswith(f"{TLS_DIR_ENV}=") for e in plain["process"]["env"])
+
+
+def test_an_external_ca_issues_the_certificates(tmp_path: Path) -> None:
+    external = CertificateAuthority.open(tmp_path / "external")
+    with manager_host(
+        tmp_path / "state",
+        insecure=False,
+        ca_cert=str(tmp_path / "external" / "ca.pem"),
+        ca_key=str(tmp_path / "external" / "ca-key.pem"),
+    ) as host:
+        host.client.list_containers()  # with the admin certificate it issued
+        admin = CredentialFiles.in_directory(tmp_path / "state" / "admin")
+        leaf, _ = admin.read()
+        assert external.issued(leaf.certificate_chain_pem)
+        assert not (tmp_path / "state" / "ca-key.pem").exists()
+
+
+def test_certificates_are_renewed_while_serving_and_new_connections_use_them(
+    tmp_path: Path,
+) -> None:
+    with manager_host(
+        tmp_path / "state",
+        insecure=False,
+        certificate_ttl=datetime.timedelta(minutes=1),
+        certificate_renewal_check=datetime.timedelta(milliseconds=200),
+    ) as host:
+        manager_leaf = tmp_path / "state" / "tls" / "manager" / "tls.pem"
+        first = manager_leaf.read_bytes()
+        wait_until(lambda: manager_leaf.read_bytes() != first, 10, "the manager's leaf renewed")
+        # A new connection after the rotation: the server's reloaded leaf, the
+        # client's renewed admin one.
+        with ManagerClient(
+            host.address, transport=Transport(tmp_path / "state" / "admin", MANAGER)
+        ) as client:
+            client.list_containers()

@@ -6,7 +6,7 @@ keeps these leaves current, renewing them before they expire:
 
 - its own server (and client) certificate, in ``STATE/tls/manager``;
 - the admin identity's, in ``STATE/admin`` (what the CLI finds by default);
-- each container it launches, in ``STATE/tls/<ID>``, passed to the program
+- each container it launches, in ``STATE/tls/containers/<ID>``, passed to the program
   as ``$PYCONTAINER_TLS_DIR``.
 
 Calls are authorized by role (pycontainer.security's bindings plus the
@@ -59,6 +59,8 @@ ADMIN_DIR = "admin"
 #: The admin identity: bound to the admin role by default.
 ADMIN = user("admin")
 _TLS_DIR = "tls"
+# Under _TLS_DIR, beside the manager's own "manager" (whatever a container's id).
+_CONTAINERS_DIR = "containers"
 _WILDCARD_HOSTS = ("", "0.0.0.0", "[::]", "::")
 
 
@@ -102,6 +104,11 @@ class Trust:
                 self._ca = CertificateAuthority.load(settings.ca_cert, settings.ca_key)
             else:
                 self._ca = CertificateAuthority.open(self._state)
+            # What an earlier manager issued: the containers it launched keep
+            # running and reconnect with these, so they are renewed too.
+            issued = self._state / _TLS_DIR / _CONTAINERS_DIR
+            if issued.is_dir():
+                self._issued.update(d.name for d in issued.iterdir() if d.is_dir())
             self.renew()
         except (SecurityError, OSError) as exc:
             raise StartRefused(f"cannot set up mutual TLS: {exc}") from None
@@ -135,8 +142,13 @@ class Trust:
         ensure_leaf(ca, CredentialFiles.in_directory(self.admin_dir), ADMIN, ttl=ttl)
         for container_id in list(self._issued):
             directory = self._container_dir(container_id)
-            if directory.exists():
-                ensure_leaf(ca, CredentialFiles.in_directory(directory), container(container_id))
+            try:
+                if directory.exists():
+                    files = CredentialFiles.in_directory(directory)
+                    ensure_leaf(ca, files, container(container_id), ttl=ttl)
+            except SecurityError as exc:  # not an id a certificate can name: not ours
+                _log.warning("not renewing %s: %s", directory, exc)
+                self._issued.discard(container_id)
 
     async def renewals(self) -> None:
         """Renew the leaves periodically, for as long as the manager runs."""
@@ -151,7 +163,7 @@ class Trust:
                 _log.error("cannot renew the TLS certificates (retrying): %s", exc)
 
     def _container_dir(self, container_id: str) -> Path:
-        return (self._state / _TLS_DIR / container_id).resolve()
+        return (self._state / _TLS_DIR / _CONTAINERS_DIR / container_id).resolve()
 
     def issue_container(self, container_id: str) -> str:
         """The directory with a current leaf for a container about to launch ("" when insecure)."""
@@ -174,7 +186,11 @@ class Trust:
         """A purged container's certificate goes with it."""
         self._issued.discard(container_id)
         self._over_tls.discard(container_id)
-        shutil.rmtree(self._state / _TLS_DIR / container_id, ignore_errors=True)
+        try:
+            container(container_id)  # a name that is one path segment, never "..": ours
+        except SecurityError:
+            return
+        shutil.rmtree(self._container_dir(container_id), ignore_errors=True)
 
     # -- sessions and dialling back -------------------------------------------------
     async def checked_session(
