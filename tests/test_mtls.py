@@ -379,3 +379,24 @@ def test_certificates_are_renewed_while_serving_and_new_connections_use_them(
             host.address, transport=Transport(tmp_path / "state" / "admin", MANAGER)
         ) as client:
             client.list_containers()
+
+
+def test_health_alone_is_served_in_plaintext_on_its_own_port_when_asked(tmp_path: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    health_address = free_address()
+    with (
+        manager_host(tmp_path / "state", insecure=False, health_listen=health_address),
+        grpc.insecure_channel(health_address) as channel,
+    ):
+        # kubelet's probe: plaintext, one Check.
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+        # Nothing else is there.
+        with pytest.raises(grpc.RpcError) as other:
+            manager_pb2_grpc.ManagerStub(channel).ListContainers(
+                manager_pb2.ListContainersRequest(), timeout=5
+            )
+        assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -51,6 +51,7 @@ def tls_settings(args: argparse.Namespace) -> dict[str, Any]:
         "ca_cert": args.ca_cert,
         "ca_key": args.ca_key,
         "role_bindings": roles,
+        "health_listen": args.health_listen,
     }
 
 

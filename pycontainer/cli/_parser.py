@@ -99,6 +99,13 @@ def _serving_tls_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--ca-key", metavar="FILE", help="the external CA's PEM private key")
     parser.add_argument(
+        "--health-listen",
+        type=listen_arg,
+        metavar="ADDR",
+        help="also serve grpc.health.v1 alone, in plaintext, on this HOST:PORT (for probes "
+        "that speak no TLS, such as kubelet's)",
+    )
+    parser.add_argument(
         "--role",
         action="append",
         default=[],

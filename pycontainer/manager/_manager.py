@@ -27,7 +27,7 @@ from ._admission import Admission
 from ._apply import Reconciler
 from ._checkpoints import Checkpoints
 from ._events import EventBus
-from ._exclusive import StartRefused, StateLock
+from ._exclusive import StartRefused, StateLock, bind
 from ._logstore import LogStore
 from ._registry import Entry, Registry
 from ._runtime import ProcessRuntime, Runtime
@@ -92,6 +92,9 @@ class Manager:
         self.trust = Trust(self.settings)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._server: grpc.aio.Server | None = None
+        # grpc.health.v1 in plaintext on a port of its own (health_listen).
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port = 0
         self._health: ManagerHealth | None = None
         self._state_lock: StateLock | None = None
         self.port = 0
@@ -161,18 +164,23 @@ class Manager:
     async def start(self) -> int:
         """Serve the Lifecycle and Manager APIs; returns the port. StartRefused
         when another manager has the state directory or the address."""
-        from ._server import build_server
+        from ._server import build_health_server, build_server
 
         self._state_lock = StateLock(self.settings.state_dir)
         try:
             self.trust.open()
             server, health = build_server(self)
             self.port = self.trust.bind(server, self.settings.listen)
+            if self.settings.health_listen:
+                self._health_server = build_health_server(health)
+                self.health_port = bind(self._health_server, self.settings.health_listen)
         except BaseException:
             self._state_lock.release()
             raise
         self._server, self._health = server, health
         await self._server.start()
+        if self._health_server is not None:
+            await self._health_server.start()
         health.serving()
         self._spawn(self.sessions.watchdog())
         self._spawn(self.reconciler.resume())
@@ -192,6 +200,8 @@ class Manager:
         self.sessions.close_all()
         if self._server is not None:
             await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(None)
         if self._state_lock is not None:
             self._state_lock.release()
         # Containers outlive the manager (they reconnect to the next one);

@@ -70,6 +70,9 @@ class ManagerSettings:
     # Identities and their roles on top of pycontainer.security's defaults,
     # such as {"user/alice": "operate"}.
     role_bindings: dict[str, str | list[str]] = field(default_factory=dict)
+    # Where grpc.health.v1 alone is served in plaintext too (HOST:PORT), for
+    # probes that speak no TLS (kubelet's); None: nowhere but the main port.
+    health_listen: str | None = None
     # How long the certificates it issues live, and how often it renews them.
     certificate_ttl: timedelta = timedelta(hours=24)
     certificate_renewal_check: timedelta = timedelta(minutes=5)
