@@ -9,6 +9,7 @@ $PYCONTAINER_INSECURE is unset."""
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import subprocess
@@ -400,3 +401,40 @@ def test_health_alone_is_served_in_plaintext_on_its_own_port_when_asked(tmp_path
                 manager_pb2.ListContainersRequest(), timeout=5
             )
         assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_runc_container_reads_its_certificate_from_the_read_only_mount(tmp_path: Path) -> None:
+    from support import require_tool
+
+    from pycontainer.manager import RuncRuntime
+
+    require_tool("runc")
+    if os.geteuid() != 0:
+        pytest.skip("runc needs root")
+    runtime = RuncRuntime(tmp_path / "runc")
+    with manager_host(
+        tmp_path / "state", insecure=False, runtimes={spec_pb2.RUNTIME_KIND_RUNC: runtime}
+    ) as host:
+        spec = spec_pb2.ContainerSpec(
+            name="oci",
+            command=["python", "tests/apps/connected_app.py", "--name", "oci"],
+            runtime=spec_pb2.RUNTIME_KIND_RUNC,
+            working_dir=str(ROOT),
+        )
+        [launched] = host.client.run_container(
+            manager_pb2.RunContainerRequest(spec=spec)
+        ).containers
+        request = manager_pb2.GetContainerRequest(container=launched.identity.id)
+
+        def running() -> bool:
+            got = host.client.get_container(request).container
+            return got.state == RUNNING and got.connected
+
+        wait_until(running, 30, "the runc container registers over mutual TLS")
+        [endpoint] = host.client.get_container(request).container.identity.endpoints
+        assert endpoint.tls
+        run = runtime.container(launched.identity.id)
+        assert run is not None
+        config = json.loads((run.bundle / "config.json").read_text())
+        tls_dir = str(tmp_path / "state" / "tls" / "containers" / launched.identity.id)
+        assert any(m["destination"] == tls_dir and "ro" in m["options"] for m in config["mounts"])
