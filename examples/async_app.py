@@ -24,6 +24,7 @@ import grpc
 from opentelemetry import metrics
 
 import pycontainer
+from pycontainer.agent import listen_on, tls_dir
 from pycontainer.telemetry import configure_tracing
 
 log = logging.getLogger("examples.async_app")
@@ -105,11 +106,15 @@ async def main() -> None:
             flags={"listen": args.listen},
         ),
     )
-    server = grpc.aio.server(interceptors=[container.aio_server_interceptor()])
+    server = grpc.aio.server(
+        interceptors=[container.aio_authorization_interceptor(), container.aio_server_interceptor()]
+    )
     container.add_to_server(server)
-    port = server.add_insecure_port(args.listen)
+    # Mutual TLS when launched by a manager that serves it, plaintext by hand.
+    tls = tls_dir()
+    port = listen_on(server, args.listen, tls_dir=tls)
     host = args.listen.rsplit(":", 1)[0]
-    container.add_endpoint("management", f"{host}:{port}", kind="management")
+    container.add_endpoint("management", f"{host}:{port}", kind="management", tls=bool(tls))
     await server.start()
 
     stop = asyncio.Event()

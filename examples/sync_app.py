@@ -28,6 +28,7 @@ import grpc
 from opentelemetry import metrics
 
 import pycontainer
+from pycontainer.agent import listen_on, tls_dir
 from pycontainer.telemetry import configure_tracing
 
 log = logging.getLogger("examples.sync_app")
@@ -134,12 +135,18 @@ def main() -> None:
     container.add_check("workers", lambda: (not workers.stop_event.is_set(), "workers running"))
 
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=8), interceptors=[container.server_interceptor()]
+        futures.ThreadPoolExecutor(max_workers=8),
+        # Authorization first: with the certificate a manager gave, its
+        # Management API answers the manager and the roles it binds.
+        interceptors=[container.authorization_interceptor(), container.server_interceptor()],
     )
     container.add_to_server(server)
-    port = server.add_insecure_port(args.listen)
+    # Mutual TLS when launched by a manager that serves it ($PYCONTAINER_TLS_DIR),
+    # plaintext when run by hand.
+    tls = tls_dir()
+    port = listen_on(server, args.listen, tls_dir=tls)
     host = args.listen.rsplit(":", 1)[0]
-    container.add_endpoint("management", f"{host}:{port}", kind="management")
+    container.add_endpoint("management", f"{host}:{port}", kind="management", tls=bool(tls))
     server.start()
 
     stop = threading.Event()

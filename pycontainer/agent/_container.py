@@ -39,6 +39,7 @@ from ._service import (
 )
 from ._settings import ContainerSettings, Hooks
 from ._state import Command, State, state_proto
+from ._tls import management_authorizer, tls_dir
 
 __all__ = ["Container", "ContainerSettings", "Hooks"]
 
@@ -198,6 +199,21 @@ class Container:
     def aio_server_interceptor(self) -> AioServerInterceptor:
         """Pass to grpc.aio.server(interceptors=[...]) to count the app's own RPCs."""
         return AioServerInterceptor(self._observer)
+
+    def authorization_interceptor(self) -> grpc.ServerInterceptor[Any, Any]:
+        """Pass first to grpc.server(interceptors=[...]): with the certificate the
+        manager gave ($PYCONTAINER_TLS_DIR), calls of pycontainer's services
+        are authorized by role (the manager reads; user/admin does anything);
+        without one, and for the app's own services, every call goes through."""
+        from ..security import AuthorizationInterceptor
+
+        return AuthorizationInterceptor(management_authorizer(tls_dir() is not None))
+
+    def aio_authorization_interceptor(self) -> grpc.aio.ServerInterceptor[Any, Any]:
+        """authorization_interceptor() for a grpc.aio.server."""
+        from ..security import AioAuthorizationInterceptor
+
+        return AioAuthorizationInterceptor(management_authorizer(tls_dir() is not None))
 
     # -- hosting ----------------------------------------------------------------
     def add_to_server(

@@ -19,9 +19,9 @@ from typing import Any
 import grpc
 
 from .. import units
-from .._tls_env import TLS_DIR_ENV
 from ._container import Container
 from ._state import State
+from ._tls import tls_dir
 
 _log = logging.getLogger("pycontainer")
 
@@ -106,27 +106,20 @@ def _refuse_if_in_use(host: str, port: int, listen: str) -> None:
             ) from None
 
 
-def _tls_dir() -> str | None:
-    """The container's TLS directory, when the manager that launched it gave one."""
-    return os.environ.get(TLS_DIR_ENV) or None
-
-
 async def _start_server(container: Container, listen: str) -> tuple[grpc.aio.Server, int]:
-    tls_dir = _tls_dir()
+    tls = tls_dir()
     interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
-    if tls_dir:
-        from ..security import AioAuthorizationInterceptor, Authorizer
-
+    if tls:
         # The manager may read (it forwards logs and metrics); user/admin is admin.
-        interceptors.append(AioAuthorizationInterceptor(Authorizer()))
+        interceptors.append(container.aio_authorization_interceptor())
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     # First: a refused address leaves the container untouched.
-    port = listen_on(server, listen, tls_dir=tls_dir)
+    port = listen_on(server, listen, tls_dir=tls)
     container.add_to_server(server)
     host = listen.rsplit(":", 1)[0] or "127.0.0.1"
     if host in ("[::]", "0.0.0.0", ""):
         host = "127.0.0.1"
-    container.add_endpoint("management", f"{host}:{port}", kind="management", tls=bool(tls_dir))
+    container.add_endpoint("management", f"{host}:{port}", kind="management", tls=bool(tls))
     await server.start()
     return server, port
 
