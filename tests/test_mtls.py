@@ -438,3 +438,35 @@ def test_a_runc_container_reads_its_certificate_from_the_read_only_mount(tmp_pat
         config = json.loads((run.bundle / "config.json").read_text())
         tls_dir = str(tmp_path / "state" / "tls" / "containers" / launched.identity.id)
         assert any(m["destination"] == tls_dir and "ro" in m["options"] for m in config["mounts"])
+
+
+def test_a_containers_management_api_answers_the_manager_and_bound_roles_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = CertificateAuthority.open(tmp_path / "ca")
+    issue_files(ca, container("guarded-1"), tmp_path / "guarded")
+    monkeypatch.setenv(TLS_DIR_ENV, str(tmp_path / "guarded"))
+    app = pycontainer.Container(pycontainer.ContainerSettings(name="guarded", id="guarded-1"))
+    server = serve_in_background(app)
+    address = f"127.0.0.1:{server.port}"
+    target = container("guarded-1")
+    try:
+
+        def management(who: str) -> ManagementClient:
+            files = issue_files(ca, user(who) if who != "manager" else MANAGER, tmp_path / who)
+            return ManagementClient(address, transport=Transport(files.leaf.parent, target))
+
+        with management("manager") as manager:
+            assert manager.get_info().identity.id == "guarded-1"
+        with management("admin") as admin:
+            admin.get_config()
+        with management("stranger") as stranger, pytest.raises(CallError) as refused:
+            stranger.get_info()
+        assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert "read" in refused.value.details
+        with ManagementClient(address) as plain, pytest.raises(CallError) as unreached:
+            plain.get_info()
+        assert unreached.value.code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop()
+        app.close()
