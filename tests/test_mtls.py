@@ -470,3 +470,29 @@ def test_a_containers_management_api_answers_the_manager_and_bound_roles_only(
     finally:
         server.stop()
         app.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--ca-cert", "ca.pem"], "--ca-cert and --ca-key go together"),
+        (["--role", "user/alice"], "write IDENTITY=ROLE"),
+        (["--role", "user/alice=superuser"], "unknown role 'superuser'"),
+        (["--role", "somebody=read"], "is not one of container/<ID>, user/<NAME> or manager"),
+        (["--ca-cert", "missing.pem", "--ca-key", "missing-key.pem"], "does not exist"),
+    ],
+)
+def test_manager_tls_flags_that_cannot_work_are_one_line(
+    tmp_path: Path, flags: list[str], said: str
+) -> None:
+    done = subprocess.run(
+        [*CLI, "manager", "--listen", "127.0.0.1:0", "--state-dir", "state", *flags],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert said in line, line
