@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..client import PLAINTEXT, CallError, ManagementClient, Transport
+from ..client import PLAINTEXT, CallError, ManagementClient, Transport, TransportError
 from ..units import duration_from_proto, duration_to_proto, format_duration
 from ..v1 import management_pb2, manager_pb2, profile_pb2
 from ..v1.container_pb2 import ENDPOINT_KIND_MANAGEMENT
@@ -73,12 +73,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if cpu
         else f"profiling {container.identity.id}"
     )
-    with (
-        ManagementClient(
-            address, transport=container_transport(transport, container)
-        ) as management,
-        spinner(ctx, doing),
-    ):
+    try:
+        management = ManagementClient(address, transport=container_transport(transport, container))
+    except TransportError as exc:
+        raise CliError(f"the Management endpoint of {container.identity.id}: {exc}") from None
+    with management, spinner(ctx, doing):
         try:
             profile = management.get_profile(request, timeout=timeout)
         except CallError as exc:

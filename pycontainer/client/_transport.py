@@ -71,7 +71,10 @@ class Transport:
             credentials = channel_credentials(CredentialFiles.in_directory(self.cert_dir))
         except SecurityError as exc:
             raise TransportError(f"no usable client certificate: {exc}; {_WHAT_TO_PASS}") from None
-        options = server_name_options(self.server) if self.server is not None else []
+        try:
+            options = server_name_options(self.server) if self.server is not None else []
+        except SecurityError as exc:
+            raise TransportError(f"cannot check the server's certificate: {exc}") from None
         return credentials, list(options)
 
     def channel(self, target: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
