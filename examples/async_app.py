@@ -24,7 +24,7 @@ import grpc
 from opentelemetry import metrics
 
 import pycontainer
-from pycontainer.agent import EXCLUSIVE_PORT, ListenError, listen_on
+from pycontainer.agent import EXCLUSIVE_PORT, ListenError, listen_on, tls_dir
 from pycontainer.telemetry import configure_tracing
 
 log = logging.getLogger("examples.async_app")
@@ -109,15 +109,21 @@ async def main() -> None:
     # EXCLUSIVE_PORT: grpc-core shares ports by default, so a second copy on
     # this port would start "fine" and get half the connections.
     server = grpc.aio.server(
-        interceptors=[container.aio_server_interceptor()], options=[EXCLUSIVE_PORT]
+        interceptors=[
+            container.aio_authorization_interceptor(),
+            container.aio_server_interceptor(),
+        ],
+        options=[EXCLUSIVE_PORT],
     )
     container.add_to_server(server)
+    # Mutual TLS when launched by a manager that serves it, plaintext by hand.
+    tls = tls_dir()
     try:
-        port = listen_on(server, args.listen)  # a port in use: one clear line
+        port = listen_on(server, args.listen, tls_dir=tls)  # a port in use: one clear line
     except ListenError as exc:
         raise SystemExit(f"error: {exc.strerror}") from None
     host = args.listen.rsplit(":", 1)[0]
-    container.add_endpoint("management", f"{host}:{port}", kind="management")
+    container.add_endpoint("management", f"{host}:{port}", kind="management", tls=bool(tls))
     await server.start()
 
     stop = asyncio.Event()

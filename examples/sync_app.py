@@ -28,7 +28,7 @@ import grpc
 from opentelemetry import metrics
 
 import pycontainer
-from pycontainer.agent import EXCLUSIVE_PORT, ListenError, listen_on
+from pycontainer.agent import EXCLUSIVE_PORT, ListenError, listen_on, tls_dir
 from pycontainer.telemetry import configure_tracing
 
 log = logging.getLogger("examples.sync_app")
@@ -138,16 +138,21 @@ def main() -> None:
     # this port would start "fine" and get half the connections.
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8),
-        interceptors=[container.server_interceptor()],
+        # Authorization first: with the certificate a manager gave, its
+        # Management API answers the manager and the roles it binds.
+        interceptors=[container.authorization_interceptor(), container.server_interceptor()],
         options=[EXCLUSIVE_PORT],
     )
     container.add_to_server(server)
+    # Mutual TLS when launched by a manager that serves it ($PYCONTAINER_TLS_DIR),
+    # plaintext when run by hand.
+    tls = tls_dir()
     try:
-        port = listen_on(server, args.listen)  # a port in use: one clear line
+        port = listen_on(server, args.listen, tls_dir=tls)  # a port in use: one clear line
     except ListenError as exc:
         raise SystemExit(f"error: {exc.strerror}") from None
     host = args.listen.rsplit(":", 1)[0]
-    container.add_endpoint("management", f"{host}:{port}", kind="management")
+    container.add_endpoint("management", f"{host}:{port}", kind="management", tls=bool(tls))
     server.start()
 
     stop = threading.Event()

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
 from support import Host, make_container, start_aio_host, start_container, start_sync_host
 
 import pycontainer
+
+# The suite's managers serve plaintext (tests/support.py, pycontainer.testing,
+# and `pycontainer manager`/`up` started by tests read this as --insecure), and
+# so do its clients; tests/test_mtls.py proves mutual TLS with it unset.
+os.environ.setdefault("PYCONTAINER_INSECURE", "1")
 
 
 @pytest.fixture(params=["sync", "aio"])

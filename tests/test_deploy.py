@@ -113,6 +113,7 @@ def test_manager_deployment_probes_and_service() -> None:
         "0.0.0.0:50050",
         "--state-dir",
         "/var/lib/pycontainer",
+        "--insecure",  # its apps join without certificates (no bootstrap tokens yet)
     ]
     port = _listen_port(container)
     assert _named_port(container, "grpc") == port
@@ -259,7 +260,9 @@ def test_manifest_commands_serve_their_probes_and_stop_on_sigterm(
     manager_container = _container(_one("Deployment", "pycontainer-manager"))
     command = _local(manager_container["command"], "127.0.0.1:0")
     command[command.index("--state-dir") + 1] = str(tmp_path / "state")
-    manager, manager_address = _start(command, dict(os.environ), "manager serving on")
+    # As in the cluster: what the manifest says, not the suite's $PYCONTAINER_INSECURE.
+    env = {k: v for k, v in os.environ.items() if k != "PYCONTAINER_INSECURE"}
+    manager, manager_address = _start(command, env, "manager serving on")
     procs.append(manager)
     for probe in ("readinessProbe", "livenessProbe"):
         assert _check(manager_address, manager_container[probe]["grpc"].get("service", "")) == (
@@ -267,7 +270,7 @@ def test_manifest_commands_serve_their_probes_and_stop_on_sigterm(
         )
 
     app_container = _container(_one("Deployment", "sync-worker"))
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "PYCONTAINER_INSECURE"}
     for item in app_container["env"]:
         env[item["name"]] = item.get("value", "")
     env["PYCONTAINER_MANAGER"] = manager_address  # the Service, here

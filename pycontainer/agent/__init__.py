@@ -14,6 +14,7 @@ from ._serve import (
     serve_in_background,
 )
 from ._state import TRANSITIONS, Command, State
+from ._tls import tls_dir
 
 __all__ = [
     "EXCLUSIVE_PORT",
@@ -33,4 +34,5 @@ __all__ = [
     "run",
     "serve",
     "serve_in_background",
+    "tls_dir",
 ]

@@ -27,6 +27,7 @@ from google.protobuf import timestamp_pb2
 
 from .. import limits, units
 from .._errors import RequestError, code_number
+from .._tls_env import TLS_DIR_ENV
 from ..v1 import container_pb2, lifecycle_pb2, lifecycle_pb2_grpc, management_pb2
 from ._lifecycle import Lifecycle, Outcome, Request, StateListener
 from ._settings import ContainerSettings, Hooks
@@ -55,6 +56,20 @@ _REASONS = {
     container_pb2.STOP_REASON_SHUTDOWN: "manager shutdown",
     container_pb2.STOP_REASON_UNHEALTHY: "unhealthy",
 }
+
+
+def _manager_channel(target: str) -> grpc.aio.Channel:
+    """A new channel to the manager: mutual TLS with the certificate in
+    $PYCONTAINER_TLS_DIR (read now, so a reconnect uses a renewed one), checking
+    that the manager's names the manager; plaintext without one."""
+    tls_dir = os.environ.get(TLS_DIR_ENV)
+    if not tls_dir:
+        return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    from ..security import MANAGER, CredentialFiles, channel_credentials, server_name_options
+
+    credentials = channel_credentials(CredentialFiles.in_directory(tls_dir))
+    options = [*_CHANNEL_OPTIONS, *server_name_options(MANAGER)]
+    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -214,7 +229,7 @@ class ManagerConnection:
             while (message := await outbox.get()) is not None:
                 yield message
 
-        async with grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS) as channel:
+        async with _manager_channel(self.target) as channel:
             call = lifecycle_pb2_grpc.LifecycleStub(channel).Connect(requests())
             heartbeats = asyncio.ensure_future(self._heartbeats(outbox))
             try:

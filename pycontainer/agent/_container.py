@@ -39,6 +39,7 @@ from ._service import (
 )
 from ._settings import ContainerSettings, Hooks
 from ._state import Command, State, state_proto
+from ._tls import management_authorizer, tls_dir
 
 __all__ = ["Container", "ContainerSettings", "Hooks"]
 
@@ -122,16 +123,22 @@ class Container:
             grace_period=units.duration_to_proto(s.grace_period),
         )
 
-    def add_endpoint(self, name: str, address: str, kind: str = "grpc") -> None:
+    def add_endpoint(
+        self, name: str, address: str, kind: str = "grpc", *, tls: bool = False
+    ) -> None:
         """Advertise an endpoint in GetInfo; kind is "management", "grpc",
-        "http" or "other" (serve() adds the Management one itself)."""
+        "http" or "other" (serve() adds the Management one itself); ``tls``
+        when it serves mutual TLS with the container's certificate
+        (``listen_on(..., tls_dir=...)``)."""
         try:
             proto_kind = _ENDPOINT_KINDS[kind]
         except KeyError:
             raise ValueError(
                 f"endpoint kind {kind!r} is not one of {', '.join(_ENDPOINT_KINDS)}"
             ) from None
-        self._endpoints.append(container_pb2.Endpoint(name=name, kind=proto_kind, address=address))
+        self._endpoints.append(
+            container_pb2.Endpoint(name=name, kind=proto_kind, address=address, tls=tls)
+        )
 
     def info(self) -> management_pb2.GetInfoResponse:
         now = datetime.datetime.now(datetime.UTC)
@@ -192,6 +199,21 @@ class Container:
     def aio_server_interceptor(self) -> AioServerInterceptor:
         """Pass to grpc.aio.server(interceptors=[...]) to count the app's own RPCs."""
         return AioServerInterceptor(self._observer)
+
+    def authorization_interceptor(self) -> grpc.ServerInterceptor[Any, Any]:
+        """Pass first to grpc.server(interceptors=[...]): with the certificate the
+        manager gave ($PYCONTAINER_TLS_DIR), calls of pycontainer's services
+        are authorized by role (the manager reads; user/admin does anything);
+        without one, and for the app's own services, every call goes through."""
+        from ..security import AuthorizationInterceptor
+
+        return AuthorizationInterceptor(management_authorizer(tls_dir() is not None))
+
+    def aio_authorization_interceptor(self) -> grpc.aio.ServerInterceptor[Any, Any]:
+        """authorization_interceptor() for a grpc.aio.server."""
+        from ..security import AioAuthorizationInterceptor
+
+        return AioAuthorizationInterceptor(management_authorizer(tls_dir() is not None))
 
     # -- hosting ----------------------------------------------------------------
     def add_to_server(

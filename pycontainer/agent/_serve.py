@@ -14,12 +14,14 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from .. import units
 from ._container import Container
 from ._state import State
+from ._tls import tls_dir
 
 _log = logging.getLogger("pycontainer")
 
@@ -43,9 +45,13 @@ class ListenError(OSError):
     """A server could not listen where it was told (the message says why)."""
 
 
-def listen_on(server: grpc.Server | grpc.aio.Server, listen: str) -> int:
+def listen_on(
+    server: grpc.Server | grpc.aio.Server, listen: str, *, tls_dir: str | None = None
+) -> int:
     """Bind ``server`` (built with :data:`EXCLUSIVE_PORT`) to ``listen``
-    (HOST:PORT, port 0 for any free one); returns the port.
+    (HOST:PORT, port 0 for any free one); returns the port. With ``tls_dir``
+    (a directory with ``tls.pem`` and ``ca.pem``, as $PYCONTAINER_TLS_DIR
+    names) it serves mutual TLS, rereading the files when they are renewed.
 
     Raises :class:`ListenError` naming the address when the port is out of
     range or already in use, rather than grpc-core's generic failure.
@@ -59,7 +65,13 @@ def listen_on(server: grpc.Server | grpc.aio.Server, listen: str) -> int:
     if int(port_text) != 0:
         _refuse_if_in_use(host.strip("[]"), int(port_text), listen)
     try:
-        port = server.add_insecure_port(listen)
+        if tls_dir:
+            from ..security import CredentialFiles, server_credentials
+
+            credentials = server_credentials(CredentialFiles.in_directory(tls_dir))
+            port = server.add_secure_port(listen, credentials)
+        else:
+            port = server.add_insecure_port(listen)
     except RuntimeError:
         port = 0
     if port == 0:
@@ -95,13 +107,19 @@ def _refuse_if_in_use(host: str, port: int, listen: str) -> None:
 
 
 async def _start_server(container: Container, listen: str) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    port = listen_on(server, listen)  # first: a refused address leaves the container untouched
+    tls = tls_dir()
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
+    if tls:
+        # The manager may read (it forwards logs and metrics); user/admin is admin.
+        interceptors.append(container.aio_authorization_interceptor())
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
+    # First: a refused address leaves the container untouched.
+    port = listen_on(server, listen, tls_dir=tls)
     container.add_to_server(server)
     host = listen.rsplit(":", 1)[0] or "127.0.0.1"
     if host in ("[::]", "0.0.0.0", ""):
         host = "127.0.0.1"
-    container.add_endpoint("management", f"{host}:{port}", kind="management")
+    container.add_endpoint("management", f"{host}:{port}", kind="management", tls=bool(tls))
     await server.start()
     return server, port
 

@@ -32,17 +32,24 @@ class Context:
     @contextlib.contextmanager
     def manager(self, args: argparse.Namespace) -> Iterator[ManagerClient]:
         """The manager client: the given one, else one dialling --manager
-        (else $PYCONTAINER_MANAGER, else 127.0.0.1:50050), closed after."""
+        (else $PYCONTAINER_MANAGER, else 127.0.0.1:50050) with mutual TLS
+        (--cert-dir, else $PYCONTAINER_TLS_DIR, else state/admin) or
+        plaintext (--insecure), closed after."""
         if self.client is not None:
             yield self.client
             return
-        from ..client import ManagerClient, TargetError
+        from ..client import ManagerClient, TargetError, TransportError, manager_transport
 
         given: str | None = getattr(args, "manager", None) or getattr(args, "global_manager", None)
+        cert_dir = getattr(args, "cert_dir", None) or getattr(args, "global_cert_dir", None)
+        insecure = bool(getattr(args, "insecure", None) or getattr(args, "global_insecure", None))
         try:
-            client = ManagerClient(given)
+            transport = manager_transport(cert_dir, insecure=insecure)
+            client = ManagerClient(given, transport=transport)
         except TargetError as exc:
             raise CliError(f"--manager: {exc}") from None
+        except TransportError as exc:
+            raise CliError(str(exc)) from None
         with client:
             yield client
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
+from typing import Any
 
+from .._tls_env import INSECURE_ENV, truthy
 from ..manager import (
     Manager,
     ManagerSettings,
@@ -18,6 +21,38 @@ from ..manager import (
 from ..telemetry import configure_tracing
 from ._context import Context
 from ._errors import CliError
+
+
+def tls_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The ManagerSettings fields of --insecure ($PYCONTAINER_INSECURE), --ca-cert,
+    --ca-key and --role."""
+    insecure = args.insecure
+    if insecure is None:
+        insecure = bool(getattr(args, "global_insecure", None)) or truthy(
+            os.environ.get(INSECURE_ENV)
+        )
+    if bool(args.ca_cert) != bool(args.ca_key):
+        raise CliError("--ca-cert and --ca-key go together: give the external CA's both files")
+    roles: dict[str, list[str]] = {}
+    for binding in args.role:
+        identity, equals, role = binding.partition("=")
+        if not equals or not identity.strip() or not role.strip():
+            raise CliError(f"--role {binding!r}: write IDENTITY=ROLE, such as user/alice=operate")
+        roles.setdefault(identity.strip(), []).append(role.strip())
+    if roles:
+        from ..security import Bindings, SecurityError
+
+        try:
+            Bindings.from_mapping(roles)
+        except SecurityError as exc:
+            raise CliError(f"--role: {exc}") from None
+    return {
+        "insecure": insecure,
+        "ca_cert": args.ca_cert,
+        "ca_key": args.ca_key,
+        "role_bindings": roles,
+        "health_listen": args.health_listen,
+    }
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -35,6 +70,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         state_dir=args.state_dir,
         capacity=capacity,
         heartbeat_interval=args.heartbeat,
+        **tls_settings(args),
     )
     provider = configure_tracing("pycontainer-manager")
     try:
@@ -56,8 +92,16 @@ async def _serve(settings: ManagerSettings, stop_containers: bool, ctx: Context)
     manager = Manager(settings)
     await manager.start()
     ctx.out(f"manager serving on {manager.address}")
+    ctx.err(_security_note(manager))
     ctx.stdout.flush()
     await stop.wait()
     if stop_containers:
         await manager.shutdown_containers()
     await manager.stop()
+
+
+def _security_note(manager: Manager) -> str:
+    """How clients connect: with the admin certificate, or plaintext."""
+    if manager.trust.insecure:
+        return "serving without TLS (--insecure): clients pass --insecure too"
+    return f"serving mutual TLS: clients use --cert-dir {manager.trust.admin_dir} (the admin)"

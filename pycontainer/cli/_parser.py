@@ -8,7 +8,8 @@ import argparse
 import datetime
 from typing import TYPE_CHECKING
 
-from ..client import DEFAULT_MANAGER, MANAGER_ENV, listen_arg, target_arg
+from .._tls_env import INSECURE_ENV, TLS_DIR_ENV
+from ..client import DEFAULT_CERT_DIR, DEFAULT_MANAGER, MANAGER_ENV, listen_arg, target_arg
 from ..units import DURATION_HELP, duration_arg
 from . import _args
 
@@ -16,7 +17,9 @@ __all__ = ["EPILOG", "build_parser"]
 
 EPILOG = f"""\
 The client verbs find the manager through --manager HOST:PORT, else
-${MANAGER_ENV}, else {DEFAULT_MANAGER}. Durations are written like 30s, 2m,
+${MANAGER_ENV}, else {DEFAULT_MANAGER}, and dial it with mutual TLS using the
+certificate in --cert-dir, else ${TLS_DIR_ENV}, else {DEFAULT_CERT_DIR}
+(--insecure: plaintext). Durations are written like 30s, 2m,
 1h30m or 500ms. Exit status: 0 done, 1 refused or failed (error: CODE: details),
 2 manager unreachable. `pycontainer VERB --help` tells more.
 """
@@ -54,6 +57,61 @@ def _manager_option(parser: argparse.ArgumentParser) -> None:
         type=target_arg,
         default=None,
         help=f"HOST:PORT of the manager (default: ${MANAGER_ENV}, else {DEFAULT_MANAGER})",
+    )
+    _client_tls_options(parser, "")
+
+
+def _client_tls_options(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """--cert-dir and --insecure: how a client verb dials the manager."""
+    parser.add_argument(
+        "--cert-dir",
+        "--tls-dir",
+        dest=f"{prefix}cert_dir",
+        metavar="DIR",
+        default=None,
+        help=f"the client certificate (tls.pem, ca.pem) for mutual TLS (default: "
+        f"${TLS_DIR_ENV}, else {DEFAULT_CERT_DIR}, the admin certificate of a manager "
+        "with --state-dir state)",
+    )
+    parser.add_argument(
+        "--insecure",
+        dest=f"{prefix}insecure",
+        action="store_true",
+        default=None,
+        help=f"dial the manager without TLS (one started with --insecure; also ${INSECURE_ENV}=1)",
+    )
+
+
+def _serving_tls_options(parser: argparse.ArgumentParser) -> None:
+    """--insecure, an external CA and role bindings: how a manager serves."""
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve plaintext and let every call through, no certificates or roles "
+        f"(default: mutual TLS; also ${INSECURE_ENV}=1); warns when listening beyond loopback",
+    )
+    parser.add_argument(
+        "--ca-cert",
+        metavar="FILE",
+        help="an external CA's PEM certificate, instead of the one the manager creates in "
+        "STATE_DIR (with --ca-key)",
+    )
+    parser.add_argument("--ca-key", metavar="FILE", help="the external CA's PEM private key")
+    parser.add_argument(
+        "--health-listen",
+        type=listen_arg,
+        metavar="ADDR",
+        help="also serve grpc.health.v1 alone, in plaintext, on this HOST:PORT (for probes "
+        "that speak no TLS, such as kubelet's)",
+    )
+    parser.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        metavar="IDENTITY=ROLE",
+        help="bind a role (read, operate, admin) to an identity such as user/alice "
+        "(repeatable; user/admin is admin by default)",
     )
 
 
@@ -107,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"HOST:PORT of the manager, for every client verb (default: ${MANAGER_ENV}, "
         f"else {DEFAULT_MANAGER})",
     )
+    _client_tls_options(parser, "global_")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _apply(subparsers)
     _diff(subparsers)
@@ -568,6 +627,7 @@ def _up(subparsers: Subparsers) -> None:
         "--listen", type=listen_arg, default=DEFAULT_MANAGER, help="manager address"
     )
     parser.add_argument("--state-dir", default="state", help="manager state directory")
+    _serving_tls_options(parser)
     parser.add_argument(
         "--headless",
         action="store_true",
@@ -635,6 +695,7 @@ def _manager(subparsers: Subparsers) -> None:
         action="store_true",
         help="on Ctrl-C, stop every container gracefully before exiting",
     )
+    _serving_tls_options(parser)
 
 
 def _health(subparsers: Subparsers) -> None:

@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..client import CallError, ManagementClient
+from ..client import PLAINTEXT, CallError, ManagementClient, Transport, TransportError
 from ..units import duration_from_proto, duration_to_proto, format_duration
 from ..v1 import management_pb2, manager_pb2, profile_pb2
+from ..v1.container_pb2 import ENDPOINT_KIND_MANAGEMENT
 from ._context import Context
 from ._errors import CliError, from_call
 from ._output import console, show, spinner
@@ -40,6 +41,18 @@ def endpoint_of(container: manager_pb2.Container) -> str:
     return address
 
 
+def container_transport(manager: Transport, container: manager_pb2.Container) -> Transport:
+    """How to dial a container's Management endpoint: mutual TLS with the
+    certificate the manager is dialled with, checking the container's, when
+    the endpoint serves it; else plaintext."""
+    tls = any(e.tls for e in container.identity.endpoints if e.kind == ENDPOINT_KIND_MANAGEMENT)
+    if not tls or manager.cert_dir is None:
+        return PLAINTEXT
+    from ..security import container as container_identity
+
+    return Transport(manager.cert_dir, container_identity(container.identity.id))
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
     cpu: datetime.timedelta | None = args.cpu
     if cpu is None and args.out:
@@ -48,6 +61,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         container = client.get_container(
             manager_pb2.GetContainerRequest(container=args.container)
         ).container
+        transport = client.transport
     address = endpoint_of(container)
     request = management_pb2.GetProfileRequest(cpu_sample_hz=args.hz)
     if cpu:
@@ -59,7 +73,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if cpu
         else f"profiling {container.identity.id}"
     )
-    with ManagementClient(address) as management, spinner(ctx, doing):
+    try:
+        management = ManagementClient(address, transport=container_transport(transport, container))
+    except TransportError as exc:
+        raise CliError(f"the Management endpoint of {container.identity.id}: {exc}") from None
+    with management, spinner(ctx, doing):
         try:
             profile = management.get_profile(request, timeout=timeout)
         except CallError as exc:
@@ -147,8 +165,13 @@ def summarize(
         wait = "-"
         if t.waiting_for_lock:
             wait = f"{t.waiting_for_lock} ({_ms(t.waiting_for)})"
+        # Names come from the container: Text, never rich markup ("[/...]" in a name).
         threads.add_row(
-            t.name, str(t.native_id), "yes" if t.daemon else "no", wait, _where(list(t.frames))
+            Text(t.name),
+            str(t.native_id),
+            "yes" if t.daemon else "no",
+            Text(wait),
+            Text(_where(list(t.frames))),
         )
     show(out, Text(""), threads)
     if stacks:
@@ -161,11 +184,11 @@ def summarize(
         tasks = plain_table("TASK", "COROUTINE", "THREAD", "DONE", "WHERE")
         for task in profile.tasks:
             tasks.add_row(
-                task.name,
-                task.coroutine,
-                task.thread_name,
+                Text(task.name),
+                Text(task.coroutine),
+                Text(task.thread_name),
                 "yes" if task.done else "no",
-                _where(list(task.frames)),
+                Text(_where(list(task.frames))),
             )
         show(out, Text(""), tasks)
 
@@ -175,12 +198,12 @@ def summarize(
         )
         for lock in sorted(profile.locks, key=lambda lock: -duration_from_proto(lock.total_wait)):
             locks.add_row(
-                lock.name,
+                Text(lock.name),
                 str(lock.acquisitions),
                 str(lock.contentions),
                 _ms(lock.total_wait),
                 _ms(lock.max_wait),
-                lock.holder or "-",
+                Text(lock.holder or "-"),
                 str(lock.waiters),
             )
         show(out, Text(""), locks)

@@ -23,6 +23,7 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
+from ..client import DEFAULT_MANAGER
 from ..manager import Manager, ManagerSettings, StartRefused
 from ..telemetry import configure_tracing
 from ..units import format_duration
@@ -30,6 +31,7 @@ from ..v1 import manager_pb2, spec_pb2
 from ._apply import ACTION_WORDS, OWNER_LABEL, load, owner_of
 from ._context import Context
 from ._errors import CliError
+from ._manager import tls_settings
 from ._render import container_table, event_message, event_subject, local_time
 
 _EVENTS_SHOWN = 8
@@ -66,13 +68,11 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec], own
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    manager = Manager(ManagerSettings(listen=args.listen, state_dir=args.state_dir))
-    await manager.start()
-    print(
-        f"manager on {manager.address}  (PYCONTAINER_MANAGER={manager.address} "
-        f".venv/bin/pycontainer ps)",
-        flush=True,
+    manager = Manager(
+        ManagerSettings(listen=args.listen, state_dir=args.state_dir, **tls_settings(args))
     )
+    await manager.start()
+    print(f"manager on {manager.address}  ({_client_hint(args, manager)})", flush=True)
     failures = 0
     for spec in specs:
         if spec.runtime == spec_pb2.RUNTIME_KIND_RUNC and shutil.which("runc") is None:
@@ -114,6 +114,18 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec], own
     await manager.stop()
     print("stopped", flush=True)
     return 1 if failures else 0
+
+
+def _client_hint(args: argparse.Namespace, manager: Manager) -> str:
+    """The CLI line that reaches this manager from here."""
+    words = [".venv/bin/pycontainer"]
+    if args.listen != DEFAULT_MANAGER:
+        words.append(f"--manager {manager.address}")
+    if manager.trust.insecure:
+        words.append("--insecure")
+    elif os.path.normpath(args.state_dir) != "state":
+        words.append(f"--cert-dir {manager.trust.admin_dir}")
+    return " ".join([*words, "ps"])
 
 
 def _print_events(manager: Manager, printed: int) -> int:

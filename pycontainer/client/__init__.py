@@ -8,7 +8,11 @@
 
 Methods take the request message of ``pycontainer.v1`` and return its response
 message; a failed call raises :class:`CallError` (``code``, ``details``,
-``reached``). Deadlines are ``timedelta`` (``timeout=None``: none). Addresses
+``reached``). The manager is dialled with mutual TLS, with the client
+certificate ``--cert-dir``/``$PYCONTAINER_TLS_DIR``/``state/admin`` holds
+(:func:`manager_transport`), or plaintext with ``transport=PLAINTEXT``
+(``$PYCONTAINER_INSECURE=1``) for a manager started with ``--insecure``.
+Deadlines are ``timedelta`` (``timeout=None``: none). Addresses
 are checked before a channel is made: ``127.0.0.1`` or ``http://...`` raise
 :class:`TargetError` saying what to write::
 
@@ -38,6 +42,13 @@ from ._target import (
     target_arg,
 )
 from ._timeouts import DEFAULT, DEFAULT_TIMEOUT, Timeout
+from ._transport import (
+    DEFAULT_CERT_DIR,
+    PLAINTEXT,
+    Transport,
+    TransportError,
+    manager_transport,
+)
 
 if TYPE_CHECKING:
     from ._aio import AsyncManagementClient, AsyncManagerClient, open_aio_channel
@@ -46,9 +57,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT",
+    "DEFAULT_CERT_DIR",
     "DEFAULT_MANAGER",
     "DEFAULT_TIMEOUT",
     "MANAGER_ENV",
+    "PLAINTEXT",
     "AsyncManagementClient",
     "AsyncManagerClient",
     "CallError",
@@ -56,8 +69,11 @@ __all__ = [
     "ManagerClient",
     "TargetError",
     "Timeout",
+    "Transport",
+    "TransportError",
     "listen_arg",
     "manager_target",
+    "manager_transport",
     "open_aio_channel",
     "open_channel",
     "parse_listen",

@@ -17,6 +17,7 @@ from ..v1 import management_pb2, management_pb2_grpc, manager_pb2, manager_pb2_g
 from ._errors import CallError
 from ._target import manager_target, parse_target
 from ._timeouts import DEFAULT, DEFAULT_TIMEOUT, Timeout, seconds
+from ._transport import PLAINTEXT, Transport, manager_transport
 
 __all__ = ["AsyncManagementClient", "AsyncManagerClient", "open_aio_channel"]
 
@@ -38,11 +39,15 @@ class _AsyncClient:
         channel: grpc.aio.Channel | None = None,
         default_timeout: datetime.timedelta | None = DEFAULT_TIMEOUT,
         options: ChannelOptions = (),
+        transport: Transport = PLAINTEXT,
     ) -> None:
         self.target = parse_target(target)
         self.default_timeout = default_timeout
+        self.transport = transport
         self._owns_channel = channel is None
-        self.channel = channel if channel is not None else open_aio_channel(self.target, options)
+        self.channel = (
+            channel if channel is not None else transport.aio_channel(self.target, options)
+        )
 
     async def close(self) -> None:
         """Close the channel (unless it was given: its owner closes it)."""
@@ -61,7 +66,9 @@ class _AsyncClient:
         try:
             return await method(request, timeout=seconds(timeout, self.default_timeout))
         except grpc.RpcError as exc:
-            raise CallError.from_rpc_error(exc, self.target, name) from None
+            raise CallError.from_rpc_error(
+                exc, self.target, name, hint=self.transport.hint
+            ) from None
 
     async def _stream(
         self, method: Callable[..., Any], request: Any, timeout: Timeout, name: str
@@ -73,7 +80,9 @@ class _AsyncClient:
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.CANCELLED:
                 return
-            raise CallError.from_rpc_error(exc, self.target, name) from None
+            raise CallError.from_rpc_error(
+                exc, self.target, name, hint=self.transport.hint
+            ) from None
         finally:
             call.cancel()
 
@@ -91,12 +100,18 @@ class AsyncManagerClient(_AsyncClient):
         channel: grpc.aio.Channel | None = None,
         default_timeout: datetime.timedelta | None = DEFAULT_TIMEOUT,
         options: ChannelOptions = (),
+        transport: Transport | None = None,
     ) -> None:
+        if transport is None:
+            # Mutual TLS with the certificate found (manager_transport), unless a
+            # channel is given or plaintext is asked for.
+            transport = PLAINTEXT if channel is not None else manager_transport()
         super().__init__(
             manager_target(target),
             channel=channel,
             default_timeout=default_timeout,
             options=options,
+            transport=transport,
         )
         self._stub = manager_pb2_grpc.ManagerStub(self.channel)
 
@@ -240,8 +255,15 @@ class AsyncManagementClient(_AsyncClient):
         channel: grpc.aio.Channel | None = None,
         default_timeout: datetime.timedelta | None = DEFAULT_TIMEOUT,
         options: ChannelOptions = (),
+        transport: Transport = PLAINTEXT,
     ) -> None:
-        super().__init__(target, channel=channel, default_timeout=default_timeout, options=options)
+        super().__init__(
+            target,
+            channel=channel,
+            default_timeout=default_timeout,
+            options=options,
+            transport=transport,
+        )
         self._stub = management_pb2_grpc.ManagementStub(self.channel)
 
     async def get_info(

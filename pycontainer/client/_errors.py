@@ -3,6 +3,7 @@ asyncio, telling a server that answered with an error from one never reached."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -17,6 +18,8 @@ _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 def _short_reason(details: str) -> str:
     """The useful tail of a connection failure: "Connection refused" rather than
     gRPC's "failed to connect to all addresses; last error: UNKNOWN: ipv4:...: ..."."""
+    if "andshake failed" in details:  # grpc-core: "Ssl handshake failed", "Tls handshake failed"
+        return "the TLS handshake failed"
     if "last error:" in details:
         tail = details.rsplit(": ", 1)[-1].strip()
         if tail:
@@ -29,17 +32,33 @@ class CallError(Exception):
     called, and whether the server was ``reached`` at all."""
 
     def __init__(
-        self, code: grpc.StatusCode, details: str, target: str, *, reached: bool, method: str = ""
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        target: str,
+        *,
+        reached: bool,
+        method: str = "",
+        hint: str = "",
     ) -> None:
         self.code = code
         self.details = details
         self.target = target
         self.reached = reached
         self.method = method
+        # What to try when the server was not reached (the transport's advice).
+        self.hint = hint
         super().__init__(self.describe())
 
     @classmethod
-    def from_rpc_error(cls, exc: grpc.RpcError, target: str, method: str = "") -> CallError:
+    def from_rpc_error(
+        cls,
+        exc: grpc.RpcError,
+        target: str,
+        method: str = "",
+        *,
+        hint: Callable[[str], str] | None = None,
+    ) -> CallError:
         """The CallError of a sync or asyncio RpcError."""
         code: grpc.StatusCode = getattr(exc, "code", lambda: grpc.StatusCode.UNKNOWN)()
         details: str = getattr(exc, "details", lambda: "")() or ""
@@ -49,7 +68,8 @@ class CallError(Exception):
             grpc.StatusCode.UNAVAILABLE,
             grpc.StatusCode.DEADLINE_EXCEEDED,
         )
-        return cls(code, details, target, reached=reached, method=method)
+        advice = hint(details) if hint is not None and not reached else ""
+        return cls(code, details, target, reached=reached, method=method, hint=advice)
 
     def describe(self, server: str = "the server") -> str:
         """One line: ``CODE: details``, or ``cannot reach SERVER at TARGET: why``."""
@@ -59,5 +79,6 @@ class CallError(Exception):
                 if self.code == grpc.StatusCode.DEADLINE_EXCEEDED
                 else _short_reason(self.details)
             )
-            return f"cannot reach {server} at {self.target}: {why}"
+            advice = f" ({self.hint})" if self.hint else ""
+            return f"cannot reach {server} at {self.target}: {why}{advice}"
         return f"{self.code.name}: {self.details}"

@@ -20,6 +20,7 @@ from ..v1 import management_pb2, management_pb2_grpc, manager_pb2, manager_pb2_g
 from ._errors import CallError
 from ._target import manager_target, parse_target
 from ._timeouts import DEFAULT, DEFAULT_TIMEOUT, Timeout, seconds
+from ._transport import PLAINTEXT, Transport, manager_transport
 
 __all__ = ["ManagementClient", "ManagerClient", "open_channel"]
 
@@ -42,11 +43,13 @@ class _Client:
         channel: grpc.Channel | None = None,
         default_timeout: datetime.timedelta | None = DEFAULT_TIMEOUT,
         options: ChannelOptions = (),
+        transport: Transport = PLAINTEXT,
     ) -> None:
         self.target = parse_target(target)
         self.default_timeout = default_timeout
+        self.transport = transport
         self._owns_channel = channel is None
-        self.channel = channel if channel is not None else open_channel(self.target, options)
+        self.channel = channel if channel is not None else transport.channel(self.target, options)
 
     def close(self) -> None:
         """Close the channel (unless it was given: its owner closes it)."""
@@ -65,7 +68,9 @@ class _Client:
         try:
             return method(request, timeout=seconds(timeout, self.default_timeout))
         except grpc.RpcError as exc:
-            raise CallError.from_rpc_error(exc, self.target, name) from None
+            raise CallError.from_rpc_error(
+                exc, self.target, name, hint=self.transport.hint
+            ) from None
 
     def _stream(
         self, method: Callable[..., Any], request: Any, timeout: Timeout, name: str
@@ -76,7 +81,9 @@ class _Client:
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.CANCELLED:
                 return
-            raise CallError.from_rpc_error(exc, self.target, name) from None
+            raise CallError.from_rpc_error(
+                exc, self.target, name, hint=self.transport.hint
+            ) from None
         finally:
             call.cancel()
 
@@ -98,12 +105,18 @@ class ManagerClient(_Client):
         channel: grpc.Channel | None = None,
         default_timeout: datetime.timedelta | None = DEFAULT_TIMEOUT,
         options: ChannelOptions = (),
+        transport: Transport | None = None,
     ) -> None:
+        if transport is None:
+            # Mutual TLS with the certificate found (manager_transport), unless a
+            # channel is given or plaintext is asked for.
+            transport = PLAINTEXT if channel is not None else manager_transport()
         super().__init__(
             manager_target(target),
             channel=channel,
             default_timeout=default_timeout,
             options=options,
+            transport=transport,
         )
         self._stub = manager_pb2_grpc.ManagerStub(self.channel)
 
@@ -245,8 +258,15 @@ class ManagementClient(_Client):
         channel: grpc.Channel | None = None,
         default_timeout: datetime.timedelta | None = DEFAULT_TIMEOUT,
         options: ChannelOptions = (),
+        transport: Transport = PLAINTEXT,
     ) -> None:
-        super().__init__(target, channel=channel, default_timeout=default_timeout, options=options)
+        super().__init__(
+            target,
+            channel=channel,
+            default_timeout=default_timeout,
+            options=options,
+            transport=transport,
+        )
         self._stub = management_pb2_grpc.ManagementStub(self.channel)
 
     def get_info(

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -115,6 +115,7 @@ class Reconciler:
         *,
         reconnect_window: timedelta,
         spawn: Spawn,
+        dial: Callable[[Entry], grpc.aio.Channel] | None = None,
     ) -> None:
         self._registry = registry
         self._store = store
@@ -125,6 +126,8 @@ class Reconciler:
         self._runtimes = runtimes
         self._reconnect_window = reconnect_window
         self._spawn = spawn
+        # A channel to a container's Management endpoint (mutual TLS when it has it).
+        self._dial = dial or (lambda entry: grpc.aio.insecure_channel(entry.management_address()))
         # One apply at a time: two would each plan against the other's half.
         self._lock = asyncio.Lock()
         # The containers an earlier manager left in the state store: until
@@ -336,8 +339,7 @@ class Reconciler:
             raise not_ready(f"ended {S.LifecycleState.Name(entry.state)}{error}")
         if entry.state != S.LIFECYCLE_STATE_RUNNING:
             raise not_ready(f"is not RUNNING after {format_duration(limit)}")
-        address = entry.management_address()
-        if address and not await _becomes_ready(address, deadline):
+        if entry.management_address() and not await _becomes_ready(self._dial(entry), deadline):
             raise not_ready(f"is not ready after {format_duration(limit)}")
 
     async def _retire(self, entry: Entry, message: str, reason: int) -> None:
@@ -400,10 +402,10 @@ class Reconciler:
         entry.changed.set()
 
 
-async def _becomes_ready(address: str, deadline: float) -> bool:
+async def _becomes_ready(channel: grpc.aio.Channel, deadline: float) -> bool:
     """Poll a container's readiness through its Management API until it
     serves or the deadline passes."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with channel:
         stub: management_pb2_grpc.ManagementAsyncStub = management_pb2_grpc.ManagementStub(channel)
         while True:
             remaining = deadline - time.monotonic()

@@ -92,12 +92,18 @@ def _check_address(listen: str) -> None:
                     ) from None
 
 
-def bind(server: grpc.aio.Server, listen: str) -> int:
-    """Add ``listen`` to ``server``; its port. StartRefused, in one line, when
-    the address is in use or cannot be served."""
+def bind(
+    server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None = None
+) -> int:
+    """Add ``listen`` to ``server`` (with TLS ``credentials``, else plaintext);
+    its port. StartRefused, in one line, when the address is in use or cannot
+    be served."""
     _check_address(listen)
     try:
-        port = server.add_insecure_port(listen)
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
     except RuntimeError:
         port = 0
     if port == 0:

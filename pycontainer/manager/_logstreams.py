@@ -189,7 +189,7 @@ class LogStreams:
             return
         upstream = upstream_request(f)
         upstream.follow = False
-        async with _management(part.entry) as stub:
+        async with _management(self._m.trust.container_channel, part.entry) as stub:
             try:
                 async for response in stub.StreamLogs(upstream):
                     for log in response.entries:
@@ -298,7 +298,7 @@ class LogStreams:
         fresh = _sequence_ok(last.sequence if last is not None else 0)
 
         async def forward() -> None:
-            async with _management(entry) as stub:
+            async with _management(self._m.trust.container_channel, entry) as stub:
                 async for response in stub.StreamLogs(upstream):
                     new = [e for e in response.entries if fresh(e)]
                     for log in new:
@@ -338,8 +338,10 @@ class LogStreams:
 
 
 @contextlib.asynccontextmanager
-async def _management(entry: Entry) -> AsyncIterator[management_pb2_grpc.ManagementAsyncStub]:
-    channel = grpc.aio.insecure_channel(entry.management_address())
+async def _management(
+    dial: Callable[[Entry], grpc.aio.Channel], entry: Entry
+) -> AsyncIterator[management_pb2_grpc.ManagementAsyncStub]:
+    channel = dial(entry)
     try:
         stub: management_pb2_grpc.ManagementAsyncStub = management_pb2_grpc.ManagementStub(channel)
         yield stub

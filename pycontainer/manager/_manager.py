@@ -37,6 +37,7 @@ from ._settings import EVENT_HISTORY, ManagerSettings
 from ._stopping import Stopped, Stopper
 from ._store import SQLiteStore, StateStore
 from ._supervision import Supervisor
+from ._trust import Trust
 from .runc import RuncRuntime
 
 if TYPE_CHECKING:
@@ -87,13 +88,18 @@ class Manager:
         self._tracer_provider = tracer_provider
         # Per-method call statistics of the manager's server (its interceptor's).
         self.rpc_stats = RpcStats()
+        # Its CA, the certificates it issues and who may call what (_trust).
+        self.trust = Trust(self.settings)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._server: grpc.aio.Server | None = None
+        # grpc.health.v1 in plaintext on a port of its own (health_listen).
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port = 0
         self._health: ManagerHealth | None = None
         self._state_lock: StateLock | None = None
         self.port = 0
         # What else a purged record leaves behind: its retained logs.
-        self._purgers: list[Purger] = [self.logs.purge]
+        self._purgers: list[Purger] = [self.logs.purge, self.trust.forget]
 
         self.registry = Registry(store, self.events, max_ended=self.settings.max_ended_containers)
         self.sessions = Sessions(
@@ -131,6 +137,7 @@ class Manager:
             self.runtimes,
             manager_address=lambda: self.address,
             spawn=self._spawn,
+            issue_credentials=self._issue_credentials,
         )
         self.registry.forget_oldest_ended()  # of what an earlier manager left
         self.reconciler = Reconciler(
@@ -143,6 +150,7 @@ class Manager:
             self.runtimes,
             reconnect_window=self.settings.reconnect_window,
             spawn=self._spawn,
+            dial=self.trust.container_channel,
         )
 
     @property
@@ -160,20 +168,27 @@ class Manager:
     async def start(self) -> int:
         """Serve the Lifecycle and Manager APIs; returns the port. StartRefused
         when another manager has the state directory or the address."""
-        from ._server import build_server
+        from ._server import build_health_server, build_server
 
         self._state_lock = StateLock(self.settings.state_dir)
         try:
+            self.trust.open()
             server, health = build_server(self)
-            self.port = bind(server, self.settings.listen)
+            self.port = self.trust.bind(server, self.settings.listen)
+            if self.settings.health_listen:
+                self._health_server = build_health_server(health)
+                self.health_port = bind(self._health_server, self.settings.health_listen)
         except BaseException:
             self._state_lock.release()
             raise
         self._server, self._health = server, health
         await self._server.start()
+        if self._health_server is not None:
+            await self._health_server.start()
         health.serving()
         self._spawn(self.sessions.watchdog())
         self._spawn(self.reconciler.resume())
+        self._spawn(self.trust.renewals())
         # Long-lived objects made so far never become garbage: keep the cyclic
         # collector from walking them (half-second pauses at 10,000 sessions).
         gc.freeze()
@@ -189,6 +204,8 @@ class Manager:
         self.sessions.close_all()
         if self._server is not None:
             await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(None)
         if self._state_lock is not None:
             self._state_lock.release()
         # Containers outlive the manager (they reconnect to the next one);
@@ -235,6 +252,10 @@ class Manager:
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_failure)
         return task
+
+    async def _issue_credentials(self, container_id: str) -> str:
+        """The TLS directory of a container about to launch ("" when insecure)."""
+        return await asyncio.to_thread(self.trust.issue_container, container_id)
 
     def _registered(self, entry: Entry) -> None:
         self.supervisor.registered(entry)

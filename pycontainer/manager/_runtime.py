@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .._tls_env import TLS_DIR_ENV
 from ..spec import SPEC_ENV, encode_spec
 from ..v1 import spec_pb2
 from ._logstore import LogStore
@@ -30,6 +31,9 @@ class Launch:
     spec: spec_pb2.ContainerSpec
     # The manager's Lifecycle endpoint, which the container dials.
     manager_address: str
+    # The directory with the container's TLS key, certificate and trust
+    # bundle ($PYCONTAINER_TLS_DIR); empty when the manager runs --insecure.
+    tls_dir: str = ""
 
 
 class Runtime(Protocol):
@@ -176,6 +180,10 @@ class ProcessRuntime(ExitListeners):
             "PYCONTAINER_CONTAINER_ID": launch.container_id,
             "PYCONTAINER_NAME": spec.name,
         }
+        # Its own certificate, or none: never one the manager's environment had.
+        env.pop(TLS_DIR_ENV, None)
+        if launch.tls_dir:
+            env[TLS_DIR_ENV] = launch.tls_dir
         command = list(spec.command)
         if command[0] == "python":  # the manager's own interpreter, as users expect
             command[0] = sys.executable

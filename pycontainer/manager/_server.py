@@ -107,9 +107,11 @@ class LifecycleServicer(lifecycle_pb2_grpc.LifecycleServicer):
         request_iterator: AsyncIterator[lifecycle_pb2.ConnectRequest],
         context: Context,
     ) -> AsyncIterator[lifecycle_pb2.ConnectResponse]:
-        # A bidirectional stream: the interceptor leaves it alone.
+        # A bidirectional stream: the interceptor leaves it alone. A container
+        # registers only as the identity its certificate names (_trust).
         try:
-            async for response in self._m.connect(request_iterator):
+            checked = self._m.trust.checked_session(request_iterator, context)
+            async for response in self._m.connect(checked):
                 yield response
         except RequestError as exc:
             await abort(context, exc)
@@ -226,6 +228,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
             return manager_pb2.ManagerWatchMetricsResponse(snapshot=response.snapshot)
 
         async for item in _merge(
+            self._m.trust.container_channel,
             self._targets(request.containers, request.label_selector),
             lambda stub: stub.WatchMetrics(upstream),
             convert,
@@ -279,6 +282,7 @@ def version_response() -> manager_pb2.GetVersionResponse:
 
 
 async def _merge(
+    dial: Callable[[Entry], grpc.aio.Channel],
     entries: list[Entry],
     open_stream: Callable[[management_pb2_grpc.ManagementAsyncStub], AsyncIterable[T]],
     convert: Callable[[Entry, T], R],
@@ -298,7 +302,7 @@ async def _merge(
     channels: list[grpc.aio.Channel] = []
 
     async def pump(entry: Entry) -> None:
-        channel = grpc.aio.insecure_channel(entry.management_address())
+        channel = dial(entry)
         channels.append(channel)
         try:
             stub: management_pb2_grpc.ManagementAsyncStub = management_pb2_grpc.ManagementStub(
@@ -390,6 +394,8 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
     server = grpc.aio.server(
         options=SERVER_OPTIONS,
         interceptors=[
+            # First: a call outside the caller's roles goes no further.
+            *manager.trust.interceptors(),
             aio_server_interceptor(  # type: ignore[no-untyped-call]
                 tracer_provider=manager._tracer_provider, filter_=traced
             ),
@@ -412,3 +418,14 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
     for service, group in _reflection.reflection_handlers(lambda: names, aio=True).items():
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, group),))
     return server, manager_health
+
+
+def build_health_server(manager_health: ManagerHealth) -> grpc.aio.Server:
+    """A server of grpc.health.v1 alone, for a plaintext port of its own:
+    kubelet's gRPC probe speaks no TLS. It tells whether the manager serves,
+    nothing else."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(_reflection.HEALTH, manager_health.handlers()),)
+    )
+    return server

@@ -53,6 +53,22 @@ class ManagerSettings:
     reconnect_window: datetime.timedelta = datetime.timedelta(seconds=15)
     # Ended containers remembered (see MAX_ENDED_CONTAINERS).
     max_ended_containers: int = MAX_ENDED_CONTAINERS
+    # Serve plaintext and let every call through (no certificates, no roles):
+    # only when asked for (--insecure); off, the manager serves mutual TLS.
+    insecure: bool = False
+    # An external CA (PEM certificate and key files) instead of the one the
+    # manager creates in its state directory; both or neither.
+    ca_cert: str | None = None
+    ca_key: str | None = None
+    # Identities and their roles on top of pycontainer.security's defaults,
+    # such as {"user/alice": "operate"}.
+    role_bindings: dict[str, str | list[str]] = field(default_factory=dict)
+    # Where grpc.health.v1 alone is served in plaintext too (HOST:PORT), for
+    # probes that speak no TLS (kubelet's); None: nowhere but the main port.
+    health_listen: str | None = None
+    # How long the certificates it issues live, and how often it renews them.
+    certificate_ttl: datetime.timedelta = datetime.timedelta(hours=24)
+    certificate_renewal_check: datetime.timedelta = datetime.timedelta(minutes=5)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -10,7 +10,7 @@ import asyncio
 import datetime
 import signal
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from .._errors import RequestError, failed_precondition, invalid_argument
 from ..spec import MAX_GRACE_PERIOD, MAX_START_TIMEOUT, MIN_START_TIMEOUT
@@ -90,6 +90,7 @@ class Supervisor:
         *,
         manager_address: Callable[[], str],
         spawn: Spawn,
+        issue_credentials: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         self._registry = registry
         self._sessions = sessions
@@ -99,6 +100,8 @@ class Supervisor:
         self._runtimes = runtimes
         self._manager_address = manager_address
         self._spawn = spawn
+        # The TLS directory of a container about to launch ("" for none).
+        self._issue_credentials = issue_credentials
         self._restarting: set[str] = set()
         registry.pinned = self.restarting
         # Each runtime once (one may serve several kinds).
@@ -156,7 +159,10 @@ class Supervisor:
     async def _start_process(self, entry: Entry, runtime: Runtime) -> None:
         """Launch the entry's spec and watch that it registers in time."""
         assert entry.spec is not None
-        entry.pid = await runtime.launch(Launch(entry.id, entry.spec, self._manager_address()))
+        tls_dir = await self._issue_credentials(entry.id) if self._issue_credentials else ""
+        entry.pid = await runtime.launch(
+            Launch(entry.id, entry.spec, self._manager_address(), tls_dir=tls_dir)
+        )
         entry.launched = True
         self._spawn(self._expect_registration(entry, runtime, entry.sessions, entry.restarts))
 

@@ -28,12 +28,13 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from concurrent import futures
 from os import PathLike
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from ..agent import Container, ContainerSettings, Hooks
-from ..client import ManagementClient, ManagerClient
+from ..client import PLAINTEXT, ManagementClient, ManagerClient, Transport
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -168,6 +169,9 @@ class ManagerHost:
         if runtimes is None and in_process:
             runtimes = {spec_pb2.RUNTIME_KIND_IN_PROCESS: InProcessRuntime(self.launcher)}
         settings.setdefault("heartbeat_interval", TEST_HEARTBEAT)
+        # Plaintext unless asked for (insecure=False): then ``client`` uses the
+        # admin certificate the manager issues in its state directory.
+        settings.setdefault("insecure", True)
         self.settings = ManagerSettings(listen=listen, state_dir=str(state_dir), **settings)
         ready = threading.Event()
         box: dict[str, Any] = {}
@@ -200,11 +204,19 @@ class ManagerHost:
             raise box["error"]
         self.manager: Manager = box["manager"]
         self.address: str = self.manager.address
-        self.client = ManagerClient(self.address)
+        self.client = ManagerClient(self.address, transport=self._transport())
         self.channel = self.client.channel
         from ..v1 import manager_pb2_grpc
 
         self.stub = manager_pb2_grpc.ManagerStub(self.channel)
+
+    def _transport(self) -> Transport:
+        if self.settings.insecure:
+            return PLAINTEXT
+        from ..manager._trust import ADMIN_DIR
+        from ..security import MANAGER
+
+        return Transport(Path(self.settings.state_dir) / ADMIN_DIR, MANAGER)
 
     def call(self, coro_fn: Callable[[], Coroutine[Any, Any, T]], timeout: float = 30) -> T:
         """Run ``coro_fn()`` on the manager's loop; its result."""

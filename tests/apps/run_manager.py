@@ -19,7 +19,10 @@ from pycontainer.units import duration_arg
 
 async def amain(args: argparse.Namespace) -> None:
     settings = ManagerSettings(
-        listen=args.listen, state_dir=args.state_dir, heartbeat_interval=args.heartbeat
+        listen=args.listen,
+        state_dir=args.state_dir,
+        heartbeat_interval=args.heartbeat,
+        insecure=True,  # the tests that kill it dial plaintext
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

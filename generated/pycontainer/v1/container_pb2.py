@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epycontainer/v1/container.proto\x12\x0epycontainer.v1\x1a\x1egoogle/protobuf/duration.proto\"@\n\x14ResourceRequirements\x12\x12\n\ncpu_millis\x18\x01 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\"U\n\x08\x45ndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.pycontainer.v1.EndpointKind\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"\xd5\x02\n\x11\x43ontainerIdentity\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12=\n\x06labels\x18\x04 \x03(\x0b\x32-.pycontainer.v1.ContainerIdentity.LabelsEntry\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x37\n\tresources\x18\x06 \x01(\x0b\x32$.pycontainer.v1.ResourceRequirements\x12+\n\tendpoints\x18\x07 \x03(\x0b\x32\x18.pycontainer.v1.Endpoint\x12/\n\x0cgrace_period\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xb7\x02\n\x0eLifecycleState\x12\x1f\n\x1bLIFECYCLE_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17LIFECYCLE_STATE_CREATED\x10\x01\x12\x1c\n\x18LIFECYCLE_STATE_STARTING\x10\x02\x12\x1b\n\x17LIFECYCLE_STATE_RUNNING\x10\x03\x12\x1a\n\x16LIFECYCLE_STATE_PAUSED\x10\x04\x12\x1c\n\x18LIFECYCLE_STATE_STOPPING\x10\x05\x12\x1b\n\x17LIFECYCLE_STATE_STOPPED\x10\x06\x12\x1a\n\x16LIFECYCLE_STATE_FAILED\x10\x07\x12\x1b\n\x17LIFECYCLE_STATE_PAUSING\x10\x08\x12\x1c\n\x18LIFECYCLE_STATE_RESUMING\x10\t*\xc7\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15STOP_REASON_REQUESTED\x10\x01\x12\x17\n\x13STOP_REASON_EVICTED\x10\x02\x12\x16\n\x12STOP_REASON_SIGNAL\x10\x03\x12\x1b\n\x17STOP_REASON_SCALED_DOWN\x10\x04\x12\x18\n\x14STOP_REASON_SHUTDOWN\x10\x05\x12\x19\n\x15STOP_REASON_UNHEALTHY\x10\x06*\x94\x01\n\x0c\x45ndpointKind\x12\x1d\n\x19\x45NDPOINT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45NDPOINT_KIND_MANAGEMENT\x10\x01\x12\x16\n\x12\x45NDPOINT_KIND_GRPC\x10\x02\x12\x16\n\x12\x45NDPOINT_KIND_HTTP\x10\x03\x12\x17\n\x13\x45NDPOINT_KIND_OTHER\x10\x04\x42^\n\x12\x64\x65v.pycontainer.v1P\x01ZFgithub.com/pycontainer/pycontainer/gen/go/pycontainer/v1;pycontainerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epycontainer/v1/container.proto\x12\x0epycontainer.v1\x1a\x1egoogle/protobuf/duration.proto\"@\n\x14ResourceRequirements\x12\x12\n\ncpu_millis\x18\x01 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\"b\n\x08\x45ndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.pycontainer.v1.EndpointKind\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0b\n\x03tls\x18\x04 \x01(\x08\"\xd5\x02\n\x11\x43ontainerIdentity\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12=\n\x06labels\x18\x04 \x03(\x0b\x32-.pycontainer.v1.ContainerIdentity.LabelsEntry\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x37\n\tresources\x18\x06 \x01(\x0b\x32$.pycontainer.v1.ResourceRequirements\x12+\n\tendpoints\x18\x07 \x03(\x0b\x32\x18.pycontainer.v1.Endpoint\x12/\n\x0cgrace_period\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xb7\x02\n\x0eLifecycleState\x12\x1f\n\x1bLIFECYCLE_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17LIFECYCLE_STATE_CREATED\x10\x01\x12\x1c\n\x18LIFECYCLE_STATE_STARTING\x10\x02\x12\x1b\n\x17LIFECYCLE_STATE_RUNNING\x10\x03\x12\x1a\n\x16LIFECYCLE_STATE_PAUSED\x10\x04\x12\x1c\n\x18LIFECYCLE_STATE_STOPPING\x10\x05\x12\x1b\n\x17LIFECYCLE_STATE_STOPPED\x10\x06\x12\x1a\n\x16LIFECYCLE_STATE_FAILED\x10\x07\x12\x1b\n\x17LIFECYCLE_STATE_PAUSING\x10\x08\x12\x1c\n\x18LIFECYCLE_STATE_RESUMING\x10\t*\xc7\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15STOP_REASON_REQUESTED\x10\x01\x12\x17\n\x13STOP_REASON_EVICTED\x10\x02\x12\x16\n\x12STOP_REASON_SIGNAL\x10\x03\x12\x1b\n\x17STOP_REASON_SCALED_DOWN\x10\x04\x12\x18\n\x14STOP_REASON_SHUTDOWN\x10\x05\x12\x19\n\x15STOP_REASON_UNHEALTHY\x10\x06*\x94\x01\n\x0c\x45ndpointKind\x12\x1d\n\x19\x45NDPOINT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45NDPOINT_KIND_MANAGEMENT\x10\x01\x12\x16\n\x12\x45NDPOINT_KIND_GRPC\x10\x02\x12\x16\n\x12\x45NDPOINT_KIND_HTTP\x10\x03\x12\x17\n\x13\x45NDPOINT_KIND_OTHER\x10\x04\x42^\n\x12\x64\x65v.pycontainer.v1P\x01ZFgithub.com/pycontainer/pycontainer/gen/go/pycontainer/v1;pycontainerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,18 +35,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\022dev.pycontainer.v1P\001ZFgithub.com/pycontainer/pycontainer/gen/go/pycontainer/v1;pycontainerv1'
   _globals['_CONTAINERIDENTITY_LABELSENTRY']._loaded_options = None
   _globals['_CONTAINERIDENTITY_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_LIFECYCLESTATE']._serialized_start=580
-  _globals['_LIFECYCLESTATE']._serialized_end=891
-  _globals['_STOPREASON']._serialized_start=894
-  _globals['_STOPREASON']._serialized_end=1093
-  _globals['_ENDPOINTKIND']._serialized_start=1096
-  _globals['_ENDPOINTKIND']._serialized_end=1244
+  _globals['_LIFECYCLESTATE']._serialized_start=593
+  _globals['_LIFECYCLESTATE']._serialized_end=904
+  _globals['_STOPREASON']._serialized_start=907
+  _globals['_STOPREASON']._serialized_end=1106
+  _globals['_ENDPOINTKIND']._serialized_start=1109
+  _globals['_ENDPOINTKIND']._serialized_end=1257
   _globals['_RESOURCEREQUIREMENTS']._serialized_start=82
   _globals['_RESOURCEREQUIREMENTS']._serialized_end=146
   _globals['_ENDPOINT']._serialized_start=148
-  _globals['_ENDPOINT']._serialized_end=233
-  _globals['_CONTAINERIDENTITY']._serialized_start=236
-  _globals['_CONTAINERIDENTITY']._serialized_end=577
-  _globals['_CONTAINERIDENTITY_LABELSENTRY']._serialized_start=532
-  _globals['_CONTAINERIDENTITY_LABELSENTRY']._serialized_end=577
+  _globals['_ENDPOINT']._serialized_end=246
+  _globals['_CONTAINERIDENTITY']._serialized_start=249
+  _globals['_CONTAINERIDENTITY']._serialized_end=590
+  _globals['_CONTAINERIDENTITY_LABELSENTRY']._serialized_start=545
+  _globals['_CONTAINERIDENTITY_LABELSENTRY']._serialized_end=590
 # @@protoc_insertion_point(module_scope)

@@ -184,22 +184,29 @@ class Endpoint(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
+    TLS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """A short name, such as "management" or "http"."""
     kind: Global___EndpointKind.ValueType
     """What is served there."""
     address: _builtins.str
     """A gRPC target or URL, such as "127.0.0.1:50051" or "unix:///run/app.sock"."""
+    tls: _builtins.bool
+    """Served with mutual TLS, with the container's certificate from the
+    manager's CA: the manager dials it with its own certificate and checks
+    the container's. False: plaintext.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         kind: Global___EndpointKind.ValueType = ...,
         address: _builtins.str = ...,
+        tls: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "kind", b"kind", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "kind", b"kind", "name", b"name", "tls", b"tls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

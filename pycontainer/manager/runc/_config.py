@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..._tls_env import TLS_DIR_ENV
 from .._runtime import Launch
 
 OCI_VERSION = "1.0.2"
@@ -233,6 +234,9 @@ def _process_env(launch: Launch, host_mode: bool) -> list[str]:
     env["PYCONTAINER_MANAGER"] = launch.manager_address
     env["PYCONTAINER_CONTAINER_ID"] = launch.container_id
     env["PYCONTAINER_NAME"] = spec.name
+    env.pop(TLS_DIR_ENV, None)
+    if launch.tls_dir:  # bind-mounted read-only at the same path (build_config)
+        env[TLS_DIR_ENV] = launch.tls_dir
     return [f"{k}={v}" for k, v in env.items()]
 
 
@@ -330,6 +334,17 @@ def build_config(
             mounts.append(
                 {"destination": destination, "type": "bind", "source": source, "options": _BIND_RO}
             )
+    if launch.tls_dir:
+        # Its certificate, where $PYCONTAINER_TLS_DIR says; read-only, and
+        # renewed in place by the manager (the files are replaced atomically).
+        config["mounts"].append(
+            {
+                "destination": launch.tls_dir,
+                "type": "bind",
+                "source": launch.tls_dir,
+                "options": _BIND_RO,
+            }
+        )
     resources = spec.resources
     if cgroup_limits:
         limits = config["linux"]["resources"]
