@@ -222,6 +222,7 @@ class ManagerConnection:
                     await self._handle(response, outbox)
             finally:
                 heartbeats.cancel()
+                outbox.put_nowait(None)  # ends requests(), and the call's task reading it
                 self._outbox = None
                 for future in self._extensions.values():
                     if not future.done():
