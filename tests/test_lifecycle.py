@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,11 +19,12 @@ import grpc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import make_container, start_sync_host
+from support import make_container, start_sync_host, wait_until
 
 import pycontainer
 from pycontainer import units
 from pycontainer._errors import RequestError, invalid_argument
+from pycontainer.agent import _lifecycle
 from pycontainer.agent._health import LIVENESS, OVERALL, READINESS
 from pycontainer.agent._lifecycle import Request
 from pycontainer.agent._state import TRANSITIONS, Command, State, allowed_commands
@@ -313,6 +315,17 @@ def test_full_tour(containers: Callable[..., pycontainer.Container]) -> None:
     assert container.state == State.STOPPED
 
 
+def _blocked_in_run(thread: threading.Thread) -> bool:
+    """Whether ``thread`` waits for the lifecycle's command lock: its innermost
+    Python frame is Lifecycle.run (acquiring ``_busy`` is C code under it)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    return (
+        frame is not None
+        and frame.f_code.co_name == "run"
+        and frame.f_code.co_filename == _lifecycle.__file__
+    )
+
+
 def test_one_command_at_a_time(containers: Callable[..., pycontainer.Container]) -> None:
     """A command issued while another runs waits for it, then meets its result."""
     entered = threading.Event()
@@ -338,8 +351,10 @@ def test_one_command_at_a_time(containers: Callable[..., pycontainer.Container])
 
         pauser = threading.Thread(target=pause)
         pauser.start()
-        pauser.join(0.2)
-        assert pauser.is_alive()  # waiting for the stop, not failing on STOPPING
+        # Waiting for the stop (blocked on the command lock in Lifecycle.run),
+        # not failing on STOPPING: a failure would end the thread instead.
+        wait_until(lambda: _blocked_in_run(pauser) or not pauser.is_alive(), 10, "pause")
+        assert pauser.is_alive(), box
     finally:
         release.set()
         stopper.join(5)

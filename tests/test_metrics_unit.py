@@ -533,18 +533,21 @@ def test_iter_responses_inactive_from_the_start_yields_nothing() -> None:
 async def test_aiter_responses_paces_and_cancels() -> None:
     watch = MetricsWatch.from_request(request(0.2), RpcStats(), None)
     got: list[float] = []
+    two = asyncio.Event()
     start = time.monotonic()
 
     async def consume() -> None:
         async for _ in watch.aiter_responses():
             got.append(time.monotonic() - start)
+            if len(got) == 2:
+                two.set()
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.3)
+    await asyncio.wait_for(two.wait(), 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert len(got) == 2
+    assert len(got) == 2  # cancelled while waiting out the next interval
     assert got[0] < 0.15
     assert got[1] >= 0.19
 
