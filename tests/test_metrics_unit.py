@@ -443,7 +443,9 @@ def test_process_cpu_percent_covers_the_interval() -> None:
     )
     elapsed = seconds(second.uptime) - seconds(first.uptime)
     assert second.cpu_percent == pytest.approx(busy / elapsed * 100, rel=1e-6)
-    assert second.cpu_percent > 10  # a busy loop: near 100 unless the machine is swamped
+    # The loop's 0.3 s of CPU is in the reading (in 10 ms clock ticks), however
+    # busy the machine (its share of the wall clock, the percentage, is not).
+    assert busy >= 0.28
 
 
 # --------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def test_demo_spec_applied_headless_and_torn_down(tmp_path: Path) -> None:
     reader.start()
     try:
         wait_until(lambda: all_running() or proc.poll() is not None, 90, "the demo to run")
-        assert proc.poll() is None, "".join(lines)
+        assert proc.poll() is None, ("".join(lines), (tmp_path / "up.err").read_text())
         proc.send_signal(signal.SIGINT)  # Ctrl-C: what a user does to end it
         proc.wait(60)
     finally:
