@@ -118,7 +118,17 @@ def test_operator_stop_is_not_restarted(manager: ManagerHost) -> None:
     manager.stub.StopContainer(manager_pb2.StopContainerRequest(container="steady"), timeout=30)
     wait_until(lambda: _get(manager, "steady").HasField("exit_code"), 20, "the process to exit")
     os.kill(_get(manager, "control").pid, signal.SIGKILL)
-    wait_until(lambda: _get(manager, "control").restarts == 1, 30, "the control's restart")
+    # Until its replacement runs: one still being launched would outlive the
+    # manager's shutdown at teardown (and dial in to a later test's manager).
+    wait_until(
+        lambda: (
+            _get(manager, "control").restarts == 1
+            and _get(manager, "control").state == S.LIFECYCLE_STATE_RUNNING
+            and _get(manager, "control").connected
+        ),
+        30,
+        "the control's replacement to run",
+    )
     got = _get(manager, "steady")
     assert got.restarts == 0
     assert got.state == S.LIFECYCLE_STATE_STOPPED
