@@ -87,6 +87,18 @@ def start_sync_host(container: pycontainer.Container, workers: int = 8) -> Host:
     return Host("sync", container, target, channel, stop, {"server": server})
 
 
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close a stopped loop its thread ran: what still runs on it is cancelled
+    first, so neither the loop nor a task is left for the garbage collector
+    (whose ResourceWarnings would fail a later, innocent test)."""
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+
 def start_aio_host(container: pycontainer.Container) -> Host:
     """An asyncio app on its own thread, as an aio app would run."""
     loop = asyncio.new_event_loop()
@@ -104,8 +116,11 @@ def start_aio_host(container: pycontainer.Container) -> Host:
 
     def thread_main() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(main())
-        loop.run_forever()
+        try:
+            loop.run_until_complete(main())
+            loop.run_forever()
+        finally:
+            _close_loop(loop)
 
     thread = threading.Thread(target=thread_main, daemon=True)
     thread.start()

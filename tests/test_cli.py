@@ -596,8 +596,11 @@ def test_logs_follow_in_a_subprocess(manager: ManagerHost, hosts: list[Host]) ->
             proc.wait(10)
     assert all(line[:6] in ("web | ", "api | ") for line in seen), seen
     assert not any(ANSI.search(line) for line in seen)
+    reader.join(5)  # at the end of its output, so its pipe can be closed
+    assert proc.stdout is not None
     assert proc.stderr is not None
-    assert "Traceback" not in proc.stderr.read()
+    with proc.stdout, proc.stderr:
+        assert "Traceback" not in proc.stderr.read()
 
 
 # -- events, top, profile ---------------------------------------------------------------------

@@ -356,9 +356,13 @@ def test_get_config_request() -> None:
     assert response.entries[0].source == DEFAULT
 
 
-@pytest.mark.parametrize("prefix", ["a-b_c.D9", "", "."])
-def test_valid_prefixes(prefix: str) -> None:
-    Config().entries(prefix)
+@pytest.mark.parametrize(
+    ("prefix", "keys"),
+    [("a-b_c.D9", ["a-b_c.D9.k"]), ("", ["a-b_c.D9.k", "other"]), (".", [])],
+)
+def test_valid_prefixes(prefix: str, keys: list[str]) -> None:
+    config = Config(defaults={"a-b_c.D9.k": 1, "other": 2})
+    assert [e.key for e in config.entries(prefix)] == keys
 
 
 @pytest.mark.parametrize(

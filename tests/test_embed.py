@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
-import time
 from typing import Any
 
 import grpc
@@ -269,16 +268,17 @@ def test_stream_logs_follow(host: Host) -> None:
 
     reader = threading.Thread(target=read)
     reader.start()
-    time.sleep(0.3)  # let the stream open before logging (follow starts "now")
+    # Follow starts "now": log a marker until the stream shows it is open.
+    wait_until(lambda: bool(log.info("keep opened") or got), 10, "the stream to open")
     for i in range(50):
         log.info("keep %d", i)
         log.info("drop %d", i)
-    deadline = time.monotonic() + 10
-    while len(got) < 50 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: len(got) >= 50 and got[-1] == "keep 49", 10, "the 50 entries")
     stream.cancel()
     reader.join(5)
-    assert got == [f"keep {i}" for i in range(50)]
+    opened = got.index("keep 0")
+    assert set(got[:opened]) == {"keep opened"}
+    assert got[opened:] == [f"keep {i}" for i in range(50)]
     # The stream ends only by our cancel (or not at all): never another error.
     assert all(code == grpc.StatusCode.CANCELLED for code in ended), ended
 
@@ -372,8 +372,8 @@ def test_get_profile_threads_and_lock(host: Host) -> None:
     assert holding.wait(5)
     t2 = threading.Thread(target=blocked_waiter, name="blocked-waiter")
     t2.start()
-    time.sleep(0.2)
     try:
+        wait_until(lambda: bool(lock.waiting()), 10, "the waiter to block on the lock")
         profile = host.management.GetProfile(management_pb2.GetProfileRequest(), timeout=10)
     finally:
         done.set()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,11 +19,12 @@ import grpc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import make_container, start_sync_host
+from support import make_container, start_sync_host, wait_until
 
 import pycontainer
 from pycontainer import units
 from pycontainer._errors import RequestError, invalid_argument
+from pycontainer.agent import _lifecycle
 from pycontainer.agent._health import LIVENESS, OVERALL, READINESS
 from pycontainer.agent._lifecycle import Request
 from pycontainer.agent._state import TRANSITIONS, Command, State, allowed_commands
@@ -313,6 +315,17 @@ def test_full_tour(containers: Callable[..., pycontainer.Container]) -> None:
     assert container.state == State.STOPPED
 
 
+def _blocked_in_run(thread: threading.Thread) -> bool:
+    """Whether ``thread`` waits for the lifecycle's command lock: its innermost
+    Python frame is Lifecycle.run (acquiring ``_busy`` is C code under it)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    return (
+        frame is not None
+        and frame.f_code.co_name == "run"
+        and frame.f_code.co_filename == _lifecycle.__file__
+    )
+
+
 def test_one_command_at_a_time(containers: Callable[..., pycontainer.Container]) -> None:
     """A command issued while another runs waits for it, then meets its result."""
     entered = threading.Event()
@@ -338,8 +351,10 @@ def test_one_command_at_a_time(containers: Callable[..., pycontainer.Container])
 
         pauser = threading.Thread(target=pause)
         pauser.start()
-        pauser.join(0.2)
-        assert pauser.is_alive()  # waiting for the stop, not failing on STOPPING
+        # Waiting for the stop (blocked on the command lock in Lifecycle.run),
+        # not failing on STOPPING: a failure would end the thread instead.
+        wait_until(lambda: _blocked_in_run(pauser) or not pauser.is_alive(), 10, "pause")
+        assert pauser.is_alive(), box
     finally:
         release.set()
         stopper.join(5)
@@ -851,6 +866,13 @@ def test_a_manager_stop_with_a_zero_grace_means_zero(
 # -- 6. grace extension ---------------------------------------------------------
 
 
+def _past(deadline: float) -> float:
+    """Seconds from now until 0.2 s past ``deadline`` (the stop's, when
+    on_stop was called): an on_stop that needs more than its grace period, and
+    far less than the 5 s an extension gives it, however busy the machine."""
+    return max(0.0, deadline + 0.2 - time.monotonic())
+
+
 def _extending_container(
     factory: Callable[..., pycontainer.Container], *, ask: float, use_async: bool = False
 ) -> tuple[pycontainer.Container, list[tuple[float, str]], list[td], list[str]]:
@@ -861,14 +883,14 @@ def _extending_container(
 
     def requester(seconds: float, reason: str) -> float:
         asked.append((seconds, reason))
-        return min(seconds, 1.0)
+        return min(seconds, 5.0)
 
     if use_async:
 
         async def async_on_stop(reason: str, deadline: float) -> None:
             if ask:
                 granted.append(container.request_grace_extension(td(seconds=ask), "flushing"))
-            await asyncio.sleep(0.8)
+            await asyncio.sleep(_past(deadline))
 
         container.hooks.on_stop = async_on_stop
     else:
@@ -876,7 +898,7 @@ def _extending_container(
         def on_stop(reason: str, deadline: float) -> None:
             if ask:
                 granted.append(container.request_grace_extension(td(seconds=ask), "flushing"))
-            time.sleep(0.8)
+            time.sleep(_past(deadline))
 
         container.hooks.on_stop = on_stop
     container.lifecycle.extension_requester = requester
@@ -887,12 +909,12 @@ def _extending_container(
 def test_grace_extension_lets_on_stop_finish(
     containers: Callable[..., pycontainer.Container],
 ) -> None:
-    container, asked, granted, kills = _extending_container(containers, ask=2.0)
+    container, asked, granted, kills = _extending_container(containers, ask=10.0)
     container.start()
     container.stop(td(seconds=0.4))
     assert container.state == State.STOPPED
-    assert asked == [(2.0, "flushing")]
-    assert granted == [td(seconds=1)]
+    assert asked == [(10.0, "flushing")]
+    assert granted == [td(seconds=5)]
     assert kills == []
 
 
@@ -909,12 +931,12 @@ def test_no_extension_fails(containers: Callable[..., pycontainer.Container]) ->
 
 
 async def test_async_grace_extension(containers: Callable[..., pycontainer.Container]) -> None:
-    container, asked, granted, kills = _extending_container(containers, ask=2.0, use_async=True)
+    container, asked, granted, kills = _extending_container(containers, ask=10.0, use_async=True)
     await container.astart()
     await container.astop(td(seconds=0.4))
     assert container.state == State.STOPPED
-    assert asked == [(2.0, "flushing")]
-    assert granted == [td(seconds=1)]
+    assert asked == [(10.0, "flushing")]
+    assert granted == [td(seconds=5)]
     assert kills == []
 
 

@@ -613,11 +613,13 @@ def test_many_entries_arrive_in_few_responses() -> None:
     buf = LogBuffer(capacity=produced)
     reader = LogReader(buf, LogQuery(follow=True))
     sizes: list[int] = []
+    missed: list[int] = []
     stop = threading.Event()
 
     def follow() -> None:
         for response in reader.iter_responses(lambda: not stop.is_set()):
             sizes.append(len(response.entries))
+            missed.append(response.missed)
             if sum(sizes) >= produced:
                 return
 
@@ -632,6 +634,7 @@ def test_many_entries_arrive_in_few_responses() -> None:
         stop.set()
         thread.join(timeout=5)
     assert sum(sizes) == produced
+    assert sum(missed) == 0
     # Lingering lets entries gather: far fewer responses than entries.
     assert len(sizes) <= produced // 20, sizes
 

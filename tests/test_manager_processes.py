@@ -288,9 +288,10 @@ def test_session_dropped_mid_command_resends_it_without_running_it_twice(
     manager: ManagerHost,
 ) -> None:
     calls: list[str] = []
+    release = threading.Event()
 
     def on_pause() -> None:
-        time.sleep(1.0)
+        release.wait(30)  # until the session was dropped and opened again
         calls.append("pause")
 
     hooks = pycontainer.Hooks(on_start=lambda: calls.append("start"), on_pause=on_pause)
@@ -307,11 +308,13 @@ def test_session_dropped_mid_command_resends_it_without_running_it_twice(
         entry = manager.manager.entries[container.id]
         manager.call(lambda: _close_session(entry))
         wait_until(lambda: connection.sessions >= 2, timeout=15, what="reconnected")
+        release.set()
         paused = pause.result(30)  # the resent command's result, on the new session
         assert paused.container.state == S.LIFECYCLE_STATE_PAUSED
         assert calls == ["start", "pause"]
         _event(manager.stub, lambda e: e.type == E.EVENT_TYPE_LOST, container="flaky")
     finally:
+        release.set()
         host.stop()
 
 
@@ -363,16 +366,21 @@ def test_manager_killed_mid_session_containers_reconnect_to_its_successor(
     calls: dict[str, int] = {}
     lock = threading.Lock()
 
-    def count(hook: str, seconds: float = 0.0) -> Callable[[], None]:
+    pause_may_end = threading.Event()
+
+    def count(hook: str, until: threading.Event | None = None) -> Callable[[], None]:
         def hook_fn() -> None:
-            time.sleep(seconds)
+            if until is not None:
+                until.wait(30)
             with lock:
                 calls[hook] = calls.get(hook, 0) + 1
 
         return hook_fn
 
     hooks = pycontainer.Hooks(
-        on_start=count("start"), on_pause=count("pause", 1.5), on_resume=count("resume")
+        on_start=count("start"),
+        on_pause=count("pause", until=pause_may_end),
+        on_resume=count("resume"),
     )
     container = make_container("inproc", hooks=hooks)
     host = start_sync_host(container)
@@ -396,6 +404,7 @@ def test_manager_killed_mid_session_containers_reconnect_to_its_successor(
         with pytest.raises(grpc.RpcError) as info:
             pause.result(30)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        pause_may_end.set()  # its manager is gone: the pause ends now
 
         # The containers carry on without a manager.
         wait_until(lambda: container.state == pycontainer.State.PAUSED, what="pause finished")
@@ -431,6 +440,7 @@ def test_manager_killed_mid_session_containers_reconnect_to_its_successor(
         assert calls == {"start": 1, "pause": 1, "resume": 1}
         assert _state_file(state_file)["calls"] == {"start": 1}
     finally:
+        pause_may_end.set()
         channel.close()
         for manager in managers:
             _reap(manager)

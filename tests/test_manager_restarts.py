@@ -3,12 +3,14 @@ restored from its last checkpoint when the spec asks for it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from support import ManagerHost, wait_until
 
@@ -56,6 +58,8 @@ def test_crashed_process_is_restarted_and_restored(manager: ManagerHost, tmp_pat
         manager_pb2.CheckpointContainerRequest(container="phoenix"), timeout=10
     )
     assert saved.size_bytes > 0
+    # The app saved the counter it put in the checkpoint (tests/apps/connected_app.py).
+    checkpointed = json.loads((tmp_path / "phoenix.json").read_text())["counter"]
     first_pid = _get(manager, "phoenix").pid
     os.kill(first_pid, signal.SIGKILL)  # a crash
     wait_until(
@@ -76,35 +80,60 @@ def test_crashed_process_is_restarted_and_restored(manager: ManagerHost, tmp_pat
         e for e in _events(manager, "phoenix") if e.type == manager_pb2.EVENT_TYPE_RESTARTED
     )
     assert "restoring its last checkpoint" in restarted.message
-    # The replacement got the checkpoint's state through on_restore.
-    import json
-
+    # The replacement got the checkpoint's state through on_restore, then
+    # on_start counted one more (a fresh start would be at 1).
     state = json.loads((tmp_path / "phoenix.json").read_text())
     assert state["calls"].get("restore") == 1
-    assert state["counter"] >= int(saved.size_bytes and 1)
+    assert state["counter"] == checkpointed + 1
 
 
 def test_operator_stop_is_not_restarted(manager: ManagerHost) -> None:
-    spec = spec_pb2.ContainerSpec(
-        name="steady",
-        runtime=spec_pb2.RUNTIME_KIND_PROCESS,
-        command=["python", APP],
-        working_dir=str(ROOT),
-        restart_policy=spec_pb2.RESTART_POLICY_ALWAYS,
-    )
-    spec.restart_backoff.FromMilliseconds(100)
-    manager.stub.RunContainer(manager_pb2.RunContainerRequest(spec=spec), timeout=30)
-    wait_until(lambda: _get(manager, "steady").state == S.LIFECYCLE_STATE_RUNNING, 20, "start")
+    """An operator's stop is never restarted, whatever the policy. Proven
+    against a control with the same policy and backoff whose process is
+    killed *after* the stopped one exited: once the control has been
+    restarted, a restart of the stopped one (due earlier) would have been
+    too."""
+
+    def spec(name: str) -> spec_pb2.ContainerSpec:
+        spec = spec_pb2.ContainerSpec(
+            name=name,
+            runtime=spec_pb2.RUNTIME_KIND_PROCESS,
+            command=["python", APP],
+            working_dir=str(ROOT),
+            restart_policy=spec_pb2.RESTART_POLICY_ALWAYS,
+        )
+        spec.restart_backoff.FromMilliseconds(100)
+        return spec
+
+    for name in ("steady", "control"):
+        manager.stub.RunContainer(manager_pb2.RunContainerRequest(spec=spec(name)), timeout=30)
+    for name in ("steady", "control"):
+        wait_until(
+            lambda n=name: _get(manager, n).state == S.LIFECYCLE_STATE_RUNNING,  # type: ignore[misc]
+            20,
+            f"{name} to start",
+        )
+    # "python" in a spec is the manager's own interpreter.
+    assert psutil.Process(_get(manager, "steady").pid).cmdline()[0] == sys.executable
     manager.stub.StopContainer(manager_pb2.StopContainerRequest(container="steady"), timeout=30)
     wait_until(lambda: _get(manager, "steady").HasField("exit_code"), 20, "the process to exit")
-    import time
-
-    time.sleep(0.5)  # several backoffs: a restart would have happened by now
+    os.kill(_get(manager, "control").pid, signal.SIGKILL)
+    # Until its replacement runs: one still being launched would outlive the
+    # manager's shutdown at teardown (and dial in to a later test's manager).
+    wait_until(
+        lambda: (
+            _get(manager, "control").restarts == 1
+            and _get(manager, "control").state == S.LIFECYCLE_STATE_RUNNING
+            and _get(manager, "control").connected
+        ),
+        30,
+        "the control's replacement to run",
+    )
     got = _get(manager, "steady")
     assert got.restarts == 0
     assert got.state == S.LIFECYCLE_STATE_STOPPED
     assert got.exit_code == 0
-    assert sys.executable  # the app ran with this interpreter
+    assert manager_pb2.EVENT_TYPE_RESTARTED not in [e.type for e in _events(manager, "steady")]
 
 
 def test_a_hung_process_is_killed_at_the_end_of_its_grace(manager: ManagerHost) -> None:

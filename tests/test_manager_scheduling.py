@@ -236,7 +236,9 @@ def test_admission_evicts_lowest_priority_then_youngest_and_refuses_what_cannot_
         )[0]
         assert "no running container has a priority below 2" in refused.message
         assert "short by 200m cpu" in refused.message
-        time.sleep(0.3)  # nothing else happens to it
+        # A refusal is decided in one step (no eviction was begun): it waits,
+        # and nothing else happens to it, as the checks after the RunContainer
+        # refusals below (served after it) show again.
         assert containers["d"].state == pycontainer.State.CREATED
         assert _get(manager.stub, "d").state == S.LIFECYCLE_STATE_CREATED
         assert journal.hooks("stop") == [("a", "evicted"), ("c", "evicted")]
@@ -255,6 +257,8 @@ def test_admission_evicts_lowest_priority_then_youngest_and_refuses_what_cannot_
             details = info.value.details() or ""
             assert f"cannot run {spec.name!r}" in details
             assert short in details
+        assert containers["d"].state == pycontainer.State.CREATED
+        assert journal.hooks("stop") == [("a", "evicted"), ("c", "evicted")]
 
         # Capacity released: the waiting one is admitted and started.
         manager.stub.StopContainer(
@@ -480,7 +484,8 @@ def test_on_stop_gets_grace_extensions_up_to_the_managers_cap(tmp_path: Path) ->
         container = box["c"]
         granted.append(container.request_grace_extension(timedelta(seconds=10), "flushing"))
         granted.append(container.request_grace_extension(timedelta(seconds=5), "still flushing"))
-        time.sleep(1.5)  # past the 0.5 s grace, within 0.5 + 2 s
+        # Just past the 0.5 s grace (``deadline`` is its end), well within 0.5 + 2 s.
+        time.sleep(max(0.0, deadline + 0.2 - time.monotonic()))
         done.append(reason)
 
     container, host = connected_container(

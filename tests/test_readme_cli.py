@@ -88,8 +88,9 @@ class _Reader:
                 self.chunks.append(data.decode(errors="replace"))
             os.close(stream)
             return
-        for line in stream:
-            self.chunks.append(line)
+        with stream:  # closed at its end, not left to the garbage collector
+            for line in stream:
+                self.chunks.append(line)
 
     def text(self) -> str:
         self._thread.join(30)  # after the process ended: until end of file
@@ -244,6 +245,8 @@ def test_readme_manager_command_serves_until_sigterm(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert proc.returncode == 0
     assert (tmp_path / "state" / "manager.db").exists()
 

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_demo_spec_applied_headless_and_torn_down(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    result = subprocess.run(
+    # Each container's replicas that must be seen running before the stop.
+    replicas = {"sync-worker": 1, "async-pipeline": 2, "ticker": 1}  # ticker: a sidecar
+    if shutil.which("runc") or IN_CI:
+        replicas["oci-worker"] = 1  # runc, which CI installs
+    errors = (tmp_path / "up.err").open("w")  # a pipe nobody reads would fill and block up
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -28,26 +34,48 @@ def test_demo_spec_applied_headless_and_torn_down(tmp_path: Path) -> None:
             "-f",
             "examples/demo.yaml",
             "--headless",
-            "--duration",
-            "8s",
             "--listen",
             "127.0.0.1:0",
             "--state-dir",
             str(state),
         ],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=errors,
         text=True,
-        timeout=120,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
-    names = ["sync-worker", "async-pipeline", "ticker"]  # ticker: a shell loop, sidecar
-    if shutil.which("runc") or IN_CI:
-        names.append("oci-worker")  # runc, which CI installs
-    for name in names:
-        started = [line for line in out.splitlines() if name in line and "-> RUNNING" in line]
-        stopped = [line for line in out.splitlines() if name in line and "-> STOPPED" in line]
+    lines: list[str] = []  # its stdout (the events, one a line), as it comes
+
+    def read() -> None:
+        assert proc.stdout is not None
+        with proc.stdout:
+            for line in proc.stdout:
+                lines.append(line)
+
+    def reached(name: str, state_word: str) -> list[str]:
+        return [line for line in list(lines) if name in line and f"-> {state_word}" in line]
+
+    def all_running() -> bool:
+        return all(len(reached(name, "RUNNING")) >= n for name, n in replicas.items())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: all_running() or proc.poll() is not None, 90, "the demo to run")
+        assert proc.poll() is None, ("".join(lines), (tmp_path / "up.err").read_text())
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: what a user does to end it
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        reader.join(10)
+        errors.close()
+    out = "".join(lines)
+    assert proc.returncode == 0, (tmp_path / "up.err").read_text()[-3000:]
+    for name in replicas:
+        started = reached(name, "RUNNING")
+        stopped = reached(name, "STOPPED")
         assert started, out
         assert len(stopped) == len(started), out  # every one stopped gracefully
     assert "manager shutdown" in out

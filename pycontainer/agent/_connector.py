@@ -177,8 +177,9 @@ class ManagerConnection:
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(self._drain(drain), self._loop).result(drain + 1)
             # The manager ends the session once our half is closed; then the
-            # reconnect loop sees _closed and returns.
-            self._thread.join(2.0)
+            # reconnect loop sees _closed and returns. With no session (say, a
+            # backoff sleep) there is nothing to wait for: cancel it now.
+            self._thread.join(2.0 if self.connected.is_set() else 0.0)
             if self._thread.is_alive():
                 with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(self._main_task.cancel)
@@ -237,6 +238,7 @@ class ManagerConnection:
                     await self._handle(response, outbox)
             finally:
                 heartbeats.cancel()
+                outbox.put_nowait(None)  # ends requests(), and the call's task reading it
                 self._outbox = None
                 for future in self._extensions.values():
                     if not future.done():
