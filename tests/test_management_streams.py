@@ -144,7 +144,7 @@ def test_cpu_profile_parses_as_pprof(host: Host) -> None:
     try:
         response = host.management.GetProfile(
             management_pb2.GetProfileRequest(
-                cpu_duration=duration_pb2.Duration(nanos=600_000_000), cpu_sample_hz=100
+                cpu_duration=duration_pb2.Duration(seconds=1, nanos=500_000_000), cpu_sample_hz=100
             ),
             timeout=30,
         )
