@@ -287,6 +287,9 @@ def test_readme_client_snippet_runs_against_a_manager(tmp_path: Path) -> None:
         script = tmp_path / "client.py"
         script.write_text(code.replace(dial, f'ManagerClient("{manager.address}")'))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYCONTAINER_")}
+        # The test's manager runs --insecure; after `make run` (mTLS) the same
+        # snippet finds ./state/admin instead.
+        env["PYCONTAINER_INSECURE"] = "1"
         result = subprocess.run(
             [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
         )
