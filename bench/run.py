@@ -10,7 +10,10 @@ measured in the same run (the machine is shared and noisy).
    lines/s at 1024 lines per message (the ceiling of batched streaming here);
 3. the app's own unary RPC calls/s with the pycontainer interceptor / without;
 4. a sync app's own RPC calls/s with 6 log and metrics watchers open / with none
-   (a 4-thread app pool: the watchers must not take its threads).
+   (a 4-thread app pool: the watchers must not take its threads);
+5. health Check calls/s over mutual TLS (pycontainer.security's CA, as every
+   pycontainer server speaks by default) / over plaintext, one server with both
+   ports, sequential on one established channel each.
 """
 
 from __future__ import annotations
@@ -92,6 +95,40 @@ def sync_health(seconds: float) -> tuple[float, float]:
     bare.stop(None)
     ours.stop(None)
     container.close()
+    return results[0], results[1]
+
+
+def mtls_health(seconds: float) -> tuple[float, float]:
+    import tempfile
+    from pathlib import Path
+
+    from pycontainer import security
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ca = security.CertificateAuthority.open(Path(tmp) / "ca")
+        server_files = security.CredentialFiles.in_directory(Path(tmp) / "server")
+        client_files = security.CredentialFiles.in_directory(Path(tmp) / "client")
+        security.ensure_leaf(ca, server_files, security.MANAGER, hosts=["127.0.0.1"])
+        security.ensure_leaf(ca, client_files, security.user("admin"))
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+        plain_port = server.add_insecure_port("127.0.0.1:0")
+        tls_port = server.add_secure_port("127.0.0.1:0", security.server_credentials(server_files))
+        server.start()
+        channels = [
+            grpc.insecure_channel(f"127.0.0.1:{plain_port}"),
+            grpc.secure_channel(
+                f"127.0.0.1:{tls_port}",
+                security.channel_credentials(client_files),
+                options=security.server_name_options(security.MANAGER),
+            ),
+        ]
+        req = health_pb2.HealthCheckRequest()
+        calls = [health_pb2_grpc.HealthStub(ch).Check for ch in channels]
+        results = alternate([functools.partial(call, req) for call in calls], seconds)
+        for ch in channels:
+            ch.close()
+        server.stop(None)
     return results[0], results[1]
 
 
@@ -288,6 +325,9 @@ def main() -> None:
     rows.append(
         ("sync app RPC with 6 watchers open (calls/s)", bare, ours, "same app, no watchers")
     )
+
+    plain, tls = mtls_health(s)
+    rows.append(("health Check over mTLS (calls/s)", plain, tls, "same server, plaintext port"))
 
     print(f"{'figure':48} {'baseline':>12} {'pycontainer':>12} {'ratio':>7}  baseline is")
     for name, base, value, what in rows:
