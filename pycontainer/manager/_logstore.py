@@ -6,6 +6,14 @@
 one JSON object per line with seq, time_ns, stream and text). So a container
 keeps at most four files of _logrelay.MAX_FILE_BYTES: bounded, and there after
 its process, and the manager, have gone.
+
+A line becomes an entry when it is read (the relay imports nothing of
+pycontainer), by :func:`pycontainer.logtext.read_line`: one in a format of
+Python's logging gets the level, logger, message and time the app's own
+logging gave it, so the filters pick what they would from a live container's
+Management API; any other keeps its text, with the level of the sidecar's
+rules (INFO on stdout, WARN on stderr by default) and no logger. Either keeps
+its stream in the ``log.iostream`` attribute.
 """
 
 from __future__ import annotations
@@ -23,16 +31,13 @@ from pathlib import Path
 from types import MappingProxyType
 
 from ..agent._logs import BufferedEntry
-from ..v1 import logs_pb2
+from ..logtext import STDERR_DEFAULT, STDOUT_DEFAULT, read_line
 from . import _logrelay
 from ._logrelay import CURRENT, ENDED, PREVIOUS, rotated
 
 _RELAY = Path(_logrelay.__file__)
-# The severity of a line a program printed, by stream (as the sidecar's defaults).
-_SEVERITY = {
-    "stdout": (int(logs_pb2.SEVERITY_INFO), "INFO"),
-    "stderr": (int(logs_pb2.SEVERITY_WARN), "WARN"),
-}
+# The level of a line that says none, by stream (as the sidecar's).
+_DEFAULT_LEVEL = {"stdout": STDOUT_DEFAULT, "stderr": STDERR_DEFAULT}
 
 
 def _entry(line: bytes) -> BufferedEntry | None:
@@ -40,14 +45,15 @@ def _entry(line: bytes) -> BufferedEntry | None:
     try:
         record = json.loads(line)
         stream = str(record["stream"])
-        severity, text = _SEVERITY.get(stream, (0, ""))
+        default = _DEFAULT_LEVEL.get(stream, STDOUT_DEFAULT)
+        printed = read_line(str(record["text"]), default, int(record["time_ns"]))
         return BufferedEntry(
             sequence=int(record["seq"]),
-            time_ns=int(record["time_ns"]),
-            severity=severity,
-            severity_text=text,
-            logger=stream,
-            message=str(record["text"]),
+            time_ns=printed.time_ns,
+            severity=printed.level.number,
+            severity_text=printed.level.text,
+            logger=printed.logger,
+            message=printed.message,
             attributes=MappingProxyType({"log.iostream": stream}),
         )
     except (ValueError, KeyError, TypeError):
