@@ -13,7 +13,9 @@ classifies its program's output so (:class:`Severities`).
 formats of Python's ``logging`` (:data:`PYTHON_FORMATS`) becomes the entry the
 app's own logging would have made, its level, logger, message (the prefix
 taken off) and its own timestamp; any other line keeps its text whole, with
-the severity of the rules and no logger.
+the severity of the rules and no logger. :class:`PrintedStream` reads a
+stream's lines in order, so that the traceback logging prints after a record
+goes with that record.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "STDOUT_DEFAULT",
     "Level",
     "PrintedLine",
+    "PrintedStream",
     "Severities",
     "SeverityRule",
     "parse_level",
@@ -257,3 +260,57 @@ def _zone(zone: str | None) -> str:
     if not zone:
         return ""
     return "+00:00" if zone == "Z" else zone
+
+
+# -- a stream's lines in order: tracebacks after records -------------------------------------
+
+# What logging prints after a record's message: logger.exception()'s traceback
+# (perhaps chained), stack_info's stack.
+_STACK_STARTS = frozenset({"Traceback (most recent call last):", "Stack (most recent call last):"})
+_CHAINS = frozenset(
+    {
+        "During handling of the above exception, another exception occurred:",
+        "The above exception was the direct cause of the following exception:",
+    }
+)
+# Where a stream is, after a record: its stack's start is next; in the stack
+# (indented lines, then the exception's line); after that line (a blank line,
+# a chain sentence); after a chain sentence (a blank line, another traceback).
+_NEXT, _IN_STACK, _AFTER_EXCEPTION, _CHAINED = range(4)
+
+
+class PrintedStream:
+    """One stream's lines, read in order: as :func:`read_line`, and the lines
+    of the traceback (or stack) that logging prints after a record's message
+    get that record's level and logger, as a live entry carries its stack."""
+
+    def __init__(self, default: Level, severities: Severities = _DEFAULT_SEVERITIES) -> None:
+        self.default = default
+        self.severities = severities
+        self._record: PrintedLine | None = None
+        self._where = _NEXT
+
+    def read(self, text: str, received_ns: int) -> PrintedLine:
+        line = read_line(text, self.default, received_ns, self.severities)
+        if line.logger:  # a record of one of logging's formats
+            self._record, self._where = line, _NEXT
+            return line
+        record = self._record
+        if record is None or not self._continues(text):
+            self._record = None
+            return line
+        return PrintedLine(record.level, record.logger, text, received_ns)
+
+    def _continues(self, text: str) -> bool:
+        """Whether ``text`` is the next line of the record's stack (moving on)."""
+        where = self._where
+        if where in (_NEXT, _CHAINED) and text in _STACK_STARTS:
+            self._where = _IN_STACK
+        elif where == _IN_STACK:
+            if not text[:1].isspace():
+                self._where = _AFTER_EXCEPTION  # the exception's own line
+        elif where == _AFTER_EXCEPTION and text in _CHAINS:
+            self._where = _CHAINED
+        elif not (where in (_AFTER_EXCEPTION, _CHAINED) and not text):
+            return False
+        return True

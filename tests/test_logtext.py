@@ -5,12 +5,21 @@ other line its stream's level (or the sidecar's rules'), no logger, its text."""
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from pycontainer.logtext import INFO, WARN, Level, Severities, parse_rule, read_line
+from pycontainer.logtext import (
+    INFO,
+    WARN,
+    Level,
+    PrintedStream,
+    Severities,
+    parse_rule,
+    read_line,
+)
 from pycontainer.v1 import logs_pb2
 
 NOW_NS = time.time_ns()
@@ -155,3 +164,51 @@ def test_a_long_line_is_read_in_linear_time() -> None:
         printed = read_line(line, INFO, NOW_NS)
         assert time.monotonic() - started < 1.0
         assert (printed.logger, printed.message) == ("", line)
+
+
+def _logged_with_a_chained_traceback() -> list[str]:
+    """What logger.exception() prints for an exception raised while handling one."""
+    record = logging.LogRecord("app.jobs", logging.ERROR, "", 0, "job %d failed", (7,), None)
+    try:
+        try:
+            {}["missing"]
+        except KeyError as exc:
+            raise ValueError("bad job") from exc
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    text = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s").format(record)
+    return text.splitlines()
+
+
+def test_a_traceback_goes_with_its_record() -> None:
+    lines = _logged_with_a_chained_traceback()
+    assert "The above exception was the direct cause of the following exception:" in lines
+    assert lines[-1] == "ValueError: bad job"
+    stream = PrintedStream(WARN)
+    printed = [stream.read(line, NOW_NS) for line in [*lines, "plain after", *lines[:1]]]
+    assert printed[0].message == "job 7 failed"
+    # Every line of it: the record's level and logger, the line's own text.
+    assert {(p.level.text, p.logger) for p in printed[: len(lines)]} == {("ERROR", "app.jobs")}
+    assert [p.message for p in printed[1 : len(lines)]] == lines[1:]
+    # What follows it is a line of its own (and the next record one too).
+    after = printed[len(lines)]
+    assert (after.level.text, after.logger, after.message) == ("WARN", "", "plain after")
+    assert printed[-1].message == "job 7 failed"
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        # No record before it: an uncaught exception's traceback (sys.excepthook).
+        ["Traceback (most recent call last):", '  File "x.py", line 1', "KeyError: 1"],
+        # After a record, a line that starts no traceback ends it.
+        ["INFO:app:hi", "  indented but no traceback"],
+        # A plain record line of the generic rules is not a record.
+        ["ERROR something", "Traceback (most recent call last):"],
+    ],
+)
+def test_lines_that_are_not_a_records_traceback(lines: list[str]) -> None:
+    stream = PrintedStream(WARN)
+    printed = [stream.read(line, NOW_NS) for line in lines]
+    assert printed[-1].logger == ""
+    assert printed[-1].message == lines[-1]

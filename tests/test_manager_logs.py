@@ -365,6 +365,30 @@ def test_a_run_rotates_at_its_size_cap_and_a_tail_follows_across(
         store.directory("../escape")
 
 
+def test_a_traceback_is_read_with_its_record_across_reads(tmp_path: Path) -> None:
+    store = LogStore(tmp_path / "logs")
+    log = _logrelay.RunLog(str(store.new_run("c1")))
+    log.write("stderr", b"ERROR:app.jobs:job 7 failed")
+    log.write("stdout", b"a print between")  # the other stream: no matter
+    entries, tail = store.read("c1")
+    log.write("stderr", b"Traceback (most recent call last):")
+    log.write("stderr", b'  File "job.py", line 3, in run')
+    log.write("stderr", b"ValueError: bad job")
+    log.write("stderr", b"after it")
+    log.close()
+    entries += tail.read()  # a later read goes on where the last one was
+    assert [(e.severity_text, e.logger, e.message) for e in entries] == [
+        ("ERROR", "app.jobs", "job 7 failed"),
+        ("INFO", "", "a print between"),
+        ("ERROR", "app.jobs", "Traceback (most recent call last):"),
+        ("ERROR", "app.jobs", '  File "job.py", line 3, in run'),
+        ("ERROR", "app.jobs", "ValueError: bad job"),
+        ("WARN", "", "after it"),
+    ]
+    assert [e.message for e in store.read("c1")[0]] == [e.message for e in entries]
+    assert [e.logger for e in store.read("c1")[0]] == [e.logger for e in entries]
+
+
 # -- the manager's terminal and the CLI ---------------------------------------------------
 def _manager_process(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     out = tmp_path / "manager.out"
