@@ -93,7 +93,8 @@ def test_an_exited_programs_output_is_served_with_the_filters(
     entries = [e for r in responses for e in r.entries]
     # Each stream in its order (two pipes: their interleaving is the relay's).
     by_stream = {
-        name: [e.message for e in entries if e.logger == name] for name in ("stdout", "stderr")
+        name: [e.message for e in entries if e.attributes["log.iostream"] == name]
+        for name in ("stdout", "stderr")
     }
     assert by_stream == {
         "stdout": ["hello from stdout", *(f"line {i}" for i in range(5))],
@@ -101,7 +102,8 @@ def test_an_exited_programs_output_is_served_with_the_filters(
     }
     assert {e.container_id for e in entries} == {launched.identity.id}
     assert manager.manager.logs.ended(launched.identity.id)  # the relay wrote it all
-    [err] = [e for e in entries if e.logger == "stderr"]
+    assert {e.logger for e in entries} == {""}  # plain lines name no logger
+    [err] = [e for e in entries if e.attributes["log.iostream"] == "stderr"]
     assert err.severity == logs_pb2.SEVERITY_WARN
     assert entries[0].severity == logs_pb2.SEVERITY_INFO
     assert [e.sequence for e in entries] == list(range(1, 8))
@@ -363,6 +365,30 @@ def test_a_run_rotates_at_its_size_cap_and_a_tail_follows_across(
         store.directory("../escape")
 
 
+def test_a_traceback_is_read_with_its_record_across_reads(tmp_path: Path) -> None:
+    store = LogStore(tmp_path / "logs")
+    log = _logrelay.RunLog(str(store.new_run("c1")))
+    log.write("stderr", b"ERROR:app.jobs:job 7 failed")
+    log.write("stdout", b"a print between")  # the other stream: no matter
+    entries, tail = store.read("c1")
+    log.write("stderr", b"Traceback (most recent call last):")
+    log.write("stderr", b'  File "job.py", line 3, in run')
+    log.write("stderr", b"ValueError: bad job")
+    log.write("stderr", b"after it")
+    log.close()
+    entries += tail.read()  # a later read goes on where the last one was
+    assert [(e.severity_text, e.logger, e.message) for e in entries] == [
+        ("ERROR", "app.jobs", "job 7 failed"),
+        ("INFO", "", "a print between"),
+        ("ERROR", "app.jobs", "Traceback (most recent call last):"),
+        ("ERROR", "app.jobs", '  File "job.py", line 3, in run'),
+        ("ERROR", "app.jobs", "ValueError: bad job"),
+        ("WARN", "", "after it"),
+    ]
+    assert [e.message for e in store.read("c1")[0]] == [e.message for e in entries]
+    assert [e.logger for e in store.read("c1")[0]] == [e.logger for e in entries]
+
+
 # -- the manager's terminal and the CLI ---------------------------------------------------
 def _manager_process(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     out = tmp_path / "manager.out"
@@ -420,8 +446,8 @@ def test_launched_programs_never_write_to_the_managers_terminal(
         printed = capsys.readouterr().out.splitlines()
         assert code == 0
         assert [line.split(" ", 1)[1] for line in printed] == [
-            "INFO    stdout: SHOUT-OUT",
-            "WARN    stderr: SHOUT-ERR",
+            "INFO    SHOUT-OUT",
+            "WARN    SHOUT-ERR",
         ]
         stamp = printed[0].split(" ", 1)[0]
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", stamp)  # RFC 3339
@@ -511,7 +537,7 @@ def test_a_runc_containers_output_is_retained(manager: ManagerHost) -> None:
     )
     _exited(manager, "boxed")
     entries = [e for r in _logs(manager, "boxed") for e in r.entries]
-    assert sorted((e.logger, e.message) for e in entries) == [
+    assert sorted((e.attributes["log.iostream"], e.message) for e in entries) == [
         ("stderr", "err-runc"),
         ("stdout", "from-runc"),
     ]
@@ -546,4 +572,117 @@ def test_logs_of_an_embedded_app_after_it_stopped(
     # Its Management API is gone with it; what it printed is still there.
     assert "on_stop done" in _messages(_logs(manager, "embedded"))
     assert main(["logs", "embedded", "--manager", manager.address]) == 0
-    assert "stdout: on_stop done" in capsys.readouterr().out
+    assert "INFO    on_stop done" in capsys.readouterr().out
+
+
+# -- retained lines read as the app's logging made them -------------------------------------
+# Logs in the formats of Python's logging: the examples' ("%(asctime)s %(levelname)s
+# %(name)s %(message)s") and logging.BASIC_FORMAT (its own handler), both on stderr
+# (one pipe: the order is kept; two pipes' interleaving is the relay's), and plain
+# prints. The agent captures each record once, live.
+LOGGING_APP = """
+import asyncio, logging, os, sys
+import pycontainer
+
+logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
+                    format="%(asctime)s %(levelname)s %(name)s %(message)s")
+logging.root.handlers[0].addFilter(lambda r: not r.name.startswith("tryout.basic"))
+basic = logging.StreamHandler(sys.stderr)
+basic.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+logging.getLogger("tryout.basic").addHandler(basic)
+
+async def on_start():
+    logging.getLogger("tryout").info("workers started")
+    logging.getLogger("tryout.db").info("pool of %d", 4)
+    logging.getLogger("tryout").warning("queue is long: 12 jobs")
+    logging.getLogger("tryout.basic").error("lost a job")
+    logging.getLogger("tryoutx").critical("not under tryout")
+    logging.getLogger("tryout.db").info("workers stopped")
+    print("plain stdout line", flush=True)
+    print("plain stderr line", file=sys.stderr, flush=True)
+    for h in (*logging.root.handlers, basic):
+        h.flush()
+
+container = pycontainer.Container(
+    pycontainer.ContainerSettings(name="logging-app"), hooks=pycontainer.Hooks(on_start=on_start)
+)
+asyncio.run(pycontainer.serve(container, "127.0.0.1:0", manager=os.environ["PYCONTAINER_MANAGER"]))
+"""
+
+FILTERS: list[dict[str, object]] = [
+    {"logger": "tryout"},
+    {"logger": "tryout.db"},
+    {"logger": "tryout", "min_severity": logs_pb2.SEVERITY_WARN},
+    {"logger": "tryout", "contains": "workers"},
+    {"logger": "tryout", "tail": 2},
+    {"logger": "tryout", "min_severity": logs_pb2.SEVERITY_INFO, "tail": 1},
+]
+
+
+def _seen(
+    manager: ManagerHost, name: str, filters: dict[str, object]
+) -> list[tuple[int, str, str, str]]:
+    return [
+        (e.severity, e.severity_text, e.logger, e.message)
+        for r in _logs(manager, name, **filters)
+        for e in r.entries
+    ]
+
+
+def test_retained_logging_output_reads_as_the_live_logs(
+    manager: ManagerHost, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _run(manager, "logging-app", _program(tmp_path, "logging_app", LOGGING_APP))
+    wait_until(
+        lambda: (
+            _get(manager, "logging-app").connected
+            and len(_seen(manager, "logging-app", {"logger": "tryout"})) == 5
+        ),
+        30,
+        "its logs, live",
+    )
+    live = [_seen(manager, "logging-app", f) for f in FILTERS]
+    assert live[0] == [
+        (logs_pb2.SEVERITY_INFO, "INFO", "tryout", "workers started"),
+        (logs_pb2.SEVERITY_INFO, "INFO", "tryout.db", "pool of 4"),
+        (logs_pb2.SEVERITY_WARN, "WARNING", "tryout", "queue is long: 12 jobs"),
+        (logs_pb2.SEVERITY_ERROR, "ERROR", "tryout.basic", "lost a job"),
+        (logs_pb2.SEVERITY_INFO, "INFO", "tryout.db", "workers stopped"),
+    ]
+    manager.stub.StopContainer(
+        manager_pb2.StopContainerRequest(container="logging-app"), timeout=30
+    )
+    _exited(manager, "logging-app")
+    # Stopped: the same entries, from what the manager retained.
+    retained = [_seen(manager, "logging-app", f) for f in FILTERS]
+    for f, want, got in zip(FILTERS, live, retained, strict=True):
+        assert got == want, f
+
+    entries = [e for r in _logs(manager, "logging-app") for e in r.entries]
+    by_message = {e.message: e for e in entries}
+    # The line's own time (asctime, to the millisecond), its stream kept.
+    started = by_message["workers started"]
+    assert started.time.ToNanoseconds() % 1_000_000 == 0
+    assert started.attributes["log.iostream"] == "stderr"
+    assert by_message["plain stdout line"].attributes["log.iostream"] == "stdout"
+    # Plain lines: the stream's level, no logger.
+    plain = {
+        m: (by_message[m].severity, by_message[m].logger)
+        for m in ("plain stdout line", "plain stderr line")
+    }
+    assert plain == {
+        "plain stdout line": (logs_pb2.SEVERITY_INFO, ""),
+        "plain stderr line": (logs_pb2.SEVERITY_WARN, ""),
+    }
+    [fatal] = _seen(manager, "logging-app", {"logger": "tryoutx"})
+    assert fatal == (logs_pb2.SEVERITY_FATAL, "CRITICAL", "tryoutx", "not under tryout")
+
+    # As the tryout asked: one level, one logger, one timestamp (the line's).
+    capsys.readouterr()
+    command = ["logs", "logging-app", "--level", "warn", "--logger", "tryout", "--tail", "4"]
+    assert main([*command, "--manager", manager.address]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(" ", 1)[1] for line in printed] == [
+        "WARNING tryout: queue is long: 12 jobs",
+        "ERROR   tryout.basic: lost a job",
+    ]

@@ -6,6 +6,14 @@
 one JSON object per line with seq, time_ns, stream and text). So a container
 keeps at most four files of _logrelay.MAX_FILE_BYTES: bounded, and there after
 its process, and the manager, have gone.
+
+A line becomes an entry when it is read (the relay imports nothing of
+pycontainer), by :func:`pycontainer.logtext.read_line`: one in a format of
+Python's logging gets the level, logger, message and time the app's own
+logging gave it, so the filters pick what they would from a live container's
+Management API; any other keeps its text, with the level of the sidecar's
+rules (INFO on stdout, WARN on stderr by default) and no logger. Either keeps
+its stream in the ``log.iostream`` attribute.
 """
 
 from __future__ import annotations
@@ -23,38 +31,43 @@ from pathlib import Path
 from types import MappingProxyType
 
 from ..agent._logs import BufferedEntry
-from ..v1 import logs_pb2
+from ..logtext import STDERR_DEFAULT, STDOUT_DEFAULT, PrintedStream
 from . import _logrelay
 from ._logrelay import CURRENT, ENDED, PREVIOUS, rotated
 
 _RELAY = Path(_logrelay.__file__)
-# The severity of a line a program printed, by stream (as the sidecar's defaults).
-_SEVERITY = {
-    "stdout": (int(logs_pb2.SEVERITY_INFO), "INFO"),
-    "stderr": (int(logs_pb2.SEVERITY_WARN), "WARN"),
-}
+# The level of a line that says none, by stream (as the sidecar's).
+_DEFAULT_LEVEL = {"stdout": STDOUT_DEFAULT, "stderr": STDERR_DEFAULT}
 
 
-def _entry(line: bytes) -> BufferedEntry | None:
+class _Streams(dict[str, PrintedStream]):
+    """A run's streams, each read in order (a traceback goes with its record)."""
+
+    def __missing__(self, stream: str) -> PrintedStream:
+        reader = self[stream] = PrintedStream(_DEFAULT_LEVEL.get(stream, STDOUT_DEFAULT))
+        return reader
+
+
+def _entry(line: bytes, streams: _Streams) -> BufferedEntry | None:
     """One relay record; None for a line that is not one (cut by a crash)."""
     try:
         record = json.loads(line)
         stream = str(record["stream"])
-        severity, text = _SEVERITY.get(stream, (0, ""))
+        printed = streams[stream].read(str(record["text"]), int(record["time_ns"]))
         return BufferedEntry(
             sequence=int(record["seq"]),
-            time_ns=int(record["time_ns"]),
-            severity=severity,
-            severity_text=text,
-            logger=stream,
-            message=str(record["text"]),
+            time_ns=printed.time_ns,
+            severity=printed.level.number,
+            severity_text=printed.level.text,
+            logger=printed.logger,
+            message=printed.message,
             attributes=MappingProxyType({"log.iostream": stream}),
         )
     except (ValueError, KeyError, TypeError):
         return None
 
 
-def _read_lines(path: Path, offset: int) -> tuple[list[BufferedEntry], int]:
+def _read_lines(path: Path, offset: int, streams: _Streams) -> tuple[list[BufferedEntry], int]:
     """The records of ``path`` from ``offset`` to its last complete line, and
     the offset after it (a line still being written is left for later)."""
     try:
@@ -64,7 +77,8 @@ def _read_lines(path: Path, offset: int) -> tuple[list[BufferedEntry], int]:
     except FileNotFoundError:
         return [], offset
     end = data.rfind(b"\n") + 1
-    entries = [e for e in map(_entry, data[:end].splitlines()) if e is not None]
+    read = (_entry(line, streams) for line in data[:end].splitlines())
+    entries = [e for e in read if e is not None]
     return entries, offset + end
 
 
@@ -76,6 +90,7 @@ class Tail:
     path: Path
     inode: int | None
     offset: int
+    streams: _Streams
 
     def read(self) -> list[BufferedEntry]:
         try:
@@ -89,9 +104,9 @@ class Tail:
                 old = Path(rotated(str(self.path)))
                 with contextlib.suppress(FileNotFoundError):
                     if os.stat(old).st_ino == self.inode:
-                        entries += _read_lines(old, self.offset)[0]
+                        entries += _read_lines(old, self.offset, self.streams)[0]
             self.inode, self.offset = inode, 0
-        more, self.offset = _read_lines(self.path, self.offset)
+        more, self.offset = _read_lines(self.path, self.offset, self.streams)
         return entries + more
 
 
@@ -181,13 +196,14 @@ class LogStore:
         directory = self.directory(container_id)
         name = PREVIOUS if previous else CURRENT
         path = directory / name
-        entries = _read_lines(directory / rotated(name), 0)[0]
+        streams = _Streams()
+        entries = _read_lines(directory / rotated(name), 0, streams)[0]
         try:
             inode: int | None = os.stat(path).st_ino
         except FileNotFoundError:
             inode = None
-        more, offset = _read_lines(path, 0)
-        return entries + more, Tail(path, inode, offset)
+        more, offset = _read_lines(path, 0, streams)
+        return entries + more, Tail(path, inode, offset, streams)
 
 
 __all__ = ["LogStore", "Tail"]
