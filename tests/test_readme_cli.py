@@ -1,5 +1,7 @@
 """Every `.venv/bin/pycontainer` command of the README, as a user types it,
-against `pycontainer up` running the demo spec (what `make run` runs)."""
+against `pycontainer up` running the demo spec (what `make run` runs), with
+mutual TLS on as it is by default (the suite's $PYCONTAINER_INSECURE unset for
+them); the Security section's against the managers its lines start."""
 
 from __future__ import annotations
 
@@ -19,10 +21,16 @@ import threading
 from pathlib import Path
 from typing import IO
 
+import pytest
+from security_support import issue_files
 from support import wait_until
 
 import pycontainer
+from pycontainer._tls_env import INSECURE_ENV, TLS_DIR_ENV
+from pycontainer.client import ManagerClient, Transport
+from pycontainer.security import MANAGER, CertificateAuthority, CredentialFiles, container
 from pycontainer.testing import container_host, manager_host
+from pycontainer.v1 import container_pb2, manager_pb2, spec_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 PYCONTAINER = ROOT / ".venv" / "bin" / "pycontainer"
@@ -53,12 +61,28 @@ SHOWS = {
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07|[()][A-Z0-9])")
 
 
-def _commands(prefix: str = ".venv/bin/pycontainer ") -> list[str]:
+_SECURITY = "\n## Security\n"
+
+
+def _readme(*, security: bool = False) -> str:
+    """The README's Security section (``security``), else everything else."""
     text = (ROOT / "README.md").read_text()
+    before, _, rest = text.partition(_SECURITY)
+    section, heading, after = rest.partition("\n## ")
+    return section if security else before + heading + after
+
+
+def _commands(prefix: str = ".venv/bin/pycontainer ", *, security: bool = False) -> list[str]:
     out = []
-    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+    for block in re.findall(r"```sh\n(.*?)```", _readme(security=security), re.S):
         out += [line for line in block.splitlines() if line.startswith(prefix)]
     return out
+
+
+def _secure_env(**extra: str) -> dict[str, str]:
+    """The environment of a user's shell: no --insecure, no certificate directory."""
+    env = {k: v for k, v in os.environ.items() if k not in (INSECURE_ENV, TLS_DIR_ENV)}
+    return {**env, **extra}
 
 
 def _free_address() -> str:
@@ -143,9 +167,10 @@ def test_readme_cli_commands(tmp_path: Path) -> None:
     ]
     assert len(commands) >= 15
     address = _free_address()
-    env = {**os.environ, "PYCONTAINER_MANAGER": address}
+    env = _secure_env(PYCONTAINER_MANAGER=address)
     # The commands run in a directory of their own (`profile -o` writes there)
-    # that has the clone's examples/ (`apply -f examples/demo.yaml`).
+    # that has the clone's examples/ (`apply -f examples/demo.yaml`) and the
+    # manager's state/ (where they find state/admin, as from the clone's root).
     work = tmp_path / "work"
     work.mkdir()
     (work / "examples").symlink_to(ROOT / "examples")
@@ -162,7 +187,7 @@ def test_readme_cli_commands(tmp_path: Path) -> None:
             "--listen",
             address,
             "--state-dir",
-            str(tmp_path / "state"),
+            str(work / "state"),
         ],
         # As `make run`, in the clone; the commands' examples/ is a symlink
         # to it, so `apply -f examples/demo.yaml` names the same file (owner).
@@ -181,7 +206,7 @@ def test_readme_cli_commands(tmp_path: Path) -> None:
             ps = subprocess.run(
                 [str(PYCONTAINER), "ps", "-o", "json"],
                 env=env,
-                cwd=ROOT,
+                cwd=work,
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -195,7 +220,12 @@ def test_readme_cli_commands(tmp_path: Path) -> None:
             argv[0] = str(ROOT / argv[0])
             live = [expected for verb, expected in LIVE.items() if re.search(verb, command)]
             if live:
-                _interrupt_once_it_shows(argv, live[0], work, env)
+                # The sidecar as the README runs it: standalone (with
+                # $PYCONTAINER_MANAGER it would join the manager, which serves
+                # mutual TLS to certificates of its CA only, and wait to be started).
+                standalone = {k: v for k, v in env.items() if k != "PYCONTAINER_MANAGER"}
+                sidecar = re.search(r"pycontainer run\b", command)
+                _interrupt_once_it_shows(argv, live[0], work, standalone if sidecar else env)
                 continue
             result = subprocess.run(
                 argv, cwd=work, env=env, capture_output=True, text=True, timeout=60
@@ -231,12 +261,16 @@ def test_readme_manager_command_serves_until_sigterm(tmp_path: Path) -> None:
     address = _free_address()
     argv = shlex.split(line.replace("127.0.0.1:50050", address))
     argv[0] = str(ROOT / argv[0])
-    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    env = _secure_env()
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == f"manager serving on {address}"
+        # From the same directory: its state/admin, over mutual TLS.
         ps = subprocess.run(
             [str(PYCONTAINER), "--manager", address, "ps"],
+            cwd=tmp_path,
+            env=env,
             capture_output=True,
             text=True,
             timeout=30,
@@ -271,28 +305,36 @@ def _python_blocks(heading: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.S)
 
 
-def test_readme_client_snippet_runs_against_a_manager(tmp_path: Path) -> None:
+def test_readme_client_snippet_runs_against_a_manager(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The README's pycontainer.client block, as written (the manager's
-    address made a free port), against a real manager with one container."""
+    address made a free port), against a real manager serving mutual TLS with
+    one container, run where that manager's state/ is."""
     [code] = _python_blocks("From Python: `pycontainer.client`")
     dial = 'ManagerClient("127.0.0.1:50050")'
     assert dial in code
-    with (
-        manager_host(tmp_path / "state") as manager,
-        container_host(pycontainer.ContainerSettings(name="web"), manager=manager) as web,
-    ):
-        wait_until(
-            lambda: web.container.state == pycontainer.State.RUNNING, 15, "web to be started"
-        )
-        script = tmp_path / "client.py"
-        script.write_text(code.replace(dial, f'ManagerClient("{manager.address}")'))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYCONTAINER_")}
-        # The test's manager runs --insecure; after `make run` (mTLS) the same
-        # snippet finds ./state/admin instead.
-        env["PYCONTAINER_INSECURE"] = "1"
-        result = subprocess.run(
-            [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
-        )
+    with manager_host(tmp_path / "state", insecure=False) as manager:
+        # A container of this process: it joins with a certificate of the manager's CA.
+        ca = CertificateAuthority.open(tmp_path / "state")
+        issue_files(ca, container("web-1"), tmp_path / "web-tls")
+        monkeypatch.setenv(TLS_DIR_ENV, str(tmp_path / "web-tls"))
+        settings = pycontainer.ContainerSettings(name="web", id="web-1")
+        with container_host(settings, manager=manager) as web:
+            wait_until(
+                lambda: web.container.state == pycontainer.State.RUNNING, 15, "web to be started"
+            )
+            script = tmp_path / "client.py"
+            script.write_text(code.replace(dial, f'ManagerClient("{manager.address}")'))
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PYCONTAINER_")}
+            result = subprocess.run(
+                [sys.executable, str(script)],
+                cwd=tmp_path,  # where the manager's state/ (and state/admin) is
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
     assert result.returncode == 0, result.stderr
     listed, failed = result.stdout.splitlines()
     assert re.fullmatch(r"web web-\S+ LIFECYCLE_STATE_RUNNING", listed), listed
@@ -320,3 +362,143 @@ def test_readme_testing_snippets_run_as_a_pytest_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "1 passed" in result.stdout, result.stdout
+
+
+def _start_manager(line: str, work: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """A README `pycontainer manager` line, as typed in ``work`` (its
+    addresses made free ports); the process and its main address, once serving."""
+    address = _free_address()
+    typed = line.replace("127.0.0.1:50050", address)
+    typed = typed.replace("127.0.0.1:50051", env.get("HEALTH_ADDRESS", "127.0.0.1:50051"))
+    argv = shlex.split(typed)
+    argv[0] = str(ROOT / argv[0])
+    proc = subprocess.Popen(
+        argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline().strip()
+    if first != f"manager serving on {address}":
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError((line, first, err))
+    return proc, address
+
+
+def _run(argv: list[str], work: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    if argv[0].startswith(".venv/"):
+        argv = [str(ROOT / argv[0]), *argv[1:]]
+    return subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=60)
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return err
+
+
+def _security_blocks() -> dict[str, list[str]]:
+    """The Security section's sh blocks, each a manager line and the lines
+    run against it, keyed by what the manager line shows (its last flag)."""
+    blocks: dict[str, list[str]] = {}
+    for block in re.findall(r"```sh\n(.*?)```", _readme(security=True), re.S):
+        lines = [line for line in block.splitlines() if line.startswith(".venv/bin/pycontainer ")]
+        assert lines, block
+        assert lines[0].startswith(".venv/bin/pycontainer manager "), block
+        flag = next(w for w in reversed(shlex.split(lines[0])) if w.startswith("--"))
+        blocks[flag] = lines
+    assert set(blocks) == {"--role", "--ca-key", "--health-listen"}, blocks
+    return blocks
+
+
+def test_readme_security_lines_work_as_typed_against_a_mutual_tls_manager(
+    tmp_path: Path,
+) -> None:
+    """The Security section's commands and its Python block, each manager as
+    typed (on free ports) with mutual TLS, and what the prose says of them."""
+    blocks = _security_blocks()
+    env = _secure_env()
+
+    # Roles: alice (certificate from the README's block) may operate, not apply.
+    work = tmp_path / "roles"
+    work.mkdir()
+    manager_line, *client_lines = blocks["--role"]
+    proc, address = _start_manager(manager_line, work, env)
+    try:
+        on = {**env, "PYCONTAINER_MANAGER": address}
+        [issue] = _python_blocks("Security")
+        (work / "issue_alice.py").write_text(issue)
+        issued = _run([sys.executable, "issue_alice.py"], work, on)
+        assert issued.returncode == 0, issued.stderr
+        # A container named web for alice to stop, launched by the admin.
+        admin_transport = Transport(work / "state" / "admin", MANAGER)
+        with ManagerClient(address, transport=admin_transport) as admin:
+            command = [sys.executable, str(ROOT / "tests/apps/connected_app.py"), "--name", "web"]
+            spec = spec_pb2.ContainerSpec(name="web", command=command)
+            admin.run_container(manager_pb2.RunContainerRequest(spec=spec))
+            request = manager_pb2.GetContainerRequest(container="web")
+            wait_until(
+                lambda: (
+                    admin.get_container(request).container.state
+                    == container_pb2.LIFECYCLE_STATE_RUNNING
+                ),
+                30,
+                "web to run over mutual TLS",
+            )
+        for line in client_lines:
+            done = _run(shlex.split(line), work, on)
+            assert done.returncode == 0, (line, done.stdout, done.stderr)
+            assert "Traceback" not in done.stderr
+        # Outside her role: the refusal the README quotes.
+        quoted = re.search(
+            r"`(spiffe://pycontainer\.local/user/alice may not call[^`]*?); \.\.\.`",
+            _readme(security=True),
+        )
+        assert quoted is not None
+        (work / "one.yaml").write_text("containers:\n  - name: other\n    command: ['true']\n")
+        refused = _run(
+            [str(PYCONTAINER), "--cert-dir", "alice", "apply", "-f", "one.yaml"], work, on
+        )
+        assert refused.returncode == 1, refused.stderr
+        assert "PERMISSION_DENIED" in refused.stderr
+        assert " ".join(quoted.group(1).split()) in refused.stderr, refused.stderr
+        # No certificate where it is looked for: one line saying what to pass.
+        bare = _run([str(PYCONTAINER), "--cert-dir", "nowhere", "ps"], work, on)
+        assert bare.returncode == 1, bare.stderr
+        assert "--cert-dir" in bare.stderr, bare.stderr
+        # Plaintext: refused at the handshake (unreachable), and told what to pass.
+        plain = _run([str(PYCONTAINER), "--insecure", "ps"], work, on)
+        assert plain.returncode == 2, plain.stderr
+        assert "--cert-dir" in plain.stderr, plain.stderr
+    finally:
+        _stop(proc)
+
+    # Your own CA: every certificate from it, none of the manager's own.
+    work = tmp_path / "own-ca"
+    work.mkdir()
+    external = CertificateAuthority.open(work / "ca")  # ca/ca.pem, ca/ca-key.pem
+    [manager_line] = blocks["--ca-key"]
+    proc, address = _start_manager(manager_line, work, env)
+    try:
+        ps = _run([str(PYCONTAINER), "ps"], work, {**env, "PYCONTAINER_MANAGER": address})
+        assert ps.returncode == 0, ps.stderr
+        leaf, trust = CredentialFiles.in_directory(work / "state" / "admin").read()
+        assert external.issued(leaf.certificate_chain_pem)
+        assert trust == external.certificate_pem
+        assert not (work / "state" / "ca-key.pem").exists()
+    finally:
+        _stop(proc)
+
+    # kubelet's probe: plaintext health on its own port, mutual TLS on the main one.
+    work = tmp_path / "health"
+    work.mkdir()
+    health_address = _free_address()
+    [manager_line] = blocks["--health-listen"]
+    proc, address = _start_manager(manager_line, work, {**env, "HEALTH_ADDRESS": health_address})
+    try:
+        probe = _run([str(PYCONTAINER), "health", health_address], work, env)
+        assert probe.returncode == 0, probe.stderr
+        plain = _run([str(PYCONTAINER), "health", address], work, env)
+        assert plain.returncode == 2, plain.stderr  # no plaintext there: connection failed
+    finally:
+        _stop(proc)

@@ -183,7 +183,8 @@ class WatchMetricsRequest(_message.Message):
     def metric_filters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Which application metrics and RPC methods to include: glob patterns
         ("app.*", "/pycontainer.v1.Management/*") or regular expressions with a
-        "re:" prefix. Empty means everything. Process figures are always sent.
+        "re:" prefix (RE2 syntax, at most 1024 characters after it). Empty means
+        everything. Process figures are always sent.
         """
 
     def __init__(
@@ -249,8 +250,9 @@ class StreamLogsRequest(_message.Message):
     contains: _builtins.str
     """Only entries whose message contains this text (case-sensitive)."""
     pattern: _builtins.str
-    """Only entries whose message matches this regular expression (Python re
-    syntax, searched, not anchored).
+    """Only entries whose message matches this regular expression: RE2 syntax
+    (linear time; no backreferences or lookaround), at most 1024 characters,
+    searched, not anchored.
     """
     logger: _builtins.str
     """Only entries of loggers with this name or a child of it ("app" matches
