@@ -496,3 +496,23 @@ def test_manager_tls_flags_that_cannot_work_are_one_line(
     assert done.returncode == 1
     [line] = done.stderr.strip().splitlines()
     assert said in line, line
+
+
+def test_a_container_without_a_certificate_is_told_the_manager_serves_mutual_tls(
+    secure: ManagerHost, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv(TLS_DIR_ENV, raising=False)
+    app = pycontainer.Container(pycontainer.ContainerSettings(name="stranger"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="pycontainer"):
+            app.connect(secure.address)
+            wait_until(
+                lambda: any("serves mutual TLS" in r.getMessage() for r in caplog.records),
+                20,
+                "the hint that the manager serves mutual TLS",
+            )
+        [hint] = [r.getMessage() for r in caplog.records if "serves mutual TLS" in r.getMessage()]
+        assert TLS_DIR_ENV in hint
+        assert "--insecure" in hint
+    finally:
+        app.close()

@@ -110,6 +110,7 @@ class ManagerConnection:
         self.target = target
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
+        self._tls_hinted = False
         self._loop = asyncio.new_event_loop()
         self._outbox: asyncio.Queue[lifecycle_pb2.ConnectRequest | None] | None = None
         self._main_task: asyncio.Task[None]
@@ -157,6 +158,7 @@ class ManagerConnection:
                 raise
             except Exception as exc:
                 _log.info("manager session with %s ended: %s", self.target, _describe(exc))
+                self._hint_tls(exc)
             self.connected.clear()
             if self._closed:
                 return
@@ -166,6 +168,25 @@ class ManagerConnection:
             # all reconnect in the same instant.
             await asyncio.sleep(random.uniform(0, backoff))
             backoff = min(self._backoff_max, backoff * 2)
+
+    def _hint_tls(self, exc: BaseException) -> None:
+        """Once: a plaintext dial that the manager drops at once is most likely
+        a manager serving mutual TLS (its default); say what to set."""
+        if self._tls_hinted or os.environ.get(TLS_DIR_ENV):
+            return
+        if not isinstance(exc, grpc.aio.AioRpcError):
+            return
+        details = (exc.details() or "").lower()
+        dropped = ("socket closed", "connection reset", "ssl", "handshake")
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and any(d in details for d in dropped):
+            self._tls_hinted = True
+            _log.warning(
+                "the manager at %s drops this plaintext connection: it most likely serves "
+                "mutual TLS (its default). Set $%s to a certificate directory its CA "
+                "issued (containers it launches get one), or start it with --insecure",
+                self.target,
+                TLS_DIR_ENV,
+            )
 
     def close(self, drain: float = 3.0) -> None:
         """End the session and stop reconnecting: commands in flight finish and
