@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -116,3 +117,57 @@ def test_a_scale_that_cannot_all_fit_launches_none_and_evicts_no_one(small: Mana
     for c in scaled.containers:
         wait_container(small.stub, c.identity.id, _running, "running")
     wait_container(small.stub, ticker, lambda c: c.state == S.LIFECYCLE_STATE_STOPPED, "evicted")
+
+
+# -- 2. one rule for names ------------------------------------------------------------------
+def test_a_name_resolves_to_the_live_one_else_the_newest_ended(small: ManagerHost) -> None:
+    ids = []
+    for _ in range(3):  # three runs of the same name, each stopped
+        [cid] = _run(small, _spec("sync-worker"))
+        ids.append(cid)
+        _end(small, "sync-worker", cid)
+    got = small.stub.GetContainer(E.GetContainerRequest(container="sync-worker"), timeout=5)
+    assert got.container.identity.id == ids[-1]
+    # rm NAME removes the newest ended; the next rm the one before.
+    small.stub.DeleteContainer(E.DeleteContainerRequest(container="sync-worker"), timeout=5)
+    remaining = sorted(c.identity.id for c in _all(small))
+    assert remaining == sorted(ids[:2])
+    # A live one wins over every ended one.
+    [live] = _run(small, _spec("sync-worker"))
+    got = small.stub.GetContainer(E.GetContainerRequest(container="sync-worker"), timeout=5)
+    assert got.container.identity.id == live
+    # Two live ones are ambiguous, and the message says they are live.
+    [other] = _run(small, _spec("sync-worker"))
+    with pytest.raises(grpc.RpcError) as info:
+        small.stub.GetContainer(E.GetContainerRequest(container="sync-worker"), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "2 live containers" in (info.value.details() or "")
+    assert live in (info.value.details() or "")
+    assert other in (info.value.details() or "")
+
+
+def test_the_live_view_leaves_out_what_ended_before_this_manager(tmp_path: Path) -> None:
+    from pycontainer.cli._up import shown_in_view
+
+    state = tmp_path / "state"
+    with manager_host(state) as first:
+        [old] = _run(first, _spec("sync-worker"))
+        _end(first, "sync-worker", old)
+    with manager_host(state) as second:
+        [live] = _run(second, _spec("sync-worker"))
+        [ended] = _run(second, _spec("ticker"))
+        _end(second, "ticker", ended)
+        rows = second.call(lambda: _rows(second, shown_in_view))
+        assert sorted(c.identity.id for c in rows) == sorted([live, ended])
+        # ps -a still lists the old run's record.
+        assert old in [c.identity.id for c in _all(second)]
+
+
+async def _rows(manager: ManagerHost, view: Any) -> list[manager_pb2.Container]:
+    return list(view(manager.manager))
+
+
+def test_completion_lists_each_name_once() -> None:
+    from pycontainer.cli._completion import bash_script
+
+    assert "ps -a -o name 2>/dev/null | sort -u" in bash_script()

@@ -268,6 +268,12 @@ class Entry:
         )
 
 
+def _ended_order(entry: Entry) -> tuple[float, float]:
+    """Newest ended last: its finish time (a record from an earlier manager
+    has none: its last start or creation stands in), then its creation."""
+    return (entry.finish_time or entry.start_time or entry.create_time, entry.create_time)
+
+
 def _within_bounds(record: ContainerRecord) -> bool:
     """A stored record within today's bounds on names and labels. One kept
     before them (a megabyte name would make every listing fail) stays in the
@@ -403,22 +409,27 @@ class Registry:
         return iter(list(self.entries.values()))
 
     def resolve(self, name_or_id: str) -> Entry:
-        """A container by id, or by a name only one live container has."""
+        """A container by id, or by name: the one live (not ended) container
+        of that name; when none lives, the newest of those that ended (latest
+        finish, else creation). Ambiguous only when several live containers
+        share the name. The one rule every verb that takes a name follows."""
         if not name_or_id:
             raise invalid_argument("container", "give a container id or name")
         if name_or_id in self.entries:
             return self.entries[name_or_id]
         named = [e for e in self.entries.values() if e.name == name_or_id]
-        live = [e for e in named if not e.terminal] or named
-        if not live:
+        if not named:
             raise not_found("container", f"no container with id or name {echo(name_or_id)}")
+        live = [e for e in named if not e.terminal]
         if len(live) > 1:
             ids = ", ".join(sorted(e.id for e in live))
             raise invalid_argument(
                 "container",
-                f"name {echo(name_or_id)} matches {len(live)} containers ({ids}): use an id",
+                f"name {echo(name_or_id)} matches {len(live)} live containers ({ids}): use an id",
             )
-        return live[0]
+        if live:
+            return live[0]
+        return max(named, key=_ended_order)
 
     def select(self, selector: str, states: Iterable[int]) -> list[Entry]:
         try:
