@@ -171,3 +171,62 @@ def test_completion_lists_each_name_once() -> None:
     from pycontainer.cli._completion import bash_script
 
     assert "ps -a -o name 2>/dev/null | sort -u" in bash_script()
+
+
+# -- 3. a refused apply is not stored ---------------------------------------------------------
+def _apply(
+    manager: ManagerHost, owner: str, *specs: spec_pb2.ContainerSpec
+) -> E.ApplySpecsResponse:
+    return manager.stub.ApplySpecs(E.ApplySpecsRequest(specs=specs, owner=owner), timeout=60)
+
+
+def _applied(manager: ManagerHost) -> dict[str, spec_pb2.ContainerSpec]:
+    async def read() -> dict[str, spec_pb2.ContainerSpec]:
+        return {
+            a.name: spec_pb2.ContainerSpec.FromString(a.spec)
+            for a in manager.manager.store.list_applied_specs()
+        }
+
+    return manager.call(read)
+
+
+def test_a_refused_apply_leaves_the_applied_specs_as_they_were(small: ManagerHost) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        _apply(small, "hogs", _spec("hog", cpu=1_000_000))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "hog" not in _applied(small)
+    assert _all(small) == []
+
+    _apply(small, "hogs", _spec("hog", cpu=100))
+    [first] = _all(small)
+    wait_container(small.stub, first.identity.id, _running, "running")
+    # A replacement that cannot be admitted: the cpu-100 spec stays the desired one.
+    with pytest.raises(grpc.RpcError) as info:
+        _apply(small, "hogs", _spec("hog", cpu=1_000_000))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _applied(small)["hog"].resources.cpu_millis == 100
+    [still] = [c for c in _all(small) if c.state != S.LIFECYCLE_STATE_FAILED]
+    assert still.identity.id == first.identity.id
+
+
+# -- 4. a new owner adopts, it does not replace ------------------------------------------------
+def test_an_owner_change_alone_relabels_and_restarts_nothing(manager: ManagerHost) -> None:
+    spec = _spec("web", replicas=2)
+    _apply(manager, "demo-1e4b0635", spec)
+    ids = sorted(c.identity.id for c in _all(manager))
+    assert len(ids) == 2
+    for cid in ids:
+        wait_container(manager.stub, cid, _running, "running")
+
+    response = _apply(manager, "demo2-99aa", spec)
+    [change] = response.changes
+    assert change.action == E.APPLY_ACTION_UNCHANGED
+    assert "adopted 2 replicas from owner demo-1e4b0635 -> demo2-99aa" in change.detail
+    after = _all(manager)
+    assert sorted(c.identity.id for c in after) == ids
+    assert all(_running(c) for c in after)
+    assert {c.identity.labels["pycontainer.dev/owner"] for c in after} == {"demo2-99aa"}
+    # The new owner's selector finds them, and a second apply is plainly unchanged.
+    [again] = _apply(manager, "demo2-99aa", spec).changes
+    assert again.action == E.APPLY_ACTION_UNCHANGED
+    assert "adopted" not in again.detail
