@@ -230,3 +230,21 @@ def test_an_owner_change_alone_relabels_and_restarts_nothing(manager: ManagerHos
     [again] = _apply(manager, "demo2-99aa", spec).changes
     assert again.action == E.APPLY_ACTION_UNCHANGED
     assert "adopted" not in again.detail
+
+
+# -- 5. an eviction says what its restart policy does next -------------------------------------
+def test_an_eviction_says_the_restart_policy_brings_it_back(manager: ManagerHost) -> None:
+    always = _spec("ticker")
+    always.restart_policy = spec_pb2.RESTART_POLICY_ALWAYS
+    never = _spec("oneshot")
+    never.restart_policy = spec_pb2.RESTART_POLICY_NEVER
+    [ticker] = _run(manager, always)
+    [oneshot] = _run(manager, never)
+    evicted = manager.stub.EvictContainer(E.EvictContainerRequest(container="ticker"), timeout=30)
+    assert evicted.container.state == S.LIFECYCLE_STATE_STOPPED
+    assert evicted.container.reason == "evicted; restarting (restartPolicy Always)"
+    # ...and so it does.
+    wait_container(manager.stub, ticker, lambda c: c.restarts == 1 and _running(c), "restarted")
+    evicted = manager.stub.EvictContainer(E.EvictContainerRequest(container="oneshot"), timeout=30)
+    assert evicted.container.reason == "evicted"
+    assert oneshot in [c.identity.id for c in _all(manager)]

@@ -143,6 +143,14 @@ class Admission:
             self._checkpoints.keep(entry, result.checkpoint)
         entry.admitted = False
         entry.evicted = True
+        if entry.terminal:
+            # Kubernetes' controllers replace an evicted pod too: say it, so
+            # that RUNNING again a moment later is no surprise.
+            policy = entry.restart_policy_brings_back()
+            how = f" ({entry.reason})" if entry.reason.startswith("killed") else ""
+            then = f"; restarting (restartPolicy {policy})" if policy else ""
+            entry.reason = f"evicted{how}{then}"
+            self._registry.persist(entry)
         return entry
 
     def start_if_waiting(self, entry: Entry) -> None:

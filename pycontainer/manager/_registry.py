@@ -173,6 +173,22 @@ class Entry:
             start_time=self.start_time or self.create_time,
         )
 
+    def restart_policy_brings_back(self) -> str:
+        """The restart policy ("Always", "OnFailure") that will replace this
+        ended container, or "" when none will: Always, or OnFailure after a
+        failure or an eviction (not the container's choice). An operator's
+        stop or scale-down (not desired any more) is never undone."""
+        spec = self.spec
+        if spec is None or not self.desired:
+            return ""
+        policy = spec.restart_policy
+        failed = self.state == container_pb2.LIFECYCLE_STATE_FAILED or (self.exit_code or 0) != 0
+        if policy == spec_pb2.RESTART_POLICY_ALWAYS:
+            return "Always"
+        if policy == spec_pb2.RESTART_POLICY_ON_FAILURE and (failed or self.evicted):
+            return "OnFailure"
+        return ""
+
     def management_address(self) -> str:
         for endpoint in self.identity.endpoints:
             if endpoint.kind == container_pb2.ENDPOINT_KIND_MANAGEMENT:

@@ -318,18 +318,10 @@ class Supervisor:
             self.maybe_restart(entry)
 
     def maybe_restart(self, entry: Entry) -> None:
-        """Replace a container that ended, as its spec's restart policy says:
-        Always, or OnFailure after a failure or an eviction (not the
-        container's choice). An operator's stop or scale-down never restarts."""
+        """Replace a container that ended, as its spec's restart policy says
+        (Entry.restart_policy_brings_back)."""
         spec = entry.spec
-        if spec is None or not entry.desired or entry.id in self._restarting:
-            return
-        policy = spec.restart_policy
-        failed = entry.state == S.LIFECYCLE_STATE_FAILED or (entry.exit_code or 0) != 0
-        if not (
-            policy == spec_pb2.RESTART_POLICY_ALWAYS
-            or (policy == spec_pb2.RESTART_POLICY_ON_FAILURE and (failed or entry.evicted))
-        ):
+        if spec is None or entry.id in self._restarting or not entry.restart_policy_brings_back():
             return
         base = duration_from_proto(spec.restart_backoff).total_seconds() or 1.0
         delay = min(_MAX_BACKOFF, base * 2 ** min(entry.restarts, 16))
