@@ -248,3 +248,14 @@ def test_an_eviction_says_the_restart_policy_brings_it_back(manager: ManagerHost
     evicted = manager.stub.EvictContainer(E.EvictContainerRequest(container="oneshot"), timeout=30)
     assert evicted.container.reason == "evicted"
     assert oneshot in [c.identity.id for c in _all(manager)]
+
+
+# -- 6. states in the table's words ---------------------------------------------------------------
+def test_errors_name_states_as_the_tables_do(manager: ManagerHost) -> None:
+    [web] = _run(manager, _spec("web"))
+    with pytest.raises(grpc.RpcError) as info:
+        manager.stub.DeleteContainer(E.DeleteContainerRequest(container="web"), timeout=5)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = info.value.details() or ""
+    assert f"container {web} is RUNNING: stop it first" in details
+    assert "LIFECYCLE_STATE_" not in details

@@ -48,7 +48,7 @@ from ..v1 import (
 )
 from ._admission import Spawn
 from ._checkpoints import Checkpoints
-from ._registry import Entry, Registry
+from ._registry import Entry, Registry, state_word
 from ._runtime import Runtime
 from ._sessions import Sessions
 from ._specdiff import OWNER_LABEL, SPEC_HASH_LABEL, spec_differences, spec_hash
@@ -376,7 +376,7 @@ class Reconciler:
         )
         if entry.terminal:
             error = f": {entry.error}" if entry.error else ""
-            raise not_ready(f"ended {S.LifecycleState.Name(entry.state)}{error}")
+            raise not_ready(f"ended {state_word(entry.state)}{error}")
         if entry.state != S.LIFECYCLE_STATE_RUNNING:
             raise not_ready(f"is not RUNNING after {format_duration(limit)}")
         if entry.management_address() and not await _becomes_ready(self._dial(entry), deadline):

@@ -28,6 +28,17 @@ _log = logging.getLogger("pycontainer.manager")
 _TERMINAL = (container_pb2.LIFECYCLE_STATE_STOPPED, container_pb2.LIFECYCLE_STATE_FAILED)
 
 
+def state_word(state: int) -> str:
+    """A state as the manager's messages (and the CLI's tables) name it:
+    RUNNING, not LIFECYCLE_STATE_RUNNING; UNKNOWN for an unset or unknown one.
+    Events keep the enum's full names (machine output carries them as sent;
+    the CLI shortens them for people)."""
+    known = container_pb2.LifecycleState.DESCRIPTOR.values_by_number.get(state)
+    if known is None or state == container_pb2.LIFECYCLE_STATE_UNSPECIFIED:
+        return "UNKNOWN"
+    return known.name.removeprefix("LIFECYCLE_STATE_")
+
+
 def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
     return None if seconds is None else timestamp_to_proto(seconds)
 

@@ -19,7 +19,7 @@ from ..units import duration_field, duration_from_proto, format_duration
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._admission import Admission, Spawn
 from ._checkpoints import Checkpoints
-from ._registry import Entry, Registry
+from ._registry import Entry, Registry, state_word
 from ._runtime import Launch, Runtime
 from ._sessions import Sessions
 from ._settings import DEFAULT_START_TIMEOUT
@@ -411,7 +411,7 @@ class Supervisor:
             why = (
                 "it was not launched by this manager"
                 if not entry.launched
-                else f"its process has ended ({S.LifecycleState.Name(entry.state)})"
+                else f"its process has ended ({state_word(entry.state)})"
             )
             raise failed_precondition(f"cannot signal container {entry.id}: {why}")
         entry.kill_signal = signum
