@@ -61,15 +61,22 @@ class Admission:
         ]
 
     def _held(self) -> list[Claim]:
-        """What holds or awaits room: the admitted, and the launched replicas
-        not admitted yet (they want their room once they register)."""
+        """What holds or awaits room: the admitted, and the replicas this
+        manager launched (or is about to) that are not admitted yet: they want
+        their room once they register. A record an earlier manager left in
+        CREATED (sessions > 0, not launched here) holds none."""
         return [
             e.claim()
             for e in self._registry
             if not e.terminal
             and (
                 e.admitted
-                or (e.spec is not None and e.desired and e.state == S.LIFECYCLE_STATE_CREATED)
+                or (
+                    e.spec is not None
+                    and e.desired
+                    and e.state == S.LIFECYCLE_STATE_CREATED
+                    and (e.launched or e.sessions == 0)
+                )
             )
         ]
 
