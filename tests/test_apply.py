@@ -485,7 +485,7 @@ def test_a_replacement_that_never_runs_leaves_the_old_replica_running(
     assert run.code == 1
     [line] = run.err.splitlines()
     assert line.startswith("error: FAILED_PRECONDITION: steady: the new replica steady-")
-    assert "ended LIFECYCLE_STATE_FAILED: process exited with status 3" in line
+    assert "ended FAILED: process exited with status 3" in line
     assert line.endswith(
         "the replicas it was to replace keep running (apply again once it is fixed)"
     )

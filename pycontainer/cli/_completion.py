@@ -1,6 +1,7 @@
 """`pycontainer completion bash|zsh`: a completion script generated from the
 command line's grammar (verbs, their options, the choices of options), with
-container names completed from ``pycontainer ps -a -o name``. zsh runs the
+container names completed from ``pycontainer ps -a -o name`` (each once:
+re-runs leave several records of one name). zsh runs the
 bash script through bashcompinit."""
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def bash_script(parser: argparse.ArgumentParser | None = None) -> str:
         *) return ;;
     esac
     if [[ "$cur" != -* && "$names" == 1 ]]; then
-        COMPREPLY=($(compgen -W "$({prog} ps -a -o name 2>/dev/null)" -- "$cur"))
+        COMPREPLY=($(compgen -W "$({prog} ps -a -o name 2>/dev/null | sort -u)" -- "$cur"))
         return
     fi
     COMPREPLY=($(compgen -W "$opts" -- "$cur"))

@@ -330,7 +330,7 @@ def run_evict(args: argparse.Namespace, ctx: Context) -> int:
                 container=name, message=args.reason, grace_period=_grace_proto(args.grace)
             )
             c = client.evict_container(request, timeout=_grace_timeout(args.grace)).container
-            return f"{_label(c)}: {state_name(c.state)} (evicted)"
+            return f"{_label(c)}: {state_name(c.state)} ({c.reason or 'evicted'})"
 
         return _each(ctx, args.containers, evict, "evicting")
 

@@ -373,7 +373,9 @@ def _containers(subparsers: Subparsers) -> None:
         "_containers:run_rm",
         "remove the records of containers that have ended",
         "Remove the manager's records of stopped or failed containers (stop them "
-        "first); --purge also removes their retained logs and stored checkpoints.",
+        "first); --purge also removes their retained logs and stored checkpoints. A "
+        "name several ended records share removes the newest of them (as every verb "
+        "resolves a name: the live container, else the newest ended); give ids for others.",
     )
     _selection(rm, "remove", which="ended")
     rm.add_argument("--purge", action="store_true", help="also remove their logs and checkpoints")

@@ -141,8 +141,19 @@ def _event_line(event: manager_pb2.Event) -> str:
     return f"{local_time(event.time)}  {subject:<24} {event_message(event.message)}"
 
 
+def shown_in_view(manager: Manager) -> list[manager_pb2.Container]:
+    """The live view's rows: what lives, and what ended while this manager
+    ran (a finish time is noted only then); the records of earlier runs that
+    the store keeps stay out (`ps -a` lists them)."""
+    return [
+        e.to_proto()
+        for e in sorted(manager.entries.values(), key=lambda e: (e.name, e.create_time))
+        if not e.terminal or e.finish_time is not None
+    ]
+
+
 def _view(manager: Manager) -> Group:
-    containers = [e.to_proto() for e in sorted(manager.entries.values(), key=lambda e: e.name)]
+    containers = shown_in_view(manager)
     lines = [Text("recent events", style="bold")]
     for event in manager.events.history()[-_EVENTS_SHOWN:]:
         lines.append(Text(_event_line(event)))

@@ -11,7 +11,7 @@ admission needs."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -60,12 +60,43 @@ class Admission:
             e.claim() for e in self._registry if e.admitted and not e.terminal and e is not exclude
         ]
 
-    def refuse_unless_fits(self, entry: Entry, verb: str) -> None:
-        """RESOURCE_EXHAUSTED, before anything starts, for what would not fit."""
-        plan = plan_admission(self.capacity, self._claims(entry), entry.claim())
-        if not plan.admitted:
-            self._registry.event(E.EVENT_TYPE_REFUSED, entry, plan.reason)
-            raise resource_exhausted(f"cannot {verb} {entry.name!r}: {plan.reason}")
+    def _held(self) -> list[Claim]:
+        """What holds or awaits room: the admitted, and the replicas this
+        manager launched (or is about to) that are not admitted yet: they want
+        their room once they register. A record an earlier manager left in
+        CREATED (sessions > 0, not launched here) holds none."""
+        return [
+            e.claim()
+            for e in self._registry
+            if not e.terminal
+            and (
+                e.admitted
+                or (
+                    e.spec is not None
+                    and e.desired
+                    and e.state == S.LIFECYCLE_STATE_CREATED
+                    and (e.launched or e.sessions == 0)
+                )
+            )
+        ]
+
+    def refuse_unless_all_fit(self, entries: Sequence[Entry], verb: str) -> None:
+        """RESOURCE_EXHAUSTED, before any of them starts, unless every one of
+        ``entries`` (new replicas) would be admitted, each beside the others
+        and the evictions planned for those before it: all or nothing, so a
+        request too big launches none and evicts no one."""
+        held = self._held()
+        for index, entry in enumerate(entries):
+            plan = plan_admission(self.capacity, held, entry.claim())
+            if not plan.admitted:
+                which = f" (replica {index + 1} of {len(entries)})" if len(entries) > 1 else ""
+                self._registry.event(E.EVENT_TYPE_REFUSED, entry, plan.reason)
+                raise resource_exhausted(
+                    f"cannot {verb} {entry.name!r}{which}: {plan.reason}"
+                    + ("; none was launched" if len(entries) > 1 else "")
+                )
+            victims = {victim.id for victim in plan.victims}
+            held = [claim for claim in held if claim.id not in victims] + [entry.claim()]
 
     async def admit(self, entry: Entry) -> bool:
         """Make room for ``entry`` (evicting lower priorities) or refuse. False
@@ -119,6 +150,14 @@ class Admission:
             self._checkpoints.keep(entry, result.checkpoint)
         entry.admitted = False
         entry.evicted = True
+        if entry.terminal:
+            # Kubernetes' controllers replace an evicted pod too: say it, so
+            # that RUNNING again a moment later is no surprise.
+            policy = entry.restart_policy_brings_back()
+            how = f" ({entry.reason})" if entry.reason.startswith("killed") else ""
+            then = f"; restarting (restartPolicy {policy})" if policy else ""
+            entry.reason = f"evicted{how}{then}"
+            self._registry.persist(entry)
         return entry
 
     def start_if_waiting(self, entry: Entry) -> None:

@@ -17,7 +17,11 @@ policy (apply is not a loop that fights it).
 
 Containers carry two labels apply sets: ``pycontainer.dev/owner`` (who applied
 the spec; what prune looks at) and ``pycontainer.dev/spec-hash`` (the hash of
-the spec without replicas: what "changed" means, in _specdiff).
+the spec without replicas and owner: what "changed" means, in _specdiff). A
+spec applied again under another owner (the file copied elsewhere) changes no
+container: the new owner adopts them (relabels them) and the change says so.
+An applied spec is kept only while its apply goes on and once it succeeded: a
+refused one leaves the store as it was.
 """
 
 from __future__ import annotations
@@ -44,10 +48,10 @@ from ..v1 import (
 )
 from ._admission import Spawn
 from ._checkpoints import Checkpoints
-from ._registry import Entry, Registry
+from ._registry import Entry, Registry, state_word
 from ._runtime import Runtime
 from ._sessions import Sessions
-from ._specdiff import SPEC_HASH_LABEL, spec_differences, spec_hash
+from ._specdiff import OWNER_LABEL, SPEC_HASH_LABEL, spec_differences, spec_hash
 from ._stopping import Stopper
 from ._store import AppliedSpec, StateStore
 from ._supervision import Supervisor
@@ -59,7 +63,6 @@ _log = logging.getLogger("pycontainer.manager")
 E = manager_pb2
 S = container_pb2
 
-OWNER_LABEL = "pycontainer.dev/owner"
 DEFAULT_OWNER = "default"
 # How long a new replica has to become ready when its spec sets no start timeout.
 DEFAULT_READY_TIMEOUT = timedelta(seconds=60)
@@ -95,6 +98,8 @@ class _Plan:
     outdated: list[Entry] = field(default_factory=list)
     # A prune of a name this owner applied: its applied spec goes too.
     forget: bool = False
+    # Replicas running the desired spec under another owner: relabelled.
+    adopt: list[Entry] = field(default_factory=list)
 
     def change(self) -> manager_pb2.ApplyChange:
         return manager_pb2.ApplyChange(name=self.name, action=self.action, detail=self.detail)
@@ -185,6 +190,7 @@ class Reconciler:
         async with self._lock:
             plans = self._plans(desired, owner, prune)
             now = time.time()
+            before = {a.name: a for a in self._store.list_applied_specs()}
             for spec in desired:
                 # Kept before acting: a manager that dies half-way through
                 # carries on from here when it starts again.
@@ -197,10 +203,27 @@ class Reconciler:
                         applied_time=now,
                     )
                 )
-            for plan in plans:
+            for index, plan in enumerate(plans):
                 _log.info("apply %s: %s %s", plan.name, _ACTION_WORDS[plan.action], plan.detail)
-                await self._execute(plan)
+                try:
+                    await self._execute(plan)
+                except BaseException:
+                    # Refused or failed: what was not applied is not the
+                    # desired state (a restarted manager must not retry it).
+                    self._restore_applied(plans[index:], before)
+                    raise
             return self._response(plans)
+
+    def _restore_applied(self, plans: list[_Plan], before: Mapping[str, AppliedSpec]) -> None:
+        """The applied specs of ``plans``' names as they were before this apply."""
+        for plan in plans:
+            if plan.desired is None:
+                continue  # a prune not done: its applied spec was left alone
+            previous = before.get(plan.name)
+            if previous is None:
+                self._store.delete_applied_spec(plan.name)
+            else:
+                self._store.put_applied_spec(previous)
 
     def _desired(
         self, index: int, spec: spec_pb2.ContainerSpec, owner: str
@@ -260,6 +283,14 @@ class Reconciler:
         elif len(current) != wanted:
             plan.action = E.APPLY_ACTION_SCALED
             plan.detail = f"replicas {len(current)} -> {wanted}"
+        owner = desired.labels[OWNER_LABEL]
+        plan.adopt = [e for e in current if e.identity.labels.get(OWNER_LABEL) != owner]
+        if plan.adopt:
+            before = sorted({e.identity.labels.get(OWNER_LABEL) or "(none)" for e in plan.adopt})
+            plan.detail += (
+                f"; adopted {_replicas(len(plan.adopt))} from owner {', '.join(before)} "
+                f"-> {owner} (relabelled, not restarted)"
+            )
         return plan
 
     def _prunes(self, owner: str, listed: set[str]) -> list[_Plan]:
@@ -288,6 +319,8 @@ class Reconciler:
         if plan.action == E.APPLY_ACTION_CREATED:
             await self._supervisor.run(plan.desired)
             return
+        for entry in plan.adopt:
+            self._relabel(entry, plan.desired.labels[OWNER_LABEL])
         current = list(plan.current)
         for old in plan.outdated:
             if len(current) < plan.replicas:
@@ -297,6 +330,13 @@ class Reconciler:
             await self._supervisor.run(plan.desired, plan.replicas - len(current))
         for extra in reversed(current[plan.replicas :]):  # the youngest go first
             await self._retire(extra, "scaled down by apply", S.STOP_REASON_SCALED_DOWN)
+
+    def _relabel(self, entry: Entry, owner: str) -> None:
+        """A replica of the same spec under a new owner: its books say so."""
+        entry.identity.labels[OWNER_LABEL] = owner
+        if entry.spec is not None:
+            entry.spec.labels[OWNER_LABEL] = owner
+        self._registry.persist(entry)
 
     async def _surge(self, desired: spec_pb2.ContainerSpec, old: Entry) -> Entry:
         """One new replica of ``desired``, ready, in place of ``old`` (which
@@ -336,7 +376,7 @@ class Reconciler:
         )
         if entry.terminal:
             error = f": {entry.error}" if entry.error else ""
-            raise not_ready(f"ended {S.LifecycleState.Name(entry.state)}{error}")
+            raise not_ready(f"ended {state_word(entry.state)}{error}")
         if entry.state != S.LIFECYCLE_STATE_RUNNING:
             raise not_ready(f"is not RUNNING after {format_duration(limit)}")
         if entry.management_address() and not await _becomes_ready(self._dial(entry), deadline):

@@ -29,7 +29,7 @@ from ._checkpoints import Checkpoints
 from ._events import EventBus
 from ._exclusive import StartRefused, StateLock, bind
 from ._logstore import LogStore
-from ._registry import Entry, Registry
+from ._registry import Entry, Registry, state_word
 from ._runtime import ProcessRuntime, Runtime
 from ._scheduler import machine_capacity
 from ._sessions import Sessions
@@ -331,7 +331,7 @@ class Manager:
         unlisted, until it ends."""
         entry = self.resolve(name_or_id)
         if not entry.terminal or self.stopper.process_of(entry) is not None:
-            state = S.LifecycleState.Name(entry.state)
+            state = state_word(entry.state)
             raise failed_precondition(
                 f"container {entry.id} is {state}"
                 + (" and its process still runs" if entry.terminal else "")

@@ -28,6 +28,17 @@ _log = logging.getLogger("pycontainer.manager")
 _TERMINAL = (container_pb2.LIFECYCLE_STATE_STOPPED, container_pb2.LIFECYCLE_STATE_FAILED)
 
 
+def state_word(state: int) -> str:
+    """A state as the manager's messages (and the CLI's tables) name it:
+    RUNNING, not LIFECYCLE_STATE_RUNNING; UNKNOWN for an unset or unknown one.
+    Events keep the enum's full names (machine output carries them as sent;
+    the CLI shortens them for people)."""
+    known = container_pb2.LifecycleState.DESCRIPTOR.values_by_number.get(state)
+    if known is None or state == container_pb2.LIFECYCLE_STATE_UNSPECIFIED:
+        return "UNKNOWN"
+    return known.name.removeprefix("LIFECYCLE_STATE_")
+
+
 def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
     return None if seconds is None else timestamp_to_proto(seconds)
 
@@ -173,6 +184,22 @@ class Entry:
             start_time=self.start_time or self.create_time,
         )
 
+    def restart_policy_brings_back(self) -> str:
+        """The restart policy ("Always", "OnFailure") that will replace this
+        ended container, or "" when none will: Always, or OnFailure after a
+        failure or an eviction (not the container's choice). An operator's
+        stop or scale-down (not desired any more) is never undone."""
+        spec = self.spec
+        if spec is None or not self.desired:
+            return ""
+        policy = spec.restart_policy
+        failed = self.state == container_pb2.LIFECYCLE_STATE_FAILED or (self.exit_code or 0) != 0
+        if policy == spec_pb2.RESTART_POLICY_ALWAYS:
+            return "Always"
+        if policy == spec_pb2.RESTART_POLICY_ON_FAILURE and (failed or self.evicted):
+            return "OnFailure"
+        return ""
+
     def management_address(self) -> str:
         for endpoint in self.identity.endpoints:
             if endpoint.kind == container_pb2.ENDPOINT_KIND_MANAGEMENT:
@@ -266,6 +293,12 @@ class Entry:
                 container_pb2.LIFECYCLE_STATE_STARTING,
             ),
         )
+
+
+def _ended_order(entry: Entry) -> tuple[float, float]:
+    """Newest ended last: its finish time (a record from an earlier manager
+    has none: its last start or creation stands in), then its creation."""
+    return (entry.finish_time or entry.start_time or entry.create_time, entry.create_time)
 
 
 def _within_bounds(record: ContainerRecord) -> bool:
@@ -403,22 +436,27 @@ class Registry:
         return iter(list(self.entries.values()))
 
     def resolve(self, name_or_id: str) -> Entry:
-        """A container by id, or by a name only one live container has."""
+        """A container by id, or by name: the one live (not ended) container
+        of that name; when none lives, the newest of those that ended (latest
+        finish, else creation). Ambiguous only when several live containers
+        share the name. The one rule every verb that takes a name follows."""
         if not name_or_id:
             raise invalid_argument("container", "give a container id or name")
         if name_or_id in self.entries:
             return self.entries[name_or_id]
         named = [e for e in self.entries.values() if e.name == name_or_id]
-        live = [e for e in named if not e.terminal] or named
-        if not live:
+        if not named:
             raise not_found("container", f"no container with id or name {echo(name_or_id)}")
+        live = [e for e in named if not e.terminal]
         if len(live) > 1:
             ids = ", ".join(sorted(e.id for e in live))
             raise invalid_argument(
                 "container",
-                f"name {echo(name_or_id)} matches {len(live)} containers ({ids}): use an id",
+                f"name {echo(name_or_id)} matches {len(live)} live containers ({ids}): use an id",
             )
-        return live[0]
+        if live:
+            return live[0]
+        return max(named, key=_ended_order)
 
     def select(self, selector: str, states: Iterable[int]) -> list[Entry]:
         try:

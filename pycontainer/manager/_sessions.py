@@ -27,7 +27,7 @@ from .._errors import (
 )
 from ..units import duration_from_proto, duration_to_proto, format_duration, timestamp_to_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
-from ._registry import Entry, PendingCommand, Registry, Session
+from ._registry import Entry, PendingCommand, Registry, Session, state_word
 from ._scheduler import Resources, total
 from ._settings import ManagerSettings
 from ._validation import check_registration
@@ -179,7 +179,7 @@ class Sessions:
         if not claim.fits_in(free):
             short = claim.shortfall(free)
             raise resource_exhausted(
-                f"container {entry.id} registered as {S.LifecycleState.Name(state)}"  # type: ignore[arg-type]
+                f"container {entry.id} registered as {state_word(state)}"
                 f" but its resources do not fit: short by {short.cpu_millis}m cpu and "
                 f"{short.memory_bytes} bytes of memory (capacity is ManagerSettings.capacity)"
             )
@@ -362,7 +362,7 @@ class Sessions:
             raise RequestError(
                 grpc.StatusCode.UNAVAILABLE,
                 f"container {entry.id} is not connected to the manager (state "
-                f"{S.LifecycleState.Name(entry.state)}); retry when it reconnects",
+                f"{state_word(entry.state)}); retry when it reconnects",
             )
         timeout = limit or self._settings.command_timeout.total_seconds()
         carrier: dict[str, str] = {}

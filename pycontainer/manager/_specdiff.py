@@ -1,6 +1,6 @@
 """What "the spec changed" means for apply, and how a change reads: specs
 compared without replicas (scaling is not a change) and without what the
-manager adds (the hash label; the default runtime spelled out), hashed for the
+manager adds (the hash and owner labels; the default runtime spelled out), hashed for the
 ``pycontainer.dev/spec-hash`` label, and their differences listed in the spec
 file's camelCase keys."""
 
@@ -15,19 +15,23 @@ from google.protobuf.message import Message
 from ..units import duration_from_proto, format_duration
 from ..v1 import spec_pb2
 
-__all__ = ["SPEC_HASH_LABEL", "spec_differences", "spec_hash"]
+__all__ = ["OWNER_LABEL", "SPEC_HASH_LABEL", "spec_differences", "spec_hash"]
 
 SPEC_HASH_LABEL = "pycontainer.dev/spec-hash"
+# Who applied the spec: bookkeeping (what prune looks at), not what runs; a
+# new owner adopts the containers, it does not replace them.
+OWNER_LABEL = "pycontainer.dev/owner"
 
 
 def _comparable(spec: spec_pb2.ContainerSpec) -> spec_pb2.ContainerSpec:
     """The spec as "changed" sees it: without replicas (scaling is not a
-    change), without the hash label the manager adds, and with the default
-    runtime spelled out."""
+    change), without the labels apply keeps its books in (spec hash, owner),
+    and with the default runtime spelled out."""
     out = spec_pb2.ContainerSpec()
     out.CopyFrom(spec)
     out.ClearField("replicas")
     out.labels.pop(SPEC_HASH_LABEL, None)
+    out.labels.pop(OWNER_LABEL, None)
     if out.runtime == spec_pb2.RUNTIME_KIND_UNSPECIFIED:
         out.runtime = spec_pb2.RUNTIME_KIND_PROCESS
     return out

@@ -34,7 +34,7 @@ from google.protobuf.message import Message
 from .._errors import RequestError
 from ..units import DEFAULT_GRACE_PERIOD, duration_from_proto, duration_to_proto, format_duration
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2
-from ._registry import Entry, Registry, StopInProgress
+from ._registry import Entry, Registry, StopInProgress, state_word
 from ._runtime import Runtime
 from ._sessions import Sessions
 from ._settings import ManagerSettings
@@ -149,7 +149,7 @@ class Stopper:
             raise RequestError(
                 grpc.StatusCode.UNAVAILABLE,
                 f"container {entry.id} is not connected to the manager (state "
-                f"{S.LifecycleState.Name(entry.state)}) and has no process this manager "
+                f"{state_word(entry.state)}) and has no process this manager "
                 "launched; retry when it reconnects",
             )
         stop = entry.stop = StopInProgress(grace)

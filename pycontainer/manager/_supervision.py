@@ -12,17 +12,19 @@ import signal
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
-from .._errors import RequestError, failed_precondition, invalid_argument
+from .. import limits
+from .._errors import RequestError, failed_precondition, invalid_argument, resource_exhausted
 from ..spec import MAX_GRACE_PERIOD, MAX_START_TIMEOUT, MIN_START_TIMEOUT
 from ..units import duration_field, duration_from_proto, format_duration
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._admission import Admission, Spawn
 from ._checkpoints import Checkpoints
-from ._registry import Entry, Registry
+from ._registry import Entry, Registry, state_word
 from ._runtime import Launch, Runtime
 from ._sessions import Sessions
 from ._settings import DEFAULT_START_TIMEOUT
 from ._stopping import Stopper, killed_reason
+from ._validation import check_replicas
 
 E = manager_pb2
 S = container_pb2
@@ -114,8 +116,7 @@ class Supervisor:
         ``count`` of them instead of the spec's number (apply's steps)."""
         if not spec.name:
             raise invalid_argument("spec.name", "a container needs a name")
-        if spec.replicas < 0:
-            raise invalid_argument("spec.replicas", f"must be 0 or more, got {spec.replicas}")
+        check_replicas(spec.replicas, "spec.replicas")
         _check_durations(spec)
         runtime = self._runtimes.get(spec.runtime)
         if runtime is None:
@@ -126,11 +127,11 @@ class Supervisor:
         if spec.checkpoint_policy == spec_pb2.CHECKPOINT_POLICY_ON_STOP:
             restore = self._checkpoints.latest(spec.name)
         count = (spec.replicas or 1) if count is None else count
-        return [await self._launch(spec, runtime, restore) for _ in range(count)]
+        return await self._launch_all([self._new_entry(spec, restore) for _ in range(count)], "run")
 
-    async def _launch(
-        self, spec: spec_pb2.ContainerSpec, runtime: Runtime, restore: bytes | None
-    ) -> Entry:
+    @staticmethod
+    def _new_entry(spec: spec_pb2.ContainerSpec, restore: bytes | None) -> Entry:
+        """The record of a replica about to launch (not registered yet)."""
         container_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         identity = container_pb2.ContainerIdentity(
             id=container_id,
@@ -143,8 +144,35 @@ class Supervisor:
             identity.grace_period.CopyFrom(spec.grace_period)
         entry = Entry(id=container_id, name=spec.name, identity=identity, spec=spec)
         entry.restore_state = restore
-        self._admission.refuse_unless_fits(entry, "run")
-        self._registry.add(entry)
+        return entry
+
+    async def _launch_all(self, entries: list[Entry], verb: str) -> list[Entry]:
+        """Launch new replicas, all or none: admission is planned for all of
+        them (and they are recorded, holding their room) before any starts."""
+        self._admission.refuse_unless_all_fit(entries, verb)
+        for entry in entries:
+            self._registry.make_room_for(entry.id)
+        if len(self._registry.entries) + len(entries) > limits.MAX_CONTAINERS:
+            raise resource_exhausted(
+                f"cannot {verb} {len(entries)} more containers: the manager keeps "
+                f"{len(self._registry.entries)}, its limit is "
+                f"pycontainer.limits.MAX_CONTAINERS = {limits.MAX_CONTAINERS}"
+            )
+        for entry in entries:
+            self._registry.add(entry)
+        for index, entry in enumerate(entries):
+            try:
+                await self._launch(entry)
+            except BaseException:
+                for unlaunched in entries[index + 1 :]:
+                    self._registry.delete(unlaunched)
+                raise
+        return entries
+
+    async def _launch(self, entry: Entry) -> None:
+        assert entry.spec is not None
+        spec = entry.spec
+        runtime = self._runtimes[spec.runtime]
         try:
             await self._start_process(entry, runtime)
         except (OSError, ValueError) as exc:
@@ -154,7 +182,6 @@ class Supervisor:
             self._registry.persist(entry)
             raise failed_precondition(f"cannot launch {spec.name!r}: {exc}") from exc
         self._registry.event(E.EVENT_TYPE_LAUNCHED, entry, f"launched (pid {entry.pid})")
-        return entry
 
     async def _start_process(self, entry: Entry, runtime: Runtime) -> None:
         """Launch the entry's spec and watch that it registers in time."""
@@ -199,8 +226,7 @@ class Supervisor:
             self._registry.persist(entry)
 
     async def scale(self, name_or_id: str, replicas: int) -> list[Entry]:
-        if replicas < 0:
-            raise invalid_argument("replicas", f"must be 0 or more, got {replicas}")
+        check_replicas(replicas, "replicas")
         try:
             entry = self._registry.resolve(name_or_id)
         except RequestError:
@@ -216,13 +242,15 @@ class Supervisor:
                     f"{entry.name!r} was not launched by this manager: it has no spec to scale"
                 )
             count = replicas - len(group)
+            new = [self._new_entry(entry.spec, None) for _ in range(count)]
+            # Refused before the replicate command: a scale too big changes nothing.
+            self._admission.refuse_unless_all_fit(new, "scale")
             result = await self._sessions.command(
                 entry, "replicate", lifecycle_pb2.ReplicateCommand(count=count)
             )
-            runtime = self._runtimes[entry.spec.runtime]
-            seed = result.seed_state or None
-            for _ in range(count):
-                await self._launch(entry.spec, runtime, seed)
+            for replica in new:
+                replica.restore_state = result.seed_state or None
+            await self._launch_all(new, "scale")
         else:
             for extra in reversed(group[replicas:]):  # the youngest go first
                 await self._stopper.stop(extra, None, "scaled down", S.STOP_REASON_SCALED_DOWN)
@@ -290,18 +318,10 @@ class Supervisor:
             self.maybe_restart(entry)
 
     def maybe_restart(self, entry: Entry) -> None:
-        """Replace a container that ended, as its spec's restart policy says:
-        Always, or OnFailure after a failure or an eviction (not the
-        container's choice). An operator's stop or scale-down never restarts."""
+        """Replace a container that ended, as its spec's restart policy says
+        (Entry.restart_policy_brings_back)."""
         spec = entry.spec
-        if spec is None or not entry.desired or entry.id in self._restarting:
-            return
-        policy = spec.restart_policy
-        failed = entry.state == S.LIFECYCLE_STATE_FAILED or (entry.exit_code or 0) != 0
-        if not (
-            policy == spec_pb2.RESTART_POLICY_ALWAYS
-            or (policy == spec_pb2.RESTART_POLICY_ON_FAILURE and (failed or entry.evicted))
-        ):
+        if spec is None or entry.id in self._restarting or not entry.restart_policy_brings_back():
             return
         base = duration_from_proto(spec.restart_backoff).total_seconds() or 1.0
         delay = min(_MAX_BACKOFF, base * 2 ** min(entry.restarts, 16))
@@ -391,7 +411,7 @@ class Supervisor:
             why = (
                 "it was not launched by this manager"
                 if not entry.launched
-                else f"its process has ended ({S.LifecycleState.Name(entry.state)})"
+                else f"its process has ended ({state_word(entry.state)})"
             )
             raise failed_precondition(f"cannot signal container {entry.id}: {why}")
         entry.kill_signal = signum
