@@ -516,3 +516,21 @@ def test_a_container_without_a_certificate_is_told_the_manager_serves_mutual_tls
         assert "--insecure" in hint
     finally:
         app.close()
+
+
+def test_every_mutating_call_is_an_audit_event_naming_its_caller(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    # Refused or not, a change asked for is on the record with who asked.
+    with pytest.raises(CallError):
+        secure.client.pause_container(manager_pb2.PauseContainerRequest(container="no-such"))
+    with pytest.raises(CallError):
+        secure.client.stop_container(manager_pb2.StopContainerRequest(container="no-such"))
+    secure.client.list_containers()  # a read is not audited
+    audited = [
+        e for e in secure.manager.events.history() if e.type == manager_pb2.EVENT_TYPE_REQUESTED
+    ]
+    assert [e.message.split(" ", 1)[0] for e in audited] == ["PauseContainer", "StopContainer"]
+    admin = str(user("admin"))
+    assert {e.actor for e in audited} == {admin}
+    assert all(e.container_name == "no-such" and admin in e.message for e in audited)

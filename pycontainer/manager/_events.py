@@ -32,6 +32,7 @@ class EventBus:
         *,
         state: container_pb2.LifecycleState.ValueType = container_pb2.LIFECYCLE_STATE_UNSPECIFIED,
         command_id: str = "",
+        actor: str = "",
     ) -> manager_pb2.Event:
         """Record an event and hand it to every watcher (call on the loop)."""
         self._sequence += 1
@@ -45,6 +46,7 @@ class EventBus:
             message=message,
             state=state,
             command_id=command_id,
+            actor=actor,
         )
         self._history.append(event)
         for queue in self._subscribers:

@@ -28,11 +28,12 @@ from grpc_health.v1 import health_pb2
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from .. import _reflection
-from .._errors import RequestError, abort, invalid_argument
+from .._errors import RequestError, abort, echo, invalid_argument
 from ..agent._health import LIVENESS, OVERALL, READINESS, AioHealthServicer, health_handlers
 from ..agent._observe import AioServerInterceptor, Observer
 from ..agent._serve import EXCLUSIVE_PORT
 from ..limits import MAX_LIFECYCLE_MESSAGE_BYTES
+from ..security import peer_identity
 from ..spec import MAX_GRACE_PERIOD
 from ..units import duration_field, format_duration
 from ..v1 import (
@@ -124,6 +125,16 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
         self._m = manager
         self._logs = LogStreams(manager, manager.logs)
 
+    def _audit(self, context: Context, verb: str, target: str, detail: str = "") -> None:
+        """The audit trail: every mutating call is an event naming its caller
+        (the peer's certificate identity), before the manager acts on it."""
+        identity = peer_identity(context)
+        actor = identity.uri if identity is not None else f"anonymous (insecure) {context.peer()}"
+        words = f"{verb} {echo(target)}" + (f" ({detail})" if detail else "")
+        self._m.events.publish(
+            manager_pb2.EVENT_TYPE_REQUESTED, "", target, f"{words} by {actor}", actor=actor
+        )
+
     async def ListContainers(
         self, request: manager_pb2.ListContainersRequest, context: Context
     ) -> manager_pb2.ListContainersResponse:
@@ -152,6 +163,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def RunContainer(
         self, request: manager_pb2.RunContainerRequest, context: Context
     ) -> manager_pb2.RunContainerResponse:
+        self._audit(context, "RunContainer", request.spec.name)
         check_spec(request.spec, "spec")
         entries = await self._m.run(request.spec)
         return manager_pb2.RunContainerResponse(containers=[e.to_proto() for e in entries])
@@ -159,6 +171,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def StopContainer(
         self, request: manager_pb2.StopContainerRequest, context: Context
     ) -> manager_pb2.StopContainerResponse:
+        self._audit(context, "StopContainer", request.container)
         stopped = await self._m.stop_container(request.container, _grace(request), request.message)
         return manager_pb2.StopContainerResponse(
             container=stopped.entry.to_proto(), killed=stopped.killed
@@ -167,29 +180,34 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def PauseContainer(
         self, request: manager_pb2.PauseContainerRequest, context: Context
     ) -> manager_pb2.PauseContainerResponse:
+        self._audit(context, "PauseContainer", request.container)
         entry = await self._m.simple(request.container, "pause")
         return manager_pb2.PauseContainerResponse(container=entry.to_proto())
 
     async def ResumeContainer(
         self, request: manager_pb2.ResumeContainerRequest, context: Context
     ) -> manager_pb2.ResumeContainerResponse:
+        self._audit(context, "ResumeContainer", request.container)
         entry = await self._m.simple(request.container, "resume")
         return manager_pb2.ResumeContainerResponse(container=entry.to_proto())
 
     async def CheckpointContainer(
         self, request: manager_pb2.CheckpointContainerRequest, context: Context
     ) -> manager_pb2.CheckpointContainerResponse:
+        self._audit(context, "CheckpointContainer", request.container)
         return await self._m.checkpoint(request.container)
 
     async def RestoreContainer(
         self, request: manager_pb2.RestoreContainerRequest, context: Context
     ) -> manager_pb2.RestoreContainerResponse:
+        self._audit(context, "RestoreContainer", request.container)
         entry = await self._m.restore(request.container, request.checkpoint_id)
         return manager_pb2.RestoreContainerResponse(container=entry.to_proto())
 
     async def EvictContainer(
         self, request: manager_pb2.EvictContainerRequest, context: Context
     ) -> manager_pb2.EvictContainerResponse:
+        self._audit(context, "EvictContainer", request.container)
         entry = self._m.resolve(request.container)
         await self._m.evict(entry, _grace(request), request.message or "evicted by an operator")
         return manager_pb2.EvictContainerResponse(container=entry.to_proto())
@@ -197,6 +215,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def ScaleContainer(
         self, request: manager_pb2.ScaleContainerRequest, context: Context
     ) -> manager_pb2.ScaleContainerResponse:
+        self._audit(context, "ScaleContainer", request.container)
         check_replicas(request.replicas, "replicas")
         entries = await self._m.scale(request.container, request.replicas)
         return manager_pb2.ScaleContainerResponse(containers=[e.to_proto() for e in entries])
@@ -238,6 +257,9 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def ApplySpecs(
         self, request: manager_pb2.ApplySpecsRequest, context: Context
     ) -> manager_pb2.ApplySpecsResponse:
+        if not request.dry_run:
+            names = ", ".join(spec.name for spec in request.specs)
+            self._audit(context, "ApplySpecs", names, f"owner {request.owner or 'default'}")
         for index, spec in enumerate(request.specs):
             check_spec(spec, f"specs[{index}]")
         return await self._m.apply(request)
@@ -250,18 +272,21 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def RestartContainer(
         self, request: manager_pb2.RestartContainerRequest, context: Context
     ) -> manager_pb2.RestartContainerResponse:
+        self._audit(context, "RestartContainer", request.container)
         entry = await self._m.restart_container(request.container, _grace(request))
         return manager_pb2.RestartContainerResponse(container=entry.to_proto())
 
     async def KillContainer(
         self, request: manager_pb2.KillContainerRequest, context: Context
     ) -> manager_pb2.KillContainerResponse:
+        self._audit(context, "KillContainer", request.container)
         entry = await self._m.kill_container(request.container, request.signal)
         return manager_pb2.KillContainerResponse(container=entry.to_proto())
 
     async def DeleteContainer(
         self, request: manager_pb2.DeleteContainerRequest, context: Context
     ) -> manager_pb2.DeleteContainerResponse:
+        self._audit(context, "DeleteContainer", request.container)
         entry = await self._m.delete_container(request.container, purge=request.purge)
         return manager_pb2.DeleteContainerResponse(container=entry.to_proto())
 

@@ -55,6 +55,10 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """A checkpoint was stored."""
     EVENT_TYPE_REFUSED: _EventType.ValueType  # 11
     """A request was refused (no capacity, forbidden transition)."""
+    EVENT_TYPE_REQUESTED: _EventType.ValueType  # 12
+    """An operator asked for a change (the audit trail): who, what, of which
+    container; every mutating Manager call is one.
+    """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """What an event is about."""
@@ -83,6 +87,10 @@ EVENT_TYPE_CHECKPOINTED: EventType.ValueType  # 10
 """A checkpoint was stored."""
 EVENT_TYPE_REFUSED: EventType.ValueType  # 11
 """A request was refused (no capacity, forbidden transition)."""
+EVENT_TYPE_REQUESTED: EventType.ValueType  # 12
+"""An operator asked for a change (the audit trail): who, what, of which
+container; every mutating Manager call is one.
+"""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 class _ApplyAction:
@@ -326,6 +334,7 @@ class Event(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     COMMAND_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Increasing number of the event in this manager."""
     type: Global___EventType.ValueType
@@ -340,6 +349,10 @@ class Event(_message.Message):
     """State after the event, when it concerns state."""
     command_id: _builtins.str
     """The command concerned, if any."""
+    actor: _builtins.str
+    """Who asked, for EVENT_TYPE_REQUESTED: the caller's SPIFFE identity, or
+    "anonymous (insecure) PEER" on a manager run with --insecure.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
@@ -355,10 +368,11 @@ class Event(_message.Message):
         message: _builtins.str = ...,
         state: _container_pb2.LifecycleState.ValueType = ...,
         command_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "container_id", b"container_id", "container_name", b"container_name", "message", b"message", "sequence", b"sequence", "state", b"state", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "command_id", b"command_id", "container_id", b"container_id", "container_name", b"container_name", "message", b"message", "sequence", b"sequence", "state", b"state", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
