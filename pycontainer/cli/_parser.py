@@ -133,6 +133,7 @@ def _selection(parser: argparse.ArgumentParser, what: str, which: str = "live") 
         "-l",
         "--selector",
         default="",
+        type=_args.selector,
         metavar="SELECTOR",
         help=f"{what} every {which} container matching this label selector (such as app=web)",
     )
@@ -278,6 +279,7 @@ def _containers(subparsers: Subparsers) -> None:
         "-l",
         "--selector",
         default="",
+        type=_args.selector,
         metavar="SELECTOR",
         help="label selector, such as app=web,tier!=db (Kubernetes syntax)",
     )
@@ -459,6 +461,7 @@ def _logs(subparsers: Subparsers) -> None:
         "-l",
         "--selector",
         default="",
+        type=_args.selector,
         metavar="SELECTOR",
         help="every container matching this label selector (such as app=web) that has "
         f"logs; the last {_args.SELECTOR_TAIL} entries of each unless --tail says",
@@ -523,7 +526,12 @@ def _top(subparsers: Subparsers) -> None:
     )
     parser.add_argument("containers", nargs="*", metavar="ID", help="only these (ids or names)")
     parser.add_argument(
-        "-l", "--selector", default="", metavar="SELECTOR", help="only containers matching"
+        "-l",
+        "--selector",
+        default="",
+        type=_args.selector,
+        metavar="SELECTOR",
+        help="only containers matching",
     )
     parser.add_argument(
         "--interval",
