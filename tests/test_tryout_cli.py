@@ -115,3 +115,49 @@ def test_ps_and_stop_refuse_a_bad_selector_and_stop_nothing(
     assert (run.code, run.out.split()) == (0, ["demo"])
     run = cli(manager, "ps", "-o", "name", "-l", "app notin (demo)")
     assert (run.code, run.out.split()) == (0, [])
+
+
+# -- 3. a negative duration after its option is read as its value --------------------------
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("stop", "--grace", "-1s", "sync-worker"),
+        ("stop", "--grace=-1s", "sync-worker"),
+        ("restart", "--grace", "-2m", "x"),
+        ("top", "--interval", "-5ms"),
+        ("logs", "x", "--since", "-1h"),
+    ],
+)
+def test_a_negative_duration_is_called_negative(argv: tuple[str, ...]) -> None:
+    run = cli(None, *argv)
+    assert run.code == 1
+    value = next(a for a in argv if a.lstrip("-")[:1].isdigit() or "=-" in a).split("=")[-1]
+    assert f"'{value}' is negative: a duration must be 0 or more" in run.err
+    assert "expected one argument" not in run.err
+
+
+def test_a_value_after_double_dash_is_left_alone() -> None:
+    from pycontainer.cli import _join_negative_durations
+
+    argv = ["stop", "--grace", "-1s", "--", "--grace", "-1s"]
+    assert _join_negative_durations(argv, {"--grace"}) == [
+        "stop",
+        "--grace=-1s",
+        "--",
+        "--grace",
+        "-1s",
+    ]
+
+
+# -- 4. --version, and bare `pycontainer` -----------------------------------------------------
+def test_version_needs_no_manager_and_bare_command_lists_the_verbs() -> None:
+    import pycontainer
+
+    run = cli(None, "--version")
+    assert (run.code, run.out) == (0, f"pycontainer {pycontainer.__version__}\n")
+    run = cli(None)
+    assert run.code == 1
+    assert run.err.startswith("usage: pycontainer")
+    for verb in ("apply", "ps", "stop", "logs", "top", "health", "completion"):
+        assert f"\n    {verb} " in run.err, verb
+    assert "130 interrupted" in run.err
