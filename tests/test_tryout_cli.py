@@ -5,6 +5,11 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -12,6 +17,7 @@ import grpc
 import pytest
 from support import Host, connected_container, wait_until
 
+import pycontainer
 from pycontainer._selectors import parse_selector
 from pycontainer.cli import main
 from pycontainer.testing import ManagerHost
@@ -43,21 +49,21 @@ def hosts() -> Iterator[list[Host]]:
             host.stop()
 
 
+def _state(manager: ManagerHost, name: str) -> int:
+    try:
+        return manager.stub.GetContainer(
+            manager_pb2.GetContainerRequest(container=name), timeout=5
+        ).container.state
+    except grpc.RpcError:
+        return S.LIFECYCLE_STATE_UNSPECIFIED
+
+
 def _start(manager: ManagerHost, hosts: list[Host], name: str) -> None:
     """A container dialled in, labelled app=NAME."""
     _, host = connected_container(manager, name)
     hosts.append(host)
 
-    def running() -> bool:
-        try:
-            got = manager.stub.GetContainer(
-                manager_pb2.GetContainerRequest(container=name), timeout=5
-            ).container
-        except grpc.RpcError:
-            return False
-        return got.state == S.LIFECYCLE_STATE_RUNNING
-
-    wait_until(running, what=f"{name} running")
+    wait_until(lambda: _state(manager, name) == S.LIFECYCLE_STATE_RUNNING, what=f"{name} running")
 
 
 # -- 2. label selectors: Kubernetes' grammar, never "match all" on a mistake ------------------
@@ -161,3 +167,74 @@ def test_version_needs_no_manager_and_bare_command_lists_the_verbs() -> None:
     for verb in ("apply", "ps", "stop", "logs", "top", "health", "completion"):
         assert f"\n    {verb} " in run.err, verb
     assert "130 interrupted" in run.err
+
+
+# -- 1, 7. Ctrl-C: the client lets go at once, exit 130; the manager carries on --------------
+def _pycontainer(*argv: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pycontainer.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # SIGINT to it alone, as a terminal's Ctrl-C would
+    )
+
+
+def test_first_ctrl_c_on_stop_detaches_and_the_stop_goes_on(
+    manager: ManagerHost, hosts: list[Host]
+) -> None:
+    release = threading.Event()
+
+    def on_stop(reason: str, deadline: float) -> None:  # a program slow to stop
+        release.wait(60)
+
+    _, host = connected_container(manager, "slow", hooks=pycontainer.Hooks(on_stop=on_stop))
+    hosts.append(host)
+    try:
+        wait_until(lambda: _state(manager, "slow") == S.LIFECYCLE_STATE_RUNNING, what="running")
+        proc = _pycontainer(
+            "stop", "--grace", "60s", "slow", "--manager", manager.address, "--insecure"
+        )
+        try:
+            wait_until(
+                lambda: (
+                    _state(manager, "slow") == S.LIFECYCLE_STATE_STOPPING or proc.poll() is not None
+                ),
+                what="the stop under way",
+            )
+            assert proc.poll() is None
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGINT)  # once
+            _, err = proc.communicate(timeout=15)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        assert proc.returncode == 130, err
+        assert err == (
+            "slow is still stopping (the manager finishes it; pycontainer ps shows it)\n"
+        ), err
+        assert took < 10
+        assert _state(manager, "slow") == S.LIFECYCLE_STATE_STOPPING  # it goes on
+    finally:
+        release.set()
+    wait_until(lambda: _state(manager, "slow") == S.LIFECYCLE_STATE_STOPPED, what="stopped")
+
+
+def test_ctrl_c_on_a_following_verb_exits_130(manager: ManagerHost, hosts: list[Host]) -> None:
+    _start(manager, hosts, "follow")
+    for argv in (("events", "-w"), ("logs", "-f", "follow")):
+        proc = _pycontainer(*argv, "--manager", manager.address, "--insecure")
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()  # it is following: something came
+            assert first, argv
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        assert proc.returncode == 130, (argv, err)
+        assert "Traceback" not in err

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from ._context import Context
-from ._errors import CliError, from_call
+from ._errors import EXIT_INTERRUPTED, CliError, Interrupted, from_call
 from ._parser import build_parser
 
 if TYPE_CHECKING:
@@ -127,9 +127,13 @@ def main(
         for line in exc.message.splitlines() or [""]:
             ctx.err(f"error: {line}")
         return exc.code
+    except Interrupted as exc:
+        if exc.note:
+            ctx.err(exc.note)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         ctx.err("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (| head): not an error; keep Python's final
         # flush from complaining on the closed pipe.

@@ -18,7 +18,7 @@ from ..units import timestamp_to_proto
 from ..v1 import logs_pb2, manager_pb2
 from ._args import SELECTOR_TAIL
 from ._context import Context
-from ._errors import CliError
+from ._errors import CliError, Interrupted
 from ._output import console, message_dict
 from ._render import local_time
 
@@ -206,4 +206,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         except KeyboardInterrupt:
             if not args.follow:
                 raise
+            # Ctrl-C is how -f ends: 130, as every verb interrupted, silently.
+            raise Interrupted() from None
     return 0

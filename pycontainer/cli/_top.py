@@ -20,7 +20,7 @@ from ..units import duration_from_proto, duration_to_proto, format_duration
 from ..v1 import container_pb2, manager_pb2, manager_pb2_grpc, metrics_pb2
 from ._args import LIVE_STATES
 from ._context import Context
-from ._errors import from_call
+from ._errors import Interrupted, from_call
 from ._output import console, error_console, message_dict, print_data, show
 from ._render import human_bytes, plain_table, state_text
 
@@ -236,5 +236,6 @@ def _live(ctx: Context, client: ManagerClient, feed: Feed, args: argparse.Namesp
                 live.update(Group(header, render(feed.rows(), args.sort)))
                 time.sleep(min(0.25, interval))
     except KeyboardInterrupt:
-        pass
+        # Ctrl-C is how the live view ends: 130, as every verb interrupted, silently.
+        raise Interrupted() from None
     return 0
