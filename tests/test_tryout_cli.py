@@ -238,3 +238,21 @@ def test_ctrl_c_on_a_following_verb_exits_130(manager: ManagerHost, hosts: list[
                 proc.wait(10)
         assert proc.returncode == 130, (argv, err)
         assert "Traceback" not in err
+
+
+# -- 8. wording -----------------------------------------------------------------------------------
+def test_memory_is_shown_as_a_short_number() -> None:
+    from pycontainer.units import format_memory, parse_memory
+
+    assert format_memory(23635008 * 1024) == "22.5Gi"
+    assert format_memory(1536 << 20) == "1536Mi"  # exact and short: kept exact
+    assert parse_memory(format_memory(9999 << 10)) == 9999 << 10
+    assert format_memory(10_000 << 10) == "9.8Mi"
+
+
+@pytest.mark.parametrize("address", ["-", "", " ", ":50050", "*"])
+def test_a_target_that_is_no_address_gets_the_example(address: str) -> None:
+    run = cli(None, "health", address)
+    assert run.code == 1
+    assert "write HOST:PORT such as 127.0.0.1:50050" in run.err
+    assert "-:PORT" not in run.err
