@@ -393,7 +393,7 @@ resources: {{cpu: 10m, memory: 1Mi}}
     )
     run = cli(manager, "logs", "cli-app", "--level", "warn")
     assert [line.split(None, 2)[1:] for line in run.lines] == [
-        ["WARNING", "cli_app: cli app has nothing to do"]
+        ["WARN", "cli_app: cli app has nothing to do"]  # the proto's name, not logging's
     ]
 
     run = cli(manager, "stop", "cli-app", "other")
