@@ -256,3 +256,17 @@ def test_a_target_that_is_no_address_gets_the_example(address: str) -> None:
     assert run.code == 1
     assert "write HOST:PORT such as 127.0.0.1:50050" in run.err
     assert "-:PORT" not in run.err
+
+
+# -- 5. health of a service the server does not have --------------------------------------------
+def test_health_of_an_unknown_service_names_it_and_the_known_ones(hosts: list[Host]) -> None:
+    from support import make_container, start_sync_host
+
+    host = start_sync_host(make_container("probed"))
+    hosts.append(host)
+    run = cli(None, "health", host.target, "--service", "nosuch")
+    assert run.code == 3, run.err
+    assert run.err.startswith("error: no health service named 'nosuch' (it serves ")
+    assert "'liveness'" in run.err
+    assert "'readiness'" in run.err
+    assert (cli(None, "health", host.target, "--service", "liveness").code) == 0
