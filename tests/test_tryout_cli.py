@@ -270,3 +270,28 @@ def test_health_of_an_unknown_service_names_it_and_the_known_ones(hosts: list[Ho
     assert "'liveness'" in run.err
     assert "'readiness'" in run.err
     assert (cli(None, "health", host.target, "--service", "liveness").code) == 0
+
+
+# -- 6. top off a terminal: plain snapshots --------------------------------------------------------
+def test_top_piped_prints_a_snapshot_every_interval(
+    manager: ManagerHost, hosts: list[Host]
+) -> None:
+    _start(manager, hosts, "topped")
+    proc = _pycontainer("top", "--interval", "200ms", "--manager", manager.address, "--insecure")
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        while sum(line.startswith("pycontainer top: ") for line in lines) < 2:
+            line = proc.stdout.readline()
+            assert line, (lines, proc.poll())
+            lines.append(line)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, err
+    assert any(line.startswith("NAME") for line in lines), lines
+    assert any(line.startswith("topped ") for line in lines), lines
+    assert "\x1b[" not in "".join(lines)

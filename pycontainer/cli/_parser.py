@@ -532,7 +532,9 @@ def _top(subparsers: Subparsers) -> None:
         "live figures of containers: CPU, memory, threads, RPCs",
         "A live table of every live, connected container (or those named or "
         "selected): CPU % of one core, resident memory, threads, open files, RPC calls "
-        "per second and uptime, from the manager's WatchMetrics proxy. Ctrl-C ends it.",
+        "per second and uptime, from the manager's WatchMetrics proxy. Ctrl-C ends it. "
+        "Off a terminal (piped, redirected) it prints a plain table every interval, each "
+        "after a line with its time; --once prints one.",
     )
     parser.add_argument("containers", nargs="*", metavar="ID", help="only these (ids or names)")
     parser.add_argument(
