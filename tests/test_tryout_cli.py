@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -295,3 +297,32 @@ def test_top_piped_prints_a_snapshot_every_interval(
     assert any(line.startswith("NAME") for line in lines), lines
     assert any(line.startswith("topped ") for line in lines), lines
     assert "\x1b[" not in "".join(lines)
+
+
+# -- 9. completion looks names up with the command that generated it ------------------------------
+def test_completion_completes_names_without_the_command_on_path(
+    manager: ManagerHost, hosts: list[Host], tmp_path: Path
+) -> None:
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash not installed")
+    executable = Path(sys.executable).parent / "pycontainer"  # the venv's, as the README runs it
+    script = subprocess.run(
+        [str(executable), "completion", "bash"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=True,
+    ).stdout
+    assert f"$({executable.absolute()} ps -a -o name" in script
+    _start(manager, hosts, "completable")
+    program = (
+        f"{script}\nCOMP_WORDS=(pycontainer stop comp); COMP_CWORD=2; "
+        "PATH=/nonexistent _pycontainer; printf '%s\\n' \"${COMPREPLY[@]}\""
+    )
+    env = {"PYCONTAINER_MANAGER": manager.address, "PYCONTAINER_INSECURE": "1"}
+    result = subprocess.run(
+        [bash, "--norc", "-c", program], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.stdout.split() == ["completable"], result.stderr
