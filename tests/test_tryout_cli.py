@@ -109,8 +109,13 @@ def test_ps_and_stop_refuse_a_bad_selector_and_stop_nothing(
         run = cli(manager, verb, "-l", "!!!")
         assert run.code == 1, (verb, run)
         assert "argument -l/--selector: bad label selector: expected a label key" in run.err
+    run = cli(manager, "stop", "-l", " ")  # blank is no selector, not everything
+    assert (run.code, run.err) == (
+        1,
+        "error: stop: give container ids or names, -l SELECTOR or --all\n",
+    )
     listed = cli(manager, "ps", "-o", "name")
-    assert listed.out.split() == ["demo"]  # nothing was stopped
+    assert listed.out.split() == ["demo"], cli(manager, "ps", "-a").out  # nothing was stopped
     # The manager refuses it too (clients other than this command).
     with pytest.raises(grpc.RpcError) as info:
         manager.stub.ListContainers(

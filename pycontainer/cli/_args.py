@@ -152,6 +152,10 @@ def selector(text: str) -> str:
     here, rather than INVALID_ARGUMENT after dialling)."""
     from .._selectors import parse_selector
 
+    if not text.strip():
+        # The default (no selector), also for a blank one: a verb that acts on
+        # containers then asks for ids, -l or --all rather than taking all.
+        return ""
     try:
         parse_selector(text)
     except ValueError as exc:
