@@ -331,3 +331,30 @@ def test_completion_completes_names_without_the_command_on_path(
         [bash, "--norc", "-c", program], capture_output=True, text=True, timeout=60, env=env
     )
     assert result.stdout.split() == ["completable"], result.stderr
+
+
+def test_ctrl_c_on_apply_wait_says_the_rollout_goes_on(
+    manager: ManagerHost, tmp_path: Path
+) -> None:
+    spec = tmp_path / "never.yaml"  # a program that never registers: never RUNNING
+    spec.write_text("name: never\ncommand: [sleep, '60']\ngracePeriod: 1s\n")
+    argv = ("apply", "-f", str(spec), "--wait", "--timeout", "60s")
+    proc = _pycontainer(*argv, "--manager", manager.address, "--insecure")
+    try:
+        wait_until(
+            lambda: (
+                _state(manager, "never") != S.LIFECYCLE_STATE_UNSPECIFIED or proc.poll() is not None
+            ),
+            what="the replica launched",
+        )
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        manager.kill_launched()
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1].endswith("(the manager finishes them; pycontainer ps shows them)")
+    assert "Traceback" not in err
