@@ -356,5 +356,12 @@ def test_ctrl_c_on_apply_wait_says_the_rollout_goes_on(
             proc.wait(10)
         manager.kill_launched()
     assert proc.returncode == 130, err
-    assert err.splitlines()[-1].endswith("(the manager finishes them; pycontainer ps shows them)")
+    # Interrupted during the apply call or during the wait after it: either
+    # way one line saying the manager carries on.
+    assert err.splitlines()[-1] in (
+        "the rollout of never goes on "
+        "(the manager finishes it; pycontainer ps and pycontainer events show it)",
+        "stopped waiting: the replicas are still starting "
+        "(the manager finishes them; pycontainer ps shows them)",
+    ), err
     assert "Traceback" not in err
