@@ -273,13 +273,16 @@ _BINARY_UNITS = [(f"{s}i", 1024**i) for i, s in reversed(list(enumerate("KMGTPE"
 
 
 def format_memory(n: int) -> str:
-    """A memory amount in the largest binary unit: ``"512Mi"``, ``"2Gi"``.
+    """A memory amount, short: ``"512Mi"``, ``"2Gi"``, ``"1536Mi"``, ``"22.5Gi"``.
 
     Exact (and parsed back by :func:`parse_memory`) when a whole number of some
-    unit; otherwise rounded to one decimal (``"1.5Gi"``), and under 1Ki plain bytes.
+    unit that takes at most 4 digits; otherwise rounded to one decimal in the
+    largest unit it has at least one of (``"1.5Gi"``, not ``"23635008Ki"``), and
+    under 1Ki plain bytes. Callers that need the exact amount check the round
+    trip (as spec files do).
     """
     for unit, size in _BINARY_UNITS:
-        if abs(n) >= size and n % size == 0:
+        if abs(n) >= size and n % size == 0 and abs(n // size) < 10_000:
             return f"{n // size}{unit}"
     for unit, size in _BINARY_UNITS:
         if abs(n) >= size:

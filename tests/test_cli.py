@@ -393,7 +393,7 @@ resources: {{cpu: 10m, memory: 1Mi}}
     )
     run = cli(manager, "logs", "cli-app", "--level", "warn")
     assert [line.split(None, 2)[1:] for line in run.lines] == [
-        ["WARNING", "cli_app: cli app has nothing to do"]
+        ["WARN", "cli_app: cli app has nothing to do"]  # the proto's name, not logging's
     ]
 
     run = cli(manager, "stop", "cli-app", "other")
@@ -765,9 +765,9 @@ def test_refusals_and_usage_errors(
     run = cli(manager, "stop", "ghost")
     assert run.code == 1
     assert run.err.startswith("error: ghost: NOT_FOUND: ")
-    run = cli(manager, "ps", "-l", "a b=c")
+    run = cli(manager, "ps", "-l", "a b=c")  # a usage error, before any call
     assert run.code == 1
-    assert run.err.startswith("error: INVALID_ARGUMENT: label_selector: ")
+    assert "argument -l/--selector: bad label selector: " in run.err
     run = cli(manager, "logs")
     assert (run.code, run.err) == (1, "error: give container ids or names, or -l SELECTOR\n")
 

@@ -167,12 +167,6 @@ async def _rows(manager: ManagerHost, view: Any) -> list[manager_pb2.Container]:
     return list(view(manager.manager))
 
 
-def test_completion_lists_each_name_once() -> None:
-    from pycontainer.cli._completion import bash_script
-
-    assert "ps -a -o name 2>/dev/null | sort -u" in bash_script()
-
-
 # -- 3. a refused apply is not stored ---------------------------------------------------------
 def _apply(
     manager: ManagerHost, owner: str, *specs: spec_pb2.ContainerSpec

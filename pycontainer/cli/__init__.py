@@ -12,12 +12,13 @@ import argparse
 import contextlib
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from ._context import Context
-from ._errors import CliError, from_call
+from ._errors import EXIT_INTERRUPTED, CliError, Interrupted, from_call
 from ._parser import build_parser
 
 if TYPE_CHECKING:
@@ -47,6 +48,42 @@ def _sidecar_argv(argv: list[str]) -> tuple[str | None, list[str]] | None:
     return None
 
 
+_NEGATIVE = re.compile(r"-[0-9.]")
+
+
+def _duration_options(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option of the grammar that takes a DURATION (at any level)."""
+    found: set[str] = set()
+    for action in parser._actions:
+        if action.metavar == "DURATION":
+            found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _duration_options(sub)
+    return found
+
+
+def _join_negative_durations(argv: list[str], options: set[str]) -> list[str]:
+    """``--grace -1s`` as ``--grace=-1s``: argparse takes a value starting
+    with '-' for an option, and the user would hear "expected one argument"
+    instead of what is wrong with the duration."""
+    out: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--":
+            out.extend(argv[index:])
+            break
+        following = argv[index + 1] if index + 1 < len(argv) else ""
+        if arg in options and _NEGATIVE.match(following):
+            out.append(f"{arg}={following}")
+            index += 2
+            continue
+        out.append(arg)
+        index += 1
+    return out
+
+
 def _parse(argv: list[str], ctx: Context) -> argparse.Namespace | int:
     """The parsed arguments, or the exit status of --help or a usage error."""
     sidecar = _sidecar_argv(argv)
@@ -55,9 +92,14 @@ def _parse(argv: list[str], ctx: Context) -> argparse.Namespace | int:
         if manager is not None and not any(a.split("=")[0] == "--manager" for a in rest):
             rest = ["--manager", manager, *rest]
         return argparse.Namespace(runs="_run:run", argv=rest)
+    parser = build_parser()
+    if not argv:
+        # Bare `pycontainer`: the whole help, verbs listed, as a usage error.
+        ctx.stderr.write(parser.format_help())
+        return 1
     with contextlib.redirect_stdout(ctx.stdout), contextlib.redirect_stderr(ctx.stderr):
         try:
-            return build_parser().parse_args(argv)
+            return parser.parse_args(_join_negative_durations(argv, _duration_options(parser)))
         except SystemExit as exc:  # argparse: 2 on bad usage; probes expect 1
             return int(exc.code or 0) and 1
 
@@ -85,9 +127,13 @@ def main(
         for line in exc.message.splitlines() or [""]:
             ctx.err(f"error: {line}")
         return exc.code
+    except Interrupted as exc:
+        if exc.note:
+            ctx.err(exc.note)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         ctx.err("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (| head): not an error; keep Python's final
         # flush from complaining on the closed pipe.

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from ..units import format_duration
 from ..v1 import container_pb2, manager_pb2, spec_pb2
 from ._context import Context
-from ._errors import EXIT_FAILED, EXIT_UNREACHABLE, CliError, from_call
+from ._errors import EXIT_FAILED, EXIT_UNREACHABLE, CliError, Interrupted, from_call
 from ._output import print_data, spinner
 
 if TYPE_CHECKING:
@@ -165,6 +165,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 response = client.apply_specs(request, timeout=None)
         except CallError as exc:
             raise from_call(exc) from None
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"the rollout of {', '.join(s.name for s in request.specs)} goes on (the "
+                "manager finishes it; pycontainer ps and pycontainer events show it)"
+            ) from None
         if args.output == "table":
             for change in response.changes:
                 detail = "; ".join(change.detail.splitlines())
@@ -235,10 +240,16 @@ def _wait(
         return out
 
     with spinner(ctx, f"waiting for {sum(wanted.values())} replica(s) to run"):
-        now = running()
-        while any(len(now[n]) < k for n, k in wanted.items()) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        try:
             now = running()
+            while any(len(now[n]) < k for n, k in wanted.items()) and time.monotonic() < deadline:
+                time.sleep(0.2)
+                now = running()
+        except KeyboardInterrupt:
+            raise Interrupted(
+                "stopped waiting: the replicas are still starting "
+                "(the manager finishes them; pycontainer ps shows them)"
+            ) from None
     code = 0
     for name, count in wanted.items():
         if len(now[name]) >= count:

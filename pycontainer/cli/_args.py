@@ -25,6 +25,7 @@ __all__ = [
     "parse_severity",
     "parse_state",
     "pattern",
+    "selector",
     "states",
 ]
 
@@ -143,4 +144,20 @@ def pattern(text: str) -> str:
         compile_pattern(text)
     except PatternError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression: {exc}") from None
+    return text
+
+
+def selector(text: str) -> str:
+    """-l SELECTOR: checked with the manager's own grammar (a usage error
+    here, rather than INVALID_ARGUMENT after dialling)."""
+    from .._selectors import parse_selector
+
+    if not text.strip():
+        # The default (no selector), also for a blank one: a verb that acts on
+        # containers then asks for ids, -l or --all rather than taking all.
+        return ""
+    try:
+        parse_selector(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad label selector: {exc}") from None
     return text

@@ -1,13 +1,17 @@
 """`pycontainer completion bash|zsh`: a completion script generated from the
 command line's grammar (verbs, their options, the choices of options), with
 container names completed from ``pycontainer ps -a -o name`` (each once:
-re-runs leave several records of one name). zsh runs the
+re-runs leave several records of one name; run by the absolute path of the
+command that generated the script: no need for it on PATH). zsh runs the
 bash script through bashcompinit."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import sys
+from pathlib import Path
 
 from ._context import Context
 from ._parser import build_parser
@@ -55,10 +59,21 @@ def _valued(parser: argparse.ArgumentParser) -> list[str]:
     ]
 
 
+def this_command(prog: str = "pycontainer") -> str:
+    """The command that generated the script, for its name lookups: the
+    absolute path of the executable (`.venv/bin/pycontainer` completes names
+    without the venv on PATH), else this Python with -m pycontainer.cli."""
+    launched = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if launched is not None and launched.name == prog and os.access(launched, os.X_OK):
+        return shlex.quote(str(launched.absolute()))
+    return f"{shlex.quote(sys.executable)} -m pycontainer.cli"
+
+
 def bash_script(parser: argparse.ArgumentParser | None = None) -> str:
     parser = parser or build_parser()
     verbs = _subparsers(parser)
     prog = parser.prog
+    command = this_command(prog)
     func = "_" + prog.replace("-", "_")
     cases: list[str] = []
     for name, sub in sorted(verbs.items()):
@@ -105,7 +120,16 @@ def bash_script(parser: argparse.ArgumentParser | None = None) -> str:
         *) return ;;
     esac
     if [[ "$cur" != -* && "$names" == 1 ]]; then
-        COMPREPLY=($(compgen -W "$({prog} ps -a -o name 2>/dev/null | sort -u)" -- "$cur"))
+        # Each name once (re-runs leave several records of one name), in bash
+        # alone: the completion must not need anything on PATH.
+        local -A seen=()
+        local name
+        COMPREPLY=()
+        for name in $(compgen -W "$({command} ps -a -o name 2>/dev/null)" -- "$cur"); do
+            [[ -n "${{seen[$name]}}" ]] && continue
+            seen[$name]=1
+            COMPREPLY+=("$name")
+        done
         return
     fi
     COMPREPLY=($(compgen -W "$opts" -- "$cur"))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import queue
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import yaml
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -20,7 +21,7 @@ from ..units import DEFAULT_GRACE_PERIOD, duration_field, duration_to_proto, for
 from ..v1 import container_pb2, manager_pb2
 from ._args import LIVE_STATES
 from ._context import Context
-from ._errors import EXIT_FAILED, EXIT_UNREACHABLE, CliError, from_call
+from ._errors import EXIT_FAILED, EXIT_UNREACHABLE, CliError, Interrupted, from_call
 from ._output import console, error_console, message_dict, print_data, show, spinner
 from ._render import (
     age,
@@ -203,9 +204,12 @@ def _each(
     names: Sequence[str],
     action: Callable[[str], str],
     doing: str,
+    going_on: str,
 ) -> int:
     """``action`` on every container at once (a stop's grace periods overlap);
-    its lines in the order given; 1 if any failed, 2 if the manager is gone."""
+    its lines in the order given; 1 if any failed, 2 if the manager is gone.
+    Ctrl-C ends the wait at once: the manager carries on (it owns a stop), and
+    one line says which containers are ``going_on`` (such as "still stopping")."""
     if not names:
         ctx.err("no live containers match")
         return 0
@@ -218,11 +222,38 @@ def _each(
         except CliError as exc:
             return exc
 
-    with (
-        spinner(ctx, f"{doing} {', '.join(names)}"),
-        ThreadPoolExecutor(min(len(names), 32)) as pool,
-    ):
-        results = list(pool.map(attempt, names))
+    results: list[str | CliError | None] = [None] * len(names)
+    work: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for index in range(len(names)):
+        work.put(index)
+
+    def worker() -> None:
+        while True:
+            try:
+                index = work.get_nowait()
+            except queue.Empty:
+                return
+            results[index] = attempt(names[index])
+
+    # Daemon threads: after Ctrl-C the process exits without waiting for a
+    # call still out (closing the channel cancels it; the manager goes on).
+    workers = [
+        threading.Thread(target=worker, name=f"{doing}-{n}", daemon=True)
+        for n in range(min(len(names), 32))
+    ]
+    with spinner(ctx, f"{doing} {', '.join(names)}"):
+        for thread in workers:
+            thread.start()
+        try:
+            for thread in workers:
+                thread.join()
+        except KeyboardInterrupt:
+            pending = [n for n, r in zip(names, results, strict=True) if r is None] or list(names)
+            them = "it" if len(pending) == 1 else "them"
+            raise Interrupted(
+                f"{', '.join(pending)} {'is' if len(pending) == 1 else 'are'} {going_on} "
+                f"(the manager finishes {them}; pycontainer ps shows {them})"
+            ) from None
     unreachable = [r for r in results if isinstance(r, CliError) and r.code == EXIT_UNREACHABLE]
     if unreachable:
         raise unreachable[0]
@@ -231,7 +262,7 @@ def _each(
         if isinstance(result, CliError):
             ctx.err(f"error: {name}: {result.message}")
             code = EXIT_FAILED
-        else:
+        elif result is not None:
             ctx.out(result)
     ctx.stdout.flush()
     return code
@@ -258,7 +289,7 @@ def run_stop(args: argparse.Namespace, ctx: Context) -> int:
             return f"{_label(response.container)}: {state_name(response.container.state)}{killed}"
 
         grace = f" (grace {format_duration(args.grace)})" if args.grace is not None else ""
-        return _each(ctx, _targets(client, args), stop, f"stopping{grace}")
+        return _each(ctx, _targets(client, args), stop, f"stopping{grace}", "still stopping")
 
 
 def run_pause(args: argparse.Namespace, ctx: Context) -> int:
@@ -270,7 +301,7 @@ def run_pause(args: argparse.Namespace, ctx: Context) -> int:
             )
             return f"{_label(response.container)}: {state_name(response.container.state)}"
 
-        return _each(ctx, _targets(client, args), pause, "pausing")
+        return _each(ctx, _targets(client, args), pause, "pausing", "still pausing")
 
 
 def run_resume(args: argparse.Namespace, ctx: Context) -> int:
@@ -282,7 +313,7 @@ def run_resume(args: argparse.Namespace, ctx: Context) -> int:
             )
             return f"{_label(response.container)}: {state_name(response.container.state)}"
 
-        return _each(ctx, _targets(client, args), resume, "resuming")
+        return _each(ctx, _targets(client, args), resume, "resuming", "still resuming")
 
 
 def run_restart(args: argparse.Namespace, ctx: Context) -> int:
@@ -296,7 +327,7 @@ def run_restart(args: argparse.Namespace, ctx: Context) -> int:
             c = client.restart_container(request, timeout=timeout).container
             return f"{_label(c)}: {state_name(c.state)} (restarted)"
 
-        return _each(ctx, _targets(client, args), restart, "restarting")
+        return _each(ctx, _targets(client, args), restart, "restarting", "still restarting")
 
 
 def run_kill(args: argparse.Namespace, ctx: Context) -> int:
@@ -307,7 +338,9 @@ def run_kill(args: argparse.Namespace, ctx: Context) -> int:
             c = client.kill_container(request, timeout=_COMMAND_TIMEOUT).container
             return f"{_label(c)}: {state_name(c.state)} (sent {args.signal.upper()})"
 
-        return _each(ctx, _targets(client, args), kill, f"sending {args.signal} to")
+        return _each(
+            ctx, _targets(client, args), kill, f"sending {args.signal} to", "still being signalled"
+        )
 
 
 def run_rm(args: argparse.Namespace, ctx: Context) -> int:
@@ -319,7 +352,9 @@ def run_rm(args: argparse.Namespace, ctx: Context) -> int:
             purged = " with its logs and checkpoints" if args.purge else ""
             return f"{_label(c)}: removed{purged}"
 
-        return _each(ctx, _targets(client, args, _ENDED_STATES), rm, "removing")
+        return _each(
+            ctx, _targets(client, args, _ENDED_STATES), rm, "removing", "still being removed"
+        )
 
 
 def run_evict(args: argparse.Namespace, ctx: Context) -> int:
@@ -332,7 +367,7 @@ def run_evict(args: argparse.Namespace, ctx: Context) -> int:
             c = client.evict_container(request, timeout=_grace_timeout(args.grace)).container
             return f"{_label(c)}: {state_name(c.state)} ({c.reason or 'evicted'})"
 
-        return _each(ctx, args.containers, evict, "evicting")
+        return _each(ctx, args.containers, evict, "evicting", "still being evicted")
 
 
 # -- checkpoint, restore, scale ----------------------------------------------------------------

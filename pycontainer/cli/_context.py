@@ -8,16 +8,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
-from ._errors import CliError
+from ._errors import CliError, Interrupted
 
 if TYPE_CHECKING:
     from ..client import ManagerClient
 
 __all__ = ["Context"]
+
+# Seconds a channel may take to close after Ctrl-C before the verb ends anyway.
+_CLOSE_AFTER_INTERRUPT = 1.0
 
 
 @dataclass
@@ -50,8 +54,16 @@ class Context:
             raise CliError(f"--manager: {exc}") from None
         except TransportError as exc:
             raise CliError(str(exc)) from None
-        with client:
+        try:
             yield client
+        except (KeyboardInterrupt, Interrupted):
+            # Ctrl-C may have landed inside grpc, whose close then can wait
+            # for ever on the call it was in: close without waiting for it.
+            closing = threading.Thread(target=client.close, name="close", daemon=True)
+            closing.start()
+            closing.join(_CLOSE_AFTER_INTERRUPT)
+            raise
+        client.close()
 
     def out(self, text: str = "") -> None:
         """A line on stdout."""

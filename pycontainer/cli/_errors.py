@@ -7,10 +7,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..client import CallError
 
-__all__ = ["EXIT_FAILED", "EXIT_UNREACHABLE", "CliError", "from_call"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_UNREACHABLE",
+    "CliError",
+    "Interrupted",
+    "from_call",
+]
 
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 2
+#: Ctrl-C, any verb (a following one too), as a shell reports SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
 
 
 class CliError(Exception):
@@ -20,6 +29,15 @@ class CliError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+class Interrupted(Exception):
+    """Ctrl-C, handled by the verb: exit 130 with its note (such as what goes on
+    in the manager without us), or silently (a following verb's usual end)."""
+
+    def __init__(self, note: str = "") -> None:
+        super().__init__(note)
+        self.note = note
 
 
 def from_call(exc: CallError, what: str = "", server: str = "the manager") -> CliError:

@@ -12,6 +12,7 @@ from rich.text import Text
 from ..client import ManagerClient
 from ..v1 import manager_pb2
 from ._context import Context
+from ._errors import Interrupted
 from ._output import console, message_dict, print_data, show
 from ._render import event_message, event_subject, local_time, plain_table, short_enum
 
@@ -73,9 +74,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 def _watch(client: ManagerClient, args: argparse.Namespace, ctx: Context) -> int:
     out = console(ctx)
     request = manager_pb2.WatchEventsRequest(include_history=True, container=args.container)
-    if args.output == "table":
-        out.print(Text(f"{'TIME':<12}  {'TYPE':<16}  {'CONTAINER':<24}  MESSAGE", style="bold"))
     try:
+        if args.output == "table":
+            header = f"{'TIME':<12}  {'TYPE':<16}  {'CONTAINER':<24}  MESSAGE"
+            out.print(Text(header, style="bold"))
         for number, response in enumerate(client.watch_events(request)):
             e = response.event
             if args.output == "json":
@@ -92,5 +94,6 @@ def _watch(client: ManagerClient, args: argparse.Namespace, ctx: Context) -> int
                 out.print(line, soft_wrap=True, crop=False)
             out.file.flush()
     except KeyboardInterrupt:
-        pass
+        # Ctrl-C is how a watch ends: 130, as every verb interrupted, silently.
+        raise Interrupted() from None
     return 0

@@ -47,11 +47,32 @@ def probe(
             )
         except grpc.RpcError as exc:
             code = exc.code()
+            if code == grpc.StatusCode.NOT_FOUND:
+                known = _service_names(channel, timeout)
+                listed = f" (it serves {', '.join(map(repr, known))})" if known else ""
+                return ProbeExit.RPC_FAILED, f"error: no health service named {service!r}{listed}"
             return ProbeExit.RPC_FAILED, f"error: health rpc failed: {code.name}: {exc.details()}"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     if response.status != health_pb2.HealthCheckResponse.SERVING:
         return ProbeExit.NOT_SERVING, f"service unhealthy (responded with {status!r})"
     return ProbeExit.SERVING, f"status: {status}"
+
+
+def _service_names(channel: grpc.Channel, timeout: datetime.timedelta) -> list[str]:
+    """The service names the server's Health/List reports (none if it has no List)."""
+    from .._reflection import health_list_messages
+
+    request_type, response_type = health_list_messages()
+    list_call = channel.unary_unary(
+        "/grpc.health.v1.Health/List",
+        request_serializer=request_type.SerializeToString,
+        response_deserializer=response_type.FromString,
+    )
+    try:
+        response = list_call(request_type(), timeout=timeout.total_seconds())
+    except grpc.RpcError:
+        return []
+    return sorted(response.statuses)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:

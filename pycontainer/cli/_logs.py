@@ -18,7 +18,7 @@ from ..units import timestamp_to_proto
 from ..v1 import logs_pb2, manager_pb2
 from ._args import SELECTOR_TAIL
 from ._context import Context
-from ._errors import CliError
+from ._errors import CliError, Interrupted
 from ._output import console, message_dict
 from ._render import local_time
 
@@ -60,7 +60,7 @@ def _severity_style(severity: int) -> str:
 
 
 class LogPrinter:
-    """Formats entries: ``name | 12:00:01.123 WARNING app.worker: message``."""
+    """Formats entries: ``name | 12:00:01.123 WARN    app.worker: message``."""
 
     def __init__(
         self,
@@ -111,8 +111,12 @@ class LogPrinter:
         else:
             line.append(local_time(entry.time))
         line.append(" ")
-        level = entry.severity_text or logs_pb2.Severity.Name(entry.severity).removeprefix(
-            "SEVERITY_"
+        # One spelling for every source: the proto's names (WARN, not
+        # logging's WARNING); the source's own text only when it has no level.
+        level = (
+            logs_pb2.Severity.Name(entry.severity).removeprefix("SEVERITY_")
+            if entry.severity
+            else entry.severity_text or "UNSPECIFIED"
         )
         line.append(level.ljust(7), style=_severity_style(entry.severity))
         line.append(" ")
@@ -206,4 +210,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         except KeyboardInterrupt:
             if not args.follow:
                 raise
+            # Ctrl-C is how -f ends: 130, as every verb interrupted, silently.
+            raise Interrupted() from None
     return 0

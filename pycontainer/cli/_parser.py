@@ -8,6 +8,7 @@ import argparse
 import datetime
 from typing import TYPE_CHECKING
 
+from .. import __version__
 from .._tls_env import INSECURE_ENV, TLS_DIR_ENV
 from ..client import DEFAULT_CERT_DIR, DEFAULT_MANAGER, MANAGER_ENV, listen_arg, target_arg
 from ..units import DURATION_HELP, duration_arg
@@ -20,8 +21,11 @@ The client verbs find the manager through --manager HOST:PORT, else
 ${MANAGER_ENV}, else {DEFAULT_MANAGER}, and dial it with mutual TLS using the
 certificate in --cert-dir, else ${TLS_DIR_ENV}, else {DEFAULT_CERT_DIR}
 (--insecure: plaintext). Durations are written like 30s, 2m,
-1h30m or 500ms. Exit status: 0 done, 1 refused or failed (error: CODE: details),
-2 manager unreachable. `pycontainer VERB --help` tells more.
+1h30m or 500ms. Exit status: 0 done, 1 refused or failed (error: CODE: details)
+or a usage error (bare `pycontainer` prints this help and exits 1), 2 manager
+unreachable, 130 interrupted (Ctrl-C; a following verb such as logs -f,
+events -w or top too; a stop or a rollout the manager runs goes on there).
+`pycontainer VERB --help` tells more; --version prints this command's version.
 """
 
 if TYPE_CHECKING:
@@ -133,6 +137,7 @@ def _selection(parser: argparse.ArgumentParser, what: str, which: str = "live") 
         "-l",
         "--selector",
         default="",
+        type=_args.selector,
         metavar="SELECTOR",
         help=f"{what} every {which} container matching this label selector (such as app=web)",
     )
@@ -166,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"else {DEFAULT_MANAGER})",
     )
     _client_tls_options(parser, "global_")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"pycontainer {__version__}",
+        help="print this command's version and exit (without the manager: see `version`)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _apply(subparsers)
     _diff(subparsers)
@@ -278,6 +289,7 @@ def _containers(subparsers: Subparsers) -> None:
         "-l",
         "--selector",
         default="",
+        type=_args.selector,
         metavar="SELECTOR",
         help="label selector, such as app=web,tier!=db (Kubernetes syntax)",
     )
@@ -461,6 +473,7 @@ def _logs(subparsers: Subparsers) -> None:
         "-l",
         "--selector",
         default="",
+        type=_args.selector,
         metavar="SELECTOR",
         help="every container matching this label selector (such as app=web) that has "
         f"logs; the last {_args.SELECTOR_TAIL} entries of each unless --tail says",
@@ -521,11 +534,18 @@ def _top(subparsers: Subparsers) -> None:
         "live figures of containers: CPU, memory, threads, RPCs",
         "A live table of every live, connected container (or those named or "
         "selected): CPU % of one core, resident memory, threads, open files, RPC calls "
-        "per second and uptime, from the manager's WatchMetrics proxy. Ctrl-C ends it.",
+        "per second and uptime, from the manager's WatchMetrics proxy. Ctrl-C ends it. "
+        "Off a terminal (piped, redirected) it prints a plain table every interval, each "
+        "after a line with its time; --once prints one.",
     )
     parser.add_argument("containers", nargs="*", metavar="ID", help="only these (ids or names)")
     parser.add_argument(
-        "-l", "--selector", default="", metavar="SELECTOR", help="only containers matching"
+        "-l",
+        "--selector",
+        default="",
+        type=_args.selector,
+        metavar="SELECTOR",
+        help="only containers matching",
     )
     parser.add_argument(
         "--interval",

@@ -20,7 +20,7 @@ from ..units import duration_from_proto, duration_to_proto, format_duration
 from ..v1 import container_pb2, manager_pb2, manager_pb2_grpc, metrics_pb2
 from ._args import LIVE_STATES
 from ._context import Context
-from ._errors import from_call
+from ._errors import Interrupted, from_call
 from ._output import console, error_console, message_dict, print_data, show
 from ._render import human_bytes, plain_table, state_text
 
@@ -186,6 +186,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         try:
             if args.once:
                 return _once(ctx, client, feed, args)
+            if not console(ctx).is_terminal:  # piped or redirected: no live view
+                return _batch(ctx, client, feed, args)
             return _live(ctx, client, feed, args)
         finally:
             feed.close()
@@ -193,10 +195,45 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
 def _once(ctx: Context, client: ManagerClient, feed: Feed, args: argparse.Namespace) -> int:
     feed.update(_select(client, args))
+    _first_figures(feed, args)
+    _print_rows(ctx, feed.rows(), args)
+    return 0
+
+
+def _first_figures(feed: Feed, args: argparse.Namespace) -> None:
+    """Wait (bounded) until every container shown has its first figures."""
     deadline = time.monotonic() + 10 + args.interval.total_seconds()
     while not feed.ready() and time.monotonic() < deadline:
         time.sleep(0.02)
-    rows = feed.rows()
+
+
+def _batch(ctx: Context, client: ManagerClient, feed: Feed, args: argparse.Namespace) -> int:
+    """Off a terminal (| head, > file): a plain snapshot every interval, each
+    after a line with its time, until Ctrl-C (as top -b)."""
+    interval = args.interval.total_seconds()
+    refresh_every = max(interval, 2.0)  # new and departed containers
+    next_refresh = 0.0
+    try:
+        while True:
+            now = time.monotonic()
+            if now >= next_refresh:
+                feed.update(_select(client, args))
+                _first_figures(feed, args)
+                next_refresh = now + refresh_every
+            if args.output == "table":
+                stamp = datetime.datetime.now().astimezone().strftime("%H:%M:%S")
+                ctx.out(f"pycontainer top: {client.target}, {stamp}")
+            _print_rows(ctx, feed.rows(), args)
+            if args.output == "table":
+                ctx.out()
+            ctx.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        # Ctrl-C is how top ends: 130, as every verb interrupted, silently.
+        raise Interrupted() from None
+
+
+def _print_rows(ctx: Context, rows: list[_Target], args: argparse.Namespace) -> None:
     if args.output in ("json", "yaml"):
         data = [
             {
@@ -208,12 +245,11 @@ def _once(ctx: Context, client: ManagerClient, feed: Feed, args: argparse.Namesp
             for t in _sort(rows, args.sort)
         ]
         print_data(ctx, {"containers": data}, args.output)
-        return 0
+        return
     if not rows:
         error_console(ctx).print("no live containers")
-        return 0
+        return
     show(console(ctx), render(rows, args.sort))
-    return 0
 
 
 def _live(ctx: Context, client: ManagerClient, feed: Feed, args: argparse.Namespace) -> int:
@@ -236,5 +272,6 @@ def _live(ctx: Context, client: ManagerClient, feed: Feed, args: argparse.Namesp
                 live.update(Group(header, render(feed.rows(), args.sort)))
                 time.sleep(min(0.25, interval))
     except KeyboardInterrupt:
-        pass
+        # Ctrl-C is how the live view ends: 130, as every verb interrupted, silently.
+        raise Interrupted() from None
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 
 __all__ = [
     "DEFAULT_MANAGER",
@@ -24,6 +25,8 @@ DEFAULT_MANAGER = "127.0.0.1:50050"
 MANAGER_ENV = "PYCONTAINER_MANAGER"
 
 _EXAMPLE = "write HOST:PORT such as 127.0.0.1:50050"
+# What could be a host name or an IPv4 address (to suggest NAME:PORT for it).
+_HOST_LIKE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 # gRPC target schemes passed through as they are (grpc's own name resolvers).
 _GRPC_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:")
 
@@ -53,6 +56,8 @@ def _split(text: str, *, listen: bool) -> tuple[str, int]:
         host = f"[{host}]"
     else:
         host, colon, port_text = stripped.rpartition(":")
+        if not colon and not _HOST_LIKE.fullmatch(stripped):
+            raise TargetError(f"{text!r} is not an address: {_EXAMPLE}")
         if not colon:
             raise TargetError(
                 f"{text!r} has no port: write {stripped}:PORT such as {stripped}:50050"

@@ -8,13 +8,14 @@ import datetime
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
 
-from .. import limits
+from .. import _selectors, limits
 from .._errors import RequestError, echo, invalid_argument, not_found, resource_exhausted
+from .._selectors import Requirement
 from ..units import timestamp_to_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._events import EventBus
@@ -206,19 +207,9 @@ class Entry:
                 return endpoint.address
         return ""
 
-    def matches(self, selector: list[tuple[str, str, str | None]]) -> bool:
-        """A parsed label selector: (key, op, value) with op in =, !=, exists, !exists."""
-        labels = self.identity.labels
-        for key, op, value in selector:
-            if op == "=" and labels.get(key) != value:
-                return False
-            if op == "!=" and labels.get(key) == value:
-                return False
-            if op == "exists" and key not in labels:
-                return False
-            if op == "!exists" and key in labels:
-                return False
-        return True
+    def matches(self, selector: Sequence[Requirement]) -> bool:
+        """Whether the labels satisfy a parsed label selector."""
+        return _selectors.matches(selector, self.identity.labels)
 
     def to_proto(self) -> manager_pb2.Container:
         container = manager_pb2.Container(
@@ -315,29 +306,10 @@ def _within_bounds(record: ContainerRecord) -> bool:
     return True
 
 
-def parse_selector(text: str) -> list[tuple[str, str, str | None]]:
-    """Kubernetes equality-based selector: "a=b,c!=d,e,!f". ValueError if malformed."""
-    out: list[tuple[str, str, str | None]] = []
-    for raw in text.split(","):
-        part = raw.strip()
-        if not part:
-            continue
-        if "!=" in part:
-            key, value = (s.strip() for s in part.split("!=", 1))
-            op = "!="
-        elif "==" in part or "=" in part:
-            key, value = (s.strip() for s in part.replace("==", "=").split("=", 1))
-            op = "="
-        elif part.startswith("!"):
-            key, value, op = part[1:].strip(), "", "!exists"
-        else:
-            key, value, op = part, "", "exists"
-        if not key or any(c.isspace() for c in key):
-            raise ValueError(
-                f"bad requirement {echo(raw)} (use key=value, key!=value, key or !key)"
-            )
-        out.append((key, op, value if op in ("=", "!=") else None))
-    return out
+def parse_selector(text: str) -> tuple[Requirement, ...]:
+    """A label selector's requirements (pycontainer._selectors has the grammar);
+    ValueError naming the mistake if malformed (never "match all")."""
+    return _selectors.parse_selector(text)
 
 
 class Registry:
