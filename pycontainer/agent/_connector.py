@@ -40,11 +40,20 @@ _CHANNEL_OPTIONS = (
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # Each session's channel dials its own connection: with gRPC's global
+    # subchannel pool a new channel reuses the old one's transport, so a
+    # session given up as silent (a network cut) would retry on the same
+    # dead connection until TCP keepalive noticed.
+    ("grpc.use_local_subchannel_pool", 1),
     # Checkpoints and restore states travel in one message each way: sized as
     # the manager's server is (pycontainer.limits), not gRPC's 4 MiB default.
     ("grpc.max_receive_message_length", limits.MAX_LIFECYCLE_MESSAGE_BYTES),
     ("grpc.max_send_message_length", limits.MAX_LIFECYCLE_MESSAGE_BYTES),
 )
+# The manager answers every heartbeat: this many intervals without a word
+# from it and the session is taken as lost (as the manager's own default
+# ManagerSettings.lost_after_heartbeats takes a silent container).
+_SILENT_HEARTBEATS = 3
 # Results of this many past commands are kept to answer a resent command id.
 _REMEMBERED_RESULTS = 1000
 
@@ -74,6 +83,10 @@ def _manager_channel(target: str) -> grpc.aio.Channel:
 
 def _now() -> timestamp_pb2.Timestamp:
     return units.timestamp_to_proto(datetime.datetime.now(datetime.UTC))
+
+
+class ManagerSilent(Exception):
+    """The manager stopped answering heartbeats: the session is lost."""
 
 
 class Connectable(Protocol):
@@ -122,6 +135,8 @@ class ManagerConnection:
         self._extensions: dict[str, asyncio.Future[float]] = {}
         self._current_stop_id = ""
         self._heartbeat = 5.0
+        self._last_heard = time.monotonic()  # of the session's last response
+        self._registered = asyncio.Event()  # the session's registration was answered
         self.connected = threading.Event()
         self.sessions = 0  # sessions established so far (reconnects + 1)
         self._closed = False
@@ -251,14 +266,32 @@ class ManagerConnection:
             while (message := await outbox.get()) is not None:
                 yield message
 
+        self._last_heard = time.monotonic()
+        self._registered = asyncio.Event()
+
+        async def responses() -> None:
+            async for response in call:
+                self._last_heard = time.monotonic()
+                await self._handle(response, outbox)
+
         async with _manager_channel(self.target) as channel:
             call = lifecycle_pb2_grpc.LifecycleStub(channel).Connect(requests())
+            reader = asyncio.ensure_future(responses())
             heartbeats = asyncio.ensure_future(self._heartbeats(outbox))
             try:
-                async for response in call:
-                    await self._handle(response, outbox)
+                # Whichever ends first ends the session: the stream, or the
+                # heartbeats finding the manager silent (a network cut that
+                # leaves the TCP connection up looks like nothing to the reader).
+                done, _ = await asyncio.wait(
+                    (reader, heartbeats), return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    task.result()
             finally:
+                reader.cancel()
                 heartbeats.cancel()
+                call.cancel()
+                await asyncio.gather(reader, heartbeats, return_exceptions=True)
                 outbox.put_nowait(None)  # ends requests(), and the call's task reading it
                 self._outbox = None
                 for future in self._extensions.values():
@@ -266,11 +299,25 @@ class ManagerConnection:
                         future.set_result(0.0)
 
     async def _heartbeats(self, outbox: asyncio.Queue[lifecycle_pb2.ConnectRequest | None]) -> None:
+        """Send a heartbeat every interval; the manager answers each, so
+        hearing nothing from it for _SILENT_HEARTBEATS intervals means the
+        session is lost (ManagerSilent): reconnect rather than wait for TCP."""
+        # The registration's answer sets the interval (beats start after it).
+        try:
+            await asyncio.wait_for(self._registered.wait(), _SILENT_HEARTBEATS * self._heartbeat)
+        except TimeoutError:
+            raise ManagerSilent(self._silence("no answer to the registration")) from None
         while True:
             await asyncio.sleep(self._heartbeat)
+            silent = time.monotonic() - self._last_heard
+            if silent > _SILENT_HEARTBEATS * self._heartbeat:
+                raise ManagerSilent(self._silence(f"nothing from the manager for {silent:.1f}s"))
             outbox.put_nowait(
                 lifecycle_pb2.ConnectRequest(heartbeat=lifecycle_pb2.Heartbeat(time=_now()))
             )
+
+    def _silence(self, what: str) -> str:
+        return f"{what} ({_SILENT_HEARTBEATS} heartbeat intervals of {self._heartbeat:g}s)"
 
     async def _handle(
         self,
@@ -285,6 +332,7 @@ class ManagerConnection:
                 self._heartbeat = interval.total_seconds()
             self.sessions += 1
             self.connected.set()
+            self._registered.set()
             _log.info("registered with manager %s (session %s)", self.target, ack.session_id)
         elif kind == "command":
             command = response.command

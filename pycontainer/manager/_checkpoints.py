@@ -3,12 +3,14 @@ state store, and handed back to it (or to its replacements) on restore."""
 
 from __future__ import annotations
 
-from .._errors import failed_precondition
+import grpc
+
+from .._errors import RequestError, echo, failed_precondition
 from ..units import timestamp_to_proto
 from ..v1 import lifecycle_pb2, manager_pb2
 from ._registry import Entry, Registry
 from ._sessions import Sessions
-from ._store import StateStore
+from ._store import CheckpointInfo, StateStore
 
 E = manager_pb2
 
@@ -54,8 +56,25 @@ class Checkpoints:
             if latest is None:
                 raise failed_precondition(f"no checkpoint stored for {entry.name!r}")
             checkpoint_id = latest.id
-        _, data = self._store.get_checkpoint(checkpoint_id)
+        info, data = self._store.get_checkpoint(checkpoint_id)
+        _check_owner(entry, info)
         await self._sessions.command(
             entry, "restore", lifecycle_pb2.RestoreCommand(state=data, checkpoint_id=checkpoint_id)
         )
         return entry
+
+
+def _check_owner(entry: Entry, info: CheckpointInfo) -> None:
+    """A container restores only its own state or its name's: checkpoint ids are
+    public (GetContainer shows them), so without this rule any container could be
+    handed another's bytes. Its name's covers the replicas it replaces (restarts,
+    apply's rolling replacement), which take over their predecessors' state."""
+    if info.container_id == entry.id or info.container_name == entry.name:
+        return
+    raise RequestError(
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"checkpoint_id: checkpoint {echo(info.id)} belongs to {echo(info.container_name)}, "
+        f"not to {echo(entry.name)}: a container restores only from checkpoints taken "
+        "by itself or by a container of the same name",
+        "checkpoint_id",
+    )
