@@ -22,15 +22,17 @@ from pycontainer.v1 import container_pb2, manager_pb2
 
 S = container_pb2
 E = manager_pb2
-# Either side takes 3 silent heartbeat intervals as a lost session (checked
-# every interval, or half of one on the manager's side); the rest is slack for
-# a loaded machine. gRPC's keepalive alone (10 s + 5 s) would not make it.
-NOTICED_WITHIN = 3 * TEST_HEARTBEAT.total_seconds() + 3.0
+# The manager here takes LOST_AFTER silent heartbeats as a lost session, the
+# container 3 intervals but at least 5 s (pycontainer.agent._connector); the
+# rest is slack for a loaded machine. gRPC's keepalive alone (10 s + 5 s)
+# would not make it.
+LOST_AFTER = 6
+NOTICED_WITHIN = max(LOST_AFTER * TEST_HEARTBEAT.total_seconds(), 5.0) + 3.0
 
 
 @pytest.fixture
 def manager(tmp_path: Path) -> Iterator[ManagerHost]:
-    host = ManagerHost(str(tmp_path / "state"))
+    host = ManagerHost(str(tmp_path / "state"), lost_after_heartbeats=LOST_AFTER)
     try:
         yield host
     finally:

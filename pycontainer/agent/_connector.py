@@ -54,6 +54,10 @@ _CHANNEL_OPTIONS = (
 # from it and the session is taken as lost (as the manager's own default
 # ManagerSettings.lost_after_heartbeats takes a silent container).
 _SILENT_HEARTBEATS = 3
+# ... but never less than this: a loaded machine can leave a process
+# unscheduled for a second or two, and a false "lost" costs a reconnect (and
+# the command that met it). 15 s with the default 5 s interval.
+_MIN_SILENCE = 5.0
 # Results of this many past commands are kept to answer a resent command id.
 _REMEMBERED_RESULTS = 1000
 
@@ -304,20 +308,23 @@ class ManagerConnection:
         session is lost (ManagerSilent): reconnect rather than wait for TCP."""
         # The registration's answer sets the interval (beats start after it).
         try:
-            await asyncio.wait_for(self._registered.wait(), _SILENT_HEARTBEATS * self._heartbeat)
+            await asyncio.wait_for(self._registered.wait(), self._silence_limit())
         except TimeoutError:
             raise ManagerSilent(self._silence("no answer to the registration")) from None
         while True:
             await asyncio.sleep(self._heartbeat)
             silent = time.monotonic() - self._last_heard
-            if silent > _SILENT_HEARTBEATS * self._heartbeat:
+            if silent > self._silence_limit():
                 raise ManagerSilent(self._silence(f"nothing from the manager for {silent:.1f}s"))
             outbox.put_nowait(
                 lifecycle_pb2.ConnectRequest(heartbeat=lifecycle_pb2.Heartbeat(time=_now()))
             )
 
+    def _silence_limit(self) -> float:
+        return max(_SILENT_HEARTBEATS * self._heartbeat, _MIN_SILENCE)
+
     def _silence(self, what: str) -> str:
-        return f"{what} ({_SILENT_HEARTBEATS} heartbeat intervals of {self._heartbeat:g}s)"
+        return f"{what} (silent for over {self._silence_limit():g}s)"
 
     async def _handle(
         self,
