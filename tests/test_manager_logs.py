@@ -683,6 +683,6 @@ def test_retained_logging_output_reads_as_the_live_logs(
     assert main([*command, "--manager", manager.address]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert [line.split(" ", 1)[1] for line in printed] == [
-        "WARNING tryout: queue is long: 12 jobs",
+        "WARN    tryout: queue is long: 12 jobs",
         "ERROR   tryout.basic: lost a job",
     ]
