@@ -28,7 +28,7 @@ def test_exit_codes_follow_the_lifecycle(capsys: pytest.CaptureFixture[str]) -> 
         assert main(["health", host.target]) == 0
         assert main(["health", host.target, "--service", "readiness"]) == 0
         assert main(["health", host.target, "--service", "no.such.Service"]) == 3
-        assert "NOT_FOUND" in capsys.readouterr().err
+        assert "error: no health service named 'no.such.Service'" in capsys.readouterr().err
         stop_container(host)
         assert main(["health", host.target]) == 4
     finally:
