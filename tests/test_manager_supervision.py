@@ -6,6 +6,7 @@ a client gives up waiting on a stop. A real manager and real processes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -407,3 +408,31 @@ def test_cli_stop_killed_at_the_deadline_succeeds_and_says_so(
     assert code == 0, err
     assert out.strip().endswith("STOPPED (killed at the end of its grace period)"), out
     assert not _alive(launched.pid)
+
+
+def test_a_process_runs_until_its_exit_is_reported() -> None:
+    """ProcessRuntime.running stays true until its exit listeners heard the
+    exit: a restart that saw the old process gone before its exit was
+    reported started the new run, and the late report of the old one's end
+    then settled the new run as STOPPED ("exited with status 0")."""
+    from pycontainer.manager import Launch, ProcessRuntime
+
+    async def main() -> None:
+        runtime = ProcessRuntime()
+        reported: list[tuple[str, int]] = []
+
+        async def listener(container_id: str, code: int) -> None:
+            reported.append((container_id, code))
+
+        runtime.add_exit_listener(listener)
+        spec = spec_pb2.ContainerSpec(name="brief", command=["sh", "-c", "exit 3"])
+        await runtime.launch(Launch("c1", spec, "127.0.0.1:1"))
+        deadline = time.monotonic() + 30
+        while runtime.running("c1"):  # every turn of the loop, as a waiter would look
+            assert time.monotonic() < deadline, "the process never ended"
+            await asyncio.sleep(0)
+        assert reported == [("c1", 3)]
+        await runtime.close()
+
+    for _ in range(20):
+        asyncio.run(main())

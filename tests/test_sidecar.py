@@ -285,15 +285,40 @@ def test_logs_metrics_health_and_a_graceful_stop(sidecars: list[SidecarProcess])
     assert "exited with status 0" in sidecar.err_text()
 
 
+@contextlib.contextmanager
+def _accepting_listener() -> Iterator[int]:
+    """A loopback port that accepts (and closes) every connection: one that is
+    never accepted fills its backlog after 17 connects, 1.7 s of a 100 ms tcp
+    probe, and every later probe times out (a false liveness failure once a
+    loaded machine makes the test run that long)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # closed: the test is over
+            while True:
+                connection, _ = listener.accept()
+                connection.close()
+
+    acceptor = threading.Thread(target=accept, name="probe-target", daemon=True)
+    acceptor.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        # shutdown wakes the blocked accept() (close alone does not on Linux).
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        acceptor.join(5)
+
+
 def test_a_failing_exec_readiness_probe_turns_not_serving_after_the_threshold(
     sidecars: list[SidecarProcess], tmp_path: Path
 ) -> None:
     flag = tmp_path / "ready"
     flag.touch()
-    with socket.socket() as listener:  # what the liveness tcp probe connects to
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        port = listener.getsockname()[1]
+    with _accepting_listener() as port:  # what the liveness tcp probe connects to
         sidecar = SidecarProcess(
             *("--name", "probed", "--grace", "5s"),
             *("--readiness-exec", f"test -f {flag}"),

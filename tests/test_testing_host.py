@@ -11,7 +11,13 @@ from support import free_address, make_container, wait_until
 
 import pycontainer
 from pycontainer.manager import ManagerSettings
-from pycontainer.testing import TEST_HEARTBEAT, ManagerHost, container_host, manager_host
+from pycontainer.testing import (
+    TEST_HEARTBEAT,
+    TEST_LOST_AFTER_HEARTBEATS,
+    ManagerHost,
+    container_host,
+    manager_host,
+)
 
 
 @pytest.mark.parametrize(
@@ -46,6 +52,7 @@ def test_a_manager_restarted_on_its_fixed_address_gets_its_container_back(
     with manager_host(state, listen=address) as first:
         assert first.address == address
         assert first.settings.heartbeat_interval == TEST_HEARTBEAT
+        assert first.settings.lost_after_heartbeats == TEST_LOST_AFTER_HEARTBEATS
         with container_host(pycontainer.ContainerSettings(name="web"), manager=first):
 
             def connected(manager: ManagerHost) -> bool:

@@ -5,6 +5,7 @@ the lifecycle."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from support import IN_CI, free_address, wait_until
+from support import IN_CI, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,8 +104,8 @@ def _pycontainer(*argv: str, address: str) -> subprocess.CompletedProcess[str]:
 def test_apply_after_up_finds_every_spec_unchanged(tmp_path: Path) -> None:
     """The README's `apply -f examples/demo.yaml` after `make run`: up applied
     the file as that owner, so nothing is created or replaced."""
-    address = free_address()
-    log = (tmp_path / "up.log").open("w")  # a pipe nobody reads would fill and block up
+    log_path = tmp_path / "up.log"
+    log = log_path.open("w")  # a pipe nobody reads would fill and block up
     up = subprocess.Popen(
         [
             sys.executable,
@@ -114,8 +115,10 @@ def test_apply_after_up_finds_every_spec_unchanged(tmp_path: Path) -> None:
             "-f",
             "examples/demo.yaml",
             "--headless",
+            # An ephemeral port, read from what up prints: a port picked
+            # free beforehand can be taken by another process meanwhile.
             "--listen",
-            address,
+            "127.0.0.1:0",
             "--state-dir",
             str(tmp_path / "state"),
         ],
@@ -125,6 +128,15 @@ def test_apply_after_up_finds_every_spec_unchanged(tmp_path: Path) -> None:
         text=True,
     )
     try:
+        found: list[str] = []
+
+        def serving() -> bool:
+            found[:] = re.findall(r"^manager on (\S+)", log_path.read_text(), re.MULTILINE)
+            return bool(found) or up.poll() is not None
+
+        wait_until(serving, 60, "up to say its address")
+        assert found, log_path.read_text()[-3000:]
+        address = found[0]
         specs = 4 if shutil.which("runc") else 3
         replicas = specs + 1  # async-pipeline has two
 

@@ -225,8 +225,10 @@ class ProcessRuntime(ExitListeners):
             await self._exited(container_id, code)
 
     def running(self, container_id: str) -> bool:
-        process = self._processes.get(container_id)
-        return process is not None and process.returncode is None
+        # Until _watch has reported the exit, not merely until the returncode
+        # is set (a loop turn earlier): a restart that relaunched in between
+        # had the old run's late exit report settle the new run as ended.
+        return container_id in self._processes
 
     def pid(self, container_id: str) -> int | None:
         process = self._processes.get(container_id)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TEST_HEARTBEAT",
+    "TEST_LOST_AFTER_HEARTBEATS",
     "ContainerHost",
     "InProcessLauncher",
     "ManagerHost",
@@ -53,8 +54,15 @@ __all__ = [
 T = TypeVar("T")
 
 #: The heartbeat of a ManagerHost's sessions unless a test says otherwise:
-#: fast enough that a lost session shows in about a second.
+#: a dropped stream shows at once, a silent session after
+#: TEST_LOST_AFTER_HEARTBEATS of these (five seconds).
 TEST_HEARTBEAT = datetime.timedelta(milliseconds=500)
+#: Silent heartbeats before a ManagerHost declares a session lost. Not the
+#: manager's 3: 1.5 s of silence was a false "lost" on a loaded CI machine
+#: (a test process not scheduled for a second, then the watchdog's timer
+#: firing before the heartbeat waiting in the socket was read), and the
+#: container's next command failed as "not connected to the manager".
+TEST_LOST_AFTER_HEARTBEATS = 10
 _START_TIMEOUT = 15.0
 # A graceful shutdown waits out each container's grace period at most.
 _SHUTDOWN_TIMEOUT = 120.0
@@ -147,7 +155,8 @@ class ManagerHost:
     specs of RUNTIME_KIND_IN_PROCESS run as in-process containers served by
     ``launcher``. ``settings`` are further :class:`ManagerSettings` fields
     (durations as ``timedelta``); the heartbeat defaults to half a second so
-    that a test sees a lost session quickly.
+    that a test sees a lost session quickly, and a session is lost after
+    ten silent ones (TEST_LOST_AFTER_HEARTBEATS).
     """
 
     def __init__(
@@ -169,6 +178,7 @@ class ManagerHost:
         if runtimes is None and in_process:
             runtimes = {spec_pb2.RUNTIME_KIND_IN_PROCESS: InProcessRuntime(self.launcher)}
         settings.setdefault("heartbeat_interval", TEST_HEARTBEAT)
+        settings.setdefault("lost_after_heartbeats", TEST_LOST_AFTER_HEARTBEATS)
         # Plaintext unless asked for (insecure=False): then ``client`` uses the
         # admin certificate the manager issues in its state directory.
         settings.setdefault("insecure", True)

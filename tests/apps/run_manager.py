@@ -14,6 +14,7 @@ import signal
 import sys
 
 from pycontainer.manager import Manager, ManagerSettings
+from pycontainer.testing import TEST_LOST_AFTER_HEARTBEATS
 from pycontainer.units import duration_arg
 
 
@@ -22,6 +23,8 @@ async def amain(args: argparse.Namespace) -> None:
         listen=args.listen,
         state_dir=args.state_dir,
         heartbeat_interval=args.heartbeat,
+        # As a ManagerHost's: 1.5 s of silence is a false loss on a loaded machine.
+        lost_after_heartbeats=TEST_LOST_AFTER_HEARTBEATS,
         insecure=True,  # the tests that kill it dial plaintext
     )
     stop = asyncio.Event()
