@@ -136,9 +136,12 @@ class FuzzServer:
     def close(self) -> None:
         if hasattr(self, "channel"):
             self.channel.close()
+        # stdin closes whether or not the server still runs (a killed one's
+        # pipe left to the garbage collector is an unclosed file there).
+        if self.process.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self.process.stdin.close()
         if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.close()
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
