@@ -46,15 +46,22 @@ class ListenError(OSError):
 
 
 def listen_on(
-    server: grpc.Server | grpc.aio.Server, listen: str, *, tls_dir: str | None = None
+    server: grpc.Server | grpc.aio.Server,
+    listen: str,
+    *,
+    tls_dir: str | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> int:
     """Bind ``server`` (built with :data:`EXCLUSIVE_PORT`) to ``listen``
     (HOST:PORT, port 0 for any free one); returns the port. With ``tls_dir``
     (a directory with ``tls.pem`` and ``ca.pem``, as $PYCONTAINER_TLS_DIR
-    names) it serves mutual TLS, rereading the files when they are renewed.
+    names) it serves mutual TLS, rereading the files when they are renewed;
+    ``credentials`` gives server credentials of the caller's own instead.
 
     Raises :class:`ListenError` naming the address when the port is out of
-    range or already in use, rather than grpc-core's generic failure.
+    range, the host does not resolve or is not this machine's, or the port is
+    already in use, rather than grpc-core's generic failure (and its lines of
+    C++ logging). Every server pycontainer runs binds through here.
     """
     host, _, port_text = listen.rpartition(":")
     if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -62,13 +69,13 @@ def listen_on(
             errno.EINVAL,
             f"cannot listen on {listen!r}: write HOST:PORT with a port from 0 to 65535",
         )
-    if int(port_text) != 0:
-        _refuse_if_in_use(host.strip("[]"), int(port_text), listen)
-    try:
-        if tls_dir:
-            from ..security import CredentialFiles, server_credentials
+    _refuse_if_unservable(host, int(port_text), listen)
+    if tls_dir and credentials is None:
+        from ..security import CredentialFiles, server_credentials
 
-            credentials = server_credentials(CredentialFiles.in_directory(tls_dir))
+        credentials = server_credentials(CredentialFiles.in_directory(tls_dir))
+    try:
+        if credentials is not None:
             port = server.add_secure_port(listen, credentials)
         else:
             port = server.add_insecure_port(listen)
@@ -82,28 +89,41 @@ def listen_on(
     return port
 
 
-def _refuse_if_in_use(host: str, port: int, listen: str) -> None:
-    """Fail with a clear message when something already listens on host:port
-    (grpc-core's own report of it is a line of C++ logging and a generic error)."""
+def _refuse_if_unservable(host: str, port: int, listen: str) -> None:
+    """Fail with a clear message when ``host`` does not resolve or is not this
+    machine's, or something already listens on host:port."""
+    name = host.strip("[]")
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ListenError(errno.EINVAL, f"cannot listen on {listen}: {exc.strerror}") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
+        infos = socket.getaddrinfo(
+            name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, UnicodeError) as exc:
+        raise ListenError(
+            errno.EINVAL, f"cannot listen on {listen}: cannot resolve {host!r} ({exc})"
+        ) from None
+    if port == 0:
+        return
+    for family, kind, proto, _, address in infos:
+        # Bound as grpc-core binds (SO_REUSEADDR: TIME_WAIT is no owner).
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ListenError(
+                        errno.EADDRINUSE,
+                        f"cannot listen on {listen}: the address is in use "
+                        "(is another server already running there?)",
+                    ) from None
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise ListenError(
+                        errno.EADDRNOTAVAIL,
+                        f"cannot listen on {listen}: {host!r} is not an address of this machine",
+                    ) from None
                 raise ListenError(
-                    errno.EADDRINUSE,
-                    f"cannot listen on {listen}: the address is in use "
-                    "(is another server already running there?)",
+                    exc.errno or errno.EINVAL, f"cannot listen on {listen}: {exc.strerror}"
                 ) from None
-            raise ListenError(
-                exc.errno or errno.EINVAL, f"cannot listen on {listen}: {exc.strerror}"
-            ) from None
 
 
 async def _start_server(container: Container, listen: str) -> tuple[grpc.aio.Server, int]:

@@ -11,14 +11,14 @@ lets go of it when the process ends, however it ends).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
-import socket
 from pathlib import Path
 
 import grpc
+
+from ..agent._serve import ListenError, listen_on
 
 LOCK_FILE = "manager.lock"
 
@@ -55,60 +55,22 @@ class StateLock:
             self._fd = None
 
 
-def _check_address(listen: str) -> None:
-    """StartRefused unless ``listen`` is a HOST:PORT that can be served now:
-    said before grpc-core tries, which would log lines of its own about it
-    (and take a port past 65535 modulo 65536)."""
-    name, colon, port = listen.rpartition(":")
-    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise StartRefused(
-            f"cannot listen on {listen!r}: give HOST:PORT with a port from 0 to 65535 "
-            "(0 picks a free one), such as 127.0.0.1:50050"
-        )
-    host = name.strip("[]") or None
-    try:
-        addresses = socket.getaddrinfo(
-            host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except (OSError, UnicodeError) as exc:
-        raise StartRefused(f"cannot listen on {listen}: cannot resolve {name!r} ({exc})") from None
-    if int(port) == 0:
-        return
-    for family, kind, proto, _, address in addresses:
-        # Bound as grpc-core binds (SO_REUSEADDR, without SO_REUSEPORT).
-        with contextlib.closing(socket.socket(family, kind, proto)) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise StartRefused(
-                        f"cannot listen on {listen}: the address is already in use "
-                        "(another manager?): stop that one, or give this one another --listen"
-                    ) from None
-                if exc.errno == errno.EADDRNOTAVAIL:
-                    raise StartRefused(
-                        f"cannot listen on {listen}: {name!r} is not an address of this machine"
-                    ) from None
-
-
 def bind(
     server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None = None
 ) -> int:
     """Add ``listen`` to ``server`` (with TLS ``credentials``, else plaintext);
     its port. StartRefused, in one line, when the address is in use or cannot
-    be served."""
-    _check_address(listen)
+    be served (the checks are every server's: pycontainer.agent's listen_on)."""
     try:
-        if credentials is None:
-            port = server.add_insecure_port(listen)
-        else:
-            port = server.add_secure_port(listen, credentials)
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        raise StartRefused(f"cannot listen on {listen}: give a free HOST:PORT to --listen")
-    return port
+        return listen_on(server, listen, credentials=credentials)
+    except ListenError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            # The manager's own advice on top of every server's message.
+            raise StartRefused(
+                f"{exc.strerror}; it is already in use (another manager?): stop that one, "
+                "or give this one another --listen"
+            ) from None
+        raise StartRefused(exc.strerror) from None
 
 
 __all__ = ["LOCK_FILE", "StartRefused", "StateLock", "bind"]
