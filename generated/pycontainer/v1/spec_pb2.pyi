@@ -412,6 +412,7 @@ class ContainerSpec(_message.Message):
     HOOKS_FIELD_NUMBER: _builtins.int
     SIDECAR_FIELD_NUMBER: _builtins.int
     START_TIMEOUT_FIELD_NUMBER: _builtins.int
+    HEALTH_LISTEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name; unique among the manager's containers (replicas get a suffix)."""
     runtime: Global___RuntimeKind.ValueType
@@ -429,6 +430,13 @@ class ContainerSpec(_message.Message):
     sidecar: _builtins.bool
     """Run the program under the pycontainer sidecar, which hosts the
     Management API for it. Set for programs that do not embed pycontainer.
+    """
+    health_listen: _builtins.str
+    """Also serve grpc.health.v1 alone (Check, Watch, List), in plaintext, on
+    this HOST:PORT, for probes that speak no TLS such as kubelet's gRPC probe
+    (the Management endpoint stays mutual TLS); empty means not at all. The
+    container learns it from $PYCONTAINER_HEALTH_LISTEN (a sidecar, from the
+    spec). A fixed port serves one replica per machine.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -498,10 +506,11 @@ class ContainerSpec(_message.Message):
         hooks: Global___HookCommands | None = ...,
         sidecar: _builtins.bool = ...,
         start_timeout: _duration_pb2.Duration | None = ...,
+        health_listen: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "hooks", b"hooks", "liveness_probe", b"liveness_probe", "oci", b"oci", "readiness_probe", b"readiness_probe", "resources", b"resources", "restart_backoff", b"restart_backoff", "start_timeout", b"start_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_policy", b"checkpoint_policy", "command", b"command", "env", b"env", "grace_period", b"grace_period", "hooks", b"hooks", "labels", b"labels", "liveness_probe", b"liveness_probe", "name", b"name", "oci", b"oci", "priority", b"priority", "readiness_probe", b"readiness_probe", "replicas", b"replicas", "resources", b"resources", "restart_backoff", b"restart_backoff", "restart_policy", b"restart_policy", "runtime", b"runtime", "sidecar", b"sidecar", "start_timeout", b"start_timeout", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_policy", b"checkpoint_policy", "command", b"command", "env", b"env", "grace_period", b"grace_period", "health_listen", b"health_listen", "hooks", b"hooks", "labels", b"labels", "liveness_probe", b"liveness_probe", "name", b"name", "oci", b"oci", "priority", b"priority", "readiness_probe", b"readiness_probe", "replicas", b"replicas", "resources", b"resources", "restart_backoff", b"restart_backoff", "restart_policy", b"restart_policy", "runtime", b"runtime", "sidecar", b"sidecar", "start_timeout", b"start_timeout", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
