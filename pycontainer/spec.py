@@ -139,6 +139,7 @@ _CONTAINER_KEYS = (
     "hooks",
     "sidecar",
     "startTimeout",
+    "healthListen",
 )
 _FLAT = (
     "pycontainer specs are flat: name, labels, command and the rest at the top of each container"
@@ -756,7 +757,31 @@ class _Checker:
             sidecar = self.boolean(fields["sidecar"], (*path, "sidecar"))
             if sidecar is not None:
                 spec.sidecar = sidecar
+
+        if "healthListen" in fields:
+            health_listen = self._listen(fields["healthListen"], (*path, "healthListen"))
+            if health_listen is not None:
+                if spec.replicas > 1 and not health_listen.endswith(":0"):
+                    self.error(
+                        (*path, "healthListen"),
+                        f"a fixed port serves one replica per machine, not {spec.replicas} "
+                        "(write port 0 for a free one each, or replicas: 1)",
+                    )
+                spec.health_listen = health_listen
         return spec
+
+    def _listen(self, value: Any, path: SpecPath) -> str | None:
+        """An address to serve on: HOST:PORT with a port from 0 (any free one) to 65535."""
+        from .client._target import TargetError, parse_listen
+
+        text = self.string(value, path, empty_ok=False)
+        if text is None:
+            return None
+        try:
+            return parse_listen(text)
+        except TargetError as exc:
+            self.error(path, str(exc))
+            return None
 
     def _label_key(self, key: str, path: SpecPath) -> None:
         if len(key) > 253 or not _LABEL_KEY.fullmatch(key):
@@ -983,4 +1008,6 @@ def spec_to_dict(spec: spec_pb2.ContainerSpec) -> dict[str, Any]:
         out["sidecar"] = True
     if spec.HasField("start_timeout"):
         out["startTimeout"] = _duration_text(spec.start_timeout)
+    if spec.health_listen:
+        out["healthListen"] = spec.health_listen
     return out

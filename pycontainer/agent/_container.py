@@ -20,11 +20,14 @@ from opentelemetry import trace
 from .. import __version__, _reflection, units
 from ..v1 import container_pb2, management_pb2, profile_pb2
 from . import _health
+from ._background import BackgroundServer
 from ._config import Config
 from ._connector import ManagerConnection
 from ._health import DEFAULT_CHECK_PERIOD, CheckFunc, CheckKind, HealthState
+from ._healthport import health_groups, start_health_port
 from ._hosting import ServiceNames, current_loop, register
 from ._lifecycle import Lifecycle, Request, StateListener, resolve_hook_result
+from ._listen import advertised_address
 from ._logs import LogBuffer, install, uninstall
 from ._metrics import AppMetrics, MetricsWatch, RpcStats
 from ._observe import AioServerInterceptor, Observer, ServerInterceptor, StreamSlots
@@ -91,6 +94,8 @@ class Container:
         self._listeners: list[StateListener] = []
         self._app_loop: asyncio.AbstractEventLoop | None = None
         self._connection: ManagerConnection | None = None
+        # grpc.health.v1 alone in plaintext (settings.health_listen), once hosted.
+        self._health_port: BackgroundServer | None = None
         # Set once stopped (or closed): followed logs and metric watches end,
         # so that a server shutting down need not cancel them.
         self._streams_end = threading.Event()
@@ -249,26 +254,25 @@ class Container:
             )
             for name, handler in method_handlers(servicer).items()
         }
-        list_request, list_response = _reflection.health_list_messages()
-
-        def health_list() -> Any:
-            response = list_response()
-            for service, status in health_servicer.list_statuses().items():
-                response.statuses[service].status = status
-            return response
-
         groups = {
             SERVICE: handlers,
-            _reflection.HEALTH: _health.health_handlers(
-                health_servicer,
-                health_list,
-                list_response.SerializeToString,
-                list_request.FromString,
-            ),
+            **health_groups(health_servicer),
             **_reflection.reflection_handlers(self.service_names, aio=aio),
         }
         for service, group in groups.items():
             register(server, service, group)
+
+    def _serve_health_port(self) -> None:
+        listen = self.settings.health_listen
+        if not listen or self._health_port is not None:
+            return
+        self._health_port = start_health_port(self.health, listen)
+        self.add_endpoint("health", advertised_address(listen, self._health_port.port))
+
+    @property
+    def health_port(self) -> int | None:
+        """The port of the plaintext health port, once it serves (settings.health_listen)."""
+        return self._health_port.port if self._health_port is not None else None
 
     def service_names(self) -> list[str]:
         """Every service reflection lists."""
@@ -431,6 +435,9 @@ class Container:
             uninstall(self.logs)
             self.app_metrics.uninstall()
         self.health.close()
+        if self._health_port is not None:
+            self._health_port.stop(grace=0)
+            self._health_port = None
         if self._slots is not None:
             self._slots.close()
 

@@ -6,124 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
-import socket
-import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from .. import units
+from ._background import BackgroundServer as BackgroundServer
+from ._background import start_in_background
 from ._container import Container
+from ._listen import EXCLUSIVE_PORT as EXCLUSIVE_PORT
+from ._listen import SERVER_OPTIONS as SERVER_OPTIONS
+from ._listen import ListenError as ListenError
+from ._listen import advertised_address
+from ._listen import listen_on as listen_on
 from ._state import State
 from ._tls import tls_dir
 
 _log = logging.getLogger("pycontainer")
-
-#: grpc-core sets SO_REUSEPORT by default, so a second server on a port in use
-#: starts "fine" and the kernel splits the connections between the two. Every
-#: server pycontainer runs binds exclusively; give this to the app's own too.
-EXCLUSIVE_PORT: tuple[str, int] = ("grpc.so_reuseport", 0)
-
-# Options of every server pycontainer builds. Exclusive binding (see above);
-# keepalive lets a dead watcher's stream be noticed.
-SERVER_OPTIONS: Sequence[tuple[str, int]] = (
-    EXCLUSIVE_PORT,
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-)
-
-
-class ListenError(OSError):
-    """A server could not listen where it was told (the message says why)."""
-
-
-def listen_on(
-    server: grpc.Server | grpc.aio.Server,
-    listen: str,
-    *,
-    tls_dir: str | None = None,
-    credentials: grpc.ServerCredentials | None = None,
-) -> int:
-    """Bind ``server`` (built with :data:`EXCLUSIVE_PORT`) to ``listen``
-    (HOST:PORT, port 0 for any free one); returns the port. With ``tls_dir``
-    (a directory with ``tls.pem`` and ``ca.pem``, as $PYCONTAINER_TLS_DIR
-    names) it serves mutual TLS, rereading the files when they are renewed;
-    ``credentials`` gives server credentials of the caller's own instead.
-
-    Raises :class:`ListenError` naming the address when the port is out of
-    range, the host does not resolve or is not this machine's, or the port is
-    already in use, rather than grpc-core's generic failure (and its lines of
-    C++ logging). Every server pycontainer runs binds through here.
-    """
-    host, _, port_text = listen.rpartition(":")
-    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ListenError(
-            errno.EINVAL,
-            f"cannot listen on {listen!r}: write HOST:PORT with a port from 0 to 65535",
-        )
-    _refuse_if_unservable(host, int(port_text), listen)
-    if tls_dir and credentials is None:
-        from ..security import CredentialFiles, server_credentials
-
-        credentials = server_credentials(CredentialFiles.in_directory(tls_dir))
-    try:
-        if credentials is not None:
-            port = server.add_secure_port(listen, credentials)
-        else:
-            port = server.add_insecure_port(listen)
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        raise ListenError(
-            errno.EADDRINUSE,
-            f"cannot listen on {listen}: the address is in use or not available here",
-        )
-    return port
-
-
-def _refuse_if_unservable(host: str, port: int, listen: str) -> None:
-    """Fail with a clear message when ``host`` does not resolve or is not this
-    machine's, or something already listens on host:port."""
-    name = host.strip("[]")
-    try:
-        infos = socket.getaddrinfo(
-            name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except (OSError, UnicodeError) as exc:
-        raise ListenError(
-            errno.EINVAL, f"cannot listen on {listen}: cannot resolve {host!r} ({exc})"
-        ) from None
-    if port == 0:
-        return
-    for family, kind, proto, _, address in infos:
-        # Bound as grpc-core binds (SO_REUSEADDR: TIME_WAIT is no owner).
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise ListenError(
-                        errno.EADDRINUSE,
-                        f"cannot listen on {listen}: the address is in use "
-                        "(is another server already running there?)",
-                    ) from None
-                if exc.errno == errno.EADDRNOTAVAIL:
-                    raise ListenError(
-                        errno.EADDRNOTAVAIL,
-                        f"cannot listen on {listen}: {host!r} is not an address of this machine",
-                    ) from None
-                raise ListenError(
-                    exc.errno or errno.EINVAL, f"cannot listen on {listen}: {exc.strerror}"
-                ) from None
 
 
 async def _start_server(container: Container, listen: str) -> tuple[grpc.aio.Server, int]:
@@ -136,10 +39,9 @@ async def _start_server(container: Container, listen: str) -> tuple[grpc.aio.Ser
     # First: a refused address leaves the container untouched.
     port = listen_on(server, listen, tls_dir=tls)
     container.add_to_server(server)
-    host = listen.rsplit(":", 1)[0] or "127.0.0.1"
-    if host in ("[::]", "0.0.0.0", ""):
-        host = "127.0.0.1"
-    container.add_endpoint("management", f"{host}:{port}", kind="management", tls=bool(tls))
+    container.add_endpoint(
+        "management", advertised_address(listen, port), kind="management", tls=bool(tls)
+    )
     await server.start()
     return server, port
 
@@ -228,51 +130,8 @@ def run(
         raise SystemExit(f"error: {exc.strerror}") from None
 
 
-@dataclass
-class BackgroundServer:
-    """A Management server on its own thread and event loop."""
-
-    port: int
-    _loop: asyncio.AbstractEventLoop
-    _server: grpc.aio.Server
-    _thread: threading.Thread
-
-    def stop(self, grace: float = 2.0) -> None:
-        """Shut the server down and join its thread."""
-        if self._loop.is_closed():
-            return
-        future = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
-        future.result(timeout=grace + 5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-
-
 def serve_in_background(container: Container, listen: str = "127.0.0.1:0") -> BackgroundServer:
     """Host the Management API on a grpc.aio server in a daemon thread, so that a
     sync app's own server and threads are untouched. The app still drives the
     lifecycle (container.start() / container.stop())."""
-    loop = asyncio.new_event_loop()
-    started: dict[str, object] = {}
-    ready = threading.Event()
-
-    def main() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            started["server"], started["port"] = loop.run_until_complete(
-                _start_server(container, listen)
-            )
-        except BaseException as exc:  # reported to the caller below
-            started["error"] = exc
-            loop.close()
-            ready.set()
-            return
-        ready.set()
-        loop.run_forever()
-        loop.close()
-
-    thread = threading.Thread(target=main, name="pycontainer-server", daemon=True)
-    thread.start()
-    ready.wait()
-    if "error" in started:
-        raise started["error"]  # type: ignore[misc]
-    return BackgroundServer(started["port"], loop, started["server"], thread)  # type: ignore[arg-type]
+    return start_in_background(lambda: _start_server(container, listen), name="pycontainer-server")

@@ -13,7 +13,11 @@ from typing import Any
 
 from .. import units
 
-__all__ = ["ContainerSettings", "Hook", "Hooks"]
+__all__ = ["HEALTH_LISTEN_ENV", "ContainerSettings", "Hook", "Hooks"]
+
+#: Where a container also serves grpc.health.v1 alone, in plaintext (HOST:PORT):
+#: set by the manager from a spec's healthListen, read by ContainerSettings.
+HEALTH_LISTEN_ENV = "PYCONTAINER_HEALTH_LISTEN"
 
 Hook = Callable[..., Any]
 
@@ -62,6 +66,12 @@ class ContainerSettings:
     # the container is hosted, connected or started), so that app metrics
     # written through the OTel API are served.
     install_meter_provider: bool = True
+    # Also serve grpc.health.v1 alone, in plaintext, on this HOST:PORT (port 0:
+    # a free one, advertised as the "health" endpoint) once the container is
+    # hosted, for probes that speak no TLS (kubelet's gRPC probe); the
+    # Management endpoint stays mutual TLS. None: $PYCONTAINER_HEALTH_LISTEN,
+    # else not at all.
+    health_listen: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -71,6 +81,8 @@ class ContainerSettings:
             self.id = os.environ.get("PYCONTAINER_CONTAINER_ID") or (
                 f"{self.name}-{secrets.token_hex(4)}"
             )
+        if self.health_listen is None:
+            self.health_listen = os.environ.get(HEALTH_LISTEN_ENV) or None
         if not isinstance(self.grace_period, datetime.timedelta):
             raise TypeError(
                 "ContainerSettings.grace_period must be a datetime.timedelta, "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .._tls_env import TLS_DIR_ENV
+from ..agent._settings import HEALTH_LISTEN_ENV
 from ..spec import SPEC_ENV, encode_spec
 from ..v1 import spec_pb2
 from ._logstore import LogStore
@@ -184,6 +185,10 @@ class ProcessRuntime(ExitListeners):
         env.pop(TLS_DIR_ENV, None)
         if launch.tls_dir:
             env[TLS_DIR_ENV] = launch.tls_dir
+        # Its own health port, or none: never one the manager's environment had.
+        env.pop(HEALTH_LISTEN_ENV, None)
+        if spec.health_listen:
+            env[HEALTH_LISTEN_ENV] = spec.health_listen
         command = list(spec.command)
         if command[0] == "python":  # the manager's own interpreter, as users expect
             command[0] = sys.executable

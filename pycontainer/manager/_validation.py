@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 
 from .. import limits
 from .._errors import echo, invalid_argument
+from ..client._target import TargetError, parse_listen
 from ..spec import MAX_REPLICAS
 from ..v1 import container_pb2, lifecycle_pb2, spec_pb2
 
@@ -190,6 +191,8 @@ def check_spec(spec: spec_pb2.ContainerSpec, field: str) -> None:
     check_priority(spec.priority, f"{field}.priority")
     check_resources(spec.resources, f"{field}.resources")
     check_replicas(spec.replicas, f"{field}.replicas")
+    if spec.health_listen:
+        check_listen(spec.health_listen, f"{field}.health_listen")
 
 
 def check_replicas(replicas: int, field: str) -> None:
@@ -198,3 +201,12 @@ def check_replicas(replicas: int, field: str) -> None:
         raise invalid_argument(
             field, f"must be 0 to {MAX_REPLICAS} (pycontainer.spec.MAX_REPLICAS), got {replicas}"
         )
+
+
+def check_listen(address: str, field: str) -> None:
+    """An address to serve on: HOST:PORT (port 0 to 65535), within MAX_ADDRESS_LENGTH."""
+    _check_length(address, limits.MAX_ADDRESS_LENGTH, field, "MAX_ADDRESS_LENGTH")
+    try:
+        parse_listen(address)
+    except TargetError as exc:
+        raise invalid_argument(field, str(exc)) from None

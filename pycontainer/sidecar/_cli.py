@@ -149,6 +149,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _listen_address(text: str) -> str:
+    from ..client._target import parse_listen
+
+    return parse_listen(text)  # a TargetError is a ValueError saying what to write
+
+
 def _command(text: str) -> tuple[str, ...]:
     try:
         argv = tuple(shlex.split(text))
@@ -182,6 +188,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         default="127.0.0.1:0",
         help="HOST:PORT for the Management API (default: 127.0.0.1 on a free port, logged)",
+    )
+    parser.add_argument(
+        "--health-listen",
+        type=_typed(_listen_address),
+        metavar="ADDR",
+        help="also serve grpc.health.v1 alone, in plaintext, on this HOST:PORT (for probes "
+        "that speak no TLS, such as kubelet's; default: $PYCONTAINER_HEALTH_LISTEN, else none)",
     )
     parser.add_argument(
         "--name", help="container name (default: $PYCONTAINER_NAME, else the program's name)"
@@ -333,6 +346,7 @@ _SPEC_FLAGS = (
     "checkpoint_cmd",
     "restore_cmd",
     "workdir",
+    "health_listen",
 )
 
 
@@ -394,6 +408,8 @@ def spec_from_args(args: argparse.Namespace) -> spec_pb2.ContainerSpec:
         hook.extend(flag or ())
     if args.workdir:
         spec.working_dir = args.workdir
+    if args.health_listen:
+        spec.health_listen = args.health_listen
     return spec
 
 
@@ -415,6 +431,8 @@ def settings_from_spec(
         cpu_millis=spec.resources.cpu_millis,
         memory_bytes=spec.resources.memory_bytes,
         grace_period=grace if grace is not None else DEFAULT_GRACE_PERIOD,
+        # Unset: $PYCONTAINER_HEALTH_LISTEN (the manager sets it from the spec too).
+        health_listen=spec.health_listen or None,
     )
     return SidecarSettings(
         container=container,

@@ -38,6 +38,7 @@ from .._errors import RequestError
 from ..agent._container import Container, ContainerSettings, Hooks
 from ..agent._health import CheckKind
 from ..agent._serve import serve
+from ..agent._settings import HEALTH_LISTEN_ENV
 from ..agent._state import State
 from ..spec import SPEC_ENV
 from ..v1 import spec_pb2
@@ -60,7 +61,12 @@ LIVENESS = "liveness"
 READINESS = "readiness"
 # Environment a pycontainer-embedding program would take as its own identity
 # (or launch description): the program is not that container, the sidecar is.
-_NOT_FOR_THE_PROGRAM = ("PYCONTAINER_MANAGER", "PYCONTAINER_CONTAINER_ID", SPEC_ENV)
+_NOT_FOR_THE_PROGRAM = (
+    "PYCONTAINER_MANAGER",
+    "PYCONTAINER_CONTAINER_ID",
+    SPEC_ENV,
+    HEALTH_LISTEN_ENV,
+)
 #: Most time a checkpoint or restore command may take, unless the settings say.
 DEFAULT_HOOK_TIMEOUT = datetime.timedelta(seconds=60)
 # Exit statuses when the program could not be run, as a shell's.

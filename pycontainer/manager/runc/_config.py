@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..._tls_env import TLS_DIR_ENV
+from ...agent._settings import HEALTH_LISTEN_ENV
 from .._runtime import Launch
 
 OCI_VERSION = "1.0.2"
@@ -237,6 +238,9 @@ def _process_env(launch: Launch, host_mode: bool) -> list[str]:
     env.pop(TLS_DIR_ENV, None)
     if launch.tls_dir:  # bind-mounted read-only at the same path (build_config)
         env[TLS_DIR_ENV] = launch.tls_dir
+    env.pop(HEALTH_LISTEN_ENV, None)
+    if spec.health_listen:
+        env[HEALTH_LISTEN_ENV] = spec.health_listen
     return [f"{k}={v}" for k, v in env.items()]
 
 
