@@ -226,7 +226,10 @@ class Container:
     ) -> None:
         """Add Management, grpc.health.v1 and reflection (v1 and v1alpha) to the
         app's own server. Reflection lists every service added to the server
-        after this call, plus ``services`` (for ones added before it)."""
+        after this call, plus ``services`` (for ones added before it). With
+        ``settings.health_listen``, the first call also starts the plaintext
+        health port (ListenError when it cannot listen there)."""
+        self._serve_health_port()
         self._activate()
         aio = isinstance(server, grpc.aio.Server)
         self._services.add(services)
