@@ -115,10 +115,11 @@ async def main() -> None:
         ],
         options=[EXCLUSIVE_PORT],
     )
-    container.add_to_server(server)
     # Mutual TLS when launched by a manager that serves it, plaintext by hand.
     tls = tls_dir()
     try:
+        # With $PYCONTAINER_HEALTH_LISTEN, this serves the plaintext health port too.
+        container.add_to_server(server)
         port = listen_on(server, args.listen, tls_dir=tls)  # a port in use: one clear line
     except ListenError as exc:
         raise SystemExit(f"error: {exc.strerror}") from None

@@ -20,9 +20,10 @@ import grpc
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import IN_CI
+from support import IN_CI, free_address
 
 from pycontainer.agent._health import LIVENESS, READINESS
+from pycontainer.agent._settings import HEALTH_LISTEN_ENV
 from pycontainer.v1 import manager_pb2, manager_pb2_grpc
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -148,13 +149,20 @@ def test_example_app_probes_use_our_health_service_names() -> None:
     assert (ROOT / command[1]).is_file()
     port = _listen_port(container)
     assert _named_port(container, "grpc") == port
+    # kubelet's probes speak plaintext: they ask the plaintext health port,
+    # on every interface (kubelet dials the pod's IP).
+    env = {e["name"]: e for e in container["env"]}
+    health_listen = env[HEALTH_LISTEN_ENV]["value"]
+    assert health_listen.startswith("0.0.0.0:")
+    health_port = int(health_listen.rsplit(":", 1)[1])
+    assert health_port != port
+    assert _named_port(container, "health") == health_port
     readiness, liveness = container["readinessProbe"], container["livenessProbe"]
-    assert readiness["grpc"] == {"port": port, "service": READINESS}
-    assert liveness["grpc"] == {"port": port, "service": LIVENESS}
+    assert readiness["grpc"] == {"port": health_port, "service": READINESS}
+    assert liveness["grpc"] == {"port": health_port, "service": LIVENESS}
     assert (READINESS, LIVENESS) == ("readiness", "liveness")
 
     # It dials the manager's Service, with its pod name as container id.
-    env = {e["name"]: e for e in container["env"]}
     manager_service = _one("Service", "pycontainer-manager")
     [manager_port] = manager_service["spec"]["ports"]
     assert env["PYCONTAINER_MANAGER"]["value"] == (
@@ -275,11 +283,13 @@ def test_manifest_commands_serve_their_probes_and_stop_on_sigterm(
         env[item["name"]] = item.get("value", "")
     env["PYCONTAINER_MANAGER"] = manager_address  # the Service, here
     env["PYCONTAINER_CONTAINER_ID"] = "sync-worker-7d4b9c-x2v5q"  # the downward API's pod name
-    app, app_address = _start(_local(app_container["command"], "127.0.0.1:0"), env, "serving on")
+    health_address = free_address()  # the manifest's port, on this machine's loopback
+    env[HEALTH_LISTEN_ENV] = health_address
+    app, _ = _start(_local(app_container["command"], "127.0.0.1:0"), env, "serving on")
     procs.append(app)
-    # Once the manager has started it, both of kubelet's probes pass.
-    _wait_check(app_address, app_container["readinessProbe"]["grpc"]["service"])
-    _wait_check(app_address, app_container["livenessProbe"]["grpc"]["service"])
+    # Once the manager has started it, both of kubelet's probes pass, on the health port.
+    _wait_check(health_address, app_container["readinessProbe"]["grpc"]["service"])
+    _wait_check(health_address, app_container["livenessProbe"]["grpc"]["service"])
     with grpc.insecure_channel(manager_address) as channel:
         listed = manager_pb2_grpc.ManagerStub(channel).ListContainers(
             manager_pb2.ListContainersRequest(), timeout=5

@@ -54,6 +54,7 @@ containers:
     oci: {rootfs: /var/lib/box, hostname: box}
     command: [sh, -c, "sleep 1000"]
     sidecar: true
+    healthListen: 0.0.0.0:8081
     livenessProbe: {exec: {command: [test, -f, /tmp/ok]}}
     readinessProbe: {tcp: {port: 9000}}
     hooks:
@@ -95,6 +96,8 @@ def test_every_field_maps_onto_the_spec() -> None:
     assert box.runtime == spec_pb2.RUNTIME_KIND_RUNC
     assert (box.oci.rootfs, box.oci.hostname) == ("/var/lib/box", "box")
     assert box.sidecar
+    assert box.health_listen == "0.0.0.0:8081"
+    assert not web.health_listen
     assert list(box.liveness_probe.exec.command) == ["test", "-f", "/tmp/ok"]
     assert box.readiness_probe.tcp.port == 9000
     assert list(box.hooks.pre_stop) == ["sh", "-c", "echo bye"]
@@ -216,6 +219,12 @@ def test_every_mistake_is_reported_at_once_with_its_place(tmp_path: Path) -> Non
         ("containers: []\nreplicas: 2\n", "replicas: unknown key beside containers"),
         ("", "no containers"),
         ("name: a\ncommand: [x]\nname: b\n", "name: duplicate key"),
+        ("name: a\ncommand: [x]\nhealthListen: '8081'\n", "healthListen: '8081' has no port"),
+        ("name: a\ncommand: [x]\nhealthListen: 8081\n", "healthListen: must be a string"),
+        (
+            "name: a\ncommand: [x]\nreplicas: 2\nhealthListen: 0.0.0.0:8081\n",
+            "healthListen: a fixed port serves one replica per machine, not 2",
+        ),
         ("name: a\n  command: [x]\n", "invalid YAML"),
     ],
 )
@@ -295,6 +304,9 @@ def test_values_at_the_bounds_pass() -> None:
     assert spec.replicas == MAX_REPLICAS
     assert duration_field(spec, "grace_period") == MAX_GRACE_PERIOD
     assert duration_field(spec, "restart_backoff") == MIN_RESTART_BACKOFF
+    # Replicas of a health port each take a free port (advertised in GetInfo).
+    [spread] = parse_specs("name: a\ncommand: [x]\nreplicas: 3\nhealthListen: 0.0.0.0:0\n")
+    assert spread.health_listen == "0.0.0.0:0"
     # gracePeriod 0 is no grace at all, not "unset".
     [zero] = parse_specs("name: a\ncommand: [x]\ngracePeriod: 0\n")
     assert duration_field(zero, "grace_period") == datetime.timedelta(0)
