@@ -364,3 +364,26 @@ def test_the_api_refuses_a_health_listen_it_cannot_serve(secure: ManagerHost) ->
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "health_listen" in refused.value.details
     assert "has no port" in refused.value.details
+
+
+def test_a_container_gets_its_specs_health_port_never_the_managers_environment(
+    secure: ManagerHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The manager runs with a health port in its own environment: no spec asked for one.
+    monkeypatch.setenv(HEALTH_LISTEN_ENV, free_address())
+    spec = spec_pb2.ContainerSpec(
+        name="plain",
+        command=[sys.executable, str(ROOT / "tests/apps/connected_app.py"), "--name", "plain"],
+        runtime=spec_pb2.RUNTIME_KIND_PROCESS,
+    )
+    [launched] = secure.client.run_container(manager_pb2.RunContainerRequest(spec=spec)).containers
+    request = manager_pb2.GetContainerRequest(container=launched.identity.id)
+
+    def running() -> bool:
+        got = secure.client.get_container(request).container
+        return got.state == RUNNING and got.connected
+
+    wait_until(running, 30, "the launched container registers and runs")
+    # Its endpoints are those it was hosted with: the Management one alone.
+    endpoints = secure.client.get_container(request).container.identity.endpoints
+    assert [e.name for e in endpoints] == ["management"]
