@@ -289,6 +289,7 @@ def test_the_sidecar_serves_health_on_its_own_port(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode is not None
     assert "Traceback" not in err
+    assert f"plaintext health on port {health_address.rsplit(':', 1)[1]}" in err
 
 
 def test_a_bad_health_listen_flag_says_what_to_write(tmp_path: Path) -> None:

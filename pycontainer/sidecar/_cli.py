@@ -503,11 +503,13 @@ def run_settings(settings: SidecarSettings) -> int:
         if host in ("[::]", "0.0.0.0", ""):
             host = "127.0.0.1"
         manager = settings.manager or os.environ.get("PYCONTAINER_MANAGER")
+        health_port = sidecar.container.health_port
         _log.info(
-            "container %s: Management API on %s:%d%s",
+            "container %s: Management API on %s:%d%s%s",
             sidecar.container.id,
             host,
             port,
+            f", plaintext health on port {health_port}" if health_port else "",
             # An address may carry userinfo (user:password@host): never logged.
             f", manager {mask_url_passwords(manager)}" if manager else "",
         )
