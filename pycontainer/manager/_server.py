@@ -264,6 +264,24 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
             check_spec(spec, f"specs[{index}]")
         return await self._m.apply(request)
 
+    async def CreateBootstrapToken(
+        self, request: manager_pb2.CreateBootstrapTokenRequest, context: Context
+    ) -> manager_pb2.CreateBootstrapTokenResponse:
+        target = request.container_id or "any container"
+        self._audit(context, "CreateBootstrapToken", target, f"uses {request.uses or 1}")
+        return await self._m.bootstrap.create(request)
+
+    async def ListBootstrapTokens(
+        self, request: manager_pb2.ListBootstrapTokensRequest, context: Context
+    ) -> manager_pb2.ListBootstrapTokensResponse:
+        return await self._m.bootstrap.list()
+
+    async def RevokeBootstrapToken(
+        self, request: manager_pb2.RevokeBootstrapTokenRequest, context: Context
+    ) -> manager_pb2.RevokeBootstrapTokenResponse:
+        self._audit(context, "RevokeBootstrapToken", request.token_id)
+        return await self._m.bootstrap.revoke(request.token_id)
+
     async def GetVersion(
         self, request: manager_pb2.GetVersionRequest, context: Context
     ) -> manager_pb2.GetVersionResponse:

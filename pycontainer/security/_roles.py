@@ -84,6 +84,12 @@ METHOD_ROLES: Mapping[str, Role] = {
     },
     _MANAGER + "RunContainer": Role.ADMIN,
     _MANAGER + "ApplySpecs": Role.ADMIN,
+    # Bootstrap tokens (Bootstrap.Join itself is served on the join listener
+    # alone, paid for by a token, never on an authorized server).
+    **{
+        _MANAGER + name: Role.ADMIN
+        for name in ("CreateBootstrapToken", "ListBootstrapTokens", "RevokeBootstrapToken")
+    },
     "/pycontainer.v1.Lifecycle/Connect": Role.CONTAINER,
 }
 
