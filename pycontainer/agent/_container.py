@@ -24,6 +24,7 @@ from ._config import Config
 from ._connector import ManagerConnection
 from ._health import DEFAULT_CHECK_PERIOD, CheckFunc, CheckKind, HealthState
 from ._hosting import ServiceNames, current_loop, register
+from ._join import join_if_bootstrapping
 from ._lifecycle import Lifecycle, Request, StateListener, resolve_hook_result
 from ._logs import LogBuffer, install, uninstall
 from ._metrics import AppMetrics, MetricsWatch, RpcStats
@@ -91,6 +92,9 @@ class Container:
         self._listeners: list[StateListener] = []
         self._app_loop: asyncio.AbstractEventLoop | None = None
         self._connection: ManagerConnection | None = None
+        # Whether join_if_bootstrapping() ran, and the TLS directory it found.
+        self._joined = False
+        self._tls_dir: str | None = None
         # Set once stopped (or closed): followed logs and metric watches end,
         # so that a server shutting down need not cancel them.
         self._streams_end = threading.Event()
@@ -388,9 +392,21 @@ class Container:
         backoff until close(). Returns at once."""
         if self._connection is not None:
             raise RuntimeError(f"already connected to {self._connection.target}")
+        self.join_if_bootstrapping()
         self._activate()
         self._connection = ManagerConnection(self, manager)
         return self._connection
+
+    def join_if_bootstrapping(self) -> str | None:
+        """With a bootstrap token (settings or $PYCONTAINER_BOOTSTRAP_TOKEN): make
+        sure this container holds a certificate from the manager's CA, joining
+        for one when it has none (pycontainer.agent._join); its TLS directory,
+        or None without a token. JoinError saying why it cannot. Once per
+        container: serve() and connect() call it first."""
+        if not self._joined:
+            self._tls_dir = join_if_bootstrapping(self.settings)
+            self._joined = True
+        return self._tls_dir
 
     def flush_reports(self, seconds: float = 0.5) -> None:
         """Let queued reports reach the manager before the process exits hard."""

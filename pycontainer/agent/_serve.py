@@ -20,6 +20,7 @@ import grpc
 
 from .. import units
 from ._container import Container
+from ._join import JoinError
 from ._state import State
 from ._tls import tls_dir
 
@@ -127,6 +128,8 @@ def _refuse_if_unservable(host: str, port: int, listen: str) -> None:
 
 
 async def _start_server(container: Container, listen: str) -> tuple[grpc.aio.Server, int]:
+    # A container joining with a bootstrap token gets its certificate first.
+    await asyncio.to_thread(container.join_if_bootstrapping)
     tls = tls_dir()
     interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
     if tls:
@@ -226,6 +229,8 @@ def run(
         asyncio.run(serve(container, listen, on_ready=on_ready))
     except ListenError as exc:
         raise SystemExit(f"error: {exc.strerror}") from None
+    except JoinError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 @dataclass

@@ -62,6 +62,12 @@ class ContainerSettings:
     # the container is hosted, connected or started), so that app metrics
     # written through the OTel API are served.
     install_meter_provider: bool = True
+    # Joining a manager that did not launch this container (pycontainer
+    # token create prints the three); empty: $PYCONTAINER_BOOTSTRAP_TOKEN,
+    # $PYCONTAINER_JOIN and $PYCONTAINER_CA_PIN (see pycontainer._tls_env).
+    bootstrap_token: str = field(default="", repr=False)  # a secret: never in a repr
+    join_address: str = ""
+    ca_pin: str = ""
 
     def __post_init__(self) -> None:
         if not self.name:
