@@ -12,10 +12,9 @@ $PYCONTAINER_TLS_DIR then names for this process, so that the Management
 server and the manager session use mutual TLS as any launched container does.
 
 The certificate lives as long as the manager's ``certificate_ttl`` (a day by
-default). Nothing renews it in place: a container that outlives it joins again
-at its next start (a token with uses left), and one still running past
-two-thirds of its life re-joins then if its token allows it, keeping the
-current certificate otherwise.
+default) and nothing renews it while the container runs (a RenewCertificate
+call is not there yet). At a start past two-thirds of its life the container
+joins again if its token has uses left, and keeps the current one otherwise.
 """
 
 from __future__ import annotations

@@ -12,8 +12,7 @@ on the container dials the main port with mutual TLS as any other.
 
 Tokens never appear in errors, events or logs: only their ids. The manager
 does not renew a joined container's certificate (it never holds its key): the
-container joins again, with a new token, before it expires (the leaf lives
-``certificate_ttl``).
+leaf lives ``certificate_ttl`` and the container joins again at a restart.
 """
 
 from __future__ import annotations
