@@ -26,7 +26,7 @@ from support import wait_until
 
 import pycontainer
 from pycontainer._tls_env import BOOTSTRAP_TOKEN_ENV, CA_PIN_ENV, JOIN_ENV, TLS_DIR_ENV
-from pycontainer.agent import JoinError
+from pycontainer.agent import JoinError, serve_in_background
 from pycontainer.cli import main
 from pycontainer.client import CallError
 from pycontainer.security import (
@@ -364,3 +364,95 @@ def test_an_insecure_manager_has_no_tokens_and_says_why(tmp_path: Path) -> None:
         host.client.create_bootstrap_token()
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "--insecure" in refused.value.details
+
+
+def test_a_joined_container_renews_its_certificate_through_its_session(tmp_path: Path) -> None:
+    with manager_host(
+        tmp_path / "state",
+        insecure=False,
+        certificate_ttl=datetime.timedelta(seconds=3),
+        certificate_renewal_check=datetime.timedelta(milliseconds=200),
+    ) as host:
+        made = _token(host, "renewing-1")
+        tls_dir = tmp_path / "renewing"
+        os.environ[TLS_DIR_ENV] = str(tls_dir)
+        settings = pycontainer.ContainerSettings(
+            name="renewing",
+            id="renewing-1",
+            bootstrap_token=made.token,
+            join_address=made.join_address,
+            ca_pin=made.ca_pin,
+        )
+        app = pycontainer.Container(settings)
+        try:
+            server = serve_in_background(app)  # joins first: its server serves the leaf
+            app.connect(host.address)
+            request = manager_pb2.GetContainerRequest(container="renewing-1")
+
+            def connected() -> bool:
+                try:
+                    return host.client.get_container(request).container.connected
+                except CallError:
+                    return False
+
+            wait_until(connected, 20, "the joined container registers")
+            files = CredentialFiles.in_directory(tls_dir)
+            first = files.read()[0].certificate
+
+            def renewed() -> bool:
+                return files.read()[0].certificate.serial_number != first.serial_number
+
+            wait_until(renewed, 20, "the joined certificate renewed before it expires")
+            second = files.read()[0].certificate
+            assert second.not_valid_after_utc > first.not_valid_after_utc
+            assert files.read()[0].identity == container("renewing-1")
+            assert (tls_dir / "tls.pem").stat().st_mode & 0o777 == 0o600
+            # After the first certificate expired, the renewed one still works:
+            # the manager reaches the container's Management endpoint anew.
+            while datetime.datetime.now(datetime.UTC) <= first.not_valid_after_utc:
+                time.sleep(0.05)
+            stream = host.client.watch_metrics(
+                manager_pb2.ManagerWatchMetricsRequest(containers=["renewing-1"]),
+                timeout=datetime.timedelta(seconds=20),
+            )
+            assert next(stream).snapshot.container_id == "renewing-1"
+            stream.close()
+            renewals = [
+                e
+                for e in host.manager.events.history()
+                if e.message.startswith("RenewCertificate ")
+            ]
+            assert renewals
+            assert {e.actor for e in renewals} == {str(container("renewing-1"))}
+            server.stop()
+        finally:
+            app.close()
+            del os.environ[TLS_DIR_ENV]
+
+
+def test_only_a_container_renews_and_only_on_the_main_port(secure: ManagerHost) -> None:
+    admin = CredentialFiles.in_directory(Path(secure.settings.state_dir) / "admin")
+    csr = certificate_request(container("x-1")).csr_pem.decode()
+    renew = bootstrap_pb2.RenewCertificateRequest(csr_pem=csr)
+    with (
+        grpc.secure_channel(
+            secure.address, channel_credentials(admin), server_name_options(MANAGER)
+        ) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        bootstrap_pb2_grpc.BootstrapStub(channel).RenewCertificate(renew, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "container role" in (refused.value.details() or "")
+    made = _token(secure)
+    from pycontainer.agent._join import pinned_ca
+
+    roots = grpc.ssl_channel_credentials(
+        root_certificates=pinned_ca(made.join_address, made.ca_pin, 10)
+    )
+    with (
+        grpc.secure_channel(made.join_address, roots, server_name_options(MANAGER)) as channel,
+        pytest.raises(grpc.RpcError) as there,
+    ):
+        bootstrap_pb2_grpc.BootstrapStub(channel).RenewCertificate(renew, timeout=10)
+    assert there.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "main port" in (there.value.details() or "")

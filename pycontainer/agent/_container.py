@@ -392,9 +392,9 @@ class Container:
         backoff until close(). Returns at once."""
         if self._connection is not None:
             raise RuntimeError(f"already connected to {self._connection.target}")
-        self.join_if_bootstrapping()
+        joined = self.join_if_bootstrapping()
         self._activate()
-        self._connection = ManagerConnection(self, manager)
+        self._connection = ManagerConnection(self, manager, renew_tls_dir=joined)
         return self._connection
 
     def join_if_bootstrapping(self) -> str | None:

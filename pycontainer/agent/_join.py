@@ -12,13 +12,17 @@ $PYCONTAINER_TLS_DIR then names for this process, so that the Management
 server and the manager session use mutual TLS as any launched container does.
 
 The certificate lives as long as the manager's ``certificate_ttl`` (a day by
-default) and nothing renews it while the container runs (a RenewCertificate
-call is not there yet). At a start past two-thirds of its life the container
-joins again if its token has uses left, and keeps the current one otherwise.
+default). While the container holds a manager session, :func:`keep_renewed`
+replaces it two-thirds into its life through Bootstrap.RenewCertificate on
+the manager's main port, authenticated by the current certificate (the manager
+signs only for that identity); servers reload it, new connections use it. At
+a start past that point the container joins again if its token has uses left,
+and keeps the current one otherwise (its session then renews it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import os
@@ -33,12 +37,17 @@ from .._tls_env import BOOTSTRAP_TOKEN_ENV, CA_PIN_ENV, JOIN_ENV, TLS_DIR_ENV
 from ._settings import ContainerSettings
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from ..security import CredentialFiles
 
 _log = logging.getLogger("pycontainer")
 
 #: How long the join (TLS handshake, then the call) may take.
 JOIN_TIMEOUT = datetime.timedelta(seconds=15)
+# A failed renewal is retried after this, doubling up to _LAST_RETRY (seconds).
+_FIRST_RETRY = 1.0
+_LAST_RETRY = 60.0
 
 
 class JoinError(Exception):
@@ -196,4 +205,98 @@ def _join(files: CredentialFiles, container_id: str, token: str, address: str, p
     _log.info("joined as %s: certificate in %s", identity, files.leaf.parent)
 
 
-__all__ = ["JOIN_TIMEOUT", "JoinError", "default_tls_dir", "join_if_bootstrapping", "pinned_ca"]
+def renewal_time(certificate: x509.Certificate) -> datetime.datetime:
+    """When a leaf is renewed: two thirds into its life, counted from its issue
+    (the CA back-dates not-before by its clock skew allowance)."""
+    from ..security import RENEW_AT_FRACTION
+    from ..security._ca import CLOCK_SKEW
+
+    end = certificate.not_valid_after_utc
+    issued = min(certificate.not_valid_before_utc + CLOCK_SKEW, end)
+    return issued + (end - issued) * RENEW_AT_FRACTION
+
+
+async def keep_renewed(tls_dir: str, target: str) -> None:
+    """Renew the joined certificate in ``tls_dir`` through the manager at ``target``
+    (Bootstrap.RenewCertificate, mutual TLS with the current one) whenever it is
+    due, for as long as the task runs (the manager session's)."""
+    from ..security import CredentialFiles, SecurityError
+
+    files = CredentialFiles.in_directory(tls_dir)
+    retry = _FIRST_RETRY
+    while True:
+        try:
+            leaf, _ = files.read()
+            wait = (renewal_time(leaf.certificate) - _now()).total_seconds()
+        except (SecurityError, ValueError):
+            wait = 0.0
+        if wait > 0:
+            await asyncio.sleep(wait)
+            continue  # look again: the file may have been replaced meanwhile
+        try:
+            await _renew(files, target)
+            retry = _FIRST_RETRY
+        except Exception as exc:  # any failure: retried, never the end of renewals
+            _log.warning(
+                "cannot renew the certificate in %s (retrying in %gs): %s", tls_dir, retry, exc
+            )
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, _LAST_RETRY)
+
+
+async def _renew(files: CredentialFiles, target: str) -> None:
+    from ..security import (
+        MANAGER,
+        SecurityError,
+        certificate_request,
+        channel_credentials,
+        server_name_options,
+    )
+    from ..v1 import bootstrap_pb2, bootstrap_pb2_grpc
+
+    try:
+        current, _ = files.read()
+        identity = current.identity
+        credentials = channel_credentials(files)
+    except SecurityError as exc:
+        raise JoinError(str(exc)) from None
+    if identity is None:
+        raise JoinError(f"{files.leaf} names no pycontainer identity")
+    request = certificate_request(identity)
+    async with grpc.aio.secure_channel(
+        target, credentials, options=server_name_options(MANAGER)
+    ) as channel:
+        try:
+            response = await bootstrap_pb2_grpc.BootstrapStub(channel).RenewCertificate(
+                bootstrap_pb2.RenewCertificateRequest(csr_pem=request.csr_pem.decode()),
+                timeout=JOIN_TIMEOUT.total_seconds(),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise JoinError(
+                f"the manager at {target} refused the renewal: {exc.code().name}: {exc.details()}"
+            ) from None
+    try:
+        leaf = request.leaf(response.certificate_pem.encode())
+        if leaf.identity != identity:
+            raise JoinError(f"the renewed certificate from {target} is not {identity}'s")
+        files.store(leaf, response.trust_bundle_pem.encode())
+    except (SecurityError, ValueError) as exc:
+        raise JoinError(f"the renewal's answer from {target} is unusable: {exc}") from None
+    except OSError as exc:
+        raise JoinError(f"cannot write {files.leaf}: {exc.strerror or exc}") from None
+    _log.info("renewed the certificate of %s in %s", identity, files.leaf.parent)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+__all__ = [
+    "JOIN_TIMEOUT",
+    "JoinError",
+    "default_tls_dir",
+    "join_if_bootstrapping",
+    "keep_renewed",
+    "pinned_ca",
+    "renewal_time",
+]

@@ -40,6 +40,7 @@ from ..agent._serve import EXCLUSIVE_PORT
 from ..security import (
     DEFAULT_TOKEN_TTL,
     Grant,
+    Identity,
     SecurityError,
     TokenError,
     TokenNotFor,
@@ -47,6 +48,7 @@ from ..security import (
     certificate_pin,
     check_csr,
     container,
+    peer_identity,
     server_credentials,
 )
 from ..units import duration_field, format_duration, timestamp_to_proto
@@ -312,6 +314,50 @@ class Bootstrapping:
             expire_time=timestamp_to_proto(issued.not_after),
         )
 
+    # -- Bootstrap.RenewCertificate (main port) -----------------------------------
+    async def renew(
+        self, request: bootstrap_pb2.RenewCertificateRequest, identity: Identity | None
+    ) -> bootstrap_pb2.RenewCertificateResponse:
+        ca = self._trust.ca
+        if ca is None:
+            raise failed_precondition(
+                "the manager serves without TLS (--insecure): there are no certificates to renew"
+            )
+        if identity is None or identity.kind != "container":
+            raise RequestError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "RenewCertificate renews a container's own certificate: call it with mutual "
+                f"TLS and the current certificate of a container (this call shows "
+                f"{identity or 'none'})",
+            )
+        try:
+            check_csr(request.csr_pem.encode())
+        except SecurityError as exc:
+            raise invalid_argument("csr_pem", str(exc)) from None
+        self._events.publish(
+            manager_pb2.EVENT_TYPE_REQUESTED,
+            identity.name,
+            "",
+            f"RenewCertificate {identity} by {identity}",
+            actor=identity.uri,
+        )
+        try:
+            issued = await asyncio.to_thread(
+                ca.sign_csr,
+                request.csr_pem.encode(),
+                identity,
+                ttl=self._settings.certificate_ttl,
+            )
+        except SecurityError as exc:
+            raise invalid_argument("csr_pem", str(exc)) from None
+        _log.info("renewed the certificate of %s", identity)
+        return bootstrap_pb2.RenewCertificateResponse(
+            certificate_pem=issued.certificate_pem.decode(),
+            trust_bundle_pem=ca.certificate_pem.decode(),
+            identity=identity.uri,
+            expire_time=timestamp_to_proto(issued.not_after),
+        )
+
     def _audit(self, identity: str, outcome: str, peer: str) -> None:
         """The audit trail of joins: the identity asked for and the token's id (never
         the token), as the operator API's REQUESTED events are."""
@@ -336,16 +382,38 @@ def _token_proto(grant: Grant) -> manager_pb2.BootstrapToken:
 
 
 class JoinServicer(bootstrap_pb2_grpc.BootstrapServicer):
-    """Bootstrap.Join, alone on the join listener."""
+    """The Bootstrap service: Join on the join listener (``main`` False),
+    RenewCertificate on the manager's main, mutual-TLS, port (``main`` True)."""
 
-    def __init__(self, bootstrapping: Bootstrapping) -> None:
+    def __init__(self, bootstrapping: Bootstrapping, *, main: bool = False) -> None:
         self._b = bootstrapping
+        self._main = main
 
     async def Join(
         self, request: bootstrap_pb2.JoinRequest, context: Context
     ) -> bootstrap_pb2.JoinResponse:
         try:
+            if self._main:
+                raise failed_precondition(
+                    "Bootstrap.Join is served on the manager's join address (server-side TLS), "
+                    "as Manager.CreateBootstrapToken reports it, not on its main port"
+                )
             return await self._b.join(request, context.peer())
+        except RequestError as exc:
+            await abort(context, exc)
+            raise  # abort raises; for the type checker
+
+    async def RenewCertificate(
+        self, request: bootstrap_pb2.RenewCertificateRequest, context: Context
+    ) -> bootstrap_pb2.RenewCertificateResponse:
+        try:
+            if not self._main:
+                raise RequestError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "RenewCertificate is served on the manager's main port (mutual TLS, with "
+                    "the current certificate), not on the join address",
+                )
+            return await self._b.renew(request, peer_identity(context))
         except RequestError as exc:
             await abort(context, exc)
             raise  # abort raises; for the type checker

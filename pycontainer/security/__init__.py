@@ -49,6 +49,7 @@ from pycontainer.security._interceptor import (
 )
 from pycontainer.security._leaf import (
     LEAF_FILE,
+    RENEW_AT_FRACTION,
     TRUST_FILE,
     CredentialFiles,
     Leaf,
@@ -94,6 +95,7 @@ __all__ = [
     "MAX_TOKEN_TTL",
     "METHOD_ROLES",
     "PIN_PREFIX",
+    "RENEW_AT_FRACTION",
     "TOKENS_FILE",
     "TRUST_DOMAIN",
     "TRUST_FILE",

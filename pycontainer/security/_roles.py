@@ -91,6 +91,8 @@ METHOD_ROLES: Mapping[str, Role] = {
         for name in ("CreateBootstrapToken", "ListBootstrapTokens", "RevokeBootstrapToken")
     },
     "/pycontainer.v1.Lifecycle/Connect": Role.CONTAINER,
+    # A container renews its own certificate (the manager signs for the caller's identity).
+    "/pycontainer.v1.Bootstrap/RenewCertificate": Role.CONTAINER,
 }
 
 # Whole services whose every method needs one role.

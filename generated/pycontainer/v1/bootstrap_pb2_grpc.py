@@ -27,9 +27,7 @@ if _version_not_supported:
 
 class BootstrapStub(object):
     """How a container the manager did not launch gets its certificate (kubelet's
-    TLS bootstrap, in small). Served alone on the manager's join address over
-    server-side TLS: the caller has no certificate yet, it pays with a
-    bootstrap token (Manager.CreateBootstrapToken).
+    TLS bootstrap, in small), and keeps it current.
     """
 
     def __init__(self, channel):
@@ -43,18 +41,33 @@ class BootstrapStub(object):
                 request_serializer=pycontainer_dot_v1_dot_bootstrap__pb2.JoinRequest.SerializeToString,
                 response_deserializer=pycontainer_dot_v1_dot_bootstrap__pb2.JoinResponse.FromString,
                 _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/pycontainer.v1.Bootstrap/RenewCertificate',
+                request_serializer=pycontainer_dot_v1_dot_bootstrap__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=pycontainer_dot_v1_dot_bootstrap__pb2.RenewCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class BootstrapServicer(object):
     """How a container the manager did not launch gets its certificate (kubelet's
-    TLS bootstrap, in small). Served alone on the manager's join address over
-    server-side TLS: the caller has no certificate yet, it pays with a
-    bootstrap token (Manager.CreateBootstrapToken).
+    TLS bootstrap, in small), and keeps it current.
     """
 
     def Join(self, request, context):
         """Redeem a token: the manager signs the request's CSR for the container
-        identity spiffe://pycontainer.local/container/<container_id>.
+        identity spiffe://pycontainer.local/container/<container_id>. Served
+        alone on the manager's join address over server-side TLS: the caller has
+        no certificate yet, it pays with a bootstrap token
+        (Manager.CreateBootstrapToken).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewCertificate(self, request, context):
+        """A new certificate for the caller's own identity, on a new key: served on
+        the manager's main port (mutual TLS), for the container identity the
+        caller's current certificate names, before that one expires.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -68,6 +81,11 @@ def add_BootstrapServicer_to_server(servicer, server):
                     request_deserializer=pycontainer_dot_v1_dot_bootstrap__pb2.JoinRequest.FromString,
                     response_serializer=pycontainer_dot_v1_dot_bootstrap__pb2.JoinResponse.SerializeToString,
             ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=pycontainer_dot_v1_dot_bootstrap__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=pycontainer_dot_v1_dot_bootstrap__pb2.RenewCertificateResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'pycontainer.v1.Bootstrap', rpc_method_handlers)
@@ -78,9 +96,7 @@ def add_BootstrapServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Bootstrap(object):
     """How a container the manager did not launch gets its certificate (kubelet's
-    TLS bootstrap, in small). Served alone on the manager's join address over
-    server-side TLS: the caller has no certificate yet, it pays with a
-    bootstrap token (Manager.CreateBootstrapToken).
+    TLS bootstrap, in small), and keeps it current.
     """
 
     @staticmethod
@@ -100,6 +116,33 @@ class Bootstrap(object):
             '/pycontainer.v1.Bootstrap/Join',
             pycontainer_dot_v1_dot_bootstrap__pb2.JoinRequest.SerializeToString,
             pycontainer_dot_v1_dot_bootstrap__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pycontainer.v1.Bootstrap/RenewCertificate',
+            pycontainer_dot_v1_dot_bootstrap__pb2.RenewCertificateRequest.SerializeToString,
+            pycontainer_dot_v1_dot_bootstrap__pb2.RenewCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,9 +28,7 @@ GRPC_VERSION: str
 
 class BootstrapStub:
     """How a container the manager did not launch gets its certificate (kubelet's
-    TLS bootstrap, in small). Served alone on the manager's join address over
-    server-side TLS: the caller has no certificate yet, it pays with a
-    bootstrap token (Manager.CreateBootstrapToken).
+    TLS bootstrap, in small), and keeps it current.
     """
 
     @_typing.overload
@@ -39,28 +37,40 @@ class BootstrapStub:
     def __new__(cls, channel: _aio.Channel) -> BootstrapAsyncStub: ...
     Join: _grpc.UnaryUnaryMultiCallable[_bootstrap_pb2.JoinRequest, _bootstrap_pb2.JoinResponse]
     """Redeem a token: the manager signs the request's CSR for the container
-    identity spiffe://pycontainer.local/container/<container_id>.
+    identity spiffe://pycontainer.local/container/<container_id>. Served
+    alone on the manager's join address over server-side TLS: the caller has
+    no certificate yet, it pays with a bootstrap token
+    (Manager.CreateBootstrapToken).
+    """
+    RenewCertificate: _grpc.UnaryUnaryMultiCallable[_bootstrap_pb2.RenewCertificateRequest, _bootstrap_pb2.RenewCertificateResponse]
+    """A new certificate for the caller's own identity, on a new key: served on
+    the manager's main port (mutual TLS), for the container identity the
+    caller's current certificate names, before that one expires.
     """
 
 @_typing.type_check_only
 class BootstrapAsyncStub(BootstrapStub):
     """How a container the manager did not launch gets its certificate (kubelet's
-    TLS bootstrap, in small). Served alone on the manager's join address over
-    server-side TLS: the caller has no certificate yet, it pays with a
-    bootstrap token (Manager.CreateBootstrapToken).
+    TLS bootstrap, in small), and keeps it current.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Join: _aio.UnaryUnaryMultiCallable[_bootstrap_pb2.JoinRequest, _bootstrap_pb2.JoinResponse]  # type: ignore[assignment]
     """Redeem a token: the manager signs the request's CSR for the container
-    identity spiffe://pycontainer.local/container/<container_id>.
+    identity spiffe://pycontainer.local/container/<container_id>. Served
+    alone on the manager's join address over server-side TLS: the caller has
+    no certificate yet, it pays with a bootstrap token
+    (Manager.CreateBootstrapToken).
+    """
+    RenewCertificate: _aio.UnaryUnaryMultiCallable[_bootstrap_pb2.RenewCertificateRequest, _bootstrap_pb2.RenewCertificateResponse]  # type: ignore[assignment]
+    """A new certificate for the caller's own identity, on a new key: served on
+    the manager's main port (mutual TLS), for the container identity the
+    caller's current certificate names, before that one expires.
     """
 
 class BootstrapServicer(metaclass=_abc_1.ABCMeta):
     """How a container the manager did not launch gets its certificate (kubelet's
-    TLS bootstrap, in small). Served alone on the manager's join address over
-    server-side TLS: the caller has no certificate yet, it pays with a
-    bootstrap token (Manager.CreateBootstrapToken).
+    TLS bootstrap, in small), and keeps it current.
     """
 
     @_abc_1.abstractmethod
@@ -70,7 +80,21 @@ class BootstrapServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_bootstrap_pb2.JoinResponse, _abc.Awaitable[_bootstrap_pb2.JoinResponse]]:
         """Redeem a token: the manager signs the request's CSR for the container
-        identity spiffe://pycontainer.local/container/<container_id>.
+        identity spiffe://pycontainer.local/container/<container_id>. Served
+        alone on the manager's join address over server-side TLS: the caller has
+        no certificate yet, it pays with a bootstrap token
+        (Manager.CreateBootstrapToken).
+        """
+
+    @_abc_1.abstractmethod
+    def RenewCertificate(
+        self,
+        request: _bootstrap_pb2.RenewCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bootstrap_pb2.RenewCertificateResponse, _abc.Awaitable[_bootstrap_pb2.RenewCertificateResponse]]:
+        """A new certificate for the caller's own identity, on a new key: served on
+        the manager's main port (mutual TLS), for the container identity the
+        caller's current certificate names, before that one expires.
         """
 
 def add_BootstrapServicer_to_server(servicer: BootstrapServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
