@@ -8,7 +8,8 @@ Three operator roles, each including the ones below it:
   a method this table does not know is admin-only, so a new RPC is closed until placed).
 
 and ``container``, which only containers hold: ``Lifecycle.Connect`` (the manager
-then checks that a container registers as the identity its certificate names).
+then checks that a container registers as the identity its certificate names)
+and ``Bootstrap.RenewCertificate`` (signed for the caller's own identity).
 
 Bindings map identities (``user/alice``, ``manager``, ``container/<ID>``, or
 ``user/*`` / ``container/*`` for every identity of a kind) to roles, from the
