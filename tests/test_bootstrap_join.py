@@ -456,3 +456,68 @@ def test_only_a_container_renews_and_only_on_the_main_port(secure: ManagerHost) 
         bootstrap_pb2_grpc.BootstrapStub(channel).RenewCertificate(renew, timeout=10)
     assert there.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "main port" in (there.value.details() or "")
+
+
+def test_joins_past_the_rate_are_resource_exhausted(secure: ManagerHost) -> None:
+    made = _token(secure)
+    from pycontainer.agent._join import pinned_ca
+
+    roots = grpc.ssl_channel_credentials(
+        root_certificates=pinned_ca(made.join_address, made.ca_pin, 10)
+    )
+    csr = certificate_request(container("c-1")).csr_pem.decode()
+    wrong = bootstrap_pb2.JoinRequest(
+        token=f"pct_{made.token_id}.{'A' * 43}", csr_pem=csr, container_id="c-1"
+    )
+    codes = []
+    with grpc.secure_channel(made.join_address, roots, server_name_options(MANAGER)) as channel:
+        stub = bootstrap_pb2_grpc.BootstrapStub(channel)
+        futures = [stub.Join.future(wrong, timeout=20) for _ in range(60)]
+        for future in futures:
+            with pytest.raises(grpc.RpcError) as refused:
+                future.result()
+            codes.append(refused.value.code())
+    assert set(codes) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    # The good token was not spent by the wrong secrets.
+    assert _uses_left(secure, made.token_id) == 1
+
+
+def test_the_sidecar_joins_and_keeps_the_token_from_its_program(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    made = _token(secure, "side-1")
+    env = _app_env(made, tmp_path / "side-tls", PYCONTAINER_CONTAINER_ID="side-1")
+    seen = tmp_path / "program-env.txt"
+    sidecar = subprocess.Popen(
+        [
+            *[sys.executable, "-m", "pycontainer.cli", "run", "--name", "side", "--"],
+            *["sh", "-c", f"env > {shlex.quote(str(seen))}; exec sleep 600"],
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        request = manager_pb2.GetContainerRequest(container="side-1")
+
+        def running() -> bool:
+            assert sidecar.poll() is None, sidecar.communicate()
+            try:
+                got = secure.client.get_container(request).container
+            except CallError:
+                return False
+            return got.state == RUNNING and got.connected and seen.exists()
+
+        wait_until(running, 40, "the sidecar joins and runs its program")
+        wait_until(lambda: "PATH=" in seen.read_text(), 10, "the program wrote its environment")
+        program_env = seen.read_text()
+        assert made.token not in program_env
+        assert BOOTSTRAP_TOKEN_ENV not in program_env
+        secure.client.stop_container(manager_pb2.StopContainerRequest(container="side-1"))
+        sidecar.wait(30)
+    finally:
+        if sidecar.poll() is None:
+            sidecar.kill()
+        sidecar.communicate(timeout=30)

@@ -72,7 +72,8 @@ _WILDCARD_HOSTS = ("", "0.0.0.0", "[::]", "::")
 JOIN_SERVER_OPTIONS = (
     EXCLUSIVE_PORT,
     ("grpc.max_receive_message_length", limits.MAX_JOIN_REQUEST_BYTES),
-    ("grpc.max_concurrent_streams", 16),
+    # Calls in flight per connection; past the join rate they are refused at once anyway.
+    ("grpc.max_concurrent_streams", 100),
 )
 
 
