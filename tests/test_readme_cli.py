@@ -563,4 +563,5 @@ def test_readme_join_lines_work_as_typed(tmp_path: Path) -> None:
             joiner.kill()
         if joiner is not None:
             joiner.communicate(timeout=30)
-        _stop(proc)
+        said = _stop(proc)
+    assert f"containers it did not launch join at {join_address}" in said
