@@ -521,3 +521,50 @@ def test_the_sidecar_joins_and_keeps_the_token_from_its_program(
         if sidecar.poll() is None:
             sidecar.kill()
         sidecar.communicate(timeout=30)
+
+
+def test_the_join_listener_answers_random_bytes_with_a_status_and_keeps_serving(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    import random
+
+    made = _token(secure, uses=2)
+    from pycontainer.agent._join import pinned_ca
+
+    roots = grpc.ssl_channel_credentials(
+        root_certificates=pinned_ca(made.join_address, made.ca_pin, 10)
+    )
+    good = bootstrap_pb2.JoinRequest(
+        token=made.token,
+        csr_pem=certificate_request(container("fuzzed-1")).csr_pem.decode(),
+        container_id="fuzzed-1",
+    ).SerializeToString()
+    generator = random.Random(8)
+    inputs = [generator.randbytes(generator.choice((0, 1, 7, 64, 900, 5000))) for _ in range(150)]
+    # Mutations of a valid request: flipped bytes, truncations.
+    for _ in range(150):
+        mutated = bytearray(good)
+        for _ in range(generator.randint(1, 8)):
+            mutated[generator.randrange(len(mutated))] = generator.randrange(256)
+        inputs.append(bytes(mutated[: generator.randint(0, len(mutated))]))
+    codes: dict[grpc.StatusCode, int] = {}
+    details: list[str] = []
+    with grpc.secure_channel(made.join_address, roots, server_name_options(MANAGER)) as channel:
+        for method in ("Join", "RenewCertificate"):
+            raw = channel.unary_unary(f"/pycontainer.v1.Bootstrap/{method}")
+            for payload in inputs:
+                try:
+                    raw(payload, timeout=10)
+                    code = grpc.StatusCode.OK
+                except grpc.RpcError as exc:
+                    code = exc.code()
+                    details.append(exc.details() or "")
+                codes[code] = codes.get(code, 0) + 1
+    assert grpc.StatusCode.UNKNOWN not in codes, codes
+    assert grpc.StatusCode.DEADLINE_EXCEEDED not in codes, codes
+    assert not any(made.token.partition(".")[2] in text for text in details)
+    # Still serving, and the token worth what the mutations left of it.
+    left = _uses_left(secure, made.token_id)
+    assert left is not None
+    if left:
+        _join(made, "after-1", tmp_path / "after")

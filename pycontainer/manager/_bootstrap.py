@@ -36,6 +36,7 @@ from .._errors import (
     not_found,
     resource_exhausted,
 )
+from ..agent._observe import AioServerInterceptor, Observer
 from ..agent._serve import EXCLUSIVE_PORT
 from ..security import (
     DEFAULT_TOKEN_TTL,
@@ -156,12 +157,16 @@ class Bootstrapping:
             host = "127.0.0.1"
         return f"{host}:{self.join_port}"
 
-    def bind(self) -> None:
-        """Build the join server and bind it (StartRefused when it cannot listen)."""
+    def bind(self, observer: Observer) -> None:
+        """Build the join server and bind it (StartRefused when it cannot listen).
+        ``observer`` counts its calls and answers undecodable requests with
+        INVALID_ARGUMENT, as on the manager's main server."""
         listen = self._listen()
         if listen is None:
             return
-        server = grpc.aio.server(options=JOIN_SERVER_OPTIONS)
+        server = grpc.aio.server(
+            options=JOIN_SERVER_OPTIONS, interceptors=[AioServerInterceptor(observer)]
+        )
         bootstrap_pb2_grpc.add_BootstrapServicer_to_server(JoinServicer(self), server)
         credentials = server_credentials(
             self._trust.manager_files, require_client_certificate=False, send_trust_bundle=True
@@ -265,11 +270,6 @@ class Bootstrapping:
     async def join(
         self, request: bootstrap_pb2.JoinRequest, peer: str
     ) -> bootstrap_pb2.JoinResponse:
-        if not self._rate.take():
-            raise resource_exhausted(
-                f"more than {limits.JOIN_RATE_PER_SECOND} joins a second "
-                "(pycontainer.limits.JOIN_RATE_PER_SECOND): retry in a second"
-            )
         if not request.token:
             raise RequestError(
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -284,6 +284,12 @@ class Bootstrapping:
             check_csr(request.csr_pem.encode())
         except SecurityError as exc:
             raise invalid_argument("csr_pem", str(exc)) from None
+        # The checks above are cheap; what follows (the token file, signing) is rate-bound.
+        if not self._rate.take():
+            raise resource_exhausted(
+                f"more than {limits.JOIN_RATE_PER_SECOND} joins a second "
+                "(pycontainer.limits.JOIN_RATE_PER_SECOND): retry in a second"
+            )
         try:
             grant = await asyncio.to_thread(self.tokens.redeem, request.token, identity=identity)
         except TokenNotFor as exc:

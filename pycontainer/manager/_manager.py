@@ -21,6 +21,7 @@ from opentelemetry import trace
 
 from .._errors import RequestError, failed_precondition
 from ..agent._metrics import RpcStats
+from ..agent._observe import Observer
 from ..units import format_cpu, format_memory
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._admission import Admission
@@ -178,7 +179,7 @@ class Manager:
             self.trust.open()
             server, health = build_server(self)
             self.port = self.trust.bind(server, self.settings.listen)
-            self.bootstrap.bind()
+            self.bootstrap.bind(Observer(self.rpc_stats, self.tracer))
             if self.settings.health_listen:
                 self._health_server = build_health_server(health)
                 self.health_port = bind(self._health_server, self.settings.health_listen)
