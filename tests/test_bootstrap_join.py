@@ -568,3 +568,42 @@ def test_the_join_listener_answers_random_bytes_with_a_status_and_keeps_serving(
     assert left is not None
     if left:
         _join(made, "after-1", tmp_path / "after")
+
+
+@pytest.mark.parametrize(
+    ("request_", "field", "said"),
+    [
+        (
+            manager_pb2.CreateBootstrapTokenRequest(ttl=duration_to_proto(datetime.timedelta(0))),
+            "ttl",
+            "more than 0",
+        ),
+        (
+            manager_pb2.CreateBootstrapTokenRequest(
+                ttl=duration_to_proto(datetime.timedelta(days=8))
+            ),
+            "ttl",
+            "at most 168h",
+        ),
+        (manager_pb2.CreateBootstrapTokenRequest(uses=1001), "uses", "1 to 1000"),
+        (manager_pb2.CreateBootstrapTokenRequest(uses=-1), "uses", "1 to 1000"),
+        (
+            manager_pb2.CreateBootstrapTokenRequest(container_id="a/b"),
+            "container_id",
+            "not a container id",
+        ),
+        (
+            manager_pb2.CreateBootstrapTokenRequest(description="x" * 201),
+            "description",
+            "at most 200",
+        ),
+    ],
+)
+def test_token_create_out_of_bounds_is_invalid_argument_naming_the_field(
+    secure: ManagerHost, request_: manager_pb2.CreateBootstrapTokenRequest, field: str, said: str
+) -> None:
+    with pytest.raises(CallError) as refused:
+        secure.client.create_bootstrap_token(request_)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details.startswith(f"{field}: "), refused.value.details
+    assert said in refused.value.details

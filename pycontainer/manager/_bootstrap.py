@@ -201,7 +201,9 @@ class Bootstrapping:
     ) -> manager_pb2.CreateBootstrapTokenResponse:
         self._ready()
         check_message(request, "")
-        ttl = duration_field(request, "ttl") or DEFAULT_TOKEN_TTL
+        ttl = duration_field(request, "ttl")
+        if ttl is None:  # unset; a set zero is refused below
+            ttl = DEFAULT_TOKEN_TTL
         uses = request.uses or 1
         if request.container_id:
             _check_container_id(request.container_id, "container_id")
