@@ -56,7 +56,9 @@ _JOIN_ENVS = (BOOTSTRAP_TOKEN_ENV, JOIN_ENV, CA_PIN_ENV, TLS_DIR_ENV, "PYCONTAIN
 @pytest.fixture(autouse=True)
 def _secure_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in _JOIN_ENVS:
-        monkeypatch.delenv(name, raising=False)
+        # Set first, so that whatever a join sets ($PYCONTAINER_TLS_DIR) is undone after.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture
