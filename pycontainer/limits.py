@@ -93,3 +93,11 @@ MAX_ECHOED_CHARS = 80
 MAX_ERROR_MESSAGE_BYTES = _KiB
 #: The longest field path an error names.
 MAX_ERROR_FIELD_BYTES = 256
+
+#: The largest Bootstrap.Join request the join server reads: a token, a
+#: container id and a CSR (an EC P-256 one is under 1 KiB, RSA-4096 under 4).
+MAX_JOIN_REQUEST_BYTES = 16 * _KiB
+#: Joins the join server answers per second, with bursts of twice as many;
+#: past that RESOURCE_EXHAUSTED (each join signs a certificate and rewrites
+#: the token file: cheap, but the listener takes anyone's calls).
+JOIN_RATE_PER_SECOND = 10

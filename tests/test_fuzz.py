@@ -78,6 +78,7 @@ SERVED = {
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
+        "pycontainer.v1.Bootstrap",
         "pycontainer.v1.Lifecycle",
         "pycontainer.v1.Manager",
     ],

@@ -407,7 +407,7 @@ def _security_blocks() -> dict[str, list[str]]:
         assert lines[0].startswith(".venv/bin/pycontainer manager "), block
         flag = next(w for w in reversed(shlex.split(lines[0])) if w.startswith("--"))
         blocks[flag] = lines
-    assert set(blocks) == {"--role", "--ca-key", "--health-listen"}, blocks
+    assert set(blocks) == {"--role", "--ca-key", "--health-listen", "--join-listen"}, blocks
     return blocks
 
 
@@ -502,3 +502,66 @@ def test_readme_security_lines_work_as_typed_against_a_mutual_tls_manager(
         assert plain.returncode == 2, plain.stderr  # no plaintext there: connection failed
     finally:
         _stop(proc)
+
+
+def test_readme_join_lines_work_as_typed(tmp_path: Path) -> None:
+    """Joining a container the manager did not launch, as the Security section
+    types it: a token made into join.env, listed, and a sidecar that sources
+    join.env joins (its certificate in the default directory) and runs."""
+    [block] = [
+        b
+        for b in re.findall(r"```sh\n(.*?)```", _readme(security=True), re.S)
+        if "--join-listen" in b
+    ]
+    manager_line, *rest = [line for line in block.splitlines() if line and not line.startswith("#")]
+    join_address = _free_address()
+    env = _secure_env(XDG_STATE_HOME=str(tmp_path / "xdg"))
+    proc, address = _start_manager(
+        manager_line.replace("127.0.0.1:50052", join_address), tmp_path, env
+    )
+    on = {**env, "PYCONTAINER_MANAGER": address}
+    joiner: subprocess.Popen[str] | None = None
+    try:
+        create, listing, join = rest
+        made = _run(["bash", "-c", create.replace(".venv/", f"{ROOT}/.venv/")], tmp_path, on)
+        assert made.returncode == 0, made.stderr
+        exported = (tmp_path / "join.env").read_text()
+        assert f"PYCONTAINER_JOIN={join_address}" in exported
+        assert "PYCONTAINER_CONTAINER_ID=worker-1" in exported
+        listed = _run(shlex.split(listing), tmp_path, on)
+        assert listed.returncode == 0, listed.stderr
+        assert "worker-1" in listed.stdout
+        joiner = subprocess.Popen(
+            ["bash", "-c", join.replace(".venv/", f"{ROOT}/.venv/")],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        admin = Transport(tmp_path / "state" / "admin", MANAGER)
+        with ManagerClient(address, transport=admin) as client:
+            request = manager_pb2.GetContainerRequest(container="worker-1")
+
+            def running() -> bool:
+                assert joiner is not None
+                assert joiner.poll() is None, joiner.communicate()
+                try:
+                    got = client.get_container(request).container
+                except Exception:
+                    return False
+                return got.state == container_pb2.LIFECYCLE_STATE_RUNNING and got.connected
+
+            wait_until(running, 40, "the sidecar joined with the token and runs")
+            leaf = tmp_path / "xdg" / "pycontainer" / "tls" / "worker-1" / "tls.pem"
+            assert leaf.stat().st_mode & 0o777 == 0o600
+            client.stop_container(manager_pb2.StopContainerRequest(container="worker-1"))
+        # The stop's SIGTERM ends sleep; the sidecar exits with its status (128+15).
+        assert joiner.wait(30) == 128 + signal.SIGTERM
+    finally:
+        if joiner is not None and joiner.poll() is None:
+            joiner.kill()
+        if joiner is not None:
+            joiner.communicate(timeout=30)
+        said = _stop(proc)
+    assert f"containers it did not launch join at {join_address}" in said

@@ -32,7 +32,7 @@ from pycontainer.security import (
     server_credentials,
     user,
 )
-from pycontainer.v1 import lifecycle_pb2, management_pb2, manager_pb2
+from pycontainer.v1 import bootstrap_pb2, lifecycle_pb2, management_pb2, manager_pb2
 
 # -- the table -----------------------------------------------------------------
 
@@ -92,7 +92,7 @@ def test_each_method_needs_its_role(method: str, role: Role) -> None:
 def test_every_method_in_the_table_is_a_real_rpc() -> None:
     real = {
         f"/{service.full_name}/{method.name}"
-        for module in (manager_pb2, management_pb2, lifecycle_pb2)
+        for module in (manager_pb2, management_pb2, lifecycle_pb2, bootstrap_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }

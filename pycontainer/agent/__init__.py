@@ -3,6 +3,7 @@
 from ._config import Config
 from ._container import Container, ContainerSettings, Hooks
 from ._health import CheckKind
+from ._join import JoinError
 from ._profile import TrackedLock, TrackedRLock
 from ._serve import (
     EXCLUSIVE_PORT,
@@ -26,6 +27,7 @@ __all__ = [
     "Container",
     "ContainerSettings",
     "Hooks",
+    "JoinError",
     "ListenError",
     "State",
     "TrackedLock",

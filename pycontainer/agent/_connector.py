@@ -122,9 +122,12 @@ class ManagerConnection:
         *,
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
+        renew_tls_dir: str | None = None,
     ) -> None:
         self._container = container
         self.target = target
+        # A joined container's certificate directory: renewed through this manager.
+        self._renew_tls_dir = renew_tls_dir
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._tls_hinted = False
@@ -154,6 +157,10 @@ class ManagerConnection:
     # -- thread and reconnection ---------------------------------------------------
     def _main(self) -> None:
         asyncio.set_event_loop(self._loop)
+        if self._renew_tls_dir:  # cancelled with the other leftovers below
+            from ._join import keep_renewed
+
+            self._loop.create_task(keep_renewed(self._renew_tls_dir, self.target))
         self._main_task = self._loop.create_task(self._run())
         with contextlib.suppress(asyncio.CancelledError):
             self._loop.run_until_complete(self._main_task)

@@ -26,6 +26,7 @@ from ._connector import ManagerConnection
 from ._health import DEFAULT_CHECK_PERIOD, CheckFunc, CheckKind, HealthState
 from ._healthport import health_groups, start_health_port
 from ._hosting import ServiceNames, current_loop, register
+from ._join import join_if_bootstrapping
 from ._lifecycle import Lifecycle, Request, StateListener, resolve_hook_result
 from ._listen import advertised_address
 from ._logs import LogBuffer, install, uninstall
@@ -94,8 +95,14 @@ class Container:
         self._listeners: list[StateListener] = []
         self._app_loop: asyncio.AbstractEventLoop | None = None
         self._connection: ManagerConnection | None = None
+<<<<<<< HEAD
         # grpc.health.v1 alone in plaintext (settings.health_listen), once hosted.
         self._health_port: BackgroundServer | None = None
+=======
+        # Whether join_if_bootstrapping() ran, and the TLS directory it found.
+        self._joined = False
+        self._tls_dir: str | None = None
+>>>>>>> bootstrap
         # Set once stopped (or closed): followed logs and metric watches end,
         # so that a server shutting down need not cancel them.
         self._streams_end = threading.Event()
@@ -395,9 +402,21 @@ class Container:
         backoff until close(). Returns at once."""
         if self._connection is not None:
             raise RuntimeError(f"already connected to {self._connection.target}")
+        joined = self.join_if_bootstrapping()
         self._activate()
-        self._connection = ManagerConnection(self, manager)
+        self._connection = ManagerConnection(self, manager, renew_tls_dir=joined)
         return self._connection
+
+    def join_if_bootstrapping(self) -> str | None:
+        """With a bootstrap token (settings or $PYCONTAINER_BOOTSTRAP_TOKEN): make
+        sure this container holds a certificate from the manager's CA, joining
+        for one when it has none (pycontainer.agent._join); its TLS directory,
+        or None without a token. JoinError saying why it cannot. Once per
+        container: serve() and connect() call it first."""
+        if not self._joined:
+            self._tls_dir = join_if_bootstrapping(self.settings)
+            self._joined = True
+        return self._tls_dir
 
     def flush_reports(self, seconds: float = 0.5) -> None:
         """Let queued reports reach the manager before the process exits hard."""

@@ -18,11 +18,15 @@ from .. import units
 from ._background import BackgroundServer as BackgroundServer
 from ._background import start_in_background
 from ._container import Container
+<<<<<<< HEAD
 from ._listen import EXCLUSIVE_PORT as EXCLUSIVE_PORT
 from ._listen import SERVER_OPTIONS as SERVER_OPTIONS
 from ._listen import ListenError as ListenError
 from ._listen import advertised_address
 from ._listen import listen_on as listen_on
+=======
+from ._join import JoinError
+>>>>>>> bootstrap
 from ._state import State
 from ._tls import tls_dir
 
@@ -30,6 +34,8 @@ _log = logging.getLogger("pycontainer")
 
 
 async def _start_server(container: Container, listen: str) -> tuple[grpc.aio.Server, int]:
+    # A container joining with a bootstrap token gets its certificate first.
+    await asyncio.to_thread(container.join_if_bootstrapping)
     tls = tls_dir()
     interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
     if tls:
@@ -128,6 +134,8 @@ def run(
         asyncio.run(serve(container, listen, on_ready=on_ready))
     except ListenError as exc:
         raise SystemExit(f"error: {exc.strerror}") from None
+    except JoinError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def serve_in_background(container: Container, listen: str = "127.0.0.1:0") -> BackgroundServer:

@@ -72,6 +72,12 @@ class ContainerSettings:
     # Management endpoint stays mutual TLS. None: $PYCONTAINER_HEALTH_LISTEN,
     # else not at all.
     health_listen: str | None = None
+    # Joining a manager that did not launch this container (pycontainer
+    # token create prints the three); empty: $PYCONTAINER_BOOTSTRAP_TOKEN,
+    # $PYCONTAINER_JOIN and $PYCONTAINER_CA_PIN (see pycontainer._tls_env).
+    bootstrap_token: str = field(default="", repr=False)  # a secret: never in a repr
+    join_address: str = ""
+    ca_pin: str = ""
 
     def __post_init__(self) -> None:
         if not self.name:

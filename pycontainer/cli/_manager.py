@@ -52,6 +52,7 @@ def tls_settings(args: argparse.Namespace) -> dict[str, Any]:
         "ca_key": args.ca_key,
         "role_bindings": roles,
         "health_listen": args.health_listen,
+        "join_listen": getattr(args, "join_listen", None),
     }
 
 
@@ -104,4 +105,10 @@ def _security_note(manager: Manager) -> str:
     """How clients connect: with the admin certificate, or plaintext."""
     if manager.trust.insecure:
         return "serving without TLS (--insecure): clients pass --insecure too"
-    return f"serving mutual TLS: clients use --cert-dir {manager.trust.admin_dir} (the admin)"
+    note = f"serving mutual TLS: clients use --cert-dir {manager.trust.admin_dir} (the admin)"
+    if manager.bootstrap.join_address:
+        note += (
+            f"; containers it did not launch join at {manager.bootstrap.join_address} "
+            "(pycontainer token create)"
+        )
+    return note

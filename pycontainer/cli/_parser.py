@@ -110,6 +110,13 @@ def _serving_tls_options(parser: argparse.ArgumentParser) -> None:
         "that speak no TLS, such as kubelet's)",
     )
     parser.add_argument(
+        "--join-listen",
+        type=listen_arg,
+        metavar="ADDR",
+        help="where containers it did not launch join with a bootstrap token (server-side "
+        "TLS; default: the --listen host on a free port, as `token create` reports it)",
+    )
+    parser.add_argument(
         "--role",
         action="append",
         default=[],
@@ -191,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     _health(subparsers)
     _version(subparsers)
     _completion(subparsers)
+    _token(subparsers)
     return parser
 
 
@@ -774,3 +782,50 @@ def _version(subparsers: Subparsers) -> None:
     parser.add_argument("--client", action="store_true", help="only this command's version")
     _output_option(parser, "table", "json", "yaml")
     _manager_option(parser)
+
+
+def _token(subparsers: Subparsers) -> None:
+    parser = _verb(
+        subparsers,
+        "token",
+        "_token:run",
+        "make, list and revoke bootstrap tokens (containers the manager did not launch)",
+        "A bootstrap token lets a container the manager did not launch join it: with "
+        "the token, the join address and the CA pin that `token create` prints (as "
+        "export lines) in its environment, the container gets a certificate at its "
+        "start and then connects with mutual TLS. Admin only.",
+    )
+    actions = parser.add_subparsers(dest="token_action", required=True, metavar="ACTION")
+    create = actions.add_parser(
+        "create",
+        help="make a token; print the export lines a joiner needs (the token only this once)",
+        description="Make a bootstrap token and print the export lines a joining container "
+        'needs (eval "$(pycontainer token create)" sets them).',
+    )
+    create.add_argument(
+        "--ttl",
+        type=_args.bounded_duration(datetime.timedelta(0), 7 * 86400 * _SECOND, exclusive_low=True),
+        default=3600 * _SECOND,
+        metavar="DURATION",
+        help=f"how long it can be used, {DURATION_HELP} (default: 1h, at most 7d)",
+    )
+    create.add_argument(
+        "--uses", type=_args.count, default=1, help="joins it pays for (default: 1, at most 1000)"
+    )
+    create.add_argument(
+        "--name",
+        "--id",
+        dest="name",
+        metavar="ID",
+        help="the only container id that may join with it (default: any; the joiner "
+        "then asks for its own)",
+    )
+    create.add_argument("--description", default="", help="a note kept with the token")
+    _output_option(create, "env", "json", help="env: export lines (default); json: the answer")
+    _manager_option(create)
+    listing = actions.add_parser("list", help="the tokens not expired yet (ids, never secrets)")
+    _output_option(listing, "table", "json", "yaml")
+    _manager_option(listing)
+    revoke = actions.add_parser("revoke", help="withdraw a token: nobody joins with it any more")
+    revoke.add_argument("token_id", metavar="TOKEN_ID", help="the token's id, as listed")
+    _manager_option(revoke)

@@ -243,6 +243,42 @@ class AsyncManagerClient(_AsyncClient):
             "GetVersion",
         )
 
+    async def create_bootstrap_token(
+        self,
+        request: manager_pb2.CreateBootstrapTokenRequest | None = None,
+        *,
+        timeout: Timeout = DEFAULT,
+    ) -> manager_pb2.CreateBootstrapTokenResponse:
+        """A new bootstrap token (in this answer only) and what a joiner needs with it."""
+        return await self._unary(
+            self._stub.CreateBootstrapToken,
+            request if request is not None else manager_pb2.CreateBootstrapTokenRequest(),
+            timeout,
+            "CreateBootstrapToken",
+        )
+
+    async def list_bootstrap_tokens(
+        self,
+        request: manager_pb2.ListBootstrapTokensRequest | None = None,
+        *,
+        timeout: Timeout = DEFAULT,
+    ) -> manager_pb2.ListBootstrapTokensResponse:
+        """The bootstrap tokens not expired yet (ids, never secrets)."""
+        return await self._unary(
+            self._stub.ListBootstrapTokens,
+            request if request is not None else manager_pb2.ListBootstrapTokensRequest(),
+            timeout,
+            "ListBootstrapTokens",
+        )
+
+    async def revoke_bootstrap_token(
+        self, request: manager_pb2.RevokeBootstrapTokenRequest, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.RevokeBootstrapTokenResponse:
+        """Forget a bootstrap token."""
+        return await self._unary(
+            self._stub.RevokeBootstrapToken, request, timeout, "RevokeBootstrapToken"
+        )
+
 
 class AsyncManagementClient(_AsyncClient):
     """A client of one container's Management API, at the address it

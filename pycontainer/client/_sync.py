@@ -246,6 +246,42 @@ class ManagerClient(_Client):
             "GetVersion",
         )
 
+    def create_bootstrap_token(
+        self,
+        request: manager_pb2.CreateBootstrapTokenRequest | None = None,
+        *,
+        timeout: Timeout = DEFAULT,
+    ) -> manager_pb2.CreateBootstrapTokenResponse:
+        """A new bootstrap token (in this answer only) and what a joiner needs with it."""
+        return self._unary(
+            self._stub.CreateBootstrapToken,
+            request if request is not None else manager_pb2.CreateBootstrapTokenRequest(),
+            timeout,
+            "CreateBootstrapToken",
+        )
+
+    def list_bootstrap_tokens(
+        self,
+        request: manager_pb2.ListBootstrapTokensRequest | None = None,
+        *,
+        timeout: Timeout = DEFAULT,
+    ) -> manager_pb2.ListBootstrapTokensResponse:
+        """The bootstrap tokens not expired yet (ids, never secrets)."""
+        return self._unary(
+            self._stub.ListBootstrapTokens,
+            request if request is not None else manager_pb2.ListBootstrapTokensRequest(),
+            timeout,
+            "ListBootstrapTokens",
+        )
+
+    def revoke_bootstrap_token(
+        self, request: manager_pb2.RevokeBootstrapTokenRequest, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.RevokeBootstrapTokenResponse:
+        """Forget a bootstrap token."""
+        return self._unary(
+            self._stub.RevokeBootstrapToken, request, timeout, "RevokeBootstrapToken"
+        )
+
 
 class ManagementClient(_Client):
     """A client of one container's Management API, at the address it

@@ -21,10 +21,12 @@ from opentelemetry import trace
 
 from .._errors import RequestError, failed_precondition
 from ..agent._metrics import RpcStats
+from ..agent._observe import Observer
 from ..units import format_cpu, format_memory
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._admission import Admission
 from ._apply import Reconciler
+from ._bootstrap import Bootstrapping
 from ._checkpoints import Checkpoints
 from ._events import EventBus
 from ._exclusive import StartRefused, StateLock, bind
@@ -90,6 +92,8 @@ class Manager:
         self.rpc_stats = RpcStats()
         # Its CA, the certificates it issues and who may call what (_trust).
         self.trust = Trust(self.settings)
+        # Bootstrap tokens and the join listener of containers it did not launch.
+        self.bootstrap = Bootstrapping(self.settings, self.trust, self.events, lambda: self.address)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._server: grpc.aio.Server | None = None
         # grpc.health.v1 in plaintext on a port of its own (health_listen).
@@ -175,6 +179,7 @@ class Manager:
             self.trust.open()
             server, health = build_server(self)
             self.port = self.trust.bind(server, self.settings.listen)
+            self.bootstrap.bind(Observer(self.rpc_stats, self.tracer))
             if self.settings.health_listen:
                 self._health_server = build_health_server(health)
                 self.health_port = bind(self._health_server, self.settings.health_listen)
@@ -183,6 +188,7 @@ class Manager:
             raise
         self._server, self._health = server, health
         await self._server.start()
+        await self.bootstrap.start()
         if self._health_server is not None:
             await self._health_server.start()
         health.serving()
@@ -206,6 +212,7 @@ class Manager:
             await self._server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(None)
+        await self.bootstrap.stop()
         if self._state_lock is not None:
             self._state_lock.release()
         # Containers outlive the manager (they reconnect to the next one);

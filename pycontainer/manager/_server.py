@@ -37,6 +37,7 @@ from ..security import peer_identity
 from ..spec import MAX_GRACE_PERIOD
 from ..units import duration_field, format_duration
 from ..v1 import (
+    bootstrap_pb2_grpc,
     lifecycle_pb2,
     lifecycle_pb2_grpc,
     management_pb2,
@@ -44,6 +45,7 @@ from ..v1 import (
     manager_pb2,
     manager_pb2_grpc,
 )
+from ._bootstrap import JoinServicer
 from ._logstreams import LogStreams
 from ._registry import Entry
 from ._validation import check_message, check_replicas, check_spec
@@ -264,6 +266,24 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
             check_spec(spec, f"specs[{index}]")
         return await self._m.apply(request)
 
+    async def CreateBootstrapToken(
+        self, request: manager_pb2.CreateBootstrapTokenRequest, context: Context
+    ) -> manager_pb2.CreateBootstrapTokenResponse:
+        target = request.container_id or "any container"
+        self._audit(context, "CreateBootstrapToken", target, f"uses {request.uses or 1}")
+        return await self._m.bootstrap.create(request)
+
+    async def ListBootstrapTokens(
+        self, request: manager_pb2.ListBootstrapTokensRequest, context: Context
+    ) -> manager_pb2.ListBootstrapTokensResponse:
+        return await self._m.bootstrap.list()
+
+    async def RevokeBootstrapToken(
+        self, request: manager_pb2.RevokeBootstrapTokenRequest, context: Context
+    ) -> manager_pb2.RevokeBootstrapTokenResponse:
+        self._audit(context, "RevokeBootstrapToken", request.token_id)
+        return await self._m.bootstrap.revoke(request.token_id)
+
     async def GetVersion(
         self, request: manager_pb2.GetVersionRequest, context: Context
     ) -> manager_pb2.GetVersionResponse:
@@ -429,6 +449,10 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
     )
     lifecycle_pb2_grpc.add_LifecycleServicer_to_server(LifecycleServicer(manager), server)
     manager_pb2_grpc.add_ManagerServicer_to_server(ManagerServicer(manager), server)
+    # Bootstrap.RenewCertificate for joined containers (Join has a listener of its own).
+    bootstrap_pb2_grpc.add_BootstrapServicer_to_server(
+        JoinServicer(manager.bootstrap, main=True), server
+    )
     manager_health = ManagerHealth()
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(_reflection.HEALTH, manager_health.handlers()),)
@@ -436,6 +460,7 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
     names = [
         "pycontainer.v1.Lifecycle",
         "pycontainer.v1.Manager",
+        "pycontainer.v1.Bootstrap",
         "grpc.health.v1.Health",
         _reflection.REFLECTION_V1,
         _reflection.REFLECTION_V1ALPHA,

@@ -66,6 +66,11 @@ class ManagerSettings:
     # Where grpc.health.v1 alone is served in plaintext too (HOST:PORT), for
     # probes that speak no TLS (kubelet's); None: nowhere but the main port.
     health_listen: str | None = None
+    # Where Bootstrap.Join is served over server-side TLS (HOST:PORT), for
+    # containers it did not launch joining with a bootstrap token; None: the
+    # listen host on an ephemeral port (reported by CreateBootstrapToken);
+    # "": nowhere. Never with insecure.
+    join_listen: str | None = None
     # How long the certificates it issues live, and how often it renews them.
     certificate_ttl: datetime.timedelta = datetime.timedelta(hours=24)
     certificate_renewal_check: datetime.timedelta = datetime.timedelta(minutes=5)

@@ -88,6 +88,11 @@ class Trust:
             DEFAULT_BINDINGS.merged(Bindings.from_mapping(settings.role_bindings))
         )
 
+    @property
+    def ca(self) -> CertificateAuthority | None:
+        """The CA, once open() made or loaded it (None when insecure)."""
+        return self._ca
+
     # -- start ------------------------------------------------------------------------
     def open(self) -> None:
         """Open the CA and issue what is missing or due; StartRefused saying why not."""

@@ -11,7 +11,8 @@ The building blocks of pycontainer's trust model (issue 8, sections 1 and 2):
   :func:`plaintext_warning`.
 - :func:`ensure_leaf`: issue a peer's leaf file when missing, reissue it before expiry.
 - :func:`certificate_request`: the joining side's key and CSR (bootstrap with a token).
-- :class:`TokenStore`: single-use or bounded bootstrap tokens, stored hashed.
+- :class:`TokenStore`: single-use or bounded bootstrap tokens, stored hashed;
+  :func:`certificate_pin` / :func:`parse_pin`: the CA pin a joiner checks.
 - :func:`peer_identity`: who the peer of a call is, from its certificate.
 - :class:`Authorizer`, :class:`Bindings`, :func:`required_role`, and the
   interceptors :class:`AuthorizationInterceptor` / :class:`AioAuthorizationInterceptor`.
@@ -48,6 +49,7 @@ from pycontainer.security._interceptor import (
 )
 from pycontainer.security._leaf import (
     LEAF_FILE,
+    RENEW_AT_FRACTION,
     TRUST_FILE,
     CredentialFiles,
     Leaf,
@@ -57,7 +59,8 @@ from pycontainer.security._leaf import (
     write_leaf,
 )
 from pycontainer.security._peer import identity_from_auth_context, peer_identity
-from pycontainer.security._request import CertificateRequest, certificate_request
+from pycontainer.security._pin import PIN_PREFIX, certificate_pin, der_pin, parse_pin
+from pycontainer.security._request import CertificateRequest, certificate_request, check_csr
 from pycontainer.security._roles import (
     DEFAULT_BINDINGS,
     METHOD_ROLES,
@@ -75,6 +78,7 @@ from pycontainer.security._tokens import (
     TOKENS_FILE,
     Grant,
     TokenError,
+    TokenNotFor,
     TokenStore,
 )
 
@@ -90,6 +94,8 @@ __all__ = [
     "MANAGER",
     "MAX_TOKEN_TTL",
     "METHOD_ROLES",
+    "PIN_PREFIX",
+    "RENEW_AT_FRACTION",
     "TOKENS_FILE",
     "TRUST_DOMAIN",
     "TRUST_FILE",
@@ -108,16 +114,21 @@ __all__ = [
     "Role",
     "SecurityError",
     "TokenError",
+    "TokenNotFor",
     "TokenStore",
     "certificate_identity",
+    "certificate_pin",
     "certificate_request",
     "channel_credentials",
+    "check_csr",
     "check_registration",
     "container",
+    "der_pin",
     "ensure_leaf",
     "identity_from_auth_context",
     "is_loopback",
     "parse_identity",
+    "parse_pin",
     "peer_identity",
     "plaintext_warning",
     "read_leaf",

@@ -36,8 +36,9 @@ _Signature = tuple[tuple[int, int, int, int], ...]
 class _ReloadingConfiguration:
     """The server's certificate configuration, reread when the files change."""
 
-    def __init__(self, files: CredentialFiles) -> None:
+    def __init__(self, files: CredentialFiles, *, send_trust_bundle: bool = False) -> None:
         self._files = files
+        self._send_trust_bundle = send_trust_bundle
         self._lock = threading.Lock()
         self._signature = self._stat()
         self.initial = self._load()
@@ -48,8 +49,11 @@ class _ReloadingConfiguration:
 
     def _load(self) -> grpc.ServerCertificateConfiguration:
         leaf, trust = self._files.read()
+        chain = leaf.certificate_chain_pem
+        if self._send_trust_bundle:  # a client without the CA yet checks it against a pin
+            chain = chain.rstrip(b"\n") + b"\n" + trust
         return grpc.ssl_server_certificate_configuration(
-            [(leaf.private_key_pem, leaf.certificate_chain_pem)], root_certificates=trust
+            [(leaf.private_key_pem, chain)], root_certificates=trust
         )
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
@@ -71,16 +75,21 @@ class _ReloadingConfiguration:
 
 
 def server_credentials(
-    files: CredentialFiles, *, require_client_certificate: bool = True
+    files: CredentialFiles,
+    *,
+    require_client_certificate: bool = True,
+    send_trust_bundle: bool = False,
 ) -> grpc.ServerCredentials:
     """TLS server credentials from ``files``, reloaded on change.
 
     With ``require_client_certificate`` (the default) the handshake fails for a
     client without a certificate signed by the trust bundle's CA: mutual TLS.
+    ``send_trust_bundle`` appends the CA certificate(s) to the chain the server
+    presents (the join server: a joiner checks them against its CA pin).
     Raises :class:`SecurityError` if the files cannot be used now.
     """
     try:
-        configuration = _ReloadingConfiguration(files)
+        configuration = _ReloadingConfiguration(files, send_trust_bundle=send_trust_bundle)
     except OSError as error:
         raise SecurityError(f"cannot read the TLS files: {error}") from None
     # grpc-stubs says the fetcher returns a configuration; grpcio documents None as "no change".

@@ -90,6 +90,12 @@ class CredentialFiles:
         write_atomic(self.trust, trust_pem, mode=0o644)
         write_leaf(self.leaf, Leaf(issued.private_key_pem, issued.certificate_pem))
 
+    def store(self, leaf: Leaf, trust_pem: bytes) -> None:
+        """Store a leaf whose key the peer made itself (a CSR's) and the trust bundle."""
+        self.leaf.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(self.trust, trust_pem, mode=0o644)
+        write_leaf(self.leaf, leaf)
+
     def read(self) -> tuple[Leaf, bytes]:
         """The leaf and the trust bundle, as they are now."""
         return read_leaf(self.leaf), read_public(self.trust, "trust bundle")

@@ -39,6 +39,16 @@ class CertificateRequest:
         return Leaf(self.private_key_pem, certificate_chain_pem)
 
 
+def check_csr(csr_pem: bytes) -> None:
+    """SecurityError unless ``csr_pem`` is one PEM CSR signed by its own key."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as error:
+        raise SecurityError(f"the certificate signing request is not a PEM CSR: {error}") from None
+    if not csr.is_signature_valid:
+        raise SecurityError("the certificate signing request's signature does not match its key")
+
+
 def certificate_request(identity: Identity | None = None) -> CertificateRequest:
     """A new EC P-256 key and a CSR, naming ``identity`` as a hint (the CA decides)."""
     key = ec.generate_private_key(ec.SECP256R1())

@@ -8,7 +8,8 @@ Three operator roles, each including the ones below it:
   a method this table does not know is admin-only, so a new RPC is closed until placed).
 
 and ``container``, which only containers hold: ``Lifecycle.Connect`` (the manager
-then checks that a container registers as the identity its certificate names).
+then checks that a container registers as the identity its certificate names)
+and ``Bootstrap.RenewCertificate`` (signed for the caller's own identity).
 
 Bindings map identities (``user/alice``, ``manager``, ``container/<ID>``, or
 ``user/*`` / ``container/*`` for every identity of a kind) to roles, from the
@@ -84,7 +85,15 @@ METHOD_ROLES: Mapping[str, Role] = {
     },
     _MANAGER + "RunContainer": Role.ADMIN,
     _MANAGER + "ApplySpecs": Role.ADMIN,
+    # Bootstrap tokens (Bootstrap.Join itself is served on the join listener
+    # alone, paid for by a token, never on an authorized server).
+    **{
+        _MANAGER + name: Role.ADMIN
+        for name in ("CreateBootstrapToken", "ListBootstrapTokens", "RevokeBootstrapToken")
+    },
     "/pycontainer.v1.Lifecycle/Connect": Role.CONTAINER,
+    # A container renews its own certificate (the manager signs for the caller's identity).
+    "/pycontainer.v1.Bootstrap/RenewCertificate": Role.CONTAINER,
 }
 
 # Whole services whose every method needs one role.

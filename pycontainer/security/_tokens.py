@@ -45,6 +45,10 @@ class TokenError(SecurityError):
     """A token that cannot be redeemed; the message says why."""
 
 
+class TokenNotFor(TokenError):
+    """A good token made for another identity than the one asked for (no use is spent)."""
+
+
 @dataclass(frozen=True)
 class Grant:
     """What redeeming a token gives: who it was made for and what it allows."""
@@ -180,8 +184,12 @@ class TokenStore:
             }
         return f"{TOKEN_PREFIX}{token_id}.{secret}"
 
-    def redeem(self, token: str) -> Grant:
-        """Spend one use of ``token``; what it grants, or :class:`TokenError` saying why not."""
+    def redeem(self, token: str, *, identity: Identity | None = None) -> Grant:
+        """Spend one use of ``token``; what it grants, or :class:`TokenError` saying why not.
+
+        With ``identity``, a token made for another identity is refused
+        (:class:`TokenNotFor`) before a use is spent.
+        """
         match = _TOKEN.fullmatch(token.strip())
         if match is None:
             raise TokenError(
@@ -206,6 +214,12 @@ class TokenStore:
                 raise TokenError(
                     f"bootstrap token {token_id} is used up; create a new one with "
                     "`pycontainer token create` (--uses N for several)"
+                )
+            allowed = record.get("identity")
+            if identity is not None and allowed and allowed != identity.uri:
+                raise TokenNotFor(
+                    f"bootstrap token {token_id} is for {allowed}, not {identity}: join with "
+                    "that container id, or create a token for this one (--name)"
                 )
             record["uses_left"] -= 1
             return _grant(token_id, record)

@@ -35,6 +35,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import __version__
 from .._errors import RequestError
+from .._tls_env import BOOTSTRAP_TOKEN_ENV, CA_PIN_ENV, JOIN_ENV
 from ..agent._container import Container, ContainerSettings, Hooks
 from ..agent._health import CheckKind
 from ..agent._serve import serve
@@ -60,12 +61,16 @@ _log = logging.getLogger("pycontainer.sidecar")
 LIVENESS = "liveness"
 READINESS = "readiness"
 # Environment a pycontainer-embedding program would take as its own identity
-# (or launch description): the program is not that container, the sidecar is.
+# (or launch description): the program is not that container, the sidecar is;
+# and the sidecar's bootstrap token, a secret the program has no use for.
 _NOT_FOR_THE_PROGRAM = (
     "PYCONTAINER_MANAGER",
     "PYCONTAINER_CONTAINER_ID",
     SPEC_ENV,
     HEALTH_LISTEN_ENV,
+    BOOTSTRAP_TOKEN_ENV,
+    JOIN_ENV,
+    CA_PIN_ENV,
 )
 #: Most time a checkpoint or restore command may take, unless the settings say.
 DEFAULT_HOOK_TIMEOUT = datetime.timedelta(seconds=60)

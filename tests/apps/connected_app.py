@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 import pycontainer
+from pycontainer.agent import JoinError
 
 log = logging.getLogger("connected_app")
 
@@ -139,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     def ready(port: int) -> None:
         print(f"management 127.0.0.1:{port}", flush=True)
 
-    asyncio.run(pycontainer.serve(container, "127.0.0.1:0", manager=manager, on_ready=ready))
+    try:
+        asyncio.run(pycontainer.serve(container, "127.0.0.1:0", manager=manager, on_ready=ready))
+    except JoinError as exc:  # a bootstrap token that cannot buy a certificate: one line
+        sys.exit(f"error: {exc}")
     print("exiting", flush=True)
     return 0
 

@@ -1364,3 +1364,203 @@ class GetVersionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetVersionResponse: _TypeAlias = GetVersionResponse  # noqa: Y015
+
+@_typing.final
+class CreateBootstrapTokenRequest(_message.Message):
+    """Request of Manager.CreateBootstrapToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TTL_FIELD_NUMBER: _builtins.int
+    USES_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    uses: _builtins.int
+    """How many joins it pays for; 0 means 1 (single use), at most 1000."""
+    container_id: _builtins.str
+    """The only container id that may join with it; empty lets the joiner name
+    its own id.
+    """
+    description: _builtins.str
+    """A note kept with the token (who it is for), at most 200 characters."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the token can be used; unset means 1 hour, at most 7 days."""
+
+    def __init__(
+        self,
+        *,
+        ttl: _duration_pb2.Duration | None = ...,
+        uses: _builtins.int = ...,
+        container_id: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "description", b"description", "ttl", b"ttl", "uses", b"uses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateBootstrapTokenRequest: _TypeAlias = CreateBootstrapTokenRequest  # noqa: Y015
+
+@_typing.final
+class CreateBootstrapTokenResponse(_message.Message):
+    """Response of Manager.CreateBootstrapToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    JOIN_ADDRESS_FIELD_NUMBER: _builtins.int
+    CA_PIN_FIELD_NUMBER: _builtins.int
+    MANAGER_ADDRESS_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The token (pct_<id>.<secret>): shown here only, the manager keeps its hash."""
+    token_id: _builtins.str
+    """The token's id, as listed and revoked (not a secret)."""
+    join_address: _builtins.str
+    """Where a joiner calls Bootstrap.Join (HOST:PORT, server-side TLS)."""
+    ca_pin: _builtins.str
+    """The SHA-256 of the manager CA certificate's DER, as sha256:HEX: the
+    joiner checks the join server's chain against it before sending the token.
+    """
+    manager_address: _builtins.str
+    """Where a joined container connects afterwards (HOST:PORT, mutual TLS)."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the token expires."""
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        token_id: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        join_address: _builtins.str = ...,
+        ca_pin: _builtins.str = ...,
+        manager_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pin", b"ca_pin", "expire_time", b"expire_time", "join_address", b"join_address", "manager_address", b"manager_address", "token", b"token", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateBootstrapTokenResponse: _TypeAlias = CreateBootstrapTokenResponse  # noqa: Y015
+
+@_typing.final
+class ListBootstrapTokensRequest(_message.Message):
+    """Request of Manager.ListBootstrapTokens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBootstrapTokensRequest: _TypeAlias = ListBootstrapTokensRequest  # noqa: Y015
+
+@_typing.final
+class BootstrapToken(_message.Message):
+    """One bootstrap token, as listed (never its secret)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    USES_LEFT_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    """The token's id."""
+    container_id: _builtins.str
+    """The only container id that may join with it; empty: any."""
+    uses_left: _builtins.int
+    """Joins it still pays for (0: used up, listed until it expires)."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When it expires."""
+
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        container_id: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        uses_left: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "expire_time", b"expire_time", "token_id", b"token_id", "uses_left", b"uses_left"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BootstrapToken: _TypeAlias = BootstrapToken  # noqa: Y015
+
+@_typing.final
+class ListBootstrapTokensResponse(_message.Message):
+    """Response of Manager.ListBootstrapTokens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___BootstrapToken]:
+        """The tokens not expired yet, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[Global___BootstrapToken] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBootstrapTokensResponse: _TypeAlias = ListBootstrapTokensResponse  # noqa: Y015
+
+@_typing.final
+class RevokeBootstrapTokenRequest(_message.Message):
+    """Request of Manager.RevokeBootstrapToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    """The id of the token to forget (as created or listed)."""
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeBootstrapTokenRequest: _TypeAlias = RevokeBootstrapTokenRequest  # noqa: Y015
+
+@_typing.final
+class RevokeBootstrapTokenResponse(_message.Message):
+    """Response of Manager.RevokeBootstrapToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeBootstrapTokenResponse: _TypeAlias = RevokeBootstrapTokenResponse  # noqa: Y015

@@ -127,6 +127,21 @@ class ManagerStub(object):
                 request_serializer=pycontainer_dot_v1_dot_manager__pb2.GetVersionRequest.SerializeToString,
                 response_deserializer=pycontainer_dot_v1_dot_manager__pb2.GetVersionResponse.FromString,
                 _registered_method=True)
+        self.CreateBootstrapToken = channel.unary_unary(
+                '/pycontainer.v1.Manager/CreateBootstrapToken',
+                request_serializer=pycontainer_dot_v1_dot_manager__pb2.CreateBootstrapTokenRequest.SerializeToString,
+                response_deserializer=pycontainer_dot_v1_dot_manager__pb2.CreateBootstrapTokenResponse.FromString,
+                _registered_method=True)
+        self.ListBootstrapTokens = channel.unary_unary(
+                '/pycontainer.v1.Manager/ListBootstrapTokens',
+                request_serializer=pycontainer_dot_v1_dot_manager__pb2.ListBootstrapTokensRequest.SerializeToString,
+                response_deserializer=pycontainer_dot_v1_dot_manager__pb2.ListBootstrapTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeBootstrapToken = channel.unary_unary(
+                '/pycontainer.v1.Manager/RevokeBootstrapToken',
+                request_serializer=pycontainer_dot_v1_dot_manager__pb2.RevokeBootstrapTokenRequest.SerializeToString,
+                response_deserializer=pycontainer_dot_v1_dot_manager__pb2.RevokeBootstrapTokenResponse.FromString,
+                _registered_method=True)
 
 
 class ManagerServicer(object):
@@ -265,6 +280,29 @@ class ManagerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateBootstrapToken(self, request, context):
+        """Make a bootstrap token: a container the manager did not launch joins
+        with it (Bootstrap.Join on the join address), once or a bounded number of
+        times, until it expires. The token is in this response only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBootstrapTokens(self, request, context):
+        """The bootstrap tokens not expired yet (their ids, never their secrets).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeBootstrapToken(self, request, context):
+        """Forget a bootstrap token: it cannot be used to join any more.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -357,6 +395,21 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.GetVersion,
                     request_deserializer=pycontainer_dot_v1_dot_manager__pb2.GetVersionRequest.FromString,
                     response_serializer=pycontainer_dot_v1_dot_manager__pb2.GetVersionResponse.SerializeToString,
+            ),
+            'CreateBootstrapToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBootstrapToken,
+                    request_deserializer=pycontainer_dot_v1_dot_manager__pb2.CreateBootstrapTokenRequest.FromString,
+                    response_serializer=pycontainer_dot_v1_dot_manager__pb2.CreateBootstrapTokenResponse.SerializeToString,
+            ),
+            'ListBootstrapTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBootstrapTokens,
+                    request_deserializer=pycontainer_dot_v1_dot_manager__pb2.ListBootstrapTokensRequest.FromString,
+                    response_serializer=pycontainer_dot_v1_dot_manager__pb2.ListBootstrapTokensResponse.SerializeToString,
+            ),
+            'RevokeBootstrapToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeBootstrapToken,
+                    request_deserializer=pycontainer_dot_v1_dot_manager__pb2.RevokeBootstrapTokenRequest.FromString,
+                    response_serializer=pycontainer_dot_v1_dot_manager__pb2.RevokeBootstrapTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -848,6 +901,87 @@ class Manager(object):
             '/pycontainer.v1.Manager/GetVersion',
             pycontainer_dot_v1_dot_manager__pb2.GetVersionRequest.SerializeToString,
             pycontainer_dot_v1_dot_manager__pb2.GetVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBootstrapToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pycontainer.v1.Manager/CreateBootstrapToken',
+            pycontainer_dot_v1_dot_manager__pb2.CreateBootstrapTokenRequest.SerializeToString,
+            pycontainer_dot_v1_dot_manager__pb2.CreateBootstrapTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBootstrapTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pycontainer.v1.Manager/ListBootstrapTokens',
+            pycontainer_dot_v1_dot_manager__pb2.ListBootstrapTokensRequest.SerializeToString,
+            pycontainer_dot_v1_dot_manager__pb2.ListBootstrapTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeBootstrapToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pycontainer.v1.Manager/RevokeBootstrapToken',
+            pycontainer_dot_v1_dot_manager__pb2.RevokeBootstrapTokenRequest.SerializeToString,
+            pycontainer_dot_v1_dot_manager__pb2.RevokeBootstrapTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,15 @@ class ManagerStub:
     """
     GetVersion: _grpc.UnaryUnaryMultiCallable[_manager_pb2.GetVersionRequest, _manager_pb2.GetVersionResponse]
     """The manager's version and the versions of what it runs on."""
+    CreateBootstrapToken: _grpc.UnaryUnaryMultiCallable[_manager_pb2.CreateBootstrapTokenRequest, _manager_pb2.CreateBootstrapTokenResponse]
+    """Make a bootstrap token: a container the manager did not launch joins
+    with it (Bootstrap.Join on the join address), once or a bounded number of
+    times, until it expires. The token is in this response only.
+    """
+    ListBootstrapTokens: _grpc.UnaryUnaryMultiCallable[_manager_pb2.ListBootstrapTokensRequest, _manager_pb2.ListBootstrapTokensResponse]
+    """The bootstrap tokens not expired yet (their ids, never their secrets)."""
+    RevokeBootstrapToken: _grpc.UnaryUnaryMultiCallable[_manager_pb2.RevokeBootstrapTokenRequest, _manager_pb2.RevokeBootstrapTokenResponse]
+    """Forget a bootstrap token: it cannot be used to join any more."""
 
 @_typing.type_check_only
 class ManagerAsyncStub(ManagerStub):
@@ -131,6 +140,15 @@ class ManagerAsyncStub(ManagerStub):
     """
     GetVersion: _aio.UnaryUnaryMultiCallable[_manager_pb2.GetVersionRequest, _manager_pb2.GetVersionResponse]  # type: ignore[assignment]
     """The manager's version and the versions of what it runs on."""
+    CreateBootstrapToken: _aio.UnaryUnaryMultiCallable[_manager_pb2.CreateBootstrapTokenRequest, _manager_pb2.CreateBootstrapTokenResponse]  # type: ignore[assignment]
+    """Make a bootstrap token: a container the manager did not launch joins
+    with it (Bootstrap.Join on the join address), once or a bounded number of
+    times, until it expires. The token is in this response only.
+    """
+    ListBootstrapTokens: _aio.UnaryUnaryMultiCallable[_manager_pb2.ListBootstrapTokensRequest, _manager_pb2.ListBootstrapTokensResponse]  # type: ignore[assignment]
+    """The bootstrap tokens not expired yet (their ids, never their secrets)."""
+    RevokeBootstrapToken: _aio.UnaryUnaryMultiCallable[_manager_pb2.RevokeBootstrapTokenRequest, _manager_pb2.RevokeBootstrapTokenResponse]  # type: ignore[assignment]
+    """Forget a bootstrap token: it cannot be used to join any more."""
 
 class ManagerServicer(metaclass=_abc_1.ABCMeta):
     """The operator API of the manager: list, inspect and command containers,
@@ -288,5 +306,32 @@ class ManagerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_manager_pb2.GetVersionResponse, _abc.Awaitable[_manager_pb2.GetVersionResponse]]:
         """The manager's version and the versions of what it runs on."""
+
+    @_abc_1.abstractmethod
+    def CreateBootstrapToken(
+        self,
+        request: _manager_pb2.CreateBootstrapTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.CreateBootstrapTokenResponse, _abc.Awaitable[_manager_pb2.CreateBootstrapTokenResponse]]:
+        """Make a bootstrap token: a container the manager did not launch joins
+        with it (Bootstrap.Join on the join address), once or a bounded number of
+        times, until it expires. The token is in this response only.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBootstrapTokens(
+        self,
+        request: _manager_pb2.ListBootstrapTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.ListBootstrapTokensResponse, _abc.Awaitable[_manager_pb2.ListBootstrapTokensResponse]]:
+        """The bootstrap tokens not expired yet (their ids, never their secrets)."""
+
+    @_abc_1.abstractmethod
+    def RevokeBootstrapToken(
+        self,
+        request: _manager_pb2.RevokeBootstrapTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.RevokeBootstrapTokenResponse, _abc.Awaitable[_manager_pb2.RevokeBootstrapTokenResponse]]:
+        """Forget a bootstrap token: it cannot be used to join any more."""
 
 def add_ManagerServicer_to_server(servicer: ManagerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

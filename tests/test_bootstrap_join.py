@@ -1,0 +1,611 @@
+"""Bootstrap tokens: a container the manager did not launch joins with a token
+(kubelet's TLS bootstrap, in small), against a real manager serving mutual TLS.
+
+A token is single-use or bounded, expires and can be revoked; the joiner checks
+the join server against the CA pin before it sends the token; the certificate
+it gets names only the id it asked for (and the token allowed).
+
+The rest of the suite runs its managers --insecure (conftest.py); here
+$PYCONTAINER_INSECURE is unset."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from support import wait_until
+
+import pycontainer
+from pycontainer._tls_env import BOOTSTRAP_TOKEN_ENV, CA_PIN_ENV, JOIN_ENV, TLS_DIR_ENV
+from pycontainer.agent import JoinError, serve_in_background
+from pycontainer.cli import main
+from pycontainer.client import CallError
+from pycontainer.security import (
+    MANAGER,
+    CredentialFiles,
+    certificate_request,
+    channel_credentials,
+    container,
+    server_name_options,
+)
+from pycontainer.testing import ManagerHost, manager_host
+from pycontainer.units import duration_to_proto
+from pycontainer.v1 import (
+    bootstrap_pb2,
+    bootstrap_pb2_grpc,
+    container_pb2,
+    lifecycle_pb2,
+    lifecycle_pb2_grpc,
+    manager_pb2,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNNING = container_pb2.LIFECYCLE_STATE_RUNNING
+_JOIN_ENVS = (BOOTSTRAP_TOKEN_ENV, JOIN_ENV, CA_PIN_ENV, TLS_DIR_ENV, "PYCONTAINER_INSECURE")
+
+
+@pytest.fixture(autouse=True)
+def _secure_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _JOIN_ENVS:
+        # Set first, so that whatever a join sets ($PYCONTAINER_TLS_DIR) is undone after.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def secure(tmp_path: Path) -> Iterator[ManagerHost]:
+    with manager_host(tmp_path / "state", insecure=False) as host:
+        yield host
+
+
+def _token(
+    host: ManagerHost, container_id: str = "", uses: int = 1, ttl: float = 600
+) -> manager_pb2.CreateBootstrapTokenResponse:
+    return host.client.create_bootstrap_token(
+        manager_pb2.CreateBootstrapTokenRequest(
+            container_id=container_id,
+            uses=uses,
+            ttl=duration_to_proto(datetime.timedelta(seconds=ttl)),
+        )
+    )
+
+
+def _join(
+    made: manager_pb2.CreateBootstrapTokenResponse,
+    container_id: str,
+    tls_dir: Path,
+    *,
+    pin: str | None = None,
+) -> CredentialFiles:
+    """Join in this process, as a container's start does (TLS directory given)."""
+    os.environ[TLS_DIR_ENV] = str(tls_dir)
+    settings = pycontainer.ContainerSettings(
+        name="joiner",
+        id=container_id,
+        bootstrap_token=made.token,
+        join_address=made.join_address,
+        ca_pin=pin or made.ca_pin,
+    )
+    try:
+        pycontainer.Container(settings).join_if_bootstrapping()
+    finally:
+        del os.environ[TLS_DIR_ENV]
+    return CredentialFiles.in_directory(tls_dir)
+
+
+def _uses_left(host: ManagerHost, token_id: str) -> int | None:
+    for token in host.client.list_bootstrap_tokens().tokens:
+        if token.token_id == token_id:
+            return token.uses_left
+    return None
+
+
+def _app_env(
+    made: manager_pb2.CreateBootstrapTokenResponse, tls_dir: Path, **extra: str
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _JOIN_ENVS}
+    env.update(
+        {
+            "PYTHONPATH": str(ROOT),
+            BOOTSTRAP_TOKEN_ENV: made.token,
+            JOIN_ENV: made.join_address,
+            CA_PIN_ENV: made.ca_pin,
+            TLS_DIR_ENV: str(tls_dir),
+            "PYCONTAINER_MANAGER": made.manager_address,
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def _connected_app(env: dict[str, str], name: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/apps/connected_app.py"), "--name", name],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_container_the_manager_did_not_launch_joins_with_a_token_and_registers(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    made = _token(secure, "joiner-1")
+    assert made.token.startswith(f"pct_{made.token_id}.")
+    assert made.join_address
+    assert made.join_address != secure.address
+    assert made.ca_pin.startswith("sha256:")
+    assert len(made.ca_pin) == len("sha256:") + 64
+    assert made.manager_address == secure.address
+    tls_dir = tmp_path / "joiner-tls"
+    app = _connected_app(_app_env(made, tls_dir, PYCONTAINER_CONTAINER_ID="joiner-1"), "joiner")
+    request = manager_pb2.GetContainerRequest(container="joiner-1")
+    try:
+
+        def running() -> bool:
+            assert app.poll() is None, app.communicate()[1]
+            try:
+                got = secure.client.get_container(request).container
+            except CallError:
+                return False
+            return got.state == RUNNING and got.connected
+
+        wait_until(running, 40, "the joined container registers over mutual TLS and runs")
+        listed = [c.identity.id for c in secure.client.list_containers().containers]
+        assert "joiner-1" in listed
+        [endpoint] = secure.client.get_container(request).container.identity.endpoints
+        assert endpoint.tls  # its Management endpoint serves with the joined certificate
+        assert (tls_dir / "tls.pem").stat().st_mode & 0o777 == 0o600
+        leaf, trust = CredentialFiles.in_directory(tls_dir).read()
+        assert leaf.identity == container("joiner-1")
+        assert trust == (Path(secure.settings.state_dir) / "ca.pem").read_bytes()
+        assert _uses_left(secure, made.token_id) == 0
+        # The audit trail names the token's id and the identity, never the token.
+        joins = [
+            e
+            for e in secure.manager.events.history()
+            if e.type == manager_pb2.EVENT_TYPE_REQUESTED and e.message.startswith("Join ")
+        ]
+        assert [e.container_id for e in joins] == ["joiner-1"]
+        assert made.token_id in joins[0].message
+        assert str(container("joiner-1")) in joins[0].message
+        secret = made.token.partition(".")[2]
+        assert not any(secret in str(e) for e in secure.manager.events.history())
+        # The manager commands it like any other: a stop ends the process.
+        secure.client.stop_container(manager_pb2.StopContainerRequest(container="joiner-1"))
+        assert app.wait(30) == 0
+    finally:
+        if app.poll() is None:
+            app.kill()
+        app.communicate(timeout=30)
+
+
+def test_a_single_use_token_joins_once_and_the_second_is_told_it_is_used_up(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    made = _token(secure)
+    files = _join(made, "first-1", tmp_path / "first")
+    assert files.read()[0].identity == container("first-1")
+    with pytest.raises(JoinError) as second:
+        _join(made, "second-1", tmp_path / "second")
+    message = str(second.value)
+    assert "UNAUTHENTICATED" in message
+    assert f"bootstrap token {made.token_id} is used up" in message
+    assert "pycontainer token create" in message
+    assert made.token not in message
+    assert not (tmp_path / "second" / "tls.pem").exists()
+
+
+def test_an_expired_or_revoked_token_is_refused_and_says_which(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    short = _token(secure, ttl=1)
+    expires = short.expire_time.ToDatetime(tzinfo=datetime.UTC)
+    while datetime.datetime.now(datetime.UTC) <= expires:  # the real clock passing the expiry
+        time.sleep(0.05)
+    with pytest.raises(JoinError) as expired:
+        _join(short, "late-1", tmp_path / "late")
+    assert "UNAUTHENTICATED" in str(expired.value)
+    assert f"bootstrap token {short.token_id} expired at" in str(expired.value)
+
+    revoked = _token(secure, uses=5)
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["token", "revoke", revoked.token_id], client=secure.client, stdout=out) == 0
+    assert f"bootstrap token {revoked.token_id} revoked" in out.getvalue()
+    with pytest.raises(JoinError) as refused:
+        _join(revoked, "late-2", tmp_path / "late2")
+    assert f"bootstrap token {revoked.token_id} is unknown (or was revoked)" in str(refused.value)
+    # Revoking it again: NOT_FOUND, saying where to look.
+    code = main(["token", "revoke", revoked.token_id], client=secure.client, stdout=out, stderr=err)
+    assert code == 1
+    assert "NOT_FOUND" in err.getvalue()
+    assert "token list" in err.getvalue()
+
+
+def test_a_wrong_ca_pin_makes_the_container_refuse_before_sending_the_token(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    made = _token(secure, "pinned-1")
+    wrong = "sha256:" + "0" * 64
+    app = _connected_app(
+        _app_env(
+            made, tmp_path / "pinned", PYCONTAINER_CONTAINER_ID="pinned-1", **{CA_PIN_ENV: wrong}
+        ),
+        "pinned",
+    )
+    _, err = app.communicate(timeout=60)
+    assert app.returncode == 1
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert f"refusing to join at {made.join_address}" in line
+    assert wrong in line
+    assert CA_PIN_ENV in line
+    assert made.token not in err
+    # The token was never sent: its use is still there.
+    assert _uses_left(secure, made.token_id) == 1
+    assert not (tmp_path / "pinned" / "tls.pem").exists()
+    # A malformed pin is one line too.
+    with pytest.raises(JoinError, match="is not sha256:<64 hex digits>"):
+        _join(made, "pinned-1", tmp_path / "pinned", pin="abc")
+
+
+def test_a_joined_container_cannot_register_as_another_nor_join_as_one_its_token_is_not_for(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    made = _token(secure, uses=2)
+    files = _join(made, "honest-1", tmp_path / "honest")
+    register = lifecycle_pb2.ConnectRequest(
+        register=lifecycle_pb2.Registration(
+            identity=container_pb2.ContainerIdentity(id="victim-1", name="victim")
+        )
+    )
+    credentials = channel_credentials(files)
+    with grpc.secure_channel(secure.address, credentials, server_name_options(MANAGER)) as channel:
+        call = lifecycle_pb2_grpc.LifecycleStub(channel).Connect(iter([register]), timeout=10)
+        with pytest.raises(grpc.RpcError) as refused:
+            list(call)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "container/victim-1" in (refused.value.details() or "")
+
+    # A token made for one id buys no certificate for another, and spends no use.
+    only = _token(secure, "only-1")
+    with pytest.raises(JoinError) as other:
+        _join(only, "intruder-1", tmp_path / "intruder")
+    assert "PERMISSION_DENIED" in str(other.value)
+    assert "is for spiffe://pycontainer.local/container/only-1" in str(other.value)
+    assert _uses_left(secure, only.token_id) == 1
+
+
+def test_join_refuses_bad_requests_with_the_field_to_fix_and_spends_no_use(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    made = _token(secure)
+    from pycontainer.agent._join import pinned_ca
+
+    ca = pinned_ca(made.join_address, made.ca_pin, 10)
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+    good_csr = certificate_request(container("c-1")).csr_pem.decode()
+    cases = [
+        (
+            bootstrap_pb2.JoinRequest(token=made.token, csr_pem="junk", container_id="c-1"),
+            "csr_pem",
+        ),
+        (
+            bootstrap_pb2.JoinRequest(token=made.token, csr_pem=good_csr, container_id="../x"),
+            "container_id",
+        ),
+        (bootstrap_pb2.JoinRequest(csr_pem=good_csr, container_id="c-1"), "no bootstrap token"),
+        (bootstrap_pb2.JoinRequest(token="x" * 20_000, csr_pem=good_csr, container_id="c-1"), ""),
+    ]
+    with grpc.secure_channel(
+        made.join_address, credentials, server_name_options(MANAGER)
+    ) as channel:
+        stub = bootstrap_pb2_grpc.BootstrapStub(channel)
+        for request, said in cases:
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Join(request, timeout=10)
+            code = refused.value.code()
+            assert code in (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,  # over the join server's message limit
+            ), code
+            assert said in (refused.value.details() or "")
+            assert made.token not in (refused.value.details() or "")
+    assert _uses_left(secure, made.token_id) == 1
+
+
+def test_token_create_list_and_revoke_from_the_cli(secure: ManagerHost) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(
+        ["token", "create", "--ttl", "10m", "--uses", "2", "--name", "web-1"],
+        client=secure.client,
+        stdout=out,
+        stderr=err,
+    )
+    assert code == 0, err.getvalue()
+    exports = dict(
+        shlex.split(line.removeprefix("export "))[0].split("=", 1)
+        for line in out.getvalue().splitlines()
+    )
+    assert set(exports) == {
+        BOOTSTRAP_TOKEN_ENV,
+        JOIN_ENV,
+        CA_PIN_ENV,
+        "PYCONTAINER_MANAGER",
+        "PYCONTAINER_CONTAINER_ID",
+    }
+    assert exports["PYCONTAINER_CONTAINER_ID"] == "web-1"
+    token_id = exports[BOOTSTRAP_TOKEN_ENV].removeprefix("pct_").partition(".")[0]
+    assert f"bootstrap token {token_id}: 2 uses by container web-1, for 10m" in err.getvalue()
+    assert exports[BOOTSTRAP_TOKEN_ENV] not in err.getvalue()
+    listing = io.StringIO()
+    assert main(["token", "list"], client=secure.client, stdout=listing) == 0
+    [row] = [line for line in listing.getvalue().splitlines() if token_id in line]
+    assert "web-1" in row
+    assert " 2 " in f" {row} "
+    assert exports[BOOTSTRAP_TOKEN_ENV] not in listing.getvalue()
+    # Out of bounds: the parser says so, before any call.
+    bad = io.StringIO()
+    assert main(["token", "create", "--ttl", "30d"], client=secure.client, stderr=bad) != 0
+    assert "at most" in bad.getvalue() or "must be from" in bad.getvalue()
+
+
+def test_an_insecure_manager_has_no_tokens_and_says_why(tmp_path: Path) -> None:
+    # --insecure, as the suite's default.
+    with manager_host(tmp_path / "state") as host, pytest.raises(CallError) as refused:
+        host.client.create_bootstrap_token()
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "--insecure" in refused.value.details
+
+
+def test_a_joined_container_renews_its_certificate_through_its_session(tmp_path: Path) -> None:
+    with manager_host(
+        tmp_path / "state",
+        insecure=False,
+        certificate_ttl=datetime.timedelta(seconds=3),
+        certificate_renewal_check=datetime.timedelta(milliseconds=200),
+    ) as host:
+        made = _token(host, "renewing-1")
+        tls_dir = tmp_path / "renewing"
+        os.environ[TLS_DIR_ENV] = str(tls_dir)
+        settings = pycontainer.ContainerSettings(
+            name="renewing",
+            id="renewing-1",
+            bootstrap_token=made.token,
+            join_address=made.join_address,
+            ca_pin=made.ca_pin,
+        )
+        app = pycontainer.Container(settings)
+        try:
+            server = serve_in_background(app)  # joins first: its server serves the leaf
+            app.connect(host.address)
+            request = manager_pb2.GetContainerRequest(container="renewing-1")
+
+            def connected() -> bool:
+                try:
+                    return host.client.get_container(request).container.connected
+                except CallError:
+                    return False
+
+            wait_until(connected, 20, "the joined container registers")
+            files = CredentialFiles.in_directory(tls_dir)
+            first = files.read()[0].certificate
+
+            def renewed() -> bool:
+                return files.read()[0].certificate.serial_number != first.serial_number
+
+            wait_until(renewed, 20, "the joined certificate renewed before it expires")
+            second = files.read()[0].certificate
+            assert second.not_valid_after_utc > first.not_valid_after_utc
+            assert files.read()[0].identity == container("renewing-1")
+            assert (tls_dir / "tls.pem").stat().st_mode & 0o777 == 0o600
+            # After the first certificate expired, the renewed one still works:
+            # the manager reaches the container's Management endpoint anew.
+            while datetime.datetime.now(datetime.UTC) <= first.not_valid_after_utc:
+                time.sleep(0.05)
+            stream = host.client.watch_metrics(
+                manager_pb2.ManagerWatchMetricsRequest(containers=["renewing-1"]),
+                timeout=datetime.timedelta(seconds=20),
+            )
+            assert next(stream).snapshot.container_id == "renewing-1"
+            stream.close()
+            renewals = [
+                e
+                for e in host.manager.events.history()
+                if e.message.startswith("RenewCertificate ")
+            ]
+            assert renewals
+            assert {e.actor for e in renewals} == {str(container("renewing-1"))}
+            server.stop()
+        finally:
+            app.close()
+            del os.environ[TLS_DIR_ENV]
+
+
+def test_only_a_container_renews_and_only_on_the_main_port(secure: ManagerHost) -> None:
+    admin = CredentialFiles.in_directory(Path(secure.settings.state_dir) / "admin")
+    csr = certificate_request(container("x-1")).csr_pem.decode()
+    renew = bootstrap_pb2.RenewCertificateRequest(csr_pem=csr)
+    with (
+        grpc.secure_channel(
+            secure.address, channel_credentials(admin), server_name_options(MANAGER)
+        ) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        bootstrap_pb2_grpc.BootstrapStub(channel).RenewCertificate(renew, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "container role" in (refused.value.details() or "")
+    made = _token(secure)
+    from pycontainer.agent._join import pinned_ca
+
+    roots = grpc.ssl_channel_credentials(
+        root_certificates=pinned_ca(made.join_address, made.ca_pin, 10)
+    )
+    with (
+        grpc.secure_channel(made.join_address, roots, server_name_options(MANAGER)) as channel,
+        pytest.raises(grpc.RpcError) as there,
+    ):
+        bootstrap_pb2_grpc.BootstrapStub(channel).RenewCertificate(renew, timeout=10)
+    assert there.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "main port" in (there.value.details() or "")
+
+
+def test_joins_past_the_rate_are_resource_exhausted(secure: ManagerHost) -> None:
+    made = _token(secure)
+    from pycontainer.agent._join import pinned_ca
+
+    roots = grpc.ssl_channel_credentials(
+        root_certificates=pinned_ca(made.join_address, made.ca_pin, 10)
+    )
+    csr = certificate_request(container("c-1")).csr_pem.decode()
+    wrong = bootstrap_pb2.JoinRequest(
+        token=f"pct_{made.token_id}.{'A' * 43}", csr_pem=csr, container_id="c-1"
+    )
+    codes = []
+    with grpc.secure_channel(made.join_address, roots, server_name_options(MANAGER)) as channel:
+        stub = bootstrap_pb2_grpc.BootstrapStub(channel)
+        futures = [stub.Join.future(wrong, timeout=20) for _ in range(60)]
+        for future in futures:
+            with pytest.raises(grpc.RpcError) as refused:
+                future.result()
+            codes.append(refused.value.code())
+    assert set(codes) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    # The good token was not spent by the wrong secrets.
+    assert _uses_left(secure, made.token_id) == 1
+
+
+def test_the_sidecar_joins_and_keeps_the_token_from_its_program(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    made = _token(secure, "side-1")
+    env = _app_env(made, tmp_path / "side-tls", PYCONTAINER_CONTAINER_ID="side-1")
+    seen = tmp_path / "program-env.txt"
+    sidecar = subprocess.Popen(
+        [
+            *[sys.executable, "-m", "pycontainer.cli", "run", "--name", "side", "--"],
+            *["sh", "-c", f"env > {shlex.quote(str(seen))}; exec sleep 600"],
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        request = manager_pb2.GetContainerRequest(container="side-1")
+
+        def running() -> bool:
+            assert sidecar.poll() is None, sidecar.communicate()
+            try:
+                got = secure.client.get_container(request).container
+            except CallError:
+                return False
+            return got.state == RUNNING and got.connected and seen.exists()
+
+        wait_until(running, 40, "the sidecar joins and runs its program")
+        wait_until(lambda: "PATH=" in seen.read_text(), 10, "the program wrote its environment")
+        program_env = seen.read_text()
+        assert made.token not in program_env
+        assert BOOTSTRAP_TOKEN_ENV not in program_env
+        secure.client.stop_container(manager_pb2.StopContainerRequest(container="side-1"))
+        sidecar.wait(30)
+    finally:
+        if sidecar.poll() is None:
+            sidecar.kill()
+        sidecar.communicate(timeout=30)
+
+
+def test_the_join_listener_answers_random_bytes_with_a_status_and_keeps_serving(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    import random
+
+    made = _token(secure, uses=2)
+    from pycontainer.agent._join import pinned_ca
+
+    roots = grpc.ssl_channel_credentials(
+        root_certificates=pinned_ca(made.join_address, made.ca_pin, 10)
+    )
+    good = bootstrap_pb2.JoinRequest(
+        token=made.token,
+        csr_pem=certificate_request(container("fuzzed-1")).csr_pem.decode(),
+        container_id="fuzzed-1",
+    ).SerializeToString()
+    generator = random.Random(8)
+    inputs = [generator.randbytes(generator.choice((0, 1, 7, 64, 900, 5000))) for _ in range(150)]
+    # Mutations of a valid request: flipped bytes, truncations.
+    for _ in range(150):
+        mutated = bytearray(good)
+        for _ in range(generator.randint(1, 8)):
+            mutated[generator.randrange(len(mutated))] = generator.randrange(256)
+        inputs.append(bytes(mutated[: generator.randint(0, len(mutated))]))
+    codes: dict[grpc.StatusCode, int] = {}
+    details: list[str] = []
+    with grpc.secure_channel(made.join_address, roots, server_name_options(MANAGER)) as channel:
+        for method in ("Join", "RenewCertificate"):
+            raw = channel.unary_unary(f"/pycontainer.v1.Bootstrap/{method}")
+            for payload in inputs:
+                try:
+                    raw(payload, timeout=10)
+                    code = grpc.StatusCode.OK
+                except grpc.RpcError as exc:
+                    code = exc.code()
+                    details.append(exc.details() or "")
+                codes[code] = codes.get(code, 0) + 1
+    assert grpc.StatusCode.UNKNOWN not in codes, codes
+    assert grpc.StatusCode.DEADLINE_EXCEEDED not in codes, codes
+    assert not any(made.token.partition(".")[2] in text for text in details)
+    # Still serving, and the token worth what the mutations left of it.
+    left = _uses_left(secure, made.token_id)
+    assert left is not None
+    if left:
+        _join(made, "after-1", tmp_path / "after")
+
+
+@pytest.mark.parametrize(
+    ("request_", "field", "said"),
+    [
+        (
+            manager_pb2.CreateBootstrapTokenRequest(ttl=duration_to_proto(datetime.timedelta(0))),
+            "ttl",
+            "more than 0",
+        ),
+        (
+            manager_pb2.CreateBootstrapTokenRequest(
+                ttl=duration_to_proto(datetime.timedelta(days=8))
+            ),
+            "ttl",
+            "at most 168h",
+        ),
+        (manager_pb2.CreateBootstrapTokenRequest(uses=1001), "uses", "1 to 1000"),
+        (manager_pb2.CreateBootstrapTokenRequest(uses=-1), "uses", "1 to 1000"),
+        (
+            manager_pb2.CreateBootstrapTokenRequest(container_id="a/b"),
+            "container_id",
+            "not a container id",
+        ),
+        (
+            manager_pb2.CreateBootstrapTokenRequest(description="x" * 201),
+            "description",
+            "at most 200",
+        ),
+    ],
+)
+def test_token_create_out_of_bounds_is_invalid_argument_naming_the_field(
+    secure: ManagerHost, request_: manager_pb2.CreateBootstrapTokenRequest, field: str, said: str
+) -> None:
+    with pytest.raises(CallError) as refused:
+        secure.client.create_bootstrap_token(request_)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details.startswith(f"{field}: "), refused.value.details
+    assert said in refused.value.details
