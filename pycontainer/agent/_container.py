@@ -95,14 +95,11 @@ class Container:
         self._listeners: list[StateListener] = []
         self._app_loop: asyncio.AbstractEventLoop | None = None
         self._connection: ManagerConnection | None = None
-<<<<<<< HEAD
         # grpc.health.v1 alone in plaintext (settings.health_listen), once hosted.
         self._health_port: BackgroundServer | None = None
-=======
         # Whether join_if_bootstrapping() ran, and the TLS directory it found.
         self._joined = False
         self._tls_dir: str | None = None
->>>>>>> bootstrap
         # Set once stopped (or closed): followed logs and metric watches end,
         # so that a server shutting down need not cancel them.
         self._streams_end = threading.Event()
