@@ -18,12 +18,12 @@ from .. import units
 from ._background import BackgroundServer as BackgroundServer
 from ._background import start_in_background
 from ._container import Container
+from ._join import JoinError
 from ._listen import EXCLUSIVE_PORT as EXCLUSIVE_PORT
 from ._listen import SERVER_OPTIONS as SERVER_OPTIONS
 from ._listen import ListenError as ListenError
 from ._listen import advertised_address
 from ._listen import listen_on as listen_on
-from ._join import JoinError
 from ._state import State
 from ._tls import tls_dir
 
