@@ -32,9 +32,15 @@ class StateLock:
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         directory = Path(state_dir)
-        directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / LOCK_FILE
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StartRefused(
+                f"cannot use the state directory {str(directory.absolute())!r}: "
+                f"{exc.strerror or exc}: make it writable, or give another --state-dir"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
