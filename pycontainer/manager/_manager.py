@@ -27,7 +27,7 @@ from ._admission import Admission
 from ._apply import Reconciler
 from ._checkpoints import Checkpoints
 from ._events import EventBus
-from ._exclusive import StartRefused, StateLock, bind
+from ._exclusive import StartRefused, StateLock, bind, unusable_state_dir
 from ._logstore import LogStore
 from ._registry import Entry, Registry, state_word
 from ._runtime import ProcessRuntime, Runtime
@@ -36,7 +36,7 @@ from ._sessions import Sessions
 from ._settings import EVENT_HISTORY, ManagerSettings
 from ._stopping import Stopped, Stopper
 from ._store import SQLiteStore, StateStore, StoreError
-from ._storewriter import StoreHealth, StoreWriter, advice
+from ._storewriter import StoreHealth, StoreWriter, advice, classify
 from ._supervision import Supervisor
 from ._trust import Trust
 from .runc import RuncRuntime
@@ -70,7 +70,9 @@ class Manager:
         self.store = store
         # Container records written behind, the store's other calls off the
         # loop: a slow, full or locked disk never stalls the manager.
-        self.store_writer = StoreWriter(store, self.settings.state_dir)
+        self.store_writer = StoreWriter(
+            store, self.settings.state_dir, call_timeout=self.settings.store_timeout
+        )
         self.store_writer.on_health = self._store_health
         self.capacity = self.settings.capacity or machine_capacity()
         self.events = EventBus(history=EVENT_HISTORY)
@@ -412,14 +414,11 @@ def _open_store(settings: ManagerSettings) -> SQLiteStore:
             Path(state_dir) / "manager.db", max_checkpoint_bytes=settings.max_checkpoint_bytes
         )
     except OSError as exc:
-        where = f"state directory {str(Path(state_dir).absolute())!r}"
-        raise StartRefused(
-            f"cannot use the {where}: {exc.strerror or exc}: "
-            "make it writable, or give another --state-dir"
-        ) from None
+        raise unusable_state_dir(state_dir, exc) from None
     except StoreError as exc:
+        where = str(Path(state_dir).absolute())
         raise StartRefused(
-            f"cannot open the state store: {advice(exc, str(Path(state_dir).absolute()))} ({exc})"
+            f"cannot open the state store: {advice(classify(exc, where), where)} ({exc})"
         ) from None
 
 

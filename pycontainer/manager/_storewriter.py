@@ -28,7 +28,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime
+import errno
 import logging
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -56,16 +59,59 @@ RETRY_FIRST = datetime.timedelta(milliseconds=100)
 RETRY_MAX = datetime.timedelta(seconds=2)
 
 
+# What an errno met when writing a file in the state directory says.
+_ERRNO_KINDS = {
+    errno.ENOSPC: StoreError.FULL,
+    errno.EDQUOT: StoreError.FULL,
+    errno.EROFS: StoreError.READ_ONLY,
+    errno.EACCES: StoreError.READ_ONLY,
+    errno.EPERM: StoreError.READ_ONLY,
+    errno.EIO: StoreError.IO,
+}
+
+
+def fault_kind(exc: StoreError, state_dir: str) -> str:
+    """What a store fault is (a StoreError kind). SQLite reports a write to a
+    file system that turned itself read-only (ext4's errors=remount-ro,
+    which statvfs does not show) as an I/O error, and some full disks so
+    too: writing a file of our own there says which. Touches the disk: call
+    it off the loop."""
+    if exc.kind not in (StoreError.IO, StoreError.OTHER):
+        return exc.kind
+    try:
+        fs = os.statvfs(state_dir)
+        if fs.f_flag & os.ST_RDONLY:
+            return StoreError.READ_ONLY
+        if fs.f_bavail == 0:
+            return StoreError.FULL
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=state_dir)
+        try:
+            os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        return _ERRNO_KINDS.get(err.errno or 0, exc.kind)
+    return exc.kind
+
+
+def classify(exc: StoreError, state_dir: str) -> StoreError:
+    """``exc`` with the kind fault_kind finds (in the thread that met it)."""
+    exc.kind = fault_kind(exc, state_dir)
+    return exc
+
+
 def advice(exc: StoreError, state_dir: str) -> str:
     """What the operator can do about a store fault, in a few words."""
     where = f"the state directory {state_dir!r}"
-    if exc.kind == StoreError.FULL:
+    kind = exc.kind
+    if kind == StoreError.FULL:
         return f"{where} is out of space: free space there"
-    if exc.kind == StoreError.READ_ONLY:
+    if kind == StoreError.READ_ONLY:
         return f"{where} cannot be written: make it writable (mount, permissions)"
-    if exc.kind == StoreError.BUSY:
+    if kind == StoreError.BUSY:
         return f"the state store in {where} is locked by another process: end that process"
-    if exc.kind == StoreError.IO:
+    if kind == StoreError.IO:
         return f"the disk of {where} fails: check it (dmesg)"
     return f"check the state store in {where}"
 
@@ -201,6 +247,7 @@ class StoreWriter:
             try:
                 self.store.write_containers(batch)
             except StoreError as exc:
+                classify(exc, self.state_dir)
                 with self._cond:
                     # Kept, under what was queued meanwhile (that is newer).
                     self._pending = {**batch, **self._pending}
@@ -237,7 +284,14 @@ class StoreWriter:
         A store fault becomes the operator's status (operator_error); a call
         that takes too long, UNAVAILABLE saying it may still complete."""
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._calls, lambda: fn(*args))
+
+        def run() -> T:
+            try:
+                return fn(*args)
+            except StoreError as exc:
+                raise classify(exc, self.state_dir) from exc.__cause__
+
+        future = loop.run_in_executor(self._calls, run)
         bound = self._call_timeout.total_seconds()
         try:
             result = await asyncio.wait_for(asyncio.shield(future), bound)
@@ -273,6 +327,7 @@ class StoreWriter:
             try:
                 self.store.write_containers(batch)
             except StoreError as exc:
+                classify(exc, self.state_dir)
                 if time.monotonic() + delay >= deadline:
                     _log.error(
                         "%d container records not written to the state store: %s (%s); "
@@ -307,5 +362,7 @@ __all__ = [
     "StoreHealth",
     "StoreWriter",
     "advice",
+    "classify",
+    "fault_kind",
     "operator_error",
 ]
