@@ -9,6 +9,7 @@ Mounting needs root (CI runs as root): skipped locally without it, failed in CI.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import os
 import sqlite3
@@ -417,3 +418,50 @@ def test_a_store_locked_by_another_process_stalls_nothing(tmp_path: Path) -> Non
         alpha_host.stop()
         alpha.close()
     assert _stored(tmp_path / "state" / "manager.db") == {alpha.id: S.LIFECYCLE_STATE_RUNNING}
+
+
+def test_a_frozen_state_disk_stalls_nothing(ext4: Path) -> None:
+    fsfreeze = require_tool("fsfreeze")
+    bound = datetime.timedelta(seconds=2)
+    host = ManagerHost(ext4, store_timeout=bound)
+    alpha, alpha_host = connected_container(
+        host, "alpha", hooks=pycontainer.Hooks(on_checkpoint=lambda: b"alpha state")
+    )
+    frozen = False
+    try:
+        _running(alpha)
+        assert host.manager.store_writer.flushed(5)
+        # Every write to the file system waits (in the kernel) until it thaws.
+        subprocess.run([fsfreeze, "--freeze", str(ext4)], check=True, timeout=10)
+        frozen = True
+
+        for _ in range(3):
+            started = time.monotonic()
+            _pause_resume(host, alpha)
+            host.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=1)
+            assert time.monotonic() - started < 10
+        # The writer's write has not returned: the store is said to fail...
+        _wait_store(host, ok=False)
+        assert "did not answer" in _store_events(host)[0].message
+        # ...and a checkpoint is answered within the bound, not left to the
+        # caller's deadline.
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            host.stub.CheckpointContainer(
+                manager_pb2.CheckpointContainerRequest(container=alpha.id), timeout=10
+            )
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "did not answer within 2s" in (caught.value.details() or "")
+        assert time.monotonic() - started < 6
+
+        subprocess.run([fsfreeze, "--unfreeze", str(ext4)], check=True, timeout=10)
+        frozen = False
+        _wait_store(host, ok=True)
+        assert host.manager.store_writer.flushed(5)
+    finally:
+        if frozen:
+            subprocess.run([fsfreeze, "--unfreeze", str(ext4)], timeout=10)
+        host.stop()
+        alpha_host.stop()
+        alpha.close()
+    assert _stored(ext4 / "manager.db") == {alpha.id: S.LIFECYCLE_STATE_RUNNING}

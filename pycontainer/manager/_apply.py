@@ -179,7 +179,9 @@ class Reconciler:
 
     async def _applied(self) -> list[AppliedSpec]:
         """Every applied spec, read off the loop."""
-        return await self._writer.call("applied specs not read", self._store.list_applied_specs)
+        return await self._writer.call(
+            "applied specs not read", self._store.list_applied_specs, write=False
+        )
 
     def _plans(
         self,

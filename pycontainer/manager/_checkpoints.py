@@ -60,19 +60,25 @@ class Checkpoints:
             info = self._store.latest_checkpoint(name)
             return None if info is None else self._store.get_checkpoint(info.id)[1]
 
-        return await self._writer.call(f"checkpoint of {name} not read", read)
+        return await self._writer.call(f"checkpoint of {name} not read", read, write=False)
 
     async def restore(self, entry: Entry, checkpoint_id: str) -> Entry:
         """Hand a stored checkpoint (the newest of its name when no id) to a container."""
         if not checkpoint_id:
             latest = await self._writer.call(
-                f"checkpoint of {entry.name} not read", self._store.latest_checkpoint, entry.name
+                f"checkpoint of {entry.name} not read",
+                self._store.latest_checkpoint,
+                entry.name,
+                write=False,
             )
             if latest is None:
                 raise failed_precondition(f"no checkpoint stored for {entry.name!r}")
             checkpoint_id = latest.id
         info, data = await self._writer.call(
-            f"checkpoint {echo(checkpoint_id)} not read", self._store.get_checkpoint, checkpoint_id
+            f"checkpoint {echo(checkpoint_id)} not read",
+            self._store.get_checkpoint,
+            checkpoint_id,
+            write=False,
         )
         _check_owner(entry, info)
         await self._sessions.command(

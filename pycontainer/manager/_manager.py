@@ -196,6 +196,7 @@ class Manager:
         self._spawn(self.sessions.watchdog())
         self._spawn(self.reconciler.resume())
         self._spawn(self.trust.renewals())
+        self._spawn(self.store_writer.watchdog())
         # Long-lived objects made so far never become garbage: keep the cyclic
         # collector from walking them (half-second pauses at 10,000 sessions).
         gc.freeze()

@@ -160,8 +160,9 @@ class StoreWriter:
         self._cond = threading.Condition()
         # The latest word on each id: a record to put, or None to delete.
         self._pending: dict[str, ContainerRecord | None] = {}
-        # Taken from _pending and not yet written.
+        # Taken from _pending and not yet written, since when (time.monotonic()).
         self._writing = 0
+        self._write_started: float | None = None
         self._closing = False
         self._failure: StoreError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -244,6 +245,7 @@ class StoreWriter:
                     return
                 batch, self._pending = self._pending, {}
                 self._writing = len(batch)
+                self._write_started = time.monotonic()
             try:
                 self.store.write_containers(batch)
             except StoreError as exc:
@@ -252,6 +254,7 @@ class StoreWriter:
                     # Kept, under what was queued meanwhile (that is newer).
                     self._pending = {**batch, **self._pending}
                     self._writing = 0
+                    self._write_started = None
                 self._failed(exc)
                 with self._cond:
                     retry = time.monotonic() + delay
@@ -263,9 +266,28 @@ class StoreWriter:
                 continue
             with self._cond:
                 self._writing = 0
+                self._write_started = None
                 self._cond.notify_all()
             delay = RETRY_FIRST.total_seconds()
             self._succeeded()
+
+    async def watchdog(self, every: datetime.timedelta = datetime.timedelta(seconds=1)) -> None:
+        """Say the store is failing when a write has not returned within the
+        call bound (a frozen disk: nothing fails, everything waits)."""
+        bound = self._call_timeout.total_seconds()
+        while True:
+            await asyncio.sleep(every.total_seconds())
+            with self._cond:
+                started, failing = self._write_started, self._failure is not None
+            if started is not None and not failing and time.monotonic() - started > bound:
+                self._failed(self._not_answering())
+
+    def _not_answering(self) -> StoreError:
+        return StoreError(
+            f"state store {self.state_dir!r} did not answer within "
+            f"{format_duration(self._call_timeout)}",
+            StoreError.IO,
+        )
 
     def flushed(self, timeout: float) -> bool:
         """Wait until nothing is pending (tests; close); whether that happened."""
@@ -279,10 +301,11 @@ class StoreWriter:
         return True
 
     # -- awaited -------------------------------------------------------------------------
-    async def call(self, what: str, fn: Callable[..., T], *args: object) -> T:
+    async def call(self, what: str, fn: Callable[..., T], *args: object, write: bool = True) -> T:
         """``fn(*args)`` in the store's thread, awaited within the call bound.
         A store fault becomes the operator's status (operator_error); a call
-        that takes too long, UNAVAILABLE saying it may still complete."""
+        that takes too long, UNAVAILABLE saying it may still complete. A
+        ``write`` that succeeds tells a failing store's recovery."""
         loop = asyncio.get_running_loop()
 
         def run() -> T:
@@ -296,6 +319,7 @@ class StoreWriter:
         try:
             result = await asyncio.wait_for(asyncio.shield(future), bound)
         except TimeoutError:
+            self._failed(self._not_answering())
             raise RequestError(
                 grpc.StatusCode.UNAVAILABLE,
                 f"{what}: the state store in {self.state_dir!r} did not answer within "
@@ -306,6 +330,8 @@ class StoreWriter:
             if exc.kind != StoreError.OTHER:
                 self._failed(exc)
             raise operator_error(exc, self.state_dir, what) from None
+        if write:
+            self._succeeded()
         return result
 
     def close(self, timeout: datetime.timedelta = FLUSH_TIMEOUT) -> None:
