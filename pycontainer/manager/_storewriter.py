@@ -42,7 +42,7 @@ import grpc
 
 from .._errors import RequestError
 from ..units import format_duration
-from ._store import ContainerRecord, StateStore, StoreError
+from ._store import BUSY_TIMEOUT_SECONDS, ContainerRecord, StateStore, StoreError
 
 _log = logging.getLogger("pycontainer.manager")
 
@@ -164,6 +164,8 @@ class StoreWriter:
         self._writing = 0
         self._write_started: float | None = None
         self._closing = False
+        # When close() stops waiting for the pending records.
+        self._close_deadline: float | None = None
         self._failure: StoreError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -189,26 +191,29 @@ class StoreWriter:
             first = self._failure is None
             self._failure = exc
             pending = len(self._pending) + self._writing
+            if first:
+                # Told under the lock: the loop hears failures and recoveries
+                # in the order they happened.
+                self._tell(StoreHealth(False, self._describe(exc), pending))
         if first:
             _log.error(
                 "%s; %d container records kept in memory until it is fixed",
                 self._describe(exc),
                 pending,
             )
-            self._tell()
 
     def _succeeded(self) -> None:
         with self._cond:
             failure, self._failure = self._failure, None
+            if failure is not None:
+                self._tell(StoreHealth(pending=len(self._pending) + self._writing))
         if failure is not None:
             _log.warning("state store in %r writes again", self.state_dir)
-            self._tell()
 
-    def _tell(self) -> None:
+    def _tell(self, health: StoreHealth) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        health = self.health
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(self.on_health, health)
 
@@ -256,12 +261,15 @@ class StoreWriter:
                     self._writing = 0
                     self._write_started = None
                 self._failed(exc)
-                with self._cond:
-                    retry = time.monotonic() + delay
-                    while not self._closing and time.monotonic() < retry:
-                        self._cond.wait(retry - time.monotonic())
-                    if self._closing:
-                        return  # close() flushes what is left, within its bound
+                if not self._wait_retry(delay):
+                    _log.error(
+                        "%d container records not written to the state store: %s (%s); "
+                        "the next manager starts from what it holds",
+                        len(self._pending),
+                        advice(exc, self.state_dir),
+                        exc,
+                    )
+                    return
                 delay = min(delay * 2, RETRY_MAX.total_seconds())
                 continue
             with self._cond:
@@ -270,6 +278,21 @@ class StoreWriter:
                 self._cond.notify_all()
             delay = RETRY_FIRST.total_seconds()
             self._succeeded()
+
+    def _wait_retry(self, delay: float) -> bool:
+        """Wait ``delay`` before the next try (a close does not cut it short,
+        its deadline does); False once the close's deadline has passed."""
+        with self._cond:
+            retry = time.monotonic() + delay
+            while True:
+                deadline = self._close_deadline
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                until = retry if deadline is None else min(retry, deadline)
+                left = until - time.monotonic()
+                if left <= 0:
+                    return True
+                self._cond.wait(left)
 
     async def watchdog(self, every: datetime.timedelta = datetime.timedelta(seconds=1)) -> None:
         """Say the store is failing when a write has not returned within the
@@ -314,7 +337,12 @@ class StoreWriter:
             except StoreError as exc:
                 raise classify(exc, self.state_dir) from exc.__cause__
 
-        future = loop.run_in_executor(self._calls, run)
+        try:
+            future = loop.run_in_executor(self._calls, run)
+        except RuntimeError:  # closed: the manager is stopping
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE, f"{what}: the manager is shutting down"
+            ) from None
         bound = self._call_timeout.total_seconds()
         try:
             result = await asyncio.wait_for(asyncio.shield(future), bound)
@@ -335,52 +363,32 @@ class StoreWriter:
         return result
 
     def close(self, timeout: datetime.timedelta = FLUSH_TIMEOUT) -> None:
-        """Write what is pending (within ``timeout``), then close the store.
-        What cannot be written in time is named in one line, not waited for."""
+        """Have what is pending written (retrying within ``timeout``), then
+        close the store. What cannot be written in time is named in one
+        line, and a store stuck in a call (a frozen disk) is left, not waited for."""
         deadline = time.monotonic() + timeout.total_seconds()
         with self._cond:
             self._closing = True
+            self._close_deadline = deadline
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(max(0.0, deadline - time.monotonic()))
-        stuck = self._thread is not None and self._thread.is_alive()
-        delay = RETRY_FIRST.total_seconds()
-        while not stuck:
-            with self._cond:
-                batch = dict(self._pending)
-            if not batch:
-                break
-            try:
-                self.store.write_containers(batch)
-            except StoreError as exc:
-                classify(exc, self.state_dir)
-                if time.monotonic() + delay >= deadline:
-                    _log.error(
-                        "%d container records not written to the state store: %s (%s); "
-                        "the next manager starts from what it holds",
-                        len(batch),
-                        advice(exc, self.state_dir),
-                        exc,
-                    )
-                    break
-                time.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX.total_seconds())
-                continue
-            with self._cond:
-                for container_id, record in batch.items():
-                    if self._pending.get(container_id, record) is record:
-                        self._pending.pop(container_id, None)
-        self._calls.shutdown(wait=not stuck, cancel_futures=True)
-        if stuck:
-            # Inside the store and not coming back (a frozen disk): closing it
-            # would wait for that call's lock.
+            if self._thread is None:  # never started: it writes now
+                self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
+                self._thread.start()
+        self._calls.shutdown(wait=False, cancel_futures=True)
+        # A try under way when the deadline comes may take a busy timeout more.
+        grace = BUSY_TIMEOUT_SECONDS + 0.5
+        self._thread.join(max(0.0, deadline - time.monotonic()) + grace)
+        closer = threading.Thread(target=self.store.close, name="state-close", daemon=True)
+        if not self._thread.is_alive():
+            closer.start()
+            closer.join(max(0.0, deadline - time.monotonic()) + grace)
+        if self._thread.is_alive() or closer.is_alive():
             _log.error(
-                "the state store in %r did not finish writing within %s; leaving it",
+                "the state store in %r did not finish within %s (a frozen disk?); "
+                "leaving it: the next manager starts from what it holds",
                 self.state_dir,
                 format_duration(timeout),
             )
-            return
-        self.store.close()
 
 
 __all__ = [
