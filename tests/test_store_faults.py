@@ -36,7 +36,7 @@ import pycontainer
 from pycontainer.manager import StartRefused
 from pycontainer.manager._server import ManagerHealth
 from pycontainer.manager._store import SQLiteStore
-from pycontainer.v1 import container_pb2, manager_pb2
+from pycontainer.v1 import container_pb2, manager_pb2, spec_pb2
 
 S = container_pb2
 STATE_STORE = ManagerHealth.STATE_STORE
@@ -192,6 +192,24 @@ def test_full_state_disk_answers_and_keeps_everything(tmpfs: Path) -> None:
         details = caught.value.details() or ""
         assert str(tmpfs) in details, details
         assert "free space" in details, details
+        # So must an applied spec (the desired state a restart reconciles
+        # to): refused before anything is launched.
+        with pytest.raises(grpc.RpcError) as caught:
+            host.stub.ApplySpecs(
+                manager_pb2.ApplySpecsRequest(
+                    specs=[
+                        spec_pb2.ContainerSpec(
+                            name="gamma", runtime=spec_pb2.RUNTIME_KIND_IN_PROCESS
+                        )
+                    ],
+                    owner="faults",
+                ),
+                timeout=10,
+            )
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "spec of gamma not applied" in (caught.value.details() or "")
+        listed = host.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=2)
+        assert {c.identity.name for c in listed.containers} == {"alpha", "beta"}
         failing = _store_events(host)
         assert failing, "no state-store event"
         assert "out of space" in failing[0].message, failing
@@ -214,6 +232,7 @@ def test_full_state_disk_answers_and_keeps_everything(tmpfs: Path) -> None:
         info, data = store.get_checkpoint(before.checkpoint_id)
         assert data == b"alpha state"
         assert info.sha256 == before.sha256
+        assert store.list_applied_specs() == []  # the refused apply left nothing
     finally:
         store.close()
     # A restarted manager starts from all of it.
