@@ -176,6 +176,8 @@ class Manager:
         from ._server import build_health_server, build_server
 
         self._state_lock = StateLock(self.settings.state_dir)
+        # Only now: the records queued since the store was opened are ours
+        # to write once the state directory is (another manager's otherwise).
         self.store_writer.start()
         try:
             self.trust.open()
@@ -185,6 +187,7 @@ class Manager:
                 self._health_server = build_health_server(health)
                 self.health_port = bind(self._health_server, self.settings.health_listen)
         except BaseException:
+            self.store_writer.close()
             self._state_lock.release()
             raise
         self._server, self._health = server, health
@@ -214,12 +217,14 @@ class Manager:
             await self._server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(None)
-        if self._state_lock is not None:
-            self._state_lock.release()
         # Containers outlive the manager (they reconnect to the next one);
         # shutdown_containers() and close_runtimes() end them on purpose.
-        # What is pending for the store is written first (within a bound).
-        self.store_writer.close()
+        # What is pending for the store is written first (within a bound),
+        # under the state directory's lock; a manager that never had it
+        # writes nothing.
+        self.store_writer.close(write_pending=self._state_lock is not None)
+        if self._state_lock is not None:
+            self._state_lock.release()
 
     async def shutdown_containers(self, grace: datetime.timedelta | float | None = None) -> None:
         """Stop every container gracefully (make run's Ctrl-C), connected or

@@ -362,12 +362,17 @@ class StoreWriter:
             self._succeeded()
         return result
 
-    def close(self, timeout: datetime.timedelta = FLUSH_TIMEOUT) -> None:
-        """Have what is pending written (retrying within ``timeout``), then
-        close the store. What cannot be written in time is named in one
-        line, and a store stuck in a call (a frozen disk) is left, not waited for."""
+    def close(
+        self, timeout: datetime.timedelta = FLUSH_TIMEOUT, *, write_pending: bool = True
+    ) -> None:
+        """Have what is pending written (retrying within ``timeout``; dropped
+        without ``write_pending``), then close the store. What cannot be
+        written in time is named in one line, and a store stuck in a call (a
+        frozen disk) is left, not waited for. Closing again does nothing more."""
         deadline = time.monotonic() + timeout.total_seconds()
         with self._cond:
+            if not write_pending:
+                self._pending.clear()
             self._closing = True
             self._close_deadline = deadline
             self._cond.notify_all()
