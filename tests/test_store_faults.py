@@ -1,9 +1,12 @@
-"""The state store under real faults: a full tmpfs, a read-only one, and a
-write lock another process holds. The manager keeps answering (pauses,
-registrations, reads), says what is wrong and where, loses nothing stored,
-and writes what waited once the disk is fixed.
+"""The state store under real faults: a full tmpfs, a read-only one at
+start, an ext4 that turns itself read-only under a running manager (a
+journal-aborting error, as a failing disk gives), a frozen one (fsfreeze),
+and a write lock another process holds. The manager keeps answering
+(pauses, registrations, reads), says what is wrong and where, loses nothing
+stored, and writes what waited once the disk is fixed.
 
-Mounting needs root (CI runs as root): skipped locally without it, failed in CI.
+Mounting needs root and, for ext4, a loop device (CI runs as root): skipped
+locally without them, failed in CI.
 """
 
 from __future__ import annotations
