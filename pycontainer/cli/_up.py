@@ -25,6 +25,7 @@ from rich.text import Text
 
 from ..client import DEFAULT_MANAGER
 from ..manager import Manager, ManagerSettings, StartRefused
+from ..manager._exclusive import unusable_state_dir
 from ..telemetry import configure_tracing
 from ..units import format_duration
 from ..v1 import manager_pb2, spec_pb2
@@ -47,12 +48,21 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     owner = owner_of(specs, files)
     for spec in specs:
         spec.labels[OWNER_LABEL] = owner
-    Path(args.state_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(args.state_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(str(unusable_state_dir(args.state_dir, exc))) from None
     # The containers launched below inherit it: one trace file for everything.
     os.environ.setdefault(
         "PYCONTAINER_TRACES_FILE", str((Path(args.state_dir) / "traces.jsonl").resolve())
     )
-    provider = configure_tracing("pycontainer-up")
+    try:
+        provider = configure_tracing("pycontainer-up")
+    except OSError as exc:  # its trace file, in a read-only state directory
+        raise CliError(
+            f"cannot write {exc.filename!r}: {exc.strerror or exc}: "
+            "make it writable, or give another --state-dir"
+        ) from None
     try:
         return asyncio.run(_up(args, specs, owner))
     except StartRefused as exc:  # another manager has the address or the state

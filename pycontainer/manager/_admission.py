@@ -147,7 +147,10 @@ class Admission:
         )
         result = (await self._stopper.stopping(entry, "evict", evict, period)).result
         if result.checkpoint:
-            self._checkpoints.keep(entry, result.checkpoint)
+            try:
+                await self._checkpoints.keep(entry, result.checkpoint)
+            except RequestError as exc:  # a full state disk: the eviction stands
+                _log.error("eviction of %s: %s", entry.id, exc.message)
         entry.admitted = False
         entry.evicted = True
         if entry.terminal:

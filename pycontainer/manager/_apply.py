@@ -53,7 +53,8 @@ from ._runtime import Runtime
 from ._sessions import Sessions
 from ._specdiff import OWNER_LABEL, SPEC_HASH_LABEL, spec_differences, spec_hash
 from ._stopping import Stopper
-from ._store import AppliedSpec, StateStore
+from ._store import AppliedSpec
+from ._storewriter import StoreWriter
 from ._supervision import Supervisor
 
 __all__ = ["DEFAULT_OWNER", "OWNER_LABEL", "Reconciler"]
@@ -111,7 +112,7 @@ class Reconciler:
     def __init__(
         self,
         registry: Registry,
-        store: StateStore,
+        writer: StoreWriter,
         sessions: Sessions,
         checkpoints: Checkpoints,
         stopper: Stopper,
@@ -123,7 +124,8 @@ class Reconciler:
         dial: Callable[[Entry], grpc.aio.Channel] | None = None,
     ) -> None:
         self._registry = registry
-        self._store = store
+        self._writer = writer
+        self._store = writer.store
         self._sessions = sessions
         self._checkpoints = checkpoints
         self._stopper = stopper
@@ -154,7 +156,8 @@ class Reconciler:
             if name in names[:i]:
                 raise invalid_argument(f"specs[{i}].name", f"{name!r} is listed twice")
         if request.dry_run:  # no lock: a diff need not wait for a rollout
-            return self._response(self._plans(desired, owner, request.prune))
+            applied = await self._applied()
+            return self._response(self._plans(desired, owner, request.prune, applied))
         # The work goes on when the caller goes away (Ctrl-C on a long
         # rollout): it is the manager's, like a Deployment's controller.
         result: asyncio.Future[manager_pb2.ApplySpecsResponse] = (
@@ -174,10 +177,22 @@ class Reconciler:
         self._spawn(work())
         return await asyncio.shield(result)
 
-    def _plans(self, desired: list[spec_pb2.ContainerSpec], owner: str, prune: bool) -> list[_Plan]:
+    async def _applied(self) -> list[AppliedSpec]:
+        """Every applied spec, read off the loop."""
+        return await self._writer.call(
+            "applied specs not read", self._store.list_applied_specs, write=False
+        )
+
+    def _plans(
+        self,
+        desired: list[spec_pb2.ContainerSpec],
+        owner: str,
+        prune: bool,
+        applied: list[AppliedSpec],
+    ) -> list[_Plan]:
         plans = [self._plan(spec) for spec in desired]
         if prune:
-            plans.extend(self._prunes(owner, {spec.name for spec in desired}))
+            plans.extend(self._prunes(owner, {spec.name for spec in desired}, applied))
         return plans
 
     @staticmethod
@@ -188,20 +203,23 @@ class Reconciler:
         self, desired: list[spec_pb2.ContainerSpec], owner: str, prune: bool
     ) -> manager_pb2.ApplySpecsResponse:
         async with self._lock:
-            plans = self._plans(desired, owner, prune)
+            applied = await self._applied()
+            plans = self._plans(desired, owner, prune, applied)
             now = time.time()
-            before = {a.name: a for a in self._store.list_applied_specs()}
+            before = {a.name: a for a in applied}
             for spec in desired:
                 # Kept before acting: a manager that dies half-way through
                 # carries on from here when it starts again.
-                self._store.put_applied_spec(
+                await self._writer.call(
+                    f"spec of {spec.name} not applied",
+                    self._store.put_applied_spec,
                     AppliedSpec(
                         name=spec.name,
                         owner=owner,
                         spec=spec.SerializeToString(),
                         spec_hash=spec.labels[SPEC_HASH_LABEL],
                         applied_time=now,
-                    )
+                    ),
                 )
             for index, plan in enumerate(plans):
                 _log.info("apply %s: %s %s", plan.name, _ACTION_WORDS[plan.action], plan.detail)
@@ -210,20 +228,21 @@ class Reconciler:
                 except BaseException:
                     # Refused or failed: what was not applied is not the
                     # desired state (a restarted manager must not retry it).
-                    self._restore_applied(plans[index:], before)
+                    await self._restore_applied(plans[index:], before)
                     raise
             return self._response(plans)
 
-    def _restore_applied(self, plans: list[_Plan], before: Mapping[str, AppliedSpec]) -> None:
+    async def _restore_applied(self, plans: list[_Plan], before: Mapping[str, AppliedSpec]) -> None:
         """The applied specs of ``plans``' names as they were before this apply."""
         for plan in plans:
             if plan.desired is None:
                 continue  # a prune not done: its applied spec was left alone
             previous = before.get(plan.name)
+            what = f"applied spec of {plan.name} not restored"
             if previous is None:
-                self._store.delete_applied_spec(plan.name)
+                await self._writer.call(what, self._store.delete_applied_spec, plan.name)
             else:
-                self._store.put_applied_spec(previous)
+                await self._writer.call(what, self._store.put_applied_spec, previous)
 
     def _desired(
         self, index: int, spec: spec_pb2.ContainerSpec, owner: str
@@ -293,9 +312,9 @@ class Reconciler:
             )
         return plan
 
-    def _prunes(self, owner: str, listed: set[str]) -> list[_Plan]:
+    def _prunes(self, owner: str, listed: set[str], specs: list[AppliedSpec]) -> list[_Plan]:
         """A plan per name the owner had and no longer lists."""
-        applied = {a.name for a in self._store.list_applied_specs() if a.owner == owner}
+        applied = {a.name for a in specs if a.owner == owner}
         owned = {e.name for e in self._registry if e.identity.labels.get(OWNER_LABEL) == owner}
         plans = []
         for name in sorted((applied | owned) - listed):
@@ -314,7 +333,11 @@ class Reconciler:
             for entry in reversed(plan.outdated):
                 await self._retire(entry, "pruned by apply", S.STOP_REASON_REQUESTED)
             if plan.forget:
-                self._store.delete_applied_spec(plan.name)
+                await self._writer.call(
+                    f"applied spec of {plan.name} not deleted",
+                    self._store.delete_applied_spec,
+                    plan.name,
+                )
             return
         if plan.action == E.APPLY_ACTION_CREATED:
             await self._supervisor.run(plan.desired)
@@ -407,7 +430,7 @@ class Reconciler:
     async def resume(self) -> None:
         """Reconcile to the applied specs once the previous manager's
         containers have had their chance to reconnect."""
-        applied = self._store.list_applied_specs()
+        applied = await self._applied()
         if not applied:
             return
         await asyncio.sleep(self._reconnect_window.total_seconds())

@@ -10,28 +10,37 @@ from ..units import timestamp_to_proto
 from ..v1 import lifecycle_pb2, manager_pb2
 from ._registry import Entry, Registry
 from ._sessions import Sessions
-from ._store import CheckpointInfo, StateStore
+from ._store import CheckpointInfo
+from ._storewriter import StoreWriter
 
 E = manager_pb2
 
 
 class Checkpoints:
-    """Store and restore container state."""
+    """Store and restore container state (the store's calls awaited off the
+    loop, _storewriter: a full disk answers RESOURCE_EXHAUSTED, not a hang)."""
 
-    def __init__(self, registry: Registry, sessions: Sessions, store: StateStore) -> None:
+    def __init__(self, registry: Registry, sessions: Sessions, writer: StoreWriter) -> None:
         self._registry = registry
         self._sessions = sessions
-        self._store = store
+        self._writer = writer
+        self._store = writer.store
 
     async def take(self, entry: Entry) -> manager_pb2.CheckpointContainerResponse:
         result = await self._sessions.command(
             entry, "checkpoint", lifecycle_pb2.CheckpointCommand()
         )
-        return self.keep(entry, result.checkpoint)
+        return await self.keep(entry, result.checkpoint)
 
-    def keep(self, entry: Entry, data: bytes) -> manager_pb2.CheckpointContainerResponse:
+    async def keep(self, entry: Entry, data: bytes) -> manager_pb2.CheckpointContainerResponse:
         """Store a checkpoint the container gave (asked for, or with a stop)."""
-        info = self._store.put_checkpoint(entry.id, entry.name, data)
+        info = await self._writer.call(
+            f"checkpoint of {entry.id} not stored",
+            self._store.put_checkpoint,
+            entry.id,
+            entry.name,
+            data,
+        )
         entry.last_checkpoint_id = info.id
         self._registry.persist(entry)
         self._registry.event(
@@ -44,19 +53,33 @@ class Checkpoints:
             create_time=timestamp_to_proto(info.create_time),
         )
 
-    def latest(self, name: str) -> bytes | None:
+    async def latest(self, name: str) -> bytes | None:
         """The newest state stored for containers called ``name``."""
-        info = self._store.latest_checkpoint(name)
-        return None if info is None else self._store.get_checkpoint(info.id)[1]
+
+        def read() -> bytes | None:
+            info = self._store.latest_checkpoint(name)
+            return None if info is None else self._store.get_checkpoint(info.id)[1]
+
+        return await self._writer.call(f"checkpoint of {name} not read", read, write=False)
 
     async def restore(self, entry: Entry, checkpoint_id: str) -> Entry:
         """Hand a stored checkpoint (the newest of its name when no id) to a container."""
         if not checkpoint_id:
-            latest = self._store.latest_checkpoint(entry.name)
+            latest = await self._writer.call(
+                f"checkpoint of {entry.name} not read",
+                self._store.latest_checkpoint,
+                entry.name,
+                write=False,
+            )
             if latest is None:
                 raise failed_precondition(f"no checkpoint stored for {entry.name!r}")
             checkpoint_id = latest.id
-        info, data = self._store.get_checkpoint(checkpoint_id)
+        info, data = await self._writer.call(
+            f"checkpoint {echo(checkpoint_id)} not read",
+            self._store.get_checkpoint,
+            checkpoint_id,
+            write=False,
+        )
         _check_owner(entry, info)
         await self._sessions.command(
             entry, "restore", lifecycle_pb2.RestoreCommand(state=data, checkpoint_id=checkpoint_id)

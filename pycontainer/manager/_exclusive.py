@@ -27,14 +27,27 @@ class StartRefused(OSError):
     """The manager cannot start; the message says why in one line."""
 
 
+def unusable_state_dir(state_dir: str | os.PathLike[str], exc: OSError) -> StartRefused:
+    """The one line a state directory that cannot be made or written gives:
+    what, where, what to do."""
+    where = str(Path(state_dir).absolute())
+    return StartRefused(
+        f"cannot use the state directory {where!r}: {exc.strerror or exc}: "
+        "make it writable, or give another --state-dir"
+    )
+
+
 class StateLock:
     """The exclusive lock on a state directory, held until release()."""
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         directory = Path(state_dir)
-        directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / LOCK_FILE
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise unusable_state_dir(directory, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -73,4 +86,4 @@ def bind(
         raise StartRefused(exc.strerror) from None
 
 
-__all__ = ["LOCK_FILE", "StartRefused", "StateLock", "bind"]
+__all__ = ["LOCK_FILE", "StartRefused", "StateLock", "bind", "unusable_state_dir"]

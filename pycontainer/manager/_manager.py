@@ -29,7 +29,7 @@ from ._apply import Reconciler
 from ._bootstrap import Bootstrapping
 from ._checkpoints import Checkpoints
 from ._events import EventBus
-from ._exclusive import StartRefused, StateLock, bind
+from ._exclusive import StartRefused, StateLock, bind, unusable_state_dir
 from ._logstore import LogStore
 from ._registry import Entry, Registry, state_word
 from ._runtime import ProcessRuntime, Runtime
@@ -37,7 +37,8 @@ from ._scheduler import machine_capacity
 from ._sessions import Sessions
 from ._settings import EVENT_HISTORY, ManagerSettings
 from ._stopping import Stopped, Stopper
-from ._store import SQLiteStore, StateStore
+from ._store import SQLiteStore, StateStore, StoreError
+from ._storewriter import StoreHealth, StoreWriter, advice, classify
 from ._supervision import Supervisor
 from ._trust import Trust
 from .runc import RuncRuntime
@@ -67,12 +68,14 @@ class Manager:
     ) -> None:
         self.settings = settings or ManagerSettings()
         if store is None:
-            Path(self.settings.state_dir).mkdir(parents=True, exist_ok=True)
-            store = SQLiteStore(
-                Path(self.settings.state_dir) / "manager.db",
-                max_checkpoint_bytes=self.settings.max_checkpoint_bytes,
-            )
+            store = _open_store(self.settings)
         self.store = store
+        # Container records written behind, the store's other calls off the
+        # loop: a slow, full or locked disk never stalls the manager.
+        self.store_writer = StoreWriter(
+            store, self.settings.state_dir, call_timeout=self.settings.store_timeout
+        )
+        self.store_writer.on_health = self._store_health
         self.capacity = self.settings.capacity or machine_capacity()
         self.events = EventBus(history=EVENT_HISTORY)
         # What launched programs print (kept in the state directory).
@@ -105,7 +108,9 @@ class Manager:
         # What else a purged record leaves behind: its retained logs.
         self._purgers: list[Purger] = [self.logs.purge, self.trust.forget]
 
-        self.registry = Registry(store, self.events, max_ended=self.settings.max_ended_containers)
+        self.registry = Registry(
+            self.store_writer, self.events, max_ended=self.settings.max_ended_containers
+        )
         self.sessions = Sessions(
             self.registry,
             self.settings,
@@ -119,7 +124,7 @@ class Manager:
         # The records forgotten for the bound on ended ones: what they left
         # goes with them (their checkpoints stay with their name).
         self.registry.forgotten = self._purge_leftovers
-        self.checkpoints = Checkpoints(self.registry, self.sessions, store)
+        self.checkpoints = Checkpoints(self.registry, self.sessions, self.store_writer)
         self.stopper = Stopper(
             self.registry, self.sessions, self.runtimes, self.settings, spawn=self._spawn
         )
@@ -146,7 +151,7 @@ class Manager:
         self.registry.forget_oldest_ended()  # of what an earlier manager left
         self.reconciler = Reconciler(
             self.registry,
-            store,
+            self.store_writer,
             self.sessions,
             self.checkpoints,
             self.stopper,
@@ -175,6 +180,9 @@ class Manager:
         from ._server import build_health_server, build_server
 
         self._state_lock = StateLock(self.settings.state_dir)
+        # Only now: the records queued since the store was opened are ours
+        # to write once the state directory is (another manager's otherwise).
+        self.store_writer.start()
         try:
             self.trust.open()
             server, health = build_server(self)
@@ -184,6 +192,7 @@ class Manager:
                 self._health_server = build_health_server(health)
                 self.health_port = bind(self._health_server, self.settings.health_listen)
         except BaseException:
+            self.store_writer.close()
             self._state_lock.release()
             raise
         self._server, self._health = server, health
@@ -192,9 +201,11 @@ class Manager:
         if self._health_server is not None:
             await self._health_server.start()
         health.serving()
+        health.store(self.store_writer.health.ok)
         self._spawn(self.sessions.watchdog())
         self._spawn(self.reconciler.resume())
         self._spawn(self.trust.renewals())
+        self._spawn(self.store_writer.watchdog())
         # Long-lived objects made so far never become garbage: keep the cyclic
         # collector from walking them (half-second pauses at 10,000 sessions).
         gc.freeze()
@@ -213,11 +224,14 @@ class Manager:
         if self._health_server is not None:
             await self._health_server.stop(None)
         await self.bootstrap.stop()
-        if self._state_lock is not None:
-            self._state_lock.release()
         # Containers outlive the manager (they reconnect to the next one);
         # shutdown_containers() and close_runtimes() end them on purpose.
-        self.store.close()
+        # What is pending for the store is written first (within a bound),
+        # under the state directory's lock; a manager that never had it
+        # writes nothing.
+        self.store_writer.close(write_pending=self._state_lock is not None)
+        if self._state_lock is not None:
+            self._state_lock.release()
 
     async def shutdown_containers(self, grace: datetime.timedelta | float | None = None) -> None:
         """Stop every container gracefully (make run's Ctrl-C), connected or
@@ -263,6 +277,14 @@ class Manager:
     async def _issue_credentials(self, container_id: str) -> str:
         """The TLS directory of a container about to launch ("" when insecure)."""
         return await asyncio.to_thread(self.trust.issue_container, container_id)
+
+    def _store_health(self, health: StoreHealth) -> None:
+        """The store started failing or writes again: an event, and the
+        state-store service of the manager's health says so."""
+        message = health.message if not health.ok else "state store writes again"
+        self.events.publish(manager_pb2.EVENT_TYPE_STATE_STORE, "", "", message)
+        if self._health is not None:
+            self._health.store(health.ok)
 
     def _registered(self, entry: Entry) -> None:
         self.supervisor.registered(entry)
@@ -346,7 +368,9 @@ class Manager:
             )
         self.registry.delete(entry)
         if purge:
-            self.store.delete_checkpoints(entry.id)
+            await self.store_writer.call(
+                f"checkpoints of {entry.id} not purged", self.store.delete_checkpoints, entry.id
+            )
             self._purge_leftovers(entry)
         return entry
 
@@ -391,6 +415,24 @@ class Manager:
     ) -> bool:
         """Wait until predicate(entry) holds, at most ``seconds``."""
         return await self.sessions.wait_for(entry, predicate, seconds)
+
+
+def _open_store(settings: ManagerSettings) -> SQLiteStore:
+    """The state store in the state directory; StartRefused, in one line
+    naming the directory and what to do, when it cannot be made or opened."""
+    state_dir = settings.state_dir
+    try:
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        return SQLiteStore(
+            Path(state_dir) / "manager.db", max_checkpoint_bytes=settings.max_checkpoint_bytes
+        )
+    except OSError as exc:
+        raise unusable_state_dir(state_dir, exc) from None
+    except StoreError as exc:
+        where = str(Path(state_dir).absolute())
+        raise StartRefused(
+            f"cannot open the state store: {advice(classify(exc, where), where)} ({exc})"
+        ) from None
 
 
 def _log_failure(task: asyncio.Future[Any]) -> None:

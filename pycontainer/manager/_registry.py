@@ -21,7 +21,8 @@ from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._events import EventBus
 from ._scheduler import Claim, Resources
 from ._settings import MAX_ENDED_CONTAINERS
-from ._store import ContainerRecord, StateStore
+from ._store import ContainerRecord
+from ._storewriter import StoreWriter
 from ._validation import check_labels, check_name
 
 _log = logging.getLogger("pycontainer.manager")
@@ -314,12 +315,14 @@ def parse_selector(text: str) -> tuple[Requirement, ...]:
 
 class Registry:
     """Every container the manager knows, kept in the state store: what
-    lookups, selectors, admission and the operator API see."""
+    lookups, selectors, admission and the operator API see. It is the truth
+    while the manager runs; the store (written behind, _storewriter) is what
+    the next manager starts from."""
 
     def __init__(
-        self, store: StateStore, events: EventBus, *, max_ended: int = MAX_ENDED_CONTAINERS
+        self, writer: StoreWriter, events: EventBus, *, max_ended: int = MAX_ENDED_CONTAINERS
     ) -> None:
-        self.store = store
+        self.writer = writer
         self.events = events
         self.max_ended = max_ended
         # Ended containers that must stay anyway (a restart is on its way).
@@ -328,7 +331,7 @@ class Registry:
         # behind goes too: run directories, retained logs).
         self.forgotten: Callable[[Entry], None] = lambda entry: None
         self.entries: dict[str, Entry] = {}
-        for record in store.list_containers():
+        for record in writer.store.list_containers():
             if not _within_bounds(record):
                 continue
             entry = Entry.from_record(record)
@@ -362,14 +365,14 @@ class Registry:
         entry.ended = entry.terminal
         if newly_ended:
             entry.finish_time = time.time()
-        self.store.put_container(entry.to_record())
+        self.writer.put(entry.to_record())
         if newly_ended:
             self.forget_oldest_ended()
 
     def delete(self, entry: Entry) -> None:
         """Forget a container (its record too); its checkpoints stay."""
         self.entries.pop(entry.id, None)
-        self.store.delete_container(entry.id)
+        self.writer.delete(entry.id)
 
     def forget_oldest_ended(self, at_least: int = 0) -> None:
         """Keep at most ``max_ended`` ended containers: the longest ended go

@@ -386,10 +386,20 @@ class ManagerHealth:
     long as it answers; its services' names as overall."""
 
     SERVICES = ("pycontainer.v1.Manager", "pycontainer.v1.Lifecycle")
+    # The state store's writes: NOT_SERVING while they fail (a full or
+    # read-only disk), the manager serving meanwhile (_storewriter).
+    STATE_STORE = "state-store"
 
     def __init__(self) -> None:
         self.servicer = AioHealthServicer(asyncio.get_running_loop())
         self._set(live=False, ready=False)
+        self.store(True)
+
+    def store(self, ok: bool) -> None:
+        """Whether the state store takes writes."""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        self.servicer.set_nowait(self.STATE_STORE, serving if ok else not_serving)
 
     def _set(self, *, live: bool, ready: bool) -> None:
         serving = health_pb2.HealthCheckResponse.SERVING

@@ -74,6 +74,9 @@ class ManagerSettings:
     # How long the certificates it issues live, and how often it renews them.
     certificate_ttl: datetime.timedelta = datetime.timedelta(hours=24)
     certificate_renewal_check: datetime.timedelta = datetime.timedelta(minutes=5)
+    # How long a store call the operator's answer waits for (a checkpoint, an
+    # applied spec) may take before the answer is UNAVAILABLE (a frozen disk).
+    store_timeout: datetime.timedelta = datetime.timedelta(seconds=10)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

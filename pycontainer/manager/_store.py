@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -101,6 +101,10 @@ class StateStore(Protocol):
         """Insert or replace the record with ``record.id``."""
         ...
 
+    def write_containers(self, changes: Mapping[str, ContainerRecord | None]) -> None:
+        """Put each record and delete each id mapped to None, all or nothing."""
+        ...
+
     def get_container(self, container_id: str) -> ContainerRecord | None:
         """The record with this id, or None."""
         ...
@@ -153,10 +157,51 @@ class StateStore(Protocol):
 
 
 class StoreError(Exception):
-    """The store cannot be opened or used (corrupt, unreadable, too new, closed)."""
+    """The store cannot be opened or used (corrupt, unreadable, too new, closed,
+    full, read-only, locked).
+
+    ``kind`` says which of the faults an operator can fix it is (FULL,
+    READ_ONLY, BUSY, IO), or OTHER: the manager answers each with its own
+    status and advice (pycontainer.manager._storewriter)."""
+
+    FULL = "full"
+    READ_ONLY = "read-only"
+    BUSY = "busy"
+    IO = "i/o"
+    OTHER = "other"
+
+    def __init__(self, message: str, kind: str = OTHER) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# SQLite's primary result codes (the low byte of an extended one) by what
+# they mean to an operator: a disk that is full, a file or directory that
+# cannot be written, a lock another process holds, a failing disk.
+_FAULT_KINDS = {
+    13: StoreError.FULL,  # SQLITE_FULL
+    8: StoreError.READ_ONLY,  # SQLITE_READONLY
+    3: StoreError.READ_ONLY,  # SQLITE_PERM
+    14: StoreError.READ_ONLY,  # SQLITE_CANTOPEN (no file, and none may be made)
+    5: StoreError.BUSY,  # SQLITE_BUSY
+    6: StoreError.BUSY,  # SQLITE_LOCKED
+    10: StoreError.IO,  # SQLITE_IOERR
+}
+
+
+def _fault(message: str, error: sqlite3.Error) -> StoreError:
+    """A StoreError of the kind ``error``'s SQLite code says."""
+    code = getattr(error, "sqlite_errorcode", None)
+    kind = StoreError.OTHER if code is None else _FAULT_KINDS.get(code & 0xFF, StoreError.OTHER)
+    return StoreError(message, kind)
 
 
 SCHEMA_VERSION = 1
+
+# How long a write waits for SQLite's lock that another connection holds
+# before it fails BUSY (sqlite3's own default is 5 s): the manager's writer
+# retries, and a write the operator waits for answers UNAVAILABLE sooner.
+BUSY_TIMEOUT_SECONDS = 1.0
 
 # One statement each: executescript() would commit on its own, and the schema
 # must appear all at once or not at all.
@@ -210,6 +255,10 @@ _CONTAINER_COLUMNS = (
     "id, name, spec, labels, priority, cpu_millis, memory_bytes, state, create_time, "
     "start_time, restarts, error, exit_code, last_checkpoint_id, desired"
 )
+_PUT_CONTAINER = (
+    f"INSERT OR REPLACE INTO containers ({_CONTAINER_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _CHECKPOINT_COLUMNS = "id, container_id, container_name, size_bytes, sha256, create_time"
 
 
@@ -225,6 +274,7 @@ class SQLiteStore:
         *,
         max_checkpoint_bytes: int = MAX_CHECKPOINT_BYTES,
         checkpoints_kept: int = CHECKPOINTS_KEPT,
+        busy_timeout: float = BUSY_TIMEOUT_SECONDS,
     ) -> None:
         self._path = os.fspath(path)
         self._max_checkpoint_bytes = max_checkpoint_bytes
@@ -234,9 +284,11 @@ class SQLiteStore:
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so that each
             # write is exactly one transaction.
-            self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            self._db = sqlite3.connect(
+                self._path, check_same_thread=False, isolation_level=None, timeout=busy_timeout
+            )
         except sqlite3.Error as e:
-            raise StoreError(f"cannot open state store {self._path}: {e}") from e
+            raise _fault(f"cannot open state store {self._path}: {e}", e) from e
         try:
             self._open()
         except BaseException:
@@ -253,7 +305,7 @@ class SQLiteStore:
             # write survives a power cut, not only a crash.
             self._db.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as e:
-            raise StoreError(f"cannot open state store {self._path}: {e}") from e
+            raise _fault(f"cannot open state store {self._path}: {e}", e) from e
         if mode != "wal" and self._path != ":memory:":
             raise StoreError(f"state store {self._path}: cannot use WAL mode (got {mode!r})")
         with self._transaction() as db:
@@ -294,32 +346,22 @@ class SQLiteStore:
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.DatabaseError as e:
-                raise StoreError(f"state store {self._path}: {e}") from e
+                raise _fault(f"state store {self._path}: {e}", e) from e
 
     def put_container(self, record: ContainerRecord) -> None:
         """Insert or replace the record with ``record.id``."""
         with self._transaction() as db:
-            db.execute(
-                f"INSERT OR REPLACE INTO containers ({_CONTAINER_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.id,
-                    record.name,
-                    record.spec,
-                    json.dumps(record.labels, sort_keys=True),
-                    record.priority,
-                    record.cpu_millis,
-                    record.memory_bytes,
-                    record.state,
-                    record.create_time,
-                    record.start_time,
-                    record.restarts,
-                    record.error,
-                    record.exit_code,
-                    record.last_checkpoint_id,
-                    record.desired,
-                ),
-            )
+            db.execute(_PUT_CONTAINER, _container_row(record))
+
+    def write_containers(self, changes: Mapping[str, ContainerRecord | None]) -> None:
+        """Put each record, delete each id mapped to None: one transaction
+        (one sync to disk for many changes), all or nothing."""
+        with self._transaction() as db:
+            for container_id, record in changes.items():
+                if record is None:
+                    db.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+                else:
+                    db.execute(_PUT_CONTAINER, _container_row(record))
 
     def get_container(self, container_id: str) -> ContainerRecord | None:
         """The record with this id, or None."""
@@ -473,6 +515,26 @@ def _container(row: tuple[Any, ...]) -> ContainerRecord:
         exit_code=exit_code,
         last_checkpoint_id=last_checkpoint_id,
         desired=bool(desired),
+    )
+
+
+def _container_row(record: ContainerRecord) -> tuple[Any, ...]:
+    return (
+        record.id,
+        record.name,
+        record.spec,
+        json.dumps(record.labels, sort_keys=True),
+        record.priority,
+        record.cpu_millis,
+        record.memory_bytes,
+        record.state,
+        record.create_time,
+        record.start_time,
+        record.restarts,
+        record.error,
+        record.exit_code,
+        record.last_checkpoint_id,
+        record.desired,
     )
 
 

@@ -125,7 +125,7 @@ class Supervisor:
             )
         restore = None
         if spec.checkpoint_policy == spec_pb2.CHECKPOINT_POLICY_ON_STOP:
-            restore = self._checkpoints.latest(spec.name)
+            restore = await self._checkpoints.latest(spec.name)
         count = (spec.replicas or 1) if count is None else count
         return await self._launch_all([self._new_entry(spec, restore) for _ in range(count)], "run")
 
@@ -361,7 +361,7 @@ class Supervisor:
         entry.reason = ""
         entry.restore_state = None
         if entry.spec.checkpoint_policy == spec_pb2.CHECKPOINT_POLICY_ON_STOP:
-            entry.restore_state = self._checkpoints.latest(entry.name)
+            entry.restore_state = await self._checkpoints.latest(entry.name)
         await self._start_process(entry, runtime)
         self._registry.event(
             E.EVENT_TYPE_RESTARTED,

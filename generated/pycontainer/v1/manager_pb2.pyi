@@ -59,6 +59,11 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """An operator asked for a change (the audit trail): who, what, of which
     container; every mutating Manager call is one.
     """
+    EVENT_TYPE_STATE_STORE: _EventType.ValueType  # 13
+    """The state store started failing writes (a full or read-only state
+    directory, a lock another process holds) or writes again; the message
+    says which, where and what to do. Container records wait in memory meanwhile.
+    """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """What an event is about."""
@@ -90,6 +95,11 @@ EVENT_TYPE_REFUSED: EventType.ValueType  # 11
 EVENT_TYPE_REQUESTED: EventType.ValueType  # 12
 """An operator asked for a change (the audit trail): who, what, of which
 container; every mutating Manager call is one.
+"""
+EVENT_TYPE_STATE_STORE: EventType.ValueType  # 13
+"""The state store started failing writes (a full or read-only state
+directory, a lock another process holds) or writes again; the message
+says which, where and what to do. Container records wait in memory meanwhile.
 """
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
