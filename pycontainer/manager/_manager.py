@@ -28,14 +28,16 @@ from ._apply import Reconciler
 from ._checkpoints import Checkpoints
 from ._events import EventBus
 from ._exclusive import StartRefused, StateLock, bind
+from ._journal import Journal
 from ._logstore import LogStore
+from ._operations import Operations
 from ._registry import Entry, Registry, state_word
 from ._runtime import ProcessRuntime, Runtime
 from ._scheduler import machine_capacity
 from ._sessions import Sessions
 from ._settings import EVENT_HISTORY, ManagerSettings
 from ._stopping import Stopped, Stopper
-from ._store import SQLiteStore, StateStore
+from ._store import JournalStore, SQLiteStore, StateStore
 from ._supervision import Supervisor
 from ._trust import Trust
 from .runc import RuncRuntime
@@ -72,7 +74,11 @@ class Manager:
             )
         self.store = store
         self.capacity = self.settings.capacity or machine_capacity()
-        self.events = EventBus(history=EVENT_HISTORY)
+        # Operations and events outlive the manager in the store's journal
+        # (_journal), written off the loop; the audit trail with them.
+        self.journal = Journal(store if isinstance(store, JournalStore) else None)
+        self.events = _restored_events(self.journal)
+        self.operations = Operations(self.journal)
         # What launched programs print (kept in the state directory).
         self.logs = LogStore(Path(self.settings.state_dir) / "logs")
         processes = ProcessRuntime(self.logs)
@@ -206,6 +212,8 @@ class Manager:
             await self._server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(None)
+        # What still runs is INTERRUPTED; everything journaled is written.
+        await self.operations.close()
         if self._state_lock is not None:
             self._state_lock.release()
         # Containers outlive the manager (they reconnect to the next one);
@@ -384,6 +392,22 @@ class Manager:
     ) -> bool:
         """Wait until predicate(entry) holds, at most ``seconds``."""
         return await self.sessions.wait_for(entry, predicate, seconds)
+
+
+def _restored_events(journal: Journal) -> EventBus:
+    """The event bus, its history and sequence going on from the journal's."""
+    store = journal.store
+    if store is None:
+        return EventBus(history=EVENT_HISTORY)
+    restored = [
+        manager_pb2.Event.FromString(data) for _, data in store.recent_events(EVENT_HISTORY)
+    ]
+    return EventBus(
+        history=EVENT_HISTORY,
+        restored=restored,
+        last_sequence=store.last_event_sequence(),
+        sink=journal.event,
+    )
 
 
 def _log_failure(task: asyncio.Future[Any]) -> None:

@@ -65,6 +65,8 @@ METHOD_ROLES: Mapping[str, Role] = {
             "StreamLogs",
             "WatchMetrics",
             "GetVersion",
+            "GetOperation",
+            "ListOperations",
         )
     },
     **{

@@ -79,6 +79,13 @@ class ManagerStub:
     """
     GetVersion: _grpc.UnaryUnaryMultiCallable[_manager_pb2.GetVersionRequest, _manager_pb2.GetVersionResponse]
     """The manager's version and the versions of what it runs on."""
+    GetOperation: _grpc.UnaryUnaryMultiCallable[_manager_pb2.GetOperationRequest, _manager_pb2.GetOperationResponse]
+    """The outcome of one mutating call, by its request_id: running, succeeded
+    (with its response), failed (with its status) or interrupted by a manager
+    restart. Kept for the newest 10,000 calls, across manager restarts.
+    """
+    ListOperations: _grpc.UnaryUnaryMultiCallable[_manager_pb2.ListOperationsRequest, _manager_pb2.ListOperationsResponse]
+    """The newest operations, newest first, optionally of one container."""
 
 @_typing.type_check_only
 class ManagerAsyncStub(ManagerStub):
@@ -131,6 +138,13 @@ class ManagerAsyncStub(ManagerStub):
     """
     GetVersion: _aio.UnaryUnaryMultiCallable[_manager_pb2.GetVersionRequest, _manager_pb2.GetVersionResponse]  # type: ignore[assignment]
     """The manager's version and the versions of what it runs on."""
+    GetOperation: _aio.UnaryUnaryMultiCallable[_manager_pb2.GetOperationRequest, _manager_pb2.GetOperationResponse]  # type: ignore[assignment]
+    """The outcome of one mutating call, by its request_id: running, succeeded
+    (with its response), failed (with its status) or interrupted by a manager
+    restart. Kept for the newest 10,000 calls, across manager restarts.
+    """
+    ListOperations: _aio.UnaryUnaryMultiCallable[_manager_pb2.ListOperationsRequest, _manager_pb2.ListOperationsResponse]  # type: ignore[assignment]
+    """The newest operations, newest first, optionally of one container."""
 
 class ManagerServicer(metaclass=_abc_1.ABCMeta):
     """The operator API of the manager: list, inspect and command containers,
@@ -288,5 +302,24 @@ class ManagerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_manager_pb2.GetVersionResponse, _abc.Awaitable[_manager_pb2.GetVersionResponse]]:
         """The manager's version and the versions of what it runs on."""
+
+    @_abc_1.abstractmethod
+    def GetOperation(
+        self,
+        request: _manager_pb2.GetOperationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.GetOperationResponse, _abc.Awaitable[_manager_pb2.GetOperationResponse]]:
+        """The outcome of one mutating call, by its request_id: running, succeeded
+        (with its response), failed (with its status) or interrupted by a manager
+        restart. Kept for the newest 10,000 calls, across manager restarts.
+        """
+
+    @_abc_1.abstractmethod
+    def ListOperations(
+        self,
+        request: _manager_pb2.ListOperationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.ListOperationsResponse, _abc.Awaitable[_manager_pb2.ListOperationsResponse]]:
+        """The newest operations, newest first, optionally of one container."""
 
 def add_ManagerServicer_to_server(servicer: ManagerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
