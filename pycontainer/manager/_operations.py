@@ -17,7 +17,6 @@ import collections
 import dataclasses
 import hashlib
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -26,6 +25,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from .._errors import RequestError, code_number, echo, invalid_argument, not_found, status_code
+from ..client._request_ids import new_request_id
 from ..limits import (
     MAX_OPERATIONS_PAGE,
     MAX_REQUEST_ID_LENGTH,
@@ -49,11 +49,6 @@ _RUNNING = manager_pb2.OPERATION_STATE_RUNNING
 _SUCCEEDED = manager_pb2.OPERATION_STATE_SUCCEEDED
 _FAILED = manager_pb2.OPERATION_STATE_FAILED
 _INTERRUPTED = manager_pb2.OPERATION_STATE_INTERRUPTED
-
-
-def new_request_id() -> str:
-    """A fresh request id (a UUID)."""
-    return str(uuid.uuid4())
 
 
 def check_request_id(request_id: str) -> None:
