@@ -168,23 +168,11 @@ class Operations:
         done: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
         self._running[request_id] = done
         self._remember(record)
-        try:
-            await self.journal.durable(record)
-        except BaseException as exc:
-            # Not recorded, so not run: a retry may run it.
-            self._running.pop(request_id, None)
-            self._index.pop(request_id, None)
-            done.cancel()
-            if isinstance(exc, Exception):
-                raise RequestError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"cannot record the operation, so it did not run: {exc}",
-                ) from None
-            raise
+        # In a task of its own, the recording included: once the RUNNING record
+        # is being written the call happens, whether its caller waits or not.
         task = asyncio.ensure_future(self._carry_out(record, action, done))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        # The caller may go (deadline, cancel): the operation carries on.
         return self._result(await asyncio.shield(done), response_type)
 
     async def _carry_out(
@@ -193,6 +181,32 @@ class Operations:
         action: Callable[[], Awaitable[Message]],
         done: asyncio.Future[_Outcome],
     ) -> _Outcome:
+        try:
+            # On disk before it acts: a manager killed while it runs leaves it
+            # RUNNING, which its successor reports INTERRUPTED.
+            await self.journal.durable(record)
+        except (Exception, asyncio.CancelledError) as exc:
+            # Not recorded, so not run: forgotten, so that a retry runs it.
+            self._running.pop(record.request_id, None)
+            self._index.pop(record.request_id, None)
+            why = "the manager is stopping" if isinstance(exc, asyncio.CancelledError) else exc
+            error = RequestError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"cannot record the operation, so it did not run ({why}); retry it",
+            )
+            if isinstance(exc, asyncio.CancelledError):  # its RUNNING row may be written
+                self.journal.operation(
+                    dataclasses.replace(
+                        record,
+                        state=_FAILED,
+                        end_time=time.time(),
+                        code=code_number(error.code),
+                        message=error.message,
+                    )
+                )
+            outcome = _Outcome(record, error=error)
+            done.set_result(outcome)
+            return outcome
         try:
             response = await action()
         except RequestError as exc:
