@@ -31,7 +31,7 @@ import pycontainer
 from pycontainer.cli import main
 from pycontainer.cli._errors import CliError
 from pycontainer.cli._operation import once
-from pycontainer.client import CallError, ManagerClient
+from pycontainer.client import PLAINTEXT, AsyncManagerClient, CallError, ManagerClient
 from pycontainer.manager._journal import Journal
 from pycontainer.manager._operations import Operations
 from pycontainer.manager._store import OperationRecord, SQLiteStore
@@ -187,6 +187,18 @@ def test_a_pause_whose_caller_timed_out_still_succeeds_and_says_so(
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert hook.entered.wait(10)
         assert _operation(manager.stub, request_id).state == E.OPERATION_STATE_RUNNING
+        # A retry while it runs waits for it (and pauses nothing again).
+        waiting = manager.stub.PauseContainer.future(_pause("slow", request_id), timeout=30)
+        wait_until(
+            lambda: (
+                [e.type for e in _history(manager.stub) if e.request_id == request_id].count(
+                    E.EVENT_TYPE_REQUESTED
+                )
+                == 2
+            ),
+            10,
+            "the retry to reach the manager",
+        )
         hook.release.set()
         wait_until(
             lambda: _operation(manager.stub, request_id).state != E.OPERATION_STATE_RUNNING,
@@ -199,6 +211,7 @@ def test_a_pause_whose_caller_timed_out_still_succeeds_and_says_so(
         assert operation.response.Unpack(response)
         assert response.container.state == S.LIFECYCLE_STATE_PAUSED
         # The retry the CLI would make returns that outcome, pausing nothing again.
+        assert waiting.result(30) == response
         again = manager.stub.PauseContainer(_pause("slow", request_id), timeout=30)
         assert again == response
         assert hook.calls == 1
@@ -248,11 +261,29 @@ def test_the_cli_retries_once_with_the_same_id_then_names_it(manager: ManagerHos
         assert "NOT_FOUND" in err.getvalue()
 
 
-def test_the_client_names_the_request_id_of_a_failed_call(manager: ManagerHost) -> None:
+def test_the_clients_name_the_request_id_of_a_failed_call(manager: ManagerHost) -> None:
+    request = E.PauseContainerRequest(container="ghost")
     with pytest.raises(CallError) as info:
-        manager.client.pause_container(E.PauseContainerRequest(container="ghost"))
+        manager.client.pause_container(request)
     assert info.value.code == grpc.StatusCode.NOT_FOUND
+    assert request.request_id == ""  # the caller's message is left alone
     assert _operation(manager.stub, info.value.request_id).state == E.OPERATION_STATE_FAILED
+
+    async def aio() -> str:
+        async with AsyncManagerClient(manager.address, transport=PLAINTEXT) as client:
+            with pytest.raises(CallError) as info:
+                await client.pause_container(request)
+            operation = await client.get_operation(
+                E.GetOperationRequest(request_id=info.value.request_id)
+            )
+            assert operation.operation.state == E.OPERATION_STATE_FAILED
+            with pytest.raises(CallError) as bad:
+                await client.list_operations(E.ListOperationsRequest(page_size=-1))
+            assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            return info.value.request_id
+
+    second = asyncio.run(aio())
+    assert second != info.value.request_id  # a new call, a new id
 
 
 # -- a manager that dies -------------------------------------------------------------------
