@@ -26,7 +26,7 @@ from ..client._request_ids import with_request_id
 from ..units import format_duration, timestamp_from_proto
 from ..v1 import manager_pb2
 from ._context import Context
-from ._errors import EXIT_FAILED, EXIT_UNREACHABLE, CliError
+from ._errors import EXIT_FAILED, EXIT_UNREACHABLE, CliError, from_call
 from ._output import console, message_dict, print_data, show
 from ._render import age, local_time, plain_table, short_enum
 
@@ -66,7 +66,14 @@ def once(client: ManagerClient, call: Callable[[Req], Resp], request: Req) -> Re
             if exc.code not in _LOST_ANSWER:
                 raise
             lost = exc
+    if _never_sent(lost):
+        raise from_call(lost)
     raise unknown_outcome(lost, request_id)
+
+
+def _never_sent(exc: CallError) -> bool:
+    """grpc-core could not connect at all: the call did not leave this process."""
+    return exc.code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in exc.details
 
 
 def _answers(client: ManagerClient) -> bool:
