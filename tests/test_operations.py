@@ -36,12 +36,13 @@ from pycontainer.manager._journal import Journal
 from pycontainer.manager._operations import Operations
 from pycontainer.manager._store import OperationRecord, SQLiteStore
 from pycontainer.testing import manager_host
-from pycontainer.v1 import container_pb2, manager_pb2, manager_pb2_grpc
+from pycontainer.v1 import container_pb2, manager_pb2, manager_pb2_grpc, spec_pb2
 
 S = container_pb2
 E = manager_pb2
 REPO = Path(__file__).resolve().parent.parent
 RUN_MANAGER = "tests/apps/run_manager.py"
+APP = "tests/apps/connected_app.py"
 
 
 class PauseHook:
@@ -172,6 +173,39 @@ def test_a_request_without_an_id_gets_one_back_in_the_trailing_metadata(
     with pytest.raises(grpc.RpcError) as info:
         _operation(manager.stub, "never-sent")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_run_and_restart_twice_with_one_id_each_act_once(manager: ManagerHost) -> None:
+    spec = spec_pb2.ContainerSpec(
+        name="phoenix",
+        runtime=spec_pb2.RUNTIME_KIND_PROCESS,
+        command=["python", APP, "--name", "phoenix"],
+        working_dir=str(REPO),
+    )
+    run = E.RunContainerRequest(spec=spec, request_id=str(uuid.uuid4()))
+    [launched] = manager.stub.RunContainer(run, timeout=30).containers
+    assert manager.stub.RunContainer(run, timeout=30).containers == [launched]
+    listed = manager.stub.ListContainers(E.ListContainersRequest(), timeout=5).containers
+    assert [c.identity.id for c in listed] == [launched.identity.id]
+    cid = launched.identity.id
+    wait_container(manager.stub, cid, running_and_connected, "running", timeout=30)
+    restart = E.RestartContainerRequest(container=cid, request_id=str(uuid.uuid4()))
+    restart.grace_period.FromSeconds(5)
+    first = manager.stub.RestartContainer(restart, timeout=60).container
+    second = manager.stub.RestartContainer(restart, timeout=60).container
+    assert first.restarts == second.restarts == 1
+    assert (
+        manager.stub.GetContainer(
+            E.GetContainerRequest(container=cid), timeout=5
+        ).container.restarts
+        == 1
+    )
+    # A new id is a new restart.
+    restart.request_id = str(uuid.uuid4())
+    assert manager.stub.RestartContainer(restart, timeout=60).container.restarts == 2
+    stop = E.StopContainerRequest(container=cid)
+    stop.grace_period.FromSeconds(5)
+    manager.stub.StopContainer(stop, timeout=30)
 
 
 # -- a lost answer ---------------------------------------------------------------------------
