@@ -32,6 +32,7 @@ from pycontainer.cli import main
 from pycontainer.cli._errors import CliError
 from pycontainer.cli._operation import once
 from pycontainer.client import PLAINTEXT, AsyncManagerClient, CallError, ManagerClient
+from pycontainer.manager import Manager, ManagerSettings, StartRefused
 from pycontainer.manager._journal import Journal
 from pycontainer.manager._operations import Operations
 from pycontainer.manager._store import OperationRecord, SQLiteStore
@@ -441,6 +442,39 @@ def test_events_with_actors_survive_a_restart_in_watch_events_history(tmp_path: 
         assert newest.sequence > max(e.sequence for e in before)
 
 
+def test_a_manager_refused_the_state_directory_interrupts_nothing(
+    manager: ManagerHost, tmp_path: Path
+) -> None:
+    hook = PauseHook(hold=True)
+    with pausable(manager, "held", hook):
+        wait_container(manager.stub, "held", running_and_connected, "running")
+        request_id = str(uuid.uuid4())
+        pause = manager.stub.PauseContainer.future(_pause("held", request_id), timeout=30)
+        assert hook.entered.wait(10)
+
+        async def second() -> None:
+            settings = ManagerSettings(
+                listen="127.0.0.1:0", state_dir=tmp_path / "state", insecure=True
+            )
+            other = Manager(settings)
+            with pytest.raises(StartRefused):
+                await other.start()
+            await asyncio.to_thread(other.journal.close)
+            other.store.close()
+
+        asyncio.run(second())
+        reader = SQLiteStore(tmp_path / "state" / "manager.db")
+        try:
+            stored = reader.get_operation(request_id)
+        finally:
+            reader.close()
+        assert stored is not None
+        assert stored.state == E.OPERATION_STATE_RUNNING  # not INTERRUPTED by the refused one
+        hook.release.set()
+        pause.result(30)
+        assert _operation(manager.stub, request_id).state == E.OPERATION_STATE_SUCCEEDED
+
+
 # -- bounds ----------------------------------------------------------------------------------
 def _record(n: int, state: int = E.OPERATION_STATE_SUCCEEDED) -> OperationRecord:
     return OperationRecord(
@@ -491,6 +525,7 @@ def test_operations_in_memory_are_bounded_and_a_restart_interrupts_the_running(
     async def scenario() -> None:
         journal = Journal(store, operations_kept=3)
         operations = Operations(journal, kept=3)
+        operations.open()
         for n in range(5):
             response = await operations.run(
                 request_id=f"r{n}",
@@ -513,6 +548,7 @@ def test_operations_in_memory_are_bounded_and_a_restart_interrupts_the_running(
             [_record(9, E.OPERATION_STATE_RUNNING)], [], operations_kept=3, events_kept=5
         )
         reopened = Operations(Journal(store, operations_kept=3), kept=3)
+        reopened.open()
         interrupted = await reopened.get("op-9")
         assert interrupted.state == E.OPERATION_STATE_INTERRUPTED
         assert "check the container's state" in interrupted.status.message

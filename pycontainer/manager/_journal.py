@@ -55,25 +55,32 @@ class Journal:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         if store is not None:
-            store.open_journal()
+            store.open_journal()  # its tables, for reading what is there
+
+    def start(self) -> None:
+        """Start writing (what was queued first): only once this manager holds
+        the state directory, so that one refused never writes to another's store."""
+        if self.store is not None and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
             self._thread.start()
 
     def event(self, event: manager_pb2.Event) -> None:
         """Write an event, behind (an EventBus sink)."""
-        if self._thread is not None:
+        if self.store is not None:
             self._queue.put(_Item(event=(event.sequence, event.SerializeToString())))
 
     def operation(self, record: OperationRecord) -> None:
         """Write an operation's new state, behind."""
-        if self._thread is not None:
+        if self.store is not None:
             self._queue.put(_Item(operation=record))
 
     async def durable(self, record: OperationRecord) -> None:
         """Write an operation's state through: return once it is on disk.
-        Raises StoreError when it cannot be written."""
-        if self._thread is None:
+        Raises StoreError when it cannot be written (or the journal is not started)."""
+        if self.store is None:
             return
+        if self._thread is None:
+            raise StoreError("the journal is not started")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
@@ -94,7 +101,8 @@ class Journal:
         await done
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued, then stop the thread (at most ``timeout`` seconds)."""
+        """Write what is queued, then stop the thread (at most ``timeout``
+        seconds); a journal never started writes nothing."""
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout)

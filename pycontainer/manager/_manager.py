@@ -178,6 +178,9 @@ class Manager:
 
         self._state_lock = StateLock(self.settings.state_dir)
         try:
+            # The state directory is this manager's: what its predecessor left
+            # running is INTERRUPTED, and the journal writes from now on.
+            self.operations.open()
             self.trust.open()
             server, health = build_server(self)
             self.port = self.trust.bind(server, self.settings.listen)

@@ -112,13 +112,15 @@ class Operations:
         self._responses: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._running: dict[str, asyncio.Future[_Outcome]] = {}
         self._tasks: set[asyncio.Task[_Outcome]] = set()
-        self._load()
 
-    def _load(self) -> None:
-        """What an earlier manager left: its RUNNING operations are INTERRUPTED."""
+    def open(self) -> None:
+        """Index what an earlier manager left, its RUNNING operations
+        INTERRUPTED; then start the journal (call once this manager holds the
+        state directory)."""
         store = self.journal.store
         if store is None:
             return
+        self._index.clear()
         now = time.time()
         for record in store.list_operations(self._kept):
             if record.state == _RUNNING:
@@ -131,6 +133,7 @@ class Operations:
                 )
                 self.journal.operation(record)
             self._index[record.request_id] = record
+        self.journal.start()
 
     # -- running ----------------------------------------------------------------------
     async def run(
