@@ -1400,7 +1400,7 @@ class ApplySpecsRequest(_message.Message):
     it too); the same id with another method or request is INVALID_ARGUMENT.
     1 to 64 characters of [A-Za-z0-9._-] (a UUID); empty: the manager
     assigns one and returns it in the `pycontainer-request-id` trailing
-    metadata.
+    metadata. Ignored with dry_run (which changes nothing).
     """
     @_builtins.property
     def specs(self) -> _containers.RepeatedCompositeFieldContainer[_spec_pb2.ContainerSpec]:
