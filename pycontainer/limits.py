@@ -109,5 +109,8 @@ EVENTS_KEPT = 50_000
 MAX_REQUEST_ID_LENGTH = 64
 #: What a request_id may contain.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+#: The most of a call's target (container name, or ApplySpecs' names) an
+#: operation and its audit event keep: the request may hold megabytes.
+MAX_OPERATION_TARGET_CHARS = 1024
 #: ListOperations' largest page (AIP-158: a bigger page_size is read as this).
 MAX_OPERATIONS_PAGE = 1_000

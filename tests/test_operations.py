@@ -143,6 +143,13 @@ def test_a_request_id_used_for_another_call_is_invalid(manager: ManagerHost) -> 
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "a new request needs a new id" in (info.value.details() or "")
         assert _operation(manager.stub, request_id).state == E.OPERATION_STATE_SUCCEEDED
+        # A huge target is kept cut (the call itself fails: no such container).
+        with pytest.raises(grpc.RpcError):
+            manager.stub.PauseContainer(_pause("y" * 100_000, "huge"), timeout=10)
+        huge = _operation(manager.stub, "huge")
+        assert huge.state == E.OPERATION_STATE_FAILED
+        assert huge.target.endswith("… (100000 characters)")
+        assert len(huge.target) < 1100
         for bad in ("x" * 65, "not a uuid!"):
             with pytest.raises(grpc.RpcError) as info:
                 manager.stub.PauseContainer(_pause("reused", bad), timeout=10)

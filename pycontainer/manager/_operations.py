@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 from .._errors import RequestError, code_number, echo, invalid_argument, not_found, status_code
 from ..client._request_ids import new_request_id
 from ..limits import (
+    MAX_OPERATION_TARGET_CHARS,
     MAX_OPERATIONS_PAGE,
     MAX_REQUEST_ID_LENGTH,
     OPERATION_RESPONSES_CACHED,
@@ -38,7 +39,13 @@ from ..v1 import manager_pb2
 from ._journal import Journal
 from ._store import OperationRecord
 
-__all__ = ["REQUEST_ID_METADATA", "Operations", "check_request_id", "new_request_id"]
+__all__ = [
+    "REQUEST_ID_METADATA",
+    "Operations",
+    "bounded_target",
+    "check_request_id",
+    "new_request_id",
+]
 
 #: The trailing metadata key a mutating call's request_id comes back in.
 REQUEST_ID_METADATA = "pycontainer-request-id"
@@ -64,6 +71,14 @@ def check_request_id(request_id: str) -> None:
             "request_id",
             f"{echo(request_id)} may hold only letters, digits, '.', '_' and '-': use a UUID",
         )
+
+
+def bounded_target(target: str) -> str:
+    """A call's target as an operation and its audit event keep it: at most
+    MAX_OPERATION_TARGET_CHARS, with how long it was past that."""
+    if len(target) <= MAX_OPERATION_TARGET_CHARS:
+        return target
+    return f"{target[:MAX_OPERATION_TARGET_CHARS]}… ({len(target)} characters)"
 
 
 def fingerprint(method: str, request: Message) -> str:

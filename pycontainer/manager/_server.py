@@ -45,7 +45,7 @@ from ..v1 import (
     manager_pb2_grpc,
 )
 from ._logstreams import LogStreams
-from ._operations import REQUEST_ID_METADATA, check_request_id, new_request_id
+from ._operations import REQUEST_ID_METADATA, bounded_target, check_request_id, new_request_id
 from ._registry import Entry
 from ._validation import check_message, check_replicas, check_spec
 
@@ -164,6 +164,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
         else:
             request_id = new_request_id()
         context.set_trailing_metadata(((REQUEST_ID_METADATA, request_id),))
+        target = bounded_target(target)
         actor = self._audit(context, verb, target, detail, request_id)
         return await self._m.operations.run(
             request_id=request_id,
