@@ -167,6 +167,13 @@ def test_a_request_without_an_id_gets_one_back_in_the_trailing_metadata(
         assigned = dict(call.trailing_metadata() or ())["pycontainer-request-id"]
         assert uuid.UUID(str(assigned))
         assert _operation(manager.stub, str(assigned)).state == E.OPERATION_STATE_SUCCEEDED
+        # A failed call gets its id back too.
+        with pytest.raises(grpc.RpcError) as info:
+            manager.stub.PauseContainer(_pause("ghost"), timeout=30)
+        metadata = dict(info.value.trailing_metadata() or ())  # type: ignore[attr-defined]
+        ghost = _operation(manager.stub, str(metadata["pycontainer-request-id"]))
+        assert ghost.state == E.OPERATION_STATE_FAILED
+        assert ghost.status.code == grpc.StatusCode.NOT_FOUND.value[0]
         # A failed call is an operation too, with its status.
         with pytest.raises(grpc.RpcError):
             manager.stub.PauseContainer(_pause("anon", "failed-1"), timeout=30)
