@@ -76,7 +76,14 @@ class Manager:
         self.capacity = self.settings.capacity or machine_capacity()
         # Operations and events outlive the manager in the store's journal
         # (_journal), written off the loop; the audit trail with them.
-        self.journal = Journal(store if isinstance(store, JournalStore) else None)
+        journaled = store if isinstance(store, JournalStore) else None
+        if journaled is None:
+            _log.warning(
+                "the state store %s keeps no journal (JournalStore): operations and events "
+                "are kept in memory only and lost on restart",
+                type(store).__name__,
+            )
+        self.journal = Journal(journaled)
         self.events = _restored_events(self.journal)
         self.operations = Operations(self.journal)
         # What launched programs print (kept in the state directory).
