@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import datetime
 import io
+import json
 import subprocess
 import sys
 import threading
@@ -298,6 +299,11 @@ def test_the_cli_retries_once_with_the_same_id_then_names_it(manager: ManagerHos
         for word in ("PauseContainer", "cli-slow", "SUCCEEDED", "anonymous (insecure)", "OK"):
             assert word in text, text
         assert hook.calls == 1
+        out = io.StringIO()
+        assert main(["operation", request.request_id, "-o", "json"], client=client, stdout=out) == 0
+        data = json.loads(out.getvalue())
+        assert data["state"] == "OPERATION_STATE_SUCCEEDED"
+        assert data["response"]["container"]["state"] == "LIFECYCLE_STATE_PAUSED"
         # A verb sends a fresh id of its own; the new pause is refused (already paused).
         code = main(["pause", "cli-slow"], client=client, stdout=out, stderr=err)
         assert code == 1
@@ -305,6 +311,17 @@ def test_the_cli_retries_once_with_the_same_id_then_names_it(manager: ManagerHos
         assert len(listed.operations) == 2
         assert listed.operations[0].state == E.OPERATION_STATE_FAILED
         assert listed.operations[0].request_id != request.request_id
+        out = io.StringIO()
+        code = main(["operation", "--container", "cli-slow"], client=client, stdout=out)
+        assert code == 0
+        rows = out.getvalue().splitlines()
+        assert rows[0].split()[:3] == ["REQUEST", "ID", "METHOD"]
+        assert [row.split()[0] for row in rows[1:]] == [o.request_id for o in listed.operations]
+        assert "FAILED" in rows[1]
+        assert "SUCCEEDED" in rows[2]
+        # One that failed exits 1.
+        code = main(["operation", listed.operations[0].request_id], client=client, stdout=out)
+        assert code == 1
         out = io.StringIO()
         assert main(["operation", "nope"], client=client, stdout=out, stderr=err) == 1
         assert "NOT_FOUND" in err.getvalue()
