@@ -34,6 +34,7 @@ from pycontainer.cli._errors import CliError
 from pycontainer.cli._operation import once
 from pycontainer.client import PLAINTEXT, AsyncManagerClient, CallError, ManagerClient
 from pycontainer.manager import Manager, ManagerSettings, StartRefused
+from pycontainer.manager._events import SEQUENCE_RESERVATION
 from pycontainer.manager._journal import Journal
 from pycontainer.manager._operations import Operations
 from pycontainer.manager._store import OperationRecord, SQLiteStore
@@ -432,10 +433,11 @@ def test_a_command_running_when_the_manager_is_killed_is_interrupted_not_lost(
             assert [e.sequence <= old for e in requested] == [True, False], requested
             assert requested[0] in before
             assert requested[0].actor == operation.actor
-            # Sequences go on after the dead manager's, never again from 1.
+            # Numbers go on after the dead manager's reservation: never one of
+            # its own again (its last events may not have been written).
             new = [e for e in after if e not in before]
             assert new
-            assert min(e.sequence for e in new) > old
+            assert min(e.sequence for e in new) > SEQUENCE_RESERVATION > old
             hook.release.set()
             assert hook.calls <= 1  # the first pause's hook, never a second
     finally:
@@ -465,7 +467,9 @@ def test_events_with_actors_survive_a_restart_in_watch_events_history(tmp_path: 
         response = E.PauseContainerResponse()
         assert _operation(second.stub, "kept-pause").response.Unpack(response)
         assert response.container.identity.name == "kept"
-        # New events number on from the old ones.
+        # New events number on from the old ones, without a gap after a clean stop.
+        numbers = [e.sequence for e in after]
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
         with pytest.raises(grpc.RpcError):
             second.stub.PauseContainer(_pause("nobody", "later"), timeout=10)
         newest = _history(second.stub)[-1]
@@ -536,6 +540,18 @@ def test_the_store_keeps_the_newest_operations_and_events(tmp_path: Path) -> Non
         events = store.recent_events(100)
         assert [sequence for sequence, _ in events] == [26, 27, 28, 29, 30]
         assert store.last_event_sequence() == 30
+        # A reservation raises it; what is written after raises it further.
+        store.write_journal([], [], operations_kept=10, events_kept=5, event_sequence=1000)
+        assert store.last_event_sequence() == 1000
+        late = E.Event(sequence=1001)
+        store.write_journal(
+            [],
+            [(1001, late.SerializeToString())],
+            operations_kept=10,
+            events_kept=5,
+            event_sequence=40,  # a clean stop's last, set before the batch's own
+        )
+        assert store.last_event_sequence() == 1001
         # Replacing an operation keeps one row (its place and its fields).
         store.write_journal(
             [_record(25, E.OPERATION_STATE_FAILED)], [], operations_kept=10, events_kept=5

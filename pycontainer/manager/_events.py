@@ -13,6 +13,10 @@ from ..v1 import container_pb2, manager_pb2
 
 # A watcher that falls this far behind loses its oldest events (and is told).
 _SUBSCRIBER_BUFFER = 10_000
+# Event numbers reserved ahead in the store: a manager killed before its last
+# events were written leaves its successor numbering after the reservation,
+# so that no number is ever given to two events (a gap says events were lost).
+SEQUENCE_RESERVATION = 100_000
 
 
 class EventBus:
@@ -25,16 +29,25 @@ class EventBus:
         restored: Iterable[manager_pb2.Event] = (),
         last_sequence: int = 0,
         sink: Callable[[manager_pb2.Event], None] | None = None,
+        reserve: Callable[[int], None] | None = None,
     ) -> None:
         """``restored``: an earlier manager's events (the history starts with
         them); ``last_sequence``: the highest it numbered, where this one goes
-        on; ``sink``: told every event (the journal that keeps them)."""
+        on; ``sink``: told every event (the journal that keeps them);
+        ``reserve``: told, ahead, the numbers a successor must start after."""
         self._history: collections.deque[manager_pb2.Event] = collections.deque(
             restored, maxlen=history
         )
         self._subscribers: set[asyncio.Queue[manager_pb2.Event]] = set()
         self._sequence = max([last_sequence, *(e.sequence for e in self._history)])
         self._sink = sink
+        self._reserve = reserve
+        self._reserved = self._sequence
+
+    @property
+    def sequence(self) -> int:
+        """The number of the newest event."""
+        return self._sequence
 
     def publish(
         self,
@@ -50,6 +63,12 @@ class EventBus:
     ) -> manager_pb2.Event:
         """Record an event and hand it to every watcher (call on the loop)."""
         self._sequence += 1
+        if (
+            self._reserve is not None
+            and self._sequence > self._reserved - SEQUENCE_RESERVATION // 2
+        ):
+            self._reserved = self._sequence + SEQUENCE_RESERVATION
+            self._reserve(self._reserved)
         now = time.time_ns()
         event = manager_pb2.Event(
             sequence=self._sequence,

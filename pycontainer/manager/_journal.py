@@ -35,6 +35,8 @@ _BATCH = 1000
 class _Item:
     operation: OperationRecord | None = None
     event: tuple[int, bytes] | None = None
+    # Where the next manager's event numbers must start after.
+    event_sequence: int | None = None
     # Called (on the writer thread) with None once written, or the error.
     written: Callable[[BaseException | None], None] | None = None
 
@@ -68,6 +70,12 @@ class Journal:
         """Write an event, behind (an EventBus sink)."""
         if self.store is not None:
             self._queue.put(_Item(event=(event.sequence, event.SerializeToString())))
+
+    def reserve_events(self, sequence: int) -> None:
+        """Make the next manager number its events after ``sequence``, whatever
+        becomes of this one (an EventBus reservation, or its last on a clean stop)."""
+        if self.store is not None:
+            self._queue.put(_Item(event_sequence=sequence))
 
     def operation(self, record: OperationRecord) -> None:
         """Write an operation's new state, behind."""
@@ -138,6 +146,7 @@ class Journal:
             if item.operation is not None:
                 operations[item.operation.request_id] = item.operation
         events = [item.event for item in batch if item.event is not None]
+        sequences = [item.event_sequence for item in batch if item.event_sequence is not None]
         error: BaseException | None = None
         try:
             self.store.write_journal(
@@ -145,6 +154,7 @@ class Journal:
                 events,
                 operations_kept=self.operations_kept,
                 events_kept=self.events_kept,
+                event_sequence=sequences[-1] if sequences else None,
             )
         except StoreError as exc:
             _log.error("cannot write %d journal records: %s", len(batch), exc)

@@ -222,7 +222,9 @@ class Manager:
             await self._server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(None)
-        # What still runs is INTERRUPTED; everything journaled is written.
+        # What still runs is INTERRUPTED; everything journaled is written, and
+        # the successor numbers its events right after this one's last.
+        self.journal.reserve_events(self.events.sequence)
         await self.operations.close()
         if self._state_lock is not None:
             self._state_lock.release()
@@ -417,6 +419,7 @@ def _restored_events(journal: Journal) -> EventBus:
         restored=restored,
         last_sequence=store.last_event_sequence(),
         sink=journal.event,
+        reserve=journal.reserve_events,
     )
 
 

@@ -135,9 +135,11 @@ class JournalStore(Protocol):
         *,
         operations_kept: int,
         events_kept: int,
+        event_sequence: int | None = None,
     ) -> None:
         """Insert or replace operations (by request_id) and add events (sequence,
-        serialized Event) in one transaction, then drop the oldest past the bounds."""
+        serialized Event) in one transaction, then drop the oldest past the
+        bounds; with ``event_sequence``, set last_event_sequence to it."""
         ...
 
     def get_operation(self, request_id: str) -> OperationRecord | None:
@@ -153,7 +155,8 @@ class JournalStore(Protocol):
         ...
 
     def last_event_sequence(self) -> int:
-        """The highest event sequence ever stored (0 for none)."""
+        """Where the next manager's event numbers start after: the highest
+        written, or higher as set (a running manager's reservation); 0 for none."""
         ...
 
 
@@ -288,7 +291,8 @@ _JOURNAL_SCHEMA = (
         response BLOB NOT NULL
     )""",
     "CREATE TABLE IF NOT EXISTS events (sequence INTEGER PRIMARY KEY, event BLOB NOT NULL)",
-    # The highest event sequence ever written: trimming never lowers it.
+    # Where the next manager's event numbers start after: the highest written
+    # (trimming never lowers it), or a running manager's reservation.
     "CREATE TABLE IF NOT EXISTS event_sequence (sequence INTEGER NOT NULL)",
 )
 _OPERATION_COLUMNS = (
@@ -550,9 +554,11 @@ class SQLiteStore:
         *,
         operations_kept: int,
         events_kept: int,
+        event_sequence: int | None = None,
     ) -> None:
         """Insert or replace operations (by request_id) and add events (sequence,
-        serialized Event) in one transaction, then drop the oldest past the bounds."""
+        serialized Event) in one transaction, then drop the oldest past the
+        bounds; with ``event_sequence``, set last_event_sequence to it."""
         updates = ", ".join(
             f"{c} = excluded.{c}" for c in ("state", "end_time", "code", "message", "response")
         )
@@ -579,6 +585,11 @@ class SQLiteStore:
                 ],
             )
             db.executemany("INSERT OR REPLACE INTO events VALUES (?, ?)", events)
+            # Set first, then raised to what this batch wrote: a reservation
+            # never hides a number written after it was made.
+            if event_sequence is not None:
+                db.execute("DELETE FROM event_sequence")
+                db.execute("INSERT INTO event_sequence VALUES (?)", (event_sequence,))
             if events:
                 top = max(sequence for sequence, _ in events)
                 db.execute("DELETE FROM event_sequence WHERE sequence < ?", (top,))
@@ -630,7 +641,8 @@ class SQLiteStore:
         return [(sequence, bytes(event)) for sequence, event in rows]
 
     def last_event_sequence(self) -> int:
-        """The highest event sequence ever stored (0 for none)."""
+        """Where the next manager's event numbers start after: the highest
+        written, or higher as set (a running manager's reservation); 0 for none."""
         with self._transaction(write=False) as db:
             row = db.execute("SELECT max(sequence) FROM event_sequence").fetchone()
         return int(row[0] or 0)
