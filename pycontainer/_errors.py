@@ -106,7 +106,10 @@ async def abort(context: Any, exc: RequestError) -> None:
     """End a grpc.aio call with the error's rich status (raises, as abort does).
     ``context`` is a grpc.aio.ServicerContext of any request/response types."""
     status = exc.to_status()
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    # What the handler set already (such as a mutating call's request id)
+    # stays: abort's own trailing metadata would replace it.
+    already = getattr(context, "trailing_metadata", lambda: ())() or ()
+    await context.abort(status.code, status.details, (*already, *status.trailing_metadata))
 
 
 def invalid_argument(field: str, message: str) -> RequestError:

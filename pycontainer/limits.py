@@ -101,3 +101,23 @@ MAX_JOIN_REQUEST_BYTES = 16 * _KiB
 #: past that RESOURCE_EXHAUSTED (each join signs a certificate and rewrites
 #: the token file: cheap, but the listener takes anyone's calls).
 JOIN_RATE_PER_SECOND = 10
+#: Operations (mutating Manager calls and their outcomes, GetOperation's
+#: answers) kept in the state store, across manager restarts; the oldest go
+#: first. A record is a few hundred bytes plus its response: 10,000 is days of
+#: an operator's calls and a few MiB.
+OPERATIONS_KEPT = 10_000
+#: Responses of the newest operations also held in memory (an older one's is
+#: read back from the store when a retry or GetOperation asks for it).
+OPERATION_RESPONSES_CACHED = 1_000
+#: Events kept in the state store (the audit trail, WatchEvents' history after
+#: a restart); the oldest go first. An event is about 200 bytes.
+EVENTS_KEPT = 50_000
+#: A request_id (AIP-155): a UUID is 36 characters.
+MAX_REQUEST_ID_LENGTH = 64
+#: What a request_id may contain.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+#: The most of a call's target (container name, or ApplySpecs' names) an
+#: operation and its audit event keep: the request may hold megabytes.
+MAX_OPERATION_TARGET_CHARS = 1024
+#: ListOperations' largest page (AIP-158: a bigger page_size is read as this).
+MAX_OPERATIONS_PAGE = 1_000

@@ -148,6 +148,7 @@ def _check_only(args: argparse.Namespace, ctx: Context) -> int:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from ..client import CallError
+    from ._operation import once
 
     try:
         if args.dry_run:
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         try:
             with spinner(ctx, f"applying {len(request.specs)} spec(s)"):
                 # A rollout takes as long as its replicas take to be ready.
-                response = client.apply_specs(request, timeout=None)
+                response = once(client, lambda r: client.apply_specs(r, timeout=None), request)
         except CallError as exc:
             raise from_call(exc) from None
         except KeyboardInterrupt:

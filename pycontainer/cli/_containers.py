@@ -22,6 +22,7 @@ from ..v1 import container_pb2, manager_pb2
 from ._args import LIVE_STATES
 from ._context import Context
 from ._errors import EXIT_FAILED, EXIT_UNREACHABLE, CliError, Interrupted, from_call
+from ._operation import once
 from ._output import console, error_console, message_dict, print_data, show, spinner
 from ._render import (
     age,
@@ -256,6 +257,8 @@ def _each(
             ) from None
     unreachable = [r for r in results if isinstance(r, CliError) and r.code == EXIT_UNREACHABLE]
     if unreachable:
+        for error in unreachable[1:]:  # each names its own request id
+            ctx.err(f"error: {error.message}")
         raise unreachable[0]
     code = 0
     for name, result in zip(names, results, strict=True):
@@ -284,7 +287,8 @@ def run_stop(args: argparse.Namespace, ctx: Context) -> int:
             request = manager_pb2.StopContainerRequest(
                 container=name, message=args.reason, grace_period=_grace_proto(args.grace)
             )
-            response = client.stop_container(request, timeout=_grace_timeout(args.grace))
+            timeout = _grace_timeout(args.grace)
+            response = once(client, lambda r: client.stop_container(r, timeout=timeout), request)
             killed = " (killed at the end of its grace period)" if response.killed else ""
             return f"{_label(response.container)}: {state_name(response.container.state)}{killed}"
 
@@ -296,8 +300,10 @@ def run_pause(args: argparse.Namespace, ctx: Context) -> int:
     with ctx.manager(args) as client:
 
         def pause(name: str) -> str:
-            response = client.pause_container(
-                manager_pb2.PauseContainerRequest(container=name), timeout=_COMMAND_TIMEOUT
+            response = once(
+                client,
+                lambda r: client.pause_container(r, timeout=_COMMAND_TIMEOUT),
+                manager_pb2.PauseContainerRequest(container=name),
             )
             return f"{_label(response.container)}: {state_name(response.container.state)}"
 
@@ -308,8 +314,10 @@ def run_resume(args: argparse.Namespace, ctx: Context) -> int:
     with ctx.manager(args) as client:
 
         def resume(name: str) -> str:
-            response = client.resume_container(
-                manager_pb2.ResumeContainerRequest(container=name), timeout=_COMMAND_TIMEOUT
+            response = once(
+                client,
+                lambda r: client.resume_container(r, timeout=_COMMAND_TIMEOUT),
+                manager_pb2.ResumeContainerRequest(container=name),
             )
             return f"{_label(response.container)}: {state_name(response.container.state)}"
 
@@ -324,7 +332,9 @@ def run_restart(args: argparse.Namespace, ctx: Context) -> int:
                 container=name, grace_period=_grace_proto(args.grace)
             )
             timeout = _grace_timeout(args.grace or DEFAULT_GRACE_PERIOD)
-            c = client.restart_container(request, timeout=timeout).container
+            c = once(
+                client, lambda r: client.restart_container(r, timeout=timeout), request
+            ).container
             return f"{_label(c)}: {state_name(c.state)} (restarted)"
 
         return _each(ctx, _targets(client, args), restart, "restarting", "still restarting")
@@ -335,7 +345,9 @@ def run_kill(args: argparse.Namespace, ctx: Context) -> int:
 
         def kill(name: str) -> str:
             request = manager_pb2.KillContainerRequest(container=name, signal=args.signal)
-            c = client.kill_container(request, timeout=_COMMAND_TIMEOUT).container
+            c = once(
+                client, lambda r: client.kill_container(r, timeout=_COMMAND_TIMEOUT), request
+            ).container
             return f"{_label(c)}: {state_name(c.state)} (sent {args.signal.upper()})"
 
         return _each(
@@ -348,7 +360,9 @@ def run_rm(args: argparse.Namespace, ctx: Context) -> int:
 
         def rm(name: str) -> str:
             request = manager_pb2.DeleteContainerRequest(container=name, purge=args.purge)
-            c = client.delete_container(request, timeout=_COMMAND_TIMEOUT).container
+            c = once(
+                client, lambda r: client.delete_container(r, timeout=_COMMAND_TIMEOUT), request
+            ).container
             purged = " with its logs and checkpoints" if args.purge else ""
             return f"{_label(c)}: removed{purged}"
 
@@ -364,7 +378,10 @@ def run_evict(args: argparse.Namespace, ctx: Context) -> int:
             request = manager_pb2.EvictContainerRequest(
                 container=name, message=args.reason, grace_period=_grace_proto(args.grace)
             )
-            c = client.evict_container(request, timeout=_grace_timeout(args.grace)).container
+            timeout = _grace_timeout(args.grace)
+            c = once(
+                client, lambda r: client.evict_container(r, timeout=timeout), request
+            ).container
             return f"{_label(c)}: {state_name(c.state)} ({c.reason or 'evicted'})"
 
         return _each(ctx, args.containers, evict, "evicting", "still being evicted")
@@ -373,9 +390,10 @@ def run_evict(args: argparse.Namespace, ctx: Context) -> int:
 # -- checkpoint, restore, scale ----------------------------------------------------------------
 def run_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
     with ctx.manager(args) as client, spinner(ctx, f"checkpointing {args.container}"):
-        response = client.checkpoint_container(
+        response = once(
+            client,
+            lambda r: client.checkpoint_container(r, timeout=_COMMAND_TIMEOUT),
             manager_pb2.CheckpointContainerRequest(container=args.container),
-            timeout=_COMMAND_TIMEOUT,
         )
     if args.output in ("json", "yaml"):
         print_data(ctx, message_dict(response), args.output)
@@ -396,11 +414,12 @@ def run_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
 
 def run_restore(args: argparse.Namespace, ctx: Context) -> int:
     with ctx.manager(args) as client, spinner(ctx, f"restoring {args.container}"):
-        response = client.restore_container(
+        response = once(
+            client,
+            lambda r: client.restore_container(r, timeout=_COMMAND_TIMEOUT),
             manager_pb2.RestoreContainerRequest(
                 container=args.container, checkpoint_id=args.checkpoint
             ),
-            timeout=_COMMAND_TIMEOUT,
         )
     source = f"checkpoint {args.checkpoint}" if args.checkpoint else "its newest checkpoint"
     c = response.container
@@ -410,9 +429,10 @@ def run_restore(args: argparse.Namespace, ctx: Context) -> int:
 
 def run_scale(args: argparse.Namespace, ctx: Context) -> int:
     with ctx.manager(args) as client, spinner(ctx, f"scaling {args.container} to {args.replicas}"):
-        response = client.scale_container(
+        response = once(
+            client,
+            lambda r: client.scale_container(r, timeout=None),
             manager_pb2.ScaleContainerRequest(container=args.container, replicas=args.replicas),
-            timeout=None,
         )
     if args.output in ("json", "yaml"):
         print_data(ctx, message_dict(response), args.output)

@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     _logs(subparsers)
     _top(subparsers)
     _events(subparsers)
+    _operation(subparsers)
     _profile(subparsers)
     _up(subparsers)
     _run(subparsers)
@@ -590,6 +591,30 @@ def _events(subparsers: Subparsers) -> None:
     )
     parser.add_argument(
         "-w", "--watch", action="store_true", help="after the history, print events as they come"
+    )
+    _output_option(parser, "table", "json", "yaml")
+    _manager_option(parser)
+
+
+def _operation(subparsers: Subparsers) -> None:
+    parser = _verb(
+        subparsers,
+        "operation",
+        "_operation:run",
+        "what became of a command, by its request id",
+        "Show one mutating command by its request id (as a verb prints it when the "
+        "answer was lost): method, target, who asked, state (RUNNING, SUCCEEDED, "
+        "FAILED, or INTERRUPTED by a manager restart), status and times; exit 1 when "
+        "it FAILED or was INTERRUPTED. Without an id, list the newest.",
+    )
+    parser.add_argument(
+        "request_id", nargs="?", default="", metavar="REQUEST_ID", help="the request id"
+    )
+    parser.add_argument(
+        "--container", default="", metavar="ID", help="list only those naming this container"
+    )
+    parser.add_argument(
+        "-n", "--limit", type=int, default=20, metavar="N", help="list at most N (default: 20)"
     )
     _output_option(parser, "table", "json", "yaml")
     _manager_option(parser)

@@ -8,7 +8,10 @@
 
 Methods take the request message of ``pycontainer.v1`` and return its response
 message; a failed call raises :class:`CallError` (``code``, ``details``,
-``reached``). The manager is dialled with mutual TLS, with the client
+``reached``, and ``request_id`` for a mutating call). Every mutating call
+carries a request_id (AIP-155; a new UUID unless the request has one): a
+retry with the same id is the same call, and ``get_operation`` tells its
+outcome even when its answer was lost. The manager is dialled with mutual TLS, with the client
 certificate ``--cert-dir``/``$PYCONTAINER_TLS_DIR``/``state/admin`` holds
 (:func:`manager_transport`), or plaintext with ``transport=PLAINTEXT``
 (``$PYCONTAINER_INSECURE=1``) for a manager started with ``--insecure``.
@@ -31,6 +34,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._request_ids import MUTATING_METHODS, new_request_id
 from ._target import (
     DEFAULT_MANAGER,
     MANAGER_ENV,
@@ -61,6 +65,7 @@ __all__ = [
     "DEFAULT_MANAGER",
     "DEFAULT_TIMEOUT",
     "MANAGER_ENV",
+    "MUTATING_METHODS",
     "PLAINTEXT",
     "AsyncManagementClient",
     "AsyncManagerClient",
@@ -74,6 +79,7 @@ __all__ = [
     "listen_arg",
     "manager_target",
     "manager_transport",
+    "new_request_id",
     "open_aio_channel",
     "open_channel",
     "parse_listen",

@@ -48,6 +48,8 @@ class CallError(Exception):
         self.method = method
         # What to try when the server was not reached (the transport's advice).
         self.hint = hint
+        # The request_id of a mutating call (GetOperation tells its outcome).
+        self.request_id = ""
         super().__init__(self.describe())
 
     @classmethod

@@ -18,6 +18,7 @@ import grpc
 
 from ..v1 import management_pb2, management_pb2_grpc, manager_pb2, manager_pb2_grpc
 from ._errors import CallError
+from ._request_ids import with_request_id
 from ._target import manager_target, parse_target
 from ._timeouts import DEFAULT, DEFAULT_TIMEOUT, Timeout, seconds
 from ._transport import PLAINTEXT, Transport, manager_transport
@@ -71,6 +72,18 @@ class _Client:
             raise CallError.from_rpc_error(
                 exc, self.target, name, hint=self.transport.hint
             ) from None
+
+    def _mutating(
+        self, method: Callable[..., Resp], request: Any, timeout: Timeout, name: str
+    ) -> Resp:
+        """A mutating call with its request_id (a new one unless the request has
+        one); a CallError tells it (``request_id``) to ask GetOperation with."""
+        request = with_request_id(request)
+        try:
+            return self._unary(method, request, timeout, name)
+        except CallError as exc:
+            exc.request_id = request.request_id
+            raise
 
     def _stream(
         self, method: Callable[..., Any], request: Any, timeout: Timeout, name: str
@@ -155,49 +168,51 @@ class ManagerClient(_Client):
         self, request: manager_pb2.RunContainerRequest, *, timeout: Timeout = DEFAULT
     ) -> manager_pb2.RunContainerResponse:
         """Launch the replicas of a spec."""
-        return self._unary(self._stub.RunContainer, request, timeout, "RunContainer")
+        return self._mutating(self._stub.RunContainer, request, timeout, "RunContainer")
 
     def stop_container(
         self, request: manager_pb2.StopContainerRequest, *, timeout: Timeout = DEFAULT
     ) -> manager_pb2.StopContainerResponse:
         """Stop a container gracefully."""
-        return self._unary(self._stub.StopContainer, request, timeout, "StopContainer")
+        return self._mutating(self._stub.StopContainer, request, timeout, "StopContainer")
 
     def pause_container(
         self, request: manager_pb2.PauseContainerRequest, *, timeout: Timeout = DEFAULT
     ) -> manager_pb2.PauseContainerResponse:
         """Pause a running container."""
-        return self._unary(self._stub.PauseContainer, request, timeout, "PauseContainer")
+        return self._mutating(self._stub.PauseContainer, request, timeout, "PauseContainer")
 
     def resume_container(
         self, request: manager_pb2.ResumeContainerRequest, *, timeout: Timeout = DEFAULT
     ) -> manager_pb2.ResumeContainerResponse:
         """Resume a paused container."""
-        return self._unary(self._stub.ResumeContainer, request, timeout, "ResumeContainer")
+        return self._mutating(self._stub.ResumeContainer, request, timeout, "ResumeContainer")
 
     def checkpoint_container(
         self, request: manager_pb2.CheckpointContainerRequest, *, timeout: Timeout = DEFAULT
     ) -> manager_pb2.CheckpointContainerResponse:
         """Take and store a checkpoint."""
-        return self._unary(self._stub.CheckpointContainer, request, timeout, "CheckpointContainer")
+        return self._mutating(
+            self._stub.CheckpointContainer, request, timeout, "CheckpointContainer"
+        )
 
     def restore_container(
         self, request: manager_pb2.RestoreContainerRequest, *, timeout: Timeout = DEFAULT
     ) -> manager_pb2.RestoreContainerResponse:
         """Give a stored checkpoint back to a container."""
-        return self._unary(self._stub.RestoreContainer, request, timeout, "RestoreContainer")
+        return self._mutating(self._stub.RestoreContainer, request, timeout, "RestoreContainer")
 
     def evict_container(
         self, request: manager_pb2.EvictContainerRequest, *, timeout: Timeout = DEFAULT
     ) -> manager_pb2.EvictContainerResponse:
         """Evict a container as the scheduler would."""
-        return self._unary(self._stub.EvictContainer, request, timeout, "EvictContainer")
+        return self._mutating(self._stub.EvictContainer, request, timeout, "EvictContainer")
 
     def scale_container(
         self, request: manager_pb2.ScaleContainerRequest, *, timeout: Timeout = DEFAULT
     ) -> manager_pb2.ScaleContainerResponse:
         """Change the number of replicas of a name."""
-        return self._unary(self._stub.ScaleContainer, request, timeout, "ScaleContainer")
+        return self._mutating(self._stub.ScaleContainer, request, timeout, "ScaleContainer")
 
     def stream_logs(
         self, request: manager_pb2.ManagerStreamLogsRequest, *, timeout: Timeout = None
@@ -215,25 +230,45 @@ class ManagerClient(_Client):
         self, request: manager_pb2.RestartContainerRequest, *, timeout: Timeout = DEFAULT
     ) -> manager_pb2.RestartContainerResponse:
         """Stop a container gracefully and start it again."""
-        return self._unary(self._stub.RestartContainer, request, timeout, "RestartContainer")
+        return self._mutating(self._stub.RestartContainer, request, timeout, "RestartContainer")
 
     def kill_container(
         self, request: manager_pb2.KillContainerRequest, *, timeout: Timeout = DEFAULT
     ) -> manager_pb2.KillContainerResponse:
         """Send a signal to a container's process now."""
-        return self._unary(self._stub.KillContainer, request, timeout, "KillContainer")
+        return self._mutating(self._stub.KillContainer, request, timeout, "KillContainer")
 
     def delete_container(
         self, request: manager_pb2.DeleteContainerRequest, *, timeout: Timeout = DEFAULT
     ) -> manager_pb2.DeleteContainerResponse:
         """Remove the record of a container that has ended."""
-        return self._unary(self._stub.DeleteContainer, request, timeout, "DeleteContainer")
+        return self._mutating(self._stub.DeleteContainer, request, timeout, "DeleteContainer")
 
     def apply_specs(
         self, request: manager_pb2.ApplySpecsRequest, *, timeout: Timeout = DEFAULT
     ) -> manager_pb2.ApplySpecsResponse:
         """Make the running set match a list of specs."""
-        return self._unary(self._stub.ApplySpecs, request, timeout, "ApplySpecs")
+        return self._mutating(self._stub.ApplySpecs, request, timeout, "ApplySpecs")
+
+    def get_operation(
+        self, request: manager_pb2.GetOperationRequest, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.GetOperationResponse:
+        """The outcome of a mutating call, by its request_id."""
+        return self._unary(self._stub.GetOperation, request, timeout, "GetOperation")
+
+    def list_operations(
+        self,
+        request: manager_pb2.ListOperationsRequest | None = None,
+        *,
+        timeout: Timeout = DEFAULT,
+    ) -> manager_pb2.ListOperationsResponse:
+        """The newest operations, newest first."""
+        return self._unary(
+            self._stub.ListOperations,
+            request if request is not None else manager_pb2.ListOperationsRequest(),
+            timeout,
+            "ListOperations",
+        )
 
     def get_version(
         self, request: manager_pb2.GetVersionRequest | None = None, *, timeout: Timeout = DEFAULT

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from google.protobuf import timestamp_pb2
 
@@ -13,15 +13,41 @@ from ..v1 import container_pb2, manager_pb2
 
 # A watcher that falls this far behind loses its oldest events (and is told).
 _SUBSCRIBER_BUFFER = 10_000
+# Event numbers reserved ahead in the store: a manager killed before its last
+# events were written leaves its successor numbering after the reservation,
+# so that no number is ever given to two events (a gap says events were lost).
+SEQUENCE_RESERVATION = 100_000
 
 
 class EventBus:
     """Publishes events to WatchEvents streams; keeps the recent ones."""
 
-    def __init__(self, history: int = 1000) -> None:
-        self._history: collections.deque[manager_pb2.Event] = collections.deque(maxlen=history)
+    def __init__(
+        self,
+        history: int = 1000,
+        *,
+        restored: Iterable[manager_pb2.Event] = (),
+        last_sequence: int = 0,
+        sink: Callable[[manager_pb2.Event], None] | None = None,
+        reserve: Callable[[int], None] | None = None,
+    ) -> None:
+        """``restored``: an earlier manager's events (the history starts with
+        them); ``last_sequence``: the highest it numbered, where this one goes
+        on; ``sink``: told every event (the journal that keeps them);
+        ``reserve``: told, ahead, the numbers a successor must start after."""
+        self._history: collections.deque[manager_pb2.Event] = collections.deque(
+            restored, maxlen=history
+        )
         self._subscribers: set[asyncio.Queue[manager_pb2.Event]] = set()
-        self._sequence = 0
+        self._sequence = max([last_sequence, *(e.sequence for e in self._history)])
+        self._sink = sink
+        self._reserve = reserve
+        self._reserved = self._sequence
+
+    @property
+    def sequence(self) -> int:
+        """The number of the newest event."""
+        return self._sequence
 
     def publish(
         self,
@@ -33,9 +59,16 @@ class EventBus:
         state: container_pb2.LifecycleState.ValueType = container_pb2.LIFECYCLE_STATE_UNSPECIFIED,
         command_id: str = "",
         actor: str = "",
+        request_id: str = "",
     ) -> manager_pb2.Event:
         """Record an event and hand it to every watcher (call on the loop)."""
         self._sequence += 1
+        if (
+            self._reserve is not None
+            and self._sequence > self._reserved - SEQUENCE_RESERVATION // 2
+        ):
+            self._reserved = self._sequence + SEQUENCE_RESERVATION
+            self._reserve(self._reserved)
         now = time.time_ns()
         event = manager_pb2.Event(
             sequence=self._sequence,
@@ -47,8 +80,11 @@ class EventBus:
             state=state,
             command_id=command_id,
             actor=actor,
+            request_id=request_id,
         )
         self._history.append(event)
+        if self._sink is not None:
+            self._sink(event)
         for queue in self._subscribers:
             if queue.full():
                 queue.get_nowait()  # drop the oldest for a watcher that lags

@@ -30,14 +30,16 @@ from ._bootstrap import Bootstrapping
 from ._checkpoints import Checkpoints
 from ._events import EventBus
 from ._exclusive import StartRefused, StateLock, bind, unusable_state_dir
+from ._journal import Journal
 from ._logstore import LogStore
+from ._operations import Operations
 from ._registry import Entry, Registry, state_word
 from ._runtime import ProcessRuntime, Runtime
 from ._scheduler import machine_capacity
 from ._sessions import Sessions
 from ._settings import EVENT_HISTORY, ManagerSettings
 from ._stopping import Stopped, Stopper
-from ._store import SQLiteStore, StateStore, StoreError
+from ._store import JournalStore, SQLiteStore, StateStore, StoreError
 from ._storewriter import StoreHealth, StoreWriter, advice, classify
 from ._supervision import Supervisor
 from ._trust import Trust
@@ -77,7 +79,18 @@ class Manager:
         )
         self.store_writer.on_health = self._store_health
         self.capacity = self.settings.capacity or machine_capacity()
-        self.events = EventBus(history=EVENT_HISTORY)
+        # Operations and events outlive the manager in the store's journal
+        # (_journal), written off the loop; the audit trail with them.
+        journaled = store if isinstance(store, JournalStore) else None
+        if journaled is None:
+            _log.warning(
+                "the state store %s keeps no journal (JournalStore): operations and events "
+                "are kept in memory only and lost on restart",
+                type(store).__name__,
+            )
+        self.journal = Journal(journaled)
+        self.events = _restored_events(self.journal)
+        self.operations = Operations(self.journal)
         # What launched programs print (kept in the state directory).
         self.logs = LogStore(Path(self.settings.state_dir) / "logs")
         processes = ProcessRuntime(self.logs)
@@ -184,6 +197,9 @@ class Manager:
         # to write once the state directory is (another manager's otherwise).
         self.store_writer.start()
         try:
+            # The state directory is this manager's: what its predecessor left
+            # running is INTERRUPTED, and the journal writes from now on.
+            self.operations.open()
             self.trust.open()
             server, health = build_server(self)
             self.port = self.trust.bind(server, self.settings.listen)
@@ -224,6 +240,10 @@ class Manager:
         if self._health_server is not None:
             await self._health_server.stop(None)
         await self.bootstrap.stop()
+        # What still runs is INTERRUPTED; everything journaled is written, and
+        # the successor numbers its events right after this one's last.
+        self.journal.reserve_events(self.events.sequence)
+        await self.operations.close()
         # Containers outlive the manager (they reconnect to the next one);
         # shutdown_containers() and close_runtimes() end them on purpose.
         # What is pending for the store is written first (within a bound),
@@ -433,6 +453,23 @@ def _open_store(settings: ManagerSettings) -> SQLiteStore:
         raise StartRefused(
             f"cannot open the state store: {advice(classify(exc, where), where)} ({exc})"
         ) from None
+
+
+def _restored_events(journal: Journal) -> EventBus:
+    """The event bus, its history and sequence going on from the journal's."""
+    store = journal.store
+    if store is None:
+        return EventBus(history=EVENT_HISTORY)
+    restored = [
+        manager_pb2.Event.FromString(data) for _, data in store.recent_events(EVENT_HISTORY)
+    ]
+    return EventBus(
+        history=EVENT_HISTORY,
+        restored=restored,
+        last_sequence=store.last_event_sequence(),
+        sink=journal.event,
+        reserve=journal.reserve_events,
+    )
 
 
 def _log_failure(task: asyncio.Future[Any]) -> None:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import datetime
 import platform
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -47,6 +47,7 @@ from ..v1 import (
 )
 from ._bootstrap import JoinServicer
 from ._logstreams import LogStreams
+from ._operations import REQUEST_ID_METADATA, bounded_target, check_request_id, new_request_id
 from ._registry import Entry
 from ._validation import check_message, check_replicas, check_spec
 
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 R = TypeVar("R")
+Resp = TypeVar("Resp", bound=Message)
 
 SERVER_OPTIONS = (
     # One server per port (grpc-core shares a port by default; _exclusive).
@@ -127,14 +129,53 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
         self._m = manager
         self._logs = LogStreams(manager, manager.logs)
 
-    def _audit(self, context: Context, verb: str, target: str, detail: str = "") -> None:
+    def _audit(
+        self, context: Context, verb: str, target: str, detail: str = "", request_id: str = ""
+    ) -> str:
         """The audit trail: every mutating call is an event naming its caller
-        (the peer's certificate identity), before the manager acts on it."""
+        (the peer's certificate identity), before the manager acts on it; the actor."""
         identity = peer_identity(context)
         actor = identity.uri if identity is not None else f"anonymous (insecure) {context.peer()}"
         words = f"{verb} {echo(target)}" + (f" ({detail})" if detail else "")
         self._m.events.publish(
-            manager_pb2.EVENT_TYPE_REQUESTED, "", target, f"{words} by {actor}", actor=actor
+            manager_pb2.EVENT_TYPE_REQUESTED,
+            "",
+            target,
+            f"{words} by {actor}",
+            actor=actor,
+            request_id=request_id,
+        )
+        return actor
+
+    async def _operate(
+        self,
+        context: Context,
+        verb: str,
+        request: Any,
+        target: str,
+        action: Callable[[], Awaitable[Resp]],
+        response_type: type[Resp],
+        detail: str = "",
+    ) -> Resp:
+        """A mutating call as an operation (_operations): audited, run once per
+        request_id (the manager's own when none is given, returned in the
+        trailing metadata), its outcome kept for GetOperation."""
+        request_id = request.request_id
+        if request_id:
+            check_request_id(request_id)
+        else:
+            request_id = new_request_id()
+        context.set_trailing_metadata(((REQUEST_ID_METADATA, request_id),))
+        target = bounded_target(target)
+        actor = self._audit(context, verb, target, detail, request_id)
+        return await self._m.operations.run(
+            request_id=request_id,
+            method=verb,
+            request=request,
+            target=target,
+            actor=actor,
+            action=action,
+            response_type=response_type,
         )
 
     async def ListContainers(
@@ -165,62 +206,133 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def RunContainer(
         self, request: manager_pb2.RunContainerRequest, context: Context
     ) -> manager_pb2.RunContainerResponse:
-        self._audit(context, "RunContainer", request.spec.name)
-        check_spec(request.spec, "spec")
-        entries = await self._m.run(request.spec)
-        return manager_pb2.RunContainerResponse(containers=[e.to_proto() for e in entries])
+        async def run() -> manager_pb2.RunContainerResponse:
+            check_spec(request.spec, "spec")
+            entries = await self._m.run(request.spec)
+            return manager_pb2.RunContainerResponse(containers=[e.to_proto() for e in entries])
+
+        return await self._operate(
+            context,
+            "RunContainer",
+            request,
+            request.spec.name,
+            run,
+            manager_pb2.RunContainerResponse,
+        )
 
     async def StopContainer(
         self, request: manager_pb2.StopContainerRequest, context: Context
     ) -> manager_pb2.StopContainerResponse:
-        self._audit(context, "StopContainer", request.container)
-        stopped = await self._m.stop_container(request.container, _grace(request), request.message)
-        return manager_pb2.StopContainerResponse(
-            container=stopped.entry.to_proto(), killed=stopped.killed
+        async def stop() -> manager_pb2.StopContainerResponse:
+            grace = _grace(request)
+            stopped = await self._m.stop_container(request.container, grace, request.message)
+            return manager_pb2.StopContainerResponse(
+                container=stopped.entry.to_proto(), killed=stopped.killed
+            )
+
+        return await self._operate(
+            context,
+            "StopContainer",
+            request,
+            request.container,
+            stop,
+            manager_pb2.StopContainerResponse,
         )
 
     async def PauseContainer(
         self, request: manager_pb2.PauseContainerRequest, context: Context
     ) -> manager_pb2.PauseContainerResponse:
-        self._audit(context, "PauseContainer", request.container)
-        entry = await self._m.simple(request.container, "pause")
-        return manager_pb2.PauseContainerResponse(container=entry.to_proto())
+        async def pause() -> manager_pb2.PauseContainerResponse:
+            entry = await self._m.simple(request.container, "pause")
+            return manager_pb2.PauseContainerResponse(container=entry.to_proto())
+
+        return await self._operate(
+            context,
+            "PauseContainer",
+            request,
+            request.container,
+            pause,
+            manager_pb2.PauseContainerResponse,
+        )
 
     async def ResumeContainer(
         self, request: manager_pb2.ResumeContainerRequest, context: Context
     ) -> manager_pb2.ResumeContainerResponse:
-        self._audit(context, "ResumeContainer", request.container)
-        entry = await self._m.simple(request.container, "resume")
-        return manager_pb2.ResumeContainerResponse(container=entry.to_proto())
+        async def resume() -> manager_pb2.ResumeContainerResponse:
+            entry = await self._m.simple(request.container, "resume")
+            return manager_pb2.ResumeContainerResponse(container=entry.to_proto())
+
+        return await self._operate(
+            context,
+            "ResumeContainer",
+            request,
+            request.container,
+            resume,
+            manager_pb2.ResumeContainerResponse,
+        )
 
     async def CheckpointContainer(
         self, request: manager_pb2.CheckpointContainerRequest, context: Context
     ) -> manager_pb2.CheckpointContainerResponse:
-        self._audit(context, "CheckpointContainer", request.container)
-        return await self._m.checkpoint(request.container)
+        return await self._operate(
+            context,
+            "CheckpointContainer",
+            request,
+            request.container,
+            lambda: self._m.checkpoint(request.container),
+            manager_pb2.CheckpointContainerResponse,
+        )
 
     async def RestoreContainer(
         self, request: manager_pb2.RestoreContainerRequest, context: Context
     ) -> manager_pb2.RestoreContainerResponse:
-        self._audit(context, "RestoreContainer", request.container)
-        entry = await self._m.restore(request.container, request.checkpoint_id)
-        return manager_pb2.RestoreContainerResponse(container=entry.to_proto())
+        async def restore() -> manager_pb2.RestoreContainerResponse:
+            entry = await self._m.restore(request.container, request.checkpoint_id)
+            return manager_pb2.RestoreContainerResponse(container=entry.to_proto())
+
+        return await self._operate(
+            context,
+            "RestoreContainer",
+            request,
+            request.container,
+            restore,
+            manager_pb2.RestoreContainerResponse,
+        )
 
     async def EvictContainer(
         self, request: manager_pb2.EvictContainerRequest, context: Context
     ) -> manager_pb2.EvictContainerResponse:
-        self._audit(context, "EvictContainer", request.container)
-        entry = self._m.resolve(request.container)
-        await self._m.evict(entry, _grace(request), request.message or "evicted by an operator")
-        return manager_pb2.EvictContainerResponse(container=entry.to_proto())
+        async def evict() -> manager_pb2.EvictContainerResponse:
+            entry = self._m.resolve(request.container)
+            why = request.message or "evicted by an operator"
+            await self._m.evict(entry, _grace(request), why)
+            return manager_pb2.EvictContainerResponse(container=entry.to_proto())
+
+        return await self._operate(
+            context,
+            "EvictContainer",
+            request,
+            request.container,
+            evict,
+            manager_pb2.EvictContainerResponse,
+        )
 
     async def ScaleContainer(
         self, request: manager_pb2.ScaleContainerRequest, context: Context
     ) -> manager_pb2.ScaleContainerResponse:
-        self._audit(context, "ScaleContainer", request.container)
-        check_replicas(request.replicas, "replicas")
-        entries = await self._m.scale(request.container, request.replicas)
-        return manager_pb2.ScaleContainerResponse(containers=[e.to_proto() for e in entries])
+        async def scale() -> manager_pb2.ScaleContainerResponse:
+            check_replicas(request.replicas, "replicas")
+            entries = await self._m.scale(request.container, request.replicas)
+            return manager_pb2.ScaleContainerResponse(containers=[e.to_proto() for e in entries])
+
+        return await self._operate(
+            context,
+            "ScaleContainer",
+            request,
+            request.container,
+            scale,
+            manager_pb2.ScaleContainerResponse,
+        )
 
     def _targets(self, names: Iterable[str], selector: str) -> list[Entry]:
         if names:
@@ -259,12 +371,23 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def ApplySpecs(
         self, request: manager_pb2.ApplySpecsRequest, context: Context
     ) -> manager_pb2.ApplySpecsResponse:
-        if not request.dry_run:
-            names = ", ".join(spec.name for spec in request.specs)
-            self._audit(context, "ApplySpecs", names, f"owner {request.owner or 'default'}")
-        for index, spec in enumerate(request.specs):
-            check_spec(spec, f"specs[{index}]")
-        return await self._m.apply(request)
+        async def apply() -> manager_pb2.ApplySpecsResponse:
+            for index, spec in enumerate(request.specs):
+                check_spec(spec, f"specs[{index}]")
+            return await self._m.apply(request)
+
+        if request.dry_run:  # changes nothing: not an operation (request_id is ignored)
+            return await apply()
+        names = ", ".join(spec.name for spec in request.specs)
+        return await self._operate(
+            context,
+            "ApplySpecs",
+            request,
+            names,
+            apply,
+            manager_pb2.ApplySpecsResponse,
+            f"owner {request.owner or 'default'}",
+        )
 
     async def CreateBootstrapToken(
         self, request: manager_pb2.CreateBootstrapTokenRequest, context: Context
@@ -292,23 +415,67 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def RestartContainer(
         self, request: manager_pb2.RestartContainerRequest, context: Context
     ) -> manager_pb2.RestartContainerResponse:
-        self._audit(context, "RestartContainer", request.container)
-        entry = await self._m.restart_container(request.container, _grace(request))
-        return manager_pb2.RestartContainerResponse(container=entry.to_proto())
+        async def restart() -> manager_pb2.RestartContainerResponse:
+            entry = await self._m.restart_container(request.container, _grace(request))
+            return manager_pb2.RestartContainerResponse(container=entry.to_proto())
+
+        return await self._operate(
+            context,
+            "RestartContainer",
+            request,
+            request.container,
+            restart,
+            manager_pb2.RestartContainerResponse,
+        )
 
     async def KillContainer(
         self, request: manager_pb2.KillContainerRequest, context: Context
     ) -> manager_pb2.KillContainerResponse:
-        self._audit(context, "KillContainer", request.container)
-        entry = await self._m.kill_container(request.container, request.signal)
-        return manager_pb2.KillContainerResponse(container=entry.to_proto())
+        async def kill() -> manager_pb2.KillContainerResponse:
+            entry = await self._m.kill_container(request.container, request.signal)
+            return manager_pb2.KillContainerResponse(container=entry.to_proto())
+
+        return await self._operate(
+            context,
+            "KillContainer",
+            request,
+            request.container,
+            kill,
+            manager_pb2.KillContainerResponse,
+        )
 
     async def DeleteContainer(
         self, request: manager_pb2.DeleteContainerRequest, context: Context
     ) -> manager_pb2.DeleteContainerResponse:
-        self._audit(context, "DeleteContainer", request.container)
-        entry = await self._m.delete_container(request.container, purge=request.purge)
-        return manager_pb2.DeleteContainerResponse(container=entry.to_proto())
+        async def delete() -> manager_pb2.DeleteContainerResponse:
+            entry = await self._m.delete_container(request.container, purge=request.purge)
+            return manager_pb2.DeleteContainerResponse(container=entry.to_proto())
+
+        return await self._operate(
+            context,
+            "DeleteContainer",
+            request,
+            request.container,
+            delete,
+            manager_pb2.DeleteContainerResponse,
+        )
+
+    async def GetOperation(
+        self, request: manager_pb2.GetOperationRequest, context: Context
+    ) -> manager_pb2.GetOperationResponse:
+        if not request.request_id:
+            raise invalid_argument("request_id", "give the request_id of a mutating call")
+        check_request_id(request.request_id)
+        return manager_pb2.GetOperationResponse(
+            operation=await self._m.operations.get(request.request_id)
+        )
+
+    async def ListOperations(
+        self, request: manager_pb2.ListOperationsRequest, context: Context
+    ) -> manager_pb2.ListOperationsResponse:
+        return manager_pb2.ListOperationsResponse(
+            operations=self._m.operations.list(request.container, request.page_size)
+        )
 
 
 def version_response() -> manager_pb2.GetVersionResponse:

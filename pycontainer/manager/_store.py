@@ -16,9 +16,9 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import grpc
 
@@ -31,6 +31,8 @@ __all__ = [
     "AppliedSpec",
     "CheckpointInfo",
     "ContainerRecord",
+    "JournalStore",
+    "OperationRecord",
     "SQLiteStore",
     "StateStore",
     "StoreError",
@@ -92,6 +94,70 @@ class AppliedSpec:
     # The spec's hash without replicas (as the spec-hash label carries it).
     spec_hash: str
     applied_time: float
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    """One mutating Manager call and its outcome (Operation in the API)."""
+
+    request_id: str
+    method: str
+    # The container id or name the call named.
+    target: str
+    actor: str
+    # SHA-256 of the method and the request without its request_id: a retry
+    # with the same id must be the same call.
+    fingerprint: str
+    # An OperationState number.
+    state: int
+    start_time: float
+    end_time: float | None = None
+    # The google.rpc.Code and message it ended with.
+    code: int = 0
+    message: str = ""
+    # The serialized google.protobuf.Any of its response, when it succeeded.
+    response: bytes = b""
+
+
+@runtime_checkable
+class JournalStore(Protocol):
+    """Where operations and events outlive the manager (SQLiteStore is one); a
+    store without these keeps them in memory only."""
+
+    def open_journal(self) -> None:
+        """Create the journal's tables if missing."""
+        ...
+
+    def write_journal(
+        self,
+        operations: Sequence[OperationRecord],
+        events: Sequence[tuple[int, bytes]],
+        *,
+        operations_kept: int,
+        events_kept: int,
+        event_sequence: int | None = None,
+    ) -> None:
+        """Insert or replace operations (by request_id) and add events (sequence,
+        serialized Event) in one transaction, then drop the oldest past the
+        bounds; with ``event_sequence``, set last_event_sequence to it."""
+        ...
+
+    def get_operation(self, request_id: str) -> OperationRecord | None:
+        """One operation with its response, or None."""
+        ...
+
+    def list_operations(self, limit: int) -> list[OperationRecord]:
+        """The newest ``limit`` operations, oldest first, without their responses."""
+        ...
+
+    def recent_events(self, limit: int) -> list[tuple[int, bytes]]:
+        """The newest ``limit`` events (sequence, serialized Event), oldest first."""
+        ...
+
+    def last_event_sequence(self) -> int:
+        """Where the next manager's event numbers start after: the highest
+        written, or higher as set (a running manager's reservation); 0 for none."""
+        ...
 
 
 class StateStore(Protocol):
@@ -250,6 +316,34 @@ _APPLIED_SPECS = """CREATE TABLE IF NOT EXISTS applied_specs (
     applied_time REAL NOT NULL
 )"""
 _APPLIED_COLUMNS = "name, owner, spec, spec_hash, applied_time"
+
+# The journal (operations and events), added like applied_specs: created when
+# the manager opens it (open_journal), ignored by older readers. seq orders
+# operations (AUTOINCREMENT: never reused); an event is its serialized proto.
+_JOURNAL_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS operations (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id TEXT NOT NULL UNIQUE,
+        method TEXT NOT NULL,
+        target TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        start_time REAL NOT NULL,
+        end_time REAL,
+        code INTEGER NOT NULL,
+        message TEXT NOT NULL,
+        response BLOB NOT NULL
+    )""",
+    "CREATE TABLE IF NOT EXISTS events (sequence INTEGER PRIMARY KEY, event BLOB NOT NULL)",
+    # Where the next manager's event numbers start after: the highest written
+    # (trimming never lowers it), or a running manager's reservation.
+    "CREATE TABLE IF NOT EXISTS event_sequence (sequence INTEGER NOT NULL)",
+)
+_OPERATION_COLUMNS = (
+    "request_id, method, target, actor, fingerprint, state, start_time, end_time, code, "
+    "message, response"
+)
 
 _CONTAINER_COLUMNS = (
     "id, name, spec, labels, priority, cpu_millis, memory_bytes, state, create_time, "
@@ -488,6 +582,113 @@ class SQLiteStore:
             cursor = db.execute("DELETE FROM checkpoints WHERE container_id = ?", (container_id,))
         return cursor.rowcount
 
+    # -- the journal: operations and events (JournalStore) ------------------------------
+    def open_journal(self) -> None:
+        """Create the journal's tables if missing."""
+        with self._transaction() as db:
+            for statement in _JOURNAL_SCHEMA:
+                db.execute(statement)
+
+    def write_journal(
+        self,
+        operations: Sequence[OperationRecord],
+        events: Sequence[tuple[int, bytes]],
+        *,
+        operations_kept: int,
+        events_kept: int,
+        event_sequence: int | None = None,
+    ) -> None:
+        """Insert or replace operations (by request_id) and add events (sequence,
+        serialized Event) in one transaction, then drop the oldest past the
+        bounds; with ``event_sequence``, set last_event_sequence to it."""
+        updates = ", ".join(
+            f"{c} = excluded.{c}" for c in ("state", "end_time", "code", "message", "response")
+        )
+        with self._transaction() as db:
+            db.executemany(
+                f"INSERT INTO operations ({_OPERATION_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"ON CONFLICT (request_id) DO UPDATE SET {updates}",
+                [
+                    (
+                        o.request_id,
+                        o.method,
+                        o.target,
+                        o.actor,
+                        o.fingerprint,
+                        o.state,
+                        o.start_time,
+                        o.end_time,
+                        o.code,
+                        o.message,
+                        o.response,
+                    )
+                    for o in operations
+                ],
+            )
+            db.executemany("INSERT OR REPLACE INTO events VALUES (?, ?)", events)
+            # Set first, then raised to what this batch wrote: a reservation
+            # never hides a number written after it was made.
+            if event_sequence is not None:
+                db.execute("DELETE FROM event_sequence")
+                db.execute("INSERT INTO event_sequence VALUES (?)", (event_sequence,))
+            if events:
+                top = max(sequence for sequence, _ in events)
+                db.execute("DELETE FROM event_sequence WHERE sequence < ?", (top,))
+                db.execute(
+                    "INSERT INTO event_sequence SELECT ? WHERE NOT EXISTS "
+                    "(SELECT 1 FROM event_sequence)",
+                    (top,),
+                )
+            # In the same transaction: the bounds hold after a crash too.
+            db.execute(
+                "DELETE FROM operations WHERE seq <= "
+                "(SELECT seq FROM operations ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (operations_kept,),
+            )
+            db.execute(
+                "DELETE FROM events WHERE sequence <= "
+                "(SELECT sequence FROM events ORDER BY sequence DESC LIMIT 1 OFFSET ?)",
+                (events_kept,),
+            )
+
+    def get_operation(self, request_id: str) -> OperationRecord | None:
+        """One operation with its response, or None."""
+        with self._transaction(write=False) as db:
+            row = db.execute(
+                f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE request_id = ?",
+                (request_id,),
+            ).fetchone()
+        return None if row is None else _operation(row)
+
+    def list_operations(self, limit: int) -> list[OperationRecord]:
+        """The newest ``limit`` operations, oldest first, without their responses."""
+        columns = _OPERATION_COLUMNS.replace("response", "x''")
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                f"SELECT {columns} FROM (SELECT * FROM operations ORDER BY seq DESC LIMIT ?) "
+                "ORDER BY seq",
+                (limit,),
+            ).fetchall()
+        return [_operation(row) for row in rows]
+
+    def recent_events(self, limit: int) -> list[tuple[int, bytes]]:
+        """The newest ``limit`` events, oldest first."""
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                "SELECT sequence, event FROM "
+                "(SELECT * FROM events ORDER BY sequence DESC LIMIT ?) ORDER BY sequence",
+                (limit,),
+            ).fetchall()
+        return [(sequence, bytes(event)) for sequence, event in rows]
+
+    def last_event_sequence(self) -> int:
+        """Where the next manager's event numbers start after: the highest
+        written, or higher as set (a running manager's reservation); 0 for none."""
+        with self._transaction(write=False) as db:
+            row = db.execute("SELECT max(sequence) FROM event_sequence").fetchone()
+        return int(row[0] or 0)
+
     def close(self) -> None:
         """Close the file; idempotent. Later calls raise StoreError."""
         with self._lock:
@@ -551,3 +752,20 @@ def _checkpoint_row(info: CheckpointInfo) -> tuple[Any, ...]:
 
 def _checkpoint(row: tuple[Any, ...]) -> CheckpointInfo:
     return CheckpointInfo(*row)
+
+
+def _operation(row: tuple[Any, ...]) -> OperationRecord:
+    (request_id, method, target, actor, fingerprint, state, start, end, code, message) = row[:10]
+    return OperationRecord(
+        request_id=request_id,
+        method=method,
+        target=target,
+        actor=actor,
+        fingerprint=fingerprint,
+        state=state,
+        start_time=start,
+        end_time=end,
+        code=code,
+        message=message,
+        response=bytes(row[10]),
+    )

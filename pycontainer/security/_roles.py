@@ -66,6 +66,8 @@ METHOD_ROLES: Mapping[str, Role] = {
             "StreamLogs",
             "WatchMetrics",
             "GetVersion",
+            "GetOperation",
+            "ListOperations",
         )
     },
     **{

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
@@ -138,6 +139,42 @@ APPLY_ACTION_REPLACED: ApplyAction.ValueType  # 4
 APPLY_ACTION_PRUNED: ApplyAction.ValueType  # 5
 """Removed by prune."""
 Global___ApplyAction: _TypeAlias = ApplyAction  # noqa: Y015
+
+class _OperationState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OperationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OperationState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OPERATION_STATE_UNSPECIFIED: _OperationState.ValueType  # 0
+    """Not given."""
+    OPERATION_STATE_RUNNING: _OperationState.ValueType  # 1
+    """The manager is carrying it out."""
+    OPERATION_STATE_SUCCEEDED: _OperationState.ValueType  # 2
+    """It finished; Operation.response holds the call's response."""
+    OPERATION_STATE_FAILED: _OperationState.ValueType  # 3
+    """It finished with an error; Operation.status says which."""
+    OPERATION_STATE_INTERRUPTED: _OperationState.ValueType  # 4
+    """The manager stopped or died while it ran: whether it took effect is
+    unknown; the container's state (GetContainer) tells.
+    """
+
+class OperationState(_OperationState, metaclass=_OperationStateEnumTypeWrapper):
+    """Where an operation is."""
+
+OPERATION_STATE_UNSPECIFIED: OperationState.ValueType  # 0
+"""Not given."""
+OPERATION_STATE_RUNNING: OperationState.ValueType  # 1
+"""The manager is carrying it out."""
+OPERATION_STATE_SUCCEEDED: OperationState.ValueType  # 2
+"""It finished; Operation.response holds the call's response."""
+OPERATION_STATE_FAILED: OperationState.ValueType  # 3
+"""It finished with an error; Operation.status says which."""
+OPERATION_STATE_INTERRUPTED: OperationState.ValueType  # 4
+"""The manager stopped or died while it ran: whether it took effect is
+unknown; the container's state (GetContainer) tells.
+"""
+Global___OperationState: _TypeAlias = OperationState  # noqa: Y015
 
 @_typing.final
 class Container(_message.Message):
@@ -345,6 +382,7 @@ class Event(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     COMMAND_ID_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Increasing number of the event in this manager."""
     type: Global___EventType.ValueType
@@ -363,6 +401,10 @@ class Event(_message.Message):
     """Who asked, for EVENT_TYPE_REQUESTED: the caller's SPIFFE identity, or
     "anonymous (insecure) PEER" on a manager run with --insecure.
     """
+    request_id: _builtins.str
+    """The operator request concerned (Operation.request_id), for
+    EVENT_TYPE_REQUESTED.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
@@ -379,10 +421,11 @@ class Event(_message.Message):
         state: _container_pb2.LifecycleState.ValueType = ...,
         command_id: _builtins.str = ...,
         actor: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "command_id", b"command_id", "container_id", b"container_id", "container_name", b"container_name", "message", b"message", "sequence", b"sequence", "state", b"state", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "command_id", b"command_id", "container_id", b"container_id", "container_name", b"container_name", "message", b"message", "request_id", b"request_id", "sequence", b"sequence", "state", b"state", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -451,6 +494,15 @@ class RunContainerRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id does not act again
+    but waits for, or returns, the first call's outcome (GetOperation tells
+    it too); the same id with another method or request is INVALID_ARGUMENT.
+    1 to 64 characters of [A-Za-z0-9._-] (a UUID); empty: the manager
+    assigns one and returns it in the `pycontainer-request-id` trailing
+    metadata.
+    """
     @_builtins.property
     def spec(self) -> _spec_pb2.ContainerSpec:
         """What to launch."""
@@ -459,10 +511,11 @@ class RunContainerRequest(_message.Message):
         self,
         *,
         spec: _spec_pb2.ContainerSpec | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -501,10 +554,19 @@ class StopContainerRequest(_message.Message):
     CONTAINER_FIELD_NUMBER: _builtins.int
     GRACE_PERIOD_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     container: _builtins.str
     """Container id or name."""
     message: _builtins.str
     """Why, for the hook and the events."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id does not act again
+    but waits for, or returns, the first call's outcome (GetOperation tells
+    it too); the same id with another method or request is INVALID_ARGUMENT.
+    1 to 64 characters of [A-Za-z0-9._-] (a UUID); empty: the manager
+    assigns one and returns it in the `pycontainer-request-id` trailing
+    metadata.
+    """
     @_builtins.property
     def grace_period(self) -> _duration_pb2.Duration:
         """Grace period; unset means the container's own (30s by default)."""
@@ -515,10 +577,11 @@ class StopContainerRequest(_message.Message):
         container: _builtins.str = ...,
         grace_period: _duration_pb2.Duration | None = ...,
         message: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "grace_period", b"grace_period", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "grace_period", b"grace_period", "message", b"message", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -561,16 +624,26 @@ class PauseContainerRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTAINER_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     container: _builtins.str
     """Container id or name."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id does not act again
+    but waits for, or returns, the first call's outcome (GetOperation tells
+    it too); the same id with another method or request is INVALID_ARGUMENT.
+    1 to 64 characters of [A-Za-z0-9._-] (a UUID); empty: the manager
+    assigns one and returns it in the `pycontainer-request-id` trailing
+    metadata.
+    """
     def __init__(
         self,
         *,
         container: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -607,16 +680,26 @@ class ResumeContainerRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTAINER_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     container: _builtins.str
     """Container id or name."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id does not act again
+    but waits for, or returns, the first call's outcome (GetOperation tells
+    it too); the same id with another method or request is INVALID_ARGUMENT.
+    1 to 64 characters of [A-Za-z0-9._-] (a UUID); empty: the manager
+    assigns one and returns it in the `pycontainer-request-id` trailing
+    metadata.
+    """
     def __init__(
         self,
         *,
         container: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -653,16 +736,26 @@ class CheckpointContainerRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTAINER_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     container: _builtins.str
     """Container id or name."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id does not act again
+    but waits for, or returns, the first call's outcome (GetOperation tells
+    it too); the same id with another method or request is INVALID_ARGUMENT.
+    1 to 64 characters of [A-Za-z0-9._-] (a UUID); empty: the manager
+    assigns one and returns it in the `pycontainer-request-id` trailing
+    metadata.
+    """
     def __init__(
         self,
         *,
         container: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -712,19 +805,29 @@ class RestoreContainerRequest(_message.Message):
 
     CONTAINER_FIELD_NUMBER: _builtins.int
     CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     container: _builtins.str
     """Container id or name."""
     checkpoint_id: _builtins.str
     """Checkpoint to restore; empty means the container's newest."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id does not act again
+    but waits for, or returns, the first call's outcome (GetOperation tells
+    it too); the same id with another method or request is INVALID_ARGUMENT.
+    1 to 64 characters of [A-Za-z0-9._-] (a UUID); empty: the manager
+    assigns one and returns it in the `pycontainer-request-id` trailing
+    metadata.
+    """
     def __init__(
         self,
         *,
         container: _builtins.str = ...,
         checkpoint_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "container", b"container"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "container", b"container", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -763,10 +866,19 @@ class EvictContainerRequest(_message.Message):
     CONTAINER_FIELD_NUMBER: _builtins.int
     GRACE_PERIOD_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     container: _builtins.str
     """Container id or name."""
     message: _builtins.str
     """Why."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id does not act again
+    but waits for, or returns, the first call's outcome (GetOperation tells
+    it too); the same id with another method or request is INVALID_ARGUMENT.
+    1 to 64 characters of [A-Za-z0-9._-] (a UUID); empty: the manager
+    assigns one and returns it in the `pycontainer-request-id` trailing
+    metadata.
+    """
     @_builtins.property
     def grace_period(self) -> _duration_pb2.Duration:
         """Grace period; unset means the container's own."""
@@ -777,10 +889,11 @@ class EvictContainerRequest(_message.Message):
         container: _builtins.str = ...,
         grace_period: _duration_pb2.Duration | None = ...,
         message: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "grace_period", b"grace_period", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "grace_period", b"grace_period", "message", b"message", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -818,19 +931,29 @@ class ScaleContainerRequest(_message.Message):
 
     CONTAINER_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     container: _builtins.str
     """Container id or name whose spec is scaled."""
     replicas: _builtins.int
     """Desired number of replicas, 0 or more."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id does not act again
+    but waits for, or returns, the first call's outcome (GetOperation tells
+    it too); the same id with another method or request is INVALID_ARGUMENT.
+    1 to 64 characters of [A-Za-z0-9._-] (a UUID); empty: the manager
+    assigns one and returns it in the `pycontainer-request-id` trailing
+    metadata.
+    """
     def __init__(
         self,
         *,
         container: _builtins.str = ...,
         replicas: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "replicas", b"replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "replicas", b"replicas", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1088,8 +1211,17 @@ class RestartContainerRequest(_message.Message):
 
     CONTAINER_FIELD_NUMBER: _builtins.int
     GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     container: _builtins.str
     """Container id or name."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id does not act again
+    but waits for, or returns, the first call's outcome (GetOperation tells
+    it too); the same id with another method or request is INVALID_ARGUMENT.
+    1 to 64 characters of [A-Za-z0-9._-] (a UUID); empty: the manager
+    assigns one and returns it in the `pycontainer-request-id` trailing
+    metadata.
+    """
     @_builtins.property
     def grace_period(self) -> _duration_pb2.Duration:
         """Grace period of the stop; unset means the container's own."""
@@ -1099,10 +1231,11 @@ class RestartContainerRequest(_message.Message):
         *,
         container: _builtins.str = ...,
         grace_period: _duration_pb2.Duration | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "grace_period", b"grace_period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "grace_period", b"grace_period", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1140,19 +1273,29 @@ class KillContainerRequest(_message.Message):
 
     CONTAINER_FIELD_NUMBER: _builtins.int
     SIGNAL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     container: _builtins.str
     """Container id or name."""
     signal: _builtins.str
     """Signal name ("KILL", "SIGTERM", "INT") or number; empty means KILL."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id does not act again
+    but waits for, or returns, the first call's outcome (GetOperation tells
+    it too); the same id with another method or request is INVALID_ARGUMENT.
+    1 to 64 characters of [A-Za-z0-9._-] (a UUID); empty: the manager
+    assigns one and returns it in the `pycontainer-request-id` trailing
+    metadata.
+    """
     def __init__(
         self,
         *,
         container: _builtins.str = ...,
         signal: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "signal", b"signal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "request_id", b"request_id", "signal", b"signal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1190,19 +1333,29 @@ class DeleteContainerRequest(_message.Message):
 
     CONTAINER_FIELD_NUMBER: _builtins.int
     PURGE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     container: _builtins.str
     """Container id or name; it must have ended (STOPPED or FAILED, or exited)."""
     purge: _builtins.bool
     """Also remove its retained logs and stored checkpoints."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id does not act again
+    but waits for, or returns, the first call's outcome (GetOperation tells
+    it too); the same id with another method or request is INVALID_ARGUMENT.
+    1 to 64 characters of [A-Za-z0-9._-] (a UUID); empty: the manager
+    assigns one and returns it in the `pycontainer-request-id` trailing
+    metadata.
+    """
     def __init__(
         self,
         *,
         container: _builtins.str = ...,
         purge: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "purge", b"purge"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "purge", b"purge", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1242,6 +1395,7 @@ class ApplySpecsRequest(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     PRUNE_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     owner: _builtins.str
     """Who owns this set (the file's owner label value); prune removes only
     containers carrying this owner. Empty means "default".
@@ -1250,6 +1404,14 @@ class ApplySpecsRequest(_message.Message):
     """Remove containers of this owner whose spec is no longer listed."""
     dry_run: _builtins.bool
     """Only say what would change (pycontainer diff); change nothing."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id does not act again
+    but waits for, or returns, the first call's outcome (GetOperation tells
+    it too); the same id with another method or request is INVALID_ARGUMENT.
+    1 to 64 characters of [A-Za-z0-9._-] (a UUID); empty: the manager
+    assigns one and returns it in the `pycontainer-request-id` trailing
+    metadata. Ignored with dry_run (which changes nothing).
+    """
     @_builtins.property
     def specs(self) -> _containers.RepeatedCompositeFieldContainer[_spec_pb2.ContainerSpec]:
         """The desired specs, as in one spec file."""
@@ -1261,10 +1423,11 @@ class ApplySpecsRequest(_message.Message):
         owner: _builtins.str = ...,
         prune: _builtins.bool = ...,
         dry_run: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "owner", b"owner", "prune", b"prune", "specs", b"specs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "owner", b"owner", "prune", b"prune", "request_id", b"request_id", "specs", b"specs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1574,3 +1737,197 @@ class RevokeBootstrapTokenResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeBootstrapTokenResponse: _TypeAlias = RevokeBootstrapTokenResponse  # noqa: Y015
+
+@_typing.final
+class OperationStatus(_message.Message):
+    """How an operation ended: wire-compatible with google.rpc.Status (its fields
+    1 and 2; the rich details stay in the call's own status).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The google.rpc.Code (grpc status code number); 0 (OK) on success."""
+    message: _builtins.str
+    """The error message; empty on success."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OperationStatus: _TypeAlias = OperationStatus  # noqa: Y015
+
+@_typing.final
+class Operation(_message.Message):
+    """One mutating call of the Manager API and its outcome."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The call's request_id (given by the caller or assigned by the manager)."""
+    method: _builtins.str
+    """The method's name, such as "PauseContainer"."""
+    target: _builtins.str
+    """The container id or name the call named (names, comma-separated, for
+    ApplySpecs).
+    """
+    actor: _builtins.str
+    """Who called: the caller's SPIFFE identity, or "anonymous (insecure)
+    PEER" on a manager run with --insecure.
+    """
+    state: Global___OperationState.ValueType
+    """Where it is."""
+    @_builtins.property
+    def status(self) -> Global___OperationStatus:
+        """How it ended; unset while RUNNING."""
+
+    @_builtins.property
+    def response(self) -> _any_pb2.Any:
+        """The call's response (such as a PauseContainerResponse), when SUCCEEDED."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the manager received it."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it ended; unset while RUNNING."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        target: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        state: Global___OperationState.ValueType = ...,
+        status: Global___OperationStatus | None = ...,
+        response: _any_pb2.Any | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "response", b"response", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "end_time", b"end_time", "method", b"method", "request_id", b"request_id", "response", b"response", "start_time", b"start_time", "state", b"state", "status", b"status", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Operation: _TypeAlias = Operation  # noqa: Y015
+
+@_typing.final
+class GetOperationRequest(_message.Message):
+    """Request of Manager.GetOperation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request_id of the call."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOperationRequest: _TypeAlias = GetOperationRequest  # noqa: Y015
+
+@_typing.final
+class GetOperationResponse(_message.Message):
+    """Response of Manager.GetOperation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def operation(self) -> Global___Operation:
+        """The operation."""
+
+    def __init__(
+        self,
+        *,
+        operation: Global___Operation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOperationResponse: _TypeAlias = GetOperationResponse  # noqa: Y015
+
+@_typing.final
+class ListOperationsRequest(_message.Message):
+    """Request of Manager.ListOperations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    container: _builtins.str
+    """Only operations naming this container (id or name, as the call named
+    it); empty means all.
+    """
+    page_size: _builtins.int
+    """How many, newest first: 0 means 100, more than 1000 means 1000 (AIP-158);
+    negative is INVALID_ARGUMENT.
+    """
+    def __init__(
+        self,
+        *,
+        container: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOperationsRequest: _TypeAlias = ListOperationsRequest  # noqa: Y015
+
+@_typing.final
+class ListOperationsResponse(_message.Message):
+    """Response of Manager.ListOperations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Operation]:
+        """The operations, newest first, without their responses."""
+
+    def __init__(
+        self,
+        *,
+        operations: _abc.Iterable[Global___Operation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operations", b"operations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOperationsResponse: _TypeAlias = ListOperationsResponse  # noqa: Y015

@@ -142,6 +142,16 @@ class ManagerStub(object):
                 request_serializer=pycontainer_dot_v1_dot_manager__pb2.RevokeBootstrapTokenRequest.SerializeToString,
                 response_deserializer=pycontainer_dot_v1_dot_manager__pb2.RevokeBootstrapTokenResponse.FromString,
                 _registered_method=True)
+        self.GetOperation = channel.unary_unary(
+                '/pycontainer.v1.Manager/GetOperation',
+                request_serializer=pycontainer_dot_v1_dot_manager__pb2.GetOperationRequest.SerializeToString,
+                response_deserializer=pycontainer_dot_v1_dot_manager__pb2.GetOperationResponse.FromString,
+                _registered_method=True)
+        self.ListOperations = channel.unary_unary(
+                '/pycontainer.v1.Manager/ListOperations',
+                request_serializer=pycontainer_dot_v1_dot_manager__pb2.ListOperationsRequest.SerializeToString,
+                response_deserializer=pycontainer_dot_v1_dot_manager__pb2.ListOperationsResponse.FromString,
+                _registered_method=True)
 
 
 class ManagerServicer(object):
@@ -303,6 +313,22 @@ class ManagerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetOperation(self, request, context):
+        """The outcome of one mutating call, by its request_id: running, succeeded
+        (with its response), failed (with its status) or interrupted by a manager
+        restart. Kept for the newest 10,000 calls, across manager restarts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOperations(self, request, context):
+        """The newest operations, newest first, optionally of one container.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -410,6 +436,16 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.RevokeBootstrapToken,
                     request_deserializer=pycontainer_dot_v1_dot_manager__pb2.RevokeBootstrapTokenRequest.FromString,
                     response_serializer=pycontainer_dot_v1_dot_manager__pb2.RevokeBootstrapTokenResponse.SerializeToString,
+            ),
+            'GetOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOperation,
+                    request_deserializer=pycontainer_dot_v1_dot_manager__pb2.GetOperationRequest.FromString,
+                    response_serializer=pycontainer_dot_v1_dot_manager__pb2.GetOperationResponse.SerializeToString,
+            ),
+            'ListOperations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperations,
+                    request_deserializer=pycontainer_dot_v1_dot_manager__pb2.ListOperationsRequest.FromString,
+                    response_serializer=pycontainer_dot_v1_dot_manager__pb2.ListOperationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -982,6 +1018,60 @@ class Manager(object):
             '/pycontainer.v1.Manager/RevokeBootstrapToken',
             pycontainer_dot_v1_dot_manager__pb2.RevokeBootstrapTokenRequest.SerializeToString,
             pycontainer_dot_v1_dot_manager__pb2.RevokeBootstrapTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pycontainer.v1.Manager/GetOperation',
+            pycontainer_dot_v1_dot_manager__pb2.GetOperationRequest.SerializeToString,
+            pycontainer_dot_v1_dot_manager__pb2.GetOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pycontainer.v1.Manager/ListOperations',
+            pycontainer_dot_v1_dot_manager__pb2.ListOperationsRequest.SerializeToString,
+            pycontainer_dot_v1_dot_manager__pb2.ListOperationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

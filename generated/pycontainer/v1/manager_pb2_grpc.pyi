@@ -88,6 +88,13 @@ class ManagerStub:
     """The bootstrap tokens not expired yet (their ids, never their secrets)."""
     RevokeBootstrapToken: _grpc.UnaryUnaryMultiCallable[_manager_pb2.RevokeBootstrapTokenRequest, _manager_pb2.RevokeBootstrapTokenResponse]
     """Forget a bootstrap token: it cannot be used to join any more."""
+    GetOperation: _grpc.UnaryUnaryMultiCallable[_manager_pb2.GetOperationRequest, _manager_pb2.GetOperationResponse]
+    """The outcome of one mutating call, by its request_id: running, succeeded
+    (with its response), failed (with its status) or interrupted by a manager
+    restart. Kept for the newest 10,000 calls, across manager restarts.
+    """
+    ListOperations: _grpc.UnaryUnaryMultiCallable[_manager_pb2.ListOperationsRequest, _manager_pb2.ListOperationsResponse]
+    """The newest operations, newest first, optionally of one container."""
 
 @_typing.type_check_only
 class ManagerAsyncStub(ManagerStub):
@@ -149,6 +156,13 @@ class ManagerAsyncStub(ManagerStub):
     """The bootstrap tokens not expired yet (their ids, never their secrets)."""
     RevokeBootstrapToken: _aio.UnaryUnaryMultiCallable[_manager_pb2.RevokeBootstrapTokenRequest, _manager_pb2.RevokeBootstrapTokenResponse]  # type: ignore[assignment]
     """Forget a bootstrap token: it cannot be used to join any more."""
+    GetOperation: _aio.UnaryUnaryMultiCallable[_manager_pb2.GetOperationRequest, _manager_pb2.GetOperationResponse]  # type: ignore[assignment]
+    """The outcome of one mutating call, by its request_id: running, succeeded
+    (with its response), failed (with its status) or interrupted by a manager
+    restart. Kept for the newest 10,000 calls, across manager restarts.
+    """
+    ListOperations: _aio.UnaryUnaryMultiCallable[_manager_pb2.ListOperationsRequest, _manager_pb2.ListOperationsResponse]  # type: ignore[assignment]
+    """The newest operations, newest first, optionally of one container."""
 
 class ManagerServicer(metaclass=_abc_1.ABCMeta):
     """The operator API of the manager: list, inspect and command containers,
@@ -333,5 +347,24 @@ class ManagerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_manager_pb2.RevokeBootstrapTokenResponse, _abc.Awaitable[_manager_pb2.RevokeBootstrapTokenResponse]]:
         """Forget a bootstrap token: it cannot be used to join any more."""
+
+    @_abc_1.abstractmethod
+    def GetOperation(
+        self,
+        request: _manager_pb2.GetOperationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.GetOperationResponse, _abc.Awaitable[_manager_pb2.GetOperationResponse]]:
+        """The outcome of one mutating call, by its request_id: running, succeeded
+        (with its response), failed (with its status) or interrupted by a manager
+        restart. Kept for the newest 10,000 calls, across manager restarts.
+        """
+
+    @_abc_1.abstractmethod
+    def ListOperations(
+        self,
+        request: _manager_pb2.ListOperationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.ListOperationsResponse, _abc.Awaitable[_manager_pb2.ListOperationsResponse]]:
+        """The newest operations, newest first, optionally of one container."""
 
 def add_ManagerServicer_to_server(servicer: ManagerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
