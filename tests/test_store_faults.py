@@ -163,9 +163,17 @@ def test_full_state_disk_answers_and_keeps_everything(tmpfs: Path) -> None:
 
         # A Pause and a Resume answer (their records wait in memory).
         started = time.monotonic()
-        host.stub.PauseContainer(manager_pb2.PauseContainerRequest(container=alpha.id), timeout=5)
+        host.stub.PauseContainer(
+            manager_pb2.PauseContainerRequest(container=alpha.id, request_id="pause-on-full-disk"),
+            timeout=5,
+        )
         wait_container(host.stub, alpha.id, lambda c: c.state == S.LIFECYCLE_STATE_PAUSED, "paused")
         _wait_store(host, ok=False)
+        # Its outcome is queryable while the disk is full (from memory)...
+        operation = host.stub.GetOperation(
+            manager_pb2.GetOperationRequest(request_id="pause-on-full-disk"), timeout=2
+        ).operation
+        assert operation.state == manager_pb2.OPERATION_STATE_SUCCEEDED, operation
         host.stub.ResumeContainer(manager_pb2.ResumeContainerRequest(container=alpha.id), timeout=5)
         wait_container(
             host.stub, alpha.id, lambda c: c.state == S.LIFECYCLE_STATE_RUNNING, "running again"
@@ -243,6 +251,11 @@ def test_full_state_disk_answers_and_keeps_everything(tmpfs: Path) -> None:
     try:
         listed = again.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=5)
         assert {c.identity.id for c in listed.containers} == {alpha.id, beta.id}
+        # ... and after a restart: the journal waited in memory for the space.
+        operation = again.stub.GetOperation(
+            manager_pb2.GetOperationRequest(request_id="pause-on-full-disk"), timeout=2
+        ).operation
+        assert operation.state == manager_pb2.OPERATION_STATE_SUCCEEDED, operation
     finally:
         again.stop()
 

@@ -201,27 +201,29 @@ class Operations:
     ) -> _Outcome:
         try:
             # On disk before it acts: a manager killed while it runs leaves it
-            # RUNNING, which its successor reports INTERRUPTED.
+            # RUNNING, which its successor reports INTERRUPTED. A store that
+            # cannot take it now (full, read-only, stalled) does not stop the
+            # command: the record stays queued, and this manager answers for it.
+            # (The journal logs once when the store starts refusing.)
             await self.journal.durable(record)
-        except (Exception, asyncio.CancelledError) as exc:
-            # Not recorded, so not run: forgotten, so that a retry runs it.
+        except asyncio.CancelledError:
+            # The manager is stopping: not run, and forgotten so that a retry runs it.
             self._running.pop(record.request_id, None)
             self._index.pop(record.request_id, None)
-            why = "the manager is stopping" if isinstance(exc, asyncio.CancelledError) else exc
             error = RequestError(
                 grpc.StatusCode.UNAVAILABLE,
-                f"cannot record the operation, so it did not run ({why}); retry it",
+                "the manager stopped before the operation ran; retry it",
             )
-            if isinstance(exc, asyncio.CancelledError):  # its RUNNING row may be written
-                self.journal.operation(
-                    dataclasses.replace(
-                        record,
-                        state=_FAILED,
-                        end_time=time.time(),
-                        code=code_number(error.code),
-                        message=error.message,
-                    )
+            # Its RUNNING row may be written.
+            self.journal.operation(
+                dataclasses.replace(
+                    record,
+                    state=_FAILED,
+                    end_time=time.time(),
+                    code=code_number(error.code),
+                    message=error.message,
                 )
+            )
             outcome = _Outcome(record, error=error)
             done.set_result(outcome)
             return outcome
