@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from opentelemetry import trace
 
 from .._errors import RequestError, failed_precondition
+from .._secrets import keep_stored_secrets
 from ..agent._metrics import RpcStats
 from ..units import format_cpu, format_memory
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
@@ -32,6 +33,7 @@ from ._logstore import LogStore
 from ._registry import Entry, Registry, state_word
 from ._runtime import ProcessRuntime, Runtime
 from ._scheduler import machine_capacity
+from ._sealing import Sealer
 from ._sessions import Sessions
 from ._settings import EVENT_HISTORY, ManagerSettings
 from ._stopping import Stopped, Stopper
@@ -101,7 +103,11 @@ class Manager:
         # What else a purged record leaves behind: its retained logs.
         self._purgers: list[Purger] = [self.logs.purge, self.trust.forget]
 
-        self.registry = Registry(store, self.events, max_ended=self.settings.max_ended_containers)
+        # Env values are sealed in the state store under the directory's key.
+        sealer = Sealer.in_directory(self.settings.state_dir)
+        self.registry = Registry(
+            store, self.events, sealer, max_ended=self.settings.max_ended_containers
+        )
         self.sessions = Sessions(
             self.registry,
             self.settings,
@@ -369,7 +375,9 @@ class Manager:
         return await self.admission.admit(entry)
 
     async def run(self, spec: spec_pb2.ContainerSpec) -> list[Entry]:
-        """Launch a spec's replicas through its runtime (admission first)."""
+        """Launch a spec's replicas through its runtime (admission first); a
+        "<redacted>" in its env keeps the value stored for its name."""
+        spec = keep_stored_secrets(spec, self.reconciler.stored_specs(spec.name), "spec")
         return await self.supervisor.run(spec)
 
     async def apply(self, request: manager_pb2.ApplySpecsRequest) -> manager_pb2.ApplySpecsResponse:
