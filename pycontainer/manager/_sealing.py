@@ -85,7 +85,8 @@ class Sealer:
         """The spec :meth:`seal_spec` stored (or a plain one stored before
         sealing); SealError naming the variable that does not open."""
         spec = spec_pb2.ContainerSpec.FromString(data)
-        for name, value in spec.env.items():
+        # A copy of the items: a map written to while iterated skips entries.
+        for name, value in list(spec.env.items()):
             if value.startswith(_PREFIX):
                 spec.env[name] = self._open(spec.name, name, value)
         return spec
