@@ -15,7 +15,6 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +27,7 @@ from support import wait_until
 from pycontainer._secrets import REDACTED, keep_stored_secrets, redact_spec
 from pycontainer.cli import main
 from pycontainer.manager import StartRefused
-from pycontainer.manager._sealing import KEY_FILE, SealError, Sealer
+from pycontainer.manager._sealing import KEY_FILE, Sealer, SealError
 from pycontainer.manager._store import AppliedSpec, ContainerRecord, SQLiteStore
 from pycontainer.spec import SpecError, parse_specs, spec_to_dict
 from pycontainer.testing import ManagerHost
@@ -113,10 +112,10 @@ def program_hashes(out: Path) -> set[str]:
 
 
 @pytest.fixture
-def manager_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+def manager_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.INFO)
     caplog.set_level(logging.DEBUG, logger="pycontainer")
-    yield caplog
+    return caplog
 
 
 def test_secret_env_never_shows_and_the_program_gets_it(
@@ -194,12 +193,14 @@ def test_secret_env_never_shows_and_the_program_gets_it(
         strange_file = tmp_path / "stranger.yaml"
         strange_file.write_text(printed.out.replace("name: vault", "name: stranger"))
         run = cli(capsys, manager.address, "apply", "-f", str(strange_file))
-        assert run.code != 0 and "write the value itself" in run.err, run.err
+        assert run.code != 0
+        assert "write the value itself" in run.err, run.err
         # A marker inside the DSN that no stored value is shown as: refused too.
         moved = printed.out.replace("db.internal", "elsewhere")
         strange_file.write_text(moved)
         run = cli(capsys, manager.address, "apply", "-f", str(strange_file))
-        assert run.code != 0 and "DATABASE_URL" in run.err, run.err
+        assert run.code != 0
+        assert "DATABASE_URL" in run.err, run.err
 
         # At rest: nothing of them in the state directory's bytes; the key is private.
         at_rest = state_bytes(state)
@@ -211,11 +212,9 @@ def test_secret_env_never_shows_and_the_program_gets_it(
         # A restarted manager (the program gone meanwhile) launches it with the real values.
         # The manager goes (its containers keep running), then its program dies.
         manager.stop()
-        previous = manager
         os.killpg(vault.pid, signal.SIGKILL)
         out.unlink()
         manager = ManagerHost(state, reconnect_window=timedelta(seconds=1))
-        previous.close()
         wait_until(lambda: out.exists(), 30, "the relaunched program's hashes")
         assert program_hashes(out) == expected_hashes()
         assert vault.identity.id not in {
@@ -270,11 +269,13 @@ def test_a_store_written_before_sealing_still_loads(tmp_path: Path) -> None:
     manager = ManagerHost(state)
     try:
         entry = manager.manager.registry.get("old-00000001")
-        assert entry is not None and entry.spec == plain  # read as it was
+        assert entry is not None
+        assert entry.spec == plain
         got = manager.stub.GetContainer(
             manager_pb2.GetContainerRequest(container="old-00000001"), timeout=5
         ).container
-        assert got.spec.env["PASSWORD"] == REDACTED and got.spec.env["MODE"] == "x"
+        assert got.spec.env["PASSWORD"] == REDACTED
+        assert got.spec.env["MODE"] == "x"
         [applied] = manager.manager.store.list_applied_specs()
         assert manager.manager.registry.sealer.open_spec(applied.spec) == plain
     finally:
@@ -283,9 +284,12 @@ def test_a_store_written_before_sealing_still_loads(tmp_path: Path) -> None:
 
 def test_sealed_values_open_only_with_their_key_and_their_place(tmp_path: Path) -> None:
     sealer = Sealer.in_directory(tmp_path)
-    assert Sealer.in_directory(tmp_path).open_spec(
-        sealer.seal_spec(spec_pb2.ContainerSpec(name="a", env={"K": "v"}))
-    ).env["K"] == "v"  # the key file is made once and read again
+    assert (
+        Sealer.in_directory(tmp_path)
+        .open_spec(sealer.seal_spec(spec_pb2.ContainerSpec(name="a", env={"K": "v"})))
+        .env["K"]
+        == "v"
+    )  # the key file is made once and read again
     spec = spec_pb2.ContainerSpec(name="a", env={"PASSWORD": "pw-1", "OTHER": "o"})
     blob = sealer.seal_spec(spec)
     assert b"pw-1" not in blob
@@ -294,7 +298,7 @@ def test_sealed_values_open_only_with_their_key_and_their_place(tmp_path: Path) 
     assert sealer.open_spec(sealer.seal_spec(many)) == many  # every one, none skipped
     # Another key: SealError naming the variable.
     other = Sealer(os.urandom(32))
-    with pytest.raises(SealError, match="PASSWORD|OTHER"):
+    with pytest.raises(SealError, match=r"PASSWORD|OTHER"):
         other.open_spec(blob)
     # A sealed value moved to another variable (or another spec) does not open.
     swapped = spec_pb2.ContainerSpec.FromString(blob)
@@ -334,9 +338,10 @@ def test_a_key_for_another_store_leaves_the_records_in_place(
     caplog.set_level(logging.WARNING)
     manager = ManagerHost(state)
     try:
-        assert manager.stub.ListContainers(
-            manager_pb2.ListContainersRequest(), timeout=5
-        ).containers == []
+        assert (
+            manager.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=5).containers
+            == []
+        )
         assert "sealed with another key" in caplog.text
         assert len(manager.manager.store.list_containers()) == 1  # kept
     finally:
@@ -347,7 +352,8 @@ def test_a_key_for_another_store_leaves_the_records_in_place(
     manager = ManagerHost(state)
     try:
         [kv] = manager.manager.registry
-        assert kv.spec is not None and kv.spec.env["TOKEN"] == "t-1"
+        assert kv.spec is not None
+        assert kv.spec.env["TOKEN"] == "t-1"
     finally:
         manager.close()
 
@@ -363,7 +369,8 @@ def test_spec_files_declare_secret_env_and_keep_it_out_of_their_errors() -> None
     with pytest.raises(SpecError) as wrong:
         parse_specs("name: a\ncommand: [x]\nenv: {API_KEY: 80801234, A: b}\nsecretEnv: [Z]\n")
     text = str(wrong.value)
-    assert "80801234" not in text and "env.API_KEY: must be a string" in text
+    assert "80801234" not in text
+    assert "env.API_KEY: must be a string" in text
     assert 'secretEnv[0]: "Z" is not a key of env' in text
 
 
