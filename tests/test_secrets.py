@@ -28,6 +28,7 @@ from pycontainer._secrets import REDACTED, keep_stored_secrets, redact_spec
 from pycontainer.cli import main
 from pycontainer.manager import StartRefused
 from pycontainer.manager._sealing import KEY_FILE, Sealer, SealError
+from pycontainer.manager._specdiff import SPEC_HASH_LABEL, spec_hash
 from pycontainer.manager._store import AppliedSpec, ContainerRecord, SQLiteStore
 from pycontainer.spec import SpecError, parse_specs, spec_to_dict
 from pycontainer.testing import ManagerHost
@@ -142,6 +143,12 @@ def test_secret_env_never_shows_and_the_program_gets_it(
         assert {k: got.spec.env[k] for k in SECRETS} == dict.fromkeys(SECRETS, REDACTED)
         assert got.spec.env["DATABASE_URL"] == f"postgres://app:{REDACTED}@db.internal:5432/app"
         assert got.spec.env["OUT"] == str(out)  # not a secret: shown as it is
+        # The public spec-hash label is keyed: no guessing a secret against it.
+        entry = manager.manager.registry.get(got.identity.id)
+        assert entry is not None
+        assert entry.spec is not None
+        keyed = spec_hash(entry.spec, manager.manager.registry.sealer.mac)
+        assert got.identity.labels[SPEC_HASH_LABEL] == keyed != spec_hash(entry.spec)
         history = manager_pb2.WatchEventsRequest(include_history=True, history_only=True)
         assert_hidden(str(list(manager.stub.WatchEvents(history, timeout=10))), "WatchEvents")
 

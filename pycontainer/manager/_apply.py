@@ -247,7 +247,7 @@ class Reconciler:
         out = spec_pb2.ContainerSpec()
         out.CopyFrom(keep_stored_secrets(spec, self.stored_specs(spec.name), where))
         out.labels[OWNER_LABEL] = owner
-        out.labels[SPEC_HASH_LABEL] = spec_hash(out)
+        out.labels[SPEC_HASH_LABEL] = spec_hash(out, self._registry.sealer.mac)
         return out
 
     def stored_specs(self, name: str) -> list[spec_pb2.ContainerSpec]:
@@ -284,7 +284,8 @@ class Reconciler:
         name, wanted = desired.name, desired.replicas or 1
         members = self._members(name)
         digest = desired.labels[SPEC_HASH_LABEL]
-        current = [e for e in members if e.spec is not None and spec_hash(e.spec) == digest]
+        mac = self._registry.sealer.mac
+        current = [e for e in members if e.spec is not None and spec_hash(e.spec, mac) == digest]
         outdated = [e for e in members if e not in current]
         plan = _Plan(name, E.APPLY_ACTION_UNCHANGED, _replicas(wanted), desired, wanted)
         plan.current, plan.outdated = current, outdated

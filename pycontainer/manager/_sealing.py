@@ -21,6 +21,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -51,6 +53,13 @@ class Sealer:
         if len(key) != _KEY_BYTES:
             raise ValueError(f"an AES-256 key is {_KEY_BYTES} bytes, got {len(key)}")
         self._aead = AESGCM(key)
+        # A key of its own for MACs (never the cipher's key for two purposes).
+        self._mac_key = hmac.new(key, b"pycontainer.v1 spec-hash", hashlib.sha256).digest()
+
+    def mac(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` under this directory's key: the spec-hash
+        label, which says "changed" without letting anyone test guesses of a secret."""
+        return hmac.new(self._mac_key, data, hashlib.sha256).digest()
 
     @classmethod
     def in_directory(cls, state_dir: str | os.PathLike[str]) -> Sealer:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.message import Message
@@ -38,10 +39,14 @@ def _comparable(spec: spec_pb2.ContainerSpec) -> spec_pb2.ContainerSpec:
     return out
 
 
-def spec_hash(spec: spec_pb2.ContainerSpec) -> str:
-    """A short, stable hash of what a spec launches (replicas aside)."""
+def spec_hash(spec: spec_pb2.ContainerSpec, mac: Callable[[bytes], bytes] | None = None) -> str:
+    """A short, stable hash of what a spec launches (replicas aside). The
+    manager's is keyed (``mac``, the state directory's HMAC): the label is
+    public, and a plain hash of a spec whose secrets are all that is unknown
+    would let anyone try passwords against it."""
     data = _comparable(spec).SerializeToString(deterministic=True)
-    return hashlib.sha256(data).hexdigest()[:16]
+    digest = mac(data) if mac is not None else hashlib.sha256(data).digest()
+    return digest.hex()[:16]
 
 
 def _fields(message: Message, prefix: str = "") -> dict[str, str]:
