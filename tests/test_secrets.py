@@ -127,6 +127,9 @@ def test_secret_env_never_shows_and_the_program_gets_it(
     spec.write_text(spec_text(out))
     manager = ManagerHost(state, reconnect_window=timedelta(seconds=1))
     try:
+        checked = cli(capsys, manager.address, "apply", "-f", str(spec), "--dry-run", "-o", "yaml")
+        assert checked.code == 0, checked.err
+        assert_hidden(checked.out, "apply --dry-run -o yaml")
         applied = cli(capsys, manager.address, "apply", "-f", str(spec), "--wait")
         assert applied.code == 0, applied.err
         assert_hidden(applied.out + applied.err, "apply's output")
