@@ -22,6 +22,9 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from support import wait_until
 
 from pycontainer._secrets import REDACTED, keep_stored_secrets, redact_spec
@@ -125,7 +128,10 @@ def test_secret_env_never_shows_and_the_program_gets_it(
     state, out = tmp_path / "state", tmp_path / "hashes"
     spec = tmp_path / "vault.yaml"
     spec.write_text(spec_text(out))
-    manager = ManagerHost(state, reconnect_window=timedelta(seconds=1))
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    manager = ManagerHost(state, reconnect_window=timedelta(seconds=1), tracer_provider=provider)
     try:
         checked = cli(capsys, manager.address, "apply", "-f", str(spec), "--dry-run", "-o", "yaml")
         assert checked.code == 0, checked.err
@@ -241,8 +247,15 @@ def test_secret_env_never_shows_and_the_program_gets_it(
     finally:
         manager.kill_launched()
         manager.close()
-    # The manager's (and the sidecar's, relayed) log of all of it.
+    # The manager's (and the sidecar's, relayed) log of all of it, and its traces.
     assert_hidden(manager_log.text, "the manager's log")
+    finished = spans.get_finished_spans()
+    assert any(s.name.endswith("RunContainer") for s in finished), [s.name for s in finished]
+    traced = [
+        (s.name, dict(s.attributes or {}), [dict(e.attributes or {}) for e in s.events])
+        for s in finished
+    ]
+    assert_hidden(repr(traced) + repr([s.status.description for s in finished]), "traces")
 
 
 def test_a_store_written_before_sealing_still_loads(tmp_path: Path) -> None:
