@@ -8,6 +8,8 @@ each, or a top-level ``containers:`` list (TOML: ``[[containers]]``)::
       - name: web
         command: [python, app.py, --listen, 127.0.0.1:0]
         labels: {app: web}
+        env: {DATABASE_URL: "postgres://app:s3cret@db/app", API_KEY: "..."}
+        secretEnv: [DATABASE_URL]
         priority: 10
         resources: {cpu: 500m, memory: 256Mi}
         gracePeriod: 30s
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
 
+from ._secrets import SECRET_NAMES
 from .units import (
     duration_from_proto,
     duration_to_proto,
@@ -125,6 +128,7 @@ _CONTAINER_KEYS = (
     "runtime",
     "command",
     "env",
+    "secretEnv",
     "workingDir",
     "oci",
     "priority",
@@ -496,8 +500,15 @@ class _Checker:
         return out if len(out) == len(value) else None
 
     def string_map(
-        self, value: Any, path: SpecPath, check_key: Callable[[str, SpecPath], None]
+        self,
+        value: Any,
+        path: SpecPath,
+        check_key: Callable[[str, SpecPath], None],
+        *,
+        hidden: Callable[[str], bool] = lambda key: False,
     ) -> dict[str, str] | None:
+        """A mapping of strings; the values of keys ``hidden`` picks are never
+        echoed in errors (secrets)."""
         if isinstance(value, list):
             self.error(path, f"must be a mapping (KEY: value), got {_describe(value)}")
             return None
@@ -510,6 +521,9 @@ class _Checker:
                 self.error(path, f"key {_shown(key)} must be a string")
                 continue
             check_key(key, (*path, key))
+            if hidden(key) and not isinstance(item, str):
+                self.error((*path, key), "must be a string (quote it; a secret is not shown)")
+                continue
             text = self.string(item, (*path, key))
             if text is not None:
                 out[key] = text
@@ -653,10 +667,30 @@ class _Checker:
                 path, 'missing "command" (the program and its arguments, such as [python, app.py])'
             )
 
+        declared = fields.get("secretEnv")
+        declared_names = set(declared) if isinstance(declared, list) else set()
+        declared_names = {name for name in declared_names if isinstance(name, str)}
         if "env" in fields:
-            env = self.string_map(fields["env"], (*path, "env"), self._env_key)
+            env = self.string_map(
+                fields["env"],
+                (*path, "env"),
+                self._env_key,
+                # A secret's value stays out of the error about it.
+                hidden=lambda name: name in declared_names or SECRET_NAMES.is_secret(name),
+            )
             if env is not None:
                 spec.env.update(env)
+
+        if fields.get("secretEnv", None) not in (None, []):
+            names = self.strings(fields["secretEnv"], (*path, "secretEnv"), "[DATABASE_URL]")
+            for index, name in enumerate(names or ()):
+                if name not in spec.env:
+                    self.error(
+                        (*path, "secretEnv", index),
+                        f"{json.dumps(name)} is not a key of env (secretEnv names the env "
+                        "entries whose values are secret)",
+                    )
+            spec.secret_env.extend(sorted(set(names or ())))
 
         if "workingDir" in fields:
             working_dir = self.string(fields["workingDir"], (*path, "workingDir"))
@@ -965,6 +999,8 @@ def spec_to_dict(spec: spec_pb2.ContainerSpec) -> dict[str, Any]:
         out["command"] = list(spec.command)
     if spec.env:
         out["env"] = dict(sorted(spec.env.items()))
+    if spec.secret_env:
+        out["secretEnv"] = sorted(spec.secret_env)
     if spec.working_dir:
         out["workingDir"] = spec.working_dir
     oci = {key: getattr(spec.oci, key) for key in ("rootfs", "bundle", "hostname")}

@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -363,6 +364,8 @@ async def test_plain_command_run_and_killed(runtime: RuncRuntime) -> None:
     assert _cmdline(pid) == b"sleep\x0060\x00"
     config = json.loads((run.bundle / "config.json").read_text())
     assert config["process"]["args"] == ["sleep", "60"]
+    # It holds the spec's env, secrets included: its owner's alone.
+    assert stat.S_IMODE((run.bundle / "config.json").stat().st_mode) == 0o600
     env = dict(item.split("=", 1) for item in config["process"]["env"])
     assert env["PYCONTAINER_CONTAINER_ID"] == launch.container_id
     assert env["PYCONTAINER_MANAGER"] == "127.0.0.1:1"

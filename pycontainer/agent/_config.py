@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import fnmatch
 import json
 import os
 import re
@@ -25,6 +24,13 @@ import yaml
 
 from pycontainer import units
 from pycontainer._errors import invalid_argument
+from pycontainer._secrets import (
+    DEFAULT_SECRET_KEYS,
+    DEFAULT_SECRET_WORDS,
+    REDACTED,
+    SecretNames,
+    mask_url_passwords,
+)
 from pycontainer.v1 import config_pb2, management_pb2
 
 __all__ = [
@@ -34,51 +40,6 @@ __all__ = [
     "Config",
     "mask_url_passwords",
 ]
-
-DEFAULT_SECRET_KEYS: tuple[str, ...] = (
-    "*password*",
-    "*secret*",
-    "*token*",
-    "*api_key*",
-    "*credential*",
-    "*private_key*",
-)
-"""Globs (case-insensitive, '-' read as '_') of keys whose values are redacted,
-on top of :data:`DEFAULT_SECRET_WORDS`."""
-
-DEFAULT_SECRET_WORDS: tuple[str, ...] = (
-    "password",
-    "passwd",
-    "passphrase",
-    "secret",
-    "token",
-    "apikey",
-    "privatekey",
-    "accesskey",
-    "secretkey",
-    "credential",
-    "authorization",
-    "bearer",
-    "cookie",
-    "signature",
-    "session",
-    "auth",
-    "pwd",
-)
-"""Words that make a key a secret, found in the key with its separators taken
-out: lower-cased, split on ``.``, ``_``, ``-`` and joined, so ``apiKey``,
-``api_key``, ``API-KEY`` and ``aws.access_key_id`` all read as holding one.
-Words of :data:`_SHORT_WORDS` must be a whole part of the key instead (``auth``
-in ``auth.bearer``, not in ``author``)."""
-
-# Too short to be searched for inside other words.
-_SHORT_WORDS = frozenset({"auth", "pwd"})
-_KEY_SEPARATORS = re.compile(r"[._\-\s]+")
-# The password of a URL's userinfo (scheme://user:PASSWORD@host): masked in
-# every value, whatever its key, since a DSN is often kept under "database.url".
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/?#@\s:]*:)[^/?#@\s]*(?=@)")
-
-REDACTED = "<redacted>"
 
 if TYPE_CHECKING:
     _Source: TypeAlias = config_pb2.ConfigSource.ValueType
@@ -122,10 +83,7 @@ class Config:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self._lock = threading.Lock()
-        self._secret_keys = tuple(p.lower().replace("-", "_") for p in secret_keys)
-        words = {_KEY_SEPARATORS.sub("", w.lower()) for w in secret_words} - {""}
-        self._short_words = frozenset(words & _SHORT_WORDS)
-        self._secret_words = tuple(sorted(words - _SHORT_WORDS))
+        self._secret_names = SecretNames(secret_keys, secret_words)
         # One layer per source, applied in this order.
         self._layers: list[dict[str, _Value]] = []
         default = config_pb2.CONFIG_SOURCE_DEFAULT
@@ -273,14 +231,7 @@ class Config:
 
     def is_secret(self, key: str) -> bool:
         """Whether ``key``'s value is redacted in reports."""
-        normal = key.lower().replace("-", "_")
-        if any(fnmatch.fnmatchcase(normal, p) for p in self._secret_keys):
-            return True
-        parts = [p for p in _KEY_SEPARATORS.split(key.lower()) if p]
-        joined = "".join(parts)
-        return any(w in joined for w in self._secret_words) or any(
-            p in self._short_words for p in parts
-        )
+        return self._secret_names.is_secret(key)
 
     def entries(self, prefix: str = "") -> list[config_pb2.ConfigEntry]:
         """Effective entries of keys starting with ``prefix``, sorted by key, secrets redacted.
@@ -318,12 +269,6 @@ class Config:
     def __repr__(self) -> str:
         # No values: they may be secrets.
         return f"<Config {len(self._effective)} keys>"
-
-
-def mask_url_passwords(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@`` in it
-    replaced by :data:`REDACTED`."""
-    return _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)
 
 
 # --------------------------------------------------------------------------

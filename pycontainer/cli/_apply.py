@@ -137,9 +137,12 @@ def _check_only(args: argparse.Namespace, ctx: Context) -> int:
     """apply --dry-run: the files checked, nothing asked of the manager."""
     specs = load(args.files)
     if args.output in ("json", "yaml"):
+        from .._secrets import redact_spec
         from ..spec import spec_to_dict
 
-        print_data(ctx, {"containers": [spec_to_dict(s) for s in specs]}, args.output)
+        # The CLI shows no secret, even the file's own.
+        shown = [spec_to_dict(redact_spec(s)) for s in specs]
+        print_data(ctx, {"containers": shown}, args.output)
     else:
         for spec in specs:
             ctx.out(f"{spec.name}: valid ({_summary(spec)}); not launched (--dry-run)")

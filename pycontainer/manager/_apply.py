@@ -27,6 +27,7 @@ refused one leaves the store as it was.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -37,6 +38,7 @@ from datetime import timedelta
 import grpc
 
 from .._errors import RequestError, failed_precondition, invalid_argument
+from .._secrets import keep_stored_secrets
 from ..units import duration_field, format_duration
 from ..v1 import (
     container_pb2,
@@ -50,6 +52,7 @@ from ._admission import Spawn
 from ._checkpoints import Checkpoints
 from ._registry import Entry, Registry, state_word
 from ._runtime import Runtime
+from ._sealing import SealError
 from ._sessions import Sessions
 from ._specdiff import OWNER_LABEL, SPEC_HASH_LABEL, spec_differences, spec_hash
 from ._stopping import Stopper
@@ -216,7 +219,7 @@ class Reconciler:
                     AppliedSpec(
                         name=spec.name,
                         owner=owner,
-                        spec=spec.SerializeToString(),
+                        spec=self._registry.sealer.seal_spec(spec),
                         spec_hash=spec.labels[SPEC_HASH_LABEL],
                         applied_time=now,
                     ),
@@ -259,11 +262,29 @@ class Reconciler:
                 f"{spec.name}: runtime {known.name if known else spec.runtime} is not "
                 "available on this manager"
             )
+        # A spec read back from the manager (ps -o yaml) keeps its stored secrets.
         out = spec_pb2.ContainerSpec()
-        out.CopyFrom(spec)
+        out.CopyFrom(keep_stored_secrets(spec, self.stored_specs(spec.name), where))
         out.labels[OWNER_LABEL] = owner
-        out.labels[SPEC_HASH_LABEL] = spec_hash(out)
+        out.labels[SPEC_HASH_LABEL] = spec_hash(out, self._registry.sealer.mac)
         return out
+
+    def stored_specs(self, name: str) -> list[spec_pb2.ContainerSpec]:
+        """The specs the manager keeps for ``name``, with their real values:
+        its containers' (newest first), then its applied spec. What a
+        "<redacted>" sent back for that name stands for."""
+        members = sorted(
+            (e for e in self._registry if e.name == name and e.spec is not None),
+            key=lambda e: e.create_time,
+            reverse=True,
+        )
+        specs = [e.spec for e in members if e.spec is not None]
+        for applied in self._store.list_applied_specs():
+            if applied.name == name:
+                # One that does not open: its containers' specs still count.
+                with contextlib.suppress(SealError):
+                    specs.append(self._registry.sealer.open_spec(applied.spec))
+        return specs
 
     # -- planning ----------------------------------------------------------------------------
     def _members(self, name: str) -> list[Entry]:
@@ -282,7 +303,8 @@ class Reconciler:
         name, wanted = desired.name, desired.replicas or 1
         members = self._members(name)
         digest = desired.labels[SPEC_HASH_LABEL]
-        current = [e for e in members if e.spec is not None and spec_hash(e.spec) == digest]
+        mac = self._registry.sealer.mac
+        current = [e for e in members if e.spec is not None and spec_hash(e.spec, mac) == digest]
         outdated = [e for e in members if e not in current]
         plan = _Plan(name, E.APPLY_ACTION_UNCHANGED, _replicas(wanted), desired, wanted)
         plan.current, plan.outdated = current, outdated
@@ -436,7 +458,11 @@ class Reconciler:
         await asyncio.sleep(self._reconnect_window.total_seconds())
         async with self._lock:
             for item in applied:
-                desired = spec_pb2.ContainerSpec.FromString(item.spec)
+                try:
+                    desired = self._registry.sealer.open_spec(item.spec)
+                except SealError as exc:
+                    _log.warning("cannot reconcile %s to its applied spec: %s", item.name, exc)
+                    continue
                 for entry in self._members(item.name):
                     if entry.id in self._inherited and entry.sessions <= 1 and not entry.connected:
                         self._gone(entry)

@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from opentelemetry import trace
 
 from .._errors import RequestError, failed_precondition
+from .._secrets import keep_stored_secrets
 from ..agent._metrics import RpcStats
 from ..agent._observe import Observer
 from ..units import format_cpu, format_memory
@@ -36,6 +37,7 @@ from ._operations import Operations
 from ._registry import Entry, Registry, state_word
 from ._runtime import ProcessRuntime, Runtime
 from ._scheduler import machine_capacity
+from ._sealing import Sealer
 from ._sessions import Sessions
 from ._settings import EVENT_HISTORY, ManagerSettings
 from ._stopping import Stopped, Stopper
@@ -121,8 +123,10 @@ class Manager:
         # What else a purged record leaves behind: its retained logs.
         self._purgers: list[Purger] = [self.logs.purge, self.trust.forget]
 
+        # Env values are sealed in the state store under the directory's key.
+        sealer = Sealer.in_directory(self.settings.state_dir)
         self.registry = Registry(
-            self.store_writer, self.events, max_ended=self.settings.max_ended_containers
+            self.store_writer, self.events, sealer, max_ended=self.settings.max_ended_containers
         )
         self.sessions = Sessions(
             self.registry,
@@ -420,7 +424,9 @@ class Manager:
         return await self.admission.admit(entry)
 
     async def run(self, spec: spec_pb2.ContainerSpec) -> list[Entry]:
-        """Launch a spec's replicas through its runtime (admission first)."""
+        """Launch a spec's replicas through its runtime (admission first); a
+        "<redacted>" in its env keeps the value stored for its name."""
+        spec = keep_stored_secrets(spec, self.reconciler.stored_specs(spec.name), "spec")
         return await self.supervisor.run(spec)
 
     async def apply(self, request: manager_pb2.ApplySpecsRequest) -> manager_pb2.ApplySpecsResponse:

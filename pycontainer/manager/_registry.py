@@ -15,11 +15,13 @@ from google.protobuf import timestamp_pb2
 
 from .. import _selectors, limits
 from .._errors import RequestError, echo, invalid_argument, not_found, resource_exhausted
+from .._secrets import redact_spec
 from .._selectors import Requirement
 from ..units import timestamp_to_proto
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._events import EventBus
 from ._scheduler import Claim, Resources
+from ._sealing import Sealer, SealError
 from ._settings import MAX_ENDED_CONTAINERS
 from ._store import ContainerRecord
 from ._storewriter import StoreWriter
@@ -215,7 +217,8 @@ class Entry:
     def to_proto(self) -> manager_pb2.Container:
         container = manager_pb2.Container(
             identity=self.identity,
-            spec=self.spec,
+            # Replies never carry a secret's value (pycontainer._secrets).
+            spec=redact_spec(self.spec) if self.spec is not None else None,
             state=self.state,
             pid=self.pid,
             connected=self.connected,
@@ -232,12 +235,13 @@ class Entry:
             container.exit_code = self.exit_code
         return container
 
-    def to_record(self) -> ContainerRecord:
+    def to_record(self, sealer: Sealer) -> ContainerRecord:
+        """What the state store keeps; env values sealed (_sealing)."""
         r = self.identity.resources
         return ContainerRecord(
             id=self.id,
             name=self.name,
-            spec=self.spec.SerializeToString() if self.spec is not None else b"",
+            spec=sealer.seal_spec(self.spec) if self.spec is not None else b"",
             labels=dict(self.identity.labels),
             priority=self.priority,
             cpu_millis=r.cpu_millis,
@@ -253,8 +257,9 @@ class Entry:
         )
 
     @classmethod
-    def from_record(cls, record: ContainerRecord) -> Entry:
-        spec = spec_pb2.ContainerSpec.FromString(record.spec) if record.spec else None
+    def from_record(cls, record: ContainerRecord, sealer: Sealer) -> Entry:
+        """The entry of a stored record; SealError when its env does not open."""
+        spec = sealer.open_spec(record.spec) if record.spec else None
         identity = container_pb2.ContainerIdentity(
             id=record.id,
             name=record.name,
@@ -320,10 +325,17 @@ class Registry:
     the next manager starts from."""
 
     def __init__(
-        self, writer: StoreWriter, events: EventBus, *, max_ended: int = MAX_ENDED_CONTAINERS
+        self,
+        writer: StoreWriter,
+        events: EventBus,
+        sealer: Sealer,
+        *,
+        max_ended: int = MAX_ENDED_CONTAINERS,
     ) -> None:
         self.writer = writer
         self.events = events
+        # What seals the env values of the specs it stores.
+        self.sealer = sealer
         self.max_ended = max_ended
         # Ended containers that must stay anyway (a restart is on its way).
         self.pinned: Callable[[Entry], bool] = lambda entry: False
@@ -334,7 +346,14 @@ class Registry:
         for record in writer.store.list_containers():
             if not _within_bounds(record):
                 continue
-            entry = Entry.from_record(record)
+            try:
+                entry = Entry.from_record(record, sealer)
+            except SealError as exc:
+                # Left as it is: the right key brings it back.
+                _log.warning(
+                    "stored container %s not loaded (kept in the store): %s", echo(record.id), exc
+                )
+                continue
             entry.ended = entry.terminal
             entry.disconnected_at = time.monotonic()  # no session with this manager yet
             self.entries[entry.id] = entry
@@ -365,7 +384,7 @@ class Registry:
         entry.ended = entry.terminal
         if newly_ended:
             entry.finish_time = time.time()
-        self.writer.put(entry.to_record())
+        self.writer.put(entry.to_record(self.sealer))
         if newly_ended:
             self.forget_oldest_ended()
 

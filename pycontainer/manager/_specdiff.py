@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.message import Message
 
+from .._secrets import redact_spec
 from ..units import duration_from_proto, format_duration
 from ..v1 import spec_pb2
 
@@ -37,10 +39,14 @@ def _comparable(spec: spec_pb2.ContainerSpec) -> spec_pb2.ContainerSpec:
     return out
 
 
-def spec_hash(spec: spec_pb2.ContainerSpec) -> str:
-    """A short, stable hash of what a spec launches (replicas aside)."""
+def spec_hash(spec: spec_pb2.ContainerSpec, mac: Callable[[bytes], bytes] | None = None) -> str:
+    """A short, stable hash of what a spec launches (replicas aside). The
+    manager's is keyed (``mac``, the state directory's HMAC): the label is
+    public, and a plain hash of a spec whose secrets are all that is unknown
+    would let anyone try passwords against it."""
     data = _comparable(spec).SerializeToString(deterministic=True)
-    return hashlib.sha256(data).hexdigest()[:16]
+    digest = mac(data) if mac is not None else hashlib.sha256(data).digest()
+    return digest.hex()[:16]
 
 
 def _fields(message: Message, prefix: str = "") -> dict[str, str]:
@@ -77,14 +83,21 @@ def _text(fd: Any, value: Any) -> str:
 
 def spec_differences(old: spec_pb2.ContainerSpec, new: spec_pb2.ContainerSpec) -> list[str]:
     """What differs between two specs, replicas aside: "env.GREETING: "hi" ->
-    "hello"", "+workingDir: "/srv"" (added), "-env.DEBUG" (removed)."""
+    "hello"", "+workingDir: "/srv"" (added), "-env.DEBUG" (removed); a secret
+    env value as "<redacted>" ("env.PASSWORD: "<redacted>" (changed)")."""
     before, after = _fields(_comparable(old)), _fields(_comparable(new))
+    # Compared by their values, shown as replies show them (no secret's value).
+    shown_before = _fields(_comparable(redact_spec(old)))
+    shown_after = _fields(_comparable(redact_spec(new)))
     out: list[str] = []
     for key in sorted(before.keys() | after.keys()):
         if key not in after:
             out.append(f"-{key}")
         elif key not in before:
-            out.append(f"+{key}: {after[key]}")
+            out.append(f"+{key}: {shown_after[key]}")
         elif before[key] != after[key]:
-            out.append(f"{key}: {before[key]} -> {after[key]}")
+            if shown_before[key] == shown_after[key]:
+                out.append(f"{key}: {shown_after[key]} (changed)")
+            else:
+                out.append(f"{key}: {shown_before[key]} -> {shown_after[key]}")
     return out

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..agent._config import mask_url_passwords
+from .._secrets import mask_url_passwords
 from ..agent._container import ContainerSettings
 from ..spec import SPEC_ENV, decode_spec
 from ..telemetry import configure_tracing

@@ -413,6 +413,7 @@ class ContainerSpec(_message.Message):
     SIDECAR_FIELD_NUMBER: _builtins.int
     START_TIMEOUT_FIELD_NUMBER: _builtins.int
     HEALTH_LISTEN_FIELD_NUMBER: _builtins.int
+    SECRET_ENV_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name; unique among the manager's containers (replicas get a suffix)."""
     runtime: Global___RuntimeKind.ValueType
@@ -484,6 +485,17 @@ class ContainerSpec(_message.Message):
         it is reported as not registered; unset means 30s.
         """
 
+    @_builtins.property
+    def secret_env(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of env entries whose values are secret, on top of those whose names
+        say so (password, token, api_key, ... as GetConfig reads keys). The
+        manager never shows a secret value: ListContainers, GetContainer and the
+        other replies carry "<redacted>" in its place (and a URL's password is
+        masked in every env value), and its state store keeps it encrypted. A
+        spec sent back with "<redacted>" keeps the value the manager has stored
+        for that name. Each must be a key of env.
+        """
+
     def __init__(
         self,
         *,
@@ -507,10 +519,11 @@ class ContainerSpec(_message.Message):
         sidecar: _builtins.bool = ...,
         start_timeout: _duration_pb2.Duration | None = ...,
         health_listen: _builtins.str = ...,
+        secret_env: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "hooks", b"hooks", "liveness_probe", b"liveness_probe", "oci", b"oci", "readiness_probe", b"readiness_probe", "resources", b"resources", "restart_backoff", b"restart_backoff", "start_timeout", b"start_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_policy", b"checkpoint_policy", "command", b"command", "env", b"env", "grace_period", b"grace_period", "health_listen", b"health_listen", "hooks", b"hooks", "labels", b"labels", "liveness_probe", b"liveness_probe", "name", b"name", "oci", b"oci", "priority", b"priority", "readiness_probe", b"readiness_probe", "replicas", b"replicas", "resources", b"resources", "restart_backoff", b"restart_backoff", "restart_policy", b"restart_policy", "runtime", b"runtime", "sidecar", b"sidecar", "start_timeout", b"start_timeout", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_policy", b"checkpoint_policy", "command", b"command", "env", b"env", "grace_period", b"grace_period", "health_listen", b"health_listen", "hooks", b"hooks", "labels", b"labels", "liveness_probe", b"liveness_probe", "name", b"name", "oci", b"oci", "priority", b"priority", "readiness_probe", b"readiness_probe", "replicas", b"replicas", "resources", b"resources", "restart_backoff", b"restart_backoff", "restart_policy", b"restart_policy", "runtime", b"runtime", "secret_env", b"secret_env", "sidecar", b"sidecar", "start_timeout", b"start_timeout", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...security._files import PRIVATE_MODE, write_atomic
 from .._logstore import LogStore
 from .._runtime import ExitListener, ExitListeners, Launch
 from ._config import (
@@ -349,7 +350,9 @@ class RuncRuntime(ExitListeners):
             run_dir.mkdir(parents=True)
             if not spec.oci.rootfs:
                 make_host_root(run_dir / "rootfs")
-            (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            # Owner-only: it holds the spec's env, secrets included.
+            text = json.dumps(config, indent=2) + "\n"
+            write_atomic(run_dir / "config.json", text.encode(), mode=PRIVATE_MODE)
             resources = config["linux"]["resources"]
             limited = "cpu" in resources or "memory" in resources
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
