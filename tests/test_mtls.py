@@ -403,6 +403,24 @@ def test_health_alone_is_served_in_plaintext_on_its_own_port_when_asked(tmp_path
         assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+def test_the_managers_plaintext_health_beyond_loopback_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_address().rsplit(":", 1)[1]
+    with (
+        caplog.at_level(logging.WARNING, logger="pycontainer.manager"),
+        manager_host(tmp_path / "state", insecure=False, health_listen=f"0.0.0.0:{port}"),
+    ):
+        warnings = [
+            r.getMessage() for r in caplog.records if "grpc.health.v1 without TLS" in r.getMessage()
+        ]
+        assert warnings == [
+            f"serving grpc.health.v1 without TLS on 0.0.0.0:{port}: anyone who can reach it "
+            "learns whether the manager serves (health alone, no other method); "
+            "listen on 127.0.0.1 unless a prober elsewhere (kubelet) needs it"
+        ], warnings
+
+
 def test_a_runc_container_reads_its_certificate_from_the_read_only_mount(tmp_path: Path) -> None:
     from support import require_tool
 

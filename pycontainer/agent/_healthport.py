@@ -28,7 +28,7 @@ from ._health import AioHealthServicer, HealthState, SyncHealthServicer, health_
 from ._hosting import register
 from ._listen import SERVER_OPTIONS, listen_on
 
-__all__ = ["health_groups", "health_port_warning", "start_health_port"]
+__all__ = ["health_groups", "start_health_port"]
 
 _log = logging.getLogger("pycontainer")
 
@@ -55,21 +55,6 @@ def health_groups(
     }
 
 
-def health_port_warning(listen: str) -> str | None:
-    """What to warn of when the plaintext health port is reachable from other
-    machines; None on loopback (or a unix socket)."""
-    # Here, not at the top: pycontainer.security imports cryptography.
-    from ..security import is_loopback
-
-    if is_loopback(listen):
-        return None
-    return (
-        f"serving grpc.health.v1 without TLS on {listen}: anyone who can reach it "
-        "learns whether this container serves (health alone, no other method); "
-        "listen on 127.0.0.1 unless a prober elsewhere (kubelet) needs it"
-    )
-
-
 def start_health_port(health: HealthState, listen: str) -> BackgroundServer:
     """Serve ``health`` as grpc.health.v1 alone, in plaintext, on ``listen``
     (HOST:PORT; port 0 for a free one), on a thread of its own. ListenError
@@ -90,7 +75,10 @@ def start_health_port(health: HealthState, listen: str) -> BackgroundServer:
         return server, port
 
     port = start_in_background(start, name="pycontainer-health")
-    warning = health_port_warning(listen)
+    # Here, not at the top: pycontainer.security imports cryptography.
+    from ..security import health_port_warning
+
+    warning = health_port_warning(listen, "this container")
     if warning:
         _log.warning("%s", warning)
     return port

@@ -23,6 +23,7 @@ from .._errors import RequestError, failed_precondition
 from .._secrets import keep_stored_secrets
 from ..agent._metrics import RpcStats
 from ..agent._observe import Observer
+from ..security import health_port_warning
 from ..units import format_cpu, format_memory
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._admission import Admission
@@ -211,6 +212,9 @@ class Manager:
             if self.settings.health_listen:
                 self._health_server = build_health_server(health)
                 self.health_port = bind(self._health_server, self.settings.health_listen)
+                warning = health_port_warning(self.settings.health_listen, "the manager")
+                if warning:
+                    _log.warning("%s", warning)
         except BaseException:
             self.store_writer.close()
             self._state_lock.release()

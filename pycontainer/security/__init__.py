@@ -29,6 +29,7 @@ from pycontainer.security._ca import (
 )
 from pycontainer.security._credentials import (
     channel_credentials,
+    health_port_warning,
     is_loopback,
     plaintext_warning,
     server_credentials,
@@ -125,6 +126,7 @@ __all__ = [
     "container",
     "der_pin",
     "ensure_leaf",
+    "health_port_warning",
     "identity_from_auth_context",
     "is_loopback",
     "parse_identity",

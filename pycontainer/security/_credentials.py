@@ -164,3 +164,16 @@ def plaintext_warning(addresses: str | Sequence[str]) -> str | None:
         f"{'it' if len(exposed) == 1 else 'them'} can call every method unauthenticated; "
         "drop --insecure to use mutual TLS, or listen on 127.0.0.1 only"
     )
+
+
+def health_port_warning(listen: str, subject: str) -> str | None:
+    """What to warn of when a plaintext grpc.health.v1 port (a container's or
+    the manager's) is reachable from other machines; None on loopback (or a
+    unix socket). Not plaintext_warning's: that port serves health alone."""
+    if is_loopback(listen):
+        return None
+    return (
+        f"serving grpc.health.v1 without TLS on {listen}: anyone who can reach it "
+        f"learns whether {subject} serves (health alone, no other method); "
+        "listen on 127.0.0.1 unless a prober elsewhere (kubelet) needs it"
+    )
