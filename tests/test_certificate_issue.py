@@ -8,6 +8,7 @@ manager binds to it. The rest of the suite runs its managers --insecure
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import io
 import sys
@@ -26,7 +27,7 @@ from pycontainer import limits
 from pycontainer._tls_env import TLS_DIR_ENV
 from pycontainer.cli import main
 from pycontainer.cli._parser import build_parser
-from pycontainer.client import CallError, ManagerClient, Transport
+from pycontainer.client import AsyncManagerClient, CallError, ManagerClient, Transport
 from pycontainer.security import (
     MANAGER,
     CertificateAuthority,
@@ -113,6 +114,16 @@ def test_admin_issues_alices_certificate_and_she_may_stop_but_not_run(
     for e in secure.manager.events.history():
         assert "-----BEGIN" not in e.message
         assert key_body not in e.message
+    # And an operation with its outcome, by the event's request_id.
+    operation = secure.client.get_operation(
+        manager_pb2.GetOperationRequest(request_id=event.request_id)
+    ).operation
+    assert (operation.method, operation.target, operation.actor) == (
+        "IssueCertificate",
+        "user/alice",
+        str(user("admin")),
+    )
+    assert operation.state == manager_pb2.OPERATION_STATE_SUCCEEDED
 
     # A container for alice to stop, launched by the admin.
     command = [sys.executable, str(ROOT / "tests/apps/connected_app.py"), "--name", "web"]
@@ -251,6 +262,22 @@ def test_what_cannot_be_issued_is_invalid_argument_naming_the_field(
     assert len(details) < 1024  # bounded: never the input echoed whole
 
 
+def test_a_retry_with_the_same_request_id_signs_once(secure: ManagerHost) -> None:
+    request = manager_pb2.IssueCertificateRequest(
+        identity="user/alice", csr_pem=certificate_request().csr_pem.decode(), request_id="r-1"
+    )
+    first = secure.client.issue_certificate(request)
+    again = secure.client.issue_certificate(request)
+    assert again.certificate_pem == first.certificate_pem
+    other = manager_pb2.IssueCertificateRequest(
+        identity="user/bob", csr_pem=request.csr_pem, request_id="r-1"
+    )
+    with pytest.raises(CallError) as refused:
+        secure.client.issue_certificate(other)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details.startswith("request_id: ")
+
+
 def test_a_duration_past_timedeltas_range_is_invalid_argument(secure: ManagerHost) -> None:
     request = manager_pb2.IssueCertificateRequest(
         identity="user/alice", csr_pem=certificate_request().csr_pem.decode()
@@ -314,6 +341,23 @@ def test_the_cli_refuses_a_ttl_out_of_bounds_before_calling() -> None:
     args = build_parser().parse_args(["cert", "create", "user/a", "--out", "d", "--ttl", "2h"])
     assert args.ttl == datetime.timedelta(hours=2)
     assert args.runs == "_certificate:run"
+
+
+def test_the_asyncio_client_issues_too(secure: ManagerHost) -> None:
+    admin = Transport(Path(secure.settings.state_dir) / "admin", MANAGER)
+    request = manager_pb2.IssueCertificateRequest(
+        identity="spiffe://pycontainer.local/user/dave",
+        csr_pem=certificate_request().csr_pem.decode(),
+    )
+
+    async def issue() -> manager_pb2.IssueCertificateResponse:
+        async with AsyncManagerClient(secure.address, transport=admin) as client:
+            return await client.issue_certificate(request)
+
+    response = asyncio.run(issue())
+    assert response.identity == str(user("dave"))
+    assert response.roles == []
+    assert "BEGIN CERTIFICATE" in response.trust_bundle_pem
 
 
 def test_an_insecure_manager_has_no_ca_and_says_why(tmp_path: Path) -> None:

@@ -321,7 +321,9 @@ class AsyncManagerClient(_AsyncClient):
     ) -> manager_pb2.IssueCertificateResponse:
         """A certificate for a user identity, signed by the manager's CA for the
         request's CSR (the key stays with the caller), and the roles it holds."""
-        return await self._unary(self._stub.IssueCertificate, request, timeout, "IssueCertificate")
+        return await self._mutating(
+            self._stub.IssueCertificate, request, timeout, "IssueCertificate"
+        )
 
 
 class AsyncManagementClient(_AsyncClient):

@@ -322,7 +322,7 @@ class ManagerClient(_Client):
     ) -> manager_pb2.IssueCertificateResponse:
         """A certificate for a user identity, signed by the manager's CA for the
         request's CSR (the key stays with the caller), and the roles it holds."""
-        return self._unary(self._stub.IssueCertificate, request, timeout, "IssueCertificate")
+        return self._mutating(self._stub.IssueCertificate, request, timeout, "IssueCertificate")
 
 
 class ManagementClient(_Client):

@@ -105,7 +105,6 @@ async def issue_certificate(
     request: manager_pb2.IssueCertificateRequest,
     trust: Trust,
     settings: ManagerSettings,
-    actor: str,
 ) -> manager_pb2.IssueCertificateResponse:
     """Check the request, sign its CSR for its identity, and say what roles that holds."""
     check_message(request, "")  # a Duration past timedelta's range, too
@@ -124,9 +123,8 @@ async def issue_certificate(
         raise invalid_argument("csr_pem", str(exc)) from None
     roles = trust.authorizer.bindings.named_roles(identity)
     _log.info(
-        "issued a certificate for %s to %s, until %s (roles: %s)",
+        "issued a certificate for %s, until %s (roles: %s)",
         identity,
-        actor,
         issued.not_after.isoformat(timespec="seconds"),
         ", ".join(roles) or "none",
     )

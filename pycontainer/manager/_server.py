@@ -481,12 +481,19 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     async def IssueCertificate(
         self, request: manager_pb2.IssueCertificateRequest, context: Context
     ) -> manager_pb2.IssueCertificateResponse:
-        # On the record before it is checked, as every mutating call: the
-        # identity asked for and who asked, never the CSR.
+        # An operation as every mutating call: on the record before it is
+        # checked, naming the identity asked for and who asked, never the CSR.
         ttl = duration_field(request, "ttl")
         detail = f"ttl {format_duration(ttl)}" if ttl is not None else ""
-        actor = self._audit(context, "IssueCertificate", request.identity, detail)
-        return await issue_certificate(request, self._m.trust, self._m.settings, actor)
+        return await self._operate(
+            context,
+            "IssueCertificate",
+            request,
+            request.identity,
+            lambda: issue_certificate(request, self._m.trust, self._m.settings),
+            manager_pb2.IssueCertificateResponse,
+            detail,
+        )
 
 
 def version_response() -> manager_pb2.GetVersionResponse:

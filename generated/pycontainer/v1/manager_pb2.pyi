@@ -1941,6 +1941,7 @@ class IssueCertificateRequest(_message.Message):
     IDENTITY_FIELD_NUMBER: _builtins.int
     CSR_PEM_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     identity: _builtins.str
     """The identity the certificate is to name: user/NAME, or its SPIFFE ID
     (spiffe://pycontainer.local/user/NAME). NAME is 1 to 128 letters,
@@ -1951,6 +1952,14 @@ class IssueCertificateRequest(_message.Message):
     key (the key never leaves the caller); its names are ignored, the
     certificate names `identity`. At most 8 KiB; RSA keys of 2048 bits or
     more.
+    """
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id does not sign again
+    but waits for, or returns, the first call's outcome (GetOperation tells
+    it too); the same id with another method or request is INVALID_ARGUMENT.
+    1 to 64 characters of [A-Za-z0-9._-] (a UUID); empty: the manager
+    assigns one and returns it in the `pycontainer-request-id` trailing
+    metadata.
     """
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
@@ -1965,10 +1974,11 @@ class IssueCertificateRequest(_message.Message):
         identity: _builtins.str = ...,
         csr_pem: _builtins.str = ...,
         ttl: _duration_pb2.Duration | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "identity", b"identity", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "identity", b"identity", "request_id", b"request_id", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
