@@ -8,6 +8,7 @@ the manager import the same numbers: both ends of a stream agree.
 
 from __future__ import annotations
 
+import datetime
 import re
 
 _KiB = 1024
@@ -101,6 +102,14 @@ MAX_JOIN_REQUEST_BYTES = 16 * _KiB
 #: past that RESOURCE_EXHAUSTED (each join signs a certificate and rewrites
 #: the token file: cheap, but the listener takes anyone's calls).
 JOIN_RATE_PER_SECOND = 10
+#: The largest CSR Manager.IssueCertificate signs (the manager's main port
+#: reads 64 MiB messages, for checkpoints): an EC P-256 CSR is under 1 KiB,
+#: an RSA-4096 one under 4.
+MAX_CSR_BYTES = 8 * _KiB
+#: The longest lifetime Manager.IssueCertificate gives a user's certificate.
+#: Nothing revokes a certificate before it expires, so a leaked one is good
+#: until then: a month at most, issued again when it ends.
+MAX_ISSUED_CERTIFICATE_TTL = datetime.timedelta(days=30)
 #: Operations (mutating Manager calls and their outcomes, GetOperation's
 #: answers) kept in the state store, across manager restarts; the oldest go
 #: first. A record is a few hundred bytes plus its response: 10,000 is days of

@@ -414,22 +414,20 @@ def _security_blocks() -> dict[str, list[str]]:
 def test_readme_security_lines_work_as_typed_against_a_mutual_tls_manager(
     tmp_path: Path,
 ) -> None:
-    """The Security section's commands and its Python block, each manager as
-    typed (on free ports) with mutual TLS, and what the prose says of them."""
+    """The Security section's commands, each manager as typed (on free ports)
+    with mutual TLS, and what the prose says of them."""
     blocks = _security_blocks()
     env = _secure_env()
 
-    # Roles: alice (certificate from the README's block) may operate, not apply.
+    # Roles: alice (her certificate issued by the block's `certificate create`,
+    # with the admin's from state/admin) may operate, not apply.
     work = tmp_path / "roles"
     work.mkdir()
     manager_line, *client_lines = blocks["--role"]
     proc, address = _start_manager(manager_line, work, env)
     try:
         on = {**env, "PYCONTAINER_MANAGER": address}
-        [issue] = _python_blocks("Security")
-        (work / "issue_alice.py").write_text(issue)
-        issued = _run([sys.executable, "issue_alice.py"], work, on)
-        assert issued.returncode == 0, issued.stderr
+        assert not _python_blocks("Security")  # the CLI issues certificates now
         # A container named web for alice to stop, launched by the admin.
         admin_transport = Transport(work / "state" / "admin", MANAGER)
         with ManagerClient(address, transport=admin_transport) as admin:
@@ -449,6 +447,7 @@ def test_readme_security_lines_work_as_typed_against_a_mutual_tls_manager(
             done = _run(shlex.split(line), work, on)
             assert done.returncode == 0, (line, done.stdout, done.stderr)
             assert "Traceback" not in done.stderr
+        assert (work / "alice" / "tls.pem").stat().st_mode & 0o777 == 0o600
         # Outside her role: the refusal the README quotes.
         quoted = re.search(
             r"`(spiffe://pycontainer\.local/user/alice may not call[^`]*?); \.\.\.`",

@@ -8,7 +8,7 @@ import argparse
 import datetime
 from typing import TYPE_CHECKING
 
-from .. import __version__
+from .. import __version__, limits
 from .._tls_env import INSECURE_ENV, TLS_DIR_ENV
 from ..client import DEFAULT_CERT_DIR, DEFAULT_MANAGER, MANAGER_ENV, listen_arg, target_arg
 from ..units import DURATION_HELP, duration_arg
@@ -42,6 +42,7 @@ def _verb(
     description: str = "",
     *,
     add_help: bool = True,
+    aliases: tuple[str, ...] = (),
 ) -> argparse.ArgumentParser:
     """A verb run by ``runs`` ("module:function" in pycontainer.cli)."""
     parser = subparsers.add_parser(
@@ -49,6 +50,7 @@ def _verb(
         help=help,
         description=description or help[0].upper() + help[1:] + ".",
         add_help=add_help,
+        aliases=list(aliases),
     )
     parser.set_defaults(runs=runs)
     return parser
@@ -200,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     _version(subparsers)
     _completion(subparsers)
     _token(subparsers)
+    _certificate(subparsers)
     return parser
 
 
@@ -854,3 +857,45 @@ def _token(subparsers: Subparsers) -> None:
     revoke = actions.add_parser("revoke", help="withdraw a token: nobody joins with it any more")
     revoke.add_argument("token_id", metavar="TOKEN_ID", help="the token's id, as listed")
     _manager_option(revoke)
+
+
+def _certificate(subparsers: Subparsers) -> None:
+    parser = _verb(
+        subparsers,
+        "certificate",
+        "_certificate:run",
+        "issue users' client certificates from the manager's CA",
+        "Issue a user's client certificate (Manager.IssueCertificate): the key is made "
+        "here and stays here, the manager's CA signs its request. The user then holds "
+        "the roles the manager binds to it (none unless bound with --role). Admin only.",
+        aliases=("cert",),
+    )
+    actions = parser.add_subparsers(dest="certificate_action", required=True, metavar="ACTION")
+    create = actions.add_parser(
+        "create",
+        help="make a key, have the manager's CA sign it for IDENTITY, write DIR",
+        description="Make a key and a certificate signing request here, have the manager's "
+        "CA sign it for IDENTITY, and write DIR/tls.pem (key and certificate, mode 0600) and "
+        "DIR/ca.pem (the trust bundle): what --cert-dir DIR reads.",
+    )
+    create.add_argument("identity", metavar="IDENTITY", help="whom it names: user/NAME")
+    create.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="the directory to write (made; one with files in it only with --force)",
+    )
+    create.add_argument(
+        "--ttl",
+        type=_args.bounded_duration(
+            datetime.timedelta(0), limits.MAX_ISSUED_CERTIFICATE_TTL, exclusive_low=True
+        ),
+        default=None,
+        metavar="DURATION",
+        help=f"how long it is valid, {DURATION_HELP} (default: the manager's certificate "
+        "lifetime, 24h unless configured; at most 30d)",
+    )
+    create.add_argument(
+        "--force", action="store_true", help="replace the certificate already in DIR"
+    )
+    _manager_option(create)

@@ -316,6 +316,15 @@ class AsyncManagerClient(_AsyncClient):
             self._stub.RevokeBootstrapToken, request, timeout, "RevokeBootstrapToken"
         )
 
+    async def issue_certificate(
+        self, request: manager_pb2.IssueCertificateRequest, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.IssueCertificateResponse:
+        """A certificate for a user identity, signed by the manager's CA for the
+        request's CSR (the key stays with the caller), and the roles it holds."""
+        return await self._mutating(
+            self._stub.IssueCertificate, request, timeout, "IssueCertificate"
+        )
+
 
 class AsyncManagementClient(_AsyncClient):
     """A client of one container's Management API, at the address it

@@ -46,6 +46,7 @@ from ..v1 import (
     manager_pb2_grpc,
 )
 from ._bootstrap import JoinServicer
+from ._certificates import issue_certificate
 from ._logstreams import LogStreams
 from ._operations import REQUEST_ID_METADATA, bounded_target, check_request_id, new_request_id
 from ._registry import Entry
@@ -475,6 +476,23 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     ) -> manager_pb2.ListOperationsResponse:
         return manager_pb2.ListOperationsResponse(
             operations=self._m.operations.list(request.container, request.page_size)
+        )
+
+    async def IssueCertificate(
+        self, request: manager_pb2.IssueCertificateRequest, context: Context
+    ) -> manager_pb2.IssueCertificateResponse:
+        # An operation as every mutating call: on the record before it is
+        # checked, naming the identity asked for and who asked, never the CSR.
+        ttl = duration_field(request, "ttl")
+        detail = f"ttl {format_duration(ttl)}" if ttl is not None else ""
+        return await self._operate(
+            context,
+            "IssueCertificate",
+            request,
+            request.identity,
+            lambda: issue_certificate(request, self._m.trust, self._m.settings),
+            manager_pb2.IssueCertificateResponse,
+            detail,
         )
 
 

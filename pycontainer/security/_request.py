@@ -12,12 +12,15 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from pycontainer.security._errors import SecurityError
 from pycontainer.security._identity import Identity
 from pycontainer.security._leaf import Leaf
+
+# Shorter RSA keys are factorable with public means (NIST SP 800-131A: 2048 since 2014).
+MIN_RSA_KEY_BITS = 2048
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,12 @@ def check_csr(csr_pem: bytes) -> None:
         raise SecurityError(f"the certificate signing request is not a PEM CSR: {error}") from None
     if not csr.is_signature_valid:
         raise SecurityError("the certificate signing request's signature does not match its key")
+    key = csr.public_key()
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_KEY_BITS:
+        raise SecurityError(
+            f"the certificate signing request's RSA key has {key.key_size} bits: use at least "
+            f"{MIN_RSA_KEY_BITS} (or an EC P-256 key)"
+        )
 
 
 def certificate_request(identity: Identity | None = None) -> CertificateRequest:

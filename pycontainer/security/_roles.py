@@ -93,6 +93,8 @@ METHOD_ROLES: Mapping[str, Role] = {
         _MANAGER + name: Role.ADMIN
         for name in ("CreateBootstrapToken", "ListBootstrapTokens", "RevokeBootstrapToken")
     },
+    # A user's certificate, signed by the manager's CA.
+    _MANAGER + "IssueCertificate": Role.ADMIN,
     "/pycontainer.v1.Lifecycle/Connect": Role.CONTAINER,
     # A container renews its own certificate (the manager signs for the caller's identity).
     "/pycontainer.v1.Bootstrap/RenewCertificate": Role.CONTAINER,
@@ -164,6 +166,10 @@ class Bindings:
     def roles(self, identity: Identity) -> frozenset[Role]:
         """Every role ``identity`` holds, the included ones too."""
         return self.exact.get(identity, frozenset()) | self.by_kind.get(identity.kind, frozenset())
+
+    def named_roles(self, identity: Identity) -> list[str]:
+        """The roles ``identity`` holds worth naming (not those merely included), sorted."""
+        return sorted(_top_roles(self.roles(identity)))
 
     def merged(self, other: Bindings) -> Bindings:
         """These bindings and ``other``'s together (roles add up)."""

@@ -1931,3 +1931,101 @@ class ListOperationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListOperationsResponse: _TypeAlias = ListOperationsResponse  # noqa: Y015
+
+@_typing.final
+class IssueCertificateRequest(_message.Message):
+    """Request of Manager.IssueCertificate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    CSR_PEM_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    identity: _builtins.str
+    """The identity the certificate is to name: user/NAME, or its SPIFFE ID
+    (spiffe://pycontainer.local/user/NAME). NAME is 1 to 128 letters,
+    digits, '.', '-' or '_'.
+    """
+    csr_pem: _builtins.str
+    """A PEM certificate signing request for the caller's key, signed by that
+    key (the key never leaves the caller); its names are ignored, the
+    certificate names `identity`. At most 8 KiB; RSA keys of 2048 bits or
+    more.
+    """
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id does not sign again
+    but waits for, or returns, the first call's outcome (GetOperation tells
+    it too); the same id with another method or request is INVALID_ARGUMENT.
+    1 to 64 characters of [A-Za-z0-9._-] (a UUID); empty: the manager
+    assigns one and returns it in the `pycontainer-request-id` trailing
+    metadata.
+    """
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the certificate is valid; unset means the manager's certificate
+        lifetime (24 hours unless configured), at most 30 days. The CA's own
+        expiry bounds it too.
+        """
+
+    def __init__(
+        self,
+        *,
+        identity: _builtins.str = ...,
+        csr_pem: _builtins.str = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "identity", b"identity", "request_id", b"request_id", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueCertificateRequest: _TypeAlias = IssueCertificateRequest  # noqa: Y015
+
+@_typing.final
+class IssueCertificateResponse(_message.Message):
+    """Response of Manager.IssueCertificate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    TRUST_BUNDLE_PEM_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    certificate_pem: _builtins.str
+    """The signed certificate for the CSR's key, PEM."""
+    trust_bundle_pem: _builtins.str
+    """The CA certificate(s) to verify the manager against, PEM."""
+    identity: _builtins.str
+    """The identity the certificate names (its SPIFFE ID)."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the certificate expires: issue a new one before then."""
+
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The roles the identity holds under the manager's bindings now (read,
+        operate, admin; each includes those before it, only the highest are
+        listed). Empty: none, every call it makes is PERMISSION_DENIED until a
+        role is bound to it (--role user/NAME=ROLE on the manager).
+        """
+
+    def __init__(
+        self,
+        *,
+        certificate_pem: _builtins.str = ...,
+        trust_bundle_pem: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        roles: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "expire_time", b"expire_time", "identity", b"identity", "roles", b"roles", "trust_bundle_pem", b"trust_bundle_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueCertificateResponse: _TypeAlias = IssueCertificateResponse  # noqa: Y015

@@ -152,6 +152,11 @@ class ManagerStub(object):
                 request_serializer=pycontainer_dot_v1_dot_manager__pb2.ListOperationsRequest.SerializeToString,
                 response_deserializer=pycontainer_dot_v1_dot_manager__pb2.ListOperationsResponse.FromString,
                 _registered_method=True)
+        self.IssueCertificate = channel.unary_unary(
+                '/pycontainer.v1.Manager/IssueCertificate',
+                request_serializer=pycontainer_dot_v1_dot_manager__pb2.IssueCertificateRequest.SerializeToString,
+                response_deserializer=pycontainer_dot_v1_dot_manager__pb2.IssueCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class ManagerServicer(object):
@@ -329,6 +334,17 @@ class ManagerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueCertificate(self, request, context):
+        """Sign a certificate for a user identity (user/NAME) with the manager's CA,
+        for a key the caller made and keeps (only its CSR is sent). The identity
+        holds the roles the manager's bindings give it: none unless bound with
+        --role. Containers join with a bootstrap token instead, and the manager's
+        own identity is never issued.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -446,6 +462,11 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.ListOperations,
                     request_deserializer=pycontainer_dot_v1_dot_manager__pb2.ListOperationsRequest.FromString,
                     response_serializer=pycontainer_dot_v1_dot_manager__pb2.ListOperationsResponse.SerializeToString,
+            ),
+            'IssueCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueCertificate,
+                    request_deserializer=pycontainer_dot_v1_dot_manager__pb2.IssueCertificateRequest.FromString,
+                    response_serializer=pycontainer_dot_v1_dot_manager__pb2.IssueCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1072,6 +1093,33 @@ class Manager(object):
             '/pycontainer.v1.Manager/ListOperations',
             pycontainer_dot_v1_dot_manager__pb2.ListOperationsRequest.SerializeToString,
             pycontainer_dot_v1_dot_manager__pb2.ListOperationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pycontainer.v1.Manager/IssueCertificate',
+            pycontainer_dot_v1_dot_manager__pb2.IssueCertificateRequest.SerializeToString,
+            pycontainer_dot_v1_dot_manager__pb2.IssueCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

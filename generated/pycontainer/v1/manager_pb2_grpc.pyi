@@ -95,6 +95,13 @@ class ManagerStub:
     """
     ListOperations: _grpc.UnaryUnaryMultiCallable[_manager_pb2.ListOperationsRequest, _manager_pb2.ListOperationsResponse]
     """The newest operations, newest first, optionally of one container."""
+    IssueCertificate: _grpc.UnaryUnaryMultiCallable[_manager_pb2.IssueCertificateRequest, _manager_pb2.IssueCertificateResponse]
+    """Sign a certificate for a user identity (user/NAME) with the manager's CA,
+    for a key the caller made and keeps (only its CSR is sent). The identity
+    holds the roles the manager's bindings give it: none unless bound with
+    --role. Containers join with a bootstrap token instead, and the manager's
+    own identity is never issued.
+    """
 
 @_typing.type_check_only
 class ManagerAsyncStub(ManagerStub):
@@ -163,6 +170,13 @@ class ManagerAsyncStub(ManagerStub):
     """
     ListOperations: _aio.UnaryUnaryMultiCallable[_manager_pb2.ListOperationsRequest, _manager_pb2.ListOperationsResponse]  # type: ignore[assignment]
     """The newest operations, newest first, optionally of one container."""
+    IssueCertificate: _aio.UnaryUnaryMultiCallable[_manager_pb2.IssueCertificateRequest, _manager_pb2.IssueCertificateResponse]  # type: ignore[assignment]
+    """Sign a certificate for a user identity (user/NAME) with the manager's CA,
+    for a key the caller made and keeps (only its CSR is sent). The identity
+    holds the roles the manager's bindings give it: none unless bound with
+    --role. Containers join with a bootstrap token instead, and the manager's
+    own identity is never issued.
+    """
 
 class ManagerServicer(metaclass=_abc_1.ABCMeta):
     """The operator API of the manager: list, inspect and command containers,
@@ -366,5 +380,18 @@ class ManagerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_manager_pb2.ListOperationsResponse, _abc.Awaitable[_manager_pb2.ListOperationsResponse]]:
         """The newest operations, newest first, optionally of one container."""
+
+    @_abc_1.abstractmethod
+    def IssueCertificate(
+        self,
+        request: _manager_pb2.IssueCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.IssueCertificateResponse, _abc.Awaitable[_manager_pb2.IssueCertificateResponse]]:
+        """Sign a certificate for a user identity (user/NAME) with the manager's CA,
+        for a key the caller made and keeps (only its CSR is sent). The identity
+        holds the roles the manager's bindings give it: none unless bound with
+        --role. Containers join with a bootstrap token instead, and the manager's
+        own identity is never issued.
+        """
 
 def add_ManagerServicer_to_server(servicer: ManagerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
