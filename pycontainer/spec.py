@@ -310,7 +310,15 @@ def _read_yaml(text: str, source: str) -> list[_Document]:
     """Each document's data, the line of every key and item, and duplicate keys."""
     import yaml
 
-    loader = yaml.SafeLoader(text)
+    try:
+        # The reader checks every character first: a control character is a
+        # ReaderError (a YAMLError) here, before any document.
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise SpecError(
+            [f"{source}:{line}: invalid YAML: character #x{exc.character:04x} is not allowed"]
+        ) from None
     documents = []
     try:
         while loader.check_node():
@@ -668,8 +676,12 @@ class _Checker:
             )
 
         declared = fields.get("secretEnv")
-        declared_names = set(declared) if isinstance(declared, list) else set()
-        declared_names = {name for name in declared_names if isinstance(name, str)}
+        # Only its strings (what else it holds is an error reported below).
+        declared_names = (
+            {name for name in declared if isinstance(name, str)}
+            if isinstance(declared, list)
+            else set()
+        )
         if "env" in fields:
             env = self.string_map(
                 fields["env"],
