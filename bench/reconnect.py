@@ -239,6 +239,7 @@ def _process_figures(pid: int) -> dict[str, int]:
         "rss": process.memory_info().rss,
         "threads": process.num_threads(),
         "fds": process.num_fds(),
+        "tcp": len(process.net_connections("tcp")),
     }
 
 

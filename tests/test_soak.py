@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -108,10 +109,11 @@ class Follower:
         )
         assert self.error is None, f"{self.name}: {self.error}"
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Cancel the stream; True if its reader ended."""
         self._stream.cancel()
         self._thread.join(10)
-        assert not self._thread.is_alive(), f"{self.name} did not end when cancelled"
+        return not self._thread.is_alive()
 
 
 def _management_endpoint(container: manager_pb2.Container) -> str:
@@ -262,17 +264,22 @@ class Churn:
         self._paused.clear()
         self._resume.clear()
         try:
-            assert self._paused.wait(3 * STREAM_WAIT), "the churn did not pause"
+            assert self._paused.wait(3 * STREAM_WAIT), f"the churn did not pause:\n{self.stack()}"
             yield
         finally:
             self._resume.set()
 
-    def close(self) -> None:
+    def stack(self) -> str:
+        """Where the churn thread is now (for a failure's message)."""
+        frame = sys._current_frames().get(self._thread.ident or 0)
+        return "".join(traceback.format_stack(frame)) if frame is not None else "(ended)"
+
+    def close(self) -> bool:
+        """Stop churning; True if the thread ended."""
         self._stop.set()
         self._resume.set()
         self._thread.join(3 * STREAM_WAIT)
-        assert not self._thread.is_alive(), "the churn did not end"
-        assert self.error is None, f"churn: {self.error!r}"
+        return not self._thread.is_alive()
 
 
 @pytest.mark.timeout(SOAK_SECONDS + 300)
@@ -283,6 +290,7 @@ def test_soak_rss_and_fds_stay_flat(tmp_path: Path, capsys: pytest.CaptureFixtur
         followers: list[Follower] = []
         churn: Churn | None = None
         direct: grpc.Channel | None = None
+        pids: set[int] = set()  # of every run launched, killed at the end if alive
         try:
             wait_until(lambda: _serving(stub), 20, "the manager serving")
             for spec in SPECS:
@@ -293,6 +301,7 @@ def test_soak_rss_and_fds_stay_flat(tmp_path: Path, capsys: pytest.CaptureFixtur
                 )
                 for spec in SPECS
             }
+            pids.update(c.pid for c in running.values())
             long_lived = running[LONG_LIVED]
             direct = held = grpc.insecure_channel(_management_endpoint(long_lived))
 
@@ -347,6 +356,7 @@ def test_soak_rss_and_fds_stay_flat(tmp_path: Path, capsys: pytest.CaptureFixtur
                     stub, "soak-sync", running_and_connected, "soak-sync back", RESTART_WAIT
                 )
                 assert got.restarts == restarted.restarts
+                pids.add(got.pid)
                 endpoint["soak-sync"] = _management_endpoint(got)
                 stub.StopContainer(
                     manager_pb2.StopContainerRequest(container="soak-sidecar"),
@@ -363,8 +373,14 @@ def test_soak_rss_and_fds_stay_flat(tmp_path: Path, capsys: pytest.CaptureFixtur
                     manager_pb2.RestartContainerRequest(container="soak-sidecar"),
                     timeout=RESTART_WAIT,
                 )
-                wait_container(
-                    stub, "soak-sidecar", running_and_connected, "soak-sidecar back", RESTART_WAIT
+                pids.add(
+                    wait_container(
+                        stub,
+                        "soak-sidecar",
+                        running_and_connected,
+                        "soak-sidecar back",
+                        RESTART_WAIT,
+                    ).pid
                 )
 
             def measure() -> dict[str, tuple[int, int]]:
@@ -424,15 +440,25 @@ def test_soak_rss_and_fds_stay_flat(tmp_path: Path, capsys: pytest.CaptureFixtur
                 (rss0, fds0), (rss1, fds1) = baseline[key], end[key]
                 assert rss1 <= rss0 * (1 + RSS_GROWTH), lines
                 assert fds1 <= fds0 + FD_SLACK, lines
+            # Closed at the end of a soak, the streams end (teardown closes
+            # them again, which does nothing, after a failure).
+            assert churn.close(), f"the churn did not end:\n{churn.stack()}"
+            assert churn.error is None, f"churn: {churn.error!r}"
+            for follower in followers:
+                assert follower.close(), f"{follower.name} did not end when cancelled"
         finally:
+            # The containers first: whatever fails below, none outlives the test.
+            with contextlib.suppress(Exception):
+                _stop_all(stub)
+            for pid in pids:  # each run leads its own process group
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
             if churn is not None:
                 churn.close()
             for follower in followers:
                 follower.close()
             if direct is not None:
                 direct.close()
-            with contextlib.suppress(Exception):
-                _stop_all(stub)
             channel.close()
 
 
