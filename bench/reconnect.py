@@ -22,6 +22,7 @@ manager's RSS, threads and open files before the kill and once all are back.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import hashlib
 import json
@@ -231,7 +232,7 @@ def _listening(address: str) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
-def _process_figures(pid: int) -> dict[str, int]:
+def _process_figures(pid: int) -> dict[str, Any]:
     import psutil
 
     process = psutil.Process(pid)
@@ -239,7 +240,7 @@ def _process_figures(pid: int) -> dict[str, int]:
         "rss": process.memory_info().rss,
         "threads": process.num_threads(),
         "fds": process.num_fds(),
-        "tcp": len(process.net_connections("tcp")),
+        "tcp": dict(collections.Counter(c.status for c in process.net_connections("tcp"))),
     }
 
 
@@ -260,7 +261,12 @@ def _reaped(procs: list[subprocess.Popen[Any]]) -> Iterator[None]:
 
 
 def run(
-    containers: int, workers: int, *, checkpoint_bytes: int = 1024, timeout: float = 300.0
+    containers: int,
+    workers: int,
+    *,
+    checkpoint_bytes: int = 1024,
+    timeout: float = 300.0,
+    settle: float = 0.0,
 ) -> dict[str, Any]:
     """One kill -9 and successor with ``containers`` over ``workers``
     processes; the figures (see the module's docstring)."""
@@ -391,6 +397,10 @@ def run(
                 sessions.update(report["sessions"])
                 worker_threads += report["threads"]
                 worker_rss += report["rss"]
+            # Connections the successor holds beyond the sessions are idle
+            # ones it closes after a minute (max_connection_idle_ms).
+            time.sleep(settle)
+            settled = _process_figures(successor.pid) if settle else None
             for w in pool:
                 w.tell("quit")
             channel.close()
@@ -426,6 +436,8 @@ def run(
                 "manager_before": before,
                 "manager_after": after,
                 "manager_end": end,
+                "manager_settled": settled,
+                "settle_seconds": settle,
                 "worker_threads": worker_threads,
                 "worker_rss": worker_rss,
             }
@@ -455,6 +467,12 @@ def _print(result: dict[str, Any]) -> None:
         f"(at the end {result['manager_end']['fds']}); workers' threads "
         f"{result['worker_threads']}, RSS {result['worker_rss'] / mb:.0f} MB"
     )
+    if result["manager_settled"] is not None:
+        s = result["manager_settled"]
+        print(
+            f"{result['settle_seconds']:g} s later: manager RSS {s['rss'] / mb:.1f} MB, "
+            f"fds {s['fds']}, TCP {s['tcp']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -463,6 +481,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--checkpoint-bytes", type=int, default=1024)
     parser.add_argument("--timeout", type=float, default=300.0, help="bound of each wait, s")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="then wait this long (s) and measure the manager again (70: past its idle limit)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--manager", help=argparse.SUPPRESS)
@@ -473,7 +497,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker(args)
     result = run(
-        args.containers, args.workers, checkpoint_bytes=args.checkpoint_bytes, timeout=args.timeout
+        args.containers,
+        args.workers,
+        checkpoint_bytes=args.checkpoint_bytes,
+        timeout=args.timeout,
+        settle=args.settle,
     )
     if args.json:
         print(json.dumps(result))
