@@ -143,6 +143,7 @@ run: venv system-deps
 bench: venv
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/manager_bench.py
+	$(BIN)/python bench/reconnect.py --containers 1000 --workers 4
 
 clean:
 	rm -rf $(VENV) $(FLOOR) $(GEN) $(NODE_DIR)/node_modules build *.egg-info

@@ -78,3 +78,33 @@ def test_watch_with_short_deadlines_leaves_the_server_answering(
     container.health.set_check("flapping", False)
     assert next(watch).status == NOT_SERVING
     watch.cancel()
+
+
+def test_watch_on_a_sync_server_with_the_authorization_interceptor() -> None:
+    """A sync app's server built as examples/sync_app.py builds it (the role
+    check first): the wrapper of our non-blocking Watch is non-blocking too
+    (it was an UNKNOWN "needs grpc's non-blocking stream handling")."""
+    from concurrent import futures
+
+    container = make_container("authorized")
+    container.health.add_check("flapping")
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        interceptors=[container.authorization_interceptor(), container.server_interceptor()],
+    )
+    container.add_to_server(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        container.start()
+        container.health.set_check("flapping", True)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            watch = health.Watch(health_pb2.HealthCheckRequest(service="readiness"), timeout=10)
+            assert next(watch).status == SERVING
+            container.health.set_check("flapping", False)
+            assert next(watch).status == NOT_SERVING
+            watch.cancel()
+    finally:
+        server.stop(None)
+        container.close()

@@ -96,3 +96,27 @@ def test_stream_limit_answers_resource_exhausted() -> None:
         for stream in opened:
             stream.cancel()
         host.stop()
+
+
+@pytest.mark.parametrize("kind", ["logs", "metrics"])
+def test_closed_streams_give_their_slots_back_at_once(kind: str) -> None:
+    """A client that opens and closes watchers in a row is never refused: a
+    stream's slot is freed when its call ends, not when the handler's next
+    poll (a quarter of a second later) notices it was cancelled."""
+    container = make_container("churned", stream_limit=2)
+    host = start_sync_host(container, workers=2)
+    start_container(host)
+    try:
+        for _ in range(12):
+            if kind == "logs":
+                stream = host.management.StreamLogs(
+                    management_pb2.StreamLogsRequest(follow=True, tail=1), timeout=10
+                )
+            else:
+                stream = host.management.WatchMetrics(
+                    management_pb2.WatchMetricsRequest(), timeout=10
+                )
+            next(stream)  # admitted and answering
+            stream.cancel()
+    finally:
+        host.stop()

@@ -184,7 +184,11 @@ class ManagerConnection:
                 raise
             except Exception as exc:
                 _log.info("manager session with %s ended: %s", self.target, _describe(exc))
-                self._hint_tls(exc)
+                # Once a session was registered, plaintext works here: a later
+                # drop (the manager killed, a dial reset while it was dying)
+                # says nothing about TLS.
+                if self.sessions == 0:
+                    self._hint_tls(exc)
             self.connected.clear()
             if self._closed:
                 return

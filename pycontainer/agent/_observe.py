@@ -96,6 +96,27 @@ class StreamSlots:
         with self._lock:
             self._active -= 1
 
+    def admit(self, context: grpc.ServicerContext) -> Callable[[], None]:
+        """Take a slot for the call of ``context``; the function that gives it
+        back, once, whoever calls it first: grpc when the call ends (a
+        cancelled stream's handler notices only at its next poll, and a client
+        that closed its streams is not refused meanwhile), or the handler."""
+        self.acquire()
+        lock = threading.Lock()
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            with lock:
+                if not held:
+                    return
+                held = False
+            self.release()
+
+        if not context.add_callback(release):
+            release()  # the call has ended already
+        return release
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -228,11 +249,10 @@ class Observer:
             token = otel_context.attach(trace.set_span_in_context(span)) if span else None
             code: grpc.StatusCode = _OK
             error: BaseException | None = None
-            admitted = False
+            release: Callable[[], None] | None = None
             try:
                 if slots is not None:
-                    slots.acquire()
-                    admitted = True
+                    release = slots.admit(context)
                 return inner(_decoded(request), context)
             except RequestError as exc:
                 code, error = exc.code, exc
@@ -241,8 +261,8 @@ class Observer:
                 code, error = _code_of(context, grpc.StatusCode.UNKNOWN), exc
                 raise
             finally:
-                if admitted and slots is not None:
-                    slots.release()
+                if release is not None:
+                    release()
                 if token is not None:
                     otel_context.detach(token)
                 self._finish(method, span, code, started, error)
@@ -260,11 +280,10 @@ class Observer:
             span = self._span(method, context) if traced else None
             code: grpc.StatusCode = _OK
             error: BaseException | None = None
-            admitted = False
+            release: Callable[[], None] | None = None
             try:
                 if slots is not None:
-                    slots.acquire()
-                    admitted = True
+                    release = slots.admit(context)
                 with trace.use_span(span, end_on_exit=False) if span else _nothing():
                     yield from inner(_decoded(request), context)
                 if not context.is_active():
@@ -279,8 +298,8 @@ class Observer:
                 code, error = _code_of(context, grpc.StatusCode.UNKNOWN), exc
                 raise
             finally:
-                if admitted and slots is not None:
-                    slots.release()
+                if release is not None:
+                    release()
                 self._finish(method, span, code, started, error)
 
         if slots is not None:

@@ -38,6 +38,11 @@ async def _start_server(container: Container, listen: str) -> tuple[grpc.aio.Ser
     if tls:
         # The manager may read (it forwards logs and metrics); user/admin is admin.
         interceptors.append(container.aio_authorization_interceptor())
+    # grpc.aio, not grpc.server: a request the sync server cannot decode stays
+    # with it (~19 KB each, without bound, bare grpcio alike; the aio server
+    # frees it). No upstream issue names that case exactly; the closest is
+    # grpc/grpc#36908 (a sync server's failed calls keep a few kB each).
+    # pycontainer's other long-running servers (the manager's) are aio too.
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     # First: a refused address leaves the container untouched.
     port = listen_on(server, listen, tls_dir=tls)

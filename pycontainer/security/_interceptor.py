@@ -39,6 +39,10 @@ _KINDS: dict[tuple[bool, bool], tuple[str, Callable[..., _Handler]]] = {
 }
 
 
+# The marks of a sync callback-style behaviour that grpc's server looks for.
+_NON_BLOCKING = ("experimental_non_blocking", "experimental_thread_pool")
+
+
 def _behaviour(handler: _Handler) -> _Behaviour:
     name, _ = _KINDS[(handler.request_streaming, handler.response_streaming)]
     behaviour: _Behaviour = getattr(handler, name)
@@ -73,13 +77,19 @@ class AuthorizationInterceptor(_SyncInterceptorBase):
         method = handler_call_details.method
         behaviour = _behaviour(handler)
 
-        def checked(request: Any, context: grpc.ServicerContext) -> Any:
+        def checked(request: Any, context: grpc.ServicerContext, *callback: Any) -> Any:
             denial = self._authorizer.check(self._identify(context), method)
             if denial is not None:
                 context.abort(denial.code, denial.message)
             # A streaming response is the iterator the servicer returns, unchanged.
-            return behaviour(request, context)
+            return behaviour(request, context, *callback)
 
+        # grpc gives a behaviour marked experimental_non_blocking (our sync
+        # Health.Watch) a send callback, as a third argument: so the wrapper
+        # is marked alike, and passes it on.
+        for attribute in _NON_BLOCKING:
+            if hasattr(behaviour, attribute):
+                setattr(checked, attribute, getattr(behaviour, attribute))
         return _rebuild(handler, checked)
 
 
