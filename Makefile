@@ -48,11 +48,18 @@ define drop_old_distribution
 $(1)/pip uninstall $(PIP_FLAGS) -y pycontainer 2>/dev/null || true; rm -rf pycontainer.egg-info
 endef
 
-# runc (for the OCI runtime) when missing and we may install it.
+# System tools the tests use, installed when missing and we may (root):
+# runc (the OCI runtime), and for the state-disk fault tests mkfs.ext4 and
+# e2fsck (e2fsprogs), fsfreeze (util-linux), losetup and mount (mount).
+SYSTEM_TOOLS := runc:runc mkfs.ext4:e2fsprogs e2fsck:e2fsprogs fsfreeze:util-linux losetup:mount
 system-deps:
-	@if ! command -v runc >/dev/null; then \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq runc >/dev/null; \
-		else echo "note: runc is not installed (not root): runc tests are skipped"; fi; \
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+		tool=$${pair%%:*}; package=$${pair##*:}; \
+		PATH="$$PATH:/sbin:/usr/sbin" command -v $$tool >/dev/null || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$(echo $$missing | tr ' ' '\n' | sort -u) >/dev/null; \
+		else echo "note: not installed (not root):$$missing; the tests that need them are skipped"; fi; \
 	fi
 
 $(FLOOR)/.installed: Makefile
