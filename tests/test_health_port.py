@@ -388,3 +388,34 @@ def test_a_container_gets_its_specs_health_port_never_the_managers_environment(
     # Its endpoints are those it was hosted with: the Management one alone.
     endpoints = secure.client.get_container(request).container.identity.endpoints
     assert [e.name for e in endpoints] == ["management"]
+
+
+def test_the_sidecar_with_its_health_port_in_use_says_which_in_one_line(tmp_path: Path) -> None:
+    """A healthListen (or --health-listen) already taken: `pycontainer run` exits 1
+    with one line naming the health port, no traceback, and the program never runs."""
+    holder = pycontainer.Container(
+        pycontainer.ContainerSettings(name="holder", health_listen="127.0.0.1:0")
+    )
+    background = serve_in_background(holder)
+    marker = tmp_path / "ran"
+    try:
+        taken = f"127.0.0.1:{holder.health_port}"
+        result = subprocess.run(
+            [
+                *[sys.executable, "-m", "pycontainer.cli", "run", "--name", "late"],
+                *["--health-listen", taken, "--", "touch", str(marker)],
+            ],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            cwd=tmp_path,
+            timeout=60,
+        )
+    finally:
+        background.stop()
+        holder.close()
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert f"the plaintext health port: cannot listen on {taken}: the address is in use" in line
+    assert not marker.exists()
