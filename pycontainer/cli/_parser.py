@@ -838,7 +838,10 @@ def _token(subparsers: Subparsers) -> None:
         help=f"how long it can be used, {DURATION_HELP} (default: 1h, at most 7d)",
     )
     create.add_argument(
-        "--uses", type=_args.count, default=1, help="joins it pays for (default: 1, at most 1000)"
+        "--uses",
+        type=_args.bounded_count(1, 1000),  # 0 would mean "unset" (1) to the manager
+        default=1,
+        help="joins it pays for (default: 1, at most 1000)",
     )
     create.add_argument(
         "--name",
