@@ -413,3 +413,20 @@ async def test_aio_writer_style_streams_are_checked(servers: Servers) -> None:
         await _in_thread(_stream, servers, "container/c1", method)
     assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert servers.calls == ["StreamLogs"]
+
+
+def test_the_readme_roles_table_names_every_method_in_its_role_row() -> None:
+    """The README's Roles table is what a user reads to choose a role: each
+    Manager and Management method is in the row of the role it needs."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[2]
+        for line in readme.splitlines()
+        if line.startswith("| `")
+    }
+    missing = [
+        f"{method} ({role.value})"
+        for method, role in METHOD_ROLES.items()
+        if role != Role.CONTAINER and f"`{method.rsplit('/', 1)[1]}`" not in rows[role.value]
+    ]
+    assert not missing, f"not in the README's Roles table: {missing}"
