@@ -138,6 +138,9 @@ def test_a_sync_app_with_mutual_tls_serves_health_alone_in_plaintext(
         ):
             neighbour.get_info()
         assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+        # No --role to suggest here: a container binds none of its own.
+        assert "read it through the manager" in denied.value.details
+        assert "--role" not in denied.value.details
         # The manager holds read: GetInfo, which advertises the plaintext health port.
         reader = issue_files(ca, MANAGER, tmp_path / "manager")
         with ManagementClient(

@@ -144,6 +144,11 @@ def test_check_names_the_role_needed_and_the_roles_held() -> None:
     nobody = authorizer.check(user("eve"), stop)
     assert nobody is not None
     assert "holds no roles" in nobody.message
+    # Says how to bind it, in the form --role takes.
+    assert "binds it with --role user/bob=admin (on `pycontainer manager` or `up`)" in (
+        denial.message
+    )
+    assert "--role user/eve=operate" in nobody.message
     anonymous = authorizer.check(None, stop)
     assert anonymous is not None
     assert anonymous.code == grpc.StatusCode.UNAUTHENTICATED
