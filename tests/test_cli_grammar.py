@@ -201,3 +201,10 @@ def test_token_uses_must_be_1_to_1000_and_0_is_not_silently_1() -> None:
         assert f"argument --uses: must be from 1 to 1000, got {uses}" in said, said
     assert "'two' is not a whole number" in _usage_error("token", "create", "--uses", "two")
     assert build_parser().parse_args(["token", "create", "--uses", "1000"]).uses == 1000
+
+
+def test_operation_limit_is_1_to_a_page() -> None:
+    for limit in ("0", "-1", "1001"):
+        said = _usage_error("operation", "-n", limit)
+        assert f"argument -n/--limit: must be from 1 to 1000, got {limit}" in said, said
+    assert build_parser().parse_args(["operation", "-n", "1000"]).limit == 1000
