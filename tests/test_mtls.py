@@ -21,6 +21,7 @@ import grpc
 import pytest
 from security_support import issue_files
 from support import free_address, wait_until
+from test_examples import _grpcurl
 
 import pycontainer
 from pycontainer._tls_env import TLS_DIR_ENV
@@ -401,6 +402,27 @@ def test_health_alone_is_served_in_plaintext_on_its_own_port_when_asked(tmp_path
                 manager_pb2.ListContainersRequest(), timeout=5
             )
         assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        # grpcurl needs no proto files there: reflection lists health (and itself) alone.
+        listed = subprocess.run(
+            [_grpcurl(), "-plaintext", health_address, "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert set(listed.stdout.split()) == {
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        }
+        checked = subprocess.run(
+            [_grpcurl(), "-plaintext", health_address, "grpc.health.v1.Health/Check"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert checked.returncode == 0, checked.stderr
+        assert '"status": "SERVING"' in checked.stdout
 
 
 def test_the_managers_plaintext_health_beyond_loopback_warns(
