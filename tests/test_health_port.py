@@ -305,7 +305,9 @@ def test_a_bad_health_listen_flag_says_what_to_write(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode != 0
-    assert "'8081' has no port: write 8081:PORT" in result.stderr
+    assert "'8081' has no host: write 127.0.0.1:8081 (this machine) or 0.0.0.0:8081" in (
+        result.stderr
+    )
 
 
 @pytest.fixture
@@ -367,7 +369,7 @@ def test_the_api_refuses_a_health_listen_it_cannot_serve(secure: ManagerHost) ->
         secure.client.run_container(manager_pb2.RunContainerRequest(spec=spec))
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "health_listen" in refused.value.details
-    assert "has no port" in refused.value.details
+    assert "'8081' has no host: write 127.0.0.1:8081" in refused.value.details
 
 
 def test_a_container_gets_its_specs_health_port_never_the_managers_environment(
