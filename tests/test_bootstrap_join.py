@@ -14,6 +14,8 @@ import datetime
 import io
 import os
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -609,3 +611,74 @@ def test_token_create_out_of_bounds_is_invalid_argument_naming_the_field(
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details.startswith(f"{field}: "), refused.value.details
     assert said in refused.value.details
+
+
+def _sidecar(env: dict[str, str], name: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pycontainer.cli", "run", "--name", name, "--", "sleep", "600"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_the_sidecar_that_cannot_join_says_why_in_one_line_and_exits_1(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    """`pycontainer run` with a wrong CA pin, then a wrong token: one line each, no traceback."""
+    made = _token(secure, "side-bad")
+    wrong_pin = "sha256:" + "0" * 64
+    env = _app_env(made, tmp_path / "bad-tls", PYCONTAINER_CONTAINER_ID="side-bad")
+    pinned = _sidecar({**env, CA_PIN_ENV: wrong_pin}, "side-bad")
+    _, err = pinned.communicate(timeout=60)
+    assert pinned.returncode == 1, err
+    assert "Traceback" not in err, err
+    [line] = [line for line in err.splitlines() if "ERROR" in line]
+    assert f"refusing to join at {made.join_address}" in line
+    assert wrong_pin in line
+    assert made.token not in err
+    assert _uses_left(secure, made.token_id) == 1  # never sent
+    token_id = made.token_id
+    forged = f"pct_{token_id}." + "A" * 43
+    refused = _sidecar({**env, BOOTSTRAP_TOKEN_ENV: forged}, "side-bad")
+    _, err = refused.communicate(timeout=60)
+    assert refused.returncode == 1, err
+    assert "Traceback" not in err, err
+    [line] = [line for line in err.splitlines() if "ERROR" in line]
+    assert "refused the join: UNAUTHENTICATED" in line
+    assert token_id in line
+    assert forged not in err
+
+
+def test_ctrl_c_during_a_join_that_gets_no_answer_ends_the_sidecar_at_once(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    """A join address that accepts the connection and never answers: SIGINT ends
+    `pycontainer run` in well under the join's 15 s timeout."""
+    made = _token(secure, "side-mute")
+    with socket.socket() as mute:  # listens (the kernel completes handshakes), never reads
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(4)
+        address = f"127.0.0.1:{mute.getsockname()[1]}"
+        env = _app_env(made, tmp_path / "mute-tls", PYCONTAINER_CONTAINER_ID="side-mute")
+        sidecar = _sidecar({**env, JOIN_ENV: address}, "side-mute")
+        try:
+            # Accepted and held open, unread: the sidecar waits for the TLS answer.
+            mute.settimeout(30)
+            held, _ = mute.accept()
+        except BaseException:
+            sidecar.kill()
+            raise
+        with held:
+            started = time.monotonic()
+            sidecar.send_signal(signal.SIGINT)
+            try:
+                _, err = sidecar.communicate(timeout=30)
+            finally:
+                if sidecar.poll() is None:
+                    sidecar.kill()
+            took = time.monotonic() - started
+    assert took < 5, f"took {took:.1f}s after Ctrl-C"
+    assert "Traceback" not in err, err
+    assert sidecar.returncode == 130, err

@@ -193,3 +193,18 @@ def test_completion_from_the_grammar() -> None:
     assert main(["completion", "zsh"], stdout=zsh) == 0
     assert "bashcompinit" in zsh.getvalue()
     assert zsh.getvalue().endswith(script)
+
+
+def test_token_uses_must_be_1_to_1000_and_0_is_not_silently_1() -> None:
+    for uses in ("0", "-1", "1001"):
+        said = _usage_error("token", "create", "--uses", uses)
+        assert f"argument --uses: must be from 1 to 1000, got {uses}" in said, said
+    assert "'two' is not a whole number" in _usage_error("token", "create", "--uses", "two")
+    assert build_parser().parse_args(["token", "create", "--uses", "1000"]).uses == 1000
+
+
+def test_operation_limit_is_1_to_a_page() -> None:
+    for limit in ("0", "-1", "1001"):
+        said = _usage_error("operation", "-n", limit)
+        assert f"argument -n/--limit: must be from 1 to 1000, got {limit}" in said, said
+    assert build_parser().parse_args(["operation", "-n", "1000"]).limit == 1000

@@ -56,6 +56,7 @@ def test_targets_that_dial(text: str, expected: str) -> None:
     ("text", "message"),
     [
         ("127.0.0.1", "'127.0.0.1' has no port: write 127.0.0.1:PORT such as 127.0.0.1:50050"),
+        ("50050", "'50050' has no host: write 127.0.0.1:50050 (this machine) or HOST:50050"),
         (
             "http://127.0.0.1:50050",
             "'http://127.0.0.1:50050' has a scheme (http://): gRPC addresses have none; "

@@ -138,6 +138,9 @@ def test_a_sync_app_with_mutual_tls_serves_health_alone_in_plaintext(
         ):
             neighbour.get_info()
         assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+        # No --role to suggest here: a container binds none of its own.
+        assert "read it through the manager" in denied.value.details
+        assert "--role" not in denied.value.details
         # The manager holds read: GetInfo, which advertises the plaintext health port.
         reader = issue_files(ca, MANAGER, tmp_path / "manager")
         with ManagementClient(
@@ -302,7 +305,9 @@ def test_a_bad_health_listen_flag_says_what_to_write(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode != 0
-    assert "'8081' has no port: write 8081:PORT" in result.stderr
+    assert "'8081' has no host: write 127.0.0.1:8081 (this machine) or 0.0.0.0:8081" in (
+        result.stderr
+    )
 
 
 @pytest.fixture
@@ -364,7 +369,7 @@ def test_the_api_refuses_a_health_listen_it_cannot_serve(secure: ManagerHost) ->
         secure.client.run_container(manager_pb2.RunContainerRequest(spec=spec))
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "health_listen" in refused.value.details
-    assert "has no port" in refused.value.details
+    assert "'8081' has no host: write 127.0.0.1:8081" in refused.value.details
 
 
 def test_a_container_gets_its_specs_health_port_never_the_managers_environment(
@@ -388,3 +393,34 @@ def test_a_container_gets_its_specs_health_port_never_the_managers_environment(
     # Its endpoints are those it was hosted with: the Management one alone.
     endpoints = secure.client.get_container(request).container.identity.endpoints
     assert [e.name for e in endpoints] == ["management"]
+
+
+def test_the_sidecar_with_its_health_port_in_use_says_which_in_one_line(tmp_path: Path) -> None:
+    """A healthListen (or --health-listen) already taken: `pycontainer run` exits 1
+    with one line naming the health port, no traceback, and the program never runs."""
+    holder = pycontainer.Container(
+        pycontainer.ContainerSettings(name="holder", health_listen="127.0.0.1:0")
+    )
+    background = serve_in_background(holder)
+    marker = tmp_path / "ran"
+    try:
+        taken = f"127.0.0.1:{holder.health_port}"
+        result = subprocess.run(
+            [
+                *[sys.executable, "-m", "pycontainer.cli", "run", "--name", "late"],
+                *["--health-listen", taken, "--", "touch", str(marker)],
+            ],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            cwd=tmp_path,
+            timeout=60,
+        )
+    finally:
+        background.stop()
+        holder.close()
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert f"the plaintext health port: cannot listen on {taken}: the address is in use" in line
+    assert not marker.exists()

@@ -4,6 +4,8 @@ and List with "", "liveness" and "readiness")."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -56,6 +58,32 @@ def _second(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*MANAGER, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
+
+
+@pytest.mark.parametrize("flag", ["--health-listen", "--join-listen"])
+def test_a_health_or_join_port_in_use_names_its_own_flag(tmp_path: Path, flag: str) -> None:
+    """The address in use was given by --health-listen or --join-listen (a mutual-TLS
+    manager: an --insecure one has no join port): the one line says to change
+    that flag, not --listen."""
+    env = {k: v for k, v in os.environ.items() if k != "PYCONTAINER_INSECURE"}
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+        second = subprocess.run(
+            [*MANAGER, "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path / "s"), flag, taken],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert second.returncode == 1
+    lines = second.stderr.splitlines()
+    assert len(lines) == 1, second.stderr
+    assert lines[0].startswith("error: cannot listen on " + taken)
+    assert lines[0].endswith(f"or give this one another {flag}")
 
 
 def test_a_second_manager_on_the_same_port_is_refused_in_one_line(

@@ -9,6 +9,7 @@ $PYCONTAINER_INSECURE is unset."""
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import logging
 import os
@@ -21,10 +22,12 @@ import grpc
 import pytest
 from security_support import issue_files
 from support import free_address, wait_until
+from test_examples import _grpcurl
 
 import pycontainer
 from pycontainer._tls_env import TLS_DIR_ENV
 from pycontainer.agent import serve_in_background
+from pycontainer.cli import main
 from pycontainer.client import CallError, ManagementClient, ManagerClient, Transport
 from pycontainer.security import (
     MANAGER,
@@ -167,6 +170,28 @@ def test_a_client_without_a_certificate_of_the_ca_is_refused(
     with pytest.raises(CallError) as refused, _client(secure, forged) as client:
         client.list_containers(request)
     assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_an_expired_client_certificate_is_named_as_expired_with_what_to_do(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    """The manager ends the handshake of an expired certificate ("Socket closed"):
+    the CLI says that the certificate expired, when, and how to get a new one."""
+    viewer = issue_files(
+        _ca(secure), user("viewer"), tmp_path / "viewer", ttl=datetime.timedelta(seconds=1)
+    )
+    end = viewer.read()[0].certificate.not_valid_after_utc
+    wait_until(lambda: datetime.datetime.now(datetime.UTC) > end, 10, "the certificate to expire")
+    err = io.StringIO()
+    code = main(
+        ["--manager", secure.address, "--cert-dir", str(viewer.leaf.parent), "ps"],
+        stdout=io.StringIO(),
+        stderr=err,
+    )
+    assert code == 2, err.getvalue()
+    [line] = err.getvalue().splitlines()
+    assert f"the client certificate in {viewer.leaf.parent} expired at " in line, line
+    assert f"certificate create user/viewer --out {viewer.leaf.parent} --force" in line
 
 
 def test_an_operator_bound_to_read_may_list_but_not_stop(
@@ -401,6 +426,27 @@ def test_health_alone_is_served_in_plaintext_on_its_own_port_when_asked(tmp_path
                 manager_pb2.ListContainersRequest(), timeout=5
             )
         assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        # grpcurl needs no proto files there: reflection lists health (and itself) alone.
+        listed = subprocess.run(
+            [_grpcurl(), "-plaintext", health_address, "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert set(listed.stdout.split()) == {
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        }
+        checked = subprocess.run(
+            [_grpcurl(), "-plaintext", health_address, "grpc.health.v1.Health/Check"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert checked.returncode == 0, checked.stderr
+        assert '"status": "SERVING"' in checked.stdout
 
 
 def test_the_managers_plaintext_health_beyond_loopback_warns(

@@ -612,3 +612,32 @@ def test_operations_in_memory_are_bounded_and_a_restart_interrupts_the_running(
 
 async def _version(n: int) -> manager_pb2.GetVersionResponse:
     return E.GetVersionResponse(version=str(n))
+
+
+def test_the_operation_and_event_tables_clip_a_long_target_and_say_the_state_plainly(
+    manager: ManagerHost,
+) -> None:
+    """A call naming a 250-character container (refused: there is none) is one row
+    whose target is clipped, so the other columns stay readable; states read
+    FAILED, not OPERATION_STATE_FAILED."""
+    client: ManagerClient = manager.client
+    long_name = "x" * 250
+    err = io.StringIO()
+    assert main(["pause", long_name], client=client, stdout=io.StringIO(), stderr=err) == 1
+    out = io.StringIO()
+    assert main(["operation"], client=client, stdout=out) == 0
+    header, row = out.getvalue().splitlines()[:2]
+    assert header.split() == ["REQUEST", "ID", "METHOD", "TARGET", "STATE", "AGE", "ACTOR"]
+    assert "x" * 47 + "…" in row
+    assert long_name not in row
+    assert row.split()[1:5:2] == ["PauseContainer", "FAILED"]
+    assert "anonymous (insecure)" in row
+    out = io.StringIO()
+    [listed] = client.list_operations(manager_pb2.ListOperationsRequest(page_size=1)).operations
+    assert main(["operation", listed.request_id], client=client, stdout=out) == 1
+    assert "OPERATION_STATE_" not in out.getvalue()
+    assert "FAILED" in out.getvalue()
+    out = io.StringIO()
+    assert main(["events"], client=client, stdout=out) == 0
+    [requested] = [line for line in out.getvalue().splitlines() if " REQUESTED " in line]
+    assert requested.split()[2] == "x" * 47 + "…"

@@ -5,11 +5,13 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from support import make_container, start_container, start_sync_host, stop_container
 
 from pycontainer.cli import main
+from pycontainer.testing import manager_host
 
 
 def _free_port() -> int:
@@ -57,3 +59,21 @@ def test_console_script_runs_as_a_process() -> None:
     )
     assert result.returncode == 2
     assert "failed to connect" in result.stderr
+
+
+def test_a_mutual_tls_port_is_named_as_such_with_where_to_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plaintext probe of a mutual-TLS port (the manager's, by default) only sees
+    the connection time out: the probe says the port serves TLS and to probe
+    the plaintext health port instead."""
+    monkeypatch.delenv("PYCONTAINER_INSECURE", raising=False)
+    with manager_host(tmp_path / "state", insecure=False) as secure:
+        code = main(["health", secure.address, "--service", "state-store"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"error: {secure.address} serves TLS" in err
+    assert "--health-listen" in err
+    # Nothing there at all is still "failed to connect".
+    assert main(["health", f"127.0.0.1:{_free_port()}", "--connect-timeout", "300ms"]) == 2
+    assert "failed to connect service" in capsys.readouterr().err

@@ -144,6 +144,11 @@ def test_check_names_the_role_needed_and_the_roles_held() -> None:
     nobody = authorizer.check(user("eve"), stop)
     assert nobody is not None
     assert "holds no roles" in nobody.message
+    # Says how to bind it, in the form --role takes.
+    assert "binds it with --role user/bob=admin (on `pycontainer manager` or `up`)" in (
+        denial.message
+    )
+    assert "--role user/eve=operate" in nobody.message
     anonymous = authorizer.check(None, stop)
     assert anonymous is not None
     assert anonymous.code == grpc.StatusCode.UNAUTHENTICATED
@@ -413,3 +418,20 @@ async def test_aio_writer_style_streams_are_checked(servers: Servers) -> None:
         await _in_thread(_stream, servers, "container/c1", method)
     assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert servers.calls == ["StreamLogs"]
+
+
+def test_the_readme_roles_table_names_every_method_in_its_role_row() -> None:
+    """The README's Roles table is what a user reads to choose a role: each
+    Manager and Management method is in the row of the role it needs."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[2]
+        for line in readme.splitlines()
+        if line.startswith("| `")
+    }
+    missing = [
+        f"{method} ({role.value})"
+        for method, role in METHOD_ROLES.items()
+        if role != Role.CONTAINER and f"`{method.rsplit('/', 1)[1]}`" not in rows[role.value]
+    ]
+    assert not missing, f"not in the README's Roles table: {missing}"

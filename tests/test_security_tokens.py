@@ -74,8 +74,13 @@ def test_unknown_wrong_secret_and_malformed_tokens_are_refused(store: TokenStore
     token = store.create()
     token_id, _, secret = token.removeprefix("pct_").partition(".")
     forged = f"pct_{token_id}.{'A' * len(secret)}"
-    with pytest.raises(TokenError, match=f"{token_id} is unknown"):
+    with pytest.raises(TokenError, match=f"{token_id} is unknown") as wrong:
         store.redeem(forged)
+    # The id is listed (`token list`): the message says the secret may be what is wrong.
+    assert "or its secret is not the one `pycontainer token create` printed" in str(wrong.value)
+    with pytest.raises(TokenError, match="43 characters") as short:
+        store.redeem(f"pct_{token_id}.{secret[:20]}")
+    assert "copied whole" in str(short.value)
     with pytest.raises(TokenError, match="is unknown"):
         store.redeem(f"pct_{'0' * 12}.{secret}")
     with pytest.raises(TokenError, match=r"expected pct_<id>\.<secret>"):

@@ -219,7 +219,10 @@ def test_every_mistake_is_reported_at_once_with_its_place(tmp_path: Path) -> Non
         ("containers: []\nreplicas: 2\n", "replicas: unknown key beside containers"),
         ("", "no containers"),
         ("name: a\ncommand: [x]\nname: b\n", "name: duplicate key"),
-        ("name: a\ncommand: [x]\nhealthListen: '8081'\n", "healthListen: '8081' has no port"),
+        (
+            "name: a\ncommand: [x]\nhealthListen: '8081'\n",
+            "healthListen: '8081' has no host: write 127.0.0.1:8081",
+        ),
         ("name: a\ncommand: [x]\nhealthListen: 8081\n", "healthListen: must be a string"),
         (
             "name: a\ncommand: [x]\nreplicas: 2\nhealthListen: 0.0.0.0:8081\n",

@@ -28,7 +28,7 @@ from ._healthport import health_groups, start_health_port
 from ._hosting import ServiceNames, current_loop, register
 from ._join import join_if_bootstrapping
 from ._lifecycle import Lifecycle, Request, StateListener, resolve_hook_result
-from ._listen import advertised_address
+from ._listen import ListenError, advertised_address
 from ._logs import LogBuffer, install, uninstall
 from ._metrics import AppMetrics, MetricsWatch, RpcStats
 from ._observe import AioServerInterceptor, Observer, ServerInterceptor, StreamSlots
@@ -273,7 +273,11 @@ class Container:
         listen = self.settings.health_listen
         if not listen or self._health_port is not None:
             return
-        self._health_port = start_health_port(self.health, listen)
+        try:
+            self._health_port = start_health_port(self.health, listen)
+        except ListenError as exc:
+            # Say which of the container's addresses it is (beside the Management one).
+            raise ListenError(exc.errno, f"the plaintext health port: {exc.strerror}") from None
         self.add_endpoint("health", advertised_address(listen, self._health_port.port))
 
     @property

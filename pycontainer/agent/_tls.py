@@ -40,7 +40,7 @@ def management_authorizer(enforce: bool) -> Authorizer:
     """The Authorizer for a container's servers: pycontainer's services by role
     when ``enforce`` (with mutual TLS), everything let through otherwise."""
     # Here, not at the top: cryptography is imported only by containers that use TLS.
-    from ..security import Authorizer, Denial, Identity
+    from ..security import Authorizer, Denial, Identity, Role
 
     @dataclass(frozen=True)
     class _OurServices(Authorizer):
@@ -50,5 +50,12 @@ def management_authorizer(enforce: bool) -> Authorizer:
             if not self.enforced or not method.startswith(_OURS):
                 return None
             return super().check(identity, method)
+
+        def remedy(self, identity: Identity, role: Role) -> str:
+            # A container binds no roles of its own: users read it through the manager.
+            return (
+                "a container's Management API answers the manager and user/admin: read it "
+                "through the manager (pycontainer logs, top, profile)"
+            )
 
     return _OurServices(enforced=enforce)

@@ -77,6 +77,21 @@ def count(text: str) -> int:
     return value
 
 
+def bounded_count(low: int, high: int) -> argparse._ActionType:
+    """argparse ``type=``: a whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
 def hz(text: str) -> int:
     """Samples per second, 1 to 1000."""
     try:

@@ -14,7 +14,14 @@ from ..v1 import manager_pb2
 from ._context import Context
 from ._errors import Interrupted
 from ._output import console, message_dict, print_data, show
-from ._render import event_message, event_subject, local_time, plain_table, short_enum
+from ._render import (
+    clipped,
+    event_message,
+    event_subject,
+    local_time,
+    plain_table,
+    short_enum,
+)
 
 # The longest a history read may take.
 _LIMIT = datetime.timedelta(seconds=10)
@@ -34,7 +41,7 @@ def _type_text(event: manager_pb2.Event) -> Text:
 
 def subject(event: manager_pb2.Event) -> str:
     """The container of an event as the events table names it: NAME/SHORT-ID."""
-    return event_subject(event.container_name, event.container_id)
+    return clipped(event_subject(event.container_name, event.container_id))
 
 
 def history(client: ManagerClient, container: str = "") -> list[manager_pb2.Event]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import enum
+import socket
+import ssl
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -37,6 +39,12 @@ def probe(
         try:
             grpc.channel_ready_future(channel).result(timeout=connect_timeout.total_seconds())
         except grpc.FutureTimeoutError:
+            if _speaks_tls(address, connect_timeout):
+                return ProbeExit.CONNECTION_FAILED, (
+                    f"error: {address} serves TLS, and this probe speaks plaintext (as "
+                    "kubelet's gRPC probe): probe the plaintext health port that server was "
+                    "started with (--health-listen HOST:PORT, a spec's healthListen)"
+                )
             return ProbeExit.CONNECTION_FAILED, (
                 f"error: failed to connect service at {address!r}: timed out after "
                 f"{format_duration(connect_timeout)}"
@@ -56,6 +64,28 @@ def probe(
     if response.status != health_pb2.HealthCheckResponse.SERVING:
         return ProbeExit.NOT_SERVING, f"service unhealthy (responded with {status!r})"
     return ProbeExit.SERVING, f"status: {status}"
+
+
+def _speaks_tls(address: str, timeout: datetime.timedelta) -> bool:
+    """Whether the server at ``address`` answers a TLS handshake (a mutual-TLS
+    port, which a plaintext probe only sees time out)."""
+    host, _, port = address.rpartition(":")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # Unverified on purpose: only whether it speaks TLS at all is asked.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection(
+                (host.strip("[]"), int(port)), timeout=timeout.total_seconds()
+            ) as raw,
+            context.wrap_socket(raw, server_hostname=host.strip("[]") or None),
+        ):
+            return True
+    except ssl.SSLError:
+        return True  # it answered in TLS (such as an alert: certificate required)
+    except (OSError, ValueError):
+        return False
 
 
 def _service_names(channel: grpc.Channel, timeout: datetime.timedelta) -> list[str]:

@@ -28,7 +28,7 @@ from ..v1 import manager_pb2
 from ._context import Context
 from ._errors import EXIT_FAILED, EXIT_UNREACHABLE, CliError, from_call
 from ._output import console, message_dict, print_data, show
-from ._render import age, local_time, plain_table, short_enum
+from ._render import age, clipped, local_time, plain_table, short_enum
 
 __all__ = ["once", "run"]
 
@@ -174,7 +174,12 @@ def _print_list(ctx: Context, operations: list[manager_pb2.Operation], output: s
     table = plain_table("REQUEST ID", "METHOD", "TARGET", "STATE", "AGE", "ACTOR")
     for o in operations:
         table.add_row(
-            o.request_id, o.method, o.target, _state_text(o.state), age(o.start_time), o.actor
+            o.request_id,
+            o.method,
+            clipped(o.target),
+            _state_text(o.state),
+            age(o.start_time),
+            o.actor,
         )
     show(console(ctx), table)
     return 0

@@ -617,7 +617,13 @@ def _operation(subparsers: Subparsers) -> None:
         "--container", default="", metavar="ID", help="list only those naming this container"
     )
     parser.add_argument(
-        "-n", "--limit", type=int, default=20, metavar="N", help="list at most N (default: 20)"
+        "-n",
+        "--limit",
+        # 0 would be "unset" to the manager (its default page, 100).
+        type=_args.bounded_count(1, limits.MAX_OPERATIONS_PAGE),
+        default=20,
+        metavar="N",
+        help=f"list at most N (default: 20, at most {limits.MAX_OPERATIONS_PAGE:,})",
     )
     _output_option(parser, "table", "json", "yaml")
     _manager_option(parser)
@@ -838,7 +844,10 @@ def _token(subparsers: Subparsers) -> None:
         help=f"how long it can be used, {DURATION_HELP} (default: 1h, at most 7d)",
     )
     create.add_argument(
-        "--uses", type=_args.count, default=1, help="joins it pays for (default: 1, at most 1000)"
+        "--uses",
+        type=_args.bounded_count(1, 1000),  # 0 would mean "unset" (1) to the manager
+        default=1,
+        help="joins it pays for (default: 1, at most 1000)",
     )
     create.add_argument(
         "--name",

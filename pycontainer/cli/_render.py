@@ -80,10 +80,20 @@ def state_text(state: int) -> Text:
 
 def short_enum(name: str) -> str:
     """An enum value name without its type prefix: EVENT_TYPE_LOST -> LOST."""
-    for prefix in (_STATE_PREFIX, "EVENT_TYPE_", "ENDPOINT_KIND_", "SEVERITY_"):
+    for prefix in (_STATE_PREFIX, "EVENT_TYPE_", "ENDPOINT_KIND_", "SEVERITY_", "OPERATION_STATE_"):
         if name.startswith(prefix):
             return name.removeprefix(prefix)
     return name
+
+
+#: The widest a name column shows: a long input a call named (an operation's
+#: target, an event's subject) must not squeeze every other column.
+NAME_CELL_WIDTH = 48
+
+
+def clipped(text: str, width: int = NAME_CELL_WIDTH) -> str:
+    """``text`` cut to ``width`` characters, the last one an ellipsis when cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _seconds(ts: timestamp_pb2.Timestamp) -> float:

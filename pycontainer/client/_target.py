@@ -56,6 +56,13 @@ def _split(text: str, *, listen: bool) -> tuple[str, int]:
         host = f"[{host}]"
     else:
         host, colon, port_text = stripped.rpartition(":")
+        if not colon and stripped.isdigit():
+            # A port alone (--health-listen 8081): the host is what is missing.
+            where = "0.0.0.0:{0} (every interface)" if listen else "HOST:{0}"
+            raise TargetError(
+                f"{text!r} has no host: write 127.0.0.1:{stripped} (this machine) or "
+                + where.format(stripped)
+            )
         if not colon and not _HOST_LIKE.fullmatch(stripped):
             raise TargetError(f"{text!r} is not an address: {_EXAMPLE}")
         if not colon:

@@ -101,6 +101,15 @@ class Transport:
         if "Connection refused" in details or "DNS resolution failed" in details:
             return ""
         if self.secure:
+            expired = self._expired()
+            if expired:
+                # The server ends the handshake of an expired certificate: say so.
+                when, who = expired
+                return (
+                    f"the client certificate in {self.cert_dir} expired at {when}: have an "
+                    f"admin issue a new one (pycontainer certificate create {who} --out "
+                    f"{self.cert_dir} --force)"
+                )
             return (
                 f"with the client certificate in {self.cert_dir}: pass --cert-dir with this "
                 "manager's STATE_DIR/admin, or --insecure for a manager started with --insecure"
@@ -109,6 +118,26 @@ class Transport:
             "dialled without TLS; if the manager serves mutual TLS (its default), pass "
             "--cert-dir STATE_DIR/admin (or set $PYCONTAINER_TLS_DIR)"
         )
+
+    def _expired(self) -> tuple[str, str] | None:
+        """When the certificate in ``cert_dir`` expired (UTC) and whom it names
+        (user/NAME), or None if it has not (or cannot be read: the other hint
+        applies then)."""
+        import datetime
+
+        from ..security import CredentialFiles, SecurityError
+
+        assert self.cert_dir is not None
+        try:
+            leaf, _ = CredentialFiles.in_directory(self.cert_dir).read()
+            end = leaf.certificate.not_valid_after_utc
+        except (SecurityError, ValueError, OSError):
+            return None
+        if end > datetime.datetime.now(datetime.UTC):
+            return None
+        who = leaf.identity
+        named = f"{who.kind}/{who.name}" if who is not None and who.name else "user/NAME"
+        return end.strftime("%Y-%m-%d %H:%M:%S UTC"), named
 
 
 #: Plaintext, for servers started with --insecure (and containers without TLS).

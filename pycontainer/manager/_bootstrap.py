@@ -171,7 +171,7 @@ class Bootstrapping:
         credentials = server_credentials(
             self._trust.manager_files, require_client_certificate=False, send_trust_bundle=True
         )
-        self.join_port = bind(server, listen, credentials)
+        self.join_port = bind(server, listen, credentials, flag="--join-listen")
         self._server = server
 
     async def start(self) -> None:

@@ -69,11 +69,16 @@ class StateLock:
 
 
 def bind(
-    server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None = None
+    server: grpc.aio.Server,
+    listen: str,
+    credentials: grpc.ServerCredentials | None = None,
+    *,
+    flag: str = "--listen",
 ) -> int:
     """Add ``listen`` to ``server`` (with TLS ``credentials``, else plaintext);
     its port. StartRefused, in one line, when the address is in use or cannot
-    be served (the checks are every server's: pycontainer.agent's listen_on)."""
+    be served (the checks are every server's: pycontainer.agent's listen_on),
+    naming ``flag``, the option that gave the address."""
     try:
         return listen_on(server, listen, credentials=credentials)
     except ListenError as exc:
@@ -81,7 +86,7 @@ def bind(
             # The manager's own advice on top of every server's message.
             raise StartRefused(
                 f"{exc.strerror}; it is already in use (another manager?): stop that one, "
-                "or give this one another --listen"
+                f"or give this one another {flag}"
             ) from None
         raise StartRefused(exc.strerror) from None
 

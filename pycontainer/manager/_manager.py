@@ -211,7 +211,9 @@ class Manager:
             self.bootstrap.bind(Observer(self.rpc_stats, self.tracer))
             if self.settings.health_listen:
                 self._health_server = build_health_server(health)
-                self.health_port = bind(self._health_server, self.settings.health_listen)
+                self.health_port = bind(
+                    self._health_server, self.settings.health_listen, flag="--health-listen"
+                )
                 warning = health_port_warning(self.settings.health_listen, "the manager")
                 if warning:
                     _log.warning("%s", warning)

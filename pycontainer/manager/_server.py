@@ -675,9 +675,13 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
 def build_health_server(manager_health: ManagerHealth) -> grpc.aio.Server:
     """A server of grpc.health.v1 alone, for a plaintext port of its own:
     kubelet's gRPC probe speaks no TLS. It tells whether the manager serves,
-    nothing else."""
+    nothing else. Reflection lists health alone (as a container's health port
+    does), so that grpcurl needs no proto files."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(_reflection.HEALTH, manager_health.handlers()),)
     )
+    names = [_reflection.HEALTH, _reflection.REFLECTION_V1, _reflection.REFLECTION_V1ALPHA]
+    for service, group in _reflection.reflection_handlers(lambda: names, aio=True).items():
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, group),))
     return server

@@ -225,8 +225,20 @@ class Authorizer:
         return Denial(
             grpc.StatusCode.PERMISSION_DENIED,
             f"{identity} may not call {method}: it needs the {role} role and holds {has}; "
-            "bind the role to this identity in the manager's roles configuration",
+            + self.remedy(identity, role),
         )
+
+    def remedy(self, identity: Identity, role: Role) -> str:
+        """What to do about a refusal: on the manager, the --role that binds the role."""
+        return (
+            f"the manager binds it with --role {_short(identity)}={role} "
+            "(on `pycontainer manager` or `up`)"
+        )
+
+
+def _short(identity: Identity) -> str:
+    """The form --role takes: user/NAME, container/ID or manager."""
+    return "manager" if identity.kind == "manager" else f"{identity.kind}/{identity.name}"
 
 
 def check_registration(identity: Identity | None, container_id: str) -> Denial | None:

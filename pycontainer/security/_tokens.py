@@ -193,8 +193,9 @@ class TokenStore:
         match = _TOKEN.fullmatch(token.strip())
         if match is None:
             raise TokenError(
-                "not a bootstrap token: expected pct_<id>.<secret> as printed by "
-                "`pycontainer token create`"
+                "not a bootstrap token: expected pct_<id>.<secret> (12 hex digits, a dot, "
+                "43 characters) as printed by `pycontainer token create`; check that it was "
+                "copied whole"
             )
         token_id, secret = match.groups()
         now = self._clock()
@@ -204,7 +205,10 @@ class TokenStore:
             expected = record["sha256"] if record else _digest("")
             matches = hmac.compare_digest(_digest(secret), expected)
             if record is None or not matches:
-                raise TokenError(f"bootstrap token {token_id} is unknown (or was revoked)")
+                raise TokenError(
+                    f"bootstrap token {token_id} is unknown (or was revoked), or its secret "
+                    "is not the one `pycontainer token create` printed"
+                )
             if _expiry(record) <= now:
                 raise TokenError(
                     f"bootstrap token {token_id} expired at {record['expires_at']}; "

@@ -23,6 +23,8 @@ from typing import Any
 
 from .._secrets import mask_url_passwords
 from ..agent._container import ContainerSettings
+from ..agent._join import JoinError
+from ..agent._listen import ListenError
 from ..spec import SPEC_ENV, decode_spec
 from ..telemetry import configure_tracing
 from ..units import (
@@ -515,7 +517,14 @@ def run_settings(settings: SidecarSettings) -> int:
         )
 
     try:
+        # Joining (a bootstrap token) here, on the main thread, before the
+        # event loop: Ctrl-C interrupts it at once, not after its timeout.
+        sidecar.container.join_if_bootstrapping()
         return asyncio.run(sidecar.serve(on_ready=ready))
+    except (JoinError, ListenError) as exc:
+        # The program never started: one line saying why, not a traceback.
+        _log.error("%s", exc.strerror if isinstance(exc, ListenError) else exc)
+        return 1
     finally:
         if provider is not None:
             provider.shutdown()
