@@ -207,6 +207,27 @@ def test_an_operator_bound_to_read_may_list_but_not_stop(
     assert "user/viewer" in refused.value.details
 
 
+def test_a_call_refused_for_its_role_is_in_the_audit_trail(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    viewer = issue_files(_ca(secure), user("viewer"), tmp_path / "viewer")
+    with _client(secure, viewer) as client:
+        with pytest.raises(CallError) as refused:
+            client.stop_container(manager_pb2.StopContainerRequest(container="web"))
+        assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+        # A refused read is no audit record; only what would have changed something.
+        client.list_containers()
+    actor = user("viewer").uri
+    events = [
+        e
+        for e in secure.manager.events.history()
+        if e.type == manager_pb2.EVENT_TYPE_REQUESTED and e.actor == actor
+    ]
+    assert len(events) == 1, [e.message for e in events]
+    assert events[0].message.startswith(f"StopContainer refused for {actor}: "), events[0].message
+    assert "it needs the operate role" in events[0].message, events[0].message
+
+
 def test_a_container_cannot_register_as_another(secure: ManagerHost, tmp_path: Path) -> None:
     files = issue_files(_ca(secure), container("honest-1"), tmp_path / "honest")
     credentials = channel_credentials(files)

@@ -33,7 +33,7 @@ from ..agent._health import LIVENESS, OVERALL, READINESS, AioHealthServicer, hea
 from ..agent._observe import AioServerInterceptor, Observer
 from ..agent._serve import EXCLUSIVE_PORT
 from ..limits import MAX_LIFECYCLE_MESSAGE_BYTES
-from ..security import peer_identity
+from ..security import Denial, Identity, Role, peer_identity, required_role
 from ..spec import MAX_GRACE_PERIOD
 from ..units import duration_field, format_duration
 from ..v1 import (
@@ -624,6 +624,28 @@ class ManagerHealth:
         )
 
 
+def _refusal_audit(manager: Manager) -> Callable[[str, Identity | None, Denial], None]:
+    """The audit trail's record of a mutating call refused for its roles (the
+    interceptor ends it before any servicer could record it): a REQUESTED
+    event naming the caller, the method and why."""
+
+    def record(method: str, identity: Identity | None, denial: Denial) -> None:
+        needed = required_role(method)
+        if needed not in (Role.OPERATE, Role.ADMIN):
+            return  # a refused read changes nothing: not an audit record
+        actor = identity.uri if identity is not None else "a caller without an identity"
+        verb = method.rpartition("/")[2]
+        manager.events.publish(
+            manager_pb2.EVENT_TYPE_REQUESTED,
+            "",
+            "",
+            f"{verb} refused for {actor}: it needs the {needed.value} role ({denial.code.name})",
+            actor=actor,
+        )
+
+    return record
+
+
 def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
     """The server with every manager service on it, and its health (NOT_SERVING
     until told otherwise)."""
@@ -642,7 +664,7 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
         options=SERVER_OPTIONS,
         interceptors=[
             # First: a call outside the caller's roles goes no further.
-            *manager.trust.interceptors(),
+            *manager.trust.interceptors(on_denied=_refusal_audit(manager)),
             aio_server_interceptor(  # type: ignore[no-untyped-call]
                 tracer_provider=manager._tracer_provider, filter_=traced
             ),

@@ -36,6 +36,7 @@ from ..security import (
     Bindings,
     CertificateAuthority,
     CredentialFiles,
+    OnDenied,
     SecurityError,
     channel_credentials,
     check_registration,
@@ -118,9 +119,14 @@ class Trust:
         except (SecurityError, OSError) as exc:
             raise StartRefused(f"cannot set up mutual TLS: {exc}") from None
 
-    def interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
-        """The server's first interceptors: authorization (none when insecure)."""
-        return [] if self.insecure else [AioAuthorizationInterceptor(self.authorizer)]
+    def interceptors(
+        self, on_denied: OnDenied | None = None
+    ) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+        """The server's first interceptors: authorization (none when insecure),
+        telling ``on_denied`` of each refused call."""
+        if self.insecure:
+            return []
+        return [AioAuthorizationInterceptor(self.authorizer, on_denied=on_denied)]
 
     def bind(self, server: grpc.aio.Server, listen: str) -> int:
         """Add ``listen`` to ``server``: mutual TLS, or plaintext with a warning when exposed."""

@@ -47,6 +47,7 @@ from pycontainer.security._identity import (
 from pycontainer.security._interceptor import (
     AioAuthorizationInterceptor,
     AuthorizationInterceptor,
+    OnDenied,
 )
 from pycontainer.security._leaf import (
     LEAF_FILE,
@@ -112,6 +113,7 @@ __all__ = [
     "Identity",
     "IssuedCertificate",
     "Leaf",
+    "OnDenied",
     "Role",
     "SecurityError",
     "TokenError",

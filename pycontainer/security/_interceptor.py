@@ -16,7 +16,7 @@ import grpc
 
 from pycontainer.security._identity import Identity
 from pycontainer.security._peer import HasAuthContext, peer_identity
-from pycontainer.security._roles import Authorizer
+from pycontainer.security._roles import Authorizer, Denial
 
 if TYPE_CHECKING:
     # grpc-stubs makes the interceptor bases generic; grpcio's are not, at run time.
@@ -28,6 +28,9 @@ else:
     _AioInterceptorBase = grpc.aio.ServerInterceptor
 
 Identify = Callable[[HasAuthContext], Identity | None]
+# Told of each refused call (method, the caller's identity or None, why):
+# an audit trail records refusals too.
+OnDenied = Callable[[str, Identity | None, Denial], None]
 
 _Behaviour = Callable[[Any, Any], Any]
 # (request_streaming, response_streaming) -> the handler's behaviour field, its factory.
@@ -62,9 +65,15 @@ def _rebuild(handler: _Handler, behaviour: _Behaviour) -> _Handler:
 class AuthorizationInterceptor(_SyncInterceptorBase):
     """Refuses calls outside the caller's roles on a sync ``grpc.server``."""
 
-    def __init__(self, authorizer: Authorizer, identify: Identify = peer_identity) -> None:
+    def __init__(
+        self,
+        authorizer: Authorizer,
+        identify: Identify = peer_identity,
+        on_denied: OnDenied | None = None,
+    ) -> None:
         self._authorizer = authorizer
         self._identify = identify
+        self._on_denied = on_denied
 
     def intercept_service(
         self,
@@ -78,8 +87,11 @@ class AuthorizationInterceptor(_SyncInterceptorBase):
         behaviour = _behaviour(handler)
 
         def checked(request: Any, context: grpc.ServicerContext, *callback: Any) -> Any:
-            denial = self._authorizer.check(self._identify(context), method)
+            identity = self._identify(context)
+            denial = self._authorizer.check(identity, method)
             if denial is not None:
+                if self._on_denied is not None:
+                    self._on_denied(method, identity, denial)
                 context.abort(denial.code, denial.message)
             # A streaming response is the iterator the servicer returns, unchanged.
             return behaviour(request, context, *callback)
@@ -96,9 +108,15 @@ class AuthorizationInterceptor(_SyncInterceptorBase):
 class AioAuthorizationInterceptor(_AioInterceptorBase):
     """Refuses calls outside the caller's roles on a ``grpc.aio`` server."""
 
-    def __init__(self, authorizer: Authorizer, identify: Identify = peer_identity) -> None:
+    def __init__(
+        self,
+        authorizer: Authorizer,
+        identify: Identify = peer_identity,
+        on_denied: OnDenied | None = None,
+    ) -> None:
         self._authorizer = authorizer
         self._identify = identify
+        self._on_denied = on_denied
 
     async def intercept_service(
         self,
@@ -113,8 +131,11 @@ class AioAuthorizationInterceptor(_AioInterceptorBase):
         behaviour = _behaviour(handler)
 
         async def authorize(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            denial = self._authorizer.check(self._identify(context), method)
+            identity = self._identify(context)
+            denial = self._authorizer.check(identity, method)
             if denial is not None:
+                if self._on_denied is not None:
+                    self._on_denied(method, identity, denial)
                 await context.abort(denial.code, denial.message)
 
         if not handler.response_streaming:
