@@ -48,6 +48,7 @@ from pycontainer.v1 import (
     lifecycle_pb2,
     lifecycle_pb2_grpc,
     manager_pb2,
+    spec_pb2,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -285,6 +286,35 @@ def test_a_joined_container_cannot_register_as_another_nor_join_as_one_its_token
     assert "PERMISSION_DENIED" in str(other.value)
     assert "is for spiffe://pycontainer.local/container/only-1" in str(other.value)
     assert _uses_left(secure, only.token_id) == 1
+
+
+def test_a_joiner_naming_itself_cannot_take_a_known_id_or_one_bound_to_a_role(
+    tmp_path: Path,
+) -> None:
+    with manager_host(
+        tmp_path / "state", insecure=False, role_bindings={"container/boss": "admin"}
+    ) as host:
+        # A container the manager knows (here: one that ran, launched by it).
+        known = host.client.run_container(
+            manager_pb2.RunContainerRequest(
+                spec=spec_pb2.ContainerSpec(name="web", command=["true"])
+            )
+        ).containers[0].identity.id
+        made = _token(host, uses=5)  # lets the joiner name itself
+        refusals = (
+            (known, "a container this manager knows has that id"),
+            ("boss", "bound to the admin role"),
+        )
+        for taken, why in refusals:
+            with pytest.raises(JoinError) as refused:
+                _join(made, taken, tmp_path / f"tls-{taken}")
+            assert why in str(refused.value), refused.value
+            assert f"token create --name {taken}" in str(refused.value)
+        assert _uses_left(host, made.token_id) == 5  # nothing spent
+        # A token made for the id is the operator saying it may.
+        for_boss = _token(host, container_id="boss")
+        files = _join(for_boss, "boss", tmp_path / "tls-boss-ok")
+        assert files.leaf.exists()
 
 
 def test_join_refuses_bad_requests_with_the_field_to_fix_and_spends_no_use(

@@ -42,6 +42,7 @@ from ..security import (
     DEFAULT_TOKEN_TTL,
     Grant,
     Identity,
+    Role,
     SecurityError,
     TokenError,
     TokenNotFor,
@@ -125,8 +126,11 @@ class Bootstrapping:
         trust: Trust,
         events: EventBus,
         manager_address: Callable[[], str],
+        known: Callable[[str], bool] = lambda container_id: False,
     ) -> None:
         self._settings = settings
+        # Whether a container id is one the manager knows (launched, registered).
+        self._known = known
         self._manager_address = manager_address
         self._trust = trust
         self._events = events
@@ -293,7 +297,9 @@ class Bootstrapping:
                 "(pycontainer.limits.JOIN_RATE_PER_SECOND): retry in a second"
             )
         try:
-            grant = await asyncio.to_thread(self.tokens.redeem, request.token, identity=identity)
+            grant = await asyncio.to_thread(
+                self.tokens.redeem, request.token, identity=identity, may_choose=self._choosable
+            )
         except TokenNotFor as exc:
             self._audit(identity.uri, f"refused: {exc}", peer)
             raise RequestError(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
@@ -322,6 +328,22 @@ class Bootstrapping:
             identity=identity.uri,
             expire_time=timestamp_to_proto(issued.not_after),
         )
+
+    def _choosable(self, identity: Identity) -> str | None:
+        """Why a joiner naming itself may not take ``identity``, or None: its
+        certificate would take over a container this manager knows (its
+        session, its checkpoints), or hold roles bound to that id beyond its
+        own session (``--role container/ID=admin``). A token made for the id
+        (token create --name ID) is the operator saying it may."""
+        remedy = f"create a token for it (pycontainer token create --name {identity.name})"
+        if self._known(identity.name):
+            return f"a container this manager knows has that id: join with another id, or {remedy}"
+        held = [
+            r for r in self._trust.authorizer.bindings.named_roles(identity) if r != Role.CONTAINER
+        ]
+        if held:
+            return f"that id is bound to the {', '.join(held)} role (--role): {remedy}"
+        return None
 
     # -- Bootstrap.RenewCertificate (main port) -----------------------------------
     async def renew(

@@ -112,7 +112,13 @@ class Manager:
         # Its CA, the certificates it issues and who may call what (_trust).
         self.trust = Trust(self.settings)
         # Bootstrap tokens and the join listener of containers it did not launch.
-        self.bootstrap = Bootstrapping(self.settings, self.trust, self.events, lambda: self.address)
+        self.bootstrap = Bootstrapping(
+            self.settings,
+            self.trust,
+            self.events,
+            lambda: self.address,
+            known=lambda container_id: container_id in self.registry.entries,
+        )
         self._tasks: set[asyncio.Future[Any]] = set()
         self._server: grpc.aio.Server | None = None
         # grpc.health.v1 in plaintext on a port of its own (health_listen).

@@ -184,11 +184,19 @@ class TokenStore:
             }
         return f"{TOKEN_PREFIX}{token_id}.{secret}"
 
-    def redeem(self, token: str, *, identity: Identity | None = None) -> Grant:
+    def redeem(
+        self,
+        token: str,
+        *,
+        identity: Identity | None = None,
+        may_choose: Callable[[Identity], str | None] | None = None,
+    ) -> Grant:
         """Spend one use of ``token``; what it grants, or :class:`TokenError` saying why not.
 
         With ``identity``, a token made for another identity is refused
-        (:class:`TokenNotFor`) before a use is spent.
+        (:class:`TokenNotFor`) before a use is spent; so is, for a token that
+        lets the joiner name itself, an identity ``may_choose`` gives a reason
+        against (one already in use, or bound to more than its own session).
         """
         match = _TOKEN.fullmatch(token.strip())
         if match is None:
@@ -225,6 +233,12 @@ class TokenStore:
                     f"bootstrap token {token_id} is for {allowed}, not {identity}: join with "
                     "that container id, or create a token for this one (--name)"
                 )
+            if identity is not None and not allowed and may_choose is not None:
+                reason = may_choose(identity)
+                if reason is not None:
+                    raise TokenNotFor(
+                        f"bootstrap token {token_id} cannot name {identity}: {reason}"
+                    )
             record["uses_left"] -= 1
             return _grant(token_id, record)
 
