@@ -192,6 +192,62 @@ def test_a_container_the_manager_did_not_launch_joins_with_a_token_and_registers
         app.communicate(timeout=30)
 
 
+def test_a_joined_container_stopped_and_started_again_is_a_new_run_the_manager_starts(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    made = _token(secure, "again-1")
+    tls_dir = tmp_path / "again-tls"
+    env = _app_env(made, tls_dir, PYCONTAINER_CONTAINER_ID="again-1")
+    request = manager_pb2.GetContainerRequest(container="again-1")
+
+    def running(app: subprocess.Popen[str]) -> bool:
+        assert app.poll() is None, app.communicate()[1]
+        try:
+            got = secure.client.get_container(request).container
+        except CallError:
+            return False
+        return got.state == RUNNING and got.connected
+
+    first = _connected_app(env, "again")
+    try:
+        wait_until(lambda: running(first), 40, "the joined container runs")
+        # restart: the manager has no process of it to start again, and says what to do.
+        with pytest.raises(CallError) as refused:
+            secure.client.restart_container(
+                manager_pb2.RestartContainerRequest(container="again-1")
+            )
+        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "pycontainer stop again-1" in refused.value.details
+        assert "start its program again" in refused.value.details
+        secure.client.stop_container(manager_pb2.StopContainerRequest(container="again-1"))
+        assert first.wait(30) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.communicate(timeout=30)
+    stopped = secure.client.get_container(request).container
+    assert stopped.state == container_pb2.LIFECYCLE_STATE_STOPPED
+    # Its program started again, with its saved certificate (the token is used up).
+    assert _uses_left(secure, made.token_id) == 0
+    second = _connected_app(env, "again")
+    try:
+        wait_until(lambda: running(second), 40, "the new run is started by the manager")
+        again = secure.client.get_container(request).container
+        assert again.restarts == 1
+        news = [
+            e.message
+            for e in secure.manager.events.history()
+            if e.container_id == "again-1" and e.type == manager_pb2.EVENT_TYPE_RESTARTED
+        ]
+        assert news == ["a new run: registered in CREATED after it was STOPPED (restart 1)"], news
+        secure.client.stop_container(manager_pb2.StopContainerRequest(container="again-1"))
+        assert second.wait(30) == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+        second.communicate(timeout=30)
+
+
 def test_a_single_use_token_joins_once_and_the_second_is_told_it_is_used_up(
     secure: ManagerHost, tmp_path: Path
 ) -> None:
