@@ -248,6 +248,39 @@ def test_a_joined_container_stopped_and_started_again_is_a_new_run_the_manager_s
         second.communicate(timeout=30)
 
 
+def test_a_printed_join_address_stays_true_after_the_manager_restarts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state"
+    with manager_host(state, insecure=False) as host:
+        made = _token(host, "later-1")
+    # The same state directory: the join listener binds the port it chose first.
+    with manager_host(state, insecure=False) as host:
+        assert host.manager.bootstrap.join_address == made.join_address
+        files = _join(made, "later-1", tmp_path / "later")
+        assert files.read()[0].identity == container("later-1")
+    # Its port taken meanwhile: a new one, and a warning naming both.
+    port = int(made.join_address.rpartition(":")[2])
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with manager_host(state, insecure=False) as host:
+            moved = host.manager.bootstrap.join_address
+            assert moved
+            assert moved != made.join_address
+            warned = [r.getMessage() for r in caplog.records if "join address" in r.getMessage()]
+            assert any(made.join_address in w and moved in w for w in warned), warned
+            assert _token(host).join_address == moved
+    # And the new port is the one kept from then on; an explicit --join-listen wins
+    # (and is not kept: the default stays what it was).
+    with manager_host(state, insecure=False) as host:
+        assert host.manager.bootstrap.join_address == moved
+    with manager_host(state, insecure=False, join_listen="127.0.0.1:0") as host:
+        assert host.manager.bootstrap.join_address not in ("", moved)
+    with manager_host(state, insecure=False) as host:
+        assert host.manager.bootstrap.join_address == moved
+
+
 def test_a_single_use_token_joins_once_and_the_second_is_told_it_is_used_up(
     secure: ManagerHost, tmp_path: Path
 ) -> None:
@@ -424,6 +457,23 @@ def test_an_insecure_manager_has_no_tokens_and_says_why(tmp_path: Path) -> None:
         host.client.create_bootstrap_token()
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "--insecure" in refused.value.details
+
+
+def test_join_listen_under_insecure_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with manager_host(tmp_path / "state", join_listen="127.0.0.1:0") as host:
+        assert host.manager.bootstrap.join_address == ""
+    warned = [r for r in caplog.records if "--join-listen" in r.getMessage()]
+    assert len(warned) == 1
+    assert warned[0].levelname == "WARNING"
+    assert "--join-listen 127.0.0.1:0 is ignored" in warned[0].getMessage()
+    assert "--insecure" in warned[0].getMessage()
+    # Without --join-listen, --insecure says nothing of it.
+    caplog.clear()
+    with manager_host(tmp_path / "state2"):
+        pass
+    assert not [r for r in caplog.records if "--join-listen" in r.getMessage()]
 
 
 def test_a_joined_container_renews_its_certificate_through_its_session(tmp_path: Path) -> None:

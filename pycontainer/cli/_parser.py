@@ -116,7 +116,8 @@ def _serving_tls_options(parser: argparse.ArgumentParser) -> None:
         type=listen_arg,
         metavar="ADDR",
         help="where containers it did not launch join with a bootstrap token (server-side "
-        "TLS; default: the --listen host on a free port, as `token create` reports it)",
+        "TLS; default: the --listen host on a free port, kept in the state directory for "
+        "restarts, as `token create` reports it)",
     )
     parser.add_argument(
         "--role",
