@@ -295,6 +295,17 @@ def test_a_single_use_token_joins_once_and_the_second_is_told_it_is_used_up(
     assert "pycontainer token create" in message
     assert made.token not in message
     assert not (tmp_path / "second" / "tls.pem").exists()
+    # The refused join's event names the container as other events do: NAME/ID8.
+    [refusal] = [
+        e
+        for e in secure.manager.events.history()
+        if e.type == manager_pb2.EVENT_TYPE_REQUESTED and "refused" in e.message
+    ]
+    assert (refusal.container_id, refusal.container_name) == ("second-1", "joiner")
+    out = io.StringIO()
+    assert main(["events"], client=secure.client, stdout=out) == 0
+    [line] = [text for text in out.getvalue().splitlines() if "refused" in text]
+    assert "joiner/second-1" in line
 
 
 def test_an_expired_or_revoked_token_is_refused_and_says_which(
@@ -717,6 +728,26 @@ def test_token_create_out_of_bounds_is_invalid_argument_naming_the_field(
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details.startswith(f"{field}: "), refused.value.details
     assert said in refused.value.details
+
+
+def test_the_token_ttl_bound_reads_the_same_in_help_and_errors(
+    secure: ManagerHost, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pycontainer.cli import _parser
+    from pycontainer.security import DEFAULT_TOKEN_TTL
+    from pycontainer.security._tokens import MAX_TOKEN_TTL
+    from pycontainer.units import format_duration
+
+    assert (_parser.TOKEN_DEFAULT_TTL, _parser.TOKEN_MAX_TTL) == (DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL)
+    bound = format_duration(MAX_TOKEN_TTL)
+    assert main(["token", "create", "--help"]) == 0
+    assert f"at most {bound})" in " ".join(capsys.readouterr().out.split())
+    assert main(["token", "create", "--ttl", "9d"], client=secure.client) != 0
+    assert f"to {bound}, got '9d'" in capsys.readouterr().err
+    # The manager's own check (a request past the CLI) says it the same way.
+    with pytest.raises(CallError) as refused:
+        _token(secure, ttl=8 * 86400)
+    assert f"at most {bound}, not " in refused.value.details
 
 
 def _sidecar(env: dict[str, str], name: str) -> subprocess.Popen[str]:
