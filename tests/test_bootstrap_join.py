@@ -246,6 +246,18 @@ def test_a_joined_container_stopped_and_started_again_is_a_new_run_the_manager_s
         if second.poll() is None:
             second.kill()
         second.communicate(timeout=30)
+    # Deleted by the operator, it comes back as a new container (no restart counted).
+    secure.client.delete_container(manager_pb2.DeleteContainerRequest(container="again-1"))
+    third = _connected_app(env, "again")
+    try:
+        wait_until(lambda: running(third), 40, "a deleted container registers as new and runs")
+        assert secure.client.get_container(request).container.restarts == 0
+        secure.client.stop_container(manager_pb2.StopContainerRequest(container="again-1"))
+        assert third.wait(30) == 0
+    finally:
+        if third.poll() is None:
+            third.kill()
+        third.communicate(timeout=30)
 
 
 def test_a_printed_join_address_stays_true_after_the_manager_restarts(
