@@ -193,6 +193,107 @@ def test_a_container_the_manager_did_not_launch_joins_with_a_token_and_registers
         app.communicate(timeout=30)
 
 
+def test_a_joined_container_stopped_and_started_again_is_a_new_run_the_manager_starts(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    made = _token(secure, "again-1")
+    tls_dir = tmp_path / "again-tls"
+    env = _app_env(made, tls_dir, PYCONTAINER_CONTAINER_ID="again-1")
+    request = manager_pb2.GetContainerRequest(container="again-1")
+
+    def running(app: subprocess.Popen[str]) -> bool:
+        assert app.poll() is None, app.communicate()[1]
+        try:
+            got = secure.client.get_container(request).container
+        except CallError:
+            return False
+        return got.state == RUNNING and got.connected
+
+    first = _connected_app(env, "again")
+    try:
+        wait_until(lambda: running(first), 40, "the joined container runs")
+        # restart: the manager has no process of it to start again, and says what to do.
+        with pytest.raises(CallError) as refused:
+            secure.client.restart_container(
+                manager_pb2.RestartContainerRequest(container="again-1")
+            )
+        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "pycontainer stop again-1" in refused.value.details
+        assert "start its program again" in refused.value.details
+        secure.client.stop_container(manager_pb2.StopContainerRequest(container="again-1"))
+        assert first.wait(30) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.communicate(timeout=30)
+    stopped = secure.client.get_container(request).container
+    assert stopped.state == container_pb2.LIFECYCLE_STATE_STOPPED
+    # Its program started again, with its saved certificate (the token is used up).
+    assert _uses_left(secure, made.token_id) == 0
+    second = _connected_app(env, "again")
+    try:
+        wait_until(lambda: running(second), 40, "the new run is started by the manager")
+        again = secure.client.get_container(request).container
+        assert again.restarts == 1
+        news = [
+            e.message
+            for e in secure.manager.events.history()
+            if e.container_id == "again-1" and e.type == manager_pb2.EVENT_TYPE_RESTARTED
+        ]
+        assert news == ["a new run: registered in CREATED after it was STOPPED (restart 1)"], news
+        secure.client.stop_container(manager_pb2.StopContainerRequest(container="again-1"))
+        assert second.wait(30) == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+        second.communicate(timeout=30)
+    # Deleted by the operator, it comes back as a new container (no restart counted).
+    secure.client.delete_container(manager_pb2.DeleteContainerRequest(container="again-1"))
+    third = _connected_app(env, "again")
+    try:
+        wait_until(lambda: running(third), 40, "a deleted container registers as new and runs")
+        assert secure.client.get_container(request).container.restarts == 0
+        secure.client.stop_container(manager_pb2.StopContainerRequest(container="again-1"))
+        assert third.wait(30) == 0
+    finally:
+        if third.poll() is None:
+            third.kill()
+        third.communicate(timeout=30)
+
+
+def test_a_printed_join_address_stays_true_after_the_manager_restarts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state"
+    with manager_host(state, insecure=False) as host:
+        made = _token(host, "later-1")
+    # The same state directory: the join listener binds the port it chose first.
+    with manager_host(state, insecure=False) as host:
+        assert host.manager.bootstrap.join_address == made.join_address
+        files = _join(made, "later-1", tmp_path / "later")
+        assert files.read()[0].identity == container("later-1")
+    # Its port taken meanwhile: a new one, and a warning naming both.
+    port = int(made.join_address.rpartition(":")[2])
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with manager_host(state, insecure=False) as host:
+            moved = host.manager.bootstrap.join_address
+            assert moved
+            assert moved != made.join_address
+            warned = [r.getMessage() for r in caplog.records if "join address" in r.getMessage()]
+            assert any(made.join_address in w and moved in w for w in warned), warned
+            assert _token(host).join_address == moved
+    # And the new port is the one kept from then on; an explicit --join-listen wins
+    # (and is not kept: the default stays what it was).
+    with manager_host(state, insecure=False) as host:
+        assert host.manager.bootstrap.join_address == moved
+    with manager_host(state, insecure=False, join_listen="127.0.0.1:0") as host:
+        assert host.manager.bootstrap.join_address not in ("", moved)
+    with manager_host(state, insecure=False) as host:
+        assert host.manager.bootstrap.join_address == moved
+
+
 def test_a_single_use_token_joins_once_and_the_second_is_told_it_is_used_up(
     secure: ManagerHost, tmp_path: Path
 ) -> None:
@@ -207,6 +308,17 @@ def test_a_single_use_token_joins_once_and_the_second_is_told_it_is_used_up(
     assert "pycontainer token create" in message
     assert made.token not in message
     assert not (tmp_path / "second" / "tls.pem").exists()
+    # The refused join's event names the container as other events do: NAME/ID8.
+    [refusal] = [
+        e
+        for e in secure.manager.events.history()
+        if e.type == manager_pb2.EVENT_TYPE_REQUESTED and "refused" in e.message
+    ]
+    assert (refusal.container_id, refusal.container_name) == ("second-1", "joiner")
+    out = io.StringIO()
+    assert main(["events"], client=secure.client, stdout=out) == 0
+    [line] = [text for text in out.getvalue().splitlines() if "refused" in text]
+    assert "joiner/second-1" in line
 
 
 def test_an_expired_or_revoked_token_is_refused_and_says_which(
@@ -398,6 +510,23 @@ def test_an_insecure_manager_has_no_tokens_and_says_why(tmp_path: Path) -> None:
         host.client.create_bootstrap_token()
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "--insecure" in refused.value.details
+
+
+def test_join_listen_under_insecure_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with manager_host(tmp_path / "state", join_listen="127.0.0.1:0") as host:
+        assert host.manager.bootstrap.join_address == ""
+    warned = [r for r in caplog.records if "--join-listen" in r.getMessage()]
+    assert len(warned) == 1
+    assert warned[0].levelname == "WARNING"
+    assert "--join-listen 127.0.0.1:0 is ignored" in warned[0].getMessage()
+    assert "--insecure" in warned[0].getMessage()
+    # Without --join-listen, --insecure says nothing of it.
+    caplog.clear()
+    with manager_host(tmp_path / "state2"):
+        pass
+    assert not [r for r in caplog.records if "--join-listen" in r.getMessage()]
 
 
 def test_a_joined_container_renews_its_certificate_through_its_session(tmp_path: Path) -> None:
@@ -641,6 +770,26 @@ def test_token_create_out_of_bounds_is_invalid_argument_naming_the_field(
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details.startswith(f"{field}: "), refused.value.details
     assert said in refused.value.details
+
+
+def test_the_token_ttl_bound_reads_the_same_in_help_and_errors(
+    secure: ManagerHost, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pycontainer.cli import _parser
+    from pycontainer.security import DEFAULT_TOKEN_TTL
+    from pycontainer.security._tokens import MAX_TOKEN_TTL
+    from pycontainer.units import format_duration
+
+    assert (_parser.TOKEN_DEFAULT_TTL, _parser.TOKEN_MAX_TTL) == (DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL)
+    bound = format_duration(MAX_TOKEN_TTL)
+    assert main(["token", "create", "--help"]) == 0
+    assert f"at most {bound})" in " ".join(capsys.readouterr().out.split())
+    assert main(["token", "create", "--ttl", "9d"], client=secure.client) != 0
+    assert f"to {bound}, got '9d'" in capsys.readouterr().err
+    # The manager's own check (a request past the CLI) says it the same way.
+    with pytest.raises(CallError) as refused:
+        _token(secure, ttl=8 * 86400)
+    assert f"at most {bound}, not " in refused.value.details
 
 
 def _sidecar(env: dict[str, str], name: str) -> subprocess.Popen[str]:

@@ -87,7 +87,7 @@ def join_if_bootstrapping(settings: ContainerSettings) -> str | None:
         _log.info("using the certificate in %s (joined before)", directory)
     else:
         try:
-            _join(files, settings.id, token, address, pin)
+            _join(files, settings.id, token, address, pin, name=settings.name)
         except JoinError as exc:
             if state != "due":
                 raise
@@ -159,7 +159,9 @@ def _unverified_chain(tls: ssl.SSLSocket) -> list[bytes]:
     return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain]  # type: ignore[attr-defined]
 
 
-def _join(files: CredentialFiles, container_id: str, token: str, address: str, pin: str) -> None:
+def _join(
+    files: CredentialFiles, container_id: str, token: str, address: str, pin: str, *, name: str
+) -> None:
     from ..security import (
         MANAGER,
         SecurityError,
@@ -179,7 +181,10 @@ def _join(files: CredentialFiles, container_id: str, token: str, address: str, p
         try:
             response = bootstrap_pb2_grpc.BootstrapStub(channel).Join(
                 bootstrap_pb2.JoinRequest(
-                    token=token, csr_pem=request.csr_pem.decode(), container_id=container_id
+                    token=token,
+                    csr_pem=request.csr_pem.decode(),
+                    container_id=container_id,
+                    container_name=name,
                 ),
                 timeout=timeout,
             )

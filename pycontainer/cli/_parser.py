@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .. import __version__, limits
 from .._tls_env import INSECURE_ENV, TLS_DIR_ENV
 from ..client import DEFAULT_CERT_DIR, DEFAULT_MANAGER, MANAGER_ENV, listen_arg, target_arg
-from ..units import DURATION_HELP, duration_arg
+from ..units import DURATION_HELP, duration_arg, format_duration
 from . import _args
 
 __all__ = ["EPILOG", "build_parser"]
@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 _SECOND = datetime.timedelta(seconds=1)
+# pycontainer.security's DEFAULT_TOKEN_TTL and MAX_TOKEN_TTL (a test checks they
+# agree; not imported: the CLI's start does without cryptography).
+TOKEN_DEFAULT_TTL = datetime.timedelta(hours=1)
+TOKEN_MAX_TTL = datetime.timedelta(days=7)
 
 
 def _verb(
@@ -116,7 +120,8 @@ def _serving_tls_options(parser: argparse.ArgumentParser) -> None:
         type=listen_arg,
         metavar="ADDR",
         help="where containers it did not launch join with a bootstrap token (server-side "
-        "TLS; default: the --listen host on a free port, as `token create` reports it)",
+        "TLS; default: the --listen host on a free port, kept in the state directory for "
+        "restarts, as `token create` reports it)",
     )
     parser.add_argument(
         "--role",
@@ -838,10 +843,11 @@ def _token(subparsers: Subparsers) -> None:
     )
     create.add_argument(
         "--ttl",
-        type=_args.bounded_duration(datetime.timedelta(0), 7 * 86400 * _SECOND, exclusive_low=True),
-        default=3600 * _SECOND,
+        type=_args.bounded_duration(datetime.timedelta(0), TOKEN_MAX_TTL, exclusive_low=True),
+        default=TOKEN_DEFAULT_TTL,
         metavar="DURATION",
-        help=f"how long it can be used, {DURATION_HELP} (default: 1h, at most 7d)",
+        help=f"how long it can be used, {DURATION_HELP} (default: "
+        f"{format_duration(TOKEN_DEFAULT_TTL)}, at most {format_duration(TOKEN_MAX_TTL)})",
     )
     create.add_argument(
         "--uses",

@@ -22,6 +22,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -53,10 +54,11 @@ from ..security import (
     peer_identity,
     server_credentials,
 )
+from ..security._files import write_atomic
 from ..units import duration_field, format_duration, timestamp_to_proto
 from ..v1 import bootstrap_pb2, bootstrap_pb2_grpc, manager_pb2
 from ._events import EventBus
-from ._exclusive import bind
+from ._exclusive import StartRefused, bind
 from ._settings import ManagerSettings
 from ._trust import Trust
 from ._validation import check_message
@@ -70,6 +72,8 @@ _TOKEN_ID = re.compile(r"[0-9a-f]{12}")
 _MAX_TOKEN_CHARS = 128
 _MAX_DESCRIPTION_CHARS = 200
 _WILDCARD_HOSTS = ("", "0.0.0.0", "[::]", "::")
+# The default join listener's port, kept in the state directory for the next start.
+JOIN_PORT_FILE = "join.port"
 
 JOIN_SERVER_OPTIONS = (
     EXCLUSIVE_PORT,
@@ -164,10 +168,42 @@ class Bootstrapping:
     def bind(self, observer: Observer) -> None:
         """Build the join server and bind it (StartRefused when it cannot listen).
         ``observer`` counts its calls and answers undecodable requests with
-        INVALID_ARGUMENT, as on the manager's main server."""
+        INVALID_ARGUMENT, as on the manager's main server. The default address
+        keeps its port across restarts (JOIN_PORT_FILE): the join addresses
+        that tokens kept in the state directory were printed with stay true."""
         listen = self._listen()
+        if self._trust.insecure and self._settings.join_listen:
+            _log.warning(
+                "--join-listen %s is ignored: the manager serves --insecure, where containers "
+                "connect with $PYCONTAINER_MANAGER alone (no bootstrap tokens, no join listener)",
+                self._settings.join_listen,
+            )
         if listen is None:
             return
+        if self._settings.join_listen is not None:  # given: that, or refuse to start
+            self._server, self.join_port = self._bound(observer, listen)
+            return
+        remembered = self._remembered_port()
+        if remembered:
+            again = f"{_host(listen)}:{remembered}"
+            try:
+                self._server, self.join_port = self._bound(observer, again)
+                return
+            except StartRefused as exc:
+                self._server, self.join_port = self._bound(observer, listen)
+                _log.warning(
+                    "the join address %s of earlier starts cannot be served (%s): joins are "
+                    "served on %s now; join addresses printed before are stale (or give "
+                    "--join-listen)",
+                    self._public(remembered),
+                    exc,
+                    self._public(self.join_port),
+                )
+        else:
+            self._server, self.join_port = self._bound(observer, listen)
+        self._remember_port(self.join_port)
+
+    def _bound(self, observer: Observer, listen: str) -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server(
             options=JOIN_SERVER_OPTIONS, interceptors=[AioServerInterceptor(observer)]
         )
@@ -175,8 +211,40 @@ class Bootstrapping:
         credentials = server_credentials(
             self._trust.manager_files, require_client_certificate=False, send_trust_bundle=True
         )
-        self.join_port = bind(server, listen, credentials, flag="--join-listen")
-        self._server = server
+        return server, bind(server, listen, credentials, flag="--join-listen")
+
+    def _public(self, port: int) -> str:
+        """HOST:PORT a joiner dials for ``port`` of the listen address."""
+        host = _host(self._listen() or "")
+        return f"{'127.0.0.1' if host in _WILDCARD_HOSTS else host}:{port}"
+
+    @property
+    def _port_file(self) -> Path:
+        return Path(self._settings.state_dir) / JOIN_PORT_FILE
+
+    def _remembered_port(self) -> int:
+        """The default join port an earlier start chose (0 for none, or unreadable)."""
+        try:
+            text = self._port_file.read_text().strip()
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            _log.warning("cannot read %s: %s (a new join port is chosen)", self._port_file, exc)
+            return 0
+        if not text.isdigit() or not 0 < int(text) < 65536:
+            _log.warning("%s holds no port (%r): a new join port is chosen", self._port_file, text)
+            return 0
+        return int(text)
+
+    def _remember_port(self, port: int) -> None:
+        try:
+            write_atomic(self._port_file, f"{port}\n".encode(), mode=0o644)
+        except OSError as exc:
+            _log.warning(
+                "cannot keep the join port in %s: %s (the next start may choose another)",
+                self._port_file,
+                exc,
+            )
 
     async def start(self) -> None:
         if self._server is not None:
@@ -286,6 +354,11 @@ class Bootstrapping:
             raise invalid_argument("token", "not a bootstrap token (too long)")
         _check_container_id(request.container_id, "container_id")
         identity = container(request.container_id)
+        # Only for the events that name it (NAME/ID8, as others do); one out of
+        # bounds is left out rather than refused: it grants nothing.
+        name = request.container_name
+        if len(name) > limits.MAX_NAME_LENGTH or not limits.NAME_PATTERN.fullmatch(name):
+            name = ""
         try:
             check_csr(request.csr_pem.encode())
         except SecurityError as exc:
@@ -301,14 +374,14 @@ class Bootstrapping:
                 self.tokens.redeem, request.token, identity=identity, may_choose=self._choosable
             )
         except TokenNotFor as exc:
-            self._audit(identity.uri, f"refused: {exc}", peer)
+            self._audit(identity.uri, name, f"refused: {exc}", peer)
             raise RequestError(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
         except TokenError as exc:
-            self._audit(identity.uri, f"refused: {exc}", peer)
+            self._audit(identity.uri, name, f"refused: {exc}", peer)
             raise RequestError(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from None
         except SecurityError as exc:  # the token file itself
             raise failed_precondition(str(exc)) from None
-        self._audit(identity.uri, f"with bootstrap token {grant.token_id}", peer)
+        self._audit(identity.uri, name, f"with bootstrap token {grant.token_id}", peer)
         ca = self._trust.ca
         if ca is None:
             raise failed_precondition("the manager has no CA (it serves --insecure)")
@@ -389,7 +462,7 @@ class Bootstrapping:
             expire_time=timestamp_to_proto(issued.not_after),
         )
 
-    def _audit(self, identity: str, outcome: str, peer: str) -> None:
+    def _audit(self, identity: str, name: str, outcome: str, peer: str) -> None:
         """The audit trail of joins: the identity asked for and the token's id (never
         the token), as the operator API's REQUESTED events are."""
         container_id = identity.rpartition("/")[2]
@@ -397,7 +470,7 @@ class Bootstrapping:
         self._events.publish(
             manager_pb2.EVENT_TYPE_REQUESTED,
             container_id,
-            "",
+            name,
             f"Join {identity} {outcome} by {actor}",
             actor=actor,
         )

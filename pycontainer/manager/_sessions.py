@@ -134,6 +134,9 @@ class Sessions:
             if _claims_running(state) and not entry.admitted:
                 self._admit_claim(entry, state, claimed)
             entry.identity = claimed
+        ended_as = entry.state if entry.terminal and state == S.LIFECYCLE_STATE_CREATED else None
+        if ended_as is not None:
+            self._new_run(entry, ended_as)
         entry.sessions += 1
         entry.state = state
         entry.pid = reg.pid
@@ -153,6 +156,25 @@ class Sessions:
         )
         entry.changed.set()
         return entry
+
+    def _new_run(self, entry: Entry, ended_as: int) -> None:
+        """A container that ended comes back in CREATED: its process was
+        started again (docker start, a pod's restart), so this is a new run of
+        the same record, wanted again: the operator's stop was of the run that
+        ended (a deleted container has no record: it registers as new)."""
+        entry.restarts += 1
+        entry.desired = True
+        entry.admitted = entry.evicted = False
+        entry.exit_code = None
+        entry.reason = ""
+        entry.kill_signal = 0
+        entry.restore_state = None
+        self._registry.event(
+            E.EVENT_TYPE_RESTARTED,
+            entry,
+            f"a new run: registered in CREATED after it was {state_word(ended_as)} "
+            f"(restart {entry.restarts})",
+        )
 
     # -- capacity held by registrations ---------------------------------------------------
     def _admit_claim(

@@ -377,9 +377,7 @@ class Supervisor:
         once it runs again, or its start timeout is over."""
         runtime = self._stopper.runtime_of(entry)
         if entry.spec is None or runtime is None:
-            raise failed_precondition(
-                f"container {entry.id} was not launched by this manager: restart it where it runs"
-            )
+            raise failed_precondition(_not_launched_restart(entry))
         if not entry.terminal or self._stopper.process_of(entry) is not None:
             await self._stopper.stop(entry, grace, "restart", S.STOP_REASON_REQUESTED)
         # The old process is gone (its exit seen) before the new one starts.
@@ -420,3 +418,18 @@ class Supervisor:
             raise failed_precondition(f"cannot signal container {entry.id}: it has just ended")
         self._registry.event(E.EVENT_TYPE_COMMAND_SENT, entry, f"kill: {signum.name}")
         return entry
+
+
+def _not_launched_restart(entry: Entry) -> str:
+    """What to do to restart a container the manager did not launch: it has
+    no process here to start again, and STOPPED is final for the one it has
+    (the lifecycle has no Start after Stop). Its program started again with
+    the same id registers as a new run, which the manager starts."""
+    where = f"container {entry.id} was not launched by this manager, so it cannot start its process"
+    again = (
+        "start its program again where it runs, with the same container id: it registers "
+        "as a new run and the manager starts it"
+    )
+    if entry.terminal:
+        return f"{where} ({state_word(entry.state)}): {again}"
+    return f"{where}: stop it (pycontainer stop {entry.id}), then {again}"

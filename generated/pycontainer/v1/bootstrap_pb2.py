@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epycontainer/v1/bootstrap.proto\x12\x0epycontainer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"C\n\x0bJoinRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\"\x84\x01\n\x0cJoinResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"\x90\x01\n\x18RenewCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xb5\x01\n\tBootstrap\x12\x41\n\x04Join\x12\x1b.pycontainer.v1.JoinRequest\x1a\x1c.pycontainer.v1.JoinResponse\x12\x65\n\x10RenewCertificate\x12\'.pycontainer.v1.RenewCertificateRequest\x1a(.pycontainer.v1.RenewCertificateResponseB^\n\x12\x64\x65v.pycontainer.v1P\x01ZFgithub.com/pycontainer/pycontainer/gen/go/pycontainer/v1;pycontainerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epycontainer/v1/bootstrap.proto\x12\x0epycontainer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"[\n\x0bJoinRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x04 \x01(\t\"\x84\x01\n\x0cJoinResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"\x90\x01\n\x18RenewCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xb5\x01\n\tBootstrap\x12\x41\n\x04Join\x12\x1b.pycontainer.v1.JoinRequest\x1a\x1c.pycontainer.v1.JoinResponse\x12\x65\n\x10RenewCertificate\x12\'.pycontainer.v1.RenewCertificateRequest\x1a(.pycontainer.v1.RenewCertificateResponseB^\n\x12\x64\x65v.pycontainer.v1P\x01ZFgithub.com/pycontainer/pycontainer/gen/go/pycontainer/v1;pycontainerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022dev.pycontainer.v1P\001ZFgithub.com/pycontainer/pycontainer/gen/go/pycontainer/v1;pycontainerv1'
   _globals['_JOINREQUEST']._serialized_start=83
-  _globals['_JOINREQUEST']._serialized_end=150
-  _globals['_JOINRESPONSE']._serialized_start=153
-  _globals['_JOINRESPONSE']._serialized_end=285
-  _globals['_RENEWCERTIFICATEREQUEST']._serialized_start=287
-  _globals['_RENEWCERTIFICATEREQUEST']._serialized_end=329
-  _globals['_RENEWCERTIFICATERESPONSE']._serialized_start=332
-  _globals['_RENEWCERTIFICATERESPONSE']._serialized_end=476
-  _globals['_BOOTSTRAP']._serialized_start=479
-  _globals['_BOOTSTRAP']._serialized_end=660
+  _globals['_JOINREQUEST']._serialized_end=174
+  _globals['_JOINRESPONSE']._serialized_start=177
+  _globals['_JOINRESPONSE']._serialized_end=309
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_start=311
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_end=353
+  _globals['_RENEWCERTIFICATERESPONSE']._serialized_start=356
+  _globals['_RENEWCERTIFICATERESPONSE']._serialized_end=500
+  _globals['_BOOTSTRAP']._serialized_start=503
+  _globals['_BOOTSTRAP']._serialized_end=684
 # @@protoc_insertion_point(module_scope)

@@ -26,6 +26,7 @@ class JoinRequest(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     CSR_PEM_FIELD_NUMBER: _builtins.int
     CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    CONTAINER_NAME_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     """The bootstrap token (pct_<id>.<secret>)."""
     csr_pem: _builtins.str
@@ -34,16 +35,21 @@ class JoinRequest(_message.Message):
     """
     container_id: _builtins.str
     """The container id the certificate is to name (the token may allow only one)."""
+    container_name: _builtins.str
+    """The joiner's container name (what it registers with), for the events
+    that name it; optional, and it grants nothing (the id is what is signed).
+    """
     def __init__(
         self,
         *,
         token: _builtins.str = ...,
         csr_pem: _builtins.str = ...,
         container_id: _builtins.str = ...,
+        container_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "csr_pem", b"csr_pem", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "container_name", b"container_name", "csr_pem", b"csr_pem", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
