@@ -407,11 +407,15 @@ def test_a_joiner_naming_itself_cannot_take_a_known_id_or_one_bound_to_a_role(
         tmp_path / "state", insecure=False, role_bindings={"container/boss": "admin"}
     ) as host:
         # A container the manager knows (here: one that ran, launched by it).
-        known = host.client.run_container(
-            manager_pb2.RunContainerRequest(
-                spec=spec_pb2.ContainerSpec(name="web", command=["true"])
+        known = (
+            host.client.run_container(
+                manager_pb2.RunContainerRequest(
+                    spec=spec_pb2.ContainerSpec(name="web", command=["true"])
+                )
             )
-        ).containers[0].identity.id
+            .containers[0]
+            .identity.id
+        )
         made = _token(host, uses=5)  # lets the joiner name itself
         refusals = (
             (known, "a container this manager knows has that id"),
