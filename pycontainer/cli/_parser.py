@@ -252,9 +252,13 @@ def _apply(subparsers: Subparsers) -> None:
     _apply_arguments(parser)
     parser.add_argument(
         "--dry-run",
-        action="store_true",
-        help="only check the files, without the manager (see `pycontainer diff` for what "
-        "would change)",
+        nargs="?",
+        const="server",
+        default="",
+        choices=["server", "client"],
+        help="change nothing: --dry-run (=server) has the manager check the files as apply "
+        "would (its checks, <redacted> markers) and say what apply would do; "
+        "--dry-run=client only checks the files, without the manager",
     )
     parser.add_argument(
         "--wait", action="store_true", help="then wait until every replica of the files is RUNNING"
