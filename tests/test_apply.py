@@ -701,3 +701,44 @@ def test_a_dry_run_refuses_what_apply_refuses(
         "nothing changed (--dry-run)"
     ], kept.err
     assert [c.identity.id for c in live(manager, "vault")] == [before.identity.id]
+
+
+def test_ps_takes_names_and_ids(
+    manager: ManagerHost, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    spec = write(tmp_path / "kv.yaml", KV.format(replicas=2, greeting="hi"))
+    other = write(tmp_path / "other.yaml", "name: other\nruntime: in-process\n")
+    for path in (spec, other):
+        assert cli(capsys, manager.address, "apply", "-f", path, "--wait").code == 0
+    first, second = live(manager, "kv")
+
+    named = cli(capsys, manager.address, "ps", "kv", "-o", "name")
+    assert (named.code, named.lines, named.err) == (0, ["kv", "kv"], "")
+    as_yaml = cli(capsys, manager.address, "ps", "-o", "yaml", "kv")
+    assert as_yaml.code == 0, as_yaml.err
+    assert [d["name"] for d in yaml.safe_load_all(as_yaml.out)] == ["kv"]
+    by_id = cli(capsys, manager.address, "ps", second.identity.id, "other", "-o", "id")
+    assert sorted(by_id.lines) == sorted([second.identity.id, *ids(manager, "other")])
+    table = cli(capsys, manager.address, "ps", "other")
+    assert [row.split()[0] for row in table.lines[1:]] == ["other"]
+
+    unknown = cli(capsys, manager.address, "ps", "kv", "nosuch", "-o", "name")
+    assert (unknown.code, unknown.lines) == (1, ["kv", "kv"])
+    assert unknown.err == "error: NOT_FOUND: no container with id or name 'nosuch'\n"
+    alone = cli(capsys, manager.address, "ps", "nosuch")
+    assert (alone.code, alone.out) == (1, "")
+    assert alone.err == "error: NOT_FOUND: no container with id or name 'nosuch'\n"
+
+    assert cli(capsys, manager.address, "stop", "other").code == 0
+    stopped = cli(capsys, manager.address, "ps", "other", "-o", "name")
+    assert (stopped.code, stopped.out) == (1, "")
+    assert stopped.err == (
+        "error: NOT_FOUND: no live container with id or name 'other' (STOPPED: -a shows it)\n"
+    )
+    shown = cli(capsys, manager.address, "ps", "-a", "other", "-o", "name")
+    assert (shown.code, shown.lines) == (0, ["other"]), shown.err
+    assert first.identity.id in cli(capsys, manager.address, "ps", "-a", "kv").out
+
+
+def ids(manager: ManagerHost, name: str) -> list[str]:
+    return [c.identity.id for c in live(manager, name)]

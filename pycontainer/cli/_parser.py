@@ -296,9 +296,17 @@ def _containers(subparsers: Subparsers) -> None:
         "ps",
         "_containers:run_ps",
         "list containers",
-        "List the manager's live containers (not STOPPED or FAILED; -a for all), sorted "
-        "by name. -o name prints one name per line; -o yaml prints the specs in the spec "
+        "List the manager's live containers (not STOPPED or FAILED; -a for all), or "
+        "those named (ps web, as kubectl get pods web), sorted by name. -o name prints "
+        "one name per line; -o yaml prints the specs in the spec "
         "file's own keys, to apply again.",
+    )
+    ps.add_argument(
+        "containers",
+        nargs="*",
+        metavar="ID",
+        help="only these (ids or names; a name is all its replicas); one that matches "
+        "nothing is an error (exit 1)",
     )
     ps.add_argument("-a", "--all", action="store_true", help="also stopped and failed containers")
     ps.add_argument(
