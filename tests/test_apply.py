@@ -636,6 +636,21 @@ def test_a_listing_of_two_owners_applies_back_as_each_owners_own(
         again = cli(capsys, manager.address, "diff", "-f", path)
         assert (again.code, again.lines) == (0, [f"{name}: unchanged ({replicas})"]), again.err
 
+    # Every owner's specs are checked before any is applied: b's refusal
+    # leaves a's change undone.
+    changed = list(yaml.safe_load_all(printed.out))
+    changed[0]["env"] = {"GREETING": "hello"}
+    changed[1]["env"] = {"NEW_TOKEN": "<redacted>"}
+    printed_before, printed.out = printed.out, yaml.safe_dump_all(changed)
+    refused = piped("apply")
+    assert (refused.code, refused.out) == (1, ""), refused
+    assert refused.err.startswith(
+        f"error: the specs of owner {owners['b']} (b): INVALID_ARGUMENT: "
+        "specs[0].env['NEW_TOKEN']: <redacted> means"
+    ), refused.err
+    assert "GREETING" not in live(manager, "a")[0].spec.env
+    printed.out = printed_before
+
     # Prune over several owners' listing is refused: it would stop what the
     # listing merely leaves out. Nothing changes.
     for verb in (("apply",), ("diff",)):

@@ -167,13 +167,23 @@ def _requests(args: argparse.Namespace, *, dry_run: bool) -> list[manager_pb2.Ap
 def _dry_runs(
     client: ManagerClient, requests: list[manager_pb2.ApplySpecsRequest]
 ) -> list[manager_pb2.ApplySpecsResponse]:
-    """Each request as the manager's dry run: its checks, nothing changed."""
+    """Each request as the manager's dry run: its checks, nothing changed.
+    Of several owners' requests, a refusal names the owner and its specs
+    (``specs[i]`` in it counts that owner's specs)."""
+    from ..client import CallError
+
     out = []
     for request in requests:
         dry = manager_pb2.ApplySpecsRequest()
         dry.CopyFrom(request)
         dry.dry_run = True
-        out.append(client.apply_specs(dry))
+        try:
+            out.append(client.apply_specs(dry))
+        except CallError as exc:
+            if len(requests) == 1 or not exc.reached:
+                raise
+            names = ", ".join(s.name for s in request.specs)
+            raise from_call(exc, f"the specs of owner {request.owner} ({names})") from None
     return out
 
 
@@ -270,33 +280,39 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.dry_run == "server":
         return _check_with_manager(args, ctx, requests)
     code = 0
-    specs = [s for r in requests for s in r.specs]
     changes: list[manager_pb2.ApplyChange] = []
+    started = 0  # the owners' applies sent
     with ctx.manager(args) as client:
         try:
             if len(requests) > 1:
                 # Every owner's specs checked before any is applied.
                 _dry_runs(client, requests)
-            with spinner(ctx, f"applying {len(specs)} spec(s)"):
-                for request in requests:
+            for index, request in enumerate(requests):
+                started = index + 1
+                with spinner(ctx, f"applying {len(request.specs)} spec(s) of {request.owner}"):
                     # A rollout takes as long as its replicas take to be ready.
                     response = once(client, lambda r: client.apply_specs(r, timeout=None), request)
-                    changes.extend(response.changes)
+                changes.extend(response.changes)
+                if args.output == "table":  # each owner's as it is done
+                    for change in response.changes:
+                        detail = "; ".join(change.detail.splitlines())
+                        ctx.out(
+                            f"{change.name}: {ACTION_WORDS.get(change.action, '?')}"
+                            + (f" ({detail})" if detail else "")
+                        )
+                    ctx.stdout.flush()
         except CallError as exc:
             raise from_call(exc) from None
         except KeyboardInterrupt:
+            if not started:
+                raise Interrupted("nothing applied") from None
+            sent = [s.name for r in requests[:started] for s in r.specs]
+            left = [s.name for r in requests[started:] for s in r.specs]
             raise Interrupted(
-                f"the rollout of {', '.join(s.name for s in specs)} goes on (the "
-                "manager finishes it; pycontainer ps and pycontainer events show it)"
+                f"the rollout of {', '.join(sent)} goes on (the manager finishes it; "
+                "pycontainer ps and pycontainer events show it)"
+                + (f"; {', '.join(left)} not applied" if left else "")
             ) from None
-        if args.output == "table":
-            for change in changes:
-                detail = "; ".join(change.detail.splitlines())
-                ctx.out(
-                    f"{change.name}: {ACTION_WORDS.get(change.action, '?')}"
-                    + (f" ({detail})" if detail else "")
-                )
-            ctx.stdout.flush()
         if args.wait:
             code = _wait(ctx, client, requests, args.timeout, quiet=args.output != "table")
     if args.output in ("json", "yaml"):
