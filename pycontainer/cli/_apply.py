@@ -47,7 +47,6 @@ __all__ = [
     "derive_owner",
     "load",
     "owner_groups",
-    "owner_of",
     "run",
     "run_diff",
 ]
@@ -111,15 +110,6 @@ def derive_owner(files: Iterable[str]) -> str:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-_.")[:40] or "specs"
     digest = hashlib.sha256("\0".join(paths).encode()).hexdigest()[:8]
     return f"{stem}-{digest}"
-
-
-def owner_of(specs: list[spec_pb2.ContainerSpec], files: list[str], given: str = "") -> str:
-    """The owner an apply of ``specs`` (loaded from ``files``) uses: ``given``
-    (--owner), else the one the specs carry, else derive_owner(files)."""
-    # A file that `ps -o yaml` printed names its owner already: applying it
-    # again is the same owner's apply.
-    carried = {spec.labels.get(OWNER_LABEL, "") for spec in specs}
-    return given or (carried.pop() if len(carried) == 1 else "") or derive_owner(files)
 
 
 def owner_groups(
