@@ -698,6 +698,10 @@ def test_a_dry_run_refuses_what_apply_refuses(
     assert dry.code == 1
     assert dry.out == ""
     assert 'the manager has no container or applied spec named "fresh"' in dry.err
+    unreachable = cli(capsys, free_address(), "apply", "--dry-run", "-f", spec)
+    assert unreachable.code == 2
+    assert unreachable.err.startswith("error: cannot reach the manager")
+    assert unreachable.err.endswith("(--dry-run=client checks the files without a manager)\n")
     # --dry-run=client checks the file alone and says what it did not check.
     client = cli(capsys, manager.address, "apply", "--dry-run=client", "-f", spec)
     assert (client.code, client.lines) == (

@@ -236,7 +236,10 @@ def _check_with_manager(
         try:
             responses = _dry_runs(client, requests)
         except CallError as exc:
-            raise from_call(exc) from None
+            error = from_call(exc)
+            if not exc.reached:
+                error.message += " (--dry-run=client checks the files without a manager)"
+            raise error from None
     changes = [c for r in responses for c in r.changes]
     if args.output in ("json", "yaml"):
         specs = [s for r in requests for s in r.specs]

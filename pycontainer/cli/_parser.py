@@ -208,9 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 _OWNER_HELP = (
     "owner label value (pycontainer.dev/owner) of what this apply launches; prune removes "
-    "only this owner's containers (default: the owner label the specs carry, as ps -o yaml "
-    "prints it; else the first file's name and a short hash of the files' absolute paths, "
-    "such as demo-3f2a1b9c; 'stdin' for -)"
+    "only this owner's containers (default: the owner label each spec carries, as ps -o yaml "
+    "prints it, so several owners' specs apply each as its owner's; else the first file's "
+    "name and a short hash of the files' absolute paths, such as demo-3f2a1b9c; 'stdin' for -)"
 )
 
 
@@ -229,7 +229,8 @@ def _apply_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prune",
         action="store_true",
-        help="also stop the owner's containers whose name the files no longer list",
+        help="also stop the owner's containers whose name the files no longer list (specs "
+        "of one owner only: several owners' are refused)",
     )
 
 
