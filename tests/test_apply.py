@@ -6,6 +6,7 @@ diff's exit codes, and a restarted manager bringing the applied replicas back.""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -591,3 +592,172 @@ def pycontainer_specs(path: Path) -> list[spec_pb2.ContainerSpec]:
     from pycontainer.spec import load_specs
 
     return load_specs(str(path))
+
+
+def test_a_listing_of_two_owners_applies_back_as_each_owners_own(
+    manager: ManagerHost,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = write(tmp_path / "first.yaml", "name: a\nruntime: in-process\n")
+    second = write(tmp_path / "second.yaml", "name: b\nruntime: in-process\nreplicas: 2\n")
+    for path in (first, second):
+        assert cli(capsys, manager.address, "apply", "-f", path, "--wait").code == 0
+    owners = {"a": derive_owner([first]), "b": derive_owner([second])}
+    printed = cli(capsys, manager.address, "ps", "-o", "yaml")
+    assert printed.code == 0, printed.err
+
+    def piped(*argv: str) -> Run:
+        monkeypatch.setattr("sys.stdin", io.StringIO(printed.out))
+        return cli(capsys, manager.address, *argv, "-f", "-")
+
+    diff = piped("diff")
+    assert (diff.code, diff.lines) == (
+        0,
+        ["a: unchanged (1 replica)", "b: unchanged (2 replicas)"],
+    ), diff.err
+    dry = piped("apply", "--dry-run")
+    assert dry.code == 0, dry.err
+    assert dry.lines == [
+        "a: valid (in-process, 1 replica, priority 0); unchanged (1 replica); "
+        "nothing changed (--dry-run)",
+        "b: valid (in-process, 2 replicas, priority 0); unchanged (2 replicas); "
+        "nothing changed (--dry-run)",
+    ]
+    run = piped("apply", "--wait")
+    assert run.code == 0, run.err
+    assert run.lines[:2] == ["a: unchanged (1 replica)", "b: unchanged (2 replicas)"]
+    for name, owner in owners.items():
+        assert {c.identity.labels[OWNER_LABEL] for c in live(manager, name)} == {owner}
+    applied = {a.name: a.owner for a in manager.manager.store.list_applied_specs()}
+    assert applied == owners
+    for path, name, replicas in ((first, "a", "1 replica"), (second, "b", "2 replicas")):
+        again = cli(capsys, manager.address, "diff", "-f", path)
+        assert (again.code, again.lines) == (0, [f"{name}: unchanged ({replicas})"]), again.err
+
+    # Every owner's specs are checked before any is applied: b's refusal
+    # leaves a's change undone.
+    changed = list(yaml.safe_load_all(printed.out))
+    changed[0]["env"] = {"GREETING": "hello"}
+    changed[1]["env"] = {"NEW_TOKEN": "<redacted>"}
+    printed_before, printed.out = printed.out, yaml.safe_dump_all(changed)
+    refused = piped("apply")
+    assert (refused.code, refused.out) == (1, ""), refused
+    assert refused.err.startswith(
+        f"error: the specs of owner {owners['b']} (b): INVALID_ARGUMENT: "
+        "specs[0].env['NEW_TOKEN']: <redacted> means"
+    ), refused.err
+    assert "GREETING" not in live(manager, "a")[0].spec.env
+    printed.out = printed_before
+
+    # Prune over several owners' listing is refused: it would stop what the
+    # listing merely leaves out. Nothing changes.
+    for verb in (("apply",), ("diff",)):
+        refused = piped(*verb, "--prune")
+        assert refused.code == (1 if verb == ("apply",) else 2), refused
+        assert refused.out == ""
+        assert refused.err.startswith(
+            f"--prune with specs of 2 owners ({owners['a']}: a; {owners['b']}: b): "
+        ), refused.err
+        assert "prune one owner at a time" in refused.err
+    assert len(live(manager, "a")) == 1
+    assert len(live(manager, "b")) == 2
+    # One owner's listing prunes as that owner's file would.
+    only_a = cli(capsys, manager.address, "ps", "-o", "yaml", "-l", f"{OWNER_LABEL}={owners['a']}")
+    monkeypatch.setattr("sys.stdin", io.StringIO(only_a.out))
+    pruned = cli(capsys, manager.address, "diff", "--prune", "-f", "-")
+    assert (pruned.code, pruned.lines) == (0, ["a: unchanged (1 replica)"]), pruned.err
+
+
+def test_a_dry_run_refuses_what_apply_refuses(
+    manager: ManagerHost, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "vault.yaml"
+    spec = write(path, "name: vault\nruntime: in-process\nenv: {DB_TOKEN: s3cret}\n")
+    assert cli(capsys, manager.address, "apply", "-f", spec, "--wait").code == 0
+    [before] = live(manager, "vault")
+    write(
+        path, "name: vault\nruntime: in-process\nenv: {DB_TOKEN: s3cret, NEW_TOKEN: <redacted>}\n"
+    )
+    expected = (
+        "error: INVALID_ARGUMENT: specs[0].env['NEW_TOKEN']: <redacted> means \"keep the value "
+        'the manager has stored", and the stored specs of "vault" have no "NEW_TOKEN": '
+        "write the value itself"
+    )
+    for argv in (("apply",), ("apply", "--dry-run"), ("apply", "--dry-run=server")):
+        refused = cli(capsys, manager.address, *argv, "-f", spec)
+        assert (refused.code, refused.out, refused.err.strip()) == (1, "", expected), argv
+    diff = cli(capsys, manager.address, "diff", "-f", spec)
+    assert (diff.code, diff.err.strip()) == (2, expected)
+    # A name the manager has nothing of: the marker has no value behind it.
+    fresh = write(
+        tmp_path / "fresh.yaml", "name: fresh\nruntime: in-process\nenv: {X_TOKEN: <redacted>}\n"
+    )
+    dry = cli(capsys, manager.address, "apply", "--dry-run", "-f", fresh, "-o", "json")
+    assert dry.code == 1
+    assert dry.out == ""
+    assert 'the manager has no container or applied spec named "fresh"' in dry.err
+    unreachable = cli(capsys, free_address(), "apply", "--dry-run", "-f", spec)
+    assert unreachable.code == 2
+    assert unreachable.err.startswith("error: cannot reach the manager")
+    assert unreachable.err.endswith("(--dry-run=client checks the files without a manager)\n")
+    # --dry-run=client checks the file alone and says what it did not check.
+    client = cli(capsys, manager.address, "apply", "--dry-run=client", "-f", spec)
+    assert (client.code, client.lines) == (
+        0,
+        [
+            "vault: valid (in-process, 1 replica, priority 0); not launched "
+            "(--dry-run=client); <redacted> in env NEW_TOKEN not checked "
+            "(--dry-run=server checks it)"
+        ],
+    )
+    # The stored value kept: the dry run restores the marker as apply does.
+    write(path, "name: vault\nruntime: in-process\nenv: {DB_TOKEN: <redacted>}\n")
+    kept = cli(capsys, manager.address, "apply", "--dry-run", "-f", spec)
+    assert kept.lines == [
+        "vault: valid (in-process, 1 replica, priority 0); unchanged (1 replica); "
+        "nothing changed (--dry-run)"
+    ], kept.err
+    assert [c.identity.id for c in live(manager, "vault")] == [before.identity.id]
+
+
+def test_ps_takes_names_and_ids(
+    manager: ManagerHost, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    spec = write(tmp_path / "kv.yaml", KV.format(replicas=2, greeting="hi"))
+    other = write(tmp_path / "other.yaml", "name: other\nruntime: in-process\n")
+    for path in (spec, other):
+        assert cli(capsys, manager.address, "apply", "-f", path, "--wait").code == 0
+    first, second = live(manager, "kv")
+
+    named = cli(capsys, manager.address, "ps", "kv", "-o", "name")
+    assert (named.code, named.lines, named.err) == (0, ["kv", "kv"], "")
+    as_yaml = cli(capsys, manager.address, "ps", "-o", "yaml", "kv")
+    assert as_yaml.code == 0, as_yaml.err
+    assert [d["name"] for d in yaml.safe_load_all(as_yaml.out)] == ["kv"]
+    by_id = cli(capsys, manager.address, "ps", second.identity.id, "other", "-o", "id")
+    assert sorted(by_id.lines) == sorted([second.identity.id, *ids(manager, "other")])
+    table = cli(capsys, manager.address, "ps", "other")
+    assert [row.split()[0] for row in table.lines[1:]] == ["other"]
+
+    unknown = cli(capsys, manager.address, "ps", "kv", "nosuch", "-o", "name")
+    assert (unknown.code, unknown.lines) == (1, ["kv", "kv"])
+    assert unknown.err == "error: NOT_FOUND: no container with id or name 'nosuch'\n"
+    alone = cli(capsys, manager.address, "ps", "nosuch")
+    assert (alone.code, alone.out) == (1, "")
+    assert alone.err == "error: NOT_FOUND: no container with id or name 'nosuch'\n"
+
+    assert cli(capsys, manager.address, "stop", "other").code == 0
+    stopped = cli(capsys, manager.address, "ps", "other", "-o", "name")
+    assert (stopped.code, stopped.out) == (1, "")
+    assert stopped.err == (
+        "error: NOT_FOUND: no live container with id or name 'other' (STOPPED: -a shows it)\n"
+    )
+    shown = cli(capsys, manager.address, "ps", "-a", "other", "-o", "name")
+    assert (shown.code, shown.lines) == (0, ["other"]), shown.err
+    assert first.identity.id in cli(capsys, manager.address, "ps", "-a", "kv").out
+
+
+def ids(manager: ManagerHost, name: str) -> list[str]:
+    return [c.identity.id for c in live(manager, name)]

@@ -886,6 +886,6 @@ def test_help_everywhere_and_specs_on_stdin(
             assert "$PYCONTAINER_MANAGER, else 127.0.0.1:50050" in " ".join(text.split())
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("name: piped\ncommand: [python, x.py]\n"))
-    assert main(["apply", "--dry-run", "-f", "-", "-o", "json"]) == 0
+    assert main(["apply", "--dry-run=client", "-f", "-", "-o", "json"]) == 0
     specs = json.loads(capsys.readouterr().out)["containers"]
     assert specs == [{"name": "piped", "command": ["python", "x.py"]}]

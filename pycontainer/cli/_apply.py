@@ -3,11 +3,21 @@ set match spec files (kubectl apply), or show what that would change
 (kubectl diff), through the manager's ApplySpecs.
 
 Every spec applied carries the owner label ``pycontainer.dev/owner``: the value
-of ``--owner``; else the one the specs carry already (a file ``ps -o yaml``
-printed); else one derived from the files (the first file's name and a short
-hash of the files' absolute paths, such as ``demo-3f2a1b9c``; ``stdin`` for
-``-``), so that applying the same file again, from any directory, is the same
-owner, and ``--prune`` removes only what that file launched.
+of ``--owner`` for every spec; else, spec by spec, the one the spec carries
+already (a file ``ps -o yaml`` printed), and for a spec without one an owner
+derived from the files (the first file's name and a short hash of the files'
+absolute paths, such as ``demo-3f2a1b9c``; ``stdin`` for ``-``), so that
+applying the same file again, from any directory, is the same owner, and
+``--prune`` removes only what that file launched.
+
+Specs of several owners (``ps -o yaml`` of two people's containers) are one
+ApplySpecs per owner, in the order the owners first appear: each owner's
+containers stay that owner's, nothing is adopted. Every group is first asked
+as a dry run, so a refusal of any of them changes nothing. ``--prune`` takes
+one owner's specs only: an input of several owners is a listing (often a
+filtered one, ``ps -o yaml -l app=web``), not an owner's whole desired
+state, and pruning by it would stop other owners' containers it merely left
+out; the CLI refuses it and says how to prune one owner.
 """
 
 from __future__ import annotations
@@ -31,7 +41,15 @@ from ._output import print_data, spinner
 if TYPE_CHECKING:
     from ..client import ManagerClient
 
-__all__ = ["ACTION_WORDS", "OWNER_LABEL", "derive_owner", "load", "owner_of", "run", "run_diff"]
+__all__ = [
+    "ACTION_WORDS",
+    "OWNER_LABEL",
+    "derive_owner",
+    "load",
+    "owner_groups",
+    "run",
+    "run_diff",
+]
 
 S = container_pb2
 E = manager_pb2
@@ -94,23 +112,69 @@ def derive_owner(files: Iterable[str]) -> str:
     return f"{stem}-{digest}"
 
 
-def owner_of(specs: list[spec_pb2.ContainerSpec], files: list[str], given: str = "") -> str:
-    """The owner an apply of ``specs`` (loaded from ``files``) uses: ``given``
-    (--owner), else the one the specs carry, else derive_owner(files)."""
-    # A file that `ps -o yaml` printed names its owner already: applying it
-    # again is the same owner's apply.
-    carried = {spec.labels.get(OWNER_LABEL, "") for spec in specs}
-    return given or (carried.pop() if len(carried) == 1 else "") or derive_owner(files)
-
-
-def _request(args: argparse.Namespace, *, dry_run: bool) -> manager_pb2.ApplySpecsRequest:
-    specs = load(args.files)
-    owner = owner_of(specs, args.files, args.owner)
+def owner_groups(
+    specs: list[spec_pb2.ContainerSpec], files: list[str], given: str = ""
+) -> dict[str, list[spec_pb2.ContainerSpec]]:
+    """The specs by the owner each is applied under, in the order the owners
+    first appear: all under ``given`` (--owner); else each under the owner it
+    carries, and those without one under derive_owner(files)."""
+    if given:
+        return {given: list(specs)}
+    groups: dict[str, list[spec_pb2.ContainerSpec]] = {}
     for spec in specs:
-        spec.labels[OWNER_LABEL] = owner
-    return manager_pb2.ApplySpecsRequest(
-        specs=specs, owner=owner, prune=args.prune, dry_run=dry_run
-    )
+        owner = spec.labels.get(OWNER_LABEL, "") or derive_owner(files)
+        groups.setdefault(owner, []).append(spec)
+    return groups
+
+
+def _requests(args: argparse.Namespace, *, dry_run: bool) -> list[manager_pb2.ApplySpecsRequest]:
+    """One ApplySpecs per owner of the files' specs (CliError for a mistake
+    in a file, or --prune over several owners)."""
+    specs = load(args.files)
+    groups = owner_groups(specs, args.files, args.owner)
+    if args.prune and len(groups) > 1:
+        listed = "; ".join(
+            f"{owner}: {', '.join(s.name for s in group)}" for owner, group in groups.items()
+        )
+        raise CliError(
+            f"--prune with specs of {len(groups)} owners ({listed}): prune stops what one "
+            "owner no longer lists, and a listing of several owners' specs would stop what "
+            "it merely leaves out; prune one owner at a time (pycontainer ps -o yaml -l "
+            f"{OWNER_LABEL}=OWNER | pycontainer apply --prune -f -), or apply without --prune"
+        )
+    requests = []
+    for owner, group in groups.items():
+        for spec in group:
+            spec.labels[OWNER_LABEL] = owner
+        requests.append(
+            manager_pb2.ApplySpecsRequest(
+                specs=group, owner=owner, prune=args.prune, dry_run=dry_run
+            )
+        )
+    return requests
+
+
+def _dry_runs(
+    client: ManagerClient, requests: list[manager_pb2.ApplySpecsRequest]
+) -> list[manager_pb2.ApplySpecsResponse]:
+    """Each request as the manager's dry run: its checks, nothing changed.
+    Of several owners' requests, a refusal names the owner and its specs
+    (``specs[i]`` in it counts that owner's specs)."""
+    from ..client import CallError
+
+    out = []
+    for request in requests:
+        dry = manager_pb2.ApplySpecsRequest()
+        dry.CopyFrom(request)
+        dry.dry_run = True
+        try:
+            out.append(client.apply_specs(dry))
+        except CallError as exc:
+            if len(requests) == 1 or not exc.reached:
+                raise
+            names = ", ".join(s.name for s in request.specs)
+            raise from_call(exc, f"the specs of owner {request.owner} ({names})") from None
+    return out
 
 
 def _change_dict(change: manager_pb2.ApplyChange) -> dict[str, object]:
@@ -134,18 +198,63 @@ def _summary(spec: spec_pb2.ContainerSpec) -> str:
 
 
 def _check_only(args: argparse.Namespace, ctx: Context) -> int:
-    """apply --dry-run: the files checked, nothing asked of the manager."""
+    """apply --dry-run=client: the files checked, nothing asked of the manager."""
+    from .._secrets import REDACTED
+
     specs = load(args.files)
     if args.output in ("json", "yaml"):
-        from .._secrets import redact_spec
-        from ..spec import spec_to_dict
+        print_data(ctx, {"containers": _shown(specs)}, args.output)
+        return 0
+    for spec in specs:
+        # What a marker stands for only the manager knows (--dry-run asks it).
+        markers = sorted(n for n, v in spec.env.items() if REDACTED in v)
+        note = (
+            f"; {REDACTED} in env {', '.join(markers)} not checked (--dry-run=server checks it)"
+            if markers
+            else ""
+        )
+        ctx.out(f"{spec.name}: valid ({_summary(spec)}); not launched (--dry-run=client){note}")
+    return 0
 
-        # The CLI shows no secret, even the file's own.
-        shown = [spec_to_dict(redact_spec(s)) for s in specs]
-        print_data(ctx, {"containers": shown}, args.output)
-    else:
-        for spec in specs:
-            ctx.out(f"{spec.name}: valid ({_summary(spec)}); not launched (--dry-run)")
+
+def _shown(specs: list[spec_pb2.ContainerSpec]) -> list[dict[str, object]]:
+    from .._secrets import redact_spec
+    from ..spec import spec_to_dict
+
+    # The CLI shows no secret, even the file's own.
+    return [spec_to_dict(redact_spec(s)) for s in specs]
+
+
+def _check_with_manager(
+    args: argparse.Namespace, ctx: Context, requests: list[manager_pb2.ApplySpecsRequest]
+) -> int:
+    """apply --dry-run (=server): the manager's dry run of the files (the
+    checks and the <redacted> markers of a real apply); nothing changes."""
+    from ..client import CallError
+
+    with ctx.manager(args) as client:
+        try:
+            responses = _dry_runs(client, requests)
+        except CallError as exc:
+            error = from_call(exc)
+            if not exc.reached:
+                error.message += " (--dry-run=client checks the files without a manager)"
+            raise error from None
+    changes = [c for r in responses for c in r.changes]
+    if args.output in ("json", "yaml"):
+        specs = [s for r in requests for s in r.specs]
+        shown = {"containers": _shown(specs), "changes": [_change_dict(c) for c in changes]}
+        print_data(ctx, shown, args.output)
+        return 0
+    summaries = {s.name: _summary(s) for r in requests for s in r.specs}
+    for change in changes:
+        detail = "; ".join(change.detail.splitlines())
+        valid = f"valid ({summaries[change.name]}); " if change.name in summaries else ""
+        ctx.out(
+            f"{change.name}: {valid}{_WOULD.get(change.action, '?')}"
+            + (f" ({detail})" if detail else "")
+            + "; nothing changed (--dry-run)"
+        )
     return 0
 
 
@@ -154,38 +263,53 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from ._operation import once
 
     try:
-        if args.dry_run:
+        if args.dry_run == "client":
             return _check_only(args, ctx)
-        request = _request(args, dry_run=False)
+        requests = _requests(args, dry_run=args.dry_run == "server")
     except CliError as exc:
         for line in exc.message.splitlines():
             ctx.err(line)
         return EXIT_FAILED
+    if args.dry_run == "server":
+        return _check_with_manager(args, ctx, requests)
     code = 0
+    changes: list[manager_pb2.ApplyChange] = []
+    started = 0  # the owners' applies sent
     with ctx.manager(args) as client:
         try:
-            with spinner(ctx, f"applying {len(request.specs)} spec(s)"):
-                # A rollout takes as long as its replicas take to be ready.
-                response = once(client, lambda r: client.apply_specs(r, timeout=None), request)
+            if len(requests) > 1:
+                # Every owner's specs checked before any is applied.
+                _dry_runs(client, requests)
+            for index, request in enumerate(requests):
+                started = index + 1
+                with spinner(ctx, f"applying {len(request.specs)} spec(s) of {request.owner}"):
+                    # A rollout takes as long as its replicas take to be ready.
+                    response = once(client, lambda r: client.apply_specs(r, timeout=None), request)
+                changes.extend(response.changes)
+                if args.output == "table":  # each owner's as it is done
+                    for change in response.changes:
+                        detail = "; ".join(change.detail.splitlines())
+                        ctx.out(
+                            f"{change.name}: {ACTION_WORDS.get(change.action, '?')}"
+                            + (f" ({detail})" if detail else "")
+                        )
+                    ctx.stdout.flush()
         except CallError as exc:
             raise from_call(exc) from None
         except KeyboardInterrupt:
+            if not started:
+                raise Interrupted("nothing applied") from None
+            sent = [s.name for r in requests[:started] for s in r.specs]
+            left = [s.name for r in requests[started:] for s in r.specs]
             raise Interrupted(
-                f"the rollout of {', '.join(s.name for s in request.specs)} goes on (the "
-                "manager finishes it; pycontainer ps and pycontainer events show it)"
+                f"the rollout of {', '.join(sent)} goes on (the manager finishes it; "
+                "pycontainer ps and pycontainer events show it)"
+                + (f"; {', '.join(left)} not applied" if left else "")
             ) from None
-        if args.output == "table":
-            for change in response.changes:
-                detail = "; ".join(change.detail.splitlines())
-                ctx.out(
-                    f"{change.name}: {ACTION_WORDS.get(change.action, '?')}"
-                    + (f" ({detail})" if detail else "")
-                )
-            ctx.stdout.flush()
         if args.wait:
-            code = _wait(ctx, client, request, args.timeout, quiet=args.output != "table")
+            code = _wait(ctx, client, requests, args.timeout, quiet=args.output != "table")
     if args.output in ("json", "yaml"):
-        print_data(ctx, {"changes": [_change_dict(c) for c in response.changes]}, args.output)
+        print_data(ctx, {"changes": [_change_dict(c) for c in changes]}, args.output)
     return code
 
 
@@ -193,25 +317,26 @@ def run_diff(args: argparse.Namespace, ctx: Context) -> int:
     from ..client import CallError
 
     try:
-        request = _request(args, dry_run=True)
+        requests = _requests(args, dry_run=True)
     except CliError as exc:
         for line in exc.message.splitlines():
             ctx.err(line)
         return EXIT_UNREACHABLE
     try:
         with ctx.manager(args) as client:
-            response = client.apply_specs(request)
+            responses = _dry_runs(client, requests)
     except (CallError, CliError) as exc:
         error = from_call(exc) if isinstance(exc, CallError) else exc
         for line in error.message.splitlines():
             ctx.err(f"error: {line}")
         # 1 means "there are changes" here: a failure is 2 or more.
         return max(error.code, EXIT_UNREACHABLE)
-    changed = any(c.action != E.APPLY_ACTION_UNCHANGED for c in response.changes)
+    changes = [c for r in responses for c in r.changes]
+    changed = any(c.action != E.APPLY_ACTION_UNCHANGED for c in changes)
     if args.output in ("json", "yaml"):
-        print_data(ctx, {"changes": [_change_dict(c) for c in response.changes]}, args.output)
+        print_data(ctx, {"changes": [_change_dict(c) for c in changes]}, args.output)
         return 1 if changed else 0
-    for change in response.changes:
+    for change in changes:
         lines = change.detail.splitlines()
         if change.action == E.APPLY_ACTION_REPLACED:
             ctx.out(f"{change.name}: {_WOULD[change.action]}")
@@ -226,21 +351,24 @@ def run_diff(args: argparse.Namespace, ctx: Context) -> int:
 def _wait(
     ctx: Context,
     client: ManagerClient,
-    request: manager_pb2.ApplySpecsRequest,
+    requests: list[manager_pb2.ApplySpecsRequest],
     timeout: datetime.timedelta,
     *,
     quiet: bool,
 ) -> int:
     """Poll until every spec has its replicas RUNNING, or the time is up."""
-    wanted = {spec.name: spec.replicas or 1 for spec in request.specs}
+    wanted = {spec.name: spec.replicas or 1 for r in requests for spec in r.specs}
+    owner_of_name = {spec.name: r.owner for r in requests for spec in r.specs}
     deadline = time.monotonic() + timeout.total_seconds()
-    selector = manager_pb2.ListContainersRequest(label_selector=f"{OWNER_LABEL}={request.owner}")
 
     def running() -> dict[str, list[manager_pb2.Container]]:
         out: dict[str, list[manager_pb2.Container]] = {name: [] for name in wanted}
-        for c in client.list_containers(selector).containers:
-            if c.identity.name in out and c.state == S.LIFECYCLE_STATE_RUNNING:
-                out[c.identity.name].append(c)
+        for owner in dict.fromkeys(owner_of_name.values()):
+            selector = manager_pb2.ListContainersRequest(label_selector=f"{OWNER_LABEL}={owner}")
+            for c in client.list_containers(selector).containers:
+                name = c.identity.name
+                if owner_of_name.get(name) == owner and c.state == S.LIFECYCLE_STATE_RUNNING:
+                    out[name].append(c)
         return out
 
     with spinner(ctx, f"waiting for {sum(wanted.values())} replica(s) to run"):

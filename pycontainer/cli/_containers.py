@@ -16,6 +16,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from .._errors import echo
 from ..client import CallError, ManagerClient
 from ..units import DEFAULT_GRACE_PERIOD, duration_field, duration_to_proto, format_duration
 from ..v1 import container_pb2, manager_pb2
@@ -50,6 +51,16 @@ def run_ps(args: argparse.Namespace, ctx: Context) -> int:
         response = client.list_containers(
             manager_pb2.ListContainersRequest(label_selector=args.selector, states=states)
         )
+        missing: list[str] = []
+        if args.containers:  # ps NAME (kubectl get pods NAME): those, by id or by name
+            wanted = set(args.containers)
+            kept = [c for c in response.containers if wanted & {c.identity.id, c.identity.name}]
+            del response.containers[:]
+            response.containers.extend(kept)
+            found = {key for c in kept for key in (c.identity.id, c.identity.name)}
+            missing = [name for name in dict.fromkeys(args.containers) if name not in found]
+            if missing:
+                missing = _not_found(client, missing, args.selector, states)
     containers = list(response.containers)
     if args.output == "json":
         print_data(ctx, message_dict(response), args.output)
@@ -60,14 +71,40 @@ def run_ps(args: argparse.Namespace, ctx: Context) -> int:
             ctx.out(c.identity.id if args.output == "id" else c.identity.name)
         ctx.stdout.flush()
     elif not containers:
-        hint = "" if args.all or states != list(LIVE_STATES) else " (-a shows stopped ones too)"
-        error_console(ctx).print(f"no containers{hint}")
+        if not missing:
+            hint = "" if args.all or states != list(LIVE_STATES) else " (-a shows stopped ones too)"
+            error_console(ctx).print(f"no containers{hint}")
     else:
         table = container_table(
             containers, show_labels=args.show_labels, wide=args.output == "wide"
         )
         show(console(ctx), table)
-    return 0
+    for line in missing:
+        ctx.err(f"error: NOT_FOUND: {line}")
+    return EXIT_FAILED if missing else 0
+
+
+def _not_found(
+    client: ManagerClient, names: list[str], selector: str, states: Sequence[int]
+) -> list[str]:
+    """Why each of ``names`` (ids or names ps was given) matched nothing: no
+    such container at all, or one that -l or the states left out."""
+    every = client.list_containers(manager_pb2.ListContainersRequest()).containers
+    out = []
+    for name in names:
+        there = [c for c in every if name in (c.identity.id, c.identity.name)]
+        if not there:
+            out.append(f"no container with id or name {echo(name)}")
+            continue
+        seen = ", ".join(sorted({state_name(c.state) for c in there}))
+        if states and not any(c.state in states for c in there):
+            if list(states) == list(LIVE_STATES):
+                out.append(f"no live container with id or name {echo(name)} ({seen}: -a shows it)")
+            else:
+                out.append(f"no container with id or name {echo(name)} in that --state ({seen})")
+        else:
+            out.append(f"no container with id or name {echo(name)} matches -l {selector}")
+    return out
 
 
 def _print_specs(ctx: Context, containers: Sequence[manager_pb2.Container]) -> None:

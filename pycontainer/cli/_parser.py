@@ -213,9 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 _OWNER_HELP = (
     "owner label value (pycontainer.dev/owner) of what this apply launches; prune removes "
-    "only this owner's containers (default: the owner label the specs carry, as ps -o yaml "
-    "prints it; else the first file's name and a short hash of the files' absolute paths, "
-    "such as demo-3f2a1b9c; 'stdin' for -)"
+    "only this owner's containers (default: the owner label each spec carries, as ps -o yaml "
+    "prints it, so several owners' specs apply each as its owner's; else the first file's "
+    "name and a short hash of the files' absolute paths, such as demo-3f2a1b9c; 'stdin' for -)"
 )
 
 
@@ -234,7 +234,8 @@ def _apply_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prune",
         action="store_true",
-        help="also stop the owner's containers whose name the files no longer list",
+        help="also stop the owner's containers whose name the files no longer list (specs "
+        "of one owner only: several owners' are refused)",
     )
 
 
@@ -257,9 +258,13 @@ def _apply(subparsers: Subparsers) -> None:
     _apply_arguments(parser)
     parser.add_argument(
         "--dry-run",
-        action="store_true",
-        help="only check the files, without the manager (see `pycontainer diff` for what "
-        "would change)",
+        nargs="?",
+        const="server",
+        default="",
+        choices=["server", "client"],
+        help="change nothing: --dry-run (=server) has the manager check the files as apply "
+        "would (its checks, <redacted> markers) and say what apply would do; "
+        "--dry-run=client only checks the files, without the manager",
     )
     parser.add_argument(
         "--wait", action="store_true", help="then wait until every replica of the files is RUNNING"
@@ -297,9 +302,17 @@ def _containers(subparsers: Subparsers) -> None:
         "ps",
         "_containers:run_ps",
         "list containers",
-        "List the manager's live containers (not STOPPED or FAILED; -a for all), sorted "
-        "by name. -o name prints one name per line; -o yaml prints the specs in the spec "
+        "List the manager's live containers (not STOPPED or FAILED; -a for all), or "
+        "those named (ps web, as kubectl get pods web), sorted by name. -o name prints "
+        "one name per line; -o yaml prints the specs in the spec "
         "file's own keys, to apply again.",
+    )
+    ps.add_argument(
+        "containers",
+        nargs="*",
+        metavar="ID",
+        help="only these (ids or names; a name is all its replicas); one that matches "
+        "nothing is an error (exit 1)",
     )
     ps.add_argument("-a", "--all", action="store_true", help="also stopped and failed containers")
     ps.add_argument(

@@ -29,7 +29,7 @@ from ..manager._exclusive import unusable_state_dir
 from ..telemetry import configure_tracing
 from ..units import format_duration
 from ..v1 import manager_pb2, spec_pb2
-from ._apply import ACTION_WORDS, OWNER_LABEL, load, owner_of
+from ._apply import ACTION_WORDS, OWNER_LABEL, load, owner_groups
 from ._context import Context
 from ._errors import CliError
 from ._manager import tls_settings
@@ -45,9 +45,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     except CliError as exc:  # one line per mistake, as apply reports them
         print(exc.message, file=sys.stderr)
         return 1
-    owner = owner_of(specs, files)
-    for spec in specs:
-        spec.labels[OWNER_LABEL] = owner
+    # Each spec under its owner, as apply has it (a `ps -o yaml` listing of
+    # several owners keeps each one's).
+    for owner, group in owner_groups(specs, files).items():
+        for spec in group:
+            spec.labels[OWNER_LABEL] = owner
     try:
         Path(args.state_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             "make it writable, or give another --state-dir"
         ) from None
     try:
-        return asyncio.run(_up(args, specs, owner))
+        return asyncio.run(_up(args, specs))
     except StartRefused as exc:  # another manager has the address or the state
         raise CliError(str(exc)) from None
     finally:
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             provider.shutdown()
 
 
-async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec], owner: str) -> int:
+async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -91,7 +93,8 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec], own
         try:
             # One spec per apply, without prune: one bad spec must not hide
             # the others, and nothing else the owner has is touched.
-            response = await manager.apply(manager_pb2.ApplySpecsRequest(specs=[spec], owner=owner))
+            request = manager_pb2.ApplySpecsRequest(specs=[spec], owner=spec.labels[OWNER_LABEL])
+            response = await manager.apply(request)
         except Exception as exc:
             failures += 1
             print(f"error: {spec.name}: {exc}", file=sys.stderr, flush=True)
