@@ -1,7 +1,9 @@
 """Native memory per cancelled stream: a real manager process, one container
 (the asyncio example app) it launched, and a client that opens a stream,
-reads its first message and cancels it, N times per kind; the manager's (and
-the container's) RSS before and after each kind.
+reads its first message and cancels it, N times per kind. Per call: the
+manager's C heap in use (glibc mallinfo2: what leaks, whatever fragmentation
+does), its RSS and the container's RSS; at the end what a malloc_trim(0) of
+the manager gives back. See grpc/grpc#43360 and pycontainer/manager/_upstream.py.
 
     .venv/bin/python bench/cancel_leak.py [--calls 2000] [--kinds WatchEvents,...]
 """
@@ -9,6 +11,7 @@ the container's) RSS before and after each kind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -62,10 +65,21 @@ def main() -> int:
     address = free_address()
     env = dict(os.environ, MALLINFO_FILE=str(tmp / "mallinfo"))
     proc = subprocess.Popen(
-        [sys.executable, "bench/_mallinfo_manager.py", "--listen", address,
-         "--state-dir", str(tmp / "state"), "--heartbeat", "1s"],
-        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "manager.err", "wb"), env=env,
+        [
+            sys.executable,
+            "bench/_mallinfo_manager.py",
+            "--listen",
+            address,
+            "--state-dir",
+            str(tmp / "state"),
+            "--heartbeat",
+            "1s",
+        ],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "manager.err", "wb"),  # noqa: SIM115 - lives as long as the manager
+        env=env,
     )
     pids: list[int] = []
     try:
@@ -85,32 +99,46 @@ def main() -> int:
             stub.RunContainer(manager_pb2.RunContainerRequest(spec=_spec(name)), timeout=30)
         got = [wait_container(stub, n, running_and_connected, n, 60) for n in names]
         pids = [c.pid for c in got]
-        [endpoint] = [e.address for e in got[0].identity.endpoints
-                      if e.kind == container_pb2.ENDPOINT_KIND_MANAGEMENT]
+        [endpoint] = [
+            e.address
+            for e in got[0].identity.endpoints
+            if e.kind == container_pb2.ENDPOINT_KIND_MANAGEMENT
+        ]
         direct = grpc.insecure_channel(endpoint)
         management = management_pb2_grpc.ManagementStub(direct)
         follow = manager_pb2.StreamLogsFilter(follow=True, tail=5)
         opens: dict[str, Callable[[], Any]] = {
             "WatchEvents": lambda: stub.WatchEvents(
-                manager_pb2.WatchEventsRequest(include_history=True), timeout=15),
+                manager_pb2.WatchEventsRequest(include_history=True), timeout=15
+            ),
             "manager StreamLogs": lambda: stub.StreamLogs(
                 manager_pb2.ManagerStreamLogsRequest(label_selector="leak=yes", filter=follow),
-                timeout=15),
+                timeout=15,
+            ),
             "manager StreamLogs history": lambda: stub.StreamLogs(
                 manager_pb2.ManagerStreamLogsRequest(
-                    label_selector="leak=yes", filter=manager_pb2.StreamLogsFilter(tail=5)),
-                timeout=15),
+                    label_selector="leak=yes", filter=manager_pb2.StreamLogsFilter(tail=5)
+                ),
+                timeout=15,
+            ),
             "manager StreamLogs quiet": lambda: stub.StreamLogs(
                 manager_pb2.ManagerStreamLogsRequest(
                     label_selector="leak=yes",
-                    filter=manager_pb2.StreamLogsFilter(follow=True, tail=5, contains="pipeline started")),
-                timeout=15),
+                    filter=manager_pb2.StreamLogsFilter(
+                        follow=True, tail=5, contains="pipeline started"
+                    ),
+                ),
+                timeout=15,
+            ),
             "manager WatchMetrics": lambda: stub.WatchMetrics(
-                manager_pb2.ManagerWatchMetricsRequest(label_selector="leak=yes"), timeout=15),
+                manager_pb2.ManagerWatchMetricsRequest(label_selector="leak=yes"), timeout=15
+            ),
             "StreamLogs": lambda: management.StreamLogs(
-                management_pb2.StreamLogsRequest(follow=True, tail=5), timeout=15),
+                management_pb2.StreamLogsRequest(follow=True, tail=5), timeout=15
+            ),
             "WatchMetrics": lambda: management.WatchMetrics(
-                management_pb2.WatchMetricsRequest(), timeout=15),
+                management_pb2.WatchMetricsRequest(), timeout=15
+            ),
         }
         manager = psutil.Process(proc.pid)
         app = psutil.Process(pids[0])
@@ -130,18 +158,27 @@ def main() -> int:
                 time.sleep(0.5)
                 m1, a1 = manager.memory_info().rss, app.memory_info().rss
                 h1 = _heap(proc.pid, tmp / "mallinfo")
-                print(f"round {r} {kind:22s}: manager heap {(h1 - h0) / args.calls:6.0f} B/call, "
-                      f"RSS {(m1 - m0) / args.calls:7.0f} B/call "
-                      f"(RSS {m1 / 2**20:.1f} MB), app {(a1 - a0) / args.calls:7.0f} B/call "
-                      f"({args.calls / dt:.0f} calls/s)", flush=True)
+                print(
+                    f"round {r} {kind:22s}: manager heap {(h1 - h0) / args.calls:6.0f} B/call, "
+                    f"RSS {(m1 - m0) / args.calls:7.0f} B/call "
+                    f"(RSS {m1 / 2**20:.1f} MB), app {(a1 - a0) / args.calls:7.0f} B/call "
+                    f"({args.calls / dt:.0f} calls/s)",
+                    flush=True,
+                )
+        rss = manager.memory_info().rss
+        (tmp / "mallinfo").unlink(missing_ok=True)
+        os.kill(proc.pid, signal.SIGUSR2)
+        wait_until((tmp / "mallinfo").exists, 10, "the manager's malloc_trim")
+        print(
+            f"manager RSS {rss / 2**20:.1f} MB, after malloc_trim(0) "
+            f"{manager.memory_info().rss / 2**20:.1f} MB"
+        )
         direct.close()
         channel.close()
     finally:
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         proc.terminate()
         proc.wait(15)
     return 0
