@@ -107,6 +107,7 @@ class ManagementServicer(management_pb2_grpc.ManagementServicer):
 
     def StreamLogs(self, request: Any, context: Any) -> Iterator[Any]:
         reader = self._core.logs(request)
+        context.send_initial_metadata(())  # see AsyncManagementServicer.StreamLogs
         yield from reader.iter_responses(context.is_active, self._core.streams_ended)
 
     def WatchMetrics(self, request: Any, context: Any) -> Iterator[Any]:
@@ -140,6 +141,11 @@ class AsyncManagementServicer(management_pb2_grpc.ManagementServicer):
 
     async def StreamLogs(self, request: Any, context: Any) -> AsyncIterator[Any]:
         reader = self._core.logs(request)
+        # At once, not with the first entry (a quiet follow may have none for
+        # long): a grpc.aio client's call is set up only once it has them,
+        # and one cancelled before leaks the batch that waits for them
+        # (grpc/grpc#43360), as the manager's relay of every follow did.
+        await context.send_initial_metadata(())
         async for response in reader.aiter_responses(self._core.streams_ended):
             yield response
 

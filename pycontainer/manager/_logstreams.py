@@ -32,6 +32,7 @@ from ..agent._logs import BufferedEntry, LogQuery, entry_to_proto
 from ..v1 import container_pb2, logs_pb2, management_pb2, management_pb2_grpc, manager_pb2
 from ._logstore import LogStore, Tail
 from ._registry import Entry
+from ._upstream import cancelling, responses
 
 if TYPE_CHECKING:
     from ._manager import Manager
@@ -191,7 +192,9 @@ class LogStreams:
         upstream.follow = False
         async with _management(self._m.trust.container_channel, part.entry) as stub:
             try:
-                async for response in stub.StreamLogs(upstream):
+                # Read to its end; cancelled (its caller gone), without
+                # leaking the pending read (grpc/grpc#43360, _upstream).
+                async for response in responses(stub.StreamLogs(upstream)):
                     for log in response.entries:
                         log.container_id = part.entry.id
                     part.history.extend(response.entries)
@@ -232,7 +235,8 @@ class LogStreams:
             except RequestError as exc:
                 await queue.put(exc)
             finally:
-                await queue.put(None)
+                if not cancelling():  # else the consumer is gone: a full queue would block
+                    await queue.put(None)
 
         tasks = [asyncio.ensure_future(pump(p)) for p in parts]
         try:
@@ -299,16 +303,22 @@ class LogStreams:
 
         async def forward() -> None:
             async with _management(self._m.trust.container_channel, entry) as stub:
-                async for response in stub.StreamLogs(upstream):
-                    new = [e for e in response.entries if fresh(e)]
-                    for log in new:
-                        log.container_id = entry.id
-                    if new or response.missed:
-                        await queue.put(
-                            manager_pb2.ManagerStreamLogsResponse(
-                                entries=new, missed=response.missed
+                call = stub.StreamLogs(upstream)
+                try:
+                    # Cancelled (its caller gone), it ends the call without
+                    # leaking the pending read (grpc/grpc#43360, _upstream).
+                    async for response in responses(call):
+                        new = [e for e in response.entries if fresh(e)]
+                        for log in new:
+                            log.container_id = entry.id
+                        if new or response.missed:
+                            await queue.put(
+                                manager_pb2.ManagerStreamLogsResponse(
+                                    entries=new, missed=response.missed
+                                )
                             )
-                        )
+                finally:
+                    call.cancel()  # no read in flight here: ends it cleanly
 
         streaming = asyncio.ensure_future(forward())
         stopping = asyncio.ensure_future(self._m.wait_for(entry, _gone, _FOREVER))

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import datetime
 import platform
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -50,6 +50,7 @@ from ._certificates import issue_certificate
 from ._logstreams import LogStreams
 from ._operations import REQUEST_ID_METADATA, bounded_target, check_request_id, new_request_id
 from ._registry import Entry
+from ._upstream import cancelling, responses
 from ._validation import check_message, check_replicas, check_spec
 
 if TYPE_CHECKING:
@@ -204,6 +205,11 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
         self, request: manager_pb2.WatchEventsRequest, context: Context
     ) -> AsyncIterator[manager_pb2.WatchEventsResponse]:
         only = request.container
+        # A caller that goes while a message is being written (the history,
+        # written as fast as it is read) costs that write's batch and message
+        # in the C heap, some 250 bytes: grpc.aio drops a cancelled call's
+        # pending write without freeing it (grpc/grpc#43360, no way around it
+        # here). An idle watch ends for free.
         async for event in self._m.events.subscribe(
             request.include_history or request.history_only, request.history_only
         ):
@@ -521,7 +527,9 @@ def version_response() -> manager_pb2.GetVersionResponse:
 async def _merge(
     dial: Callable[[Entry], grpc.aio.Channel],
     entries: list[Entry],
-    open_stream: Callable[[management_pb2_grpc.ManagementAsyncStub], AsyncIterable[T]],
+    open_stream: Callable[
+        [management_pb2_grpc.ManagementAsyncStub], grpc.aio.UnaryStreamCall[Any, T]
+    ],
     convert: Callable[[Entry, T], R],
 ) -> AsyncIterator[R]:
     """Interleave one Management stream per container, as they arrive."""
@@ -541,16 +549,19 @@ async def _merge(
     async def pump(entry: Entry) -> None:
         channel = dial(entry)
         channels.append(channel)
+        stub: management_pb2_grpc.ManagementAsyncStub = management_pb2_grpc.ManagementStub(channel)
+        call = open_stream(stub)
         try:
-            stub: management_pb2_grpc.ManagementAsyncStub = management_pb2_grpc.ManagementStub(
-                channel
-            )
-            async for response in open_stream(stub):
+            # Read so that this task's cancellation ends the call without
+            # leaking its pending read (grpc/grpc#43360, _upstream).
+            async for response in responses(call):
                 await queue.put(convert(entry, response))
         except grpc.aio.AioRpcError as exc:
             await queue.put(RequestError(exc.code(), f"{entry.id}: {exc.details()}"))
         finally:
-            await queue.put(None)
+            call.cancel()  # no read in flight here: ends it cleanly
+            if not cancelling():  # else the consumer is gone: a full queue would block
+                await queue.put(None)
 
     tasks = [asyncio.ensure_future(pump(e)) for e in entries]
     try:
@@ -566,6 +577,9 @@ async def _merge(
     finally:
         for task in tasks:
             task.cancel()
+        # Each pump ends its call and sees its read complete before the
+        # channels close (_upstream).
+        await asyncio.gather(*tasks, return_exceptions=True)
         for channel in channels:
             with contextlib.suppress(Exception):
                 await channel.close(None)
