@@ -88,7 +88,7 @@ def test_a_log_query_returns_exactly_what_a_reference_filter_picks(
         and literal in message
     ]
     if tail is not None:
-        expected = expected[len(expected) - tail :] if tail else []
+        expected = expected[-tail:] if tail else []
     assert got == expected
     # Batches are bounded by what the caller asked (0: the default).
     if batch:
