@@ -123,7 +123,7 @@ def _bare_rate(total: int, batch: int, attributes: dict[str, str] | None) -> flo
 
 
 def stream_logs(ctx: Context, attributes: dict[str, str] | None) -> list[Sample]:
-    total = ctx.count(300_000, minimum=2_000)
+    total = ctx.count(1_000_000, minimum=100_000)
     out = []
     for _ in range(ctx.rounds):
         ours, mean_batch = _follow_rate(total, attributes)
