@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import math
 import os
 import platform
 import shlex
@@ -84,9 +85,10 @@ class Outcome:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..1)."""
+    """Nearest-rank percentile (q in 0..1): the smallest value with at least
+    q of the values at or below it."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered))))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def run_rows(rows: Sequence[Row], ctx: Context, log: Callable[[str], None]) -> list[Outcome]:
@@ -123,8 +125,8 @@ def _num(value: float) -> str:
 
 
 def _spread(values: Sequence[float], fmt: Callable[[float], str] = _num) -> str:
-    """median [min–max]"""
-    return f"{fmt(statistics.median(values))} [{fmt(min(values))}–{fmt(max(values))}]"
+    """median [min .. max]"""
+    return f"{fmt(statistics.median(values))} [{fmt(min(values))} .. {fmt(max(values))}]"
 
 
 def _ratios(samples: Sequence[Sample]) -> list[float]:
@@ -140,8 +142,10 @@ def _ratio(value: float) -> str:
 
 def _tails(latencies: Sequence[float], scale: float) -> str:
     if not latencies:
-        return "–"
-    return f"{_num(percentile(latencies, 0.5) * scale)} / {_num(percentile(latencies, 0.99) * scale)}"
+        return "-"
+    return (
+        f"{_num(percentile(latencies, 0.5) * scale)} / {_num(percentile(latencies, 0.99) * scale)}"
+    )
 
 
 def _summary(o: Outcome) -> str:
@@ -195,7 +199,7 @@ def render(outcomes: Sequence[Outcome], ctx: Context, command: str, started: str
     lines += [f"- {name}: {value}" for name, value in machine()]
     lines += [
         "",
-        "Figures are the median of the rounds with their range [min–max]; the ratio is "
+        "Figures are the median of the rounds with their range [min .. max]; the ratio is "
         "pycontainer ÷ bare per round (for a rate, higher is better; for a time or a "
         "latency, lower is better: see the unit). p50 / p99 pool every latency of "
         "every round.",
@@ -206,9 +210,10 @@ def render(outcomes: Sequence[Outcome], ctx: Context, command: str, started: str
     ]
     for o in outcomes:
         r = o.row
-        head = f"| {r.target or '–'} | {r.key} | {r.what} | {r.unit} ({'↑' if r.higher_is_better else '↓'}) |"
+        arrow = "↑" if r.higher_is_better else "↓"
+        head = f"| {r.target or '-'} | {r.key} | {r.what} | {r.unit} ({arrow}) |"
         if o.error:
-            lines.append(f"{head} FAILED | – | – | – | – | {r.goal} | {o.error} |")
+            lines.append(f"{head} FAILED | - | - | - | - | {r.goal} | {o.error} |")
             continue
         ours = [s.ours * r.scale for s in o.samples]
         bare = [s.bare * r.scale for s in o.samples]
@@ -217,13 +222,17 @@ def render(outcomes: Sequence[Outcome], ctx: Context, command: str, started: str
         bare_lat = [v for s in o.samples for v in s.bare_latencies]
         lines.append(
             f"{head} {_spread(ours)} | {_spread(bare)} | {_spread(_ratios(o.samples), _ratio)} | "
-            f"{_tails(ours_lat, r.scale) if r.latency else '–'} | "
-            f"{_tails(bare_lat, r.scale) if r.latency else '–'} | {r.goal} | "
+            f"{_tails(ours_lat, r.scale) if r.latency else '-'} | "
+            f"{_tails(bare_lat, r.scale) if r.latency else '-'} | {r.goal} | "
             f"{r.bare_is}{'; ' + notes if notes else ''} |"
         )
     failed = [o.row.key for o in outcomes if o.error]
-    lines += ["", f"{len(outcomes) - len(failed)} rows measured, {len(failed)} failed"
-              + (f" ({', '.join(failed)})" if failed else "") + "."]
+    lines += [
+        "",
+        f"{len(outcomes) - len(failed)} rows measured, {len(failed)} failed"
+        + (f" ({', '.join(failed)})" if failed else "")
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -251,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{row.key:22} {row.target or '-':3} {row.what}")
         return 0
     ctx = Context(
-        seconds=args.seconds or (0.25 if args.quick else 2.0),
+        seconds=args.seconds or (0.5 if args.quick else 2.0),
         rounds=max(MIN_ROUNDS, args.rounds or (3 if args.quick else 5)),
         quick=args.quick,
         scale=args.scale or (0.1 if args.quick else 1.0),

@@ -18,7 +18,7 @@ from google.protobuf import timestamp_pb2
 from pycontainer.client import ManagementClient
 from pycontainer.v1 import logs_pb2, management_pb2
 
-from .harness import Context, Row, Sample
+from .harness import Context, Row, Sample, percentile
 from .rows_servers import make_container
 
 # The streams of a benchmark carry up to 64 MiB messages (10,000 entries a batch).
@@ -53,7 +53,11 @@ def _follow_rate(total: int, attributes: dict[str, str] | None) -> tuple[float, 
             def produce() -> None:
                 for i in range(total):
                     buffer.append(
-                        SEVERITY_INFO, "INFO", "bench.worker", f"processed request id={i}", attributes
+                        SEVERITY_INFO,
+                        "INFO",
+                        "bench.worker",
+                        f"processed request id={i}",
+                        attributes,
                     )
 
             producer = threading.Thread(target=produce)
@@ -93,7 +97,9 @@ def _entries(count: int, attributes: dict[str, str] | None) -> list[logs_pb2.Log
 def _bare_rate(total: int, batch: int, attributes: dict[str, str] | None) -> float:
     """Entries/s a bare grpcio server streams of the same entries, serialized
     once beforehand, to a client decoding every batch as StreamLogsResponse."""
-    payload = management_pb2.StreamLogsResponse(entries=_entries(batch, attributes)).SerializeToString()
+    payload = management_pb2.StreamLogsResponse(
+        entries=_entries(batch, attributes)
+    ).SerializeToString()
 
     def stream(request: bytes, context: Any) -> Iterator[bytes]:
         for _ in range(total // batch):
@@ -112,7 +118,8 @@ def _bare_rate(total: int, batch: int, attributes: dict[str, str] | None) -> flo
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=_LARGE_MESSAGES) as channel:
             call = channel.unary_stream(
-                "/bench.Logs/Stream", response_deserializer=management_pb2.StreamLogsResponse.FromString
+                "/bench.Logs/Stream",
+                response_deserializer=management_pb2.StreamLogsResponse.FromString,
             )
             seen, t0 = 0, time.perf_counter()
             for response in call(b"", timeout=120):
@@ -199,7 +206,8 @@ def _latencies_bare(count: int, interval: float) -> list[float]:
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = channel.unary_stream(
-                "/bench.Follow/Stream", response_deserializer=management_pb2.StreamLogsResponse.FromString
+                "/bench.Follow/Stream",
+                response_deserializer=management_pb2.StreamLogsResponse.FromString,
             )
             responses = call(b"", timeout=120)
             next(responses)
@@ -243,8 +251,6 @@ def follow_latency(ctx: Context) -> list[Sample]:
 
 
 def _p99(values: list[float]) -> float:
-    from .harness import percentile
-
     return percentile(values, 0.99)
 
 

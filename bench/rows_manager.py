@@ -24,7 +24,7 @@ from pycontainer.testing import ManagerHost
 from pycontainer.v1 import container_pb2, manager_pb2, spec_pb2
 
 from . import manager_bench
-from .harness import ROOT, Context, Row, Sample
+from .harness import ROOT, Context, Row, Sample, percentile
 
 _CALL_TIMEOUT = 60.0
 _WAIT = 60.0
@@ -77,8 +77,8 @@ def stop_latency(ctx: Context) -> list[Sample]:
         ours = manager_bench.stop_latency(n)
         out.append(
             Sample(
-                manager_bench.percentile(ours, 0.99),
-                manager_bench.percentile(bare, 0.99),
+                percentile(ours, 0.99),
+                percentile(bare, 0.99),
                 ours_latencies=ours,
                 bare_latencies=bare,
                 note=f"{n} stops a round; headline p99",
@@ -333,7 +333,15 @@ def cli_ps(ctx: Context) -> list[Sample]:
     out = []
     with _manager() as host:
         agent = subprocess.Popen(
-            [sys.executable, "-c", manager_bench.AGENT, host.address, "0", str(containers), "manager"],
+            [
+                sys.executable,
+                "-c",
+                manager_bench.AGENT,
+                host.address,
+                "0",
+                str(containers),
+                "manager",
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -381,7 +389,7 @@ ROWS = [
         "p5-kill-manager",
         "P5",
         "deadline + ≤ 50 ms, never early",
-        "SIGKILL − grace deadline, manager's process runtime (on_stop hangs the process)",
+        "SIGKILL minus grace deadline, manager's process runtime (on_stop hangs the process)",
         "a bare Python supervisor: SIGTERM, then SIGKILL from a timer at the deadline",
         "ms",
         False,
@@ -393,7 +401,7 @@ ROWS = [
         "p5-kill-sidecar",
         "P5",
         "deadline + ≤ 50 ms, never early",
-        "SIGKILL − grace deadline, sidecar (the program ignores SIGTERM)",
+        "SIGKILL minus grace deadline, sidecar (the program ignores SIGTERM)",
         "a bare Python supervisor: SIGTERM, then SIGKILL from a timer at the deadline",
         "ms",
         False,
@@ -404,7 +412,7 @@ ROWS = [
     Row(
         "p4-sessions",
         "P4",
-        "≤ 1.5 × bare",
+        "≤ 1.5 x bare",
         "time to connect N Lifecycle sessions to one manager (pycontainer manager)",
         "a bare grpc.aio server holding as many bidirectional streams",
         "s",
@@ -432,4 +440,3 @@ ROWS = [
         cli_help,
     ),
 ]
-

@@ -122,7 +122,9 @@ def sync_health(ctx: Context, tls: bool) -> list[Sample]:
         try:
             req = health_pb2.HealthCheckRequest()
             bare_call, our_call = (health_pb2_grpc.HealthStub(ch).Check for ch in channels)
-            return alternate(ctx, lambda: our_call(req, timeout=10), lambda: bare_call(req, timeout=10))
+            return alternate(
+                ctx, lambda: our_call(req, timeout=10), lambda: bare_call(req, timeout=10)
+            )
         finally:
             for ch in channels:
                 ch.close()
@@ -191,7 +193,9 @@ def tls_cost(ctx: Context) -> list[Sample]:
         try:
             req = health_pb2.HealthCheckRequest()
             plain_call, tls_call = (health_pb2_grpc.HealthStub(ch).Check for ch in channels)
-            return alternate(ctx, lambda: tls_call(req, timeout=10), lambda: plain_call(req, timeout=10))
+            return alternate(
+                ctx, lambda: tls_call(req, timeout=10), lambda: plain_call(req, timeout=10)
+            )
         finally:
             for ch in channels:
                 ch.close()
@@ -218,7 +222,9 @@ def interceptor_only(ctx: Context) -> list[Sample]:
         channels.append(grpc.insecure_channel(address))
     try:
         bare_echo, our_echo = (ch.unary_unary("/demo.Echo/Echo") for ch in channels)
-        return alternate(ctx, lambda: our_echo(b"x", timeout=10), lambda: bare_echo(b"x", timeout=10))
+        return alternate(
+            ctx, lambda: our_echo(b"x", timeout=10), lambda: bare_echo(b"x", timeout=10)
+        )
     finally:
         for ch, server in zip(channels, servers, strict=True):
             ch.close()
@@ -249,7 +255,9 @@ def embedded_app(ctx: Context) -> list[Sample]:
         streams.append(watchers.stream_logs(management_pb2.StreamLogsRequest(follow=True)))
         streams.append(
             watchers.watch_metrics(
-                management_pb2.WatchMetricsRequest(interval=duration_pb2.Duration(nanos=100_000_000))
+                management_pb2.WatchMetricsRequest(
+                    interval=duration_pb2.Duration(nanos=100_000_000)
+                )
             )
         )
     drainers = [threading.Thread(target=_drain, args=(s,), daemon=True) for s in streams]
@@ -260,7 +268,9 @@ def embedded_app(ctx: Context) -> list[Sample]:
         # Something for the log watchers to carry, once they are open.
         logging.getLogger("bench.app").warning("watchers are open")
         our_echo, bare_echo = (ch.unary_unary("/demo.Echo/Echo") for ch in channels)
-        return alternate(ctx, lambda: our_echo(b"x", timeout=10), lambda: bare_echo(b"x", timeout=10))
+        return alternate(
+            ctx, lambda: our_echo(b"x", timeout=10), lambda: bare_echo(b"x", timeout=10)
+        )
     finally:
         watchers.close()  # cancels their streams: each drainer ends
         for t in drainers:

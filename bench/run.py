@@ -12,7 +12,7 @@ from pathlib import Path
 # Run as a script, bench/ is on sys.path, not the repository holding it.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import main  # noqa: E402
+from bench.harness import main
 
 if __name__ == "__main__":
     sys.exit(main())
