@@ -35,23 +35,44 @@ def make_container(name: str, **settings: Any) -> pycontainer.Container:
     return pycontainer.Container(pycontainer.ContainerSettings(name=name, **settings))
 
 
+# Each round alternates the two in this many slices, so that both see the
+# same moments of a noisy machine.
+SLICES = 4
+
+
 def rate(fn: Callable[[], object], seconds: float) -> float:
     """Calls/s of ``fn`` called back to back for ``seconds`` (after a warm-up)."""
-    for _ in range(WARMUP_CALLS):
-        fn()
+    calls, elapsed = _calls(fn, seconds)
+    return calls / elapsed
+
+
+def _calls(fn: Callable[[], object], seconds: float) -> tuple[int, float]:
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         fn()
         n += 1
-    return n / (time.perf_counter() - t0)
+    return n, time.perf_counter() - t0
 
 
 def alternate(ctx: Context, ours: Callable[[], object], bare: Callable[[], object]) -> list[Sample]:
-    """Rates of both, alternating within each round (bare first)."""
+    """Calls/s of both in each round, in alternating slices (bare first)."""
+    for _ in range(WARMUP_CALLS):
+        bare()
+        ours()
     out = []
     for _ in range(ctx.rounds):
-        b = rate(bare, ctx.seconds)
-        out.append(Sample(ours=rate(ours, ctx.seconds), bare=b))
+        totals = {"ours": [0, 0.0], "bare": [0, 0.0]}
+        for _ in range(SLICES):
+            for side, fn in (("bare", bare), ("ours", ours)):
+                n, t = _calls(fn, ctx.seconds / SLICES)
+                totals[side][0] += n
+                totals[side][1] += t
+        out.append(
+            Sample(
+                ours=totals["ours"][0] / totals["ours"][1],
+                bare=totals["bare"][0] / totals["bare"][1],
+            )
+        )
     return out
 
 
@@ -158,20 +179,27 @@ async def _aio_health(ctx: Context, tls: bool) -> list[Sample]:
         req = health_pb2.HealthCheckRequest()
         stubs = [health_pb2_grpc.HealthStub(ch) for ch in channels]
 
-        async def arate(stub: Any) -> float:
-            for _ in range(WARMUP_CALLS):
-                await stub.Check(req, timeout=10)
+        async def calls(stub: Any, seconds: float) -> tuple[int, float]:
             n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < ctx.seconds:
+            while time.perf_counter() - t0 < seconds:
                 await stub.Check(req, timeout=10)
                 n += 1
-            return n / (time.perf_counter() - t0)
+            return n, time.perf_counter() - t0
 
         try:
+            for stub in stubs:
+                for _ in range(WARMUP_CALLS):
+                    await stub.Check(req, timeout=10)
             out = []
             for _ in range(ctx.rounds):
-                b = await arate(stubs[0])
-                out.append(Sample(ours=await arate(stubs[1]), bare=b))
+                totals = [[0, 0.0], [0, 0.0]]  # bare, ours
+                for _ in range(SLICES):
+                    for side, stub in enumerate(stubs):
+                        n, t = await calls(stub, ctx.seconds / SLICES)
+                        totals[side][0] += n
+                        totals[side][1] += t
+                bare_rate, our_rate = (n / t for n, t in totals)
+                out.append(Sample(ours=our_rate, bare=bare_rate))
             return out
         finally:
             for ch in channels:
