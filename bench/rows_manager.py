@@ -284,19 +284,18 @@ def sessions(ctx: Context) -> list[Sample]:
     n = ctx.count(2000, minimum=100)
     agents = 2 if ctx.quick else 4
     out = []
-    # The agents of manager_bench dial plaintext: the manager serves plaintext too.
-    with _environment(PYCONTAINER_INSECURE="1"):
-        for _ in range(ctx.rounds):
-            bare_mib, bare_s = manager_bench.held_sessions(n, agents, bare=True)
-            mgr_mib, mgr_s = manager_bench.held_sessions(n, agents, bare=False)
-            out.append(
-                Sample(
-                    mgr_s,
-                    bare_s,
-                    note=f"{n:,} sessions in {agents} agent processes, plaintext; "
-                    f"RSS over idle {mgr_mib:.0f} MiB (bare {bare_mib:.0f} MiB)",
-                )
+    # manager_bench's agents dial plaintext: its manager serves --insecure.
+    for _ in range(ctx.rounds):
+        bare_mib, bare_s = manager_bench.held_sessions(n, agents, bare=True)
+        mgr_mib, mgr_s = manager_bench.held_sessions(n, agents, bare=False)
+        out.append(
+            Sample(
+                mgr_s,
+                bare_s,
+                note=f"{n:,} sessions in {agents} agent processes, plaintext; "
+                f"RSS over idle {mgr_mib:.0f} MiB (bare {bare_mib:.0f} MiB)",
             )
+        )
     return out
 
 
