@@ -20,6 +20,7 @@ import grpc
 import psutil
 from google.protobuf import duration_pb2
 
+from pycontainer import security
 from pycontainer.testing import ManagerHost
 from pycontainer.v1 import container_pb2, manager_pb2, spec_pb2
 
@@ -306,13 +307,58 @@ def _pycontainer_command() -> list[str]:
 
 
 # The same ListContainers call without pycontainer: raw bytes, undecoded (a
-# bare client has no pycontainer to import the messages from).
-_BARE_LIST = (
-    "import sys, grpc; "
-    "channel = grpc.insecure_channel(sys.argv[1]); "
-    "reply = channel.unary_unary('/pycontainer.v1.Manager/ListContainers')(b'', timeout=60); "
-    "print(len(reply))"
-)
+# bare client has no pycontainer to import the messages from). With a
+# certificate directory and a server name: over mutual TLS.
+_BARE_LIST = r"""
+import sys, grpc
+target = sys.argv[1]
+if len(sys.argv) > 2:
+    directory, server_name = sys.argv[2], sys.argv[3]
+    blocks = open(directory + "/tls.pem", "rb").read().split(b"-----END ")
+    pem = [b + b"-----END " + r.split(b"\n", 1)[0] + b"\n" for b, r in zip(blocks, blocks[1:])]
+    key = b"".join(p for p in pem if b"PRIVATE KEY" in p)
+    chain = b"".join(p for p in pem if b"CERTIFICATE" in p)
+    trust = open(directory + "/ca.pem", "rb").read()
+    credentials = grpc.ssl_channel_credentials(trust, key, chain)
+    options = [("grpc.ssl_target_name_override", server_name)]
+    channel = grpc.secure_channel(target, credentials, options=options)
+else:
+    channel = grpc.insecure_channel(target)
+reply = channel.unary_unary("/pycontainer.v1.Manager/ListContainers")(b"", timeout=60)
+print(len(reply))
+"""
+
+# Simulated containers over mutual TLS: one channel per session, each with
+# the certificate of its own container identity.
+_TLS_AGENT = r"""
+import asyncio, sys, grpc
+from pycontainer import security
+from pycontainer.v1 import container_pb2, lifecycle_pb2, lifecycle_pb2_grpc
+target, certs, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+async def session(i, ready):
+    files = security.CredentialFiles.in_directory(f"{certs}/sim-{i}")
+    channel = grpc.aio.secure_channel(target, security.channel_credentials(files),
+        options=security.server_name_options(security.MANAGER))
+    queue = asyncio.Queue()
+    queue.put_nowait(lifecycle_pb2.ConnectRequest(register=lifecycle_pb2.Registration(
+        identity=container_pb2.ContainerIdentity(id=f"sim-{i}", name=f"sim-{i}"),
+        state=container_pb2.LIFECYCLE_STATE_RUNNING, pid=i)))
+    async def requests():
+        while True:
+            yield await queue.get()
+    async for _ in lifecycle_pb2_grpc.LifecycleStub(channel).Connect(requests()):
+        ready.release()
+
+async def main():
+    ready = asyncio.Semaphore(0)
+    tasks = [asyncio.ensure_future(session(i, ready)) for i in range(count)]
+    for _ in range(count):
+        await ready.acquire()
+    print("ready", flush=True)
+    await asyncio.gather(*tasks)
+asyncio.run(main())
+"""
 
 
 def _wall(command: list[str]) -> float:
@@ -326,37 +372,50 @@ def _wall(command: list[str]) -> float:
     return elapsed
 
 
-def cli_ps(ctx: Context) -> list[Sample]:
+def cli_ps(ctx: Context, tls: bool) -> list[Sample]:
     containers = 100
     per_round = 1 if ctx.quick else 3
     out = []
-    with _manager() as host:
-        agent = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                manager_bench.AGENT,
-                host.address,
-                "0",
-                str(containers),
-                "manager",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert agent.stdout is not None
-            if agent.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"the simulated containers did not connect ({agent.poll()})")
+    with contextlib.ExitStack() as stack:
+        state = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-manager-"))
+        host = ManagerHost(state, insecure=not tls)
+        stack.callback(host.close)
+        if tls:
+            certs = Path(state) / "bench-sims"
+            ca = security.CertificateAuthority.open(state)
+            for i in range(containers):
+                files = security.CredentialFiles.in_directory(certs / f"sim-{i}")
+                files.write(ca.issue(security.container(f"sim-{i}")), ca.certificate_pem)
+            agent_command = [sys.executable, "-c", _TLS_AGENT, host.address, str(certs)]
+            agent_command.append(str(containers))
+            admin = str(Path(state) / "admin")
+            ps = [*_pycontainer_command(), "ps", "--manager", host.address, "--cert-dir", admin]
+            server_name = security.MANAGER.dns_name or ""
+            bare = [sys.executable, "-c", _BARE_LIST, host.address, admin, server_name]
+        else:
+            agent_command = [sys.executable, "-c", manager_bench.AGENT, host.address, "0"]
+            agent_command += [str(containers), "manager"]
             ps = [*_pycontainer_command(), "ps", "--manager", host.address, "--insecure"]
             bare = [sys.executable, "-c", _BARE_LIST, host.address]
-            for _ in range(ctx.rounds):
-                b = statistics.median(_wall(bare) for _ in range(per_round))
-                o = statistics.median(_wall(ps) for _ in range(per_round))
-                out.append(Sample(o, b, note=f"{containers} containers, plaintext"))
-        finally:
-            agent.kill()
-            agent.wait(10)
+        agent = subprocess.Popen(agent_command, stdout=subprocess.PIPE, text=True)
+        stack.callback(agent.wait, 10)
+        stack.callback(agent.kill)
+        assert agent.stdout is not None
+        if agent.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the simulated containers did not connect ({agent.poll()})")
+
+        def all_listed() -> bool:
+            listed = host.stub.ListContainers(
+                manager_pb2.ListContainersRequest(), timeout=_CALL_TIMEOUT
+            ).containers
+            return sum(c.connected for c in listed) == containers
+
+        _wait(all_listed, f"{containers} containers listed as connected")
+        for _ in range(ctx.rounds):
+            b = statistics.median(_wall(bare) for _ in range(per_round))
+            o = statistics.median(_wall(ps) for _ in range(per_round))
+            note = f"{containers} containers, {'mutual TLS' if tls else 'plaintext'}"
+            out.append(Sample(o, b, note=note))
     return out
 
 
@@ -422,11 +481,21 @@ ROWS = [
         "p8-ps",
         "P8",
         "≤ 1.5",
-        "`pycontainer ps` wall time against a manager with 100 containers",
+        "`pycontainer ps` wall time against a manager with 100 containers, plaintext",
         "a bare Python grpcio client making the same ListContainers call",
         "s",
         False,
-        cli_ps,
+        lambda ctx: cli_ps(ctx, tls=False),
+    ),
+    Row(
+        "p8-ps-mtls",
+        "P8",
+        "≤ 1.5",
+        "`pycontainer ps` wall time against a manager with 100 containers, mTLS (the default)",
+        "a bare Python grpcio client making the same ListContainers call over the same mTLS",
+        "s",
+        False,
+        lambda ctx: cli_ps(ctx, tls=True),
     ),
     Row(
         "p8-help",
