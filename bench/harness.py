@@ -205,15 +205,17 @@ def render(outcomes: Sequence[Outcome], ctx: Context, command: str, started: str
         "every round.",
         "",
         "| target | key | what is measured | unit | pycontainer | bare | ratio | "
-        "p50 / p99 ours | p50 / p99 bare | goal | baseline is |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "p50 / p99 ours | p50 / p99 bare | goal | baseline is | row took |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         r = o.row
         arrow = "↑" if r.higher_is_better else "↓"
         head = f"| {r.target or '-'} | {r.key} | {r.what} | {r.unit} ({arrow}) |"
         if o.error:
-            lines.append(f"{head} FAILED | - | - | - | - | {r.goal} | {o.error} |")
+            lines.append(
+                f"{head} FAILED | - | - | - | - | {r.goal} | {o.error} | {o.seconds:.0f} s |"
+            )
             continue
         ours = [s.ours * r.scale for s in o.samples]
         bare = [s.bare * r.scale for s in o.samples]
@@ -224,7 +226,7 @@ def render(outcomes: Sequence[Outcome], ctx: Context, command: str, started: str
             f"{head} {_spread(ours)} | {_spread(bare)} | {_spread(_ratios(o.samples), _ratio)} | "
             f"{_tails(ours_lat, r.scale) if r.latency else '-'} | "
             f"{_tails(bare_lat, r.scale) if r.latency else '-'} | {r.goal} | "
-            f"{r.bare_is}{'; ' + notes if notes else ''} |"
+            f"{r.bare_is}{'; ' + notes if notes else ''} | {o.seconds:.0f} s |"
         )
     failed = [o.row.key for o in outcomes if o.error]
     lines += [

@@ -52,6 +52,7 @@ def test_a_run_writes_results_with_the_machine_rows_ratios_and_ranges(tmp_path: 
         assert re.fullmatch(SPREAD, ours), (key, ours)
         assert re.fullmatch(SPREAD, bare), (key, bare)
         assert re.fullmatch(RATIO, ratio), (key, ratio)
+        assert re.fullmatch(r"\d+ s", cells[-1]), (key, cells[-1])  # how long the row took
     assert rows["p3d-logging"].startswith("| P3d |")
     assert "µs/call (↓)" in rows["p3d-logging"]
     assert "calls/s (↑)" in rows["tls-cost"]
