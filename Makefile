@@ -27,7 +27,7 @@ PROTOS := $(sort $(wildcard protos/pycontainer/v1/*.proto))
 NODE_DIR := tests/node
 PIP_FLAGS := --disable-pip-version-check -q
 
-.PHONY: system-deps all venv generate check-generated lint buf-lint typecheck pytest test test-floor run bench clean node-deps
+.PHONY: system-deps all venv generate check-generated lint buf-lint typecheck pytest test test-floor run bench bench-quick clean node-deps
 
 all: test
 
@@ -147,10 +147,16 @@ RUN_SPEC ?= examples/demo.yaml
 run: venv system-deps
 	$(BIN)/pycontainer up -f $(RUN_SPEC) --state-dir state
 
+# Every benchmark row against bare grpcio in the same run, written to
+# bench/RESULTS.md; `make bench QUICK=1` (or `make bench-quick`) is the quick
+# run (make itself would take `make bench --quick` as an option of its own).
+# The full run adds the kill -9 recovery of 1,000 containers (bench/reconnect.py).
 bench: venv
-	$(BIN)/python bench/run.py
-	$(BIN)/python bench/manager_bench.py
-	$(BIN)/python bench/reconnect.py --containers 1000 --workers 4
+	$(BIN)/python -m bench $(if $(QUICK),--quick)
+	$(if $(QUICK),,$(BIN)/python bench/reconnect.py --containers 1000 --workers 4)
+
+bench-quick: venv
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) $(FLOOR) $(GEN) $(NODE_DIR)/node_modules build *.egg-info

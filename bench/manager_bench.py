@@ -179,6 +179,8 @@ def held_sessions(sessions: int, agents: int, bare: bool) -> tuple[float, float]
                     state,
                     "--heartbeat",
                     "60s",
+                    # The simulated agents dial plaintext (the default is mutual TLS).
+                    "--insecure",
                 ],
                 stdout=subprocess.PIPE,
                 text=True,

@@ -1,0 +1,1 @@
+"""pycontainer's benchmarks: ``python -m bench [--quick]`` (see bench/harness.py)."""

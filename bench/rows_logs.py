@@ -1,0 +1,346 @@
+"""Rows of the logs: StreamLogs throughput (P3), follow latency (P3c) and the
+cost of log capture to the app (P3d)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from pycontainer.client import ManagementClient
+from pycontainer.v1 import logs_pb2, management_pb2
+
+from .harness import Context, Row, Sample, percentile
+from .rows_servers import SLICES, make_container
+
+# The streams of a benchmark carry up to 64 MiB messages (10,000 entries a batch).
+_LARGE_MESSAGES = [("grpc.max_receive_message_length", 64 << 20)]
+MAX_BATCH = 10_000
+ATTRIBUTES = {"path": "/api/v1/items", "status": "200", "method": "GET", "thread": "worker-7"}
+SEVERITY_INFO = 9
+
+
+# -- P3: entries/s in one follow stream ---------------------------------------------------
+def _follow_rate(total: int, attributes: dict[str, str] | None) -> tuple[float, float]:
+    """Entries/s one follow stream receives (a Python client decoding every
+    batch) while ``total`` entries are appended as fast as the process can;
+    also the mean batch size."""
+    container = make_container("bench-logs", log_capacity=1 << 20, log_level=None)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    container.add_to_server(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    container.start()
+    buffer = container.logs
+    try:
+        with ManagementClient(f"127.0.0.1:{port}", options=_LARGE_MESSAGES) as client:
+            seen = missed = batches = 0
+            # The stream is live once the retained warm-up entry comes back.
+            buffer.append(SEVERITY_INFO, "INFO", "bench.worker", "warm-up", attributes)
+            stream = client.stream_logs(
+                management_pb2.StreamLogsRequest(follow=True, tail=1, max_batch_size=MAX_BATCH)
+            )
+            next(stream)
+
+            def produce() -> None:
+                for i in range(total):
+                    buffer.append(
+                        SEVERITY_INFO,
+                        "INFO",
+                        "bench.worker",
+                        f"processed request id={i}",
+                        attributes,
+                    )
+
+            producer = threading.Thread(target=produce)
+            t0 = time.perf_counter()
+            producer.start()
+            for batch in stream:
+                seen += len(batch.entries)
+                missed += batch.missed
+                batches += 1
+                if seen + missed >= total:
+                    break
+            elapsed = time.perf_counter() - t0
+            stream.close()  # cancels the call
+            producer.join()
+    finally:
+        server.stop(None)
+        container.close()
+    return seen / elapsed, seen / max(1, batches)
+
+
+def _entries(count: int, attributes: dict[str, str] | None) -> list[logs_pb2.LogEntry]:
+    now = time.time_ns()
+    return [
+        logs_pb2.LogEntry(
+            sequence=i + 1,
+            time=timestamp_pb2.Timestamp(seconds=now // 10**9, nanos=now % 10**9),
+            severity=SEVERITY_INFO,  # type: ignore[arg-type]
+            severity_text="INFO",
+            logger="bench.worker",
+            message=f"processed request id={i}",
+            attributes=attributes or {},
+        )
+        for i in range(count)
+    ]
+
+
+def _bare_rate(total: int, batch: int, attributes: dict[str, str] | None) -> float:
+    """Entries/s a bare grpcio server streams of the same entries, serialized
+    once beforehand, to a client decoding every batch as StreamLogsResponse."""
+    payload = management_pb2.StreamLogsResponse(
+        entries=_entries(batch, attributes)
+    ).SerializeToString()
+
+    def stream(request: bytes, context: Any) -> Iterator[bytes]:
+        for _ in range(total // batch):
+            yield payload
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "bench.Logs", {"Stream": grpc.unary_stream_rpc_method_handler(stream)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=_LARGE_MESSAGES) as channel:
+            call = channel.unary_stream(
+                "/bench.Logs/Stream",
+                response_deserializer=management_pb2.StreamLogsResponse.FromString,
+            )
+            seen, t0 = 0, time.perf_counter()
+            for response in call(b"", timeout=120):
+                seen += len(response.entries)
+            return seen / (time.perf_counter() - t0)
+    finally:
+        server.stop(None)
+
+
+def stream_logs(ctx: Context, attributes: dict[str, str] | None) -> list[Sample]:
+    total = ctx.count(1_000_000, minimum=100_000)
+    out = []
+    for _ in range(ctx.rounds):
+        ours, mean_batch = _follow_rate(total, attributes)
+        # The bare server sends batches of the size pycontainer's stream averaged.
+        batch = max(1, min(MAX_BATCH, round(mean_batch)))
+        bare = _bare_rate(max(total, batch), batch, attributes)
+        out.append(Sample(ours, bare, note=f"{total:,} entries a round"))
+    return out
+
+
+# -- P3c: follow latency at a low rate -------------------------------------------------
+def _latencies_ours(count: int, interval: float) -> list[float]:
+    container = make_container("bench-follow", log_level=None)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    container.add_to_server(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    container.start()
+    buffer = container.logs
+    sent: dict[str, float] = {}
+    out: list[float] = []
+    try:
+        with ManagementClient(f"127.0.0.1:{port}") as client:
+            buffer.append(SEVERITY_INFO, "INFO", "bench", "warm-up")
+            stream = client.stream_logs(management_pb2.StreamLogsRequest(follow=True, tail=1))
+            next(stream)
+
+            def produce() -> None:
+                for i in range(count):
+                    time.sleep(interval)
+                    key = f"entry {i}"
+                    sent[key] = time.perf_counter()
+                    buffer.append(SEVERITY_INFO, "INFO", "bench", key, ATTRIBUTES)
+
+            producer = threading.Thread(target=produce)
+            producer.start()
+            for batch in stream:
+                now = time.perf_counter()
+                out.extend(now - sent[e.message] for e in batch.entries)
+                if len(out) >= count:
+                    break
+            stream.close()  # cancels the call
+            producer.join()
+    finally:
+        server.stop(None)
+        container.close()
+    return out
+
+
+def _latencies_bare(count: int, interval: float) -> list[float]:
+    """A bare grpcio server-stream that sends each entry (serialized as it
+    comes, from a queue) when it is put."""
+    pending: queue.Queue[tuple[str, float] | None] = queue.Queue()
+    sent: dict[str, float] = {}
+
+    def stream(request: bytes, context: Any) -> Iterator[bytes]:
+        yield b""  # the stream is open
+        while (item := pending.get()) is not None:
+            entry = logs_pb2.LogEntry(message=item[0], logger="bench", attributes=ATTRIBUTES)
+            yield management_pb2.StreamLogsResponse(entries=[entry]).SerializeToString()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "bench.Follow", {"Stream": grpc.unary_stream_rpc_method_handler(stream)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    out: list[float] = []
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_stream(
+                "/bench.Follow/Stream",
+                response_deserializer=management_pb2.StreamLogsResponse.FromString,
+            )
+            responses = call(b"", timeout=120)
+            next(responses)
+
+            def produce() -> None:
+                for i in range(count):
+                    time.sleep(interval)
+                    key = f"entry {i}"
+                    sent[key] = time.perf_counter()
+                    pending.put((key, sent[key]))
+                pending.put(None)
+
+            producer = threading.Thread(target=produce)
+            producer.start()
+            for response in responses:
+                now = time.perf_counter()
+                out.extend(now - sent[e.message] for e in response.entries)
+            producer.join()
+    finally:
+        server.stop(None)
+    return out
+
+
+def follow_latency(ctx: Context) -> list[Sample]:
+    count = ctx.count(200, minimum=15)
+    interval = 0.02  # 50 entries/s: a quiet service
+    out = []
+    for _ in range(ctx.rounds):
+        bare = _latencies_bare(count, interval)
+        ours = _latencies_ours(count, interval)
+        out.append(
+            Sample(
+                _p99(ours),
+                _p99(bare),
+                ours_latencies=ours,
+                bare_latencies=bare,
+                note=f"{count} entries a round at 50/s; headline p99",
+            )
+        )
+    return out
+
+
+def _p99(values: list[float]) -> float:
+    return percentile(values, 0.99)
+
+
+# -- P3d: logger.info with capture -----------------------------------------------------
+def _timed_calls(logger: logging.Logger, seconds: float) -> tuple[int, float]:
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for i in range(100):
+            logger.info("processed request id=%d path=%s", i, "/api/v1/items")
+        n += 100
+    return n, time.perf_counter() - t0
+
+
+def _per_call(ours: logging.Logger, bare: logging.Logger, seconds: float) -> tuple[float, float]:
+    """Seconds per logger.info call of each, in alternating slices."""
+    totals = [[0, 0.0], [0, 0.0]]
+    for _ in range(SLICES):
+        for side, logger in enumerate((bare, ours)):
+            n, t = _timed_calls(logger, seconds / SLICES)
+            totals[side][0] += n
+            totals[side][1] += t
+    bare_cost, our_cost = (t / n for n, t in totals)
+    return our_cost, bare_cost
+
+
+def logging_cost(ctx: Context) -> list[Sample]:
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    root.handlers = []
+    container = make_container("bench-capture", log_capacity=1 << 16)
+    container.start()  # installs the capture on the root logger
+    captured = logging.getLogger("bench.captured")
+    bare = logging.getLogger("bench.devnull")
+    bare.propagate = False
+    bare.setLevel(logging.INFO)
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
+    handler = logging.StreamHandler(devnull)
+    bare.addHandler(handler)
+    try:
+        _per_call(captured, bare, 0.05)  # warm-up
+        return [Sample(*_per_call(captured, bare, ctx.seconds)) for _ in range(ctx.rounds)]
+    finally:
+        bare.removeHandler(handler)
+        devnull.close()
+        container.close()
+        root.handlers, root.level = saved_handlers, saved_level
+
+
+ROWS = [
+    Row(
+        "p3-attrs",
+        "P3",
+        "≥ 0.8 of bare",
+        "StreamLogs follow, one stream, full speed, 4-attribute entries, client decodes",
+        "bare grpcio streaming the same entries pre-serialized, same batch size",
+        "entries/s",
+        True,
+        lambda ctx: stream_logs(ctx, ATTRIBUTES),
+    ),
+    Row(
+        "p3-plain",
+        "P3",
+        "≥ 0.8 of bare, ≥ 2M/s",
+        "StreamLogs follow, one stream, full speed, entries without attributes",
+        "bare grpcio streaming the same entries pre-serialized, same batch size",
+        "entries/s",
+        True,
+        lambda ctx: stream_logs(ctx, None),
+    ),
+    Row(
+        "p3c-follow-latency",
+        "P3c",
+        "p99 ≤ 20 ms",
+        "StreamLogs follow latency of one entry at 50 entries/s (append → client)",
+        "bare grpcio server-stream sending each entry as it is queued",
+        "ms",
+        False,
+        follow_latency,
+        latency=True,
+        scale=1e3,
+    ),
+    Row(
+        "p3d-logging",
+        "P3d",
+        "≤ 1.0",
+        "logger.info(...) with pycontainer's log capture, per call",
+        "a logger with a StreamHandler to /dev/null",
+        "µs/call",
+        False,
+        logging_cost,
+        scale=1e6,
+    ),
+]
