@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -411,6 +412,9 @@ def test_unread_heartbeats_and_replies_are_bounded(manager: ManagerHost) -> None
             nonlocal largest
             while entry.session is live:
                 largest = max(largest, live.outbox.qsize())
+                # Sampled, not spun: a spinning thread starves the manager's
+                # loop in this process of the GIL (40 s instead of 3).
+                time.sleep(0.0005)
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
