@@ -188,7 +188,7 @@ def test_process_launched_by_run_container_starts_and_exits_zero(
 
 
 # -- 2. on_stop overrunning its grace ------------------------------------------------------
-def test_on_stop_overrunning_grace_ends_the_process_with_137(
+def test_on_stop_overrunning_grace_ends_the_process_at_its_deadline(
     manager: ManagerHost, tmp_path: Path
 ) -> None:
     state = tmp_path / "slow.json"
@@ -202,8 +202,10 @@ def test_on_stop_overrunning_grace_ends_the_process_with_137(
     cid = launched.identity.id
     _wait_container(manager.stub, cid, _running_and_connected, "running")
     began = time.monotonic()
-    # Ended at the deadline (by itself, 137, as SIGKILL would): a stop that
-    # worked, answered when the process ended, not after the stop's time limit.
+    # Ended at the deadline: by itself (137, as SIGKILL would) or by the
+    # manager's SIGKILL at the same deadline (-9), whichever came first; a
+    # stop that worked, answered when the process ended, not after the stop's
+    # time limit.
     response = manager.stub.StopContainer(
         manager_pb2.StopContainerRequest(container=cid, grace_period=_seconds(0.5)),
         timeout=30,
@@ -213,13 +215,14 @@ def test_on_stop_overrunning_grace_ends_the_process_with_137(
         manager.stub, cid, lambda c: c.HasField("exit_code"), "exit status", timeout=15
     )
     assert time.monotonic() - began < 20
-    assert exited.exit_code == 137
+    assert exited.exit_code in (137, -9)
     assert exited.state == S.LIFECYCLE_STATE_STOPPED
     assert exited.reason == "killed after its 500ms grace period"
-    assert "overran" in exited.error
+    if exited.exit_code == 137:  # it ended itself, after telling why
+        assert "overran" in exited.error
     _event(
         manager.stub,
-        lambda e: e.type == E.EVENT_TYPE_EXITED and "status 137" in e.message,
+        lambda e: e.type == E.EVENT_TYPE_EXITED and f"status {exited.exit_code}" in e.message,
         container=cid,
     )
     data = _state_file(state)

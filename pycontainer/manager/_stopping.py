@@ -1,8 +1,8 @@
 """Stops and evictions with a deadline, of everything the manager launched.
 
 A connected container is sent the command; a launched process still alive
-past its grace period (plus the extensions granted, plus a margin) is
-SIGKILLed by its runtime. A launched process that is not connected (a
+past its grace period (plus the extensions granted) is SIGKILLed by its
+runtime, at that deadline. A launched process that is not connected (a
 program that never registered, a lost session) gets SIGTERM from its
 runtime, then SIGKILL at the deadline. Either way a stop that ends in the
 kill is a stop that worked, as ``docker stop`` reports it: the container is
@@ -43,12 +43,8 @@ _log = logging.getLogger("pycontainer.manager")
 
 E = manager_pb2
 S = container_pb2
-# A launched process still alive this long past its grace period is killed.
-_KILL_MARGIN = datetime.timedelta(seconds=2)
 # How long a SIGKILLed process may take to be reported gone.
 _KILL_PATIENCE = 10.0
-# Polling step while a stop waits for a process (its exit also wakes it).
-_STEP = 0.1
 
 # Runs a background task the manager owns; returns it.
 SpawnTask = Callable[[Coroutine[Any, Any, Any]], "asyncio.Future[Any]"]
@@ -174,19 +170,41 @@ class Stopper:
             self._sessions.command(entry, name, action, limit=limit, command_id=command_id)
         )
         work.add_done_callback(_retrieved)
+        # The deadline runs from the stop's start, read afresh on each wake: a
+        # grace extension granted meanwhile moves it. The kill comes from a
+        # timer at the deadline, never before it (monotonic; a wait that
+        # returns early waits the rest). No margin for the container's own
+        # hook: an app that ends itself at its deadline, or a sidecar that
+        # kills its program then, ends at the same moment, and this kill
+        # of what is left is harmless (its exit status is whichever came first).
         started = time.monotonic()
         try:
             while True:
                 runtime = self.process_of(entry)
                 if work.done() and (runtime is None or not _waits_for_exit(work)):
                     break
-                allowed = grace_s + self._sessions.granted(command_id)
-                remaining = allowed + _KILL_MARGIN.total_seconds() - (time.monotonic() - started)
-                if remaining <= 0 and runtime is not None and entry.stop and not entry.stop.killed:
+                killed = entry.stop is not None and entry.stop.killed
+                deadline = started + grace_s + self._sessions.granted(command_id)
+                if runtime is not None and not killed and time.monotonic() >= deadline:
                     await self._kill(entry, runtime, grace)
-                await asyncio.wait({work}, timeout=max(_STEP, min(remaining, 0.5)))
-                if work.done():
-                    await asyncio.sleep(_STEP)  # a process on its way out
+                    continue
+                wake = None if runtime is None or killed else deadline - time.monotonic()
+                if not work.done():
+                    await asyncio.wait({work}, timeout=wake)
+                    continue
+                # Cut short or overran, its process on its way out: wait for
+                # its exit, until the deadline (or, killed, a bounded time).
+                assert runtime is not None
+                gone = await self._sessions.wait_for(
+                    entry,
+                    _exited(runtime),
+                    _KILL_PATIENCE if wake is None else wake,
+                )
+                if not gone and killed:
+                    raise RequestError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"container {entry.id} still runs {_KILL_PATIENCE:g}s after SIGKILL",
+                    )
         finally:
             self._sessions.forget_grant(command_id)
         if work.exception() is None:
@@ -209,18 +227,11 @@ class Stopper:
             f"not connected: SIGTERM, SIGKILL after {format_duration(grace)}",
         )
         await runtime.signal(entry.id, signal.SIGTERM)
-        deadline = time.monotonic() + grace.total_seconds()
-        while runtime.running(entry.id) and time.monotonic() < deadline:
-            await self._sessions.wait_for(
-                entry,
-                lambda e: not runtime.running(e.id),
-                min(_STEP * 5, max(0.0, deadline - time.monotonic())),
-            )
+        # wait_for ends at the deadline by the monotonic clock, never before.
+        await self._sessions.wait_for(entry, _exited(runtime), grace.total_seconds())
         if runtime.running(entry.id):
             await self._kill(entry, runtime, grace)
-        gone = time.monotonic() + _KILL_PATIENCE
-        while runtime.running(entry.id) and time.monotonic() < gone:
-            await self._sessions.wait_for(entry, lambda e: not runtime.running(e.id), _STEP * 5)
+        await self._sessions.wait_for(entry, _exited(runtime), _KILL_PATIENCE)
         if runtime.running(entry.id):
             raise RequestError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -238,6 +249,11 @@ class Stopper:
         )
         entry.stop.killed = True
         await runtime.kill(entry.id)
+
+
+def _exited(runtime: Runtime) -> Callable[[Entry], bool]:
+    """Whether the entry's process (of ``runtime``) is gone."""
+    return lambda entry: not runtime.running(entry.id)
 
 
 def _waits_for_exit(work: asyncio.Future[lifecycle_pb2.CommandResult]) -> bool:
