@@ -3,8 +3,8 @@ program (any language) through processes and signals.
 
 - on_start starts the program (a process group of its own) and its probes;
 - on_pause / on_resume send SIGSTOP / SIGCONT to the group;
-- on_stop runs the pre-stop command, sends the stop signal, waits until just
-  before the deadline and then SIGKILLs the group;
+- on_stop runs the pre-stop command, sends the stop signal, waits until the
+  deadline and then SIGKILLs the group;
 - on_checkpoint runs the checkpoint command (its stdout is the state),
   on_restore runs the restore command with the state on its stdin.
 
@@ -380,15 +380,13 @@ class Sidecar:
         if child is None or not child.started:
             return  # never started: nothing to stop
         grace = max(0.0, deadline - time.monotonic())
-        # Kill a little before the deadline, so the stop still ends in time.
-        kill_at = deadline - min(0.25, grace * 0.1)
         killed = False
         if child.running and self.settings.pre_stop:
             try:
                 self._run_hook(
                     "pre-stop",
                     self.settings.pre_stop,
-                    timeout=max(0.01, kill_at - time.monotonic()),
+                    timeout=max(0.01, self._deadline(deadline) - time.monotonic()),
                 )
             except HookCommandError as exc:  # the stop goes on, as the kubelet's
                 _log.warning("%s; sending the stop signal anyway", exc)
@@ -404,7 +402,7 @@ class Sidecar:
             child.signal(sig)
             if self._paused:  # a stopped process handles its signals once continued
                 child.signal(signal.SIGCONT)
-            if child.wait(max(0.0, kill_at - time.monotonic())) is None:
+            if self._wait_until_deadline(child, deadline) is None:
                 _log.warning(
                     "the program (pid %s) did not exit within its grace period of %.1fs: SIGKILL",
                     child.pid,
@@ -412,7 +410,9 @@ class Sidecar:
                 )
                 child.signal(signal.SIGKILL)
                 killed = True
-        returncode = child.wait(max(0.05, deadline - time.monotonic() - 0.05))
+        # Killed at the deadline, it is gone a moment later (the lifecycle
+        # may give up on this hook meanwhile: its own kill is then harmless).
+        returncode = child.wait(max(0.05, self._deadline(deadline) - time.monotonic()))
         self._paused = False
         if killed:
             raise ProgramKilled(
@@ -421,6 +421,23 @@ class Sidecar:
             )
         if self._exited_by_itself and returncode:
             raise ProgramExited(f"the program {describe_status(returncode)}")
+
+    def _deadline(self, given: float) -> float:
+        """The stop's deadline now: the one given to on_stop, moved by any
+        grace extension granted since."""
+        return max(given, self.container.lifecycle.deadline() or given)
+
+    def _wait_until_deadline(self, child: ChildProcess, given: float) -> int | None:
+        """The program's status once it exits, or None at the deadline, never
+        before it: the kill comes at the deadline, not a margin early (the
+        monotonic clock; a wait that returns early waits the rest)."""
+        while True:
+            remaining = self._deadline(given) - time.monotonic()
+            if remaining <= 0:
+                return child.wait(0)
+            returncode = child.wait(remaining)
+            if returncode is not None:
+                return returncode
 
     def _on_checkpoint(self) -> bytes:
         return self._run_hook(
