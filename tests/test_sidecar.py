@@ -623,6 +623,46 @@ def test_a_program_ignoring_term_is_killed_at_the_grace_deadline(
     assert "was killed by SIGKILL" in err
 
 
+def _ignores_sigterm(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
+def test_the_programs_kill_never_comes_before_the_grace_deadline(
+    sidecars: list[SidecarProcess],
+) -> None:
+    """From the stop's start (the SIGTERM to the sidecar, before its
+    deadline begins) to the program's death is at least the grace period,
+    measured from outside (the program cannot see SIGKILL); the upper bound
+    is generous (the benchmark measures how close it comes)."""
+    grace = 0.5
+    sidecar = SidecarProcess(
+        "--name", "punctual", "--grace", "500ms", "--", "bash", APP, "ignore-term"
+    )
+    sidecars.append(sidecar)
+    child = sidecar.child()
+    wait_until(lambda: sidecar.health() == SERVING, what="SERVING")
+    wait_until(lambda: _ignores_sigterm(child.pid), what="the program ignoring SIGTERM")
+    sidecar.close_channel()
+
+    def dead() -> None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            while child.status() != psutil.STATUS_ZOMBIE:
+                time.sleep(0.001)
+
+    watch = threading.Thread(target=dead, daemon=True)
+    watch.start()
+    started = time.monotonic()
+    sidecar.proc.send_signal(signal.SIGTERM)
+    watch.join(10)
+    died = time.monotonic() - started
+    assert not watch.is_alive(), "the program still lives 10 s after its stop began"
+    assert grace <= died < grace + 1.5, died
+    assert sidecar.wait(10) == 137, sidecar.err_text()
+
+
 def test_a_program_exiting_by_itself_ends_the_sidecar_with_its_status(
     sidecars: list[SidecarProcess],
 ) -> None:
