@@ -130,3 +130,9 @@ REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 MAX_OPERATION_TARGET_CHARS = 1024
 #: ListOperations' largest page (AIP-158: a bigger page_size is read as this).
 MAX_OPERATIONS_PAGE = 1_000
+#: A bootstrap token's lifetime when none is given, and the longest allowed:
+#: a bootstrap token is a door left open; a long-lived one should be a certificate.
+DEFAULT_TOKEN_TTL = datetime.timedelta(hours=1)
+MAX_TOKEN_TTL = datetime.timedelta(days=7)
+#: Joins one bootstrap token may pay for.
+MAX_TOKEN_USES = 1000

@@ -779,12 +779,9 @@ def test_token_create_out_of_bounds_is_invalid_argument_naming_the_field(
 def test_the_token_ttl_bound_reads_the_same_in_help_and_errors(
     secure: ManagerHost, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pycontainer.cli import _parser
-    from pycontainer.security import DEFAULT_TOKEN_TTL
-    from pycontainer.security._tokens import MAX_TOKEN_TTL
+    from pycontainer.limits import MAX_TOKEN_TTL
     from pycontainer.units import format_duration
 
-    assert (_parser.TOKEN_DEFAULT_TTL, _parser.TOKEN_MAX_TTL) == (DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL)
     bound = format_duration(MAX_TOKEN_TTL)
     assert main(["token", "create", "--help"]) == 0
     assert f"at most {bound})" in " ".join(capsys.readouterr().out.split())

@@ -32,10 +32,9 @@ if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 _SECOND = datetime.timedelta(seconds=1)
-# pycontainer.security's DEFAULT_TOKEN_TTL and MAX_TOKEN_TTL (a test checks they
-# agree; not imported: the CLI's start does without cryptography).
-TOKEN_DEFAULT_TTL = datetime.timedelta(hours=1)
-TOKEN_MAX_TTL = datetime.timedelta(days=7)
+_TOKEN_TTLS = (
+    f"{format_duration(limits.DEFAULT_TOKEN_TTL)}, at most {format_duration(limits.MAX_TOKEN_TTL)}"
+)
 
 
 def _verb(
@@ -856,15 +855,18 @@ def _token(subparsers: Subparsers) -> None:
     )
     create.add_argument(
         "--ttl",
-        type=_args.bounded_duration(datetime.timedelta(0), TOKEN_MAX_TTL, exclusive_low=True),
-        default=TOKEN_DEFAULT_TTL,
+        type=_args.bounded_duration(
+            datetime.timedelta(0), limits.MAX_TOKEN_TTL, exclusive_low=True
+        ),
+        default=limits.DEFAULT_TOKEN_TTL,
         metavar="DURATION",
-        help=f"how long it can be used, {DURATION_HELP} (default: "
-        f"{format_duration(TOKEN_DEFAULT_TTL)}, at most {format_duration(TOKEN_MAX_TTL)})",
+        help=f"how long it can be used, {DURATION_HELP} (default: {_TOKEN_TTLS})",
     )
     create.add_argument(
         "--uses",
-        type=_args.bounded_count(1, 1000),  # 0 would mean "unset" (1) to the manager
+        type=_args.bounded_count(
+            1, limits.MAX_TOKEN_USES
+        ),  # 0 would mean "unset" (1) to the manager
         default=1,
         help="joins it pays for (default: 1, at most 1000)",
     )

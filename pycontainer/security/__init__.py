@@ -18,6 +18,7 @@ The building blocks of pycontainer's trust model (issue 8, sections 1 and 2):
   interceptors :class:`AuthorizationInterceptor` / :class:`AioAuthorizationInterceptor`.
 """
 
+from pycontainer.limits import DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL
 from pycontainer.security._ca import (
     CA_CERT_FILE,
     CA_KEY_FILE,
@@ -75,8 +76,6 @@ from pycontainer.security._roles import (
 )
 from pycontainer.security._rotation import ensure_leaf
 from pycontainer.security._tokens import (
-    DEFAULT_TOKEN_TTL,
-    MAX_TOKEN_TTL,
     TOKENS_FILE,
     Grant,
     TokenError,

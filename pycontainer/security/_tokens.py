@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pycontainer.limits import DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, MAX_TOKEN_USES
 from pycontainer.security._errors import SecurityError
 from pycontainer.security._files import read_private, write_atomic
 from pycontainer.security._identity import Identity, parse_identity
@@ -32,10 +33,6 @@ from pycontainer.units import format_duration
 
 TOKENS_FILE = "tokens.json"
 TOKEN_PREFIX = "pct_"
-DEFAULT_TOKEN_TTL = datetime.timedelta(hours=1)
-# A bootstrap token is a door left open; a long-lived one should be a certificate.
-MAX_TOKEN_TTL = datetime.timedelta(days=7)
-MAX_TOKEN_USES = 1000
 
 _TOKEN = re.compile(r"pct_([0-9a-f]{12})\.([A-Za-z0-9_-]{43})")
 _VERSION = 1
