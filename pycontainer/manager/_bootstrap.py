@@ -41,10 +41,8 @@ from ..agent._observe import AioServerInterceptor, Observer
 from ..agent._serve import EXCLUSIVE_PORT
 from ..security import (
     DEFAULT_TOKEN_TTL,
-    CertificateAuthority,
     Grant,
     Identity,
-    IssuedCertificate,
     Role,
     SecurityError,
     TokenError,
@@ -387,7 +385,9 @@ class Bootstrapping:
         ca = self._trust.ca
         if ca is None:
             raise failed_precondition("the manager has no CA (it serves --insecure)")
-        issued = await self._sign(ca, request.csr_pem, identity)
+        issued = await self._trust.sign(
+            ca, request.csr_pem.encode(), identity, self._settings.certificate_ttl
+        )
         _log.info("%s joined with bootstrap token %s", identity, grant.token_id)
         return bootstrap_pb2.JoinResponse(
             certificate_pem=issued.certificate_pem.decode(),
@@ -395,18 +395,6 @@ class Bootstrapping:
             identity=identity.uri,
             expire_time=timestamp_to_proto(issued.not_after),
         )
-
-    async def _sign(
-        self, ca: CertificateAuthority, csr_pem: str, identity: Identity
-    ) -> IssuedCertificate:
-        """The CSR signed for ``identity`` (a certificate_ttl leaf), off the loop;
-        INVALID_ARGUMENT on csr_pem when it cannot be."""
-        try:
-            return await asyncio.to_thread(
-                ca.sign_csr, csr_pem.encode(), identity, ttl=self._settings.certificate_ttl
-            )
-        except SecurityError as exc:
-            raise invalid_argument("csr_pem", str(exc)) from None
 
     def _choosable(self, identity: Identity) -> str | None:
         """Why a joiner naming itself may not take ``identity``, or None: its
@@ -451,7 +439,9 @@ class Bootstrapping:
             f"RenewCertificate {identity} by {identity}",
             actor=identity.uri,
         )
-        issued = await self._sign(ca, request.csr_pem, identity)
+        issued = await self._trust.sign(
+            ca, request.csr_pem.encode(), identity, self._settings.certificate_ttl
+        )
         _log.info("renewed the certificate of %s", identity)
         return bootstrap_pb2.RenewCertificateResponse(
             certificate_pem=issued.certificate_pem.decode(),

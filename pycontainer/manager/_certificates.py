@@ -15,7 +15,6 @@ roles it holds now (none unless bound with ``--role``).
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import logging
 
@@ -117,10 +116,7 @@ async def issue_certificate(
             "the manager serves without TLS (--insecure): it has no CA and checks no "
             "certificates; restart it without --insecure"
         )
-    try:
-        issued = await asyncio.to_thread(ca.sign_csr, csr, identity, ttl=ttl)
-    except SecurityError as exc:
-        raise invalid_argument("csr_pem", str(exc)) from None
+    issued = await trust.sign(ca, csr, identity, ttl)
     roles = trust.authorizer.bindings.named_roles(identity)
     _log.info(
         "issued a certificate for %s, until %s (roles: %s)",

@@ -19,6 +19,7 @@ and lets every call through.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import shutil
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from .._errors import RequestError
+from .._errors import RequestError, invalid_argument
 from ..security import (
     DEFAULT_BINDINGS,
     MANAGER,
@@ -36,6 +37,8 @@ from ..security import (
     Bindings,
     CertificateAuthority,
     CredentialFiles,
+    Identity,
+    IssuedCertificate,
     OnDenied,
     SecurityError,
     channel_credentials,
@@ -93,6 +96,17 @@ class Trust:
     def ca(self) -> CertificateAuthority | None:
         """The CA, once open() made or loaded it (None when insecure)."""
         return self._ca
+
+    async def sign(
+        self, ca: CertificateAuthority, csr_pem: bytes, identity: Identity, ttl: datetime.timedelta
+    ) -> IssuedCertificate:
+        """``csr_pem`` signed by ``ca`` for ``identity`` (a join, a renewal, a
+        user's certificate), off the loop; INVALID_ARGUMENT on csr_pem when it
+        cannot be."""
+        try:
+            return await asyncio.to_thread(ca.sign_csr, csr_pem, identity, ttl=ttl)
+        except SecurityError as exc:
+            raise invalid_argument("csr_pem", str(exc)) from None
 
     # -- start ------------------------------------------------------------------------
     def open(self) -> None:
