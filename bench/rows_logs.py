@@ -3,20 +3,27 @@ cost of log capture to the app (P3d)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
 
 from pycontainer.client import ManagementClient
-from pycontainer.v1 import logs_pb2, management_pb2
+from pycontainer.v1 import container_pb2, logs_pb2, management_pb2, manager_pb2, spec_pb2
 
 from .harness import Context, Row, Sample, percentile
 from .rows_servers import SLICES, make_container
@@ -299,6 +306,202 @@ def logging_cost(ctx: Context) -> list[Sample]:
         root.handlers, root.level = saved_handlers, saved_level
 
 
+# -- P3b: a sidecar's program through the manager to `pycontainer logs -f` ------------
+# Prints "ready", waits for its go file, then N lines as fast as Python writes
+# them and "done"; then stays (its end would end the follower's stream).
+_PRINTER = """\
+import os, sys, time
+n, go = int(sys.argv[1]), sys.argv[2]
+print("ready", flush=True)
+while not os.path.exists(go):
+    time.sleep(0.002)
+write = sys.stdout.write
+for i in range(n):
+    write(f"processed request id={i} path=/api/v1/items status=200\\n")
+write("done\\n")
+sys.stdout.flush()
+time.sleep(int(sys.argv[3]) if len(sys.argv) > 3 else 0)
+"""
+_LINE = b"processed request id="
+_DONE = re.compile(rb"(?m)\bdone$")
+_MISSED = re.compile(r"(\d+) entries missed")
+_INSECURE = {"PYCONTAINER_INSECURE": "1"}
+_CLI = (sys.executable, "-m", "pycontainer.cli")
+
+
+class _LineCounter:
+    """Counts the program's lines in a byte stream read on its own thread,
+    until "done" comes (or the stream ends)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.count = 0
+        self.done = threading.Event()
+        self.done_at = 0.0
+        self.ready = threading.Event()
+        self._stream = stream
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        carry = b""
+        fd = self._stream.fileno()
+        while chunk := os.read(fd, 1 << 20):
+            data = carry + chunk
+            self.count += data.count(_LINE) - carry.count(_LINE)
+            if not self.ready.is_set() and b"ready" in data:
+                self.ready.set()
+            if _DONE.search(data):
+                self.done_at = time.perf_counter()
+                self.done.set()
+            carry = data[-64:]
+        self.done.set()
+        self.ready.set()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+def _bare_lines(program: Path, total: int, tmp: Path) -> float:
+    """Lines/s of the program's stdout read straight from its pipe."""
+    go = tmp / "go-bare"
+    proc = subprocess.Popen(
+        [sys.executable, str(program), str(total), str(go)], stdout=subprocess.PIPE
+    )
+    try:
+        counter = _LineCounter(proc.stdout)
+        counter.ready.wait(30)
+        t0 = time.perf_counter()
+        go.touch()
+        if not counter.done.wait(120):
+            raise TimeoutError("the bare reader never saw the program's last line")
+        return counter.count / (counter.done_at - t0)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _manager_process(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    out = tmp / "manager.out"
+    with open(out, "wb") as sink:
+        proc = subprocess.Popen(
+            [*_CLI, "manager", "--listen", "127.0.0.1:0", "--state-dir", str(tmp / "state")],
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **_INSECURE},
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = out.read_text()
+        if "serving on " in text:
+            return proc, text.split("serving on ", 1)[1].split()[0]
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"the manager did not serve: {out.read_text()[-2000:]}")
+
+
+def _ours_lines(program: Path, total: int, tmp: Path, capacity: int) -> tuple[float, int, int]:
+    """Lines/s from a sidecar-run program through a manager (its own process)
+    to `pycontainer logs -f` (stdout to a pipe this reads); lines lost and the
+    misses the CLI reported."""
+    manager, address = _manager_process(tmp)
+    cli: subprocess.Popen[bytes] | None = None
+    go = tmp / "go-ours"
+    sidecars: list[int] = []
+    try:
+        channel = grpc.insecure_channel(address)
+        from pycontainer.v1 import manager_pb2_grpc
+
+        stub = manager_pb2_grpc.ManagerStub(channel)
+        spec = spec_pb2.ContainerSpec(
+            name="printer",
+            runtime=spec_pb2.RUNTIME_KIND_PROCESS,
+            command=[sys.executable, str(program), str(total), str(go), "600"],
+            sidecar=True,
+        )
+        if "log_capacity" in spec_pb2.ContainerSpec.DESCRIPTOR.fields_by_name:
+            spec.log_capacity = capacity
+        launched = stub.RunContainer(manager_pb2.RunContainerRequest(spec=spec), timeout=60)
+        sidecars.extend(c.pid for c in launched.containers if c.pid)
+
+        def running() -> bool:
+            listed = stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=10)
+            return any(
+                c.state == container_pb2.LIFECYCLE_STATE_RUNNING and c.identity.endpoints
+                for c in listed.containers
+            )
+
+        deadline = time.monotonic() + 60
+        while not running():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the sidecar never ran")
+            time.sleep(0.05)
+        errors = tmp / "cli.err"
+        with open(errors, "wb") as err:
+            cli = subprocess.Popen(
+                [*_CLI, "logs", "-f", "printer", "--manager", address],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env={**os.environ, **_INSECURE},
+            )
+        counter = _LineCounter(cli.stdout)
+        if not counter.ready.wait(60):
+            raise TimeoutError("the CLI never showed the program's first line")
+        t0 = time.perf_counter()
+        go.touch()
+        if not counter.done.wait(max(60.0, total / 5_000)):
+            raise TimeoutError(f"the CLI never showed the last line ({counter.count:,} came)")
+        elapsed = counter.done_at - t0
+        received = counter.count
+        cli.terminate()
+        cli.wait(10)
+        reported = sum(int(n) for n in _MISSED.findall(errors.read_text()))
+        with contextlib.suppress(grpc.RpcError):
+            stub.StopContainer(manager_pb2.StopContainerRequest(container="printer"), timeout=30)
+        channel.close()
+        return received / elapsed, total - received, reported
+    finally:
+        if cli is not None and cli.poll() is None:
+            cli.kill()
+            cli.wait()
+        manager.terminate()
+        try:
+            manager.wait(15)
+        except subprocess.TimeoutExpired:
+            manager.kill()
+            manager.wait()
+        # The sidecar outlives a manager by design (its program dies with it).
+        for pid in sidecars:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def logs_follow(ctx: Context) -> list[Sample]:
+    total = ctx.count(400_000, minimum=100_000)
+    out = []
+    with tempfile.TemporaryDirectory(prefix="bench-p3b-") as name:
+        tmp = Path(name)
+        program = tmp / "printer.py"
+        program.write_text(_PRINTER)
+        for round_ in range(ctx.rounds):
+            here = tmp / f"round-{round_}"
+            here.mkdir()
+            bare = _bare_lines(program, total, here)
+            ours, lost, reported = _ours_lines(program, total, here, capacity=total + 1000)
+            out.append(
+                Sample(
+                    ours,
+                    bare,
+                    note=f"{total:,} lines a round, log capacity {total + 1000:,}; "
+                    f"lost {lost:,}, reported missed {reported:,}",
+                )
+            )
+    return out
+
+
 ROWS = [
     Row(
         "p3-attrs",
@@ -342,5 +545,16 @@ ROWS = [
         False,
         logging_cost,
         scale=1e6,
+    ),
+    Row(
+        "p3b-logs-follow",
+        "P3b",
+        "≥ 100,000 lines/s, none lost",
+        "lines/s of a sidecar-run program's stdout through a manager to `pycontainer logs -f` "
+        "(stdout to a pipe)",
+        "the same program's stdout read straight from its pipe",
+        "lines/s",
+        True,
+        logs_follow,
     ),
 ]

@@ -136,3 +136,11 @@ DEFAULT_TOKEN_TTL = datetime.timedelta(hours=1)
 MAX_TOKEN_TTL = datetime.timedelta(days=7)
 #: Joins one bootstrap token may pay for.
 MAX_TOKEN_USES = 1000
+
+#: The most log entries a container's ring may keep (ContainerSpec.log_capacity,
+#: `pycontainer run --log-capacity`): an entry of the program's output holds
+#: a line of up to 64 KiB, most are ~200 bytes, so ten million is a few GiB
+#: at worst; past that a spec is a mistake.
+MAX_LOG_CAPACITY = 10_000_000
+#: The ring's size when nothing says: ContainerSettings.log_capacity.
+DEFAULT_LOG_CAPACITY = 10_000

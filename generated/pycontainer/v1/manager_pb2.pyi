@@ -1082,11 +1082,20 @@ class ManagerStreamLogsResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _builtins.int
     MISSED_FIELD_NUMBER: _builtins.int
     ENDED_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
     missed: _builtins.int
     """Entries lost by slow reading, summed over containers."""
+    container_id: _builtins.str
+    """The container every entry of this response comes from, when they all
+    come from one; empty when each entry says (a history merged from
+    several containers).
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[_logs_pb2.LogEntry]:
-        """Entries, each with its container_id set."""
+        """Entries. Each has its container_id set, except where container_id below
+        is set: then they all come from that container and may leave their own
+        empty (entries proxied as the container sent them).
+        """
 
     @_builtins.property
     def ended(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogStreamEnd]:
@@ -1100,10 +1109,11 @@ class ManagerStreamLogsResponse(_message.Message):
         entries: _abc.Iterable[_logs_pb2.LogEntry] | None = ...,
         missed: _builtins.int = ...,
         ended: _abc.Iterable[Global___LogStreamEnd] | None = ...,
+        container_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended", b"ended", "entries", b"entries", "missed", b"missed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "ended", b"ended", "entries", b"entries", "missed", b"missed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

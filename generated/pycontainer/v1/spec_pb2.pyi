@@ -414,6 +414,7 @@ class ContainerSpec(_message.Message):
     START_TIMEOUT_FIELD_NUMBER: _builtins.int
     HEALTH_LISTEN_FIELD_NUMBER: _builtins.int
     SECRET_ENV_FIELD_NUMBER: _builtins.int
+    LOG_CAPACITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name; unique among the manager's containers (replicas get a suffix)."""
     runtime: Global___RuntimeKind.ValueType
@@ -438,6 +439,12 @@ class ContainerSpec(_message.Message):
     (the Management endpoint stays mutual TLS); empty means not at all. The
     container learns it from $PYCONTAINER_HEALTH_LISTEN (a sidecar, from the
     spec). A fixed port serves one replica per machine.
+    """
+    log_capacity: _builtins.int
+    """Log entries the sidecar keeps of the program's output, for StreamLogs'
+    history and as a follower's slack (a ring: a reader that falls this far
+    behind is told how many it missed); unset or 0 means 10,000, at most
+    10,000,000. For specs with sidecar: true.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -520,10 +527,11 @@ class ContainerSpec(_message.Message):
         start_timeout: _duration_pb2.Duration | None = ...,
         health_listen: _builtins.str = ...,
         secret_env: _abc.Iterable[_builtins.str] | None = ...,
+        log_capacity: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "hooks", b"hooks", "liveness_probe", b"liveness_probe", "oci", b"oci", "readiness_probe", b"readiness_probe", "resources", b"resources", "restart_backoff", b"restart_backoff", "start_timeout", b"start_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_policy", b"checkpoint_policy", "command", b"command", "env", b"env", "grace_period", b"grace_period", "health_listen", b"health_listen", "hooks", b"hooks", "labels", b"labels", "liveness_probe", b"liveness_probe", "name", b"name", "oci", b"oci", "priority", b"priority", "readiness_probe", b"readiness_probe", "replicas", b"replicas", "resources", b"resources", "restart_backoff", b"restart_backoff", "restart_policy", b"restart_policy", "runtime", b"runtime", "secret_env", b"secret_env", "sidecar", b"sidecar", "start_timeout", b"start_timeout", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_policy", b"checkpoint_policy", "command", b"command", "env", b"env", "grace_period", b"grace_period", "health_listen", b"health_listen", "hooks", b"hooks", "labels", b"labels", "liveness_probe", b"liveness_probe", "log_capacity", b"log_capacity", "name", b"name", "oci", b"oci", "priority", b"priority", "readiness_probe", b"readiness_probe", "replicas", b"replicas", "resources", b"resources", "restart_backoff", b"restart_backoff", "restart_policy", b"restart_policy", "runtime", b"runtime", "secret_env", b"secret_env", "sidecar", b"sidecar", "start_timeout", b"start_timeout", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
