@@ -10,6 +10,7 @@ import zlib
 from collections import Counter
 from collections.abc import Collection, Iterable
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.text import Text
 
@@ -59,8 +60,21 @@ def _severity_style(severity: int) -> str:
     return ""
 
 
+# What rich strips from printed text (bell, backspace, vertical tab, form feed,
+# carriage return): the lines print as they did through rich.
+_STRIP_CONTROLS = dict.fromkeys((7, 8, 11, 12, 13))
+# Distinct loggers' painted names kept; past it a name is painted each time.
+_PAINTED_LOGGERS = 4096
+
+
 class LogPrinter:
-    """Formats entries: ``name | 12:00:01.123 WARN    app.worker: message``."""
+    """Formats entries: ``name | 12:00:01.123 WARN    app.worker: message``.
+
+    A response's lines are formatted as plain strings and written at once: at
+    100,000 lines a second there is no time for a renderer per line. Colours
+    (only where the console has them: a terminal, no --no-color or $NO_COLOR)
+    are the console's own escape codes, made once per label, level and logger.
+    """
 
     def __init__(
         self,
@@ -77,13 +91,19 @@ class LogPrinter:
         self.timestamps = timestamps
         self.width = 0
         self.colours: dict[str, str] = {}
+        self._painted = console.color_system is not None and not console.no_color
+        self._heads: dict[str, str] = {}  # container id -> "name | " (painted)
+        self._levels: dict[tuple[int, str], str] = {}
+        self._loggers: dict[str, str] = {}
+        self._second = -1  # the second _clock was made for
+        self._clock = ""
 
     def expect(self, labels: Iterable[str]) -> None:
         """Give these containers their colours (in name order, so that the same
         set gets the same colours every time) and room in the prefix."""
         for label in sorted(set(labels)):
             self.colour(label)
-            self.width = max(self.width, len(label))
+            self._widen(len(label))
 
     def colour(self, label: str) -> str:
         if label not in self.colours:
@@ -93,42 +113,93 @@ class LogPrinter:
     def label(self, container_id: str) -> str:
         return self.labels.get(container_id, container_id)
 
-    def print(self, entry: logs_pb2.LogEntry) -> None:
-        label = self.label(entry.container_id)
-        if self.output == "json":
-            data = message_dict(entry)
-            data["containerName"] = label
-            self.console.file.write(json.dumps(data, ensure_ascii=False) + "\n")
-            return
-        head = Text()
-        if self.prefix:
-            self.width = max(self.width, len(label))
-            head.append(label.ljust(self.width), style=self.colour(label))
-            head.append(" | ")
-        line = head.copy()
+    def paint(self, text: str, style: str) -> str:
+        """``text`` in ``style``, as the console writes it (plain without colour)."""
+        if not style or not self._painted:
+            return text
+        with self.console.capture() as captured:
+            self.console.print(Text(text, style=style), end="", soft_wrap=True, crop=False)
+        return captured.get()
+
+    def _widen(self, width: int) -> None:
+        if width > self.width:
+            self.width = width
+            self._heads.clear()  # padded to the old width
+
+    def _head(self, container_id: str) -> str:
+        head = self._heads.get(container_id)
+        if head is None:
+            label = self.label(container_id)
+            if self.prefix:
+                self._widen(len(label))
+                head = self.paint(label.ljust(self.width), self.colour(label)) + " | "
+            else:
+                head = ""
+            self._heads[container_id] = head
+        return head
+
+    def _level(self, severity: int, text: str) -> str:
+        key = (severity, text if not severity else "")
+        level = self._levels.get(key)
+        if level is None:
+            # One spelling for every source: the proto's names (WARN, not
+            # logging's WARNING); the source's own text only when it has no level.
+            name = (
+                logs_pb2.Severity.Name(severity).removeprefix("SEVERITY_")  # type: ignore[arg-type]
+                if severity
+                else text or "UNSPECIFIED"
+            )
+            level = self._levels[key] = self.paint(name.ljust(7), _severity_style(severity)) + " "
+        return level
+
+    def _logger(self, name: str) -> str:
+        painted = self._loggers.get(name)
+        if painted is None:
+            painted = self.paint(f"{name}: ", "dim") if name else ""
+            if len(self._loggers) < _PAINTED_LOGGERS:
+                self._loggers[name] = painted
+        return painted
+
+    def _time(self, ts: Timestamp) -> str:
         if self.timestamps:
-            line.append(entry.time.ToJsonString())  # RFC 3339, as kubectl --timestamps
-        else:
-            line.append(local_time(entry.time))
-        line.append(" ")
-        # One spelling for every source: the proto's names (WARN, not
-        # logging's WARNING); the source's own text only when it has no level.
-        level = (
-            logs_pb2.Severity.Name(entry.severity).removeprefix("SEVERITY_")
-            if entry.severity
-            else entry.severity_text or "UNSPECIFIED"
-        )
-        line.append(level.ljust(7), style=_severity_style(entry.severity))
-        line.append(" ")
-        if entry.logger:
-            line.append(f"{entry.logger}: ", style="dim")
-        line.append(entry.message)
-        self.console.print(line, soft_wrap=True, crop=False)
-        stack = entry.attributes.get("exception.stacktrace", "")
-        for text in stack.rstrip("\n").splitlines():
-            more = head.copy()
-            more.append(text, style="red")
-            self.console.print(more, soft_wrap=True, crop=False)
+            return ts.ToJsonString()  # RFC 3339, as kubectl --timestamps
+        seconds = ts.seconds
+        if seconds != self._second:
+            if seconds == 0:
+                return local_time(ts)  # "-" when unset
+            # local_time to the second, once a second; the milliseconds are the entry's.
+            self._second, self._clock = seconds, local_time(Timestamp(seconds=seconds))[:-4]
+        return f"{self._clock}.{ts.nanos // 1_000_000:03d}"
+
+    def format(self, entries: Iterable[logs_pb2.LogEntry], container_id: str = "") -> str:
+        """The lines of ``entries`` (from ``container_id`` where an entry does
+        not say), each ending in a newline."""
+        if self.output == "json":
+            out = []
+            for entry in entries:
+                data = message_dict(entry)
+                if not entry.container_id and container_id:
+                    data["containerId"] = container_id
+                data["containerName"] = self.label(entry.container_id or container_id)
+                out.append(json.dumps(data, ensure_ascii=False) + "\n")
+            return "".join(out)
+        lines: list[str] = []
+        append = lines.append
+        head_of, level_of, logger_of, time_of = self._head, self._level, self._logger, self._time
+        for entry in entries:
+            head = head_of(entry.container_id or container_id)
+            append(
+                f"{head}{time_of(entry.time)} {level_of(entry.severity, entry.severity_text)}"
+                f"{logger_of(entry.logger)}{entry.message}\n"
+            )
+            if entry.attributes:
+                stack = entry.attributes.get("exception.stacktrace", "")
+                for text in stack.rstrip("\n").splitlines():
+                    append(f"{head}{self.paint(text, 'red')}\n")
+        return "".join(lines).translate(_STRIP_CONTROLS)
+
+    def print(self, entry: logs_pb2.LogEntry) -> None:
+        self.console.file.write(self.format((entry,)))
 
     def ended(self, end: manager_pb2.LogStreamEnd) -> None:
         """A container's part ended: ``[name] container stopped (exit status 0)``."""
@@ -137,10 +208,36 @@ class LogPrinter:
             data = {"containerId": end.container_id, "containerName": label, "ended": end.message}
             self.console.file.write(json.dumps(data, ensure_ascii=False) + "\n")
             return
-        line = Text()
-        line.append(f"[{label}]", style=self.colour(label))
-        line.append(f" {end.message or 'its stream ended'}", style="dim")
-        self.console.print(line, soft_wrap=True, crop=False)
+        line = self.paint(f"[{label}]", self.colour(label))
+        line += self.paint(f" {end.message or 'its stream ended'}", "dim")
+        self.console.file.write(line.translate(_STRIP_CONTROLS) + "\n")
+
+
+class MissedEntries:
+    """How many entries a reader did not get: from the gaps in each
+    container's sequence numbers (LogEntry.sequence goes up by one per entry),
+    or, where filters leave gaps of their own, from what the servers counted."""
+
+    def __init__(self, filtered: bool) -> None:
+        self.filtered = filtered
+        self._next: dict[str, int] = {}  # container id -> the sequence expected next
+
+    def count(self, response: manager_pb2.ManagerStreamLogsResponse) -> int:
+        """The entries missed just before those of ``response``."""
+        if self.filtered:
+            return response.missed
+        gaps = 0
+        expected = self._next
+        shared = response.container_id
+        for entry in response.entries:
+            cid = entry.container_id or shared
+            seq = entry.sequence
+            want = expected.get(cid)
+            if want is not None and seq > want:
+                gaps += seq - want
+            # (lower: a new run of the container, numbered from 1 again)
+            expected[cid] = seq + 1
+        return max(gaps, response.missed)
 
 
 def display_labels(
@@ -196,17 +293,25 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         prefix = args.prefix or bool(args.selector) or len(args.containers) > 1
         printer = LogPrinter(out, labels, prefix, args.output, args.timestamps)
         printer.expect(expected)
+        missed = MissedEntries(
+            filtered=bool(args.contains or args.grep or args.logger or args.level)
+        )
+        write, flush = out.file.write, out.file.flush
         try:
             for response in client.stream_logs(request):
-                for entry in response.entries:
-                    printer.print(entry)
-                out.file.flush()
-                if response.missed:
-                    ctx.err(f"note: {response.missed} entries missed (reading too slowly)")
+                if response.entries:
+                    write(printer.format(response.entries, response.container_id))
+                lost = missed.count(response)
+                if lost:
+                    flush()  # the notice comes where the gap is
+                    ctx.err(
+                        f"note: {lost} entries missed (the container's log buffer wrapped "
+                        "before they were read: read faster, or give it more --log-capacity)"
+                    )
                 for end in response.ended:
                     # One container's part of a followed stream ended; the others go on.
                     printer.ended(end)
-                out.file.flush()
+                flush()
         except KeyboardInterrupt:
             if not args.follow:
                 raise
