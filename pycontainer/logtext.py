@@ -129,6 +129,8 @@ def parse_rule(text: str) -> SeverityRule:
 
 
 _WORD_ALTERNATIVES = "|".join(sorted(_WORDS, key=len, reverse=True))
+# Where a level word could be (anywhere, any case): Severities.classify_all's sieve.
+_ANY_WORD = re.compile(_WORD_ALTERNATIVES, re.IGNORECASE)
 DEFAULT_RULES: tuple[SeverityRule, ...] = (
     # A leading level word, perhaps bracketed, perhaps after a date and a time
     # (tokens holding a digit): "ERROR x", "[warn] x", "2024-05-01 12:00:00 DEBUG x".
@@ -153,6 +155,8 @@ class Severities:
 
     def __init__(self, rules: Sequence[SeverityRule] = (), *, defaults: bool = True) -> None:
         self.rules: tuple[SeverityRule, ...] = (*rules, *(DEFAULT_RULES if defaults else ()))
+        # Only the built-in rules: a line without a level word matches none.
+        self._words_only = not rules
 
     def classify(self, line: str, default: Level) -> Level:
         for rule in self.rules:
@@ -160,6 +164,30 @@ class Severities:
             if level is not None:
                 return level
         return default
+
+    def classify_all(self, lines: Sequence[str], default: Level) -> list[Level]:
+        """``classify(line, default)`` of each line, in bulk: with the built-in
+        rules alone, one search of all the lines finds the few holding a level
+        word (which every built-in rule needs); only those are classified."""
+        levels = [default] * len(lines)
+        if not self.rules:
+            return levels
+        if not self._words_only:
+            return [self.classify(line, default) for line in lines]
+        block = "\n".join(lines)
+        index, at = -1, 0  # the line that starts at offset ``at``
+        for found in _ANY_WORD.finditer(block):
+            start = found.start()
+            if start < at:
+                continue  # a second word in a line already classified
+            index += block.count("\n", at, start) + 1
+            line = lines[index]
+            levels[index] = self.classify(line, default)
+            at = block.find("\n", start)
+            if at < 0:
+                break
+            at += 1
+        return levels
 
 
 # -- whole lines: Python logging's formats -------------------------------------------------
