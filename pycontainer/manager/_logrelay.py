@@ -25,6 +25,7 @@ the program's group do not reach it). _logstore reads what it writes.
 from __future__ import annotations
 
 import json
+import json.encoder
 import os
 import selectors
 import signal
@@ -39,6 +40,10 @@ ENDED = "current.ended"
 MAX_FILE_BYTES = 4 << 20
 # A line longer than this is cut into several entries.
 MAX_LINE_BYTES = 16 << 10
+
+
+# A JSON string as json.dumps(..., ensure_ascii=False) writes it (C, when built).
+_encode = json.encoder.encode_basestring
 
 
 def rotated(name: str) -> str:
@@ -56,22 +61,32 @@ class RunLog:
         self._size = self._file.tell()
 
     def write(self, stream: str, raw: bytes) -> None:
-        self.seq += 1
-        record = {
-            "seq": self.seq,
-            "time_ns": time.time_ns(),
-            "stream": stream,
-            "text": raw.decode("utf-8", errors="replace").rstrip("\r"),
-        }
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-        if self._size and self._size + len(line) > MAX_FILE_BYTES:
-            self._file.close()
-            os.replace(self.path, rotated(self.path))
-            self._file = open(self.path, "ab")  # noqa: SIM115
-            self._size = 0
-        self._file.write(line)
-        self._file.flush()  # readers tail the file
-        self._size += len(line)
+        self.write_lines(stream, [raw])
+
+    def write_lines(self, stream: str, raws: list[bytes]) -> None:
+        """Append one record per line, all stamped now (they arrived together),
+        in one write (and one per rotation), flushed: readers tail the file."""
+        now = time.time_ns()
+        head = f', "time_ns": {now}, "stream": {_encode(stream)}, "text": '
+        batch: list[bytes] = []
+        size = self._size
+        for raw in raws:
+            self.seq += 1
+            # json.dumps(record, ensure_ascii=False) spelt out: the same bytes.
+            text = _encode(raw.decode("utf-8", errors="replace").rstrip("\r"))
+            line = f'{{"seq": {self.seq}{head}{text}}}\n'.encode()
+            if size and size + len(line) > MAX_FILE_BYTES:
+                self._file.write(b"".join(batch))
+                batch.clear()
+                self._file.close()
+                os.replace(self.path, rotated(self.path))
+                self._file = open(self.path, "ab")  # noqa: SIM115
+                size = 0
+            batch.append(line)
+            size += len(line)
+        self._file.write(b"".join(batch))
+        self._file.flush()
+        self._size = size
 
     def close(self) -> None:
         self._file.close()
@@ -110,8 +125,8 @@ def relay(directory: str, streams: dict[int, str]) -> None:
                 while len(rest) > MAX_LINE_BYTES:
                     lines.append(rest[:MAX_LINE_BYTES])
                     rest = rest[MAX_LINE_BYTES:]
-                for line in lines:
-                    log.write(streams[fd], line)
+                if lines:
+                    log.write_lines(streams[fd], lines)
                 pending[fd] = rest
         log.mark_ended()
     finally:
