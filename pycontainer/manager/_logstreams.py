@@ -13,6 +13,13 @@ The history (``tail`` per container) of every container is merged by time
 and sent first; when following, new entries are sent as they come, and a
 container that stops ends its part with a LogStreamEnd in the response
 ("container stopped (exit status 0)") while the others go on.
+
+What a followed container's Management server sends is passed through as it
+came, bytes and all: Management.StreamLogsResponse and ManagerStreamLogsResponse
+share their first two fields (entries, missed), so the manager appends its
+container_id field (once per response, not per entry) and decodes nothing
+once the entries are past its history. One container followed is one
+upstream call, history and all.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import heapq
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -46,6 +53,11 @@ _SETTLE_SECONDS = 3.0
 _FOREVER = 10 * 365 * 86400.0
 # Entries per response.
 _BATCH = 500
+_STREAM_LOGS = "/pycontainer.v1.Management/StreamLogs"
+
+#: What Manager.StreamLogs sends: a response, or one already serialized.
+Response = manager_pb2.ManagerStreamLogsResponse | bytes
+_Queue = asyncio.Queue[Response | RequestError | None]
 
 _NS = 1_000_000_000
 
@@ -145,7 +157,7 @@ class LogStreams:
 
     async def stream(
         self, request: manager_pb2.ManagerStreamLogsRequest
-    ) -> AsyncIterator[manager_pb2.ManagerStreamLogsResponse]:
+    ) -> AsyncIterator[Response]:
         f = request.filter
         query = LogQuery.from_request(upstream_request(f))  # INVALID_ARGUMENT first
         if request.containers:
@@ -160,6 +172,11 @@ class LogStreams:
         if not parts:
             return
         started_ns = _now_ns()
+        if f.follow and not f.previous and len(parts) == 1 and not parts[0].retained:
+            # One live container: its own stream, history and all, passed through.
+            async for response in self._follow(parts, query, f, started_ns, whole=True):
+                yield response
+            return
         outcomes = await asyncio.gather(
             *(self._history(p, query, f) for p in parts), return_exceptions=True
         )
@@ -221,17 +238,19 @@ class LogStreams:
         query: LogQuery,
         f: manager_pb2.StreamLogsFilter,
         started_ns: int,
-    ) -> AsyncIterator[manager_pb2.ManagerStreamLogsResponse]:
-        queue: asyncio.Queue[manager_pb2.ManagerStreamLogsResponse | RequestError | None] = (
-            asyncio.Queue(maxsize=64)
-        )
+        *,
+        whole: bool = False,
+    ) -> AsyncIterator[Response]:
+        """New entries of every part as they come; with ``whole`` (one live
+        container), its history too, from the same upstream call."""
+        queue: _Queue = asyncio.Queue(maxsize=64)
 
         async def pump(part: _Part) -> None:
             try:
-                if part.retained:
-                    await self._follow_retained(part, query, queue)
-                else:
-                    await self._follow_management(part, f, started_ns, queue)
+                if not part.retained:
+                    await self._follow_management(part, f, started_ns, queue, whole=whole)
+                if part.retained:  # (also a live one whose server went before it spoke)
+                    await self._follow_retained(part, query, f, queue, history=whole)
             except RequestError as exc:
                 await queue.put(exc)
             finally:
@@ -258,8 +277,19 @@ class LogStreams:
         self,
         part: _Part,
         query: LogQuery,
-        queue: asyncio.Queue[manager_pb2.ManagerStreamLogsResponse | RequestError | None],
+        f: manager_pb2.StreamLogsFilter,
+        queue: _Queue,
+        *,
+        history: bool = False,
     ) -> None:
+        if history:  # not read yet: sent first
+            await self._history(part, query, f)
+            for start in range(0, len(part.history), _BATCH):
+                await queue.put(
+                    manager_pb2.ManagerStreamLogsResponse(
+                        entries=part.history[start : start + _BATCH]
+                    )
+                )
         assert part.tail is not None
         entry = part.entry
         ended = _gone(entry)
@@ -287,36 +317,46 @@ class LogStreams:
         part: _Part,
         f: manager_pb2.StreamLogsFilter,
         started_ns: int,
-        queue: asyncio.Queue[manager_pb2.ManagerStreamLogsResponse | RequestError | None],
+        queue: _Queue,
+        *,
+        whole: bool = False,
     ) -> None:
+        """Forward what the container's Management server sends. After a
+        history read apart, from its last entry on (``whole``: the history
+        too, in the same call). Ends with the container's end, or with
+        ``part.retained`` set when its server went before it sent anything and
+        its output was retained (the caller reads that instead)."""
         entry = part.entry
         upstream = upstream_request(f)
-        upstream.ClearField("tail")
-        # From the last entry of the history on (or from when it was asked
-        # for), dropping what the history already had.
-        last = part.history[-1] if part.history else None
-        since_ns = _time_ns(last) if last is not None else started_ns
-        if f.HasField("since"):
-            since_ns = max(since_ns, f.since.seconds * _NS + f.since.nanos)
-        upstream.since.FromNanoseconds(since_ns)
-        fresh = _sequence_ok(last.sequence if last is not None else 0)
+        after = 0  # entries up to this sequence were sent in the history
+        if not whole:
+            upstream.ClearField("tail")
+            # From the last entry of the history on (or from when it was asked
+            # for), dropping what the history already had.
+            last = part.history[-1] if part.history else None
+            since_ns = _time_ns(last) if last is not None else started_ns
+            if f.HasField("since"):
+                since_ns = max(since_ns, f.since.seconds * _NS + f.since.nanos)
+            upstream.since.FromNanoseconds(since_ns)
+            after = last.sequence if last is not None else 0
+        relay = _Relay(entry.id, after)
 
         async def forward() -> None:
-            async with _management(self._m.trust.container_channel, entry) as stub:
-                call = stub.StreamLogs(upstream)
+            async with _channel(self._m.trust.container_channel, entry) as channel:
+                # Bytes in, bytes out: no entry is decoded past the history.
+                stream_logs = channel.unary_stream(
+                    _STREAM_LOGS,
+                    request_serializer=management_pb2.StreamLogsRequest.SerializeToString,
+                    response_deserializer=None,
+                )
+                call: grpc.aio.UnaryStreamCall[Any, bytes] = stream_logs(upstream)
                 try:
                     # Cancelled (its caller gone), it ends the call without
                     # leaking the pending read (grpc/grpc#43360, _upstream).
-                    async for response in responses(call):
-                        new = [e for e in response.entries if fresh(e)]
-                        for log in new:
-                            log.container_id = entry.id
-                        if new or response.missed:
-                            await queue.put(
-                                manager_pb2.ManagerStreamLogsResponse(
-                                    entries=new, missed=response.missed
-                                )
-                            )
+                    async for raw in responses(call):
+                        response = relay.forward(raw)
+                        if response is not None:
+                            await queue.put(response)
                 finally:
                     call.cancel()  # no read in flight here: ends it cleanly
 
@@ -332,7 +372,20 @@ class LogStreams:
                 with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
                     streaming.result()
                 error = streaming.exception() if not streaming.cancelled() else None
-                if not await self._m.wait_for(entry, _gone, _SETTLE_SECONDS):
+                gone = await self._m.wait_for(entry, _gone, _SETTLE_SECONDS)
+                if (
+                    whole
+                    and gone
+                    and not relay.forwarded
+                    and isinstance(error, grpc.aio.AioRpcError)
+                    and error.code() == grpc.StatusCode.UNAVAILABLE
+                    and self._store.has_run(entry.id)
+                ):
+                    # Its server went before it spoke (a container on its way
+                    # out): what was retained of it instead.
+                    part.retained = True
+                    return
+                if not gone:
                     if isinstance(error, grpc.aio.AioRpcError):
                         raise RequestError(error.code(), f"{entry.id}: {error.details()}")
                     raise RequestError(
@@ -347,17 +400,67 @@ class LogStreams:
         await queue.put(part.end())
 
 
+class _Relay:
+    """Turns a container's Management.StreamLogsResponse bytes into what
+    Manager.StreamLogs sends: the same bytes with the container's id appended
+    as the response's container_id (fields 1 and 2 are the same in both
+    messages; a field appended to an encoding is a field of the message).
+    Responses that may hold entries the history had (sequence up to
+    ``after``) are decoded and those entries dropped, until one starts past
+    it: every later one does too (sequences only grow)."""
+
+    def __init__(self, container_id: str, after: int) -> None:
+        self.container_id = container_id
+        self.forwarded = False
+        self._after = after
+        self._suffix = manager_pb2.ManagerStreamLogsResponse(
+            container_id=container_id
+        ).SerializeToString()
+
+    def forward(self, raw: bytes) -> bytes | None:
+        """What to send for ``raw``; None for nothing."""
+        self.forwarded = True
+        if self._after:
+            response = management_pb2.StreamLogsResponse.FromString(raw)
+            entries = response.entries
+            if entries and entries[0].sequence > self._after:
+                self._after = 0  # past the history: bytes through from here
+            else:
+                fresh = [e for e in entries if e.sequence > self._after]
+                if fresh:
+                    self._after = 0
+                if not fresh and not response.missed:
+                    return None
+                return manager_pb2.ManagerStreamLogsResponse(
+                    entries=fresh, missed=response.missed, container_id=self.container_id
+                ).SerializeToString()
+        return raw + self._suffix
+
+
+@contextlib.asynccontextmanager
+async def _channel(
+    dial: Callable[[Entry], grpc.aio.Channel], entry: Entry
+) -> AsyncIterator[grpc.aio.Channel]:
+    channel = dial(entry)
+    try:
+        yield channel
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close(None)
+
+
 @contextlib.asynccontextmanager
 async def _management(
     dial: Callable[[Entry], grpc.aio.Channel], entry: Entry
 ) -> AsyncIterator[management_pb2_grpc.ManagementAsyncStub]:
-    channel = dial(entry)
-    try:
+    async with _channel(dial, entry) as channel:
         stub: management_pb2_grpc.ManagementAsyncStub = management_pb2_grpc.ManagementStub(channel)
         yield stub
-    finally:
-        with contextlib.suppress(Exception):
-            await channel.close(None)
+
+
+def serialize_response(response: Response) -> bytes:
+    """Manager.StreamLogs' response serializer: bytes pass as they are."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
 
 
 def _select(
@@ -387,4 +490,11 @@ def _now_ns() -> int:
     return time.time_ns()
 
 
-__all__ = ["POLL_SECONDS", "LogStreams", "end_message", "upstream_request"]
+__all__ = [
+    "POLL_SECONDS",
+    "LogStreams",
+    "Response",
+    "end_message",
+    "serialize_response",
+    "upstream_request",
+]

@@ -48,6 +48,8 @@ from ..v1 import (
 from ._bootstrap import JoinServicer
 from ._certificates import issue_certificate
 from ._logstreams import LogStreams
+from ._logstreams import Response as LogsResponse
+from ._logstreams import serialize_response as serialize_logs_response
 from ._operations import REQUEST_ID_METADATA, bounded_target, check_request_id, new_request_id
 from ._registry import Entry
 from ._upstream import cancelling, responses
@@ -353,9 +355,10 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
             return [self._m.resolve(n) for n in names]
         return [e for e in self._m.select(selector, []) if e.connected]
 
-    async def StreamLogs(
+    # Bytes too (a container's batches passed through): see build_server.
+    async def StreamLogs(  # type: ignore[override]
         self, request: manager_pb2.ManagerStreamLogsRequest, context: Context
-    ) -> AsyncIterator[manager_pb2.ManagerStreamLogsResponse]:
+    ) -> AsyncIterator[LogsResponse]:
         check_message(request, "")
         async for response in self._logs.stream(request):
             yield response
@@ -686,7 +689,20 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
         ],
     )
     lifecycle_pb2_grpc.add_LifecycleServicer_to_server(LifecycleServicer(manager), server)
-    manager_pb2_grpc.add_ManagerServicer_to_server(ManagerServicer(manager), server)
+    servicer = ManagerServicer(manager)
+    manager_pb2_grpc.add_ManagerServicer_to_server(servicer, server)
+    # StreamLogs passes containers' log batches through as bytes (_logstreams):
+    # the same method with a serializer that lets bytes by (registered last, it wins).
+    server.add_registered_method_handlers(  # type: ignore[attr-defined]  # not in grpc-stubs
+        "pycontainer.v1.Manager",
+        {
+            "StreamLogs": grpc.unary_stream_rpc_method_handler(
+                servicer.StreamLogs,
+                request_deserializer=manager_pb2.ManagerStreamLogsRequest.FromString,
+                response_serializer=serialize_logs_response,
+            )
+        },
+    )
     # Bootstrap.RenewCertificate for joined containers (Join has a listener of its own).
     bootstrap_pb2_grpc.add_BootstrapServicer_to_server(
         JoinServicer(manager.bootstrap, main=True), server
