@@ -41,6 +41,7 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
 
 from ._secrets import SECRET_NAMES
+from .limits import MAX_LOG_CAPACITY
 from .units import (
     duration_from_proto,
     duration_to_proto,
@@ -144,6 +145,7 @@ _CONTAINER_KEYS = (
     "sidecar",
     "startTimeout",
     "healthListen",
+    "logCapacity",
 )
 _FLAT = (
     "pycontainer specs are flat: name, labels, command and the rest at the top of each container"
@@ -814,6 +816,19 @@ class _Checker:
                         "(write port 0 for a free one each, or replicas: 1)",
                     )
                 spec.health_listen = health_listen
+
+        if "logCapacity" in fields:
+            capacity = self.integer(
+                fields["logCapacity"],
+                (*path, "logCapacity"),
+                minimum=1,
+                maximum=MAX_LOG_CAPACITY,
+                why=f"must be 1 or more log entries, got {fields['logCapacity']}",
+                why_max=f"must be at most {MAX_LOG_CAPACITY:,} log entries, got "
+                f"{fields['logCapacity']} (pycontainer.limits.MAX_LOG_CAPACITY)",
+            )
+            if capacity is not None:
+                spec.log_capacity = capacity
         return spec
 
     def _listen(self, value: Any, path: SpecPath) -> str | None:
@@ -1058,4 +1073,6 @@ def spec_to_dict(spec: spec_pb2.ContainerSpec) -> dict[str, Any]:
         out["startTimeout"] = _duration_text(spec.start_timeout)
     if spec.health_listen:
         out["healthListen"] = spec.health_listen
+    if spec.log_capacity:
+        out["logCapacity"] = spec.log_capacity
     return out

@@ -193,6 +193,18 @@ def check_spec(spec: spec_pb2.ContainerSpec, field: str) -> None:
     check_replicas(spec.replicas, f"{field}.replicas")
     if spec.health_listen:
         check_listen(spec.health_listen, f"{field}.health_listen")
+    check_log_capacity(spec.log_capacity, f"{field}.log_capacity")
+
+
+def check_log_capacity(capacity: int, field: str) -> None:
+    """0 (the default) to MAX_LOG_CAPACITY log entries."""
+    if not 0 <= capacity <= limits.MAX_LOG_CAPACITY:
+        raise invalid_argument(
+            field,
+            f"must be 0 (the default, {limits.DEFAULT_LOG_CAPACITY:,}) to "
+            f"{limits.MAX_LOG_CAPACITY:,} entries (pycontainer.limits.MAX_LOG_CAPACITY), "
+            f"got {capacity}",
+        )
 
 
 def check_replicas(replicas: int, field: str) -> None:

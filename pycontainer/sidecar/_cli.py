@@ -25,6 +25,7 @@ from .._secrets import mask_url_passwords
 from ..agent._container import ContainerSettings
 from ..agent._join import JoinError
 from ..agent._listen import ListenError
+from ..limits import DEFAULT_LOG_CAPACITY, MAX_LOG_CAPACITY
 from ..spec import SPEC_ENV, decode_spec
 from ..telemetry import configure_tracing
 from ..units import (
@@ -148,6 +149,19 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise ValueError(f"{text!r}: must be 1 or more")
+    return value
+
+
+def _log_capacity(text: str) -> int:
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number of log entries") from None
+    if not 1 <= value <= MAX_LOG_CAPACITY:
+        raise ValueError(
+            f"{text!r}: must be from 1 to {MAX_LOG_CAPACITY:,} log entries "
+            "(pycontainer.limits.MAX_LOG_CAPACITY)"
+        )
     return value
 
 
@@ -322,6 +336,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workdir", metavar="DIR", help="working directory of the program")
     parser.add_argument(
+        "--log-capacity",
+        type=_typed(_log_capacity),
+        metavar="N",
+        help="log entries (lines) kept of the program's output, for StreamLogs' history and "
+        "as slack for a follower that falls behind (it is told how many it missed) "
+        f"(default: {DEFAULT_LOG_CAPACITY:,}; at most {MAX_LOG_CAPACITY:,})",
+    )
+    parser.add_argument(
         "command",
         nargs=argparse.REMAINDER,
         metavar="-- CMD ARGS...",
@@ -349,6 +371,7 @@ _SPEC_FLAGS = (
     "restore_cmd",
     "workdir",
     "health_listen",
+    "log_capacity",
 )
 
 
@@ -412,6 +435,8 @@ def spec_from_args(args: argparse.Namespace) -> spec_pb2.ContainerSpec:
         spec.working_dir = args.workdir
     if args.health_listen:
         spec.health_listen = args.health_listen
+    if args.log_capacity is not None:
+        spec.log_capacity = args.log_capacity
     return spec
 
 
@@ -435,6 +460,7 @@ def settings_from_spec(
         grace_period=grace if grace is not None else DEFAULT_GRACE_PERIOD,
         # Unset: $PYCONTAINER_HEALTH_LISTEN (the manager sets it from the spec too).
         health_listen=spec.health_listen or None,
+        log_capacity=_spec_log_capacity(spec.log_capacity),
     )
     return SidecarSettings(
         container=container,
@@ -447,6 +473,17 @@ def settings_from_spec(
         cwd=spec.working_dir or None,
         env=dict(spec.env),
     )
+
+
+def _spec_log_capacity(capacity: int) -> int:
+    """The spec's log capacity (0: the default); ValueError past the bounds."""
+    if capacity == 0:
+        return DEFAULT_LOG_CAPACITY
+    if not 1 <= capacity <= MAX_LOG_CAPACITY:
+        raise ValueError(
+            f"log_capacity must be from 1 to {MAX_LOG_CAPACITY:,} log entries, got {capacity}"
+        )
+    return capacity
 
 
 def _launch_spec(args: argparse.Namespace, environ: Mapping[str, str]) -> spec_pb2.ContainerSpec:
