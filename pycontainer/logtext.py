@@ -129,8 +129,8 @@ def parse_rule(text: str) -> SeverityRule:
 
 
 _WORD_ALTERNATIVES = "|".join(sorted(_WORDS, key=len, reverse=True))
-# Where a level word could be (anywhere, any case): Severities.classify_all's sieve.
-_ANY_WORD = re.compile(_WORD_ALTERNATIVES, re.IGNORECASE)
+# Every level word holds one of these (Severities.classify_all's sieve).
+_WORD_ROOTS = tuple(sorted(w for w in _WORDS if not any(o != w and o in w for o in _WORDS)))
 DEFAULT_RULES: tuple[SeverityRule, ...] = (
     # A leading level word, perhaps bracketed, perhaps after a date and a time
     # (tokens holding a digit): "ERROR x", "[warn] x", "2024-05-01 12:00:00 DEBUG x".
@@ -167,26 +167,32 @@ class Severities:
 
     def classify_all(self, lines: Sequence[str], default: Level) -> list[Level]:
         """``classify(line, default)`` of each line, in bulk: with the built-in
-        rules alone, one search of all the lines finds the few holding a level
-        word (which every built-in rule needs); only those are classified."""
+        rules alone, a search of all the lines at once for the level words
+        (which every built-in rule needs) finds the few lines to classify."""
         levels = [default] * len(lines)
         if not self.rules:
             return levels
-        if not self._words_only:
-            return [self.classify(line, default) for line in lines]
         block = "\n".join(lines)
-        index, at = -1, 0  # the line that starts at offset ``at``
-        for found in _ANY_WORD.finditer(block):
-            start = found.start()
-            if start < at:
-                continue  # a second word in a line already classified
-            index += block.count("\n", at, start) + 1
-            line = lines[index]
-            levels[index] = self.classify(line, default)
-            at = block.find("\n", start)
-            if at < 0:
-                break
-            at += 1
+        if not self._words_only or not block.isascii():
+            # An operator's rule can match anything; and outside ASCII, a
+            # case-insensitive match is more than lower() finds (dotted and dotless i, the Kelvin sign).
+            return [self.classify(line, default) for line in lines]
+        low = block.lower()
+        found: list[int] = []  # where a line's first occurrence of a word is
+        for word in _WORD_ROOTS:
+            at = low.find(word)
+            while at >= 0:
+                found.append(at)
+                end = low.find("\n", at)
+                at = low.find(word, end + 1) if end >= 0 else -1
+        found.sort()
+        index, at, done = 0, 0, -1
+        for position in found:
+            index += low.count("\n", at, position)
+            at = position
+            if index != done:
+                levels[index] = self.classify(lines[index], default)
+                done = index
         return levels
 
 
