@@ -175,7 +175,8 @@ class Severities:
         block = "\n".join(lines)
         if not self._words_only or not block.isascii():
             # An operator's rule can match anything; and outside ASCII, a
-            # case-insensitive match is more than lower() finds (dotted and dotless i, the Kelvin sign).
+            # case-insensitive match finds more than lower() does (the
+            # dotted and dotless i, the Kelvin sign).
             return [self.classify(line, default) for line in lines]
         low = block.lower()
         found: list[int] = []  # where a line's first occurrence of a word is
