@@ -26,13 +26,15 @@ from pycontainer._errors import RequestError
 from pycontainer.cli import main
 from pycontainer.cli._logs import LogPrinter, MissedEntries
 from pycontainer.logtext import INFO, Severities, parse_rule
+from pycontainer.manager._logstreams import CUT
 from pycontainer.manager._validation import check_spec
 from pycontainer.sidecar import build_parser, settings_from_args
 from pycontainer.spec import SpecError, parse_specs
 from pycontainer.v1 import container_pb2, logs_pb2, manager_pb2, spec_pb2
 
 # Prints "ready", waits for its go file, then its lines in bursts (argv: the
-# count, the burst, the go file, a file made once all is printed), then "done".
+# count, the burst, the go file, a file made once all is printed, how long to
+# stay after), then "done".
 PRINTER = """\
 import os, sys, time
 total, burst, go, printed = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -47,7 +49,7 @@ for start in range(0, total, burst):
     time.sleep(0.005)
 open(printed, "w").close()
 print("done", flush=True)
-time.sleep(120)
+time.sleep(float(sys.argv[5]))
 """
 CLI = (sys.executable, "-m", "pycontainer.cli")
 LINE = re.compile(r"line id=(\d+) of the printer$", re.MULTILINE)
@@ -58,9 +60,18 @@ MISSED = re.compile(r"note: (\d+) entries missed \(the container's log buffer wr
 class Printer:
     """The sidecar-run printer, launched by the manager, and a `logs -f` of it."""
 
-    def __init__(self, manager: ManagerHost, tmp_path: Path, total: int, burst: int, capacity: int):
+    def __init__(
+        self,
+        manager: ManagerHost,
+        tmp_path: Path,
+        total: int,
+        burst: int,
+        capacity: int,
+        stay: float = 120,
+    ) -> None:
         self.manager, self.total = manager, total
         self.go, self.printed = tmp_path / "go", tmp_path / "printed"
+        self.stay = stay
         program = tmp_path / "printer.py"
         program.write_text(PRINTER)
         spec = spec_pb2.ContainerSpec(
@@ -88,7 +99,7 @@ class Printer:
         wait_until(lambda: "stdout: ready" in self.text(), 30, "the CLI showing 'ready'")
 
     def _files(self) -> list[str]:
-        return [str(self.go), str(self.printed)]
+        return [str(self.go), str(self.printed), str(self.stay)]
 
     def text(self) -> str:
         return self.out.read_text(errors="replace")
@@ -164,6 +175,28 @@ def test_a_reader_behind_a_small_ring_is_told_how_many_it_missed(
     assert len(ids) < total
     # Every entry is shown or counted (the sidecar's own entries aside: a few).
     assert total - len(ids) <= sum(missed) <= total - len(ids) + 10
+
+
+def test_a_reader_behind_when_the_container_ends_is_told_its_stream_was_cut(
+    manager: ManagerHost, tmp_path: Path, printers: list[Printer]
+) -> None:
+    # Far more than the streams' buffers hold, printed while the reader reads
+    # nothing; then the program exits, and the sidecar with it (its ring too).
+    total = 300_000
+    printer = Printer(manager, tmp_path, total, burst=20_000, capacity=total + 1_000, stay=0)
+    printers.append(printer)
+    os.kill(printer.cli.pid, signal.SIGSTOP)
+    printer.go.touch()
+    wait_container(manager.stub, "printer", lambda c: c.HasField("exit_code"), "exit", 60)
+    os.kill(printer.cli.pid, signal.SIGCONT)
+    assert printer.cli.wait(60) == 0
+    ids = printer.ids()
+    assert ids == list(range(len(ids)))  # in order, from the first, whatever came
+    last = printer.text().splitlines()[-1]
+    assert last.startswith("[printer] container stopped")
+    # What the reader did not get, it is told it may not have had.
+    if len(ids) < total:
+        assert last.endswith(CUT), last
 
 
 def _sidecar_has(manager: ManagerHost, message: str) -> bool:

@@ -54,6 +54,9 @@ _FOREVER = 10 * 365 * 86400.0
 # Entries per response.
 _BATCH = 500
 _STREAM_LOGS = "/pycontainer.v1.Management/StreamLogs"
+#: How an end says that the container's stream was cut short: a follower that
+#: was behind when its server went has not had the entries it held then.
+CUT = "its log stream was cut before it ended (entries after the last shown may be missing)"
 
 #: What Manager.StreamLogs sends: a response, or one already serialized.
 Response = manager_pb2.ManagerStreamLogsResponse | bytes
@@ -111,13 +114,16 @@ class _Part:
     history: list[logs_pb2.LogEntry] = field(default_factory=list)
     tail: Tail | None = None
 
-    def end(self) -> manager_pb2.ManagerStreamLogsResponse:
+    def end(self, *, cut: bool = False) -> manager_pb2.ManagerStreamLogsResponse:
+        """The end of this part; ``cut`` when its stream did not end by itself
+        (its server went, or would not finish): its last entries may be missing."""
+        message = end_message(self.entry)
+        if cut:
+            message += f"; {CUT}"
         return manager_pb2.ManagerStreamLogsResponse(
             ended=[
                 manager_pb2.LogStreamEnd(
-                    container_id=self.entry.id,
-                    container_name=self.entry.name,
-                    message=end_message(self.entry),
+                    container_id=self.entry.id, container_name=self.entry.name, message=message
                 )
             ]
         )
@@ -394,10 +400,14 @@ class LogStreams:
                         f"{container_pb2.LifecycleState.Name(entry.state)}",
                     )
         finally:
+            # Ended by itself (the server sent all and closed it), or cut.
+            complete = (
+                streaming.done() and not streaming.cancelled() and streaming.exception() is None
+            )
             for task in (streaming, stopping):
                 task.cancel()
             await asyncio.gather(streaming, stopping, return_exceptions=True)
-        await queue.put(part.end())
+        await queue.put(part.end(cut=not complete))
 
 
 class _Relay:
@@ -491,6 +501,7 @@ def _now_ns() -> int:
 
 
 __all__ = [
+    "CUT",
     "POLL_SECONDS",
     "LogStreams",
     "Response",
