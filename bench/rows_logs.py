@@ -373,6 +373,7 @@ class _LineCounter:
 def _bare_lines(program: Path, total: int, tmp: Path) -> float:
     """Lines/s of the program's stdout read straight from its pipe."""
     go = tmp / "go-bare"
+    go.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [sys.executable, str(program), str(total), str(go), "0", "0"], stdout=subprocess.PIPE
     )
@@ -445,18 +446,17 @@ class _Fleet:
 
 
 def _ours_lines(
-    program: Path, total: int, tmp: Path, *, capacity: int, rate: int, plaintext: bool
+    fleet: _Fleet, program: Path, total: int, tmp: Path, *, name: str, capacity: int, rate: int
 ) -> tuple[float, int, int]:
     """Lines/s from a sidecar-run program (``rate`` lines/s, 0: at full
-    speed) through a manager in its own process to `pycontainer logs -f`
-    (stdout to a pipe this reads); lines lost, and the misses the CLI reported."""
-    fleet = _Fleet(tmp, plaintext)
+    speed) through the fleet's manager to `pycontainer logs -f` (stdout to a
+    pipe this reads); lines lost, and the misses the CLI reported."""
     cli: subprocess.Popen[bytes] | None = None
-    go = tmp / "go-ours"
+    go = tmp / f"go-{name}"
     sidecars: list[int] = []
     try:
         spec = spec_pb2.ContainerSpec(
-            name="printer",
+            name=name,
             runtime=spec_pb2.RUNTIME_KIND_PROCESS,
             command=[sys.executable, str(program), str(total), str(go), str(rate), "600"],
             sidecar=True,
@@ -466,10 +466,11 @@ def _ours_lines(
         sidecars.extend(c.pid for c in launched.containers if c.pid)
 
         def running() -> bool:
-            listed = fleet.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=10)
-            return any(
-                c.state == container_pb2.LIFECYCLE_STATE_RUNNING and c.identity.endpoints
-                for c in listed.containers
+            got = fleet.stub.GetContainer(
+                manager_pb2.GetContainerRequest(container=name), timeout=10
+            ).container
+            return got.state == container_pb2.LIFECYCLE_STATE_RUNNING and bool(
+                got.identity.endpoints
             )
 
         deadline = time.monotonic() + 60
@@ -477,10 +478,10 @@ def _ours_lines(
             if time.monotonic() > deadline:
                 raise TimeoutError("the sidecar never ran")
             time.sleep(0.05)
-        errors = tmp / "cli.err"
+        errors = tmp / f"cli-{name}.err"
         with open(errors, "wb") as err:
             cli = subprocess.Popen(
-                [*_CLI, "logs", "-f", "printer", "--manager", fleet.address],
+                [*_CLI, "logs", "-f", name, "--manager", fleet.address],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=err,
@@ -488,9 +489,7 @@ def _ours_lines(
             )
         counter = _LineCounter(cli.stdout)
         if not counter.ready.wait(60):
-            raise TimeoutError(
-                f"the CLI never showed the program's first line: {errors.read_text()}"
-            )
+            raise TimeoutError(f"the CLI never showed the first line: {errors.read_text()}")
         t0 = time.perf_counter()
         go.touch()
         if not counter.done.wait(max(60.0, total / 5_000)):
@@ -500,16 +499,15 @@ def _ours_lines(
         cli.terminate()
         cli.wait(10)
         reported = sum(int(n) for n in _MISSED.findall(errors.read_text()))
+        stop = manager_pb2.StopContainerRequest(container=name)
+        stop.grace_period.FromSeconds(5)
         with contextlib.suppress(grpc.RpcError):
-            fleet.stub.StopContainer(
-                manager_pb2.StopContainerRequest(container="printer"), timeout=30
-            )
+            fleet.stub.StopContainer(stop, timeout=30)
         return received / elapsed, total - received, reported
     finally:
         if cli is not None and cli.poll() is None:
             cli.kill()
             cli.wait()
-        fleet.close()
         # The sidecar outlives a manager by design (its program dies with it).
         for pid in sidecars:
             with contextlib.suppress(ProcessLookupError):
@@ -524,32 +522,41 @@ def logs_follow(ctx: Context, plaintext: bool) -> list[Sample]:
         tmp = Path(name)
         program = tmp / "printer.py"
         program.write_text(_PRINTER)
-        for round_ in range(ctx.rounds):
-            here = tmp / f"round-{round_}"
-            (here / "paced").mkdir(parents=True)
-            bare = _bare_lines(program, total, here)
-            ours, lost, reported = _ours_lines(
-                program, total, here, capacity=total + 1000, rate=0, plaintext=plaintext
-            )
-            # Paced just under the target with the default ring: nothing may be lost.
-            _, paced_lost, paced_reported = _ours_lines(
-                program,
-                paced,
-                here / "paced",
-                capacity=_DEFAULT_CAPACITY,
-                rate=_PACED_RATE,
-                plaintext=plaintext,
-            )
-            out.append(
-                Sample(
-                    ours,
-                    bare,
-                    note=f"{total:,} lines at full speed, log capacity {total + 1000:,}: "
-                    f"lost {lost:,} (reported {reported:,}); {paced:,} at "
-                    f"{_PACED_RATE:,}/s, default capacity {_DEFAULT_CAPACITY:,}: lost "
-                    f"{paced_lost:,} (reported {paced_reported:,})",
+        fleet = _Fleet(tmp, plaintext)
+        try:
+            for round_ in range(ctx.rounds):
+                bare = _bare_lines(program, total, tmp)
+                ours, lost, reported = _ours_lines(
+                    fleet,
+                    program,
+                    total,
+                    tmp,
+                    name=f"burst-{round_}",
+                    capacity=total + 1000,
+                    rate=0,
                 )
-            )
+                note = (
+                    f"{total:,} lines at full speed, log capacity {total + 1000:,}: "
+                    f"lost {lost:,} (reported {reported:,})"
+                )
+                if round_ == ctx.rounds - 1:
+                    # Paced at the target with the default ring: nothing may be lost.
+                    _, paced_lost, paced_reported = _ours_lines(
+                        fleet,
+                        program,
+                        paced,
+                        tmp,
+                        name="paced",
+                        capacity=_DEFAULT_CAPACITY,
+                        rate=_PACED_RATE,
+                    )
+                    note += (
+                        f"; {paced:,} at {_PACED_RATE:,}/s, default capacity "
+                        f"{_DEFAULT_CAPACITY:,}: lost {paced_lost:,} (reported {paced_reported:,})"
+                    )
+                out.append(Sample(ours, bare, note=note))
+        finally:
+            fleet.close()
     return out
 
 
