@@ -8,13 +8,7 @@ import datetime
 import queue
 import threading
 from collections.abc import Callable, Sequence
-
-import yaml
-from google.protobuf import duration_pb2, timestamp_pb2
-from rich.console import Console
-from rich.padding import Padding
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from .._errors import echo
 from ..client import CallError, ManagerClient
@@ -24,7 +18,7 @@ from ._args import LIVE_STATES
 from ._context import Context
 from ._errors import EXIT_FAILED, EXIT_UNREACHABLE, CliError, Interrupted, from_call
 from ._operation import once
-from ._output import console, error_console, message_dict, print_data, show, spinner
+from ._output import console, error_console, message_dict, print_data, print_table, show, spinner
 from ._render import (
     age,
     container_table,
@@ -35,6 +29,10 @@ from ._render import (
     state_name,
     state_text,
 )
+
+if TYPE_CHECKING:
+    from google.protobuf import duration_pb2, timestamp_pb2
+    from rich.console import Console
 
 # Time a command other than a stop may take on the manager (30s), and some.
 _COMMAND_TIMEOUT = datetime.timedelta(seconds=60)
@@ -78,7 +76,7 @@ def run_ps(args: argparse.Namespace, ctx: Context) -> int:
         table = container_table(
             containers, show_labels=args.show_labels, wide=args.output == "wide"
         )
-        show(console(ctx), table)
+        print_table(ctx, table)
     for line in missing:
         ctx.err(f"error: NOT_FOUND: {line}")
     return EXIT_FAILED if missing else 0
@@ -111,6 +109,8 @@ def _print_specs(ctx: Context, containers: Sequence[manager_pb2.Container]) -> N
     """The specs the containers were launched from, one YAML document per name,
     in the spec file's own keys (``pycontainer apply -f`` reads it back); a
     container that dialled in on its own has no spec and gets a note."""
+    import yaml
+
     from ..spec import spec_to_dict
 
     documents: dict[str, dict[str, object]] = {}
@@ -149,6 +149,10 @@ def _when(ts: timestamp_pb2.Timestamp) -> str:
 
 def describe(out: Console, c: manager_pb2.Container) -> None:
     """Everything GetContainer returns, as labelled lines and sections."""
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
+
     identity = c.identity
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -199,6 +203,8 @@ def describe(out: Console, c: manager_pb2.Container) -> None:
     else:
         show(out, Text("Endpoints:", style="bold"), "-")
     if c.HasField("spec") and c.spec.name:
+        import yaml
+
         from ..spec import spec_to_dict
 
         show(out, Text("Spec:", style="bold"))
@@ -435,6 +441,8 @@ def run_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
     if args.output in ("json", "yaml"):
         print_data(ctx, message_dict(response), args.output)
         return 0
+    from rich.table import Table
+
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
@@ -476,5 +484,5 @@ def run_scale(args: argparse.Namespace, ctx: Context) -> int:
     elif not response.containers:
         ctx.out(f"{args.container}: scaled to 0 replicas")
     else:
-        show(console(ctx), container_table(response.containers))
+        print_table(ctx, container_table(response.containers))
     return 0
