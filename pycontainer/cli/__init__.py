@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from ._context import Context
 from ._errors import EXIT_INTERRUPTED, CliError, Interrupted, from_call
-from ._parser import build_parser
+from ._parser import build_parser, has_verb, verb_in
 
 if TYPE_CHECKING:
     from ..client import ManagerClient
@@ -92,7 +92,10 @@ def _parse(argv: list[str], ctx: Context) -> argparse.Namespace | int:
         if manager is not None and not any(a.split("=")[0] == "--manager" for a in rest):
             rest = ["--manager", manager, *rest]
         return argparse.Namespace(runs="_run:run", argv=rest)
-    parser = build_parser()
+    verb = verb_in(argv)
+    parser = build_parser(verb)
+    if verb is not None and not has_verb(parser, verb):  # not a verb: the whole grammar says so
+        parser = build_parser()
     if not argv:
         # Bare `pycontainer`: the whole help, verbs listed, as a usage error.
         ctx.stderr.write(parser.format_help())

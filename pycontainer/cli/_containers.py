@@ -18,7 +18,7 @@ from ._args import LIVE_STATES
 from ._context import Context
 from ._errors import EXIT_FAILED, EXIT_UNREACHABLE, CliError, Interrupted, from_call
 from ._operation import once
-from ._output import console, error_console, message_dict, print_data, print_table, show, spinner
+from ._output import console, message_dict, print_data, print_table, show, spinner
 from ._render import (
     age,
     container_table,
@@ -71,7 +71,7 @@ def run_ps(args: argparse.Namespace, ctx: Context) -> int:
     elif not containers:
         if not missing:
             hint = "" if args.all or states != list(LIVE_STATES) else " (-a shows stopped ones too)"
-            error_console(ctx).print(f"no containers{hint}")
+            ctx.err(f"no containers{hint}")
     else:
         table = container_table(
             containers, show_labels=args.show_labels, wide=args.output == "wide"
