@@ -7,7 +7,6 @@ off a terminal (``print_table``) needs neither."""
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
@@ -93,6 +92,8 @@ def message_dict(message: Message) -> dict[str, Any]:
 def print_data(ctx: Context, data: Any, output: str) -> None:
     """``data`` as JSON or YAML on stdout."""
     if output == "json":
+        import json
+
         ctx.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     else:
         import yaml

@@ -16,8 +16,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -27,14 +26,11 @@ __all__ = ["Styled", "TableRows", "plain_stream"]
 # The width rich gives a console off a terminal (_output.console): wider
 # tables are squeezed by rich, so they go through rich.
 _PLAIN_WIDTH = 10_000
-# Printable ASCII: one column each, as rich measures them.
-_ONE_COLUMN = re.compile(r"[ -~]*")
-# What rich would not print as it is: markup ("[bold]") and emoji codes (":smile:").
-_RICH_SYNTAX = re.compile(r"\[|:\S*?:")
+# An emoji code rich replaces (":smile:"); compiled when a cell has a colon.
+_EMOJI_CODE = r":\S*?:"
 
 
-@dataclass(frozen=True)
-class Styled:
+class Styled(NamedTuple):
     """A cell's text with the style a terminal shows it in ("bold red")."""
 
     text: str
@@ -48,12 +44,20 @@ def _text(cell: Cell) -> str:
     return cell.text if isinstance(cell, Styled) else cell
 
 
-@dataclass
+def _as_is(text: str) -> bool:
+    """Whether rich prints ``text`` as it is, one column per character:
+    printable ASCII, without markup ("[bold]") or an emoji code."""
+    if not (text.isascii() and text.isprintable()) or "[" in text:
+        return False
+    return ":" not in text or re.search(_EMOJI_CODE, text) is None
+
+
 class TableRows:
     """A borderless table with bold headers, as kubectl prints them."""
 
-    headers: Sequence[str]
-    rows: list[Sequence[Cell]] = field(default_factory=list)
+    def __init__(self, headers: Sequence[str]) -> None:
+        self.headers = headers
+        self.rows: list[Sequence[Cell]] = []
 
     def add_row(self, *cells: Cell) -> None:
         self.rows.append(cells)
@@ -62,10 +66,8 @@ class TableRows:
         """The table as rich prints it off a terminal, one line each, without
         trailing spaces; None when a cell needs rich to read it."""
         lines = [list(self.headers), *([_text(c) for c in row] for row in self.rows)]
-        for line in lines:
-            for text in line:
-                if not _ONE_COLUMN.fullmatch(text) or _RICH_SYNTAX.search(text):
-                    return None
+        if not all(_as_is(text) for line in lines for text in line):
+            return None
         widths = [max(len(line[i]) for line in lines) for i in range(len(self.headers))]
         if sum(widths) + 2 * (len(widths) - 1) > _PLAIN_WIDTH:
             return None
