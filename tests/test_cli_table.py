@@ -30,7 +30,7 @@ def _random_table(rng: random.Random) -> TableRows:
     headers = [
         rng.choice(["NAME", "ID", "A", "LONGER HEADER", "X"]) for _ in range(rng.randint(1, 6))
     ]
-    table = TableRows(headers)
+    table = TableRows(headers, wrap_last=rng.random() < 0.5)
     for _ in range(rng.randint(0, 8)):
         cells: list[str | Styled] = []
         for _ in headers:

@@ -170,6 +170,7 @@ def selector(text: str) -> str:
         # containers then asks for ids, -l or --all rather than taking all.
         return ""
     from .._selectors import parse_selector
+
     try:
         parse_selector(text)
     except ValueError as exc:

@@ -55,9 +55,12 @@ def _as_is(text: str) -> bool:
 class TableRows:
     """A borderless table with bold headers, as kubectl prints them."""
 
-    def __init__(self, headers: Sequence[str]) -> None:
+    def __init__(self, headers: Sequence[str], *, wrap_last: bool = False) -> None:
         self.headers = headers
         self.rows: list[Sequence[Cell]] = []
+        # Whether the last column wraps on a terminal (a message); off one, no
+        # line is wrapped (the console is 10,000 columns wide).
+        self.wrap_last = wrap_last
 
     def add_row(self, *cells: Cell) -> None:
         self.rows.append(cells)
@@ -84,6 +87,8 @@ class TableRows:
         table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
         for header in self.headers:
             table.add_column(header, no_wrap=True)
+        if self.wrap_last and table.columns:
+            table.columns[-1].no_wrap = False
         for row in self.rows:
             table.add_row(
                 *(Text(c.text, style=c.style) if isinstance(c, Styled) else c for c in row)
