@@ -27,6 +27,7 @@ def _printed(table: TableRows) -> str:
 
 def _random_table(rng: random.Random) -> TableRows:
     alphabet = string.ascii_letters + string.digits + " -=,./_()"
+    times = ["12:34:56.789", "2026-01-02 03:04:05.678", "127.0.0.1:50050", "a:b"]
     headers = [
         rng.choice(["NAME", "ID", "A", "LONGER HEADER", "X"]) for _ in range(rng.randint(1, 6))
     ]
@@ -35,6 +36,8 @@ def _random_table(rng: random.Random) -> TableRows:
         cells: list[str | Styled] = []
         for _ in headers:
             text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
+            if rng.random() < 0.2:
+                text = rng.choice(times)
             cells.append(Styled(text, "bold red") if rng.random() < 0.3 else text)
         table.add_row(*cells)
     return table
@@ -56,6 +59,8 @@ def test_the_plain_text_is_what_rich_prints(seed: int) -> None:
         "a [b] c",
         ":thumbs_up:",
         "x:y:z",
+        "at 1:100:2",
+        ":Smile-emoji:",
         "tab\there",
         "two\nlines",
         "naïve",

@@ -26,8 +26,11 @@ __all__ = ["Styled", "TableRows", "plain_stream"]
 # The width rich gives a console off a terminal (_output.console): wider
 # tables are squeezed by rich, so they go through rich.
 _PLAIN_WIDTH = 10_000
-# An emoji code rich replaces (":smile:"); compiled when a cell has a colon.
-_EMOJI_CODE = r":\S*?:"
+# What rich reads as an emoji code (":smile:", rich._emoji_replace's pattern);
+# compiled when a cell has a colon.
+_EMOJI_CODE = r"(:(\S*?)(?:(?:\-)(emoji|text))?:)"
+# The emoji names made of digits only: a time's ":15:" is none.
+_DIGIT_EMOJI = ("100", "1234")
 
 
 class Styled(NamedTuple):
@@ -49,7 +52,13 @@ def _as_is(text: str) -> bool:
     printable ASCII, without markup ("[bold]") or an emoji code."""
     if not (text.isascii() and text.isprintable()) or "[" in text:
         return False
-    return ":" not in text or re.search(_EMOJI_CODE, text) is None
+    if ":" not in text:
+        return True
+    # A code rich may replace: any name but digits (telling which names are
+    # emoji would import rich's table of them).
+    return all(
+        name.isdigit() and name not in _DIGIT_EMOJI for _, name, _ in re.findall(_EMOJI_CODE, text)
+    )
 
 
 class TableRows:
