@@ -162,6 +162,8 @@ def _check_pair(path: Path) -> None:
         if error.reason == "KEY_VALUES_MISMATCH":
             raise SecurityError(f"{path}: the private key is not the certificate's") from None
         why = _SSL_SOURCE.sub("", str(error))
+        if error.reason is None:  # OpenSSL's "PEM lib": a block's contents do not decode
+            why = f"a key or certificate in it does not decode ({why})"
         raise SecurityError(f"{path} cannot be read as a key and a certificate: {why}") from None
     except OSError as error:  # replaced or removed since it was read
         raise SecurityError(f"cannot read {path}: {error.strerror or error}") from None
