@@ -72,7 +72,7 @@ def hosts() -> Iterator[list[Host]]:
             host.stop()
 
 
-def test_ps_and_events_plaintext_import_no_renderer_nor_the_sdk(
+def test_ps_describe_events_plaintext_import_no_renderer_nor_the_sdk(
     manager: ManagerHost, hosts: list[Host]
 ) -> None:
     _, host = connected_container(manager, "lean-web")
@@ -91,7 +91,12 @@ def test_ps_and_events_plaintext_import_no_renderer_nor_the_sdk(
     assert (name, state) == ("lean-web", "RUNNING")
     assert container_id.startswith("lean-web")
     assert not err
-    # events (its table) too.
+    # describe (its labelled lines) and events (its table) too.
+    out, err, heavy = _run_ps("describe", "lean-web", "--manager", manager.address, "--insecure")
+    assert not heavy, heavy
+    assert out.splitlines()[0].split() == ["Name:", "lean-web"]
+    assert "Endpoints:" in out.splitlines()
+
     out, err, heavy = _run_ps("events", "--manager", manager.address, "--insecure")
     assert not heavy, heavy
     assert out.splitlines()[0].split() == ["TIME", "TYPE", "CONTAINER", "MESSAGE"]

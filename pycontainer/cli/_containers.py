@@ -26,9 +26,10 @@ from ._render import (
     local_time,
     resources_text,
     short_enum,
+    state_cell,
     state_name,
-    state_text,
 )
+from ._table import Cell, Styled, TableRows, indented, plain_grid, plain_stream, plain_text
 
 if TYPE_CHECKING:
     from google.protobuf import duration_pb2, timestamp_pb2
@@ -131,32 +132,9 @@ def _get(client: ManagerClient, container: str) -> manager_pb2.Container:
     return client.get_container(manager_pb2.GetContainerRequest(container=container)).container
 
 
-def run_describe(args: argparse.Namespace, ctx: Context) -> int:
-    with ctx.manager(args) as client:
-        container = _get(client, args.container)
-    if args.output in ("json", "yaml"):
-        print_data(ctx, message_dict(container), args.output)
-    else:
-        describe(console(ctx), container)
-    return 0
-
-
-def _when(ts: timestamp_pb2.Timestamp) -> str:
-    if ts.seconds == 0 and ts.nanos == 0:
-        return "-"
-    return f"{local_time(ts, date=True)} ({age(ts)} ago)"
-
-
-def describe(out: Console, c: manager_pb2.Container) -> None:
-    """Everything GetContainer returns, as labelled lines and sections."""
-    from rich.padding import Padding
-    from rich.table import Table
-    from rich.text import Text
-
+def _details(c: manager_pb2.Container) -> list[tuple[str, Cell]]:
+    """describe's labelled lines: (label, value; several lines for the labels)."""
     identity = c.identity
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
     cpu, memory = resources_text(identity.resources)
     grace_period = duration_field(identity, "grace_period")
     grace = (
@@ -164,11 +142,11 @@ def describe(out: Console, c: manager_pb2.Container) -> None:
         if grace_period is not None
         else f"{format_duration(DEFAULT_GRACE_PERIOD)} (default)"
     )
-    rows: list[tuple[str, str | Text]] = [
+    return [
         ("Name:", identity.name),
         ("ID:", identity.id),
         ("Version:", identity.version or "-"),
-        ("State:", state_text(c.state)),
+        ("State:", state_cell(c.state)),
         ("Connected:", "yes" if c.connected else "no"),
         ("PID:", str(c.pid) if c.pid else "-"),
         ("Priority:", str(identity.priority)),
@@ -181,35 +159,101 @@ def describe(out: Console, c: manager_pb2.Container) -> None:
         ("Launched:", "yes (by the manager)" if c.launched else "no (it dialled in)"),
         ("Restarts:", str(c.restarts)),
         ("Exit code:", str(c.exit_code) if c.HasField("exit_code") else "-"),
-        ("Error:", Text(c.error, style="red") if c.error else "-"),
+        ("Error:", Styled(c.error, "red") if c.error else "-"),
         ("Last checkpoint:", c.last_checkpoint_id or "-"),
         (
             "Labels:",
             "\n".join(f"{k}={v}" for k, v in sorted(identity.labels.items())) or "-",
         ),
     ]
-    for key, value in rows:
-        grid.add_row(key, value)
+
+
+def _endpoints(c: manager_pb2.Container) -> TableRows | None:
+    if not c.identity.endpoints:
+        return None
+    table = TableRows(("NAME", "KIND", "ADDRESS"))
+    for endpoint in c.identity.endpoints:
+        kind = short_enum(container_pb2.EndpointKind.Name(endpoint.kind))
+        table.add_row(endpoint.name, kind, endpoint.address)
+    return table
+
+
+def _spec_yaml(c: manager_pb2.Container) -> str | None:
+    if not (c.HasField("spec") and c.spec.name):
+        return None
+    import yaml
+
+    from ..spec import spec_to_dict
+
+    text: str = yaml.safe_dump(spec_to_dict(c.spec), sort_keys=False, allow_unicode=True)
+    return text.rstrip("\n")
+
+
+def run_describe(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.manager(args) as client:
+        container = _get(client, args.container)
+    if args.output in ("json", "yaml"):
+        print_data(ctx, message_dict(container), args.output)
+        return 0
+    details, endpoints, spec = _details(container), _endpoints(container), _spec_yaml(container)
+    text = _plain_description(details, endpoints, spec) if plain_stream(ctx.stdout) else None
+    if text is None:
+        describe(console(ctx), details, endpoints, spec)
+    else:
+        ctx.stdout.write(text)
+        ctx.stdout.flush()
+    return 0
+
+
+def _plain_description(
+    details: list[tuple[str, Cell]], endpoints: TableRows | None, spec: str | None
+) -> str | None:
+    """describe as rich prints it off a terminal (None when a value needs rich)."""
+    grid = plain_grid(details)
+    table = endpoints.plain() if endpoints is not None else "-"
+    if grid is None or table is None or (spec is not None and not plain_text(spec)):
+        return None
+    lines = [grid]
+    lines += ["Endpoints:", indented(table)] if endpoints is not None else ["Endpoints: -"]
+    lines += (
+        ["Spec:", indented(spec)] if spec is not None else ["Spec: - (it dialled in on its own)"]
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _when(ts: timestamp_pb2.Timestamp) -> str:
+    if ts.seconds == 0 and ts.nanos == 0:
+        return "-"
+    return f"{local_time(ts, date=True)} ({age(ts)} ago)"
+
+
+def describe(
+    out: Console,
+    details: list[tuple[str, Cell]],
+    endpoints: TableRows | None,
+    spec: str | None,
+) -> None:
+    """Everything GetContainer returns, as labelled lines and sections."""
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    for key, value in details:
+        grid.add_row(
+            key, Text(value.text, style=value.style) if isinstance(value, Styled) else value
+        )
     show(out, grid)
-    if identity.endpoints:
+    if endpoints is not None:
         show(out, Text("Endpoints:", style="bold"))
-        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-        for header in ("NAME", "KIND", "ADDRESS"):
-            table.add_column(header, no_wrap=True)
-        for endpoint in identity.endpoints:
-            kind = short_enum(container_pb2.EndpointKind.Name(endpoint.kind))
-            table.add_row(endpoint.name, kind, endpoint.address)
-        show(out, Padding(table, (0, 0, 0, 2), expand=False))
+        show(out, Padding(endpoints.rich(), (0, 0, 0, 2), expand=False))
     else:
         show(out, Text("Endpoints:", style="bold"), "-")
-    if c.HasField("spec") and c.spec.name:
-        import yaml
-
-        from ..spec import spec_to_dict
-
+    if spec is not None:
         show(out, Text("Spec:", style="bold"))
-        text = yaml.safe_dump(spec_to_dict(c.spec), sort_keys=False, allow_unicode=True)
-        show(out, Padding(Text(text.rstrip("\n")), (0, 0, 0, 2), expand=False))
+        show(out, Padding(Text(spec), (0, 0, 0, 2), expand=False))
     else:
         show(out, Text("Spec:", style="bold"), "- (it dialled in on its own)")
 

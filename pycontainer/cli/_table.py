@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from rich.table import Table
 
-__all__ = ["Styled", "TableRows", "plain_stream"]
+__all__ = ["Styled", "TableRows", "indented", "plain_grid", "plain_stream", "plain_text"]
 
 # The width rich gives a console off a terminal (_output.console): wider
 # tables are squeezed by rich, so they go through rich.
@@ -103,6 +103,39 @@ class TableRows:
                 *(Text(c.text, style=c.style) if isinstance(c, Styled) else c for c in row)
             )
         return table
+
+
+def plain_grid(rows: Sequence[tuple[str, Cell]]) -> str | None:
+    """Labels and values as rich prints ``Table.grid(padding=(0, 2))`` off a
+    terminal: the labels' column as wide as the widest, two spaces, the value
+    (a value's further lines under its first); None when a cell needs rich."""
+    if not rows:
+        return ""
+    values = [_text(value).split("\n") for _, value in rows]
+    if not all(_as_is(key) for key, _ in rows) or not all(
+        _as_is(line) for lines in values for line in lines
+    ):
+        return None
+    width = max(len(key) for key, _ in rows)
+    if width + 2 + max(len(line) for lines in values for line in lines) > _PLAIN_WIDTH:
+        return None
+    out = []
+    for (key, _), lines in zip(rows, values, strict=True):
+        for index, line in enumerate(lines):
+            out.append(f"{key if index == 0 else '':<{width}}  {line}".rstrip())
+    return "\n".join(out)
+
+
+def plain_text(text: str) -> bool:
+    """Whether rich prints ``Text(text)`` off a terminal as it is: printable
+    lines (no tab, which rich expands) that no 10,000-column console wraps."""
+    return all(line.isprintable() and len(line) < _PLAIN_WIDTH - 2 for line in text.split("\n"))
+
+
+def indented(text: str) -> str:
+    """``text`` as rich's Padding(..., (0, 0, 0, 2)) prints it: each line two
+    spaces in (an empty line stays empty: show() strips trailing spaces)."""
+    return "\n".join(f"  {line}".rstrip() for line in text.split("\n"))
 
 
 def plain_stream(stream: IO[str]) -> bool:
