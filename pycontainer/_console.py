@@ -8,6 +8,7 @@ runs before ``pycontainer.cli`` is imported, whose modules need them.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import sys
 
@@ -37,6 +38,9 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
+    # What pycontainer.cli.pause_collector does, before the grammar's imports
+    # (pycontainer.cli.main resumes the collector after the verb's).
+    gc.disable()
     from .cli import main as cli_main
 
-    return cli_main()
+    return cli_main(own_process=True)

@@ -20,7 +20,6 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from .limits import MAX_ECHOED_CHARS, MAX_ERROR_FIELD_BYTES, MAX_ERROR_MESSAGE_BYTES
 
@@ -84,6 +83,8 @@ class RequestError(Exception):
         status = status_pb2.Status(
             code=code_number(self.code), message=self.message, details=details
         )
+        from grpc_status import rpc_status  # (only a server raising one needs it)
+
         return rpc_status.to_status(status)
 
 

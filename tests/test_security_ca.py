@@ -245,6 +245,10 @@ def test_leaf_files_are_written_atomically_owner_only_and_checked_on_read(
     write_leaf(files.leaf, Leaf(other.private_key_pem, leaf.certificate_chain_pem))
     with pytest.raises(SecurityError, match="private key is not the certificate's"):
         read_leaf(files.leaf)
+    garbled = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+    write_leaf(files.leaf, Leaf(garbled, leaf.certificate_chain_pem))
+    with pytest.raises(SecurityError, match=r"cannot be read as a key .* does not decode"):
+        read_leaf(files.leaf)
     files.leaf.chmod(0o640)
     with pytest.raises(SecurityError, match="chmod 600"):
         read_leaf(files.leaf)

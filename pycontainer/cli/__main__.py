@@ -2,6 +2,7 @@
 
 import sys
 
-from . import main
+from . import main, pause_collector
 
-sys.exit(main())
+pause_collector()
+sys.exit(main(own_process=True))

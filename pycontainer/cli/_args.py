@@ -165,12 +165,12 @@ def pattern(text: str) -> str:
 def selector(text: str) -> str:
     """-l SELECTOR: checked with the manager's own grammar (a usage error
     here, rather than INVALID_ARGUMENT after dialling)."""
-    from .._selectors import parse_selector
-
     if not text.strip():
         # The default (no selector), also for a blank one: a verb that acts on
         # containers then asks for ids, -l or --all rather than taking all.
         return ""
+    from .._selectors import parse_selector
+
     try:
         parse_selector(text)
     except ValueError as exc:

@@ -8,13 +8,7 @@ import datetime
 import queue
 import threading
 from collections.abc import Callable, Sequence
-
-import yaml
-from google.protobuf import duration_pb2, timestamp_pb2
-from rich.console import Console
-from rich.padding import Padding
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from .._errors import echo
 from ..client import CallError, ManagerClient
@@ -24,7 +18,7 @@ from ._args import LIVE_STATES
 from ._context import Context
 from ._errors import EXIT_FAILED, EXIT_UNREACHABLE, CliError, Interrupted, from_call
 from ._operation import once
-from ._output import console, error_console, message_dict, print_data, show, spinner
+from ._output import console, message_dict, print_data, print_table, show, spinner
 from ._render import (
     age,
     container_table,
@@ -32,9 +26,14 @@ from ._render import (
     local_time,
     resources_text,
     short_enum,
+    state_cell,
     state_name,
-    state_text,
 )
+from ._table import Cell, Styled, TableRows, indented, plain_grid, plain_stream, plain_text
+
+if TYPE_CHECKING:
+    from google.protobuf import duration_pb2, timestamp_pb2
+    from rich.console import Console
 
 # Time a command other than a stop may take on the manager (30s), and some.
 _COMMAND_TIMEOUT = datetime.timedelta(seconds=60)
@@ -73,12 +72,12 @@ def run_ps(args: argparse.Namespace, ctx: Context) -> int:
     elif not containers:
         if not missing:
             hint = "" if args.all or states != list(LIVE_STATES) else " (-a shows stopped ones too)"
-            error_console(ctx).print(f"no containers{hint}")
+            ctx.err(f"no containers{hint}")
     else:
         table = container_table(
             containers, show_labels=args.show_labels, wide=args.output == "wide"
         )
-        show(console(ctx), table)
+        print_table(ctx, table)
     for line in missing:
         ctx.err(f"error: NOT_FOUND: {line}")
     return EXIT_FAILED if missing else 0
@@ -111,6 +110,8 @@ def _print_specs(ctx: Context, containers: Sequence[manager_pb2.Container]) -> N
     """The specs the containers were launched from, one YAML document per name,
     in the spec file's own keys (``pycontainer apply -f`` reads it back); a
     container that dialled in on its own has no spec and gets a note."""
+    import yaml
+
     from ..spec import spec_to_dict
 
     documents: dict[str, dict[str, object]] = {}
@@ -131,28 +132,9 @@ def _get(client: ManagerClient, container: str) -> manager_pb2.Container:
     return client.get_container(manager_pb2.GetContainerRequest(container=container)).container
 
 
-def run_describe(args: argparse.Namespace, ctx: Context) -> int:
-    with ctx.manager(args) as client:
-        container = _get(client, args.container)
-    if args.output in ("json", "yaml"):
-        print_data(ctx, message_dict(container), args.output)
-    else:
-        describe(console(ctx), container)
-    return 0
-
-
-def _when(ts: timestamp_pb2.Timestamp) -> str:
-    if ts.seconds == 0 and ts.nanos == 0:
-        return "-"
-    return f"{local_time(ts, date=True)} ({age(ts)} ago)"
-
-
-def describe(out: Console, c: manager_pb2.Container) -> None:
-    """Everything GetContainer returns, as labelled lines and sections."""
+def _details(c: manager_pb2.Container) -> list[tuple[str, Cell]]:
+    """describe's labelled lines: (label, value; several lines for the labels)."""
     identity = c.identity
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
     cpu, memory = resources_text(identity.resources)
     grace_period = duration_field(identity, "grace_period")
     grace = (
@@ -160,11 +142,11 @@ def describe(out: Console, c: manager_pb2.Container) -> None:
         if grace_period is not None
         else f"{format_duration(DEFAULT_GRACE_PERIOD)} (default)"
     )
-    rows: list[tuple[str, str | Text]] = [
+    return [
         ("Name:", identity.name),
         ("ID:", identity.id),
         ("Version:", identity.version or "-"),
-        ("State:", state_text(c.state)),
+        ("State:", state_cell(c.state)),
         ("Connected:", "yes" if c.connected else "no"),
         ("PID:", str(c.pid) if c.pid else "-"),
         ("Priority:", str(identity.priority)),
@@ -177,33 +159,101 @@ def describe(out: Console, c: manager_pb2.Container) -> None:
         ("Launched:", "yes (by the manager)" if c.launched else "no (it dialled in)"),
         ("Restarts:", str(c.restarts)),
         ("Exit code:", str(c.exit_code) if c.HasField("exit_code") else "-"),
-        ("Error:", Text(c.error, style="red") if c.error else "-"),
+        ("Error:", Styled(c.error, "red") if c.error else "-"),
         ("Last checkpoint:", c.last_checkpoint_id or "-"),
         (
             "Labels:",
             "\n".join(f"{k}={v}" for k, v in sorted(identity.labels.items())) or "-",
         ),
     ]
-    for key, value in rows:
-        grid.add_row(key, value)
+
+
+def _endpoints(c: manager_pb2.Container) -> TableRows | None:
+    if not c.identity.endpoints:
+        return None
+    table = TableRows(("NAME", "KIND", "ADDRESS"))
+    for endpoint in c.identity.endpoints:
+        kind = short_enum(container_pb2.EndpointKind.Name(endpoint.kind))
+        table.add_row(endpoint.name, kind, endpoint.address)
+    return table
+
+
+def _spec_yaml(c: manager_pb2.Container) -> str | None:
+    if not (c.HasField("spec") and c.spec.name):
+        return None
+    import yaml
+
+    from ..spec import spec_to_dict
+
+    text: str = yaml.safe_dump(spec_to_dict(c.spec), sort_keys=False, allow_unicode=True)
+    return text.rstrip("\n")
+
+
+def run_describe(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.manager(args) as client:
+        container = _get(client, args.container)
+    if args.output in ("json", "yaml"):
+        print_data(ctx, message_dict(container), args.output)
+        return 0
+    details, endpoints, spec = _details(container), _endpoints(container), _spec_yaml(container)
+    text = _plain_description(details, endpoints, spec) if plain_stream(ctx.stdout) else None
+    if text is None:
+        describe(console(ctx), details, endpoints, spec)
+    else:
+        ctx.stdout.write(text)
+        ctx.stdout.flush()
+    return 0
+
+
+def _plain_description(
+    details: list[tuple[str, Cell]], endpoints: TableRows | None, spec: str | None
+) -> str | None:
+    """describe as rich prints it off a terminal (None when a value needs rich)."""
+    grid = plain_grid(details)
+    table = endpoints.plain() if endpoints is not None else "-"
+    if grid is None or table is None or (spec is not None and not plain_text(spec)):
+        return None
+    lines = [grid]
+    lines += ["Endpoints:", indented(table)] if endpoints is not None else ["Endpoints: -"]
+    lines += (
+        ["Spec:", indented(spec)] if spec is not None else ["Spec: - (it dialled in on its own)"]
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _when(ts: timestamp_pb2.Timestamp) -> str:
+    if ts.seconds == 0 and ts.nanos == 0:
+        return "-"
+    return f"{local_time(ts, date=True)} ({age(ts)} ago)"
+
+
+def describe(
+    out: Console,
+    details: list[tuple[str, Cell]],
+    endpoints: TableRows | None,
+    spec: str | None,
+) -> None:
+    """Everything GetContainer returns, as labelled lines and sections."""
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    for key, value in details:
+        grid.add_row(
+            key, Text(value.text, style=value.style) if isinstance(value, Styled) else value
+        )
     show(out, grid)
-    if identity.endpoints:
+    if endpoints is not None:
         show(out, Text("Endpoints:", style="bold"))
-        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-        for header in ("NAME", "KIND", "ADDRESS"):
-            table.add_column(header, no_wrap=True)
-        for endpoint in identity.endpoints:
-            kind = short_enum(container_pb2.EndpointKind.Name(endpoint.kind))
-            table.add_row(endpoint.name, kind, endpoint.address)
-        show(out, Padding(table, (0, 0, 0, 2), expand=False))
+        show(out, Padding(endpoints.rich(), (0, 0, 0, 2), expand=False))
     else:
         show(out, Text("Endpoints:", style="bold"), "-")
-    if c.HasField("spec") and c.spec.name:
-        from ..spec import spec_to_dict
-
+    if spec is not None:
         show(out, Text("Spec:", style="bold"))
-        text = yaml.safe_dump(spec_to_dict(c.spec), sort_keys=False, allow_unicode=True)
-        show(out, Padding(Text(text.rstrip("\n")), (0, 0, 0, 2), expand=False))
+        show(out, Padding(Text(spec), (0, 0, 0, 2), expand=False))
     else:
         show(out, Text("Spec:", style="bold"), "- (it dialled in on its own)")
 
@@ -435,6 +485,8 @@ def run_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
     if args.output in ("json", "yaml"):
         print_data(ctx, message_dict(response), args.output)
         return 0
+    from rich.table import Table
+
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
@@ -476,5 +528,5 @@ def run_scale(args: argparse.Namespace, ctx: Context) -> int:
     elif not response.containers:
         ctx.out(f"{args.container}: scaled to 0 replicas")
     else:
-        show(console(ctx), container_table(response.containers))
+        print_table(ctx, container_table(response.containers))
     return 0

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-
-import yaml
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from ..client import ManagerClient
 from ..v1 import manager_pb2
 from ._context import Context
 from ._errors import Interrupted
-from ._output import console, message_dict, print_data, show
+from ._output import console, message_dict, print_data, print_table
 from ._render import (
     clipped,
     event_message,
     event_subject,
     local_time,
-    plain_table,
     short_enum,
 )
+from ._table import Styled, TableRows
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 # The longest a history read may take.
 _LIMIT = datetime.timedelta(seconds=10)
@@ -34,9 +34,16 @@ _TYPE_STYLES: dict[int, str] = {
 }
 
 
-def _type_text(event: manager_pb2.Event) -> Text:
+def _type_cell(event: manager_pb2.Event) -> Styled:
     name = short_enum(manager_pb2.EventType.Name(event.type))
-    return Text(name, style=_TYPE_STYLES.get(event.type, ""))
+    return Styled(name, _TYPE_STYLES.get(event.type, ""))
+
+
+def _type_text(event: manager_pb2.Event) -> Text:
+    from rich.text import Text
+
+    cell = _type_cell(event)
+    return Text(cell.text, style=cell.style)
 
 
 def subject(event: manager_pb2.Event) -> str:
@@ -67,18 +74,22 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             elif not events:
                 ctx.err("no events")
             else:
-                table = plain_table("TIME", "TYPE", "CONTAINER", "MESSAGE")
-                table.columns[-1].no_wrap = False
+                table = TableRows(("TIME", "TYPE", "CONTAINER", "MESSAGE"), wrap_last=True)
                 for e in events:
                     table.add_row(
-                        local_time(e.time), _type_text(e), subject(e), event_message(e.message)
+                        local_time(e.time), _type_cell(e), subject(e), event_message(e.message)
                     )
-                show(console(ctx), table)
+                print_table(ctx, table)
             return 0
         return _watch(client, args, ctx)
 
 
 def _watch(client: ManagerClient, args: argparse.Namespace, ctx: Context) -> int:
+    import json
+
+    import yaml
+    from rich.text import Text
+
     out = console(ctx)
     request = manager_pb2.WatchEventsRequest(include_history=True, container=args.container)
     try:

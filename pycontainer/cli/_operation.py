@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import datetime
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-from rich.table import Table
-from rich.text import Text
 
 from .._errors import status_code
 from ..client import CallError, ManagerClient
@@ -29,6 +27,9 @@ from ._context import Context
 from ._errors import EXIT_FAILED, EXIT_UNREACHABLE, CliError, from_call
 from ._output import console, message_dict, print_data, show
 from ._render import age, clipped, local_time, plain_table, short_enum
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 __all__ = ["once", "run"]
 
@@ -100,6 +101,8 @@ def unknown_outcome(exc: CallError, request_id: str) -> CliError:
 
 # -- pycontainer operation ----------------------------------------------------------------
 def _state_text(state: manager_pb2.OperationState.ValueType) -> Text:
+    from rich.text import Text
+
     name = short_enum(manager_pb2.OperationState.Name(state))
     return Text(name, style=_STATE_STYLES.get(state, ""))
 
@@ -119,6 +122,8 @@ def _took(operation: manager_pb2.Operation) -> str:
 
 
 def describe(ctx: Context, operation: manager_pb2.Operation) -> None:
+    from rich.table import Table
+
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()

@@ -1,25 +1,28 @@
 """Printing a verb's results on the context's streams: rich consoles (colour
-only on a terminal), tables without padding off a terminal, JSON and YAML."""
+only on a terminal), tables without padding off a terminal, JSON and YAML.
+
+rich and yaml are imported when something is printed with them: a listing
+off a terminal (``print_table``) needs neither."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
-from typing import IO, Any
-
-import yaml
-from google.protobuf import json_format
-from google.protobuf.message import Message
-from rich.console import Console, RenderableType
+from typing import IO, TYPE_CHECKING, Any
 
 from ._context import Context
+from ._table import TableRows, plain_stream
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+    from rich.console import Console, RenderableType
 
 __all__ = [
     "console",
     "error_console",
     "message_dict",
     "print_data",
+    "print_table",
     "show",
     "spinner",
 ]
@@ -35,6 +38,8 @@ def _isatty(stream: IO[str]) -> bool:
 def console(ctx: Context, no_color: bool = False) -> Console:
     """A console on the context's stdout: colour only on a terminal (and never
     with --no-color or $NO_COLOR); no wrapping when piped."""
+    from rich.console import Console
+
     terminal = _isatty(ctx.stdout)
     return Console(
         file=ctx.stdout,
@@ -48,6 +53,8 @@ def console(ctx: Context, no_color: bool = False) -> Console:
 
 def error_console(ctx: Context) -> Console:
     """A console on stderr, for spinners and notes that must not mix with output."""
+    from rich.console import Console
+
     return Console(file=ctx.stderr, highlight=False)
 
 
@@ -64,16 +71,33 @@ def show(out: Console, *renderables: RenderableType) -> None:
     out.file.flush()
 
 
+def print_table(ctx: Context, table: TableRows, no_color: bool = False) -> None:
+    """A listing on stdout: through rich on a terminal, else as the plain text
+    rich would print (without importing it)."""
+    text = table.plain() if plain_stream(ctx.stdout) else None
+    if text is None:
+        show(console(ctx, no_color), table.rich())
+        return
+    ctx.stdout.write(text + "\n")
+    ctx.stdout.flush()
+
+
 def message_dict(message: Message) -> dict[str, Any]:
     """A message as JSON-ready data, with its zero-valued fields too."""
+    from google.protobuf import json_format
+
     return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
 
 
 def print_data(ctx: Context, data: Any, output: str) -> None:
     """``data`` as JSON or YAML on stdout."""
     if output == "json":
+        import json
+
         ctx.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     else:
+        import yaml
+
         ctx.stdout.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     ctx.stdout.flush()
 

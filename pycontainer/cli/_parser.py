@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import __version__, limits
 from .._tls_env import INSECURE_ENV, TLS_DIR_ENV
@@ -14,7 +15,7 @@ from ..client import DEFAULT_CERT_DIR, DEFAULT_MANAGER, MANAGER_ENV, listen_arg,
 from ..units import DURATION_HELP, duration_arg, format_duration
 from . import _args
 
-__all__ = ["EPILOG", "build_parser"]
+__all__ = ["EPILOG", "build_parser", "has_verb", "verb_in"]
 
 EPILOG = f"""\
 The client verbs find the manager through --manager HOST:PORT, else
@@ -48,6 +49,9 @@ def _verb(
     aliases: tuple[str, ...] = (),
 ) -> argparse.ArgumentParser:
     """A verb run by ``runs`` ("module:function" in pycontainer.cli)."""
+    wanted = getattr(subparsers, "only_verb", None)
+    if wanted is not None and wanted != name and wanted not in aliases:
+        return cast(argparse.ArgumentParser, _Skipped())
     parser = subparsers.add_parser(
         name,
         help=help,
@@ -168,7 +172,44 @@ def _grace_option(parser: argparse.ArgumentParser, default: str) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Skipped:
+    """The parser of a verb that is not on the command line (build_parser's
+    ``verb``): every call to it is taken and ignored."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self._ignore
+
+    def _ignore(self, *args: object, **kwargs: object) -> _Skipped:
+        return self
+
+
+# The options before the verb that build_parser(verb) knows take a value; any
+# other option there than these and --insecure (such as -h, which lists every
+# verb) needs the whole grammar.
+_GLOBAL_VALUED = ("--manager", "--cert-dir", "--tls-dir")
+
+
+def verb_in(argv: Sequence[str]) -> str | None:
+    """The verb of a command line that names it after global options only
+    (``--manager ADDR ps -a``: "ps"); None when anything else comes first."""
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg in _GLOBAL_VALUED:
+            index += 2
+        elif arg == "--insecure" or arg.partition("=")[0] in _GLOBAL_VALUED:
+            index += 1
+        else:
+            return None if arg.startswith("-") else arg
+    return None
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The whole grammar; with ``verb``, only that verb's parser under the
+    global options (a verb's run builds only its own arguments: argparse
+    makes each verb's parser when it is added, which took a run of ``ps``
+    as long as its call to the manager). A verb that is not one gets a
+    parser without verbs: ask again without ``verb`` (``has_verb``)."""
     parser = argparse.ArgumentParser(
         prog="pycontainer",
         description="Manage containers through their gRPC interface.",
@@ -191,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print this command's version and exit (without the manager: see `version`)",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers.only_verb = verb  # type: ignore[attr-defined]  # read by _verb
     _apply(subparsers)
     _diff(subparsers)
     _containers(subparsers)
@@ -208,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     _token(subparsers)
     _certificate(subparsers)
     return parser
+
+
+def has_verb(parser: argparse.ArgumentParser, verb: str) -> bool:
+    """Whether build_parser(verb) found ``verb`` (a name or an alias)."""
+    return any(
+        isinstance(action, argparse._SubParsersAction) and verb in action.choices
+        for action in parser._actions
+    )
 
 
 _OWNER_HELP = (

@@ -6,14 +6,17 @@ import datetime
 import re
 import time
 from collections.abc import Iterable
-
-from google.protobuf import timestamp_pb2
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from ..units import format_cpu, format_memory
 from ..v1 import container_pb2, manager_pb2
 from ._args import STATE_NAMES, parse_state
+from ._table import Cell, Styled, TableRows
+
+if TYPE_CHECKING:
+    from google.protobuf import timestamp_pb2
+    from rich.table import Table
+    from rich.text import Text
 
 __all__ = [
     "STATE_NAMES",
@@ -27,6 +30,7 @@ __all__ = [
     "plain_table",
     "short_enum",
     "short_id",
+    "state_cell",
     "state_name",
     "state_text",
 ]
@@ -73,9 +77,17 @@ def event_message(text: str) -> str:
     return _STATE_WORD.sub(lambda m: m.group(1), text)
 
 
-def state_text(state: int) -> Text:
+def state_cell(state: int) -> Styled:
     """The state name, coloured by what it means."""
-    return Text(state_name(state), style=_STATE_STYLES.get(state, ""))
+    return Styled(state_name(state), _STATE_STYLES.get(state, ""))
+
+
+def state_text(state: int) -> Text:
+    """The state name, coloured by what it means, for a rich renderable."""
+    from rich.text import Text
+
+    cell = state_cell(state)
+    return Text(cell.text, style=cell.style)
 
 
 def short_enum(name: str) -> str:
@@ -128,6 +140,8 @@ def local_time(ts: timestamp_pb2.Timestamp, *, date: bool | None = None) -> str:
 
 def plain_table(*headers: str) -> Table:
     """A borderless table with bold headers, as kubectl prints them."""
+    from rich.table import Table
+
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
     for header in headers:
         table.add_column(header, no_wrap=True)
@@ -164,7 +178,7 @@ def container_table(
     *,
     show_labels: bool = False,
     wide: bool = False,
-) -> Table:
+) -> TableRows:
     """The ps listing; ``wide`` adds the version, the Management address, the
     reason for the state and the labels."""
     headers = ["NAME", "ID", "STATE", "CONNECTED", "PRIORITY", "CPU", "MEMORY", "PID"]
@@ -174,14 +188,14 @@ def container_table(
     show_labels = show_labels or wide
     if show_labels:
         headers.append("LABELS")
-    table = plain_table(*headers)
+    table = TableRows(headers)
     now = time.time()
     for c in containers:
         cpu, memory = resources_text(c.identity.resources)
-        row: list[str | Text] = [
+        row: list[Cell] = [
             c.identity.name,
             c.identity.id,
-            state_text(c.state),
+            state_cell(c.state),
             "yes" if c.connected else "no",
             str(c.identity.priority),
             cpu,

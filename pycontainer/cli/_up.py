@@ -174,4 +174,4 @@ def _view(manager: Manager) -> Group:
         f"pycontainer manager on {manager.address} — Ctrl-C stops everything gracefully",
         style="bold cyan",
     )
-    return Group(title, container_table(containers), Text(""), *lines)
+    return Group(title, container_table(containers).rich(), Text(""), *lines)

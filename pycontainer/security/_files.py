@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from pycontainer.security._errors import SecurityError
@@ -18,6 +17,8 @@ def write_atomic(path: Path, data: bytes, mode: int = PRIVATE_MODE) -> None:
     The temporary file is created with ``mode`` from the start (never briefly
     readable by others) in the same directory, flushed to disk, then renamed.
     """
+    import tempfile  # (a client that only reads its certificate needs none of it)
+
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
@@ -37,6 +38,8 @@ def create_exclusive(path: Path, data: bytes, mode: int = PRIVATE_MODE) -> None:
     Written to a temporary file first and published with ``link`` (which, like
     ``O_EXCL``, never replaces an existing file), so the file is never seen half written.
     """
+    import tempfile
+
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)

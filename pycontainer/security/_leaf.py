@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import datetime
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
-from pycontainer.security._ca import IssuedCertificate
 from pycontainer.security._errors import SecurityError
 from pycontainer.security._files import read_private, read_public, write_atomic
 from pycontainer.security._identity import Identity, parse_identity
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from pycontainer.security._ca import IssuedCertificate
 
 LEAF_FILE = "tls.pem"
 TRUST_FILE = "ca.pem"
@@ -43,6 +46,8 @@ class Leaf:
     @property
     def certificate(self) -> x509.Certificate:
         """The leaf certificate itself (the first of the chain)."""
+        from cryptography import x509
+
         return x509.load_pem_x509_certificate(self.certificate_chain_pem)
 
     @property
@@ -53,6 +58,8 @@ class Leaf:
 
 def certificate_identity(certificate: x509.Certificate) -> Identity | None:
     """The one pycontainer identity a certificate's URI SANs name, or None."""
+    from cryptography import x509
+
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -108,7 +115,24 @@ def write_leaf(path: Path, leaf: Leaf) -> None:
 
 def read_leaf(path: Path) -> Leaf:
     """The key and certificate chain from a leaf file, checked to belong together."""
-    data = read_private(path, "TLS key and certificate file")
+    for _ in range(_READS):
+        data = read_private(path, "TLS key and certificate file")
+        leaf = _split(path, data)
+        _check_pair(path)
+        # A rotation may have replaced the file between the two reads: what
+        # was checked must be what is returned.
+        if read_private(path, "TLS key and certificate file") == data:
+            return leaf
+    raise SecurityError(f"{path} kept changing while it was read ({_READS} times)")
+
+
+# Reads of a leaf file that a rotation may replace meanwhile.
+_READS = 3
+# How OpenSSL ends its messages: where in Python's _ssl.c it failed.
+_SSL_SOURCE = re.compile(r" \(_ssl\.c:\d+\)$")
+
+
+def _split(path: Path, data: bytes) -> Leaf:
     keys: list[bytes] = []
     certificates: list[bytes] = []
     for block in _PEM_BLOCK.finditer(data):
@@ -122,15 +146,27 @@ def read_leaf(path: Path) -> Leaf:
             f"{path} must hold one PEM private key and its certificate chain "
             f"(found {len(keys)} key(s) and {len(certificates)} certificate(s))"
         )
-    leaf = Leaf(keys[0], b"".join(certificates))
+    return Leaf(keys[0], b"".join(certificates))
+
+
+def _check_pair(path: Path) -> None:
+    """That the file's key and certificates parse and the key is the leaf
+    certificate's, as a TLS library loads them: OpenSSL, which grpc's
+    import has loaded already (cryptography would cost a client more to
+    import than its call)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        key = serialization.load_pem_private_key(leaf.private_key_pem, password=None)
-        certificate = leaf.certificate
-    except (ValueError, TypeError) as error:
-        raise SecurityError(f"{path} cannot be read as a key and a certificate: {error}") from None
-    if key.public_key() != certificate.public_key():
-        raise SecurityError(f"{path}: the private key is not the certificate's")
-    return leaf
+        # A password callback: an encrypted key fails here, never prompts.
+        context.load_cert_chain(path, password=lambda: b"")
+    except ssl.SSLError as error:
+        if error.reason == "KEY_VALUES_MISMATCH":
+            raise SecurityError(f"{path}: the private key is not the certificate's") from None
+        why = _SSL_SOURCE.sub("", str(error))
+        if error.reason is None:  # OpenSSL's "PEM lib": a block's contents do not decode
+            why = f"a key or certificate in it does not decode ({why})"
+        raise SecurityError(f"{path} cannot be read as a key and a certificate: {why}") from None
+    except OSError as error:  # replaced or removed since it was read
+        raise SecurityError(f"cannot read {path}: {error.strerror or error}") from None
 
 
 def renewal_due(
@@ -140,6 +176,8 @@ def renewal_due(
     fraction: float = RENEW_AT_FRACTION,
 ) -> bool:
     """Whether a leaf has lived ``fraction`` of its lifetime and should be replaced."""
+    from cryptography import x509
+
     certificate = x509.load_pem_x509_certificate(certificate_pem)
     start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
     when = now or datetime.datetime.now(datetime.UTC)
