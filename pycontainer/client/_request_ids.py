@@ -17,6 +17,7 @@ MUTATING_METHODS = frozenset(
     {
         "RunContainer",
         "StopContainer",
+        "StopContainers",
         "PauseContainer",
         "ResumeContainer",
         "CheckpointContainer",

@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import Message
 from opentelemetry import trace
 
-from .._errors import RequestError, failed_precondition
+from .._errors import RequestError, failed_precondition, invalid_argument
 from .._secrets import keep_stored_secrets
 from ..agent._metrics import RpcStats
 from ..agent._observe import Observer
@@ -371,6 +371,27 @@ class Manager:
         reason: int = S.STOP_REASON_REQUESTED,
     ) -> Stopped:
         return await self.stopper.stop(self.resolve(name_or_id), grace, message, reason)
+
+    async def stop_containers(
+        self, selector: str, every: bool, grace: datetime.timedelta | None, message: str
+    ) -> list[tuple[Entry, Stopped | RequestError]]:
+        """Stop every live container ``selector`` matches (all of them with
+        ``every``), at once: one request for thousands. INVALID_ARGUMENT for
+        a malformed selector, for none with ``every`` unset, or both."""
+        if every and selector:
+            raise invalid_argument("label_selector", "give a label selector or all, not both")
+        if not every and not selector.strip():
+            raise invalid_argument(
+                "label_selector",
+                "give a label selector (such as app=web), or set all to stop every container",
+            )
+        live = [
+            e
+            for e in self.registry.select(selector, [])
+            if not e.terminal and (e.connected or self.stopper.process_of(e) is not None)
+        ]
+        outcomes = await self.stopper.stop_many(live, grace, message)
+        return list(zip(live, outcomes, strict=True))
 
     async def restart_container(self, name_or_id: str, grace: datetime.timedelta | None) -> Entry:
         return await self.supervisor.restart(self.resolve(name_or_id), grace)

@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from .. import _reflection
-from .._errors import RequestError, abort, echo, invalid_argument
+from .._errors import RequestError, abort, code_number, echo, invalid_argument
 from ..agent._health import LIVENESS, OVERALL, READINESS, AioHealthServicer, health_handlers
 from ..agent._observe import AioServerInterceptor, Observer
 from ..agent._serve import EXCLUSIVE_PORT
@@ -88,6 +88,12 @@ SERVER_OPTIONS = (
     # containers' channels are (pycontainer.limits).
     ("grpc.max_receive_message_length", MAX_LIFECYCLE_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_LIFECYCLE_MESSAGE_BYTES),
+    # grpc-core cancels a call that waits in its queue for the application
+    # longer than this (30 s by default): in a storm of 20,000 sessions
+    # dialling back, or of operator calls during one, those still queued at
+    # 30 s failed CANCELLED. Calls carry their own deadlines: wait for the
+    # application as long as they allow (an hour here, seconds in the arg).
+    ("grpc.server_max_unrequested_time_in_server", 3600),
 )
 
 
@@ -251,6 +257,33 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
             request.container,
             stop,
             manager_pb2.StopContainerResponse,
+        )
+
+    async def StopContainers(
+        self, request: manager_pb2.StopContainersRequest, context: Context
+    ) -> manager_pb2.StopContainersResponse:
+        async def stop() -> manager_pb2.StopContainersResponse:
+            grace = _grace(request)
+            outcomes = await self._m.stop_containers(
+                request.label_selector, request.all, grace, request.message
+            )
+            response = manager_pb2.StopContainersResponse()
+            for entry, outcome in outcomes:
+                result = response.results.add(container=entry.to_proto())
+                if isinstance(outcome, RequestError):
+                    result.status.code = code_number(outcome.code)
+                    result.status.message = outcome.message
+                else:
+                    result.killed = outcome.killed
+            return response
+
+        return await self._operate(
+            context,
+            "StopContainers",
+            request,
+            "all" if request.all else request.label_selector,
+            stop,
+            manager_pb2.StopContainersResponse,
         )
 
     async def PauseContainer(

@@ -131,6 +131,33 @@ class Stopper:
         stopped: Stopped = await asyncio.shield(task)
         return stopped
 
+    async def stop_many(
+        self,
+        entries: list[Entry],
+        grace: datetime.timedelta | None,
+        message: str,
+        reason: int = S.STOP_REASON_REQUESTED,
+    ) -> list[Stopped | RequestError]:
+        """Stop every one of ``entries`` at once (their grace periods overlap):
+        each one's outcome, in their order; a stop that fails is that
+        container's RequestError, not the others' failure."""
+        outcomes = await asyncio.gather(
+            *(self.stop(entry, grace, message, reason) for entry in entries),
+            return_exceptions=True,
+        )
+        out: list[Stopped | RequestError] = []
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            if isinstance(outcome, Stopped | RequestError):
+                out.append(outcome)
+            elif isinstance(outcome, Exception):
+                _log.error("stop of %s failed: %s: %s", entry.id, type(outcome).__name__, outcome)
+                out.append(
+                    RequestError(grpc.StatusCode.INTERNAL, f"stop of {entry.id} failed: {outcome}")
+                )
+            else:  # CancelledError and the like: the call itself ends
+                raise outcome
+        return out
+
     def _forget(self, container_id: str, task: asyncio.Future[Any]) -> None:
         if self._under_way.get(container_id) is task:
             del self._under_way[container_id]
