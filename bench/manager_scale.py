@@ -44,7 +44,7 @@ from pycontainer.v1 import manager_pb2, manager_pb2_grpc
 from .manager_bench import _free_port
 
 AGENT = r"""
-import asyncio, sys, time, grpc
+import asyncio, os, sys, time, grpc
 from pycontainer.v1 import container_pb2, lifecycle_pb2, lifecycle_pb2_grpc
 target, first, count, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 a_end, b_end = int(sys.argv[5]), int(sys.argv[6])
@@ -67,20 +67,28 @@ async def session(stub, i, ready):
                 return
             yield message
     first = True
-    async for response in stub(requests()):
-        if first:
-            first = False
-            ready.release()
-        if response.WhichOneof("message") == "command" and response.command.HasField("stop"):
-            stops.append(time.monotonic())
-            if mode == "manager":
-                cid = response.command.id
-                queue.put_nowait(lifecycle_pb2.ConnectRequest(state_change=lifecycle_pb2.StateChange(
-                    from_state=S.LIFECYCLE_STATE_RUNNING, to_state=S.LIFECYCLE_STATE_STOPPED,
-                    command_id=cid)))
-                queue.put_nowait(lifecycle_pb2.ConnectRequest(command_result=lifecycle_pb2.CommandResult(
-                    command_id=cid, state=S.LIFECYCLE_STATE_STOPPED)))
-                queue.put_nowait(None)
+    try:
+        async for response in stub(requests()):
+            first = await answer(response, queue, first, ready)
+    except grpc.aio.AioRpcError as exc:
+        if first:  # never registered: say why, and end (the bench waits for "ready")
+            print(f"failed {exc.code().name}: {exc.details()}", flush=True)
+            os._exit(1)
+
+async def answer(response, queue, first, ready):
+    if first:
+        ready.release()
+    if response.WhichOneof("message") == "command" and response.command.HasField("stop"):
+        stops.append(time.monotonic())
+        if mode == "manager":
+            cid = response.command.id
+            queue.put_nowait(lifecycle_pb2.ConnectRequest(state_change=lifecycle_pb2.StateChange(
+                from_state=S.LIFECYCLE_STATE_RUNNING, to_state=S.LIFECYCLE_STATE_STOPPED,
+                command_id=cid)))
+            queue.put_nowait(lifecycle_pb2.ConnectRequest(command_result=lifecycle_pb2.CommandResult(
+                command_id=cid, state=S.LIFECYCLE_STATE_STOPPED)))
+            queue.put_nowait(None)
+    return False
 
 async def report():
     told = 0
@@ -205,7 +213,7 @@ def _server(bare: bool, target: str) -> Iterator[subprocess.Popen[str]]:
             command = [sys.executable, "-c", BARE, target]
         else:
             command = [sys.executable, "-m", "pycontainer.cli", "manager", "--listen", target]
-            command += ["--state-dir", state, "--heartbeat", "60s", "--insecure"]
+            command += ["--state-dir", state, "--heartbeat", "600s", "--insecure"]
         server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         try:
             assert server.stdout is not None

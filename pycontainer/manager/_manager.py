@@ -331,11 +331,11 @@ class Manager:
         self._purgers.append(purger)
 
     def _released(self) -> None:
-        self._spawn(self.admission.admit_waiting())
+        self.admission.admit_waiting_soon()
 
     def _ended(self, entry: Entry) -> None:
         """A container reached a terminal state: its room is free."""
-        self._spawn(self.admission.admit_waiting())
+        self.admission.admit_waiting_soon()
         self.supervisor.ended(entry)
 
     # -- the operator's verbs ------------------------------------------------------------

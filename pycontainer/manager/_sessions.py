@@ -192,6 +192,11 @@ class Sessions:
             return
         wanted = identity.resources if identity is not None else entry.identity.resources
         claim = Resources(cpu_millis=wanted.cpu_millis, memory_bytes=wanted.memory_bytes)
+        if claim.fits_in(Resources(0, 0)):
+            # Asking for nothing fits anywhere (Resources.fits_in): no sum of
+            # what every other container holds, which made a registration
+            # cost O(containers) (20,000 registering: quadratic).
+            return
         held = total(
             e.resources()
             for e in self._registry
