@@ -29,12 +29,15 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import psutil
@@ -228,7 +231,38 @@ def _server(bare: bool, target: str) -> Iterator[subprocess.Popen[str]]:
                 server.wait(10)
 
 
-def measure(sessions: int, agents: int, bare: bool, timeout: float = 300.0) -> Figures:
+@contextlib.contextmanager
+def _profiled(pid: int, out: Path | None, phase: str) -> Iterator[None]:
+    """py-spy record of process ``pid`` over the block, into ``out``/``phase``.txt
+    (raw collapsed stacks); nothing without ``out``."""
+    if out is None:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    command = [
+        str(Path(sys.executable).with_name("py-spy")),
+        "record",
+        "-r",
+        "100",
+        "-f",
+        "raw",
+        "--nonblocking",
+    ]
+    command += ["-o", str(out / f"{phase}.txt"), "--pid", str(pid)]
+    if os.environ.get("BENCH_PYSPY_NATIVE"):  # C frames too (the collector, grpc-core)
+        command.append("--native")
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+
+
+def measure(
+    sessions: int, agents: int, bare: bool, timeout: float = 300.0, profile: Path | None = None
+) -> Figures:
     a_end, b_end = sessions // 20, sessions // 20 + sessions // 2
     target = f"127.0.0.1:{_free_port()}"
     with _server(bare, target) as server:
@@ -244,17 +278,20 @@ def measure(sessions: int, agents: int, bare: bool, timeout: float = 300.0) -> F
 
         try:
             starting = [threading.Thread(target=agent, args=(i,)) for i in range(agents)]
-            for thread in starting:
-                thread.start()
-            for thread in starting:
-                thread.join(timeout)
+            with _profiled(server.pid, profile, "register"):
+                for thread in starting:
+                    thread.start()
+                for thread in starting:
+                    thread.join(timeout)
             if len(held) != agents:
                 raise RuntimeError(f"{agents - len(held)} agents did not connect")
             register_s = time.perf_counter() - t0
             time.sleep(1.0)
             rss = psutil.Process(server.pid).memory_info().rss / 2**20
-            stop_a = _stop(target, bare, "a", held, a_end, timeout)
-            stop_b = _stop(target, bare, "b", held, a_end + (b_end - a_end), timeout)
+            with _profiled(server.pid, profile, "stop-a"):
+                stop_a = _stop(target, bare, "a", held, a_end, timeout)
+            with _profiled(server.pid, profile, "stop-b"):
+                stop_b = _stop(target, bare, "b", held, b_end, timeout)
         finally:
             for agent in held:
                 agent.proc.kill()
@@ -287,12 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=20000)
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--only", choices=("bare", "manager"), help="one side only")
+    parser.add_argument("--profile", type=Path, help="py-spy the manager's phases into DIR")
     args = parser.parse_args(argv)
     out: dict[str, object] = {}
     for side in ("bare", "manager"):
         if args.only and side != args.only:
             continue
-        f = measure(args.sessions, args.agents, bare=side == "bare")
+        profile = args.profile if side == "manager" else None
+        f = measure(args.sessions, args.agents, bare=side == "bare", profile=profile)
         out[side] = dataclasses.asdict(f)
         print(side, json.dumps(out[side]), file=sys.stderr, flush=True)
     print(json.dumps(out))

@@ -30,6 +30,7 @@ from ._admission import Admission
 from ._apply import Reconciler
 from ._bootstrap import Bootstrapping
 from ._checkpoints import Checkpoints
+from ._collector import keep_frozen
 from ._events import EventBus
 from ._exclusive import StartRefused, StateLock, bind, unusable_state_dir
 from ._journal import Journal
@@ -238,6 +239,8 @@ class Manager:
         self._spawn(self.reconciler.resume())
         self._spawn(self.trust.renewals())
         self._spawn(self.store_writer.watchdog())
+        # Thousands of sessions: survivors frozen as they come (_collector).
+        self._spawn(keep_frozen(lambda: len(self.registry.entries)))
         # Long-lived objects made so far never become garbage: keep the cyclic
         # collector from walking them (half-second pauses at 10,000 sessions).
         gc.freeze()
