@@ -293,9 +293,9 @@ def measure(
             with _profiled(server.pid, profile, "stop-b"):
                 stop_b = _stop(target, bare, "b", held, b_end, timeout)
         finally:
-            for agent in held:
-                agent.proc.kill()
-                agent.proc.wait()
+            for each in held:
+                each.proc.kill()
+                each.proc.wait()
     return Figures(register_s, rss, stop_a, stop_b)
 
 
@@ -306,7 +306,9 @@ def _stop(
     with grpc.insecure_channel(target) as channel:
         grpc.channel_ready_future(channel).result(timeout=30)
         if bare:
-            call = channel.unary_unary("/bench.Hold/Stop")
+            call = channel.unary_unary(
+                "/bench.Hold/Stop", request_serializer=None, response_deserializer=None
+            )
             t0 = time.monotonic()
             future = call.future(label.encode(), timeout=timeout)
         else:

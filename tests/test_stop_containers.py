@@ -3,12 +3,15 @@ all), stopped in one request, through the real manager and the CLI."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
-from support import Host, connected_container, wait_until
+from support import Host, connected_container, make_container, start_sync_host, wait_until
 from test_cli import cli
 
 import pycontainer
+from pycontainer.manager import Resources
 from pycontainer.testing import ManagerHost
 from pycontainer.v1 import container_pb2, manager_pb2
 
@@ -96,3 +99,49 @@ def test_cli_stop_l_is_one_request_and_prints_each_container(manager: ManagerHos
     finally:
         for _, host in made:
             host.stop()
+
+
+def test_what_waits_for_room_is_admitted_once_a_bulk_stop_frees_it(tmp_path: Path) -> None:
+    """Admission after a release looks at the containers in CREATED only, in
+    passes shared by the releases: both waiting ones still start, once."""
+    manager = ManagerHost(
+        str(tmp_path / "state"), capacity=Resources(cpu_millis=1000, memory_bytes=1 << 30)
+    )
+    hosts: list[Host] = []
+    starts: list[str] = []
+
+    def connect(name: str, priority: int, cpu: int) -> pycontainer.Container:
+        hooks = pycontainer.Hooks(on_start=lambda: starts.append(name))
+        container = make_container(name, priority=priority, cpu_millis=cpu, hooks=hooks)
+        hosts.append(start_sync_host(container))
+        container.connect(manager.address)
+        return container
+
+    try:
+        old = [connect(name, 5, 300) for name in ("a", "b", "c")]
+        wait_until(lambda: all(c.state == pycontainer.State.RUNNING for c in old), what="old")
+        # 900m of 1000m held: neither fits, and their priority evicts nobody.
+        waiting = [connect("d", 1, 500), connect("e", 2, 500)]
+        wait_until(
+            lambda: sum(e.type == manager_pb2.EVENT_TYPE_REFUSED for e in _history(manager)) == 2,
+            what="both refused",
+        )
+        assert all(c.state == pycontainer.State.CREATED for c in waiting)
+        stopped = manager.stub.StopContainers(
+            manager_pb2.StopContainersRequest(label_selector="app in (a,b,c)"), timeout=30
+        )
+        assert len(stopped.results) == 3
+        wait_until(
+            lambda: all(c.state == pycontainer.State.RUNNING for c in waiting),
+            what="both admitted and started",
+        )
+        assert sorted(starts) == ["a", "b", "c", "d", "e"]  # each started once
+    finally:
+        for host in hosts:
+            host.stop()
+        manager.stop()
+
+
+def _history(manager: ManagerHost) -> list[manager_pb2.Event]:
+    events = manager.stub.WatchEvents(manager_pb2.WatchEventsRequest(history_only=True), timeout=10)
+    return [response.event for response in events]

@@ -215,15 +215,10 @@ class Admission:
 
     async def admit_waiting(self) -> None:
         """Capacity was released: start what waits, highest priority first."""
+        # The connected ones in CREATED (Sessions keeps them apart: a scan
+        # of every container per release was quadratic in a stop storm).
         waiting = sorted(
-            (
-                e
-                for e in self._registry
-                if e.connected
-                and e.desired
-                and not e.admitted
-                and e.state == S.LIFECYCLE_STATE_CREATED
-            ),
+            (e for e in self._sessions.in_created() if e.desired and not e.admitted),
             key=lambda e: (-e.priority, e.create_time),
         )
         for entry in waiting:

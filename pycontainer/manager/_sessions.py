@@ -70,6 +70,10 @@ class Sessions:
         # Told when containers' hold on capacity was released (no session
         # for the heartbeat timeout): what waits may now be admitted.
         self.on_released: Callable[[], None] = lambda: None
+        # Containers last seen entering CREATED (registered in it, or told of
+        # it): what may wait for admission, so that a release looks at these,
+        # not at every container. A superset, pruned as it is read (in_created).
+        self._created: dict[str, Entry] = {}
 
     # -- streams -------------------------------------------------------------------------
     async def connect(
@@ -139,6 +143,8 @@ class Sessions:
             self._new_run(entry, ended_as)
         entry.sessions += 1
         entry.state = state
+        if state == S.LIFECYCLE_STATE_CREATED:
+            self._created[entry.id] = entry
         entry.pid = reg.pid
         entry.error = reg.error
         if _claims_running(entry.state):
@@ -238,6 +244,22 @@ class Sessions:
         if released:
             self.on_released()
 
+    def in_created(self) -> list[Entry]:
+        """The connected containers in CREATED, in the order they got there;
+        those that moved on (another state, no session, deleted) are dropped
+        (entering CREATED again, by a registration or a report, adds them back)."""
+        out = []
+        for container_id, entry in list(self._created.items()):
+            if (
+                entry.state != S.LIFECYCLE_STATE_CREATED
+                or not entry.connected
+                or self._registry.get(container_id) is not entry
+            ):
+                del self._created[container_id]
+            else:
+                out.append(entry)
+        return out
+
     async def _read(
         self,
         entry: Entry,
@@ -273,6 +295,8 @@ class Sessions:
         # What the container says of itself is shown and kept: bounded.
         change.message = _cut(change.message, limits.MAX_ERROR_LENGTH)
         entry.state = change.to_state
+        if change.to_state == S.LIFECYCLE_STATE_CREATED:
+            self._created[entry.id] = entry
         if change.to_state == S.LIFECYCLE_STATE_RUNNING and change.from_state in (
             S.LIFECYCLE_STATE_STARTING,
         ):
@@ -459,11 +483,14 @@ class Sessions:
         return True
 
 
+_STATES = frozenset(S.LifecycleState.values())
+
+
 def _known_states(change: lifecycle_pb2.StateChange) -> bool:
     """Both states of a report are LifecycleStates; one that is not is
     dropped (logged) rather than kept as the container's state."""
     for state in (change.from_state, change.to_state):
-        if state not in S.LifecycleState.values():
+        if state not in _STATES:
             _log.warning("state change to unknown LifecycleState %d ignored", state)
             return False
     return True
