@@ -23,7 +23,6 @@ import datetime
 import logging
 import signal
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -190,7 +189,7 @@ class Stopper:
     async def _by_command(
         self, entry: Entry, name: str, action: Message, grace: datetime.timedelta
     ) -> lifecycle_pb2.CommandResult:
-        command_id = uuid.uuid4().hex
+        command_id = self._sessions.new_command_id()
         grace_s = grace.total_seconds()
         limit = grace_s + self._settings.max_grace_extension.total_seconds() + 10
         work = asyncio.ensure_future(
