@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
-from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from .. import _reflection
 from .._errors import RequestError, abort, code_number, echo, invalid_argument
@@ -693,19 +693,29 @@ def _refusal_audit(manager: Manager) -> Callable[[str, Identity | None, Denial],
     return record
 
 
+# What the OpenTelemetry interceptor leaves alone: the Lifecycle sessions
+# (they carry trace context in their commands), health, reflection, and the
+# operator's streams.
+_UNTRACED_SERVICES = frozenset({"pycontainer.v1.Lifecycle", "grpc.health.v1.Health"})
+_UNTRACED_METHODS = frozenset({"WatchEvents", "StreamLogs", "WatchMetrics"})
+
+
+def _traced(details: grpc.HandlerCallDetails) -> bool:
+    """Whether a call is traced: a split and two set lookups (the stock
+    filters' any_of took isinstance checks and path splits six times over,
+    on every one of 20,000 Connects)."""
+    service, _, method = details.method.lstrip("/").partition("/")
+    return not (
+        service in _UNTRACED_SERVICES
+        or method in _UNTRACED_METHODS
+        or service.startswith("grpc.reflection")
+    )
+
+
 def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
     """The server with every manager service on it, and its health (NOT_SERVING
     until told otherwise)."""
-    traced = filters.negate(
-        filters.any_of(
-            filters.service_name("pycontainer.v1.Lifecycle"),
-            filters.service_name("grpc.health.v1.Health"),
-            filters.service_prefix("grpc.reflection"),
-            filters.method_name("WatchEvents"),
-            filters.method_name("StreamLogs"),
-            filters.method_name("WatchMetrics"),
-        )
-    )
+    traced = _traced
     observer = Observer(manager.rpc_stats, manager.tracer)
     server = grpc.aio.server(
         options=SERVER_OPTIONS,
