@@ -98,8 +98,8 @@ async def report():
     while True:
         await asyncio.sleep(0.02)
         if len(stops) != told:
-            told = len(stops)
-            print(f"stops {told} {max(stops):.6f}", flush=True)
+            new, told = stops[told:], len(stops)
+            print(f"stops {told} {max(stops):.6f} {min(new):.6f}", flush=True)
 
 async def main():
     options = [("grpc.max_concurrent_streams", 100000)]
@@ -175,6 +175,8 @@ class _Agent:
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         self.count = 0
         self.last = 0.0
+        # The earliest stop of each report (the first of a phase is among them).
+        self.firsts: list[float] = []
         self.lock = threading.Lock()
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -187,9 +189,10 @@ class _Agent:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             parts = line.split()
-            if len(parts) == 3 and parts[0] == "stops":
+            if len(parts) == 4 and parts[0] == "stops":
                 with self.lock:
                     self.count, self.last = int(parts[1]), float(parts[2])
+                    self.firsts.append(float(parts[3]))
 
     def seen(self) -> tuple[int, float]:
         with self.lock:
@@ -318,6 +321,14 @@ def _stop(
             future = stub.StopContainers.future(request, timeout=timeout)
         last = _wait_stops(agents, total, timeout)
         future.result(timeout=timeout)
+        done = time.monotonic()
+    first = min(t for a in agents for t in a.firsts if t >= t0)
+    print(
+        f"  stop of set {label}: first Stop at {first - t0:.3f}s, last {last - t0:.3f}s, "
+        f"answered at {done - t0:.3f}s",
+        file=sys.stderr,
+        flush=True,
+    )
     return last - t0
 
 
