@@ -7,10 +7,10 @@ event loop stalls every stream and every read the manager serves. So:
   thread: the in-memory registry is what the manager reads, the store only
   what a restarted manager starts from. The writer keeps the latest record
   per id (a delete is the latest word too), writes what is pending in
-  transactions of at most WRITE_BATCH records, and on a failure keeps it all and retries with backoff, so
-  that a Pause or a registration never waits for the disk and nothing is
-  lost while the manager lives; when the disk heals, everything pending is
-  written. On close, what is pending is flushed, within a bound.
+  transactions of at most WRITE_BATCH records, and on a failure keeps it
+  all and retries with backoff, so that a Pause or a registration never
+  waits for the disk and nothing is lost while the manager lives; when the
+  disk heals, everything pending is written. On close, what is pending is flushed, within a bound.
 - writes the operator's answer depends on (a checkpoint, an applied spec)
   and the store's reads run in a thread of their own and are awaited, within
   a bound: a fault answers with a status that says what, where and what to
