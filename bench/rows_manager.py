@@ -25,7 +25,7 @@ from pycontainer.testing import ManagerHost
 from pycontainer.v1 import container_pb2, manager_pb2, spec_pb2
 
 from . import manager_bench, manager_scale
-from .harness import ROOT, Context, Row, Sample, percentile
+from .harness import MIN_ROUNDS, ROOT, Context, Row, Sample, percentile
 
 _CALL_TIMEOUT = 60.0
 _WAIT = 60.0
@@ -313,14 +313,17 @@ _scale_rounds: dict[tuple[int, int, int], list[tuple[manager_scale.Figures, ...]
 def _scale(ctx: Context) -> tuple[int, list[tuple[manager_scale.Figures, ...]]]:
     n = ctx.count(20_000, minimum=200)
     agents = 2 if ctx.quick else 4
-    key = (n, agents, ctx.rounds)
+    # The fewest rounds the harness takes: a round at 20,000 is a minute or
+    # two of both servers (the full run's budget).
+    rounds = MIN_ROUNDS
+    key = (n, agents, rounds)
     if key not in _scale_rounds:
         _scale_rounds[key] = [
             (
                 manager_scale.measure(n, agents, bare=True),
                 manager_scale.measure(n, agents, bare=False),
             )
-            for _ in range(ctx.rounds)
+            for _ in range(rounds)
         ]
     return n, _scale_rounds[key]
 
