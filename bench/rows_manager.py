@@ -24,8 +24,8 @@ from pycontainer import security
 from pycontainer.testing import ManagerHost
 from pycontainer.v1 import container_pb2, manager_pb2, spec_pb2
 
-from . import manager_bench
-from .harness import ROOT, Context, Row, Sample, percentile
+from . import manager_bench, manager_scale
+from .harness import MIN_ROUNDS, ROOT, Context, Row, Sample, percentile
 
 _CALL_TIMEOUT = 60.0
 _WAIT = 60.0
@@ -305,6 +305,36 @@ def sessions(ctx: Context) -> list[Sample]:
     return out
 
 
+# -- P4 at scale: registration, RSS, stops of N/20 and N/2 -------------------------------
+# One measurement per round serves the four rows (bench/manager_scale.py).
+_scale_rounds: dict[tuple[int, int, int], list[tuple[manager_scale.Figures, ...]]] = {}
+
+
+def _scale(ctx: Context) -> tuple[int, list[tuple[manager_scale.Figures, ...]]]:
+    n = ctx.count(20_000, minimum=200)
+    agents = 2 if ctx.quick else 4
+    # The fewest rounds the harness takes: a round at 20,000 is a minute or
+    # two of both servers (the full run's budget).
+    rounds = MIN_ROUNDS
+    key = (n, agents, rounds)
+    if key not in _scale_rounds:
+        _scale_rounds[key] = [
+            (
+                manager_scale.measure(n, agents, bare=True),
+                manager_scale.measure(n, agents, bare=False),
+            )
+            for _ in range(rounds)
+        ]
+    return n, _scale_rounds[key]
+
+
+def _scale_row(ctx: Context, figure: str, what: Callable[[int], str]) -> list[Sample]:
+    n, rounds = _scale(ctx)
+    return [
+        Sample(getattr(ours, figure), getattr(bare, figure), note=what(n)) for bare, ours in rounds
+    ]
+
+
 # -- P8: the CLI -------------------------------------------------------------------------
 def _pycontainer_command() -> list[str]:
     script = Path(sys.executable).with_name("pycontainer")
@@ -492,6 +522,48 @@ ROWS = [
         "s",
         False,
         sessions,
+    ),
+    Row(
+        "p4-register",
+        "P4",
+        "≤ 1.5 x bare (20,000 within 60 s)",
+        "time to register N simulated containers (Lifecycle.Connect + RegistrationAck)",
+        "a bare grpc.aio server holding as many bidirectional streams",
+        "s",
+        False,
+        lambda ctx: _scale_row(
+            ctx, "register_s", lambda n: f"{n:,} sessions, agents in a few processes, plaintext"
+        ),
+    ),
+    Row(
+        "p4-rss",
+        "P4",
+        "≤ 1 GiB at 20,000",
+        "RSS of the manager holding N sessions",
+        "RSS of the bare grpc.aio server holding as many streams",
+        "MiB",
+        False,
+        lambda ctx: _scale_row(ctx, "rss_mib", lambda n: f"{n:,} sessions"),
+    ),
+    Row(
+        "p4-stop-1k",
+        "P4",
+        "≤ 0.5 s (1,000 of 20,000), or ≤ 1.5 x bare",
+        "one StopContainers -l request until each of N/20 of N agents has its Stop",
+        "a bare server writing a Stop message down as many of its N streams",
+        "s",
+        False,
+        lambda ctx: _scale_row(ctx, "stop_a_s", lambda n: f"{n // 20:,} of {n:,}"),
+    ),
+    Row(
+        "p4-stop-10k",
+        "P4",
+        "≤ 3 s (10,000 of 20,000), or ≤ 1.5 x bare",
+        "one StopContainers -l request until each of N/2 of N agents has its Stop",
+        "a bare server writing a Stop message down as many of its N streams",
+        "s",
+        False,
+        lambda ctx: _scale_row(ctx, "stop_b_s", lambda n: f"{n // 2:,} of {n:,}"),
     ),
     Row(
         "p8-ps",

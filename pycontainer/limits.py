@@ -52,9 +52,10 @@ MAX_LABEL_VALUE_LENGTH = 63
 MAX_LABELS = 64
 
 #: Containers the manager keeps (live ones and the ended it remembers): each
-#: holds a record, a session and its queues. Far above what one machine runs;
-#: past it a new registration or launch is RESOURCE_EXHAUSTED.
-MAX_CONTAINERS = 10_000
+#: holds a record, a session and its queues (some 30 KiB with its stream). A
+#: manager is meant to hold 20,000 connected containers (issue 9, P4), within
+#: a GiB; past this bound a new registration or launch is RESOURCE_EXHAUSTED.
+MAX_CONTAINERS = 30_000
 
 #: Endpoints one container advertises (management, its services, metrics...).
 MAX_ENDPOINTS = 32

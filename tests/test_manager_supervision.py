@@ -352,6 +352,7 @@ def test_ended_records_are_bounded_oldest_ended_first(tmp_path: Path) -> None:
             ids.append(cid)
         listed = manager.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=10)
         assert sorted(c.identity.id for c in listed.containers) == sorted(ids[2:])
+        assert manager.manager.store_writer.flushed(10)  # the store is written behind
         assert sorted(r.id for r in manager.manager.store.list_containers()) == sorted(ids[2:])
         assert purged == ids[:2]  # what they left (retained logs) goes with them
     finally:

@@ -380,7 +380,48 @@ def run_stop(args: argparse.Namespace, ctx: Context) -> int:
             return f"{_label(response.container)}: {state_name(response.container.state)}{killed}"
 
         grace = f" (grace {format_duration(args.grace)})" if args.grace is not None else ""
-        return _each(ctx, _targets(client, args), stop, f"stopping{grace}", "still stopping")
+        if args.containers or not (args.selector or args.all_containers):
+            return _each(ctx, _targets(client, args), stop, f"stopping{grace}", "still stopping")
+        return _stop_selected(ctx, client, args, grace)
+
+
+def _stop_selected(
+    ctx: Context, client: ManagerClient, args: argparse.Namespace, grace: str
+) -> int:
+    """stop -l SELECTOR / --all: one StopContainers request, the manager
+    stopping them all at once (thousands in one call, not one call each)."""
+    request = manager_pb2.StopContainersRequest(
+        label_selector=args.selector,
+        all=not args.selector,
+        message=args.reason,
+        grace_period=_grace_proto(args.grace),
+    )
+    which = f"matching -l {args.selector}" if args.selector else "live"
+    timeout = _grace_timeout(args.grace)
+    try:
+        with spinner(ctx, f"stopping every container {which}{grace}"):
+            response = once(client, lambda r: client.stop_containers(r, timeout=timeout), request)
+    except CallError as exc:
+        raise from_call(exc) from None
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"the containers {which} are still stopping "
+            "(the manager finishes them; pycontainer ps shows them)"
+        ) from None
+    if not response.results:
+        ctx.err("no live containers match")
+        return 0
+    code = 0
+    for result in response.results:
+        c = result.container
+        if result.status.code:
+            ctx.err(f"error: {_label(c)}: {result.status.message}")
+            code = EXIT_FAILED
+        else:
+            killed = " (killed at the end of its grace period)" if result.killed else ""
+            ctx.out(f"{_label(c)}: {state_name(c.state)}{killed}")
+    ctx.stdout.flush()
+    return code
 
 
 def run_pause(args: argparse.Namespace, ctx: Context) -> int:

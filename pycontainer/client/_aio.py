@@ -171,6 +171,12 @@ class AsyncManagerClient(_AsyncClient):
         """Stop a container gracefully."""
         return await self._mutating(self._stub.StopContainer, request, timeout, "StopContainer")
 
+    async def stop_containers(
+        self, request: manager_pb2.StopContainersRequest, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.StopContainersResponse:
+        """Stop every live container a label selector matches (or all), at once."""
+        return await self._mutating(self._stub.StopContainers, request, timeout, "StopContainers")
+
     async def pause_container(
         self, request: manager_pb2.PauseContainerRequest, *, timeout: Timeout = DEFAULT
     ) -> manager_pb2.PauseContainerResponse:

@@ -16,6 +16,7 @@ MUTATING_METHODS = frozenset(
     {
         "RunContainer",
         "StopContainer",
+        "StopContainers",
         "PauseContainer",
         "ResumeContainer",
         "CheckpointContainer",

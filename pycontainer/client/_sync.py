@@ -176,6 +176,12 @@ class ManagerClient(_Client):
         """Stop a container gracefully."""
         return self._mutating(self._stub.StopContainer, request, timeout, "StopContainer")
 
+    def stop_containers(
+        self, request: manager_pb2.StopContainersRequest, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.StopContainersResponse:
+        """Stop every live container a label selector matches (or all), at once."""
+        return self._mutating(self._stub.StopContainers, request, timeout, "StopContainers")
+
     def pause_container(
         self, request: manager_pb2.PauseContainerRequest, *, timeout: Timeout = DEFAULT
     ) -> manager_pb2.PauseContainerResponse:

@@ -73,6 +73,10 @@ class Journal:
         self.operations_kept = operations_kept
         self.events_kept = events_kept
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        # Writes an operation waits for (durable): taken before what is queued
+        # behind, so that a start waits for the transaction under way at most,
+        # not for a backlog (20,000 registrations' events, say).
+        self._urgent: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         # Set while the store refuses writes (the writer thread's view).
         self.failing = False
@@ -129,7 +133,8 @@ class Journal:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(settle)
 
-        self._queue.put(_Item(operation=record, written=written))
+        self._urgent.put(_Item(operation=record, written=written))
+        self._queue.put(_Item())  # wakes the writer
         try:
             return await asyncio.wait_for(asyncio.shield(done), wait)
         except TimeoutError:
@@ -156,6 +161,7 @@ class Journal:
                     first = self._queue.get(timeout=timeout)
                 except queue.Empty:
                     first = _Item()
+                self._take_urgent()
                 if first is None:
                     stopping = True
                 else:
@@ -180,6 +186,14 @@ class Journal:
             self._pending = self._bounded(batch)
             time.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX)
+
+    def _take_urgent(self) -> None:
+        """What durable() waits for, into this batch ahead of the rest."""
+        while True:
+            try:
+                self._pending.append(self._urgent.get_nowait())
+            except queue.Empty:
+                return
 
     def _bounded(self, pending: list[_Item]) -> list[_Item]:
         """What stays queued for the next try: callbacks answered already, and

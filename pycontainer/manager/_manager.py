@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import Message
 from opentelemetry import trace
 
-from .._errors import RequestError, failed_precondition
+from .._errors import RequestError, failed_precondition, invalid_argument
 from .._secrets import keep_stored_secrets
 from ..agent._metrics import RpcStats
 from ..agent._observe import Observer
@@ -30,6 +30,7 @@ from ._admission import Admission
 from ._apply import Reconciler
 from ._bootstrap import Bootstrapping
 from ._checkpoints import Checkpoints
+from ._collector import keep_frozen
 from ._events import EventBus
 from ._exclusive import StartRefused, StateLock, bind, unusable_state_dir
 from ._journal import Journal
@@ -238,6 +239,8 @@ class Manager:
         self._spawn(self.reconciler.resume())
         self._spawn(self.trust.renewals())
         self._spawn(self.store_writer.watchdog())
+        # Thousands of sessions: survivors frozen as they come (_collector).
+        self._spawn(keep_frozen(lambda: len(self.registry.entries)))
         # Long-lived objects made so far never become garbage: keep the cyclic
         # collector from walking them (half-second pauses at 10,000 sessions).
         gc.freeze()
@@ -331,11 +334,11 @@ class Manager:
         self._purgers.append(purger)
 
     def _released(self) -> None:
-        self._spawn(self.admission.admit_waiting())
+        self.admission.admit_waiting_soon()
 
     def _ended(self, entry: Entry) -> None:
         """A container reached a terminal state: its room is free."""
-        self._spawn(self.admission.admit_waiting())
+        self.admission.admit_waiting_soon()
         self.supervisor.ended(entry)
 
     # -- the operator's verbs ------------------------------------------------------------
@@ -371,6 +374,27 @@ class Manager:
         reason: int = S.STOP_REASON_REQUESTED,
     ) -> Stopped:
         return await self.stopper.stop(self.resolve(name_or_id), grace, message, reason)
+
+    async def stop_containers(
+        self, selector: str, every: bool, grace: datetime.timedelta | None, message: str
+    ) -> list[tuple[Entry, Stopped | RequestError]]:
+        """Stop every live container ``selector`` matches (all of them with
+        ``every``), at once: one request for thousands. INVALID_ARGUMENT for
+        a malformed selector, for none with ``every`` unset, or both."""
+        if every and selector:
+            raise invalid_argument("label_selector", "give a label selector or all, not both")
+        if not every and not selector.strip():
+            raise invalid_argument(
+                "label_selector",
+                "give a label selector (such as app=web), or set all to stop every container",
+            )
+        live = [
+            e
+            for e in self.registry.select(selector, [])
+            if not e.terminal and (e.connected or self.stopper.process_of(e) is not None)
+        ]
+        outcomes = await self.stopper.stop_many(live, grace, message)
+        return list(zip(live, outcomes, strict=True))
 
     async def restart_container(self, name_or_id: str, grace: datetime.timedelta | None) -> Entry:
         return await self.supervisor.restart(self.resolve(name_or_id), grace)

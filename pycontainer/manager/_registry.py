@@ -343,6 +343,10 @@ class Registry:
         # behind goes too: run directories, retained logs).
         self.forgotten: Callable[[Entry], None] = lambda entry: None
         self.entries: dict[str, Entry] = {}
+        # The entries whose end was noted (Entry.ended), for the bound on
+        # them: what forget_oldest_ended looks at, never every container.
+        self._ended: dict[str, Entry] = {}
+        self._prune_due = False
         for record in writer.store.list_containers():
             if not _within_bounds(record):
                 continue
@@ -357,6 +361,8 @@ class Registry:
             entry.ended = entry.terminal
             entry.disconnected_at = time.monotonic()  # no session with this manager yet
             self.entries[entry.id] = entry
+            if entry.ended:
+                self._ended[entry.id] = entry
 
     def add(self, entry: Entry) -> None:
         self.make_room_for(entry.id)
@@ -382,14 +388,38 @@ class Registry:
             return
         newly_ended = entry.terminal and not entry.ended
         entry.ended = entry.terminal
+        if entry.ended:
+            self._ended[entry.id] = entry
+        else:
+            self._ended.pop(entry.id, None)
         if newly_ended:
             entry.finish_time = time.time()
         self.writer.put(entry.to_record(self.sealer))
         if newly_ended:
+            self._forget_soon()
+
+    def _forget_soon(self) -> None:
+        """Keep the bound on ended containers at the loop's next turn: one
+        pass for every end seen meanwhile (10,000 containers stopped at once
+        would otherwise each scan what has ended); at once off a loop."""
+        if len(self._ended) <= self.max_ended or self._prune_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
             self.forget_oldest_ended()
+            return
+        self._prune_due = True
+        loop.call_soon(self._forget_due)
+
+    def _forget_due(self) -> None:
+        self._prune_due = False
+        self.forget_oldest_ended()
 
     def delete(self, entry: Entry) -> None:
         """Forget a container (its record too); its checkpoints stay."""
+        if self.entries.get(entry.id) is entry:
+            self._ended.pop(entry.id, None)
         self.entries.pop(entry.id, None)
         self.writer.delete(entry.id)
 
@@ -399,9 +429,11 @@ class Registry:
         start or creation stands in), and at least ``at_least`` of them when
         room is needed. One still connected, stopping or about to be restarted
         stays."""
+        if len(self._ended) <= self.max_ended and at_least <= 0:
+            return
         ended = [
             e
-            for e in self.entries.values()
+            for e in self._ended.values()
             if e.terminal and not e.connected and e.stop is None and not self.pinned(e)
         ]
         excess = max(len(ended) - self.max_ended, min(at_least, len(ended)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
 import logging
 import time
 import uuid
@@ -70,6 +71,14 @@ class Sessions:
         # Told when containers' hold on capacity was released (no session
         # for the heartbeat timeout): what waits may now be admitted.
         self.on_released: Callable[[], None] = lambda: None
+        # Containers last seen entering CREATED (registered in it, or told of
+        # it): what may wait for admission, so that a release looks at these,
+        # not at every container. A superset, pruned as it is read (in_created).
+        self._created: dict[str, Entry] = {}
+        # Command ids: this manager's random prefix and a count (a uuid4
+        # each, os.urandom's syscall, was a tenth of a 10,000-stop storm).
+        self._command_prefix = uuid.uuid4().hex[:20]
+        self._commands_sent = itertools.count(1)
 
     # -- streams -------------------------------------------------------------------------
     async def connect(
@@ -139,6 +148,8 @@ class Sessions:
             self._new_run(entry, ended_as)
         entry.sessions += 1
         entry.state = state
+        if state == S.LIFECYCLE_STATE_CREATED:
+            self._created[entry.id] = entry
         entry.pid = reg.pid
         entry.error = reg.error
         if _claims_running(entry.state):
@@ -192,6 +203,11 @@ class Sessions:
             return
         wanted = identity.resources if identity is not None else entry.identity.resources
         claim = Resources(cpu_millis=wanted.cpu_millis, memory_bytes=wanted.memory_bytes)
+        if claim.fits_in(Resources(0, 0)):
+            # Asking for nothing fits anywhere (Resources.fits_in): no sum of
+            # what every other container holds, which made a registration
+            # cost O(containers) (20,000 registering: quadratic).
+            return
         held = total(
             e.resources()
             for e in self._registry
@@ -233,6 +249,22 @@ class Sessions:
         if released:
             self.on_released()
 
+    def in_created(self) -> list[Entry]:
+        """The connected containers in CREATED, in the order they got there;
+        those that moved on (another state, no session, deleted) are dropped
+        (entering CREATED again, by a registration or a report, adds them back)."""
+        out = []
+        for container_id, entry in list(self._created.items()):
+            if (
+                entry.state != S.LIFECYCLE_STATE_CREATED
+                or not entry.connected
+                or self._registry.get(container_id) is not entry
+            ):
+                del self._created[container_id]
+            else:
+                out.append(entry)
+        return out
+
     async def _read(
         self,
         entry: Entry,
@@ -268,6 +300,8 @@ class Sessions:
         # What the container says of itself is shown and kept: bounded.
         change.message = _cut(change.message, limits.MAX_ERROR_LENGTH)
         entry.state = change.to_state
+        if change.to_state == S.LIFECYCLE_STATE_CREATED:
+            self._created[entry.id] = entry
         if change.to_state == S.LIFECYCLE_STATE_RUNNING and change.from_state in (
             S.LIFECYCLE_STATE_STARTING,
         ):
@@ -369,6 +403,12 @@ class Sessions:
             self._registry.event(E.EVENT_TYPE_LOST, entry, "session lost")
 
     # -- commands ------------------------------------------------------------------------
+    def new_command_id(self) -> str:
+        """A command id no other command of any manager has: 32 hex digits,
+        as a uuid4's (the prefix is random per manager, so a successor's
+        commands never take the ids of a predecessor's a container remembers)."""
+        return f"{self._command_prefix}{next(self._commands_sent):012x}"
+
     async def command(
         self,
         entry: Entry,
@@ -391,7 +431,7 @@ class Sessions:
         propagate.inject(carrier)  # the operator's trace continues in the hooks
         deadline = timestamp_to_proto(time.time() + timeout)
         command = lifecycle_pb2.Command(
-            id=command_id or uuid.uuid4().hex,
+            id=command_id or self.new_command_id(),
             deadline=deadline,
             trace_context=carrier,
         )
@@ -454,11 +494,14 @@ class Sessions:
         return True
 
 
+_STATES = frozenset(S.LifecycleState.values())
+
+
 def _known_states(change: lifecycle_pb2.StateChange) -> bool:
     """Both states of a report are LifecycleStates; one that is not is
     dropped (logged) rather than kept as the container's state."""
     for state in (change.from_state, change.to_state):
-        if state not in S.LifecycleState.values():
+        if state not in _STATES:
             _log.warning("state change to unknown LifecycleState %d ignored", state)
             return False
     return True

@@ -23,7 +23,6 @@ import datetime
 import logging
 import signal
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +107,12 @@ class Stopper:
     async def stop(
         self, entry: Entry, grace: datetime.timedelta | None, message: str, reason: int
     ) -> Stopped:
+        stopped: Stopped = await asyncio.shield(self._stop_task(entry, grace, message, reason))
+        return stopped
+
+    def _stop_task(
+        self, entry: Entry, grace: datetime.timedelta | None, message: str, reason: int
+    ) -> asyncio.Future[Any]:
         period = self.grace(entry, grace)
         entry.desired = False
         stop = lifecycle_pb2.StopCommand(
@@ -115,7 +120,7 @@ class Stopper:
             reason=S.StopReason.ValueType(reason),
             message=message,
         )
-        return await self.stopping(entry, "stop", stop, period)
+        return self._task(entry, "stop", stop, period)
 
     async def stopping(
         self, entry: Entry, name: str, action: Message, grace: datetime.timedelta
@@ -123,13 +128,46 @@ class Stopper:
         """A stop or evict (``name`` and ``action`` as for Sessions.command),
         run by the manager; the caller waits for it (a second caller waits for
         the one under way)."""
+        stopped: Stopped = await asyncio.shield(self._task(entry, name, action, grace))
+        return stopped
+
+    def _task(
+        self, entry: Entry, name: str, action: Message, grace: datetime.timedelta
+    ) -> asyncio.Future[Any]:
+        """The task of the stop under way of ``entry`` (this one, if none is)."""
         task = self._under_way.get(entry.id)
         if task is None or task.done():
             task = self._spawn(self._run(entry, name, action, grace))
             self._under_way[entry.id] = task
             task.add_done_callback(lambda _: self._forget(entry.id, task))
-        stopped: Stopped = await asyncio.shield(task)
-        return stopped
+        return task
+
+    async def stop_many(
+        self,
+        entries: list[Entry],
+        grace: datetime.timedelta | None,
+        message: str,
+        reason: int = S.STOP_REASON_REQUESTED,
+    ) -> list[Stopped | RequestError]:
+        """Stop every one of ``entries`` at once (their grace periods overlap):
+        each one's outcome, in their order; a stop that fails is that
+        container's RequestError, not the others' failure."""
+        # The stops' own tasks, gathered (no task more per stop to wait for
+        # each); shielded: a caller that gives up does not call them off.
+        tasks = [self._stop_task(entry, grace, message, reason) for entry in entries]
+        outcomes = await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
+        out: list[Stopped | RequestError] = []
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            if isinstance(outcome, Stopped | RequestError):
+                out.append(outcome)
+            elif isinstance(outcome, Exception):
+                _log.error("stop of %s failed: %s: %s", entry.id, type(outcome).__name__, outcome)
+                out.append(
+                    RequestError(grpc.StatusCode.INTERNAL, f"stop of {entry.id} failed: {outcome}")
+                )
+            else:  # CancelledError and the like: the call itself ends
+                raise outcome
+        return out
 
     def _forget(self, container_id: str, task: asyncio.Future[Any]) -> None:
         if self._under_way.get(container_id) is task:
@@ -163,9 +201,24 @@ class Stopper:
     async def _by_command(
         self, entry: Entry, name: str, action: Message, grace: datetime.timedelta
     ) -> lifecycle_pb2.CommandResult:
-        command_id = uuid.uuid4().hex
+        command_id = self._sessions.new_command_id()
         grace_s = grace.total_seconds()
         limit = grace_s + self._settings.max_grace_extension.total_seconds() + 10
+        if not entry.launched:
+            # No process of this manager's to kill at the deadline (a container
+            # that dialled in): its answer is the outcome, awaited as it is
+            # (no task and deadline loop around it: 10,000 stops at once).
+            try:
+                return await self._sessions.command(
+                    entry, name, action, limit=limit, command_id=command_id
+                )
+            except Exception:
+                if entry.state == S.LIFECYCLE_STATE_STOPPED:
+                    # It failed the command on its way out, but it ended stopped.
+                    return lifecycle_pb2.CommandResult(state=entry.state)
+                raise
+            finally:
+                self._sessions.forget_grant(command_id)
         work = asyncio.ensure_future(
             self._sessions.command(entry, name, action, limit=limit, command_id=command_id)
         )

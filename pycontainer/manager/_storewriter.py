@@ -6,11 +6,11 @@ event loop stalls every stream and every read the manager serves. So:
 - container records (every state change) are written behind, by one writer
   thread: the in-memory registry is what the manager reads, the store only
   what a restarted manager starts from. The writer keeps the latest record
-  per id (a delete is the latest word too), writes what is pending in one
-  transaction, and on a failure keeps it all and retries with backoff, so
-  that a Pause or a registration never waits for the disk and nothing is
-  lost while the manager lives; when the disk heals, everything pending is
-  written. On close, what is pending is flushed, within a bound.
+  per id (a delete is the latest word too), writes what is pending in
+  transactions of at most WRITE_BATCH records, and on a failure keeps it
+  all and retries with backoff, so that a Pause or a registration never
+  waits for the disk and nothing is lost while the manager lives; when the
+  disk heals, everything pending is written. On close, what is pending is flushed, within a bound.
 - writes the operator's answer depends on (a checkpoint, an applied spec)
   and the store's reads run in a thread of their own and are awaited, within
   a bound: a fault answers with a status that says what, where and what to
@@ -29,6 +29,7 @@ import concurrent.futures
 import contextlib
 import datetime
 import errno
+import itertools
 import logging
 import os
 import tempfile
@@ -51,6 +52,8 @@ T = TypeVar("T")
 # How long an awaited store call may take before the operator is answered
 # UNAVAILABLE (the call itself goes on: a frozen disk may still take it).
 STORE_CALL_TIMEOUT = datetime.timedelta(seconds=10)
+# Most container records written in one transaction.
+WRITE_BATCH = 2000
 # How long close() waits for the pending records to be written.
 FLUSH_TIMEOUT = datetime.timedelta(seconds=5)
 # The writer's retries after a failure: the first soon, then doubling up to
@@ -248,7 +251,7 @@ class StoreWriter:
                     self._cond.wait()
                 if not self._pending:
                     return
-                batch, self._pending = self._pending, {}
+                batch = self._take_batch()
                 self._writing = len(batch)
                 self._write_started = time.monotonic()
             try:
@@ -278,6 +281,17 @@ class StoreWriter:
                 self._cond.notify_all()
             delay = RETRY_FIRST.total_seconds()
             self._succeeded()
+
+    def _take_batch(self) -> dict[str, ContainerRecord | None]:
+        """The oldest pending records, at most WRITE_BATCH (call under the
+        lock): the store's other writers (an operation's start, which a call
+        waits for) get the store between two transactions, not after all of
+        20,000 registrations' records."""
+        if len(self._pending) <= WRITE_BATCH:
+            batch, self._pending = self._pending, {}
+            return batch
+        ids = list(itertools.islice(self._pending, WRITE_BATCH))
+        return {container_id: self._pending.pop(container_id) for container_id in ids}
 
     def _wait_retry(self, delay: float) -> bool:
         """Wait ``delay`` before the next try (a close does not cut it short,

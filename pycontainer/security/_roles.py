@@ -74,6 +74,7 @@ METHOD_ROLES: Mapping[str, Role] = {
         _MANAGER + name: Role.OPERATE
         for name in (
             "StopContainer",
+            "StopContainers",
             "PauseContainer",
             "ResumeContainer",
             "EvictContainer",

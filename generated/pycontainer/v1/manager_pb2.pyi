@@ -2039,3 +2039,114 @@ class IssueCertificateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IssueCertificateResponse: _TypeAlias = IssueCertificateResponse  # noqa: Y015
+
+@_typing.final
+class StopContainersRequest(_message.Message):
+    """Request of Manager.StopContainers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    label_selector: _builtins.str
+    """The live containers to stop: those this label selector matches
+    (Kubernetes syntax, such as app=web,tier!=db). Required unless `all` is
+    set: an empty selector is INVALID_ARGUMENT, never "every container".
+    """
+    all: _builtins.bool
+    """Stop every live container (label_selector must then be empty)."""
+    message: _builtins.str
+    """Why, for the hooks and the events."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id does not act again
+    but waits for, or returns, the first call's outcome (GetOperation tells
+    it too); the same id with another method or request is INVALID_ARGUMENT.
+    1 to 64 characters of [A-Za-z0-9._-] (a UUID); empty: the manager
+    assigns one and returns it in the `pycontainer-request-id` trailing
+    metadata.
+    """
+    @_builtins.property
+    def grace_period(self) -> _duration_pb2.Duration:
+        """Grace period of each; unset means each container's own (30s by default)."""
+
+    def __init__(
+        self,
+        *,
+        label_selector: _builtins.str = ...,
+        all: _builtins.bool = ...,
+        grace_period: _duration_pb2.Duration | None = ...,
+        message: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "grace_period", b"grace_period", "label_selector", b"label_selector", "message", b"message", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopContainersRequest: _TypeAlias = StopContainersRequest  # noqa: Y015
+
+@_typing.final
+class ContainerStopResult(_message.Message):
+    """The outcome of one container's stop in a StopContainers call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    KILLED_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    killed: _builtins.bool
+    """True when the program did not end within its grace period and was
+    killed (SIGKILL); the stop still succeeded, as with `docker stop`.
+    """
+    @_builtins.property
+    def container(self) -> Global___Container:
+        """The container after its stop (or as it was, when the stop failed)."""
+
+    @_builtins.property
+    def status(self) -> Global___OperationStatus:
+        """How its stop ended: code 0 (OK) when it stopped, else why not (such as
+        UNAVAILABLE for one that lost its session meanwhile).
+        """
+
+    def __init__(
+        self,
+        *,
+        container: Global___Container | None = ...,
+        killed: _builtins.bool = ...,
+        status: Global___OperationStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "killed", b"killed", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContainerStopResult: _TypeAlias = ContainerStopResult  # noqa: Y015
+
+@_typing.final
+class StopContainersResponse(_message.Message):
+    """Response of Manager.StopContainers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContainerStopResult]:
+        """One result per container selected, ordered by name then creation."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ContainerStopResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopContainersResponse: _TypeAlias = StopContainersResponse  # noqa: Y015

@@ -157,6 +157,11 @@ class ManagerStub(object):
                 request_serializer=pycontainer_dot_v1_dot_manager__pb2.IssueCertificateRequest.SerializeToString,
                 response_deserializer=pycontainer_dot_v1_dot_manager__pb2.IssueCertificateResponse.FromString,
                 _registered_method=True)
+        self.StopContainers = channel.unary_unary(
+                '/pycontainer.v1.Manager/StopContainers',
+                request_serializer=pycontainer_dot_v1_dot_manager__pb2.StopContainersRequest.SerializeToString,
+                response_deserializer=pycontainer_dot_v1_dot_manager__pb2.StopContainersResponse.FromString,
+                _registered_method=True)
 
 
 class ManagerServicer(object):
@@ -345,6 +350,16 @@ class ManagerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StopContainers(self, request, context):
+        """Stop many containers gracefully in one request: every live one a label
+        selector matches (or all of them), their stops sent at once and their
+        grace periods running side by side; answers once every stop has ended,
+        with the outcome of each (one that fails does not fail the others).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -467,6 +482,11 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.IssueCertificate,
                     request_deserializer=pycontainer_dot_v1_dot_manager__pb2.IssueCertificateRequest.FromString,
                     response_serializer=pycontainer_dot_v1_dot_manager__pb2.IssueCertificateResponse.SerializeToString,
+            ),
+            'StopContainers': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopContainers,
+                    request_deserializer=pycontainer_dot_v1_dot_manager__pb2.StopContainersRequest.FromString,
+                    response_serializer=pycontainer_dot_v1_dot_manager__pb2.StopContainersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1120,6 +1140,33 @@ class Manager(object):
             '/pycontainer.v1.Manager/IssueCertificate',
             pycontainer_dot_v1_dot_manager__pb2.IssueCertificateRequest.SerializeToString,
             pycontainer_dot_v1_dot_manager__pb2.IssueCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopContainers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pycontainer.v1.Manager/StopContainers',
+            pycontainer_dot_v1_dot_manager__pb2.StopContainersRequest.SerializeToString,
+            pycontainer_dot_v1_dot_manager__pb2.StopContainersResponse.FromString,
             options,
             channel_credentials,
             insecure,

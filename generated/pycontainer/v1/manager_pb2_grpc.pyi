@@ -102,6 +102,12 @@ class ManagerStub:
     --role. Containers join with a bootstrap token instead, and the manager's
     own identity is never issued.
     """
+    StopContainers: _grpc.UnaryUnaryMultiCallable[_manager_pb2.StopContainersRequest, _manager_pb2.StopContainersResponse]
+    """Stop many containers gracefully in one request: every live one a label
+    selector matches (or all of them), their stops sent at once and their
+    grace periods running side by side; answers once every stop has ended,
+    with the outcome of each (one that fails does not fail the others).
+    """
 
 @_typing.type_check_only
 class ManagerAsyncStub(ManagerStub):
@@ -176,6 +182,12 @@ class ManagerAsyncStub(ManagerStub):
     holds the roles the manager's bindings give it: none unless bound with
     --role. Containers join with a bootstrap token instead, and the manager's
     own identity is never issued.
+    """
+    StopContainers: _aio.UnaryUnaryMultiCallable[_manager_pb2.StopContainersRequest, _manager_pb2.StopContainersResponse]  # type: ignore[assignment]
+    """Stop many containers gracefully in one request: every live one a label
+    selector matches (or all of them), their stops sent at once and their
+    grace periods running side by side; answers once every stop has ended,
+    with the outcome of each (one that fails does not fail the others).
     """
 
 class ManagerServicer(metaclass=_abc_1.ABCMeta):
@@ -392,6 +404,18 @@ class ManagerServicer(metaclass=_abc_1.ABCMeta):
         holds the roles the manager's bindings give it: none unless bound with
         --role. Containers join with a bootstrap token instead, and the manager's
         own identity is never issued.
+        """
+
+    @_abc_1.abstractmethod
+    def StopContainers(
+        self,
+        request: _manager_pb2.StopContainersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.StopContainersResponse, _abc.Awaitable[_manager_pb2.StopContainersResponse]]:
+        """Stop many containers gracefully in one request: every live one a label
+        selector matches (or all of them), their stops sent at once and their
+        grace periods running side by side; answers once every stop has ended,
+        with the outcome of each (one that fails does not fail the others).
         """
 
 def add_ManagerServicer_to_server(servicer: ManagerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
