@@ -1,5 +1,9 @@
 """The ring of retained log entries: appends never wait, readers hold a cursor.
 
+Each entry is encoded for the wire once, when it is taken (:mod:`._wire`):
+a reader sends the kept bytes, however many readers there are, and filters
+on the fields kept beside them, never decoding.
+
 Everything a reader needs is public here (``read``, ``wait``, ``wait_async``,
 ``wake_all``), so that serving entries never reaches into the ring's lock.
 """
@@ -12,17 +16,23 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import NamedTuple, cast
 
-__all__ = ["BufferedEntry", "LogBuffer"]
+from pycontainer.v1 import management_pb2
+
+from ._wire import entry_element, entry_fields
+
+__all__ = ["BufferedEntry", "LogBuffer", "RetainedEntry", "decode_entries"]
 
 _NEVER = sys.maxsize
-_NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
+_NS = 1_000_000_000
+# A NamedTuple's own constructor is a Python function; this is the C one.
+_new_tuple = tuple.__new__
 
 
 class BufferedEntry(NamedTuple):
-    """One retained log entry (converted to ``logs_pb2.LogEntry`` only when sent)."""
+    """One log entry, every field decoded (the manager keeps its stores'
+    entries so; :meth:`LogBuffer.snapshot` gives the ring's so)."""
 
     sequence: int
     time_ns: int
@@ -33,6 +43,38 @@ class BufferedEntry(NamedTuple):
     attributes: Mapping[str, str]
     trace_id: str = ""
     span_id: str = ""
+
+
+class RetainedEntry(NamedTuple):
+    """One entry as the ring keeps it: the fields filters read, and its encoding."""
+
+    sequence: int
+    time_ns: int
+    severity: int
+    logger: str
+    message: str
+    #: The entry as one element of ``StreamLogsResponse.entries`` (tag,
+    #: length, ``LogEntry``): a batch is the join of its entries' elements.
+    element: bytes
+
+
+def decode_entries(entries: list[RetainedEntry]) -> list[BufferedEntry]:
+    """``entries`` decoded from their kept bytes."""
+    response = management_pb2.StreamLogsResponse.FromString(b"".join(e.element for e in entries))
+    return [
+        BufferedEntry(
+            m.sequence,
+            m.time.seconds * _NS + m.time.nanos,
+            int(m.severity),
+            m.severity_text,
+            m.logger,
+            m.message,
+            dict(m.attributes),
+            m.trace_id,
+            m.span_id,
+        )
+        for m in response.entries
+    ]
 
 
 class _Waiter:
@@ -67,7 +109,7 @@ class LogBuffer:
             raise ValueError(f"max_message_chars must be at least 1, got {max_message_chars}")
         self._capacity = capacity
         self._max_chars = max_message_chars
-        self._ring: list[BufferedEntry | None] = [None] * capacity
+        self._ring: list[RetainedEntry | None] = [None] * capacity
         self._last = 0  # sequence of the newest entry; 0 when empty
         self._lock = threading.Lock()
         self._waiters: list[_Waiter] = []
@@ -105,10 +147,10 @@ class LogBuffer:
         return min(self._last, self._capacity)
 
     def snapshot(self) -> list[BufferedEntry]:
-        """The retained entries, oldest first."""
+        """The retained entries, oldest first, decoded."""
         with self._lock:
             last = self._last
-        return self.read(max(1, last - self._capacity + 1), last, self._capacity)[0]
+        return decode_entries(self.read(max(1, last - self._capacity + 1), last, self._capacity)[0])
 
     def append(
         self,
@@ -122,20 +164,28 @@ class LogBuffer:
         trace_id: str = "",
         span_id: str = "",
     ) -> int:
-        """Add one entry (the oldest is dropped when full); returns its sequence.
-
-        ``attributes`` is kept as given, not copied: do not change it afterwards.
-        """
+        """Add one entry (the oldest is dropped when full); returns its sequence."""
         if time_ns is None:
             time_ns = time.time_ns()
         if len(message) > self._max_chars:
             message = self.truncate(message)
-        attrs = _NO_ATTRIBUTES if attributes is None else attributes
+        fields = entry_fields(
+            time_ns, severity, severity_text, logger, message, attributes, trace_id, span_id
+        )
+        return self.append_encoded(time_ns, severity, logger, message, fields)
+
+    def append_encoded(
+        self, time_ns: int, severity: int, logger: str, message: str, fields: bytes
+    ) -> int:
+        """Add one entry already encoded: ``fields`` is every ``LogEntry`` field
+        but the sequence (``_wire.entry_fields``), and agrees with the other
+        arguments, which filters read. Returns its sequence."""
         ready: list[_Waiter] | None = None
         with self._lock:
             seq = self._last + 1
-            self._ring[seq % self._capacity] = BufferedEntry(
-                seq, time_ns, severity, severity_text, logger, message, attrs, trace_id, span_id
+            self._ring[seq % self._capacity] = _new_tuple(
+                RetainedEntry,
+                (seq, time_ns, severity, logger, message, entry_element(fields, seq)),
             )
             self._last = seq
             if seq >= self._wake_at:
@@ -151,7 +201,7 @@ class LogBuffer:
         cut = len(text) - self._max_chars
         return f"{text[: self._max_chars]}... [truncated {cut} chars]"
 
-    def read(self, start: int, stop: int, limit: int) -> tuple[list[BufferedEntry], int, int]:
+    def read(self, start: int, stop: int, limit: int) -> tuple[list[RetainedEntry], int, int]:
         """Entries from ``start`` up to ``stop`` (inclusive), at most ``limit``.
 
         Returns the entries, how many in the range were already overwritten
@@ -170,7 +220,7 @@ class LogBuffer:
                 return [], lost, start
             i, j = start % cap, end % cap + 1
             chunk = self._ring[i:j] if i < j else self._ring[i:] + self._ring[:j]
-        return cast(list[BufferedEntry], chunk), lost, end + 1
+        return cast(list[RetainedEntry], chunk), lost, end + 1
 
     def wait(self, target: int, timeout: float) -> None:
         """Block until the newest sequence reaches ``target``, ``timeout``

@@ -1,0 +1,173 @@
+"""The protobuf wire encoding of log entries, written by hand so that each
+entry is encoded once, when it is logged, and a StreamLogs batch is the join
+of its entries' bytes.
+
+An entry is kept as one element of ``StreamLogsResponse.entries`` (field 1):
+its tag, its length and the ``LogEntry`` message. A repeated message field is
+its elements' encodings one after another, so joining kept entries (and
+:func:`missed_field`) gives a ``StreamLogsResponse`` that any protobuf library
+decodes. Fields go in any order on the wire (parsers accept that); the
+sequence comes last because the buffer numbers an entry only when it takes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+__all__ = [
+    "attribute_fields",
+    "entry_element",
+    "entry_fields",
+    "missed_field",
+    "source_fields",
+    "string_field",
+    "time_field",
+    "utf8",
+    "varint",
+]
+
+_ONE_BYTE = tuple(bytes((i,)) for i in range(128))
+
+# Tags: (field number << 3) | wire type (0 varint, 2 length-delimited).
+_ENTRIES_TAG = b"\x0a"  # StreamLogsResponse.entries = 1
+_MISSED_TAG = b"\x10"  # StreamLogsResponse.missed = 2
+_SEQUENCE_TAG = b"\x08"  # LogEntry.sequence = 1
+_TIME_TAG = b"\x12"  # LogEntry.time = 2
+_SEVERITY_TAG = b"\x18"  # LogEntry.severity = 3
+_SEVERITY_TEXT = 4
+_LOGGER = 5
+_MESSAGE = 6
+_ATTRIBUTES_TAG = b"\x3a"  # LogEntry.attributes = 7 (map entries)
+_TRACE_ID = 8
+_SPAN_ID = 9
+_SECONDS_TAG = b"\x08"  # Timestamp.seconds = 1
+_NANOS_TAG = b"\x10"  # Timestamp.nanos = 2
+_KEY_TAG = b"\x0a"  # map entry key = 1
+_VALUE_TAG = b"\x12"  # map entry value = 2
+_NS = 1_000_000_000
+
+
+def varint(n: int) -> bytes:
+    """``n`` (not negative) as a protobuf varint, in its shortest form."""
+    if n < 0x80:
+        return _ONE_BYTE[n]
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    if n < 0x200000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
+    if n < 0x10000000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80, n >> 21))
+    if n < 0x800000000:  # nanoseconds and seconds of a timestamp
+        return bytes(
+            (
+                n & 0x7F | 0x80,
+                n >> 7 & 0x7F | 0x80,
+                n >> 14 & 0x7F | 0x80,
+                n >> 21 & 0x7F | 0x80,
+                n >> 28,
+            )
+        )
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _delimited(tag: bytes, data: bytes) -> bytes:
+    return tag + varint(len(data)) + data
+
+
+def string_field(number: int, text: str) -> bytes:
+    """Field ``number`` of type string; empty text is left out, as proto3 does."""
+    if not text:
+        return b""
+    return _delimited(_ONE_BYTE[number << 3 | 2], utf8(text))
+
+
+def utf8(text: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (undecodable bytes read with
+    ``surrogateescape``) is written as its escape, since a protobuf string
+    must be valid UTF-8 and the entry must not be lost."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
+
+
+# The last second encoded and its field: entries come many a second.
+_last_second: tuple[int, bytes] = (0, b"")
+
+
+def _seconds(seconds: int) -> bytes:
+    global _last_second
+    last = _last_second  # one read: another thread may replace it
+    if last[0] == seconds:
+        return last[1]
+    field = _SECONDS_TAG + varint(seconds) if seconds else b""
+    _last_second = (seconds, field)
+    return field
+
+
+def time_field(time_ns: int) -> bytes:
+    """``LogEntry.time`` for ``time_ns`` nanoseconds since the epoch."""
+    seconds, nanos = divmod(time_ns, _NS)
+    body = _seconds(seconds) + (_NANOS_TAG + varint(nanos) if nanos else b"")
+    return _TIME_TAG + _ONE_BYTE[len(body)] + body  # at most 11 bytes
+
+
+def attribute_fields(attributes: Mapping[str, str] | Iterable[tuple[str, str]]) -> bytes:
+    """``LogEntry.attributes``: one map entry per key and value."""
+    items = attributes.items() if isinstance(attributes, Mapping) else attributes
+    out = []
+    for key, value in items:
+        body = string_field(1, key) + string_field(2, value)
+        out.append(_delimited(_ATTRIBUTES_TAG, body))
+    return b"".join(out)
+
+
+def source_fields(severity: int, severity_text: str, logger: str) -> bytes:
+    """``LogEntry.severity``, ``severity_text`` and ``logger``."""
+    return b"".join(
+        (
+            _SEVERITY_TAG + varint(severity) if severity else b"",
+            string_field(_SEVERITY_TEXT, severity_text),
+            string_field(_LOGGER, logger),
+        )
+    )
+
+
+def entry_fields(
+    time_ns: int,
+    severity: int,
+    severity_text: str,
+    logger: str,
+    message: str,
+    attributes: Mapping[str, str] | None = None,
+    trace_id: str = "",
+    span_id: str = "",
+) -> bytes:
+    """Every ``LogEntry`` field but the sequence (see :func:`entry_element`)."""
+    return b"".join(
+        (
+            time_field(time_ns),
+            source_fields(severity, severity_text, logger),
+            string_field(_MESSAGE, message),
+            attribute_fields(attributes) if attributes else b"",
+            string_field(_TRACE_ID, trace_id),
+            string_field(_SPAN_ID, span_id),
+        )
+    )
+
+
+def entry_element(fields: bytes, sequence: int) -> bytes:
+    """The entry numbered ``sequence`` as one element of
+    ``StreamLogsResponse.entries``; ``fields`` from :func:`entry_fields`."""
+    body = fields + _SEQUENCE_TAG + varint(sequence)
+    return _ENTRIES_TAG + varint(len(body)) + body
+
+
+def missed_field(missed: int) -> bytes:
+    """``StreamLogsResponse.missed``; nothing for 0."""
+    return _MISSED_TAG + varint(missed) if missed else b""
