@@ -141,7 +141,7 @@ port, bare = sys.argv[1], sys.argv[2] == "bare"
 options = [("grpc.max_receive_message_length", 64 << 20)]
 with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
     grpc.channel_ready_future(channel).result(timeout=60)
-    sys.stdout.write("ready\n"); sys.stdout.flush()
+    print("ready", flush=True)
     sys.stdin.readline()  # go
     t0 = time.monotonic()
     if bare:

@@ -16,14 +16,15 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import NamedTuple, cast
+from typing import NamedTuple, TypeVar, cast
 
 from pycontainer.v1 import management_pb2
 
-from ._wire import entry_element, entry_fields
+from ._wire import ENTRIES_TAG, SEQUENCE_TAG, entry_fields, varint
 
 __all__ = ["BufferedEntry", "LogBuffer", "RetainedEntry", "decode_entries"]
 
+_T = TypeVar("_T")
 _NEVER = sys.maxsize
 _NS = 1_000_000_000
 # A NamedTuple's own constructor is a Python function; this is the C one.
@@ -110,6 +111,9 @@ class LogBuffer:
         self._capacity = capacity
         self._max_chars = max_message_chars
         self._ring: list[RetainedEntry | None] = [None] * capacity
+        # The entries' elements again, by themselves: an unfiltered batch is
+        # a slice of this, joined (no work per entry).
+        self._elements: list[bytes | None] = [None] * capacity
         self._last = 0  # sequence of the newest entry; 0 when empty
         self._lock = threading.Lock()
         self._waiters: list[_Waiter] = []
@@ -183,9 +187,14 @@ class LogBuffer:
         ready: list[_Waiter] | None = None
         with self._lock:
             seq = self._last + 1
-            self._ring[seq % self._capacity] = _new_tuple(
-                RetainedEntry,
-                (seq, time_ns, severity, logger, message, entry_element(fields, seq)),
+            slot = seq % self._capacity
+            # entry_element(fields, seq), written out: this is every entry's path.
+            number = varint(seq)
+            size = len(fields) + 1 + len(number)
+            element = b"".join((ENTRIES_TAG, varint(size), fields, SEQUENCE_TAG, number))
+            self._elements[slot] = element
+            self._ring[slot] = _new_tuple(
+                RetainedEntry, (seq, time_ns, severity, logger, message, element)
             )
             self._last = seq
             if seq >= self._wake_at:
@@ -207,6 +216,15 @@ class LogBuffer:
         Returns the entries, how many in the range were already overwritten
         (skipped), and the sequence to read next.
         """
+        chunk, lost, after = self._read(self._ring, start, stop, limit)
+        return cast(list[RetainedEntry], chunk), lost, after
+
+    def read_elements(self, start: int, stop: int, limit: int) -> tuple[list[bytes], int, int]:
+        """As :meth:`read`, only the entries' encodings (``RetainedEntry.element``)."""
+        chunk, lost, after = self._read(self._elements, start, stop, limit)
+        return cast(list[bytes], chunk), lost, after
+
+    def _read(self, ring: list[_T], start: int, stop: int, limit: int) -> tuple[list[_T], int, int]:
         cap = self._capacity
         with self._lock:
             oldest = max(1, self._last - cap + 1)
@@ -219,8 +237,8 @@ class LogBuffer:
             if end < start:
                 return [], lost, start
             i, j = start % cap, end % cap + 1
-            chunk = self._ring[i:j] if i < j else self._ring[i:] + self._ring[:j]
-        return cast(list[RetainedEntry], chunk), lost, end + 1
+            chunk = ring[i:j] if i < j else ring[i:] + ring[:j]
+        return chunk, lost, end + 1
 
     def wait(self, target: int, timeout: float) -> None:
         """Block until the newest sequence reaches ``target``, ``timeout``

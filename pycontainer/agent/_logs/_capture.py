@@ -17,13 +17,12 @@ from opentelemetry import trace
 from pycontainer.v1 import logs_pb2
 
 from ._buffer import LogBuffer
-from ._wire import attribute_fields, source_fields, string_field, time_field
+from ._wire import attribute_fields, message_field, source_fields, string_field, time_field
 
 __all__ = ["LogBufferHandler", "install", "severity_from_level", "uninstall"]
 
 _NS = 1_000_000_000
-# LogEntry's field numbers (the rest are encoded by _wire.entry_fields).
-_MESSAGE = 6
+# LogEntry's field numbers (the rest are encoded by _wire's functions).
 _TRACE_ID = 8
 _SPAN_ID = 9
 
@@ -58,6 +57,7 @@ def severity_from_level(levelno: int) -> int:
 
 # Attributes every LogRecord has; anything else on a record came from `extra`.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None)))
+_RECORD_ATTR_COUNT = len(_RECORD_ATTRS)
 _STANDARD_ATTRS = _RECORD_ATTRS | {
     "message",
     "asctime",
@@ -104,9 +104,14 @@ class LogBufferHandler(logging.Handler):
     def handle(self, record: logging.LogRecord) -> bool | logging.LogRecord:  # type: ignore[override]
         """As Handler.handle, without the handler's lock: the buffer has its
         own, and nothing else here changes (the site cache is a dict)."""
-        rv = self.filter(record)
-        if rv:
-            self.emit(rv if isinstance(rv, logging.LogRecord) else record)
+        rv: bool | logging.LogRecord = True
+        if self.filters:
+            rv = self.filter(record)
+            if not rv:
+                return rv
+            if isinstance(rv, logging.LogRecord):
+                record = rv
+        self.emit(record)
         return rv
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -151,15 +156,19 @@ class LogBufferHandler(logging.Handler):
             record.lineno,
             record.funcName,
         )
-        site = self._sites.get(key) or self._site(key, record)
+        fields, severity = self._sites.get(key) or self._site(key, record)
         time_ns = int(record.created * _NS)
-        parts = [site[0], time_field(time_ns), string_field(_MESSAGE, message)]
+        encoded = b"".join((fields, time_field(time_ns), message_field(message)))
         rec = record.__dict__
-        # Most records have no extras, no exception, no stack and no span.
-        if len(rec) > len(_RECORD_ATTRS):
+        # Most records have no extras, no exception, no stack and no span;
+        # a formatter that ran first adds "message" (and "asctime").
+        if (
+            len(rec) > _RECORD_ATTR_COUNT
+            and len(rec) - ("message" in rec) - ("asctime" in rec) > _RECORD_ATTR_COUNT
+        ):
             extras = [(_text(key), _text(rec[key])) for key in rec.keys() - _STANDARD_ATTRS]
-            parts.append(
-                attribute_fields((k, v if len(v) <= limit else buf.truncate(v)) for k, v in extras)
+            encoded += attribute_fields(
+                (k, v if len(v) <= limit else buf.truncate(v)) for k, v in extras
             )
         exc_info = record.exc_info
         if exc_info and exc_info[0] is not None:
@@ -171,14 +180,14 @@ class LogBufferHandler(logging.Handler):
                 ("exception.message", _text(exc_value)),
                 ("exception.stacktrace", stack if len(stack) <= limit else buf.truncate(stack)),
             )
-            parts.append(attribute_fields(exception))
+            encoded += attribute_fields(exception)
         if record.stack_info:
-            parts.append(attribute_fields((("code.stacktrace", record.stack_info),)))
+            encoded += attribute_fields((("code.stacktrace", record.stack_info),))
         ctx = trace.get_current_span().get_span_context()
         if ctx.is_valid:
-            parts.append(string_field(_TRACE_ID, format(ctx.trace_id, "032x")))
-            parts.append(string_field(_SPAN_ID, format(ctx.span_id, "016x")))
-        buf.append_encoded(time_ns, site[1], record.name, message, b"".join(parts))
+            encoded += string_field(_TRACE_ID, format(ctx.trace_id, "032x"))
+            encoded += string_field(_SPAN_ID, format(ctx.span_id, "016x"))
+        buf.append_encoded(time_ns, severity, record.name, message, encoded)
 
 
 # -- root logger installation ------------------------------------------------------------

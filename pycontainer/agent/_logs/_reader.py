@@ -338,18 +338,26 @@ class LogReader:
         None when there is nothing to send (no entries, nothing missed)."""
         elements: list[bytes] = []
         select = self._select
-        while self._cursor <= stop and len(elements) < self._batch:
+        if select is None:
+            # One slice of the ring's elements (two where it wraps around).
+            while self._cursor <= stop and len(elements) < self._batch:
+                chunk, lost, self._cursor = self.buffer.read_elements(
+                    self._cursor, stop, self._batch - len(elements)
+                )
+                self._missed += lost
+                elements += chunk
+        while select is not None and self._cursor <= stop and len(elements) < self._batch:
             room = self._batch - len(elements)
-            want = room if select is None else max(room, _SCAN_CHUNK)
-            chunk, lost, self._cursor = self.buffer.read(self._cursor, stop, want)
+            entries, lost, self._cursor = self.buffer.read(
+                self._cursor, stop, max(room, _SCAN_CHUNK)
+            )
             self._missed += lost
-            if select is not None:
-                chunk = select(chunk)
-                if len(chunk) > room:
-                    # Read more than fits: put the cursor back after the last one sent.
-                    chunk = chunk[:room]
-                    self._cursor = chunk[-1].sequence + 1
-            elements.extend(map(_element, chunk))
+            entries = select(entries)
+            if len(entries) > room:
+                # Read more than fits: put the cursor back after the last one sent.
+                entries = entries[:room]
+                self._cursor = entries[-1].sequence + 1
+            elements.extend(map(_element, entries))
         if not elements and not self._missed:
             return None
         return self._frame(elements)

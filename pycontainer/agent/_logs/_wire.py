@@ -15,9 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 __all__ = [
+    "ENTRIES_TAG",
+    "SEQUENCE_TAG",
     "attribute_fields",
     "entry_element",
     "entry_fields",
+    "message_field",
     "missed_field",
     "source_fields",
     "string_field",
@@ -29,14 +32,14 @@ __all__ = [
 _ONE_BYTE = tuple(bytes((i,)) for i in range(128))
 
 # Tags: (field number << 3) | wire type (0 varint, 2 length-delimited).
-_ENTRIES_TAG = b"\x0a"  # StreamLogsResponse.entries = 1
+ENTRIES_TAG = b"\x0a"  # StreamLogsResponse.entries = 1
 _MISSED_TAG = b"\x10"  # StreamLogsResponse.missed = 2
-_SEQUENCE_TAG = b"\x08"  # LogEntry.sequence = 1
+SEQUENCE_TAG = b"\x08"  # LogEntry.sequence = 1
 _TIME_TAG = b"\x12"  # LogEntry.time = 2
 _SEVERITY_TAG = b"\x18"  # LogEntry.severity = 3
 _SEVERITY_TEXT = 4
 _LOGGER = 5
-_MESSAGE = 6
+_MESSAGE_TAG = b"\x32"
 _ATTRIBUTES_TAG = b"\x3a"  # LogEntry.attributes = 7 (map entries)
 _TRACE_ID = 8
 _SPAN_ID = 9
@@ -86,6 +89,16 @@ def string_field(number: int, text: str) -> bytes:
     return _delimited(_ONE_BYTE[number << 3 | 2], utf8(text))
 
 
+def message_field(text: str) -> bytes:
+    """``LogEntry.message`` (:func:`string_field`, for every entry)."""
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:
+        data = utf8(text)
+    size = len(data)
+    return (_MESSAGE_TAG + _ONE_BYTE[size] if size < 0x80 else _MESSAGE_TAG + varint(size)) + data
+
+
 def utf8(text: str) -> bytes:
     """``text`` as UTF-8; a lone surrogate (undecodable bytes read with
     ``surrogateescape``) is written as its escape, since a protobuf string
@@ -96,24 +109,38 @@ def utf8(text: str) -> bytes:
         return text.encode("utf-8", "backslashreplace")
 
 
-# The last second encoded and its field: entries come many a second.
-_last_second: tuple[int, bytes] = (0, b"")
+# The last second seen and the start of its time fields (tag, length, the
+# seconds and the nanos tag): entries come many a second, and most nanos
+# take five bytes, so most time fields are this and five bytes.
+_last_second: tuple[int, bytes] = (-1, b"")
 
 
-def _seconds(seconds: int) -> bytes:
+def _second(seconds: int) -> bytes:
     global _last_second
-    last = _last_second  # one read: another thread may replace it
-    if last[0] == seconds:
-        return last[1]
-    field = _SECONDS_TAG + varint(seconds) if seconds else b""
-    _last_second = (seconds, field)
-    return field
+    seconds_field = _SECONDS_TAG + varint(seconds) if seconds else b""
+    start = _TIME_TAG + _ONE_BYTE[len(seconds_field) + 6] + seconds_field + _NANOS_TAG
+    _last_second = (seconds, start)
+    return start
 
 
 def time_field(time_ns: int) -> bytes:
     """``LogEntry.time`` for ``time_ns`` nanoseconds since the epoch."""
     seconds, nanos = divmod(time_ns, _NS)
-    body = _seconds(seconds) + (_NANOS_TAG + varint(nanos) if nanos else b"")
+    if nanos >= 0x10000000:
+        last = _last_second  # one read: another thread may replace it
+        start = last[1] if last[0] == seconds else _second(seconds)
+        return start + bytes(
+            (
+                nanos & 0x7F | 0x80,
+                nanos >> 7 & 0x7F | 0x80,
+                nanos >> 14 & 0x7F | 0x80,
+                nanos >> 21 & 0x7F | 0x80,
+                nanos >> 28,
+            )
+        )
+    body = (_SECONDS_TAG + varint(seconds) if seconds else b"") + (
+        _NANOS_TAG + varint(nanos) if nanos else b""
+    )
     return _TIME_TAG + _ONE_BYTE[len(body)] + body  # at most 11 bytes
 
 
@@ -153,7 +180,7 @@ def entry_fields(
         (
             time_field(time_ns),
             source_fields(severity, severity_text, logger),
-            string_field(_MESSAGE, message),
+            message_field(message),
             attribute_fields(attributes) if attributes else b"",
             string_field(_TRACE_ID, trace_id),
             string_field(_SPAN_ID, span_id),
@@ -164,8 +191,10 @@ def entry_fields(
 def entry_element(fields: bytes, sequence: int) -> bytes:
     """The entry numbered ``sequence`` as one element of
     ``StreamLogsResponse.entries``; ``fields`` from :func:`entry_fields`."""
-    body = fields + _SEQUENCE_TAG + varint(sequence)
-    return _ENTRIES_TAG + varint(len(body)) + body
+    seq = varint(sequence)
+    size = len(fields) + 1 + len(seq)
+    length = _ONE_BYTE[size] if size < 0x80 else varint(size)
+    return b"".join((ENTRIES_TAG, length, fields, SEQUENCE_TAG, seq))
 
 
 def missed_field(missed: int) -> bytes:
