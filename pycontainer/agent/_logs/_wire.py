@@ -91,6 +91,8 @@ def string_field(number: int, text: str) -> bytes:
 
 def message_field(text: str) -> bytes:
     """``LogEntry.message`` (:func:`string_field`, for every entry)."""
+    if not text:
+        return b""
     try:
         data = text.encode()
     except UnicodeEncodeError:
