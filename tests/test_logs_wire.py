@@ -277,3 +277,45 @@ def test_a_raw_client_reads_the_same_bytes_as_a_decoded_stream(host: Host) -> No
     assert [management_pb2.StreamLogsResponse.FromString(f) for f in frames] == decoded
     assert [len(r.entries) for r in decoded] == [10, 10, 5]
     assert [e.message for r in decoded for e in r.entries] == [f"m{i}" for i in range(25)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    capacity=st.sampled_from([256, 300, 512, 1000]),
+    count=st.integers(0, 3000),
+    batch=st.sampled_from([1, 7, 255, 256, 257, 1000, 10_000]),
+    tail=st.none() | st.integers(0, 1200),
+)
+def test_batches_of_joined_blocks_hold_exactly_the_retained_entries(
+    capacity: int, count: int, batch: int, tail: int | None
+) -> None:
+    def decode(frames: list[bytes]) -> list[management_pb2.StreamLogsResponse]:
+        return [management_pb2.StreamLogsResponse.FromString(f) for f in frames]
+
+    buffer = LogBuffer(capacity=capacity)
+    half = count // 2
+    for i in range(1, half + 1):
+        buffer.append(logs_pb2.SEVERITY_INFO, "", "app", f"m{i}")
+    # Made now, read after the rest is logged: what it had is partly overwritten.
+    follower = LogReader(buffer, LogQuery(follow=True, max_batch_size=batch))
+    for i in range(half + 1, count + 1):
+        buffer.append(logs_pb2.SEVERITY_INFO, "", "app", f"m{i}")
+    retained = list(range(max(1, count - capacity + 1), count + 1))
+
+    request: dict[str, object] = {"max_batch_size": batch}
+    if tail is not None:
+        request["tail"] = tail
+    responses = decode(_frames(buffer, **request))
+    expected = retained if tail is None else retained[-tail:] if tail else []
+    assert [e.sequence for r in responses for e in r.entries] == expected
+    assert [e.message for r in responses for e in r.entries] == [f"m{s}" for s in expected]
+    assert all(len(r.entries) <= batch for r in responses)
+
+    # Its history and then (ended at once) the rest: every retained entry,
+    # and the overwritten ones counted as missed.
+    followed = decode(list(follower.iter_frames(lambda: True, lambda: True)))
+    assert [e.sequence for r in followed for e in r.entries] == retained
+    first_asked = max(1, half - capacity + 1)
+    missed = retained[0] - first_asked if retained else 0
+    assert sum(r.missed for r in followed) == missed
+    assert all(len(r.entries) <= batch for r in followed)

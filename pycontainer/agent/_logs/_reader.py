@@ -338,14 +338,16 @@ class LogReader:
         None when there is nothing to send (no entries, nothing missed)."""
         elements: list[bytes] = []
         select = self._select
+        count = 0
         if select is None:
-            # One slice of the ring's elements (two where it wraps around).
-            while self._cursor <= stop and len(elements) < self._batch:
-                chunk, lost, self._cursor = self.buffer.read_elements(
-                    self._cursor, stop, self._batch - len(elements)
+            # Whole joined blocks and the elements at the edges: no work per entry.
+            while self._cursor <= stop and count < self._batch:
+                parts, taken, lost, self._cursor = self.buffer.read_joinable(
+                    self._cursor, stop, self._batch - count
                 )
                 self._missed += lost
-                elements += chunk
+                elements += parts
+                count += taken
         while select is not None and self._cursor <= stop and len(elements) < self._batch:
             room = self._batch - len(elements)
             entries, lost, self._cursor = self.buffer.read(
