@@ -156,6 +156,34 @@ def attribute_fields(attributes: Mapping[str, str] | Iterable[tuple[str, str]]) 
     return b"".join(out)
 
 
+# The last attributes encoded (a copy) and their fields: callers that log
+# with the same attributes again and again (a constant dict) pay a compare.
+_last_attributes: tuple[dict[str, str], bytes] = ({}, b"")
+# Severity, severity text and logger encoded, by the three (few distinct ones).
+_sources: dict[tuple[int, str, str], bytes] = {}
+_MAX_SOURCES = 1024
+
+
+def _attributes_again(attributes: Mapping[str, str]) -> bytes:
+    global _last_attributes
+    last = _last_attributes  # one read: another thread may replace it
+    if attributes == last[0]:
+        return last[1]
+    encoded = attribute_fields(attributes)
+    _last_attributes = (dict(attributes), encoded)
+    return encoded
+
+
+def _source_again(severity: int, severity_text: str, logger: str) -> bytes:
+    key = (severity, severity_text, logger)
+    encoded = _sources.get(key)
+    if encoded is None:
+        if len(_sources) >= _MAX_SOURCES:
+            _sources.clear()
+        encoded = _sources[key] = source_fields(severity, severity_text, logger)
+    return encoded
+
+
 def source_fields(severity: int, severity_text: str, logger: str) -> bytes:
     """``LogEntry.severity``, ``severity_text`` and ``logger``."""
     return b"".join(
@@ -181,11 +209,12 @@ def entry_fields(
     return b"".join(
         (
             time_field(time_ns),
-            source_fields(severity, severity_text, logger),
+            _source_again(severity, severity_text, logger),
             message_field(message),
-            attribute_fields(attributes) if attributes else b"",
-            string_field(_TRACE_ID, trace_id),
-            string_field(_SPAN_ID, span_id),
+            _attributes_again(attributes) if attributes else b"",
+            string_field(_TRACE_ID, trace_id) + string_field(_SPAN_ID, span_id)
+            if trace_id or span_id
+            else b"",
         )
     )
 
