@@ -319,3 +319,12 @@ def test_batches_of_joined_blocks_hold_exactly_the_retained_entries(
     missed = retained[0] - first_asked if retained else 0
     assert sum(r.missed for r in followed) == missed
     assert all(len(r.entries) <= batch for r in followed)
+
+
+def test_sequences_past_two_varint_bytes_decode() -> None:
+    buffer = LogBuffer(capacity=8)
+    for i in range(1, (1 << 14) + 6):
+        buffer.append(logs_pb2.SEVERITY_INFO, "", "app", f"m{i}")
+    sequences = [e.sequence for e in buffer.snapshot()]
+    assert sequences == list(range((1 << 14) - 2, (1 << 14) + 6))
+    assert [e.message for e in buffer.snapshot()] == [f"m{s}" for s in sequences]

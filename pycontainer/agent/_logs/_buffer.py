@@ -29,6 +29,9 @@ _NEVER = sys.maxsize
 # Entries per joined block (see LogBuffer._blocks): batches of a few hundred
 # and more are mostly whole blocks; joining one costs its appender ~6 µs.
 _BLOCK = 256
+# The sequence field's tag and first varint byte, by the sequence's low 7 bits
+# (for sequences of 128 and more).
+_SEQUENCE_LOW = tuple(SEQUENCE_TAG + bytes((low | 0x80,)) for low in range(128))
 _NS = 1_000_000_000
 # A NamedTuple's own constructor is a Python function; this is the C one.
 _new_tuple = tuple.__new__
@@ -126,6 +129,8 @@ class LogBuffer:
         # min(w.target for w in _waiters): append compares one int when no
         # reader waits, or none waits for this entry yet.
         self._wake_at = _NEVER
+        # The sequence's varint but its low 7 bits, for sequence >> 7 == _high.
+        self._high, self._high_bytes = -1, b""
 
     @property
     def capacity(self) -> int:
@@ -195,9 +200,18 @@ class LogBuffer:
             seq = self._last + 1
             slot = seq % self._capacity
             # entry_element(fields, seq), written out: this is every entry's path.
-            number = varint(seq)
-            size = len(fields) + 1 + len(number)
-            element = b"".join((ENTRIES_TAG, varint(size), fields, SEQUENCE_TAG, number))
+            if seq < 0x80:
+                number = SEQUENCE_TAG + varint(seq)
+            else:
+                if seq >> 7 != self._high:  # once every 128 entries
+                    self._high, self._high_bytes = seq >> 7, varint(seq >> 7)
+                number = _SEQUENCE_LOW[seq & 0x7F] + self._high_bytes
+            size = len(fields) + len(number)
+            if 0x80 <= size < 0x4000:
+                head = bytes((0x0A, size & 0x7F | 0x80, size >> 7))
+            else:
+                head = ENTRIES_TAG + varint(size)
+            element = b"".join((head, fields, number))
             self._elements[slot] = element
             self._ring[slot] = _new_tuple(
                 RetainedEntry, (seq, time_ns, severity, logger, message, element)
