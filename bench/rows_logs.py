@@ -23,9 +23,16 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from pycontainer.client import ManagementClient
-from pycontainer.v1 import container_pb2, logs_pb2, management_pb2, manager_pb2, spec_pb2
+from pycontainer.v1 import (
+    container_pb2,
+    logs_pb2,
+    management_pb2,
+    management_pb2_grpc,
+    manager_pb2,
+    spec_pb2,
+)
 
-from .harness import Context, Row, Sample, percentile
+from .harness import ROOT, Context, Row, Sample, percentile
 from .rows_servers import SLICES, make_container
 
 # The streams of a benchmark carry up to 64 MiB messages (10,000 entries a batch).
@@ -35,7 +42,188 @@ ATTRIBUTES = {"path": "/api/v1/items", "status": "200", "method": "GET", "thread
 SEVERITY_INFO = 9
 
 
-# -- P3: entries/s in one follow stream ---------------------------------------------------
+# -- P3: entries/s of a full buffer ------------------------------------------------------
+# The issue's P3: StreamLogs of a full buffer to a Python client that decodes
+# every batch, against a bare grpcio server streaming the same entries
+# serialized beforehand. The entries are logged before the clock starts, as
+# the bare server's are serialized before it: what logging costs the app is
+# P3d's row; p3-live measures both together.
+MESSAGE = "processed request id={}"
+REGEX = r"request id=\d+$"  # every entry matches: the filter runs on each, all are sent
+
+
+def _fill(buffer: Any, total: int, attributes: dict[str, str] | None) -> None:
+    for i in range(total):
+        buffer.append(SEVERITY_INFO, "INFO", "bench.worker", MESSAGE.format(i), attributes)
+
+
+class _Served:
+    """A container with ``total`` entries logged, on a sync grpc.server."""
+
+    def __init__(self, total: int, attributes: dict[str, str] | None) -> None:
+        self.container = make_container("bench-logs", log_capacity=max(total, 1), log_level=None)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self.container.add_to_server(self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.container.start()
+        _fill(self.container.logs, total, attributes)
+
+    def close(self) -> None:
+        self.server.stop(None)
+        self.container.close()
+
+
+class _Bare:
+    """A bare grpcio server streaming ``total`` entries as batches of
+    ``batch``, each serialized once beforehand."""
+
+    def __init__(self, total: int, batch: int, attributes: dict[str, str] | None) -> None:
+        payload = management_pb2.StreamLogsResponse(
+            entries=_entries(batch, attributes)
+        ).SerializeToString()
+        batches = max(1, total // batch)
+
+        def stream(request: bytes, context: Any) -> Iterator[bytes]:
+            for _ in range(batches):
+                yield payload
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        handler = grpc.method_handlers_generic_handler(
+            "bench.Logs", {"Stream": grpc.unary_stream_rpc_method_handler(stream)}
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def close(self) -> None:
+        self.server.stop(None)
+
+
+def _read(port: int, bare: bool, request: management_pb2.StreamLogsRequest) -> tuple[int, float]:
+    """Entries received and seconds taken by one stream, every batch decoded."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=_LARGE_MESSAGES) as channel:
+        if bare:
+            call = channel.unary_stream(
+                "/bench.Logs/Stream",
+                response_deserializer=management_pb2.StreamLogsResponse.FromString,
+            )
+            responses = call(b"", timeout=300)
+        else:
+            responses = management_pb2_grpc.ManagementStub(channel).StreamLogs(request, timeout=300)
+        seen, t0 = 0, time.perf_counter()
+        for response in responses:
+            seen += len(response.entries)
+        return seen, time.perf_counter() - t0
+
+
+def full_buffer(ctx: Context, attributes: dict[str, str] | None, pattern: str = "") -> list[Sample]:
+    total = ctx.count(1_000_000, minimum=100_000)
+    request = management_pb2.StreamLogsRequest(max_batch_size=MAX_BATCH, pattern=pattern)
+    out = []
+    for _ in range(ctx.rounds):
+        served = _Served(total, attributes)
+        try:
+            seen, elapsed = _read(served.port, False, request)
+        finally:
+            served.close()
+        if seen != total:
+            raise RuntimeError(f"StreamLogs sent {seen:,} of {total:,} entries")
+        bare = _Bare(total, MAX_BATCH, attributes)
+        try:
+            bare_seen, bare_elapsed = _read(bare.port, True, request)
+        finally:
+            bare.close()
+        out.append(
+            Sample(
+                seen / elapsed,
+                bare_seen / bare_elapsed,
+                note=f"{total:,} entries a round, batches of {MAX_BATCH:,}",
+            )
+        )
+    return out
+
+
+# -- P3, K followers: clients in processes of their own ------------------------------------
+FOLLOWERS = 4
+_CLIENT = """
+import sys, time, grpc
+from pycontainer.v1 import management_pb2, management_pb2_grpc
+port, bare = sys.argv[1], sys.argv[2] == "bare"
+options = [("grpc.max_receive_message_length", 64 << 20)]
+with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+    grpc.channel_ready_future(channel).result(timeout=60)
+    print("ready", flush=True)
+    sys.stdin.readline()  # go
+    t0 = time.monotonic()
+    if bare:
+        call = channel.unary_stream(
+            "/bench.Logs/Stream",
+            response_deserializer=management_pb2.StreamLogsResponse.FromString,
+        )
+        responses = call(b"", timeout=300)
+    else:
+        request = management_pb2.StreamLogsRequest(max_batch_size=10000)
+        responses = management_pb2_grpc.ManagementStub(channel).StreamLogs(request, timeout=300)
+    seen = sum(len(r.entries) for r in responses)
+    print(seen, t0, time.monotonic())
+"""
+
+
+def _followers(port: int, bare: bool, k: int) -> float:
+    """Entries/s of ``k`` streams together, each read by a client process
+    of its own that decodes every batch; all start at once."""
+    side = "bare" if bare else "ours"
+    clients = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CLIENT, str(port), side],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for _ in range(k)
+    ]
+    try:
+        for c in clients:
+            if c.stdout is None or c.stdout.readline().strip() != "ready":
+                raise RuntimeError("a log client process did not start")
+        for c in clients:
+            assert c.stdin is not None
+            c.stdin.write("go\n")
+            c.stdin.flush()
+        results = [c.communicate(timeout=300)[0].split() for c in clients]
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
+    seen = sum(int(r[0]) for r in results)
+    start, end = min(float(r[1]) for r in results), max(float(r[2]) for r in results)
+    return seen / (end - start)
+
+
+def followers(ctx: Context) -> list[Sample]:
+    total = ctx.count(1_000_000, minimum=100_000)
+    out = []
+    for _ in range(ctx.rounds):
+        served = _Served(total, ATTRIBUTES)
+        try:
+            ours = _followers(served.port, False, FOLLOWERS)
+        finally:
+            served.close()
+        bare_server = _Bare(total, MAX_BATCH, ATTRIBUTES)
+        try:
+            bare = _followers(bare_server.port, True, FOLLOWERS)
+        finally:
+            bare_server.close()
+        out.append(
+            Sample(ours, bare, note=f"{FOLLOWERS} streams of {total:,} entries a round, together")
+        )
+    return out
+
+
+# -- P3, live: entries/s in one follow stream while they are logged ------------------------
 def _follow_rate(total: int, attributes: dict[str, str] | None) -> tuple[float, float]:
     """Entries/s one follow stream receives (a Python client decoding every
     batch) while ``total`` entries are appended as fast as the process can;
@@ -63,7 +251,7 @@ def _follow_rate(total: int, attributes: dict[str, str] | None) -> tuple[float, 
                         SEVERITY_INFO,
                         "INFO",
                         "bench.worker",
-                        f"processed request id={i}",
+                        MESSAGE.format(i),
                         attributes,
                     )
 
@@ -94,7 +282,7 @@ def _entries(count: int, attributes: dict[str, str] | None) -> list[logs_pb2.Log
             severity=SEVERITY_INFO,  # type: ignore[arg-type]
             severity_text="INFO",
             logger="bench.worker",
-            message=f"processed request id={i}",
+            message=MESSAGE.format(i),
             attributes=attributes or {},
         )
         for i in range(count)
@@ -104,36 +292,12 @@ def _entries(count: int, attributes: dict[str, str] | None) -> list[logs_pb2.Log
 def _bare_rate(total: int, batch: int, attributes: dict[str, str] | None) -> float:
     """Entries/s a bare grpcio server streams of the same entries, serialized
     once beforehand, to a client decoding every batch as StreamLogsResponse."""
-    payload = management_pb2.StreamLogsResponse(
-        entries=_entries(batch, attributes)
-    ).SerializeToString()
-
-    def stream(request: bytes, context: Any) -> Iterator[bytes]:
-        for _ in range(total // batch):
-            yield payload
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "bench.Logs", {"Stream": grpc.unary_stream_rpc_method_handler(stream)}
-            ),
-        )
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    bare = _Bare(total, batch, attributes)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=_LARGE_MESSAGES) as channel:
-            call = channel.unary_stream(
-                "/bench.Logs/Stream",
-                response_deserializer=management_pb2.StreamLogsResponse.FromString,
-            )
-            seen, t0 = 0, time.perf_counter()
-            for response in call(b"", timeout=120):
-                seen += len(response.entries)
-            return seen / (time.perf_counter() - t0)
+        seen, elapsed = _read(bare.port, True, management_pb2.StreamLogsRequest())
+        return seen / elapsed
     finally:
-        server.stop(None)
+        bare.close()
 
 
 def stream_logs(ctx: Context, attributes: dict[str, str] | None) -> list[Sample]:
@@ -144,7 +308,7 @@ def stream_logs(ctx: Context, attributes: dict[str, str] | None) -> list[Sample]
         # The bare server sends batches of the size pycontainer's stream averaged.
         batch = max(1, min(MAX_BATCH, round(mean_batch)))
         bare = _bare_rate(max(total, batch), batch, attributes)
-        out.append(Sample(ours, bare, note=f"{total:,} entries a round"))
+        out.append(Sample(ours, bare, note=f"{total:,} entries a round, logged meanwhile"))
     return out
 
 
@@ -565,21 +729,54 @@ ROWS = [
         "p3-attrs",
         "P3",
         "≥ 0.8 of bare",
-        "StreamLogs follow, one stream, full speed, 4-attribute entries, client decodes",
+        "StreamLogs of a full buffer, one stream, 4-attribute entries, client decodes",
         "bare grpcio streaming the same entries pre-serialized, same batch size",
         "entries/s",
         True,
-        lambda ctx: stream_logs(ctx, ATTRIBUTES),
+        lambda ctx: full_buffer(ctx, ATTRIBUTES),
     ),
     Row(
         "p3-plain",
         "P3",
         "≥ 0.8 of bare, ≥ 2M/s",
-        "StreamLogs follow, one stream, full speed, entries without attributes",
+        "StreamLogs of a full buffer, one stream, entries without attributes",
         "bare grpcio streaming the same entries pre-serialized, same batch size",
         "entries/s",
         True,
-        lambda ctx: stream_logs(ctx, None),
+        lambda ctx: full_buffer(ctx, None),
+    ),
+    Row(
+        "p3-regex",
+        "P3",
+        "≥ 500k/s",
+        f"StreamLogs of a full buffer filtered by pattern {REGEX!r} (every entry matches), "
+        "4-attribute entries",
+        "bare grpcio streaming the same entries pre-serialized (no filter)",
+        "entries/s",
+        True,
+        lambda ctx: full_buffer(ctx, ATTRIBUTES, REGEX),
+    ),
+    Row(
+        "p3-followers",
+        "P3",
+        "≈ K x one (≥ 0.8 of bare)",
+        f"{FOLLOWERS} StreamLogs streams of a full buffer at once, a client process each, "
+        "4-attribute entries, aggregate",
+        f"bare grpcio streaming the same entries pre-serialized to {FOLLOWERS} client processes",
+        "entries/s",
+        True,
+        followers,
+    ),
+    Row(
+        "p3-live",
+        "",
+        "context",
+        "StreamLogs follow, one stream, 4-attribute entries appended meanwhile in the "
+        "same process (buffer.append), client decodes",
+        "bare grpcio streaming the same entries pre-serialized, same batch size",
+        "entries/s",
+        True,
+        lambda ctx: stream_logs(ctx, ATTRIBUTES),
     ),
     Row(
         "p3c-follow-latency",

@@ -17,7 +17,7 @@ import grpc
 from ..v1 import management_pb2, management_pb2_grpc, profile_pb2
 from ._config import Config
 from ._health import HealthState
-from ._logs import LogBuffer, LogQuery, LogReader
+from ._logs import LogBuffer, LogQuery, LogReader, write_frame
 from ._metrics import MetricsWatch
 from ._profile import LockRegistry, LoopRegistry, ProfileRequest, build_profile
 
@@ -108,7 +108,8 @@ class ManagementServicer(management_pb2_grpc.ManagementServicer):
     def StreamLogs(self, request: Any, context: Any) -> Iterator[Any]:
         reader = self._core.logs(request)
         context.send_initial_metadata(())  # see AsyncManagementServicer.StreamLogs
-        yield from reader.iter_responses(context.is_active, self._core.streams_ended)
+        # Frames: encoded responses, sent as they are (see method_handlers).
+        yield from reader.iter_frames(context.is_active, self._core.streams_ended)
 
     def WatchMetrics(self, request: Any, context: Any) -> Iterator[Any]:
         watch = self._core.metrics(request)
@@ -146,8 +147,8 @@ class AsyncManagementServicer(management_pb2_grpc.ManagementServicer):
         # and one cancelled before leaks the batch that waits for them
         # (grpc/grpc#43360), as the manager's relay of every follow did.
         await context.send_initial_metadata(())
-        async for response in reader.aiter_responses(self._core.streams_ended):
-            yield response
+        async for frame in reader.aiter_frames(self._core.streams_ended):
+            yield frame
 
     async def WatchMetrics(self, request: Any, context: Any) -> AsyncIterator[Any]:
         watch = self._core.metrics(request)
@@ -193,4 +194,13 @@ def method_handlers(
     # The generated signature asks for a real server; registration uses only
     # the two methods of _Registrar.
     management_pb2_grpc.add_ManagementServicer_to_server(servicer, cast("grpc.Server", capture))
+    # StreamLogs yields each batch already encoded (joined from entries
+    # encoded once when logged): the same StreamLogsResponse on the wire,
+    # written as it is.
+    logs = captured["StreamLogs"]
+    captured["StreamLogs"] = grpc.unary_stream_rpc_method_handler(
+        cast(Any, logs.unary_stream),
+        request_deserializer=logs.request_deserializer,
+        response_serializer=write_frame,
+    )
     return captured

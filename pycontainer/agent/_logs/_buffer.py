@@ -1,5 +1,9 @@
 """The ring of retained log entries: appends never wait, readers hold a cursor.
 
+Each entry is encoded for the wire once, when it is taken (:mod:`._wire`):
+a reader sends the kept bytes, however many readers there are, and filters
+on the fields kept beside them, never decoding.
+
 Everything a reader needs is public here (``read``, ``wait``, ``wait_async``,
 ``wake_all``), so that serving entries never reaches into the ring's lock.
 """
@@ -12,17 +16,30 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from types import MappingProxyType
-from typing import NamedTuple, cast
+from typing import NamedTuple, TypeVar, cast
 
-__all__ = ["BufferedEntry", "LogBuffer"]
+from pycontainer.v1 import management_pb2
 
+from ._wire import ENTRIES_TAG, SEQUENCE_TAG, entry_fields, varint
+
+__all__ = ["BufferedEntry", "LogBuffer", "RetainedEntry", "decode_entries"]
+
+_T = TypeVar("_T")
 _NEVER = sys.maxsize
-_NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
+# Entries per joined block (see LogBuffer._blocks): batches of a few hundred
+# and more are mostly whole blocks; joining one costs its appender ~6 µs.
+_BLOCK = 256
+# The sequence field's tag and first varint byte, by the sequence's low 7 bits
+# (for sequences of 128 and more).
+_SEQUENCE_LOW = tuple(SEQUENCE_TAG + bytes((low | 0x80,)) for low in range(128))
+_NS = 1_000_000_000
+# A NamedTuple's own constructor is a Python function; this is the C one.
+_new_tuple = tuple.__new__
 
 
 class BufferedEntry(NamedTuple):
-    """One retained log entry (converted to ``logs_pb2.LogEntry`` only when sent)."""
+    """One log entry, every field decoded (the manager keeps its stores'
+    entries so; :meth:`LogBuffer.snapshot` gives the ring's so)."""
 
     sequence: int
     time_ns: int
@@ -33,6 +50,38 @@ class BufferedEntry(NamedTuple):
     attributes: Mapping[str, str]
     trace_id: str = ""
     span_id: str = ""
+
+
+class RetainedEntry(NamedTuple):
+    """One entry as the ring keeps it: the fields filters read, and its encoding."""
+
+    sequence: int
+    time_ns: int
+    severity: int
+    logger: str
+    message: str
+    #: The entry as one element of ``StreamLogsResponse.entries`` (tag,
+    #: length, ``LogEntry``): a batch is the join of its entries' elements.
+    element: bytes
+
+
+def decode_entries(entries: list[RetainedEntry]) -> list[BufferedEntry]:
+    """``entries`` decoded from their kept bytes."""
+    response = management_pb2.StreamLogsResponse.FromString(b"".join(e.element for e in entries))
+    return [
+        BufferedEntry(
+            m.sequence,
+            m.time.seconds * _NS + m.time.nanos,
+            int(m.severity),
+            m.severity_text,
+            m.logger,
+            m.message,
+            dict(m.attributes),
+            m.trace_id,
+            m.span_id,
+        )
+        for m in response.entries
+    ]
 
 
 class _Waiter:
@@ -67,13 +116,21 @@ class LogBuffer:
             raise ValueError(f"max_message_chars must be at least 1, got {max_message_chars}")
         self._capacity = capacity
         self._max_chars = max_message_chars
-        self._ring: list[BufferedEntry | None] = [None] * capacity
+        self._ring: list[RetainedEntry | None] = [None] * capacity
+        # The entries' elements again, by themselves, and joined by blocks
+        # of _BLOCK (block b: sequences b * _BLOCK to b * _BLOCK + _BLOCK - 1)
+        # when a block's last entry is taken: an unfiltered batch is a few
+        # blocks and the elements at its edges, joined.
+        self._elements: list[bytes | None] = [None] * capacity
+        self._blocks: list[tuple[int, bytes] | None] = [None] * (capacity // _BLOCK + 2)
         self._last = 0  # sequence of the newest entry; 0 when empty
         self._lock = threading.Lock()
         self._waiters: list[_Waiter] = []
         # min(w.target for w in _waiters): append compares one int when no
         # reader waits, or none waits for this entry yet.
         self._wake_at = _NEVER
+        # The sequence's varint but its low 7 bits, for sequence >> 7 == _high.
+        self._high, self._high_bytes = -1, b""
 
     @property
     def capacity(self) -> int:
@@ -105,10 +162,10 @@ class LogBuffer:
         return min(self._last, self._capacity)
 
     def snapshot(self) -> list[BufferedEntry]:
-        """The retained entries, oldest first."""
+        """The retained entries, oldest first, decoded."""
         with self._lock:
             last = self._last
-        return self.read(max(1, last - self._capacity + 1), last, self._capacity)[0]
+        return decode_entries(self.read(max(1, last - self._capacity + 1), last, self._capacity)[0])
 
     def append(
         self,
@@ -122,27 +179,65 @@ class LogBuffer:
         trace_id: str = "",
         span_id: str = "",
     ) -> int:
-        """Add one entry (the oldest is dropped when full); returns its sequence.
-
-        ``attributes`` is kept as given, not copied: do not change it afterwards.
-        """
+        """Add one entry (the oldest is dropped when full); returns its sequence."""
         if time_ns is None:
             time_ns = time.time_ns()
         if len(message) > self._max_chars:
             message = self.truncate(message)
-        attrs = _NO_ATTRIBUTES if attributes is None else attributes
+        fields = entry_fields(
+            time_ns, severity, severity_text, logger, message, attributes, trace_id, span_id
+        )
+        return self.append_encoded(time_ns, severity, logger, message, fields)
+
+    def append_encoded(
+        self, time_ns: int, severity: int, logger: str, message: str, fields: bytes
+    ) -> int:
+        """Add one entry already encoded: ``fields`` is every ``LogEntry`` field
+        but the sequence (``_wire.entry_fields``), and agrees with the other
+        arguments, which filters read. Returns its sequence."""
         ready: list[_Waiter] | None = None
         with self._lock:
             seq = self._last + 1
-            self._ring[seq % self._capacity] = BufferedEntry(
-                seq, time_ns, severity, severity_text, logger, message, attrs, trace_id, span_id
+            slot = seq % self._capacity
+            # entry_element(fields, seq), written out: this is every entry's path.
+            if seq < 0x80:
+                number = SEQUENCE_TAG + varint(seq)
+            else:
+                if seq >> 7 != self._high:  # once every 128 entries
+                    self._high, self._high_bytes = seq >> 7, varint(seq >> 7)
+                number = _SEQUENCE_LOW[seq & 0x7F] + self._high_bytes
+            size = len(fields) + len(number)
+            if 0x80 <= size < 0x4000:
+                head = bytes((0x0A, size & 0x7F | 0x80, size >> 7))
+            else:
+                head = ENTRIES_TAG + varint(size)
+            element = b"".join((head, fields, number))
+            self._elements[slot] = element
+            self._ring[slot] = _new_tuple(
+                RetainedEntry, (seq, time_ns, severity, logger, message, element)
             )
             self._last = seq
+            if seq % _BLOCK == _BLOCK - 1:
+                self._join_block(seq // _BLOCK)
             if seq >= self._wake_at:
                 ready = self._fire(seq)
         if ready:
             _wake_async(ready)
         return seq
+
+    def _join_block(self, block: int) -> None:
+        """Under the lock: keep block ``block`` joined, if all of it is retained."""
+        first = block * _BLOCK
+        if first >= max(1, self._last - self._capacity + 1):
+            elements = self._slice(self._elements, first, first + _BLOCK - 1)
+            joined = b"".join(cast(list[bytes], elements))
+            self._blocks[block % len(self._blocks)] = (block, joined)
+
+    def _slice(self, ring: list[_T], start: int, end: int) -> list[_T]:
+        """Under the lock: the ring's items for sequences ``start`` to ``end``."""
+        cap = self._capacity
+        i, j = start % cap, end % cap + 1
+        return ring[i:j] if i < j else ring[i:] + ring[:j]
 
     def truncate(self, text: str) -> str:
         """``text`` cut to :attr:`max_message_chars`, saying how much was cut."""
@@ -151,26 +246,58 @@ class LogBuffer:
         cut = len(text) - self._max_chars
         return f"{text[: self._max_chars]}... [truncated {cut} chars]"
 
-    def read(self, start: int, stop: int, limit: int) -> tuple[list[BufferedEntry], int, int]:
+    def read(self, start: int, stop: int, limit: int) -> tuple[list[RetainedEntry], int, int]:
         """Entries from ``start`` up to ``stop`` (inclusive), at most ``limit``.
 
         Returns the entries, how many in the range were already overwritten
         (skipped), and the sequence to read next.
         """
-        cap = self._capacity
+        chunk, lost, after = self._read(self._ring, start, stop, limit)
+        return cast(list[RetainedEntry], chunk), lost, after
+
+    def read_joinable(self, start: int, stop: int, limit: int) -> tuple[list[bytes], int, int, int]:
+        """As :meth:`read`, the entries' encodings only, as parts to join: whole
+        blocks already joined, elements at the edges. Returns the parts, how
+        many entries they hold, how many were skipped, and the sequence to
+        read next."""
         with self._lock:
-            oldest = max(1, self._last - cap + 1)
-            lost = 0
-            if start < oldest:
-                skip_to = min(oldest, stop + 1)
-                lost = skip_to - start
-                start = skip_to
-            end = min(stop, self._last, start + limit - 1)
+            start, end, lost = self._range(start, stop, limit)
+            parts: list[bytes] = []
+            blocks, elements = self._blocks, self._elements
+            at = start
+            while at <= end:
+                block = at // _BLOCK
+                last = block * _BLOCK + _BLOCK - 1
+                if at == block * _BLOCK and last <= end:
+                    joined = blocks[block % len(blocks)]
+                    if joined is not None and joined[0] == block:
+                        parts.append(joined[1])
+                        at = last + 1
+                        continue
+                upto = min(end, last)
+                parts += cast(list[bytes], self._slice(elements, at, upto))
+                at = upto + 1
+        return parts, max(0, end - start + 1), lost, max(start, end + 1)
+
+    def _read(self, ring: list[_T], start: int, stop: int, limit: int) -> tuple[list[_T], int, int]:
+        with self._lock:
+            start, end, lost = self._range(start, stop, limit)
             if end < start:
                 return [], lost, start
-            i, j = start % cap, end % cap + 1
-            chunk = self._ring[i:j] if i < j else self._ring[i:] + self._ring[:j]
-        return cast(list[BufferedEntry], chunk), lost, end + 1
+            chunk = self._slice(ring, start, end)
+        return chunk, lost, end + 1
+
+    def _range(self, start: int, stop: int, limit: int) -> tuple[int, int, int]:
+        """Under the lock: the retained sequences from ``start`` up to ``stop``,
+        at most ``limit`` (first, last; last < first when none), and how many
+        of those asked for were overwritten."""
+        oldest = max(1, self._last - self._capacity + 1)
+        lost = 0
+        if start < oldest:
+            skip_to = min(oldest, stop + 1)
+            lost = skip_to - start
+            start = skip_to
+        return start, min(stop, self._last, start + limit - 1), lost
 
     def wait(self, target: int, timeout: float) -> None:
         """Block until the newest sequence reaches ``target``, ``timeout``

@@ -17,10 +17,14 @@ from opentelemetry import trace
 from pycontainer.v1 import logs_pb2
 
 from ._buffer import LogBuffer
+from ._wire import attribute_fields, message_field, source_fields, string_field, time_field
 
 __all__ = ["LogBufferHandler", "install", "severity_from_level", "uninstall"]
 
 _NS = 1_000_000_000
+# LogEntry's field numbers (the rest are encoded by _wire's functions).
+_TRACE_ID = 8
+_SPAN_ID = 9
 
 # -- severity -----------------------------------------------------------------------
 
@@ -53,6 +57,7 @@ def severity_from_level(levelno: int) -> int:
 
 # Attributes every LogRecord has; anything else on a record came from `extra`.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None)))
+_RECORD_ATTR_COUNT = len(_RECORD_ATTRS)
 _STANDARD_ATTRS = _RECORD_ATTRS | {
     "message",
     "asctime",
@@ -78,18 +83,58 @@ def _type_name(exc_type: type[BaseException]) -> str:
     return name if module in ("builtins", "__main__") else f"{module}.{name}"
 
 
+# Most call sites (logger, level, thread, file, line, function) are kept;
+# past this many, the cache starts afresh.
+_MAX_SITES = 4096
+
+
 class LogBufferHandler(logging.Handler):
-    """Appends each record to a :class:`LogBuffer` as an OTel-shaped entry."""
+    """Appends each record to a :class:`LogBuffer` as an OTel-shaped entry,
+    encoded for the wire as it is taken.
+
+    The fields a call site always gives the same (severity, logger, thread
+    and code attributes) are encoded once per site and kept.
+    """
 
     def __init__(self, buffer: LogBuffer, level: int = logging.NOTSET) -> None:
         super().__init__(level)
         self.buffer = buffer
+        self._sites: dict[tuple[object, ...], tuple[bytes, int]] = {}
+
+    def handle(self, record: logging.LogRecord) -> bool | logging.LogRecord:  # type: ignore[override]
+        """As Handler.handle, without the handler's lock: the buffer has its
+        own, and nothing else here changes (the site cache is a dict)."""
+        rv: bool | logging.LogRecord = True
+        if self.filters:
+            rv = self.filter(record)
+            if not rv:
+                return rv
+            if isinstance(rv, logging.LogRecord):
+                record = rv
+        self.emit(record)
+        return rv
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self._append(record)
         except Exception:
             self.handleError(record)
+
+    def _site(self, key: tuple[object, ...], record: logging.LogRecord) -> tuple[bytes, int]:
+        """The encoded fields of ``record``'s call site, and its severity."""
+        severity = severity_from_level(record.levelno)
+        attrs = {
+            "thread.name": record.threadName or "",
+            "code.filepath": record.pathname,
+            "code.lineno": str(record.lineno),
+            "code.function": record.funcName or "",
+        }
+        fields = source_fields(severity, record.levelname, record.name) + attribute_fields(attrs)
+        sites = self._sites
+        if len(sites) >= _MAX_SITES:
+            sites.clear()
+        sites[key] = site = (fields, severity)
+        return site
 
     def _append(self, record: logging.LogRecord) -> None:
         buf = self.buffer
@@ -99,44 +144,50 @@ class LogBufferHandler(logging.Handler):
             # As logging itself would: keep the entry, say what went wrong.
             args = _text(record.args)
             message = f"{_text(record.msg)} (formatting failed: {exc!r}; args: {args})"
-        attrs: dict[str, str] = {
-            "thread.name": record.threadName or "",
-            "code.filepath": record.pathname,
-            "code.lineno": str(record.lineno),
-            "code.function": record.funcName or "",
-        }
         limit = buf.max_message_chars
+        if len(message) > limit:
+            message = buf.truncate(message)
+        key = (
+            record.name,
+            record.levelno,
+            record.levelname,
+            record.threadName,
+            record.pathname,
+            record.lineno,
+            record.funcName,
+        )
+        fields, severity = self._sites.get(key) or self._site(key, record)
+        time_ns = int(record.created * _NS)
+        encoded = b"".join((fields, time_field(time_ns), message_field(message)))
         rec = record.__dict__
-        # Most records have no extras: skip the set difference for them.
-        extras = rec.keys() - _STANDARD_ATTRS if len(rec) > len(_RECORD_ATTRS) else ()
-        for key in extras:
-            value = _text(rec[key])
-            attrs[_text(key)] = value if len(value) <= limit else buf.truncate(value)
+        # Most records have no extras, no exception, no stack and no span;
+        # a formatter that ran first adds "message" (and "asctime").
+        if (
+            len(rec) > _RECORD_ATTR_COUNT
+            and len(rec) - ("message" in rec) - ("asctime" in rec) > _RECORD_ATTR_COUNT
+        ):
+            extras = [(_text(key), _text(rec[key])) for key in rec.keys() - _STANDARD_ATTRS]
+            encoded += attribute_fields(
+                (k, v if len(v) <= limit else buf.truncate(v)) for k, v in extras
+            )
         exc_info = record.exc_info
         if exc_info and exc_info[0] is not None:
             exc_type, exc_value, tb = exc_info
-            attrs["exception.type"] = _type_name(exc_type)
-            attrs["exception.message"] = _text(exc_value)
             # A formatter that ran first may have cached the text.
             stack = record.exc_text or "".join(traceback.format_exception(exc_type, exc_value, tb))
-            attrs["exception.stacktrace"] = stack if len(stack) <= limit else buf.truncate(stack)
+            exception = (
+                ("exception.type", _type_name(exc_type)),
+                ("exception.message", _text(exc_value)),
+                ("exception.stacktrace", stack if len(stack) <= limit else buf.truncate(stack)),
+            )
+            encoded += attribute_fields(exception)
         if record.stack_info:
-            attrs["code.stacktrace"] = record.stack_info
-        trace_id = span_id = ""
+            encoded += attribute_fields((("code.stacktrace", record.stack_info),))
         ctx = trace.get_current_span().get_span_context()
         if ctx.is_valid:
-            trace_id = format(ctx.trace_id, "032x")
-            span_id = format(ctx.span_id, "016x")
-        buf.append(
-            severity_from_level(record.levelno),
-            record.levelname,
-            record.name,
-            message,
-            attrs,
-            time_ns=int(record.created * _NS),
-            trace_id=trace_id,
-            span_id=span_id,
-        )
+            encoded += string_field(_TRACE_ID, format(ctx.trace_id, "032x"))
+            encoded += string_field(_SPAN_ID, format(ctx.span_id, "016x"))
+        buf.append_encoded(time_ns, severity, record.name, message, encoded)
 
 
 # -- root logger installation ------------------------------------------------------------

@@ -1,7 +1,12 @@
 """Serving a :class:`LogBuffer` to StreamLogs: a validated :class:`LogQuery`
 and a :class:`LogReader` that sends the retained history and then (when
 following) new entries, in batches, to a sync gRPC server
-(:meth:`LogReader.iter_responses`) or to grpc.aio (:meth:`LogReader.aiter_responses`).
+(:meth:`LogReader.iter_frames`) or to grpc.aio (:meth:`LogReader.aiter_frames`).
+
+A batch is sent as a frame: the encoded ``StreamLogsResponse``, joined from
+the entries' kept bytes (:mod:`._wire`), written to the wire as it is by
+:func:`write_frame` (the servicer's response serializer). Nothing is built
+per entry per reader, so K readers cost little more than one.
 
 A follower ends, after sending what was logged until then, when its client
 goes or when ``ended()`` turns true (its container stopped); the buffer's
@@ -13,21 +18,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Protocol, cast
 
 from pycontainer._errors import invalid_argument
 from pycontainer.v1 import logs_pb2, management_pb2
 
-from .._pattern import Pattern, PatternError, compile_pattern
-from ._buffer import BufferedEntry, LogBuffer
+from .._pattern import Pattern, PatternError, compile_pattern, searcher
+from ._buffer import BufferedEntry, LogBuffer, RetainedEntry
+from ._wire import missed_field
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "MAX_BATCH_SIZE",
+    "LogFields",
     "LogQuery",
     "LogReader",
     "entry_to_proto",
+    "write_frame",
 ]
 
 DEFAULT_BATCH_SIZE = 1000
@@ -40,6 +49,27 @@ _ACTIVE_POLL_S = 0.25
 _SCAN_CHUNK = 1024
 _NS = 1_000_000_000
 _KNOWN_SEVERITIES = frozenset(logs_pb2.Severity.values())
+_element = attrgetter("element")
+
+
+class LogFields(Protocol):
+    """The fields of an entry that filters read (a :class:`BufferedEntry`
+    and a :class:`RetainedEntry` both have them)."""
+
+    @property
+    def time_ns(self) -> int: ...
+    @property
+    def severity(self) -> int: ...
+    @property
+    def logger(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+
+
+def write_frame(frame: bytes) -> bytes:
+    """The response serializer of StreamLogs: a frame is already the
+    encoded ``StreamLogsResponse``."""
+    return frame
 
 
 def _never() -> bool:
@@ -57,22 +87,6 @@ def entry_to_proto(entry: BufferedEntry) -> logs_pb2.LogEntry:
     )
     _fill_rest(msg, entry)
     return msg
-
-
-def _add_entries(response: management_pb2.StreamLogsResponse, entries: list[BufferedEntry]) -> None:
-    add = response.entries.add
-    for e in entries:
-        # Built in place (no copy into the repeated field), scalars as keywords,
-        # the rest set after: with upb about twice as fast as time= and
-        # attributes= keywords.
-        msg = add(
-            sequence=e.sequence,
-            severity=cast("logs_pb2.Severity.ValueType", e.severity),
-            severity_text=e.severity_text,
-            logger=e.logger,
-            message=e.message,
-        )
-        _fill_rest(msg, e)
 
 
 def _fill_rest(msg: logs_pb2.LogEntry, e: BufferedEntry) -> None:
@@ -102,6 +116,14 @@ class LogQuery:
     pattern: Pattern | None = None
     logger: str = ""
     max_batch_size: int = DEFAULT_BATCH_SIZE
+    # pattern.search for filters, made once (see _pattern.searcher).
+    _found: Callable[[str], bool] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.pattern is not None:
+            object.__setattr__(self, "_found", searcher(self.pattern))
 
     @classmethod
     def from_request(cls, req: management_pb2.StreamLogsRequest) -> LogQuery:
@@ -156,7 +178,7 @@ class LogQuery:
             or self.logger
         )
 
-    def matches(self, entry: BufferedEntry) -> bool:
+    def matches(self, entry: LogFields) -> bool:
         """Whether ``entry`` passes every filter (tail and batching aside)."""
         if entry.severity < self.min_severity:
             return False
@@ -169,7 +191,17 @@ class LogQuery:
                 return False
         if self.contains and self.contains not in entry.message:
             return False
-        return self.pattern is None or self.pattern.search(entry.message) is not None
+        return self._found is None or self._found(entry.message)
+
+    def select(self, entries: list[RetainedEntry]) -> list[RetainedEntry]:
+        """The entries that pass every filter, in order."""
+        found = self._found
+        if found is not None and not (
+            self.min_severity or self.since_ns is not None or self.logger or self.contains
+        ):
+            return [e for e in entries if found(e.message)]
+        matches = self.matches
+        return [e for e in entries if matches(e)]
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -179,14 +211,17 @@ class LogReader:
     """One StreamLogs stream: a cursor into a :class:`LogBuffer`.
 
     The history it serves is what was retained when it was made; when
-    following, it then serves entries as they are logged.
+    following, it then serves entries as they are logged. It yields frames
+    (encoded ``StreamLogsResponse`` messages, see :func:`write_frame`);
+    :meth:`iter_responses` and :meth:`aiter_responses` decode them, for
+    callers that want messages.
     """
 
     def __init__(self, buffer: LogBuffer, query: LogQuery) -> None:
         self.buffer = buffer
         self.query = query
         self._batch = max(1, query.max_batch_size)
-        self._match = query.matches if query.has_filters else None
+        self._select = query.select if query.has_filters else None
         self._end = buffer.last_sequence
         self._cursor = max(1, self._end - buffer.capacity + 1)  # next sequence to read
         self._missed = 0  # lost since the last response sent
@@ -194,6 +229,14 @@ class LogReader:
     def iter_responses(
         self, is_active: Callable[[], bool], ended: Callable[[], bool] = _never
     ) -> Iterator[management_pb2.StreamLogsResponse]:
+        """:meth:`iter_frames`, decoded."""
+        decode = management_pb2.StreamLogsResponse.FromString
+        for frame in self.iter_frames(is_active, ended):
+            yield decode(frame)
+
+    def iter_frames(
+        self, is_active: Callable[[], bool], ended: Callable[[], bool] = _never
+    ) -> Iterator[bytes]:
         """Batches for a sync server: the history, then (when following) new
         entries until ``is_active()`` (such as ``context.is_active``) turns
         false, checked at least every 0.25 s, or ``ended()`` turns true."""
@@ -212,18 +255,24 @@ class LogReader:
             if pending < self._batch:
                 # Let a batch gather: woken early only when it is full.
                 buf.wait(self._cursor + self._batch - 1, _LINGER_S)
-            response = self._collect(buf.last_sequence)
-            if response is not None:
-                yield response
+            frame = self._collect(buf.last_sequence)
+            if frame is not None:
+                yield frame
 
     async def aiter_responses(
         self, ended: Callable[[], bool] = _never
     ) -> AsyncIterator[management_pb2.StreamLogsResponse]:
+        """:meth:`aiter_frames`, decoded."""
+        decode = management_pb2.StreamLogsResponse.FromString
+        async for frame in self.aiter_frames(ended):
+            yield decode(frame)
+
+    async def aiter_frames(self, ended: Callable[[], bool] = _never) -> AsyncIterator[bytes]:
         """Batches for grpc.aio: the history, then (when following) new entries
         until the call is cancelled or ``ended()`` turns true (then the stream
         ends normally, which lets a server shut down without cancelling it)."""
-        for batch in self._history():
-            yield batch
+        for past in self._history():
+            yield past
         if not self.query.follow:
             return
         buf = self.buffer
@@ -236,51 +285,44 @@ class LogReader:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(_LINGER_S):
                         await buf.wait_async(self._cursor + self._batch - 1)
-            response = self._collect(buf.last_sequence)
-            if response is not None:
-                yield response
-        for batch in self._rest():
-            yield batch
+            frame = self._collect(buf.last_sequence)
+            if frame is not None:
+                yield frame
+        for rest in self._rest():
+            yield rest
 
-    def _rest(self) -> Iterator[management_pb2.StreamLogsResponse]:
+    def _rest(self) -> Iterator[bytes]:
         """What was logged up to now and not sent yet, in batches."""
         last = self.buffer.last_sequence
-        while (response := self._collect(last)) is not None:
-            yield response
+        while (frame := self._collect(last)) is not None:
+            yield frame
 
-    def _history(self) -> Iterator[management_pb2.StreamLogsResponse]:
+    def _history(self) -> Iterator[bytes]:
         """The retained entries, in batches; never blocks."""
         if self.query.tail is not None:
             picked = self._tail(self.query.tail)
             for i in range(0, len(picked), self._batch):
-                batch = management_pb2.StreamLogsResponse()
-                _add_entries(batch, picked[i : i + self._batch])
-                self._attach_missed(batch)
-                yield batch
+                yield self._frame(list(map(_element, picked[i : i + self._batch])))
             if self._missed:
-                batch = management_pb2.StreamLogsResponse()
-                self._attach_missed(batch)
-                yield batch
+                yield self._frame([])
             return
         while self._cursor <= self._end:
-            response = self._collect(self._end)
-            if response is not None:
-                yield response
+            frame = self._collect(self._end)
+            if frame is not None:
+                yield frame
 
-    def _tail(self, n: int) -> list[BufferedEntry]:
+    def _tail(self, n: int) -> list[RetainedEntry]:
         """The newest ``n`` history entries that pass the filters, oldest first."""
-        picked: list[BufferedEntry] = []  # newest first
+        picked: list[RetainedEntry] = []  # newest first
         low, hi = self._cursor, self._end
-        match = self._match
+        select = self._select
         while hi >= low and len(picked) < n:
             need = n - len(picked)
-            lo = max(low, hi - (need if match is None else max(need, _SCAN_CHUNK)) + 1)
+            lo = max(low, hi - (need if select is None else max(need, _SCAN_CHUNK)) + 1)
             chunk, lost, _ = self.buffer.read(lo, hi, hi - lo + 1)
-            for e in reversed(chunk):
-                if match is None or match(e):
-                    picked.append(e)
-                    if len(picked) == n:
-                        break
+            if select is not None:
+                chunk = select(chunk)
+            picked.extend(reversed(chunk[-need:]))
             if lost:
                 # Overwritten while we scanned: nothing older is left. Count
                 # as missed what we would still have sent, at most.
@@ -291,36 +333,40 @@ class LogReader:
         self._cursor = self._end + 1
         return picked
 
-    def _collect(self, stop: int) -> management_pb2.StreamLogsResponse | None:
-        """One batch of what passes the filters from the cursor up to ``stop``;
+    def _collect(self, stop: int) -> bytes | None:
+        """One frame of what passes the filters from the cursor up to ``stop``;
         None when there is nothing to send (no entries, nothing missed)."""
-        response: management_pb2.StreamLogsResponse | None = None
+        elements: list[bytes] = []
+        select = self._select
         count = 0
-        match = self._match
-        while self._cursor <= stop and count < self._batch:
-            want = self._batch - count
-            if match is not None:
-                want = max(want, _SCAN_CHUNK)
-            chunk, lost, self._cursor = self.buffer.read(self._cursor, stop, want)
+        if select is None:
+            # Whole joined blocks and the elements at the edges: no work per entry.
+            while self._cursor <= stop and count < self._batch:
+                parts, taken, lost, self._cursor = self.buffer.read_joinable(
+                    self._cursor, stop, self._batch - count
+                )
+                self._missed += lost
+                elements += parts
+                count += taken
+        while select is not None and self._cursor <= stop and len(elements) < self._batch:
+            room = self._batch - len(elements)
+            entries, lost, self._cursor = self.buffer.read(
+                self._cursor, stop, max(room, _SCAN_CHUNK)
+            )
             self._missed += lost
-            if match is not None:
-                chunk = [e for e in chunk if match(e)]
-                if count + len(chunk) > self._batch:
-                    # Read more than fits: put the cursor back after the last one sent.
-                    chunk = chunk[: self._batch - count]
-                    self._cursor = chunk[-1].sequence + 1
-            if chunk:
-                if response is None:
-                    response = management_pb2.StreamLogsResponse()
-                _add_entries(response, chunk)
-                count += len(chunk)
-        if response is None and self._missed:
-            response = management_pb2.StreamLogsResponse()
-        if response is not None:
-            self._attach_missed(response)
-        return response
+            entries = select(entries)
+            if len(entries) > room:
+                # Read more than fits: put the cursor back after the last one sent.
+                entries = entries[:room]
+                self._cursor = entries[-1].sequence + 1
+            elements.extend(map(_element, entries))
+        if not elements and not self._missed:
+            return None
+        return self._frame(elements)
 
-    def _attach_missed(self, response: management_pb2.StreamLogsResponse) -> None:
+    def _frame(self, elements: list[bytes]) -> bytes:
+        """A ``StreamLogsResponse`` of ``elements`` and what was missed since the last."""
         if self._missed:
-            response.missed = self._missed
+            elements.append(missed_field(self._missed))
             self._missed = 0
+        return b"".join(elements)
