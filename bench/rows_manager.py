@@ -24,7 +24,7 @@ from pycontainer import security
 from pycontainer.testing import ManagerHost
 from pycontainer.v1 import container_pb2, manager_pb2, spec_pb2
 
-from . import manager_bench
+from . import manager_bench, manager_cpu
 from .harness import ROOT, Context, Row, Sample, percentile
 
 _CALL_TIMEOUT = 60.0
@@ -305,6 +305,24 @@ def sessions(ctx: Context) -> list[Sample]:
     return out
 
 
+# -- P7: the manager's CPU ---------------------------------------------------------------
+def _cpu_row(ctx: Context, sessions: int, metrics: bool) -> list[Sample]:
+    processes = 2 if ctx.quick else 4
+    window = 8.0 if ctx.quick else 20.0
+    out = []
+    for _ in range(ctx.rounds):
+        bare = manager_cpu.measure(sessions, processes, True, window, metrics)
+        ours = manager_cpu.measure(sessions, processes, False, window, metrics)
+        note = f"{sessions:,} sessions in {processes} processes, plaintext, {window:g} s window"
+        if metrics:
+            note += (
+                f"; snapshots/s to the watcher {ours.snapshots_per_second:,.0f} "
+                f"(bare {bare.snapshots_per_second:,.0f})"
+            )
+        out.append(Sample(ours.cpu_percent, bare.cpu_percent, note=note))
+    return out
+
+
 # -- P8: the CLI -------------------------------------------------------------------------
 def _pycontainer_command() -> list[str]:
     script = Path(sys.executable).with_name("pycontainer")
@@ -481,6 +499,29 @@ ROWS = [
         "s",
         False,
         sessions,
+    ),
+    Row(
+        "p7-idle-sessions",
+        "P7",
+        "< 10 % of a core at 10,000",
+        "manager CPU (% of a core) with N idle Lifecycle sessions (the full run: 10,000)",
+        "a bare grpc.aio server holding as many streams, liveness by gRPC keepalive "
+        "at the manager's bound (manager_cpu)",
+        "%",
+        False,
+        lambda ctx: _cpu_row(ctx, ctx.count(10_000, minimum=1000), metrics=False),
+    ),
+    Row(
+        "p7-watch-metrics",
+        "P7",
+        "< 50 % of a core at 1,000",
+        "manager CPU (% of a core) holding N sessions while one watcher follows "
+        "WatchMetrics of all N at 1 s (the full run: 1,000)",
+        "a bare grpc.aio server holding as many streams and forwarding the N "
+        "WatchMetrics streams merged, as bytes tagged with the container id",
+        "%",
+        False,
+        lambda ctx: _cpu_row(ctx, ctx.count(1000, minimum=300), metrics=True),
     ),
     Row(
         "p8-ps",
