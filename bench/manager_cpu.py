@@ -30,6 +30,7 @@ in % of one core.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import socket
 import subprocess
 import sys
@@ -41,6 +42,8 @@ from dataclasses import dataclass
 import psutil
 
 from pycontainer.manager import ManagerSettings
+
+_MS = datetime.timedelta(milliseconds=1)
 
 # A simulated container process: argv target first count mode metrics_port.
 SIM = r"""
@@ -264,7 +267,8 @@ def _liveness_ms() -> tuple[int, int, int]:
     liveness bound), and the heartbeat interval its RegistrationAck advertises."""
     settings = ManagerSettings()
     interval = int(settings.heartbeat_interval.total_seconds() * 1000)
-    return interval, interval * max(1, settings.lost_after_heartbeats - 1), interval
+    beat = int(getattr(settings, "idle_heartbeat_interval", settings.heartbeat_interval) / _MS)
+    return interval, interval * max(1, settings.lost_after_heartbeats - 1), beat
 
 
 def _readline(proc: subprocess.Popen[str], what: str) -> str:

@@ -505,8 +505,9 @@ ROWS = [
         "P7",
         "< 10 % of a core at 10,000",
         "manager CPU (% of a core) with N idle Lifecycle sessions (the full run: 10,000)",
-        "a bare grpc.aio server holding as many streams, liveness by gRPC keepalive "
-        "at the manager's bound (manager_cpu)",
+        "a bare grpc.aio server holding as many streams with the same traffic: the "
+        "heartbeat interval the manager advertises, each beat answered, keepalive pings "
+        "at the manager's liveness bound (manager_cpu)",
         "%",
         False,
         lambda ctx: _cpu_row(ctx, ctx.count(10_000, minimum=1000), metrics=False),

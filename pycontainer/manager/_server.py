@@ -47,6 +47,7 @@ from ..v1 import (
 )
 from ._bootstrap import JoinServicer
 from ._certificates import issue_certificate
+from ._liveness import with_keepalive
 from ._logstreams import LogStreams
 from ._operations import REQUEST_ID_METADATA, bounded_target, check_request_id, new_request_id
 from ._registry import Entry
@@ -675,7 +676,8 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
     )
     observer = Observer(manager.rpc_stats, manager.tracer)
     server = grpc.aio.server(
-        options=SERVER_OPTIONS,
+        # Keepalive at the liveness bound of the settings (_liveness).
+        options=with_keepalive(SERVER_OPTIONS, manager.settings),
         interceptors=[
             # First: a call outside the caller's roles goes no further.
             *manager.trust.interceptors(on_denied=_refusal_audit(manager)),
