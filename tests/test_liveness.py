@@ -14,8 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 from faultproxy import FaultProxy
-from support import ManagerHost, wait_until
+from support import ManagerHost, make_container, start_sync_host, wait_until
 
+import pycontainer
 from pycontainer.manager import ManagerSettings
 from pycontainer.manager._liveness import keepalive_options, with_keepalive
 from pycontainer.units import duration_from_proto
@@ -100,6 +101,28 @@ def test_a_cut_connection_is_lost_within_the_keepalive_bound_without_heartbeats(
         assert entry.error == "lost contact with the container"
     finally:
         session.close()
+        proxy.close()
+
+
+def test_a_container_notices_a_cut_by_keepalive_without_heartbeat_answers(
+    manager: ManagerHost,
+) -> None:
+    """The connector's channel pings the manager every 10 s and gives the
+    connection up 5 s after an unanswered ping: a cut ends its session in
+    15 s though the manager asks for (and answers) a heartbeat once a minute."""
+    proxy = FaultProxy(manager.address)
+    container = make_container("cut-agent")
+    host = start_sync_host(container)
+    connection = container.connect(proxy.address)
+    try:
+        wait_until(lambda: container.state == pycontainer.State.RUNNING, 15, "running")
+        wait_until(lambda: _connected(manager, container.id), 15, "registered")
+        proxy.cut()
+        wait_until(lambda: not connection.connected.is_set(), 15 + 10, "the container saw it")
+        wait_until(lambda: not _connected(manager, container.id), 10, "the manager saw it")
+    finally:
+        connection.close()
+        host.stop()
         proxy.close()
 
 
