@@ -100,33 +100,52 @@ async def watch(request, context):
         due += every
         await asyncio.sleep(max(0.0, due - loop.time()))
 
-async def session(stub, i, ready):
-    queue = asyncio.Queue()
+async def session(stub, i, ready, admitting):
     identity = container_pb2.ContainerIdentity(id=f"p7-{i}", name=f"p7-{i}", labels={"bench": "p7"})
     if mport:
         identity.endpoints.add(name="management", kind=container_pb2.ENDPOINT_KIND_MANAGEMENT,
             address=f"127.0.0.1:{mport}")
-    queue.put_nowait(lifecycle_pb2.ConnectRequest(register=lifecycle_pb2.Registration(
-        identity=identity, state=container_pb2.LIFECYCLE_STATE_RUNNING, pid=i)))
-    async def requests():
-        while True:
-            yield await queue.get()
-    async def beat(interval):
+    registration = lifecycle_pb2.ConnectRequest(register=lifecycle_pb2.Registration(
+        identity=identity, state=container_pb2.LIFECYCLE_STATE_RUNNING, pid=i))
+    async def beat(queue, interval):
         await asyncio.sleep(random.uniform(0, interval))
         while True:
             queue.put_nowait(lifecycle_pb2.ConnectRequest(heartbeat=lifecycle_pb2.Heartbeat(
                 time=units.timestamp_to_proto(__import__("time").time()))))
             await asyncio.sleep(interval)
-    beats = None
-    async for response in stub(requests()):
-        if beats is None:
-            ready.release()
-            ack = response.registered
-            if ack.HasField("heartbeat_interval"):
-                interval = units.duration_from_proto(ack.heartbeat_interval).total_seconds()
-                if interval > 0:
-                    beats = asyncio.ensure_future(beat(interval))
-            beats = beats or asyncio.get_running_loop().create_future()
+    registered = False
+    while True:  # as the connector does: a session that fails is dialled again
+        queue = asyncio.Queue()
+        queue.put_nowait(registration)
+        async def requests():
+            while True:
+                yield await queue.get()
+        beats = None
+        await admitting.acquire()  # a bounded storm of registrations
+        admitted = True
+        try:
+            async for response in stub(requests()):
+                if beats is not None:
+                    continue
+                admitting.release()
+                admitted = False
+                if not registered:
+                    registered = True
+                    ready.release()
+                ack = response.registered
+                if ack.HasField("heartbeat_interval"):
+                    interval = units.duration_from_proto(ack.heartbeat_interval).total_seconds()
+                    if interval > 0:
+                        beats = asyncio.ensure_future(beat(queue, interval))
+                beats = beats or asyncio.get_running_loop().create_future()
+        except grpc.aio.AioRpcError:
+            pass
+        finally:
+            if admitted:
+                admitting.release()
+            if beats is not None:
+                beats.cancel()
+        await asyncio.sleep(random.uniform(0.2, 1.0))
 
 async def main():
     if mport:
@@ -143,8 +162,9 @@ async def main():
             stub = channel.stream_stream("/bench.Hold/Hold",
                 request_serializer=lifecycle_pb2.ConnectRequest.SerializeToString,
                 response_deserializer=lifecycle_pb2.ConnectResponse.FromString)
-        ready = asyncio.Semaphore(0)
-        tasks = [asyncio.ensure_future(session(stub, first + i, ready)) for i in range(count)]
+        ready, admitting = asyncio.Semaphore(0), asyncio.Semaphore(250)
+        tasks = [asyncio.ensure_future(session(stub, first + i, ready, admitting))
+                 for i in range(count)]
         for _ in range(count):
             await ready.acquire()
         print("ready", flush=True)
