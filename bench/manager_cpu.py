@@ -162,7 +162,7 @@ async def main():
             stub = channel.stream_stream("/bench.Hold/Hold",
                 request_serializer=lifecycle_pb2.ConnectRequest.SerializeToString,
                 response_deserializer=lifecycle_pb2.ConnectResponse.FromString)
-        ready, admitting = asyncio.Semaphore(0), asyncio.Semaphore(250)
+        ready, admitting = asyncio.Semaphore(0), asyncio.Semaphore(50)
         tasks = [asyncio.ensure_future(session(stub, first + i, ready, admitting))
                  for i in range(count)]
         for _ in range(count):
@@ -356,7 +356,13 @@ def measure(sessions: int, processes: int, bare: bool, window: float, metrics: b
         for p in range(processes):
             mode = "bare" if bare else "manager"
             command = [sys.executable, "-c", SIM, target, str(p * per), str(per), mode]
-            sim = subprocess.Popen([*command, str(ports[p])], stdout=subprocess.PIPE, text=True)
+            # Its stderr is grpc.aio's noise about streams that failed and were dialled again.
+            sim = subprocess.Popen(
+                [*command, str(ports[p])],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
             stack.callback(_end, sim)
             sims.append(sim)
         for sim in sims:

@@ -298,9 +298,10 @@ class ManagerConnection:
             reader = asyncio.ensure_future(responses())
             heartbeats = asyncio.ensure_future(self._heartbeats(outbox))
             try:
-                # Whichever ends first ends the session: the stream, or the
-                # heartbeats finding the manager silent (a network cut that
-                # leaves the TCP connection up looks like nothing to the reader).
+                # Whichever ends first ends the session: the stream (a cut
+                # ends it when a keepalive ping goes unanswered), or the
+                # heartbeats finding the manager silent (a manager whose
+                # grpc-core answers pings while its sessions do not).
                 done, _ = await asyncio.wait(
                     (reader, heartbeats), return_when=asyncio.FIRST_COMPLETED
                 )
