@@ -338,10 +338,31 @@ def _server(bare: bool, targets: list[tuple[str, str]]) -> Iterator[tuple[str, i
                 server.wait()
 
 
-def measure(sessions: int, processes: int, bare: bool, window: float, metrics: bool) -> CpuFigure:
-    """CPU of a manager (or of the bare server) holding ``sessions`` idle
-    sessions from ``processes`` sim processes, over ``window`` seconds; with
-    ``metrics``, while a watcher follows all their WatchMetrics at 1 s."""
+@dataclass
+class Held:
+    """A server holding its sessions (and a watcher following them): CPU
+    figures over windows of it, as many as asked."""
+
+    pid: int
+    watcher: subprocess.Popen[str] | None
+
+    def window(self, seconds: float) -> CpuFigure:
+        server = psutil.Process(self.pid)
+        before = _cpu_seconds(server)
+        got_before = _ask(self.watcher)
+        t0 = time.perf_counter()
+        time.sleep(seconds)
+        busy = _cpu_seconds(server) - before
+        got = _ask(self.watcher) - got_before
+        elapsed = time.perf_counter() - t0
+        return CpuFigure(100.0 * busy / elapsed, got / elapsed)
+
+
+@contextlib.contextmanager
+def held(sessions: int, processes: int, bare: bool, metrics: bool) -> Iterator[Held]:
+    """A manager (or the bare server) holding ``sessions`` idle sessions from
+    ``processes`` sim processes; with ``metrics``, while a watcher follows
+    all their WatchMetrics at 1 s."""
     per = sessions // processes
     ports = [_free_port() if metrics else 0 for _ in range(processes)]
     targets = [
@@ -381,15 +402,13 @@ def measure(sessions: int, processes: int, bare: bool, window: float, metrics: b
             if _readline(watcher, "the watcher") != "ready":
                 raise RuntimeError("the watcher got no snapshots")
         time.sleep(2.0)  # registrations and the first snapshots settle
-        server = psutil.Process(pid)
-        before = _cpu_seconds(server)
-        got_before = _ask(watcher)
-        t0 = time.perf_counter()
-        time.sleep(window)
-        busy = _cpu_seconds(server) - before
-        got = _ask(watcher) - got_before
-        elapsed = time.perf_counter() - t0
-        return CpuFigure(100.0 * busy / elapsed, got / elapsed)
+        yield Held(pid, watcher)
+
+
+def measure(sessions: int, processes: int, bare: bool, window: float, metrics: bool) -> CpuFigure:
+    """One window of a server set up for it (see held)."""
+    with held(sessions, processes, bare, metrics) as server:
+        return server.window(window)
 
 
 def _ask(watcher: subprocess.Popen[str] | None) -> int:
