@@ -24,7 +24,7 @@ from pycontainer import security
 from pycontainer.testing import ManagerHost
 from pycontainer.v1 import container_pb2, manager_pb2, spec_pb2
 
-from . import manager_bench, manager_scale
+from . import manager_bench, manager_cpu, manager_scale
 from .harness import MIN_ROUNDS, ROOT, Context, Row, Sample, percentile
 
 _CALL_TIMEOUT = 60.0
@@ -335,6 +335,32 @@ def _scale_row(ctx: Context, figure: str, what: Callable[[int], str]) -> list[Sa
     ]
 
 
+# -- P7: the manager's CPU ---------------------------------------------------------------
+def _cpu_row(ctx: Context, sessions: int, metrics: bool) -> list[Sample]:
+    processes = 2 if ctx.quick else 4
+    # CPU times tick in 10 ms: 15 s resolves 0.07 % of a core.
+    window = 15.0 if ctx.quick else 30.0
+    out = []
+    # Both held at once (connecting 10,000 sessions takes minutes), their
+    # windows alternating: each round sees the same noise, and the other's.
+    with (
+        manager_cpu.held(sessions, processes, True, metrics) as bare_server,
+        manager_cpu.held(sessions, processes, False, metrics) as our_server,
+    ):
+        rounds = [
+            (bare_server.window(window), our_server.window(window)) for _ in range(ctx.rounds)
+        ]
+    for bare, ours in rounds:
+        note = f"{sessions:,} sessions in {processes} processes, plaintext, {window:g} s window"
+        if metrics:
+            note += (
+                f"; snapshots/s to the watcher {ours.snapshots_per_second:,.0f} "
+                f"(bare {bare.snapshots_per_second:,.0f})"
+            )
+        out.append(Sample(ours.cpu_percent, bare.cpu_percent, note=note))
+    return out
+
+
 # -- P8: the CLI -------------------------------------------------------------------------
 def _pycontainer_command() -> list[str]:
     script = Path(sys.executable).with_name("pycontainer")
@@ -564,6 +590,30 @@ ROWS = [
         "s",
         False,
         lambda ctx: _scale_row(ctx, "stop_b_s", lambda n: f"{n // 2:,} of {n:,}"),
+    ),
+    Row(
+        "p7-idle-sessions",
+        "P7",
+        "< 10 % of a core at 10,000",
+        "manager CPU (% of a core) with N idle Lifecycle sessions (the full run: 10,000)",
+        "a bare grpc.aio server holding as many streams with the same traffic: the "
+        "heartbeat interval the manager advertises, each beat answered, keepalive pings "
+        "at the manager's liveness bound (manager_cpu)",
+        "%",
+        False,
+        lambda ctx: _cpu_row(ctx, ctx.count(10_000, minimum=1000), metrics=False),
+    ),
+    Row(
+        "p7-watch-metrics",
+        "P7",
+        "< 50 % of a core at 1,000",
+        "manager CPU (% of a core) holding N sessions while one watcher follows "
+        "WatchMetrics of all N at 1 s (the full run: 1,000)",
+        "a bare grpc.aio server holding as many streams and forwarding the N "
+        "WatchMetrics streams merged, as bytes tagged with the container id",
+        "%",
+        False,
+        lambda ctx: _cpu_row(ctx, ctx.count(1000, minimum=300), metrics=True),
     ),
     Row(
         "p8-ps",

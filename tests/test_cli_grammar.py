@@ -75,6 +75,7 @@ def _usage_error(*argv: str) -> str:
             datetime.timedelta(milliseconds=250),
         ),
         (["manager", "--heartbeat", "2s"], "heartbeat", datetime.timedelta(seconds=2)),
+        (["manager", "--idle-heartbeat", "2m"], "idle_heartbeat", datetime.timedelta(minutes=2)),
         (["stop", "--grace", "0", "web"], "grace", datetime.timedelta(0)),
         (["apply", "-f", "x.yaml", "--timeout", "2m"], "timeout", datetime.timedelta(minutes=2)),
         (["top", "--interval", "500ms"], "interval", datetime.timedelta(milliseconds=500)),

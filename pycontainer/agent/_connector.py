@@ -38,6 +38,10 @@ _log = logging.getLogger("pycontainer.connector")
 _CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    # grpc-core (1.85) times a keepalive ping's ack out by this one (a minute
+    # by default), not by keepalive_timeout_ms alone: a cut is noticed in
+    # 15 s, however rarely the manager asks for heartbeats.
+    ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     # Each session's channel dials its own connection: with gRPC's global
@@ -294,9 +298,10 @@ class ManagerConnection:
             reader = asyncio.ensure_future(responses())
             heartbeats = asyncio.ensure_future(self._heartbeats(outbox))
             try:
-                # Whichever ends first ends the session: the stream, or the
-                # heartbeats finding the manager silent (a network cut that
-                # leaves the TCP connection up looks like nothing to the reader).
+                # Whichever ends first ends the session: the stream (a cut
+                # ends it when a keepalive ping goes unanswered), or the
+                # heartbeats finding the manager silent (a manager whose
+                # grpc-core answers pings while its sessions do not).
                 done, _ = await asyncio.wait(
                     (reader, heartbeats), return_when=asyncio.FIRST_COMPLETED
                 )

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         state_dir=args.state_dir,
         capacity=capacity,
         heartbeat_interval=args.heartbeat,
+        idle_heartbeat_interval=args.idle_heartbeat,
         **tls_settings(args),
     )
     provider = configure_tracing("pycontainer-manager")

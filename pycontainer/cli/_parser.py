@@ -819,7 +819,16 @@ def _manager(subparsers: Subparsers) -> None:
         type=_args.bounded_duration(datetime.timedelta(0), 3600 * _SECOND, exclusive_low=True),
         default=5 * _SECOND,
         metavar="DURATION",
-        help=f"heartbeat interval of sessions, {DURATION_HELP} (default: 5s)",
+        help="how often each container's connection is pinged (gRPC keepalive); it is "
+        f"lost after 3 unanswered, {DURATION_HELP} (default: 5s)",
+    )
+    parser.add_argument(
+        "--idle-heartbeat",
+        type=_args.bounded_duration(datetime.timedelta(0), 3600 * _SECOND, exclusive_low=True),
+        default=60 * _SECOND,
+        metavar="DURATION",
+        help="how often an idle container sends a Lifecycle heartbeat message; it is lost "
+        f"after 3 unsent, {DURATION_HELP} (default: 60s)",
     )
     parser.add_argument(
         "--stop-containers",

@@ -16,7 +16,6 @@ List), and StreamLogs from wherever a container's logs are (_logstreams).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import platform
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -41,18 +40,18 @@ from ..v1 import (
     lifecycle_pb2,
     lifecycle_pb2_grpc,
     management_pb2,
-    management_pb2_grpc,
     manager_pb2,
     manager_pb2_grpc,
 )
+from . import _metricsrelay as metricsrelay
 from ._bootstrap import JoinServicer
 from ._certificates import issue_certificate
+from ._liveness import with_keepalive
 from ._logstreams import LogStreams
 from ._logstreams import Response as LogsResponse
 from ._logstreams import serialize_response as serialize_logs_response
 from ._operations import REQUEST_ID_METADATA, bounded_target, check_request_id, new_request_id
 from ._registry import Entry
-from ._upstream import cancelling, responses
 from ._validation import check_message, check_replicas, check_spec
 
 if TYPE_CHECKING:
@@ -396,26 +395,17 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
         async for response in self._logs.stream(request):
             yield response
 
-    async def WatchMetrics(
+    async def WatchMetrics(  # type: ignore[override]  # bytes: served by build_server's handler
         self, request: manager_pb2.ManagerWatchMetricsRequest, context: Context
-    ) -> AsyncIterator[manager_pb2.ManagerWatchMetricsResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Serialized ManagerWatchMetricsResponses, relayed as the containers
+        sent them (_metricsrelay; served with a serializer that passes bytes)."""
         check_message(request, "")  # an interval a timedelta holds
         upstream = management_pb2.WatchMetricsRequest(metric_filters=request.metric_filters)
         if request.HasField("interval"):
             upstream.interval.CopyFrom(request.interval)
-
-        def convert(
-            entry: Entry, response: management_pb2.WatchMetricsResponse
-        ) -> manager_pb2.ManagerWatchMetricsResponse:
-            response.snapshot.container_id = entry.id
-            return manager_pb2.ManagerWatchMetricsResponse(snapshot=response.snapshot)
-
-        async for item in _merge(
-            self._m.trust.container_channel,
-            self._targets(request.containers, request.label_selector),
-            lambda stub: stub.WatchMetrics(upstream),
-            convert,
-        ):
+        targets = self._targets(request.containers, request.label_selector)
+        async for item in metricsrelay.relay(self._m.trust.container_channel, targets, upstream):
             yield item
 
     async def ApplySpecs(
@@ -560,67 +550,6 @@ def version_response() -> manager_pb2.GetVersionResponse:
     )
 
 
-async def _merge(
-    dial: Callable[[Entry], grpc.aio.Channel],
-    entries: list[Entry],
-    open_stream: Callable[
-        [management_pb2_grpc.ManagementAsyncStub], grpc.aio.UnaryStreamCall[Any, T]
-    ],
-    convert: Callable[[Entry, T], R],
-) -> AsyncIterator[R]:
-    """Interleave one Management stream per container, as they arrive."""
-    if not entries:
-        return
-    for entry in entries:  # before any stream opens: fail at once, not hang
-        if not entry.management_address():
-            raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"container {entry.id} advertises no Management endpoint: add one to the "
-                "app (container.add_endpoint(..., kind='management'))",
-            )
-    # Items, a pump's error, or None when a pump is done.
-    queue: asyncio.Queue[R | RequestError | None] = asyncio.Queue(maxsize=64)
-    channels: list[grpc.aio.Channel] = []
-
-    async def pump(entry: Entry) -> None:
-        channel = dial(entry)
-        channels.append(channel)
-        stub: management_pb2_grpc.ManagementAsyncStub = management_pb2_grpc.ManagementStub(channel)
-        call = open_stream(stub)
-        try:
-            # Read so that this task's cancellation ends the call without
-            # leaking its pending read (grpc/grpc#43360, _upstream).
-            async for response in responses(call):
-                await queue.put(convert(entry, response))
-        except grpc.aio.AioRpcError as exc:
-            await queue.put(RequestError(exc.code(), f"{entry.id}: {exc.details()}"))
-        finally:
-            call.cancel()  # no read in flight here: ends it cleanly
-            if not cancelling():  # else the consumer is gone: a full queue would block
-                await queue.put(None)
-
-    tasks = [asyncio.ensure_future(pump(e)) for e in entries]
-    try:
-        remaining = len(tasks)
-        while remaining:
-            item = await queue.get()
-            if item is None:
-                remaining -= 1
-            elif isinstance(item, RequestError):
-                raise item
-            else:
-                yield item
-    finally:
-        for task in tasks:
-            task.cancel()
-        # Each pump ends its call and sees its read complete before the
-        # channels close (_upstream).
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for channel in channels:
-            with contextlib.suppress(Exception):
-                await channel.close(None)
-
-
 class ManagerHealth:
     """The manager's own grpc.health.v1 statuses, in the model containers
     serve: "" (overall) and "readiness" SERVING while it serves and
@@ -721,7 +650,8 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
     traced = _traced
     observer = Observer(manager.rpc_stats, manager.tracer)
     server = grpc.aio.server(
-        options=SERVER_OPTIONS,
+        # Keepalive at the liveness bound of the settings (_liveness).
+        options=with_keepalive(SERVER_OPTIONS, manager.settings),
         interceptors=[
             # First: a call outside the caller's roles goes no further.
             *manager.trust.interceptors(on_denied=_refusal_audit(manager)),
@@ -733,18 +663,26 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
     )
     lifecycle_pb2_grpc.add_LifecycleServicer_to_server(LifecycleServicer(manager), server)
     servicer = ManagerServicer(manager)
+    # StreamLogs passes containers' log batches through as bytes (_logstreams) and
+    # WatchMetrics the snapshots containers sent (_metricsrelay): their handlers let
+    # bytes by, found before the generated ones' both ways.
+    relayed = {
+        "StreamLogs": grpc.unary_stream_rpc_method_handler(
+            servicer.StreamLogs,
+            request_deserializer=manager_pb2.ManagerStreamLogsRequest.FromString,
+            response_serializer=serialize_logs_response,
+        ),
+        "WatchMetrics": grpc.unary_stream_rpc_method_handler(
+            servicer.WatchMetrics,
+            request_deserializer=manager_pb2.ManagerWatchMetricsRequest.FromString,
+        ),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("pycontainer.v1.Manager", relayed),)
+    )
     manager_pb2_grpc.add_ManagerServicer_to_server(servicer, server)
-    # StreamLogs passes containers' log batches through as bytes (_logstreams):
-    # the same method with a serializer that lets bytes by (registered last, it wins).
     server.add_registered_method_handlers(  # type: ignore[attr-defined]  # not in grpc-stubs
-        "pycontainer.v1.Manager",
-        {
-            "StreamLogs": grpc.unary_stream_rpc_method_handler(
-                servicer.StreamLogs,
-                request_deserializer=manager_pb2.ManagerStreamLogsRequest.FromString,
-                response_serializer=serialize_logs_response,
-            )
-        },
+        "pycontainer.v1.Manager", relayed
     )
     # Bootstrap.RenewCertificate for joined containers (Join has a listener of its own).
     bootstrap_pb2_grpc.add_BootstrapServicer_to_server(

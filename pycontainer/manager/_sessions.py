@@ -98,7 +98,7 @@ class Sessions:
             lifecycle_pb2.ConnectResponse(
                 registered=lifecycle_pb2.RegistrationAck(
                     session_id=session.id,
-                    heartbeat_interval=duration_to_proto(self._settings.heartbeat_interval),
+                    heartbeat_interval=duration_to_proto(self._settings.idle_heartbeat_interval),
                     max_grace_extension=duration_to_proto(self._settings.max_grace_extension),
                 )
             )
@@ -374,9 +374,13 @@ class Sessions:
 
     # -- liveness ------------------------------------------------------------------------
     async def watchdog(self) -> None:
-        """Close sessions that went silent: a bounded time to detect a lost container."""
+        """Close sessions that sent nothing for lost_after_heartbeats idle
+        heartbeats: the backstop for a container whose connection still
+        answers pings. A dead, frozen or cut-off one is dropped sooner, with
+        its connection, by gRPC keepalive (manager._liveness)."""
         interval = self._settings.heartbeat_interval.total_seconds()
-        limit = interval * self._settings.lost_after_heartbeats
+        idle = self._settings.idle_heartbeat_interval.total_seconds()
+        limit = idle * self._settings.lost_after_heartbeats
         while True:
             await asyncio.sleep(interval / 2)
             now = time.monotonic()

@@ -154,9 +154,10 @@ class ManagerHost:
     manager's own (process, runc); with ``in_process`` and no ``runtimes``,
     specs of RUNTIME_KIND_IN_PROCESS run as in-process containers served by
     ``launcher``. ``settings`` are further :class:`ManagerSettings` fields
-    (durations as ``timedelta``); the heartbeat defaults to half a second so
-    that a test sees a lost session quickly, and a session is lost after
-    ten silent ones (TEST_LOST_AFTER_HEARTBEATS).
+    (durations as ``timedelta``); the heartbeat (keepalive pings and, unless
+    ``idle_heartbeat_interval`` says otherwise, Lifecycle heartbeats) defaults
+    to half a second so that a test sees a lost session quickly, and a
+    session is lost after ten silent ones (TEST_LOST_AFTER_HEARTBEATS).
     """
 
     def __init__(
@@ -179,6 +180,10 @@ class ManagerHost:
             runtimes = {spec_pb2.RUNTIME_KIND_IN_PROCESS: InProcessRuntime(self.launcher)}
         settings.setdefault("heartbeat_interval", TEST_HEARTBEAT)
         settings.setdefault("lost_after_heartbeats", TEST_LOST_AFTER_HEARTBEATS)
+        # Lifecycle heartbeats as often as the keepalive pings, unless a test
+        # says otherwise: a session that stops beating is seen as soon as one
+        # whose connection dies.
+        settings.setdefault("idle_heartbeat_interval", settings["heartbeat_interval"])
         # Plaintext unless asked for (insecure=False): then ``client`` uses the
         # admin certificate the manager issues in its state directory.
         settings.setdefault("insecure", True)
