@@ -136,3 +136,10 @@ DEFAULT_TOKEN_TTL = datetime.timedelta(hours=1)
 MAX_TOKEN_TTL = datetime.timedelta(days=7)
 #: Joins one bootstrap token may pay for.
 MAX_TOKEN_USES = 1000
+
+#: App RPCs traced (pycontainer.telemetry.RpcTracing) waiting for their spans
+#: to be built and handed to the span processors: the background thread
+#: drains them every 200 ms or per 512, so this is seconds of calls at
+#: thousands per second; past it a call's span is dropped and counted (a
+#: record is ~200 bytes: 16 MiB at most).
+MAX_RPC_TRACE_QUEUE = 65536

@@ -1,0 +1,248 @@
+"""Records of traced calls, turned into OpenTelemetry spans off the call path.
+
+A call appends one tuple of ids, timestamps and its status to a bounded queue
+and goes on; a daemon thread drains the queue into the TracerProvider's span
+processors as finished SDK spans (``ReadableSpan``, what every processor's
+``on_end`` gets). The SDK's own ``start_span``/``end`` costs ~26 µs a span
+here, the finished span ~4 µs: on 2 cores, under one GIL, that difference is
+the app's throughput. Processors see each span at its end (``on_end``), never
+at its start (``on_start``): it started before it was built.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import NamedTuple
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+
+__all__ = ["CallRecord", "Recorder"]
+
+_log = logging.getLogger("pycontainer.tracing")
+
+# gRPC codes that make a server span an error (OpenTelemetry's RPC semantic
+# conventions: the others are the client's doing); every non-OK code does on
+# the client.
+_SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
+# Records handed to the processors between two yields of the GIL: the app's
+# threads wait at most this many spans' work for it.
+_CHUNK = 16
+
+
+class CallRecord(NamedTuple):
+    """What the call path keeps of one traced call: ids, times, outcome."""
+
+    kind: SpanKind
+    service: str
+    method: str
+    trace_id: int
+    span_id: int
+    parent_id: int  # 0: a root span
+    parent_remote: bool
+    flags: int
+    tracestate: str | None
+    start_wall_ns: int
+    start_ns: int  # monotonic
+    end_ns: int  # monotonic
+    code: int
+    # The client's target, or the server's peer (grpc's peer string).
+    address: str | None
+    description: str | None  # of an error
+
+
+def _host_port(address: str) -> tuple[str, int | None]:
+    """Host and port of a gRPC target or peer ("dns:///h:1", "ipv4:a:1", "[::1]:1")."""
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if address.startswith(scheme):
+            address = address[len(scheme) :]
+            break
+    else:
+        if address.startswith(("unix:", "unix-abstract:")):
+            return address, None
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return address, None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+class Recorder:
+    """The bounded queue of call records and the thread that exports them.
+
+    A full queue drops the new record and counts it (``dropped``); nothing is
+    dropped otherwise. ``flush()`` exports what is queued; ``shutdown()``
+    flushes and ends the thread (at interpreter exit too).
+    """
+
+    def __init__(
+        self,
+        processor: SpanProcessor,
+        resource: Resource,
+        scope: InstrumentationScope,
+        *,
+        max_queue_size: int,
+        batch_size: int,
+        delay: float,
+    ) -> None:
+        if max_queue_size < 1 or batch_size < 1:
+            raise ValueError("max_queue_size and batch_size must be at least 1")
+        self._processor = processor
+        self._resource = resource
+        self._scope = scope
+        self.max_queue_size = max_queue_size
+        self._batch_size = min(batch_size, max_queue_size)
+        self._delay = delay
+        self._queue: collections.deque[CallRecord] = collections.deque()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()  # the thread's start, and drop counts
+        self._drain_lock = threading.Lock()  # one drainer at a time
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.dropped = 0
+        self._warned = False
+        self._addresses: dict[str, tuple[str, int | None]] = {}
+        ref = weakref.ref(self)
+        atexit.register(_shutdown_ref, ref)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=lambda: _after_fork_ref(ref))
+
+    # -- the call path ---------------------------------------------------------------------
+    def record(self, record: CallRecord) -> None:
+        queue = self._queue
+        if len(queue) >= self.max_queue_size or self._closed:
+            self._drop()
+            return
+        queue.append(record)
+        if self._thread is None:
+            self._start()
+        elif len(queue) >= self._batch_size and not self._wake.is_set():
+            self._wake.set()
+
+    def _drop(self) -> None:
+        with self._lock:
+            self.dropped += 1
+            warn, self._warned = not self._warned, True
+        if warn:
+            _log.warning(
+                "RPC tracing: the span queue is full (%d records); spans are dropped and "
+                "counted (raise max_queue_size, or sample fewer calls)",
+                self.max_queue_size,
+            )
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._closed:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="pycontainer-rpc-tracing", daemon=True
+            )
+            self._thread.start()
+
+    # -- off the call path -----------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self._delay)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand every queued record to the processors (on this thread)."""
+        queue, processor, chunk = self._queue, self._processor, 0
+        with self._drain_lock:
+            while queue:
+                try:
+                    record = queue.popleft()
+                except IndexError:
+                    break
+                try:
+                    processor.on_end(self._span(record))
+                except Exception:  # a processor's failure: its spans, not the app's calls
+                    _log.exception("RPC tracing: a span processor failed")
+                chunk += 1
+                if chunk == _CHUNK:
+                    chunk = 0
+                    time.sleep(0)  # the app's threads get the GIL between chunks
+
+    def shutdown(self) -> None:
+        """Flush, then stop the thread; later records are dropped and counted."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self.flush()
+
+    def _span(self, r: CallRecord) -> ReadableSpan:
+        flags = TraceFlags(r.flags)
+        state = TraceState.from_header([r.tracestate]) if r.tracestate else None
+        context = SpanContext(r.trace_id, r.span_id, False, flags, state)
+        parent = (
+            SpanContext(r.trace_id, r.parent_id, r.parent_remote, flags, state)
+            if r.parent_id
+            else None
+        )
+        attributes: dict[str, str | int] = {
+            "rpc.system": "grpc",
+            "rpc.service": r.service,
+            "rpc.method": r.method,
+            "rpc.grpc.status_code": r.code,
+        }
+        if r.address:
+            host, port = self._address(r.address)
+            prefix = "server" if r.kind is SpanKind.CLIENT else "network.peer"
+            attributes[f"{prefix}.address"] = host
+            if port is not None:
+                attributes[f"{prefix}.port"] = port
+        error = r.code != 0 and (r.kind is SpanKind.CLIENT or r.code in _SERVER_ERRORS)
+        return ReadableSpan(
+            name=f"{r.service}/{r.method}",
+            context=context,
+            parent=parent,
+            resource=self._resource,
+            attributes=attributes,
+            kind=r.kind,
+            status=Status(StatusCode.ERROR, r.description) if error else Status(StatusCode.UNSET),
+            start_time=r.start_wall_ns,
+            end_time=r.start_wall_ns + (r.end_ns - r.start_ns),
+            instrumentation_scope=self._scope,
+        )
+
+    def _address(self, address: str) -> tuple[str, int | None]:
+        known = self._addresses.get(address)
+        if known is None:
+            known = _host_port(address)
+            if len(self._addresses) < 4096:  # peers' ports vary: keep it bounded
+                self._addresses[address] = known
+        return known
+
+    def _after_fork(self) -> None:
+        # The child has no exporter thread and its own locks; the parent's
+        # queued calls are the parent's to export.
+        self._queue.clear()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._drain_lock = threading.Lock()
+        self._thread = None
+
+
+def _shutdown_ref(ref: weakref.ref[Recorder]) -> None:
+    recorder = ref()
+    if recorder is not None:
+        recorder.shutdown()
+
+
+def _after_fork_ref(ref: weakref.ref[Recorder]) -> None:
+    recorder = ref()
+    if recorder is not None:
+        recorder._after_fork()
