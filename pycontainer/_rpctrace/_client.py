@@ -14,7 +14,6 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from ._recorder import CallRecord
 from ._tracing import Recording, RpcTracing
 from ._w3c import RANDOM_TRACE_ID, SAMPLED, TRACEPARENT, TRACESTATE, format_traceparent
 
@@ -136,7 +135,7 @@ def _end(
 ) -> None:
     end_ns = _monotonic_ns()
     call.recording.recorder.record(
-        CallRecord(
+        (
             _CLIENT,
             names[0],
             names[1],

@@ -18,7 +18,6 @@ import os
 import threading
 import time
 import weakref
-from typing import NamedTuple
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -33,30 +32,37 @@ _log = logging.getLogger("pycontainer.tracing")
 # conventions: the others are the client's doing); every non-OK code does on
 # the client.
 _SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
+_UNSET = Status(StatusCode.UNSET)
 # Records handed to the processors between two yields of the GIL: the app's
 # threads wait at most this many spans' work for it.
-_CHUNK = 16
+_CHUNK = 64
+_YIELD = 0.0001
 
 
-class CallRecord(NamedTuple):
-    """What the call path keeps of one traced call: ids, times, outcome."""
-
-    kind: SpanKind
-    service: str
-    method: str
-    trace_id: int
-    span_id: int
-    parent_id: int  # 0: a root span
-    parent_remote: bool
-    flags: int
-    tracestate: str | None
-    start_wall_ns: int
-    start_ns: int  # monotonic
-    end_ns: int  # monotonic
-    code: int
-    # The client's target, or the server's peer (grpc's peer string).
-    address: str | None
-    description: str | None  # of an error
+# What the call path keeps of one traced call: a plain tuple (a NamedTuple's
+# constructor is a Python call, on the path twice a call), in this order:
+# kind, service, method, trace id, span id, parent span id (0: a root),
+# whether the parent is remote, trace flags, the parent's tracestate, start
+# (wall-clock ns), start and end (monotonic ns), gRPC status code number, the
+# client's target or the server's peer (grpc's peer string), and the
+# description of an error.
+CallRecord = tuple[
+    SpanKind,
+    str,
+    str,
+    int,
+    int,
+    int,
+    bool,
+    int,
+    str | None,
+    int,
+    int,
+    int,
+    int,
+    str | None,
+    str | None,
+]
 
 
 def _host_port(address: str) -> tuple[str, int | None]:
@@ -171,7 +177,7 @@ class Recorder:
                 chunk += 1
                 if chunk == _CHUNK:
                     chunk = 0
-                    time.sleep(0)  # the app's threads get the GIL between chunks
+                    time.sleep(_YIELD)  # the app's threads get the GIL between chunks
 
     def shutdown(self) -> None:
         """Flush, then stop the thread; later records are dropped and counted."""
@@ -183,38 +189,53 @@ class Recorder:
             thread.join()
         self.flush()
 
-    def _span(self, r: CallRecord) -> ReadableSpan:
-        flags = TraceFlags(r.flags)
-        state = TraceState.from_header([r.tracestate]) if r.tracestate else None
-        context = SpanContext(r.trace_id, r.span_id, False, flags, state)
+    def _span(self, record: CallRecord) -> ReadableSpan:
+        (
+            kind,
+            service,
+            method,
+            trace_id,
+            span_id,
+            parent_id,
+            parent_remote,
+            trace_flags,
+            tracestate,
+            start_wall_ns,
+            start_ns,
+            end_ns,
+            code,
+            address,
+            description,
+        ) = record
+        flags = TraceFlags(trace_flags)
+        state = TraceState.from_header([tracestate]) if tracestate else None
+        context = SpanContext(trace_id, span_id, False, flags, state)
         parent = (
-            SpanContext(r.trace_id, r.parent_id, r.parent_remote, flags, state)
-            if r.parent_id
-            else None
+            SpanContext(trace_id, parent_id, parent_remote, flags, state) if parent_id else None
         )
         attributes: dict[str, str | int] = {
             "rpc.system": "grpc",
-            "rpc.service": r.service,
-            "rpc.method": r.method,
-            "rpc.grpc.status_code": r.code,
+            "rpc.service": service,
+            "rpc.method": method,
+            "rpc.grpc.status_code": code,
         }
-        if r.address:
-            host, port = self._address(r.address)
-            prefix = "server" if r.kind is SpanKind.CLIENT else "network.peer"
+        if address:
+            host, port = self._address(address)
+            prefix = "server" if kind is SpanKind.CLIENT else "network.peer"
             attributes[f"{prefix}.address"] = host
             if port is not None:
                 attributes[f"{prefix}.port"] = port
-        error = r.code != 0 and (r.kind is SpanKind.CLIENT or r.code in _SERVER_ERRORS)
+        error = code != 0 and (kind is SpanKind.CLIENT or code in _SERVER_ERRORS)
         return ReadableSpan(
-            name=f"{r.service}/{r.method}",
+            name=f"{service}/{method}",
             context=context,
             parent=parent,
             resource=self._resource,
             attributes=attributes,
-            kind=r.kind,
-            status=Status(StatusCode.ERROR, r.description) if error else Status(StatusCode.UNSET),
-            start_time=r.start_wall_ns,
-            end_time=r.start_wall_ns + (r.end_ns - r.start_ns),
+            kind=kind,
+            status=Status(StatusCode.ERROR, description) if error else _UNSET,
+            start_time=start_wall_ns,
+            end_time=start_wall_ns + (end_ns - start_ns),
             instrumentation_scope=self._scope,
         )
 

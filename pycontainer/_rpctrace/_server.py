@@ -21,7 +21,6 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 
-from ._recorder import CallRecord
 from ._tracing import Recording, RpcTracing
 from ._w3c import RANDOM_TRACE_ID, SAMPLED, TRACEPARENT, TRACESTATE, parse_traceparent
 
@@ -140,7 +139,7 @@ def _end(
             code, description = _UNKNOWN, f"{type(failure).__name__}: {failure}"
     parent = call.parent
     recording.recorder.record(
-        CallRecord(
+        (
             _SERVER,
             service,
             method,

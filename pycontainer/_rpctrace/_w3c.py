@@ -27,6 +27,9 @@ RANDOM_TRACE_ID = 0x02
 _TRACEPARENT = re.compile(
     r"\s*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[^\s]*)?\s*\Z"
 )
+# What every caller of today sends: version 00, exactly 55 characters.
+_VERSION_00 = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
+_FLAGS = tuple(f"-{flags:02x}" for flags in range(256))
 
 
 def parse_traceparent(value: str | bytes) -> tuple[int, int, int] | None:
@@ -34,6 +37,11 @@ def parse_traceparent(value: str | bytes) -> tuple[int, int, int] | None:
     None when it is not a valid one (the spec's rule: start a new trace)."""
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
+    if len(value) == 55 and _VERSION_00.match(value):
+        trace_id, span_id = int(value[3:35], 16), int(value[36:52], 16)
+        if not trace_id or not span_id:
+            return None
+        return trace_id, span_id, int(value[53:], 16)
     match = _TRACEPARENT.match(value)
     if match is None:
         return None
@@ -48,4 +56,11 @@ def parse_traceparent(value: str | bytes) -> tuple[int, int, int] | None:
 
 def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
     """The version-00 ``traceparent`` of a span."""
-    return f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xFF:02x}"
+    # bytes.hex: half the time of format() with a width, per call.
+    return (
+        "00-"
+        + trace_id.to_bytes(16, "big").hex()
+        + "-"
+        + span_id.to_bytes(8, "big").hex()
+        + _FLAGS[flags & 0xFF]
+    )
