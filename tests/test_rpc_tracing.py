@@ -27,9 +27,12 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import SpanKind, StatusCode
 
+import pycontainer
 from pycontainer._rpctrace._sampling import Sampling
 from pycontainer._rpctrace._w3c import format_traceparent, parse_traceparent
+from pycontainer.client import ManagementClient
 from pycontainer.telemetry import RpcTracing
+from pycontainer.v1 import management_pb2
 
 ECHO = "/demo.Echo/Echo"
 FAIL = "/demo.Echo/Fail"
@@ -514,3 +517,67 @@ def test_sampling_decides_as_the_sdk_sampler(sampler: Any) -> None:
             context = trace.set_span_in_context(trace.NonRecordingSpan(span_context))
         expected = sampler.should_sample(context, trace_id, "m").decision.is_sampled()
         assert sampling.sampled(trace_id, parent, remote, "m", SpanKind.SERVER) == expected
+
+
+# -- with a container ---------------------------------------------------------------------------
+def test_container_traces_app_rpcs_and_leaves_its_own_services_to_itself() -> None:
+    """container.tracing_interceptor() on the app's server: the app's call gets
+    our SERVER span; pycontainer's Management call only the container's own."""
+    provider, exporter = _provider()
+    container = pycontainer.Container(
+        pycontainer.ContainerSettings(name="traced-app", log_level=None),
+        tracer_provider=provider,
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        interceptors=[container.server_interceptor(), container.tracing_interceptor()],
+    )
+    server.add_generic_rpc_handlers((_sync_handlers(provider),))
+    container.add_to_server(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    address = f"127.0.0.1:{port}"
+    try:
+        assert container.rpc_tracing.enabled
+        with container.rpc_tracing.intercept_channel(
+            grpc.insecure_channel(address), address
+        ) as channel:
+            assert channel.unary_unary(ECHO)(b"x", timeout=10) == b"x"
+        with ManagementClient(address) as management:
+            management.get_info(management_pb2.GetInfoRequest())
+    finally:
+        server.stop(None)
+        container.close()
+    container.rpc_tracing.force_flush()
+    spans = exporter.get_finished_spans()
+    _check_pair(*_pair(spans, ECHO), address)
+    info = [s for s in spans if s.name == "pycontainer.v1.Management/GetInfo"]
+    assert len(info) == 1
+    assert info[0].instrumentation_scope is not None
+    assert info[0].instrumentation_scope.name == "pycontainer"
+
+
+def test_hosted_server_traces_management_once() -> None:
+    provider, exporter = _provider()
+    traced = pycontainer.Container(
+        pycontainer.ContainerSettings(name="hosted", log_level=None), tracer_provider=provider
+    )
+    untraced = pycontainer.Container(
+        pycontainer.ContainerSettings(name="hosted-plain", log_level=None),
+        tracer_provider=trace.NoOpTracerProvider(),
+    )
+    assert traced.rpc_tracing.enabled
+    assert not untraced.rpc_tracing.enabled
+    hosted = pycontainer.serve_in_background(traced)
+    try:
+        with ManagementClient(f"127.0.0.1:{hosted.port}") as management:
+            management.get_info(management_pb2.GetInfoRequest())
+    finally:
+        hosted.stop()
+        traced.close()
+        untraced.close()
+    traced.rpc_tracing.force_flush()
+    # The Management call is traced once, by the container, not again by us.
+    names = [(s.name, s.instrumentation_scope.name) for s in exporter.get_finished_spans()]
+    assert ("pycontainer.v1.Management/GetInfo", "pycontainer") in names
+    assert all(scope != "pycontainer.rpc" for _, scope in names), names

@@ -121,6 +121,11 @@ class RpcTracing:
             return self._recording
 
     @property
+    def enabled(self) -> bool:
+        """Whether calls are recorded (the provider is the SDK's, and on)."""
+        return self.recording() is not None
+
+    @property
     def dropped(self) -> int:
         """Spans dropped because the queue was full (or after shutdown)."""
         recording = self._recording
