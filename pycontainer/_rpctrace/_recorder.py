@@ -18,6 +18,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -33,6 +34,7 @@ _log = logging.getLogger("pycontainer.tracing")
 # the client.
 _SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
 _UNSET = Status(StatusCode.UNSET)
+_TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
 # Records handed to the processors between two yields of the GIL: the app's
 # threads wait at most this many spans' work for it.
 _CHUNK = 64
@@ -116,7 +118,9 @@ class Recorder:
         self._closed = False
         self.dropped = 0
         self._warned = False
-        self._addresses: dict[str, tuple[str, int | None]] = {}
+        self._shapes: dict[
+            tuple[SpanKind, str, str, int, str | None], tuple[str, Mapping[str, str | int], bool]
+        ] = {}
         ref = weakref.ref(self)
         atexit.register(_shutdown_ref, ref)
         if hasattr(os, "register_at_fork"):
@@ -207,12 +211,40 @@ class Recorder:
             address,
             description,
         ) = record
-        flags = TraceFlags(trace_flags)
+        flags = _TRACE_FLAGS[trace_flags & 0xFF]
         state = TraceState.from_header([tracestate]) if tracestate else None
         context = SpanContext(trace_id, span_id, False, flags, state)
         parent = (
             SpanContext(trace_id, parent_id, parent_remote, flags, state) if parent_id else None
         )
+        key = (kind, service, method, code, address)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shape(key)
+        name, attributes, error = shape
+        return ReadableSpan(
+            name,
+            context,
+            parent,
+            self._resource,
+            attributes,
+            (),
+            (),
+            kind,
+            None,
+            Status(StatusCode.ERROR, description) if error else _UNSET,
+            start_wall_ns,
+            start_wall_ns + (end_ns - start_ns),
+            self._scope,
+        )
+
+    def _shape(
+        self, key: tuple[SpanKind, str, str, int, str | None]
+    ) -> tuple[str, Mapping[str, str | int], bool]:
+        """Name, attributes and error-ness of the spans of one method, code
+        and address: the same for every call of them, so made once (spans
+        show their attributes read-only: one mapping serves them all)."""
+        kind, service, method, code, address = key
         attributes: dict[str, str | int] = {
             "rpc.system": "grpc",
             "rpc.service": service,
@@ -220,32 +252,16 @@ class Recorder:
             "rpc.grpc.status_code": code,
         }
         if address:
-            host, port = self._address(address)
+            host, port = _host_port(address)
             prefix = "server" if kind is SpanKind.CLIENT else "network.peer"
             attributes[f"{prefix}.address"] = host
             if port is not None:
                 attributes[f"{prefix}.port"] = port
         error = code != 0 and (kind is SpanKind.CLIENT or code in _SERVER_ERRORS)
-        return ReadableSpan(
-            name=f"{service}/{method}",
-            context=context,
-            parent=parent,
-            resource=self._resource,
-            attributes=attributes,
-            kind=kind,
-            status=Status(StatusCode.ERROR, description) if error else _UNSET,
-            start_time=start_wall_ns,
-            end_time=start_wall_ns + (end_ns - start_ns),
-            instrumentation_scope=self._scope,
-        )
-
-    def _address(self, address: str) -> tuple[str, int | None]:
-        known = self._addresses.get(address)
-        if known is None:
-            known = _host_port(address)
-            if len(self._addresses) < 4096:  # peers' ports vary: keep it bounded
-                self._addresses[address] = known
-        return known
+        shape = (f"{service}/{method}", attributes, error)
+        if len(self._shapes) < 4096:  # peers' ports vary: keep it bounded
+            self._shapes[key] = shape
+        return shape
 
     def _after_fork(self) -> None:
         # The child has no exporter thread and its own locks; the parent's
