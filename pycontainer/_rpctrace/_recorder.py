@@ -34,11 +34,11 @@ _log = logging.getLogger("pycontainer.tracing")
 # the client.
 _SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
 _UNSET = Status(StatusCode.UNSET)
+_CLIENT = SpanKind.CLIENT
 _TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
 # Records handed to the processors between two yields of the GIL: the app's
 # threads wait at most this many spans' work for it.
-_CHUNK = 64
-_YIELD = 0.0001
+_CHUNK = 16
 
 
 # What the call path keeps of one traced call: a plain tuple (a NamedTuple's
@@ -119,7 +119,7 @@ class Recorder:
         self.dropped = 0
         self._warned = False
         self._shapes: dict[
-            tuple[SpanKind, str, str, int, str | None], tuple[str, Mapping[str, str | int], bool]
+            tuple[bool, str, str, int, str | None], tuple[str, Mapping[str, str | int], bool]
         ] = {}
         ref = weakref.ref(self)
         atexit.register(_shutdown_ref, ref)
@@ -167,7 +167,7 @@ class Recorder:
 
     def flush(self) -> None:
         """Hand every queued record to the processors (on this thread)."""
-        queue, processor, chunk = self._queue, self._processor, 0
+        queue, processor, span, chunk = self._queue, self._processor, self._span, 0
         with self._drain_lock:
             while queue:
                 try:
@@ -175,13 +175,13 @@ class Recorder:
                 except IndexError:
                     break
                 try:
-                    processor.on_end(self._span(record))
+                    processor.on_end(span(record))
                 except Exception:  # a processor's failure: its spans, not the app's calls
                     _log.exception("RPC tracing: a span processor failed")
                 chunk += 1
                 if chunk == _CHUNK:
                     chunk = 0
-                    time.sleep(_YIELD)  # the app's threads get the GIL between chunks
+                    time.sleep(0)  # the app's threads get the GIL between chunks
 
     def shutdown(self) -> None:
         """Flush, then stop the thread; later records are dropped and counted."""
@@ -217,7 +217,7 @@ class Recorder:
         parent = (
             SpanContext(trace_id, parent_id, parent_remote, flags, state) if parent_id else None
         )
-        key = (kind, service, method, code, address)
+        key = (kind is _CLIENT, service, method, code, address)  # SpanKind hashes in Python
         shape = self._shapes.get(key)
         if shape is None:
             shape = self._shape(key)
@@ -239,12 +239,12 @@ class Recorder:
         )
 
     def _shape(
-        self, key: tuple[SpanKind, str, str, int, str | None]
+        self, key: tuple[bool, str, str, int, str | None]
     ) -> tuple[str, Mapping[str, str | int], bool]:
         """Name, attributes and error-ness of the spans of one method, code
         and address: the same for every call of them, so made once (spans
         show their attributes read-only: one mapping serves them all)."""
-        kind, service, method, code, address = key
+        client, service, method, code, address = key
         attributes: dict[str, str | int] = {
             "rpc.system": "grpc",
             "rpc.service": service,
@@ -253,11 +253,11 @@ class Recorder:
         }
         if address:
             host, port = _host_port(address)
-            prefix = "server" if kind is SpanKind.CLIENT else "network.peer"
+            prefix = "server" if client else "network.peer"
             attributes[f"{prefix}.address"] = host
             if port is not None:
                 attributes[f"{prefix}.port"] = port
-        error = code != 0 and (kind is SpanKind.CLIENT or code in _SERVER_ERRORS)
+        error = code != 0 and (client or code in _SERVER_ERRORS)
         shape = (f"{service}/{method}", attributes, error)
         if len(self._shapes) < 4096:  # peers' ports vary: keep it bounded
             self._shapes[key] = shape
