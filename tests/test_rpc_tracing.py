@@ -517,6 +517,8 @@ def test_sampling_decides_as_the_sdk_sampler(sampler: Any) -> None:
             context = trace.set_span_in_context(trace.NonRecordingSpan(span_context))
         expected = sampler.should_sample(context, trace_id, "m").decision.is_sampled()
         assert sampling.sampled(trace_id, parent, remote, "m", SpanKind.SERVER) == expected
+        if parent is not None and remote and sampling.remote_parent is not None:
+            assert sampling.remote_parent[parent[2] & 1] == expected
 
 
 # -- with a container ---------------------------------------------------------------------------

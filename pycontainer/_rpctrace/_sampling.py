@@ -74,6 +74,13 @@ class Sampling:
         else:  # these samplers ignore the parent
             self._root = _root_rule(sampler)
         self._ignores_parent = self._with_parent is None and self._root is not None
+        #: For a remote parent, by its sampled flag (0, 1): the decision, when
+        #: it depends on that flag alone (parent-based over fixed samplers).
+        self.remote_parent: tuple[bool, bool] | None = (
+            (self._with_parent[True, False], self._with_parent[True, True])
+            if self._with_parent is not None
+            else None
+        )
 
     def sampled(
         self,

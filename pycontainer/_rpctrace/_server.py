@@ -12,16 +12,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 
-from ._tracing import Recording, RpcTracing
+from ._tracing import RpcTracing
 from ._w3c import RANDOM_TRACE_ID, SAMPLED, TRACEPARENT, TRACESTATE, parse_traceparent
 
 __all__ = ["AioServerInterceptor", "ServerInterceptor"]
@@ -38,6 +36,7 @@ _OWN = ("/pycontainer.", "/grpc.health.v1.", "/grpc.reflection.")
 _CANCELLED = grpc.StatusCode.CANCELLED.value[0]
 _UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
 _SERVER = SpanKind.SERVER
+_OK = grpc.StatusCode.OK
 _time_ns = time.time_ns
 _monotonic_ns = time.monotonic_ns
 _attach = otel_context.attach
@@ -45,32 +44,12 @@ _detach = otel_context.detach
 _in_context = trace.set_span_in_context
 
 
-class _Call:
-    """One traced call on its way: the context token and the ids."""
-
-    __slots__ = (
-        "flags",
-        "parent",
-        "recording",
-        "span_id",
-        "start_ns",
-        "start_wall_ns",
-        "token",
-        "trace_id",
-        "tracestate",
-    )
-    token: Token[Context]
-    recording: Recording | None
-    trace_id: int
-    span_id: int
-    parent: tuple[int, int, int] | None
-    flags: int
-    tracestate: str | None
-    start_wall_ns: int
-    start_ns: int
-
-    def __init__(self) -> None:
-        self.recording = None
+# A traced call on its way (a tuple: no object to build and fill, twice a
+# call): the context token, then for a recorded call the recording, trace
+# id, span id, parent span id (0: none), trace flags, the parent's
+# tracestate, and the start (wall-clock and monotonic ns).
+_Call = tuple[Any, ...]
+_TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
 
 
 def _begin(tracing: RpcTracing, name: str, metadata: Iterable[Any] | None) -> _Call | None:
@@ -85,28 +64,41 @@ def _begin(tracing: RpcTracing, name: str, metadata: Iterable[Any] | None) -> _C
     parent = parse_traceparent(traceparent) if traceparent is not None else None
     state = TraceState.from_header([tracestate]) if tracestate and parent else None
     recording = tracing.recording()
-    call = _Call()
     if recording is None:
         if parent is None:
             return None
         # Not recorded: the caller's context still reaches the calls made here.
-        remote = SpanContext(parent[0], parent[1], True, TraceFlags(parent[2]), state)
-        call.token = _attach(_in_context(NonRecordingSpan(remote)))
-        return call
-    trace_id = parent[0] if parent is not None else recording.new_trace_id()
+        remote = SpanContext(parent[0], parent[1], True, _TRACE_FLAGS[parent[2] & 0xFF], state)
+        return (_attach(_in_context(NonRecordingSpan(remote))),)
     span_id = recording.new_span_id()
-    random_bit = parent[2] & RANDOM_TRACE_ID if parent is not None else recording.root_flags
-    if recording.sampling.sampled(trace_id, parent, True, name, _SERVER):
-        flags = SAMPLED | random_bit
-        call.recording = recording
-        call.trace_id, call.span_id, call.parent = trace_id, span_id, parent
-        call.flags, call.tracestate = flags, tracestate if parent is not None else None
-        call.start_wall_ns, call.start_ns = _time_ns(), _monotonic_ns()
+    if parent is not None:
+        trace_id, parent_id, parent_flags = parent
+        random_bit = parent_flags & RANDOM_TRACE_ID
+        follow = recording.sampling.remote_parent
+        sampled = (
+            follow[parent_flags & SAMPLED]
+            if follow is not None
+            else recording.sampling.sampled(trace_id, parent, True, name, _SERVER)
+        )
     else:
-        flags = random_bit
-    own = SpanContext(trace_id, span_id, False, TraceFlags(flags), state)
-    call.token = _attach(_in_context(NonRecordingSpan(own)))
-    return call
+        trace_id, parent_id, random_bit = recording.new_trace_id(), 0, recording.root_flags
+        sampled = recording.sampling.sampled(trace_id, None, True, name, _SERVER)
+    flags = random_bit | SAMPLED if sampled else random_bit
+    own = SpanContext(trace_id, span_id, False, _TRACE_FLAGS[flags], state)
+    token = _attach(_in_context(NonRecordingSpan(own)))
+    if not sampled:
+        return (token,)
+    return (
+        token,
+        recording,
+        trace_id,
+        span_id,
+        parent_id,
+        flags,
+        tracestate if parent_id else None,
+        _time_ns(),
+        _monotonic_ns(),
+    )
 
 
 def _code_number(code: Any) -> int:
@@ -121,14 +113,14 @@ def _end(
     context: Any,
     failure: BaseException | None,
 ) -> None:
-    _detach(call.token)
-    recording = call.recording
-    if recording is None:
+    _detach(call[0])
+    if len(call) == 1:
         return
     end_ns = _monotonic_ns()
+    _, recording, trace_id, span_id, parent_id, flags, tracestate, start_wall_ns, start_ns = call
     code, description = 0, None
     set_code = context.code()
-    if set_code is not None and set_code is not grpc.StatusCode.OK:
+    if set_code is not None and set_code is not _OK:
         code = _code_number(set_code)
         details = context.details()
         description = details.decode("utf-8", "replace") if isinstance(details, bytes) else details
@@ -137,20 +129,19 @@ def _end(
             code = _CANCELLED
         else:
             code, description = _UNKNOWN, f"{type(failure).__name__}: {failure}"
-    parent = call.parent
     recording.recorder.record(
         (
             _SERVER,
             service,
             method,
-            call.trace_id,
-            call.span_id,
-            parent[1] if parent is not None else 0,
+            trace_id,
+            span_id,
+            parent_id,
             True,
-            call.flags,
-            call.tracestate,
-            call.start_wall_ns,
-            call.start_ns,
+            flags,
+            tracestate,
+            start_wall_ns,
+            start_ns,
             end_ns,
             code,
             context.peer(),
@@ -169,14 +160,13 @@ def _sync_unary(
         call = _begin(tracing, full, context.invocation_metadata())
         if call is None:
             return inner(request, context)
-        failure: BaseException | None = None
         try:
-            return inner(request, context)
+            response = inner(request, context)
         except BaseException as exc:
-            failure = exc
+            _end(call, service, name, context, exc)
             raise
-        finally:
-            _end(call, service, name, context, failure)
+        _end(call, service, name, context, None)
+        return response
 
     return behavior
 
@@ -191,14 +181,13 @@ def _aio_unary(
         call = _begin(tracing, full, context.invocation_metadata())
         if call is None:
             return await inner(request, context)
-        failure: BaseException | None = None
         try:
-            return await inner(request, context)
+            response = await inner(request, context)
         except BaseException as exc:
-            failure = exc
+            _end(call, service, name, context, exc)
             raise
-        finally:
-            _end(call, service, name, context, failure)
+        _end(call, service, name, context, None)
+        return response
 
     return behavior
 
