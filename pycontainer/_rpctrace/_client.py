@@ -45,29 +45,10 @@ class _CallDetails(
     """The call's details with trace context added to its metadata."""
 
 
-class _Call:
-    """A traced call on its way: what its record needs at the end."""
-
-    __slots__ = (
-        "flags",
-        "parent_id",
-        "parent_remote",
-        "recording",
-        "span_id",
-        "start_ns",
-        "start_wall_ns",
-        "trace_id",
-        "tracestate",
-    )
-    recording: Recording
-    trace_id: int
-    span_id: int
-    parent_id: int
-    parent_remote: bool
-    flags: int
-    tracestate: str | None
-    start_wall_ns: int
-    start_ns: int
+# A traced call on its way (a tuple, as the server's): the recording, trace
+# id, span id, parent span id (0: none), whether the parent is remote, trace
+# flags, the parent's tracestate, and the start (wall-clock, monotonic ns).
+_Call = tuple[Any, ...]
 
 
 def _names(method: str | bytes, cache: dict[Any, tuple[str, str, str]]) -> tuple[str, str, str]:
@@ -104,12 +85,19 @@ def _begin(tracing: RpcTracing, full_name: str) -> tuple[_Call | None, tuple[tup
     span_id = recording.new_span_id()
     if not recording.sampling.sampled(trace_id, parent_ids, False, full_name, _CLIENT):
         return None, _carrier(format_traceparent(trace_id, span_id, random_bit), tracestate)
-    call = _Call()
-    call.recording, call.trace_id, call.span_id = recording, trace_id, span_id
-    call.parent_id, call.parent_remote = parent_id, parent.is_remote
-    call.flags, call.tracestate = SAMPLED | random_bit, tracestate
-    call.start_wall_ns, call.start_ns = _time_ns(), _monotonic_ns()
-    return call, _carrier(format_traceparent(trace_id, span_id, call.flags), tracestate)
+    flags = SAMPLED | random_bit
+    call = (
+        recording,
+        trace_id,
+        span_id,
+        parent_id,
+        parent.is_remote,
+        flags,
+        tracestate,
+        _time_ns(),
+        _monotonic_ns(),
+    )
+    return call, _carrier(format_traceparent(trace_id, span_id, flags), tracestate)
 
 
 def _carrier(traceparent: str, tracestate: str | None) -> tuple[tuple[str, str], ...]:
@@ -134,19 +122,20 @@ def _end(
     target: str | None,
 ) -> None:
     end_ns = _monotonic_ns()
-    call.recording.recorder.record(
+    recording, trace_id, span_id, parent_id, remote, flags, tracestate, wall_ns, start_ns = call
+    recording.recorder.record(
         (
             _CLIENT,
             names[0],
             names[1],
-            call.trace_id,
-            call.span_id,
-            call.parent_id,
-            call.parent_remote,
-            call.flags,
-            call.tracestate,
-            call.start_wall_ns,
-            call.start_ns,
+            trace_id,
+            span_id,
+            parent_id,
+            remote,
+            flags,
+            tracestate,
+            wall_ns,
+            start_ns,
             end_ns,
             code,
             target,
