@@ -362,10 +362,12 @@ def test_shutdown_flushes_the_queue(sync_app: Any) -> None:
     tracing.shutdown()
     assert not thread.is_alive()
     assert len([s for s in exporter.get_finished_spans() if s.name == "demo.Echo/Echo"]) == 10
-    # Calls after shutdown are served, and not recorded.
+    # Calls after shutdown are served, and not recorded (nor counted as lost).
     with app.channel(tracing) as channel:
         assert channel.unary_unary(ECHO)(b"y", timeout=10) == b"y"
     assert len([s for s in exporter.get_finished_spans() if s.name == "demo.Echo/Echo"]) == 10
+    assert not tracing.enabled
+    assert tracing.dropped == 0
 
 
 class _Gate(SpanProcessor):

@@ -141,7 +141,7 @@ class Recorder:
     def _drop(self) -> None:
         with self._lock:
             self.dropped += 1
-            warn, self._warned = not self._warned, True
+            warn, self._warned = not self._warned and not self._closed, True
         if warn:
             _log.warning(
                 "RPC tracing: the span queue is full (%d records); spans are dropped and "
@@ -184,7 +184,7 @@ class Recorder:
                     time.sleep(0)  # the app's threads get the GIL between chunks
 
     def shutdown(self) -> None:
-        """Flush, then stop the thread; later records are dropped and counted."""
+        """Flush, then stop the thread; a record after it is dropped and counted."""
         with self._lock:
             self._closed = True
             thread = self._thread

@@ -82,6 +82,7 @@ class RpcTracing:
         # None until resolved to an SDK provider; False: never will be.
         self._recording: Recording | None = None
         self._final = False
+        self._stopped: Recorder | None = None  # after shutdown(), for ``dropped``
 
     def recording(self) -> Recording | None:
         """The recording of calls, or None when calls are not recorded."""
@@ -129,7 +130,9 @@ class RpcTracing:
     def dropped(self) -> int:
         """Spans dropped because the queue was full (or after shutdown)."""
         recording = self._recording
-        return recording.recorder.dropped if recording is not None else 0
+        if recording is not None:
+            return recording.recorder.dropped
+        return self._stopped.dropped if self._stopped is not None else 0
 
     def force_flush(self) -> None:
         """Hand every call recorded so far to the span processors (the
@@ -140,11 +143,12 @@ class RpcTracing:
 
     def shutdown(self) -> None:
         """Flush and stop the exporting thread (done at interpreter exit too);
-        calls after it are not recorded."""
-        recording = self._recording
+        calls after it are not recorded (their context still passes on)."""
+        with self._lock:
+            recording, self._recording, self._final = self._recording, None, True
         if recording is not None:
+            self._stopped = recording.recorder
             recording.recorder.shutdown()
-        self._final = True
 
     # -- the interceptors ----------------------------------------------------------------
     def server_interceptor(self) -> grpc.ServerInterceptor[Any, Any]:
