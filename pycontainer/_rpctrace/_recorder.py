@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -36,6 +36,34 @@ _SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
 _UNSET = Status(StatusCode.UNSET)
 _CLIENT = SpanKind.CLIENT
 _TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
+_DEFAULT_STATE = TraceState()
+
+
+def _span_context_maker() -> Callable[[int, int, bool, TraceFlags, TraceState], SpanContext]:
+    """SpanContext(...) for valid ids, without its checks (its ids are ours,
+    valid by construction): its tuple, when this API version lays it out as
+    the one checked here; else the public constructor."""
+
+    def fast(
+        trace_id: int, span_id: int, remote: bool, flags: TraceFlags, state: TraceState
+    ) -> SpanContext:
+        made: SpanContext = tuple.__new__(
+            SpanContext, (trace_id, span_id, remote, flags, state, True)
+        )
+        return made
+
+    probe, public = (
+        fast(7, 9, True, _TRACE_FLAGS[1], _DEFAULT_STATE),
+        SpanContext(7, 9, True, _TRACE_FLAGS[1], _DEFAULT_STATE),
+    )
+    same = probe == public and all(
+        getattr(probe, name) == getattr(public, name)
+        for name in ("trace_id", "span_id", "is_remote", "trace_flags", "trace_state", "is_valid")
+    )
+    return fast if same else SpanContext
+
+
+_span_context = _span_context_maker()
 # Records handed to the processors between two yields of the GIL: the app's
 # threads wait at most this many spans' work for it.
 _CHUNK = 16
@@ -212,10 +240,10 @@ class Recorder:
             description,
         ) = record
         flags = _TRACE_FLAGS[trace_flags & 0xFF]
-        state = TraceState.from_header([tracestate]) if tracestate else None
-        context = SpanContext(trace_id, span_id, False, flags, state)
+        state = TraceState.from_header([tracestate]) if tracestate else _DEFAULT_STATE
+        context = _span_context(trace_id, span_id, False, flags, state)
         parent = (
-            SpanContext(trace_id, parent_id, parent_remote, flags, state) if parent_id else None
+            _span_context(trace_id, parent_id, parent_remote, flags, state) if parent_id else None
         )
         key = (kind is _CLIENT, service, method, code, address)  # SpanKind hashes in Python
         shape = self._shapes.get(key)
