@@ -36,7 +36,7 @@ _SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
 _UNSET = Status(StatusCode.UNSET)
 _CLIENT = SpanKind.CLIENT
 _TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
-_DEFAULT_STATE = TraceState()
+EMPTY_TRACE_STATE = TraceState()
 
 
 def _span_context_maker() -> Callable[[int, int, bool, TraceFlags, TraceState], SpanContext]:
@@ -53,8 +53,8 @@ def _span_context_maker() -> Callable[[int, int, bool, TraceFlags, TraceState], 
         return made
 
     probe, public = (
-        fast(7, 9, True, _TRACE_FLAGS[1], _DEFAULT_STATE),
-        SpanContext(7, 9, True, _TRACE_FLAGS[1], _DEFAULT_STATE),
+        fast(7, 9, True, _TRACE_FLAGS[1], EMPTY_TRACE_STATE),
+        SpanContext(7, 9, True, _TRACE_FLAGS[1], EMPTY_TRACE_STATE),
     )
     same = probe == public and all(
         getattr(probe, name) == getattr(public, name)
@@ -63,7 +63,7 @@ def _span_context_maker() -> Callable[[int, int, bool, TraceFlags, TraceState], 
     return fast if same else SpanContext
 
 
-_span_context = _span_context_maker()
+span_context = _span_context_maker()
 # Records handed to the processors between two yields of the GIL: the app's
 # threads wait at most this many spans' work for it.
 _CHUNK = 16
@@ -240,10 +240,10 @@ class Recorder:
             description,
         ) = record
         flags = _TRACE_FLAGS[trace_flags & 0xFF]
-        state = TraceState.from_header([tracestate]) if tracestate else _DEFAULT_STATE
-        context = _span_context(trace_id, span_id, False, flags, state)
+        state = TraceState.from_header([tracestate]) if tracestate else EMPTY_TRACE_STATE
+        context = span_context(trace_id, span_id, False, flags, state)
         parent = (
-            _span_context(trace_id, parent_id, parent_remote, flags, state) if parent_id else None
+            span_context(trace_id, parent_id, parent_remote, flags, state) if parent_id else None
         )
         key = (kind is _CLIENT, service, method, code, address)  # SpanKind hashes in Python
         shape = self._shapes.get(key)

@@ -19,6 +19,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 
+from ._recorder import EMPTY_TRACE_STATE, span_context
 from ._tracing import RpcTracing
 from ._w3c import RANDOM_TRACE_ID, SAMPLED, TRACEPARENT, TRACESTATE, parse_traceparent
 
@@ -84,7 +85,7 @@ def _begin(tracing: RpcTracing, name: str, metadata: Iterable[Any] | None) -> _C
         trace_id, parent_id, random_bit = recording.new_trace_id(), 0, recording.root_flags
         sampled = recording.sampling.sampled(trace_id, None, True, name, _SERVER)
     flags = random_bit | SAMPLED if sampled else random_bit
-    own = SpanContext(trace_id, span_id, False, _TRACE_FLAGS[flags], state)
+    own = span_context(trace_id, span_id, False, _TRACE_FLAGS[flags], state or EMPTY_TRACE_STATE)
     token = _attach(_in_context(NonRecordingSpan(own)))
     if not sampled:
         return (token,)
