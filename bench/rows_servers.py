@@ -18,10 +18,14 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 import pycontainer
 from pycontainer import security
 from pycontainer.client import ManagementClient
+from pycontainer.telemetry import RpcTracing
 from pycontainer.v1 import management_pb2
 
 from .harness import Context, Row, Sample
@@ -310,6 +314,96 @@ def embedded_app(ctx: Context) -> list[Sample]:
         container.close()
 
 
+# -- P2: the app's RPCs traced ---------------------------------------------------------------
+class _DiscardSpans(SpanExporter):
+    """An exporter that sends nothing: exporting is the exporter's own cost,
+    the same for any instrumentation; the row measures making the spans."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+
+    def export(self, spans: Any) -> SpanExportResult:
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+
+def _traced_provider() -> tuple[TracerProvider, _DiscardSpans]:
+    exporter = _DiscardSpans()
+    provider = TracerProvider(sampler=ALWAYS_ON)  # 100%
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider, exporter
+
+
+def _echo_pair(
+    server_interceptors: list[Any], wrap: Callable[[grpc.Channel, str], grpc.Channel]
+) -> tuple[list[grpc.Server], list[grpc.Channel]]:
+    """An untraced echo server and channel, and one with the interceptors."""
+    servers, channels = [], []
+    for interceptors in ([], server_interceptors):
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), interceptors=interceptors)
+        server.add_generic_rpc_handlers((_echo_handler(),))
+        address = _listen(server, None)
+        server.start()
+        servers.append(server)
+        channel = grpc.insecure_channel(address)
+        channels.append(wrap(channel, address) if interceptors else channel)
+    return servers, channels
+
+
+def _traced_echo(
+    ctx: Context,
+    servers: list[grpc.Server],
+    channels: list[grpc.Channel],
+    provider: TracerProvider,
+    exporter: _DiscardSpans,
+) -> list[Sample]:
+    try:
+        bare_echo, our_echo = (ch.unary_unary("/demo.Echo/Echo") for ch in channels)
+        samples = alternate(
+            ctx, lambda: our_echo(b"x", timeout=10), lambda: bare_echo(b"x", timeout=10)
+        )
+    finally:
+        for ch, server in zip(channels, servers, strict=True):
+            ch.close()
+            server.stop(None)
+    provider.shutdown()
+    if exporter.spans == 0:
+        raise RuntimeError("no span was exported: the row measured no tracing")
+    samples[-1].note = f"{exporter.spans:,} spans exported"
+    return samples
+
+
+def traced_app(ctx: Context) -> list[Sample]:
+    """The app's unary RPC with pycontainer's client and server tracing at
+    100% (spans built off the call path, through a BatchSpanProcessor) /
+    the same app untraced."""
+    provider, exporter = _traced_provider()
+    tracing = RpcTracing(provider)
+    servers, channels = _echo_pair([tracing.server_interceptor()], tracing.intercept_channel)
+    try:
+        return _traced_echo(ctx, servers, channels, provider, exporter)
+    finally:
+        tracing.shutdown()
+
+
+def stock_traced_app(ctx: Context) -> list[Sample]:
+    """The same with opentelemetry-instrumentation-grpc's interceptors."""
+    from opentelemetry.instrumentation.grpc import (
+        client_interceptor,
+        grpcext,
+        server_interceptor,
+    )
+
+    provider, exporter = _traced_provider()
+    servers, channels = _echo_pair(
+        [server_interceptor(tracer_provider=provider)],
+        lambda ch, _address: grpcext.intercept_channel(
+            ch, client_interceptor(tracer_provider=provider)
+        ),
+    )
+    return _traced_echo(ctx, servers, channels, provider, exporter)
+
+
 def _drain(stream: Iterator[Any]) -> None:
     for _ in stream:  # a cancelled stream just ends (pycontainer.client)
         pass
@@ -385,5 +479,25 @@ ROWS = [
         "calls/s",
         True,
         embedded_app,
+    ),
+    Row(
+        "p2-tracing",
+        "P2",
+        "≥ 0.85",
+        "app unary RPC, pycontainer's client + server tracing at 100%, sync, sequential",
+        "the same app untraced",
+        "calls/s",
+        True,
+        traced_app,
+    ),
+    Row(
+        "p2-stock-otel",
+        "",
+        "context",
+        "app unary RPC, opentelemetry-instrumentation-grpc client + server at 100%, sync",
+        "the same app untraced",
+        "calls/s",
+        True,
+        stock_traced_app,
     ),
 ]

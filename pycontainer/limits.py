@@ -145,3 +145,9 @@ MAX_TOKEN_USES = 1000
 MAX_LOG_CAPACITY = 10_000_000
 #: The ring's size when nothing says: ContainerSettings.log_capacity.
 DEFAULT_LOG_CAPACITY = 10_000
+#: App RPCs traced (pycontainer.telemetry.RpcTracing) waiting for their spans
+#: to be built and handed to the span processors: the background thread
+#: drains them every 200 ms or per 512, so this is seconds of calls at
+#: thousands per second; past it a call's span is dropped and counted (a
+#: record is ~200 bytes: 16 MiB at most).
+MAX_RPC_TRACE_QUEUE = 65536

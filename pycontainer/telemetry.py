@@ -11,6 +11,9 @@ standalone containers) that own their process and want spans exported:
 - ``OTEL_SDK_DISABLED=true`` turns it all off;
 - ``PYCONTAINER_TRACES_FILE``: with no exporter configured, spans are appended
   to this file as JSON lines (``pycontainer up`` sets it for its containers).
+
+:class:`RpcTracing` traces the app's own RPCs (client and server interceptors,
+sync and grpc.aio) with the spans built off the call path.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
 )
 
-__all__ = ["configure_tracing"]
+from ._rpctrace import RpcTracing
+
+__all__ = ["RpcTracing", "configure_tracing"]
 
 
 def _exporter_names(environ: Mapping[str, str], default: str = "none") -> list[str]:

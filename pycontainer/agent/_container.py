@@ -18,6 +18,7 @@ import psutil
 from opentelemetry import trace
 
 from .. import __version__, _reflection, units
+from .._rpctrace import RpcTracing
 from ..v1 import container_pb2, management_pb2, profile_pb2
 from . import _health
 from ._background import BackgroundServer
@@ -87,6 +88,8 @@ class Container:
             self._process.create_time(), tz=datetime.UTC
         )
         self._tracer = trace.get_tracer("pycontainer", __version__, tracer_provider)
+        # Spans of the app's own RPCs (tracing_interceptor()), same provider.
+        self.rpc_tracing = RpcTracing(tracer_provider)
         self._observer = Observer(self.rpc_stats, self._tracer)
         self._core = ManagementCore(self)
         self._slots: StreamSlots | None = None
@@ -208,6 +211,16 @@ class Container:
     def aio_server_interceptor(self) -> AioServerInterceptor:
         """Pass to grpc.aio.server(interceptors=[...]) to count the app's own RPCs."""
         return AioServerInterceptor(self._observer)
+
+    def tracing_interceptor(self) -> grpc.ServerInterceptor[Any, Any]:
+        """Pass to grpc.server(interceptors=[...]) for a SERVER span per unary
+        call of the app's own services, built off the call path
+        (``rpc_tracing``: the container's tracer provider)."""
+        return self.rpc_tracing.server_interceptor()
+
+    def aio_tracing_interceptor(self) -> grpc.aio.ServerInterceptor[Any, Any]:
+        """tracing_interceptor() for a grpc.aio.server."""
+        return self.rpc_tracing.aio_server_interceptor()
 
     def authorization_interceptor(self) -> grpc.ServerInterceptor[Any, Any]:
         """Pass first to grpc.server(interceptors=[...]): with the certificate the

@@ -38,6 +38,8 @@ async def _start_server(container: Container, listen: str) -> tuple[grpc.aio.Ser
     if tls:
         # The manager may read (it forwards logs and metrics); user/admin is admin.
         interceptors.append(container.aio_authorization_interceptor())
+    if container.rpc_tracing.enabled:  # spans of the app RPCs this server gets
+        interceptors.append(container.aio_tracing_interceptor())
     # grpc.aio, not grpc.server: a request the sync server cannot decode stays
     # with it (~19 KB each, without bound, bare grpcio alike; the aio server
     # frees it). No upstream issue names that case exactly; the closest is
