@@ -24,6 +24,7 @@ from pycontainer import security
 from pycontainer.client import ManagementClient
 from pycontainer.v1 import management_pb2
 
+from .capacity import ECHO, HEALTH_CHECK, cpu_per_call
 from .harness import Context, Row, Sample
 
 WARMUP_CALLS = 200
@@ -385,5 +386,45 @@ ROWS = [
         "calls/s",
         True,
         embedded_app,
+    ),
+    # Capacity: server CPU per call at saturation (bench/capacity.py); the
+    # ratio is bare ÷ pycontainer, so that ≥ 0.95 is the goal, as above.
+    *(
+        Row(
+            f"p1-{kind}{'-mtls' if tls else ''}-cpu",
+            "P1",
+            "≥ 0.95",
+            f"health Check, {kind} server, {'mTLS' if tls else 'plaintext'}, "
+            "server CPU per call at saturation",
+            f"bare grpcio {kind} health servicer, same load",
+            "µs CPU/call",
+            False,
+            lambda ctx, kind=kind, tls=tls: cpu_per_call(
+                ctx, f"health-{kind}", HEALTH_CHECK, b"", tls=tls
+            ),
+        )
+        for kind in ("sync", "aio")
+        for tls in (False, True)
+    ),
+    Row(
+        "p6-interceptor-cpu",
+        "P6",
+        "≥ 0.95 (part of P6)",
+        "app unary RPC with pycontainer's app interceptor, server CPU per call at saturation",
+        "the same server without it, same load",
+        "µs CPU/call",
+        False,
+        lambda ctx: cpu_per_call(ctx, "echo-interceptor", ECHO, b"x", tls=False),
+    ),
+    Row(
+        "p6-embedded-cpu",
+        "P6",
+        "≥ 0.95",
+        "sync app unary RPC, pycontainer embedded (interceptors, 2 log + 2 metrics "
+        "watchers), server CPU per call at saturation",
+        "the same app without pycontainer, same load",
+        "µs CPU/call",
+        False,
+        lambda ctx: cpu_per_call(ctx, "echo-embedded", ECHO, b"x", tls=False, watchers=True),
     ),
 ]

@@ -136,3 +136,9 @@ DEFAULT_TOKEN_TTL = datetime.timedelta(hours=1)
 MAX_TOKEN_TTL = datetime.timedelta(days=7)
 #: Joins one bootstrap token may pay for.
 MAX_TOKEN_USES = 1000
+
+#: Methods whose wrapped handler a server interceptor keeps (pycontainer's app
+#: interceptor, the authorization interceptor), so that a call costs a lookup,
+#: not a new wrapper. A server's methods are far fewer; past this (a generic
+#: handler that answers any name a client sends) calls are wrapped one by one.
+MAX_INTERCEPTED_METHODS = 1024

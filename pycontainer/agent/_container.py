@@ -31,7 +31,7 @@ from ._lifecycle import Lifecycle, Request, StateListener, resolve_hook_result
 from ._listen import ListenError, advertised_address
 from ._logs import LogBuffer, install, uninstall
 from ._metrics import AppMetrics, MetricsWatch, RpcStats
-from ._observe import AioServerInterceptor, Observer, ServerInterceptor, StreamSlots
+from ._observe import AioServerInterceptor, Observer, ServerInterceptor, StreamSlots, guarded
 from ._profile import DEFAULT_LOCK_REGISTRY, DEFAULT_LOOP_REGISTRY
 from ._service import (
     LONG_RUNNING,
@@ -261,10 +261,18 @@ class Container:
             )
             for name, handler in method_handlers(servicer).items()
         }
-        groups = {
-            SERVICE: handlers,
+        # Health and reflection are no app RPCs: not counted nor traced, only
+        # guarded against requests that do not decode.
+        others = {
             **health_groups(health_servicer),
             **_reflection.reflection_handlers(self.service_names, aio=aio),
+        }
+        groups = {
+            SERVICE: handlers,
+            **{
+                service: {name: guarded(handler, aio=aio) for name, handler in group.items()}
+                for service, group in others.items()
+            },
         }
         for service, group in groups.items():
             register(server, service, group)

@@ -10,7 +10,22 @@ from typing import Any
 
 import grpc
 
-__all__ = ["ServiceNames", "current_loop", "register"]
+__all__ = ["OWN_SERVICES", "ServiceNames", "current_loop", "is_own_method", "register"]
+
+# The services pycontainer puts on a server, as method-name prefixes: their
+# calls are authorized by role (_tls), and they are not the app's RPCs (the
+# app interceptor leaves them to pycontainer's own wrapping).
+OWN_SERVICES = (
+    "/pycontainer.v1.Management/",
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.",
+    "/grpc.channelz.",
+)
+
+
+def is_own_method(method: str) -> bool:
+    """Whether ``method`` (a full name, "/service/Method") is of pycontainer's services."""
+    return method.startswith(OWN_SERVICES)
 
 
 def register(

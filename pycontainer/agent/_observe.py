@@ -11,6 +11,7 @@ alone; this wrapper uses only the OpenTelemetry API.)
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,11 +24,16 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .._errors import RequestError, code_number, resource_exhausted
+from .._errors import RequestError, code_number, resource_exhausted, status_code
 from .._errors import abort as _aio_abort
-from ._metrics import RpcStats
+from .._handler_cache import HandlerCache
+from ._hosting import is_own_method
+from ._metrics import MethodStats, RpcStats
 
+_log = logging.getLogger("pycontainer")
 _OK = grpc.StatusCode.OK
+_CANCELLED = code_number(grpc.StatusCode.CANCELLED)
+_INTERNAL = code_number(grpc.StatusCode.INTERNAL)
 # Marks behaviours this module made, so that they are never wrapped twice.
 _OBSERVED = "_pycontainer_observed"
 
@@ -155,23 +161,6 @@ class Observer:
             attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
         )
 
-    def _finish(
-        self,
-        method: str,
-        span: trace.Span | None,
-        code: grpc.StatusCode,
-        started: float,
-        error: BaseException | None = None,
-    ) -> None:
-        self.stats.call_finished(method, code, time.perf_counter() - started)
-        if span is not None:
-            span.set_attribute("rpc.grpc.status_code", code_number(code))
-            if code != _OK:
-                span.set_status(Status(StatusCode.ERROR, str(error) if error else code.name))
-                if error is not None and not isinstance(error, RequestError):
-                    span.record_exception(error)
-            span.end()
-
     def wrap(
         self,
         method: str,
@@ -194,10 +183,21 @@ class Observer:
             # Already observed (pycontainer's own handlers seen again by the
             # interceptor), or a callback-style handler whose signature differs.
             return handler
-        stats = self.stats
+        stats = self.stats.method(method)
+        if handler.unary_unary is not None:
+            # The behaviour decodes and encodes the messages itself (grpc
+            # hands it bytes and sends the bytes it returns): one function
+            # and two counter updates per call.
+            behavior = (
+                self._aio_unary(method, stats, handler, traced)
+                if aio
+                else self._sync_unary(method, stats, handler, traced, slots)
+            )
+            setattr(behavior, _OBSERVED, True)
+            return grpc.unary_unary_rpc_method_handler(behavior)
 
         def deserialize(data: bytes) -> Any:
-            stats.message_received(method, len(data))
+            stats.received(len(data))
             if handler.request_deserializer is None:
                 return data
             try:
@@ -209,24 +209,15 @@ class Observer:
             data: bytes = (
                 handler.response_serializer(message) if handler.response_serializer else message
             )
-            stats.message_sent(method, len(data))
+            stats.sent(len(data))
             return data
 
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
-            behavior = (
-                self._aio_unary(method, inner_uu, traced)
-                if aio
-                else self._sync_unary(method, inner_uu, traced, slots)
-            )
-            setattr(behavior, _OBSERVED, True)
-            return grpc.unary_unary_rpc_method_handler(behavior, deserialize, serialize)
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
             stream_behavior = (
-                self._aio_stream(method, inner_us, traced)
+                self._aio_stream(method, stats, inner_us, traced)
                 if aio
-                else self._sync_stream(method, inner_us, traced, slots)
+                else self._sync_stream(method, stats, inner_us, traced, slots)
             )
             setattr(stream_behavior, _OBSERVED, True)
             return grpc.unary_stream_rpc_method_handler(stream_behavior, deserialize, serialize)
@@ -239,46 +230,95 @@ class Observer:
         # Client streams: left alone.
         return handler
 
+    def _finish(
+        self,
+        stats: MethodStats,
+        span: trace.Span | None,
+        code: int,
+        started: float,
+        error: BaseException | None = None,
+        response_bytes: int | None = None,
+    ) -> None:
+        stats.end(code, time.perf_counter() - started, response_bytes)
+        if span is not None:
+            span.set_attribute("rpc.grpc.status_code", code)
+            if code != 0:
+                message = str(error) if error else status_code(code).name
+                span.set_status(Status(StatusCode.ERROR, message))
+                if error is not None and not isinstance(error, RequestError):
+                    span.record_exception(error)
+            span.end()
+
     def _sync_unary(
-        self, method: str, inner: Callable[..., Any], traced: bool, slots: StreamSlots | None = None
-    ) -> Callable[[Any, grpc.ServicerContext], Any]:
-        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
-            self.stats.call_started(method)
+        self,
+        method: str,
+        stats: MethodStats,
+        handler: grpc.RpcMethodHandler[Any, Any],
+        traced: bool,
+        slots: StreamSlots | None = None,
+    ) -> Callable[[bytes, grpc.ServicerContext], Any]:
+        inner: Callable[..., Any] = handler.unary_unary  # type: ignore[assignment]
+        decode = handler.request_deserializer
+        encode = handler.response_serializer
+
+        def behavior(data: bytes, context: grpc.ServicerContext) -> Any:
+            stats.begin(len(data))
             started = time.perf_counter()
             span = self._span(method, context) if traced else None
             token = otel_context.attach(trace.set_span_in_context(span)) if span else None
-            code: grpc.StatusCode = _OK
+            code = 0
             error: BaseException | None = None
+            sent: int | None = None
             release: Callable[[], None] | None = None
             try:
                 if slots is not None:
                     release = slots.admit(context)
-                return inner(_decoded(request), context)
+                response = inner(data if decode is None else _decode(decode, data), context)
+                if response is None or encode is None:
+                    # None: grpc ends the call as it would have (the code the
+                    # handler set, else INTERNAL).
+                    sent = _size(response)
+                    return response
+                try:
+                    out = encode(response)
+                except Exception:
+                    _log.exception("the response of %s did not serialize", method)
+                    code = _INTERNAL
+                    context.abort(grpc.StatusCode.INTERNAL, "Failed to serialize response!")
+                sent = len(out)
+                return out
             except RequestError as exc:
-                code, error = exc.code, exc
+                code, error = code_number(exc.code), exc
                 context.abort_with_status(exc.to_status())
             except Exception as exc:
-                code, error = _code_of(context, grpc.StatusCode.UNKNOWN), exc
+                if code == 0:
+                    code = code_number(_code_of(context, grpc.StatusCode.UNKNOWN))
+                    error = exc
                 raise
             finally:
                 if release is not None:
                     release()
                 if token is not None:
                     otel_context.detach(token)
-                self._finish(method, span, code, started, error)
+                self._finish(stats, span, code, started, error, sent)
 
         if slots is not None:  # a long call (a CPU profile): run it in our pool
             behavior.experimental_thread_pool = slots.pool  # type: ignore[attr-defined]
         return behavior
 
     def _sync_stream(
-        self, method: str, inner: Callable[..., Any], traced: bool, slots: StreamSlots | None
+        self,
+        method: str,
+        stats: MethodStats,
+        inner: Callable[..., Any],
+        traced: bool,
+        slots: StreamSlots | None,
     ) -> Callable[[Any, grpc.ServicerContext], Any]:
         def behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            self.stats.call_started(method)
+            stats.begin()
             started = time.perf_counter()
             span = self._span(method, context) if traced else None
-            code: grpc.StatusCode = _OK
+            code = 0
             error: BaseException | None = None
             release: Callable[[], None] | None = None
             try:
@@ -287,20 +327,20 @@ class Observer:
                 with trace.use_span(span, end_on_exit=False) if span else _nothing():
                     yield from inner(_decoded(request), context)
                 if not context.is_active():
-                    code = grpc.StatusCode.CANCELLED
+                    code = _CANCELLED
             except RequestError as exc:
-                code, error = exc.code, exc
+                code, error = code_number(exc.code), exc
                 context.abort_with_status(exc.to_status())
             except GeneratorExit:
-                code = grpc.StatusCode.CANCELLED
+                code = _CANCELLED
                 raise
             except Exception as exc:
-                code, error = _code_of(context, grpc.StatusCode.UNKNOWN), exc
+                code, error = code_number(_code_of(context, grpc.StatusCode.UNKNOWN)), exc
                 raise
             finally:
                 if release is not None:
                     release()
-                self._finish(method, span, code, started, error)
+                self._finish(stats, span, code, started, error)
 
         if slots is not None:
             # grpcio's sync server runs this behaviour in our pool, not the app's.
@@ -308,41 +348,66 @@ class Observer:
         return behavior
 
     def _aio_unary(
-        self, method: str, inner: Callable[..., Awaitable[Any]], traced: bool
-    ) -> Callable[[Any, Any], Awaitable[Any]]:
-        async def behavior(request: Any, context: Any) -> Any:
-            self.stats.call_started(method)
+        self,
+        method: str,
+        stats: MethodStats,
+        handler: grpc.RpcMethodHandler[Any, Any],
+        traced: bool,
+    ) -> Callable[[bytes, Any], Awaitable[Any]]:
+        inner: Callable[..., Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment]
+        decode = handler.request_deserializer
+        encode = handler.response_serializer
+
+        async def behavior(data: bytes, context: Any) -> Any:
+            stats.begin(len(data))
             started = time.perf_counter()
             span = self._span(method, context) if traced else None
-            code: grpc.StatusCode = _OK
+            code = 0
             error: BaseException | None = None
+            sent: int | None = None
             try:
                 with trace.use_span(span, end_on_exit=False) if span else _nothing():
-                    return await inner(_decoded(request), context)
+                    response = await inner(
+                        data if decode is None else _decode(decode, data), context
+                    )
+                if response is None or encode is None:
+                    sent = _size(response)
+                    return response
+                try:
+                    out = encode(response)
+                except Exception:
+                    _log.exception("the response of %s did not serialize", method)
+                    code = _INTERNAL
+                    await context.abort(grpc.StatusCode.INTERNAL, "Failed to serialize response!")
+                sent = len(out)
+                return out
             except RequestError as exc:
-                code, error = exc.code, exc
+                code, error = code_number(exc.code), exc
                 await _aio_abort(context, exc)
             except Exception as exc:
-                code, error = _code_of(context, grpc.StatusCode.UNKNOWN), exc
+                if code == 0:
+                    code = code_number(_code_of(context, grpc.StatusCode.UNKNOWN))
+                    error = exc
                 raise
             finally:
-                self._finish(method, span, code, started, error)
+                self._finish(stats, span, code, started, error, sent)
 
         return behavior
 
     def _aio_stream(
         self,
         method: str,
+        stats: MethodStats,
         # An async generator, or a coroutine that writes with context.write()
         # (grpc-stubs types every handler behaviour as a sync one).
         inner: Callable[..., Any],
         traced: bool,
     ) -> Callable[[Any, Any], AsyncIterator[Any]]:
         async def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
-            self.stats.call_started(method)
+            stats.begin()
             started = time.perf_counter()
             span = self._span(method, context) if traced else None
-            code: grpc.StatusCode = _OK
+            code = 0
             error: BaseException | None = None
             try:
                 with trace.use_span(span, end_on_exit=False) if span else _nothing():
@@ -353,20 +418,33 @@ class Observer:
                     else:  # a handler that writes with context.write()
                         await result
             except RequestError as exc:
-                code, error = exc.code, exc
+                code, error = code_number(exc.code), exc
                 await _aio_abort(context, exc)
             except BaseException as exc:
                 import asyncio
 
                 if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-                    code = grpc.StatusCode.CANCELLED
+                    code = _CANCELLED
                 else:
-                    code, error = _code_of(context, grpc.StatusCode.UNKNOWN), exc
+                    code, error = code_number(_code_of(context, grpc.StatusCode.UNKNOWN)), exc
                 raise
             finally:
-                self._finish(method, span, code, started, error)
+                self._finish(stats, span, code, started, error)
 
         return behavior
+
+
+def _decode(deserializer: Callable[[bytes], Any], data: bytes) -> Any:
+    """The request ``data`` encodes; INVALID_ARGUMENT naming its type if it does not decode."""
+    try:
+        return deserializer(data)
+    except Exception as exc:  # DecodeError, or a custom deserializer's
+        raise _Undecodable(deserializer, exc).request_error() from None
+
+
+def _size(message: Any) -> int | None:
+    """The size of a response the app serialized itself (bytes), else None."""
+    return len(message) if isinstance(message, bytes) else None
 
 
 def _sync_bidi(inner: Callable[..., Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
@@ -417,11 +495,109 @@ class _nothing:  # lower-case: a null context manager that types cleanly
         return None
 
 
+def guarded(
+    handler: grpc.RpcMethodHandler[Any, Any], *, aio: bool
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` answering a request that does not decode with INVALID_ARGUMENT
+    naming its type, and otherwise as it is: nothing counted, nothing traced
+    (pycontainer's health and reflection services, which are no app RPCs)."""
+    behavior_of = handler.unary_unary or handler.unary_stream or handler.stream_stream
+    decode = handler.request_deserializer
+    if (
+        decode is None
+        or behavior_of is None
+        or getattr(behavior_of, "experimental_non_blocking", False)
+        or getattr(behavior_of, _OBSERVED, False)
+    ):
+        return handler
+    marked: Callable[..., Any]
+    if handler.unary_unary is not None:
+        inner: Callable[..., Any] = handler.unary_unary
+        if aio:
+
+            async def aio_unary(data: bytes, context: Any) -> Any:
+                try:
+                    request = _decode(decode, data)
+                except RequestError as exc:
+                    await _aio_abort(context, exc)
+                return await inner(request, context)
+
+            marked = aio_unary
+        else:
+
+            def sync_unary(data: bytes, context: grpc.ServicerContext) -> Any:
+                try:
+                    request = _decode(decode, data)
+                except RequestError as exc:
+                    context.abort_with_status(exc.to_status())
+                return inner(request, context)
+
+            marked = sync_unary
+        setattr(marked, _OBSERVED, True)
+        return grpc.unary_unary_rpc_method_handler(
+            marked, response_serializer=handler.response_serializer
+        )
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as exc:  # DecodeError, or a custom deserializer's
+            return _Undecodable(decode, exc)
+
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+        if aio:
+
+            async def aio_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                try:
+                    decoded = _decoded(request)
+                except RequestError as exc:
+                    await _aio_abort(context, exc)
+                result: Any = inner_us(decoded, context)
+                if hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                else:  # a handler that writes with context.write()
+                    await result
+
+            marked = aio_stream
+        else:
+
+            def sync_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                try:
+                    decoded = _decoded(request)
+                except RequestError as exc:
+                    context.abort_with_status(exc.to_status())
+                yield from inner_us(decoded, context)
+
+            marked = sync_stream
+        setattr(marked, _OBSERVED, True)
+        return grpc.unary_stream_rpc_method_handler(
+            marked, deserialize, handler.response_serializer
+        )
+    assert handler.stream_stream is not None
+    marked = _aio_bidi(handler.stream_stream) if aio else _sync_bidi(handler.stream_stream)
+    setattr(marked, _OBSERVED, True)
+    return grpc.stream_stream_rpc_method_handler(marked, deserialize, handler.response_serializer)
+
+
 class ServerInterceptor(_SyncInterceptorBase):
-    """Counts the app's own RPCs (sync server) into the container's metrics."""
+    """Counts the app's own RPCs (sync server) into the container's metrics.
+
+    pycontainer's own services (``_hosting.OWN_SERVICES``) are not the app's
+    RPCs: they are not counted here, only :func:`guarded` (a container's
+    handlers are already, and pass unchanged). Each method's wrapped handler
+    is made once, at its first call.
+    """
 
     def __init__(self, observer: Observer) -> None:
-        self._observer = observer
+        self._handlers = HandlerCache(
+            lambda method, handler: (
+                guarded(handler, aio=False)
+                if is_own_method(method)
+                else observer.wrap(method, handler, aio=False, traced=False)
+            )
+        )
 
     def intercept_service(
         self,
@@ -431,15 +607,24 @@ class ServerInterceptor(_SyncInterceptorBase):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method: str = handler_call_details.method
-        return self._observer.wrap(method, handler, aio=False, traced=False)
+        observed: grpc.RpcMethodHandler[Any, Any] = self._handlers.get(
+            handler_call_details.method, handler
+        )
+        return observed
 
 
 class AioServerInterceptor(_AioInterceptorBase):
-    """Counts the app's own RPCs (grpc.aio server) into the container's metrics."""
+    """Counts the app's own RPCs (grpc.aio server) into the container's metrics
+    (as :class:`ServerInterceptor` does)."""
 
     def __init__(self, observer: Observer) -> None:
-        self._observer = observer
+        self._handlers = HandlerCache(
+            lambda method, handler: (
+                guarded(handler, aio=True)
+                if is_own_method(method)
+                else observer.wrap(method, handler, aio=True, traced=False)
+            )
+        )
 
     async def intercept_service(
         self,
@@ -451,5 +636,7 @@ class AioServerInterceptor(_AioInterceptorBase):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method: str = handler_call_details.method
-        return self._observer.wrap(method, handler, aio=True, traced=False)
+        observed: grpc.RpcMethodHandler[Any, Any] = self._handlers.get(
+            handler_call_details.method, handler
+        )
+        return observed
