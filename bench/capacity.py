@@ -1,7 +1,8 @@
 """Server CPU per call at saturation: each server (pycontainer's and bare
 grpcio's) in a process of its own, loaded by client processes that keep many
-calls in flight; the servers' CPU time (user + system, all threads, read with
-psutil from outside) over the calls they answered.
+calls in flight; the servers' CPU time (user + system, all threads: their own
+``time.process_time()``, asked over a pipe, precise where psutil's clock
+ticks are 10 ms) over the calls they answered.
 
 Both servers run for the whole row; the load goes to one, then the other, in
 alternating slices, so that both see the same moments of a noisy machine.
@@ -13,14 +14,13 @@ import asyncio
 import contextlib
 import multiprocessing
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from .harness import Context, Sample
 
@@ -129,10 +129,16 @@ def _serve(kind: str, ours: bool, container_id: str, tls: Tls | None, conn: Conn
     if container is not None:
         container.start()
     conn.send(port)
-    conn.recv()  # "stop"
+    _answer(conn)
     server.stop(None)
     if container is not None:
         container.close()
+
+
+def _answer(conn: Connection) -> None:
+    """Tell this process's CPU seconds when asked, until told to stop."""
+    while conn.recv() == "cpu":
+        conn.send(time.process_time())
 
 
 async def _serve_aio(ours: bool, container_id: str, tls: Tls | None, conn: Connection) -> None:
@@ -161,7 +167,7 @@ async def _serve_aio(ours: bool, container_id: str, tls: Tls | None, conn: Conne
     if container is not None:
         await container.astart()
     conn.send(port)
-    await asyncio.to_thread(conn.recv)  # "stop"
+    await asyncio.to_thread(_answer, conn)
     await server.stop(None)
     if container is not None:
         container.close()
@@ -211,11 +217,6 @@ async def _aload(
 
 
 # -- the row -----------------------------------------------------------------------------
-def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
-
-
 def cpu_per_call(
     ctx: Context, kind: str, method: str, request: bytes, *, tls: bool, watchers: bool = False
 ) -> list[Sample]:
@@ -236,7 +237,7 @@ def cpu_per_call(
                 raise RuntimeError(f"the {kind} servers did not start within 60 s")
             addresses = [f"127.0.0.1:{link.recv()}" for link in links]
             with _watching(addresses[1], creds) if watchers else contextlib.nullcontext():
-                return _measure(ctx, servers, addresses, method, request, creds)
+                return _measure(ctx, links, addresses, method, request, creds)
         finally:
             for link in links:
                 with contextlib.suppress(OSError):
@@ -250,7 +251,7 @@ def cpu_per_call(
 
 def _measure(
     ctx: Context,
-    servers: list[Any],
+    servers: list[Connection],
     addresses: list[str],
     method: str,
     request: bytes,
@@ -269,14 +270,18 @@ def _measure(
         for link in links:
             if not link.poll(60) or link.recv() != "ready":
                 raise RuntimeError("a load process did not start within 60 s")
-        watched = [psutil.Process(proc.pid) for proc in servers]
+
+        def cpu_seconds(side: int) -> float:
+            servers[side].send("cpu")
+            seconds: float = servers[side].recv()
+            return seconds
 
         def run(side: int, seconds: float) -> tuple[int, float]:
-            before = _cpu(watched[side])
+            before = cpu_seconds(side)
             for link in links:
                 link.send((side, seconds))
             calls = sum(link.recv() for link in links)
-            return calls, _cpu(watched[side]) - before
+            return calls, cpu_seconds(side) - before
 
         for side in (0, 1):  # warm up both
             run(side, min(0.5, ctx.seconds))

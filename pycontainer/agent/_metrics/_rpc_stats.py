@@ -170,7 +170,7 @@ class RpcStats:
     def figures(
         self, include: Callable[[str], bool] | None = None
     ) -> list[metrics_pb2.RpcMethodMetrics]:
-        """Cumulative figures per method, sorted by method, optionally filtered.
+        """Cumulative figures per called method, sorted by method, optionally filtered.
 
         ``calls_per_second`` is left 0: rates belong to a watch's interval.
         """
@@ -196,7 +196,10 @@ class RpcStats:
                     s.max,
                 )
                 for method, s in self._methods.items()
-                if include is None or include(method)
+                # A method shows once it was called (wrappers take its
+                # counters when they are made, before any call).
+                if (s.started or s.messages_in or s.messages_out)
+                and (include is None or include(method))
             ]
         out = []
         for (
