@@ -28,7 +28,9 @@ from .harness import Context, Sample
 # GIL-bound server busy on 2 cores, few enough to leave it a core.
 CLIENTS = 2
 IN_FLIGHT = 8
-SLICES = 4
+# Slices of the load, alternating between the servers, at least this long
+# (a slice starts and ends IN_FLIGHT calls in each client: ~ms).
+SLICE_SECONDS = 0.25
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 ECHO = "/demo.Echo/Echo"
 NOTE = "CPU µs per call; ratio: bare ÷ pycontainer (≥ 0.95 is the goal)"
@@ -288,9 +290,10 @@ def _measure(
         out = []
         for _ in range(ctx.rounds):
             totals = [[0, 0.0], [0, 0.0]]  # calls, CPU seconds: bare, ours
-            for _ in range(SLICES):
+            slices = max(2, round(ctx.seconds / SLICE_SECONDS))
+            for _ in range(slices):
                 for side in (0, 1):
-                    calls, cpu = run(side, ctx.seconds / SLICES)
+                    calls, cpu = run(side, ctx.seconds / slices)
                     totals[side][0] += calls
                     totals[side][1] += cpu
             bare, ours = (cpu / max(1, calls) * 1e6 for calls, cpu in totals)

@@ -36,9 +36,17 @@ def make_container(name: str, **settings: Any) -> pycontainer.Container:
     return pycontainer.Container(pycontainer.ContainerSettings(name=name, **settings))
 
 
-# Each round alternates the two in this many slices, so that both see the
-# same moments of a noisy machine.
+# Each round alternates the two in slices this long (at least 4 a round), so
+# that both see the same moments of a noisy machine: on 2 shared cores, slices
+# of a second left whole rounds to one side's luck.
+SLICE_SECONDS = 0.05
+# Fixed slices, for rows that alternate their own way (rows_logs' P3d).
 SLICES = 4
+
+
+def slices(ctx: Context) -> int:
+    """How many slices each side gets in a round."""
+    return max(4, round(ctx.seconds / SLICE_SECONDS))
 
 
 def rate(fn: Callable[[], object], seconds: float) -> float:
@@ -63,9 +71,9 @@ def alternate(ctx: Context, ours: Callable[[], object], bare: Callable[[], objec
     out = []
     for _ in range(ctx.rounds):
         totals = {"ours": [0, 0.0], "bare": [0, 0.0]}
-        for _ in range(SLICES):
+        for _ in range(slices(ctx)):
             for side, fn in (("bare", bare), ("ours", ours)):
-                n, t = _calls(fn, ctx.seconds / SLICES)
+                n, t = _calls(fn, ctx.seconds / slices(ctx))
                 totals[side][0] += n
                 totals[side][1] += t
         out.append(
@@ -194,9 +202,9 @@ async def _aio_health(ctx: Context, tls: bool) -> list[Sample]:
             out = []
             for _ in range(ctx.rounds):
                 totals = [[0, 0.0], [0, 0.0]]  # bare, ours
-                for _ in range(SLICES):
+                for _ in range(slices(ctx)):
                     for side, stub in enumerate(stubs):
-                        n, t = await calls(stub, ctx.seconds / SLICES)
+                        n, t = await calls(stub, ctx.seconds / slices(ctx))
                         totals[side][0] += n
                         totals[side][1] += t
                 bare_rate, our_rate = (n / t for n, t in totals)
