@@ -188,11 +188,18 @@ class Observer:
             # The behaviour decodes and encodes the messages itself (grpc
             # hands it bytes and sends the bytes it returns): one function
             # and two counter updates per call.
-            behavior = (
-                self._aio_unary(method, stats, handler, traced)
-                if aio
-                else self._sync_unary(method, stats, handler, traced, slots)
-            )
+            if not traced and slots is None:  # the app's RPCs: counted, nothing else
+                behavior = (
+                    _counted_aio_unary(method, stats, handler)
+                    if aio
+                    else _counted_sync_unary(method, stats, handler)
+                )
+            else:
+                behavior = (
+                    self._aio_unary(method, stats, handler, traced)
+                    if aio
+                    else self._sync_unary(method, stats, handler, traced, slots)
+                )
             setattr(behavior, _OBSERVED, True)
             return grpc.unary_unary_rpc_method_handler(behavior)
 
@@ -432,6 +439,87 @@ class Observer:
                 self._finish(stats, span, code, started, error)
 
         return behavior
+
+
+def _counted_sync_unary(
+    method: str, stats: MethodStats, handler: grpc.RpcMethodHandler[Any, Any]
+) -> Callable[[bytes, grpc.ServicerContext], Any]:
+    """Observer._sync_unary without a span or a stream slot: what each of the
+    app's calls pays for being counted."""
+    inner: Callable[..., Any] = handler.unary_unary  # type: ignore[assignment]
+    decode = handler.request_deserializer
+    encode = handler.response_serializer
+    clock = time.perf_counter
+
+    def behavior(data: bytes, context: grpc.ServicerContext) -> Any:
+        stats.begin(len(data))
+        started = clock()
+        code = 0
+        sent: int | None = None
+        try:
+            response = inner(data if decode is None else _decode(decode, data), context)
+            if response is None or encode is None:
+                sent = _size(response)
+                return response
+            try:
+                out = encode(response)
+            except Exception:
+                _log.exception("the response of %s did not serialize", method)
+                code = _INTERNAL
+                context.abort(grpc.StatusCode.INTERNAL, "Failed to serialize response!")
+            sent = len(out)
+            return out
+        except RequestError as exc:
+            code = code_number(exc.code)
+            context.abort_with_status(exc.to_status())
+        except Exception:
+            if code == 0:
+                code = code_number(_code_of(context, grpc.StatusCode.UNKNOWN))
+            raise
+        finally:
+            stats.end(code, clock() - started, sent)
+
+    return behavior
+
+
+def _counted_aio_unary(
+    method: str, stats: MethodStats, handler: grpc.RpcMethodHandler[Any, Any]
+) -> Callable[[bytes, Any], Awaitable[Any]]:
+    """_counted_sync_unary for grpc.aio."""
+    inner: Callable[..., Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment]
+    decode = handler.request_deserializer
+    encode = handler.response_serializer
+    clock = time.perf_counter
+
+    async def behavior(data: bytes, context: Any) -> Any:
+        stats.begin(len(data))
+        started = clock()
+        code = 0
+        sent: int | None = None
+        try:
+            response = await inner(data if decode is None else _decode(decode, data), context)
+            if response is None or encode is None:
+                sent = _size(response)
+                return response
+            try:
+                out = encode(response)
+            except Exception:
+                _log.exception("the response of %s did not serialize", method)
+                code = _INTERNAL
+                await context.abort(grpc.StatusCode.INTERNAL, "Failed to serialize response!")
+            sent = len(out)
+            return out
+        except RequestError as exc:
+            code = code_number(exc.code)
+            await _aio_abort(context, exc)
+        except Exception:
+            if code == 0:
+                code = code_number(_code_of(context, grpc.StatusCode.UNKNOWN))
+            raise
+        finally:
+            stats.end(code, clock() - started, sent)
+
+    return behavior
 
 
 def _decode(deserializer: Callable[[bytes], Any], data: bytes) -> Any:
