@@ -11,7 +11,6 @@ alone; this wrapper uses only the OpenTelemetry API.)
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -30,10 +29,8 @@ from .._handler_cache import HandlerCache
 from ._hosting import is_own_method
 from ._metrics import MethodStats, RpcStats
 
-_log = logging.getLogger("pycontainer")
 _OK = grpc.StatusCode.OK
 _CANCELLED = code_number(grpc.StatusCode.CANCELLED)
-_INTERNAL = code_number(grpc.StatusCode.INTERNAL)
 # Marks behaviours this module made, so that they are never wrapped twice.
 _OBSERVED = "_pycontainer_observed"
 
@@ -184,24 +181,6 @@ class Observer:
             # interceptor), or a callback-style handler whose signature differs.
             return handler
         stats = self.stats.method(method)
-        if handler.unary_unary is not None:
-            # The behaviour decodes and encodes the messages itself (grpc
-            # hands it bytes and sends the bytes it returns): one function
-            # and two counter updates per call.
-            if not traced and slots is None:  # the app's RPCs: counted, nothing else
-                behavior = (
-                    _counted_aio_unary(method, stats, handler)
-                    if aio
-                    else _counted_sync_unary(method, stats, handler)
-                )
-            else:
-                behavior = (
-                    self._aio_unary(method, stats, handler, traced)
-                    if aio
-                    else self._sync_unary(method, stats, handler, traced, slots)
-                )
-            setattr(behavior, _OBSERVED, True)
-            return grpc.unary_unary_rpc_method_handler(behavior)
 
         def deserialize(data: bytes) -> Any:
             stats.received(len(data))
@@ -219,6 +198,22 @@ class Observer:
             stats.sent(len(data))
             return data
 
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+            if not traced and slots is None:  # the app's RPCs: counted, nothing else
+                behavior = (
+                    _counted_aio_unary(stats, inner_uu)
+                    if aio
+                    else _counted_sync_unary(stats, inner_uu)
+                )
+            else:
+                behavior = (
+                    self._aio_unary(method, stats, inner_uu, traced)
+                    if aio
+                    else self._sync_unary(method, stats, inner_uu, traced, slots)
+                )
+            setattr(behavior, _OBSERVED, True)
+            return grpc.unary_unary_rpc_method_handler(behavior, deserialize, serialize)
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
             stream_behavior = (
@@ -244,9 +239,8 @@ class Observer:
         code: int,
         started: float,
         error: BaseException | None = None,
-        response_bytes: int | None = None,
     ) -> None:
-        stats.end(code, time.perf_counter() - started, response_bytes)
+        stats.end(code, time.perf_counter() - started)
         if span is not None:
             span.set_attribute("rpc.grpc.status_code", code)
             if code != 0:
@@ -260,54 +254,34 @@ class Observer:
         self,
         method: str,
         stats: MethodStats,
-        handler: grpc.RpcMethodHandler[Any, Any],
+        inner: Callable[..., Any],
         traced: bool,
         slots: StreamSlots | None = None,
-    ) -> Callable[[bytes, grpc.ServicerContext], Any]:
-        inner: Callable[..., Any] = handler.unary_unary  # type: ignore[assignment]
-        decode = handler.request_deserializer
-        encode = handler.response_serializer
-
-        def behavior(data: bytes, context: grpc.ServicerContext) -> Any:
-            stats.begin(len(data))
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+            stats.begin()
             started = time.perf_counter()
             span = self._span(method, context) if traced else None
             token = otel_context.attach(trace.set_span_in_context(span)) if span else None
             code = 0
             error: BaseException | None = None
-            sent: int | None = None
             release: Callable[[], None] | None = None
             try:
                 if slots is not None:
                     release = slots.admit(context)
-                response = inner(data if decode is None else _decode(decode, data), context)
-                if response is None or encode is None:
-                    # None: grpc ends the call as it would have (the code the
-                    # handler set, else INTERNAL).
-                    sent = _size(response)
-                    return response
-                try:
-                    out = encode(response)
-                except Exception:
-                    _log.exception("the response of %s did not serialize", method)
-                    code = _INTERNAL
-                    context.abort(grpc.StatusCode.INTERNAL, "Failed to serialize response!")
-                sent = len(out)
-                return out
+                return inner(_decoded(request), context)
             except RequestError as exc:
                 code, error = code_number(exc.code), exc
                 context.abort_with_status(exc.to_status())
             except Exception as exc:
-                if code == 0:
-                    code = code_number(_code_of(context, grpc.StatusCode.UNKNOWN))
-                    error = exc
+                code, error = code_number(_code_of(context, grpc.StatusCode.UNKNOWN)), exc
                 raise
             finally:
                 if release is not None:
                     release()
                 if token is not None:
                     otel_context.detach(token)
-                self._finish(stats, span, code, started, error, sent)
+                self._finish(stats, span, code, started, error)
 
         if slots is not None:  # a long call (a CPU profile): run it in our pool
             behavior.experimental_thread_pool = slots.pool  # type: ignore[attr-defined]
@@ -355,49 +329,25 @@ class Observer:
         return behavior
 
     def _aio_unary(
-        self,
-        method: str,
-        stats: MethodStats,
-        handler: grpc.RpcMethodHandler[Any, Any],
-        traced: bool,
-    ) -> Callable[[bytes, Any], Awaitable[Any]]:
-        inner: Callable[..., Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment]
-        decode = handler.request_deserializer
-        encode = handler.response_serializer
-
-        async def behavior(data: bytes, context: Any) -> Any:
-            stats.begin(len(data))
+        self, method: str, stats: MethodStats, inner: Callable[..., Awaitable[Any]], traced: bool
+    ) -> Callable[[Any, Any], Awaitable[Any]]:
+        async def behavior(request: Any, context: Any) -> Any:
+            stats.begin()
             started = time.perf_counter()
             span = self._span(method, context) if traced else None
             code = 0
             error: BaseException | None = None
-            sent: int | None = None
             try:
                 with trace.use_span(span, end_on_exit=False) if span else _nothing():
-                    response = await inner(
-                        data if decode is None else _decode(decode, data), context
-                    )
-                if response is None or encode is None:
-                    sent = _size(response)
-                    return response
-                try:
-                    out = encode(response)
-                except Exception:
-                    _log.exception("the response of %s did not serialize", method)
-                    code = _INTERNAL
-                    await context.abort(grpc.StatusCode.INTERNAL, "Failed to serialize response!")
-                sent = len(out)
-                return out
+                    return await inner(_decoded(request), context)
             except RequestError as exc:
                 code, error = code_number(exc.code), exc
                 await _aio_abort(context, exc)
             except Exception as exc:
-                if code == 0:
-                    code = code_number(_code_of(context, grpc.StatusCode.UNKNOWN))
-                    error = exc
+                code, error = code_number(_code_of(context, grpc.StatusCode.UNKNOWN)), exc
                 raise
             finally:
-                self._finish(stats, span, code, started, error, sent)
+                self._finish(stats, span, code, started, error)
 
         return behavior
 
@@ -442,97 +392,52 @@ class Observer:
 
 
 def _counted_sync_unary(
-    method: str, stats: MethodStats, handler: grpc.RpcMethodHandler[Any, Any]
-) -> Callable[[bytes, grpc.ServicerContext], Any]:
+    stats: MethodStats, inner: Callable[..., Any]
+) -> Callable[[Any, grpc.ServicerContext], Any]:
     """Observer._sync_unary without a span or a stream slot: what each of the
     app's calls pays for being counted."""
-    inner: Callable[..., Any] = handler.unary_unary  # type: ignore[assignment]
-    decode = handler.request_deserializer
-    encode = handler.response_serializer
     clock = time.perf_counter
 
-    def behavior(data: bytes, context: grpc.ServicerContext) -> Any:
-        stats.begin(len(data))
+    def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+        stats.begin()
         started = clock()
         code = 0
-        sent: int | None = None
         try:
-            response = inner(data if decode is None else _decode(decode, data), context)
-            if response is None or encode is None:
-                sent = _size(response)
-                return response
-            try:
-                out = encode(response)
-            except Exception:
-                _log.exception("the response of %s did not serialize", method)
-                code = _INTERNAL
-                context.abort(grpc.StatusCode.INTERNAL, "Failed to serialize response!")
-            sent = len(out)
-            return out
+            return inner(_decoded(request), context)
         except RequestError as exc:
             code = code_number(exc.code)
             context.abort_with_status(exc.to_status())
         except Exception:
-            if code == 0:
-                code = code_number(_code_of(context, grpc.StatusCode.UNKNOWN))
+            code = code_number(_code_of(context, grpc.StatusCode.UNKNOWN))
             raise
         finally:
-            stats.end(code, clock() - started, sent)
+            stats.end(code, clock() - started)
 
     return behavior
 
 
 def _counted_aio_unary(
-    method: str, stats: MethodStats, handler: grpc.RpcMethodHandler[Any, Any]
-) -> Callable[[bytes, Any], Awaitable[Any]]:
+    stats: MethodStats, inner: Callable[..., Awaitable[Any]]
+) -> Callable[[Any, Any], Awaitable[Any]]:
     """_counted_sync_unary for grpc.aio."""
-    inner: Callable[..., Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment]
-    decode = handler.request_deserializer
-    encode = handler.response_serializer
     clock = time.perf_counter
 
-    async def behavior(data: bytes, context: Any) -> Any:
-        stats.begin(len(data))
+    async def behavior(request: Any, context: Any) -> Any:
+        stats.begin()
         started = clock()
         code = 0
-        sent: int | None = None
         try:
-            response = await inner(data if decode is None else _decode(decode, data), context)
-            if response is None or encode is None:
-                sent = _size(response)
-                return response
-            try:
-                out = encode(response)
-            except Exception:
-                _log.exception("the response of %s did not serialize", method)
-                code = _INTERNAL
-                await context.abort(grpc.StatusCode.INTERNAL, "Failed to serialize response!")
-            sent = len(out)
-            return out
+            return await inner(_decoded(request), context)
         except RequestError as exc:
             code = code_number(exc.code)
             await _aio_abort(context, exc)
         except Exception:
-            if code == 0:
-                code = code_number(_code_of(context, grpc.StatusCode.UNKNOWN))
+            code = code_number(_code_of(context, grpc.StatusCode.UNKNOWN))
             raise
         finally:
-            stats.end(code, clock() - started, sent)
+            stats.end(code, clock() - started)
 
     return behavior
-
-
-def _decode(deserializer: Callable[[bytes], Any], data: bytes) -> Any:
-    """The request ``data`` encodes; INVALID_ARGUMENT naming its type if it does not decode."""
-    try:
-        return deserializer(data)
-    except Exception as exc:  # DecodeError, or a custom deserializer's
-        raise _Undecodable(deserializer, exc).request_error() from None
-
-
-def _size(message: Any) -> int | None:
-    """The size of a response the app serialized itself (bytes), else None."""
-    return len(message) if isinstance(message, bytes) else None
 
 
 def _sync_bidi(inner: Callable[..., Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
@@ -598,33 +503,6 @@ def guarded(
         or getattr(behavior_of, _OBSERVED, False)
     ):
         return handler
-    marked: Callable[..., Any]
-    if handler.unary_unary is not None:
-        inner: Callable[..., Any] = handler.unary_unary
-        if aio:
-
-            async def aio_unary(data: bytes, context: Any) -> Any:
-                try:
-                    request = _decode(decode, data)
-                except RequestError as exc:
-                    await _aio_abort(context, exc)
-                return await inner(request, context)
-
-            marked = aio_unary
-        else:
-
-            def sync_unary(data: bytes, context: grpc.ServicerContext) -> Any:
-                try:
-                    request = _decode(decode, data)
-                except RequestError as exc:
-                    context.abort_with_status(exc.to_status())
-                return inner(request, context)
-
-            marked = sync_unary
-        setattr(marked, _OBSERVED, True)
-        return grpc.unary_unary_rpc_method_handler(
-            marked, response_serializer=handler.response_serializer
-        )
 
     def deserialize(data: bytes) -> Any:
         try:
@@ -632,16 +510,35 @@ def guarded(
         except Exception as exc:  # DecodeError, or a custom deserializer's
             return _Undecodable(decode, exc)
 
+    marked: Callable[..., Any]
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+        if aio:
+
+            async def aio_unary(request: Any, context: Any) -> Any:
+                if isinstance(request, _Undecodable):
+                    await _aio_abort(context, request.request_error())
+                return await inner(request, context)
+
+            marked = aio_unary
+        else:
+
+            def sync_unary(request: Any, context: grpc.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    context.abort_with_status(request.request_error().to_status())
+                return inner(request, context)
+
+            marked = sync_unary
+        setattr(marked, _OBSERVED, True)
+        return grpc.unary_unary_rpc_method_handler(marked, deserialize, handler.response_serializer)
     if handler.unary_stream is not None:
         inner_us = handler.unary_stream
         if aio:
 
             async def aio_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                try:
-                    decoded = _decoded(request)
-                except RequestError as exc:
-                    await _aio_abort(context, exc)
-                result: Any = inner_us(decoded, context)
+                if isinstance(request, _Undecodable):
+                    await _aio_abort(context, request.request_error())
+                result: Any = inner_us(request, context)
                 if hasattr(result, "__aiter__"):
                     async for item in result:
                         yield item
@@ -652,11 +549,9 @@ def guarded(
         else:
 
             def sync_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                try:
-                    decoded = _decoded(request)
-                except RequestError as exc:
-                    context.abort_with_status(exc.to_status())
-                yield from inner_us(decoded, context)
+                if isinstance(request, _Undecodable):
+                    context.abort_with_status(request.request_error().to_status())
+                yield from inner_us(request, context)
 
             marked = sync_stream
         setattr(marked, _OBSERVED, True)

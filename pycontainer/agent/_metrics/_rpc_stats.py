@@ -40,12 +40,10 @@ _CODE_NAMES: tuple[str, ...] = tuple(code.name for code in sorted(grpc.StatusCod
 
 
 class MethodStats:
-    """The counters of one method, recorded into by a handler wrapper.
-
-    A call costs two short updates under the shared lock: :meth:`begin` (it is
-    in flight, its request arrived) and :meth:`end` (everything else), so that
-    the serving path does no per-message dict lookups or enum hashing.
-    """
+    """The counters of one method, recorded into by a handler wrapper that
+    took them once: a call costs short updates under the shared lock (begin,
+    each message, end) and no lookups by method name or hashing of status
+    codes (an Enum's hash is a Python-level call)."""
 
     __slots__ = (
         "_lock",
@@ -82,18 +80,14 @@ class MethodStats:
         self.min = 0.0
         self.max = 0.0
 
-    def begin(self, request_bytes: int | None = None) -> None:
-        """A call began; with ``request_bytes``, its one request message arrived."""
+    def begin(self) -> None:
+        """A call began."""
         with self._lock:
             self.started += 1
             self.in_flight += 1
-            if request_bytes is not None:
-                self.messages_in += 1
-                self.bytes_in += request_bytes
 
-    def end(self, code: int, seconds: float, response_bytes: int | None = None) -> None:
-        """A call ended with the status of wire number ``code`` (0: OK) after
-        ``seconds``; with ``response_bytes``, its one response message was sent."""
+    def end(self, code: int, seconds: float) -> None:
+        """A call ended with the status of wire number ``code`` (0: OK) after ``seconds``."""
         with self._lock:
             if self.in_flight > 0:
                 self.in_flight -= 1
@@ -102,9 +96,6 @@ class MethodStats:
             else:
                 self.failed += 1
             self.codes[code] += 1
-            if response_bytes is not None:
-                self.messages_out += 1
-                self.bytes_out += response_bytes
             # Bucket i holds bounds[i-1] < x <= bounds[i], as OpenTelemetry's.
             self.bucket_counts[bisect_left(LATENCY_BOUNDS, seconds)] += 1
             if self.count == 0 or seconds < self.min:
@@ -115,13 +106,13 @@ class MethodStats:
             self.sum += seconds
 
     def received(self, nbytes: int) -> None:
-        """A request message of ``nbytes`` serialized bytes arrived (streams)."""
+        """A request message of ``nbytes`` serialized bytes arrived."""
         with self._lock:
             self.messages_in += 1
             self.bytes_in += nbytes
 
     def sent(self, nbytes: int) -> None:
-        """A response message of ``nbytes`` serialized bytes was sent (streams)."""
+        """A response message of ``nbytes`` serialized bytes was sent."""
         with self._lock:
             self.messages_out += 1
             self.bytes_out += nbytes
