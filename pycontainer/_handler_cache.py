@@ -28,14 +28,17 @@ class HandlerCache:
 
     def __init__(self, wrap: Callable[[str, _Handler], _Handler]) -> None:
         self._wrap = wrap
-        self._handlers: dict[str, tuple[_Handler, _Handler]] = {}
+        # method -> (the handler seen, its wrapper). Interceptors read it
+        # directly on the serving path (a call saved per RPC), and call get()
+        # when it has nothing for the handler at hand.
+        self.kept: dict[str, tuple[_Handler, _Handler]] = {}
 
     def get(self, method: str, handler: _Handler) -> _Handler:
         """``wrap(method, handler)``, made once per method and handler."""
-        kept = self._handlers.get(method)
+        kept = self.kept.get(method)
         if kept is not None and kept[0] is handler:
             return kept[1]
         wrapped = self._wrap(method, handler)
-        if kept is not None or len(self._handlers) < MAX_INTERCEPTED_METHODS:
-            self._handlers[method] = (handler, wrapped)
+        if kept is not None or len(self.kept) < MAX_INTERCEPTED_METHODS:
+            self.kept[method] = (handler, wrapped)
         return wrapped

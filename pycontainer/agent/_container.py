@@ -25,7 +25,7 @@ from ._config import Config
 from ._connector import ManagerConnection
 from ._health import DEFAULT_CHECK_PERIOD, CheckFunc, CheckKind, HealthState
 from ._healthport import health_groups, start_health_port
-from ._hosting import ServiceNames, current_loop, register
+from ._hosting import ServiceNames, current_loop, register_services
 from ._join import join_if_bootstrapping
 from ._lifecycle import Lifecycle, Request, StateListener, resolve_hook_result
 from ._listen import ListenError, advertised_address
@@ -274,8 +274,8 @@ class Container:
                 for service, group in others.items()
             },
         }
-        for service, group in groups.items():
-            register(server, service, group)
+        self._services.add(groups)  # one generic handler for them all: named here
+        register_services(server, groups)
 
     def _serve_health_port(self) -> None:
         listen = self.settings.health_listen

@@ -403,7 +403,9 @@ def _counted_sync_unary(
         started = clock()
         code = 0
         try:
-            return inner(_decoded(request), context)
+            if request.__class__ is _Undecodable:  # _decoded(), inlined
+                raise request.request_error()
+            return inner(request, context)
         except RequestError as exc:
             code = code_number(exc.code)
             context.abort_with_status(exc.to_status())
@@ -427,7 +429,9 @@ def _counted_aio_unary(
         started = clock()
         code = 0
         try:
-            return await inner(_decoded(request), context)
+            if request.__class__ is _Undecodable:  # _decoded(), inlined
+                raise request.request_error()
+            return await inner(request, context)
         except RequestError as exc:
             code = code_number(exc.code)
             await _aio_abort(context, exc)
@@ -590,6 +594,10 @@ class ServerInterceptor(_SyncInterceptorBase):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
+        kept = self._handlers.kept.get(handler_call_details.method)
+        if kept is not None and kept[0] is handler:  # get(), inlined: one call less
+            known: grpc.RpcMethodHandler[Any, Any] = kept[1]
+            return known
         observed: grpc.RpcMethodHandler[Any, Any] = self._handlers.get(
             handler_call_details.method, handler
         )
@@ -619,6 +627,10 @@ class AioServerInterceptor(_AioInterceptorBase):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
+        kept = self._handlers.kept.get(handler_call_details.method)
+        if kept is not None and kept[0] is handler:  # get(), inlined: one call less
+            known: grpc.RpcMethodHandler[Any, Any] = kept[1]
+            return known
         observed: grpc.RpcMethodHandler[Any, Any] = self._handlers.get(
             handler_call_details.method, handler
         )

@@ -86,6 +86,10 @@ class AuthorizationInterceptor(_SyncInterceptorBase):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
+        kept = self._handlers.kept.get(handler_call_details.method)
+        if kept is not None and kept[0] is handler:  # get(), inlined: one call less
+            known: _Handler = kept[1]
+            return known
         checked: _Handler = self._handlers.get(handler_call_details.method, handler)
         return checked
 
@@ -137,6 +141,10 @@ class AioAuthorizationInterceptor(_AioInterceptorBase):
         if handler is None:
             # gRPC passes None for unknown methods (UNIMPLEMENTED), whatever the stubs say.
             return None
+        kept = self._handlers.kept.get(handler_call_details.method)
+        if kept is not None and kept[0] is handler:  # get(), inlined: one call less
+            known: _Handler = kept[1]
+            return known
         checked: _Handler = self._handlers.get(handler_call_details.method, handler)
         return checked
 
