@@ -84,10 +84,40 @@ def _port(server: Any, tls: Tls | None) -> int:
     return port
 
 
+class _Noop:
+    """An empty interceptor: what grpcio charges for having one at all."""
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        return continuation(details)
+
+
+class _AioNoop:
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        return await continuation(details)
+
+
 def _serve(kind: str, ours: bool, container_id: str, tls: Tls | None, conn: Connection) -> None:
-    """A server of ``kind`` until told to stop; sends its port first."""
-    if kind == "health-aio":
-        asyncio.run(_serve_aio(ours, container_id, tls, conn))
+    """A server of ``kind`` until told to stop; sends its port first. The
+    "-noop" kinds put bare grpcio with 2 empty interceptors on the ours side."""
+    if kind.startswith("health-aio"):
+        asyncio.run(_serve_aio(kind, ours, container_id, tls, conn))
+        return
+    if kind in ("health-sync-noop", "echo-noop"):
+        import grpc
+        from grpc_health.v1 import health, health_pb2_grpc
+
+        noops = [_noop(grpc.ServerInterceptor, _Noop) for _ in range(2)] if ours else []
+        workers = 16 if kind == "health-sync-noop" else 4
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=noops)
+        if kind == "echo-noop":
+            server.add_generic_rpc_handlers((_echo_handler(),))
+        else:
+            health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+        port = _port(server, tls)
+        server.start()
+        conn.send(port)
+        _answer(conn)
+        server.stop(None)
         return
     import grpc
     from grpc_health.v1 import health, health_pb2_grpc
@@ -143,14 +173,25 @@ def _answer(conn: Connection) -> None:
         conn.send(time.process_time())
 
 
-async def _serve_aio(ours: bool, container_id: str, tls: Tls | None, conn: Connection) -> None:
+def _noop(base: Any, body: Any) -> Any:
+    """An instance of ``body``'s interceptor on grpcio's interceptor ``base``."""
+    return type(body.__name__, (body, base), {})()
+
+
+async def _serve_aio(
+    kind: str, ours: bool, container_id: str, tls: Tls | None, conn: Connection
+) -> None:
     import grpc
     from grpc_health.v1 import health, health_pb2_grpc
 
     import pycontainer
 
     container = None
-    if ours:
+    if kind == "health-aio-noop":
+        noops = [_noop(grpc.aio.ServerInterceptor, _AioNoop) for _ in range(2)] if ours else []
+        server = grpc.aio.server(interceptors=noops)
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    elif ours:
         container = pycontainer.Container(
             pycontainer.ContainerSettings(name="bench-capacity", id=container_id)
         )

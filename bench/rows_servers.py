@@ -414,6 +414,35 @@ ROWS = [
         for kind in ("sync", "aio")
         for tls in (False, True)
     ),
+    # What grpcio itself charges for having interceptors at all: bare grpcio
+    # with 2 empty ones (as many as pycontainer's) ÷ without, same load.
+    *(
+        Row(
+            f"floor-{kind}-cpu",
+            "",
+            "context",
+            f"health Check, {kind} server, plaintext, bare grpcio with 2 empty interceptors, "
+            "server CPU per call at saturation",
+            "the same server without interceptors, same load",
+            "µs CPU/call",
+            False,
+            lambda ctx, kind=kind: cpu_per_call(
+                ctx, f"health-{kind}-noop", HEALTH_CHECK, b"", tls=False
+            ),
+        )
+        for kind in ("sync", "aio")
+    ),
+    Row(
+        "floor-echo-cpu",
+        "",
+        "context",
+        "app unary RPC, sync server (4 workers), bare grpcio with 2 empty interceptors, "
+        "server CPU per call at saturation",
+        "the same server without interceptors, same load",
+        "µs CPU/call",
+        False,
+        lambda ctx: cpu_per_call(ctx, "echo-noop", ECHO, b"x", tls=False),
+    ),
     Row(
         "p6-interceptor-cpu",
         "P6",

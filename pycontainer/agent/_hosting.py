@@ -71,14 +71,20 @@ def register_services(
     server: Any, groups: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]]
 ) -> None:
     """register() for several services at once: one generic handler for them
-    all (plus registered methods per service, where the server has them)."""
+    all, plus registered methods per service on a sync server (found without
+    asking the generic handlers). Not on a grpc.aio server: its main loop
+    waits on one pending request per registered method, and goes through all
+    of them for every call (asyncio.wait), so each method registered there
+    costs every RPC of the server, the app's too."""
     methods = {
         f"/{service}/{name}": handler
         for service, handlers in groups.items()
         for name, handler in handlers.items()
     }
     server.add_generic_rpc_handlers((_Methods(methods),))
-    if hasattr(server, "add_registered_method_handlers"):
+    if hasattr(server, "add_registered_method_handlers") and not isinstance(
+        server, grpc.aio.Server
+    ):
         for service, handlers in groups.items():
             server.add_registered_method_handlers(service, handlers)
 
