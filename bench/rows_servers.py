@@ -28,6 +28,7 @@ from pycontainer.client import ManagementClient
 from pycontainer.telemetry import RpcTracing
 from pycontainer.v1 import management_pb2
 
+from .capacity import ECHO, HEALTH_CHECK, cpu_per_call
 from .harness import Context, Row, Sample
 
 WARMUP_CALLS = 200
@@ -39,9 +40,17 @@ def make_container(name: str, **settings: Any) -> pycontainer.Container:
     return pycontainer.Container(pycontainer.ContainerSettings(name=name, **settings))
 
 
-# Each round alternates the two in this many slices, so that both see the
-# same moments of a noisy machine.
+# Each round alternates the two in slices this long (at least 4 a round), so
+# that both see the same moments of a noisy machine: on 2 shared cores, slices
+# of a second left whole rounds to one side's luck.
+SLICE_SECONDS = 0.05
+# Fixed slices, for rows that alternate their own way (rows_logs' P3d).
 SLICES = 4
+
+
+def slices(ctx: Context) -> int:
+    """How many slices each side gets in a round."""
+    return max(4, round(ctx.seconds / SLICE_SECONDS))
 
 
 def rate(fn: Callable[[], object], seconds: float) -> float:
@@ -66,9 +75,9 @@ def alternate(ctx: Context, ours: Callable[[], object], bare: Callable[[], objec
     out = []
     for _ in range(ctx.rounds):
         totals = {"ours": [0, 0.0], "bare": [0, 0.0]}
-        for _ in range(SLICES):
+        for _ in range(slices(ctx)):
             for side, fn in (("bare", bare), ("ours", ours)):
-                n, t = _calls(fn, ctx.seconds / SLICES)
+                n, t = _calls(fn, ctx.seconds / slices(ctx))
                 totals[side][0] += n
                 totals[side][1] += t
         out.append(
@@ -197,9 +206,9 @@ async def _aio_health(ctx: Context, tls: bool) -> list[Sample]:
             out = []
             for _ in range(ctx.rounds):
                 totals = [[0, 0.0], [0, 0.0]]  # bare, ours
-                for _ in range(SLICES):
+                for _ in range(slices(ctx)):
                     for side, stub in enumerate(stubs):
-                        n, t = await calls(stub, ctx.seconds / SLICES)
+                        n, t = await calls(stub, ctx.seconds / slices(ctx))
                         totals[side][0] += n
                         totals[side][1] += t
                 bare_rate, our_rate = (n / t for n, t in totals)
@@ -499,5 +508,74 @@ ROWS = [
         "calls/s",
         True,
         stock_traced_app,
+    ),
+    # Capacity: server CPU per call at saturation (bench/capacity.py); the
+    # ratio is bare ÷ pycontainer, so that ≥ 0.95 is the goal, as above.
+    *(
+        Row(
+            f"p1-{kind}{'-mtls' if tls else ''}-cpu",
+            "P1",
+            "≥ 0.95",
+            f"health Check, {kind} server, {'mTLS' if tls else 'plaintext'}, "
+            "server CPU per call at saturation",
+            f"bare grpcio {kind} health servicer, same load",
+            "µs CPU/call",
+            False,
+            lambda ctx, kind=kind, tls=tls: cpu_per_call(
+                ctx, f"health-{kind}", HEALTH_CHECK, b"", tls=tls
+            ),
+        )
+        for kind in ("sync", "aio")
+        for tls in (False, True)
+    ),
+    # What grpcio itself charges for having interceptors at all: bare grpcio
+    # with 2 empty ones (as many as pycontainer's) ÷ without, same load.
+    *(
+        Row(
+            f"floor-{kind}-cpu",
+            "",
+            "context",
+            f"health Check, {kind} server, plaintext, bare grpcio with 2 empty interceptors, "
+            "server CPU per call at saturation",
+            "the same server without interceptors, same load",
+            "µs CPU/call",
+            False,
+            lambda ctx, kind=kind: cpu_per_call(
+                ctx, f"health-{kind}-noop", HEALTH_CHECK, b"", tls=False
+            ),
+        )
+        for kind in ("sync", "aio")
+    ),
+    Row(
+        "floor-echo-cpu",
+        "",
+        "context",
+        "app unary RPC, sync server (4 workers), bare grpcio with 2 empty interceptors, "
+        "server CPU per call at saturation",
+        "the same server without interceptors, same load",
+        "µs CPU/call",
+        False,
+        lambda ctx: cpu_per_call(ctx, "echo-noop", ECHO, b"x", tls=False),
+    ),
+    Row(
+        "p6-interceptor-cpu",
+        "P6",
+        "≥ 0.95 (part of P6)",
+        "app unary RPC with pycontainer's app interceptor, server CPU per call at saturation",
+        "the same server without it, same load",
+        "µs CPU/call",
+        False,
+        lambda ctx: cpu_per_call(ctx, "echo-interceptor", ECHO, b"x", tls=False),
+    ),
+    Row(
+        "p6-embedded-cpu",
+        "P6",
+        "≥ 0.95",
+        "sync app unary RPC, pycontainer embedded (interceptors, 2 log + 2 metrics "
+        "watchers), server CPU per call at saturation",
+        "the same app without pycontainer, same load",
+        "µs CPU/call",
+        False,
+        lambda ctx: cpu_per_call(ctx, "echo-embedded", ECHO, b"x", tls=False, watchers=True),
     ),
 ]

@@ -151,3 +151,8 @@ DEFAULT_LOG_CAPACITY = 10_000
 #: thousands per second; past it a call's span is dropped and counted (a
 #: record is ~200 bytes: 16 MiB at most).
 MAX_RPC_TRACE_QUEUE = 65536
+#: Methods whose wrapped handler a server interceptor keeps (pycontainer's app
+#: interceptor, the authorization interceptor), so that a call costs a lookup,
+#: not a new wrapper. A server's methods are far fewer; past this (a generic
+#: handler that answers any name a client sends) calls are wrapped one by one.
+MAX_INTERCEPTED_METHODS = 1024

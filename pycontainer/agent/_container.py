@@ -26,13 +26,13 @@ from ._config import Config
 from ._connector import ManagerConnection
 from ._health import DEFAULT_CHECK_PERIOD, CheckFunc, CheckKind, HealthState
 from ._healthport import health_groups, start_health_port
-from ._hosting import ServiceNames, current_loop, register
+from ._hosting import ServiceNames, current_loop, register_services
 from ._join import join_if_bootstrapping
 from ._lifecycle import Lifecycle, Request, StateListener, resolve_hook_result
 from ._listen import ListenError, advertised_address
 from ._logs import LogBuffer, install, uninstall
 from ._metrics import AppMetrics, MetricsWatch, RpcStats
-from ._observe import AioServerInterceptor, Observer, ServerInterceptor, StreamSlots
+from ._observe import AioServerInterceptor, Observer, ServerInterceptor, StreamSlots, guarded
 from ._profile import DEFAULT_LOCK_REGISTRY, DEFAULT_LOOP_REGISTRY
 from ._service import (
     LONG_RUNNING,
@@ -274,13 +274,21 @@ class Container:
             )
             for name, handler in method_handlers(servicer).items()
         }
-        groups = {
-            SERVICE: handlers,
+        # Health and reflection are no app RPCs: not counted nor traced, only
+        # guarded against requests that do not decode.
+        others = {
             **health_groups(health_servicer),
             **_reflection.reflection_handlers(self.service_names, aio=aio),
         }
-        for service, group in groups.items():
-            register(server, service, group)
+        groups = {
+            SERVICE: handlers,
+            **{
+                service: {name: guarded(handler, aio=aio) for name, handler in group.items()}
+                for service, group in others.items()
+            },
+        }
+        self._services.add(groups)  # one generic handler for them all: named here
+        register_services(server, groups)
 
     def _serve_health_port(self) -> None:
         listen = self.settings.health_listen

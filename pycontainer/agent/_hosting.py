@@ -6,11 +6,33 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-__all__ = ["ServiceNames", "current_loop", "register"]
+__all__ = [
+    "OWN_SERVICES",
+    "ServiceNames",
+    "current_loop",
+    "is_own_method",
+    "register",
+    "register_services",
+]
+
+# The services pycontainer puts on a server, as method-name prefixes: their
+# calls are authorized by role (_tls), and they are not the app's RPCs (the
+# app interceptor leaves them to pycontainer's own wrapping).
+OWN_SERVICES = (
+    "/pycontainer.v1.Management/",
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.",
+    "/grpc.channelz.",
+)
+
+
+def is_own_method(method: str) -> bool:
+    """Whether ``method`` (a full name, "/service/Method") is of pycontainer's services."""
+    return method.startswith(OWN_SERVICES)
 
 
 def register(
@@ -21,6 +43,50 @@ def register(
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     if hasattr(server, "add_registered_method_handlers"):
         server.add_registered_method_handlers(service, handlers)
+
+
+if TYPE_CHECKING:
+    _GenericHandlerBase = grpc.GenericRpcHandler[Any, Any]
+else:  # grpc-stubs makes it generic; grpcio's is not, at run time
+    _GenericHandlerBase = grpc.GenericRpcHandler
+
+
+class _Methods(_GenericHandlerBase):
+    """Several services' handlers as one generic handler, by full method name.
+
+    grpcio asks each generic handler of a server in turn for every call it has
+    no registered method for, so the app's own RPCs (added after pycontainer's)
+    would pay one lookup per pycontainer service; this way they pay one."""
+
+    def __init__(self, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
+        self._handlers = handlers
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        return self._handlers.get(handler_call_details.method)
+
+
+def register_services(
+    server: Any, groups: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]]
+) -> None:
+    """register() for several services at once: one generic handler for them
+    all, plus registered methods per service on a sync server (found without
+    asking the generic handlers). Not on a grpc.aio server: its main loop
+    waits on one pending request per registered method, and goes through all
+    of them for every call (asyncio.wait), so each method registered there
+    costs every RPC of the server, the app's too."""
+    methods = {
+        f"/{service}/{name}": handler
+        for service, handlers in groups.items()
+        for name, handler in handlers.items()
+    }
+    server.add_generic_rpc_handlers((_Methods(methods),))
+    if hasattr(server, "add_registered_method_handlers") and not isinstance(
+        server, grpc.aio.Server
+    ):
+        for service, handlers in groups.items():
+            server.add_registered_method_handlers(service, handlers)
 
 
 def current_loop() -> asyncio.AbstractEventLoop:

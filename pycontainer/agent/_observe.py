@@ -23,11 +23,14 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .._errors import RequestError, code_number, resource_exhausted
+from .._errors import RequestError, code_number, resource_exhausted, status_code
 from .._errors import abort as _aio_abort
-from ._metrics import RpcStats
+from .._handler_cache import HandlerCache
+from ._hosting import is_own_method
+from ._metrics import MethodStats, RpcStats
 
 _OK = grpc.StatusCode.OK
+_CANCELLED = code_number(grpc.StatusCode.CANCELLED)
 # Marks behaviours this module made, so that they are never wrapped twice.
 _OBSERVED = "_pycontainer_observed"
 
@@ -155,23 +158,6 @@ class Observer:
             attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
         )
 
-    def _finish(
-        self,
-        method: str,
-        span: trace.Span | None,
-        code: grpc.StatusCode,
-        started: float,
-        error: BaseException | None = None,
-    ) -> None:
-        self.stats.call_finished(method, code, time.perf_counter() - started)
-        if span is not None:
-            span.set_attribute("rpc.grpc.status_code", code_number(code))
-            if code != _OK:
-                span.set_status(Status(StatusCode.ERROR, str(error) if error else code.name))
-                if error is not None and not isinstance(error, RequestError):
-                    span.record_exception(error)
-            span.end()
-
     def wrap(
         self,
         method: str,
@@ -194,10 +180,10 @@ class Observer:
             # Already observed (pycontainer's own handlers seen again by the
             # interceptor), or a callback-style handler whose signature differs.
             return handler
-        stats = self.stats
+        stats = self.stats.method(method)
 
         def deserialize(data: bytes) -> Any:
-            stats.message_received(method, len(data))
+            stats.received(len(data))
             if handler.request_deserializer is None:
                 return data
             try:
@@ -209,24 +195,31 @@ class Observer:
             data: bytes = (
                 handler.response_serializer(message) if handler.response_serializer else message
             )
-            stats.message_sent(method, len(data))
+            stats.sent(len(data))
             return data
 
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
-            behavior = (
-                self._aio_unary(method, inner_uu, traced)
-                if aio
-                else self._sync_unary(method, inner_uu, traced, slots)
-            )
+            if not traced and slots is None:  # the app's RPCs: counted, nothing else
+                behavior = (
+                    _counted_aio_unary(stats, inner_uu)
+                    if aio
+                    else _counted_sync_unary(stats, inner_uu)
+                )
+            else:
+                behavior = (
+                    self._aio_unary(method, stats, inner_uu, traced)
+                    if aio
+                    else self._sync_unary(method, stats, inner_uu, traced, slots)
+                )
             setattr(behavior, _OBSERVED, True)
             return grpc.unary_unary_rpc_method_handler(behavior, deserialize, serialize)
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
             stream_behavior = (
-                self._aio_stream(method, inner_us, traced)
+                self._aio_stream(method, stats, inner_us, traced)
                 if aio
-                else self._sync_stream(method, inner_us, traced, slots)
+                else self._sync_stream(method, stats, inner_us, traced, slots)
             )
             setattr(stream_behavior, _OBSERVED, True)
             return grpc.unary_stream_rpc_method_handler(stream_behavior, deserialize, serialize)
@@ -239,15 +232,38 @@ class Observer:
         # Client streams: left alone.
         return handler
 
+    def _finish(
+        self,
+        stats: MethodStats,
+        span: trace.Span | None,
+        code: int,
+        started: float,
+        error: BaseException | None = None,
+    ) -> None:
+        stats.end(code, time.perf_counter() - started)
+        if span is not None:
+            span.set_attribute("rpc.grpc.status_code", code)
+            if code != 0:
+                message = str(error) if error else status_code(code).name
+                span.set_status(Status(StatusCode.ERROR, message))
+                if error is not None and not isinstance(error, RequestError):
+                    span.record_exception(error)
+            span.end()
+
     def _sync_unary(
-        self, method: str, inner: Callable[..., Any], traced: bool, slots: StreamSlots | None = None
+        self,
+        method: str,
+        stats: MethodStats,
+        inner: Callable[..., Any],
+        traced: bool,
+        slots: StreamSlots | None = None,
     ) -> Callable[[Any, grpc.ServicerContext], Any]:
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
-            self.stats.call_started(method)
+            stats.begin()
             started = time.perf_counter()
             span = self._span(method, context) if traced else None
             token = otel_context.attach(trace.set_span_in_context(span)) if span else None
-            code: grpc.StatusCode = _OK
+            code = 0
             error: BaseException | None = None
             release: Callable[[], None] | None = None
             try:
@@ -255,30 +271,35 @@ class Observer:
                     release = slots.admit(context)
                 return inner(_decoded(request), context)
             except RequestError as exc:
-                code, error = exc.code, exc
+                code, error = code_number(exc.code), exc
                 context.abort_with_status(exc.to_status())
             except Exception as exc:
-                code, error = _code_of(context, grpc.StatusCode.UNKNOWN), exc
+                code, error = code_number(_code_of(context, grpc.StatusCode.UNKNOWN)), exc
                 raise
             finally:
                 if release is not None:
                     release()
                 if token is not None:
                     otel_context.detach(token)
-                self._finish(method, span, code, started, error)
+                self._finish(stats, span, code, started, error)
 
         if slots is not None:  # a long call (a CPU profile): run it in our pool
             behavior.experimental_thread_pool = slots.pool  # type: ignore[attr-defined]
         return behavior
 
     def _sync_stream(
-        self, method: str, inner: Callable[..., Any], traced: bool, slots: StreamSlots | None
+        self,
+        method: str,
+        stats: MethodStats,
+        inner: Callable[..., Any],
+        traced: bool,
+        slots: StreamSlots | None,
     ) -> Callable[[Any, grpc.ServicerContext], Any]:
         def behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            self.stats.call_started(method)
+            stats.begin()
             started = time.perf_counter()
             span = self._span(method, context) if traced else None
-            code: grpc.StatusCode = _OK
+            code = 0
             error: BaseException | None = None
             release: Callable[[], None] | None = None
             try:
@@ -287,20 +308,20 @@ class Observer:
                 with trace.use_span(span, end_on_exit=False) if span else _nothing():
                     yield from inner(_decoded(request), context)
                 if not context.is_active():
-                    code = grpc.StatusCode.CANCELLED
+                    code = _CANCELLED
             except RequestError as exc:
-                code, error = exc.code, exc
+                code, error = code_number(exc.code), exc
                 context.abort_with_status(exc.to_status())
             except GeneratorExit:
-                code = grpc.StatusCode.CANCELLED
+                code = _CANCELLED
                 raise
             except Exception as exc:
-                code, error = _code_of(context, grpc.StatusCode.UNKNOWN), exc
+                code, error = code_number(_code_of(context, grpc.StatusCode.UNKNOWN)), exc
                 raise
             finally:
                 if release is not None:
                     release()
-                self._finish(method, span, code, started, error)
+                self._finish(stats, span, code, started, error)
 
         if slots is not None:
             # grpcio's sync server runs this behaviour in our pool, not the app's.
@@ -308,41 +329,42 @@ class Observer:
         return behavior
 
     def _aio_unary(
-        self, method: str, inner: Callable[..., Awaitable[Any]], traced: bool
+        self, method: str, stats: MethodStats, inner: Callable[..., Awaitable[Any]], traced: bool
     ) -> Callable[[Any, Any], Awaitable[Any]]:
         async def behavior(request: Any, context: Any) -> Any:
-            self.stats.call_started(method)
+            stats.begin()
             started = time.perf_counter()
             span = self._span(method, context) if traced else None
-            code: grpc.StatusCode = _OK
+            code = 0
             error: BaseException | None = None
             try:
                 with trace.use_span(span, end_on_exit=False) if span else _nothing():
                     return await inner(_decoded(request), context)
             except RequestError as exc:
-                code, error = exc.code, exc
+                code, error = code_number(exc.code), exc
                 await _aio_abort(context, exc)
             except Exception as exc:
-                code, error = _code_of(context, grpc.StatusCode.UNKNOWN), exc
+                code, error = code_number(_code_of(context, grpc.StatusCode.UNKNOWN)), exc
                 raise
             finally:
-                self._finish(method, span, code, started, error)
+                self._finish(stats, span, code, started, error)
 
         return behavior
 
     def _aio_stream(
         self,
         method: str,
+        stats: MethodStats,
         # An async generator, or a coroutine that writes with context.write()
         # (grpc-stubs types every handler behaviour as a sync one).
         inner: Callable[..., Any],
         traced: bool,
     ) -> Callable[[Any, Any], AsyncIterator[Any]]:
         async def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
-            self.stats.call_started(method)
+            stats.begin()
             started = time.perf_counter()
             span = self._span(method, context) if traced else None
-            code: grpc.StatusCode = _OK
+            code = 0
             error: BaseException | None = None
             try:
                 with trace.use_span(span, end_on_exit=False) if span else _nothing():
@@ -353,20 +375,73 @@ class Observer:
                     else:  # a handler that writes with context.write()
                         await result
             except RequestError as exc:
-                code, error = exc.code, exc
+                code, error = code_number(exc.code), exc
                 await _aio_abort(context, exc)
             except BaseException as exc:
                 import asyncio
 
                 if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-                    code = grpc.StatusCode.CANCELLED
+                    code = _CANCELLED
                 else:
-                    code, error = _code_of(context, grpc.StatusCode.UNKNOWN), exc
+                    code, error = code_number(_code_of(context, grpc.StatusCode.UNKNOWN)), exc
                 raise
             finally:
-                self._finish(method, span, code, started, error)
+                self._finish(stats, span, code, started, error)
 
         return behavior
+
+
+def _counted_sync_unary(
+    stats: MethodStats, inner: Callable[..., Any]
+) -> Callable[[Any, grpc.ServicerContext], Any]:
+    """Observer._sync_unary without a span or a stream slot: what each of the
+    app's calls pays for being counted."""
+    clock = time.perf_counter
+
+    def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+        stats.begin()
+        started = clock()
+        code = 0
+        try:
+            if request.__class__ is _Undecodable:  # _decoded(), inlined
+                raise request.request_error()
+            return inner(request, context)
+        except RequestError as exc:
+            code = code_number(exc.code)
+            context.abort_with_status(exc.to_status())
+        except Exception:
+            code = code_number(_code_of(context, grpc.StatusCode.UNKNOWN))
+            raise
+        finally:
+            stats.end(code, clock() - started)
+
+    return behavior
+
+
+def _counted_aio_unary(
+    stats: MethodStats, inner: Callable[..., Awaitable[Any]]
+) -> Callable[[Any, Any], Awaitable[Any]]:
+    """_counted_sync_unary for grpc.aio."""
+    clock = time.perf_counter
+
+    async def behavior(request: Any, context: Any) -> Any:
+        stats.begin()
+        started = clock()
+        code = 0
+        try:
+            if request.__class__ is _Undecodable:  # _decoded(), inlined
+                raise request.request_error()
+            return await inner(request, context)
+        except RequestError as exc:
+            code = code_number(exc.code)
+            await _aio_abort(context, exc)
+        except Exception:
+            code = code_number(_code_of(context, grpc.StatusCode.UNKNOWN))
+            raise
+        finally:
+            stats.end(code, clock() - started)
+
+    return behavior
 
 
 def _sync_bidi(inner: Callable[..., Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
@@ -417,11 +492,99 @@ class _nothing:  # lower-case: a null context manager that types cleanly
         return None
 
 
+def guarded(
+    handler: grpc.RpcMethodHandler[Any, Any], *, aio: bool
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` answering a request that does not decode with INVALID_ARGUMENT
+    naming its type, and otherwise as it is: nothing counted, nothing traced
+    (pycontainer's health and reflection services, which are no app RPCs)."""
+    behavior_of = handler.unary_unary or handler.unary_stream or handler.stream_stream
+    decode = handler.request_deserializer
+    if (
+        decode is None
+        or behavior_of is None
+        or getattr(behavior_of, "experimental_non_blocking", False)
+        or getattr(behavior_of, _OBSERVED, False)
+    ):
+        return handler
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as exc:  # DecodeError, or a custom deserializer's
+            return _Undecodable(decode, exc)
+
+    marked: Callable[..., Any]
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+        if aio:
+
+            async def aio_unary(request: Any, context: Any) -> Any:
+                if isinstance(request, _Undecodable):
+                    await _aio_abort(context, request.request_error())
+                return await inner(request, context)
+
+            marked = aio_unary
+        else:
+
+            def sync_unary(request: Any, context: grpc.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    context.abort_with_status(request.request_error().to_status())
+                return inner(request, context)
+
+            marked = sync_unary
+        setattr(marked, _OBSERVED, True)
+        return grpc.unary_unary_rpc_method_handler(marked, deserialize, handler.response_serializer)
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+        if aio:
+
+            async def aio_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                if isinstance(request, _Undecodable):
+                    await _aio_abort(context, request.request_error())
+                result: Any = inner_us(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                else:  # a handler that writes with context.write()
+                    await result
+
+            marked = aio_stream
+        else:
+
+            def sync_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                if isinstance(request, _Undecodable):
+                    context.abort_with_status(request.request_error().to_status())
+                yield from inner_us(request, context)
+
+            marked = sync_stream
+        setattr(marked, _OBSERVED, True)
+        return grpc.unary_stream_rpc_method_handler(
+            marked, deserialize, handler.response_serializer
+        )
+    assert handler.stream_stream is not None
+    marked = _aio_bidi(handler.stream_stream) if aio else _sync_bidi(handler.stream_stream)
+    setattr(marked, _OBSERVED, True)
+    return grpc.stream_stream_rpc_method_handler(marked, deserialize, handler.response_serializer)
+
+
 class ServerInterceptor(_SyncInterceptorBase):
-    """Counts the app's own RPCs (sync server) into the container's metrics."""
+    """Counts the app's own RPCs (sync server) into the container's metrics.
+
+    pycontainer's own services (``_hosting.OWN_SERVICES``) are not the app's
+    RPCs: they are not counted here, only :func:`guarded` (a container's
+    handlers are already, and pass unchanged). Each method's wrapped handler
+    is made once, at its first call.
+    """
 
     def __init__(self, observer: Observer) -> None:
-        self._observer = observer
+        self._handlers = HandlerCache(
+            lambda method, handler: (
+                guarded(handler, aio=False)
+                if is_own_method(method)
+                else observer.wrap(method, handler, aio=False, traced=False)
+            )
+        )
 
     def intercept_service(
         self,
@@ -431,15 +594,28 @@ class ServerInterceptor(_SyncInterceptorBase):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method: str = handler_call_details.method
-        return self._observer.wrap(method, handler, aio=False, traced=False)
+        kept = self._handlers.kept.get(handler_call_details.method)
+        if kept is not None and kept[0] is handler:  # get(), inlined: one call less
+            known: grpc.RpcMethodHandler[Any, Any] = kept[1]
+            return known
+        observed: grpc.RpcMethodHandler[Any, Any] = self._handlers.get(
+            handler_call_details.method, handler
+        )
+        return observed
 
 
 class AioServerInterceptor(_AioInterceptorBase):
-    """Counts the app's own RPCs (grpc.aio server) into the container's metrics."""
+    """Counts the app's own RPCs (grpc.aio server) into the container's metrics
+    (as :class:`ServerInterceptor` does)."""
 
     def __init__(self, observer: Observer) -> None:
-        self._observer = observer
+        self._handlers = HandlerCache(
+            lambda method, handler: (
+                guarded(handler, aio=True)
+                if is_own_method(method)
+                else observer.wrap(method, handler, aio=True, traced=False)
+            )
+        )
 
     async def intercept_service(
         self,
@@ -451,5 +627,11 @@ class AioServerInterceptor(_AioInterceptorBase):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method: str = handler_call_details.method
-        return self._observer.wrap(method, handler, aio=True, traced=False)
+        kept = self._handlers.kept.get(handler_call_details.method)
+        if kept is not None and kept[0] is handler:  # get(), inlined: one call less
+            known: grpc.RpcMethodHandler[Any, Any] = kept[1]
+            return known
+        observed: grpc.RpcMethodHandler[Any, Any] = self._handlers.get(
+            handler_call_details.method, handler
+        )
+        return observed

@@ -16,19 +16,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .._tls_env import TLS_DIR_ENV
+from ._hosting import is_own_method
 
 if TYPE_CHECKING:
     from ..security import Authorizer
 
 __all__ = ["management_authorizer", "tls_dir"]
-
-# The services pycontainer adds to a server: their calls are authorized.
-_OURS = (
-    "/pycontainer.v1.Management/",
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.",
-    "/grpc.channelz.",
-)
 
 
 def tls_dir() -> str | None:
@@ -47,9 +40,12 @@ def management_authorizer(enforce: bool) -> Authorizer:
         enforced: bool = True
 
         def check(self, identity: Identity | None, method: str) -> Denial | None:
-            if not self.enforced or not method.startswith(_OURS):
+            if not self.guards(method):
                 return None
             return super().check(identity, method)
+
+        def guards(self, method: str) -> bool:
+            return self.enforced and is_own_method(method) and super().guards(method)
 
         def remedy(self, identity: Identity, role: Role) -> str:
             # A container binds no roles of its own: users read it through the manager.

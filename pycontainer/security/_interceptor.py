@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from pycontainer._handler_cache import HandlerCache
 from pycontainer.security._identity import Identity
 from pycontainer.security._peer import HasAuthContext, peer_identity
 from pycontainer.security._roles import Authorizer, Denial
@@ -74,6 +75,8 @@ class AuthorizationInterceptor(_SyncInterceptorBase):
         self._authorizer = authorizer
         self._identify = identify
         self._on_denied = on_denied
+        # The checked handler of each method is made once, not per call.
+        self._handlers = HandlerCache(self._checked)
 
     def intercept_service(
         self,
@@ -83,7 +86,16 @@ class AuthorizationInterceptor(_SyncInterceptorBase):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
+        kept = self._handlers.kept.get(handler_call_details.method)
+        if kept is not None and kept[0] is handler:  # get(), inlined: one call less
+            known: _Handler = kept[1]
+            return known
+        checked: _Handler = self._handlers.get(handler_call_details.method, handler)
+        return checked
+
+    def _checked(self, method: str, handler: _Handler) -> _Handler:
+        if not self._authorizer.guards(method):
+            return handler  # every call goes through: nothing to wrap
         behaviour = _behaviour(handler)
 
         def checked(request: Any, context: grpc.ServicerContext, *callback: Any) -> Any:
@@ -117,6 +129,8 @@ class AioAuthorizationInterceptor(_AioInterceptorBase):
         self._authorizer = authorizer
         self._identify = identify
         self._on_denied = on_denied
+        # The checked handler of each method is made once, not per call.
+        self._handlers = HandlerCache(self._checked)
 
     async def intercept_service(
         self,
@@ -127,7 +141,16 @@ class AioAuthorizationInterceptor(_AioInterceptorBase):
         if handler is None:
             # gRPC passes None for unknown methods (UNIMPLEMENTED), whatever the stubs say.
             return None
-        method = handler_call_details.method
+        kept = self._handlers.kept.get(handler_call_details.method)
+        if kept is not None and kept[0] is handler:  # get(), inlined: one call less
+            known: _Handler = kept[1]
+            return known
+        checked: _Handler = self._handlers.get(handler_call_details.method, handler)
+        return checked
+
+    def _checked(self, method: str, handler: _Handler) -> _Handler:
+        if not self._authorizer.guards(method):
+            return handler  # every call goes through: nothing to wrap
         behaviour = _behaviour(handler)
 
         async def authorize(context: grpc.aio.ServicerContext[Any, Any]) -> None:

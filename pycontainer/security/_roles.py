@@ -207,6 +207,12 @@ class Authorizer:
     # Methods anyone may call, identified or not (the bootstrap RPC a token pays for).
     public_methods: frozenset[str] = frozenset()
 
+    def guards(self, method: str) -> bool:
+        """Whether calls of ``method`` are checked at all: an authorizer that
+        lets every call of a method through says no, and the interceptors then
+        leave that method's handler as it is (no wrapper on its calls)."""
+        return method not in self.public_methods
+
     def check(self, identity: Identity | None, method: str) -> Denial | None:
         """None if ``identity`` may call ``method``; else the status to refuse it with."""
         if method in self.public_methods:

@@ -3,7 +3,7 @@ OpenTelemetry app metrics (:mod:`._otel`), and the WatchMetrics stream that
 puts them together with process figures (:mod:`._watch`)."""
 
 from ._otel import AppMetrics
-from ._rpc_stats import LATENCY_BOUNDS, RpcStats
+from ._rpc_stats import LATENCY_BOUNDS, MethodStats, RpcStats
 from ._watch import MAX_INTERVAL, MIN_INTERVAL, MetricFilter, MetricsWatch, process_metrics
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "MAX_INTERVAL",
     "MIN_INTERVAL",
     "AppMetrics",
+    "MethodStats",
     "MetricFilter",
     "MetricsWatch",
     "RpcStats",

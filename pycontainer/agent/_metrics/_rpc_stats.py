@@ -10,7 +10,9 @@ import grpc
 
 from pycontainer.v1 import metrics_pb2
 
-__all__ = ["LATENCY_BOUNDS", "RpcStats"]
+from ..._errors import code_number
+
+__all__ = ["LATENCY_BOUNDS", "MethodStats", "RpcStats"]
 
 # Upper bounds (seconds) of the RPC latency buckets: 0.5 ms to 10 s, roughly
 # 1-2.5-5 steps, so both in-process calls and slow backends are resolved.
@@ -32,10 +34,19 @@ LATENCY_BOUNDS: tuple[float, ...] = (
 )
 
 
-class _MethodStats:
-    """Mutable counters of one method; only touched under RpcStats._lock."""
+# Status codes by wire number (0..16), so that a call's code is counted in a
+# list slot: hashing a StatusCode (an Enum) costs a Python-level __hash__.
+_CODE_NAMES: tuple[str, ...] = tuple(code.name for code in sorted(grpc.StatusCode, key=code_number))
+
+
+class MethodStats:
+    """The counters of one method, recorded into by a handler wrapper that
+    took them once: a call costs short updates under the shared lock (begin,
+    each message, end) and no lookups by method name or hashing of status
+    codes (an Enum's hash is a Python-level call)."""
 
     __slots__ = (
+        "_lock",
         "bucket_counts",
         "bytes_in",
         "bytes_out",
@@ -52,7 +63,8 @@ class _MethodStats:
         "sum",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
         self.started = 0
         self.ok = 0
         self.failed = 0
@@ -61,78 +73,95 @@ class _MethodStats:
         self.messages_out = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        self.codes: dict[grpc.StatusCode, int] = {}
+        self.codes = [0] * len(_CODE_NAMES)  # by wire number
         self.bucket_counts = [0] * (len(LATENCY_BOUNDS) + 1)
         self.count = 0
         self.sum = 0.0
         self.min = 0.0
         self.max = 0.0
 
+    def begin(self) -> None:
+        """A call began."""
+        with self._lock:
+            self.started += 1
+            self.in_flight += 1
+
+    def end(self, code: int, seconds: float) -> None:
+        """A call ended with the status of wire number ``code`` (0: OK) after ``seconds``."""
+        with self._lock:
+            if self.in_flight > 0:
+                self.in_flight -= 1
+            if code == 0:
+                self.ok += 1
+            else:
+                self.failed += 1
+            self.codes[code] += 1
+            # Bucket i holds bounds[i-1] < x <= bounds[i], as OpenTelemetry's.
+            self.bucket_counts[bisect_left(LATENCY_BOUNDS, seconds)] += 1
+            if self.count == 0 or seconds < self.min:
+                self.min = seconds
+            if self.count == 0 or seconds > self.max:
+                self.max = seconds
+            self.count += 1
+            self.sum += seconds
+
+    def received(self, nbytes: int) -> None:
+        """A request message of ``nbytes`` serialized bytes arrived."""
+        with self._lock:
+            self.messages_in += 1
+            self.bytes_in += nbytes
+
+    def sent(self, nbytes: int) -> None:
+        """A response message of ``nbytes`` serialized bytes was sent."""
+        with self._lock:
+            self.messages_out += 1
+            self.bytes_out += nbytes
+
 
 class RpcStats:
     """Thread-safe per-method counters of the container's gRPC server.
 
-    A handler wrapper calls :meth:`call_started`, :meth:`message_received` /
-    :meth:`message_sent` per message and :meth:`call_finished` once per call.
-    Methods are full names such as ``"/pycontainer.v1.Management/GetInfo"``.
+    A handler wrapper takes its method's :class:`MethodStats` once
+    (:meth:`method`) and records each call there. :meth:`call_started`,
+    :meth:`message_received` / :meth:`message_sent` and :meth:`call_finished`
+    do the same by method name. Methods are full names such as
+    ``"/pycontainer.v1.Management/GetInfo"``.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._methods: dict[str, _MethodStats] = {}
+        self._methods: dict[str, MethodStats] = {}
 
-    def _stats(self, method: str) -> _MethodStats:
-        # Caller holds the lock.
+    def method(self, method: str) -> MethodStats:
+        """The counters of ``method`` (made on first use)."""
         stats = self._methods.get(method)
         if stats is None:
-            stats = self._methods[method] = _MethodStats()
+            with self._lock:
+                stats = self._methods.get(method)
+                if stats is None:
+                    stats = self._methods[method] = MethodStats(self._lock)
         return stats
 
     def call_started(self, method: str) -> None:
         """A call of ``method`` began."""
-        with self._lock:
-            stats = self._stats(method)
-            stats.started += 1
-            stats.in_flight += 1
+        self.method(method).begin()
 
     def message_received(self, method: str, nbytes: int) -> None:
         """A request message of ``nbytes`` serialized bytes arrived."""
-        with self._lock:
-            stats = self._stats(method)
-            stats.messages_in += 1
-            stats.bytes_in += nbytes
+        self.method(method).received(nbytes)
 
     def message_sent(self, method: str, nbytes: int) -> None:
         """A response message of ``nbytes`` serialized bytes was sent."""
-        with self._lock:
-            stats = self._stats(method)
-            stats.messages_out += 1
-            stats.bytes_out += nbytes
+        self.method(method).sent(nbytes)
 
     def call_finished(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         """A call ended with ``code`` after ``seconds``."""
-        with self._lock:
-            stats = self._stats(method)
-            if stats.in_flight > 0:
-                stats.in_flight -= 1
-            if code is grpc.StatusCode.OK:
-                stats.ok += 1
-            else:
-                stats.failed += 1
-            stats.codes[code] = stats.codes.get(code, 0) + 1
-            # Bucket i holds bounds[i-1] < x <= bounds[i], as OpenTelemetry's.
-            stats.bucket_counts[bisect_left(LATENCY_BOUNDS, seconds)] += 1
-            if stats.count == 0 or seconds < stats.min:
-                stats.min = seconds
-            if stats.count == 0 or seconds > stats.max:
-                stats.max = seconds
-            stats.count += 1
-            stats.sum += seconds
+        self.method(method).end(code_number(code), seconds)
 
     def figures(
         self, include: Callable[[str], bool] | None = None
     ) -> list[metrics_pb2.RpcMethodMetrics]:
-        """Cumulative figures per method, sorted by method, optionally filtered.
+        """Cumulative figures per called method, sorted by method, optionally filtered.
 
         ``calls_per_second`` is left 0: rates belong to a watch's interval.
         """
@@ -150,7 +179,7 @@ class RpcStats:
                     s.messages_out,
                     s.bytes_in,
                     s.bytes_out,
-                    dict(s.codes),
+                    list(s.codes),
                     list(s.bucket_counts),
                     s.count,
                     s.sum,
@@ -158,7 +187,10 @@ class RpcStats:
                     s.max,
                 )
                 for method, s in self._methods.items()
-                if include is None or include(method)
+                # A method shows once it was called (wrappers take its
+                # counters when they are made, before any call).
+                if (s.started or s.messages_in or s.messages_out)
+                and (include is None or include(method))
             ]
         out = []
         for (
@@ -197,7 +229,7 @@ class RpcStats:
                     messages_sent=messages_out,
                     bytes_received=bytes_in,
                     bytes_sent=bytes_out,
-                    status_codes={code.name: n for code, n in codes.items()},
+                    status_codes={_CODE_NAMES[i]: n for i, n in enumerate(codes) if n},
                 )
             )
         return out
