@@ -154,6 +154,43 @@ def test_captured_records_decode_to_what_the_record_says() -> None:
     assert all(t > 0 for t in times)
 
 
+# Instants around second edges and the 2 ms windows the handler keeps time
+# fields for, and anywhere.
+_instants = st.one_of(
+    st.integers(0, 1 << 62),
+    st.builds(
+        lambda second, offset: max(0, second * 1_000_000_000 + offset),
+        st.integers(0, 4_000_000_000),
+        st.sampled_from([0, 1, -1, 127, 128, 1 << 14, (1 << 21) - 1, 1 << 21, 1 << 28, -(1 << 21)])
+        | st.integers(-(1 << 22), 1 << 22),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_instants, st.text(max_size=200)), min_size=1, max_size=12))
+def test_a_captured_record_is_encoded_as_protobuf_encodes_its_entry(
+    records: list[tuple[int, str]],
+) -> None:
+    buffer = LogBuffer(capacity=len(records), max_message_chars=100)
+    handler = LogBufferHandler(buffer)
+    made = []
+    for time_ns, message in records:
+        record = logging.LogRecord("app", logging.INFO, "app.py", 7, message, None, None, "f")
+        record.created = time_ns / 1e9
+        handler.handle(record)
+        made.append(record)
+    entries = buffer.read(1, len(records), len(records))[0]
+    for record, entry in zip(made, entries, strict=True):
+        response = management_pb2.StreamLogsResponse.FromString(entry.element)
+        (proto,) = response.entries
+        expected_ns = int(record.created * 1_000_000_000)
+        assert proto.time.seconds * 1_000_000_000 + proto.time.nanos == expected_ns == entry.time_ns
+        assert proto.message == wire.utf8(buffer.truncate(record.msg)).decode()
+        # As long as protobuf's own encoding: every varint in its shortest form.
+        assert response.ByteSize() == len(entry.element)
+
+
 # -- filters on the kept fields --------------------------------------------------------
 
 _PATTERNS = ["", "a", "^a", "b$", "a.b", r"\d+", "é", "(a|b)c", "[^a]", "x*"]

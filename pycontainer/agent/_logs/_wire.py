@@ -25,11 +25,14 @@ __all__ = [
     "source_fields",
     "string_field",
     "time_field",
+    "time_window",
     "utf8",
     "varint",
 ]
 
 _ONE_BYTE = tuple(bytes((i,)) for i in range(128))
+# Byte i with the continuation bit set: a varint's byte that more follow.
+MORE_BYTE = tuple(bytes((i | 0x80,)) for i in range(128))
 
 # Tags: (field number << 3) | wire type (0 varint, 2 length-delimited).
 ENTRIES_TAG = b"\x0a"  # StreamLogsResponse.entries = 1
@@ -144,6 +147,30 @@ def time_field(time_ns: int) -> bytes:
         _NANOS_TAG + varint(nanos) if nanos else b""
     )
     return _TIME_TAG + _ONE_BYTE[len(body)] + body  # at most 11 bytes
+
+
+# A time window spans 2**21 ns (2 ms) of one second's nanos: its instants'
+# time fields differ only in the nanos' three low varint bytes.
+_WINDOW_BITS = 21
+
+
+def time_window(time_ns: int) -> tuple[int, int, bytes, bytes] | None:
+    """The window of instants around ``time_ns`` whose time fields differ only
+    in the nanos' low three varint bytes: its first and past-last instants
+    (ns since the epoch), the field's bytes before those three and after.
+    For an instant ``t`` in it, ``time_field(t)`` is ``before``, then
+    ``MORE_BYTE[d & 127], MORE_BYTE[d >> 7 & 127], MORE_BYTE[d >> 14]`` where
+    ``d = t - first``, then ``after``. None in a second's first 2 ms (where
+    the nanos take fewer bytes)."""
+    seconds, nanos = divmod(time_ns, _NS)
+    if nanos >> _WINDOW_BITS == 0:
+        return None
+    first = seconds * _NS + (nanos >> _WINDOW_BITS << _WINDOW_BITS)
+    end = min(first + (1 << _WINDOW_BITS), (seconds + 1) * _NS)
+    field = time_field(time_ns)
+    nanos_bytes = len(varint(nanos))  # 4 or 5
+    before = field[: len(field) - nanos_bytes]
+    return first, end, before, field[len(before) + 3 :]
 
 
 def attribute_fields(attributes: Mapping[str, str] | Iterable[tuple[str, str]]) -> bytes:
