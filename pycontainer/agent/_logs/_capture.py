@@ -133,10 +133,17 @@ class LogBufferHandler(logging.Handler):
 
     def __init__(self, buffer: LogBuffer, level: int = logging.NOTSET) -> None:
         super().__init__(level)
-        self.buffer = buffer
+        self._buffer = buffer
+        self._limit = buffer.max_message_chars
+        self._append_encoded = buffer.append_encoded
         self._sites: dict[tuple[object, ...], tuple[bytes, int]] = {}
         # The time fields of the last record's 2 ms (see _wire.time_window).
         self._window = _NO_WINDOW
+
+    @property
+    def buffer(self) -> LogBuffer:
+        """The buffer records go to."""
+        return self._buffer
 
     def handle(self, record: logging.LogRecord) -> bool | logging.LogRecord:  # type: ignore[override]
         """As Handler.handle, without the handler's lock: the buffer has its
@@ -154,16 +161,15 @@ class LogBufferHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         # One function, every step written out: this runs for every record.
         try:
-            buf = self.buffer
             try:
                 message = record.getMessage()
             except Exception as exc:
                 # As logging itself would: keep the entry, say what went wrong.
                 args = _text(record.args)
                 message = f"{_text(record.msg)} (formatting failed: {exc!r}; args: {args})"
-            limit = buf.max_message_chars
+            limit = self._limit
             if len(message) > limit:
-                message = buf.truncate(message)
+                message = self._buffer.truncate(message)
             key = (
                 record.name,
                 record.levelno,
@@ -198,6 +204,9 @@ class LogBufferHandler(logging.Handler):
             else:
                 self._window = time_window(time_ns) or _NO_WINDOW
                 encoded = b"".join((fields, time_field(time_ns), message_field(message)))
+            # Read before __dict__: a record's first use of it makes the dict,
+            # and its attributes cost more to read after.
+            name, exc_info, stack_info = record.name, record.exc_info, record.stack_info
             rec = record.__dict__
             # Most records have no extras, no exception, no stack and no span;
             # a formatter that ran first adds "message" (and "asctime").
@@ -207,13 +216,12 @@ class LogBufferHandler(logging.Handler):
             ):
                 extras = [(_text(key), _text(rec[key])) for key in rec.keys() - _STANDARD_ATTRS]
                 encoded += attribute_fields(
-                    (k, v if len(v) <= limit else buf.truncate(v)) for k, v in extras
+                    (k, v if len(v) <= limit else self._buffer.truncate(v)) for k, v in extras
                 )
-            exc_info = record.exc_info
             if exc_info and exc_info[0] is not None:
                 encoded += self._exception(exc_info, record.exc_text)
-            if record.stack_info:
-                encoded += attribute_fields((("code.stacktrace", record.stack_info),))
+            if stack_info:
+                encoded += attribute_fields((("code.stacktrace", stack_info),))
             # Outside any span (and any other context value) the context is
             # empty: one ContextVar read, not OpenTelemetry's four calls.
             context = _current_context()
@@ -222,7 +230,7 @@ class LogBufferHandler(logging.Handler):
                 if span.is_valid:
                     encoded += string_field(_TRACE_ID, format(span.trace_id, "032x"))
                     encoded += string_field(_SPAN_ID, format(span.span_id, "016x"))
-            buf.append_encoded(time_ns, severity, record.name, message, encoded)
+            self._append_encoded(time_ns, severity, name, message, encoded)
         except Exception:
             self.handleError(record)
 
@@ -231,12 +239,11 @@ class LogBufferHandler(logging.Handler):
         exc_type, exc_value, tb = exc_info
         # A formatter that ran first may have cached the text.
         stack = exc_text or "".join(traceback.format_exception(exc_type, exc_value, tb))
-        buf = self.buffer
         return attribute_fields(
             (
                 ("exception.type", _type_name(exc_type)),
                 ("exception.message", _text(exc_value)),
-                ("exception.stacktrace", buf.truncate(stack)),
+                ("exception.stacktrace", self._buffer.truncate(stack)),
             )
         )
 
