@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -47,6 +48,12 @@ _entry = st.builds(
     attributes=st.dictionaries(_text, _text, max_size=5),
     # Inside a span both are set, outside neither.
 )
+
+
+@dataclass(frozen=True)
+class _Level:
+    number: int
+    text: str
 
 
 def _append(buffer: LogBuffer, e: BufferedEntry) -> int:
@@ -365,3 +372,29 @@ def test_sequences_past_two_varint_bytes_decode() -> None:
     sequences = [e.sequence for e in buffer.snapshot()]
     assert sequences == list(range((1 << 14) - 2, (1 << 14) + 6))
     assert [e.message for e in buffer.snapshot()] == [f"m{s}" for s in sequences]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    messages=st.lists(st.text(max_size=30), max_size=300),
+    before=st.integers(0, 300),
+    capacity=st.integers(1, 400),
+)
+def test_entries_taken_together_are_those_appended_one_by_one(
+    messages: list[str], before: int, capacity: int
+) -> None:
+    levels = [
+        _Level(int(logs_pb2.SEVERITY_WARN if "w" in m else logs_pb2.SEVERITY_INFO), "X")
+        for m in messages
+    ]
+    attributes = {"log.iostream": "stdout"}
+    together, one_by_one = (LogBuffer(capacity, max_message_chars=20) for _ in range(2))
+    for buffer in (together, one_by_one):
+        for i in range(before):  # sequences past the edges of varints and blocks
+            buffer.append(logs_pb2.SEVERITY_INFO, "INFO", "app", f"m{i}", time_ns=1)
+    last = together.extend("stdout", messages, levels, attributes, time_ns=12_345)
+    for m, level in zip(messages, levels, strict=True):
+        one_by_one.append(level.number, level.text, "stdout", m, attributes, time_ns=12_345)
+    assert last == together.last_sequence == one_by_one.last_sequence == before + len(messages)
+    assert together.snapshot() == one_by_one.snapshot()
+    assert _frames(together) == _frames(one_by_one)

@@ -15,14 +15,14 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from typing import NamedTuple, TypeVar, cast
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple, Protocol, TypeVar, cast
 
 from pycontainer.v1 import management_pb2
 
-from ._wire import ENTRIES_TAG, SEQUENCE_TAG, entry_fields, varint
+from ._wire import ENTRIES_TAG, SEQUENCE_TAG, entries_fields, entry_fields, varint
 
-__all__ = ["BufferedEntry", "LogBuffer", "RetainedEntry", "decode_entries"]
+__all__ = ["BufferedEntry", "Level", "LogBuffer", "RetainedEntry", "decode_entries"]
 
 _T = TypeVar("_T")
 _NEVER = sys.maxsize
@@ -42,6 +42,18 @@ _HEAD = tuple(ENTRIES_TAG + varint(size) for size in range(_HEADS))
 _NS = 1_000_000_000
 # A NamedTuple's own constructor is a Python function; this is the C one.
 _new_tuple = tuple.__new__
+
+
+class Level(Protocol):
+    """A severity as :meth:`LogBuffer.extend` takes it."""
+
+    @property
+    def number(self) -> int:
+        """The OpenTelemetry severity number."""
+
+    @property
+    def text(self) -> str:
+        """The severity text."""
 
 
 class BufferedEntry(NamedTuple):
@@ -211,7 +223,7 @@ class LogBuffer:
             seq = self._last + 1
             if seq >> 7 != self._high:  # once every 128 entries
                 self._renumber(seq)
-            # entry_element(fields, seq), written out: this is every entry's path.
+            # _store, written out: this is every captured record's path.
             number = self._low[seq & 0x7F]
             high = self._high_bytes
             size = len(fields) + len(number) + len(high)
@@ -234,6 +246,62 @@ class LogBuffer:
         if ready:
             _wake_async(ready)
         return seq
+
+    def extend(
+        self,
+        logger: str,
+        messages: Sequence[str],
+        levels: Sequence[Level],
+        attributes: Mapping[str, str] | None = None,
+        *,
+        time_ns: int | None = None,
+    ) -> int:
+        """Add entries that arrived together (lines read at once), as
+        :meth:`append` would one by one: ``messages[i]`` at ``levels[i]``, all
+        of ``logger`` with ``attributes`` and one time; under one hold of the
+        lock. Returns the last one's sequence (the last sequence when none)."""
+        if time_ns is None:
+            time_ns = time.time_ns()
+        limit = self._max_chars
+        if max(map(len, messages), default=0) > limit:
+            messages = [self.truncate(m) for m in messages]
+        encoded = entries_fields(
+            time_ns,
+            logger,
+            ((level.number, level.text, m) for m, level in zip(messages, levels, strict=True)),
+            attributes,
+        )
+        ready: list[_Waiter] = []
+        with self._lock:
+            for message, level, fields in zip(messages, levels, encoded, strict=True):
+                self._store(time_ns, level.number, logger, message, fields)
+            seq = self._last
+            if seq >= self._wake_at:
+                ready = self._fire(seq)
+        if ready:
+            _wake_async(ready)
+        return seq
+
+    def _store(self, time_ns: int, severity: int, logger: str, message: str, fields: bytes) -> None:
+        """Under the lock: take one entry (as append_encoded does, which has
+        this written out), without waking readers."""
+        seq = self._last + 1
+        if seq >> 7 != self._high:
+            self._renumber(seq)
+        number = self._low[seq & 0x7F]
+        high = self._high_bytes
+        size = len(fields) + len(number) + len(high)
+        element = b"".join(
+            (_HEAD[size] if size < _HEADS else ENTRIES_TAG + varint(size), fields, number, high)
+        )
+        slot = seq % self._capacity
+        self._elements[slot] = element
+        self._ring[slot] = _new_tuple(
+            RetainedEntry, (seq, time_ns, severity, logger, message, element)
+        )
+        self._last = seq
+        if seq & _BLOCK_MASK == _BLOCK_MASK:
+            self._join_block(seq // _BLOCK)
 
     def _renumber(self, seq: int) -> None:
         """Under the lock: the sequence field's parts for ``seq`` and the 127

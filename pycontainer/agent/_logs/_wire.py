@@ -16,8 +16,10 @@ from collections.abc import Iterable, Mapping
 
 __all__ = [
     "ENTRIES_TAG",
+    "MORE_BYTE",
     "SEQUENCE_TAG",
     "attribute_fields",
+    "entries_fields",
     "entry_element",
     "entry_fields",
     "message_field",
@@ -244,6 +246,23 @@ def entry_fields(
             else b"",
         )
     )
+
+
+def entries_fields(
+    time_ns: int,
+    logger: str,
+    messages: Iterable[tuple[int, str, str]],
+    attributes: Mapping[str, str] | None = None,
+) -> list[bytes]:
+    """:func:`entry_fields` of entries that share a time, a logger and
+    attributes (lines read at once), each given as its severity, severity
+    text and message: what they share is encoded once."""
+    time = time_field(time_ns)
+    tail = _attributes_again(attributes) if attributes else b""
+    return [
+        b"".join((time, _source_again(severity, text, logger), message_field(message), tail))
+        for severity, text, message in messages
+    ]
 
 
 def entry_element(fields: bytes, sequence: int) -> bytes:
