@@ -15,7 +15,7 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple, Protocol, TypeVar, cast
 
 from pycontainer.v1 import management_pb2
@@ -148,6 +148,9 @@ class LogBuffer:
         # min(w.target for w in _waiters): append compares one int when no
         # reader waits, or none waits for this entry yet.
         self._wake_at = _NEVER
+        # Readers sending entries now (see reading), and their condition.
+        self._readers = 0
+        self._readers_changed = threading.Condition(threading.Lock())
         # The sequence field of sequence n is _low[n & 0x7F] + _high_bytes
         # (its tag and low 7 bits, then the varint of n >> 7) while
         # n >> 7 == _high.
@@ -419,6 +422,30 @@ class LogBuffer:
         with self._lock:
             ready = self._fire(_NEVER)
         _wake_async(ready)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Count a reader (a StreamLogs stream) as open while in the block, so
+        that :meth:`wait_read` can let it finish sending before a server stops."""
+        with self._readers_changed:
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._readers_changed:
+                self._readers -= 1
+                self._readers_changed.notify_all()
+
+    @property
+    def readers(self) -> int:
+        """How many readers are open (see :meth:`reading`)."""
+        return self._readers
+
+    def wait_read(self, timeout: float) -> bool:
+        """Wait until no reader is open, at most ``timeout`` seconds; whether
+        none is. At once when none is."""
+        with self._readers_changed:
+            return self._readers_changed.wait_for(lambda: self._readers == 0, timeout)
 
     def _fire(self, seq: int) -> list[_Waiter]:
         """Under the lock: notify sync waiters reached by ``seq``; return async ones."""
