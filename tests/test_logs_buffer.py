@@ -729,3 +729,50 @@ def test_slow_reader_against_a_fast_thread_stays_bounded() -> None:
     assert len(buffer) == capacity
     # 18,000 more entries went through: the buffer and reader did not keep them.
     assert grown < 256 * 1024, grown
+
+
+def test_a_log_reader_counts_as_open_until_its_stream_ends_or_closes() -> None:
+    buffer = LogBuffer()
+    buffer.append(logs_pb2.SEVERITY_INFO, "INFO", "app", "one")
+    assert buffer.readers == 0
+    assert buffer.wait_read(0.0)  # none open: at once
+    ended = threading.Event()
+    follow = LogQuery.from_request(management_pb2.StreamLogsRequest(follow=True))
+    frames = LogReader(buffer, follow).iter_frames(lambda: True, ended.is_set)
+    next(frames)
+    assert buffer.readers == 1
+    assert not buffer.wait_read(0.01)
+    waited: list[bool] = []
+    waiter = threading.Thread(target=lambda: waited.append(buffer.wait_read(30.0)))
+    waiter.start()
+    buffer.append(logs_pb2.SEVERITY_INFO, "INFO", "app", "two")
+    ended.set()
+    buffer.wake_all()
+    assert [e.message for f in frames for e in _decode(f)] == ["two"]  # the rest, then the end
+    waiter.join(30)
+    assert waited == [True]
+    assert buffer.readers == 0
+    # A reader dropped before its end (its client went) is closed too.
+    frames = LogReader(buffer, follow).iter_frames(lambda: True)
+    next(frames)
+    assert buffer.readers == 1
+    frames.close()
+    assert buffer.readers == 0
+
+
+def test_an_async_log_reader_counts_as_open_until_it_is_closed() -> None:
+    async def main() -> None:
+        buffer = LogBuffer()
+        buffer.append(logs_pb2.SEVERITY_INFO, "INFO", "app", "one")
+        follow = LogQuery.from_request(management_pb2.StreamLogsRequest(follow=True))
+        frames = LogReader(buffer, follow).aiter_frames()
+        await anext(frames)
+        assert buffer.readers == 1
+        await frames.aclose()
+        assert buffer.readers == 0
+
+    asyncio.run(main())
+
+
+def _decode(frame: bytes) -> list[logs_pb2.LogEntry]:
+    return list(management_pb2.StreamLogsResponse.FromString(frame).entries)

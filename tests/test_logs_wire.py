@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -47,6 +48,12 @@ _entry = st.builds(
     attributes=st.dictionaries(_text, _text, max_size=5),
     # Inside a span both are set, outside neither.
 )
+
+
+@dataclass(frozen=True)
+class _Level:
+    number: int
+    text: str
 
 
 def _append(buffer: LogBuffer, e: BufferedEntry) -> int:
@@ -152,6 +159,43 @@ def test_captured_records_decode_to_what_the_record_says() -> None:
     times = [e.time_ns for e in buffer.snapshot()]
     assert times == sorted(times)
     assert all(t > 0 for t in times)
+
+
+# Instants around second edges and the 2 ms windows the handler keeps time
+# fields for, and anywhere.
+_instants = st.one_of(
+    st.integers(0, 1 << 62),
+    st.builds(
+        lambda second, offset: max(0, second * 1_000_000_000 + offset),
+        st.integers(0, 4_000_000_000),
+        st.sampled_from([0, 1, -1, 127, 128, 1 << 14, (1 << 21) - 1, 1 << 21, 1 << 28, -(1 << 21)])
+        | st.integers(-(1 << 22), 1 << 22),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_instants, st.text(max_size=200)), min_size=1, max_size=12))
+def test_a_captured_record_is_encoded_as_protobuf_encodes_its_entry(
+    records: list[tuple[int, str]],
+) -> None:
+    buffer = LogBuffer(capacity=len(records), max_message_chars=100)
+    handler = LogBufferHandler(buffer)
+    made = []
+    for time_ns, message in records:
+        record = logging.LogRecord("app", logging.INFO, "app.py", 7, message, None, None, "f")
+        record.created = time_ns / 1e9
+        handler.handle(record)
+        made.append(record)
+    entries = buffer.read(1, len(records), len(records))[0]
+    for record, entry in zip(made, entries, strict=True):
+        response = management_pb2.StreamLogsResponse.FromString(entry.element)
+        (proto,) = response.entries
+        expected_ns = int(record.created * 1_000_000_000)
+        assert proto.time.seconds * 1_000_000_000 + proto.time.nanos == expected_ns == entry.time_ns
+        assert proto.message == wire.utf8(buffer.truncate(record.msg)).decode()
+        # As long as protobuf's own encoding: every varint in its shortest form.
+        assert response.ByteSize() == len(entry.element)
 
 
 # -- filters on the kept fields --------------------------------------------------------
@@ -328,3 +372,29 @@ def test_sequences_past_two_varint_bytes_decode() -> None:
     sequences = [e.sequence for e in buffer.snapshot()]
     assert sequences == list(range((1 << 14) - 2, (1 << 14) + 6))
     assert [e.message for e in buffer.snapshot()] == [f"m{s}" for s in sequences]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    messages=st.lists(st.text(max_size=30), max_size=300),
+    before=st.integers(0, 300),
+    capacity=st.integers(1, 400),
+)
+def test_entries_taken_together_are_those_appended_one_by_one(
+    messages: list[str], before: int, capacity: int
+) -> None:
+    levels = [
+        _Level(int(logs_pb2.SEVERITY_WARN if "w" in m else logs_pb2.SEVERITY_INFO), "X")
+        for m in messages
+    ]
+    attributes = {"log.iostream": "stdout"}
+    together, one_by_one = (LogBuffer(capacity, max_message_chars=20) for _ in range(2))
+    for buffer in (together, one_by_one):
+        for i in range(before):  # sequences past the edges of varints and blocks
+            buffer.append(logs_pb2.SEVERITY_INFO, "INFO", "app", f"m{i}", time_ns=1)
+    last = together.extend("stdout", messages, levels, attributes, time_ns=12_345)
+    for m, level in zip(messages, levels, strict=True):
+        one_by_one.append(level.number, level.text, "stdout", m, attributes, time_ns=12_345)
+    assert last == together.last_sequence == one_by_one.last_sequence == before + len(messages)
+    assert together.snapshot() == one_by_one.snapshot()
+    assert _frames(together) == _frames(one_by_one)

@@ -116,6 +116,12 @@ async def serve(
             with contextlib.suppress(Exception):
                 await container.astop(reason="signal")
     finally:
+        if container.streams_ended():
+            # Log readers still sending what the ring holds (a follower behind
+            # when the container ended) finish first, within the grace period:
+            # stopping the server would cut them. At once when none is open.
+            limit = container.settings.grace_period.total_seconds()
+            await asyncio.to_thread(container.logs.wait_read, limit)
         await server.stop(grace=2.0)
         container.close()
 

@@ -362,7 +362,9 @@ class LogStreams:
                     async for raw in responses(call):
                         response = relay.forward(raw)
                         if response is not None:
+                            relay.waiting = True  # on the reader: not a silence
                             await queue.put(response)
+                            relay.waiting = False
                 finally:
                     call.cancel()  # no read in flight here: ends it cleanly
 
@@ -372,8 +374,7 @@ class LogStreams:
             await asyncio.wait({streaming, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if stopping.done():
                 # Its last words, while its server is still there.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(streaming), POLL_SECONDS * 2)
+                await _last_words(streaming, relay)
             else:
                 with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
                     streaming.result()
@@ -410,6 +411,19 @@ class LogStreams:
         await queue.put(part.end(cut=not complete))
 
 
+async def _last_words(streaming: asyncio.Future[None], relay: _Relay) -> None:
+    """Wait for a gone container's stream to end by itself while it keeps
+    sending (or the reader keeps it waiting): a follower that was behind gets
+    what the container's ring held (its sidecar waits for its readers, for at
+    most its grace period). Silent for POLL_SECONDS * 2, it is cut."""
+    heard = -1
+    while heard != relay.received or relay.waiting:
+        heard = relay.received
+        done, _ = await asyncio.wait({streaming}, timeout=POLL_SECONDS * 2)
+        if done:
+            return
+
+
 class _Relay:
     """Turns a container's Management.StreamLogsResponse bytes into what
     Manager.StreamLogs sends: the same bytes with the container's id appended
@@ -422,6 +436,9 @@ class _Relay:
     def __init__(self, container_id: str, after: int) -> None:
         self.container_id = container_id
         self.forwarded = False
+        # Responses received, and whether one waits for the reader to take it.
+        self.received = 0
+        self.waiting = False
         self._after = after
         self._suffix = manager_pb2.ManagerStreamLogsResponse(
             container_id=container_id
@@ -430,6 +447,7 @@ class _Relay:
     def forward(self, raw: bytes) -> bytes | None:
         """What to send for ``raw``; None for nothing."""
         self.forwarded = True
+        self.received += 1
         if self._after:
             response = management_pb2.StreamLogsResponse.FromString(raw)
             entries = response.entries

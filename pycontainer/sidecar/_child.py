@@ -241,9 +241,10 @@ class ChildProcess:
     ) -> None:
         # What the pipe holds, read at once (a line at a time caps a chatty
         # program at a few thousand lines a second): echoed in one write,
-        # decoded, split and classified in bulk, then appended line by line.
+        # decoded, split and classified in bulk, and taken by the buffer
+        # together (one lock, one time: they arrived together).
         classify_all = self._severities.classify_all
-        append = self._logs.append
+        extend = self._logs.extend
         fd = stream.fileno()
         pending = b""  # the start of a line whose end has not come yet
         with stream:
@@ -261,12 +262,11 @@ class ChildProcess:
                 while len(pending) > _MAX_LINE:
                     lines.append(_text(pending[:_MAX_LINE]))
                     pending = pending[_MAX_LINE:]
-                for text, level in zip(lines, classify_all(lines, default), strict=True):
-                    append(level.number, level.text, logger, text, attributes)
+                if lines:
+                    extend(logger, lines, classify_all(lines, default), attributes)
             if pending:
-                text = _text(pending)
-                level = classify_all([text], default)[0]
-                append(level.number, level.text, logger, text, attributes)
+                lines = [_text(pending)]
+                extend(logger, lines, classify_all(lines, default), attributes)
 
     # -- state ---------------------------------------------------------------------------
     @property

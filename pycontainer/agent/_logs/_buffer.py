@@ -15,26 +15,45 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from typing import NamedTuple, TypeVar, cast
+from collections.abc import Iterator, Mapping, Sequence
+from typing import NamedTuple, Protocol, TypeVar, cast
 
 from pycontainer.v1 import management_pb2
 
-from ._wire import ENTRIES_TAG, SEQUENCE_TAG, entry_fields, varint
+from ._wire import ENTRIES_TAG, SEQUENCE_TAG, entries_fields, entry_fields, varint
 
-__all__ = ["BufferedEntry", "LogBuffer", "RetainedEntry", "decode_entries"]
+__all__ = ["BufferedEntry", "Level", "LogBuffer", "RetainedEntry", "decode_entries"]
 
 _T = TypeVar("_T")
 _NEVER = sys.maxsize
 # Entries per joined block (see LogBuffer._blocks): batches of a few hundred
 # and more are mostly whole blocks; joining one costs its appender ~6 µs.
 _BLOCK = 256
+_BLOCK_MASK = _BLOCK - 1
 # The sequence field's tag and first varint byte, by the sequence's low 7 bits
 # (for sequences of 128 and more).
 _SEQUENCE_LOW = tuple(SEQUENCE_TAG + bytes((low | 0x80,)) for low in range(128))
+# The sequence field of sequences under 128 (0 is never a sequence).
+_SEQUENCE_SMALL = tuple(SEQUENCE_TAG + bytes((n,)) for n in range(128))
+# An entries element's tag and length, by the LogEntry's length (most are
+# under a few hundred bytes).
+_HEADS = 1024
+_HEAD = tuple(ENTRIES_TAG + varint(size) for size in range(_HEADS))
 _NS = 1_000_000_000
 # A NamedTuple's own constructor is a Python function; this is the C one.
 _new_tuple = tuple.__new__
+
+
+class Level(Protocol):
+    """A severity as :meth:`LogBuffer.extend` takes it."""
+
+    @property
+    def number(self) -> int:
+        """The OpenTelemetry severity number."""
+
+    @property
+    def text(self) -> str:
+        """The severity text."""
 
 
 class BufferedEntry(NamedTuple):
@@ -129,8 +148,14 @@ class LogBuffer:
         # min(w.target for w in _waiters): append compares one int when no
         # reader waits, or none waits for this entry yet.
         self._wake_at = _NEVER
-        # The sequence's varint but its low 7 bits, for sequence >> 7 == _high.
-        self._high, self._high_bytes = -1, b""
+        # Readers sending entries now (see reading), and their condition.
+        self._readers = 0
+        self._readers_changed = threading.Condition(threading.Lock())
+        # The sequence field of sequence n is _low[n & 0x7F] + _high_bytes
+        # (its tag and low 7 bits, then the varint of n >> 7) while
+        # n >> 7 == _high.
+        self._high, self._high_bytes = 0, b""
+        self._low = _SEQUENCE_SMALL
 
     @property
     def capacity(self) -> int:
@@ -195,35 +220,98 @@ class LogBuffer:
         """Add one entry already encoded: ``fields`` is every ``LogEntry`` field
         but the sequence (``_wire.entry_fields``), and agrees with the other
         arguments, which filters read. Returns its sequence."""
-        ready: list[_Waiter] | None = None
-        with self._lock:
+        # acquire/release, not `with`: half the cost, on every entry.
+        self._lock.acquire()
+        try:
             seq = self._last + 1
+            if seq >> 7 != self._high:  # once every 128 entries
+                self._renumber(seq)
+            # _store, written out: this is every captured record's path.
+            number = self._low[seq & 0x7F]
+            high = self._high_bytes
+            size = len(fields) + len(number) + len(high)
+            element = b"".join(
+                (_HEAD[size] if size < _HEADS else ENTRIES_TAG + varint(size), fields, number, high)
+            )
             slot = seq % self._capacity
-            # entry_element(fields, seq), written out: this is every entry's path.
-            if seq < 0x80:
-                number = SEQUENCE_TAG + varint(seq)
-            else:
-                if seq >> 7 != self._high:  # once every 128 entries
-                    self._high, self._high_bytes = seq >> 7, varint(seq >> 7)
-                number = _SEQUENCE_LOW[seq & 0x7F] + self._high_bytes
-            size = len(fields) + len(number)
-            if 0x80 <= size < 0x4000:
-                head = bytes((0x0A, size & 0x7F | 0x80, size >> 7))
-            else:
-                head = ENTRIES_TAG + varint(size)
-            element = b"".join((head, fields, number))
             self._elements[slot] = element
             self._ring[slot] = _new_tuple(
                 RetainedEntry, (seq, time_ns, severity, logger, message, element)
             )
             self._last = seq
-            if seq % _BLOCK == _BLOCK - 1:
+            if seq & _BLOCK_MASK == _BLOCK_MASK:
                 self._join_block(seq // _BLOCK)
+            if seq < self._wake_at:
+                return seq
+            ready = self._fire(seq)
+        finally:
+            self._lock.release()
+        if ready:
+            _wake_async(ready)
+        return seq
+
+    def extend(
+        self,
+        logger: str,
+        messages: Sequence[str],
+        levels: Sequence[Level],
+        attributes: Mapping[str, str] | None = None,
+        *,
+        time_ns: int | None = None,
+    ) -> int:
+        """Add entries that arrived together (lines read at once), as
+        :meth:`append` would one by one: ``messages[i]`` at ``levels[i]``, all
+        of ``logger`` with ``attributes`` and one time; under one hold of the
+        lock. Returns the last one's sequence (the last sequence when none)."""
+        if time_ns is None:
+            time_ns = time.time_ns()
+        limit = self._max_chars
+        if max(map(len, messages), default=0) > limit:
+            messages = [self.truncate(m) for m in messages]
+        encoded = entries_fields(
+            time_ns,
+            logger,
+            ((level.number, level.text, m) for m, level in zip(messages, levels, strict=True)),
+            attributes,
+        )
+        ready: list[_Waiter] = []
+        with self._lock:
+            for message, level, fields in zip(messages, levels, encoded, strict=True):
+                self._store(time_ns, level.number, logger, message, fields)
+            seq = self._last
             if seq >= self._wake_at:
                 ready = self._fire(seq)
         if ready:
             _wake_async(ready)
         return seq
+
+    def _store(self, time_ns: int, severity: int, logger: str, message: str, fields: bytes) -> None:
+        """Under the lock: take one entry (as append_encoded does, which has
+        this written out), without waking readers."""
+        seq = self._last + 1
+        if seq >> 7 != self._high:
+            self._renumber(seq)
+        number = self._low[seq & 0x7F]
+        high = self._high_bytes
+        size = len(fields) + len(number) + len(high)
+        element = b"".join(
+            (_HEAD[size] if size < _HEADS else ENTRIES_TAG + varint(size), fields, number, high)
+        )
+        slot = seq % self._capacity
+        self._elements[slot] = element
+        self._ring[slot] = _new_tuple(
+            RetainedEntry, (seq, time_ns, severity, logger, message, element)
+        )
+        self._last = seq
+        if seq & _BLOCK_MASK == _BLOCK_MASK:
+            self._join_block(seq // _BLOCK)
+
+    def _renumber(self, seq: int) -> None:
+        """Under the lock: the sequence field's parts for ``seq`` and the 127
+        after it (see _low and _high_bytes in __init__)."""
+        self._high = high = seq >> 7
+        self._high_bytes = varint(high) if high else b""
+        self._low = _SEQUENCE_LOW if high else _SEQUENCE_SMALL
 
     def _join_block(self, block: int) -> None:
         """Under the lock: keep block ``block`` joined, if all of it is retained."""
@@ -334,6 +422,30 @@ class LogBuffer:
         with self._lock:
             ready = self._fire(_NEVER)
         _wake_async(ready)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Count a reader (a StreamLogs stream) as open while in the block, so
+        that :meth:`wait_read` can let it finish sending before a server stops."""
+        with self._readers_changed:
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._readers_changed:
+                self._readers -= 1
+                self._readers_changed.notify_all()
+
+    @property
+    def readers(self) -> int:
+        """How many readers are open (see :meth:`reading`)."""
+        return self._readers
+
+    def wait_read(self, timeout: float) -> bool:
+        """Wait until no reader is open, at most ``timeout`` seconds; whether
+        none is. At once when none is."""
+        with self._readers_changed:
+            return self._readers_changed.wait_for(lambda: self._readers == 0, timeout)
 
     def _fire(self, seq: int) -> list[_Waiter]:
         """Under the lock: notify sync waiters reached by ``seq``; return async ones."""

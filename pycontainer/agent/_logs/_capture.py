@@ -10,14 +10,29 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
+from types import TracebackType
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 
 from pycontainer.v1 import logs_pb2
 
 from ._buffer import LogBuffer
-from ._wire import attribute_fields, message_field, source_fields, string_field, time_field
+from ._wire import (
+    MORE_BYTE,
+    attribute_fields,
+    message_field,
+    source_fields,
+    string_field,
+    time_field,
+    time_window,
+    utf8,
+    varint,
+)
 
 __all__ = ["LogBufferHandler", "install", "severity_from_level", "uninstall"]
 
@@ -25,6 +40,26 @@ _NS = 1_000_000_000
 # LogEntry's field numbers (the rest are encoded by _wire's functions).
 _TRACE_ID = 8
 _SPAN_ID = 9
+_MESSAGE_TAG = b"\x32"  # LogEntry.message = 6
+# The message field's tag and length, by lengths under 128 (none for none).
+_MESSAGE_HEAD = (b"", *(_MESSAGE_TAG + bytes((i,)) for i in range(1, 128)))
+_MORE_BYTE = MORE_BYTE
+# A window no instant is in (see _wire.time_window).
+_NO_WINDOW: tuple[int, int, bytes, bytes] = (0, 0, b"", b"")
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+def _context_reader() -> Callable[[], otel_context.Context]:
+    """``opentelemetry.context.get_current``, or the ContextVar read behind it
+    where OpenTelemetry keeps its context in its default runtime context."""
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    var = getattr(runtime, "_current_context", None)
+    if type(runtime) is ContextVarsRuntimeContext and isinstance(var, ContextVar):
+        return var.get
+    return otel_context.get_current
+
+
+_current_context = _context_reader()
 
 # -- severity -----------------------------------------------------------------------
 
@@ -98,8 +133,17 @@ class LogBufferHandler(logging.Handler):
 
     def __init__(self, buffer: LogBuffer, level: int = logging.NOTSET) -> None:
         super().__init__(level)
-        self.buffer = buffer
+        self._buffer = buffer
+        self._limit = buffer.max_message_chars
+        self._append_encoded = buffer.append_encoded
         self._sites: dict[tuple[object, ...], tuple[bytes, int]] = {}
+        # The time fields of the last record's 2 ms (see _wire.time_window).
+        self._window = _NO_WINDOW
+
+    @property
+    def buffer(self) -> LogBuffer:
+        """The buffer records go to."""
+        return self._buffer
 
     def handle(self, record: logging.LogRecord) -> bool | logging.LogRecord:  # type: ignore[override]
         """As Handler.handle, without the handler's lock: the buffer has its
@@ -115,10 +159,93 @@ class LogBufferHandler(logging.Handler):
         return rv
 
     def emit(self, record: logging.LogRecord) -> None:
+        # One function, every step written out: this runs for every record.
         try:
-            self._append(record)
+            try:
+                message = record.getMessage()
+            except Exception as exc:
+                # As logging itself would: keep the entry, say what went wrong.
+                args = _text(record.args)
+                message = f"{_text(record.msg)} (formatting failed: {exc!r}; args: {args})"
+            limit = self._limit
+            if len(message) > limit:
+                message = self._buffer.truncate(message)
+            key = (
+                record.name,
+                record.levelno,
+                record.levelname,
+                record.threadName,
+                record.pathname,
+                record.lineno,
+                record.funcName,
+            )
+            fields, severity = self._sites.get(key) or self._site(key, record)
+            time_ns = int(record.created * _NS)
+            try:
+                data = message.encode()
+            except UnicodeEncodeError:
+                data = utf8(message)
+            size = len(data)
+            window = self._window
+            if window[0] <= time_ns < window[1]:
+                d = time_ns - window[0]
+                encoded = b"".join(
+                    (
+                        fields,
+                        window[2],
+                        _MORE_BYTE[d & 0x7F],
+                        _MORE_BYTE[d >> 7 & 0x7F],
+                        _MORE_BYTE[d >> 14],
+                        window[3],
+                        _MESSAGE_HEAD[size] if size < 0x80 else _MESSAGE_TAG + varint(size),
+                        data,
+                    )
+                )
+            else:
+                self._window = time_window(time_ns) or _NO_WINDOW
+                encoded = b"".join((fields, time_field(time_ns), message_field(message)))
+            # Read before __dict__: a record's first use of it makes the dict,
+            # and its attributes cost more to read after.
+            name, exc_info, stack_info = record.name, record.exc_info, record.stack_info
+            rec = record.__dict__
+            # Most records have no extras, no exception, no stack and no span;
+            # a formatter that ran first adds "message" (and "asctime").
+            if (
+                len(rec) > _RECORD_ATTR_COUNT
+                and len(rec) - ("message" in rec) - ("asctime" in rec) > _RECORD_ATTR_COUNT
+            ):
+                extras = [(_text(key), _text(rec[key])) for key in rec.keys() - _STANDARD_ATTRS]
+                encoded += attribute_fields(
+                    (k, v if len(v) <= limit else self._buffer.truncate(v)) for k, v in extras
+                )
+            if exc_info and exc_info[0] is not None:
+                encoded += self._exception(exc_info, record.exc_text)
+            if stack_info:
+                encoded += attribute_fields((("code.stacktrace", stack_info),))
+            # Outside any span (and any other context value) the context is
+            # empty: one ContextVar read, not OpenTelemetry's four calls.
+            context = _current_context()
+            if context:
+                span = trace.get_current_span(context).get_span_context()
+                if span.is_valid:
+                    encoded += string_field(_TRACE_ID, format(span.trace_id, "032x"))
+                    encoded += string_field(_SPAN_ID, format(span.span_id, "016x"))
+            self._append_encoded(time_ns, severity, name, message, encoded)
         except Exception:
             self.handleError(record)
+
+    def _exception(self, exc_info: _ExcInfo, exc_text: str | None) -> bytes:
+        """The exception attributes of a record with ``exc_info``."""
+        exc_type, exc_value, tb = exc_info
+        # A formatter that ran first may have cached the text.
+        stack = exc_text or "".join(traceback.format_exception(exc_type, exc_value, tb))
+        return attribute_fields(
+            (
+                ("exception.type", _type_name(exc_type)),
+                ("exception.message", _text(exc_value)),
+                ("exception.stacktrace", self._buffer.truncate(stack)),
+            )
+        )
 
     def _site(self, key: tuple[object, ...], record: logging.LogRecord) -> tuple[bytes, int]:
         """The encoded fields of ``record``'s call site, and its severity."""
@@ -135,59 +262,6 @@ class LogBufferHandler(logging.Handler):
             sites.clear()
         sites[key] = site = (fields, severity)
         return site
-
-    def _append(self, record: logging.LogRecord) -> None:
-        buf = self.buffer
-        try:
-            message = record.getMessage()
-        except Exception as exc:
-            # As logging itself would: keep the entry, say what went wrong.
-            args = _text(record.args)
-            message = f"{_text(record.msg)} (formatting failed: {exc!r}; args: {args})"
-        limit = buf.max_message_chars
-        if len(message) > limit:
-            message = buf.truncate(message)
-        key = (
-            record.name,
-            record.levelno,
-            record.levelname,
-            record.threadName,
-            record.pathname,
-            record.lineno,
-            record.funcName,
-        )
-        fields, severity = self._sites.get(key) or self._site(key, record)
-        time_ns = int(record.created * _NS)
-        encoded = b"".join((fields, time_field(time_ns), message_field(message)))
-        rec = record.__dict__
-        # Most records have no extras, no exception, no stack and no span;
-        # a formatter that ran first adds "message" (and "asctime").
-        if (
-            len(rec) > _RECORD_ATTR_COUNT
-            and len(rec) - ("message" in rec) - ("asctime" in rec) > _RECORD_ATTR_COUNT
-        ):
-            extras = [(_text(key), _text(rec[key])) for key in rec.keys() - _STANDARD_ATTRS]
-            encoded += attribute_fields(
-                (k, v if len(v) <= limit else buf.truncate(v)) for k, v in extras
-            )
-        exc_info = record.exc_info
-        if exc_info and exc_info[0] is not None:
-            exc_type, exc_value, tb = exc_info
-            # A formatter that ran first may have cached the text.
-            stack = record.exc_text or "".join(traceback.format_exception(exc_type, exc_value, tb))
-            exception = (
-                ("exception.type", _type_name(exc_type)),
-                ("exception.message", _text(exc_value)),
-                ("exception.stacktrace", stack if len(stack) <= limit else buf.truncate(stack)),
-            )
-            encoded += attribute_fields(exception)
-        if record.stack_info:
-            encoded += attribute_fields((("code.stacktrace", record.stack_info),))
-        ctx = trace.get_current_span().get_span_context()
-        if ctx.is_valid:
-            encoded += string_field(_TRACE_ID, format(ctx.trace_id, "032x"))
-            encoded += string_field(_SPAN_ID, format(ctx.span_id, "016x"))
-        buf.append_encoded(time_ns, severity, record.name, message, encoded)
 
 
 # -- root logger installation ------------------------------------------------------------

@@ -240,6 +240,12 @@ class LogReader:
         """Batches for a sync server: the history, then (when following) new
         entries until ``is_active()`` (such as ``context.is_active``) turns
         false, checked at least every 0.25 s, or ``ended()`` turns true."""
+        with self.buffer.reading():
+            yield from self._iter_frames(is_active, ended)
+
+    def _iter_frames(
+        self, is_active: Callable[[], bool], ended: Callable[[], bool]
+    ) -> Iterator[bytes]:
         yield from self._history()
         if not self.query.follow:
             return
@@ -271,6 +277,11 @@ class LogReader:
         """Batches for grpc.aio: the history, then (when following) new entries
         until the call is cancelled or ``ended()`` turns true (then the stream
         ends normally, which lets a server shut down without cancelling it)."""
+        with self.buffer.reading():
+            async for frame in self._aiter_frames(ended):
+                yield frame
+
+    async def _aiter_frames(self, ended: Callable[[], bool]) -> AsyncIterator[bytes]:
         for past in self._history():
             yield past
         if not self.query.follow:

@@ -16,8 +16,10 @@ from collections.abc import Iterable, Mapping
 
 __all__ = [
     "ENTRIES_TAG",
+    "MORE_BYTE",
     "SEQUENCE_TAG",
     "attribute_fields",
+    "entries_fields",
     "entry_element",
     "entry_fields",
     "message_field",
@@ -25,11 +27,14 @@ __all__ = [
     "source_fields",
     "string_field",
     "time_field",
+    "time_window",
     "utf8",
     "varint",
 ]
 
 _ONE_BYTE = tuple(bytes((i,)) for i in range(128))
+# Byte i with the continuation bit set: a varint's byte that more follow.
+MORE_BYTE = tuple(bytes((i | 0x80,)) for i in range(128))
 
 # Tags: (field number << 3) | wire type (0 varint, 2 length-delimited).
 ENTRIES_TAG = b"\x0a"  # StreamLogsResponse.entries = 1
@@ -146,6 +151,30 @@ def time_field(time_ns: int) -> bytes:
     return _TIME_TAG + _ONE_BYTE[len(body)] + body  # at most 11 bytes
 
 
+# A time window spans 2**21 ns (2 ms) of one second's nanos: its instants'
+# time fields differ only in the nanos' three low varint bytes.
+_WINDOW_BITS = 21
+
+
+def time_window(time_ns: int) -> tuple[int, int, bytes, bytes] | None:
+    """The window of instants around ``time_ns`` whose time fields differ only
+    in the nanos' low three varint bytes: its first and past-last instants
+    (ns since the epoch), the field's bytes before those three and after.
+    For an instant ``t`` in it, ``time_field(t)`` is ``before``, then
+    ``MORE_BYTE[d & 127], MORE_BYTE[d >> 7 & 127], MORE_BYTE[d >> 14]`` where
+    ``d = t - first``, then ``after``. None in a second's first 2 ms (where
+    the nanos take fewer bytes)."""
+    seconds, nanos = divmod(time_ns, _NS)
+    if nanos >> _WINDOW_BITS == 0:
+        return None
+    first = seconds * _NS + (nanos >> _WINDOW_BITS << _WINDOW_BITS)
+    end = min(first + (1 << _WINDOW_BITS), (seconds + 1) * _NS)
+    field = time_field(time_ns)
+    nanos_bytes = len(varint(nanos))  # 4 or 5
+    before = field[: len(field) - nanos_bytes]
+    return first, end, before, field[len(before) + 3 :]
+
+
 def attribute_fields(attributes: Mapping[str, str] | Iterable[tuple[str, str]]) -> bytes:
     """``LogEntry.attributes``: one map entry per key and value."""
     items = attributes.items() if isinstance(attributes, Mapping) else attributes
@@ -217,6 +246,23 @@ def entry_fields(
             else b"",
         )
     )
+
+
+def entries_fields(
+    time_ns: int,
+    logger: str,
+    messages: Iterable[tuple[int, str, str]],
+    attributes: Mapping[str, str] | None = None,
+) -> list[bytes]:
+    """:func:`entry_fields` of entries that share a time, a logger and
+    attributes (lines read at once), each given as its severity, severity
+    text and message: what they share is encoded once."""
+    time = time_field(time_ns)
+    tail = _attributes_again(attributes) if attributes else b""
+    return [
+        b"".join((time, _source_again(severity, text, logger), message_field(message), tail))
+        for severity, text, message in messages
+    ]
 
 
 def entry_element(fields: bytes, sequence: int) -> bytes:
