@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from ._context import current_span_context
 from ._tracing import Recording, RpcTracing
 from ._w3c import RANDOM_TRACE_ID, SAMPLED, TRACEPARENT, TRACESTATE, format_traceparent
 
@@ -31,8 +31,6 @@ _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED.value[0]
 _UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
 _time_ns = time.time_ns
-_monotonic_ns = time.monotonic_ns
-_current_span = trace.get_current_span
 
 
 class _CallDetails(
@@ -47,7 +45,8 @@ class _CallDetails(
 
 # A traced call on its way (a tuple, as the server's): the recording, trace
 # id, span id, parent span id (0: none), whether the parent is remote, trace
-# flags, the parent's tracestate, and the start (wall-clock, monotonic ns).
+# flags, the parent's tracestate, and the start (wall-clock ns, the SDK's
+# clock for spans).
 _Call = tuple[Any, ...]
 
 
@@ -65,7 +64,7 @@ def _names(method: str | bytes, cache: dict[Any, tuple[str, str, str]]) -> tuple
 
 def _begin(tracing: RpcTracing, full_name: str) -> tuple[_Call | None, tuple[tuple[str, str], ...]]:
     """Decide on the call's span; the metadata that carries its context."""
-    parent = _current_span().get_span_context()
+    parent = current_span_context()
     recording: Recording | None = tracing.recording()
     if not parent.is_valid:
         if recording is None:
@@ -83,7 +82,11 @@ def _begin(tracing: RpcTracing, full_name: str) -> tuple[_Call | None, tuple[tup
                 format_traceparent(trace_id, parent_id, parent.trace_flags), tracestate
             )
     span_id = recording.new_span_id()
-    if not recording.sampling.sampled(trace_id, parent_ids, False, full_name, _CLIENT):
+    sampling = recording.sampling
+    sampled = sampling.always
+    if sampled is None:
+        sampled = sampling.sampled(trace_id, parent_ids, False, full_name, _CLIENT)
+    if not sampled:
         return None, _carrier(format_traceparent(trace_id, span_id, random_bit), tracestate)
     flags = SAMPLED | random_bit
     call = (
@@ -95,7 +98,6 @@ def _begin(tracing: RpcTracing, full_name: str) -> tuple[_Call | None, tuple[tup
         flags,
         tracestate,
         _time_ns(),
-        _monotonic_ns(),
     )
     return call, _carrier(format_traceparent(trace_id, span_id, flags), tracestate)
 
@@ -121,8 +123,8 @@ def _end(
     description: str | None,
     target: str | None,
 ) -> None:
-    end_ns = _monotonic_ns()
-    recording, trace_id, span_id, parent_id, remote, flags, tracestate, wall_ns, start_ns = call
+    end_ns = _time_ns()
+    recording, trace_id, span_id, parent_id, remote, flags, tracestate, start_ns = call
     recording.recorder.record(
         (
             _CLIENT,
@@ -134,7 +136,6 @@ def _end(
             remote,
             flags,
             tracestate,
-            wall_ns,
             start_ns,
             end_ns,
             code,

@@ -21,7 +21,8 @@ import weakref
 from collections.abc import Callable, Mapping
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, SynchronousMultiSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
@@ -73,7 +74,7 @@ _CHUNK = 16
 # constructor is a Python call, on the path twice a call), in this order:
 # kind, service, method, trace id, span id, parent span id (0: a root),
 # whether the parent is remote, trace flags, the parent's tracestate, start
-# (wall-clock ns), start and end (monotonic ns), gRPC status code number, the
+# and end (wall-clock ns, as the SDK's own spans), gRPC status code number, the
 # client's target or the server's peer (grpc's peer string), and the
 # description of an error.
 CallRecord = tuple[
@@ -89,10 +90,28 @@ CallRecord = tuple[
     int,
     int,
     int,
-    int,
     str | None,
     str | None,
 ]
+
+
+def _span_ends(processor: SpanProcessor) -> tuple[Callable[[ReadableSpan], None], ...]:
+    """What ``processor.on_end(span)`` calls for a sampled span (every span
+    recorded is), one call less each: the provider's SynchronousMultiSpanProcessor
+    calls each of its processors' on_end in turn; the SDK's BatchSpanProcessor's
+    on_end hands a sampled span to its batch's emit. Any other processor, or a
+    subclass, is called as it is."""
+    if type(processor) is not SynchronousMultiSpanProcessor:
+        return (processor.on_end,)
+    ends: list[Callable[[ReadableSpan], None]] = []
+    for each in processor._span_processors:
+        batch = getattr(each, "_batch_processor", None)
+        emit = getattr(batch, "emit", None)
+        if type(each) is BatchSpanProcessor and emit is not None:
+            ends.append(emit)
+        else:
+            ends.append(each.on_end)
+    return tuple(ends)
 
 
 def _host_port(address: str) -> tuple[str, int | None]:
@@ -195,15 +214,18 @@ class Recorder:
 
     def flush(self) -> None:
         """Hand every queued record to the processors (on this thread)."""
-        queue, processor, span, chunk = self._queue, self._processor, self._span, 0
+        queue, span, chunk = self._queue, self._span, 0
         with self._drain_lock:
+            ends = _span_ends(self._processor)  # read per flush: processors may be added
             while queue:
                 try:
                     record = queue.popleft()
                 except IndexError:
                     break
                 try:
-                    processor.on_end(span(record))
+                    made = span(record)
+                    for end in ends:
+                        end(made)
                 except Exception:  # a processor's failure: its spans, not the app's calls
                     _log.exception("RPC tracing: a span processor failed")
                 chunk += 1
@@ -232,7 +254,6 @@ class Recorder:
             parent_remote,
             trace_flags,
             tracestate,
-            start_wall_ns,
             start_ns,
             end_ns,
             code,
@@ -241,10 +262,9 @@ class Recorder:
         ) = record
         flags = _TRACE_FLAGS[trace_flags & 0xFF]
         state = TraceState.from_header([tracestate]) if tracestate else EMPTY_TRACE_STATE
-        context = span_context(trace_id, span_id, False, flags, state)
-        parent = (
-            span_context(trace_id, parent_id, parent_remote, flags, state) if parent_id else None
-        )
+        make = span_context
+        context = make(trace_id, span_id, False, flags, state)
+        parent = make(trace_id, parent_id, parent_remote, flags, state) if parent_id else None
         key = (kind is _CLIENT, service, method, code, address)  # SpanKind hashes in Python
         shape = self._shapes.get(key)
         if shape is None:
@@ -261,8 +281,8 @@ class Recorder:
             kind,
             None,
             Status(StatusCode.ERROR, description) if error else _UNSET,
-            start_wall_ns,
-            start_wall_ns + (end_ns - start_ns),
+            start_ns,
+            end_ns,
             self._scope,
         )
 

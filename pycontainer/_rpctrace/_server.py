@@ -15,10 +15,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 
+from ._context import attach_span, detach
 from ._recorder import EMPTY_TRACE_STATE, span_context
 from ._tracing import RpcTracing
 from ._w3c import RANDOM_TRACE_ID, SAMPLED, TRACEPARENT, TRACESTATE, parse_traceparent
@@ -39,16 +38,12 @@ _UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
 _SERVER = SpanKind.SERVER
 _OK = grpc.StatusCode.OK
 _time_ns = time.time_ns
-_monotonic_ns = time.monotonic_ns
-_attach = otel_context.attach
-_detach = otel_context.detach
-_in_context = trace.set_span_in_context
 
 
 # A traced call on its way (a tuple: no object to build and fill, twice a
 # call): the context token, then for a recorded call the recording, trace
 # id, span id, parent span id (0: none), trace flags, the parent's
-# tracestate, and the start (wall-clock and monotonic ns).
+# tracestate, and the start (wall-clock ns, the SDK's clock for spans).
 _Call = tuple[Any, ...]
 _TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
 
@@ -70,7 +65,7 @@ def _begin(tracing: RpcTracing, name: str, metadata: Iterable[Any] | None) -> _C
             return None
         # Not recorded: the caller's context still reaches the calls made here.
         remote = SpanContext(parent[0], parent[1], True, _TRACE_FLAGS[parent[2] & 0xFF], state)
-        return (_attach(_in_context(NonRecordingSpan(remote))),)
+        return (attach_span(NonRecordingSpan(remote)),)
     span_id = recording.new_span_id()
     if parent is not None:
         trace_id, parent_id, parent_flags = parent
@@ -86,7 +81,7 @@ def _begin(tracing: RpcTracing, name: str, metadata: Iterable[Any] | None) -> _C
         sampled = recording.sampling.sampled(trace_id, None, True, name, _SERVER)
     flags = random_bit | SAMPLED if sampled else random_bit
     own = span_context(trace_id, span_id, False, _TRACE_FLAGS[flags], state or EMPTY_TRACE_STATE)
-    token = _attach(_in_context(NonRecordingSpan(own)))
+    token = attach_span(NonRecordingSpan(own))
     if not sampled:
         return (token,)
     return (
@@ -98,7 +93,6 @@ def _begin(tracing: RpcTracing, name: str, metadata: Iterable[Any] | None) -> _C
         flags,
         tracestate if parent_id else None,
         _time_ns(),
-        _monotonic_ns(),
     )
 
 
@@ -114,11 +108,11 @@ def _end(
     context: Any,
     failure: BaseException | None,
 ) -> None:
-    _detach(call[0])
+    detach(call[0])
     if len(call) == 1:
         return
-    end_ns = _monotonic_ns()
-    _, recording, trace_id, span_id, parent_id, flags, tracestate, start_wall_ns, start_ns = call
+    end_ns = _time_ns()
+    _, recording, trace_id, span_id, parent_id, flags, tracestate, start_ns = call
     code, description = 0, None
     set_code = context.code()
     if set_code is not None and set_code is not _OK:
@@ -141,7 +135,6 @@ def _end(
             True,
             flags,
             tracestate,
-            start_wall_ns,
             start_ns,
             end_ns,
             code,
