@@ -65,11 +65,11 @@ def _names(method: str | bytes, cache: dict[Any, tuple[str, str, str]]) -> tuple
 def _begin(tracing: RpcTracing, full_name: str) -> tuple[_Call | None, tuple[tuple[str, str], ...]]:
     """Decide on the call's span; the metadata that carries its context."""
     parent = current_span_context()
-    recording: Recording | None = tracing.recording()
+    recording: Recording | None = tracing._recording or tracing.recording()
     if not parent.is_valid:
         if recording is None:
             return None, ()
-        trace_id, parent_id, random_bit = recording.new_trace_id(), 0, recording.root_flags
+        trace_id, parent_id, random_bit = (recording.new_trace_id() or 1), 0, recording.root_flags
         parent_ids = None
         tracestate = None
     else:
@@ -81,7 +81,7 @@ def _begin(tracing: RpcTracing, full_name: str) -> tuple[_Call | None, tuple[tup
             return None, _carrier(
                 format_traceparent(trace_id, parent_id, parent.trace_flags), tracestate
             )
-    span_id = recording.new_span_id()
+    span_id = recording.new_span_id() or 1
     sampling = recording.sampling
     sampled = sampling.always
     if sampled is None:
@@ -141,6 +141,7 @@ def _end(
             code,
             target,
             description,
+            None,
         )
     )
 

@@ -75,8 +75,9 @@ _CHUNK = 16
 # kind, service, method, trace id, span id, parent span id (0: a root),
 # whether the parent is remote, trace flags, the parent's tracestate, start
 # and end (wall-clock ns, as the SDK's own spans), gRPC status code number, the
-# client's target or the server's peer (grpc's peer string), and the
-# description of an error.
+# client's target or the server's peer (grpc's peer string), the
+# description of an error, and the span's own SpanContext when the call path
+# made it already (the server's: it was current), else None.
 CallRecord = tuple[
     SpanKind,
     str,
@@ -92,6 +93,7 @@ CallRecord = tuple[
     int,
     str | None,
     str | None,
+    SpanContext | None,
 ]
 
 
@@ -259,11 +261,15 @@ class Recorder:
             code,
             address,
             description,
+            context,
         ) = record
         flags = _TRACE_FLAGS[trace_flags & 0xFF]
-        state = TraceState.from_header([tracestate]) if tracestate else EMPTY_TRACE_STATE
         make = span_context
-        context = make(trace_id, span_id, False, flags, state)
+        if context is None:
+            state = TraceState.from_header([tracestate]) if tracestate else EMPTY_TRACE_STATE
+            context = make(trace_id, span_id, False, flags, state)
+        else:
+            state = context.trace_state
         parent = make(trace_id, parent_id, parent_remote, flags, state) if parent_id else None
         key = (kind is _CLIENT, service, method, code, address)  # SpanKind hashes in Python
         shape = self._shapes.get(key)

@@ -43,7 +43,8 @@ _time_ns = time.time_ns
 # A traced call on its way (a tuple: no object to build and fill, twice a
 # call): the context token, then for a recorded call the recording, trace
 # id, span id, parent span id (0: none), trace flags, the parent's
-# tracestate, and the start (wall-clock ns, the SDK's clock for spans).
+# tracestate, the start (wall-clock ns, the SDK's clock for spans), and the
+# span's context (made current: the recorder's span reuses it).
 _Call = tuple[Any, ...]
 _TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
 
@@ -59,14 +60,14 @@ def _begin(tracing: RpcTracing, name: str, metadata: Iterable[Any] | None) -> _C
             tracestate = value
     parent = parse_traceparent(traceparent) if traceparent is not None else None
     state = TraceState.from_header([tracestate]) if tracestate and parent else None
-    recording = tracing.recording()
+    recording = tracing._recording or tracing.recording()
     if recording is None:
         if parent is None:
             return None
         # Not recorded: the caller's context still reaches the calls made here.
         remote = SpanContext(parent[0], parent[1], True, _TRACE_FLAGS[parent[2] & 0xFF], state)
         return (attach_span(NonRecordingSpan(remote)),)
-    span_id = recording.new_span_id()
+    span_id = recording.new_span_id() or 1
     if parent is not None:
         trace_id, parent_id, parent_flags = parent
         random_bit = parent_flags & RANDOM_TRACE_ID
@@ -77,7 +78,7 @@ def _begin(tracing: RpcTracing, name: str, metadata: Iterable[Any] | None) -> _C
             else recording.sampling.sampled(trace_id, parent, True, name, _SERVER)
         )
     else:
-        trace_id, parent_id, random_bit = recording.new_trace_id(), 0, recording.root_flags
+        trace_id, parent_id, random_bit = (recording.new_trace_id() or 1), 0, recording.root_flags
         sampled = recording.sampling.sampled(trace_id, None, True, name, _SERVER)
     flags = random_bit | SAMPLED if sampled else random_bit
     own = span_context(trace_id, span_id, False, _TRACE_FLAGS[flags], state or EMPTY_TRACE_STATE)
@@ -93,6 +94,7 @@ def _begin(tracing: RpcTracing, name: str, metadata: Iterable[Any] | None) -> _C
         flags,
         tracestate if parent_id else None,
         _time_ns(),
+        own,
     )
 
 
@@ -112,7 +114,7 @@ def _end(
     if len(call) == 1:
         return
     end_ns = _time_ns()
-    _, recording, trace_id, span_id, parent_id, flags, tracestate, start_ns = call
+    _, recording, trace_id, span_id, parent_id, flags, tracestate, start_ns, own = call
     code, description = 0, None
     set_code = context.code()
     if set_code is not None and set_code is not _OK:
@@ -140,6 +142,7 @@ def _end(
             code,
             context.peer(),
             description,
+            own,
         )
     )
 
