@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind
 
 from ._context import current_span_context
 from ._tracing import Recording, RpcTracing
@@ -66,13 +66,15 @@ def _begin(tracing: RpcTracing, full_name: str) -> tuple[_Call | None, tuple[tup
     """Decide on the call's span; the metadata that carries its context."""
     parent = current_span_context()
     recording: Recording | None = tracing._recording or tracing.recording()
-    if not parent.is_valid:
+    if parent is INVALID_SPAN_CONTEXT or not parent.is_valid:  # (the first: no property call)
         if recording is None:
             return None, ()
         trace_id, parent_id, random_bit = (recording.new_trace_id() or 1), 0, recording.root_flags
         parent_ids = None
         tracestate = None
+        remote = False
     else:
+        remote = parent.is_remote
         trace_id, parent_id = parent.trace_id, parent.span_id
         random_bit = parent.trace_flags & RANDOM_TRACE_ID
         parent_ids = (trace_id, parent_id, parent.trace_flags)
@@ -94,12 +96,15 @@ def _begin(tracing: RpcTracing, full_name: str) -> tuple[_Call | None, tuple[tup
         trace_id,
         span_id,
         parent_id,
-        parent.is_remote,
+        remote,
         flags,
         tracestate,
         _time_ns(),
     )
-    return call, _carrier(format_traceparent(trace_id, span_id, flags), tracestate)
+    traceparent = format_traceparent(trace_id, span_id, flags)
+    if tracestate:
+        return call, ((TRACEPARENT, traceparent), (TRACESTATE, tracestate))
+    return call, ((TRACEPARENT, traceparent),)
 
 
 def _carrier(traceparent: str, tracestate: str | None) -> tuple[tuple[str, str], ...]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import logging
 import os
 import threading
@@ -40,30 +41,38 @@ _TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
 EMPTY_TRACE_STATE = TraceState()
 
 
-def _span_context_maker() -> Callable[[int, int, bool, TraceFlags, TraceState], SpanContext]:
-    """SpanContext(...) for valid ids, without its checks (its ids are ours,
-    valid by construction): its tuple, when this API version lays it out as
-    the one checked here; else the public constructor."""
+_ContextFields = tuple[int, int, bool, TraceFlags, TraceState, bool]
 
-    def fast(
-        trace_id: int, span_id: int, remote: bool, flags: TraceFlags, state: TraceState
-    ) -> SpanContext:
-        made: SpanContext = tuple.__new__(
-            SpanContext, (trace_id, span_id, remote, flags, state, True)
+
+def _span_context_maker() -> Callable[[_ContextFields], SpanContext]:
+    """SpanContext from (trace id, span id, remote, flags, state, True), for
+    valid ids, without its checks (its ids are ours, valid by construction):
+    that tuple as the SpanContext (a partial: no Python frame), when this API
+    version lays it out as the one checked here; else the public constructor."""
+    fast: Callable[[_ContextFields], SpanContext] = functools.partial(tuple.__new__, SpanContext)
+    probe = fast((7, 9, True, _TRACE_FLAGS[1], EMPTY_TRACE_STATE, True))
+    public = SpanContext(7, 9, True, _TRACE_FLAGS[1], EMPTY_TRACE_STATE)
+    same = (
+        type(probe) is SpanContext
+        and probe == public
+        and all(
+            getattr(probe, name) == getattr(public, name)
+            for name in (
+                "trace_id",
+                "span_id",
+                "is_remote",
+                "trace_flags",
+                "trace_state",
+                "is_valid",
+            )
         )
-        return made
-
-    probe, public = (
-        fast(7, 9, True, _TRACE_FLAGS[1], EMPTY_TRACE_STATE),
-        SpanContext(7, 9, True, _TRACE_FLAGS[1], EMPTY_TRACE_STATE),
     )
-    same = probe == public and all(
-        getattr(probe, name) == getattr(public, name)
-        for name in ("trace_id", "span_id", "is_remote", "trace_flags", "trace_state", "is_valid")
-    )
-    return fast if same else SpanContext
+    if same:
+        return fast
+    return lambda fields: SpanContext(*fields[:5])
 
 
+#: SpanContext of (trace id, span id, remote, flags, state, True).
 span_context = _span_context_maker()
 # Records handed to the processors between two yields of the GIL: the app's
 # threads wait at most this many spans' work for it.
@@ -219,15 +228,19 @@ class Recorder:
         queue, span, chunk = self._queue, self._span, 0
         with self._drain_lock:
             ends = _span_ends(self._processor)  # read per flush: processors may be added
+            only = ends[0] if len(ends) == 1 else None
             while queue:
                 try:
                     record = queue.popleft()
                 except IndexError:
                     break
                 try:
-                    made = span(record)
-                    for end in ends:
-                        end(made)
+                    if only is not None:
+                        only(span(record))
+                    else:
+                        made = span(record)
+                        for end in ends:
+                            end(made)
                 except Exception:  # a processor's failure: its spans, not the app's calls
                     _log.exception("RPC tracing: a span processor failed")
                 chunk += 1
@@ -267,10 +280,12 @@ class Recorder:
         make = span_context
         if context is None:
             state = TraceState.from_header([tracestate]) if tracestate else EMPTY_TRACE_STATE
-            context = make(trace_id, span_id, False, flags, state)
+            context = make((trace_id, span_id, False, flags, state, True))
         else:
             state = context.trace_state
-        parent = make(trace_id, parent_id, parent_remote, flags, state) if parent_id else None
+        parent = (
+            make((trace_id, parent_id, parent_remote, flags, state, True)) if parent_id else None
+        )
         key = (kind is _CLIENT, service, method, code, address)  # SpanKind hashes in Python
         shape = self._shapes.get(key)
         if shape is None:

@@ -81,7 +81,9 @@ def _begin(tracing: RpcTracing, name: str, metadata: Iterable[Any] | None) -> _C
         trace_id, parent_id, random_bit = (recording.new_trace_id() or 1), 0, recording.root_flags
         sampled = recording.sampling.sampled(trace_id, None, True, name, _SERVER)
     flags = random_bit | SAMPLED if sampled else random_bit
-    own = span_context(trace_id, span_id, False, _TRACE_FLAGS[flags], state or EMPTY_TRACE_STATE)
+    own = span_context(
+        (trace_id, span_id, False, _TRACE_FLAGS[flags], state or EMPTY_TRACE_STATE, True)
+    )
     token = attach_span(NonRecordingSpan(own))
     if not sampled:
         return (token,)
