@@ -187,13 +187,14 @@ class Recorder:
     # -- the call path ---------------------------------------------------------------------
     def record(self, record: CallRecord) -> None:
         queue = self._queue
-        if len(queue) >= self.max_queue_size or self._closed:
+        waiting = len(queue)
+        if waiting >= self.max_queue_size or self._closed:
             self._drop()
             return
         queue.append(record)
         if self._thread is None:
             self._start()
-        elif len(queue) >= self._batch_size and not self._wake.is_set():
+        elif waiting >= self._batch_size - 1 and not self._wake.is_set():
             self._wake.set()
 
     def _drop(self) -> None:
