@@ -198,15 +198,15 @@ class _Handlers:
         self._tracing = tracing
         self._aio = aio
         # method -> (the handler seen, the one to use)
-        self._cache: dict[str, tuple[Any, Any]] = {}
+        self.cache: dict[str, tuple[Any, Any]] = {}
 
     def get(self, method: str, handler: Any) -> Any:
-        cached = self._cache.get(method)
+        cached = self.cache.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
         wrapped = self._wrap(method, handler)
-        if len(self._cache) < 10_000:  # methods are few; unknown names are not
-            self._cache[method] = (handler, wrapped)
+        if len(self.cache) < 10_000:  # methods are few; unknown names are not
+            self.cache[method] = (handler, wrapped)
         return wrapped
 
     def _wrap(self, method: str, handler: Any) -> Any:
@@ -230,13 +230,19 @@ class ServerInterceptor(_SyncBase):
 
     def __init__(self, tracing: RpcTracing) -> None:
         self._handlers = _Handlers(tracing, aio=False)
+        self._cache = self._handlers.cache
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Any],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
-        return self._handlers.get(handler_call_details.method, continuation(handler_call_details))
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        cached = self._cache.get(method)  # _Handlers.get's hit, without its call
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        return self._handlers.get(method, handler)
 
 
 class AioServerInterceptor(_AioBase):
