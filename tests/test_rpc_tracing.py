@@ -16,7 +16,7 @@ import grpc
 import pytest
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -252,6 +252,22 @@ def test_trace_context_reaches_the_handlers_own_calls(sync_app: Any) -> None:
     server = _by_kind(exporter.get_finished_spans(), "demo.Echo/Inject")[SpanKind.SERVER]
     assert server.context is not None
     assert parse_traceparent(carried) == (server.context.trace_id, server.context.span_id, 0x03)
+
+
+def test_spans_reach_every_processor_of_the_provider(sync_app: Any) -> None:
+    """A batch processor and a simple one on one provider: each gets every span."""
+    provider, simple = _provider()
+    batched = InMemorySpanExporter()
+    provider.add_span_processor(BatchSpanProcessor(batched, schedule_delay_millis=3_600_000))
+    tracing = RpcTracing(provider, export_delay=HOUR)
+    app = sync_app(tracing, provider)
+    with app.channel(tracing) as channel:
+        assert channel.unary_unary(ECHO)(b"hi", timeout=10) == b"hi"
+    tracing.force_flush()
+    provider.force_flush()
+    for exporter in (simple, batched):
+        client, server = _pair(exporter.get_finished_spans(), ECHO)
+        _check_pair(client, server, app.address)
 
 
 @pytest.mark.parametrize("how", ["wrapper", "interceptor"])
@@ -502,6 +518,9 @@ def test_traceparent_parsing_follows_w3c(header: str, expected: Any) -> None:
         DEFAULT_ON,
         TraceIdRatioBased(0.3),
         ParentBased(TraceIdRatioBased(0.5)),
+        ParentBased(
+            ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON, local_parent_not_sampled=ALWAYS_ON
+        ),
     ],
 )
 def test_sampling_decides_as_the_sdk_sampler(sampler: Any) -> None:
@@ -521,6 +540,21 @@ def test_sampling_decides_as_the_sdk_sampler(sampler: Any) -> None:
         assert sampling.sampled(trace_id, parent, remote, "m", SpanKind.SERVER) == expected
         if parent is not None and remote and sampling.remote_parent is not None:
             assert sampling.remote_parent[parent[2] & 1] == expected
+        if sampling.always is not None:  # the client's shortcut
+            assert sampling.always == expected
+
+
+def test_sampling_shortcut_is_only_for_one_decision() -> None:
+    """``always`` (what the client asks first) is set only when no parent or
+    trace id could change the decision."""
+    assert Sampling(ALWAYS_ON).always is True
+    assert Sampling(ALWAYS_OFF).always is False
+    assert Sampling(DEFAULT_ON).always is None  # a parent that is not sampled
+    assert Sampling(TraceIdRatioBased(0.3)).always is None
+    all_on = ParentBased(
+        ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON, local_parent_not_sampled=ALWAYS_ON
+    )
+    assert Sampling(all_on).always is True
 
 
 # -- with a container ---------------------------------------------------------------------------

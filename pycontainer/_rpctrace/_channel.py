@@ -41,7 +41,7 @@ class _TracedUnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[type-arg]
         names = self._names
         call, carrier = _begin(self._tracing, names[2])
         if carrier:
-            metadata = _with_context(metadata, carrier)
+            metadata = _with_context(metadata, carrier) if metadata else carrier
         if call is None:
             return self._inner(request, timeout, metadata, credentials, wait_for_ready, compression)
         try:

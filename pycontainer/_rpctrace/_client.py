@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind
 
+from ._context import current_span_context
 from ._tracing import Recording, RpcTracing
 from ._w3c import RANDOM_TRACE_ID, SAMPLED, TRACEPARENT, TRACESTATE, format_traceparent
 
@@ -31,8 +31,6 @@ _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED.value[0]
 _UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
 _time_ns = time.time_ns
-_monotonic_ns = time.monotonic_ns
-_current_span = trace.get_current_span
 
 
 class _CallDetails(
@@ -47,7 +45,8 @@ class _CallDetails(
 
 # A traced call on its way (a tuple, as the server's): the recording, trace
 # id, span id, parent span id (0: none), whether the parent is remote, trace
-# flags, the parent's tracestate, and the start (wall-clock, monotonic ns).
+# flags, the parent's tracestate, and the start (wall-clock ns, the SDK's
+# clock for spans).
 _Call = tuple[Any, ...]
 
 
@@ -65,15 +64,17 @@ def _names(method: str | bytes, cache: dict[Any, tuple[str, str, str]]) -> tuple
 
 def _begin(tracing: RpcTracing, full_name: str) -> tuple[_Call | None, tuple[tuple[str, str], ...]]:
     """Decide on the call's span; the metadata that carries its context."""
-    parent = _current_span().get_span_context()
-    recording: Recording | None = tracing.recording()
-    if not parent.is_valid:
+    parent = current_span_context()
+    recording: Recording | None = tracing._recording or tracing.recording()
+    if parent is INVALID_SPAN_CONTEXT or not parent.is_valid:  # (the first: no property call)
         if recording is None:
             return None, ()
-        trace_id, parent_id, random_bit = recording.new_trace_id(), 0, recording.root_flags
+        trace_id, parent_id, random_bit = (recording.new_trace_id() or 1), 0, recording.root_flags
         parent_ids = None
         tracestate = None
+        remote = False
     else:
+        remote = parent.is_remote
         trace_id, parent_id = parent.trace_id, parent.span_id
         random_bit = parent.trace_flags & RANDOM_TRACE_ID
         parent_ids = (trace_id, parent_id, parent.trace_flags)
@@ -82,8 +83,12 @@ def _begin(tracing: RpcTracing, full_name: str) -> tuple[_Call | None, tuple[tup
             return None, _carrier(
                 format_traceparent(trace_id, parent_id, parent.trace_flags), tracestate
             )
-    span_id = recording.new_span_id()
-    if not recording.sampling.sampled(trace_id, parent_ids, False, full_name, _CLIENT):
+    span_id = recording.new_span_id() or 1
+    sampling = recording.sampling
+    sampled = sampling.always
+    if sampled is None:
+        sampled = sampling.sampled(trace_id, parent_ids, False, full_name, _CLIENT)
+    if not sampled:
         return None, _carrier(format_traceparent(trace_id, span_id, random_bit), tracestate)
     flags = SAMPLED | random_bit
     call = (
@@ -91,13 +96,15 @@ def _begin(tracing: RpcTracing, full_name: str) -> tuple[_Call | None, tuple[tup
         trace_id,
         span_id,
         parent_id,
-        parent.is_remote,
+        remote,
         flags,
         tracestate,
         _time_ns(),
-        _monotonic_ns(),
     )
-    return call, _carrier(format_traceparent(trace_id, span_id, flags), tracestate)
+    traceparent = format_traceparent(trace_id, span_id, flags)
+    if tracestate:
+        return call, ((TRACEPARENT, traceparent), (TRACESTATE, tracestate))
+    return call, ((TRACEPARENT, traceparent),)
 
 
 def _carrier(traceparent: str, tracestate: str | None) -> tuple[tuple[str, str], ...]:
@@ -121,8 +128,8 @@ def _end(
     description: str | None,
     target: str | None,
 ) -> None:
-    end_ns = _monotonic_ns()
-    recording, trace_id, span_id, parent_id, remote, flags, tracestate, wall_ns, start_ns = call
+    end_ns = _time_ns()
+    recording, trace_id, span_id, parent_id, remote, flags, tracestate, start_ns = call
     recording.recorder.record(
         (
             _CLIENT,
@@ -134,12 +141,12 @@ def _end(
             remote,
             flags,
             tracestate,
-            wall_ns,
             start_ns,
             end_ns,
             code,
             target,
             description,
+            None,
         )
     )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import logging
 import os
 import threading
@@ -21,7 +22,8 @@ import weakref
 from collections.abc import Callable, Mapping
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, SynchronousMultiSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
@@ -39,30 +41,38 @@ _TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
 EMPTY_TRACE_STATE = TraceState()
 
 
-def _span_context_maker() -> Callable[[int, int, bool, TraceFlags, TraceState], SpanContext]:
-    """SpanContext(...) for valid ids, without its checks (its ids are ours,
-    valid by construction): its tuple, when this API version lays it out as
-    the one checked here; else the public constructor."""
+_ContextFields = tuple[int, int, bool, TraceFlags, TraceState, bool]
 
-    def fast(
-        trace_id: int, span_id: int, remote: bool, flags: TraceFlags, state: TraceState
-    ) -> SpanContext:
-        made: SpanContext = tuple.__new__(
-            SpanContext, (trace_id, span_id, remote, flags, state, True)
+
+def _span_context_maker() -> Callable[[_ContextFields], SpanContext]:
+    """SpanContext from (trace id, span id, remote, flags, state, True), for
+    valid ids, without its checks (its ids are ours, valid by construction):
+    that tuple as the SpanContext (a partial: no Python frame), when this API
+    version lays it out as the one checked here; else the public constructor."""
+    fast: Callable[[_ContextFields], SpanContext] = functools.partial(tuple.__new__, SpanContext)
+    probe = fast((7, 9, True, _TRACE_FLAGS[1], EMPTY_TRACE_STATE, True))
+    public = SpanContext(7, 9, True, _TRACE_FLAGS[1], EMPTY_TRACE_STATE)
+    same = (
+        type(probe) is SpanContext
+        and probe == public
+        and all(
+            getattr(probe, name) == getattr(public, name)
+            for name in (
+                "trace_id",
+                "span_id",
+                "is_remote",
+                "trace_flags",
+                "trace_state",
+                "is_valid",
+            )
         )
-        return made
-
-    probe, public = (
-        fast(7, 9, True, _TRACE_FLAGS[1], EMPTY_TRACE_STATE),
-        SpanContext(7, 9, True, _TRACE_FLAGS[1], EMPTY_TRACE_STATE),
     )
-    same = probe == public and all(
-        getattr(probe, name) == getattr(public, name)
-        for name in ("trace_id", "span_id", "is_remote", "trace_flags", "trace_state", "is_valid")
-    )
-    return fast if same else SpanContext
+    if same:
+        return fast
+    return lambda fields: SpanContext(*fields[:5])
 
 
+#: SpanContext of (trace id, span id, remote, flags, state, True).
 span_context = _span_context_maker()
 # Records handed to the processors between two yields of the GIL: the app's
 # threads wait at most this many spans' work for it.
@@ -73,9 +83,10 @@ _CHUNK = 16
 # constructor is a Python call, on the path twice a call), in this order:
 # kind, service, method, trace id, span id, parent span id (0: a root),
 # whether the parent is remote, trace flags, the parent's tracestate, start
-# (wall-clock ns), start and end (monotonic ns), gRPC status code number, the
-# client's target or the server's peer (grpc's peer string), and the
-# description of an error.
+# and end (wall-clock ns, as the SDK's own spans), gRPC status code number, the
+# client's target or the server's peer (grpc's peer string), the
+# description of an error, and the span's own SpanContext when the call path
+# made it already (the server's: it was current), else None.
 CallRecord = tuple[
     SpanKind,
     str,
@@ -89,10 +100,29 @@ CallRecord = tuple[
     int,
     int,
     int,
-    int,
     str | None,
     str | None,
+    SpanContext | None,
 ]
+
+
+def _span_ends(processor: SpanProcessor) -> tuple[Callable[[ReadableSpan], None], ...]:
+    """What ``processor.on_end(span)`` calls for a sampled span (every span
+    recorded is), one call less each: the provider's SynchronousMultiSpanProcessor
+    calls each of its processors' on_end in turn; the SDK's BatchSpanProcessor's
+    on_end hands a sampled span to its batch's emit. Any other processor, or a
+    subclass, is called as it is."""
+    if type(processor) is not SynchronousMultiSpanProcessor:
+        return (processor.on_end,)
+    ends: list[Callable[[ReadableSpan], None]] = []
+    for each in processor._span_processors:
+        batch = getattr(each, "_batch_processor", None)
+        emit = getattr(batch, "emit", None)
+        if type(each) is BatchSpanProcessor and emit is not None:
+            ends.append(emit)
+        else:
+            ends.append(each.on_end)
+    return tuple(ends)
 
 
 def _host_port(address: str) -> tuple[str, int | None]:
@@ -157,13 +187,14 @@ class Recorder:
     # -- the call path ---------------------------------------------------------------------
     def record(self, record: CallRecord) -> None:
         queue = self._queue
-        if len(queue) >= self.max_queue_size or self._closed:
+        waiting = len(queue)
+        if waiting >= self.max_queue_size or self._closed:
             self._drop()
             return
         queue.append(record)
         if self._thread is None:
             self._start()
-        elif len(queue) >= self._batch_size and not self._wake.is_set():
+        elif waiting >= self._batch_size - 1 and not self._wake.is_set():
             self._wake.set()
 
     def _drop(self) -> None:
@@ -195,15 +226,22 @@ class Recorder:
 
     def flush(self) -> None:
         """Hand every queued record to the processors (on this thread)."""
-        queue, processor, span, chunk = self._queue, self._processor, self._span, 0
+        queue, span, chunk = self._queue, self._span, 0
         with self._drain_lock:
+            ends = _span_ends(self._processor)  # read per flush: processors may be added
+            only = ends[0] if len(ends) == 1 else None
             while queue:
                 try:
                     record = queue.popleft()
                 except IndexError:
                     break
                 try:
-                    processor.on_end(span(record))
+                    if only is not None:
+                        only(span(record))
+                    else:
+                        made = span(record)
+                        for end in ends:
+                            end(made)
                 except Exception:  # a processor's failure: its spans, not the app's calls
                     _log.exception("RPC tracing: a span processor failed")
                 chunk += 1
@@ -232,18 +270,22 @@ class Recorder:
             parent_remote,
             trace_flags,
             tracestate,
-            start_wall_ns,
             start_ns,
             end_ns,
             code,
             address,
             description,
+            context,
         ) = record
         flags = _TRACE_FLAGS[trace_flags & 0xFF]
-        state = TraceState.from_header([tracestate]) if tracestate else EMPTY_TRACE_STATE
-        context = span_context(trace_id, span_id, False, flags, state)
+        make = span_context
+        if context is None:
+            state = TraceState.from_header([tracestate]) if tracestate else EMPTY_TRACE_STATE
+            context = make((trace_id, span_id, False, flags, state, True))
+        else:
+            state = context.trace_state
         parent = (
-            span_context(trace_id, parent_id, parent_remote, flags, state) if parent_id else None
+            make((trace_id, parent_id, parent_remote, flags, state, True)) if parent_id else None
         )
         key = (kind is _CLIENT, service, method, code, address)  # SpanKind hashes in Python
         shape = self._shapes.get(key)
@@ -261,8 +303,8 @@ class Recorder:
             kind,
             None,
             Status(StatusCode.ERROR, description) if error else _UNSET,
-            start_wall_ns,
-            start_wall_ns + (end_ns - start_ns),
+            start_ns,
+            end_ns,
             self._scope,
         )
 

@@ -55,6 +55,9 @@ class Sampling:
         self._root: _RootRule | None = None
         # Decisions for a parent: (remote, parent sampled) -> sampled.
         self._with_parent: dict[tuple[bool, bool], bool] | None = None
+        #: The decision for every span, when it is one (always on, always
+        #: off, and parent-based over the same): no question to ask per call.
+        self.always: bool | None = None
         if isinstance(sampler, ParentBased):
             delegates = {
                 (True, True): getattr(sampler, "_remote_parent_sampled", None),
@@ -68,11 +71,15 @@ class Sampling:
             }
             root = getattr(sampler, "_root", None)
             root_rule = _root_rule(root) if isinstance(root, Sampler) else None
+            root_constant = _constant(root) if isinstance(root, Sampler) else None
             if root_rule is not None and all(v is not None for v in constants.values()):
                 self._root = root_rule
                 self._with_parent = {k: bool(v) for k, v in constants.items()}
+                if root_constant is not None and set(constants.values()) == {root_constant}:
+                    self.always = root_constant
         else:  # these samplers ignore the parent
             self._root = _root_rule(sampler)
+            self.always = _constant(sampler)
         self._ignores_parent = self._with_parent is None and self._root is not None
         #: For a remote parent, by its sampled flag (0, 1): the decision, when
         #: it depends on that flag alone (parent-based over fixed samplers).

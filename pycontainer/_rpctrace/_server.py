@@ -15,10 +15,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 
+from ._context import attach_span, detach
 from ._recorder import EMPTY_TRACE_STATE, span_context
 from ._tracing import RpcTracing
 from ._w3c import RANDOM_TRACE_ID, SAMPLED, TRACEPARENT, TRACESTATE, parse_traceparent
@@ -39,16 +38,13 @@ _UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
 _SERVER = SpanKind.SERVER
 _OK = grpc.StatusCode.OK
 _time_ns = time.time_ns
-_monotonic_ns = time.monotonic_ns
-_attach = otel_context.attach
-_detach = otel_context.detach
-_in_context = trace.set_span_in_context
 
 
 # A traced call on its way (a tuple: no object to build and fill, twice a
 # call): the context token, then for a recorded call the recording, trace
 # id, span id, parent span id (0: none), trace flags, the parent's
-# tracestate, and the start (wall-clock and monotonic ns).
+# tracestate, the start (wall-clock ns, the SDK's clock for spans), and the
+# span's context (made current: the recorder's span reuses it).
 _Call = tuple[Any, ...]
 _TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
 
@@ -64,14 +60,14 @@ def _begin(tracing: RpcTracing, name: str, metadata: Iterable[Any] | None) -> _C
             tracestate = value
     parent = parse_traceparent(traceparent) if traceparent is not None else None
     state = TraceState.from_header([tracestate]) if tracestate and parent else None
-    recording = tracing.recording()
+    recording = tracing._recording or tracing.recording()
     if recording is None:
         if parent is None:
             return None
         # Not recorded: the caller's context still reaches the calls made here.
         remote = SpanContext(parent[0], parent[1], True, _TRACE_FLAGS[parent[2] & 0xFF], state)
-        return (_attach(_in_context(NonRecordingSpan(remote))),)
-    span_id = recording.new_span_id()
+        return (attach_span(NonRecordingSpan(remote)),)
+    span_id = recording.new_span_id() or 1
     if parent is not None:
         trace_id, parent_id, parent_flags = parent
         random_bit = parent_flags & RANDOM_TRACE_ID
@@ -82,11 +78,13 @@ def _begin(tracing: RpcTracing, name: str, metadata: Iterable[Any] | None) -> _C
             else recording.sampling.sampled(trace_id, parent, True, name, _SERVER)
         )
     else:
-        trace_id, parent_id, random_bit = recording.new_trace_id(), 0, recording.root_flags
+        trace_id, parent_id, random_bit = (recording.new_trace_id() or 1), 0, recording.root_flags
         sampled = recording.sampling.sampled(trace_id, None, True, name, _SERVER)
     flags = random_bit | SAMPLED if sampled else random_bit
-    own = span_context(trace_id, span_id, False, _TRACE_FLAGS[flags], state or EMPTY_TRACE_STATE)
-    token = _attach(_in_context(NonRecordingSpan(own)))
+    own = span_context(
+        (trace_id, span_id, False, _TRACE_FLAGS[flags], state or EMPTY_TRACE_STATE, True)
+    )
+    token = attach_span(NonRecordingSpan(own))
     if not sampled:
         return (token,)
     return (
@@ -98,7 +96,7 @@ def _begin(tracing: RpcTracing, name: str, metadata: Iterable[Any] | None) -> _C
         flags,
         tracestate if parent_id else None,
         _time_ns(),
-        _monotonic_ns(),
+        own,
     )
 
 
@@ -114,11 +112,11 @@ def _end(
     context: Any,
     failure: BaseException | None,
 ) -> None:
-    _detach(call[0])
+    detach(call[0])
     if len(call) == 1:
         return
-    end_ns = _monotonic_ns()
-    _, recording, trace_id, span_id, parent_id, flags, tracestate, start_wall_ns, start_ns = call
+    end_ns = _time_ns()
+    _, recording, trace_id, span_id, parent_id, flags, tracestate, start_ns, own = call
     code, description = 0, None
     set_code = context.code()
     if set_code is not None and set_code is not _OK:
@@ -141,12 +139,12 @@ def _end(
             True,
             flags,
             tracestate,
-            start_wall_ns,
             start_ns,
             end_ns,
             code,
             context.peer(),
             description,
+            own,
         )
     )
 
@@ -200,15 +198,15 @@ class _Handlers:
         self._tracing = tracing
         self._aio = aio
         # method -> (the handler seen, the one to use)
-        self._cache: dict[str, tuple[Any, Any]] = {}
+        self.cache: dict[str, tuple[Any, Any]] = {}
 
     def get(self, method: str, handler: Any) -> Any:
-        cached = self._cache.get(method)
+        cached = self.cache.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
         wrapped = self._wrap(method, handler)
-        if len(self._cache) < 10_000:  # methods are few; unknown names are not
-            self._cache[method] = (handler, wrapped)
+        if len(self.cache) < 10_000:  # methods are few; unknown names are not
+            self.cache[method] = (handler, wrapped)
         return wrapped
 
     def _wrap(self, method: str, handler: Any) -> Any:
@@ -232,13 +230,19 @@ class ServerInterceptor(_SyncBase):
 
     def __init__(self, tracing: RpcTracing) -> None:
         self._handlers = _Handlers(tracing, aio=False)
+        self._cache = self._handlers.cache
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Any],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
-        return self._handlers.get(handler_call_details.method, continuation(handler_call_details))
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        cached = self._cache.get(method)  # _Handlers.get's hit, without its call
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        return self._handlers.get(method, handler)
 
 
 class AioServerInterceptor(_AioBase):

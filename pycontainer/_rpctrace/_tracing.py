@@ -4,6 +4,7 @@ client and server interceptors of one app."""
 from __future__ import annotations
 
 import datetime
+import functools
 import random
 import threading
 from collections.abc import Callable
@@ -36,10 +37,10 @@ class Recording:
         self.new_trace_id: Callable[[], int]
         self.new_span_id: Callable[[], int]
         if type(generator) is RandomIdGenerator:
-            # The same ids, without a method call through the generator.
-            bits = random.getrandbits
-            self.new_trace_id = lambda: bits(128) or 1
-            self.new_span_id = lambda: bits(64) or 1
+            # The same ids, without a Python call through the generator
+            # (callers take ``or 1``: all zeros, once in 2**64, is invalid).
+            self.new_trace_id = functools.partial(random.getrandbits, 128)
+            self.new_span_id = functools.partial(random.getrandbits, 64)
         else:
             self.new_trace_id = generator.generate_trace_id
             self.new_span_id = generator.generate_span_id
@@ -85,6 +86,7 @@ class RpcTracing:
         self._stopped: Recorder | None = None  # after shutdown(), for ``dropped``
 
     def recording(self) -> Recording | None:
+        # (the call paths read _recording first and call this only when None)
         """The recording of calls, or None when calls are not recorded."""
         recording = self._recording
         if recording is not None or self._final:
