@@ -125,6 +125,9 @@ typecheck: venv
 	$(BIN)/mypy
 
 pytest: venv node-deps system-deps
+	# Compiled once here: every manager, sidecar and CLI the tests start would
+	# otherwise compile each module again where bytecode is not written.
+	$(BIN)/python -m compileall -q pycontainer generated
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: check-generated lint typecheck pytest test-floor

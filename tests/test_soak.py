@@ -11,6 +11,7 @@ within a small slack).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -172,6 +173,8 @@ class Churn:
         self._target = target  # the restarted container's Management endpoint now
         self.rounds = 0
         self.answered: dict[str, int] = {}  # streams of each kind that answered
+        # The last streams opened: (name, seconds it took, how it ended), for a failure's message.
+        self.recent: collections.deque[tuple[str, float, str]] = collections.deque(maxlen=12)
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._paused = threading.Event()
@@ -229,17 +232,22 @@ class Churn:
         ]
 
     def _one(self, name: str, open_stream: Callable[[], Any]) -> None:
+        started, outcome = time.monotonic(), "ended"
+        self.recent.append((name, 0.0, "open"))
         stream = open_stream()
         try:
             # None: ended at once (a container between runs).
             if next(stream, None) is not None:
+                outcome = "answered"
                 self.answered[name] = self.answered.get(name, 0) + 1
         except grpc.RpcError as exc:
+            outcome = exc.code().name
             # The restarted container may be between runs: its streams end.
             if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
                 raise AssertionError(f"{name}: {exc.code().name} {exc.details()}") from exc
         finally:
             stream.cancel()
+            self.recent[-1] = (name, time.monotonic() - started, outcome)
 
     def _run(self) -> None:
         try:
@@ -272,7 +280,9 @@ class Churn:
     def stack(self) -> str:
         """Where the churn thread is now (for a failure's message)."""
         frame = sys._current_frames().get(self._thread.ident or 0)
-        return "".join(traceback.format_stack(frame)) if frame is not None else "(ended)"
+        where = "".join(traceback.format_stack(frame)) if frame is not None else "(ended)"
+        streams = "\n".join(f"  {n}: {t:.2f} s, {o}" for n, t, o in self.recent)
+        return f"{where}\nthe last streams:\n{streams}"
 
     def close(self) -> bool:
         """Stop churning; True if the thread ended."""
