@@ -321,8 +321,8 @@ def _scale_row(ctx: Context, figure: str, what: Callable[[int], str]) -> list[Sa
 def _cpu_row(ctx: Context, sessions: int, metrics: bool) -> list[Sample]:
     processes = 2 if ctx.quick else 4
     # CPU time is read to the nanosecond (manager_cpu._cpu_seconds); a window
-    # of the quick run is 2 s, of the full run 10 s (5 rounds, both servers).
-    window = 2.0 if ctx.quick else 10.0
+    # of the quick run is 2 s, of the full run 6 s (5 rounds, both servers).
+    window = 2.0 if ctx.quick else 6.0
     out = []
     # Both held at once (connecting 10,000 sessions takes minutes), their
     # windows alternating: each round sees the same noise, and the other's.
