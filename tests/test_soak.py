@@ -249,17 +249,22 @@ class Churn:
             stream.cancel()
             self.recent[-1] = (name, time.monotonic() - started, outcome)
 
+    def _pause_here(self) -> None:
+        """Between two streams: hold still while a measurement asks (so that a
+        pause waits for one stream, not for the rest of a round)."""
+        if not self._resume.is_set():
+            self._paused.set()
+            self._resume.wait()
+
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                if not self._resume.is_set():
-                    self._paused.set()
-                    self._resume.wait()
-                    continue
                 for name, open_stream in self._opens():
+                    self._pause_here()
                     self._one(name, open_stream)
                 with grpc.insecure_channel(self._target()) as channel:
                     for name, open_stream in self._direct(channel):
+                        self._pause_here()
                         self._one(name, open_stream)
                 self.rounds += 1
         except BaseException as exc:
