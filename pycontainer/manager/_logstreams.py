@@ -39,7 +39,7 @@ from ..agent._logs import BufferedEntry, LogQuery, entry_to_proto
 from ..v1 import container_pb2, logs_pb2, management_pb2, management_pb2_grpc, manager_pb2
 from ._logstore import LogStore, Tail
 from ._registry import Entry
-from ._upstream import cancelling, responses
+from ._upstream import cancelling, fan_in, responses
 
 if TYPE_CHECKING:
     from ._manager import Manager
@@ -265,15 +265,8 @@ class LogStreams:
 
         tasks = [asyncio.ensure_future(pump(p)) for p in parts]
         try:
-            remaining = len(tasks)
-            while remaining:
-                item = await queue.get()
-                if item is None:
-                    remaining -= 1
-                elif isinstance(item, RequestError):
-                    raise item
-                else:
-                    yield item
+            async for item in fan_in(queue, len(tasks)):
+                yield item
         finally:
             for task in tasks:
                 task.cancel()

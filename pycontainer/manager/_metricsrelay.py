@@ -28,6 +28,7 @@ import grpc
 from .._errors import RequestError
 from ..v1 import management_pb2, manager_pb2, metrics_pb2
 from ._registry import Entry
+from ._upstream import fan_in
 
 WATCH_METRICS = "/pycontainer.v1.Management/WatchMetrics"
 # Snapshots queued for the watcher: a slow one holds the containers' streams
@@ -102,15 +103,8 @@ async def relay(
         calls.append(call)
         tasks.append(asyncio.ensure_future(pump(entry, call)))
     try:
-        remaining = len(tasks)
-        while remaining:
-            item = await queue.get()
-            if item is None:
-                remaining -= 1
-            elif isinstance(item, RequestError):
-                raise item
-            else:
-                yield item
+        async for item in fan_in(queue, len(tasks)):
+            yield item
     finally:
         closing = True
         for call in calls:

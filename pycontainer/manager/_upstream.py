@@ -21,6 +21,8 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
+from .._errors import RequestError
+
 T = TypeVar("T")
 # How long a cancelled reader waits for its request to be sent.
 _SEND_WAIT_SECONDS = 1.0
@@ -72,4 +74,18 @@ def cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-__all__ = ["cancelling", "responses"]
+async def fan_in(queue: asyncio.Queue[Any], producers: int) -> AsyncIterator[Any]:
+    """What ``producers`` tasks put on ``queue``, as it comes: each puts None
+    once when it ends, or a RequestError, which ends the whole (raised)."""
+    remaining = producers
+    while remaining:
+        item = await queue.get()
+        if item is None:
+            remaining -= 1
+        elif isinstance(item, RequestError):
+            raise item
+        else:
+            yield item
+
+
+__all__ = ["cancelling", "fan_in", "responses"]
