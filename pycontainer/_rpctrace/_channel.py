@@ -83,6 +83,9 @@ class _TracedUnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[type-arg]
             code, description = _outcome(exc)
             _end(call, names, code, description, self._target)
             raise
+        except BaseException as exc:
+            _end(call, names, 2, f"{type(exc).__name__}: {exc}", self._target)
+            raise
         _end(call, names, 0, None, self._target)
         return response, rendezvous
 
