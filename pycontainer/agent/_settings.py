@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import units
+from ..limits import DEFAULT_LOG_CAPACITY
 
 __all__ = ["HEALTH_LISTEN_ENV", "ContainerSettings", "Hook", "Hooks"]
 
@@ -55,7 +56,7 @@ class ContainerSettings:
     # Default grace period of a stop, as in Kubernetes.
     grace_period: datetime.timedelta = units.DEFAULT_GRACE_PERIOD
     # Log entries kept for StreamLogs (a ring: older ones are overwritten).
-    log_capacity: int = 10_000
+    log_capacity: int = DEFAULT_LOG_CAPACITY
     # Capture Python logging (root logger) at this level, from when the
     # container is hosted, connected or started until close(); None disables it.
     log_level: int | None = logging.INFO

@@ -20,6 +20,7 @@ from typing import NamedTuple, Protocol, TypeVar, cast
 
 from pycontainer.v1 import management_pb2
 
+from ...limits import DEFAULT_LOG_CAPACITY
 from ._wire import ENTRIES_TAG, SEQUENCE_TAG, entries_fields, entry_fields, varint
 
 __all__ = ["BufferedEntry", "Level", "LogBuffer", "RetainedEntry", "decode_entries"]
@@ -128,7 +129,9 @@ class LogBuffer:
     cursor, so a slow one loses the oldest entries instead of holding memory.
     """
 
-    def __init__(self, capacity: int = 10_000, max_message_chars: int = 16_384) -> None:
+    def __init__(
+        self, capacity: int = DEFAULT_LOG_CAPACITY, max_message_chars: int = 16_384
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         if max_message_chars < 1:
