@@ -68,6 +68,7 @@ METHOD_ROLES: Mapping[str, Role] = {
             "GetVersion",
             "GetOperation",
             "ListOperations",
+            "GetMeshStatus",
         )
     },
     **{
@@ -84,6 +85,8 @@ METHOD_ROLES: Mapping[str, Role] = {
             "RestartContainer",
             "KillContainer",
             "DeleteContainer",
+            # A route's split moves traffic between subsets, as a scale would.
+            "SetMeshRoute",
         )
     },
     _MANAGER + "RunContainer": Role.ADMIN,

@@ -32,6 +32,7 @@ class ConnectRequest(_message.Message):
     COMMAND_RESULT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     GRACE_EXTENSION_FIELD_NUMBER: _builtins.int
+    READINESS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___Registration:
         """First message of every session: who the container is."""
@@ -52,6 +53,10 @@ class ConnectRequest(_message.Message):
     def grace_extension(self) -> Global___GraceExtensionRequest:
         """A stop hook asks for more time."""
 
+    @_builtins.property
+    def readiness(self) -> Global___Readiness:
+        """The container's readiness changed."""
+
     def __init__(
         self,
         *,
@@ -60,12 +65,13 @@ class ConnectRequest(_message.Message):
         command_result: Global___CommandResult | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         grace_extension: Global___GraceExtensionRequest | None = ...,
+        readiness: Global___Readiness | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command_result", b"command_result", "grace_extension", b"grace_extension", "heartbeat", b"heartbeat", "message", b"message", "register", b"register", "state_change", b"state_change"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command_result", b"command_result", "grace_extension", b"grace_extension", "heartbeat", b"heartbeat", "message", b"message", "readiness", b"readiness", "register", b"register", "state_change", b"state_change"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_result", b"command_result", "grace_extension", b"grace_extension", "heartbeat", b"heartbeat", "message", b"message", "register", b"register", "state_change", b"state_change"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_result", b"command_result", "grace_extension", b"grace_extension", "heartbeat", b"heartbeat", "message", b"message", "readiness", b"readiness", "register", b"register", "state_change", b"state_change"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "state_change", "command_result", "heartbeat", "grace_extension"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "state_change", "command_result", "heartbeat", "grace_extension", "readiness"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -129,6 +135,7 @@ class Registration(_message.Message):
     COMPLETED_COMMAND_IDS_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    READINESS_FIELD_NUMBER: _builtins.int
     state: _container_pb2.LifecycleState.ValueType
     """Current state; lets the manager resync after a reconnect."""
     pid: _builtins.int
@@ -149,6 +156,12 @@ class Registration(_message.Message):
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When the container process started."""
 
+    @_builtins.property
+    def readiness(self) -> Global___Readiness:
+        """Readiness now; unset from a container that does not report it (taken as
+        ready while RUNNING).
+        """
+
     def __init__(
         self,
         *,
@@ -158,14 +171,47 @@ class Registration(_message.Message):
         completed_command_ids: _abc.Iterable[_builtins.str] | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         error: _builtins.str = ...,
+        readiness: Global___Readiness | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "readiness", b"readiness", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_command_ids", b"completed_command_ids", "error", b"error", "identity", b"identity", "pid", b"pid", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_command_ids", b"completed_command_ids", "error", b"error", "identity", b"identity", "pid", b"pid", "readiness", b"readiness", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Registration: _TypeAlias = Registration  # noqa: Y015
+
+@_typing.final
+class Readiness(_message.Message):
+    """Whether the container is ready to take traffic (its grpc.health.v1
+    "readiness" service: RUNNING and every readiness check passing). Sent on
+    registration and on every change; the mesh takes a container's endpoints
+    only while it is ready.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READY_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    ready: _builtins.bool
+    """Ready."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When it became so."""
+
+    def __init__(
+        self,
+        *,
+        ready: _builtins.bool = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ready", b"ready", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Readiness: _TypeAlias = Readiness  # noqa: Y015
 
 @_typing.final
 class RegistrationAck(_message.Message):

@@ -13,6 +13,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from pycontainer.v1 import container_pb2 as _container_pb2
 from pycontainer.v1 import logs_pb2 as _logs_pb2
+from pycontainer.v1 import mesh_pb2 as _mesh_pb2
 from pycontainer.v1 import metrics_pb2 as _metrics_pb2
 from pycontainer.v1 import spec_pb2 as _spec_pb2
 import builtins as _builtins
@@ -2150,3 +2151,130 @@ class StopContainersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StopContainersResponse: _TypeAlias = StopContainersResponse  # noqa: Y015
+
+@_typing.final
+class GetMeshStatusRequest(_message.Message):
+    """Request of Manager.GetMeshStatus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """Only this service (and the clients subscribed to it); empty means all."""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMeshStatusRequest: _TypeAlias = GetMeshStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetMeshStatusResponse(_message.Message):
+    """Response of Manager.GetMeshStatus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICES_FIELD_NUMBER: _builtins.int
+    CLIENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[_mesh_pb2.MeshServiceStatus]:
+        """The services, by name."""
+
+    @_builtins.property
+    def clients(self) -> _containers.RepeatedCompositeFieldContainer[_mesh_pb2.MeshClient]:
+        """The connected xDS clients, by node id."""
+
+    def __init__(
+        self,
+        *,
+        services: _abc.Iterable[_mesh_pb2.MeshServiceStatus] | None = ...,
+        clients: _abc.Iterable[_mesh_pb2.MeshClient] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "services", b"services"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMeshStatusResponse: _TypeAlias = GetMeshStatusResponse  # noqa: Y015
+
+@_typing.final
+class SetMeshRouteRequest(_message.Message):
+    """Request of Manager.SetMeshRoute."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WeightsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The service."""
+    @_builtins.property
+    def weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Weight of each subset, by subset name (MeshService.subset, or the spec's
+        name); at least one above 0; empty clears the split (back to the specs'
+        traffic_weight, or none).
+        """
+
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        weights: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMeshRouteRequest: _TypeAlias = SetMeshRouteRequest  # noqa: Y015
+
+@_typing.final
+class SetMeshRouteResponse(_message.Message):
+    """Response of Manager.SetMeshRoute."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def route(self) -> _mesh_pb2.MeshRoute:
+        """The route now in force."""
+
+    def __init__(
+        self,
+        *,
+        route: _mesh_pb2.MeshRoute | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMeshRouteResponse: _TypeAlias = SetMeshRouteResponse  # noqa: Y015

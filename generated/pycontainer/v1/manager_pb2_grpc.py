@@ -162,6 +162,16 @@ class ManagerStub(object):
                 request_serializer=pycontainer_dot_v1_dot_manager__pb2.StopContainersRequest.SerializeToString,
                 response_deserializer=pycontainer_dot_v1_dot_manager__pb2.StopContainersResponse.FromString,
                 _registered_method=True)
+        self.GetMeshStatus = channel.unary_unary(
+                '/pycontainer.v1.Manager/GetMeshStatus',
+                request_serializer=pycontainer_dot_v1_dot_manager__pb2.GetMeshStatusRequest.SerializeToString,
+                response_deserializer=pycontainer_dot_v1_dot_manager__pb2.GetMeshStatusResponse.FromString,
+                _registered_method=True)
+        self.SetMeshRoute = channel.unary_unary(
+                '/pycontainer.v1.Manager/SetMeshRoute',
+                request_serializer=pycontainer_dot_v1_dot_manager__pb2.SetMeshRouteRequest.SerializeToString,
+                response_deserializer=pycontainer_dot_v1_dot_manager__pb2.SetMeshRouteResponse.FromString,
+                _registered_method=True)
 
 
 class ManagerServicer(object):
@@ -360,6 +370,23 @@ class ManagerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMeshStatus(self, request, context):
+        """The mesh as the manager's xDS server sees it: every service with its
+        endpoints, and every connected xDS client with the version of each
+        resource type it acknowledged and its NACKs (as istioctl proxy-status).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMeshRoute(self, request, context):
+        """Split a service's traffic between its subsets by weight (a canary), or
+        clear the split; pushed to every client at once and kept in the state store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -487,6 +514,16 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.StopContainers,
                     request_deserializer=pycontainer_dot_v1_dot_manager__pb2.StopContainersRequest.FromString,
                     response_serializer=pycontainer_dot_v1_dot_manager__pb2.StopContainersResponse.SerializeToString,
+            ),
+            'GetMeshStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMeshStatus,
+                    request_deserializer=pycontainer_dot_v1_dot_manager__pb2.GetMeshStatusRequest.FromString,
+                    response_serializer=pycontainer_dot_v1_dot_manager__pb2.GetMeshStatusResponse.SerializeToString,
+            ),
+            'SetMeshRoute': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMeshRoute,
+                    request_deserializer=pycontainer_dot_v1_dot_manager__pb2.SetMeshRouteRequest.FromString,
+                    response_serializer=pycontainer_dot_v1_dot_manager__pb2.SetMeshRouteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1167,6 +1204,60 @@ class Manager(object):
             '/pycontainer.v1.Manager/StopContainers',
             pycontainer_dot_v1_dot_manager__pb2.StopContainersRequest.SerializeToString,
             pycontainer_dot_v1_dot_manager__pb2.StopContainersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMeshStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pycontainer.v1.Manager/GetMeshStatus',
+            pycontainer_dot_v1_dot_manager__pb2.GetMeshStatusRequest.SerializeToString,
+            pycontainer_dot_v1_dot_manager__pb2.GetMeshStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMeshRoute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pycontainer.v1.Manager/SetMeshRoute',
+            pycontainer_dot_v1_dot_manager__pb2.SetMeshRouteRequest.SerializeToString,
+            pycontainer_dot_v1_dot_manager__pb2.SetMeshRouteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -108,6 +108,15 @@ class ManagerStub:
     grace periods running side by side; answers once every stop has ended,
     with the outcome of each (one that fails does not fail the others).
     """
+    GetMeshStatus: _grpc.UnaryUnaryMultiCallable[_manager_pb2.GetMeshStatusRequest, _manager_pb2.GetMeshStatusResponse]
+    """The mesh as the manager's xDS server sees it: every service with its
+    endpoints, and every connected xDS client with the version of each
+    resource type it acknowledged and its NACKs (as istioctl proxy-status).
+    """
+    SetMeshRoute: _grpc.UnaryUnaryMultiCallable[_manager_pb2.SetMeshRouteRequest, _manager_pb2.SetMeshRouteResponse]
+    """Split a service's traffic between its subsets by weight (a canary), or
+    clear the split; pushed to every client at once and kept in the state store.
+    """
 
 @_typing.type_check_only
 class ManagerAsyncStub(ManagerStub):
@@ -188,6 +197,15 @@ class ManagerAsyncStub(ManagerStub):
     selector matches (or all of them), their stops sent at once and their
     grace periods running side by side; answers once every stop has ended,
     with the outcome of each (one that fails does not fail the others).
+    """
+    GetMeshStatus: _aio.UnaryUnaryMultiCallable[_manager_pb2.GetMeshStatusRequest, _manager_pb2.GetMeshStatusResponse]  # type: ignore[assignment]
+    """The mesh as the manager's xDS server sees it: every service with its
+    endpoints, and every connected xDS client with the version of each
+    resource type it acknowledged and its NACKs (as istioctl proxy-status).
+    """
+    SetMeshRoute: _aio.UnaryUnaryMultiCallable[_manager_pb2.SetMeshRouteRequest, _manager_pb2.SetMeshRouteResponse]  # type: ignore[assignment]
+    """Split a service's traffic between its subsets by weight (a canary), or
+    clear the split; pushed to every client at once and kept in the state store.
     """
 
 class ManagerServicer(metaclass=_abc_1.ABCMeta):
@@ -416,6 +434,27 @@ class ManagerServicer(metaclass=_abc_1.ABCMeta):
         selector matches (or all of them), their stops sent at once and their
         grace periods running side by side; answers once every stop has ended,
         with the outcome of each (one that fails does not fail the others).
+        """
+
+    @_abc_1.abstractmethod
+    def GetMeshStatus(
+        self,
+        request: _manager_pb2.GetMeshStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.GetMeshStatusResponse, _abc.Awaitable[_manager_pb2.GetMeshStatusResponse]]:
+        """The mesh as the manager's xDS server sees it: every service with its
+        endpoints, and every connected xDS client with the version of each
+        resource type it acknowledged and its NACKs (as istioctl proxy-status).
+        """
+
+    @_abc_1.abstractmethod
+    def SetMeshRoute(
+        self,
+        request: _manager_pb2.SetMeshRouteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.SetMeshRouteResponse, _abc.Awaitable[_manager_pb2.SetMeshRouteResponse]]:
+        """Split a service's traffic between its subsets by weight (a canary), or
+        clear the split; pushed to every client at once and kept in the state store.
         """
 
 def add_ManagerServicer_to_server(servicer: ManagerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from pycontainer.v1 import container_pb2 as pycontainer_dot_v1_dot_container__pb2
+from pycontainer.v1 import mesh_pb2 as pycontainer_dot_v1_dot_mesh__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pycontainer/v1/spec.proto\x12\x0epycontainer.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1epycontainer/v1/container.proto\"\xe0\x02\n\x05Probe\x12)\n\x04\x65xec\x18\x01 \x01(\x0b\x32\x19.pycontainer.v1.ExecProbeH\x00\x12)\n\x04http\x18\x02 \x01(\x0b\x32\x19.pycontainer.v1.HttpProbeH\x00\x12\'\n\x03tcp\x18\x03 \x01(\x0b\x32\x18.pycontainer.v1.TcpProbeH\x00\x12)\n\x04grpc\x18\x04 \x01(\x0b\x32\x19.pycontainer.v1.GrpcProbeH\x00\x12)\n\x06period\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11\x66\x61ilure_threshold\x18\x07 \x01(\r\x12\x30\n\rinitial_delay\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationB\t\n\x07handler\"\x1c\n\tExecProbe\x12\x0f\n\x07\x63ommand\x18\x01 \x03(\t\"5\n\tHttpProbe\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x0c\n\x04path\x18\x03 \x01(\t\"&\n\x08TcpProbe\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\"8\n\tGrpcProbe\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x0f\n\x07service\x18\x03 \x01(\t\"E\n\x0cHookCommands\x12\x10\n\x08pre_stop\x18\x01 \x03(\t\x12\x12\n\ncheckpoint\x18\x02 \x03(\t\x12\x0f\n\x07restore\x18\x03 \x03(\t\";\n\x07OciSpec\x12\x0e\n\x06rootfs\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\"\xa8\x07\n\rContainerSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x39\n\x06labels\x18\x02 \x03(\x0b\x32).pycontainer.v1.ContainerSpec.LabelsEntry\x12,\n\x07runtime\x18\x03 \x01(\x0e\x32\x1b.pycontainer.v1.RuntimeKind\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12\x33\n\x03\x65nv\x18\x05 \x03(\x0b\x32&.pycontainer.v1.ContainerSpec.EnvEntry\x12\x13\n\x0bworking_dir\x18\x06 \x01(\t\x12$\n\x03oci\x18\x07 \x01(\x0b\x32\x17.pycontainer.v1.OciSpec\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x37\n\tresources\x18\t \x01(\x0b\x32$.pycontainer.v1.ResourceRequirements\x12/\n\x0cgrace_period\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x0erestart_policy\x18\x0b \x01(\x0e\x32\x1d.pycontainer.v1.RestartPolicy\x12\x32\n\x0frestart_backoff\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12;\n\x11\x63heckpoint_policy\x18\r \x01(\x0e\x32 .pycontainer.v1.CheckpointPolicy\x12\x10\n\x08replicas\x18\x0e \x01(\x05\x12-\n\x0eliveness_probe\x18\x0f \x01(\x0b\x32\x15.pycontainer.v1.Probe\x12.\n\x0freadiness_probe\x18\x10 \x01(\x0b\x32\x15.pycontainer.v1.Probe\x12+\n\x05hooks\x18\x11 \x01(\x0b\x32\x1c.pycontainer.v1.HookCommands\x12\x0f\n\x07sidecar\x18\x12 \x01(\x08\x12\x30\n\rstart_timeout\x18\x13 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rhealth_listen\x18\x14 \x01(\t\x12\x12\n\nsecret_env\x18\x15 \x03(\t\x12\x14\n\x0clog_capacity\x18\x16 \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*y\n\x0bRuntimeKind\x12\x1c\n\x18RUNTIME_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14RUNTIME_KIND_PROCESS\x10\x01\x12\x15\n\x11RUNTIME_KIND_RUNC\x10\x02\x12\x1b\n\x17RUNTIME_KIND_IN_PROCESS\x10\x03*\x83\x01\n\rRestartPolicy\x12\x1e\n\x1aRESTART_POLICY_UNSPECIFIED\x10\x00\x12\x19\n\x15RESTART_POLICY_ALWAYS\x10\x01\x12\x1d\n\x19RESTART_POLICY_ON_FAILURE\x10\x02\x12\x18\n\x14RESTART_POLICY_NEVER\x10\x03*r\n\x10\x43heckpointPolicy\x12!\n\x1d\x43HECKPOINT_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43HECKPOINT_POLICY_MANUAL\x10\x01\x12\x1d\n\x19\x43HECKPOINT_POLICY_ON_STOP\x10\x02\x42^\n\x12\x64\x65v.pycontainer.v1P\x01ZFgithub.com/pycontainer/pycontainer/gen/go/pycontainer/v1;pycontainerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pycontainer/v1/spec.proto\x12\x0epycontainer.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1epycontainer/v1/container.proto\x1a\x19pycontainer/v1/mesh.proto\"\xe0\x02\n\x05Probe\x12)\n\x04\x65xec\x18\x01 \x01(\x0b\x32\x19.pycontainer.v1.ExecProbeH\x00\x12)\n\x04http\x18\x02 \x01(\x0b\x32\x19.pycontainer.v1.HttpProbeH\x00\x12\'\n\x03tcp\x18\x03 \x01(\x0b\x32\x18.pycontainer.v1.TcpProbeH\x00\x12)\n\x04grpc\x18\x04 \x01(\x0b\x32\x19.pycontainer.v1.GrpcProbeH\x00\x12)\n\x06period\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11\x66\x61ilure_threshold\x18\x07 \x01(\r\x12\x30\n\rinitial_delay\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationB\t\n\x07handler\"\x1c\n\tExecProbe\x12\x0f\n\x07\x63ommand\x18\x01 \x03(\t\"5\n\tHttpProbe\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x0c\n\x04path\x18\x03 \x01(\t\"&\n\x08TcpProbe\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\"8\n\tGrpcProbe\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x0f\n\x07service\x18\x03 \x01(\t\"E\n\x0cHookCommands\x12\x10\n\x08pre_stop\x18\x01 \x03(\t\x12\x12\n\ncheckpoint\x18\x02 \x03(\t\x12\x0f\n\x07restore\x18\x03 \x03(\t\";\n\x07OciSpec\x12\x0e\n\x06rootfs\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\"\xae\x08\n\rContainerSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x39\n\x06labels\x18\x02 \x03(\x0b\x32).pycontainer.v1.ContainerSpec.LabelsEntry\x12,\n\x07runtime\x18\x03 \x01(\x0e\x32\x1b.pycontainer.v1.RuntimeKind\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12\x33\n\x03\x65nv\x18\x05 \x03(\x0b\x32&.pycontainer.v1.ContainerSpec.EnvEntry\x12\x13\n\x0bworking_dir\x18\x06 \x01(\t\x12$\n\x03oci\x18\x07 \x01(\x0b\x32\x17.pycontainer.v1.OciSpec\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x37\n\tresources\x18\t \x01(\x0b\x32$.pycontainer.v1.ResourceRequirements\x12/\n\x0cgrace_period\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x0erestart_policy\x18\x0b \x01(\x0e\x32\x1d.pycontainer.v1.RestartPolicy\x12\x32\n\x0frestart_backoff\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12;\n\x11\x63heckpoint_policy\x18\r \x01(\x0e\x32 .pycontainer.v1.CheckpointPolicy\x12\x10\n\x08replicas\x18\x0e \x01(\x05\x12-\n\x0eliveness_probe\x18\x0f \x01(\x0b\x32\x15.pycontainer.v1.Probe\x12.\n\x0freadiness_probe\x18\x10 \x01(\x0b\x32\x15.pycontainer.v1.Probe\x12+\n\x05hooks\x18\x11 \x01(\x0b\x32\x1c.pycontainer.v1.HookCommands\x12\x0f\n\x07sidecar\x18\x12 \x01(\x08\x12\x30\n\rstart_timeout\x18\x13 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rhealth_listen\x18\x14 \x01(\t\x12\x12\n\nsecret_env\x18\x15 \x03(\t\x12\x14\n\x0clog_capacity\x18\x16 \x01(\x05\x12,\n\x07service\x18\x17 \x01(\x0b\x32\x1b.pycontainer.v1.MeshService\x12(\n\x05proxy\x18\x18 \x01(\x0e\x32\x19.pycontainer.v1.MeshProxy\x12,\n\x05\x65nvoy\x18\x19 \x01(\x0b\x32\x1d.pycontainer.v1.EnvoySettings\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*y\n\x0bRuntimeKind\x12\x1c\n\x18RUNTIME_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14RUNTIME_KIND_PROCESS\x10\x01\x12\x15\n\x11RUNTIME_KIND_RUNC\x10\x02\x12\x1b\n\x17RUNTIME_KIND_IN_PROCESS\x10\x03*\x83\x01\n\rRestartPolicy\x12\x1e\n\x1aRESTART_POLICY_UNSPECIFIED\x10\x00\x12\x19\n\x15RESTART_POLICY_ALWAYS\x10\x01\x12\x1d\n\x19RESTART_POLICY_ON_FAILURE\x10\x02\x12\x18\n\x14RESTART_POLICY_NEVER\x10\x03*r\n\x10\x43heckpointPolicy\x12!\n\x1d\x43HECKPOINT_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43HECKPOINT_POLICY_MANUAL\x10\x01\x12\x1d\n\x19\x43HECKPOINT_POLICY_ON_STOP\x10\x02\x42^\n\x12\x64\x65v.pycontainer.v1P\x01ZFgithub.com/pycontainer/pycontainer/gen/go/pycontainer/v1;pycontainerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,30 +39,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTAINERSPEC_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_CONTAINERSPEC_ENVENTRY']._loaded_options = None
   _globals['_CONTAINERSPEC_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_RUNTIMEKIND']._serialized_start=1718
-  _globals['_RUNTIMEKIND']._serialized_end=1839
-  _globals['_RESTARTPOLICY']._serialized_start=1842
-  _globals['_RESTARTPOLICY']._serialized_end=1973
-  _globals['_CHECKPOINTPOLICY']._serialized_start=1975
-  _globals['_CHECKPOINTPOLICY']._serialized_end=2089
-  _globals['_PROBE']._serialized_start=110
-  _globals['_PROBE']._serialized_end=462
-  _globals['_EXECPROBE']._serialized_start=464
-  _globals['_EXECPROBE']._serialized_end=492
-  _globals['_HTTPPROBE']._serialized_start=494
-  _globals['_HTTPPROBE']._serialized_end=547
-  _globals['_TCPPROBE']._serialized_start=549
-  _globals['_TCPPROBE']._serialized_end=587
-  _globals['_GRPCPROBE']._serialized_start=589
-  _globals['_GRPCPROBE']._serialized_end=645
-  _globals['_HOOKCOMMANDS']._serialized_start=647
-  _globals['_HOOKCOMMANDS']._serialized_end=716
-  _globals['_OCISPEC']._serialized_start=718
-  _globals['_OCISPEC']._serialized_end=777
-  _globals['_CONTAINERSPEC']._serialized_start=780
-  _globals['_CONTAINERSPEC']._serialized_end=1716
-  _globals['_CONTAINERSPEC_LABELSENTRY']._serialized_start=1627
-  _globals['_CONTAINERSPEC_LABELSENTRY']._serialized_end=1672
-  _globals['_CONTAINERSPEC_ENVENTRY']._serialized_start=1674
-  _globals['_CONTAINERSPEC_ENVENTRY']._serialized_end=1716
+  _globals['_RUNTIMEKIND']._serialized_start=1879
+  _globals['_RUNTIMEKIND']._serialized_end=2000
+  _globals['_RESTARTPOLICY']._serialized_start=2003
+  _globals['_RESTARTPOLICY']._serialized_end=2134
+  _globals['_CHECKPOINTPOLICY']._serialized_start=2136
+  _globals['_CHECKPOINTPOLICY']._serialized_end=2250
+  _globals['_PROBE']._serialized_start=137
+  _globals['_PROBE']._serialized_end=489
+  _globals['_EXECPROBE']._serialized_start=491
+  _globals['_EXECPROBE']._serialized_end=519
+  _globals['_HTTPPROBE']._serialized_start=521
+  _globals['_HTTPPROBE']._serialized_end=574
+  _globals['_TCPPROBE']._serialized_start=576
+  _globals['_TCPPROBE']._serialized_end=614
+  _globals['_GRPCPROBE']._serialized_start=616
+  _globals['_GRPCPROBE']._serialized_end=672
+  _globals['_HOOKCOMMANDS']._serialized_start=674
+  _globals['_HOOKCOMMANDS']._serialized_end=743
+  _globals['_OCISPEC']._serialized_start=745
+  _globals['_OCISPEC']._serialized_end=804
+  _globals['_CONTAINERSPEC']._serialized_start=807
+  _globals['_CONTAINERSPEC']._serialized_end=1877
+  _globals['_CONTAINERSPEC_LABELSENTRY']._serialized_start=1788
+  _globals['_CONTAINERSPEC_LABELSENTRY']._serialized_end=1833
+  _globals['_CONTAINERSPEC_ENVENTRY']._serialized_start=1835
+  _globals['_CONTAINERSPEC_ENVENTRY']._serialized_end=1877
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from pycontainer.v1 import container_pb2 as _container_pb2
+from pycontainer.v1 import mesh_pb2 as _mesh_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -415,6 +416,9 @@ class ContainerSpec(_message.Message):
     HEALTH_LISTEN_FIELD_NUMBER: _builtins.int
     SECRET_ENV_FIELD_NUMBER: _builtins.int
     LOG_CAPACITY_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    PROXY_FIELD_NUMBER: _builtins.int
+    ENVOY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name; unique among the manager's containers (replicas get a suffix)."""
     runtime: Global___RuntimeKind.ValueType
@@ -445,6 +449,10 @@ class ContainerSpec(_message.Message):
     history and as a follower's slack (a ring: a reader that falls this far
     behind is told how many it missed); unset or 0 means 10,000, at most
     10,000,000. For specs with sidecar: true.
+    """
+    proxy: _mesh_pb2.MeshProxy.ValueType
+    """A proxy beside the program (Envoy, for programs that cannot dial
+    xds:/// themselves); unset means none. For specs with sidecar: true.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -503,6 +511,17 @@ class ContainerSpec(_message.Message):
         for that name. Each must be a key of env.
         """
 
+    @_builtins.property
+    def service(self) -> _mesh_pb2.MeshService:
+        """The mesh service its containers serve: they are endpoints of it (through
+        the manager's xDS server) while RUNNING and ready, drained before a stop;
+        unset means none.
+        """
+
+    @_builtins.property
+    def envoy(self) -> _mesh_pb2.EnvoySettings:
+        """Settings of the Envoy proxy."""
+
     def __init__(
         self,
         *,
@@ -528,10 +547,13 @@ class ContainerSpec(_message.Message):
         health_listen: _builtins.str = ...,
         secret_env: _abc.Iterable[_builtins.str] | None = ...,
         log_capacity: _builtins.int = ...,
+        service: _mesh_pb2.MeshService | None = ...,
+        proxy: _mesh_pb2.MeshProxy.ValueType = ...,
+        envoy: _mesh_pb2.EnvoySettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "hooks", b"hooks", "liveness_probe", b"liveness_probe", "oci", b"oci", "readiness_probe", b"readiness_probe", "resources", b"resources", "restart_backoff", b"restart_backoff", "start_timeout", b"start_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envoy", b"envoy", "grace_period", b"grace_period", "hooks", b"hooks", "liveness_probe", b"liveness_probe", "oci", b"oci", "readiness_probe", b"readiness_probe", "resources", b"resources", "restart_backoff", b"restart_backoff", "service", b"service", "start_timeout", b"start_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_policy", b"checkpoint_policy", "command", b"command", "env", b"env", "grace_period", b"grace_period", "health_listen", b"health_listen", "hooks", b"hooks", "labels", b"labels", "liveness_probe", b"liveness_probe", "log_capacity", b"log_capacity", "name", b"name", "oci", b"oci", "priority", b"priority", "readiness_probe", b"readiness_probe", "replicas", b"replicas", "resources", b"resources", "restart_backoff", b"restart_backoff", "restart_policy", b"restart_policy", "runtime", b"runtime", "secret_env", b"secret_env", "sidecar", b"sidecar", "start_timeout", b"start_timeout", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_policy", b"checkpoint_policy", "command", b"command", "env", b"env", "envoy", b"envoy", "grace_period", b"grace_period", "health_listen", b"health_listen", "hooks", b"hooks", "labels", b"labels", "liveness_probe", b"liveness_probe", "log_capacity", b"log_capacity", "name", b"name", "oci", b"oci", "priority", b"priority", "proxy", b"proxy", "readiness_probe", b"readiness_probe", "replicas", b"replicas", "resources", b"resources", "restart_backoff", b"restart_backoff", "restart_policy", b"restart_policy", "runtime", b"runtime", "secret_env", b"secret_env", "service", b"service", "sidecar", b"sidecar", "start_timeout", b"start_timeout", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
