@@ -342,6 +342,10 @@ class Registry:
         # Told of each container forgotten for the bound (what else it left
         # behind goes too: run directories, retained logs).
         self.forgotten: Callable[[Entry], None] = lambda entry: None
+        # Told whenever something a container's place in the mesh depends on
+        # may have changed (its state, session, readiness, or it is gone):
+        # the mesh takes its endpoints afresh (manager/_xds).
+        self.serving_changed: Callable[[Entry], None] = lambda entry: None
         self.entries: dict[str, Entry] = {}
         # The entries whose end was noted (Entry.ended), for the bound on
         # them: what forget_oldest_ended looks at, never every container.
@@ -422,6 +426,7 @@ class Registry:
             self._ended.pop(entry.id, None)
         self.entries.pop(entry.id, None)
         self.writer.delete(entry.id)
+        self.serving_changed(entry)
 
     def forget_oldest_ended(self, at_least: int = 0) -> None:
         """Keep at most ``max_ended`` ended containers: the longest ended go
@@ -454,6 +459,7 @@ class Registry:
         self.events.publish(
             type_, entry.id, entry.name, message, state=entry.state, command_id=command_id
         )
+        self.serving_changed(entry)
 
     def get(self, container_id: str) -> Entry | None:
         return self.entries.get(container_id)

@@ -107,6 +107,7 @@ class Sessions:
             session.send(lifecycle_pb2.ConnectResponse(command=pending.command))
         reader = asyncio.ensure_future(self._read(entry, session, requests))
         self._on_registered(entry)
+        self._registry.serving_changed(entry)
         try:
             while True:
                 message = await session.outbox.get()
