@@ -108,20 +108,23 @@ def test_bindings_include_lower_roles_and_wildcards_cover_a_kind() -> None:
             "container/*": "container",
         }
     )
-    assert bindings.roles(user("alice")) == {Role.READ, Role.OPERATE}
-    assert bindings.roles(user("bob")) == {Role.READ}
+    # Every role that reads, and containers, may subscribe to the mesh (ADS).
+    mesh = {Role.MESH}
+    assert bindings.roles(user("alice")) == {Role.READ, Role.OPERATE} | mesh
+    assert bindings.roles(user("bob")) == {Role.READ} | mesh
     assert bindings.roles(user("carol")) == set()
-    assert bindings.roles(container("any")) == {Role.CONTAINER}
+    assert bindings.roles(container("any")) == {Role.CONTAINER} | mesh
     merged = bindings.merged(Bindings.from_mapping({"user/bob": "ADMIN"}))
-    assert merged.roles(user("bob")) == {Role.READ, Role.OPERATE, Role.ADMIN}
-    assert DEFAULT_BINDINGS.roles(MANAGER) == {Role.READ}
-    assert DEFAULT_BINDINGS.roles(user("admin")) == {Role.READ, Role.OPERATE, Role.ADMIN}
+    assert merged.roles(user("bob")) == {Role.READ, Role.OPERATE, Role.ADMIN} | mesh
+    assert DEFAULT_BINDINGS.roles(MANAGER) == {Role.READ} | mesh
+    assert DEFAULT_BINDINGS.roles(user("admin")) == {Role.READ, Role.OPERATE, Role.ADMIN} | mesh
+    assert Bindings.from_mapping({"user/envoy": "mesh"}).roles(user("envoy")) == mesh
 
 
 @pytest.mark.parametrize(
     ("mapping", "problem"),
     [
-        ({"user/alice": "root"}, "unknown role 'root'; use read, operate, admin, container"),
+        ({"user/alice": "root"}, "unknown role 'root'; use read, operate, admin, container, mesh"),
         ({"manager/*": "read"}, "only container/\\* and user/\\* may use"),
         ({"group/x": "read"}, "is not one of"),
     ],

@@ -25,7 +25,7 @@ from ..agent._metrics import RpcStats
 from ..agent._observe import Observer
 from ..security import health_port_warning
 from ..units import format_cpu, format_memory
-from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
+from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, mesh_pb2, spec_pb2
 from ._admission import Admission
 from ._apply import Reconciler
 from ._bootstrap import Bootstrapping
@@ -47,6 +47,7 @@ from ._store import JournalStore, SQLiteStore, StateStore, StoreError
 from ._storewriter import StoreHealth, StoreWriter, advice, classify
 from ._supervision import Supervisor
 from ._trust import Trust
+from ._xds import Mesh
 from .runc import RuncRuntime
 
 if TYPE_CHECKING:
@@ -153,6 +154,11 @@ class Manager:
         self.stopper = Stopper(
             self.registry, self.sessions, self.runtimes, self.settings, spawn=self._spawn
         )
+        # The services of its containers, as an xDS control plane; a stop
+        # drains a container's endpoints before the Stop is sent.
+        self.mesh = Mesh(self.registry, drain_timeout=self.settings.mesh_drain_timeout)
+        self.stopper.drain = self.mesh.drain
+        self.stopper.drained = self.mesh.drained
         self.admission = Admission(
             self.registry,
             self.sessions,
@@ -471,6 +477,9 @@ class Manager:
 
     async def scale(self, name_or_id: str, replicas: int) -> list[Entry]:
         return await self.supervisor.scale(name_or_id, replicas)
+
+    async def set_mesh_route(self, service: str, weights: dict[str, int]) -> mesh_pb2.MeshRoute:
+        return self.mesh.set_route(service, weights)
 
     async def wait_for(
         self, entry: Entry, predicate: Callable[[Entry], bool], seconds: float

@@ -155,6 +155,11 @@ class Entry:
     launched: bool = False
     # The stop or eviction under way, if any.
     stop: StopInProgress | None = None
+    # Readiness as the container last reported it; None from one that does
+    # not report it (an older agent): taken as ready while RUNNING.
+    ready: bool | None = None
+    # Its mesh endpoints are being drained (DRAINING) before a stop is sent.
+    draining: bool = False
     # The signal an operator's kill sent last: an exit of it is their doing.
     kill_signal: int = 0
     # Its end was noted (finish_time): set while it stays ended.

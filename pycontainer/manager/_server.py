@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
@@ -53,6 +54,7 @@ from ._logstreams import serialize_response as serialize_logs_response
 from ._operations import REQUEST_ID_METADATA, bounded_target, check_request_id, new_request_id
 from ._registry import Entry
 from ._validation import check_message, check_replicas, check_spec
+from ._xds import ADS_SERVICE
 
 if TYPE_CHECKING:
     from ._manager import Manager
@@ -452,6 +454,20 @@ class ManagerServicer(manager_pb2_grpc.ManagerServicer):
     ) -> manager_pb2.GetVersionResponse:
         return version_response()
 
+    async def GetMeshStatus(
+        self, request: manager_pb2.GetMeshStatusRequest, context: Context
+    ) -> manager_pb2.GetMeshStatusResponse:
+        return self._m.mesh.status(request.service)
+
+    async def SetMeshRoute(
+        self, request: manager_pb2.SetMeshRouteRequest, context: Context
+    ) -> manager_pb2.SetMeshRouteResponse:
+        weights = dict(request.weights)
+        detail = " ".join(f"{k}={v}" for k, v in sorted(weights.items())) or "no split"
+        self._audit(context, "SetMeshRoute", request.service, detail)
+        route = await self._m.set_mesh_route(request.service, weights)
+        return manager_pb2.SetMeshRouteResponse(route=route)
+
     async def RestartContainer(
         self, request: manager_pb2.RestartContainerRequest, context: Context
     ) -> manager_pb2.RestartContainerResponse:
@@ -684,6 +700,8 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
     server.add_registered_method_handlers(  # type: ignore[attr-defined]  # not in grpc-stubs
         "pycontainer.v1.Manager", relayed
     )
+    # The mesh's xDS server (ADS) for proxyless clients and Envoys.
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(manager.mesh.ads, server)
     # Bootstrap.RenewCertificate for joined containers (Join has a listener of its own).
     bootstrap_pb2_grpc.add_BootstrapServicer_to_server(
         JoinServicer(manager.bootstrap, main=True), server
@@ -697,6 +715,7 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
         "pycontainer.v1.Manager",
         "pycontainer.v1.Bootstrap",
         "grpc.health.v1.Health",
+        ADS_SERVICE,
         _reflection.REFLECTION_V1,
         _reflection.REFLECTION_V1ALPHA,
     ]

@@ -86,6 +86,11 @@ class ManagerSettings:
     # How long a store call the operator's answer waits for (a checkpoint, an
     # applied spec) may take before the answer is UNAVAILABLE (a frozen disk).
     store_timeout: datetime.timedelta = datetime.timedelta(seconds=10)
+    # How long a stop waits, at most, for every xDS client of a container's
+    # mesh service to acknowledge that its endpoint drains before the Stop
+    # is sent (never more than half its grace period; manager/_xds);
+    # timedelta(0): no drain, the Stop at once (as Kubernetes does).
+    mesh_drain_timeout: datetime.timedelta = datetime.timedelta(seconds=5)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -23,7 +23,7 @@ import datetime
 import logging
 import signal
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,12 @@ class Stopper:
         spawn: SpawnTask,
     ) -> None:
         self._registry = registry
+        # The mesh's drain before a stop is sent (Mesh.drain: the time it
+        # took, taken off the grace period), and its end (Mesh.drained).
+        self.drain: Callable[[Entry, datetime.timedelta], Awaitable[datetime.timedelta]] | None = (
+            None
+        )
+        self.drained: Callable[[Entry], None] = lambda entry: None
         self._sessions = sessions
         self._runtimes = runtimes
         self._settings = settings
@@ -186,6 +192,19 @@ class Stopper:
                 f"{state_word(entry.state)}) and has no process this manager "
                 "launched; retry when it reconnects",
             )
+        if self.drain is not None and entry.connected and not entry.terminal:
+            # Out of the mesh first: its clients stop sending it new calls
+            # before it is told to stop; the grace period runs from the
+            # request, so the drain's time comes off it.
+            try:
+                spent = await self.drain(entry, grace)
+            except BaseException:
+                self.drained(entry)
+                raise
+            if spent:
+                grace = max(grace - spent, datetime.timedelta(0))
+                assert isinstance(action, lifecycle_pb2.StopCommand | lifecycle_pb2.EvictCommand)
+                action.grace_period.CopyFrom(duration_to_proto(grace))
         stop = entry.stop = StopInProgress(grace)
         try:
             # One that ended but whose process lingers is seen to its end.
@@ -196,6 +215,7 @@ class Stopper:
                 result = await self._by_signal(entry, runtime, grace)
         finally:
             entry.stop = None
+            self.drained(entry)
         return Stopped(entry, result, stop.killed)
 
     async def _by_command(

@@ -7,6 +7,9 @@ Three operator roles, each including the ones below it:
 - ``admin``: run and apply arbitrary specs, tokens, certificates (anything not named here:
   a method this table does not know is admin-only, so a new RPC is closed until placed).
 
+``mesh``: subscribe to the manager's xDS server (ADS), what a proxyless
+client or an Envoy of the mesh does; held by containers and by ``read``;
+
 and ``container``, which only containers hold: ``Lifecycle.Connect`` (the manager
 then checks that a container registers as the identity its certificate names)
 and ``Bootstrap.RenewCertificate`` (signed for the caller's own identity).
@@ -33,13 +36,15 @@ class Role(enum.StrEnum):
     OPERATE = "operate"
     ADMIN = "admin"
     CONTAINER = "container"
+    MESH = "mesh"
 
 
 _IMPLIED: dict[Role, frozenset[Role]] = {
-    Role.READ: frozenset({Role.READ}),
-    Role.OPERATE: frozenset({Role.READ, Role.OPERATE}),
-    Role.ADMIN: frozenset({Role.READ, Role.OPERATE, Role.ADMIN}),
-    Role.CONTAINER: frozenset({Role.CONTAINER}),
+    Role.READ: frozenset({Role.READ, Role.MESH}),
+    Role.OPERATE: frozenset({Role.READ, Role.OPERATE, Role.MESH}),
+    Role.ADMIN: frozenset({Role.READ, Role.OPERATE, Role.ADMIN, Role.MESH}),
+    Role.CONTAINER: frozenset({Role.CONTAINER, Role.MESH}),
+    Role.MESH: frozenset({Role.MESH}),
 }
 
 _MANAGEMENT = "/pycontainer.v1.Management/"
@@ -110,6 +115,9 @@ SERVICE_ROLES: Mapping[str, Role] = {
     "grpc.reflection.v1.ServerReflection": Role.READ,
     "grpc.reflection.v1alpha.ServerReflection": Role.READ,
     "grpc.channelz.v1.Channelz": Role.READ,
+    # The mesh's configuration (endpoints, routes) for its clients.
+    "envoy.service.discovery.v3.AggregatedDiscoveryService": Role.MESH,
+    "envoy.service.status.v3.ClientStatusDiscoveryService": Role.READ,
 }
 
 

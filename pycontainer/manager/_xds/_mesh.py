@@ -1,0 +1,279 @@
+"""The mesh: the registry's containers as xDS resources, kept up to date.
+
+The registry tells of every change that may move a container in or out of
+a service (Registry.serving_changed); the services touched are rebuilt on
+the next turn of the loop (a burst of changes is one push), and the ADS
+streams are told which types changed. A stop drains first
+(:meth:`Mesh.drain`): the container's endpoints go DRAINING, and the stop
+waits (bounded) until every client subscribed to the service acknowledged
+that, so that no new call is sent to a container once it is told to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from ..._errors import echo, invalid_argument, not_found
+from ...v1 import manager_pb2, mesh_pb2
+from .._registry import Entry, Registry
+from ._ads import AdsServicer, Client, Versioned
+from ._model import ServiceView, build_view, endpoint_of, route_proto, service_of
+from ._resources import TYPES, build, cluster_names
+
+_log = logging.getLogger("pycontainer.manager.xds")
+
+#: The share of a stop's grace period the drain may take at most: the rest
+#: is the container's, for its in-flight calls and its hook.
+DRAIN_SHARE_OF_GRACE = 0.5
+#: After the last acknowledgement, how long clients are given to put their
+#: new picker in place: grpcio acknowledges a response once it has parsed it,
+#: and its load balancer takes the new endpoints a moment later, on another
+#: work serializer; Envoy's workers likewise take a cluster update from the
+#: main thread. Without it a call picked in that moment goes to a container
+#: that is about to stop taking new ones.
+SETTLE = datetime.timedelta(milliseconds=100)
+
+
+class NodeResources(Protocol):
+    """Resources of one client of its own (an Envoy's listeners), by type."""
+
+    def resources(self, client: Client, type_url: str) -> Mapping[str, Versioned] | None: ...
+
+
+def _versioned(built: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, Versioned]]:
+    out: dict[str, dict[str, Versioned]] = {}
+    for type_url, resources in built.items():
+        out[type_url] = {}
+        for name, packed in resources.items():
+            value = packed.value  # type: ignore[attr-defined]
+            out[type_url][name] = (hash(value), packed)  # type: ignore[assignment]
+    return out
+
+
+class Mesh:
+    """The services of the registry's containers, served over ADS."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        drain_timeout: datetime.timedelta,
+        identify: Callable[[object], str] | None = None,
+    ) -> None:
+        self._registry = registry
+        self.drain_timeout = drain_timeout
+        self.ads = AdsServicer(self, identify=identify)
+        # Service name -> ids of the containers whose spec names it.
+        self._members: dict[str, set[str]] = {}
+        # Container id -> the service it was counted in.
+        self._service_of: dict[str, str] = {}
+        self._views: dict[str, ServiceView] = {}
+        # Service name -> its resources (proxyless), by type, versioned.
+        self._built: dict[str, dict[str, dict[str, Versioned]]] = {}
+        # Every service's resources merged, by type: what proxyless clients see.
+        self._shared: dict[str, dict[str, Versioned]] = {t: {} for t in TYPES}
+        # SetMeshRoute's splits, by service.
+        self._routes: dict[str, dict[str, int]] = {}
+        self._dirty: set[str] = set()
+        self._scheduled = False
+        # Resources of Envoy clients (their own listeners), when Envoy is served.
+        self.node_resources: NodeResources | None = None
+        previous = registry.serving_changed
+
+        def changed(entry: Entry) -> None:
+            previous(entry)
+            self.container_changed(entry)
+
+        registry.serving_changed = changed
+        for entry in registry:
+            self._count(entry)
+        self._flush()
+
+    # -- changes -------------------------------------------------------------------------
+    def _count(self, entry: Entry) -> None:
+        """Keep the membership of ``entry`` current; mark what it touches."""
+        service = service_of(entry)
+        name = service.name if service is not None else None
+        if self._registry.get(entry.id) is not entry:
+            name = None  # forgotten
+        before = self._service_of.get(entry.id)
+        if before is not None and before != name:
+            self._members.get(before, set()).discard(entry.id)
+            self._dirty.add(before)
+            del self._service_of[entry.id]
+        if name is not None:
+            self._members.setdefault(name, set()).add(entry.id)
+            self._service_of[entry.id] = name
+            self._dirty.add(name)
+
+    def container_changed(self, entry: Entry) -> None:
+        self._count(entry)
+        if self._dirty and not self._scheduled:
+            self._scheduled = True
+            try:
+                asyncio.get_running_loop().call_soon(self._flush)
+            except RuntimeError:  # no loop (the manager not started): now
+                self._flush()
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        changed_types: set[str] = set()
+        for name in sorted(dirty):
+            members = [
+                entry
+                for container_id in self._members.get(name, ())
+                if (entry := self._registry.get(container_id)) is not None
+            ]
+            if not members:
+                self._members.pop(name, None)
+                view = None
+            else:
+                view = build_view(name, members, self._routes.get(name))
+            if view == self._views.get(name):
+                continue
+            old = self._built.pop(name, {})
+            if view is None:
+                del self._views[name]
+                new: dict[str, dict[str, Versioned]] = {}
+            else:
+                self._views[name] = view
+                new = _versioned(build(view).by_type)
+                self._built[name] = new
+            for type_url in TYPES:
+                before, after = old.get(type_url, {}), new.get(type_url, {})
+                if before == after:
+                    continue
+                changed_types.add(type_url)
+                shared = self._shared[type_url]
+                for gone in before.keys() - after.keys():
+                    shared.pop(gone, None)
+                shared.update(after)
+        if changed_types:
+            self.ads.changed(changed_types)
+
+    # -- what clients see ----------------------------------------------------------------
+    def resources(self, client: Client, type_url: str) -> Mapping[str, Versioned]:
+        if self.node_resources is not None:
+            own = self.node_resources.resources(client, type_url)
+            if own is not None:
+                return own
+        return self._shared.get(type_url, {})
+
+    def shared(self, type_url: str) -> Mapping[str, Versioned]:
+        """Every service's resources of ``type_url`` (proxyless clients' view)."""
+        return self._shared.get(type_url, {})
+
+    def view(self, name: str) -> ServiceView | None:
+        return self._views.get(name)
+
+    @property
+    def views(self) -> Mapping[str, ServiceView]:
+        return self._views
+
+    # -- the drain before a stop ---------------------------------------------------------
+    async def drain(self, entry: Entry, grace: datetime.timedelta) -> datetime.timedelta:
+        """Take ``entry`` out of its service's traffic before it is told to
+        stop: its endpoint goes DRAINING, then this waits until every client
+        subscribed to the service acknowledged it (at most the drain timeout,
+        and never more than half the grace period), and a moment more for
+        their pickers (SETTLE). Returns the time it took (taken off the
+        stop's grace period); zero for a container in no service."""
+        found = endpoint_of(entry)
+        limit = min(self.drain_timeout, grace * DRAIN_SHARE_OF_GRACE)
+        if found is None or limit <= datetime.timedelta(0):
+            return datetime.timedelta(0)
+        service, _ = found
+        started = time.monotonic()
+        entry.draining = True
+        self._count(entry)
+        self._flush()
+        view = self._views.get(service)
+        names = [
+            name
+            for name, endpoints in (cluster_names(view).items() if view else ())
+            if any(e.container_id == entry.id for e in endpoints)
+        ]
+        waiting = await self.ads.wait_acknowledged(names, limit.total_seconds())
+        spent = time.monotonic() - started
+        if waiting:
+            _log.warning(
+                "drain of %s from %s: %d client(s) did not acknowledge within %.1fs (%s); "
+                "stopping it anyway",
+                entry.id,
+                service,
+                len(waiting),
+                limit.total_seconds(),
+                ", ".join(sorted(waiting)[:5]),
+            )
+        else:
+            settle = min(SETTLE.total_seconds(), limit.total_seconds() - spent)
+            if settle > 0:
+                await asyncio.sleep(settle)
+        return datetime.timedelta(seconds=time.monotonic() - started)
+
+    def drained(self, entry: Entry) -> None:
+        """The stop that drained ``entry`` ended (it may run again: a restart)."""
+        if entry.draining:
+            entry.draining = False
+            self.container_changed(entry)
+
+    # -- routes and status -----------------------------------------------------------------
+    def set_route(self, service: str, weights: Mapping[str, int]) -> mesh_pb2.MeshRoute:
+        view = self._views.get(service)
+        if view is None:
+            raise not_found("service", _no_service(service, self._views))
+        unknown = sorted(set(weights) - set(view.subsets))
+        if unknown:
+            raise invalid_argument(
+                "weights",
+                f"service {service} has no subset {', '.join(unknown)}; its subsets are "
+                + ", ".join(sorted(view.subsets))
+                + " (a spec's service.subset, or the spec's name)",
+            )
+        if weights and not any(weights.values()):
+            raise invalid_argument("weights", "at least one subset needs a weight above 0")
+        if weights:
+            self._routes[service] = dict(weights)
+        else:
+            self._routes.pop(service, None)
+        self._dirty.add(service)
+        self._flush()
+        return route_proto(self._views[service])
+
+    def status(self, service: str = "") -> manager_pb2.GetMeshStatusResponse:
+        if service and service not in self._views:
+            raise not_found("service", _no_service(service, self._views))
+        response = manager_pb2.GetMeshStatusResponse()
+        for name, view in sorted(self._views.items()):
+            if service and name != service:
+                continue
+            response.services.add(
+                name=name,
+                healthy=[e.container_id for e in view.endpoints if not e.draining],
+                draining=[e.container_id for e in view.endpoints if e.draining],
+                route=route_proto(view),
+                version=self.ads.version,
+            )
+        names = None
+        if service:
+            built = self._built.get(service, {})
+            names = frozenset(n for t in TYPES for n in built.get(t, {}))
+        response.clients.extend(self.ads.status(names))
+        return response
+
+
+def _no_service(service: str, views: Mapping[str, ServiceView]) -> str:
+    known = ", ".join(sorted(views)) or "none yet"
+    return (
+        f"no mesh service {echo(service)}: a spec's service.name declares one, and it "
+        f"appears once a container of it registers (services now: {known})"
+    )
+
+
+__all__ = ["DRAIN_SHARE_OF_GRACE", "SETTLE", "Mesh", "NodeResources"]

@@ -1,0 +1,105 @@
+"""A backend of the mesh tests: a pycontainer app serving one gRPC method.
+
+    python tests/apps/mesh_backend.py          (launched by a manager)
+
+It serves ``/pycontainer.test.Echo/Who`` (raw bytes both ways: the answer is
+the container's id, after ``--delay`` seconds of "work") on an app port of
+its own, advertised as its "grpc" endpoint, beside the Management API. Its
+stop drains: on_stop waits until the calls in flight have answered (the
+grace period bounds it), then the app server stops. With ``--ready-file``
+it is ready only while that file exists (a pushed readiness check, so that
+a test flips it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+import pycontainer
+
+METHOD = "/pycontainer.test.Echo/Who"
+
+
+class Backend:
+    def __init__(self, container_id: str, delay: float) -> None:
+        self.container_id = container_id.encode()
+        self.delay = delay
+        self.in_flight = 0
+        self.served = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def who(self, request: bytes, context: Any) -> bytes:
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            self.served += 1
+            return self.container_id
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    settings = pycontainer.ContainerSettings(
+        name=os.environ.get("PYCONTAINER_NAME", "mesh-backend"),
+        grace_period=datetime.timedelta(seconds=10),
+    )
+    backend_box: dict[str, Backend] = {}
+
+    async def on_stop(reason: str, deadline: float) -> None:
+        backend = backend_box["backend"]
+        # In-flight calls answer; new ones should not come (the mesh drained us).
+        await backend.idle.wait()
+        print(f"on_stop: served {backend.served}", flush=True)
+
+    container = pycontainer.Container(settings, hooks=pycontainer.Hooks(on_stop=on_stop))
+    backend = backend_box["backend"] = Backend(container.settings.id, args.delay)
+    if args.ready_file:
+        ready_file = Path(args.ready_file)
+        container.add_check(
+            "ready-file",
+            lambda: ready_file.exists(),
+            period=datetime.timedelta(milliseconds=100),
+        )
+    app = grpc.aio.server()
+    app.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "pycontainer.test.Echo", {"Who": grpc.unary_unary_rpc_method_handler(backend.who)}
+            ),
+        )
+    )
+    port = app.add_insecure_port("127.0.0.1:0")
+    await app.start()
+    container.add_endpoint("grpc", f"127.0.0.1:{port}", kind="grpc")
+    try:
+        await pycontainer.serve(container, "127.0.0.1:0")
+    finally:
+        await app.stop(grace=5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds each call takes")
+    parser.add_argument("--ready-file", default="", help="ready only while this file exists")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    asyncio.run(main_async(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

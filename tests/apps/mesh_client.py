@@ -1,0 +1,95 @@
+"""A load generator of the mesh tests: a plain grpcio client through the mesh.
+
+    GRPC_XDS_BOOTSTRAP=bootstrap.json python tests/apps/mesh_client.py \
+        xds:///orders --calls 2000 --concurrency 8
+
+It dials TARGET (``xds:///NAME``, or an Envoy's local listener), waits for
+the channel to be ready, prints "ready", then makes --calls calls of
+``/pycontainer.test.Echo/Who`` (--concurrency at a time; with --until-file,
+until that file exists instead) and prints one JSON line: the calls made,
+the failures by status code with a sample message, and the answers by
+backend id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+METHOD = "/pycontainer.test.Echo/Who"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("target")
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--until-file", default="", help="call until this file exists")
+    parser.add_argument("--deadline", type=float, default=10.0, help="per call, seconds")
+    parser.add_argument("--ready-timeout", type=float, default=30.0)
+    args = parser.parse_args()
+    channel = grpc.insecure_channel(args.target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=args.ready_timeout)
+    except grpc.FutureTimeoutError:
+        print(json.dumps({"error": f"not ready within {args.ready_timeout}s"}), flush=True)
+        return 1
+    call = channel.unary_unary(METHOD)
+    print("ready", flush=True)
+    lock = threading.Lock()
+    answers: collections.Counter[str] = collections.Counter()
+    failures: collections.Counter[str] = collections.Counter()
+    samples: dict[str, str] = {}
+    made = [0]
+    until = Path(args.until_file) if args.until_file else None
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if until is None and made[0] >= args.calls:
+                    return
+                made[0] += 1
+            if until is not None and until.exists():
+                return
+            try:
+                answer = call(b"", timeout=args.deadline, wait_for_ready=False)
+                with lock:
+                    answers[answer.decode()] += 1
+            except grpc.RpcError as exc:
+                code = exc.code().name
+                with lock:
+                    failures[code] += 1
+                    samples.setdefault(code, exc.details() or "")
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(
+        json.dumps(
+            {
+                "calls": sum(answers.values()) + sum(failures.values()),
+                "failed": sum(failures.values()),
+                "failures": dict(failures),
+                "samples": samples,
+                "answers": dict(answers),
+                "seconds": round(time.monotonic() - started, 3),
+            }
+        ),
+        flush=True,
+    )
+    channel.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
