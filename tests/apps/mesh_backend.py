@@ -4,9 +4,11 @@
 
 It serves ``/pycontainer.test.Echo/Who`` (raw bytes both ways: the answer is
 the container's id, after ``--delay`` seconds of "work") on an app port of
-its own, advertised as its "grpc" endpoint, beside the Management API. Its
-stop drains: on_stop waits until the calls in flight have answered (the
-grace period bounds it), then the app server stops. With ``--ready-file``
+its own, advertised as its "grpc" endpoint, beside the Management API. Once
+told to stop it takes no new calls (UNAVAILABLE "stopping"), as a server
+that must finish its work within its grace period does, and on_stop waits
+until the calls in flight have answered: a call that reaches it after the
+stop began fails, which is what the mesh's drain is there to prevent. With ``--ready-file``
 it is ready only while that file exists (a pushed readiness check, so that
 a test flips it).
 """
@@ -37,8 +39,13 @@ class Backend:
         self.served = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self.stopping = False
+        self.refused = 0
 
     async def who(self, request: bytes, context: Any) -> bytes:
+        if self.stopping:
+            self.refused += 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "stopping: not taking new calls")
         self.in_flight += 1
         self.idle.clear()
         try:
@@ -61,9 +68,10 @@ async def main_async(args: argparse.Namespace) -> None:
 
     async def on_stop(reason: str, deadline: float) -> None:
         backend = backend_box["backend"]
+        backend.stopping = True
         # In-flight calls answer; new ones should not come (the mesh drained us).
         await backend.idle.wait()
-        print(f"on_stop: served {backend.served}", flush=True)
+        print(f"on_stop: served {backend.served}, refused {backend.refused}", flush=True)
 
     container = pycontainer.Container(settings, hooks=pycontainer.Hooks(on_stop=on_stop))
     backend = backend_box["backend"] = Backend(container.settings.id, args.delay)

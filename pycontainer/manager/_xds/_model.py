@@ -84,12 +84,13 @@ def subset_of(entry: Entry, service: mesh_pb2.MeshService) -> str:
 
 
 def takes_traffic(entry: Entry) -> bool:
-    """RUNNING, connected and ready, with no stop under way."""
+    """RUNNING, connected and ready, and not being drained. A stop under way
+    that did not drain (the drain off) leaves it in until the container says
+    it stopped running: what a plain stop does, as Kubernetes' endpoints do."""
     return (
         entry.state == S.LIFECYCLE_STATE_RUNNING
         and entry.connected
         and entry.ready is not False
-        and entry.stop is None
         and not entry.draining
     )
 
