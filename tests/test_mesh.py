@@ -13,11 +13,11 @@ from typing import Any
 
 import grpc
 import pytest
+from support import ManagerHost, wait_until
 
 from pycontainer.manager._xds import _resources
 from pycontainer.manager._xds._model import MeshEndpoint, ServiceSettings, ServiceView
 from pycontainer.v1 import manager_pb2, mesh_pb2, spec_pb2
-from support import ManagerHost, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKEND = str(ROOT / "tests" / "apps" / "mesh_backend.py")
@@ -81,8 +81,17 @@ def _healthy(host: ManagerHost, service: str) -> set[str]:
 def _calls(bootstrap: Path, target: str, calls: int, warm: int = 0) -> dict[str, Any]:
     env = dict(os.environ, GRPC_XDS_BOOTSTRAP=str(bootstrap))
     done = subprocess.run(
-        [sys.executable, CLIENT, target, "--calls", str(calls), "--ready-timeout", "20"]
-        + ["--warm-backends", str(warm)],
+        [
+            sys.executable,
+            CLIENT,
+            target,
+            "--calls",
+            str(calls),
+            "--ready-timeout",
+            "20",
+            "--warm-backends",
+            str(warm),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -116,7 +125,8 @@ def test_a_route_splits_a_service_between_subsets_by_weight(
         manager_pb2.SetMeshRouteRequest(service="orders", weights={"v1": 0, "v2": 100}),
         timeout=10,
     ).route
-    assert dict(route.weights) == {"v1": 0, "v2": 100} and route.source == "route"
+    assert dict(route.weights) == {"v1": 0, "v2": 100}
+    assert route.source == "route"
     result = _calls(_bootstrap(host, tmp_path / "bootstrap.json"), "xds:///orders", 100)
     assert result["failed"] == 0, result
     assert result["answers"] == {v2[0]: 100}, result
@@ -165,7 +175,8 @@ def test_a_client_of_an_unknown_service_fails_at_once_and_the_status_shows_its_a
         text=True,
     )
     try:
-        assert client.stdout is not None and client.stdout.readline().strip() == "ready"
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "ready"
 
         def acked_everything() -> bool:
             clients = [c for c in _status(host, "orders").clients if c.node_id == "watcher"]
@@ -176,7 +187,8 @@ def test_a_client_of_an_unknown_service_fails_at_once_and_the_status_shows_its_a
 
         wait_until(acked_everything, 20, "the client's ACKs")
         (watcher,) = [c for c in _status(host).clients if c.node_id == "watcher"]
-        assert watcher.kind == "grpc" and "gRPC" in watcher.user_agent
+        assert watcher.kind == "grpc"
+        assert "gRPC" in watcher.user_agent
         types = {r.type_url.rsplit(".", 1)[-1]: r for r in watcher.resources}
         assert set(types) == {"Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment"}
         assert list(types["Listener"].names) == ["orders"]
