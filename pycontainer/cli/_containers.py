@@ -148,6 +148,7 @@ def _details(c: manager_pb2.Container) -> list[tuple[str, Cell]]:
         ("Version:", identity.version or "-"),
         ("State:", state_cell(c.state)),
         ("Connected:", "yes" if c.connected else "no"),
+        ("Ready:", _ready(c)),
         ("PID:", str(c.pid) if c.pid else "-"),
         ("Priority:", str(identity.priority)),
         ("Resources:", f"cpu {cpu}, memory {memory}"),
@@ -166,6 +167,16 @@ def _details(c: manager_pb2.Container) -> list[tuple[str, Cell]]:
             "\n".join(f"{k}={v}" for k, v in sorted(identity.labels.items())) or "-",
         ),
     ]
+
+
+def _ready(c: manager_pb2.Container) -> Cell:
+    """The readiness it last reported, and since when."""
+    if not c.HasField("readiness"):
+        return "- (never reported: taken as ready while RUNNING)"
+    since = f" since {_when(c.readiness.time)}" if c.readiness.HasField("time") else ""
+    if c.readiness.ready:
+        return f"yes{since}"
+    return Styled(f"no{since}", "yellow")
 
 
 def _endpoints(c: manager_pb2.Container) -> TableRows | None:

@@ -167,6 +167,14 @@ class Entry:
     # When (time.monotonic()) it was last seen without a session: its room
     # is released a heartbeat timeout later (Sessions.release_unclaimed).
     disconnected_at: float | None = None
+    # The readiness it last reported (Registration.readiness, then a Readiness
+    # message on each change), kept across a lost session (serving needs a
+    # session anyway) until its next registration says afresh. None: never
+    # reported, as a container older than the report: taken as ready while
+    # RUNNING (serving). In memory only, like the session.
+    ready: bool | None = None
+    # When it became so (Unix seconds, by the container's clock), with ready.
+    ready_time: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -175,6 +183,19 @@ class Entry:
     @property
     def terminal(self) -> bool:
         return self.state in _TERMINAL
+
+    @property
+    def serving(self) -> bool:
+        """Whether it takes traffic, so is an endpoint of the mesh: RUNNING,
+        connected, ready (or never said: an older container) and no stop or
+        eviction under way. Registry.serving_changed is told whenever any of
+        these may have changed."""
+        return (
+            self.state == container_pb2.LIFECYCLE_STATE_RUNNING
+            and self.session is not None
+            and self.ready is not False
+            and self.stop is None
+        )
 
     @property
     def priority(self) -> int:
@@ -238,6 +259,10 @@ class Entry:
         )
         if self.exit_code is not None:
             container.exit_code = self.exit_code
+        if self.ready is not None:
+            container.readiness.ready = self.ready
+            if self.ready_time is not None:
+                container.readiness.time.CopyFrom(timestamp_to_proto(self.ready_time))
         return container
 
     def to_record(self, sealer: Sealer) -> ContainerRecord:
