@@ -155,9 +155,6 @@ class Entry:
     launched: bool = False
     # The stop or eviction under way, if any.
     stop: StopInProgress | None = None
-    # Readiness as the container last reported it; None from one that does
-    # not report it (an older agent): taken as ready while RUNNING.
-    ready: bool | None = None
     # Its mesh endpoints are being drained (DRAINING) before a stop is sent.
     draining: bool = False
     # The signal an operator's kill sent last: an exit of it is their doing.
@@ -187,14 +184,16 @@ class Entry:
     @property
     def serving(self) -> bool:
         """Whether it takes traffic, so is an endpoint of the mesh: RUNNING,
-        connected, ready (or never said: an older container) and no stop or
-        eviction under way. Registry.serving_changed is told whenever any of
-        these may have changed."""
+        connected, ready (or never said: an older container) and not being
+        drained. A stop under way that did not drain (the drain off) leaves
+        it serving until the container reports it is not ready or no longer
+        RUNNING: what a plain stop does, as Kubernetes' endpoints do.
+        Registry.serving_changed is told whenever any of these may have changed."""
         return (
             self.state == container_pb2.LIFECYCLE_STATE_RUNNING
             and self.session is not None
             and self.ready is not False
-            and self.stop is None
+            and not self.draining
         )
 
     @property

@@ -83,18 +83,6 @@ def subset_of(entry: Entry, service: mesh_pb2.MeshService) -> str:
     return service.subset or entry.spec.name
 
 
-def takes_traffic(entry: Entry) -> bool:
-    """RUNNING, connected and ready, and not being drained. A stop under way
-    that did not drain (the drain off) leaves it in until the container says
-    it stopped running: what a plain stop does, as Kubernetes' endpoints do."""
-    return (
-        entry.state == S.LIFECYCLE_STATE_RUNNING
-        and entry.connected
-        and entry.ready is not False
-        and not entry.draining
-    )
-
-
 def _address(entry: Entry, service: mesh_pb2.MeshService) -> container_pb2.Endpoint | None:
     by_name = {e.name: e for e in entry.identity.endpoints}
     names = (service.endpoint,) if service.endpoint else DEFAULT_ENDPOINTS
@@ -126,7 +114,7 @@ def endpoint_of(entry: Entry) -> tuple[str, MeshEndpoint] | None:
     if service is None:
         return None
     draining = entry.draining and entry.connected and entry.state == S.LIFECYCLE_STATE_RUNNING
-    if not (takes_traffic(entry) or draining):
+    if not (entry.serving or draining):
         return None
     advertised = _address(entry, service)
     if advertised is None:
@@ -217,5 +205,4 @@ __all__ = [
     "settings_of",
     "split_host_port",
     "subset_of",
-    "takes_traffic",
 ]
