@@ -89,8 +89,8 @@ def _fields(message: Message, prefix: str = "") -> dict[str, str]:
 def _text(fd: Any, value: Any) -> str:
     if fd.message_type is not None and fd.message_type.full_name == "google.protobuf.Duration":
         return format_duration(duration_from_proto(value))
-    if fd.message_type is not None:
-        return json.dumps(_fields(value), sort_keys=True)
+    if fd.message_type is not None:  # an item of a repeated message (envoy.upstreams)
+        return "{" + ", ".join(f"{k}: {v}" for k, v in sorted(_fields(value).items())) + "}"
     if fd.enum_type is not None:
         known = fd.enum_type.values_by_number.get(value)
         return known.name if known is not None else str(value)
