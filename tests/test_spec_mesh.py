@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from support import free_address, wait_until
+from support import free_address, running_and_connected, wait_container, wait_until
 from test_apply import Factory, cli, live, running, write
 
 from pycontainer._meshrules import RETRY_ON
@@ -32,7 +32,7 @@ from pycontainer.manager._specdiff import spec_differences, spec_hash, traffic_w
 from pycontainer.spec import SpecError, load_specs, parse_specs, spec_to_dict
 from pycontainer.testing import ManagerHost, manager_host
 from pycontainer.units import duration_field
-from pycontainer.v1 import manager_pb2, mesh_pb2, spec_pb2
+from pycontainer.v1 import container_pb2, manager_pb2, mesh_pb2, spec_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "mesh.yaml"
@@ -669,3 +669,32 @@ def test_the_mesh_example_frontend_calls_the_greeter(tmp_path: Path) -> None:
     assert through_xds.returncode == 1, through_xds.stdout + through_xds.stderr
     assert "calling xds:///greeter every 1s" in through_xds.stdout
     assert "call 1 failed: " in through_xds.stdout
+
+
+def test_the_mesh_example_backend_advertises_its_grpc_endpoint_under_a_manager(
+    tmp_path: Path,
+) -> None:
+    """The example's greeter spec as a manager runs it (one replica, this
+    interpreter): it registers the "grpc" endpoint its service names, answers
+    through it, and stops when the manager stops it."""
+    [greeter, _] = load_specs(EXAMPLE)
+    greeter.replicas = 1
+    greeter.command[0] = sys.executable
+    greeter.working_dir = str(ROOT)
+    with manager_host(tmp_path / "state") as manager:
+        [launched] = manager.stub.RunContainer(
+            manager_pb2.RunContainerRequest(spec=greeter), timeout=30
+        ).containers
+        seen = wait_container(manager.stub, launched.identity.id, running_and_connected, "running")
+        endpoints = {e.name: e for e in seen.identity.endpoints}
+        assert endpoints[greeter.service.endpoint].kind == container_pb2.ENDPOINT_KIND_GRPC
+        assert seen.spec.service == greeter.service
+        env = {k: v for k, v in os.environ.items() if k != "GRPC_XDS_BOOTSTRAP"}
+        address = endpoints["grpc"].address
+        called = _frontend("--target", address, "--count", "2", "--interval", "10ms", env=env)
+        assert called.returncode == 0, called.stdout + called.stderr
+        assert f"from {launched.identity.id}" in called.stdout
+        request = manager_pb2.StopContainerRequest(container=launched.identity.id)
+        request.grace_period.FromSeconds(10)
+        stopped = manager.stub.StopContainer(request, timeout=30)
+        assert stopped.container.state == container_pb2.LIFECYCLE_STATE_STOPPED
