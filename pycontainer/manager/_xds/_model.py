@@ -13,6 +13,7 @@ import datetime
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ..._meshrules import DEFAULT_SERVICE_ENDPOINT
 from ...units import duration_field
 from ...v1 import container_pb2, mesh_pb2, spec_pb2
 from .._registry import Entry
@@ -22,7 +23,7 @@ S = container_pb2
 #: The endpoint a service is served on when its spec names none: the app's
 #: own gRPC endpoint, else the Management one (an app that added its
 #: services to the Management server).
-DEFAULT_ENDPOINTS = ("grpc", "management")
+DEFAULT_ENDPOINTS = (DEFAULT_SERVICE_ENDPOINT, "management")
 
 
 @dataclass(frozen=True, slots=True)
