@@ -75,6 +75,7 @@ SERVED = {
     "sync": CONTAINER_SERVICES,
     "aio": CONTAINER_SERVICES,
     "manager": [
+        "envoy.service.discovery.v3.AggregatedDiscoveryService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
