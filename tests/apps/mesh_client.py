@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import grpc
+import grpc.experimental
 
 METHOD = "/pycontainer.test.Echo/Who"
 
@@ -41,8 +42,19 @@ def main() -> int:
         help="first call (uncounted) until this many backends answered: round robin "
         "spreads calls over the connections that are ready, and they connect one by one",
     )
+    parser.add_argument(
+        "--credentials",
+        choices=("insecure", "xds"),
+        default="insecure",
+        help="xds: the xDS credentials (the mesh's mutual TLS, with the bootstrap's "
+        "certificate provider; plaintext where a cluster asks for none)",
+    )
     args = parser.parse_args()
-    channel = grpc.insecure_channel(args.target)
+    if args.credentials == "xds":
+        credentials = grpc.xds_channel_credentials(grpc.experimental.insecure_channel_credentials())
+        channel = grpc.secure_channel(args.target, credentials)
+    else:
+        channel = grpc.insecure_channel(args.target)
     try:
         grpc.channel_ready_future(channel).result(timeout=args.ready_timeout)
     except grpc.FutureTimeoutError:
