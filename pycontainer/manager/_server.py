@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+import grpc_admin
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
@@ -660,6 +661,13 @@ def _traced(details: grpc.HandlerCallDetails) -> bool:
     )
 
 
+# The services grpc_admin.add_admin_servicers adds.
+ADMIN_SERVICES = (
+    "grpc.channelz.v1.Channelz",
+    "envoy.service.status.v3.ClientStatusDiscoveryService",
+)
+
+
 def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
     """The server with every manager service on it, and its health (NOT_SERVING
     until told otherwise)."""
@@ -702,6 +710,8 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
     )
     # The mesh's xDS server (ADS) for proxyless clients and Envoys.
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(manager.mesh.ads, server)
+    # gRPC's admin services (channelz, CSDS), as grpcdebug reads them; role read.
+    grpc_admin.add_admin_servicers(server)
     # Bootstrap.RenewCertificate for joined containers (Join has a listener of its own).
     bootstrap_pb2_grpc.add_BootstrapServicer_to_server(
         JoinServicer(manager.bootstrap, main=True), server
@@ -716,6 +726,7 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
         "pycontainer.v1.Bootstrap",
         "grpc.health.v1.Health",
         ADS_SERVICE,
+        *ADMIN_SERVICES,
         _reflection.REFLECTION_V1,
         _reflection.REFLECTION_V1ALPHA,
     ]

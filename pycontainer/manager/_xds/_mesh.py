@@ -224,7 +224,8 @@ class Mesh:
             self.container_changed(entry)
 
     # -- routes and status -----------------------------------------------------------------
-    def set_route(self, service: str, weights: Mapping[str, int]) -> mesh_pb2.MeshRoute:
+    def check_route(self, service: str, weights: Mapping[str, int]) -> None:
+        """Refuse a split set_route would refuse (before it is kept anywhere)."""
         view = self._views.get(service)
         if view is None:
             raise not_found("service", _no_service(service, self._views))
@@ -238,6 +239,19 @@ class Mesh:
             )
         if weights and not any(weights.values()):
             raise invalid_argument("weights", "at least one subset needs a weight above 0")
+
+    def load_routes(self, routes: Mapping[str, Mapping[str, int]]) -> None:
+        """The splits an earlier manager kept (the state store), in force again
+        for services that have members now and for those that come later."""
+        for service, weights in routes.items():
+            if weights:
+                self._routes[service] = dict(weights)
+                if service in self._members:
+                    self._dirty.add(service)
+        self._flush()
+
+    def set_route(self, service: str, weights: Mapping[str, int]) -> mesh_pb2.MeshRoute:
+        self.check_route(service, weights)
         if weights:
             self._routes[service] = dict(weights)
         else:
