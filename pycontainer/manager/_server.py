@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-import grpc_admin
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
@@ -46,6 +45,7 @@ from ..v1 import (
     manager_pb2_grpc,
 )
 from . import _metricsrelay as metricsrelay
+from ._admin import ADMIN_SERVICES, add_admin_services
 from ._bootstrap import JoinServicer
 from ._certificates import issue_certificate
 from ._liveness import with_keepalive
@@ -661,13 +661,6 @@ def _traced(details: grpc.HandlerCallDetails) -> bool:
     )
 
 
-# The services grpc_admin.add_admin_servicers adds.
-ADMIN_SERVICES = (
-    "grpc.channelz.v1.Channelz",
-    "envoy.service.status.v3.ClientStatusDiscoveryService",
-)
-
-
 def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
     """The server with every manager service on it, and its health (NOT_SERVING
     until told otherwise)."""
@@ -711,7 +704,7 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
     # The mesh's xDS server (ADS) for proxyless clients and Envoys.
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(manager.mesh.ads, server)
     # gRPC's admin services (channelz, CSDS), as grpcdebug reads them; role read.
-    grpc_admin.add_admin_servicers(server)
+    add_admin_services(server)
     # Bootstrap.RenewCertificate for joined containers (Join has a listener of its own).
     bootstrap_pb2_grpc.add_BootstrapServicer_to_server(
         JoinServicer(manager.bootstrap, main=True), server

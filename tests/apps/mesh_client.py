@@ -49,6 +49,7 @@ def main() -> int:
         help="xds: the xDS credentials (the mesh's mutual TLS, with the bootstrap's "
         "certificate provider; plaintext where a cluster asks for none)",
     )
+    parser.add_argument("--result-file", default="", help="also write the JSON line here")
     args = parser.parse_args()
     if args.credentials == "xds":
         credentials = grpc.xds_channel_credentials(grpc.experimental.insecure_channel_credentials())
@@ -58,7 +59,10 @@ def main() -> int:
     try:
         grpc.channel_ready_future(channel).result(timeout=args.ready_timeout)
     except grpc.FutureTimeoutError:
-        print(json.dumps({"error": f"not ready within {args.ready_timeout}s"}), flush=True)
+        result = json.dumps({"error": f"not ready within {args.ready_timeout}s"})
+        print(result, flush=True)
+        if args.result_file:
+            Path(args.result_file).write_text(result + "\n")
         return 1
     call = channel.unary_unary(METHOD)
     seen: set[bytes] = set()
@@ -103,19 +107,19 @@ def main() -> int:
         t.start()
     for t in threads:
         t.join()
-    print(
-        json.dumps(
-            {
-                "calls": sum(answers.values()) + sum(failures.values()),
-                "failed": sum(failures.values()),
-                "failures": dict(failures),
-                "samples": samples,
-                "answers": dict(answers),
-                "seconds": round(time.monotonic() - started, 3),
-            }
-        ),
-        flush=True,
+    result = json.dumps(
+        {
+            "calls": sum(answers.values()) + sum(failures.values()),
+            "failed": sum(failures.values()),
+            "failures": dict(failures),
+            "samples": samples,
+            "answers": dict(answers),
+            "seconds": round(time.monotonic() - started, 3),
+        }
     )
+    print(result, flush=True)
+    if args.result_file:
+        Path(args.result_file).write_text(result + "\n")
     channel.close()
     return 0
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from ..._errors import echo, invalid_argument, not_found
+from ...limits import MAX_MESH_TRAFFIC_WEIGHT
 from ...v1 import manager_pb2, mesh_pb2
 from .._registry import Entry, Registry
 from ._ads import AdsServicer, Client, Versioned
@@ -239,6 +240,15 @@ class Mesh:
             )
         if weights and not any(weights.values()):
             raise invalid_argument("weights", "at least one subset needs a weight above 0")
+        heavy = sorted(s for s, weight in weights.items() if weight > MAX_MESH_TRAFFIC_WEIGHT)
+        if heavy:
+            # As a spec's traffic_weight: a route's split is the same share.
+            raise invalid_argument(
+                "weights",
+                f"the weight of {', '.join(heavy)} is above {MAX_MESH_TRAFFIC_WEIGHT} "
+                "(pycontainer.limits.MAX_MESH_TRAFFIC_WEIGHT): weights are shares, such as "
+                "90 and 10",
+            )
 
     def load_routes(self, routes: Mapping[str, Mapping[str, int]]) -> None:
         """The splits an earlier manager kept (the state store), in force again
