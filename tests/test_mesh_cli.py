@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from grpc_channelz.v1 import channelz_pb2, channelz_pb2_grpc
@@ -26,7 +27,7 @@ from support import wait_until
 
 from pycontainer import limits
 from pycontainer.cli import main
-from pycontainer.client import XDS_BOOTSTRAP_ENV
+from pycontainer.client import XDS_BOOTSTRAP_ENV, CallError, mesh_target
 from pycontainer.testing import ManagerHost, manager_host
 from pycontainer.v1 import container_pb2, manager_pb2, mesh_pb2, spec_pb2
 
@@ -105,6 +106,20 @@ def test_a_launched_container_dials_xds_with_the_bootstrap_the_manager_wrote(
     assert written["xds_servers"][0]["server_uri"] == mesh.address
     assert written["xds_servers"][0]["channel_creds"] == [{"type": "insecure"}]
     assert "certificate_providers" not in written  # an --insecure manager
+    # Purged (once its sidecar has exited too), its bootstrap goes with it.
+    request = manager_pb2.DeleteContainerRequest(container=caller.identity.id, purge=True)
+
+    def purged() -> bool:
+        try:
+            mesh.client.delete_container(request)
+        except CallError as exc:
+            if exc.code != grpc.StatusCode.FAILED_PRECONDITION:  # not "still runs"
+                raise
+            return False
+        return True
+
+    wait_until(purged, 30, "the caller to end and be purged")
+    assert not bootstrap.parent.exists()
 
 
 def test_route_splits_the_traffic_and_status_shows_it(mesh: ManagerHost, tmp_path: Path) -> None:
@@ -239,6 +254,43 @@ def test_mesh_bootstrap_prints_one_a_program_of_its_own_dials_xds_with(
     )
     assert called.returncode == 0, called.stderr[-3000:]
     assert json.loads(called.stdout.splitlines()[-1])["failed"] == 0, called.stdout
+
+
+_MESH_CHANNEL_APP = """
+from pycontainer.client import mesh_channel
+
+with mesh_channel("orders") as channel:
+    who = channel.unary_unary("/pycontainer.test.Echo/Who")
+    print(sorted({who(b"", timeout=10, wait_for_ready=True).decode() for _ in range(20)}))
+"""
+
+
+def test_mesh_channel_dials_the_service_in_plaintext_without_a_certificate(
+    mesh: ManagerHost, tmp_path: Path
+) -> None:
+    path = tmp_path / "bootstrap.json"
+    code, out, err = _cli(mesh, "mesh", "bootstrap", "--node-id", "plain-app")
+    assert code == 0, err
+    path.write_text(out)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYCONTAINER_")}
+    env[XDS_BOOTSTRAP_ENV] = str(path)
+    called = subprocess.run(
+        [sys.executable, "-c", _MESH_CHANNEL_APP],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert called.returncode == 0, called.stderr[-3000:]
+    answered = json.loads(called.stdout.replace("'", '"'))
+    assert {a.rsplit("-", 1)[0] for a in answered} == {"orders-v1", "orders-v2"}, answered
+
+
+def test_mesh_target_refuses_what_is_not_a_service_name() -> None:
+    assert mesh_target("orders") == "xds:///orders"
+    for bad in ("", "xds:///orders", "orders:50051"):
+        with pytest.raises(ValueError, match="give the name alone"):
+            mesh_target(bad)
 
 
 def test_mesh_bootstrap_with_a_certificate_names_it_for_the_manager_and_the_services(
