@@ -150,6 +150,11 @@ def test_a_bootstrap_without_the_certificate_provider_nacks_and_status_shows_it(
             return outsider is not None and any(r.nack_error for r in outsider.resources)
 
         wait_until(nacked, 30, "the outsider's NACK of the cluster")
+        # Who it is, by the certificate it dialled the manager with.
+        [outsider] = [
+            c for c in secure.client.get_mesh_status().clients if c.node_id == "outsider-1"
+        ]
+        assert outsider.identity == str(container("outsider-1"))
         out, err = io.StringIO(), io.StringIO()
         admin = str(Path(secure.settings.state_dir) / "admin")
         code = main(

@@ -23,7 +23,7 @@ from .._errors import RequestError, failed_precondition, invalid_argument
 from .._secrets import keep_stored_secrets
 from ..agent._metrics import RpcStats
 from ..agent._observe import Observer
-from ..security import health_port_warning
+from ..security import health_port_warning, peer_identity
 from ..units import format_cpu, format_memory
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, mesh_pb2, spec_pb2
 from ._admission import Admission
@@ -157,7 +157,12 @@ class Manager:
         )
         # The services of its containers, as an xDS control plane; a stop
         # drains a container's endpoints before the Stop is sent.
-        self.mesh = Mesh(self.registry, drain_timeout=self.settings.mesh_drain_timeout)
+        self.mesh = Mesh(
+            self.registry,
+            drain_timeout=self.settings.mesh_drain_timeout,
+            # Who each xDS client is, by its certificate (mesh status shows it).
+            identify=_peer_name,
+        )
         self.stopper.drain = self.mesh.drain
         self.stopper.drained = self.mesh.drained
         # SetMeshRoute's splits outlive the manager in the store; one at a
@@ -555,6 +560,12 @@ def _restored_events(journal: Journal) -> EventBus:
         sink=journal.event,
         reserve=journal.reserve_events,
     )
+
+
+def _peer_name(context: Any) -> str:
+    """The identity of a call's peer (its SPIFFE ID), or "" (plaintext)."""
+    identity = peer_identity(context)
+    return "" if identity is None else str(identity)
 
 
 def _log_failure(task: asyncio.Future[Any]) -> None:
