@@ -62,11 +62,16 @@ ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07|[()][A-Z0-9])")
 
 
 _SECURITY = "\n## Security\n"
+_MESH = "\n## Mesh\n"
 
 
 def _readme(*, security: bool = False) -> str:
-    """The README's Security section (``security``), else everything else."""
+    """The README's Security section (``security``), else everything else
+    but the Mesh section (tests/test_readme_mesh.py runs it, against a mesh)."""
     text = (ROOT / "README.md").read_text()
+    head, mesh, rest = text.partition(_MESH)
+    if mesh:
+        text = head + "\n## " + rest.partition("\n## ")[2]
     before, _, rest = text.partition(_SECURITY)
     section, heading, after = rest.partition("\n## ")
     return section if security else before + heading + after

@@ -682,3 +682,25 @@ async def test_limits_runc_refuses_are_dropped_with_a_note(tmp_path: Path) -> No
         )
     finally:
         await rt.close()
+
+
+async def test_the_xds_bootstrap_is_visible_read_only_inside(
+    runtime: RuncRuntime, tmp_path: Path
+) -> None:
+    """The manager's bootstrap file for a runc container (Launch.mesh_bootstrap):
+    $GRPC_XDS_BOOTSTRAP names it, and it is there inside, read-only."""
+    from pycontainer.client import write_bootstrap
+
+    bootstrap = write_bootstrap(
+        tmp_path / "mesh" / "boot-0001" / "bootstrap.json", "127.0.0.1:1", node_id="boot-0001"
+    )
+    check = (
+        'grep -q \'"id": "boot-0001"\' "$GRPC_XDS_BOOTSTRAP" || exit 3; '
+        'echo x >> "$GRPC_XDS_BOOTSTRAP" 2>/dev/null && exit 4; exit 0'
+    )
+    plain = _launch("boot", "sh", "-c", check)
+    launch = Launch(
+        plain.container_id, plain.spec, plain.manager_address, mesh_bootstrap=str(bootstrap)
+    )
+    await runtime.launch(launch)
+    assert await _exit_of(runtime, launch.container_id) == 0

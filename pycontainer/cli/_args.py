@@ -25,6 +25,7 @@ __all__ = [
     "parse_severity",
     "parse_state",
     "pattern",
+    "route_weight",
     "selector",
     "states",
 ]
@@ -176,3 +177,28 @@ def selector(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"bad label selector: {exc}") from None
     return text
+
+
+def route_weight(text: str) -> tuple[str, int]:
+    """SUBSET=WEIGHT of `pycontainer route`: a subset name and a whole number
+    from 0 to limits.MAX_MESH_TRAFFIC_WEIGHT."""
+    from ..limits import MAX_MESH_TRAFFIC_WEIGHT
+
+    subset, sep, weight = text.partition("=")
+    subset = subset.strip()
+    if not sep or not subset:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: write SUBSET=WEIGHT, such as v1=90 (a spec's service.subset, or "
+            "the spec's name, and its share of the traffic)"
+        )
+    try:
+        value = int(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the weight {weight!r} is not a whole number (such as v1=90)"
+        ) from None
+    if not 0 <= value <= MAX_MESH_TRAFFIC_WEIGHT:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the weight must be from 0 to {MAX_MESH_TRAFFIC_WEIGHT}, got {value}"
+        )
+    return subset, value

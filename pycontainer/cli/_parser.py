@@ -249,6 +249,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     _completion(subparsers)
     _token(subparsers)
     _certificate(subparsers)
+    _mesh(subparsers)
+    _route(subparsers)
     return parser
 
 
@@ -988,3 +990,72 @@ def _certificate(subparsers: Subparsers) -> None:
         "--force", action="store_true", help="replace the certificate already in DIR"
     )
     _manager_option(create)
+
+
+def _mesh(subparsers: Subparsers) -> None:
+    parser = _verb(
+        subparsers,
+        "mesh",
+        "_mesh:run",
+        "the service mesh: its services and xDS clients, and bootstraps for apps",
+        "The manager is the mesh's xDS control plane: a spec's service puts its "
+        "containers behind xds:///NAME. `mesh status` shows each service's endpoints "
+        "and route, and what each xDS client acknowledged (as istioctl proxy-status); "
+        "`mesh bootstrap` prints the gRPC xDS bootstrap of a program the manager did "
+        "not launch (the ones it launches get theirs in $GRPC_XDS_BOOTSTRAP).",
+    )
+    actions = parser.add_subparsers(dest="mesh_action", required=True, metavar="ACTION")
+    status = actions.add_parser(
+        "status",
+        help="services (endpoints, route) and xDS clients (acknowledged versions, NACKs)",
+        description="Each service's healthy and draining endpoints and its route split, "
+        "and each connected xDS client: per resource type (CDS, EDS, LDS, RDS) whether it "
+        "acknowledged what it was sent (SYNCED), not yet (STALE) or rejected it (NACK, "
+        "with the client's error).",
+    )
+    status.add_argument(
+        "service", nargs="?", default="", metavar="SERVICE", help="only this service"
+    )
+    _output_option(status, "table", "json", "yaml")
+    _manager_option(status)
+    bootstrap = actions.add_parser(
+        "bootstrap",
+        help="print a gRPC xDS bootstrap (GRPC_XDS_BOOTSTRAP) for a program of your own",
+        description="Print the gRPC xDS bootstrap JSON that lets a grpcio program dial "
+        "xds:///NAME through this manager: its address (--manager), and with mutual TLS "
+        "the certificate in --tls-dir (the CLI's own by default) for the manager and the "
+        "mesh's services; plaintext with --insecure.",
+    )
+    bootstrap.add_argument(
+        "--node-id",
+        metavar="ID",
+        help="who the program is, as `mesh status` lists its xDS client (default: this "
+        "machine's host name)",
+    )
+    bootstrap.add_argument("--cluster", default="", help="the node's cluster (a service name)")
+    bootstrap.add_argument("--zone", default="", help="the node's locality zone")
+    _manager_option(bootstrap)
+
+
+def _route(subparsers: Subparsers) -> None:
+    parser = _verb(
+        subparsers,
+        "route",
+        "_mesh:run_route",
+        "split a mesh service's traffic between its subsets by weight (a canary)",
+        "Split SERVICE's traffic between its subsets (a spec's service.subset, or the "
+        "spec's name) by weight, such as `pycontainer route orders v1=90 v2=10`; pushed "
+        "to every client at once and kept by the manager across restarts. --clear goes "
+        "back to the specs' trafficWeight, or no split.",
+    )
+    parser.add_argument("service", metavar="SERVICE", help="the mesh service")
+    parser.add_argument(
+        "weights",
+        nargs="*",
+        type=_args.route_weight,
+        metavar="SUBSET=WEIGHT",
+        help=f"a subset and its share, a whole number from 0 to {limits.MAX_MESH_TRAFFIC_WEIGHT}",
+    )
+    parser.add_argument("--clear", action="store_true", help="remove the split")
+    _output_option(parser, "table", "json", "yaml")
+    _manager_option(parser)

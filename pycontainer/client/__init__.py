@@ -4,7 +4,10 @@
   API (list, get, run, stop, pause, resume, checkpoint, restore, evict, scale,
   events, logs and metrics of every container);
 - :class:`ManagementClient` / :class:`AsyncManagementClient`: one container's
-  Management API (info, health, metrics, logs, profile, config).
+  Management API (info, health, metrics, logs, profile, config);
+- :func:`mesh_channel` / :func:`mesh_aio_channel`: a channel to a mesh
+  service (``xds:///NAME``), and :func:`bootstrap` / :func:`write_bootstrap`:
+  the gRPC xDS bootstrap that finds the manager's control plane.
 
 Methods take the request message of ``pycontainer.v1`` and return its response
 message; a failed call raises :class:`CallError` (``code``, ``details``,
@@ -34,6 +37,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._mesh import (
+    XDS_BOOTSTRAP_ENV,
+    bootstrap,
+    bootstrap_json,
+    mesh_aio_channel,
+    mesh_channel,
+    mesh_target,
+    write_bootstrap,
+)
 from ._request_ids import MUTATING_METHODS, new_request_id
 from ._target import (
     DEFAULT_MANAGER,
@@ -67,6 +79,7 @@ __all__ = [
     "MANAGER_ENV",
     "MUTATING_METHODS",
     "PLAINTEXT",
+    "XDS_BOOTSTRAP_ENV",
     "AsyncManagementClient",
     "AsyncManagerClient",
     "CallError",
@@ -76,15 +89,21 @@ __all__ = [
     "Timeout",
     "Transport",
     "TransportError",
+    "bootstrap",
+    "bootstrap_json",
     "listen_arg",
     "manager_target",
     "manager_transport",
+    "mesh_aio_channel",
+    "mesh_channel",
+    "mesh_target",
     "new_request_id",
     "open_aio_channel",
     "open_channel",
     "parse_listen",
     "parse_target",
     "target_arg",
+    "write_bootstrap",
 ]
 
 # What needs grpc, imported when first used (the CLI's --help must not pay for it).

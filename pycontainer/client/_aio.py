@@ -331,6 +331,25 @@ class AsyncManagerClient(_AsyncClient):
             self._stub.IssueCertificate, request, timeout, "IssueCertificate"
         )
 
+    async def get_mesh_status(
+        self, request: manager_pb2.GetMeshStatusRequest | None = None, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.GetMeshStatusResponse:
+        """The mesh's services (endpoints, route) and its xDS clients (what each
+        acknowledged, its NACKs)."""
+        return await self._unary(
+            self._stub.GetMeshStatus,
+            request if request is not None else manager_pb2.GetMeshStatusRequest(),
+            timeout,
+            "GetMeshStatus",
+        )
+
+    async def set_mesh_route(
+        self, request: manager_pb2.SetMeshRouteRequest, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.SetMeshRouteResponse:
+        """Split a service's traffic between its subsets by weight (empty: clear
+        the split). Setting the same weights again changes nothing."""
+        return await self._unary(self._stub.SetMeshRoute, request, timeout, "SetMeshRoute")
+
 
 class AsyncManagementClient(_AsyncClient):
     """A client of one container's Management API, at the address it

@@ -330,6 +330,25 @@ class ManagerClient(_Client):
         request's CSR (the key stays with the caller), and the roles it holds."""
         return self._mutating(self._stub.IssueCertificate, request, timeout, "IssueCertificate")
 
+    def get_mesh_status(
+        self, request: manager_pb2.GetMeshStatusRequest | None = None, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.GetMeshStatusResponse:
+        """The mesh's services (endpoints, route) and its xDS clients (what each
+        acknowledged, its NACKs)."""
+        return self._unary(
+            self._stub.GetMeshStatus,
+            request if request is not None else manager_pb2.GetMeshStatusRequest(),
+            timeout,
+            "GetMeshStatus",
+        )
+
+    def set_mesh_route(
+        self, request: manager_pb2.SetMeshRouteRequest, *, timeout: Timeout = DEFAULT
+    ) -> manager_pb2.SetMeshRouteResponse:
+        """Split a service's traffic between its subsets by weight (empty: clear
+        the split). Setting the same weights again changes nothing."""
+        return self._unary(self._stub.SetMeshRoute, request, timeout, "SetMeshRoute")
+
 
 class ManagementClient(_Client):
     """A client of one container's Management API, at the address it

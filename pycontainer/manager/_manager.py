@@ -23,7 +23,7 @@ from .._errors import RequestError, failed_precondition, invalid_argument
 from .._secrets import keep_stored_secrets
 from ..agent._metrics import RpcStats
 from ..agent._observe import Observer
-from ..security import health_port_warning
+from ..security import health_port_warning, peer_identity
 from ..units import format_cpu, format_memory
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, mesh_pb2, spec_pb2
 from ._admission import Admission
@@ -43,11 +43,12 @@ from ._sealing import Sealer
 from ._sessions import Sessions
 from ._settings import EVENT_HISTORY, ManagerSettings
 from ._stopping import Stopped, Stopper
-from ._store import JournalStore, SQLiteStore, StateStore, StoreError
+from ._store import JournalStore, MeshRouteStore, SQLiteStore, StateStore, StoreError
 from ._storewriter import StoreHealth, StoreWriter, advice, classify
 from ._supervision import Supervisor
 from ._trust import Trust
 from ._xds import Mesh
+from ._xds._bootstraps import Bootstraps
 from .runc import RuncRuntime
 
 if TYPE_CHECKING:
@@ -156,9 +157,23 @@ class Manager:
         )
         # The services of its containers, as an xDS control plane; a stop
         # drains a container's endpoints before the Stop is sent.
-        self.mesh = Mesh(self.registry, drain_timeout=self.settings.mesh_drain_timeout)
+        self.mesh = Mesh(
+            self.registry,
+            drain_timeout=self.settings.mesh_drain_timeout,
+            # Who each xDS client is, by its certificate (mesh status shows it).
+            identify=_peer_name,
+        )
         self.stopper.drain = self.mesh.drain
         self.stopper.drained = self.mesh.drained
+        # SetMeshRoute's splits outlive the manager in the store; one at a
+        # time, so that the store and the mesh agree on the last one.
+        self._route_store = self.store if isinstance(self.store, MeshRouteStore) else None
+        self._route_lock = asyncio.Lock()
+        # The xDS bootstrap file of every container it launches (GRPC_XDS_BOOTSTRAP).
+        self.mesh_bootstraps = Bootstraps(
+            Path(self.settings.state_dir) / "mesh", lambda: self.address
+        )
+        self._purgers.append(self.mesh_bootstraps.forget)
         self.admission = Admission(
             self.registry,
             self.sessions,
@@ -178,6 +193,7 @@ class Manager:
             manager_address=lambda: self.address,
             spawn=self._spawn,
             issue_credentials=self._issue_credentials,
+            mesh_bootstrap=self._mesh_bootstrap,
         )
         self.registry.forget_oldest_ended()  # of what an earlier manager left
         self.reconciler = Reconciler(
@@ -219,6 +235,12 @@ class Manager:
             # running is INTERRUPTED, and the journal writes from now on.
             self.operations.open()
             self.trust.open()
+            if self._route_store is not None:
+                self.mesh.load_routes(
+                    await self.store_writer.call(
+                        "mesh routes not read", self._route_store.list_mesh_routes, write=False
+                    )
+                )
             server, health = build_server(self)
             self.port = self.trust.bind(server, self.settings.listen)
             self.bootstrap.bind(Observer(self.rpc_stats, self.tracer))
@@ -322,6 +344,12 @@ class Manager:
     async def _issue_credentials(self, container_id: str) -> str:
         """The TLS directory of a container about to launch ("" when insecure)."""
         return await asyncio.to_thread(self.trust.issue_container, container_id)
+
+    async def _mesh_bootstrap(
+        self, container_id: str, spec: spec_pb2.ContainerSpec, tls_dir: str
+    ) -> str:
+        """The xDS bootstrap file of a container about to launch."""
+        return await asyncio.to_thread(self.mesh_bootstraps.write, container_id, spec, tls_dir)
 
     def _store_health(self, health: StoreHealth) -> None:
         """The store started failing or writes again: an event, and the
@@ -479,7 +507,18 @@ class Manager:
         return await self.supervisor.scale(name_or_id, replicas)
 
     async def set_mesh_route(self, service: str, weights: dict[str, int]) -> mesh_pb2.MeshRoute:
-        return self.mesh.set_route(service, weights)
+        """Split ``service``'s traffic (empty: clear the split): checked, kept in
+        the state store (a restarted manager routes the same), then pushed."""
+        async with self._route_lock:
+            self.mesh.check_route(service, weights)
+            if self._route_store is not None:
+                await self.store_writer.call(
+                    f"route of {service} not kept",
+                    self._route_store.put_mesh_route,
+                    service,
+                    weights,
+                )
+            return self.mesh.set_route(service, weights)
 
     async def wait_for(
         self, entry: Entry, predicate: Callable[[Entry], bool], seconds: float
@@ -521,6 +560,12 @@ def _restored_events(journal: Journal) -> EventBus:
         sink=journal.event,
         reserve=journal.reserve_events,
     )
+
+
+def _peer_name(context: Any) -> str:
+    """The identity of a call's peer (its SPIFFE ID), or "" (plaintext)."""
+    identity = peer_identity(context)
+    return "" if identity is None else str(identity)
 
 
 def _log_failure(task: asyncio.Future[Any]) -> None:

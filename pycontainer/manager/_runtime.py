@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from .._tls_env import TLS_DIR_ENV
 from ..agent._settings import HEALTH_LISTEN_ENV
+from ..client._mesh import XDS_BOOTSTRAP_ENV
 from ..spec import SPEC_ENV, encode_spec
 from ..v1 import spec_pb2
 from ._logstore import LogStore
@@ -35,6 +36,9 @@ class Launch:
     # The directory with the container's TLS key, certificate and trust
     # bundle ($PYCONTAINER_TLS_DIR); empty when the manager runs --insecure.
     tls_dir: str = ""
+    # The gRPC xDS bootstrap file of its proxyless channels to the mesh
+    # ($GRPC_XDS_BOOTSTRAP); empty for none.
+    mesh_bootstrap: str = ""
 
 
 class Runtime(Protocol):
@@ -185,6 +189,10 @@ class ProcessRuntime(ExitListeners):
         env.pop(TLS_DIR_ENV, None)
         if launch.tls_dir:
             env[TLS_DIR_ENV] = launch.tls_dir
+        # Its own xDS bootstrap, or none: never the manager's environment's.
+        env.pop(XDS_BOOTSTRAP_ENV, None)
+        if launch.mesh_bootstrap:
+            env[XDS_BOOTSTRAP_ENV] = launch.mesh_bootstrap
         # Its own health port, or none: never one the manager's environment had.
         env.pop(HEALTH_LISTEN_ENV, None)
         if spec.health_listen:

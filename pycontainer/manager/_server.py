@@ -45,6 +45,7 @@ from ..v1 import (
     manager_pb2_grpc,
 )
 from . import _metricsrelay as metricsrelay
+from ._admin import ADMIN_SERVICES, add_admin_services
 from ._bootstrap import JoinServicer
 from ._certificates import issue_certificate
 from ._liveness import with_keepalive
@@ -702,6 +703,8 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
     )
     # The mesh's xDS server (ADS) for proxyless clients and Envoys.
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(manager.mesh.ads, server)
+    # gRPC's admin services (channelz, CSDS), as grpcdebug reads them; role read.
+    add_admin_services(server)
     # Bootstrap.RenewCertificate for joined containers (Join has a listener of its own).
     bootstrap_pb2_grpc.add_BootstrapServicer_to_server(
         JoinServicer(manager.bootstrap, main=True), server
@@ -716,6 +719,7 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
         "pycontainer.v1.Bootstrap",
         "grpc.health.v1.Health",
         ADS_SERVICE,
+        *ADMIN_SERVICES,
         _reflection.REFLECTION_V1,
         _reflection.REFLECTION_V1ALPHA,
     ]

@@ -32,6 +32,7 @@ __all__ = [
     "CheckpointInfo",
     "ContainerRecord",
     "JournalStore",
+    "MeshRouteStore",
     "OperationRecord",
     "SQLiteStore",
     "StateStore",
@@ -157,6 +158,20 @@ class JournalStore(Protocol):
     def last_event_sequence(self) -> int:
         """Where the next manager's event numbers start after: the highest
         written, or higher as set (a running manager's reservation); 0 for none."""
+        ...
+
+
+@runtime_checkable
+class MeshRouteStore(Protocol):
+    """Where the mesh's routes (SetMeshRoute's splits) outlive the manager
+    (SQLiteStore is one); a store without these keeps them in memory only."""
+
+    def put_mesh_route(self, service: str, weights: Mapping[str, int]) -> None:
+        """Keep the split of ``service`` (subset -> weight); empty forgets it."""
+        ...
+
+    def list_mesh_routes(self) -> dict[str, dict[str, int]]:
+        """Every kept split, by service."""
         ...
 
 
@@ -317,6 +332,15 @@ _APPLIED_SPECS = """CREATE TABLE IF NOT EXISTS applied_specs (
 )"""
 _APPLIED_COLUMNS = "name, owner, spec, spec_hash, applied_time"
 
+# The mesh's routes (SetMeshRoute), added like applied_specs: a store without
+# the table gets it when opened, older readers ignore it. weights is a JSON
+# object of subset -> weight.
+_MESH_ROUTES = """CREATE TABLE IF NOT EXISTS mesh_routes (
+    service TEXT PRIMARY KEY,
+    weights TEXT NOT NULL,
+    set_time REAL NOT NULL
+)"""
+
 # The journal (operations and events), added like applied_specs: created when
 # the manager opens it (open_journal), ignored by older readers. seq orders
 # operations (AUTOINCREMENT: never reused); an event is its serialized proto.
@@ -411,6 +435,7 @@ class SQLiteStore:
                     db.execute(statement)
                 db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
                 db.execute(_APPLIED_SPECS)
+                db.execute(_MESH_ROUTES)
                 return
             row = db.execute("SELECT max(version) FROM schema_version").fetchone()
             if row[0] != SCHEMA_VERSION:
@@ -419,6 +444,7 @@ class SQLiteStore:
                     f"this pycontainer reads version {SCHEMA_VERSION}"
                 )
             db.execute(_APPLIED_SPECS)
+            db.execute(_MESH_ROUTES)
 
     @contextlib.contextmanager
     def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
@@ -575,6 +601,28 @@ class SQLiteStore:
         """Forget the applied spec of ``name``; no-op if absent."""
         with self._transaction() as db:
             db.execute("DELETE FROM applied_specs WHERE name = ?", (name,))
+
+    def put_mesh_route(self, service: str, weights: Mapping[str, int]) -> None:
+        """Keep the split of ``service``; empty ``weights`` forgets it (MeshRouteStore)."""
+        with self._transaction() as db:
+            if not weights:
+                db.execute("DELETE FROM mesh_routes WHERE service = ?", (service,))
+                return
+            db.execute(
+                "INSERT OR REPLACE INTO mesh_routes (service, weights, set_time) VALUES (?, ?, ?)",
+                (service, json.dumps(dict(sorted(weights.items()))), time.time()),
+            )
+
+    def list_mesh_routes(self) -> dict[str, dict[str, int]]:
+        """Every kept split, by service (MeshRouteStore)."""
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                "SELECT service, weights FROM mesh_routes ORDER BY service"
+            ).fetchall()
+        return {
+            service: {subset: int(weight) for subset, weight in json.loads(weights).items()}
+            for service, weights in rows
+        }
 
     def delete_checkpoints(self, container_id: str) -> int:
         """Delete the checkpoints this container took (a purge); how many."""

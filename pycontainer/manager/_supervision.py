@@ -93,6 +93,7 @@ class Supervisor:
         manager_address: Callable[[], str],
         spawn: Spawn,
         issue_credentials: Callable[[str], Awaitable[str]] | None = None,
+        mesh_bootstrap: Callable[[str, spec_pb2.ContainerSpec, str], Awaitable[str]] | None = None,
     ) -> None:
         self._registry = registry
         self._sessions = sessions
@@ -104,6 +105,9 @@ class Supervisor:
         self._spawn = spawn
         # The TLS directory of a container about to launch ("" for none).
         self._issue_credentials = issue_credentials
+        # The xDS bootstrap file of a container about to launch, given its
+        # TLS directory ("" for none).
+        self._mesh_bootstrap = mesh_bootstrap
         self._restarting: set[str] = set()
         registry.pinned = self.restarting
         # Each runtime once (one may serve several kinds).
@@ -187,8 +191,17 @@ class Supervisor:
         """Launch the entry's spec and watch that it registers in time."""
         assert entry.spec is not None
         tls_dir = await self._issue_credentials(entry.id) if self._issue_credentials else ""
+        bootstrap = ""
+        if self._mesh_bootstrap is not None:
+            bootstrap = await self._mesh_bootstrap(entry.id, entry.spec, tls_dir)
         entry.pid = await runtime.launch(
-            Launch(entry.id, entry.spec, self._manager_address(), tls_dir=tls_dir)
+            Launch(
+                entry.id,
+                entry.spec,
+                self._manager_address(),
+                tls_dir=tls_dir,
+                mesh_bootstrap=bootstrap,
+            )
         )
         entry.launched = True
         self._spawn(self._expect_registration(entry, runtime, entry.sessions, entry.restarts))

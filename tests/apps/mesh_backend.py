@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 
 import pycontainer
+from pycontainer.agent import EXCLUSIVE_PORT, listen_on, tls_dir
 
 METHOD = "/pycontainer.test.Echo/Who"
 
@@ -82,7 +83,7 @@ async def main_async(args: argparse.Namespace) -> None:
             lambda: ready_file.exists(),
             period=datetime.timedelta(milliseconds=100),
         )
-    app = grpc.aio.server()
+    app = grpc.aio.server(options=[EXCLUSIVE_PORT])
     app.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
@@ -90,9 +91,14 @@ async def main_async(args: argparse.Namespace) -> None:
             ),
         )
     )
-    port = app.add_insecure_port("127.0.0.1:0")
+    # --tls: mutual TLS with the container's own certificate (the mesh's
+    # clusters then ask their clients for theirs).
+    own = tls_dir() if args.tls else None
+    if args.tls and own is None:
+        raise SystemExit("--tls: no $PYCONTAINER_TLS_DIR (launch it with a manager that has TLS)")
+    port = listen_on(app, "127.0.0.1:0", tls_dir=own)
     await app.start()
-    container.add_endpoint("grpc", f"127.0.0.1:{port}", kind="grpc")
+    container.add_endpoint("grpc", f"127.0.0.1:{port}", kind="grpc", tls=own is not None)
     try:
         await pycontainer.serve(container, "127.0.0.1:0")
     finally:
@@ -103,6 +109,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delay", type=float, default=0.0, help="seconds each call takes")
     parser.add_argument("--ready-file", default="", help="ready only while this file exists")
+    parser.add_argument("--tls", action="store_true", help="serve mutual TLS (its certificate)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     asyncio.run(main_async(args))

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import grpc
+import grpc.experimental
 
 METHOD = "/pycontainer.test.Echo/Who"
 
@@ -41,12 +42,27 @@ def main() -> int:
         help="first call (uncounted) until this many backends answered: round robin "
         "spreads calls over the connections that are ready, and they connect one by one",
     )
+    parser.add_argument(
+        "--credentials",
+        choices=("insecure", "xds"),
+        default="insecure",
+        help="xds: the xDS credentials (the mesh's mutual TLS, with the bootstrap's "
+        "certificate provider; plaintext where a cluster asks for none)",
+    )
+    parser.add_argument("--result-file", default="", help="also write the JSON line here")
     args = parser.parse_args()
-    channel = grpc.insecure_channel(args.target)
+    if args.credentials == "xds":
+        credentials = grpc.xds_channel_credentials(grpc.experimental.insecure_channel_credentials())
+        channel = grpc.secure_channel(args.target, credentials)
+    else:
+        channel = grpc.insecure_channel(args.target)
     try:
         grpc.channel_ready_future(channel).result(timeout=args.ready_timeout)
     except grpc.FutureTimeoutError:
-        print(json.dumps({"error": f"not ready within {args.ready_timeout}s"}), flush=True)
+        result = json.dumps({"error": f"not ready within {args.ready_timeout}s"})
+        print(result, flush=True)
+        if args.result_file:
+            Path(args.result_file).write_text(result + "\n")
         return 1
     call = channel.unary_unary(METHOD)
     seen: set[bytes] = set()
@@ -91,19 +107,19 @@ def main() -> int:
         t.start()
     for t in threads:
         t.join()
-    print(
-        json.dumps(
-            {
-                "calls": sum(answers.values()) + sum(failures.values()),
-                "failed": sum(failures.values()),
-                "failures": dict(failures),
-                "samples": samples,
-                "answers": dict(answers),
-                "seconds": round(time.monotonic() - started, 3),
-            }
-        ),
-        flush=True,
+    result = json.dumps(
+        {
+            "calls": sum(answers.values()) + sum(failures.values()),
+            "failed": sum(failures.values()),
+            "failures": dict(failures),
+            "samples": samples,
+            "answers": dict(answers),
+            "seconds": round(time.monotonic() - started, 3),
+        }
     )
+    print(result, flush=True)
+    if args.result_file:
+        Path(args.result_file).write_text(result + "\n")
     channel.close()
     return 0
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from ..._errors import echo, invalid_argument, not_found
+from ...limits import MAX_MESH_TRAFFIC_WEIGHT
 from ...v1 import manager_pb2, mesh_pb2
 from .._registry import Entry, Registry
 from ._ads import AdsServicer, Client, Versioned
@@ -224,7 +225,8 @@ class Mesh:
             self.container_changed(entry)
 
     # -- routes and status -----------------------------------------------------------------
-    def set_route(self, service: str, weights: Mapping[str, int]) -> mesh_pb2.MeshRoute:
+    def check_route(self, service: str, weights: Mapping[str, int]) -> None:
+        """Refuse a split set_route would refuse (before it is kept anywhere)."""
         view = self._views.get(service)
         if view is None:
             raise not_found("service", _no_service(service, self._views))
@@ -238,6 +240,28 @@ class Mesh:
             )
         if weights and not any(weights.values()):
             raise invalid_argument("weights", "at least one subset needs a weight above 0")
+        heavy = sorted(s for s, weight in weights.items() if weight > MAX_MESH_TRAFFIC_WEIGHT)
+        if heavy:
+            # As a spec's traffic_weight: a route's split is the same share.
+            raise invalid_argument(
+                "weights",
+                f"the weight of {', '.join(heavy)} is above {MAX_MESH_TRAFFIC_WEIGHT} "
+                "(pycontainer.limits.MAX_MESH_TRAFFIC_WEIGHT): weights are shares, such as "
+                "90 and 10",
+            )
+
+    def load_routes(self, routes: Mapping[str, Mapping[str, int]]) -> None:
+        """The splits an earlier manager kept (the state store), in force again
+        for services that have members now and for those that come later."""
+        for service, weights in routes.items():
+            if weights:
+                self._routes[service] = dict(weights)
+                if service in self._members:
+                    self._dirty.add(service)
+        self._flush()
+
+    def set_route(self, service: str, weights: Mapping[str, int]) -> mesh_pb2.MeshRoute:
+        self.check_route(service, weights)
         if weights:
             self._routes[service] = dict(weights)
         else:

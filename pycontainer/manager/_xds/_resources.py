@@ -47,6 +47,7 @@ from ..._meshrules import (
     DEFAULT_REQUEST_VOLUME,
     DEFAULT_RETRY_INITIAL_BACKOFF,
 )
+from ...client._mesh import CERTIFICATE_PROVIDER
 from ...units import duration_to_proto
 from ...v1 import mesh_pb2
 from ._model import MeshEndpoint, ServiceView
@@ -63,9 +64,6 @@ TYPES = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 #: in the others, a response carries only what changed.
 STATE_OF_THE_WORLD = frozenset({LISTENER, CLUSTER})
 
-#: The certificate provider instance of the bootstraps pycontainer writes
-#: (pycontainer.client.mesh): the container's own certificate and the CA.
-CERTIFICATE_PROVIDER = "pycontainer"
 
 _DEFAULT_RETRY_ON = "unavailable"
 
@@ -272,7 +270,7 @@ def upstream_tls() -> base_pb2.TransportSocket:
     containers'. Proxyless clients only (Envoy takes files, _envoy)."""
     instance = common_pb2.CertificateProviderPluginInstance(instance_name=CERTIFICATE_PROVIDER)
     context = tls_pb2.UpstreamTlsContext(
-        common_tls_context=common_pb2.CommonTlsContext(
+        common_tls_context=tls_pb2.CommonTlsContext(
             tls_certificate_provider_instance=instance,
             validation_context=common_pb2.CertificateValidationContext(
                 ca_certificate_provider_instance=instance

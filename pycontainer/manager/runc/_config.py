@@ -14,6 +14,7 @@ from typing import Any
 
 from ..._tls_env import TLS_DIR_ENV
 from ...agent._settings import HEALTH_LISTEN_ENV
+from ...client._mesh import XDS_BOOTSTRAP_ENV
 from .._runtime import Launch
 
 OCI_VERSION = "1.0.2"
@@ -238,6 +239,9 @@ def _process_env(launch: Launch, host_mode: bool) -> list[str]:
     env.pop(TLS_DIR_ENV, None)
     if launch.tls_dir:  # bind-mounted read-only at the same path (build_config)
         env[TLS_DIR_ENV] = launch.tls_dir
+    env.pop(XDS_BOOTSTRAP_ENV, None)
+    if launch.mesh_bootstrap:  # its directory bind-mounted likewise
+        env[XDS_BOOTSTRAP_ENV] = launch.mesh_bootstrap
     env.pop(HEALTH_LISTEN_ENV, None)
     if spec.health_listen:
         env[HEALTH_LISTEN_ENV] = spec.health_listen
@@ -348,6 +352,13 @@ def build_config(
                 "source": launch.tls_dir,
                 "options": _BIND_RO,
             }
+        )
+    if launch.mesh_bootstrap:
+        # Its xDS bootstrap, where $GRPC_XDS_BOOTSTRAP says (a directory of
+        # its own, read-only).
+        directory = os.path.dirname(launch.mesh_bootstrap)
+        config["mounts"].append(
+            {"destination": directory, "type": "bind", "source": directory, "options": _BIND_RO}
         )
     resources = spec.resources
     if cgroup_limits:
