@@ -146,9 +146,11 @@ test-floor: $(FLOOR)/.installed
 
 # A manager with embedded defaults on 127.0.0.1:50050, the example spec
 # applied, and a live view; Ctrl-C stops everything gracefully.
-RUN_SPEC ?= examples/demo.yaml
+# The demo: the example apps, and two services calling each other through
+# the mesh (examples/mesh.yaml: a frontend calling xds:///greeter).
+RUN_SPEC ?= examples/demo.yaml examples/mesh.yaml
 run: venv system-deps
-	$(BIN)/pycontainer up -f $(RUN_SPEC) --state-dir state
+	$(BIN)/pycontainer up $(addprefix -f ,$(RUN_SPEC)) --state-dir state
 
 # Every benchmark row against bare grpcio in the same run, written to
 # bench/RESULTS.md; `make bench QUICK=1` (or `make bench-quick`) is the quick

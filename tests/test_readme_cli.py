@@ -56,7 +56,17 @@ SHOWS = {
     r"pycontainer (diff|apply) -f examples/demo.yaml$": r"\A((\S+): unchanged \(.*\)\n)+\Z",
     r"pycontainer restart ": r"RUNNING \(restarted\)",
     r"pycontainer kill ": r"sent KILL",
+    # The frontend's calls through the mesh, each answered by a greeter replica.
+    r"pycontainer logs frontend": r"call \d+: hello, frontend, from greeter-[0-9a-f]{8}",
 }
+# What `make run` applies (its RUN_SPEC), as `up` flags.
+RUN_SPEC_FLAGS = [
+    flag
+    for path in re.search(r"^RUN_SPEC \?= (.+)$", (ROOT / "Makefile").read_text(), re.M)
+    .group(1)  # type: ignore[union-attr]
+    .split()
+    for flag in ("-f", path)
+]
 # Terminal control sequences (colours, cursor moves), not text.
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07|[()][A-Z0-9])")
 
@@ -186,8 +196,7 @@ def test_readme_cli_commands(tmp_path: Path) -> None:
             "-m",
             "pycontainer.cli",
             "up",
-            "-f",
-            "examples/demo.yaml",
+            *RUN_SPEC_FLAGS,
             "--headless",
             "--listen",
             address,
@@ -203,8 +212,9 @@ def test_readme_cli_commands(tmp_path: Path) -> None:
         text=True,
     )
     # sync-worker, async-pipeline twice, ticker; oci-worker where runc is (up
-    # skips it elsewhere, and `diff` would then want to create it).
-    replicas = 5 if shutil.which("runc") else 4
+    # skips it elsewhere, and `diff` would then want to create it); the mesh's
+    # three greeters and its frontend.
+    replicas = (5 if shutil.which("runc") else 4) + 4
     try:
 
         def running() -> bool:

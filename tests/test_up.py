@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_demo_spec_applied_headless_and_torn_down(tmp_path: Path) -> None:
     state = tmp_path / "state"
     # Each container's replicas that must be seen running before the stop.
-    replicas = {"sync-worker": 1, "async-pipeline": 2, "ticker": 1}  # ticker: a sidecar
+    # ticker and frontend: sidecars; greeter and frontend: the mesh's services.
+    replicas = {"sync-worker": 1, "async-pipeline": 2, "ticker": 1, "greeter": 3, "frontend": 1}
     if shutil.which("runc") or IN_CI:
         replicas["oci-worker"] = 1  # runc, which CI installs
     errors = (tmp_path / "up.err").open("w")  # a pipe nobody reads would fill and block up
@@ -32,8 +33,11 @@ def test_demo_spec_applied_headless_and_torn_down(tmp_path: Path) -> None:
             "-m",
             "pycontainer.cli",
             "up",
+            # What `make run` applies.
             "-f",
             "examples/demo.yaml",
+            "-f",
+            "examples/mesh.yaml",
             "--headless",
             "--listen",
             "127.0.0.1:0",
