@@ -49,6 +49,11 @@ __all__ = [
     "ManagerHost",
     "container_host",
     "manager_host",
+    "CallCounts",
+    "Load",
+    "MeshRig",
+    "mesh_rig",
+    "write_bootstrap",
 ]
 
 T = TypeVar("T")
@@ -283,3 +288,7 @@ def manager_host(
         yield host
     finally:
         host.close(graceful=graceful)
+
+
+# The mesh under load (imported last: it builds on ManagerHost).
+from ._mesh import CallCounts, Load, MeshRig, mesh_rig, write_bootstrap  # noqa: E402
