@@ -22,6 +22,7 @@ directory.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import json
@@ -133,9 +134,11 @@ class Load:
         workdir: Path,
         env: Mapping[str, str],
         *,
+        node_id: str,
         concurrency: int,
         deadline: float,
     ) -> None:
+        self.node_id = node_id
         self._until = workdir / "until"
         self._until.unlink(missing_ok=True)
         self._stderr = (workdir / "client.stderr").open("w")
@@ -351,6 +354,48 @@ class MeshRig:
             for r in c.resources
         )
 
+    def events(self, container: str = "") -> list[str]:
+        """The retained events' messages (of ``container``, or all), oldest first,
+        each as "CONTAINER_ID: MESSAGE"."""
+        from ..v1 import manager_pb2
+
+        stream = self.host.stub.WatchEvents(
+            manager_pb2.WatchEventsRequest(
+                include_history=True, history_only=True, container=container
+            ),
+            timeout=10,
+        )
+        return [f"{r.event.container_id}: {r.event.message}" for r in stream]
+
+    def drains(self) -> dict[str, str]:
+        """Container id -> the event saying a stop drained it from the mesh."""
+        out = {}
+        for line in self.events():
+            container_id, _, message = line.partition(": ")
+            if message.startswith("drained from mesh service"):
+                out[container_id] = message
+        return out
+
+    def wait_acknowledged(self, service: str, timeout: float = 30.0) -> None:
+        """Wait until every client subscribed to ``service``'s assignments has
+        acknowledged them as they are now (what the drain waits for): what a
+        change did to its endpoints has reached them."""
+        from ..manager._xds._resources import cluster_names
+
+        mesh = self.host.manager.mesh
+
+        async def wait() -> list[str]:
+            await asyncio.sleep(0)  # a rebuild already scheduled goes first
+            view = mesh.view(service)
+            names = list(cluster_names(view)) if view is not None else []
+            return await mesh.ads.wait_acknowledged(names, timeout)
+
+        waiting = self.host.call(wait, timeout + 5)
+        if waiting:
+            raise TimeoutError(
+                f"clients {', '.join(waiting)} did not acknowledge {service} within {timeout:g}s"
+            )
+
     # -- load ----------------------------------------------------------------------------------
     def client_env(self, node_id: str) -> dict[str, str]:
         """The environment of a grpcio process dialling the mesh as ``node_id``."""
@@ -369,13 +414,10 @@ class MeshRig:
             f"xds:///{service}",
             workdir,
             self.client_env(node_id),
+            node_id=node_id,
             concurrency=concurrency,
             deadline=deadline,
         )
-
-    @property
-    def last_node_id(self) -> str:
-        return f"load-{self._clients}"
 
     # -- the end -------------------------------------------------------------------------------
     def close(self) -> None:

@@ -390,6 +390,16 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                     break
         return waiting
 
+    def subscribed(self, names: Iterable[str]) -> int:
+        """How many clients are subscribed to any of the assignments ``names``."""
+        wanted = frozenset(names)
+        count = 0
+        for stream in self._streams:
+            state = stream.types.get(ENDPOINT)
+            if state is not None and (state.wildcard or wanted & state.names):
+                count += 1
+        return count
+
     async def wait_acknowledged(self, names: Iterable[str], seconds: float) -> list[str]:
         """Wait until every client subscribed to the assignments ``names`` has
         acknowledged what it is to have now (a NACK counts as answered: it

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from ..._errors import echo, invalid_argument, not_found
+from ...units import format_duration
 from ...v1 import manager_pb2, mesh_pb2
 from .._registry import Entry, Registry
 from ._ads import AdsServicer, Client, Versioned
@@ -26,6 +27,8 @@ from ._model import ServiceView, build_view, endpoint_of, route_proto, service_o
 from ._resources import TYPES, build, cluster_names
 
 _log = logging.getLogger("pycontainer.manager.xds")
+
+E = manager_pb2
 
 #: The share of a stop's grace period the drain may take at most: the rest
 #: is the container's, for its in-flight calls and its hook.
@@ -199,6 +202,7 @@ class Mesh:
             for name, endpoints in (cluster_names(view).items() if view else ())
             if any(e.container_id == entry.id for e in endpoints)
         ]
+        subscribed = self.ads.subscribed(names)
         waiting = await self.ads.wait_acknowledged(names, limit.total_seconds())
         spent = time.monotonic() - started
         if waiting:
@@ -215,7 +219,21 @@ class Mesh:
             settle = min(SETTLE.total_seconds(), limit.total_seconds() - spent)
             if settle > 0:
                 await asyncio.sleep(settle)
-        return datetime.timedelta(seconds=time.monotonic() - started)
+        took = datetime.timedelta(seconds=time.monotonic() - started)
+        # The container's events say the stop drained it, and how it went.
+        self._registry.event(
+            E.EVENT_TYPE_STATE_CHANGED,
+            entry,
+            f"drained from mesh service {service}: "
+            + (
+                f"{len(waiting)} of {subscribed} client(s) did not acknowledge within "
+                f"{format_duration(limit)}"
+                if waiting
+                else f"{subscribed} client(s) acknowledged"
+            )
+            + f" in {format_duration(took)}",
+        )
+        return took
 
     def drained(self, entry: Entry) -> None:
         """The stop that drained ``entry`` ended (it may run again: a restart)."""
