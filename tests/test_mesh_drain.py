@@ -32,8 +32,31 @@ MiB = 1 << 20
 SERVICE = "orders"
 
 
+# Calls answer at once and 12 are in flight: the more calls a second, the
+# more of them land in a plain stop's window (a few milliseconds).
+DELAY = 0.0
+CONCURRENCY = 12
+# How long calls go on after a plain stop's removal was acknowledged: grpcio
+# acknowledges before its picker changes (Mesh's SETTLE), and the calls
+# picked meanwhile belong to the plain stop's count.
+PICKER_LAG = 0.3
+# The plain stops' counts of this module, for the last test.
+PLAIN: list[CallCounts] = []
+
+
 def report(scenario: str, counts: CallCounts) -> None:
     print(f"MESH {scenario}: {counts}", flush=True)
+
+
+def plain_phase(rig: MeshRig, load: Load, scenario: str) -> CallCounts:
+    """The counts of a plain stop (or stops): until the client acknowledged
+    the endpoints' removal, and the picker's lag after it; the load ends."""
+    rig.wait_acknowledged(SERVICE)
+    time.sleep(PICKER_LAG)
+    counts = load.finish()
+    report(scenario, counts)
+    PLAIN.append(counts)
+    return counts
 
 
 def warm(load: Load, ids: list[str], timeout: float = 20.0) -> CallCounts:
@@ -74,8 +97,8 @@ def rig(tmp_path: Path) -> Iterator[MeshRig]:
 
 
 def test_a_stopped_replica_loses_no_call_with_the_drain(rig: MeshRig) -> None:
-    ids = rig.run_service(SERVICE, replicas=3)
-    with rig.load(SERVICE) as load:
+    ids = rig.run_service(SERVICE, replicas=3, delay=DELAY)
+    with rig.load(SERVICE, concurrency=CONCURRENCY) as load:
         warm(load, ids)
         drained_victim, plain_victim, survivor = ids
         rig.host.stub.StopContainer(
@@ -92,16 +115,9 @@ def test_a_stopped_replica_loses_no_call_with_the_drain(rig: MeshRig) -> None:
         rig.host.stub.StopContainer(
             manager_pb2.StopContainerRequest(container=plain_victim), timeout=30
         )
-        rig.wait_acknowledged(SERVICE)
-        plain = load.phase()
-        report("stop, plain", plain)
+        plain = plain_phase(rig, load, "stop, plain")
         assert plain_victim not in rig.drains()
-        after = load.finish()
-    # The one left took the calls; nothing failed once the stops were over.
-    assert set(after.answers) == {survivor}, after
-    assert after.failed == 0, after
-    # Failures of the plain stop: counted, not asserted (one stop's window
-    # of a few milliseconds can miss every call on a loaded machine).
+        assert survivor in plain.answers, plain
 
 
 def test_an_evicted_replica_loses_no_call_with_the_drain(tmp_path: Path) -> None:
@@ -109,9 +125,9 @@ def test_an_evicted_replica_loses_no_call_with_the_drain(tmp_path: Path) -> None
     needs = S.ResourceRequirements(cpu_millis=250, memory_bytes=64 * MiB)
     big = S.ResourceRequirements(cpu_millis=300, memory_bytes=64 * MiB)
     with MeshRig(tmp_path, settings={"capacity": capacity}) as rig:
-        rig.run(rig.backend_spec(SERVICE, replicas=3, priority=1, resources=needs))
+        rig.run(rig.backend_spec(SERVICE, replicas=3, delay=DELAY, priority=1, resources=needs))
         ids = rig.wait_endpoints(SERVICE, 3)
-        with rig.load(SERVICE) as load:
+        with rig.load(SERVICE, concurrency=CONCURRENCY) as load:
             warm(load, ids)
             # 750m of 1000m taken: a priority-10 newcomer needing 300m evicts one.
             rig.run(rig.backend_spec("urgent", service="", priority=10, resources=big))
@@ -130,18 +146,14 @@ def test_an_evicted_replica_loses_no_call_with_the_drain(tmp_path: Path) -> None
             [last] = rig.wait_endpoints(SERVICE, 1)
             [plain_evicted] = set(left) - {last}
             _wait_stopped(rig, plain_evicted)
-            rig.wait_acknowledged(SERVICE)
-            plain = load.phase()
-            report("evict, plain", plain)
+            plain = plain_phase(rig, load, "evict, plain")
             assert plain_evicted not in rig.drains()
-            after = load.finish()
-        assert set(after.answers) == {last}, after
-        assert after.failed == 0, after
+            assert last in plain.answers, plain
 
 
 def test_a_scale_down_loses_no_call_with_the_drain(rig: MeshRig) -> None:
-    ids = rig.run_service(SERVICE, replicas=3)
-    with rig.load(SERVICE) as load:
+    ids = rig.run_service(SERVICE, replicas=3, delay=DELAY)
+    with rig.load(SERVICE, concurrency=CONCURRENCY) as load:
         warm(load, ids)
         rig.host.stub.ScaleContainer(
             manager_pb2.ScaleContainerRequest(container=SERVICE, replicas=1), timeout=60
@@ -163,23 +175,19 @@ def test_a_scale_down_loses_no_call_with_the_drain(rig: MeshRig) -> None:
             manager_pb2.ScaleContainerRequest(container=SERVICE, replicas=1), timeout=60
         )
         [kept_again] = rig.wait_endpoints(SERVICE, 1)
-        rig.wait_acknowledged(SERVICE)
-        plain = load.phase()
-        report("scale 3->1, plain", plain)
+        plain = plain_phase(rig, load, "scale 3->1, plain")
         assert set(rig.drains()) == set(ids) - {kept}  # none more
-        after = load.finish()
-    assert set(after.answers) == {kept_again}, after
-    assert after.failed == 0, after
+        assert kept_again in plain.answers, plain
 
 
 def test_a_rollout_to_three_replicas_loses_no_call_with_the_drain(rig: MeshRig) -> None:
     def apply(version: str) -> None:
-        spec = rig.backend_spec(SERVICE, replicas=3, env={"VERSION": version})
+        spec = rig.backend_spec(SERVICE, replicas=3, delay=DELAY, env={"VERSION": version})
         rig.host.stub.ApplySpecs(manager_pb2.ApplySpecsRequest(specs=[spec]), timeout=120)
 
     apply("1")
     first = rig.wait_endpoints(SERVICE, 3)
-    with rig.load(SERVICE) as load:
+    with rig.load(SERVICE, concurrency=CONCURRENCY) as load:
         warm(load, first)
         # Surge one, wait for it ready, drain and retire one old: three times.
         apply("2")
@@ -196,13 +204,22 @@ def test_a_rollout_to_three_replicas_loses_no_call_with_the_drain(rig: MeshRig) 
         rig.set_drain(False)
         apply("3")
         third = rig.wait_endpoints(SERVICE, 3, accept=lambda ids: not set(ids) & set(second))
-        rig.wait_acknowledged(SERVICE)
-        plain = load.phase()
-        report("rollout of 3, plain", plain)
+        plain = plain_phase(rig, load, "rollout of 3, plain")
         assert set(rig.drains()) == set(first)  # none more
-        after = load.finish()
-    assert set(after.answers) <= set(third), after
-    assert after.failed == 0, after
+        assert set(third) <= set(plain.answers), plain
+
+
+def test_the_plain_stops_lost_calls_the_drain_saves() -> None:
+    """The plain stops of the scenarios above, together (7 stops), lost calls:
+    one stop's window is a few milliseconds and may miss every call on a
+    loaded machine, so no single scenario asserts it; all of them missing
+    every call did not happen in any run (their counts are printed)."""
+    if len(PLAIN) < 4:
+        pytest.skip("runs after the four scenarios above (run the module)")
+    total = sum(c.failed for c in PLAIN)
+    calls = sum(c.calls for c in PLAIN)
+    print(f"MESH plain stops together: {calls} calls, {total} failed", flush=True)
+    assert total > 0, [str(c) for c in PLAIN]
 
 
 def _wait_stopped(rig: MeshRig, container: str, timeout: float = 30.0) -> None:
