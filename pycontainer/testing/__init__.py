@@ -44,14 +44,14 @@ if TYPE_CHECKING:
 __all__ = [
     "TEST_HEARTBEAT",
     "TEST_LOST_AFTER_HEARTBEATS",
+    "CallCounts",
     "ContainerHost",
     "InProcessLauncher",
+    "Load",
     "ManagerHost",
+    "MeshRig",
     "container_host",
     "manager_host",
-    "CallCounts",
-    "Load",
-    "MeshRig",
     "mesh_rig",
     "write_bootstrap",
 ]

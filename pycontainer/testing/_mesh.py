@@ -31,7 +31,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -90,7 +90,7 @@ def write_bootstrap(path: Path, server_uri: str, node_id: str) -> Path:
 
 @dataclass(frozen=True)
 class CallCounts:
-    """What a load generator counted (over one phase of its run)."""
+    """What a load generator counted (over one phase of its run; phases add up)."""
 
     calls: int
     failed: int
@@ -114,6 +114,19 @@ class CallCounts:
             samples=raw["samples"],
             answers=raw["answers"],
             seconds=raw["seconds"],
+        )
+
+    def __add__(self, other: CallCounts) -> CallCounts:
+        def add(x: Mapping[str, int], y: Mapping[str, int]) -> dict[str, int]:
+            return {k: x.get(k, 0) + y.get(k, 0) for k in sorted(x.keys() | y.keys())}
+
+        return CallCounts(
+            self.calls + other.calls,
+            self.failed + other.failed,
+            add(self.failures, other.failures),
+            {**other.samples, **self.samples},
+            add(self.answers, other.answers),
+            self.seconds + other.seconds,
         )
 
     def __str__(self) -> str:
@@ -183,6 +196,21 @@ class Load:
         """The counts since the last phase (or the start); the load goes on."""
         self._process.send_signal(signal.SIGUSR1)
         return CallCounts.from_json(self._line(_CLIENT_ANSWER))
+
+    def until_answered(self, ids: Iterable[str], timeout: float = 20.0) -> CallCounts:
+        """Go on until every one of ``ids`` has answered a call (a new
+        replica took traffic); the counts of the phases meanwhile."""
+        wanted = set(ids)
+        total = CallCounts(0, 0, {}, {}, {}, 0.0)
+        deadline = time.monotonic() + timeout
+        while True:
+            time.sleep(0.2)
+            total += self.phase()
+            if wanted <= set(total.answers):
+                return total
+            if time.monotonic() > deadline:
+                missing = ", ".join(sorted(wanted - set(total.answers)))
+                raise TimeoutError(f"{missing} answered no call within {timeout:g}s: {total}")
 
     def finish(self) -> CallCounts:
         """Stop calling; the counts since the last phase."""
