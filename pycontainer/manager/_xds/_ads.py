@@ -247,13 +247,15 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             # of the type (a wildcard subscription).
             state.wildcard = not request.resource_names or "*" in request.resource_names
         answered = False
-        if request.response_nonce:
-            if (
-                request.response_nonce != state.nonce
-                and request.response_nonce not in state.in_flight
-            ):
+        if request.response_nonce and request.response_nonce not in state.in_flight:
+            if request.response_nonce != state.nonce:
                 return False  # stale: a newer response is under way
-            carried = state.in_flight.pop(request.response_nonce, {})
+            # The latest response, answered already: a change of subscription.
+            # grpcio repeats its last answer's version and error in it, so it
+            # is neither another ACK nor another NACK (a NACK taken twice
+            # would forget what was rejected and send it again).
+        elif request.response_nonce:
+            carried = state.in_flight.pop(request.response_nonce)
             # Older responses than this one are answered by it, too.
             for nonce in [n for n in state.in_flight if int(n) < int(request.response_nonce)]:
                 del state.in_flight[nonce]
