@@ -279,6 +279,39 @@ async def test_a_nacked_config_is_not_sent_again_until_it_changes(rig: Rig) -> N
     stream.call.cancel()
 
 
+async def test_undoing_a_rejected_change_is_sent_and_clears_the_nack(rig: Rig) -> None:
+    rig.source.put(CLUSTER, "orders", 1)
+    rig.source.put(ENDPOINT, "orders", 1)
+    stream = Stream(rig.stub, "node-1")
+    for type_url in (CLUSTER, ENDPOINT):
+        await stream.send(type_url, ["orders"])
+        good = await stream.read()
+        await stream.ack(good, ["orders"])
+        rig.source.put(type_url, "orders", 2)
+        rig.servicer.changed([type_url])
+        bad = await stream.read()
+        await stream.send(
+            type_url, ["orders"], nonce=bad.nonce, version=good.version_info, error="bad"
+        )
+        await until(lambda t=type_url: type_status(rig, "node-1", t).nacks == 1, "NACK recorded")  # type: ignore[misc]
+        # Back to what the client kept: it is sent, acknowledged, and the
+        # error clears (the client and its status agree again).
+        rig.source.put(type_url, "orders", 1)
+        rig.servicer.changed([type_url])
+        again = await stream.read()
+        assert _names(again) == ["orders"]
+        await stream.ack(again, ["orders"])
+        await until(
+            lambda t=type_url, a=again: (
+                type_status(rig, "node-1", t).acked_version  # type: ignore[misc]
+                == a.version_info
+            ),
+            "the ACK recorded",
+        )
+        assert type_status(rig, "node-1", type_url).nack_error == ""
+    stream.call.cancel()
+
+
 async def test_a_subscription_change_repeating_the_last_nack_does_not_resend_it(
     rig: Rig,
 ) -> None:

@@ -340,24 +340,33 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             wanted = dict(available)
         else:
             wanted = {n: available[n] for n in state.names if n in available}
+        # After a NACK, what the client kept may become what it is to have
+        # again (the rejected change undone): that is sent too, so that it
+        # acknowledges it and its status (and the client's own) stops showing
+        # the rejection.
         if type_url in STATE_OF_THE_WORLD:
             digests = {n: d for n, (d, _) in wanted.items()}
-            if state.answered_once and (digests == state.sent or digests == state.rejected):
+            if state.answered_once and (
+                digests == state.rejected or (digests == state.sent and not state.nack_error)
+            ):
                 return None
             carried = digests
             resources = [r for _, r in wanted.values()]
             state.sent = dict(digests)
+            state.rejected = {}
         else:
             changed = {
                 n: (d, r)
                 for n, (d, r) in wanted.items()
-                if state.sent.get(n) != d and state.rejected.get(n) != d
+                if state.rejected.get(n) != d and (state.sent.get(n) != d or n in state.rejected)
             }
             if not changed and state.answered_once:
                 return None
             carried = {n: d for n, (d, _) in changed.items()}
             resources = [r for _, r in changed.values()]
             state.sent.update(carried)
+            for name in carried:
+                state.rejected.pop(name, None)
         state.answered_once = True
         state.nonce = stream.next_nonce()
         state.sent_version = self.version

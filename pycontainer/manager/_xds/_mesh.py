@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from google.protobuf import any_pb2
+
 from ..._errors import echo, invalid_argument, not_found
 from ...units import format_duration
 from ...v1 import manager_pb2, mesh_pb2
@@ -80,6 +82,8 @@ class Mesh:
         self._built: dict[str, dict[str, dict[str, Versioned]]] = {}
         # Every service's resources merged, by type: what proxyless clients see.
         self._shared: dict[str, dict[str, Versioned]] = {t: {} for t in TYPES}
+        # Resources replaced by a test (replace_resource), by type and name.
+        self._replaced: dict[str, dict[str, Versioned]] = {}
         # SetMeshRoute's splits, by service.
         self._routes: dict[str, dict[str, int]] = {}
         self._dirty: set[str] = set()
@@ -166,11 +170,27 @@ class Mesh:
             own = self.node_resources.resources(client, type_url)
             if own is not None:
                 return own
-        return self._shared.get(type_url, {})
+        return self.shared(type_url)
 
     def shared(self, type_url: str) -> Mapping[str, Versioned]:
         """Every service's resources of ``type_url`` (proxyless clients' view)."""
-        return self._shared.get(type_url, {})
+        shared = self._shared.get(type_url, {})
+        replaced = self._replaced.get(type_url)
+        if replaced:
+            return {**shared, **{n: r for n, r in replaced.items() if n in shared}}
+        return shared
+
+    def replace_resource(self, type_url: str, name: str, resource: any_pb2.Any | None) -> None:
+        """A test seam: serve ``resource`` to proxyless clients in place of
+        the mesh's own ``name`` of ``type_url`` while that one exists (None:
+        the mesh's own again), so that a test can give a real client a config
+        it rejects and see the NACK handled end to end. Not for production use."""
+        replaced = self._replaced.setdefault(type_url, {})
+        if resource is None:
+            replaced.pop(name, None)
+        else:
+            replaced[name] = (hash(resource.SerializeToString()), resource)
+        self.ads.changed([type_url])
 
     def view(self, name: str) -> ServiceView | None:
         return self._views.get(name)
