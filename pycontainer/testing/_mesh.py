@@ -331,6 +331,14 @@ class MeshRig:
         )
         return [c.identity.id for c in response.containers]
 
+    def apply(self, *specs: Any, owner: str = "") -> Any:
+        """ApplySpecs ``specs`` (as ``pycontainer apply`` does); the response."""
+        from ..v1 import manager_pb2
+
+        return self.host.stub.ApplySpecs(
+            manager_pb2.ApplySpecsRequest(specs=list(specs), owner=owner), timeout=300
+        )
+
     def run_service(self, name: str, replicas: int = 3, **options: Any) -> list[str]:
         """Run ``replicas`` backends serving ``name``; their ids, once every
         one of them is an endpoint."""
@@ -368,6 +376,25 @@ class MeshRig:
             f"service {service} has endpoints {healthy} (draining {draining}), "
             f"not {count}, after {timeout:g}s"
         )
+
+    def wait_state(self, container: str, states: Sequence[str], timeout: float = 30.0) -> None:
+        """Wait until ``container`` is in one of ``states`` (RUNNING, STOPPED, ...)."""
+        from ..v1 import container_pb2, manager_pb2
+
+        wanted = {container_pb2.LifecycleState.Value(f"LIFECYCLE_STATE_{s}") for s in states}
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.host.stub.GetContainer(
+                manager_pb2.GetContainerRequest(container=container), timeout=10
+            ).container.state
+            if state in wanted:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{container} is {container_pb2.LifecycleState.Name(state)}, not "
+                    f"{' or '.join(states)}, after {timeout:g}s"
+                )
+            time.sleep(0.05)
 
     def acknowledged(self, node_id: str) -> bool:
         """Whether client ``node_id`` acknowledged the mesh's current version

@@ -40,7 +40,8 @@ DRAIN_SHARE_OF_GRACE = 0.5
 #: and its load balancer takes the new endpoints a moment later, on another
 #: work serializer; Envoy's workers likewise take a cluster update from the
 #: main thread. Without it a call picked in that moment goes to a container
-#: that is about to stop taking new ones.
+#: that is about to stop taking new ones. The least given: a client that
+#: took longer to acknowledge is given as long as it took (Mesh.drain).
 SETTLE = datetime.timedelta(milliseconds=100)
 
 
@@ -236,7 +237,10 @@ class Mesh:
                 ", ".join(sorted(waiting)[:5]),
             )
         else:
-            settle = min(SETTLE.total_seconds(), limit.total_seconds() - spent)
+            # A client slow to acknowledge (a loaded machine) is as slow to
+            # put its new picker in place: it is given as long again as its
+            # acknowledgement took, SETTLE at least, within the bound.
+            settle = min(max(SETTLE.total_seconds(), spent), limit.total_seconds() - spent)
             if settle > 0:
                 await asyncio.sleep(settle)
         took = datetime.timedelta(seconds=time.monotonic() - started)
