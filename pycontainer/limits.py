@@ -156,3 +156,23 @@ MAX_RPC_TRACE_QUEUE = 65536
 #: not a new wrapper. A server's methods are far fewer; past this (a generic
 #: handler that answers any name a client sends) calls are wrapped one by one.
 MAX_INTERCEPTED_METHODS = 1024
+
+#: A name in a spec file (a spec's name) and in the mesh (a service, a subset,
+#: a zone): a DNS label (RFC 1123), since ids (NAME-xxxxxxxx), hostnames and
+#: the xDS resource names derive from them.
+DNS_LABEL_PATTERN = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?")
+MAX_DNS_LABEL_LENGTH = 63
+#: Attempts of a call through a mesh route's retry policy, the first included:
+#: grpcio makes at most 5 whatever it is told (gRFC A6, A44).
+MAX_MESH_RETRY_ATTEMPTS = 5
+#: A spec's endpoint weight in load balancing (MeshService.weight): weights are
+#: relative, so 128 to 1 is as lopsided as balancing gets (Envoy's own bound on
+#: an endpoint's weight, before v3 lifted it), and 1,000 replicas of it stay far
+#: below the uint32 sum of a locality's weights that Envoy and grpcio require.
+MAX_MESH_ENDPOINT_WEIGHT = 128
+#: A spec's share in a split of its service (MeshService.traffic_weight): 1000
+#: gives splits to a tenth of a percent.
+MAX_MESH_TRAFFIC_WEIGHT = 1000
+#: Local listeners of one Envoy for the services its program calls
+#: (EnvoySettings.upstreams): a program calls a handful.
+MAX_MESH_UPSTREAMS = 64

@@ -15,6 +15,11 @@ each, or a top-level ``containers:`` list (TOML: ``[[containers]]``)::
         gracePeriod: 30s
         restartPolicy: OnFailure
         replicas: 2
+        service: {name: web, endpoint: grpc}
+
+``service`` makes the containers endpoints of a mesh service (clients dial
+``xds:///web``); ``proxy: envoy`` (with ``sidecar: true``) puts Envoy beside a
+program that cannot dial xDS itself, and ``envoy`` gives its listeners.
 
 :func:`load_specs` checks everything before anything is launched and reports
 every mistake at once, each with where it is (``demo.yaml:12:
@@ -40,8 +45,16 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
 
+from ._meshrules import (
+    DEFAULT_FAILURE_PERCENTAGE_THRESHOLD,
+    DEFAULT_MAX_EJECTION_PERCENT,
+    DEFAULT_REQUEST_VOLUME,
+    FieldPath,
+    Spelling,
+    mesh_problems,
+)
 from ._secrets import SECRET_NAMES
-from .limits import MAX_LOG_CAPACITY
+from .limits import DNS_LABEL_PATTERN, MAX_DNS_LABEL_LENGTH, MAX_LOG_CAPACITY
 from .units import (
     duration_from_proto,
     duration_to_proto,
@@ -52,7 +65,7 @@ from .units import (
     parse_duration,
     parse_memory,
 )
-from .v1 import spec_pb2
+from .v1 import mesh_pb2, spec_pb2
 
 if TYPE_CHECKING:
     import yaml  # imported when a YAML file is read: the wire helpers below do not need it
@@ -122,6 +135,15 @@ CHECKPOINT_POLICIES: dict[str, spec_pb2.CheckpointPolicy.ValueType] = {
     "Manual": spec_pb2.CHECKPOINT_POLICY_MANUAL,
     "OnStop": spec_pb2.CHECKPOINT_POLICY_ON_STOP,
 }
+PROXIES: dict[str, mesh_pb2.MeshProxy.ValueType] = {
+    "none": mesh_pb2.MESH_PROXY_NONE,
+    "envoy": mesh_pb2.MESH_PROXY_ENVOY,
+}
+LOAD_BALANCING: dict[str, mesh_pb2.LoadBalancingPolicy.ValueType] = {
+    "RoundRobin": mesh_pb2.LOAD_BALANCING_POLICY_ROUND_ROBIN,
+    "RingHash": mesh_pb2.LOAD_BALANCING_POLICY_RING_HASH,
+    "LeastRequest": mesh_pb2.LOAD_BALANCING_POLICY_LEAST_REQUEST,
+}
 
 _CONTAINER_KEYS = (
     "name",
@@ -146,6 +168,9 @@ _CONTAINER_KEYS = (
     "startTimeout",
     "healthListen",
     "logCapacity",
+    "service",
+    "proxy",
+    "envoy",
 )
 _FLAT = (
     "pycontainer specs are flat: name, labels, command and the rest at the top of each container"
@@ -159,6 +184,60 @@ _CONTAINER_HINTS = {
     "kind": _FLAT,
     "metadata": _FLAT,
     "spec": _FLAT,
+    "mesh": "the mesh settings are service (what the containers serve), proxy and envoy",
+    "sidecarProxy": 'did you mean "proxy" (such as proxy: envoy, with sidecar: true)?',
+}
+_SERVICE_KEYS = (
+    "name",
+    "endpoint",
+    "subset",
+    "weight",
+    "zone",
+    "loadBalancing",
+    "hashHeader",
+    "timeout",
+    "retry",
+    "outlierDetection",
+    "trafficWeight",
+)
+_SERVICE_HINTS = {
+    "port": "a service is served on one of the container's endpoints: give endpoint, "
+    "such as grpc (the name it registers the endpoint under)",
+    "lbPolicy": 'did you mean "loadBalancing" (RoundRobin, RingHash or LeastRequest)?',
+    "retries": 'did you mean "retry" (retryOn, maxAttempts, initialBackoff, maxBackoff)?',
+    "version": 'did you mean "subset" (such as v2)?',
+    "locality": 'did you mean "zone"?',
+}
+_RETRY_KEYS = ("retryOn", "maxAttempts", "initialBackoff", "maxBackoff")
+_RETRY_HINTS = {
+    "attempts": 'did you mean "maxAttempts" (attempts in all, the first included)?',
+    "perTryTimeout": "there is no per-attempt timeout: service.timeout bounds the whole call",
+    "backoff": "give initialBackoff and maxBackoff (such as 25ms and 250ms)",
+}
+_OUTLIER_KEYS = (
+    "interval",
+    "baseEjectionTime",
+    "maxEjectionPercent",
+    "failurePercentageThreshold",
+    "requestVolume",
+)
+_OUTLIER_HINTS = {
+    key: "endpoints are ejected by their failure percentage (all grpcio implements of "
+    "Envoy's detectors): give failurePercentageThreshold"
+    for key in ("consecutiveErrors", "consecutive5xxErrors", "consecutiveGatewayErrors")
+}
+_ENVOY_KEYS = ("inboundListen", "upstreams")
+_ENVOY_HINTS = {
+    "listen": 'did you mean "inboundListen"?',
+    "inbound": 'did you mean "inboundListen"?',
+    "admin": "Envoy's admin listens on 127.0.0.1 only, on a port the sidecar picks",
+    "outbound": 'did you mean "upstreams" ([{service: orders, listen: 127.0.0.1:9001}])?',
+}
+_UPSTREAM_KEYS = ("service", "listen")
+_UPSTREAM_HINTS = {
+    "port": "write listen: 127.0.0.1:PORT (the address the program dials)",
+    "address": 'did you mean "listen"?',
+    "name": 'did you mean "service"?',
 }
 _RESOURCE_HINTS = {
     "requests": "write cpu and memory directly under resources",
@@ -168,8 +247,8 @@ _PROBE_HANDLERS = ("exec", "http", "tcp", "grpc")
 _PROBE_KEYS = (*_PROBE_HANDLERS, "period", "timeout", "failureThreshold", "initialDelay")
 
 # The id the manager makes is NAME-xxxxxxxx, in the ids' alphabet.
-_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?")
-_NAME_MAX = 63
+_NAME = DNS_LABEL_PATTERN
+_NAME_MAX = MAX_DNS_LABEL_LENGTH
 # Kubernetes label syntax: [prefix/]name, and values of the same shape.
 _LABEL_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?"
 _LABEL_KEY = re.compile(rf"(?:[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?/)?{_LABEL_NAME}")
@@ -829,7 +908,222 @@ class _Checker:
             )
             if capacity is not None:
                 spec.log_capacity = capacity
+
+        if "service" in fields:
+            self._service(fields["service"], (*path, "service"), spec.service)
+        if "proxy" in fields:
+            proxy = self.choice(fields["proxy"], (*path, "proxy"), PROXIES)
+            if proxy is not None:
+                spec.proxy = proxy  # type: ignore[assignment]
+        if "envoy" in fields:
+            self._envoy(fields["envoy"], (*path, "envoy"), spec.envoy)
+        self._mesh_rules(spec, path)
         return spec
+
+    # -- the mesh ----------------------------------------------------------------------------
+    def _service(self, value: Any, path: SpecPath, service: mesh_pb2.MeshService) -> None:
+        """``service: {name: orders, ...}``, or ``service: orders`` for the name alone."""
+        if isinstance(value, str):
+            value = {"name": value}
+        fields = self.mapping(value, path, _SERVICE_KEYS, _SERVICE_HINTS)
+        if fields is None:
+            return
+        service.SetInParent()
+        # Empty text is the message's "default": in a file, leave the key out.
+        for key, target in (
+            ("name", "name"),
+            ("endpoint", "endpoint"),
+            ("subset", "subset"),
+            ("zone", "zone"),
+            ("hashHeader", "hash_header"),
+        ):
+            if key in fields:
+                text = self.string(fields[key], (*path, key), empty_ok=False)
+                if text is not None:
+                    setattr(service, target, text)
+        if "weight" in fields:
+            weight = self.integer(
+                fields["weight"],
+                (*path, "weight"),
+                minimum=1,
+                maximum=_UINT32_MAX,
+                why=f"must be 1 or more, got {fields['weight']} (an endpoint's weight; a "
+                "subset's share of the service's traffic is trafficWeight)",
+            )
+            if weight is not None:
+                service.weight = weight
+        if "trafficWeight" in fields:
+            share = self.integer(
+                fields["trafficWeight"], (*path, "trafficWeight"), minimum=0, maximum=_UINT32_MAX
+            )
+            if share is not None:
+                service.traffic_weight = share
+        if "loadBalancing" in fields:
+            policy = self.choice(fields["loadBalancing"], (*path, "loadBalancing"), LOAD_BALANCING)
+            if policy is not None:
+                service.load_balancing = policy  # type: ignore[assignment]
+        if "timeout" in fields:
+            timeout = self.duration(fields["timeout"], (*path, "timeout"))
+            if timeout is not None:
+                service.timeout.CopyFrom(timeout)
+        if "retry" in fields:
+            self._retry(fields["retry"], (*path, "retry"), service.retry)
+        if "outlierDetection" in fields:
+            self._outlier_detection(
+                fields["outlierDetection"], (*path, "outlierDetection"), service.outlier_detection
+            )
+
+    def _retry(self, value: Any, path: SpecPath, retry: mesh_pb2.MeshRetryPolicy) -> None:
+        fields = self.mapping(value, path, _RETRY_KEYS, _RETRY_HINTS)
+        if fields is None:
+            return
+        retry.SetInParent()
+        if "retryOn" in fields:
+            codes = self._retry_on(fields["retryOn"], (*path, "retryOn"))
+            retry.retry_on.extend(codes or ())
+        if "maxAttempts" in fields:
+            attempts = self.integer(
+                fields["maxAttempts"],
+                (*path, "maxAttempts"),
+                minimum=1,
+                maximum=_UINT32_MAX,
+                why=f"must be 1 or more, got {fields['maxAttempts']} (attempts in all, the "
+                "first included: 1 retries nothing)",
+            )
+            if attempts is not None:
+                retry.max_attempts = attempts
+        for key, target in (("initialBackoff", "initial_backoff"), ("maxBackoff", "max_backoff")):
+            if key in fields:
+                backoff = self.duration(fields[key], (*path, key))
+                if backoff is not None:
+                    getattr(retry, target).CopyFrom(backoff)
+
+    def _retry_on(self, value: Any, path: SpecPath) -> list[str] | None:
+        """Status names: a list, or one text of them comma-separated as Envoy
+        and Istio write them ("unavailable,resource-exhausted")."""
+        if isinstance(value, str):
+            codes = [code.strip() for code in value.split(",")]
+            if not all(codes):
+                self.error(path, f"{_shown(value)} has an empty name between its commas")
+                return None
+            return codes
+        if not isinstance(value, list):
+            self.error(path, f"must be a list, such as [unavailable], got {_describe(value)}")
+            return None
+        if not value:
+            self.error(path, "must not be empty (leave it out to retry on unavailable)")
+            return None
+        out = []
+        for index, item in enumerate(value):
+            text = self.string(item, (*path, index), empty_ok=False)
+            if text is not None:
+                out.append(text)
+        return out if len(out) == len(value) else None
+
+    def _outlier_detection(
+        self, value: Any, path: SpecPath, detection: mesh_pb2.MeshOutlierDetection
+    ) -> None:
+        fields = self.mapping(value, path, _OUTLIER_KEYS, _OUTLIER_HINTS)
+        if fields is None:
+            return
+        detection.SetInParent()
+        for key, target in (("interval", "interval"), ("baseEjectionTime", "base_ejection_time")):
+            if key in fields:
+                duration = self.duration(fields[key], (*path, key))
+                if duration is not None:
+                    getattr(detection, target).CopyFrom(duration)
+        # The message's 0 means the default: a 0 written here would not mean 0.
+        for key, target, default in (
+            ("maxEjectionPercent", "max_ejection_percent", DEFAULT_MAX_EJECTION_PERCENT),
+            (
+                "failurePercentageThreshold",
+                "failure_percentage_threshold",
+                DEFAULT_FAILURE_PERCENTAGE_THRESHOLD,
+            ),
+            ("requestVolume", "request_volume", DEFAULT_REQUEST_VOLUME),
+        ):
+            if key in fields:
+                number = self.integer(
+                    fields[key],
+                    (*path, key),
+                    minimum=1,
+                    maximum=_UINT32_MAX,
+                    why=f"must be 1 or more, got {fields[key]} (leave it out for the "
+                    f"default, {default})",
+                )
+                if number is not None:
+                    setattr(detection, target, number)
+
+    def _envoy(self, value: Any, path: SpecPath, envoy: mesh_pb2.EnvoySettings) -> None:
+        fields = self.mapping(value, path, _ENVOY_KEYS, _ENVOY_HINTS)
+        if fields is None:
+            return
+        envoy.SetInParent()
+        if "inboundListen" in fields:
+            inbound = self._address(fields["inboundListen"], (*path, "inboundListen"))
+            if inbound is not None:
+                envoy.inbound_listen = inbound
+        if "upstreams" not in fields:
+            return
+        items = fields["upstreams"]
+        if not isinstance(items, list):
+            self.error(
+                (*path, "upstreams"),
+                "must be a list, such as [{service: orders, listen: 127.0.0.1:9001}], got "
+                f"{_describe(items)}",
+            )
+            return
+        for index, item in enumerate(items):
+            where = (*path, "upstreams", index)
+            upstream = envoy.upstreams.add()  # even a wrong one: the indexes stay the file's
+            upstream_fields = self.mapping(item, where, _UPSTREAM_KEYS, _UPSTREAM_HINTS)
+            if upstream_fields is None:
+                continue
+            if "service" in upstream_fields:
+                service = self.string(
+                    upstream_fields["service"], (*where, "service"), empty_ok=False
+                )
+                if service is not None:
+                    upstream.service = service
+            if "listen" in upstream_fields:
+                listen = self._address(upstream_fields["listen"], (*where, "listen"))
+                if listen is not None:
+                    upstream.listen = listen
+
+    def _address(self, value: Any, path: SpecPath) -> str | None:
+        """A HOST:PORT as text, normalized when it parses (the mesh's rules
+        say what is wrong with one that does not)."""
+        from .client._target import TargetError, parse_listen
+
+        text = self.string(value, path, empty_ok=False)
+        if text is None:
+            return None
+        try:
+            return parse_listen(text)
+        except TargetError:
+            return text
+
+    def _mesh_rules(self, spec: spec_pb2.ContainerSpec, path: SpecPath) -> None:
+        """The rules a spec's mesh settings follow wherever the spec comes
+        from (pycontainer._meshrules), reported at the file's keys; one the
+        file's own checks already caught, in a field it reads, is left out."""
+        # Mistakes inside this container (one at the container itself, such
+        # as a missing name, is about none of its fields).
+        caught = [
+            where
+            for where, _ in self.errors
+            if len(where) > len(path) and where[: len(path)] == path
+        ]
+
+        def related(where: SpecPath, read: SpecPath) -> bool:
+            shorter = min(len(where), len(read))
+            return where[:shorter] == read[:shorter]
+
+        for problem in mesh_problems(spec, _MESH_SPELLING):
+            reads = [(*path, *_file_path(field)) for field in (problem.path, *problem.involves)]
+            if any(related(where, read) for read in reads for where in caught):
+                continue
+            self.error((*path, *_file_path(problem.path)), problem.message)
 
     def _listen(self, value: Any, path: SpecPath) -> str | None:
         """An address to serve on: HOST:PORT with a port from 0 (any free one) to 65535."""
@@ -958,6 +1252,24 @@ class _Checker:
         return probe
 
 
+def _camel(name: str) -> str:
+    """A message's field name as the file's key: max_attempts -> maxAttempts."""
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _file_path(field: FieldPath) -> SpecPath:
+    return tuple(_camel(part) if isinstance(part, str) else part for part in field)
+
+
+#: How the mesh's rules write fields and settings in a spec file's messages.
+_MESH_SPELLING = Spelling(
+    field=lambda field: _render(_file_path(field)),
+    setting=lambda field, file_value, _api_value: f"{_render(_file_path(field))}: {file_value}",
+    show=_shown,
+)
+
+
 def _quote_hint(value: Any) -> str:
     """For a number or boolean where text belongs: how to write it as text."""
     if isinstance(value, float):
@@ -1075,4 +1387,69 @@ def spec_to_dict(spec: spec_pb2.ContainerSpec) -> dict[str, Any]:
         out["healthListen"] = spec.health_listen
     if spec.log_capacity:
         out["logCapacity"] = spec.log_capacity
+    if spec.HasField("service"):
+        out["service"] = _service_dict(spec.service)
+    if spec.proxy:
+        out["proxy"] = _name_of(PROXIES, spec.proxy)
+    if spec.HasField("envoy"):
+        envoy: dict[str, Any] = {}
+        if spec.envoy.inbound_listen:
+            envoy["inboundListen"] = spec.envoy.inbound_listen
+        if spec.envoy.upstreams:
+            envoy["upstreams"] = [
+                {"service": upstream.service, "listen": upstream.listen}
+                for upstream in spec.envoy.upstreams
+            ]
+        out["envoy"] = envoy
+    return out
+
+
+def _set_fields(message: Any, keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """The scalar fields of ``message`` that are set, under the file's keys;
+    durations as text."""
+    out: dict[str, Any] = {}
+    for key, name in keys:
+        if message.DESCRIPTOR.fields_by_name[name].message_type is not None:
+            if message.HasField(name):
+                out[key] = _duration_text(getattr(message, name))
+        elif getattr(message, name):
+            out[key] = getattr(message, name)
+    return out
+
+
+def _service_dict(service: mesh_pb2.MeshService) -> dict[str, Any]:
+    out = _set_fields(
+        service,
+        (
+            ("name", "name"),
+            ("endpoint", "endpoint"),
+            ("subset", "subset"),
+            ("weight", "weight"),
+            ("zone", "zone"),
+        ),
+    )
+    if service.load_balancing:
+        out["loadBalancing"] = _name_of(LOAD_BALANCING, service.load_balancing)
+    out.update(_set_fields(service, (("hashHeader", "hash_header"), ("timeout", "timeout"))))
+    if service.HasField("retry"):
+        retry = service.retry
+        out["retry"] = {"retryOn": list(retry.retry_on)} if retry.retry_on else {}
+        out["retry"].update(
+            _set_fields(
+                retry,
+                (
+                    ("maxAttempts", "max_attempts"),
+                    ("initialBackoff", "initial_backoff"),
+                    ("maxBackoff", "max_backoff"),
+                ),
+            )
+        )
+    if service.HasField("outlier_detection"):
+        out["outlierDetection"] = _set_fields(
+            service.outlier_detection,
+            tuple(
+                (_camel(f.name), f.name) for f in mesh_pb2.MeshOutlierDetection.DESCRIPTOR.fields
+            ),
+        )
+    out.update(_set_fields(service, (("trafficWeight", "traffic_weight"),)))
     return out

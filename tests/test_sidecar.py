@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -422,6 +422,51 @@ def test_pause_resume_checkpoint_restore_and_stop_through_a_manager(
         assert "graceful" in sidecar.stdout
         assert pre_stop.read_text() == "stopping\n"
         assert _gone(child.pid)
+    finally:
+        manager.stop()
+
+
+def test_the_readiness_probe_reaches_the_manager_as_it_flips(
+    sidecars: list[SidecarProcess], tmp_path: Path
+) -> None:
+    flag = tmp_path / "ready"
+    manager = ManagerHost(str(tmp_path / "state"))
+    try:
+        sidecar = SidecarProcess(
+            *("--manager", manager.address, "--name", "probed", "--grace", "5s"),
+            *("--readiness-exec", f"test -f {flag}"),
+            *("--probe-period", "100ms", "--probe-failure-threshold", "1"),
+            *("--", "bash", APP),
+        )
+        sidecars.append(sidecar)
+
+        def seen(ready: bool) -> Callable[[], bool]:
+            def check() -> bool:
+                c = _container(manager.stub, "probed")
+                return (
+                    c is not None
+                    and c.state == container_pb2.LIFECYCLE_STATE_RUNNING
+                    and c.HasField("readiness")
+                    and c.readiness.ready is ready
+                )
+
+            return check
+
+        # Started by the manager; its probe fails (no flag yet): not ready.
+        wait_until(seen(False), timeout=15, what="RUNNING, not ready")
+        flag.touch()
+        wait_until(seen(True), what="ready")
+        flag.unlink()
+        wait_until(seen(False), what="not ready again")
+        flag.touch()
+        wait_until(seen(True), what="ready again")
+        stopped = manager.stub.StopContainer(
+            manager_pb2.StopContainerRequest(container="probed", grace_period=_seconds(5)),
+            timeout=30,
+        )
+        assert stopped.container.state == container_pb2.LIFECYCLE_STATE_STOPPED
+        assert stopped.container.readiness.ready is False  # a stop is not ready
+        assert sidecar.wait(10) == 0
     finally:
         manager.stop()
 

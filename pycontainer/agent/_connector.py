@@ -1,6 +1,7 @@
 """The container's side of Lifecycle.Connect: register, report every
-transition, execute commands exactly once, keep the session alive, and
-reconnect with jittered exponential backoff while the container keeps running.
+transition and every change of readiness, execute commands exactly once, keep
+the session alive, and reconnect with jittered exponential backoff while the
+container keeps running.
 
 The session runs on its own thread and event loop, so it works the same for
 sync and asyncio apps; commands run where the app's hooks expect them: on the
@@ -24,16 +25,20 @@ from typing import Any, Protocol
 
 import grpc
 from google.protobuf import timestamp_pb2
+from grpc_health.v1 import health_pb2
 
 from .. import limits, units
 from .._errors import RequestError, code_number
 from .._tls_env import TLS_DIR_ENV
 from ..v1 import container_pb2, lifecycle_pb2, lifecycle_pb2_grpc, management_pb2
+from ._health import READINESS, HealthState
 from ._lifecycle import Lifecycle, Outcome, Request, StateListener
 from ._settings import ContainerSettings, Hooks
 from ._state import Command, State, state_proto
 
 _log = logging.getLogger("pycontainer.connector")
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
 
 _CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 10_000),
@@ -111,6 +116,8 @@ class Connectable(Protocol):
     def lifecycle(self) -> Lifecycle: ...
     @property
     def app_loop(self) -> asyncio.AbstractEventLoop | None: ...
+    @property
+    def health(self) -> HealthState: ...
     def identity(self) -> container_pb2.ContainerIdentity: ...
     def info(self) -> management_pb2.GetInfoResponse: ...
     def add_state_listener(self, listener: StateListener) -> None: ...
@@ -154,6 +161,11 @@ class ManagerConnection:
         self._thread = threading.Thread(
             target=self._main, name="pycontainer-connector", daemon=True
         )
+        # The container's readiness as last published (the "readiness"
+        # service of its HealthState): what a registration carries. attach()
+        # publishes it at once, so it is never left at this placeholder.
+        self._readiness = lifecycle_pb2.Readiness(ready=False, time=_now())
+        container.health.attach(self._on_health)
         container.add_state_listener(self._on_change)
         container.lifecycle.extension_requester = self._request_extension
         self._thread.start()
@@ -228,6 +240,7 @@ class ManagerConnection:
         if self._closed:
             return
         self._closed = True
+        self._container.health.detach(self._on_health)
         if self._loop.is_running():
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(self._drain(drain), self._loop).result(drain + 1)
@@ -273,6 +286,7 @@ class ManagerConnection:
                 completed_command_ids=list(self._results),
                 start_time=info.start_time,
                 error=c.lifecycle.error,
+                readiness=self._readiness,
             )
         )
 
@@ -463,6 +477,19 @@ class ManagerConnection:
         )
         with contextlib.suppress(RuntimeError):  # loop closed: the manager will resync
             self._loop.call_soon_threadsafe(self._post, change)
+
+    def _on_health(self, service: str, status: int) -> None:
+        """HealthState's publisher: a service's status changed (on whichever
+        thread changed it; never blocks). A change of readiness is sent at
+        once: a stop turns it false before its STOPPING is reported."""
+        if service != READINESS:
+            return
+        readiness = lifecycle_pb2.Readiness(ready=status == _SERVING, time=_now())
+        self._readiness = readiness  # one assignment: a registration reads it whole
+        message = lifecycle_pb2.ConnectRequest(readiness=readiness)
+        # Loop closed: no session to tell; a registration carries it anyway.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._post, message)
 
     def _post(self, message: lifecycle_pb2.ConnectRequest) -> None:
         if self._outbox is not None:

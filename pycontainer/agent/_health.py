@@ -256,9 +256,17 @@ class HealthState:
 
     # -- publishing to grpc.health.v1 -------------------------------------------
     def attach(self, push: Callable[[str, int], None]) -> None:
-        """Publish statuses into a servicer now and on every change."""
+        """Publish statuses into a servicer now and on every change: each
+        service's status once now, then each change of one, on the thread that
+        made it (``push`` must not block)."""
         self._publishers.append(_Publisher(push))
         self._publish()
+
+    def detach(self, push: Callable[[str, int], None]) -> None:
+        """Publish no more into ``push`` (one given to attach)."""
+        # A new list, not a removal in place: a _publish on another thread
+        # goes on over the one it took.
+        self._publishers = [p for p in self._publishers if p.push != push]
 
     def _publish(self) -> None:
         statuses = self.statuses()

@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .._errors import echo
+from .._meshrules import DEFAULT_SERVICE_ENDPOINT
 from ..client import CallError, ManagerClient
 from ..units import DEFAULT_GRACE_PERIOD, duration_field, duration_to_proto, format_duration
-from ..v1 import container_pb2, manager_pb2
+from ..v1 import container_pb2, manager_pb2, mesh_pb2
 from ._args import LIVE_STATES
 from ._context import Context
 from ._errors import EXIT_FAILED, EXIT_UNREACHABLE, CliError, Interrupted, from_call
@@ -148,6 +149,7 @@ def _details(c: manager_pb2.Container) -> list[tuple[str, Cell]]:
         ("Version:", identity.version or "-"),
         ("State:", state_cell(c.state)),
         ("Connected:", "yes" if c.connected else "no"),
+        ("Ready:", _ready(c)),
         ("PID:", str(c.pid) if c.pid else "-"),
         ("Priority:", str(identity.priority)),
         ("Resources:", f"cpu {cpu}, memory {memory}"),
@@ -161,11 +163,36 @@ def _details(c: manager_pb2.Container) -> list[tuple[str, Cell]]:
         ("Exit code:", str(c.exit_code) if c.HasField("exit_code") else "-"),
         ("Error:", Styled(c.error, "red") if c.error else "-"),
         ("Last checkpoint:", c.last_checkpoint_id or "-"),
+        *_mesh_details(c),
         (
             "Labels:",
             "\n".join(f"{k}={v}" for k, v in sorted(identity.labels.items())) or "-",
         ),
     ]
+
+
+def _ready(c: manager_pb2.Container) -> Cell:
+    """The readiness it last reported, and since when."""
+    if not c.HasField("readiness"):
+        return "- (never reported: taken as ready while RUNNING)"
+    since = f" since {_when(c.readiness.time)}" if c.readiness.HasField("time") else ""
+    if c.readiness.ready:
+        return f"yes{since}"
+    return Styled(f"no{since}", "yellow")
+
+
+def _mesh_details(c: manager_pb2.Container) -> list[tuple[str, Cell]]:
+    """The mesh service its spec serves, with the defaults spelt out (none
+    when it serves none: most containers)."""
+    spec = c.spec
+    if not spec.HasField("service"):
+        return []
+    service = spec.service
+    endpoint = service.endpoint or DEFAULT_SERVICE_ENDPOINT
+    text = f"{service.name} (endpoint {endpoint}, subset {service.subset or spec.name})"
+    if spec.proxy == mesh_pb2.MESH_PROXY_ENVOY:
+        text += ", through Envoy"
+    return [("Mesh service:", text)]
 
 
 def _endpoints(c: manager_pb2.Container) -> TableRows | None:

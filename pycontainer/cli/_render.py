@@ -173,18 +173,26 @@ def management_address(c: manager_pb2.Container) -> str:
     return ""
 
 
+def ready_word(c: manager_pb2.Container) -> str:
+    """Its readiness as last reported: yes, no, or - (never reported: an
+    older container, taken as ready while RUNNING)."""
+    if not c.HasField("readiness"):
+        return "-"
+    return "yes" if c.readiness.ready else "no"
+
+
 def container_table(
     containers: Iterable[manager_pb2.Container],
     *,
     show_labels: bool = False,
     wide: bool = False,
 ) -> TableRows:
-    """The ps listing; ``wide`` adds the version, the Management address, the
-    reason for the state and the labels."""
+    """The ps listing; ``wide`` adds the readiness last reported, the version,
+    the Management address, the reason for the state and the labels."""
     headers = ["NAME", "ID", "STATE", "CONNECTED", "PRIORITY", "CPU", "MEMORY", "PID"]
     headers += ["RESTARTS", "AGE"]
     if wide:
-        headers += ["VERSION", "MANAGEMENT", "REASON"]
+        headers += ["READY", "VERSION", "MANAGEMENT", "REASON"]
     show_labels = show_labels or wide
     if show_labels:
         headers.append("LABELS")
@@ -205,7 +213,12 @@ def container_table(
             age(c.create_time, now),
         ]
         if wide:
-            row += [c.identity.version or "-", management_address(c) or "-", c.reason or "-"]
+            row += [
+                ready_word(c),
+                c.identity.version or "-",
+                management_address(c) or "-",
+                c.reason or "-",
+            ]
         if show_labels:
             row.append(",".join(f"{k}={v}" for k, v in sorted(c.identity.labels.items())) or "-")
         table.add_row(*row)

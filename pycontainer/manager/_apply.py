@@ -54,7 +54,13 @@ from ._registry import Entry, Registry, state_word
 from ._runtime import Runtime
 from ._sealing import SealError
 from ._sessions import Sessions
-from ._specdiff import OWNER_LABEL, SPEC_HASH_LABEL, spec_differences, spec_hash
+from ._specdiff import (
+    OWNER_LABEL,
+    SPEC_HASH_LABEL,
+    spec_differences,
+    spec_hash,
+    traffic_weight_change,
+)
 from ._stopping import Stopper
 from ._store import AppliedSpec
 from ._storewriter import StoreWriter
@@ -104,6 +110,10 @@ class _Plan:
     forget: bool = False
     # Replicas running the desired spec under another owner: relabelled.
     adopt: list[Entry] = field(default_factory=list)
+    # Replicas running the desired spec but another traffic weight of its
+    # service: given the new one in place (the mesh's split changes; nothing
+    # restarts).
+    reweigh: list[Entry] = field(default_factory=list)
 
     def change(self) -> manager_pb2.ApplyChange:
         return manager_pb2.ApplyChange(name=self.name, action=self.action, detail=self.detail)
@@ -332,6 +342,14 @@ class Reconciler:
                 f"; adopted {_replicas(len(plan.adopt))} from owner {', '.join(before)} "
                 f"-> {owner} (relabelled, not restarted)"
             )
+        plan.reweigh = [
+            e for e in current if e.spec is not None and traffic_weight_change(e.spec, desired)
+        ]
+        if plan.reweigh and plan.reweigh[0].spec is not None:
+            change = traffic_weight_change(plan.reweigh[0].spec, desired)
+            plan.detail += (
+                f"; {change} for {_replicas(len(plan.reweigh))} (in place, not restarted)"
+            )
         return plan
 
     def _prunes(self, owner: str, listed: set[str], specs: list[AppliedSpec]) -> list[_Plan]:
@@ -366,6 +384,8 @@ class Reconciler:
             return
         for entry in plan.adopt:
             self._relabel(entry, plan.desired.labels[OWNER_LABEL])
+        for entry in plan.reweigh:
+            self._reweigh(entry, plan.desired.service.traffic_weight)
         current = list(plan.current)
         for old in plan.outdated:
             if len(current) < plan.replicas:
@@ -382,6 +402,15 @@ class Reconciler:
         if entry.spec is not None:
             entry.spec.labels[OWNER_LABEL] = owner
         self._registry.persist(entry)
+
+    def _reweigh(self, entry: Entry, traffic_weight: int) -> None:
+        """A replica of the same spec but its service's traffic weight: its
+        spec takes the new weight, and the mesh takes its split afresh."""
+        if entry.spec is None:
+            return
+        entry.spec.service.traffic_weight = traffic_weight
+        self._registry.persist(entry)
+        self._registry.serving_changed(entry)
 
     async def _surge(self, desired: spec_pb2.ContainerSpec, old: Entry) -> Entry:
         """One new replica of ``desired``, ready, in place of ``old`` (which

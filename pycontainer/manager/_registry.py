@@ -155,9 +155,6 @@ class Entry:
     launched: bool = False
     # The stop or eviction under way, if any.
     stop: StopInProgress | None = None
-    # Readiness as the container last reported it; None from one that does
-    # not report it (an older agent): taken as ready while RUNNING.
-    ready: bool | None = None
     # Its mesh endpoints are being drained (DRAINING) before a stop is sent.
     draining: bool = False
     # The signal an operator's kill sent last: an exit of it is their doing.
@@ -167,6 +164,14 @@ class Entry:
     # When (time.monotonic()) it was last seen without a session: its room
     # is released a heartbeat timeout later (Sessions.release_unclaimed).
     disconnected_at: float | None = None
+    # The readiness it last reported (Registration.readiness, then a Readiness
+    # message on each change), kept across a lost session (serving needs a
+    # session anyway) until its next registration says afresh. None: never
+    # reported, as a container older than the report: taken as ready while
+    # RUNNING (serving). In memory only, like the session.
+    ready: bool | None = None
+    # When it became so (Unix seconds, by the container's clock), with ready.
+    ready_time: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -175,6 +180,21 @@ class Entry:
     @property
     def terminal(self) -> bool:
         return self.state in _TERMINAL
+
+    @property
+    def serving(self) -> bool:
+        """Whether it takes traffic, so is an endpoint of the mesh: RUNNING,
+        connected, ready (or never said: an older container) and not being
+        drained. A stop under way that did not drain (the drain off) leaves
+        it serving until the container reports it is not ready or no longer
+        RUNNING: what a plain stop does, as Kubernetes' endpoints do.
+        Registry.serving_changed is told whenever any of these may have changed."""
+        return (
+            self.state == container_pb2.LIFECYCLE_STATE_RUNNING
+            and self.session is not None
+            and self.ready is not False
+            and not self.draining
+        )
 
     @property
     def priority(self) -> int:
@@ -238,6 +258,10 @@ class Entry:
         )
         if self.exit_code is not None:
             container.exit_code = self.exit_code
+        if self.ready is not None:
+            container.readiness.ready = self.ready
+            if self.ready_time is not None:
+                container.readiness.time.CopyFrom(timestamp_to_proto(self.ready_time))
         return container
 
     def to_record(self, sealer: Sealer) -> ContainerRecord:

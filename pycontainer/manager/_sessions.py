@@ -1,6 +1,7 @@
 """Lifecycle sessions: each container's Connect stream, the commands routed
 down it (with the operator's trace context) and their results, heartbeats,
-grace extensions and the watchdog that declares silent containers lost."""
+readiness reports, grace extensions and the watchdog that declares silent
+containers lost."""
 
 from __future__ import annotations
 
@@ -26,7 +27,13 @@ from .._errors import (
     resource_exhausted,
     status_code,
 )
-from ..units import duration_from_proto, duration_to_proto, format_duration, timestamp_to_proto
+from ..units import (
+    duration_from_proto,
+    duration_to_proto,
+    format_duration,
+    timestamp_field,
+    timestamp_to_proto,
+)
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
 from ._registry import Entry, PendingCommand, Registry, Session, state_word
 from ._scheduler import Resources, total
@@ -153,6 +160,12 @@ class Sessions:
             self._created[entry.id] = entry
         entry.pid = reg.pid
         entry.error = reg.error
+        # Said afresh by every registration: a container without the field
+        # is one that does not report it (None: ready while RUNNING).
+        if reg.HasField("readiness"):
+            _set_readiness(entry, reg.readiness)
+        else:
+            entry.ready = entry.ready_time = None
         if _claims_running(entry.state):
             entry.admitted = True
             if entry.start_time is None:
@@ -288,6 +301,8 @@ class Sessions:
                     session.send_heartbeat(
                         lifecycle_pb2.ConnectResponse(heartbeat=lifecycle_pb2.Heartbeat(time=now))
                     )
+                elif kind == "readiness":
+                    self._on_readiness(entry, request.readiness)
                 elif kind == "grace_extension":
                     answer = self._grant(entry, request.grace_extension)
                     if answer is not None:
@@ -325,6 +340,16 @@ class Sessions:
                 self.end_pending(entry, change.message or "it FAILED")
             self._on_ended(entry)
         self._registry.persist(entry)
+        entry.changed.set()
+
+    def _on_readiness(self, entry: Entry, readiness: lifecycle_pb2.Readiness) -> None:
+        """A change of the container's readiness: the mesh is told (its
+        endpoints follow) and waiters woken. No event: readiness flaps with
+        its checks, and the mesh's own status shows the endpoints."""
+        if entry.ready == readiness.ready:
+            return  # said again (around a reconnect): nothing changed
+        _set_readiness(entry, readiness)
+        self._registry.serving_changed(entry)
         entry.changed.set()
 
     # -- grace extensions ----------------------------------------------------------------
@@ -510,6 +535,21 @@ def _known_states(change: lifecycle_pb2.StateChange) -> bool:
             _log.warning("state change to unknown LifecycleState %d ignored", state)
             return False
     return True
+
+
+def _set_readiness(entry: Entry, readiness: lifecycle_pb2.Readiness) -> None:
+    entry.ready = readiness.ready
+    entry.ready_time = _reported_time(readiness)
+
+
+def _reported_time(readiness: lifecycle_pb2.Readiness) -> float:
+    """When the container says its readiness became so; now when it says
+    nothing, or a time no Timestamp can hold (it is shown back as one)."""
+    try:
+        when = timestamp_field(readiness, "time")
+    except (ValueError, OverflowError):
+        when = None
+    return when.timestamp() if when is not None else time.time()
 
 
 def _cut(text: str, limit: int) -> str:

@@ -1,8 +1,15 @@
 """What "the spec changed" means for apply, and how a change reads: specs
-compared without replicas (scaling is not a change) and without what the
-manager adds (the hash and owner labels; the default runtime spelled out), hashed for the
+compared without replicas (scaling is not a change), without a service's
+traffic weight (a split of traffic is the mesh's to act on: the running
+replicas take a new one in place) and without what the manager adds (the
+hash and owner labels; the default runtime spelled out), hashed for the
 ``pycontainer.dev/spec-hash`` label, and their differences listed in the spec
-file's camelCase keys."""
+file's camelCase keys.
+
+Anything else of the mesh (service, proxy, envoy) is a change that replaces
+the replicas one at a time: a new service name, subset or endpoint moves them
+between clusters, and a replacement drains the old ones while the new ones
+become ready; a proxy or its listeners are started with the program."""
 
 from __future__ import annotations
 
@@ -17,7 +24,13 @@ from .._secrets import redact_spec
 from ..units import duration_from_proto, format_duration
 from ..v1 import spec_pb2
 
-__all__ = ["OWNER_LABEL", "SPEC_HASH_LABEL", "spec_differences", "spec_hash"]
+__all__ = [
+    "OWNER_LABEL",
+    "SPEC_HASH_LABEL",
+    "spec_differences",
+    "spec_hash",
+    "traffic_weight_change",
+]
 
 SPEC_HASH_LABEL = "pycontainer.dev/spec-hash"
 # Who applied the spec: bookkeeping (what prune looks at), not what runs; a
@@ -28,10 +41,13 @@ OWNER_LABEL = "pycontainer.dev/owner"
 def _comparable(spec: spec_pb2.ContainerSpec) -> spec_pb2.ContainerSpec:
     """The spec as "changed" sees it: without replicas (scaling is not a
     change), without the labels apply keeps its books in (spec hash, owner),
-    and with the default runtime spelled out."""
+    without the service's traffic weight (changed in place), and with the
+    default runtime spelled out."""
     out = spec_pb2.ContainerSpec()
     out.CopyFrom(spec)
     out.ClearField("replicas")
+    if out.HasField("service"):
+        out.service.ClearField("traffic_weight")
     out.labels.pop(SPEC_HASH_LABEL, None)
     out.labels.pop(OWNER_LABEL, None)
     if out.runtime == spec_pb2.RUNTIME_KIND_UNSPECIFIED:
@@ -73,8 +89,8 @@ def _fields(message: Message, prefix: str = "") -> dict[str, str]:
 def _text(fd: Any, value: Any) -> str:
     if fd.message_type is not None and fd.message_type.full_name == "google.protobuf.Duration":
         return format_duration(duration_from_proto(value))
-    if fd.message_type is not None:
-        return json.dumps(_fields(value), sort_keys=True)
+    if fd.message_type is not None:  # an item of a repeated message (envoy.upstreams)
+        return "{" + ", ".join(f"{k}: {v}" for k, v in sorted(_fields(value).items())) + "}"
     if fd.enum_type is not None:
         known = fd.enum_type.values_by_number.get(value)
         return known.name if known is not None else str(value)
@@ -101,3 +117,12 @@ def spec_differences(old: spec_pb2.ContainerSpec, new: spec_pb2.ContainerSpec) -
             else:
                 out.append(f"{key}: {shown_before[key]} -> {shown_after[key]}")
     return out
+
+
+def traffic_weight_change(old: spec_pb2.ContainerSpec, new: spec_pb2.ContainerSpec) -> str | None:
+    """How the service's traffic weight changes ("service.trafficWeight: 90 ->
+    10"), None when it does not: what apply changes in place."""
+    before, after = old.service.traffic_weight, new.service.traffic_weight
+    if before == after:
+        return None
+    return f"service.trafficWeight: {before} -> {after}"

@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 
 from .. import limits
 from .._errors import echo, invalid_argument
+from .._meshrules import FieldPath, Spelling, mesh_problems
 from ..client._target import TargetError, parse_listen
 from ..spec import MAX_REPLICAS
 from ..v1 import container_pb2, lifecycle_pb2, spec_pb2
@@ -194,6 +195,30 @@ def check_spec(spec: spec_pb2.ContainerSpec, field: str) -> None:
     if spec.health_listen:
         check_listen(spec.health_listen, f"{field}.health_listen")
     check_log_capacity(spec.log_capacity, f"{field}.log_capacity")
+    check_mesh(spec, field)
+
+
+def _field_path(path: FieldPath) -> str:
+    out = ""
+    for part in path:
+        out = f"{out}[{part}]" if isinstance(part, int) else _join(out, part)
+    return out
+
+
+def check_mesh(spec: spec_pb2.ContainerSpec, field: str) -> None:
+    """A spec's service, proxy and envoy: the rules spec files follow too
+    (pycontainer._meshrules), the first mistake as INVALID_ARGUMENT."""
+
+    def named(path: FieldPath) -> str:
+        return _join(field, _field_path(path))
+
+    spelling = Spelling(
+        field=named,
+        setting=lambda path, _file_value, api_value: f"{named(path)} = {api_value}",
+        show=echo,
+    )
+    for problem in mesh_problems(spec, spelling):
+        raise invalid_argument(named(problem.path), problem.message)
 
 
 def check_log_capacity(capacity: int, field: str) -> None:

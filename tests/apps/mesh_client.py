@@ -37,6 +37,13 @@ def main() -> int:
     parser.add_argument("--until-file", default="", help="call until this file exists")
     parser.add_argument("--deadline", type=float, default=10.0, help="per call, seconds")
     parser.add_argument("--ready-timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--warm-backends",
+        type=int,
+        default=0,
+        help="first call (uncounted) until this many backends answered: round robin "
+        "spreads calls over the connections that are ready, and they connect one by one",
+    )
     args = parser.parse_args()
     channel = grpc.insecure_channel(args.target)
     try:
@@ -45,6 +52,16 @@ def main() -> int:
         print(json.dumps({"error": f"not ready within {args.ready_timeout}s"}), flush=True)
         return 1
     call = channel.unary_unary(METHOD)
+    seen: set[bytes] = set()
+    warm_until = time.monotonic() + args.ready_timeout
+    while len(seen) < args.warm_backends and time.monotonic() < warm_until:
+        try:
+            seen.add(call(b"", timeout=args.deadline))
+        except grpc.RpcError:
+            time.sleep(0.05)
+    if len(seen) < args.warm_backends:
+        print(json.dumps({"error": f"only {len(seen)} backends answered"}), flush=True)
+        return 1
     print("ready", flush=True)
     lock = threading.Lock()
     answers: collections.Counter[str] = collections.Counter()

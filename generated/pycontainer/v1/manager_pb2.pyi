@@ -12,6 +12,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from pycontainer.v1 import container_pb2 as _container_pb2
+from pycontainer.v1 import lifecycle_pb2 as _lifecycle_pb2
 from pycontainer.v1 import logs_pb2 as _logs_pb2
 from pycontainer.v1 import mesh_pb2 as _mesh_pb2
 from pycontainer.v1 import metrics_pb2 as _metrics_pb2
@@ -197,6 +198,7 @@ class Container(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     FINISH_TIME_FIELD_NUMBER: _builtins.int
     LAUNCHED_FIELD_NUMBER: _builtins.int
+    READINESS_FIELD_NUMBER: _builtins.int
     state: _container_pb2.LifecycleState.ValueType
     """Current state."""
     pid: _builtins.int
@@ -242,6 +244,13 @@ class Container(_message.Message):
     def finish_time(self) -> _timestamp_pb2.Timestamp:
         """When it last ended (stopped, failed or exited)."""
 
+    @_builtins.property
+    def readiness(self) -> _lifecycle_pb2.Readiness:
+        """The readiness it last reported on its Lifecycle session (kept while it is
+        not connected: a stale word then); unset when it never reported one, as
+        a container older than the report, which is taken as ready while RUNNING.
+        """
+
     def __init__(
         self,
         *,
@@ -259,10 +268,11 @@ class Container(_message.Message):
         reason: _builtins.str = ...,
         finish_time: _timestamp_pb2.Timestamp | None = ...,
         launched: _builtins.bool = ...,
+        readiness: _lifecycle_pb2.Readiness | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "create_time", b"create_time", "exit_code", b"exit_code", "finish_time", b"finish_time", "identity", b"identity", "spec", b"spec", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "create_time", b"create_time", "exit_code", b"exit_code", "finish_time", b"finish_time", "identity", b"identity", "readiness", b"readiness", "spec", b"spec", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "connected", b"connected", "create_time", b"create_time", "error", b"error", "exit_code", b"exit_code", "finish_time", b"finish_time", "identity", b"identity", "last_checkpoint_id", b"last_checkpoint_id", "launched", b"launched", "pid", b"pid", "reason", b"reason", "restarts", b"restarts", "spec", b"spec", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "connected", b"connected", "create_time", b"create_time", "error", b"error", "exit_code", b"exit_code", "finish_time", b"finish_time", "identity", b"identity", "last_checkpoint_id", b"last_checkpoint_id", "launched", b"launched", "pid", b"pid", "readiness", b"readiness", "reason", b"reason", "restarts", b"restarts", "spec", b"spec", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

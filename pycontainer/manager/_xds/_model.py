@@ -13,6 +13,7 @@ import datetime
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ..._meshrules import DEFAULT_SERVICE_ENDPOINT
 from ...units import duration_field
 from ...v1 import container_pb2, mesh_pb2, spec_pb2
 from .._registry import Entry
@@ -22,7 +23,7 @@ S = container_pb2
 #: The endpoint a service is served on when its spec names none: the app's
 #: own gRPC endpoint, else the Management one (an app that added its
 #: services to the Management server).
-DEFAULT_ENDPOINTS = ("grpc", "management")
+DEFAULT_ENDPOINTS = (DEFAULT_SERVICE_ENDPOINT, "management")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,18 +84,6 @@ def subset_of(entry: Entry, service: mesh_pb2.MeshService) -> str:
     return service.subset or entry.spec.name
 
 
-def takes_traffic(entry: Entry) -> bool:
-    """RUNNING, connected and ready, and not being drained. A stop under way
-    that did not drain (the drain off) leaves it in until the container says
-    it stopped running: what a plain stop does, as Kubernetes' endpoints do."""
-    return (
-        entry.state == S.LIFECYCLE_STATE_RUNNING
-        and entry.connected
-        and entry.ready is not False
-        and not entry.draining
-    )
-
-
 def _address(entry: Entry, service: mesh_pb2.MeshService) -> container_pb2.Endpoint | None:
     by_name = {e.name: e for e in entry.identity.endpoints}
     names = (service.endpoint,) if service.endpoint else DEFAULT_ENDPOINTS
@@ -126,7 +115,7 @@ def endpoint_of(entry: Entry) -> tuple[str, MeshEndpoint] | None:
     if service is None:
         return None
     draining = entry.draining and entry.connected and entry.state == S.LIFECYCLE_STATE_RUNNING
-    if not (takes_traffic(entry) or draining):
+    if not (entry.serving or draining):
         return None
     advertised = _address(entry, service)
     if advertised is None:
@@ -217,5 +206,4 @@ __all__ = [
     "settings_of",
     "split_host_port",
     "subset_of",
-    "takes_traffic",
 ]

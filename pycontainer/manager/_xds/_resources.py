@@ -14,7 +14,6 @@ locality is dropped and calls fail with "contains no localities", no NACK).
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -41,6 +40,13 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from ..._meshrules import (
+    DEFAULT_FAILURE_PERCENTAGE_THRESHOLD,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_EJECTION_PERCENT,
+    DEFAULT_REQUEST_VOLUME,
+    DEFAULT_RETRY_INITIAL_BACKOFF,
+)
 from ...units import duration_to_proto
 from ...v1 import mesh_pb2
 from ._model import MeshEndpoint, ServiceView
@@ -62,7 +68,6 @@ STATE_OF_THE_WORLD = frozenset({LISTENER, CLUSTER})
 CERTIFICATE_PROVIDER = "pycontainer"
 
 _DEFAULT_RETRY_ON = "unavailable"
-_DEFAULT_INITIAL_BACKOFF = datetime.timedelta(milliseconds=25)
 
 # Resources as a client gets them: name -> the packed resource.
 Resources = dict[str, any_pb2.Any]
@@ -125,12 +130,12 @@ def cluster_names(view: ServiceView) -> dict[str, tuple[MeshEndpoint, ...]]:
 
 def _retry(policy: mesh_pb2.MeshRetryPolicy) -> route_components_pb2.RetryPolicy:
     initial = duration_to_proto_or(policy, "initial_backoff") or duration_to_proto(
-        _DEFAULT_INITIAL_BACKOFF
+        DEFAULT_RETRY_INITIAL_BACKOFF
     )
     backoff = route_components_pb2.RetryPolicy.RetryBackOff(base_interval=initial)
     if policy.HasField("max_backoff"):
         backoff.max_interval.CopyFrom(policy.max_backoff)
-    attempts = policy.max_attempts or 2
+    attempts = policy.max_attempts or DEFAULT_MAX_ATTEMPTS
     return route_components_pb2.RetryPolicy(
         retry_on=",".join(policy.retry_on) or _DEFAULT_RETRY_ON,
         num_retries=wrappers_pb2.UInt32Value(value=attempts - 1),
@@ -235,12 +240,14 @@ def load_balancing_policy(
 
 def _outlier(policy: mesh_pb2.MeshOutlierDetection) -> outlier_detection_pb2.OutlierDetection:
     detection = outlier_detection_pb2.OutlierDetection(
-        max_ejection_percent=wrappers_pb2.UInt32Value(value=policy.max_ejection_percent or 10),
+        max_ejection_percent=wrappers_pb2.UInt32Value(
+            value=policy.max_ejection_percent or DEFAULT_MAX_EJECTION_PERCENT
+        ),
         failure_percentage_threshold=wrappers_pb2.UInt32Value(
-            value=policy.failure_percentage_threshold or 85
+            value=policy.failure_percentage_threshold or DEFAULT_FAILURE_PERCENTAGE_THRESHOLD
         ),
         failure_percentage_request_volume=wrappers_pb2.UInt32Value(
-            value=policy.request_volume or 50
+            value=policy.request_volume or DEFAULT_REQUEST_VOLUME
         ),
         # Judged by failure percentage alone (gRFC A50): success-rate
         # ejection, on by default, is turned off, and a service of two
