@@ -236,10 +236,11 @@ class Mesh:
                 limit.total_seconds(),
                 ", ".join(sorted(waiting)[:5]),
             )
-        else:
+        elif subscribed:
             # A client slow to acknowledge (a loaded machine) is as slow to
             # put its new picker in place: it is given as long again as its
-            # acknowledgement took, SETTLE at least, within the bound.
+            # acknowledgement took, SETTLE at least, within the bound. (No
+            # client subscribed: no picker to wait for.)
             settle = min(max(SETTLE.total_seconds(), spent), limit.total_seconds() - spent)
             if settle > 0:
                 await asyncio.sleep(settle)
