@@ -19,7 +19,9 @@ The counts of every phase are printed (``pytest -s``, lines "MESH ...").
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,7 @@ import pytest
 from pycontainer.manager import Resources
 from pycontainer.testing import CallCounts, MeshRig
 from pycontainer.testing import mesh_scenarios as scenarios
-from pycontainer.v1 import container_pb2
+from pycontainer.v1 import container_pb2, manager_pb2, spec_pb2
 
 S = container_pb2
 MiB = 1 << 20
@@ -122,22 +124,58 @@ def test_a_scale_down_loses_no_call_with_the_drain(rig: MeshRig) -> None:
         plain("scale 3->1", scenarios.scale(rig, load, SERVICE, 1, lag=PICKER_LAG))
 
 
-def test_a_rollout_to_three_replicas_loses_no_call_with_the_drain(rig: MeshRig) -> None:
-    def spec(version: str) -> object:
-        return rig.backend_spec(SERVICE, replicas=3, delay=DELAY, env={"VERSION": version})
+def test_a_rollout_to_three_replicas_loses_no_call_with_the_drain(
+    rig: MeshRig, tmp_path: Path
+) -> None:
+    def spec(version: str) -> spec_pb2.ContainerSpec:
+        # Ready only once the version's file exists (refusing calls before).
+        ready = tmp_path / f"v{version}.ready"
+        args = ["--ready-file", str(ready)]
+        return rig.backend_spec(  # type: ignore[no-any-return]
+            SERVICE, replicas=3, delay=DELAY, args=args, env={"VERSION": version}
+        )
 
+    (tmp_path / "v1.ready").write_text("")
     rig.apply(spec("1"))
     first = rig.wait_endpoints(SERVICE, 3)
     with rig.load(SERVICE, concurrency=CONCURRENCY) as load:
         load.until_answered(first)
         # Surge one, wait for it ready, drain and retire one old: three times.
-        # A replica sent a call before it was RUNNING refuses it: no failure
-        # means the new ones got traffic only once RUNNING.
-        second = scenarios.roll_out(rig, load, SERVICE, spec("2"))
+        # A replica sent a call before it is RUNNING and ready refuses it: no
+        # failure means the new ones got traffic only then. The first new one
+        # is held RUNNING and not ready while calls go on.
+        with futures.ThreadPoolExecutor(1) as pool:
+            rolling = pool.submit(scenarios.roll_out, rig, load, SERVICE, spec("2"))
+            surged = _new_running(rig, set(first))
+            healthy, draining = rig.endpoints(SERVICE)
+            assert surged not in healthy + draining
+            held = load.until_answered(first)  # calls go on meanwhile
+            (tmp_path / "v2.ready").write_text("")
+            second = rolling.result(timeout=300)
+        second = scenarios.Outcome(
+            held + second.counts, second.before, second.after, second.drained, second.seconds
+        )
         drained("rollout of 3", second)
         assert second.added <= set(second.counts.answers), second.counts
         rig.set_drain(False)
+        (tmp_path / "v3.ready").write_text("")
         plain("rollout of 3", scenarios.roll_out(rig, load, SERVICE, spec("3"), lag=PICKER_LAG))
+
+
+def _new_running(rig: MeshRig, old: set[str], timeout: float = 60.0) -> str:
+    """The id of a replica of SERVICE not in ``old`` once it is RUNNING."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = rig.host.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=10)
+        for container in listed.containers:
+            if (
+                container.identity.name == SERVICE
+                and container.identity.id not in old
+                and container.state == S.LIFECYCLE_STATE_RUNNING
+            ):
+                return container.identity.id
+        time.sleep(0.05)
+    raise AssertionError(f"no new replica of {SERVICE} RUNNING within {timeout:g}s")
 
 
 def test_the_plain_stops_lost_calls_the_drain_saves() -> None:

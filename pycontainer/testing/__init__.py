@@ -17,6 +17,11 @@ and pytest fixtures (``manager``, ``container_factory``) with
 ``pytest_plugins = ["pycontainer.testing.pytest_plugin"]`` in a conftest.py.
 A spec launched with ``runtime: in-process`` (RUNTIME_KIND_IN_PROCESS) runs as
 an in-process container served on its own port, dialled in to the manager.
+
+The mesh under load: :class:`MeshRig` (a manager, services of
+tests/apps/mesh_backend.py replicas, grpcio load generators through
+``xds:///``) and :mod:`pycontainer.testing.mesh_scenarios` (stop, restart,
+evict, scale, roll out, each returning what the load counted meanwhile).
 """
 
 from __future__ import annotations
