@@ -361,6 +361,18 @@ async def test_a_stale_nonce_is_ignored(rig: Rig) -> None:
     stream.call.cancel()
 
 
+async def test_a_first_request_with_a_nonce_of_an_earlier_stream_subscribes(rig: Rig) -> None:
+    rig.source.put(ENDPOINT, "orders", 1)
+    stream = Stream(rig.stub, "node-1")
+    # A client reconnecting (the manager restarted) may carry its last nonce
+    # and version: still a subscription, answered with what there is.
+    await stream.send(ENDPOINT, ["orders"], nonce="41", version="7")
+    response = await stream.read()
+    assert _names(response) == ["orders"]
+    assert list(type_status(rig, "node-1", ENDPOINT).names) == ["orders"]
+    stream.call.cancel()
+
+
 async def test_an_ack_of_an_older_response_does_not_settle_the_newer(rig: Rig) -> None:
     rig.source.put(ENDPOINT, "orders", 1)
     stream = Stream(rig.stub, "node-1")

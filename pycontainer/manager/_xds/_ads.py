@@ -247,7 +247,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             # of the type (a wildcard subscription).
             state.wildcard = not request.resource_names or "*" in request.resource_names
         answered = False
-        if request.response_nonce and request.response_nonce not in state.in_flight:
+        if not state.answered_once:
+            # The type's first request on this stream: a nonce it carries is
+            # of an earlier stream (a client reconnecting after the manager
+            # restarted); what counts is what it subscribes to.
+            pass
+        elif request.response_nonce and request.response_nonce not in state.in_flight:
             if request.response_nonce != state.nonce:
                 return False  # stale: a newer response is under way
             # The latest response, answered already: a change of subscription.
