@@ -154,7 +154,8 @@ class Load:
         self.node_id = node_id
         self._until = workdir / "until"
         self._until.unlink(missing_ok=True)
-        self._stderr = (workdir / "client.stderr").open("w")
+        self._stderr_path = workdir / "client.stderr"
+        self._stderr = self._stderr_path.open("w")
         self._process = subprocess.Popen(
             [
                 sys.executable,
@@ -192,10 +193,19 @@ class Load:
         finally:
             timer.cancel()
 
+    def _counts(self) -> CallCounts:
+        line = self._line(_CLIENT_ANSWER)
+        if not line:
+            raise RuntimeError(
+                f"the load generator gave no counts within {_CLIENT_ANSWER:g}s (exit status "
+                f"{self._process.poll()}); its stderr: {self._stderr_path.read_text()[-2000:]}"
+            )
+        return CallCounts.from_json(line)
+
     def phase(self) -> CallCounts:
         """The counts since the last phase (or the start); the load goes on."""
         self._process.send_signal(signal.SIGUSR1)
-        return CallCounts.from_json(self._line(_CLIENT_ANSWER))
+        return self._counts()
 
     def until_answered(self, ids: Iterable[str], timeout: float = 20.0) -> CallCounts:
         """Go on until every one of ``ids`` has answered a call (a new
@@ -215,10 +225,10 @@ class Load:
     def finish(self) -> CallCounts:
         """Stop calling; the counts since the last phase."""
         self._until.write_text("")
-        line = self._line(_CLIENT_ANSWER)
+        counts = self._counts()
         self._process.wait(10)
         self._finished = True
-        return CallCounts.from_json(line)
+        return counts
 
     def close(self) -> None:
         if not self._finished:
