@@ -56,7 +56,10 @@ class Backend:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "stopping: not taking new calls")
         if not self.running():
             self.refused += 1
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "not running: not taking calls yet")
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "not RUNNING (not yet, or its stop began): not taking calls",
+            )
         if not self.ready():
             self.refused += 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, "not ready: not taking calls")
