@@ -17,6 +17,11 @@ and pytest fixtures (``manager``, ``container_factory``) with
 ``pytest_plugins = ["pycontainer.testing.pytest_plugin"]`` in a conftest.py.
 A spec launched with ``runtime: in-process`` (RUNTIME_KIND_IN_PROCESS) runs as
 an in-process container served on its own port, dialled in to the manager.
+
+The mesh under load: :class:`MeshRig` (a manager, services of
+tests/apps/mesh_backend.py replicas, grpcio load generators through
+``xds:///``) and :mod:`pycontainer.testing.mesh_scenarios` (stop, restart,
+evict, scale, roll out, each returning what the load counted meanwhile).
 """
 
 from __future__ import annotations
@@ -44,11 +49,16 @@ if TYPE_CHECKING:
 __all__ = [
     "TEST_HEARTBEAT",
     "TEST_LOST_AFTER_HEARTBEATS",
+    "CallCounts",
     "ContainerHost",
     "InProcessLauncher",
+    "Load",
     "ManagerHost",
+    "MeshRig",
     "container_host",
     "manager_host",
+    "mesh_rig",
+    "write_bootstrap",
 ]
 
 T = TypeVar("T")
@@ -283,3 +293,7 @@ def manager_host(
         yield host
     finally:
         host.close(graceful=graceful)
+
+
+# The mesh under load (imported last: it builds on ManagerHost).
+from ._mesh import CallCounts, Load, MeshRig, mesh_rig, write_bootstrap  # noqa: E402

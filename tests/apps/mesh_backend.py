@@ -8,9 +8,12 @@ its own, advertised as its "grpc" endpoint, beside the Management API. Once
 told to stop it takes no new calls (UNAVAILABLE "stopping"), as a server
 that must finish its work within its grace period does, and on_stop waits
 until the calls in flight have answered: a call that reaches it after the
-stop began fails, which is what the mesh's drain is there to prevent. With ``--ready-file``
-it is ready only while that file exists (a pushed readiness check, so that
-a test flips it).
+stop began fails, which is what the mesh's drain is there to prevent. It refuses calls
+likewise (UNAVAILABLE "not running") until it is RUNNING, so that a mesh
+sending traffic to a replica before it is RUNNING shows as failed calls. With
+``--ready-file`` it is ready only while that file exists (a pushed readiness
+check, so that a test flips it), and refuses calls (UNAVAILABLE "not ready")
+while it is not.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import datetime
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +37,12 @@ METHOD = "/pycontainer.test.Echo/Who"
 
 
 class Backend:
-    def __init__(self, container_id: str, delay: float) -> None:
+    def __init__(
+        self, container_id: str, delay: float, running: Callable[[], bool] = lambda: True
+    ) -> None:
         self.container_id = container_id.encode()
+        self.running = running
+        self.ready: Callable[[], bool] = lambda: True
         self.delay = delay
         self.in_flight = 0
         self.served = 0
@@ -47,6 +55,15 @@ class Backend:
         if self.stopping:
             self.refused += 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, "stopping: not taking new calls")
+        if not self.running():
+            self.refused += 1
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "not RUNNING (not yet, or its stop began): not taking calls",
+            )
+        if not self.ready():
+            self.refused += 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "not ready: not taking calls")
         self.in_flight += 1
         self.idle.clear()
         try:
@@ -75,9 +92,14 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"on_stop: served {backend.served}, refused {backend.refused}", flush=True)
 
     container = pycontainer.Container(settings, hooks=pycontainer.Hooks(on_stop=on_stop))
-    backend = backend_box["backend"] = Backend(container.settings.id, args.delay)
+    backend = backend_box["backend"] = Backend(
+        container.settings.id,
+        args.delay,
+        running=lambda: container.state == pycontainer.State.RUNNING,
+    )
     if args.ready_file:
         ready_file = Path(args.ready_file)
+        backend.ready = ready_file.exists
         container.add_check(
             "ready-file",
             lambda: ready_file.exists(),

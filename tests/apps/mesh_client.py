@@ -8,7 +8,9 @@ the channel to be ready, prints "ready", then makes --calls calls of
 ``/pycontainer.test.Echo/Who`` (--concurrency at a time; with --until-file,
 until that file exists instead) and prints one JSON line: the calls made,
 the failures by status code with a sample message, and the answers by
-backend id.
+backend id. On SIGUSR1 it prints such a line for the calls made since the
+last one (a phase of the run) and goes on calling; the last line counts the
+calls since the last phase line.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import signal
 import sys
 import threading
 import time
@@ -101,23 +104,37 @@ def main() -> int:
                     failures[code] += 1
                     samples.setdefault(code, exc.details() or "")
 
-    started = time.monotonic()
+    started = [time.monotonic()]
+
+    def summary() -> str:
+        """Print the counts since the last summary, and start counting anew."""
+        with lock:
+            line = json.dumps(
+                {
+                    "calls": sum(answers.values()) + sum(failures.values()),
+                    "failed": sum(failures.values()),
+                    "failures": dict(failures),
+                    "samples": dict(samples),
+                    "answers": dict(answers),
+                    "seconds": round(time.monotonic() - started[0], 3),
+                }
+            )
+            answers.clear()
+            failures.clear()
+            samples.clear()
+            started[0] = time.monotonic()
+        print(line, flush=True)
+        return line
+
+    signal.signal(signal.SIGUSR1, lambda signum, frame: summary())
     threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    result = json.dumps(
-        {
-            "calls": sum(answers.values()) + sum(failures.values()),
-            "failed": sum(failures.values()),
-            "failures": dict(failures),
-            "samples": samples,
-            "answers": dict(answers),
-            "seconds": round(time.monotonic() - started, 3),
-        }
-    )
-    print(result, flush=True)
+        # A timed join: the main thread runs the SIGUSR1 handler between waits.
+        while t.is_alive():
+            t.join(0.05)
+    result = summary()
     if args.result_file:
         Path(args.result_file).write_text(result + "\n")
     channel.close()

@@ -247,13 +247,20 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             # of the type (a wildcard subscription).
             state.wildcard = not request.resource_names or "*" in request.resource_names
         answered = False
-        if request.response_nonce:
-            if (
-                request.response_nonce != state.nonce
-                and request.response_nonce not in state.in_flight
-            ):
+        if not state.answered_once:
+            # The type's first request on this stream: a nonce it carries is
+            # of an earlier stream (a client reconnecting after the manager
+            # restarted); what counts is what it subscribes to.
+            pass
+        elif request.response_nonce and request.response_nonce not in state.in_flight:
+            if request.response_nonce != state.nonce:
                 return False  # stale: a newer response is under way
-            carried = state.in_flight.pop(request.response_nonce, {})
+            # The latest response, answered already: a change of subscription.
+            # grpcio repeats its last answer's version and error in it, so it
+            # is neither another ACK nor another NACK (a NACK taken twice
+            # would forget what was rejected and send it again).
+        elif request.response_nonce:
+            carried = state.in_flight.pop(request.response_nonce)
             # Older responses than this one are answered by it, too.
             for nonce in [n for n in state.in_flight if int(n) < int(request.response_nonce)]:
                 del state.in_flight[nonce]
@@ -338,24 +345,33 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             wanted = dict(available)
         else:
             wanted = {n: available[n] for n in state.names if n in available}
+        # After a NACK, what the client kept may become what it is to have
+        # again (the rejected change undone): that is sent too, so that it
+        # acknowledges it and its status (and the client's own) stops showing
+        # the rejection.
         if type_url in STATE_OF_THE_WORLD:
             digests = {n: d for n, (d, _) in wanted.items()}
-            if state.answered_once and (digests == state.sent or digests == state.rejected):
+            if state.answered_once and (
+                digests == state.rejected or (digests == state.sent and not state.nack_error)
+            ):
                 return None
             carried = digests
             resources = [r for _, r in wanted.values()]
             state.sent = dict(digests)
+            state.rejected = {}
         else:
             changed = {
                 n: (d, r)
                 for n, (d, r) in wanted.items()
-                if state.sent.get(n) != d and state.rejected.get(n) != d
+                if state.rejected.get(n) != d and (state.sent.get(n) != d or n in state.rejected)
             }
             if not changed and state.answered_once:
                 return None
             carried = {n: d for n, (d, _) in changed.items()}
             resources = [r for _, r in changed.values()]
             state.sent.update(carried)
+            for name in carried:
+                state.rejected.pop(name, None)
         state.answered_once = True
         state.nonce = stream.next_nonce()
         state.sent_version = self.version
@@ -389,6 +405,16 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                     waiting.append(stream.client.node_id or stream.client.peer)
                     break
         return waiting
+
+    def subscribed(self, names: Iterable[str]) -> int:
+        """How many clients are subscribed to any of the assignments ``names``."""
+        wanted = frozenset(names)
+        count = 0
+        for stream in self._streams:
+            state = stream.types.get(ENDPOINT)
+            if state is not None and (state.wildcard or wanted & state.names):
+                count += 1
+        return count
 
     async def wait_acknowledged(self, names: Iterable[str], seconds: float) -> list[str]:
         """Wait until every client subscribed to the assignments ``names`` has

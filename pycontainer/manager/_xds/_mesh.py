@@ -18,8 +18,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from google.protobuf import any_pb2
+
 from ..._errors import echo, invalid_argument, not_found
 from ...limits import MAX_MESH_TRAFFIC_WEIGHT
+from ...units import format_duration
 from ...v1 import manager_pb2, mesh_pb2
 from .._registry import Entry, Registry
 from ._ads import AdsServicer, Client, Versioned
@@ -27,6 +30,8 @@ from ._model import ServiceView, build_view, endpoint_of, route_proto, service_o
 from ._resources import TYPES, build, cluster_names
 
 _log = logging.getLogger("pycontainer.manager.xds")
+
+E = manager_pb2
 
 #: The share of a stop's grace period the drain may take at most: the rest
 #: is the container's, for its in-flight calls and its hook.
@@ -36,7 +41,8 @@ DRAIN_SHARE_OF_GRACE = 0.5
 #: and its load balancer takes the new endpoints a moment later, on another
 #: work serializer; Envoy's workers likewise take a cluster update from the
 #: main thread. Without it a call picked in that moment goes to a container
-#: that is about to stop taking new ones.
+#: that is about to stop taking new ones. The least given: a client that
+#: took longer to acknowledge is given as long as it took (Mesh.drain).
 SETTLE = datetime.timedelta(milliseconds=100)
 
 
@@ -78,6 +84,8 @@ class Mesh:
         self._built: dict[str, dict[str, dict[str, Versioned]]] = {}
         # Every service's resources merged, by type: what proxyless clients see.
         self._shared: dict[str, dict[str, Versioned]] = {t: {} for t in TYPES}
+        # Resources replaced by a test (replace_resource), by type and name.
+        self._replaced: dict[str, dict[str, Versioned]] = {}
         # SetMeshRoute's splits, by service.
         self._routes: dict[str, dict[str, int]] = {}
         self._dirty: set[str] = set()
@@ -164,11 +172,27 @@ class Mesh:
             own = self.node_resources.resources(client, type_url)
             if own is not None:
                 return own
-        return self._shared.get(type_url, {})
+        return self.shared(type_url)
 
     def shared(self, type_url: str) -> Mapping[str, Versioned]:
         """Every service's resources of ``type_url`` (proxyless clients' view)."""
-        return self._shared.get(type_url, {})
+        shared = self._shared.get(type_url, {})
+        replaced = self._replaced.get(type_url)
+        if replaced:
+            return {**shared, **{n: r for n, r in replaced.items() if n in shared}}
+        return shared
+
+    def replace_resource(self, type_url: str, name: str, resource: any_pb2.Any | None) -> None:
+        """A test seam: serve ``resource`` to proxyless clients in place of
+        the mesh's own ``name`` of ``type_url`` while that one exists (None:
+        the mesh's own again), so that a test can give a real client a config
+        it rejects and see the NACK handled end to end. Not for production use."""
+        replaced = self._replaced.setdefault(type_url, {})
+        if resource is None:
+            replaced.pop(name, None)
+        else:
+            replaced[name] = (hash(resource.SerializeToString()), resource)
+        self.ads.changed([type_url])
 
     def view(self, name: str) -> ServiceView | None:
         return self._views.get(name)
@@ -200,6 +224,7 @@ class Mesh:
             for name, endpoints in (cluster_names(view).items() if view else ())
             if any(e.container_id == entry.id for e in endpoints)
         ]
+        subscribed = self.ads.subscribed(names)
         waiting = await self.ads.wait_acknowledged(names, limit.total_seconds())
         spent = time.monotonic() - started
         if waiting:
@@ -212,11 +237,29 @@ class Mesh:
                 limit.total_seconds(),
                 ", ".join(sorted(waiting)[:5]),
             )
-        else:
-            settle = min(SETTLE.total_seconds(), limit.total_seconds() - spent)
+        elif subscribed:
+            # A client slow to acknowledge (a loaded machine) is as slow to
+            # put its new picker in place: it is given as long again as its
+            # acknowledgement took, SETTLE at least, within the bound. (No
+            # client subscribed: no picker to wait for.)
+            settle = min(max(SETTLE.total_seconds(), spent), limit.total_seconds() - spent)
             if settle > 0:
                 await asyncio.sleep(settle)
-        return datetime.timedelta(seconds=time.monotonic() - started)
+        took = datetime.timedelta(seconds=time.monotonic() - started)
+        # The container's events say the stop drained it, and how it went.
+        self._registry.event(
+            E.EVENT_TYPE_STATE_CHANGED,
+            entry,
+            f"drained from mesh service {service}: "
+            + (
+                f"{len(waiting)} of {subscribed} client(s) did not acknowledge within "
+                f"{format_duration(limit)}"
+                if waiting
+                else f"{subscribed} client(s) acknowledged"
+            )
+            + f" in {format_duration(took)}",
+        )
+        return took
 
     def drained(self, entry: Entry) -> None:
         """The stop that drained ``entry`` ended (it may run again: a restart)."""
