@@ -229,6 +229,21 @@ def test_readme_cli_commands(tmp_path: Path) -> None:
             return ps.returncode == 0 and ps.stdout.count("LIFECYCLE_STATE_RUNNING") >= replicas
 
         wait_until(running, 60, "the demo containers to run")
+
+        def frontend_answered() -> bool:
+            logs = subprocess.run(
+                [str(PYCONTAINER), "logs", "frontend"],
+                env=env,
+                cwd=work,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            return bool(re.search(SHOWS[r"pycontainer logs frontend"], logs.stdout))
+
+        # The greeters take a moment more to be ready: the frontend's first
+        # calls may wait or fail until then, as the mesh had no endpoint yet.
+        wait_until(frontend_answered, 60, "the frontend's first answer through the mesh")
         for command in commands:
             # `run --listen` on a free port instead of the README's fixed one.
             argv = shlex.split(re.sub(r"127\.0\.0\.1:50060\b", _free_address(), command))
