@@ -11,6 +11,7 @@ from ._client import (
     TxnResult,
     create_revision_is,
     delete_op,
+    delete_range_op,
     get_op,
     mod_revision_is,
     prefix_end,
@@ -18,17 +19,20 @@ from ._client import (
     value_is,
 )
 from ._endpoints import BadEtcdUrl, parse_etcd_url
+from ._store import EtcdStore
 
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",
     "BadEtcdUrl",
     "EtcdClient",
     "EtcdError",
+    "EtcdStore",
     "KeyValue",
     "LeaseKeeper",
     "TxnResult",
     "create_revision_is",
     "delete_op",
+    "delete_range_op",
     "get_op",
     "mod_revision_is",
     "parse_etcd_url",

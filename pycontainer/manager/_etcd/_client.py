@@ -117,6 +117,11 @@ def delete_op(key: bytes, *, prefix: bool = False) -> RequestOp:
     return RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=key, range_end=end))
 
 
+def delete_range_op(key: bytes, range_end: bytes) -> RequestOp:
+    """Delete every key from ``key`` up to (not including) ``range_end``."""
+    return RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=key, range_end=range_end))
+
+
 def get_op(key: bytes) -> RequestOp:
     return RequestOp(request_range=rpc_pb2.RangeRequest(key=key))
 
