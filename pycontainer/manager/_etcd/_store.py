@@ -39,12 +39,14 @@ turns read-only: run etcd with --auto-compaction-retention (README).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import dataclasses
 import datetime
 import hashlib
 import json
+import random
 import threading
 import time
 import uuid
@@ -100,7 +102,7 @@ TXN_BYTES = 1024 * 1024
 PENDING_TTL = datetime.timedelta(seconds=120)
 # Tries of a checkpoint's final transaction when another writer changed its
 # name's checkpoints in between.
-_CHECKPOINT_TRIES = 5
+_CHECKPOINT_TRIES = 10
 
 
 class EtcdStore:
@@ -144,7 +146,9 @@ class EtcdStore:
         return f"EtcdStore({self.url!r}, prefix={self._p.decode()!r})"
 
     async def _connect(self, call_timeout: datetime.timedelta) -> EtcdClient:
-        # Made on the store's loop: a grpc.aio channel belongs to the loop it is made on.
+        # Made on the store's loop: a grpc.aio channel (and an asyncio.Lock)
+        # belongs to the loop it is made on.
+        self._checkpoint_turns = asyncio.Lock()
         return EtcdClient(self.members, call_timeout=call_timeout)
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -277,7 +281,23 @@ class EtcdStore:
         last = [put_op(self._chunk_key(info.id, len(chunks) - 1), chunks[-1])] if chunks else []
         manifest = json.dumps({**dataclasses.asdict(info), "chunks": len(chunks)}).encode()
         names = self._key("checkpoints", "names", info.container_name) + b"/"
-        for _ in range(_CHECKPOINT_TRIES):
+        # This store's writers take turns (on its loop); other processes'
+        # are caught by the compare, and tried again after a pause.
+        async with self._checkpoint_turns:
+            await self._commit_checkpoint(info, names, pending, lease, last, manifest)
+
+    async def _commit_checkpoint(
+        self,
+        info: CheckpointInfo,
+        names: bytes,
+        pending: bytes,
+        lease: int,
+        last: list[RequestOp],
+        manifest: bytes,
+    ) -> None:
+        for attempt in range(_CHECKPOINT_TRIES):
+            if attempt:
+                await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)
             index, revision = await self._client.range_prefix(names, keys_only=True)
             index.sort(key=lambda kv: kv.create_revision)
             dropped = [kv.key[len(names) :].decode() for kv in index]
