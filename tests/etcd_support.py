@@ -70,6 +70,7 @@ class EtcdCluster:
     size: int = 3
     members: list[Member] = field(default_factory=list)
     binary: str = "etcd"
+    quota_bytes: int = TEST_QUOTA_BYTES
 
     def __post_init__(self) -> None:
         for i in range(self.size):
@@ -106,7 +107,7 @@ class EtcdCluster:
             # (every record's state change) never fill the quota.
             "--auto-compaction-mode=revision",
             "--auto-compaction-retention=1000",
-            f"--quota-backend-bytes={TEST_QUOTA_BYTES}",
+            f"--quota-backend-bytes={self.quota_bytes}",
             "--logger=zap",
             "--log-level=warn",
             f"--log-outputs={member.log}",
@@ -180,10 +181,12 @@ class EtcdCluster:
 
 
 @contextlib.contextmanager
-def etcd_cluster(base: Path, size: int = 3) -> Iterator[EtcdCluster]:
+def etcd_cluster(
+    base: Path, size: int = 3, quota_bytes: int = TEST_QUOTA_BYTES
+) -> Iterator[EtcdCluster]:
     """A started cluster of ``size`` members, stopped on exit."""
     binary = require_tool("etcd")
-    cluster = EtcdCluster(base, size, binary=binary)
+    cluster = EtcdCluster(base, size, binary=binary, quota_bytes=quota_bytes)
     try:
         cluster.start()
         yield cluster

@@ -267,3 +267,25 @@ def test_concurrent_checkpoints_of_one_name_keep_the_bound(
     assert hashlib.sha256(data).hexdigest() == info.sha256
     names = [k for k in _keys(shared_etcd, prefix) if b"/checkpoints/names/shared/" in k]
     assert len(names) == 5
+
+
+def test_a_full_etcd_is_a_full_store_saying_what_to_do(tmp_path: Path) -> None:
+    with etcd_cluster(tmp_path / "etcd", size=1, quota_bytes=4 << 20) as cluster:
+        store = EtcdStore(cluster.url)
+        try:
+            first = store.put_checkpoint("a", "web", b"first")
+            full: StoreError | None = None
+            # Old revisions are kept (no compaction yet): it fills.
+            for _ in range(100):
+                try:
+                    store.put_checkpoint("a", "other", os.urandom(CHUNK_BYTES))
+                except StoreError as exc:
+                    full = exc
+                    break
+            assert full is not None, "4 MiB of quota took 50 MiB"
+            assert full.kind == StoreError.FULL
+            assert "alarm disarm" in str(full)
+            # Reads go on.
+            assert store.get_checkpoint(first.id)[1] == b"first"
+        finally:
+            store.close()
