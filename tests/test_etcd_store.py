@@ -289,3 +289,57 @@ def test_a_full_etcd_is_a_full_store_saying_what_to_do(tmp_path: Path) -> None:
             assert store.get_checkpoint(first.id)[1] == b"first"
         finally:
             store.close()
+
+
+def test_a_fenced_store_writes_only_while_its_leader_key_lives(
+    store: EtcdStore, shared_etcd: EtcdCluster, prefix: str
+) -> None:
+    """The leader's epoch as the store's fence: once deposed (its lease gone),
+    none of its writes lands."""
+    import datetime
+
+    from pycontainer.manager._etcd import create_revision_is
+    from pycontainer.manager._etcd._store import FENCED
+
+    async def campaign() -> tuple[int, bytes, int]:
+        client = EtcdClient(shared_etcd.addresses)
+        try:
+            lease, _ = await client.grant(datetime.timedelta(seconds=30))
+            leader = await client.campaign(
+                f"{prefix}election".encode(), lease, b"me", datetime.timedelta(seconds=5)
+            )
+            return lease, leader.key, leader.rev
+        finally:
+            await client.close()
+
+    async def revoke(lease: int) -> None:
+        client = EtcdClient(shared_etcd.addresses)
+        try:
+            await client.revoke(lease)
+        finally:
+            await client.close()
+
+    lease, key, epoch = asyncio.run(campaign())
+    store.fence = (create_revision_is(key, epoch),)
+    store.put_container(record("a", restarts=1))
+    kept = store.put_checkpoint("a", "web", b"while leading")
+    asyncio.run(revoke(lease))  # deposed
+
+    refused = [
+        lambda: store.put_container(record("a", restarts=2)),
+        lambda: store.write_containers({"b": record("b")}),
+        lambda: store.delete_container("a"),
+        lambda: store.put_checkpoint("a", "web", b"after"),
+        lambda: store.put_checkpoint("a", "web", os.urandom(CHUNK_BYTES * 2)),
+    ]
+    for write in refused:
+        with pytest.raises(StoreError) as caught:
+            write()
+        assert caught.value.kind == FENCED
+        assert "no longer the leader" in str(caught.value)
+    assert [(r.id, r.restarts) for r in store.list_containers()] == [("a", 1)]
+    assert store.latest_checkpoint("web") == kept
+    assert not [k for k in _keys(shared_etcd, prefix) if b"/checkpoints/data/" in k][1:]
+    store.fence = ()
+    store.put_container(record("a", restarts=3))
+    assert store.get_container("a") == record("a", restarts=3)

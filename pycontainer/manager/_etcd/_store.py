@@ -100,6 +100,8 @@ TXN_BYTES = 1024 * 1024
 #: sweep of orphans (a writer that died leaves its chunks behind): their
 #: pending marker lives on a lease this long.
 PENDING_TTL = datetime.timedelta(seconds=120)
+#: The StoreError kind of a write refused by the store's fence.
+FENCED = "fenced"
 # Tries of a checkpoint's final transaction when another writer changed its
 # name's checkpoints in between.
 _CHECKPOINT_TRIES = 10
@@ -132,6 +134,12 @@ class EtcdStore:
         self._wait = call_timeout.total_seconds() * (len(self.members) + 1) + 1.0
         self._lock = threading.Lock()
         self._closed = False
+        #: Compares every write must pass, in the same transaction: a leader
+        #: sets the create revision of its election key here (its epoch,
+        #: ``create_revision_is(key, revision)``), so that once deposed none
+        #: of its writes lands; a write they fail raises StoreError FENCED
+        #: and writes nothing. Empty: every write goes.
+        self.fence: tuple[Compare, ...] = ()
         # Operations in the journal, as far as this store knows (None: not counted yet).
         self._operations: int | None = None
         self._loop = LoopThread(f"etcd-store {url}")
@@ -165,6 +173,22 @@ class EtcdStore:
                 f"state store {self.url}: no answer within {self._wait:g} s", StoreError.OTHER
             ) from None
 
+    async def _write(self, ops: Sequence[RequestOp]) -> None:
+        """Apply ``ops`` in one transaction, if the fence holds."""
+        if not (await self._client.txn(self.fence, ops)).succeeded:
+            raise self._fenced()
+
+    async def _check_fence(self) -> None:
+        if self.fence and not (await self._client.txn(self.fence, [])).succeeded:
+            raise self._fenced()
+
+    def _fenced(self) -> StoreError:
+        return StoreError(
+            f"state store {self.url}: write refused: the fence no longer holds "
+            "(this manager is no longer the leader whose epoch it carries)",
+            FENCED,
+        )
+
     def _key(self, *parts: str) -> bytes:
         return self._p + "/".join(quote(part, safe="") for part in parts).encode()
 
@@ -195,12 +219,12 @@ class EtcdStore:
             manifest = await self._client.get(self._key("checkpoints", "manifest", checkpoint_id))
             pending = await self._client.get(self._key("checkpoints", "pending", checkpoint_id))
             if manifest is None and pending is None:
-                await self._client.delete(data + raw + b"/", prefix=True)
+                await self._write([delete_op(data + raw + b"/", prefix=True)])
 
     # -- container records ------------------------------------------------------------
     def put_container(self, record: ContainerRecord) -> None:
         """Insert or replace the record with ``record.id``."""
-        self._run(self._client.put(self._key("containers", record.id), _encode(record)))
+        self._run(self._write([put_op(self._key("containers", record.id), _encode(record))]))
 
     def write_containers(self, changes: Mapping[str, ContainerRecord | None]) -> None:
         """Put each record and delete each id mapped to None, in transactions of
@@ -212,7 +236,7 @@ class EtcdStore:
             for container_id, record in changes.items()
         ]
         for batch in _batches(ops):
-            self._run(self._client.txn([], batch))
+            self._run(self._write(batch))
 
     def get_container(self, container_id: str) -> ContainerRecord | None:
         kv = self._run(self._client.get(self._key("containers", container_id)))
@@ -225,18 +249,18 @@ class EtcdStore:
         return sorted(records, key=lambda r: (r.name, r.id))
 
     def delete_container(self, container_id: str) -> None:
-        self._run(self._client.delete(self._key("containers", container_id)))
+        self._run(self._write([delete_op(self._key("containers", container_id))]))
 
     # -- applied specs ----------------------------------------------------------------
     def put_applied_spec(self, applied: AppliedSpec) -> None:
-        self._run(self._client.put(self._key("applied", applied.name), _encode(applied)))
+        self._run(self._write([put_op(self._key("applied", applied.name), _encode(applied))]))
 
     def list_applied_specs(self) -> list[AppliedSpec]:
         kvs, _ = self._run(self._client.range_prefix(self._key("applied") + b"/"))
         return sorted((_decode(AppliedSpec, kv.value) for kv in kvs), key=lambda a: a.name)
 
     def delete_applied_spec(self, name: str) -> None:
-        self._run(self._client.delete(self._key("applied", name)))
+        self._run(self._write([delete_op(self._key("applied", name))]))
 
     # -- checkpoints ------------------------------------------------------------------
     def put_checkpoint(self, container_id: str, container_name: str, data: bytes) -> CheckpointInfo:
@@ -275,9 +299,9 @@ class EtcdStore:
         lease = 0
         if len(chunks) > 1:
             lease, _ = await self._client.grant(PENDING_TTL)
-            await self._client.put(pending, b"", lease=lease)
+            await self._write([put_op(pending, b"", lease)])
             for i, chunk in enumerate(chunks[:-1]):
-                await self._client.put(self._chunk_key(info.id, i), chunk)
+                await self._write([put_op(self._chunk_key(info.id, i), chunk)])
         last = [put_op(self._chunk_key(info.id, len(chunks) - 1), chunks[-1])] if chunks else []
         manifest = json.dumps({**dataclasses.asdict(info), "chunks": len(chunks)}).encode()
         names = self._key("checkpoints", "names", info.container_name) + b"/"
@@ -330,15 +354,16 @@ class EtcdStore:
             ]
             for old in dropped:
                 ops.extend(self._checkpoint_deletes(info.container_name, old))
-            result = await self._client.txn(compares, ops[:TXN_OPS])
+            result = await self._client.txn([*self.fence, *compares], ops[:TXN_OPS])
             if result.succeeded:
                 # The rare rest of a long backlog of old ones (checkpoints_kept
                 # lowered): each delete is safe on its own.
                 for batch in _batches(ops[TXN_OPS:]):
-                    await self._client.txn([], batch)
+                    await self._write(batch)
                 if lease:
                     await self._client.revoke(lease)
                 return
+            await self._check_fence()
             if lease and await self._client.get(pending) is None:
                 raise StoreError(
                     f"state store {self.url}: checkpoint {info.id} of {info.container_name} took "
@@ -363,10 +388,12 @@ class EtcdStore:
 
     async def _drop_chunks(self, checkpoint_id: str) -> None:
         if await self._client.get(self._key("checkpoints", "manifest", checkpoint_id)) is None:
-            await self._client.delete(
-                self._key("checkpoints", "data", checkpoint_id) + b"/", prefix=True
+            await self._write(
+                [
+                    delete_op(self._key("checkpoints", "data", checkpoint_id) + b"/", prefix=True),
+                    delete_op(self._key("checkpoints", "pending", checkpoint_id)),
+                ]
             )
-            await self._client.delete(self._key("checkpoints", "pending", checkpoint_id))
 
     def get_checkpoint(self, checkpoint_id: str) -> tuple[CheckpointInfo, bytes]:
         """A checkpoint and its data, checksum verified.
@@ -422,7 +449,7 @@ class EtcdStore:
         mine = [info for info in infos if info.container_id == container_id]
         ops = [op for i in mine for op in self._checkpoint_deletes(i.container_name, i.id)]
         for batch in _batches(ops):
-            await self._client.txn([], batch)
+            await self._write(batch)
         return len(mine)
 
     # -- the journal (JournalStore) ---------------------------------------------------
@@ -475,17 +502,11 @@ class EtcdStore:
                 current = max(current, top)
             ops.append(put_op(sequence_key, str(current).encode()))
         for batch in _batches(ops):
-            await self._client.txn([], batch)
+            await self._write(batch)
         # Events past the bound: every sequence number up to top - events_kept.
         if top is not None and top > events_kept:
-            await self._client.txn(
-                [],
-                [
-                    delete_range_op(
-                        events_prefix, events_prefix + b"%020d" % (top - events_kept + 1)
-                    )
-                ],
-            )
+            end = events_prefix + b"%020d" % (top - events_kept + 1)
+            await self._write([delete_range_op(events_prefix, end)])
         if operations:
             await self._trim_operations(ops_prefix, operations_kept, len(operations))
 
@@ -498,7 +519,7 @@ class EtcdStore:
         keys.sort(key=lambda kv: kv.create_revision)
         excess = keys[: max(0, len(keys) - kept)]
         for batch in _batches([delete_op(kv.key) for kv in excess]):
-            await self._client.txn([], batch)
+            await self._write(batch)
         self._operations = len(keys) - len(excess)
 
     def get_operation(self, request_id: str) -> OperationRecord | None:
@@ -596,4 +617,4 @@ def _manifest(kv: KeyValue) -> tuple[CheckpointInfo, int]:
     return CheckpointInfo(**fields), count
 
 
-__all__ = ["CHUNK_BYTES", "DEFAULT_PREFIX", "EtcdStore"]
+__all__ = ["CHUNK_BYTES", "DEFAULT_PREFIX", "FENCED", "EtcdStore"]
