@@ -147,6 +147,12 @@ def test_no_member_answering_is_a_store_error_naming_them() -> None:
         EtcdStore(url, call_timeout=datetime.timedelta(milliseconds=300))
     for member in url.removeprefix("etcd://").split(","):
         assert member in str(caught.value)
+    # What the manager tells the operator names the cluster, not the state directory.
+    from pycontainer.manager._storewriter import advice
+
+    said = advice(caught.value, "state")
+    assert url in said
+    assert "etcdctl endpoint health" in said
 
 
 def test_the_journal_keeps_the_newest_operations_and_events(store: EtcdStore) -> None:
@@ -285,6 +291,7 @@ def test_a_full_etcd_is_a_full_store_saying_what_to_do(tmp_path: Path) -> None:
             assert full is not None, "4 MiB of quota took 50 MiB"
             assert full.kind == StoreError.FULL
             assert "alarm disarm" in str(full)
+            assert "alarm disarm" in full.advice
             # Reads go on.
             assert store.get_checkpoint(first.id)[1] == b"first"
         finally:

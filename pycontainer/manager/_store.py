@@ -236,9 +236,12 @@ class StoreError(Exception):
     IO = "i/o"
     OTHER = "other"
 
-    def __init__(self, message: str, kind: str = OTHER) -> None:
+    def __init__(self, message: str, kind: str = OTHER, *, advice: str = "") -> None:
         super().__init__(message)
         self.kind = kind
+        # What the operator can do, when the store knows better than the
+        # state directory's advice (a store elsewhere: etcd).
+        self.advice = advice
 
 
 # SQLite's primary result codes (the low byte of an extended one) by what

@@ -159,18 +159,23 @@ class EtcdStore:
         self._checkpoint_turns = asyncio.Lock()
         return EtcdClient(self.members, call_timeout=call_timeout)
 
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run on the store's loop; etcd's failures become StoreError."""
+    def _run(self, coroutine: Coroutine[Any, Any, T], calls: int = 1) -> T:
+        """Run on the store's loop, allowing for ``calls`` calls each of which
+        may try every member; etcd's failures become StoreError."""
         if self._closed:
             coroutine.close()
             raise StoreError(f"state store {self.url} is closed")
+        wait = self._wait * calls
         try:
-            return self._loop.run(coroutine, self._wait)
+            return self._loop.run(coroutine, wait)
         except EtcdError as exc:
             raise _fault(self.url, exc) from exc
         except TimeoutError:
             raise StoreError(
-                f"state store {self.url}: no answer within {self._wait:g} s", StoreError.OTHER
+                f"state store {self.url}: no answer within {wait:g} s",
+                StoreError.OTHER,
+                advice=f"the etcd cluster {self.url} does not answer: check its members "
+                "(etcdctl endpoint health)",
             ) from None
 
     async def _write(self, ops: Sequence[RequestOp]) -> None:
@@ -187,6 +192,7 @@ class EtcdStore:
             f"state store {self.url}: write refused: the fence no longer holds "
             "(this manager is no longer the leader whose epoch it carries)",
             FENCED,
+            advice="this manager is no longer the leader: send writes to the leader",
         )
 
     def _key(self, *parts: str) -> bytes:
@@ -284,8 +290,10 @@ class EtcdStore:
             sha256=hashlib.sha256(data).hexdigest(),
             create_time=time.time(),
         )
+        # A call per chunk, and a few around them.
+        calls = len(data) // CHUNK_BYTES + 4
         try:
-            self._run(self._put_checkpoint(info, data))
+            self._run(self._put_checkpoint(info, data), calls)
         except BaseException:
             # What was written of it goes (best effort: else the next open's sweep).
             with contextlib.suppress(StoreError):
@@ -400,7 +408,9 @@ class EtcdStore:
 
         Raises RequestError NOT_FOUND for an unknown id, DATA_LOSS for corrupt data.
         """
-        found = self._run(self._get_checkpoint(checkpoint_id))
+        found = self._run(
+            self._get_checkpoint(checkpoint_id), self._max_checkpoint_bytes // CHUNK_BYTES + 3
+        )
         if found is None:
             raise not_found("checkpoint_id", f"no checkpoint {echo(checkpoint_id)}")
         info, data = found
@@ -565,12 +575,16 @@ def _fault(url: str, exc: EtcdError) -> StoreError:
     its quota (etcd then takes no writes until compacted, defragmented and
     its alarm disarmed), OTHER for the rest (unreachable, no leader)."""
     if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return StoreError(
-            f"state store {url}: etcd is out of space ({exc}): compact and defragment it, "
-            "then `etcdctl alarm disarm` (and run it with --auto-compaction-retention)",
-            StoreError.FULL,
+        advice = (
+            f"the etcd cluster {url} is out of space: compact and defragment it, then "
+            "`etcdctl alarm disarm` (and run it with --auto-compaction-retention)"
         )
-    return StoreError(f"state store {url}: {exc}", StoreError.OTHER)
+        return StoreError(f"state store {url}: {exc}; {advice}", StoreError.FULL, advice=advice)
+    return StoreError(
+        f"state store {url}: {exc}",
+        StoreError.OTHER,
+        advice=f"the etcd cluster {url} fails: check its members (etcdctl endpoint health)",
+    )
 
 
 def _batches(ops: Sequence[RequestOp]) -> list[list[RequestOp]]:
