@@ -154,6 +154,34 @@ class EtcdCluster:
                         )
                     time.sleep(0.05)
 
+    def raft_leader(self) -> Member:
+        """The member that leads raft now (asked of a running member)."""
+        for member in self.members:
+            if not member.running:
+                continue
+            with grpc.insecure_channel(member.address) as channel:
+                status = channel.unary_unary(
+                    "/etcdserverpb.Maintenance/Status",
+                    request_serializer=rpc_pb2.StatusRequest.SerializeToString,
+                    response_deserializer=rpc_pb2.StatusResponse.FromString,
+                )
+                try:
+                    answer = status(rpc_pb2.StatusRequest(), timeout=2.0)
+                except grpc.RpcError:
+                    continue
+            for candidate in self.members:
+                with grpc.insecure_channel(candidate.address) as channel:
+                    status = channel.unary_unary(
+                        "/etcdserverpb.Maintenance/Status",
+                        request_serializer=rpc_pb2.StatusRequest.SerializeToString,
+                        response_deserializer=rpc_pb2.StatusResponse.FromString,
+                    )
+                    with contextlib.suppress(grpc.RpcError):
+                        own = status(rpc_pb2.StatusRequest(), timeout=2.0)
+                        if own.header.member_id == answer.leader:
+                            return candidate
+        pytest.fail("no etcd member knows a raft leader")
+
     def log_tail(self, member: Member) -> str:
         with contextlib.suppress(OSError):
             return member.log.read_text()[-2000:]
@@ -165,6 +193,23 @@ class EtcdCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(member.process.pid, signal.SIGKILL)
             member.process.wait(timeout=10)
+
+    def freeze(self, member: Member) -> None:
+        """SIGSTOP the member (it keeps its sockets, answers nothing) and wait
+        until every thread of it is stopped."""
+        assert member.process is not None
+        pid = member.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        stat = Path(f"/proc/{pid}/stat")
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert time.monotonic() < deadline, f"etcd member {member.name} did not stop"
+            time.sleep(0.01)
+
+    def thaw(self, member: Member) -> None:
+        assert member.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member.process.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         for member in self.members:

@@ -244,3 +244,97 @@ def test_bad_etcd_url_says_what_to_write(url: str, says: str) -> None:
     with pytest.raises(BadEtcdUrl, match=says) as caught:
         parse_etcd_url(url)
     assert "etcd://HOST:PORT" in str(caught.value) or "twice" in says
+
+
+@pytest.mark.parametrize("hung_role", ["follower", "raft leader"])
+async def test_a_hung_member_costs_neither_calls_nor_the_lease(
+    tmp_path: Path, hung_role: str
+) -> None:
+    """A member that takes connections but never answers (SIGSTOP): every
+    call's deadline passes it to another member, and a 2 s lease kept alive by
+    short calls lives on (a long-lived keepalive stream's write hangs there).
+    A hung follower costs nothing; a hung raft leader costs an election
+    (etcd's election timeout, 1 s by default), after which etcd gives every
+    lease a fresh TTL: the lease survives, though its holder's local deadline
+    may have passed meanwhile (it then stops acting by itself: safe)."""
+    with etcd_cluster(tmp_path) as cluster:
+        leader = cluster.raft_leader()
+        hung = (
+            leader
+            if hung_role == "raft leader"
+            else next(m for m in cluster.members if m is not leader)
+        )
+        # The client talks to the hung member first.
+        order = [hung.address, *(m.address for m in cluster.members if m is not hung)]
+        client = EtcdClient(order, call_timeout=SECONDS)
+        assert hung.process is not None
+        try:
+            lease, ttl = await client.grant(2 * SECONDS)
+            await client.put(b"/held", b"x", lease=lease)
+            keeper = LeaseKeeper(client, lease, ttl)
+            keeper.start()
+            cluster.freeze(hung)
+            start = time.monotonic()
+            await client.put(b"/k", b"through another member")
+            took = time.monotonic() - start
+            # One try's deadline, and an election when it led raft.
+            assert took < 5
+            lapsed = False
+            start = time.monotonic()
+            while time.monotonic() - start < 6:  # three TTLs
+                lapsed = lapsed or not keeper.alive
+                if hung_role == "follower":
+                    assert keeper.alive, "the lease was lost to a hung follower"
+                await asyncio.sleep(0.25)
+            print(f"\nhung {hung_role}: a put took {took:.2f} s; local deadline lapsed: {lapsed}")
+            kv = await client.get(b"/held")
+            if lapsed:
+                # The holder knew, and stopped renewing: the lease may be gone.
+                assert keeper.lost.is_set()
+                assert hung_role == "raft leader"
+            else:
+                assert kv is not None, "etcd let a renewed lease expire"
+                assert kv.lease == lease
+            await keeper.stop(revoke=True)
+        finally:
+            cluster.thaw(hung)
+            await client.close()
+
+
+async def test_a_dead_leaders_successor_within_its_ttl(shared_etcd: EtcdCluster) -> None:
+    """A leader that stops renewing (kill -9) is followed by the next candidate
+    once its 2 s lease expires; Observe sees the change."""
+    name = unique_prefix().encode() + b"leader"
+    a, b = EtcdClient(shared_etcd.addresses), EtcdClient(shared_etcd.addresses)
+    try:
+        lease_a, ttl = await a.grant(2 * SECONDS)
+        lease_b, _ = await b.grant(2 * SECONDS)
+        keeper_a, keeper_b = LeaseKeeper(a, lease_a, ttl), LeaseKeeper(b, lease_b, ttl)
+        keeper_a.start()
+        keeper_b.start()
+        await a.campaign(name, lease_a, b"a", 5 * SECONDS)
+        seen: list[bytes] = []
+
+        async def observe() -> None:
+            async for kv in b.observe(name, 30 * SECONDS):
+                seen.append(kv.value)
+                if kv.value == b"b":
+                    return
+
+        observer = asyncio.create_task(observe())
+        successor = asyncio.create_task(b.campaign(name, lease_b, b"b", 30 * SECONDS))
+        await asyncio.sleep(0.5)
+        assert not successor.done()
+        await keeper_a.stop()  # "killed": no revoke, its lease runs out
+        died = time.monotonic()
+        await asyncio.wait_for(successor, 10)
+        handover = time.monotonic() - died
+        print(f"\nnew leader {handover:.2f} s after the old one stopped renewing (TTL 2 s)")
+        assert handover < ttl + 2
+        await asyncio.wait_for(observer, 10)
+        assert seen[0] == b"a"
+        assert seen[-1] == b"b"
+        await keeper_b.stop(revoke=True)
+    finally:
+        await a.close()
+        await b.close()
