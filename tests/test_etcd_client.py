@@ -338,3 +338,29 @@ async def test_a_dead_leaders_successor_within_its_ttl(shared_etcd: EtcdCluster)
     finally:
         await a.close()
         await b.close()
+
+
+def test_the_private_stubs_leave_etcds_own_names_free() -> None:
+    """Another etcd stub set (etcd's own packages: mvccpb, etcdserverpb) loads
+    beside ours in the same process: ours are pycontainer.etcd.*."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+
+    from pycontainer._etcdpb import kv_pb2, rpc_pb2
+
+    assert kv_pb2.KeyValue.DESCRIPTOR.full_name == "pycontainer.etcd.mvccpb.KeyValue"
+    assert rpc_pb2.DESCRIPTOR.services_by_name["KV"].full_name == (
+        "pycontainer.etcd.etcdserverpb.KV"
+    )
+    theirs = descriptor_pb2.FileDescriptorProto(
+        name="etcd/mvcc/mvccpb/kv.proto", package="mvccpb", syntax="proto3"
+    )
+    message = theirs.message_type.add(name="KeyValue")
+    message.field.add(
+        name="key",
+        number=1,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+    )
+    pool = descriptor_pool.Default()
+    pool.Add(theirs)  # a clash would raise TypeError: duplicate symbol
+    assert pool.FindMessageTypeByName("mvccpb.KeyValue").full_name == "mvccpb.KeyValue"
