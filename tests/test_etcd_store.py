@@ -350,3 +350,53 @@ def test_a_fenced_store_writes_only_while_its_leader_key_lives(
     store.fence = ()
     store.put_container(record("a", restarts=3))
     assert store.get_container("a") == record("a", restarts=3)
+
+
+async def test_candidates_take_turns_and_a_deposed_leaders_writes_land_nowhere(
+    shared_etcd: EtcdCluster, prefix: str
+) -> None:
+    """The pieces leader election will use, together: two candidates, the
+    first leads and writes fenced by its term; it stops renewing (a kill -9):
+    the second leads with a higher epoch, the first knows it lost, and its
+    writes are refused while the new leader's land."""
+    import datetime
+
+    from pycontainer.manager._etcd import Candidate
+    from pycontainer.manager._etcd._store import FENCED
+
+    ttl = datetime.timedelta(seconds=2)
+    name = f"{prefix}leader".encode()
+    clients = [EtcdClient(shared_etcd.addresses) for _ in range(2)]
+    stores = [EtcdStore(shared_etcd.url, prefix=prefix) for _ in range(2)]
+    try:
+        a, b = (Candidate(c, name, v, ttl) for c, v in zip(clients, (b"a", b"b"), strict=True))
+        term_a = await a.campaign(datetime.timedelta(seconds=5))
+        assert a.leading
+        stores[0].fence = term_a.fence()
+        await asyncio.to_thread(stores[0].put_container, record("x", restarts=1))
+        b_wins = asyncio.ensure_future(b.campaign(datetime.timedelta(seconds=30)))
+        await asyncio.sleep(0.5)
+        assert not b_wins.done()
+
+        assert a._keeper is not None
+        await a._keeper.stop()  # killed: no more keepalives, no revoke
+        term_b = await asyncio.wait_for(b_wins, 10)
+        assert term_b.epoch > term_a.epoch
+        assert a.lost.is_set()
+        assert not a.leading
+        stores[1].fence = term_b.fence()
+        with pytest.raises(StoreError) as caught:
+            await asyncio.to_thread(stores[0].put_container, record("x", restarts=2))
+        assert caught.value.kind == FENCED
+        await asyncio.to_thread(stores[1].put_container, record("x", restarts=3))
+        got = await asyncio.to_thread(stores[1].get_container, "x")
+        assert got is not None
+        assert got.restarts == 3
+        await b.resign()
+        assert not b.leading
+        assert await clients[0].leader(name) is None
+    finally:
+        for store in stores:
+            store.close()
+        for client in clients:
+            await client.close()

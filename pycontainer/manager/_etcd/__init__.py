@@ -18,17 +18,20 @@ from ._client import (
     put_op,
     value_is,
 )
+from ._election import Candidate, Term
 from ._endpoints import BadEtcdUrl, parse_etcd_url
 from ._store import EtcdStore
 
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",
     "BadEtcdUrl",
+    "Candidate",
     "EtcdClient",
     "EtcdError",
     "EtcdStore",
     "KeyValue",
     "LeaseKeeper",
+    "Term",
     "TxnResult",
     "create_revision_is",
     "delete_op",
