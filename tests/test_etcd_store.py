@@ -400,3 +400,33 @@ async def test_candidates_take_turns_and_a_deposed_leaders_writes_land_nowhere(
             store.close()
         for client in clients:
             await client.close()
+
+
+def test_closing_ends_a_call_in_flight_at_once(tmp_path: Path) -> None:
+    """A call waiting on a hung cluster when the store closes fails then, not
+    after its deadlines (the manager closes its store on the way out)."""
+    with etcd_cluster(tmp_path / "etcd", size=1) as cluster:
+        store = EtcdStore(cluster.url)
+        outcome: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                store.list_containers()
+            except BaseException as exc:
+                outcome.append(exc)
+
+        cluster.freeze(cluster.members[0])
+        try:
+            caller = threading.Thread(target=call)
+            caller.start()
+            time.sleep(0.3)  # the call is under way (it waits up to 11 s on its own)
+            assert caller.is_alive()
+            start = time.monotonic()
+            store.close()
+            caller.join(5)
+            assert not caller.is_alive()
+            assert time.monotonic() - start < 3
+            [error] = outcome
+            assert isinstance(error, StoreError)
+        finally:
+            cluster.thaw(cluster.members[0])

@@ -82,7 +82,7 @@ from ._client import (
     put_op,
 )
 from ._endpoints import parse_etcd_url
-from ._loopthread import LoopThread
+from ._loopthread import LoopStopped, LoopThread
 
 T = TypeVar("T")
 
@@ -170,6 +170,8 @@ class EtcdStore:
             return self._loop.run(coroutine, wait)
         except EtcdError as exc:
             raise _fault(self.url, exc) from exc
+        except LoopStopped:
+            raise StoreError(f"state store {self.url} is closed") from None
         except TimeoutError:
             raise StoreError(
                 f"state store {self.url}: no answer within {wait:g} s",
