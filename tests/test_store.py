@@ -8,11 +8,13 @@ import hashlib
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from etcd_support import shared_etcd
 
 from pycontainer._errors import RequestError
 from pycontainer.manager._store import (
@@ -22,6 +24,8 @@ from pycontainer.manager._store import (
     StateStore,
     StoreError,
 )
+
+__all__ = ["shared_etcd"]  # the etcd cluster fixture, used through opener
 
 
 def record(id: str = "web-1", **changes: object) -> ContainerRecord:
@@ -51,20 +55,58 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "state.db"
 
 
+# Opens a store on the test's own place (the same one each time: a reopen is a
+# manager restart), with the store's keyword options.
+Opener = Callable[..., StateStore]
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def opener(request: pytest.FixtureRequest, path: Path) -> Iterator[Opener]:
+    """The protocol's tests run on each store: an SQLite file, and a prefix of
+    its own on a real 3-member etcd cluster (etcd_support)."""
+    opened: list[StateStore] = []
+    if request.param == "sqlite":
+
+        def open_store(**options: Any) -> StateStore:
+            opened.append(SQLiteStore(path, **options))
+            return opened[-1]
+
+    else:
+        from etcd_support import unique_prefix
+
+        from pycontainer.manager._etcd import EtcdStore
+
+        cluster = request.getfixturevalue("shared_etcd")
+        prefix = unique_prefix()
+
+        def open_store(**options: Any) -> StateStore:
+            opened.append(EtcdStore(cluster.url, prefix=prefix, **options))
+            return opened[-1]
+
+    yield open_store
+    for s in opened:
+        s.close()
+
+
 @pytest.fixture
-def store(path: Path) -> Iterator[SQLiteStore]:
+def store(opener: Opener) -> StateStore:
+    return opener()
+
+
+@pytest.fixture
+def sqlite_store(path: Path) -> Iterator[SQLiteStore]:
     s = SQLiteStore(path)
     yield s
     s.close()
 
 
-def test_is_a_state_store(store: SQLiteStore) -> None:
+def test_is_a_state_store(store: StateStore) -> None:
     # Type-checked: the manager holds a StateStore, not an SQLiteStore.
     s: StateStore = store
     assert s.list_containers() == []
 
 
-def test_container_round_trip(store: SQLiteStore) -> None:
+def test_container_round_trip(store: StateStore) -> None:
     r = record()
     store.put_container(r)
     assert store.get_container("web-1") == r
@@ -83,7 +125,7 @@ def test_container_round_trip(store: SQLiteStore) -> None:
     assert store.get_container("web-1") is None
 
 
-def test_list_is_sorted_by_name_then_id(store: SQLiteStore) -> None:
+def test_list_is_sorted_by_name_then_id(store: StateStore) -> None:
     for id, name in [("b-2", "b"), ("a-1", "a"), ("b-1", "b"), ("c-1", "c")]:
         store.put_container(record(id, name=name))
     assert [(r.name, r.id) for r in store.list_containers()] == [
@@ -94,7 +136,7 @@ def test_list_is_sorted_by_name_then_id(store: SQLiteStore) -> None:
     ]
 
 
-def test_checkpoint_round_trip(store: SQLiteStore) -> None:
+def test_checkpoint_round_trip(store: StateStore) -> None:
     assert store.latest_checkpoint("web") is None
     data = bytes(range(256)) * 10
     info = store.put_checkpoint("web-1", "web", data)
@@ -110,7 +152,7 @@ def test_checkpoint_round_trip(store: SQLiteStore) -> None:
     assert store.latest_checkpoint("web") == empty
 
 
-def test_unknown_checkpoint_is_not_found(store: SQLiteStore) -> None:
+def test_unknown_checkpoint_is_not_found(store: StateStore) -> None:
     with pytest.raises(RequestError) as caught:
         store.get_checkpoint("ckpt-nope")
     assert caught.value.code == grpc.StatusCode.NOT_FOUND
@@ -118,9 +160,9 @@ def test_unknown_checkpoint_is_not_found(store: SQLiteStore) -> None:
     assert "ckpt-nope" in caught.value.message
 
 
-def test_reopen_sees_everything(path: Path) -> None:
+def test_reopen_sees_everything(opener: Opener) -> None:
     """A manager restart: a new store on the same file sees what the old one wrote."""
-    first = SQLiteStore(path)
+    first = opener()
     records = [record(f"web-{i}", restarts=i) for i in range(3)]
     for r in records:
         first.put_container(r)
@@ -129,7 +171,7 @@ def test_reopen_sees_everything(path: Path) -> None:
     first.close()
     first.close()  # idempotent
 
-    second = SQLiteStore(path)
+    second = opener()
     try:
         assert second.list_containers() == records[:2]
         assert second.latest_checkpoint("web") == infos[-1]
@@ -144,14 +186,15 @@ def test_reopen_sees_everything(path: Path) -> None:
         second.close()
 
 
-def test_file_is_wal(path: Path, store: SQLiteStore) -> None:
-    store.put_container(record())
+def test_file_is_wal(path: Path, sqlite_store: SQLiteStore) -> None:
+    sqlite_store.put_container(record())
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
 
 
-def test_corrupt_checkpoint_is_data_loss(path: Path, store: SQLiteStore) -> None:
+def test_corrupt_checkpoint_is_data_loss(path: Path, sqlite_store: SQLiteStore) -> None:
+    store = sqlite_store
     info = store.put_checkpoint("web-1", "web", b"the real state")
     good = store.put_checkpoint("web-1", "web", b"another state")
     # Flip the blob behind the store's back, same length.
@@ -176,8 +219,8 @@ def test_corrupt_checkpoint_is_data_loss(path: Path, store: SQLiteStore) -> None
         reopened.close()
 
 
-def test_size_limit_is_resource_exhausted(path: Path) -> None:
-    store = SQLiteStore(path, max_checkpoint_bytes=1024)
+def test_size_limit_is_resource_exhausted(opener: Opener) -> None:
+    store = opener(max_checkpoint_bytes=1024)
     try:
         store.put_checkpoint("web-1", "web", b"x" * 1024)  # exactly the limit: fine
         with pytest.raises(RequestError) as caught:
@@ -191,14 +234,14 @@ def test_size_limit_is_resource_exhausted(path: Path) -> None:
         store.close()
 
 
-def test_default_size_limit_names_mebibytes(store: SQLiteStore) -> None:
+def test_default_size_limit_names_mebibytes(store: StateStore) -> None:
     with pytest.raises(RequestError) as caught:
         store.put_checkpoint("web-1", "web", bytes(64 * 1024 * 1024 + 1))
     assert "64Mi" in caught.value.message
     assert str(64 * 1024 * 1024 + 1) in caught.value.message
 
 
-def test_keeps_newest_five_per_name(store: SQLiteStore) -> None:
+def test_keeps_newest_five_per_name(store: StateStore) -> None:
     web = [store.put_checkpoint("web-1", "web", b"web %d" % i) for i in range(7)]
     db = [store.put_checkpoint("db-1", "db", b"db %d" % i) for i in range(2)]
     # Replicas share a name, so they share the retention window.
@@ -216,7 +259,7 @@ def test_keeps_newest_five_per_name(store: SQLiteStore) -> None:
     assert store.latest_checkpoint("db") == db[-1]
 
 
-def test_concurrent_writers(path: Path, store: SQLiteStore) -> None:
+def test_concurrent_writers(opener: Opener, store: StateStore) -> None:
     threads, each = 8, 40
     errors: list[BaseException] = []
     start = threading.Barrier(threads)
@@ -246,7 +289,7 @@ def test_concurrent_writers(path: Path, store: SQLiteStore) -> None:
         assert store.get_checkpoint(latest.id)[1] == b"%d/%d" % (t, 32)
 
     store.close()
-    reopened = SQLiteStore(path)
+    reopened = opener()
     try:
         assert len(reopened.list_containers()) == threads * each
     finally:
@@ -280,7 +323,7 @@ def test_newer_schema_is_refused(path: Path) -> None:
         SQLiteStore(path)
 
 
-def test_closed_store_raises(store: SQLiteStore) -> None:
+def test_closed_store_raises(store: StateStore) -> None:
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.list_containers()

@@ -66,9 +66,17 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             cpu_millis=parse_cpu(args.cpu) if args.cpu else machine.cpu_millis,
             memory_bytes=parse_memory(args.memory) if args.memory else machine.memory_bytes,
         )
+    if args.state is not None:
+        from ..manager._etcd import BadEtcdUrl, parse_etcd_url
+
+        try:
+            parse_etcd_url(args.state)
+        except BadEtcdUrl as exc:
+            raise CliError(f"--state: {exc}") from None
     settings = ManagerSettings(
         listen=args.listen,
         state_dir=args.state_dir,
+        state=args.state,
         capacity=capacity,
         heartbeat_interval=args.heartbeat,
         idle_heartbeat_interval=args.idle_heartbeat,

@@ -814,6 +814,12 @@ def _manager(subparsers: Subparsers) -> None:
         help=f"HOST:PORT to serve on; port 0 picks a free one (default: {DEFAULT_MANAGER})",
     )
     parser.add_argument("--state-dir", default="state", help="where the SQLite state lives")
+    parser.add_argument(
+        "--state",
+        metavar="etcd://HOST:PORT,...",
+        help="keep the registry, applied specs, checkpoints and journal on this etcd "
+        "cluster instead of SQLite in --state-dir (which still holds the CA, logs and keys)",
+    )
     parser.add_argument("--cpu", help="capacity in cpus (e.g. 4 or 3500m); default: this machine")
     parser.add_argument("--memory", help="capacity in bytes (e.g. 8Gi); default: this machine")
     parser.add_argument(

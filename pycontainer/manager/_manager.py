@@ -527,9 +527,12 @@ class Manager:
         return await self.sessions.wait_for(entry, predicate, seconds)
 
 
-def _open_store(settings: ManagerSettings) -> SQLiteStore:
-    """The state store in the state directory; StartRefused, in one line
-    naming the directory and what to do, when it cannot be made or opened."""
+def _open_store(settings: ManagerSettings) -> StateStore:
+    """The state store in the state directory (or on etcd: settings.state);
+    StartRefused, in one line naming the directory (the cluster) and what to
+    do, when it cannot be made or opened."""
+    if settings.state is not None:
+        return _open_etcd_store(settings.state, settings)
     state_dir = settings.state_dir
     try:
         Path(state_dir).mkdir(parents=True, exist_ok=True)
@@ -542,6 +545,20 @@ def _open_store(settings: ManagerSettings) -> SQLiteStore:
         where = str(Path(state_dir).absolute())
         raise StartRefused(
             f"cannot open the state store: {advice(classify(exc, where), where)} ({exc})"
+        ) from None
+
+
+def _open_etcd_store(url: str, settings: ManagerSettings) -> StateStore:
+    from ._etcd import BadEtcdUrl, EtcdStore
+
+    try:
+        return EtcdStore(url, max_checkpoint_bytes=settings.max_checkpoint_bytes)
+    except BadEtcdUrl as exc:
+        raise StartRefused(f"ManagerSettings.state: {exc}") from None
+    except StoreError as exc:
+        raise StartRefused(
+            f"cannot open the state store on etcd: {exc}; check that the members of {url} "
+            "run and are reachable from here"
         ) from None
 
 

@@ -33,6 +33,10 @@ class ManagerSettings:
     listen: str = "127.0.0.1:50050"
     # SQLite state (registry, specs, checkpoints) lives here.
     state_dir: str = "state"
+    # The registry, specs, checkpoints and journal on an etcd cluster instead
+    # (etcd://host:2379,host:2379,...); None: SQLite in state_dir. The state
+    # directory still holds the CA, the logs and the sealing key.
+    state: str | None = None
     # Capacity admitted containers share; None means this machine's.
     capacity: Resources | None = None
     # Each container's connection is pinged this often (gRPC keepalive,

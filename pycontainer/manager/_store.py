@@ -251,9 +251,12 @@ class StoreError(Exception):
     IO = "i/o"
     OTHER = "other"
 
-    def __init__(self, message: str, kind: str = OTHER) -> None:
+    def __init__(self, message: str, kind: str = OTHER, *, advice: str = "") -> None:
         super().__init__(message)
         self.kind = kind
+        # What the operator can do, when the store knows better than the
+        # state directory's advice (a store elsewhere: etcd).
+        self.advice = advice
 
 
 # SQLite's primary result codes (the low byte of an extended one) by what
@@ -378,6 +381,29 @@ _PUT_CONTAINER = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _CHECKPOINT_COLUMNS = "id, container_id, container_name, size_bytes, sha256, create_time"
+
+
+def check_checkpoint_size(container_name: str, size: int, limit: int) -> None:
+    """RequestError RESOURCE_EXHAUSTED when a checkpoint of ``size`` bytes is over ``limit``."""
+    if size > limit:
+        raise resource_exhausted(
+            f"checkpoint of {container_name} is {size} bytes ({format_memory(size)}), "
+            f"over the limit of {limit} bytes ({format_memory(limit)}; "
+            "ManagerSettings.max_checkpoint_bytes, at most "
+            f"{format_memory(MAX_CHECKPOINT_BYTES)}, pycontainer.limits.MAX_CHECKPOINT_BYTES)"
+        )
+
+
+def verify_checkpoint(info: CheckpointInfo, data: bytes) -> None:
+    """RequestError DATA_LOSS unless ``data`` is what ``info`` says was stored."""
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != info.sha256 or len(data) != info.size_bytes:
+        raise RequestError(
+            grpc.StatusCode.DATA_LOSS,
+            f"checkpoint {info.id} of {info.container_name} is corrupt: "
+            f"{len(data)} bytes with sha256 {actual}, "
+            f"stored as {info.size_bytes} bytes with sha256 {info.sha256}",
+        )
 
 
 class SQLiteStore:
@@ -509,14 +535,8 @@ class SQLiteStore:
 
         Raises RequestError RESOURCE_EXHAUSTED when ``data`` is over the size limit.
         """
-        size, limit = len(data), self._max_checkpoint_bytes
-        if size > limit:
-            raise resource_exhausted(
-                f"checkpoint of {container_name} is {size} bytes ({format_memory(size)}), "
-                f"over the limit of {limit} bytes ({format_memory(limit)}; "
-                "ManagerSettings.max_checkpoint_bytes, at most "
-                f"{format_memory(MAX_CHECKPOINT_BYTES)}, pycontainer.limits.MAX_CHECKPOINT_BYTES)"
-            )
+        size = len(data)
+        check_checkpoint_size(container_name, size, self._max_checkpoint_bytes)
         info = CheckpointInfo(
             id=f"ckpt-{uuid.uuid4().hex}",
             container_id=container_id,
@@ -552,14 +572,7 @@ class SQLiteStore:
         if row is None:
             raise not_found("checkpoint_id", f"no checkpoint {echo(checkpoint_id)}")
         info, data = _checkpoint(row[:-1]), bytes(row[-1])
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != info.sha256 or len(data) != info.size_bytes:
-            raise RequestError(
-                grpc.StatusCode.DATA_LOSS,
-                f"checkpoint {checkpoint_id} of {info.container_name} is corrupt: "
-                f"{len(data)} bytes with sha256 {actual}, "
-                f"stored as {info.size_bytes} bytes with sha256 {info.sha256}",
-            )
+        verify_checkpoint(info, data)
         return info, data
 
     def latest_checkpoint(self, container_name: str) -> CheckpointInfo | None:

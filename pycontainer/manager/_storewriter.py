@@ -106,6 +106,8 @@ def classify(exc: StoreError, state_dir: str) -> StoreError:
 
 def advice(exc: StoreError, state_dir: str) -> str:
     """What the operator can do about a store fault, in a few words."""
+    if exc.advice:
+        return exc.advice
     where = f"the state directory {state_dir!r}"
     kind = exc.kind
     if kind == StoreError.FULL:

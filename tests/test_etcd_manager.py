@@ -1,0 +1,127 @@
+"""Managers with their state on etcd (--state etcd://...): real manager
+processes on a real 3-member etcd cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from etcd_support import EtcdCluster, free_port, shared_etcd
+from support import (
+    connected_container,
+    free_address,
+    running_and_connected,
+    wait_container,
+    wait_until,
+)
+
+from pycontainer.manager._etcd import EtcdStore
+from pycontainer.v1 import manager_pb2_grpc
+
+__all__ = ["shared_etcd"]
+
+CLI = [sys.executable, "-m", "pycontainer.cli"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def manager_process(
+    state_dir: Path, state: str, address: str
+) -> Iterator[tuple[subprocess.Popen[str], manager_pb2_grpc.ManagerStub]]:
+    """`pycontainer manager --state STATE` serving on ``address``, and a stub to it."""
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "manager",
+            "--insecure",
+            "--listen",
+            address,
+            "--state-dir",
+            str(state_dir),
+            "--state",
+            state,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    channel = grpc.insecure_channel(address)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("manager serving on"), (line, proc.stderr and proc.stderr.read())
+        yield proc, manager_pb2_grpc.ManagerStub(channel)
+    finally:
+        channel.close()
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def test_a_second_manager_on_the_same_etcd_sees_the_first_ones_container(
+    shared_etcd: EtcdCluster, tmp_path: Path
+) -> None:
+    first_address = free_address()
+    with manager_process(tmp_path / "a", shared_etcd.url, first_address) as (_, first):
+
+        class _Address:  # what connected_container reads of a ManagerHost
+            address = first_address
+
+        container, host = connected_container(_Address(), "on-etcd")  # type: ignore[arg-type]
+        try:
+            registered = wait_container(first, "on-etcd", running_and_connected, "running")
+            # The record reaches etcd (written behind by the first manager).
+            reader = EtcdStore(shared_etcd.url)
+            try:
+                wait_until(
+                    lambda: any(r.id == registered.identity.id for r in reader.list_containers()),
+                    20,
+                    "the record on etcd",
+                )
+            finally:
+                reader.close()
+            # Another manager, on another machine's state directory, same etcd.
+            with manager_process(tmp_path / "b", shared_etcd.url, free_address()) as (_, second):
+                seen = wait_container(second, "on-etcd", lambda c: True, "the record", 20)
+                assert seen.identity.id == registered.identity.id
+                assert seen.identity.name == "on-etcd"
+        finally:
+            container.close()
+            host.stop()
+
+
+def test_a_bad_state_url_is_one_line_saying_what_to_write(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*CLI, "manager", "--insecure", "--listen", "127.0.0.1:0", "--state", "http://h1:2379"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    [line] = done.stderr.strip().splitlines()
+    assert "--state" in line
+    assert "etcd://HOST:PORT" in line
+
+
+def test_an_unreachable_etcd_refuses_the_start_naming_it(tmp_path: Path) -> None:
+    url = f"etcd://127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [*CLI, "manager", "--insecure", "--listen", "127.0.0.1:0", "--state", url],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    [line] = done.stderr.strip().splitlines()
+    assert "cannot open the state store on etcd" in line
+    assert url.removeprefix("etcd://") in line
