@@ -15,12 +15,12 @@ import sys
 # The distribution's name on PyPI ("pycontainer" there is an unrelated project).
 DISTRIBUTION = "pycontainer-grpc"
 # What the command imports beyond the base install: the `cli` extra (with
-# the manager's: the mesh's xDS API and gRPC's admin services).
+# the manager's: the mesh's xDS API and CSDS).
 CLI_MODULES = (
     "rich",
     "opentelemetry.instrumentation.grpc",
     "envoy.service.discovery.v3",
-    "grpc_admin",
+    "grpc_csds",
 )
 
 

@@ -38,11 +38,9 @@ def test_envoy_api_and_binary_share_the_envoy_package() -> None:
     assert f"/{version}/" in out, out
 
 
-def test_grpc_admin_services_import() -> None:
-    import grpc_admin
+def test_csds_imports() -> None:
     import grpc_csds
 
-    assert callable(grpc_admin.add_admin_servicers)
     assert callable(grpc_csds.add_csds_servicer)
 
 
