@@ -4,18 +4,21 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The oldest versions the dependency floor allows. generated/ is made with
-# them (generated code stamps its protobuf version as a runtime minimum), and
-# `make test-floor` runs the tests against them. Only the base install's
-# dependencies (the container side): none of the `cli` or `manager` extras,
-# so the floor tests also show that embedding needs no more.
+# The oldest versions the dependency floor allows, and `make test-floor` runs
+# the tests against them. Only the base install's dependencies (the container
+# side): none of the `cli` or `manager` extras (no xds-protos: no floor test
+# reaches the manager), so the floor tests also show that embedding needs no
+# more. protobuf's floor is the manager's (xds-protos needs 6.31.1), one for
+# the whole distribution; generated/ stamps an older minimum (below).
 FLOOR := .venv-floor
 FLOOR_PINS := grpcio==1.72.1 grpcio-health-checking==1.72.1 \
-	grpcio-reflection==1.72.1 grpcio-status==1.72.1 grpcio-channelz==1.72.1 protobuf==6.30.0 \
+	grpcio-reflection==1.72.1 grpcio-status==1.72.1 grpcio-channelz==1.72.1 protobuf==6.31.1 \
 	opentelemetry-api==1.30.0 opentelemetry-sdk==1.30.0 \
 	psutil==5.9.8 pyyaml==6.0.1 cryptography==42.0.0 google-re2==1.1
 # The code generator: the floor's grpcio-tools (its protoc stamps protobuf
-# 6.30.0 into generated/ as the runtime minimum) with mypy-protobuf 5, whose
+# 6.30.0 into generated/ as the runtime minimum, which the protobuf floor
+# 6.31.1 satisfies: a newer generator would rewrite all of generated/ and
+# gain nothing) with mypy-protobuf 5, whose
 # separate sync and async stub classes keep mypy fast. mypy-protobuf 3.7's one
 # stub class generic over a constrained TypeVar per RPC makes mypy's time grow
 # as 2^RPCs (minutes for the Manager service's 18; python/mypy#16363 and
@@ -36,6 +39,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install $(PIP_FLAGS) -U pip
 	$(call drop_old_distribution,$(BIN))
 	$(BIN)/pip install $(PIP_FLAGS) -e '.[dev]'
+	$(call restore_shadowed_protos,$(BIN))
 	touch $@
 
 venv: $(BIN)/.installed
@@ -46,6 +50,16 @@ venv: $(BIN)/.installed
 # left in the clone) first.
 define drop_old_distribution
 $(1)/pip uninstall $(PIP_FLAGS) -y pycontainer 2>/dev/null || true; rm -rf pycontainer.egg-info
+endef
+
+# xds-protos (the manager's) also ships copies of opentelemetry-proto's and
+# googleapis-common-protos' modules, at the same paths: whichever installs
+# last owns the files, and its stale opentelemetry copy breaks the OTLP
+# exporter (ImportError: InstrumentationScope; grpc/grpc#42926). Reinstall
+# the owners' own files, same versions, so that install order cannot matter.
+define restore_shadowed_protos
+$(1)/pip install $(PIP_FLAGS) --no-deps --force-reinstall $$($(1)/python -c \
+	'import importlib.metadata as m; print(*(f"{d}=={m.version(d)}" for d in ("opentelemetry-proto", "googleapis-common-protos")))')
 endef
 
 # System tools the tests use, installed when missing and we may (root):
@@ -173,7 +187,7 @@ test: check-generated lint typecheck pytest test-floor
 # The tests that exercise the contract, run against the floor versions and a
 # regular (non-editable) install of the base distribution: the wheel must
 # carry generated/ and protos, and the container side must need no extra.
-test-floor: $(FLOOR)/.installed
+test-floor: $(FLOOR)/.installed node-deps
 	$(call drop_old_distribution,$(FLOOR)/bin)
 	$(FLOOR)/bin/pip uninstall $(PIP_FLAGS) -y rich opentelemetry-instrumentation-grpc 2>/dev/null || true
 	rm -rf build  # setuptools would pack files left there by an older build

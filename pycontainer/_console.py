@@ -14,8 +14,14 @@ import sys
 
 # The distribution's name on PyPI ("pycontainer" there is an unrelated project).
 DISTRIBUTION = "pycontainer-grpc"
-# What the command imports beyond the base install: the `cli` extra.
-CLI_MODULES = ("rich", "opentelemetry.instrumentation.grpc")
+# What the command imports beyond the base install: the `cli` extra (with
+# the manager's: the mesh's xDS API and CSDS).
+CLI_MODULES = (
+    "rich",
+    "opentelemetry.instrumentation.grpc",
+    "envoy.service.discovery.v3",
+    "grpc_csds",
+)
 
 
 def _installed(module: str) -> bool:

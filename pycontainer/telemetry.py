@@ -18,6 +18,7 @@ sync and grpc.aio) with the spans built off the call path.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 
@@ -62,13 +63,31 @@ def _processor(name: str, file: str | None = None) -> SpanProcessor | None:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
                 OTLPSpanExporter,
             )
-        except ImportError:
-            raise ValueError(
-                "OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter: "
-                "pip install 'pycontainer-grpc[otlp]'"
-            ) from None
+        except ImportError as exc:
+            raise ValueError(_otlp_missing(exc)) from None
         return BatchSpanProcessor(OTLPSpanExporter())
     raise ValueError(f"OTEL_TRACES_EXPORTER: unknown exporter {name!r}; use otlp, console or none")
+
+
+def _otlp_missing(exc: ImportError) -> str:
+    """What to do when the OTLP exporter does not import."""
+    try:
+        installed = importlib.util.find_spec("opentelemetry.exporter.otlp.proto.grpc") is not None
+    except ImportError:
+        installed = False
+    if not installed:
+        return (
+            "OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter: "
+            "pip install 'pycontainer-grpc[otlp]'"
+        )
+    # Installed but broken: xds-protos (the manager extra's) ships an old copy
+    # of opentelemetry-proto's modules at the same paths (grpc/grpc#42926), and
+    # installed after opentelemetry-proto it replaces them.
+    return (
+        f"OTEL_TRACES_EXPORTER=otlp: the OTLP exporter is installed but does not import ({exc}); "
+        "if xds-protos was installed after opentelemetry-proto, its old copy replaced "
+        "opentelemetry-proto's files: pip install --force-reinstall --no-deps opentelemetry-proto"
+    )
 
 
 def configure_tracing(

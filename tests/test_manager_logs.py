@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -686,3 +687,47 @@ def test_retained_logging_output_reads_as_the_live_logs(
         "WARN    tryout: queue is long: 12 jobs",  # the CLI's one spelling: the proto's
         "ERROR   tryout.basic: lost a job",
     ]
+
+
+def test_a_part_whose_server_does_not_answer_fails_the_merged_stream_in_time(
+    manager: ManagerHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merged stream sends nothing before every part's history is in: a
+    container whose Management server takes the call and never answers fails
+    it UNAVAILABLE, naming the container, instead of silencing it until the
+    caller's deadline."""
+    from pycontainer.manager import _logstreams
+
+    monkeypatch.setattr(_logstreams, "_HISTORY_SECONDS", 1.0)
+    mute_listener = socket.create_server(("127.0.0.1", 0))  # accepts, never speaks
+    talker = make_container("talker2")
+    host = start_sync_host(talker)
+    talker.add_endpoint("management", host.target, kind="management")
+    mute = make_container("mute")
+    mute.add_endpoint(
+        "management", f"127.0.0.1:{mute_listener.getsockname()[1]}", kind="management"
+    )
+    try:
+        for container in (talker, mute):
+            container.connect(manager.address)
+        for name in ("talker2", "mute"):
+            wait_until(
+                lambda n=name: getattr(_registered(manager, n), "connected", False), 10, name
+            )
+        talker.logs.append(logs_pb2.SEVERITY_INFO, "INFO", "app", "words")
+        started = time.monotonic()
+        for follow in (False, True):
+            request = manager_pb2.ManagerStreamLogsRequest(
+                containers=["talker2", "mute"], filter=manager_pb2.StreamLogsFilter(follow=follow)
+            )
+            with pytest.raises(grpc.RpcError) as info:
+                list(manager.stub.StreamLogs(request, timeout=30))
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+            assert "did not send its log history within 1 s" in (info.value.details() or "")
+            assert (info.value.details() or "").startswith("mute-")
+        assert time.monotonic() - started < 15
+    finally:
+        talker.close()
+        mute.close()
+        host.stop()
+        mute_listener.close()

@@ -162,3 +162,7 @@ def test_readme_install_lines_install_what_each_use_needs(wheel_dir: Path, tmp_p
     assert with_cli.stdout.startswith("usage: pycontainer")
     manager = _run([python, "-P", "-c", "import pycontainer.manager"], tmp_path, timeout=60)
     assert manager.returncode == 0, manager.stderr
+    # The manager's mesh: Envoy's xDS API and CSDS.
+    mesh = "from envoy.config.cluster.v3 import cluster_pb2; import grpc_csds"
+    mesh_imports = _run([python, "-P", "-c", mesh], tmp_path, timeout=60)
+    assert mesh_imports.returncode == 0, mesh_imports.stderr

@@ -277,7 +277,17 @@ class Churn:
         self._paused.clear()
         self._resume.clear()
         try:
-            assert self._paused.wait(3 * STREAM_WAIT), f"the churn did not pause:\n{self.stack()}"
+            # A churn that failed before this pause cleared its flag has
+            # ended: say why, not that it did not pause.
+            deadline = time.monotonic() + 3 * STREAM_WAIT
+            while (
+                not self._paused.wait(0.1)
+                and self._thread.is_alive()
+                and time.monotonic() < deadline
+            ):
+                pass
+            assert self.error is None, f"churn: {self.error!r}\n{self.stack()}"
+            assert self._paused.is_set(), f"the churn did not pause:\n{self.stack()}"
             yield
         finally:
             self._resume.set()

@@ -120,3 +120,39 @@ def test_closed_streams_give_their_slots_back_at_once(kind: str) -> None:
             stream.cancel()
     finally:
         host.stop()
+
+
+@pytest.mark.parametrize("kind", ["logs", "metrics"])
+def test_closed_streams_free_their_threads_at_once(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler whose call ended frees its thread of the stream pool when
+    grpc says the call ended, not at its next poll: a churn of short streams
+    otherwise kept the pool (stream_limit + 4 threads) full of handlers whose
+    clients had gone, and new streams, a manager's log-history reads among
+    them, waited behind them (test_soak's 15 s silences). The polls are made a
+    minute long here, so only that wake-up frees a thread in time: three
+    pools' worth of streams in a row, each answered."""
+    from pycontainer.agent._logs import _reader
+    from pycontainer.agent._metrics import _watch
+
+    monkeypatch.setattr(_reader, "_ACTIVE_POLL_S", 60.0)
+    monkeypatch.setattr(_watch, "_POLL", 60.0)
+    container = make_container("churned", stream_limit=1)  # a pool of 5 threads
+    host = start_sync_host(container, workers=2)
+    start_container(host)
+    try:
+        for _ in range(3 * 5):
+            if kind == "logs":
+                stream = host.management.StreamLogs(
+                    management_pb2.StreamLogsRequest(follow=True, tail=1), timeout=10
+                )
+            else:
+                stream = host.management.WatchMetrics(
+                    management_pb2.WatchMetricsRequest(interval=duration_pb2.Duration(seconds=60)),
+                    timeout=10,
+                )
+            next(stream)  # DEADLINE_EXCEEDED when queued behind gone handlers
+            stream.cancel()
+    finally:
+        host.stop()

@@ -51,6 +51,12 @@ POLL_SECONDS = 0.2
 _SETTLE_SECONDS = 3.0
 # A followed stream's wait for its container's end has no deadline.
 _FOREVER = 10 * 365 * 86400.0
+# How long a container's Management server is given to send its log
+# history (a ring of entries over loopback: well under a second). A merged
+# stream sends nothing before every part's history is in, so one server that
+# accepts the call and does not answer would silence the whole stream until
+# the caller's own deadline; past this it fails UNAVAILABLE naming it.
+_HISTORY_SECONDS = 10.0
 # Entries per response.
 _BATCH = 500
 _STREAM_LOGS = "/pycontainer.v1.Management/StreamLogs"
@@ -217,11 +223,21 @@ class LogStreams:
             try:
                 # Read to its end; cancelled (its caller gone), without
                 # leaking the pending read (grpc/grpc#43360, _upstream).
-                async for response in responses(stub.StreamLogs(upstream)):
+                async for response in responses(
+                    stub.StreamLogs(upstream, timeout=_HISTORY_SECONDS)
+                ):
                     for log in response.entries:
                         log.container_id = part.entry.id
                     part.history.extend(response.entries)
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    # Its server took the call and did not answer in time:
+                    # not the caller's deadline, so not its code.
+                    raise RequestError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"{part.entry.id}: its Management server did not send its log "
+                        f"history within {_HISTORY_SECONDS:g} s",
+                    ) from None
                 error = RequestError(exc.code(), f"{part.entry.id}: {exc.details()}")
             else:
                 return

@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import fnmatch
 import re
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -258,13 +259,16 @@ class MetricsWatch:
         return response
 
     def iter_responses(
-        self, is_active: Callable[[], bool]
+        self, is_active: Callable[[], bool], woken: threading.Event | None = None
     ) -> Generator[management_pb2.WatchMetricsResponse, None, None]:
         """Snapshots for a sync server: one at once, then one per interval.
 
         Stops when ``is_active()`` (such as ``context.is_active``) turns false,
-        checked at least every 0.25 s.
+        checked at least every 0.25 s and at once when ``woken`` is set (by
+        grpc when the call ends: the handler's thread is free then, not at
+        its next poll).
         """
+        pause = woken.wait if woken is not None else time.sleep
         due = time.monotonic()
         while is_active():
             yield self.snapshot()
@@ -274,7 +278,7 @@ class MetricsWatch:
             while (remaining := due - time.monotonic()) > 0:
                 if not is_active():
                     return
-                time.sleep(min(remaining, _POLL))
+                pause(min(remaining, _POLL))
 
     async def aiter_responses(
         self, ended: Callable[[], bool] = lambda: False
