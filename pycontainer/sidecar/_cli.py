@@ -38,7 +38,8 @@ from ..units import (
     parse_cpu,
     parse_memory,
 )
-from ..v1 import spec_pb2
+from ..v1 import mesh_pb2, spec_pb2
+from ._envoy import envoy_binary
 from ._probes import (
     DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_PERIOD,
@@ -472,7 +473,19 @@ def settings_from_spec(
         restore=tuple(spec.hooks.restore),
         cwd=spec.working_dir or None,
         env=dict(spec.env),
+        envoy=_envoy_settings(spec),
+        service=spec.service.name,
+        service_endpoint=spec.service.endpoint,
     )
+
+
+def _envoy_settings(spec: spec_pb2.ContainerSpec) -> mesh_pb2.EnvoySettings | None:
+    """The spec's Envoy settings when it asks for Envoy (ValueError when its
+    binary is missing, before anything starts)."""
+    if spec.proxy != mesh_pb2.MESH_PROXY_ENVOY:
+        return None
+    envoy_binary()
+    return spec.envoy
 
 
 def _spec_log_capacity(capacity: int) -> int:

@@ -35,6 +35,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import __version__
 from .._errors import RequestError
+from .._secrets import mask_url_passwords
 from .._tls_env import BOOTSTRAP_TOKEN_ENV, CA_PIN_ENV, JOIN_ENV
 from ..agent._container import Container, ContainerSettings, Hooks
 from ..agent._health import CheckKind
@@ -42,12 +43,14 @@ from ..agent._serve import serve
 from ..agent._settings import HEALTH_LISTEN_ENV
 from ..agent._state import State
 from ..spec import SPEC_ENV
-from ..v1 import spec_pb2
+from ..v1 import mesh_pb2, spec_pb2
 from ._child import ChildProcess, describe_status, exit_status
+from ._envoy import MESH_ENDPOINT, EnvoyPlan, EnvoyProxy, bootstrap, envoy_binary, plan_envoy
 from ._probes import Prober, check_probe, describe_probe
 from ._severity import STDERR_DEFAULT, STDOUT_DEFAULT, Severities, SeverityRule
 
 __all__ = [
+    "EnvoyFailed",
     "HookCommandError",
     "ProgramExited",
     "ProgramKilled",
@@ -60,6 +63,9 @@ _log = logging.getLogger("pycontainer.sidecar")
 
 LIVENESS = "liveness"
 READINESS = "readiness"
+# The readiness check of the Envoy beside the program: ready once Envoy has
+# its listeners and clusters from the manager (admin /ready says LIVE).
+ENVOY = "envoy"
 # Environment a pycontainer-embedding program would take as its own identity
 # (or launch description): the program is not that container, the sidecar is;
 # and the sidecar's bootstrap token, a secret the program has no use for.
@@ -95,6 +101,10 @@ class ProgramKilled(RuntimeError):
     """The program outlived its grace period and was SIGKILLed."""
 
 
+class EnvoyFailed(RuntimeError):
+    """The Envoy beside the program could not start, or ended by itself."""
+
+
 @dataclass
 class SidecarSettings:
     """What to run and how to present it: ``container`` is who the container
@@ -122,6 +132,12 @@ class SidecarSettings:
     cwd: str | None = None
     # Added to the program's environment (the sidecar's own, less its identity).
     env: Mapping[str, str] = field(default_factory=dict)
+    # The Envoy beside the program (spec.proxy envoy); None: none.
+    envoy: mesh_pb2.EnvoySettings | None = None
+    # The mesh service the container serves (Envoy's node.cluster), and the
+    # name of the endpoint that serves it (spec.service.endpoint).
+    service: str = ""
+    service_endpoint: str = ""
 
     def __post_init__(self) -> None:
         if not self.command:
@@ -272,6 +288,13 @@ class Sidecar:
         self._stopped: concurrent.futures.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probers: list[Prober] = []
+        self.envoy: EnvoyProxy | None = None
+        self._envoy_plan: EnvoyPlan | None = None
+        self._envoy_binary = ""
+        # Why Envoy failed (it ended by itself): the stop it causes FAILs.
+        self._envoy_error = ""
+        if s.envoy is not None:
+            self._plan_envoy(s.envoy)
         for name, kind, probe in (
             (LIVENESS, CheckKind.LIVENESS, s.liveness),
             (READINESS, CheckKind.READINESS, s.readiness),
@@ -293,6 +316,85 @@ class Sidecar:
             )
             self.container.set_check(name, initial, f"{describe_probe(probe)}: not probed yet")
         _ensure_instruments()
+
+    def _plan_envoy(self, envoy: mesh_pb2.EnvoySettings) -> None:
+        """Advertise where Envoy will listen (the manager builds its inbound
+        listener from the "mesh" endpoint) and where the program serves."""
+        s = self.settings
+        self._envoy_binary = envoy_binary()
+        self._envoy_plan = plan = plan_envoy(envoy, s.service)
+        if plan.program:
+            self.container.add_endpoint(s.service_endpoint or "grpc", plan.program, kind="grpc")
+            self.container.add_endpoint(MESH_ENDPOINT, plan.inbound, kind="grpc")
+        self.container.add_check(ENVOY, kind=CheckKind.READINESS)
+        self.container.set_check(ENVOY, False, "Envoy not started yet")
+
+    def _start_envoy(self) -> None:
+        plan = self._envoy_plan
+        assert plan is not None
+        manager = self.settings.manager or os.environ.get("PYCONTAINER_MANAGER")
+        if not manager:
+            raise EnvoyFailed(
+                "proxy: envoy takes its listeners and clusters from the manager's xDS "
+                "server: run the sidecar with --manager (or $PYCONTAINER_MANAGER)"
+            )
+        proxy = EnvoyProxy(
+            binary=self._envoy_binary,
+            bootstrap=bootstrap(
+                container_id=self.container.id,
+                name=self.settings.name,
+                cluster=plan.service or self.settings.name,
+                manager=manager,
+            ),
+            logs=self.container.logs,
+            severities=self._severities,
+            echo=self.settings.echo,
+            on_ready=self._envoy_ready,
+            on_exit=self._envoy_exited,
+        )
+        try:
+            pid = proxy.start()
+        except OSError as exc:
+            proxy.remove_run_dir()
+            raise EnvoyFailed(f"cannot run Envoy ({self._envoy_binary}): {exc}") from exc
+        self.envoy = proxy
+        assert self.settings.envoy is not None
+        upstreams = ", ".join(f"{u.service} on {u.listen}" for u in self.settings.envoy.upstreams)
+        _log.info(
+            "started Envoy (pid %d, bootstrap %s): xDS from the manager at %s; inbound %s; "
+            "upstreams: %s",
+            pid,
+            proxy.bootstrap_path,
+            mask_url_passwords(manager),
+            f"{plan.inbound} to the program at {plan.program}" if plan.inbound else "none",
+            upstreams or "none",
+        )
+
+    def _envoy_ready(self, admin: str) -> None:
+        proxy = self.envoy
+        took = proxy.ready_seconds if proxy is not None and proxy.ready_seconds else 0.0
+        self.container.add_endpoint("envoy-admin", admin, kind="http")
+        _log.info("Envoy is LIVE after %.2fs: its admin on http://%s (this host only)", took, admin)
+        self.container.set_check(ENVOY, True, f"Envoy LIVE, admin on {admin}")
+
+    def _envoy_exited(self, returncode: int) -> None:
+        """On Envoy's waiting thread, once it exited."""
+        proxy = self.envoy
+        line = f"Envoy (pid {proxy.pid if proxy else None}) {describe_status(returncode)}"
+        with contextlib.suppress(KeyError):
+            self.container.set_check(ENVOY, False, line)
+        if self._stopping.is_set():
+            _log.info("%s", line)
+            return
+        _log.error("%s by itself: the container fails (its mesh traffic went through it)", line)
+        self._envoy_error = line
+        self._stop_container(f"{line} by itself")
+
+    def _stop_envoy(self) -> None:
+        proxy = self.envoy
+        if proxy is not None and proxy.running:
+            _log.info("stopping Envoy (pid %s): the program has stopped", proxy.pid)
+            proxy.stop()
 
     def _reporter(self, name: str) -> Callable[[bool, str], None]:
         last: list[bool | None] = [None]
@@ -327,6 +429,8 @@ class Sidecar:
 
     # -- hooks -------------------------------------------------------------------------------
     def _on_start(self) -> None:
+        if self._envoy_plan is not None and self.envoy is None:
+            self._start_envoy()
         child = ChildProcess(
             self.settings.command,
             logs=self.container.logs,
@@ -373,6 +477,15 @@ class Sidecar:
         _log.info("resumed the program (pid %s): SIGCONT", child.pid)
 
     def _on_stop(self, reason: str, deadline: float) -> None:
+        try:
+            self._stop_program(reason, deadline)
+        finally:
+            # After the program: Envoy carried its last calls until it ended.
+            self._stop_envoy()
+        if self._envoy_error:
+            raise EnvoyFailed(self._envoy_error)
+
+    def _stop_program(self, reason: str, deadline: float) -> None:
         self._stopping.set()
         for prober in self._probers:
             prober.stop()
@@ -469,6 +582,9 @@ class Sidecar:
         if self._stopping.is_set():
             return  # a stop is waiting for this
         self._exited_by_itself = True
+        self._stop_container(line)
+
+    def _stop_container(self, line: str) -> None:
         # Stop the container through its lifecycle (reported to a manager).
         # On the serving loop when there is one: the transitions' listeners
         # then run there, so the connector has queued the final report before
@@ -629,6 +745,9 @@ class Sidecar:
             child.wait(5.0)
         if child is not None:
             child.join(5.0)
+        self._stop_envoy()
+        if self.envoy is not None:
+            self.envoy.remove_run_dir()
         if self._stopper is not None:
             self._stopper.join(5.0)
         if self._stopped is not None:
