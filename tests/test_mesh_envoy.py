@@ -32,7 +32,9 @@ import psutil
 import pytest
 from support import IN_CI, ManagerHost, free_address, wait_container, wait_until
 
+from pycontainer._tls_env import TLS_DIR_ENV
 from pycontainer.sidecar._envoy import EnvoyNotFound, envoy_binary
+from pycontainer.testing import manager_host
 from pycontainer.v1 import (
     container_pb2,
     management_pb2,
@@ -362,3 +364,27 @@ def test_envoy_dying_by_itself_fails_its_container(manager: ManagerHost) -> None
     )
     assert "Envoy" in failed.error, failed.error
     assert "SIGKILL" in failed.error, failed.error
+
+
+def test_envoy_takes_its_configuration_over_mutual_tls_from_a_secure_manager(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manager serving mutual TLS (the default outside tests): Envoy dials
+    its ADS with the container's own certificate, as the sidecar does."""
+    monkeypatch.delenv("PYCONTAINER_INSECURE", raising=False)
+    monkeypatch.delenv(TLS_DIR_ENV, raising=False)
+    with manager_host(tmp_path / "state", insecure=False) as secure:
+        run(secure, backends(2))
+        wait_healthy(secure, "orders", 2)
+        [me] = run(secure, caller(free_address()))
+        node = me.identity.id
+        wait_until(
+            lambda: (
+                acked(envoy_client(secure, node), CLUSTER)
+                and acked(envoy_client(secure, node), LISTENER)
+            ),
+            timeout=30,
+            what="Envoy's ACKs over mutual TLS",
+        )
+        # The manager serves nothing in plaintext: these ACKs came over mTLS.
+        assert envoy_client(secure, node).kind == "envoy"

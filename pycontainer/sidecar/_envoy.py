@@ -134,15 +134,85 @@ def plan_envoy(envoy: mesh_pb2.EnvoySettings, service: str) -> EnvoyPlan:
     return EnvoyPlan(inbound, envoy.program_address, service)
 
 
+def manager_tls(tls_dir: str, server_name: str) -> dict[str, Any]:
+    """The xDS cluster's transport socket for a manager that serves mutual
+    TLS: the container's own certificate (``tls.pem``, key and certificate
+    in one file, as pycontainer writes it), the CA (``ca.pem``), and the
+    manager's certificate checked to name ``server_name``, as the agent's own
+    connection checks it."""
+    directory = Path(tls_dir)
+    leaf = str(directory / "tls.pem")
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/"
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": server_name,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {"certificate_chain": {"filename": leaf}, "private_key": {"filename": leaf}}
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(directory / "ca.pem")},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": server_name}}
+                    ],
+                },
+            },
+        },
+    }
+
+
 def bootstrap(
-    *, container_id: str, name: str, cluster: str, manager: str, admin_host: str = "127.0.0.1"
+    *,
+    container_id: str,
+    name: str,
+    cluster: str,
+    manager: str,
+    tls: dict[str, Any] | None = None,
+    admin_host: str = "127.0.0.1",
 ) -> dict[str, Any]:
     """Envoy's bootstrap: its node (who it is to the manager), its admin on
     ``admin_host`` at a port of the kernel's choosing, and listeners and
-    clusters over ADS from the manager at ``manager`` (HOST:PORT), in HTTP/2."""
+    clusters over ADS from the manager at ``manager`` (HOST:PORT), in HTTP/2,
+    through the transport socket ``tls`` (:func:`manager_tls`) if given."""
     host, port = _host_port(manager, "the manager's address")
     literal = _is_ip(host)
     ads = {"ads": {}, "resource_api_version": "V3"}
+    xds_cluster: dict[str, Any] = {
+        "name": XDS_CLUSTER,
+        "type": "STATIC" if literal else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": host,
+                                        "port_value": port,
+                                    }
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+    }
+    if tls is not None:
+        xds_cluster["transport_socket"] = tls
     return {
         "node": {
             "id": container_id,
@@ -162,41 +232,7 @@ def bootstrap(
             "lds_config": ads,
             "cds_config": ads,
         },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": XDS_CLUSTER,
-                    "type": "STATIC" if literal else "STRICT_DNS",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": XDS_CLUSTER,
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": host,
-                                                    "port_value": port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/"
-                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                }
-            ]
-        },
+        "static_resources": {"clusters": [xds_cluster]},
     }
 
 

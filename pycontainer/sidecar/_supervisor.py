@@ -28,6 +28,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 from opentelemetry import metrics
@@ -42,10 +43,19 @@ from ..agent._health import CheckKind
 from ..agent._serve import serve
 from ..agent._settings import HEALTH_LISTEN_ENV
 from ..agent._state import State
+from ..agent._tls import tls_dir
 from ..spec import SPEC_ENV
 from ..v1 import mesh_pb2, spec_pb2
 from ._child import ChildProcess, describe_status, exit_status
-from ._envoy import MESH_ENDPOINT, EnvoyPlan, EnvoyProxy, bootstrap, envoy_binary, plan_envoy
+from ._envoy import (
+    MESH_ENDPOINT,
+    EnvoyPlan,
+    EnvoyProxy,
+    bootstrap,
+    envoy_binary,
+    manager_tls,
+    plan_envoy,
+)
 from ._probes import Prober, check_probe, describe_probe
 from ._severity import STDERR_DEFAULT, STDOUT_DEFAULT, Severities, SeverityRule
 
@@ -345,6 +355,7 @@ class Sidecar:
                 name=self.settings.name,
                 cluster=plan.service or self.settings.name,
                 manager=manager,
+                tls=self._manager_tls(),
             ),
             logs=self.container.logs,
             severities=self._severities,
@@ -369,6 +380,17 @@ class Sidecar:
             f"{plan.inbound} to the program at {plan.program}" if plan.inbound else "none",
             upstreams or "none",
         )
+
+    def _manager_tls(self) -> dict[str, Any] | None:
+        """Envoy's TLS to the manager: the container's own certificate, as
+        the sidecar's connection uses (None: the manager serves plaintext)."""
+        directory = self.container.join_if_bootstrapping() or tls_dir()
+        if directory is None:
+            return None
+        from ..security import MANAGER
+
+        assert MANAGER.dns_name is not None
+        return manager_tls(directory, MANAGER.dns_name)
 
     def _envoy_ready(self, admin: str) -> None:
         proxy = self.envoy
