@@ -197,31 +197,21 @@ def result(client: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any
     return answer
 
 
-def test_a_proxyless_client_reaches_a_plain_program_through_envoys_inbound_listener(
-    manager: ManagerHost, tmp_path: Path
-) -> None:
+def plain_web(name: str) -> spec_pb2.ContainerSpec:
+    """The plain program serving "web" behind Envoy, on a port of its own."""
     program = free_address()
     port = program.rsplit(":", 1)[1]
-    [web] = run(
-        manager,
-        spec_pb2.ContainerSpec(
-            name="web",
-            command=[sys.executable, str(APPS / "plain_echo.py"), "--port", port, "--name", "web"],
-            sidecar=True,
-            service=mesh_pb2.MeshService(name="web"),
-            proxy=mesh_pb2.MESH_PROXY_ENVOY,
-            envoy=mesh_pb2.EnvoySettings(program_address=program),
-        ),
+    return spec_pb2.ContainerSpec(
+        name=name,
+        command=[sys.executable, str(APPS / "plain_echo.py"), "--port", port, "--name", name],
+        sidecar=True,
+        service=mesh_pb2.MeshService(name="web"),
+        proxy=mesh_pb2.MESH_PROXY_ENVOY,
+        envoy=mesh_pb2.EnvoySettings(program_address=program),
     )
-    assert wait_healthy(manager, "web", 1) == [web.identity.id]
-    advertised = endpoints(
-        manager.stub.GetContainer(
-            manager_pb2.GetContainerRequest(container=web.identity.id), timeout=5
-        ).container
-    )
-    # The mesh reaches it at Envoy's inbound listener, not at the program.
-    assert advertised["grpc"] == program
-    assert advertised["mesh"] != program
+
+
+def proxyless_env(manager: ManagerHost, tmp_path: Path) -> dict[str, str]:
     bootstrap = tmp_path / "bootstrap.json"
     bootstrap.write_text(
         json.dumps(
@@ -237,7 +227,25 @@ def test_a_proxyless_client_reaches_a_plain_program_through_envoys_inbound_liste
             }
         )
     )
-    env = dict(os.environ, GRPC_XDS_BOOTSTRAP=str(bootstrap))
+    return dict(os.environ, GRPC_XDS_BOOTSTRAP=str(bootstrap))
+
+
+def test_a_proxyless_client_reaches_a_plain_program_through_envoys_inbound_listener(
+    manager: ManagerHost, tmp_path: Path
+) -> None:
+    spec = plain_web("web")
+    program = spec.envoy.program_address
+    [web] = run(manager, spec)
+    assert wait_healthy(manager, "web", 1) == [web.identity.id]
+    advertised = endpoints(
+        manager.stub.GetContainer(
+            manager_pb2.GetContainerRequest(container=web.identity.id), timeout=5
+        ).container
+    )
+    # The mesh reaches it at Envoy's inbound listener, not at the program.
+    assert advertised["grpc"] == program
+    assert advertised["mesh"] != program
+    env = proxyless_env(manager, tmp_path)
     answer = result(load("xds:///web", "--calls", "200", env=env))
     assert answer["failed"] == 0, answer
     assert answer["calls"] == 200
@@ -388,3 +396,51 @@ def test_envoy_takes_its_configuration_over_mutual_tls_from_a_secure_manager(
         )
         # The manager serves nothing in plaintext: these ACKs came over mTLS.
         assert envoy_client(secure, node).kind == "envoy"
+
+
+def test_stopping_a_program_behind_envoy_loses_no_call_of_a_proxyless_client(
+    manager: ManagerHost, tmp_path: Path
+) -> None:
+    """The service's containers behind Envoy: a stop drains the "mesh"
+    endpoint (Envoy's inbound listener), then stops the program, then Envoy."""
+    [a] = run(manager, plain_web("web-a"))
+    [b] = run(manager, plain_web("web-b"))
+    wait_healthy(manager, "web", 2)
+    admin = envoy_admin(manager, a.identity.id)
+    envoy_a = envoy_process(
+        manager.stub.GetContainer(
+            manager_pb2.GetContainerRequest(container=a.identity.id), timeout=5
+        ).container.pid
+    )
+    client = load("xds:///web", "--calls", "3000", env=proxyless_env(manager, tmp_path))
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "ready"
+
+        def inbound_calls() -> int:
+            name = "^http\\.inbound\\.downstream_rq_total$"
+            stats = admin_json(admin, f"/stats?format=json&filter={name}")
+            return int(stats["stats"][0]["value"]) if stats["stats"] else 0
+
+        wait_until(lambda: inbound_calls() >= 200, timeout=30, what="calls through web-a's Envoy")
+        request = manager_pb2.StopContainerRequest(container=a.identity.id)
+        request.grace_period.FromSeconds(10)
+        stopped = manager.stub.StopContainer(request, timeout=30).container
+        assert stopped.state == container_pb2.LIFECYCLE_STATE_STOPPED
+        wait_container(manager.stub, a.identity.id, lambda c: c.HasField("exit_code"), "exit")
+        # Envoy went with its program.
+        wait_until(lambda: not envoy_a.is_running(), timeout=10, what="web-a's Envoy to end")
+        assert client.poll() is None, "the load ended before the stop did: give it more calls"
+    except BaseException:
+        client.kill()
+        client.communicate()
+        raise
+    answer = result(client)
+    print(
+        f"\nstop of a program behind Envoy (proxyless callers): {answer['calls']} calls, "
+        f"{answer['failed']} failed, by program {answer['answers']}"
+    )
+    assert answer["failed"] == 0, answer
+    assert answer["calls"] == 3000
+    assert {who.split(":")[0] for who in answer["answers"]} == {"web-a", "web-b"}
+    assert healthy(manager, "web") == [b.identity.id]

@@ -39,7 +39,7 @@ from ..units import (
     parse_memory,
 )
 from ..v1 import mesh_pb2, spec_pb2
-from ._envoy import envoy_binary
+from ._envoy import check_envoy, envoy_binary
 from ._probes import (
     DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_PERIOD,
@@ -484,6 +484,7 @@ def _envoy_settings(spec: spec_pb2.ContainerSpec) -> mesh_pb2.EnvoySettings | No
     binary is missing, before anything starts)."""
     if spec.proxy != mesh_pb2.MESH_PROXY_ENVOY:
         return None
+    check_envoy(spec.envoy)
     envoy_binary()
     return spec.envoy
 

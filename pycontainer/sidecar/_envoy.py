@@ -40,7 +40,10 @@ __all__ = [
     "EnvoyNotFound",
     "EnvoyPlan",
     "EnvoyProxy",
+    "bootstrap",
+    "check_envoy",
     "envoy_binary",
+    "manager_tls",
     "plan_envoy",
 ]
 
@@ -105,9 +108,12 @@ class EnvoyPlan:
     service: str
 
 
-def plan_envoy(envoy: mesh_pb2.EnvoySettings, service: str) -> EnvoyPlan:
-    """The addresses Envoy is to use for ``envoy`` (a free port for an
-    inbound listener given none); ValueError saying what to fix."""
+def check_envoy(envoy: mesh_pb2.EnvoySettings) -> None:
+    """ValueError saying what to fix in ``envoy``, before anything starts."""
+    services = [u.service for u in envoy.upstreams]
+    doubled = sorted({s for s in services if services.count(s) > 1})
+    if doubled:
+        raise ValueError(f"envoy.upstreams names {', '.join(doubled)} more than once")
     for upstream in envoy.upstreams:
         if not upstream.service:
             raise ValueError("envoy.upstreams: each needs the service it reaches")
@@ -123,10 +129,19 @@ def plan_envoy(envoy: mesh_pb2.EnvoySettings, service: str) -> EnvoyPlan:
                 "envoy.inbound_listen needs envoy.program_address: where the program "
                 "serves, which Envoy forwards the inbound traffic to"
             )
-        return EnvoyPlan("", "", service)
+        return
     _, program_port = _host_port(envoy.program_address, "envoy.program_address")
     if program_port == 0:
         raise ValueError("envoy.program_address needs the program's port, not 0")
+    _host_port(envoy.inbound_listen or "127.0.0.1:0", "envoy.inbound_listen")
+
+
+def plan_envoy(envoy: mesh_pb2.EnvoySettings, service: str) -> EnvoyPlan:
+    """The addresses Envoy is to use for ``envoy`` (a free port for an
+    inbound listener given none); ValueError saying what to fix."""
+    check_envoy(envoy)
+    if not envoy.program_address:
+        return EnvoyPlan("", "", service)
     host, port = _host_port(envoy.inbound_listen or "127.0.0.1:0", "envoy.inbound_listen")
     if port == 0:
         port = _free_port(host)
