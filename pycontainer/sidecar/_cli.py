@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .._envoy_spec import check_envoy
 from .._secrets import mask_url_passwords
 from ..agent._container import ContainerSettings
 from ..agent._join import JoinError
@@ -39,7 +40,7 @@ from ..units import (
     parse_memory,
 )
 from ..v1 import mesh_pb2, spec_pb2
-from ._envoy import check_envoy, envoy_binary
+from ._envoy import envoy_binary
 from ._probes import (
     DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_PERIOD,

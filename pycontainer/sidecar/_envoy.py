@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._envoy_spec import check_envoy, host_port
 from ..agent._logs import LogBuffer
 from ..v1 import mesh_pb2
 from ._child import ChildProcess
@@ -83,14 +84,6 @@ def envoy_binary(locations: Sequence[str] | None = None) -> str:
     )
 
 
-def _host_port(address: str, what: str) -> tuple[str, int]:
-    host, sep, port = address.removeprefix("dns:///").rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{what} {address!r} is not HOST:PORT (such as 127.0.0.1:9001)")
-    return host, int(port)
-
-
 def _free_port(host: str) -> int:
     """A port free on ``host`` now, for a listener Envoy is to bind (the
     manager puts it in Envoy's listener, so it must be known beforehand)."""
@@ -113,41 +106,13 @@ class EnvoyPlan:
     service: str
 
 
-def check_envoy(envoy: mesh_pb2.EnvoySettings) -> None:
-    """ValueError saying what to fix in ``envoy``, before anything starts."""
-    services = [u.service for u in envoy.upstreams]
-    doubled = sorted({s for s in services if services.count(s) > 1})
-    if doubled:
-        raise ValueError(f"envoy.upstreams names {', '.join(doubled)} more than once")
-    for upstream in envoy.upstreams:
-        if not upstream.service:
-            raise ValueError("envoy.upstreams: each needs the service it reaches")
-        _, port = _host_port(upstream.listen, f"envoy upstream {upstream.service}'s listen")
-        if port == 0:
-            raise ValueError(
-                f"envoy upstream {upstream.service}'s listen {upstream.listen!r} needs a "
-                "fixed port: the program dials it"
-            )
-    if not envoy.program_address:
-        if envoy.inbound_listen:
-            raise ValueError(
-                "envoy.inbound_listen needs envoy.program_address: where the program "
-                "serves, which Envoy forwards the inbound traffic to"
-            )
-        return
-    _, program_port = _host_port(envoy.program_address, "envoy.program_address")
-    if program_port == 0:
-        raise ValueError("envoy.program_address needs the program's port, not 0")
-    _host_port(envoy.inbound_listen or "127.0.0.1:0", "envoy.inbound_listen")
-
-
 def plan_envoy(envoy: mesh_pb2.EnvoySettings, service: str) -> EnvoyPlan:
     """The addresses Envoy is to use for ``envoy`` (a free port for an
     inbound listener given none); ValueError saying what to fix."""
     check_envoy(envoy)
     if not envoy.program_address:
         return EnvoyPlan("", "", service)
-    host, port = _host_port(envoy.inbound_listen or "127.0.0.1:0", "envoy.inbound_listen")
+    host, port = host_port(envoy.inbound_listen or "127.0.0.1:0", "envoy.inbound_listen")
     if port == 0:
         port = _free_port(host)
     inbound = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -197,7 +162,7 @@ def bootstrap(
     ``admin_host`` at a port of the kernel's choosing, and listeners and
     clusters over ADS from the manager at ``manager`` (HOST:PORT), in HTTP/2,
     through the transport socket ``tls`` (:func:`manager_tls`) if given."""
-    host, port = _host_port(manager, "the manager's address")
+    host, port = host_port(manager, "the manager's address")
     literal = _is_ip(host)
     ads = {"ads": {}, "resource_api_version": "V3"}
     xds_cluster: dict[str, Any] = {
