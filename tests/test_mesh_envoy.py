@@ -164,6 +164,19 @@ def envoy_admin(manager: ManagerHost, container_id: str) -> str:
     return box["envoy-admin"]
 
 
+def container_logs(manager: ManagerHost, container_id: str, logger: str) -> list[Any]:
+    """The retained log entries of ``logger`` (and its children), from the
+    container's own Management API."""
+    got = manager.stub.GetContainer(
+        manager_pb2.GetContainerRequest(container=container_id), timeout=5
+    ).container
+    with grpc.insecure_channel(endpoints(got)["management"]) as channel:
+        stream = management_pb2_grpc.ManagementStub(channel).StreamLogs(
+            management_pb2.StreamLogsRequest(logger=logger), timeout=5
+        )
+        return [entry for batch in stream for entry in batch.entries]
+
+
 def admin_json(admin: str, path: str) -> Any:
     with urllib.request.urlopen(f"http://{admin}{path}", timeout=5) as reply:
         return json.loads(reply.read())
@@ -260,6 +273,11 @@ def test_a_proxyless_client_reaches_a_plain_program_through_envoys_inbound_liste
     # The proxyless client was given gRPC's listener; Envoy its own alone.
     listeners = admin_json(admin, "/listeners?format=json")["listener_statuses"]
     assert [listener["name"] for listener in listeners] == [f"inbound/{web.identity.id}"]
+    # Envoy's output is the container's logs, its levels read.
+    entries = container_logs(manager, web.identity.id, logger="envoy")
+    assert entries, "no log entry of Envoy's"
+    assert {e.logger for e in entries} <= {"envoy.stdout", "envoy.stderr"}
+    assert any(e.severity_text == "INFO" and "[main]" in e.message for e in entries)
 
 
 def test_a_program_behind_envoy_calls_a_service_round_robin(manager: ManagerHost) -> None:
