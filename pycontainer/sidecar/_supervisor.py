@@ -35,6 +35,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import __version__
+from .._envoy_spec import host_port
 from .._errors import RequestError
 from .._secrets import mask_url_passwords
 from .._tls_env import BOOTSTRAP_TOKEN_ENV, CA_PIN_ENV, JOIN_ENV
@@ -56,7 +57,7 @@ from ._envoy import (
     manager_tls,
     plan_envoy,
 )
-from ._probes import Prober, check_probe, describe_probe
+from ._probes import Prober, check_probe, describe_probe, with_timing
 from ._severity import STDERR_DEFAULT, STDOUT_DEFAULT, Severities, SeverityRule
 
 __all__ = [
@@ -73,6 +74,9 @@ _log = logging.getLogger("pycontainer.sidecar")
 
 LIVENESS = "liveness"
 READINESS = "readiness"
+#: How often a program behind Envoy without a readiness probe of its own is
+#: probed (a TCP connect to its address).
+PROGRAM_PROBE_PERIOD = datetime.timedelta(milliseconds=500)
 # The readiness check of the Envoy beside the program: ready once Envoy has
 # its listeners and clusters from the manager (admin /ready says LIVE).
 ENVOY = "envoy"
@@ -303,11 +307,14 @@ class Sidecar:
         self._envoy_binary = ""
         # Why Envoy failed (it ended by itself): the stop it causes FAILs.
         self._envoy_error = ""
+        readiness = s.readiness
         if s.envoy is not None:
             self._plan_envoy(s.envoy)
+            if readiness is None:
+                readiness = self._program_probe()
         for name, kind, probe in (
             (LIVENESS, CheckKind.LIVENESS, s.liveness),
-            (READINESS, CheckKind.READINESS, s.readiness),
+            (READINESS, CheckKind.READINESS, readiness),
         ):
             self.container.add_check(name, kind=kind)
             # Before the first probe, as the kubelet: alive, not ready.
@@ -338,6 +345,19 @@ class Sidecar:
             self.container.add_endpoint(MESH_ENDPOINT, plan.inbound, kind="grpc")
         self.container.add_check(ENVOY, kind=CheckKind.READINESS)
         self.container.set_check(ENVOY, False, "Envoy not started yet")
+
+    def _program_probe(self) -> spec_pb2.Probe | None:
+        """Without a readiness probe of its own, a program behind Envoy is
+        ready once its address takes connections: Envoy forwards the mesh's
+        calls there, and a program still starting would fail them."""
+        plan = self._envoy_plan
+        if plan is None or not plan.program:
+            return None
+        host, port = host_port(plan.program, "envoy.program_address")
+        return with_timing(
+            spec_pb2.Probe(tcp=spec_pb2.TcpProbe(host=host, port=port)),
+            period=PROGRAM_PROBE_PERIOD,
+        )
 
     def _start_envoy(self) -> None:
         plan = self._envoy_plan

@@ -310,8 +310,9 @@ class EnvoySettings(_message.Message):
     """HOST:PORT where the program itself serves the service in plaintext gRPC
     (a program that knows nothing of pycontainer cannot advertise it); the
     sidecar advertises it as the endpoint spec.service.endpoint names (empty:
-    "grpc") and Envoy's inbound listener forwards to it. Empty means no
-    inbound listener: a program that only calls other services.
+    "grpc") and Envoy's inbound listener forwards to it; without a readiness
+    probe the container is ready once this address takes connections. Empty
+    means no inbound listener: a program that only calls other services.
     """
     @_builtins.property
     def upstreams(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeshUpstream]:
