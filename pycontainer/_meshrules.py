@@ -318,6 +318,8 @@ class _Rules:
                         ("replicas",),
                     )
                 take(address, path)
+        if envoy.program_address:
+            self._program_address(envoy.program_address, take)
         if len(envoy.upstreams) > limits.MAX_MESH_UPSTREAMS:
             self.add(
                 ("envoy", "upstreams"),
@@ -359,6 +361,29 @@ class _Rules:
                 )
                 continue
             take(address, (*at, "listen"))
+
+    def _program_address(self, text: str, take: Callable[[str, FieldPath], None]) -> None:
+        """Where the program serves (Envoy's inbound listener forwards there):
+        a fixed port, one replica per machine."""
+        spec, path = self.spec, ("envoy", "program_address")
+        address = self._listen(text, path)
+        if address is None:
+            return
+        if address.endswith(":0"):
+            self.add(
+                path,
+                f"{self.spelling.show(text)}: Envoy forwards to the program here, so it needs "
+                "the program's own fixed port (such as 127.0.0.1:8080)",
+            )
+            return
+        if spec.replicas > 1:
+            self.add(
+                path,
+                f"a fixed port serves one replica per machine, not {spec.replicas} "
+                "(one spec per program port)",
+                ("replicas",),
+            )
+        take(address, path)
 
     def _listen(self, text: str, path: FieldPath) -> str | None:
         if len(text) > limits.MAX_ADDRESS_LENGTH:

