@@ -395,6 +395,9 @@ class Sidecar:
             proxy.remove_run_dir()
             raise EnvoyFailed(f"cannot run Envoy ({self._envoy_binary}): {exc}") from exc
         self.envoy = proxy
+        self.container.set_check(
+            ENVOY, False, f"Envoy started (pid {pid}), waiting for its listeners from the manager"
+        )
         assert self.settings.envoy is not None
         upstreams = ", ".join(f"{u.service} on {u.listen}" for u in self.settings.envoy.upstreams)
         _log.info(
