@@ -63,6 +63,10 @@ CONNECT_TIMEOUT = duration_pb2.Duration(seconds=1)
 #: 15s would hold its initialisation, and the sidecar's readiness, that long.
 ROUTE_FETCH_TIMEOUT = duration_pb2.Duration(seconds=2)
 
+# Envoys of no known container warned about, at most (any client may claim
+# any node id: the set stays bounded).
+_STRANGERS_LOGGED = 1000
+
 _LB_POLICIES = {
     mesh_pb2.LOAD_BALANCING_POLICY_RING_HASH: cluster_pb2.Cluster.RING_HASH,
     mesh_pb2.LOAD_BALANCING_POLICY_LEAST_REQUEST: cluster_pb2.Cluster.LEAST_REQUEST,
@@ -252,7 +256,7 @@ class EnvoyResources:
         container_id = client.metadata.get("pycontainer.container_id") or client.node_id
         entry = self._registry.get(container_id)
         if entry is None or not proxied_by_envoy(entry):
-            if client.node_id not in self._strangers:
+            if client.node_id not in self._strangers and len(self._strangers) < _STRANGERS_LOGGED:
                 self._strangers.add(client.node_id)
                 _log.warning(
                     "Envoy %s is no container with proxy: envoy this manager knows: it is "
