@@ -282,6 +282,7 @@ class EnvoyProxy:
             loggers=("envoy.stdout", "envoy.stderr"),
         )
         self._on_ready = on_ready
+        self._live = threading.Event()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.admin_address = ""
@@ -313,18 +314,29 @@ class EnvoyProxy:
             if not self.admin_address:
                 with contextlib.suppress(OSError):
                     self.admin_address = self._admin_path.read_text().strip()
-            if self.admin_address and self._live():
+            if self.admin_address and self._says_live():
                 self.ready_seconds = time.monotonic() - self.start_time
+                self._live.set()
                 self._on_ready(self.admin_address)
                 return
             self._stop.wait(_READY_POLL)
 
-    def _live(self) -> bool:
+    def _says_live(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://{self.admin_address}/ready", timeout=1) as reply:
                 return bool(reply.status == 200)
         except (urllib.error.URLError, OSError):
             return False
+
+    def wait_live(self, timeout: float) -> bool:
+        """Wait until Envoy is LIVE (True), it ends, or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while self._child.running:
+            if self._live.wait(min(_READY_POLL, max(0.0, deadline - time.monotonic()))):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+        return self._live.is_set()
 
     def stop(self, timeout: float = _STOP_SECONDS) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; its returncode."""

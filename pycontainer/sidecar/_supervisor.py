@@ -45,6 +45,7 @@ from ..agent._settings import HEALTH_LISTEN_ENV
 from ..agent._state import State
 from ..agent._tls import tls_dir
 from ..spec import SPEC_ENV
+from ..units import format_duration
 from ..v1 import mesh_pb2, spec_pb2
 from ._child import ChildProcess, describe_status, exit_status
 from ._envoy import (
@@ -74,6 +75,9 @@ _log = logging.getLogger("pycontainer.sidecar")
 
 LIVENESS = "liveness"
 READINESS = "readiness"
+#: How long Envoy may take, once started, to have its listeners from the
+#: manager (admin /ready says LIVE) before the program starts.
+ENVOY_START_TIMEOUT = datetime.timedelta(seconds=30)
 #: How often a program behind Envoy without a readiness probe of its own is
 #: probed (a TCP connect to its address).
 PROGRAM_PROBE_PERIOD = datetime.timedelta(milliseconds=500)
@@ -307,6 +311,9 @@ class Sidecar:
         self._envoy_binary = ""
         # Why Envoy failed (it ended by itself): the stop it causes FAILs.
         self._envoy_error = ""
+        # The program waits for Envoy's listeners; Envoy is being stopped.
+        self._envoy_holding = False
+        self._envoy_stopped = False
         readiness = s.readiness
         if s.envoy is not None:
             self._plan_envoy(s.envoy)
@@ -421,6 +428,27 @@ class Sidecar:
         assert MANAGER.dns_name is not None
         return manager_tls(directory, MANAGER.dns_name)
 
+    def _hold_until_envoy_is_live(self) -> None:
+        """The program starts once Envoy has its listeners: its first calls
+        to an upstream's local listener would fail before (as Istio's
+        holdApplicationUntilProxyStarts)."""
+        proxy = self.envoy
+        assert proxy is not None
+        self._envoy_holding = True
+        try:
+            live = proxy.wait_live(ENVOY_START_TIMEOUT.total_seconds())
+        finally:
+            self._envoy_holding = False
+        if live:
+            return
+        if proxy.running:
+            self._stop_envoy()
+            raise EnvoyFailed(
+                f"Envoy did not get its listeners from the manager within "
+                f"{format_duration(ENVOY_START_TIMEOUT)}: see its log lines (logger envoy)"
+            )
+        raise EnvoyFailed(self._envoy_error or "Envoy ended before it had its listeners")
+
     def _envoy_ready(self, admin: str) -> None:
         proxy = self.envoy
         took = proxy.ready_seconds if proxy is not None and proxy.ready_seconds else 0.0
@@ -434,15 +462,18 @@ class Sidecar:
         line = f"Envoy (pid {proxy.pid if proxy else None}) {describe_status(returncode)}"
         with contextlib.suppress(KeyError):
             self.container.set_check(ENVOY, False, line)
-        if self._stopping.is_set():
+        if self._stopping.is_set() or self._envoy_stopped:
             _log.info("%s", line)
             return
+        self._envoy_error = f"{line} by itself"
+        if self._envoy_holding:
+            return  # the start fails with it
         _log.error("%s by itself: the container fails (its mesh traffic went through it)", line)
-        self._envoy_error = line
-        self._stop_container(f"{line} by itself")
+        self._stop_container(self._envoy_error)
 
     def _stop_envoy(self) -> None:
         proxy = self.envoy
+        self._envoy_stopped = True
         if proxy is not None and proxy.running:
             _log.info("stopping Envoy (pid %s): the program has stopped", proxy.pid)
             proxy.stop()
@@ -482,6 +513,7 @@ class Sidecar:
     def _on_start(self) -> None:
         if self._envoy_plan is not None and self.envoy is None:
             self._start_envoy()
+            self._hold_until_envoy_is_live()
         child = ChildProcess(
             self.settings.command,
             logs=self.container.logs,
