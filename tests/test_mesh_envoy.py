@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -31,12 +32,19 @@ import grpc
 import psutil
 import pytest
 import yaml
-from support import IN_CI, ManagerHost, free_address, wait_container, wait_until
+from support import (
+    IN_CI,
+    ManagerHost,
+    free_address,
+    running_and_connected,
+    wait_container,
+    wait_until,
+)
 
 from pycontainer._tls_env import TLS_DIR_ENV
 from pycontainer.sidecar import settings_from_spec
 from pycontainer.sidecar._envoy import EnvoyNotFound, envoy_binary
-from pycontainer.spec import SpecError, parse_specs, spec_to_dict
+from pycontainer.spec import SpecError, load_specs, parse_specs, spec_to_dict
 from pycontainer.testing import manager_host
 from pycontainer.v1 import (
     container_pb2,
@@ -549,3 +557,38 @@ def test_a_spec_file_gives_the_programs_address_and_reads_it_back() -> None:
     assert again == spec
     with pytest.raises(SpecError, match="needs the program's own fixed port"):
         parse_specs(text.replace("127.0.0.1:8080", "127.0.0.1:0"))
+
+
+def test_the_envoy_example_frontend_calls_the_greeter_through_envoy(
+    manager: ManagerHost,
+) -> None:
+    """examples/mesh-envoy.yaml under a real manager (its fixed port moved to
+    a free one): the frontend, which knows no mesh, reaches every greeter."""
+    root = APPS.parent.parent
+    greeter, frontend = load_specs(root / "examples" / "mesh-envoy.yaml")
+    assert frontend.proxy == mesh_pb2.MESH_PROXY_ENVOY
+    [upstream] = frontend.envoy.upstreams
+    assert upstream.service == greeter.service.name
+    command = list(frontend.command)
+    assert command[command.index("--target") + 1] == upstream.listen
+    listen = free_address()
+    command[command.index("--target") + 1] = upstream.listen = listen
+    command[command.index("--interval") + 1] = "20ms"
+    frontend.ClearField("command")
+    frontend.command.extend(command)
+    for spec in (greeter, frontend):
+        spec.working_dir = str(root)
+    replicas = run(manager, greeter)
+    wait_healthy(manager, "greeter", 3)
+    [me] = run(manager, frontend)
+    wait_container(manager.stub, me.identity.id, running_and_connected, "RUNNING")
+    answered: set[str] = set()
+
+    def every_replica_answered() -> bool:
+        lines = [e.message for e in container_logs(manager, me.identity.id, logger="stdout")]
+        assert not [line for line in lines if " failed: " in line], lines
+        answered.update(re.findall(r"hello, frontend, from (greeter-\w+)", "\n".join(lines)))
+        return len(answered) == 3
+
+    wait_until(every_replica_answered, timeout=30, what="answers from every greeter")
+    assert answered == {c.identity.id for c in replicas}
