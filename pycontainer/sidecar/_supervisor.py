@@ -10,6 +10,11 @@ program (any language) through processes and signals.
 
 The program exiting by itself stops the container (status 0) or FAILs it
 (any other status); the sidecar then exits with the program's status.
+
+With spec.proxy envoy (SidecarSettings.envoy), Envoy runs beside the program
+(_envoy): started first, the program once Envoy has its listeners from the
+manager; a readiness check "envoy" until then; stopped after the program;
+its death by itself FAILs the container.
 """
 
 from __future__ import annotations
