@@ -38,6 +38,8 @@ __all__ = [
     "DEFAULT_REQUEST_VOLUME",
     "DEFAULT_RETRY_INITIAL_BACKOFF",
     "DEFAULT_SERVICE_ENDPOINT",
+    "ENVOY_CA_SECRET",
+    "ENVOY_CERTIFICATE_SECRET",
     "MESH_ENDPOINT",
     "RETRY_ON",
     "FieldPath",
@@ -55,6 +57,11 @@ DEFAULT_SERVICE_ENDPOINT = "grpc"
 #: The endpoint a container with ``proxy: envoy`` advertises for Envoy's
 #: inbound listener: what the mesh's clients reach, so never the program's own.
 MESH_ENDPOINT = "mesh"
+#: The secrets an Envoy beside a program holds (static, in the bootstrap the
+#: sidecar writes, from the container's tls.pem and ca.pem): the clusters the
+#: manager gives it name them to dial endpoints that serve mutual TLS.
+ENVOY_CERTIFICATE_SECRET = "pycontainer-certificate"
+ENVOY_CA_SECRET = "pycontainer-ca"
 DEFAULT_MAX_ATTEMPTS = 2
 DEFAULT_RETRY_INITIAL_BACKOFF = datetime.timedelta(milliseconds=25)
 DEFAULT_MAX_EJECTION_PERCENT = 10

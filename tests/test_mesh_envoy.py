@@ -445,6 +445,37 @@ def test_envoy_takes_its_configuration_over_mutual_tls_from_a_secure_manager(
         assert envoy_client(secure, node).kind == "envoy"
 
 
+def test_envoy_calls_endpoints_that_serve_mutual_tls_with_the_containers_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backends serving mTLS with their own certificates (tests/apps/tls_echo.py):
+    the caller's Envoy presents its container's, from the static secrets the
+    sidecar put in its bootstrap, which the manager's cluster names."""
+    monkeypatch.delenv("PYCONTAINER_INSECURE", raising=False)
+    monkeypatch.delenv(TLS_DIR_ENV, raising=False)
+    with manager_host(tmp_path / "state", insecure=False) as secure:
+        replicas = run(
+            secure,
+            spec_pb2.ContainerSpec(
+                name="orders",
+                command=[sys.executable, str(APPS / "tls_echo.py")],
+                replicas=2,
+                service=mesh_pb2.MeshService(name="orders"),
+            ),
+        )
+        wait_healthy(secure, "orders", 2)
+        listen = free_address()
+        [me] = run(secure, caller(listen))
+        wait_until(
+            lambda: acked(envoy_client(secure, me.identity.id), ENDPOINT),
+            timeout=30,
+            what="Envoy's endpoints",
+        )
+        answer = result(load(listen, "--calls", "100", "--concurrency", "2"))
+        assert answer["failed"] == 0, answer
+        assert sorted(answer["answers"]) == sorted(c.identity.id for c in replicas)
+
+
 def test_stopping_a_program_behind_envoy_loses_no_call_of_a_proxyless_client(
     manager: ManagerHost, tmp_path: Path
 ) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._meshrules import ENVOY_CA_SECRET, ENVOY_CERTIFICATE_SECRET
 from ..agent._logs import LogBuffer
 from ..v1 import mesh_pb2
 from ._child import ChildProcess
@@ -45,6 +46,7 @@ __all__ = [
     "host_port",
     "manager_tls",
     "plan_envoy",
+    "secrets",
 ]
 
 #: The endpoint the sidecar advertises for Envoy's inbound listener (the
@@ -127,6 +129,27 @@ def plan_envoy(envoy: mesh_pb2.EnvoySettings, service: str) -> EnvoyPlan:
     return EnvoyPlan(inbound, envoy.program_address, service)
 
 
+def secrets(tls_dir: str) -> list[dict[str, Any]]:
+    """The container's certificate and the CA as Envoy's static secrets, for
+    the clusters of endpoints that serve mutual TLS (the manager's clusters
+    name them)."""
+    directory = Path(tls_dir)
+    leaf = str(directory / "tls.pem")
+    return [
+        {
+            "name": ENVOY_CERTIFICATE_SECRET,
+            "tls_certificate": {
+                "certificate_chain": {"filename": leaf},
+                "private_key": {"filename": leaf},
+            },
+        },
+        {
+            "name": ENVOY_CA_SECRET,
+            "validation_context": {"trusted_ca": {"filename": str(directory / "ca.pem")}},
+        },
+    ]
+
+
 def manager_tls(tls_dir: str, server_name: str) -> dict[str, Any]:
     """The xDS cluster's transport socket for a manager that serves mutual
     TLS: the container's own certificate (``tls.pem``, key and certificate
@@ -164,12 +187,14 @@ def bootstrap(
     cluster: str,
     manager: str,
     tls: dict[str, Any] | None = None,
+    tls_dir: str | None = None,
     admin_host: str = "127.0.0.1",
 ) -> dict[str, Any]:
     """Envoy's bootstrap: its node (who it is to the manager), its admin on
     ``admin_host`` at a port of the kernel's choosing, and listeners and
     clusters over ADS from the manager at ``manager`` (HOST:PORT), in HTTP/2,
-    through the transport socket ``tls`` (:func:`manager_tls`) if given."""
+    through the transport socket ``tls`` (:func:`manager_tls`) if given; with
+    ``tls_dir``, the container's certificate as static :func:`secrets`."""
     host, port = host_port(manager, "the manager's address")
     literal = _is_ip(host)
     ads = {"ads": {}, "resource_api_version": "V3"}
@@ -225,7 +250,10 @@ def bootstrap(
             "lds_config": ads,
             "cds_config": ads,
         },
-        "static_resources": {"clusters": [xds_cluster]},
+        "static_resources": {
+            "clusters": [xds_cluster],
+            "secrets": secrets(tls_dir) if tls_dir else [],
+        },
     }
 
 

@@ -394,6 +394,7 @@ class Sidecar:
                 cluster=plan.service or self.settings.name,
                 manager=manager,
                 tls=self._manager_tls(),
+                tls_dir=self._tls_dir(),
             ),
             logs=self.container.logs,
             severities=self._severities,
@@ -422,10 +423,14 @@ class Sidecar:
             upstreams or "none",
         )
 
+    def _tls_dir(self) -> str | None:
+        """The container's certificate's directory (None: no mutual TLS)."""
+        return self.container.join_if_bootstrapping() or tls_dir()
+
     def _manager_tls(self) -> dict[str, Any] | None:
         """Envoy's TLS to the manager: the container's own certificate, as
         the sidecar's connection uses (None: the manager serves plaintext)."""
-        directory = self.container.join_if_bootstrapping() or tls_dir()
+        directory = self._tls_dir()
         if directory is None:
             return None
         from ..security import MANAGER

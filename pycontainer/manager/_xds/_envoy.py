@@ -27,18 +27,20 @@ import logging
 from collections.abc import Callable, Mapping
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 
+from ..._meshrules import ENVOY_CA_SECRET, ENVOY_CERTIFICATE_SECRET
 from ...v1 import mesh_pb2, spec_pb2
 from .._registry import Entry, Registry
 from ._ads import Client, Versioned
@@ -91,7 +93,23 @@ def _http2(message: cluster_pb2.Cluster) -> None:
     message.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(pack(options))
 
 
-def envoy_cluster(name: str, view: ServiceView) -> cluster_pb2.Cluster:
+def upstream_tls() -> base_pb2.TransportSocket:
+    """Mutual TLS to the endpoints with the certificate and CA the sidecar
+    gave Envoy as static secrets (ENVOY_*_SECRET): files, where proxyless
+    clients take the bootstrap's certificate provider."""
+    context = tls_pb2.UpstreamTlsContext(
+        common_tls_context=tls_pb2.CommonTlsContext(
+            tls_certificate_sds_secret_configs=[
+                secret_pb2.SdsSecretConfig(name=ENVOY_CERTIFICATE_SECRET)
+            ],
+            validation_context_sds_secret_config=secret_pb2.SdsSecretConfig(name=ENVOY_CA_SECRET),
+            alpn_protocols=["h2"],
+        )
+    )
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
+
+
+def envoy_cluster(name: str, view: ServiceView, *, tls: bool = False) -> cluster_pb2.Cluster:
     """The proxyless cluster (EDS over ADS, outlier detection) in Envoy's
     flavour: HTTP/2, Envoy's own lb_policy with locality weights (the A52
     policy list names wrr_locality, gRPC's alone), and no panic mode: a
@@ -103,6 +121,8 @@ def envoy_cluster(name: str, view: ServiceView) -> cluster_pb2.Cluster:
     built.common_lb_config.locality_weighted_lb_config.SetInParent()
     built.common_lb_config.healthy_panic_threshold.CopyFrom(percent_pb2.Percent(value=0))
     built.connect_timeout.CopyFrom(CONNECT_TIMEOUT)
+    if tls:
+        built.transport_socket.CopyFrom(upstream_tls())
     _http2(built)
     return built
 
@@ -293,8 +313,8 @@ class EnvoyResources:
             view = views.get(upstream.service)
             if view is None:
                 continue  # no container serves it yet: its route names nothing yet either
-            for name in cluster_names(view):
-                out[name] = envoy_cluster(name, view)
+            for name, endpoints in cluster_names(view).items():
+                out[name] = envoy_cluster(name, view, tls=any(e.tls for e in endpoints))
         return out
 
     def _inbound(self, entry: Entry) -> tuple[tuple[str, int], tuple[str, int]] | None:
