@@ -14,7 +14,13 @@ and Cluster (wildcard), and is given exactly its own:
   over RDS (the very route proxyless clients get);
 - the Clusters those routes name, in Envoy's flavour (_resources builds the
   proxyless ones; Envoy's add explicit HTTP/2 and take a load-balancing
-  policy Envoy implements), with the same EDS assignments as everyone.
+  policy Envoy implements, and dial endpoints that serve mutual TLS with
+  the container's certificate, static secrets of Envoy's bootstrap, where
+  proxyless clients take a certificate provider), with the same EDS
+  assignments as everyone.
+
+The inbound listener serves plaintext (the program behind it, on loopback,
+speaks no TLS either).
 
 Routes and assignments are shared with proxyless clients (None here: the
 mesh's own). Not Envoy's: gRPC's ``api_listener`` listeners, which Envoy
