@@ -441,14 +441,17 @@ def test_envoy_takes_its_configuration_over_mutual_tls_from_a_secure_manager(
             timeout=30,
             what="Envoy's ACKs over mutual TLS",
         )
-        # The manager serves nothing in plaintext: these ACKs came over mTLS.
-        assert envoy_client(secure, node).kind == "envoy"
+        # The manager serves nothing in plaintext: these ACKs came over mTLS,
+        # and Envoy is known by its container's certificate.
+        client = envoy_client(secure, node)
+        assert client.kind == "envoy"
+        assert node in client.identity, client.identity
 
 
 def test_envoy_calls_endpoints_that_serve_mutual_tls_with_the_containers_certificate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Backends serving mTLS with their own certificates (tests/apps/tls_echo.py):
+    """Backends serving mTLS with their own certificates (mesh_backend.py --tls):
     the caller's Envoy presents its container's, from the static secrets the
     sidecar put in its bootstrap, which the manager's cluster names."""
     monkeypatch.delenv("PYCONTAINER_INSECURE", raising=False)
@@ -458,7 +461,7 @@ def test_envoy_calls_endpoints_that_serve_mutual_tls_with_the_containers_certifi
             secure,
             spec_pb2.ContainerSpec(
                 name="orders",
-                command=[sys.executable, str(APPS / "tls_echo.py")],
+                command=[sys.executable, str(APPS / "mesh_backend.py"), "--tls"],
                 replicas=2,
                 service=mesh_pb2.MeshService(name="orders"),
             ),
@@ -623,3 +626,31 @@ def test_the_envoy_example_frontend_calls_the_greeter_through_envoy(
 
     wait_until(every_replica_answered, timeout=30, what="answers from every greeter")
     assert answered == {c.identity.id for c in replicas}
+
+
+def test_an_envoy_claiming_another_containers_node_id_gets_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over mutual TLS an Envoy is the container its certificate names: a
+    stream presenting another certificate (here the admin's) under a
+    container's node id is given none of that container's listeners."""
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+    monkeypatch.delenv("PYCONTAINER_INSECURE", raising=False)
+    monkeypatch.delenv(TLS_DIR_ENV, raising=False)
+    with manager_host(tmp_path / "state", insecure=False) as secure:
+        [me] = run(secure, caller(free_address()))
+        node = me.identity.id
+        wait_until(lambda: acked(envoy_client(secure, node), LISTENER), timeout=30, what="Envoy")
+        ads = ads_pb2_grpc.AggregatedDiscoveryServiceStub(secure.channel)
+        request = discovery_pb2.DiscoveryRequest(
+            node=base_pb2.Node(id=node, user_agent_name="envoy"), type_url=LISTENER
+        )
+        stream = ads.StreamAggregatedResources(iter([request]), timeout=10)
+        response = next(stream)
+        stream.cancel()
+        assert response.type_url == LISTENER
+        assert list(response.resources) == []
+        # The real one still has its listener.
+        assert acked(envoy_client(secure, node), LISTENER)

@@ -47,6 +47,7 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 
 from ..._meshrules import ENVOY_CA_SECRET, ENVOY_CERTIFICATE_SECRET
+from ...security import container
 from ...v1 import mesh_pb2, spec_pb2
 from .._registry import Entry, Registry
 from ._ads import Client, Versioned
@@ -281,19 +282,31 @@ class EnvoyResources:
             return None  # proxyless clients, and what all share
         container_id = client.metadata.get("pycontainer.container_id") or client.node_id
         entry = self._registry.get(container_id)
+        if entry is not None and client.identity and client.identity != str(container(entry.id)):
+            # Over mutual TLS, an Envoy is the container its certificate names.
+            self._warn_once(
+                client,
+                f"Envoy {client.node_id} presents the certificate of {client.identity}, not "
+                f"of container {entry.id}: it is given no listeners or clusters",
+            )
+            return {}
         if entry is None or not proxied_by_envoy(entry):
-            if client.node_id not in self._strangers and len(self._strangers) < _STRANGERS_LOGGED:
-                self._strangers.add(client.node_id)
-                _log.warning(
-                    "Envoy %s is no container with proxy: envoy this manager knows: it is "
-                    "given no listeners or clusters (its node.id must be its container's id)",
-                    client.node_id,
-                )
+            self._warn_once(
+                client,
+                f"Envoy {client.node_id} is no container with proxy: envoy this manager "
+                "knows: it is given no listeners or clusters (its node.id must be its "
+                "container's id)",
+            )
             return {}
         assert entry.spec is not None
         if type_url == LISTENER:
             return _versioned(self._listeners(entry))
         return _versioned(self._clusters(entry))
+
+    def _warn_once(self, client: Client, message: str) -> None:
+        if client.node_id not in self._strangers and len(self._strangers) < _STRANGERS_LOGGED:
+            self._strangers.add(client.node_id)
+            _log.warning("%s", message)
 
     def _listeners(self, entry: Entry) -> dict[str, Message]:
         out: dict[str, Message] = {}
