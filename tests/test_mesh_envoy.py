@@ -42,6 +42,7 @@ from support import (
 )
 
 from pycontainer._tls_env import TLS_DIR_ENV
+from pycontainer.client import write_bootstrap
 from pycontainer.sidecar import settings_from_spec
 from pycontainer.sidecar._envoy import EnvoyNotFound, envoy_binary
 from pycontainer.spec import SpecError, load_specs, parse_specs, spec_to_dict
@@ -654,3 +655,53 @@ def test_an_envoy_claiming_another_containers_node_id_gets_nothing(
         assert list(response.resources) == []
         # The real one still has its listener.
         assert acked(envoy_client(secure, node), LISTENER)
+
+
+def test_envoy_to_envoy_over_mutual_tls_and_no_plaintext_caller_gets_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a manager serving mutual TLS a program behind Envoy is reached
+    through Envoy's inbound listener with mTLS only: the caller's Envoy
+    presents its container's certificate; a plaintext call is refused."""
+    monkeypatch.delenv("PYCONTAINER_INSECURE", raising=False)
+    monkeypatch.delenv(TLS_DIR_ENV, raising=False)
+    with manager_host(tmp_path / "state", insecure=False) as secure:
+        [web] = run(secure, plain_web("web"))
+        wait_healthy(secure, "web", 1)
+        got = secure.stub.GetContainer(
+            manager_pb2.GetContainerRequest(container=web.identity.id), timeout=5
+        ).container
+        [mesh] = [e for e in got.identity.endpoints if e.name == "mesh"]
+        assert mesh.tls
+        listen = free_address()
+        spec = caller(listen)
+        spec.envoy.upstreams[0].service = "web"
+        [me] = run(secure, spec)
+        wait_until(
+            lambda: acked(envoy_client(secure, me.identity.id), ENDPOINT),
+            timeout=30,
+            what="the caller's Envoy's endpoints",
+        )
+        answer = result(load(listen, "--calls", "50"))
+        assert answer["failed"] == 0, answer
+        [who] = answer["answers"]
+        assert who.startswith("web:")
+        # A proxyless client with xDS credentials (the admin's certificate)
+        # does mutual TLS with Envoy's inbound listener too.
+        bootstrap = write_bootstrap(
+            tmp_path / "bootstrap.json",
+            secure.address,
+            node_id="proxyless-mtls-client",
+            tls_dir=Path(secure.settings.state_dir) / "admin",
+        )
+        env = dict(os.environ, GRPC_XDS_BOOTSTRAP=str(bootstrap))
+        proxyless = result(load("xds:///web", "--calls", "50", "--credentials", "xds", env=env))
+        assert proxyless["failed"] == 0, proxyless
+        assert list(proxyless["answers"]) == [who]
+        # The inbound listener takes no plaintext call.
+        with (
+            grpc.insecure_channel(mesh.address) as channel,
+            pytest.raises(grpc.RpcError) as refused,
+        ):
+            channel.unary_unary("/pycontainer.test.Echo/Who")(b"", timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

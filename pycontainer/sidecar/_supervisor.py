@@ -354,7 +354,11 @@ class Sidecar:
         self._envoy_plan = plan = plan_envoy(envoy, s.service)
         if plan.program:
             self.container.add_endpoint(s.service_endpoint or "grpc", plan.program, kind="grpc")
-            self.container.add_endpoint(MESH_ENDPOINT, plan.inbound, kind="grpc")
+            # Mutual TLS from the mesh when the container has a certificate
+            # (a manager serving mutual TLS launched it), as Envoy is told.
+            self.container.add_endpoint(
+                MESH_ENDPOINT, plan.inbound, kind="grpc", tls=tls_dir() is not None
+            )
         elif envoy.inbound_listen or s.service:
             _log.warning(
                 "Envoy gets no inbound listener: envoy.program_address (where the program "

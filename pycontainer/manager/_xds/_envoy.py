@@ -19,8 +19,9 @@ and Cluster (wildcard), and is given exactly its own:
   proxyless clients take a certificate provider), with the same EDS
   assignments as everyone.
 
-The inbound listener serves plaintext (the program behind it, on loopback,
-speaks no TLS either).
+The inbound listener serves mutual TLS when the container has a certificate
+(the manager serves mutual TLS: its "mesh" endpoint says tls), plaintext
+otherwise; the program behind it, on loopback, speaks plaintext.
 
 Routes and assignments are shared with proxyless clients (None here: the
 mesh's own). Not Envoy's: gRPC's ``api_listener`` listeners, which Envoy
@@ -43,7 +44,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import percent_pb2
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from ..._meshrules import ENVOY_CA_SECRET, ENVOY_CERTIFICATE_SECRET
@@ -100,18 +101,31 @@ def _http2(message: cluster_pb2.Cluster) -> None:
     message.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(pack(options))
 
 
+def _own_certificate() -> tls_pb2.CommonTlsContext:
+    """The certificate and CA the sidecar gave Envoy as static secrets
+    (ENVOY_*_SECRET, files), where proxyless clients take the bootstrap's
+    certificate provider."""
+    return tls_pb2.CommonTlsContext(
+        tls_certificate_sds_secret_configs=[
+            secret_pb2.SdsSecretConfig(name=ENVOY_CERTIFICATE_SECRET)
+        ],
+        validation_context_sds_secret_config=secret_pb2.SdsSecretConfig(name=ENVOY_CA_SECRET),
+        alpn_protocols=["h2"],
+    )
+
+
 def upstream_tls() -> base_pb2.TransportSocket:
-    """Mutual TLS to the endpoints with the certificate and CA the sidecar
-    gave Envoy as static secrets (ENVOY_*_SECRET): files, where proxyless
-    clients take the bootstrap's certificate provider."""
-    context = tls_pb2.UpstreamTlsContext(
-        common_tls_context=tls_pb2.CommonTlsContext(
-            tls_certificate_sds_secret_configs=[
-                secret_pb2.SdsSecretConfig(name=ENVOY_CERTIFICATE_SECRET)
-            ],
-            validation_context_sds_secret_config=secret_pb2.SdsSecretConfig(name=ENVOY_CA_SECRET),
-            alpn_protocols=["h2"],
-        )
+    """Mutual TLS to the endpoints, with the container's certificate."""
+    context = tls_pb2.UpstreamTlsContext(common_tls_context=_own_certificate())
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
+
+
+def downstream_tls() -> base_pb2.TransportSocket:
+    """Mutual TLS from the mesh's callers: the container's certificate, and
+    theirs required (issued by the same CA)."""
+    context = tls_pb2.DownstreamTlsContext(
+        common_tls_context=_own_certificate(),
+        require_client_certificate=wrappers_pb2.BoolValue(value=True),
     )
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
 
@@ -165,9 +179,13 @@ def inbound_cluster(container_id: str, host: str, port: int) -> cluster_pb2.Clus
 
 
 def _listener(
-    name: str, host: str, port: int, manager: hcm_pb2.HttpConnectionManager
+    name: str,
+    host: str,
+    port: int,
+    manager: hcm_pb2.HttpConnectionManager,
+    transport_socket: base_pb2.TransportSocket | None = None,
 ) -> listener_pb2.Listener:
-    return listener_pb2.Listener(
+    listener = listener_pb2.Listener(
         name=name,
         address=_socket(host, port),
         filter_chains=[
@@ -181,11 +199,17 @@ def _listener(
             )
         ],
     )
+    if transport_socket is not None:
+        listener.filter_chains[0].transport_socket.CopyFrom(transport_socket)
+    return listener
 
 
-def inbound_listener(container_id: str, host: str, port: int) -> listener_pb2.Listener:
+def inbound_listener(
+    container_id: str, host: str, port: int, *, tls: bool = False
+) -> listener_pb2.Listener:
     """The service's traffic from the mesh, to the program (its route inline:
-    one cluster, nothing to discover)."""
+    one cluster, nothing to discover); with ``tls``, mutual TLS (the
+    container has a certificate: its "mesh" endpoint says so)."""
     name = inbound_name(container_id)
     manager = connection_manager(name, "inbound")
     manager.ClearField("rds")
@@ -210,7 +234,7 @@ def inbound_listener(container_id: str, host: str, port: int) -> listener_pb2.Li
             ],
         )
     )
-    return _listener(name, host, port, manager)
+    return _listener(name, host, port, manager, downstream_tls() if tls else None)
 
 
 def outbound_listener(service: str, host: str, port: int) -> listener_pb2.Listener:
@@ -240,10 +264,13 @@ def program_endpoint(entry: Entry) -> tuple[str, int] | None:
     return None
 
 
-def mesh_endpoint(entry: Entry) -> tuple[str, int] | None:
+def mesh_endpoint(entry: Entry) -> tuple[str, int, bool] | None:
+    """(host, port, served with mutual TLS) of Envoy's inbound listener, as
+    the sidecar advertised it."""
     for endpoint in entry.identity.endpoints:
         if endpoint.name == MESH_ENDPOINT:
-            return split_host_port(endpoint.address)
+            found = split_host_port(endpoint.address)
+            return None if found is None else (*found, endpoint.tls)
     return None
 
 
@@ -312,8 +339,8 @@ class EnvoyResources:
         out: dict[str, Message] = {}
         inbound = self._inbound(entry)
         if inbound is not None:
-            (host, port), _ = inbound
-            out[inbound_name(entry.id)] = inbound_listener(entry.id, host, port)
+            (host, port, tls), _ = inbound
+            out[inbound_name(entry.id)] = inbound_listener(entry.id, host, port, tls=tls)
         for upstream in _upstreams(entry):
             listen = split_host_port(upstream.listen)
             if listen is None or listen[1] == 0:
@@ -336,7 +363,7 @@ class EnvoyResources:
                 out[name] = envoy_cluster(name, view, tls=any(e.tls for e in endpoints))
         return out
 
-    def _inbound(self, entry: Entry) -> tuple[tuple[str, int], tuple[str, int]] | None:
+    def _inbound(self, entry: Entry) -> tuple[tuple[str, int, bool], tuple[str, int]] | None:
         """(Envoy's inbound address, the program's) when both are advertised."""
         listen, program = mesh_endpoint(entry), program_endpoint(entry)
         if listen is None or program is None:
