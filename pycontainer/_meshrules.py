@@ -38,6 +38,8 @@ __all__ = [
     "DEFAULT_REQUEST_VOLUME",
     "DEFAULT_RETRY_INITIAL_BACKOFF",
     "DEFAULT_SERVICE_ENDPOINT",
+    "ENVOY_CA_SECRET",
+    "ENVOY_CERTIFICATE_SECRET",
     "MESH_ENDPOINT",
     "RETRY_ON",
     "FieldPath",
@@ -55,6 +57,11 @@ DEFAULT_SERVICE_ENDPOINT = "grpc"
 #: The endpoint a container with ``proxy: envoy`` advertises for Envoy's
 #: inbound listener: what the mesh's clients reach, so never the program's own.
 MESH_ENDPOINT = "mesh"
+#: The secrets an Envoy beside a program holds (static, in the bootstrap the
+#: sidecar writes, from the container's tls.pem and ca.pem): the clusters the
+#: manager gives it name them to dial endpoints that serve mutual TLS.
+ENVOY_CERTIFICATE_SECRET = "pycontainer-certificate"
+ENVOY_CA_SECRET = "pycontainer-ca"
 DEFAULT_MAX_ATTEMPTS = 2
 DEFAULT_RETRY_INITIAL_BACKOFF = datetime.timedelta(milliseconds=25)
 DEFAULT_MAX_EJECTION_PERCENT = 10
@@ -318,6 +325,8 @@ class _Rules:
                         ("replicas",),
                     )
                 take(address, path)
+        if envoy.program_address:
+            self._program_address(envoy.program_address, take)
         if len(envoy.upstreams) > limits.MAX_MESH_UPSTREAMS:
             self.add(
                 ("envoy", "upstreams"),
@@ -359,6 +368,29 @@ class _Rules:
                 )
                 continue
             take(address, (*at, "listen"))
+
+    def _program_address(self, text: str, take: Callable[[str, FieldPath], None]) -> None:
+        """Where the program serves (Envoy's inbound listener forwards there):
+        a fixed port, one replica per machine."""
+        spec, path = self.spec, ("envoy", "program_address")
+        address = self._listen(text, path)
+        if address is None:
+            return
+        if address.endswith(":0"):
+            self.add(
+                path,
+                f"{self.spelling.show(text)}: Envoy forwards to the program here, so it needs "
+                "the program's own fixed port (such as 127.0.0.1:8080)",
+            )
+            return
+        if spec.replicas > 1:
+            self.add(
+                path,
+                f"a fixed port serves one replica per machine, not {spec.replicas} "
+                "(one spec per program port)",
+                ("replicas",),
+            )
+        take(address, path)
 
     def _listen(self, text: str, path: FieldPath) -> str | None:
         if len(text) > limits.MAX_ADDRESS_LENGTH:

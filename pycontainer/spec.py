@@ -226,7 +226,7 @@ _OUTLIER_HINTS = {
     "Envoy's detectors): give failurePercentageThreshold"
     for key in ("consecutiveErrors", "consecutive5xxErrors", "consecutiveGatewayErrors")
 }
-_ENVOY_KEYS = ("inboundListen", "upstreams")
+_ENVOY_KEYS = ("inboundListen", "upstreams", "programAddress")
 _ENVOY_HINTS = {
     "listen": 'did you mean "inboundListen"?',
     "inbound": 'did you mean "inboundListen"?',
@@ -1063,6 +1063,10 @@ class _Checker:
             inbound = self._address(fields["inboundListen"], (*path, "inboundListen"))
             if inbound is not None:
                 envoy.inbound_listen = inbound
+        if "programAddress" in fields:
+            program = self._address(fields["programAddress"], (*path, "programAddress"))
+            if program is not None:
+                envoy.program_address = program
         if "upstreams" not in fields:
             return
         items = fields["upstreams"]
@@ -1395,6 +1399,8 @@ def spec_to_dict(spec: spec_pb2.ContainerSpec) -> dict[str, Any]:
         envoy: dict[str, Any] = {}
         if spec.envoy.inbound_listen:
             envoy["inboundListen"] = spec.envoy.inbound_listen
+        if spec.envoy.program_address:
+            envoy["programAddress"] = spec.envoy.program_address
         if spec.envoy.upstreams:
             envoy["upstreams"] = [
                 {"service": upstream.service, "listen": upstream.listen}

@@ -49,6 +49,7 @@ from ._supervision import Supervisor
 from ._trust import Trust
 from ._xds import Mesh
 from ._xds._bootstraps import Bootstraps
+from ._xds._envoy import EnvoyResources
 from .runc import RuncRuntime
 
 if TYPE_CHECKING:
@@ -174,6 +175,10 @@ class Manager:
             Path(self.settings.state_dir) / "mesh", lambda: self.address
         )
         self._purgers.append(self.mesh_bootstraps.forget)
+        # Envoys beside programs (spec.proxy envoy) get listeners of their own.
+        self.mesh.node_resources = EnvoyResources(
+            self.registry, lambda: self.mesh.views, self.mesh.ads.changed
+        )
         self.admission = Admission(
             self.registry,
             self.sessions,

@@ -122,6 +122,7 @@ class ChildProcess:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         on_exit: ExitListener | None = None,
+        loggers: tuple[str, str] = ("stdout", "stderr"),
     ) -> None:
         if not command:
             raise ValueError("no command to run")
@@ -132,6 +133,8 @@ class ChildProcess:
         self._env = dict(env) if env is not None else None
         self._cwd = cwd
         self._on_exit = on_exit
+        # The log entries' logger names for its stdout and stderr.
+        self._loggers = loggers
         self._thread: threading.Thread | None = None
         self._spawned = threading.Event()
         self._exited = threading.Event()
@@ -188,8 +191,8 @@ class ChildProcess:
         assert popen.stdout is not None
         assert popen.stderr is not None
         for stream, logger, level, echo in (
-            (popen.stdout, "stdout", STDOUT_DEFAULT, _binary(sys.stdout)),
-            (popen.stderr, "stderr", STDERR_DEFAULT, _binary(sys.stderr)),
+            (popen.stdout, self._loggers[0], STDOUT_DEFAULT, _binary(sys.stdout)),
+            (popen.stderr, self._loggers[1], STDERR_DEFAULT, _binary(sys.stderr)),
         ):
             pump = threading.Thread(
                 target=self._pump,
@@ -198,9 +201,9 @@ class ChildProcess:
                     logger,
                     level,
                     echo if self._echo else None,
-                    MappingProxyType({**attrs, "log.iostream": logger}),
+                    MappingProxyType({**attrs, "log.iostream": logger.rsplit(".", 1)[-1]}),
                 ),
-                name=f"pycontainer-sidecar-{logger}",
+                name=f"pycontainer-sidecar-{logger.replace('.', '-')}",
                 daemon=True,
             )
             pump.start()

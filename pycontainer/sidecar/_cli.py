@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .._meshrules import Spelling, mesh_problems
 from .._secrets import mask_url_passwords
 from ..agent._container import ContainerSettings
 from ..agent._join import JoinError
@@ -38,7 +39,8 @@ from ..units import (
     parse_cpu,
     parse_memory,
 )
-from ..v1 import spec_pb2
+from ..v1 import mesh_pb2, spec_pb2
+from ._envoy import envoy_binary
 from ._probes import (
     DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_PERIOD,
@@ -472,7 +474,40 @@ def settings_from_spec(
         restore=tuple(spec.hooks.restore),
         cwd=spec.working_dir or None,
         env=dict(spec.env),
+        envoy=_envoy_settings(spec),
+        service=spec.service.name,
+        service_endpoint=spec.service.endpoint,
     )
+
+
+def _field(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out = f"{out}[{part}]" if isinstance(part, int) else f"{out}.{part}".lstrip(".")
+    return out
+
+
+# How the sidecar names a spec's fields and settings in what it refuses.
+_SPELLING = Spelling(
+    field=_field,
+    setting=lambda path, file_value, _api_value: f"{_field(path)}: {file_value}",
+    show=repr,
+)
+
+
+def _envoy_settings(spec: spec_pb2.ContainerSpec) -> mesh_pb2.EnvoySettings | None:
+    """The spec's Envoy settings when it asks for Envoy; ValueError, before
+    anything starts, when they break the mesh's rules (the manager refuses
+    such a spec too) or Envoy's binary is missing."""
+    if spec.proxy != mesh_pb2.MESH_PROXY_ENVOY:
+        return None
+    problems = mesh_problems(spec, _SPELLING)
+    if problems:
+        raise ValueError(
+            "; ".join(f"{_field(problem.path)}: {problem.message}" for problem in problems)
+        )
+    envoy_binary()
+    return spec.envoy
 
 
 def _spec_log_capacity(capacity: int) -> int:

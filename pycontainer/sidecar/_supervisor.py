@@ -10,6 +10,11 @@ program (any language) through processes and signals.
 
 The program exiting by itself stops the container (status 0) or FAILs it
 (any other status); the sidecar then exits with the program's status.
+
+With spec.proxy envoy (SidecarSettings.envoy), Envoy runs beside the program
+(_envoy): started first, the program once Envoy has its listeners from the
+manager; a readiness check "envoy" until then; stopped after the program;
+its death by itself FAILs the container.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 from opentelemetry import metrics
@@ -35,19 +41,33 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import __version__
 from .._errors import RequestError
+from .._secrets import mask_url_passwords
 from .._tls_env import BOOTSTRAP_TOKEN_ENV, CA_PIN_ENV, JOIN_ENV
 from ..agent._container import Container, ContainerSettings, Hooks
 from ..agent._health import CheckKind
 from ..agent._serve import serve
 from ..agent._settings import HEALTH_LISTEN_ENV
 from ..agent._state import State
+from ..agent._tls import tls_dir
 from ..spec import SPEC_ENV
-from ..v1 import spec_pb2
+from ..units import format_duration
+from ..v1 import mesh_pb2, spec_pb2
 from ._child import ChildProcess, describe_status, exit_status
-from ._probes import Prober, check_probe, describe_probe
+from ._envoy import (
+    MESH_ENDPOINT,
+    EnvoyPlan,
+    EnvoyProxy,
+    bootstrap,
+    envoy_binary,
+    host_port,
+    manager_tls,
+    plan_envoy,
+)
+from ._probes import Prober, check_probe, describe_probe, with_timing
 from ._severity import STDERR_DEFAULT, STDOUT_DEFAULT, Severities, SeverityRule
 
 __all__ = [
+    "EnvoyFailed",
     "HookCommandError",
     "ProgramExited",
     "ProgramKilled",
@@ -60,6 +80,15 @@ _log = logging.getLogger("pycontainer.sidecar")
 
 LIVENESS = "liveness"
 READINESS = "readiness"
+#: How long Envoy may take, once started, to have its listeners from the
+#: manager (admin /ready says LIVE) before the program starts.
+ENVOY_START_TIMEOUT = datetime.timedelta(seconds=30)
+#: How often a program behind Envoy without a readiness probe of its own is
+#: probed (a TCP connect to its address).
+PROGRAM_PROBE_PERIOD = datetime.timedelta(milliseconds=500)
+# The readiness check of the Envoy beside the program: ready once Envoy has
+# its listeners and clusters from the manager (admin /ready says LIVE).
+ENVOY = "envoy"
 # Environment a pycontainer-embedding program would take as its own identity
 # (or launch description): the program is not that container, the sidecar is;
 # and the sidecar's bootstrap token, a secret the program has no use for.
@@ -95,6 +124,10 @@ class ProgramKilled(RuntimeError):
     """The program outlived its grace period and was SIGKILLed."""
 
 
+class EnvoyFailed(RuntimeError):
+    """The Envoy beside the program could not start, or ended by itself."""
+
+
 @dataclass
 class SidecarSettings:
     """What to run and how to present it: ``container`` is who the container
@@ -122,6 +155,12 @@ class SidecarSettings:
     cwd: str | None = None
     # Added to the program's environment (the sidecar's own, less its identity).
     env: Mapping[str, str] = field(default_factory=dict)
+    # The Envoy beside the program (spec.proxy envoy); None: none.
+    envoy: mesh_pb2.EnvoySettings | None = None
+    # The mesh service the container serves (Envoy's node.cluster), and the
+    # name of the endpoint that serves it (spec.service.endpoint).
+    service: str = ""
+    service_endpoint: str = ""
 
     def __post_init__(self) -> None:
         if not self.command:
@@ -272,9 +311,22 @@ class Sidecar:
         self._stopped: concurrent.futures.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probers: list[Prober] = []
+        self.envoy: EnvoyProxy | None = None
+        self._envoy_plan: EnvoyPlan | None = None
+        self._envoy_binary = ""
+        # Why Envoy failed (it ended by itself): the stop it causes FAILs.
+        self._envoy_error = ""
+        # The program waits for Envoy's listeners; Envoy is being stopped.
+        self._envoy_holding = False
+        self._envoy_stopped = False
+        readiness = s.readiness
+        if s.envoy is not None:
+            self._plan_envoy(s.envoy)
+            if readiness is None:
+                readiness = self._program_probe()
         for name, kind, probe in (
             (LIVENESS, CheckKind.LIVENESS, s.liveness),
-            (READINESS, CheckKind.READINESS, s.readiness),
+            (READINESS, CheckKind.READINESS, readiness),
         ):
             self.container.add_check(name, kind=kind)
             # Before the first probe, as the kubelet: alive, not ready.
@@ -293,6 +345,152 @@ class Sidecar:
             )
             self.container.set_check(name, initial, f"{describe_probe(probe)}: not probed yet")
         _ensure_instruments()
+
+    def _plan_envoy(self, envoy: mesh_pb2.EnvoySettings) -> None:
+        """Advertise where Envoy will listen (the manager builds its inbound
+        listener from the "mesh" endpoint) and where the program serves."""
+        s = self.settings
+        self._envoy_binary = envoy_binary()
+        self._envoy_plan = plan = plan_envoy(envoy, s.service)
+        if plan.program:
+            self.container.add_endpoint(s.service_endpoint or "grpc", plan.program, kind="grpc")
+            # Mutual TLS from the mesh when the container has a certificate
+            # (a manager serving mutual TLS launched it), as Envoy is told.
+            self.container.add_endpoint(
+                MESH_ENDPOINT, plan.inbound, kind="grpc", tls=tls_dir() is not None
+            )
+        elif envoy.inbound_listen or s.service:
+            _log.warning(
+                "Envoy gets no inbound listener: envoy.program_address (where the program "
+                "serves%s) is not given",
+                f" {s.service}" if s.service else "",
+            )
+        self.container.add_check(ENVOY, kind=CheckKind.READINESS)
+        self.container.set_check(ENVOY, False, "Envoy not started yet")
+
+    def _program_probe(self) -> spec_pb2.Probe | None:
+        """Without a readiness probe of its own, a program behind Envoy is
+        ready once its address takes connections: Envoy forwards the mesh's
+        calls there, and a program still starting would fail them."""
+        plan = self._envoy_plan
+        if plan is None or not plan.program:
+            return None
+        host, port = host_port(plan.program, "envoy.program_address")
+        return with_timing(
+            spec_pb2.Probe(tcp=spec_pb2.TcpProbe(host=host, port=port)),
+            period=PROGRAM_PROBE_PERIOD,
+        )
+
+    def _start_envoy(self) -> None:
+        plan = self._envoy_plan
+        assert plan is not None
+        manager = self.settings.manager or os.environ.get("PYCONTAINER_MANAGER")
+        if not manager:
+            raise EnvoyFailed(
+                "proxy: envoy takes its listeners and clusters from the manager's xDS "
+                "server: run the sidecar with --manager (or $PYCONTAINER_MANAGER)"
+            )
+        proxy = EnvoyProxy(
+            binary=self._envoy_binary,
+            bootstrap=bootstrap(
+                container_id=self.container.id,
+                name=self.settings.name,
+                cluster=plan.service or self.settings.name,
+                manager=manager,
+                tls=self._manager_tls(),
+                tls_dir=self._tls_dir(),
+            ),
+            logs=self.container.logs,
+            severities=self._severities,
+            echo=self.settings.echo,
+            on_ready=self._envoy_ready,
+            on_exit=self._envoy_exited,
+        )
+        try:
+            pid = proxy.start()
+        except OSError as exc:
+            proxy.remove_run_dir()
+            raise EnvoyFailed(f"cannot run Envoy ({self._envoy_binary}): {exc}") from exc
+        self.envoy = proxy
+        self.container.set_check(
+            ENVOY, False, f"Envoy started (pid {pid}), waiting for its listeners from the manager"
+        )
+        assert self.settings.envoy is not None
+        upstreams = ", ".join(f"{u.service} on {u.listen}" for u in self.settings.envoy.upstreams)
+        _log.info(
+            "started Envoy (pid %d, bootstrap %s): xDS from the manager at %s; inbound %s; "
+            "upstreams: %s",
+            pid,
+            proxy.bootstrap_path,
+            mask_url_passwords(manager),
+            f"{plan.inbound} to the program at {plan.program}" if plan.inbound else "none",
+            upstreams or "none",
+        )
+
+    def _tls_dir(self) -> str | None:
+        """The container's certificate's directory (None: no mutual TLS)."""
+        return self.container.join_if_bootstrapping() or tls_dir()
+
+    def _manager_tls(self) -> dict[str, Any] | None:
+        """Envoy's TLS to the manager: the container's own certificate, as
+        the sidecar's connection uses (None: the manager serves plaintext)."""
+        directory = self._tls_dir()
+        if directory is None:
+            return None
+        from ..security import MANAGER
+
+        assert MANAGER.dns_name is not None
+        return manager_tls(directory, MANAGER.dns_name)
+
+    def _hold_until_envoy_is_live(self) -> None:
+        """The program starts once Envoy has its listeners: its first calls
+        to an upstream's local listener would fail before (as Istio's
+        holdApplicationUntilProxyStarts)."""
+        proxy = self.envoy
+        assert proxy is not None
+        self._envoy_holding = True
+        try:
+            live = proxy.wait_live(ENVOY_START_TIMEOUT.total_seconds())
+        finally:
+            self._envoy_holding = False
+        if live:
+            return
+        if proxy.running:
+            self._stop_envoy()
+            raise EnvoyFailed(
+                f"Envoy did not get its listeners from the manager within "
+                f"{format_duration(ENVOY_START_TIMEOUT)}: see its log lines (logger envoy)"
+            )
+        raise EnvoyFailed(self._envoy_error or "Envoy ended before it had its listeners")
+
+    def _envoy_ready(self, admin: str) -> None:
+        proxy = self.envoy
+        took = proxy.ready_seconds if proxy is not None and proxy.ready_seconds else 0.0
+        self.container.add_endpoint("envoy-admin", admin, kind="http")
+        _log.info("Envoy is LIVE after %.2fs: its admin on http://%s (this host only)", took, admin)
+        self.container.set_check(ENVOY, True, f"Envoy LIVE, admin on {admin}")
+
+    def _envoy_exited(self, returncode: int) -> None:
+        """On Envoy's waiting thread, once it exited."""
+        proxy = self.envoy
+        line = f"Envoy (pid {proxy.pid if proxy else None}) {describe_status(returncode)}"
+        with contextlib.suppress(KeyError):
+            self.container.set_check(ENVOY, False, line)
+        if self._stopping.is_set() or self._envoy_stopped:
+            _log.info("%s", line)
+            return
+        self._envoy_error = f"{line} by itself"
+        if self._envoy_holding:
+            return  # the start fails with it
+        _log.error("%s by itself: the container fails (its mesh traffic went through it)", line)
+        self._stop_container(self._envoy_error)
+
+    def _stop_envoy(self) -> None:
+        proxy = self.envoy
+        self._envoy_stopped = True
+        if proxy is not None and proxy.running:
+            _log.info("stopping Envoy (pid %s): the program has stopped", proxy.pid)
+            proxy.stop()
 
     def _reporter(self, name: str) -> Callable[[bool, str], None]:
         last: list[bool | None] = [None]
@@ -327,6 +525,9 @@ class Sidecar:
 
     # -- hooks -------------------------------------------------------------------------------
     def _on_start(self) -> None:
+        if self._envoy_plan is not None and self.envoy is None:
+            self._start_envoy()
+            self._hold_until_envoy_is_live()
         child = ChildProcess(
             self.settings.command,
             logs=self.container.logs,
@@ -373,6 +574,15 @@ class Sidecar:
         _log.info("resumed the program (pid %s): SIGCONT", child.pid)
 
     def _on_stop(self, reason: str, deadline: float) -> None:
+        try:
+            self._stop_program(reason, deadline)
+        finally:
+            # After the program: Envoy carried its last calls until it ended.
+            self._stop_envoy()
+        if self._envoy_error:
+            raise EnvoyFailed(self._envoy_error)
+
+    def _stop_program(self, reason: str, deadline: float) -> None:
         self._stopping.set()
         for prober in self._probers:
             prober.stop()
@@ -469,6 +679,9 @@ class Sidecar:
         if self._stopping.is_set():
             return  # a stop is waiting for this
         self._exited_by_itself = True
+        self._stop_container(line)
+
+    def _stop_container(self, line: str) -> None:
         # Stop the container through its lifecycle (reported to a manager).
         # On the serving loop when there is one: the transitions' listeners
         # then run there, so the connector has queued the final report before
@@ -629,6 +842,9 @@ class Sidecar:
             child.wait(5.0)
         if child is not None:
             child.join(5.0)
+        self._stop_envoy()
+        if self.envoy is not None:
+            self.envoy.remove_run_dir()
         if self._stopper is not None:
             self._stopper.join(5.0)
         if self._stopped is not None:

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pycontainer/v1/mesh.proto\x12\x0epycontainer.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x01\n\x0fMeshRetryPolicy\x12\x10\n\x08retry_on\x18\x01 \x03(\t\x12\x14\n\x0cmax_attempts\x18\x02 \x01(\r\x12\x32\n\x0finitial_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd6\x01\n\x14MeshOutlierDetection\x12+\n\x08interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12\x62\x61se_ejection_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1c\n\x14max_ejection_percent\x18\x03 \x01(\r\x12$\n\x1c\x66\x61ilure_percentage_threshold\x18\x04 \x01(\r\x12\x16\n\x0erequest_volume\x18\x05 \x01(\r\"\xe2\x02\n\x0bMeshService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0e\n\x06subset\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\r\x12\x0c\n\x04zone\x18\x05 \x01(\t\x12;\n\x0eload_balancing\x18\x06 \x01(\x0e\x32#.pycontainer.v1.LoadBalancingPolicy\x12\x13\n\x0bhash_header\x18\x07 \x01(\t\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x05retry\x18\t \x01(\x0b\x32\x1f.pycontainer.v1.MeshRetryPolicy\x12?\n\x11outlier_detection\x18\n \x01(\x0b\x32$.pycontainer.v1.MeshOutlierDetection\x12\x16\n\x0etraffic_weight\x18\x0b \x01(\r\"/\n\x0cMeshUpstream\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06listen\x18\x02 \x01(\t\"X\n\rEnvoySettings\x12\x16\n\x0einbound_listen\x18\x01 \x01(\t\x12/\n\tupstreams\x18\x02 \x03(\x0b\x32\x1c.pycontainer.v1.MeshUpstream\"\x95\x01\n\tMeshRoute\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x37\n\x07weights\x18\x02 \x03(\x0b\x32&.pycontainer.v1.MeshRoute.WeightsEntry\x12\x0e\n\x06source\x18\x03 \x01(\t\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xd5\x01\n\x12MeshResourceStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x10\n\x08wildcard\x18\x03 \x01(\x08\x12\x14\n\x0csent_version\x18\x04 \x01(\t\x12\x15\n\racked_version\x18\x05 \x01(\t\x12\r\n\x05nonce\x18\x06 \x01(\t\x12\x12\n\nnack_error\x18\x07 \x01(\t\x12\r\n\x05nacks\x18\x08 \x01(\r\x12-\n\tnack_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc8\x01\n\nMeshClient\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x12\n\nuser_agent\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x30\n\x0c\x63onnect_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\tresources\x18\x06 \x03(\x0b\x32\".pycontainer.v1.MeshResourceStatus\x12\x10\n\x08identity\x18\x07 \x01(\t\"\x7f\n\x11MeshServiceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x03(\t\x12\x10\n\x08\x64raining\x18\x03 \x03(\t\x12(\n\x05route\x18\x04 \x01(\x0b\x32\x19.pycontainer.v1.MeshRoute\x12\x0f\n\x07version\x18\x05 \x01(\t*\xb1\x01\n\x13LoadBalancingPolicy\x12%\n!LOAD_BALANCING_POLICY_UNSPECIFIED\x10\x00\x12%\n!LOAD_BALANCING_POLICY_ROUND_ROBIN\x10\x01\x12#\n\x1fLOAD_BALANCING_POLICY_RING_HASH\x10\x02\x12\'\n#LOAD_BALANCING_POLICY_LEAST_REQUEST\x10\x03*R\n\tMeshProxy\x12\x1a\n\x16MESH_PROXY_UNSPECIFIED\x10\x00\x12\x13\n\x0fMESH_PROXY_NONE\x10\x01\x12\x14\n\x10MESH_PROXY_ENVOY\x10\x02\x42^\n\x12\x64\x65v.pycontainer.v1P\x01ZFgithub.com/pycontainer/pycontainer/gen/go/pycontainer/v1;pycontainerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pycontainer/v1/mesh.proto\x12\x0epycontainer.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x01\n\x0fMeshRetryPolicy\x12\x10\n\x08retry_on\x18\x01 \x03(\t\x12\x14\n\x0cmax_attempts\x18\x02 \x01(\r\x12\x32\n\x0finitial_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd6\x01\n\x14MeshOutlierDetection\x12+\n\x08interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12\x62\x61se_ejection_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1c\n\x14max_ejection_percent\x18\x03 \x01(\r\x12$\n\x1c\x66\x61ilure_percentage_threshold\x18\x04 \x01(\r\x12\x16\n\x0erequest_volume\x18\x05 \x01(\r\"\xe2\x02\n\x0bMeshService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0e\n\x06subset\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\r\x12\x0c\n\x04zone\x18\x05 \x01(\t\x12;\n\x0eload_balancing\x18\x06 \x01(\x0e\x32#.pycontainer.v1.LoadBalancingPolicy\x12\x13\n\x0bhash_header\x18\x07 \x01(\t\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x05retry\x18\t \x01(\x0b\x32\x1f.pycontainer.v1.MeshRetryPolicy\x12?\n\x11outlier_detection\x18\n \x01(\x0b\x32$.pycontainer.v1.MeshOutlierDetection\x12\x16\n\x0etraffic_weight\x18\x0b \x01(\r\"/\n\x0cMeshUpstream\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06listen\x18\x02 \x01(\t\"q\n\rEnvoySettings\x12\x16\n\x0einbound_listen\x18\x01 \x01(\t\x12/\n\tupstreams\x18\x02 \x03(\x0b\x32\x1c.pycontainer.v1.MeshUpstream\x12\x17\n\x0fprogram_address\x18\x03 \x01(\t\"\x95\x01\n\tMeshRoute\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x37\n\x07weights\x18\x02 \x03(\x0b\x32&.pycontainer.v1.MeshRoute.WeightsEntry\x12\x0e\n\x06source\x18\x03 \x01(\t\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xd5\x01\n\x12MeshResourceStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x10\n\x08wildcard\x18\x03 \x01(\x08\x12\x14\n\x0csent_version\x18\x04 \x01(\t\x12\x15\n\racked_version\x18\x05 \x01(\t\x12\r\n\x05nonce\x18\x06 \x01(\t\x12\x12\n\nnack_error\x18\x07 \x01(\t\x12\r\n\x05nacks\x18\x08 \x01(\r\x12-\n\tnack_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc8\x01\n\nMeshClient\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x12\n\nuser_agent\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x30\n\x0c\x63onnect_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\tresources\x18\x06 \x03(\x0b\x32\".pycontainer.v1.MeshResourceStatus\x12\x10\n\x08identity\x18\x07 \x01(\t\"\x7f\n\x11MeshServiceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x03(\t\x12\x10\n\x08\x64raining\x18\x03 \x03(\t\x12(\n\x05route\x18\x04 \x01(\x0b\x32\x19.pycontainer.v1.MeshRoute\x12\x0f\n\x07version\x18\x05 \x01(\t*\xb1\x01\n\x13LoadBalancingPolicy\x12%\n!LOAD_BALANCING_POLICY_UNSPECIFIED\x10\x00\x12%\n!LOAD_BALANCING_POLICY_ROUND_ROBIN\x10\x01\x12#\n\x1fLOAD_BALANCING_POLICY_RING_HASH\x10\x02\x12\'\n#LOAD_BALANCING_POLICY_LEAST_REQUEST\x10\x03*R\n\tMeshProxy\x12\x1a\n\x16MESH_PROXY_UNSPECIFIED\x10\x00\x12\x13\n\x0fMESH_PROXY_NONE\x10\x01\x12\x14\n\x10MESH_PROXY_ENVOY\x10\x02\x42^\n\x12\x64\x65v.pycontainer.v1P\x01ZFgithub.com/pycontainer/pycontainer/gen/go/pycontainer/v1;pycontainerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,10 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\022dev.pycontainer.v1P\001ZFgithub.com/pycontainer/pycontainer/gen/go/pycontainer/v1;pycontainerv1'
   _globals['_MESHROUTE_WEIGHTSENTRY']._loaded_options = None
   _globals['_MESHROUTE_WEIGHTSENTRY']._serialized_options = b'8\001'
-  _globals['_LOADBALANCINGPOLICY']._serialized_start=1684
-  _globals['_LOADBALANCINGPOLICY']._serialized_end=1861
-  _globals['_MESHPROXY']._serialized_start=1863
-  _globals['_MESHPROXY']._serialized_end=1945
+  _globals['_LOADBALANCINGPOLICY']._serialized_start=1709
+  _globals['_LOADBALANCINGPOLICY']._serialized_end=1886
+  _globals['_MESHPROXY']._serialized_start=1888
+  _globals['_MESHPROXY']._serialized_end=1970
   _globals['_MESHRETRYPOLICY']._serialized_start=111
   _globals['_MESHRETRYPOLICY']._serialized_end=268
   _globals['_MESHOUTLIERDETECTION']._serialized_start=271
@@ -49,15 +49,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESHUPSTREAM']._serialized_start=844
   _globals['_MESHUPSTREAM']._serialized_end=891
   _globals['_ENVOYSETTINGS']._serialized_start=893
-  _globals['_ENVOYSETTINGS']._serialized_end=981
-  _globals['_MESHROUTE']._serialized_start=984
-  _globals['_MESHROUTE']._serialized_end=1133
-  _globals['_MESHROUTE_WEIGHTSENTRY']._serialized_start=1087
-  _globals['_MESHROUTE_WEIGHTSENTRY']._serialized_end=1133
-  _globals['_MESHRESOURCESTATUS']._serialized_start=1136
-  _globals['_MESHRESOURCESTATUS']._serialized_end=1349
-  _globals['_MESHCLIENT']._serialized_start=1352
-  _globals['_MESHCLIENT']._serialized_end=1552
-  _globals['_MESHSERVICESTATUS']._serialized_start=1554
-  _globals['_MESHSERVICESTATUS']._serialized_end=1681
+  _globals['_ENVOYSETTINGS']._serialized_end=1006
+  _globals['_MESHROUTE']._serialized_start=1009
+  _globals['_MESHROUTE']._serialized_end=1158
+  _globals['_MESHROUTE_WEIGHTSENTRY']._serialized_start=1112
+  _globals['_MESHROUTE_WEIGHTSENTRY']._serialized_end=1158
+  _globals['_MESHRESOURCESTATUS']._serialized_start=1161
+  _globals['_MESHRESOURCESTATUS']._serialized_end=1374
+  _globals['_MESHCLIENT']._serialized_start=1377
+  _globals['_MESHCLIENT']._serialized_end=1577
+  _globals['_MESHSERVICESTATUS']._serialized_start=1579
+  _globals['_MESHSERVICESTATUS']._serialized_end=1706
 # @@protoc_insertion_point(module_scope)

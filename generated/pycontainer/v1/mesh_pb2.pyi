@@ -300,10 +300,19 @@ class EnvoySettings(_message.Message):
 
     INBOUND_LISTEN_FIELD_NUMBER: _builtins.int
     UPSTREAMS_FIELD_NUMBER: _builtins.int
+    PROGRAM_ADDRESS_FIELD_NUMBER: _builtins.int
     inbound_listen: _builtins.str
     """HOST:PORT where Envoy takes the service's inbound traffic and forwards it
     to the program's endpoint; empty means 127.0.0.1 and a free port, which
     the container advertises as its "mesh" endpoint.
+    """
+    program_address: _builtins.str
+    """HOST:PORT where the program itself serves the service in plaintext gRPC
+    (a program that knows nothing of pycontainer cannot advertise it); the
+    sidecar advertises it as the endpoint spec.service.endpoint names (empty:
+    "grpc") and Envoy's inbound listener forwards to it; without a readiness
+    probe the container is ready once this address takes connections. Empty
+    means no inbound listener: a program that only calls other services.
     """
     @_builtins.property
     def upstreams(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeshUpstream]:
@@ -314,10 +323,11 @@ class EnvoySettings(_message.Message):
         *,
         inbound_listen: _builtins.str = ...,
         upstreams: _abc.Iterable[Global___MeshUpstream] | None = ...,
+        program_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inbound_listen", b"inbound_listen", "upstreams", b"upstreams"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inbound_listen", b"inbound_listen", "program_address", b"program_address", "upstreams", b"upstreams"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

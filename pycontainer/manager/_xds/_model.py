@@ -13,7 +13,7 @@ import datetime
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..._meshrules import DEFAULT_SERVICE_ENDPOINT
+from ..._meshrules import DEFAULT_SERVICE_ENDPOINT, MESH_ENDPOINT
 from ...units import duration_field
 from ...v1 import container_pb2, mesh_pb2, spec_pb2
 from .._registry import Entry
@@ -87,6 +87,9 @@ def subset_of(entry: Entry, service: mesh_pb2.MeshService) -> str:
 def _address(entry: Entry, service: mesh_pb2.MeshService) -> container_pb2.Endpoint | None:
     by_name = {e.name: e for e in entry.identity.endpoints}
     names = (service.endpoint,) if service.endpoint else DEFAULT_ENDPOINTS
+    # An Envoy beside the program (spec.proxy envoy): the mesh reaches the
+    # program through Envoy's inbound listener, which the sidecar advertises.
+    names = (MESH_ENDPOINT, *names)
     for name in names:
         if name in by_name:
             return by_name[name]
@@ -196,6 +199,7 @@ def route_proto(view: ServiceView) -> mesh_pb2.MeshRoute:
 
 __all__ = [
     "DEFAULT_ENDPOINTS",
+    "MESH_ENDPOINT",
     "MeshEndpoint",
     "ServiceSettings",
     "ServiceView",
