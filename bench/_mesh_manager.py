@@ -5,14 +5,18 @@ as it ships: its specs, registry, sessions and mesh.
 
     python -m bench._mesh_manager LISTEN STATE_DIR LAUNCHES
 
-Prints "serving" once it serves; ends on SIGTERM.
+Prints "serving" once it serves; ends on SIGTERM. With $BENCH_PROFILE set,
+SIGUSR1 starts cProfile and the next SIGUSR1 writes its stats there (what
+the mesh costs under churn: bench/mesh_fleet.py --profile).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import cProfile
 import datetime
+import os
 import signal
 import sys
 from pathlib import Path
@@ -57,6 +61,19 @@ class FleetRuntime:
         self._running.discard(container_id)
 
 
+_profiler: list[cProfile.Profile] = []
+
+
+def _toggle_profile(path: str) -> None:
+    if _profiler:
+        profiler = _profiler.pop()
+        profiler.disable()
+        profiler.dump_stats(path)
+    else:
+        _profiler.append(cProfile.Profile())
+        _profiler[0].enable()
+
+
 async def main(listen: str, state_dir: str, launches: str) -> None:
     settings = ManagerSettings(
         listen=listen,
@@ -72,6 +89,9 @@ async def main(listen: str, state_dir: str, launches: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    profile_to = os.environ.get("BENCH_PROFILE")
+    if profile_to:
+        loop.add_signal_handler(signal.SIGUSR1, _toggle_profile, profile_to)
     await manager.start()
     print("serving", flush=True)
     await stop.wait()

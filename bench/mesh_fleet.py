@@ -45,6 +45,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import pstats
+import signal
 import statistics
 import subprocess
 import sys
@@ -194,7 +197,8 @@ class Stream:
             now = time.monotonic()
             self.queue.put_nowait(discovery_pb2.DiscoveryRequest(version_info=response.version_info,
                 response_nonce=response.nonce, type_url=response.type_url, resource_names=NAMES))
-            self.have[response.type_url] = self.have.get(response.type_url, 0) + len(response.resources)
+            kind = response.type_url
+            self.have[kind] = self.have.get(kind, 0) + len(response.resources)
             if len(self.have) == 4 and min(self.have.values()) >= services:
                 self.ready.set()
             if marked and response.type_url == EDS and self.after_mark is None:
@@ -425,7 +429,10 @@ class Fleet:
 def held(bare: bool, services: int, replicas: int, clients: int) -> Iterator[Fleet]:
     endpoints = services * replicas
     target = f"127.0.0.1:{_free_port()}"
-    with tempfile.TemporaryDirectory(prefix="bench-mesh-") as state, contextlib.ExitStack() as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-mesh-") as state,
+        contextlib.ExitStack() as stack,
+    ):
         directory = Path(state)
         launches = directory / "launches"
         if bare:
@@ -438,7 +445,9 @@ def held(bare: bool, services: int, replicas: int, clients: int) -> Iterator[Fle
         if _readline(server, "the server") != "serving":
             raise RuntimeError("the server did not start")
         mode = "bare" if bare else "manager"
-        fleet = _spawn([sys.executable, "-c", FLEET, target, mode, str(endpoints), str(launches)], True)
+        fleet = _spawn(
+            [sys.executable, "-c", FLEET, target, mode, str(endpoints), str(launches)], True
+        )
         stack.callback(_end, fleet)
         if not bare:
             _run_specs(target, services, replicas)
@@ -447,7 +456,9 @@ def held(bare: bool, services: int, replicas: int, clients: int) -> Iterator[Fle
         time.sleep(0.5)
         rss_unsubscribed = float(psutil.Process(server.pid).memory_info().rss) / 2**20
         t0 = time.perf_counter()
-        subscribers = _spawn([sys.executable, "-c", CLIENTS, target, str(clients), str(services)], True)
+        subscribers = _spawn(
+            [sys.executable, "-c", CLIENTS, target, str(clients), str(services)], True
+        )
         stack.callback(_end, subscribers)
         if _readline(subscribers, "the clients") != "ready":
             raise RuntimeError("the clients did not get every resource")
@@ -466,7 +477,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pushes", type=int, default=20)
     parser.add_argument("--window", type=float, default=3.0)
     parser.add_argument("--only", choices=("bare", "manager"))
+    parser.add_argument(
+        "--profile", type=Path, help="cProfile the manager's churn window into FILE"
+    )
     args = parser.parse_args(argv)
+    if args.profile:
+        os.environ["BENCH_PROFILE"] = str(args.profile.resolve())
+        with held(False, args.services, args.replicas, args.clients) as f:
+            os.kill(f.pid, signal.SIGUSR1)
+            print("cpu under churn", f.cpu(args.window, CHURN_RATE), file=sys.stderr)
+            fan = [f.fan_out() for _ in range(args.pushes)]
+            print("fan-out ms", statistics.median(fan) * 1e3, file=sys.stderr)
+            os.kill(f.pid, signal.SIGUSR1)
+            time.sleep(1.0)
+        pstats.Stats(str(args.profile)).sort_stats("cumulative").print_stats(40)
+        return 0
     out: dict[str, object] = {}
     for side in ("bare", "manager"):
         if args.only and args.only != side:
