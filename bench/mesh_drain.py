@@ -18,7 +18,7 @@
   Only the stop scenario: eviction, scale-down and rollout are the mesh
   tests' (tests/test_mesh_drain.py of the mesh-drain branch, once merged).
 
-    .venv/bin/python -m bench.mesh_drain [--clients 3] [--stops 4]
+    .venv/bin/python -m bench.mesh_drain [--clients 3] [--rounds 3] [--stops 1]
 """
 
 from __future__ import annotations
@@ -243,9 +243,12 @@ class StopRun:
     stops: int
 
 
-def stops_under_load(drain: bool, clients: int, stops: int, replicas: int) -> StopRun:
-    """A manager with a service of ``replicas`` backends, ``clients`` load
-    generators through xds:///, then ``stops`` replicas stopped one by one."""
+def stops_under_load(drain: bool, clients: int, rounds: int, per_round: int) -> list[StopRun]:
+    """A manager with a service of backends (two more than it stops), then
+    ``rounds`` of: ``clients`` load generators through xds:/// (new ones
+    each round), ``per_round`` replicas stopped one by one, the load's
+    counts. One StopRun a round."""
+    replicas = rounds * per_round + 2
     with tempfile.TemporaryDirectory(prefix="bench-drain-") as state:
         host = ManagerHost(state, mesh_drain_timeout=_DRAIN if drain else datetime.timedelta(0))
         load: Clients | None = None
@@ -260,37 +263,40 @@ def stops_under_load(drain: bool, clients: int, stops: int, replicas: int) -> St
             )
             host.stub.RunContainer(manager_pb2.RunContainerRequest(spec=spec), timeout=_TIMEOUT)
             _wait(lambda: len(_healthy(host)) == replicas, f"{replicas} replicas in the mesh")
-            load = Clients(Path(state), host.address, clients)
-            time.sleep(0.3)  # calls reach every replica
-            times, calls = [], []
-            for victim in _healthy(host)[:stops]:
-                t0 = time.perf_counter()
-                host.stub.StopContainer(
-                    manager_pb2.StopContainerRequest(container=victim), timeout=_TIMEOUT
-                )
-                if drain:
-                    if not ends:
-                        raise RuntimeError("a drain did not see every client's ACK")
-                    start, end = ends.pop()
-                    times.append(end - start)
-                    calls.append(end - t0)
-                _wait(
-                    lambda v=victim: (
-                        host.stub.GetContainer(
-                            manager_pb2.GetContainerRequest(container=v), timeout=_TIMEOUT
-                        ).container.state
-                        == container_pb2.LIFECYCLE_STATE_STOPPED
-                    ),
-                    f"{victim} stopped",
-                )
-                time.sleep(0.2)  # the load goes on between stops
-            counts = load.finish()
-            load = None
-            return StopRun(times, calls, counts, stops)
+            out = []
+            for r in range(rounds):
+                workdir = Path(state) / f"round-{r}"
+                workdir.mkdir()
+                load = Clients(workdir, host.address, clients)
+                time.sleep(0.3)  # calls reach every replica
+                times, calls = [], []
+                for victim in _healthy(host)[:per_round]:
+                    t0 = time.perf_counter()
+                    host.stub.StopContainer(
+                        manager_pb2.StopContainerRequest(container=victim), timeout=_TIMEOUT
+                    )
+                    if drain:
+                        if not ends:
+                            raise RuntimeError("a drain did not see every client's ACK")
+                        start, end = ends.pop()
+                        times.append(end - start)
+                        calls.append(end - t0)
+                    _wait(lambda v=victim: _stopped(host, v), f"{victim} stopped")
+                    time.sleep(0.2)  # the load goes on after the stop
+                out.append(StopRun(times, calls, load.finish(), per_round))
+                load = None
+            return out
         finally:
             if load is not None:
                 load.kill()
             host.close()
+
+
+def _stopped(host: ManagerHost, container: str) -> bool:
+    state = host.stub.GetContainer(
+        manager_pb2.GetContainerRequest(container=container), timeout=_TIMEOUT
+    ).container.state
+    return bool(state == container_pb2.LIFECYCLE_STATE_STOPPED)
 
 
 # -- the bare drain: a push to the same clients and their ACKs ------------------------------
@@ -375,21 +381,22 @@ def bare_pusher(clients: int) -> Iterator[Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--stops", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--stops", type=int, default=1, help="stops a round")
     args = parser.parse_args(argv)
     with bare_pusher(args.clients) as push:
-        bare = [push() for _ in range(args.stops)]
-    ours = stops_under_load(True, args.clients, args.stops, args.stops + 2)
-    plain = stops_under_load(False, args.clients, args.stops, args.stops + 2)
+        bare = [push() for _ in range(args.rounds * args.stops)]
+    ours = stops_under_load(True, args.clients, args.rounds, args.stops)
+    plain = stops_under_load(False, args.clients, args.rounds, args.stops)
     print(
         json.dumps(
             {
-                "drain_ack_ms": [round(t * 1e3, 2) for t in ours.drain_ack],
-                "call_ack_ms": [round(t * 1e3, 2) for t in ours.call_ack],
+                "drain_ack_ms": [round(t * 1e3, 2) for r in ours for t in r.drain_ack],
+                "call_ack_ms": [round(t * 1e3, 2) for r in ours for t in r.call_ack],
                 "bare_push_ack_ms": [round(t * 1e3, 2) for t, _ in bare],
                 "bare_call_ack_ms": [round(t * 1e3, 2) for _, t in bare],
-                "drained": ours.counts.__dict__,
-                "plain": plain.counts.__dict__,
+                "drained": [r.counts.__dict__ for r in ours],
+                "plain": [r.counts.__dict__ for r in plain],
             }
         )
     )
