@@ -380,6 +380,20 @@ def _run_specs(target: str, services: int, replicas: int) -> None:
             time.sleep(0.1)
 
 
+def _cpu(pid: int, fleet: subprocess.Popen[str], seconds: float, rate: float) -> float:
+    server = psutil.Process(pid)
+    before = _cpu_seconds(server)
+    t0 = time.perf_counter()
+    if rate:
+        answer = _ask(fleet, f"churn {seconds} {rate}", "the fleet")
+        if not answer.startswith("churned"):
+            raise RuntimeError(f"the fleet answered {answer!r}")
+    else:
+        time.sleep(seconds)
+    busy = _cpu_seconds(server) - before
+    return 100.0 * busy / (time.perf_counter() - t0)
+
+
 @dataclass
 class Fleet:
     """One side held: its server, fleet and subscribed clients."""
@@ -388,8 +402,10 @@ class Fleet:
     pid: int
     fleet: subprocess.Popen[str]
     clients: subprocess.Popen[str]
-    # RSS (MiB) before the clients subscribed, and the seconds they took to.
+    # RSS (MiB) and CPU under churn (%) before the clients subscribed (what
+    # the fleet's changes cost without a push), and the seconds they took to.
     rss_unsubscribed: float
+    cpu_unsubscribed: float
     subscribe_s: float
     # The last session of the fleet.
     last: int
@@ -400,17 +416,7 @@ class Fleet:
     def cpu(self, seconds: float, rate: float) -> float:
         """% of a core over ``seconds`` with ``rate`` endpoint changes a second
         (0: idle)."""
-        server = psutil.Process(self.pid)
-        before = _cpu_seconds(server)
-        t0 = time.perf_counter()
-        if rate:
-            answer = _ask(self.fleet, f"churn {seconds} {rate}", "the fleet")
-            if not answer.startswith("churned"):
-                raise RuntimeError(f"the fleet answered {answer!r}")
-        else:
-            time.sleep(seconds)
-        busy = _cpu_seconds(server) - before
-        return 100.0 * busy / (time.perf_counter() - t0)
+        return _cpu(self.pid, self.fleet, seconds, rate)
 
     def fan_out(self) -> float:
         """Seconds from one endpoint change to the last client's ACK of it."""
@@ -426,7 +432,11 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def held(bare: bool, services: int, replicas: int, clients: int) -> Iterator[Fleet]:
+def held(
+    bare: bool, services: int, replicas: int, clients: int, window: float = 1.0
+) -> Iterator[Fleet]:
+    """One side set up: the server, its fleet, then (after a churn window
+    of ``window`` seconds without them) the clients subscribed."""
     endpoints = services * replicas
     target = f"127.0.0.1:{_free_port()}"
     with (
@@ -455,6 +465,7 @@ def held(bare: bool, services: int, replicas: int, clients: int) -> Iterator[Fle
             raise RuntimeError("the fleet did not register")
         time.sleep(0.5)
         rss_unsubscribed = float(psutil.Process(server.pid).memory_info().rss) / 2**20
+        cpu_unsubscribed = _cpu(server.pid, fleet, window, CHURN_RATE)
         t0 = time.perf_counter()
         subscribers = _spawn(
             [sys.executable, "-c", CLIENTS, target, str(clients), str(services)], True
@@ -465,7 +476,14 @@ def held(bare: bool, services: int, replicas: int, clients: int) -> Iterator[Fle
         subscribe_s = time.perf_counter() - t0
         time.sleep(0.5)
         yield Fleet(
-            bare, server.pid, fleet, subscribers, rss_unsubscribed, subscribe_s, endpoints - 1
+            bare,
+            server.pid,
+            fleet,
+            subscribers,
+            rss_unsubscribed,
+            cpu_unsubscribed,
+            subscribe_s,
+            endpoints - 1,
         )
 
 
@@ -501,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             out[side] = {
                 "rss_mib": f.rss(),
                 "rss_unsubscribed_mib": f.rss_unsubscribed,
+                "cpu_churn_unsubscribed": f.cpu_unsubscribed,
                 "subscribe_s": f.subscribe_s,
                 "cpu_idle": f.cpu(args.window, 0),
                 "cpu_churn": f.cpu(args.window, CHURN_RATE),

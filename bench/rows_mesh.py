@@ -86,8 +86,8 @@ def _fleet(ctx: Context) -> list[dict[str, Any]]:
         rounds = []
         # Both held at once, their windows alternating: the same noise for both.
         with (
-            mesh_fleet.held(True, 100, 10, 50) as bare,
-            mesh_fleet.held(False, 100, 10, 50) as ours,
+            mesh_fleet.held(True, 100, 10, 50, window) as bare,
+            mesh_fleet.held(False, 100, 10, 50, window) as ours,
         ):
             for _ in range(ctx.rounds):
                 figures: dict[str, Any] = {}
@@ -97,6 +97,7 @@ def _fleet(ctx: Context) -> list[dict[str, Any]]:
                         "rss_unsubscribed": fleet.rss_unsubscribed,
                         "subscribe_s": fleet.subscribe_s,
                         "idle": fleet.cpu(window / 2, 0),
+                        "unsubscribed": fleet.cpu_unsubscribed,
                         "churn": fleet.cpu(window, mesh_fleet.CHURN_RATE),
                         "fan_out": [fleet.fan_out() for _ in range(pushes)],
                     }
@@ -120,7 +121,10 @@ def fleet_cpu(ctx: Context) -> list[Sample]:
     rounds = _fleet(ctx)
     note = (
         f"{mesh_fleet.CHURN_RATE:g} endpoint changes/s (sessions lost and back), each pushed "
-        f"to the 50 clients; idle: {statistics.median(r['ours']['idle'] for r in rounds):.2f} % "
+        f"to the 50 clients; the same churn before the clients subscribed (no push): "
+        f"{rounds[0]['ours']['unsubscribed']:.1f} % "
+        f"(bare {rounds[0]['bare']['unsubscribed']:.1f} %); "
+        f"idle: {statistics.median(r['ours']['idle'] for r in rounds):.2f} % "
         f"(bare {statistics.median(r['bare']['idle'] for r in rounds):.2f} %)"
     )
     return [Sample(r["ours"]["churn"], r["bare"]["churn"], note=note) for r in rounds]
