@@ -150,10 +150,10 @@ class Mesh:
             for type_url in TYPES:
                 before, after = old.get(type_url, {}), new.get(type_url, {})
                 names = {
-                    name
-                    for name in before.keys() | after.keys()
-                    if (before[name][0] if name in before else None)
-                    != (after[name][0] if name in after else None)
+                    resource
+                    for resource in before.keys() | after.keys()
+                    if (before[resource][0] if resource in before else None)
+                    != (after[resource][0] if resource in after else None)
                 }
                 if not names:
                     continue
