@@ -272,12 +272,15 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         type_url = request.type_url
         if not type_url:
             return False
+        # Read once: each look into the repeated field makes its strings
+        # anew (an ACK of a hundred names is read on every push).
+        requested = list(request.resource_names)
         state = stream.types.get(type_url)
         if state is None:
             state = stream.types[type_url] = _TypeState()
             # An empty list (or "*") on a type's first request: every resource
             # of the type (a wildcard subscription).
-            state.wildcard = not request.resource_names or "*" in request.resource_names
+            state.wildcard = not requested or "*" in requested
         answered = False
         if request.response_nonce:
             if (
@@ -299,8 +302,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 else:
                     state.acked.update(carried)
                 state.nack_error = ""
-        names = {n for n in request.resource_names if n != "*"}
-        if "*" in request.resource_names:
+        names = set(requested)
+        if "*" in names:
+            names.discard("*")
             state.wildcard = True
         elif names and state.wildcard and type_url in STATE_OF_THE_WORLD:
             state.wildcard = False
