@@ -1,22 +1,24 @@
 """The drain before a stop (issue 10), each against bare grpcio in the same run:
 
-- drain-ack: from an operator's StopContainer until every subscribed
-  client (real grpcio processes dialing ``xds:///orders`` under load,
-  tests/apps/mesh_client.py) acknowledged the assignment marking the
-  replica DRAINING (the manager's Mesh.drain waiting on AdsServicer.
-  wait_acknowledged; timed from the call to that wait's end, the settle
-  that follows excluded). Bare: BARE_ADS, a grpc.aio ADS server serving the
-  same clients a service (the bytes of the manager's own builders) of two
-  bare grpcio backends, which on one unary call pushes a changed
-  assignment down every stream and answers once each stream ACKed it: the
-  least any control plane does between the operator and the last ACK.
-- failed calls during a stop: the same load through ``xds:///orders``
+- drain-ack: from the manager taking a stop (Mesh.drain's start) until every
+  subscribed client (real grpcio processes dialing ``xds:///orders`` under
+  load, tests/apps/mesh_client.py) acknowledged the assignment marking the
+  replica DRAINING (AdsServicer.wait_acknowledged's end; the settle that
+  follows excluded), and from the operator's call too. Bare: BARE_ADS, a
+  grpc.aio ADS server serving the same clients a service (the bytes of the
+  manager's own builders) of two bare grpcio backends, which on one unary
+  call pushes a changed assignment down every stream and answers once each
+  stream ACKed it, with the time that took inside it (and the call's, seen
+  from the caller): the least any control plane does between the request
+  and the last ACK.
+- failed calls: the same load through ``xds:///orders``
   (tests/apps/mesh_backend.py replicas, which refuse new calls once told to
-  stop) while replicas are stopped one by one, with the drain; bare: the
-  same with the drain off (mesh_drain_timeout 0: a plain stop, as
-  Kubernetes does, the endpoint leaving once the container left RUNNING).
-  Only the stop scenario: eviction, scale-down and rollout are the mesh
-  tests' (tests/test_mesh_drain.py of the mesh-drain branch, once merged).
+  stop) while replicas are stopped one by one (StopContainer), and while
+  the service is scaled down by one (ScaleContainer), each scenario with
+  load generators of its own, with the drain; bare: the same with the drain
+  off (mesh_drain_timeout 0: a plain stop, as Kubernetes does, the endpoint
+  leaving once the container left RUNNING). Eviction and rollout are the
+  mesh tests' (tests/test_mesh_drain.py of the mesh-drain branch).
 
     .venv/bin/python -m bench.mesh_drain [--clients 3] [--rounds 3] [--stops 1]
 """
@@ -243,12 +245,20 @@ class StopRun:
     stops: int
 
 
-def stops_under_load(drain: bool, clients: int, rounds: int, per_round: int) -> list[StopRun]:
-    """A manager with a service of backends (two more than it stops), then
-    ``rounds`` of: ``clients`` load generators through xds:/// (new ones
-    each round), ``per_round`` replicas stopped one by one, the load's
-    counts. One StopRun a round."""
-    replicas = rounds * per_round + 2
+#: The scenarios of a round, each with load generators of its own.
+SCENARIOS = ("stop", "scale-down")
+
+
+def stops_under_load(
+    drain: bool, clients: int, rounds: int, per_round: int
+) -> dict[str, list[StopRun]]:
+    """A manager with a service of backends (two more than it takes away),
+    then ``rounds`` of, for each scenario: ``clients`` load generators
+    through xds:/// (new ones), the scenario, the load's counts. "stop":
+    ``per_round`` replicas stopped one by one (StopContainer); "scale-down":
+    the service scaled down by one (ScaleContainer: the youngest replica
+    stops). One StopRun a round, by scenario."""
+    replicas = rounds * (per_round + 1) + 2
     with tempfile.TemporaryDirectory(prefix="bench-drain-") as state:
         host = ManagerHost(state, mesh_drain_timeout=_DRAIN if drain else datetime.timedelta(0))
         load: Clients | None = None
@@ -263,28 +273,47 @@ def stops_under_load(drain: bool, clients: int, rounds: int, per_round: int) -> 
             )
             host.stub.RunContainer(manager_pb2.RunContainerRequest(spec=spec), timeout=_TIMEOUT)
             _wait(lambda: len(_healthy(host)) == replicas, f"{replicas} replicas in the mesh")
-            out = []
+            out: dict[str, list[StopRun]] = {scenario: [] for scenario in SCENARIOS}
+            live = replicas
+
+            def drained(t0: float, times: list[float], calls: list[float]) -> None:
+                if drain:
+                    if not ends:
+                        raise RuntimeError("a drain did not see every client's ACK")
+                    start, end = ends.pop()
+                    times.append(end - start)
+                    calls.append(end - t0)
+
             for r in range(rounds):
-                workdir = Path(state) / f"round-{r}"
-                workdir.mkdir()
-                load = Clients(workdir, host.address, clients)
-                time.sleep(0.3)  # calls reach every replica
-                times, calls = [], []
-                for victim in _healthy(host)[:per_round]:
-                    t0 = time.perf_counter()
-                    host.stub.StopContainer(
-                        manager_pb2.StopContainerRequest(container=victim), timeout=_TIMEOUT
-                    )
-                    if drain:
-                        if not ends:
-                            raise RuntimeError("a drain did not see every client's ACK")
-                        start, end = ends.pop()
-                        times.append(end - start)
-                        calls.append(end - t0)
-                    _wait(lambda v=victim: _stopped(host, v), f"{victim} stopped")
+                for scenario in SCENARIOS:
+                    workdir = Path(state) / f"round-{r}-{scenario}"
+                    workdir.mkdir()
+                    load = Clients(workdir, host.address, clients)
+                    time.sleep(0.3)  # calls reach every replica
+                    times: list[float] = []
+                    calls: list[float] = []
+                    if scenario == "stop":
+                        for victim in _healthy(host)[:per_round]:
+                            t0 = time.perf_counter()
+                            host.stub.StopContainer(
+                                manager_pb2.StopContainerRequest(container=victim),
+                                timeout=_TIMEOUT,
+                            )
+                            drained(t0, times, calls)
+                            _wait(lambda v=victim: _stopped(host, v), f"{victim} stopped")
+                            live -= 1
+                    else:
+                        live -= 1
+                        t0 = time.perf_counter()
+                        host.stub.ScaleContainer(
+                            manager_pb2.ScaleContainerRequest(container=SERVICE, replicas=live),
+                            timeout=_TIMEOUT,
+                        )
+                        drained(t0, times, calls)
                     time.sleep(0.2)  # the load goes on after the stop
-                out.append(StopRun(times, calls, load.finish(), per_round))
-                load = None
+                    stops = len(times) if drain else (per_round if scenario == "stop" else 1)
+                    out[scenario].append(StopRun(times, calls, load.finish(), stops))
+                    load = None
             return out
         finally:
             if load is not None:
@@ -385,18 +414,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stops", type=int, default=1, help="stops a round")
     args = parser.parse_args(argv)
     with bare_pusher(args.clients) as push:
-        bare = [push() for _ in range(args.rounds * args.stops)]
+        bare = [push() for _ in range(args.rounds * (args.stops + 1))]
     ours = stops_under_load(True, args.clients, args.rounds, args.stops)
     plain = stops_under_load(False, args.clients, args.rounds, args.stops)
+    runs = [r for scenario in SCENARIOS for r in ours[scenario]]
     print(
         json.dumps(
             {
-                "drain_ack_ms": [round(t * 1e3, 2) for r in ours for t in r.drain_ack],
-                "call_ack_ms": [round(t * 1e3, 2) for r in ours for t in r.call_ack],
+                "drain_ack_ms": [round(t * 1e3, 2) for r in runs for t in r.drain_ack],
+                "call_ack_ms": [round(t * 1e3, 2) for r in runs for t in r.call_ack],
                 "bare_push_ack_ms": [round(t * 1e3, 2) for t, _ in bare],
                 "bare_call_ack_ms": [round(t * 1e3, 2) for _, t in bare],
-                "drained": [r.counts.__dict__ for r in ours],
-                "plain": [r.counts.__dict__ for r in plain],
+                "drained": {s: [r.counts.__dict__ for r in ours[s]] for s in SCENARIOS},
+                "plain": {s: [r.counts.__dict__ for r in plain[s]] for s in SCENARIOS},
             }
         )
     )

@@ -15,17 +15,17 @@ from .harness import Context, Row, Sample, percentile
 _TARGET = "I10"
 
 # One measurement serves the rows that share it (as rows_manager's P4 rows).
-_drain_runs: dict[tuple[int, int, int], tuple[Any, list[Any], list[Any]]] = {}
+_drain_runs: dict[tuple[int, int, int], tuple[Any, Any, Any]] = {}
 _fleet_runs: dict[tuple[int, int, float], list[dict[str, Any]]] = {}
 
 
-def _drain(ctx: Context) -> tuple[int, list[Any], list[Any], list[Any]]:
+def _drain(ctx: Context) -> tuple[int, Any, Any, Any]:
     clients = 3 if ctx.quick else 5
     per_round = 1 if ctx.quick else 2
     key = (clients, ctx.rounds, per_round)
     if key not in _drain_runs:
         with mesh_drain.bare_pusher(clients) as push:
-            bare = [[push() for _ in range(per_round)] for _ in range(ctx.rounds)]
+            bare = [[push() for _ in range(per_round + 1)] for _ in range(ctx.rounds)]
         # One manager after the other: both are ManagerHosts of this process,
         # and one's loop would take the GIL from the other's drain.
         drained = mesh_drain.stops_under_load(True, clients, ctx.rounds, per_round)
@@ -36,11 +36,20 @@ def _drain(ctx: Context) -> tuple[int, list[Any], list[Any], list[Any]]:
 
 
 def drain_ack(ctx: Context) -> list[Sample]:
-    clients, bare, drained, _ = _drain(ctx)
-    calls = [t for run in drained for t in run.call_ack]
+    clients, bare, by_scenario, _ = _drain(ctx)
+    # A round's drains: its stops' and its scale-down's.
+    drained = [
+        [t for scenario in mesh_drain.SCENARIOS for t in by_scenario[scenario][r].drain_ack]
+        for r in range(ctx.rounds)
+    ]
+    calls = [
+        t
+        for scenario in mesh_drain.SCENARIOS
+        for run in by_scenario[scenario]
+        for t in run.call_ack
+    ]
     out = []
-    for pushes, run in zip(bare, drained, strict=True):
-        ours = run.drain_ack
+    for pushes, ours in zip(bare, drained, strict=True):
         theirs = [inside for inside, _ in pushes]
         out.append(
             Sample(
@@ -48,7 +57,8 @@ def drain_ack(ctx: Context) -> list[Sample]:
                 statistics.median(theirs),
                 ours_latencies=ours,
                 bare_latencies=theirs,
-                note=f"{clients} grpcio xds:/// clients under load, {len(ours)} stop(s) a round; "
+                note=f"{clients} grpcio xds:/// clients under load, {len(ours)} drains a round "
+                "(stops and a scale-down); "
                 f"from the operator's call: p50 {percentile(calls, 0.5) * 1e3:.1f} ms, "
                 f"p99 {percentile(calls, 0.99) * 1e3:.1f} ms (bare "
                 f"{percentile([t for p in bare for _, t in p], 0.5) * 1e3:.1f} / "
@@ -58,8 +68,9 @@ def drain_ack(ctx: Context) -> list[Sample]:
     return out
 
 
-def stop_failures(ctx: Context) -> list[Sample]:
-    clients, _, drained, plain = _drain(ctx)
+def _failures(ctx: Context, scenario: str) -> list[Sample]:
+    clients, _, by_scenario, by_scenario_plain = _drain(ctx)
+    drained, plain = by_scenario[scenario], by_scenario_plain[scenario]
     failed = sum(run.counts.failed for run in drained)
     bare_failed = sum(run.counts.failed for run in plain)
     codes: dict[str, int] = {}
@@ -70,7 +81,7 @@ def stop_failures(ctx: Context) -> list[Sample]:
     # stop may see none, and 0 / 0 says nothing.
     ratio = failed / bare_failed if bare_failed else float("nan")
     note = (
-        f"{clients} grpcio xds:/// clients, {drained[0].stops} stop(s) a round; over all rounds: "
+        f"{clients} grpcio xds:/// clients, {plain[0].stops} stop(s) a round; over all rounds: "
         f"with the drain {failed} of {sum(r.counts.calls for r in drained):,} calls failed, "
         f"plain {bare_failed} of {sum(r.counts.calls for r in plain):,}"
         + (f" ({', '.join(f'{c} {n}' for c, n in sorted(codes.items()))})" if codes else "")
@@ -171,13 +182,23 @@ ROWS = [
         "mesh-stop-failed",
         _TARGET,
         "0",
-        "failed calls through xds:/// while replicas are stopped, with the drain",
-        "the same stops without the drain (mesh_drain_timeout 0: a plain stop, as Kubernetes "
-        "does); the stop scenario only (eviction, scale-down and rollout are the mesh-drain "
-        "branch's tests/test_mesh_drain.py, not rows yet)",
+        "failed calls through xds:/// while replicas are stopped (StopContainer), with the drain",
+        "the same stops without the drain (mesh_drain_timeout 0: a plain stop, as Kubernetes does)",
         "calls",
         False,
-        stop_failures,
+        lambda ctx: _failures(ctx, "stop"),
+    ),
+    Row(
+        "mesh-scale-failed",
+        _TARGET,
+        "0",
+        "failed calls through xds:/// while the service is scaled down by one "
+        "(ScaleContainer), with the drain",
+        "the same scale-down without the drain; eviction and rollout are not rows yet (the "
+        "mesh-drain branch's tests/test_mesh_drain.py counts them)",
+        "calls",
+        False,
+        lambda ctx: _failures(ctx, "scale-down"),
     ),
     Row(
         "mesh-rss",
