@@ -14,11 +14,13 @@
 - failed calls: the same load through ``xds:///orders``
   (tests/apps/mesh_backend.py replicas, which refuse new calls once told to
   stop) while replicas are stopped one by one (StopContainer), and while
-  the service is scaled down by one (ScaleContainer), each scenario with
-  load generators of its own, with the drain; bare: the same with the drain
-  off (mesh_drain_timeout 0: a plain stop, as Kubernetes does, the endpoint
-  leaving once the container left RUNNING). Eviction and rollout are the
-  mesh tests' (tests/test_mesh_drain.py of the mesh-drain branch).
+  the service is scaled down by one (ScaleContainer), and while one is
+  evicted (EvictContainer: the stop an eviction for a higher-priority
+  container makes), each scenario with load generators of its own, with the
+  drain; bare: the same with the drain off (mesh_drain_timeout 0: a plain
+  stop, as Kubernetes does, the endpoint leaving once the container left
+  RUNNING). The rollout is the mesh tests' (tests/test_mesh_drain.py of the
+  mesh-drain branch).
 
     .venv/bin/python -m bench.mesh_drain [--clients 3] [--rounds 3] [--stops 1]
 """
@@ -246,7 +248,7 @@ class StopRun:
 
 
 #: The scenarios of a round, each with load generators of its own.
-SCENARIOS = ("stop", "scale-down")
+SCENARIOS = ("stop", "scale-down", "evict")
 
 
 def stops_under_load(
@@ -257,8 +259,10 @@ def stops_under_load(
     through xds:/// (new ones), the scenario, the load's counts. "stop":
     ``per_round`` replicas stopped one by one (StopContainer); "scale-down":
     the service scaled down by one (ScaleContainer: the youngest replica
-    stops). One StopRun a round, by scenario."""
-    replicas = rounds * (per_round + 1) + 2
+    stops); "evict": one replica evicted (EvictContainer: the eviction's
+    stop, as for a higher-priority container). One StopRun a round, by
+    scenario."""
+    replicas = rounds * (per_round + 2) + 2
     with tempfile.TemporaryDirectory(prefix="bench-drain-") as state:
         host = ManagerHost(state, mesh_drain_timeout=_DRAIN if drain else datetime.timedelta(0))
         load: Clients | None = None
@@ -274,7 +278,6 @@ def stops_under_load(
             host.stub.RunContainer(manager_pb2.RunContainerRequest(spec=spec), timeout=_TIMEOUT)
             _wait(lambda: len(_healthy(host)) == replicas, f"{replicas} replicas in the mesh")
             out: dict[str, list[StopRun]] = {scenario: [] for scenario in SCENARIOS}
-            live = replicas
 
             def drained(t0: float, times: list[float], calls: list[float]) -> None:
                 if drain:
@@ -301,17 +304,25 @@ def stops_under_load(
                             )
                             drained(t0, times, calls)
                             _wait(lambda v=victim: _stopped(host, v), f"{victim} stopped")
-                            live -= 1
-                    else:
-                        live -= 1
+                    elif scenario == "scale-down":
                         t0 = time.perf_counter()
                         host.stub.ScaleContainer(
-                            manager_pb2.ScaleContainerRequest(container=SERVICE, replicas=live),
+                            manager_pb2.ScaleContainerRequest(
+                                container=SERVICE, replicas=len(_live(host)) - 1
+                            ),
                             timeout=_TIMEOUT,
                         )
                         drained(t0, times, calls)
+                    else:
+                        victim = _healthy(host)[0]
+                        t0 = time.perf_counter()
+                        host.stub.EvictContainer(
+                            manager_pb2.EvictContainerRequest(container=victim), timeout=_TIMEOUT
+                        )
+                        drained(t0, times, calls)
+                        _wait(lambda v=victim: v not in _live(host), f"{victim} evicted")
                     time.sleep(0.2)  # the load goes on after the stop
-                    stops = len(times) if drain else (per_round if scenario == "stop" else 1)
+                    stops = per_round if scenario == "stop" else 1
                     out[scenario].append(StopRun(times, calls, load.finish(), stops))
                     load = None
             return out
@@ -319,6 +330,17 @@ def stops_under_load(
             if load is not None:
                 load.kill()
             host.close()
+
+
+def _live(host: ManagerHost) -> list[str]:
+    """Ids of the service's replicas not ended (what ScaleContainer counts)."""
+    listed = host.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=_TIMEOUT)
+    ended = (container_pb2.LIFECYCLE_STATE_STOPPED, container_pb2.LIFECYCLE_STATE_FAILED)
+    return [
+        c.identity.id
+        for c in listed.containers
+        if c.identity.name == SERVICE and c.state not in ended
+    ]
 
 
 def _stopped(host: ManagerHost, container: str) -> bool:

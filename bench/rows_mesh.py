@@ -25,7 +25,7 @@ def _drain(ctx: Context) -> tuple[int, Any, Any, Any]:
     key = (clients, ctx.rounds, per_round)
     if key not in _drain_runs:
         with mesh_drain.bare_pusher(clients) as push:
-            bare = [[push() for _ in range(per_round + 1)] for _ in range(ctx.rounds)]
+            bare = [[push() for _ in range(per_round + 2)] for _ in range(ctx.rounds)]
         # One manager after the other: both are ManagerHosts of this process,
         # and one's loop would take the GIL from the other's drain.
         drained = mesh_drain.stops_under_load(True, clients, ctx.rounds, per_round)
@@ -58,7 +58,7 @@ def drain_ack(ctx: Context) -> list[Sample]:
                 ours_latencies=ours,
                 bare_latencies=theirs,
                 note=f"{clients} grpcio xds:/// clients under load, {len(ours)} drains a round "
-                "(stops and a scale-down); "
+                "(stops, a scale-down, an eviction); "
                 f"from the operator's call: p50 {percentile(calls, 0.5) * 1e3:.1f} ms, "
                 f"p99 {percentile(calls, 0.99) * 1e3:.1f} ms (bare "
                 f"{percentile([t for p in bare for _, t in p], 0.5) * 1e3:.1f} / "
@@ -194,11 +194,21 @@ ROWS = [
         "0",
         "failed calls through xds:/// while the service is scaled down by one "
         "(ScaleContainer), with the drain",
-        "the same scale-down without the drain; eviction and rollout are not rows yet (the "
-        "mesh-drain branch's tests/test_mesh_drain.py counts them)",
+        "the same scale-down without the drain",
         "calls",
         False,
         lambda ctx: _failures(ctx, "scale-down"),
+    ),
+    Row(
+        "mesh-evict-failed",
+        _TARGET,
+        "0",
+        "failed calls through xds:/// while a replica is evicted (EvictContainer), with the drain",
+        "the same eviction without the drain; the rollout is not a row yet (the mesh-drain "
+        "branch's tests/test_mesh_drain.py counts it)",
+        "calls",
+        False,
+        lambda ctx: _failures(ctx, "evict"),
     ),
     Row(
         "mesh-rss",
