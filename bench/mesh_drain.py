@@ -48,6 +48,7 @@ from pycontainer.v1 import container_pb2, manager_pb2, mesh_pb2, spec_pb2
 
 from .harness import ROOT
 from .manager_scale import _free_port
+from .mesh_fleet import _readline
 
 SERVICE = "orders"
 _TIMEOUT = 60.0
@@ -166,17 +167,16 @@ class Clients:
             )
             self.procs.append(proc)
         for proc in self.procs:
-            assert proc.stdout is not None
-            line = proc.stdout.readline().strip()
+            line = _readline(proc, "a load generator")
             if line != "ready":
+                self.kill()
                 raise RuntimeError(f"a client did not get ready: {line!r}")
 
     def finish(self) -> Counts:
         self.until.write_text("")
         total = Counts(failures={}, samples={})
         for proc in self.procs:
-            assert proc.stdout is not None
-            out = json.loads(proc.stdout.read() or "{}")
+            out = json.loads(_readline(proc, "a load generator") or "{}")
             proc.wait(_TIMEOUT)
             total.calls += out.get("calls", 0)
             total.failed += out.get("failed", 0)
@@ -406,8 +406,7 @@ def bare_pusher(clients: int) -> Iterator[Any]:
         )
         load: Clients | None = None
         try:
-            assert server.stdout is not None
-            if server.stdout.readline().strip() != "serving":
+            if _readline(server, "the bare ADS server") != "serving":
                 raise RuntimeError("the bare ADS server did not start")
             load = Clients(directory, target, clients)
             channel = grpc.insecure_channel(target)

@@ -52,6 +52,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -322,11 +323,18 @@ def _bare_bytes(directory: Path, services: int, replicas: int) -> None:
     (directory / "change.bin").write_bytes(response.SerializeToString())
 
 
-def _readline(proc: subprocess.Popen[str], what: str) -> str:
+def _readline(proc: subprocess.Popen[str], what: str, timeout: float = _TIMEOUT) -> str:
+    """The next line ``proc`` says, within ``timeout`` (else it is killed: a
+    row fails, it never hangs the run)."""
     assert proc.stdout is not None
-    line = proc.stdout.readline()
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        line = proc.stdout.readline()
+    finally:
+        timer.cancel()
     if not line:
-        raise RuntimeError(f"{what} exited ({proc.wait(5)}) before answering")
+        raise RuntimeError(f"{what} exited ({proc.wait(5)}) before answering within {timeout:g}s")
     return line.strip()
 
 
