@@ -43,6 +43,7 @@ from typing import Any
 
 import grpc
 
+from pycontainer.manager import ManagerSettings
 from pycontainer.testing import ManagerHost
 from pycontainer.v1 import container_pb2, manager_pb2, mesh_pb2, spec_pb2
 
@@ -264,7 +265,15 @@ def stops_under_load(
     scenario."""
     replicas = rounds * (per_round + 2) + 2
     with tempfile.TemporaryDirectory(prefix="bench-drain-") as state:
-        host = ManagerHost(state, mesh_drain_timeout=_DRAIN if drain else datetime.timedelta(0))
+        # The manager's own heartbeats (ManagerHost's are a test's: every 0.5 s).
+        defaults = ManagerSettings()
+        host = ManagerHost(
+            state,
+            mesh_drain_timeout=_DRAIN if drain else datetime.timedelta(0),
+            heartbeat_interval=defaults.heartbeat_interval,
+            idle_heartbeat_interval=defaults.idle_heartbeat_interval,
+            lost_after_heartbeats=defaults.lost_after_heartbeats,
+        )
         load: Clients | None = None
         try:
             ends = _timed_drains(host)
