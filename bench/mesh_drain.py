@@ -19,8 +19,8 @@
   container makes), each scenario with load generators of its own, with the
   drain; bare: the same with the drain off (mesh_drain_timeout 0: a plain
   stop, as Kubernetes does, the endpoint leaving once the container left
-  RUNNING). The rollout is the mesh tests' (tests/test_mesh_drain.py of the
-  mesh-drain branch).
+  RUNNING); and while a changed spec is rolled out to 3 replicas
+  (ApplySpecs: apply's rolling replacement), on a manager of its own.
 
     .venv/bin/python -m bench.mesh_drain [--clients 3] [--rounds 3] [--stops 1]
 """
@@ -265,15 +265,7 @@ def stops_under_load(
     scenario."""
     replicas = rounds * (per_round + 2) + 2
     with tempfile.TemporaryDirectory(prefix="bench-drain-") as state:
-        # The manager's own heartbeats (ManagerHost's are a test's: every 0.5 s).
-        defaults = ManagerSettings()
-        host = ManagerHost(
-            state,
-            mesh_drain_timeout=_DRAIN if drain else datetime.timedelta(0),
-            heartbeat_interval=defaults.heartbeat_interval,
-            idle_heartbeat_interval=defaults.idle_heartbeat_interval,
-            lost_after_heartbeats=defaults.lost_after_heartbeats,
-        )
+        host = _manager(state, drain)
         load: Clients | None = None
         try:
             ends = _timed_drains(host)
@@ -334,6 +326,72 @@ def stops_under_load(
                     stops = per_round if scenario == "stop" else 1
                     out[scenario].append(StopRun(times, calls, load.finish(), stops))
                     load = None
+            return out
+        finally:
+            if load is not None:
+                load.kill()
+            host.close()
+
+
+def _manager(state: str, drain: bool) -> ManagerHost:
+    # The manager's own heartbeats (ManagerHost's are a test's: every 0.5 s).
+    defaults = ManagerSettings()
+    return ManagerHost(
+        state,
+        mesh_drain_timeout=_DRAIN if drain else datetime.timedelta(0),
+        heartbeat_interval=defaults.heartbeat_interval,
+        idle_heartbeat_interval=defaults.idle_heartbeat_interval,
+        lost_after_heartbeats=defaults.lost_after_heartbeats,
+    )
+
+
+def rollouts_under_load(drain: bool, clients: int, rounds: int, replicas: int = 3) -> list[StopRun]:
+    """A service of ``replicas`` applied (ApplySpecs), then ``rounds`` of:
+    load generators through xds:///, a changed spec applied (its rolling
+    replacement: a new replica ready, then an old one stopped, one at a
+    time), the load's counts."""
+    with tempfile.TemporaryDirectory(prefix="bench-rollout-") as state:
+        host = _manager(state, drain)
+        load: Clients | None = None
+        try:
+            ends = _timed_drains(host)
+            spec = spec_pb2.ContainerSpec(
+                name=SERVICE,
+                command=[sys.executable, str(ROOT / "tests/apps/mesh_backend.py")],
+                working_dir=str(ROOT),
+                replicas=replicas,
+                service=mesh_pb2.MeshService(name=SERVICE),
+                env={"BENCH_ROLLOUT": "0"},
+            )
+            apply = manager_pb2.ApplySpecsRequest(specs=[spec], owner="bench")
+            host.stub.ApplySpecs(apply, timeout=_TIMEOUT)
+            _wait(lambda: len(_healthy(host)) == replicas, f"{replicas} replicas in the mesh")
+            out = []
+            for r in range(rounds):
+                workdir = Path(state) / f"round-{r}"
+                workdir.mkdir()
+                old = set(_healthy(host))
+                load = Clients(workdir, host.address, clients)
+                time.sleep(0.3)  # calls reach every replica
+                spec.env["BENCH_ROLLOUT"] = str(r + 1)
+                t0 = time.perf_counter()
+                host.stub.ApplySpecs(
+                    manager_pb2.ApplySpecsRequest(specs=[spec], owner="bench"), timeout=_TIMEOUT
+                )
+                _wait(
+                    lambda o=old: len(set(_healthy(host)) - o) == replicas,
+                    f"{replicas} new replicas in the mesh",
+                )
+                times, calls = [], []
+                while drain and ends:
+                    start, end = ends.pop(0)
+                    times.append(end - start)
+                    calls.append(end - t0)
+                if drain and len(times) != replicas:
+                    raise RuntimeError(f"{len(times)} of {replicas} drains saw every ACK")
+                time.sleep(0.2)  # the load goes on after the rollout
+                out.append(StopRun(times, calls, load.finish(), replicas))
+                load = None
             return out
         finally:
             if load is not None:
@@ -447,7 +505,10 @@ def main(argv: list[str] | None = None) -> int:
         bare = [push() for _ in range(args.rounds * (args.stops + 1))]
     ours = stops_under_load(True, args.clients, args.rounds, args.stops)
     plain = stops_under_load(False, args.clients, args.rounds, args.stops)
-    runs = [r for scenario in SCENARIOS for r in ours[scenario]]
+    ours["rollout"] = rollouts_under_load(True, args.clients, args.rounds)
+    plain["rollout"] = rollouts_under_load(False, args.clients, args.rounds)
+    scenarios = (*SCENARIOS, "rollout")
+    runs = [r for scenario in scenarios for r in ours[scenario]]
     print(
         json.dumps(
             {
@@ -455,8 +516,8 @@ def main(argv: list[str] | None = None) -> int:
                 "call_ack_ms": [round(t * 1e3, 2) for r in runs for t in r.call_ack],
                 "bare_push_ack_ms": [round(t * 1e3, 2) for t, _ in bare],
                 "bare_call_ack_ms": [round(t * 1e3, 2) for _, t in bare],
-                "drained": {s: [r.counts.__dict__ for r in ours[s]] for s in SCENARIOS},
-                "plain": {s: [r.counts.__dict__ for r in plain[s]] for s in SCENARIOS},
+                "drained": {s: [r.counts.__dict__ for r in ours[s]] for s in scenarios},
+                "plain": {s: [r.counts.__dict__ for r in plain[s]] for s in scenarios},
             }
         )
     )
