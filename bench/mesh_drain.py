@@ -16,7 +16,7 @@
   stop) while replicas are stopped one by one (StopContainer), and while
   the service is scaled down by one (ScaleContainer), and while one is
   evicted (EvictContainer: the stop an eviction for a higher-priority
-  container makes), each scenario with load generators of its own, with the
+  container makes), each scenario a phase of the same load generators, with the
   drain; bare: the same with the drain off (mesh_drain_timeout 0: a plain
   stop, as Kubernetes does, the endpoint leaving once the container left
   RUNNING); and while a changed spec is rolled out to 3 replicas
@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -146,22 +147,65 @@ class Counts:
     samples: dict[str, str] | None = None
 
 
+# A load generator: argv target concurrency. Dials the target (xds:///NAME
+# with $GRPC_XDS_BOOTSTRAP), prints "ready", then calls the backend's method
+# (as tests/apps/mesh_client.py does) until its stdin ends; each line of stdin
+# is answered with the counts since the last one (a phase: one scenario),
+# as JSON.
+LOAD = r"""
+import collections, json, sys, threading, grpc
+target, concurrency = sys.argv[1], int(sys.argv[2])
+channel = grpc.insecure_channel(target)
+grpc.channel_ready_future(channel).result(timeout=60)
+call = channel.unary_unary("/pycontainer.test.Echo/Who")
+lock, done = threading.Lock(), threading.Event()
+answered, failures, samples = [0], collections.Counter(), {}
+
+def worker():
+    while not done.is_set():
+        try:
+            call(b"", timeout=10)
+            with lock:
+                answered[0] += 1
+        except grpc.RpcError as exc:
+            with lock:
+                failures[exc.code().name] += 1
+                samples.setdefault(exc.code().name, exc.details() or "")
+
+threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+for t in threads:
+    t.start()
+print("ready", flush=True)
+for line in sys.stdin:
+    with lock:
+        phase = {"calls": answered[0] + sum(failures.values()), "failed": sum(failures.values()),
+                 "failures": dict(failures), "samples": dict(samples)}
+        answered[0] = 0
+        failures.clear()
+        samples.clear()
+    print(json.dumps(phase), flush=True)
+done.set()
+for t in threads:
+    t.join()
+channel.close()
+"""
+
+
 class Clients:
-    """``n`` grpcio processes calling ``xds:///orders`` until told to end."""
+    """``n`` grpcio processes calling ``xds:///orders`` (LOAD), counted by
+    phase (:meth:`phase`)."""
 
     def __init__(self, workdir: Path, server_uri: str, n: int, concurrency: int = 2) -> None:
-        self.until = workdir / "until"
         self.procs = []
         for i in range(n):
             boot = write_bootstrap(workdir / f"bootstrap-{i}.json", server_uri, f"bench-{i}")
-            env = {**__import__("os").environ, "GRPC_XDS_BOOTSTRAP": str(boot)}
-            command = [sys.executable, str(ROOT / "tests/apps/mesh_client.py")]
-            command += [f"xds:///{SERVICE}", "--until-file", str(self.until)]
-            command += ["--concurrency", str(concurrency)]
+            env = {**os.environ, "GRPC_XDS_BOOTSTRAP": str(boot)}
+            command = [sys.executable, "-c", LOAD, f"xds:///{SERVICE}", str(concurrency)]
             proc = subprocess.Popen(
                 command,
                 env=env,
                 cwd=ROOT,
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 text=True,
@@ -173,20 +217,35 @@ class Clients:
                 self.kill()
                 raise RuntimeError(f"a client did not get ready: {line!r}")
 
-    def finish(self) -> Counts:
-        self.until.write_text("")
+    def phase(self) -> Counts:
+        """The counts of every client since the last phase (or the start)."""
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write("\n")
+            proc.stdin.flush()
         total = Counts(failures={}, samples={})
         for proc in self.procs:
-            out = json.loads(_readline(proc, "a load generator") or "{}")
-            proc.wait(_TIMEOUT)
-            total.calls += out.get("calls", 0)
-            total.failed += out.get("failed", 0)
-            for code, n in out.get("failures", {}).items():
-                assert total.failures is not None
-                total.failures[code] = total.failures.get(code, 0) + n
+            out = json.loads(_readline(proc, "a load generator"))
+            total.calls += out["calls"]
+            total.failed += out["failed"]
+            assert total.failures is not None
             assert total.samples is not None
-            total.samples.update(out.get("samples", {}))
+            for code, n in out["failures"].items():
+                total.failures[code] = total.failures.get(code, 0) + n
+            total.samples.update(out["samples"])
         return total
+
+    def close(self) -> None:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        for proc in self.procs:
+            try:
+                proc.wait(_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
     def kill(self) -> None:
         for proc in self.procs:
@@ -248,7 +307,7 @@ class StopRun:
     stops: int
 
 
-#: The scenarios of a round, each with load generators of its own.
+#: The scenarios of a round, each a phase of the load.
 SCENARIOS = ("stop", "scale-down", "evict")
 
 
@@ -256,8 +315,8 @@ def stops_under_load(
     drain: bool, clients: int, rounds: int, per_round: int
 ) -> dict[str, list[StopRun]]:
     """A manager with a service of backends (two more than it takes away),
-    then ``rounds`` of, for each scenario: ``clients`` load generators
-    through xds:/// (new ones), the scenario, the load's counts. "stop":
+    ``clients`` load generators through xds:/// and ``rounds`` of, for each
+    scenario: the scenario, the load's counts of it (a phase). "stop":
     ``per_round`` replicas stopped one by one (StopContainer); "scale-down":
     the service scaled down by one (ScaleContainer: the youngest replica
     stops); "evict": one replica evicted (EvictContainer: the eviction's
@@ -288,12 +347,11 @@ def stops_under_load(
                     times.append(end - start)
                     calls.append(end - t0)
 
-            for r in range(rounds):
+            load = Clients(Path(state), host.address, clients)
+            time.sleep(0.3)  # calls reach every replica
+            load.phase()  # the warm-up's counts are no scenario's
+            for _ in range(rounds):
                 for scenario in SCENARIOS:
-                    workdir = Path(state) / f"round-{r}-{scenario}"
-                    workdir.mkdir()
-                    load = Clients(workdir, host.address, clients)
-                    time.sleep(0.3)  # calls reach every replica
                     times: list[float] = []
                     calls: list[float] = []
                     if scenario == "stop":
@@ -324,8 +382,9 @@ def stops_under_load(
                         _wait(lambda v=victim: v not in _live(host), f"{victim} evicted")
                     time.sleep(0.2)  # the load goes on after the stop
                     stops = per_round if scenario == "stop" else 1
-                    out[scenario].append(StopRun(times, calls, load.finish(), stops))
-                    load = None
+                    out[scenario].append(StopRun(times, calls, load.phase(), stops))
+            load.close()
+            load = None
             return out
         finally:
             if load is not None:
@@ -346,10 +405,10 @@ def _manager(state: str, drain: bool) -> ManagerHost:
 
 
 def rollouts_under_load(drain: bool, clients: int, rounds: int, replicas: int = 3) -> list[StopRun]:
-    """A service of ``replicas`` applied (ApplySpecs), then ``rounds`` of:
-    load generators through xds:///, a changed spec applied (its rolling
+    """A service of ``replicas`` applied (ApplySpecs), load generators
+    through xds:///, then ``rounds`` of: a changed spec applied (its rolling
     replacement: a new replica ready, then an old one stopped, one at a
-    time), the load's counts."""
+    time), the load's counts of it."""
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as state:
         host = _manager(state, drain)
         load: Clients | None = None
@@ -367,12 +426,11 @@ def rollouts_under_load(drain: bool, clients: int, rounds: int, replicas: int = 
             host.stub.ApplySpecs(apply, timeout=_TIMEOUT)
             _wait(lambda: len(_healthy(host)) == replicas, f"{replicas} replicas in the mesh")
             out = []
+            load = Clients(Path(state), host.address, clients)
+            time.sleep(0.3)  # calls reach every replica
+            load.phase()  # the warm-up's counts are no rollout's
             for r in range(rounds):
-                workdir = Path(state) / f"round-{r}"
-                workdir.mkdir()
                 old = set(_healthy(host))
-                load = Clients(workdir, host.address, clients)
-                time.sleep(0.3)  # calls reach every replica
                 spec.env["BENCH_ROLLOUT"] = str(r + 1)
                 t0 = time.perf_counter()
                 host.stub.ApplySpecs(
@@ -390,8 +448,9 @@ def rollouts_under_load(drain: bool, clients: int, rounds: int, replicas: int = 
                 if drain and len(times) != replicas:
                     raise RuntimeError(f"{len(times)} of {replicas} drains saw every ACK")
                 time.sleep(0.2)  # the load goes on after the rollout
-                out.append(StopRun(times, calls, load.finish(), replicas))
-                load = None
+                out.append(StopRun(times, calls, load.phase(), replicas))
+            load.close()
+            load = None
             return out
         finally:
             if load is not None:
@@ -476,6 +535,7 @@ def bare_pusher(clients: int) -> Iterator[Any]:
             if _readline(server, "the bare ADS server") != "serving":
                 raise RuntimeError("the bare ADS server did not start")
             load = Clients(directory, target, clients)
+            time.sleep(0.3)
             channel = grpc.insecure_channel(target)
             push = channel.unary_unary("/bench.Push/Push")
             push(b"", timeout=_TIMEOUT)  # warm
