@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from . import rows_logs, rows_manager, rows_servers
+from . import rows_logs, rows_manager, rows_mesh, rows_servers
 
-ROWS = [*rows_servers.ROWS, *rows_logs.ROWS, *rows_manager.ROWS]
+ROWS = [*rows_servers.ROWS, *rows_logs.ROWS, *rows_manager.ROWS, *rows_mesh.ROWS]

@@ -91,6 +91,10 @@ class _TypeState:
     nack_time: float | None = None
     # Something may have changed for this type: look before sleeping again.
     dirty: bool = True
+    # While dirty, the only names that may have changed (a push of one
+    # service's assignment looks at that name, not at every name the client
+    # subscribed to); None: any of them.
+    touched: set[str] | None = None
 
 
 class _Stream:
@@ -104,11 +108,30 @@ class _Stream:
     def next_nonce(self) -> str:
         return str(next(self._nonces))
 
-    def mark_dirty(self, type_urls: Iterable[str] | None = None) -> None:
+    def mark_dirty(
+        self,
+        type_urls: Iterable[str] | None = None,
+        names: Mapping[str, frozenset[str]] | None = None,
+    ) -> None:
+        """Look again at ``type_urls`` (every type when None); of a type in
+        ``names``, at those names only: a client subscribed to none of them
+        is not woken."""
+        woken = False
         for type_url, state in self.types.items():
-            if type_urls is None or type_url in type_urls:
-                state.dirty = True
-        self.wake.set()
+            if type_urls is not None and type_url not in type_urls:
+                continue
+            changed = None if names is None else names.get(type_url)
+            if changed is None:
+                state.touched = None
+            elif not state.wildcard and state.names.isdisjoint(changed):
+                continue
+            elif not state.dirty:
+                state.touched = set(changed)
+            elif state.touched is not None:
+                state.touched |= changed
+            state.dirty = woken = True
+        if woken:
+            self.wake.set()
 
 
 def _kind(node: base_pb2.Node) -> str:
@@ -139,8 +162,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         self._streams: set[_Stream] = set()
         # The mesh's version: one more on every change (the version_info sent).
         self._version = 1
-        # Notified on every ACK, NACK and stream end: drain waiters look again.
+        # Notified on every ACK, NACK and stream end while a drain waits
+        # (_waiters of them): they look again.
         self._answered = asyncio.Condition()
+        self._waiters = 0
         self._identify = identify or (lambda context: "")
 
     # -- the mesh tells of changes ----------------------------------------------------------
@@ -148,12 +173,18 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
     def version(self) -> str:
         return str(self._version)
 
-    def changed(self, type_urls: Iterable[str] | None = None) -> None:
-        """The mesh changed (in ``type_urls``, or anything): push what differs."""
+    def changed(
+        self,
+        type_urls: Iterable[str] | None = None,
+        names: Mapping[str, frozenset[str]] | None = None,
+    ) -> None:
+        """The mesh changed (in ``type_urls``, or anything): push what differs.
+        ``names``, by type, are the only resources of that type that changed
+        (the others are not looked at)."""
         self._version += 1
         types = None if type_urls is None else frozenset(type_urls)
         for stream in self._streams:
-            stream.mark_dirty(types)
+            stream.mark_dirty(types, names)
 
     @property
     def clients(self) -> int:
@@ -195,6 +226,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         )
         self._take(stream, first)
         reader = asyncio.ensure_future(self._read(stream, request_iterator))
+        # The reader's end wakes the stream too: one event to wait on, not a
+        # task and an asyncio.wait for each push.
+        reader.add_done_callback(lambda _: stream.wake.set())
         try:
             while not reader.done():
                 for response in self._responses(stream):
@@ -202,11 +236,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 stream.wake.clear()
                 if any(state.dirty for state in stream.types.values()):
                     continue
-                waiter = asyncio.ensure_future(stream.wake.wait())
-                try:
-                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
+                await stream.wake.wait()
         finally:
             reader.cancel()
             self._streams.discard(stream)
@@ -230,6 +260,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 await self._notify()
 
     async def _notify(self) -> None:
+        if not self._waiters:
+            return
         async with self._answered:
             self._answered.notify_all()
 
@@ -240,12 +272,15 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         type_url = request.type_url
         if not type_url:
             return False
+        # Read once: each look into the repeated field makes its strings
+        # anew (an ACK of a hundred names is read on every push).
+        requested = list(request.resource_names)
         state = stream.types.get(type_url)
         if state is None:
             state = stream.types[type_url] = _TypeState()
             # An empty list (or "*") on a type's first request: every resource
             # of the type (a wildcard subscription).
-            state.wildcard = not request.resource_names or "*" in request.resource_names
+            state.wildcard = not requested or "*" in requested
         answered = False
         if not state.answered_once:
             # The type's first request on this stream: a nonce it carries is
@@ -274,8 +309,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 else:
                     state.acked.update(carried)
                 state.nack_error = ""
-        names = {n for n in request.resource_names if n != "*"}
-        if "*" in request.resource_names:
+        names = set(requested)
+        if "*" in names:
+            names.discard("*")
             state.wildcard = True
         elif names and state.wildcard and type_url in STATE_OF_THE_WORLD:
             state.wildcard = False
@@ -285,8 +321,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 state.acked.pop(gone, None)
             state.names = names
             state.dirty = True
+            state.touched = None
         if not state.answered_once:
             state.dirty = True
+            state.touched = None
         if state.dirty:
             stream.wake.set()
         return answered
@@ -332,24 +370,29 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             if not state.dirty:
                 continue
             state.dirty = False
-            response = self._response(stream, type_url, state)
+            response = self._response(stream, type_url, state, state.touched)
+            state.touched = None
             if response is not None:
                 out.append(response)
         return out
 
     def _response(
-        self, stream: _Stream, type_url: str, state: _TypeState
+        self,
+        stream: _Stream,
+        type_url: str,
+        state: _TypeState,
+        touched: set[str] | None = None,
     ) -> discovery_pb2.DiscoveryResponse | None:
         available = self._source.resources(stream.client, type_url)
-        if state.wildcard:
-            wanted = dict(available)
-        else:
-            wanted = {n: available[n] for n in state.names if n in available}
         # After a NACK, what the client kept may become what it is to have
         # again (the rejected change undone): that is sent too, so that it
         # acknowledges it and its status (and the client's own) stops showing
         # the rejection.
         if type_url in STATE_OF_THE_WORLD:
+            if state.wildcard:
+                wanted = dict(available)
+            else:
+                wanted = {n: available[n] for n in state.names if n in available}
             digests = {n: d for n, (d, _) in wanted.items()}
             if state.answered_once and (
                 digests == state.rejected or (digests == state.sent and not state.nack_error)
@@ -360,11 +403,20 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             state.sent = dict(digests)
             state.rejected = {}
         else:
-            changed = {
-                n: (d, r)
-                for n, (d, r) in wanted.items()
-                if state.rejected.get(n) != d and (state.sent.get(n) != d or n in state.rejected)
-            }
+            # Only what was touched can differ from what the client was sent
+            # (one name of a hundred on a push); everything on the first answer.
+            if touched is None or not state.answered_once:
+                looked: Iterable[str] = available if state.wildcard else state.names
+            else:
+                looked = touched if state.wildcard else touched & state.names
+            changed = {}
+            for n in looked:
+                current = available.get(n)
+                if current is None:
+                    continue
+                d = current[0]
+                if state.rejected.get(n) != d and (state.sent.get(n) != d or n in state.rejected):
+                    changed[n] = current
             if not changed and state.answered_once:
                 return None
             carried = {n: d for n, (d, _) in changed.items()}
@@ -423,16 +475,20 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         node ids of the clients still waited for when it ran out (empty: all)."""
         wanted = frozenset(names)
         deadline = time.monotonic() + seconds
-        async with self._answered:
-            while True:
-                waiting = self._settled(wanted)
-                remaining = deadline - time.monotonic()
-                if not waiting or remaining <= 0:
-                    return waiting
-                try:
-                    await asyncio.wait_for(self._answered.wait(), remaining)
-                except TimeoutError:
-                    return self._settled(wanted)
+        self._waiters += 1
+        try:
+            async with self._answered:
+                while True:
+                    waiting = self._settled(wanted)
+                    remaining = deadline - time.monotonic()
+                    if not waiting or remaining <= 0:
+                        return waiting
+                    try:
+                        await asyncio.wait_for(self._answered.wait(), remaining)
+                    except TimeoutError:
+                        return self._settled(wanted)
+        finally:
+            self._waiters -= 1
 
     # -- status -------------------------------------------------------------------------------
     def status(self, names: frozenset[str] | None = None) -> list[mesh_pb2.MeshClient]:

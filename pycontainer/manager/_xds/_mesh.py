@@ -132,7 +132,9 @@ class Mesh:
     def _flush(self) -> None:
         self._scheduled = False
         dirty, self._dirty = self._dirty, set()
-        changed_types: set[str] = set()
+        # Type -> the names whose resource changed (compared by digest: the
+        # packed messages themselves are not compared).
+        changed: dict[str, set[str]] = {}
         for name in sorted(dirty):
             members = [
                 entry
@@ -156,15 +158,21 @@ class Mesh:
                 self._built[name] = new
             for type_url in TYPES:
                 before, after = old.get(type_url, {}), new.get(type_url, {})
-                if before == after:
+                names = {
+                    resource
+                    for resource in before.keys() | after.keys()
+                    if (before[resource][0] if resource in before else None)
+                    != (after[resource][0] if resource in after else None)
+                }
+                if not names:
                     continue
-                changed_types.add(type_url)
+                changed.setdefault(type_url, set()).update(names)
                 shared = self._shared[type_url]
                 for gone in before.keys() - after.keys():
                     shared.pop(gone, None)
                 shared.update(after)
-        if changed_types:
-            self.ads.changed(changed_types)
+        if changed:
+            self.ads.changed(changed, {t: frozenset(n) for t, n in changed.items()})
 
     # -- what clients see ----------------------------------------------------------------
     def resources(self, client: Client, type_url: str) -> Mapping[str, Versioned]:
