@@ -166,3 +166,24 @@ def test_readme_install_lines_install_what_each_use_needs(wheel_dir: Path, tmp_p
     mesh = "from envoy.config.cluster.v3 import cluster_pb2; import grpc_csds"
     mesh_imports = _run([python, "-P", "-c", mesh], tmp_path, timeout=60)
     assert mesh_imports.returncode == 0, mesh_imports.stderr
+
+
+def test_every_package_of_the_source_tree_is_in_the_distribution() -> None:
+    """pyproject lists its packages one by one (generated ones are mapped from
+    generated/): a new subpackage left out installs everywhere but from the
+    wheel (pycontainer.manager._xds once did)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    mapped = {name: ROOT / path for name, path in config["package-dir"].items()}
+    on_disk = set()
+    for init in (ROOT / "pycontainer").rglob("__init__.py"):
+        if "__pycache__" not in init.parts:
+            on_disk.add(".".join(init.parent.relative_to(ROOT).parts))
+    for name, path in mapped.items():
+        if name != "pycontainer":
+            assert (path / "__init__.py").is_file(), (name, path)
+            on_disk.add(name)
+    assert on_disk == listed, (
+        f"missing from pyproject's packages: {sorted(on_disk - listed)}; "
+        f"listed but not in the tree: {sorted(listed - on_disk)}"
+    )

