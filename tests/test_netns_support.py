@@ -1,0 +1,104 @@
+"""The network-namespace harness itself (tests/netns_support.py): hosts reach
+each other and the test process over the switch, a cut silences exactly one
+host's cable and heals, and nothing is left behind (nor by a test process
+that died without cleaning up)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from netns_support import Host, Network, _namespaces, require_netns, sweep_stale
+from support import wait_until
+
+# Serves one line back per connection, on the host's address; prints its port.
+_ECHO = """
+import socket, sys
+s = socket.create_server((sys.argv[1], 0))
+print(s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()
+    with c:
+        c.sendall(c.recv(64))
+"""
+# Connects to HOST PORT with a short timeout and says what became of it.
+_DIAL = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])) as c:
+        c.sendall(b"hi"); print(c.recv(64).decode())
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _netns() -> None:
+    require_netns()
+
+
+def _echo(host: Host) -> int:
+    server = host.popen([sys.executable, "-c", _ECHO, host.address])
+    assert server.stdout is not None
+    return int(server.stdout.readline())
+
+
+def _dial(host: Host, address: str, port: int, timeout: float = 2.0) -> str:
+    done = host.run([sys.executable, "-c", _DIAL, address, str(port), str(timeout)])
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_hosts_reach_each_other_and_a_cut_silences_one_cable_until_healed() -> None:
+    with Network("reach") as net:
+        a, b, c = net.add_host("a"), net.add_host("b"), net.add_host("c")
+        assert len({a.address, b.address, c.address, net.address}) == 4
+        port = _echo(a)
+        assert _dial(b, a.address, port) == "hi"
+        with socket.create_connection((a.address, port), timeout=5) as direct:
+            direct.sendall(b"me")  # the test process is on the switch too
+            assert direct.recv(64) == b"me"
+        # Each host has its own loopback, up.
+        assert _dial(a, "127.0.0.1", port) in ("ConnectionRefusedError",)
+
+        net.cut(b)
+        started = time.monotonic()
+        # Silence, not a refusal: the connect waits out its timeout.
+        assert _dial(b, a.address, port, timeout=1.5) in ("TimeoutError", "timeout")
+        assert time.monotonic() - started >= 1.4
+        assert _dial(c, a.address, port) == "hi"  # only b's cable is cut
+        net.heal(b)
+        # b's neighbour lookup of a, begun in the cut, may still fail the
+        # first dial after it (EHOSTUNREACH), as on a real LAN.
+        wait_until(lambda: _dial(b, a.address, port) == "hi", 15, "b reaches a again")
+
+
+def test_close_leaves_no_namespace_or_device_even_with_programs_running() -> None:
+    net = Network("close")
+    a = net.add_host("a")
+    sleeper = a.popen(["sleep", "600"])
+    # A grandchild the harness did not start itself still dies with the host.
+    a.popen(["sh", "-c", "sleep 600 & wait"])
+    names = [net.switch, a.namespace]
+    assert set(names) <= set(_namespaces())
+    net.close()
+    assert sleeper.poll() is not None
+    assert not set(names) & set(_namespaces())
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert net.name not in links
+    net.close()  # again: nothing
+
+
+def test_a_dead_test_process_s_namespaces_are_swept_by_the_next_network() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has now (reaped)
+    stale = f"pcn{gone.pid:x}-0-sw"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        assert stale in sweep_stale()
+        assert stale not in _namespaces()
+    finally:
+        subprocess.run(["ip", "netns", "del", stale], capture_output=True)
