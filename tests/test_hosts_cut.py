@@ -1,0 +1,234 @@
+"""Containers on another host than the manager's (hosts made of network
+namespaces, tests/netns_support.py): the manager on host A serves mutual TLS
+(`pycontainer manager`, the default, not --insecure) on A's address; three
+containers on host B join it with bootstrap tokens over the switch and run.
+B's cable is cut: the manager sees every session lost within its liveness
+bound; healed, every container re-registers on its own, in the same run (no
+restart, its hooks' counts and its counter kept), and a pause caught in the
+cut is answered on the new session, run once."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from netns_support import Host, Network, require_netns
+from support import wait_until
+
+from pycontainer._tls_env import BOOTSTRAP_TOKEN_ENV, CA_PIN_ENV, JOIN_ENV, TLS_DIR_ENV
+from pycontainer.client import CallError, ManagerClient, Transport
+from pycontainer.manager._trust import ADMIN_DIR
+from pycontainer.security import MANAGER
+from pycontainer.units import duration_to_proto
+from pycontainer.v1 import container_pb2, manager_pb2, manager_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+S = container_pb2
+# The manager pings each connection every HEARTBEAT and takes 3 unanswered
+# as a lost session (`pycontainer manager --heartbeat`); the rest is slack
+# for a loaded machine.
+HEARTBEAT = datetime.timedelta(seconds=1)
+LOST_WITHIN = 3 * HEARTBEAT.total_seconds() + 7.0
+# The container notices a silent manager after 3 of its heartbeats but at
+# least 5 s (pycontainer.agent._connector), and gives the session up.
+CONTAINER_GIVES_UP_WITHIN = 5.0 + 10.0
+# Then it dials again with a backoff (jittered, up to a few seconds).
+RESUMED_WITHIN = 30.0
+CONTAINERS = ("alpha", "beta", "gamma")
+_ENVS = (BOOTSTRAP_TOKEN_ENV, JOIN_ENV, CA_PIN_ENV, TLS_DIR_ENV, "PYCONTAINER_INSECURE")
+
+
+@dataclass
+class Site:
+    """Host A's manager and the test's admin client to it, and host B."""
+
+    network: Network
+    a: Host
+    b: Host
+    manager: subprocess.Popen[str]
+    client: ManagerClient
+    stub: manager_pb2_grpc.ManagerStub
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    require_netns()
+    with Network("hosts") as network:
+        a, b = network.add_host("a"), network.add_host("b")
+        state = tmp_path / "state"
+        manager = a.popen(
+            [
+                sys.executable,
+                "-m",
+                "pycontainer.cli",
+                "manager",
+                "--listen",
+                f"{a.address}:0",
+                "--state-dir",
+                str(state),
+                "--heartbeat",
+                "1s",
+                "--idle-heartbeat",
+                "1s",
+            ],
+            env=_environment(),
+        )
+        assert manager.stdout is not None
+        line = manager.stdout.readline()  # "manager serving on HOST:PORT"
+        assert line.startswith("manager serving on "), (line, manager.communicate(timeout=10))
+        address = line.split()[-1]
+        assert address.startswith(f"{a.address}:")
+        client = ManagerClient(address, transport=Transport(state / ADMIN_DIR, MANAGER))
+        try:
+            yield Site(network, a, b, manager, client, manager_pb2_grpc.ManagerStub(client.channel))
+        finally:
+            client.close()
+
+
+def _environment(**extra: str) -> dict[str, str]:
+    """This process's environment without the suite's insecure default."""
+    env = {k: v for k, v in os.environ.items() if k not in _ENVS}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+def _join_on_b(site: Site, name: str, tmp_path: Path, *flags: str) -> subprocess.Popen[str]:
+    """tests/apps/connected_app.py on host B, joining with a token for ``name``."""
+    made = site.client.create_bootstrap_token(
+        manager_pb2.CreateBootstrapTokenRequest(
+            container_id=name, uses=1, ttl=duration_to_proto(datetime.timedelta(minutes=10))
+        )
+    )
+    assert made.join_address.startswith(f"{site.a.address}:")
+    env = _environment(
+        **{
+            BOOTSTRAP_TOKEN_ENV: made.token,
+            JOIN_ENV: made.join_address,
+            CA_PIN_ENV: made.ca_pin,
+            TLS_DIR_ENV: str(tmp_path / f"{name}-tls"),
+            "PYCONTAINER_MANAGER": made.manager_address,
+            "PYCONTAINER_CONTAINER_ID": name,
+        }
+    )
+    app = [sys.executable, str(ROOT / "tests/apps/connected_app.py"), "--name", name]
+    state_file = ["--state-file", str(tmp_path / f"{name}.json")]
+    log = (tmp_path / f"{name}.log").open("w")  # its connector's log, read by the test
+    try:
+        return site.b.popen([*app, *state_file, *flags], env=env, stdout=log, stderr=log)
+    finally:
+        log.close()  # the child has its own descriptor
+
+
+def _shown(site: Site, name: str) -> container_pb2.Container | None:
+    try:
+        return site.client.get_container(manager_pb2.GetContainerRequest(container=name)).container
+    except CallError:
+        return None
+
+
+def _all(site: Site, ok: Callable[[container_pb2.Container], bool]) -> bool:
+    shown = [_shown(site, name) for name in CONTAINERS]
+    return all(c is not None and ok(c) for c in shown)
+
+
+def _hooks(tmp_path: Path, name: str) -> dict[str, int]:
+    calls: dict[str, int] = json.loads((tmp_path / f"{name}.json").read_text())["calls"]
+    return calls
+
+
+def _sessions_ended(tmp_path: Path, name: str) -> int:
+    """How often the container on B saw its manager session end (its log)."""
+    return (tmp_path / f"{name}.log").read_text().count("manager session with")
+
+
+@pytest.mark.parametrize("seen_by", ["manager", "both"])
+def test_a_cut_between_hosts_is_seen_and_healed_without_a_restart_or_a_rerun(
+    site: Site, tmp_path: Path, seen_by: str
+) -> None:
+    """``seen_by``: heal once the manager saw the sessions lost (the containers'
+    connections still open, their data stalled), or once the containers
+    also gave their sessions up and dial again into the cut."""
+    apps = {
+        name: _join_on_b(site, name, tmp_path, *(["--pause-seconds", "3"] * (name == "alpha")))
+        for name in CONTAINERS
+    }
+
+    def running_and_connected(c: container_pb2.Container) -> bool:
+        return c.state == S.LIFECYCLE_STATE_RUNNING and c.connected
+
+    def alive() -> None:
+        for name, app in apps.items():
+            log = (tmp_path / f"{name}.log").read_text()
+            assert app.poll() is None, (name, log[-2000:])
+
+    def joined() -> bool:
+        alive()
+        return _all(site, running_and_connected)
+
+    wait_until(joined, 60, "every container on B joins over mTLS and runs")
+    [endpoint] = _shown(site, "alpha").identity.endpoints  # type: ignore[union-attr]
+    assert endpoint.tls
+
+    # A pause reaches alpha and runs (3 s); the cut comes while it does.
+    pause = site.stub.PauseContainer.future(
+        manager_pb2.PauseContainerRequest(container="alpha"), timeout=120
+    )
+    wait_until(
+        lambda: _shown(site, "alpha").state == S.LIFECYCLE_STATE_PAUSING,  # type: ignore[union-attr]
+        15,
+        "alpha pausing",
+    )
+    site.network.cut(site.b)
+    cut_at = time.monotonic()
+    wait_until(lambda: _all(site, lambda c: not c.connected), LOST_WITHIN, "every session lost")
+    seen_after = time.monotonic() - cut_at
+    assert site.manager.poll() is None
+    alive()  # the containers kept running meanwhile
+    assert not pause.done()  # how the pause ended is on the other side of the cut
+    if seen_by == "both":
+        wait_until(
+            lambda: all(_sessions_ended(tmp_path, name) for name in CONTAINERS),
+            CONTAINER_GIVES_UP_WITHIN,
+            "every container gave its session up",
+        )
+        print(f"\ncontainers gave up {time.monotonic() - cut_at:.1f}s after the cut", end="")
+
+    site.network.heal(site.b)
+    healed_at = time.monotonic()
+    wait_until(lambda: _all(site, _resumed), RESUMED_WITHIN, "every container re-registered")
+    resumed_after = time.monotonic() - healed_at
+    paused = pause.result(30)  # answered on the new session
+    assert paused.container.state == S.LIFECYCLE_STATE_PAUSED
+    for name in CONTAINERS:
+        shown = _shown(site, name)
+        assert shown is not None, name
+        assert shown.restarts == 0, name  # the same run
+        expected = {"start": 1, "pause": 1} if name == "alpha" else {"start": 1}
+        assert _hooks(tmp_path, name) == expected, name  # nothing ran twice
+        registered = (tmp_path / f"{name}.log").read_text().count("registered with manager")
+        assert registered == 2, name  # one new session after the heal
+    print(
+        f"\ncut seen by the manager after {seen_after:.1f}s;"
+        f" resumed {resumed_after:.1f}s after the heal"
+    )
+    assert not any("Traceback" in (tmp_path / f"{n}.log").read_text() for n in CONTAINERS)
+
+    # Still commanded across the hosts: a stop ends each program.
+    for name in CONTAINERS:
+        site.client.stop_container(manager_pb2.StopContainerRequest(container=name))
+    for name, app in apps.items():
+        assert app.wait(30) == 0, name
+
+
+def _resumed(c: container_pb2.Container) -> bool:
+    wanted = S.LIFECYCLE_STATE_PAUSED if c.identity.id == "alpha" else S.LIFECYCLE_STATE_RUNNING
+    return c.connected and c.state == wanted
