@@ -30,7 +30,9 @@ Nothing is left behind: names are unique per process and network
 fixture's finalizer) kills what runs in its namespaces and deletes them,
 which deletes their devices too; and every new Network first sweeps the
 namespaces of test processes that died without closing theirs (SIGKILLed
-pytest), killing what still ran in those, by pid.
+pytest), killing what still ran in those, by pid. The owner is told by the
+pid in the name, so test runs that share /run/netns must share a pid
+namespace too (as processes of one machine do).
 
 Needs root and ``ip`` (iproute2) with netns support: a skip otherwise, a
 failure when CI=true.
@@ -46,6 +48,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -109,12 +112,17 @@ def _pids_in(namespace: str) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed and not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError):
+        # "PID (COMM) STATE ...": COMM may hold spaces and parentheses.
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[0] != "Z"
     return True
 
 

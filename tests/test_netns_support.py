@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from netns_support import Host, Network, _namespaces, require_netns, sweep_stale
+from netns_support import Host, Network, _alive, _namespaces, require_netns, sweep_stale
 from support import wait_until
 
 # Serves one line back per connection, on the host's address; prints its port.
@@ -92,9 +92,14 @@ def test_close_leaves_no_namespace_or_device_even_with_programs_running() -> Non
     net.close()  # again: nothing
 
 
-def test_a_dead_test_process_s_namespaces_are_swept_by_the_next_network() -> None:
-    gone = subprocess.Popen(["true"])
-    gone.wait()  # a pid no process has now (reaped)
+@pytest.mark.parametrize("reaped", [True, False], ids=["reaped", "zombie"])
+def test_a_dead_test_process_s_namespaces_are_swept_by_the_next_network(reaped: bool) -> None:
+    gone = subprocess.Popen(["sleep", "600"])
+    gone.kill()
+    if reaped:
+        gone.wait()  # a pid no process has now
+    else:  # killed, not yet reaped by its parent: dead all the same
+        wait_until(lambda: not _alive(gone.pid), 10, "a zombie")
     stale = f"pcn{gone.pid:x}-0-sw"
     subprocess.run(["ip", "netns", "add", stale], check=True)
     try:
@@ -102,3 +107,10 @@ def test_a_dead_test_process_s_namespaces_are_swept_by_the_next_network() -> Non
         assert stale not in _namespaces()
     finally:
         subprocess.run(["ip", "netns", "del", stale], capture_output=True)
+        gone.wait()
+
+
+def test_a_live_test_process_s_namespaces_are_not_swept() -> None:
+    with Network("live") as net:
+        assert net.switch not in sweep_stale()
+        assert net.switch in _namespaces()
