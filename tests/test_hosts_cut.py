@@ -5,7 +5,8 @@ containers on host B join it with bootstrap tokens over the switch and run.
 B's cable is cut: the manager sees every session lost within its liveness
 bound; healed, every container re-registers on its own, in the same run (no
 restart, its hooks' counts and its counter kept), and a pause caught in the
-cut is answered on the new session, run once."""
+cut is answered on the new session, run once. Each with the manager's state
+in SQLite and on an etcd member of a third host."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from etcd_support import START_TIMEOUT
 from netns_support import Host, Network, require_netns
-from support import wait_until
+from support import require_tool, wait_until
 
 from pycontainer._tls_env import BOOTSTRAP_TOKEN_ENV, CA_PIN_ENV, JOIN_ENV, TLS_DIR_ENV
 from pycontainer.client import CallError, ManagerClient, Transport
+from pycontainer.manager._etcd import EtcdStore
 from pycontainer.manager._trust import ADMIN_DIR
 from pycontainer.security import MANAGER
 from pycontainer.units import duration_to_proto
@@ -56,28 +59,26 @@ class Site:
     manager: subprocess.Popen[str]
     client: ManagerClient
     stub: manager_pb2_grpc.ManagerStub
+    etcd_url: str  # "" with the state in SQLite
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+@pytest.fixture(params=["sqlite", "etcd"])
+def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
+    """``sqlite``: the manager's state in its state directory; ``etcd``: on an
+    etcd member of a host of its own (E), reached across the switch too."""
     require_netns()
     with Network("hosts") as network:
         a, b = network.add_host("a"), network.add_host("b")
         state = tmp_path / "state"
+        etcd_url = ""
+        if request.param == "etcd":
+            etcd_url = _etcd_on(network.add_host("e"), tmp_path / "etcd")
         manager = a.popen(
             [
-                sys.executable,
-                "-m",
-                "pycontainer.cli",
-                "manager",
-                "--listen",
-                f"{a.address}:0",
-                "--state-dir",
-                str(state),
-                "--heartbeat",
-                "1s",
-                "--idle-heartbeat",
-                "1s",
+                *(sys.executable, "-m", "pycontainer.cli", "manager"),
+                *("--listen", f"{a.address}:0", "--state-dir", str(state)),
+                *(("--state", etcd_url) if etcd_url else ()),
+                *("--heartbeat", "1s", "--idle-heartbeat", "1s"),
             ],
             env=_environment(),
         )
@@ -88,9 +89,48 @@ def site(tmp_path: Path) -> Iterator[Site]:
         assert address.startswith(f"{a.address}:")
         client = ManagerClient(address, transport=Transport(state / ADMIN_DIR, MANAGER))
         try:
-            yield Site(network, a, b, manager, client, manager_pb2_grpc.ManagerStub(client.channel))
+            yield Site(
+                network,
+                a,
+                b,
+                manager,
+                client,
+                manager_pb2_grpc.ManagerStub(client.channel),
+                etcd_url,
+            )
         finally:
             client.close()
+
+
+def _etcd_on(host: Host, data_dir: Path) -> str:
+    """A one-member etcd serving on ``host``'s address (its own namespace: the
+    usual ports are free there); its URL once it answers."""
+    binary = require_tool("etcd")
+    client = f"http://{host.address}:2379"
+    peer = "http://127.0.0.1:2380"
+    host.popen(
+        [
+            *(binary, "--name=e", f"--data-dir={data_dir}"),
+            *(f"--listen-client-urls={client}", f"--advertise-client-urls={client}"),
+            *(f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}"),
+            *(f"--initial-cluster=e={peer}", "--logger=zap", "--log-level=warn"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"etcd://{host.address}:2379"
+    store: list[EtcdStore] = []
+
+    def answers() -> bool:
+        try:
+            store.append(EtcdStore(url))
+        except Exception:
+            return False
+        return True
+
+    wait_until(answers, START_TIMEOUT, "etcd on its host")
+    store[0].close()
+    return url
 
 
 def _environment(**extra: str) -> dict[str, str]:
@@ -221,6 +261,17 @@ def test_a_cut_between_hosts_is_seen_and_healed_without_a_restart_or_a_rerun(
         f" resumed {resumed_after:.1f}s after the heal"
     )
     assert not any("Traceback" in (tmp_path / f"{n}.log").read_text() for n in CONTAINERS)
+
+    if site.etcd_url:  # the registry is etcd's: every container's record there
+        reader = EtcdStore(site.etcd_url)
+        try:
+            wait_until(
+                lambda: {r.id for r in reader.list_containers()} >= set(CONTAINERS),
+                20,
+                "the records on etcd",
+            )
+        finally:
+            reader.close()
 
     # Still commanded across the hosts: a stop ends each program.
     for name in CONTAINERS:
