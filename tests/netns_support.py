@@ -14,6 +14,8 @@ cut off from the others::
                            "--listen", f"{a.address}:0", ...])
         net.cut(b)   # b's cable pulled at the switch
         net.heal(b)
+        net.cut_between(a, b)   # a and b no longer hear each other, only
+        net.heal_between(a, b)
 
 A cut sets the switch's port of the host down (``ip link set DEV down`` in the
 switch's namespace). Packets to and from that host then die inside the switch:
@@ -60,6 +62,9 @@ _PREFIX = "pcn"
 _OWNED = re.compile(rf"^{_PREFIX}([0-9a-f]+)-(\d+)")
 _SUBNET_FIRST = "10.200."
 _IP_TIMEOUT = 20.0
+# A locally administered unicast MAC that no veth here takes (the kernel
+# makes random ones, with this bit set too, but never with these zeros).
+_NOWHERE = "02:00:00:00:00:01"
 _sequence = itertools.count()
 
 
@@ -278,6 +283,27 @@ class Network:
     def heal(self, host: Host) -> None:
         """Plug ``host``'s cable back in."""
         _ip("link", "set", host.port, "up", namespace=self.switch)
+
+    def cut_between(self, one: Host, other: Host) -> None:
+        """Cut ``one`` and ``other`` off from each other only: each takes the
+        other's address for a MAC no host has (a permanent neighbour entry),
+        so their frames to each other go out and reach nobody (the bridge
+        floods an unknown address; every host's NIC drops what is not for
+        it), and both still reach everyone else. Silent for both stacks, as a
+        cut is; the cable of either stays in (no carrier lost). iproute2 alone:
+        this kernel has no tc filters or actions to drop by address."""
+        for here, there in ((one, other), (other, one)):
+            _ip(
+                *("neigh", "replace", there.address, "lladdr", _NOWHERE),
+                *("nud", "permanent", "dev", "eth0"),
+                namespace=here.namespace,
+            )
+
+    def heal_between(self, one: Host, other: Host) -> None:
+        """Undo :meth:`cut_between`: each looks the other up again (ARP)."""
+        for here, there in ((one, other), (other, one)):
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _ip("neigh", "del", there.address, "dev", "eth0", namespace=here.namespace)
 
     def close(self) -> None:
         """Kill what runs in the hosts and delete every namespace and device

@@ -14,15 +14,18 @@ import pytest
 from netns_support import Host, Network, _alive, _namespaces, require_netns, sweep_stale
 from support import wait_until
 
-# Serves one line back per connection, on the host's address; prints its port.
+# Echoes what each connection sends until it closes, on the host's address;
+# prints its port.
 _ECHO = """
-import socket, sys
+import socket, sys, threading
+def echo(c):
+    with c:
+        while data := c.recv(64):
+            c.sendall(data)
 s = socket.create_server((sys.argv[1], 0))
 print(s.getsockname()[1], flush=True)
 while True:
-    c, _ = s.accept()
-    with c:
-        c.sendall(c.recv(64))
+    threading.Thread(target=echo, args=(s.accept()[0],), daemon=True).start()
 """
 # Connects to HOST PORT with a short timeout and says what became of it.
 _DIAL = """
@@ -32,6 +35,18 @@ try:
         c.sendall(b"hi"); print(c.recv(64).decode())
 except OSError as exc:
     print(type(exc).__name__)
+"""
+
+# Says "hi" over one connection, then again (2 s to answer) for each line of stdin.
+_HOLD = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+c.sendall(b"hi"); print(c.recv(64).decode(), flush=True)
+for _ in sys.stdin:
+    try:
+        c.sendall(b"hi"); print(c.recv(64).decode() or "closed", flush=True)
+    except OSError as exc:
+        print(type(exc).__name__, flush=True)
 """
 
 
@@ -74,6 +89,35 @@ def test_hosts_reach_each_other_and_a_cut_silences_one_cable_until_healed() -> N
         # b's neighbour lookup of a, begun in the cut, may still fail the
         # first dial after it (EHOSTUNREACH), as on a real LAN.
         wait_until(lambda: _dial(b, a.address, port) == "hi", 15, "b reaches a again")
+
+
+def test_a_cut_between_two_hosts_silences_them_to_each_other_only() -> None:
+    with Network("pair") as net:
+        a, b, c = net.add_host("a"), net.add_host("b"), net.add_host("c")
+        a_port, b_port = _echo(a), _echo(b)
+        # A connection open across the cut goes silent too, not only new ones.
+        held = b.popen([sys.executable, "-c", _HOLD, a.address, str(a_port)], stdin=subprocess.PIPE)
+        assert held.stdout is not None
+        assert held.stdout.readline().strip() == "hi"
+
+        net.cut_between(a, b)
+        assert _dial(b, a.address, a_port, timeout=1.5) == "TimeoutError"
+        assert _dial(a, b.address, b_port, timeout=1.5) == "TimeoutError"
+        assert held.stdin is not None
+        held.stdin.write("again\n")
+        held.stdin.flush()
+        assert held.stdout.readline().strip() == "TimeoutError"  # no answer, no reset
+        # Everyone else still reaches both, and both everyone else.
+        assert _dial(c, a.address, a_port) == "hi"
+        assert _dial(c, b.address, b_port) == "hi"
+        assert _dial(b, net.address, 1) == "ConnectionRefusedError"  # the test's own address
+        with socket.create_connection((b.address, b_port), timeout=5) as direct:
+            direct.sendall(b"me")
+            assert direct.recv(64) == b"me"
+
+        net.heal_between(a, b)
+        wait_until(lambda: _dial(b, a.address, a_port) == "hi", 15, "b reaches a again")
+        assert _dial(a, b.address, b_port) == "hi"
 
 
 def test_close_leaves_no_namespace_or_device_even_with_programs_running() -> None:
