@@ -5,11 +5,13 @@ that died without cleaning up)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import time
 
+import netns_support
 import pytest
 from netns_support import Host, Network, _alive, _namespaces, require_netns, sweep_stale
 from support import wait_until
@@ -158,3 +160,15 @@ def test_a_live_test_process_s_namespaces_are_not_swept() -> None:
     with Network("live") as net:
         assert net.switch not in sweep_stale()
         assert net.switch in _namespaces()
+
+
+def test_without_root_it_is_a_skip_locally_and_a_failure_in_ci(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(netns_support, "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception, match="not root"):
+        require_netns()
+    monkeypatch.setattr(netns_support, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="required in CI: not root"):
+        require_netns()
