@@ -12,28 +12,20 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from etcd_support import START_TIMEOUT
+from hosts_support import HostManager, join_from, start_etcd, start_manager
 from netns_support import Host, Network, require_netns
-from support import require_tool, wait_until
+from support import wait_until
 
-from pycontainer._tls_env import BOOTSTRAP_TOKEN_ENV, CA_PIN_ENV, JOIN_ENV, TLS_DIR_ENV
-from pycontainer.client import CallError, ManagerClient, Transport
+from pycontainer.client import CallError, ManagerClient
 from pycontainer.manager._etcd import EtcdStore
-from pycontainer.manager._trust import ADMIN_DIR
-from pycontainer.security import MANAGER
-from pycontainer.units import duration_to_proto
-from pycontainer.v1 import container_pb2, manager_pb2, manager_pb2_grpc
+from pycontainer.v1 import container_pb2, manager_pb2
 
-ROOT = Path(__file__).resolve().parent.parent
 S = container_pb2
 # The manager pings each connection every HEARTBEAT and takes 3 unanswered
 # as a lost session (`pycontainer manager --heartbeat`); the rest is slack
@@ -46,20 +38,21 @@ CONTAINER_GIVES_UP_WITHIN = 5.0 + 10.0
 # Then it dials again with a backoff (jittered, up to a few seconds).
 RESUMED_WITHIN = 30.0
 CONTAINERS = ("alpha", "beta", "gamma")
-_ENVS = (BOOTSTRAP_TOKEN_ENV, JOIN_ENV, CA_PIN_ENV, TLS_DIR_ENV, "PYCONTAINER_INSECURE")
 
 
 @dataclass
 class Site:
-    """Host A's manager and the test's admin client to it, and host B."""
+    """Host A's manager (and the test's admin client to it), host B."""
 
     network: Network
     a: Host
     b: Host
-    manager: subprocess.Popen[str]
-    client: ManagerClient
-    stub: manager_pb2_grpc.ManagerStub
+    manager: HostManager
     etcd_url: str  # "" with the state in SQLite
+
+    @property
+    def client(self) -> ManagerClient:
+        return self.manager.client
 
 
 @pytest.fixture(params=["sqlite", "etcd"])
@@ -69,103 +62,18 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
     require_netns()
     with Network("hosts") as network:
         a, b = network.add_host("a"), network.add_host("b")
-        state = tmp_path / "state"
         etcd_url = ""
         if request.param == "etcd":
-            etcd_url = _etcd_on(network.add_host("e"), tmp_path / "etcd")
-        manager = a.popen(
-            [
-                *(sys.executable, "-m", "pycontainer.cli", "manager"),
-                *("--listen", f"{a.address}:0", "--state-dir", str(state)),
-                *(("--state", etcd_url) if etcd_url else ()),
-                *("--heartbeat", "1s", "--idle-heartbeat", "1s"),
-            ],
-            env=_environment(),
+            etcd_url = start_etcd(network.add_host("e"), tmp_path / "etcd")
+        state = ("--state", etcd_url) if etcd_url else ()
+        manager = start_manager(
+            a, tmp_path / "state", *state, "--heartbeat", "1s", "--idle-heartbeat", "1s"
         )
-        assert manager.stdout is not None
-        line = manager.stdout.readline()  # "manager serving on HOST:PORT"
-        assert line.startswith("manager serving on "), (line, manager.communicate(timeout=10))
-        address = line.split()[-1]
-        assert address.startswith(f"{a.address}:")
-        client = ManagerClient(address, transport=Transport(state / ADMIN_DIR, MANAGER))
+        assert manager.address.startswith(f"{a.address}:")
         try:
-            yield Site(
-                network,
-                a,
-                b,
-                manager,
-                client,
-                manager_pb2_grpc.ManagerStub(client.channel),
-                etcd_url,
-            )
+            yield Site(network, a, b, manager, etcd_url)
         finally:
-            client.close()
-
-
-def _etcd_on(host: Host, data_dir: Path) -> str:
-    """A one-member etcd serving on ``host``'s address (its own namespace: the
-    usual ports are free there); its URL once it answers."""
-    binary = require_tool("etcd")
-    client = f"http://{host.address}:2379"
-    peer = "http://127.0.0.1:2380"
-    host.popen(
-        [
-            *(binary, "--name=e", f"--data-dir={data_dir}"),
-            *(f"--listen-client-urls={client}", f"--advertise-client-urls={client}"),
-            *(f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}"),
-            *(f"--initial-cluster=e={peer}", "--logger=zap", "--log-level=warn"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"etcd://{host.address}:2379"
-    store: list[EtcdStore] = []
-
-    def answers() -> bool:
-        try:
-            store.append(EtcdStore(url))
-        except Exception:
-            return False
-        return True
-
-    wait_until(answers, START_TIMEOUT, "etcd on its host")
-    store[0].close()
-    return url
-
-
-def _environment(**extra: str) -> dict[str, str]:
-    """This process's environment without the suite's insecure default."""
-    env = {k: v for k, v in os.environ.items() if k not in _ENVS}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
-
-
-def _join_on_b(site: Site, name: str, tmp_path: Path, *flags: str) -> subprocess.Popen[str]:
-    """tests/apps/connected_app.py on host B, joining with a token for ``name``."""
-    made = site.client.create_bootstrap_token(
-        manager_pb2.CreateBootstrapTokenRequest(
-            container_id=name, uses=1, ttl=duration_to_proto(datetime.timedelta(minutes=10))
-        )
-    )
-    assert made.join_address.startswith(f"{site.a.address}:")
-    env = _environment(
-        **{
-            BOOTSTRAP_TOKEN_ENV: made.token,
-            JOIN_ENV: made.join_address,
-            CA_PIN_ENV: made.ca_pin,
-            TLS_DIR_ENV: str(tmp_path / f"{name}-tls"),
-            "PYCONTAINER_MANAGER": made.manager_address,
-            "PYCONTAINER_CONTAINER_ID": name,
-        }
-    )
-    app = [sys.executable, str(ROOT / "tests/apps/connected_app.py"), "--name", name]
-    state_file = ["--state-file", str(tmp_path / f"{name}.json")]
-    log = (tmp_path / f"{name}.log").open("w")  # its connector's log, read by the test
-    try:
-        return site.b.popen([*app, *state_file, *flags], env=env, stdout=log, stderr=log)
-    finally:
-        log.close()  # the child has its own descriptor
+            manager.close()
 
 
 def _shown(site: Site, name: str) -> container_pb2.Container | None:
@@ -198,7 +106,9 @@ def test_a_cut_between_hosts_is_seen_and_healed_without_a_restart_or_a_rerun(
     connections still open, their data stalled), or once the containers
     also gave their sessions up and dial again into the cut."""
     apps = {
-        name: _join_on_b(site, name, tmp_path, *(["--pause-seconds", "3"] * (name == "alpha")))
+        name: join_from(
+            site.b, site.manager, name, tmp_path, *(["--pause-seconds", "3"] * (name == "alpha"))
+        )
         for name in CONTAINERS
     }
 
@@ -219,7 +129,7 @@ def test_a_cut_between_hosts_is_seen_and_healed_without_a_restart_or_a_rerun(
     assert endpoint.tls
 
     # A pause reaches alpha and runs (3 s); the cut comes while it does.
-    pause = site.stub.PauseContainer.future(
+    pause = site.manager.stub.PauseContainer.future(
         manager_pb2.PauseContainerRequest(container="alpha"), timeout=120
     )
     wait_until(
@@ -231,7 +141,7 @@ def test_a_cut_between_hosts_is_seen_and_healed_without_a_restart_or_a_rerun(
     cut_at = time.monotonic()
     wait_until(lambda: _all(site, lambda c: not c.connected), LOST_WITHIN, "every session lost")
     seen_after = time.monotonic() - cut_at
-    assert site.manager.poll() is None
+    assert site.manager.process.poll() is None
     alive()  # the containers kept running meanwhile
     assert not pause.done()  # how the pause ended is on the other side of the cut
     if seen_by == "both":

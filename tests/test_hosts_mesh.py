@@ -13,31 +13,22 @@ spec; a Registration names none)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hosts_support import ROOT, environment, start_manager
 from netns_support import Network, require_netns
 from security_support import issue_files
 from support import wait_until
 
-from pycontainer.client import XDS_BOOTSTRAP_ENV, ManagerClient, Transport, bootstrap
-from pycontainer.manager._trust import ADMIN_DIR
-from pycontainer.security import MANAGER, CertificateAuthority, container
+from pycontainer.client import XDS_BOOTSTRAP_ENV, bootstrap
+from pycontainer.security import CertificateAuthority, container
 from pycontainer.v1 import manager_pb2, mesh_pb2, spec_pb2
 
-ROOT = Path(__file__).resolve().parent.parent
 BACKEND = str(ROOT / "tests/apps/mesh_backend.py")
 CLIENT = str(ROOT / "tests/apps/mesh_client.py")
-
-
-def _env() -> dict[str, str]:
-    """A shell's environment: none of the suite's PYCONTAINER_* settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYCONTAINER_")}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 @pytest.fixture
@@ -52,19 +43,8 @@ def test_a_client_on_another_host_calls_a_tls_service_through_the_mesh(
 ) -> None:
     a, b = network.add_host("a"), network.add_host("b")
     state = tmp_path / "state"
-    manager = a.popen(
-        [
-            *(sys.executable, "-m", "pycontainer.cli", "manager"),
-            *("--listen", f"{a.address}:0", "--state-dir", str(state)),
-        ],
-        env=_env(),
-        cwd=tmp_path,
-    )
-    assert manager.stdout is not None
-    line = manager.stdout.readline()
-    assert line.startswith("manager serving on "), line
-    address = line.split()[-1]
-    with ManagerClient(address, transport=Transport(state / ADMIN_DIR, MANAGER)) as client:
+    manager = start_manager(a, state)
+    with manager.client as client:
         spec = spec_pb2.ContainerSpec(
             name="orders",
             command=[sys.executable, BACKEND, "--tls", "--listen", a.address],
@@ -74,7 +54,7 @@ def test_a_client_on_another_host_calls_a_tls_service_through_the_mesh(
         client.run_container(manager_pb2.RunContainerRequest(spec=spec))
 
         def served() -> bool:
-            assert manager.poll() is None, manager.communicate(timeout=10)
+            assert manager.process.poll() is None, manager.process.communicate(timeout=10)
             status = client.get_mesh_status()
             return bool(status.services) and len(status.services[0].healthy) == 2
 
@@ -93,7 +73,7 @@ def test_a_client_on_another_host_calls_a_tls_service_through_the_mesh(
         files = issue_files(ca, container("caller-1"), tmp_path / "caller-tls")
         path = tmp_path / "bootstrap.json"
         path.write_text(
-            json.dumps(bootstrap(address, node_id="caller-1", tls_dir=files.leaf.parent))
+            json.dumps(bootstrap(manager.address, node_id="caller-1", tls_dir=files.leaf.parent))
         )
         result_file = tmp_path / "result.json"
         caller = b.popen(
@@ -101,7 +81,7 @@ def test_a_client_on_another_host_calls_a_tls_service_through_the_mesh(
                 *(sys.executable, CLIENT, "xds:///orders", "--credentials", "xds"),
                 *("--calls", "60", "--warm-backends", "2", "--result-file", str(result_file)),
             ],
-            env={**_env(), XDS_BOOTSTRAP_ENV: str(path)},
+            env=environment(**{XDS_BOOTSTRAP_ENV: str(path)}),
         )
         out, err = caller.communicate(timeout=120)
         assert caller.returncode == 0, (out, err[-3000:])
