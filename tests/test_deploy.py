@@ -21,7 +21,7 @@ import pytest
 import yaml
 from etcd_support import etcd_cluster
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import IN_CI, free_address
+from support import IN_CI, free_address, require_tool
 
 from pycontainer.agent._health import LIVENESS, READINESS
 from pycontainer.agent._settings import HEALTH_LISTEN_ENV
@@ -493,3 +493,15 @@ def test_the_ha_manager_command_serves_on_etcd_with_the_given_ca_and_probes_plai
         manager.send_signal(signal.SIGTERM)
         manager.communicate(timeout=30)
         assert manager.returncode == 0
+
+
+def test_the_etcd_members_flags_are_etcd_s() -> None:
+    """Every flag of the etcd StatefulSet's command is one etcd knows (the
+    Debian binary here, 3.4: the image's 3.5 knows them all too)."""
+    binary = require_tool("etcd")
+    known = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
+    flags = set(re.findall(r"--[a-z0-9-]+", known.stdout + known.stderr))
+    command = _container(_one("StatefulSet", ETCD))["command"]
+    assert command[0] == "etcd"
+    used = {word.partition("=")[0] for word in command[1:]}
+    assert used <= flags, used - flags
