@@ -10,7 +10,7 @@ cut off from the others::
 
     with Network("cut") as net:
         a, b = net.add_host("a"), net.add_host("b")
-        manager = a.popen([sys.executable, "-m", "pycontainer", "manager",
+        manager = a.popen([sys.executable, "-m", "pycontainer.cli", "manager",
                            "--listen", f"{a.address}:0", ...])
         net.cut(b)   # b's cable pulled at the switch
         net.heal(b)
@@ -21,10 +21,11 @@ A cut sets the switch's port of the host down (``ip link set DEV down`` in the
 switch's namespace). Packets to and from that host then die inside the switch:
 no RST, no ICMP, nothing either end's TCP could take as an answer, only
 silence, as when a cable is pulled or a switch fails. The other ways were
-worse models: ``tc netem loss 100%`` drops on the sender's own egress, which
-the local TCP is told of (a local congestion drop it retries at once, or
-ENOBUFS), and needs the sch_netem module; iptables is not installed here and
-its rules live in tables shared with the rest of the machine. Healing sets the
+worse models: ``tc netem loss`` on a host's own egress is reported to the
+local TCP (netem's documented caveat: it resends as if nothing was lost), and
+this kernel has neither netem nor tc's filters and actions; iptables is not
+installed here, and its rules live in tables shared with the rest of the
+machine. Healing sets the
 port up again; the bridge runs no STP, so it forwards at once.
 
 Nothing is left behind: names are unique per process and network
