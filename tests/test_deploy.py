@@ -19,11 +19,15 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from etcd_support import etcd_cluster
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import IN_CI, free_address
+from support import IN_CI, free_address, require_tool
 
 from pycontainer.agent._health import LIVENESS, READINESS
 from pycontainer.agent._settings import HEALTH_LISTEN_ENV
+from pycontainer.client import ManagerClient, Transport
+from pycontainer.manager._etcd import parse_etcd_url
+from pycontainer.security import MANAGER, CertificateAuthority, CredentialFiles
 from pycontainer.v1 import manager_pb2, manager_pb2_grpc
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -80,7 +84,12 @@ def _named_port(container: dict[str, Any], name: str) -> int:
 
 # -- schemas -------------------------------------------------------------------------------
 def test_there_are_manifests() -> None:
-    assert {p.name for p in MANIFESTS} == {"manager.yaml", "example-app.yaml"}
+    assert {p.name for p in MANIFESTS} == {
+        "manager.yaml",
+        "example-app.yaml",
+        "manager-ha.yaml",
+        "etcd.yaml",
+    }
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -305,3 +314,194 @@ def test_manifest_commands_serve_their_probes_and_stop_on_sigterm(
     manager.send_signal(signal.SIGTERM)
     manager.communicate(timeout=30)
     assert manager.returncode == 0
+
+
+# -- the managers in high availability (manager-ha.yaml, etcd.yaml) --------------------------
+HA = "pycontainer-managers"
+ETCD = "pycontainer-etcd"
+
+
+def _pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    return dict(workload["spec"]["template"]["metadata"]["labels"])
+
+
+def _env_from(container: dict[str, Any], name: str) -> dict[str, Any]:
+    [item] = [e for e in container["env"] if e["name"] == name]
+    return dict(item)
+
+
+def _arg(command: list[str], flag: str) -> str:
+    """``--flag value`` or ``--flag=value``."""
+    for i, word in enumerate(command):
+        if word == flag:
+            return command[i + 1]
+        if word.startswith(flag + "="):
+            return word.partition("=")[2]
+    raise AssertionError(f"{flag} not in {command}")
+
+
+def _headless_service_of(workload: dict[str, Any]) -> dict[str, Any]:
+    service = _one("Service", workload["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= _pod_labels(workload).items()
+    return service
+
+
+def _spread_and_budget(workload: dict[str, Any]) -> None:
+    """Three replicas on three nodes, a drain keeping two."""
+    assert workload["spec"]["replicas"] == 3
+    labels = _pod_labels(workload)
+    assert workload["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    pod = workload["spec"]["template"]["spec"]
+    [term] = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= labels.items()
+    budget = _one("PodDisruptionBudget", workload["metadata"]["name"])
+    assert budget["spec"]["minAvailable"] == 2
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_ha_managers_are_a_spread_statefulset_on_etcd_serving_mutual_tls() -> None:
+    managers = _one("StatefulSet", HA)
+    _spread_and_budget(managers)
+    service = _headless_service_of(managers)
+    container = _container(managers)
+    command = container["command"]
+    assert command[:2] == ["pycontainer", "manager"]
+    assert "--insecure" not in command  # mutual TLS, the default
+    port = _listen_port(container)
+    assert _named_port(container, "grpc") == port
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]}["grpc"] == port
+    join_port = int(_flag(command, "--join-listen").rsplit(":", 1)[1])
+    assert _named_port(container, "join") == join_port
+    # The state on etcd: --state is the ConfigMap's, and names every member.
+    assert _flag(command, "--state") == "$(PYCONTAINER_STATE)"
+    ref = _env_from(container, "PYCONTAINER_STATE")["valueFrom"]["configMapKeyRef"]
+    state_url = _one("ConfigMap", ref["name"])["data"][ref["key"]]
+    etcd = _one("StatefulSet", ETCD)
+    members = [
+        f"{etcd['metadata']['name']}-{n}.{etcd['spec']['serviceName']}:2379"
+        for n in range(etcd["spec"]["replicas"])
+    ]
+    assert parse_etcd_url(state_url) == members
+    # kubelet's probes: plaintext, on the health port (not the mTLS one).
+    health_listen = _flag(command, "--health-listen")
+    assert health_listen.startswith("0.0.0.0:")
+    health_port = int(health_listen.rsplit(":", 1)[1])
+    assert health_port != port
+    assert _named_port(container, "health") == health_port
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == health_port
+        assert container[probe]["grpc"].get("service", "") == ""
+    # One CA and one sealing key for all replicas, copied 0600 to the manager's
+    # own files by the init container, where the flags and the state dir read them.
+    pod = managers["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    script = " ".join(init["command"])
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    init_mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+    keys_here, keys_there = init_mounts["keys"], mounts["keys"]
+    for flag, name in (("--ca-cert", "ca.pem"), ("--ca-key", "ca-key.pem")):
+        assert _flag(command, flag) == f"{keys_there}/{name}"
+        assert f"{keys_here}/{name}" in script
+    state_dir = _flag(command, "--state-dir")
+    assert mounts["state"] == init_mounts["state"] == state_dir
+    assert f"-m 600 -o 10001 -g 10001 {init_mounts['sealing']}/secrets.key" in script
+    assert f"{state_dir}/secrets.key" in script
+    assert f"-m 600 -o 10001 -g 10001 {init_mounts['ca']}/tls.key" in script
+    assert pod["securityContext"]["runAsUser"] == 10001
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secrets == {"ca": "pycontainer-ca", "sealing": "pycontainer-sealing"}
+    [claim] = managers["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "state"
+    assert (
+        init["image"]
+        == container["image"]
+        == _container(_one("Deployment", "sync-worker"))["image"]
+    )
+
+
+def test_etcd_members_form_one_cluster_with_compaction_and_a_quorum_budget() -> None:
+    etcd = _one("StatefulSet", ETCD)
+    _spread_and_budget(etcd)
+    service = _headless_service_of(etcd)
+    assert service["spec"]["publishNotReadyAddresses"] is True  # peers meet before ready
+    assert etcd["spec"]["podManagementPolicy"] == "Parallel"
+    container = _container(etcd)
+    command = container["command"]
+    name, headless = etcd["metadata"]["name"], etcd["spec"]["serviceName"]
+    peers = {
+        f"{name}-{n}": f"http://{name}-{n}.{headless}:2380" for n in range(etcd["spec"]["replicas"])
+    }
+    initial = dict(p.split("=", 1) for p in _arg(command, "--initial-cluster").split(","))
+    assert initial == peers
+    assert _arg(command, "--name") == "$(POD_NAME)"
+    assert _env_from(container, "POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.name"
+    )
+    assert _arg(command, "--initial-advertise-peer-urls") == f"http://$(POD_NAME).{headless}:2380"
+    assert _arg(command, "--advertise-client-urls") == f"http://$(POD_NAME).{headless}:2379"
+    # Old revisions compacted, or the database reaches its quota and turns read-only.
+    assert _arg(command, "--auto-compaction-mode") == "periodic"
+    assert _arg(command, "--auto-compaction-retention")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"client": 2379, "peer": 2380, "metrics": 2381}
+    assert _arg(command, "--listen-metrics-urls") == "http://0.0.0.0:2381"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health?serializable=true"
+    data_dir = _arg(command, "--data-dir")
+    assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["data"] == data_dir
+
+
+def test_the_ha_manager_command_serves_on_etcd_with_the_given_ca_and_probes_plaintext(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    """The StatefulSet's command, run here against a 3-member etcd on loopback,
+    with the files its init container leaves (the CA, the sealing key)."""
+    container = _container(_one("StatefulSet", HA))
+    external = CertificateAuthority.open(tmp_path / "external")
+    state = tmp_path / "state"
+    state.mkdir()
+    key = state / "secrets.key"
+    sealing_key = os.urandom(32)  # head -c 32 /dev/urandom, as the README says
+    key.write_bytes(sealing_key)
+    key.chmod(0o600)
+    health = free_address()
+    command = _local(container["command"], "127.0.0.1:0")
+    with etcd_cluster(tmp_path / "etcd") as cluster:
+        for flag, value in (
+            ("--state-dir", str(state)),
+            ("--state", cluster.url),
+            ("--ca-cert", str(tmp_path / "external" / "ca.pem")),
+            ("--ca-key", str(tmp_path / "external" / "ca-key.pem")),
+            ("--join-listen", "127.0.0.1:0"),
+            ("--health-listen", health),
+        ):
+            command[command.index(flag) + 1] = value
+        env = {k: v for k, v in os.environ.items() if k != "PYCONTAINER_INSECURE"}
+        manager, address = _start(command, env, "manager serving on")
+        procs.append(manager)
+        for probe in ("readinessProbe", "livenessProbe"):
+            _wait_check(health, container[probe]["grpc"].get("service", ""))
+        # Mutual TLS with certificates of the given CA, and the sealing key kept.
+        leaf, _ = CredentialFiles.in_directory(state / "admin").read()
+        assert external.issued(leaf.certificate_chain_pem)
+        with ManagerClient(address, transport=Transport(state / "admin", MANAGER)) as client:
+            assert list(client.list_containers().containers) == []
+        assert key.read_bytes() == sealing_key  # the replicas' one key, not a new one
+        assert not (state / "ca-key.pem").exists()
+        manager.send_signal(signal.SIGTERM)
+        manager.communicate(timeout=30)
+        assert manager.returncode == 0
+
+
+def test_the_etcd_members_flags_are_etcd_s() -> None:
+    """Every flag of the etcd StatefulSet's command is one etcd knows (the
+    Debian binary here, 3.4: the image's 3.5 knows them all too)."""
+    binary = require_tool("etcd")
+    known = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
+    flags = set(re.findall(r"--[a-z0-9-]+", known.stdout + known.stderr))
+    command = _container(_one("StatefulSet", ETCD))["command"]
+    assert command[0] == "etcd"
+    used = {word.partition("=")[0] for word in command[1:]}
+    assert used <= flags, used - flags

@@ -4,7 +4,8 @@
 
 It serves ``/pycontainer.test.Echo/Who`` (raw bytes both ways: the answer is
 the container's id, after ``--delay`` seconds of "work") on an app port of
-its own, advertised as its "grpc" endpoint, beside the Management API. Once
+its own (on --listen's address, 127.0.0.1 by default), advertised as its
+"grpc" endpoint, beside the Management API. Once
 told to stop it takes no new calls (UNAVAILABLE "stopping"), as a server
 that must finish its work within its grace period does, and on_stop waits
 until the calls in flight have answered: a call that reaches it after the
@@ -118,9 +119,9 @@ async def main_async(args: argparse.Namespace) -> None:
     own = tls_dir() if args.tls else None
     if args.tls and own is None:
         raise SystemExit("--tls: no $PYCONTAINER_TLS_DIR (launch it with a manager that has TLS)")
-    port = listen_on(app, "127.0.0.1:0", tls_dir=own)
+    port = listen_on(app, f"{args.listen}:0", tls_dir=own)
     await app.start()
-    container.add_endpoint("grpc", f"127.0.0.1:{port}", kind="grpc", tls=own is not None)
+    container.add_endpoint("grpc", f"{args.listen}:{port}", kind="grpc", tls=own is not None)
     try:
         await pycontainer.serve(container, "127.0.0.1:0")
     finally:
@@ -132,6 +133,12 @@ def main() -> int:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds each call takes")
     parser.add_argument("--ready-file", default="", help="ready only while this file exists")
     parser.add_argument("--tls", action="store_true", help="serve mutual TLS (its certificate)")
+    parser.add_argument(
+        "--listen",
+        default="127.0.0.1",
+        help="the host address its app port listens on and advertises (another host's "
+        "clients reach it there)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     asyncio.run(main_async(args))
