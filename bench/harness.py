@@ -1,8 +1,8 @@
 """The benchmark harness: every row measured in rounds against bare grpcio (or
 the bare Python equivalent) in the same run, written to bench/RESULTS.md.
 
-    make bench                 # the full run (about 15 minutes on 2 cores)
-    make bench QUICK=1         # the quick run (about 2½ minutes)
+    make bench                 # the full run (about 18 minutes on 2 cores)
+    make bench QUICK=1         # the quick run (about 3¼ minutes)
     .venv/bin/python -m bench --quick [--rows p1-sync,p3d] [--out FILE]
 
 A row is a function that takes a :class:`Context` and returns one
@@ -243,7 +243,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description="pycontainer's benchmarks, written to RESULTS.md"
     )
-    parser.add_argument("--quick", action="store_true", help="the quick run (about 2½ minutes)")
+    parser.add_argument("--quick", action="store_true", help="the quick run (about 3¼ minutes)")
     parser.add_argument("--rows", help="comma-separated row keys (default: all); --list shows them")
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
     parser.add_argument("--seconds", type=float, help="time per rate measurement")
