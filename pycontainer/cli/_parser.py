@@ -843,6 +843,22 @@ def _manager(subparsers: Subparsers) -> None:
         action="store_true",
         help="on Ctrl-C, stop every container gracefully before exiting",
     )
+    parser.add_argument(
+        "--leader-ttl",
+        type=_args.bounded_duration(_SECOND, 60 * _SECOND),
+        default=4 * _SECOND,
+        metavar="DURATION",
+        help="with --state etcd://: managers elect one leader on a lease this long; a "
+        f"leader that cannot renew it within it steps down, {DURATION_HELP} (default: 4s)",
+    )
+    parser.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="another manager of the same etcd cluster (repeatable): containers this one "
+        "launches are given every address, so that they follow the leader",
+    )
     _serving_tls_options(parser)
 
 
