@@ -161,6 +161,8 @@ class ManagerConnection:
         self._tasks: set[asyncio.Future[None]] = set()
         self._extensions: dict[str, asyncio.Future[float]] = {}
         self._current_stop_id = ""
+        # The highest leader's epoch on a command so far (Command.epoch).
+        self._epoch = 0
         self._heartbeat = 5.0
         self._last_heard = time.monotonic()  # of the session's last response
         self._registered = asyncio.Event()  # the session's registration was answered
@@ -411,6 +413,11 @@ class ManagerConnection:
             _log.info("registered with manager %s (session %s)", self.target, ack.session_id)
         elif kind == "command":
             command = response.command
+            if command.epoch < self._epoch:
+                # From a leader deposed since a later one commanded: never run.
+                outbox.put_nowait(self._stale(command))
+                return
+            self._epoch = command.epoch
             if command.id in self._results:  # already done: answer again, never rerun
                 outbox.put_nowait(
                     lifecycle_pb2.ConnectRequest(command_result=self._results[command.id])
@@ -427,6 +434,24 @@ class ManagerConnection:
                 future.set_result(granted.total_seconds() if granted is not None else 0.0)
 
     # -- commands -----------------------------------------------------------------------
+    def _stale(self, command: lifecycle_pb2.Command) -> lifecycle_pb2.ConnectRequest:
+        """The answer to a command whose epoch is below the highest seen."""
+        _log.warning(
+            "command %s refused: epoch %d is below %d (a deposed leader's)",
+            command.id,
+            command.epoch,
+            self._epoch,
+        )
+        return lifecycle_pb2.ConnectRequest(
+            command_result=lifecycle_pb2.CommandResult(
+                command_id=command.id,
+                code=code_number(grpc.StatusCode.FAILED_PRECONDITION),
+                message=f"command refused: its epoch {command.epoch} is below {self._epoch}, "
+                "a later leader's: this manager is no longer the leader",
+                state=state_proto(self._container.state),
+            )
+        )
+
     async def _execute(self, command: lifecycle_pb2.Command) -> None:
         result = lifecycle_pb2.CommandResult(command_id=command.id)
         try:

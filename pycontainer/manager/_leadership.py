@@ -188,6 +188,9 @@ class HighAvailability:
         store.fence = term.fence()
         manager = Manager(settings, store=store)
         manager.store_writer.on_fenced = self._fenced.set
+        # The epoch goes on every command it sends: containers refuse a
+        # deposed leader's.
+        manager.sessions.epoch = term.epoch
         await manager.start()
         self.manager, self.term = manager, term
         self.terms += 1
