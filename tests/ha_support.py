@@ -66,6 +66,8 @@ class ManagerCluster:
     etcd_url: str
     size: int = 3
     leader_ttl: str = "2s"
+    # More of `pycontainer manager`'s options, for every manager.
+    extra_args: list[str] = field(default_factory=list)
     managers: list[ManagerProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -95,6 +97,7 @@ class ManagerCluster:
         ]
         for peer in peers:
             command += ["--peer", peer]
+        command += self.extra_args
         with manager.log.open("ab") as log:
             manager.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True

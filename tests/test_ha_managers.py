@@ -8,6 +8,7 @@ land nowhere; an etcd member killed, the service carries on."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -129,10 +130,20 @@ def test_a_leader_frozen_past_its_lease_steps_down_and_writes_nothing(tmp_path: 
             lambda: _all_back(successor, [name]), FAILOVER_BOUND, "the container on the successor"
         )
         log = leader.log.read_text()
-        assert "stepping down as the leader" in log
-        # Whatever it tried to write after resuming was fenced, landing nowhere:
-        # the container's record is the successor's word (connected to it).
+        [deposed] = _epochs(log)
+        assert f"stepped down (epoch {deposed}: " in log
+        # The successor's term is a later one: its epoch, on its writes'
+        # compares, is one the deposed leader's writes can never pass.
+        [current] = _epochs(successor.log.read_text())
+        assert current > deposed
         assert successor.role() == ("leader", "")
+        # What the deposed one wrote after resuming (its sessions' ends) was
+        # refused by the fence, landing nowhere.
+        assert "write refused: the fence no longer holds" in log
+
+
+def _epochs(log: str) -> list[int]:
+    return [int(m) for m in re.findall(r"^leading \(epoch (\d+)\)$", log, re.MULTILINE)]
 
 
 def test_an_etcd_member_killed_the_service_carries_on(tmp_path: Path) -> None:

@@ -127,7 +127,17 @@ async def _serve_elected(
         ctx.out(f"manager serving on {address}")
         ctx.stdout.flush()
 
+    def leading(epoch: int) -> None:
+        ctx.out(f"leading (epoch {epoch})")
+        ctx.stdout.flush()
+
+    def stepped_down(epoch: int, why: str) -> None:
+        ctx.out(f"stepped down (epoch {epoch}: {why}); a standby, campaigning again")
+        ctx.stdout.flush()
+
     ha.on_serving = serving
+    ha.on_leading = leading
+    ha.on_stepped_down = stepped_down
     ha.stop_containers = stop_containers
     await ha.run(stop)
 

@@ -34,10 +34,10 @@ import grpc
 
 from ..agent._connector import LEADER_METADATA
 from ._etcd import Candidate, EtcdClient, EtcdError, EtcdStore, Term, parse_etcd_url
-from ._exclusive import bind
 from ._manager import Manager, _open_etcd_store
 from ._settings import ManagerSettings
 from ._store import StateStore, StoreError
+from ._trust import Trust
 
 _log = logging.getLogger("pycontainer.manager.leadership")
 
@@ -62,11 +62,13 @@ class Standby:
     caller). It serves no reads: what a standby knows may be behind the
     leader's, and a client given every manager's address finds the leader."""
 
-    def __init__(self, listen: str) -> None:
+    def __init__(self, listen: str, trust: Trust) -> None:
         self.leader = ""
         self._server = grpc.aio.server()
         self._server.add_generic_rpc_handlers((_Refusal(self),))
-        self.port = bind(self._server, listen, flag="--listen")
+        # Served as the leader serves (mutual TLS unless insecure), so that
+        # a container's dial gets the refusal, not a failed handshake.
+        self.port = trust.bind(self._server, listen)
 
     async def start(self) -> None:
         await self._server.start()
@@ -109,6 +111,9 @@ class HighAvailability:
         self._fenced = asyncio.Event()
         #: Told the address once it is bound (the standby's, then the leader's).
         self.on_serving: Callable[[str], object] = lambda address: None
+        #: Told each term won (its epoch), and why each ended.
+        self.on_leading: Callable[[int], object] = lambda epoch: None
+        self.on_stepped_down: Callable[[int, str], object] = lambda epoch, why: None
         #: Stop every container gracefully when stopped while leading.
         self.stop_containers = False
 
@@ -121,8 +126,10 @@ class HighAvailability:
             _open_etcd_store, settings.state, settings
         )
         client = EtcdClient(parse_etcd_url(settings.state))
+        trust = Trust(settings)
         try:
-            standby = Standby(settings.listen)
+            await asyncio.to_thread(trust.open)
+            standby = Standby(settings.listen, trust)
         except BaseException:
             await client.close()
             if store is not None:
@@ -163,7 +170,7 @@ class HighAvailability:
                     with contextlib.suppress(EtcdError):
                         await candidate.resign()
                 if not stop.is_set():
-                    standby = Standby(self.address)
+                    standby = Standby(self.address, trust)
         finally:
             await standby.stop()
             await client.close()
@@ -196,6 +203,7 @@ class HighAvailability:
         self.terms += 1
         self.leading.set()
         _log.info("leading at %s (epoch %d)", self.address, term.epoch)
+        self.on_leading(term.epoch)
         why = await _first(
             {"stop": stop, "lease lost": candidate.lost, "store write fenced": self._fenced}
         )
@@ -207,6 +215,7 @@ class HighAvailability:
         # Its sessions close: containers move to the next leader. Nothing
         # pending is written (it would be fenced, or land under a deposed term).
         await manager.stop()
+        self.on_stepped_down(term.epoch, why)
 
 
 async def _look_up(client: EtcdClient, standby: Standby) -> None:
