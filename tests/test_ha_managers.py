@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import grpc
 import pytest
 from etcd_support import EtcdCluster, etcd_cluster
-from ha_support import AppProcess, ManagerCluster, ManagerProcess, apps, manager_cluster
+from ha_support import CLI, AppProcess, ManagerCluster, ManagerProcess, apps, manager_cluster
 from support import wait_until
 
 from pycontainer.manager._etcd import EtcdStore
@@ -62,6 +63,15 @@ def test_one_leader_and_standbys_naming_it(tmp_path: Path) -> None:
             assert refused.value.details() == (
                 f"this manager is a standby; the leader is at {leader.address}"
             )
+            # The CLI says so, in its one line.
+            done = subprocess.run(
+                [*CLI, "--insecure", "--manager", other.address, "ps"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode != 0
+            assert f"this manager is a standby; the leader is at {leader.address}" in done.stderr
 
 
 def test_leader_killed_every_container_back_on_the_next_nothing_lost(tmp_path: Path) -> None:
