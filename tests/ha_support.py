@@ -112,15 +112,15 @@ class ManagerCluster:
     def leader(
         self, timeout: float = 30.0, exclude: ManagerProcess | None = None
     ) -> ManagerProcess:
-        """The one manager that leads (every other running one a standby
-        naming it), waited for."""
+        """The one manager that leads (every other running one serving, a
+        standby naming it), waited for."""
         deadline = time.monotonic() + timeout
         seen: list[tuple[str, str]] = []
         while time.monotonic() < deadline:
             live = [m for m in self.managers if m.running and m is not exclude]
             seen = [m.role() for m in live]
             leaders = [m for m, (role, _) in zip(live, seen, strict=True) if role == "leader"]
-            if len(leaders) == 1:
+            if len(leaders) == 1 and all(role != "down" for role, _ in seen):
                 named = {n for role, n in seen if role == "standby"}
                 if named <= {leaders[0].address}:
                     return leaders[0]
