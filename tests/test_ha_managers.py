@@ -104,6 +104,15 @@ def test_leader_killed_every_container_back_on_the_next_nothing_lost(tmp_path: P
         assert successor is not leader
         # No command ran twice: each was started once, by the first leader.
         assert _started_once(fleet), [app.state() for app in fleet]
+        # The successor commands them (its epoch above the first's: accepted).
+        successor.stub.PauseContainer(
+            manager_pb2.PauseContainerRequest(container=names[1]), timeout=20
+        )
+        successor.stub.ResumeContainer(
+            manager_pb2.ResumeContainerRequest(container=names[1]), timeout=20
+        )
+        calls = fleet[1].state()["calls"]
+        assert (calls.get("start"), calls.get("pause"), calls.get("resume")) == (1, 1, 1)
         # The checkpoint the first leader took is the successor's to restore.
         store = EtcdStore(etcd.url)
         try:
