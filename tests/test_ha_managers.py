@@ -7,6 +7,8 @@ land nowhere; an etcd member killed, the service carries on."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
@@ -17,11 +19,20 @@ from pathlib import Path
 import grpc
 import pytest
 from etcd_support import EtcdCluster, etcd_cluster
-from ha_support import CLI, AppProcess, ManagerCluster, ManagerProcess, apps, manager_cluster
+from ha_support import (
+    APP,
+    CLI,
+    ROOT,
+    AppProcess,
+    ManagerCluster,
+    ManagerProcess,
+    apps,
+    manager_cluster,
+)
 from support import wait_until
 
 from pycontainer.manager._etcd import EtcdStore
-from pycontainer.v1 import container_pb2, manager_pb2
+from pycontainer.v1 import container_pb2, manager_pb2, spec_pb2
 
 S = container_pb2
 # The election with a 2 s lease: a successor within the TTL and a campaign
@@ -189,3 +200,42 @@ def _kill_one_member(etcd: EtcdCluster) -> None:
 
 
 __all__ = ["ManagerCluster"]
+
+
+def test_a_container_the_leader_launched_follows_the_next(tmp_path: Path) -> None:
+    """The leader gives what it launches every manager's address
+    ($PYCONTAINER_MANAGER): killed, its successor gets the container back."""
+    with (
+        etcd_cluster(tmp_path / "etcd") as etcd,
+        manager_cluster(tmp_path / "m", etcd.url) as managers,
+    ):
+        leader = managers.leader()
+        state_file = tmp_path / "launched.json"
+        spec = spec_pb2.ContainerSpec(
+            name="launched",
+            runtime=spec_pb2.RUNTIME_KIND_PROCESS,
+            command=["python", APP, "--state-file", str(state_file)],
+            working_dir=str(ROOT),
+        )
+        leader.stub.RunContainer(manager_pb2.RunContainerRequest(spec=spec), timeout=30)
+        try:
+            wait_until(lambda: _all_back(leader, ["launched"]), FAILOVER_BOUND, "it on the leader")
+            env = Path(f"/proc/{_pid(state_file)}/environ").read_bytes().split(b"\0")
+            given = next(v for v in env if v.startswith(b"PYCONTAINER_MANAGER="))
+            assert given.decode().split("=", 1)[1].split(",") == [
+                leader.address,
+                *(m.address for m in managers.managers if m is not leader),
+            ]
+            managers.kill(leader)
+            successor = managers.leader(FAILOVER_BOUND, exclude=leader)
+            wait_until(
+                lambda: _all_back(successor, ["launched"]), FAILOVER_BOUND, "it on the successor"
+            )
+            assert json.loads(state_file.read_text())["calls"].get("start") == 1
+        finally:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                os.kill(_pid(state_file), signal.SIGKILL)
+
+
+def _pid(state_file: Path) -> int:
+    return int(json.loads(state_file.read_text())["pid"])
