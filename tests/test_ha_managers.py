@@ -83,6 +83,18 @@ def test_one_leader_and_standbys_naming_it(tmp_path: Path) -> None:
             )
             assert done.returncode != 0
             assert f"this manager is a standby; the leader is at {leader.address}" in done.stderr
+        # Given every address, the CLI finds the leader (standbys first).
+        standbys_first = [m.address for m in managers.managers if m is not leader]
+        everyone = ",".join([*standbys_first, leader.address])
+        done = subprocess.run(
+            [*CLI, "--insecure", "--manager", everyone, "ps"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        # Answered (no containers yet): a standby alone fails, as above.
+        assert done.returncode == 0, done.stderr
+        assert "standby" not in done.stderr
 
 
 def test_leader_killed_every_container_back_on_the_next_nothing_lost(tmp_path: Path) -> None:

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .. import __version__, limits
 from .._tls_env import INSECURE_ENV, TLS_DIR_ENV
-from ..client import DEFAULT_CERT_DIR, DEFAULT_MANAGER, MANAGER_ENV, listen_arg, target_arg
+from ..client import (
+    DEFAULT_CERT_DIR,
+    DEFAULT_MANAGER,
+    MANAGER_ENV,
+    listen_arg,
+    manager_targets_arg,
+    target_arg,
+)
 from ..units import DURATION_HELP, duration_arg, format_duration
 from . import _args
 
@@ -67,9 +74,10 @@ def _manager_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--manager",
         metavar="ADDR",
-        type=target_arg,
+        type=manager_targets_arg,
         default=None,
-        help=f"HOST:PORT of the manager (default: ${MANAGER_ENV}, else {DEFAULT_MANAGER})",
+        help=f"HOST:PORT of the manager, or several comma-separated (managers in high "
+        f"availability: the leader among them) (default: ${MANAGER_ENV}, else {DEFAULT_MANAGER})",
     )
     _client_tls_options(parser, "")
 
@@ -220,9 +228,9 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         "--manager",
         dest="global_manager",
         metavar="ADDR",
-        type=target_arg,
-        help=f"HOST:PORT of the manager, for every client verb (default: ${MANAGER_ENV}, "
-        f"else {DEFAULT_MANAGER})",
+        type=manager_targets_arg,
+        help=f"HOST:PORT of the manager, or several comma-separated (the leader among "
+        f"them), for every client verb (default: ${MANAGER_ENV}, else {DEFAULT_MANAGER})",
     )
     _client_tls_options(parser, "global_")
     parser.add_argument(
