@@ -34,6 +34,7 @@ import grpc
 
 from ..agent._connector import LEADER_METADATA
 from ._etcd import Candidate, EtcdClient, EtcdError, EtcdStore, Term, parse_etcd_url
+from ._exclusive import StartRefused
 from ._manager import Manager, _open_etcd_store
 from ._settings import ManagerSettings
 from ._store import StateStore, StoreError
@@ -198,7 +199,13 @@ class HighAvailability:
         # The epoch goes on every command it sends: containers refuse a
         # deposed leader's.
         manager.sessions.epoch = term.epoch
-        await manager.start()
+        try:
+            await manager.start()
+        except StartRefused as exc:
+            # Its address or state directory taken meanwhile: another may lead.
+            _log.error("cannot lead (epoch %d): %s; a standby again", term.epoch, exc)
+            self.on_stepped_down(term.epoch, f"cannot start: {exc}")
+            return
         self.manager, self.term = manager, term
         self.terms += 1
         self.leading.set()
