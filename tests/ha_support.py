@@ -21,6 +21,7 @@ import grpc
 from support import free_address
 
 from pycontainer.manager._leadership import LEADER_METADATA
+from pycontainer.manager._sealing import KEY_FILE
 from pycontainer.v1 import manager_pb2, manager_pb2_grpc
 
 CLI = [sys.executable, "-m", "pycontainer.cli"]
@@ -71,10 +72,12 @@ class ManagerCluster:
     managers: list[ManagerProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        key = os.urandom(32)
         for i in range(self.size):
             d = self.base / f"manager{i}"
             d.mkdir(parents=True, exist_ok=True)
             self.managers.append(ManagerProcess(free_address(), d / "state", d / "log"))
+            share_sealing_key(key, d / "state")
 
     @property
     def addresses(self) -> str:
@@ -154,6 +157,14 @@ class ManagerCluster:
                     self.kill(m)
             if m.channel is not None:
                 m.channel.close()
+
+
+def share_sealing_key(key: bytes, state_dir: Path) -> None:
+    """The managers of one cluster seal secrets with one key (README)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / KEY_FILE
+    path.write_bytes(key)
+    path.chmod(0o600)
 
 
 @contextlib.contextmanager

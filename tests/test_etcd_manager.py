@@ -4,6 +4,7 @@ processes on a real 3-member etcd cluster."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from support import (
 )
 
 from pycontainer.manager._etcd import EtcdStore
+from pycontainer.manager._sealing import KEY_FILE
 from pycontainer.v1 import manager_pb2, manager_pb2_grpc
 
 __all__ = ["shared_etcd"]
@@ -93,6 +95,9 @@ def test_a_second_manager_on_the_same_etcd_sees_the_first_ones_container(
             # Another manager, on another machine's state directory, same etcd:
             # a standby while the first leads (_leadership), the leader once
             # the first is gone, with the first one's record.
+            # One sealing key for the managers of one cluster (README).
+            (tmp_path / "b").mkdir()
+            shutil.copy2(tmp_path / "a" / KEY_FILE, tmp_path / "b" / KEY_FILE)
             with manager_process(tmp_path / "b", shared_etcd.url, free_address()) as (_, second):
                 with pytest.raises(grpc.RpcError) as refused:
                     second.ListContainers(manager_pb2.ListContainersRequest(), timeout=10)

@@ -83,6 +83,27 @@ def test_one_leader_and_standbys_naming_it(tmp_path: Path) -> None:
             )
             assert done.returncode != 0
             assert f"this manager is a standby; the leader is at {leader.address}" in done.stderr
+        # A manager with a sealing key of its own is refused its start.
+        done = subprocess.run(
+            [
+                *CLI,
+                "manager",
+                "--insecure",
+                "--listen",
+                "127.0.0.1:0",
+                "--state-dir",
+                str(tmp_path / "stranger"),
+                "--state",
+                etcd.url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode != 0
+        assert "is not the key the other managers of this etcd cluster seal secrets with" in (
+            done.stderr
+        )
         # Given every address, the CLI finds the leader (standbys first).
         standbys_first = [m.address for m in managers.managers if m is not leader]
         everyone = ",".join([*standbys_first, leader.address])

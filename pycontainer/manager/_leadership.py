@@ -28,20 +28,33 @@ import dataclasses
 import datetime
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from ..agent._connector import LEADER_METADATA
-from ._etcd import Candidate, EtcdClient, EtcdError, EtcdStore, Term, parse_etcd_url
+from ._etcd import (
+    Candidate,
+    EtcdClient,
+    EtcdError,
+    EtcdStore,
+    Term,
+    create_revision_is,
+    parse_etcd_url,
+    put_op,
+)
 from ._exclusive import StartRefused
 from ._manager import Manager, _open_etcd_store
+from ._sealing import KEY_FILE, Sealer
 from ._settings import ManagerSettings
 from ._store import StateStore, StoreError
 from ._trust import Trust
 
 _log = logging.getLogger("pycontainer.manager.leadership")
 
+#: A MAC of the managers' sealing key (_check_sealing_key).
+SEALING_CHECK = b"/pycontainer/sealing-key-check"
 #: The election's name, under the store's key prefix.
 ELECTION = b"/pycontainer/election/managers"
 # How often a standby asks etcd who leads (what its refusals name).
@@ -129,6 +142,7 @@ class HighAvailability:
         client = EtcdClient(parse_etcd_url(settings.state))
         trust = Trust(settings)
         try:
+            await _check_sealing_key(client, settings.state_dir)
             await asyncio.to_thread(trust.open)
             standby = Standby(settings.listen, trust)
         except BaseException:
@@ -223,6 +237,27 @@ class HighAvailability:
         # pending is written (it would be fenced, or land under a deposed term).
         await manager.stop()
         self.on_stepped_down(term.epoch, why)
+
+
+async def _check_sealing_key(client: EtcdClient, state_dir: str) -> None:
+    """Every manager of a cluster seals stored secrets with one key (each
+    its copy of ``secrets.key``): the first to start records a MAC of it on
+    etcd (saying nothing of the key), a later one with another key is
+    refused its start (a leader could not open what the others sealed)."""
+    sealer = await asyncio.to_thread(Sealer.in_directory, state_dir)
+    mine = sealer.mac(b"pycontainer.v1 sealing-key check").hex().encode()
+    try:
+        await client.txn([create_revision_is(SEALING_CHECK, 0)], [put_op(SEALING_CHECK, mine)])
+        recorded = await client.get(SEALING_CHECK)
+    except EtcdError as exc:
+        raise StartRefused(f"cannot check the sealing key on etcd: {exc}") from None
+    if recorded is not None and recorded.value != mine:
+        key = Path(state_dir) / KEY_FILE
+        raise StartRefused(
+            f"{key} is not the key the other managers of this etcd cluster seal secrets "
+            f"with: copy {KEY_FILE} from another manager's state directory to {key} "
+            "(mode 600) before starting this one"
+        )
 
 
 async def _look_up(client: EtcdClient, standby: Standby) -> None:
