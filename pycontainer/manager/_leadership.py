@@ -59,8 +59,10 @@ SEALING_CHECK = b"/pycontainer/sealing-key-check"
 ELECTION = b"/pycontainer/election/managers"
 # How often a standby asks etcd who leads (what its refusals name).
 _LEADER_POLL = datetime.timedelta(seconds=0.5)
-# A campaign's single call waits this long before it is made again.
-_CAMPAIGN_WAIT = datetime.timedelta(minutes=10)
+# A campaign's single call waits this long before it is made again (on a new
+# lease): a member that hangs (SIGSTOP) holding the call costs a successor at
+# most this much, not the call's whole life.
+_CAMPAIGN_WAIT = datetime.timedelta(seconds=10)
 
 
 def standby_message(leader: str) -> str:
@@ -197,7 +199,13 @@ class HighAvailability:
             try:
                 return await candidate.campaign(_CAMPAIGN_WAIT)
             except EtcdError as exc:
-                _log.warning("campaign for leadership failed (%s): campaigning again", exc)
+                # Its wait passing while another leads is the common case.
+                level = (
+                    logging.DEBUG
+                    if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED
+                    else logging.WARNING
+                )
+                _log.log(level, "campaign for leadership ended (%s): campaigning again", exc)
                 await asyncio.sleep(_LEADER_POLL.total_seconds())
 
     async def _lead(
