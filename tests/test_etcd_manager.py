@@ -4,12 +4,15 @@ processes on a real 3-member etcd cluster."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
+import pytest
 from etcd_support import EtcdCluster, free_port, shared_etcd
 from support import (
     connected_container,
@@ -20,7 +23,8 @@ from support import (
 )
 
 from pycontainer.manager._etcd import EtcdStore
-from pycontainer.v1 import manager_pb2_grpc
+from pycontainer.manager._sealing import KEY_FILE
+from pycontainer.v1 import manager_pb2, manager_pb2_grpc
 
 __all__ = ["shared_etcd"]
 
@@ -70,7 +74,7 @@ def test_a_second_manager_on_the_same_etcd_sees_the_first_ones_container(
     shared_etcd: EtcdCluster, tmp_path: Path
 ) -> None:
     first_address = free_address()
-    with manager_process(tmp_path / "a", shared_etcd.url, first_address) as (_, first):
+    with manager_process(tmp_path / "a", shared_etcd.url, first_address) as (first_process, first):
 
         class _Address:  # what connected_container reads of a ManagerHost
             address = first_address
@@ -88,14 +92,51 @@ def test_a_second_manager_on_the_same_etcd_sees_the_first_ones_container(
                 )
             finally:
                 reader.close()
-            # Another manager, on another machine's state directory, same etcd.
+            # Another manager, on another machine's state directory, same etcd:
+            # a standby while the first leads (_leadership), the leader once
+            # the first is gone, with the first one's record.
+            # One sealing key for the managers of one cluster (README).
+            (tmp_path / "b").mkdir()
+            shutil.copy2(tmp_path / "a" / KEY_FILE, tmp_path / "b" / KEY_FILE)
             with manager_process(tmp_path / "b", shared_etcd.url, free_address()) as (_, second):
-                seen = wait_container(second, "on-etcd", lambda c: True, "the record", 20)
+                with pytest.raises(grpc.RpcError) as refused:
+                    second.ListContainers(manager_pb2.ListContainersRequest(), timeout=10)
+                assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert f"the leader is at {first_address}" in (refused.value.details() or "")
+                first_process.terminate()
+                first_process.wait(30)
+                seen = _leader_view(second, "on-etcd")
                 assert seen.identity.id == registered.identity.id
                 assert seen.identity.name == "on-etcd"
         finally:
             container.close()
             host.stop()
+
+
+def _leader_view(stub: manager_pb2_grpc.ManagerStub, name: str) -> Any:
+    """GetContainer of ``name``, once the manager leads (a standby refuses)."""
+    box: dict[str, Any] = {}
+
+    def answered() -> bool:
+        try:
+            box["c"] = stub.GetContainer(
+                manager_pb2.GetContainerRequest(container=name), timeout=5
+            ).container
+        except grpc.RpcError as exc:
+            # Refused by the standby; then, for an instant, nothing on its
+            # address (the standby's server gone, the leader's not yet up).
+            waiting = (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.UNAVAILABLE,
+            )
+            if exc.code() in waiting:
+                return False
+            raise
+        return True
+
+    wait_until(answered, 30, f"{name} on the next leader")
+    return box["c"]
 
 
 def test_a_bad_state_url_is_one_line_saying_what_to_write(tmp_path: Path) -> None:

@@ -67,6 +67,12 @@ _SILENT_HEARTBEATS = 3
 # unscheduled for a second or two, and a false "lost" costs a reconnect (and
 # the command that met it). 15 s with the default 5 s interval.
 _MIN_SILENCE = 5.0
+# The trailing metadata key naming the leader in a standby manager's refusal
+# (pycontainer.manager._leadership.LEADER_METADATA).
+LEADER_METADATA = "pycontainer-leader"
+# A refused container tries again within this many seconds (no backoff: a
+# standby's refusal costs it nothing, and the leader may be there already).
+_STANDBY_RETRY = 0.5
 # Results of this many past commands are kept to answer a resent command id.
 _REMEMBERED_RESULTS = 1000
 
@@ -136,7 +142,10 @@ class ManagerConnection:
         renew_tls_dir: str | None = None,
     ) -> None:
         self._container = container
-        self.target = target
+        # Every manager's address (comma-separated: managers in high
+        # availability); the session is kept with the one leading.
+        self.targets = [t.strip() for t in target.split(",") if t.strip()] or [target]
+        self.target = self.targets[0]
         # A joined container's certificate directory: renewed through this manager.
         self._renew_tls_dir = renew_tls_dir
         self._backoff_initial = backoff_initial
@@ -152,6 +161,8 @@ class ManagerConnection:
         self._tasks: set[asyncio.Future[None]] = set()
         self._extensions: dict[str, asyncio.Future[float]] = {}
         self._current_stop_id = ""
+        # The highest leader's epoch on a command so far (Command.epoch).
+        self._epoch = 0
         self._heartbeat = 5.0
         self._last_heard = time.monotonic()  # of the session's last response
         self._registered = asyncio.Event()  # the session's registration was answered
@@ -205,6 +216,13 @@ class ManagerConnection:
                 # says nothing about TLS.
                 if self.sessions == 0:
                     self._hint_tls(exc)
+                if self._follow(exc):
+                    # A standby named the leader (or none is elected yet):
+                    # go there soon, with no backoff for a refusal.
+                    self.connected.clear()
+                    backoff = self._backoff_initial
+                    await asyncio.sleep(random.uniform(0, _STANDBY_RETRY))
+                    continue
             self.connected.clear()
             if self._closed:
                 return
@@ -214,6 +232,28 @@ class ManagerConnection:
             # all reconnect in the same instant.
             await asyncio.sleep(random.uniform(0, backoff))
             backoff = min(self._backoff_max, backoff * 2)
+
+    def _follow(self, exc: BaseException) -> bool:
+        """Where the next session goes: the leader a standby named, or, with
+        several managers, the next address after one that failed. Whether
+        ``exc`` was a standby's refusal."""
+        leader = _leader_named(exc)
+        if leader is not None:
+            if leader:
+                if leader not in self.targets:
+                    self.targets.append(leader)
+                _log.info("manager %s is a standby; the leader is at %s", self.target, leader)
+                self.target = leader
+            else:
+                self._next_target()
+            return True
+        self._next_target()
+        return False
+
+    def _next_target(self) -> None:
+        if len(self.targets) > 1:
+            at = self.targets.index(self.target) if self.target in self.targets else -1
+            self.target = self.targets[(at + 1) % len(self.targets)]
 
     def _hint_tls(self, exc: BaseException) -> None:
         """Once: a plaintext dial that the manager drops at once is most likely
@@ -373,6 +413,11 @@ class ManagerConnection:
             _log.info("registered with manager %s (session %s)", self.target, ack.session_id)
         elif kind == "command":
             command = response.command
+            if command.epoch < self._epoch:
+                # From a leader deposed since a later one commanded: never run.
+                outbox.put_nowait(self._stale(command))
+                return
+            self._epoch = command.epoch
             if command.id in self._results:  # already done: answer again, never rerun
                 outbox.put_nowait(
                     lifecycle_pb2.ConnectRequest(command_result=self._results[command.id])
@@ -389,6 +434,24 @@ class ManagerConnection:
                 future.set_result(granted.total_seconds() if granted is not None else 0.0)
 
     # -- commands -----------------------------------------------------------------------
+    def _stale(self, command: lifecycle_pb2.Command) -> lifecycle_pb2.ConnectRequest:
+        """The answer to a command whose epoch is below the highest seen."""
+        _log.warning(
+            "command %s refused: epoch %d is below %d (a deposed leader's)",
+            command.id,
+            command.epoch,
+            self._epoch,
+        )
+        return lifecycle_pb2.ConnectRequest(
+            command_result=lifecycle_pb2.CommandResult(
+                command_id=command.id,
+                code=code_number(grpc.StatusCode.FAILED_PRECONDITION),
+                message=f"command refused: its epoch {command.epoch} is below {self._epoch}, "
+                "a later leader's: this manager is no longer the leader",
+                state=state_proto(self._container.state),
+            )
+        )
+
     async def _execute(self, command: lifecycle_pb2.Command) -> None:
         result = lifecycle_pb2.CommandResult(command_id=command.id)
         try:
@@ -518,6 +581,20 @@ class ManagerConnection:
             return asyncio.run_coroutine_threadsafe(ask(), self._loop).result(6.0)
         except Exception:  # no answer: no extension
             return 0.0
+
+
+def _leader_named(exc: BaseException) -> str | None:
+    """The leader's address a standby's refusal names ("" when none is
+    elected yet); None when ``exc`` is no standby's refusal."""
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return None
+    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+        return None
+    metadata: Any = exc.trailing_metadata() or ()
+    for key, value in metadata:
+        if key == LEADER_METADATA:
+            return value if isinstance(value, str) else bytes(value).decode()
+    return None
 
 
 def _check_state_size(action: str | None, data: bytes) -> None:

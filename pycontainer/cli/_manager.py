@@ -80,6 +80,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         capacity=capacity,
         heartbeat_interval=args.heartbeat,
         idle_heartbeat_interval=args.idle_heartbeat,
+        leader_ttl=args.leader_ttl,
+        manager_addresses=tuple(args.peer),
         **tls_settings(args),
     )
     provider = configure_tracing("pycontainer-manager")
@@ -99,6 +101,9 @@ async def _serve(settings: ManagerSettings, stop_containers: bool, ctx: Context)
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    if settings.state is not None:
+        await _serve_elected(settings, stop_containers, stop, ctx)
+        return
     manager = Manager(settings)
     await manager.start()
     ctx.out(f"manager serving on {manager.address}")
@@ -108,6 +113,33 @@ async def _serve(settings: ManagerSettings, stop_containers: bool, ctx: Context)
     if stop_containers:
         await manager.shutdown_containers()
     await manager.stop()
+
+
+async def _serve_elected(
+    settings: ManagerSettings, stop_containers: bool, stop: asyncio.Event, ctx: Context
+) -> None:
+    """With the state on etcd: one of several managers, the leader or a standby."""
+    from ..manager._leadership import HighAvailability
+
+    ha = HighAvailability(settings)
+
+    def serving(address: str) -> None:
+        ctx.out(f"manager serving on {address}")
+        ctx.stdout.flush()
+
+    def leading(epoch: int) -> None:
+        ctx.out(f"leading (epoch {epoch})")
+        ctx.stdout.flush()
+
+    def stepped_down(epoch: int, why: str) -> None:
+        ctx.out(f"stepped down (epoch {epoch}: {why}); a standby, campaigning again")
+        ctx.stdout.flush()
+
+    ha.on_serving = serving
+    ha.on_leading = leading
+    ha.on_stepped_down = stepped_down
+    ha.stop_containers = stop_containers
+    await ha.run(stop)
 
 
 def _security_note(manager: Manager) -> str:

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .. import __version__, limits
 from .._tls_env import INSECURE_ENV, TLS_DIR_ENV
-from ..client import DEFAULT_CERT_DIR, DEFAULT_MANAGER, MANAGER_ENV, listen_arg, target_arg
+from ..client import (
+    DEFAULT_CERT_DIR,
+    DEFAULT_MANAGER,
+    MANAGER_ENV,
+    listen_arg,
+    manager_targets_arg,
+    target_arg,
+)
 from ..units import DURATION_HELP, duration_arg, format_duration
 from . import _args
 
@@ -67,9 +74,10 @@ def _manager_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--manager",
         metavar="ADDR",
-        type=target_arg,
+        type=manager_targets_arg,
         default=None,
-        help=f"HOST:PORT of the manager (default: ${MANAGER_ENV}, else {DEFAULT_MANAGER})",
+        help=f"HOST:PORT of the manager, or several comma-separated (managers in high "
+        f"availability: the leader among them) (default: ${MANAGER_ENV}, else {DEFAULT_MANAGER})",
     )
     _client_tls_options(parser, "")
 
@@ -220,9 +228,9 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         "--manager",
         dest="global_manager",
         metavar="ADDR",
-        type=target_arg,
-        help=f"HOST:PORT of the manager, for every client verb (default: ${MANAGER_ENV}, "
-        f"else {DEFAULT_MANAGER})",
+        type=manager_targets_arg,
+        help=f"HOST:PORT of the manager, or several comma-separated (the leader among "
+        f"them), for every client verb (default: ${MANAGER_ENV}, else {DEFAULT_MANAGER})",
     )
     _client_tls_options(parser, "global_")
     parser.add_argument(
@@ -842,6 +850,22 @@ def _manager(subparsers: Subparsers) -> None:
         "--stop-containers",
         action="store_true",
         help="on Ctrl-C, stop every container gracefully before exiting",
+    )
+    parser.add_argument(
+        "--leader-ttl",
+        type=_args.bounded_duration(_SECOND, 60 * _SECOND),
+        default=4 * _SECOND,
+        metavar="DURATION",
+        help="with --state etcd://: managers elect one leader on a lease this long; a "
+        f"leader that cannot renew it within it steps down, {DURATION_HELP} (default: 4s)",
+    )
+    parser.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="another manager of the same etcd cluster (repeatable): containers this one "
+        "launches are given every address, so that they follow the leader",
     )
     _serving_tls_options(parser)
 

@@ -14,6 +14,8 @@ __all__ = [
     "TargetError",
     "listen_arg",
     "manager_target",
+    "manager_targets",
+    "manager_targets_arg",
     "parse_listen",
     "parse_target",
     "target_arg",
@@ -109,6 +111,31 @@ def manager_target(given: str | None = None) -> str:
         if not given and os.environ.get(MANAGER_ENV):
             raise TargetError(f"${MANAGER_ENV}: {exc}") from None
         raise
+
+
+def _targets(text: str) -> list[str]:
+    parts = [part for part in text.split(",") if part.strip()]
+    return [parse_target(part) for part in parts] or [parse_target(text)]
+
+
+def manager_targets(given: str | None = None) -> list[str]:
+    """The managers to dial, as manager_target finds them, each checked:
+    several comma-separated (managers in high availability: one leads), or one."""
+    text = given or os.environ.get(MANAGER_ENV) or DEFAULT_MANAGER
+    try:
+        return _targets(text)
+    except TargetError as exc:
+        if not given and os.environ.get(MANAGER_ENV):
+            raise TargetError(f"${MANAGER_ENV}: {exc}") from None
+        raise
+
+
+def manager_targets_arg(text: str) -> str:
+    """argparse ``type=`` for --manager: one address, or several comma-separated."""
+    try:
+        return ",".join(_targets(text))
+    except TargetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def target_arg(text: str) -> str:

@@ -195,7 +195,7 @@ class Manager:
             self.admission,
             self.stopper,
             self.runtimes,
-            manager_address=lambda: self.address,
+            manager_address=self.container_manager_address,
             spawn=self._spawn,
             issue_credentials=self._issue_credentials,
             mesh_bootstrap=self._mesh_bootstrap,
@@ -225,6 +225,12 @@ class Manager:
         if host in ("0.0.0.0", "[::]", ""):
             host = "127.0.0.1"
         return f"{host}:{self.port}"
+
+    def container_manager_address(self) -> str:
+        """$PYCONTAINER_MANAGER of the containers it launches: every manager's
+        address (settings.manager_addresses), its own first."""
+        others = [a for a in self.settings.manager_addresses if a != self.address]
+        return ",".join([self.address, *others])
 
     async def start(self) -> int:
         """Serve the Lifecycle and Manager APIs; returns the port. StartRefused

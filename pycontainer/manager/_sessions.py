@@ -85,6 +85,9 @@ class Sessions:
         # Command ids: this manager's random prefix and a count (a uuid4
         # each, os.urandom's syscall, was a tenth of a 10,000-stop storm).
         self._command_prefix = uuid.uuid4().hex[:20]
+        #: The leader's term on every command (Command.epoch; _leadership):
+        #: a container refuses one lower than the highest it has seen.
+        self.epoch = 0
         self._commands_sent = itertools.count(1)
 
     # -- streams -------------------------------------------------------------------------
@@ -464,6 +467,7 @@ class Sessions:
             id=command_id or self.new_command_id(),
             deadline=deadline,
             trace_context=carrier,
+            epoch=self.epoch,
         )
         field = getattr(command, name)  # the oneof member ``name`` names
         field.SetInParent()  # an empty action (StartCommand()) is still the one set

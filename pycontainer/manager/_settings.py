@@ -37,6 +37,16 @@ class ManagerSettings:
     # (etcd://host:2379,host:2379,...); None: SQLite in state_dir. The state
     # directory still holds the CA, the logs and the sealing key.
     state: str | None = None
+    # With the state on etcd: the TTL of the lease a manager campaigns on to
+    # lead (_leadership). A leader stops acting by itself once a TTL has
+    # passed since its last acknowledged keepalive; a successor takes over
+    # about a TTL after a leader dies. etcd's default 1 s election timeout can
+    # let a hung raft leader cost a 2 s lease: 3-5 s is safe.
+    leader_ttl: datetime.timedelta = datetime.timedelta(seconds=4)
+    # Every manager's address (HOST:PORT), given to the containers it
+    # launches ($PYCONTAINER_MANAGER, comma-separated) so that they follow the
+    # leader; empty: its own address alone.
+    manager_addresses: tuple[str, ...] = ()
     # Capacity admitted containers share; None means this machine's.
     capacity: Resources | None = None
     # Each container's connection is pinged this often (gRPC keepalive,

@@ -43,6 +43,7 @@ import grpc
 
 from .._errors import RequestError
 from ..units import format_duration
+from ._etcd._store import FENCED
 from ._store import BUSY_TIMEOUT_SECONDS, ContainerRecord, StateStore, StoreError
 
 _log = logging.getLogger("pycontainer.manager")
@@ -161,6 +162,12 @@ class StoreWriter:
         self.store = store
         self.state_dir = state_dir
         self.on_health: Callable[[StoreHealth], None] = lambda health: None
+        #: Called on the loop once a write is refused by the store's fence
+        #: (StoreError "fenced": this manager is no longer the leader). Such a
+        #: write is never retried: what is pending is dropped, and the writer
+        #: writes nothing more; the manager steps down.
+        self.on_fenced: Callable[[], None] = lambda: None
+        self.fenced = False
         self._call_timeout = call_timeout
         self._cond = threading.Condition()
         # The latest word on each id: a record to put, or None to delete.
@@ -259,6 +266,9 @@ class StoreWriter:
             try:
                 self.store.write_containers(batch)
             except StoreError as exc:
+                if exc.kind == FENCED:
+                    self._fence(exc)
+                    return
                 classify(exc, self.state_dir)
                 with self._cond:
                     # Kept, under what was queued meanwhile (that is newer).
@@ -283,6 +293,21 @@ class StoreWriter:
                 self._cond.notify_all()
             delay = RETRY_FIRST.total_seconds()
             self._succeeded()
+
+    def _fence(self, exc: StoreError) -> None:
+        """A write refused by the fence: drop what is pending, tell the loop."""
+        with self._cond:
+            dropped = len(self._pending) + self._writing
+            self._pending.clear()
+            self._writing = 0
+            self._write_started = None
+            self.fenced = True
+            self._cond.notify_all()
+        _log.error("%s; %d container records not written (the leader writes them)", exc, dropped)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.on_fenced)
 
     def _take_batch(self) -> dict[str, ContainerRecord | None]:
         """The oldest pending records, at most WRITE_BATCH (call under the
@@ -371,6 +396,13 @@ class StoreWriter:
                 "check the disk of the state directory",
             ) from None
         except StoreError as exc:
+            if exc.kind == FENCED:
+                self.on_fenced()
+                raise RequestError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"{what}: this manager is no longer the leader (its write was fenced): "
+                    "send it to the leader",
+                ) from None
             if exc.kind != StoreError.OTHER:
                 self._failed(exc)
             raise operator_error(exc, self.state_dir, what) from None

@@ -598,8 +598,16 @@ class Command(_message.Message):
     RESTORE_FIELD_NUMBER: _builtins.int
     REPLICATE_FIELD_NUMBER: _builtins.int
     EVICT_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id; a container executes each id at most once."""
+    epoch: _builtins.int
+    """The sending manager's term as the leader of managers in high
+    availability (the create revision of its etcd election key: later
+    leaders have higher ones); 0 from a manager that is not elected. A
+    container refuses, with FAILED_PRECONDITION, a command whose epoch is
+    lower than the highest it has seen: it comes from a deposed leader.
+    """
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp:
         """When the manager stops waiting for the result."""
@@ -654,10 +662,11 @@ class Command(_message.Message):
         restore: Global___RestoreCommand | None = ...,
         replicate: Global___ReplicateCommand | None = ...,
         evict: Global___EvictCommand | None = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "checkpoint", b"checkpoint", "deadline", b"deadline", "evict", b"evict", "pause", b"pause", "replicate", b"replicate", "restore", b"restore", "resume", b"resume", "start", b"start", "stop", b"stop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "checkpoint", b"checkpoint", "deadline", b"deadline", "evict", b"evict", "id", b"id", "pause", b"pause", "replicate", b"replicate", "restore", b"restore", "resume", b"resume", "start", b"start", "stop", b"stop", "trace_context", b"trace_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "checkpoint", b"checkpoint", "deadline", b"deadline", "epoch", b"epoch", "evict", b"evict", "id", b"id", "pause", b"pause", "replicate", b"replicate", "restore", b"restore", "resume", b"resume", "start", b"start", "stop", b"stop", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["start", "pause", "resume", "stop", "checkpoint", "restore", "replicate", "evict"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015

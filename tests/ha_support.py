@@ -1,0 +1,230 @@
+"""Managers in high availability for tests: real `pycontainer manager`
+processes on one etcd cluster (tests/etcd_support.py), each on its own
+loopback address and state directory, and containers as real processes
+(tests/apps/connected_app.py) given every manager's address."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from support import free_address
+
+from pycontainer.manager._leadership import LEADER_METADATA
+from pycontainer.manager._sealing import KEY_FILE
+from pycontainer.v1 import manager_pb2, manager_pb2_grpc
+
+CLI = [sys.executable, "-m", "pycontainer.cli"]
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "tests" / "apps" / "connected_app.py")
+
+
+@dataclass
+class ManagerProcess:
+    address: str
+    state_dir: Path
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    channel: grpc.Channel | None = None
+
+    @property
+    def stub(self) -> manager_pb2_grpc.ManagerStub:
+        assert self.channel is not None
+        return manager_pb2_grpc.ManagerStub(self.channel)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def role(self) -> tuple[str, str]:
+        """("leader", "") when it answers a read, ("standby", LEADER) when it
+        refuses naming one, ("down", "") when it does not answer."""
+        try:
+            self.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=2)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                named = dict(exc.trailing_metadata() or ()).get(LEADER_METADATA, "")
+                return "standby", str(named)
+            return "down", ""
+        return "leader", ""
+
+
+@dataclass
+class ManagerCluster:
+    """``size`` managers on the etcd cluster of ``etcd_url``."""
+
+    base: Path
+    etcd_url: str
+    size: int = 3
+    leader_ttl: str = "2s"
+    # More of `pycontainer manager`'s options, for every manager.
+    extra_args: list[str] = field(default_factory=list)
+    managers: list[ManagerProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        key = os.urandom(32)
+        for i in range(self.size):
+            d = self.base / f"manager{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            self.managers.append(ManagerProcess(free_address(), d / "state", d / "log"))
+            share_sealing_key(key, d / "state")
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(m.address for m in self.managers)
+
+    def start(self, manager: ManagerProcess) -> None:
+        peers = [a for m in self.managers if (a := m.address) != manager.address]
+        command = [
+            *CLI,
+            "manager",
+            "--insecure",
+            "--listen",
+            manager.address,
+            "--state-dir",
+            str(manager.state_dir),
+            "--state",
+            self.etcd_url,
+            "--leader-ttl",
+            self.leader_ttl,
+        ]
+        for peer in peers:
+            command += ["--peer", peer]
+        command += self.extra_args
+        with manager.log.open("ab") as log:
+            manager.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            )
+        if manager.channel is None:
+            manager.channel = grpc.insecure_channel(manager.address)
+
+    def start_all(self) -> None:
+        for manager in self.managers:
+            self.start(manager)
+
+    def leader(
+        self, timeout: float = 30.0, exclude: ManagerProcess | None = None
+    ) -> ManagerProcess:
+        """The one manager that leads (every other running one serving, a
+        standby naming it), waited for."""
+        deadline = time.monotonic() + timeout
+        seen: list[tuple[str, str]] = []
+        while time.monotonic() < deadline:
+            live = [m for m in self.managers if m.running and m is not exclude]
+            seen = [m.role() for m in live]
+            leaders = [m for m, (role, _) in zip(live, seen, strict=True) if role == "leader"]
+            if len(leaders) == 1 and all(role != "down" for role, _ in seen):
+                named = {n for role, n in seen if role == "standby"}
+                if named <= {leaders[0].address}:
+                    return leaders[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no single leader within {timeout} s: {seen}; {self.logs()}")
+
+    def logs(self) -> str:
+        out = []
+        for m in self.managers:
+            with contextlib.suppress(OSError):
+                out.append(f"--- {m.address}\n{m.log.read_text()[-3000:]}")
+        return "\n".join(out)
+
+    def kill(self, manager: ManagerProcess) -> None:
+        if manager.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(manager.process.pid, signal.SIGKILL)
+            manager.process.wait(10)
+
+    def stop(self) -> None:
+        for m in self.managers:
+            if m.process is not None and m.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(m.process.pid, signal.SIGCONT)
+                m.process.terminate()
+        for m in self.managers:
+            if m.process is not None:
+                try:
+                    m.process.wait(30)
+                except subprocess.TimeoutExpired:
+                    self.kill(m)
+            if m.channel is not None:
+                m.channel.close()
+
+
+def share_sealing_key(key: bytes, state_dir: Path) -> None:
+    """The managers of one cluster seal secrets with one key (README)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / KEY_FILE
+    path.write_bytes(key)
+    path.chmod(0o600)
+
+
+@contextlib.contextmanager
+def manager_cluster(
+    base: Path, etcd_url: str, size: int = 3, leader_ttl: str = "2s"
+) -> Iterator[ManagerCluster]:
+    cluster = ManagerCluster(base, etcd_url, size, leader_ttl)
+    try:
+        cluster.start_all()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@dataclass
+class AppProcess:
+    name: str
+    state_file: Path
+    process: subprocess.Popen[bytes]
+
+    def state(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
+
+@contextlib.contextmanager
+def apps(base: Path, managers: str, count: int, prefix: str = "ha") -> Iterator[list[AppProcess]]:
+    """``count`` connected_app.py processes given every manager's address."""
+    started: list[AppProcess] = []
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        for i in range(count):
+            name = f"{prefix}-{i}"
+            state_file = base / f"{name}.json"
+            with (base / f"{name}.log").open("ab") as log:
+                process = subprocess.Popen(
+                    [
+                        sys.executable,
+                        APP,
+                        "--name",
+                        name,
+                        "--manager",
+                        managers,
+                        "--state-file",
+                        str(state_file),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=ROOT,
+                    start_new_session=True,
+                )
+            started.append(AppProcess(name, state_file, process))
+        yield started
+    finally:
+        for app in started:
+            if app.process.poll() is None:
+                app.process.kill()
+        for app in started:
+            app.process.wait(10)
