@@ -70,6 +70,13 @@ def start_manager(host: Host, state_dir: Path, *flags: str) -> HostManager:
         process.kill()
         raise AssertionError(f"the manager on {host} did not serve: {process.communicate()}")
     address = line.split()[-1]
+    if "--state" in flags:
+        # On etcd a manager is first a standby that refuses every call: it
+        # serves as the manager once it leads (its "leading (epoch N)" line).
+        led = process.stdout.readline()
+        if not led.startswith("leading "):
+            process.kill()
+            raise AssertionError(f"the manager on {host} did not lead: {led!r}")
     insecure = "--insecure" in flags
     transport = PLAINTEXT if insecure else Transport(state_dir / ADMIN_DIR, MANAGER)
     client = ManagerClient(address, transport=transport)

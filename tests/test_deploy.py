@@ -481,6 +481,10 @@ def test_the_ha_manager_command_serves_on_etcd_with_the_given_ca_and_probes_plai
         env = {k: v for k, v in os.environ.items() if k != "PYCONTAINER_INSECURE"}
         manager, address = _start(command, env, "manager serving on")
         procs.append(manager)
+        # A standby until it leads (on etcd): its health port is the leader's.
+        assert manager.stdout is not None
+        led = manager.stdout.readline()
+        assert led.startswith("leading (epoch "), led
         for probe in ("readinessProbe", "livenessProbe"):
             _wait_check(health, container[probe]["grpc"].get("service", ""))
         # Mutual TLS with certificates of the given CA, and the sealing key kept.
