@@ -34,9 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @contextlib.contextmanager
 def manager_process(
-    state_dir: Path, state: str, address: str
+    state_dir: Path, state: str, address: str, *, lead: bool = True
 ) -> Iterator[tuple[subprocess.Popen[str], manager_pb2_grpc.ManagerStub]]:
-    """`pycontainer manager --state STATE` serving on ``address``, and a stub to it."""
+    """`pycontainer manager --state STATE` serving on ``address``, and a stub
+    to it; with ``lead``, once it leads (a standby until then, which refuses
+    every call)."""
     proc = subprocess.Popen(
         [
             *CLI,
@@ -59,6 +61,9 @@ def manager_process(
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith("manager serving on"), (line, proc.stderr and proc.stderr.read())
+        if lead:
+            led = proc.stdout.readline()
+            assert led.startswith("leading (epoch "), (led, proc.stderr and proc.stderr.read())
         yield proc, manager_pb2_grpc.ManagerStub(channel)
     finally:
         channel.close()
@@ -98,7 +103,10 @@ def test_a_second_manager_on_the_same_etcd_sees_the_first_ones_container(
             # One sealing key for the managers of one cluster (README).
             (tmp_path / "b").mkdir()
             shutil.copy2(tmp_path / "a" / KEY_FILE, tmp_path / "b" / KEY_FILE)
-            with manager_process(tmp_path / "b", shared_etcd.url, free_address()) as (_, second):
+            with manager_process(tmp_path / "b", shared_etcd.url, free_address(), lead=False) as (
+                _,
+                second,
+            ):
                 with pytest.raises(grpc.RpcError) as refused:
                     second.ListContainers(manager_pb2.ListContainersRequest(), timeout=10)
                 assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
