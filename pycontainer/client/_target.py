@@ -95,6 +95,13 @@ def parse_target(text: str) -> str:
     return f"{host}:{port}"
 
 
+def split_address(text: str) -> tuple[str, int]:
+    """(host, port) of ``HOST:PORT`` or ``[V6]:PORT`` (the brackets dropped),
+    a port from 0 to 65535; TargetError saying what is wrong otherwise."""
+    host, port = _split(text, listen=True)
+    return host.strip("[]"), port
+
+
 def parse_listen(text: str) -> str:
     """The address to serve on: ``HOST:PORT`` with a port from 0 (any free
     one) to 65535; TargetError otherwise (grpc would silently pick a port)."""

@@ -30,6 +30,7 @@ from typing import Any
 
 from .._meshrules import ENVOY_CA_SECRET, ENVOY_CERTIFICATE_SECRET
 from ..agent._logs import LogBuffer
+from ..client._target import TargetError, split_address
 from ..v1 import mesh_pb2
 from ._child import ChildProcess
 from ._envoy_binary import EnvoyNotInstalled, envoy_binary
@@ -63,11 +64,10 @@ _STOP_SECONDS = 5.0
 
 def host_port(address: str, what: str) -> tuple[str, int]:
     """(host, port) of HOST:PORT or [V6]:PORT; ValueError naming ``what``."""
-    host, sep, port = address.removeprefix("dns:///").rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{what} {address!r} is not HOST:PORT (such as 127.0.0.1:9001)")
-    return host, int(port)
+    try:
+        return split_address(address.removeprefix("dns:///"))
+    except TargetError as exc:
+        raise ValueError(f"{what}: {exc}") from None
 
 
 def _free_port(host: str) -> int:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..._meshrules import DEFAULT_SERVICE_ENDPOINT, MESH_ENDPOINT
+from ...client._target import TargetError, split_address
 from ...units import duration_field
 from ...v1 import container_pb2, mesh_pb2, spec_pb2
 from .._registry import Entry
@@ -102,13 +103,10 @@ def split_host_port(address: str) -> tuple[str, int] | None:
     if address.startswith(("unix:", "unix-abstract:")):
         return None
     address = address.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
+    try:
+        return split_address(address)
+    except TargetError:
         return None
-    host = host.strip("[]")
-    if not host:
-        return None
-    return host, int(port)
 
 
 def endpoint_of(entry: Entry) -> tuple[str, MeshEndpoint] | None:
