@@ -60,10 +60,10 @@ def _second(*argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("flag", ["--health-listen", "--join-listen"])
-def test_a_health_or_join_port_in_use_names_its_own_flag(tmp_path: Path, flag: str) -> None:
-    """The address in use was given by --health-listen or --join-listen (a mutual-TLS
-    manager: an --insecure one has no join port): the one line says to change
+@pytest.mark.parametrize("flag", ["--health-listen", "--join-listen", "--http-listen"])
+def test_a_side_port_in_use_names_its_own_flag(tmp_path: Path, flag: str) -> None:
+    """The address in use was given by --health-listen, --join-listen (a mutual-TLS
+    manager: an --insecure one has no join port) or --http-listen: the one line says to change
     that flag, not --listen."""
     env = {k: v for k, v in os.environ.items() if k != "PYCONTAINER_INSECURE"}
     with socket.socket() as holder:

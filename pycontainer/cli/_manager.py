@@ -52,6 +52,7 @@ def tls_settings(args: argparse.Namespace) -> dict[str, Any]:
         "ca_key": args.ca_key,
         "role_bindings": roles,
         "health_listen": args.health_listen,
+        "http_listen": getattr(args, "http_listen", None),
         "join_listen": getattr(args, "join_listen", None),
     }
 

@@ -127,6 +127,13 @@ def _serving_tls_options(parser: argparse.ArgumentParser) -> None:
         "that speak no TLS, such as kubelet's)",
     )
     parser.add_argument(
+        "--http-listen",
+        type=listen_arg,
+        metavar="ADDR",
+        help="serve the manager's HTTP face (the fleet's /metrics, the web view) on this "
+        "HOST:PORT (port 0: any free one)",
+    )
+    parser.add_argument(
         "--join-listen",
         type=listen_arg,
         metavar="ADDR",

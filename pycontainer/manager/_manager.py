@@ -53,6 +53,7 @@ from ._xds._envoy import EnvoyResources
 from .runc import RuncRuntime
 
 if TYPE_CHECKING:
+    from ._http import HttpFace
     from ._server import ManagerHealth
 
 _log = logging.getLogger("pycontainer.manager")
@@ -127,6 +128,8 @@ class Manager:
         self._server: grpc.aio.Server | None = None
         # grpc.health.v1 in plaintext on a port of its own (health_listen).
         self._health_server: grpc.aio.Server | None = None
+        # The HTTP face (settings.http_listen), once it serves.
+        self.http: HttpFace | None = None
         self.health_port = 0
         self._health: ManagerHealth | None = None
         self._state_lock: StateLock | None = None
@@ -263,7 +266,15 @@ class Manager:
                 warning = health_port_warning(self.settings.health_listen, "the manager")
                 if warning:
                     _log.warning("%s", warning)
+            if self.settings.http_listen is not None:
+                from ._http import HttpFace
+
+                self.http = HttpFace(self, self.settings.http_listen)
+                self.http.bind()
         except BaseException:
+            if self.http is not None:
+                await self.http.stop()
+                self.http = None
             self.store_writer.close()
             self._state_lock.release()
             raise
@@ -272,6 +283,8 @@ class Manager:
         await self.bootstrap.start()
         if self._health_server is not None:
             await self._health_server.start()
+        if self.http is not None:
+            await self.http.start()
         health.serving()
         health.store(self.store_writer.health.ok)
         self._spawn(self.sessions.watchdog())
@@ -297,6 +310,9 @@ class Manager:
             await self._server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(None)
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
         await self.bootstrap.stop()
         # What still runs is INTERRUPTED; everything journaled is written, and
         # the successor numbers its events right after this one's last.

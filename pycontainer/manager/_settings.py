@@ -89,6 +89,10 @@ class ManagerSettings:
     # Where grpc.health.v1 alone is served in plaintext too (HOST:PORT), for
     # probes that speak no TLS (kubelet's); None: nowhere but the main port.
     health_listen: str | None = None
+    # Where the manager's HTTP face is served (HOST:PORT, port 0 for any
+    # free one): the fleet's /metrics and the web view (manager/_http);
+    # None: no HTTP at all.
+    http_listen: str | None = None
     # Where Bootstrap.Join is served over server-side TLS (HOST:PORT), for
     # containers it did not launch joining with a bootstrap token; None: the
     # listen host on an ephemeral port (reported by CreateBootstrapToken);

@@ -1,0 +1,134 @@
+"""The manager's HTTP face: one aiohttp application on the manager's own
+event loop, served on ``ManagerSettings.http_listen`` (``--http-listen``).
+
+It is the paper's adapter pattern on the manager's side: the fleet's state in
+the forms the outside world reads over HTTP (Prometheus' ``/metrics``, a web
+view in a browser). Each of those features is a module of its own that gives
+its routes (a :data:`RouteSource`); this one only serves them, so that a new
+face changes one list here and nothing else.
+
+On the manager's loop, not a thread: every route reads the manager's state
+(the registry, the event bus, the mesh) that only the loop may touch.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..client._target import TargetError, split_address
+from ._exclusive import StartRefused
+
+if TYPE_CHECKING:
+    from ._manager import Manager
+
+__all__ = ["HttpFace", "RouteSource"]
+
+_log = logging.getLogger("pycontainer.manager")
+
+# A feature of the HTTP face: the routes it serves for a manager.
+RouteSource = Callable[["Manager"], Iterable[web.AbstractRouteDef]]
+
+
+def _route_sources() -> list[RouteSource]:
+    """Every feature served over HTTP (imported here, when the face starts:
+    a manager without http_listen never loads aiohttp's routes)."""
+    return []
+
+
+class HttpFace:
+    """The manager's HTTP server on ``listen`` (HOST:PORT, port 0 for any
+    free one): inert until :meth:`bind` and :meth:`start`."""
+
+    def __init__(
+        self,
+        manager: Manager,
+        listen: str,
+        sources: Iterable[RouteSource] | None = None,
+    ) -> None:
+        self._listen = listen
+        self.app = web.Application()
+        for source in _route_sources() if sources is None else sources:
+            self.app.add_routes(list(source(manager)))
+        self._runner: web.AppRunner | None = None
+        self._socket: socket.socket | None = None
+        self.host = ""
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT/`` to open in a browser: a wildcard host is
+        named as loopback, which every local browser reaches."""
+        host = self.host
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/"
+
+    def bind(self) -> int:
+        """Bind the address; the port. StartRefused, in one line naming
+        --http-listen, when it is malformed, in use or cannot be served
+        (before anything serves, as the manager's other ports are bound)."""
+        try:
+            host, port = split_address(self._listen)
+        except TargetError as exc:
+            raise StartRefused(f"--http-listen {self._listen!r}: {exc}") from None
+        try:
+            self._socket = _bound_socket(host, port)
+        except OSError as exc:
+            reason = f"cannot listen on {self._listen}: {exc.strerror or exc}"
+            if exc.errno == errno.EADDRINUSE:
+                # The advice every manager port gives (_exclusive.bind).
+                reason += (
+                    "; it is already in use (another manager?): stop that one, "
+                    "or give this one another --http-listen"
+                )
+            raise StartRefused(reason) from None
+        self.host, self.port = host, self._socket.getsockname()[1]
+        return self.port
+
+    async def start(self) -> None:
+        """Serve on the address :meth:`bind` took."""
+        if self._socket is None:
+            self.bind()
+        assert self._socket is not None
+        # access_log=None: a scraper every few seconds would flood the
+        # manager's log; the routes log what matters themselves.
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.SockSite(runner, self._socket).start()
+        self._runner = runner
+
+    async def stop(self) -> None:
+        """Stop serving (open requests are cut: the manager is stopping)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        elif self._socket is not None:
+            self._socket.close()
+        self._socket = None
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on (host, port): bound here rather than by aiohttp
+    so that a port in use is an OSError before anything serves, and port 0
+    gives the port picked."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # SO_REUSEADDR (not SO_REUSEPORT): a restarted manager rebinds at
+        # once past TIME_WAIT, and a second live manager is still refused.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
