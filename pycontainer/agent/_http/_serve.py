@@ -5,6 +5,7 @@ asyncio) and however busy the app's own loop is."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -13,7 +14,9 @@ from aiohttp import web
 from .._listen import listen_socket
 from ._face import FaceParts, build_app
 
-__all__ = ["HttpFace", "start_http_face"]
+__all__ = ["HttpFace", "exposure_warning", "start_http_face"]
+
+_log = logging.getLogger("pycontainer")
 
 # How long stop() lets requests in progress finish.
 _SHUTDOWN_TIMEOUT = 2.0
@@ -36,6 +39,21 @@ class HttpFace:
         future.result(timeout=_SHUTDOWN_TIMEOUT + 5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+
+
+def exposure_warning(listen: str) -> str | None:
+    """What to warn of when the face is reachable from other machines; None
+    on loopback."""
+    # Here, not at the top: pycontainer.security imports cryptography.
+    from ...security import is_loopback
+
+    if is_loopback(listen):
+        return None
+    return (
+        f"serving the HTTP face without TLS on {listen}: anyone who can reach it reads "
+        "this container's health, metrics, info and config (secrets redacted, nothing "
+        "writable); listen on 127.0.0.1 unless a prober or scraper elsewhere needs it"
+    )
 
 
 def start_http_face(parts: FaceParts, listen: str) -> HttpFace:
@@ -73,4 +91,7 @@ def start_http_face(parts: FaceParts, listen: str) -> HttpFace:
     ready.wait()
     if "error" in started:
         raise started["error"]
+    warning = exposure_warning(listen)
+    if warning:
+        _log.warning("%s", warning)
     return HttpFace(port, loop, runner, thread)
