@@ -88,6 +88,9 @@ class Face:
         self.counter = self.provider.get_meter("shop").create_counter(
             "orders.placed", unit="1", description="Orders placed"
         )
+        self.latency = self.provider.get_meter("shop").create_histogram(
+            "checkout.latency", unit="ms", description="Time to check out"
+        )
         config = pycontainer.Config(defaults={"db": {"url": "postgres://db/x", "password": "s3"}})
         container = pycontainer.Container(
             pycontainer.ContainerSettings(name="shop", version="2.0.0", http_listen="127.0.0.1:0"),
@@ -171,6 +174,17 @@ def test_metrics_are_read_by_prometheus_clients_own_parsers(face: Face) -> None:
     face.host.management.get_info()
     second = families()
     assert orders(second) == orders(first) + 5
+    # A histogram: cumulative buckets up to +Inf, the unit as a suffix.
+    face.latency.record(12.5, {"channel": "web"})
+    latency = families()["checkout_latency_milliseconds"]
+    assert latency.type == "histogram"  # type: ignore[attr-defined]
+    samples = {
+        (s.name, s.labels.get("le")): s.value
+        for s in latency.samples  # type: ignore[attr-defined]
+    }
+    assert samples[("checkout_latency_milliseconds_count", None)] == 1
+    assert samples[("checkout_latency_milliseconds_bucket", "+Inf")] == 1
+    assert samples[("checkout_latency_milliseconds_sum", None)] == 12.5
     # The process and the per-RPC figures, with their labels.
     [rss] = second["process_resident_memory_bytes"].samples  # type: ignore[attr-defined]
     assert rss.value > 0
@@ -263,7 +277,7 @@ def test_readyz_turns_503_the_moment_a_stop_begins(manager: ManagerHost) -> None
         name="probed",
         command=[
             *[sys.executable, str(ROOT / "tests/apps/connected_app.py")],
-            *["--name", "probed", "--stop-seconds", "3"],
+            *["--name", "probed", "--stop-seconds", "2"],
         ],
         runtime=spec_pb2.RUNTIME_KIND_PROCESS,
         http_listen=address,
@@ -313,7 +327,13 @@ def test_the_sidecar_serves_the_face_for_a_plain_program(tmp_path: Path) -> None
         assert info.identity.name == "sleeper"
         assert info.state == RUNNING
         found = {f.name for f in text_string_to_metric_families(_get(address, "/metrics").body)}
-        assert {"process_cpu_seconds", "pycontainer_container_info"} <= found, found
+        # The sidecar's own process, and the program's figures (its app
+        # metrics; "By" became the _bytes suffix).
+        assert {
+            "process_cpu_seconds",
+            "pycontainer_container_info",
+            "process_child_memory_rss_bytes",
+        } <= found, found
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
