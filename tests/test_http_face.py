@@ -349,3 +349,19 @@ def test_a_spec_takes_http_listen_as_it_takes_health_listen() -> None:
     assert spec_to_dict(spec)["httpListen"] == "0.0.0.0:8080"
     with pytest.raises(ValueError, match="httpListen: a fixed port serves one replica"):
         parse_specs("name: a\ncommand: [x]\nreplicas: 2\nhttpListen: 0.0.0.0:8080\n")
+
+
+def test_a_relayed_snapshot_takes_a_container_label_on_every_sample(face: Face) -> None:
+    """snapshot_families over any MetricsSnapshot (a manager relaying its
+    containers' adds ``container``), through prometheus-client's exposition."""
+    from prometheus_client import generate_latest
+
+    from pycontainer.agent._http import SnapshotCollector, snapshot_families, snapshot_registry
+
+    face.counter.add(1, {"channel": "web"})
+    snapshot = face.container.metrics_watch(management_pb2.WatchMetricsRequest()).snapshot()
+    labelled = snapshot_families(snapshot.snapshot, {"container": face.container.id})
+    assert all(s.labels["container"] == face.container.id for f in labelled for s in f.samples)
+    registry = snapshot_registry(SnapshotCollector(lambda: snapshot.snapshot))
+    parsed = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    assert {f.name for f in labelled} == set(parsed)
