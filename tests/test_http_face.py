@@ -31,6 +31,7 @@ from support import free_address, wait_until
 import pycontainer
 from pycontainer.agent import ListenError
 from pycontainer.agent._settings import HEALTH_LISTEN_ENV, HTTP_LISTEN_ENV
+from pycontainer.client import CallError
 from pycontainer.testing import ContainerHost, ManagerHost, manager_host
 from pycontainer.v1 import container_pb2, management_pb2, manager_pb2, spec_pb2
 
@@ -304,6 +305,15 @@ def test_readyz_turns_503_the_moment_a_stop_begins(manager: ManagerHost) -> None
     finally:
         stopper.join(30)
     assert "reply" in stopped
+
+
+def test_the_api_refuses_an_http_listen_it_cannot_serve(manager: ManagerHost) -> None:
+    spec = spec_pb2.ContainerSpec(name="bad", command=["sleep", "1"], http_listen="8080")
+    with pytest.raises(CallError) as refused:
+        manager.client.run_container(manager_pb2.RunContainerRequest(spec=spec))
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "http_listen" in refused.value.details
+    assert "'8080' has no host: write 127.0.0.1:8080" in refused.value.details
 
 
 def test_the_sidecar_serves_the_face_for_a_plain_program(tmp_path: Path) -> None:
