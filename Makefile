@@ -14,7 +14,8 @@ FLOOR := .venv-floor
 FLOOR_PINS := grpcio==1.72.1 grpcio-health-checking==1.72.1 \
 	grpcio-reflection==1.72.1 grpcio-status==1.72.1 grpcio-channelz==1.72.1 protobuf==6.31.1 \
 	opentelemetry-api==1.30.0 opentelemetry-sdk==1.30.0 \
-	psutil==5.9.8 pyyaml==6.0.1 cryptography==42.0.0 google-re2==1.1
+	psutil==5.9.8 pyyaml==6.0.1 cryptography==42.0.0 google-re2==1.1 \
+	aiohttp==3.9.5 prometheus-client==0.20.0
 # The code generator: the floor's grpcio-tools (its protoc stamps protobuf
 # 6.30.0 into generated/ as the runtime minimum, which the protobuf floor
 # 6.31.1 satisfies: a newer generator would rewrite all of generated/ and
@@ -66,9 +67,10 @@ endef
 # runc (the OCI runtime), and for the state-disk fault tests mkfs.ext4 and
 # e2fsck (e2fsprogs), fsfreeze (util-linux), losetup and mount (mount); etcd
 # and etcdctl (etcd-server, etcd-client) for the etcd state store's tests; ip
-# (iproute2) for the tests whose hosts are network namespaces.
+# (iproute2) for the tests whose hosts are network namespaces; curl for the
+# README's HTTP face lines (tests/test_readme_http.py).
 SYSTEM_TOOLS := runc:runc mkfs.ext4:e2fsprogs e2fsck:e2fsprogs fsfreeze:util-linux losetup:mount \
-	etcd:etcd-server etcdctl:etcd-client ip:iproute2
+	etcd:etcd-server etcdctl:etcd-client ip:iproute2 curl:curl
 # Packages install without starting their services: etcd-server's would start
 # a system etcd on 2379 (the tests start their own members on loopback, on
 # ephemeral ports). A policy-rc.d that refuses every start (exit 101), only

@@ -147,7 +147,8 @@ def main() -> None:
     # plaintext when run by hand.
     tls = tls_dir()
     try:
-        # With $PYCONTAINER_HEALTH_LISTEN, this serves the plaintext health port too.
+        # With $PYCONTAINER_HEALTH_LISTEN, this serves the plaintext health port too;
+        # with $PYCONTAINER_HTTP_LISTEN, the HTTP face (/readyz, /metrics, ...).
         container.add_to_server(server)
         port = listen_on(server, args.listen, tls_dir=tls)  # a port in use: one clear line
     except ListenError as exc:

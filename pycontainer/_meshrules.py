@@ -306,6 +306,9 @@ class _Rules:
         if spec.health_listen:
             with contextlib.suppress(TargetError):  # its own mistake, reported where checked
                 take(parse_listen(spec.health_listen), ("health_listen",))
+        if spec.http_listen:
+            with contextlib.suppress(TargetError):  # its own mistake, reported where checked
+                take(parse_listen(spec.http_listen), ("http_listen",))
         if envoy.inbound_listen:
             path: FieldPath = ("envoy", "inbound_listen")
             address = self._listen(envoy.inbound_listen, path)

@@ -167,6 +167,7 @@ _CONTAINER_KEYS = (
     "sidecar",
     "startTimeout",
     "healthListen",
+    "httpListen",
     "logCapacity",
     "service",
     "proxy",
@@ -896,6 +897,17 @@ class _Checker:
                     )
                 spec.health_listen = health_listen
 
+        if "httpListen" in fields:
+            http_listen = self._listen(fields["httpListen"], (*path, "httpListen"))
+            if http_listen is not None:
+                if spec.replicas > 1 and not http_listen.endswith(":0"):
+                    self.error(
+                        (*path, "httpListen"),
+                        f"a fixed port serves one replica per machine, not {spec.replicas} "
+                        "(write port 0 for a free one each, or replicas: 1)",
+                    )
+                spec.http_listen = http_listen
+
         if "logCapacity" in fields:
             capacity = self.integer(
                 fields["logCapacity"],
@@ -1389,6 +1401,8 @@ def spec_to_dict(spec: spec_pb2.ContainerSpec) -> dict[str, Any]:
         out["startTimeout"] = _duration_text(spec.start_timeout)
     if spec.health_listen:
         out["healthListen"] = spec.health_listen
+    if spec.http_listen:
+        out["httpListen"] = spec.http_listen
     if spec.log_capacity:
         out["logCapacity"] = spec.log_capacity
     if spec.HasField("service"):

@@ -87,6 +87,7 @@ def test_there_are_manifests() -> None:
     assert {p.name for p in MANIFESTS} == {
         "manager.yaml",
         "example-app.yaml",
+        "example-app-http.yaml",
         "manager-ha.yaml",
         "etcd.yaml",
     }

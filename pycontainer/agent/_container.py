@@ -11,7 +11,7 @@ import platform
 import socket
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import psutil
@@ -45,6 +45,9 @@ from ._service import (
 from ._settings import ContainerSettings, Hooks
 from ._state import Command, State, state_proto
 from ._tls import management_authorizer, tls_dir
+
+if TYPE_CHECKING:
+    from ._http import HttpFace
 
 __all__ = ["Container", "ContainerSettings", "Hooks"]
 
@@ -100,6 +103,8 @@ class Container:
         self._connection: ManagerConnection | None = None
         # grpc.health.v1 alone in plaintext (settings.health_listen), once hosted.
         self._health_port: BackgroundServer | None = None
+        # The HTTP face (settings.http_listen), once hosted.
+        self._http_face: HttpFace | None = None
         # Whether join_if_bootstrapping() ran, and the TLS directory it found.
         self._joined = False
         self._tls_dir: str | None = None
@@ -247,6 +252,7 @@ class Container:
         ``settings.health_listen``, the first call also starts the plaintext
         health port (ListenError when it cannot listen there)."""
         self._serve_health_port()
+        self._serve_http_face()
         self._activate()
         aio = isinstance(server, grpc.aio.Server)
         self._services.add(services)
@@ -300,6 +306,27 @@ class Container:
             # Say which of the container's addresses it is (beside the Management one).
             raise ListenError(exc.errno, f"the plaintext health port: {exc.strerror}") from None
         self.add_endpoint("health", advertised_address(listen, self._health_port.port))
+
+    def _serve_http_face(self) -> None:
+        listen = self.settings.http_listen
+        if not listen or self._http_face is not None:
+            return
+        # Here, not at the top: aiohttp and prometheus-client load only for
+        # a container that serves the face.
+        from ._http import FaceParts, start_http_face
+
+        core = self._core
+        parts = FaceParts(self.health, self.info, core.get_config, self.metrics_watch)
+        try:
+            self._http_face = start_http_face(parts, listen)
+        except ListenError as exc:
+            raise ListenError(exc.errno, f"the HTTP face: {exc.strerror}") from None
+        self.add_endpoint("http", advertised_address(listen, self._http_face.port), kind="http")
+
+    @property
+    def http_port(self) -> int | None:
+        """The port of the HTTP face, once it serves (settings.http_listen)."""
+        return self._http_face.port if self._http_face is not None else None
 
     @property
     def health_port(self) -> int | None:
@@ -482,6 +509,9 @@ class Container:
         if self._health_port is not None:
             self._health_port.stop(grace=0)
             self._health_port = None
+        if self._http_face is not None:
+            self._http_face.stop()
+            self._http_face = None
         if self._slots is not None:
             self._slots.close()
 

@@ -9,7 +9,14 @@ from collections.abc import Sequence
 
 import grpc
 
-__all__ = ["EXCLUSIVE_PORT", "SERVER_OPTIONS", "ListenError", "advertised_address", "listen_on"]
+__all__ = [
+    "EXCLUSIVE_PORT",
+    "SERVER_OPTIONS",
+    "ListenError",
+    "advertised_address",
+    "listen_on",
+    "listen_socket",
+]
 
 #: grpc-core sets SO_REUSEPORT by default, so a second server on a port in use
 #: starts "fine" and the kernel splits the connections between the two. Every
@@ -49,13 +56,8 @@ def listen_on(
     already in use, rather than grpc-core's generic failure (and its lines of
     C++ logging). Every server pycontainer runs binds through here.
     """
-    host, _, port_text = listen.rpartition(":")
-    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ListenError(
-            errno.EINVAL,
-            f"cannot listen on {listen!r}: write HOST:PORT with a port from 0 to 65535",
-        )
-    _refuse_if_unservable(host, int(port_text), listen)
+    host, port_number = _host_port(listen)
+    _refuse_if_unservable(host, port_number, listen)
     if tls_dir and credentials is None:
         from ..security import CredentialFiles, server_credentials
 
@@ -73,6 +75,42 @@ def listen_on(
             f"cannot listen on {listen}: the address is in use or not available here",
         )
     return port
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port_text = listen.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ListenError(
+            errno.EINVAL,
+            f"cannot listen on {listen!r}: write HOST:PORT with a port from 0 to 65535",
+        )
+    return host, int(port_text)
+
+
+def listen_socket(listen: str) -> socket.socket:
+    """A listening TCP socket on ``listen`` (HOST:PORT, port 0 for a free
+    one) for a server that is no gRPC server (the HTTP face), bound as
+    :func:`listen_on` binds: exclusively (SO_REUSEADDR, never SO_REUSEPORT),
+    with the same :class:`ListenError` messages when it cannot."""
+    host, port = _host_port(listen)
+    _refuse_if_unservable(host, port, listen)
+    name = host.strip("[]")
+    family, kind, proto, _, address = socket.getaddrinfo(
+        name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        # Taken between the check above and this bind.
+        raise ListenError(
+            exc.errno or errno.EINVAL, f"cannot listen on {listen}: {exc.strerror}"
+        ) from None
+    sock.setblocking(False)
+    return sock
 
 
 def _refuse_if_unservable(host: str, port: int, listen: str) -> None:

@@ -14,11 +14,15 @@ from typing import Any
 from .. import units
 from ..limits import DEFAULT_LOG_CAPACITY
 
-__all__ = ["HEALTH_LISTEN_ENV", "ContainerSettings", "Hook", "Hooks"]
+__all__ = ["HEALTH_LISTEN_ENV", "HTTP_LISTEN_ENV", "ContainerSettings", "Hook", "Hooks"]
 
 #: Where a container also serves grpc.health.v1 alone, in plaintext (HOST:PORT):
 #: set by the manager from a spec's healthListen, read by ContainerSettings.
 HEALTH_LISTEN_ENV = "PYCONTAINER_HEALTH_LISTEN"
+#: Where a container also serves its HTTP face (/livez, /readyz, /healthz,
+#: /metrics, /v1/...), in plaintext (HOST:PORT): set by the manager from a
+#: spec's httpListen, read by ContainerSettings.
+HTTP_LISTEN_ENV = "PYCONTAINER_HTTP_LISTEN"
 
 Hook = Callable[..., Any]
 
@@ -73,6 +77,13 @@ class ContainerSettings:
     # Management endpoint stays mutual TLS. None: $PYCONTAINER_HEALTH_LISTEN,
     # else not at all.
     health_listen: str | None = None
+    # Also serve the HTTP face, in plaintext, on this HOST:PORT (port 0: a
+    # free one, advertised as the "http" endpoint) once the container is
+    # hosted: /livez, /readyz and /healthz for httpGet probes (the same
+    # verdicts as grpc.health.v1), /metrics for Prometheus, and GetInfo,
+    # GetHealth and GetConfig as JSON under /v1/. Read-only. None:
+    # $PYCONTAINER_HTTP_LISTEN, else not at all.
+    http_listen: str | None = None
     # Joining a manager that did not launch this container (pycontainer
     # token create prints the three); empty: $PYCONTAINER_BOOTSTRAP_TOKEN,
     # $PYCONTAINER_JOIN and $PYCONTAINER_CA_PIN (see pycontainer._tls_env).
@@ -90,6 +101,8 @@ class ContainerSettings:
             )
         if self.health_listen is None:
             self.health_listen = os.environ.get(HEALTH_LISTEN_ENV) or None
+        if self.http_listen is None:
+            self.http_listen = os.environ.get(HTTP_LISTEN_ENV) or None
         if not isinstance(self.grace_period, datetime.timedelta):
             raise TypeError(
                 "ContainerSettings.grace_period must be a datetime.timedelta, "

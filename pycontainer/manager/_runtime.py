@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .._tls_env import TLS_DIR_ENV
-from ..agent._settings import HEALTH_LISTEN_ENV
+from ..agent._settings import HEALTH_LISTEN_ENV, HTTP_LISTEN_ENV
 from ..client._mesh import XDS_BOOTSTRAP_ENV
 from ..spec import SPEC_ENV, encode_spec
 from ..v1 import spec_pb2
@@ -197,6 +197,10 @@ class ProcessRuntime(ExitListeners):
         env.pop(HEALTH_LISTEN_ENV, None)
         if spec.health_listen:
             env[HEALTH_LISTEN_ENV] = spec.health_listen
+        # Its own HTTP face, or none, likewise.
+        env.pop(HTTP_LISTEN_ENV, None)
+        if spec.http_listen:
+            env[HTTP_LISTEN_ENV] = spec.http_listen
         command = list(spec.command)
         if command[0] == "python":  # the manager's own interpreter, as users expect
             command[0] = sys.executable

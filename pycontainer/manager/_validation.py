@@ -194,6 +194,8 @@ def check_spec(spec: spec_pb2.ContainerSpec, field: str) -> None:
     check_replicas(spec.replicas, f"{field}.replicas")
     if spec.health_listen:
         check_listen(spec.health_listen, f"{field}.health_listen")
+    if spec.http_listen:
+        check_listen(spec.http_listen, f"{field}.http_listen")
     check_log_capacity(spec.log_capacity, f"{field}.log_capacity")
     check_mesh(spec, field)
 

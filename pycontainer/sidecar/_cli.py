@@ -215,6 +215,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "that speak no TLS, such as kubelet's; default: $PYCONTAINER_HEALTH_LISTEN, else none)",
     )
     parser.add_argument(
+        "--http-listen",
+        type=_typed(_listen_address),
+        metavar="ADDR",
+        help="also serve the HTTP face, in plaintext, on this HOST:PORT: /livez, /readyz, "
+        "/healthz, /metrics and JSON under /v1/ (default: $PYCONTAINER_HTTP_LISTEN, else none)",
+    )
+    parser.add_argument(
         "--name", help="container name (default: $PYCONTAINER_NAME, else the program's name)"
     )
     parser.add_argument("--app-version", default="0.0.0", help="version shown in GetInfo")
@@ -373,6 +380,7 @@ _SPEC_FLAGS = (
     "restore_cmd",
     "workdir",
     "health_listen",
+    "http_listen",
     "log_capacity",
 )
 
@@ -437,6 +445,8 @@ def spec_from_args(args: argparse.Namespace) -> spec_pb2.ContainerSpec:
         spec.working_dir = args.workdir
     if args.health_listen:
         spec.health_listen = args.health_listen
+    if args.http_listen:
+        spec.http_listen = args.http_listen
     if args.log_capacity is not None:
         spec.log_capacity = args.log_capacity
     return spec
@@ -462,6 +472,7 @@ def settings_from_spec(
         grace_period=grace if grace is not None else DEFAULT_GRACE_PERIOD,
         # Unset: $PYCONTAINER_HEALTH_LISTEN (the manager sets it from the spec too).
         health_listen=spec.health_listen or None,
+        http_listen=spec.http_listen or None,
         log_capacity=_spec_log_capacity(spec.log_capacity),
     )
     return SidecarSettings(
@@ -578,12 +589,14 @@ def run_settings(settings: SidecarSettings) -> int:
             host = "127.0.0.1"
         manager = settings.manager or os.environ.get("PYCONTAINER_MANAGER")
         health_port = sidecar.container.health_port
+        http_port = sidecar.container.http_port
         _log.info(
-            "container %s: Management API on %s:%d%s%s",
+            "container %s: Management API on %s:%d%s%s%s",
             sidecar.container.id,
             host,
             port,
             f", plaintext health on port {health_port}" if health_port else "",
+            f", HTTP face on port {http_port}" if http_port else "",
             # An address may carry userinfo (user:password@host): never logged.
             f", manager {mask_url_passwords(manager)}" if manager else "",
         )

@@ -46,7 +46,7 @@ from .._tls_env import BOOTSTRAP_TOKEN_ENV, CA_PIN_ENV, JOIN_ENV
 from ..agent._container import Container, ContainerSettings, Hooks
 from ..agent._health import CheckKind
 from ..agent._serve import serve
-from ..agent._settings import HEALTH_LISTEN_ENV
+from ..agent._settings import HEALTH_LISTEN_ENV, HTTP_LISTEN_ENV
 from ..agent._state import State
 from ..agent._tls import tls_dir
 from ..spec import SPEC_ENV
@@ -97,6 +97,7 @@ _NOT_FOR_THE_PROGRAM = (
     "PYCONTAINER_CONTAINER_ID",
     SPEC_ENV,
     HEALTH_LISTEN_ENV,
+    HTTP_LISTEN_ENV,
     BOOTSTRAP_TOKEN_ENV,
     JOIN_ENV,
     CA_PIN_ENV,

@@ -419,6 +419,7 @@ class ContainerSpec(_message.Message):
     SERVICE_FIELD_NUMBER: _builtins.int
     PROXY_FIELD_NUMBER: _builtins.int
     ENVOY_FIELD_NUMBER: _builtins.int
+    HTTP_LISTEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name; unique among the manager's containers (replicas get a suffix)."""
     runtime: Global___RuntimeKind.ValueType
@@ -453,6 +454,14 @@ class ContainerSpec(_message.Message):
     proxy: _mesh_pb2.MeshProxy.ValueType
     """A proxy beside the program (Envoy, for programs that cannot dial
     xds:/// themselves); unset means none. For specs with sidecar: true.
+    """
+    http_listen: _builtins.str
+    """Also serve the container's HTTP face, in plaintext, on this HOST:PORT:
+    /livez, /readyz and /healthz (200 or 503, the verdicts of
+    grpc.health.v1, for httpGet probes), /metrics (Prometheus) and GetInfo,
+    GetHealth and GetConfig as JSON under /v1/; read-only. Empty means not
+    at all. The container learns it from $PYCONTAINER_HTTP_LISTEN (a sidecar,
+    from the spec). A fixed port serves one replica per machine.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -550,10 +559,11 @@ class ContainerSpec(_message.Message):
         service: _mesh_pb2.MeshService | None = ...,
         proxy: _mesh_pb2.MeshProxy.ValueType = ...,
         envoy: _mesh_pb2.EnvoySettings | None = ...,
+        http_listen: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["envoy", b"envoy", "grace_period", b"grace_period", "hooks", b"hooks", "liveness_probe", b"liveness_probe", "oci", b"oci", "readiness_probe", b"readiness_probe", "resources", b"resources", "restart_backoff", b"restart_backoff", "service", b"service", "start_timeout", b"start_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_policy", b"checkpoint_policy", "command", b"command", "env", b"env", "envoy", b"envoy", "grace_period", b"grace_period", "health_listen", b"health_listen", "hooks", b"hooks", "labels", b"labels", "liveness_probe", b"liveness_probe", "log_capacity", b"log_capacity", "name", b"name", "oci", b"oci", "priority", b"priority", "proxy", b"proxy", "readiness_probe", b"readiness_probe", "replicas", b"replicas", "resources", b"resources", "restart_backoff", b"restart_backoff", "restart_policy", b"restart_policy", "runtime", b"runtime", "secret_env", b"secret_env", "service", b"service", "sidecar", b"sidecar", "start_timeout", b"start_timeout", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_policy", b"checkpoint_policy", "command", b"command", "env", b"env", "envoy", b"envoy", "grace_period", b"grace_period", "health_listen", b"health_listen", "hooks", b"hooks", "http_listen", b"http_listen", "labels", b"labels", "liveness_probe", b"liveness_probe", "log_capacity", b"log_capacity", "name", b"name", "oci", b"oci", "priority", b"priority", "proxy", b"proxy", "readiness_probe", b"readiness_probe", "replicas", b"replicas", "resources", b"resources", "restart_backoff", b"restart_backoff", "restart_policy", b"restart_policy", "runtime", b"runtime", "secret_env", b"secret_env", "service", b"service", "sidecar", b"sidecar", "start_timeout", b"start_timeout", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..._tls_env import TLS_DIR_ENV
-from ...agent._settings import HEALTH_LISTEN_ENV
+from ...agent._settings import HEALTH_LISTEN_ENV, HTTP_LISTEN_ENV
 from ...client._mesh import XDS_BOOTSTRAP_ENV
 from .._runtime import Launch
 
@@ -245,6 +245,9 @@ def _process_env(launch: Launch, host_mode: bool) -> list[str]:
     env.pop(HEALTH_LISTEN_ENV, None)
     if spec.health_listen:
         env[HEALTH_LISTEN_ENV] = spec.health_listen
+    env.pop(HTTP_LISTEN_ENV, None)
+    if spec.http_listen:
+        env[HTTP_LISTEN_ENV] = spec.http_listen
     return [f"{k}={v}" for k, v in env.items()]
 
 

@@ -1,0 +1,24 @@
+"""A container's HTTP face (``ContainerSettings.http_listen``,
+$PYCONTAINER_HTTP_LISTEN): the paper's adapter pattern, the container's
+health, metrics, info and config in the forms the outside world probes and
+scrapes over HTTP (Kubernetes httpGet probes, Docker's HEALTHCHECK,
+Prometheus), from the same parts and messages as its Management API."""
+
+from ._face import FaceParts, build_app
+from ._probes import LIFECYCLE_CHECK, Probe, ProbeAnswer, answer
+from ._prometheus import SnapshotCollector, snapshot_families, snapshot_registry
+from ._serve import HttpFace, start_http_face
+
+__all__ = [
+    "LIFECYCLE_CHECK",
+    "FaceParts",
+    "HttpFace",
+    "Probe",
+    "ProbeAnswer",
+    "SnapshotCollector",
+    "answer",
+    "build_app",
+    "snapshot_families",
+    "snapshot_registry",
+    "start_http_face",
+]
