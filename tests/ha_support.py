@@ -36,6 +36,8 @@ class ManagerProcess:
     log: Path
     process: subprocess.Popen[bytes] | None = None
     channel: grpc.Channel | None = None
+    # More of `pycontainer manager`'s options, for this manager alone.
+    args: list[str] = field(default_factory=list)
 
     @property
     def stub(self) -> manager_pb2_grpc.ManagerStub:
@@ -47,16 +49,22 @@ class ManagerProcess:
         return self.process is not None and self.process.poll() is None
 
     def role(self) -> tuple[str, str]:
-        """("leader", "") when it answers a read, ("standby", LEADER) when it
-        refuses naming one, ("down", "") when it does not answer."""
+        """("leader", "") when it answers a read itself, ("standby", LEADER)
+        when its answer (forwarded, or a refusal) names a leader, ("down", "")
+        when it does not answer."""
         try:
-            self.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=2)
+            _, call = self.stub.ListContainers.with_call(
+                manager_pb2.ListContainersRequest(), timeout=2
+            )
+            metadata: Any = call.trailing_metadata() or ()
         except grpc.RpcError as exc:
+            metadata = exc.trailing_metadata() or ()
+            named = dict(metadata).get(LEADER_METADATA)
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                named = dict(exc.trailing_metadata() or ()).get(LEADER_METADATA, "")
-                return "standby", str(named)
+                return "standby", str(named or "")
             return "down", ""
-        return "leader", ""
+        named = dict(metadata).get(LEADER_METADATA)
+        return ("standby", str(named)) if named is not None else ("leader", "")
 
 
 @dataclass
@@ -100,7 +108,7 @@ class ManagerCluster:
         ]
         for peer in peers:
             command += ["--peer", peer]
-        command += self.extra_args
+        command += self.extra_args + manager.args
         with manager.log.open("ab") as log:
             manager.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
