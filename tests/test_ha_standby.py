@@ -7,6 +7,7 @@ follows a refusal."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from collections.abc import Iterator
 
@@ -18,7 +19,7 @@ from grpc_status import rpc_status
 from ha_support import AppProcess, ManagerCluster, ManagerProcess, apps
 from support import free_address, wait_until
 
-from pycontainer.client import PLAINTEXT, CallError, ManagerClient
+from pycontainer.client import PLAINTEXT, AsyncManagerClient, CallError, ManagerClient
 from pycontainer.manager._leadership import LEADER_METADATA
 from pycontainer.manager._standby import ERROR_DOMAIN, NOT_LEADER_REASON
 from pycontainer.v1 import container_pb2, manager_pb2
@@ -160,6 +161,20 @@ def test_a_client_given_every_address_reaches_the_leader(cluster: _Cluster) -> N
         assert client.target == leader.address
     calls = cluster.fleet[0].state()["calls"]
     assert (calls.get("pause"), calls.get("resume")) == (1, 1)
+
+    async def asynchronously() -> None:
+        async with AsyncManagerClient(standbys_first, transport=PLAINTEXT) as found:
+            listed = await found.list_containers()
+            assert [c.identity.name for c in listed.containers] == [name]
+            assert found.target == leader.address
+        async with AsyncManagerClient(cluster.standbys[1].address, transport=PLAINTEXT) as one:
+            await one.pause_container(manager_pb2.PauseContainerRequest(container=name))
+            await one.resume_container(manager_pb2.ResumeContainerRequest(container=name))
+            assert one.target == leader.address
+
+    asyncio.run(asynchronously())
+    calls = cluster.fleet[0].state()["calls"]
+    assert (calls.get("pause"), calls.get("resume")) == (2, 2)
     # No manager there: the one line names every address tried.
     with (
         ManagerClient(f"{free_address()},{free_address()}", transport=PLAINTEXT) as client,

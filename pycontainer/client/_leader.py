@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from ._transport import Transport
 
-__all__ = ["LEADER_METADATA", "find_leader", "leader_named"]
+__all__ = ["LEADER_METADATA", "find_leader", "find_leader_aio", "leader_named"]
 
 #: The trailing metadata key naming the leader in a standby's answers.
 LEADER_METADATA = "pycontainer-leader"
@@ -35,6 +35,23 @@ def leader_named(metadata: Any) -> str | None:
     for key, value in metadata or ():
         if key == LEADER_METADATA:
             return value if isinstance(value, str) else bytes(value).decode()
+    return None
+
+
+def _leader_of(target: str, metadata: Any, code: grpc.StatusCode | None) -> str | None:
+    """What a probe of ``target`` says of the leader: ``target`` itself when
+    it answered without naming another (``code`` None), the one an answer or
+    a standby's refusal names; None when it tells nothing (down, a standby
+    knowing no leader yet, or one that cannot reach the leader it knows:
+    failing over, the next address may lead)."""
+    import grpc
+
+    named = leader_named(metadata)
+    if code is None:
+        # Answered: by the leader itself, or forwarded to the one named.
+        return named or target
+    if code == grpc.StatusCode.FAILED_PRECONDITION and named:
+        return named
     return None
 
 
@@ -55,17 +72,36 @@ def find_leader(
             _, call = stub.GetVersion.with_call(
                 manager_pb2.GetVersionRequest(), timeout=_PROBE_SECONDS
             )
-            named = leader_named(call.trailing_metadata())
+            found = _leader_of(target, call.trailing_metadata(), None)
         except grpc.RpcError as exc:
-            named = leader_named(exc.trailing_metadata())
-            refused = exc.code() == grpc.StatusCode.FAILED_PRECONDITION
-            if refused and named:
-                return named
-            # Down, a standby knowing no leader yet, or one that cannot reach
-            # the leader it knows (failing over): the next address may lead.
-            continue
+            found = _leader_of(target, exc.trailing_metadata(), exc.code())
         finally:
             channel.close()
-        # Answered: by the leader itself, or forwarded to the one named.
-        return named or target
+        if found:
+            return found
+    return targets[0]
+
+
+async def find_leader_aio(
+    targets: Sequence[str], transport: Transport, options: Sequence[tuple[str, Any]] = ()
+) -> str:
+    """find_leader on asyncio channels."""
+    import grpc.aio
+
+    from ..v1 import manager_pb2, manager_pb2_grpc
+
+    for target in targets:
+        channel = transport.aio_channel(target, options)
+        try:
+            call = manager_pb2_grpc.ManagerStub(channel).GetVersion(
+                manager_pb2.GetVersionRequest(), timeout=_PROBE_SECONDS
+            )
+            await call
+            found = _leader_of(target, await call.trailing_metadata(), None)
+        except grpc.aio.AioRpcError as exc:
+            found = _leader_of(target, exc.trailing_metadata(), exc.code())
+        finally:
+            await channel.close(None)
+        if found:
+            return found
     return targets[0]

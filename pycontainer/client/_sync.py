@@ -135,6 +135,7 @@ class ManagerClient(_Client):
         if len(self.targets) > 1 and channel is None:
             chosen = find_leader(self.targets, transport, options)
         self._options = options
+        self._retired: list[grpc.Channel] = []
         super().__init__(
             chosen,
             channel=channel,
@@ -159,12 +160,18 @@ class ManagerClient(_Client):
         return super()._unary(followed, request, timeout, name)
 
     def _follow(self, leader: str) -> None:
-        """Dial ``leader`` instead of the manager dialled so far."""
-        old = self.channel
+        """Dial ``leader`` instead of the manager dialled so far (whose
+        channel stays open until close(): another thread's call may be on it)."""
+        self._retired.append(self.channel)
         self.target = parse_target(leader)
         self.channel = self.transport.channel(self.target, self._options)
         self._stub = manager_pb2_grpc.ManagerStub(self.channel)
-        old.close()
+
+    def close(self) -> None:
+        for channel in self._retired:
+            channel.close()
+        self._retired.clear()
+        super().close()
 
     def list_containers(
         self,
