@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -19,9 +21,12 @@ from grpc_status import rpc_status
 from ha_support import AppProcess, ManagerCluster, ManagerProcess, apps
 from support import free_address, wait_until
 
-from pycontainer.client import PLAINTEXT, AsyncManagerClient, CallError, ManagerClient
+from pycontainer.client import PLAINTEXT, AsyncManagerClient, CallError, ManagerClient, Transport
 from pycontainer.manager._leadership import LEADER_METADATA
-from pycontainer.manager._standby import ERROR_DOMAIN, NOT_LEADER_REASON
+from pycontainer.manager._settings import ManagerSettings
+from pycontainer.manager._standby import ERROR_DOMAIN, NOT_LEADER_REASON, Standby
+from pycontainer.manager._trust import ADMIN_DIR, Trust
+from pycontainer.security import MANAGER
 from pycontainer.v1 import container_pb2, manager_pb2
 
 S = container_pb2
@@ -182,3 +187,42 @@ def test_a_client_given_every_address_reaches_the_leader(cluster: _Cluster) -> N
     ):
         client.list_containers(timeout=datetime.timedelta(seconds=2))
     assert not unreached.value.reached
+
+
+def test_a_standby_keeps_its_certificates_current(tmp_path: Path) -> None:
+    """A standby may outlive its certificates (a day by default): it renews
+    them as the leader does, and serves the renewed one."""
+    settings = ManagerSettings(
+        state_dir=str(tmp_path),
+        listen="127.0.0.1:0",
+        insecure=False,
+        certificate_ttl=datetime.timedelta(seconds=3),
+        certificate_renewal_check=datetime.timedelta(seconds=0.2),
+    )
+
+    async def main() -> None:
+        trust = Trust(settings)
+        trust.open()
+        standby = Standby(settings, trust)
+        await standby.start()
+        try:
+            first = trust.manager_files.leaf.read_bytes()
+            expires = trust.manager_files.read()[0].certificate.not_valid_after_utc
+            deadline = time.monotonic() + 10
+            # Renewed, and the first one expired: only the renewed one can serve.
+            while (
+                trust.manager_files.leaf.read_bytes() == first
+                or datetime.datetime.now(datetime.UTC) <= expires
+            ):
+                assert time.monotonic() < deadline, "the standby's certificate never renewed"
+                await asyncio.sleep(0.05)
+            admin = Transport(tmp_path / ADMIN_DIR, MANAGER)
+            async with admin.aio_channel(f"127.0.0.1:{standby.port}") as channel:
+                checked = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service="liveness"), timeout=5
+                )
+            assert checked.status == SERVING
+        finally:
+            await standby.stop()
+
+    asyncio.run(main())

@@ -27,7 +27,7 @@ standby from the leader by it.
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,8 +45,6 @@ from ._exclusive import bind
 from ._server import SERVER_OPTIONS, ManagerHealth, build_health_server
 from ._settings import ManagerSettings
 from ._trust import Trust
-
-_log = logging.getLogger("pycontainer.manager.standby")
 
 #: google.rpc.ErrorInfo of a standby's refusal: its reason and domain
 #: (``metadata["leader"]`` the leader's address, "" when none is elected).
@@ -126,7 +124,9 @@ class Standby:
         self.leader = ""
         self.own = ""
         self._trust = trust
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        # By (leader, when the certificate was written): a renewed one dials anew.
+        self._channels: dict[tuple[str, int], grpc.aio.Channel] = {}
+        self._renewing: asyncio.Future[None] | None = None
         self.health = StandbyHealth()
         self.health.standby()
         # Authorised as the leader authorises: the caller's roles, checked here.
@@ -154,8 +154,17 @@ class Standby:
         await self._server.start()
         if self._health_server is not None:
             await self._health_server.start()
+        # A standby may outlive its certificates (a day by default): it keeps
+        # them current as the leader does, or containers' dials and its
+        # forwarded reads would fail their handshakes.
+        self._renewing = asyncio.ensure_future(self._trust.renewals())
 
     async def stop(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+            self._renewing = None
         await self._server.stop(0)
         if self._health_server is not None:
             await self._health_server.stop(0)
@@ -169,8 +178,10 @@ class Standby:
         return self.leader if self.leader != self.own else ""
 
     def channel(self, leader: str) -> grpc.aio.Channel:
-        """The channel to ``leader`` (one per address, kept)."""
-        channel = self._channels.get(leader)
+        """The channel to ``leader`` (one per address and certificate, kept:
+        one dialled before a renewal carries on with its calls)."""
+        key = (leader, self._certificate_version())
+        channel = self._channels.get(key)
         if channel is not None:
             return channel
         if len(self._channels) >= _MAX_LEADER_CHANNELS:
@@ -185,8 +196,17 @@ class Standby:
             credentials = channel_credentials(self._trust.manager_files)
             options = [*_CHANNEL_OPTIONS, *server_name_options(MANAGER)]
             channel = grpc.aio.secure_channel(leader, credentials, options=options)
-        self._channels[leader] = channel
+        self._channels[key] = channel
         return channel
+
+    def _certificate_version(self) -> int:
+        """When the manager's certificate was last written (0 when insecure)."""
+        if self._trust.insecure:
+            return 0
+        try:
+            return self._trust.manager_files.leaf.stat().st_mtime_ns
+        except OSError:
+            return 0
 
 
 # Channels closing in the background (a task kept until it is done).
