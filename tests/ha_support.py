@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,11 @@ from typing import Any
 import grpc
 from support import free_address
 
+from pycontainer._tls_env import INSECURE_ENV
+from pycontainer.client import Transport
 from pycontainer.manager._leadership import LEADER_METADATA
 from pycontainer.manager._sealing import KEY_FILE
+from pycontainer.security import MANAGER
 from pycontainer.v1 import manager_pb2, manager_pb2_grpc
 
 CLI = [sys.executable, "-m", "pycontainer.cli"]
@@ -36,6 +39,8 @@ class ManagerProcess:
     log: Path
     process: subprocess.Popen[bytes] | None = None
     channel: grpc.Channel | None = None
+    # More of `pycontainer manager`'s options, for this manager alone.
+    args: list[str] = field(default_factory=list)
 
     @property
     def stub(self) -> manager_pb2_grpc.ManagerStub:
@@ -47,16 +52,22 @@ class ManagerProcess:
         return self.process is not None and self.process.poll() is None
 
     def role(self) -> tuple[str, str]:
-        """("leader", "") when it answers a read, ("standby", LEADER) when it
-        refuses naming one, ("down", "") when it does not answer."""
+        """("leader", "") when it answers a read itself, ("standby", LEADER)
+        when its answer (forwarded, or a refusal) names a leader, ("down", "")
+        when it does not answer."""
         try:
-            self.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=2)
+            _, call = self.stub.ListContainers.with_call(
+                manager_pb2.ListContainersRequest(), timeout=2
+            )
+            metadata: Any = call.trailing_metadata() or ()
         except grpc.RpcError as exc:
+            metadata = exc.trailing_metadata() or ()
+            named = dict(metadata).get(LEADER_METADATA)
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                named = dict(exc.trailing_metadata() or ()).get(LEADER_METADATA, "")
-                return "standby", str(named)
+                return "standby", str(named or "")
             return "down", ""
-        return "leader", ""
+        named = dict(metadata).get(LEADER_METADATA)
+        return ("standby", str(named)) if named is not None else ("leader", "")
 
 
 @dataclass
@@ -70,6 +81,9 @@ class ManagerCluster:
     # More of `pycontainer manager`'s options, for every manager.
     extra_args: list[str] = field(default_factory=list)
     managers: list[ManagerProcess] = field(default_factory=list)
+    # Mutual TLS instead of --insecure: the test's stubs dial with the
+    # client certificate in this directory (one of the managers' CA).
+    cert_dir: Path | None = None
 
     def __post_init__(self) -> None:
         key = os.urandom(32)
@@ -85,10 +99,11 @@ class ManagerCluster:
 
     def start(self, manager: ManagerProcess) -> None:
         peers = [a for m in self.managers if (a := m.address) != manager.address]
+        insecure = ["--insecure"] if self.cert_dir is None else []
         command = [
             *CLI,
             "manager",
-            "--insecure",
+            *insecure,
             "--listen",
             manager.address,
             "--state-dir",
@@ -100,13 +115,24 @@ class ManagerCluster:
         ]
         for peer in peers:
             command += ["--peer", peer]
-        command += self.extra_args
+        command += self.extra_args + manager.args
+        env = dict(os.environ)
+        if self.cert_dir is not None:
+            env.pop(INSECURE_ENV, None)  # the suite's default (conftest.py)
         with manager.log.open("ab") as log:
             manager.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+                env=env,
             )
         if manager.channel is None:
-            manager.channel = grpc.insecure_channel(manager.address)
+            if self.cert_dir is None:
+                manager.channel = grpc.insecure_channel(manager.address)
+            else:
+                manager.channel = Transport(self.cert_dir, MANAGER).channel(manager.address)
 
     def start_all(self) -> None:
         for manager in self.managers:
@@ -194,13 +220,23 @@ class AppProcess:
 
 
 @contextlib.contextmanager
-def apps(base: Path, managers: str, count: int, prefix: str = "ha") -> Iterator[list[AppProcess]]:
-    """``count`` connected_app.py processes given every manager's address."""
+def apps(
+    base: Path,
+    managers: str,
+    count: int,
+    prefix: str = "ha",
+    env_for: Callable[[str], dict[str, str]] | None = None,
+) -> Iterator[list[AppProcess]]:
+    """``count`` connected_app.py processes given every manager's address
+    (and ``env_for(name)``'s environment, mutual TLS's say)."""
     started: list[AppProcess] = []
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
         for i in range(count):
             name = f"{prefix}-{i}"
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            if env_for is not None:
+                env.pop(INSECURE_ENV, None)
+                env.update(env_for(name))
             state_file = base / f"{name}.json"
             with (base / f"{name}.log").open("ab") as log:
                 process = subprocess.Popen(

@@ -71,8 +71,8 @@ def start_manager(host: Host, state_dir: Path, *flags: str) -> HostManager:
         raise AssertionError(f"the manager on {host} did not serve: {process.communicate()}")
     address = line.split()[-1]
     if "--state" in flags:
-        # On etcd a manager is first a standby that refuses every call: it
-        # serves as the manager once it leads (its "leading (epoch N)" line).
+        # On etcd a manager is first a standby (reads forwarded, writes
+        # refused): it serves as the manager once it leads ("leading (epoch N)").
         led = process.stdout.readline()
         if not led.startswith("leading "):
             process.kill()

@@ -28,6 +28,7 @@ from pycontainer.agent._settings import HEALTH_LISTEN_ENV
 from pycontainer.client import ManagerClient, Transport
 from pycontainer.manager._etcd import parse_etcd_url
 from pycontainer.security import MANAGER, CertificateAuthority, CredentialFiles
+from pycontainer.units import parse_duration
 from pycontainer.v1 import manager_pb2, manager_pb2_grpc
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -391,9 +392,21 @@ def test_ha_managers_are_a_spread_statefulset_on_etcd_serving_mutual_tls() -> No
     health_port = int(health_listen.rsplit(":", 1)[1])
     assert health_port != port
     assert _named_port(container, "health") == health_port
-    for probe in ("readinessProbe", "livenessProbe"):
+    for probe, name in (("readinessProbe", "readiness"), ("livenessProbe", "liveness")):
         assert container[probe]["grpc"]["port"] == health_port
-        assert container[probe]["grpc"].get("service", "") == ""
+        assert container[probe]["grpc"]["service"] == name
+    # The election: its address the pod's IP (a wildcard is advertised as
+    # loopback), its lease well within what the liveness probe tolerates,
+    # every replica's stable name given to the containers it launches.
+    assert _flag(command, "--listen") == f"$(POD_IP):{port}"
+    assert _env_from(container, "POD_IP")["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    ttl = parse_duration(_flag(command, "--leader-ttl")).total_seconds()
+    liveness = container["livenessProbe"]
+    assert 0 < ttl * 3 <= liveness["periodSeconds"] * liveness["failureThreshold"]
+    peers = [command[i + 1] for i, word in enumerate(command) if word == "--peer"]
+    name, headless = managers["metadata"]["name"], managers["spec"]["serviceName"]
+    assert peers == [f"{name}-{n}.{headless}:{port}" for n in range(managers["spec"]["replicas"])]
+    assert service["spec"]["publishNotReadyAddresses"] is True  # a new leader dialled at once
     # One CA and one sealing key for all replicas, copied 0600 to the manager's
     # own files by the init container, where the flags and the state dir read them.
     pod = managers["spec"]["template"]["spec"]
@@ -495,6 +508,28 @@ def test_the_ha_manager_command_serves_on_etcd_with_the_given_ca_and_probes_plai
             assert list(client.list_containers().containers) == []
         assert key.read_bytes() == sealing_key  # the replicas' one key, not a new one
         assert not (state / "ca-key.pem").exists()
+        # A second replica, the same command: a standby, whose probes pass too
+        # (ready: it forwards reads and names the leader for writes), and
+        # whose "leader" service says it is not the leader.
+        standby_state = tmp_path / "standby-state"
+        standby_state.mkdir()
+        (standby_state / "secrets.key").write_bytes(sealing_key)
+        (standby_state / "secrets.key").chmod(0o600)
+        standby_health = free_address()
+        second = list(command)
+        second[second.index("--state-dir") + 1] = str(standby_state)
+        second[second.index("--health-listen") + 1] = standby_health
+        standby, standby_address = _start(second, env, "manager serving on")
+        procs.append(standby)
+        for probe in ("readinessProbe", "livenessProbe"):
+            _wait_check(standby_health, container[probe]["grpc"]["service"])
+        assert _check(standby_health, "leader") == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert _check(health, "leader") == SERVING
+        admin = Transport(standby_state / "admin", MANAGER)
+        with ManagerClient(standby_address, transport=admin) as client:
+            assert list(client.list_containers().containers) == []  # the leader's answer
+        standby.send_signal(signal.SIGTERM)
+        standby.communicate(timeout=30)
         manager.send_signal(signal.SIGTERM)
         manager.communicate(timeout=30)
         assert manager.returncode == 0

@@ -22,6 +22,7 @@ from support import (
     wait_until,
 )
 
+from pycontainer.client._leader import LEADER_METADATA
 from pycontainer.manager._etcd import EtcdStore
 from pycontainer.manager._sealing import KEY_FILE
 from pycontainer.v1 import manager_pb2, manager_pb2_grpc
@@ -107,8 +108,13 @@ def test_a_second_manager_on_the_same_etcd_sees_the_first_ones_container(
                 _,
                 second,
             ):
+                # Its reads forwarded to the leader, its writes refused naming it.
+                listed = second.ListContainers(manager_pb2.ListContainersRequest(), timeout=10)
+                assert [c.identity.name for c in listed.containers] == ["on-etcd"]
                 with pytest.raises(grpc.RpcError) as refused:
-                    second.ListContainers(manager_pb2.ListContainersRequest(), timeout=10)
+                    second.StopContainer(
+                        manager_pb2.StopContainerRequest(container="on-etcd"), timeout=10
+                    )
                 assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
                 assert f"the leader is at {first_address}" in (refused.value.details() or "")
                 first_process.terminate()
@@ -122,17 +128,20 @@ def test_a_second_manager_on_the_same_etcd_sees_the_first_ones_container(
 
 
 def _leader_view(stub: manager_pb2_grpc.ManagerStub, name: str) -> Any:
-    """GetContainer of ``name``, once the manager leads (a standby refuses)."""
+    """GetContainer of ``name``, once the manager leads (a standby's answers,
+    forwarded or refused, name a leader: pycontainer-leader)."""
     box: dict[str, Any] = {}
 
     def answered() -> bool:
         try:
-            box["c"] = stub.GetContainer(
+            got, call = stub.GetContainer.with_call(
                 manager_pb2.GetContainerRequest(container=name), timeout=5
-            ).container
+            )
+            box["c"] = got.container
         except grpc.RpcError as exc:
-            # Refused by the standby; then, for an instant, nothing on its
-            # address (the standby's server gone, the leader's not yet up).
+            # The standby cannot reach the leader it knew, or refuses knowing
+            # none; then, for an instant, nothing on its address (the
+            # standby's server gone, the leader's not yet up).
             waiting = (
                 grpc.StatusCode.FAILED_PRECONDITION,
                 grpc.StatusCode.NOT_FOUND,
@@ -141,7 +150,7 @@ def _leader_view(stub: manager_pb2_grpc.ManagerStub, name: str) -> Any:
             if exc.code() in waiting:
                 return False
             raise
-        return True
+        return LEADER_METADATA not in dict(call.trailing_metadata() or ())
 
     wait_until(answered, 30, f"{name} on the next leader")
     return box["c"]

@@ -30,6 +30,8 @@ from grpc_health.v1 import health_pb2
 from .. import limits, units
 from .._errors import RequestError, code_number
 from .._tls_env import TLS_DIR_ENV
+from ..client._leader import LEADER_METADATA as LEADER_METADATA  # its home; kept importable here
+from ..client._leader import leader_named
 from ..v1 import container_pb2, lifecycle_pb2, lifecycle_pb2_grpc, management_pb2
 from ._health import READINESS, HealthState
 from ._lifecycle import Lifecycle, Outcome, Request, StateListener
@@ -67,9 +69,6 @@ _SILENT_HEARTBEATS = 3
 # unscheduled for a second or two, and a false "lost" costs a reconnect (and
 # the command that met it). 15 s with the default 5 s interval.
 _MIN_SILENCE = 5.0
-# The trailing metadata key naming the leader in a standby manager's refusal
-# (pycontainer.manager._leadership.LEADER_METADATA).
-LEADER_METADATA = "pycontainer-leader"
 # A refused container tries again within this many seconds (no backoff: a
 # standby's refusal costs it nothing, and the leader may be there already).
 _STANDBY_RETRY = 0.5
@@ -590,11 +589,7 @@ def _leader_named(exc: BaseException) -> str | None:
         return None
     if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
         return None
-    metadata: Any = exc.trailing_metadata() or ()
-    for key, value in metadata:
-        if key == LEADER_METADATA:
-            return value if isinstance(value, str) else bytes(value).decode()
-    return None
+    return leader_named(exc.trailing_metadata())
 
 
 def _check_state_size(action: str | None, data: bytes) -> None:

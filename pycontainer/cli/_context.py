@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ._errors import CliError, Interrupted
 
@@ -42,22 +42,14 @@ class Context:
         if self.client is not None:
             yield self.client
             return
-        from ..client import (
-            ManagerClient,
-            TargetError,
-            TransportError,
-            manager_targets,
-            manager_transport,
-        )
+        from ..client import ManagerClient, TargetError, TransportError, manager_transport
 
         given: str | None = getattr(args, "manager", None) or getattr(args, "global_manager", None)
         cert_dir = getattr(args, "cert_dir", None) or getattr(args, "global_cert_dir", None)
         insecure = bool(getattr(args, "insecure", None) or getattr(args, "global_insecure", None))
         try:
             transport = manager_transport(cert_dir, insecure=insecure)
-            targets = manager_targets(given)
-            if len(targets) > 1:
-                given = _leader_among(targets, transport)
+            # Several addresses: the client finds the leader and follows it.
             client = ManagerClient(given, transport=transport)
         except TargetError as exc:
             raise CliError(f"--manager: {exc}") from None
@@ -82,29 +74,3 @@ class Context:
         """A line on stderr."""
         self.stderr.write(text + "\n")
         self.stderr.flush()
-
-
-def _leader_among(targets: list[str], transport: Any) -> str:
-    """Of several managers' addresses, the leader's: the one that answers a
-    read, or the one a standby's refusal names; else the first (whose error
-    the verb then shows)."""
-    import grpc
-
-    from ..agent._connector import LEADER_METADATA
-    from ..client import ManagerClient
-    from ..v1 import manager_pb2, manager_pb2_grpc
-
-    for target in targets:
-        probe = ManagerClient(target, transport=transport)
-        try:
-            stub = manager_pb2_grpc.ManagerStub(probe.channel)
-            stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=3)
-            return target
-        except grpc.RpcError as exc:
-            metadata: Any = exc.trailing_metadata() or ()
-            named = dict(metadata).get(LEADER_METADATA, "")
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and named:
-                return str(named)
-        finally:
-            probe.close()
-    return targets[0]

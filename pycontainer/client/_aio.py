@@ -15,8 +15,9 @@ import grpc.aio
 
 from ..v1 import management_pb2, management_pb2_grpc, manager_pb2, manager_pb2_grpc
 from ._errors import CallError
+from ._leader import find_leader_aio
 from ._request_ids import with_request_id
-from ._target import manager_target, parse_target
+from ._target import manager_targets, parse_target
 from ._timeouts import DEFAULT, DEFAULT_TIMEOUT, Timeout, seconds
 from ._transport import PLAINTEXT, Transport, manager_transport
 
@@ -104,7 +105,13 @@ _C = TypeVar("_C", bound=_AsyncClient)
 
 
 class AsyncManagerClient(_AsyncClient):
-    """An asyncio client of the manager's Manager API (``async with`` it)."""
+    """An asyncio client of the manager's Manager API (``async with`` it).
+
+    ``target`` may name several managers, comma-separated (managers in high
+    availability): the first call finds the leader (find_leader_aio), and a
+    call a standby refuses naming the leader is made again there, once, as
+    ManagerClient does.
+    """
 
     def __init__(
         self,
@@ -119,14 +126,68 @@ class AsyncManagerClient(_AsyncClient):
             # Mutual TLS with the certificate found (manager_transport), unless a
             # channel is given or plaintext is asked for.
             transport = PLAINTEXT if channel is not None else manager_transport()
+        #: Every manager address given (one, or several in high availability).
+        self.targets = manager_targets(target)
         super().__init__(
-            manager_target(target),
+            self.targets[0],
             channel=channel,
             default_timeout=default_timeout,
             options=options,
             transport=transport,
         )
+        self._options = options
+        self._retired: list[grpc.aio.Channel] = []
+        # Found once, by the first call (a constructor cannot await).
+        self._leader_known = len(self.targets) == 1 or channel is not None
         self._stub = manager_pb2_grpc.ManagerStub(self.channel)
+
+    async def _find_leader(self) -> None:
+        if self._leader_known:
+            return
+        self._leader_known = True
+        leader = await find_leader_aio(self.targets, self.transport, self._options)
+        if leader != self.target:
+            self._follow(leader)
+
+    def _follow(self, leader: str) -> None:
+        """Dial ``leader`` instead (the old channel closed with the client:
+        another task's call may be on it)."""
+        self._retired.append(self.channel)
+        self.target = parse_target(leader)
+        self.channel = self.transport.aio_channel(self.target, self._options)
+        self._stub = manager_pb2_grpc.ManagerStub(self.channel)
+
+    async def close(self) -> None:
+        for channel in self._retired:
+            await channel.close(None)
+        self._retired.clear()
+        await super().close()
+
+    async def _unary(
+        self, method: Callable[..., Awaitable[Resp]], request: Any, timeout: Timeout, name: str
+    ) -> Resp:
+        if not self._leader_known:
+            await self._find_leader()
+            method = getattr(self._stub, name)
+        try:
+            return await super()._unary(method, request, timeout, name)
+        except CallError as exc:
+            # A standby's refusal (it did nothing): the same call to the
+            # leader it names, once, on a channel of this client's own.
+            if not exc.leader or exc.leader == self.target or not self._owns_channel:
+                raise
+            self._follow(exc.leader)
+        followed: Callable[..., Awaitable[Resp]] = getattr(self._stub, name)
+        return await super()._unary(followed, request, timeout, name)
+
+    async def _stream(
+        self, method: Callable[..., Any], request: Any, timeout: Timeout, name: str
+    ) -> AsyncIterator[Any]:
+        if not self._leader_known:
+            await self._find_leader()
+            method = getattr(self._stub, name)
+        async for response in super()._stream(method, request, timeout, name):
+            yield response
 
     async def list_containers(
         self,

@@ -8,6 +8,8 @@ from typing import Any
 
 import grpc
 
+from ._leader import leader_named
+
 __all__ = ["CallError"]
 
 # pycontainer's servers attach rich status details (google.rpc.Status) to every
@@ -50,6 +52,8 @@ class CallError(Exception):
         self.hint = hint
         # The request_id of a mutating call (GetOperation tells its outcome).
         self.request_id = ""
+        # The leader's address a standby manager's refusal names ("" none).
+        self.leader = ""
         super().__init__(self.describe())
 
     @classmethod
@@ -71,7 +75,10 @@ class CallError(Exception):
             grpc.StatusCode.DEADLINE_EXCEEDED,
         )
         advice = hint(details) if hint is not None and not reached else ""
-        return cls(code, details, target, reached=reached, method=method, hint=advice)
+        error = cls(code, details, target, reached=reached, method=method, hint=advice)
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            error.leader = leader_named(trailing) or ""
+        return error
 
     def describe(self, server: str = "the server") -> str:
         """One line: ``CODE: details``, or ``cannot reach SERVER at TARGET: why``."""

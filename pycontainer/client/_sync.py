@@ -18,8 +18,9 @@ import grpc
 
 from ..v1 import management_pb2, management_pb2_grpc, manager_pb2, manager_pb2_grpc
 from ._errors import CallError
+from ._leader import find_leader
 from ._request_ids import with_request_id
-from ._target import manager_target, parse_target
+from ._target import manager_targets, parse_target
 from ._timeouts import DEFAULT, DEFAULT_TIMEOUT, Timeout, seconds
 from ._transport import PLAINTEXT, Transport, manager_transport
 
@@ -108,7 +109,11 @@ class ManagerClient(_Client):
     """A blocking client of the manager's Manager API.
 
     ``ManagerClient()`` dials --manager's default: $PYCONTAINER_MANAGER, else
-    127.0.0.1:50050. Use it as a context manager, or ``close()`` it.
+    127.0.0.1:50050. ``target`` may name several managers, comma-separated
+    (managers in high availability): the client dials the leader
+    (find_leader), and a call a standby refuses naming the leader is made
+    again there, once (``target`` then says where the client is). Use it as a
+    context manager, or ``close()`` it.
     """
 
     def __init__(
@@ -124,14 +129,49 @@ class ManagerClient(_Client):
             # Mutual TLS with the certificate found (manager_transport), unless a
             # channel is given or plaintext is asked for.
             transport = PLAINTEXT if channel is not None else manager_transport()
+        #: Every manager address given (one, or several in high availability).
+        self.targets = manager_targets(target)
+        chosen = self.targets[0]
+        if len(self.targets) > 1 and channel is None:
+            chosen = find_leader(self.targets, transport, options)
+        self._options = options
+        self._retired: list[grpc.Channel] = []
         super().__init__(
-            manager_target(target),
+            chosen,
             channel=channel,
             default_timeout=default_timeout,
             options=options,
             transport=transport,
         )
         self._stub = manager_pb2_grpc.ManagerStub(self.channel)
+
+    def _unary(
+        self, method: Callable[..., Resp], request: Any, timeout: Timeout, name: str
+    ) -> Resp:
+        try:
+            return super()._unary(method, request, timeout, name)
+        except CallError as exc:
+            # A standby's refusal (it did nothing): the same call to the
+            # leader it names, once, on a channel of this client's own.
+            if not exc.leader or exc.leader == self.target or not self._owns_channel:
+                raise
+            self._follow(exc.leader)
+        followed: Callable[..., Resp] = getattr(self._stub, name)
+        return super()._unary(followed, request, timeout, name)
+
+    def _follow(self, leader: str) -> None:
+        """Dial ``leader`` instead of the manager dialled so far (whose
+        channel stays open until close(): another thread's call may be on it)."""
+        self._retired.append(self.channel)
+        self.target = parse_target(leader)
+        self.channel = self.transport.channel(self.target, self._options)
+        self._stub = manager_pb2_grpc.ManagerStub(self.channel)
+
+    def close(self) -> None:
+        for channel in self._retired:
+            channel.close()
+        self._retired.clear()
+        super().close()
 
     def list_containers(
         self,

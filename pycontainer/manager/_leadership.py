@@ -7,9 +7,10 @@ containers' commands, supervision, reconciliation, admission and the mesh,
 and every write it makes to the state store is fenced by its term (the
 leader key's create revision, its epoch): a deposed leader's write lands
 nowhere. A manager that is not leading serves a :class:`Standby` on the same
-address instead, which refuses every call with FAILED_PRECONDITION naming the
-leader (its address in the ``pycontainer-leader`` trailing metadata too), so
-that containers and the CLI go there.
+address instead (_standby), which forwards reads to the leader and refuses
+the rest with FAILED_PRECONDITION naming the leader (its address in the
+``pycontainer-leader`` trailing metadata too), so that containers and the
+CLI go there.
 
 The leader steps down by itself, without waiting for etcd to say so, when
 its lease may have lapsed (last acknowledged keepalive + TTL passed:
@@ -27,13 +28,13 @@ import contextlib
 import dataclasses
 import datetime
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from ..agent._connector import LEADER_METADATA
+from ..client._leader import LEADER_METADATA
 from ._etcd import (
     Candidate,
     EtcdClient,
@@ -48,6 +49,7 @@ from ._exclusive import StartRefused
 from ._manager import Manager, _open_etcd_store
 from ._sealing import KEY_FILE, Sealer
 from ._settings import ManagerSettings
+from ._standby import Standby, standby_message
 from ._store import StateStore, StoreError
 from ._trust import Trust
 
@@ -63,50 +65,6 @@ _LEADER_POLL = datetime.timedelta(seconds=0.5)
 # lease): a member that hangs (SIGSTOP) holding the call costs a successor at
 # most this much, not the call's whole life.
 _CAMPAIGN_WAIT = datetime.timedelta(seconds=10)
-
-
-def standby_message(leader: str) -> str:
-    """What a standby says to every call."""
-    if leader:
-        return f"this manager is a standby; the leader is at {leader}"
-    return "this manager is a standby and no leader is elected yet: try again shortly"
-
-
-class Standby:
-    """The server of a manager not leading: every method refused with
-    FAILED_PRECONDITION, naming the leader (``leader``, kept current by the
-    caller). It serves no reads: what a standby knows may be behind the
-    leader's, and a client given every manager's address finds the leader."""
-
-    def __init__(self, listen: str, trust: Trust) -> None:
-        self.leader = ""
-        self._server = grpc.aio.server()
-        self._server.add_generic_rpc_handlers((_Refusal(self),))
-        # Served as the leader serves (mutual TLS unless insecure), so that
-        # a container's dial gets the refusal, not a failed handshake.
-        self.port = trust.bind(self._server, listen)
-
-    async def start(self) -> None:
-        await self._server.start()
-
-    async def stop(self) -> None:
-        await self._server.stop(0)
-
-
-class _Refusal(grpc.GenericRpcHandler):  # type: ignore[type-arg]
-    def __init__(self, standby: Standby) -> None:
-        self._standby = standby
-
-    def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler[Any, Any]:
-        return grpc.stream_stream_rpc_method_handler(self._refuse)
-
-    async def _refuse(self, requests: AsyncIterator[bytes], context: Any) -> None:
-        leader = self._standby.leader
-        await context.abort(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            standby_message(leader),
-            trailing_metadata=((LEADER_METADATA, leader),),
-        )
 
 
 class HighAvailability:
@@ -146,7 +104,7 @@ class HighAvailability:
         try:
             await _check_sealing_key(client, settings.state_dir)
             await asyncio.to_thread(trust.open)
-            standby = Standby(settings.listen, trust)
+            standby = Standby(settings, trust)
         except BaseException:
             await client.close()
             if store is not None:
@@ -156,6 +114,7 @@ class HighAvailability:
         if host in ("0.0.0.0", "[::]", ""):
             host = "127.0.0.1"
         self.address = f"{host}:{standby.port}"
+        standby.own = self.address
         self.on_serving(self.address)
         try:
             while not stop.is_set():
@@ -187,7 +146,8 @@ class HighAvailability:
                     with contextlib.suppress(EtcdError):
                         await candidate.resign()
                 if not stop.is_set():
-                    standby = Standby(self.address, trust)
+                    standby = Standby(dataclasses.replace(settings, listen=self.address), trust)
+                    standby.own = self.address
         finally:
             await standby.stop()
             await client.close()
@@ -308,4 +268,11 @@ async def _first(events: dict[str, asyncio.Event]) -> str:
     return waits[next(iter(done))]
 
 
-__all__ = ["ELECTION", "LEADER_METADATA", "HighAvailability", "Standby", "StoreError"]
+__all__ = [
+    "ELECTION",
+    "LEADER_METADATA",
+    "HighAvailability",
+    "Standby",
+    "StoreError",
+    "standby_message",
+]

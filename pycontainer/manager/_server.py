@@ -577,6 +577,9 @@ class ManagerHealth:
     # The state store's writes: NOT_SERVING while they fail (a full or
     # read-only disk), the manager serving meanwhile (_storewriter).
     STATE_STORE = "state-store"
+    # SERVING on the leader alone (a standby's says NOT_SERVING: _standby),
+    # for what must reach the leader only; a manager without etcd leads.
+    LEADER = "leader"
 
     def __init__(self) -> None:
         self.servicer = AioHealthServicer(asyncio.get_running_loop())
@@ -594,6 +597,7 @@ class ManagerHealth:
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         statuses = {OVERALL: ready, LIVENESS: live, READINESS: ready}
         statuses.update(dict.fromkeys(self.SERVICES, ready))
+        statuses[self.LEADER] = ready
         for service, ok in statuses.items():
             self.servicer.set_nowait(service, serving if ok else not_serving)
 
