@@ -40,11 +40,9 @@ class TelemetryExport:
         self.metrics: MetricExport | None = metric_export_from_environ(environ)
         # An app's own provider is the app's to shut down; one made here is ours.
         self._owned = logger_provider is None
-        self.logger_provider = (
-            logger_provider
-            if logger_provider is not None
-            else logger_provider_from_environ(self.resource, environ)
-        )
+        self.logger_provider = logger_provider
+        if logger_provider is None and settings.log_level is not None:  # else nothing to send
+            self.logger_provider = logger_provider_from_environ(self.resource, environ)
         self.log_handler: logging.Handler | None = (
             export_handler(self.logger_provider) if self.logger_provider is not None else None
         )
