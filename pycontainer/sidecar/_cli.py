@@ -571,9 +571,9 @@ def run_settings(settings: SidecarSettings) -> int:
     _configure_logging(settings.name)
     try:
         provider = configure_tracing(settings.name)  # OTEL_* (or up's trace file)
-    except TelemetryConfigError as exc:
+    except TelemetryConfigError as exc:  # as the other OTEL_* errors below
         _log.error("%s", exc)
-        return 2
+        return 1
     sidecar = Sidecar(settings)
 
     def ready(port: int) -> None:
