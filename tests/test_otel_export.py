@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
-from otlp_receiver import OtlpReceiver
+from otlp_receiver import OtlpReceiver, Received, attributes
 
 import pycontainer
 from pycontainer import cli
@@ -126,6 +126,50 @@ def test_the_manager_exports_its_logs(receiver: OtlpReceiver, tmp_path: Path) ->
         err.seek(0)
         stderr = err.read()
     assert serving(), stderr
+    assert "Traceback" not in stderr, stderr
+
+
+def test_a_sidecar_exports_its_programs_output(receiver: OtlpReceiver, tmp_path: Path) -> None:
+    """A program run by the sidecar: its output lines, as the container's logs
+    hold them (logger stdout/stderr, the severity its rules give), exported."""
+    env = _clean_env(
+        OTEL_LOGS_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.grpc_endpoint,
+        OTEL_EXPORTER_OTLP_INSECURE="true",
+    )
+    program = "echo hello from the program; echo 'ERROR: it broke' >&2; exec sleep 30"
+    argv = [sys.executable, "-m", "pycontainer.sidecar", "--name", "wrapped"]
+    with (tmp_path / "stderr").open("w+") as err:
+        proc = subprocess.Popen(
+            [*argv, "--", "sh", "-c", program], env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
+        try:
+
+            def lines() -> dict[str, Received]:
+                return {
+                    r.item.body.string_value: r
+                    for r in receiver.log_records()
+                    if r.resource.get("service.name") == "wrapped"
+                }
+
+            receiver.wait_for(
+                lambda: "ERROR: it broke" in lines() or proc.poll() is not None,
+                30,
+                "program's output lines",
+            )
+            assert proc.poll() is None
+        finally:
+            proc.send_signal(signal.SIGTERM)  # the sidecar stops its program, then itself
+            proc.wait(30)
+        err.seek(0)
+        stderr = err.read()
+    got = lines()
+    assert "hello from the program" in got, (sorted(got), stderr)
+    out, broke = got["hello from the program"], got["ERROR: it broke"]
+    assert out.item.severity_text == "INFO"
+    assert broke.item.severity_text == "ERROR"
+    assert attributes(broke.item.attributes)["log.iostream"] == "stderr"
+    assert out.item.time_unix_nano > 0
     assert "Traceback" not in stderr, stderr
 
 

@@ -25,7 +25,7 @@ from . import _health
 from ._background import BackgroundServer
 from ._config import Config
 from ._connector import ManagerConnection
-from ._export import TelemetryExport
+from ._export import LineExport, TelemetryExport
 from ._health import DEFAULT_CHECK_PERIOD, CheckFunc, CheckKind, HealthState
 from ._healthport import health_groups, start_health_port
 from ._hosting import ServiceNames, current_loop, register_services
@@ -370,6 +370,12 @@ class Container:
             handler = install(self.logs, self.settings.log_level)
             if export.log_handler is not None:
                 handler.forward(export.log_handler)
+
+    def log_line_export(self) -> LineExport | None:
+        """Where lines the container's logs take other than through logging
+        (a sidecar's program output) go to be exported as OTEL_LOGS_EXPORTER
+        asks; None when its logs are not exported (or it is not in use yet)."""
+        return self._export.line_export() if self._export is not None else None
 
     def start(self) -> None:
         """Run on_start and enter RUNNING (health turns SERVING when checks pass)."""

@@ -7,7 +7,8 @@ the container's name, its id as container.id."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.resources import Resource
@@ -19,9 +20,20 @@ from .._otel import (
     metric_export_from_environ,
     service_resource,
 )
+from ._logs._buffer import Level
 from ._settings import ContainerSettings
 
-__all__ = ["TelemetryExport"]
+__all__ = ["LineExport", "TelemetryExport"]
+
+#: Takes lines that arrived together: logger, messages, their levels, attributes.
+LineExport = Callable[[str, Sequence[str], Sequence[Level], Mapping[str, str]], object]
+
+
+def _python_level(severity: int) -> int:
+    """The Python logging level of an OpenTelemetry severity number (each
+    band of four is one of ten: INFO=9 -> 20, WARN=13 -> 30, INFO2=10 -> 21)."""
+    band, step = divmod(max(severity, 1) - 1, 4)
+    return band * 10 + step
 
 
 class TelemetryExport:
@@ -46,6 +58,35 @@ class TelemetryExport:
         self.log_handler: logging.Handler | None = (
             export_handler(self.logger_provider) if self.logger_provider is not None else None
         )
+
+    def line_export(self) -> LineExport | None:
+        """Where lines the container takes other than through logging (a
+        sidecar's program output) go to be exported; None when logs are not."""
+        handler = self.log_handler
+        if handler is None:
+            return None
+
+        def export(
+            logger: str,
+            messages: Sequence[str],
+            levels: Sequence[Level],
+            attributes: Mapping[str, str],
+        ) -> None:
+            created = time.time()
+            for message, level in zip(messages, levels, strict=True):
+                record = logging.LogRecord(
+                    logger, _python_level(level.number), "", 0, message, None, None
+                )
+                record.created = created
+                record.levelname = level.text  # the export's severity text
+                for key, value in attributes.items():  # as `extra` would
+                    record.__dict__.setdefault(key, value)
+                try:
+                    handler.handle(record)
+                except Exception:  # never into the program's output pump
+                    handler.handleError(record)
+
+        return export
 
     def close(self) -> None:
         """Flush and end the log export made here (an app's provider stays)."""
