@@ -148,13 +148,10 @@ class LogBufferHandler(logging.Handler):
         return self._buffer
 
     def forward(self, handler: logging.Handler) -> None:
-        """Give ``handler`` every record this handler takes, after it."""
+        """Give ``handler`` every record this handler takes, after it (until
+        this handler is uninstalled)."""
         if handler not in self._forward:
             self._forward = (*self._forward, handler)
-
-    def stop_forwarding(self, handler: logging.Handler) -> None:
-        """Undo :meth:`forward`."""
-        self._forward = tuple(h for h in self._forward if h is not handler)
 
     def handle(self, record: logging.LogRecord) -> bool | logging.LogRecord:  # type: ignore[override]
         """As Handler.handle, without the handler's lock: the buffer has its
