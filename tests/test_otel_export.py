@@ -129,6 +129,22 @@ def test_the_manager_exports_its_logs(receiver: OtlpReceiver, tmp_path: Path) ->
     assert "Traceback" not in stderr, stderr
 
 
+def test_service_name_is_the_containers_unless_the_variables_give_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key in [k for k in os.environ if k.startswith("OTEL_")]:
+        monkeypatch.delenv(key)
+    attrs = {"container.id": "orders-1"}
+    assert service_resource("orders", attrs).attributes["service.name"] == "orders"
+    assert service_resource("orders", attrs).attributes["container.id"] == "orders-1"
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attributes,team=a")
+    resource = service_resource("orders", attrs)
+    assert resource.attributes["service.name"] == "from-attributes"
+    assert resource.attributes["team"] == "a"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "billing")
+    assert service_resource("orders", attrs).attributes["service.name"] == "billing"
+
+
 def test_a_sidecar_exports_its_programs_output(receiver: OtlpReceiver, tmp_path: Path) -> None:
     """A program run by the sidecar: its output lines, as the container's logs
     hold them (logger stdout/stderr, the severity its rules give), exported."""
