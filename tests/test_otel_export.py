@@ -237,6 +237,9 @@ def test_what_the_variables_select() -> None:
     assert signal_export({}, "logs").exporters == ()
     assert signal_export(endpoint, "logs").exporters == ("otlp",)  # unset: otlp with an endpoint
     assert signal_export({**endpoint, "OTEL_LOGS_EXPORTER": "none"}, "logs").exporters == ()
+    metrics_only = {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://collector:4317"}
+    assert signal_export(metrics_only, "metrics").exporters == ("otlp",)
+    assert signal_export(metrics_only, "logs").exporters == ()
     both = signal_export({"OTEL_METRICS_EXPORTER": " OTLP, console "}, "metrics")
     assert both.exporters == ("otlp", "console")
     assert both.protocol == "grpc"
