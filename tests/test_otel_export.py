@@ -256,6 +256,37 @@ def test_what_the_variables_select() -> None:
     assert logger_provider_from_environ(service_resource("x"), disabled) is None
 
 
+def test_a_missing_otlp_exporter_names_the_extra() -> None:
+    """The OTLP exporters not installed (hidden in a fresh interpreter): the
+    error names the variable, the protocol and what to install."""
+    code = (
+        "import sys\n"
+        "for name in ('grpc', 'http'):\n"
+        "    sys.modules['opentelemetry.exporter.otlp.proto.' + name] = None\n"
+        "from pycontainer.telemetry import TelemetryConfigError, logger_provider_from_environ,"
+        " metric_export_from_environ, service_resource\n"
+        "for call, env in (\n"
+        "    (metric_export_from_environ, {'OTEL_METRICS_EXPORTER': 'otlp',"
+        " 'OTEL_EXPORTER_OTLP_PROTOCOL': 'http/protobuf'}),\n"
+        "    (lambda env: logger_provider_from_environ(service_resource('x'), env),"
+        " {'OTEL_LOGS_EXPORTER': 'otlp'}),\n"
+        "):\n"
+        "    try:\n"
+        "        call(env)\n"
+        "    except TelemetryConfigError as exc:\n"
+        "        print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    assert out == [
+        "OTEL_METRICS_EXPORTER=otlp (http/protobuf) needs the OTLP exporter: "
+        "pip install 'pycontainer-grpc[otlp]' (or opentelemetry-exporter-otlp-proto-http)",
+        "OTEL_LOGS_EXPORTER=otlp (grpc) needs the OTLP exporter: "
+        "pip install 'pycontainer-grpc[otlp]' (or opentelemetry-exporter-otlp-proto-grpc)",
+    ]
+
+
 @pytest.mark.parametrize(
     "argv",
     [
