@@ -29,7 +29,7 @@ from opentelemetry import metrics
 
 import pycontainer
 from pycontainer.agent import EXCLUSIVE_PORT, ListenError, listen_on, tls_dir
-from pycontainer.telemetry import configure_tracing
+from pycontainer.telemetry import TelemetryConfigError, configure_tracing
 
 log = logging.getLogger("examples.sync_app")
 
@@ -106,7 +106,10 @@ def main() -> None:
     parser.add_argument("--grace", type=float, default=10.0, help="grace period, seconds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    tracer_provider = configure_tracing(args.name)  # OTEL_TRACES_EXPORTER etc.
+    try:
+        tracer_provider = configure_tracing(args.name)  # OTEL_TRACES_EXPORTER etc.
+    except TelemetryConfigError as exc:  # a bad OTEL_* value: one line saying which
+        raise SystemExit(f"error: {exc}") from None
 
     config = pycontainer.Config(
         defaults={
@@ -153,6 +156,8 @@ def main() -> None:
         port = listen_on(server, args.listen, tls_dir=tls)  # a port in use: one clear line
     except ListenError as exc:
         raise SystemExit(f"error: {exc.strerror}") from None
+    except TelemetryConfigError as exc:  # OTEL_LOGS_EXPORTER, OTEL_METRICS_EXPORTER...
+        raise SystemExit(f"error: {exc}") from None
     host = args.listen.rsplit(":", 1)[0]
     container.add_endpoint("management", f"{host}:{port}", kind="management", tls=bool(tls))
     server.start()

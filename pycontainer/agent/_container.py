@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import psutil
 from opentelemetry import trace
+from opentelemetry.sdk._logs import LoggerProvider
 
 from .. import __version__, _reflection, units
 from .._rpctrace import RpcTracing
@@ -24,6 +25,7 @@ from . import _health
 from ._background import BackgroundServer
 from ._config import Config
 from ._connector import ManagerConnection
+from ._export import LineExport, TelemetryExport
 from ._health import DEFAULT_CHECK_PERIOD, CheckFunc, CheckKind, HealthState
 from ._healthport import health_groups, start_health_port
 from ._hosting import ServiceNames, current_loop, register_services
@@ -65,6 +67,7 @@ class Container:
         config: Config | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         metric_reader: Any = None,
+        logger_provider: LoggerProvider | None = None,
     ) -> None:
         self.settings = (
             settings
@@ -86,6 +89,9 @@ class Container:
         # Process-wide hooks (root log handler, global MeterProvider) are put in
         # place when the container is put to use, not when it is made.
         self._active = False
+        # The captured logs go to it too (else as OTEL_LOGS_EXPORTER asks).
+        self._logger_provider = logger_provider
+        self._export: TelemetryExport | None = None
         self._process = psutil.Process()
         self._started_at = datetime.datetime.fromtimestamp(
             self._process.create_time(), tz=datetime.UTC
@@ -379,11 +385,24 @@ class Container:
         or started; close() takes them back."""
         if self._active:
             return
+        # First: a bad OTEL_* value (TelemetryConfigError) changes nothing.
+        export = self._export = TelemetryExport(self.settings, self._logger_provider)
         self._active = True
         if self._install_meter_provider:
-            self.app_metrics.install_global()
+            self.app_metrics.install_global(
+                resource=export.resource,
+                exporting=export.metrics.readers if export.metrics is not None else None,
+            )
         if self.settings.log_level is not None:
-            install(self.logs, self.settings.log_level)
+            handler = install(self.logs, self.settings.log_level)
+            if export.log_handler is not None:
+                handler.forward(export.log_handler)
+
+    def log_line_export(self) -> LineExport | None:
+        """Where lines the container's logs take other than through logging
+        (a sidecar's program output) go to be exported as OTEL_LOGS_EXPORTER
+        asks; None when its logs are not exported (or it is not in use yet)."""
+        return self._export.line_export() if self._export is not None else None
 
     def start(self) -> None:
         """Run on_start and enter RUNNING (health turns SERVING when checks pass)."""
@@ -505,6 +524,9 @@ class Container:
             self._active = False
             uninstall(self.logs)
             self.app_metrics.uninstall()
+            if self._export is not None:
+                self._export.close()  # flushes the logs it exports
+                self._export = None
         self.health.close()
         if self._health_port is not None:
             self._health_port.stop(grace=0)

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from .. import units
+from .._otel import TelemetryConfigError
 from ._background import BackgroundServer as BackgroundServer
 from ._background import start_in_background
 from ._container import Container
@@ -137,14 +138,14 @@ def run(
 ) -> None:
     """serve() in a new event loop: the whole main function of a standalone app.
 
-    An address it cannot listen on ends the process with one line saying so
-    (exit status 1), not a traceback.
+    An address it cannot listen on, or a bad OTEL_* value, ends the process
+    with one line saying so (exit status 1), not a traceback.
     """
     try:
         asyncio.run(serve(container, listen, on_ready=on_ready))
     except ListenError as exc:
         raise SystemExit(f"error: {exc.strerror}") from None
-    except JoinError as exc:
+    except (JoinError, TelemetryConfigError) as exc:
         raise SystemExit(f"error: {exc}") from None
 
 

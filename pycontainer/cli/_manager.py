@@ -18,7 +18,7 @@ from ..manager import (
     parse_cpu,
     parse_memory,
 )
-from ..telemetry import configure_tracing
+from ..telemetry import TelemetryConfigError, configure_log_export, configure_tracing
 from ._context import Context
 from ._errors import CliError
 
@@ -85,7 +85,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         manager_addresses=tuple(args.peer),
         **tls_settings(args),
     )
-    provider = configure_tracing("pycontainer-manager")
+    try:
+        provider = configure_tracing("pycontainer-manager")
+        log_provider = configure_log_export("pycontainer-manager")
+    except TelemetryConfigError as exc:
+        raise CliError(str(exc)) from None
     try:
         asyncio.run(_serve(settings, args.stop_containers, ctx))
     except StartRefused as exc:  # another manager has the address or the state
@@ -93,6 +97,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     finally:
         if provider is not None:
             provider.shutdown()
+        if log_provider is not None:
+            log_provider.shutdown()
     return 0
 
 

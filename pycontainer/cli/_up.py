@@ -26,7 +26,7 @@ from rich.text import Text
 from ..client import DEFAULT_MANAGER
 from ..manager import Manager, ManagerSettings, StartRefused
 from ..manager._exclusive import unusable_state_dir
-from ..telemetry import configure_tracing
+from ..telemetry import TelemetryConfigError, configure_log_export, configure_tracing
 from ..units import format_duration
 from ..v1 import manager_pb2, spec_pb2
 from ._apply import ACTION_WORDS, OWNER_LABEL, load, owner_groups
@@ -60,6 +60,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     )
     try:
         provider = configure_tracing("pycontainer-up")
+        log_provider = configure_log_export("pycontainer-up")
+    except TelemetryConfigError as exc:
+        raise CliError(str(exc)) from None
     except OSError as exc:  # its trace file, in a read-only state directory
         raise CliError(
             f"cannot write {exc.filename!r}: {exc.strerror or exc}: "
@@ -72,6 +75,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     finally:
         if provider is not None:
             provider.shutdown()
+        if log_provider is not None:
+            log_provider.shutdown()
 
 
 async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> int:

@@ -19,7 +19,9 @@ from typing import IO, BinaryIO
 
 import psutil
 
+from ..agent._export import LineExport
 from ..agent._logs import LogBuffer
+from ..agent._logs._buffer import Level as BufferLevel
 from ._severity import STDERR_DEFAULT, STDOUT_DEFAULT, Level, Severities
 
 __all__ = ["ChildProcess", "describe_status", "exit_status"]
@@ -123,6 +125,7 @@ class ChildProcess:
         cwd: str | None = None,
         on_exit: ExitListener | None = None,
         loggers: tuple[str, str] = ("stdout", "stderr"),
+        export: LineExport | None = None,
     ) -> None:
         if not command:
             raise ValueError("no command to run")
@@ -135,6 +138,8 @@ class ChildProcess:
         self._on_exit = on_exit
         # The log entries' logger names for its stdout and stderr.
         self._loggers = loggers
+        # Lines also go there (the container's OTel log export), if any.
+        self._export = export
         self._thread: threading.Thread | None = None
         self._spawned = threading.Event()
         self._exited = threading.Event()
@@ -247,7 +252,20 @@ class ChildProcess:
         # decoded, split and classified in bulk, and taken by the buffer
         # together (one lock, one time: they arrived together).
         classify_all = self._severities.classify_all
-        extend = self._logs.extend
+        extend: LineExport = self._logs.extend
+        export = self._export
+        if export is not None:  # the lines go to the container's OTel log export too
+            to_buffer = extend
+
+            def extend(
+                name: str,
+                messages: Sequence[str],
+                levels: Sequence[BufferLevel],
+                attrs: Mapping[str, str],
+            ) -> None:
+                to_buffer(name, messages, levels, attrs)
+                export(name, messages, levels, attrs)
+
         fd = stream.fileno()
         pending = b""  # the start of a line whose end has not come yet
         with stream:

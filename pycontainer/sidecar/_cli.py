@@ -28,7 +28,7 @@ from ..agent._join import JoinError
 from ..agent._listen import ListenError
 from ..limits import DEFAULT_LOG_CAPACITY, MAX_LOG_CAPACITY
 from ..spec import SPEC_ENV, decode_spec
-from ..telemetry import configure_tracing
+from ..telemetry import TelemetryConfigError, configure_tracing
 from ..units import (
     DEFAULT_GRACE_PERIOD,
     DURATION_HELP,
@@ -580,7 +580,11 @@ def _configure_logging(name: str) -> None:
 def run_settings(settings: SidecarSettings) -> int:
     """Run the sidecar in this process until the program ends; its exit status."""
     _configure_logging(settings.name)
-    provider = configure_tracing(settings.name)  # OTEL_* (or up's trace file)
+    try:
+        provider = configure_tracing(settings.name)  # OTEL_* (or up's trace file)
+    except TelemetryConfigError as exc:  # as the other OTEL_* errors below
+        _log.error("%s", exc)
+        return 1
     sidecar = Sidecar(settings)
 
     def ready(port: int) -> None:
@@ -606,7 +610,7 @@ def run_settings(settings: SidecarSettings) -> int:
         # event loop: Ctrl-C interrupts it at once, not after its timeout.
         sidecar.container.join_if_bootstrapping()
         return asyncio.run(sidecar.serve(on_ready=ready))
-    except (JoinError, ListenError) as exc:
+    except (JoinError, ListenError, TelemetryConfigError) as exc:
         # The program never started: one line saying why, not a traceback.
         _log.error("%s", exc.strerror if isinstance(exc, ListenError) else exc)
         return 1

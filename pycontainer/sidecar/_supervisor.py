@@ -537,6 +537,7 @@ class Sidecar:
             env=self._environment(),
             cwd=self.settings.cwd,
             on_exit=self._on_exit,
+            export=self.container.log_line_export(),
         )
         self.child = child
         try:

@@ -137,6 +137,8 @@ class LogBufferHandler(logging.Handler):
         self._limit = buffer.max_message_chars
         self._append_encoded = buffer.append_encoded
         self._sites: dict[tuple[object, ...], tuple[bytes, int]] = {}
+        # Handlers given every record this one takes (the OTel log export).
+        self._forward: tuple[logging.Handler, ...] = ()
         # The time fields of the last record's 2 ms (see _wire.time_window).
         self._window = _NO_WINDOW
 
@@ -144,6 +146,12 @@ class LogBufferHandler(logging.Handler):
     def buffer(self) -> LogBuffer:
         """The buffer records go to."""
         return self._buffer
+
+    def forward(self, handler: logging.Handler) -> None:
+        """Give ``handler`` every record this handler takes, after it (until
+        this handler is uninstalled)."""
+        if handler not in self._forward:
+            self._forward = (*self._forward, handler)
 
     def handle(self, record: logging.LogRecord) -> bool | logging.LogRecord:  # type: ignore[override]
         """As Handler.handle, without the handler's lock: the buffer has its
@@ -156,6 +164,12 @@ class LogBufferHandler(logging.Handler):
             if isinstance(rv, logging.LogRecord):
                 record = rv
         self.emit(record)
+        for handler in self._forward:
+            if record.levelno >= handler.level:
+                try:
+                    handler.handle(record)
+                except Exception:  # never into the app's logging call
+                    handler.handleError(record)
         return rv
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -23,6 +23,7 @@ from opentelemetry.sdk.metrics.export import (
     Gauge,
     HistogramDataPoint,
     InMemoryMetricReader,
+    MetricReader,
     NumberDataPoint,
     Sum,
 )
@@ -87,14 +88,20 @@ class AppMetrics:
         self._added_to: MeterProvider | None = None
 
     def install_global(
-        self, *, resource: Resource | None = None, views: Sequence[View] = ()
+        self,
+        *,
+        resource: Resource | None = None,
+        views: Sequence[View] = (),
+        exporting: Callable[[], Sequence[MetricReader]] | None = None,
     ) -> bool:
         """Feed :attr:`reader` from OpenTelemetry's global MeterProvider.
 
-        Sets a new SDK MeterProvider (with ``resource`` and ``views``) as the
-        global one if none is set yet; otherwise adds the reader to the global
-        SDK provider where the SDK allows it. Returns whether the reader is
-        now registered; logs a warning when it is not.
+        Sets a new SDK MeterProvider (with ``resource`` and ``views``, and the
+        readers ``exporting`` makes beside :attr:`reader`) as the global one
+        if none is set yet; otherwise adds the reader to the global SDK
+        provider where the SDK allows it (an app's own provider exports as the
+        app set it up). Returns whether the reader is now registered; logs a
+        warning when it is not.
         """
         global _INSTALLED
         with _INSTALL_LOCK:
@@ -107,8 +114,10 @@ class AppMetrics:
                 self.provider, self.reader = _INSTALLED
                 return True
             if _is_unset(current):
+                # Made only now: each exporting reader starts a thread.
+                extra = list(exporting()) if exporting is not None else []
                 provider = MeterProvider(
-                    metric_readers=[self.reader], resource=resource, views=list(views)
+                    metric_readers=[self.reader, *extra], resource=resource, views=list(views)
                 )
                 otel_metrics.set_meter_provider(provider)
                 current = otel_metrics.get_meter_provider()
