@@ -22,15 +22,13 @@ from google.protobuf import duration_pb2
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_support import Samples, get, scrape, total, value
 from support import make_container, running_and_connected, wait_container, wait_until
 
 from pycontainer.testing import ManagerHost
 from pycontainer.v1 import manager_pb2, spec_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
-# A sample: (name, sorted label items) -> value.
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 class HangingWatch(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -108,28 +106,11 @@ class Fleet:
 
     def get(self, path: str, accept: str = "") -> tuple[int, str, str]:
         """(status, Content-Type, body) of GET ``path`` on the HTTP face."""
-        request = urllib.request.Request(self.url + path)
-        if accept:
-            request.add_header("Accept", accept)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, response.headers["Content-Type"], response.read().decode()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return exc.code, exc.headers["Content-Type"], exc.read().decode()
+        return get(self.url + path, accept)
 
     def scrape(self, path: str) -> Samples:
         """Every sample of GET ``path``, as prometheus-client's parser reads them."""
-        status, content_type, body = self.get(path)
-        assert status == 200, body
-        assert content_type.startswith("text/plain; version=0.0.4"), content_type
-        out: Samples = {}
-        for family in text_string_to_metric_families(body):
-            assert family.documentation, family.name
-            assert family.documentation != family.name, family.name
-            for sample in family.samples:
-                out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-        return out
+        return scrape(self.url + path)
 
     def close(self) -> None:
         self.manager.close(graceful=True)
@@ -148,30 +129,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         made.close()
 
 
-def _value(samples: Samples, metric: str, **labels: str) -> float:
-    """The one sample ``metric`` whose labels include ``labels``."""
-    found = [
-        v for (n, ls), v in samples.items() if n == metric and labels.items() <= dict(ls).items()
-    ]
-    assert len(found) == 1, (metric, labels, found)
-    return found[0]
-
-
-def _sum(samples: Samples, metric: str, **labels: str) -> float:
-    """The sum of the samples ``metric`` whose labels include ``labels``."""
-    return sum(
-        v for (n, ls), v in samples.items() if n == metric and labels.items() <= dict(ls).items()
-    )
-
-
 def test_the_fleet_by_state_follows_a_stop_and_its_latency_is_observed(fleet: Fleet) -> None:
     before = fleet.scrape("/metrics")
-    running = _value(before, "pycontainer_manager_containers", state="running")
-    stopped = _value(before, "pycontainer_manager_containers", state="stopped")
+    running = value(before, "pycontainer_manager_containers", state="running")
+    stopped = value(before, "pycontainer_manager_containers", state="stopped")
     assert running >= 3
-    assert _value(before, "pycontainer_manager_sessions") >= 3
-    assert _value(before, "pycontainer_manager_spec_containers", spec="jobs", state="running") == 1
-    stops = _sum(before, "pycontainer_manager_command_duration_seconds_count", command="stop")
+    assert value(before, "pycontainer_manager_sessions") >= 3
+    assert value(before, "pycontainer_manager_spec_containers", spec="jobs", state="running") == 1
+    stops = total(before, "pycontainer_manager_command_duration_seconds_count", command="stop")
 
     request = manager_pb2.StopContainerRequest(
         container="idle", grace_period=duration_pb2.Duration(seconds=5)
@@ -179,20 +144,20 @@ def test_the_fleet_by_state_follows_a_stop_and_its_latency_is_observed(fleet: Fl
     fleet.manager.stub.StopContainer(request, timeout=30)
 
     after = fleet.scrape("/metrics")  # right after: no waiting for anything
-    assert _value(after, "pycontainer_manager_containers", state="running") == running - 1
-    assert _value(after, "pycontainer_manager_containers", state="stopped") == stopped + 1
+    assert value(after, "pycontainer_manager_containers", state="running") == running - 1
+    assert value(after, "pycontainer_manager_containers", state="stopped") == stopped + 1
     labels = {"command": "stop", "outcome": "OK"}
-    assert _value(after, "pycontainer_manager_command_duration_seconds_count", **labels) == (
+    assert value(after, "pycontainer_manager_command_duration_seconds_count", **labels) == (
         stops + 1
     )
-    seconds = _value(after, "pycontainer_manager_command_duration_seconds_sum", **labels)
+    seconds = value(after, "pycontainer_manager_command_duration_seconds_sum", **labels)
     assert 0 < seconds < 30
     # Cumulative buckets: the +Inf one holds every stop.
-    assert _value(
+    assert value(
         after, "pycontainer_manager_command_duration_seconds_bucket", le="+Inf", **labels
     ) == (stops + 1)
-    assert _value(after, "pycontainer_manager_state_store_healthy") == 1
-    assert _value(after, "pycontainer_manager_xds_clients", kind="grpc") == 0
+    assert value(after, "pycontainer_manager_state_store_healthy") == 1
+    assert value(after, "pycontainer_manager_xds_clients", kind="grpc") == 0
 
     # OpenMetrics when asked for, read by its own parser; GET only.
     status, content_type, body = fleet.get("/metrics", accept="application/openmetrics-text")
@@ -210,7 +175,7 @@ def test_the_fleet_by_state_follows_a_stop_and_its_latency_is_observed(fleet: Fl
 def test_a_containers_app_counter_is_read_through_the_manager(fleet: Fleet) -> None:
     def jobs_done(samples: Samples) -> float:
         # examples/sync_app.py counts jobs.processed (unit "1") by kind.
-        return _sum(samples, "jobs_processed_total", container=fleet.jobs_id, name="jobs")
+        return total(samples, "jobs_processed_total", container=fleet.jobs_id, name="jobs")
 
     box: dict[str, Samples] = {}
 
@@ -222,7 +187,7 @@ def test_a_containers_app_counter_is_read_through_the_manager(fleet: Fleet) -> N
     wait_until(lambda: some_done("/containers/jobs/metrics", 0), 15, "a first job")
     first = box["/containers/jobs/metrics"]
     assert all(dict(labels)["container"] == fleet.jobs_id for _, labels in first)
-    assert _value(first, "process_resident_memory_bytes") > 0
+    assert value(first, "process_resident_memory_bytes") > 0
     assert {
         dict(labels).get("otel_scope_name") for (n, labels) in first if n.startswith("jobs_")
     } == {"examples.sync_app"}
@@ -231,15 +196,15 @@ def test_a_containers_app_counter_is_read_through_the_manager(fleet: Fleet) -> N
     everyone = box["/metrics/containers"]
     # Every running container, each under its own container label.
     for cid, name in ((fleet.jobs_id, "jobs"), (fleet.slow_id, "slow")):
-        assert _value(everyone, "pycontainer_container_up", container=cid, name=name) == 1
-    assert _value(everyone, "process_open_fds", container=fleet.jobs_id) > 0
+        assert value(everyone, "pycontainer_container_up", container=cid, name=name) == 1
+    assert value(everyone, "process_open_fds", container=fleet.jobs_id) > 0
     # The counter is the jobs process's alone.
-    assert jobs_done(everyone) == _sum(everyone, "jobs_processed_total")
+    assert jobs_done(everyone) == total(everyone, "jobs_processed_total")
 
 
 def test_a_container_that_does_not_answer_is_skipped_and_counted(fleet: Fleet) -> None:
     errors = "pycontainer_manager_scrape_errors_total"
-    before = _sum(fleet.scrape("/metrics"), errors, container=fleet.slow_id)
+    before = total(fleet.scrape("/metrics"), errors, container=fleet.slow_id)
     fleet.slow.hang.set()
     try:
         started = time.monotonic()
@@ -249,13 +214,13 @@ def test_a_container_that_does_not_answer_is_skipped_and_counted(fleet: Fleet) -
     finally:
         fleet.slow.hang.clear()
     assert took < 5, took  # the scrape's own bound, not the slow container's
-    assert _value(samples, "pycontainer_container_up", container=fleet.slow_id) == 0
-    assert _value(samples, "pycontainer_container_up", container=fleet.jobs_id) == 1
-    assert not _sum(samples, "process_threads", container=fleet.slow_id)
+    assert value(samples, "pycontainer_container_up", container=fleet.slow_id) == 0
+    assert value(samples, "pycontainer_container_up", container=fleet.jobs_id) == 1
+    assert not total(samples, "process_threads", container=fleet.slow_id)
     assert one[0] == 504, one
     assert "did not give its metrics (no answer within" in one[2], one
     fleet_after = fleet.scrape("/metrics")
-    assert _value(fleet_after, errors, container=fleet.slow_id, name="slow") == before + 2
+    assert value(fleet_after, errors, container=fleet.slow_id, name="slow") == before + 2
 
 
 def test_an_unknown_container_is_404_saying_what_to_fix(fleet: Fleet) -> None:
