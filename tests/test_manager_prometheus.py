@@ -235,3 +235,35 @@ def test_an_unknown_container_is_404_saying_what_to_fix(fleet: Fleet) -> None:
     status, _, body = fleet.get("/metrics/containers?selector=app%20in")
     assert status == 400, body
     assert "label_selector" in body, body
+
+
+def test_a_container_serving_mutual_tls_is_scraped_over_the_managers_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With TLS on (the default), the container the manager launched serves
+    its Management API on mutual TLS only: the scrape goes over the
+    certificate the manager's relays use, and checks the container's."""
+    from pycontainer._tls_env import INSECURE_ENV, TLS_DIR_ENV
+
+    monkeypatch.delenv(INSECURE_ENV, raising=False)
+    monkeypatch.delenv(TLS_DIR_ENV, raising=False)
+    host = ManagerHost(tmp_path / "state", http_listen="127.0.0.1:0", insecure=False)
+    try:
+        host.stub.RunContainer(
+            manager_pb2.RunContainerRequest(
+                spec=spec_pb2.ContainerSpec(
+                    name="tls-jobs",
+                    runtime=spec_pb2.RUNTIME_KIND_PROCESS,
+                    command=["python", "examples/sync_app.py", "--listen", "127.0.0.1:0"],
+                    working_dir=str(ROOT),
+                )
+            ),
+            timeout=30,
+        )
+        got = wait_container(host.stub, "tls-jobs", running_and_connected, "running")
+        assert [e.tls for e in got.identity.endpoints] == [True]
+        assert host.manager.http is not None
+        samples = scrape(host.manager.http.url + "containers/tls-jobs/metrics")
+        assert value(samples, "process_threads", container=got.identity.id) > 0
+    finally:
+        host.close(graceful=True)
