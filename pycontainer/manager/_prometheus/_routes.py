@@ -73,7 +73,7 @@ def routes(manager: Manager) -> list[web.RouteDef]:
 
     async def fleet(request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return _answer(encoder(registry), content_type)
+        return _answer(request, encoder(registry), content_type)
 
     async def containers(request: web.Request) -> web.Response:
         try:
@@ -81,7 +81,11 @@ def routes(manager: Manager) -> list[web.RouteDef]:
             selector = request.query.get("selector", "")
             chosen = [e for e in manager.select(selector, SCRAPED_STATES) if e.connected]
         except RequestError as exc:
-            return _refused(exc)
+            # Named as this route takes it (?selector=), not as the gRPC field.
+            why = exc.message.removeprefix("label_selector: ")
+            return _refused(
+                RequestError(exc.code, f"selector: {why}" if why != exc.message else why)
+            )
         results = await scraper.snapshots(chosen, per, total)
         labelled = [(_labels(entry), result) for entry, result in results]
         return await _encoded(request, lambda: _families(labelled))
@@ -153,11 +157,15 @@ async def _encoded(request: web.Request, make: Callable[[], list[Metric]]) -> we
     the manager's loop (thousands of containers' series are CPU work)."""
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     body = await asyncio.to_thread(lambda: encoder(_Fixed(make())))
-    return _answer(body, content_type)
+    return _answer(request, body, content_type)
 
 
-def _answer(body: bytes, content_type: str) -> web.Response:
-    return web.Response(body=body, headers={"Content-Type": content_type})
+def _answer(request: web.Request, body: bytes, content_type: str) -> web.Response:
+    response = web.Response(body=body, headers={"Content-Type": content_type})
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        # Prometheus asks for gzip: a fleet's series compress tenfold.
+        response.enable_compression()
+    return response
 
 
 def _refused(exc: RequestError) -> web.Response:
