@@ -159,6 +159,10 @@ def test_the_fleet_by_state_follows_a_stop_and_its_latency_is_observed(fleet: Fl
         after, "pycontainer_manager_command_duration_seconds_bucket", le="+Inf", **labels
     ) == (stops + 1)
     assert value(after, "pycontainer_manager_state_store_healthy") == 1
+    # A stopped container has nothing to scrape: 503, saying so.
+    status, _, body = fleet.get("/containers/idle/metrics")
+    assert status == 503, body
+    assert f"container {fleet.idle_id} is STOPPED" in body, body
     assert value(after, "pycontainer_manager_xds_clients", kind="grpc") == 0
 
     # OpenMetrics when asked for, read by its own parser; GET only.

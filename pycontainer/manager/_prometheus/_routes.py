@@ -108,7 +108,8 @@ def routes(manager: Manager) -> list[web.RouteDef]:
                 RequestError(
                     grpc.StatusCode.UNAVAILABLE,
                     f"container {entry.id} is {state_word(entry.state)}: it has no metrics to "
-                    f"give until it runs again (pycontainer start {entry.id})",
+                    "give until it runs again (one the manager launched: "
+                    f"pycontainer restart {entry.id})",
                 )
             )
         try:
