@@ -21,6 +21,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from ... import limits
 from ...v1 import container_pb2, manager_pb2
 from .._commandstats import COMMAND_LATENCY_BOUNDS
 from .._registry import state_word
@@ -30,12 +31,7 @@ from ._snapshot import Families, cumulative_buckets
 if TYPE_CHECKING:
     from .._manager import Manager
 
-__all__ = ["MAX_SPEC_SERIES", "FleetCollector"]
-
-#: The most specs (distinct names of launched containers) shown by name: past
-#: it a fleet of one-off names would make a series each; they are summed
-#: under spec="" instead.
-MAX_SPEC_SERIES = 500
+__all__ = ["FleetCollector"]
 
 _STATES = [
     number
@@ -106,7 +102,7 @@ class FleetCollector:
                 ready += 1
             if entry.spec is not None:
                 name = entry.spec.name
-                if name not in specs and len(specs) >= MAX_SPEC_SERIES:
+                if name not in specs and len(specs) >= limits.MAX_METRICS_SPECS:
                     name = ""
                 else:
                     specs.add(name)
@@ -123,7 +119,7 @@ class FleetCollector:
         replicas = GaugeMetricFamily(
             _P + "spec_containers",
             "Containers the manager launched from specs, by spec name and lifecycle state "
-            f'(past {MAX_SPEC_SERIES} names, the rest under spec="").',
+            f'(past {limits.MAX_METRICS_SPECS} names, the rest under spec="").',
             labels=["spec", "state"],
         )
         for (spec, state), count in sorted(by_spec.items()):

@@ -24,22 +24,20 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
+from ... import limits
 from ..._errors import RequestError
 from ...units import format_duration, parse_duration
 from ...v1 import container_pb2, metrics_pb2
 from .._registry import Entry, state_word
 from ._fleet import FleetCollector
-from ._scrape import SCRAPE_TIMEOUT, ScrapeError, Scraper
+from ._scrape import ScrapeError, Scraper
 from ._snapshot import Families
 
 if TYPE_CHECKING:
     from .._manager import Manager
 
-__all__ = ["SCRAPE_TOTAL", "routes"]
+__all__ = ["routes"]
 
-#: How long a scrape of every container may take when the scraper does not
-#: say (Prometheus' default scrape_timeout).
-SCRAPE_TOTAL = datetime.timedelta(seconds=10)
 # What a scrape keeps of the scraper's own timeout: the rest is for the
 # manager to write the answer and for the network.
 _TIMEOUT_SHARE = 0.9
@@ -176,8 +174,9 @@ def _refused(exc: RequestError) -> web.Response:
 def _timeouts(request: web.Request) -> tuple[float, float]:
     """Seconds for one container and for the whole scrape: ``?timeout=``
     (a duration, "500ms") or Prometheus' X-Prometheus-Scrape-Timeout-Seconds
-    bound both; otherwise SCRAPE_TIMEOUT and SCRAPE_TOTAL."""
-    per, total = SCRAPE_TIMEOUT.total_seconds(), SCRAPE_TOTAL.total_seconds()
+    bound both; otherwise limits.SCRAPE_CONTAINER_TIMEOUT and SCRAPE_TIMEOUT."""
+    per = limits.SCRAPE_CONTAINER_TIMEOUT.total_seconds()
+    total = limits.SCRAPE_TIMEOUT.total_seconds()
     given: float | None = None
     if "timeout" in request.query:
         text = request.query["timeout"]

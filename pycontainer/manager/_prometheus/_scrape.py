@@ -5,7 +5,7 @@ the channel and credentials the manager's other relays use
 
 One slow container must not stall a scrape: every fetch has a deadline of
 its own (gRPC's, so that no read is cancelled under grpc.aio: _upstream),
-at most :data:`SCRAPE_CONCURRENCY` run at once, and a container whose turn
+at most ``limits.SCRAPE_CONCURRENCY`` run at once, and a container whose turn
 comes after the whole scrape's time ran out is not asked. A container that
 does not answer is left out of the answer and counted (:attr:`Scraper.errors`,
 ``pycontainer_manager_scrape_errors_total``).
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from ... import limits
 from ..._errors import RequestError
 from ...units import duration_to_proto, format_duration
 from ...v1 import management_pb2, metrics_pb2
@@ -29,13 +30,8 @@ from .._metricsrelay import WATCH_METRICS
 from .._registry import Entry
 from .._upstream import responses
 
-__all__ = ["SCRAPE_CONCURRENCY", "SCRAPE_TIMEOUT", "ScrapeError", "Scraper"]
+__all__ = ["ScrapeError", "Scraper"]
 
-#: How long one container may take to answer, unless the scraper allows less
-#: (Prometheus says its timeout: X-Prometheus-Scrape-Timeout-Seconds).
-SCRAPE_TIMEOUT = datetime.timedelta(seconds=2)
-#: Containers asked at once.
-SCRAPE_CONCURRENCY = 32
 # The first snapshot comes at once; this keeps a second from being made.
 _INTERVAL = duration_to_proto(datetime.timedelta(hours=1))
 
@@ -82,7 +78,7 @@ class Scraper:
         """Every entry's snapshot or why not, in order: each within
         ``each`` s, all within ``total`` s (one not yet asked by then is not)."""
         deadline = time.monotonic() + total
-        gate = asyncio.Semaphore(SCRAPE_CONCURRENCY)
+        gate = asyncio.Semaphore(limits.SCRAPE_CONCURRENCY)
 
         async def one(entry: Entry) -> metrics_pb2.MetricsSnapshot | ScrapeError:
             async with gate:
