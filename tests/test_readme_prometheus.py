@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from support import wait_until
+from support import require_tool, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -45,6 +45,7 @@ def _answers(url: str) -> bool:
 
 
 def test_readme_prometheus_commands(tmp_path: Path) -> None:
+    require_tool("curl")  # the README's lines run the user's own curl
     section = _section()
     [block] = re.findall(r"```sh\n(.*?)```", section, re.S)
     lines = block.splitlines()
