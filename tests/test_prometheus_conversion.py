@@ -53,8 +53,16 @@ def test_snapshots_of_two_containers_become_one_family_per_metric() -> None:
     other.metrics.add(name="queue.size", unit="By", kind=M.METRIC_KIND_COUNTER).points.add(as_int=1)
     families.add_snapshot(other, {"container": "c-1", "name": "c"})
     assert families.conflicts == 1
+    # Attributes that are one label once made valid: one series, not two.
+    twice = M.MetricsSnapshot()
+    gauge = twice.metrics.add(name="temp", kind=M.METRIC_KIND_GAUGE)
+    gauge.points.add(as_int=1, attributes={"room.id": "7"})
+    gauge.points.add(as_int=2, attributes={"room_id": "7"})
+    families.add_snapshot(twice, {"container": "d-1", "name": "d"})
 
     text = generate_latest(_Fixed(families)).decode()  # type: ignore[arg-type]
+    assert families.conflicts == 2
+    assert text.count("temp{") == 1
     parsed = {f.name: f for f in text_string_to_metric_families(text)}
     assert text.count("# TYPE http_server_requests_total counter") == 1
     requests = parsed["http_server_requests"]
@@ -84,6 +92,7 @@ def test_snapshots_of_two_containers_become_one_family_per_metric() -> None:
 
     queue = parsed["queue_size_bytes"]
     assert queue.type == "gauge"
+    assert queue.documentation == "The OpenTelemetry instrument queue.size (unit By)."
     assert {s.labels["container"]: s.value for s in queue.samples} == {
         "a-1": 2048.0,
         "b-1": 2048.0,

@@ -107,7 +107,10 @@ class Families:
 
     def metrics(self) -> list[Metric]:
         """Every family, each with the union of its samples' label names (a
-        sample without one of them has it empty: Prometheus' absent label)."""
+        sample without one of them has it empty: Prometheus' absent label).
+        A sample whose labels another of the family has already (attributes
+        "a.b" and "a_b" are one label) is dropped and counted in
+        :attr:`conflicts`: Prometheus refuses a whole scrape with a series twice."""
         out: list[Metric] = []
         for name, family in sorted(self._families.items()):
             names = sorted({key for labels, _ in family.samples for key in labels})
@@ -119,8 +122,13 @@ class Families:
                 metric = GaugeMetricFamily(name, help_text, labels=names, unit=family.unit)
             else:
                 metric = HistogramMetricFamily(name, help_text, labels=names, unit=family.unit)
+            seen: set[tuple[str, ...]] = set()
             for labels, value in family.samples:
                 values = [labels.get(key, "") for key in names]
+                if tuple(values) in seen:
+                    self.conflicts += 1
+                    continue
+                seen.add(tuple(values))
                 if isinstance(value, tuple):
                     assert isinstance(metric, HistogramMetricFamily)
                     metric.add_metric(values, value[0], value[1])
@@ -246,6 +254,13 @@ class Families:
         if kind == COUNTER and name.endswith("_total"):
             name = name[: -len("_total")]
         unit = suffix if suffix in ("seconds", "bytes") else ""
+        # HELP for every family, an instrument made without a description too.
+        help_text = metric.description or (
+            f"The OpenTelemetry instrument {metric.name}"
+            + (f" (unit {metric.unit})" if metric.unit else "")
+            + (f" of {metric.scope}" if metric.scope else "")
+            + "."
+        )
         for point in metric.points:
             own = dict(labels)
             if metric.scope:
@@ -264,7 +279,7 @@ class Families:
                 value = float(getattr(point, which))
             else:
                 continue
-            self.add(name, kind, metric.description, own, value, unit)
+            self.add(name, kind, help_text, own, value, unit)
 
 
 def _unit_of(name: str) -> str:
