@@ -281,3 +281,32 @@ def test_a_container_serving_mutual_tls_is_scraped_over_the_managers_credentials
         assert value(samples, "process_threads", container=got.identity.id) > 0
     finally:
         host.close(graceful=True)
+
+
+def test_a_leader_on_etcd_says_its_epoch(tmp_path: Path) -> None:
+    """On etcd, the leading manager's /metrics says it leads, and in which
+    term (a standby has no HTTP face: only the leader has a Manager)."""
+    from etcd_support import etcd_cluster
+    from ha_support import ManagerCluster
+    from support import free_address
+
+    http = free_address()
+    with etcd_cluster(tmp_path / "etcd", size=1) as etcd:
+        managers = ManagerCluster(tmp_path / "m", etcd.url, size=1)
+        managers.extra_args = ["--http-listen", http]
+        try:
+            managers.start_all()
+            managers.leader()
+
+            def serving() -> bool:
+                try:
+                    return get(f"http://{http}/metrics")[0] == 200
+                except urllib.error.URLError:  # not bound yet
+                    return False
+
+            wait_until(serving, 30, "its /metrics")
+            samples = scrape(f"http://{http}/metrics")
+        finally:
+            managers.stop()
+    assert value(samples, "pycontainer_manager_leader") == 1
+    assert value(samples, "pycontainer_manager_leader_epoch") > 0
