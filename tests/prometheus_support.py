@@ -12,9 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def get(url: str, accept: str = "") -> tuple[int, str, str]:
-    """(status, Content-Type, body) of GET ``url``."""
-    request = urllib.request.Request(url)
+def get(url: str, accept: str = "", headers: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """(status, Content-Type, body) of GET ``url`` (with ``headers``)."""
+    request = urllib.request.Request(url, headers=headers or {})
     if accept:
         request.add_header("Accept", accept)
     try:
@@ -25,10 +25,10 @@ def get(url: str, accept: str = "") -> tuple[int, str, str]:
             return exc.code, exc.headers["Content-Type"], exc.read().decode()
 
 
-def scrape(url: str) -> Samples:
+def scrape(url: str, headers: dict[str, str] | None = None) -> Samples:
     """Every sample at ``url`` (text format 0.0.4), as prometheus-client's
     parser reads them; every family has HELP text of its own."""
-    status, content_type, body = get(url)
+    status, content_type, body = get(url, headers=headers)
     assert status == 200, body
     assert content_type.startswith("text/plain; version=0.0.4"), content_type
     out: Samples = {}

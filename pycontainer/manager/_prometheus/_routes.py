@@ -14,7 +14,9 @@ with a status and one line that says what to fix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -144,10 +146,11 @@ def _families(
         labels=["container", "name"],
     )
     for labels, result in labelled:
-        answered = not isinstance(result, ScrapeError)
-        if not isinstance(result, ScrapeError):
+        if isinstance(result, ScrapeError):
+            up.add_metric([labels["container"], labels["name"]], 0)
+        else:
             families.add_snapshot(result, labels)
-        up.add_metric([labels["container"], labels["name"]], 1 if answered else 0)
+            up.add_metric([labels["container"], labels["name"]], 1)
     return [*families.metrics(), up] if with_up else families.metrics()
 
 
@@ -187,12 +190,14 @@ def _timeouts(request: web.Request) -> tuple[float, float]:
                 grpc.StatusCode.INVALID_ARGUMENT, f"timeout: {exc} (such as timeout=2s)"
             ) from None
     elif "X-Prometheus-Scrape-Timeout-Seconds" in request.headers:
-        try:
-            given = float(request.headers["X-Prometheus-Scrape-Timeout-Seconds"])
-        except ValueError:
-            given = None  # Prometheus' own header: a bad one is not the user's to fix
+        # Prometheus' own header: one it could not mean is not the user's to
+        # fix, and is left out (the defaults hold).
+        with contextlib.suppress(ValueError):
+            seconds = float(request.headers["X-Prometheus-Scrape-Timeout-Seconds"])
+            if math.isfinite(seconds) and seconds > 0:
+                given = seconds
     if given is not None:
-        if given <= 0:
+        if given <= 0:  # ?timeout=0s
             raise RequestError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"timeout: {format_duration(datetime.timedelta(seconds=given))} is not "
