@@ -68,7 +68,7 @@ endef
 # e2fsck (e2fsprogs), fsfreeze (util-linux), losetup and mount (mount); etcd
 # and etcdctl (etcd-server, etcd-client) for the etcd state store's tests; ip
 # (iproute2) for the tests whose hosts are network namespaces; curl for the
-# README's HTTP face lines (tests/test_readme_http.py).
+# README's curl lines (tests/test_readme_http.py, tests/test_readme_prometheus.py).
 SYSTEM_TOOLS := runc:runc mkfs.ext4:e2fsprogs e2fsck:e2fsprogs fsfreeze:util-linux losetup:mount \
 	etcd:etcd-server etcdctl:etcd-client ip:iproute2 curl:curl
 # Packages install without starting their services: etcd-server's would start

@@ -176,3 +176,17 @@ MAX_MESH_TRAFFIC_WEIGHT = 1000
 #: Local listeners of one Envoy for the services its program calls
 #: (EnvoySettings.upstreams): a program calls a handful.
 MAX_MESH_UPSTREAMS = 64
+#: How long one container has to give its metrics to a scrape through the
+#: manager (/metrics/containers), unless the scraper allows less: a slow one
+#: is left out, not waited for (Prometheus' own scrape_timeout is 10 s).
+SCRAPE_CONTAINER_TIMEOUT = datetime.timedelta(seconds=2)
+#: How long a scrape of every container may take when the scraper does not
+#: say (Prometheus' default scrape_timeout).
+SCRAPE_TIMEOUT = datetime.timedelta(seconds=10)
+#: Containers asked for their metrics at once by one scrape: a channel and a
+#: call each, so a fleet of 10,000 does not open 10,000 connections at once.
+SCRAPE_CONCURRENCY = 32
+#: Spec names the manager's /metrics shows by name (its per-spec gauges): a
+#: series each; past it a fleet of one-off names would make thousands, so the
+#: rest are summed under spec="".
+MAX_METRICS_SPECS = 500

@@ -19,6 +19,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import extension_pb2
 from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
 from google.protobuf import any_pb2
+from prometheus_support import scrape, value
 
 from pycontainer.manager._xds._resources import CLUSTER
 from pycontainer.testing import MeshRig
@@ -79,7 +80,7 @@ def test_a_rejected_cluster_leaves_the_client_on_its_last_good_config(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="pycontainer.manager.xds")
-    with MeshRig(tmp_path) as rig:
+    with MeshRig(tmp_path, settings={"http_listen": "127.0.0.1:0"}) as rig:
         ids = rig.run_service(SERVICE, replicas=3, delay=0.0)
         mesh = rig.host.manager.mesh
         with rig.load(SERVICE) as load:
@@ -101,6 +102,13 @@ def test_a_rejected_cluster_leaves_the_client_on_its_last_good_config(
             assert nacked.acked_version == good.acked_version
             logged = [r.getMessage() for r in caplog.records if "xDS NACK" in r.getMessage()]
             assert any(load.node_id in line and "Cluster" in line for line in logged), logged
+            # And the manager's /metrics counts it, and the client keeping its old config.
+            assert rig.host.manager.http is not None
+            samples = scrape(rig.host.manager.http.url + "metrics")
+            assert value(samples, "pycontainer_manager_xds_nacks_total", type="Cluster") == 1
+            assert value(samples, "pycontainer_manager_xds_clients_rejecting", type="Cluster") == 1
+            assert value(samples, "pycontainer_manager_xds_acks_total", type="Cluster") >= 1
+            assert value(samples, "pycontainer_manager_xds_clients", kind="grpc") >= 1
 
             # Calls go on, on the last good config, and endpoint changes
             # (another resource) still reach it: a drained stop loses none.

@@ -287,7 +287,12 @@ def test_readme_cli_commands(tmp_path: Path) -> None:
 
 def test_readme_manager_command_serves_until_sigterm(tmp_path: Path) -> None:
     """The README's `pycontainer manager` line (on a free port), as typed."""
-    [line] = [c for c in _commands() if c.startswith(".venv/bin/pycontainer manager")]
+    [line] = [
+        c
+        for c in _commands()
+        # The Prometheus section's, with --http-listen: tests/test_readme_prometheus.py.
+        if c.startswith(".venv/bin/pycontainer manager") and "--http-listen" not in c
+    ]
     address = _free_address()
     argv = shlex.split(line.replace("127.0.0.1:50050", address))
     argv[0] = str(ROOT / argv[0])

@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_support import scrape, value
 from support import (
     IN_CI,
     Host,
@@ -147,7 +148,7 @@ def _stored(db: Path) -> dict[str, int]:
 
 
 def test_full_state_disk_answers_and_keeps_everything(tmpfs: Path) -> None:
-    host = ManagerHost(tmpfs)
+    host = ManagerHost(tmpfs, http_listen="127.0.0.1:0")
     containers: list[tuple[pycontainer.Container, Host]] = []
     try:
         alpha, alpha_host = connected_container(
@@ -169,6 +170,12 @@ def test_full_state_disk_answers_and_keeps_everything(tmpfs: Path) -> None:
         )
         wait_container(host.stub, alpha.id, lambda c: c.state == S.LIFECYCLE_STATE_PAUSED, "paused")
         _wait_store(host, ok=False)
+        # The manager's /metrics says so too.
+        assert host.manager.http is not None
+        samples = scrape(host.manager.http.url + "metrics")
+        assert value(samples, "pycontainer_manager_state_store_healthy") == 0
+        assert value(samples, "pycontainer_manager_state_store_write_failures_total") >= 1
+        assert value(samples, "pycontainer_manager_state_store_pending_records") >= 1
         # Its outcome is queryable while the disk is full (from memory)...
         operation = host.stub.GetOperation(
             manager_pb2.GetOperationRequest(request_id="pause-on-full-disk"), timeout=2

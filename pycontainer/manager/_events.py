@@ -43,6 +43,9 @@ class EventBus:
         self._sink = sink
         self._reserve = reserve
         self._reserved = self._sequence
+        #: Events published by this manager, by EventType (/metrics counts
+        #: restarts, evictions and lost sessions from it).
+        self.published: dict[int, int] = {}
 
     @property
     def sequence(self) -> int:
@@ -63,6 +66,7 @@ class EventBus:
     ) -> manager_pb2.Event:
         """Record an event and hand it to every watcher (call on the loop)."""
         self._sequence += 1
+        self.published[type_] = self.published.get(type_, 0) + 1
         if (
             self._reserve is not None
             and self._sequence > self._reserved - SEQUENCE_RESERVATION // 2

@@ -35,6 +35,7 @@ from ..units import (
     timestamp_to_proto,
 )
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, spec_pb2
+from ._commandstats import CommandStats
 from ._registry import Entry, PendingCommand, Registry, Session, state_word
 from ._scheduler import Resources, total
 from ._settings import ManagerSettings
@@ -89,6 +90,8 @@ class Sessions:
         #: a container refuses one lower than the highest it has seen.
         self.epoch = 0
         self._commands_sent = itertools.count(1)
+        #: How long commands took to come back, by kind and outcome (/metrics).
+        self.command_stats = CommandStats()
 
     # -- streams -------------------------------------------------------------------------
     async def connect(
@@ -478,15 +481,21 @@ class Sessions:
         entry.pending[command.id] = PendingCommand(command, future)
         self._registry.event(E.EVENT_TYPE_COMMAND_SENT, entry, name, command.id)
         entry.session.send(lifecycle_pb2.ConnectResponse(command=command))
+        sent = time.monotonic()
         try:
             result = await asyncio.wait_for(future, timeout)
         except TimeoutError:
+            self.command_stats.observe(name, "DEADLINE_EXCEEDED", time.monotonic() - sent)
             entry.pending.pop(command.id, None)
             raise RequestError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"container {entry.id} did not finish {name} within {timeout:g}s",
             ) from None
+        except asyncio.CancelledError:  # the caller gave up waiting
+            self.command_stats.observe(name, "CANCELLED", time.monotonic() - sent)
+            raise
         code = status_code(result.code)
+        self.command_stats.observe(name, code.name, time.monotonic() - sent)
         # The container's words go into events and errors: bounded.
         result.message = _cut(result.message, limits.MAX_ERROR_LENGTH)
         self._registry.event(

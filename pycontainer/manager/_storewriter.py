@@ -179,6 +179,8 @@ class StoreWriter:
         # When close() stops waiting for the pending records.
         self._close_deadline: float | None = None
         self._failure: StoreError | None = None
+        #: Batches of container records the store refused, since start (/metrics).
+        self.write_failures = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         # One thread for the awaited calls: SQLite serves one at a time anyway,
@@ -271,6 +273,7 @@ class StoreWriter:
                     return
                 classify(exc, self.state_dir)
                 with self._cond:
+                    self.write_failures += 1
                     # Kept, under what was queued meanwhile (that is newer).
                     self._pending = {**batch, **self._pending}
                     self._writing = 0

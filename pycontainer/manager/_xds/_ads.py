@@ -134,6 +134,15 @@ class _Stream:
             self.wake.set()
 
 
+_KNOWN_TYPES = frozenset(TYPES)
+
+
+def _count(counts: dict[str, int], type_url: str) -> None:
+    """One more of ``type_url`` in ``counts`` (a bounded set of keys)."""
+    key = type_url if type_url in _KNOWN_TYPES else "other"
+    counts[key] = counts.get(key, 0) + 1
+
+
 def _kind(node: base_pb2.Node) -> str:
     return "envoy" if node.user_agent_name == "envoy" else "grpc"
 
@@ -167,6 +176,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         self._answered = asyncio.Condition()
         self._waiters = 0
         self._identify = identify or (lambda context: "")
+        #: ACKs and NACKs taken since the manager started, by resource type
+        #: (one of TYPES, or "other": a client may name any type), and the
+        #: streams opened (/metrics).
+        self.acks: dict[str, int] = {}
+        self.nacks: dict[str, int] = {}
+        self.streams_opened = 0
 
     # -- the mesh tells of changes ----------------------------------------------------------
     @property
@@ -189,6 +204,24 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
     @property
     def clients(self) -> int:
         return len(self._streams)
+
+    def clients_by_kind(self) -> dict[str, int]:
+        """Connected clients by kind ("envoy", "grpc")."""
+        out: dict[str, int] = {}
+        for stream in self._streams:
+            out[stream.client.kind] = out.get(stream.client.kind, 0) + 1
+        return out
+
+    def rejecting(self) -> dict[str, int]:
+        """Clients whose last answer of a type was a NACK (they run an older
+        config of it), by type, as the ACK and NACK counts name types."""
+        out: dict[str, int] = {}
+        for stream in self._streams:
+            for type_url, state in stream.types.items():
+                if state.nack_error:
+                    key = type_url if type_url in _KNOWN_TYPES else "other"
+                    out[key] = out.get(key, 0) + 1
+        return out
 
     # -- the RPC -------------------------------------------------------------------------
     async def StreamAggregatedResources(
@@ -217,6 +250,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             )
         )
         self._streams.add(stream)
+        self.streams_opened += 1
         _log.info(
             "xDS client %s (%s, %s) connected from %s",
             node.id,
@@ -303,6 +337,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             if request.HasField("error_detail"):
                 self._nack(stream, type_url, state, request, carried)
             else:
+                _count(self.acks, type_url)
                 state.acked_version = request.version_info
                 if type_url in STATE_OF_THE_WORLD:
                     state.acked = dict(carried)
@@ -338,6 +373,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         carried: dict[str, int],
     ) -> None:
         state.nacks += 1
+        _count(self.nacks, type_url)
         state.nack_time = time.time()
         state.nack_error = request.error_detail.message or f"code {request.error_detail.code}"
         state.rejected = dict(carried)
