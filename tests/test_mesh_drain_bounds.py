@@ -7,6 +7,7 @@ has nothing to drain."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import queue
 import time
@@ -18,10 +19,19 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import duration_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pycontainer.manager._xds._resources import ENDPOINT
 from pycontainer.testing import ManagerHost
-from pycontainer.v1 import container_pb2, manager_pb2, mesh_pb2, spec_pb2
+from pycontainer.v1 import (
+    container_pb2,
+    management_pb2,
+    management_pb2_grpc,
+    manager_pb2,
+    mesh_pb2,
+    spec_pb2,
+)
+from pycontainer.v1 import health_pb2 as health_pb2_pc
 
 SERVICE = "svc"
 
@@ -161,3 +171,51 @@ def test_a_bulk_stop_drains_every_container_at_once(host: ManagerHost) -> None:
         assert "did not acknowledge within 1s" in drained, drained
     # Two drains one after the other would take 2 s at least.
     assert 1.0 <= took < 2.0, took
+
+
+def test_a_container_is_not_ready_from_the_start_of_its_drain(tmp_path: Path) -> None:
+    """The stop begins with the drain, before the Stop is sent: the container
+    is told (DrainCommand) and its readiness fails at once, while it still
+    runs, so that every probe (grpc.health.v1, HTTP /readyz) sees the stop
+    from its start; the report names the failing check as the apiserver
+    does ("shutdown")."""
+    host = ManagerHost(tmp_path / "state", mesh_drain_timeout=datetime.timedelta(seconds=3))
+    try:
+        container = _run(host, "drained")
+        [endpoint] = [
+            e.address
+            for e in host.stub.GetContainer(
+                manager_pb2.GetContainerRequest(container=container), timeout=10
+            ).container.identity.endpoints
+            if e.kind == container_pb2.ENDPOINT_KIND_MANAGEMENT
+        ]
+        channel = grpc.insecure_channel(endpoint)
+        health = health_pb2_grpc.HealthStub(channel)
+        readiness = health_pb2.HealthCheckRequest(service="readiness")
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert health.Check(readiness, timeout=10).status == serving
+        silent = SilentClient(host.address, "hung-proxy")  # holds the drain 3 s
+        try:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                stopping = pool.submit(_stop, host, container, 10.0)
+                deadline = time.monotonic() + 10
+                while health.Check(readiness, timeout=10).status == serving:
+                    assert time.monotonic() < deadline, "still ready 10 s into its stop"
+                    time.sleep(0.02)
+                state = host.stub.GetContainer(
+                    manager_pb2.GetContainerRequest(container=container), timeout=10
+                ).container.state
+                report = management_pb2_grpc.ManagementStub(channel).GetHealth(
+                    management_pb2.GetHealthRequest(), timeout=10
+                )
+                stopping.result(timeout=30)
+        finally:
+            silent.close()
+            channel.close()
+        # Not ready while it still runs: the Stop had not been sent yet.
+        assert state == container_pb2.LIFECYCLE_STATE_RUNNING
+        [shutdown] = [c for c in report.checks if c.name == "shutdown"]
+        assert shutdown.status == health_pb2_pc.HEALTH_STATUS_NOT_SERVING
+        assert "a stop begins" in shutdown.message
+    finally:
+        host.close()

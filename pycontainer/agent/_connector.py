@@ -74,6 +74,9 @@ _MIN_SILENCE = 5.0
 _STANDBY_RETRY = 0.5
 # Results of this many past commands are kept to answer a resent command id.
 _REMEMBERED_RESULTS = 1000
+# A DrainCommand with no timeout holds readiness down for the container's
+# grace period and this much more (the manager's drain plus its Stop's trip).
+_DRAIN_MARGIN = datetime.timedelta(seconds=10)
 
 _REASONS = {
     container_pb2.STOP_REASON_REQUESTED: "requested",
@@ -502,6 +505,13 @@ class ManagerConnection:
             return await do(
                 Command.STOP, grace=grace, reason=_REASONS.get(command.stop.reason, "requested")
             )
+        if action == "drain":
+            # Not a lifecycle command: readiness alone, at once, on this loop.
+            timeout = units.duration_field(command.drain, "timeout")
+            if not timeout:
+                timeout = default_grace + _DRAIN_MARGIN
+            self._container.health.begin_stop(timeout)
+            return b""
         if action == "restore":
             return await do(Command.RESTORE, state=command.restore.state)
         if action == "replicate":

@@ -9,7 +9,8 @@ Service names in grpc.health.v1 (documented in the README):
 - ``""`` overall: SERVING only while RUNNING and every check serves;
 - ``"liveness"``: SERVING unless the container FAILED or STOPPED, or a liveness
   check fails (a graceful stop is not a reason to restart);
-- ``"readiness"``: SERVING only while RUNNING and every readiness check serves;
+- ``"readiness"``: SERVING only while RUNNING, not draining before a stop
+  (:meth:`HealthState.begin_stop`) and every readiness check serves;
 - ``"pycontainer.v1.Management"``: the same as overall.
 """
 
@@ -43,6 +44,9 @@ OVERALL = ""
 LIVENESS = "liveness"
 READINESS = "readiness"
 MANAGEMENT_SERVICE = "pycontainer.v1.Management"
+#: The readiness check a stop's drain fails (HealthState.begin_stop), named
+#: as the Kubernetes apiserver names its own: listed only while it fails.
+SHUTDOWN_CHECK = "shutdown"
 
 
 class CheckKind(enum.IntEnum):
@@ -103,6 +107,9 @@ class HealthState:
         self._poller: threading.Thread | None = None
         self._wake = threading.Event()
         self._closed = False
+        # A stop has begun (its mesh drain) and no Stop came yet: not ready.
+        self._draining_since_ns = 0
+        self._drain_timer: threading.Timer | None = None
 
     # -- checks ---------------------------------------------------------------
     def add_check(
@@ -117,6 +124,8 @@ class HealthState:
         else pushed with :meth:`set_check`."""
         if not name or name in self._checks:
             raise ValueError(f"check name {name!r} is empty or already used")
+        if name == SHUTDOWN_CHECK:
+            raise ValueError(f"check name {name!r} is the stop's own (a stop begins): pick another")
         if period <= datetime.timedelta(0):
             raise ValueError(f"check {name!r}: period must be positive, got {period}")
         with self._lock:
@@ -197,8 +206,35 @@ class HealthState:
     def set_state(self, state: State) -> None:
         """Follow the lifecycle: health is derived from it."""
         with self._lock:
+            if state != self._state:
+                self._end_drain_locked()  # the stop came (or another change): it rules
             self._state = state
         self._publish()
+
+    def begin_stop(self, timeout: datetime.timedelta) -> None:
+        """A stop begins before the Stop itself (the manager drains the
+        container's mesh endpoint first): not ready from now until the
+        lifecycle state changes, or ``timeout`` passes without it (the stop
+        was called off: readiness is the checks' again)."""
+        with self._lock:
+            self._end_drain_locked()
+            self._draining_since_ns = time.time_ns()
+            timer = threading.Timer(max(timeout.total_seconds(), 0.0), self._drain_timed_out)
+            timer.daemon = True
+            self._drain_timer = timer
+        timer.start()
+        self._publish()
+
+    def _drain_timed_out(self) -> None:
+        with self._lock:
+            self._end_drain_locked()
+        self._publish()
+
+    def _end_drain_locked(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        self._draining_since_ns = 0
 
     # -- derived statuses ------------------------------------------------------
     def _kind_ok(self, kind: CheckKind) -> bool:
@@ -209,7 +245,11 @@ class HealthState:
         with self._lock:
             state = self._state
             live = state not in (State.FAILED, State.STOPPED) and self._kind_ok(CheckKind.LIVENESS)
-            ready = state == State.RUNNING and self._kind_ok(CheckKind.READINESS)
+            ready = (
+                state == State.RUNNING
+                and not self._draining_since_ns
+                and self._kind_ok(CheckKind.READINESS)
+            )
             overall = live and ready
             result = {
                 OVERALL: overall,
@@ -244,6 +284,17 @@ class HealthState:
                 )
                 for c in chosen
             ]
+            if self._draining_since_ns and not wanted:
+                checks.append(
+                    pc_health_pb2.HealthCheckResult(
+                        name=SHUTDOWN_CHECK,
+                        kind=pc_health_pb2.CHECK_KIND_READINESS,
+                        status=pc_health_pb2.HEALTH_STATUS_NOT_SERVING,
+                        message="a stop begins: its mesh endpoint drains before the Stop",
+                        last_transition_time=_timestamp(self._draining_since_ns),
+                        last_check_time=_timestamp(self._draining_since_ns),
+                    )
+                )
             state = self._state
         statuses = self.statuses()
         return management_pb2.GetHealthResponse(

@@ -79,10 +79,12 @@ class Stopper:
     ) -> None:
         self._registry = registry
         # The mesh's drain before a stop is sent (Mesh.drain: the time it
-        # took, taken off the grace period), and its end (Mesh.drained).
-        self.drain: Callable[[Entry, datetime.timedelta], Awaitable[datetime.timedelta]] | None = (
-            None
-        )
+        # took, taken off the grace period; it calls the announcement when it
+        # drains at all), and its end (Mesh.drained).
+        self.drain: (
+            Callable[[Entry, datetime.timedelta, Callable[[], None]], Awaitable[datetime.timedelta]]
+            | None
+        ) = None
         self.drained: Callable[[Entry], None] = lambda entry: None
         self._sessions = sessions
         self._runtimes = runtimes
@@ -197,7 +199,7 @@ class Stopper:
             # before it is told to stop; the grace period runs from the
             # request, so the drain's time comes off it.
             try:
-                spent = await self.drain(entry, grace)
+                spent = await self.drain(entry, grace, lambda: self._announce_drain(entry, grace))
             except BaseException:
                 self.drained(entry)
                 raise
@@ -217,6 +219,19 @@ class Stopper:
             entry.stop = None
             self.drained(entry)
         return Stopped(entry, result, stop.killed)
+
+    def _announce_drain(self, entry: Entry, grace: datetime.timedelta) -> None:
+        """Tell the container its stop begins (DrainCommand), so that it is
+        not ready while it drains (probes see the stop from its start). Sent,
+        not awaited: the drain waits for no container (an older agent answers
+        UNIMPLEMENTED, which changes nothing); held down for the grace period
+        and a margin at most, should the Stop never come."""
+        timeout = grace + _DRAIN_NOTICE_MARGIN
+        notice = lifecycle_pb2.DrainCommand(timeout=duration_to_proto(timeout))
+        sent = asyncio.ensure_future(
+            self._sessions.command(entry, "drain", notice, limit=timeout.total_seconds())
+        )
+        sent.add_done_callback(_retrieved)
 
     async def _by_command(
         self, entry: Entry, name: str, action: Message, grace: datetime.timedelta
@@ -339,6 +354,11 @@ def _waits_for_exit(work: asyncio.Future[lifecycle_pb2.CommandResult]) -> bool:
         grpc.StatusCode.ABORTED,
         grpc.StatusCode.DEADLINE_EXCEEDED,
     )
+
+
+# How much longer than its grace period a container drained before a stop
+# stays not ready without the Stop (the stop was called off).
+_DRAIN_NOTICE_MARGIN = datetime.timedelta(seconds=10)
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

@@ -562,6 +562,40 @@ class EvictCommand(_message.Message):
 Global___EvictCommand: _TypeAlias = EvictCommand  # noqa: Y015
 
 @_typing.final
+class DrainCommand(_message.Message):
+    """A stop begins: the manager drains the container's mesh endpoint (its
+    clients stop sending it new calls) before it sends the Stop. Meanwhile the
+    container reports itself not ready, as it will once stopping, so that
+    every probe of its readiness (grpc.health.v1 "readiness", HTTP /readyz)
+    fails from the moment the stop begins. It stays not ready until the Stop
+    (or an Evict) comes, or until `timeout` passes: the stop was called off,
+    and its readiness is its checks' again. The container's state does not
+    change (it still serves the calls it gets).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """How long the container stays not ready without a Stop; a container
+        given none (or zero) takes its own grace period plus 10 seconds.
+        """
+
+    def __init__(
+        self,
+        *,
+        timeout: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainCommand: _TypeAlias = DrainCommand  # noqa: Y015
+
+@_typing.final
 class Command(_message.Message):
     """One command from the manager."""
 
@@ -598,6 +632,7 @@ class Command(_message.Message):
     RESTORE_FIELD_NUMBER: _builtins.int
     REPLICATE_FIELD_NUMBER: _builtins.int
     EVICT_FIELD_NUMBER: _builtins.int
+    DRAIN_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id; a container executes each id at most once."""
@@ -648,6 +683,10 @@ class Command(_message.Message):
     def evict(self) -> Global___EvictCommand:
         """Evict."""
 
+    @_builtins.property
+    def drain(self) -> Global___DrainCommand:
+        """Report not ready: a stop begins with the drain of its mesh endpoint."""
+
     def __init__(
         self,
         *,
@@ -662,13 +701,14 @@ class Command(_message.Message):
         restore: Global___RestoreCommand | None = ...,
         replicate: Global___ReplicateCommand | None = ...,
         evict: Global___EvictCommand | None = ...,
+        drain: Global___DrainCommand | None = ...,
         epoch: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "checkpoint", b"checkpoint", "deadline", b"deadline", "evict", b"evict", "pause", b"pause", "replicate", b"replicate", "restore", b"restore", "resume", b"resume", "start", b"start", "stop", b"stop"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "checkpoint", b"checkpoint", "deadline", b"deadline", "drain", b"drain", "evict", b"evict", "pause", b"pause", "replicate", b"replicate", "restore", b"restore", "resume", b"resume", "start", b"start", "stop", b"stop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "checkpoint", b"checkpoint", "deadline", b"deadline", "epoch", b"epoch", "evict", b"evict", "id", b"id", "pause", b"pause", "replicate", b"replicate", "restore", b"restore", "resume", b"resume", "start", b"start", "stop", b"stop", "trace_context", b"trace_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "checkpoint", b"checkpoint", "deadline", b"deadline", "drain", b"drain", "epoch", b"epoch", "evict", b"evict", "id", b"id", "pause", b"pause", "replicate", b"replicate", "restore", b"restore", "resume", b"resume", "start", b"start", "stop", b"stop", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["start", "pause", "resume", "stop", "checkpoint", "restore", "replicate", "evict"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["start", "pause", "resume", "stop", "checkpoint", "restore", "replicate", "evict", "drain"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 

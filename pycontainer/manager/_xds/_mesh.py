@@ -210,13 +210,20 @@ class Mesh:
         return self._views
 
     # -- the drain before a stop ---------------------------------------------------------
-    async def drain(self, entry: Entry, grace: datetime.timedelta) -> datetime.timedelta:
+    async def drain(
+        self,
+        entry: Entry,
+        grace: datetime.timedelta,
+        announce: Callable[[], None] = lambda: None,
+    ) -> datetime.timedelta:
         """Take ``entry`` out of its service's traffic before it is told to
         stop: its endpoint goes DRAINING, then this waits until every client
         subscribed to the service acknowledged it (at most the drain timeout,
         and never more than half the grace period), and a moment more for
-        their pickers (SETTLE). Returns the time it took (taken off the
-        stop's grace period); zero for a container in no service."""
+        their pickers (SETTLE). ``announce`` is called as it begins (the
+        container is told, and reports itself not ready). Returns the time
+        it took (taken off the stop's grace period); zero for a container in
+        no service."""
         found = endpoint_of(entry)
         limit = min(self.drain_timeout, grace * DRAIN_SHARE_OF_GRACE)
         if found is None or limit <= datetime.timedelta(0):
@@ -226,6 +233,7 @@ class Mesh:
         entry.draining = True
         self._count(entry)
         self._flush()
+        announce()
         view = self._views.get(service)
         names = [
             name
