@@ -6,7 +6,6 @@ Prometheus), from the same parts and messages as its Management API."""
 
 from ._face import FaceParts, build_app
 from ._probes import LIFECYCLE_CHECK, Probe, ProbeAnswer, answer
-from ._prometheus import SnapshotCollector, snapshot_families, snapshot_registry
 from ._serve import HttpFace, start_http_face
 
 __all__ = [
@@ -15,10 +14,7 @@ __all__ = [
     "HttpFace",
     "Probe",
     "ProbeAnswer",
-    "SnapshotCollector",
     "answer",
     "build_app",
-    "snapshot_families",
-    "snapshot_registry",
     "start_http_face",
 ]

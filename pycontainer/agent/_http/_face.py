@@ -4,7 +4,8 @@ over the same parts, and so the same messages, as the Management API.
 - ``/livez``, ``/readyz``, ``/healthz``: 200 or 503 (:mod:`._probes`),
   ``?verbose`` lists the checks;
 - ``/metrics``: the Prometheus text format, or OpenMetrics when the scraper's
-  ``Accept`` asks for it (prometheus-client's exposition, :mod:`._prometheus`);
+  ``Accept`` asks for it (prometheus-client's exposition; the families are
+  :mod:`pycontainer._prometheus`'s, as the manager's scrape-through gives them);
 - ``/v1/info``, ``/v1/health`` (``?check=NAME``, repeatable),
   ``/v1/config`` (``?prefix=P``): GetInfo, GetHealth and GetConfig responses
   in protobuf's JSON mapping, secrets redacted as GetConfig redacts them.
@@ -27,12 +28,12 @@ from prometheus_client import exposition
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
 from ..._errors import RequestError, echo
+from ..._prometheus import FamiliesCollector, registry_of, snapshot_families
 from ...v1 import health_pb2, management_pb2
 from .._health import HealthState
 from .._metrics import MetricsWatch
 from .._state import State
 from ._probes import Probe, answer
-from ._prometheus import SnapshotCollector, snapshot_registry
 
 __all__ = ["FaceParts", "build_app"]
 
@@ -182,14 +183,14 @@ def _container_families(parts: FaceParts) -> Iterator[Metric]:
 
 def build_app(parts: FaceParts) -> web.Application:
     """The face's aiohttp application over ``parts``."""
-    registry = snapshot_registry(
-        SnapshotCollector(
-            # A watch per scrape: every figure is cumulative, and Prometheus
-            # takes the rates itself.
-            lambda: parts.metrics_watch(management_pb2.WatchMetricsRequest()).snapshot().snapshot,
-            lambda: _container_families(parts),
-        )
-    )
+
+    def families() -> list[Metric]:
+        # A watch per scrape: every figure is cumulative, and Prometheus
+        # takes the rates itself.
+        snapshot = parts.metrics_watch(management_pb2.WatchMetricsRequest()).snapshot().snapshot
+        return [*snapshot_families(snapshot), *_container_families(parts)]
+
+    registry = registry_of(FamiliesCollector(families))
 
     def probe(which: Probe) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
