@@ -33,9 +33,9 @@ from ...v1 import health_pb2, management_pb2
 from .._health import HealthState
 from .._metrics import MetricsWatch
 from .._state import State
-from ._probes import Probe, answer
+from ._probes import Probe, ProbeAnswer, answer
 
-__all__ = ["FaceParts", "build_app"]
+__all__ = ["FaceParts", "build_app", "probe_routes"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -140,6 +140,23 @@ def _bad_query(handler: Handler) -> Handler:
     return guarded
 
 
+def probe_routes(answer_of: Callable[[Probe, bool], ProbeAnswer]) -> list[web.RouteDef]:
+    """GET (and HEAD) ``/livez``, ``/readyz`` and ``/healthz``, each
+    answered ``answer_of(probe, verbose)`` as text: ``?verbose`` (a flag) is
+    the one query they take, any other a 400 saying so. The container's face
+    and the manager's (manager/_healthprobes) both serve these."""
+
+    def route(which: Probe) -> web.RouteDef:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            query = _query(request, single=("verbose",))
+            got = answer_of(which, _flag(request, query, "verbose"))
+            return _text(got.status, got.body)
+
+        return web.get(f"/{which.value}", _bad_query(handle))
+
+    return [route(which) for which in Probe]
+
+
 def _container_families(parts: FaceParts) -> Iterator[Metric]:
     """The container's identity and health beside its snapshot's families."""
     info = parts.info()
@@ -192,15 +209,6 @@ def build_app(parts: FaceParts) -> web.Application:
 
     registry = registry_of(FamiliesCollector(families))
 
-    def probe(which: Probe) -> Handler:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            query = _query(request, single=("verbose",))
-            verbose = _flag(request, query, "verbose")
-            got = answer(parts.health.report(()), which, verbose=verbose)
-            return _text(got.status, got.body)
-
-        return handle
-
     async def metrics(request: web.Request) -> web.StreamResponse:
         _query(request)
         encoder, content_type = exposition.choose_encoder(request.headers.get("Accept", ""))
@@ -224,10 +232,10 @@ def build_app(parts: FaceParts) -> web.Application:
         return _json(parts.config(management_pb2.GetConfigRequest(prefix=prefix)))
 
     app = web.Application()
+    app.add_routes(
+        probe_routes(lambda which, verbose: answer(parts.health.report(()), which, verbose=verbose))
+    )
     routes: dict[str, Handler] = {
-        "/livez": probe(Probe.LIVENESS),
-        "/readyz": probe(Probe.READINESS),
-        "/healthz": probe(Probe.OVERALL),
         "/metrics": metrics,
         "/v1/info": info,
         "/v1/health": health,
