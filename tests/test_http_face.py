@@ -362,16 +362,19 @@ def test_a_spec_takes_http_listen_as_it_takes_health_listen() -> None:
 
 
 def test_a_relayed_snapshot_takes_a_container_label_on_every_sample(face: Face) -> None:
-    """snapshot_families over any MetricsSnapshot (a manager relaying its
-    containers' adds ``container``), through prometheus-client's exposition."""
-    from prometheus_client import generate_latest
-
-    from pycontainer.agent._http import SnapshotCollector, snapshot_families, snapshot_registry
+    """The face's families are pycontainer._prometheus' over the container's
+    snapshot (as a manager relaying it makes them, with ``container`` on
+    every sample), beside the face's own info and health families."""
+    from pycontainer._prometheus import snapshot_families
 
     face.counter.add(1, {"channel": "web"})
     snapshot = face.container.metrics_watch(management_pb2.WatchMetricsRequest()).snapshot()
     labelled = snapshot_families(snapshot.snapshot, {"container": face.container.id})
     assert all(s.labels["container"] == face.container.id for f in labelled for s in f.samples)
-    registry = snapshot_registry(SnapshotCollector(lambda: snapshot.snapshot))
-    parsed = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
-    assert {f.name for f in labelled} == set(parsed)
+    parsed = {f.name for f in text_string_to_metric_families(_get(face.address, "/metrics").body)}
+    own = {
+        "pycontainer_container_info",
+        "pycontainer_health_serving",
+        "pycontainer_health_check_serving",
+    }
+    assert {f.name for f in labelled} == parsed - own

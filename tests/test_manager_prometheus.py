@@ -2,7 +2,8 @@
 prometheus-client's own parsers: the fleet's /metrics (containers by state
 right after a stop, a command's latency), a container's app counter read
 through the manager with its container label (examples/sync_app.py in a
-process of its own, its jobs counter moving between two scrapes), a
+process of its own, its jobs counter moving between two scrapes), the same
+families from that container's own HTTP face as through the manager, a
 container that hangs skipped and counted without stalling the scrape, and
 an unknown container's 404."""
 
@@ -25,7 +26,13 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_support import Samples, get, scrape, total, value
-from support import make_container, running_and_connected, wait_container, wait_until
+from support import (
+    free_address,
+    make_container,
+    running_and_connected,
+    wait_container,
+    wait_until,
+)
 
 from pycontainer.testing import ManagerHost
 from pycontainer.v1 import manager_pb2, spec_pb2
@@ -59,8 +66,9 @@ class HangingWatch(grpc.ServerInterceptor):  # type: ignore[misc]
 
 class Fleet:
     """One manager with an HTTP face, a process container running
-    examples/sync_app.py ("jobs"), and in-process containers: "idle" and
-    "slow" (whose metrics can be made to hang)."""
+    examples/sync_app.py ("jobs", with its own HTTP face on ``jobs_http``),
+    and in-process containers: "idle" and "slow" (whose metrics can be made
+    to hang)."""
 
     def __init__(self, state_dir: Path) -> None:
         self.manager = ManagerHost(state_dir, http_listen="127.0.0.1:0")
@@ -69,6 +77,7 @@ class Fleet:
         self.servers: list[grpc.Server] = []
         self.containers: list[Any] = []
         self.slow = HangingWatch()
+        self.jobs_http = free_address()
         self.idle_id = self._connect("idle", [])
         self.slow_id = self._connect("slow", [self.slow])
         [jobs] = self.manager.stub.RunContainer(
@@ -81,6 +90,7 @@ class Fleet:
                         *("--listen", "127.0.0.1:0", "--name", "jobs"),
                     ],
                     working_dir=str(ROOT),
+                    http_listen=self.jobs_http,  # its $PYCONTAINER_HTTP_LISTEN
                 )
             ),
             timeout=30,
@@ -214,6 +224,53 @@ def test_a_containers_app_counter_is_read_through_the_manager(fleet: Fleet) -> N
     assert value(everyone, "process_open_fds", container=fleet.jobs_id) > 0
     # The counter is the jobs process's alone.
     assert jobs_done(everyone) == total(everyone, "jobs_processed_total")
+
+
+def test_a_container_gives_the_same_families_itself_as_through_the_manager(
+    fleet: Fleet,
+) -> None:
+    """One conversion (pycontainer._prometheus): the jobs container's own
+    /metrics and the manager's scrape-through of it have the same families
+    and, but for the manager's container and name labels, the same series."""
+    # The face's own families, of the container's GetInfo and GetHealth
+    # (which the manager's scrape, one WatchMetrics, does not read).
+    own = {
+        "pycontainer_container_info",
+        "pycontainer_health_serving",
+        "pycontainer_health_check_serving",
+    }
+    manager_labels = {"container": fleet.jobs_id, "name": "jobs"}
+
+    def series(samples: Samples, drop: dict[str, str]) -> set[tuple[str, frozenset[Any]]]:
+        out = set()
+        for name, labels in samples:
+            if not any(name.startswith(family) for family in own):
+                found = dict(labels)
+                assert found.items() >= drop.items(), (name, labels)
+                out.add((name, frozenset(found.items() - drop.items())))
+        return out
+
+    box: dict[str, set[tuple[str, frozenset[Any]]]] = {}
+
+    def alike() -> bool:
+        # Series come as the app meets new job kinds and the manager's
+        # WatchMetrics calls are counted: the next scrapes see them both.
+        box["through"] = series(fleet.scrape("/containers/jobs/metrics"), manager_labels)
+        box["direct"] = series(scrape(f"http://{fleet.jobs_http}/metrics"), {})
+        return box["through"] == box["direct"]
+
+    wait_until(alike, 20, "the same series directly as through the manager")
+    names = {name for name, _ in box["direct"]}
+    assert {"process_cpu_seconds_total", "jobs_processed_total", "grpc_server_started_total"} <= (
+        names
+    )
+    assert "jobs_duration_milliseconds_bucket" in names, names
+    # And family by family (a histogram's or a counter's, not only its samples).
+    through = fleet.get("/containers/jobs/metrics")[2]
+    itself = get(f"http://{fleet.jobs_http}/metrics")[2]
+    assert {(f.name, f.type) for f in text_string_to_metric_families(through)} == {
+        (f.name, f.type) for f in text_string_to_metric_families(itself) if f.name not in own
+    }
 
 
 def test_a_container_that_does_not_answer_is_skipped_and_counted(fleet: Fleet) -> None:

@@ -3,9 +3,10 @@ event loop, served on ``ManagerSettings.http_listen`` (``--http-listen``).
 
 It is the paper's adapter pattern on the manager's side: the fleet's state in
 the forms the outside world reads over HTTP (Prometheus' ``/metrics``, a web
-view in a browser). Each of those features is a module of its own that gives
-its routes (a :data:`RouteSource`); this one only serves them, so that a new
-face changes one list here and nothing else.
+view in a browser, ``/livez``, ``/readyz`` and ``/healthz`` for HTTP probes).
+Each of those features is a module of its own that gives its routes (a
+:data:`RouteSource`); this one only serves them, so that a new face changes
+one list here and nothing else.
 
 On the manager's loop, not a thread: every route reads the manager's state
 (the registry, the event bus, the mesh) that only the loop may touch.
@@ -38,9 +39,10 @@ RouteSource = Callable[["Manager"], Iterable[web.AbstractRouteDef]]
 def _route_sources() -> list[RouteSource]:
     """Every feature served over HTTP (imported here, when the face starts:
     a manager without http_listen never loads aiohttp's routes)."""
+    from ._healthprobes import routes as probe_routes
     from ._prometheus import routes as prometheus_routes
 
-    return [prometheus_routes]
+    return [prometheus_routes, probe_routes]
 
 
 class HttpFace:

@@ -221,6 +221,11 @@ class Manager:
     def entries(self) -> dict[str, Entry]:
         return self.registry.entries
 
+    @property
+    def health(self) -> ManagerHealth | None:
+        """The manager's own grpc.health.v1 statuses, once it serves (None before)."""
+        return self._health
+
     # -- serving ---------------------------------------------------------------------
     @property
     def address(self) -> str:

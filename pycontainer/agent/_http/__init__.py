@@ -4,9 +4,8 @@ health, metrics, info and config in the forms the outside world probes and
 scrapes over HTTP (Kubernetes httpGet probes, Docker's HEALTHCHECK,
 Prometheus), from the same parts and messages as its Management API."""
 
-from ._face import FaceParts, build_app
-from ._probes import LIFECYCLE_CHECK, Probe, ProbeAnswer, answer
-from ._prometheus import SnapshotCollector, snapshot_families, snapshot_registry
+from ._face import FaceParts, build_app, probe_routes
+from ._probes import LIFECYCLE_CHECK, Probe, ProbeAnswer, ProbeRow, answer, render
 from ._serve import HttpFace, start_http_face
 
 __all__ = [
@@ -15,10 +14,10 @@ __all__ = [
     "HttpFace",
     "Probe",
     "ProbeAnswer",
-    "SnapshotCollector",
+    "ProbeRow",
     "answer",
     "build_app",
-    "snapshot_families",
-    "snapshot_registry",
+    "probe_routes",
+    "render",
     "start_http_face",
 ]

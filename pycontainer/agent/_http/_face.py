@@ -4,7 +4,8 @@ over the same parts, and so the same messages, as the Management API.
 - ``/livez``, ``/readyz``, ``/healthz``: 200 or 503 (:mod:`._probes`),
   ``?verbose`` lists the checks;
 - ``/metrics``: the Prometheus text format, or OpenMetrics when the scraper's
-  ``Accept`` asks for it (prometheus-client's exposition, :mod:`._prometheus`);
+  ``Accept`` asks for it (prometheus-client's exposition; the families are
+  :mod:`pycontainer._prometheus`'s, as the manager's scrape-through gives them);
 - ``/v1/info``, ``/v1/health`` (``?check=NAME``, repeatable),
   ``/v1/config`` (``?prefix=P``): GetInfo, GetHealth and GetConfig responses
   in protobuf's JSON mapping, secrets redacted as GetConfig redacts them.
@@ -27,14 +28,14 @@ from prometheus_client import exposition
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
 from ..._errors import RequestError, echo
+from ..._prometheus import FamiliesCollector, registry_of, snapshot_families
 from ...v1 import health_pb2, management_pb2
 from .._health import HealthState
 from .._metrics import MetricsWatch
 from .._state import State
-from ._probes import Probe, answer
-from ._prometheus import SnapshotCollector, snapshot_registry
+from ._probes import Probe, ProbeAnswer, answer
 
-__all__ = ["FaceParts", "build_app"]
+__all__ = ["FaceParts", "build_app", "probe_routes"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -139,6 +140,23 @@ def _bad_query(handler: Handler) -> Handler:
     return guarded
 
 
+def probe_routes(answer_of: Callable[[Probe, bool], ProbeAnswer]) -> list[web.RouteDef]:
+    """GET (and HEAD) ``/livez``, ``/readyz`` and ``/healthz``, each
+    answered ``answer_of(probe, verbose)`` as text: ``?verbose`` (a flag) is
+    the one query they take, any other a 400 saying so. The container's face
+    and the manager's (manager/_healthprobes) both serve these."""
+
+    def route(which: Probe) -> web.RouteDef:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            query = _query(request, single=("verbose",))
+            got = answer_of(which, _flag(request, query, "verbose"))
+            return _text(got.status, got.body)
+
+        return web.get(f"/{which.value}", _bad_query(handle))
+
+    return [route(which) for which in Probe]
+
+
 def _container_families(parts: FaceParts) -> Iterator[Metric]:
     """The container's identity and health beside its snapshot's families."""
     info = parts.info()
@@ -182,23 +200,14 @@ def _container_families(parts: FaceParts) -> Iterator[Metric]:
 
 def build_app(parts: FaceParts) -> web.Application:
     """The face's aiohttp application over ``parts``."""
-    registry = snapshot_registry(
-        SnapshotCollector(
-            # A watch per scrape: every figure is cumulative, and Prometheus
-            # takes the rates itself.
-            lambda: parts.metrics_watch(management_pb2.WatchMetricsRequest()).snapshot().snapshot,
-            lambda: _container_families(parts),
-        )
-    )
 
-    def probe(which: Probe) -> Handler:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            query = _query(request, single=("verbose",))
-            verbose = _flag(request, query, "verbose")
-            got = answer(parts.health.report(()), which, verbose=verbose)
-            return _text(got.status, got.body)
+    def families() -> list[Metric]:
+        # A watch per scrape: every figure is cumulative, and Prometheus
+        # takes the rates itself.
+        snapshot = parts.metrics_watch(management_pb2.WatchMetricsRequest()).snapshot().snapshot
+        return [*snapshot_families(snapshot), *_container_families(parts)]
 
-        return handle
+    registry = registry_of(FamiliesCollector(families))
 
     async def metrics(request: web.Request) -> web.StreamResponse:
         _query(request)
@@ -223,10 +232,10 @@ def build_app(parts: FaceParts) -> web.Application:
         return _json(parts.config(management_pb2.GetConfigRequest(prefix=prefix)))
 
     app = web.Application()
+    app.add_routes(
+        probe_routes(lambda which, verbose: answer(parts.health.report(()), which, verbose=verbose))
+    )
     routes: dict[str, Handler] = {
-        "/livez": probe(Probe.LIVENESS),
-        "/readyz": probe(Probe.READINESS),
-        "/healthz": probe(Probe.OVERALL),
         "/metrics": metrics,
         "/v1/info": info,
         "/v1/health": health,

@@ -22,11 +22,11 @@ from prometheus_client.core import (
 )
 
 from ... import limits
+from ..._prometheus import Families, cumulative_buckets
 from ...v1 import container_pb2, manager_pb2
 from .._commandstats import COMMAND_LATENCY_BOUNDS
 from .._registry import state_word
 from ._scrape import Scraper
-from ._snapshot import Families, cumulative_buckets
 
 if TYPE_CHECKING:
     from .._manager import Manager

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import datetime
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -28,12 +28,12 @@ from prometheus_client.exposition import choose_encoder
 
 from ... import limits
 from ..._errors import RequestError
+from ..._prometheus import Families, FamiliesCollector
 from ...units import format_duration, parse_duration
 from ...v1 import container_pb2, metrics_pb2
 from .._registry import Entry, state_word
 from ._fleet import FleetCollector
 from ._scrape import ScrapeError, Scraper
-from ._snapshot import Families
 
 if TYPE_CHECKING:
     from .._manager import Manager
@@ -53,16 +53,6 @@ _HTTP_STATUS = {
     grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.UNAVAILABLE: 503,
 }
-
-
-class _Fixed:
-    """A Collector of metric families already made (off the manager's loop)."""
-
-    def __init__(self, metrics: list[Metric]) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterable[Metric]:
-        return self._metrics
 
 
 def routes(manager: Manager) -> list[web.RouteDef]:
@@ -158,7 +148,7 @@ async def _encoded(request: web.Request, make: Callable[[], list[Metric]]) -> we
     """The families ``make`` gives, encoded as the scraper asked: both off
     the manager's loop (thousands of containers' series are CPU work)."""
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = await asyncio.to_thread(lambda: encoder(_Fixed(make())))
+    body = await asyncio.to_thread(encoder, FamiliesCollector(make))
     return _answer(request, body, content_type)
 
 
