@@ -50,6 +50,7 @@ from ._sealing import KEY_FILE, Sealer
 from ._settings import ManagerSettings
 from ._store import StateStore, StoreError
 from ._trust import Trust
+from ._xds._forward import AdsForwarder, dial_leader
 
 _log = logging.getLogger("pycontainer.manager.leadership")
 
@@ -81,7 +82,12 @@ class Standby:
     def __init__(self, listen: str, trust: Trust) -> None:
         self.leader = ""
         self._server = grpc.aio.server()
-        self._server.add_generic_rpc_handlers((_Refusal(self),))
+        # The mesh's xDS streams go on to the leader (_xds._forward), the
+        # rest is refused.
+        self._ads = AdsForwarder(
+            lambda: self.leader, dial_leader(trust.insecure, trust.manager_files)
+        )
+        self._server.add_generic_rpc_handlers((self._ads, _Refusal(self)))
         # Served as the leader serves (mutual TLS unless insecure), so that
         # a container's dial gets the refusal, not a failed handshake.
         self.port = trust.bind(self._server, listen)
@@ -91,6 +97,7 @@ class Standby:
 
     async def stop(self) -> None:
         await self._server.stop(0)
+        await self._ads.close()
 
 
 class _Refusal(grpc.GenericRpcHandler):  # type: ignore[type-arg]

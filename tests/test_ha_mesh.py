@@ -1,0 +1,174 @@
+"""The mesh through a failover: three real managers on a real 3-member etcd,
+a mesh service of three backends the leader launched, and a real proxyless
+grpcio client (tests/apps/mesh_client.py) calling ``xds:///echo`` with a
+bootstrap naming every manager. The leader killed (kill -9): a new one leads,
+the client's calls keep succeeding throughout (its xDS client keeps what it
+has while its stream is down; the new leader keeps the inherited endpoints
+until the backends reconnect), and its xDS stream ends up on the new leader
+(through whichever manager its channel reaches: a standby forwards it)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from etcd_support import etcd_cluster
+from ha_support import ManagerCluster, ManagerProcess
+from support import wait_until
+
+from pycontainer.client import write_bootstrap
+from pycontainer.testing import CallCounts, Load
+from pycontainer.testing._mesh import apps_dir
+from pycontainer.v1 import container_pb2, manager_pb2, mesh_pb2, spec_pb2
+
+S = container_pb2
+SERVICE = "echo"
+REPLICAS = 3
+# A lease of 2 s, a campaign, the backends' reconnects and the client's xDS
+# retry (its backoff): well within this on a loaded machine.
+FAILOVER_BOUND = 60.0
+
+
+def leading(managers: ManagerCluster, exclude: ManagerProcess | None = None) -> ManagerProcess:
+    """The running manager that printed "leading (epoch N)" (not ``exclude``)."""
+
+    def find() -> ManagerProcess | None:
+        for m in managers.managers:
+            if m is exclude or not m.running:
+                continue
+            with contextlib.suppress(OSError):
+                if "leading (epoch " in m.log.read_text():
+                    return m
+        return None
+
+    wait_until(lambda: find() is not None, FAILOVER_BOUND, "a manager leading")
+    found = find()
+    assert found is not None
+    return found
+
+
+def mesh_status(manager: ManagerProcess) -> manager_pb2.GetMeshStatusResponse | None:
+    try:
+        return manager.stub.GetMeshStatus(manager_pb2.GetMeshStatusRequest(), timeout=5)
+    except grpc.RpcError:
+        return None
+
+
+def healthy(manager: ManagerProcess) -> set[str]:
+    status = mesh_status(manager)
+    if status is None:
+        return set()
+    return {i for s in status.services if s.name == SERVICE for i in s.healthy}
+
+
+def synced(manager: ManagerProcess, node_id: str) -> bool:
+    """Client ``node_id`` is on ``manager``'s ADS and acknowledged all it was sent."""
+    status = mesh_status(manager)
+    if status is None:
+        return False
+    clients = [c for c in status.clients if c.node_id == node_id]
+    return bool(clients) and all(
+        r.acked_version == r.sent_version and r.sent_version and not r.nack_error
+        for c in clients
+        for r in c.resources
+    )
+
+
+def connected(manager: ManagerProcess, ids: set[str]) -> bool:
+    try:
+        listed = manager.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=5)
+    except grpc.RpcError:
+        return False
+    on = {
+        c.identity.id
+        for c in listed.containers
+        if c.connected and c.state == S.LIFECYCLE_STATE_RUNNING
+    }
+    return ids <= on
+
+
+@contextlib.contextmanager
+def killed_at_end(managers: ManagerCluster) -> Iterator[list[int]]:
+    """The backends outlive the manager that launched them (kill -9): they
+    are killed at the end (those listed, and those a manager still lists)."""
+    pids: list[int] = []
+    try:
+        yield pids
+    finally:
+        for m in managers.managers:
+            if m.running:
+                with contextlib.suppress(grpc.RpcError):
+                    listed = m.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=5)
+                    pids += [c.pid for c in listed.containers if c.pid]
+        for pid in set(pids):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def test_mesh_calls_do_not_fail_through_a_leader_kill(tmp_path: Path) -> None:
+    with etcd_cluster(tmp_path / "etcd") as etcd:
+        managers = ManagerCluster(tmp_path / "m", etcd.url)
+        try:
+            managers.start_all()
+            leader = leading(managers)
+            spec = spec_pb2.ContainerSpec(
+                name=SERVICE,
+                command=[sys.executable, str(apps_dir() / "mesh_backend.py"), "--delay", "0.005"],
+                replicas=REPLICAS,
+                service=mesh_pb2.MeshService(name=SERVICE),
+            )
+            with killed_at_end(managers) as backends:
+                ran = leader.stub.RunContainer(
+                    manager_pb2.RunContainerRequest(spec=spec), timeout=60
+                )
+                ids = {c.identity.id for c in ran.containers}
+                wait_until(lambda: healthy(leader) == ids, 60, "every backend an endpoint")
+                listed = leader.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=10)
+                backends += [c.pid for c in listed.containers if c.pid]
+                node_id = "ha-load"
+                # A standby first: the client's channel goes there, and the
+                # standby forwards its xDS stream to the leader.
+                standbys = [m.address for m in managers.managers if m is not leader]
+                bootstrap = write_bootstrap(
+                    tmp_path / "client.json",
+                    [standbys[0], leader.address, *standbys[1:]],
+                    node_id=node_id,
+                )
+                env = dict(os.environ, GRPC_XDS_BOOTSTRAP=str(bootstrap))
+                workdir = tmp_path / node_id
+                workdir.mkdir()
+                with Load(
+                    f"xds:///{SERVICE}", workdir, env, node_id=node_id, concurrency=4, deadline=10
+                ) as load:
+                    wait_until(lambda: synced(leader, node_id), 30, "the client on the leader")
+                    counts = load.until_answered(ids)
+                    managers.kill(leader)
+                    successor = leading(managers, exclude=leader)
+                    # Calls go on meanwhile; the client's stream reaches the
+                    # new leader, and the backends re-register with it.
+                    wait_until(
+                        lambda: synced(successor, node_id),
+                        FAILOVER_BOUND,
+                        "the client's xDS stream on the new leader",
+                    )
+                    wait_until(
+                        lambda: connected(successor, ids),
+                        FAILOVER_BOUND,
+                        "every backend back on the new leader",
+                    )
+                    assert healthy(successor) == ids
+                    during = load.phase()
+                    # Still served by every backend after the failover.
+                    after = load.until_answered(ids)
+                    after += load.finish()
+                total: CallCounts = counts + during + after
+                print(f"mesh calls through a leader kill: {total}")
+                assert during.calls > 0
+                assert total.failed == 0, f"{total}; {managers.logs()}"
+        finally:
+            managers.stop()
