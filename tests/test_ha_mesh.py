@@ -10,19 +10,22 @@ until the backends reconnect), and its xDS stream ends up on the new leader
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import pytest
 from etcd_support import etcd_cluster
 from ha_support import ManagerCluster, ManagerProcess
 from support import wait_until
 
-from pycontainer.client import write_bootstrap
-from pycontainer.testing import CallCounts, Load
+from pycontainer.client import bootstrap, write_bootstrap
+from pycontainer.testing import CallCounts, Load, ManagerHost
 from pycontainer.testing._mesh import apps_dir
 from pycontainer.v1 import container_pb2, manager_pb2, mesh_pb2, spec_pb2
 
@@ -172,3 +175,62 @@ def test_mesh_calls_do_not_fail_through_a_leader_kill(tmp_path: Path) -> None:
                 assert total.failed == 0, f"{total}; {managers.logs()}"
         finally:
             managers.stop()
+
+
+def test_a_new_manager_holds_inherited_endpoints_until_the_window_ends(tmp_path: Path) -> None:
+    """On the SQLite store too: a manager started on an earlier one's state
+    keeps the endpoints of the containers it inherits RUNNING (served at
+    once, before any reconnects); the one that comes back keeps its place,
+    the one that died leaves when the reconnect window ends."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        listen = f"127.0.0.1:{s.getsockname()[1]}"
+    state = tmp_path / "state"
+    window = datetime.timedelta(seconds=3)
+    pids: dict[str, int] = {}
+    host = ManagerHost(state, listen=listen, reconnect_window=window)
+    try:
+        spec = spec_pb2.ContainerSpec(
+            name=SERVICE,
+            command=[sys.executable, str(apps_dir() / "mesh_backend.py")],
+            replicas=2,
+            service=mesh_pb2.MeshService(name=SERVICE),
+        )
+        ran = host.client.run_container(manager_pb2.RunContainerRequest(spec=spec))
+        ids = {c.identity.id for c in ran.containers}
+        wait_until(lambda: _healthy_ids(host) == ids, 60, "both backends in the mesh")
+        pids = {c.identity.id: c.pid for c in host.client.list_containers().containers}
+        host.stop()
+        dead, alive = sorted(ids)
+        os.killpg(pids[dead], signal.SIGKILL)
+        host = ManagerHost(state, listen=listen, reconnect_window=window)
+        # Served from the first answer: both, as the earlier manager had them.
+        assert _healthy_ids(host) == ids
+        wait_until(lambda: _healthy_ids(host) == {alive}, 30, "the dead backend's endpoint gone")
+        assert host.manager.mesh.held == frozenset()
+        [back] = [c for c in host.client.list_containers().containers if c.identity.id == alive]
+        assert back.connected
+    finally:
+        host.close(graceful=True)
+        for pid in pids.values():  # what a failure above left running
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def _healthy_ids(host: ManagerHost) -> set[str]:
+    return {i for s in host.client.get_mesh_status().services for i in s.healthy}
+
+
+def test_a_bootstrap_names_every_manager_in_one_server_uri() -> None:
+    many = bootstrap("127.0.0.1:1,127.0.0.1:2", node_id="n")["xds_servers"]
+    assert [s["server_uri"] for s in many] == ["ipv4:127.0.0.1:1,127.0.0.1:2"]
+    six = bootstrap(["[::1]:1", "[::1]:2"], node_id="n")["xds_servers"]
+    assert [s["server_uri"] for s in six] == ["ipv6:[::1]:1,[::1]:2"]
+    # Host names cannot share a URI: one server each, in order (gRFC A71).
+    named = bootstrap(["m-0.managers:50050", "m-1.managers:50050"], node_id="n")["xds_servers"]
+    assert [s["server_uri"] for s in named] == ["m-0.managers:50050", "m-1.managers:50050"]
+    assert [s["server_uri"] for s in bootstrap("10.0.0.1:5", node_id="n")["xds_servers"]] == [
+        "10.0.0.1:5"
+    ]
+    with pytest.raises(ValueError, match="manager's address"):
+        bootstrap(" , ", node_id="n")
