@@ -14,22 +14,28 @@ import datetime
 import os
 import signal
 import socket
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from etcd_support import etcd_cluster
-from ha_support import ManagerCluster, ManagerProcess
+from ha_mesh_support import (
+    backend_spec,
+    backends_killed_at_end,
+    connected,
+    healthy,
+    leading,
+    mesh_load,
+    pids_of,
+    run_backends,
+    synced,
+)
+from ha_support import ManagerCluster
 from support import wait_until
 
-from pycontainer.client import bootstrap, write_bootstrap
-from pycontainer.testing import CallCounts, Load, ManagerHost
-from pycontainer.testing._mesh import apps_dir
-from pycontainer.v1 import container_pb2, manager_pb2, mesh_pb2, spec_pb2
+from pycontainer.client import bootstrap
+from pycontainer.testing import CallCounts, ManagerHost
+from pycontainer.v1 import manager_pb2
 
-S = container_pb2
 SERVICE = "echo"
 REPLICAS = 3
 # A lease of 2 s, a campaign, the backends' reconnects and the client's xDS
@@ -37,121 +43,25 @@ REPLICAS = 3
 FAILOVER_BOUND = 60.0
 
 
-def leading(managers: ManagerCluster, exclude: ManagerProcess | None = None) -> ManagerProcess:
-    """The running manager that printed "leading (epoch N)" (not ``exclude``)."""
-
-    def find() -> ManagerProcess | None:
-        for m in managers.managers:
-            if m is exclude or not m.running:
-                continue
-            with contextlib.suppress(OSError):
-                if "leading (epoch " in m.log.read_text():
-                    return m
-        return None
-
-    wait_until(lambda: find() is not None, FAILOVER_BOUND, "a manager leading")
-    found = find()
-    assert found is not None
-    return found
-
-
-def mesh_status(manager: ManagerProcess) -> manager_pb2.GetMeshStatusResponse | None:
-    try:
-        return manager.stub.GetMeshStatus(manager_pb2.GetMeshStatusRequest(), timeout=5)
-    except grpc.RpcError:
-        return None
-
-
-def healthy(manager: ManagerProcess) -> set[str]:
-    status = mesh_status(manager)
-    if status is None:
-        return set()
-    return {i for s in status.services if s.name == SERVICE for i in s.healthy}
-
-
-def synced(manager: ManagerProcess, node_id: str) -> bool:
-    """Client ``node_id`` is on ``manager``'s ADS and acknowledged all it was sent."""
-    status = mesh_status(manager)
-    if status is None:
-        return False
-    clients = [c for c in status.clients if c.node_id == node_id]
-    return bool(clients) and all(
-        r.acked_version == r.sent_version and r.sent_version and not r.nack_error
-        for c in clients
-        for r in c.resources
-    )
-
-
-def connected(manager: ManagerProcess, ids: set[str]) -> bool:
-    try:
-        listed = manager.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=5)
-    except grpc.RpcError:
-        return False
-    on = {
-        c.identity.id
-        for c in listed.containers
-        if c.connected and c.state == S.LIFECYCLE_STATE_RUNNING
-    }
-    return ids <= on
-
-
-@contextlib.contextmanager
-def killed_at_end(managers: ManagerCluster) -> Iterator[list[int]]:
-    """The backends outlive the manager that launched them (kill -9): they
-    are killed at the end (those listed, and those a manager still lists)."""
-    pids: list[int] = []
-    try:
-        yield pids
-    finally:
-        for m in managers.managers:
-            if m.running:
-                with contextlib.suppress(grpc.RpcError):
-                    listed = m.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=5)
-                    pids += [c.pid for c in listed.containers if c.pid]
-        for pid in set(pids):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-
-
 def test_mesh_calls_do_not_fail_through_a_leader_kill(tmp_path: Path) -> None:
     with etcd_cluster(tmp_path / "etcd") as etcd:
         managers = ManagerCluster(tmp_path / "m", etcd.url)
         try:
             managers.start_all()
-            leader = leading(managers)
-            spec = spec_pb2.ContainerSpec(
-                name=SERVICE,
-                command=[sys.executable, str(apps_dir() / "mesh_backend.py"), "--delay", "0.005"],
-                replicas=REPLICAS,
-                service=mesh_pb2.MeshService(name=SERVICE),
-            )
-            with killed_at_end(managers) as backends:
-                ran = leader.stub.RunContainer(
-                    manager_pb2.RunContainerRequest(spec=spec), timeout=60
-                )
-                ids = {c.identity.id for c in ran.containers}
-                wait_until(lambda: healthy(leader) == ids, 60, "every backend an endpoint")
-                listed = leader.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=10)
-                backends += [c.pid for c in listed.containers if c.pid]
+            leader, epoch = leading(managers)
+            with backends_killed_at_end(managers) as backends:
+                ids = run_backends(leader, SERVICE, REPLICAS)
+                backends += pids_of(leader)
                 node_id = "ha-load"
                 # A standby first: the client's channel goes there, and the
                 # standby forwards its xDS stream to the leader.
                 standbys = [m.address for m in managers.managers if m is not leader]
-                bootstrap = write_bootstrap(
-                    tmp_path / "client.json",
-                    [standbys[0], leader.address, *standbys[1:]],
-                    node_id=node_id,
-                )
-                env = dict(os.environ, GRPC_XDS_BOOTSTRAP=str(bootstrap))
-                workdir = tmp_path / node_id
-                workdir.mkdir()
-                with Load(
-                    f"xds:///{SERVICE}", workdir, env, node_id=node_id, concurrency=4, deadline=10
-                ) as load:
+                order = [standbys[0], leader.address, *standbys[1:]]
+                with mesh_load(tmp_path / node_id, SERVICE, order, node_id) as load:
                     wait_until(lambda: synced(leader, node_id), 30, "the client on the leader")
                     counts = load.until_answered(ids)
                     managers.kill(leader)
-                    successor = leading(managers, exclude=leader)
+                    successor, _ = leading(managers, after=epoch, timeout=FAILOVER_BOUND)
                     # Calls go on meanwhile; the client's stream reaches the
                     # new leader, and the backends re-register with it.
                     wait_until(
@@ -164,7 +74,7 @@ def test_mesh_calls_do_not_fail_through_a_leader_kill(tmp_path: Path) -> None:
                         FAILOVER_BOUND,
                         "every backend back on the new leader",
                     )
-                    assert healthy(successor) == ids
+                    assert healthy(successor, SERVICE) == ids
                     during = load.phase()
                     # Still served by every backend after the failover.
                     after = load.until_answered(ids)
@@ -190,13 +100,9 @@ def test_a_new_manager_holds_inherited_endpoints_until_the_window_ends(tmp_path:
     pids: dict[str, int] = {}
     host = ManagerHost(state, listen=listen, reconnect_window=window)
     try:
-        spec = spec_pb2.ContainerSpec(
-            name=SERVICE,
-            command=[sys.executable, str(apps_dir() / "mesh_backend.py")],
-            replicas=2,
-            service=mesh_pb2.MeshService(name=SERVICE),
+        ran = host.client.run_container(
+            manager_pb2.RunContainerRequest(spec=backend_spec(SERVICE, 2))
         )
-        ran = host.client.run_container(manager_pb2.RunContainerRequest(spec=spec))
         ids = {c.identity.id for c in ran.containers}
         wait_until(lambda: _healthy_ids(host) == ids, 60, "both backends in the mesh")
         pids = {c.identity.id: c.pid for c in host.client.list_containers().containers}
