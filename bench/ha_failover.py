@@ -14,6 +14,16 @@ first prints its CLOCK_MONOTONIC time (shared by processes).
 
 It uses the tests' etcd cluster and manager processes (tests/etcd_support.py,
 tests/ha_support.py).
+
+With ``--mesh-kills N``, the mesh through failovers too: a service of
+``--mesh-replicas`` backends (tests/apps/mesh_backend.py) the leader launches,
+and a proxyless grpcio client (tests/apps/mesh_client.py) calling
+``xds:///echo`` without pause, its bootstrap naming every manager; the leader
+killed N times (each back as a standby before the next kill); reported, per
+kill and in all: the calls made and the calls that failed (goal 0), and when
+the client's xDS stream and every backend were on the new leader::
+
+    .venv/bin/python -m bench.ha_failover --sessions 0 --mesh-kills 5
 """
 
 from __future__ import annotations
@@ -33,7 +43,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from etcd_support import etcd_cluster  # noqa: E402
+from ha_mesh_support import (  # noqa: E402
+    backends_killed_at_end,
+    connected,
+    leading,
+    mesh_load,
+    pids_of,
+    run_backends,
+    synced,
+)
 from ha_support import ManagerCluster  # noqa: E402
+from support import wait_until  # noqa: E402
+
+from pycontainer.testing import CallCounts  # noqa: E402
 
 AGENT = r"""
 import asyncio, random, sys, time, uuid, grpc
@@ -170,14 +192,78 @@ def run(sessions: int, agents: int, runs: int, ttl: str) -> None:
             managers.stop()
 
 
+def run_mesh(kills: int, ttl: str, replicas: int, concurrency: int) -> CallCounts:
+    """Failed mesh calls through ``kills`` kills of the leader; the total counts."""
+    service, node_id = "echo", "bench-load"
+    with (
+        tempfile.TemporaryDirectory(prefix="ha-mesh-") as tmp,
+        etcd_cluster(Path(tmp) / "etcd") as etcd,
+    ):
+        managers = ManagerCluster(Path(tmp) / "m", etcd.url, 3, ttl)
+        try:
+            managers.start_all()
+            leader, epoch = leading(managers)
+            with backends_killed_at_end(managers) as pids:
+                ids = run_backends(leader, service, replicas)
+                pids += pids_of(leader)
+                addresses = [m.address for m in managers.managers]
+                workdir = Path(tmp) / "load"
+                with mesh_load(workdir, service, addresses, node_id, concurrency) as load:
+                    wait_until(lambda: synced(leader, node_id), 30, "the client on the leader")
+                    total = load.until_answered(ids)
+                    for kill in range(1, kills + 1):
+                        t0 = time.monotonic()
+                        managers.kill(leader)
+                        successor, epoch = leading(managers, after=epoch)
+                        elected = time.monotonic() - t0
+                        wait_until(
+                            lambda s=successor: synced(s, node_id) and connected(s, ids),
+                            60,
+                            "the client's xDS stream and every backend on the new leader",
+                        )
+                        back = time.monotonic() - t0
+                        counts = load.phase()
+                        total += counts
+                        print(
+                            f"mesh, kill -9 {kill} of the leader: new leader in {elected:.2f} s, "
+                            f"the client's xDS stream and all {replicas} backends on it in "
+                            f"{back:.2f} s; calls meanwhile: {counts}",
+                            flush=True,
+                        )
+                        managers.start(leader)  # back as a standby for the next kill
+                        leader = successor
+                        time.sleep(2)
+                    total += load.finish()
+            print(
+                f"mesh through {kills} kills of the leader (TTL {ttl}, {replicas} backends, "
+                f"{concurrency} calls at a time): {total.failed} failed mesh calls of "
+                f"{total.calls} (goal 0)"
+                + (f"; {dict(total.failures)}: {dict(total.samples)}" if total.failed else ""),
+                flush=True,
+            )
+            return total
+        finally:
+            managers.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--agents", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--ttl", default="2s", help="the managers' --leader-ttl")
+    parser.add_argument(
+        "--mesh-kills", type=int, default=0, help="also the mesh through this many kills"
+    )
+    parser.add_argument("--mesh-replicas", type=int, default=3)
+    parser.add_argument("--mesh-concurrency", type=int, default=4)
     args = parser.parse_args(argv)
-    run(args.sessions, args.agents, args.runs, args.ttl)
+    if args.sessions > 0:
+        run(args.sessions, args.agents, args.runs, args.ttl)
+    if args.mesh_kills > 0:
+        total = run_mesh(args.mesh_kills, args.ttl, args.mesh_replicas, args.mesh_concurrency)
+        if total.failed:
+            return 1
     return 0
 
 
