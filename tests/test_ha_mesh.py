@@ -138,5 +138,10 @@ def test_a_bootstrap_names_every_manager_in_one_server_uri() -> None:
     assert [s["server_uri"] for s in bootstrap("10.0.0.1:5", node_id="n")["xds_servers"]] == [
         "10.0.0.1:5"
     ]
+    # Under mutual TLS the manager's certificate is checked against the
+    # URI's authority: one server each.
+    tls = bootstrap(["127.0.0.1:1", "127.0.0.1:2"], node_id="n", tls_dir="/tls")["xds_servers"]
+    assert [s["server_uri"] for s in tls] == ["127.0.0.1:1", "127.0.0.1:2"]
+    assert all(s["channel_creds"][0]["type"] == "tls" for s in tls)
     with pytest.raises(ValueError, match="manager's address"):
         bootstrap(" , ", node_id="n")

@@ -16,7 +16,10 @@ that file's content (:func:`bootstrap`):
   across several ``xds_servers``, gRFC A71, moves only while resources are
   not cached yet: a client that has them would stay on a dead manager.)
   Addresses that cannot share a URI (host names, IPv4 and IPv6 mixed) are
-  listed one per server, in order;
+  listed one per server, in order, and so are they all under mutual TLS:
+  gRPC checks the manager's certificate against the URI's authority, which
+  for several addresses names no host (give a DNS name that resolves to
+  every manager, and that their certificates name, for the first behaviour);
 - ``node``: its id (a launched container's id), cluster and locality;
 - ``certificate_providers``: the instance ``pycontainer`` (gRFC A29's
   ``file_watcher``) that the manager's clusters name for mutual TLS between
@@ -97,17 +100,18 @@ def _tls_files(tls_dir: str | os.PathLike[str], refresh: datetime.timedelta) -> 
     }
 
 
-def server_uris(managers: str | Sequence[str]) -> list[str]:
+def server_uris(managers: str | Sequence[str], *, separate: bool = False) -> list[str]:
     """The ``server_uri`` of each xDS server the bootstrap names for
     ``managers`` (HOST:PORT each, or one string of them comma-separated):
     one ``ipv4:A,B,C`` (or ``ipv6:``) URI when they are all such literals, so
-    that one xDS channel reaches whichever of them answers; otherwise each
-    address its own."""
+    that one xDS channel reaches whichever of them answers; otherwise, or
+    when ``separate`` (mutual TLS: the server's name is checked against the
+    URI's authority), each address its own."""
     given = managers.split(",") if isinstance(managers, str) else list(managers)
     addresses = [a.strip() for a in given if a.strip()]
     if not addresses:
         raise ValueError("the bootstrap needs the manager's address (HOST:PORT)")
-    if len(addresses) == 1:
+    if len(addresses) == 1 or separate:
         return addresses
     for scheme, literal in (("ipv4", _ipv4_literal), ("ipv6", _ipv6_literal)):
         if all(literal(a) for a in addresses):
@@ -176,7 +180,7 @@ def bootstrap(
             "channel_creds": [{"type": "insecure"}],
             "server_features": ["xds_v3"],
         }
-        for uri in server_uris(manager)
+        for uri in server_uris(manager, separate=tls_dir is not None)
     ]
     node: dict[str, Any] = {"id": node_id}
     if cluster:
