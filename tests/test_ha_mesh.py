@@ -33,6 +33,7 @@ from ha_support import ManagerCluster
 from support import wait_until
 
 from pycontainer.client import bootstrap
+from pycontainer.sidecar._envoy import bootstrap as envoy_bootstrap
 from pycontainer.testing import CallCounts, ManagerHost
 from pycontainer.v1 import manager_pb2
 
@@ -145,3 +146,27 @@ def test_a_bootstrap_names_every_manager_in_one_server_uri() -> None:
     assert all(s["channel_creds"][0]["type"] == "tls" for s in tls)
     with pytest.raises(ValueError, match="manager's address"):
         bootstrap(" , ", node_id="n")
+
+
+def test_an_envoys_xds_cluster_has_every_manager_as_an_endpoint() -> None:
+    """A sidecar's Envoy is given $PYCONTAINER_MANAGER as it is: every manager."""
+
+    def endpoints(manager: str) -> tuple[str, list[tuple[str, int]]]:
+        config = envoy_bootstrap(container_id="c", name="c", cluster="c", manager=manager)
+        [xds] = config["static_resources"]["clusters"]
+        [locality] = xds["load_assignment"]["endpoints"]
+        found = [
+            (
+                e["endpoint"]["address"]["socket_address"]["address"],
+                e["endpoint"]["address"]["socket_address"]["port_value"],
+            )
+            for e in locality["lb_endpoints"]
+        ]
+        return xds["type"], found
+
+    assert endpoints("127.0.0.1:1,127.0.0.1:2") == ("STATIC", [("127.0.0.1", 1), ("127.0.0.1", 2)])
+    assert endpoints("m-0.managers:7,127.0.0.1:2") == (
+        "STRICT_DNS",
+        [("m-0.managers", 7), ("127.0.0.1", 2)],
+    )
+    assert endpoints("127.0.0.1:5") == ("STATIC", [("127.0.0.1", 5)])

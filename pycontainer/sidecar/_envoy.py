@@ -170,9 +170,15 @@ def bootstrap(
     ``admin_host`` at a port of the kernel's choosing, and listeners and
     clusters over ADS from the manager at ``manager`` (HOST:PORT), in HTTP/2,
     through the transport socket ``tls`` (:func:`manager_tls`) if given; with
-    ``tls_dir``, the container's certificate as static :func:`secrets`."""
-    host, port = host_port(manager, "the manager's address")
-    literal = _is_ip(host)
+    ``tls_dir``, the container's certificate as static :func:`secrets`.
+    Managers in high availability (``manager`` every one's, comma-separated,
+    as $PYCONTAINER_MANAGER has them) are each an endpoint of the xDS
+    cluster: Envoy's ADS stream goes to one that answers, and a standby
+    forwards it to the leader."""
+    addresses = [
+        host_port(a.strip(), "the manager's address") for a in manager.split(",") if a.strip()
+    ] or [host_port(manager, "the manager's address")]
+    literal = all(_is_ip(host) for host, _ in addresses)
     ads = {"ads": {}, "resource_api_version": "V3"}
     xds_cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
@@ -193,6 +199,7 @@ def bootstrap(
                                 }
                             }
                         }
+                        for host, port in addresses
                     ]
                 }
             ],
