@@ -16,6 +16,7 @@ import signal
 import socket
 from pathlib import Path
 
+import grpc
 import pytest
 from etcd_support import etcd_cluster
 from ha_mesh_support import (
@@ -33,6 +34,10 @@ from ha_support import ManagerCluster
 from support import wait_until
 
 from pycontainer.client import bootstrap
+from pycontainer.manager._leadership import Standby
+from pycontainer.manager._settings import ManagerSettings
+from pycontainer.manager._trust import Trust
+from pycontainer.manager._xds._forward import ADS_METHOD
 from pycontainer.sidecar._envoy import bootstrap as envoy_bootstrap
 from pycontainer.testing import CallCounts, ManagerHost
 from pycontainer.v1 import manager_pb2
@@ -170,3 +175,38 @@ def test_an_envoys_xds_cluster_has_every_manager_as_an_endpoint() -> None:
         [("m-0.managers", 7), ("127.0.0.1", 2)],
     )
     assert endpoints("127.0.0.1:5") == ("STATIC", [("127.0.0.1", 5)])
+
+
+async def test_a_standby_forwards_ads_one_hop_at_most(tmp_path: Path) -> None:
+    """A standby with no leader known refuses the stream UNAVAILABLE (the xDS
+    client retries, keeping what it has); one that takes another standby for
+    the leader gets its stream refused there, not forwarded again (no loop);
+    every other method is still refused naming the leader."""
+    settings = ManagerSettings(listen="127.0.0.1:0", state_dir=str(tmp_path), insecure=True)
+    first, second = Standby("127.0.0.1:0", Trust(settings)), Standby("127.0.0.1:0", Trust(settings))
+    await first.start()
+    await second.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+            ads = channel.stream_stream(ADS_METHOD)
+
+            async def status() -> tuple[grpc.StatusCode, str]:
+                call = ads(iter([b""]))
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    async for _ in call:
+                        pass
+                return ended.value.code(), ended.value.details() or ""
+
+            code, details = await status()
+            assert code == grpc.StatusCode.UNAVAILABLE
+            assert "no leader is elected yet" in details
+            first.leader = second.leader = f"127.0.0.1:{second.port}"
+            code, details = await status()
+            assert code == grpc.StatusCode.UNAVAILABLE
+            assert "this manager is a standby too" in details
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await channel.unary_unary("/pycontainer.v1.Manager/ListContainers")(b"")
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        await first.stop()
+        await second.stop()

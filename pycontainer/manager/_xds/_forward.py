@@ -27,6 +27,11 @@ _log = logging.getLogger("pycontainer.manager.xds")
 #: The one method forwarded (the state-of-the-world stream gRPC and Envoy use).
 ADS_METHOD = f"/{ADS_SERVICE}/StreamAggregatedResources"
 
+#: Metadata on a forwarded stream: a manager that gets one while a standby
+#: (it took a standby, or itself, for the leader) refuses it rather than
+#: forwarding it again, so a stream makes one hop at most, never a loop.
+FORWARDED_METADATA = "pycontainer-xds-forwarded"
+
 #: Dials the leader's address (plaintext, or mutual TLS with the manager's leaf).
 Dial = Callable[[str], grpc.aio.Channel]
 
@@ -56,6 +61,12 @@ class AdsForwarder(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
         leader = self._leader()
+        if any(key == FORWARDED_METADATA for key, _ in context.invocation_metadata() or ()):
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "this manager is a standby too (the one forwarding took it for the leader): "
+                "the xDS client retries",
+            )
         if not leader:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
@@ -64,7 +75,7 @@ class AdsForwarder(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             )
         # Bytes both ways: no serializer, nothing decoded.
         method = self._channel(leader).stream_stream(ADS_METHOD, None, None)
-        call = method(requests)
+        call = method(requests, metadata=((FORWARDED_METADATA, "1"),))
         try:
             async for response in call:
                 yield response
@@ -102,4 +113,4 @@ def dial_leader(insecure: bool, manager_files: Any) -> Dial:
     return dial
 
 
-__all__ = ["ADS_METHOD", "AdsForwarder", "Dial", "dial_leader"]
+__all__ = ["ADS_METHOD", "FORWARDED_METADATA", "AdsForwarder", "Dial", "dial_leader"]
