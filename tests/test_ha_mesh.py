@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import io
+import json
 import os
 import signal
 import socket
@@ -33,6 +35,7 @@ from ha_mesh_support import (
 from ha_support import ManagerCluster
 from support import wait_until
 
+from pycontainer.cli import main
 from pycontainer.client import bootstrap
 from pycontainer.manager._leadership import Standby
 from pycontainer.manager._settings import ManagerSettings
@@ -68,6 +71,9 @@ def test_mesh_calls_do_not_fail_through_a_leader_kill(tmp_path: Path) -> None:
                     counts = load.until_answered(ids)
                     managers.kill(leader)
                     successor, _ = leading(managers, after=epoch, timeout=FAILOVER_BOUND)
+                    # From its first answer: the endpoints as they were (held
+                    # until the backends reconnect), never an empty service.
+                    assert healthy(successor, SERVICE) == ids
                     # Calls go on meanwhile; the client's stream reaches the
                     # new leader, and the backends re-register with it.
                     wait_until(
@@ -151,6 +157,12 @@ def test_a_bootstrap_names_every_manager_in_one_server_uri() -> None:
     assert all(s["channel_creds"][0]["type"] == "tls" for s in tls)
     with pytest.raises(ValueError, match="manager's address"):
         bootstrap(" , ", node_id="n")
+    # `pycontainer mesh bootstrap` given every manager (it dials none).
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["--insecure", "--manager", "127.0.0.1:1,127.0.0.1:2", "mesh", "bootstrap"]
+    assert main([*argv, "--node-id", "n"], stdout=out, stderr=err) == 0, err.getvalue()
+    printed = json.loads(out.getvalue())["xds_servers"]
+    assert [s["server_uri"] for s in printed] == ["ipv4:127.0.0.1:1,127.0.0.1:2"]
 
 
 def test_an_envoys_xds_cluster_has_every_manager_as_an_endpoint() -> None:
