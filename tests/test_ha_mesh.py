@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import grpc
@@ -33,7 +34,7 @@ from ha_mesh_support import (
     synced,
 )
 from ha_support import ManagerCluster
-from support import wait_until
+from support import IN_CI, free_address, wait_until
 
 from pycontainer.cli import main
 from pycontainer.client import bootstrap
@@ -41,9 +42,10 @@ from pycontainer.manager._leadership import Standby
 from pycontainer.manager._settings import ManagerSettings
 from pycontainer.manager._trust import Trust
 from pycontainer.manager._xds._forward import ADS_METHOD
+from pycontainer.sidecar._envoy import EnvoyNotInstalled, envoy_binary
 from pycontainer.sidecar._envoy import bootstrap as envoy_bootstrap
-from pycontainer.testing import CallCounts, ManagerHost
-from pycontainer.v1 import manager_pb2
+from pycontainer.testing import CallCounts, Load, ManagerHost
+from pycontainer.v1 import manager_pb2, mesh_pb2, spec_pb2
 
 SERVICE = "echo"
 REPLICAS = 3
@@ -222,3 +224,74 @@ async def test_a_standby_forwards_ads_one_hop_at_most(tmp_path: Path) -> None:
     finally:
         await first.stop()
         await second.stop()
+
+
+IDLE_PROGRAM = [
+    sys.executable,
+    "-c",
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+    "time.sleep(3600)",
+]
+
+
+def test_calls_through_envoy_do_not_fail_through_a_leader_kill(tmp_path: Path) -> None:
+    """A program behind Envoy (a sidecar the leader launched, given every
+    manager) calls the service through Envoy's outbound listener: Envoy's
+    xDS cluster has every manager, its stream ends up on the new leader, and
+    no call fails meanwhile."""
+    try:
+        envoy_binary()
+    except EnvoyNotInstalled as exc:
+        if IN_CI:
+            pytest.fail(f"Envoy is required in CI: {exc}")
+        pytest.skip(str(exc))
+    with etcd_cluster(tmp_path / "etcd") as etcd:
+        managers = ManagerCluster(tmp_path / "m", etcd.url)
+        try:
+            managers.start_all()
+            leader, epoch = leading(managers)
+            with backends_killed_at_end(managers) as pids:
+                ids = run_backends(leader, SERVICE, REPLICAS)
+                listen = free_address()
+                caller = spec_pb2.ContainerSpec(
+                    name="caller",
+                    command=IDLE_PROGRAM,
+                    sidecar=True,
+                    proxy=mesh_pb2.MESH_PROXY_ENVOY,
+                    envoy=mesh_pb2.EnvoySettings(
+                        upstreams=[mesh_pb2.MeshUpstream(service=SERVICE, listen=listen)]
+                    ),
+                )
+                [me] = leader.stub.RunContainer(
+                    manager_pb2.RunContainerRequest(spec=caller), timeout=60
+                ).containers
+                node_id = me.identity.id
+                wait_until(lambda: synced(leader, node_id), 60, "Envoy on the leader")
+                pids += pids_of(leader)
+                workdir = tmp_path / "envoy-load"
+                workdir.mkdir()
+                with Load(
+                    listen, workdir, dict(os.environ), node_id="", concurrency=4, deadline=10
+                ) as load:
+                    counts = load.until_answered(ids)
+                    managers.kill(leader)
+                    successor, _ = leading(managers, after=epoch, timeout=FAILOVER_BOUND)
+                    wait_until(
+                        lambda: synced(successor, node_id),
+                        FAILOVER_BOUND,
+                        "Envoy's xDS stream on the new leader",
+                    )
+                    wait_until(
+                        lambda: connected(successor, {*ids, node_id}),
+                        FAILOVER_BOUND,
+                        "every container back on the new leader",
+                    )
+                    during = load.phase()
+                    after = load.until_answered(ids) + load.finish()
+                total: CallCounts = counts + during + after
+                print(f"calls through Envoy through a leader kill: {total}")
+                assert during.calls > 0
+                assert total.failed == 0, f"{total}; {managers.logs()}"
+        finally:
+            managers.stop()
