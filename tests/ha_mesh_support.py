@@ -106,6 +106,38 @@ def backend_spec(service: str, replicas: int) -> spec_pb2.ContainerSpec:
     )
 
 
+# A program behind Envoy that only calls out: a load generator is its
+# stand-in, dialling the outbound listener it would dial.
+IDLE_PROGRAM = [
+    sys.executable,
+    "-c",
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+    "time.sleep(3600)",
+]
+
+
+def envoy_caller(leader: ManagerProcess, service: str, listen: str) -> str:
+    """A program behind Envoy (a sidecar the leader launches, spec.proxy
+    envoy) whose outbound listener on ``listen`` reaches ``service``; its
+    id (Envoy's node id), once Envoy acknowledged all it was sent."""
+    spec = spec_pb2.ContainerSpec(
+        name="caller",
+        command=IDLE_PROGRAM,
+        sidecar=True,
+        proxy=mesh_pb2.MESH_PROXY_ENVOY,
+        envoy=mesh_pb2.EnvoySettings(
+            upstreams=[mesh_pb2.MeshUpstream(service=service, listen=listen)]
+        ),
+    )
+    [me] = leader.stub.RunContainer(
+        manager_pb2.RunContainerRequest(spec=spec), timeout=60
+    ).containers
+    node_id: str = me.identity.id
+    wait_until(lambda: synced(leader, node_id), 60, "Envoy on the leader")
+    return node_id
+
+
 def run_backends(leader: ManagerProcess, service: str, replicas: int) -> set[str]:
     """``replicas`` backends of ``service`` run by the leader; their ids,
     once every one is an endpoint."""
@@ -137,6 +169,12 @@ def backends_killed_at_end(managers: ManagerCluster) -> Iterator[list[int]]:
 def pids_of(manager: ManagerProcess) -> list[int]:
     listed = manager.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=10)
     return [c.pid for c in listed.containers if c.pid]
+
+
+def envoy_load(workdir: Path, listen: str, concurrency: int = 4) -> Load:
+    """tests/apps/mesh_client.py calling Envoy's outbound listener ``listen``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return Load(listen, workdir, dict(os.environ), node_id="", concurrency=concurrency, deadline=10)
 
 
 def mesh_load(

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import grpc
@@ -26,6 +25,8 @@ from ha_mesh_support import (
     backend_spec,
     backends_killed_at_end,
     connected,
+    envoy_caller,
+    envoy_load,
     healthy,
     leading,
     mesh_load,
@@ -44,8 +45,8 @@ from pycontainer.manager._trust import Trust
 from pycontainer.manager._xds._forward import ADS_METHOD
 from pycontainer.sidecar._envoy import EnvoyNotInstalled, envoy_binary
 from pycontainer.sidecar._envoy import bootstrap as envoy_bootstrap
-from pycontainer.testing import CallCounts, Load, ManagerHost
-from pycontainer.v1 import manager_pb2, mesh_pb2, spec_pb2
+from pycontainer.testing import CallCounts, ManagerHost
+from pycontainer.v1 import manager_pb2
 
 SERVICE = "echo"
 REPLICAS = 3
@@ -226,15 +227,6 @@ async def test_a_standby_forwards_ads_one_hop_at_most(tmp_path: Path) -> None:
         await second.stop()
 
 
-IDLE_PROGRAM = [
-    sys.executable,
-    "-c",
-    "import signal, sys, time\n"
-    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
-    "time.sleep(3600)",
-]
-
-
 def test_calls_through_envoy_do_not_fail_through_a_leader_kill(tmp_path: Path) -> None:
     """A program behind Envoy (a sidecar the leader launched, given every
     manager) calls the service through Envoy's outbound listener: Envoy's
@@ -254,26 +246,9 @@ def test_calls_through_envoy_do_not_fail_through_a_leader_kill(tmp_path: Path) -
             with backends_killed_at_end(managers) as pids:
                 ids = run_backends(leader, SERVICE, REPLICAS)
                 listen = free_address()
-                caller = spec_pb2.ContainerSpec(
-                    name="caller",
-                    command=IDLE_PROGRAM,
-                    sidecar=True,
-                    proxy=mesh_pb2.MESH_PROXY_ENVOY,
-                    envoy=mesh_pb2.EnvoySettings(
-                        upstreams=[mesh_pb2.MeshUpstream(service=SERVICE, listen=listen)]
-                    ),
-                )
-                [me] = leader.stub.RunContainer(
-                    manager_pb2.RunContainerRequest(spec=caller), timeout=60
-                ).containers
-                node_id = me.identity.id
-                wait_until(lambda: synced(leader, node_id), 60, "Envoy on the leader")
+                node_id = envoy_caller(leader, SERVICE, listen)
                 pids += pids_of(leader)
-                workdir = tmp_path / "envoy-load"
-                workdir.mkdir()
-                with Load(
-                    listen, workdir, dict(os.environ), node_id="", concurrency=4, deadline=10
-                ) as load:
+                with envoy_load(tmp_path / "envoy-load", listen) as load:
                     counts = load.until_answered(ids)
                     managers.kill(leader)
                     successor, _ = leading(managers, after=epoch, timeout=FAILOVER_BOUND)
