@@ -19,9 +19,11 @@ With ``--mesh-kills N``, the mesh through failovers too: a service of
 ``--mesh-replicas`` backends (tests/apps/mesh_backend.py) the leader launches,
 and a proxyless grpcio client (tests/apps/mesh_client.py) calling
 ``xds:///echo`` without pause, its bootstrap naming every manager; the leader
-killed N times (each back as a standby before the next kill); reported, per
-kill and in all: the calls made and the calls that failed (goal 0), and when
-the client's xDS stream and every backend were on the new leader::
+killed N times (each back as a standby before the next kill); with Envoy
+installed, a program behind Envoy (a sidecar the leader launches) called
+through its outbound listener as well. Reported, per kill and in all: the
+calls made and the calls that failed (goal 0), and when every xDS client's
+stream and every container were on the new leader::
 
     .venv/bin/python -m bench.ha_failover --sessions 0 --mesh-kills 5
 """
@@ -29,6 +31,7 @@ the client's xDS stream and every backend were on the new leader::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -46,6 +49,8 @@ from etcd_support import etcd_cluster  # noqa: E402
 from ha_mesh_support import (  # noqa: E402
     backends_killed_at_end,
     connected,
+    envoy_caller,
+    envoy_load,
     leading,
     mesh_load,
     pids_of,
@@ -53,8 +58,9 @@ from ha_mesh_support import (  # noqa: E402
     synced,
 )
 from ha_support import ManagerCluster  # noqa: E402
-from support import wait_until  # noqa: E402
+from support import free_address, wait_until  # noqa: E402
 
+from pycontainer.sidecar._envoy import EnvoyNotInstalled, envoy_binary  # noqa: E402
 from pycontainer.testing import CallCounts  # noqa: E402
 
 AGENT = r"""
@@ -193,57 +199,80 @@ def run(sessions: int, agents: int, runs: int, ttl: str) -> None:
 
 
 def run_mesh(kills: int, ttl: str, replicas: int, concurrency: int) -> CallCounts:
-    """Failed mesh calls through ``kills`` kills of the leader; the total counts."""
+    """Failed mesh calls through ``kills`` kills of the leader, of a
+    proxyless client and (Envoy installed) of a program behind Envoy; the
+    total counts of both."""
     service, node_id = "echo", "bench-load"
+    try:
+        envoy_binary()
+        with_envoy = True
+    except EnvoyNotInstalled as exc:
+        print(f"mesh: no Envoy ({exc}): the proxyless client alone", flush=True)
+        with_envoy = False
     with (
         tempfile.TemporaryDirectory(prefix="ha-mesh-") as tmp,
         etcd_cluster(Path(tmp) / "etcd") as etcd,
+        contextlib.ExitStack() as stack,
     ):
         managers = ManagerCluster(Path(tmp) / "m", etcd.url, 3, ttl)
-        try:
-            managers.start_all()
-            leader, epoch = leading(managers)
-            with backends_killed_at_end(managers) as pids:
-                ids = run_backends(leader, service, replicas)
-                pids += pids_of(leader)
-                addresses = [m.address for m in managers.managers]
-                workdir = Path(tmp) / "load"
-                with mesh_load(workdir, service, addresses, node_id, concurrency) as load:
-                    wait_until(lambda: synced(leader, node_id), 30, "the client on the leader")
-                    total = load.until_answered(ids)
-                    for kill in range(1, kills + 1):
-                        t0 = time.monotonic()
-                        managers.kill(leader)
-                        successor, epoch = leading(managers, after=epoch)
-                        elected = time.monotonic() - t0
-                        wait_until(
-                            lambda s=successor: synced(s, node_id) and connected(s, ids),
-                            60,
-                            "the client's xDS stream and every backend on the new leader",
-                        )
-                        back = time.monotonic() - t0
-                        counts = load.phase()
-                        total += counts
-                        print(
-                            f"mesh, kill -9 {kill} of the leader: new leader in {elected:.2f} s, "
-                            f"the client's xDS stream and all {replicas} backends on it in "
-                            f"{back:.2f} s; calls meanwhile: {counts}",
-                            flush=True,
-                        )
-                        managers.start(leader)  # back as a standby for the next kill
-                        leader = successor
-                        time.sleep(2)
-                    total += load.finish()
+        stack.callback(managers.stop)
+        managers.start_all()
+        leader, epoch = leading(managers)
+        pids = stack.enter_context(backends_killed_at_end(managers))
+        ids = run_backends(leader, service, replicas)
+        nodes = {node_id}
+        addresses = [m.address for m in managers.managers]
+        loads = {
+            "proxyless": stack.enter_context(
+                mesh_load(Path(tmp) / "load", service, addresses, node_id, concurrency)
+            )
+        }
+        if with_envoy:
+            listen = free_address()
+            nodes.add(envoy_caller(leader, service, listen))
+            loads["envoy"] = stack.enter_context(
+                envoy_load(Path(tmp) / "envoy-load", listen, concurrency)
+            )
+        pids += pids_of(leader)
+        wait_until(lambda: all(synced(leader, n) for n in nodes), 30, "the clients on the leader")
+        totals = {kind: load.until_answered(ids) for kind, load in loads.items()}
+        containers = set(ids) | (nodes - {node_id})
+        for kill in range(1, kills + 1):
+            t0 = time.monotonic()
+            managers.kill(leader)
+            successor, epoch = leading(managers, after=epoch)
+            elected = time.monotonic() - t0
+            wait_until(
+                lambda s=successor: all(synced(s, n) for n in nodes) and connected(s, containers),
+                60,
+                "every xDS client's stream and every container on the new leader",
+            )
+            back = time.monotonic() - t0
+            meanwhile = []
+            for kind, load in loads.items():
+                counts = load.phase()
+                totals[kind] += counts
+                meanwhile.append(f"{kind} {counts}")
             print(
-                f"mesh through {kills} kills of the leader (TTL {ttl}, {replicas} backends, "
-                f"{concurrency} calls at a time): {total.failed} failed mesh calls of "
+                f"mesh, kill -9 {kill} of the leader: new leader in {elected:.2f} s, every "
+                f"xDS client's stream and container on it in {back:.2f} s; calls meanwhile: "
+                + "; ".join(meanwhile),
+                flush=True,
+            )
+            managers.start(leader)  # back as a standby for the next kill
+            leader = successor
+            time.sleep(2)
+        for kind, load in loads.items():
+            totals[kind] += load.finish()
+        for kind, total in totals.items():
+            print(
+                f"mesh ({kind}) through {kills} kills of the leader (TTL {ttl}, {replicas} "
+                f"backends, {concurrency} calls at a time): {total.failed} failed calls of "
                 f"{total.calls} (goal 0)"
                 + (f"; {dict(total.failures)}: {dict(total.samples)}" if total.failed else ""),
                 flush=True,
             )
-            return total
-        finally:
-            managers.stop()
+        return sum(totals.values(), CallCounts(0, 0, {}, {}, {}, 0.0))
 
 
 def main(argv: list[str] | None = None) -> int:
