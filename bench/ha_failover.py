@@ -57,7 +57,7 @@ from ha_mesh_support import (  # noqa: E402
     run_backends,
     synced,
 )
-from ha_support import ManagerCluster  # noqa: E402
+from ha_support import ManagerCluster, ManagerProcess  # noqa: E402
 from support import free_address, wait_until  # noqa: E402
 
 from pycontainer.sidecar._envoy import EnvoyNotInstalled, envoy_binary  # noqa: E402
@@ -198,6 +198,19 @@ def run(sessions: int, agents: int, runs: int, ttl: str) -> None:
             managers.stop()
 
 
+def _arrived(
+    leader: ManagerProcess, nodes: set[str], containers: set[str], t0: float, on: dict[str, float]
+) -> bool:
+    """Whether every xDS client of ``nodes`` and every one of ``containers``
+    is on ``leader``; ``on`` gets when each was first seen there (from t0)."""
+    for n in nodes:
+        if n not in on and synced(leader, n):
+            on[n] = time.monotonic() - t0
+    if "containers" not in on and connected(leader, containers):
+        on["containers"] = time.monotonic() - t0
+    return len(on) == len(nodes) + 1
+
+
 def run_mesh(kills: int, ttl: str, replicas: int, concurrency: int) -> CallCounts:
     """Failed mesh calls through ``kills`` kills of the leader, of a
     proxyless client and (Envoy installed) of a program behind Envoy; the
@@ -242,12 +255,18 @@ def run_mesh(kills: int, ttl: str, replicas: int, concurrency: int) -> CallCount
             managers.kill(leader)
             successor, epoch = leading(managers, after=epoch)
             elected = time.monotonic() - t0
+            # When each xDS client's stream, and every container, was on it.
+            on: dict[str, float] = {}
             wait_until(
-                lambda s=successor: all(synced(s, n) for n in nodes) and connected(s, containers),
+                lambda s=successor, on=on, t0=t0: _arrived(s, nodes, containers, t0, on),
                 60,
                 "every xDS client's stream and every container on the new leader",
             )
             back = time.monotonic() - t0
+            where = ", ".join(
+                f"{'proxyless' if n == node_id else 'envoy' if n != 'containers' else n} {at:.2f} s"
+                for n, at in sorted(on.items(), key=lambda item: item[1])
+            )
             meanwhile = []
             for kind, load in loads.items():
                 counts = load.phase()
@@ -255,8 +274,8 @@ def run_mesh(kills: int, ttl: str, replicas: int, concurrency: int) -> CallCount
                 meanwhile.append(f"{kind} {counts}")
             print(
                 f"mesh, kill -9 {kill} of the leader: new leader in {elected:.2f} s, every "
-                f"xDS client's stream and container on it in {back:.2f} s; calls meanwhile: "
-                + "; ".join(meanwhile),
+                f"xDS client's stream and container on it in {back:.2f} s ({where}); calls "
+                "meanwhile: " + "; ".join(meanwhile),
                 flush=True,
             )
             managers.start(leader)  # back as a standby for the next kill
