@@ -227,7 +227,21 @@ def bootstrap(
             "ads_config": {
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [
+                    {
+                        "envoy_grpc": {
+                            "cluster_name": XDS_CLUSTER,
+                            # Envoy's own backoff grows to 30 s: after a
+                            # failover (the dead leader refusing, a standby
+                            # with no leader yet) its stream came back to the
+                            # new leader up to 10 s late. Capped at 2 s, it
+                            # tries again as often as a proxyless client.
+                            "retry_policy": {
+                                "retry_back_off": {"base_interval": "0.25s", "max_interval": "2s"}
+                            },
+                        }
+                    }
+                ],
                 "set_node_on_first_message_only": True,
             },
             "lds_config": ads,
