@@ -251,6 +251,9 @@ def run_mesh(kills: int, ttl: str, replicas: int, concurrency: int) -> CallCount
         totals = {kind: load.until_answered(ids) for kind, load in loads.items()}
         containers = set(ids) | (nodes - {node_id})
         for kill in range(1, kills + 1):
+            # Who leads now (the highest epoch printed): on a loaded machine
+            # the leadership may have moved on by itself since the last kill.
+            leader, epoch = leading(managers)
             t0 = time.monotonic()
             managers.kill(leader)
             successor, epoch = leading(managers, after=epoch)
@@ -279,7 +282,6 @@ def run_mesh(kills: int, ttl: str, replicas: int, concurrency: int) -> CallCount
                 flush=True,
             )
             managers.start(leader)  # back as a standby for the next kill
-            leader = successor
             time.sleep(2)
         for kind, load in loads.items():
             totals[kind] += load.finish()
