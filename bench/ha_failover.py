@@ -14,11 +14,24 @@ first prints its CLOCK_MONOTONIC time (shared by processes).
 
 It uses the tests' etcd cluster and manager processes (tests/etcd_support.py,
 tests/ha_support.py).
+
+With ``--mesh-kills N``, the mesh through failovers too: a service of
+``--mesh-replicas`` backends (tests/apps/mesh_backend.py) the leader launches,
+and a proxyless grpcio client (tests/apps/mesh_client.py) calling
+``xds:///echo`` without pause, its bootstrap naming every manager; the leader
+killed N times (each back as a standby before the next kill); with Envoy
+installed, a program behind Envoy (a sidecar the leader launches) called
+through its outbound listener as well. Reported, per kill and in all: the
+calls made and the calls that failed (goal 0), and when every xDS client's
+stream and every container were on the new leader::
+
+    .venv/bin/python -m bench.ha_failover --sessions 0 --mesh-kills 5
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -33,7 +46,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from etcd_support import etcd_cluster  # noqa: E402
-from ha_support import ManagerCluster  # noqa: E402
+from ha_mesh_support import (  # noqa: E402
+    backends_killed_at_end,
+    connected,
+    envoy_caller,
+    envoy_load,
+    leading,
+    mesh_load,
+    pids_of,
+    run_backends,
+    synced,
+)
+from ha_support import ManagerCluster, ManagerProcess  # noqa: E402
+from support import free_address, wait_until  # noqa: E402
+
+from pycontainer.sidecar._envoy import EnvoyNotInstalled, envoy_binary  # noqa: E402
+from pycontainer.testing import CallCounts  # noqa: E402
 
 AGENT = r"""
 import asyncio, random, sys, time, uuid, grpc
@@ -170,14 +198,122 @@ def run(sessions: int, agents: int, runs: int, ttl: str) -> None:
             managers.stop()
 
 
+def _arrived(
+    leader: ManagerProcess, nodes: set[str], containers: set[str], t0: float, on: dict[str, float]
+) -> bool:
+    """Whether every xDS client of ``nodes`` and every one of ``containers``
+    is on ``leader``; ``on`` gets when each was first seen there (from t0)."""
+    for n in nodes:
+        if n not in on and synced(leader, n):
+            on[n] = time.monotonic() - t0
+    if "containers" not in on and connected(leader, containers):
+        on["containers"] = time.monotonic() - t0
+    return len(on) == len(nodes) + 1
+
+
+def run_mesh(kills: int, ttl: str, replicas: int, concurrency: int) -> CallCounts:
+    """Failed mesh calls through ``kills`` kills of the leader, of a
+    proxyless client and (Envoy installed) of a program behind Envoy; the
+    total counts of both."""
+    service, node_id = "echo", "bench-load"
+    try:
+        envoy_binary()
+        with_envoy = True
+    except EnvoyNotInstalled as exc:
+        print(f"mesh: no Envoy ({exc}): the proxyless client alone", flush=True)
+        with_envoy = False
+    with (
+        tempfile.TemporaryDirectory(prefix="ha-mesh-") as tmp,
+        etcd_cluster(Path(tmp) / "etcd") as etcd,
+        contextlib.ExitStack() as stack,
+    ):
+        managers = ManagerCluster(Path(tmp) / "m", etcd.url, 3, ttl)
+        stack.callback(managers.stop)
+        managers.start_all()
+        leader, epoch = leading(managers)
+        pids = stack.enter_context(backends_killed_at_end(managers))
+        ids = run_backends(leader, service, replicas)
+        nodes = {node_id}
+        addresses = [m.address for m in managers.managers]
+        loads = {
+            "proxyless": stack.enter_context(
+                mesh_load(Path(tmp) / "load", service, addresses, node_id, concurrency)
+            )
+        }
+        if with_envoy:
+            listen = free_address()
+            nodes.add(envoy_caller(leader, service, listen))
+            loads["envoy"] = stack.enter_context(
+                envoy_load(Path(tmp) / "envoy-load", listen, concurrency)
+            )
+        pids += pids_of(leader)
+        wait_until(lambda: all(synced(leader, n) for n in nodes), 30, "the clients on the leader")
+        totals = {kind: load.until_answered(ids) for kind, load in loads.items()}
+        containers = set(ids) | (nodes - {node_id})
+        for kill in range(1, kills + 1):
+            # Who leads now (the highest epoch printed): on a loaded machine
+            # the leadership may have moved on by itself since the last kill.
+            leader, epoch = leading(managers)
+            t0 = time.monotonic()
+            managers.kill(leader)
+            successor, epoch = leading(managers, after=epoch)
+            elected = time.monotonic() - t0
+            # When each xDS client's stream, and every container, was on it.
+            on: dict[str, float] = {}
+            wait_until(
+                lambda s=successor, on=on, t0=t0: _arrived(s, nodes, containers, t0, on),
+                60,
+                "every xDS client's stream and every container on the new leader",
+            )
+            back = time.monotonic() - t0
+            where = ", ".join(
+                f"{'proxyless' if n == node_id else 'envoy' if n != 'containers' else n} {at:.2f} s"
+                for n, at in sorted(on.items(), key=lambda item: item[1])
+            )
+            meanwhile = []
+            for kind, load in loads.items():
+                counts = load.phase()
+                totals[kind] += counts
+                meanwhile.append(f"{kind} {counts}")
+            print(
+                f"mesh, kill -9 {kill} of the leader: new leader in {elected:.2f} s, every "
+                f"xDS client's stream and container on it in {back:.2f} s ({where}); calls "
+                "meanwhile: " + "; ".join(meanwhile),
+                flush=True,
+            )
+            managers.start(leader)  # back as a standby for the next kill
+            time.sleep(2)
+        for kind, load in loads.items():
+            totals[kind] += load.finish()
+        for kind, total in totals.items():
+            print(
+                f"mesh ({kind}) through {kills} kills of the leader (TTL {ttl}, {replicas} "
+                f"backends, {concurrency} calls at a time): {total.failed} failed calls of "
+                f"{total.calls} (goal 0)"
+                + (f"; {dict(total.failures)}: {dict(total.samples)}" if total.failed else ""),
+                flush=True,
+            )
+        return sum(totals.values(), CallCounts(0, 0, {}, {}, {}, 0.0))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--agents", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--ttl", default="2s", help="the managers' --leader-ttl")
+    parser.add_argument(
+        "--mesh-kills", type=int, default=0, help="also the mesh through this many kills"
+    )
+    parser.add_argument("--mesh-replicas", type=int, default=3)
+    parser.add_argument("--mesh-concurrency", type=int, default=4)
     args = parser.parse_args(argv)
-    run(args.sessions, args.agents, args.runs, args.ttl)
+    if args.sessions > 0:
+        run(args.sessions, args.agents, args.runs, args.ttl)
+    if args.mesh_kills > 0:
+        total = run_mesh(args.mesh_kills, args.ttl, args.mesh_replicas, args.mesh_concurrency)
+        if total.failed:
+            return 1
     return 0
 
 

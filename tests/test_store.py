@@ -46,6 +46,7 @@ def record(id: str = "web-1", **changes: object) -> ContainerRecord:
         exit_code=-9,
         last_checkpoint_id="ckpt-x",
         desired=False,
+        endpoints=b"\x3a\x05\x0a\x03app\x00",
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -321,6 +322,19 @@ def test_newer_schema_is_refused(path: Path) -> None:
         db.execute("UPDATE schema_version SET version = 99")
     with pytest.raises(StoreError, match="schema version 99"):
         SQLiteStore(path)
+
+
+def test_a_store_from_before_the_endpoints_column_gets_it(path: Path) -> None:
+    """ContainerRecord.endpoints came after schema version 1 (no bump): a
+    store without the column gets it when opened, its records reading none."""
+    with contextlib.closing(SQLiteStore(path)) as s:
+        s.put_container(record(endpoints=b""))
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("ALTER TABLE containers DROP COLUMN endpoints")
+    with contextlib.closing(SQLiteStore(path)) as s:
+        assert s.get_container("web-1") == record(endpoints=b"")
+        s.put_container(record())
+        assert s.get_container("web-1") == record()
 
 
 def test_closed_store_raises(store: StateStore) -> None:

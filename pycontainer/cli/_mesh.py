@@ -140,7 +140,7 @@ def _bootstrap(args: argparse.Namespace, ctx: Context) -> int:
         TargetError,
         TransportError,
         bootstrap_json,
-        manager_target,
+        manager_targets,
         manager_transport,
     )
 
@@ -148,7 +148,9 @@ def _bootstrap(args: argparse.Namespace, ctx: Context) -> int:
     cert_dir = args.cert_dir or getattr(args, "global_cert_dir", None)
     insecure = bool(args.insecure or getattr(args, "global_insecure", None))
     try:
-        address = manager_target(given)
+        # Managers in high availability: every one is named (the xDS
+        # stream follows the leader through whichever answers).
+        addresses = manager_targets(given)
         transport = manager_transport(cert_dir, insecure=insecure)
     except TargetError as exc:
         raise CliError(f"--manager: {exc}") from None
@@ -156,7 +158,7 @@ def _bootstrap(args: argparse.Namespace, ctx: Context) -> int:
         raise CliError(str(exc)) from None
     ctx.stdout.write(
         bootstrap_json(
-            address,
+            addresses,
             node_id=args.node_id or socket.gethostname(),
             cluster=args.cluster,
             zone=args.zone,

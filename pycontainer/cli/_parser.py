@@ -1059,7 +1059,9 @@ def _mesh(subparsers: Subparsers) -> None:
         "bootstrap",
         help="print a gRPC xDS bootstrap (GRPC_XDS_BOOTSTRAP) for a program of your own",
         description="Print the gRPC xDS bootstrap JSON that lets a grpcio program dial "
-        "xds:///NAME through this manager: its address (--manager), and with mutual TLS "
+        "xds:///NAME through this manager: its address (--manager; managers in high "
+        "availability: every one's, comma-separated, and the xDS stream follows the "
+        "leader), and with mutual TLS "
         "the certificate in --tls-dir (the CLI's own by default) for the manager and the "
         "mesh's services; plaintext with --insecure.",
     )

@@ -9,7 +9,17 @@ that file's content (:func:`bootstrap`):
 
 - ``xds_servers``: the manager, dialled in plaintext (an ``--insecure``
   manager) or with mutual TLS (gRFC A65's ``tls`` channel credentials: the
-  peer's certificate and the CA, reread when renewed);
+  peer's certificate and the CA, reread when renewed). Managers in high
+  availability are named all in one ``server_uri`` (``ipv4:A,B,C``): the xDS
+  channel's pick_first moves to the next one that answers when its manager
+  dies, and a standby forwards the ADS stream to the leader. (gRPC's fallback
+  across several ``xds_servers``, gRFC A71, moves only while resources are
+  not cached yet: a client that has them would stay on a dead manager.)
+  Addresses that cannot share a URI (host names, IPv4 and IPv6 mixed) are
+  listed one per server, in order, and so are they all under mutual TLS:
+  gRPC checks the manager's certificate against the URI's authority, which
+  for several addresses names no host (give a DNS name that resolves to
+  every manager, and that their certificates name, for the first behaviour);
 - ``node``: its id (a launched container's id), cluster and locality;
 - ``certificate_providers``: the instance ``pycontainer`` (gRFC A29's
   ``file_watcher``) that the manager's clusters name for mutual TLS between
@@ -53,6 +63,7 @@ __all__ = [
     "mesh_aio_channel",
     "mesh_channel",
     "mesh_target",
+    "server_uris",
     "write_bootstrap",
 ]
 
@@ -89,8 +100,60 @@ def _tls_files(tls_dir: str | os.PathLike[str], refresh: datetime.timedelta) -> 
     }
 
 
+def server_uris(managers: str | Sequence[str], *, separate: bool = False) -> list[str]:
+    """The ``server_uri`` of each xDS server the bootstrap names for
+    ``managers`` (HOST:PORT each, or one string of them comma-separated):
+    one ``ipv4:A,B,C`` (or ``ipv6:``) URI when they are all such literals, so
+    that one xDS channel reaches whichever of them answers; otherwise, or
+    when ``separate`` (mutual TLS: the server's name is checked against the
+    URI's authority), each address its own."""
+    given = managers.split(",") if isinstance(managers, str) else list(managers)
+    addresses = [a.strip() for a in given if a.strip()]
+    if not addresses:
+        raise ValueError("the bootstrap needs the manager's address (HOST:PORT)")
+    if len(addresses) == 1 or separate:
+        return addresses
+    for scheme, literal in (("ipv4", _ipv4_literal), ("ipv6", _ipv6_literal)):
+        if all(literal(a) for a in addresses):
+            return [f"{scheme}:{','.join(addresses)}"]
+    return addresses
+
+
+def _host_port(address: str) -> tuple[str, str] | None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host, port
+
+
+def _ipv4_literal(address: str) -> bool:
+    import ipaddress
+
+    split = _host_port(address)
+    if split is None:
+        return False
+    try:
+        ipaddress.IPv4Address(split[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _ipv6_literal(address: str) -> bool:
+    import ipaddress
+
+    split = _host_port(address)
+    if split is None or not (split[0].startswith("[") and split[0].endswith("]")):
+        return False
+    try:
+        ipaddress.IPv6Address(split[0][1:-1])
+    except ValueError:
+        return False
+    return True
+
+
 def bootstrap(
-    manager: str,
+    manager: str | Sequence[str],
     *,
     node_id: str,
     cluster: str = "",
@@ -100,7 +163,9 @@ def bootstrap(
 ) -> dict[str, Any]:
     """The xDS bootstrap of a proxyless client (as JSON-ready data).
 
-    ``manager`` is the manager's HOST:PORT; ``node_id`` who the client is (a
+    ``manager`` is the manager's HOST:PORT (managers in high availability:
+    every one's, comma-separated or a sequence; :func:`server_uris`);
+    ``node_id`` who the client is (a
     launched container's id: the manager's mesh status lists clients by it);
     ``cluster`` and ``zone`` the node's cluster and locality. With
     ``tls_dir`` (a directory with ``tls.pem`` and ``ca.pem`` of a certificate
@@ -109,35 +174,41 @@ def bootstrap(
     without it, plaintext (an ``--insecure`` manager)."""
     if not node_id:
         raise ValueError("the bootstrap needs a node id (who the client is)")
-    server: dict[str, Any] = {
-        "server_uri": manager,
-        "channel_creds": [{"type": "insecure"}],
-        "server_features": ["xds_v3"],
-    }
+    servers: list[dict[str, Any]] = [
+        {
+            "server_uri": uri,
+            "channel_creds": [{"type": "insecure"}],
+            "server_features": ["xds_v3"],
+        }
+        for uri in server_uris(manager, separate=tls_dir is not None)
+    ]
     node: dict[str, Any] = {"id": node_id}
     if cluster:
         node["cluster"] = cluster
     if zone:
         node["locality"] = {"zone": zone}
-    out: dict[str, Any] = {"xds_servers": [server], "node": node}
+    out: dict[str, Any] = {"xds_servers": servers, "node": node}
     if tls_dir is not None:
         files = _tls_files(tls_dir, refresh)
         # gRFC A65: the manager's server certificate is checked against the
         # CA and the server_uri's host (the manager's certificate names its
         # listen host and 127.0.0.1).
-        server["channel_creds"] = [{"type": "tls", "config": files}]
+        for server in servers:
+            server["channel_creds"] = [{"type": "tls", "config": files}]
         out["certificate_providers"] = {
             CERTIFICATE_PROVIDER: {"plugin_name": "file_watcher", "config": files}
         }
     return out
 
 
-def bootstrap_json(manager: str, **options: Any) -> str:
+def bootstrap_json(manager: str | Sequence[str], **options: Any) -> str:
     """:func:`bootstrap` as the file's text."""
     return json.dumps(bootstrap(manager, **options), indent=2) + "\n"
 
 
-def write_bootstrap(path: str | os.PathLike[str], manager: str, **options: Any) -> Path:
+def write_bootstrap(
+    path: str | os.PathLike[str], manager: str | Sequence[str], **options: Any
+) -> Path:
     """Write :func:`bootstrap` to ``path`` (replaced atomically: a client
     starting meanwhile reads the old file or the new one); returns the path."""
     target = Path(path)

@@ -174,8 +174,9 @@ class Manager:
         self._route_store = self.store if isinstance(self.store, MeshRouteStore) else None
         self._route_lock = asyncio.Lock()
         # The xDS bootstrap file of every container it launches (GRPC_XDS_BOOTSTRAP).
+        # Every manager is named (its own first): the xDS stream follows the leader.
         self.mesh_bootstraps = Bootstraps(
-            Path(self.settings.state_dir) / "mesh", lambda: self.address
+            Path(self.settings.state_dir) / "mesh", self.container_manager_address
         )
         self._purgers.append(self.mesh_bootstraps.forget)
         # Envoys beside programs (spec.proxy envoy) get listeners of their own.
@@ -260,6 +261,9 @@ class Manager:
                         "mesh routes not read", self._route_store.list_mesh_routes, write=False
                     )
                 )
+            # Endpoints of what an earlier manager left RUNNING stay while
+            # those containers reconnect (their clients see no change).
+            self.mesh.hold_inherited()
             server, health = build_server(self)
             self.port = self.trust.bind(server, self.settings.listen)
             self.bootstrap.bind(Observer(self.rpc_stats, self.tracer))
@@ -294,6 +298,7 @@ class Manager:
         health.store(self.store_writer.health.ok)
         self._spawn(self.sessions.watchdog())
         self._spawn(self.reconciler.resume())
+        self._spawn(self.mesh.release_held_after(self.settings.reconnect_window))
         self._spawn(self.trust.renewals())
         self._spawn(self.store_writer.watchdog())
         # Thousands of sessions: survivors frozen as they come (_collector).

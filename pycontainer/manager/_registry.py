@@ -4,6 +4,7 @@ registry that holds them: lookups, persistence in the state store, deletion."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import time
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError
 
 from .. import _selectors, limits
 from .._errors import RequestError, echo, invalid_argument, not_found, resource_exhausted
@@ -283,6 +285,13 @@ class Entry:
             exit_code=self.exit_code,
             last_checkpoint_id=self.last_checkpoint_id,
             desired=self.desired,
+            endpoints=(
+                container_pb2.ContainerIdentity(
+                    endpoints=self.identity.endpoints
+                ).SerializeToString()
+                if self.identity.endpoints
+                else b""
+            ),
         )
 
     @classmethod
@@ -298,6 +307,12 @@ class Entry:
                 cpu_millis=record.cpu_millis, memory_bytes=record.memory_bytes
             ),
         )
+        if record.endpoints:
+            # The endpoints it registered last: the mesh holds them for a
+            # while after a takeover (unreadable ones are as none).
+            with contextlib.suppress(DecodeError):
+                last = container_pb2.ContainerIdentity.FromString(record.endpoints)
+                identity.endpoints.extend(last.endpoints)
         return cls(
             id=record.id,
             name=record.name,

@@ -45,6 +45,7 @@ from ._exclusive import bind
 from ._server import SERVER_OPTIONS, ManagerHealth, build_health_server
 from ._settings import ManagerSettings
 from ._trust import Trust
+from ._xds._forward import AdsForwarder
 
 #: google.rpc.ErrorInfo of a standby's refusal: its reason and domain
 #: (``metadata["leader"]`` the leader's address, "" when none is elected).
@@ -136,6 +137,8 @@ class Standby:
                 grpc.method_handlers_generic_handler(
                     "grpc.health.v1.Health", self.health.handlers()
                 ),
+                # The mesh's xDS streams go on to the leader (_xds._forward).
+                AdsForwarder(self.current_leader, self.channel),
                 _StandbyHandler(self),
             )
         )

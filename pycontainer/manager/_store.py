@@ -66,6 +66,10 @@ class ContainerRecord:
     last_checkpoint_id: str = ""
     # False once the operator stopped or removed it: do not restart it.
     desired: bool = True
+    # The endpoints it registered last (a serialized ContainerIdentity with
+    # those alone, opaque here): a manager taking over keeps them in the mesh
+    # until the container reconnects (manager/_xds). Empty: none known.
+    endpoints: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -374,12 +378,24 @@ _OPERATION_COLUMNS = (
 
 _CONTAINER_COLUMNS = (
     "id, name, spec, labels, priority, cpu_millis, memory_bytes, state, create_time, "
-    "start_time, restarts, error, exit_code, last_checkpoint_id, desired"
+    "start_time, restarts, error, exit_code, last_checkpoint_id, desired, endpoints"
 )
 _PUT_CONTAINER = (
     f"INSERT OR REPLACE INTO containers ({_CONTAINER_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# The containers' last endpoints (ContainerRecord.endpoints), added like
+# applied_specs: a store without the column gets it when opened; older
+# readers name their columns, so they neither see nor lose it.
+_CONTAINER_ENDPOINTS = "ALTER TABLE containers ADD COLUMN endpoints BLOB NOT NULL DEFAULT x''"
+
+
+def _add_endpoints_column(db: sqlite3.Connection) -> None:
+    columns = {r[1] for r in db.execute("PRAGMA table_info(containers)")}
+    if "endpoints" not in columns:
+        db.execute(_CONTAINER_ENDPOINTS)
+
+
 _CHECKPOINT_COLUMNS = "id, container_id, container_name, size_bytes, sha256, create_time"
 
 
@@ -462,6 +478,7 @@ class SQLiteStore:
                 db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
                 db.execute(_APPLIED_SPECS)
                 db.execute(_MESH_ROUTES)
+                _add_endpoints_column(db)
                 return
             row = db.execute("SELECT max(version) FROM schema_version").fetchone()
             if row[0] != SCHEMA_VERSION:
@@ -471,6 +488,7 @@ class SQLiteStore:
                 )
             db.execute(_APPLIED_SPECS)
             db.execute(_MESH_ROUTES)
+            _add_endpoints_column(db)
 
     @contextlib.contextmanager
     def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
@@ -760,7 +778,7 @@ class SQLiteStore:
 
 def _container(row: tuple[Any, ...]) -> ContainerRecord:
     (id_, name, spec, labels, priority, cpu, memory, state, created, started) = row[:10]
-    (restarts, error, exit_code, last_checkpoint_id, desired) = row[10:]
+    (restarts, error, exit_code, last_checkpoint_id, desired, endpoints) = row[10:]
     return ContainerRecord(
         id=id_,
         name=name,
@@ -777,6 +795,7 @@ def _container(row: tuple[Any, ...]) -> ContainerRecord:
         exit_code=exit_code,
         last_checkpoint_id=last_checkpoint_id,
         desired=bool(desired),
+        endpoints=bytes(endpoints),
     )
 
 
@@ -797,6 +816,7 @@ def _container_row(record: ContainerRecord) -> tuple[Any, ...]:
         record.exit_code,
         record.last_checkpoint_id,
         record.desired,
+        record.endpoints,
     )
 
 

@@ -170,9 +170,15 @@ def bootstrap(
     ``admin_host`` at a port of the kernel's choosing, and listeners and
     clusters over ADS from the manager at ``manager`` (HOST:PORT), in HTTP/2,
     through the transport socket ``tls`` (:func:`manager_tls`) if given; with
-    ``tls_dir``, the container's certificate as static :func:`secrets`."""
-    host, port = host_port(manager, "the manager's address")
-    literal = _is_ip(host)
+    ``tls_dir``, the container's certificate as static :func:`secrets`.
+    Managers in high availability (``manager`` every one's, comma-separated,
+    as $PYCONTAINER_MANAGER has them) are each an endpoint of the xDS
+    cluster: Envoy's ADS stream goes to one that answers, and a standby
+    forwards it to the leader."""
+    addresses = [
+        host_port(a.strip(), "the manager's address") for a in manager.split(",") if a.strip()
+    ] or [host_port(manager, "the manager's address")]
+    literal = all(_is_ip(host) for host, _ in addresses)
     ads = {"ads": {}, "resource_api_version": "V3"}
     xds_cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
@@ -193,6 +199,7 @@ def bootstrap(
                                 }
                             }
                         }
+                        for host, port in addresses
                     ]
                 }
             ],
@@ -220,7 +227,21 @@ def bootstrap(
             "ads_config": {
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [
+                    {
+                        "envoy_grpc": {
+                            "cluster_name": XDS_CLUSTER,
+                            # Envoy's own backoff grows to 30 s: after a
+                            # failover (the dead leader refusing, a standby
+                            # with no leader yet) its stream came back to the
+                            # new leader up to 10 s late. Capped at 2 s, it
+                            # tries again as often as a proxyless client.
+                            "retry_policy": {
+                                "retry_back_off": {"base_interval": "0.25s", "max_interval": "2s"}
+                            },
+                        }
+                    }
+                ],
                 "set_node_on_first_message_only": True,
             },
             "lds_config": ads,

@@ -1,7 +1,8 @@
 """The gRPC xDS bootstrap file of every container the manager launches.
 
 Each launched program gets ``$GRPC_XDS_BOOTSTRAP`` naming a file of its own
-(``STATE_DIR/mesh/ID/bootstrap.json``): the manager's address, the node (the
+(``STATE_DIR/mesh/ID/bootstrap.json``): the manager's address (every
+manager's, in high availability: its own first), the node (the
 container's id, its service or spec name as the cluster, the spec's zone),
 and, when the manager serves mutual TLS, the container's own certificate for
 the manager and for the mesh's services (pycontainer.client.bootstrap). So a

@@ -7,6 +7,14 @@ streams are told which types changed. A stop drains first
 (:meth:`Mesh.drain`): the container's endpoints go DRAINING, and the stop
 waits (bounded) until every client subscribed to the service acknowledged
 that, so that no new call is sent to a container once it is told to stop.
+
+A manager that takes over (a new leader, or one restarted) holds the
+endpoints of the containers it inherits RUNNING from the state store until
+each reconnects, or until a window passes (:meth:`Mesh.hold_inherited`,
+:meth:`Mesh.release_held_after`): gRPC's xDS clients keep their resources
+while their stream is down, and one reconnecting to the new manager before
+the containers did gets the endpoints it had, not an empty assignment. A
+container that really died leaves at the window's end.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from google.protobuf import any_pb2
 from ..._errors import echo, invalid_argument, not_found
 from ...limits import MAX_MESH_TRAFFIC_WEIGHT
 from ...units import format_duration
-from ...v1 import manager_pb2, mesh_pb2
+from ...v1 import container_pb2, manager_pb2, mesh_pb2
 from .._registry import Entry, Registry
 from ._ads import AdsServicer, Client, Versioned
 from ._model import ServiceView, build_view, endpoint_of, route_proto, service_of
@@ -32,6 +40,7 @@ from ._resources import TYPES, build, cluster_names
 _log = logging.getLogger("pycontainer.manager.xds")
 
 E = manager_pb2
+S = container_pb2
 
 #: The share of a stop's grace period the drain may take at most: the rest
 #: is the container's, for its in-flight calls and its hook.
@@ -90,6 +99,9 @@ class Mesh:
         self._routes: dict[str, dict[str, int]] = {}
         self._dirty: set[str] = set()
         self._scheduled = False
+        # Inherited containers not connected yet whose endpoints are kept
+        # as they were last known (hold_inherited), by id.
+        self._held: set[str] = set()
         # Resources of Envoy clients (their own listeners), when Envoy is served.
         self.node_resources: NodeResources | None = None
         previous = registry.serving_changed
@@ -121,6 +133,14 @@ class Mesh:
             self._dirty.add(name)
 
     def container_changed(self, entry: Entry) -> None:
+        if entry.id in self._held and (
+            entry.connected
+            or entry.state != S.LIFECYCLE_STATE_RUNNING
+            or entry.draining
+            or self._registry.get(entry.id) is not entry
+        ):
+            # What it says (or its end) counts from now on.
+            self._held.discard(entry.id)
         self._count(entry)
         if self._dirty and not self._scheduled:
             self._scheduled = True
@@ -145,7 +165,7 @@ class Mesh:
                 self._members.pop(name, None)
                 view = None
             else:
-                view = build_view(name, members, self._routes.get(name))
+                view = build_view(name, members, self._routes.get(name), self._held)
             if view == self._views.get(name):
                 continue
             old = self._built.pop(name, {})
@@ -173,6 +193,53 @@ class Mesh:
                 shared.update(after)
         if changed:
             self.ads.changed(changed, {t: frozenset(n) for t, n in changed.items()})
+
+    # -- a manager's start: what it inherited ----------------------------------------------
+    def hold_inherited(self) -> int:
+        """Keep the endpoints of the containers the registry has RUNNING and
+        not connected (an earlier manager's, from the state store) as they
+        were, until each connects or changes, or release_held; how many."""
+        for entry in self._registry:
+            if entry.connected or endpoint_of(entry, held=True) is None:
+                continue
+            self._held.add(entry.id)
+            name = self._service_of.get(entry.id)
+            if name is not None:
+                self._dirty.add(name)
+        self._flush()
+        return len(self._held)
+
+    async def release_held_after(self, window: datetime.timedelta) -> None:
+        """At the end of ``window``, the held endpoints of containers that
+        did not reconnect leave (they are taken for gone)."""
+        if not self._held:
+            return
+        _log.info(
+            "mesh: keeping the endpoints of %d inherited container(s) for up to %s "
+            "while they reconnect",
+            len(self._held),
+            format_duration(window),
+        )
+        await asyncio.sleep(window.total_seconds())
+        self.release_held()
+
+    def release_held(self) -> None:
+        held, self._held = self._held, set()
+        if held:
+            _log.info(
+                "mesh: %d inherited container(s) did not reconnect in time: their endpoints leave",
+                len(held),
+            )
+        for container_id in held:
+            name = self._service_of.get(container_id)
+            if name is not None:
+                self._dirty.add(name)
+        self._flush()
+
+    @property
+    def held(self) -> frozenset[str]:
+        """Ids of the inherited containers whose endpoints are held."""
+        return frozenset(self._held)
 
     # -- what clients see ----------------------------------------------------------------
     def resources(self, client: Client, type_url: str) -> Mapping[str, Versioned]:

@@ -4,13 +4,17 @@ Pure data, built from the registry's entries (:func:`services_of`): a
 container is an endpoint of the service its spec names while it takes
 traffic (RUNNING, connected, ready) or while it is being drained (a stop
 under way: DRAINING, so that clients stop picking it before the Stop is
-sent). Nothing here knows xDS; _resources turns it into Envoy's API.
+sent), or while it is held: a container a new manager inherited from the
+state store (an earlier leader's), RUNNING there and not connected yet, keeps
+its endpoints for a bounded window (Mesh.hold_inherited) so that a client
+reconnecting its xDS stream meanwhile is given the same endpoints, not none.
+Nothing here knows xDS; _resources turns it into Envoy's API.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..._meshrules import DEFAULT_SERVICE_ENDPOINT, MESH_ENDPOINT
@@ -109,14 +113,22 @@ def split_host_port(address: str) -> tuple[str, int] | None:
         return None
 
 
-def endpoint_of(entry: Entry) -> tuple[str, MeshEndpoint] | None:
+def endpoint_of(entry: Entry, *, held: bool = False) -> tuple[str, MeshEndpoint] | None:
     """(service name, endpoint) of ``entry`` while it belongs in the mesh
-    (taking traffic, or draining); None otherwise."""
+    (taking traffic, or draining, or ``held``: inherited RUNNING and not
+    connected yet, as it was last known); None otherwise."""
     service = service_of(entry)
     if service is None:
         return None
     draining = entry.draining and entry.connected and entry.state == S.LIFECYCLE_STATE_RUNNING
-    if not (entry.serving or draining):
+    carried = (
+        held
+        and entry.state == S.LIFECYCLE_STATE_RUNNING
+        and not entry.connected
+        and not entry.draining
+        and entry.ready is not False
+    )
+    if not (entry.serving or draining or carried):
         return None
     advertised = _address(entry, service)
     if advertised is None:
@@ -153,10 +165,12 @@ def build_view(
     name: str,
     members: Iterable[Entry],
     route: Mapping[str, int] | None,
+    held: Container[str] = frozenset(),
 ) -> ServiceView:
     """The view of service ``name`` from the entries naming it (``members``:
     every entry whose spec names it, whether it takes traffic or not) and the
-    route set for it (SetMeshRoute), if any. The settings come from the
+    route set for it (SetMeshRoute), if any; the ids in ``held`` keep their
+    endpoints while not connected (endpoint_of). The settings come from the
     member spec whose name sorts first, so that two specs of one service
     that disagree give one answer, the same each time."""
     subsets: dict[str, list[MeshEndpoint]] = {}
@@ -174,7 +188,7 @@ def build_view(
             weights[subset] = service.traffic_weight
         if not settings_from or entry.spec.name < settings_from:
             settings, settings_from = settings_of(entry.spec), entry.spec.name
-        found = endpoint_of(entry)
+        found = endpoint_of(entry, held=entry.id in held)
         if found is not None:
             subsets[subset].append(found[1])
     ordered = {
