@@ -196,9 +196,10 @@ async def test_a_standby_forwards_ads_one_hop_at_most(tmp_path: Path) -> None:
     """A standby with no leader known refuses the stream UNAVAILABLE (the xDS
     client retries, keeping what it has); one that takes another standby for
     the leader gets its stream refused there, not forwarded again (no loop);
-    every other method is still refused naming the leader."""
+    a write is still refused naming the leader."""
     settings = ManagerSettings(listen="127.0.0.1:0", state_dir=str(tmp_path), insecure=True)
-    first, second = Standby("127.0.0.1:0", Trust(settings)), Standby("127.0.0.1:0", Trust(settings))
+    first, second = Standby(settings, Trust(settings)), Standby(settings, Trust(settings))
+    first.own, second.own = f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"
     await first.start()
     await second.start()
     try:
@@ -220,8 +221,9 @@ async def test_a_standby_forwards_ads_one_hop_at_most(tmp_path: Path) -> None:
             assert code == grpc.StatusCode.UNAVAILABLE
             assert "this manager is a standby too" in details
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await channel.unary_unary("/pycontainer.v1.Manager/ListContainers")(b"")
+                await channel.unary_unary("/pycontainer.v1.Manager/StopContainer")(b"")
             assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert second.leader in (refused.value.details() or "")
     finally:
         await first.stop()
         await second.stop()
