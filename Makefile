@@ -68,7 +68,8 @@ endef
 # and etcdctl (etcd-server, etcd-client) for the etcd state store's tests; ip
 # (iproute2) for the tests whose hosts are network namespaces.
 SYSTEM_TOOLS := runc:runc mkfs.ext4:e2fsprogs e2fsck:e2fsprogs fsfreeze:util-linux losetup:mount \
-	etcd:etcd-server etcdctl:etcd-client ip:iproute2
+	etcd:etcd-server etcdctl:etcd-client ip:iproute2 \
+	chromium:chromium chromedriver:chromium-driver
 # Packages install without starting their services: etcd-server's would start
 # a system etcd on 2379 (the tests start their own members on loopback, on
 # ephemeral ports). A policy-rc.d that refuses every start (exit 101), only

@@ -26,6 +26,7 @@ from rich.text import Text
 from ..client import DEFAULT_MANAGER
 from ..manager import Manager, ManagerSettings, StartRefused
 from ..manager._exclusive import unusable_state_dir
+from ..manager._web import web_url
 from ..telemetry import configure_tracing
 from ..units import format_duration
 from ..v1 import manager_pb2, spec_pb2
@@ -36,6 +37,12 @@ from ._manager import tls_settings
 from ._render import container_table, event_message, event_subject, local_time
 
 _EVENTS_SHOWN = 8
+# Where `up` serves its web view unless --http-listen says: loopback, any free port.
+WEB_LISTEN = "127.0.0.1:0"
+# The web view's buttons work under `up`: its token is printed only here, to
+# whoever started it, and kept in the state directory beside the admin's key
+# (`pycontainer manager` binds nothing: --role user/web=operate there).
+WEB_OPERATE = "user/web=operate"
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -80,11 +87,15 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    if args.http_listen is None:
+        args.http_listen = WEB_LISTEN
+    args.role = [*args.role, WEB_OPERATE]
     manager = Manager(
         ManagerSettings(listen=args.listen, state_dir=args.state_dir, **tls_settings(args))
     )
     await manager.start()
     print(f"manager on {manager.address}  ({_client_hint(args, manager)})", flush=True)
+    print(f"web view on {web_url(manager)}", flush=True)
     failures = 0
     for spec in specs:
         if spec.runtime == spec_pb2.RUNTIME_KIND_RUNC and shutil.which("runc") is None:

@@ -38,7 +38,9 @@ RouteSource = Callable[["Manager"], Iterable[web.AbstractRouteDef]]
 def _route_sources() -> list[RouteSource]:
     """Every feature served over HTTP (imported here, when the face starts:
     a manager without http_listen never loads aiohttp's routes)."""
-    return []
+    from ._web import routes as web_view  # the web view of the fleet
+
+    return [web_view]
 
 
 class HttpFace:
