@@ -75,7 +75,8 @@ def event_view(event: manager_pb2.Event) -> Json:
         "type": _short(manager_pb2.EventType.Name(event.type), "EVENT_TYPE_"),
         "container": event.container_name or event.container_id,
         "container_id": event.container_id,
-        "message": event.message,
+        # RUNNING, not LIFECYCLE_STATE_RUNNING, as the CLI says it.
+        "message": event.message.replace("LIFECYCLE_STATE_", ""),
         "actor": event.actor,
     }
 

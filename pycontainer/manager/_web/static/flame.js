@@ -39,14 +39,16 @@ function flameGraph(el, collapsed, focus) {
   if (!root.value) { el.innerHTML = '<p class="muted">No samples (the container was idle).</p>'; return; }
   let top = root;
   for (const name of focus || []) top = top.children.get(name) || top;
-  const rows = flameDepth(top), row = 17, width = 1200, height = rows * row;
+  const rows = flameDepth(top), row = 17, width = el.clientWidth || 1200, height = rows * row;
   const rects = [];
   const draw = (node, x, depth, path) => {
     const w = node.value / top.value * width;
     if (w < 0.5) return;
     const y = height - (depth + 1) * row;
     const share = (node.value / root.value * 100).toFixed(1);
-    const label = w > 40 ? node.name.slice(0, Math.floor(w / 6.5)) : "";
+    // "func (/long/path/file.py:12)" labelled "func (file.py:12)".
+    const short = node.name.replace(/\((?:[^()]*\/)?([^()/]*)\)$/, "($1)");
+    const label = w > 40 ? short.slice(0, Math.floor(w / 6.5)) : "";
     rects.push(`<g data-path="${esc(JSON.stringify(path))}"><title>${esc(node.name)} (${node.value} samples, ${share}%)</title>` +
       `<rect x="${x.toFixed(1)}" y="${y}" width="${w.toFixed(1)}" height="${row - 1}" fill="${flameColor(node.name)}"/>` +
       `<text x="${(x + 3).toFixed(1)}" y="${y + 12}">${esc(label)}</text></g>`);

@@ -136,8 +136,10 @@ function chart(svg, points, key) {
   const max = Math.max(...points.map((p) => p[key]), key === "cpu" ? 1 : 1024);
   const xy = points.map((p) =>
     `${((p.time - t0) / (t1 - t0 || 1) * 300).toFixed(1)},${(78 - p[key] / max * 74).toFixed(1)}`);
-  svg.innerHTML = `<polyline points="${xy.join(" ")}"/>` +
-    `<text x="2" y="10" font-size="9" fill="#6b7280">max ${key === "cpu" ? percent(max) : bytes(max)}</text>`;
+  svg.innerHTML = `<polyline points="${xy.join(" ")}"/>`;
+  const span = Math.round(t1 - t0);
+  svg.parentNode.querySelector(".scale").textContent =
+    `max ${key === "cpu" ? percent(max) : bytes(max)} over ${span}s`;
 }
 
 function follow(id) {
