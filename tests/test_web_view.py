@@ -176,9 +176,14 @@ def test_the_fleet_page_lists_the_demo_live(up: Up, browser: Any) -> None:
         lambda d: all("%" in row[5] for row in _rows(d) if row[2] == "RUNNING"),
         "every running container's CPU use",
     )
+    _until(
+        browser,
+        lambda d: "STATE_CHANGED" in d.find_element(By.ID, "events").text,
+        "the fleet's recent events",
+    )
     assert browser.find_element(By.ID, "notice").is_displayed() is False  # buttons usable
     DOCS.mkdir(exist_ok=True)
-    _screenshot(browser, "web-fleet.png", 1400, 420)
+    _screenshot(browser, "web-fleet.png", 1400, 760)
 
 
 def test_a_container_page_follows_logs_and_draws_charts_and_a_flame_graph(

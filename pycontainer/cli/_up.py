@@ -41,7 +41,8 @@ _EVENTS_SHOWN = 8
 WEB_LISTEN = "127.0.0.1:0"
 # The web view's buttons work under `up`: its token is printed only here, to
 # whoever started it, and kept in the state directory beside the admin's key
-# (`pycontainer manager` binds nothing: --role user/web=operate there).
+# (`pycontainer manager` binds nothing: --role user/web=operate there; a
+# --role of user/web given to `up` replaces this).
 WEB_OPERATE = "user/web=operate"
 
 
@@ -89,7 +90,8 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> 
             loop.add_signal_handler(sig, stop.set)
     if args.http_listen is None:
         args.http_listen = WEB_LISTEN
-    args.role = [*args.role, WEB_OPERATE]
+    if not any(b.partition("=")[0].strip() == "user/web" for b in args.role):
+        args.role = [*args.role, WEB_OPERATE]  # unless --role binds it otherwise
     manager = Manager(
         ManagerSettings(listen=args.listen, state_dir=args.state_dir, **tls_settings(args))
     )

@@ -99,7 +99,7 @@ def routes(manager: Manager) -> Iterable[web.AbstractRouteDef]:
         )
 
     async def fleet(request: web.Request) -> web.StreamResponse:
-        return await _sse.serve(request, _feeds.fleet(manager, usage))
+        return await _sse.serve(request, _feeds.fleet(manager, usage), _feeds.events(manager, None))
 
     async def container(request: web.Request) -> web.StreamResponse:
         entry = manager.resolve(request.match_info["container"])
@@ -116,13 +116,12 @@ def routes(manager: Manager) -> Iterable[web.AbstractRouteDef]:
         contains = request.query.get("contains", "")
         return await _sse.serve(request, _feeds.logs(manager, entry.id, level, contains))
 
-    async def samples(request: web.Request) -> web.StreamResponse:
+    async def live(request: web.Request) -> web.StreamResponse:
+        """One container's CPU and memory samples and its events."""
         entry = manager.resolve(request.match_info["container"])
-        return await _sse.serve(request, _feeds.samples(usage, entry.id))
-
-    async def events(request: web.Request) -> web.StreamResponse:
-        entry = manager.resolve(request.match_info["container"])
-        return await _sse.serve(request, _feeds.events(manager, entry.id))
+        return await _sse.serve(
+            request, _feeds.samples(usage, entry.id), _feeds.events(manager, entry.id)
+        )
 
     async def profile(request: web.Request) -> web.StreamResponse:
         seconds = _profile.seconds_arg(request.query.get("seconds"))
@@ -145,8 +144,7 @@ def routes(manager: Manager) -> Iterable[web.AbstractRouteDef]:
         web.get("/ui/api/fleet", _failing(fleet)),
         web.get(api, _failing(container)),
         web.get(api + "/logs", _failing(logs)),
-        web.get(api + "/usage", _failing(samples)),
-        web.get(api + "/events", _failing(events)),
+        web.get(api + "/live", _failing(live)),
         web.get(api + "/profile", _failing(profile)),
         web.post(api + "/{action}", _failing(act)),
     ]

@@ -46,10 +46,18 @@ async def fleet(manager: Manager, usage: Usage) -> Feed:
         listener.cancel()
 
 
-async def events(manager: Manager, container_id: str) -> Feed:
-    """One container's events, those retained first."""
+#: Events the fleet page shows before following.
+FLEET_EVENTS = 20
+
+
+async def events(manager: Manager, container_id: str | None) -> Feed:
+    """One container's events (every one's with None), those retained
+    first (the last FLEET_EVENTS of every container's)."""
+    skip = 0 if container_id else max(0, len(manager.events.history()) - FLEET_EVENTS)
     async for event in manager.events.subscribe(True):
-        if event.container_id == container_id:
+        if skip:
+            skip -= 1
+        elif container_id is None or event.container_id == container_id:
             yield "event", event_view(event)
 
 

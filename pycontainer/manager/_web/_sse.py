@@ -1,10 +1,12 @@
 """Server-Sent Events: what the pages' EventSources read.
 
-A feed is an async iterator of (event name, JSON-able data). It runs in a
-task of its own feeding a queue, so that the response can send a comment
-every few seconds while the feed is quiet: that is how a page that went away
-is noticed (the write fails) and its feed ended, since aiohttp does not
-cancel a handler whose client left.
+A feed is an async iterator of (event name, JSON-able data). One response
+may carry several (a page's connections to one host are few: a browser opens
+six at most over HTTP/1.1, for every tab). Each runs in a task of its own
+feeding a queue, so that the response can send a comment every few seconds
+while the feeds are quiet: that is how a page that went away is noticed (the
+write fails) and its feeds ended, since aiohttp does not cancel a handler
+whose client left.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,16 +24,18 @@ from ..._errors import RequestError
 
 Feed = AsyncIterator[tuple[str, Any]]
 
+_log = logging.getLogger("pycontainer.manager")
+
 #: How often a quiet stream says it is still there.
 KEEPALIVE_SECONDS = 10.0
 # Items queued for a slow page before the feed waits for it.
 _QUEUE = 256
 
 
-async def serve(request: web.Request, feed: Feed) -> web.StreamResponse:
-    """Send ``feed`` as an event stream until it ends or the page goes; a
-    RequestError of the feed is sent as an ``error`` event (its message) and
-    ends the stream."""
+async def serve(request: web.Request, *feeds: Feed) -> web.StreamResponse:
+    """Send ``feeds`` as one event stream until they end or the page goes; a
+    feed's error is sent as an ``error`` event (a RequestError's message)
+    and ends the stream."""
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -41,33 +46,42 @@ async def serve(request: web.Request, feed: Feed) -> web.StreamResponse:
     await response.prepare(request)
     queue: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue(_QUEUE)
 
-    async def pump() -> None:
+    async def pump(feed: Feed) -> None:
         try:
             async for item in feed:
                 await queue.put(item)
         except RequestError as exc:
             await queue.put(("error", {"message": exc.message}))
+        except Exception as exc:  # a bug: said, logged, and the stream ended
+            _log.exception("web view: a feed of %s failed", request.path)
+            await queue.put(("error", {"message": f"the manager failed: {exc}"}))
         await queue.put(None)
 
-    task = asyncio.ensure_future(pump())
+    tasks = [asyncio.ensure_future(pump(feed)) for feed in feeds]
+    running = len(tasks)
     try:
-        while True:
+        while running:
             try:
                 item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
             except TimeoutError:
                 await response.write(b": keepalive\n\n")
                 continue
             if item is None:
-                # The end, said so (an EventSource would dial again otherwise).
-                await response.write(b"event: end\ndata: {}\n\n")
-                break
+                running -= 1
+                continue
             name, data = item
+            if name == "error":
+                running = 0  # one feed failing ends them all
             text = json.dumps(data, separators=(",", ":"))
             await response.write(f"event: {name}\ndata: {text}\n\n".encode())
+        # The end, said so (an EventSource would dial again otherwise).
+        await response.write(b"event: end\ndata: {}\n\n")
     except ConnectionResetError:
         pass  # the page went away
     finally:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
     return response

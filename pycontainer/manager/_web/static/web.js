@@ -114,6 +114,15 @@ function showFleet(rows) {
   for (const tr of [...body.children]) if (!seen.has(tr.dataset.id)) tr.remove();
 }
 
+// The newest first, the last 50 kept.
+function showEvent(e, fleet) {
+  const body = $("#events tbody");
+  const who = fleet ? `<td>${esc(e.container)}</td>` : "";
+  body.insertAdjacentHTML("afterbegin", `<tr><td class="muted">${clock(e.time)}</td>${who}` +
+    `<td>${esc(e.type)}</td><td>${esc(e.message)}</td></tr>`);
+  while (body.children.length > 50) body.lastChild.remove();
+}
+
 // -- one container --------------------------------------------------------------
 const FACTS = [["state", "state"], ["health", "health"], ["priority", "priority"],
   ["pid", "pid"], ["restarts", "restarts"], ["replicas", "replicas"],
@@ -173,7 +182,7 @@ function containerPage(id) {
   refresh();
   follow(id);
   const points = [];
-  feed(`${api}/usage`, {
+  feed(`${api}/live`, {
     samples: (samples) => {
       points.push(...samples);
       points.splice(0, points.length - 300);
@@ -183,13 +192,7 @@ function containerPage(id) {
       chart($("#cpu-chart"), points, "cpu");
       chart($("#rss-chart"), points, "rss");
     },
-  });
-  feed(`${api}/events`, {
-    event: (e) => {
-      $("#events tbody").insertAdjacentHTML("afterbegin",
-        `<tr><td class="muted">${clock(e.time)}</td><td>${esc(e.type)}</td><td>${esc(e.message)}</td></tr>`);
-      refresh();
-    },
+    event: (e) => { showEvent(e, false); refresh(); },
   });
   $("#profile-form").addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -207,7 +210,7 @@ async function main() {
   if (!session.token) notice("Read-only: open the URL `pycontainer up` printed (with ?token=…) to use the buttons.");
   else if (!session.operate) notice(`Read-only: ${session.identity} lacks the operate role (start the manager with --role ${session.identity}=operate).`);
   if (document.body.dataset.page === "fleet") {
-    feed("/ui/api/fleet", { fleet: showFleet });
+    feed("/ui/api/fleet", { fleet: showFleet, event: (e) => showEvent(e, true) });
   } else {
     containerPage(decodeURIComponent(location.pathname.split("/").pop()));
   }
