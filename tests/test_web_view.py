@@ -277,12 +277,16 @@ def test_a_post_needs_the_token(up: Up) -> None:
     assert (status, "X-Pycontainer-Web" in answer["error"]) == (403, True), answer
     status, answer = _post(pause, {**cookie, "X-Pycontainer-Web": "1"})
     assert (status, answer["done"]) == (200, "PauseContainer"), answer
+    assert up.get(f"/ui/api/containers/{target}")["state"] == "PAUSED"
     bearer = {"Authorization": f"Bearer {up.token}"}
     status, answer = _post(f"{up.base}/ui/api/containers/{target}/resume", bearer)
     assert (status, answer["done"]) == (200, "ResumeContainer"), answer
-    status, answer = _post(
-        f"{up.base}/ui/api/containers/{target}/scale", bearer, {"replicas": "two"}
-    )
+    assert up.get(f"/ui/api/containers/{target}")["state"] == "RUNNING"
+    scale = f"{up.base}/ui/api/containers/{target}/scale"
+    status, answer = _post(scale, bearer, {"replicas": 1})  # of the demo's 2
+    assert (status, answer["done"]) == (200, "ScaleContainer"), answer
+    assert up.get(f"/ui/api/containers/{target}")["replicas"] == 1
+    status, answer = _post(scale, bearer, {"replicas": "two"})
     assert (status, "replicas" in answer["error"]) == (400, True), answer
 
 

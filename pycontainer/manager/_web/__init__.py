@@ -12,6 +12,7 @@ otherwise); the buttons need the web token and the operate role (_actions).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from typing import TYPE_CHECKING
@@ -65,6 +66,17 @@ def routes(manager: Manager) -> Iterable[web.AbstractRouteDef]:
     """The web view's routes (a RouteSource of the HTTP face)."""
     token = load_token(manager.settings.state_dir)
     usage = Usage(manager)
+    streams = _sse.Streams()
+
+    async def until_stopped() -> None:
+        # The manager cancels its tasks first thing when it stops: the pages'
+        # streams end then, before the HTTP face would wait for them.
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            streams.close()
+
+    manager._spawn(until_stopped())
     assets = {
         name: _static(name)
         for name in ("fleet.html", "container.html", "web.css", "web.js", "flame.js")
@@ -99,7 +111,9 @@ def routes(manager: Manager) -> Iterable[web.AbstractRouteDef]:
         )
 
     async def fleet(request: web.Request) -> web.StreamResponse:
-        return await _sse.serve(request, _feeds.fleet(manager, usage), _feeds.events(manager, None))
+        return await streams.serve(
+            request, _feeds.fleet(manager, usage), _feeds.events(manager, None)
+        )
 
     async def container(request: web.Request) -> web.StreamResponse:
         entry = manager.resolve(request.match_info["container"])
@@ -114,12 +128,12 @@ def routes(manager: Manager) -> Iterable[web.AbstractRouteDef]:
         if level and level not in _LEVELS:
             raise invalid_argument("level", f"use one of {', '.join(_LEVELS)}")
         contains = request.query.get("contains", "")
-        return await _sse.serve(request, _feeds.logs(manager, entry.id, level, contains))
+        return await streams.serve(request, _feeds.logs(manager, entry.id, level, contains))
 
     async def live(request: web.Request) -> web.StreamResponse:
         """One container's CPU and memory samples and its events."""
         entry = manager.resolve(request.match_info["container"])
-        return await _sse.serve(
+        return await streams.serve(
             request, _feeds.samples(usage, entry.id), _feeds.events(manager, entry.id)
         )
 

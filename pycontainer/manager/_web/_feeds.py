@@ -38,8 +38,12 @@ async def fleet(manager: Manager, usage: Usage) -> Feed:
         with usage.watching():
             while True:
                 yield "fleet", fleet_view(list(manager.entries.values()), usage.latest())
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+                # cancel that comes as the event is set (the page had gone),
+                # and the feed would run on, unread, for good.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), FLEET_REFRESH_SECONDS)
+                    async with asyncio.timeout(FLEET_REFRESH_SECONDS):
+                        await changed.wait()
                     await asyncio.sleep(_SETTLE_SECONDS)
                 changed.clear()
     finally:
