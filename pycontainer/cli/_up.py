@@ -97,7 +97,8 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> 
     )
     await manager.start()
     print(f"manager on {manager.address}  ({_client_hint(args, manager)})", flush=True)
-    print(f"web view on {web_url(manager)}", flush=True)
+    url = web_url(manager)
+    print(f"web view on {url}", flush=True)
     failures = 0
     for spec in specs:
         if spec.runtime == spec_pb2.RUNTIME_KIND_RUNC and shutil.which("runc") is None:
@@ -125,9 +126,9 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> 
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
     else:
-        with Live(_view(manager), refresh_per_second=4, screen=False) as live:
+        with Live(_view(manager, url), refresh_per_second=4, screen=False) as live:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                live.update(_view(manager))
+                live.update(_view(manager, url))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
     print(f"stopping every container (grace {format_duration(args.grace)})...", flush=True)
@@ -178,7 +179,7 @@ def shown_in_view(manager: Manager) -> list[manager_pb2.Container]:
     ]
 
 
-def _view(manager: Manager) -> Group:
+def _view(manager: Manager, url: str | None) -> Group:
     containers = shown_in_view(manager)
     lines = [Text("recent events", style="bold")]
     for event in manager.events.history()[-_EVENTS_SHOWN:]:
@@ -187,4 +188,5 @@ def _view(manager: Manager) -> Group:
         f"pycontainer manager on {manager.address} — Ctrl-C stops everything gracefully",
         style="bold cyan",
     )
-    return Group(title, container_table(containers).rich(), Text(""), *lines)
+    web = [Text(f"web view: {url}", style="cyan")] if url else []
+    return Group(title, *web, container_table(containers).rich(), Text(""), *lines)
