@@ -227,6 +227,19 @@ def test_a_container_page_follows_logs_and_draws_charts_and_a_flame_graph(
     )
     assert "samples over" in browser.find_element(By.ID, "profile-status").text
     assert "LAUNCHED" in browser.find_element(By.ID, "events").text
+    # Charts of some seconds, for the screenshot.
+    _until(
+        browser,
+        lambda d: (
+            len(
+                d.find_element(By.CSS_SELECTOR, "#cpu-chart polyline")
+                .get_attribute("points")
+                .split()
+            )
+            >= 10
+        ),
+        "ten seconds of CPU samples",
+    )
     _screenshot(browser, "web-container.png", 1400, 1500)
 
 
@@ -307,3 +320,38 @@ def test_under_mutual_tls_the_token_needs_the_operate_role(tmp_path: Path) -> No
         assert any("StopContainer refused for" in m and "user/web" in m for m in refused)
     finally:
         host.close()
+
+
+def test_pycontainer_manager_serves_the_web_view_only_with_http_listen(tmp_path: Path) -> None:
+    from pycontainer.manager._web import web_url
+
+    without = ManagerHost(tmp_path / "plain")
+    try:
+        assert (without.manager.http, web_url(without.manager)) == (None, None)
+    finally:
+        without.close()
+    manager = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "pycontainer.cli", "manager", "--insecure"),
+            *("--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"),
+            *("--state-dir", str(tmp_path / "state")),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert manager.stdout is not None
+        lines = [manager.stdout.readline() for _ in range(2)]
+        assert lines[0].startswith("manager serving on "), lines
+        url = lines[1].removeprefix("web view on ").strip()
+        token = (tmp_path / "state" / "web" / "token").read_text().strip()
+        assert url.endswith(f"/ui/?token={token}"), lines
+        with urllib.request.urlopen(url.split("?")[0], timeout=10) as page:
+            assert b'data-page="fleet"' in page.read()
+    finally:
+        manager.terminate()
+        manager.wait(30)
+        assert manager.stdout is not None
+        manager.stdout.close()

@@ -63,6 +63,11 @@ async def cpu_profile(manager: Manager, container: str, cpu: datetime.timedelta)
         "container_id": entry.id,
         "collapsed": profile.cpu_profile.data.decode("utf-8", "replace"),
         "samples": profile.cpu_profile.samples,
-        "duration": format_duration(duration_from_proto(profile.cpu_profile.duration)),
+        "duration": format_duration(_to_ms(duration_from_proto(profile.cpu_profile.duration))),
         "threads": len(profile.threads),
     }
+
+
+def _to_ms(value: datetime.timedelta) -> datetime.timedelta:
+    """To the millisecond, for reading (as `pycontainer profile` says it)."""
+    return datetime.timedelta(milliseconds=round(value.total_seconds() * 1000))
