@@ -119,7 +119,8 @@ def browser() -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+    # As root in a container: no sandbox, /dev/shm small, no GPU.
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(argument)
     options.add_argument("--window-size=1400,1000")
     driver = webdriver.Chrome(service=Service(chromedriver), options=options)

@@ -22,7 +22,7 @@ from aiohttp import web
 from ..._errors import RequestError, invalid_argument
 from ...security import Role
 from . import _actions, _feeds, _profile, _sse
-from ._token import COOKIE, WEB_IDENTITY, load_token, remember, same
+from ._token import COOKIE, WEB_IDENTITY, WEB_NAME, load_token, remember, same
 from ._usage import Usage
 from ._views import container_view
 
@@ -106,9 +106,7 @@ def routes(manager: Manager) -> Iterable[web.AbstractRouteDef]:
         operate = manager.trust.insecure or (
             Role.OPERATE in manager.trust.authorizer.bindings.roles(WEB_IDENTITY)
         )
-        return web.json_response(
-            {"token": holds, "operate": operate, "identity": str(WEB_IDENTITY)}
-        )
+        return web.json_response({"token": holds, "operate": operate, "identity": WEB_NAME})
 
     async def fleet(request: web.Request) -> web.StreamResponse:
         return await streams.serve(

@@ -129,10 +129,9 @@ async def handle(manager: Manager, token: str, request: web.Request) -> web.Resp
         return _error(
             404, f"no such action {echo(request.match_info['action'])}: use " + ", ".join(ACTIONS)
         )
-    why = presented(request, token)
-    if why is not None:
-        has_any = "Authorization" in request.headers or request.cookies
-        return _error(403 if has_any else 401, why)
+    refused = presented(request, token)
+    if refused is not None:
+        return _error(*refused)
     target = bounded_target(request.match_info["container"])
     actor = WEB_IDENTITY.uri
     if not manager.trust.insecure:

@@ -26,6 +26,8 @@ from ...security import Identity, user
 
 #: The identity a request carrying the token acts as.
 WEB_IDENTITY: Identity = user("web")
+#: How a --role binding names it.
+WEB_NAME = "user/web"
 #: The cookie the page keeps the token in.
 COOKIE = "pycontainer_web_token"
 #: The header the page's script sets on every POST (CSRF: a cross-site form
@@ -61,24 +63,25 @@ def same(given: str, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
-def presented(request: web.Request, token: str) -> str | None:
-    """None when ``request`` carries the token as a mutation must; else why
-    not, in words that say what to do (the HTTP status is the caller's)."""
+def presented(request: web.Request, token: str) -> tuple[int, str] | None:
+    """None when ``request`` carries the token as a mutation must; else the
+    HTTP status (401 without a token, 403 with a wrong one or without the
+    page's header) and why, in words that say what to do."""
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
         if same(header[len("Bearer ") :].strip(), token):
             return None
-        return "the bearer token is not this manager's web token (STATE/web/token)"
+        return 403, "the bearer token is not this manager's web token (STATE/web/token)"
     cookie = request.cookies.get(COOKIE)
     if cookie is None:
-        return (
-            "no web token: open the URL `pycontainer up` printed (it carries ?token=...), "
+        return 401, (
+            "no web token: open the URL the manager printed (it carries ?token=...), "
             "or send Authorization: Bearer <STATE/web/token>"
         )
     if not same(cookie, token):
-        return "the web token in this browser is not this manager's: open the URL it printed"
+        return 403, "the web token in this browser is not this manager's: open the URL it printed"
     if request.headers.get(CSRF_HEADER) != "1":
-        return f"a POST from the page must carry the {CSRF_HEADER}: 1 header"
+        return 403, f"a POST from the page must carry the {CSRF_HEADER}: 1 header"
     return None
 
 

@@ -92,7 +92,9 @@ class Usage:
             await asyncio.sleep(_RESYNC_SECONDS)
 
     async def _sample(self, container_id: str) -> None:
-        entry = self._m.entries[container_id]
+        entry = self._m.entries.get(container_id)
+        if entry is None:  # forgotten meanwhile
+            return
         request = management_pb2.WatchMetricsRequest(
             interval=duration_to_proto(SAMPLE_INTERVAL),
             # Process figures only (always sent): a pattern no name matches.
