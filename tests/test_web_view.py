@@ -321,6 +321,23 @@ def test_under_mutual_tls_the_token_needs_the_operate_role(tmp_path: Path) -> No
         assert any("StopContainer refused for" in m and "user/web" in m for m in refused)
     finally:
         host.close()
+    # Bound to the operate role (what `up` does): past the role, to the call itself.
+    bound = ManagerHost(
+        tmp_path / "bound",
+        insecure=False,
+        http_listen="127.0.0.1:0",
+        role_bindings={"user/web": ["operate"]},
+    )
+    try:
+        url = web_url(bound.manager)
+        assert url is not None
+        base, token = url.split("/ui/")[0], url.split("token=")[1]
+        status, answer = _post(
+            f"{base}/ui/api/containers/nothing-such/stop", {"Authorization": f"Bearer {token}"}
+        )
+        assert (status, "nothing-such" in answer["error"]) == (404, True), answer
+    finally:
+        bound.close()
 
 
 def test_pycontainer_manager_serves_the_web_view_only_with_http_listen(tmp_path: Path) -> None:

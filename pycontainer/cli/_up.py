@@ -26,7 +26,7 @@ from rich.text import Text
 from ..client import DEFAULT_MANAGER
 from ..manager import Manager, ManagerSettings, StartRefused
 from ..manager._exclusive import unusable_state_dir
-from ..manager._web import web_url
+from ..manager._web import WEB_NAME, web_url
 from ..telemetry import configure_tracing
 from ..units import format_duration
 from ..v1 import manager_pb2, spec_pb2
@@ -43,7 +43,7 @@ WEB_LISTEN = "127.0.0.1:0"
 # whoever started it, and kept in the state directory beside the admin's key
 # (`pycontainer manager` binds nothing: --role user/web=operate there; a
 # --role of user/web given to `up` replaces this).
-WEB_OPERATE = "user/web=operate"
+WEB_OPERATE = f"{WEB_NAME}=operate"
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -90,7 +90,7 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> 
             loop.add_signal_handler(sig, stop.set)
     if args.http_listen is None:
         args.http_listen = WEB_LISTEN
-    if not any(b.partition("=")[0].strip() == "user/web" for b in args.role):
+    if not any(b.partition("=")[0].strip() == WEB_NAME for b in args.role):
         args.role = [*args.role, WEB_OPERATE]  # unless --role binds it otherwise
     manager = Manager(
         ManagerSettings(listen=args.listen, state_dir=args.state_dir, **tls_settings(args))

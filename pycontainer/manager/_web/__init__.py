@@ -29,7 +29,7 @@ from ._views import container_view
 if TYPE_CHECKING:
     from .._manager import Manager
 
-__all__ = ["routes", "web_url"]
+__all__ = ["WEB_NAME", "routes", "web_url"]
 
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 # The levels a page filters by (Severity's main values).
