@@ -120,19 +120,19 @@ def routes(manager: Manager) -> Iterable[web.AbstractRouteDef]:
         )
         return web.json_response(container_view(entry, usage.latest().get(entry.id), replicas))
 
-    async def logs(request: web.Request) -> web.StreamResponse:
+    async def live(request: web.Request) -> web.StreamResponse:
+        """One container's logs (followed, filtered by ``level`` and
+        ``contains``), CPU and memory samples and events: one stream a page."""
         entry = manager.resolve(request.match_info["container"])
         level = request.query.get("level", "").upper()
         if level and level not in _LEVELS:
             raise invalid_argument("level", f"use one of {', '.join(_LEVELS)}")
         contains = request.query.get("contains", "")
-        return await streams.serve(request, _feeds.logs(manager, entry.id, level, contains))
-
-    async def live(request: web.Request) -> web.StreamResponse:
-        """One container's CPU and memory samples and its events."""
-        entry = manager.resolve(request.match_info["container"])
         return await streams.serve(
-            request, _feeds.samples(usage, entry.id), _feeds.events(manager, entry.id)
+            request,
+            _feeds.logs(manager, entry.id, level, contains),
+            _feeds.samples(usage, entry.id),
+            _feeds.events(manager, entry.id),
         )
 
     async def profile(request: web.Request) -> web.StreamResponse:
@@ -155,7 +155,6 @@ def routes(manager: Manager) -> Iterable[web.AbstractRouteDef]:
         web.get("/ui/api/session", session),
         web.get("/ui/api/fleet", _failing(fleet)),
         web.get(api, _failing(container)),
-        web.get(api + "/logs", _failing(logs)),
         web.get(api + "/live", _failing(live)),
         web.get(api + "/profile", _failing(profile)),
         web.post(api + "/{action}", _failing(act)),

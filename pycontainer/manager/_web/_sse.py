@@ -78,7 +78,7 @@ async def _serve(
 ) -> web.StreamResponse:
     """Send ``feeds`` as one event stream until they end, the page goes or
     ``closed``; a feed's error is sent as an ``error`` event (a
-    RequestError's message) and ends the stream."""
+    RequestError's message) and ends that feed, the others go on."""
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -95,7 +95,7 @@ async def _serve(
                 await queue.put(item)
         except RequestError as exc:
             await queue.put(("error", {"message": exc.message}))
-        except Exception as exc:  # a bug: said, logged, and the stream ended
+        except Exception as exc:  # a bug: said, logged, and the feed ended
             _log.exception("web view: a feed of %s failed", request.path)
             await queue.put(("error", {"message": f"the manager failed: {exc}"}))
         await queue.put(None)
@@ -113,8 +113,6 @@ async def _serve(
                 running -= 1
                 continue
             name, data = item
-            if name == "error":
-                running = 0  # one feed failing ends them all
             text = json.dumps(data, separators=(",", ":"))
             await response.write(f"event: {name}\ndata: {text}\n\n".encode())
         # The end, said so (an EventSource would dial again otherwise).

@@ -7,6 +7,7 @@ const $ = (sel) => document.querySelector(sel);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 const TERMINAL = ["STOPPED", "FAILED", "EVICTED", "LOST"];
 let session = { token: false, operate: false };
+let changed = () => {};  // what a page redraws once an action is done
 
 function bytes(n) {
   if (n == null) return "";
@@ -34,8 +35,13 @@ function notice(text, error) {
 
 // An EventSource whose named events go to handlers; "end" closes it, an
 // "error" event shows its message; the live marker says whether it is open.
+const sources = new Set();
+addEventListener("pagehide", () => { for (const s of sources) s.close(); });
+addEventListener("pageshow", (e) => { if (e.persisted) location.reload(); });
+
 function feed(url, handlers) {
   const source = new EventSource(url);
+  sources.add(source);
   const live = $("#live");
   source.onopen = () => { live.textContent = "live"; live.classList.add("on"); };
   source.onerror = () => { live.textContent = "reconnecting…"; live.classList.remove("on"); };
@@ -43,6 +49,8 @@ function feed(url, handlers) {
     source.addEventListener(name, (e) => handle(JSON.parse(e.data)));
   }
   source.addEventListener("error", (e) => { if (e.data) notice(JSON.parse(e.data).message, true); });
+  const close = source.close.bind(source);
+  source.close = () => { sources.delete(source); close(); };
   source.addEventListener("end", () => source.close());
   return source;
 }
@@ -57,6 +65,7 @@ async function act(id, action, body) {
   const answer = await response.json().catch(() => ({ error: response.statusText }));
   if (response.ok) notice(`${answer.done} ${id}: done`);
   else notice(`${action} ${id}: ${answer.error}`, true);
+  changed();
 }
 
 // The buttons a container's state allows (all disabled without the operate role).
@@ -151,15 +160,27 @@ function chart(svg, points, key) {
     `max ${key === "cpu" ? percent(max) : bytes(max)} over ${span}s`;
 }
 
-function follow(id) {
+// One stream for the whole page (a browser opens six connections per host
+// at most, for all its tabs): the logs as the filter says, the CPU and memory
+// samples and the events, all sent again when the filter changes.
+function containerPage(id) {
+  const api = `/ui/api/containers/${encodeURIComponent(id)}`;
+  const refresh = () => fetch(api).then((r) => r.json()).then((c) => {
+    if (c.error) notice(c.error, true); else showContainer(c);
+  });
+  refresh();
+  changed = refresh;
+  setInterval(refresh, 5000);  // what its other replicas' events change (replicas)
   const form = $("#log-filter");
   const pre = $("#logs");
-  let source = null;
+  let source = null, points = [];
   const open = () => {
     if (source) source.close();
     pre.textContent = "";
+    $("#events tbody").textContent = "";
+    points = [];
     const q = new URLSearchParams({ level: form.level.value, contains: form.contains.value });
-    source = feed(`/ui/api/containers/${encodeURIComponent(id)}/logs?${q}`, {
+    source = feed(`${api}/live?${q}`, {
       logs: (entries) => {
         const lines = entries.map((e) =>
           `<span class="${esc(e.level)}">${clock(e.time)} ${esc(e.level.padEnd(5))} ${esc(e.logger)} ${esc(e.message)}</span>`);
@@ -167,33 +188,21 @@ function follow(id) {
         if (form.follow.checked) pre.scrollTop = pre.scrollHeight;
       },
       ended: (end) => pre.insertAdjacentHTML("beforeend", `<span class="muted">— ${esc(end.message)}</span>\n`),
+      samples: (samples) => {
+        points.push(...samples);
+        points.splice(0, points.length - 300);
+        const last = points[points.length - 1];
+        $("#cpu-now").textContent = percent(last.cpu);
+        $("#rss-now").textContent = bytes(last.rss);
+        chart($("#cpu-chart"), points, "cpu");
+        chart($("#rss-chart"), points, "rss");
+      },
+      event: (e) => { showEvent(e, false); refresh(); },
     });
   };
   form.addEventListener("change", open);
   form.addEventListener("submit", (e) => { e.preventDefault(); open(); });
   open();
-}
-
-function containerPage(id) {
-  const api = `/ui/api/containers/${encodeURIComponent(id)}`;
-  const refresh = () => fetch(api).then((r) => r.json()).then((c) => {
-    if (c.error) notice(c.error, true); else showContainer(c);
-  });
-  refresh();
-  follow(id);
-  const points = [];
-  feed(`${api}/live`, {
-    samples: (samples) => {
-      points.push(...samples);
-      points.splice(0, points.length - 300);
-      const last = points[points.length - 1];
-      $("#cpu-now").textContent = percent(last.cpu);
-      $("#rss-now").textContent = bytes(last.rss);
-      chart($("#cpu-chart"), points, "cpu");
-      chart($("#rss-chart"), points, "rss");
-    },
-    event: (e) => { showEvent(e, false); refresh(); },
-  });
   $("#profile-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     const seconds = e.target.seconds.value;
