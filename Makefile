@@ -68,9 +68,11 @@ endef
 # e2fsck (e2fsprogs), fsfreeze (util-linux), losetup and mount (mount); etcd
 # and etcdctl (etcd-server, etcd-client) for the etcd state store's tests; ip
 # (iproute2) for the tests whose hosts are network namespaces; curl for the
-# README's curl lines (tests/test_readme_http.py, tests/test_readme_prometheus.py).
+# README's curl lines (tests/test_readme_http.py, tests/test_readme_prometheus.py);
+# chromium and its chromedriver for the web view's browser test.
 SYSTEM_TOOLS := runc:runc mkfs.ext4:e2fsprogs e2fsck:e2fsprogs fsfreeze:util-linux losetup:mount \
-	etcd:etcd-server etcdctl:etcd-client ip:iproute2 curl:curl
+	etcd:etcd-server etcdctl:etcd-client ip:iproute2 curl:curl \
+	chromium:chromium chromedriver:chromium-driver
 # Packages install without starting their services: etcd-server's would start
 # a system etcd on 2379 (the tests start their own members on loopback, on
 # ephemeral ports). A policy-rc.d that refuses every start (exit 101), only

@@ -166,6 +166,10 @@ def test_readme_install_lines_install_what_each_use_needs(wheel_dir: Path, tmp_p
     mesh = "from envoy.config.cluster.v3 import cluster_pb2; import grpc_csds"
     mesh_imports = _run([python, "-P", "-c", mesh], tmp_path, timeout=60)
     assert mesh_imports.returncode == 0, mesh_imports.stderr
+    # The web view's pages and scripts are package data of the wheel.
+    web = "from pycontainer.manager._web import _static; _static('fleet.html'); _static('web.js')"
+    web_assets = _run([python, "-P", "-c", web], tmp_path, timeout=60)
+    assert web_assets.returncode == 0, web_assets.stderr
 
 
 def test_every_package_of_the_source_tree_is_in_the_distribution() -> None:

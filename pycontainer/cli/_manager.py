@@ -114,6 +114,10 @@ async def _serve(settings: ManagerSettings, stop_containers: bool, ctx: Context)
     manager = Manager(settings)
     await manager.start()
     ctx.out(f"manager serving on {manager.address}")
+    if manager.http is not None:
+        from ..manager._web import web_url
+
+        ctx.out(f"web view on {web_url(manager)}")
     ctx.err(_security_note(manager))
     ctx.stdout.flush()
     await stop.wait()

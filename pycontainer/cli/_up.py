@@ -26,6 +26,7 @@ from rich.text import Text
 from ..client import DEFAULT_MANAGER
 from ..manager import Manager, ManagerSettings, StartRefused
 from ..manager._exclusive import unusable_state_dir
+from ..manager._web import WEB_NAME, web_url
 from ..telemetry import TelemetryConfigError, configure_log_export, configure_tracing
 from ..units import format_duration
 from ..v1 import manager_pb2, spec_pb2
@@ -36,6 +37,13 @@ from ._manager import tls_settings
 from ._render import container_table, event_message, event_subject, local_time
 
 _EVENTS_SHOWN = 8
+# Where `up` serves its web view unless --http-listen says: loopback, any free port.
+WEB_LISTEN = "127.0.0.1:0"
+# The web view's buttons work under `up`: its token is printed only here, to
+# whoever started it, and kept in the state directory beside the admin's key
+# (`pycontainer manager` binds nothing: --role user/web=operate there; a
+# --role of user/web given to `up` replaces this).
+WEB_OPERATE = f"{WEB_NAME}=operate"
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -85,11 +93,17 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    if args.http_listen is None:
+        args.http_listen = WEB_LISTEN
+    if not any(b.partition("=")[0].strip() == WEB_NAME for b in args.role):
+        args.role = [*args.role, WEB_OPERATE]  # unless --role binds it otherwise
     manager = Manager(
         ManagerSettings(listen=args.listen, state_dir=args.state_dir, **tls_settings(args))
     )
     await manager.start()
     print(f"manager on {manager.address}  ({_client_hint(args, manager)})", flush=True)
+    url = web_url(manager)
+    print(f"web view on {url}", flush=True)
     failures = 0
     for spec in specs:
         if spec.runtime == spec_pb2.RUNTIME_KIND_RUNC and shutil.which("runc") is None:
@@ -117,9 +131,9 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> 
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
     else:
-        with Live(_view(manager), refresh_per_second=4, screen=False) as live:
+        with Live(_view(manager, url), refresh_per_second=4, screen=False) as live:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                live.update(_view(manager))
+                live.update(_view(manager, url))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
     print(f"stopping every container (grace {format_duration(args.grace)})...", flush=True)
@@ -170,7 +184,7 @@ def shown_in_view(manager: Manager) -> list[manager_pb2.Container]:
     ]
 
 
-def _view(manager: Manager) -> Group:
+def _view(manager: Manager, url: str | None) -> Group:
     containers = shown_in_view(manager)
     lines = [Text("recent events", style="bold")]
     for event in manager.events.history()[-_EVENTS_SHOWN:]:
@@ -179,4 +193,5 @@ def _view(manager: Manager) -> Group:
         f"pycontainer manager on {manager.address} — Ctrl-C stops everything gracefully",
         style="bold cyan",
     )
-    return Group(title, container_table(containers).rich(), Text(""), *lines)
+    web = [Text(f"web view: {url}", style="cyan")] if url else []
+    return Group(title, *web, container_table(containers).rich(), Text(""), *lines)

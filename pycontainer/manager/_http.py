@@ -41,8 +41,9 @@ def _route_sources() -> list[RouteSource]:
     a manager without http_listen never loads aiohttp's routes)."""
     from ._healthprobes import routes as probe_routes
     from ._prometheus import routes as prometheus_routes
+    from ._web import routes as web_view  # the web view of the fleet
 
-    return [prometheus_routes, probe_routes]
+    return [prometheus_routes, probe_routes, web_view]
 
 
 class HttpFace:
