@@ -31,7 +31,7 @@ PROTOS := $(sort $(wildcard protos/pycontainer/v1/*.proto))
 NODE_DIR := tests/node
 PIP_FLAGS := --disable-pip-version-check -q
 
-.PHONY: system-deps all venv generate generate-etcd check-generated lint buf-lint typecheck pytest test test-floor run bench bench-quick clean node-deps
+.PHONY: screenshots system-deps all venv generate generate-etcd check-generated lint buf-lint typecheck pytest test test-floor run bench bench-quick clean node-deps
 
 all: test
 
@@ -213,6 +213,10 @@ run: venv system-deps
 # bench/RESULTS.md; `make bench QUICK=1` (or `make bench-quick`) is the quick
 # run (make itself would take `make bench --quick` as an option of its own).
 # The full run adds the kill -9 recovery of 1,000 containers (bench/reconnect.py).
+# The README's screenshots of the web view, taken again by its browser test.
+screenshots: venv system-deps
+	PYCONTAINER_UPDATE_SCREENSHOTS=1 $(BIN)/pytest -q tests/test_web_view.py
+
 bench: venv
 	$(BIN)/python -m bench $(if $(QUICK),--quick)
 	$(if $(QUICK),,$(BIN)/python bench/reconnect.py --containers 1000 --workers 4)

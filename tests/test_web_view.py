@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -155,17 +156,29 @@ def _rows(driver: Any) -> list[list[str]]:
     return rows
 
 
-def _screenshot(driver: Any, name: str, width: int, height: int) -> None:
-    """docs/NAME, as the README shows it, at that window size (then back)."""
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the screenshots go: docs/, as the README shows them, with
+    $PYCONTAINER_UPDATE_SCREENSHOTS=1 (`make screenshots`); else a directory
+    of the test's own, so that a test run leaves the tree as it was."""
+    if os.environ.get("PYCONTAINER_UPDATE_SCREENSHOTS") == "1":
+        return DOCS
+    return tmp_path_factory.mktemp("screenshots")
+
+
+def _screenshot(driver: Any, directory: Path, name: str, width: int, height: int) -> None:
+    """A PNG of the page at that window size (then back), as directory/NAME."""
     size = driver.get_window_size()
     driver.set_window_size(width, height)
+    path = directory / name
     try:
-        driver.save_screenshot(str(DOCS / name))
+        assert driver.save_screenshot(str(path)), f"no screenshot written to {path}"
     finally:
         driver.set_window_size(size["width"], size["height"])
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), path
 
 
-def test_the_fleet_page_lists_the_demo_live(up: Up, browser: Any) -> None:
+def test_the_fleet_page_lists_the_demo_live(up: Up, browser: Any, screenshots: Path) -> None:
     from selenium.webdriver.common.by import By
 
     browser.get(up.url)  # the token, traded for a cookie
@@ -193,11 +206,11 @@ def test_the_fleet_page_lists_the_demo_live(up: Up, browser: Any) -> None:
     )
     assert browser.find_element(By.ID, "notice").is_displayed() is False  # buttons usable
     DOCS.mkdir(exist_ok=True)
-    _screenshot(browser, "web-fleet.png", 1400, 760)
+    _screenshot(browser, screenshots, "web-fleet.png", 1400, 760)
 
 
 def test_a_container_page_follows_logs_and_draws_charts_and_a_flame_graph(
-    up: Up, browser: Any
+    up: Up, browser: Any, screenshots: Path
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -244,7 +257,7 @@ def test_a_container_page_follows_logs_and_draws_charts_and_a_flame_graph(
         lambda d: len(d.execute_script(points).split()) >= 10,
         "ten seconds of CPU samples",
     )
-    _screenshot(browser, "web-container.png", 1400, 1500)
+    _screenshot(browser, screenshots, "web-container.png", 1400, 1500)
 
 
 def test_the_stop_button_stops_a_container_and_the_table_shows_it(up: Up, browser: Any) -> None:
