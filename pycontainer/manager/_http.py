@@ -32,6 +32,9 @@ __all__ = ["HttpFace", "RouteSource"]
 
 _log = logging.getLogger("pycontainer.manager")
 
+# How long the open requests of a stopping manager are given to end.
+_SHUTDOWN_SECONDS = 2.0
+
 # A feature of the HTTP face: the routes it serves for a manager.
 RouteSource = Callable[["Manager"], Iterable[web.AbstractRouteDef]]
 
@@ -105,7 +108,11 @@ class HttpFace:
         assert self._socket is not None
         # access_log=None: a scraper every few seconds would flood the
         # manager's log; the routes log what matters themselves.
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # shutdown_timeout: a route that streams (an open page's events)
+        # holds the manager's stop no longer than this.
+        runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_SECONDS
+        )
         await runner.setup()
         await web.SockSite(runner, self._socket).start()
         self._runner = runner
