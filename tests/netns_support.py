@@ -44,16 +44,18 @@ failure when CI=true.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import os
 import re
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from support import IN_CI
@@ -168,6 +170,15 @@ def sweep_stale() -> list[str]:
     return swept
 
 
+def _subnet_lock() -> IO[bytes]:
+    """An exclusive lock of this machine's on choosing a subnet, held until
+    the file returned is closed."""
+    directory = Path("/run/lock") if Path("/run/lock").is_dir() else Path(tempfile.gettempdir())
+    lock = open(directory / "pycontainer-netns-subnets.lock", "ab")  # noqa: SIM115 - returned
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
 def _free_subnet(seed: int) -> str:
     """A 10.200.X prefix that no address or route in this namespace uses."""
     used = _ip("-4", "addr", "show") + _ip("-4", "route", "show", "table", "all")
@@ -228,6 +239,10 @@ class Network:
         self._namespaces: list[str] = []
         self._closed = False
         self.switch = f"{self.name}-sw"
+        # Chosen and taken (the address on this namespace's veth) under a
+        # lock of the machine's: test processes side by side (pytest-xdist's
+        # workers) never take one prefix twice.
+        subnets = _subnet_lock()
         self.prefix = _free_subnet(os.getpid() + sequence)
         #: The test process's own address on the switch.
         self.address = f"{self.prefix}1"
@@ -246,6 +261,8 @@ class Network:
         except BaseException:
             self.close()
             raise
+        finally:
+            subnets.close()  # the lock with it
 
     def _add_namespace(self, namespace: str) -> None:
         _ip("netns", "add", namespace)
