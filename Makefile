@@ -185,13 +185,16 @@ typecheck: venv
 # them (its module fixtures shared as written): most tests wait on processes,
 # sockets and streams rather than the CPU, so 3 workers on 2 cores take it
 # from about 10 minutes to about 5. PYTEST_WORKERS=0: in this process alone.
+# The tests marked `alone` (CPU profiles of their own process) run after, apart.
 PYTEST_WORKERS ?= 3
 
 pytest: venv node-deps system-deps
 	# Compiled once here: every manager, sidecar and CLI the tests start would
 	# otherwise compile each module again where bytecode is not written.
 	$(BIN)/python -m compileall -q pycontainer generated
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	# (Exit status 5: nothing selected, as PYTEST_ARGS naming one file may.)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not alone" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/pytest -m alone $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test: check-generated lint typecheck pytest test-floor
 

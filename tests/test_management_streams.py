@@ -131,6 +131,7 @@ def test_slow_reader_is_told_what_it_missed(new_host: Any) -> None:
     assert received + missed >= produced
 
 
+@pytest.mark.alone
 def test_cpu_profile_parses_as_pprof(host: Host) -> None:
     stop = threading.Event()
 

@@ -294,6 +294,7 @@ def cpu_samples() -> Iterator[CpuSamples]:
             t.join(5)
 
 
+@pytest.mark.alone
 def test_pprof_profile_of_a_busy_thread(cpu_samples: CpuSamples) -> None:
     profile = parse_pprof(_profile.to_pprof(cpu_samples))
 
@@ -359,6 +360,7 @@ def test_pprof_profile_of_a_busy_thread(cpu_samples: CpuSamples) -> None:
     assert by_thread["sleepy"] <= 2
 
 
+@pytest.mark.alone
 def test_sampling_uses_thread_cpu_clocks_and_skips_sleepers(cpu_samples: CpuSamples) -> None:
     assert cpu_samples.thread_cpu_clocks  # Linux
     # A tick may wait for the GIL (up to 5 ms behind the spinner) or for a CPU.
@@ -373,6 +375,7 @@ def test_sampling_uses_thread_cpu_clocks_and_skips_sleepers(cpu_samples: CpuSamp
     assert busy_cpu <= cpu_samples.duration_ns + 50_000_000
 
 
+@pytest.mark.alone
 def test_collapsed_stacks(cpu_samples: CpuSamples) -> None:
     lines = _profile.to_collapsed(cpu_samples).decode().splitlines()
     assert lines

@@ -151,6 +151,10 @@ def _interrupt_once_it_shows(
     regular expression), then Ctrl-C it."""
     command = shlex.join(argv)
     master, slave = _terminal()
+    # The terminal's own size, as a user's shell gives it: not $COLUMNS or
+    # $LINES of the test's process (pytest-xdist's workers have COLUMNS=80,
+    # which rich takes over the terminal's 120, cutting STATE to "RUNNI…").
+    env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=slave, stderr=subprocess.PIPE, text=True)
     os.close(slave)
     assert proc.stderr is not None
