@@ -7,10 +7,13 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 
-__all__ = ["BackgroundServer", "start_in_background"]
+__all__ = ["BackgroundServer", "run_on_own_loop", "start_in_background"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -38,14 +41,25 @@ def start_in_background(
     """Run ``start`` (which builds, binds and starts a server, returning it and
     its port) on a new daemon thread's event loop; returns once it has started.
     What ``start`` raises (a ListenError, say) is raised here."""
+    loop, thread, (server, port) = run_on_own_loop(start, name=name)
+    return BackgroundServer(port, loop, server, thread)
+
+
+def run_on_own_loop(
+    start: Callable[[], Awaitable[T]], *, name: str
+) -> tuple[asyncio.AbstractEventLoop, threading.Thread, T]:
+    """Run ``start`` on a new event loop in a daemon thread named ``name``,
+    the loop running on after it (until stopped): the loop, the thread and
+    what ``start`` returned, once it has. What it raises is raised here (the
+    loop closed, the thread ended)."""
     loop = asyncio.new_event_loop()
-    started: dict[str, object] = {}
+    started: dict[str, Any] = {}
     ready = threading.Event()
 
     def main() -> None:
         asyncio.set_event_loop(loop)
         try:
-            started["server"], started["port"] = loop.run_until_complete(start())
+            started["result"] = loop.run_until_complete(start())
         except BaseException as exc:  # reported to the caller below
             started["error"] = exc
             loop.close()
@@ -59,5 +73,5 @@ def start_in_background(
     thread.start()
     ready.wait()
     if "error" in started:
-        raise started["error"]  # type: ignore[misc]
-    return BackgroundServer(started["port"], loop, started["server"], thread)  # type: ignore[arg-type]
+        raise started["error"]
+    return loop, thread, started["result"]

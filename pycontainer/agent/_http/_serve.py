@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from .._background import run_on_own_loop
 from .._listen import listen_socket
 from ._face import FaceParts, build_app
 
@@ -62,35 +63,18 @@ def start_http_face(parts: FaceParts, listen: str) -> HttpFace:
     ListenError when it cannot listen there."""
     sock = listen_socket(listen)  # here, so that a ListenError reaches the caller
     port = int(sock.getsockname()[1])
-    loop = asyncio.new_event_loop()
     # No access log: every probe would be a line in the container's logs.
     runner = web.AppRunner(build_app(parts), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
-    started: dict[str, BaseException] = {}
-    ready = threading.Event()
 
     async def start() -> None:
-        await runner.setup()
-        await web.SockSite(runner, sock).start()
-
-    def main() -> None:
-        asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(start())
-        except BaseException as exc:  # reported to the caller below
-            started["error"] = exc
+            await runner.setup()
+            await web.SockSite(runner, sock).start()
+        except BaseException:
             sock.close()
-            loop.close()
-            ready.set()
-            return
-        ready.set()
-        loop.run_forever()
-        loop.close()
+            raise
 
-    thread = threading.Thread(target=main, name="pycontainer-http", daemon=True)
-    thread.start()
-    ready.wait()
-    if "error" in started:
-        raise started["error"]
+    loop, thread, _ = run_on_own_loop(start, name="pycontainer-http")
     warning = exposure_warning(listen)
     if warning:
         _log.warning("%s", warning)
