@@ -175,8 +175,10 @@ class Manager:
         self._route_lock = asyncio.Lock()
         # The xDS bootstrap file of every container it launches (GRPC_XDS_BOOTSTRAP).
         # Every manager is named (its own first): the xDS stream follows the leader.
+        # Absolute: a container's own working directory (spec working_dir, a
+        # runc bind mount's destination) is not the manager's.
         self.mesh_bootstraps = Bootstraps(
-            Path(self.settings.state_dir) / "mesh", self.container_manager_address
+            Path(self.settings.state_dir).resolve() / "mesh", self.container_manager_address
         )
         self._purgers.append(self.mesh_bootstraps.forget)
         # Envoys beside programs (spec.proxy envoy) get listeners of their own.
