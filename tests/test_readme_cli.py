@@ -187,12 +187,14 @@ def test_readme_cli_commands(tmp_path: Path) -> None:
     assert len(commands) >= 15
     address = _free_address()
     env = _secure_env(PYCONTAINER_MANAGER=address)
-    # The commands run in a directory of their own (`profile -o` writes there)
-    # that has the clone's examples/ (`apply -f examples/demo.yaml`) and the
+    # The commands run in a directory of their own (`profile -o` writes there),
+    # laid out as the clone: a copy of its examples/ (`apply -f
+    # examples/demo.yaml`; a copy, not a symlink, which a runc container's
+    # bind mount of its working directory would leave dangling) and the
     # manager's state/ (where they find state/admin, as from the clone's root).
     work = tmp_path / "work"
     work.mkdir()
-    (work / "examples").symlink_to(ROOT / "examples")
+    shutil.copytree(ROOT / "examples", work / "examples")
     log = (tmp_path / "up.log").open("w")  # a pipe nobody reads would fill and block up
     up = subprocess.Popen(
         [
@@ -205,11 +207,11 @@ def test_readme_cli_commands(tmp_path: Path) -> None:
             "--listen",
             address,
             "--state-dir",
-            str(work / "state"),
+            "state",  # relative, as `make run` gives it
         ],
-        # As `make run`, in the clone; the commands' examples/ is a symlink
-        # to it, so `apply -f examples/demo.yaml` names the same file (owner).
-        cwd=ROOT,
+        # As `make run`, in a directory laid out as the clone (so that `apply
+        # -f examples/demo.yaml` there names the same file: the same owner).
+        cwd=work,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -141,9 +141,13 @@ def python_host_paths() -> list[str]:
     for entry in sys.path:
         if entry and os.path.isabs(entry):
             paths.append(entry if os.path.isdir(entry) else os.path.dirname(entry))
-    for package in (pycontainer, pycontainer.v1):
-        if package.__file__:
-            paths.append(os.path.dirname(package.__file__))
+    if pycontainer.__file__:
+        paths.append(os.path.dirname(pycontainer.__file__))
+    if pycontainer.v1.__file__:
+        # The generated packages' parent (pycontainer.v1 and pycontainer.pprof
+        # beside it: generated/pycontainer in an editable install, the
+        # package itself in a regular one).
+        paths.append(os.path.dirname(os.path.dirname(pycontainer.v1.__file__)))
     return paths
 
 
