@@ -186,7 +186,12 @@ def test_a_reader_behind_when_the_container_ends_gets_every_line_its_ring_held(
     # Far more than the streams' buffers hold, printed while the reader reads
     # nothing; then the program exits, and the sidecar with it: the sidecar
     # lets its followers drain the ring (which holds every line) first.
-    total = 300_000
+    # 100,000: about three times what the manager's relay queue and the
+    # streams' windows hold, printed fast enough that the frozen reader's
+    # connection outlives it. (300,000 took long enough on a loaded machine
+    # for the manager's keepalive, 20 s of pings unanswered plus 10, to drop
+    # the frozen reader's connection: as it should a dead client's.)
+    total = 100_000
     printer = Printer(manager, tmp_path, total, burst=20_000, capacity=total + 1_000, stay=0)
     printers.append(printer)
     os.kill(printer.cli.pid, signal.SIGSTOP)

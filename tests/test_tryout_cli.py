@@ -65,7 +65,11 @@ def _start(manager: ManagerHost, hosts: list[Host], name: str) -> None:
     _, host = connected_container(manager, name)
     hosts.append(host)
 
-    wait_until(lambda: _state(manager, name) == S.LIFECYCLE_STATE_RUNNING, what=f"{name} running")
+    # 30 s: a loaded machine (the suite's other workers beside it) has taken
+    # more than the default 10 s to start one.
+    wait_until(
+        lambda: _state(manager, name) == S.LIFECYCLE_STATE_RUNNING, 30, what=f"{name} running"
+    )
 
 
 # -- 2. label selectors: Kubernetes' grammar, never "match all" on a mistake ------------------
