@@ -60,16 +60,23 @@ def _state(manager: ManagerHost, name: str) -> int:
         return S.LIFECYCLE_STATE_UNSPECIFIED
 
 
+def _running_named(manager: ManagerHost, name: str) -> int:
+    """How many containers named ``name`` are RUNNING."""
+    listed = manager.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=5)
+    return sum(
+        1
+        for c in listed.containers
+        if c.identity.name == name and c.state == S.LIFECYCLE_STATE_RUNNING
+    )
+
+
 def _start(manager: ManagerHost, hosts: list[Host], name: str) -> None:
-    """A container dialled in, labelled app=NAME."""
+    """A container dialled in, labelled app=NAME; returns once it runs (counted
+    by name: a second of one name makes the name ambiguous to GetContainer)."""
+    before = _running_named(manager, name)
     _, host = connected_container(manager, name)
     hosts.append(host)
-
-    # 30 s: a loaded machine (the suite's other workers beside it) has taken
-    # more than the default 10 s to start one.
-    wait_until(
-        lambda: _state(manager, name) == S.LIFECYCLE_STATE_RUNNING, 30, what=f"{name} running"
-    )
+    wait_until(lambda: _running_named(manager, name) > before, 30, what=f"{name} running")
 
 
 # -- 2. label selectors: Kubernetes' grammar, never "match all" on a mistake ------------------
