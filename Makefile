@@ -183,10 +183,11 @@ typecheck: venv
 
 # The suite runs in pytest-xdist's workers, each test file whole on one of
 # them (its module fixtures shared as written): most tests wait on processes,
-# sockets and streams rather than the CPU, so 3 workers on 2 cores take it
-# from about 10 minutes to about 5. PYTEST_WORKERS=0: in this process alone.
+# sockets and streams rather than the CPU, so 2 workers on 2 cores take it
+# from about 10 minutes to about 6 (3 take it to 5, with timings on the edge
+# of the tests' bounds). PYTEST_WORKERS=0: in this process alone.
 # The tests marked `alone` (CPU profiles of their own process) run after, apart.
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 2
 
 pytest: venv node-deps system-deps
 	# Compiled once here: every manager, sidecar and CLI the tests start would

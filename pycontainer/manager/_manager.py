@@ -58,6 +58,10 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("pycontainer.manager")
 
+# How long a delete waits for the process of a container that has ended
+# (STOPPED, FAILED) to exit before it is refused as still running.
+_EXIT_AFTER_STOP_SECONDS = 5.0
+
 S = container_pb2
 
 # Told a container's id when its record is purged: removes what it left
@@ -492,6 +496,12 @@ class Manager:
         for its name's next replicas. A stream it still has stays open,
         unlisted, until it ends."""
         entry = self.resolve(name_or_id)
+        if entry.terminal and self.stopper.process_of(entry) is not None:
+            # Stopped a moment ago (`stop` then `rm`, as people type them):
+            # its process is on its way out; given a moment to end.
+            await self.wait_for(
+                entry, lambda e: self.stopper.process_of(e) is None, _EXIT_AFTER_STOP_SECONDS
+            )
         if not entry.terminal or self.stopper.process_of(entry) is not None:
             state = state_word(entry.state)
             raise failed_precondition(
