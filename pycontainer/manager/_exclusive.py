@@ -82,13 +82,19 @@ def bind(
     try:
         return listen_on(server, listen, credentials=credentials)
     except ListenError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            # The manager's own advice on top of every server's message.
-            raise StartRefused(
-                f"{exc.strerror}; it is already in use (another manager?): stop that one, "
-                f"or give this one another {flag}"
-            ) from None
-        raise StartRefused(exc.strerror) from None
+        raise refusal(exc, flag) from None
 
 
-__all__ = ["LOCK_FILE", "StartRefused", "StateLock", "bind", "unusable_state_dir"]
+def refusal(exc: ListenError, flag: str) -> StartRefused:
+    """The one line a manager refuses its start with when it cannot listen
+    where ``flag`` said: every server's message, and the manager's own advice
+    when the address is in use."""
+    if exc.errno == errno.EADDRINUSE:
+        return StartRefused(
+            f"{exc.strerror}; it is already in use (another manager?): stop that one, "
+            f"or give this one another {flag}"
+        )
+    return StartRefused(exc.strerror)
+
+
+__all__ = ["LOCK_FILE", "StartRefused", "StateLock", "bind", "refusal", "unusable_state_dir"]

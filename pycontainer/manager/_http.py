@@ -14,7 +14,6 @@ On the manager's loop, not a thread: every route reads the manager's state
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 from collections.abc import Callable, Iterable
@@ -22,8 +21,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from ..agent._listen import ListenError, listen_socket
 from ..client._target import TargetError, split_address
-from ._exclusive import StartRefused
+from ._exclusive import StartRefused, refusal
 
 if TYPE_CHECKING:
     from ._manager import Manager
@@ -84,20 +84,14 @@ class HttpFace:
         --http-listen, when it is malformed, in use or cannot be served
         (before anything serves, as the manager's other ports are bound)."""
         try:
-            host, port = split_address(self._listen)
+            host, _ = split_address(self._listen)
+            # Bound as every server's port is (agent._listen), here rather
+            # than by aiohttp: a port in use is refused before anything serves.
+            self._socket = listen_socket(self._listen)
         except TargetError as exc:
             raise StartRefused(f"--http-listen {self._listen!r}: {exc}") from None
-        try:
-            self._socket = _bound_socket(host, port)
-        except OSError as exc:
-            reason = f"cannot listen on {self._listen}: {exc.strerror or exc}"
-            if exc.errno == errno.EADDRINUSE:
-                # The advice every manager port gives (_exclusive.bind).
-                reason += (
-                    "; it is already in use (another manager?): stop that one, "
-                    "or give this one another --http-listen"
-                )
-            raise StartRefused(reason) from None
+        except ListenError as exc:
+            raise refusal(exc, "--http-listen") from None
         self.host, self.port = host, self._socket.getsockname()[1]
         return self.port
 
@@ -125,22 +119,3 @@ class HttpFace:
         elif self._socket is not None:
             self._socket.close()
         self._socket = None
-
-
-def _bound_socket(host: str, port: int) -> socket.socket:
-    """A listening socket on (host, port): bound here rather than by aiohttp
-    so that a port in use is an OSError before anything serves, and port 0
-    gives the port picked."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        # SO_REUSEADDR (not SO_REUSEPORT): a restarted manager rebinds at
-        # once past TIME_WAIT, and a second live manager is still refused.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
