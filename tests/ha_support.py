@@ -25,7 +25,7 @@ from pycontainer.client import Transport
 from pycontainer.manager._leadership import LEADER_METADATA
 from pycontainer.manager._sealing import KEY_FILE
 from pycontainer.security import MANAGER
-from pycontainer.v1 import manager_pb2, manager_pb2_grpc
+from pycontainer.v1 import container_pb2, manager_pb2, manager_pb2_grpc
 
 CLI = [sys.executable, "-m", "pycontainer.cli"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,3 +264,27 @@ def apps(
                 app.process.kill()
         for app in started:
             app.process.wait(10)
+
+
+def all_back(leader: ManagerProcess, names: list[str], *, over_tls: bool = False) -> bool:
+    """Whether every container of ``names`` is RUNNING and connected on
+    ``leader`` (``over_tls``: its Management endpoints serving TLS too)."""
+    try:
+        listed = leader.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=5)
+    except grpc.RpcError:
+        return False
+    on = {
+        c.identity.name
+        for c in listed.containers
+        if c.state == container_pb2.LIFECYCLE_STATE_RUNNING
+        and c.connected
+        and (
+            not over_tls
+            or all(
+                e.tls
+                for e in c.identity.endpoints
+                if e.kind == container_pb2.ENDPOINT_KIND_MANAGEMENT
+            )
+        )
+    }
+    return set(names) <= on

@@ -26,7 +26,7 @@ from ha_support import (
     ROOT,
     AppProcess,
     ManagerCluster,
-    ManagerProcess,
+    all_back,
     apps,
     manager_cluster,
 )
@@ -39,19 +39,6 @@ S = container_pb2
 # The election with a 2 s lease: a successor within the TTL and a campaign
 # call, and a reconnect of every container, well within this on a loaded machine.
 FAILOVER_BOUND = 30.0
-
-
-def _all_back(leader: ManagerProcess, names: list[str]) -> bool:
-    try:
-        listed = leader.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=5)
-    except grpc.RpcError:
-        return False
-    on = {
-        c.identity.name
-        for c in listed.containers
-        if c.state == S.LIFECYCLE_STATE_RUNNING and c.connected
-    }
-    return set(names) <= on
 
 
 def _started_once(fleet: list[AppProcess]) -> bool:
@@ -128,9 +115,7 @@ def test_leader_killed_every_container_back_on_the_next_nothing_lost(tmp_path: P
     ):
         names = [app.name for app in fleet]
         leader = managers.leader()
-        wait_until(
-            lambda: _all_back(leader, names), FAILOVER_BOUND, "every container on the leader"
-        )
+        wait_until(lambda: all_back(leader, names), FAILOVER_BOUND, "every container on the leader")
         wait_until(lambda: _started_once(fleet), 20, "every container started")
         taken = leader.stub.CheckpointContainer(
             manager_pb2.CheckpointContainerRequest(container=names[0]), timeout=20
@@ -142,7 +127,7 @@ def test_leader_killed_every_container_back_on_the_next_nothing_lost(tmp_path: P
         successor = managers.leader(FAILOVER_BOUND, exclude=leader)
         elected = time.monotonic() - killed
         wait_until(
-            lambda: _all_back(successor, names), FAILOVER_BOUND, "every container on the successor"
+            lambda: all_back(successor, names), FAILOVER_BOUND, "every container on the successor"
         )
         back = time.monotonic() - killed
         print(f"failover: leader in {elected:.2f} s, {count} containers back in {back:.2f} s")
@@ -176,7 +161,7 @@ def test_a_leader_frozen_past_its_lease_steps_down_and_writes_nothing(tmp_path: 
     ):
         name = fleet[0].name
         leader = managers.leader()
-        wait_until(lambda: _all_back(leader, [name]), FAILOVER_BOUND, "the container on the leader")
+        wait_until(lambda: all_back(leader, [name]), FAILOVER_BOUND, "the container on the leader")
         assert leader.process is not None
         os.kill(leader.process.pid, signal.SIGSTOP)
         try:
@@ -191,7 +176,7 @@ def test_a_leader_frozen_past_its_lease_steps_down_and_writes_nothing(tmp_path: 
             f"the resumed leader a standby naming {successor.address}: {managers.logs()}",
         )
         wait_until(
-            lambda: _all_back(successor, [name]), FAILOVER_BOUND, "the container on the successor"
+            lambda: all_back(successor, [name]), FAILOVER_BOUND, "the container on the successor"
         )
         log = leader.log.read_text()
         [deposed] = _epochs(log)
@@ -218,7 +203,7 @@ def test_an_etcd_member_killed_the_service_carries_on(tmp_path: Path) -> None:
     ):
         name = fleet[0].name
         leader = managers.leader()
-        wait_until(lambda: _all_back(leader, [name]), FAILOVER_BOUND, "the container on the leader")
+        wait_until(lambda: all_back(leader, [name]), FAILOVER_BOUND, "the container on the leader")
         _kill_one_member(etcd)
         # The same leader keeps leading (its lease renewed through the others)
         # and takes writes: a checkpoint lands.
@@ -253,7 +238,7 @@ def test_a_container_the_leader_launched_follows_the_next(tmp_path: Path) -> Non
         )
         leader.stub.RunContainer(manager_pb2.RunContainerRequest(spec=spec), timeout=30)
         try:
-            wait_until(lambda: _all_back(leader, ["launched"]), FAILOVER_BOUND, "it on the leader")
+            wait_until(lambda: all_back(leader, ["launched"]), FAILOVER_BOUND, "it on the leader")
             env = Path(f"/proc/{_pid(state_file)}/environ").read_bytes().split(b"\0")
             given = next(v for v in env if v.startswith(b"PYCONTAINER_MANAGER="))
             assert given.decode().split("=", 1)[1].split(",") == [
@@ -263,7 +248,7 @@ def test_a_container_the_leader_launched_follows_the_next(tmp_path: Path) -> Non
             managers.kill(leader)
             successor = managers.leader(FAILOVER_BOUND, exclude=leader)
             wait_until(
-                lambda: _all_back(successor, ["launched"]), FAILOVER_BOUND, "it on the successor"
+                lambda: all_back(successor, ["launched"]), FAILOVER_BOUND, "it on the successor"
             )
             assert json.loads(state_file.read_text())["calls"].get("start") == 1
         finally:

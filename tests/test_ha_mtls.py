@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from etcd_support import etcd_cluster
-from ha_support import CLI, ROOT, ManagerCluster, ManagerProcess, apps
+from ha_support import CLI, ROOT, ManagerCluster, all_back, apps
 from security_support import issue_files
 from support import wait_until
 
@@ -28,21 +28,6 @@ S = container_pb2
 # A 2 s lease, its successor's campaign and every container's reconnect
 # (with TLS handshakes) on a loaded machine: well within this.
 FAILOVER_BOUND = 30.0
-
-
-def _all_back_over_tls(leader: ManagerProcess, names: list[str]) -> bool:
-    try:
-        listed = leader.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=5)
-    except grpc.RpcError:
-        return False
-    on = {
-        c.identity.name
-        for c in listed.containers
-        if c.state == S.LIFECYCLE_STATE_RUNNING
-        and c.connected
-        and all(e.tls for e in c.identity.endpoints if e.kind == S.ENDPOINT_KIND_MANAGEMENT)
-    }
-    return set(names) <= on
 
 
 def test_leader_killed_containers_back_over_mtls_and_the_cli_finds_the_next(
@@ -76,7 +61,7 @@ def test_leader_killed_containers_back_over_mtls_and_the_cli_finds_the_next(
                 names = [app.name for app in fleet]
                 leader = managers.leader()
                 wait_until(
-                    lambda: _all_back_over_tls(leader, names),
+                    lambda: all_back(leader, names, over_tls=True),
                     FAILOVER_BOUND,
                     f"every container on the leader over mTLS: {managers.logs()}",
                 )
@@ -102,7 +87,7 @@ def test_leader_killed_containers_back_over_mtls_and_the_cli_finds_the_next(
                 managers.kill(leader)
                 successor = managers.leader(FAILOVER_BOUND, exclude=leader)
                 wait_until(
-                    lambda: _all_back_over_tls(successor, names),
+                    lambda: all_back(successor, names, over_tls=True),
                     FAILOVER_BOUND,
                     f"every container on the successor over mTLS: {managers.logs()}",
                 )
