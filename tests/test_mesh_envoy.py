@@ -33,9 +33,9 @@ import psutil
 import pytest
 import yaml
 from support import (
-    IN_CI,
     ManagerHost,
     free_address,
+    require_envoy,
     running_and_connected,
     wait_container,
     wait_until,
@@ -74,12 +74,7 @@ IDLE_PROGRAM = [
 
 @pytest.fixture(autouse=True)
 def _envoy() -> None:
-    try:
-        envoy_binary()
-    except EnvoyNotInstalled as exc:
-        if IN_CI:
-            pytest.fail(f"Envoy is required in CI: {exc}")
-        pytest.skip(str(exc))
+    require_envoy()
 
 
 @pytest.fixture

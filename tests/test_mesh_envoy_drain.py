@@ -18,10 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import IN_CI, free_address, wait_until
+from support import free_address, require_envoy, wait_until
 
 from pycontainer.manager import Resources
-from pycontainer.sidecar._envoy import EnvoyNotInstalled, envoy_binary
 from pycontainer.testing import Load, MeshRig
 from pycontainer.testing import mesh_scenarios as scenarios
 from pycontainer.v1 import container_pb2, mesh_pb2, spec_pb2
@@ -37,12 +36,7 @@ MAX_FAILED_SHARE = 0.01
 
 @pytest.fixture(autouse=True)
 def _envoy() -> None:
-    try:
-        envoy_binary()
-    except EnvoyNotInstalled as exc:
-        if IN_CI:
-            pytest.fail(f"Envoy is required in CI: {exc}")
-        pytest.skip(str(exc))
+    require_envoy()
 
 
 @pytest.fixture
