@@ -45,6 +45,10 @@ RANGE_PAGE = 1000
 # unreachable, too slow): the next member may.
 FAILOVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
+# How soon a failed keepalive is tried again (a refused one comes back at
+# once while raft elects a leader; a timed-out one has used its interval).
+_KEEPALIVE_RETRY = datetime.timedelta(milliseconds=100)
+
 # etcd's method paths: their packages are etcd's, not the stubs' private ones.
 _KV = "/etcdserverpb.KV/"
 _LEASE = "/etcdserverpb.Lease/"
@@ -533,5 +537,10 @@ class LeaseKeeper:
             if ttl > 0:
                 self.deadline = sent + ttl
                 self.renewals += 1
-            await asyncio.sleep(max(0.0, sent + interval - self._clock()))
+                await asyncio.sleep(max(0.0, sent + interval - self._clock()))
+            else:
+                # A refusal comes at once while raft elects ("no leader"):
+                # try again soon, not a whole interval later, so the renewal
+                # lands as soon as the new raft leader takes it.
+                await asyncio.sleep(min(interval, _KEEPALIVE_RETRY.total_seconds()))
         self.lost.set()
