@@ -14,8 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+import grpc
 import pytest
 from otlp_receiver import OtlpReceiver
+
+from pycontainer.v1 import management_pb2, management_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 _SECTION = "\n## OpenTelemetry export\n"
@@ -54,7 +57,8 @@ def test_readme_otel_section_exports_logs_with_span_ids_and_the_counter(
     assert "http://127.0.0.1:4317" in script
     assert "127.0.0.1:50051" in script
     script = script.replace("http://127.0.0.1:4317", receiver.grpc_endpoint)
-    script = script.replace("127.0.0.1:50051", f"127.0.0.1:{_free_port()}")
+    address = f"127.0.0.1:{_free_port()}"
+    script = script.replace("127.0.0.1:50051", address)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     with (tmp_path / "stderr").open("w+") as err:
         proc = subprocess.Popen(
@@ -80,6 +84,21 @@ def test_readme_otel_section_exports_logs_with_span_ids_and_the_counter(
             )
             receiver.wait_for(
                 lambda: jobs_counted() or proc.poll() is not None, 30, "jobs.processed"
+            )
+            assert proc.poll() is None, _read(err)
+            snapshot = _calls_and_snapshot(address)
+
+            def figures_exported() -> bool:
+                return any(
+                    a.get("grpc.method") == _GET_INFO and p.item.count >= 3
+                    for p in receiver.data_points("grpc.server.call.duration")
+                    for a in [_attributes(p)]
+                ) and any(True for _ in receiver.data_points("process.cpu.time"))
+
+            receiver.wait_for(
+                lambda: figures_exported() or proc.poll() is not None,
+                30,
+                "grpc.server.call.duration and process.cpu.time",
             )
             assert proc.poll() is None, _read(err)
         finally:
@@ -110,3 +129,57 @@ def test_readme_otel_section_exports_logs_with_span_ids_and_the_counter(
     point = next(iter(receiver.data_points("jobs.processed")))
     assert point.resource["container.id"] == record.resource["container.id"]
     assert {a.key for a in point.item.attributes} == {"kind"}
+
+    # The container's own figures, exported beside the app's metrics (the
+    # names of OpenTelemetry's process conventions and of gRPC's A66), from
+    # the same resource; the three GetInfo calls made above among them.
+    durations = [
+        p
+        for p in receiver.data_points("grpc.server.call.duration")
+        if _attributes(p).get("grpc.method") == _GET_INFO
+    ]
+    assert durations
+    assert durations[-1].resource["container.id"] == record.resource["container.id"]
+    assert _attributes(durations[-1]) == {
+        "grpc.method": _GET_INFO,
+        "grpc.status": "OK",
+        "container.id": record.resource["container.id"],
+    }
+    assert durations[-1].item.count >= 3
+    started = [
+        p
+        for p in receiver.data_points("grpc.server.call.started")
+        if _attributes(p).get("grpc.method") == _GET_INFO
+    ]
+    assert started
+    assert started[-1].item.as_int >= 3
+    # (The instrumentation names the CPU mode "type".)
+    modes = {_attributes(p).get("type") for p in receiver.data_points("process.cpu.time")}
+    assert {"user", "system"} <= modes
+    assert any(p.item.as_int > 0 for p in receiver.data_points("process.memory.usage"))
+    # Exported only: the snapshot has them in its own fields, not as app metrics.
+    names = {m.name for m in snapshot.metrics}
+    assert "jobs.processed" in names
+    assert not any(n.startswith(("process.", "grpc.server.")) for n in names), names
+
+
+_GET_INFO = "pycontainer.v1.Management/GetInfo"
+
+
+def _attributes(point: object) -> dict[str, object]:
+    from otlp_receiver import attributes
+
+    return attributes(point.item.attributes)  # type: ignore[attr-defined]
+
+
+def _calls_and_snapshot(address: str) -> object:
+    """Three GetInfo calls to the container, then its metrics snapshot."""
+    with grpc.insecure_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        stub = management_pb2_grpc.ManagementStub(channel)
+        for _ in range(3):
+            stub.GetInfo(management_pb2.GetInfoRequest(), timeout=10)
+        watch = stub.WatchMetrics(management_pb2.WatchMetricsRequest(), timeout=10)
+        first = next(iter(watch))
+        watch.cancel()
+        return first.snapshot

@@ -10,7 +10,7 @@ import os
 import platform
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -33,7 +33,7 @@ from ._join import join_if_bootstrapping
 from ._lifecycle import Lifecycle, Request, StateListener, resolve_hook_result
 from ._listen import ListenError, advertised_address
 from ._logs import LogBuffer, install, uninstall
-from ._metrics import AppMetrics, MetricsWatch, RpcStats
+from ._metrics import AppMetrics, MetricsWatch, RpcStats, export_container_figures
 from ._observe import AioServerInterceptor, Observer, ServerInterceptor, StreamSlots, guarded
 from ._profile import DEFAULT_LOCK_REGISTRY, DEFAULT_LOOP_REGISTRY
 from ._service import (
@@ -92,6 +92,8 @@ class Container:
         # The captured logs go to it too (else as OTEL_LOGS_EXPORTER asks).
         self._logger_provider = logger_provider
         self._export: TelemetryExport | None = None
+        # Ends the OTLP export of its own figures (process, gRPC), if begun.
+        self._end_figure_export: Callable[[], None] | None = None
         self._process = psutil.Process()
         self._started_at = datetime.datetime.fromtimestamp(
             self._process.create_time(), tz=datetime.UTC
@@ -393,6 +395,12 @@ class Container:
                 resource=export.resource,
                 exporting=export.metrics.readers if export.metrics is not None else None,
             )
+            # The exporting readers are on a provider made here: the
+            # container's own figures go with the app's metrics.
+            if export.metrics is not None and self.app_metrics.provider is not None:
+                self._end_figure_export = export_container_figures(
+                    self.app_metrics.provider, self.settings.id, self.rpc_stats
+                )
         if self.settings.log_level is not None:
             handler = install(self.logs, self.settings.log_level)
             if export.log_handler is not None:
@@ -524,6 +532,9 @@ class Container:
             self._active = False
             uninstall(self.logs)
             self.app_metrics.uninstall()
+            if self._end_figure_export is not None:
+                self._end_figure_export()
+                self._end_figure_export = None
             if self._export is not None:
                 self._export.close()  # flushes the logs it exports
                 self._export = None

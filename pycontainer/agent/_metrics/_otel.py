@@ -34,6 +34,8 @@ from opentelemetry.sdk.resources import Resource
 
 from pycontainer.v1 import metrics_pb2
 
+from ._exported import EXPORTED_SCOPES
+
 __all__ = ["AppMetrics"]
 
 _log = logging.getLogger(__name__)
@@ -169,6 +171,8 @@ class AppMetrics:
         for resource_metrics in data.resource_metrics:
             for scope_metrics in resource_metrics.scope_metrics:
                 scope = scope_metrics.scope.name
+                if scope in EXPORTED_SCOPES:  # the snapshot's own fields hold them
+                    continue
                 for metric in scope_metrics.metrics:
                     if include is not None and not include(metric.name):
                         continue

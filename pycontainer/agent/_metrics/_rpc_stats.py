@@ -47,6 +47,7 @@ class MethodStats:
 
     __slots__ = (
         "_lock",
+        "_owner",
         "bucket_counts",
         "bytes_in",
         "bytes_out",
@@ -57,14 +58,19 @@ class MethodStats:
         "max",
         "messages_in",
         "messages_out",
+        "method",
         "min",
         "ok",
         "started",
         "sum",
     )
 
-    def __init__(self, lock: threading.Lock) -> None:
+    def __init__(
+        self, lock: threading.Lock, method: str = "", owner: RpcStats | None = None
+    ) -> None:
         self._lock = lock
+        self._owner = owner
+        self.method = method
         self.started = 0
         self.ok = 0
         self.failed = 0
@@ -104,6 +110,9 @@ class MethodStats:
                 self.max = seconds
             self.count += 1
             self.sum += seconds
+        # Read at each end: an export may begin after the wrappers took these.
+        if self._owner is not None and (hook := self._owner.on_call_end) is not None:
+            hook(self.method, code, seconds)
 
     def received(self, nbytes: int) -> None:
         """A request message of ``nbytes`` serialized bytes arrived."""
@@ -131,6 +140,9 @@ class RpcStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._methods: dict[str, MethodStats] = {}
+        #: Told each call's end (method, status wire number, seconds) while
+        #: an OpenTelemetry export takes them (_exported); None otherwise.
+        self.on_call_end: Callable[[str, int, float], None] | None = None
 
     def method(self, method: str) -> MethodStats:
         """The counters of ``method`` (made on first use)."""
@@ -139,7 +151,7 @@ class RpcStats:
             with self._lock:
                 stats = self._methods.get(method)
                 if stats is None:
-                    stats = self._methods[method] = MethodStats(self._lock)
+                    stats = self._methods[method] = MethodStats(self._lock, method, self)
         return stats
 
     def call_started(self, method: str) -> None:
@@ -157,6 +169,11 @@ class RpcStats:
     def call_finished(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         """A call ended with ``code`` after ``seconds``."""
         self.method(method).end(code_number(code), seconds)
+
+    def started_counts(self) -> list[tuple[str, int]]:
+        """The calls started so far of each method called."""
+        with self._lock:
+            return [(method, s.started) for method, s in self._methods.items() if s.started]
 
     def figures(
         self, include: Callable[[str], bool] | None = None
