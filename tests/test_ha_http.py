@@ -6,12 +6,15 @@ its manager's one --http-listen."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from etcd_support import etcd_cluster
@@ -19,7 +22,10 @@ from ha_support import ManagerCluster, ManagerProcess
 from prometheus_client.parser import text_string_to_metric_families
 from support import free_address, wait_until
 
-from pycontainer.manager._standby import standby_message
+from pycontainer.manager._exclusive import StartRefused
+from pycontainer.manager._settings import ManagerSettings
+from pycontainer.manager._standby import Standby, standby_message
+from pycontainer.manager._trust import Trust
 
 
 @dataclass
@@ -170,3 +176,25 @@ def _wait_for_gauge(cluster: _Cluster, manager: ManagerProcess, value: int) -> N
             return False
 
     wait_until(says, 30, f"{http} saying pycontainer_manager_leader {value}")
+
+
+def test_a_standby_refuses_an_http_listen_in_use(tmp_path: Path) -> None:
+    """Refused as the leader's face is (one line naming --http-listen), when
+    the standby is made: before anything of it serves."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        settings = ManagerSettings(
+            state_dir=str(tmp_path), listen="127.0.0.1:0", insecure=True, http_listen=address
+        )
+
+        async def main() -> None:
+            trust = Trust(settings)
+            trust.open()
+            with pytest.raises(StartRefused) as refused:
+                Standby(settings, trust)
+            assert "it is already in use (another manager?)" in str(refused.value)
+            assert str(refused.value).endswith("or give this one another --http-listen")
+
+        asyncio.run(main())
