@@ -6,7 +6,8 @@ the forms the outside world reads over HTTP (Prometheus' ``/metrics``, a web
 view in a browser, ``/livez``, ``/readyz`` and ``/healthz`` for HTTP probes).
 Each of those features is a module of its own that gives its routes (a
 :data:`RouteSource`); this one only serves them, so that a new face changes
-one list here and nothing else.
+one list here and nothing else. A standby serves one too, with its own
+sources (_standbyface): it has no Manager to read.
 
 On the manager's loop, not a thread: every route reads the manager's state
 (the registry, the event bus, the mesh) that only the loop may touch.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from aiohttp import web
 
@@ -37,6 +38,8 @@ _SHUTDOWN_SECONDS = 2.0
 
 # A feature of the HTTP face: the routes it serves for a manager.
 RouteSource = Callable[["Manager"], Iterable[web.AbstractRouteDef]]
+# Whose face it is: a Manager, or a standby (_standbyface).
+Owner = TypeVar("Owner")
 
 
 def _route_sources() -> list[RouteSource]:
@@ -49,20 +52,29 @@ def _route_sources() -> list[RouteSource]:
     return [prometheus_routes, probe_routes, web_view]
 
 
-class HttpFace:
-    """The manager's HTTP server on ``listen`` (HOST:PORT, port 0 for any
-    free one): inert until :meth:`bind` and :meth:`start`."""
+class HttpFace(Generic[Owner]):
+    """The HTTP server of ``owner`` on ``listen`` (HOST:PORT, port 0 for any
+    free one), serving the routes ``sources`` give for it (by default a
+    Manager's: every feature of _route_sources): inert until :meth:`bind`
+    and :meth:`start`."""
 
     def __init__(
         self,
-        manager: Manager,
+        owner: Owner,
         listen: str,
-        sources: Iterable[RouteSource] | None = None,
+        sources: Iterable[Callable[[Owner], Iterable[web.AbstractRouteDef]]] | None = None,
     ) -> None:
         self._listen = listen
         self.app = web.Application()
-        for source in _route_sources() if sources is None else sources:
-            self.app.add_routes(list(source(manager)))
+        if sources is None:
+            from ._manager import Manager
+
+            assert isinstance(owner, Manager), "a face of anything else names its sources"
+            for manager_source in _route_sources():
+                self.app.add_routes(list(manager_source(owner)))
+        else:
+            for source in sources:
+                self.app.add_routes(list(source(owner)))
         self._runner: web.AppRunner | None = None
         self._socket: socket.socket | None = None
         self.host = ""

@@ -133,7 +133,7 @@ class Manager:
         # grpc.health.v1 in plaintext on a port of its own (health_listen).
         self._health_server: grpc.aio.Server | None = None
         # The HTTP face (settings.http_listen), once it serves.
-        self.http: HttpFace | None = None
+        self.http: HttpFace[Manager] | None = None
         self.health_port = 0
         self._health: ManagerHealth | None = None
         self._state_lock: StateLock | None = None

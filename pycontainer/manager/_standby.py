@@ -17,7 +17,10 @@ it knows may be behind the leader's. So it
   ``metadata["leader"]``);
 - **serves grpc.health.v1** on its address and on ``--health-listen``, so
   that kubelet's probes pass on standbys too (see :class:`StandbyHealth` for
-  what each service says and why).
+  what each service says and why);
+- **serves an HTTP face** on ``--http-listen`` (_standbyface): its probes,
+  its ``/metrics`` (``pycontainer_manager_leader 0``), and 503 naming the
+  leader for the rest of what the leader's face serves.
 
 Every answer of a standby, forwarded or refused, carries ``pycontainer-leader``
 (the leader's answers do not): a client given several addresses tells a
@@ -29,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -46,6 +49,9 @@ from ._server import SERVER_OPTIONS, ManagerHealth, build_health_server
 from ._settings import ManagerSettings
 from ._trust import Trust
 from ._xds._forward import AdsForwarder
+
+if TYPE_CHECKING:
+    from ._http import HttpFace
 
 #: google.rpc.ErrorInfo of a standby's refusal: its reason and domain
 #: (``metadata["leader"]`` the leader's address, "" when none is elected).
@@ -117,7 +123,9 @@ class StandbyHealth(ManagerHealth):
 
 
 class Standby:
-    """A standby's servers (its address, and ``--health-listen``'s).
+    """A standby's servers (its address, ``--health-listen``'s and
+    ``--http-listen``'s), each bound when it is made, serving from
+    :meth:`start` to :meth:`stop`.
     ``leader`` is kept current by the caller (the election's value);
     ``own`` is this manager's address (never forwarded to)."""
 
@@ -152,11 +160,20 @@ class Standby:
             self.health_port = bind(
                 self._health_server, settings.health_listen, flag="--health-listen"
             )
+        # The leader's HTTP address, served here while this one does not lead.
+        self.http: HttpFace[Standby] | None = None
+        if settings.http_listen is not None:
+            from ._standbyface import standby_face  # aiohttp loaded only for one
+
+            self.http = standby_face(self, settings)
+            self.http.bind()
 
     async def start(self) -> None:
         await self._server.start()
         if self._health_server is not None:
             await self._health_server.start()
+        if self.http is not None:
+            await self.http.start()
         # A standby may outlive its certificates (a day by default): it keeps
         # them current as the leader does, or containers' dials and its
         # forwarded reads would fail their handshakes.
@@ -171,6 +188,9 @@ class Standby:
         await self._server.stop(0)
         if self._health_server is not None:
             await self._health_server.stop(0)
+        if self.http is not None:
+            # Its port released: a won term's Manager binds it next.
+            await self.http.stop()
         for channel in self._channels.values():
             await channel.close(None)
         self._channels.clear()

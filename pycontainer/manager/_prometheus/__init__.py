@@ -2,8 +2,9 @@
 container's own metrics scraped through the manager with a ``container``
 label (``/metrics/containers``, ``/containers/{name_or_id}/metrics``), in
 the exposition formats prometheus-client writes. Served by the manager's
-HTTP face (_http, ``--http-listen``)."""
+HTTP face (_http, ``--http-listen``); a standby's gives ``/metrics``
+alone, saying it does not lead."""
 
-from ._routes import routes
+from ._routes import routes, standby_routes
 
-__all__ = ["routes"]
+__all__ = ["routes", "standby_routes"]

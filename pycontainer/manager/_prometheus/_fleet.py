@@ -31,7 +31,7 @@ from ._scrape import Scraper
 if TYPE_CHECKING:
     from .._manager import Manager
 
-__all__ = ["FleetCollector"]
+__all__ = ["FleetCollector", "StandbyCollector", "leader_family"]
 
 _STATES = [
     number
@@ -39,6 +39,16 @@ _STATES = [
     if number != container_pb2.LIFECYCLE_STATE_UNSPECIFIED
 ]
 _P = "pycontainer_manager_"
+
+
+def leader_family(leading: bool) -> GaugeMetricFamily:
+    """``pycontainer_manager_leader``: 1 on the leader, 0 on a standby (the
+    one definition both faces give)."""
+    return GaugeMetricFamily(
+        _P + "leader",
+        "1 while this manager is the leader of its etcd election, 0 while it is a standby.",
+        value=1 if leading else 0,
+    )
 
 
 def _state(number: int) -> str:
@@ -70,12 +80,7 @@ class FleetCollector:
         yield from self._xds()
         yield from self._store()
         if m.sessions.epoch:  # on etcd: this manager leads, in that term
-            yield GaugeMetricFamily(
-                _P + "leader",
-                "1 while this manager is the leader of its etcd election (a standby serves "
-                "no HTTP face).",
-                value=1,
-            )
+            yield leader_family(leading=True)
             yield GaugeMetricFamily(
                 _P + "leader_epoch",
                 "The leader's term (its epoch): every command it sends carries it.",
@@ -255,3 +260,11 @@ class FleetCollector:
             entry = registry.get(container_id)
             errors.add_metric([container_id, entry.name if entry else ""], count)
         return errors
+
+
+class StandbyCollector:
+    """A standby's figures (it has no fleet of its own: the leader's
+    /metrics has it): that it does not lead."""
+
+    def collect(self) -> Iterable[Metric]:
+        yield leader_family(leading=False)

@@ -6,6 +6,9 @@
   ``name`` (``?selector=app=web`` for some of them);
 - ``/containers/{name_or_id}/metrics``: one container's.
 
+A standby's face (standby_routes) serves ``/metrics`` alone: that it does
+not lead (the fleet and the containers are the leader's to give).
+
 Text exposition format 0.0.4, or OpenMetrics when the scraper's Accept
 asks for it (prometheus-client's choose_encoder). A bad request is answered
 with a status and one line that says what to fix.
@@ -32,13 +35,14 @@ from ..._prometheus import Families, FamiliesCollector
 from ...units import format_duration, parse_duration
 from ...v1 import container_pb2, metrics_pb2
 from .._registry import Entry, state_word
-from ._fleet import FleetCollector
+from ._fleet import FleetCollector, StandbyCollector
 from ._scrape import ScrapeError, Scraper
 
 if TYPE_CHECKING:
     from .._manager import Manager
+    from .._standby import Standby
 
-__all__ = ["routes"]
+__all__ = ["routes", "standby_routes"]
 
 # What a scrape keeps of the scraper's own timeout: the rest is for the
 # manager to write the answer and for the network.
@@ -115,6 +119,18 @@ def routes(manager: Manager) -> list[web.RouteDef]:
         web.get("/metrics/containers", containers, allow_head=False),
         web.get("/containers/{name_or_id}/metrics", one, allow_head=False),
     ]
+
+
+def standby_routes(standby: Standby) -> list[web.RouteDef]:
+    """A standby's ``/metrics`` (a source of its HTTP face, _standbyface)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StandbyCollector())
+
+    async def own(request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return _answer(request, encoder(registry), content_type)
+
+    return [web.get("/metrics", own, allow_head=False)]
 
 
 def _labels(entry: Entry) -> dict[str, str]:
