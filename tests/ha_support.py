@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from support import free_address
+from support import free_address, wait_until
 
 from pycontainer._tls_env import INSECURE_ENV
 from pycontainer.client import Transport
@@ -288,3 +288,31 @@ def all_back(leader: ManagerProcess, names: list[str], *, over_tls: bool = False
         )
     }
     return set(names) <= on
+
+
+def serving_on_a_free_port(
+    managers: ManagerCluster,
+    manager: ManagerProcess,
+    ports: dict[str, str],
+    flag: str,
+    serving: Callable[[], bool],
+) -> None:
+    """Wait until ``manager`` is ``serving``. A free port picked for ``flag``
+    (its address in ``ports``, by the manager's address) can be taken by
+    another process (the suite's other worker) before the manager binds it:
+    then it is started again on another, a few times."""
+    for _ in range(3):
+        wait_until(
+            lambda: serving() or not manager.running,
+            30,
+            f"manager {manager.address} serving with {flag} {ports[manager.address]}",
+        )
+        if manager.running:
+            return
+        if flag not in manager.log.read_text():
+            raise AssertionError(f"manager {manager.address} ended: {manager.log.read_text()}")
+        ports[manager.address] = free_address()
+        manager.args = [flag, ports[manager.address]]
+        manager.log.write_text("")
+        managers.start(manager)
+    raise AssertionError(f"manager {manager.address} never got a free {flag} port")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from etcd_support import etcd_cluster
-from ha_support import ManagerCluster, ManagerProcess
+from ha_support import ManagerCluster, ManagerProcess, serving_on_a_free_port
 from prometheus_client.parser import text_string_to_metric_families
 from support import free_address, wait_until
 
@@ -46,33 +46,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Cluster]:
         try:
             managers.start_all()
             for m in managers.managers:
-                _serving_with_an_http_port(managers, m, http)
+                serving_on_a_free_port(
+                    managers,
+                    m,
+                    http,
+                    "--http-listen",
+                    lambda m=m: _status(http[m.address], "/livez") == 200,
+                )
             yield _Cluster(managers, http)
         finally:
             managers.stop()
-
-
-def _serving_with_an_http_port(
-    managers: ManagerCluster, manager: ManagerProcess, http: dict[str, str]
-) -> None:
-    """Wait until ``manager``'s HTTP face answers. A free port picked for
-    --http-listen can be taken by another process (the suite's other worker)
-    before the manager binds it: then it is started again on another."""
-    for _ in range(3):
-        wait_until(
-            lambda: _status(http[manager.address], "/livez") == 200 or not manager.running,
-            30,
-            f"manager {manager.address} serving HTTP on {http[manager.address]}",
-        )
-        if manager.running:
-            return
-        if "--http-listen" not in manager.log.read_text():
-            raise AssertionError(f"manager {manager.address} ended: {manager.log.read_text()}")
-        http[manager.address] = free_address()
-        manager.args = ["--http-listen", http[manager.address]]
-        manager.log.write_text("")
-        managers.start(manager)
-    raise AssertionError(f"manager {manager.address} never got a free --http-listen port")
 
 
 def _get(address: str, path: str) -> tuple[int, dict[str, str], str]:

@@ -18,7 +18,7 @@ import pytest
 from etcd_support import etcd_cluster
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-from ha_support import AppProcess, ManagerCluster, ManagerProcess, apps
+from ha_support import AppProcess, ManagerCluster, ManagerProcess, apps, serving_on_a_free_port
 from support import free_address, wait_until
 
 from pycontainer.client import PLAINTEXT, AsyncManagerClient, CallError, ManagerClient, Transport
@@ -55,36 +55,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Cluster]:
         try:
             managers.start_all()
             for m in managers.managers:
-                _serving_with_a_health_port(managers, m, health)
+                serving_on_a_free_port(
+                    managers,
+                    m,
+                    health,
+                    "--health-listen",
+                    lambda m=m: "manager serving on" in m.log.read_text(),
+                )
             with apps(base, managers.addresses, 1, prefix="standby") as fleet:
                 up = _Cluster(managers, fleet, health)
                 wait_until(lambda: _running(up.leader, fleet[0].name), 30, "the app running")
                 yield up
         finally:
             managers.stop()
-
-
-def _serving_with_a_health_port(
-    managers: ManagerCluster, manager: ManagerProcess, health: dict[str, str]
-) -> None:
-    """Wait until ``manager`` serves. A free port picked for --health-listen
-    can be taken by another process (the suite's other worker) before the
-    manager binds it: then it is started again on another, a few times."""
-    for _ in range(3):
-        wait_until(
-            lambda: "manager serving on" in manager.log.read_text() or not manager.running,
-            30,
-            f"manager {manager.address} serving",
-        )
-        if manager.running:
-            return
-        if "--health-listen" not in manager.log.read_text():
-            raise AssertionError(f"manager {manager.address} ended: {manager.log.read_text()}")
-        health[manager.address] = free_address()
-        manager.args = ["--health-listen", health[manager.address]]
-        manager.log.write_text("")
-        managers.start(manager)
-    raise AssertionError(f"manager {manager.address} never got a free --health-listen port")
 
 
 def _running(manager: ManagerProcess, name: str) -> bool:
