@@ -5,12 +5,16 @@ the lifecycle."""
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +175,53 @@ def test_apply_after_up_finds_every_spec_unchanged(tmp_path: Path) -> None:
         up.wait(60)
         log.close()
     assert up.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]
+
+
+def test_a_closed_terminal_stops_everything_gracefully(tmp_path: Path) -> None:
+    """`up` in a terminal that closes (its window shut, ssh gone: SIGHUP, and
+    every write to it failing) stops its containers through the lifecycle,
+    as Ctrl-C does, rather than die and leave them running unowned."""
+    state = tmp_path / "state"
+    spec = tmp_path / "one.yaml"
+    spec.write_text(
+        "containers:\n"
+        "  - name: hup-worker\n"
+        f"    command: [{sys.executable}, examples/sync_app.py, --listen, 127.0.0.1:0,"
+        " --name, hup-worker]\n"
+        "    gracePeriod: 10s\n"
+    )
+    argv = [sys.executable, "-m", "pycontainer.cli", "up", "-f", str(spec), "--headless"]
+    argv += ["--listen", "127.0.0.1:0", "--state-dir", str(state)]
+    # A real terminal: the child leads a session whose controlling tty is the
+    # pty; closing the master is the terminal going away (the kernel's SIGHUP).
+    pid, master = pty.fork()
+    if pid == 0:  # the child
+        os.chdir(ROOT)
+        os.execv(sys.executable, argv)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"hup-worker" not in seen or b"-> RUNNING" not in seen:
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            ready, _, _ = select.select([master], [], [], 1)
+            if ready:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:  # the child ended: its output is all there is
+                    raise AssertionError(seen.decode(errors="replace")) from None
+    finally:
+        os.close(master)  # the terminal closes
+    deadline = time.monotonic() + 60
+    while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"up did not end after its terminal closed: {seen!r}")
+        time.sleep(0.1)
+    assert os.waitstatus_to_exitcode(ended[1]) == 0, seen.decode(errors="replace")
+    # Stopped through the lifecycle: the container's on_stop hook ran, in
+    # the trace of up's "stop all".
+    spans = [json.loads(line) for line in (state / "traces.jsonl").read_text().splitlines()]
+    [stop_all] = [s for s in spans if s["name"] == "pycontainer up: stop all"]
+    hooks = [s for s in spans if s["name"] == "pycontainer.hook on_stop"]
+    assert [h["context"]["trace_id"] for h in hooks] == [stop_all["context"]["trace_id"]]

@@ -758,8 +758,8 @@ def _up(subparsers: Subparsers) -> None:
         "_up:run",
         "run a manager, apply a spec and watch it live (make run)",
         "Start a manager with embedded defaults, launch what the spec files "
-        "describe, and show a live view of containers and events. Ctrl-C (or SIGTERM) "
-        "stops every container gracefully, then the manager. Traces go to "
+        "describe, and show a live view of containers and events. Ctrl-C (or SIGTERM, "
+        "or the terminal closing) stops every container gracefully, then the manager. Traces go to "
         "STATE_DIR/traces.jsonl, or as the OTEL_* variables say (OTLP when "
         "OTEL_EXPORTER_OTLP_ENDPOINT is set).",
     )

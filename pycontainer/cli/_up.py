@@ -87,12 +87,30 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             log_provider.shutdown()
 
 
+def _hung_up(stop: asyncio.Event) -> None:
+    """The terminal closed (SIGHUP): stop everything gracefully, as Ctrl-C
+    does, rather than die and leave the containers running unowned. What is
+    printed from now on goes nowhere: a write to a hung-up terminal fails
+    (EIO), which would end the stop half done."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, sys.stderr.fileno())
+    os.close(devnull)
+    stop.set()
+
+
 async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, _hung_up, stop)
     if args.http_listen is None:
         args.http_listen = WEB_LISTEN
     if not any(b.partition("=")[0].strip() == WEB_NAME for b in args.role):
