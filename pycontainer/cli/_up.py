@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 from opentelemetry import trace
 from rich.console import Group
@@ -89,18 +91,37 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
 def _hung_up(stop: asyncio.Event) -> None:
     """The terminal closed (SIGHUP): stop everything gracefully, as Ctrl-C
-    does, rather than die and leave the containers running unowned. What is
-    printed from now on goes nowhere: a write to a hung-up terminal fails
-    (EIO), which would end the stop half done."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    with contextlib.suppress(OSError, ValueError):
-        os.dup2(devnull, sys.stdout.fileno())
-        os.dup2(devnull, sys.stderr.fileno())
-    os.close(devnull)
+    does, rather than die and leave the containers running unowned."""
+    _silence()
     stop.set()
+
+
+# A write to a terminal that went away (EIO) or to a reader that ended, as
+# `make run | tee` on Ctrl-C (EPIPE).
+_GONE = frozenset({errno.EIO, errno.EPIPE})
+
+
+def _silence() -> None:
+    """Send what is printed from now on nowhere: the terminal is gone, and a
+    write failing there would end the stop half done."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
+
+
+def _say(text: str, file: TextIO | None = None) -> None:
+    """Print a line (to stdout, or ``file``); once the terminal is gone (its
+    SIGHUP perhaps not handled yet), print nowhere rather than fail."""
+    try:
+        print(text, file=file, flush=True)
+    except OSError as exc:
+        if exc.errno not in _GONE:
+            raise
+        _silence()
 
 
 async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> int:
@@ -125,7 +146,7 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> 
     failures = 0
     for spec in specs:
         if spec.runtime == spec_pb2.RUNTIME_KIND_RUNC and shutil.which("runc") is None:
-            print(f"note: skipping {spec.name}: runc is not installed", file=sys.stderr)
+            _say(f"note: skipping {spec.name}: runc is not installed", sys.stderr)
             continue
         try:
             # One spec per apply, without prune: one bad spec must not hide
@@ -134,13 +155,10 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> 
             response = await manager.apply(request)
         except Exception as exc:
             failures += 1
-            print(f"error: {spec.name}: {exc}", file=sys.stderr, flush=True)
+            _say(f"error: {spec.name}: {exc}", sys.stderr)
             continue
         for change in response.changes:
-            print(
-                f"{change.name}: {ACTION_WORDS.get(change.action, '?')} ({change.detail})",
-                flush=True,
-            )
+            _say(f"{change.name}: {ACTION_WORDS.get(change.action, '?')} ({change.detail})")
     deadline = time.monotonic() + args.duration.total_seconds() if args.duration else None
     printed = 0
     if args.headless:
@@ -149,12 +167,17 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> 
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
     else:
-        with Live(_view(manager, url), refresh_per_second=4, screen=False) as live:
-            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                live.update(_view(manager, url))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.5)
-    print(f"stopping every container (grace {format_duration(args.grace)})...", flush=True)
+        try:
+            with Live(_view(manager, url), refresh_per_second=4, screen=False) as live:
+                while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                    live.update(_view(manager, url))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.5)
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                raise
+            _hung_up(stop)  # the terminal went before its SIGHUP was handled
+    _say(f"stopping every container (grace {format_duration(args.grace)})...")
     # One trace: this span -> each stop command -> each container's on_stop.
     with trace.get_tracer("pycontainer.cli").start_as_current_span("pycontainer up: stop all"):
         await manager.shutdown_containers(args.grace)
@@ -162,7 +185,7 @@ async def _up(args: argparse.Namespace, specs: list[spec_pb2.ContainerSpec]) -> 
     await asyncio.sleep(0.5)  # let the processes exit and report
     await manager.close_runtimes()
     await manager.stop()
-    print("stopped", flush=True)
+    _say("stopped")
     return 1 if failures else 0
 
 
@@ -181,7 +204,7 @@ def _client_hint(args: argparse.Namespace, manager: Manager) -> str:
 def _print_events(manager: Manager, printed: int) -> int:
     history = manager.events.history()
     for event in history[printed:]:
-        print(_event_line(event), flush=True)
+        _say(_event_line(event))
     return len(history)
 
 
