@@ -316,3 +316,20 @@ def serving_on_a_free_port(
         manager.log.write_text("")
         managers.start(manager)
     raise AssertionError(f"manager {manager.address} never got a free {flag} port")
+
+
+def start_each_on_a_free_port(
+    managers: ManagerCluster, flag: str, serving: Callable[[ManagerProcess, str], bool]
+) -> dict[str, str]:
+    """Start every manager of ``managers`` with ``flag`` on a free address of
+    its own and wait until each is ``serving`` (given the manager and that
+    address), moving one whose port was taken (serving_on_a_free_port); the
+    addresses by manager address."""
+    ports = {}
+    for m in managers.managers:
+        ports[m.address] = free_address()
+        m.args = [flag, ports[m.address]]
+    managers.start_all()
+    for m in managers.managers:
+        serving_on_a_free_port(managers, m, ports, flag, lambda m=m: serving(m, ports[m.address]))
+    return ports

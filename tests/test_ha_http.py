@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 from etcd_support import etcd_cluster
-from ha_support import ManagerCluster, ManagerProcess, serving_on_a_free_port
+from ha_support import ManagerCluster, ManagerProcess, start_each_on_a_free_port
 from prometheus_client.parser import text_string_to_metric_families
-from support import free_address, wait_until
+from support import wait_until
 
 from pycontainer.manager._exclusive import StartRefused
 from pycontainer.manager._settings import ManagerSettings
@@ -39,20 +39,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Cluster]:
     base = tmp_path_factory.mktemp("ha-http")
     with etcd_cluster(base / "etcd", size=1) as etcd:
         managers = ManagerCluster(base / "m", etcd.url)
-        http = {}
-        for m in managers.managers:
-            http[m.address] = free_address()
-            m.args = ["--http-listen", http[m.address]]
         try:
-            managers.start_all()
-            for m in managers.managers:
-                serving_on_a_free_port(
-                    managers,
-                    m,
-                    http,
-                    "--http-listen",
-                    lambda m=m: _status(http[m.address], "/livez") == 200,
-                )
+            http = start_each_on_a_free_port(
+                managers, "--http-listen", lambda m, address: _status(address, "/livez") == 200
+            )
             yield _Cluster(managers, http)
         finally:
             managers.stop()

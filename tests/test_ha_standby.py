@@ -18,7 +18,7 @@ import pytest
 from etcd_support import etcd_cluster
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-from ha_support import AppProcess, ManagerCluster, ManagerProcess, apps, serving_on_a_free_port
+from ha_support import AppProcess, ManagerCluster, ManagerProcess, apps, start_each_on_a_free_port
 from support import free_address, wait_until
 
 from pycontainer.client import PLAINTEXT, AsyncManagerClient, CallError, ManagerClient, Transport
@@ -48,20 +48,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Cluster]:
     base = tmp_path_factory.mktemp("standby")
     with etcd_cluster(base / "etcd") as etcd:
         managers = ManagerCluster(base / "m", etcd.url)
-        health = {}
-        for m in managers.managers:
-            health[m.address] = free_address()
-            m.args = ["--health-listen", health[m.address]]
         try:
-            managers.start_all()
-            for m in managers.managers:
-                serving_on_a_free_port(
-                    managers,
-                    m,
-                    health,
-                    "--health-listen",
-                    lambda m=m: "manager serving on" in m.log.read_text(),
-                )
+            health = start_each_on_a_free_port(
+                managers,
+                "--health-listen",
+                lambda m, address: "manager serving on" in m.log.read_text(),
+            )
             with apps(base, managers.addresses, 1, prefix="standby") as fleet:
                 up = _Cluster(managers, fleet, health)
                 wait_until(lambda: _running(up.leader, fleet[0].name), 30, "the app running")
