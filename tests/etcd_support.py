@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +28,8 @@ from pycontainer._etcdpb import rpc_pb2
 
 # How long a cluster may take to elect a leader and answer on every member.
 START_TIMEOUT = 30.0
+# Starts on new ports when a member found one of its ports taken.
+START_ATTEMPTS = 3
 # Small, so that a test that fills it does so quickly (etcd's default is 2 GiB).
 TEST_QUOTA_BYTES = 256 << 20
 
@@ -34,9 +37,21 @@ TEST_QUOTA_BYTES = 256 << 20
 def free_port() -> int:
     """A port the kernel has just handed out (etcd cannot bind port 0: its
     peers' URLs must be known up front)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports the kernel has just handed out. Every socket
+    stays bound until all are taken: ports asked for one at a time, each
+    released before the next, can come back twice (a cluster once got the
+    same peer port for two members: "has duplicate url")."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 @dataclass
@@ -76,9 +91,15 @@ class EtcdCluster:
         for i in range(self.size):
             member_dir = self.base / f"m{i}"
             member_dir.mkdir(parents=True, exist_ok=True)
-            self.members.append(
-                Member(f"m{i}", free_port(), free_port(), member_dir / "data", member_dir / "log")
-            )
+            self.members.append(Member(f"m{i}", 0, 0, member_dir / "data", member_dir / "log"))
+        self._new_ports()
+
+    def _new_ports(self) -> None:
+        ports = free_ports(2 * self.size)
+        for i, member in enumerate(self.members):
+            member.client_port, member.peer_port = ports[2 * i], ports[2 * i + 1]
+            shutil.rmtree(member.data_dir, ignore_errors=True)
+        # A new token too: members of a first try must not count as peers.
         self._token = f"pycontainer-test-{uuid.uuid4().hex[:12]}"
 
     @property
@@ -114,9 +135,23 @@ class EtcdCluster:
         ]
 
     def start(self) -> None:
-        for member in self.members:
-            self.start_member(member, state="new", wait=False)
-        self.wait_healthy(self.members)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            for member in self.members:
+                self.start_member(member, state="new", wait=False)
+            try:
+                self.wait_healthy(self.members)
+                return
+            except pytest.fail.Exception:
+                # Between free_ports() and etcd's bind, another process (the
+                # other pytest worker) can take a port: start again on new
+                # ones. Any other failure is the test's.
+                lost_port = any("address already in use" in self.log_tail(m) for m in self.members)
+                if not lost_port or attempt == START_ATTEMPTS:
+                    raise
+                self.stop()
+                for member in self.members:
+                    member.log.unlink(missing_ok=True)
+                self._new_ports()
 
     def start_member(self, member: Member, *, state: str = "existing", wait: bool = True) -> None:
         member.process = subprocess.Popen(
@@ -140,8 +175,9 @@ class EtcdCluster:
                     response_deserializer=rpc_pb2.StatusResponse.FromString,
                 )
                 while True:
-                    if not member.running:
-                        pytest.fail(f"etcd member {member.name} exited: {self.log_tail(member)}")
+                    # Any of them: without it the others never elect a leader.
+                    for exited in (m for m in members if not m.running):
+                        pytest.fail(f"etcd member {exited.name} exited: {self.log_tail(exited)}")
                     try:
                         if status(rpc_pb2.StatusRequest(), timeout=1.0).leader:
                             break

@@ -201,9 +201,9 @@ async def test_calls_carry_on_when_a_member_dies(tmp_path: Path) -> None:
 
 
 async def test_no_member_answering_is_unavailable_naming_them(tmp_path: Path) -> None:
-    from etcd_support import free_port
+    from etcd_support import free_ports
 
-    members = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    members = [f"127.0.0.1:{port}" for port in free_ports(2)]
     client = EtcdClient(members, call_timeout=datetime.timedelta(milliseconds=300))
     try:
         with pytest.raises(EtcdError) as caught:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from etcd_support import EtcdCluster, etcd_cluster, free_port, shared_etcd, unique_prefix
+from etcd_support import EtcdCluster, etcd_cluster, free_ports, shared_etcd, unique_prefix
 from test_store import record
 
 from pycontainer._errors import RequestError
@@ -142,7 +142,7 @@ def test_keys_of_another_version_are_refused(shared_etcd: EtcdCluster, prefix: s
 def test_no_member_answering_is_a_store_error_naming_them() -> None:
     import datetime
 
-    url = f"etcd://127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    url = "etcd://" + ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
     with pytest.raises(StoreError) as caught:
         EtcdStore(url, call_timeout=datetime.timedelta(milliseconds=300))
     for member in url.removeprefix("etcd://").split(","):
