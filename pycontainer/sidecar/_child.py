@@ -310,6 +310,11 @@ class ChildProcess:
             return None
         return self.returncode
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The thread that waits for the program and runs the exit listener."""
+        return self._thread
+
     def join(self, timeout: float | None = None) -> None:
         """Wait for the waiting thread (after the exit listener ran)."""
         if self._thread is not None:

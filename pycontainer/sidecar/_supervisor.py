@@ -773,7 +773,10 @@ class Sidecar:
             child = self.child
             if child is not None:
                 child.signal(signal.SIGKILL)
-                child.wait(1.0)
+                # Until its exit is logged too ("was killed by SIGKILL"), not
+                # only reaped: that line is how the operator learns of it.
+                if threading.current_thread() is not child.thread:
+                    child.join(1.0)
             self.container.flush_reports(0.5)
             _log.error("%s: exiting now", message)
             logging.shutdown()
