@@ -64,6 +64,9 @@ from ._config import (
 _log = logging.getLogger("pycontainer.manager.runc")
 
 _EXIT_UNKNOWN = 255
+# How long a failed start waits for its log relay to write runc's last words
+# (its error) before the error is given without them.
+_RELAY_SETTLE_SECONDS = 2.0
 # Run as a file by this interpreter (see its docstring).
 _SHIM = Path(__file__).with_name("shim.py")
 
@@ -327,7 +330,7 @@ class RuncRuntime(ExitListeners):
         first = await self._first_line(run)
         if not first.startswith("pid "):
             await self._reap_failed(run)
-            why = self._why(run, first, self._logged(launch.container_id))
+            why = self._why(run, first, await self._logged(launch.container_id))
             if limited and "cgroup" in why:
                 raise _LimitsRefused(why)
             raise OSError(f"runc could not start {launch.container_id}: {why}")
@@ -388,10 +391,13 @@ class RuncRuntime(ExitListeners):
             await asyncio.wait_for(run.shim.wait(), 5)
         await self.run_command("delete", "--force", run.runc_id, check=False)
 
-    def _logged(self, container_id: str) -> str:
-        """What the current run printed (runc's errors), as the log store has it."""
+    async def _logged(self, container_id: str) -> str:
+        """What the current run printed (runc's errors), as the log store has
+        it once its relay has written the last of it (bounded: the shim is
+        gone, so the pipes close at once unless something holds them)."""
         if self._logs is None:
             return ""
+        await self._logs.wait_ended(container_id, _RELAY_SETTLE_SECONDS)
         entries = self._logs.read(container_id)[0]
         return "\n".join(e.message for e in entries)
 
