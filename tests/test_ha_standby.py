@@ -3,12 +3,15 @@ a standby forwards reads to the leader (unary and streams) and answers
 writes with FAILED_PRECONDITION naming the leader (message, trailing
 metadata, google.rpc.ErrorInfo); it serves grpc.health.v1 on its address and
 on --health-listen; a client given every address finds the leader and
-follows a refusal."""
+follows a refusal; the real grpcurl lists, describes and reads through a
+standby, and its channelz is its own."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +19,12 @@ from pathlib import Path
 import grpc
 import pytest
 from etcd_support import etcd_cluster
+from grpc_channelz.v1 import channelz_pb2, channelz_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from ha_support import AppProcess, ManagerCluster, ManagerProcess, apps, start_each_on_a_free_port
 from support import free_address, wait_until
+from test_examples import _grpcurl
 
 from pycontainer.client import PLAINTEXT, AsyncManagerClient, CallError, ManagerClient, Transport
 from pycontainer.manager._leadership import LEADER_METADATA
@@ -226,3 +231,38 @@ def test_a_standby_keeps_its_certificates_current(tmp_path: Path) -> None:
             await standby.stop()
 
     asyncio.run(main())
+
+
+def test_grpcurl_through_a_standby_finds_every_method(cluster: _Cluster) -> None:
+    """As through a Service that lands on a standby: the real grpcurl lists
+    what the leader lists, describes it, and a read it makes is forwarded."""
+    grpcurl, leader, name = _grpcurl(), cluster.leader, cluster.fleet[0].name
+
+    def run(address: str, *argv: str) -> str:
+        done = subprocess.run(
+            [grpcurl, "-plaintext", address, *argv], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    listed = run(leader.address, "list")
+    assert "pycontainer.v1.Manager" in listed.split()
+    for standby in cluster.standbys:
+        assert run(standby.address, "list") == listed
+        assert "rpc ListContainers" in run(standby.address, "describe", "pycontainer.v1.Manager")
+        answer = json.loads(run(standby.address, "pycontainer.v1.Manager/ListContainers"))
+        assert [c["identity"]["name"] for c in answer["containers"]] == [name]
+
+
+def test_a_standby_serves_channelz_of_its_own(cluster: _Cluster) -> None:
+    """Channelz is per process: a standby's shows its own channel to the
+    leader (the one it forwards reads on), not the leader's channels."""
+    leader = cluster.leader
+    for standby in cluster.standbys:
+        standby.stub.ListContainers(manager_pb2.ListContainersRequest(), timeout=10)
+        with grpc.insecure_channel(standby.address) as channel:
+            stub = channelz_pb2_grpc.ChannelzStub(channel)
+            top = stub.GetTopChannels(channelz_pb2.GetTopChannelsRequest(), timeout=10).channel
+            assert any(leader.address in c.data.target for c in top), [c.data.target for c in top]
+            servers = stub.GetServers(channelz_pb2.GetServersRequest(), timeout=10).server
+            assert any(s.data.calls_started for s in servers)

@@ -717,19 +717,29 @@ def build_server(manager: Manager) -> tuple[grpc.aio.Server, ManagerHealth]:
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(_reflection.HEALTH, manager_health.handlers()),)
     )
-    names = [
-        "pycontainer.v1.Lifecycle",
-        "pycontainer.v1.Manager",
-        "pycontainer.v1.Bootstrap",
-        "grpc.health.v1.Health",
-        ADS_SERVICE,
-        *ADMIN_SERVICES,
-        _reflection.REFLECTION_V1,
-        _reflection.REFLECTION_V1ALPHA,
-    ]
-    for service, group in _reflection.reflection_handlers(lambda: names, aio=True).items():
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, group),))
+    add_reflection(server, MANAGER_SERVICES)
     return server, manager_health
+
+
+# What the manager's address serves, as reflection lists it (a standby lists
+# the same: it forwards or refuses each call by its method).
+MANAGER_SERVICES = (
+    "pycontainer.v1.Lifecycle",
+    "pycontainer.v1.Manager",
+    "pycontainer.v1.Bootstrap",
+    _reflection.HEALTH,
+    ADS_SERVICE,
+    *ADMIN_SERVICES,
+    _reflection.REFLECTION_V1,
+    _reflection.REFLECTION_V1ALPHA,
+)
+
+
+def add_reflection(server: grpc.aio.Server, names: Iterable[str]) -> None:
+    """Reflection v1 and v1alpha on ``server``, listing ``names``."""
+    listed = list(names)
+    for service, group in _reflection.reflection_handlers(lambda: listed, aio=True).items():
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, group),))
 
 
 def build_health_server(manager_health: ManagerHealth) -> grpc.aio.Server:
@@ -741,7 +751,7 @@ def build_health_server(manager_health: ManagerHealth) -> grpc.aio.Server:
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(_reflection.HEALTH, manager_health.handlers()),)
     )
-    names = [_reflection.HEALTH, _reflection.REFLECTION_V1, _reflection.REFLECTION_V1ALPHA]
-    for service, group in _reflection.reflection_handlers(lambda: names, aio=True).items():
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, group),))
+    add_reflection(
+        server, (_reflection.HEALTH, _reflection.REFLECTION_V1, _reflection.REFLECTION_V1ALPHA)
+    )
     return server

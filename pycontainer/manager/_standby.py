@@ -18,6 +18,9 @@ it knows may be behind the leader's. So it
 - **serves grpc.health.v1** on its address and on ``--health-listen``, so
   that kubelet's probes pass on standbys too (see :class:`StandbyHealth` for
   what each service says and why);
+- **answers reflection and gRPC's admin services itself**: reflection lists
+  what the leader serves (grpcurl finds every method, then each call is
+  forwarded or refused), and channelz and CSDS are this process's own;
 - **serves an HTTP face** on ``--http-listen`` (_standbyface): its probes,
   its ``/metrics`` (``pycontainer_manager_leader 0``), and 503 naming the
   leader for the rest of what the leader's face serves.
@@ -44,8 +47,15 @@ from ..limits import MAX_LIFECYCLE_MESSAGE_BYTES
 from ..security import MANAGER, Role, channel_credentials, server_name_options
 from ..security._roles import METHOD_ROLES
 from ..v1 import manager_pb2
+from ._admin import add_admin_services
 from ._exclusive import bind
-from ._server import SERVER_OPTIONS, ManagerHealth, build_health_server
+from ._server import (
+    MANAGER_SERVICES,
+    SERVER_OPTIONS,
+    ManagerHealth,
+    add_reflection,
+    build_health_server,
+)
 from ._settings import ManagerSettings
 from ._trust import Trust
 from ._xds._forward import AdsForwarder
@@ -140,6 +150,12 @@ class Standby:
         self.health.standby()
         # Authorised as the leader authorises: the caller's roles, checked here.
         self._server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=trust.interceptors())
+        # Answered here, before the catch-all handler below. Reflection lists
+        # what the leader lists: grpcurl through a Service that lands on a
+        # standby finds every method, and each call is then forwarded or
+        # refused. Channelz and CSDS are per process: this one's own.
+        add_reflection(self._server, MANAGER_SERVICES)
+        add_admin_services(self._server)
         self._server.add_generic_rpc_handlers(
             (
                 grpc.method_handlers_generic_handler(
