@@ -71,6 +71,10 @@ else:
     _AioInterceptorBase = grpc.aio.ServerInterceptor
 
 
+# How long a stream waits for a slot at the limit before it is refused.
+_SLOT_WAIT = 0.25
+
+
 class StreamSlots:
     """Admission of long-lived streams on a sync server, whose handlers run in
     pycontainer's own thread pool (grpcio's experimental_thread_pool) so that
@@ -83,12 +87,16 @@ class StreamSlots:
             max_workers=limit + 4,
             thread_name_prefix="pycontainer-stream",
         )
-        self._lock = threading.Lock()
+        self._freed = threading.Condition()
         self._active = 0
 
     def acquire(self) -> None:
-        with self._lock:
-            if self._active >= self.limit:
+        """Take a slot, waiting at most _SLOT_WAIT for one at the limit: a
+        client that cancels a stream and opens the next at once may be heard
+        before grpc tells of the first's end (another thread), and is not
+        refused for that."""
+        with self._freed:
+            if not self._freed.wait_for(lambda: self._active < self.limit, _SLOT_WAIT):
                 raise resource_exhausted(
                     f"too many open pycontainer streams ({self.limit}); close a log or "
                     "metrics watcher, or raise stream_limit in ContainerSettings"
@@ -96,8 +104,9 @@ class StreamSlots:
             self._active += 1
 
     def release(self) -> None:
-        with self._lock:
+        with self._freed:
             self._active -= 1
+            self._freed.notify()
 
     def admit(self, context: grpc.ServicerContext) -> Callable[[], None]:
         """Take a slot for the call of ``context``; the function that gives it
