@@ -140,7 +140,7 @@ def test_a_token_file_readable_by_others_or_corrupt_is_refused(
         store.redeem(token)
     path.chmod(0o600)
     path.write_text("{not json")
-    with pytest.raises(SecurityError, match="not a pycontainer token file"):
+    with pytest.raises(SecurityError, match="not a pycontainer token document"):
         store.redeem(token)
 
 

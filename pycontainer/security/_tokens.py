@@ -6,7 +6,9 @@ the joining container presents it with a CSR, and the manager redeems it
 A token reads ``pct_<id>.<secret>``: the id finds the record, the secret
 proves possession. Only the secret's SHA-256 is stored (the secret is 256
 random bits, so a fast hash is enough), in a JSON file (mode 0600) the store
-rewrites atomically under a file lock, so several processes can share it.
+rewrites atomically under a file lock, so several processes can share it
+(:class:`TokenFile`), or in the manager's state store on etcd, so that every
+replica redeems what any of them made (a :class:`TokenRecords` of its own).
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pycontainer.limits import DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, MAX_TOKEN_USES
 from pycontainer.security._errors import SecurityError
@@ -67,34 +69,49 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class TokenStore:
-    """The bootstrap tokens kept in one JSON file."""
+class TokenRecords(Protocol):
+    """Where a TokenStore keeps its records: a file of its own by default,
+    or the manager's state store (etcd: every replica redeems the tokens any
+    of them made)."""
 
-    def __init__(
-        self,
-        path: Path | str,
-        *,
-        clock: Callable[[], datetime.datetime] = _utcnow,
-    ) -> None:
+    def transaction(self) -> AbstractContextManager[dict[str, dict[str, Any]]]:
+        """The records by token id, exclusively until the block ends, and
+        written back if the block changed them and raised nothing; a
+        SecurityError when they cannot be read or written."""
+        ...
+
+
+def encode_records(records: dict[str, dict[str, Any]]) -> bytes:
+    """The records as the token document (the file's and etcd's bytes)."""
+    return json.dumps({"version": _VERSION, "tokens": records}, indent=2).encode() + b"\n"
+
+
+def decode_records(raw: bytes, where: str) -> dict[str, dict[str, Any]]:
+    """The records of a token document read from ``where``; SecurityError if
+    it is not one."""
+    try:
+        document = json.loads(raw)
+        records = document["tokens"]
+        if document.get("version") != _VERSION or not isinstance(records, dict):
+            raise ValueError("unknown layout")
+    except (ValueError, KeyError, TypeError) as error:
+        raise SecurityError(
+            f"token store {where} is not a pycontainer token document ({error}); "
+            "move it away to start with no tokens"
+        ) from None
+    return records
+
+
+class TokenFile:
+    """The token records in one JSON file (mode 0600), rewritten atomically
+    under a file lock, so that several processes can share it."""
+
+    def __init__(self, path: Path | str) -> None:
         self._path = Path(path)
-        self._clock = clock
         self._lock = threading.Lock()
 
-    @classmethod
-    def in_directory(
-        cls,
-        directory: Path | str,
-        *,
-        clock: Callable[[], datetime.datetime] = _utcnow,
-    ) -> TokenStore:
-        """The store at ``tokens.json`` in the manager's state directory."""
-        return cls(Path(directory) / TOKENS_FILE, clock=clock)
-
-    # -- the file ----------------------------------------------------------
-
     @contextmanager
-    def _transaction(self) -> Iterator[dict[str, dict[str, Any]]]:
-        """The records, locked against other threads and processes; written back on success."""
+    def transaction(self) -> Iterator[dict[str, dict[str, Any]]]:
         lock_path = self._path.with_name(self._path.name + ".lock")
         with self._lock:
             try:
@@ -116,9 +133,8 @@ class TokenStore:
                     fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def _write(self, records: dict[str, dict[str, Any]]) -> None:
-        data = json.dumps({"version": _VERSION, "tokens": records}, indent=2).encode() + b"\n"
         try:
-            write_atomic(self._path, data)
+            write_atomic(self._path, encode_records(records))
         except OSError as error:
             raise SecurityError(
                 f"cannot write the token store {self._path}: {error.strerror or error}"
@@ -127,18 +143,33 @@ class TokenStore:
     def _read(self) -> dict[str, dict[str, Any]]:
         if not self._path.exists():
             return {}
-        raw = read_private(self._path, "token store")
-        try:
-            document = json.loads(raw)
-            records = document["tokens"]
-            if document.get("version") != _VERSION or not isinstance(records, dict):
-                raise ValueError("unknown layout")
-        except (ValueError, KeyError, TypeError) as error:
-            raise SecurityError(
-                f"token store {self._path} is not a pycontainer token file ({error}); "
-                "move it away to start with no tokens"
-            ) from None
-        return records
+        return decode_records(read_private(self._path, "token store"), str(self._path))
+
+
+class TokenStore:
+    """The bootstrap tokens, kept in ``records`` (a path: a TokenFile there)."""
+
+    def __init__(
+        self,
+        records: TokenRecords | Path | str,
+        *,
+        clock: Callable[[], datetime.datetime] = _utcnow,
+    ) -> None:
+        self._records = TokenFile(records) if isinstance(records, Path | str) else records
+        self._clock = clock
+
+    @classmethod
+    def in_directory(
+        cls,
+        directory: Path | str,
+        *,
+        clock: Callable[[], datetime.datetime] = _utcnow,
+    ) -> TokenStore:
+        """The store at ``tokens.json`` in the manager's state directory."""
+        return cls(Path(directory) / TOKENS_FILE, clock=clock)
+
+    def _transaction(self) -> AbstractContextManager[dict[str, dict[str, Any]]]:
+        return self._records.transaction()
 
     def _purge(self, records: dict[str, dict[str, Any]], now: datetime.datetime) -> None:
         # Expired records go; used-up ones stay until they expire, so that a
