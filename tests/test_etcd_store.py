@@ -430,3 +430,80 @@ def test_closing_ends_a_call_in_flight_at_once(tmp_path: Path) -> None:
             assert isinstance(error, StoreError)
         finally:
             cluster.thaw(cluster.members[0])
+
+
+def test_bootstrap_tokens_are_shared_by_every_manager_on_the_prefix(
+    store: EtcdStore, shared_etcd: EtcdCluster, prefix: str
+) -> None:
+    """A token made through one manager's store is redeemed through
+    another's (a failover's successor), and its uses are counted once for
+    all; none of it is written in the clear."""
+    import datetime
+
+    from pycontainer.manager._etcd import create_revision_is
+    from pycontainer.manager._store import TokenRecordStore
+    from pycontainer.security import SecurityError, TokenError, TokenStore, container
+
+    assert isinstance(store, TokenRecordStore)
+    made_here = TokenStore(store.token_records())
+    token = made_here.create(datetime.timedelta(minutes=5), uses=2, identity=container("c-1"))
+    other = EtcdStore(shared_etcd.url, prefix=prefix)
+    try:
+        there = TokenStore(other.token_records())
+        assert there.redeem(token).uses_left == 1
+        assert made_here.redeem(token).uses_left == 0
+        with pytest.raises(TokenError, match="used up"):
+            there.redeem(token)
+        [grant] = there.list_tokens()
+        assert grant.token_id in token
+        secret = token.partition(".")[2]
+        assert not [k for k in _keys(shared_etcd, prefix) if secret.encode() in k]
+
+        # A store whose leader key is gone (deposed) changes no token.
+        async def lapsed_key() -> tuple[bytes, int]:
+            client = EtcdClient(shared_etcd.addresses)
+            try:
+                lease, _ = await client.grant(datetime.timedelta(seconds=30))
+                leader = await client.campaign(
+                    f"{prefix}election".encode(), lease, b"me", datetime.timedelta(seconds=5)
+                )
+                await client.revoke(lease)
+                return leader.key, leader.rev
+            finally:
+                await client.close()
+
+        key, epoch = asyncio.run(lapsed_key())
+        other.fence = (create_revision_is(key, epoch),)
+        with pytest.raises(SecurityError, match="no longer the leader"):
+            there.create(datetime.timedelta(minutes=5))
+        with pytest.raises(SecurityError, match="no longer the leader"):
+            there.revoke(grant.token_id)
+        assert [g.token_id for g in made_here.list_tokens()] == [grant.token_id]
+    finally:
+        other.close()
+
+
+def test_a_token_document_changed_meanwhile_is_not_overwritten(
+    store: EtcdStore, shared_etcd: EtcdCluster, prefix: str
+) -> None:
+    """Read, then another manager's change, then this write: refused, and
+    the other's change kept (a compare on the revision read)."""
+    import datetime
+
+    from pycontainer.security import SecurityError, TokenStore
+
+    other = EtcdStore(shared_etcd.url, prefix=prefix)
+    TokenStore(store.token_records()).create(datetime.timedelta(minutes=5))
+
+    def write_over_a_change() -> None:
+        with store.token_records().transaction() as held:
+            TokenStore(other.token_records()).create(datetime.timedelta(minutes=5))
+            held.clear()
+
+    try:
+        with pytest.raises(SecurityError, match="changed the key meanwhile"):
+            write_over_a_change()
+        # Neither forgotten by the stale write: the first and the other's.
+        assert len(TokenStore(store.token_records()).list_tokens()) == 2
+    finally:
+        other.close()

@@ -20,6 +20,7 @@ from pycontainer._errors import RequestError
 from pycontainer.manager._store import (
     CHECKPOINTS_KEPT,
     ContainerRecord,
+    MeshRouteStore,
     SQLiteStore,
     StateStore,
     StoreError,
@@ -341,3 +342,15 @@ def test_closed_store_raises(store: StateStore) -> None:
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.list_containers()
+
+
+def test_mesh_routes_outlive_the_store_and_an_empty_split_forgets(opener: Opener) -> None:
+    first = opener()
+    assert isinstance(first, MeshRouteStore)
+    first.put_mesh_route("orders", {"v2": 10, "v1": 90})
+    first.put_mesh_route("a/b c", {"x": 1})  # a name that needs quoting as a key
+    first.put_mesh_route("gone", {"v1": 1})
+    first.put_mesh_route("gone", {})
+    again = opener()  # another manager, or the same one restarted
+    assert isinstance(again, MeshRouteStore)
+    assert again.list_mesh_routes() == {"a/b c": {"x": 1}, "orders": {"v1": 90, "v2": 10}}

@@ -131,6 +131,7 @@ class Bootstrapping:
         events: EventBus,
         manager_address: Callable[[], str],
         known: Callable[[str], bool] = lambda container_id: False,
+        tokens: TokenStore | None = None,
     ) -> None:
         self._settings = settings
         # Whether a container id is one the manager knows (launched, registered).
@@ -138,7 +139,8 @@ class Bootstrapping:
         self._manager_address = manager_address
         self._trust = trust
         self._events = events
-        self.tokens = TokenStore.in_directory(settings.state_dir)
+        # The state store's when it keeps them (etcd), else the state directory's.
+        self.tokens = tokens if tokens is not None else TokenStore.in_directory(settings.state_dir)
         self._server: grpc.aio.Server | None = None
         self._rate = _RateLimit(limits.JOIN_RATE_PER_SECOND)
         self.join_port = 0

@@ -23,7 +23,7 @@ from .._errors import RequestError, failed_precondition, invalid_argument
 from .._secrets import keep_stored_secrets
 from ..agent._metrics import RpcStats
 from ..agent._observe import Observer
-from ..security import health_port_warning, peer_identity
+from ..security import TokenStore, health_port_warning, peer_identity
 from ..units import format_cpu, format_memory
 from ..v1 import container_pb2, lifecycle_pb2, manager_pb2, mesh_pb2, spec_pb2
 from ._admission import Admission
@@ -43,7 +43,14 @@ from ._sealing import Sealer
 from ._sessions import Sessions
 from ._settings import EVENT_HISTORY, ManagerSettings
 from ._stopping import Stopped, Stopper
-from ._store import JournalStore, MeshRouteStore, SQLiteStore, StateStore, StoreError
+from ._store import (
+    JournalStore,
+    MeshRouteStore,
+    SQLiteStore,
+    StateStore,
+    StoreError,
+    TokenRecordStore,
+)
 from ._storewriter import StoreHealth, StoreWriter, advice, classify
 from ._supervision import Supervisor
 from ._trust import Trust
@@ -127,6 +134,11 @@ class Manager:
             self.events,
             lambda: self.address,
             known=lambda container_id: container_id in self.registry.entries,
+            tokens=(
+                TokenStore(self.store.token_records())
+                if isinstance(self.store, TokenRecordStore)
+                else None
+            ),
         )
         self._tasks: set[asyncio.Future[Any]] = set()
         self._server: grpc.aio.Server | None = None

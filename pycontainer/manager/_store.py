@@ -18,13 +18,16 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import grpc
 
 from .._errors import RequestError, echo, not_found, resource_exhausted
 from ..limits import MAX_CHECKPOINT_BYTES
 from ..units import format_memory
+
+if TYPE_CHECKING:
+    from ..security._tokens import TokenRecords
 
 __all__ = [
     "CHECKPOINTS_KEPT",
@@ -37,6 +40,7 @@ __all__ = [
     "SQLiteStore",
     "StateStore",
     "StoreError",
+    "TokenRecordStore",
 ]
 
 # Newest checkpoints kept per container name; older ones are deleted.
@@ -176,6 +180,17 @@ class MeshRouteStore(Protocol):
 
     def list_mesh_routes(self) -> dict[str, dict[str, int]]:
         """Every kept split, by service."""
+        ...
+
+
+@runtime_checkable
+class TokenRecordStore(Protocol):
+    """A store that keeps the bootstrap tokens itself (EtcdStore: every
+    replica redeems what any made); without it, the tokens live in a file
+    in the manager's state directory."""
+
+    def token_records(self) -> TokenRecords:
+        """The records a TokenStore keeps its tokens in."""
         ...
 
 

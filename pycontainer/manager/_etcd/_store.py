@@ -27,6 +27,8 @@ reach another's keys)::
     PREFIX journal/operations/REQUEST_ID   JSON OperationRecord (create revision orders)
     PREFIX journal/events/SEQUENCE         serialized Event (zero-padded: key order)
     PREFIX journal/event-sequence          decimal
+    PREFIX mesh/routes/SERVICE             JSON {subset: weight} (SetMeshRoute)
+    PREFIX tokens                          the bootstrap token document (JSON)
 
 etcd takes at most --max-request-bytes (1.5 MiB by default) per request and
 --max-txn-ops (128) operations per transaction, so a checkpoint is written
@@ -50,14 +52,16 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import grpc
 
 from ..._errors import echo, not_found
 from ...limits import MAX_CHECKPOINT_BYTES
+from ...security import SecurityError
+from ...security._tokens import decode_records, encode_records
 from .._store import (
     CHECKPOINTS_KEPT,
     AppliedSpec,
@@ -78,6 +82,7 @@ from ._client import (
     create_revision_is,
     delete_op,
     delete_range_op,
+    mod_revision_is,
     prefix_end,
     put_op,
 )
@@ -133,6 +138,8 @@ class EtcdStore:
         # A call waits for every member to be tried, and then some.
         self._wait = call_timeout.total_seconds() * (len(self.members) + 1) + 1.0
         self._lock = threading.Lock()
+        # One token transaction at a time in this process (read, change, write).
+        self._tokens_lock = threading.Lock()
         self._closed = False
         #: Compares every write must pass, in the same transaction: a leader
         #: sets the create revision of its election key here (its epoch,
@@ -559,6 +566,63 @@ class EtcdStore:
         kv = self._run(self._client.get(self._key("journal", "event-sequence")))
         return int(kv.value) if kv is not None else 0
 
+    # -- mesh routes (MeshRouteStore) ---------------------------------------------------
+    def put_mesh_route(self, service: str, weights: Mapping[str, int]) -> None:
+        """Keep the split of ``service``; empty ``weights`` forgets it."""
+        key = self._key("mesh", "routes", service)
+        if not weights:
+            self._run(self._write([delete_op(key)]))
+            return
+        value = json.dumps(dict(sorted(weights.items()))).encode()
+        self._run(self._write([put_op(key, value)]))
+
+    def list_mesh_routes(self) -> dict[str, dict[str, int]]:
+        """Every kept split, by service."""
+        prefix = self._key("mesh", "routes") + b"/"
+        kvs, _ = self._run(self._client.range_prefix(prefix))
+        return {
+            unquote(kv.key[len(prefix) :].decode()): {
+                subset: int(weight) for subset, weight in json.loads(kv.value).items()
+            }
+            for kv in sorted(kvs, key=lambda kv: kv.key)
+        }
+
+    # -- bootstrap tokens (TokenRecordStore) --------------------------------------------
+    def token_records(self) -> EtcdTokenRecords:
+        """The bootstrap tokens' records in this store, for a TokenStore."""
+        return EtcdTokenRecords(self)
+
+    @contextlib.contextmanager
+    def _token_transaction(self) -> Iterator[dict[str, dict[str, Any]]]:
+        key = self._p + b"tokens"
+        where = f"{self.url} key {key.decode()}"
+        with self._tokens_lock:
+            try:
+                kv = self._run(self._client.get(key))
+            except StoreError as exc:
+                raise SecurityError(f"cannot read the token store: {exc}") from None
+            records = decode_records(kv.value, where) if kv is not None else {}
+            before = json.dumps(records, sort_keys=True)
+            yield records
+            if json.dumps(records, sort_keys=True) == before:
+                return
+            # Written only if nobody wrote it since it was read (another
+            # manager, deposed or not, would have), and under the fence.
+            unchanged = mod_revision_is(key, kv.mod_revision if kv is not None else 0)
+            try:
+                self._run(self._write_if(unchanged, [put_op(key, encode_records(records))]))
+            except StoreError as exc:
+                raise SecurityError(f"cannot write the token store: {exc}") from None
+
+    async def _write_if(self, compare: Compare, ops: Sequence[RequestOp]) -> None:
+        if not (await self._client.txn((*self.fence, compare), ops)).succeeded:
+            await self._check_fence()  # the fence, if that is what failed
+            raise StoreError(
+                f"state store {self.url}: another writer changed the key meanwhile",
+                StoreError.OTHER,
+                advice="try again",
+            )
+
     def close(self) -> None:
         """Close the client and its loop; idempotent. Later calls raise StoreError."""
         with self._lock:
@@ -634,3 +698,14 @@ def _manifest(kv: KeyValue) -> tuple[CheckpointInfo, int]:
 
 
 __all__ = ["CHUNK_BYTES", "DEFAULT_PREFIX", "FENCED", "EtcdStore"]
+
+
+class EtcdTokenRecords:
+    """A TokenRecords in an EtcdStore: the whole document in one key, its
+    writes compared on the revision read (TokenRecords)."""
+
+    def __init__(self, store: EtcdStore) -> None:
+        self._store = store
+
+    def transaction(self) -> contextlib.AbstractContextManager[dict[str, dict[str, Any]]]:
+        return self._store._token_transaction()
