@@ -25,7 +25,8 @@ def truthy(value: str | None) -> bool:
 # same for embedders.
 #: A bootstrap token (pct_<id>.<secret>), as `pycontainer token create` prints it.
 BOOTSTRAP_TOKEN_ENV = "PYCONTAINER_BOOTSTRAP_TOKEN"
-#: HOST:PORT of the manager's join listener (Bootstrap.Join, server-side TLS).
+#: HOST:PORT of the manager's join listener (Bootstrap.Join, server-side TLS);
+#: in high availability every manager's, comma-separated: the first that answers.
 JOIN_ENV = "PYCONTAINER_JOIN"
 #: The manager CA certificate's SHA-256, sha256:HEX: the join server must present it.
 CA_PIN_ENV = "PYCONTAINER_CA_PIN"

@@ -88,6 +88,7 @@ def _join(
     tls_dir: Path,
     *,
     pin: str | None = None,
+    address: str | None = None,
 ) -> CredentialFiles:
     """Join in this process, as a container's start does (TLS directory given)."""
     os.environ[TLS_DIR_ENV] = str(tls_dir)
@@ -95,7 +96,7 @@ def _join(
         name="joiner",
         id=container_id,
         bootstrap_token=made.token,
-        join_address=made.join_address,
+        join_address=made.join_address if address is None else address,
         ca_pin=pin or made.ca_pin,
     )
     try:
@@ -371,6 +372,27 @@ def test_a_wrong_ca_pin_makes_the_container_refuse_before_sending_the_token(
     # A malformed pin is one line too.
     with pytest.raises(JoinError, match="is not sha256:<64 hex digits>"):
         _join(made, "pinned-1", tmp_path / "pinned", pin="abc")
+
+
+def test_several_join_addresses_are_tried_in_turn_until_one_answers(
+    secure: ManagerHost, tmp_path: Path
+) -> None:
+    """High availability's list (every manager's join address): those where
+    nothing listens are passed over; a malformed one is refused before any
+    is tried, and none answering names each; no use is spent until it joins."""
+    made = _token(secure, "listed-1")
+    with socket.socket() as bound:  # a port nobody listens on, nor can take meanwhile
+        bound.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{bound.getsockname()[1]}"
+        with pytest.raises(JoinError, match=r"'127\.0\.0\.1': write HOST:PORT \(several"):
+            _join(made, "listed-1", tmp_path / "t", address=f"{nobody},127.0.0.1")
+        with pytest.raises(JoinError) as none:
+            _join(made, "listed-1", tmp_path / "t", address=f"{nobody}, {nobody}")
+        assert str(none.value).count(f"cannot reach the join server at {nobody}") == 2
+        assert _uses_left(secure, made.token_id) == 1
+        files = _join(made, "listed-1", tmp_path / "t", address=f"{nobody},{made.join_address}")
+    assert files.read()[0].identity.uri.endswith("/container/listed-1")
+    assert _uses_left(secure, made.token_id) == 0
 
 
 def test_a_joined_container_cannot_register_as_another_nor_join_as_one_its_token_is_not_for(

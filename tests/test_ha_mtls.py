@@ -7,6 +7,7 @@ standby checks the caller's roles itself before it forwards a read."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import time
@@ -17,11 +18,12 @@ import pytest
 from etcd_support import etcd_cluster
 from ha_support import CLI, ROOT, ManagerCluster, all_back, apps
 from security_support import issue_files
-from support import wait_until
+from support import free_address, wait_until
 
-from pycontainer._tls_env import TLS_DIR_ENV
+from pycontainer._tls_env import BOOTSTRAP_TOKEN_ENV, CA_PIN_ENV, JOIN_ENV, TLS_DIR_ENV
 from pycontainer.client import Transport
 from pycontainer.security import MANAGER, CertificateAuthority, container, user
+from pycontainer.units import duration_to_proto
 from pycontainer.v1 import container_pb2, manager_pb2, manager_pb2_grpc
 
 S = container_pb2
@@ -121,3 +123,75 @@ def test_leader_killed_containers_back_over_mtls_and_the_cli_finds_the_next(
 
 def _secure_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYCONTAINER_INSECURE"}
+
+
+def test_a_token_made_on_the_leader_joins_a_container_at_its_successor(tmp_path: Path) -> None:
+    """Bootstrap tokens live in etcd with the rest of the state: one made on
+    the leader is redeemed by its successor after a kill -9. The container
+    is given every manager's join address, the dead leader's first (and a
+    standby's, which serves none): it joins at the first that answers."""
+    ca = CertificateAuthority.open(tmp_path / "ca")
+    admin = issue_files(ca, user("admin"), tmp_path / "admin").leaf.parent
+    with etcd_cluster(tmp_path / "etcd") as etcd:
+        managers = ManagerCluster(
+            tmp_path / "m",
+            etcd.url,
+            cert_dir=admin,
+            extra_args=[
+                "--ca-cert",
+                str(tmp_path / "ca" / "ca.pem"),
+                "--ca-key",
+                str(tmp_path / "ca" / "ca-key.pem"),
+            ],
+        )
+        try:
+            joins = {m.address: free_address() for m in managers.managers}
+            for m in managers.managers:
+                m.args = ["--join-listen", joins[m.address]]
+            managers.start_all()
+            leader = managers.leader()
+            made = manager_pb2_grpc.ManagerStub(leader.channel).CreateBootstrapToken(
+                manager_pb2.CreateBootstrapTokenRequest(
+                    container_id="tok-0",
+                    uses=1,
+                    ttl=duration_to_proto(datetime.timedelta(minutes=10)),
+                ),
+                timeout=10,
+            )
+            assert made.join_address == joins[leader.address]
+            managers.kill(leader)
+            successor = managers.leader(FAILOVER_BOUND, exclude=leader)
+            every_join = ",".join(
+                [
+                    joins[leader.address],
+                    *(joins[m.address] for m in managers.managers if m is not leader),
+                ]
+            )
+
+            def joining(name: str) -> dict[str, str]:
+                return {
+                    BOOTSTRAP_TOKEN_ENV: made.token,
+                    JOIN_ENV: every_join,
+                    CA_PIN_ENV: made.ca_pin,
+                    TLS_DIR_ENV: str(tmp_path / f"{name}-tls"),
+                    "PYCONTAINER_CONTAINER_ID": name,
+                }
+
+            with apps(tmp_path, managers.addresses, 1, prefix="tok", env_for=joining):
+                wait_until(
+                    lambda: all_back(successor, ["tok-0"], over_tls=True),
+                    FAILOVER_BOUND,
+                    f"the joined container on the successor: {managers.logs()}",
+                )
+            [token] = (
+                manager_pb2_grpc.ManagerStub(successor.channel)
+                .ListBootstrapTokens(manager_pb2.ListBootstrapTokensRequest(), timeout=10)
+                .tokens
+            )
+            assert token.token_id == made.token_id
+            assert token.uses_left == 0
+            tried = (tmp_path / "tok-0.log").read_text()
+            assert f"cannot reach the join server at {joins[leader.address]}" in tried
+            assert "joined as spiffe://pycontainer.local/container/tok-0" in tried
+        finally:
+            managers.stop()

@@ -87,7 +87,7 @@ def join_if_bootstrapping(settings: ContainerSettings) -> str | None:
         _log.info("using the certificate in %s (joined before)", directory)
     else:
         try:
-            _join(files, settings.id, token, address, pin, name=settings.name)
+            _join_any(files, settings.id, token, address, pin, name=settings.name)
         except JoinError as exc:
             if state != "due":
                 raise
@@ -116,7 +116,9 @@ def _current(files: CredentialFiles, container_id: str, pin: str) -> str:
 def _split(address: str) -> tuple[str, int]:
     host, colon, port = address.rpartition(":")
     if not colon or not port.isdigit() or not host:
-        raise JoinError(f"${JOIN_ENV} {address[:80]!r}: write HOST:PORT")
+        raise JoinError(
+            f"${JOIN_ENV} {address[:80]!r}: write HOST:PORT (several: HOST:PORT,HOST:PORT)"
+        )
     return host.strip("[]"), int(port)
 
 
@@ -138,7 +140,7 @@ def pinned_ca(address: str, pin: str, timeout: float) -> bytes:
         ):
             chain = _unverified_chain(tls)
     except (OSError, ssl.SSLError) as exc:
-        raise JoinError(f"cannot reach the join server at {address}: {exc}") from None
+        raise _Unreachable(f"cannot reach the join server at {address}: {exc}") from None
     for der in chain:
         if der_pin(der) == pin:
             return ssl.DER_cert_to_PEM_cert(der).encode()
@@ -157,6 +159,31 @@ def _unverified_chain(tls: ssl.SSLSocket) -> list[bytes]:
         return [bytes(c) for c in public()]
     chain = tls._sslobj.get_unverified_chain() or []  # type: ignore[attr-defined]
     return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain]  # type: ignore[attr-defined]
+
+
+class _Unreachable(JoinError):
+    """Nothing answered at a join address (another may)."""
+
+
+def _join_any(
+    files: CredentialFiles, container_id: str, token: str, addresses: str, pin: str, *, name: str
+) -> None:
+    """Join at the first of the comma-separated ``addresses`` that answers:
+    in high availability each manager's join address, of which only the
+    leader's serves (standbys have none). A server that answers and refuses,
+    or presents another CA, ends it there: the token is never sent on."""
+    listed = [a.strip() for a in addresses.split(",")]
+    for address in listed:
+        _split(address)  # every one well formed before any is tried
+    unreachable: list[str] = []
+    for address in listed:
+        try:
+            _join(files, container_id, token, address, pin, name=name)
+            return
+        except _Unreachable as exc:
+            unreachable.append(str(exc))
+            _log.info("%s; trying the next join address", exc)
+    raise JoinError("; ".join(unreachable))
 
 
 def _join(
@@ -189,6 +216,10 @@ def _join(
                 timeout=timeout,
             )
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:  # it went away meanwhile
+                raise _Unreachable(
+                    f"the join server at {address} is unavailable: {exc.details()}"
+                ) from None
             raise JoinError(
                 f"the manager at {address} refused the join: {exc.code().name}: {exc.details()}"
             ) from None
