@@ -44,17 +44,7 @@ def test_leader_killed_containers_back_over_mtls_and_the_cli_finds_the_next(
         return {TLS_DIR_ENV: str(files.leaf.parent), "PYCONTAINER_CONTAINER_ID": name}
 
     with etcd_cluster(tmp_path / "etcd") as etcd:
-        managers = ManagerCluster(
-            tmp_path / "m",
-            etcd.url,
-            cert_dir=admin,
-            extra_args=[
-                "--ca-cert",
-                str(tmp_path / "ca" / "ca.pem"),
-                "--ca-key",
-                str(tmp_path / "ca" / "ca-key.pem"),
-            ],
-        )
+        managers = _sharing_the_ca(tmp_path, etcd.url, admin)
         try:
             managers.start_all()
             with apps(
@@ -133,17 +123,7 @@ def test_a_token_made_on_the_leader_joins_a_container_at_its_successor(tmp_path:
     ca = CertificateAuthority.open(tmp_path / "ca")
     admin = issue_files(ca, user("admin"), tmp_path / "admin").leaf.parent
     with etcd_cluster(tmp_path / "etcd") as etcd:
-        managers = ManagerCluster(
-            tmp_path / "m",
-            etcd.url,
-            cert_dir=admin,
-            extra_args=[
-                "--ca-cert",
-                str(tmp_path / "ca" / "ca.pem"),
-                "--ca-key",
-                str(tmp_path / "ca" / "ca-key.pem"),
-            ],
-        )
+        managers = _sharing_the_ca(tmp_path, etcd.url, admin)
         try:
             joins = {m.address: free_address() for m in managers.managers}
             for m in managers.managers:
@@ -195,3 +175,15 @@ def test_a_token_made_on_the_leader_joins_a_container_at_its_successor(tmp_path:
             assert "joined as spiffe://pycontainer.local/container/tok-0" in tried
         finally:
             managers.stop()
+
+
+def _sharing_the_ca(tmp_path: Path, etcd_url: str, admin: Path) -> ManagerCluster:
+    """Managers sharing the external CA under ``tmp_path/ca``; the test's
+    stubs dial with ``admin``'s certificate."""
+    ca = tmp_path / "ca"
+    return ManagerCluster(
+        tmp_path / "m",
+        etcd_url,
+        cert_dir=admin,
+        extra_args=["--ca-cert", str(ca / "ca.pem"), "--ca-key", str(ca / "ca-key.pem")],
+    )
