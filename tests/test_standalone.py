@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
 import socket
 import subprocess
 import sys
 import threading
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
@@ -18,6 +20,8 @@ from support import make_container
 import pycontainer
 from pycontainer.agent._serve import ListenError
 from pycontainer.v1 import container_pb2, management_pb2, management_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_serve_runs_the_lifecycle_until_stopped() -> None:
@@ -159,3 +163,37 @@ def test_run_on_a_port_in_use_says_so_in_one_line() -> None:
         f"error: cannot listen on 127.0.0.1:{port}: the address is in use "
         "(is another server already running there?)"
     ]
+
+
+@pytest.mark.parametrize("example", [None, "sync_app.py", "async_app.py"])
+def test_a_tls_directory_without_its_files_is_one_line_naming_it(
+    tmp_path: Path, example: str | None
+) -> None:
+    """$PYCONTAINER_TLS_DIR set to a directory with no certificate (a typo, a
+    container run by hand with a launched one's environment): one line
+    naming the directory and the files, exit 1, no traceback; for run() and
+    for the examples' own servers, which bind through listen_on."""
+    empty = tmp_path / "tls"
+    empty.mkdir()
+    argv = (
+        [
+            sys.executable,
+            "-c",
+            "import pycontainer; pycontainer.run(pycontainer.Container('t'), '127.0.0.1:0')",
+        ]
+        if example is None
+        else [sys.executable, str(ROOT / "examples" / example), "--listen", "127.0.0.1:0"]
+    )
+    result = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYCONTAINER_TLS_DIR": str(empty)},
+        cwd=ROOT,
+    )
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: cannot serve mutual TLS on 127.0.0.1:0: "), line
+    assert f"the TLS directory {empty}" in line
+    assert "tls.pem and ca.pem" in line

@@ -52,16 +52,24 @@ def listen_on(
     ``credentials`` gives server credentials of the caller's own instead.
 
     Raises :class:`ListenError` naming the address when the port is out of
-    range, the host does not resolve or is not this machine's, or the port is
-    already in use, rather than grpc-core's generic failure (and its lines of
-    C++ logging). Every server pycontainer runs binds through here.
+    range, the host does not resolve or is not this machine's, the port is
+    already in use (rather than grpc-core's generic failure and its lines of
+    C++ logging), or ``tls_dir``'s files cannot be served. Every server
+    pycontainer runs binds through here.
     """
     host, port_number = _host_port(listen)
     _refuse_if_unservable(host, port_number, listen)
     if tls_dir and credentials is None:
-        from ..security import CredentialFiles, server_credentials
+        from ..security import CredentialFiles, SecurityError, server_credentials
 
-        credentials = server_credentials(CredentialFiles.in_directory(tls_dir))
+        try:
+            credentials = server_credentials(CredentialFiles.in_directory(tls_dir))
+        except SecurityError as exc:  # files missing, unreadable, too open, not PEM
+            raise ListenError(
+                errno.EINVAL,
+                f"cannot serve mutual TLS on {listen}: {exc} (the TLS directory {tls_dir}, "
+                "$PYCONTAINER_TLS_DIR, must hold tls.pem and ca.pem as a manager writes them)",
+            ) from None
     try:
         if credentials is not None:
             port = server.add_secure_port(listen, credentials)
