@@ -7,15 +7,28 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support import Host, connected_container, make_container, start_sync_host, wait_until
+from support import (
+    Host,
+    connected_container,
+    make_container,
+    start_sync_host,
+    wait_container,
+    wait_until,
+)
 from test_cli import cli
+from test_readiness_report import RawSession, _registration
 
 import pycontainer
 from pycontainer.manager import Resources
 from pycontainer.testing import ManagerHost
-from pycontainer.v1 import container_pb2, manager_pb2
+from pycontainer.v1 import container_pb2, lifecycle_pb2, manager_pb2
 
 S = container_pb2
+RUNNING, STOPPING, STOPPED = (
+    S.LIFECYCLE_STATE_RUNNING,
+    S.LIFECYCLE_STATE_STOPPING,
+    S.LIFECYCLE_STATE_STOPPED,
+)
 
 
 def _connected(manager: ManagerHost, *names: str) -> list[tuple[pycontainer.Container, Host]]:
@@ -145,3 +158,42 @@ def test_what_waits_for_room_is_admitted_once_a_bulk_stop_frees_it(tmp_path: Pat
 def _history(manager: ManagerHost) -> list[manager_pb2.Event]:
     events = manager.stub.WatchEvents(manager_pb2.WatchEventsRequest(history_only=True), timeout=10)
     return [response.event for response in events]
+
+
+def test_a_stop_a_container_ends_without_answering_succeeds_when_its_session_closes(
+    manager: ManagerHost,
+) -> None:
+    """The manager's stop reaches a container already stopping by itself
+    (SIGTERM; make run's Ctrl-C at that moment): it ends STOPPED and closes
+    its session without answering the command (a sidecar was seen to). The
+    stop succeeds then, not at its time limit (grace + 60 s of extensions +
+    10 s: make run's Ctrl-C waited 80 s). A real Lifecycle stream, driven by
+    hand, is that container."""
+    session = RawSession(manager, _registration("self-stopping"))
+    try:
+        wait_container(manager.stub, "self-stopping", lambda c: c.connected, "registered")
+        request = manager_pb2.StopContainerRequest(container="self-stopping")
+        request.grace_period.FromSeconds(10)
+        stop = manager.stub.StopContainer.future(request, timeout=30)
+        wait_until(lambda: _commands(session, "stop"), 10, "the stop command sent")
+        for before, after in ((RUNNING, STOPPING), (STOPPING, STOPPED)):
+            session.send(
+                lifecycle_pb2.ConnectRequest(
+                    state_change=lifecycle_pb2.StateChange(from_state=before, to_state=after)
+                )
+            )
+        wait_container(
+            manager.stub, "self-stopping", lambda c: c.state == STOPPED, "stopped, unanswered"
+        )
+        session.close()  # ends its session, the command never answered
+        assert stop.result().container.state == STOPPED  # well within the 30 s
+    finally:
+        session.close()
+
+
+def _commands(session: RawSession, action: str) -> list[lifecycle_pb2.Command]:
+    return [
+        r.command
+        for r in session.responses
+        if r.WhichOneof("message") == "command" and r.command.WhichOneof("action") == action
+    ]

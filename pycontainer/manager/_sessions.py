@@ -138,6 +138,12 @@ class Sessions:
                 )
                 if not entry.terminal:
                     entry.error = session.closed_reason or "lost contact with the container"
+                else:
+                    # Ended, it answers nothing more: a stop sent as it was
+                    # stopping by itself (SIGTERM) has its answer now, not at
+                    # its time limit (grace + extension + 10 s: make run's
+                    # Ctrl-C waited 80 s on a joined container).
+                    self.end_pending(entry, "it ended and closed its session")
                 self._registry.persist(entry)
                 entry.changed.set()
 
