@@ -697,9 +697,6 @@ def _manifest(kv: KeyValue) -> tuple[CheckpointInfo, int]:
     return CheckpointInfo(**fields), count
 
 
-__all__ = ["CHUNK_BYTES", "DEFAULT_PREFIX", "FENCED", "EtcdStore"]
-
-
 class EtcdTokenRecords:
     """A TokenRecords in an EtcdStore: the whole document in one key, its
     writes compared on the revision read (TokenRecords)."""
@@ -709,3 +706,6 @@ class EtcdTokenRecords:
 
     def transaction(self) -> contextlib.AbstractContextManager[dict[str, dict[str, Any]]]:
         return self._store._token_transaction()
+
+
+__all__ = ["CHUNK_BYTES", "DEFAULT_PREFIX", "FENCED", "EtcdStore", "EtcdTokenRecords"]
