@@ -30,11 +30,12 @@ from ha_mesh_support import (
     healthy,
     leading,
     mesh_load,
+    mesh_status,
     pids_of,
     run_backends,
     synced,
 )
-from ha_support import ManagerCluster
+from ha_support import ManagerCluster, ManagerProcess
 from support import free_address, require_envoy, wait_until
 
 from pycontainer.cli import main
@@ -63,6 +64,12 @@ def test_mesh_calls_do_not_fail_through_a_leader_kill(tmp_path: Path) -> None:
             with backends_killed_at_end(managers) as backends:
                 ids = run_backends(leader, SERVICE, REPLICAS)
                 backends += pids_of(leader)
+                # A split set on the leader (one subset: the traffic as it
+                # was), kept in etcd for its successor.
+                leader.stub.SetMeshRoute(
+                    manager_pb2.SetMeshRouteRequest(service=SERVICE, weights={SERVICE: 1}),
+                    timeout=10,
+                )
                 node_id = "ha-load"
                 # A standby first: the client's channel goes there, and the
                 # standby forwards its xDS stream to the leader.
@@ -89,6 +96,8 @@ def test_mesh_calls_do_not_fail_through_a_leader_kill(tmp_path: Path) -> None:
                         "every backend back on the new leader",
                     )
                     assert healthy(successor, SERVICE) == ids
+                    [route] = [s.route for s in _status(successor).services if s.name == SERVICE]
+                    assert (dict(route.weights), route.source) == ({SERVICE: 1}, "route")
                     during = load.phase()
                     # Still served by every backend after the failover.
                     after = load.until_answered(ids)
@@ -135,6 +144,12 @@ def test_a_new_manager_holds_inherited_endpoints_until_the_window_ends(tmp_path:
         for pid in pids.values():  # what a failure above left running
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def _status(manager: ManagerProcess) -> manager_pb2.GetMeshStatusResponse:
+    status = mesh_status(manager)
+    assert status is not None, "no mesh status"
+    return status
 
 
 def _healthy_ids(host: ManagerHost) -> set[str]:
