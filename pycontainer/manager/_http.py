@@ -42,9 +42,9 @@ RouteSource = Callable[["Manager"], Iterable[web.AbstractRouteDef]]
 Owner = TypeVar("Owner")
 
 
-def _route_sources() -> list[RouteSource]:
-    """Every feature served over HTTP (imported here, when the face starts:
-    a manager without http_listen never loads aiohttp's routes)."""
+def manager_sources() -> list[RouteSource]:
+    """Every feature a manager serves over HTTP (imported here, when the face
+    is made: a manager without http_listen never loads aiohttp's routes)."""
     from ._healthprobes import routes as probe_routes
     from ._prometheus import routes as prometheus_routes
     from ._web import routes as web_view  # the web view of the fleet
@@ -54,27 +54,19 @@ def _route_sources() -> list[RouteSource]:
 
 class HttpFace(Generic[Owner]):
     """The HTTP server of ``owner`` on ``listen`` (HOST:PORT, port 0 for any
-    free one), serving the routes ``sources`` give for it (by default a
-    Manager's: every feature of _route_sources): inert until :meth:`bind`
-    and :meth:`start`."""
+    free one), serving the routes ``sources`` give for it (a Manager's:
+    manager_sources()): inert until :meth:`bind` and :meth:`start`."""
 
     def __init__(
         self,
         owner: Owner,
         listen: str,
-        sources: Iterable[Callable[[Owner], Iterable[web.AbstractRouteDef]]] | None = None,
+        sources: Iterable[Callable[[Owner], Iterable[web.AbstractRouteDef]]],
     ) -> None:
         self._listen = listen
         self.app = web.Application()
-        if sources is None:
-            from ._manager import Manager
-
-            assert isinstance(owner, Manager), "a face of anything else names its sources"
-            for manager_source in _route_sources():
-                self.app.add_routes(list(manager_source(owner)))
-        else:
-            for source in sources:
-                self.app.add_routes(list(source(owner)))
+        for source in sources:
+            self.app.add_routes(list(source(owner)))
         self._runner: web.AppRunner | None = None
         self._socket: socket.socket | None = None
         self.host = ""

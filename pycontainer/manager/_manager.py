@@ -294,9 +294,9 @@ class Manager:
                 if warning:
                     _log.warning("%s", warning)
             if self.settings.http_listen is not None:
-                from ._http import HttpFace
+                from ._http import HttpFace, manager_sources
 
-                self.http = HttpFace(self, self.settings.http_listen)
+                self.http = HttpFace(self, self.settings.http_listen, manager_sources())
                 self.http.bind()
         except BaseException:
             if self.http is not None:

@@ -168,9 +168,6 @@ class TokenStore:
         """The store at ``tokens.json`` in the manager's state directory."""
         return cls(Path(directory) / TOKENS_FILE, clock=clock)
 
-    def _transaction(self) -> AbstractContextManager[dict[str, dict[str, Any]]]:
-        return self._records.transaction()
-
     def _purge(self, records: dict[str, dict[str, Any]], now: datetime.datetime) -> None:
         # Expired records go; used-up ones stay until they expire, so that a
         # second redeem says "used up" rather than "unknown".
@@ -199,7 +196,7 @@ class TokenStore:
         token_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         now = self._clock()
-        with self._transaction() as records:
+        with self._records.transaction() as records:
             self._purge(records, now)
             records[token_id] = {
                 "sha256": _digest(secret),
@@ -235,7 +232,7 @@ class TokenStore:
             )
         token_id, secret = match.groups()
         now = self._clock()
-        with self._transaction() as records:
+        with self._records.transaction() as records:
             record = records.get(token_id)
             # Compared even for an unknown id, so the time taken says nothing.
             expected = record["sha256"] if record else _digest("")
@@ -272,13 +269,13 @@ class TokenStore:
 
     def revoke(self, token_id: str) -> bool:
         """Forget a token; whether it existed."""
-        with self._transaction() as records:
+        with self._records.transaction() as records:
             return records.pop(token_id, None) is not None
 
     def list_tokens(self) -> list[Grant]:
         """The tokens not expired yet (used-up ones with uses_left 0), oldest first."""
         now = self._clock()
-        with self._transaction() as records:
+        with self._records.transaction() as records:
             self._purge(records, now)
             ordered = sorted(records.items(), key=lambda item: str(item[1]["created_at"]))
             return [_grant(token_id, record) for token_id, record in ordered]

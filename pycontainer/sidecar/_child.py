@@ -310,14 +310,10 @@ class ChildProcess:
             return None
         return self.returncode
 
-    @property
-    def thread(self) -> threading.Thread | None:
-        """The thread that waits for the program and runs the exit listener."""
-        return self._thread
-
     def join(self, timeout: float | None = None) -> None:
-        """Wait for the waiting thread (after the exit listener ran)."""
-        if self._thread is not None:
+        """Wait for the waiting thread (after the exit listener ran); at once
+        when called from that thread (the exit listener's own work)."""
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
     # -- signals -------------------------------------------------------------------------

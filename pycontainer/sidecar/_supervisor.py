@@ -775,8 +775,7 @@ class Sidecar:
                 child.signal(signal.SIGKILL)
                 # Until its exit is logged too ("was killed by SIGKILL"), not
                 # only reaped: that line is how the operator learns of it.
-                if threading.current_thread() is not child.thread:
-                    child.join(1.0)
+                child.join(1.0)
             self.container.flush_reports(0.5)
             _log.error("%s: exiting now", message)
             logging.shutdown()
