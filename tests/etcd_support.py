@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support import require_tool
+from support import free_ports, require_tool
 
 from pycontainer._etcdpb import rpc_pb2
 
@@ -38,20 +37,6 @@ def free_port() -> int:
     """A port the kernel has just handed out (etcd cannot bind port 0: its
     peers' URLs must be known up front)."""
     return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports the kernel has just handed out. Every socket
-    stays bound until all are taken: ports asked for one at a time, each
-    released before the next, can come back twice (a cluster once got the
-    same peer port for two members: "has duplicate url")."""
-    with contextlib.ExitStack() as held:
-        ports = []
-        for _ in range(count):
-            sock = held.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
 
 
 @dataclass

@@ -4,6 +4,7 @@ ephemeral loopback ports."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import os
 import shutil
@@ -246,14 +247,34 @@ def running_and_connected(c: Any) -> bool:
     return bool(c.state == container_pb2.LIFECYCLE_STATE_RUNNING and c.connected)
 
 
-def free_address() -> str:
-    """A loopback address with a port nobody listens on (for a fixed-address
-    process such as a manager that must be restarted on the same address)."""
+# Every port free_ports handed out in this process: never handed out twice.
+_HANDED_OUT: set[int] = set()
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` loopback ports the kernel has just handed out, none given
+    before by this process, for processes that must be told their port up
+    front (etcd's peers, a manager restarted on its address). A port picked
+    and released can come back at the next pick (an etcd cluster once got one
+    peer port for two members: "has duplicate url"), so every socket stays
+    bound until all are taken, and one handed out before is passed over."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                ports.append(port)
+        return ports
+
+
+def free_address() -> str:
+    """A loopback address with a port nobody listens on (free_ports)."""
+    return f"127.0.0.1:{free_ports(1)[0]}"
 
 
 def stop_and_wait_exit(stub: Any, container: str, grace: float = 10.0) -> Any:
